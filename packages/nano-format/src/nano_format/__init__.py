@@ -1,1 +1,81 @@
-"""nano-format."""
+"""nano-format: the Nano `.bin` model file: spec, reader, writer, Q8_0 and a command line.
+
+    import nano_format as nf
+    with nf.read("model.bin") as m:         # validates the whole file first
+        print(m.layout.name, m.config)
+        wq = m.tensor("wq")                 # float32 [L, H*D, E], zero-copy for F32
+    nf.write("out.bin", config, tensors, tokens, quant="q8_0")
+
+The byte layout lives in `nano_format.spec`; see the package README.
+"""
+
+from . import spec
+from .config import Config, LoraConfig
+from .errors import (
+    BadConfig,
+    BadGroupSize,
+    BadHeader,
+    BadMagic,
+    BadTokenRecord,
+    FormatError,
+    SizeOverflow,
+    TrailingBytes,
+    Truncated,
+    UnknownModelType,
+    UnknownQuantType,
+    UnsupportedQuant,
+    UnsupportedVersion,
+    WriteError,
+)
+from .quant import QuantizedTensor, choose_group_size, dequantize_q8_0, quantize_q8_0
+from .reader import NanoFile, TensorInfo, load, read
+from .vocab import (
+    BpeToken,
+    TokenEntry,
+    decode_bpe_section,
+    decode_tokenizer_section,
+    encode_bpe_section,
+    encode_tokenizer_section,
+)
+from .writer import rope_tables, to_bytes, write, write_lora
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "spec",
+    "read",
+    "load",
+    "NanoFile",
+    "Config",
+    "LoraConfig",
+    "TokenEntry",
+    "BpeToken",
+    "TensorInfo",
+    "QuantizedTensor",
+    "write",
+    "to_bytes",
+    "write_lora",
+    "rope_tables",
+    "quantize_q8_0",
+    "dequantize_q8_0",
+    "choose_group_size",
+    "encode_tokenizer_section",
+    "decode_tokenizer_section",
+    "encode_bpe_section",
+    "decode_bpe_section",
+    "FormatError",
+    "BadMagic",
+    "UnsupportedVersion",
+    "UnknownModelType",
+    "UnknownQuantType",
+    "BadHeader",
+    "BadConfig",
+    "BadGroupSize",
+    "Truncated",
+    "BadTokenRecord",
+    "TrailingBytes",
+    "SizeOverflow",
+    "UnsupportedQuant",
+    "WriteError",
+    "__version__",
+]

@@ -62,6 +62,22 @@ Q8_0, to the bit (shared by Python and C):
                                               away from zero; 0 when scale is 0)
             clamped to [-127, 127]
   Dequantized value: q[i] * scale (float32).
+  "scale is 0" covers amax 0 and an amax so small (subnormal) that amax/127
+  underflows to 0: the test is on the scale, not on amax. Groups never span two
+  rows because the group size divides every quantized row length (n_embd,
+  n_head*head_dim, n_hidden). Non-finite inputs are refused.
+
+Validation notes (the reader enforces these; see nano_format.reader):
+  - Header bytes after the last field a layout defines must be zero
+    (0x44..0x100 in the reference layouts, 0x58..0x100 in NANO_EXT_1; in LoRA
+    files also the unused ninth config word at 0x38).
+  - The quant code must be one QUANT_CODES lists for the file's layout.
+  - F32 files store group size 0.
+  - Trie records: 1..255 code points, each a Unicode scalar value (no surrogates,
+    <= 0x10FFFF); is_special 0 or 1; reserved bytes 0xFF 0xFF; id == record index;
+    the records fill the section exactly and their count equals vocab_size.
+  - BPE section: max token length >= the longest token and <= the section length;
+    vocab_size records fill the section exactly.
 """
 
 from __future__ import annotations
@@ -215,7 +231,47 @@ LAYOUT_NANO_EXT_1 = Layout(
 
 LAYOUTS = (LAYOUT_2024_10, LAYOUT_2025_12, LAYOUT_2026_1, LAYOUT_NANO_EXT_1)
 LAYOUTS_BY_VERSION = {layout.version: layout for layout in LAYOUTS}
+LAYOUTS_BY_NAME = {layout.name: layout for layout in LAYOUTS}
 DEFAULT_LAYOUT = LAYOUT_2026_1
+
+# The quant codes each layout may store, and what they mean. The reference engine
+# turned unknown codes into Q8_0 (reference defect 10); we refuse them instead.
+QUANT_CODES: dict[str, dict[int, QuantType]] = {
+    "2024.10": {0x00: QuantType.F32},
+    "2025.12": {0x00: QuantType.F32, LEGACY_Q8_0_2025: QuantType.Q8_0, 0x42: QuantType.Q4K},
+    "2026.1": {0x00: QuantType.F32, 0x80: QuantType.Q8_0, 0x42: QuantType.Q4K},
+    "2026.101": {0x00: QuantType.F32, 0x80: QuantType.Q8_0},
+}
+
+
+def quant_from_code(layout: Layout, code: int) -> QuantType | None:
+    """The quant type a stored code means in `layout`, or None if it means nothing there."""
+    return QUANT_CODES[layout.name].get(code)
+
+
+def quant_code(layout: Layout, quant: QuantType) -> int | None:
+    """The code `layout` stores for `quant`, or None if the layout cannot store it."""
+    for code, q in QUANT_CODES[layout.name].items():
+        if q == quant:
+            return code
+    return None
+
+
+def default_tokenizer_kind(model_type: ModelType) -> TokenizerKind:
+    """What layouts without the extension imply: Nano a trie, Qwen BPE, LoRA none."""
+    if model_type == ModelType.LORA:
+        return TokenizerKind.NONE
+    return TokenizerKind.BPE if model_type in (ModelType.QWEN2, ModelType.QWEN3) else TokenizerKind.TRIE
+
+
+def default_rope_theta(model_type: ModelType) -> float:
+    return QWEN3_ROPE_THETA if model_type == ModelType.QWEN3 else DEFAULT_ROPE_THETA
+
+
+def config_offset(field: str) -> int:
+    """Byte offset of a config word (CONFIG_FIELDS or LORA_CONFIG_FIELDS name)."""
+    fields = CONFIG_FIELDS if field in CONFIG_FIELDS else LORA_CONFIG_FIELDS
+    return OFF_CONFIG + 4 * fields.index(field)
 
 
 # ---------------------------------------------------------------------------
@@ -229,6 +285,15 @@ ROPE_TENSORS = ("rope_cos", "rope_sin")
 EMBEDDING = "tok_embd"
 POS_EMBEDDING = "pos_embd"
 CLASSIFIER = "lm_head"
+# Every parameter name in file order; pos_embd takes the RoPE tables' slot.
+PARAM_ORDER = (
+    NORM_TENSORS + (EMBEDDING,) + MATRIX_TENSORS + QWEN2_BIAS_TENSORS + QWEN3_NORM_TENSORS
+    + ROPE_TENSORS + (POS_EMBEDDING, CLASSIFIER)
+)
+# The tensors a Q8_0 file stores quantized; everything else stays F32.
+QUANTIZED_TENSORS = (EMBEDDING,) + MATRIX_TENSORS + (CLASSIFIER,)
+TOKENIZER_SECTION_HEADER = 8  # u32 section length + u32 vocab size (trie) or max token length (BPE)
+BPE_RECORD_HEADER = 8  # f32 score + u32 byte length
 LORA_TARGETS = ("wq", "wk", "wv", "wo")
 LORA_TENSORS = tuple(f"{t}_{ab}" for t in LORA_TARGETS for ab in ("A", "B"))
 

@@ -1,0 +1,142 @@
+"""Q8_0 quantization, exactly the rule written in spec.py (bit for bit with C).
+
+For each group of G consecutive values of a row (float32 throughout):
+
+    amax  = max |x|
+    scale = amax / 127                     float32 division
+    q     = roundf(x / scale)              float32 division, ties away from zero
+            clamped to [-127, 127]; 0 wherever scale is 0
+    x'    = q * scale                      float32 product
+
+numpy's `np.round` rounds ties to even, so rounding is done by hand:
+t = trunc(v); the remainder v - t is exact in float32, and |remainder| >= 0.5
+moves one step away from zero. (Adding 0.5 and truncating would be wrong for
+0.49999997, whose sum with 0.5 rounds up to 1.0 in float32.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import spec
+from .errors import BadGroupSize
+
+__all__ = ["QuantizedTensor", "quantize_q8_0", "dequantize_q8_0", "choose_group_size", "check_group_size",
+           "round_half_away"]
+
+_Q8_MAX = np.float32(spec.Q8_MAX)
+
+
+@dataclass(frozen=True, eq=False)
+class QuantizedTensor:
+    """A Q8_0 tensor: q int8 [..., rows, cols], scales float32 [..., rows, cols / G].
+
+    The arrays may be read-only zero-copy views into a model file.
+    """
+
+    q: np.ndarray
+    scales: np.ndarray
+
+    def __post_init__(self):
+        q, s = self.q, self.scales
+        if not isinstance(q, np.ndarray) or q.dtype != np.int8:
+            raise ValueError(f"QuantizedTensor.q must be an int8 array, not {getattr(q, 'dtype', type(q))}")
+        if not isinstance(s, np.ndarray) or s.dtype != np.float32:
+            raise ValueError(
+                f"QuantizedTensor.scales must be a float32 array, not {getattr(s, 'dtype', type(s))}")
+        if q.ndim < 1 or s.shape[:-1] != q.shape[:-1] or s.ndim != q.ndim:
+            raise ValueError(f"QuantizedTensor: scales shape {s.shape} does not fit q shape {q.shape}")
+        if s.shape[-1] == 0 or q.shape[-1] % s.shape[-1]:
+            raise ValueError(f"QuantizedTensor: {s.shape[-1]} scales per row do not divide "
+                             f"a row of {q.shape[-1]} values")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.q.shape
+
+    @property
+    def group_size(self) -> int:
+        return self.q.shape[-1] // self.scales.shape[-1]
+
+    def __getitem__(self, index) -> "QuantizedTensor":
+        """Index the leading axes, e.g. qt[3] is layer 3 of a stacked matrix."""
+        q, s = self.q[index], self.scales[index]
+        return QuantizedTensor(q, s)
+
+    def dequantize(self) -> np.ndarray:
+        return dequantize_q8_0(self)
+
+
+def round_half_away(v: np.ndarray) -> np.ndarray:
+    """C's roundf on a float32 array: ties go away from zero."""
+    t = np.trunc(v)
+    step = (np.abs(v - t) >= np.float32(0.5)).astype(np.float32)
+    return t + np.copysign(step, v)
+
+
+def quantize_q8_0(x, group_size: int) -> QuantizedTensor:
+    """Quantize the last axis of `x` in groups of `group_size` (the spec.py rule).
+
+    `x` is first converted to float32; the rule is defined on float32 values.
+    Raises ValueError if the group size does not divide the row length or if
+    `x` holds a NaN or an infinity.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim < 1:
+        raise ValueError("quantize_q8_0 needs an array with at least one axis")
+    group_size = int(group_size)
+    cols = x.shape[-1]
+    if group_size < 1 or cols % group_size:
+        raise ValueError(f"group size {group_size} does not divide the row length {cols}")
+    if not np.isfinite(x).all():
+        raise ValueError("cannot quantize non-finite values (NaN or infinity)")
+    groups = x.reshape(*x.shape[:-1], cols // group_size, group_size)
+    amax = np.abs(groups).max(axis=-1, initial=np.float32(0))
+    scales = (amax / _Q8_MAX).astype(np.float32)
+    zero = scales == 0
+    # Divide by 1 where the scale is 0 (amax 0, or amax/127 underflowed); those q are zeroed below.
+    divisor = np.where(zero, np.float32(1), scales)[..., None]
+    v = (groups / divisor).astype(np.float32)
+    q = np.clip(round_half_away(v), -_Q8_MAX, _Q8_MAX)
+    q = np.where(zero[..., None], np.float32(0), q)
+    return QuantizedTensor(q.astype(np.int8).reshape(x.shape), scales)
+
+
+def dequantize_q8_0(qt: QuantizedTensor) -> np.ndarray:
+    """q * scale in float32, in the quantized tensor's shape."""
+    G = qt.group_size
+    shape = qt.q.shape
+    q = qt.q.reshape(*shape[:-1], shape[-1] // G, G).astype(np.float32)
+    return (q * qt.scales[..., None]).astype(np.float32, copy=False).reshape(shape)
+
+
+def choose_group_size(config, preferred: int = spec.DEFAULT_GROUP_SIZE) -> int:
+    """The largest divisor of gcd(n_embd, n_head*head_dim, n_hidden) that is <= preferred.
+
+    Every quantized row (n_embd for tok_embd, wq, wk, wv, w1, w3, lm_head;
+    n_head*head_dim for wo; n_hidden for w2) then splits into whole groups.
+    The writer settles this before it writes the header (reference defect 5).
+    """
+    preferred = int(preferred)
+    if preferred < 1:
+        raise ValueError(f"preferred group size must be >= 1, not {preferred}")
+    g = math.gcd(config.n_embd, config.n_head * config.head_dim, config.n_hidden)
+    for d in range(min(g, preferred), 0, -1):
+        if g % d == 0:
+            return d
+    return 1  # unreachable: 1 divides everything
+
+
+def check_group_size(config, group_size: int) -> None:
+    """The group size must split every quantized row into whole groups."""
+    if group_size < 1:
+        raise BadGroupSize(f"is {group_size} in a Q8_0 file; it must be at least 1",
+                           field="group size", offset=spec.OFF_GROUP_SIZE)
+    for what, length in (("n_embd", config.n_embd), ("n_head*head_dim", config.q_dim),
+                         ("n_hidden", config.n_hidden)):
+        if length % group_size:
+            raise BadGroupSize(f"{group_size} does not divide {what} = {length}, a quantized row length",
+                               field="group size", offset=spec.OFF_GROUP_SIZE)
