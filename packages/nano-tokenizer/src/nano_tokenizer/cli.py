@@ -1,0 +1,277 @@
+"""nano-tokenizer: inspect vocabularies, encode and decode text, build vocabularies.
+
+Usage:
+  nano-tokenizer info VOCAB
+  nano-tokenizer encode VOCAB TEXTFILE [--out IDS.npy] [--allow-special] [--chunk-chars N]
+  nano-tokenizer decode VOCAB [IDS... | IDS.npy | -]
+  nano-tokenizer build CORPUS... --size N [--words FILE] [--special TOKEN]... -o OUT.json
+
+VOCAB is a tokenizer JSON file or a .bin model file (its tokenizer section is
+read). TEXTFILE is UTF-8 text, `-` for standard input; it is streamed, so any
+size works. `encode` prints the ids separated by spaces, or writes them to a
+.npy file of uint32 with --out. `decode` takes ids as arguments, from a .npy
+file, or as whitespace/comma separated text on standard input, and writes the
+text exactly (no newline added). Special-token strings in the text (such as
+<|eos|>) stay ordinary characters unless --allow-special.
+
+Also runnable as `python -m nano_tokenizer`. Errors exit with status 1 and a
+one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import sys
+import tempfile
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .build import build_vocab
+from .tokenizer import DEFAULT_CHUNK_CHARS, Tokenizer, TokenizerError
+
+
+class _Fail(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        raise _Fail(message)
+
+
+def _open_text(path: str):
+    # newline="": CR and CRLF reach the tokenizer unchanged.
+    if path == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+    try:
+        return open(path, encoding="utf-8", newline="")
+    except OSError as e:
+        raise _Fail(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+# ---------------------------------------------------------------------------
+# info
+
+
+def _char_class(ch: str) -> str:
+    cp = ord(ch)
+    if 0x4E00 <= cp <= 0x9FFF or 0x3400 <= cp <= 0x4DBF or 0xF900 <= cp <= 0xFAFF or 0x20000 <= cp <= 0x3FFFF:
+        return "CJK ideographs"
+    category = unicodedata.category(ch)
+    if category == "Cc":
+        return "control"
+    if cp < 0x80:
+        return "ASCII printable"
+    return {
+        "L": "other letters",
+        "N": "other numbers",
+        "P": "other punctuation",
+        "S": "other symbols",
+        "M": "combining marks",
+        "Z": "other spaces",
+    }.get(category[0], "other")
+
+
+def cmd_info(args) -> None:
+    tok = Tokenizer.load(args.vocab)
+    specials = tok.special_tokens
+    with open(args.vocab, "rb") as f:
+        kind = ".bin model" if f.read(8) == b"S4DBMLRU" else "JSON"
+    longest_id = max(range(tok.vocab_size), key=lambda i: (len(tok.itos[i]), -i))
+    ordinary = [i for i, t in enumerate(tok.itos) if t not in specials]
+    multi = [i for i in ordinary if len(tok.itos[i]) > 1]
+    classes: dict[str, int] = {}
+    for i in ordinary:
+        if len(tok.itos[i]) == 1:
+            name = _char_class(tok.itos[i])
+            classes[name] = classes.get(name, 0) + 1
+    lines = [
+        f"vocabulary   {args.vocab} ({kind})",
+        f"tokens       {tok.vocab_size}",
+        f"specials     {len(specials)}: " + ", ".join(f"{i} {t}" for t, i in sorted(specials.items(), key=lambda x: x[1])),
+        f"longest      {len(tok.itos[longest_id])} code points: {tok.itos[longest_id]!r} (id {longest_id})",
+    ]
+    if multi:
+        longest_word = max(multi, key=lambda i: (len(tok.itos[i]), -i))
+        lines.append(
+            f"multi-char   {len(multi)} ordinary tokens of 2+ code points, longest {tok.itos[longest_word]!r} (id {longest_word})"
+        )
+    else:
+        lines.append("multi-char   none: every ordinary token is one code point")
+    lines.append(f"characters   {sum(classes.values())} single-code-point tokens:")
+    for name, count in sorted(classes.items(), key=lambda x: (-x[1], x[0])):
+        lines.append(f"  {count:>7}  {name}")
+    lines.append(f"fingerprint  {tok.fingerprint()}")
+    print("\n".join(lines))
+
+
+# ---------------------------------------------------------------------------
+# encode
+
+
+def _write_npy(out: Path, parts) -> int:
+    """Stream uint32 ids into a .npy file. The header needs the final length,
+    so the ids go to a temporary file first and are copied in after it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    fd, raw_path = tempfile.mkstemp(prefix=out.name + ".", suffix=".ids", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            for ids in parts:
+                raw.write(ids.astype("<u4", copy=False).tobytes())
+                count += len(ids)
+        fd, npy_path = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
+        try:
+            with os.fdopen(fd, "wb") as npy, open(raw_path, "rb") as raw:
+                header = {"descr": "<u4", "fortran_order": False, "shape": (count,)}
+                np.lib.format.write_array_header_1_0(npy, header)
+                while block := raw.read(1 << 22):
+                    npy.write(block)
+            os.replace(npy_path, out)
+        except BaseException:
+            Path(npy_path).unlink(missing_ok=True)
+            raise
+    finally:
+        Path(raw_path).unlink(missing_ok=True)
+    return count
+
+
+def cmd_encode(args) -> None:
+    tok = Tokenizer.load(args.vocab)
+    if args.chunk_chars < 1:
+        raise _Fail("--chunk-chars must be at least 1")
+    with _open_text(args.textfile) as f:
+        parts = tok.encode_stream(f, chunk_chars=args.chunk_chars, allow_special=args.allow_special)
+        try:
+            if args.out:
+                count = _write_npy(Path(args.out), parts)
+                print(f"{count} ids -> {args.out}", file=sys.stderr)
+            else:
+                out = sys.stdout
+                first = True
+                for ids in parts:
+                    if len(ids):
+                        out.write(("" if first else " ") + " ".join(map(str, ids.tolist())))
+                        first = False
+                out.write("\n")
+        except UnicodeDecodeError as e:
+            raise _Fail(f"{args.textfile}: not UTF-8 text ({e.reason})") from None
+
+
+# ---------------------------------------------------------------------------
+# decode
+
+
+def _read_ids(items: list[str]) -> np.ndarray:
+    if len(items) == 1 and items[0].endswith(".npy"):
+        try:
+            arr = np.load(items[0], allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise _Fail(f"{items[0]}: cannot read ids: {e}") from None
+        if arr.dtype.kind not in "iu":
+            raise _Fail(f"{items[0]}: holds {arr.dtype}, not integer ids")
+        return arr.reshape(-1)
+    if not items or items == ["-"]:
+        text = sys.stdin.read()
+    else:
+        text = " ".join(items)
+    words = [w for w in re.split(r"[\s,\[\]]+", text) if w]
+    try:
+        return np.array([int(w) for w in words], dtype=np.int64)
+    except ValueError:
+        bad = next(w for w in words if not re.fullmatch(r"[+-]?\d+", w))
+        raise _Fail(f"not a token id: {bad!r}") from None
+
+
+def cmd_decode(args) -> None:
+    tok = Tokenizer.load(args.vocab)
+    text = tok.decode(_read_ids(args.ids))
+    sys.stdout.flush()
+    sys.stdout.buffer.write(text.encode("utf-8"))
+    sys.stdout.buffer.flush()
+
+
+# ---------------------------------------------------------------------------
+# build
+
+
+def cmd_build(args) -> None:
+    tok = build_vocab(args.corpus, args.size, words_file=args.words, specials=args.special)
+    tok.save(args.output)
+    print(f"{tok.vocab_size} tokens ({len(tok.special_tokens)} special) -> {args.output}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nano-tokenizer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"nano-tokenizer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("info", help="size, specials, longest token, character classes")
+    p.add_argument("vocab", metavar="VOCAB", help="tokenizer JSON or .bin model")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("encode", help="text file -> token ids")
+    p.add_argument("vocab", metavar="VOCAB", help="tokenizer JSON or .bin model")
+    p.add_argument("textfile", metavar="TEXTFILE", help="UTF-8 text, - for standard input")
+    p.add_argument("--out", metavar="IDS.npy", help="write a .npy of uint32 instead of printing")
+    p.add_argument("--allow-special", action="store_true", help="match special-token strings as special tokens")
+    p.add_argument("--chunk-chars", type=int, default=DEFAULT_CHUNK_CHARS, metavar="N", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="token ids -> text")
+    p.add_argument("vocab", metavar="VOCAB", help="tokenizer JSON or .bin model")
+    p.add_argument("ids", nargs="*", metavar="IDS", help="ids, a .npy file, or - (default) for standard input")
+    p.set_defaults(func=cmd_decode)
+
+    p = sub.add_parser("build", help="build a vocabulary from corpora")
+    p.add_argument("corpus", nargs="+", metavar="CORPUS", help="UTF-8 text files")
+    p.add_argument("--size", type=int, required=True, metavar="N", help="total vocabulary size (at most)")
+    p.add_argument("--words", metavar="FILE", help="multi-character tokens, one per line")
+    p.add_argument("--special", action="append", default=[], metavar="TOKEN", help="an extra special token (repeatable)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.json", help="where to write the vocabulary")
+    p.set_defaults(func=cmd_build)
+    return parser
+
+
+def main(argv=None) -> int:
+    # Token texts are Unicode; do not let a non-UTF-8 locale turn them into a crash.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(encoding="utf-8", errors="backslashreplace")
+    try:
+        args = make_parser().parse_args(argv)
+        args.func(args)
+    except _Fail as e:
+        print(f"nano-tokenizer: error: {e}", file=sys.stderr)
+        return 1
+    except TokenizerError as e:
+        print(f"nano-tokenizer: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`): not worth a message. Point
+        # stdout at /dev/null so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as e:
+        name = f"{e.filename}: " if e.filename else ""
+        print(f"nano-tokenizer: error: {name}{e.strerror or e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,432 @@
+"""The `Tokenizer`: a validated Nano vocabulary with encode and decode.
+
+A vocabulary is a dense list of token strings (`itos`, ids 0..n-1), the
+inverse map (`stoi`) and the special tokens (text -> id), exactly the keys of
+the reference's JSON files. The same vocabulary can live in a `.bin` model file
+as nano-format's tokenizer section; `from_tokens`/`to_tokens` convert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from types import MappingProxyType
+from typing import Iterable, Iterator, Mapping
+
+import numpy as np
+
+from .matcher import Matcher
+
+SCHEMA_VERSION = 1  # the "nano_schema" we write; files without one are the reference's
+SCHEMA_KEY = "nano_schema"
+MAX_TOKEN_CODEPOINTS = 255  # the tokenizer section stores a token's length in one byte
+DEFAULT_CHUNK_CHARS = 1 << 16  # code points per scan: bounds memory, barely affects speed
+
+PADDING = "<|padding|>"
+UNKNOWN = "<|unknown|>"
+BOS = "<|bos|>"
+EOS = "<|eos|>"
+INSTRUCT = "<|instruct_mark|>"
+RESPONSE = "<|response_mark|>"
+BD4SUR = "<|BD4SUR|>"
+# The reference's special tokens, in id order; every vocabulary it builds starts with them.
+DEFAULT_SPECIALS = (PADDING, UNKNOWN, BOS, EOS, INSTRUCT, RESPONSE, BD4SUR)
+
+_SPECIAL_SHAPE = re.compile(r"<\|[^|]+\|>\Z")
+_BIN_MAGIC = b"S4DBMLRU"
+
+
+class TokenizerError(ValueError):
+    """A vocabulary that cannot be used, or a request it cannot serve."""
+
+
+def _is_surrogate(ch: str) -> bool:
+    return 0xD800 <= ord(ch) <= 0xDFFF
+
+
+class Tokenizer:
+    """A Nano vocabulary. Immutable once made; build one with `load`,
+    `from_json_dict`, `from_tokens` or `build_vocab`."""
+
+    def __init__(self, itos: Iterable[str], special_tokens: Mapping[str, int], *, source: str = "<memory>"):
+        itos = tuple(itos)
+        specials = dict(special_tokens)
+        _validate(itos, specials, source)
+        self._itos = itos
+        self._stoi = {token: i for i, token in enumerate(itos)}
+        self._specials = specials
+        self.source = source
+        self._matchers: dict[bool, Matcher] = {}
+
+    # -- construction -------------------------------------------------------
+
+    @classmethod
+    def load(cls, path) -> "Tokenizer":
+        """Read a tokenizer JSON file or the tokenizer section of a `.bin` model."""
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                head = f.read(len(_BIN_MAGIC))
+        except OSError as e:
+            raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
+        if head == _BIN_MAGIC:
+            return cls._load_bin(path)
+        try:
+            with open(path, "rb") as f:
+                d = json.loads(f.read().decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+        except UnicodeDecodeError as e:
+            raise TokenizerError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise TokenizerError(f"{path}: not a tokenizer JSON file nor a .bin model ({e})") from None
+        except _DuplicateKey as e:
+            raise TokenizerError(f"{path}: duplicate key {e.args[0]!r} in a JSON object") from None
+        except OSError as e:
+            raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
+        return cls.from_json_dict(d, source=str(path))
+
+    @classmethod
+    def _load_bin(cls, path: Path) -> "Tokenizer":
+        import nano_format  # only .bin files need the format package
+
+        try:
+            with nano_format.read(path) as nano_file:
+                kind = nano_format.spec.TokenizerKind(nano_file.tokenizer_kind)
+                if kind == nano_format.spec.TokenizerKind.NONE:
+                    raise TokenizerError(f"{path}: has no tokenizer section")
+                if kind != nano_format.spec.TokenizerKind.TRIE:
+                    raise TokenizerError(f"{path}: holds a {kind.name} tokenizer, not a Nano vocabulary")
+                tokens = nano_file.tokens
+        except nano_format.FormatError as e:
+            # nano-format's messages already name the file and the offset.
+            raise TokenizerError(str(e)) from None
+        except OSError as e:
+            raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
+        return cls.from_tokens(tokens, source=str(path))
+
+    @classmethod
+    def from_json_dict(cls, d, *, source: str = "<dict>") -> "Tokenizer":
+        """From the reference's JSON keys (`vocab_size`, `stoi`, `itos`,
+        `special_tokens`), with or without our `nano_schema`."""
+        if not isinstance(d, dict):
+            raise TokenizerError(f"{source}: expected a JSON object, found {type(d).__name__}")
+        schema = d.get(SCHEMA_KEY, 0)
+        if type(schema) is not int or schema < 0:
+            raise TokenizerError(f"{source}: {SCHEMA_KEY} must be a non-negative integer, found {schema!r}")
+        if schema > SCHEMA_VERSION:
+            raise TokenizerError(
+                f"{source}: {SCHEMA_KEY} {schema} is newer than this nano-tokenizer reads "
+                f"(up to {SCHEMA_VERSION}); upgrade nano-tokenizer"
+            )
+        missing = [k for k in ("vocab_size", "stoi", "itos", "special_tokens") if k not in d]
+        if missing:
+            raise TokenizerError(f"{source}: missing key(s) {', '.join(missing)}")
+        itos, stoi, specials, size = d["itos"], d["stoi"], d["special_tokens"], d["vocab_size"]
+        if not isinstance(itos, list):
+            raise TokenizerError(f"{source}: itos must be a list of strings")
+        if not isinstance(stoi, dict):
+            raise TokenizerError(f"{source}: stoi must be an object mapping token to id")
+        if not isinstance(specials, dict):
+            raise TokenizerError(f"{source}: special_tokens must be an object mapping token to id")
+        if type(size) is not int or size != len(itos):
+            raise TokenizerError(f"{source}: vocab_size is {size!r} but itos holds {len(itos)} tokens")
+        # itos is the authority; stoi must say exactly the same thing.
+        _validate_itos(itos, source)
+        if len(stoi) != len(itos):
+            raise TokenizerError(f"{source}: stoi holds {len(stoi)} tokens but itos holds {len(itos)}")
+        for token, token_id in stoi.items():
+            if type(token_id) is not int:
+                raise TokenizerError(f"{source}: stoi[{token!r}] is {token_id!r}, not an integer id")
+            if not 0 <= token_id < len(itos):
+                raise TokenizerError(
+                    f"{source}: ids are not dense: stoi[{token!r}] = {token_id} is outside 0..{len(itos) - 1}"
+                )
+            if itos[token_id] != token:
+                raise TokenizerError(
+                    f"{source}: stoi and itos disagree: stoi[{token!r}] = {token_id} "
+                    f"but itos[{token_id}] = {itos[token_id]!r}"
+                )
+        return cls(itos, specials, source=source)
+
+    @classmethod
+    def from_tokens(cls, tokens, *, source: str = "<tokens>") -> "Tokenizer":
+        """From nano-format `TokenEntry` records (`id`, `text`, `is_special`),
+        in any order. Old files do not always set `is_special`; when no record
+        has it, tokens shaped like `<|name|>` are taken as the special tokens."""
+        tokens = list(tokens)
+        by_id: dict[int, object] = {}
+        for entry in tokens:
+            if entry.id in by_id:
+                raise TokenizerError(f"{source}: token id {entry.id} appears twice")
+            by_id[entry.id] = entry
+        if sorted(by_id) != list(range(len(tokens))):
+            gap = next(i for i in range(len(tokens) + 1) if i not in by_id)
+            raise TokenizerError(f"{source}: token ids are not dense: id {gap} is missing")
+        ordered = [by_id[i] for i in range(len(tokens))]
+        itos = [entry.text for entry in ordered]
+        _validate_itos(itos, source)
+        if any(entry.is_special for entry in ordered):
+            specials = {entry.text: entry.id for entry in ordered if entry.is_special}
+        else:
+            specials = {text: i for i, text in enumerate(itos) if _SPECIAL_SHAPE.match(text)}
+        return cls(itos, specials, source=source)
+
+    # -- conversion ---------------------------------------------------------
+
+    def to_json_dict(self) -> dict:
+        """The reference's keys plus our schema version, ready for `json.dump`."""
+        return {
+            SCHEMA_KEY: SCHEMA_VERSION,
+            "vocab_size": self.vocab_size,
+            "stoi": dict(self._stoi),
+            "itos": list(self._itos),
+            "special_tokens": dict(self._specials),
+        }
+
+    def save(self, path) -> None:
+        """Write the JSON file (UTF-8, compact). Atomic: a crash leaves the old file."""
+        path = Path(path)
+        data = json.dumps(self.to_json_dict(), ensure_ascii=False, separators=(", ", ": "))
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def to_tokens(self) -> list:
+        """nano-format `TokenEntry` records, `is_special` set for special tokens."""
+        from nano_format import TokenEntry
+
+        return [TokenEntry(id=i, text=text, is_special=text in self._specials) for i, text in enumerate(self._itos)]
+
+    # -- the vocabulary -----------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._itos)
+
+    def __len__(self) -> int:
+        return len(self._itos)
+
+    @property
+    def itos(self) -> tuple[str, ...]:
+        return self._itos
+
+    @property
+    def stoi(self) -> Mapping[str, int]:
+        return MappingProxyType(self._stoi)
+
+    @property
+    def special_tokens(self) -> Mapping[str, int]:
+        return MappingProxyType(self._specials)
+
+    def _special_id(self, text: str) -> int:
+        try:
+            return self._specials[text]
+        except KeyError:
+            raise TokenizerError(f"{self.source}: the vocabulary has no {text} token") from None
+
+    pad_id = property(lambda self: self._special_id(PADDING), doc="id of <|padding|>")
+    unk_id = property(lambda self: self._special_id(UNKNOWN), doc="id of <|unknown|>")
+    bos_id = property(lambda self: self._special_id(BOS), doc="id of <|bos|>")
+    eos_id = property(lambda self: self._special_id(EOS), doc="id of <|eos|>")
+    instruct_id = property(lambda self: self._special_id(INSTRUCT), doc="id of <|instruct_mark|>")
+    response_id = property(lambda self: self._special_id(RESPONSE), doc="id of <|response_mark|>")
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The smallest unsigned type that holds every id: uint16 up to 65536 tokens."""
+        return np.dtype(np.uint16 if self.vocab_size <= 1 << 16 else np.uint32)
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the compact JSON `{"itos": [...], "specials": [sorted ids]}`:
+        equal exactly when two vocabularies give the same ids, texts and specials."""
+        canonical = json.dumps(
+            {"itos": list(self._itos), "specials": sorted(self._specials.values())},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Tokenizer):
+            return NotImplemented
+        return self._itos == other._itos and self._specials == other._specials
+
+    __hash__ = None  # mutable-looking value semantics; compare with fingerprint() instead
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(vocab_size={self.vocab_size}, specials={len(self._specials)}, source={self.source!r})"
+
+    # -- encoding -----------------------------------------------------------
+
+    def _matcher(self, allow_special: bool):
+        allow_special = bool(allow_special)
+        matcher = self._matchers.get(allow_special)
+        if matcher is None:
+            if allow_special:
+                tokens = self._stoi
+            else:
+                tokens = {t: i for t, i in self._stoi.items() if t not in self._specials}
+            matcher = self._matchers[allow_special] = Matcher(tokens, self.unk_id)
+        return matcher
+
+    def _windows(self, text: str, allow_special: bool) -> Iterator[np.ndarray]:
+        """Scan `text` window by window (uint32 ids) so that a big string never
+        turns into one Python object per match all at once."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be str, not {type(text).__name__}")
+        matcher = self._matcher(allow_special)
+        window = max(DEFAULT_CHUNK_CHARS, 4 * matcher.max_len)
+        pos, n = 0, len(text)
+        while pos < n:
+            end = min(pos + window, n)
+            ids, pos = matcher.scan(text, pos, end, end == n)
+            yield ids
+
+    def encode(self, text: str, allow_special: bool = False) -> list[int]:
+        """Token ids by greedy longest match. Characters the vocabulary lacks
+        become `unk_id`, one per code point. Special-token strings in `text`
+        are ordinary characters unless `allow_special` (chat templates)."""
+        out: list[int] = []
+        for ids in self._windows(text, allow_special):
+            out += ids.tolist()
+        return out
+
+    def encode_array(self, text: str, allow_special: bool = False) -> np.ndarray:
+        """`encode` as a numpy array of `self.dtype`."""
+        parts = [ids.astype(self.dtype, copy=False) for ids in self._windows(text, allow_special)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=self.dtype)
+
+    def encode_stream(self, source, chunk_chars: int = DEFAULT_CHUNK_CHARS, allow_special: bool = False) -> Iterator[np.ndarray]:
+        """Encode a text file object (opened in text mode; use newline="" to keep
+        CR) or an iterable of str, yielding arrays of `self.dtype` whose
+        concatenation equals `encode_array` of the whole text. Memory stays
+        proportional to `chunk_chars` whatever the input size."""
+        if chunk_chars < 1:
+            raise ValueError("chunk_chars must be at least 1")
+        matcher = self._matcher(allow_special)
+        window = int(chunk_chars)
+        # Text read but not yet final: the tail that a later match may extend,
+        # then whatever has arrived since. Joined once per window, so tiny
+        # pieces cost no repeated copying. A window shorter than the longest
+        # token may finalise nothing; the text then simply waits for more.
+        pending: list[str] = []
+        pending_len = 0
+        for piece in _text_pieces(source, window):
+            pending.append(piece)
+            pending_len += len(piece)
+            if pending_len < window:
+                continue
+            text = "".join(pending)
+            ids, stop = matcher.scan(text, 0, len(text), False)
+            pending, pending_len = [text[stop:]], len(text) - stop
+            if len(ids):
+                yield ids.astype(self.dtype, copy=False)
+        text = "".join(pending)
+        if text:
+            ids, _ = matcher.scan(text, 0, len(text), True)
+            yield ids.astype(self.dtype, copy=False)
+
+    # -- decoding -----------------------------------------------------------
+
+    def decode(self, ids) -> str:
+        """Concatenate the tokens' texts. Raises on ids outside the vocabulary."""
+        if not isinstance(ids, np.ndarray) and hasattr(ids, "tolist"):
+            ids = ids.tolist()  # e.g. a torch tensor, wherever it lives
+        arr = np.asarray(ids)
+        if arr.size == 0:
+            return ""
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise TokenizerError(f"ids must be a flat sequence of integers, got {arr.dtype} of shape {arr.shape}")
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or high >= self.vocab_size:
+            bad = low if low < 0 else high
+            raise TokenizerError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return "".join(map(self._itos.__getitem__, arr.tolist()))
+
+    def decode_piece(self, token_id: int) -> str:
+        """The text of one token."""
+        if isinstance(token_id, (bool, np.bool_)) or not isinstance(token_id, (int, np.integer)):
+            raise TokenizerError(f"token id must be an integer, got {token_id!r}")
+        if not 0 <= token_id < self.vocab_size:
+            raise TokenizerError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return self._itos[token_id]
+
+
+# ---------------------------------------------------------------------------
+# Helpers
+
+
+def _text_pieces(source, size: int) -> Iterator[str]:
+    if isinstance(source, str):
+        for i in range(0, len(source), size):
+            yield source[i : i + size]
+        return
+    if hasattr(source, "read"):
+        while True:
+            piece = source.read(size)
+            if not isinstance(piece, str):
+                raise TypeError("encode_stream needs a file opened in text mode (encoding='utf-8')")
+            if not piece:
+                return
+            yield piece
+    for piece in source:
+        if not isinstance(piece, str):
+            raise TypeError(f"encode_stream needs str pieces, got {type(piece).__name__}")
+        yield piece
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _no_duplicate_keys(pairs):
+    # json keeps the last of duplicate keys silently; a vocabulary with two
+    # entries for one token is broken, so say so.
+    d = {}
+    for key, value in pairs:
+        if key in d:
+            raise _DuplicateKey(key)
+        d[key] = value
+    return d
+
+
+def _validate_itos(itos, source: str) -> None:
+    if not itos:
+        raise TokenizerError(f"{source}: the vocabulary is empty")
+    seen: dict[str, int] = {}
+    for i, token in enumerate(itos):
+        if not isinstance(token, str):
+            raise TokenizerError(f"{source}: itos[{i}] is {token!r}, not a string")
+        if not token:
+            raise TokenizerError(f"{source}: itos[{i}] is the empty string")
+        if len(token) > MAX_TOKEN_CODEPOINTS:
+            raise TokenizerError(
+                f"{source}: itos[{i}] is {len(token)} code points long (at most {MAX_TOKEN_CODEPOINTS})"
+            )
+        if any(map(_is_surrogate, token)):
+            raise TokenizerError(f"{source}: itos[{i}] = {token!r} contains a surrogate code point")
+        if token in seen:
+            raise TokenizerError(f"{source}: duplicate token {token!r} at ids {seen[token]} and {i}")
+        seen[token] = i
+
+
+def _validate(itos: tuple, specials: dict, source: str) -> None:
+    _validate_itos(itos, source)
+    index = {token: i for i, token in enumerate(itos)}
+    for token, token_id in specials.items():
+        if not isinstance(token, str) or token not in index:
+            raise TokenizerError(f"{source}: special token {token!r} is not in the vocabulary")
+        if type(token_id) is not int or index[token] != token_id:
+            raise TokenizerError(
+                f"{source}: special token {token!r} says id {token_id!r} but the vocabulary has it at {index[token]}"
+            )
+    if UNKNOWN not in specials:
+        raise TokenizerError(f"{source}: no {UNKNOWN} special token (unknown characters encode to it)")

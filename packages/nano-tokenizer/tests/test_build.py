@@ -1,0 +1,95 @@
+"""Building vocabularies from corpora."""
+
+import pytest
+
+from nano_tokenizer import DEFAULT_SPECIALS, Tokenizer, TokenizerError, build_vocab
+
+REFERENCE_SPECIALS = {
+    "<|padding|>": 0,
+    "<|unknown|>": 1,
+    "<|bos|>": 2,
+    "<|eos|>": 3,
+    "<|instruct_mark|>": 4,
+    "<|response_mark|>": 5,
+    "<|BD4SUR|>": 6,
+}
+
+
+def write(path, text):
+    path.write_bytes(text.encode("utf-8"))
+    return path
+
+
+def test_specials_first_at_the_reference_ids(tmp_path):
+    tok = build_vocab([write(tmp_path / "c.txt", "abc")], 100)
+    assert dict(tok.special_tokens) == REFERENCE_SPECIALS
+    assert list(tok.itos[:7]) == list(DEFAULT_SPECIALS)
+
+
+def test_characters_by_frequency_ties_by_code_point(tmp_path):
+    a = write(tmp_path / "a.txt", "ccc b a\r\n")
+    b = write(tmp_path / "b.txt", "bb 中 c")
+    tok = build_vocab([a, b], 100)
+    # c:4, space:4, b:3, then a, 中, CR, LF once each (ties by code point).
+    assert list(tok.itos[7:]) == [" ", "c", "b", "\n", "\r", "a", "中"]
+    small = build_vocab([a, b], 7 + 3)
+    assert list(small.itos[7:]) == [" ", "c", "b"]
+
+
+def test_build_is_deterministic(shared, tmp_path):
+    corpora = [shared / "data" / "pretrain_amateur_radio.txt", shared / "data" / "sft_self_id.jsonl"]
+    first = build_vocab(corpora, 1500)
+    second = build_vocab(list(reversed(corpora)), 1500)
+    assert first == second and first.fingerprint() == second.fingerprint()
+    assert first.vocab_size == 1500
+    first.save(tmp_path / "one.json")
+    second.save(tmp_path / "two.json")
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
+
+
+def test_vocabulary_smaller_than_size_when_few_characters(tmp_path):
+    tok = build_vocab([write(tmp_path / "c.txt", "aab")], 4096)
+    assert tok.vocab_size == 9
+
+
+def test_words_file_and_extra_specials(tmp_path):
+    corpus = write(tmp_path / "c.txt", "the cat sat on the mat")
+    words = write(tmp_path / "w.txt", "the\ncat\n\nthe\n<|eos|>\n on\n")
+    tok = build_vocab([corpus], 30, words_file=words, specials=["<|nano_meta_0|>", "<|eos|>"])
+    assert tok.itos[7] == "<|nano_meta_0|>" and tok.special_tokens["<|nano_meta_0|>"] == 7
+    # Words come last, in file order, duplicates and specials dropped, text verbatim.
+    assert list(tok.itos[-3:]) == ["the", "cat", " on"]
+    assert tok.vocab_size <= 30
+    ids = tok.encode("the cat sat on")
+    assert ids[0] == tok.stoi["the"] and tok.stoi["cat"] in ids and tok.stoi[" on"] in ids
+    # Size counts everything: characters give way to words.
+    tight = build_vocab([corpus], 8 + 3 + 2, words_file=words, specials=["<|nano_meta_0|>"])
+    assert tight.vocab_size == 13 and list(tight.itos[8:10]) == [" ", "t"]
+
+
+def test_build_errors(tmp_path):
+    corpus = write(tmp_path / "c.txt", "abc")
+    with pytest.raises(TokenizerError, match="too small"):
+        build_vocab([corpus], 5)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok \xff\xfe")
+    with pytest.raises(TokenizerError, match="bad.txt: not UTF-8"):
+        build_vocab([corpus, bad], 20)
+    long_word = write(tmp_path / "long.txt", "ok\n" + "x" * 300 + "\n")
+    with pytest.raises(TokenizerError, match="long.txt:2: word is 300 code points"):
+        build_vocab([corpus], 20, words_file=long_word)
+    with pytest.raises(TokenizerError, match="missing.txt: cannot read"):
+        build_vocab([tmp_path / "missing.txt"], 20)
+    with pytest.raises(TokenizerError, match="positive integer"):
+        build_vocab([corpus], 0)
+    with pytest.raises(TokenizerError, match="at least one corpus"):
+        build_vocab([], 20)
+
+
+def test_built_vocabulary_round_trips(tmp_path, corpus):
+    path = write(tmp_path / "c.txt", corpus("pretrain_psycho.txt")[:50_000])
+    tok = build_vocab(path, 2048)
+    tok.save(tmp_path / "v.json")
+    assert Tokenizer.load(tmp_path / "v.json") == tok
+    text = corpus("pretrain_psycho.txt")[:5_000]
+    assert tok.decode(tok.encode(text)).count("<|unknown|>") == tok.encode(text).count(tok.unk_id)

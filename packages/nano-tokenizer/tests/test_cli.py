@@ -1,0 +1,171 @@
+"""The command line, run as a user would: python -m nano_tokenizer."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nano_tokenizer import Tokenizer, cli
+
+
+def run(*args, stdin: bytes = b""):
+    proc = subprocess.run(
+        [sys.executable, "-m", "nano_tokenizer", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        timeout=120,
+    )
+    return proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8")
+
+
+def run_here(capsys, *args):
+    """The same entry point in this process: quicker, for the many error cases.
+    An exception escaping main() (what would be a traceback) fails the test."""
+    rc = cli.main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def assert_clean_error(rc, err, *fragments):
+    assert rc == 1
+    assert "Traceback" not in err
+    # One message line, last (after argparse's usage text for usage errors).
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("nano-tokenizer: error:") and err.count("error:") == 1
+    for fragment in fragments:
+        assert fragment in lines[-1]
+
+
+def test_help_and_version(capsys):
+    rc, out, _ = run("--help")
+    assert rc == 0 and "Usage:" in out and "encode VOCAB TEXTFILE" in out
+    for command in ("info", "encode", "decode", "build"):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([command, "--help"])
+        assert exit_info.value.code == 0 and "usage:" in capsys.readouterr().out
+    rc, out, _ = run("--version")
+    assert rc == 0 and "0.1.0" in out
+
+
+@pytest.mark.parametrize("vocab_file", ["data/tokenizer_16384_v2.json", "fixtures/psycho_230k_1214_q80.bin"])
+def test_info(shared, vocab_file):
+    rc, out, err = run("info", shared / vocab_file)
+    assert rc == 0, err
+    tok = Tokenizer.load(shared / vocab_file)
+    assert f"tokens       {tok.vocab_size}" in out
+    assert "0 <|padding|>, 1 <|unknown|>" in out
+    assert "longest      17 code points" in out
+    assert "CJK ideographs" in out
+    assert tok.fingerprint() in out
+
+
+def test_encode_decode_round_trip(shared, tmp_path):
+    vocab = shared / "data" / "tokenizer_16384_v2.json"
+    tok = Tokenizer.load(vocab)
+    text = "ability 能力<|eos|>\r\nline two\rend 😀"
+    src = tmp_path / "in.txt"
+    src.write_bytes(text.encode("utf-8"))
+
+    rc, out, err = run("encode", vocab, src)
+    assert rc == 0, err
+    ids = [int(x) for x in out.split()]
+    assert ids == tok.encode(text)
+    assert tok.eos_id not in ids
+
+    rc, out, err = run("encode", vocab, src, "--allow-special")
+    assert [int(x) for x in out.split()] == tok.encode(text, allow_special=True)
+
+    # decode from arguments, from stdin, and from a .npy written by encode --out
+    rc, out, err = run("decode", vocab, *ids)
+    assert rc == 0, err
+    assert out == tok.decode(ids)
+    rc, out, err = run("decode", vocab, "-", stdin=" ".join(map(str, ids)).encode())
+    assert out == tok.decode(ids)
+    rc, out, err = run("decode", vocab, stdin=json.dumps(ids).encode())
+    assert out == tok.decode(ids)
+
+    npy = tmp_path / "ids.npy"
+    rc, _, err = run("encode", vocab, src, "--out", npy)
+    assert rc == 0, err
+    arr = np.load(npy)
+    assert arr.dtype == np.uint32 and arr.tolist() == ids
+    rc, out, _ = run("decode", vocab, npy)
+    assert out.encode("utf-8") == tok.decode(ids).encode("utf-8")
+
+
+def test_encode_streams_a_large_file_from_stdin(shared, tmp_path):
+    vocab = shared / "data" / "tokenizer_4096.json"
+    text = (shared / "data" / "pretrain_psycho.txt").read_bytes()[:600_000].decode("utf-8", "ignore")
+    npy = tmp_path / "big.npy"
+    rc, _, err = run("encode", vocab, "-", "--out", npy, "--chunk-chars", "1000", stdin=text.encode("utf-8"))
+    assert rc == 0, err
+    assert np.load(npy).tolist() == Tokenizer.load(vocab).encode(text)
+
+
+def test_encode_with_a_bin_model_as_vocabulary(shared, tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_text("251212", encoding="utf-8")
+    rc, out, _ = run("encode", shared / "fixtures" / "sort6_f32.bin", src)
+    assert rc == 0
+    tok = Tokenizer.load(shared / "data" / "nano_80.json")
+    assert [int(x) for x in out.split()] == tok.encode("251212")
+
+
+def test_build(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello world, hello nano", encoding="utf-8")
+    words = tmp_path / "w.txt"
+    words.write_text("hello\nnano\n", encoding="utf-8")
+    out = tmp_path / "v.json"
+    rc, _, err = run("build", corpus, "--size", 30, "--words", words, "--special", "<|nano_meta_0|>", "-o", out)
+    assert rc == 0, err
+    tok = Tokenizer.load(out)
+    assert tok.itos[-2:] == ("hello", "nano")
+    assert tok.special_tokens["<|nano_meta_0|>"] == 7
+    assert json.loads(out.read_text(encoding="utf-8"))["nano_schema"] == 1
+
+
+def test_errors_through_the_real_command(tmp_path):
+    rc, _, err = run("info", tmp_path / "missing.json")
+    assert_clean_error(rc, err, "missing.json: cannot read")
+    rc, _, err = run("frobnicate")
+    assert_clean_error(rc, err, "invalid choice")
+
+
+def test_errors_are_one_line_and_exit_1(shared, tmp_path, capsys):
+    vocab = shared / "data" / "nano_80.json"
+
+    def run(*args, stdin=None):
+        return run_here(capsys, *args)
+
+    rc, _, err = run("info", tmp_path / "missing.json")
+    assert_clean_error(rc, err, "missing.json: cannot read")
+
+    notvocab = tmp_path / "notvocab.json"
+    notvocab.write_text('{"itos": []}', encoding="utf-8")
+    rc, _, err = run("info", notvocab)
+    assert_clean_error(rc, err, "notvocab.json", "missing key")
+
+    rc, _, err = run("decode", vocab, "1", "80")
+    assert_clean_error(rc, err, "token id 80 is outside")
+    rc, _, err = run("decode", vocab, "1", "x2")
+    assert_clean_error(rc, err, "not a token id: 'x2'")
+
+    bad_text = tmp_path / "bad.txt"
+    bad_text.write_bytes(b"abc\xff\xfe")
+    rc, _, err = run("encode", vocab, bad_text)
+    assert_clean_error(rc, err, "bad.txt: not UTF-8")
+    rc, _, err = run("encode", vocab, tmp_path / "none.txt")
+    assert_clean_error(rc, err, "none.txt: cannot read")
+
+    rc, _, err = run("build", tmp_path / "none.txt", "--size", "10", "-o", tmp_path / "o.json")
+    assert_clean_error(rc, err, "none.txt: cannot read")
+    rc, _, err = run("build", bad_text, "--size", "3", "-o", tmp_path / "o.json")
+    assert_clean_error(rc, err, "too small")
+
+    rc, _, err = run("frobnicate")
+    assert_clean_error(rc, err, "invalid choice")
+    rc, _, err = run("build", bad_text)
+    assert_clean_error(rc, err, "--size")
