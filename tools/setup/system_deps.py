@@ -24,7 +24,8 @@ import sys
 
 # Debian package names per group. Later targets add their own groups here.
 GROUPS: dict[str, tuple[str, ...]] = {
-    "build": ("gcc", "make", "pkg-config"),
+    # libc6-dev: headers and libc.a (static nano); cmake: the c-core CMakeLists.txt (tested)
+    "build": ("gcc", "make", "pkg-config", "libc6-dev", "cmake"),
     "sanitize": ("clang", "libclang-rt-14-dev", "libomp-14-dev"),
     "wss": ("libwebsockets-dev",),
 }

@@ -1,0 +1,636 @@
+/*
+ * nano - run, inspect and benchmark Nano models from the command line.
+ *
+ * Usage:
+ *   nano run -m MODEL [-l LORA] [-p PROMPT | -p -] [--instruct] [-t TEMP] [-k TOP_K]
+ *            [--top-p P] [--min-p P] [-r PENALTY] [-n MAX_TOKENS] [-s SEED]
+ *            [--threads N] [--ctx N] [--batch N] [--portable] [--profile] [--ids]
+ *   nano info MODEL
+ *   nano seq2seq -m MODEL [--threads N] [--causal] INPUT
+ *   nano bench -m MODEL [-p PROMPT_TOKENS] [-n TOKENS] [--threads N] [--portable]
+ *   nano --help | nano --version
+ *
+ * Without -p, `nano run` is an interactive chat (instruct mode): one question
+ * per line of standard input (a terminal or a pipe), one answer per line.
+ * This is the only file that may exit(); the library never does.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nano.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <unistd.h>
+#define HAVE_ISATTY 1
+#endif
+
+#include <time.h>
+
+static const char *USAGE =
+    "usage: nano <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  run      generate text (continuation, instruct, or an interactive chat)\n"
+    "  info     show a model file's header, config, tokenizer and tensor table\n"
+    "  seq2seq  one forward over INPUT and the argmax at every position (full attention)\n"
+    "  bench    time prefill and decode on random tokens\n"
+    "\n"
+    "nano run -m MODEL [options]\n"
+    "  -m, --model PATH     model file (.bin)\n"
+    "  -l, --lora PATH      LoRA module to attach\n"
+    "  -p, --prompt TEXT    prompt ('-' reads it from standard input); without -p:\n"
+    "                       interactive chat, one question per input line\n"
+    "  --instruct           wrap the prompt as <|instruct_mark|> PROMPT <|response_mark|>\n"
+    "  -t, --temperature T  0 = greedy (default 1.0)\n"
+    "  -k, --top-k K        keep the K most likely tokens (0 = off)\n"
+    "  --top-p P            nucleus sampling, 0 < P <= 1 (1 = off)\n"
+    "  --min-p P            drop tokens below P * the top probability (0 = off)\n"
+    "  -r, --repetition-penalty R   > 0 (1 = off)\n"
+    "  -n, --max-tokens N   stop after N tokens (0 = until a stop token or the context is full;\n"
+    "                       default 256)\n"
+    "  -s, --seed S         sampler seed (default 0)\n"
+    "  --threads N          threads (default: OpenMP's)\n"
+    "  --ctx N              context length (default: the model's block size)\n"
+    "  --batch N            prefill block size (default 64)\n"
+    "  --portable           plain C kernels (no AVX2)\n"
+    "  --profile            print timings and tokens/s to standard error\n"
+    "  --ids                print only the token ids, prompt then generated, comma-separated\n"
+    "                       on one line (the prompt's count goes to standard error)\n"
+    "\n"
+    "nano info MODEL\n"
+    "nano seq2seq -m MODEL [--threads N] [--causal] INPUT\n"
+    "nano bench -m MODEL [-p PROMPT_TOKENS (default 128)] [-n TOKENS (default 128)]\n"
+    "           [--threads N] [--ctx N] [--portable]\n"
+    "\n"
+    "examples:\n"
+    "  nano run -m psycho.bin -p '今天' -t 0 -n 32\n"
+    "  nano run -m model.bin --instruct -p 'What is a dipole?' -t 0.7 -k 40 --profile\n"
+    "  echo 'hello' | nano run -m model.bin\n"
+    "  nano seq2seq -m sort6_f32.bin 251212\n";
+
+// ---------------------------------------------------------------------------
+// Errors and argument parsing
+
+static void die_usage(const char *fmt, const char *a, const char *b) {
+    fprintf(stderr, "nano: error: ");
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, "\n(run 'nano --help' for usage)\n");
+    exit(2);
+}
+
+static void die_status(nano_status st, const char *what) {
+    fprintf(stderr, "nano: error: %s: %s (%s)\n", what, nano_status_string(st), nano_status_name(st));
+    exit(1);
+}
+
+static long parse_long(const char *opt, const char *v, long lo, long hi) {
+    char *end = NULL;
+    long x;
+    errno = 0;
+    x = strtol(v, &end, 10);
+    if (errno || !end || *end || end == v || x < lo || x > hi) {
+        fprintf(stderr, "nano: error: %s: expected an integer in [%ld, %ld], got '%s'\n"
+                        "(run 'nano --help' for usage)\n", opt, lo, hi, v);
+        exit(2);
+    }
+    return x;
+}
+
+static unsigned long long parse_u64(const char *opt, const char *v) {
+    char *end = NULL;
+    unsigned long long x;
+    errno = 0;
+    if (v[0] == '-') die_usage("%s: expected a non-negative integer, got '%s'", opt, v);
+    x = strtoull(v, &end, 10);
+    if (errno || !end || *end || end == v) die_usage("%s: expected a non-negative integer, got '%s'", opt, v);
+    return x;
+}
+
+static float parse_float(const char *opt, const char *v) {
+    char *end = NULL;
+    double x;
+    errno = 0;
+    x = strtod(v, &end);
+    if (errno || !end || *end || end == v || x != x) die_usage("%s: expected a number, got '%s'", opt, v);
+    return (float)x;
+}
+
+static const char *need_value(int argc, char **argv, int *i) {
+    if (*i + 1 >= argc) die_usage("%s: missing value%s", argv[*i], "");
+    return argv[++*i];
+}
+
+static int is_opt(const char *a, const char *s, const char *l) {
+    return (s && strcmp(a, s) == 0) || (l && strcmp(a, l) == 0);
+}
+
+// ---------------------------------------------------------------------------
+// Loading
+
+static nano_model *load_model(const char *path) {
+    nano_model *m = NULL;
+    nano_model_params mp = nano_model_default_params();
+    nano_status st = nano_model_load_file(path, &mp, &m);
+    if (st != NANO_OK) die_status(st, path);
+    return m;
+}
+
+static nano_context *make_context(const nano_model *m, const char *path, uint32_t n_ctx, uint32_t n_batch,
+                                  int threads, uint32_t attention, int portable) {
+    nano_context *ctx = NULL;
+    nano_context_params cp = nano_context_default_params();
+    nano_model_info info;
+    nano_status st;
+    nano_model_get_info(m, &info);
+    if (n_ctx > info.block_size) {
+        fprintf(stderr, "nano: error: --ctx: %u is larger than the model's block size %u\n", n_ctx,
+                info.block_size);
+        exit(2);
+    }
+    cp.n_ctx = n_ctx;
+    cp.n_batch = n_batch;
+    cp.n_threads = threads;
+    cp.attention = attention;
+    cp.kernels = portable ? NANO_KERNELS_PORTABLE : NANO_KERNELS_AUTO;
+    st = nano_context_init(m, &cp, &ctx);
+    if (st != NANO_OK) die_status(st, path);
+    return ctx;
+}
+
+static char *read_stream(FILE *f) {
+    size_t cap = 4096, len = 0;
+    char *buf = (char *)malloc(cap);
+    if (!buf) return NULL;
+    for (;;) {
+        size_t got;
+        if (len + 1 >= cap) {
+            char *nb = (char *)realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                return NULL;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        got = fread(buf + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0) break;
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+// ---------------------------------------------------------------------------
+// run
+
+typedef struct run_opts {
+    const char *model, *lora, *prompt;
+    int instruct, profile, ids, portable, threads;
+    uint32_t n_ctx, n_batch;
+    nano_session_params sp;
+} run_opts;
+
+/* Peak resident memory of this process in KiB (Linux: VmHWM), or -1. */
+static long peak_rss_kib(void) {
+    long kib = -1;
+#ifdef __linux__
+    char line[256];
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f) return -1;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "VmHWM:", 6) == 0) kib = strtol(line + 6, NULL, 10);
+    fclose(f);
+#endif
+    return kib;
+}
+
+static void print_stats(const nano_session *s, const nano_context *ctx) {
+    nano_session_stats st;
+    nano_session_get_stats(s, &st);
+    fprintf(stderr,
+            "nano: prompt %u tokens in %.2f ms (%.1f tokens/s), first token after %.2f ms, "
+            "%u tokens generated, decode %.1f tokens/s, %d threads, peak memory %ld KiB\n",
+            st.prompt_tokens, st.prefill_ms, st.prefill_tokens_per_s, st.ttft_ms, st.generated_tokens,
+            st.decode_tokens_per_s, (int)nano_context_threads(ctx), peak_rss_kib());
+}
+
+/* One generation; returns the status of the last step. */
+static nano_status generate(nano_session *s, const char *prompt, uint32_t mode, const run_opts *o,
+                            const nano_context *ctx) {
+    nano_token_event ev;
+    nano_status st = nano_session_start(s, prompt, mode);
+    if (st != NANO_OK) return st;
+    while ((st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
+        if (!o->ids) {
+            fwrite(ev.text, 1, ev.text_len, stdout);
+            fflush(stdout);
+        }
+    }
+    if (st != NANO_OK && st != NANO_ERR_CANCELLED) return st;
+    if (o->ids) {
+        uint32_t n, n_prompt, i;
+        const int32_t *t = nano_session_tokens(s, &n, &n_prompt);
+        for (i = 0; i < n; i++) printf(i ? ",%d" : "%d", (int)t[i]);
+        printf("\n");
+        fprintf(stderr, "nano: %u prompt tokens, %u generated\n", n_prompt, n - n_prompt);
+    } else {
+        printf("\n");
+    }
+    fflush(stdout);
+    if (o->profile) print_stats(s, ctx);
+    return NANO_OK;
+}
+
+static int cmd_run(int argc, char **argv) {
+    run_opts o;
+    nano_model *m;
+    nano_lora *lora = NULL;
+    nano_context *ctx;
+    nano_session *s = NULL;
+    nano_status st;
+    char *stdin_prompt = NULL;
+    int i;
+    memset(&o, 0, sizeof o);
+    o.sp = nano_session_default_params();
+    o.sp.max_tokens = 256;
+    for (i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (is_opt(a, "-m", "--model")) o.model = need_value(argc, argv, &i);
+        else if (is_opt(a, "-l", "--lora")) o.lora = need_value(argc, argv, &i);
+        else if (is_opt(a, "-p", "--prompt")) o.prompt = need_value(argc, argv, &i);
+        else if (is_opt(a, NULL, "--instruct")) o.instruct = 1;
+        else if (is_opt(a, "-t", "--temperature")) {
+            o.sp.sampler.temperature = parse_float(a, need_value(argc, argv, &i));
+            if (!(o.sp.sampler.temperature >= 0.0f)) die_usage("%s: must be >= 0, got '%s'", a, argv[i]);
+        } else if (is_opt(a, "-k", "--top-k")) o.sp.sampler.top_k = (int32_t)parse_long(a, need_value(argc, argv, &i), 0, 1L << 30);
+        else if (is_opt(a, NULL, "--top-p")) {
+            o.sp.sampler.top_p = parse_float(a, need_value(argc, argv, &i));
+            if (!(o.sp.sampler.top_p > 0.0f && o.sp.sampler.top_p <= 1.0f))
+                die_usage("%s: must be in (0, 1], got '%s'", a, argv[i]);
+        } else if (is_opt(a, NULL, "--min-p")) {
+            o.sp.sampler.min_p = parse_float(a, need_value(argc, argv, &i));
+            if (!(o.sp.sampler.min_p >= 0.0f && o.sp.sampler.min_p <= 1.0f))
+                die_usage("%s: must be in [0, 1], got '%s'", a, argv[i]);
+        } else if (is_opt(a, "-r", "--repetition-penalty")) {
+            o.sp.sampler.repetition_penalty = parse_float(a, need_value(argc, argv, &i));
+            if (!(o.sp.sampler.repetition_penalty > 0.0f)) die_usage("%s: must be > 0, got '%s'", a, argv[i]);
+        } else if (is_opt(a, "-n", "--max-tokens")) o.sp.max_tokens = (uint32_t)parse_long(a, need_value(argc, argv, &i), 0, 1L << 30);
+        else if (is_opt(a, "-s", "--seed")) o.sp.sampler.seed = parse_u64(a, need_value(argc, argv, &i));
+        else if (is_opt(a, NULL, "--threads")) o.threads = (int)parse_long(a, need_value(argc, argv, &i), 1, 1024);
+        else if (is_opt(a, NULL, "--ctx")) o.n_ctx = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 30);
+        else if (is_opt(a, NULL, "--batch")) o.n_batch = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 20);
+        else if (is_opt(a, NULL, "--portable")) o.portable = 1;
+        else if (is_opt(a, NULL, "--profile")) o.profile = 1;
+        else if (is_opt(a, NULL, "--ids")) o.ids = 1;
+        else if (is_opt(a, "-h", "--help")) {
+            fputs(USAGE, stdout);
+            return 0;
+        } else die_usage("run: unknown option '%s'%s", a, "");
+    }
+    if (!o.model) die_usage("run: -m MODEL is required%s%s", "", "");
+
+    m = load_model(o.model);
+    ctx = make_context(m, o.model, o.n_ctx, o.n_batch, o.threads, NANO_ATTENTION_MODE_FILE, o.portable);
+    if (o.lora) {
+        st = nano_lora_load_file(o.lora, NULL, &lora);
+        if (st != NANO_OK) die_status(st, o.lora);
+        st = nano_context_set_lora(ctx, lora);
+        if (st != NANO_OK) die_status(st, o.lora);
+    }
+    st = nano_session_init(ctx, &o.sp, &s);
+    if (st != NANO_OK) die_status(st, "session");
+
+    if (o.prompt) {
+        const char *prompt = o.prompt;
+        if (strcmp(prompt, "-") == 0) {
+            stdin_prompt = read_stream(stdin);
+            if (!stdin_prompt) die_status(NANO_ERR_OUT_OF_MEMORY, "stdin");
+            prompt = stdin_prompt;
+        }
+        st = generate(s, prompt, o.instruct ? NANO_MODE_INSTRUCT : NANO_MODE_CONTINUE, &o, ctx);
+        if (st != NANO_OK) die_status(st, o.model);
+    } else {
+        /* interactive chat: one question per line, instruct mode */
+        char line[8192];
+        int tty = 0;
+#ifdef HAVE_ISATTY
+        tty = isatty(0);
+#endif
+        for (;;) {
+            size_t n;
+            if (tty) {
+                fputs("> ", stderr);
+                fflush(stderr);
+            }
+            if (!fgets(line, sizeof line, stdin)) break;
+            n = strlen(line);
+            while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+            if (n == 0) continue;
+            st = generate(s, line, NANO_MODE_INSTRUCT, &o, ctx);
+            if (st != NANO_OK) die_status(st, "chat");
+        }
+    }
+    free(stdin_prompt);
+    nano_session_free(s);
+    nano_context_free(ctx);
+    nano_lora_free(lora);
+    nano_model_free(m);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// info
+
+static const char *model_type_name(uint32_t t) {
+    switch (t) {
+    case NANO_MODEL_TYPE_NANO: return "nano";
+    case NANO_MODEL_TYPE_QWEN2: return "qwen2";
+    case NANO_MODEL_TYPE_QWEN3: return "qwen3";
+    case NANO_MODEL_TYPE_LORA: return "lora";
+    default: return "?";
+    }
+}
+
+static const char *quant_name(uint32_t q) {
+    switch (q) {
+    case NANO_QUANT_TYPE_F32: return "f32";
+    case NANO_QUANT_TYPE_Q8_0: return "q8_0";
+    case NANO_QUANT_TYPE_Q4K: return "q4k";
+    default: return "?";
+    }
+}
+
+static void print_escaped(const char *s, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\n') fputs("\\n", stdout);
+        else if (c == '\r') fputs("\\r", stdout);
+        else if (c == '\t') fputs("\\t", stdout);
+        else if (c < 0x20 || c == 0x7F) printf("\\x%02x", c);
+        else putchar(c);
+    }
+}
+
+static int cmd_info(int argc, char **argv) {
+    nano_model *m;
+    nano_model_info c;
+    const nano_tokenizer *tok;
+    uint32_t i;
+    const char *path = NULL;
+    int a;
+    for (a = 2; a < argc; a++) {
+        if (is_opt(argv[a], "-h", "--help")) {
+            fputs(USAGE, stdout);
+            return 0;
+        }
+        if (argv[a][0] == '-' && argv[a][1]) die_usage("info: unknown option '%s'%s", argv[a], "");
+        if (path) die_usage("info: one MODEL only (got '%s' and '%s')", path, argv[a]);
+        path = argv[a];
+    }
+    if (!path) die_usage("info: MODEL is required%s%s", "", "");
+    m = load_model(path);
+    nano_model_get_info(m, &c);
+    printf("file          %s (%llu bytes)\n", path, (unsigned long long)c.file_size);
+    printf("layout        %s (version %d.%d)%s\n", c.layout, (int)c.major, (int)c.minor,
+           c.has_extension ? ", Nano extension" : "");
+    printf("model type    %s (%u)\n", model_type_name(c.model_type), c.model_type);
+    printf("quant         %s (code 0x%02X)", quant_name(c.quant_type), c.quant_code);
+    if (c.quant_type == NANO_QUANT_TYPE_Q8_0) printf(", group size %u", c.group_size);
+    printf("\n");
+    if (c.model_type == NANO_MODEL_TYPE_LORA) {
+        printf("config        rank %u, alpha %u (scale %g), n_layer %u, n_embd %u, n_head %u, n_kv_head %u, "
+               "n_hidden %u\n",
+               c.lora_rank, c.lora_alpha, (double)c.lora_alpha / c.lora_rank, c.n_layer, c.n_embd, c.n_head,
+               c.n_kv_head, c.n_hidden);
+    } else {
+        printf("config        block_size %u, vocab_size %u, n_layer %u, n_embd %u, n_head %u, n_kv_head %u, "
+               "n_hidden %u, head_dim %u, %s classifier\n",
+               c.block_size, c.vocab_size, c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.n_hidden, c.head_dim,
+               c.tied ? "tied" : "separate");
+        printf("attention     %s%s\n", c.attention == NANO_ATTENTION_FULL ? "full" : "causal",
+               c.has_extension ? "" : " (implied: the layout cannot record it)");
+        printf("position      %s, norm eps %g, rope theta %g\n",
+               c.position == NANO_POSITION_LEARNED ? "learned" : "rope", (double)c.norm_eps,
+               (double)c.rope_theta);
+    }
+    printf("parameters    %llu weights, %llu bytes at 0x%llX\n", (unsigned long long)c.n_params,
+           (unsigned long long)c.params_size, (unsigned long long)c.params_offset);
+    printf("runnable      %s\n", c.runnable ? "yes" : "no (inspect only)");
+    tok = nano_model_tokenizer(m);
+    if (!tok) {
+        printf("tokenizer     none\n");
+    } else {
+        uint32_t V = nano_tokenizer_vocab_size(tok), shown = 0;
+        int trie = nano_tokenizer_get_kind(tok) == NANO_TOKENIZER_KIND_TRIE;
+        printf("tokenizer     %s, %u tokens, %llu bytes at 0x%llX, longest %u %s", trie ? "trie" : "bpe", V,
+               (unsigned long long)c.tokenizer_size, (unsigned long long)c.tokenizer_offset,
+               nano_tokenizer_max_token_length(tok), trie ? "code points" : "bytes");
+        if (trie) printf(", %u special", nano_tokenizer_n_special(tok));
+        printf("\n");
+        if (trie) {
+            printf("special       ");
+            for (i = 0; i < V && shown < 16; i++)
+                if (nano_tokenizer_is_special(tok, (int32_t)i)) {
+                    const char *t;
+                    size_t n;
+                    nano_tokenizer_token_text(tok, (int32_t)i, &t, &n);
+                    printf("%s%u ", shown ? ", " : "", i);
+                    print_escaped(t, n);
+                    shown++;
+                }
+            printf("\n");
+        }
+        printf("first tokens  ");
+        for (i = 0; i < V && i < 24; i++) {
+            const char *t;
+            size_t n;
+            nano_tokenizer_token_text(tok, (int32_t)i, &t, &n);
+            printf("%s", i ? " | " : "");
+            print_escaped(t, n);
+        }
+        printf("\n");
+    }
+    printf("tensors       %u\n", c.n_tensors);
+    printf("  %-14s %-6s %-22s %12s %12s\n", "name", "dtype", "shape", "offset", "bytes");
+    for (i = 0; i < c.n_tensors; i++) {
+        nano_tensor_info t;
+        char name[64], shape[64];
+        uint32_t d;
+        size_t k = 0;
+        nano_model_get_tensor(m, i, &t);
+        if (t.layer >= 0) snprintf(name, sizeof name, "%s.%d", t.name, (int)t.layer);
+        else snprintf(name, sizeof name, "%s", t.name);
+        shape[k++] = '[';
+        for (d = 0; d < t.n_dims; d++)
+            k += (size_t)snprintf(shape + k, sizeof shape - k, d ? ", %u" : "%u", t.dims[d]);
+        snprintf(shape + k, sizeof shape - k, "]");
+        printf("  %-14s %-6s %-22s %#12llx %12llu\n", name, quant_name(t.quant_type), shape,
+               (unsigned long long)t.offset, (unsigned long long)t.size);
+    }
+    nano_model_free(m);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// seq2seq
+
+static int cmd_seq2seq(int argc, char **argv) {
+    const char *model = NULL, *input = NULL;
+    int threads = 0, causal = 0, i;
+    nano_model *m;
+    nano_context *ctx;
+    const nano_tokenizer *tok;
+    int32_t *ids, *out;
+    size_t n = 0, len, cap;
+    char *text;
+    nano_status st;
+    for (i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (is_opt(a, "-m", "--model")) model = need_value(argc, argv, &i);
+        else if (is_opt(a, NULL, "--threads")) threads = (int)parse_long(a, need_value(argc, argv, &i), 1, 1024);
+        else if (is_opt(a, NULL, "--causal")) causal = 1;
+        else if (is_opt(a, "-h", "--help")) {
+            fputs(USAGE, stdout);
+            return 0;
+        } else if (a[0] == '-' && a[1]) die_usage("seq2seq: unknown option '%s'%s", a, "");
+        else if (input) die_usage("seq2seq: one INPUT only (got '%s' and '%s')", input, a);
+        else input = a;
+    }
+    if (!model) die_usage("seq2seq: -m MODEL is required%s%s", "", "");
+    if (!input) die_usage("seq2seq: INPUT is required%s%s", "", "");
+    m = load_model(model);
+    tok = nano_model_tokenizer(m);
+    if (!tok) die_status(NANO_ERR_NO_TOKENIZER, model);
+    ctx = make_context(m, model, 0, 0, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE, 0);
+    len = strlen(input);
+    cap = nano_context_n_ctx(ctx);
+    ids = (int32_t *)malloc((cap + 1) * sizeof(int32_t));
+    out = (int32_t *)malloc((cap + 1) * sizeof(int32_t));
+    if (!ids || !out) die_status(NANO_ERR_OUT_OF_MEMORY, "seq2seq");
+    st = nano_tokenizer_encode(tok, input, len, 0, ids, cap, &n);
+    if (st == NANO_ERR_BUFFER_TOO_SMALL) {
+        fprintf(stderr, "nano: error: seq2seq: INPUT is %zu tokens; the model takes at most %zu\n", n, cap);
+        exit(1);
+    }
+    if (st != NANO_OK) die_status(st, input);
+    if (n == 0) die_usage("seq2seq: INPUT is empty%s%s", "", "");
+    st = nano_seq2seq(ctx, ids, (uint32_t)n, out);
+    if (st != NANO_OK) die_status(st, model);
+    nano_tokenizer_decode(tok, out, n, NULL, 0, &len);
+    text = (char *)malloc(len + 1);
+    if (!text) die_status(NANO_ERR_OUT_OF_MEMORY, "seq2seq");
+    st = nano_tokenizer_decode(tok, out, n, text, len + 1, &len);
+    if (st != NANO_OK) die_status(st, "decode");
+    printf("%s\n", text);
+    free(text);
+    free(ids);
+    free(out);
+    nano_context_free(ctx);
+    nano_model_free(m);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+// bench
+
+static double now_ms(void) {
+#if defined(CLOCK_MONOTONIC)
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+#else
+    return (double)clock() * 1e3 / CLOCKS_PER_SEC;
+#endif
+}
+
+static int cmd_bench(int argc, char **argv) {
+    const char *model = NULL;
+    int threads = 0, portable = 0, i;
+    uint32_t n_prompt = 128, n_gen = 128, n_ctx = 0, t, V, reps;
+    nano_model *m;
+    nano_context *ctx;
+    nano_model_info info;
+    int32_t *ids;
+    nano_rng rng;
+    double t0, t_prefill, t_decode, best_prefill = 1e30, best_decode = 1e30;
+    nano_status st;
+    for (i = 2; i < argc; i++) {
+        const char *a = argv[i];
+        if (is_opt(a, "-m", "--model")) model = need_value(argc, argv, &i);
+        else if (is_opt(a, "-p", "--prompt-tokens")) n_prompt = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 20);
+        else if (is_opt(a, "-n", "--tokens")) n_gen = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 20);
+        else if (is_opt(a, NULL, "--threads")) threads = (int)parse_long(a, need_value(argc, argv, &i), 1, 1024);
+        else if (is_opt(a, NULL, "--ctx")) n_ctx = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 30);
+        else if (is_opt(a, NULL, "--portable")) portable = 1;
+        else if (is_opt(a, "-h", "--help")) {
+            fputs(USAGE, stdout);
+            return 0;
+        } else die_usage("bench: unknown option '%s'%s", a, "");
+    }
+    if (!model) die_usage("bench: -m MODEL is required%s%s", "", "");
+    m = load_model(model);
+    nano_model_get_info(m, &info);
+    ctx = make_context(m, model, n_ctx, 0, threads, NANO_ATTENTION_MODE_CAUSAL, portable);
+    if (n_prompt + n_gen > nano_context_n_ctx(ctx)) {
+        fprintf(stderr, "nano: error: bench: %u prompt + %u decode tokens exceed the context (%u)\n", n_prompt,
+                n_gen, nano_context_n_ctx(ctx));
+        exit(2);
+    }
+    V = info.vocab_size;
+    ids = (int32_t *)malloc(((size_t)n_prompt + n_gen) * sizeof(int32_t));
+    if (!ids) die_status(NANO_ERR_OUT_OF_MEMORY, "bench");
+    nano_rng_seed(&rng, 1);
+    for (t = 0; t < n_prompt + n_gen; t++) ids[t] = (int32_t)(nano_rng_next(&rng) % V);
+    for (reps = 0; reps < 3; reps++) {
+        nano_context_reset(ctx);
+        t0 = now_ms();
+        st = nano_eval(ctx, ids, n_prompt, NULL, 0);
+        if (st != NANO_OK) die_status(st, "prefill");
+        t_prefill = now_ms() - t0;
+        t0 = now_ms();
+        for (t = 0; t < n_gen; t++) {
+            st = nano_eval(ctx, &ids[n_prompt + t], 1, NULL, 0);
+            if (st != NANO_OK) die_status(st, "decode");
+        }
+        t_decode = now_ms() - t0;
+        if (t_prefill < best_prefill) best_prefill = t_prefill;
+        if (t_decode < best_decode) best_decode = t_decode;
+    }
+    printf("model    %s: %s %s, n_layer %u, n_embd %u, vocab %u, %llu bytes\n", model, info.layout,
+           quant_name(info.quant_type), info.n_layer, info.n_embd, V, (unsigned long long)info.file_size);
+    printf("threads  %d\n", (int)nano_context_threads(ctx));
+    printf("prefill  %u tokens: %.2f ms, %.1f tokens/s\n", n_prompt, best_prefill, n_prompt * 1e3 / best_prefill);
+    printf("decode   %u tokens: %.2f ms, %.1f tokens/s\n", n_gen, best_decode, n_gen * 1e3 / best_decode);
+    free(ids);
+    nano_context_free(ctx);
+    nano_model_free(m);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------
+
+int main(int argc, char **argv) {
+    const char *cmd = argc > 1 ? argv[1] : NULL;
+    if (!cmd) {
+        fputs(USAGE, stderr);
+        return 2;
+    }
+    if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
+        fputs(USAGE, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        printf("nano (%s)\n", nano_build_info());
+        return 0;
+    }
+    if (strcmp(cmd, "run") == 0) return cmd_run(argc, argv);
+    if (strcmp(cmd, "info") == 0) return cmd_info(argc, argv);
+    if (strcmp(cmd, "seq2seq") == 0) return cmd_seq2seq(argc, argv);
+    if (strcmp(cmd, "bench") == 0) return cmd_bench(argc, argv);
+    die_usage("unknown command '%s'%s", cmd, "");
+    return 2;
+}

@@ -1,0 +1,729 @@
+/*
+ * format.c - loading model files: validate every field and size, then point
+ * the weight structs into the bytes (zero copy).
+ *
+ * The checks run in the same order as nano_format's reader, so that both give
+ * the same verdict on every file (tests/test_loader.py compares them):
+ *   magic -> header length -> version -> model type -> config length -> quant
+ *   code -> reserved bytes -> config words -> group size -> tokenizer section
+ *   -> parameter sizes (overflow, larger than the file, truncated, trailing).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+// ---------------------------------------------------------------------------
+// Little-endian reads (the file's byte order on any host)
+
+static uint32_t rd_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+static int32_t rd_i32(const uint8_t *p) {
+    uint32_t u = rd_u32(p);
+    int32_t v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+static float rd_f32(const uint8_t *p) {
+    uint32_t u = rd_u32(p);
+    float v;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+// ---------------------------------------------------------------------------
+// Layouts (spec.LAYOUTS and spec.QUANT_CODES)
+
+typedef struct layout_desc {
+    const char *name;
+    int32_t major, minor;
+    uint32_t config_len;
+    int extension;
+    uint32_t model_types; /* bit per nano_model_type */
+    /* the quant codes the layout may store: code -> nano_quant_type */
+    uint32_t n_codes;
+    uint32_t codes[3];
+    uint32_t quants[3];
+} layout_desc;
+
+#define MT_BIT(t) (1u << (t))
+
+static const layout_desc LAYOUTS[] = {
+    {"2024.10", NANO_LAYOUT_2024_10_MAJOR, NANO_LAYOUT_2024_10_MINOR, NANO_LAYOUT_2024_10_CONFIG_LEN, 0,
+     MT_BIT(NANO_MODEL_TYPE_LORA), 1, {0x00, 0, 0}, {NANO_QUANT_TYPE_F32, 0, 0}},
+    {"2025.12", NANO_LAYOUT_2025_12_MAJOR, NANO_LAYOUT_2025_12_MINOR, NANO_LAYOUT_2025_12_CONFIG_LEN, 0,
+     MT_BIT(NANO_MODEL_TYPE_NANO), 3, {0x00, NANO_LEGACY_Q8_0_2025, 0x42},
+     {NANO_QUANT_TYPE_F32, NANO_QUANT_TYPE_Q8_0, NANO_QUANT_TYPE_Q4K}},
+    {"2026.1", NANO_LAYOUT_2026_1_MAJOR, NANO_LAYOUT_2026_1_MINOR, NANO_LAYOUT_2026_1_CONFIG_LEN, 0,
+     MT_BIT(NANO_MODEL_TYPE_NANO) | MT_BIT(NANO_MODEL_TYPE_QWEN2) | MT_BIT(NANO_MODEL_TYPE_QWEN3), 3,
+     {0x00, 0x80, 0x42}, {NANO_QUANT_TYPE_F32, NANO_QUANT_TYPE_Q8_0, NANO_QUANT_TYPE_Q4K}},
+    {"2026.101", NANO_LAYOUT_NANO_EXT_1_MAJOR, NANO_LAYOUT_NANO_EXT_1_MINOR,
+     NANO_LAYOUT_NANO_EXT_1_CONFIG_LEN, 1, MT_BIT(NANO_MODEL_TYPE_NANO), 2, {0x00, 0x80, 0},
+     {NANO_QUANT_TYPE_F32, NANO_QUANT_TYPE_Q8_0, 0}},
+};
+#define N_LAYOUTS (sizeof(LAYOUTS) / sizeof(LAYOUTS[0]))
+
+static int known_model_type(uint32_t t) {
+    return t == NANO_MODEL_TYPE_NANO || t == NANO_MODEL_TYPE_QWEN2 || t == NANO_MODEL_TYPE_QWEN3 ||
+           t == NANO_MODEL_TYPE_LORA;
+}
+
+// ---------------------------------------------------------------------------
+// The parameter plan (nano_format.plan): names, shapes and sizes in file order
+
+typedef struct plan_param {
+    const char *name;
+    uint32_t n_dims;
+    uint64_t dims[3];
+    int quantizable;
+    int per_layer;
+} plan_param;
+
+#define MAX_PLAN 24
+
+static void plan_add(plan_param *p, uint32_t *n, const char *name, uint32_t nd, uint64_t d0, uint64_t d1,
+                     uint64_t d2, int quantizable, int per_layer) {
+    plan_param *q = &p[(*n)++];
+    q->name = name;
+    q->n_dims = nd;
+    q->dims[0] = d0;
+    q->dims[1] = d1;
+    q->dims[2] = d2;
+    q->quantizable = quantizable;
+    q->per_layer = per_layer;
+}
+
+static uint32_t plan_model(const nano_model_info *c, plan_param *p) {
+    uint32_t n = 0;
+    uint64_t L = c->n_layer, E = c->n_embd, V = c->vocab_size, F = c->n_hidden, D = c->head_dim,
+             B = c->block_size;
+    uint64_t HD = (uint64_t)c->n_head * D, KD = (uint64_t)c->n_kv_head * D;
+    plan_add(p, &n, "norm_attn", 2, L, E, 0, 0, 0);
+    plan_add(p, &n, "norm_ffn", 2, L, E, 0, 0, 0);
+    plan_add(p, &n, "norm_final", 1, E, 0, 0, 0, 0);
+    plan_add(p, &n, "tok_embd", 2, V, E, 0, 1, 0);
+    plan_add(p, &n, "wq", 3, L, HD, E, 1, 1);
+    plan_add(p, &n, "wk", 3, L, KD, E, 1, 1);
+    plan_add(p, &n, "wv", 3, L, KD, E, 1, 1);
+    plan_add(p, &n, "wo", 3, L, E, HD, 1, 1);
+    plan_add(p, &n, "w1", 3, L, F, E, 1, 1);
+    plan_add(p, &n, "w2", 3, L, E, F, 1, 1);
+    plan_add(p, &n, "w3", 3, L, F, E, 1, 1);
+    if (c->model_type == NANO_MODEL_TYPE_QWEN2) {
+        plan_add(p, &n, "bq", 2, L, HD, 0, 0, 0);
+        plan_add(p, &n, "bk", 2, L, KD, 0, 0, 0);
+        plan_add(p, &n, "bv", 2, L, KD, 0, 0, 0);
+    }
+    if (c->model_type == NANO_MODEL_TYPE_QWEN3) {
+        plan_add(p, &n, "q_norm", 2, L, D, 0, 0, 0);
+        plan_add(p, &n, "k_norm", 2, L, D, 0, 0, 0);
+    }
+    if (c->position == NANO_POSITION_ROPE) {
+        plan_add(p, &n, "rope_cos", 2, B, D / 2, 0, 0, 0);
+        plan_add(p, &n, "rope_sin", 2, B, D / 2, 0, 0, 0);
+    } else {
+        plan_add(p, &n, "pos_embd", 2, B, E, 0, 0, 0);
+    }
+    if (!c->tied) plan_add(p, &n, "lm_head", 2, V, E, 0, 1, 0);
+    return n;
+}
+
+static uint32_t plan_lora(const nano_model_info *c, plan_param *p) {
+    uint32_t n = 0;
+    uint64_t L = c->n_layer, R = c->lora_rank, E = c->n_embd, D = c->n_embd / c->n_head;
+    uint64_t HD = (uint64_t)c->n_head * D, KD = (uint64_t)c->n_kv_head * D;
+    plan_add(p, &n, "wq_A", 3, L, R, E, 0, 0);
+    plan_add(p, &n, "wq_B", 3, L, HD, R, 0, 0);
+    plan_add(p, &n, "wk_A", 3, L, R, E, 0, 0);
+    plan_add(p, &n, "wk_B", 3, L, KD, R, 0, 0);
+    plan_add(p, &n, "wv_A", 3, L, R, E, 0, 0);
+    plan_add(p, &n, "wv_B", 3, L, KD, R, 0, 0);
+    plan_add(p, &n, "wo_A", 3, L, R, HD, 0, 0);
+    plan_add(p, &n, "wo_B", 3, L, E, R, 0, 0);
+    return n;
+}
+
+/* Elements of a param; 0 on overflow (dims are nonzero after validation). */
+static int param_count(const plan_param *p, uint64_t *out) {
+    uint64_t n = 1;
+    uint32_t i;
+    for (i = 0; i < p->n_dims; i++)
+        if (!nano_mul_u64(n, p->dims[i], &n)) return 0;
+    *out = n;
+    return 1;
+}
+
+static int stored_q8(const plan_param *p, uint32_t quant) {
+    return p->quantizable && quant == NANO_QUANT_TYPE_Q8_0;
+}
+
+/* Bytes on disk of one Q8_0 matrix [rows, cols]. */
+static int q8_nbytes(uint64_t rows, uint64_t cols, uint64_t group, uint64_t *out) {
+    uint64_t n, scales;
+    if (!nano_mul_u64(rows, cols, &n)) return 0;
+    if (!nano_mul_u64(n / group, 4, &scales)) return 0;
+    return nano_add_u64(n, scales, out);
+}
+
+static int param_nbytes(const plan_param *p, uint32_t quant, uint32_t group, uint64_t *out) {
+    uint64_t count;
+    if (!param_count(p, &count)) return 0;
+    if (!stored_q8(p, quant)) return nano_mul_u64(count, 4, out);
+    {
+        uint64_t rows = p->dims[p->n_dims - 2], cols = p->dims[p->n_dims - 1];
+        uint64_t layers = p->per_layer ? p->dims[0] : 1, one;
+        if (!q8_nbytes(rows, cols, group, &one)) return 0;
+        return nano_mul_u64(layers, one, out);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Header validation
+
+static int in_range(uint32_t v, uint32_t lo, uint32_t hi) { return v >= lo && v <= hi; }
+
+/* nano_format.config._as_positive_float on a stored f32 */
+static int positive_f32(float v) { return isfinite(v) && v > 0.0f && v < 3.4e38f; }
+
+static nano_status check_lora_config(const uint32_t *w) {
+    uint32_t rank = w[NANO_LORA_CONFIG_RANK], n_layer = w[NANO_LORA_CONFIG_N_LAYER],
+             n_embd = w[NANO_LORA_CONFIG_N_EMBD], n_head = w[NANO_LORA_CONFIG_N_HEAD],
+             n_kv = w[NANO_LORA_CONFIG_N_KV_HEAD], n_hidden = w[NANO_LORA_CONFIG_N_HIDDEN];
+    if (w[NANO_LORA_CONFIG_RESERVED] != 0) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(rank, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(n_layer, 1, NANO_MAX_LAYERS)) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(n_embd, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(n_head, 1, NANO_MAX_HEADS)) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(n_kv, 1, NANO_MAX_HEADS)) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(n_hidden, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
+    if (n_embd % n_head) return NANO_ERR_BAD_CONFIG;
+    if (n_head % n_kv) return NANO_ERR_BAD_CONFIG;
+    return NANO_OK;
+}
+
+/* nano_format.Config's checks, in its order */
+static nano_status check_model_config(const nano_model_info *c) {
+    int derived = c->model_type != NANO_MODEL_TYPE_QWEN3;
+    if (!in_range(c->block_size, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(c->vocab_size, 1, NANO_MAX_VOCAB)) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(c->n_layer, 1, NANO_MAX_LAYERS)) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(c->n_embd, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(c->n_head, 1, NANO_MAX_HEADS)) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(c->n_kv_head, 1, NANO_MAX_HEADS)) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(c->n_hidden, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
+    if (c->n_head % c->n_kv_head) return NANO_ERR_BAD_CONFIG;
+    if (derived && c->n_embd % c->n_head) return NANO_ERR_BAD_CONFIG;
+    if (!in_range(c->head_dim, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
+    if (derived && c->head_dim != c->n_embd / c->n_head) return NANO_ERR_BAD_CONFIG;
+    if (c->attention > NANO_ATTENTION_FULL) return NANO_ERR_BAD_CONFIG;
+    if (c->position > NANO_POSITION_LEARNED) return NANO_ERR_BAD_CONFIG;
+    if (c->position == NANO_POSITION_ROPE && c->head_dim % 2) return NANO_ERR_BAD_CONFIG;
+    if (!positive_f32(c->norm_eps)) return NANO_ERR_BAD_CONFIG;
+    if (!positive_f32(c->rope_theta)) return NANO_ERR_BAD_CONFIG;
+    return NANO_OK;
+}
+
+static nano_status parse_header(nano_model *m) {
+    const uint8_t *d = m->data;
+    const uint64_t size = m->size;
+    nano_model_info *c = &m->info;
+    const layout_desc *layout = NULL;
+    uint32_t i, words[NANO_CONFIG_WORDS], quant_code, quant = 0, found = 0;
+    uint64_t k, prefix = size < 8 ? size : 8;
+
+    if (memcmp(d, NANO_MAGIC_BYTES, (size_t)prefix) != 0) return NANO_ERR_BAD_MAGIC;
+    if (size < NANO_HEADER_SIZE) return NANO_ERR_TRUNCATED;
+
+    c->major = rd_i32(d + NANO_OFF_MAJOR);
+    c->minor = rd_i32(d + NANO_OFF_MINOR);
+    for (i = 0; i < N_LAYOUTS; i++)
+        if (LAYOUTS[i].major == c->major && LAYOUTS[i].minor == c->minor) layout = &LAYOUTS[i];
+    if (!layout) return NANO_ERR_UNSUPPORTED_VERSION;
+    c->layout = layout->name;
+    c->has_extension = (uint32_t)layout->extension;
+
+    c->model_type = rd_u32(d + NANO_OFF_MODEL_TYPE);
+    if (!known_model_type(c->model_type)) return NANO_ERR_UNKNOWN_MODEL_TYPE;
+    if (!(layout->model_types & MT_BIT(c->model_type))) return NANO_ERR_UNKNOWN_MODEL_TYPE;
+    if (rd_u32(d + NANO_OFF_CONFIG_LEN) != layout->config_len) return NANO_ERR_BAD_HEADER;
+
+    quant_code = rd_u32(d + NANO_OFF_QUANT);
+    for (i = 0; i < layout->n_codes; i++)
+        if (layout->codes[i] == quant_code) {
+            quant = layout->quants[i];
+            found = 1;
+        }
+    if (!found) return NANO_ERR_UNKNOWN_QUANT_TYPE;
+    c->quant_code = quant_code;
+    c->quant_type = quant;
+    c->group_size = rd_u32(d + NANO_OFF_GROUP_SIZE);
+
+    /* reserved bytes */
+    for (k = layout->extension ? NANO_EXT_END : NANO_OFF_EXT_ATTENTION; k < NANO_HEADER_SIZE; k++)
+        if (d[k]) return NANO_ERR_BAD_HEADER;
+    if (c->model_type == NANO_MODEL_TYPE_LORA)
+        for (k = NANO_OFF_CONFIG + 4 * NANO_LORA_CONFIG_WORDS; k < NANO_OFF_QUANT; k++)
+            if (d[k]) return NANO_ERR_BAD_HEADER;
+
+    for (i = 0; i < NANO_CONFIG_WORDS; i++) words[i] = rd_u32(d + NANO_OFF_CONFIG + 4 * i);
+
+    if (c->model_type == NANO_MODEL_TYPE_LORA) {
+        nano_status st = check_lora_config(words);
+        if (st != NANO_OK) return st;
+        c->lora_rank = words[NANO_LORA_CONFIG_RANK];
+        c->lora_alpha = words[NANO_LORA_CONFIG_ALPHA];
+        c->n_layer = words[NANO_LORA_CONFIG_N_LAYER];
+        c->n_embd = words[NANO_LORA_CONFIG_N_EMBD];
+        c->n_head = words[NANO_LORA_CONFIG_N_HEAD];
+        c->n_kv_head = words[NANO_LORA_CONFIG_N_KV_HEAD];
+        c->n_hidden = words[NANO_LORA_CONFIG_N_HIDDEN];
+        c->head_dim = c->n_embd / c->n_head;
+        c->tokenizer_kind = NANO_TOKENIZER_KIND_NONE;
+        c->norm_eps = NANO_DEFAULT_NORM_EPS;
+        c->rope_theta = NANO_DEFAULT_ROPE_THETA;
+    } else {
+        nano_status st;
+        uint32_t shared = words[NANO_CONFIG_IS_SHARED_CLASSIFIER];
+        if (shared > 1) return NANO_ERR_BAD_CONFIG;
+        c->block_size = words[NANO_CONFIG_BLOCK_SIZE];
+        c->vocab_size = words[NANO_CONFIG_VOCAB_SIZE];
+        c->n_layer = words[NANO_CONFIG_N_LAYER];
+        c->n_embd = words[NANO_CONFIG_N_EMBD];
+        c->n_head = words[NANO_CONFIG_N_HEAD];
+        c->n_kv_head = words[NANO_CONFIG_N_KV_HEAD];
+        c->n_hidden = words[NANO_CONFIG_N_HIDDEN];
+        c->head_dim = words[NANO_CONFIG_HEAD_DIM];
+        c->tied = shared;
+        c->attention = NANO_ATTENTION_CAUSAL;
+        c->position = NANO_POSITION_ROPE;
+        c->norm_eps = NANO_DEFAULT_NORM_EPS;
+        c->rope_theta = c->model_type == NANO_MODEL_TYPE_QWEN3 ? NANO_QWEN3_ROPE_THETA
+                                                               : NANO_DEFAULT_ROPE_THETA;
+        c->tokenizer_kind = (c->model_type == NANO_MODEL_TYPE_QWEN2 || c->model_type == NANO_MODEL_TYPE_QWEN3)
+                                ? NANO_TOKENIZER_KIND_BPE
+                                : NANO_TOKENIZER_KIND_TRIE;
+        if (layout->extension) {
+            c->attention = rd_u32(d + NANO_OFF_EXT_ATTENTION);
+            c->position = rd_u32(d + NANO_OFF_EXT_POSITION);
+            c->norm_eps = rd_f32(d + NANO_OFF_EXT_NORM_EPS);
+            c->rope_theta = rd_f32(d + NANO_OFF_EXT_ROPE_THETA);
+            c->tokenizer_kind = rd_u32(d + NANO_OFF_EXT_TOKENIZER);
+            if (c->tokenizer_kind > NANO_TOKENIZER_KIND_BPE) return NANO_ERR_BAD_HEADER;
+        }
+        st = check_model_config(c);
+        if (st != NANO_OK) return st;
+    }
+
+    if (quant == NANO_QUANT_TYPE_F32 && c->group_size != 0) return NANO_ERR_BAD_GROUP_SIZE;
+    if (quant == NANO_QUANT_TYPE_Q8_0) {
+        uint32_t g = c->group_size;
+        if (g < 1) return NANO_ERR_BAD_GROUP_SIZE;
+        if (c->n_embd % g || ((uint64_t)c->n_head * c->head_dim) % g || c->n_hidden % g)
+            return NANO_ERR_BAD_GROUP_SIZE;
+    }
+    return NANO_OK;
+}
+
+// ---------------------------------------------------------------------------
+// Aligned float views
+
+static nano_status float_view(nano_model *m, uint64_t offset, uint64_t count, const float **out) {
+    const uint8_t *p = m->data + offset;
+    float *copy;
+    if (((uintptr_t)p & (sizeof(float) - 1)) == 0) {
+        *out = (const float *)(const void *)p;
+        return NANO_OK;
+    }
+    copy = (float *)malloc(count ? (size_t)count * sizeof(float) : 1);
+    if (!copy) return NANO_ERR_OUT_OF_MEMORY;
+    memcpy(copy, p, (size_t)count * sizeof(float));
+    m->owned[m->n_owned++] = copy;
+    *out = copy;
+    return NANO_OK;
+}
+
+static nano_status mat_view(nano_model *m, uint64_t offset, uint32_t rows, uint32_t cols, uint32_t quant,
+                            uint32_t group, nano_mat *out) {
+    out->rows = rows;
+    out->cols = cols;
+    out->f = NULL;
+    out->q = NULL;
+    out->s = NULL;
+    out->group = 0;
+    if (quant == NANO_QUANT_TYPE_Q8_0) {
+        uint64_t n = (uint64_t)rows * cols;
+        out->group = group;
+        out->q = (const int8_t *)(m->data + offset);
+        return float_view(m, offset + n, n / group, &out->s);
+    }
+    return float_view(m, offset, (uint64_t)rows * cols, &out->f);
+}
+
+// ---------------------------------------------------------------------------
+// The whole file
+
+static nano_status place_tensors(nano_model *m, const plan_param *plan, uint32_t n_plan) {
+    nano_model_info *c = &m->info;
+    uint64_t offset = c->params_offset, sizes[MAX_PLAN], count = 0, n_params = 0;
+    uint32_t i, n_rows = 0, row = 0;
+
+    for (i = 0; i < n_plan; i++) {
+        param_nbytes(&plan[i], c->quant_type, c->group_size, &sizes[i]); /* checked by the caller */
+        n_rows += stored_q8(&plan[i], c->quant_type) && plan[i].per_layer ? (uint32_t)plan[i].dims[0] : 1;
+    }
+    m->tensors = (nano_tensor_entry *)calloc(n_rows, sizeof(nano_tensor_entry));
+    if (!m->tensors) return NANO_ERR_OUT_OF_MEMORY;
+    for (i = 0; i < n_plan; i++) {
+        const plan_param *p = &plan[i];
+        param_count(p, &count);
+        n_params += count;
+        if (stored_q8(p, c->quant_type) && p->per_layer) {
+            uint64_t one = sizes[i] / p->dims[0], l;
+            for (l = 0; l < p->dims[0]; l++) {
+                nano_tensor_entry *e = &m->tensors[row++];
+                e->name = p->name;
+                e->layer = (int32_t)l;
+                e->quant_type = NANO_QUANT_TYPE_Q8_0;
+                e->n_dims = 2;
+                e->dims[0] = (uint32_t)p->dims[1];
+                e->dims[1] = (uint32_t)p->dims[2];
+                e->offset = offset + l * one;
+                e->size = one;
+            }
+        } else {
+            nano_tensor_entry *e = &m->tensors[row++];
+            uint32_t d;
+            e->name = p->name;
+            e->layer = -1;
+            e->quant_type = stored_q8(p, c->quant_type) ? NANO_QUANT_TYPE_Q8_0 : NANO_QUANT_TYPE_F32;
+            e->n_dims = p->n_dims;
+            for (d = 0; d < p->n_dims; d++) e->dims[d] = (uint32_t)p->dims[d];
+            e->offset = offset;
+            e->size = sizes[i];
+        }
+        offset += sizes[i];
+    }
+    c->n_tensors = n_rows;
+    c->n_params = n_params;
+    return NANO_OK;
+}
+
+static const nano_tensor_entry *find_tensor(const nano_model *m, const char *name, int32_t layer) {
+    uint32_t i;
+    for (i = 0; i < m->info.n_tensors; i++)
+        if (strcmp(m->tensors[i].name, name) == 0 && (m->tensors[i].layer == layer || m->tensors[i].layer < 0))
+            return &m->tensors[i];
+    return NULL;
+}
+
+/* Per-layer matrix `name` of layer l: a slice of the F32 stack or its own Q8_0 entry. */
+static nano_status layer_mat(nano_model *m, const char *name, uint32_t l, uint32_t rows, uint32_t cols,
+                             nano_mat *out) {
+    const nano_tensor_entry *e = find_tensor(m, name, (int32_t)l);
+    uint64_t off;
+    if (!e) return NANO_ERR_BAD_ARGUMENT;
+    off = e->layer >= 0 ? e->offset : e->offset + (uint64_t)l * rows * cols * sizeof(float);
+    return mat_view(m, off, rows, cols, e->quant_type, m->info.group_size, out);
+}
+
+static nano_status bind_model_weights(nano_model *m) {
+    const nano_model_info *c = &m->info;
+    const uint32_t L = c->n_layer, E = c->n_embd, F = c->n_hidden, HD = c->n_head * c->head_dim,
+                   KD = c->n_kv_head * c->head_dim;
+    const nano_tensor_entry *e;
+    nano_status st;
+    uint32_t l;
+
+    m->layers = (nano_layer *)calloc(L, sizeof(nano_layer));
+    if (!m->layers) return NANO_ERR_OUT_OF_MEMORY;
+    for (l = 0; l < L; l++) {
+        nano_layer *ly = &m->layers[l];
+        const nano_tensor_entry *na = find_tensor(m, "norm_attn", -1), *nf = find_tensor(m, "norm_ffn", -1);
+        if ((st = float_view(m, na->offset + (uint64_t)l * E * 4, E, &ly->norm_attn)) != NANO_OK) return st;
+        if ((st = float_view(m, nf->offset + (uint64_t)l * E * 4, E, &ly->norm_ffn)) != NANO_OK) return st;
+        if ((st = layer_mat(m, "wq", l, HD, E, &ly->wq)) != NANO_OK) return st;
+        if ((st = layer_mat(m, "wk", l, KD, E, &ly->wk)) != NANO_OK) return st;
+        if ((st = layer_mat(m, "wv", l, KD, E, &ly->wv)) != NANO_OK) return st;
+        if ((st = layer_mat(m, "wo", l, E, HD, &ly->wo)) != NANO_OK) return st;
+        if ((st = layer_mat(m, "w1", l, F, E, &ly->w1)) != NANO_OK) return st;
+        if ((st = layer_mat(m, "w2", l, E, F, &ly->w2)) != NANO_OK) return st;
+        if ((st = layer_mat(m, "w3", l, F, E, &ly->w3)) != NANO_OK) return st;
+    }
+    e = find_tensor(m, "norm_final", -1);
+    if ((st = float_view(m, e->offset, E, &m->norm_final)) != NANO_OK) return st;
+    e = find_tensor(m, "tok_embd", -1);
+    if ((st = mat_view(m, e->offset, c->vocab_size, E, e->quant_type, c->group_size, &m->tok_embd)) != NANO_OK)
+        return st;
+    if (c->tied) {
+        m->lm_head = m->tok_embd;
+    } else {
+        e = find_tensor(m, "lm_head", -1);
+        if ((st = mat_view(m, e->offset, c->vocab_size, E, e->quant_type, c->group_size, &m->lm_head)) != NANO_OK)
+            return st;
+    }
+    if (c->position == NANO_POSITION_ROPE) {
+        uint64_t n = (uint64_t)c->block_size * (c->head_dim / 2);
+        e = find_tensor(m, "rope_cos", -1);
+        if ((st = float_view(m, e->offset, n, &m->rope_cos)) != NANO_OK) return st;
+        e = find_tensor(m, "rope_sin", -1);
+        if ((st = float_view(m, e->offset, n, &m->rope_sin)) != NANO_OK) return st;
+    } else {
+        e = find_tensor(m, "pos_embd", -1);
+        if ((st = float_view(m, e->offset, (uint64_t)c->block_size * E, &m->pos_embd)) != NANO_OK) return st;
+    }
+    return NANO_OK;
+}
+
+static nano_status bind_lora_weights(nano_model *m) {
+    static const char *const names[NANO_LORA_N][2] = {
+        {"wq_A", "wq_B"}, {"wk_A", "wk_B"}, {"wv_A", "wv_B"}, {"wo_A", "wo_B"}};
+    const nano_model_info *c = &m->info;
+    const uint32_t L = c->n_layer, R = c->lora_rank, E = c->n_embd, HD = c->n_head * c->head_dim,
+                   KD = c->n_kv_head * c->head_dim;
+    const uint32_t in_dim[NANO_LORA_N] = {E, E, E, HD}, out_dim[NANO_LORA_N] = {HD, KD, KD, E};
+    uint32_t l, t;
+    nano_status st;
+    m->lora_layers = (nano_lora_layer *)calloc(L, sizeof(nano_lora_layer));
+    if (!m->lora_layers) return NANO_ERR_OUT_OF_MEMORY;
+    for (t = 0; t < NANO_LORA_N; t++) {
+        const nano_tensor_entry *a = find_tensor(m, names[t][0], -1), *b = find_tensor(m, names[t][1], -1);
+        for (l = 0; l < L; l++) {
+            uint64_t asz = (uint64_t)R * in_dim[t] * 4, bsz = (uint64_t)out_dim[t] * R * 4;
+            if ((st = mat_view(m, a->offset + l * asz, R, in_dim[t], NANO_QUANT_TYPE_F32, 0,
+                               &m->lora_layers[l].a[t])) != NANO_OK)
+                return st;
+            if ((st = mat_view(m, b->offset + l * bsz, out_dim[t], R, NANO_QUANT_TYPE_F32, 0,
+                               &m->lora_layers[l].b[t])) != NANO_OK)
+                return st;
+        }
+    }
+    return NANO_OK;
+}
+
+nano_status nano_model_parse(nano_model *m) {
+    nano_model_info *c = &m->info;
+    plan_param plan[MAX_PLAN];
+    uint32_t n_plan = 0, i;
+    uint64_t total = 0, remaining;
+    nano_status st;
+
+    c->file_size = m->size;
+    if ((st = parse_header(m)) != NANO_OK) return st;
+    {
+        /* Tensors are used in place as little-endian floats: a big-endian host
+         * would need a converting copy, which this engine does not make. */
+        const uint32_t one = 1;
+        uint8_t first;
+        memcpy(&first, &one, 1);
+        if (first != 1) return NANO_ERR_UNSUPPORTED;
+    }
+
+    /* tokenizer section */
+    c->tokenizer_offset = NANO_HEADER_SIZE;
+    c->tokenizer_size = 0;
+    if (c->tokenizer_kind == NANO_TOKENIZER_KIND_TRIE) {
+        st = nano_check_trie_section(m->data + NANO_HEADER_SIZE, m->size - NANO_HEADER_SIZE, c->vocab_size,
+                                     &c->tokenizer_size);
+        if (st != NANO_OK) return st;
+    } else if (c->tokenizer_kind == NANO_TOKENIZER_KIND_BPE) {
+        uint32_t max_len;
+        st = nano_check_bpe_section(m->data + NANO_HEADER_SIZE, m->size - NANO_HEADER_SIZE, c->vocab_size,
+                                    &c->tokenizer_size, &max_len);
+        if (st != NANO_OK) return st;
+    }
+    c->params_offset = NANO_HEADER_SIZE + c->tokenizer_size;
+    remaining = m->size - c->params_offset;
+
+    if (c->quant_type == NANO_QUANT_TYPE_Q4K) {
+        /* parameters not understood: one opaque block, no size check (as nano_format) */
+        m->tensors = (nano_tensor_entry *)calloc(1, sizeof(nano_tensor_entry));
+        if (!m->tensors) return NANO_ERR_OUT_OF_MEMORY;
+        m->tensors[0].name = "parameters";
+        m->tensors[0].layer = -1;
+        m->tensors[0].quant_type = NANO_QUANT_TYPE_Q4K;
+        m->tensors[0].n_dims = 1;
+        m->tensors[0].dims[0] = remaining > UINT32_MAX ? UINT32_MAX : (uint32_t)remaining;
+        m->tensors[0].offset = c->params_offset;
+        m->tensors[0].size = remaining;
+        c->n_tensors = 1;
+        c->params_size = remaining;
+    } else {
+        n_plan = c->model_type == NANO_MODEL_TYPE_LORA ? plan_lora(c, plan) : plan_model(c, plan);
+        for (i = 0; i < n_plan; i++) {
+            uint64_t nb;
+            if (!param_nbytes(&plan[i], c->quant_type, c->group_size, &nb) || !nano_add_u64(total, nb, &total))
+                return NANO_ERR_SIZE_OVERFLOW;
+        }
+        if (total > m->size) return NANO_ERR_SIZE_OVERFLOW;
+        if (total > remaining) return NANO_ERR_TRUNCATED;
+        if (total < remaining) return NANO_ERR_TRAILING_BYTES;
+        c->params_size = total;
+        if ((st = place_tensors(m, plan, n_plan)) != NANO_OK) return st;
+    }
+
+    /* Everything is valid: build what the engine uses. */
+    if (c->tokenizer_kind == NANO_TOKENIZER_KIND_TRIE)
+        st = nano_tokenizer_build_trie(m->data + c->tokenizer_offset, c->tokenizer_size, &m->tokenizer);
+    else if (c->tokenizer_kind == NANO_TOKENIZER_KIND_BPE)
+        st = nano_tokenizer_build_bpe(m->data + c->tokenizer_offset, c->tokenizer_size, c->vocab_size,
+                                      &m->tokenizer);
+    if (st != NANO_OK) return st;
+    if (c->tokenizer_kind == NANO_TOKENIZER_KIND_NONE) c->tokenizer_offset = 0;
+
+    /* room for a copy of every float view bound below (each layer's slices included) */
+    m->owned = (void **)calloc((size_t)c->n_layer * 10 + (size_t)c->n_tensors * 2 + 8, sizeof(void *));
+    if (!m->owned) return NANO_ERR_OUT_OF_MEMORY;
+    c->runnable = c->model_type == NANO_MODEL_TYPE_NANO &&
+                  (c->quant_type == NANO_QUANT_TYPE_F32 || c->quant_type == NANO_QUANT_TYPE_Q8_0);
+    if (c->runnable) return bind_model_weights(m);
+    if (c->model_type == NANO_MODEL_TYPE_LORA) return bind_lora_weights(m);
+    return NANO_OK;
+}
+
+// ---------------------------------------------------------------------------
+// Public loading API
+
+nano_model_params nano_model_default_params(void) {
+    nano_model_params p;
+    p.use_mmap = 1;
+    return p;
+}
+
+static void model_release(nano_model *m) {
+    uint32_t i;
+    if (!m) return;
+    nano_tokenizer_free(m->tokenizer);
+    for (i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->tensors);
+    free(m->layers);
+    free(m->lora_layers);
+    if (m->owns_map) nano_platform_unmap(&m->map);
+    free(m);
+}
+
+void nano_model_free(nano_model *model) { model_release(model); }
+
+static nano_status finish_load(nano_model *m, nano_model **out) {
+    nano_status st = nano_model_parse(m);
+    if (st != NANO_OK) {
+        model_release(m);
+        return st;
+    }
+    *out = m;
+    return NANO_OK;
+}
+
+nano_status nano_model_load_buffer(const void *data, size_t size, const nano_model_params *params,
+                                   nano_model **out) {
+    nano_model *m;
+    (void)params;
+    if (!out) return NANO_ERR_BAD_ARGUMENT;
+    *out = NULL;
+    if (!data && size) return NANO_ERR_BAD_ARGUMENT;
+    m = (nano_model *)calloc(1, sizeof(*m));
+    if (!m) return NANO_ERR_OUT_OF_MEMORY;
+    m->data = data ? (const uint8_t *)data : (const uint8_t *)"";
+    m->size = size;
+    return finish_load(m, out);
+}
+
+nano_status nano_model_load_file(const char *path, const nano_model_params *params, nano_model **out) {
+    nano_model *m;
+    nano_status st;
+    nano_model_params p = params ? *params : nano_model_default_params();
+    if (!out) return NANO_ERR_BAD_ARGUMENT;
+    *out = NULL;
+    if (!path) return NANO_ERR_BAD_ARGUMENT;
+    m = (nano_model *)calloc(1, sizeof(*m));
+    if (!m) return NANO_ERR_OUT_OF_MEMORY;
+    st = nano_platform_map(path, p.use_mmap, &m->map);
+    if (st != NANO_OK) {
+        free(m);
+        return st;
+    }
+    m->owns_map = 1;
+    m->data = m->map.data ? m->map.data : (const uint8_t *)"";
+    m->size = m->map.size;
+    return finish_load(m, out);
+}
+
+nano_status nano_model_get_info(const nano_model *model, nano_model_info *out) {
+    if (!model || !out) return NANO_ERR_BAD_ARGUMENT;
+    *out = model->info;
+    return NANO_OK;
+}
+
+nano_status nano_model_get_tensor(const nano_model *model, uint32_t index, nano_tensor_info *out) {
+    const nano_tensor_entry *e;
+    if (!model || !out || index >= model->info.n_tensors) return NANO_ERR_BAD_ARGUMENT;
+    e = &model->tensors[index];
+    out->name = e->name;
+    out->layer = e->layer;
+    out->quant_type = e->quant_type;
+    out->n_dims = e->n_dims;
+    memcpy(out->dims, e->dims, sizeof out->dims);
+    out->offset = e->offset;
+    out->size = e->size;
+    return NANO_OK;
+}
+
+const nano_tokenizer *nano_model_tokenizer(const nano_model *model) {
+    return model ? model->tokenizer : NULL;
+}
+
+// ---------------------------------------------------------------------------
+// LoRA modules
+
+static nano_status lora_wrap(nano_model *file, nano_status st, nano_lora **out) {
+    nano_lora *l;
+    if (st != NANO_OK) return st;
+    if (file->info.model_type != NANO_MODEL_TYPE_LORA) {
+        nano_model_free(file);
+        return NANO_ERR_UNKNOWN_MODEL_TYPE;
+    }
+    l = (nano_lora *)calloc(1, sizeof(*l));
+    if (!l) {
+        nano_model_free(file);
+        return NANO_ERR_OUT_OF_MEMORY;
+    }
+    l->file = file;
+    l->scale = (float)file->info.lora_alpha / (float)file->info.lora_rank;
+    *out = l;
+    return NANO_OK;
+}
+
+nano_status nano_lora_load_file(const char *path, const nano_model_params *params, nano_lora **out) {
+    nano_model *file = NULL;
+    nano_status st;
+    if (!out) return NANO_ERR_BAD_ARGUMENT;
+    *out = NULL;
+    st = nano_model_load_file(path, params, &file);
+    return lora_wrap(file, st, out);
+}
+
+nano_status nano_lora_load_buffer(const void *data, size_t size, const nano_model_params *params,
+                                  nano_lora **out) {
+    nano_model *file = NULL;
+    nano_status st;
+    if (!out) return NANO_ERR_BAD_ARGUMENT;
+    *out = NULL;
+    st = nano_model_load_buffer(data, size, params, &file);
+    return lora_wrap(file, st, out);
+}
+
+void nano_lora_free(nano_lora *lora) {
+    if (!lora) return;
+    nano_model_free(lora->file);
+    free(lora);
+}
+
+nano_status nano_lora_get_info(const nano_lora *lora, nano_model_info *out) {
+    if (!lora || !out) return NANO_ERR_BAD_ARGUMENT;
+    *out = lora->file->info;
+    return NANO_OK;
+}

@@ -1,0 +1,42 @@
+/*
+ * test_api.c - thin entry points over the internal kernels, exported for the
+ * kernel-table tests (tests/test_kernels.py). The kernels are the library's
+ * own: nothing is duplicated for the tests.
+ */
+#include "internal.h"
+
+void nano_test_matmul(uint32_t kernels, float *y, const float *x, const float *w, uint32_t n, uint32_t rows,
+                      uint32_t cols, int nt) {
+    nano_kernels_table k;
+    nano_kernels_select(&k, kernels);
+    k.matmul_f32(y, x, w, n, rows, cols, nt < 1 ? 1 : nt);
+}
+
+void nano_test_matmul_q8(uint32_t kernels, float *y, const float *x, const int8_t *q, const float *s,
+                         uint32_t n, uint32_t rows, uint32_t cols, uint32_t group, int nt) {
+    nano_kernels_table k;
+    nano_kernels_select(&k, kernels);
+    k.matmul_q8(y, x, q, s, n, rows, cols, group, nt < 1 ? 1 : nt);
+}
+
+void nano_test_rmsnorm(float *y, const float *x, const float *w, uint32_t n, float eps) {
+    nano_rmsnorm(y, x, w, n, eps);
+}
+
+void nano_test_rope(float *x, uint32_t n_heads, uint32_t head_dim, const float *cos_row, const float *sin_row) {
+    nano_rope(x, n_heads, head_dim, cos_row, sin_row);
+}
+
+void nano_test_softmax(uint32_t kernels, float *x, uint32_t n) {
+    nano_kernels_table k;
+    nano_kernels_select(&k, kernels);
+    k.softmax(x, n);
+}
+
+void nano_test_swiglu(float *y, const float *a, const float *b, uint32_t n) { nano_swiglu(y, a, b, n); }
+
+const char *nano_test_kernels_name(uint32_t kernels) {
+    nano_kernels_table k;
+    nano_kernels_select(&k, kernels);
+    return k.name;
+}

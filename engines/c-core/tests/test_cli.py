@@ -1,0 +1,270 @@
+"""The `nano` program: every command, the chat through a pipe, every bad-argument path.
+
+Reference defects: 6 (every shipped binary has a test that runs it) and 17
+(full command-line options; every sampler setting works).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import numpy as np
+import pytest
+
+
+def test_help_and_version(cli):
+    r = cli("--help")
+    assert r.returncode == 0 and "nano run -m MODEL" in r.stdout and "seq2seq" in r.stdout
+    for sub in ("run", "info", "seq2seq", "bench"):
+        r = cli(sub, "--help")
+        assert r.returncode == 0 and "usage: nano" in r.stdout, sub
+    r = cli("--version")
+    assert r.returncode == 0 and "abi" in r.stdout
+    r = cli()
+    assert r.returncode == 2 and "usage: nano" in r.stderr
+
+
+def test_seq2seq_sorts(cli, sort6_path):
+    r = cli("seq2seq", "-m", sort6_path, "251212")
+    assert (r.returncode, r.stdout) == (0, "112225\n"), r.stderr
+    r = cli("seq2seq", "-m", sort6_path, "--threads", "2", "987654")
+    assert r.stdout == "456789\n"
+
+
+def test_info(cli, psycho_path, sort6_path):
+    r = cli("info", psycho_path)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    for needle in ("2025.12", "q8_0 (code 0x0A), group size 16", "block_size 512", "vocab_size 4096",
+                   "n_layer 8", "n_kv_head 2", "n_hidden 96", "tied classifier", "trie, 4096 tokens",
+                   "<|unknown|>", "tok_embd", "wq.7", "rope_cos", "runnable      yes"):
+        assert needle in out, needle
+    r = cli("info", sort6_path)
+    assert r.returncode == 0 and "causal (implied" in r.stdout and "f32" in r.stdout
+
+
+def test_info_on_other_kinds(cli, h, tmp_path):
+    import nano_format as nf
+    from nano_format.plan import lora_params
+
+    lc = nf.LoraConfig(rank=2, alpha=4, n_layer=2, n_embd=16, n_head=4, n_kv_head=2, n_hidden=32)
+    path = tmp_path / "lora.bin"
+    nf.write_lora(path, lc, {p.name: np.zeros(p.shape, np.float32) for p in lora_params(lc)})
+    r = cli("info", path)
+    assert r.returncode == 0 and "rank 2, alpha 4" in r.stdout and "wo_B" in r.stdout and "tokenizer     none" in r.stdout
+    ext = tmp_path / "ext.bin"
+    ext.write_bytes(h.model_bytes(layout="2026.101", attention=1, position=1))
+    r = cli("info", ext)
+    assert r.returncode == 0 and "full" in r.stdout and "learned" in r.stdout and "pos_embd" in r.stdout
+
+
+def test_run_greedy_ids_match_the_api(cli, nano, psycho_path):
+    r = cli("run", "-m", psycho_path, "-p", "人的心理", "-t", "0", "-n", "32", "--ids", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    ids = [int(x) for x in r.stdout.strip().split(",")]
+    m = nano.load(psycho_path)
+    prompt = m.tokenizer.encode("人的心理")
+    assert ids[:len(prompt)] == prompt
+    assert ids[len(prompt):] == m.context().greedy(prompt, 32)
+    assert "4 prompt tokens, 32 generated" in r.stderr
+
+
+def test_run_text_and_profile(cli, psycho_path):
+    r = cli("run", "-m", psycho_path, "-p", "人的心理", "-t", "0.8", "-k", "40", "--top-p", "0.9",
+            "--min-p", "0.01", "-r", "1.1", "-s", "7", "-n", "24", "--profile", "--threads", "2", "--ctx", "128")
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.strip()) > 0
+    assert "tokens/s" in r.stderr and "peak memory" in r.stderr
+    again = cli("run", "-m", psycho_path, "-p", "人的心理", "-t", "0.8", "-k", "40", "--top-p", "0.9",
+                "--min-p", "0.01", "-r", "1.1", "-s", "7", "-n", "24", "--threads", "1", "--ctx", "128")
+    assert again.stdout == r.stdout  # seeded, and thread-count independent
+    other = cli("run", "-m", psycho_path, "-p", "人的心理", "-t", "0.8", "-k", "40", "-s", "8", "-n", "24")
+    assert other.stdout != r.stdout
+
+
+def test_run_top_k_one_is_greedy(cli, psycho_path):
+    """Defect 17: top_k is applied (k = 1 at any temperature is the argmax)."""
+    a = cli("run", "-m", psycho_path, "-p", "意识", "-t", "5", "-k", "1", "-n", "20", "--ids", "-s", "3")
+    b = cli("run", "-m", psycho_path, "-p", "意识", "-t", "0", "-n", "20", "--ids")
+    assert a.returncode == 0 and a.stdout == b.stdout
+
+
+def test_prompt_from_stdin_and_instruct(cli, psycho_path):
+    a = cli("run", "-m", psycho_path, "-p", "-", "-t", "0", "-n", "16", "--ids", input="人的心理")
+    b = cli("run", "-m", psycho_path, "-p", "人的心理", "-t", "0", "-n", "16", "--ids")
+    assert a.returncode == 0 and a.stdout == b.stdout
+    r = cli("run", "-m", psycho_path, "-p", "你是谁", "--instruct", "-t", "0", "-n", "16", "--ids")
+    ids = [int(x) for x in r.stdout.strip().split(",")]
+    assert r.returncode == 0 and ids[0] == 4 and 5 in ids  # <|instruct_mark|> ... <|response_mark|>
+
+
+def test_chat_through_a_pipe(cli, psycho_path):
+    r = cli("run", "-m", psycho_path, "-t", "0", "-n", "12", input="你是谁\n\n心理是什么\n")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert len(lines) == 3 and lines[2] == ""  # two answers (the empty line is skipped)
+    single = cli("run", "-m", psycho_path, "-p", "你是谁", "--instruct", "-t", "0", "-n", "12")
+    assert lines[0] == single.stdout.rstrip("\n")
+    assert cli("run", "-m", psycho_path, input="").returncode == 0  # end of input: done
+
+
+def test_run_with_lora(cli, h, tmp_path):
+    import nano_format as nf
+    from nano_format.plan import lora_params
+
+    model = tmp_path / "m.bin"
+    model.write_bytes(h.model_bytes(seed=5, block_size=32))
+    lc = nf.LoraConfig(rank=2, alpha=4, n_layer=2, n_embd=16, n_head=4, n_kv_head=2, n_hidden=32)
+    rng = np.random.default_rng(0)
+    lora = tmp_path / "l.bin"
+    nf.write_lora(lora, lc, {p.name: rng.standard_normal(p.shape).astype(np.float32) for p in lora_params(lc)})
+    base = cli("run", "-m", model, "-p", "abc", "-t", "0", "-n", "10", "--ids")
+    with_lora = cli("run", "-m", model, "-l", lora, "-p", "abc", "-t", "0", "-n", "10", "--ids")
+    assert base.returncode == 0 and with_lora.returncode == 0, with_lora.stderr
+    assert base.stdout != with_lora.stdout
+    bad = tmp_path / "bad_lora.bin"
+    nf.write_lora(bad, nf.LoraConfig(rank=2, alpha=4, n_layer=3, n_embd=16, n_head=4, n_kv_head=2, n_hidden=32),
+                  {p.name: np.zeros(p.shape, np.float32) for p in lora_params(
+                      nf.LoraConfig(rank=2, alpha=4, n_layer=3, n_embd=16, n_head=4, n_kv_head=2, n_hidden=32))})
+    r = cli("run", "-m", model, "-l", bad, "-p", "abc", "-n", "3")
+    assert r.returncode == 1 and "NANO_ERR_LORA_MISMATCH" in r.stderr and str(bad) in r.stderr
+
+
+def test_bench(cli, psycho_path):
+    r = cli("bench", "-m", psycho_path, "-p", "16", "-n", "16", "--threads", "1")
+    assert r.returncode == 0 and "prefill" in r.stdout and "decode" in r.stdout
+
+
+def bad_files(tmp_path, h, psycho_path):
+    trunc = tmp_path / "trunc.bin"
+    trunc.write_bytes(psycho_path.read_bytes()[:-7])
+    magic = tmp_path / "magic.bin"
+    magic.write_bytes(b"GGUF" + bytes(400))
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    return {trunc: "NANO_ERR_TRUNCATED", magic: "NANO_ERR_BAD_MAGIC", empty: "NANO_ERR_TRUNCATED",
+            tmp_path / "missing.bin": "NANO_ERR_IO", tmp_path: "NANO_ERR_IO"}
+
+
+def test_bad_files(cli, tmp_path, h, psycho_path):
+    for path, status in bad_files(tmp_path, h, psycho_path).items():
+        for args in (("info", path), ("run", "-m", path, "-p", "x"), ("seq2seq", "-m", path, "12"),
+                     ("bench", "-m", path)):
+            r = cli(*args)
+            assert r.returncode == 1, (args, r)
+            assert status in r.stderr and str(path) in r.stderr, (args, r.stderr)
+            assert r.stdout == ""
+
+
+BAD_ARGS = [
+    (["frobnicate"], "unknown command 'frobnicate'"),
+    (["run"], "-m MODEL is required"),
+    (["run", "-m"], "-m: missing value"),
+    (["run", "-m", "{psycho}", "--bogus"], "unknown option '--bogus'"),
+    (["run", "-m", "{psycho}", "-t", "hot"], "-t: expected a number, got 'hot'"),
+    (["run", "-m", "{psycho}", "-t", "-1"], "-t: must be >= 0"),
+    (["run", "-m", "{psycho}", "-k", "-1"], "-k: expected an integer"),
+    (["run", "-m", "{psycho}", "-k", "1.5"], "-k: expected an integer"),
+    (["run", "-m", "{psycho}", "--top-p", "0"], "--top-p: must be in (0, 1]"),
+    (["run", "-m", "{psycho}", "--top-p", "1.5"], "--top-p: must be in (0, 1]"),
+    (["run", "-m", "{psycho}", "--min-p", "2"], "--min-p: must be in [0, 1]"),
+    (["run", "-m", "{psycho}", "-r", "0"], "-r: must be > 0"),
+    (["run", "-m", "{psycho}", "-n", "-3"], "-n: expected an integer"),
+    (["run", "-m", "{psycho}", "-s", "-3"], "-s: expected a non-negative integer"),
+    (["run", "-m", "{psycho}", "-s", "x"], "-s: expected a non-negative integer"),
+    (["run", "-m", "{psycho}", "--threads", "0"], "--threads: expected an integer in [1, 1024]"),
+    (["run", "-m", "{psycho}", "--ctx", "100000", "-p", "x"], "--ctx: 100000 is larger than the model's block size 512"),
+    (["run", "-m", "{psycho}", "--ctx", "0"], "--ctx: expected an integer"),
+    (["run", "-m", "{psycho}", "--batch", "0"], "--batch: expected an integer"),
+    (["run", "-m", "{psycho}", "-p", "心" * 600, "-n", "1"], "NANO_ERR_CONTEXT_FULL"),
+    (["run", "-m", "{psycho}", "-p", "", "-n", "1"], "NANO_ERR_BAD_ARGUMENT"),
+    (["run", "-m", "{psycho}", "-l", "{missing}", "-p", "x"], "NANO_ERR_IO"),
+    (["run", "-m", "{psycho}", "-l", "{psycho}", "-p", "x"], "NANO_ERR_UNKNOWN_MODEL_TYPE"),
+    (["info"], "MODEL is required"),
+    (["info", "{psycho}", "{sort6}"], "one MODEL only"),
+    (["info", "--bogus"], "unknown option '--bogus'"),
+    (["seq2seq", "-m", "{sort6}"], "INPUT is required"),
+    (["seq2seq", "{sort6}"], "-m MODEL is required"),
+    (["seq2seq", "-m", "{sort6}", "12", "34"], "one INPUT only"),
+    (["seq2seq", "-m", "{sort6}", "1234567"], "INPUT is 7 tokens; the model takes at most 6"),
+    (["seq2seq", "-m", "{sort6}", ""], "INPUT is empty"),
+    (["seq2seq", "-m", "{sort6}", "--threads", "x", "12"], "--threads: expected an integer"),
+    (["bench", "-m", "{psycho}", "-p", "500", "-n", "500"], "exceed the context"),
+    (["bench", "-m", "{psycho}", "-p", "0"], "-p: expected an integer"),
+    (["bench"], "-m MODEL is required"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_ARGS, ids=[" ".join(a)[:40] for a, _ in BAD_ARGS])
+def test_bad_arguments(cli, psycho_path, sort6_path, tmp_path, args, message):
+    subst = {"{psycho}": str(psycho_path), "{sort6}": str(sort6_path), "{missing}": str(tmp_path / "nope.bin")}
+    args = [subst.get(a, a) for a in args]
+    message = message.replace("{missing}", subst["{missing}"])
+    r = cli(*args)
+    assert r.returncode in (1, 2), r
+    assert message in r.stderr, r.stderr
+    assert r.stderr.startswith("nano: error: ")
+
+
+# ---------------------------------------------------------------------------
+# Memory
+
+
+def _activations(info: dict, n_ctx: int, n_batch: int, threads: int) -> int:
+    """Bytes the context, sampler and session allocate besides the KV cache (from nano_context_init,
+    nano_sampler_init, nano_session_init)."""
+    E, F, V = info["n_embd"], info["n_hidden"], info["vocab_size"]
+    HD, KD = info["n_head"] * info["head_dim"], info["n_kv_head"] * info["head_dim"]
+    nb = min(n_batch, n_ctx)
+    floats = n_ctx * E + nb * (E + 2 * HD + max(E, HD, KD) + 2 * F) + threads * n_ctx + V
+    sampler = V * 24
+    session = (n_ctx + 1) * 4
+    return 4 * floats + sampler + session
+
+
+@pytest.mark.outer_only
+@pytest.mark.parametrize("threads,n_ctx", [(1, 512), (2, 512), (1, 64)])
+def test_peak_memory_within_bound(cli, nano, psycho_path, threads, n_ctx):
+    """Peak RSS (VmHWM) <= the file (mapped) + KV cache + activations + 2 MiB."""
+    info = nano.load(psycho_path).info
+    r = cli("run", "-m", psycho_path, "-p", "人的心理", "-n", str(n_ctx), "-t", "0.9", "--threads",
+            str(threads), "--ctx", str(n_ctx), "--profile")
+    assert r.returncode == 0, r.stderr
+    peak_kib = int(r.stderr.split("peak memory ")[1].split(" KiB")[0])
+    kv = 2 * info["n_layer"] * n_ctx * info["n_kv_head"] * info["head_dim"] * 4
+    act = _activations(info, n_ctx, 64, threads)
+    bound = info["file_size"] + kv + act + 2 * 1024 * 1024
+    print(f"psycho, {threads} thread(s), ctx {n_ctx}: peak {peak_kib} KiB, bound {bound // 1024} KiB "
+          f"(file {info['file_size'] // 1024}, KV {kv // 1024}, activations {act // 1024}, + 2048)")
+    assert peak_kib * 1024 <= bound
+
+
+@pytest.mark.outer_only
+def test_memory_does_not_grow_with_file_copies(cli, h, tmp_path, nano):
+    """A bigger model: peak memory tracks the mapped file, not copies of it."""
+    path = tmp_path / "big.bin"
+    path.write_bytes(h.model_bytes(seed=1, block_size=64, n_layer=4, n_embd=256, n_head=8, n_kv_head=4,
+                                   n_hidden=768))
+    info = nano.load(path).info
+    r = cli("run", "-m", path, "-p", "abc", "-n", "40", "--threads", "1", "--ctx", "64", "--profile")
+    assert r.returncode == 0, r.stderr
+    peak_kib = int(r.stderr.split("peak memory ")[1].split(" KiB")[0])
+    kv = 2 * info["n_layer"] * 64 * info["n_kv_head"] * info["head_dim"] * 4
+    bound = info["file_size"] + kv + _activations(info, 64, 64, 1) + 2 * 1024 * 1024
+    print(f"{info['file_size'] // 1024} KiB model: peak {peak_kib} KiB, bound {bound // 1024} KiB")
+    assert peak_kib * 1024 <= bound
+
+
+# ---------------------------------------------------------------------------
+# No allocation after init
+
+
+@pytest.mark.outer_only
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_no_allocation_in_decode(built, psycho_path, h, threads):
+    """tests/alloc_check.c wraps malloc/calloc/realloc/free (ld --wrap) around eval,
+    sampling, session steps and seq2seq after init, and counts."""
+    r = h.run_cli(built / "tests" / "alloc_check", psycho_path, threads)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "allocations during decode: 0 (frees 0)" in r.stdout

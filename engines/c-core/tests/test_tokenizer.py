@@ -1,0 +1,182 @@
+"""The C tokenizer is nano_tokenizer's: shared vectors, whole corpora, edge cases.
+
+Reference defect 9: unknown characters become <|unknown|> (never padding), and
+multi-character matches work for every id (the reference C rejected ids >= 16384).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import nano_format as nf
+
+VOCABS = ("tokenizer_4096.json", "tokenizer_16384_v2.json", "nano_80.json")
+
+
+@pytest.fixture(scope="module")
+def py_tokenizers(h):
+    from nano_tokenizer import Tokenizer
+
+    return {name: Tokenizer.load(h.shared_file(f"data/{name}")) for name in VOCABS}
+
+
+@pytest.fixture(scope="module")
+def c_tokenizers(nano, py_tokenizers):
+    return {name: nano.tokenizer_from_section(nf.encode_tokenizer_section(tok.to_tokens()))
+            for name, tok in py_tokenizers.items()}
+
+
+@pytest.fixture(scope="module")
+def vectors(h):
+    path = h.REPO / "tests" / "vectors" / "tokenizer.json"
+    if not path.is_file():
+        pytest.fail(f"the shared tokenizer vectors are missing: {path}", pytrace=False)
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert data["schema"] == 1
+    return data["cases"]
+
+
+def test_shared_vectors(c_tokenizers, vectors):
+    failures = []
+    for case in vectors:
+        tok = c_tokenizers[case["vocab"]]
+        ids = tok.encode(case["text"], case["allow_special"])
+        if ids != case["ids"]:
+            failures.append(f"{case['name']}: ids differ")
+            continue
+        if tok.decode(ids) != case["decoded"]:
+            failures.append(f"{case['name']}: decoded text differs")
+    assert not failures, "\n".join(failures)
+    assert len(vectors) >= 20
+
+
+@pytest.mark.parametrize("corpus", ["pretrain_psycho.txt", "pretrain_amateur_radio.txt", "sft_self_id.jsonl"])
+def test_corpora_like_nano_tokenizer(h, py_tokenizers, c_tokenizers, corpus):
+    text = h.shared_file(f"data/{corpus}").read_text(encoding="utf-8")[:60000]
+    for name in VOCABS:
+        for allow in (False, True):
+            assert c_tokenizers[name].encode(text, allow) == py_tokenizers[name].encode(text, allow), (name, allow)
+
+
+def test_fixture_vocabularies(nano, psycho_path, sort6_path, h):
+    """The tokenizers inside the fixtures encode like nano_tokenizer on them."""
+    from nano_tokenizer import Tokenizer
+
+    text = h.shared_file("data/pretrain_psycho.txt").read_text(encoding="utf-8")[:20000] + "<|eos|> 251212 ☃"
+    for path in (psycho_path, sort6_path):
+        py = Tokenizer.from_tokens(nf.read(path).tokens)
+        c = nano.load(path).tokenizer
+        for allow in (False, True):
+            assert c.encode(text, allow) == py.encode(text, allow), path.name
+        # every token's text is whole UTF-8 (streamed text never splits a character)
+        for i in range(c.vocab_size):
+            assert c.token_text(i).decode("utf-8") == py.decode_piece(i)
+            assert c.is_special(i) == (py.decode_piece(i) in py.special_tokens)
+
+
+def test_unknown_is_unknown_not_padding(nano, psycho_path):
+    """Defect 9: the reference C mapped unknown characters to padding (a stop token)."""
+    tok = nano.load(psycho_path).tokenizer
+    unk, pad = tok.find("<|unknown|>"), tok.find("<|padding|>")
+    assert (unk, pad) == (1, 0)
+    ids = tok.encode("☃\U0001F9FF")
+    assert ids == [unk, unk]
+
+
+def test_invalid_utf8_each_byte_is_unknown(c_tokenizers):
+    tok = c_tokenizers["tokenizer_4096.json"]
+    unk = tok.find("<|unknown|>")
+    a, b = tok.encode("a")[0], tok.encode("b")[0]
+    cases = {
+        b"\xff": [unk],
+        b"a\xe4\xb8": [a, unk, unk],            # truncated 3-byte sequence
+        b"\xc0\xafb": [unk, unk, b],            # overlong '/'
+        b"\xed\xa0\x80": [unk] * 3,             # a surrogate
+        b"\xf4\x90\x80\x80": [unk] * 4,         # past U+10FFFF
+        b"\x80a": [unk, a],                     # lone continuation byte
+        b"\xe4\xb8\xad": tok.encode("中"),       # valid stays valid
+        b"\xe4a": [unk, a],
+    }
+    for data, want in cases.items():
+        assert tok.encode(data) == want, data
+
+
+def test_multi_character_tokens_with_high_ids(nano):
+    """Defect 9 (second half): multi-character tokens with ids >= 16384 still match."""
+    texts = ["<|padding|>", "<|unknown|>"] + [chr(0x4E00 + i) for i in range(20000)] + ["ab", "abc", "一丁"]
+    tokens = [nf.TokenEntry(id=i, text=t, is_special=i < 2) for i, t in enumerate(texts)]
+    tok = nano.tokenizer_from_section(nf.encode_tokenizer_section(tokens))
+    n = len(texts)
+    assert tok.encode("abcab一丁一x") == [n - 2, n - 3, n - 1, 2, 1]
+
+
+def test_specials_by_shape_when_no_flag_is_set(nano):
+    """Old files do not set is_special: then <|name|> tokens are the special ones."""
+    texts = ["<|padding|>", "<|unknown|>", "<|eos|>", "<", "|", "e", "o", "s", ">", "<|x"]
+    tokens = [nf.TokenEntry(id=i, text=t, is_special=False) for i, t in enumerate(texts)]
+    tok = nano.tokenizer_from_section(nf.encode_tokenizer_section(tokens))
+    assert tok.is_special(2) and not tok.is_special(9)
+    assert tok.encode("<|eos|>", allow_special=True) == [2]
+    assert tok.encode("<|eos|>") == [3, 4, 5, 6, 7, 4, 8]
+    assert tok.encode("<|x<|eos|>") == [9, 3, 4, 5, 6, 7, 4, 8]
+    from nano_tokenizer import Tokenizer
+
+    py = Tokenizer.from_tokens(tokens)
+    for text in ("<|eos|>", "<|x<|eos|>|", "<<|unknown|>>"):
+        for allow in (False, True):
+            assert tok.encode(text, allow) == py.encode(text, allow)
+
+
+def test_no_unknown_token(nano):
+    tokens = [nf.TokenEntry(id=i, text=t) for i, t in enumerate(["a", "b"])]
+    tok = nano.tokenizer_from_section(nf.encode_tokenizer_section(tokens))
+    assert tok.encode("abba") == [0, 1, 1, 0]
+    with pytest.raises(Exception, match="NANO_ERR_UNSUPPORTED"):
+        tok.encode("abc")
+
+
+def test_decode_errors_and_buffers(nano, c_tokenizers):
+    tok = c_tokenizers["nano_80.json"]
+    ffi, lib = nano.ffi, nano.lib
+    ids = ffi.new("int32_t[]", [20, 80])
+    n = ffi.new("size_t *")
+    assert nano.status_name(lib.nano_tokenizer_decode(tok.handle, ids, 2, ffi.NULL, 0, n)) == "NANO_ERR_BAD_TOKEN"
+    ids = ffi.new("int32_t[]", [20, 21, 22])
+    buf = ffi.new("char[]", 2)
+    st = lib.nano_tokenizer_decode(tok.handle, ids, 3, buf, 2, n)
+    assert nano.status_name(st) == "NANO_ERR_BUFFER_TOO_SMALL" and n[0] == 3
+    out = ffi.new("int32_t[]", 2)
+    st = lib.nano_tokenizer_encode(tok.handle, b"123", 3, 0, out, 2, n)
+    assert nano.status_name(st) == "NANO_ERR_BUFFER_TOO_SMALL" and n[0] == 3
+    assert tok.find("<|eos|>") == 3 and tok.find("nope") == -1 and tok.find("") == -1
+
+
+def test_section_verdicts_match_nano_format(nano, py_tokenizers):
+    section = nf.encode_tokenizer_section(py_tokenizers["nano_80.json"].to_tokens())
+    out = nano.ffi.new("nano_tokenizer **")
+
+    def status(data, vocab=0):
+        st = nano.lib.nano_tokenizer_init_section(nano.ffi.from_buffer(data), len(data), vocab, out)
+        if st == 0:
+            nano.lib.nano_tokenizer_free(out[0])
+        return nano.status_name(st)
+
+    def py(data, vocab=None):
+        try:
+            nf.decode_tokenizer_section(data, vocab_size=vocab)
+        except nf.FormatError as e:
+            return type(e).__name__
+        return None
+
+    mapping = {None: "NANO_OK", "Truncated": "NANO_ERR_TRUNCATED", "BadTokenRecord": "NANO_ERR_BAD_TOKEN_RECORD",
+               "TrailingBytes": "NANO_ERR_TRAILING_BYTES"}
+    cases = [section, section[:5], section[:-1], section + b"\0", section[:8] + b"\x05" + section[9:],
+             bytearray(section[:12]) + b"\x02" + section[13:]]
+    for data in cases:
+        data = bytes(data)
+        assert status(data) == mapping[py(data)]
+    assert status(section, 81) == mapping[py(section, 81)] == "NANO_ERR_BAD_TOKEN_RECORD"
+    assert status(section, 80) == "NANO_OK"

@@ -1,0 +1,769 @@
+"""nano-wss, the C engine's WebSocket server, tested through real clients (`websockets`).
+
+The tests build the server (`make` in engines/c-core, and `make SANITIZE=1` for
+the ASan + UBSan build in build-san/), start it on port 0 against model files
+(the shared fixtures and small models written here with nano_format), and talk
+to it as clients do. Answers are compared with the `nano` CLI given the same
+prompt and sampler settings.
+
+Reference defects covered: 7 (every server path has a client test, including
+info on models of every kind), 13 (per-connection sessions: concurrent clients
+each get their own answer), 18 (incremental token pieces and an explicit done
+message; errors are messages and the connection keeps working), 6 (nothing
+optional is called unset: the servers run without a token callback).
+
+The streaming, concurrency, cancel and malformed-input tests also run against
+the sanitizer build; every server is stopped with a signal at the end and must
+exit 0 with no sanitizer report (LeakSanitizer included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import websockets
+
+pytestmark = pytest.mark.outer_only  # the sanitizer build is run here, against its own server
+
+TIMEOUT = 30.0  # seconds for any one reply; generous for the sanitizer build on a busy machine
+SAN_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer", "runtime error:")
+BUILDS = ["release", "san"]
+
+
+# ---------------------------------------------------------------------------
+# Building and running the server
+
+
+@pytest.fixture(scope="module")
+def binaries(h) -> dict:
+    h.make("all")
+    h.make("all", san=True)
+    out = {"release": h.CORE / "build" / "nano-wss", "san": h.CORE / "build-san" / "nano-wss",
+           "nano": h.CORE / "build" / "nano"}
+    for name, path in out.items():
+        if not path.is_file():
+            pytest.fail(f"make did not produce {path}", pytrace=False)
+    return out
+
+
+def server_env() -> dict:
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)  # the programs link their own sanitizer runtime
+    env["ASAN_OPTIONS"] = "detect_leaks=1:halt_on_error=1"
+    env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+    return env
+
+
+def sanitizer_report(text: str) -> str | None:
+    return text if any(m in text for m in SAN_MARKERS) else None
+
+
+class Server:
+    """One nano-wss process on a free port; stop() returns (exit code, stderr)."""
+
+    def __init__(self, binary: Path, model: Path, *args):
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.argv = [str(binary), "-m", str(model), "--port", "0", "--threads", "1", *map(str, args)]
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     env=server_env())
+        sel = selectors.DefaultSelector()
+        sel.register(self.proc.stdout, selectors.EVENT_READ)
+        line = self.proc.stdout.readline() if sel.select(TIMEOUT) else ""
+        sel.close()
+        m = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
+        if not m:
+            rc, err = self.stop()
+            pytest.fail(f"{' '.join(self.argv)} did not start (rc {rc}, stdout {line!r}):\n{err}", pytrace=False)
+        self.port = int(m.group(1))
+        self.url = f"ws://127.0.0.1:{self.port}/"
+        self.result = None
+
+    def stop(self, sig=signal.SIGTERM) -> tuple[int, str]:
+        if self.result is None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(sig)
+            try:
+                rc = self.proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                rc = self.proc.wait()
+                self.log.write("\n(test: the server did not stop within the timeout and was killed)\n")
+            self.proc.stdout.close()
+            self.log.seek(0)
+            self.result = (rc, self.log.read())
+            self.log.close()
+        return self.result
+
+    def check_clean_exit(self, sig=signal.SIGTERM) -> None:
+        rc, err = self.stop(sig)
+        assert sanitizer_report(err) is None, f"sanitizer report from {self.argv[0]}:\n{err}"
+        assert rc == 0, f"{self.argv[0]} exited with {rc}:\n{err}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.check_clean_exit()
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def connect(server: Server):
+    return websockets.connect(server.url, max_size=1 << 22, ping_interval=None, open_timeout=TIMEOUT)
+
+
+async def recv(ws) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+
+
+async def request(ws, msg) -> dict:
+    await ws.send(msg if isinstance(msg, (str, bytes)) else json.dumps(msg))
+    return await recv(ws)
+
+
+async def collect(ws, rid) -> tuple[list, dict]:
+    """Token messages of request `rid` up to its done message."""
+    tokens = []
+    while True:
+        m = await recv(ws)
+        assert m.get("id") == rid, m
+        if m["type"] == "token":
+            tokens.append(m)
+            continue
+        assert m["type"] == "done", m
+        return tokens, m
+
+
+async def generate(ws, rid, prompt, **settings) -> tuple[list, dict]:
+    await ws.send(json.dumps({"type": "generate", "id": rid, "prompt": prompt, **settings}))
+    return await collect(ws, rid)
+
+
+async def closed_with(ws) -> tuple[int, str]:
+    """Wait for the server to close the connection; its close code and reason."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+    except websockets.ConnectionClosed as e:
+        assert e.rcvd is not None, f"closed without a close frame: {e}"
+        return e.rcvd.code, e.rcvd.reason
+
+
+# ---------------------------------------------------------------------------
+# Models and references
+
+
+@pytest.fixture(scope="module")
+def psycho(h) -> Path:
+    return h.shared_file("fixtures/psycho_230k_1214_q80.bin")
+
+
+@pytest.fixture(scope="module")
+def sort6(h) -> Path:
+    return h.shared_file("fixtures/sort6_f32.bin")
+
+
+def _vocab_without(h, texts):
+    import nano_format as nf
+
+    kept = [e for e in h.make_vocab(48) if e.text not in texts]
+    return [nf.TokenEntry(id=i, text=e.text, is_special=e.is_special) for i, e in enumerate(kept)]
+
+
+def _write_model(h, path: Path, vocab, layout="2026.1", seed=0, **kw) -> Path:
+    import nano_format as nf
+
+    cfg = nf.Config(**{**dict(block_size=32, n_layer=2, n_embd=16, n_head=4, n_kv_head=2, n_hidden=32), **kw,
+                       "vocab_size": len(vocab) if vocab else 48})
+    path.write_bytes(nf.to_bytes(cfg, h.random_weights(cfg, seed), vocab, layout=layout))
+    return path
+
+
+@pytest.fixture(scope="module")
+def slow_model(h, tmp_path_factory) -> Path:
+    """A model slow enough (~0.5 ms a token, more under ASan) that a long generation
+    is still running while other requests come and go. No <|eos|>, so it never stops
+    early: a generation with max_tokens 0 runs until its 1024-token context is full."""
+    return _write_model(h, tmp_path_factory.mktemp("wss") / "slow.bin", _vocab_without(h, {"<|eos|>"}), seed=7,
+                        block_size=1024, n_layer=4, n_embd=128, n_head=4, n_kv_head=2, n_hidden=384)
+
+
+CLI_FLAGS = {"temperature": "-t", "top_k": "-k", "top_p": "--top-p", "min_p": "--min-p",
+             "repetition_penalty": "-r", "seed": "-s", "max_tokens": "-n"}
+
+
+@lru_cache(maxsize=None)
+def _cli(nano: str, model: str, prompt: str, settings: tuple, lora: str | None) -> tuple:
+    args = [nano, "run", "-m", model, "-p", prompt, "--threads", "1"]
+    if lora:
+        args += ["-l", lora]
+    for k, v in settings:
+        if k == "mode":
+            if v == "instruct":
+                args.append("--instruct")
+        else:
+            args += [CLI_FLAGS[k], str(v)]
+    env = server_env()
+    ids = subprocess.run(args + ["--ids"], capture_output=True, text=True, env=env, timeout=TIMEOUT)
+    text = subprocess.run(args, capture_output=True, env=env, timeout=TIMEOUT)
+    assert ids.returncode == 0 and text.returncode == 0, ids.stderr
+    n_prompt = int(re.search(r"(\d+) prompt tokens", ids.stderr).group(1))
+    all_ids = [int(x) for x in ids.stdout.strip().split(",")]
+    out = text.stdout.decode("utf-8")
+    assert out.endswith("\n")
+    return all_ids[n_prompt:], out[:-1], n_prompt
+
+
+def cli_answer(binaries, model, prompt, lora=None, **settings) -> tuple[list, str, int]:
+    """Generated ids, text and prompt length from `nano run` with the same settings."""
+    settings.setdefault("max_tokens", 256)  # the server's default, and the CLI's
+    return _cli(str(binaries["nano"]), str(model), prompt, tuple(sorted(settings.items())),
+                str(lora) if lora else None)
+
+
+# ---------------------------------------------------------------------------
+# Servers shared by the tests of one build
+
+
+@pytest.fixture(scope="module", params=BUILDS)
+def build(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def server(binaries, build, psycho):
+    # two threads per evaluation: the answers must still equal the one-thread CLI's
+    s = Server(binaries[build], psycho, "--max-message", 4096, "--max-tokens-cap", 600, "--threads", 2)
+    yield s
+    s.check_clean_exit()
+
+
+@pytest.fixture(scope="module")
+def slow_server(binaries, build, slow_model):
+    s = Server(binaries[build], slow_model, "--max-connections", 64)
+    yield s
+    s.check_clean_exit(signal.SIGINT)
+
+
+# ---------------------------------------------------------------------------
+# Streaming
+
+
+CASES = [
+    ("人的心理", dict(temperature=0, max_tokens=40)),
+    ("精神", dict(temperature=0.8, top_k=40, seed=7, max_tokens=48)),
+    ("我们", dict(temperature=1.2, top_p=0.9, min_p=0.05, repetition_penalty=1.3, seed=123456789012345,
+                max_tokens=64)),
+    ("你是谁", dict(mode="instruct", temperature=0, max_tokens=50)),
+]
+
+
+@pytest.mark.parametrize("prompt,settings", CASES, ids=["greedy", "top_k", "top_p_min_p_penalty", "instruct"])
+def test_streaming_matches_cli(binaries, server, psycho, prompt, settings):
+    ids, text, n_prompt = cli_answer(binaries, psycho, prompt, **settings)
+
+    async def go():
+        async with connect(server) as ws:
+            return await generate(ws, "r1", prompt, **settings)
+
+    tokens, done = run(go())
+    assert [t["token"] for t in tokens] == ids
+    # incremental pieces (defect 18): they concatenate to the answer, none repeats what came before
+    assert "".join(t["text"] for t in tokens) == text
+    assert sum(len(t["text"].encode()) for t in tokens) == len(text.encode())
+    stats = done["stats"]
+    assert stats["prompt_tokens"] == n_prompt and stats["generated_tokens"] == len(ids)
+    assert done["reason"] == ("max_tokens" if len(ids) == settings["max_tokens"] else "stop")
+    assert stats["prefill_ms"] >= 0 and stats["tokens_per_s"] >= 0
+    assert stats["ttft_ms"] >= stats["prefill_ms"] or not ids  # no first token, no time to it
+
+
+def test_default_max_tokens_and_context_full(binaries, server, psycho):
+    async def go():
+        async with connect(server) as ws:
+            default = await generate(ws, "a", "心理学", temperature=0)
+            # 600 tokens cannot fit the 512-token context: the stream ends with context_full
+            full = await generate(ws, "b", "心理学", temperature=0, max_tokens=600)
+            return default, full
+
+    (tok_a, done_a), (tok_b, done_b) = run(go())
+    ids_a, _, _ = cli_answer(binaries, psycho, "心理学", temperature=0)
+    ids_b, text_b, n_prompt = cli_answer(binaries, psycho, "心理学", temperature=0, max_tokens=600)
+    assert [t["token"] for t in tok_a] == ids_a and len(ids_a) <= 256
+    assert [t["token"] for t in tok_b] == ids_b and "".join(t["text"] for t in tok_b) == text_b
+    if len(ids_b) == 512 - n_prompt + 1:
+        assert done_b["reason"] == "context_full"
+    else:
+        assert done_b["reason"] == "stop"
+
+
+def test_fragmented_request(server):
+    """A request split over several WebSocket frames is one message."""
+    async def go():
+        async with connect(server) as ws:
+            await ws.send(['{"type":"generate","id":"f",', '"prompt":"人的心理","temperature":0,',
+                           '"max_tokens":5}'])
+            return await collect(ws, "f")
+
+    tokens, done = run(go())
+    assert len(tokens) == 5 and done["reason"] == "max_tokens"
+
+
+# ---------------------------------------------------------------------------
+# Concurrency (defect 13)
+
+
+def test_concurrent_clients_each_get_their_own_answer(binaries, server, psycho):
+    jobs = [("人的心理", dict(temperature=0, max_tokens=60)),
+            ("精神", dict(temperature=0.9, seed=1, max_tokens=60)),
+            ("精神", dict(temperature=0.9, seed=2, max_tokens=60)),
+            ("我们", dict(temperature=1.0, top_k=20, seed=3, max_tokens=50)),
+            ("意识", dict(temperature=0.7, top_p=0.8, seed=4, max_tokens=70)),
+            ("自我", dict(temperature=0, repetition_penalty=1.5, max_tokens=40)),
+            ("你是谁", dict(mode="instruct", temperature=0.5, seed=5, max_tokens=50)),
+            ("梦", dict(temperature=1.5, min_p=0.1, seed=6, max_tokens=80)),
+            ("人", dict(temperature=0.6, seed=8, max_tokens=30)),
+            ("心理", dict(temperature=0, max_tokens=90))]
+
+    async def client(ws, i, prompt, settings):
+        return await generate(ws, f"c{i}", prompt, **settings)
+
+    async def go():
+        conns = [await connect(server) for _ in jobs]
+        try:
+            return await asyncio.gather(*(client(ws, i, p, s) for i, (ws, (p, s)) in enumerate(zip(conns, jobs))))
+        finally:
+            for ws in conns:
+                await ws.close()
+
+    results = run(go())
+    for (prompt, settings), (tokens, done) in zip(jobs, results):
+        ids, text, _ = cli_answer(binaries, psycho, prompt, **settings)
+        assert [t["token"] for t in tokens] == ids, (prompt, settings)
+        assert "".join(t["text"] for t in tokens) == text
+        assert done["stats"]["generated_tokens"] == len(ids)
+
+
+def test_a_long_generation_does_not_block_others(slow_server):
+    """One token per connection per loop turn: a short request finishes while a long one streams."""
+    async def go():
+        async with connect(slow_server) as a, connect(slow_server) as b:
+            await a.send(json.dumps({"type": "generate", "id": "long", "prompt": "the", "temperature": 0,
+                                     "max_tokens": 0}))
+            first = await recv(a)
+            assert first["type"] == "token"
+            info = await request(b, {"type": "info", "id": "i"})
+            short, short_done = await generate(b, "short", "ab", temperature=0.7, seed=3, max_tokens=5)
+            await a.send(json.dumps({"type": "cancel", "id": "long"}))
+            tokens, done = await collect(a, "long")
+            return info, short, short_done, tokens, done
+
+    info, short, short_done, tokens, done = run(go())
+    assert info["type"] == "info" and len(short) == 5 and short_done["reason"] == "max_tokens"
+    # the long one was still running when the short one had finished, and it is cut short
+    assert done["reason"] == "cancelled"
+    assert done["stats"]["generated_tokens"] == len(tokens) + 1 < 1024
+
+
+# ---------------------------------------------------------------------------
+# Cancel
+
+
+def test_cancel(slow_server):
+    async def go():
+        async with connect(slow_server) as ws:
+            out = {}
+            # nothing running yet
+            out["idle"] = await request(ws, {"type": "cancel", "id": "x"})
+            await ws.send(json.dumps({"type": "generate", "id": "g", "prompt": "the", "temperature": 0.8,
+                                      "seed": 5, "max_tokens": 0}))
+            got = [await recv(ws) for _ in range(3)]
+            assert all(m["type"] == "token" for m in got), got
+            # a second generate and a cancel for another id are refused; the stream goes on
+            await ws.send(json.dumps({"type": "generate", "id": "g2", "prompt": "a"}))
+            await ws.send(json.dumps({"type": "seq2seq", "id": "s", "input": "ab"}))
+            await ws.send(json.dumps({"type": "cancel", "id": "other"}))
+            await ws.send(json.dumps({"type": "cancel", "id": "g"}))
+            errors, tokens = [], list(got)
+            while True:
+                m = await recv(ws)
+                if m["type"] == "error":
+                    errors.append(m)
+                elif m["type"] == "token":
+                    tokens.append(m)
+                else:
+                    out["done"] = m
+                    break
+            out["errors"], out["tokens"] = errors, tokens
+            # the connection is usable afterwards, and a cancel after the end is an error
+            out["after"] = await generate(ws, "h", "ab", temperature=0, max_tokens=4)
+            out["late"] = await request(ws, {"type": "cancel"})
+            # cancel right after generate, before any token was read
+            await ws.send(json.dumps({"type": "generate", "id": "q", "prompt": "the", "max_tokens": 0}))
+            await ws.send(json.dumps({"type": "cancel"}))
+            out["quick"] = await collect(ws, "q")
+            return out
+
+    out = run(go())
+    assert out["idle"]["type"] == "error" and out["idle"]["code"] == "not_running" and out["idle"]["id"] == "x"
+    assert [(e["id"], e["code"]) for e in out["errors"]] == [("g2", "busy"), ("s", "busy"), ("other", "not_running")]
+    done = out["done"]
+    assert done["id"] == "g" and done["reason"] == "cancelled"
+    assert done["stats"]["generated_tokens"] == len(out["tokens"]) < 1024
+    assert all(t["id"] == "g" for t in out["tokens"])
+    tokens, after = out["after"]
+    assert len(tokens) == 4 and after["reason"] == "max_tokens"
+    assert out["late"]["code"] == "not_running" and out["late"]["id"] is None
+    q_tokens, q_done = out["quick"]
+    assert q_done["reason"] == "cancelled" and q_done["stats"]["generated_tokens"] == len(q_tokens) < 1024
+
+
+# ---------------------------------------------------------------------------
+# Malformed input: every error is a message, and the connection keeps working (defect 18)
+
+
+LONG_ID = "x" * 129
+BAD_REQUESTS = [
+    ("{", "bad_json", None),
+    ('{"type":"info"} x', "bad_json", None),
+    ('{"type":"info",}', "bad_json", None),
+    ("", "bad_json", None),
+    ("nul", "bad_json", None),
+    ('{"type":"info","id":"\\ud800"}', "bad_json", None),
+    ("[" * 100 + "]" * 100, "bad_json", None),
+    ('{"a":' * 40 + "1" + "}" * 40, "bad_json", None),
+    ("[]", "bad_message", None),
+    ('"generate"', "bad_message", None),
+    ('{"type":"info","type":"info"}', "bad_message", None),
+    (json.dumps({f"k{i}": i for i in range(40)}), "bad_message", None),
+    ({"id": "m"}, "missing_field", "m"),
+    ({"type": 5, "id": "t"}, "bad_field", "t"),
+    ({"type": "dance", "id": "u"}, "unknown_type", "u"),
+    ({"type": "info", "id": "f", "extra": 1}, "unknown_field", "f"),
+    ({"type": "generate", "id": "f2", "prompt": "a", "temprature": 0}, "unknown_field", "f2"),
+    ({"type": "info", "id": 5}, "bad_field", None),
+    ({"type": "info", "id": LONG_ID}, "bad_field", None),
+    ({"type": "generate", "id": "p0"}, "missing_field", "p0"),
+    ({"type": "generate", "id": "p1", "prompt": 5}, "bad_field", "p1"),
+    ({"type": "generate", "id": "p2", "prompt": None}, "bad_field", "p2"),
+    ({"type": "generate", "id": "p3", "prompt": ""}, "bad_field", "p3"),
+    ({"type": "generate", "id": "p4", "prompt": "a\u0000b"}, "bad_field", "p4"),
+    ({"type": "generate", "id": "p5", "prompt": "a " * 1500}, "prompt_too_long", "p5"),
+    ({"type": "generate", "id": "m1", "prompt": "a", "mode": "chat"}, "bad_field", "m1"),
+    ({"type": "generate", "id": "m2", "prompt": "a", "mode": 1}, "bad_field", "m2"),
+    ({"type": "generate", "id": "s1", "prompt": "a", "temperature": -1}, "bad_field", "s1"),
+    ({"type": "generate", "id": "s2", "prompt": "a", "temperature": "hot"}, "bad_field", "s2"),
+    ({"type": "generate", "id": "s3", "prompt": "a", "temperature": 1e39}, "bad_field", "s3"),
+    ({"type": "generate", "id": "s4", "prompt": "a", "top_k": -1}, "bad_field", "s4"),
+    ({"type": "generate", "id": "s5", "prompt": "a", "top_k": 1.5}, "bad_field", "s5"),
+    ({"type": "generate", "id": "s6", "prompt": "a", "top_k": 2**31}, "bad_field", "s6"),
+    ({"type": "generate", "id": "s7", "prompt": "a", "top_p": 0}, "bad_field", "s7"),
+    ({"type": "generate", "id": "s8", "prompt": "a", "top_p": 1.5}, "bad_field", "s8"),
+    ({"type": "generate", "id": "s9", "prompt": "a", "top_p": 1e-50}, "bad_field", "s9"),
+    ({"type": "generate", "id": "sa", "prompt": "a", "min_p": -0.1}, "bad_field", "sa"),
+    ({"type": "generate", "id": "sb", "prompt": "a", "min_p": 1.1}, "bad_field", "sb"),
+    ({"type": "generate", "id": "sc", "prompt": "a", "repetition_penalty": 0}, "bad_field", "sc"),
+    ({"type": "generate", "id": "sd", "prompt": "a", "repetition_penalty": True}, "bad_field", "sd"),
+    ({"type": "generate", "id": "se", "prompt": "a", "seed": -1}, "bad_field", "se"),
+    ({"type": "generate", "id": "sf", "prompt": "a", "seed": 2**64}, "bad_field", "sf"),
+    ({"type": "generate", "id": "sg", "prompt": "a", "seed": 1.0}, "bad_field", "sg"),
+    ({"type": "generate", "id": "sh", "prompt": "a", "max_tokens": -1}, "bad_field", "sh"),
+    ({"type": "generate", "id": "si", "prompt": "a", "max_tokens": 601}, "bad_field", "si"),  # over the cap
+    ({"type": "generate", "id": "sj", "prompt": "a", "max_tokens": 0}, "bad_field", "sj"),  # unlimited: capped
+    ({"type": "cancel", "id": "c1", "prompt": "a"}, "unknown_field", "c1"),
+    ({"type": "seq2seq", "id": "q1"}, "missing_field", "q1"),
+    ({"type": "seq2seq", "id": "q2", "input": ["1"]}, "bad_field", "q2"),
+    ({"type": "seq2seq", "id": "q3", "input": ""}, "bad_field", "q3"),
+]
+
+
+def test_malformed_requests_are_answered_and_the_connection_keeps_working(server):
+    async def go():
+        answers = []
+        async with connect(server) as ws:
+            for msg, _, _ in BAD_REQUESTS:
+                answers.append(await request(ws, msg))
+            answers.append(await request(ws, b"\x01\x02binary"))           # binary frame
+            answers.append(await ws.send(b'{"type":"info","id":"\xff"}', text=True) or await recv(ws))
+            answers.append(await request(ws, "x" * 5000))                   # over --max-message 4096
+            await ws.send(["y" * 3000, "z" * 3000])                         # over it in fragments
+            answers.append(await recv(ws))
+            # the same connection still works, and escaped spellings are the same JSON
+            info = await request(ws, '{"type":"\\u0069nfo","id":"ok"}')
+            tokens, done = await generate(ws, "ok2", "人的心理", temperature=0, max_tokens=8)
+        return answers, info, tokens, done
+
+    answers, info, tokens, done = run(go())
+    expected = [(code, rid) for _, code, rid in BAD_REQUESTS]
+    expected += [("bad_message", None), ("bad_json", None), ("message_too_large", None),
+                 ("message_too_large", None)]
+    got = [(a.get("code"), a.get("id")) for a in answers]
+    assert got == expected
+    assert all(a["type"] == "error" and isinstance(a["message"], str) and a["message"] for a in answers)
+    assert info["type"] == "info" and info["id"] == "ok"
+    assert len(tokens) == 8 and done["reason"] == "max_tokens"
+
+
+def test_many_queued_errors_from_a_client_that_does_not_read(server):
+    """Replies queue up to a bound, then the server stops reading that client until it reads."""
+    async def go():
+        async with connect(server) as ws:
+            for i in range(200):
+                await ws.send(json.dumps({"type": "nope", "id": str(i)}))
+            got = [await recv(ws) for _ in range(200)]
+            tokens, done = await generate(ws, "after", "人的心理", temperature=0, max_tokens=3)
+            return got, tokens, done
+
+    got, tokens, done = run(go())
+    assert [g["id"] for g in got] == [str(i) for i in range(200)]
+    assert {g["code"] for g in got} == {"unknown_type"} and done["reason"] == "max_tokens"
+
+
+# ---------------------------------------------------------------------------
+# Info and the kinds of model (defect 7)
+
+
+def test_info_reports_the_model(server, nano, psycho):
+    async def go():
+        async with connect(server) as ws:
+            return await request(ws, {"type": "info", "id": "i"})
+
+    info = run(go())
+    ref = nano.load(psycho).info
+    m = info["model"]
+    assert info["type"] == "info" and info["id"] == "i"
+    for k in ("block_size", "vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", "n_hidden", "head_dim",
+              "group_size", "n_params", "file_size"):
+        assert m[k] == ref[k], k
+    assert m["layout"] == "2025.12" and m["quant"] == "q8_0" and m["model_type"] == "nano"
+    assert m["tokenizer"] == {"kind": "trie", "vocab_size": 4096, "n_special": 12}
+    assert info["modes"] == ["continue", "instruct"] and info["seq2seq"] is True and info["lora"] is None
+    s = info["server"]
+    assert s["n_ctx"] == 512 and s["max_tokens_cap"] == 600 and s["default_max_tokens"] == 256
+    assert s["max_message"] == 4096 and s["threads"] == 2 and s["abi_version"] == 1
+
+
+def test_models_of_every_kind(h, binaries, sort6, tmp_path):
+    no_tok = _write_model(h, tmp_path / "no_tokenizer.bin", None, layout="2026.101", seed=1)
+    no_instruct = _write_model(h, tmp_path / "no_instruct.bin",
+                               _vocab_without(h, {"<|instruct_mark|>", "<|response_mark|>"}), seed=2)
+
+    async def ask(server, *msgs):
+        async with connect(server) as ws:
+            out = []
+            for msg in msgs:
+                await ws.send(json.dumps(msg))
+                m = await recv(ws)
+                if m["type"] == "token":
+                    tokens, done = await collect(ws, m["id"])
+                    m = {"type": "stream", "tokens": [m] + tokens, "done": done}
+                out.append(m)
+            return out
+
+    with Server(binaries["release"], sort6) as s:
+        info, seq, gen, long_input = run(ask(
+            s, {"type": "info"}, {"type": "seq2seq", "id": "s", "input": "251212"},
+            {"type": "generate", "id": "g", "prompt": "25", "temperature": 0},
+            {"type": "seq2seq", "id": "s2", "input": "2512121"}))
+    ref = subprocess.run([binaries["nano"], "seq2seq", "-m", sort6, "251212"], capture_output=True, text=True)
+    assert info["model"]["block_size"] == 6 and info["model"]["attention"] == "causal"
+    assert info["model"]["attention_recorded"] is False
+    assert seq["output"] == "112225" == ref.stdout.strip() and len(seq["tokens"]) == 6
+    ids, _, _ = cli_answer(binaries, sort6, "25", temperature=0)
+    assert gen["type"] == "stream" and [t["token"] for t in gen["tokens"]] == ids
+    assert gen["done"]["reason"] in ("context_full", "stop")
+    assert long_input["code"] == "prompt_too_long" and long_input["id"] == "s2"
+
+    with Server(binaries["release"], no_tok) as s:
+        info, gen, seq = run(ask(s, {"type": "info"}, {"type": "generate", "prompt": "a"},
+                                 {"type": "seq2seq", "input": "a"}))
+    assert info["model"]["tokenizer"] is None and info["modes"] == [] and info["seq2seq"] is False
+    assert info["model"]["attention_recorded"] is True and info["model"]["layout"] == "2026.101"
+    assert gen["code"] == "unsupported" and seq["code"] == "unsupported"
+
+    with Server(binaries["release"], no_instruct) as s:
+        info, gen, ok = run(ask(s, {"type": "info"}, {"type": "generate", "prompt": "a", "mode": "instruct"},
+                                {"type": "generate", "id": "c", "prompt": "ab", "temperature": 0,
+                                 "max_tokens": 3}))
+    assert info["modes"] == ["continue"] and gen["code"] == "unsupported"
+    assert ok["type"] == "stream" and len(ok["tokens"]) == 3
+
+
+def _lora(h, path: Path, **kw) -> Path:
+    import nano_format as nf
+    from nano_format.plan import lora_params
+
+    lc = nf.LoraConfig(**{**dict(rank=2, alpha=4, n_layer=8, n_embd=32, n_head=4, n_kv_head=2, n_hidden=96), **kw})
+    rng = np.random.default_rng(3)
+    path.write_bytes(nf.to_bytes(lc, {p.name: (0.3 * rng.standard_normal(p.shape)).astype(np.float32)
+                                      for p in lora_params(lc)}))
+    return path
+
+
+def test_lora(h, binaries, psycho, tmp_path):
+    lora = _lora(h, tmp_path / "lora.bin")
+    settings = dict(temperature=0, max_tokens=30)
+    with Server(binaries["release"], psycho, "-l", lora) as s:
+        async def go():
+            async with connect(s) as ws:
+                info = await request(ws, {"type": "info"})
+                return info, await generate(ws, "l", "人的心理", **settings)
+
+        info, (tokens, done) = run(go())
+    ids, text, _ = cli_answer(binaries, psycho, "人的心理", lora=lora, **settings)
+    plain, _, _ = cli_answer(binaries, psycho, "人的心理", **settings)
+    assert info["lora"] == {"rank": 2, "alpha": 4}
+    assert [t["token"] for t in tokens] == ids != plain
+    assert "".join(t["text"] for t in tokens) == text
+
+
+# ---------------------------------------------------------------------------
+# Limits: connections, idle time; plain HTTP
+
+
+def test_connection_cap(binaries, psycho):
+    with Server(binaries["release"], psycho, "--max-connections", 2) as s:
+        async def go():
+            a = await connect(s)
+            b = await connect(s)
+            extra = await connect(s)
+            refusal = await recv(extra)
+            code, reason = await closed_with(extra)
+            assert (await request(b, {"type": "info", "id": "b"}))["id"] == "b"
+            await a.close()
+            c = await connect(s)  # a's slot is free again
+            tokens, done = await generate(c, "c", "人的心理", temperature=0, max_tokens=3)
+            await b.close()
+            await c.close()
+            return refusal, code, reason, done
+
+        refusal, code, reason, done = run(go())
+    assert refusal["type"] == "error" and refusal["code"] == "too_many_connections"
+    assert code == 1013 and reason == "too many connections"
+    assert done["reason"] == "max_tokens"
+
+
+def test_idle_timeout(binaries, psycho):
+    with Server(binaries["release"], psycho, "--idle-timeout", 0.5) as s:
+        async def go():
+            async with connect(s) as idle, connect(s) as busy:
+                t0 = time.monotonic()
+                closing = asyncio.ensure_future(closed_with(idle))
+                for i in range(8):  # 1.2 s of activity, more than twice the timeout
+                    assert (await request(busy, {"type": "info", "id": str(i)}))["id"] == str(i)
+                    await asyncio.sleep(0.15)
+                code, reason = await closing
+                elapsed = time.monotonic() - t0
+                still = await generate(busy, "b", "人的心理", temperature=0, max_tokens=2)
+                return code, reason, elapsed, still
+
+        code, reason, elapsed, (tokens, done) = run(go())
+    assert code == 1001 and reason == "idle timeout" and 0.4 <= elapsed < 10
+    assert done["reason"] == "max_tokens"
+
+
+def test_plain_http_is_refused_and_the_subprotocol_is_optional(server):
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=TIMEOUT)
+    assert 400 <= e.value.code < 500
+
+    async def go():
+        async with websockets.connect(server.url, subprotocols=["nano"], ping_interval=None) as ws:
+            return ws.subprotocol, await request(ws, {"type": "info"})
+
+    subprotocol, info = run(go())
+    assert subprotocol == "nano" and info["type"] == "info"
+
+
+# ---------------------------------------------------------------------------
+# Shutdown and the command line
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_closes_clients_and_frees_everything(binaries, build, slow_model, sig):
+    s = Server(binaries[build], slow_model)
+
+    async def go():
+        idle = await connect(s)
+        busy = await connect(s)
+        await busy.send(json.dumps({"type": "generate", "id": "g", "prompt": "the", "max_tokens": 0}))
+        assert (await recv(busy))["type"] == "token"
+        s.proc.send_signal(sig)
+        return await closed_with(idle), await closed_with(busy)
+
+    try:
+        closes = run(go())
+    finally:
+        rc, err = s.stop(sig)
+    assert closes == ((1001, "server shutting down"), (1001, "server shutting down"))
+    assert sanitizer_report(err) is None, err
+    assert rc == 0, err
+
+
+def _free_port_in_use():
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+def test_bad_command_lines(h, binaries, build, psycho, tmp_path):
+    bad_magic = tmp_path / "bad.bin"
+    bad_magic.write_bytes(b"\0" * 300)
+    lora_as_model = _lora(h, tmp_path / "lora.bin")
+    wrong_lora = _lora(h, tmp_path / "wrong_lora.bin", n_embd=16)
+    busy = _free_port_in_use()
+    try:
+        cases = [
+            ([], 2, "-m MODEL is required"),
+            (["-m"], 2, "missing value"),
+            (["-m", psycho, "--bogus"], 2, "unknown option '--bogus'"),
+            (["-m", psycho, "--port", "70000"], 2, "--port"),
+            (["-m", psycho, "--port", "abc"], 2, "--port"),
+            (["-m", psycho, "--threads", "0"], 2, "--threads"),
+            (["-m", psycho, "--ctx", "0"], 2, "--ctx"),
+            (["-m", psycho, "--ctx", "513"], 2, "exceeds the model's block size 512"),
+            (["-m", psycho, "--max-connections", "0"], 2, "--max-connections"),
+            (["-m", psycho, "--max-message", "10"], 2, "--max-message"),
+            (["-m", psycho, "--idle-timeout", "-1"], 2, "--idle-timeout"),
+            (["-m", psycho, "--idle-timeout", "soon"], 2, "--idle-timeout"),
+            (["-m", psycho, "--max-tokens-cap", "-5"], 2, "--max-tokens-cap"),
+            (["-m", psycho, "--host", "example.com"], 2, "--host"),
+            (["-m", tmp_path / "missing.bin"], 1, "NANO_ERR_IO"),
+            (["-m", bad_magic], 1, "NANO_ERR_BAD_MAGIC"),
+            (["-m", lora_as_model], 1, "NANO_ERR_UNSUPPORTED"),
+            (["-m", psycho, "-l", wrong_lora], 1, "NANO_ERR_LORA_MISMATCH"),
+            (["-m", psycho, "-l", bad_magic], 1, "NANO_ERR_BAD_MAGIC"),
+            (["-m", psycho, "--port", str(busy.getsockname()[1])], 1, "cannot listen on 127.0.0.1:"),
+        ]
+        for args, want_rc, want_err in cases:
+            res = subprocess.run([binaries[build], *map(str, args)], capture_output=True, text=True,
+                                 env=server_env(), timeout=TIMEOUT)
+            assert res.returncode == want_rc and want_err in res.stderr, (args, res.returncode, res.stderr)
+            assert all(line.startswith(("nano-wss: ", "(run 'nano-wss --help'")) for line in res.stderr.splitlines())
+            assert "nano-wss: error: " in res.stderr, args
+            assert "listening" not in res.stdout, args
+            assert sanitizer_report(res.stderr) is None, res.stderr
+    finally:
+        busy.close()
+    for flag in ("--help", "--version"):
+        res = subprocess.run([binaries[build], flag], capture_output=True, text=True, env=server_env(),
+                             timeout=TIMEOUT)
+        assert res.returncode == 0 and "nano-wss" in res.stdout and res.stderr == ""

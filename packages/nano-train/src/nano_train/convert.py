@@ -1,0 +1,433 @@
+"""Between the PyTorch model and `.bin` files (through nano-format), and checkpoints.
+
+    load_bin(path)                  any model file nano-format reads -> (Transformer, Tokenizer | None)
+    export_bin(model, path, ...)    Transformer -> model file (F32 or Q8_0, layout 2026.1 or 2026.101)
+    export_lora(model, path)        the attached LoRA -> LoRA file (layout 2024.10)
+    load_lora_bin(model, path)      attach a LoRA file's adapters to a model
+    emulate_q8_0(model, group)      weights -> their Q8_0 round trip, to compute what a Q8_0 file holds
+    load_checkpoint_model(path)     training checkpoint (.pt) -> (Transformer, Tokenizer | None)
+
+The model's parameter names are the file's tensor names (see model.py), so the
+mapping is a stack over layers: file "wq" [L, H*D, E] <-> layers.{i}.wq.weight [H*D, E].
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import nano_format
+from nano_format import spec
+from nano_format.quant import check_group_size
+
+from .lora import LORA_TARGETS, LoRALinear, attach_lora, has_lora, load_lora_state_dict
+from .model import ModelConfig, Transformer
+
+__all__ = [
+    "ConvertError",
+    "ExportInfo",
+    "load_bin",
+    "export_bin",
+    "export_lora",
+    "load_lora_bin",
+    "emulate_q8_0",
+    "load_checkpoint_model",
+    "model_config_from_file",
+    "file_config_from_model",
+]
+
+# Per-layer tensors: file name -> parameter name inside layers.{i}
+LAYER_MATRICES = spec.MATRIX_TENSORS  # wq wk wv wo w1 w2 w3
+LAYER_NORMS = ("norm_attn", "norm_ffn")
+
+
+class ConvertError(ValueError):
+    """A file or checkpoint that cannot become (or come from) this model. nano-format's
+    own errors (bad files, impossible writes) arrive wrapped in it, the original as
+    its __cause__, so callers catch one ValueError."""
+
+
+@contextlib.contextmanager
+def _format_errors():
+    try:
+        yield
+    except nano_format.FormatError as e:
+        raise ConvertError(str(e)) from e
+
+
+# ---------------------------------------------------------------------------
+# Configs
+
+
+def model_config_from_file(fc, *, is_causal: bool | None = None) -> ModelConfig:
+    """nano_format.Config -> ModelConfig. is_causal overrides the file's attention
+    kind (old layouts cannot record full attention, e.g. the sort6 fixture)."""
+    if fc.model_type != spec.ModelType.NANO:
+        raise ConvertError(
+            f"model type {fc.model_type.name} is not a Nano model; the PyTorch reference runs Nano models only"
+        )
+    if fc.head_dim * fc.n_head != fc.n_embd:
+        raise ConvertError(f"head_dim {fc.head_dim} * n_head {fc.n_head} != n_embd {fc.n_embd}")
+    return ModelConfig(
+        block_size=fc.block_size,
+        vocab_size=fc.vocab_size,
+        n_layer=fc.n_layer,
+        n_head=fc.n_head,
+        n_kv_head=fc.n_kv_head,
+        n_embd=fc.n_embd,
+        n_hidden=fc.n_hidden,
+        use_rope=fc.position == spec.Position.ROPE,
+        norm_eps=float(fc.norm_eps),
+        is_causal=(fc.attention == spec.Attention.CAUSAL) if is_causal is None else bool(is_causal),
+        rope_theta=float(fc.rope_theta),
+        tie_embeddings=bool(fc.tie_embeddings),
+    )
+
+
+def file_config_from_model(c: ModelConfig):
+    """ModelConfig -> nano_format.Config (dropout is a training setting, not stored)."""
+    return nano_format.Config(
+        model_type=spec.ModelType.NANO,
+        block_size=c.block_size,
+        vocab_size=c.vocab_size,
+        n_layer=c.n_layer,
+        n_embd=c.n_embd,
+        n_head=c.n_head,
+        n_kv_head=c.n_kv_head,
+        n_hidden=c.n_hidden,
+        head_dim=c.head_dim,
+        tie_embeddings=c.tie_embeddings,
+        attention=spec.Attention.CAUSAL if c.is_causal else spec.Attention.FULL,
+        position=spec.Position.ROPE if c.use_rope else spec.Position.LEARNED,
+        norm_eps=c.norm_eps,
+        rope_theta=c.rope_theta,
+    )
+
+
+def _needs_extension(c: ModelConfig) -> list[str]:
+    """What layout 2026.1 cannot say about this model (it implies causal, RoPE,
+    eps 1e-5 and theta 10000): each item is a reason to write 2026.101. Used to
+    choose the layout and explain the choice; the writer enforces the rule."""
+    why = []
+    if not c.is_causal:
+        why.append("full attention")
+    if not c.use_rope:
+        why.append("learned positions")
+    # compared as float32, which is how the file would store them
+    if np.float32(c.norm_eps) != np.float32(spec.DEFAULT_NORM_EPS):
+        why.append(f"norm_eps {c.norm_eps:g}")
+    if c.use_rope and np.float32(c.rope_theta) != np.float32(spec.DEFAULT_ROPE_THETA):
+        why.append(f"rope_theta {c.rope_theta:g}")
+    return why
+
+
+# ---------------------------------------------------------------------------
+# Model files
+
+
+def _tensors_from_model(model: Transformer) -> dict[str, np.ndarray]:
+    """The file's tensors (float32, logical shapes) from the model's current weights.
+    A merged LoRA is part of the weights; an unmerged one is left out (export_lora)."""
+    c = model.config
+
+    def arr(t: torch.Tensor) -> np.ndarray:
+        return t.detach().to("cpu", torch.float32).numpy().copy()
+
+    def stack(name: str) -> np.ndarray:
+        return np.stack([arr(getattr(layer, name).weight) for layer in model.layers])  # [L, ...]
+
+    out = {name: stack(name) for name in LAYER_NORMS + LAYER_MATRICES}
+    out["norm_final"] = arr(model.norm_final.weight)  # [E]
+    out[spec.EMBEDDING] = arr(model.tok_embd.weight)  # [V, E]
+    if c.use_rope:
+        out["rope_cos"] = arr(model.rope_cos)  # [B, D/2]
+        out["rope_sin"] = arr(model.rope_sin)
+    else:
+        out[spec.POS_EMBEDDING] = arr(model.pos_embd.weight)  # [B, E]
+    if not c.tie_embeddings:
+        out[spec.CLASSIFIER] = arr(model.lm_head.weight)  # [V, E]
+    return out
+
+
+@torch.no_grad()
+def _load_tensors(model: Transformer, get) -> None:
+    """Copy file tensors (get(name) -> float32 array) into the model's parameters."""
+    c = model.config
+
+    def put(param: torch.Tensor, value: np.ndarray, name: str) -> None:
+        value = np.asarray(value, dtype=np.float32)
+        if tuple(value.shape) != tuple(param.shape):
+            raise ConvertError(f"tensor {name}: shape {value.shape} does not fit {tuple(param.shape)}")
+        param.copy_(torch.from_numpy(np.array(value)))
+
+    for name in LAYER_NORMS + LAYER_MATRICES:
+        stacked = get(name)  # [L, ...]
+        for i, layer in enumerate(model.layers):
+            put(getattr(layer, name).weight, stacked[i], f"{name}[{i}]")
+    put(model.norm_final.weight, get("norm_final"), "norm_final")
+    put(model.tok_embd.weight, get(spec.EMBEDDING), spec.EMBEDDING)
+    if c.use_rope:
+        # The file carries the RoPE tables the engines will use: take them as they
+        # are, so PyTorch rotates by exactly the same numbers.
+        put(model.rope_cos, get("rope_cos"), "rope_cos")
+        put(model.rope_sin, get("rope_sin"), "rope_sin")
+    else:
+        put(model.pos_embd.weight, get(spec.POS_EMBEDDING), spec.POS_EMBEDDING)
+    if not c.tie_embeddings:
+        put(model.lm_head.weight, get(spec.CLASSIFIER), spec.CLASSIFIER)
+
+
+def _tokenizer_from_entries(entries, source: str):
+    if not entries:
+        return None
+    from nano_tokenizer import Tokenizer
+
+    return Tokenizer.from_tokens(entries, source=source)
+
+
+def load_bin(path, *, is_causal: bool | None = None, device: str | torch.device = "cpu"):
+    """Read a Nano model file into a Transformer (eval mode) and its Tokenizer
+    (None when the file has no vocabulary). Q8_0 weights are dequantized, so the
+    model computes what the file holds. is_causal overrides the attention kind
+    for layouts that cannot record it (2025.12 / 2026.1)."""
+    with _format_errors(), nano_format.read(path) as nf:
+        if nf.model_type == spec.ModelType.LORA:
+            raise ConvertError(f"{path}: this is a LoRA module, not a model; load it onto a model with load_lora_bin")
+        config = model_config_from_file(nf.config, is_causal=is_causal)
+        model = Transformer(config)
+        _load_tensors(model, nf.tensor)  # copies: nothing refers to the mapping afterwards
+        tokenizer = _tokenizer_from_entries(nf.tokens, str(path))
+    if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
+        raise ConvertError(
+            f"{path}: the vocabulary has {tokenizer.vocab_size} tokens, the model {config.vocab_size}"
+        )
+    return model.to(device).eval(), tokenizer
+
+
+@dataclass
+class ExportInfo:
+    """What export_bin / export_lora wrote."""
+
+    path: str
+    bytes: int
+    layout: str
+    quant: str
+    group_size: int
+    note: str = ""  # e.g. why the layout was chosen
+
+    def __str__(self) -> str:
+        g = f", group size {self.group_size}" if self.quant == "q8_0" else ""
+        s = f"wrote {self.path}: {self.bytes:,} bytes, layout {self.layout}, {self.quant}{g}"
+        return s + (f" ({self.note})" if self.note else "")
+
+
+_QUANTS = {"f32": spec.QuantType.F32, "q8_0": spec.QuantType.Q8_0}
+
+
+def _group_size(config: ModelConfig, group_size: int | None) -> int:
+    """The Q8_0 group size a file of this model gets (nano-format's rule): settled
+    before anything is written (reference defect 5)."""
+    fc = file_config_from_model(config)
+    if group_size is None:
+        return nano_format.choose_group_size(fc)
+    check_group_size(fc, int(group_size))
+    return int(group_size)
+
+
+def export_bin(
+    model: Transformer,
+    path,
+    quant: str = "f32",
+    group_size: int | None = None,
+    layout: str | spec.Layout | None = None,
+    tokenizer=None,
+) -> ExportInfo:
+    """Write the model (and its vocabulary, if given) as a `.bin` file.
+
+    quant "f32" or "q8_0"; group_size None lets nano-format choose the largest
+    group (<= 128) that divides every row. layout None picks 2026.1, the layout
+    the reference engine reads, unless the model needs what only 2026.101 can
+    record (full attention, learned positions, non-default eps or theta); asking
+    for 2026.1 for such a model is an error.
+    """
+    c = model.config
+    if quant not in _QUANTS:
+        raise ConvertError(f"unknown quantization {quant!r}; choose one of {sorted(_QUANTS)}")
+    note = ""
+    if layout is None:
+        why = _needs_extension(c)
+        if tokenizer is None:
+            why.append("a model without a vocabulary")
+        layout = spec.LAYOUT_NANO_EXT_1.name if why else spec.DEFAULT_LAYOUT.name
+        if why:
+            note = f"layout {layout} chosen automatically: 2026.1 cannot record {', '.join(why)}"
+    # An explicit layout that cannot hold this model is refused by the writer,
+    # with the reason, before anything is written.
+    if tokenizer is not None and tokenizer.vocab_size != c.vocab_size:
+        raise ConvertError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model {c.vocab_size}")
+    with _format_errors():
+        g = _group_size(c, group_size) if quant == "q8_0" else 0
+        nano_format.write(
+            path,
+            file_config_from_model(c),
+            _tensors_from_model(model),
+            tokens=None if tokenizer is None else tokenizer.to_tokens(),
+            quant=_QUANTS[quant],
+            group_size=g if quant == "q8_0" else None,
+            layout=layout,
+        )
+    name = layout.name if isinstance(layout, spec.Layout) else str(layout)
+    return ExportInfo(str(path), os.path.getsize(path), name, quant, g, note)
+
+
+@torch.no_grad()
+def emulate_q8_0(model: Transformer, group_size: int | None = None) -> Transformer:
+    """Replace every weight a Q8_0 file quantizes (tok_embd, wq..w3, lm_head) by its
+    dequantized Q8_0 value, in place, so the model computes exactly what a Q8_0
+    file of it holds. Norms and position tables stay float32, as in the file.
+    group_size None uses the same choice as export_bin. Returns the model."""
+    with _format_errors():
+        g = _group_size(model.config, group_size)
+
+    def q(param: torch.Tensor) -> None:
+        w = param.detach().to("cpu", torch.float32).numpy()
+        deq = nano_format.dequantize_q8_0(nano_format.quantize_q8_0(w, g))
+        param.copy_(torch.from_numpy(np.array(deq, dtype=np.float32)))
+
+    q(model.tok_embd.weight)
+    for layer in model.layers:
+        for name in LAYER_MATRICES:
+            q(getattr(layer, name).weight)
+    if model.lm_head is not None:
+        q(model.lm_head.weight)
+    return model
+
+
+# ---------------------------------------------------------------------------
+# LoRA files
+
+
+def export_lora(model: Transformer, path) -> ExportInfo:
+    """Write the attached (unmerged) LoRA adapters as a LoRA file (2024.10, F32).
+    The file stores alpha as an integer, so alpha must be a whole number."""
+    if not has_lora(model):
+        raise ConvertError("the model has no LoRA attached")
+    c = model.config
+    layer0 = model.layers[0].wq
+    rank, alpha = layer0.rank, layer0.alpha
+    if float(alpha) != int(alpha):
+        raise ConvertError(f"LoRA alpha {alpha} is not a whole number; the LoRA file stores it as an integer")
+    tensors = {}
+    for t in LORA_TARGETS:
+        mods = [getattr(layer, t) for layer in model.layers]
+        if any(not isinstance(m, LoRALinear) or m.rank != rank or m.alpha != alpha for m in mods):
+            raise ConvertError("every layer's wq, wk, wv, wo must carry LoRA of the same rank and alpha")
+        if any(m.merged for m in mods):
+            raise ConvertError("the LoRA is merged into the weights; unmerge_lora before exporting it")
+        tensors[f"{t}_A"] = np.stack([m.lora_A.detach().to("cpu", torch.float32).numpy() for m in mods])  # [L, R, in]
+        tensors[f"{t}_B"] = np.stack([m.lora_B.detach().to("cpu", torch.float32).numpy() for m in mods])  # [L, out, R]
+    with _format_errors():
+        lc = nano_format.LoraConfig(
+            rank=rank, alpha=int(alpha), n_layer=c.n_layer, n_embd=c.n_embd,
+            n_head=c.n_head, n_kv_head=c.n_kv_head, n_hidden=c.n_hidden,
+        )
+        nano_format.write_lora(path, lc, tensors)
+    return ExportInfo(str(path), os.path.getsize(path), spec.LAYOUT_2024_10.name, "f32", 0,
+                      f"LoRA rank {rank}, alpha {int(alpha)}")
+
+
+def load_lora_bin(model: Transformer, path) -> Transformer:
+    """Attach a LoRA file's adapters to the model (unmerged). The file's shape must
+    match the model's. Returns the model."""
+    with _format_errors(), nano_format.read(path) as nf:
+        if nf.model_type != spec.ModelType.LORA:
+            raise ConvertError(f"{path}: not a LoRA module (model type {nf.model_type.name})")
+        lc = nf.config
+        tensors = {name: np.array(nf.tensor(name), dtype=np.float32) for name in spec.LORA_TENSORS}
+    c = model.config
+    mine = (c.n_layer, c.n_embd, c.n_head, c.n_kv_head)
+    theirs = (lc.n_layer, lc.n_embd, lc.n_head, lc.n_kv_head)
+    if mine != theirs:
+        raise ConvertError(
+            f"{path}: the LoRA is for (n_layer, n_embd, n_head, n_kv_head) = {theirs}, the model is {mine}"
+        )
+    if has_lora(model):
+        raise ConvertError("the model already has LoRA attached")
+    attach_lora(model, lc.rank, lc.alpha)
+    sd = {}
+    for t in LORA_TARGETS:
+        a, b = tensors[f"{t}_A"], tensors[f"{t}_B"]  # [L, R, in], [L, out, R]
+        for i in range(c.n_layer):
+            sd[f"layers.{i}.{t}.lora_A"] = torch.from_numpy(a[i])
+            sd[f"layers.{i}.{t}.lora_B"] = torch.from_numpy(b[i])
+    p = model.tok_embd.weight
+    load_lora_state_dict(model, {k: v.to(p.device, p.dtype) for k, v in sd.items()})
+    return model
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+
+
+CHECKPOINT_FORMAT = "nano-train-checkpoint"  # the optional "format" entry the training code writes
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DistributedDataParallel
+
+
+def _strip_prefixes(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in _WRAPPER_PREFIXES:
+                if k.startswith(p):
+                    k = k[len(p):]
+                    changed = True
+        out[k] = v
+    return out
+
+
+def load_checkpoint_model(path, device: str | torch.device = "cpu"):
+    """A training checkpoint (.pt) -> (Transformer in eval mode, Tokenizer | None).
+
+    The checkpoint is a dict loadable with torch.load(weights_only=True):
+      "model": the model's state dict (LoRA adapter keys included when "lora" is set),
+      "config": {"model": ModelConfig.to_dict(), "train": {...}},
+      "tokenizer": the reference vocabulary JSON dict (vocab_size, stoi, itos, special_tokens),
+      "lora": {"rank", "alpha", "dropout"} when a LoRA was attached (optional).
+    """
+    path = Path(path)
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # unpickling errors have many types
+        raise ConvertError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {e})") from None
+    if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
+        raise ConvertError(f"{path}: not a Nano checkpoint (needs 'model' and 'config' entries)")
+    if ck.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
+        raise ConvertError(f"{path}: checkpoint format {ck['format']!r} is not {CHECKPOINT_FORMAT!r}")
+    cfg = ck["config"]
+    model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
+    if not isinstance(model_cfg, dict):
+        raise ConvertError(f"{path}: the checkpoint has no config['model'] dict")
+    model = Transformer(ModelConfig.from_dict(model_cfg))
+    lora = ck.get("lora")
+    if lora:
+        attach_lora(model, int(lora["rank"]), lora["alpha"], float(lora.get("dropout", 0.0)))
+    missing, unexpected = model.load_state_dict(_strip_prefixes(ck["model"]), strict=False)
+    if missing or unexpected:
+        raise ConvertError(
+            f"{path}: the weights do not fit the model config: missing {missing[:4]}, unexpected {unexpected[:4]}"
+        )
+    tokenizer = None
+    if ck.get("tokenizer"):
+        from nano_tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_json_dict(ck["tokenizer"], source=str(path))
+    return model.to(device).eval(), tokenizer

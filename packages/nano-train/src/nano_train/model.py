@@ -1,0 +1,446 @@
+"""The Nano reference model in PyTorch: a small Llama-style Transformer.
+
+This module holds the model only (training settings live with training). Its
+parameter names follow the `.bin` tensor names of `nano_format.spec`, so that
+import and export are a rename-free mapping:
+
+    tok_embd.weight                 [V, E]        token embedding
+    pos_embd.weight                 [B, E]        learned positions (use_rope=False only)
+    layers.{i}.norm_attn.weight     [E]           pre-attention RMSNorm
+    layers.{i}.wq.weight            [H*D, E]
+    layers.{i}.wk.weight            [K*D, E]
+    layers.{i}.wv.weight            [K*D, E]
+    layers.{i}.wo.weight            [E, H*D]
+    layers.{i}.norm_ffn.weight      [E]           pre-FFN RMSNorm
+    layers.{i}.w1.weight            [F, E]        gate
+    layers.{i}.w3.weight            [F, E]        up
+    layers.{i}.w2.weight            [E, F]        down
+    norm_final.weight               [E]
+    lm_head.weight                  [V, E]        only when the classifier is not tied
+
+(V vocab, E n_embd, H n_head, K n_kv_head, D head_dim = E / H, F n_hidden,
+B block_size.) The RoPE tables are buffers, not parameters: a new model takes
+them from `nano_format.rope_tables` (what the writer stores); a model loaded
+from a file takes the file's own tables, which the engines use too.
+
+Conventions every engine must reproduce:
+  - RMSNorm in float32: x * rsqrt(mean(x^2) + eps) * w.
+  - RoPE rotates interleaved pairs (x[2i], x[2i+1]) by angle t * theta^(-2i/D).
+  - Grouped-query attention: query head h reads KV head h // (H / K).
+  - FFN: w2(silu(w1 x) * w3 x).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from nano_format import rope_tables
+from torch.torch_version import TorchVersion
+
+__all__ = ["ModelConfig", "Transformer", "KVCache", "derive_n_hidden", "apply_rope"]
+
+# Newer torch has these; older torch (>= 2.3) takes the equivalent longer way.
+_HAS_RMS_NORM = hasattr(F, "rms_norm")  # torch 2.4
+_SDPA_GQA = TorchVersion(torch.__version__) >= "2.5"  # scaled_dot_product_attention(enable_gqa=)
+
+
+def derive_n_hidden(n_embd: int, multiple_of: int = 32) -> int:
+    """The SwiGLU width used when none is given: 2/3 of 4*E, rounded up to `multiple_of`.
+
+    For n_embd 32: 4*32 = 128 -> int(2*128/3) = 85 -> 96 (the psycho fixture's value).
+    """
+    hidden = int(2 * (4 * n_embd) / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture hyperparameters; everything a `.bin` header (2026.101) can record."""
+
+    block_size: int = 512
+    vocab_size: int = 8192
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int = 4
+    n_embd: int = 256
+    n_hidden: int | None = None  # None -> derive_n_hidden(n_embd); always an int after init
+    dropout: float = 0.0
+    bias: bool = False
+    use_rope: bool = True  # False -> learned absolute position embeddings
+    norm_eps: float = 1e-5
+    is_causal: bool = True  # False -> full (bidirectional) attention, e.g. sort6
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self) -> None:
+        if self.n_hidden is None:
+            self.n_hidden = derive_n_hidden(self.n_embd)
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "n_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"ModelConfig: n_head ({self.n_head}) must divide n_embd ({self.n_embd})"
+            )
+        if self.n_head % self.n_kv_head != 0:
+            raise ValueError(
+                f"ModelConfig: n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head})"
+            )
+        if self.use_rope and self.head_dim % 2 != 0:
+            raise ValueError(
+                f"ModelConfig: RoPE needs an even head_dim, got n_embd / n_head = {self.head_dim}"
+            )
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not float(self.norm_eps) > 0.0:
+            raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps!r}")
+        if not float(self.rope_theta) > 0.0:
+            raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta!r}")
+        if self.bias:
+            # The file format has no bias tensors for Nano models, so a biased model
+            # could be trained but never exported; refuse it early.
+            raise ValueError("ModelConfig.bias=True is not supported: the .bin format has no bias tensors")
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown key(s) {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+
+# ---------------------------------------------------------------------------
+# Building blocks
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Always float32, whatever the activation dtype, so that every engine
+        # (which normalises in float32) sees the same numbers.
+        xf = x.float()
+        if _HAS_RMS_NORM:
+            # the same x * rsqrt(mean(x^2) + eps) * w, in fewer kernels
+            return F.rms_norm(xf, (xf.shape[-1],), self.weight.float(), self.eps).type_as(x)
+        y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).type_as(x)
+
+
+def rope_pair_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T, D/2] cos, sin -> float32 [T, D] tables for `rotate_pairs`: cos repeated
+    for both members of a pair (c0, c0, c1, c1, ...), sin signed (-s0, s0, -s1, s1, ...)."""
+    cos, sin = cos.float(), sin.float()
+    return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
+
+
+def rotate_pairs(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of float32 x [..., D] with `rope_pair_tables` tables
+    (broadcast against x): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s,
+    bit for bit the products and sums of the pairwise formula, in four whole-tensor kernels."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
+    return x * cos2 + swapped * sin2
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of every head, in float32.
+
+    x: [B, n_heads, T, D]; cos, sin: [T, D/2] for the positions of x's T tokens.
+    """
+    cos2, sin2 = rope_pair_tables(cos, sin)
+    return rotate_pairs(x.float(), cos2, sin2).type_as(x)
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer.
+
+    k[i], v[i]: [batch, n_kv_head, max_len, head_dim]; positions >= the current
+    length hold stale or zero values and are never read.
+    """
+
+    def __init__(self, config: ModelConfig, batch: int, max_len: int, device, dtype):
+        if batch <= 0:
+            raise ValueError(f"KV cache batch must be positive, got {batch}")
+        if not 0 < max_len <= config.block_size:
+            raise ValueError(
+                f"KV cache max_len must be in 1..block_size ({config.block_size}), got {max_len}"
+            )
+        self.batch = batch
+        self.max_len = max_len
+        shape = (batch, config.n_kv_head, max_len, config.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+
+
+class Block(nn.Module):
+    """One pre-norm layer. Its submodules sit directly on the block (no `attn.`
+    prefix) so that state-dict keys read `layers.{i}.wq.weight`, like the file."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        e, f = config.n_embd, config.n_hidden
+        self.n_head = config.n_head
+        self.n_kv_head = config.n_kv_head
+        self.head_dim = config.head_dim
+        self.is_causal = config.is_causal
+        self.use_rope = config.use_rope
+        self.dropout = config.dropout
+        self.norm_attn = RMSNorm(e, config.norm_eps)
+        self.wq = nn.Linear(e, config.n_head * config.head_dim, bias=False)
+        self.wk = nn.Linear(e, config.n_kv_head * config.head_dim, bias=False)
+        self.wv = nn.Linear(e, config.n_kv_head * config.head_dim, bias=False)
+        self.wo = nn.Linear(config.n_head * config.head_dim, e, bias=False)
+        self.norm_ffn = RMSNorm(e, config.norm_eps)
+        self.w1 = nn.Linear(e, f, bias=False)  # gate
+        self.w2 = nn.Linear(f, e, bias=False)  # down
+        self.w3 = nn.Linear(e, f, bias=False)  # up
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def attention(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None,
+        cache: KVCache | None,
+        layer: int,
+        start_pos: int,
+    ) -> torch.Tensor:
+        # x: [B, T, E] (normalised); rope: rope_pair_tables for positions
+        # start_pos..start_pos+T-1, shaped [T, 1, D] to broadcast over the heads
+        bsz, t, _ = x.shape
+        q = self.wq(x).view(bsz, t, self.n_head, self.head_dim)  # [B, T, H, D]
+        k = self.wk(x).view(bsz, t, self.n_kv_head, self.head_dim)  # [B, T, K, D]
+        v = self.wv(x).view(bsz, t, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        if self.use_rope:
+            # rotated while each token's heads are contiguous, then viewed head-major
+            q = rotate_pairs(q.float(), *rope).type_as(q)
+            k = rotate_pairs(k.float(), *rope).type_as(k)
+        q = q.transpose(1, 2)  # [B, H, T, D]
+        k = k.transpose(1, 2)  # [B, K, T, D]
+
+        mask = None
+        causal = self.is_causal
+        if cache is not None:
+            end = start_pos + t
+            cache.k[layer][:bsz, :, start_pos:end] = k
+            cache.v[layer][:bsz, :, start_pos:end] = v
+            k = cache.k[layer][:bsz, :, :end]  # [B, K, S, D], S = start_pos + T
+            v = cache.v[layer][:bsz, :, :end]
+            causal = False
+            if self.is_causal and t > 1:
+                # new query i sits at position start_pos + i and sees keys 0..start_pos+i
+                qpos = torch.arange(start_pos, end, device=x.device)[:, None]
+                kpos = torch.arange(end, device=x.device)[None, :]
+                mask = kpos <= qpos  # [T, S], True = attend
+
+        # grouped-query attention: query head h reads KV head h // rep
+        rep = self.n_head // self.n_kv_head
+        gqa = {}
+        if rep > 1 and _SDPA_GQA:
+            gqa = {"enable_gqa": True}  # SDPA reads the shared KV heads in place
+        elif rep > 1:
+            k = k.repeat_interleave(rep, dim=1)  # [B, H, S, D]
+            v = v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=causal,
+            **gqa,
+        )  # [B, H, T, D]
+        y = y.transpose(1, 2).reshape(bsz, t, self.n_head * self.head_dim)
+        return self.resid_dropout(self.wo(y))
+
+    def forward(self, x, rope, cache=None, layer=0, start_pos=0):
+        x = x + self.attention(self.norm_attn(x), rope, cache, layer, start_pos)
+        h = self.norm_ffn(x)
+        return x + self.resid_dropout(self.w2(F.silu(self.w1(h)) * self.w3(h)))
+
+
+# ---------------------------------------------------------------------------
+# The model
+
+
+def _rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin: float32 [block_size, head_dim / 2], the same tables the file stores."""
+    cos, sin = rope_tables(config.block_size, config.head_dim, config.rope_theta)
+    return torch.from_numpy(cos.copy()).float(), torch.from_numpy(sin.copy()).float()
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.tok_embd = nn.Embedding(config.vocab_size, config.n_embd)
+        self.pos_embd = None if config.use_rope else nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm_final = RMSNorm(config.n_embd, config.norm_eps)
+        # Tied: the classifier is tok_embd.weight itself, so there is no lm_head
+        # module (and no duplicate key in the state dict).
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.use_rope:
+            cos, sin = _rope_tables(config)
+            # Derived from the config, so not saved in checkpoints.
+            self.register_buffer("rope_cos", cos, persistent=False)  # [B, D/2]
+            self.register_buffer("rope_sin", sin, persistent=False)  # [B, D/2]
+        else:
+            self.rope_cos = None
+            self.rope_sin = None
+        self.reset_parameters()
+
+    def reset_parameters(self, seed: int | None = None) -> None:
+        """Normal(0, 0.02) weights; the two projections that write into the residual
+        stream (wo, w2) get 0.02 / sqrt(2 * n_layer) so its variance does not grow
+        with depth. Norm weights start at one."""
+        gen = None
+        if seed is not None:
+            gen = torch.Generator().manual_seed(seed)
+        std_out = 0.02 / math.sqrt(2 * self.config.n_layer)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if p.dim() == 1:  # the RMSNorm weights are the only vectors
+                    p.fill_(1.0)
+                elif name.endswith("wo.weight") or name.endswith("w2.weight"):
+                    p.copy_(torch.randn(p.shape, generator=gen) * std_out)
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+
+    # -- sizes ---------------------------------------------------------------
+
+    def num_params(self, exclude_embedding: bool = False) -> int:
+        """Parameter count (a tied classifier counted once). exclude_embedding
+        leaves out tok_embd and pos_embd."""
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embedding:
+            n -= self.tok_embd.weight.numel()
+            if self.pos_embd is not None:
+                n -= self.pos_embd.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward), for MFU estimates.
+
+        6 * N for every weight used in a matmul (embedding lookups are not
+        matmuls, a tied classifier is) plus 12 * L * H * D * T for the attention
+        scores and weighted sum over a context of T tokens.
+        """
+        c = self.config
+        t = c.block_size if seq_len is None else seq_len
+        n = self.num_params()
+        if self.pos_embd is not None:
+            n -= self.pos_embd.weight.numel()
+        if self.lm_head is not None:
+            n -= self.tok_embd.weight.numel()  # lookup only; lm_head does the matmul
+        return 6.0 * n + 12.0 * c.n_layer * c.n_head * c.head_dim * t
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimizer groups: matrices (dim >= 2) decay, vectors (norm weights) do not.
+        Frozen parameters (requires_grad False, e.g. a base under LoRA) are left out."""
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.dim() >= 2 else no_decay).append(p)
+        return [
+            {"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    # -- forward ---------------------------------------------------------------
+
+    def classifier_weight(self) -> torch.Tensor:
+        """[V, E]: tok_embd.weight when tied, lm_head.weight otherwise."""
+        return self.tok_embd.weight if self.lm_head is None else self.lm_head.weight
+
+    def _trunk(self, idx: torch.Tensor, start_pos: int, cache: KVCache | None) -> torch.Tensor:
+        """idx [B, T] at positions start_pos.. -> logits [B, T, V] in float32."""
+        if idx.dim() != 2:
+            raise ValueError(f"idx must be [batch, time], got shape {tuple(idx.shape)}")
+        t = idx.shape[1]
+        if start_pos < 0 or start_pos + t > self.config.block_size:
+            raise ValueError(
+                f"positions {start_pos}..{start_pos + t - 1} exceed block_size {self.config.block_size}"
+            )
+        x = self.tok_embd(idx)  # [B, T, E]
+        rope = None
+        if self.rope_cos is not None:
+            cos2, sin2 = rope_pair_tables(self.rope_cos[start_pos:start_pos + t],  # [T, D/2] -> [T, D]
+                                          self.rope_sin[start_pos:start_pos + t])
+            rope = (cos2.unsqueeze(1), sin2.unsqueeze(1))  # [T, 1, D]: one row per token, for all heads
+        else:
+            pos = torch.arange(start_pos, start_pos + t, device=idx.device)
+            x = x + self.pos_embd(pos)  # [T, E] broadcast over the batch
+        x = self.drop(x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, rope, cache, i, start_pos)
+        x = self.norm_final(x)
+        w = self.classifier_weight()
+        return F.linear(x, w).float()  # [B, T, V]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        loss_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx [B, T] -> (logits [B, T, V] float32 at every position, loss or None).
+
+        The loss is the per-token cross-entropy averaged over the tokens that
+        count: targets of -1 and positions where loss_mask is 0 contribute
+        nothing (not even gradient). The mask is applied to each token's loss
+        before averaging; averaging first would make it a no-op scale.
+        """
+        logits = self._trunk(idx, 0, None)
+        if targets is None:
+            return logits, None
+        v = logits.shape[-1]
+        per_token = F.cross_entropy(
+            logits.reshape(-1, v), targets.reshape(-1), ignore_index=-1, reduction="none"
+        )  # [B*T]; 0 where the target is -1
+        weight = (targets.reshape(-1) != -1).float()
+        if loss_mask is not None:
+            if loss_mask.shape != targets.shape:
+                raise ValueError(
+                    f"loss_mask shape {tuple(loss_mask.shape)} differs from targets {tuple(targets.shape)}"
+                )
+            weight = weight * loss_mask.reshape(-1).float()
+        loss = (per_token * weight).sum() / weight.sum().clamp_min(1.0)
+        return logits, loss
+
+    # -- incremental decoding ---------------------------------------------------
+
+    def init_cache(self, batch: int, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for `batch` sequences of up to max_len (<= block_size) tokens."""
+        p = self.tok_embd.weight
+        return KVCache(self.config, batch, self.config.block_size if max_len is None else max_len,
+                       p.device, p.dtype)
+
+    @torch.no_grad()
+    def forward_cached(self, idx: torch.Tensor, cache: KVCache, start_pos: int) -> torch.Tensor:
+        """Process idx [B, T] at positions start_pos..start_pos+T-1, attending to the
+        cached keys/values of positions < start_pos, and store the new ones.
+        Returns logits [B, T, V] float32."""
+        t = idx.shape[1]
+        if idx.shape[0] > cache.batch:
+            raise ValueError(f"batch {idx.shape[0]} exceeds the cache's {cache.batch}")
+        if start_pos < 0 or start_pos + t > cache.max_len:
+            raise ValueError(
+                f"positions {start_pos}..{start_pos + t - 1} exceed the cache length {cache.max_len}"
+            )
+        return self._trunk(idx, start_pos, cache)

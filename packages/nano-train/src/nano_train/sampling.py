@@ -1,0 +1,269 @@
+"""Sampling: the portable per-step sampler, KV-cache generation, prompts, seq2seq.
+
+The per-step sampler is written in numpy on a 1-D float32 logits vector so that
+the C engine can implement the same steps and be compared with it token for
+token on identical logits. The algorithm (also in the package README):
+
+  1. repetition penalty (when != 1): for every distinct token id in the context
+     so far (prompt + generated): logit > 0 -> logit / penalty, else
+     logit * penalty. Both push the logit down for penalty > 1.
+  2. temperature == 0: greedy argmax, ties to the lowest id; done (no RNG draw).
+  3. logits / temperature, softmax in float32 with the max subtracted.
+  4. candidates ordered by probability descending, ties by lower id. Filters,
+     each on the step-3 probabilities, each keeping a prefix of that order:
+     top_k > 0 keeps the first k; top_p < 1 keeps the smallest prefix whose
+     cumulative probability >= top_p (all of them if rounding never gets
+     there); min_p > 0 drops candidates whose probability < min_p * max
+     probability. At least one candidate is always kept. The kept
+     probabilities are divided by their sum.
+  5. u = one uniform draw in [0, 1); the answer is the first kept candidate
+     whose cumulative (renormalised) probability exceeds u, or the last kept
+     candidate if rounding leaves none.
+  All sums are running float32 sums in candidate order.
+
+RNG (xorshift64* seeded through splitmix64, all arithmetic mod 2^64):
+  seeding: z = seed + 0x9E3779B97F4A7C15; z = (z ^ z >> 30) * 0xBF58476D1CE4E5B9;
+           z = (z ^ z >> 27) * 0x94D049BB133111EB; state = z ^ z >> 31 (1 if 0)
+  next:    x ^= x >> 12; x ^= x << 25; x ^= x >> 27; out = x * 0x2545F4914F6CDD1D
+  uniform: (out >> 40) * 2^-24, a float32 in [0, 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "SamplerConfig",
+    "Rng",
+    "splitmix64",
+    "sample_logits",
+    "generate",
+    "instruct_prompt",
+    "seq2seq",
+]
+
+_MASK64 = (1 << 64) - 1
+
+
+def splitmix64(seed: int) -> int:
+    """One splitmix64 step from `seed`: the RNG's starting state."""
+    z = (seed + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+class Rng:
+    """xorshift64*: small, fast and trivially the same in C (uint64_t arithmetic)."""
+
+    def __init__(self, seed: int = 0):
+        self.state = splitmix64(int(seed) & _MASK64) or 1
+
+    def next_u64(self) -> int:
+        x = self.state
+        x ^= x >> 12
+        x = (x ^ (x << 25)) & _MASK64
+        x ^= x >> 27
+        self.state = x
+        return (x * 0x2545F4914F6CDD1D) & _MASK64
+
+    def uniform(self) -> float:
+        """A float32 value in [0, 1): the top 24 bits of the output, exact in float32."""
+        return (self.next_u64() >> 40) * (1.0 / (1 << 24))
+
+
+@dataclass
+class SamplerConfig:
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    min_p: float = 0.0  # 0 = off
+    repetition_penalty: float = 1.0  # 1 = off
+    max_new_tokens: int = 256
+    stop_tokens: tuple = field(default=())  # token ids; strings need a tokenizer (see generate)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.temperature >= 0.0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if not self.repetition_penalty > 0.0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        self.stop_tokens = tuple(self.stop_tokens)
+
+
+def _running_sum(x: np.ndarray) -> np.ndarray:
+    """Running float32 sums in order (np.sum would sum pairwise, unlike a C loop)."""
+    return np.cumsum(x, dtype=np.float32)
+
+
+def sample_logits(
+    logits: np.ndarray,
+    history_ids: Sequence[int] | np.ndarray,
+    config: SamplerConfig,
+    rng: Rng,
+) -> int:
+    """One sampling step (see the module docstring). logits: [V]; history_ids: the
+    context so far (prompt + generated), used only by the repetition penalty."""
+    x = np.array(logits, dtype=np.float32).reshape(-1)  # [V], a copy we may change
+    v = x.shape[0]
+    if v == 0:
+        raise ValueError("empty logits")
+
+    # 1. repetition penalty on each distinct seen id, pushing it down whatever its sign
+    if config.repetition_penalty != 1.0 and len(history_ids) > 0:
+        ids = np.unique(np.asarray(history_ids, dtype=np.int64))
+        ids = ids[(ids >= 0) & (ids < v)]
+        pen = np.float32(config.repetition_penalty)
+        seen = x[ids]
+        x[ids] = np.where(seen > 0, seen / pen, seen * pen).astype(np.float32)
+
+    # 2. greedy: np.argmax returns the first (lowest) id among equal maxima
+    if config.temperature == 0.0:
+        return int(np.argmax(x))
+
+    # 3. tempered softmax
+    x = x / np.float32(config.temperature)
+    e = np.exp(x - x.max()).astype(np.float32)
+    p = e / _running_sum(e)[-1]  # [V] float32
+
+    # 4. candidates: probability descending; the stable sort keeps lower ids first on ties
+    order = np.argsort(-p, kind="stable")  # [V]
+    ps = p[order]
+    n = v
+    if config.top_k > 0:
+        n = min(n, config.top_k)
+    if config.top_p < 1.0:
+        reached = np.nonzero(_running_sum(ps[:n]) >= np.float32(config.top_p))[0]
+        if reached.size:
+            n = int(reached[0]) + 1
+    if config.min_p > 0.0:
+        threshold = np.float32(config.min_p) * ps[0]
+        n = max(1, int(np.count_nonzero(ps[:n] >= threshold)))  # a prefix: ps is sorted
+    kept = ps[:n]
+    cdf = _running_sum(kept / _running_sum(kept)[-1])  # [n]
+
+    # 5. inverse-CDF draw
+    u = np.float32(rng.uniform())
+    above = np.nonzero(cdf > u)[0]
+    i = int(above[0]) if above.size else n - 1
+    return int(order[i])
+
+
+# ---------------------------------------------------------------------------
+# Generation
+
+
+def _resolve_stops(stops: Sequence, tokenizer) -> tuple[set[int], list[str]]:
+    """Split stop entries into token ids and text strings. A string that is
+    exactly one token of the vocabulary becomes that id; other strings are
+    matched on the decoded text (which needs a tokenizer)."""
+    ids: set[int] = set()
+    texts: list[str] = []
+    for s in stops:
+        if isinstance(s, (int, np.integer)):
+            ids.add(int(s))
+            continue
+        if tokenizer is None:
+            raise ValueError(f"stop string {s!r} needs a tokenizer")
+        enc = tokenizer.encode(s, allow_special=True)
+        if len(enc) == 1:
+            ids.add(int(enc[0]))
+        elif s:
+            texts.append(s)
+    return ids, texts
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt_ids: Sequence[int],
+    config: SamplerConfig,
+    tokenizer=None,
+) -> Iterator[int]:
+    """Stream new token ids after prompt_ids, using the KV cache.
+
+    Stops after config.max_new_tokens tokens, at the model's block size, on a
+    stop token (which is not yielded), or when the decoded output (tokenizer
+    given) contains a stop string (the token completing it is not yielded).
+    """
+    prompt = [int(t) for t in prompt_ids]
+    if not prompt:
+        raise ValueError("the prompt is empty: give at least one token")
+    block = model.config.block_size
+    if len(prompt) >= block:
+        raise ValueError(
+            f"the prompt has {len(prompt)} tokens; the model's block size is {block} "
+            "(a prompt must leave room for at least one new token)"
+        )
+    stop_ids, stop_texts = _resolve_stops(config.stop_tokens, tokenizer)
+    rng = Rng(config.seed)
+    if config.max_new_tokens == 0:
+        return
+    max_len = min(block, len(prompt) + config.max_new_tokens)
+
+    was_training = model.training
+    model.eval()
+    try:
+        device = model.tok_embd.weight.device
+        cache = model.init_cache(1, max_len)
+        x = torch.tensor([prompt], dtype=torch.long, device=device)
+        logits = model.forward_cached(x, cache, 0)[0, -1]  # [V]
+        history = list(prompt)
+        generated: list[int] = []
+        pos = len(prompt)
+        while True:
+            tok = sample_logits(logits.cpu().numpy(), history, config, rng)
+            if tok in stop_ids:
+                return
+            if stop_texts:
+                text = tokenizer.decode(generated + [tok])
+                if any(s in text for s in stop_texts):
+                    return
+            yield tok
+            generated.append(tok)
+            history.append(tok)
+            if len(generated) >= config.max_new_tokens or pos >= max_len:
+                return
+            x = torch.tensor([[tok]], dtype=torch.long, device=device)
+            logits = model.forward_cached(x, cache, pos)[0, -1]
+            pos += 1
+    finally:
+        model.train(was_training)
+
+
+def instruct_prompt(tokenizer, question: str) -> list[int]:
+    """The SFT prompt: <|instruct_mark|> question <|response_mark|>. The model's
+    answer follows and ends with <|eos|>."""
+    return [tokenizer.instruct_id, *tokenizer.encode(question), tokenizer.response_id]
+
+
+@torch.no_grad()
+def seq2seq(model, ids: Sequence[int]) -> list[int]:
+    """Non-autoregressive use of a full-attention model: one forward over the
+    input and the argmax (lowest id on ties) at each position."""
+    ids = [int(t) for t in ids]
+    if not ids:
+        raise ValueError("the input is empty")
+    if len(ids) > model.config.block_size:
+        raise ValueError(f"the input has {len(ids)} tokens; the block size is {model.config.block_size}")
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.tensor([ids], dtype=torch.long, device=model.tok_embd.weight.device)
+        logits, _ = model(x)  # [1, T, V]
+    finally:
+        model.train(was_training)
+    # numpy's argmax, like the sampler's greedy step, takes the first maximum
+    return [int(i) for i in np.argmax(logits[0].cpu().numpy(), axis=-1)]

@@ -1,0 +1,337 @@
+"""Import and export through nano-format: the reference fixtures, round trips, LoRA, checkpoints."""
+
+import os
+import random
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import nano_format
+from nano_format import spec
+from nano_tokenizer import Tokenizer
+
+from nano_train.convert import (
+    ConvertError,
+    emulate_q8_0,
+    export_bin,
+    export_lora,
+    file_config_from_model,
+    load_bin,
+    load_checkpoint_model,
+    load_lora_bin,
+)
+from nano_train.lora import attach_lora, lora_config, lora_state_dict
+from nano_train.model import ModelConfig, Transformer
+
+REPO = Path(__file__).resolve().parents[3]
+SHARED = Path(os.environ.get("NANO_SHARED", REPO.parent / "shared"))
+
+# The first 16 greedy ids after "人的心理" with the psycho fixture (Q8_0 dequantized,
+# the file's own RoPE tables): "学，而是通常的自己本身的自我意识。"
+PSYCHO_PROMPT = "人的心理"
+PSYCHO_GREEDY_16 = [272, 113, 217, 190, 398, 381, 187, 228, 360, 293, 343, 187, 228, 195, 303, 586]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: thread start-up costs more than it saves, and the test
+    # machines are shared.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def shared(rel: str) -> Path:
+    p = SHARED / rel
+    # Missing shared data is a failure, never a skip.
+    assert p.is_file(), f"shared file missing: {p} (set NANO_SHARED to the shared folder)"
+    return p
+
+
+def nano80() -> Tokenizer:
+    return Tokenizer.load(shared("data/nano_80.json"))
+
+
+def tiny(seed=0, **kw) -> Transformer:
+    c = dict(block_size=12, vocab_size=80, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+    c.update(kw)
+    torch.manual_seed(seed)
+    m = Transformer(ModelConfig(**c)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))  # norms off one, so a swapped norm would show
+    return m
+
+
+IDX = torch.randint(0, 80, (2, 12), generator=torch.Generator().manual_seed(4))
+
+
+def logits(m, idx=IDX):
+    with torch.no_grad():
+        return m(idx)[0]
+
+
+# ---------------------------------------------------------------------------
+# The reference fixtures
+
+
+def test_sort6_sorts_with_full_attention():
+    model, tok = load_bin(shared("fixtures/sort6_f32.bin"), is_causal=False)
+    c = model.config
+    assert (c.block_size, c.vocab_size, c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.n_hidden) == (
+        6, 80, 2, 32, 4, 2, 16)
+    assert c.tie_embeddings and c.use_rope and not c.is_causal
+    assert tok.itos == nano80().itos  # the file's own vocabulary is nano_80
+
+    def run(s):
+        ids = tok.encode(s)
+        assert len(ids) == 6
+        return tok.decode(logits(model, torch.tensor([ids]))[0].argmax(-1).tolist())
+
+    assert run("251212") == "112225"
+    # The RoPE convention (interleaved pairs) is what makes this work: with the
+    # half-split convention this model sorts none of these.
+    rng = random.Random(0)
+    cases = ["".join(rng.choice("0123456789") for _ in range(6)) for _ in range(100)]
+    assert sum(run(s) == "".join(sorted(s)) for s in cases) >= 95
+
+
+def test_sort6_needs_full_attention():
+    # the 2025.12 header cannot say "full attention": read as causal, it fails
+    model, tok = load_bin(shared("fixtures/sort6_f32.bin"))
+    assert model.config.is_causal
+    out = logits(model, torch.tensor([tok.encode("251212")]))[0].argmax(-1).tolist()
+    assert tok.decode(out) != "112225"
+
+
+def test_psycho_greedy_continues_in_chinese():
+    model, tok = load_bin(shared("fixtures/psycho_230k_1214_q80.bin"))
+    c = model.config
+    assert (c.block_size, c.vocab_size, c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.n_hidden) == (
+        512, 4096, 8, 32, 4, 2, 96)
+    assert c.tie_embeddings and c.is_causal
+    from nano_train.sampling import SamplerConfig, generate
+
+    ids = list(generate(model, tok.encode(PSYCHO_PROMPT), SamplerConfig(temperature=0, max_new_tokens=16)))
+    assert ids == PSYCHO_GREEDY_16
+    text = tok.decode(ids)
+    cjk = [ch for ch in text if unicodedata.name(ch, "").startswith("CJK UNIFIED")]
+    assert len(cjk) >= 12, text
+
+
+def test_fixture_rope_tables_match_ours_and_are_used():
+    """Same convention as nano_format.rope_tables. The reference computed the
+    angles t * freq in float32, so at t ~ 500 its tables differ from the float64
+    ones by up to ~2.3e-6; a loaded model uses the file's tables, as the engines do."""
+    path = shared("fixtures/psycho_230k_1214_q80.bin")
+    with nano_format.read(path) as nf:
+        cos, sin = np.array(nf.tensor("rope_cos")), np.array(nf.tensor("rope_sin"))
+    ours = Transformer(ModelConfig(block_size=512, vocab_size=4096, n_layer=1, n_embd=32, n_head=4))
+    assert np.abs(cos - ours.rope_cos.numpy()).max() < 5e-6
+    assert np.abs(sin - ours.rope_sin.numpy()).max() < 5e-6
+    model, _ = load_bin(path)
+    assert np.array_equal(model.rope_cos.numpy(), cos) and np.array_equal(model.rope_sin.numpy(), sin)
+
+
+def test_fixture_re_exported_as_q8_0_keeps_its_weights():
+    """Dequantized psycho weights quantize back to the same values (group 16)."""
+    model, tok = load_bin(shared("fixtures/psycho_230k_1214_q80.bin"))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    emulate_q8_0(model, 16)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+# ---------------------------------------------------------------------------
+# Export -> import round trips
+
+
+ROUND_TRIPS = {
+    "gqa-tied-2026.1": (dict(), None, "2026.1"),
+    "mha-untied-2026.1": (dict(n_kv_head=4, tie_embeddings=False), None, "2026.1"),
+    "rope-2026.101": (dict(), "2026.101", "2026.101"),
+    "learned-pos-auto": (dict(use_rope=False), None, "2026.101"),
+    "full-attention-auto": (dict(is_causal=False, tie_embeddings=False), None, "2026.101"),
+    "eps-theta-auto": (dict(norm_eps=1e-6, rope_theta=500.0), None, "2026.101"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROUND_TRIPS))
+def test_f32_round_trip_is_exact(tmp_path, name):
+    kw, layout, want_layout = ROUND_TRIPS[name]
+    m = tiny(**kw)
+    path = tmp_path / "m.bin"
+    info = export_bin(m, path, layout=layout, tokenizer=nano80())
+    assert info.layout == want_layout and info.quant == "f32" and info.bytes == path.stat().st_size
+    if layout is None and want_layout == "2026.101":
+        assert "2026.1 cannot record" in info.note
+    back, tok = load_bin(path)
+    assert back.config == m.config
+    assert tok.itos == nano80().itos
+    assert torch.equal(logits(back), logits(m))
+    with nano_format.read(path) as nf:
+        assert nf.layout.name == want_layout
+
+
+@pytest.mark.parametrize(
+    "kw, group",
+    [
+        (dict(), None),  # n_embd 32, n_hidden 96 -> 32
+        (dict(n_embd=48, n_head=4, n_kv_head=2, tie_embeddings=False), None),  # not a multiple of 32
+        (dict(), 16),
+        (dict(is_causal=False), 8),
+    ],
+)
+def test_q8_0_round_trip_equals_emulation(tmp_path, kw, group):
+    m = tiny(**kw)
+    path = tmp_path / "q.bin"
+    info = export_bin(m, path, quant="q8_0", group_size=group, tokenizer=nano80())
+    assert info.group_size == (group or nano_format.choose_group_size(file_config_from_model(m.config)))
+    back, _ = load_bin(path)
+    with nano_format.read(path) as nf:
+        assert nf.quant == spec.QuantType.Q8_0 and nf.group_size == info.group_size
+    emu = emulate_q8_0(tiny(**kw), group)
+    assert torch.equal(logits(back), logits(emu))
+    # and quantization did change something
+    assert not torch.equal(logits(back), logits(m))
+
+
+def test_export_errors(tmp_path):
+    with pytest.raises(ConvertError, match="2026.101"):
+        export_bin(tiny(is_causal=False), tmp_path / "a.bin", layout="2026.1", tokenizer=nano80())
+    with pytest.raises(ConvertError, match="does not divide"):
+        export_bin(tiny(), tmp_path / "b.bin", quant="q8_0", group_size=7, tokenizer=nano80())
+    with pytest.raises(ConvertError, match="read only"):
+        export_bin(tiny(), tmp_path / "e.bin", layout="2025.12", tokenizer=nano80())
+    with pytest.raises(ConvertError, match="quantization"):
+        export_bin(tiny(), tmp_path / "c.bin", quant="q4")
+    with pytest.raises(ConvertError, match="tokens"):
+        export_bin(tiny(vocab_size=81), tmp_path / "d.bin", tokenizer=nano80())
+    assert not any(tmp_path.iterdir())  # nothing half-written
+
+
+def test_export_without_vocabulary_uses_the_extension(tmp_path):
+    m = tiny()
+    info = export_bin(m, tmp_path / "m.bin")
+    assert info.layout == "2026.101" and "vocabulary" in info.note
+    back, tok = load_bin(tmp_path / "m.bin")
+    assert tok is None and torch.equal(logits(back), logits(m))
+    # a spec.Layout works as well as its name
+    assert export_bin(m, tmp_path / "n.bin", layout=spec.LAYOUT_NANO_EXT_1).layout == "2026.101"
+
+
+# ---------------------------------------------------------------------------
+# LoRA files
+
+
+def randomize_lora(m, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if ".lora_" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(n_kv_head=4, tie_embeddings=False)])
+def test_lora_file_round_trip(tmp_path, kw):
+    m = tiny(**kw)
+    export_bin(m, tmp_path / "base.bin", tokenizer=nano80())
+    attach_lora(m, rank=4, alpha=8)
+    randomize_lora(m)
+    want = logits(m)
+    info = export_lora(m, tmp_path / "lora.bin")
+    assert info.layout == "2024.10"
+    with nano_format.read(tmp_path / "lora.bin") as nf:
+        assert nf.model_type == spec.ModelType.LORA
+        assert (nf.config.rank, nf.config.alpha) == (4, 8)
+        c = m.config
+        assert nf.tensor("wq_A").shape == (c.n_layer, 4, c.n_embd)
+        assert nf.tensor("wk_B").shape == (c.n_layer, c.n_kv_head * c.head_dim, 4)
+        assert nf.tensor("wo_A").shape == (c.n_layer, 4, c.n_head * c.head_dim)
+    base, _ = load_bin(tmp_path / "base.bin")
+    assert not torch.allclose(logits(base), want, atol=1e-4)
+    load_lora_bin(base, tmp_path / "lora.bin")
+    assert lora_config(base) == {"rank": 4, "alpha": 8, "dropout": 0.0}
+    assert torch.equal(logits(base), want)
+
+
+def test_lora_file_errors(tmp_path):
+    m = tiny()
+    with pytest.raises(ConvertError, match="no LoRA"):
+        export_lora(m, tmp_path / "x.bin")
+    attach_lora(m, rank=2, alpha=1.5)
+    with pytest.raises(ConvertError, match="whole number"):
+        export_lora(m, tmp_path / "x.bin")
+    m = attach_lora(tiny(), rank=2, alpha=2)
+    export_lora(m, tmp_path / "lora.bin")
+    export_bin(tiny(), tmp_path / "base.bin", tokenizer=nano80())
+    with pytest.raises(ConvertError, match="LoRA module"):
+        load_bin(tmp_path / "lora.bin")
+    with pytest.raises(ConvertError, match="not a LoRA"):
+        load_lora_bin(tiny(), tmp_path / "base.bin")
+    with pytest.raises(ConvertError, match="n_layer"):
+        load_lora_bin(tiny(n_layer=3), tmp_path / "lora.bin")
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints (the contract with the training code)
+
+
+def make_checkpoint(path, model, lora=None, prefix=""):
+    ck = {
+        "format": "nano-train-checkpoint",
+        "version": 1,
+        "model": {prefix + k: v for k, v in model.state_dict().items()},
+        "config": {"model": model.config.to_dict(), "train": {"lr": 1e-3}},
+        "tokenizer": nano80().to_json_dict(),
+        "step": 10,
+    }
+    if lora:
+        ck["lora"] = lora
+    torch.save(ck, path)
+
+
+def test_checkpoint_loads(tmp_path):
+    m = tiny(n_kv_head=4, tie_embeddings=False)
+    make_checkpoint(tmp_path / "c.pt", m, prefix="_orig_mod.")
+    back, tok = load_checkpoint_model(tmp_path / "c.pt")
+    assert back.config == m.config and tok.itos == nano80().itos
+    assert torch.equal(logits(back), logits(m))
+
+
+def test_lora_checkpoint_loads(tmp_path):
+    m = attach_lora(tiny(), rank=2, alpha=4, dropout=0.1)
+    randomize_lora(m)
+    make_checkpoint(tmp_path / "c.pt", m, lora={"rank": 2, "alpha": 4, "dropout": 0.1})
+    back, _ = load_checkpoint_model(tmp_path / "c.pt")
+    assert lora_config(back) == {"rank": 2, "alpha": 4, "dropout": 0.1}
+    for k, v in lora_state_dict(m).items():
+        assert torch.equal(lora_state_dict(back)[k], v)
+    assert torch.equal(logits(back), logits(m.eval()))
+
+
+def test_bad_checkpoints(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConvertError, match="not a readable checkpoint"):
+        load_checkpoint_model(tmp_path / "junk.pt")
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(ConvertError, match="not a Nano checkpoint"):
+        load_checkpoint_model(tmp_path / "other.pt")
+    m = tiny()
+    ck = {"model": m.state_dict(), "config": {"model": tiny(n_layer=3).config.to_dict()}}
+    torch.save(ck, tmp_path / "mismatch.pt")
+    with pytest.raises(ConvertError, match="do not fit"):
+        load_checkpoint_model(tmp_path / "mismatch.pt")
+    torch.save({**ck, "format": "something-else"}, tmp_path / "foreign.pt")
+    with pytest.raises(ConvertError, match="format"):
+        load_checkpoint_model(tmp_path / "foreign.pt")
+    # a bad model file arrives as a ConvertError too, with nano-format's message
+    (tmp_path / "bad.bin").write_bytes(b"S4DBMLRU" + bytes(100))
+    with pytest.raises(ConvertError, match="header") as e:
+        load_bin(tmp_path / "bad.bin")
+    assert isinstance(e.value.__cause__, nano_format.FormatError)

@@ -1,0 +1,215 @@
+"""The PyTorch reference model: config, KV cache, attention variants, loss masking."""
+
+import math
+
+import pytest
+import torch
+
+from nano_train.model import ModelConfig, Transformer, derive_n_hidden
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models: thread start-up costs more than it saves, and the test
+    # machines are shared.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(block_size=16, vocab_size=37, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+def make(seed=0, **kw) -> Transformer:
+    torch.manual_seed(seed)
+    m = Transformer(tiny(**kw)).eval()
+    # norm weights start at one; perturb them so a wrong norm wiring would show
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    return m
+
+
+VARIANTS = {
+    "gqa-tied": dict(),
+    "mha-untied": dict(n_kv_head=4, tie_embeddings=False),
+    "mqa": dict(n_kv_head=1),
+    "learned-pos": dict(use_rope=False),
+    "full-attention": dict(is_causal=False),
+}
+
+
+def test_n_hidden_derivation():
+    assert derive_n_hidden(32) == 96  # the psycho fixture
+    assert ModelConfig(n_embd=32, n_head=4).n_hidden == 96
+    assert ModelConfig(n_embd=256).n_hidden == 704  # int(2*1024/3) = 682 -> 704
+    assert ModelConfig(n_embd=32, n_hidden=16).n_hidden == 16
+
+
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(n_embd=30, n_head=4), "n_head"),
+        (dict(n_head=4, n_kv_head=3), "n_kv_head"),
+        (dict(n_layer=0), "n_layer"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(n_embd=12, n_head=4), "even head_dim"),
+        (dict(norm_eps=0.0), "norm_eps"),
+        (dict(bias=True), "bias"),
+    ],
+)
+def test_config_validation(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        ModelConfig(**kw)
+
+
+def test_config_dict_round_trip_and_unknown_keys():
+    c = tiny(use_rope=False, is_causal=False, tie_embeddings=False, norm_eps=1e-6)
+    d = c.to_dict()
+    assert ModelConfig.from_dict(d) == c
+    with pytest.raises(ValueError, match="unknown key"):
+        ModelConfig.from_dict({**d, "n_heads": 4})
+
+
+def test_parameter_names_follow_the_file_format():
+    names = set(dict(make(tie_embeddings=False, use_rope=False).named_parameters()))
+    for n in ("tok_embd.weight", "pos_embd.weight", "norm_final.weight", "lm_head.weight"):
+        assert n in names
+    for t in ("norm_attn", "norm_ffn", "wq", "wk", "wv", "wo", "w1", "w2", "w3"):
+        assert f"layers.1.{t}.weight" in names
+    tied = make()
+    assert "lm_head.weight" not in dict(tied.named_parameters())
+    assert "pos_embd.weight" not in dict(tied.named_parameters())
+    # RoPE tables are derived from the config, not saved
+    assert not any("rope" in k for k in tied.state_dict())
+
+
+def test_shapes_and_counts():
+    m = make()
+    c = m.config
+    logits, loss = m(torch.randint(0, c.vocab_size, (3, 7)))
+    assert logits.shape == (3, 7, c.vocab_size) and logits.dtype == torch.float32 and loss is None
+    e, f, kd = c.n_embd, c.n_hidden, c.n_kv_head * c.head_dim
+    per_layer = 2 * e + e * e + 2 * kd * e + e * e + 3 * e * f
+    assert m.num_params() == c.vocab_size * e + c.n_layer * per_layer + e
+    assert m.num_params(exclude_embedding=True) == m.num_params() - c.vocab_size * e
+    fl = m.flops_per_token(16)
+    assert fl == 6 * m.num_params() + 12 * c.n_layer * c.n_head * c.head_dim * 16
+    groups = m.param_groups(0.1)
+    assert all(p.dim() >= 2 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 0.1
+    assert all(p.dim() == 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0
+    assert sum(p.numel() for g in groups for p in g["params"]) == m.num_params()
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_kv_cache_matches_uncached_forward(variant):
+    m = make(**VARIANTS[variant])
+    c = m.config
+    torch.manual_seed(1)
+    idx = torch.randint(0, c.vocab_size, (2, 11))
+    full, _ = m(idx)
+    if not c.is_causal:
+        # full attention: every position sees every token, so a cache can only
+        # reproduce the forward when it is filled in one call
+        cache = m.init_cache(2, 11)
+        got = m.forward_cached(idx, cache, 0)
+        assert torch.allclose(got, full, atol=1e-5)
+        return
+    # prompt of 4, then one token at a time, then a chunk of 3 (multi-token with history)
+    cache = m.init_cache(2, 12)  # max_len below block_size
+    parts = [m.forward_cached(idx[:, :4], cache, 0)]
+    for p in range(4, 8):
+        parts.append(m.forward_cached(idx[:, p:p + 1], cache, p))
+    parts.append(m.forward_cached(idx[:, 8:11], cache, 8))
+    got = torch.cat(parts, dim=1)
+    assert (got - full).abs().max().item() < 1e-5
+
+
+def test_causality_and_full_attention():
+    m = make()
+    idx = torch.randint(0, 37, (1, 8))
+    a, _ = m(idx)
+    idx2 = idx.clone()
+    idx2[0, -1] = (idx[0, -1] + 1) % 37
+    b, _ = m(idx2)
+    assert torch.equal(a[:, :-1], b[:, :-1])  # the future never leaks backwards
+    f = make(is_causal=False)
+    a, _ = f(idx)
+    b, _ = f(idx2)
+    assert not torch.allclose(a[:, 0], b[:, 0])  # full attention: it does
+
+
+def test_gqa_equals_mha_with_repeated_kv_heads():
+    # GQA with K kv heads == MHA whose kv head h is a copy of GQA kv head h // (H/K)
+    g = make(n_kv_head=2)
+    mha = Transformer(tiny(n_kv_head=4)).eval()
+    sd = g.state_dict()
+    d = g.config.head_dim
+    for i in range(g.config.n_layer):
+        for w in ("wk", "wv"):
+            k = sd[f"layers.{i}.{w}.weight"].view(2, d, -1)
+            sd[f"layers.{i}.{w}.weight"] = k.repeat_interleave(2, dim=0).reshape(4 * d, -1)
+    mha.load_state_dict(sd)
+    idx = torch.randint(0, 37, (2, 9))
+    assert torch.allclose(g(idx)[0], mha(idx)[0], atol=1e-5)
+
+
+def test_rope_rotates_interleaved_pairs():
+    from nano_train.model import apply_rope
+
+    d = 8
+    x = torch.randn(1, 1, 3, d)
+    ang = torch.arange(3.0)[:, None] * torch.tensor([1.0, 0.5, 0.25, 0.125])[None]  # [T, D/2]
+    y = apply_rope(x, torch.cos(ang), torch.sin(ang))
+    for t in range(3):
+        for i in range(d // 2):
+            c, s = math.cos(ang[t, i]), math.sin(ang[t, i])
+            x0, x1 = x[0, 0, t, 2 * i].item(), x[0, 0, t, 2 * i + 1].item()
+            assert y[0, 0, t, 2 * i].item() == pytest.approx(x0 * c - x1 * s, abs=1e-5)
+            assert y[0, 0, t, 2 * i + 1].item() == pytest.approx(x0 * s + x1 * c, abs=1e-5)
+
+
+def test_masked_positions_get_zero_gradient():
+    """Reference defect 1: the mask must act per token, before averaging."""
+    m = make()
+    torch.manual_seed(3)
+    idx = torch.randint(0, 37, (2, 6))
+    targets = torch.randint(0, 37, (2, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0], [1, 0, 1, 0, 0, 1]])
+    logits, loss = m(idx, targets, mask)
+    logits.retain_grad()
+    loss.backward()
+    g = logits.grad  # [B, T, V]
+    assert torch.all(g[mask == 0] == 0)
+    assert torch.all(g[mask == 1].abs().sum(-1) > 0)
+    # the value is the mean over unmasked tokens only
+    ce = torch.nn.functional.cross_entropy(logits.detach().reshape(-1, 37), targets.reshape(-1), reduction="none")
+    assert loss.item() == pytest.approx(ce[mask.reshape(-1) == 1].mean().item(), rel=1e-6)
+    # targets of -1 are ignored the same way
+    t2 = targets.masked_fill(mask == 0, -1)
+    _, loss2 = m(idx, t2)
+    assert loss2.item() == pytest.approx(loss.item(), rel=1e-6)
+
+
+def test_forward_errors():
+    m = make()
+    with pytest.raises(ValueError, match="block_size"):
+        m(torch.zeros(1, 17, dtype=torch.long))
+    cache = m.init_cache(1, 4)
+    with pytest.raises(ValueError, match="cache length"):
+        m.forward_cached(torch.zeros(1, 5, dtype=torch.long), cache, 0)
+    with pytest.raises(ValueError, match="max_len"):
+        m.init_cache(1, 17)
+
+
+def test_dropout_only_in_training():
+    m = make(dropout=0.5)
+    idx = torch.randint(0, 37, (1, 8))
+    assert torch.equal(m(idx)[0], m(idx)[0])  # eval: deterministic
+    m.train()
+    assert not torch.equal(m(idx)[0], m(idx)[0])
