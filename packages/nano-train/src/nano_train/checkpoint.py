@@ -1,0 +1,110 @@
+"""Training checkpoints: atomic writes, RNG capture, loading for resume.
+
+A checkpoint is one `torch.save`d dict that `torch.load(path, weights_only=True)`
+reads (tensors, dicts, lists, str, int, float, bool, None only):
+
+    "format": "nano-train-checkpoint", "version": 1, "task": "pretrain" | "sft" | "lora",
+    "model":        state dict of the whole model (for LoRA runs: base weights + the
+                    layers.{i}.{wq,wk,wv,wo}.lora_{A,B} adapters), no wrapper prefixes
+    "config":       {"model": ModelConfig.to_dict(), "train": {section: {key: value}}}
+    "tokenizer":    the vocabulary JSON dict (vocab_size, stoi, itos, special_tokens)
+    "lora":         {"rank", "alpha", "dropout"}   (LoRA runs only)
+    "base":         the init_from path of an SFT/LoRA run (provenance; not needed to load)
+    "optimizer", "scaler" (None unless float16), "step", "tokens_seen",
+    "data_state":   the train Batcher's state (its row counter)
+    "rng":          {"world_size": W, "ranks": [{"torch", "cuda", "numpy", "python"} per rank]}
+    "best_val_loss", "val_loss", "train_loss", "elapsed_s", "dataset", "versions"
+
+Writes go to a temporary file in the same directory, which is flushed and
+fsynced, then renamed over the target (os.replace is atomic on POSIX and
+Windows), then the directory is fsynced so the rename itself is durable.
+Killing the process at any instant leaves either the old or the new file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "nano-train-checkpoint"
+VERSION = 1
+LATEST = "latest.pt"
+BEST = "best.pt"
+_TMP_SUFFIX = ".tmp"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the run."""
+
+
+def save_atomic(obj: dict, path: str | Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename durable
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_stale_temporaries(out_dir: str | Path) -> None:
+    """Delete temporary files left by a process killed mid-write (they are never loaded)."""
+    for p in Path(out_dir).glob(f".*.pt.*{_TMP_SUFFIX}"):
+        p.unlink(missing_ok=True)
+
+
+def load(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unpickling raises many types
+        raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {e})") from None
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a nano-train checkpoint")
+    if ck.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {ck.get('version')} is not {VERSION}")
+    return ck
+
+
+# ---------------------------------------------------------------------------
+# RNG state as weights_only-loadable values
+
+
+def rng_state() -> dict:
+    """This process's torch, CUDA, numpy and python RNG states."""
+    np_state = np.random.get_state()  # ('MT19937', uint32[624], pos, has_gauss, cached_gaussian)
+    py_version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": {"version": py_version, "state": list(py_state), "gauss_next": py_gauss},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss_next"]))

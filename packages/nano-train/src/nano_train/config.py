@@ -1,0 +1,396 @@
+"""Training configuration: one dataclass per concern, read from JSON plus
+`--key=value` overrides.
+
+A config file is a JSON object with one object per section:
+
+    {"model":  {...ModelConfig fields...},
+     "run":    {"task": "pretrain", "out_dir": "runs/psycho", "init_from": "scratch", ...},
+     "data":   {"dataset": "data/psycho", "batch_size": 32},
+     "optim":  {"learning_rate": 1e-3, "max_iters": 2000, ...},
+     "eval":   {"eval_interval": 200, ...},
+     "system": {"device": "auto", "dtype": "auto", ...},
+     "lora":   {"lora_rank": 8, ...}}
+
+Field names follow the reference trainer where it has one (batch_size,
+learning_rate, warmup_iters, ...). Every section and every key is optional;
+unknown sections or keys are an error, and every value is type-checked.
+
+Overrides on the command line are `--section.key=value`, or `--key=value` when
+the key names exactly one field across all sections (true of every field
+today). Values are parsed by the field's type: `--compile=true`,
+`--n_hidden=none`, `--sample_prompts='["你是谁"]'` (JSON for lists).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nano_train.model import ModelConfig
+
+TASKS = ("pretrain", "sft", "lora")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_BACKENDS = ("auto", "math", "flash", "efficient", "cudnn")
+DIST_BACKENDS = ("auto", "nccl", "gloo")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says which key and why."""
+
+
+@dataclass
+class RunConfig:
+    """What to train and where it goes."""
+
+    task: str = "pretrain"  # pretrain | sft | lora (the command sets it)
+    out_dir: str = "runs/nano"  # checkpoints, log.jsonl, report.md
+    # "scratch", "resume" (out_dir/latest.pt), or a base model: a .pt checkpoint or a .bin file
+    init_from: str = "scratch"
+    checkpoint_interval: int = 0  # steps between latest.pt writes; 0 = every eval_interval
+    keep_checkpoints: bool = False  # also keep ckpt_<step>.pt at each checkpoint
+    log_interval: int = 10  # steps between progress lines / log records
+
+
+@dataclass
+class DataConfig:
+    """The prepared dataset (`python -m nano_train.prepare`) and how it is batched."""
+
+    dataset: str = ""  # directory holding meta.json and the shards
+    batch_size: int = 16  # sequences per micro-batch per process
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule (linear warmup, cosine decay to min_lr)."""
+
+    learning_rate: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_iters: int = 100
+    lr_decay_iters: int = 0  # step where the cosine reaches min_lr; 0 = max_iters
+    max_iters: int = 2000  # optimizer steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # max global gradient norm; 0 = no clipping
+    # Micro-batches per optimizer step over ALL processes: each of W DDP ranks
+    # runs gradient_accumulation_steps / W of them, so the global batch is
+    # batch_size * gradient_accumulation_steps whatever W is.
+    gradient_accumulation_steps: int = 1
+
+
+@dataclass
+class EvalConfig:
+    """Held-out evaluation and the report card's samples."""
+
+    eval_interval: int = 200  # steps between validation passes (and best.pt checks)
+    eval_iters: int = 20  # validation micro-batches per pass, over all processes; 0 = no validation
+    sample_prompts: list = field(default_factory=list)  # report card: texts (pretrain) or questions (sft/lora)
+    sample_tokens: int = 64  # new tokens per report-card sample
+    sample_temperature: float = 0.0  # 0 = greedy
+
+
+@dataclass
+class SystemConfig:
+    """Where and how the arithmetic runs."""
+
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bfloat16 on CUDA if supported, float16 on older CUDA, else float32) | float32 | bfloat16 | float16
+    compile: bool = False  # torch.compile the model
+    attention_backend: str = "auto"  # auto | math | flash | efficient | cudnn (torch.nn.attention.sdpa_kernel)
+    seed: int = 1337
+    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = built-in GPU table or a CPU matmul probe
+    dist_backend: str = "auto"  # torchrun only: auto (nccl on CUDA, gloo otherwise) | nccl | gloo
+
+
+@dataclass
+class LoraConfig:
+    """Low-rank adapters (task lora only)."""
+
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def train_dict(self) -> dict:
+        """Every section but the model: the checkpoint's config["train"]."""
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS if name != "model"}
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), **self.train_dict()}
+
+
+SECTIONS = {
+    "model": ModelConfig,
+    "run": RunConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "eval": EvalConfig,
+    "system": SystemConfig,
+    "lora": LoraConfig,
+}
+
+
+# ---------------------------------------------------------------------------
+# Typing: one checker per annotation kind, shared by JSON values and CLI strings
+
+
+def _field_types(cls) -> dict[str, object]:
+    # get_type_hints resolves string annotations (modules using `from __future__ import annotations`)
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _describe(tp) -> str:
+    if tp is list or typing.get_origin(tp) is list:
+        return "a list of strings"
+    args = typing.get_args(tp)
+    if args and type(None) in args:
+        inner = [a for a in args if a is not type(None)][0]
+        return f"{_describe(inner)} or null"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
+
+
+def _check_value(tp, value):
+    """Return value converted to tp (int -> float only), or raise TypeError."""
+    args = typing.get_args(tp)
+    if args and type(None) in args:  # Optional[X] / X | None
+        if value is None:
+            return None
+        return _check_value([a for a in args if a is not type(None)][0], value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is list or typing.get_origin(tp) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    raise TypeError(f"expected {_describe(tp)}, got {json.dumps(value, ensure_ascii=False)}")
+
+
+def _parse_text(tp, text: str):
+    """A command-line string as a value of type tp."""
+    args = typing.get_args(tp)
+    if args and type(None) in args:
+        if text.lower() in ("none", "null"):
+            return None
+        return _parse_text([a for a in args if a is not type(None)][0], text)
+    if tp is bool:
+        low = text.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise TypeError(f"expected true or false, got {text!r}")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise TypeError(f"expected an integer, got {text!r}") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise TypeError(f"expected a number, got {text!r}") from None
+    if tp is str:
+        return text
+    if tp is list or typing.get_origin(tp) is list:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            raise TypeError(f"expected a JSON list of strings, got {text!r}") from None
+        return _check_value(tp, value)
+    raise TypeError(f"cannot parse {tp}")
+
+
+def _key_index() -> dict[str, list[str]]:
+    """field name -> the sections that have it (to resolve bare --key overrides)."""
+    index: dict[str, list[str]] = {}
+    for section, cls in SECTIONS.items():
+        for name in _field_types(cls):
+            index.setdefault(name, []).append(section)
+    return index
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+def _sections_from_json(data, source: str) -> dict[str, dict]:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config is a JSON object of sections, got {type(data).__name__}")
+    out: dict[str, dict] = {}
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{source}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {section!r} must be a JSON object")
+        types = _field_types(SECTIONS[section])
+        for key, value in values.items():
+            if key not in types:
+                raise ConfigError(
+                    f"{source}: unknown key {section}.{key}; {section} keys are {', '.join(types)}"
+                )
+            try:
+                value = _check_value(types[key], value)
+            except TypeError as e:
+                raise ConfigError(f"{source}: {section}.{key}: {e}") from None
+            out.setdefault(section, {})[key] = value
+    return out
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, dict]:
+    """['--optim.learning_rate=1e-3', '--seed=1'] -> {"optim": {"learning_rate": 0.001}, "system": {"seed": 1}}."""
+    index = _key_index()
+    out: dict[str, dict] = {}
+    for arg in overrides:
+        m = re.fullmatch(r"--([A-Za-z_][\w.]*)=(.*)", arg, flags=re.S)
+        if not m:
+            raise ConfigError(f"override {arg!r}: expected --key=value or --section.key=value")
+        name, text = m.group(1), m.group(2)
+        if "." in name:
+            section, key = name.split(".", 1)
+            if section not in SECTIONS:
+                raise ConfigError(f"override {arg!r}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
+            if key not in _field_types(SECTIONS[section]):
+                raise ConfigError(f"override {arg!r}: unknown key {name}")
+        else:
+            key = name
+            where = index.get(key)
+            if not where:
+                raise ConfigError(f"override {arg!r}: unknown key {key!r}")
+            if len(where) > 1:
+                raise ConfigError(f"override {arg!r}: {key!r} is in several sections ({where}); write --section.{key}=...")
+            section = where[0]
+        try:
+            value = _parse_text(_field_types(SECTIONS[section])[key], text)
+        except TypeError as e:
+            raise ConfigError(f"override {arg!r}: {e}") from None
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _merge(base: dict[str, dict], top: dict[str, dict]) -> dict[str, dict]:
+    out = {s: dict(v) for s, v in base.items()}
+    for section, values in top.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def build_config(values: dict[str, dict]) -> Config:
+    """Sections of checked values -> Config (defaults for what is missing), validated."""
+    try:
+        model = ModelConfig.from_dict(values.get("model", {}))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model: {e}") from None
+    parts = {name: cls(**values.get(name, {})) for name, cls in SECTIONS.items() if name != "model"}
+    cfg = Config(model=model, **parts)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), defaults: dict | None = None,
+                base: dict | None = None) -> tuple[Config, set[str]]:
+    """Resolve a config: defaults < base (e.g. a checkpoint's config) < file < overrides.
+
+    Returns the Config and the set of "section.key" names the file or the
+    overrides set explicitly (the trainer fills a few unset ones, such as
+    model.vocab_size, from the data).
+    """
+    values: dict[str, dict] = {}
+    if defaults:
+        values = _merge(values, _sections_from_json(defaults, "<defaults>"))
+    if base:
+        values = _merge(values, _sections_from_json(base, "<checkpoint config>"))
+    explicit: set[str] = set()
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON: {e}") from None
+        from_file = _sections_from_json(data, str(path))
+        values = _merge(values, from_file)
+        explicit |= {f"{s}.{k}" for s, v in from_file.items() for k in v}
+    from_cli = parse_overrides(list(overrides))
+    values = _merge(values, from_cli)
+    explicit |= {f"{s}.{k}" for s, v in from_cli.items() for k in v}
+    return build_config(values), explicit
+
+
+def validate(cfg: Config) -> None:
+    """Range and choice checks that a type check cannot express."""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ConfigError(msg)
+
+    need(cfg.run.task in TASKS, f"run.task must be one of {TASKS}, got {cfg.run.task!r}")
+    need(bool(cfg.run.out_dir), "run.out_dir must not be empty")
+    need(bool(cfg.run.init_from), "run.init_from must be 'scratch', 'resume' or a model path")
+    need(cfg.run.checkpoint_interval >= 0, "run.checkpoint_interval must be >= 0")
+    need(cfg.run.log_interval >= 1, "run.log_interval must be >= 1")
+    need(cfg.data.batch_size >= 1, "data.batch_size must be >= 1")
+    o = cfg.optim
+    need(o.learning_rate > 0, "optim.learning_rate must be > 0")
+    need(0 <= o.min_lr <= o.learning_rate, "optim.min_lr must be in [0, learning_rate]")
+    need(o.warmup_iters >= 0, "optim.warmup_iters must be >= 0")
+    need(o.lr_decay_iters >= 0, "optim.lr_decay_iters must be >= 0 (0 = max_iters)")
+    need(o.max_iters >= 0, "optim.max_iters must be >= 0")
+    need(o.weight_decay >= 0, "optim.weight_decay must be >= 0")
+    need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and beta2 must be in [0, 1)")
+    need(o.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 = off)")
+    need(o.gradient_accumulation_steps >= 1, "optim.gradient_accumulation_steps must be >= 1")
+    e = cfg.eval
+    need(e.eval_interval >= 1, "eval.eval_interval must be >= 1")
+    need(e.eval_iters >= 0, "eval.eval_iters must be >= 0 (0 = no validation)")
+    need(e.sample_tokens >= 0, "eval.sample_tokens must be >= 0")
+    need(e.sample_temperature >= 0, "eval.sample_temperature must be >= 0")
+    s = cfg.system
+    need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", s.device) is not None,
+         f"system.device must be auto, cpu, cuda, cuda:N or mps, got {s.device!r}")
+    need(s.dtype in DTYPES, f"system.dtype must be one of {DTYPES}, got {s.dtype!r}")
+    need(s.attention_backend in ATTENTION_BACKENDS,
+         f"system.attention_backend must be one of {ATTENTION_BACKENDS}, got {s.attention_backend!r}")
+    need(s.dist_backend in DIST_BACKENDS, f"system.dist_backend must be one of {DIST_BACKENDS}, got {s.dist_backend!r}")
+    need(s.peak_flops >= 0, "system.peak_flops must be >= 0 (0 = estimate)")
+    need(cfg.lora.lora_rank >= 1, "lora.lora_rank must be >= 1")
+    need(cfg.lora.lora_alpha > 0, "lora.lora_alpha must be > 0")
+    need(0 <= cfg.lora.lora_dropout < 1, "lora.lora_dropout must be in [0, 1)")
+
+
+def help_text() -> str:
+    """Every section and key with its type and default, for --help."""
+    lines = []
+    for section, cls in SECTIONS.items():
+        lines.append(f"  [{section}]")
+        types = _field_types(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"    {f.name:<28} {_describe(types[f.name]):<24} default {json.dumps(default, ensure_ascii=False)}")
+    return "\n".join(lines)

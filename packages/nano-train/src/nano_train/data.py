@@ -1,0 +1,846 @@
+"""Prepared datasets: writing token shards and drawing batches from them.
+
+A prepared dataset is a directory:
+
+    meta.json            what is in it (see below); written last, atomically
+    tokenizer.json       the vocabulary the ids belong to (its fingerprint is in meta.json)
+    pretraining:  train_000.bin, train_001.bin, ..., val_000.bin
+                  flat little-endian token ids (uint16, or uint32 for vocabularies
+                  over 65,536 tokens), read with np.memmap
+    SFT:          sft_train.bin [N, block_size] ids, sft_train_mask.bin [N, block_size] uint8,
+                  and the same for val
+
+Pretraining preparation streams: the text is read in bounded pieces, encoded
+with `Tokenizer.encode_stream`, and appended to a temporary file, so memory
+does not grow with the corpus. The token stream is then cut into chunks of
+`chunk_tokens`; each chunk goes to the validation split when
+`split_hash(seed, chunk_index) < val_fraction`, a rule recorded in meta.json
+together with the chosen chunk indices. A validation chunk is never copied
+into a training shard. Each split's chunks are written in a seeded random
+order (block-level shuffle), copying one chunk at a time from the temporary
+file, which is then removed.
+
+Batches: a `Batcher` walks a seeded permutation of rows per epoch (a row is a
+window of block_size + 1 tokens, or one SFT sample) and is resumable at any
+row in O(1): its state is a single row counter, and the rows of step k are
+computed from (seed, k), never by replaying steps 0..k-1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from nano_tokenizer import Tokenizer
+
+from nano_train.metrics import human
+
+META = "meta.json"
+TOKENIZER_FILE = "tokenizer.json"
+FORMAT = "nano-train-dataset"
+FORMAT_VERSION = 1
+DOC_MODES = ("blank", "line", "file")
+_MAX_BLANK_LINE = 1 << 20  # characters of whitespace held while deciding whether a line is blank
+TOO_LONG = ("skip", "truncate", "error")
+
+
+class DataError(ValueError):
+    """A dataset that cannot be prepared or used; the message names the file and the fix."""
+
+
+# ---------------------------------------------------------------------------
+# Small shared pieces
+
+
+class Progress:
+    """A one-line progress bar on stderr, redrawn at most 5 times a second.
+
+    Written here rather than taken from a package so that nano-train needs no
+    extra dependency. On a non-terminal stderr it prints a line every 10%.
+    """
+
+    def __init__(self, total: int, label: str, unit: str = "B", enabled: bool = True):
+        self.total = max(int(total), 1)
+        self.label = label
+        self.unit = unit
+        self.enabled = enabled
+        self.done = 0
+        self.t0 = time.monotonic()
+        self.last_draw = 0.0
+        self.last_decile = -1
+        self.tty = sys.stderr.isatty()
+
+    def update(self, done: int) -> None:
+        self.done = done
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        frac = min(self.done / self.total, 1.0)
+        if self.tty:
+            if now - self.last_draw < 0.2 and frac < 1.0:
+                return
+            self.last_draw = now
+            self._draw(frac, now, end="\r")
+        else:
+            decile = int(frac * 10)
+            if decile > self.last_decile:
+                self.last_decile = decile
+                self._draw(frac, now, end="\n")
+
+    def _draw(self, frac: float, now: float, end: str) -> None:
+        width = 30
+        fill = int(frac * width)
+        rate = self.done / max(now - self.t0, 1e-9)
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        bar = "#" * fill + "." * (width - fill)
+        sys.stderr.write(f"{self.label} [{bar}] {frac * 100:5.1f}% {human(self.done, self.unit)} "
+                         f"{human(rate, self.unit)}/s eta {eta:4.0f}s{end}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.update(self.total)
+            if self.tty:
+                sys.stderr.write("\n")
+                sys.stderr.flush()
+
+
+def split_hash(seed: int, index: np.ndarray) -> np.ndarray:
+    """A uniform number in [0, 1) per index: splitmix64 of (seed << 32) ^ index.
+
+    Used for the held-out split: a chunk (or SFT sample) is validation when its
+    value is below val_fraction, so the choice depends only on the seed and the
+    position, and can be recomputed by anyone reading meta.json.
+    """
+    z = (np.uint64((seed & 0xFFFFFFFF) << 32) ^ np.asarray(index, dtype=np.uint64)).astype(np.uint64)
+    with np.errstate(over="ignore"):
+        z = z + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Create out_dir; refuse to mix with an earlier dataset unless told to replace it."""
+    meta_path = out_dir / META
+    if meta_path.exists():
+        if not overwrite:
+            raise DataError(f"{out_dir} already holds a prepared dataset ({META}); pass --overwrite to replace it")
+        try:
+            old = json.loads(meta_path.read_text(encoding="utf-8"))
+            old_files = [s["file"] for split in old.get("shards", {}).values() for s in split]
+        except (OSError, ValueError, KeyError, TypeError):
+            old_files = []
+        meta_path.unlink()  # first, so a half-replaced directory is never taken for a dataset
+        for name in old_files:
+            (out_dir / Path(name).name).unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _utf8_errors(path: Path):
+    try:
+        yield
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text ({e.reason}); convert it to UTF-8 first") from None
+
+
+def _load_tokenizer(path) -> Tokenizer:
+    try:
+        return Tokenizer.load(path)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot load the tokenizer: {e}") from None
+
+
+# ---------------------------------------------------------------------------
+# Pretraining: text -> documents -> token stream -> chunks -> shards
+
+
+def _doc_events(f, mode: str, piece_chars: int) -> Iterator[str | None]:
+    """Text pieces of at most piece_chars characters, with None after each document.
+
+    Documents: "blank" = runs of lines separated by one or more blank lines;
+    "line" = every non-blank line; "file" = the whole file. The newline that ends
+    a document's last line is not part of the document. Lines are read with
+    readline(limit), so one huge line (a corpus without newlines) never has to
+    fit in memory at once.
+    """
+    in_doc = False
+    pending_nl = False  # a line break held back until we know the document goes on
+    ws = ""  # whitespace read so far on a line that may still turn out blank; None once it has content
+    while True:
+        piece = f.readline(piece_chars)
+        if not piece:
+            break
+        ends_line = piece.endswith("\n")
+        if ws is not None and mode != "file" and not piece.strip():
+            if ends_line:  # a blank line ends the document
+                if in_doc:
+                    yield None
+                in_doc, pending_nl, ws = False, False, ""
+                continue
+            if len(ws) < _MAX_BLANK_LINE:  # (a huge whitespace-only line counts as content, to bound memory)
+                ws += piece
+                continue
+        if ws:
+            piece = ws + piece  # the whitespace started a line with content after all
+        ws = "" if ends_line else None
+        body = piece[:-1] if ends_line else piece
+        if body or (ends_line and mode == "file"):
+            if pending_nl and in_doc:
+                yield "\n"
+            pending_nl = False
+            if body:
+                yield body
+                in_doc = True
+        if ends_line:
+            if mode == "line":
+                if in_doc:
+                    yield None
+                in_doc = False
+            else:
+                pending_nl = pending_nl or in_doc
+    if in_doc:
+        yield None
+
+
+def iter_documents(f, mode: str, piece_chars: int = 1 << 20) -> Iterator[Iterator[str]]:
+    """Yield each document of a text file object (opened with encoding="utf-8";
+    line endings are then normalised to \\n) as an iterator of its text pieces.
+
+    Each document iterator must be consumed before the next is taken (it is
+    drained automatically otherwise).
+    """
+    if mode not in DOC_MODES:
+        raise DataError(f"document mode must be one of {DOC_MODES}, got {mode!r}")
+    events = _doc_events(f, mode, piece_chars)
+
+    def one_doc(first: str) -> Iterator[str]:
+        yield first
+        for event in events:
+            if event is None:
+                return
+            yield event
+
+    for event in events:
+        if event is None:
+            continue
+        doc = one_doc(event)
+        yield doc
+        for _ in doc:  # drain whatever the consumer left
+            pass
+
+
+@dataclass
+class PretrainSummary:
+    characters: int
+    documents: int
+    tokens: int
+    unknown_tokens: int
+    train_tokens: int
+    val_tokens: int
+    seconds: float
+
+    def text(self) -> str:
+        per_char = self.tokens / max(self.characters, 1)
+        return (f"{self.documents:,} documents, {self.characters:,} characters -> {self.tokens:,} tokens "
+                f"({per_char:.3f} tokens per character, {self.unknown_tokens:,} unknown); "
+                f"train {self.train_tokens:,}, val {self.val_tokens:,} tokens; {self.seconds:.1f} s")
+
+
+def prepare_pretrain(
+    inputs: list[str | Path],
+    tokenizer_path: str | Path,
+    out_dir: str | Path,
+    *,
+    doc_mode: str = "blank",
+    bos_eos: bool = False,
+    val_fraction: float = 0.05,
+    chunk_tokens: int = 1024,
+    seed: int = 1337,
+    shuffle: bool = True,
+    shard_tokens: int = 100_000_000,
+    piece_chars: int = 1 << 20,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> PretrainSummary:
+    """Text files -> token shards + meta.json in out_dir (see the module docstring).
+
+    Memory is bounded by piece_chars (text held at once), the tokenizer's
+    window, and 8 bytes per chunk for the split/shuffle indices.
+    """
+    t0 = time.monotonic()
+    inputs = [Path(p) for p in inputs]
+    out_dir = Path(out_dir)
+    if not inputs:
+        raise DataError("no input files given")
+    for p in inputs:
+        if not p.is_file():
+            raise DataError(f"input file {p} does not exist")
+    if doc_mode not in DOC_MODES:
+        raise DataError(f"document mode must be one of {DOC_MODES}, got {doc_mode!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if chunk_tokens < 1 or shard_tokens < 1:
+        raise DataError("chunk_tokens and shard_tokens must be positive")
+    tok = _load_tokenizer(tokenizer_path)
+    dtype = tok.dtype
+    _prepare_out_dir(out_dir, overwrite)
+
+    # Pass 1: stream every document through the tokenizer into one flat temporary file.
+    # Documents are wrapped as <|bos|> doc <|eos|>, or else joined by a separator
+    # that keeps their boundary visible in the text ("\n" per line, "\n\n" otherwise).
+    stream_path = out_dir / ".tokens.tmp"
+    sep = np.asarray(tok.encode("\n" if doc_mode == "line" else "\n\n"), dtype=dtype)
+    bos = np.asarray([tok.bos_id], dtype=dtype) if bos_eos else None
+    eos = np.asarray([tok.eos_id], dtype=dtype) if bos_eos else None
+    unk = tok.unk_id
+    n_chars = n_docs = n_tokens = n_unk = 0
+    total_bytes = sum(p.stat().st_size for p in inputs)
+    bar = Progress(total_bytes, "encode", enabled=progress)
+    done_bytes = 0
+    try:
+        with open(stream_path, "wb") as out:
+
+            def emit(ids: np.ndarray) -> None:
+                nonlocal n_tokens, n_unk
+                out.write(ids.astype(dtype, copy=False).tobytes())
+                n_tokens += len(ids)
+                n_unk += int(np.count_nonzero(ids == unk))
+
+            for path in inputs:
+                with open(path, encoding="utf-8") as f, _utf8_errors(path):
+                    for doc in iter_documents(f, doc_mode, piece_chars):
+
+                        def counted(pieces: Iterable[str]) -> Iterator[str]:
+                            nonlocal n_chars
+                            for piece in pieces:
+                                n_chars += len(piece)
+                                bar.update(done_bytes + f.buffer.tell())  # bytes read so far (cheap; drawn 5x/s)
+                                yield piece
+
+                        if bos_eos:
+                            emit(bos)
+                        elif n_docs > 0:
+                            emit(sep)
+                        for ids in tok.encode_stream(counted(doc), chunk_chars=min(piece_chars, 1 << 16)):
+                            emit(ids)
+                        if bos_eos:
+                            emit(eos)
+                        n_docs += 1
+                done_bytes += path.stat().st_size
+        bar.close()
+        if n_tokens == 0:
+            raise DataError(f"the input files hold no text: {', '.join(map(str, inputs))}")
+
+        # Split: every chunk_tokens-long chunk of the stream, by its seeded hash.
+        n_chunks = math.ceil(n_tokens / chunk_tokens)
+        u = split_hash(seed, np.arange(n_chunks))
+        is_val = u < val_fraction
+        if val_fraction > 0 and not is_val.any():
+            if n_chunks < 2:
+                raise DataError(
+                    f"the corpus is {n_tokens} tokens, one chunk of {chunk_tokens}: too small to hold out "
+                    f"a validation chunk; lower --chunk_tokens or pass --val_fraction 0")
+            is_val[int(np.argmin(u))] = True  # a tiny corpus still gets one held-out chunk
+        if is_val.all():
+            raise DataError(f"every chunk went to validation; lower --val_fraction (now {val_fraction})")
+        val_chunks = np.flatnonzero(is_val)
+        train_chunks = np.flatnonzero(~is_val)
+
+        # Pass 2: copy chunks into shards, each split in its own seeded order.
+        shard_chunks = max(shard_tokens // chunk_tokens, 1)
+        item = dtype.itemsize
+        shards: dict[str, list[dict]] = {"train": [], "val": []}
+        split_tokens = {"train": 0, "val": 0}
+        bar = Progress(n_chunks, "shards", unit=" chunks", enabled=progress)
+        copied = 0
+        with open(stream_path, "rb") as src:
+            for split, chunks, salt in (("train", train_chunks, 1), ("val", val_chunks, 2)):
+                order = chunks
+                if shuffle:
+                    # The last chunk of the stream may be short; it stays last so that every
+                    # other chunk starts at a multiple of chunk_tokens in its shard.
+                    full = chunks[chunks != n_chunks - 1]
+                    order = np.random.default_rng([seed, salt]).permutation(full)
+                    if len(full) < len(chunks):
+                        order = np.append(order, n_chunks - 1)
+                for first in range(0, len(order), shard_chunks):
+                    name = f"{split}_{len(shards[split]):03d}.bin"
+                    count = 0
+                    with open(out_dir / name, "wb") as dst:
+                        for c in order[first:first + shard_chunks]:
+                            start = int(c) * chunk_tokens
+                            length = min(chunk_tokens, n_tokens - start)
+                            src.seek(start * item)
+                            dst.write(src.read(length * item))
+                            count += length
+                            copied += 1
+                            bar.update(copied)
+                        dst.flush()
+                        os.fsync(dst.fileno())
+                    shards[split].append({"file": name, "tokens": count})
+                    split_tokens[split] += count
+        bar.close()
+    finally:
+        stream_path.unlink(missing_ok=True)
+
+    tok.save(out_dir / TOKENIZER_FILE)
+    summary = PretrainSummary(n_chars, n_docs, n_tokens, n_unk, split_tokens["train"], split_tokens["val"],
+                              time.monotonic() - t0)
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": "pretrain",
+        "dtype": dtype.name,
+        "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer_path), "fingerprint": tok.fingerprint(),
+                      "vocab_size": tok.vocab_size},
+        "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs],
+        "documents": {"mode": doc_mode, "bos_eos": bos_eos},
+        "counts": {"characters": n_chars, "documents": n_docs, "tokens": n_tokens,
+                   "unknown_tokens": n_unk, "tokens_per_character": n_tokens / max(n_chars, 1)},
+        "split": {
+            "unit": "chunk",
+            "rule": "chunk i (tokens [i*chunk_tokens, (i+1)*chunk_tokens) of the stream) is validation "
+                    "when split_hash(seed, i) < val_fraction",
+            "chunk_tokens": chunk_tokens,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "n_chunks": n_chunks,
+            "val_chunks": val_chunks.tolist(),
+        },
+        "shuffle": {"enabled": shuffle, "unit": "chunk", "seed": seed},
+        "shards": shards,
+    }
+    _write_json_atomic(out_dir / META, meta)
+    return summary
+
+
+# ---------------------------------------------------------------------------
+# SFT: JSONL -> fixed-length rows with a loss mask over the answers
+
+
+def sft_turns(obj, where: str) -> list[tuple[str, str]]:
+    """The (question, answer) pairs of one JSONL record.
+
+    Accepts {"question": Q, "answer": A} (the reference's format) and
+    {"messages": [{"role": "user"|"assistant", "content": ...}, ...]} with
+    strictly alternating user/assistant turns starting with the user.
+    """
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise DataError(f"{where}: 'messages' must be a non-empty list")
+        pairs, question = [], None
+        for k, m in enumerate(msgs):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise DataError(f"{where}: messages[{k}] must be an object with string 'role' and 'content'")
+            want = "user" if question is None else "assistant"
+            if m["role"] != want:
+                raise DataError(f"{where}: messages[{k}] has role {m['role']!r}; expected {want!r} "
+                                "(turns alternate user, assistant)")
+            if question is None:
+                question = m["content"]
+            else:
+                pairs.append((question, m["content"]))
+                question = None
+        if question is not None:
+            raise DataError(f"{where}: the last user message has no assistant answer")
+        return pairs
+    q, a = obj.get("question"), obj.get("answer")
+    if not isinstance(q, str) or not isinstance(a, str):
+        raise DataError(f"{where}: expected string fields 'question' and 'answer' (or a 'messages' list)")
+    return [(q, a)]
+
+
+def sft_encode(tok: Tokenizer, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    """ids and loss mask of <|instruct_mark|>Q<|response_mark|>A<|eos|> per turn.
+
+    The mask is 1 on the answer's tokens and its closing <|eos|>, 0 elsewhere.
+    It is built from the lengths of the encoded pieces, i.e. from token ids:
+    the reference counted characters instead, which is wrong whenever one
+    token covers several characters.
+    """
+    ids: list[int] = []
+    mask: list[int] = []
+    for question, answer in turns:
+        prompt = [tok.instruct_id, *tok.encode(question), tok.response_id]
+        reply = [*tok.encode(answer), tok.eos_id]
+        ids += prompt + reply
+        mask += [0] * len(prompt) + [1] * len(reply)
+    return ids, mask
+
+
+@dataclass
+class SFTSummary:
+    records: int  # valid records read (bad lines not counted)
+    samples: int  # rows written (records minus skipped too-long ones)
+    train_samples: int
+    val_samples: int
+    bad_lines: int
+    too_long_skipped: int
+    truncated: int
+    tokens: int
+    answer_tokens: int
+    seconds: float
+
+    def text(self) -> str:
+        return (f"{self.records:,} records -> {self.samples:,} samples (train {self.train_samples:,}, val {self.val_samples:,}), "
+                f"{self.tokens:,} tokens of which {self.answer_tokens:,} trained on; "
+                f"skipped: {self.bad_lines} bad lines, {self.too_long_skipped} too long; "
+                f"truncated: {self.truncated}; {self.seconds:.1f} s")
+
+
+def prepare_sft(
+    inputs: list[str | Path],
+    tokenizer_path: str | Path,
+    out_dir: str | Path,
+    *,
+    block_size: int,
+    val_fraction: float = 0.0,
+    seed: int = 1337,
+    too_long: str = "skip",
+    skip_bad: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SFTSummary:
+    """JSONL files -> rows of block_size ids padded with <|padding|>, plus masks.
+
+    Training reads x = row[:-1], y = row[1:], loss_mask = mask[1:], so a sample
+    may hold up to block_size tokens. too_long: "skip" (count and drop),
+    "truncate" (keep the first block_size tokens; the mask stays exact), or
+    "error". A line that is not a valid record is an error naming the file and
+    line, or with skip_bad is skipped and counted. Sample i (in input order) is
+    held out when split_hash(seed, i) < val_fraction.
+    """
+    t0 = time.monotonic()
+    inputs = [Path(p) for p in inputs]
+    out_dir = Path(out_dir)
+    if not inputs:
+        raise DataError("no input files given")
+    for p in inputs:
+        if not p.is_file():
+            raise DataError(f"input file {p} does not exist")
+    if block_size < 2:
+        raise DataError(f"block_size must be at least 2, got {block_size}")
+    if too_long not in TOO_LONG:
+        raise DataError(f"too_long must be one of {TOO_LONG}, got {too_long!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    tok = _load_tokenizer(tokenizer_path)
+    dtype = tok.dtype
+    _prepare_out_dir(out_dir, overwrite)
+
+    files = {split: (f"sft_{split}.bin", f"sft_{split}_mask.bin") for split in ("train", "val")}
+    counts = {"train": 0, "val": 0}
+    bad = skipped = truncated = n_tokens = n_answer = index = records = 0
+    row = np.empty(block_size, dtype=dtype)
+    row_mask = np.empty(block_size, dtype=np.uint8)
+    total_bytes = sum(p.stat().st_size for p in inputs)
+    bar = Progress(total_bytes, "sft", enabled=progress)
+    done = 0
+    handles = {split: (open(out_dir / a, "wb"), open(out_dir / b, "wb")) for split, (a, b) in files.items()}
+    try:
+        for path in inputs:
+            with open(path, "rb") as f:
+                for lineno, raw in enumerate(f, start=1):
+                    done += len(raw)
+                    bar.update(done)
+                    where = f"{path}:{lineno}"
+                    try:
+                        text = raw.decode("utf-8").strip()
+                        if not text:
+                            continue  # blank lines are not records
+                        try:
+                            obj = json.loads(text)
+                        except json.JSONDecodeError as e:
+                            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                        ids, mask = sft_encode(tok, sft_turns(obj, where))
+                    except (DataError, UnicodeDecodeError) as e:
+                        if not skip_bad:
+                            if isinstance(e, UnicodeDecodeError):
+                                raise DataError(f"{where}: not UTF-8 ({e.reason})") from None
+                            raise DataError(f"{e} (pass --skip_bad to skip bad lines)") from None
+                        bad += 1
+                        continue
+                    records += 1
+                    if len(ids) > block_size:
+                        if too_long == "error":
+                            raise DataError(f"{where}: the sample is {len(ids)} tokens, more than block_size "
+                                            f"{block_size} (choose --too_long skip or truncate)")
+                        if too_long == "skip":
+                            skipped += 1
+                            continue
+                        ids, mask = ids[:block_size], mask[:block_size]
+                        truncated += 1
+                    split = "val" if split_hash(seed, np.array([index]))[0] < val_fraction else "train"
+                    index += 1
+                    n = len(ids)
+                    row[:n] = ids
+                    row[n:] = tok.pad_id
+                    row_mask[:n] = mask
+                    row_mask[n:] = 0
+                    handles[split][0].write(row.tobytes())
+                    handles[split][1].write(row_mask.tobytes())
+                    counts[split] += 1
+                    n_tokens += n
+                    n_answer += sum(mask)
+    finally:
+        for a, b in handles.values():
+            a.close()
+            b.close()
+    bar.close()
+    if counts["train"] == 0:
+        raise DataError(f"no training samples: every line was bad, too long or held out ({', '.join(map(str, inputs))})")
+    tok.save(out_dir / TOKENIZER_FILE)
+    summary = SFTSummary(records, index, counts["train"], counts["val"], bad, skipped, truncated, n_tokens, n_answer,
+                         time.monotonic() - t0)
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": "sft",
+        "dtype": dtype.name,
+        "block_size": block_size,
+        "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer_path), "fingerprint": tok.fingerprint(),
+                      "vocab_size": tok.vocab_size},
+        "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs],
+        "template": "<|instruct_mark|>question<|response_mark|>answer<|eos|> per turn, padded with <|padding|>; "
+                    "mask 1 on answer tokens and their <|eos|>",
+        "counts": {"records": records, "samples": index, "bad_lines": bad, "too_long_skipped": skipped, "truncated": truncated,
+                   "tokens": n_tokens, "answer_tokens": n_answer},
+        "split": {"unit": "sample", "rule": "sample i is validation when split_hash(seed, i) < val_fraction",
+                  "val_fraction": val_fraction, "seed": seed},
+        "shards": {split: [{"file": files[split][0], "mask": files[split][1], "rows": counts[split]}]
+                   for split in ("train", "val")},
+    }
+    _write_json_atomic(out_dir / META, meta)
+    return summary
+
+
+# ---------------------------------------------------------------------------
+# Reading a prepared dataset
+
+
+class TokenWindows:
+    """Pretraining rows: windows of T+1 tokens (x = w[:-1], y = w[1:], T = block_size),
+    laid end to end with stride T inside each shard from a per-epoch random
+    start offset, so that each epoch sees every token once with shifted window
+    boundaries. Windows never cross shard ends."""
+
+    def __init__(self, shards: list[np.ndarray], block_size: int):
+        self.shards = shards
+        self.T = block_size
+        self.counts = np.array([max((len(s) - 1) // block_size, 0) for s in shards], dtype=np.int64)
+        self.slack = np.array([len(s) - 1 - c * block_size for s, c in zip(shards, self.counts)], dtype=np.int64)
+        self.first_row = np.concatenate([[0], np.cumsum(self.counts)])  # [n_shards + 1]
+        self.n_rows = int(self.first_row[-1])
+
+    def epoch_layout(self, rng: np.random.Generator) -> np.ndarray:
+        """Start offset per shard for this epoch: [n_shards] in 0..slack."""
+        return np.array([rng.integers(0, max(s, 0) + 1) for s in self.slack], dtype=np.int64)
+
+    def fetch(self, rows: np.ndarray, layout: np.ndarray):
+        T = self.T
+        x = np.empty((len(rows), T), dtype=np.int64)
+        y = np.empty((len(rows), T), dtype=np.int64)
+        shard_of = np.searchsorted(self.first_row, rows, side="right") - 1
+        for b, (r, s) in enumerate(zip(rows, shard_of)):
+            start = int(layout[s] + (r - self.first_row[s]) * T)
+            w = self.shards[s][start:start + T + 1]  # one memmap slice: [T+1]
+            x[b] = w[:-1]
+            y[b] = w[1:]
+        return x, y, None
+
+
+class SFTRows:
+    """SFT rows: one sample each; x = row[:-1], y = row[1:], loss_mask = mask[1:]."""
+
+    def __init__(self, tokens: np.ndarray, mask: np.ndarray):
+        self.tokens = tokens  # [N, L]
+        self.mask = mask  # [N, L]
+        self.n_rows = int(tokens.shape[0])
+        self.T = int(tokens.shape[1]) - 1
+
+    def epoch_layout(self, rng: np.random.Generator) -> None:
+        return None
+
+    def fetch(self, rows: np.ndarray, layout):
+        order = np.argsort(rows)  # memmap fancy indexing reads fastest in file order
+        t = np.empty((len(rows), self.T + 1), dtype=np.int64)
+        m = np.empty((len(rows), self.T + 1), dtype=np.float32)
+        t[order] = self.tokens[rows[order]]
+        m[order] = self.mask[rows[order]]
+        return t[:, :-1], t[:, 1:], m[:, 1:]
+
+
+class Batcher:
+    """Deterministic, resumable micro-batches from a row source.
+
+    Rows are numbered globally: row n is row perm_e[n % R] of epoch e = n // R,
+    where R is the number of rows per epoch and perm_e (plus the source's
+    per-epoch layout) comes from np.random.default_rng([seed, e]). Each call to
+    `next()` advances a counter by world_size * batch_size rows, of which rank
+    r takes the r-th slice: together the ranks read exactly the rows a single
+    process would read in world_size consecutive calls, so DDP sees the same
+    data as one process with the same global batch. The state is the counter:
+    loading it jumps straight to the position, nothing is re-read.
+    """
+
+    def __init__(self, source, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+        if source.n_rows <= 0:
+            raise DataError("the split holds no complete row (block_size + 1 tokens)")
+        self.source = source
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.row = 0
+        self._epochs: dict[int, tuple[np.ndarray, object]] = {}
+
+    def _epoch(self, e: int):
+        if e not in self._epochs:
+            rng = np.random.default_rng([self.seed, e])
+            layout = self.source.epoch_layout(rng)
+            perm = rng.permutation(self.source.n_rows)
+            if len(self._epochs) >= 2:  # a batch spans at most two epochs
+                self._epochs.pop(min(self._epochs))
+            self._epochs[e] = (perm, layout)
+        return self._epochs[e]
+
+    def rows(self, start: int, count: int) -> list[tuple[np.ndarray, object]]:
+        """Source rows for global rows start..start+count-1, grouped by epoch."""
+        n = np.arange(start, start + count, dtype=np.int64)
+        epochs = n // self.source.n_rows
+        out = []
+        for e in np.unique(epochs):
+            perm, layout = self._epoch(int(e))
+            out.append((perm[n[epochs == e] % self.source.n_rows], layout))
+        return out
+
+    def next(self):
+        """(x [B, T] int64, y [B, T] int64, loss_mask [B, T] float32 or None) as numpy arrays."""
+        start = self.row + self.rank * self.batch_size
+        self.row += self.world_size * self.batch_size
+        parts = [self.source.fetch(rows, layout) for rows, layout in self.rows(start, self.batch_size)]
+        if len(parts) == 1:
+            return parts[0]
+        x = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        m = None if parts[0][2] is None else np.concatenate([p[2] for p in parts])
+        return x, y, m
+
+    def state_dict(self) -> dict:
+        return {"row": self.row, "seed": self.seed, "n_rows": self.source.n_rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["n_rows"] != self.source.n_rows or state["seed"] != self.seed:
+            raise DataError(
+                f"the data position was saved for {state['n_rows']} rows (seed {state['seed']}) but the dataset "
+                f"now has {self.source.n_rows} rows (seed {self.seed}): the dataset, block_size or seed changed")
+        self.row = int(state["row"])
+
+
+class Dataset:
+    """A prepared dataset directory, validated, with its splits memory-mapped."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not str(path):
+            raise DataError("no dataset given: set data.dataset to a directory made by `python -m nano_train.prepare`")
+        if not self.path.is_dir():
+            raise DataError(f"dataset directory {self.path} does not exist; "
+                            "make it with `python -m nano_train.prepare pretrain|sft ... --out_dir DIR`")
+        meta_path = self.path / META
+        if not meta_path.is_file():
+            raise DataError(f"{self.path} has no {META}: not a prepared dataset (or its preparation did not finish)")
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise DataError(f"{meta_path}: not valid JSON ({e})") from None
+        if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+            raise DataError(f"{meta_path}: not a {FORMAT} v{FORMAT_VERSION} dataset "
+                            f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+        self.meta = meta
+        self.kind = meta["kind"]
+        self.dtype = np.dtype(meta["dtype"])
+        self.tokenizer = _load_tokenizer(self.path / meta["tokenizer"]["file"])
+        if self.tokenizer.fingerprint() != meta["tokenizer"]["fingerprint"]:
+            raise DataError(f"{self.path}: {meta['tokenizer']['file']} does not match the vocabulary the shards "
+                            "were encoded with (fingerprint differs from meta.json); prepare the data again")
+        self.splits: dict[str, list] = {}
+        for split, shards in meta["shards"].items():
+            if self.kind == "pretrain":
+                self.splits[split] = [self._map(s["file"], (s["tokens"],), self.dtype) for s in shards]
+            else:
+                L = meta["block_size"]
+                self.splits[split] = [(self._map(s["file"], (s["rows"], L), self.dtype),
+                                       self._map(s["mask"], (s["rows"], L), np.uint8)) for s in shards]
+
+    def _map(self, name: str, shape: tuple, dtype) -> np.ndarray:
+        path = self.path / name
+        if not path.is_file():
+            raise DataError(f"{path} is missing (listed in {META})")
+        expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        size = path.stat().st_size
+        if size != expected:
+            raise DataError(f"{path} is {size} bytes, meta.json says {expected}: the file is truncated or stale")
+        if expected == 0:
+            return np.zeros(shape, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r", shape=shape)
+
+    def check_tokenizer(self, fingerprint: str, what: str) -> None:
+        if fingerprint != self.tokenizer.fingerprint():
+            raise DataError(f"vocabulary mismatch: {what} uses a different vocabulary than the dataset {self.path} "
+                            f"(fingerprints {fingerprint[:12]} vs {self.tokenizer.fingerprint()[:12]}); "
+                            "prepare the data with the model's tokenizer")
+
+    def n_tokens(self, split: str) -> int:
+        if self.kind == "pretrain":
+            return sum(len(s) for s in self.splits.get(split, []))
+        return sum(int(t.shape[0]) * int(t.shape[1]) for t, _ in self.splits.get(split, []))
+
+    def source(self, split: str, block_size: int):
+        """The row source of a split for a model of block_size, or None if the split is empty."""
+        if self.kind == "pretrain":
+            shards = [s for s in self.splits.get(split, []) if len(s) > 0]
+            if not shards:
+                return None
+            src = TokenWindows(shards, block_size)
+            if src.n_rows == 0:
+                longest = max(len(s) for s in shards)
+                raise DataError(f"block_size {block_size} is larger than the data: the {split} split's longest "
+                                f"shard has {longest} tokens and a row needs block_size + 1; "
+                                "lower model.block_size or add data")
+            return src
+        parts = [(t, m) for t, m in self.splits.get(split, []) if t.shape[0] > 0]
+        if not parts:
+            return None
+        L = self.meta["block_size"]
+        if L - 1 > block_size:
+            raise DataError(f"the SFT rows were prepared for block_size {L} (inputs of {L - 1} tokens) but the "
+                            f"model's block_size is {block_size}; prepare with --block_size {block_size + 1} "
+                            "or less")
+        tokens = parts[0][0] if len(parts) == 1 else np.concatenate([t for t, _ in parts])
+        mask = parts[0][1] if len(parts) == 1 else np.concatenate([m for _, m in parts])
+        return SFTRows(tokens, mask)

@@ -1,0 +1,152 @@
+"""Run logging: the JSONL log, the progress line, throughput and MFU.
+
+MFU (model FLOPs utilisation) = achieved model FLOP/s / peak FLOP/s, where
+  achieved = Transformer.flops_per_token(T) * tokens per second,
+  flops_per_token = 6 * (matmul parameters) + 12 * n_layer * n_embd * T
+  (forward + backward; see model.py), and the peak per device is, in order:
+  system.peak_flops if set; else the dense bfloat16/float16 tensor-core peak of
+  a known GPU from GPU_PEAK_FLOPS (halved for float32, which runs as TF32);
+  else a measured probe: the best FLOP/s of square float32 matmuls on this
+  device over a few short trials, so on a CPU MFU says how close training gets to this machine's own
+  matmul speed. It is an estimate: LoRA runs do less backward work than 6N.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+# torch is imported inside the functions that need it, so that data preparation
+# (which uses the formatting helpers) starts without loading it.
+
+# Dense (no sparsity) bfloat16/float16 tensor-core peak FLOP/s per device, from
+# the vendors' data sheets; matched by substring of torch.cuda.get_device_name().
+# More specific names first.
+GPU_PEAK_FLOPS = (
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),
+    ("GH200", 989e12),
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L40", 181e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("A10", 125e12),
+    ("RTX 4090", 165e12),
+    ("RTX 3090", 71e12),
+    ("V100", 125e12),
+    ("T4", 65e12),
+)
+
+
+def matmul_probe(device: "torch.device", seconds: float = 0.25, n: int = 1024, trials: int = 5) -> float:
+    """Measured FLOP/s of n x n float32 matmuls on `device`: the best of several short
+    trials, so that a moment of contention from other processes does not lower it."""
+    import torch
+
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        elif device.type == "mps":
+            torch.mps.synchronize()
+
+    a @ b  # warm up
+    sync()
+    best = 0.0
+    for _ in range(trials):
+        reps, t0 = 0, time.perf_counter()
+        while True:
+            a @ b
+            reps += 1
+            if reps % 4 == 0:
+                sync()
+                dt = time.perf_counter() - t0
+                if dt >= seconds / trials:
+                    break
+        best = max(best, 2.0 * n ** 3 * reps / dt)
+    return best
+
+
+def peak_flops(device: "torch.device", dtype: str, override: float = 0.0) -> tuple[float, str]:
+    """(peak FLOP/s per device, where the number came from)."""
+    import torch
+
+    if override > 0:
+        return override, "system.peak_flops"
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in GPU_PEAK_FLOPS:
+            if key in name:
+                if dtype == "float32":
+                    return flops / 2, f"table: {name} (TF32 = half the bf16 peak)"
+                return flops, f"table: {name}"
+    # The probe draws random numbers: keep it from disturbing the training RNG.
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return matmul_probe(device), f"measured float32 matmul on {device.type}"
+
+
+class RunLog:
+    """log.jsonl in the run directory: one JSON object per line, written by rank 0 only.
+
+    Records: {"kind": "start", ...}, {"kind": "train", "step", "loss", "lr",
+    "grad_norm", "tokens_per_s", "mfu", "tokens_seen", "elapsed_s"},
+    {"kind": "eval", "step", "val_loss", "best_val_loss"}, {"kind": "end", ...}.
+    """
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+        self.path = path
+        self.enabled = enabled
+        if enabled and resume_step is not None and path.exists():
+            # Drop what a killed run logged after the checkpoint we resume from:
+            # those steps are about to be run again.
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a kill
+                if rec.get("kind") in ("train", "eval") and rec.get("step", 0) > resume_step:
+                    continue
+                kept.append(line)
+            path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+        elif enabled and resume_step is None:
+            path.write_text("", encoding="utf-8")
+
+    def write(self, **record) -> None:
+        if not self.enabled:
+            return
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def read_log(path: str | Path) -> list[dict]:
+    """The records of a log.jsonl (lines that do not parse are skipped)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass
+    return out
+
+
+def human(n: float, unit: str = "") -> str:
+    for prefix in ("", "k", "M", "G", "T", "P"):
+        if abs(n) < 1000:
+            return f"{n:.3g}{prefix}{unit}"
+        n /= 1000
+    return f"{n:.3g}E{unit}"
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

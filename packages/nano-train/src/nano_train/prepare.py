@@ -1,0 +1,84 @@
+"""Prepare training data: text -> token shards, or SFT JSONL -> padded rows with loss masks.
+
+usage:
+  python -m nano_train.prepare pretrain --tokenizer VOCAB.json --out_dir DIR [options] TEXT_FILE...
+  python -m nano_train.prepare sft --tokenizer VOCAB.json --out_dir DIR --block_size N [options] JSONL_FILE...
+
+pretrain options:
+  --docs blank|line|file   what a document is: separated by blank lines (default), one per line, whole files
+  --bos_eos                wrap every document in <|bos|> ... <|eos|> (else documents are joined by
+                           "\\n" in line mode, "\\n\\n" otherwise)
+  --val_fraction F         share of chunks held out for validation (default 0.05)
+  --chunk_tokens N         the unit of the split and of the shuffle (default 1024)
+  --no_shuffle             keep chunks in corpus order
+  --shard_tokens N         tokens per shard file at most (default 100,000,000)
+sft options:
+  --block_size N           row length; a sample holds up to N tokens (use the model's block_size)
+  --too_long skip|truncate|error   samples longer than block_size (default skip, counted)
+  --skip_bad               skip (and count) lines that are not valid records instead of stopping
+  --val_fraction F         share of samples held out (default 0)
+common:
+  --seed N (default 1337), --overwrite (replace an existing dataset in DIR), --quiet (no progress bar)
+
+The tokenizer is copied into DIR (tokenizer.json) and its fingerprint recorded
+in DIR/meta.json, with the counts, the split and the shard list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nano_train.data import DOC_MODES, TOO_LONG, DataError, prepare_pretrain, prepare_sft
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m nano_train.prepare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="kind", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--tokenizer", required=True, help="vocabulary: a tokenizer JSON file or a .bin model")
+    common.add_argument("--out_dir", required=True, help="directory for meta.json, tokenizer.json and the shards")
+    common.add_argument("--seed", type=int, default=1337)
+    common.add_argument("--overwrite", action="store_true")
+    common.add_argument("--quiet", action="store_true")
+    pre = sub.add_parser("pretrain", parents=[common], help="text files -> token shards")
+    pre.add_argument("inputs", nargs="+")
+    pre.add_argument("--docs", choices=DOC_MODES, default="blank")
+    pre.add_argument("--bos_eos", action="store_true")
+    pre.add_argument("--val_fraction", type=float, default=0.05)
+    pre.add_argument("--chunk_tokens", type=int, default=1024)
+    pre.add_argument("--no_shuffle", action="store_true")
+    pre.add_argument("--shard_tokens", type=int, default=100_000_000)
+    sft = sub.add_parser("sft", parents=[common], help="JSONL question/answer files -> padded rows + masks")
+    sft.add_argument("inputs", nargs="+")
+    sft.add_argument("--block_size", type=int, required=True)
+    sft.add_argument("--too_long", choices=TOO_LONG, default="skip")
+    sft.add_argument("--skip_bad", action="store_true")
+    sft.add_argument("--val_fraction", type=float, default=0.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.kind == "pretrain":
+            summary = prepare_pretrain(
+                args.inputs, args.tokenizer, args.out_dir, doc_mode=args.docs, bos_eos=args.bos_eos,
+                val_fraction=args.val_fraction, chunk_tokens=args.chunk_tokens, seed=args.seed,
+                shuffle=not args.no_shuffle, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
+                progress=not args.quiet)
+        else:
+            summary = prepare_sft(
+                args.inputs, args.tokenizer, args.out_dir, block_size=args.block_size,
+                val_fraction=args.val_fraction, seed=args.seed, too_long=args.too_long, skip_bad=args.skip_bad,
+                overwrite=args.overwrite, progress=not args.quiet)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.out_dir}: {summary.text()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

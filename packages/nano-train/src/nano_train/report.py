@@ -1,0 +1,92 @@
+"""The report card: a markdown summary written at the end of every run (report.md)."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from nano_train.metrics import duration, human
+from nano_train.sampling import SamplerConfig, generate, instruct_prompt
+
+
+def default_prompts(task: str, tokenizer, source, n: int = 2) -> list[str]:
+    """Prompts taken from the data when the config gives none: the opening of a
+    held-out window (pretraining) or the question of an SFT sample."""
+    prompts = []
+    for row in range(min(n, source.n_rows)):
+        if task == "pretrain":
+            x, _, _ = source.fetch(np.array([row * max(source.n_rows // n, 1)]), np.zeros(len(source.shards), np.int64))
+            prompts.append(tokenizer.decode(x[0, :16]))
+        else:
+            ids = source.tokens[row].tolist()
+            try:
+                start = ids.index(tokenizer.instruct_id) + 1
+                end = ids.index(tokenizer.response_id, start)
+            except ValueError:
+                continue
+            prompts.append(tokenizer.decode(ids[start:end]))
+    return prompts
+
+
+def samples(model, tokenizer, task: str, prompts: list[str], max_new_tokens: int, temperature: float,
+            seed: int) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs from nano_train.sampling.generate."""
+    out = []
+    sampler = SamplerConfig(temperature=temperature, max_new_tokens=max_new_tokens,
+                            stop_tokens=(tokenizer.eos_id,), seed=seed)
+    for prompt in prompts:
+        ids = instruct_prompt(tokenizer, prompt) if task != "pretrain" else tokenizer.encode(prompt)
+        if not ids:
+            ids = [tokenizer.bos_id]
+        ids = ids[-(model.config.block_size - 1):]
+        out.append((prompt, tokenizer.decode(list(generate(model, ids, sampler)))))
+    return out
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4f}"
+
+
+def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, dtype, world_size, n_params,
+                 n_trainable, peak, peak_source, flops_per_token, val_source) -> None:
+    prompts = list(cfg.eval.sample_prompts) or default_prompts(cfg.run.task, tokenizer, val_source)
+    pairs = samples(model, tokenizer, cfg.run.task, prompts, cfg.eval.sample_tokens, cfg.eval.sample_temperature,
+                    cfg.system.seed) if cfg.eval.sample_tokens > 0 else []
+    mfu = flops_per_token * result.tokens_per_s / (peak * world_size) if peak > 0 and result.tokens_per_s else None
+    status = "interrupted (latest.pt saved)" if result.interrupted else "finished"
+    lines = [
+        f"# Nano training report: {cfg.run.out_dir}",
+        "",
+        f"{cfg.run.task}, {status} at step {result.step} of {cfg.optim.max_iters}, "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S')}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| parameters | {n_params:,} ({n_trainable:,} trained) |",
+        f"| model | {cfg.model.n_layer} layers, {cfg.model.n_embd} wide, {cfg.model.n_head} heads "
+        f"({cfg.model.n_kv_head} KV), block {cfg.model.block_size}, vocabulary {cfg.model.vocab_size} |",
+        f"| dataset | {dataset.path} ({dataset.kind}; train {dataset.n_tokens('train'):,}, "
+        f"val {dataset.n_tokens('val'):,} tokens) |",
+        f"| tokens seen | {result.tokens_seen:,} |",
+        f"| final train loss | {_fmt(result.train_loss)} |",
+        f"| final val loss | {_fmt(result.val_loss)} |",
+        f"| best val loss | {_fmt(result.best_val_loss)} |",
+        f"| time (this process) | {duration(result.seconds)} |",
+        f"| throughput | {human(result.tokens_per_s)} tokens/s on {world_size} x {device} ({dtype}) |",
+        f"| MFU (estimate) | {'n/a' if mfu is None else f'{100 * mfu:.2f}%'} "
+        f"(peak {human(peak, 'FLOP/s')} per device: {peak_source}) |",
+        "",
+        "## Samples",
+        "",
+        f"temperature {cfg.eval.sample_temperature}, up to {cfg.eval.sample_tokens} new tokens.",
+        "",
+    ]
+    for prompt, text in pairs:
+        lines += [f"**{prompt or '(empty)'}**", "", "```text", prompt + text if cfg.run.task == "pretrain" else text,
+                  "```", ""]
+    lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False), "```", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")

@@ -1,0 +1,11 @@
+"""Train a Nano model: task sft. usage: python -m nano_train.sft [CONFIG.json] [--key=value ...]
+
+A thin wrapper over nano_train.train (see its docstring, or --help, for every option).
+"""
+
+import sys
+
+from nano_train.train import main
+
+if __name__ == "__main__":
+    sys.exit(main("sft"))

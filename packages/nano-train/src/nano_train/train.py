@@ -1,0 +1,603 @@
+"""The training loop: pretraining, SFT and LoRA fine-tuning in one function.
+
+usage:
+  python -m nano_train.pretrain   [CONFIG.json] [--key=value | --section.key=value ...]
+  python -m nano_train.sft        [CONFIG.json] [--key=value ...]
+  python -m nano_train.lora_train [CONFIG.json] [--key=value ...]
+  torchrun --nproc_per_node=N [--nnodes=M ...] -m nano_train.pretrain CONFIG.json ...
+
+  --print_config   print the resolved config as JSON and exit
+  --help           this text and every config key with its default
+
+  Resume: --init_from=resume (reads out_dir/latest.pt; the config file may be
+  left out, the checkpoint holds the resolved config). Ctrl-C (or SIGTERM)
+  saves latest.pt and exits with status 130. Exit status 2: a config, data or
+  checkpoint error.
+
+Outputs in run.out_dir: latest.pt (rolling), best.pt (best validation loss),
+ckpt_<step>.pt (run.keep_checkpoints), log.jsonl, report.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nano_train import checkpoint as ckpt_io
+from nano_train.checkpoint import BEST, LATEST, CheckpointError
+from nano_train.config import Config, ConfigError, help_text, load_config
+from nano_train.data import Batcher, DataError, Dataset
+from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
+from nano_train.metrics import RunLog, duration, human, peak_flops
+from nano_train.model import ModelConfig, Transformer
+
+PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainResult:
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float
+    tokens_seen: int
+    tokens_per_s: float  # mean over this process's training time (all ranks' tokens)
+    seconds: float
+    interrupted: bool
+    out_dir: Path
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def ddp(self) -> bool:
+        return self.world_size > 1
+
+
+# ---------------------------------------------------------------------------
+# Setup helpers (each does one thing; the loop below reads top to bottom)
+
+
+def init_distributed(system) -> DistInfo:
+    """Join the process group torchrun set up (RANK/WORLD_SIZE in the environment)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
+    backend = system.dist_backend
+    if backend == "auto":
+        on_gpu = torch.cuda.is_available() and system.device in ("auto", "cuda")
+        backend = "nccl" if on_gpu else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return info
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            name = "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"system.device is {name!r} but CUDA is not available here; use --device=cpu")
+        device = torch.device("cuda", info.local_rank) if name == "cuda" else torch.device(name)
+        torch.cuda.set_device(device)
+        return device
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("system.device is 'mps' but MPS is not available here; use --device=cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def make_grad_scaler(dtype: str, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling keeps small float16 gradients from flushing to zero. bfloat16
+    has float32's exponent range and needs none, so the scaler is enabled for
+    float16 only (the reference enabled it for bfloat16: defect 3)."""
+    return torch.amp.GradScaler(device.type, enabled=(dtype == "float16"))
+
+
+def forward_context_factory(device: torch.device, dtype: str, attention_backend: str):
+    """A function returning a fresh context for one forward pass: autocast to the
+    training dtype (none for float32) and the chosen SDPA kernel."""
+    backend = None
+    if attention_backend != "auto":
+        from torch.nn.attention import SDPBackend
+
+        backend = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION,
+                   "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}[attention_backend]
+
+    def context():
+        stack = contextlib.ExitStack()
+        if dtype != "float32":
+            stack.enter_context(torch.autocast(device.type, dtype=PT_DTYPES[dtype]))
+        if backend is not None:
+            from torch.nn.attention import sdpa_kernel
+
+            stack.enter_context(sdpa_kernel(backend))
+        return stack
+
+    return context
+
+
+def make_adamw(groups: list[dict], optim, device: torch.device) -> torch.optim.AdamW:
+    kwargs = dict(lr=optim.learning_rate, betas=(optim.beta1, optim.beta2))
+    try:  # the fused kernel (one launch for all parameters) where this build has it
+        return torch.optim.AdamW(groups, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.AdamW(groups, **kwargs)
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % (1 << 32))
+    random.seed(seed)
+
+
+def load_base_model(path: str) -> tuple[ModelConfig, dict, object]:
+    """(config, state dict, tokenizer) of the model an SFT/LoRA run starts from:
+    a nano-train checkpoint (.pt) or a model file (.bin) through nano_train.convert."""
+    from nano_train import convert
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"run.init_from: {path} is not a file (expected 'scratch', 'resume', a .pt or a .bin)")
+    try:
+        if p.suffix == ".pt":
+            model, tok = convert.load_checkpoint_model(p)
+        else:
+            model, tok = convert.load_bin(p)
+    except (convert.ConvertError, ValueError, OSError) as e:
+        raise CheckpointError(f"run.init_from: cannot load {path}: {e}") from None
+    if has_lora(model):
+        raise CheckpointError(f"run.init_from: {path} carries a LoRA adapter; export or merge it into a base first")
+    if tok is None:
+        raise CheckpointError(f"run.init_from: {path} holds no vocabulary, so it cannot be checked against the data")
+    return model.config, model.state_dict(), tok
+
+
+def resolve_model_config(cfg: Config, explicit: set[str], tokenizer, inherited: dict | None, source: str) -> ModelConfig:
+    """The architecture of this run. When resuming or fine-tuning it is inherited
+    from the checkpoint or base model (`source`): only dropout may be set, and
+    any other model key set explicitly to a different value is an error. From
+    scratch it is the config's, with vocab_size taken from the data unless set."""
+    if inherited is not None:
+        mine = cfg.model.to_dict()
+        bad = [k for k in inherited if k != "dropout" and f"model.{k}" in explicit and mine[k] != inherited[k]]
+        if bad:
+            raise ConfigError(f"model.{', model.'.join(bad)} conflict with {source}, whose architecture this run "
+                              "keeps (only dropout may be set)")
+        dropout = cfg.model.dropout if "model.dropout" in explicit else inherited["dropout"]
+        return ModelConfig.from_dict({**inherited, "dropout": dropout})
+    if "model.vocab_size" in explicit:
+        if cfg.model.vocab_size < tokenizer.vocab_size:
+            raise ConfigError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the data's vocabulary "
+                              f"({tokenizer.vocab_size} tokens)")
+        return cfg.model
+    return dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
+
+
+def batch_to_device(batch, device: torch.device):
+    """numpy (x [B,T], y [B,T], mask [B,T] | None) -> tensors on device."""
+    def move(a):
+        if a is None:
+            return None
+        t = torch.from_numpy(a)
+        if device.type == "cuda":
+            return t.pin_memory().to(device, non_blocking=True)
+        return t.to(device)
+
+    return tuple(move(a) for a in batch)
+
+
+@torch.no_grad()
+def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context) -> float:
+    """Mean loss over eval_iters micro-batches of the held-out split, shared out
+    between the processes like a training step's micro-batches (so W processes
+    read the rows one process would). The batches start from row 0 every time,
+    so successive evaluations are comparable."""
+    batches = Batcher(source, cfg.data.batch_size, cfg.system.seed, info.rank, info.world_size)
+    iters = math.ceil(cfg.eval.eval_iters / info.world_size)
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), device=device)
+    for _ in range(iters):
+        x, y, m = batch_to_device(batches.next(), device)
+        with forward_context():
+            _, loss = model(x, y, m)
+        total += loss.float()
+    model.train(was_training)
+    if info.ddp:
+        dist.all_reduce(total)
+        total /= info.world_size
+    return (total / iters).item()
+
+
+def gather_rng(info: DistInfo) -> dict:
+    """Every rank's RNG states (rank 0 writes them all)."""
+    mine = ckpt_io.rng_state()
+    if not info.ddp:
+        return {"world_size": 1, "ranks": [mine]}
+    states = [None] * info.world_size
+    dist.all_gather_object(states, mine)
+    return {"world_size": info.world_size, "ranks": states}
+
+
+def unwrap_state_dict(model: torch.nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------
+# The loop
+
+
+def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint: dict | None = None) -> TrainResult:
+    """Train as cfg says; returns a summary. See the module docstring for the outputs."""
+    t_start = time.monotonic()
+    task = cfg.run.task
+
+    # ---- processes, device, precision ---------------------------------------------
+    info = init_distributed(cfg.system)
+    master = info.rank == 0
+    device = resolve_device(cfg.system.device, info)
+    dtype = resolve_dtype(cfg.system.dtype, device)
+    scaler = make_grad_scaler(dtype, device)
+    forward_context = forward_context_factory(device, dtype, cfg.system.attention_backend)
+    out_dir = Path(cfg.run.out_dir)
+
+    def say(msg: str) -> None:
+        if master:
+            print(msg, flush=True)
+
+    # ---- data and vocabulary ---------------------------------------------------------
+    ds = Dataset(cfg.data.dataset)
+    want = "pretrain" if task == "pretrain" else "sft"
+    if ds.kind != want:
+        raise DataError(f"{ds.path} is a {ds.kind} dataset but task {task} needs a {want} dataset "
+                        f"(`python -m nano_train.prepare {want} ...`)")
+    tokenizer = ds.tokenizer
+
+    # ---- model: from scratch, from a base model, or from the checkpoint we resume ------
+    resuming = cfg.run.init_from == "resume"
+    if resuming and checkpoint is None:
+        checkpoint = ckpt_io.load(out_dir / LATEST)
+    base_config = base_sd = None
+    if resuming:
+        if checkpoint.get("task") != task:
+            raise ConfigError(f"resume: {out_dir / LATEST} is a {checkpoint.get('task')} checkpoint, not {task}")
+        from nano_tokenizer import Tokenizer
+
+        ds.check_tokenizer(Tokenizer.from_json_dict(checkpoint["tokenizer"]).fingerprint(), str(out_dir / LATEST))
+    elif cfg.run.init_from != "scratch":
+        base_config, base_sd, base_tok = load_base_model(cfg.run.init_from)
+        ds.check_tokenizer(base_tok.fingerprint(), cfg.run.init_from)
+    elif task == "lora":
+        raise ConfigError("task lora needs run.init_from = a base model (.pt checkpoint or .bin file)")
+    if resuming:
+        inherited, source = checkpoint["config"]["model"], f"the checkpoint {out_dir / LATEST}"
+    elif base_config is not None:
+        inherited, source = base_config.to_dict(), f"the base model {cfg.run.init_from}"
+    else:
+        inherited, source = None, ""
+    cfg.model = resolve_model_config(cfg, set(explicit), tokenizer, inherited, source)
+    torch.manual_seed(cfg.system.seed)  # the same initial weights on every rank
+    raw_model = Transformer(cfg.model)
+    if base_sd is not None:
+        raw_model.load_state_dict(base_sd)
+    if task == "lora":
+        attach_lora(raw_model, cfg.lora.lora_rank, cfg.lora.lora_alpha, cfg.lora.lora_dropout)
+        mark_only_lora_trainable(raw_model)
+    if resuming:
+        raw_model.load_state_dict(checkpoint["model"])
+    raw_model.to(device)
+    trainable = [p for p in raw_model.parameters() if p.requires_grad]
+
+    # ---- optimizer and batches ----------------------------------------------------------
+    groups = [g for g in raw_model.param_groups(cfg.optim.weight_decay) if g["params"]]
+    optimizer = make_adamw(groups, cfg.optim, device)
+    if cfg.optim.gradient_accumulation_steps % info.world_size:
+        raise ConfigError(f"optim.gradient_accumulation_steps ({cfg.optim.gradient_accumulation_steps}) must be a "
+                          f"multiple of the number of processes ({info.world_size})")
+    accum = cfg.optim.gradient_accumulation_steps // info.world_size  # micro-batches per rank per step
+    train_source = ds.source("train", cfg.model.block_size)
+    if train_source is None:
+        raise DataError(f"{ds.path} has no training data")
+    val_source = ds.source("val", cfg.model.block_size) if cfg.eval.eval_iters > 0 else None
+    if val_source is None and master:
+        print("note: no validation split (or eval_iters = 0): no validation loss, no best.pt", file=sys.stderr)
+    train_batches = Batcher(train_source, cfg.data.batch_size, cfg.system.seed, info.rank, info.world_size)
+    seq_len = train_source.T
+    tokens_per_step = cfg.data.batch_size * seq_len * accum * info.world_size
+
+    # ---- state: fresh, or exactly where the checkpoint left off ------------------------
+    step, tokens_seen, best_val_loss, elapsed_before = 0, 0, math.inf, 0.0
+    val_loss = train_loss = None
+    seed_everything(cfg.system.seed + info.rank)  # dropout masks differ between ranks
+    if resuming:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if scaler.is_enabled() and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        step = checkpoint["step"]
+        tokens_seen = checkpoint["tokens_seen"]
+        best_val_loss = checkpoint["best_val_loss"]
+        val_loss, train_loss = checkpoint.get("val_loss"), checkpoint.get("train_loss")
+        elapsed_before = checkpoint.get("elapsed_s", 0.0)
+        train_batches.load_state_dict(checkpoint["data_state"])
+        rng = checkpoint["rng"]
+        if rng["world_size"] == info.world_size:
+            ckpt_io.set_rng_state(rng["ranks"][info.rank])
+        else:
+            seed_everything(cfg.system.seed + info.rank + step)
+            say(f"note: the checkpoint was written by {rng['world_size']} processes, this run has "
+                f"{info.world_size}: RNG streams restart from the seed (data order is unaffected)")
+    resume_step = step if resuming else None
+    # the model a fine-tuning run started from (kept through resumes, for provenance)
+    base_path = checkpoint.get("base") if resuming else (None if cfg.run.init_from == "scratch" else cfg.run.init_from)
+    del checkpoint  # the optimizer and model hold their own copies now
+
+    # ---- wrap for speed and for several processes ---------------------------------------
+    model = torch.compile(raw_model) if cfg.system.compile else raw_model
+    eval_model = model  # evaluation needs no gradient synchronisation
+    if info.ddp:
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    # ---- logging -------------------------------------------------------------------------
+    if master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.remove_stale_temporaries(out_dir)
+    log = RunLog(out_dir / "log.jsonl", master, resume_step)
+    flops_per_token = raw_model.flops_per_token(seq_len)
+    peak, peak_source = peak_flops(device, dtype, cfg.system.peak_flops) if master else (0.0, "")
+    n_params = raw_model.num_params()
+    n_trainable = sum(p.numel() for p in trainable)
+    say(f"{task}: {n_params:,} parameters ({n_trainable:,} trained), {info.world_size} x {device} {dtype}, "
+        f"{tokens_per_step:,} tokens per step ({cfg.data.batch_size} x {seq_len} x {accum} x {info.world_size}), "
+        f"train {ds.n_tokens('train'):,} / val {ds.n_tokens('val'):,} tokens"
+        + (f", resuming at step {step}" if resuming else ""))
+    log.write(kind="start", step=step, task=task, params=n_params, trainable_params=n_trainable,
+              world_size=info.world_size, device=str(device), dtype=dtype, tokens_per_step=tokens_per_step,
+              peak_flops=peak, peak_flops_source=peak_source, config=cfg.to_dict())
+
+    # ---- learning-rate schedule: linear warmup, then cosine decay to min_lr --------------
+    decay_iters = cfg.optim.lr_decay_iters or cfg.optim.max_iters
+
+    def lr_at(it: int) -> float:
+        o = cfg.optim
+        if it < o.warmup_iters:
+            return o.learning_rate * (it + 1) / (o.warmup_iters + 1)
+        if it >= decay_iters:
+            return o.min_lr
+        progress = (it - o.warmup_iters) / max(decay_iters - o.warmup_iters, 1)
+        return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (o.learning_rate - o.min_lr)
+
+    def save_checkpoint(names: list[str]) -> None:
+        rng = gather_rng(info)  # a collective: every rank takes part, rank 0 writes
+        if not master:
+            return
+        state = {
+            "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "task": task,
+            "model": unwrap_state_dict(raw_model),
+            "config": {"model": cfg.model.to_dict(), "train": cfg.train_dict()},
+            "tokenizer": tokenizer.to_json_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "step": step, "tokens_seen": tokens_seen,
+            "data_state": train_batches.state_dict(),
+            "rng": rng,
+            "best_val_loss": best_val_loss, "val_loss": val_loss, "train_loss": train_loss,
+            "elapsed_s": elapsed_before + time.monotonic() - t_start,
+            "dataset": {"path": str(ds.path), "fingerprint": tokenizer.fingerprint()},
+            "versions": {"torch": str(torch.__version__)},
+        }
+        if task == "lora":
+            state["lora"] = {"rank": cfg.lora.lora_rank, "alpha": cfg.lora.lora_alpha,
+                             "dropout": cfg.lora.lora_dropout}
+        if base_path is not None:
+            state["base"] = base_path
+        for name in names:
+            ckpt_io.save_atomic(state, out_dir / name)
+
+    # Ctrl-C (SIGINT) or SIGTERM (what torchrun and batch schedulers send to stop a job):
+    # finish the current step, save latest.pt, stop. A second signal aborts at once.
+    stop = {"requested": False}
+
+    def on_signal(signum, frame):
+        if stop["requested"]:
+            raise KeyboardInterrupt
+        stop["requested"] = True
+        if master:
+            print(f"\ninterrupt ({signal.Signals(signum).name}): saving latest.pt after this step "
+                  "(interrupt again to abort)", file=sys.stderr, flush=True)
+
+    previous_handlers = {}
+    if _main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous_handlers[sig] = signal.signal(sig, on_signal)
+    checkpoint_interval = cfg.run.checkpoint_interval or cfg.eval.eval_interval
+    train_seconds, rate_tokens = 0.0, 0
+    interrupted = False
+    try:
+        while True:
+            last = step >= cfg.optim.max_iters
+            stopping = stop["requested"]
+            if info.ddp:  # every rank must stop at the same step
+                flag = torch.tensor([float(stopping)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stopping = bool(flag.item())
+            # A resumed step's evaluation and checkpoint were done before it was saved.
+            fresh = step != resume_step
+
+            # -- evaluate on the held-out split; keep the best model
+            if fresh and val_source is not None and (step % cfg.eval.eval_interval == 0 or last):
+                val_loss = evaluate(eval_model, val_source, cfg, info, device, forward_context)
+                improved = val_loss < best_val_loss
+                best_val_loss = min(best_val_loss, val_loss)
+                say(f"step {step:>6} | val loss {val_loss:.4f} | best {best_val_loss:.4f}")
+                log.write(kind="eval", step=step, val_loss=val_loss, best_val_loss=best_val_loss)
+                if improved and step > 0:
+                    save_checkpoint([BEST])
+
+            # -- checkpoint
+            if fresh and (step > 0 or stopping) and (step % checkpoint_interval == 0 or last or stopping):
+                names = [LATEST] + ([f"ckpt_{step:06d}.pt"] if cfg.run.keep_checkpoints else [])
+                save_checkpoint(names)
+            if last or stopping:
+                interrupted = stopping and not last
+                break
+
+            # -- one optimizer step: accumulate gradients over micro-batches
+            lr = lr_at(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(accum):
+                x, y, m = batch_to_device(train_batches.next(), device)
+                # DDP all-reduces gradients on the last micro-batch only
+                sync = contextlib.nullcontext() if not info.ddp or micro == accum - 1 else model.no_sync()
+                with sync:
+                    with forward_context():
+                        _, loss = model(x, y, m)  # per-token CE averaged over unmasked targets
+                    loss = loss / accum
+                    scaler.scale(loss).backward()  # a no-op scale unless float16
+                loss_sum += loss.detach()
+
+            # -- clip, step
+            scaler.unscale_(optimizer)  # true gradients for the norm (no-op when disabled)
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                trainable, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+            scaler.step(optimizer)  # skips the step if float16 gradients overflowed
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            tokens_seen += tokens_per_step
+
+            # -- log
+            if step % cfg.run.log_interval == 0 or step == cfg.optim.max_iters:
+                if info.ddp:
+                    dist.all_reduce(loss_sum)
+                    loss_sum /= info.world_size
+                train_loss = loss_sum.item()  # waits for the device, so dt below is real
+                dt = time.perf_counter() - t0
+                tok_s = tokens_per_step / dt
+                mfu = flops_per_token * tok_s / (peak * info.world_size) if peak > 0 else None
+                elapsed = elapsed_before + time.monotonic() - t_start
+                say(f"step {step:>6}/{cfg.optim.max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | "
+                    f"grad norm {grad_norm.item():.3f} | {human(tok_s)} tok/s"
+                    + (f" | mfu {100 * mfu:.2f}%" if mfu is not None else "") + f" | {duration(elapsed)}")
+                log.write(kind="train", step=step, loss=train_loss, lr=lr, grad_norm=grad_norm.item(),
+                          tokens_per_s=tok_s, mfu=mfu, tokens_seen=tokens_seen, elapsed_s=elapsed)
+            else:
+                dt = time.perf_counter() - t0
+            if step > (resume_step or 0) + 1:  # the first step pays for warm-up and compilation
+                train_seconds += dt
+                rate_tokens += tokens_per_step
+    finally:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
+
+    seconds = time.monotonic() - t_start
+    tokens_per_s = rate_tokens / train_seconds if train_seconds > 0 else 0.0
+    result = TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, tokens_per_s, seconds,
+                         interrupted, out_dir)
+    if interrupted:
+        say(f"interrupted at step {step}: saved {out_dir / LATEST}; continue with --init_from=resume")
+    log.write(kind="end", step=step, interrupted=interrupted, train_loss=train_loss, val_loss=val_loss,
+              best_val_loss=best_val_loss, tokens_seen=tokens_seen, tokens_per_s=tokens_per_s, seconds=seconds)
+    if master:
+        from nano_train.report import write_report
+
+        write_report(out_dir / "report.md", cfg=cfg, result=result, model=raw_model, tokenizer=tokenizer,
+                     dataset=ds, device=device, dtype=dtype, world_size=info.world_size, n_params=n_params,
+                     n_trainable=n_trainable, peak=peak, peak_source=peak_source, flops_per_token=flops_per_token,
+                     val_source=val_source or train_source)
+        best = f"{best_val_loss:.4f}" if math.isfinite(best_val_loss) else "n/a"
+        say(f"done: step {step}, best val loss {best}, {human(tokens_per_s)} tok/s; report in {out_dir / 'report.md'}")
+    if info.ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> tuple[Config, set[str], dict | None]:
+    """Config file + overrides; on resume the checkpoint's config is the base they override."""
+    defaults = {"run": {"task": task}} if task else None
+    cfg, explicit = load_config(path, overrides, defaults=defaults)
+    checkpoint = None
+    if cfg.run.init_from == "resume":
+        latest = Path(cfg.run.out_dir) / LATEST
+        if not latest.is_file():
+            raise CheckpointError(f"--init_from=resume: {latest} does not exist (is run.out_dir right?)")
+        checkpoint = ckpt_io.load(latest)
+        saved = checkpoint["config"]
+        cfg, explicit = load_config(path, overrides, defaults=defaults, base={"model": saved["model"], **saved["train"]})
+        cfg.run.init_from = "resume"
+    if task and cfg.run.task != task:
+        raise ConfigError(f"this command trains task {task!r} but the config says run.task = {cfg.run.task!r}")
+    return cfg, explicit, checkpoint
+
+
+def main(task: str | None = None, argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(__doc__.strip() + "\n\nconfig keys (JSON sections, or --key=value):\n" + help_text())
+        return 0
+    print_config = "--print_config" in argv
+    argv = [a for a in argv if a != "--print_config"]
+    paths = [a for a in argv if not a.startswith("--")]
+    overrides = [a for a in argv if a.startswith("--")]
+    if len(paths) > 1:
+        print(f"error: one config file at most, got {paths}", file=sys.stderr)
+        return 2
+    try:
+        cfg, explicit, checkpoint = resolve_config(task, paths[0] if paths else None, overrides)
+        if print_config:
+            print(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
+            return 0
+        result = train(cfg, explicit, checkpoint)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 130 if result.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

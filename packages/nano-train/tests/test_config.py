@@ -1,0 +1,91 @@
+"""Training config: JSON sections, --key=value overrides, type checks, unknown keys."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from nano_train.config import ConfigError, load_config, parse_overrides
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(tmp_path, obj):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(obj), encoding="utf-8")
+    return p
+
+
+def test_file_then_overrides(tmp_path):
+    p = write(tmp_path, {"model": {"n_layer": 3, "dropout": 0.1}, "optim": {"learning_rate": 1e-3, "max_iters": 10}})
+    cfg, explicit = load_config(p, ["--max_iters=20", "--optim.min_lr=1e-5", "--compile=true",
+                                    "--n_hidden=none", "--sample_prompts=[\"你好\"]", "--seed=3"])
+    assert cfg.model.n_layer == 3 and cfg.model.dropout == 0.1
+    assert cfg.optim.learning_rate == 1e-3 and cfg.optim.max_iters == 20 and cfg.optim.min_lr == 1e-5
+    assert cfg.system.compile is True and cfg.system.seed == 3 and cfg.eval.sample_prompts == ["你好"]
+    assert cfg.model.n_hidden is not None  # None -> derived by ModelConfig
+    assert {"model.n_layer", "optim.max_iters", "system.compile"} <= explicit
+    assert "data.batch_size" not in explicit
+    d = cfg.to_dict()
+    assert set(d) == {"model", "run", "data", "optim", "eval", "system", "lora"}
+    assert d["optim"]["max_iters"] == 20
+
+
+def test_ints_are_accepted_for_floats_but_not_the_reverse(tmp_path):
+    cfg, _ = load_config(write(tmp_path, {"optim": {"learning_rate": 1}}))
+    assert cfg.optim.learning_rate == 1.0 and isinstance(cfg.optim.learning_rate, float)
+    with pytest.raises(ConfigError, match=r"optim.max_iters: expected an integer, got 1.5"):
+        load_config(write(tmp_path, {"optim": {"max_iters": 1.5}}))
+    with pytest.raises(ConfigError, match=r"system.compile: expected true or false"):
+        load_config(write(tmp_path, {"system": {"compile": 1}}))
+    with pytest.raises(ConfigError, match=r"data.batch_size: expected an integer"):
+        load_config(write(tmp_path, {"data": {"batch_size": True}}))
+
+
+@pytest.mark.parametrize("obj,message", [
+    ({"optim": {"learning_rat": 1e-3}}, "unknown key optim.learning_rat"),
+    ({"optimizer": {}}, "unknown section 'optimizer'"),
+    ({"model": {"n_layers": 2}}, "unknown key model.n_layers"),
+    ({"optim": []}, "must be a JSON object"),
+    ([1], "JSON object of sections"),
+    ({"system": {"dtype": "fp8"}}, "system.dtype must be one of"),
+    ({"system": {"device": "tpu"}}, "system.device must be"),
+    ({"system": {"attention_backend": "fast"}}, "attention_backend must be one of"),
+    ({"run": {"task": "rlhf"}}, "run.task must be one of"),
+    ({"optim": {"min_lr": 1.0, "learning_rate": 0.1}}, "min_lr must be in"),
+    ({"model": {"n_embd": 30, "n_head": 4}}, "n_head"),
+])
+def test_bad_configs_name_the_key(tmp_path, obj, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, obj))
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("--learning_rat=1", "unknown key 'learning_rat'"),
+    ("--optim.nope=1", "unknown key optim.nope"),
+    ("--foo.max_iters=1", "unknown section 'foo'"),
+    ("--max_iters=ten", "expected an integer"),
+    ("--compile=maybe", "expected true or false"),
+    ("max_iters=1", "expected --key=value"),
+    ("--max_iters", "expected --key=value"),
+])
+def test_bad_overrides(arg, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_overrides([arg])
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.json")
+    p = tmp_path / "broken.json"
+    p.write_text("{", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        load_config(p)
+
+
+def test_shipped_configs_load():
+    names = sorted(p.name for p in CONFIGS.glob("*.json"))
+    assert {"psycho_small.json", "sft_self_id.json", "lora_example.json"} <= set(names)
+    for name in names:
+        cfg, _ = load_config(CONFIGS / name)
+        assert cfg.data.dataset and cfg.run.out_dir

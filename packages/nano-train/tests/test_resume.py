@@ -1,0 +1,180 @@
+"""Resume (defect 14): N steps + resume + N steps equals 2N steps exactly, with
+dropout so that the RNG matters; the data position is restored without
+re-reading; checkpoints survive kill -9 at any moment; Ctrl-C saves and exits."""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from nano_train import checkpoint as ckpt_io
+from nano_train.data import Batcher
+from nano_train.metrics import read_log
+from nano_train.train import train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def logged(out_dir, kind, field):
+    return {r["step"]: r[field] for r in read_log(out_dir / "log.jsonl") if r["kind"] == kind}
+
+
+@pytest.mark.parametrize("task", ["pretrain", "sft"])
+def test_resume_is_exact(tmp_path, small_pretrain, self_id_sft, tiny_config, monkeypatch, task):
+    N = 4
+    data = small_pretrain if task == "pretrain" else self_id_sft
+    common = dict(task=task, dropout=0.2, max_iters=2 * N, lr_decay_iters=2 * N, warmup_iters=2,
+                  eval_interval=2, eval_iters=2, gradient_accumulation_steps=2, batch_size=3,
+                  block_size=32 if task == "pretrain" else 64, sample_tokens=0)
+    straight = tmp_path / "straight"
+    train(tiny_config(data, out_dir=straight, **common))
+
+    split = tmp_path / "split"
+    first = train(tiny_config(data, out_dir=split, **{**common, "max_iters": N}))
+    assert first.step == N
+
+    # Record which rows the resumed run's training batcher reads.
+    reads = []
+    real_next, real_load = Batcher.next, Batcher.load_state_dict
+
+    def spy_load(self, state):
+        self.spied = True
+        real_load(self, state)
+
+    def spy_next(self):
+        if getattr(self, "spied", False):
+            reads.append(self.row)
+        return real_next(self)
+
+    monkeypatch.setattr(Batcher, "load_state_dict", spy_load)
+    monkeypatch.setattr(Batcher, "next", spy_next)
+    second = train(tiny_config(data, out_dir=split, init_from="resume", **common))
+    monkeypatch.undo()
+
+    # The resumed run continued from row N * accum * batch and read only new rows.
+    assert reads == [N * 2 * 3 + 3 * i for i in range(N * 2)]  # N steps x 2 micro-batches of 3 rows
+    # Identical losses (exact float equality) and identical final weights and optimizer state.
+    a_loss, b_loss = logged(straight, "train", "loss"), logged(split, "train", "loss")
+    assert a_loss == b_loss and len(a_loss) == 2 * N
+    assert logged(straight, "eval", "val_loss") == logged(split, "eval", "val_loss")
+    a, b = load(straight / "latest.pt"), load(split / "latest.pt")
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for pa, pb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    assert a["best_val_loss"] == b["best_val_loss"] == second.best_val_loss
+    assert a["data_state"] == b["data_state"] and a["tokens_seen"] == b["tokens_seen"]
+    assert torch.equal(a["rng"]["ranks"][0]["torch"], b["rng"]["ranks"][0]["torch"])
+
+
+def test_rng_state_round_trips_through_weights_only_load(tmp_path):
+    import numpy as np
+
+    torch.manual_seed(1)
+    np.random.seed(2)
+    random.seed(3)
+    ckpt_io.save_atomic({"rng": ckpt_io.rng_state()}, tmp_path / "r.pt")
+    want = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(9)
+    np.random.seed(9)
+    random.seed(9)
+    ckpt_io.set_rng_state(load(tmp_path / "r.pt")["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(want[0], got[0]) and (want[1] == got[1]).all() and want[2] == got[2]
+
+
+def _start(args, tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "nano_train.pretrain", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+
+
+def _wait_for(path, proc, timeout=120):
+    t0 = time.monotonic()
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < timeout, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def _run_args(small_pretrain, out, **extra):
+    args = {"dataset": small_pretrain, "out_dir": out, "n_layer": 2, "n_embd": 64, "n_head": 2, "n_kv_head": 2,
+            "block_size": 32, "batch_size": 4, "max_iters": 100_000, "checkpoint_interval": 1, "eval_interval": 5,
+            "eval_iters": 1, "log_interval": 1, "device": "cpu", "peak_flops": 1e10, "sample_tokens": 0}
+    args.update(extra)
+    return [f"--{k}={v}" for k, v in args.items()]
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_moments_leaves_a_loadable_checkpoint(tmp_path, small_pretrain):
+    """Checkpoints are written every step, so a random kill often lands inside a write.
+    Each round resumes from what the previous kill left."""
+    out = tmp_path / "run"
+    rng = random.Random(1234)
+    last_step = 0
+    for round_ in range(4):
+        extra = {"init_from": "resume"} if round_ else {}
+        proc = _start(_run_args(small_pretrain, out, **extra), tmp_path)
+        if round_ == 0:
+            _wait_for(out / "latest.pt", proc)
+        else:  # wait until this process has written a checkpoint of its own
+            t0 = time.monotonic()
+            while load_step(out / "latest.pt") <= last_step:
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() - t0 < 120
+                time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 1.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        ck = load(out / "latest.pt")  # must load, whatever the moment of the kill
+        assert ck["step"] >= last_step and ck["step"] > 0
+        model_keys = {k for k in ck["model"]}
+        assert "tok_embd.weight" in model_keys
+        last_step = ck["step"]
+    print(f"after 4 kills: latest.pt at step {last_step}")
+
+
+def load_step(path):
+    try:
+        return load(path)["step"]
+    except Exception:
+        return -1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_saves_latest_and_exits_cleanly(tmp_path, small_pretrain, sig):
+    out = tmp_path / "run"
+    proc = _start(_run_args(small_pretrain, out, checkpoint_interval=1000), tmp_path)
+    # wait until training is under way (a few steps logged)
+    t0 = time.monotonic()
+    while not (out / "log.jsonl").exists() or sum(1 for r in read_log(out / "log.jsonl") if r["kind"] == "train") < 3:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < 120
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stderr
+    assert f"interrupt ({sig.name}): saving latest.pt" in stderr
+    assert "interrupted at step" in stdout and "--init_from=resume" in stdout
+    ck = load(out / "latest.pt")
+    steps = logged(out, "train", "loss")
+    assert ck["step"] == max(steps) >= 3
+    end = [r for r in read_log(out / "log.jsonl") if r["kind"] == "end"]
+    assert end and end[-1]["interrupted"] is True

@@ -1,0 +1,140 @@
+"""SFT data: the template, a loss mask built from token ids (defect 2), multi-turn
+records, bad lines and too-long samples."""
+
+import json
+
+import numpy as np
+import pytest
+
+from nano_tokenizer import Tokenizer
+
+from nano_train import prepare as prepare_cmd
+from nano_train.data import Batcher, DataError, Dataset, prepare_sft, sft_encode, sft_turns
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def rows(out):
+    ds = Dataset(out)
+    (tokens, mask), = ds.splits["train"]
+    return ds, np.asarray(tokens), np.asarray(mask)
+
+
+def test_mask_is_built_from_token_ids_with_multi_character_tokens(tmp_path, shared):
+    """tokenizer_16384_v2 has many multi-character tokens ("ability", "Nano"...):
+    a mask built from character counts (the reference) is misaligned there."""
+    tok_path = shared("data/tokenizer_16384_v2.json")
+    tok = Tokenizer.load(tok_path)
+    q, a = "What is the ability of Nano?", "Nano's ability: answering questions about amateur radio."
+    q_ids, a_ids = tok.encode(q), tok.encode(a)
+    assert len(q_ids) < len(q) and len(a_ids) < len(a)  # the case where character counting goes wrong
+    src = write_jsonl(tmp_path / "x.jsonl", [{"question": q, "answer": a}])
+    prepare_sft([src], tok_path, tmp_path / "d", block_size=64, progress=False)
+    _, t, m = rows(tmp_path / "d")
+    ids, mask = t[0], m[0]
+    n = 1 + len(q_ids) + 1 + len(a_ids) + 1
+    assert ids[:n].tolist() == [tok.instruct_id, *q_ids, tok.response_id, *a_ids, tok.eos_id]
+    assert (ids[n:] == tok.pad_id).all()
+    # The mask covers exactly the answer's tokens and the closing eos.
+    assert mask.tolist() == [0] * (len(q_ids) + 2) + [1] * (len(a_ids) + 1) + [0] * (64 - n)
+    assert tok.decode(ids[mask == 1]) == a + "<|eos|>"
+    # What a character-count mask would have given differs: the defect is observable here.
+    char_mask_start = 1 + len(q) + 1
+    assert char_mask_start != len(q_ids) + 2
+
+
+def test_self_id_answers_are_exactly_the_masked_tokens(shared, self_id_sft):
+    tok = Tokenizer.load(shared("data/tokenizer_16384_v2.json"))
+    records = [json.loads(l) for l in shared("data/sft_self_id.jsonl").read_text(encoding="utf-8").splitlines()]
+    ds = Dataset(self_id_sft)
+    got = []
+    for tokens, mask in ds.splits["train"] + ds.splits["val"]:
+        for t, m in zip(np.asarray(tokens), np.asarray(mask)):
+            got.append((tok.decode(t[(t != tok.pad_id)][1:list(t).index(tok.response_id)]),
+                        tok.decode(t[m == 1])))
+    assert sorted(got) == sorted((r["question"], r["answer"] + "<|eos|>") for r in records)
+    assert ds.meta["counts"]["samples"] == 99
+
+
+def test_batches_shift_the_mask_with_the_targets(self_id_sft):
+    src = Dataset(self_id_sft).source("train", 64)
+    x, y, m = Batcher(src, 8, seed=0).next()
+    assert x.shape == y.shape == m.shape == (8, 63)
+    assert np.array_equal(x[:, 1:], y[:, :-1])
+    tokens = np.asarray(src.tokens)
+    masks = np.asarray(src.mask)
+    for xi, yi, mi in zip(x, y, m):
+        k = next(i for i in range(len(tokens)) if np.array_equal(tokens[i, :-1], xi))
+        assert np.array_equal(mi, masks[k, 1:])  # mask of target position t = mask of token t+1
+
+
+def test_multi_turn_records(tmp_path, shared):
+    tok_path = shared("data/tokenizer_4096.json")
+    tok = Tokenizer.load(tok_path)
+    rec = {"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好呀"},
+                        {"role": "user", "content": "你是谁"}, {"role": "assistant", "content": "我是Nano"}]}
+    src = write_jsonl(tmp_path / "m.jsonl", [rec, {"question": "问", "answer": "答"}])
+    prepare_sft([src], tok_path, tmp_path / "d", block_size=32, progress=False)
+    _, t, m = rows(tmp_path / "d")
+    expected = "<|instruct_mark|>你好<|response_mark|>你好呀<|eos|><|instruct_mark|>你是谁<|response_mark|>我是Nano<|eos|>"
+    assert tok.decode(t[0][t[0] != tok.pad_id]) == expected
+    assert tok.decode(t[0][m[0] == 1]) == "你好呀<|eos|>我是Nano<|eos|>"
+    assert sft_turns(rec, "x") == [("你好", "你好呀"), ("你是谁", "我是Nano")]
+    ids, mask = sft_encode(tok, [("问", "答")])
+    assert tok.decode(t[1][: len(ids)]) == tok.decode(ids) and m[1][: len(mask)].tolist() == mask
+
+
+@pytest.mark.parametrize("line,message", [
+    ("{not json", "not valid JSON"),
+    ('{"question": "q"}', "expected string fields"),
+    ('{"question": 1, "answer": "a"}', "expected string fields"),
+    ('["q", "a"]', "expected a JSON object"),
+    ('{"messages": [{"role": "assistant", "content": "a"}]}', "expected 'user'"),
+    ('{"messages": [{"role": "user", "content": "q"}]}', "no assistant answer"),
+])
+def test_bad_line_names_file_and_line(tmp_path, shared, line, message):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"question": "好", "answer": "好"}\n\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=message) as err:
+        prepare_sft([src], shared("data/tokenizer_4096.json"), tmp_path / "d", block_size=32, progress=False)
+    assert f"{src}:3" in str(err.value)
+    summary = prepare_sft([src], shared("data/tokenizer_4096.json"), tmp_path / "e", block_size=32,
+                          skip_bad=True, progress=False)
+    assert summary.bad_lines == 1 and summary.train_samples == 1
+
+
+def test_too_long_samples(tmp_path, shared):
+    tok_path = shared("data/tokenizer_4096.json")
+    src = write_jsonl(tmp_path / "l.jsonl", [{"question": "短", "answer": "短"},
+                                             {"question": "长" * 10, "answer": "长" * 30}])
+    s = prepare_sft([src], tok_path, tmp_path / "skip", block_size=16, progress=False)
+    assert (s.train_samples, s.too_long_skipped, s.truncated) == (1, 1, 0)
+    s = prepare_sft([src], tok_path, tmp_path / "trunc", block_size=16, too_long="truncate", progress=False)
+    assert (s.train_samples, s.too_long_skipped, s.truncated) == (2, 0, 1)
+    _, t, m = rows(tmp_path / "trunc")
+    assert m[1].tolist() == [0] * 12 + [1] * 4 and t[1][11] == Tokenizer.load(tok_path).response_id
+    with pytest.raises(DataError, match=r"l.jsonl:2.*more than block_size"):
+        prepare_sft([src], tok_path, tmp_path / "err", block_size=16, too_long="error", progress=False)
+
+
+def test_block_size_must_fit_the_model(self_id_sft):
+    with pytest.raises(DataError, match="prepared for block_size 64"):
+        Dataset(self_id_sft).source("train", 32)
+    assert Dataset(self_id_sft).source("train", 128).T == 63
+
+
+def test_sft_command(tmp_path, shared, capsys):
+    out = tmp_path / "d"
+    rc = prepare_cmd.main(["sft", "--tokenizer", str(shared("data/tokenizer_4096.json")), "--out_dir", str(out),
+                           "--block_size", "128", "--val_fraction", "0.1", "--quiet",
+                           str(shared("data/sft_amateur_radio.jsonl"))])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "4,907 records" in text
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["kind"] == "sft" and meta["counts"]["records"] == 4907
+    assert meta["shards"]["val"][0]["rows"] > 0
+    assert meta["shards"]["train"][0]["rows"] + meta["shards"]["val"][0]["rows"] == meta["counts"]["samples"] == 4907 - meta["counts"]["too_long_skipped"]

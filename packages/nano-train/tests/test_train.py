@@ -1,0 +1,295 @@
+"""The training loop: the SFT mask in the loss path (defect 1), loss scaling only
+for float16 (defect 3), the schedule, accumulation, checkpoints, SFT and LoRA
+from a base model, logs, report card, plot, and helpful errors."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from nano_tokenizer import Tokenizer
+
+from nano_train import checkpoint as ckpt_io
+from nano_train import plot as plot_cmd
+from nano_train.config import ConfigError
+from nano_train.convert import export_bin, load_checkpoint_model
+from nano_train.data import Batcher, DataError, Dataset, prepare_sft
+from nano_train.metrics import read_log
+from nano_train.model import ModelConfig, Transformer
+from nano_train.train import batch_to_device, main, make_grad_scaler, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def train_losses(out_dir):
+    return {r["step"]: r["loss"] for r in read_log(out_dir / "log.jsonl") if r["kind"] == "train"}
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------
+# Defect 1: masked positions contribute nothing
+
+
+def test_masked_positions_get_zero_gradient(self_id_sft):
+    ds = Dataset(self_id_sft)
+    x, y, m = batch_to_device(Batcher(ds.source("train", 64), 4, seed=0).next(), torch.device("cpu"))
+    assert 0 < m.sum() < m.numel()
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=ds.tokenizer.vocab_size, block_size=64, n_layer=1, n_embd=32,
+                                    n_head=2, n_kv_head=2))
+    logits, loss = model(x, y, m)  # exactly the call the training loop makes
+    logits.retain_grad()
+    loss.backward()
+    g = logits.grad.abs().sum(-1)  # [B, T]
+    assert (g[m == 0] == 0).all()
+    assert (g[m == 1] > 0).all()
+    per_token = torch.nn.functional.cross_entropy(logits.detach().flatten(0, 1), y.flatten(), reduction="none")
+    assert torch.allclose(loss, (per_token * m.flatten()).sum() / m.sum())
+
+
+def test_training_ignores_padding_targets_end_to_end(tmp_path, self_id_sft, tiny_config):
+    """Scrambling the tokens after each sample's <|eos|> (all masked targets) leaves
+    every loss and every trained weight unchanged; with the mask ignored
+    (the reference's bug) they would change."""
+    scrambled = tmp_path / "scrambled"
+    shutil.copytree(self_id_sft, scrambled)
+    meta = json.loads((scrambled / "meta.json").read_text())
+    shard = meta["shards"]["train"][0]
+    tokens = np.memmap(scrambled / shard["file"], dtype=np.uint16, mode="r+", shape=(shard["rows"], 64))
+    mask = np.fromfile(scrambled / shard["mask"], dtype=np.uint8).reshape(shard["rows"], 64)
+    rng = np.random.default_rng(0)
+    changed = 0
+    for i in range(shard["rows"]):
+        end = int(np.flatnonzero(mask[i])[-1]) + 1  # just past the last <|eos|>
+        tokens[i, end:] = rng.integers(7, 1000, 64 - end)
+        changed += 64 - end
+    tokens.flush()
+    del tokens
+    assert changed > 1000
+    runs = []
+    for name, data in (("a", self_id_sft), ("b", scrambled)):
+        cfg = tiny_config(data, task="sft", out_dir=tmp_path / name, block_size=64, max_iters=3, eval_iters=0,
+                          sample_tokens=0)
+        train(cfg)
+        runs.append((train_losses(tmp_path / name), load(tmp_path / name / "latest.pt")["model"]))
+    (la, wa), (lb, wb) = runs
+    assert la == lb
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+# ---------------------------------------------------------------------------
+# Defect 3: loss scaling for float16 only
+
+
+def test_grad_scaler_is_enabled_for_float16_only():
+    cpu = torch.device("cpu")
+    assert make_grad_scaler("float16", cpu).is_enabled()
+    assert not make_grad_scaler("bfloat16", cpu).is_enabled()
+    assert not make_grad_scaler("float32", cpu).is_enabled()
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_mixed_precision_runs_and_saves_the_scaler_only_for_float16(small_pretrain, tiny_config, dtype):
+    cfg = tiny_config(small_pretrain, max_iters=2, dtype=dtype, eval_iters=1)
+    result = train(cfg)
+    assert math.isfinite(result.train_loss)
+    ck = load(cfg.run.out_dir + "/latest.pt")
+    if dtype == "float16":
+        assert ck["scaler"]["scale"] > 1
+    else:
+        assert ck["scaler"] is None
+
+
+# ---------------------------------------------------------------------------
+# The loop
+
+
+def test_lr_schedule_warmup_then_cosine(small_pretrain, tiny_config):
+    cfg = tiny_config(small_pretrain, max_iters=12, warmup_iters=3, lr_decay_iters=10, learning_rate=1e-3,
+                      min_lr=1e-4, eval_interval=100)
+    train(cfg)
+    lrs = {r["step"]: r["lr"] for r in read_log(cfg.run.out_dir + "/log.jsonl") if r["kind"] == "train"}
+    # the record of step s+1 carries the lr used for update s
+    for it in range(12):
+        if it < 3:
+            want = 1e-3 * (it + 1) / 4
+        elif it >= 10:
+            want = 1e-4
+        else:
+            want = 1e-4 + 0.5 * (1 + math.cos(math.pi * (it - 3) / 7)) * 9e-4
+        assert lrs[it + 1] == pytest.approx(want, rel=1e-12)
+    assert max(lrs.values()) == pytest.approx(1e-3)  # reached when warmup ends
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path, small_pretrain, tiny_config):
+    a = tiny_config(small_pretrain, out_dir=tmp_path / "a", batch_size=4, gradient_accumulation_steps=1, max_iters=2)
+    b = tiny_config(small_pretrain, out_dir=tmp_path / "b", batch_size=2, gradient_accumulation_steps=2, max_iters=2)
+    train(a)
+    train(b)
+    la, lb = train_losses(tmp_path / "a"), train_losses(tmp_path / "b")
+    assert la.keys() == lb.keys() and all(abs(la[k] - lb[k]) < 1e-5 for k in la)
+    wa, wb = load(tmp_path / "a" / "latest.pt")["model"], load(tmp_path / "b" / "latest.pt")["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-5)
+
+
+def test_loss_goes_down_and_best_checkpoint_follows_val_loss(small_pretrain, tiny_config):
+    cfg = tiny_config(small_pretrain, max_iters=30, eval_interval=10, eval_iters=4, log_interval=5,
+                      learning_rate=1e-2, min_lr=1e-3)
+    result = train(cfg)
+    evals = [r for r in read_log(cfg.run.out_dir + "/log.jsonl") if r["kind"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 10, 20, 30]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 1.0
+    best = load(cfg.run.out_dir + "/best.pt")
+    assert best["best_val_loss"] == min(e["val_loss"] for e in evals[1:]) == result.best_val_loss
+    assert best["step"] == min(evals[1:], key=lambda e: e["val_loss"])["step"]
+
+
+def test_checkpoint_contract(small_pretrain, tiny_config):
+    cfg = tiny_config(small_pretrain, max_iters=2, dropout=0.1, keep_checkpoints=True, attention_backend="math")
+    train(cfg)
+    ck = load(cfg.run.out_dir + "/latest.pt")  # weights_only: plain tensors and containers only
+    assert ck["format"] == "nano-train-checkpoint" and ck["task"] == "pretrain" and ck["step"] == 2
+    assert ck["config"]["model"]["vocab_size"] == 4096  # filled from the data's vocabulary
+    assert ck["config"]["model"]["dropout"] == 0.1
+    assert ck["config"]["train"]["optim"]["max_iters"] == 2
+    assert ck["config"]["train"]["system"]["attention_backend"] == "math"
+    tok = Tokenizer.from_json_dict(ck["tokenizer"])
+    assert tok.fingerprint() == Dataset(small_pretrain).tokenizer.fingerprint()
+    assert set(ck["rng"]["ranks"][0]) == {"torch", "cuda", "numpy", "python"}
+    assert ck["data_state"]["row"] == 2 * 4 and ck["tokens_seen"] == 2 * 4 * 32
+    assert "lora" not in ck and "optimizer" in ck and math.isfinite(ck["best_val_loss"])
+    assert (cfg.run.out_dir + "/ckpt_000002.pt").endswith(".pt") and load(cfg.run.out_dir + "/ckpt_000002.pt")["step"] == 2
+    # the model engineer's loader reads it and computes the same logits
+    model, tok2 = load_checkpoint_model(cfg.run.out_dir + "/latest.pt")
+    mine = Transformer(ModelConfig.from_dict(ck["config"]["model"])).eval()
+    mine.load_state_dict(ck["model"])
+    x = torch.randint(0, 4096, (1, 16))
+    assert torch.equal(model(x)[0], mine(x)[0]) and tok2 == tok
+
+
+# ---------------------------------------------------------------------------
+# Fine-tuning from a base model: SFT, LoRA (from .pt and from .bin)
+
+
+@pytest.fixture
+def base_and_sft(tmp_path, small_pretrain, tiny_config, shared):
+    """A tiny pretrained base (tokenizer_4096) and SFT data in the same vocabulary."""
+    base_cfg = tiny_config(small_pretrain, out_dir=tmp_path / "base", max_iters=2, block_size=64)
+    train(base_cfg)
+    sft = tmp_path / "sft"
+    prepare_sft([shared("data/sft_self_id.jsonl")], shared("data/tokenizer_4096.json"), sft, block_size=64,
+                val_fraction=0.2, progress=False)
+    return tmp_path / "base" / "latest.pt", sft
+
+
+def test_sft_from_a_pretrained_checkpoint(tmp_path, base_and_sft, tiny_config):
+    base, sft = base_and_sft
+    cfg = tiny_config(sft, task="sft", out_dir=tmp_path / "sft_run", init_from=str(base), max_iters=3,
+                      block_size=32, dropout=0.05, sample_prompts=["你是谁"])
+    # block_size=32 is not explicit here, so the base's architecture (block 64) wins
+    train(cfg, explicit={"model.dropout"})
+    ck = load(tmp_path / "sft_run" / "latest.pt")
+    assert ck["task"] == "sft" and ck["base"] == str(base)
+    assert ck["config"]["model"]["block_size"] == 64 and ck["config"]["model"]["dropout"] == 0.05
+    base_w = load(base)["model"]
+    assert not torch.equal(ck["model"]["layers.0.wq.weight"], base_w["layers.0.wq.weight"])
+    report = (tmp_path / "sft_run" / "report.md").read_text(encoding="utf-8")
+    assert "**你是谁**" in report
+    with pytest.raises(ConfigError, match="n_layer conflict with the base model"):
+        train(tiny_config(sft, task="sft", out_dir=tmp_path / "x", init_from=str(base), n_layer=3),
+              explicit={"model.n_layer"})
+
+
+def test_lora_from_pt_and_from_bin(tmp_path, base_and_sft, tiny_config):
+    base, sft = base_and_sft
+    bin_path = tmp_path / "base.bin"
+    model, tok = load_checkpoint_model(base)
+    export_bin(model, bin_path, tokenizer=tok)
+    for name, init in (("lora_pt", base), ("lora_bin", bin_path)):
+        cfg = tiny_config(sft, task="lora", out_dir=tmp_path / name, init_from=str(init), max_iters=3,
+                          lora_rank=4, lora_alpha=8.0, learning_rate=1e-2)
+        train(cfg)
+        ck = load(tmp_path / name / "latest.pt")
+        assert ck["task"] == "lora" and ck["lora"] == {"rank": 4, "alpha": 8.0, "dropout": 0.0}
+        base_w = load(base)["model"]
+        for k, v in base_w.items():  # the base is frozen...
+            assert torch.equal(ck["model"][k], v), k
+        assert ck["model"]["layers.0.wq.lora_B"].abs().sum() > 0  # ...the adapters trained
+        opt_params = sum(len(g["params"]) for g in ck["optimizer"]["param_groups"])
+        assert opt_params == 2 * 4 * cfg.model.n_layer  # A and B of wq wk wv wo per layer
+        adapted, _ = load_checkpoint_model(tmp_path / name / "latest.pt")  # the export path reads it
+        assert adapted.config.n_layer == 1
+    # resume a LoRA run
+    cfg = tiny_config(sft, task="lora", out_dir=tmp_path / "lora_pt", init_from="resume", max_iters=5,
+                      lora_rank=4, lora_alpha=8.0, learning_rate=1e-2)
+    assert train(cfg).step == 5
+
+
+# ---------------------------------------------------------------------------
+# Errors that say what is wrong
+
+
+def test_helpful_errors(tmp_path, small_pretrain, self_id_sft, base_and_sft, tiny_config, capsys):
+    base, _ = base_and_sft
+    with pytest.raises(DataError, match="does not exist"):
+        train(tiny_config(tmp_path / "no_data"))
+    with pytest.raises(DataError, match="is a sft dataset but task pretrain"):
+        train(tiny_config(self_id_sft))
+    with pytest.raises(DataError, match="vocabulary mismatch"):  # base: tokenizer_4096, data: tokenizer_16384_v2
+        train(tiny_config(self_id_sft, task="sft", init_from=str(base)))
+    with pytest.raises(DataError, match="larger than the data"):
+        train(tiny_config(small_pretrain, block_size=200_000))
+    with pytest.raises(ConfigError, match="task lora needs run.init_from"):
+        train(tiny_config(self_id_sft, task="lora", block_size=64))
+    # through the command line: exit status 2 and one line on stderr
+    assert main("pretrain", [f"--dataset={tmp_path / 'no_data'}", f"--out_dir={tmp_path / 'o'}"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert main("pretrain", [f"--out_dir={tmp_path / 'o'}", "--init_from=resume"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main("pretrain", ["--max_iter=3"]) == 2
+    assert "unknown key 'max_iter'" in capsys.readouterr().err
+    assert main("sft", ["--task=pretrain"]) == 2
+    assert "this command trains task 'sft'" in capsys.readouterr().err
+    assert main("pretrain", ["--help"]) == 0
+    assert "gradient_accumulation_steps" in capsys.readouterr().out
+    assert main("pretrain", ["--print_config", "--n_layer=7"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["n_layer"] == 7
+
+
+# ---------------------------------------------------------------------------
+# Log, report card, plot
+
+
+def test_log_report_and_plot(small_pretrain, tiny_config, tmp_path):
+    cfg = tiny_config(small_pretrain, max_iters=4, sample_prompts=["意识"], sample_tokens=8)
+    train(cfg)
+    out = tmp_path / "run"
+    records = read_log(out / "log.jsonl")
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "start" and kinds[-1] == "end" and kinds.count("train") == 4
+    t = [r for r in records if r["kind"] == "train"][-1]
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "mfu", "tokens_seen", "elapsed_s"} <= set(t)
+    assert t["tokens_per_s"] > 0 and 0 < t["mfu"]
+    report = (out / "report.md").read_text(encoding="utf-8")
+    for needle in ("# Nano training report", "parameters", "tokens seen", "final val loss", "throughput",
+                   "MFU", "## Samples", "**意识**", "## Config", '"max_iters": 4'):
+        assert needle in report, needle
+    png = tmp_path / "loss.png"
+    assert plot_cmd.main([str(out), "-o", str(png), "--lr"]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    curves = plot_cmd.curves(records)
+    assert curves["train"][0] == [1, 2, 3, 4] and curves["val"][0] == [0, 2, 4]
