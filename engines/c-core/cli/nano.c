@@ -6,7 +6,7 @@
  *            [--top-p P] [--min-p P] [-r PENALTY] [-n MAX_TOKENS] [-s SEED]
  *            [--threads N] [--ctx N] [--batch N] [--portable] [--profile] [--ids]
  *   nano info MODEL
- *   nano seq2seq -m MODEL [--threads N] [--causal] INPUT
+ *   nano seq2seq -m MODEL [--threads N] [--causal] INPUT | -
  *   nano bench -m MODEL [-p PROMPT_TOKENS] [-n TOKENS] [--threads N] [--portable]
  *   nano --help | nano --version
  *
@@ -62,6 +62,8 @@ static const char *USAGE =
     "\n"
     "nano info MODEL\n"
     "nano seq2seq -m MODEL [--threads N] [--causal] INPUT\n"
+    "  INPUT '-' reads one input per line of standard input and prints one answer per line\n"
+    "  (an empty line gives an empty line)\n"
     "nano bench -m MODEL [-p PROMPT_TOKENS (default 128)] [-n TOKENS (default 128)]\n"
     "           [--threads N] [--ctx N] [--portable]\n"
     "\n"
@@ -69,7 +71,8 @@ static const char *USAGE =
     "  nano run -m psycho.bin -p '今天' -t 0 -n 32\n"
     "  nano run -m model.bin --instruct -p 'What is a dipole?' -t 0.7 -k 40 --profile\n"
     "  echo 'hello' | nano run -m model.bin\n"
-    "  nano seq2seq -m sort6_f32.bin 251212\n";
+    "  nano seq2seq -m sort6_f32.bin 251212\n"
+    "  printf '251212\\n987654\\n' | nano seq2seq -m sort6_f32.bin -\n";
 
 // ---------------------------------------------------------------------------
 // Errors and argument parsing
@@ -478,16 +481,71 @@ static int cmd_info(int argc, char **argv) {
 // ---------------------------------------------------------------------------
 // seq2seq
 
+/* One line of f without its line break, in a buffer grown as needed (*buf, *cap).
+ * Returns 0 at the end of the input. */
+static int read_line(FILE *f, char **buf, size_t *cap) {
+    size_t len = 0;
+    for (;;) {
+        size_t n;
+        if (*cap - len < 2) {
+            size_t ncap = *cap ? *cap * 2 : 256;
+            char *nb = (char *)realloc(*buf, ncap);
+            if (!nb) die_status(NANO_ERR_OUT_OF_MEMORY, "stdin");
+            *buf = nb;
+            *cap = ncap;
+        }
+        if (!fgets(*buf + len, (int)(*cap - len), f)) {
+            if (len == 0) return 0;
+            break;
+        }
+        n = strlen(*buf + len);
+        len += n;
+        if (len && (*buf)[len - 1] == '\n') break;
+    }
+    while (len && ((*buf)[len - 1] == '\n' || (*buf)[len - 1] == '\r')) len--;
+    (*buf)[len] = '\0';
+    return 1;
+}
+
+typedef struct seq2seq_state {
+    nano_context *ctx;
+    const nano_tokenizer *tok;
+    int32_t *ids, *out; /* [n_ctx + 1] each */
+    size_t cap;         /* n_ctx: the longest input */
+    char *text;         /* decoded answer, grown as needed */
+    size_t text_cap;
+} seq2seq_state;
+
+/* Encode input, run it, print the decoded argmax answer and a newline.
+ * `where` names the input in errors ("INPUT" or "line N"). */
+static void seq2seq_print(seq2seq_state *q, const char *model, const char *input, const char *where) {
+    size_t n = 0, len;
+    nano_status st = nano_tokenizer_encode(q->tok, input, strlen(input), 0, q->ids, q->cap, &n);
+    if (st == NANO_ERR_BUFFER_TOO_SMALL) {
+        fprintf(stderr, "nano: error: seq2seq: %s is %zu tokens; the model takes at most %zu\n", where, n, q->cap);
+        exit(1);
+    }
+    if (st != NANO_OK) die_status(st, where);
+    st = nano_seq2seq(q->ctx, q->ids, (uint32_t)n, q->out);
+    if (st != NANO_OK) die_status(st, model);
+    nano_tokenizer_decode(q->tok, q->out, n, NULL, 0, &len);
+    if (len + 1 > q->text_cap) {
+        char *nb = (char *)realloc(q->text, len + 1);
+        if (!nb) die_status(NANO_ERR_OUT_OF_MEMORY, "seq2seq");
+        q->text = nb;
+        q->text_cap = len + 1;
+    }
+    st = nano_tokenizer_decode(q->tok, q->out, n, q->text, q->text_cap, &len);
+    if (st != NANO_OK) die_status(st, "decode");
+    fwrite(q->text, 1, len, stdout);
+    fputc('\n', stdout);
+}
+
 static int cmd_seq2seq(int argc, char **argv) {
     const char *model = NULL, *input = NULL;
     int threads = 0, causal = 0, i;
     nano_model *m;
-    nano_context *ctx;
-    const nano_tokenizer *tok;
-    int32_t *ids, *out;
-    size_t n = 0, len, cap;
-    char *text;
-    nano_status st;
+    seq2seq_state q;
     for (i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (is_opt(a, "-m", "--model")) model = need_value(argc, argv, &i);
@@ -502,34 +560,39 @@ static int cmd_seq2seq(int argc, char **argv) {
     }
     if (!model) die_usage("seq2seq: -m MODEL is required%s%s", "", "");
     if (!input) die_usage("seq2seq: INPUT is required%s%s", "", "");
+    if (input[0] == '\0') die_usage("seq2seq: INPUT is empty%s%s", "", "");
     m = load_model(model);
-    tok = nano_model_tokenizer(m);
-    if (!tok) die_status(NANO_ERR_NO_TOKENIZER, model);
-    ctx = make_context(m, model, 0, 0, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE, 0);
-    len = strlen(input);
-    cap = nano_context_n_ctx(ctx);
-    ids = (int32_t *)malloc((cap + 1) * sizeof(int32_t));
-    out = (int32_t *)malloc((cap + 1) * sizeof(int32_t));
-    if (!ids || !out) die_status(NANO_ERR_OUT_OF_MEMORY, "seq2seq");
-    st = nano_tokenizer_encode(tok, input, len, 0, ids, cap, &n);
-    if (st == NANO_ERR_BUFFER_TOO_SMALL) {
-        fprintf(stderr, "nano: error: seq2seq: INPUT is %zu tokens; the model takes at most %zu\n", n, cap);
-        exit(1);
+    memset(&q, 0, sizeof q);
+    q.tok = nano_model_tokenizer(m);
+    if (!q.tok) die_status(NANO_ERR_NO_TOKENIZER, model);
+    q.ctx = make_context(m, model, 0, 0, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE, 0);
+    q.cap = nano_context_n_ctx(q.ctx);
+    q.ids = (int32_t *)malloc((q.cap + 1) * sizeof(int32_t));
+    q.out = (int32_t *)malloc((q.cap + 1) * sizeof(int32_t));
+    if (!q.ids || !q.out) die_status(NANO_ERR_OUT_OF_MEMORY, "seq2seq");
+    if (strcmp(input, "-") == 0) {
+        /* batch: one input per line; each line is one independent forward */
+        char *line = NULL, where[48];
+        size_t line_cap = 0;
+        unsigned long lineno = 0;
+        while (read_line(stdin, &line, &line_cap)) {
+            lineno++;
+            if (line[0] == '\0') {
+                fputc('\n', stdout);
+            } else {
+                snprintf(where, sizeof where, "line %lu", lineno);
+                seq2seq_print(&q, model, line, where);
+            }
+            fflush(stdout);
+        }
+        free(line);
+    } else {
+        seq2seq_print(&q, model, input, "INPUT");
     }
-    if (st != NANO_OK) die_status(st, input);
-    if (n == 0) die_usage("seq2seq: INPUT is empty%s%s", "", "");
-    st = nano_seq2seq(ctx, ids, (uint32_t)n, out);
-    if (st != NANO_OK) die_status(st, model);
-    nano_tokenizer_decode(tok, out, n, NULL, 0, &len);
-    text = (char *)malloc(len + 1);
-    if (!text) die_status(NANO_ERR_OUT_OF_MEMORY, "seq2seq");
-    st = nano_tokenizer_decode(tok, out, n, text, len + 1, &len);
-    if (st != NANO_OK) die_status(st, "decode");
-    printf("%s\n", text);
-    free(text);
-    free(ids);
-    free(out);
-    nano_context_free(ctx);
+    free(q.text);
+    free(q.ids);
+    free(q.out);
+    nano_context_free(q.ctx);
     nano_model_free(m);
     return 0;
 }

@@ -32,6 +32,24 @@ def test_seq2seq_sorts(cli, sort6_path):
     assert r.stdout == "456789\n"
 
 
+def test_seq2seq_batch_from_stdin(cli, sort6_path):
+    """INPUT '-': one input per line, one answer per line, each as its own run."""
+    inputs = ["251212", "987654", "", "000111", "135790"]
+    r = cli("seq2seq", "-m", sort6_path, "-", input="\n".join(inputs[:3]) + "\r\n" + "\n".join(inputs[3:]))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split("\n")
+    assert lines[-1] == "" and len(lines) == len(inputs) + 1  # an empty line answers an empty line
+    for text, got in zip(inputs, lines):
+        want = cli("seq2seq", "-m", sort6_path, text).stdout.rstrip("\n") if text else ""
+        assert got == want, (text, got)
+    assert lines[:2] == ["112225", "456789"]
+    assert cli("seq2seq", "-m", sort6_path, "-", input="").stdout == ""  # no input, no output
+    # a long line (longer than the line buffer starts) is read whole and refused by its number
+    r = cli("seq2seq", "-m", sort6_path, "-", input="123456\n" + "7" * 1000 + "\n")
+    assert r.returncode == 1 and r.stdout == "123456\n"
+    assert r.stderr.startswith("nano: error: seq2seq: line 2 is 1000 tokens; the model takes at most 6"), r.stderr
+
+
 def test_info(cli, psycho_path, sort6_path):
     r = cli("info", psycho_path)
     assert r.returncode == 0, r.stderr

@@ -84,6 +84,7 @@ def run_san(binary: Path, *args, input=None, expect=0):
 def test_programs_under_lsan(san_build, psycho_path, sort6_path, tmp_path, h):
     nano = san_build / "nano"
     assert run_san(nano, "seq2seq", "-m", sort6_path, "251212") == "112225\n"
+    assert run_san(nano, "seq2seq", "-m", sort6_path, "-", input="251212\n\n" + "9" * 600 + "\n", expect=1) == "112225\n\n"
     run_san(nano, "info", psycho_path)
     run_san(nano, "run", "-m", psycho_path, "-p", "人的心理", "-n", "24", "-t", "0.8", "-k", "20", "--top-p", "0.9",
             "--min-p", "0.01", "-r", "1.2", "--threads", "2", "--profile")

@@ -54,6 +54,8 @@ def test_ints_are_accepted_for_floats_but_not_the_reverse(tmp_path):
     ({"run": {"task": "rlhf"}}, "run.task must be one of"),
     ({"optim": {"min_lr": 1.0, "learning_rate": 0.1}}, "min_lr must be in"),
     ({"model": {"n_embd": 30, "n_head": 4}}, "n_head"),
+    ({"optim": {"time_budget": -1}}, "optim.time_budget must be >= 0"),
+    ({"system": {"threads": -2}}, "system.threads must be >= 0"),
 ])
 def test_bad_configs_name_the_key(tmp_path, obj, message):
     with pytest.raises(ConfigError, match=message):

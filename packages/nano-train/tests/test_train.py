@@ -134,6 +134,24 @@ def test_lr_schedule_warmup_then_cosine(small_pretrain, tiny_config):
     assert max(lrs.values()) == pytest.approx(1e-3)  # reached when warmup ends
 
 
+def test_time_budget_stops_training_and_the_decay_follows_the_clock(small_pretrain, tiny_config, capsys):
+    cfg = tiny_config(small_pretrain, max_iters=10**6, time_budget=2.0, warmup_iters=2, eval_interval=10**6,
+                      learning_rate=1e-3, min_lr=1e-4, threads=1)
+    records = []
+    result = train(cfg, progress=records.append)  # a caller's progress: records, nothing printed
+    assert capsys.readouterr().out == ""
+    assert result.out_of_time and not result.interrupted and 5 < result.step < 10**6
+    assert 2.0 <= result.seconds < 20
+    kinds = [r["kind"] for r in records]
+    assert kinds[0] == "start" and kinds[-1] == "end" and records[-1]["out_of_time"]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [0, result.step]  # a final evaluation
+    lrs = [r["lr"] for r in records if r["kind"] == "train" and r["step"] > 3]  # after the warmup
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[0] > 5e-4 and lrs[-1] < 2e-4
+    assert load(cfg.run.out_dir + "/latest.pt")["step"] == result.step
+    report = open(cfg.run.out_dir + "/report.md", encoding="utf-8").read()
+    assert "stopped by the time budget (2 s)" in report
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, small_pretrain, tiny_config):
     a = tiny_config(small_pretrain, out_dir=tmp_path / "a", batch_size=4, gradient_accumulation_steps=1, max_iters=2)
     b = tiny_config(small_pretrain, out_dir=tmp_path / "b", batch_size=2, gradient_accumulation_steps=2, max_iters=2)

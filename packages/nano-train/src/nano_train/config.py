@@ -72,6 +72,10 @@ class OptimConfig:
     warmup_iters: int = 100
     lr_decay_iters: int = 0  # step where the cosine reaches min_lr; 0 = max_iters
     max_iters: int = 2000  # optimizer steps
+    # Seconds of training after which the run stops (at a step boundary, then the
+    # final evaluation and checkpoint), 0 = no limit. The learning-rate decay then
+    # follows whichever of steps and time is further along, so it completes.
+    time_budget: float = 0.0
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -102,6 +106,7 @@ class SystemConfig:
     compile: bool = False  # torch.compile the model
     attention_backend: str = "auto"  # auto | math | flash | efficient | cudnn (torch.nn.attention.sdpa_kernel)
     seed: int = 1337
+    threads: int = 0  # CPU threads for PyTorch's intra-op parallelism; 0 = PyTorch's default
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = built-in GPU table or a CPU matmul probe
     dist_backend: str = "auto"  # torchrun only: auto (nccl on CUDA, gloo otherwise) | nccl | gloo
 
@@ -362,6 +367,7 @@ def validate(cfg: Config) -> None:
     need(o.warmup_iters >= 0, "optim.warmup_iters must be >= 0")
     need(o.lr_decay_iters >= 0, "optim.lr_decay_iters must be >= 0 (0 = max_iters)")
     need(o.max_iters >= 0, "optim.max_iters must be >= 0")
+    need(o.time_budget >= 0, "optim.time_budget must be >= 0 (0 = no limit)")
     need(o.weight_decay >= 0, "optim.weight_decay must be >= 0")
     need(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, "optim.beta1 and beta2 must be in [0, 1)")
     need(o.grad_clip >= 0, "optim.grad_clip must be >= 0 (0 = off)")
@@ -378,6 +384,7 @@ def validate(cfg: Config) -> None:
     need(s.attention_backend in ATTENTION_BACKENDS,
          f"system.attention_backend must be one of {ATTENTION_BACKENDS}, got {s.attention_backend!r}")
     need(s.dist_backend in DIST_BACKENDS, f"system.dist_backend must be one of {DIST_BACKENDS}, got {s.dist_backend!r}")
+    need(s.threads >= 0, "system.threads must be >= 0 (0 = PyTorch's default)")
     need(s.peak_flops >= 0, "system.peak_flops must be >= 0 (0 = estimate)")
     need(cfg.lora.lora_rank >= 1, "lora.lora_rank must be >= 1")
     need(cfg.lora.lora_alpha > 0, "lora.lora_alpha must be > 0")

@@ -9,6 +9,12 @@ A prepared dataset is a directory:
                   over 65,536 tokens), read with np.memmap
     SFT:          sft_train.bin [N, block_size] ids, sft_train_mask.bin [N, block_size] uint8,
                   and the same for val
+    seq2seq:      s2s_train_x.bin [N, T] input ids, s2s_train_y.bin [N, T] target ids,
+                  s2s_train_mask.bin [N, T] uint8, and the same for val: x and y are
+                  aligned (y[t] is the answer at position t), for full-attention models
+
+SFT and seq2seq rows made in memory (nano_train.problems generates its data)
+are written with `write_rows`, in the same layout.
 
 Pretraining preparation streams: the text is read in bounded pieces, encoded
 with `Tokenizer.encode_stream`, and appended to a temporary file, so memory
@@ -639,6 +645,81 @@ def prepare_sft(
 
 
 # ---------------------------------------------------------------------------
+# Rows made in memory
+
+
+ROW_KINDS = ("sft", "seq2seq")
+
+
+def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dict[str, tuple[np.ndarray, ...]],
+               *, source: str = "<memory>", info: dict | None = None, overwrite: bool = False) -> None:
+    """Write generated rows as a prepared dataset (what `Dataset` reads).
+
+    kind "sft": splits[name] = (tokens [N, L], mask [N, L]), the layout prepare_sft
+    writes (training reads x = row[:-1], y = row[1:], loss_mask = mask[1:]).
+    kind "seq2seq": splits[name] = (inputs [N, T], targets [N, T], mask [N, T]),
+    aligned: the loss at position t compares the prediction there with targets[t].
+    Names are "train" and "val" (either may be missing or empty). `source` and
+    `info` are recorded in meta.json.
+    """
+    if kind not in ROW_KINDS:
+        raise DataError(f"kind must be one of {ROW_KINDS}, got {kind!r}")
+    unknown = set(splits) - {"train", "val"}
+    if unknown:
+        raise DataError(f"unknown split(s) {sorted(unknown)}; splits are train and val")
+    width = None
+    for name, arrays in splits.items():
+        if len(arrays) != (2 if kind == "sft" else 3):
+            raise DataError(f"{kind} rows of split {name}: expected {'(tokens, mask)' if kind == 'sft' else '(inputs, targets, mask)'}")
+        shapes = {np.shape(a) for a in arrays}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+            raise DataError(f"{kind} rows of split {name}: the arrays must be 2-D and of one shape, got {sorted(shapes)}")
+        n, w = next(iter(shapes))
+        if width not in (None, w):
+            raise DataError(f"the splits have rows of different lengths ({width} and {w})")
+        width = w
+        ids = [np.asarray(a) for a in arrays[:-1]]
+        if any(n and (a.min() < 0 or a.max() >= tokenizer.vocab_size) for a in ids):
+            raise DataError(f"{kind} rows of split {name}: token ids outside the vocabulary (0..{tokenizer.vocab_size - 1})")
+    if width is None or width < (2 if kind == "sft" else 1):
+        raise DataError(f"no {kind} rows to write")
+    out_dir = Path(out_dir)
+    _prepare_out_dir(out_dir, overwrite)
+    dtype = tokenizer.dtype
+    prefix = "sft" if kind == "sft" else "s2s"
+    parts = ("", "_mask") if kind == "sft" else ("_x", "_y", "_mask")
+    keys = ("file", "mask") if kind == "sft" else ("file", "target", "mask")
+    shards: dict[str, list] = {}
+    counts = {}
+    for name in ("train", "val"):
+        arrays = splits.get(name) or tuple(np.zeros((0, width)) for _ in parts)
+        entry = {"rows": int(np.shape(arrays[0])[0])}
+        for part, key, a in zip(parts, keys, arrays):
+            fname = f"{prefix}_{name}{part}.bin"
+            np.ascontiguousarray(a, dtype=np.uint8 if key == "mask" else dtype).tofile(out_dir / fname)
+            entry[key] = fname
+        shards[name] = [entry]
+        counts[name] = entry["rows"]
+    tokenizer.save(out_dir / TOKENIZER_FILE)
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": kind,
+        "dtype": dtype.name,
+        "block_size": int(width),
+        "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer.source), "fingerprint": tokenizer.fingerprint(),
+                      "vocab_size": tokenizer.vocab_size},
+        "inputs": [{"path": source}],
+        "template": ("rows of ids with a loss mask (x = row[:-1], y = row[1:])" if kind == "sft" else
+                     "inputs and targets aligned position by position, with a loss mask"),
+        "counts": {"rows": counts},
+        "info": info or {},
+        "shards": shards,
+    }
+    _write_json_atomic(out_dir / META, meta)
+
+
+# ---------------------------------------------------------------------------
 # Reading a prepared dataset
 
 
@@ -692,6 +773,32 @@ class SFTRows:
         t[order] = self.tokens[rows[order]]
         m[order] = self.mask[rows[order]]
         return t[:, :-1], t[:, 1:], m[:, 1:]
+
+
+class Seq2SeqRows:
+    """Seq2seq rows: x = inputs[n], y = targets[n], loss_mask = mask[n], aligned
+    (no shift): a full-attention model reads the whole input and is scored on
+    targets[t] at each position t."""
+
+    def __init__(self, inputs: np.ndarray, targets: np.ndarray, mask: np.ndarray):
+        self.inputs = inputs  # [N, T]
+        self.targets = targets  # [N, T]
+        self.mask = mask  # [N, T]
+        self.n_rows = int(inputs.shape[0])
+        self.T = int(inputs.shape[1])
+
+    def epoch_layout(self, rng: np.random.Generator) -> None:
+        return None
+
+    def fetch(self, rows: np.ndarray, layout):
+        order = np.argsort(rows)
+        x = np.empty((len(rows), self.T), dtype=np.int64)
+        y = np.empty((len(rows), self.T), dtype=np.int64)
+        m = np.empty((len(rows), self.T), dtype=np.float32)
+        x[order] = self.inputs[rows[order]]
+        y[order] = self.targets[rows[order]]
+        m[order] = self.mask[rows[order]]
+        return x, y, m
 
 
 class Batcher:
@@ -792,6 +899,11 @@ class Dataset:
         for split, shards in meta["shards"].items():
             if self.kind == "pretrain":
                 self.splits[split] = [self._map(s["file"], (s["tokens"],), self.dtype) for s in shards]
+            elif self.kind == "seq2seq":
+                T = meta["block_size"]
+                self.splits[split] = [(self._map(s["file"], (s["rows"], T), self.dtype),
+                                       self._map(s["target"], (s["rows"], T), self.dtype),
+                                       self._map(s["mask"], (s["rows"], T), np.uint8)) for s in shards]
             else:
                 L = meta["block_size"]
                 self.splits[split] = [(self._map(s["file"], (s["rows"], L), self.dtype),
@@ -818,7 +930,7 @@ class Dataset:
     def n_tokens(self, split: str) -> int:
         if self.kind == "pretrain":
             return sum(len(s) for s in self.splits.get(split, []))
-        return sum(int(t.shape[0]) * int(t.shape[1]) for t, _ in self.splits.get(split, []))
+        return sum(int(s[0].shape[0]) * int(s[0].shape[1]) for s in self.splits.get(split, []))
 
     def source(self, split: str, block_size: int):
         """The row source of a split for a model of block_size, or None if the split is empty."""
@@ -833,6 +945,16 @@ class Dataset:
                                 f"shard has {longest} tokens and a row needs block_size + 1; "
                                 "lower model.block_size or add data")
             return src
+        if self.kind == "seq2seq":
+            parts = [s for s in self.splits.get(split, []) if s[0].shape[0] > 0]
+            if not parts:
+                return None
+            T = self.meta["block_size"]
+            if T > block_size:
+                raise DataError(f"the seq2seq rows of {self.path} are {T} tokens long but the model's block_size "
+                                f"is {block_size}; set model.block_size to {T} or more")
+            arrays = [parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts]) for k in range(3)]
+            return Seq2SeqRows(*arrays)
         parts = [(t, m) for t, m in self.splits.get(split, []) if t.shape[0] > 0]
         if not parts:
             return None

@@ -10,17 +10,21 @@ from pathlib import Path
 import numpy as np
 
 from nano_train.metrics import duration, human
-from nano_train.sampling import SamplerConfig, generate, instruct_prompt
+from nano_train.sampling import SamplerConfig, generate, instruct_prompt, seq2seq
 
 
 def default_prompts(task: str, tokenizer, source, n: int = 2) -> list[str]:
     """Prompts taken from the data when the config gives none: the opening of a
-    held-out window (pretraining) or the question of an SFT sample."""
+    held-out window (pretraining), the question of an SFT sample or the input
+    of a seq2seq row."""
     prompts = []
     for row in range(min(n, source.n_rows)):
         if task == "pretrain":
             x, _, _ = source.fetch(np.array([row * max(source.n_rows // n, 1)]), np.zeros(len(source.shards), np.int64))
             prompts.append(tokenizer.decode(x[0, :16]))
+        elif hasattr(source, "targets"):  # seq2seq rows
+            x, _, m = source.fetch(np.array([row]), None)
+            prompts.append(tokenizer.decode(x[0][m[0] > 0]))
         else:
             ids = source.tokens[row].tolist()
             try:
@@ -33,12 +37,17 @@ def default_prompts(task: str, tokenizer, source, n: int = 2) -> list[str]:
 
 
 def samples(model, tokenizer, task: str, prompts: list[str], max_new_tokens: int, temperature: float,
-            seed: int) -> list[tuple[str, str]]:
-    """(prompt, completion) pairs from nano_train.sampling.generate."""
+            seed: int, rows: bool = False) -> list[tuple[str, str]]:
+    """(prompt, completion) pairs from nano_train.sampling.generate, or with
+    rows (a seq2seq dataset) the argmax outputs of nano_train.sampling.seq2seq."""
     out = []
     sampler = SamplerConfig(temperature=temperature, max_new_tokens=max_new_tokens,
                             stop_tokens=(tokenizer.eos_id,), seed=seed)
     for prompt in prompts:
+        if rows:
+            ids = tokenizer.encode(prompt)[:model.config.block_size]
+            out.append((prompt, tokenizer.decode(seq2seq(model, ids)) if ids else ""))
+            continue
         ids = instruct_prompt(tokenizer, prompt) if task != "pretrain" else tokenizer.encode(prompt)
         if not ids:
             ids = [tokenizer.bos_id]
@@ -55,9 +64,10 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
                  n_trainable, peak, peak_source, flops_per_token, val_source) -> None:
     prompts = list(cfg.eval.sample_prompts) or default_prompts(cfg.run.task, tokenizer, val_source)
     pairs = samples(model, tokenizer, cfg.run.task, prompts, cfg.eval.sample_tokens, cfg.eval.sample_temperature,
-                    cfg.system.seed) if cfg.eval.sample_tokens > 0 else []
+                    cfg.system.seed, rows=dataset.kind == "seq2seq") if cfg.eval.sample_tokens > 0 else []
     mfu = flops_per_token * result.tokens_per_s / (peak * world_size) if peak > 0 and result.tokens_per_s else None
-    status = "interrupted (latest.pt saved)" if result.interrupted else "finished"
+    status = ("interrupted (latest.pt saved)" if result.interrupted else
+              f"stopped by the time budget ({cfg.optim.time_budget:g} s)" if result.out_of_time else "finished")
     lines = [
         f"# Nano training report: {cfg.run.out_dir}",
         "",

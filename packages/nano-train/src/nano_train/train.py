@@ -16,6 +16,11 @@ usage:
 
 Outputs in run.out_dir: latest.pt (rolling), best.pt (best validation loss),
 ckpt_<step>.pt (run.keep_checkpoints), log.jsonl, report.md.
+
+Data: pretraining reads token shards; sft and lora read SFT rows (x = row[:-1],
+y = row[1:]) or seq2seq rows (x and y aligned, for full-attention models).
+A time budget (--time_budget=SECONDS) ends training after that long, with the
+learning-rate decay compressed to fit.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class TrainResult:
     seconds: float
     interrupted: bool
     out_dir: Path
+    out_of_time: bool = False  # stopped by optim.time_budget before max_iters
 
 
 @dataclass
@@ -259,14 +265,22 @@ def unwrap_state_dict(model: torch.nn.Module) -> dict:
 # The loop
 
 
-def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint: dict | None = None) -> TrainResult:
-    """Train as cfg says; returns a summary. See the module docstring for the outputs."""
+def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint: dict | None = None,
+          progress=None) -> TrainResult:
+    """Train as cfg says; returns a summary. See the module docstring for the outputs.
+
+    progress: None prints progress lines; a callable instead receives every log
+    record as a dict ({"kind": "start" | "train" | "eval" | "end", ...}, as in
+    log.jsonl) and nothing is printed (a caller drawing its own progress bar).
+    """
     t_start = time.monotonic()
     task = cfg.run.task
 
     # ---- processes, device, precision ---------------------------------------------
     info = init_distributed(cfg.system)
     master = info.rank == 0
+    if cfg.system.threads:
+        torch.set_num_threads(cfg.system.threads)
     device = resolve_device(cfg.system.device, info)
     dtype = resolve_dtype(cfg.system.dtype, device)
     scaler = make_grad_scaler(dtype, device)
@@ -274,15 +288,15 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     out_dir = Path(cfg.run.out_dir)
 
     def say(msg: str) -> None:
-        if master:
+        if master and progress is None:
             print(msg, flush=True)
 
     # ---- data and vocabulary ---------------------------------------------------------
     ds = Dataset(cfg.data.dataset)
-    want = "pretrain" if task == "pretrain" else "sft"
-    if ds.kind != want:
-        raise DataError(f"{ds.path} is a {ds.kind} dataset but task {task} needs a {want} dataset "
-                        f"(`python -m nano_train.prepare {want} ...`)")
+    wants = ("pretrain",) if task == "pretrain" else ("sft", "seq2seq")
+    if ds.kind not in wants:
+        raise DataError(f"{ds.path} is a {ds.kind} dataset but task {task} needs a {' or '.join(wants)} dataset "
+                        f"(`python -m nano_train.prepare {wants[0]} ...`)")
     tokenizer = ds.tokenizer
 
     # ---- model: from scratch, from a base model, or from the checkpoint we resume ------
@@ -374,6 +388,12 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_io.remove_stale_temporaries(out_dir)
     log = RunLog(out_dir / "log.jsonl", master, resume_step)
+
+    def record(**fields) -> None:  # one log record, to log.jsonl and to the caller's progress
+        log.write(**fields)
+        if master and progress is not None:
+            progress(fields)
+
     flops_per_token = raw_model.flops_per_token(seq_len)
     peak, peak_source = peak_flops(device, dtype, cfg.system.peak_flops) if master else (0.0, "")
     n_params = raw_model.num_params()
@@ -382,21 +402,27 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
         f"{tokens_per_step:,} tokens per step ({cfg.data.batch_size} x {seq_len} x {accum} x {info.world_size}), "
         f"train {ds.n_tokens('train'):,} / val {ds.n_tokens('val'):,} tokens"
         + (f", resuming at step {step}" if resuming else ""))
-    log.write(kind="start", step=step, task=task, params=n_params, trainable_params=n_trainable,
-              world_size=info.world_size, device=str(device), dtype=dtype, tokens_per_step=tokens_per_step,
-              peak_flops=peak, peak_flops_source=peak_source, config=cfg.to_dict())
+    record(kind="start", step=step, task=task, params=n_params, trainable_params=n_trainable,
+           world_size=info.world_size, device=str(device), dtype=dtype, tokens_per_step=tokens_per_step,
+           peak_flops=peak, peak_flops_source=peak_source, config=cfg.to_dict())
 
     # ---- learning-rate schedule: linear warmup, then cosine decay to min_lr --------------
+    # With a time budget the decay follows steps or elapsed time, whichever is further along.
     decay_iters = cfg.optim.lr_decay_iters or cfg.optim.max_iters
+    budget = cfg.optim.time_budget
 
-    def lr_at(it: int) -> float:
+    def lr_at(it: int, elapsed: float) -> float:
         o = cfg.optim
         if it < o.warmup_iters:
             return o.learning_rate * (it + 1) / (o.warmup_iters + 1)
         if it >= decay_iters:
             return o.min_lr
-        progress = (it - o.warmup_iters) / max(decay_iters - o.warmup_iters, 1)
-        return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (o.learning_rate - o.min_lr)
+        done = (it - o.warmup_iters) / max(decay_iters - o.warmup_iters, 1)
+        if budget > 0:
+            done = max(done, elapsed / budget)
+            if done >= 1.0:
+                return o.min_lr
+        return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (o.learning_rate - o.min_lr)
 
     def save_checkpoint(names: list[str]) -> None:
         rng = gather_rng(info)  # a collective: every rank takes part, rank 0 writes
@@ -443,15 +469,17 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
             previous_handlers[sig] = signal.signal(sig, on_signal)
     checkpoint_interval = cfg.run.checkpoint_interval or cfg.eval.eval_interval
     train_seconds, rate_tokens = 0.0, 0
-    interrupted = False
+    interrupted = out_of_time = False
     try:
         while True:
-            last = step >= cfg.optim.max_iters
+            elapsed = elapsed_before + time.monotonic() - t_start
             stopping = stop["requested"]
-            if info.ddp:  # every rank must stop at the same step
-                flag = torch.tensor([float(stopping)], device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                stopping = bool(flag.item())
+            if info.ddp:  # every rank must stop at the same step and follow the same clock
+                flags = torch.tensor([float(stopping), elapsed], device=device, dtype=torch.float64)
+                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                stopping, elapsed = bool(flags[0].item()), flags[1].item()
+            out_of_time = budget > 0 and elapsed >= budget and step < cfg.optim.max_iters
+            last = step >= cfg.optim.max_iters or out_of_time
             # A resumed step's evaluation and checkpoint were done before it was saved.
             fresh = step != resume_step
 
@@ -461,7 +489,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                 improved = val_loss < best_val_loss
                 best_val_loss = min(best_val_loss, val_loss)
                 say(f"step {step:>6} | val loss {val_loss:.4f} | best {best_val_loss:.4f}")
-                log.write(kind="eval", step=step, val_loss=val_loss, best_val_loss=best_val_loss)
+                record(kind="eval", step=step, val_loss=val_loss, best_val_loss=best_val_loss)
                 if improved and step > 0:
                     save_checkpoint([BEST])
 
@@ -474,7 +502,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                 break
 
             # -- one optimizer step: accumulate gradients over micro-batches
-            lr = lr_at(step)
+            lr = lr_at(step, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
@@ -513,8 +541,8 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                 say(f"step {step:>6}/{cfg.optim.max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | "
                     f"grad norm {grad_norm.item():.3f} | {human(tok_s)} tok/s"
                     + (f" | mfu {100 * mfu:.2f}%" if mfu is not None else "") + f" | {duration(elapsed)}")
-                log.write(kind="train", step=step, loss=train_loss, lr=lr, grad_norm=grad_norm.item(),
-                          tokens_per_s=tok_s, mfu=mfu, tokens_seen=tokens_seen, elapsed_s=elapsed)
+                record(kind="train", step=step, loss=train_loss, lr=lr, grad_norm=grad_norm.item(),
+                       tokens_per_s=tok_s, mfu=mfu, tokens_seen=tokens_seen, elapsed_s=elapsed)
             else:
                 dt = time.perf_counter() - t0
             if step > (resume_step or 0) + 1:  # the first step pays for warm-up and compilation
@@ -527,11 +555,14 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     seconds = time.monotonic() - t_start
     tokens_per_s = rate_tokens / train_seconds if train_seconds > 0 else 0.0
     result = TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, tokens_per_s, seconds,
-                         interrupted, out_dir)
+                         interrupted, out_dir, out_of_time)
     if interrupted:
         say(f"interrupted at step {step}: saved {out_dir / LATEST}; continue with --init_from=resume")
-    log.write(kind="end", step=step, interrupted=interrupted, train_loss=train_loss, val_loss=val_loss,
-              best_val_loss=best_val_loss, tokens_seen=tokens_seen, tokens_per_s=tokens_per_s, seconds=seconds)
+    if out_of_time:
+        say(f"time budget of {budget:g} s reached at step {step}")
+    record(kind="end", step=step, interrupted=interrupted, out_of_time=out_of_time, train_loss=train_loss,
+           val_loss=val_loss, best_val_loss=best_val_loss, tokens_seen=tokens_seen, tokens_per_s=tokens_per_s,
+           seconds=seconds)
     if master:
         from nano_train.report import write_report
 

@@ -1,0 +1,133 @@
+"""Train, export and evaluate one of the problems (Transformers beyond text).
+
+usage: python -m nano_train.problems NAME [--out_dir DIR] [--time_budget SECONDS]
+           [--max_iters N] [--seed S] [--eval_cases N] [--nano PATH] [--no-c]
+           [--fresh] [--digits N | --depth N] [--key=value ...]
+       python -m nano_train.problems --list
+       (hatch run train:problem NAME ...)
+
+NAME: sort, reverse, boolean or holes. The problem's data is generated (seeded;
+held-out questions are chosen by a hash of the question and never trained on),
+its model is trained by the training loop of nano_train.train with the
+problem's config, then scored by exact match on held-out questions in PyTorch
+(F32, and Q8_0 emulated), exported as NAME_f32.bin and NAME_q80.bin, and
+scored again in the C engine through the `nano` program, which must agree
+with PyTorch case by case. A second run with the same config and seed reuses
+the trained checkpoint (--fresh retrains).
+
+  --out_dir DIR          where everything goes (default runs/problems/NAME)
+  --time_budget SECONDS  stop training after this long (default: the problem's; 0 = none)
+  --max_iters N          at most N optimizer steps (default: the problem's)
+  --seed S               data and initial weights (default 1337)
+  --eval_cases N         held-out questions to score (default 2000)
+  --nano PATH            the nano program (default: engines/c-core/build/nano of this
+                         checkout, built with make when needed)
+  --no-c                 skip the C engine
+  --fresh                retrain even if a matching checkpoint exists
+  --digits N             sort, reverse, holes: digits per question (default 6)
+  --depth N              boolean: the deepest nesting (default 4)
+  --key=value            any training config key (e.g. --n_layer=3 --batch_size=128
+                         --device=cuda --threads=2); see python -m nano_train.sft --help
+
+Exit status: 0 done, 1 the C engine failed or disagreed with PyTorch on F32,
+2 bad arguments, config or data, 130 interrupted.
+
+Examples:
+  python -m nano_train.problems sort
+  python -m nano_train.problems boolean --time_budget 600 --eval_cases 5000
+  python -m nano_train.problems reverse --digits 8 --no-c
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        print(f"error: {message}\n(python -m nano_train.problems --help for usage)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m nano_train.problems", add_help=False)
+    p.add_argument("name", nargs="?")
+    p.add_argument("-h", "--help", action="store_true")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--out_dir")
+    p.add_argument("--time_budget", type=float)
+    p.add_argument("--max_iters", type=int)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--eval_cases", type=int, default=2000)
+    p.add_argument("--nano")
+    p.add_argument("--no-c", dest="use_c", action="store_false")
+    p.add_argument("--fresh", action="store_true")
+    p.add_argument("--digits", type=int)
+    p.add_argument("--depth", type=int)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from nano_train.problems import PROBLEMS, make
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # --key=value for a training config key; the command's own options take --key VALUE or --key=VALUE
+    own = {a.option_strings[0] for a in build_parser()._actions if a.option_strings}
+    overrides = [a for a in argv if re.fullmatch(r"--[A-Za-z_][\w.]*=.*", a, flags=re.S) and a.split("=", 1)[0] not in own]
+    args = build_parser().parse_args([a for a in argv if a not in overrides])
+    if args.help:
+        print(__doc__.strip())
+        return 0
+    if args.list:
+        for name, cls in PROBLEMS.items():
+            print(f"{name:<8} {cls.title}")
+        return 0
+    if not args.name:
+        print("error: which problem? one of " + ", ".join(PROBLEMS) + "\n(python -m nano_train.problems --help "
+              "for usage)", file=sys.stderr)
+        return 2
+    if args.eval_cases < 1:
+        print("error: --eval_cases must be at least 1", file=sys.stderr)
+        return 2
+    if args.time_budget is not None and args.time_budget < 0:
+        print("error: --time_budget must be >= 0 (0 = no limit)", file=sys.stderr)
+        return 2
+    params = {k: v for k, v in (("digits", args.digits), ("depth", args.depth)) if v is not None}
+    try:
+        problem = make(args.name, **params)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from nano_train.checkpoint import CheckpointError
+    from nano_train.config import ConfigError
+    from nano_train.data import DataError
+    from nano_train.problems.evaluate import EngineError
+    from nano_train.problems.runner import Options, run
+
+    opts = Options(out_dir=Path(args.out_dir or f"runs/problems/{problem.name}"), seed=args.seed,
+                   time_budget=args.time_budget, max_iters=args.max_iters, eval_cases=args.eval_cases,
+                   nano=args.nano, use_c=args.use_c, fresh=args.fresh, overrides=overrides)
+    try:
+        result = run(problem, opts)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    if "c_f32" in result and result["c_f32"]["disagree"]:
+        print(f"error: the C engine disagrees with PyTorch on {result['c_f32']['disagree']} F32 cases",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""One problem from start to finish: generate the data, train through the one
+training loop (nano_train.train), score held-out cases in PyTorch, export F32
+and Q8_0 files, score the same cases in the C engine, report.
+
+Files in the output directory (default runs/problems/NAME):
+
+    data/               the generated dataset (meta.json, tokenizer.json, rows)
+    best.pt latest.pt   checkpoints; log.jsonl, report.md: the training loop's
+    train.json          what was trained (config, data, steps, time): a rerun with
+                        the same config and seed reuses the checkpoint
+    NAME_f32.bin        the exported model, F32
+    NAME_q80.bin        the exported model, Q8_0
+    result.json         every number of the final report
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nano_train.metrics import duration
+from nano_train.problems.base import GENERATOR_VERSION, Case, Problem
+from nano_train.problems.evaluate import disagreements, find_nano, predict_c, predict_torch, score
+
+TRAIN_RECORD = "train.json"
+RESULT = "result.json"
+
+
+@dataclass
+class Options:
+    out_dir: Path
+    seed: int = 1337
+    time_budget: float | None = None  # None: the problem's default
+    max_iters: int | None = None  # None: the problem's default
+    eval_cases: int = 2000
+    nano: str | None = None  # the nano program; None: the checkout's engines/c-core/build/nano
+    use_c: bool = True
+    fresh: bool = False  # retrain even if a matching checkpoint exists
+    overrides: list[str] = field(default_factory=list)  # --key=value for the training config
+    c_threads: int = 1
+    progress: bool = True  # the training progress bar on stderr
+
+
+# ---------------------------------------------------------------------------
+# Config and data
+
+
+def resolve_config(problem: Problem, opts: Options):
+    """The training config: the problem's sections < the command's options < --key=value overrides."""
+    from nano_train.config import load_config
+
+    out_dir = Path(opts.out_dir)
+    defaults = problem.model_config()
+    defaults = {**defaults, "run": {**defaults.get("run", {}), "task": "sft", "out_dir": str(out_dir)},
+                "data": {**defaults.get("data", {}), "dataset": str(out_dir / "data")}}
+    options = [f"--seed={opts.seed}"]
+    if opts.time_budget is not None:
+        options.append(f"--time_budget={opts.time_budget}")
+    if opts.max_iters is not None:
+        options.append(f"--max_iters={opts.max_iters}")
+    return load_config(None, options + list(opts.overrides), defaults=defaults)
+
+
+def data_info(problem: Problem, seed: int) -> dict:
+    return {"problem": problem.name, "params": problem.params, "seed": seed, "train_rows": problem.train_rows,
+            "val_rows": problem.val_rows, "held_out": problem.held_out, "generator": GENERATOR_VERSION,
+            "block_size": problem.block_size()}
+
+
+def prepare_data(problem: Problem, data_dir: Path, seed: int, say=print):
+    """Generate the problem's dataset into data_dir, or reuse the one there if it was
+    made with the same settings and seed. Returns its tokenizer."""
+    from nano_train.data import META, Dataset, write_rows
+
+    info = data_info(problem, seed)
+    meta = data_dir / META
+    if meta.is_file():
+        try:
+            if json.loads(meta.read_text(encoding="utf-8")).get("info") == info:
+                return Dataset(data_dir).tokenizer
+        except (OSError, ValueError):
+            pass
+    t0 = time.monotonic()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tok = problem.tokenizer(data_dir)
+    rng = random.Random(f"{problem.describe()}/{seed}")
+    train_q = problem.draw_split(rng, "train", problem.train_rows, distinct=False)
+    val_q = problem.draw_split(rng, "val", problem.val_rows, distinct=True)
+    splits = {}
+    for name, questions in (("train", train_q), ("val", val_q)):
+        splits[name] = problem.encode_rows(tok, [problem.case(q) for q in questions])
+    write_rows(data_dir, tok, "seq2seq" if problem.kind == "seq2seq" else "sft", splits,
+               source=f"nano_train.problems {problem.describe()}", info=info, overwrite=True)
+    say(f"data       {len(train_q):,} training rows, {len(val_q):,} validation questions, vocabulary of "
+        f"{tok.vocab_size} tokens ({time.monotonic() - t0:.1f} s) in {data_dir}")
+    return tok
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+
+class TrainingBar:
+    """A progress bar for nano_train.train's records: redrawn in place on a terminal,
+    a line every 10% otherwise."""
+
+    def __init__(self, enabled: bool = True, stream=None):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = self.stream.isatty()
+        self.max_iters, self.budget = 1, 0.0
+        self.val = None
+        self.last_decile = -1
+        self.drawn = False
+
+    def __call__(self, rec: dict) -> None:
+        kind = rec.get("kind")
+        if kind == "start":
+            optim = rec["config"]["optim"]
+            self.max_iters, self.budget = max(optim["max_iters"], 1), optim["time_budget"]
+            self.t0 = time.monotonic()
+        elif kind == "eval" and rec.get("step", 0) > 0:  # the step-0 loss says nothing yet
+            self.val = rec.get("val_loss")
+        elif kind == "train":
+            self.draw(rec["step"], rec.get("loss"), rec.get("elapsed_s", 0.0))
+        elif kind == "end" and self.enabled and self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def draw(self, step: int, loss, elapsed: float) -> None:
+        if not self.enabled:
+            return
+        frac = step / self.max_iters
+        if self.budget > 0:
+            frac = max(frac, elapsed / self.budget)
+        frac = min(frac, 1.0)
+        width = 28
+        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
+        limit = f" of {duration(self.budget)}" if self.budget > 0 else ""
+        text = (f"training [{bar}] {100 * frac:3.0f}%  step {step:,}  loss {loss:.4f}"
+                + (f"  val {self.val:.4f}" if self.val is not None else "") + f"  {duration(elapsed)}{limit}")
+        if self.tty:
+            self.stream.write("\r" + text + "\033[K")
+            self.drawn = True
+        elif int(frac * 10) > self.last_decile:
+            self.last_decile = int(frac * 10)
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
+def _same_run(out_dir: Path, requested: dict, info: dict) -> dict | None:
+    """The train.json of a finished run with this config and data, if its checkpoint is still there."""
+    try:
+        rec = json.loads((out_dir / TRAIN_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if rec.get("config") != requested or rec.get("data") != info:
+        return None
+    if not (out_dir / rec.get("checkpoint", "")).is_file():
+        return None
+    return rec
+
+
+def train_model(problem: Problem, opts: Options, say=print) -> dict:
+    """Train (or reuse a finished run with the same config, data and seed).
+    Returns the train.json record: config, data, checkpoint, steps, seconds, ..."""
+    from nano_train.train import train
+
+    cfg, explicit = resolve_config(problem, opts)
+    out_dir = Path(opts.out_dir)
+    requested = cfg.to_dict()
+    info = data_info(problem, opts.seed)
+    if not opts.fresh:
+        rec = _same_run(out_dir, requested, info)
+        if rec is not None:
+            rec["reused"] = True
+            return rec
+    for name in ("best.pt", "latest.pt", TRAIN_RECORD, RESULT):  # nothing of an older run may be taken for this one
+        (out_dir / name).unlink(missing_ok=True)
+    prepare_data(problem, out_dir / "data", opts.seed, say)
+    m = cfg.model
+    say(f"model      {m.n_layer} layers x {m.n_embd} wide, {m.n_head} heads, block {m.block_size}, "
+        f"{'full attention' if not m.is_causal else 'causal'}, "
+        f"{'learned positions' if not m.use_rope else 'RoPE'}; batch {cfg.data.batch_size}, "
+        f"up to {cfg.optim.max_iters:,} steps"
+        + (f" or {duration(cfg.optim.time_budget)}" if cfg.optim.time_budget > 0 else ""))
+    bar = TrainingBar(opts.progress)
+    result = train(cfg, explicit, progress=bar)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    checkpoint = "best.pt" if (out_dir / "best.pt").is_file() else "latest.pt"
+    rec = {"config": requested, "data": info, "checkpoint": checkpoint, "steps": result.step,
+           "seconds": round(result.seconds, 1), "out_of_time": result.out_of_time,
+           "best_val_loss": result.best_val_loss, "tokens_per_s": round(result.tokens_per_s),
+           "threads": cfg.system.threads, "load_average": _loadavg(),
+           "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    (out_dir / TRAIN_RECORD).write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
+    rec["reused"] = False
+    return rec
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------------------
+# Evaluation and export
+
+
+def load_model(out_dir: Path, rec: dict):
+    from nano_train.convert import load_checkpoint_model
+
+    return load_checkpoint_model(Path(out_dir) / rec["checkpoint"])
+
+
+def export_models(model, tok, out_dir: Path, name: str) -> dict:
+    """NAME_f32.bin and NAME_q80.bin; {"f32": ExportInfo, "q8_0": ExportInfo}."""
+    from nano_train.convert import export_bin
+
+    out = {}
+    for quant, suffix in (("f32", "f32"), ("q8_0", "q80")):
+        out[quant] = export_bin(model, Path(out_dir) / f"{name}_{suffix}.bin", quant=quant, tokenizer=tok)
+    return out
+
+
+def q8_0_model(model, group_size: int):
+    """A copy of the model computing what its Q8_0 file holds (nano_train.convert.emulate_q8_0)."""
+    from nano_train.convert import emulate_q8_0
+
+    return emulate_q8_0(copy.deepcopy(model), group_size)
+
+
+# ---------------------------------------------------------------------------
+# The whole run
+
+
+def run(problem: Problem, opts: Options, say=print) -> dict:
+    """Data, training, PyTorch and C evaluation, export; prints the report and
+    writes result.json. Returns the result dict."""
+    out_dir = Path(opts.out_dir)
+    t_start = time.monotonic()
+    say(f"{problem.name}: {problem.title}")
+    nano = None
+    if opts.use_c:  # find (or build) the engine first: a missing toolchain should not cost a training run
+        nano = find_nano(opts.nano, say=lambda m: say(f"engine     {m}"))
+    rec = train_model(problem, opts, say)
+    if rec["reused"]:
+        say(f"training   reused {out_dir / rec['checkpoint']} ({rec['steps']:,} steps, {duration(rec['seconds'])}; "
+            "--fresh retrains)")
+    else:
+        say(f"training   {rec['steps']:,} steps in {duration(rec['seconds'])}"
+            + (" (time budget reached)" if rec["out_of_time"] else "") + f", best val loss {rec['best_val_loss']:.4g}")
+    model, tok = load_model(out_dir, rec)
+    cases = problem.test_cases(opts.eval_cases)
+    questions = [c.question for c in cases]
+    result = {"problem": problem.name, "params": problem.params, "title": problem.title, "seed": opts.seed,
+              "train": {k: v for k, v in rec.items() if k != "config"}, "config": rec["config"],
+              "cases": len(cases), "files": {}}
+    t0 = time.monotonic()
+    answers = {"torch_f32": predict_torch(problem, model, tok, questions)}
+    result["torch_f32"] = score(cases, answers["torch_f32"], problem)
+    exports = export_models(model, tok, out_dir, problem.name)
+    result["files"] = {q: str(e.path) for q, e in exports.items()}
+    answers["torch_q8_0"] = predict_torch(problem, q8_0_model(model, exports["q8_0"].group_size), tok, questions)
+    result["torch_q8_0"] = score(cases, answers["torch_q8_0"], problem)
+    if nano is not None:
+        for quant in ("f32", "q8_0"):
+            got = predict_c(problem, nano, Path(exports[quant].path), questions, threads=opts.c_threads)
+            answers[f"c_{quant}"] = got
+            result[f"c_{quant}"] = score(cases, got, problem)
+            diff = disagreements(answers[f"torch_{quant}"], got)
+            result[f"c_{quant}"]["disagree"] = len(diff)
+            result[f"c_{quant}"]["disagree_examples"] = [
+                {"question": questions[i], "torch": answers[f"torch_{quant}"][i], "c": got[i]} for i in diff[:5]]
+    result["eval_seconds"] = round(time.monotonic() - t0, 1)
+    result["examples"] = examples(cases, answers)
+    result["seconds"] = round(time.monotonic() - t_start, 1)
+    (out_dir / RESULT).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    for line in report_lines(problem, result, out_dir):
+        say(line)
+    return result
+
+
+def examples(cases: list[Case], answers: dict, n: int = 5) -> list[dict]:
+    """The first n held-out cases with every engine's answer."""
+    return [{"question": c.question, "answer": c.answer, **{k: v[i] for k, v in answers.items()}}
+            for i, c in enumerate(cases[:n])]
+
+
+def _pct(s: dict) -> str:
+    return f"{s['correct']:,} / {s['total']:,}  {100 * s['accuracy']:6.2f}%"
+
+
+def report_lines(problem: Problem, result: dict, out_dir: Path) -> list[str]:
+    t = result["train"]
+    m = result["config"]["model"]
+    lines = [
+        "",
+        f"== {problem.describe()}: held-out exact match ==",
+        f"model      {m['n_layer']} layers x {m['n_embd']}, "
+        f"{'full-attention seq2seq' if not m['is_causal'] else 'autoregressive (causal)'}; "
+        f"trained {t['steps']:,} steps in {duration(t['seconds'])} on {t.get('threads') or 'default'} thread(s)"
+        + (f", load average {t['load_average'][0]:.2f}" if t.get("load_average") else ""),
+        f"cases      {result['cases']:,} held-out questions, none of them a training or validation question",
+        "",
+        f"  {'':<24} {'exact match':<28} agrees with PyTorch",
+    ]
+    rows = [("PyTorch F32", "torch_f32"), ("C engine F32", "c_f32"), ("PyTorch Q8_0 (emulated)", "torch_q8_0"),
+            ("C engine Q8_0", "c_q8_0")]
+    for label, key in rows:
+        s = result.get(key)
+        if s is None:
+            continue
+        agree = f"{s['total'] - s['disagree']:,} / {s['total']:,}" if "disagree" in s else ""
+        lines.append(f"  {label:<24} {_pct(s):<28} {agree}".rstrip())
+    by = result["torch_f32"]["by"]
+    if by:
+        lines.append("  PyTorch F32 by " + ", ".join(f"{k}: {v[0]}/{v[1]}" for k, v in by.items()))
+    if "c_f32" not in result:
+        lines.append("  (C engine not run: --no-c)")
+    lines += ["", "examples (held-out)"]
+    engine = "c_f32" if "c_f32" in result else "torch_f32"
+    for ex in result["examples"]:
+        ok = "ok" if ex[engine] == ex["answer"] else f"WRONG (expected {ex['answer']})"
+        lines.append(f"  {ex['question']} -> {ex[engine]}   {ok}")
+    lines += ["", "files"]
+    lines.append(f"  {out_dir / t['checkpoint']}   the PyTorch checkpoint")
+    for quant, path in result["files"].items():
+        lines.append(f"  {path}   the model file, {quant.upper()}")
+    lines.append(f"  {out_dir / RESULT}   these numbers")
+    return lines

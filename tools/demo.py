@@ -1,0 +1,184 @@
+"""The Nano demo: train a small Transformer, export it, run the same file in C.
+
+usage: python tools/demo.py [--fresh] [--quick] [--out_dir runs/demo] [--time_budget SECONDS]
+                            [--seed S] [--eval_cases N]
+       (hatch run demo [...], which first installs the C toolchain)
+
+It trains the `sort` problem of nano_train.problems (a full-attention
+Transformer that sorts six digits: 251212 -> 112225) for about two minutes on
+the CPU, scores it on held-out questions in PyTorch, exports it as F32 and
+Q8_0 `.bin` files, builds the C engine (make), runs the files through the
+`nano` command and shows that the C engine gives the same answers, then says
+where everything is and what to try next. Nothing is downloaded; no data is
+needed. A second run reuses the trained model (same config and seed) and the
+build, and takes seconds; --fresh trains again.
+
+  --out_dir DIR          where the files go (default runs/demo)
+  --time_budget SECONDS  training time (default: the sort problem's, 120)
+  --seed S               data and initial weights (default 1337)
+  --eval_cases N         held-out questions to score (default 2000)
+  --quick                a short run (20 s of training, 500 questions) that shows
+                         every step; what the tests run
+  --fresh                train again even if a matching model exists
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def rel(path) -> str:
+    """A path as the user would type it here: relative when it is near (../shared/...), else absolute."""
+    p = Path(path).resolve()
+    r = os.path.relpath(p)
+    return str(p) if r.startswith(os.path.join("..", "..")) else r
+
+
+def size(path) -> str:
+    n = Path(path).stat().st_size
+    return f"{n / 1024:.0f} KiB" if n < 1 << 20 else f"{n / (1 << 20):.1f} MiB"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python tools/demo.py", description=__doc__.split("\n\n")[0],
+                                     epilog="Run from the repository root: hatch run demo")
+    parser.add_argument("--out_dir", default="runs/demo")
+    parser.add_argument("--time_budget", type=float)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument("--eval_cases", type=int)
+    parser.add_argument("--quick", action="store_true", help="a short run that shows every step (the tests run it)")
+    parser.add_argument("--fresh", action="store_true", help="train again even if a matching model exists")
+    args = parser.parse_args(argv)
+
+    from nano_train.metrics import duration
+    from nano_train.problems import make
+    from nano_train.problems.evaluate import (EngineError, build_nano, disagreements, predict_c, predict_torch,
+                                              score)
+    from nano_train.problems.runner import Options, export_models, load_model, q8_0_model, train_model
+
+    t_start = time.monotonic()
+    out_dir = Path(args.out_dir) / "sort"
+    problem = make("sort")
+    budget = args.time_budget
+    eval_cases = args.eval_cases or 2000
+    if args.quick:
+        problem.train_rows = 40_000
+        budget = 20.0 if budget is None else budget
+        eval_cases = args.eval_cases or 500
+    opts = Options(out_dir=out_dir, seed=args.seed, time_budget=budget, eval_cases=eval_cases, fresh=args.fresh)
+
+    def step(n: int, title: str) -> None:
+        print(f"\n[{n}/5] {title}", flush=True)
+
+    print("Nano demo: a Transformer learns to sort digits (251212 -> 112225); the same model file then")
+    print("runs in PyTorch and in the C engine, and both give the same answers.")
+
+    # 1 -------------------------------------------------------------------------------
+    step(1, "Train the model (PyTorch, the training loop of nano_train.train)")
+    m = problem.model_config()["model"]
+    print(f"      {problem.title}")
+    print(f"      {m['n_layer']} layers x {m['n_embd']} wide, full attention; data generated here, "
+          f"{int(100 * problem.held_out)}% of all questions held out")
+    try:
+        rec = train_model(problem, opts, say=lambda msg: print("      " + msg, flush=True))
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    if rec["reused"]:
+        print(f"      reused the model trained earlier with the same settings: {rel(out_dir / rec['checkpoint'])}")
+        print(f"      ({rec['steps']:,} steps in {duration(rec['seconds'])}; --fresh trains again)")
+    else:
+        print(f"      {rec['steps']:,} steps in {duration(rec['seconds'])}, validation loss {rec['best_val_loss']:.2g}")
+    model, tok = load_model(out_dir, rec)
+
+    # 2 -------------------------------------------------------------------------------
+    step(2, "Score it on held-out questions (never seen in training)")
+    cases = problem.test_cases(eval_cases)
+    questions = [c.question for c in cases]
+    torch_f32 = predict_torch(problem, model, tok, questions)
+    s = score(cases, torch_f32)
+    print(f"      PyTorch: {s['correct']:,} of {s['total']:,} sorted exactly right ({100 * s['accuracy']:.2f}%)")
+
+    # 3 -------------------------------------------------------------------------------
+    step(3, "Export the model as .bin files (nano_train.convert.export_bin)")
+    exports = export_models(model, tok, out_dir, problem.name)
+    f32, q80 = Path(exports["f32"].path), Path(exports["q8_0"].path)
+    print(f"      {rel(f32):<40} F32, {size(f32)}")
+    print(f"      {rel(q80):<40} Q8_0 (8-bit weights), {size(q80)}")
+
+    # 4 -------------------------------------------------------------------------------
+    step(4, "Build the C engine (make -C engines/c-core build/nano)")
+    t0 = time.monotonic()
+    try:
+        nano = build_nano(ROOT, say=lambda msg: None)
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"      {rel(nano)} ready ({time.monotonic() - t0:.1f} s; make only rebuilds what changed)")
+
+    # 5 -------------------------------------------------------------------------------
+    step(5, "Run the model file in the C engine")
+    shown = list(problem.examples[:4])
+    want = predict_torch(problem, model, tok, shown)
+    for q, torch_answer in zip(shown, want):
+        cmd = [str(nano), "seq2seq", "-m", str(f32), q]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        answer = res.stdout.strip()
+        same = "same as PyTorch" if answer == torch_answer else f"PyTorch says {torch_answer}!"
+        right = "correct" if answer == problem.solve(q) else "wrong"
+        print(f"      $ {rel(nano)} seq2seq -m {rel(f32)} {q}")
+        print(f"      {answer}        ({right}, {same})")
+    torch_q80 = predict_torch(problem, q8_0_model(model, exports["q8_0"].group_size), tok, questions)
+    print(f"      all {len(cases):,} held-out questions through `nano seq2seq -m FILE -` (one per line):")
+    status = 0
+    for label, path, reference in (("F32 ", f32, torch_f32), ("Q8_0", q80, torch_q80)):
+        try:
+            got = predict_c(problem, nano, path, questions)
+        except EngineError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        sc = score(cases, got)
+        diff = disagreements(reference, got)
+        agree = "the same answer as PyTorch on every question" if not diff else \
+            f"DIFFERENT from PyTorch on {len(diff)} questions"
+        print(f"      C engine {label}: {sc['correct']:,} of {sc['total']:,} right ({100 * sc['accuracy']:.2f}%), {agree}")
+        if diff and label.strip() == "F32":
+            status = 1
+
+    # what next -----------------------------------------------------------------------------
+    nano_rel, f32_rel = rel(nano), rel(f32)
+    print(f"\nDone in {duration(time.monotonic() - t_start)}. The files are in {rel(out_dir)}/:")
+    for name, what in ((rec["checkpoint"], "the trained PyTorch checkpoint"), (f32.name, "the model file, F32"),
+                       (q80.name, "the model file, Q8_0"), ("log.jsonl", "the training log (plot it with "
+                       f"`hatch run train:plot {rel(out_dir)}`)"), ("report.md", "the training report")):
+        print(f"      {name:<14} {what}")
+    print("\nTry next:")
+    print("  your own digits, in C:")
+    print(f"      {nano_rel} seq2seq -m {f32_rel} 314159")
+    print("  the other problems (reverse, holes, boolean), trained and checked the same way:")
+    print("      hatch run train:problem reverse")
+    psycho = ROOT.parent / "shared" / "fixtures" / "psycho_230k_1214_q80.bin"
+    if psycho.is_file():
+        print("  chat with a text model (the reference's psycho model, from ../shared):")
+        print(f"      {nano_rel} run -m {rel(psycho)} -p 人的心理 -t 0.8 -n 64")
+    print("  train a text model on your own corpus, then run it in C:")
+    print("      hatch run nano-tokenizer build corpus.txt --size 4096 -o runs/vocab.json")
+    print("      hatch run train:prepare pretrain --tokenizer runs/vocab.json --out_dir runs/data/mine corpus.txt")
+    print("      hatch run train:pretrain packages/nano-train/configs/psycho_small.json "
+          "--dataset=runs/data/mine --out_dir=runs/mine")
+    print("      hatch run train:export --ckpt runs/mine/best.pt --out runs/mine/model.bin")
+    print(f"      {nano_rel} run -m runs/mine/model.bin -p 'Once upon a time' -n 64")
+    print("  the browser, the ESP32-P4 and the Pod (engines/wasm, engines/esp32p4, engines/pod):")
+    print("      not built yet; their READMEs say what is planned.")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
