@@ -1,0 +1,414 @@
+"""Training speed: nano-train's Transformer against Hugging Face's LlamaForCausalLM, in one run.
+
+Usage:
+  python tools/bench/train_speed.py [--shape small|56m|custom] [--device cpu|cuda]
+         [--dtype auto|float32|bfloat16|float16] [--batch N] [--seq T] [--steps N]
+         [--rounds N] [--warmup N] [--threads N] [--compile] [--seed S] [--json OUT]
+         [--layers L] [--embd E] [--heads H] [--kv-heads K] [--hidden F] [--vocab V]
+
+  (hatch run bench:train [ARGS] runs the same in the bench environment.)
+
+  python tools/bench/train_speed.py                          # CPU, small shape, float32
+  python tools/bench/train_speed.py --shape 56m --device cuda --dtype bfloat16 --compile
+
+Two models of one shape are trained by the same plain loop (forward, loss,
+backward, clip the gradient norm to 1, AdamW step, zero_grad(set_to_none)):
+
+  ours   nano_train.model.Transformer, set up the way nano-train's training loop
+         sets it up: its forward and loss, its parameter groups, AdamW from
+         nano_train.train.make_adamw (fused where this torch has it) with the
+         default OptimConfig, the loop's autocast context (none for float32) and
+         its GradScaler (active for float16 only).
+  peer   transformers.LlamaForCausalLM built from a LlamaConfig of the same shape
+         (sdpa attention, tied embeddings, same norm eps and RoPE theta, no KV
+         cache in training), the same parameter-group rule, optimizer, autocast and
+         scaler. Its loss is F.cross_entropy on its float32 logits against the
+         same targets (what transformers' own loss computes, minus its shift).
+
+Both keep float32 weights; --dtype bfloat16/float16 runs the forward under
+autocast, as nano-train does. The two must have the same parameter count (the
+run stops if not). Data: random token ids from a fixed seed (--seed), a pool of
+four batches of [batch, seq + 1] reused in turn; speed does not depend on the
+values.
+
+Timing: after --warmup steps each, the models take turns (ours, peer, ours,
+peer, ...) for --rounds rounds of --steps optimizer steps; each turn is timed
+from a synchronised start to a synchronised end. Reported: median tokens/s of
+each (batch * seq * steps / seconds per turn), the ratio ours/peer of the
+medians (the headline), the median of the per-round ratios and the ratio of the
+best turns (other processes only ever slow a turn down, so on a shared machine
+the best turns are the least disturbed), and MFU = model FLOPs per token
+(Transformer.flops_per_token(seq): 6 x matmul parameters + 12 x layers x heads x
+head_dim x seq, the same for both models) x tokens/s / peak. The peak is, on a
+GPU, the datasheet dense bfloat16 tensor-core figure of nano_train.metrics
+(H100 SXM / H200 989 TFLOP/s, A100 312; halved for float32 as TF32); on a CPU it
+is measured in this run: the best of several one-second probes of 1024 x 1024
+float32 matmuls, interleaved with the rounds, so CPU MFU says how close training
+gets to this machine's own float32 matmul speed (for every --dtype).
+
+The CPU is often shared; timings are noisy, hence the interleaving and medians.
+The load average before and after is printed. This is a benchmark, not a test:
+it asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from nano_train.config import OptimConfig
+from nano_train.metrics import matmul_probe, peak_flops
+from nano_train.model import ModelConfig, Transformer
+from nano_train.train import forward_context_factory, make_adamw, make_grad_scaler, resolve_dtype
+
+# Shapes: model keys of ModelConfig plus the default batch and sequence length.
+SHAPES = {
+    "small": dict(block_size=256, vocab_size=4096, n_layer=4, n_embd=256, n_head=4, n_kv_head=2,
+                  n_hidden=704, batch=8, seq=256),
+    "56m": dict(block_size=512, vocab_size=16384, n_layer=16, n_embd=512, n_head=16, n_kv_head=8,
+                n_hidden=1408, batch=32, seq=512),
+}
+SHAPES["custom"] = SHAPES["small"]  # the small shape with --layers/--embd/... applied
+
+N_BATCHES = 4  # distinct random batches, reused in turn
+PROBE_N = 1024  # CPU peak probe: PROBE_N x PROBE_N float32 matmuls
+PROBE_SECONDS = 1.0
+
+
+# ---------------------------------------------------------------------------
+# Setup
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", choices=sorted(SHAPES), default="small")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+                   help="auto: bfloat16 (or float16) on a GPU, float32 on a CPU")
+    p.add_argument("--batch", type=int, help="sequences per step (shape default)")
+    p.add_argument("--seq", type=int, help="tokens per sequence (shape default; raises block_size if larger)")
+    p.add_argument("--steps", type=int, help="optimizer steps per timed turn (default 2 on CPU, 20 on GPU)")
+    p.add_argument("--rounds", type=int, help="timed turns per model (default 10 on CPU, 5 on GPU)")
+    p.add_argument("--warmup", type=int, help="untimed steps per model first (default 2, 5 on GPU or compiled)")
+    p.add_argument("--threads", type=int, help=f"torch CPU threads (default: torch's, here {torch.get_num_threads()})")
+    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    for flag, key in (("--layers", "n_layer"), ("--embd", "n_embd"), ("--heads", "n_head"),
+                      ("--kv-heads", "n_kv_head"), ("--hidden", "n_hidden"), ("--vocab", "vocab_size")):
+        p.add_argument(flag, type=int, dest=key, help=f"override the shape's {key}")
+    args = p.parse_args(argv)
+    for name in ("batch", "seq", "steps", "rounds", "warmup", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "warmup" else 1):
+            p.error(f"--{name} must be positive, got {value}")
+    return args
+
+
+def model_config(args: argparse.Namespace) -> tuple[ModelConfig, int, int]:
+    """(ModelConfig, batch, seq) from the shape and the overrides."""
+    shape = dict(SHAPES[args.shape])
+    batch, seq = shape.pop("batch"), shape.pop("seq")
+    batch, seq = args.batch or batch, args.seq or seq
+    for key in ("n_layer", "n_embd", "n_head", "n_kv_head", "n_hidden", "vocab_size"):
+        if getattr(args, key) is not None:
+            shape[key] = getattr(args, key)
+    if args.n_embd is not None and args.n_hidden is None:
+        shape["n_hidden"] = None  # derive it from the new width
+    shape["block_size"] = max(shape["block_size"], seq)
+    return ModelConfig(**shape), batch, seq
+
+
+def build_ours(cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
+    return Transformer(cfg).to(device).train()
+
+
+def build_peer(cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    hf = LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.n_embd,
+        intermediate_size=cfg.n_hidden,
+        num_hidden_layers=cfg.n_layer,
+        num_attention_heads=cfg.n_head,
+        num_key_value_heads=cfg.n_kv_head,
+        head_dim=cfg.head_dim,
+        max_position_embeddings=cfg.block_size,
+        rms_norm_eps=cfg.norm_eps,
+        rope_theta=cfg.rope_theta,
+        tie_word_embeddings=cfg.tie_embeddings,
+        hidden_act="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=cfg.dropout,
+        use_cache=False,  # no KV cache while training
+        attn_implementation="sdpa",
+    )
+    model = LlamaForCausalLM(hf).to(device=device, dtype=torch.float32).train()
+    if model.config._attn_implementation != "sdpa":
+        raise SystemExit(f"error: the peer uses {model.config._attn_implementation!r} attention, not sdpa")
+    return model
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """nano-train's rule (Transformer.param_groups): matrices decay, vectors do not."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [g for g in ({"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}) if g["params"]]
+
+
+# ---------------------------------------------------------------------------
+# The plain loop
+
+OPTIM = OptimConfig()  # nano-train's defaults: lr 6e-4, betas (0.9, 0.95), weight decay 0.1, clip 1.0
+
+
+class Trainee:
+    """A model with its optimizer, scaler and loss, stepped by the same loop."""
+
+    def __init__(self, name: str, model: torch.nn.Module, groups: list[dict], loss_fn, device, dtype, compile_):
+        self.name = name
+        self.model = torch.compile(model) if compile_ else model
+        self.params = [p for g in groups for p in g["params"]]
+        self.optimizer = make_adamw(groups, OPTIM, device)
+        self.scaler = make_grad_scaler(dtype, device)
+        self.context = forward_context_factory(device, dtype, "auto")
+        self.loss_fn = loss_fn
+        self.rates: list[float] = []
+        self.losses: list[float] = []
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with self.context():
+            loss = self.loss_fn(self.model, x, y)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self.params, OPTIM.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
+
+
+
+def ours_loss(model, x, y):
+    return model(x, y)[1]
+
+
+def peer_loss(model, x, y):
+    logits = model(input_ids=x).logits
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_turn(t: Trainee, batches, steps: int, start: int, device) -> tuple[float, float]:
+    """(seconds, last loss) for `steps` optimizer steps."""
+    gc.collect()
+    synchronize(device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        x, y = batches[(start + i) % len(batches)]
+        loss = t.step(x, y)
+    last = loss.item()  # waits for the device
+    synchronize(device)
+    return time.perf_counter() - t0, last
+
+
+# ---------------------------------------------------------------------------
+# Environment
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def measure_cpu_peak(device: torch.device) -> float:
+    with torch.random.fork_rng(devices=[]):
+        return matmul_probe(device, seconds=PROBE_SECONDS, n=PROBE_N)
+
+
+def fmt_rate(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def fmt_flops(x: float) -> str:
+    for unit, scale in (("TFLOP/s", 1e12), ("GFLOP/s", 1e9), ("MFLOP/s", 1e6)):
+        if x >= scale:
+            return f"{x / scale:.1f} {unit}"
+    return f"{x:.0f} FLOP/s"
+
+
+# ---------------------------------------------------------------------------
+# Main
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available here", file=sys.stderr)
+        return 2
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = resolve_dtype(args.dtype, device)
+    on_gpu = device.type == "cuda"
+    steps = args.steps or (20 if on_gpu else 2)
+    rounds = args.rounds or (5 if on_gpu else 10)
+    warmup = args.warmup if args.warmup is not None else (5 if on_gpu or args.compile else 2)
+    try:
+        cfg, batch, seq = model_config(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        import transformers
+    except ImportError:
+        print("error: the peer needs transformers: run in the bench environment "
+              "(hatch env create bench; .venv-bench/bin/python tools/bench/train_speed.py)", file=sys.stderr)
+        return 2
+    load_before = load_average()
+
+    torch.manual_seed(args.seed)
+    ours_model = build_ours(cfg, device)
+    torch.manual_seed(args.seed)
+    peer_model = build_peer(cfg, device)
+    n_ours = ours_model.num_params()
+    n_peer = sum(p.numel() for p in peer_model.parameters())  # a tied weight is counted once
+    if n_ours != n_peer:
+        print(f"error: parameter counts differ: ours {n_ours:,}, peer {n_peer:,}", file=sys.stderr)
+        return 1
+    flops_per_token = ours_model.flops_per_token(seq)
+
+    trainees = [
+        Trainee("ours", ours_model, [g for g in ours_model.param_groups(OPTIM.weight_decay) if g["params"]],
+                ours_loss, device, dtype, args.compile),
+        Trainee("peer", peer_model, decay_groups(peer_model, OPTIM.weight_decay), peer_loss, device, dtype,
+                args.compile),
+    ]
+
+    gen = torch.Generator().manual_seed(args.seed)
+    batches = []
+    for _ in range(N_BATCHES):
+        ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=gen).to(device)
+        batches.append((ids[:, :-1], ids[:, 1:]))
+    tokens_per_turn = batch * seq * steps
+
+    device_name = torch.cuda.get_device_name(device) if on_gpu else cpu_model()
+    threads = torch.get_num_threads()
+    print(f"train_speed: {args.shape} shape: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads, "
+          f"{cfg.n_kv_head} KV heads, hidden {cfg.n_hidden}, vocab {cfg.vocab_size}, block {cfg.block_size}")
+    print(f"  batch {batch} x seq {seq}, {dtype}, {device} ({device_name}), {threads} thread{'s' * (threads != 1)}"
+          f"{', compiled' if args.compile else ''}; torch {torch.__version__}, transformers {transformers.__version__}")
+    print(f"  parameters: ours {n_ours:,}, peer {n_peer:,} (equal); {flops_per_token / 1e6:.2f} MFLOP per token")
+    print(f"  AdamW fused: ours {trainees[0].optimizer.defaults.get('fused')}, "
+          f"peer {trainees[1].optimizer.defaults.get('fused')}; "
+          f"peer attention: {peer_model.config._attn_implementation}")
+    print(f"  warm-up {warmup} steps each, then {rounds} rounds of {steps} steps each "
+          f"({tokens_per_turn:,} tokens per turn); load average {load_before}", flush=True)
+
+    probes: list[float] = []
+    if not on_gpu:
+        probes.append(measure_cpu_peak(device))
+    for t in trainees:
+        for i in range(warmup):
+            t.losses.append(t.step(*batches[i % N_BATCHES]).item())
+    synchronize(device)
+
+    print(f"\n{'round':>5}  {'ours tok/s':>12}  {'peer tok/s':>12}  {'ratio':>6}", flush=True)
+    for r in range(rounds):
+        for t in trainees:
+            dt, last = run_turn(t, batches, steps, warmup + r * steps, device)
+            t.rates.append(tokens_per_turn / dt)
+            t.losses.append(last)
+        a, b = trainees[0].rates[-1], trainees[1].rates[-1]
+        print(f"{r + 1:>5}  {fmt_rate(a):>12}  {fmt_rate(b):>12}  {a / b:>5.2f}x", flush=True)
+        if not on_gpu:
+            probes.append(measure_cpu_peak(device))
+
+    if on_gpu:
+        peak, peak_source = peak_flops(device, dtype)
+    else:
+        peak = max(probes)
+        peak_source = (f"measured: best of {len(probes)} probes of {PROBE_SECONDS:g} s of "
+                       f"{PROBE_N}x{PROBE_N} float32 matmuls on this CPU, {threads} thread{'s' * (threads != 1)}")
+    load_after = load_average()
+
+    results = {}
+    for t in trainees:
+        med = statistics.median(t.rates)
+        results[t.name] = {
+            "tokens_per_s_median": med,
+            "tokens_per_s_min": min(t.rates),
+            "tokens_per_s_max": max(t.rates),
+            "tokens_per_s_rounds": t.rates,
+            "mfu": flops_per_token * med / peak if peak > 0 else None,
+            "first_loss": t.losses[0],
+            "last_loss": t.losses[-1],
+        }
+    ratio = results["ours"]["tokens_per_s_median"] / results["peer"]["tokens_per_s_median"]
+    paired = statistics.median(a / b for a, b in zip(trainees[0].rates, trainees[1].rates))
+    best = results["ours"]["tokens_per_s_max"] / results["peer"]["tokens_per_s_max"]
+
+    print(f"\n{'':6}{'tok/s median':>14}{'min':>10}{'max':>10}{'MFU':>8}   loss first -> last")
+    for name, r in results.items():
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
+        print(f"{name:6}{fmt_rate(r['tokens_per_s_median']):>14}{fmt_rate(r['tokens_per_s_min']):>10}"
+              f"{fmt_rate(r['tokens_per_s_max']):>10}{mfu:>8}   {r['first_loss']:.3f} -> {r['last_loss']:.3f}")
+    print(f"\nratio ours/peer: {ratio:.2f}x of the medians (goal >= 1.2x); "
+          f"{paired:.2f}x median of the per-round ratios; {best:.2f}x of the best turns")
+    print(f"peak: {fmt_flops(peak)} ({peak_source})")
+    print(f"load average: before {load_before}, after {load_after}")
+
+    if args.json:
+        record = {
+            "benchmark": "train_speed",
+            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "shape": args.shape, "model": cfg.to_dict(), "batch": batch, "seq": seq,
+            "dtype": dtype, "device": str(device), "device_name": device_name, "threads": threads,
+            "compile": args.compile, "steps": steps, "rounds": rounds, "warmup": warmup, "seed": args.seed,
+            "data": f"random token ids, seed {args.seed}",
+            "params": {"ours": n_ours, "peer": n_peer}, "flops_per_token": flops_per_token,
+            "peak_flops": peak, "peak_source": peak_source, "cpu_probes": probes,
+            "results": results, "ratio": ratio, "ratio_paired_median": paired, "ratio_best": best,
+            "load_average": {"before": load_before, "after": load_after},
+            "versions": {"torch": str(torch.__version__), "transformers": transformers.__version__,
+                         "python": platform.python_version()},
+        }
+        record = json.loads(json.dumps(record), parse_constant=lambda c: None)  # NaN/inf -> null
+        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
