@@ -25,7 +25,10 @@
 #include "internal.h"
 
 #define DEFAULT_N_BATCH 64
-#define ATTN_PARALLEL_MIN_WORK (1 << 17)
+/* Attention runs over (token, KV head) pairs on the threads from this many
+ * multiply-adds on: a decode step's heads are worth splitting from a few
+ * dozen cached positions on. */
+#define ATTN_PARALLEL_MIN_WORK (1 << 14)
 
 // ---------------------------------------------------------------------------
 // Contexts
@@ -212,29 +215,49 @@ static void project(nano_context *ctx, float *y, const float *x, const nano_mat 
 }
 
 /* Attention of n queries (q [n, H*D], absolute positions pos0..) over the
- * cached keys/values of layer l; writes att [n, H*D]. */
+ * cached keys/values of layer l; writes att [n, H*D]. The work items are
+ * (token, KV head) pairs: the query heads that share a KV head run one after
+ * the other on one thread, so the second one finds the keys and values the
+ * first one pulled from memory in the cache. */
 static void attention(nano_context *ctx, uint32_t l, uint32_t n, uint32_t pos0, uint32_t visible_all,
                       int full) {
     const nano_model_info *c = &ctx->model->info;
-    const uint32_t H = c->n_head, D = c->head_dim, KD = c->n_kv_head * D, HD = H * D;
+    const uint32_t H = c->n_head, K = c->n_kv_head, D = c->head_dim, HD = H * D;
     const uint32_t group = c->n_head / c->n_kv_head;
     const float scale = 1.0f / sqrtf((float)D);
-    const float *kc = ctx->key_cache + (size_t)l * ctx->n_ctx * KD;
-    const float *vc = ctx->value_cache + (size_t)l * ctx->n_ctx * KD;
-    const long pairs = (long)n * H;
-    const double work = (double)pairs * visible_all * D;
+    const size_t head_stride = (size_t)ctx->n_ctx * D; /* one KV head's cache */
+    const float *kc = ctx->key_cache + (size_t)l * K * head_stride;
+    const float *vc = ctx->value_cache + (size_t)l * K * head_stride;
+    const long pairs = (long)n * K;
+    const double work = (double)n * H * visible_all * D;
     const int nt = ctx->n_threads;
     long pair;
     NANO_PARALLEL_FOR(nt > 1 && work >= ATTN_PARALLEL_MIN_WORK, pair, pairs, {
-        const uint32_t t = (uint32_t)(pair / H), h = (uint32_t)(pair % H), g = h / group;
+        const uint32_t t = (uint32_t)(pair / K), g = (uint32_t)(pair % K);
         const uint32_t visible = full ? visible_all : pos0 + t + 1;
-        const float *qv = ctx->q + (size_t)t * HD + (size_t)h * D;
-        float *out = ctx->att + (size_t)t * HD + (size_t)h * D;
         float *sc = ctx->scores + (size_t)nano_thread_index() * ctx->n_ctx;
-        ctx->kernels.scores(sc, qv, kc + (size_t)g * D, KD, visible, D, scale);
-        ctx->kernels.softmax(sc, visible);
-        ctx->kernels.weighted_sum(out, sc, vc + (size_t)g * D, KD, visible, D);
+        uint32_t h;
+        for (h = g * group; h < (g + 1) * group; h++) {
+            const float *qv = ctx->q + (size_t)t * HD + (size_t)h * D;
+            float *out = ctx->att + (size_t)t * HD + (size_t)h * D;
+            ctx->kernels.scores(sc, qv, kc + (size_t)g * head_stride, D, visible, D, scale);
+            ctx->kernels.softmax(sc, visible);
+            ctx->kernels.weighted_sum(out, sc, vc + (size_t)g * head_stride, D, visible, D);
+        }
     });
+}
+
+/* Copy the keys (or values) of tokens pos0.. ([n, K*D], token-major, as the
+ * projection wrote them) into one layer's cache, which is head-major
+ * [K, n_ctx, D]: attention then reads each head's keys as one contiguous
+ * stream instead of D floats out of every K*D-float row. */
+static void store_kv(float *cache, const float *src, uint32_t n, uint32_t pos0, uint32_t K, uint32_t D,
+                     uint32_t n_ctx) {
+    uint32_t t, g;
+    for (t = 0; t < n; t++)
+        for (g = 0; g < K; g++)
+            memcpy(cache + ((size_t)g * n_ctx + pos0 + t) * D, src + ((size_t)t * K + g) * D,
+                   (size_t)D * sizeof(float));
 }
 
 static void norm_rows(float *y, const float *x, const float *w, uint32_t n, uint32_t dim, float eps) {
@@ -254,7 +277,7 @@ static void run_tokens(nano_context *ctx, const int32_t *tokens, uint32_t n, uin
     const nano_model *m = ctx->model;
     const nano_model_info *c = &m->info;
     const uint32_t E = c->n_embd, D = c->head_dim, KD = c->n_kv_head * D, HD = c->n_head * D,
-                   F = c->n_hidden, V = c->vocab_size, half = D / 2, nb = ctx->n_batch;
+                   V = c->vocab_size, half = D / 2, nb = ctx->n_batch;
     const float eps = c->norm_eps;
     const int nt = ctx->n_threads;
     float *x = ctx->x;
@@ -274,25 +297,42 @@ static void run_tokens(nano_context *ctx, const int32_t *tokens, uint32_t n, uin
         const nano_layer *ly = &m->layers[l];
         float *kc = ctx->key_cache + (size_t)l * ctx->n_ctx * KD;
         float *vc = ctx->value_cache + (size_t)l * ctx->n_ctx * KD;
-        /* keys and values of every token of the run */
+        /* keys and values of every token of the run; with one block and no
+         * LoRA the queries too, in the same parallel region */
+        const int fused_q = n <= nb && !ctx->lora;
         for (b0 = 0; b0 < n; b0 += nb) {
             const uint32_t bn = n - b0 < nb ? n - b0 : nb;
-            float *kb = kc + (size_t)(pos0 + b0) * KD, *vb = vc + (size_t)(pos0 + b0) * KD;
+            /* staged token-major in proj and att (both free here, both >= K*D wide) */
+            float *kb = ctx->proj, *vb = ctx->att;
             norm_rows(ctx->xb, x + (size_t)b0 * E, ly->norm_attn, bn, E, eps);
-            project(ctx, kb, ctx->xb, &ly->wk, bn, l, NANO_LORA_WK);
-            project(ctx, vb, ctx->xb, &ly->wv, bn, l, NANO_LORA_WV);
+            if (fused_q) {
+                nano_matmul_job jobs[3];
+                jobs[0].y = ctx->q;
+                jobs[0].w = &ly->wq;
+                jobs[1].y = kb;
+                jobs[1].w = &ly->wk;
+                jobs[2].y = vb;
+                jobs[2].w = &ly->wv;
+                jobs[0].x = jobs[1].x = jobs[2].x = ctx->xb;
+                nano_matmul_jobs(&ctx->kernels, jobs, 3, bn, nt);
+            } else {
+                project(ctx, kb, ctx->xb, &ly->wk, bn, l, NANO_LORA_WK);
+                project(ctx, vb, ctx->xb, &ly->wv, bn, l, NANO_LORA_WV);
+            }
             if (m->rope_cos)
                 for (t = 0; t < bn; t++) {
                     const size_t row = (size_t)(pos0 + b0 + t) * half;
                     nano_rope(kb + (size_t)t * KD, c->n_kv_head, D, m->rope_cos + row, m->rope_sin + row);
                 }
+            store_kv(kc, kb, bn, pos0 + b0, c->n_kv_head, D, ctx->n_ctx);
+            store_kv(vc, vb, bn, pos0 + b0, c->n_kv_head, D, ctx->n_ctx);
         }
         /* attention and FFN */
         for (b0 = 0; b0 < n; b0 += nb) {
             const uint32_t bn = n - b0 < nb ? n - b0 : nb;
             float *xr = x + (size_t)b0 * E;
             if (n > nb) norm_rows(ctx->xb, xr, ly->norm_attn, bn, E, eps); /* else xb still holds it */
-            project(ctx, ctx->q, ctx->xb, &ly->wq, bn, l, NANO_LORA_WQ);
+            if (!fused_q) project(ctx, ctx->q, ctx->xb, &ly->wq, bn, l, NANO_LORA_WQ);
             if (m->rope_cos)
                 for (t = 0; t < bn; t++) {
                     const size_t row = (size_t)(pos0 + b0 + t) * half;
@@ -302,9 +342,7 @@ static void run_tokens(nano_context *ctx, const int32_t *tokens, uint32_t n, uin
             project(ctx, ctx->proj, ctx->att, &ly->wo, bn, l, NANO_LORA_WO);
             add_rows(xr, ctx->proj, (uint64_t)bn * E);
             norm_rows(ctx->xb, xr, ly->norm_ffn, bn, E, eps);
-            nano_matmul(&ctx->kernels, ctx->hb, ctx->xb, &ly->w1, bn, nt);
-            nano_matmul(&ctx->kernels, ctx->hb2, ctx->xb, &ly->w3, bn, nt);
-            nano_swiglu(ctx->hb, ctx->hb, ctx->hb2, bn * F);
+            nano_matmul_swiglu(&ctx->kernels, ctx->hb, ctx->hb2, ctx->xb, &ly->w1, &ly->w3, bn, nt);
             nano_matmul(&ctx->kernels, ctx->proj, ctx->hb, &ly->w2, bn, nt);
             add_rows(xr, ctx->proj, (uint64_t)bn * E);
         }

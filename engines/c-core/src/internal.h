@@ -64,7 +64,11 @@ typedef struct nano_mat {
 
 typedef struct nano_kernels_table {
     const char *name;
-    /* y[n, rows] = x[n, cols] @ w[rows, cols]^T, split over rows on nt threads */
+    /* rows [r0, r0 + nr) of y[n, w->rows] = x[n, w->cols] W^T, on the calling thread */
+    void (*rows)(float *y, const float *x, const nano_mat *w, uint32_t n, uint32_t r0, uint32_t nr);
+    /* the rows of one work item of a matmul of n tokens over w */
+    uint32_t (*tile)(const nano_mat *w, uint32_t n);
+    /* nano_matmul_f32 / nano_matmul_q8 with this table (for test_api.c) */
     void (*matmul_f32)(float *y, const float *x, const float *w, uint32_t n, uint32_t rows,
                        uint32_t cols, int nt);
     void (*matmul_q8)(float *y, const float *x, const int8_t *q, const float *s, uint32_t n,
@@ -81,8 +85,27 @@ typedef struct nano_kernels_table {
 
 /* The table for a nano_kernels choice (AUTO picks AVX2+FMA when the CPU has it). */
 NANO_HIDDEN void nano_kernels_select(nano_kernels_table *table, uint32_t kind);
+/* y[n, w->rows] = x[n, w->cols] W^T, split over rows on nt threads */
 NANO_HIDDEN void nano_matmul(const nano_kernels_table *k, float *y, const float *x,
                              const nano_mat *w, uint32_t n, int nt);
+/* Several matmuls in one parallel region (e.g. q, k, v of the same input). */
+#define NANO_MAX_JOBS 4
+typedef struct nano_matmul_job {
+    float *y;           /* [n, w->rows] */
+    const float *x;     /* [n, w->cols] */
+    const nano_mat *w;
+} nano_matmul_job;
+NANO_HIDDEN void nano_matmul_jobs(const nano_kernels_table *k, const nano_matmul_job *jobs, uint32_t n_jobs,
+                                  uint32_t n, int nt);
+/* h = silu(x W1^T) * (x W3^T) ([n, w1->rows]), h2 = x W3^T; one parallel region. */
+NANO_HIDDEN void nano_matmul_swiglu(const nano_kernels_table *k, float *h, float *h2, const float *x,
+                                    const nano_mat *w1, const nano_mat *w3, uint32_t n, int nt);
+/* nano_matmul on bare arrays (the kernel tests) */
+NANO_HIDDEN void nano_matmul_f32(const nano_kernels_table *k, float *y, const float *x, const float *w,
+                                 uint32_t n, uint32_t rows, uint32_t cols, int nt);
+NANO_HIDDEN void nano_matmul_q8(const nano_kernels_table *k, float *y, const float *x, const int8_t *q,
+                                const float *s, uint32_t n, uint32_t rows, uint32_t cols, uint32_t group,
+                                int nt);
 /* y = x * 1/sqrt(mean(x^2) + eps) * w over n values */
 NANO_HIDDEN void nano_rmsnorm(float *y, const float *x, const float *w, uint32_t n, float eps);
 /* Rotate interleaved pairs (x[2i], x[2i+1]) of n_heads heads of size head_dim
@@ -211,8 +234,8 @@ struct nano_context {
     uint32_t pos;       /* tokens in the cache */
     int has_logits;
 
-    float *key_cache;   /* [L, n_ctx, K*D] */
-    float *value_cache; /* [L, n_ctx, K*D] */
+    float *key_cache;   /* [L, K, n_ctx, D] (head-major: one head's keys are contiguous) */
+    float *value_cache; /* [L, K, n_ctx, D] */
     float *x;           /* [n_ctx, E] residual stream of the tokens being run */
     float *xb;          /* [n_batch, E] normalised input of a block */
     float *q;           /* [n_batch, H*D] queries */

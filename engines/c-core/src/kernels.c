@@ -1,6 +1,7 @@
 /*
  * kernels.c - the numeric kernels: matmul (F32, Q8_0), RMSNorm, RoPE, softmax,
- * SwiGLU, and their selection (portable C or AVX2+FMA chosen at run time).
+ * SwiGLU, attention's scores and weighted sums, and their selection (portable
+ * C or AVX2+FMA chosen at run time).
  *
  * Determinism: every output element of a matmul is one dot product computed by
  * one thread with a fixed order of operations that depends neither on the
@@ -15,6 +16,14 @@
  *   Q8_0: per group g, the group sum s_g = sum_j (float)q_j * x_j (8 lanes when
  *         the group size is a multiple of 8, else sequential), accumulated as
  *         acc += s_g * scale_g (lane-wise), reduced like F32 at the end.
+ *
+ * Speed (AVX2; README "Performance" has the measurements). Decode reads every
+ * weight once per token and is bound by memory: F32 goes eight rows at a time
+ * (eight load streams; short rows one at a time with a software prefetch),
+ * Q8_0 four rows with a software prefetch running ahead of them. A batch is bound by the FMAs: F32 in 4 rows x 3 tokens tiles (12
+ * accumulators) from weights held in L1 while the next strip is prefetched,
+ * Q8_0 in 2 x 3 tiles over rows converted to floats once per batch. Matmuls
+ * that share an input run in one parallel region (nano_matmul_jobs).
  */
 #include <math.h>
 #include <string.h>
@@ -35,8 +44,9 @@
 #endif
 
 /* Below this many multiply-adds a matmul runs on one thread: starting a team
- * costs more than it saves. (The result is the same either way.) */
-#define NANO_PARALLEL_MIN_WORK (1 << 18)
+ * costs a microsecond or two, about what 64K multiply-adds take. (The result
+ * is the same either way.) */
+#define NANO_PARALLEL_MIN_WORK (1 << 16)
 
 int nano_thread_index(void) {
 #ifdef _OPENMP
@@ -89,17 +99,6 @@ static void weighted_sum_portable(float *out, const float *p, const float *v, si
     }
 }
 
-static void matmul_f32_portable(float *y, const float *x, const float *w, uint32_t n,
-                                uint32_t rows, uint32_t cols, int nt) {
-    long r;
-    const double work = (double)n * rows * cols;
-    NANO_PARALLEL_FOR(nt > 1 && work >= NANO_PARALLEL_MIN_WORK, r, (long)rows, {
-        const float *wr = w + (size_t)r * cols;
-        uint32_t t;
-        for (t = 0; t < n; t++) y[(size_t)t * rows + r] = dot_portable(wr, x + (size_t)t * cols, cols);
-    });
-}
-
 static float dot_q8_portable(const int8_t *q, const float *s, const float *x, uint32_t cols,
                              uint32_t group) {
     uint32_t g, j, k, n_groups = cols / group;
@@ -128,18 +127,41 @@ static float dot_q8_portable(const int8_t *q, const float *s, const float *x, ui
     }
 }
 
-static void matmul_q8_portable(float *y, const float *x, const int8_t *q, const float *s,
-                               uint32_t n, uint32_t rows, uint32_t cols, uint32_t group, int nt) {
-    long r;
-    const double work = (double)n * rows * cols;
-    const uint32_t spr = cols / group; /* scales per row */
-    NANO_PARALLEL_FOR(nt > 1 && work >= NANO_PARALLEL_MIN_WORK, r, (long)rows, {
-        const int8_t *qr = q + (size_t)r * cols;
-        const float *sr = s + (size_t)r * spr;
-        uint32_t t;
-        for (t = 0; t < n; t++)
-            y[(size_t)t * rows + r] = dot_q8_portable(qr, sr, x + (size_t)t * cols, cols, group);
-    });
+/* Rows [r0, r0 + nr) of y[n, w->rows] = x[n, w->cols] W^T: one dot product per element. */
+static void rows_portable(float *y, const float *x, const nano_mat *w, uint32_t n, uint32_t r0, uint32_t nr) {
+    const uint32_t rows = w->rows, cols = w->cols;
+    uint32_t r, t;
+    for (r = r0; r < r0 + nr; r++) {
+        if (w->f) {
+            const float *wr = w->f + (size_t)r * cols;
+            for (t = 0; t < n; t++) y[(size_t)t * rows + r] = dot_portable(wr, x + (size_t)t * cols, cols);
+        } else {
+            const int8_t *qr = w->q + (size_t)r * cols;
+            const float *sr = w->s + (size_t)r * (cols / w->group);
+            for (t = 0; t < n; t++)
+                y[(size_t)t * rows + r] = dot_q8_portable(qr, sr, x + (size_t)t * cols, cols, w->group);
+        }
+    }
+}
+
+static void matmul_f32_portable(float *y, const float *x, const float *w, uint32_t n, uint32_t rows,
+                                uint32_t cols, int nt) {
+    nano_kernels_table t;
+    nano_kernels_select(&t, NANO_KERNELS_PORTABLE);
+    nano_matmul_f32(&t, y, x, w, n, rows, cols, nt);
+}
+
+static void matmul_q8_portable(float *y, const float *x, const int8_t *q, const float *s, uint32_t n,
+                               uint32_t rows, uint32_t cols, uint32_t group, int nt) {
+    nano_kernels_table t;
+    nano_kernels_select(&t, NANO_KERNELS_PORTABLE);
+    nano_matmul_q8(&t, y, x, q, s, n, rows, cols, group, nt);
+}
+
+static uint32_t tile_portable(const nano_mat *w, uint32_t n) {
+    (void)w;
+    (void)n;
+    return 4;
 }
 
 // ---------------------------------------------------------------------------
@@ -209,21 +231,57 @@ NANO_AVX2 static void scores_avx2(float *out, const float *q, const float *k, si
     for (; s < n; s++) out[s] = dot_avx2(q, k + (size_t)s * kstride, d) * scale;
 }
 
+/* One pass over the values: every value row is loaded once and all D / 8
+ * column blocks (up to eight) accumulate together; four or fewer blocks get
+ * two accumulator sets (even and odd s, added at the end) so that the FMAs
+ * do not wait on each other. Per element: that fixed order over s. (A pass
+ * per column block read the cached values D / 8 times.) nb is a constant
+ * wherever this is inlined, so the accumulators stay in registers. */
+NANO_AVX2 static inline __attribute__((always_inline)) void wsum_blocks(float *out, const float *p, const float *v,
+                                                                        size_t vstride, uint32_t n,
+                                                                        const uint32_t nb) {
+    __m256 a[8], e[4];
+    uint32_t s, b;
+    for (b = 0; b < nb; b++) a[b] = _mm256_setzero_ps();
+    if (nb <= 4) {
+        for (b = 0; b < nb; b++) e[b] = _mm256_setzero_ps();
+        for (s = 0; s + 2 <= n; s += 2) {
+            const __m256 w0 = _mm256_set1_ps(p[s]), w1 = _mm256_set1_ps(p[s + 1]);
+            const float *v0 = v + (size_t)s * vstride, *v1 = v0 + vstride;
+            for (b = 0; b < nb; b++) {
+                a[b] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0 + 8 * b), a[b]);
+                e[b] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(v1 + 8 * b), e[b]);
+            }
+        }
+        if (s < n) {
+            const __m256 w0 = _mm256_set1_ps(p[s]);
+            for (b = 0; b < nb; b++) a[b] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v + (size_t)s * vstride + 8 * b), a[b]);
+        }
+        for (b = 0; b < nb; b++) _mm256_storeu_ps(out + 8 * b, _mm256_add_ps(a[b], e[b]));
+    } else {
+        for (s = 0; s < n; s++) {
+            const __m256 w0 = _mm256_set1_ps(p[s]);
+            const float *v0 = v + (size_t)s * vstride;
+            for (b = 0; b < nb; b++) a[b] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0 + 8 * b), a[b]);
+        }
+        for (b = 0; b < nb; b++) _mm256_storeu_ps(out + 8 * b, a[b]);
+    }
+}
+
 NANO_AVX2 static void weighted_sum_avx2(float *out, const float *p, const float *v, size_t vstride, uint32_t n,
                                         uint32_t d) {
-    /* four partial sums over the keys (s mod 4), so that the FMAs do not wait on each other */
     uint32_t s, j, d8 = d - d % 8;
-    for (j = 0; j < d8; j += 8) {
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        const float *vj = v + j;
-        for (s = 0; s + 4 <= n; s += 4) {
-            a0 = _mm256_fmadd_ps(_mm256_set1_ps(p[s]), _mm256_loadu_ps(vj + (size_t)s * vstride), a0);
-            a1 = _mm256_fmadd_ps(_mm256_set1_ps(p[s + 1]), _mm256_loadu_ps(vj + (size_t)(s + 1) * vstride), a1);
-            a2 = _mm256_fmadd_ps(_mm256_set1_ps(p[s + 2]), _mm256_loadu_ps(vj + (size_t)(s + 2) * vstride), a2);
-            a3 = _mm256_fmadd_ps(_mm256_set1_ps(p[s + 3]), _mm256_loadu_ps(vj + (size_t)(s + 3) * vstride), a3);
+    for (j = 0; j < d8; j += 64) {
+        switch ((d8 - j) / 8 < 8 ? (d8 - j) / 8 : 8) {
+        case 1: wsum_blocks(out + j, p, v + j, vstride, n, 1); break;
+        case 2: wsum_blocks(out + j, p, v + j, vstride, n, 2); break;
+        case 3: wsum_blocks(out + j, p, v + j, vstride, n, 3); break;
+        case 4: wsum_blocks(out + j, p, v + j, vstride, n, 4); break;
+        case 5: wsum_blocks(out + j, p, v + j, vstride, n, 5); break;
+        case 6: wsum_blocks(out + j, p, v + j, vstride, n, 6); break;
+        case 7: wsum_blocks(out + j, p, v + j, vstride, n, 7); break;
+        default: wsum_blocks(out + j, p, v + j, vstride, n, 8); break;
         }
-        for (; s < n; s++) a0 = _mm256_fmadd_ps(_mm256_set1_ps(p[s]), _mm256_loadu_ps(vj + (size_t)s * vstride), a0);
-        _mm256_storeu_ps(out + j, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
     }
     for (j = d8; j < d; j++) {
         float acc = 0.0f;
@@ -324,15 +382,64 @@ NANO_AVX2 static void softmax_avx2(float *x, uint32_t n) {
     }
 
 F32_TILE(4, 3)
+F32_TILE(4, 2)
+F32_TILE(8, 1)
 F32_TILE(4, 1)
 F32_TILE(1, 1)
+
+/* A batch reuses a strip of weight rows from L1 across all its tokens, but the
+ * first pass over a strip waits for it to arrive from memory. So while one
+ * strip is in use, the next one ([next, next + bytes)) is prefetched a slice
+ * per tile step (step i of n_steps): it is in cache when its turn comes. */
+NANO_AVX2 static inline void prefetch_slice(const void *next, size_t bytes, uint32_t i, uint32_t n_steps) {
+    const size_t lines = (bytes + 63) / 64, per = (lines + n_steps - 1) / n_steps;
+    size_t l;
+    for (l = (size_t)i * per; l < (size_t)(i + 1) * per && l < lines; l++)
+        _mm_prefetch((const char *)next + 64 * l, _MM_HINT_T0);
+}
+
+/* the bytes of rows [r, r + 4) of a matrix of `rows` rows of `row_bytes` (0 past the end) */
+static size_t strip_bytes(uint32_t r, uint32_t rows, size_t row_bytes) {
+    return r >= rows ? 0 : (size_t)(rows - r < 4 ? rows - r : 4) * row_bytes;
+}
+
+/* Rows of at most this many floats (1.5 KiB) decode one at a time. */
+#define F32_SHORT_ROW 384
 
 NANO_AVX2 static void f32_rows(float *y, const float *x, const float *w, uint32_t n, uint32_t rows,
                                uint32_t cols, uint32_t r0, uint32_t nr) {
     uint32_t t;
-    if (nr == 4) {
-        for (t = 0; t + 3 <= n; t += 3)
+    if (n == 1 && nr == 8 && cols <= F32_SHORT_ROW) {
+        /* Short rows: eight of them at once are eight streams of a few cache
+         * lines, too short for the hardware prefetcher; one row after the
+         * other is one stream, prefetched 4 KiB ahead (12% faster at 384). */
+        const char *base = (const char *)(w + (size_t)r0 * cols);
+        const size_t row_bytes = (size_t)cols * sizeof(float), left = (size_t)(rows - r0) * row_bytes;
+        uint32_t i;
+        for (i = 0; i < 8; i++) {
+            size_t o;
+            for (o = i * row_bytes + 4096; o < (i + 1) * row_bytes + 4096 && o < left; o += 64)
+                _mm_prefetch(base + o, _MM_HINT_T0);
+            f32_tile_1x1(y + r0 + i, rows, x, w + (size_t)(r0 + i) * cols, cols);
+        }
+    } else if (n == 1 && nr == 8) {
+        f32_tile_8x1(y + r0, rows, x, w + (size_t)r0 * cols, cols);
+    } else if (n == 1 && nr > 4) {
+        f32_tile_4x1(y + r0, rows, x, w + (size_t)r0 * cols, cols);
+        f32_rows(y, x, w, n, rows, cols, r0 + 4, nr - 4);
+    } else if (nr == 4) {
+        const float *next = w + (size_t)(r0 + 4) * cols;
+        const size_t next_bytes = strip_bytes(r0 + 4, rows, (size_t)cols * sizeof(float));
+        const uint32_t steps = (n + 2) / 3;
+        for (t = 0; t + 3 <= n; t += 3) {
+            prefetch_slice(next, next_bytes, t / 3, steps);
             f32_tile_4x3(y + (size_t)t * rows + r0, rows, x + (size_t)t * cols, w + (size_t)r0 * cols, cols);
+        }
+        if (t < n) prefetch_slice(next, next_bytes, t / 3, steps);
+        if (n - t == 2) {
+            f32_tile_4x2(y + (size_t)t * rows + r0, rows, x + (size_t)t * cols, w + (size_t)r0 * cols, cols);
+            t += 2;
+        }
         for (; t < n; t++)
             f32_tile_4x1(y + (size_t)t * rows + r0, rows, x + (size_t)t * cols, w + (size_t)r0 * cols, cols);
     } else {
@@ -343,28 +450,18 @@ NANO_AVX2 static void f32_rows(float *y, const float *x, const float *w, uint32_
     }
 }
 
-static void matmul_f32_avx2(float *y, const float *x, const float *w, uint32_t n, uint32_t rows,
-                            uint32_t cols, int nt) {
-    long tile;
-    const long n_tiles = ((long)rows + 3) / 4;
-    const double work = (double)n * rows * cols;
-    NANO_PARALLEL_FOR(nt > 1 && work >= NANO_PARALLEL_MIN_WORK, tile, n_tiles, {
-        uint32_t r0 = (uint32_t)tile * 4;
-        uint32_t nr = rows - r0 < 4 ? rows - r0 : 4;
-        f32_rows(y, x, w, n, rows, cols, r0, nr);
-    });
-}
-
 /* Eight int8 -> eight floats */
 NANO_AVX2 static inline __m256 load_q8x8(const int8_t *q) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)q)));
 }
 
-/* R rows x T tokens of Q8_0 dot products, group size a multiple of 8. */
-#define Q8_TILE(R, T)                                                                          \
-    NANO_AVX2 static void q8_tile_##R##x##T(float *y, uint32_t ystride, const float *x,         \
-                                             const int8_t *q, const float *s, uint32_t cols,    \
-                                             uint32_t group) {                                  \
+/* R rows x T tokens of Q8_0 dot products, group size a multiple of 8: NAME
+ * takes the values as QTYPE (int8_t, or float: already converted) and LOADQ
+ * turns eight of them into floats. Either way the same FMAs in the same order,
+ * so the two give the same bits. */
+#define Q8_TILE_OF(NAME, QTYPE, LOADQ, R, T)                                                   \
+    NANO_AVX2 static void NAME(float *y, uint32_t ystride, const float *x, const QTYPE *q,       \
+                               const float *s, uint32_t cols, uint32_t group) {                 \
         __m256 acc[R][T];                                                                       \
         const uint32_t spr = cols / group;                                                      \
         uint32_t g, k;                                                                          \
@@ -378,7 +475,7 @@ NANO_AVX2 static inline __m256 load_q8x8(const int8_t *q) {
                 for (t = 0; t < T; t++) gs[i][t] = _mm256_setzero_ps();                         \
             for (k = base; k < base + group; k += 8) {                                          \
                 __m256 qv[R];                                                                   \
-                for (i = 0; i < R; i++) qv[i] = load_q8x8(q + (size_t)i * cols + k);            \
+                for (i = 0; i < R; i++) qv[i] = LOADQ(q + (size_t)i * cols + k);                \
                 for (t = 0; t < T; t++) {                                                       \
                     __m256 xv = _mm256_loadu_ps(x + (size_t)t * cols + k);                      \
                     for (i = 0; i < R; i++) gs[i][t] = _mm256_fmadd_ps(qv[i], xv, gs[i][t]);    \
@@ -393,9 +490,85 @@ NANO_AVX2 static inline __m256 load_q8x8(const int8_t *q) {
             for (t = 0; t < T; t++) y[(size_t)t * ystride + i] = hsum8(acc[i][t]);              \
     }
 
+#define Q8_TILE(R, T) Q8_TILE_OF(q8_tile_##R##x##T, int8_t, load_q8x8, R, T)
+#define QF_TILE(R, T) Q8_TILE_OF(qf_tile_##R##x##T, float, _mm256_loadu_ps, R, T)
+
 Q8_TILE(2, 3)
-Q8_TILE(4, 1)
 Q8_TILE(1, 1)
+QF_TILE(2, 3)
+QF_TILE(2, 2)
+QF_TILE(2, 1)
+
+/* A batch converts its rows of int8 values to floats once, on the stack, and
+ * all its tokens reuse them. Converting on the fly cost a sign extension and
+ * a conversion per eight values and token triple, and the sign extensions
+ * compete with the FMAs for their pipes (Zen 3): the tiles ran at ~58% of the
+ * FMA peak, from floats at ~64% (the rest of the gap is the per-group scale
+ * FMA, 1 per group / 8 FMAs). Two rows (the tile height) at a time, while
+ * they and three token rows fit in L1 next to each other (2 + 3 rows of
+ * QF_MAX_COLS floats: 20 KiB); wider rows (w2 over a wide hidden layer)
+ * convert on the fly, which keeps the L1 footprint at 5 rows of bytes. */
+#define QF_MAX_COLS 1024
+
+/* Decode streams each Q8_0 weight once, and a row is short (cols bytes, 512
+ * for n_embd 512): four rows at a time are four streams of a few cache lines
+ * each, too short for the hardware prefetcher to ramp up, so the core waited
+ * on memory (about 7 GB/s of a 16 GB/s stream). The four rows of a tile and
+ * the tiles after it are contiguous, though, so the kernel prefetches that one
+ * linear stream Q8_PREFETCH bytes ahead of where the tile reads (and the
+ * scales, which follow the same pattern at 4 / group bytes per value): this
+ * doubled decode speed. 4-8 KB measured best; nearer is too late, further
+ * evicts lines before they are used. Prefetches stay inside the matrix. */
+#define Q8_PREFETCH 6144
+
+/* y[0..4) of one token: the Q8_TILE(4, 1) arithmetic plus the prefetch. q, s:
+ * the tile's first row; q_left / s_left: bytes of values / scales from there
+ * to the end of the matrix. */
+NANO_AVX2 static inline __attribute__((always_inline)) void q8_gemv_4_body(float *y, const float *x,
+                                                                           const int8_t *q, const float *s,
+                                                                           uint32_t cols, const uint32_t group,
+                                                                           size_t q_left, size_t s_left) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0;
+    const uint32_t spr = cols / group;
+    const size_t s_ahead = (size_t)Q8_PREFETCH * 4 / group; /* the same number of rows ahead */
+    const int8_t *q1 = q + cols, *q2 = q1 + cols, *q3 = q2 + cols;
+    uint32_t g, k, o;
+    for (g = 0; g < spr; g++) {
+        __m256 g0 = _mm256_setzero_ps(), g1 = g0, g2 = g0, g3 = g0;
+        const uint32_t base = g * group;
+        /* the tile has consumed 4 * base bytes of its 4 * cols */
+        const size_t pq = (size_t)4 * base + Q8_PREFETCH, ps = (size_t)16 * g + s_ahead;
+        for (o = 0; o < 4 * group; o += 64)
+            if (pq + o < q_left) _mm_prefetch((const char *)q + pq + o, _MM_HINT_T0);
+        if (ps < s_left) _mm_prefetch((const char *)s + ps, _MM_HINT_T0);
+        for (k = base; k < base + group; k += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + k);
+            g0 = _mm256_fmadd_ps(load_q8x8(q + k), xv, g0);
+            g1 = _mm256_fmadd_ps(load_q8x8(q1 + k), xv, g1);
+            g2 = _mm256_fmadd_ps(load_q8x8(q2 + k), xv, g2);
+            g3 = _mm256_fmadd_ps(load_q8x8(q3 + k), xv, g3);
+        }
+        acc0 = _mm256_fmadd_ps(g0, _mm256_set1_ps(s[g]), acc0);
+        acc1 = _mm256_fmadd_ps(g1, _mm256_set1_ps(s[spr + g]), acc1);
+        acc2 = _mm256_fmadd_ps(g2, _mm256_set1_ps(s[2 * (size_t)spr + g]), acc2);
+        acc3 = _mm256_fmadd_ps(g3, _mm256_set1_ps(s[3 * (size_t)spr + g]), acc3);
+    }
+    y[0] = hsum8(acc0);
+    y[1] = hsum8(acc1);
+    y[2] = hsum8(acc2);
+    y[3] = hsum8(acc3);
+}
+
+/* Group 32 (GGML's, and the usual choice) gets its own unrolled copy: 30%
+ * faster when the weights are in cache. (The same for the batch tiles made
+ * them slower.) */
+NANO_AVX2 static void q8_gemv_4(float *y, const float *x, const int8_t *q, const float *s, uint32_t cols,
+                                uint32_t group, size_t q_left, size_t s_left) {
+    if (group == 32)
+        q8_gemv_4_body(y, x, q, s, cols, 32, q_left, s_left);
+    else
+        q8_gemv_4_body(y, x, q, s, cols, group, q_left, s_left);
+}
 
 NANO_AVX2 static void q8_rows(float *y, const float *x, const int8_t *q, const float *s, uint32_t n,
                               uint32_t rows, uint32_t cols, uint32_t group, uint32_t r0,
@@ -404,13 +577,44 @@ NANO_AVX2 static void q8_rows(float *y, const float *x, const int8_t *q, const f
     uint32_t t, r = r0;
     if (nr == 4) {
         if (n == 1) {
-            q8_tile_4x1(y + r0, rows, x, q + (size_t)r0 * cols, s + (size_t)r0 * spr, cols, group);
+            const size_t qo = (size_t)r0 * cols, so = (size_t)r0 * spr;
+            q8_gemv_4(y + r0, x, q + qo, s + so, cols, group, (size_t)rows * cols - qo,
+                      ((size_t)rows * spr - so) * sizeof(float));
+            return;
+        }
+        const int8_t *next = q + (size_t)(r0 + 4) * cols;
+        const float *next_s = s + (size_t)(r0 + 4) * spr;
+        const size_t next_bytes = strip_bytes(r0 + 4, rows, cols);
+        const size_t next_s_bytes = strip_bytes(r0 + 4, rows, (size_t)spr * sizeof(float));
+        const uint32_t steps = 2 * ((n + 2) / 3);
+        uint32_t step = 0;
+        if (cols <= QF_MAX_COLS) {
+            float qf[2 * QF_MAX_COLS]; /* two rows as floats, [2, cols] */
+            uint32_t k;
+            for (r = 0; r < 4; r += 2) {
+                const float *qr = qf, *sr = s + (size_t)(r0 + r) * spr;
+                float *yr = y + r0 + r;
+                for (k = 0; k < 2 * cols; k += 8)
+                    _mm256_storeu_ps(qf + k, load_q8x8(q + (size_t)(r0 + r) * cols + k));
+                for (t = 0; t + 3 <= n; t += 3, step++) {
+                    prefetch_slice(next, next_bytes, step, steps);
+                    prefetch_slice(next_s, next_s_bytes, step, steps);
+                    qf_tile_2x3(yr + (size_t)t * rows, rows, x + (size_t)t * cols, qr, sr, cols, group);
+                }
+                if (n - t == 2)
+                    qf_tile_2x2(yr + (size_t)t * rows, rows, x + (size_t)t * cols, qr, sr, cols, group);
+                else if (n - t == 1)
+                    qf_tile_2x1(yr + (size_t)t * rows, rows, x + (size_t)t * cols, qr, sr, cols, group);
+            }
             return;
         }
         for (r = r0; r < r0 + 4; r += 2) {
-            for (t = 0; t + 3 <= n; t += 3)
+            for (t = 0; t + 3 <= n; t += 3, step++) {
+                prefetch_slice(next, next_bytes, step, steps);
+                prefetch_slice(next_s, next_s_bytes, step, steps);
                 q8_tile_2x3(y + (size_t)t * rows + r, rows, x + (size_t)t * cols, q + (size_t)r * cols,
                             s + (size_t)r * spr, cols, group);
+            }
             for (; t < n; t++) {
                 q8_tile_1x1(y + (size_t)t * rows + r, rows, x + (size_t)t * cols, q + (size_t)r * cols,
                             s + (size_t)r * spr, cols, group);
@@ -426,20 +630,37 @@ NANO_AVX2 static void q8_rows(float *y, const float *x, const int8_t *q, const f
                         s + (size_t)r * spr, cols, group);
 }
 
-static void matmul_q8_avx2(float *y, const float *x, const int8_t *q, const float *s, uint32_t n,
-                           uint32_t rows, uint32_t cols, uint32_t group, int nt) {
-    long tile;
-    const long n_tiles = ((long)rows + 3) / 4;
-    const double work = (double)n * rows * cols;
-    if (group % 8 != 0) { /* groups that do not fill a vector: the portable order */
-        matmul_q8_portable(y, x, q, s, n, rows, cols, group, nt);
-        return;
-    }
-    NANO_PARALLEL_FOR(nt > 1 && work >= NANO_PARALLEL_MIN_WORK, tile, n_tiles, {
-        uint32_t r0 = (uint32_t)tile * 4;
-        uint32_t nr = rows - r0 < 4 ? rows - r0 : 4;
-        q8_rows(y, x, q, s, n, rows, cols, group, r0, nr);
-    });
+NANO_AVX2 static void rows_avx2(float *y, const float *x, const nano_mat *w, uint32_t n, uint32_t r0,
+                                uint32_t nr) {
+    if (w->f)
+        f32_rows(y, x, w->f, n, w->rows, w->cols, r0, nr);
+    else if (w->group % 8 != 0) /* groups that do not fill a vector: the portable order */
+        rows_portable(y, x, w, n, r0, nr);
+    else
+        q8_rows(y, x, w->q, w->s, n, w->rows, w->cols, w->group, r0, nr);
+}
+
+static uint32_t tile_avx2(const nano_mat *w, uint32_t n) {
+    /* One token (decode) reads each weight once and is bound by memory: eight
+     * F32 rows at a time keep eight load streams in flight, which measured
+     * ~15% faster than four on a Zen 3 core (Q8_0 rows prefetch instead, see
+     * q8_gemv_4). Batches use 4-row tiles: the weights are reused from L1
+     * across tokens. */
+    return w->f && n == 1 ? 8 : 4;
+}
+
+static void matmul_f32_avx2(float *y, const float *x, const float *w, uint32_t n, uint32_t rows, uint32_t cols,
+                            int nt) {
+    nano_kernels_table t;
+    nano_kernels_select(&t, NANO_KERNELS_AUTO);
+    nano_matmul_f32(&t, y, x, w, n, rows, cols, nt);
+}
+
+static void matmul_q8_avx2(float *y, const float *x, const int8_t *q, const float *s, uint32_t n, uint32_t rows,
+                           uint32_t cols, uint32_t group, int nt) {
+    nano_kernels_table t;
+    nano_kernels_select(&t, NANO_KERNELS_AUTO);
+    nano_matmul_q8(&t, y, x, q, s, n, rows, cols, group, nt);
 }
 
 static int cpu_has_avx2_fma(void) {
@@ -454,6 +675,8 @@ static int cpu_has_avx2_fma(void) {
 
 void nano_kernels_select(nano_kernels_table *t, uint32_t kind) {
     t->name = "portable";
+    t->rows = rows_portable;
+    t->tile = tile_portable;
     t->matmul_f32 = matmul_f32_portable;
     t->matmul_q8 = matmul_q8_portable;
     t->dot = dot_portable;
@@ -463,6 +686,8 @@ void nano_kernels_select(nano_kernels_table *t, uint32_t kind) {
 #if NANO_HAVE_AVX2_KERNELS
     if (kind == NANO_KERNELS_AUTO && cpu_has_avx2_fma()) {
         t->name = "avx2";
+        t->rows = rows_avx2;
+        t->tile = tile_avx2;
         t->matmul_f32 = matmul_f32_avx2;
         t->matmul_q8 = matmul_q8_avx2;
         t->dot = dot_avx2;
@@ -475,12 +700,94 @@ void nano_kernels_select(nano_kernels_table *t, uint32_t kind) {
 #endif
 }
 
+/* The work items of a set of matmuls: tiles of k->tile rows of each job in
+ * turn, split over the threads in contiguous chunks (static schedule), so each
+ * thread streams one stretch of memory. One parallel region for several
+ * matrices with the same input (q, k, v; w1 and w3) saves a fork and join
+ * each: microseconds, which add up over the layers of a decode step. Every
+ * output element is still one thread's dot product in the kernel's fixed
+ * order, so neither the grouping nor the thread count changes a bit.
+ * swiglu: jobs[0] and jobs[1] have the same rows and are computed tile by
+ * tile together, then jobs[0].y = silu(jobs[0].y) * jobs[1].y on the tile. */
+static void run_jobs(const nano_kernels_table *k, const nano_matmul_job *jobs, uint32_t n_jobs, uint32_t n,
+                     int nt, int swiglu) {
+    long first[NANO_MAX_JOBS + 1], item;
+    uint32_t j, tr[NANO_MAX_JOBS];
+    double work = 0.0;
+    first[0] = 0;
+    for (j = 0; j < n_jobs; j++) {
+        tr[j] = k->tile(jobs[j].w, n);
+        first[j + 1] = first[j] + ((long)jobs[j].w->rows + tr[j] - 1) / tr[j];
+        work += (double)n * jobs[j].w->rows * jobs[j].w->cols;
+    }
+    if (swiglu) { /* the items of job 0 carry job 1 along */
+        tr[1] = tr[0];
+        first[2] = first[1];
+        n_jobs = 1;
+    }
+    NANO_PARALLEL_FOR(nt > 1 && work >= NANO_PARALLEL_MIN_WORK, item, first[n_jobs], {
+        uint32_t jj = 0, r0, nr;
+        while (item >= first[jj + 1]) jj++;
+        r0 = (uint32_t)(item - first[jj]) * tr[jj];
+        nr = jobs[jj].w->rows - r0 < tr[jj] ? jobs[jj].w->rows - r0 : tr[jj];
+        k->rows(jobs[jj].y, jobs[jj].x, jobs[jj].w, n, r0, nr);
+        if (swiglu) {
+            const uint32_t rows = jobs[0].w->rows;
+            uint32_t t;
+            k->rows(jobs[1].y, jobs[1].x, jobs[1].w, n, r0, nr);
+            for (t = 0; t < n; t++)
+                nano_swiglu(jobs[0].y + (size_t)t * rows + r0, jobs[0].y + (size_t)t * rows + r0,
+                            jobs[1].y + (size_t)t * rows + r0, nr);
+        }
+    });
+}
+
 void nano_matmul(const nano_kernels_table *k, float *y, const float *x, const nano_mat *w, uint32_t n,
                  int nt) {
-    if (w->f)
-        k->matmul_f32(y, x, w->f, n, w->rows, w->cols, nt);
-    else
-        k->matmul_q8(y, x, w->q, w->s, n, w->rows, w->cols, w->group, nt);
+    nano_matmul_job job;
+    job.y = y;
+    job.x = x;
+    job.w = w;
+    run_jobs(k, &job, 1, n, nt, 0);
+}
+
+void nano_matmul_jobs(const nano_kernels_table *k, const nano_matmul_job *jobs, uint32_t n_jobs, uint32_t n,
+                      int nt) {
+    run_jobs(k, jobs, n_jobs, n, nt, 0);
+}
+
+void nano_matmul_swiglu(const nano_kernels_table *k, float *h, float *h2, const float *x, const nano_mat *w1,
+                        const nano_mat *w3, uint32_t n, int nt) {
+    nano_matmul_job jobs[2];
+    jobs[0].y = h;
+    jobs[0].x = x;
+    jobs[0].w = w1;
+    jobs[1].y = h2;
+    jobs[1].x = x;
+    jobs[1].w = w3;
+    run_jobs(k, jobs, 2, n, nt, 1);
+}
+
+void nano_matmul_f32(const nano_kernels_table *k, float *y, const float *x, const float *w, uint32_t n,
+                     uint32_t rows, uint32_t cols, int nt) {
+    nano_mat m;
+    memset(&m, 0, sizeof(m));
+    m.rows = rows;
+    m.cols = cols;
+    m.f = w;
+    nano_matmul(k, y, x, &m, n, nt);
+}
+
+void nano_matmul_q8(const nano_kernels_table *k, float *y, const float *x, const int8_t *q, const float *s,
+                    uint32_t n, uint32_t rows, uint32_t cols, uint32_t group, int nt) {
+    nano_mat m;
+    memset(&m, 0, sizeof(m));
+    m.rows = rows;
+    m.cols = cols;
+    m.group = group;
+    m.q = q;
+    m.s = s;
+    nano_matmul(k, y, x, &m, n, nt);
 }
 
 void nano_rmsnorm(float *y, const float *x, const float *w, uint32_t n, float eps) {
