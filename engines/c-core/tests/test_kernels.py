@@ -71,6 +71,8 @@ def test_matmul_f32(nano, kernels, n, rows, cols):
 @pytest.mark.parametrize("n,rows,cols,group", [
     (1, 4, 8, 8), (3, 5, 32, 16), (4, 7, 40, 40), (2, 9, 40, 20), (5, 16, 40, 5), (1, 32, 96, 32),
     (6, 33, 128, 128), (2, 3, 12, 3), (9, 20, 64, 16), (1, 1, 1, 1),
+    # rows wider than the batch's float copy of a strip (kernels.c QF_MAX_COLS)
+    (4, 7, 4160, 32), (3, 5, 4100, 5),
 ])
 def test_matmul_q8_0(nano, kernels, n, rows, cols, group):
     import nano_format as nf

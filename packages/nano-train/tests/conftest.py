@@ -28,6 +28,18 @@ def shared():
     return _shared
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test on one torch thread (modules opt in with pytestmark): tiny
+    models gain nothing from a thread team, and the test machines are shared."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def psycho_slice(tmp_path_factory) -> Path:
     """The first 200,000 characters of pretrain_psycho.txt (fast to prepare and train on)."""

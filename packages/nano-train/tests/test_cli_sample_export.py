@@ -22,12 +22,7 @@ SHARED = Path(os.environ.get("NANO_SHARED", REPO.parent / "shared"))
 PSYCHO_GREEDY_16 = [272, 113, 217, 190, 398, 381, 187, 228, 360, 293, 343, 187, 228, 195, 303, 586]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shared(rel: str) -> Path:

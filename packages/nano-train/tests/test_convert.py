@@ -35,14 +35,7 @@ PSYCHO_PROMPT = "人的心理"
 PSYCHO_GREEDY_16 = [272, 113, 217, 190, 398, 381, 187, 228, 360, 293, 343, 187, 228, 195, 303, 586]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: thread start-up costs more than it saves, and the test
-    # machines are shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shared(rel: str) -> Path:

@@ -8,14 +8,7 @@ from nano_train.model import ModelConfig, Transformer
 from nano_train.sampling import Rng, SamplerConfig, generate, sample_logits, seq2seq, splitmix64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models: thread start-up costs more than it saves, and the test
-    # machines are shared.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cfg(**kw) -> SamplerConfig:

@@ -22,12 +22,7 @@ from nano_train.model import ModelConfig, Transformer
 from nano_train.train import batch_to_device, main, make_grad_scaler, train
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def train_losses(out_dir):
