@@ -3,7 +3,7 @@
 Usage:
   python tools/bench/train_speed.py [--shape small|56m|custom] [--device cpu|cuda]
          [--dtype auto|float32|bfloat16|float16] [--batch N] [--seq T] [--steps N]
-         [--rounds N] [--warmup N] [--threads N] [--compile] [--seed S] [--json OUT]
+         [--rounds N] [--warmup N] [--threads N] [--compile [both|ours|peer]] [--seed S] [--json OUT]
          [--layers L] [--embd E] [--heads H] [--kv-heads K] [--hidden F] [--vocab V]
 
   (hatch run bench:train [ARGS] runs the same in the bench environment.)
@@ -104,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, help="timed turns per model (default 10 on CPU, 5 on GPU)")
     p.add_argument("--warmup", type=int, help="untimed steps per model first (default 2, 5 on GPU or compiled)")
     p.add_argument("--threads", type=int, help=f"torch CPU threads (default: torch's, here {torch.get_num_threads()})")
-    p.add_argument("--compile", action="store_true", help="torch.compile both models")
+    p.add_argument("--compile", nargs="?", const="both", default="none", choices=("none", "both", "ours", "peer"),
+                   help="torch.compile both models (bare --compile), only ours or only the peer")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     for flag, key in (("--layers", "n_layer"), ("--embd", "n_embd"), ("--heads", "n_head"),
@@ -284,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     on_gpu = device.type == "cuda"
     steps = args.steps or (20 if on_gpu else 2)
     rounds = args.rounds or (5 if on_gpu else 10)
-    warmup = args.warmup if args.warmup is not None else (5 if on_gpu or args.compile else 2)
+    warmup = args.warmup if args.warmup is not None else (5 if on_gpu or args.compile != "none" else 2)
     try:
         cfg, batch, seq = model_config(args)
     except ValueError as e:
@@ -311,9 +312,9 @@ def main(argv: list[str] | None = None) -> int:
 
     trainees = [
         Trainee("ours", ours_model, [g for g in ours_model.param_groups(OPTIM.weight_decay) if g["params"]],
-                ours_loss, device, dtype, args.compile),
+                ours_loss, device, dtype, args.compile in ("both", "ours")),
         Trainee("peer", peer_model, decay_groups(peer_model, OPTIM.weight_decay), peer_loss, device, dtype,
-                args.compile),
+                args.compile in ("both", "peer")),
     ]
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -328,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train_speed: {args.shape} shape: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads, "
           f"{cfg.n_kv_head} KV heads, hidden {cfg.n_hidden}, vocab {cfg.vocab_size}, block {cfg.block_size}")
     print(f"  batch {batch} x seq {seq}, {dtype}, {device} ({device_name}), {threads} thread{'s' * (threads != 1)}"
-          f"{', compiled' if args.compile else ''}; torch {torch.__version__}, transformers {transformers.__version__}")
+          f"{'' if args.compile == 'none' else f', compiled: {args.compile}'}; torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"  parameters: ours {n_ours:,}, peer {n_peer:,} (equal); {flops_per_token / 1e6:.2f} MFLOP per token")
     print(f"  AdamW fused: ours {trainees[0].optimizer.defaults.get('fused')}, "
           f"peer {trainees[1].optimizer.defaults.get('fused')}; "
