@@ -4,7 +4,7 @@ Usage:
     python tools/setup/system_deps.py [--check] [GROUP ...]
 
 Groups (default: all of them):
-    build    C compiler and make, for the C engine
+    build    C and C++ compilers and make, for the C engine and torch.compile
     sanitize clang with its sanitizer/libFuzzer runtime and OpenMP
     wss      libwebsockets, for the WebSocket server
 
@@ -24,8 +24,9 @@ import sys
 
 # Debian package names per group. Later targets add their own groups here.
 GROUPS: dict[str, tuple[str, ...]] = {
-    # libc6-dev: headers and libc.a (static nano); cmake: the c-core CMakeLists.txt (tested)
-    "build": ("gcc", "make", "pkg-config", "libc6-dev", "cmake"),
+    # libc6-dev: headers and libc.a (static nano); cmake: the c-core CMakeLists.txt (tested);
+    # g++: torch.compile's CPU backend (inductor) compiles the C++ it generates
+    "build": ("gcc", "g++", "make", "pkg-config", "libc6-dev", "cmake"),
     "sanitize": ("clang", "libclang-rt-14-dev", "libomp-14-dev"),
     "wss": ("libwebsockets-dev",),
 }
