@@ -97,6 +97,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model, load_average  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "engines" / "c-core"
 PROBE_SRC = Path(__file__).resolve().with_name("machine_probe.c")
@@ -533,20 +536,8 @@ def agreement(ours: Ours, llama: Llama, vocab: int, seed: int) -> dict:
 
 
 def load_avg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    avg = load_average()
+    return " ".join(f"{x:.2f}" for x in avg) if avg else "?"
 
 
 def fmt_rate(x: float) -> str:

@@ -58,7 +58,6 @@ import datetime
 import gc
 import json
 import math
-import os
 import platform
 import statistics
 import sys
@@ -67,6 +66,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model, load_average  # noqa: E402
 
 from nano_train.config import OptimConfig
 from nano_train.metrics import matmul_probe, peak_flops
@@ -234,23 +236,6 @@ def run_turn(t: Trainee, batches, steps: int, start: int, device) -> tuple[float
 
 # ---------------------------------------------------------------------------
 # Environment
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
 
 
 def measure_cpu_peak(device: torch.device) -> float:
