@@ -273,6 +273,17 @@ class PretrainSummary:
                 f"train {self.train_tokens:,}, val {self.val_tokens:,} tokens; {self.seconds:.1f} s")
 
 
+def existing_files(inputs) -> list[Path]:
+    """The input paths as Paths; DataError when there are none or one is not a file."""
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise DataError("no input files given")
+    for p in paths:
+        if not p.is_file():
+            raise DataError(f"input file {p} does not exist")
+    return paths
+
+
 def prepare_pretrain(
     inputs: list[str | Path],
     tokenizer_path: str | Path,
@@ -295,13 +306,8 @@ def prepare_pretrain(
     window, and 8 bytes per chunk for the split/shuffle indices.
     """
     t0 = time.monotonic()
-    inputs = [Path(p) for p in inputs]
+    inputs = existing_files(inputs)
     out_dir = Path(out_dir)
-    if not inputs:
-        raise DataError("no input files given")
-    for p in inputs:
-        if not p.is_file():
-            raise DataError(f"input file {p} does not exist")
     if doc_mode not in DOC_MODES:
         raise DataError(f"document mode must be one of {DOC_MODES}, got {doc_mode!r}")
     if not 0.0 <= val_fraction < 1.0:
@@ -541,13 +547,8 @@ def prepare_sft(
     held out when split_hash(seed, i) < val_fraction.
     """
     t0 = time.monotonic()
-    inputs = [Path(p) for p in inputs]
+    inputs = existing_files(inputs)
     out_dir = Path(out_dir)
-    if not inputs:
-        raise DataError("no input files given")
-    for p in inputs:
-        if not p.is_file():
-            raise DataError(f"input file {p} does not exist")
     if block_size < 2:
         raise DataError(f"block_size must be at least 2, got {block_size}")
     if too_long not in TOO_LONG:
