@@ -68,12 +68,6 @@ typedef struct nano_kernels_table {
     void (*rows)(float *y, const float *x, const nano_mat *w, uint32_t n, uint32_t r0, uint32_t nr);
     /* the rows of one work item of a matmul of n tokens over w */
     uint32_t (*tile)(const nano_mat *w, uint32_t n);
-    /* nano_matmul_f32 / nano_matmul_q8 with this table (for test_api.c) */
-    void (*matmul_f32)(float *y, const float *x, const float *w, uint32_t n, uint32_t rows,
-                       uint32_t cols, int nt);
-    void (*matmul_q8)(float *y, const float *x, const int8_t *q, const float *s, uint32_t n,
-                      uint32_t rows, uint32_t cols, uint32_t group, int nt);
-    float (*dot)(const float *a, const float *b, uint32_t n);
     /* out[s] = dot(q, k + s * kstride, d) * scale for s < n */
     void (*scores)(float *out, const float *q, const float *k, size_t kstride, uint32_t n, uint32_t d,
                    float scale);

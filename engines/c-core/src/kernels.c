@@ -144,20 +144,6 @@ static void rows_portable(float *y, const float *x, const nano_mat *w, uint32_t 
     }
 }
 
-static void matmul_f32_portable(float *y, const float *x, const float *w, uint32_t n, uint32_t rows,
-                                uint32_t cols, int nt) {
-    nano_kernels_table t;
-    nano_kernels_select(&t, NANO_KERNELS_PORTABLE);
-    nano_matmul_f32(&t, y, x, w, n, rows, cols, nt);
-}
-
-static void matmul_q8_portable(float *y, const float *x, const int8_t *q, const float *s, uint32_t n,
-                               uint32_t rows, uint32_t cols, uint32_t group, int nt) {
-    nano_kernels_table t;
-    nano_kernels_select(&t, NANO_KERNELS_PORTABLE);
-    nano_matmul_q8(&t, y, x, q, s, n, rows, cols, group, nt);
-}
-
 static uint32_t tile_portable(const nano_mat *w, uint32_t n) {
     (void)w;
     (void)n;
@@ -649,20 +635,6 @@ static uint32_t tile_avx2(const nano_mat *w, uint32_t n) {
     return w->f && n == 1 ? 8 : 4;
 }
 
-static void matmul_f32_avx2(float *y, const float *x, const float *w, uint32_t n, uint32_t rows, uint32_t cols,
-                            int nt) {
-    nano_kernels_table t;
-    nano_kernels_select(&t, NANO_KERNELS_AUTO);
-    nano_matmul_f32(&t, y, x, w, n, rows, cols, nt);
-}
-
-static void matmul_q8_avx2(float *y, const float *x, const int8_t *q, const float *s, uint32_t n, uint32_t rows,
-                           uint32_t cols, uint32_t group, int nt) {
-    nano_kernels_table t;
-    nano_kernels_select(&t, NANO_KERNELS_AUTO);
-    nano_matmul_q8(&t, y, x, q, s, n, rows, cols, group, nt);
-}
-
 static int cpu_has_avx2_fma(void) {
     /* (the CPU model is initialised by the compiler's runtime before main) */
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -677,9 +649,6 @@ void nano_kernels_select(nano_kernels_table *t, uint32_t kind) {
     t->name = "portable";
     t->rows = rows_portable;
     t->tile = tile_portable;
-    t->matmul_f32 = matmul_f32_portable;
-    t->matmul_q8 = matmul_q8_portable;
-    t->dot = dot_portable;
     t->scores = scores_portable;
     t->softmax = nano_softmax;
     t->weighted_sum = weighted_sum_portable;
@@ -688,9 +657,6 @@ void nano_kernels_select(nano_kernels_table *t, uint32_t kind) {
         t->name = "avx2";
         t->rows = rows_avx2;
         t->tile = tile_avx2;
-        t->matmul_f32 = matmul_f32_avx2;
-        t->matmul_q8 = matmul_q8_avx2;
-        t->dot = dot_avx2;
         t->scores = scores_avx2;
         t->softmax = softmax_avx2;
         t->weighted_sum = weighted_sum_avx2;

@@ -9,14 +9,14 @@ void nano_test_matmul(uint32_t kernels, float *y, const float *x, const float *w
                       uint32_t cols, int nt) {
     nano_kernels_table k;
     nano_kernels_select(&k, kernels);
-    k.matmul_f32(y, x, w, n, rows, cols, nt < 1 ? 1 : nt);
+    nano_matmul_f32(&k, y, x, w, n, rows, cols, nt < 1 ? 1 : nt);
 }
 
 void nano_test_matmul_q8(uint32_t kernels, float *y, const float *x, const int8_t *q, const float *s,
                          uint32_t n, uint32_t rows, uint32_t cols, uint32_t group, int nt) {
     nano_kernels_table k;
     nano_kernels_select(&k, kernels);
-    k.matmul_q8(y, x, q, s, n, rows, cols, group, nt < 1 ? 1 : nt);
+    nano_matmul_q8(&k, y, x, q, s, n, rows, cols, group, nt < 1 ? 1 : nt);
 }
 
 void nano_test_rmsnorm(float *y, const float *x, const float *w, uint32_t n, float eps) {
