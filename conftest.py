@@ -1,13 +1,46 @@
-"""Repository-wide test policy.
+"""Repository-wide test policy, and where the shared test material is.
 
 In CI (CI=true) a skipped test is a failure: a missing toolchain or missing
 shared data must never pass silently. Tests that can only run on hardware CI
 does not have (a GPU) carry the `needs_hardware` marker and may skip.
+
+The shared material (corpora, vocabularies, the reference's model files) is
+found at $NANO_SHARED, else at <repo>/../shared. The fixtures below hand it to
+every package's tests; a missing file fails the test, never skips it.
 """
 
 import os
+from pathlib import Path
 
 import pytest
+
+SHARED = Path(os.environ.get("NANO_SHARED", Path(__file__).resolve().parent.parent / "shared"))
+
+
+def _shared_file(relative: str) -> Path:
+    path = SHARED / relative
+    if not path.is_file():
+        pytest.fail(f"shared test data missing: {path} (set NANO_SHARED to the shared/ folder, "
+                    f"normally <repo>/../shared)", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_file():
+    """shared_file("data/x.json") -> its path in the shared folder (the test fails when it is missing)."""
+    return _shared_file
+
+
+@pytest.fixture(scope="session")
+def psycho_path() -> Path:
+    """The reference's Q8_0 text model."""
+    return _shared_file("fixtures/psycho_230k_1214_q80.bin")
+
+
+@pytest.fixture(scope="session")
+def sort6_path() -> Path:
+    """The reference's F32 full-attention model that sorts six digits."""
+    return _shared_file("fixtures/sort6_f32.bin")
 
 
 def pytest_configure(config):

@@ -6,7 +6,7 @@ include/nano.h itself (preprocessed without its system includes), so the
 harness cannot drift from the header.
 
 Environment:
-    NANO_SHARED    the shared/ folder (default <repo>/../shared)
+    NANO_SHARED    the shared/ folder (default <repo>/../shared; see the root conftest.py)
     NANO_C_BUILD   "release" (default, build/) or "san" (build-san/: ASan + UBSan).
                    Loading the ASan library into Python needs the ASan runtime
                    preloaded: tests/test_sanitizers.py re-runs this suite that way
@@ -29,15 +29,12 @@ import pytest
 
 CORE = Path(__file__).resolve().parents[1]
 REPO = CORE.parents[1]
-SHARED = Path(os.environ.get("NANO_SHARED", REPO.parent / "shared"))
 BUILD_KIND = os.environ.get("NANO_C_BUILD", "release")
 if BUILD_KIND not in ("release", "san"):
     raise RuntimeError(f"NANO_C_BUILD must be 'release' or 'san', not {BUILD_KIND!r}")
 SAN = BUILD_KIND == "san"
 BUILD = CORE / ("build-san" if SAN else "build")
 
-PSYCHO = "fixtures/psycho_230k_1214_q80.bin"
-SORT6 = "fixtures/sort6_f32.bin"
 
 
 def pytest_configure(config):
@@ -78,24 +75,6 @@ def built() -> Path:
 @pytest.fixture(scope="session")
 def nano_bin(built) -> Path:
     return built / "nano"
-
-
-def shared_file(relative: str) -> Path:
-    path = SHARED / relative
-    if not path.is_file():
-        pytest.fail(f"shared test data missing: {path} (set NANO_SHARED to the shared/ folder, "
-                    f"normally <repo>/../shared)", pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="session")
-def psycho_path() -> Path:
-    return shared_file(PSYCHO)
-
-
-@pytest.fixture(scope="session")
-def sort6_path() -> Path:
-    return shared_file(SORT6)
 
 
 # ---------------------------------------------------------------------------
@@ -488,12 +467,12 @@ def small_model_bytes() -> bytes:
 
 
 @pytest.fixture(scope="session")
-def h():
+def h(shared_file):
     """The harness's helpers for test modules (conftest is not importable under importlib mode)."""
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        CORE=CORE, REPO=REPO, SHARED=SHARED, BUILD=BUILD, SAN=SAN, make=make, shared_file=shared_file,
+        CORE=CORE, REPO=REPO, BUILD=BUILD, SAN=SAN, make=make, shared_file=shared_file,
         clean_env=clean_env,
         run_cli=run_cli, model_bytes=model_bytes, make_vocab=make_vocab, random_weights=random_weights,
         NanoError=NanoError,

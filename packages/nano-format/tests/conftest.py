@@ -1,12 +1,11 @@
-"""Shared test setup: where ../shared lives, and builders for small model files.
+"""Shared test setup: the reference fixtures' bytes, and builders for small model files.
 
-The shared material is found at $NANO_SHARED, else at <repo root>/../shared.
-If it is missing the tests fail (never skip): the fixtures are part of the contract.
+The shared material comes from the root conftest.py's fixtures (psycho_path,
+sort6_path, shared_file): if it is missing the tests fail, never skip.
 """
 
 from __future__ import annotations
 
-import os
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,29 +15,6 @@ import pytest
 
 import nano_format as nf
 from nano_format import spec
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-SHARED = Path(os.environ.get("NANO_SHARED", REPO_ROOT.parent / "shared"))
-PSYCHO = "fixtures/psycho_230k_1214_q80.bin"
-SORT6 = "fixtures/sort6_f32.bin"
-
-
-def shared_file(relative: str) -> Path:
-    path = SHARED / relative
-    if not path.is_file():
-        pytest.fail(f"shared test data missing: {path} (set NANO_SHARED to the shared/ folder, "
-                    f"normally <repo>/../shared)", pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="session")
-def psycho_path() -> Path:
-    return shared_file(PSYCHO)
-
-
-@pytest.fixture(scope="session")
-def sort6_path() -> Path:
-    return shared_file(SORT6)
 
 
 @pytest.fixture(scope="session")
@@ -52,9 +28,8 @@ def sort6_bytes(sort6_path) -> bytes:
 
 
 @pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    shared_file("data/tokenizer_4096.json")
-    return SHARED
+def shared_dir(shared_file) -> Path:
+    return shared_file("data/tokenizer_4096.json").parents[1]
 
 
 # ---------------------------------------------------------------------------

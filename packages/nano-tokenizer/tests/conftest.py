@@ -1,40 +1,31 @@
-"""Shared fixtures: where ../shared is, the reference vocabularies, and a
-plain trie implementation of greedy longest match to check the fast one against."""
+"""Shared fixtures: the shared folder (checked for every file these tests read),
+the reference vocabularies, and a plain trie implementation of greedy longest
+match to check the fast one against."""
 
-import os
 from pathlib import Path
 
 import pytest
 
 from nano_tokenizer import Tokenizer
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
-SHARED = Path(os.environ.get("NANO_SHARED", REPO_ROOT.parent / "shared"))
-DATA = SHARED / "data"
-FIXTURES = SHARED / "fixtures"
-
 NEEDED = [
-    DATA / "tokenizer_4096.json",
-    DATA / "tokenizer_16384_v2.json",
-    DATA / "nano_80.json",
-    DATA / "pretrain_psycho.txt",
-    DATA / "pretrain_amateur_radio.txt",
-    DATA / "sft_self_id.jsonl",
-    FIXTURES / "psycho_230k_1214_q80.bin",
-    FIXTURES / "sort6_f32.bin",
+    "data/tokenizer_4096.json",
+    "data/tokenizer_16384_v2.json",
+    "data/nano_80.json",
+    "data/pretrain_psycho.txt",
+    "data/pretrain_amateur_radio.txt",
+    "data/sft_self_id.jsonl",
+    "fixtures/psycho_230k_1214_q80.bin",
+    "fixtures/sort6_f32.bin",
 ]
 
 
 @pytest.fixture(scope="session")
-def shared() -> Path:
-    missing = [str(p) for p in NEEDED if not p.is_file()]
-    if missing:
-        pytest.fail(
-            "shared test data is missing (set NANO_SHARED to the folder holding data/ and fixtures/): "
-            + ", ".join(missing),
-            pytrace=False,
-        )
-    return SHARED
+def shared(shared_file) -> Path:
+    """The shared folder, once every file these tests read is there (root conftest.py's shared_file)."""
+    for rel in NEEDED:
+        shared_file(rel)
+    return shared_file(NEEDED[0]).parents[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,31 +1,13 @@
-"""Fixtures for the training tests: where ../shared lives, small prepared datasets,
-and a builder for tiny training configs.
+"""Fixtures for the training tests: small prepared datasets, the nano_80
+vocabulary, and a builder for tiny training configs.
 
-The shared material is found at $NANO_SHARED, else at <repo root>/../shared.
-Missing shared data is a failure, never a skip.
+The shared material comes from the root conftest.py's fixtures (shared_file,
+psycho_path, sort6_path): missing shared data is a failure, never a skip.
 """
 
-import os
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[3]
-SHARED = Path(os.environ.get("NANO_SHARED", REPO_ROOT.parent / "shared"))
-
-
-def _shared(rel: str) -> Path:
-    path = SHARED / rel
-    if not path.is_file():
-        pytest.fail(f"shared test data missing: {path} (set NANO_SHARED to the shared folder, "
-                    "normally <repo>/../shared)", pytrace=False)
-    return path
-
-
-@pytest.fixture(scope="session")
-def shared():
-    """shared("data/x") -> Path, failing the test when the file is missing."""
-    return _shared
 
 
 @pytest.fixture
@@ -41,31 +23,39 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
-def psycho_slice(tmp_path_factory) -> Path:
+def nano80(shared_file):
+    """The reference's 80-token vocabulary (sort6's)."""
+    from nano_tokenizer import Tokenizer
+
+    return Tokenizer.load(shared_file("data/nano_80.json"))
+
+
+@pytest.fixture(scope="session")
+def psycho_slice(tmp_path_factory, shared_file) -> Path:
     """The first 200,000 characters of pretrain_psycho.txt (fast to prepare and train on)."""
-    text = _shared("data/pretrain_psycho.txt").read_text(encoding="utf-8")[:200_000]
+    text = shared_file("data/pretrain_psycho.txt").read_text(encoding="utf-8")[:200_000]
     path = tmp_path_factory.mktemp("text") / "psycho_slice.txt"
     path.write_text(text, encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="session")
-def small_pretrain(tmp_path_factory, psycho_slice) -> Path:
+def small_pretrain(tmp_path_factory, psycho_slice, shared_file) -> Path:
     """A prepared pretraining dataset of psycho_slice with tokenizer_4096 (5% held out)."""
     from nano_train.data import prepare_pretrain
 
     out = tmp_path_factory.mktemp("data") / "psycho_small"
-    prepare_pretrain([psycho_slice], _shared("data/tokenizer_4096.json"), out, chunk_tokens=512, progress=False)
+    prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, chunk_tokens=512, progress=False)
     return out
 
 
 @pytest.fixture(scope="session")
-def self_id_sft(tmp_path_factory) -> Path:
+def self_id_sft(tmp_path_factory, shared_file) -> Path:
     """sft_self_id.jsonl prepared with tokenizer_16384_v2 (no token is lost to <|unknown|>)."""
     from nano_train.data import prepare_sft
 
     out = tmp_path_factory.mktemp("data") / "self_id"
-    prepare_sft([_shared("data/sft_self_id.jsonl")], _shared("data/tokenizer_16384_v2.json"), out,
+    prepare_sft([shared_file("data/sft_self_id.jsonl")], shared_file("data/tokenizer_16384_v2.json"), out,
                 block_size=64, val_fraction=0.1, progress=False)
     return out
 

@@ -1,7 +1,6 @@
 """The `sample` and `export` commands: real fixtures, options, and clean errors."""
 
 import io
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,30 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from nano_tokenizer import Tokenizer
-
 from nano_train import export as export_cmd
 from nano_train import sample as sample_cmd
 from nano_train.convert import emulate_q8_0, load_bin, load_lora_bin
 from nano_train.lora import attach_lora
 from nano_train.model import ModelConfig, Transformer
 
-REPO = Path(__file__).resolve().parents[3]
-SHARED = Path(os.environ.get("NANO_SHARED", REPO.parent / "shared"))
 PSYCHO_GREEDY_16 = [272, 113, 217, 190, 398, 381, 187, 228, 360, 293, 343, 187, 228, 195, 303, 586]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def shared(rel: str) -> Path:
-    p = SHARED / rel
-    assert p.is_file(), f"shared file missing: {p} (set NANO_SHARED to the shared folder)"
-    return p
-
-
-def nano80() -> Tokenizer:
-    return Tokenizer.load(shared("data/nano_80.json"))
 
 
 def run(cmd, argv, capsys):
@@ -48,10 +33,10 @@ def tiny(seed=0, **kw):
     return Transformer(ModelConfig(**c)).eval()
 
 
-def save_ckpt(path, model, lora=None):
+def save_ckpt(path, model, nano80, lora=None):
     ck = {"model": model.state_dict(),
           "config": {"model": model.config.to_dict(), "train": {}},
-          "tokenizer": nano80().to_json_dict()}
+          "tokenizer": nano80.to_json_dict()}
     if lora:
         ck["lora"] = lora
     torch.save(ck, path)
@@ -73,22 +58,22 @@ def test_sample_help(capsys):
     assert sample_cmd.__doc__.lstrip().startswith("Generate text")
 
 
-def test_sample_sort6_seq2seq(capsys):
-    rc, out, _ = run(sample_cmd, ["-m", shared("fixtures/sort6_f32.bin"), "--seq2seq", "-p", "251212"], capsys)
+def test_sample_sort6_seq2seq(shared_file, capsys):
+    rc, out, _ = run(sample_cmd, ["-m", shared_file("fixtures/sort6_f32.bin"), "--seq2seq", "-p", "251212"], capsys)
     assert rc == 0 and out == "112225\n"
 
 
-def test_sample_psycho_greedy_streams_the_pinned_ids(capsys):
-    _, tok = load_bin(shared("fixtures/psycho_230k_1214_q80.bin"))
-    rc, out, err = run(sample_cmd, ["-m", shared("fixtures/psycho_230k_1214_q80.bin"), "-p", "人的心理",
+def test_sample_psycho_greedy_streams_the_pinned_ids(shared_file, capsys):
+    _, tok = load_bin(shared_file("fixtures/psycho_230k_1214_q80.bin"))
+    rc, out, err = run(sample_cmd, ["-m", shared_file("fixtures/psycho_230k_1214_q80.bin"), "-p", "人的心理",
                                     "-t", "0", "-n", "16", "--profile"], capsys)
     assert rc == 0
     assert out == tok.decode(PSYCHO_GREEDY_16) + "\n"
     assert "time to first token" in err and "tokens/s" in err
 
 
-def test_sample_prompt_from_stdin_and_sampling_options(capsys, monkeypatch):
-    model = shared("fixtures/psycho_230k_1214_q80.bin")
+def test_sample_prompt_from_stdin_and_sampling_options(shared_file, capsys, monkeypatch):
+    model = shared_file("fixtures/psycho_230k_1214_q80.bin")
     args = ["-m", model, "-t", "0.8", "-k", "20", "--top-p", "0.9", "--min-p", "0.05",
             "-r", "1.3", "-n", "12", "-s", "7"]
     rc, a, _ = run(sample_cmd, args + ["-p", "心理学"], capsys)
@@ -100,7 +85,7 @@ def test_sample_prompt_from_stdin_and_sampling_options(capsys, monkeypatch):
     assert rc == 0 and c != a
 
 
-def eos_model(tmp_path) -> Path:
+def eos_model(tmp_path, nano80) -> Path:
     """A model that always predicts <|eos|> (id 3): a constant residual stream
     (layers write nothing) read by a classifier whose only non-zero row is eos's."""
     m = tiny(tie_embeddings=False)
@@ -112,12 +97,12 @@ def eos_model(tmp_path) -> Path:
         m.tok_embd.weight[:, 0] = 1.0
         m.lm_head.weight.zero_()
         m.lm_head.weight[3, 0] = 1.0
-    save_ckpt(tmp_path / "eos.pt", m)
+    save_ckpt(tmp_path / "eos.pt", m, nano80)
     return tmp_path / "eos.pt"
 
 
-def test_sample_instruct_stops_at_eos(tmp_path, capsys):
-    ck = eos_model(tmp_path)
+def test_sample_instruct_stops_at_eos(tmp_path, nano80, capsys):
+    ck = eos_model(tmp_path, nano80)
     rc, out, _ = run(sample_cmd, ["-m", ck, "-p", "hi", "-t", "0", "-n", "3"], capsys)
     assert rc == 0 and out == "<|eos|>" * 3 + "\n"  # plain mode: eos is just a token
     rc, out, _ = run(sample_cmd, ["-m", ck, "-p", "hi", "-t", "0", "-n", "3", "--instruct"], capsys)
@@ -126,11 +111,11 @@ def test_sample_instruct_stops_at_eos(tmp_path, capsys):
     assert rc == 0 and out == "\n"
 
 
-def test_sample_with_lora(tmp_path, capsys):
+def test_sample_with_lora(nano80, tmp_path, capsys):
     from nano_train.convert import export_bin, export_lora
 
     m = tiny()
-    export_bin(m, tmp_path / "base.bin", tokenizer=nano80())
+    export_bin(m, tmp_path / "base.bin", tokenizer=nano80)
     attach_lora(m, rank=2, alpha=2)
     with torch.no_grad():
         for layer in m.layers:  # large enough to dominate the random base
@@ -157,19 +142,18 @@ def test_sample_with_lora(tmp_path, capsys):
         (["-m", "{sort6}", "-p", "1234567"], "block size"),
     ],
 )
-def test_sample_errors_are_one_line(argv, msg, capsys):
-    sub = {"{nano80}": str(shared("data/nano_80.json")), "{sort6}": str(shared("fixtures/sort6_f32.bin"))}
+def test_sample_errors_are_one_line(shared_file, argv, msg, capsys):
+    sub = {"{nano80}": str(shared_file("data/nano_80.json")), "{sort6}": str(shared_file("fixtures/sort6_f32.bin"))}
     rc, out, err = run(sample_cmd, [sub.get(a, a) for a in argv], capsys)
     assert rc == 1
     assert err.startswith("error: ") and msg in err and "Traceback" not in err
 
 
-def test_sample_module_runs_as_a_program():
-    env = dict(os.environ, NANO_SHARED=str(SHARED))
+def test_sample_module_runs_as_a_program(shared_file):
     p = subprocess.run(
-        [sys.executable, "-m", "nano_train.sample", "-m", str(shared("fixtures/sort6_f32.bin")),
+        [sys.executable, "-m", "nano_train.sample", "-m", str(shared_file("fixtures/sort6_f32.bin")),
          "--seq2seq", "-p", "251212", "--threads", "1"],
-        capture_output=True, text=True, timeout=120, env=env,
+        capture_output=True, text=True, timeout=120,
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout == "112225\n"
@@ -188,14 +172,14 @@ def test_export_help(capsys):
         assert opt in out
 
 
-def test_export_f32_and_q8_0(tmp_path, capsys):
+def test_export_f32_and_q8_0(nano80, tmp_path, capsys):
     m = tiny()
-    save_ckpt(tmp_path / "c.pt", m)
+    save_ckpt(tmp_path / "c.pt", m, nano80)
     rc, out, _ = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", tmp_path / "f.bin"], capsys)
     assert rc == 0 and "layout 2026.1" in out and "f32" in out and "bytes" in out
     back, tok = load_bin(tmp_path / "f.bin")
     idx = torch.randint(0, 80, (1, 10))
-    assert torch.equal(back(idx)[0], m(idx)[0]) and tok.itos == nano80().itos
+    assert torch.equal(back(idx)[0], m(idx)[0]) and tok.itos == nano80.itos
     rc, out, _ = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", tmp_path / "q.bin",
                                   "--quant", "q8_0", "--group-size", "16"], capsys)
     assert rc == 0 and "q8_0" in out and "group size 16" in out
@@ -203,8 +187,8 @@ def test_export_f32_and_q8_0(tmp_path, capsys):
     assert torch.equal(back(idx)[0], emulate_q8_0(m, 16)(idx)[0])
 
 
-def test_export_full_attention_picks_the_extension(tmp_path, capsys):
-    save_ckpt(tmp_path / "c.pt", tiny(is_causal=False))
+def test_export_full_attention_picks_the_extension(nano80, tmp_path, capsys):
+    save_ckpt(tmp_path / "c.pt", tiny(is_causal=False), nano80)
     rc, out, _ = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", tmp_path / "f.bin"], capsys)
     assert rc == 0 and "layout 2026.101" in out and "full attention" in out
     assert not load_bin(tmp_path / "f.bin")[0].config.is_causal
@@ -213,13 +197,13 @@ def test_export_full_attention_picks_the_extension(tmp_path, capsys):
     assert rc == 1 and "2026.101" in err and not (tmp_path / "g.bin").exists()
 
 
-def test_export_lora_checkpoint(tmp_path, capsys):
+def test_export_lora_checkpoint(nano80, tmp_path, capsys):
     m = attach_lora(tiny(), rank=2, alpha=4)
     with torch.no_grad():
         for layer in m.layers:
             layer.wk.lora_B.normal_(0, 0.3)
             layer.wo.lora_B.normal_(0, 0.3)
-    save_ckpt(tmp_path / "c.pt", m, lora={"rank": 2, "alpha": 4, "dropout": 0.0})
+    save_ckpt(tmp_path / "c.pt", m, nano80, lora={"rank": 2, "alpha": 4, "dropout": 0.0})
     idx = torch.randint(0, 80, (1, 10))
     want = m(idx)[0]
     rc, out, _ = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", tmp_path / "base.bin",
@@ -246,8 +230,8 @@ def test_export_lora_checkpoint(tmp_path, capsys):
         (["--ckpt", "{ckpt}", "--lora-out", "x.bin"], "no LoRA"),
     ],
 )
-def test_export_errors_are_one_line(tmp_path, capsys, extra, msg):
-    save_ckpt(tmp_path / "c.pt", tiny())
+def test_export_errors_are_one_line(nano80, tmp_path, capsys, extra, msg):
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     (tmp_path / "junk.pt").write_bytes(b"\x00" * 10)
     sub = {"{ckpt}": str(tmp_path / "c.pt"), "{junk}": str(tmp_path / "junk.pt")}
     rc, _, err = run(export_cmd, [sub.get(a, a) for a in extra] + ["--out", tmp_path / "o.bin"], capsys)

@@ -1,9 +1,7 @@
 """Import and export through nano-format: the reference fixtures, round trips, LoRA, checkpoints."""
 
-import os
 import random
 import unicodedata
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +9,6 @@ import torch
 
 import nano_format
 from nano_format import spec
-from nano_tokenizer import Tokenizer
 
 from nano_train.convert import (
     ConvertError,
@@ -26,8 +23,6 @@ from nano_train.convert import (
 from nano_train.lora import attach_lora, lora_config, lora_state_dict
 from nano_train.model import ModelConfig, Transformer
 
-REPO = Path(__file__).resolve().parents[3]
-SHARED = Path(os.environ.get("NANO_SHARED", REPO.parent / "shared"))
 
 # The first 16 greedy ids after "人的心理" with the psycho fixture (Q8_0 dequantized,
 # the file's own RoPE tables): "学，而是通常的自己本身的自我意识。"
@@ -36,17 +31,6 @@ PSYCHO_GREEDY_16 = [272, 113, 217, 190, 398, 381, 187, 228, 360, 293, 343, 187, 
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def shared(rel: str) -> Path:
-    p = SHARED / rel
-    # Missing shared data is a failure, never a skip.
-    assert p.is_file(), f"shared file missing: {p} (set NANO_SHARED to the shared folder)"
-    return p
-
-
-def nano80() -> Tokenizer:
-    return Tokenizer.load(shared("data/nano_80.json"))
 
 
 def tiny(seed=0, **kw) -> Transformer:
@@ -73,13 +57,13 @@ def logits(m, idx=IDX):
 # The reference fixtures
 
 
-def test_sort6_sorts_with_full_attention():
-    model, tok = load_bin(shared("fixtures/sort6_f32.bin"), is_causal=False)
+def test_sort6_sorts_with_full_attention(shared_file, nano80):
+    model, tok = load_bin(shared_file("fixtures/sort6_f32.bin"), is_causal=False)
     c = model.config
     assert (c.block_size, c.vocab_size, c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.n_hidden) == (
         6, 80, 2, 32, 4, 2, 16)
     assert c.tie_embeddings and c.use_rope and not c.is_causal
-    assert tok.itos == nano80().itos  # the file's own vocabulary is nano_80
+    assert tok.itos == nano80.itos  # the file's own vocabulary is nano_80
 
     def run(s):
         ids = tok.encode(s)
@@ -94,16 +78,16 @@ def test_sort6_sorts_with_full_attention():
     assert sum(run(s) == "".join(sorted(s)) for s in cases) >= 95
 
 
-def test_sort6_needs_full_attention():
+def test_sort6_needs_full_attention(shared_file):
     # the 2025.12 header cannot say "full attention": read as causal, it fails
-    model, tok = load_bin(shared("fixtures/sort6_f32.bin"))
+    model, tok = load_bin(shared_file("fixtures/sort6_f32.bin"))
     assert model.config.is_causal
     out = logits(model, torch.tensor([tok.encode("251212")]))[0].argmax(-1).tolist()
     assert tok.decode(out) != "112225"
 
 
-def test_psycho_greedy_continues_in_chinese():
-    model, tok = load_bin(shared("fixtures/psycho_230k_1214_q80.bin"))
+def test_psycho_greedy_continues_in_chinese(shared_file):
+    model, tok = load_bin(shared_file("fixtures/psycho_230k_1214_q80.bin"))
     c = model.config
     assert (c.block_size, c.vocab_size, c.n_layer, c.n_embd, c.n_head, c.n_kv_head, c.n_hidden) == (
         512, 4096, 8, 32, 4, 2, 96)
@@ -117,11 +101,11 @@ def test_psycho_greedy_continues_in_chinese():
     assert len(cjk) >= 12, text
 
 
-def test_fixture_rope_tables_match_ours_and_are_used():
+def test_fixture_rope_tables_match_ours_and_are_used(shared_file):
     """Same convention as nano_format.rope_tables. The reference computed the
     angles t * freq in float32, so at t ~ 500 its tables differ from the float64
     ones by up to ~2.3e-6; a loaded model uses the file's tables, as the engines do."""
-    path = shared("fixtures/psycho_230k_1214_q80.bin")
+    path = shared_file("fixtures/psycho_230k_1214_q80.bin")
     with nano_format.read(path) as nf:
         cos, sin = np.array(nf.tensor("rope_cos")), np.array(nf.tensor("rope_sin"))
     ours = Transformer(ModelConfig(block_size=512, vocab_size=4096, n_layer=1, n_embd=32, n_head=4))
@@ -131,9 +115,9 @@ def test_fixture_rope_tables_match_ours_and_are_used():
     assert np.array_equal(model.rope_cos.numpy(), cos) and np.array_equal(model.rope_sin.numpy(), sin)
 
 
-def test_fixture_re_exported_as_q8_0_keeps_its_weights():
+def test_fixture_re_exported_as_q8_0_keeps_its_weights(shared_file):
     """Dequantized psycho weights quantize back to the same values (group 16)."""
-    model, tok = load_bin(shared("fixtures/psycho_230k_1214_q80.bin"))
+    model, tok = load_bin(shared_file("fixtures/psycho_230k_1214_q80.bin"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     emulate_q8_0(model, 16)
     for k, v in model.state_dict().items():
@@ -155,17 +139,17 @@ ROUND_TRIPS = {
 
 
 @pytest.mark.parametrize("name", sorted(ROUND_TRIPS))
-def test_f32_round_trip_is_exact(tmp_path, name):
+def test_f32_round_trip_is_exact(nano80, tmp_path, name):
     kw, layout, want_layout = ROUND_TRIPS[name]
     m = tiny(**kw)
     path = tmp_path / "m.bin"
-    info = export_bin(m, path, layout=layout, tokenizer=nano80())
+    info = export_bin(m, path, layout=layout, tokenizer=nano80)
     assert info.layout == want_layout and info.quant == "f32" and info.bytes == path.stat().st_size
     if layout is None and want_layout == "2026.101":
         assert "2026.1 cannot record" in info.note
     back, tok = load_bin(path)
     assert back.config == m.config
-    assert tok.itos == nano80().itos
+    assert tok.itos == nano80.itos
     assert torch.equal(logits(back), logits(m))
     with nano_format.read(path) as nf:
         assert nf.layout.name == want_layout
@@ -180,10 +164,10 @@ def test_f32_round_trip_is_exact(tmp_path, name):
         (dict(is_causal=False), 8),
     ],
 )
-def test_q8_0_round_trip_equals_emulation(tmp_path, kw, group):
+def test_q8_0_round_trip_equals_emulation(nano80, tmp_path, kw, group):
     m = tiny(**kw)
     path = tmp_path / "q.bin"
-    info = export_bin(m, path, quant="q8_0", group_size=group, tokenizer=nano80())
+    info = export_bin(m, path, quant="q8_0", group_size=group, tokenizer=nano80)
     assert info.group_size == (group or nano_format.choose_group_size(file_config_from_model(m.config)))
     back, _ = load_bin(path)
     with nano_format.read(path) as nf:
@@ -194,17 +178,17 @@ def test_q8_0_round_trip_equals_emulation(tmp_path, kw, group):
     assert not torch.equal(logits(back), logits(m))
 
 
-def test_export_errors(tmp_path):
+def test_export_errors(nano80, tmp_path):
     with pytest.raises(ConvertError, match="2026.101"):
-        export_bin(tiny(is_causal=False), tmp_path / "a.bin", layout="2026.1", tokenizer=nano80())
+        export_bin(tiny(is_causal=False), tmp_path / "a.bin", layout="2026.1", tokenizer=nano80)
     with pytest.raises(ConvertError, match="does not divide"):
-        export_bin(tiny(), tmp_path / "b.bin", quant="q8_0", group_size=7, tokenizer=nano80())
+        export_bin(tiny(), tmp_path / "b.bin", quant="q8_0", group_size=7, tokenizer=nano80)
     with pytest.raises(ConvertError, match="read only"):
-        export_bin(tiny(), tmp_path / "e.bin", layout="2025.12", tokenizer=nano80())
+        export_bin(tiny(), tmp_path / "e.bin", layout="2025.12", tokenizer=nano80)
     with pytest.raises(ConvertError, match="quantization"):
         export_bin(tiny(), tmp_path / "c.bin", quant="q4")
     with pytest.raises(ConvertError, match="tokens"):
-        export_bin(tiny(vocab_size=81), tmp_path / "d.bin", tokenizer=nano80())
+        export_bin(tiny(vocab_size=81), tmp_path / "d.bin", tokenizer=nano80)
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 
@@ -231,9 +215,9 @@ def randomize_lora(m, seed=2):
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(n_kv_head=4, tie_embeddings=False)])
-def test_lora_file_round_trip(tmp_path, kw):
+def test_lora_file_round_trip(nano80, tmp_path, kw):
     m = tiny(**kw)
-    export_bin(m, tmp_path / "base.bin", tokenizer=nano80())
+    export_bin(m, tmp_path / "base.bin", tokenizer=nano80)
     attach_lora(m, rank=4, alpha=8)
     randomize_lora(m)
     want = logits(m)
@@ -253,7 +237,7 @@ def test_lora_file_round_trip(tmp_path, kw):
     assert torch.equal(logits(base), want)
 
 
-def test_lora_file_errors(tmp_path):
+def test_lora_file_errors(nano80, tmp_path):
     m = tiny()
     with pytest.raises(ConvertError, match="no LoRA"):
         export_lora(m, tmp_path / "x.bin")
@@ -262,7 +246,7 @@ def test_lora_file_errors(tmp_path):
         export_lora(m, tmp_path / "x.bin")
     m = attach_lora(tiny(), rank=2, alpha=2)
     export_lora(m, tmp_path / "lora.bin")
-    export_bin(tiny(), tmp_path / "base.bin", tokenizer=nano80())
+    export_bin(tiny(), tmp_path / "base.bin", tokenizer=nano80)
     with pytest.raises(ConvertError, match="LoRA module"):
         load_bin(tmp_path / "lora.bin")
     with pytest.raises(ConvertError, match="not a LoRA"):
@@ -275,13 +259,13 @@ def test_lora_file_errors(tmp_path):
 # Checkpoints (the contract with the training code)
 
 
-def make_checkpoint(path, model, lora=None, prefix=""):
+def make_checkpoint(path, model, nano80, lora=None, prefix=""):
     ck = {
         "format": "nano-train-checkpoint",
         "version": 1,
         "model": {prefix + k: v for k, v in model.state_dict().items()},
         "config": {"model": model.config.to_dict(), "train": {"lr": 1e-3}},
-        "tokenizer": nano80().to_json_dict(),
+        "tokenizer": nano80.to_json_dict(),
         "step": 10,
     }
     if lora:
@@ -289,18 +273,18 @@ def make_checkpoint(path, model, lora=None, prefix=""):
     torch.save(ck, path)
 
 
-def test_checkpoint_loads(tmp_path):
+def test_checkpoint_loads(nano80, tmp_path):
     m = tiny(n_kv_head=4, tie_embeddings=False)
-    make_checkpoint(tmp_path / "c.pt", m, prefix="_orig_mod.")
+    make_checkpoint(tmp_path / "c.pt", m, nano80, prefix="_orig_mod.")
     back, tok = load_checkpoint_model(tmp_path / "c.pt")
-    assert back.config == m.config and tok.itos == nano80().itos
+    assert back.config == m.config and tok.itos == nano80.itos
     assert torch.equal(logits(back), logits(m))
 
 
-def test_lora_checkpoint_loads(tmp_path):
+def test_lora_checkpoint_loads(nano80, tmp_path):
     m = attach_lora(tiny(), rank=2, alpha=4, dropout=0.1)
     randomize_lora(m)
-    make_checkpoint(tmp_path / "c.pt", m, lora={"rank": 2, "alpha": 4, "dropout": 0.1})
+    make_checkpoint(tmp_path / "c.pt", m, nano80, lora={"rank": 2, "alpha": 4, "dropout": 0.1})
     back, _ = load_checkpoint_model(tmp_path / "c.pt")
     assert lora_config(back) == {"rank": 2, "alpha": 4, "dropout": 0.1}
     for k, v in lora_state_dict(m).items():

@@ -34,8 +34,8 @@ def read_split(path, split):
 # Defect 4: validation never enters training
 
 
-def test_validation_chunks_never_appear_in_training_shards(tmp_path, shared, psycho_slice):
-    tok_path = shared("data/tokenizer_4096.json")
+def test_validation_chunks_never_appear_in_training_shards(tmp_path, shared_file, psycho_slice):
+    tok_path = shared_file("data/tokenizer_4096.json")
     out = tmp_path / "d"
     prepare_pretrain([psycho_slice], tok_path, out, chunk_tokens=256, val_fraction=0.1, seed=7, progress=False)
     meta, train = read_split(out, "train")
@@ -75,8 +75,8 @@ def test_held_out_windows_are_unseen_text(small_pretrain):
         assert train_bytes.find(v[start:start + 64].tobytes()) == -1
 
 
-def test_split_and_shuffle_are_seeded(tmp_path, shared, psycho_slice):
-    tok = shared("data/tokenizer_4096.json")
+def test_split_and_shuffle_are_seeded(tmp_path, shared_file, psycho_slice):
+    tok = shared_file("data/tokenizer_4096.json")
     a, b, c = (tmp_path / n for n in "abc")
     prepare_pretrain([psycho_slice], tok, a, chunk_tokens=256, seed=1, progress=False)
     prepare_pretrain([psycho_slice], tok, b, chunk_tokens=256, seed=1, progress=False)
@@ -94,16 +94,16 @@ def test_split_and_shuffle_are_seeded(tmp_path, shared, psycho_slice):
     assert np.array_equal(np.fromfile(d / "train_000.bin", dtype=np.uint16), np.concatenate(keep))
 
 
-def test_tiny_corpus_still_holds_out_one_chunk(tmp_path, shared):
+def test_tiny_corpus_still_holds_out_one_chunk(tmp_path, shared_file):
     text = tmp_path / "t.txt"
     text.write_text("心理学是研究人的心理现象的科学。" * 20, encoding="utf-8")
     out = tmp_path / "d"
-    prepare_pretrain([text], shared("data/tokenizer_4096.json"), out, chunk_tokens=100, val_fraction=0.01,
+    prepare_pretrain([text], shared_file("data/tokenizer_4096.json"), out, chunk_tokens=100, val_fraction=0.01,
                      progress=False)
     meta = json.loads((out / "meta.json").read_text())
     assert len(meta["split"]["val_chunks"]) == 1
     with pytest.raises(DataError, match="too small"):
-        prepare_pretrain([text], shared("data/tokenizer_4096.json"), tmp_path / "e", chunk_tokens=10_000,
+        prepare_pretrain([text], shared_file("data/tokenizer_4096.json"), tmp_path / "e", chunk_tokens=10_000,
                          progress=False)
 
 
@@ -121,17 +121,17 @@ def _peak_traced(fn) -> int:
         tracemalloc.stop()
 
 
-def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path, shared):
+def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path, shared_file):
     """Peak Python+numpy allocation (tracemalloc) is the same for a 2 MB and a
     12 MB corpus: the text is streamed, never held whole."""
-    base = shared("data/pretrain_psycho.txt").read_text(encoding="utf-8")[:200_000]
+    base = shared_file("data/pretrain_psycho.txt").read_text(encoding="utf-8")[:200_000]
     small, big = tmp_path / "small.txt", tmp_path / "big.txt"
     with open(small, "w", encoding="utf-8") as f:
         f.write(base * 3)  # ~1.8 MB, one line (no newline at all, like the real file)
     with open(big, "w", encoding="utf-8") as f:
         for i in range(20):  # ~12 MB
             f.write(base)
-    tok = shared("data/tokenizer_4096.json")
+    tok = shared_file("data/tokenizer_4096.json")
     Tokenizer.load(tok).encode("预热")  # compile the matcher outside the measurement
 
     def run(src, name):
@@ -169,13 +169,13 @@ def test_document_modes(tmp_path):
     assert _docs("", "blank", tmp_path) == []
 
 
-def test_bos_eos_wrapping_and_separators(tmp_path, shared):
+def test_bos_eos_wrapping_and_separators(tmp_path, shared_file):
     text = tmp_path / "t.txt"
     text.write_text("甲乙\n\n丙丁\n", encoding="utf-8")
-    tok = Tokenizer.load(shared("data/tokenizer_4096.json"))
+    tok = Tokenizer.load(shared_file("data/tokenizer_4096.json"))
     for bos_eos, expected in ((True, "<|bos|>甲乙<|eos|><|bos|>丙丁<|eos|>"), (False, "甲乙\n\n丙丁")):
         out = tmp_path / f"d{bos_eos}"
-        summary = prepare_pretrain([text], shared("data/tokenizer_4096.json"), out, bos_eos=bos_eos,
+        summary = prepare_pretrain([text], shared_file("data/tokenizer_4096.json"), out, bos_eos=bos_eos,
                                    val_fraction=0.0, shuffle=False, progress=False)
         ids = np.fromfile(out / "train_000.bin", dtype=np.uint16)
         assert tok.decode(ids) == expected
@@ -201,8 +201,8 @@ def test_large_vocabulary_uses_uint32(tmp_path):
 # Errors that say what to do
 
 
-def test_helpful_errors(tmp_path, shared, small_pretrain):
-    tok = shared("data/tokenizer_4096.json")
+def test_helpful_errors(tmp_path, shared_file, small_pretrain):
+    tok = shared_file("data/tokenizer_4096.json")
     with pytest.raises(DataError, match="does not exist"):
         prepare_pretrain([tmp_path / "nope.txt"], tok, tmp_path / "x", progress=False)
     bad = tmp_path / "bad.txt"
@@ -222,7 +222,7 @@ def test_helpful_errors(tmp_path, shared, small_pretrain):
     copy.mkdir()
     for f in small_pretrain.iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
-    Tokenizer.load(shared("data/tokenizer_16384_v2.json")).save(copy / "tokenizer.json")
+    Tokenizer.load(shared_file("data/tokenizer_16384_v2.json")).save(copy / "tokenizer.json")
     with pytest.raises(DataError, match="fingerprint"):
         Dataset(copy)
     # a truncated shard
@@ -233,18 +233,18 @@ def test_helpful_errors(tmp_path, shared, small_pretrain):
         Dataset(copy)
 
 
-def test_prepare_command(tmp_path, shared, psycho_slice, capsys):
+def test_prepare_command(tmp_path, shared_file, psycho_slice, capsys):
     out = tmp_path / "d"
-    rc = prepare_cmd.main(["pretrain", "--tokenizer", str(shared("data/tokenizer_4096.json")), "--out_dir", str(out),
+    rc = prepare_cmd.main(["pretrain", "--tokenizer", str(shared_file("data/tokenizer_4096.json")), "--out_dir", str(out),
                            "--chunk_tokens", "512", str(psycho_slice)])
     captured = capsys.readouterr()
     assert rc == 0
     assert "tokens per character" in captured.out and "200,000 characters" in captured.out
     assert "encode [" in captured.err  # the progress bar
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["tokenizer"]["fingerprint"] == Tokenizer.load(shared("data/tokenizer_4096.json")).fingerprint()
+    assert meta["tokenizer"]["fingerprint"] == Tokenizer.load(shared_file("data/tokenizer_4096.json")).fingerprint()
     assert meta["counts"]["tokens"] == sum(s["tokens"] for v in meta["shards"].values() for s in v)
-    rc = prepare_cmd.main(["pretrain", "--tokenizer", str(shared("data/tokenizer_4096.json")), "--out_dir", str(out),
+    rc = prepare_cmd.main(["pretrain", "--tokenizer", str(shared_file("data/tokenizer_4096.json")), "--out_dir", str(out),
                            str(psycho_slice)])
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
 

@@ -41,9 +41,9 @@ def cjk_share(text: str) -> tuple[float, float]:
 
 
 @pytest.mark.slow
-def test_pretrain_psycho_beats_unigram_entropy_and_writes_chinese(tmp_path, shared):
+def test_pretrain_psycho_beats_unigram_entropy_and_writes_chinese(tmp_path, shared_file):
     data = tmp_path / "psycho_4096"
-    prepare_pretrain([shared("data/pretrain_psycho.txt")], shared("data/tokenizer_4096.json"), data, progress=False)
+    prepare_pretrain([shared_file("data/pretrain_psycho.txt")], shared_file("data/tokenizer_4096.json"), data, progress=False)
     ds = Dataset(data)
     train_tokens = np.concatenate([np.asarray(s) for s in ds.splits["train"]])
     entropy = unigram_entropy(train_tokens)
@@ -74,10 +74,10 @@ def test_pretrain_psycho_beats_unigram_entropy_and_writes_chinese(tmp_path, shar
 
 
 @pytest.mark.slow
-def test_sft_self_id_answers_who_are_you(tmp_path, shared):
+def test_sft_self_id_answers_who_are_you(tmp_path, shared_file):
     data = tmp_path / "self_id_16384"
     # tokenizer_16384_v2 covers every character of the answer (tokenizer_4096 lacks 鹦鹉)
-    prepare_sft([shared("data/sft_self_id.jsonl")], shared("data/tokenizer_16384_v2.json"), data, block_size=64,
+    prepare_sft([shared_file("data/sft_self_id.jsonl")], shared_file("data/tokenizer_16384_v2.json"), data, block_size=64,
                 val_fraction=0.0, progress=False)
     cfg, explicit = load_config(CONFIGS / "sft_self_id.json",
                                 [f"--dataset={data}", f"--out_dir={tmp_path / 'run'}", "--device=cpu"])

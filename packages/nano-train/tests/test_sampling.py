@@ -237,18 +237,10 @@ def test_seq2seq_is_argmax_of_one_forward():
     assert seq2seq(m, ids) == logits[0].argmax(-1).tolist()
 
 
-def test_stop_strings_and_instruct_prompt():
-    import os
-    from pathlib import Path
-
-    from nano_tokenizer import Tokenizer
-
+def test_stop_strings_and_instruct_prompt(nano80):
     from nano_train.sampling import instruct_prompt
 
-    shared = Path(os.environ.get("NANO_SHARED", Path(__file__).resolve().parents[3].parent / "shared"))
-    vocab = shared / "data" / "nano_80.json"
-    assert vocab.is_file(), f"shared file missing: {vocab}"
-    tok = Tokenizer.load(vocab)
+    tok = nano80
     m = tiny_model(vocab_size=80)
     c = dict(temperature=1.0, max_new_tokens=20, seed=3)
     a = list(generate(m, [27, 28], SamplerConfig(**c)))

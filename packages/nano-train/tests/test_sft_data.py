@@ -23,10 +23,10 @@ def rows(out):
     return ds, np.asarray(tokens), np.asarray(mask)
 
 
-def test_mask_is_built_from_token_ids_with_multi_character_tokens(tmp_path, shared):
+def test_mask_is_built_from_token_ids_with_multi_character_tokens(tmp_path, shared_file):
     """tokenizer_16384_v2 has many multi-character tokens ("ability", "Nano"...):
     a mask built from character counts (the reference) is misaligned there."""
-    tok_path = shared("data/tokenizer_16384_v2.json")
+    tok_path = shared_file("data/tokenizer_16384_v2.json")
     tok = Tokenizer.load(tok_path)
     q, a = "What is the ability of Nano?", "Nano's ability: answering questions about amateur radio."
     q_ids, a_ids = tok.encode(q), tok.encode(a)
@@ -46,9 +46,9 @@ def test_mask_is_built_from_token_ids_with_multi_character_tokens(tmp_path, shar
     assert char_mask_start != len(q_ids) + 2
 
 
-def test_self_id_answers_are_exactly_the_masked_tokens(shared, self_id_sft):
-    tok = Tokenizer.load(shared("data/tokenizer_16384_v2.json"))
-    records = [json.loads(l) for l in shared("data/sft_self_id.jsonl").read_text(encoding="utf-8").splitlines()]
+def test_self_id_answers_are_exactly_the_masked_tokens(shared_file, self_id_sft):
+    tok = Tokenizer.load(shared_file("data/tokenizer_16384_v2.json"))
+    records = [json.loads(l) for l in shared_file("data/sft_self_id.jsonl").read_text(encoding="utf-8").splitlines()]
     ds = Dataset(self_id_sft)
     got = []
     for tokens, mask in ds.splits["train"] + ds.splits["val"]:
@@ -71,8 +71,8 @@ def test_batches_shift_the_mask_with_the_targets(self_id_sft):
         assert np.array_equal(mi, masks[k, 1:])  # mask of target position t = mask of token t+1
 
 
-def test_multi_turn_records(tmp_path, shared):
-    tok_path = shared("data/tokenizer_4096.json")
+def test_multi_turn_records(tmp_path, shared_file):
+    tok_path = shared_file("data/tokenizer_4096.json")
     tok = Tokenizer.load(tok_path)
     rec = {"messages": [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好呀"},
                         {"role": "user", "content": "你是谁"}, {"role": "assistant", "content": "我是Nano"}]}
@@ -95,19 +95,19 @@ def test_multi_turn_records(tmp_path, shared):
     ('{"messages": [{"role": "assistant", "content": "a"}]}', "expected 'user'"),
     ('{"messages": [{"role": "user", "content": "q"}]}', "no assistant answer"),
 ])
-def test_bad_line_names_file_and_line(tmp_path, shared, line, message):
+def test_bad_line_names_file_and_line(tmp_path, shared_file, line, message):
     src = tmp_path / "bad.jsonl"
     src.write_text('{"question": "好", "answer": "好"}\n\n' + line + "\n", encoding="utf-8")
     with pytest.raises(DataError, match=message) as err:
-        prepare_sft([src], shared("data/tokenizer_4096.json"), tmp_path / "d", block_size=32, progress=False)
+        prepare_sft([src], shared_file("data/tokenizer_4096.json"), tmp_path / "d", block_size=32, progress=False)
     assert f"{src}:3" in str(err.value)
-    summary = prepare_sft([src], shared("data/tokenizer_4096.json"), tmp_path / "e", block_size=32,
+    summary = prepare_sft([src], shared_file("data/tokenizer_4096.json"), tmp_path / "e", block_size=32,
                           skip_bad=True, progress=False)
     assert summary.bad_lines == 1 and summary.train_samples == 1
 
 
-def test_too_long_samples(tmp_path, shared):
-    tok_path = shared("data/tokenizer_4096.json")
+def test_too_long_samples(tmp_path, shared_file):
+    tok_path = shared_file("data/tokenizer_4096.json")
     src = write_jsonl(tmp_path / "l.jsonl", [{"question": "短", "answer": "短"},
                                              {"question": "长" * 10, "answer": "长" * 30}])
     s = prepare_sft([src], tok_path, tmp_path / "skip", block_size=16, progress=False)
@@ -126,11 +126,11 @@ def test_block_size_must_fit_the_model(self_id_sft):
     assert Dataset(self_id_sft).source("train", 128).T == 63
 
 
-def test_sft_command(tmp_path, shared, capsys):
+def test_sft_command(tmp_path, shared_file, capsys):
     out = tmp_path / "d"
-    rc = prepare_cmd.main(["sft", "--tokenizer", str(shared("data/tokenizer_4096.json")), "--out_dir", str(out),
+    rc = prepare_cmd.main(["sft", "--tokenizer", str(shared_file("data/tokenizer_4096.json")), "--out_dir", str(out),
                            "--block_size", "128", "--val_fraction", "0.1", "--quiet",
-                           str(shared("data/sft_amateur_radio.jsonl"))])
+                           str(shared_file("data/sft_amateur_radio.jsonl"))])
     assert rc == 0
     text = capsys.readouterr().out
     assert "4,907 records" in text

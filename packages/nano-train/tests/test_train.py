@@ -220,12 +220,12 @@ def test_checkpoint_contract(small_pretrain, tiny_config):
 
 
 @pytest.fixture
-def base_and_sft(tmp_path, small_pretrain, tiny_config, shared):
+def base_and_sft(tmp_path, small_pretrain, tiny_config, shared_file):
     """A tiny pretrained base (tokenizer_4096) and SFT data in the same vocabulary."""
     base_cfg = tiny_config(small_pretrain, out_dir=tmp_path / "base", max_iters=2, block_size=64)
     train(base_cfg)
     sft = tmp_path / "sft"
-    prepare_sft([shared("data/sft_self_id.jsonl")], shared("data/tokenizer_4096.json"), sft, block_size=64,
+    prepare_sft([shared_file("data/sft_self_id.jsonl")], shared_file("data/tokenizer_4096.json"), sft, block_size=64,
                 val_fraction=0.2, progress=False)
     return tmp_path / "base" / "latest.pt", sft
 
