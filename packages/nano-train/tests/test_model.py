@@ -167,6 +167,37 @@ def test_rope_rotates_interleaved_pairs():
             assert y[0, 0, t, 2 * i + 1].item() == pytest.approx(x0 * s + x1 * c, abs=1e-5)
 
 
+@pytest.mark.parametrize("d", [2, 8, 16, 64])
+def test_rope_complex_product_equals_the_pair_formula(d, monkeypatch):
+    """Eager runs rotate the pairs as one complex product; under torch.compile the
+    pair formula runs instead. Both give the same values and gradients (to one
+    float rounding), on contiguous and on transposed inputs."""
+    import torch.compiler
+
+    from nano_train.model import rotate_pairs
+
+    torch.manual_seed(d)
+    x = torch.randn(2, 5, 3, d)
+    cos, sin = torch.rand(5, 1, d // 2), torch.rand(5, 1, d // 2)
+    g = torch.randn(2, 5, 3, d)
+
+    def run(inp):
+        inp = inp.clone().requires_grad_()
+        y = rotate_pairs(inp, cos, sin)
+        (y * g).sum().backward()
+        return y.detach(), inp.grad
+
+    eager = run(x)
+    eager_t = run(x.transpose(0, 1).contiguous().transpose(0, 1))  # same values, other strides
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    formula = run(x)
+    for a, b in zip(eager + eager_t, formula + formula):
+        assert torch.allclose(a, b, rtol=0, atol=1e-6), (a - b).abs().max()
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    assert torch.allclose(formula[0][..., 0::2], x0 * cos - x1 * sin, atol=1e-6)
+    assert torch.allclose(formula[0][..., 1::2], x1 * cos + x0 * sin, atol=1e-6)
+
+
 def test_masked_positions_get_zero_gradient():
     """Reference defect 1: the mask must act per token, before averaging."""
     m = make()

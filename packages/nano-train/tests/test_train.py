@@ -44,7 +44,8 @@ def test_masked_positions_get_zero_gradient(self_id_sft):
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=ds.tokenizer.vocab_size, block_size=64, n_layer=1, n_embd=32,
                                     n_head=2, n_kv_head=2))
-    logits, loss = model(x, y, m)  # exactly the call the training loop makes
+    logits, loss = model(x, y, m)  # the loop calls it with return_logits=False: the same loss and
+    # gradients without the logits (test_losses.py)
     logits.retain_grad()
     loss.backward()
     g = logits.grad.abs().sum(-1)  # [B, T]

@@ -41,6 +41,8 @@ import torch.nn.functional as F
 from nano_format import rope_tables
 from torch.torch_version import TorchVersion
 
+from .losses import linear_cross_entropy
+
 __all__ = ["ModelConfig", "Transformer", "KVCache", "derive_n_hidden", "apply_rope"]
 
 # Newer torch has these; older torch (>= 2.3) takes the equivalent longer way.
@@ -144,18 +146,30 @@ class RMSNorm(nn.Module):
 
 
 def rope_pair_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """[T, D/2] cos, sin -> float32 [T, D] tables for `rotate_pairs`: cos repeated
-    for both members of a pair (c0, c0, c1, c1, ...), sin signed (-s0, s0, -s1, s1, ...)."""
+    """[..., D/2] cos, sin -> float32 [..., D] tables: cos repeated for both members
+    of a pair (c0, c0, c1, c1, ...), sin signed (-s0, s0, -s1, s1, ...)."""
     cos, sin = cos.float(), sin.float()
     return cos.repeat_interleave(2, dim=-1), torch.stack((-sin, sin), dim=-1).flatten(-2)
 
 
-def rotate_pairs(x: torch.Tensor, cos2: torch.Tensor, sin2: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of float32 x [..., D] with `rope_pair_tables` tables
-    (broadcast against x): out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s,
-    bit for bit the products and sums of the pairwise formula, in four whole-tensor kernels."""
-    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
-    return x * cos2 + swapped * sin2
+def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate interleaved pairs of float32 x [..., D] by the angles whose cos and sin
+    are [..., D/2] (broadcast against x):
+    out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s.
+
+    Run eagerly, the pairs are complex numbers and the rotation one complex
+    product (one kernel forward and one backward; the same products and sums,
+    bit for bit, as the formula). Under torch.compile, which has no complex
+    kernels, the formula itself on whole tensors, which the compiler fuses.
+    """
+    if torch.compiler.is_compiling():
+        cos2, sin2 = rope_pair_tables(cos, sin)
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
+        return x * cos2 + swapped * sin2
+    if x.stride(-1) != 1 or any(st % 2 for st in x.stride()[:-1]) or x.storage_offset() % 2:
+        x = x.contiguous()  # view_as_complex needs whole pairs in place
+    turn = torch.complex(cos.float(), sin.float())
+    return torch.view_as_real(torch.view_as_complex(x.unflatten(-1, (-1, 2))) * turn).flatten(-2)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -163,8 +177,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     x: [B, n_heads, T, D]; cos, sin: [T, D/2] for the positions of x's T tokens.
     """
-    cos2, sin2 = rope_pair_tables(cos, sin)
-    return rotate_pairs(x.float(), cos2, sin2).type_as(x)
+    return rotate_pairs(x.float(), cos, sin).type_as(x)
 
 
 class KVCache:
@@ -220,8 +233,8 @@ class Block(nn.Module):
         layer: int,
         start_pos: int,
     ) -> torch.Tensor:
-        # x: [B, T, E] (normalised); rope: rope_pair_tables for positions
-        # start_pos..start_pos+T-1, shaped [T, 1, D] to broadcast over the heads
+        # x: [B, T, E] (normalised); rope: cos, sin of positions
+        # start_pos..start_pos+T-1, shaped [T, 1, D/2] to broadcast over the heads
         bsz, t, _ = x.shape
         q = self.wq(x).view(bsz, t, self.n_head, self.head_dim)  # [B, T, H, D]
         k = self.wk(x).view(bsz, t, self.n_kv_head, self.head_dim)  # [B, T, K, D]
@@ -369,7 +382,8 @@ class Transformer(nn.Module):
         return self.tok_embd.weight if self.lm_head is None else self.lm_head.weight
 
     def _trunk(self, idx: torch.Tensor, start_pos: int, cache: KVCache | None) -> torch.Tensor:
-        """idx [B, T] at positions start_pos.. -> logits [B, T, V] in float32."""
+        """idx [B, T] at positions start_pos.. -> final hidden states [B, T, E]
+        (after the last norm, before the classifier)."""
         if idx.dim() != 2:
             raise ValueError(f"idx must be [batch, time], got shape {tuple(idx.shape)}")
         t = idx.shape[1]
@@ -379,49 +393,60 @@ class Transformer(nn.Module):
             )
         x = self.tok_embd(idx)  # [B, T, E]
         rope = None
-        if self.rope_cos is not None:
-            cos2, sin2 = rope_pair_tables(self.rope_cos[start_pos:start_pos + t],  # [T, D/2] -> [T, D]
-                                          self.rope_sin[start_pos:start_pos + t])
-            rope = (cos2.unsqueeze(1), sin2.unsqueeze(1))  # [T, 1, D]: one row per token, for all heads
+        if self.rope_cos is not None:  # [T, 1, D/2]: one row per token, for all heads
+            rope = (self.rope_cos[start_pos:start_pos + t].unsqueeze(1),
+                    self.rope_sin[start_pos:start_pos + t].unsqueeze(1))
         else:
             pos = torch.arange(start_pos, start_pos + t, device=idx.device)
             x = x + self.pos_embd(pos)  # [T, E] broadcast over the batch
         x = self.drop(x)
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, cache, i, start_pos)
-        x = self.norm_final(x)
-        w = self.classifier_weight()
-        return F.linear(x, w).float()  # [B, T, V]
+        return self.norm_final(x)
+
+    def _logits(self, idx: torch.Tensor, start_pos: int, cache: KVCache | None) -> torch.Tensor:
+        """idx [B, T] at positions start_pos.. -> logits [B, T, V] in float32."""
+        return F.linear(self._trunk(idx, start_pos, cache), self.classifier_weight()).float()
 
     def forward(
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
         loss_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        *,
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx [B, T] -> (logits [B, T, V] float32 at every position, loss or None).
 
         The loss is the per-token cross-entropy averaged over the tokens that
         count: targets of -1 and positions where loss_mask is 0 contribute
         nothing (not even gradient). The mask is applied to each token's loss
         before averaging; averaging first would make it a no-op scale.
+
+        With targets and return_logits=False (what training does) the logits
+        are never made: the classifier and the loss run a block of rows at a
+        time (`losses.linear_cross_entropy`), and the first element is None.
         """
-        logits = self._trunk(idx, 0, None)
         if targets is None:
-            return logits, None
-        v = logits.shape[-1]
-        per_token = F.cross_entropy(
-            logits.reshape(-1, v), targets.reshape(-1), ignore_index=-1, reduction="none"
-        )  # [B*T]; 0 where the target is -1
-        weight = (targets.reshape(-1) != -1).float()
+            return self._logits(idx, 0, None), None
+        weight = (targets != -1).float()
         if loss_mask is not None:
             if loss_mask.shape != targets.shape:
                 raise ValueError(
                     f"loss_mask shape {tuple(loss_mask.shape)} differs from targets {tuple(targets.shape)}"
                 )
-            weight = weight * loss_mask.reshape(-1).float()
-        loss = (per_token * weight).sum() / weight.sum().clamp_min(1.0)
-        return logits, loss
+            weight = weight * loss_mask.float()
+        weight = weight / weight.sum().clamp_min(1.0)  # the mean over the tokens that count
+        if not return_logits:
+            h = self._trunk(idx, 0, None)
+            loss = linear_cross_entropy(h.flatten(0, 1), self.classifier_weight(), targets.flatten(),
+                                        weight.flatten())
+            return None, loss
+        logits = self._logits(idx, 0, None)
+        per_token = F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none"
+        )  # [B*T]; 0 where the target is -1
+        return logits, (per_token * weight.flatten()).sum()
 
     # -- incremental decoding ---------------------------------------------------
 
@@ -443,4 +468,4 @@ class Transformer(nn.Module):
             raise ValueError(
                 f"positions {start_pos}..{start_pos + t - 1} exceed the cache length {cache.max_len}"
             )
-        return self._trunk(idx, start_pos, cache)
+        return self._logits(idx, start_pos, cache)

@@ -238,7 +238,7 @@ def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context
     for _ in range(iters):
         x, y, m = batch_to_device(batches.next(), device)
         with forward_context():
-            _, loss = model(x, y, m)
+            _, loss = model(x, y, m, return_logits=False)
         total += loss.float()
     model.train(was_training)
     if info.ddp:
@@ -513,7 +513,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                 sync = contextlib.nullcontext() if not info.ddp or micro == accum - 1 else model.no_sync()
                 with sync:
                     with forward_context():
-                        _, loss = model(x, y, m)  # per-token CE averaged over unmasked targets
+                        _, loss = model(x, y, m, return_logits=False)  # CE averaged over unmasked targets
                     loss = loss / accum
                     scaler.scale(loss).backward()  # a no-op scale unless float16
                 loss_sum += loss.detach()

@@ -1,0 +1,124 @@
+"""The classifier and its cross-entropy in one pass, a block of rows at a time.
+
+Training needs the loss and its gradients, never the [N, V] logits themselves.
+Computing `F.cross_entropy(F.linear(x, w))` the plain way makes several
+N x V float32 tensors (logits, log-probabilities, their gradient): 32 MB each
+for 2,048 tokens and a 4,096-word vocabulary, new memory every step. Here the
+logits of a block of rows (about 4 MB on a CPU) are made, turned into the
+block's loss and, in place, into the gradient of the loss with respect to them,
+then multiplied out into the gradients of x and w before the next block. The
+arithmetic is the same (the same matrix products, in the same precision) and
+the results agree with the plain way to float rounding; the gradients are
+computed in the forward pass and scaled by the incoming gradient in backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["linear_cross_entropy", "block_rows"]
+
+
+def block_rows(vocab: int, device: torch.device) -> int:
+    """Rows per block: logits of about 4 MB on a CPU (they stay in the cache),
+    64 MB on an accelerator (fewer, larger launches)."""
+    budget = (1 << 20) if device.type == "cpu" else (1 << 24)
+    return max(1, budget // max(1, vocab))
+
+
+def _compute_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would give F.linear(x, w) here."""
+    dev = x.device.type
+    try:
+        enabled = torch.is_autocast_enabled(dev)
+    except TypeError:  # torch < 2.4: CUDA autocast only
+        enabled = dev == "cuda" and torch.is_autocast_enabled()
+    if not enabled:
+        return torch.promote_types(x.dtype, w.dtype)
+    try:
+        return torch.get_autocast_dtype(dev)
+    except AttributeError:  # torch < 2.4
+        return torch.get_autocast_gpu_dtype()
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, targets, weight, rows):
+        cdt = _compute_dtype(x, w)
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        with torch.autocast(x.device.type, enabled=False):
+            wc = w.to(cdt)
+            grad_x = torch.empty_like(x) if need_x else None
+            grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
+            total = torch.zeros((), dtype=torch.float32, device=x.device)
+            safe = targets.clamp_min(0)  # ignored targets (-1) carry weight 0
+            # one logits buffer for every block (float32 products write straight into it)
+            buf = torch.empty((min(rows, x.shape[0]), w.shape[0]), dtype=torch.float32, device=x.device)
+            for s in range(0, x.shape[0], rows):
+                xc = x[s:s + rows].to(cdt)
+                tc = safe[s:s + rows, None]
+                wt = weight[s:s + rows, None]
+                if cdt == torch.float32:
+                    logits = torch.mm(xc, wc.t(), out=buf[:xc.shape[0]])  # [rows, V]
+                else:
+                    logits = F.linear(xc, wc).float()
+                picked = logits.gather(1, tc)  # the targets' logits
+                top = logits.amax(dim=-1, keepdim=True)
+                e = logits.sub_(top).exp_()  # in place: exp(logit - max)
+                norm = e.sum(dim=-1, keepdim=True)
+                total += ((top + norm.log() - picked) * wt).sum()  # log-sum-exp - target logit
+                if not (need_x or need_w):
+                    continue
+                # d(sum wt * (lse - logit[t])) / d logits = wt * (softmax - onehot), in place
+                g = e.mul_(wt / norm)
+                g.scatter_add_(1, tc, -wt)
+                gc = g.to(cdt)
+                if need_x and grad_x.dtype == cdt:
+                    torch.mm(gc, wc, out=grad_x[s:s + rows])
+                elif need_x:
+                    grad_x[s:s + rows] = gc @ wc
+                if need_w:
+                    if gc.dtype == torch.float32 and xc.dtype == torch.float32:
+                        grad_w.addmm_(gc.t(), xc)
+                    else:
+                        grad_w += (gc.t() @ xc).float()
+        ctx.save_for_backward(grad_x, grad_w.to(w.dtype) if grad_w is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_x, grad_w = ctx.saved_tensors
+        return (
+            grad_x * grad_out.to(grad_x.dtype) if grad_x is not None else None,
+            grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None,
+            None,
+            None,
+            None,
+        )
+
+
+def linear_cross_entropy(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    rows: int | None = None,
+) -> torch.Tensor:
+    """sum over rows of weight[i] * cross_entropy(x[i] @ w.T, targets[i]).
+
+    x [N, E], w [V, E], targets [N] (int, -1 for ignored rows, which must have
+    weight 0), weight [N] float. The same value and gradients as
+    `(F.cross_entropy(F.linear(x, w).float(), targets, reduction="none") * weight).sum()`
+    up to float rounding, without the [N, V] tensors. `rows` is the block
+    height (default `block_rows`).
+    """
+    if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
+        raise ValueError(f"x {tuple(x.shape)} and w {tuple(w.shape)} do not multiply as x @ w.T")
+    if targets.shape != x.shape[:1] or weight.shape != x.shape[:1]:
+        raise ValueError(
+            f"targets {tuple(targets.shape)} and weight {tuple(weight.shape)} must both be [{x.shape[0]}]"
+        )
+    if rows is None:
+        rows = block_rows(w.shape[0], x.device)
+    return _LinearCrossEntropy.apply(x, w, targets, weight.float(), int(rows))

@@ -1,0 +1,98 @@
+"""The classifier + cross-entropy in blocks (nano_train.losses) against the plain way."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nano_train.losses import block_rows, linear_cross_entropy
+from nano_train.model import ModelConfig, Transformer
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def plain(x, w, targets, weight):
+    ce = F.cross_entropy(F.linear(x, w).float(), targets, ignore_index=-1, reduction="none")
+    return (ce * weight).sum()
+
+
+def case(n=37, e=16, v=53, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, e, generator=g)
+    w = 0.3 * torch.randn(v, e, generator=g)
+    targets = torch.randint(0, v, (n,), generator=g)
+    targets[::5] = -1  # ignored rows
+    weight = (targets != -1).float() * torch.rand(n, generator=g)  # a loss mask with uneven weights
+    return x, w, targets, weight
+
+
+def grads(fn, x, w, *rest):
+    x, w = x.clone().requires_grad_(), w.clone().requires_grad_()
+    loss = fn(x, w, *rest)
+    (2.5 * loss).backward()  # a non-unit incoming gradient
+    return loss.detach(), x.grad, w.grad
+
+
+@pytest.mark.parametrize("rows", [1, 4, 36, 37, 1000])
+def test_blocked_loss_and_gradients_equal_the_plain_way(rows):
+    x, w, targets, weight = case()
+    want = grads(plain, x, w, targets, weight)
+    got = grads(lambda a, b, t, m: linear_cross_entropy(a, b, t, m, rows=rows), x, w, targets, weight)
+    for a, b in zip(want, got):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+    # ignored and zero-weight rows get no gradient at all
+    assert torch.all(got[1][weight == 0] == 0)
+    assert torch.all(got[1][weight > 0].abs().sum(-1) > 0)
+
+
+def test_without_gradients_and_with_a_frozen_classifier():
+    x, w, targets, weight = case(seed=1)
+    with torch.no_grad():
+        assert torch.allclose(linear_cross_entropy(x, w, targets, weight, rows=8), plain(x, w, targets, weight))
+    xg = x.clone().requires_grad_()
+    linear_cross_entropy(xg, w, targets, weight, rows=8).backward()  # w frozen (as under LoRA)
+    xr = x.clone().requires_grad_()
+    plain(xr, w, targets, weight).backward()
+    assert torch.allclose(xg.grad, xr.grad, rtol=1e-5, atol=1e-6) and w.grad is None
+
+
+def test_bfloat16_autocast_matches_autocast_linear():
+    x, w, targets, weight = case(seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = grads(plain, x, w, targets, weight)
+        got = grads(lambda a, b, t, m: linear_cross_entropy(a, b, t, m, rows=8), x, w, targets, weight)
+    for a, b in zip(want, got):  # equal to bfloat16 rounding (a few units in the last place)
+        assert a.dtype == b.dtype
+        assert (a - b).abs().max() <= 2e-2 * a.abs().max(), (a - b).abs().max()
+
+
+def test_bad_shapes_are_errors():
+    x, w, targets, weight = case()
+    with pytest.raises(ValueError, match="do not multiply"):
+        linear_cross_entropy(x, w.t(), targets, weight)
+    with pytest.raises(ValueError, match="must both be"):
+        linear_cross_entropy(x, w, targets[:-1], weight)
+    assert block_rows(4096, torch.device("cpu")) == 256
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_training_call_equals_the_logits_call(tie):
+    """model(x, y, mask, return_logits=False), the training loop's call, gives the
+    loss and every parameter gradient of model(x, y, mask), and no logits."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(block_size=16, vocab_size=41, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
+                      tie_embeddings=tie)
+    a, b = Transformer(cfg), Transformer(cfg)
+    b.load_state_dict(a.state_dict())
+    idx = torch.randint(0, 41, (3, 16))
+    targets = torch.randint(0, 41, (3, 16))
+    targets[0, :4] = -1
+    mask = (torch.rand(3, 16) > 0.3).long()
+    logits, la = a(idx, targets, mask)
+    none, lb = b(idx, targets, mask, return_logits=False)
+    assert logits.shape == (3, 16, 41) and none is None
+    assert torch.allclose(la, lb, rtol=1e-6)
+    la.backward()
+    lb.backward()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-7), name
