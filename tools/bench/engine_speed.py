@@ -481,6 +481,8 @@ class Probe:
         self.lib.nano_bench_probe_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
         self.lib.nano_bench_fma_peak.restype = ctypes.c_double
         self.lib.nano_bench_fma_peak.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
+        self.lib.nano_bench_int8_peak.restype = ctypes.c_double
+        self.lib.nano_bench_int8_peak.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
         self.nbytes = max(2, mib // 2 * 2) << 20
         self.bufs = {}
         for kind in self.KINDS:
@@ -509,6 +511,16 @@ class Probe:
         for _ in range(passes):
             self.lib.nano_bench_fma_peak(iters, threads, ctypes.byref(secs))
             best = max(best, threads * iters * 96 / secs.value)
+        return best
+
+    def int8_peak(self, threads: int, passes: int = 3) -> float:
+        """Best of `passes` int8 dot-product loops: multiply-adds per second, all threads."""
+        secs = ctypes.c_double()
+        iters = 4_000_000
+        best = 0.0
+        for _ in range(passes):
+            self.lib.nano_bench_int8_peak(iters, threads, ctypes.byref(secs))
+            best = max(best, threads * iters * 256 / secs.value)
         return best
 
     def close(self) -> None:
@@ -627,6 +639,7 @@ def run(args, shapes, quants, threads, ffi, lib, lib_path: Path, workdir: Path) 
     probe = Probe(workdir, args.probe_mb)
     bw_samples: dict[int, dict[str, list[float]]] = {t: {k: [] for k in Probe.KINDS} for t in threads}
     fma_samples: dict[int, list[float]] = {t: [] for t in threads}
+    int8_samples: dict[int, list[float]] = {t: [] for t in threads}
     results, checks = [], []
     rng = np.random.default_rng(args.seed)
 
@@ -665,6 +678,7 @@ def run(args, shapes, quants, threads, ffi, lib, lib_path: Path, workdir: Path) 
                 for r in range(args.warmup + args.rounds):
                     bw = probe.gbs(nt)
                     fma = probe.fma_peak(nt)
+                    int8 = probe.int8_peak(nt)
                     order = engines if r % 2 == 0 else engines[::-1]
                     for e in order:
                         e.reset()
@@ -677,6 +691,7 @@ def run(args, shapes, quants, threads, ffi, lib, lib_path: Path, workdir: Path) 
                         for k, v in bw.items():
                             bw_samples[nt][k].append(v)
                         fma_samples[nt].append(fma)
+                        int8_samples[nt].append(int8)
                 row = dict(shape=shape_name, quant=quant, threads=nt, params=n_params,
                            bytes_per_token=bpt, prefill_macs_per_token=prefill_macs_per_token(model, args.prompt),
                            raw_seconds=times)
@@ -701,9 +716,11 @@ def run(args, shapes, quants, threads, ffi, lib, lib_path: Path, workdir: Path) 
     # The limit is the best this machine streams: the huge-page probe.
     bandwidth = {t: {k: statistics.median(v) for k, v in d.items()} for t, d in bw_samples.items()}
     fma_peak = {t: statistics.median(v) for t, v in fma_samples.items()}
+    int8_peak = {t: statistics.median(v) for t, v in int8_samples.items()}
     meta.update(load_after=load_avg(), bandwidth_gbs=bandwidth, bandwidth_samples_gbs=bw_samples,
                 probe_bytes=probe.nbytes, fma_peak_gmacs=fma_peak and {t: v / 1e9 for t, v in fma_peak.items()},
-                fma_samples_gmacs={t: [v / 1e9 for v in vs] for t, vs in fma_samples.items()})
+                fma_samples_gmacs={t: [v / 1e9 for v in vs] for t, vs in fma_samples.items()},
+                int8_peak_gmacs=int8_peak and {t: v / 1e9 for t, v in int8_peak.items()})
     for row in results:
         bw = bandwidth[row["threads"]]["huge"] * 1e9
         for side in ("ours", "llama"):
@@ -719,6 +736,7 @@ def run(args, shapes, quants, threads, ffi, lib, lib_path: Path, workdir: Path) 
         # what prefill at 5x our decode rate would take, against the FMA peak
         row["goal_prefill_gmacs"] = 5 * row["ours"]["decode_tps"] * macs / 1e9
         row["goal_prefill_peak_fraction"] = 5 * row["ours"]["decode_tps"] * macs / fma_peak[row["threads"]]
+        row["goal_prefill_int8_fraction"] = 5 * row["ours"]["decode_tps"] * macs / int8_peak[row["threads"]]
         row["decode_ratio"] = row["ours"]["decode_tps"] / row["llama"]["decode_tps"]
         row["prefill_ratio"] = row["ours"]["prefill_tps"] / row["llama"]["prefill_tps"]
 
@@ -729,7 +747,8 @@ def run(args, shapes, quants, threads, ffi, lib, lib_path: Path, workdir: Path) 
         print(f"  {t} thread{'s' if t > 1 else ' '}: {bandwidth[t]['huge']:.1f} GB/s in huge pages (the limit used "
               f"below), {bandwidth[t]['4k']:.1f} GB/s in 4 KiB pages")
     for t in threads:
-        print(f"  FMA peak, {t} thread{'s' if t > 1 else ' '}: {fma_peak[t] / 1e9:.1f} G float32 multiply-adds/s")
+        print(f"  FMA peak, {t} thread{'s' if t > 1 else ' '}: {fma_peak[t] / 1e9:.1f} G float32 multiply-adds/s; "
+              f"int8 dot products {int8_peak[t] / 1e9:.1f} G/s ({int8_peak[t] / fma_peak[t]:.2f}x)")
     head = ("shape", "quant", "thr", "decode ours", "llama.cpp", "ratio", "bw ours", "bw llama",
             "prefill ours", "llama.cpp", "ratio", "pf/dec ours", "pf/dec llama")
     rows = [head]
@@ -779,7 +798,8 @@ def run(args, shapes, quants, threads, ffi, lib, lib_path: Path, workdir: Path) 
             print(f"  {tag}: Q8_0 decode {row['decode_ratio']:.2f}x llama.cpp "
                   f"({'met' if ok else 'NOT met'}, goal 1.0x)")
         ok = o["prefill_over_decode"] >= 5.0
-        why = "" if ok else (f"; 5x would need {100 * row['goal_prefill_peak_fraction']:.0f}% of the FMA peak, "
+        why = "" if ok else (f"; 5x would need {100 * row['goal_prefill_peak_fraction']:.0f}% of the FMA peak "
+                             f"({100 * row['goal_prefill_int8_fraction']:.0f}% of the int8 dot-product peak), "
                              f"prefill runs at {100 * o['prefill_peak_fraction']:.0f}%")
         print(f"  {tag}: prefill {o['prefill_over_decode']:.1f}x decode ({'met' if ok else 'NOT met'}, goal 5x{why})")
     print(f"\nload average before {meta['load_before']}, after {meta['load_after']}")

@@ -14,6 +14,11 @@
  * in transparent huge pages (MADV_HUGEPAGE): the two stream at different
  * rates (TLB misses, and hardware prefetchers stop at page boundaries), and a
  * memory-mapped model file gets 4 KiB pages.
+ *
+ * The two compute probes bound prefill, which is matrix-matrix work: float32
+ * FMAs (what the engine computes with), and 8-bit integer dot products (what
+ * an engine that also quantizes its activations to int8, as llama.cpp does,
+ * would compute with on AVX2: vpmaddubsw + vpmaddwd + vpaddd).
  */
 #define _DEFAULT_SOURCE
 #include <stddef.h>
@@ -29,6 +34,7 @@ uint64_t nano_bench_probe_sum(const uint64_t *buf, size_t n, int threads, double
 void *nano_bench_probe_alloc(size_t bytes, int huge);
 void nano_bench_probe_free(void *buf, size_t bytes);
 double nano_bench_fma_peak(long iters, int threads, double *seconds);
+double nano_bench_int8_peak(long iters, int threads, double *seconds);
 
 static double now_s(void) {
     struct timespec ts;
@@ -121,4 +127,56 @@ double nano_bench_fma_peak(long iters, int threads, double *seconds) {
     }
     *seconds = now_s() - t0;
     return sink; /* keeps the work */
+}
+
+/* Multiply-adds per second of 8-bit integer dot products on `threads` threads:
+ * eight independent chains of vpmaddubsw (32 u8 x s8 products summed in pairs
+ * to int16), vpmaddwd by ones (to int32) and vpaddd into an accumulator,
+ * 256 multiply-adds per step. An empty asm statement marks the activations
+ * as changed every step, so the compiler cannot hoist the products. */
+double nano_bench_int8_peak(long iters, int threads, double *seconds) {
+    double t0 = now_s();
+    long sink = 0;
+    (void)threads;
+#pragma omp parallel num_threads(threads) reduction(+ : sink)
+    {
+        long k;
+#if defined(__AVX2__) && defined(__GNUC__)
+        __m256i acc[8], w[8];
+        __m256i x = _mm256_set1_epi8(3);
+        const __m256i ones = _mm256_set1_epi16(1);
+        int i;
+        for (i = 0; i < 8; i++) {
+            acc[i] = _mm256_setzero_si256();
+            w[i] = _mm256_set1_epi8((char)(2 * i - 7)); /* odd: none is zero */
+        }
+        for (k = 0; k < iters; k++) {
+            acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w[0]), ones));
+            acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w[1]), ones));
+            acc[2] = _mm256_add_epi32(acc[2], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w[2]), ones));
+            acc[3] = _mm256_add_epi32(acc[3], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w[3]), ones));
+            acc[4] = _mm256_add_epi32(acc[4], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w[4]), ones));
+            acc[5] = _mm256_add_epi32(acc[5], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w[5]), ones));
+            acc[6] = _mm256_add_epi32(acc[6], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w[6]), ones));
+            acc[7] = _mm256_add_epi32(acc[7], _mm256_madd_epi16(_mm256_maddubs_epi16(x, w[7]), ones));
+            __asm__ volatile("" : "+x"(x));
+        }
+        for (i = 1; i < 8; i++) acc[0] = _mm256_add_epi32(acc[0], acc[i]);
+        sink += _mm256_extract_epi32(acc[0], 0);
+#else
+        /* no AVX2 here: scalar int8 multiply-adds into int32, 256 per step */
+        int32_t acc[256];
+        volatile int8_t x = 3;
+        int i;
+        for (i = 0; i < 256; i++) acc[i] = 0;
+        for (k = 0; k < iters; k++) {
+            const int32_t xv = x;
+            for (i = 0; i < 256; i++) acc[i] += xv * (int8_t)(i - 128);
+        }
+        for (i = 1; i < 256; i++) acc[0] += acc[i];
+        sink += acc[0];
+#endif
+    }
+    *seconds = now_s() - t0;
+    return (double)sink; /* keeps the work */
 }
