@@ -71,6 +71,8 @@ last-level cache can exceed 1.0. FMA peak: twelve independent 8-lane float32
 FMA chains per thread; prefill's multiply-adds per token (layers, causal
 attention, the classifier once per prompt) x tokens/s against it says how
 close prefill is to compute-bound, and what 5x the decode rate would take.
+Int8 peak: eight chains of AVX2 vpmaddubsw + vpmaddwd + vpaddd per thread,
+the ceiling of an engine that quantizes its activations to int8 too.
 
 The CPU is often shared; load averages before and after are printed, and
 two-thread figures suffer most when another process holds a core. This is a
