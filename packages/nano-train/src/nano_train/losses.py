@@ -7,9 +7,10 @@ for 2,048 tokens and a 4,096-word vocabulary, new memory every step. Here the
 logits of a block of rows (about 4 MB on a CPU) are made, turned into the
 block's loss and, in place, into the gradient of the loss with respect to them,
 then multiplied out into the gradients of x and w before the next block. The
-arithmetic is the same (the same matrix products, in the same precision) and
-the results agree with the plain way to float rounding; the gradients are
-computed in the forward pass and scaled by the incoming gradient in backward.
+arithmetic is the same (the same matrix products, in the same precision, except
+that under float16 the gradient products run in float32, see below) and the
+results agree with the plain way to float rounding; the gradients are computed
+in the forward pass and scaled by the incoming gradient in backward.
 """
 
 from __future__ import annotations
@@ -46,9 +47,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, targets, weight, rows):
         cdt = _compute_dtype(x, w)
+        # Under float16 the gradient products run in float32: the plain way has the
+        # loss scale (GradScaler) in the gradient before casting it to float16, but
+        # here the scale comes afterwards, so small gradients would underflow.
+        gdt = torch.float32 if cdt == torch.float16 else cdt
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(x.device.type, enabled=False):
             wc = w.to(cdt)
+            wg = w.to(gdt)
             grad_x = torch.empty_like(x) if need_x else None
             grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
             total = torch.zeros((), dtype=torch.float32, device=x.device)
@@ -73,16 +79,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 # d(sum wt * (lse - logit[t])) / d logits = wt * (softmax - onehot), in place
                 g = e.mul_(wt / norm)
                 g.scatter_add_(1, tc, -wt)
-                gc = g.to(cdt)
-                if need_x and grad_x.dtype == cdt:
-                    torch.mm(gc, wc, out=grad_x[s:s + rows])
+                gc, xg = g.to(gdt), xc.to(gdt)
+                if need_x and grad_x.dtype == gdt:
+                    torch.mm(gc, wg, out=grad_x[s:s + rows])
                 elif need_x:
-                    grad_x[s:s + rows] = gc @ wc
+                    grad_x[s:s + rows] = gc @ wg
                 if need_w:
-                    if gc.dtype == torch.float32 and xc.dtype == torch.float32:
-                        grad_w.addmm_(gc.t(), xc)
+                    if gdt == torch.float32:
+                        grad_w.addmm_(gc.t(), xg)
                     else:
-                        grad_w += (gc.t() @ xc).float()
+                        grad_w += (gc.t() @ xg).float()
         ctx.save_for_backward(grad_x, grad_w.to(w.dtype) if grad_w is not None else None)
         return total
 
