@@ -157,12 +157,14 @@ def rotate_pairs(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     are [..., D/2] (broadcast against x):
     out[2i] = x[2i] c - x[2i+1] s, out[2i+1] = x[2i+1] c + x[2i] s.
 
-    Run eagerly, the pairs are complex numbers and the rotation one complex
-    product (one kernel forward and one backward; the same products and sums,
-    bit for bit, as the formula). Under torch.compile, which has no complex
-    kernels, the formula itself on whole tensors, which the compiler fuses.
+    Run eagerly on a CPU or a CUDA device, the pairs are complex numbers and the
+    rotation one complex product (one kernel forward and one backward; the same
+    products and sums as the formula, equal to one rounding). Under
+    torch.compile, which has no complex kernels, and on other devices (MPS's
+    complex support is partial), the formula itself on whole tensors, which the
+    compiler fuses.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or x.device.type not in ("cpu", "cuda"):
         cos2, sin2 = rope_pair_tables(cos, sin)
         swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (x1, x0, x3, x2, ...)
         return x * cos2 + swapped * sin2
