@@ -481,10 +481,9 @@ class Probe:
         self.lib.nano_bench_probe_alloc.restype = ctypes.c_void_p
         self.lib.nano_bench_probe_alloc.argtypes = [ctypes.c_size_t, ctypes.c_int]
         self.lib.nano_bench_probe_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        self.lib.nano_bench_fma_peak.restype = ctypes.c_double
-        self.lib.nano_bench_fma_peak.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
-        self.lib.nano_bench_int8_peak.restype = ctypes.c_double
-        self.lib.nano_bench_int8_peak.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
+        for fn in (self.lib.nano_bench_fma_peak, self.lib.nano_bench_int8_peak):
+            fn.restype = ctypes.c_double
+            fn.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.POINTER(ctypes.c_double)]
         self.nbytes = max(2, mib // 2 * 2) << 20
         self.bufs = {}
         for kind in self.KINDS:
@@ -505,25 +504,22 @@ class Probe:
             out[kind] = best
         return out
 
-    def fma_peak(self, threads: int, passes: int = 3) -> float:
-        """Best of `passes` FMA-loop runs: float32 multiply-adds per second, all threads."""
+    def _peak(self, fn, macs_per_step: int, iters: int, threads: int, passes: int) -> float:
+        """Best of `passes` runs of a compute loop: multiply-adds per second, all threads."""
         secs = ctypes.c_double()
-        iters = 10_000_000
         best = 0.0
         for _ in range(passes):
-            self.lib.nano_bench_fma_peak(iters, threads, ctypes.byref(secs))
-            best = max(best, threads * iters * 96 / secs.value)
+            fn(iters, threads, ctypes.byref(secs))
+            best = max(best, threads * iters * macs_per_step / secs.value)
         return best
 
+    def fma_peak(self, threads: int, passes: int = 3) -> float:
+        """float32 FMAs (96 per step)."""
+        return self._peak(self.lib.nano_bench_fma_peak, 96, 10_000_000, threads, passes)
+
     def int8_peak(self, threads: int, passes: int = 3) -> float:
-        """Best of `passes` int8 dot-product loops: multiply-adds per second, all threads."""
-        secs = ctypes.c_double()
-        iters = 4_000_000
-        best = 0.0
-        for _ in range(passes):
-            self.lib.nano_bench_int8_peak(iters, threads, ctypes.byref(secs))
-            best = max(best, threads * iters * 256 / secs.value)
-        return best
+        """int8 dot products (256 multiply-adds per step)."""
+        return self._peak(self.lib.nano_bench_int8_peak, 256, 4_000_000, threads, passes)
 
     def close(self) -> None:
         for p in self.bufs.values():

@@ -54,13 +54,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(x.device.type, enabled=False):
             wc = w.to(cdt)
-            wg = w.to(gdt)
+            wg = wc if gdt == cdt else w.to(gdt)
             grad_x = torch.empty_like(x) if need_x else None
             grad_w = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
             total = torch.zeros((), dtype=torch.float32, device=x.device)
             safe = targets.clamp_min(0)  # ignored targets (-1) carry weight 0
-            # one logits buffer for every block (float32 products write straight into it)
-            buf = torch.empty((min(rows, x.shape[0]), w.shape[0]), dtype=torch.float32, device=x.device)
+            # float32: one logits buffer for every block, the products write straight into it
+            buf = (torch.empty((min(rows, x.shape[0]), w.shape[0]), dtype=torch.float32, device=x.device)
+                   if cdt == torch.float32 else None)
             for s in range(0, x.shape[0], rows):
                 xc = x[s:s + rows].to(cdt)
                 tc = safe[s:s + rows, None]

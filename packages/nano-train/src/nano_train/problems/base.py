@@ -37,6 +37,22 @@ KINDS = ("seq2seq", "instruct")
 GENERATOR_VERSION = 1  # bump when a generator or the row layout changes (invalidates cached data)
 
 
+def train_config(model: dict, *, batch_size: int = 256, learning_rate: float = 3e-3, warmup_iters: int = 100,
+                 max_iters: int = 6000, time_budget: float = 120.0, eval_iters: int = 4) -> dict:
+    """A problem's training config sections: its model, and the small-model
+    training settings every problem starts from (the keyword arguments are the
+    ones a problem may change)."""
+    return {
+        "model": {"n_head": 4, "n_kv_head": 4, **model},
+        "data": {"batch_size": batch_size},
+        "optim": {"learning_rate": learning_rate, "min_lr": 1e-4, "warmup_iters": warmup_iters,
+                  "max_iters": max_iters, "weight_decay": 0.0, "time_budget": time_budget},
+        "eval": {"eval_interval": 500, "eval_iters": eval_iters},
+        "run": {"log_interval": 20},
+        "system": {"threads": 1},
+    }
+
+
 @dataclass(frozen=True)
 class Case:
     question: str

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import random
 
-from nano_train.problems.base import Problem
+from nano_train.problems.base import Problem, train_config
 
 OPS = "*+"
 
@@ -111,12 +111,6 @@ class Boolean(Problem):
         return 2 * (n - 1) + n + 1 + 2 + 1 + 1 - 1
 
     def model_config(self) -> dict:
-        return {
-            "model": {"block_size": self.block_size(), "n_layer": 4, "n_embd": 96, "n_head": 4, "n_kv_head": 4},
-            "data": {"batch_size": 128},
-            "optim": {"learning_rate": 2e-3, "min_lr": 1e-4, "warmup_iters": 200, "max_iters": 20000,
-                      "weight_decay": 0.0, "time_budget": 900.0},
-            "eval": {"eval_interval": 500, "eval_iters": 8},
-            "run": {"log_interval": 20},
-            "system": {"threads": 1},
-        }
+        return train_config({"block_size": self.block_size(), "n_layer": 4, "n_embd": 96}, batch_size=128,
+                            learning_rate=2e-3, warmup_iters=200, max_iters=20000, time_budget=900.0,
+                            eval_iters=8)

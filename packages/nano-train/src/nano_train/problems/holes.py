@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import random
 
-from nano_train.problems.base import Problem
+from nano_train.problems.base import Problem, train_config
+from nano_train.problems.sort import DIGITS
 
 LOOPS = {"0": 1, "6": 1, "9": 1, "8": 2}
 
@@ -34,10 +35,10 @@ class Holes(Problem):
             raise ValueError("holes: --digits must be at most 40")
 
     def alphabet(self) -> str:
-        return "0123456789"
+        return DIGITS
 
     def draw(self, rng: random.Random) -> str:
-        return rng.choice("123456789") + "".join(rng.choice("0123456789") for _ in range(self.digits - 1))
+        return rng.choice(DIGITS[1:]) + "".join(rng.choice(DIGITS) for _ in range(self.digits - 1))
 
     def solve(self, question: str) -> str:
         return str(count_holes(question))
@@ -50,12 +51,4 @@ class Holes(Problem):
         return 1 + self.digits + 1 + self.max_answer_tokens() + 1 - 1
 
     def model_config(self) -> dict:
-        return {
-            "model": {"block_size": self.block_size(), "n_layer": 2, "n_embd": 64, "n_head": 4, "n_kv_head": 4},
-            "data": {"batch_size": 256},
-            "optim": {"learning_rate": 3e-3, "min_lr": 1e-4, "warmup_iters": 100, "max_iters": 6000,
-                      "weight_decay": 0.0, "time_budget": 120.0},
-            "eval": {"eval_interval": 500, "eval_iters": 4},
-            "run": {"log_interval": 20},
-            "system": {"threads": 1},
-        }
+        return train_config({"block_size": self.block_size(), "n_layer": 2, "n_embd": 64})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 
-from nano_train.problems.base import Problem
+from nano_train.problems.base import Problem, train_config
 
 DIGITS = "0123456789"
 
@@ -40,13 +40,4 @@ class Sort(Problem):
 def seq2seq_config(digits: int) -> dict:
     """sort and reverse: a small full-attention model with learned positions (the
     answer at position i depends on i itself, which learned positions give directly)."""
-    return {
-        "model": {"block_size": digits, "n_layer": 2, "n_embd": 64, "n_head": 4, "n_kv_head": 4,
-                  "is_causal": False, "use_rope": False},
-        "data": {"batch_size": 256},
-        "optim": {"learning_rate": 3e-3, "min_lr": 1e-4, "warmup_iters": 100, "max_iters": 6000,
-                  "weight_decay": 0.0, "time_budget": 120.0},
-        "eval": {"eval_interval": 500, "eval_iters": 4},
-        "run": {"log_interval": 20},
-        "system": {"threads": 1},
-    }
+    return train_config({"block_size": digits, "n_layer": 2, "n_embd": 64, "is_causal": False, "use_rope": False})
