@@ -125,3 +125,32 @@ def test_float16_gradients_do_not_underflow():
 
     for i in (1, 2):
         assert error(half_blocked, i) <= 2 * error(half_plain, i), (i, error(half_blocked, i), error(half_plain, i))
+
+
+def test_torch_compile_runs_the_blocked_loss_eagerly(monkeypatch):
+    """A compiled model leaves the blocked loss out of its graph: compiled on CUDA
+    (torch 2.11, H200) the graph lost the gradients that the loss computes in its
+    forward, so the tied embedding got a wrong gradient and training did not learn
+    (tools/bench/grad_check.py finds it on a GPU). Here: the loss's forward runs
+    outside the compiler, and the compiled gradients equal the eager ones."""
+    from nano_train import losses
+
+    seen = []
+    original = losses._LinearCrossEntropy.forward
+
+    def spy(ctx, *args):
+        seen.append(torch.compiler.is_compiling())
+        return original(ctx, *args)
+
+    monkeypatch.setattr(losses._LinearCrossEntropy, "forward", staticmethod(spy))
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(block_size=16, vocab_size=64, n_layer=1, n_head=2, n_kv_head=1, n_embd=16))
+    x, y = torch.randint(0, 64, (2, 16)), torch.randint(0, 64, (2, 16))
+    grads = []
+    for fn in (model, torch.compile(model, backend="aot_eager", fullgraph=False)):
+        model.zero_grad(set_to_none=True)
+        fn(x, y, return_logits=False)[1].backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert seen == [False, False]  # once eager, once from the compiled model: never traced
+    for eager, compiled in zip(*grads):
+        torch.testing.assert_close(compiled, eager)

@@ -105,6 +105,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
 
 
+# torch.compile runs this function as written, in eager mode (a graph break in a
+# compiled model). Compiled on CUDA (torch 2.11, an H200), the graph lost the
+# gradient this Function computes in its forward: the tied embedding's gradient
+# came out 100% wrong against float64 (tools/bench/grad_check.py), and training
+# did not learn. Its work is a few large matrix products, which compiling would
+# not speed up.
+@torch.compiler.disable
 def linear_cross_entropy(
     x: torch.Tensor,
     w: torch.Tensor,

@@ -42,6 +42,16 @@ GPU_PEAK_FLOPS = (
 )
 
 
+def synchronize(device: "torch.device") -> None:
+    """Wait until the work queued on an asynchronous device (CUDA, MPS) is done."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def matmul_probe(device: "torch.device", seconds: float = 0.25, n: int = 1024, trials: int = 5) -> float:
     """Measured FLOP/s of n x n float32 matmuls on `device`: the best of several short
     trials, so that a moment of contention from other processes does not lower it."""
@@ -49,15 +59,8 @@ def matmul_probe(device: "torch.device", seconds: float = 0.25, n: int = 1024, t
 
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        elif device.type == "mps":
-            torch.mps.synchronize()
-
     a @ b  # warm up
-    sync()
+    synchronize(device)
     best = 0.0
     for _ in range(trials):
         reps, t0 = 0, time.perf_counter()
@@ -65,7 +68,7 @@ def matmul_probe(device: "torch.device", seconds: float = 0.25, n: int = 1024, t
             a @ b
             reps += 1
             if reps % 4 == 0:
-                sync()
+                synchronize(device)
                 dt = time.perf_counter() - t0
                 if dt >= seconds / trials:
                     break

@@ -47,7 +47,7 @@ from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.config import Config, ConfigError, help_text, load_config
 from nano_train.data import Batcher, DataError, Dataset
 from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
-from nano_train.metrics import RunLog, duration, human, peak_flops
+from nano_train.metrics import RunLog, duration, human, peak_flops, synchronize
 from nano_train.model import ModelConfig, Transformer
 
 PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -468,7 +468,9 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous_handlers[sig] = signal.signal(sig, on_signal)
     checkpoint_interval = cfg.run.checkpoint_interval or cfg.eval.eval_interval
-    train_seconds, rate_tokens = 0.0, 0
+    train_seconds, rate_tokens = 0.0, 0  # for the run's throughput, the first step left out
+    first_seconds = 0.0  # ... unless it is the only one
+    interval_seconds, interval_steps = 0.0, 0  # since the last log line
     interrupted = out_of_time = False
     try:
         while True:
@@ -528,14 +530,31 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
             step += 1
             tokens_seen += tokens_per_step
 
+            # -- time the step. A GPU runs behind the Python code, so a step is timed to the
+            #    end of its device work only where the device is waited for: at log lines, before
+            #    an evaluation or checkpoint, and after the first step. Each interval between
+            #    waits is exact in total, and the log reports throughput over its interval.
+            log_now = step % cfg.run.log_interval == 0 or step == cfg.optim.max_iters
+            first = step == (resume_step or 0) + 1  # pays for warm-up and compilation
+            if log_now or first or step % cfg.eval.eval_interval == 0 or step % checkpoint_interval == 0:
+                synchronize(device)
+            dt = time.perf_counter() - t0
+            interval_seconds += dt
+            interval_steps += 1
+            if first:
+                first_seconds = dt
+            else:
+                train_seconds += dt
+                rate_tokens += tokens_per_step
+
             # -- log
-            if step % cfg.run.log_interval == 0 or step == cfg.optim.max_iters:
+            if log_now:
                 if info.ddp:
                     dist.all_reduce(loss_sum)
                     loss_sum /= info.world_size
-                train_loss = loss_sum.item()  # waits for the device, so dt below is real
-                dt = time.perf_counter() - t0
-                tok_s = tokens_per_step / dt
+                train_loss = loss_sum.item()
+                tok_s = tokens_per_step * interval_steps / interval_seconds
+                interval_seconds, interval_steps = 0.0, 0
                 mfu = flops_per_token * tok_s / (peak * info.world_size) if peak > 0 else None
                 elapsed = elapsed_before + time.monotonic() - t_start
                 say(f"step {step:>6}/{cfg.optim.max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | "
@@ -543,17 +562,13 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                     + (f" | mfu {100 * mfu:.2f}%" if mfu is not None else "") + f" | {duration(elapsed)}")
                 record(kind="train", step=step, loss=train_loss, lr=lr, grad_norm=grad_norm.item(),
                        tokens_per_s=tok_s, mfu=mfu, tokens_seen=tokens_seen, elapsed_s=elapsed)
-            else:
-                dt = time.perf_counter() - t0
-            if step > (resume_step or 0) + 1:  # the first step pays for warm-up and compilation
-                train_seconds += dt
-                rate_tokens += tokens_per_step
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
 
     seconds = time.monotonic() - t_start
-    tokens_per_s = rate_tokens / train_seconds if train_seconds > 0 else 0.0
+    tokens_per_s = (rate_tokens / train_seconds if train_seconds > 0
+                    else tokens_per_step / first_seconds if first_seconds > 0 else 0.0)
     result = TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, tokens_per_s, seconds,
                          interrupted, out_dir, out_of_time)
     if interrupted:

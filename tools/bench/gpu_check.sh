@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Issue 3's GPU figures in one call, for a lent GPU machine whose python3 already
+# has torch and transformers (nothing is installed; our packages come from src/).
+#
+#   tools/bench/gpu_check.sh DATASET OUT_DIR
+#
+# DATASET: a pretraining dataset from `hatch run train:prepare pretrain` with a
+# 16384-token vocabulary (the 56M shape's), e.g.
+#   hatch run train:prepare pretrain --tokenizer ../shared/data/tokenizer_16384_v2.json \
+#       --out_dir runs/data/psycho_16384 ../shared/data/pretrain_psycho.txt
+# OUT_DIR receives gpu_check.log (everything printed), the two train_speed JSON
+# records, and the pretraining run's log.jsonl and report.md.
+#
+# Stages, each under its own time limit so that a slow one still leaves the others'
+# results: the GPU and the matmul rates of the model's own shapes; the gradients
+# against float64 (grad_check.py); train_speed on the 56M shape in bfloat16, eager,
+# then with both models compiled; a real pretraining run of configs/gpu_56m.json
+# (compiled) for a fixed time.
+# Environment: PYTHON, RUN_DIR, COMPILED_LIMIT, PRETRAIN_SECONDS, PRETRAIN_BATCH, PRETRAIN_LIMIT.
+set -u
+data=${1:?usage: gpu_check.sh DATASET OUT_DIR}
+out=${2:?usage: gpu_check.sh DATASET OUT_DIR}
+py=${PYTHON:-python3}
+data=$(realpath -m -- "$data")  # the paths as given, before moving to the repository root
+out=$(realpath -m -- "$out")
+cd "$(dirname "$0")/../.."
+mkdir -p "$out"
+export PYTHONPATH=packages/nano-format/src:packages/nano-tokenizer/src:packages/nano-train/src
+export PYTHONUNBUFFERED=1
+log=$out/gpu_check.log
+run_dir=${RUN_DIR:-/tmp/gpu_check_run}  # checkpoints are large: kept out of OUT_DIR
+
+stage() {  # stage NAME SECONDS COMMAND...
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name: $(date -u +%T), limit ${limit}s" | tee -a "$log"
+    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"
+    echo "== $name: exit ${PIPESTATUS[0]} at $(date -u +%T)" | tee -a "$log"
+}
+
+if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+    echo "error: $py has no torch that sees a CUDA GPU here (set PYTHON to one that does)" >&2
+    exit 2
+fi
+stage gpu 60 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+stage shapes 60 "$py" - <<'EOF'
+# bf16 matmul rates: a large square product, and the 56M model's own products at
+# batch 32 x 512 tokens (M = 16384): they bound the MFU that training can reach.
+import torch, transformers
+print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name()}")
+def rate(m, k, n, reps=50):
+    a = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(k, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    times = []
+    for _ in range(5):
+        start.record()
+        for _ in range(reps):
+            a @ b
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / reps)
+    return 2 * m * k * n / sorted(times)[len(times) // 2]
+for name, (m, k, n) in {"square 8192": (8192, 8192, 8192), "wq/wo 512->512": (16384, 512, 512),
+                        "wk/wv 512->256": (16384, 512, 256), "w1/w3 512->1408": (16384, 512, 1408),
+                        "w2 1408->512": (16384, 1408, 512), "classifier 512->16384": (16384, 512, 16384)}.items():
+    print(f"  {name:24s} M={m:5d} K={k:5d} N={n:5d}: {rate(m, k, n) / 1e12:6.1f} TFLOP/s")
+EOF
+stage grad_check 120 "$py" tools/bench/grad_check.py --layers 2 --batch 4 --seq 512
+stage bench_eager 120 "$py" tools/bench/train_speed.py --shape 56m --device cuda --dtype bfloat16 \
+    --json "$out/bench_eager.json"
+stage bench_compiled "${COMPILED_LIMIT:-200}" "$py" tools/bench/train_speed.py --shape 56m --device cuda \
+    --dtype bfloat16 --compile --json "$out/bench_compiled.json"
+stage pretrain "${PRETRAIN_LIMIT:-220}" "$py" -m nano_train.pretrain packages/nano-train/configs/gpu_56m.json \
+    --dataset="$data" --out_dir="$run_dir" --time_budget="${PRETRAIN_SECONDS:-150}" --max_iters=100000 \
+    --batch_size="${PRETRAIN_BATCH:-32}" \
+    --eval_interval=100000 --checkpoint_interval=0
+cp "$run_dir/log.jsonl" "$run_dir/report.md" "$out/" 2>/dev/null
