@@ -71,7 +71,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model, load_average  # noqa: E402
 
 from nano_train.config import OptimConfig
-from nano_train.metrics import matmul_probe, peak_flops
+from nano_train.metrics import matmul_probe, peak_flops, synchronize
 from nano_train.model import ModelConfig, Transformer
 from nano_train.train import forward_context_factory, make_adamw, make_grad_scaler, resolve_dtype
 
@@ -214,11 +214,6 @@ def ours_loss(model, x, y):
 def peer_loss(model, x, y):
     logits = model(input_ids=x).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def run_turn(t: Trainee, batches, steps: int, start: int, device) -> tuple[float, float]:
