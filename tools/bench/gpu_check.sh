@@ -15,8 +15,13 @@
 # results: the GPU and the matmul rates of the model's own shapes; the gradients
 # against float64 (grad_check.py); train_speed on the 56M shape in bfloat16, eager,
 # then with both models compiled; a real pretraining run of configs/gpu_56m.json
-# (compiled) for a fixed time.
-# Environment: PYTHON, RUN_DIR, COMPILED_LIMIT, PRETRAIN_SECONDS, PRETRAIN_BATCH, PRETRAIN_LIMIT.
+# (compiled) for a fixed time. One more stage, sweep, runs only when asked for: our
+# model compiled (the peer eager) in each of the variants of SWEEP, LOSS:MODE:BATCH
+# (LOSS fused or plain, MODE torch.compile's mode), a train_speed run of 3 rounds each,
+# about 100 s apiece: where the GPU time goes, not a figure for the issue.
+# Environment: STAGES (which stages, in this order; default all but sweep), PYTHON,
+# RUN_DIR, COMPILED_LIMIT, PRETRAIN_SECONDS, PRETRAIN_BATCH, PRETRAIN_LIMIT, SWEEP, SWEEP_LIMIT.
+#   STAGES=sweep tools/bench/gpu_check.sh DATASET OUT_DIR   # the sweep alone, ~9 minutes
 set -u
 data=${1:?usage: gpu_check.sh DATASET OUT_DIR}
 out=${2:?usage: gpu_check.sh DATASET OUT_DIR}
@@ -30,6 +35,16 @@ export PYTHONUNBUFFERED=1
 log=$out/gpu_check.log
 run_dir=${RUN_DIR:-/tmp/gpu_check_run}  # checkpoints are large: kept out of OUT_DIR
 
+stages=" ${STAGES:-gpu shapes grad_check bench_eager bench_compiled pretrain} "
+for name in $stages; do
+    case $name in
+    gpu | shapes | grad_check | bench_eager | bench_compiled | sweep | pretrain) ;;
+    *) echo "error: unknown stage '$name' in STAGES (gpu shapes grad_check bench_eager bench_compiled sweep pretrain)" >&2
+       exit 2 ;;
+    esac
+done
+want() { [[ $stages == *" $1 "* ]]; }
+
 stage() {  # stage NAME SECONDS COMMAND...
     local name=$1 limit=$2
     shift 2
@@ -42,8 +57,8 @@ if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
     echo "error: $py has no torch that sees a CUDA GPU here (set PYTHON to one that does)" >&2
     exit 2
 fi
-stage gpu 60 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
-stage shapes 60 "$py" - <<'EOF'
+want gpu && stage gpu 60 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv
+want shapes && stage shapes 60 "$py" - <<'EOF'
 # bf16 matmul rates: a large square product, and the 56M model's own products at
 # batch 32 x 512 tokens (M = 16384): they bound the MFU that training can reach.
 import torch, transformers
@@ -68,13 +83,23 @@ for name, (m, k, n) in {"square 8192": (8192, 8192, 8192), "wq/wo 512->512": (16
                         "w2 1408->512": (16384, 1408, 512), "classifier 512->16384": (16384, 512, 16384)}.items():
     print(f"  {name:24s} M={m:5d} K={k:5d} N={n:5d}: {rate(m, k, n) / 1e12:6.1f} TFLOP/s")
 EOF
-stage grad_check 120 "$py" tools/bench/grad_check.py --layers 2 --batch 4 --seq 512
-stage bench_eager 120 "$py" tools/bench/train_speed.py --shape 56m --device cuda --dtype bfloat16 \
+want grad_check && stage grad_check 120 "$py" tools/bench/grad_check.py --layers 2 --batch 4 --seq 512
+want bench_eager && stage bench_eager 120 "$py" tools/bench/train_speed.py --shape 56m --device cuda --dtype bfloat16 \
     --json "$out/bench_eager.json"
-stage bench_compiled "${COMPILED_LIMIT:-200}" "$py" tools/bench/train_speed.py --shape 56m --device cuda \
+want bench_compiled && stage bench_compiled "${COMPILED_LIMIT:-200}" "$py" tools/bench/train_speed.py --shape 56m --device cuda \
     --dtype bfloat16 --compile --json "$out/bench_compiled.json"
+if want sweep; then
+    for variant in ${SWEEP:-fused:default:32 plain:default:32 fused:reduce-overhead:32 plain:reduce-overhead:32 plain:reduce-overhead:64}; do
+        IFS=: read -r loss mode batch <<<"$variant"
+        stage "sweep $loss $mode batch $batch" "${SWEEP_LIMIT:-150}" "$py" tools/bench/train_speed.py --shape 56m \
+            --device cuda --dtype bfloat16 --compile ours --compile-mode "$mode" --ours-loss "$loss" --batch "$batch" \
+            --rounds 3 --json "$out/sweep_${loss}_${mode}_b$batch.json"
+    done
+fi
+want pretrain || exit 0
 stage pretrain "${PRETRAIN_LIMIT:-220}" "$py" -m nano_train.pretrain packages/nano-train/configs/gpu_56m.json \
     --dataset="$data" --out_dir="$run_dir" --time_budget="${PRETRAIN_SECONDS:-150}" --max_iters=100000 \
     --batch_size="${PRETRAIN_BATCH:-32}" \
     --eval_interval=100000 --checkpoint_interval=0
 cp "$run_dir/log.jsonl" "$run_dir/report.md" "$out/" 2>/dev/null
+

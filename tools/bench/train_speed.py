@@ -3,7 +3,8 @@
 Usage:
   python tools/bench/train_speed.py [--shape small|56m|custom] [--device cpu|cuda]
          [--dtype auto|float32|bfloat16|float16] [--batch N] [--seq T] [--steps N]
-         [--rounds N] [--warmup N] [--threads N] [--compile [both|ours|peer]] [--seed S] [--json OUT]
+         [--rounds N] [--warmup N] [--threads N] [--compile [both|ours|peer]] [--compile-mode MODE]
+         [--ours-loss fused|plain] [--seed S] [--json OUT]
          [--layers L] [--embd E] [--heads H] [--kv-heads K] [--hidden F] [--vocab V]
 
   (hatch run bench:train [ARGS] runs the same in the bench environment.)
@@ -24,6 +25,13 @@ backward, clip the gradient norm to 1, AdamW step, zero_grad(set_to_none)):
          cache in training), the same parameter-group rule, optimizer, autocast and
          scaler. Its loss is F.cross_entropy on its float32 logits against the
          same targets (what transformers' own loss computes, minus its shift).
+
+--ours-loss plain makes ours compute its loss the way the peer does (the
+[N, V] logits, then F.cross_entropy) instead of the fused, blocked loss that
+nano-train trains with. --compile-mode passes torch.compile's mode
+(reduce-overhead and max-autotune replay CUDA graphs on a GPU; each step then
+starts with torch.compiler.cudagraph_mark_step_begin()). These two exist to
+find where the GPU time goes; the defaults are what the trainer runs.
 
 Both keep float32 weights; --dtype bfloat16/float16 runs the forward under
 autocast, as nano-train does. The two must have the same parameter count (the
@@ -84,6 +92,8 @@ SHAPES = {
 }
 SHAPES["custom"] = SHAPES["small"]  # the small shape with --layers/--embd/... applied
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
 N_BATCHES = 4  # distinct random batches, reused in turn
 PROBE_N = 1024  # CPU peak probe: PROBE_N x PROBE_N float32 matmuls
 PROBE_SECONDS = 1.0
@@ -108,6 +118,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help=f"torch CPU threads (default: torch's, here {torch.get_num_threads()})")
     p.add_argument("--compile", nargs="?", const="both", default="none", choices=("none", "both", "ours", "peer"),
                    help="torch.compile both models (bare --compile), only ours or only the peer")
+    p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
+                   help="torch.compile's mode for the compiled models (default: default)")
+    p.add_argument("--ours-loss", choices=("fused", "plain"), default="fused",
+                   help="ours: the trainer's fused blocked loss (default) or the plain logits + cross-entropy")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     for flag, key in (("--layers", "n_layer"), ("--embd", "n_embd"), ("--heads", "n_head"),
@@ -183,9 +197,12 @@ OPTIM = OptimConfig()  # nano-train's defaults: lr 6e-4, betas (0.9, 0.95), weig
 class Trainee:
     """A model with its optimizer, scaler and loss, stepped by the same loop."""
 
-    def __init__(self, name: str, model: torch.nn.Module, groups: list[dict], loss_fn, device, dtype, compile_):
+    def __init__(self, name: str, model: torch.nn.Module, groups: list[dict], loss_fn, device, dtype,
+                 compile_: bool, compile_mode: str = "default"):
         self.name = name
-        self.model = torch.compile(model) if compile_ else model
+        self.model = torch.compile(model, mode=compile_mode) if compile_ else model
+        # CUDA graphs reuse their output memory: mark where each step begins
+        self.mark_step = compile_ and compile_mode in CUDAGRAPH_MODES
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = make_adamw(groups, OPTIM, device)
         self.scaler = make_grad_scaler(dtype, device)
@@ -195,6 +212,8 @@ class Trainee:
         self.losses: list[float] = []
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.mark_step:
+            torch.compiler.cudagraph_mark_step_begin()
         with self.context():
             loss = self.loss_fn(self.model, x, y)
         self.scaler.scale(loss).backward()
@@ -209,6 +228,10 @@ class Trainee:
 
 def ours_loss(model, x, y):
     return model(x, y, return_logits=False)[1]  # the training loop's call
+
+
+def ours_plain_loss(model, x, y):
+    return model(x, y, return_logits=True)[1]  # [B, T, V] logits, then F.cross_entropy
 
 
 def peer_loss(model, x, y):
@@ -292,9 +315,10 @@ def main(argv: list[str] | None = None) -> int:
 
     trainees = [
         Trainee("ours", ours_model, [g for g in ours_model.param_groups(OPTIM.weight_decay) if g["params"]],
-                ours_loss, device, dtype, args.compile in ("both", "ours")),
+                ours_loss if args.ours_loss == "fused" else ours_plain_loss, device, dtype,
+                args.compile in ("both", "ours"), args.compile_mode),
         Trainee("peer", peer_model, decay_groups(peer_model, OPTIM.weight_decay), peer_loss, device, dtype,
-                args.compile in ("both", "peer")),
+                args.compile in ("both", "peer"), args.compile_mode),
     ]
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -309,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"train_speed: {args.shape} shape: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads, "
           f"{cfg.n_kv_head} KV heads, hidden {cfg.n_hidden}, vocab {cfg.vocab_size}, block {cfg.block_size}")
     print(f"  batch {batch} x seq {seq}, {dtype}, {device} ({device_name}), {threads} thread{'s' * (threads != 1)}"
-          f"{'' if args.compile == 'none' else f', compiled: {args.compile}'}; torch {torch.__version__}, transformers {transformers.__version__}")
+          f"{'' if args.compile == 'none' else f', compiled: {args.compile} (mode {args.compile_mode})'}"
+          f"{', ours with the plain loss' if args.ours_loss == 'plain' else ''}; torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"  parameters: ours {n_ours:,}, peer {n_peer:,} (equal); {flops_per_token / 1e6:.2f} MFLOP per token")
     print(f"  AdamW fused: ours {trainees[0].optimizer.defaults.get('fused')}, "
           f"peer {trainees[1].optimizer.defaults.get('fused')}; "
@@ -376,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "shape": args.shape, "model": cfg.to_dict(), "batch": batch, "seq": seq,
             "dtype": dtype, "device": str(device), "device_name": device_name, "threads": threads,
-            "compile": args.compile, "steps": steps, "rounds": rounds, "warmup": warmup, "seed": args.seed,
+            "compile": args.compile, "compile_mode": args.compile_mode, "ours_loss": args.ours_loss,
+            "steps": steps, "rounds": rounds, "warmup": warmup, "seed": args.seed,
             "data": f"random token ids, seed {args.seed}",
             "params": {"ours": n_ours, "peer": n_peer}, "flops_per_token": flops_per_token,
             "peak_flops": peak, "peak_source": peak_source, "cpu_probes": probes,

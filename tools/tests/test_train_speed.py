@@ -1,0 +1,61 @@
+"""tools/bench/train_speed.py's own loop, without its peer (transformers lives in
+the bench environment only): ours steps the same with the fused and the plain
+loss, and the compile mode reaches torch.compile."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ["--shape", "custom", "--layers", "1", "--embd", "32", "--heads", "2", "--kv-heads", "1",
+        "--hidden", "64", "--vocab", "96", "--batch", "2", "--seq", "16"]
+
+
+@pytest.fixture(scope="module")
+def train_speed():
+    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "tools" / "bench" / "train_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def trainee(ts, argv, loss_fn, compile_=False):
+    args = ts.parse_args(TINY + argv)
+    cfg, batch, seq = ts.model_config(args)
+    device = torch.device("cpu")
+    torch.manual_seed(0)
+    model = ts.build_ours(cfg, device)
+    groups = [g for g in model.param_groups(ts.OPTIM.weight_decay) if g["params"]]
+    t = ts.Trainee("ours", model, groups, loss_fn, device, "float32", compile_, args.compile_mode)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(1))
+    return t, ids[:, :-1], ids[:, 1:]
+
+
+def test_fused_and_plain_loss_train_alike(train_speed):
+    runs = {}
+    for name, fn in (("fused", train_speed.ours_loss), ("plain", train_speed.ours_plain_loss)):
+        t, x, y = trainee(train_speed, [], fn)
+        runs[name] = [t.step(x, y).item() for _ in range(4)]
+    assert runs["fused"][0] > runs["fused"][-1]  # it learns the batch
+    assert runs["fused"] == pytest.approx(runs["plain"], rel=1e-5)
+
+
+def test_compile_mode_is_passed_on(train_speed, monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode: seen.append(mode) or model)
+    for mode, marks in (("default", False), ("reduce-overhead", True), ("max-autotune-no-cudagraphs", False)):
+        t, _, _ = trainee(train_speed, ["--compile", "ours", "--compile-mode", mode], train_speed.ours_loss, True)
+        assert seen[-1] == mode and t.mark_step is marks
+    t, _, _ = trainee(train_speed, ["--compile-mode", "reduce-overhead"], train_speed.ours_loss, False)
+    assert t.mark_step is False and len(seen) == 3  # not compiled: no torch.compile, no marks
+
+
+def test_unknown_options_are_refused(train_speed, capsys):
+    for argv in (["--compile-mode", "fastest"], ["--ours-loss", "blocked"]):
+        with pytest.raises(SystemExit):
+            train_speed.parse_args(TINY + argv)
+        assert "invalid choice" in capsys.readouterr().err
