@@ -91,7 +91,8 @@ want bench_compiled && stage bench_compiled "${COMPILED_LIMIT:-200}" "$py" tools
 if want sweep; then
     for variant in ${SWEEP:-fused:default:32 plain:default:32 fused:reduce-overhead:32 plain:reduce-overhead:32 plain:reduce-overhead:64}; do
         IFS=: read -r loss mode batch <<<"$variant"
-        stage "sweep $loss $mode batch $batch" "${SWEEP_LIMIT:-150}" "$py" tools/bench/train_speed.py --shape 56m \
+        # TORCH_LOGS=recompiles: run B's compiled benchmark was slower than the trainer; a recompile would say why
+        TORCH_LOGS=recompiles stage "sweep $loss $mode batch $batch" "${SWEEP_LIMIT:-150}" "$py" tools/bench/train_speed.py --shape 56m \
             --device cuda --dtype bfloat16 --compile ours --compile-mode "$mode" --ours-loss "$loss" --batch "$batch" \
             --rounds 3 --json "$out/sweep_${loss}_${mode}_b$batch.json"
     done
