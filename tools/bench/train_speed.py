@@ -234,6 +234,14 @@ def ours_plain_loss(model, x, y):
     return model(x, y, return_logits=True)[1]  # [B, T, V] logits, then F.cross_entropy
 
 
+def ours_trainee(args: argparse.Namespace, model: Transformer, device, dtype: str) -> Trainee:
+    """Our model set up as the options say: its loss, whether and how it is compiled."""
+    groups = [g for g in model.param_groups(OPTIM.weight_decay) if g["params"]]
+    loss_fn = ours_loss if args.ours_loss == "fused" else ours_plain_loss
+    return Trainee("ours", model, groups, loss_fn, device, dtype, args.compile in ("both", "ours"),
+                   args.compile_mode)
+
+
 def peer_loss(model, x, y):
     logits = model(input_ids=x).logits
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -314,9 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     flops_per_token = ours_model.flops_per_token(seq)
 
     trainees = [
-        Trainee("ours", ours_model, [g for g in ours_model.param_groups(OPTIM.weight_decay) if g["params"]],
-                ours_loss if args.ours_loss == "fused" else ours_plain_loss, device, dtype,
-                args.compile in ("both", "ours"), args.compile_mode),
+        ours_trainee(args, ours_model, device, dtype),
         Trainee("peer", peer_model, decay_groups(peer_model, OPTIM.weight_decay), peer_loss, device, dtype,
                 args.compile in ("both", "peer"), args.compile_mode),
     ]

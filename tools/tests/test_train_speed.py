@@ -23,22 +23,22 @@ def train_speed():
     return module
 
 
-def trainee(ts, argv, loss_fn, compile_=False):
+def trainee(ts, argv):
+    """ours as train_speed's main sets it up from these options."""
     args = ts.parse_args(TINY + argv)
     cfg, batch, seq = ts.model_config(args)
     device = torch.device("cpu")
     torch.manual_seed(0)
-    model = ts.build_ours(cfg, device)
-    groups = [g for g in model.param_groups(ts.OPTIM.weight_decay) if g["params"]]
-    t = ts.Trainee("ours", model, groups, loss_fn, device, "float32", compile_, args.compile_mode)
+    t = ts.ours_trainee(args, ts.build_ours(cfg, device), device, "float32")
     ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=torch.Generator().manual_seed(1))
     return t, ids[:, :-1], ids[:, 1:]
 
 
 def test_fused_and_plain_loss_train_alike(train_speed):
     runs = {}
-    for name, fn in (("fused", train_speed.ours_loss), ("plain", train_speed.ours_plain_loss)):
-        t, x, y = trainee(train_speed, [], fn)
+    for name in ("fused", "plain"):
+        t, x, y = trainee(train_speed, ["--ours-loss", name])
+        assert t.loss_fn is {"fused": train_speed.ours_loss, "plain": train_speed.ours_plain_loss}[name]
         runs[name] = [t.step(x, y).item() for _ in range(4)]
     assert runs["fused"][0] > runs["fused"][-1]  # it learns the batch
     assert runs["fused"] == pytest.approx(runs["plain"], rel=1e-5)
@@ -48,10 +48,11 @@ def test_compile_mode_is_passed_on(train_speed, monkeypatch):
     seen = []
     monkeypatch.setattr(torch, "compile", lambda model, mode: seen.append(mode) or model)
     for mode, marks in (("default", False), ("reduce-overhead", True), ("max-autotune-no-cudagraphs", False)):
-        t, _, _ = trainee(train_speed, ["--compile", "ours", "--compile-mode", mode], train_speed.ours_loss, True)
+        t, _, _ = trainee(train_speed, ["--compile", "ours", "--compile-mode", mode])
         assert seen[-1] == mode and t.mark_step is marks
-    t, _, _ = trainee(train_speed, ["--compile-mode", "reduce-overhead"], train_speed.ours_loss, False)
-    assert t.mark_step is False and len(seen) == 3  # not compiled: no torch.compile, no marks
+    for argv in (["--compile-mode", "reduce-overhead"], ["--compile", "peer", "--compile-mode", "reduce-overhead"]):
+        t, _, _ = trainee(train_speed, argv)
+        assert t.mark_step is False and len(seen) == 3  # ours not compiled: no torch.compile, no marks
 
 
 def test_unknown_options_are_refused(train_speed, capsys):
