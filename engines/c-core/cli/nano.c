@@ -15,7 +15,9 @@
  * This is the only file that may exit(); the library never does.
  */
 #define _POSIX_C_SOURCE 200809L
+#include <ctype.h>
 #include <errno.h>
+#include <float.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,8 +43,9 @@ static const char *USAGE =
     "nano run -m MODEL [options]\n"
     "  -m, --model PATH     model file (.bin)\n"
     "  -l, --lora PATH      LoRA module to attach\n"
-    "  -p, --prompt TEXT    prompt ('-' reads it from standard input); without -p:\n"
-    "                       interactive chat, one question per input line\n"
+    "  -p, --prompt TEXT    prompt ('-' reads it from standard input, without its final\n"
+    "                       newlines); without -p: interactive chat, one question per input line\n"
+    "                       (a model with full attention runs seq2seq instead, as 'nano seq2seq')\n"
     "  --instruct           wrap the prompt as <|instruct_mark|> PROMPT <|response_mark|>\n"
     "  -t, --temperature T  0 = greedy (default 1.0)\n"
     "  -k, --top-k K        keep the K most likely tokens (0 = off)\n"
@@ -94,7 +97,9 @@ static long parse_long(const char *opt, const char *v, long lo, long hi) {
     long x;
     errno = 0;
     x = strtol(v, &end, 10);
-    if (errno || !end || *end || end == v || x < lo || x > hi) {
+    /* strtol would also take leading spaces and a '+' */
+    if (!(isdigit((unsigned char)v[0]) || (v[0] == '-' && isdigit((unsigned char)v[1]))) || errno || !end ||
+        *end || end == v || x < lo || x > hi) {
         fprintf(stderr, "nano: error: %s: expected an integer in [%ld, %ld], got '%s'\n"
                         "(run 'nano --help' for usage)\n", opt, lo, hi, v);
         exit(2);
@@ -106,7 +111,8 @@ static unsigned long long parse_u64(const char *opt, const char *v) {
     char *end = NULL;
     unsigned long long x;
     errno = 0;
-    if (v[0] == '-') die_usage("%s: expected a non-negative integer, got '%s'", opt, v);
+    /* strtoull would take leading spaces and a '-' (" -1" becomes 2^64 - 1) */
+    if (!isdigit((unsigned char)v[0])) die_usage("%s: expected a non-negative integer, got '%s'", opt, v);
     x = strtoull(v, &end, 10);
     if (errno || !end || *end || end == v) die_usage("%s: expected a non-negative integer, got '%s'", opt, v);
     return x;
@@ -117,7 +123,9 @@ static float parse_float(const char *opt, const char *v) {
     double x;
     errno = 0;
     x = strtod(v, &end);
-    if (errno || !end || *end || end == v || x != x) die_usage("%s: expected a number, got '%s'", opt, v);
+    /* finite and within float's range: the settings are floats (1e39 would be inf) */
+    if (errno || !end || *end || end == v || !(x >= -FLT_MAX && x <= FLT_MAX))
+        die_usage("%s: expected a finite number, got '%s'", opt, v);
     return (float)x;
 }
 
@@ -141,29 +149,40 @@ static nano_model *load_model(const char *path) {
     return m;
 }
 
-static nano_context *make_context(const nano_model *m, const char *path, uint32_t n_ctx, uint32_t n_batch,
-                                  int threads, uint32_t attention, int portable) {
-    nano_context *ctx = NULL;
+/* A context for m in *out; 0, or the exit status (2: a bad --ctx, 1: the
+ * library's error) after printing the error. */
+static int make_context(const nano_model *m, const char *path, uint32_t n_ctx, uint32_t n_batch, int threads,
+                        uint32_t attention, int portable, nano_context **out) {
     nano_context_params cp = nano_context_default_params();
     nano_model_info info;
     nano_status st;
     nano_model_get_info(m, &info);
+    *out = NULL;
     if (n_ctx > info.block_size) {
         fprintf(stderr, "nano: error: --ctx: %u is larger than the model's block size %u\n", n_ctx,
                 info.block_size);
-        exit(2);
+        return 2;
     }
     cp.n_ctx = n_ctx;
     cp.n_batch = n_batch;
     cp.n_threads = threads;
     cp.attention = attention;
     cp.kernels = portable ? NANO_KERNELS_PORTABLE : NANO_KERNELS_AUTO;
-    st = nano_context_init(m, &cp, &ctx);
-    if (st != NANO_OK) die_status(st, path);
-    return ctx;
+    st = nano_context_init(m, &cp, out);
+    if (st == NANO_OK) return 0;
+    fprintf(stderr, "nano: error: %s: %s (%s)\n", path, nano_status_string(st), nano_status_name(st));
+    return 1;
 }
 
-static char *read_stream(FILE *f) {
+/* Print "nano: error: WHAT: reason (NAME)"; returns 1, the exit status. */
+static int report(nano_status st, const char *what) {
+    fprintf(stderr, "nano: error: %s: %s (%s)\n", what, nano_status_string(st), nano_status_name(st));
+    return 1;
+}
+
+/* All of f (standard input) in a NUL-terminated buffer; *len: its length.
+ * NULL when out of memory. */
+static char *read_stream(FILE *f, size_t *len_out) {
     size_t cap = 4096, len = 0;
     char *buf = (char *)malloc(cap);
     if (!buf) return NULL;
@@ -183,7 +202,140 @@ static char *read_stream(FILE *f) {
         if (got == 0) break;
     }
     buf[len] = '\0';
+    *len_out = len;
     return buf;
+}
+
+/* One line of f without its line break, in a buffer grown as needed (*buf, *cap).
+ * Returns 0 at the end of the input, -1 when out of memory. */
+static int read_line(FILE *f, char **buf, size_t *cap) {
+    size_t len = 0;
+    for (;;) {
+        size_t n;
+        if (*cap - len < 2) {
+            size_t ncap = *cap ? *cap * 2 : 256;
+            char *nb = (char *)realloc(*buf, ncap);
+            if (!nb) return -1;
+            *buf = nb;
+            *cap = ncap;
+        }
+        if (!fgets(*buf + len, (int)(*cap - len), f)) {
+            if (len == 0) return 0;
+            break;
+        }
+        n = strlen(*buf + len);
+        len += n;
+        if (len && (*buf)[len - 1] == '\n') break;
+    }
+    while (len && ((*buf)[len - 1] == '\n' || (*buf)[len - 1] == '\r')) len--;
+    (*buf)[len] = '\0';
+    return 1;
+}
+
+/* Standard output after a write: 0, or 1 with an error message when it could
+ * not be written (a full disk, a closed pipe), so that no command reports
+ * success for output that was lost. */
+static int stdout_failed(void) {
+    if (fflush(stdout) == 0 && !ferror(stdout)) return 0;
+    fprintf(stderr, "nano: error: writing standard output: %s\n", errno ? strerror(errno) : "write error");
+    return 1;
+}
+
+// ---------------------------------------------------------------------------
+// seq2seq (also what `nano run` does with a full-attention model)
+
+typedef struct seq2seq_state {
+    nano_context *ctx;
+    const nano_tokenizer *tok;
+    int32_t *ids, *out; /* [n_ctx + 1] each */
+    size_t cap;         /* n_ctx: the longest input */
+    char *text;         /* decoded answer, grown as needed */
+    size_t text_cap;
+} seq2seq_state;
+
+/* The context, tokenizer and buffers for seq2seq on m; NANO_OK or the reason. */
+static nano_status seq2seq_init(seq2seq_state *q, const nano_model *m, int threads, uint32_t attention) {
+    nano_context_params cp = nano_context_default_params();
+    nano_status st;
+    memset(q, 0, sizeof *q);
+    q->tok = nano_model_tokenizer(m);
+    if (!q->tok) return NANO_ERR_NO_TOKENIZER;
+    cp.n_threads = threads;
+    cp.attention = attention;
+    if ((st = nano_context_init(m, &cp, &q->ctx)) != NANO_OK) return st;
+    q->cap = nano_context_n_ctx(q->ctx);
+    q->ids = (int32_t *)malloc((q->cap + 1) * sizeof(int32_t));
+    q->out = (int32_t *)malloc((q->cap + 1) * sizeof(int32_t));
+    return q->ids && q->out ? NANO_OK : NANO_ERR_OUT_OF_MEMORY;
+}
+
+static void seq2seq_free(seq2seq_state *q) {
+    free(q->text);
+    free(q->ids);
+    free(q->out);
+    nano_context_free(q->ctx);
+}
+
+/* Encode input, run it, print the decoded argmax answer and a newline.
+ * `where` names the input in errors ("INPUT" or "line N"). Returns 0, or 1
+ * after printing an error (and, in place of the answer, an empty line when
+ * `keep_lines`, so that a batch's answers stay on their inputs' lines). */
+static int seq2seq_print(seq2seq_state *q, const char *input, const char *where, int keep_lines) {
+    size_t n = 0, len;
+    nano_status st = nano_tokenizer_encode(q->tok, input, strlen(input), 0, q->ids, q->cap, &n);
+    if (st == NANO_ERR_BUFFER_TOO_SMALL)
+        fprintf(stderr, "nano: error: seq2seq: %s is %zu tokens; the model takes at most %zu\n", where, n, q->cap);
+    else if (st != NANO_OK)
+        fprintf(stderr, "nano: error: %s: %s (%s)\n", where, nano_status_string(st), nano_status_name(st));
+    else if ((st = nano_seq2seq(q->ctx, q->ids, (uint32_t)n, q->out)) != NANO_OK)
+        fprintf(stderr, "nano: error: seq2seq: %s (%s)\n", nano_status_string(st), nano_status_name(st));
+    if (st != NANO_OK) {
+        if (keep_lines) fputc('\n', stdout);
+        return 1;
+    }
+    nano_tokenizer_decode(q->tok, q->out, n, NULL, 0, &len);
+    if (len + 1 > q->text_cap) {
+        char *nb = (char *)realloc(q->text, len + 1);
+        if (!nb) {
+            fprintf(stderr, "nano: error: seq2seq: out of memory\n");
+            return 1;
+        }
+        q->text = nb;
+        q->text_cap = len + 1;
+    }
+    nano_tokenizer_decode(q->tok, q->out, n, q->text, q->text_cap, &len);
+    fwrite(q->text, 1, len, stdout);
+    fputc('\n', stdout);
+    return 0;
+}
+
+/* One input per line of f, one answer per line: an empty line gives an empty
+ * line, a line that fails gives an error on standard error and an empty line,
+ * and the batch goes on. Returns 0 if every line was answered, else 1. */
+static int seq2seq_lines(seq2seq_state *q, FILE *f) {
+    char *line = NULL, where[48];
+    size_t line_cap = 0;
+    unsigned long lineno = 0;
+    int rc = 0, got;
+    while ((got = read_line(f, &line, &line_cap)) > 0) {
+        lineno++;
+        if (line[0] == '\0') {
+            fputc('\n', stdout);
+        } else {
+            snprintf(where, sizeof where, "line %lu", lineno);
+            rc |= seq2seq_print(q, line, where, 1);
+        }
+        if (stdout_failed()) {
+            rc = 1;
+            break;
+        }
+    }
+    if (got < 0) {
+        fprintf(stderr, "nano: error: standard input: a line too long for memory\n");
+        rc = 1;
+    }
+    free(line);
+    return rc;
 }
 
 // ---------------------------------------------------------------------------
@@ -220,19 +372,21 @@ static void print_stats(const nano_session *s, const nano_context *ctx) {
             st.decode_tokens_per_s, (int)nano_context_threads(ctx), peak_rss_kib());
 }
 
-/* One generation; returns the status of the last step. */
-static nano_status generate(nano_session *s, const char *prompt, uint32_t mode, const run_opts *o,
-                            const nano_context *ctx) {
+/* One generation, streamed to standard output. Returns 0; 1 after printing the
+ * error (`what` names the input); -1 when standard output failed. */
+static int generate(nano_session *s, const char *prompt, uint32_t mode, const run_opts *o,
+                    const nano_context *ctx, const char *what) {
     nano_token_event ev;
     nano_status st = nano_session_start(s, prompt, mode);
-    if (st != NANO_OK) return st;
-    while ((st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
-        if (!o->ids) {
-            fwrite(ev.text, 1, ev.text_len, stdout);
-            fflush(stdout);
+    if (st == NANO_OK) {
+        while ((st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
+            if (!o->ids) {
+                fwrite(ev.text, 1, ev.text_len, stdout);
+                if (stdout_failed()) return -1;
+            }
         }
     }
-    if (st != NANO_OK && st != NANO_ERR_CANCELLED) return st;
+    if (st != NANO_OK && st != NANO_ERR_CANCELLED) return report(st, what);
     if (o->ids) {
         uint32_t n, n_prompt, i;
         const int32_t *t = nano_session_tokens(s, &n, &n_prompt);
@@ -242,20 +396,75 @@ static nano_status generate(nano_session *s, const char *prompt, uint32_t mode, 
     } else {
         printf("\n");
     }
-    fflush(stdout);
+    if (stdout_failed()) return -1;
     if (o->profile) print_stats(s, ctx);
-    return NANO_OK;
+    return 0;
+}
+
+/* The chat: one instruct-mode question per line of standard input, one answer
+ * per line. A question that fails (too long for the context, say) gets its
+ * error on standard error and an empty answer line, and the chat goes on.
+ * Returns 0 if every question was answered, else 1. */
+static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
+    char *line = NULL, where[48];
+    size_t cap = 0;
+    unsigned long lineno = 0;
+    int tty = 0, rc = 0, got;
+#ifdef HAVE_ISATTY
+    tty = isatty(0);
+#endif
+    for (;;) {
+        int r;
+        if (tty) {
+            fputs("> ", stderr);
+            fflush(stderr);
+        }
+        if ((got = read_line(stdin, &line, &cap)) <= 0) break;
+        lineno++;
+        if (line[0] == '\0') continue;
+        snprintf(where, sizeof where, "line %lu", lineno);
+        r = generate(s, line, NANO_MODE_INSTRUCT, o, ctx, where);
+        if (r < 0) {
+            rc = 1;
+            break;
+        }
+        if (r > 0) {
+            rc = 1;
+            fputc('\n', stdout);
+            if (stdout_failed()) break;
+        }
+    }
+    if (got < 0) rc = report(NANO_ERR_OUT_OF_MEMORY, "standard input");
+    free(line);
+    return rc;
+}
+
+/* `nano run` on a full-attention model does what nano_train.sample does with
+ * one: a seq2seq forward (argmax at every position) over the prompt, or over
+ * each line in a chat. */
+static int run_seq2seq(const nano_model *m, const run_opts *o) {
+    seq2seq_state q;
+    int rc;
+    nano_status st = seq2seq_init(&q, m, o->threads, NANO_ATTENTION_MODE_FILE);
+    fprintf(stderr, "nano: %s has full attention: one seq2seq forward per input, as `nano seq2seq` "
+                    "(sampling options do not apply)\n", o->model);
+    if (st != NANO_OK) rc = report(st, o->model);
+    else if (o->prompt) rc = seq2seq_print(&q, o->prompt, "prompt", 0);
+    else rc = seq2seq_lines(&q, stdin);
+    seq2seq_free(&q);
+    return rc;
 }
 
 static int cmd_run(int argc, char **argv) {
     run_opts o;
     nano_model *m;
+    nano_model_info info;
     nano_lora *lora = NULL;
-    nano_context *ctx;
+    nano_context *ctx = NULL;
     nano_session *s = NULL;
     nano_status st;
     char *stdin_prompt = NULL;
-    int i;
+    int i, rc = 0;
     memset(&o, 0, sizeof o);
     o.sp = nano_session_default_params();
     o.sp.max_tokens = 256;
@@ -294,54 +503,59 @@ static int cmd_run(int argc, char **argv) {
         } else die_usage("run: unknown option '%s'%s", a, "");
     }
     if (!o.model) die_usage("run: -m MODEL is required%s%s", "", "");
+    if (o.prompt && o.prompt[0] == '\0') die_usage("-p: the prompt is empty%s%s", "", "");
 
+    /* From here on every error frees what was made and returns its status. */
     m = load_model(o.model);
-    ctx = make_context(m, o.model, o.n_ctx, o.n_batch, o.threads, NANO_ATTENTION_MODE_FILE, o.portable);
+    nano_model_get_info(m, &info);
+    if (o.prompt && strcmp(o.prompt, "-") == 0) {
+        /* the whole of standard input, without its final line breaks (as nano_train.sample) */
+        size_t len = 0;
+        stdin_prompt = read_stream(stdin, &len);
+        if (!stdin_prompt) {
+            rc = report(NANO_ERR_OUT_OF_MEMORY, "standard input");
+            goto done;
+        }
+        if (strlen(stdin_prompt) != len) {
+            fprintf(stderr, "nano: error: -p -: standard input holds a NUL byte (at byte %zu)\n",
+                    strlen(stdin_prompt));
+            rc = 2;
+            goto done;
+        }
+        while (len && stdin_prompt[len - 1] == '\n') stdin_prompt[--len] = '\0';
+        if (len == 0) {
+            fprintf(stderr, "nano: error: -p -: the prompt is empty (standard input had no text)\n");
+            rc = 2;
+            goto done;
+        }
+        o.prompt = stdin_prompt;
+    }
+    if (info.attention == NANO_ATTENTION_FULL) {
+        rc = run_seq2seq(m, &o);
+        goto done;
+    }
+    if ((rc = make_context(m, o.model, o.n_ctx, o.n_batch, o.threads, NANO_ATTENTION_MODE_FILE, o.portable, &ctx)))
+        goto done;
     if (o.lora) {
         st = nano_lora_load_file(o.lora, NULL, &lora);
-        if (st != NANO_OK) die_status(st, o.lora);
-        st = nano_context_set_lora(ctx, lora);
-        if (st != NANO_OK) die_status(st, o.lora);
+        if (st == NANO_OK) st = nano_context_set_lora(ctx, lora);
+        if (st != NANO_OK) {
+            rc = report(st, o.lora);
+            goto done;
+        }
     }
     st = nano_session_init(ctx, &o.sp, &s);
-    if (st != NANO_OK) die_status(st, "session");
-
-    if (o.prompt) {
-        const char *prompt = o.prompt;
-        if (strcmp(prompt, "-") == 0) {
-            stdin_prompt = read_stream(stdin);
-            if (!stdin_prompt) die_status(NANO_ERR_OUT_OF_MEMORY, "stdin");
-            prompt = stdin_prompt;
-        }
-        st = generate(s, prompt, o.instruct ? NANO_MODE_INSTRUCT : NANO_MODE_CONTINUE, &o, ctx);
-        if (st != NANO_OK) die_status(st, o.model);
-    } else {
-        /* interactive chat: one question per line, instruct mode */
-        char line[8192];
-        int tty = 0;
-#ifdef HAVE_ISATTY
-        tty = isatty(0);
-#endif
-        for (;;) {
-            size_t n;
-            if (tty) {
-                fputs("> ", stderr);
-                fflush(stderr);
-            }
-            if (!fgets(line, sizeof line, stdin)) break;
-            n = strlen(line);
-            while (n && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
-            if (n == 0) continue;
-            st = generate(s, line, NANO_MODE_INSTRUCT, &o, ctx);
-            if (st != NANO_OK) die_status(st, "chat");
-        }
-    }
+    if (st != NANO_OK) rc = report(st, "session");
+    else if (o.prompt) rc = generate(s, o.prompt, o.instruct ? NANO_MODE_INSTRUCT : NANO_MODE_CONTINUE, &o, ctx,
+                                     "prompt") != 0;
+    else rc = chat(s, &o, ctx);
+done:
     free(stdin_prompt);
     nano_session_free(s);
     nano_context_free(ctx);
     nano_lora_free(lora);
     nano_model_free(m);
-    return 0;
+    return rc;
 }
 
 // ---------------------------------------------------------------------------
@@ -481,70 +695,11 @@ static int cmd_info(int argc, char **argv) {
 // ---------------------------------------------------------------------------
 // seq2seq
 
-/* One line of f without its line break, in a buffer grown as needed (*buf, *cap).
- * Returns 0 at the end of the input. */
-static int read_line(FILE *f, char **buf, size_t *cap) {
-    size_t len = 0;
-    for (;;) {
-        size_t n;
-        if (*cap - len < 2) {
-            size_t ncap = *cap ? *cap * 2 : 256;
-            char *nb = (char *)realloc(*buf, ncap);
-            if (!nb) die_status(NANO_ERR_OUT_OF_MEMORY, "stdin");
-            *buf = nb;
-            *cap = ncap;
-        }
-        if (!fgets(*buf + len, (int)(*cap - len), f)) {
-            if (len == 0) return 0;
-            break;
-        }
-        n = strlen(*buf + len);
-        len += n;
-        if (len && (*buf)[len - 1] == '\n') break;
-    }
-    while (len && ((*buf)[len - 1] == '\n' || (*buf)[len - 1] == '\r')) len--;
-    (*buf)[len] = '\0';
-    return 1;
-}
-
-typedef struct seq2seq_state {
-    nano_context *ctx;
-    const nano_tokenizer *tok;
-    int32_t *ids, *out; /* [n_ctx + 1] each */
-    size_t cap;         /* n_ctx: the longest input */
-    char *text;         /* decoded answer, grown as needed */
-    size_t text_cap;
-} seq2seq_state;
-
-/* Encode input, run it, print the decoded argmax answer and a newline.
- * `where` names the input in errors ("INPUT" or "line N"). */
-static void seq2seq_print(seq2seq_state *q, const char *model, const char *input, const char *where) {
-    size_t n = 0, len;
-    nano_status st = nano_tokenizer_encode(q->tok, input, strlen(input), 0, q->ids, q->cap, &n);
-    if (st == NANO_ERR_BUFFER_TOO_SMALL) {
-        fprintf(stderr, "nano: error: seq2seq: %s is %zu tokens; the model takes at most %zu\n", where, n, q->cap);
-        exit(1);
-    }
-    if (st != NANO_OK) die_status(st, where);
-    st = nano_seq2seq(q->ctx, q->ids, (uint32_t)n, q->out);
-    if (st != NANO_OK) die_status(st, model);
-    nano_tokenizer_decode(q->tok, q->out, n, NULL, 0, &len);
-    if (len + 1 > q->text_cap) {
-        char *nb = (char *)realloc(q->text, len + 1);
-        if (!nb) die_status(NANO_ERR_OUT_OF_MEMORY, "seq2seq");
-        q->text = nb;
-        q->text_cap = len + 1;
-    }
-    st = nano_tokenizer_decode(q->tok, q->out, n, q->text, q->text_cap, &len);
-    if (st != NANO_OK) die_status(st, "decode");
-    fwrite(q->text, 1, len, stdout);
-    fputc('\n', stdout);
-}
-
 static int cmd_seq2seq(int argc, char **argv) {
     const char *model = NULL, *input = NULL;
-    int threads = 0, causal = 0, i;
+    int threads = 0, causal = 0, i, rc;
     nano_model *m;
+    nano_status st;
     seq2seq_state q;
     for (i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -562,39 +717,13 @@ static int cmd_seq2seq(int argc, char **argv) {
     if (!input) die_usage("seq2seq: INPUT is required%s%s", "", "");
     if (input[0] == '\0') die_usage("seq2seq: INPUT is empty%s%s", "", "");
     m = load_model(model);
-    memset(&q, 0, sizeof q);
-    q.tok = nano_model_tokenizer(m);
-    if (!q.tok) die_status(NANO_ERR_NO_TOKENIZER, model);
-    q.ctx = make_context(m, model, 0, 0, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE, 0);
-    q.cap = nano_context_n_ctx(q.ctx);
-    q.ids = (int32_t *)malloc((q.cap + 1) * sizeof(int32_t));
-    q.out = (int32_t *)malloc((q.cap + 1) * sizeof(int32_t));
-    if (!q.ids || !q.out) die_status(NANO_ERR_OUT_OF_MEMORY, "seq2seq");
-    if (strcmp(input, "-") == 0) {
-        /* batch: one input per line; each line is one independent forward */
-        char *line = NULL, where[48];
-        size_t line_cap = 0;
-        unsigned long lineno = 0;
-        while (read_line(stdin, &line, &line_cap)) {
-            lineno++;
-            if (line[0] == '\0') {
-                fputc('\n', stdout);
-            } else {
-                snprintf(where, sizeof where, "line %lu", lineno);
-                seq2seq_print(&q, model, line, where);
-            }
-            fflush(stdout);
-        }
-        free(line);
-    } else {
-        seq2seq_print(&q, model, input, "INPUT");
-    }
-    free(q.text);
-    free(q.ids);
-    free(q.out);
-    nano_context_free(q.ctx);
+    st = seq2seq_init(&q, m, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE);
+    if (st != NANO_OK) rc = report(st, model);
+    else if (strcmp(input, "-") == 0) rc = seq2seq_lines(&q, stdin); /* one independent forward per line */
+    else rc = seq2seq_print(&q, input, "INPUT", 0);
+    seq2seq_free(&q);
     nano_model_free(m);
-    return 0;
+    return rc;
 }
 
 // ---------------------------------------------------------------------------
@@ -637,11 +766,16 @@ static int cmd_bench(int argc, char **argv) {
     if (!model) die_usage("bench: -m MODEL is required%s%s", "", "");
     m = load_model(model);
     nano_model_get_info(m, &info);
-    ctx = make_context(m, model, n_ctx, 0, threads, NANO_ATTENTION_MODE_CAUSAL, portable);
+    if ((i = make_context(m, model, n_ctx, 0, threads, NANO_ATTENTION_MODE_CAUSAL, portable, &ctx))) {
+        nano_model_free(m);
+        return i;
+    }
     if (n_prompt + n_gen > nano_context_n_ctx(ctx)) {
         fprintf(stderr, "nano: error: bench: %u prompt + %u decode tokens exceed the context (%u)\n", n_prompt,
                 n_gen, nano_context_n_ctx(ctx));
-        exit(2);
+        nano_context_free(ctx);
+        nano_model_free(m);
+        return 2;
     }
     V = info.vocab_size;
     ids = (int32_t *)malloc(((size_t)n_prompt + n_gen) * sizeof(int32_t));
@@ -678,6 +812,7 @@ static int cmd_bench(int argc, char **argv) {
 
 int main(int argc, char **argv) {
     const char *cmd = argc > 1 ? argv[1] : NULL;
+    int rc = 2;
     if (!cmd) {
         fputs(USAGE, stderr);
         return 2;
@@ -690,10 +825,12 @@ int main(int argc, char **argv) {
         printf("nano (%s)\n", nano_build_info());
         return 0;
     }
-    if (strcmp(cmd, "run") == 0) return cmd_run(argc, argv);
-    if (strcmp(cmd, "info") == 0) return cmd_info(argc, argv);
-    if (strcmp(cmd, "seq2seq") == 0) return cmd_seq2seq(argc, argv);
-    if (strcmp(cmd, "bench") == 0) return cmd_bench(argc, argv);
-    die_usage("unknown command '%s'%s", cmd, "");
-    return 2;
+    if (strcmp(cmd, "run") == 0) rc = cmd_run(argc, argv);
+    else if (strcmp(cmd, "info") == 0) rc = cmd_info(argc, argv);
+    else if (strcmp(cmd, "seq2seq") == 0) rc = cmd_seq2seq(argc, argv);
+    else if (strcmp(cmd, "bench") == 0) rc = cmd_bench(argc, argv);
+    else die_usage("unknown command '%s'%s", cmd, "");
+    /* output that could not be written is a failure, whatever the command said */
+    if (rc == 0 && stdout_failed()) rc = 1;
+    return rc;
 }

@@ -469,9 +469,11 @@ NANO_API nano_status nano_seq2seq(nano_context *ctx, const int32_t *in, uint32_t
 /* ------------------------------------------------------------------------
  * Sampler (the same algorithm as nano_train.sampling.sample_logits):
  *  1. repetition penalty (!= 1): each DISTINCT id in the history: logit > 0 ->
- *     logit / penalty, else logit * penalty;
+ *     logit / penalty, else logit * penalty; then every logit is clamped to
+ *     the finite float32 range (+-FLT_MAX);
  *  2. temperature 0: argmax, ties to the lowest id (no RNG draw);
- *  3. logits / temperature, float32 softmax with the max subtracted;
+ *  3. float32 softmax of (logit - max) / temperature (the max subtracted
+ *     first, so no temperature > 0 makes inf - inf);
  *  4. candidates by probability descending (ties: lower id); top_k > 0 keeps
  *     the first k; top_p < 1 the shortest prefix with running sum >= top_p;
  *     min_p > 0 drops p < min_p * p_max; at least one kept; renormalised;

@@ -227,6 +227,9 @@ static int handle_generate(const wss_server *srv, wss_conn *c, const wss_request
     uint32_t max_tokens = req->has_max_tokens ? req->max_tokens : srv->default_max_tokens;
     if (c->running) return busy_error(c, &req->id);
     if (!srv->info.tokenizer) return queue_error(c, &req->id, WSS_E_UNSUPPORTED, "the model has no tokenizer");
+    if (srv->info.model->attention == NANO_ATTENTION_FULL)
+        return queue_error(c, &req->id, WSS_E_UNSUPPORTED,
+                           "the model has full attention: send a seq2seq request, not generate");
     if (req->mode == NANO_MODE_INSTRUCT && !srv->info.has_instruct)
         return queue_error(c, &req->id, WSS_E_UNSUPPORTED,
                            "the model's vocabulary has no <|instruct_mark|> and <|response_mark|> tokens");

@@ -352,7 +352,9 @@ void wss_reply_info(nj_writer *w, const wss_id *id, const wss_info *in) {
         nj_raw(w, "}");
     }
     nj_raw(w, ",\"modes\":[");
-    if (in->tokenizer) nj_raw(w, in->has_instruct ? "\"continue\",\"instruct\"" : "\"continue\"");
+    /* generate needs a tokenizer and causal attention (a full-attention model answers seq2seq only) */
+    if (in->tokenizer && in->model->attention != NANO_ATTENTION_FULL)
+        nj_raw(w, in->has_instruct ? "\"continue\",\"instruct\"" : "\"continue\"");
     nj_raw(w, "],\"seq2seq\":");
     nj_bool(w, in->tokenizer != NULL);
     nj_raw(w, ",\"server\":{\"n_ctx\":");

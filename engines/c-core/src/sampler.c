@@ -8,6 +8,7 @@
  * descending probability, ties by ascending id, in O(V) with buffers sized at
  * init, so sampling never allocates.
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,6 +165,9 @@ nano_status nano_sampler_sample(nano_sampler *s, const float *logits, const int3
             x[id] = x[id] > 0.0f ? x[id] / pen : x[id] * pen;
         }
     }
+    /* every logit into the finite float32 range: a tiny penalty (or a broken model)
+     * that overflows to an infinity must not turn the softmax into NaN */
+    for (i = 0; i < V; i++) x[i] = x[i] > FLT_MAX ? FLT_MAX : (x[i] < -FLT_MAX ? -FLT_MAX : x[i]);
 
     /* 2. greedy */
     if (s->p.temperature == 0.0f) {
@@ -171,16 +175,15 @@ nano_status nano_sampler_sample(nano_sampler *s, const float *logits, const int3
         return NANO_OK;
     }
 
-    /* 3. tempered softmax */
+    /* 3. tempered softmax: the max subtracted before dividing by the temperature,
+     * so a tiny temperature gives 0 and -inf exponents, never inf - inf */
     {
         const float t = s->p.temperature;
-        float mx, sum = 0.0f;
-        for (i = 0; i < V; i++) x[i] = x[i] / t;
-        mx = x[0];
+        float mx = x[0], sum = 0.0f;
         for (i = 1; i < V; i++)
             if (x[i] > mx) mx = x[i];
         for (i = 0; i < V; i++) {
-            x[i] = expf(x[i] - mx);
+            x[i] = expf((x[i] - mx) / t);
             sum += x[i];
         }
         for (i = 0; i < V; i++) x[i] = x[i] / sum;

@@ -44,9 +44,10 @@ def test_seq2seq_batch_from_stdin(cli, sort6_path):
         assert got == want, (text, got)
     assert lines[:2] == ["112225", "456789"]
     assert cli("seq2seq", "-m", sort6_path, "-", input="").stdout == ""  # no input, no output
-    # a long line (longer than the line buffer starts) is read whole and refused by its number
-    r = cli("seq2seq", "-m", sort6_path, "-", input="123456\n" + "7" * 1000 + "\n")
-    assert r.returncode == 1 and r.stdout == "123456\n"
+    # a long line (longer than the line buffer starts) is read whole and refused by its number;
+    # it gets an empty answer line and the batch goes on, then the status says something failed
+    r = cli("seq2seq", "-m", sort6_path, "-", input="123456\n" + "7" * 1000 + "\n987654\n")
+    assert r.returncode == 1 and r.stdout == "123456\n\n456789\n"
     assert r.stderr.startswith("nano: error: seq2seq: line 2 is 1000 tokens; the model takes at most 6"), r.stderr
 
 
@@ -117,6 +118,72 @@ def test_prompt_from_stdin_and_instruct(cli, psycho_path):
     assert r.returncode == 0 and ids[0] == 4 and 5 in ids  # <|instruct_mark|> ... <|response_mark|>
 
 
+def test_prompt_from_stdin_is_the_text_without_its_final_newline(cli, psycho_path):
+    """As nano_train.sample: `echo TEXT | nano run -p -` is TEXT, not TEXT + a newline token."""
+    a = cli("run", "-m", psycho_path, "-p", "-", "-t", "0", "-n", "8", "--ids", input="人的心理\n")
+    b = cli("run", "-m", psycho_path, "-p", "人的心理", "-t", "0", "-n", "8", "--ids")
+    assert a.returncode == 0 and a.stdout == b.stdout, a.stderr
+    for text in ("", "\n\n"):
+        r = cli("run", "-m", psycho_path, "-p", "-", input=text)
+        assert r.returncode == 2 and "nano: error: -p -: the prompt is empty" in r.stderr, r.stderr
+    r = cli("run", "-m", psycho_path, "-p", "-", input="ab\0cd")
+    assert r.returncode == 2 and "NUL byte (at byte 2)" in r.stderr, r.stderr
+
+
+def test_chat_line_longer_than_any_buffer_is_one_question(cli, h, tmp_path):
+    """A line of 9,000 bytes is one question (a fixed 8 KiB buffer once made it two, and cut
+    a UTF-8 character between them)."""
+    model = tmp_path / "long.bin"
+    model.write_bytes(h.model_bytes(seed=2, block_size=16384))
+    r = cli("run", "-m", model, "-t", "0", "-n", "2", "--ids", input="a" * 8190 + "世" + "b" * 800 + "\nb\n")
+    assert r.returncode == 0, r.stderr
+    answers = r.stdout.splitlines()
+    assert len(answers) == 2 and r.stderr.count("prompt tokens") == 2, r.stderr
+    ids = [int(x) for x in answers[0].split(",")]
+    assert 1 not in ids  # no <|unknown|>: the character was not split
+
+
+def test_chat_goes_on_after_a_question_that_fails(cli, psycho_path):
+    """A question too long for the context gets its error and an empty answer line; the
+    questions after it are still answered, and the exit status reports the failure."""
+    r = cli("run", "-m", psycho_path, "--ctx", "16", "-t", "0", "-n", "4", input="心" * 40 + "\n你是谁\n")
+    assert r.returncode == 1
+    assert "nano: error: line 1:" in r.stderr and "NANO_ERR_CONTEXT_FULL" in r.stderr, r.stderr
+    lines = r.stdout.split("\n")
+    assert len(lines) == 3 and lines[0] == "" and lines[1] != "", r.stdout
+
+
+def test_output_that_cannot_be_written_fails(nano_bin, psycho_path, sort6_path):
+    """Every command exits 1 when standard output cannot be written (here: a full disk)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    for args in (("run", "-m", psycho_path, "-p", "人", "-n", "4"),
+                 ("run", "-m", psycho_path, "-p", "人", "-n", "4", "--ids"),
+                 ("run", "-m", psycho_path, "-n", "4"),
+                 ("info", psycho_path),
+                 ("seq2seq", "-m", sort6_path, "251212"),
+                 ("bench", "-m", psycho_path, "-p", "4", "-n", "4")):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([str(nano_bin), *map(str, args)], stdout=full, stderr=subprocess.PIPE,
+                               input="你是谁\n", text=True, timeout=120,
+                               env={k: v for k, v in os.environ.items() if k != "LD_PRELOAD"})
+        assert r.returncode == 1, args
+        assert "nano: error: writing standard output" in r.stderr, (args, r.stderr)
+
+
+def test_run_on_a_full_attention_model_is_seq2seq(cli, h, tmp_path):
+    """As nano_train.sample: a file that records full attention runs one seq2seq forward
+    (not token-by-token generation); in a chat, one per line."""
+    model = tmp_path / "full.bin"
+    model.write_bytes(h.model_bytes(seed=4, layout="2026.101", attention=1))
+    want = cli("seq2seq", "-m", model, "abcab")
+    assert want.returncode == 0, want.stderr
+    r = cli("run", "-m", model, "-p", "abcab", "-t", "0.7", "-n", "3")
+    assert (r.returncode, r.stdout) == (0, want.stdout) and "full attention" in r.stderr, r.stderr
+    r = cli("run", "-m", model, input="abcab\n\nba\n")
+    assert r.returncode == 0 and r.stdout == want.stdout + "\n" + cli("seq2seq", "-m", model, "ba").stdout
+
+
 def test_chat_through_a_pipe(cli, psycho_path):
     r = cli("run", "-m", psycho_path, "-t", "0", "-n", "12", input="你是谁\n\n心理是什么\n")
     assert r.returncode == 0, r.stderr
@@ -180,7 +247,12 @@ BAD_ARGS = [
     (["run"], "-m MODEL is required"),
     (["run", "-m"], "-m: missing value"),
     (["run", "-m", "{psycho}", "--bogus"], "unknown option '--bogus'"),
-    (["run", "-m", "{psycho}", "-t", "hot"], "-t: expected a number, got 'hot'"),
+    (["run", "-m", "{psycho}", "-t", "hot"], "-t: expected a finite number, got 'hot'"),
+    (["run", "-m", "{psycho}", "-t", "inf"], "-t: expected a finite number, got 'inf'"),
+    (["run", "-m", "{psycho}", "-t", "1e39"], "-t: expected a finite number, got '1e39'"),  # beyond float
+    (["run", "-m", "{psycho}", "-r", "1e-50"], "-r: must be > 0"),  # 0 as a float
+    (["run", "-m", "{psycho}", "-s", " -1"], "-s: expected a non-negative integer, got ' -1'"),
+    (["run", "-m", "{psycho}", "-n", " 5"], "-n: expected an integer"),
     (["run", "-m", "{psycho}", "-t", "-1"], "-t: must be >= 0"),
     (["run", "-m", "{psycho}", "-k", "-1"], "-k: expected an integer"),
     (["run", "-m", "{psycho}", "-k", "1.5"], "-k: expected an integer"),
@@ -196,7 +268,7 @@ BAD_ARGS = [
     (["run", "-m", "{psycho}", "--ctx", "0"], "--ctx: expected an integer"),
     (["run", "-m", "{psycho}", "--batch", "0"], "--batch: expected an integer"),
     (["run", "-m", "{psycho}", "-p", "心" * 600, "-n", "1"], "NANO_ERR_CONTEXT_FULL"),
-    (["run", "-m", "{psycho}", "-p", "", "-n", "1"], "NANO_ERR_BAD_ARGUMENT"),
+    (["run", "-m", "{psycho}", "-p", "", "-n", "1"], "-p: the prompt is empty"),
     (["run", "-m", "{psycho}", "-l", "{missing}", "-p", "x"], "NANO_ERR_IO"),
     (["run", "-m", "{psycho}", "-l", "{psycho}", "-p", "x"], "NANO_ERR_UNKNOWN_MODEL_TYPE"),
     (["info"], "MODEL is required"),

@@ -120,7 +120,21 @@ CONFIGS = [
     dict(temperature=1.0, top_p=0.01),
     dict(temperature=1.0, min_p=1.0),
     dict(temperature=0.0, repetition_penalty=1.5),
+    # extremes that overflowed float32 before the max was subtracted first (NaN probabilities)
+    dict(temperature=1e-40),
+    dict(temperature=1.0, repetition_penalty=1e-38),
+    dict(temperature=3e38, top_k=5),
 ]
+
+
+def test_extreme_settings_give_real_tokens(nano):
+    """A tiny temperature is greedy; a tiny penalty makes the seen token with a positive
+    logit the (clamped, finite) winner. Before, both gave NaN probabilities and the last id."""
+    logits = np.array([1.0, 0.5, 2.0, -1.0, 0.0, 1.5, 0.25, -0.5], dtype=np.float32)
+    s = nano.sampler(8, temperature=1e-40, seed=3)
+    assert [s.sample(logits) for _ in range(20)] == [2] * 20
+    s = nano.sampler(8, temperature=1.0, repetition_penalty=1e-38, seed=3)
+    assert [s.sample(logits, [5, 3]) for _ in range(20)] == [5] * 20
 
 
 @pytest.mark.parametrize("i", range(len(CONFIGS)))

@@ -84,7 +84,7 @@ def run_san(binary: Path, *args, input=None, expect=0):
 def test_programs_under_lsan(san_build, psycho_path, sort6_path, tmp_path, h):
     nano = san_build / "nano"
     assert run_san(nano, "seq2seq", "-m", sort6_path, "251212") == "112225\n"
-    assert run_san(nano, "seq2seq", "-m", sort6_path, "-", input="251212\n\n" + "9" * 600 + "\n", expect=1) == "112225\n\n"
+    assert run_san(nano, "seq2seq", "-m", sort6_path, "-", input="251212\n\n" + "9" * 600 + "\n", expect=1) == "112225\n\n\n"
     run_san(nano, "info", psycho_path)
     run_san(nano, "run", "-m", psycho_path, "-p", "人的心理", "-n", "24", "-t", "0.8", "-k", "20", "--top-p", "0.9",
             "--min-p", "0.01", "-r", "1.2", "--threads", "2", "--profile")
@@ -106,10 +106,20 @@ def test_programs_under_lsan(san_build, psycho_path, sort6_path, tmp_path, h):
     trunc = tmp_path / "t.bin"
     trunc.write_bytes(psycho_path.read_bytes()[:5000])
     for args in (("info", trunc), ("run", "-m", trunc, "-p", "x"), ("info", tmp_path / "missing.bin"),
-                 ("run", "-m", psycho_path, "-l", trunc, "-p", "x"), ("run", "-m", psycho_path, "-p", "")):
+                 ("run", "-m", psycho_path, "-l", trunc, "-p", "x")):
         run_san(nano, *args, expect=1)
-    for args in (("run", "-m", psycho_path, "-t", "x"), ("bogus",), ("seq2seq", "-m", sort6_path)):
+    for args in (("run", "-m", psycho_path, "-t", "x"), ("bogus",), ("seq2seq", "-m", sort6_path),
+                 ("run", "-m", psycho_path, "-p", "")):
         run_san(nano, *args, expect=2)
+    # the prompt read from standard input, on its error paths (it once leaked there)
+    run_san(nano, "run", "-m", psycho_path, "-p", "-", input="", expect=2)
+    run_san(nano, "run", "-m", psycho_path, "-p", "-", "--ctx", "2", input="人的心理学是", expect=1)
+    # a chat whose first question fails goes on; a full-attention model runs seq2seq
+    run_san(nano, "run", "-m", psycho_path, "--ctx", "8", "-n", "2", input="心" * 20 + "\n你是谁\n", expect=1)
+    full = tmp_path / "full.bin"
+    full.write_bytes(h.model_bytes(seed=3, layout="2026.101", attention=1))
+    run_san(nano, "run", "-m", full, "-p", "abc")
+    run_san(nano, "run", "-m", full, input="abc\nba\n")
 
 
 # ---------------------------------------------------------------------------

@@ -598,6 +598,16 @@ def test_models_of_every_kind(h, binaries, sort6, tmp_path):
     assert info["model"]["attention_recorded"] is True and info["model"]["layout"] == "2026.101"
     assert gen["code"] == "unsupported" and seq["code"] == "unsupported"
 
+    # a file that records full attention: seq2seq only, as `nano run` and nano_train.sample treat it
+    full = _write_model(h, tmp_path / "full.bin", h.make_vocab(48), layout="2026.101", seed=3, attention=1)
+    with Server(binaries["release"], full) as s:
+        info, gen, seq = run(ask(s, {"type": "info"}, {"type": "generate", "id": "g", "prompt": "ab"},
+                                 {"type": "seq2seq", "id": "s", "input": "abcab"}))
+    ref = subprocess.run([binaries["nano"], "seq2seq", "-m", full, "abcab"], capture_output=True, text=True)
+    assert info["model"]["attention"] == "full" and info["modes"] == [] and info["seq2seq"] is True
+    assert gen["code"] == "unsupported" and "full attention" in gen["message"] and gen["id"] == "g"
+    assert seq["type"] == "seq2seq" and seq["output"] == ref.stdout.strip() != ""
+
     with Server(binaries["release"], no_instruct) as s:
         info, gen, ok = run(ask(s, {"type": "info"}, {"type": "generate", "prompt": "a", "mode": "instruct"},
                                 {"type": "generate", "id": "c", "prompt": "ab", "temperature": 0,

@@ -258,3 +258,28 @@ def test_stop_strings_and_instruct_prompt(nano80):
     ids = instruct_prompt(tok, "hi")
     assert ids == [tok.instruct_id, *tok.encode("hi"), tok.response_id]
     assert tok.decode(ids) == "<|instruct_mark|>hi<|response_mark|>"
+
+
+def test_extreme_settings_give_real_tokens():
+    """The max is subtracted before the temperature divides, and logits are clamped to
+    float32's range after the penalty: tiny settings give tokens, never NaN."""
+    import warnings
+
+    logits = np.array([1.0, 0.5, 2.0, -1.0, 0.0, 1.5, 0.25, -0.5], dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow or invalid-value warnings either
+        r = Rng(3)
+        assert [sample_logits(logits, [], cfg(temperature=1e-40), r) for _ in range(20)] == [2] * 20
+        r = Rng(3)
+        assert [sample_logits(logits, [5, 3], cfg(temperature=1.0, repetition_penalty=1e-38), r)
+                for _ in range(20)] == [5] * 20
+        # below float32's smallest number the temperature is 0 there, as in the C engine: greedy
+        assert sample_logits(logits, [], cfg(temperature=1e-50), Rng(3)) == 2
+
+
+@pytest.mark.parametrize("kw", [dict(temperature=1e39), dict(temperature=float("inf")),
+                                dict(repetition_penalty=1e-50), dict(repetition_penalty=1e39),
+                                dict(top_p=1e-50)])
+def test_settings_outside_float32_are_refused(kw):
+    with pytest.raises(ValueError):
+        SamplerConfig(**kw)

@@ -6,9 +6,11 @@ token on identical logits. The algorithm (also in the package README):
 
   1. repetition penalty (when != 1): for every distinct token id in the context
      so far (prompt + generated): logit > 0 -> logit / penalty, else
-     logit * penalty. Both push the logit down for penalty > 1.
+     logit * penalty. Both push the logit down for penalty > 1. Then every
+     logit is clamped to the finite float32 range (+-3.4028235e38).
   2. temperature == 0: greedy argmax, ties to the lowest id; done (no RNG draw).
-  3. logits / temperature, softmax in float32 with the max subtracted.
+  3. softmax in float32 of (logit - max) / temperature: the max is subtracted
+     before the division, so no temperature > 0 makes inf - inf (NaN).
   4. candidates ordered by probability descending, ties by lower id. Filters,
      each on the step-3 probabilities, each keeping a prefix of that order:
      top_k > 0 keeps the first k; top_p < 1 keeps the smallest prefix whose
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 _MASK64 = (1 << 64) - 1
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def splitmix64(seed: int) -> int:
@@ -88,16 +91,21 @@ class SamplerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # float32, as the C engine stores them: a value beyond its range is refused
+        for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if not abs(value) <= _F32_MAX:
+                raise ValueError(f"{name} must be a finite float32 number, got {value}")
         if not self.temperature >= 0.0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
+        if not 0.0 < np.float32(self.top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
-        if not self.repetition_penalty > 0.0:
-            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+        if not np.float32(self.repetition_penalty) > 0.0:
+            raise ValueError(f"repetition_penalty must be > 0 (in float32), got {self.repetition_penalty}")
         if self.max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
         self.stop_tokens = tuple(self.stop_tokens)
@@ -127,15 +135,19 @@ def sample_logits(
         ids = ids[(ids >= 0) & (ids < v)]
         pen = np.float32(config.repetition_penalty)
         seen = x[ids]
-        x[ids] = np.where(seen > 0, seen / pen, seen * pen).astype(np.float32)
+        with np.errstate(over="ignore"):  # overflows become infinities, clamped below
+            x[ids] = np.where(seen > 0, seen / pen, seen * pen).astype(np.float32)
+    np.clip(x, -_F32_MAX, _F32_MAX, out=x)
 
-    # 2. greedy: np.argmax returns the first (lowest) id among equal maxima
-    if config.temperature == 0.0:
+    # 2. greedy (also for a temperature below float32's range, which the C engine reads as 0):
+    #    np.argmax returns the first (lowest) id among equal maxima
+    t = np.float32(config.temperature)
+    if t == 0.0:
         return int(np.argmax(x))
 
-    # 3. tempered softmax
-    x = x / np.float32(config.temperature)
-    e = np.exp(x - x.max()).astype(np.float32)
+    # 3. tempered softmax, the max subtracted first (-FLT_MAX - FLT_MAX is -inf: exp gives 0)
+    with np.errstate(over="ignore"):
+        e = np.exp((x - x.max()) / t).astype(np.float32)
     p = e / _running_sum(e)[-1]  # [V] float32
 
     # 4. candidates: probability descending; the stable sort keeps lower ids first on ties
