@@ -152,6 +152,8 @@ def test_errors_are_one_line_and_exit_1(shared, tmp_path, capsys):
     assert_clean_error(rc, err, "token id 80 is outside")
     rc, _, err = run("decode", vocab, "1", "x2")
     assert_clean_error(rc, err, "not a token id: 'x2'")
+    rc, _, err = run("decode", vocab, "1", "9" * 25)  # beyond int64: once an OverflowError traceback
+    assert_clean_error(rc, err, "token id out of range: " + "9" * 25)
 
     bad_text = tmp_path / "bad.txt"
     bad_text.write_bytes(b"abc\xff\xfe")

@@ -228,11 +228,73 @@ def test_export_lora_checkpoint(nano80, tmp_path, capsys):
         (["--ckpt", "{ckpt}", "--group-size", "16"], "q8_0 only"),
         (["--ckpt", "{ckpt}", "--quant", "q8_0", "--group-size", "5"], "does not divide"),
         (["--ckpt", "{ckpt}", "--lora-out", "x.bin"], "no LoRA"),
+        (["--ckpt", "{sort6}"], "already exported"),  # a .bin model given as the checkpoint
     ],
 )
-def test_export_errors_are_one_line(nano80, tmp_path, capsys, extra, msg):
+def test_export_errors_are_one_line(nano80, shared_file, tmp_path, capsys, extra, msg):
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     (tmp_path / "junk.pt").write_bytes(b"\x00" * 10)
-    sub = {"{ckpt}": str(tmp_path / "c.pt"), "{junk}": str(tmp_path / "junk.pt")}
+    sub = {"{ckpt}": str(tmp_path / "c.pt"), "{junk}": str(tmp_path / "junk.pt"),
+           "{sort6}": str(shared_file("fixtures/sort6_f32.bin"))}
     rc, _, err = run(export_cmd, [sub.get(a, a) for a in extra] + ["--out", tmp_path / "o.bin"], capsys)
     assert rc == 1 and err.startswith("error: ") and msg in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "weights_only" not in err  # not PyTorch's advice to load unsafely
+
+
+def lora_ckpt(tmp_path, nano80) -> Path:
+    m = attach_lora(tiny(), rank=2, alpha=4)
+    save_ckpt(tmp_path / "c.pt", m, nano80, lora={"rank": 2, "alpha": 4, "dropout": 0.0})
+    return tmp_path / "c.pt"
+
+
+@pytest.mark.parametrize("opts", [["--out", "{ckpt}"], ["--out", "b.bin", "--lora-out", "{ckpt}"],
+                                  ["--out", "{ckpt_other_spelling}"], ["--out", "{link}"],
+                                  ["--out", "x.bin", "--lora-out", "x.bin"],
+                                  ["--out", "x.bin", "--lora-out", "sub/../x.bin"]])
+def test_export_refuses_to_overwrite_its_input_or_itself(nano80, tmp_path, capsys, monkeypatch, opts):
+    ckpt = lora_ckpt(tmp_path, nano80)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.pt").symlink_to(ckpt)
+    before = ckpt.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    sub = {"{ckpt}": ckpt, "{ckpt_other_spelling}": "sub/../c.pt", "{link}": "link.pt"}
+    rc, out, err = run(export_cmd, ["--ckpt", ckpt] + [sub.get(a, a) for a in opts], capsys)
+    assert rc == 1 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "checkpoint itself" in err or "same file" in err
+    assert ckpt.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "link.pt", "sub"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    "opts, msg",
+    [
+        (["--quant", "q8_0", "--group-size", "7"], "does not divide"),  # found by the base export
+        (["--layout", "2026.1"], "2026.101"),  # full attention: the base export refuses 2026.1
+        (["--out", "{tmp}/nodir9/b.bin"], "does not exist"),
+        (["--out", "{tmp}/sub"], "directory"),
+        (["--lora-out", "{tmp}/nodir9/la.bin"], "does not exist"),
+    ],
+)
+def test_export_failure_writes_nothing(nano80, tmp_path, capsys, opts, msg):
+    m = attach_lora(tiny(is_causal=False), rank=2, alpha=4)
+    save_ckpt(tmp_path / "c.pt", m, nano80, lora={"rank": 2, "alpha": 4, "dropout": 0.0})
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "la.bin").write_bytes(b"an older LoRA")  # an existing output stays as it was
+    argv = ["--ckpt", tmp_path / "c.pt", "--out", tmp_path / "b.bin", "--lora-out", tmp_path / "la.bin"] + opts
+    rc, out, err = run(export_cmd, [str(a).replace("{tmp}", str(tmp_path)) for a in argv], capsys)
+    assert rc == 1 and err.startswith("error: ") and msg in err and out == "", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "la.bin", "sub"]  # no temporary left
+    assert (tmp_path / "la.bin").read_bytes() == b"an older LoRA" and not any((tmp_path / "sub").iterdir())
+
+
+@pytest.mark.parametrize("lora_out", [False, True])
+def test_export_refuses_non_finite_weights(nano80, tmp_path, capsys, lora_out):
+    m = attach_lora(tiny(), rank=2, alpha=4)
+    with torch.no_grad():
+        m.layers[1].w2.weight[3, 5] = float("nan")  # a run that diverged
+    save_ckpt(tmp_path / "c.pt", m, nano80, lora={"rank": 2, "alpha": 4, "dropout": 0.0})
+    extra = ["--lora-out", tmp_path / "la.bin"] if lora_out else []
+    rc, _, err = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", tmp_path / "b.bin"] + extra, capsys)
+    assert rc == 1 and err.startswith("error: ") and err.count("\n") == 1
+    assert "layers.1.w2.weight" in err and "non-finite" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]

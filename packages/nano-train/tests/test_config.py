@@ -56,6 +56,14 @@ def test_ints_are_accepted_for_floats_but_not_the_reverse(tmp_path):
     ({"model": {"n_embd": 30, "n_head": 4}}, "n_head"),
     ({"optim": {"time_budget": -1}}, "optim.time_budget must be >= 0"),
     ({"system": {"threads": -2}}, "system.threads must be >= 0"),
+    ({"system": {"threads": 99999}}, "system.threads must be at most 1024"),  # set_num_threads(99999) segfaults
+    ({"system": {"seed": -1}}, r"system.seed must be in \[0, 2\^63\), got -1"),  # numpy's traceback, else
+    ({"system": {"seed": 2**64}}, "system.seed must be in"),
+    # JSON's Infinity and NaN parse as floats: no setting means anything there
+    ({"optim": {"learning_rate": float("inf")}}, "optim.learning_rate: expected a finite number, got inf"),
+    ({"optim": {"weight_decay": float("nan")}}, "optim.weight_decay: expected a finite number, got nan"),
+    ({"optim": {"time_budget": float("inf")}}, "optim.time_budget: expected a finite number"),
+    ({"model": {"dropout": float("nan")}}, "model.dropout: expected a finite number"),
 ])
 def test_bad_configs_name_the_key(tmp_path, obj, message):
     with pytest.raises(ConfigError, match=message):
@@ -70,10 +78,21 @@ def test_bad_configs_name_the_key(tmp_path, obj, message):
     ("--compile=maybe", "expected true or false"),
     ("max_iters=1", "expected --key=value"),
     ("--max_iters", "expected --key=value"),
+    ("--learning_rate=inf", "expected a finite number, got inf"),
+    ("--weight_decay=nan", "expected a finite number, got nan"),
+    ("--grad_clip=1e999", "expected a finite number, got inf"),
+    ("--overwrite=maybe", "expected true or false"),
 ])
 def test_bad_overrides(arg, message):
     with pytest.raises(ConfigError, match=message):
         parse_overrides([arg])
+
+
+def test_overwrite_is_a_run_key():
+    cfg, explicit = load_config(None, ["--overwrite=true"])
+    assert cfg.run.overwrite is True and "run.overwrite" in explicit
+    assert load_config(None)[0].run.overwrite is False
+    assert load_config(None, ["--threads=1024", "--seed=0"])[0].system.threads == 1024
 
 
 def test_missing_or_broken_file(tmp_path):

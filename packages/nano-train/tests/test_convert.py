@@ -189,6 +189,12 @@ def test_export_errors(nano80, tmp_path):
         export_bin(tiny(), tmp_path / "c.bin", quant="q4")
     with pytest.raises(ConvertError, match="tokens"):
         export_bin(tiny(vocab_size=81), tmp_path / "d.bin", tokenizer=nano80)
+    diverged = tiny(tie_embeddings=False)
+    with torch.no_grad():
+        diverged.lm_head.weight[7, 1] = float("inf")
+    for quant in ("f32", "q8_0"):
+        with pytest.raises(ConvertError, match=r"^lm_head\.weight holds non-finite values"):
+            export_bin(diverged, tmp_path / "f.bin", quant=quant, tokenizer=nano80)
     assert not any(tmp_path.iterdir())  # nothing half-written
 
 
@@ -245,6 +251,12 @@ def test_lora_file_errors(nano80, tmp_path):
     with pytest.raises(ConvertError, match="whole number"):
         export_lora(m, tmp_path / "x.bin")
     m = attach_lora(tiny(), rank=2, alpha=2)
+    with torch.no_grad():
+        m.layers[1].wv.lora_B[0, 0] = float("nan")
+    with pytest.raises(ConvertError, match=r"^layers\.1\.wv\.lora_B holds non-finite values"):
+        export_lora(m, tmp_path / "x.bin")
+    assert not (tmp_path / "x.bin").exists()
+    m = attach_lora(tiny(), rank=2, alpha=2)
     export_lora(m, tmp_path / "lora.bin")
     export_bin(tiny(), tmp_path / "base.bin", tokenizer=nano80)
     with pytest.raises(ConvertError, match="LoRA module"):
@@ -294,8 +306,20 @@ def test_lora_checkpoint_loads(nano80, tmp_path):
 
 def test_bad_checkpoints(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ConvertError, match="not a readable checkpoint"):
+    with pytest.raises(ConvertError, match="not a readable checkpoint") as e:
         load_checkpoint_model(tmp_path / "junk.pt")
+    # one line, without PyTorch's advice to retry with weights_only=False (which runs the file's code)
+    assert "\n" not in str(e.value) and "weights_only" not in str(e.value) and "Unsupported operand" in str(e.value)
+    import argparse
+
+    torch.save({"model": {}, "config": argparse.Namespace(model={})}, tmp_path / "pickled.pt")
+    with pytest.raises(ConvertError, match="not a readable checkpoint") as e:
+        load_checkpoint_model(tmp_path / "pickled.pt")
+    assert "\n" not in str(e.value) and "argparse.Namespace" in str(e.value) and "Please" not in str(e.value)
+    # a model file is not a checkpoint: it is what export makes
+    export_bin(tiny(), tmp_path / "m.bin", tokenizer=None)
+    with pytest.raises(ConvertError, match="not a training checkpoint but a nano .bin file, which is already exported"):
+        load_checkpoint_model(tmp_path / "m.bin")
     torch.save({"weights": {}}, tmp_path / "other.pt")
     with pytest.raises(ConvertError, match="not a Nano checkpoint"):
         load_checkpoint_model(tmp_path / "other.pt")

@@ -3,6 +3,8 @@ bounded memory, documents, shards, and deterministic resumable batches (defect 1
 
 import gc
 import json
+import os
+import stat
 import tracemalloc
 
 import numpy as np
@@ -247,6 +249,125 @@ def test_prepare_command(tmp_path, shared_file, psycho_slice, capsys):
     rc = prepare_cmd.main(["pretrain", "--tokenizer", str(shared_file("data/tokenizer_4096.json")), "--out_dir", str(out),
                            str(psycho_slice)])
     assert rc == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def _files(path):
+    return {f.name: f.read_bytes() for f in sorted(path.iterdir())}
+
+
+def test_a_failed_overwrite_keeps_the_old_dataset(tmp_path, shared_file, psycho_slice):
+    tok = shared_file("data/tokenizer_4096.json")
+    out = tmp_path / "d"
+    prepare_pretrain([psycho_slice], tok, out, chunk_tokens=512, shard_tokens=20_000, progress=False)
+    (out / "notes.txt").write_text("mine")
+    before = _files(out)
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\xfe broken")
+    with pytest.raises(DataError, match="not UTF-8"):
+        prepare_pretrain([psycho_slice, bad], tok, out, overwrite=True, progress=False)
+    assert _files(out) == before  # nothing removed, nothing left behind
+    Dataset(out)
+    # A successful overwrite replaces the dataset (fewer shards now), keeps other files.
+    prepare_pretrain([psycho_slice], tok, out, chunk_tokens=512, overwrite=True, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    listed = {s["file"] for split in meta["shards"].values() for s in split}
+    assert set(_files(out)) == listed | {"meta.json", "tokenizer.json", "notes.txt"}
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_an_interrupted_preparation_leaves_no_dataset(tmp_path, shared_file, psycho_slice, monkeypatch):
+    import nano_train.data as data
+
+    def interrupt(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "_write_json_atomic", interrupt)  # killed just before meta.json
+    out = tmp_path / "d"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, progress=False)
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_the_tokenizer_copy_has_the_permissions_of_the_shards(tmp_path, shared_file, psycho_slice):
+    old = os.umask(0o027)
+    try:
+        prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), tmp_path / "d", progress=False)
+    finally:
+        os.umask(old)
+    modes = {f.name: stat.S_IMODE(f.stat().st_mode) for f in (tmp_path / "d").iterdir()}
+    assert set(modes.values()) == {0o640}, modes
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path, shared_file):
+    tok = shared_file("data/tokenizer_4096.json")
+    plain, marked = tmp_path / "plain.txt", tmp_path / "bom.txt"
+    plain.write_text("心理学\n\n科学\n", encoding="utf-8")
+    marked.write_text("心理学\n\n科学\n", encoding="utf-8-sig")
+    a = prepare_pretrain([plain], tok, tmp_path / "a", val_fraction=0.0, progress=False)
+    b = prepare_pretrain([marked], tok, tmp_path / "b", val_fraction=0.0, progress=False)
+    assert (a.characters, a.tokens, a.unknown_tokens) == (b.characters, b.tokens, 0)
+    assert (tmp_path / "a" / "train_000.bin").read_bytes() == (tmp_path / "b" / "train_000.bin").read_bytes()
+
+
+def test_shards_hold_at_most_shard_tokens(tmp_path, shared_file, psycho_slice):
+    tok = shared_file("data/tokenizer_4096.json")
+    prepare_pretrain([psycho_slice], tok, tmp_path / "d", chunk_tokens=256, shard_tokens=1000, progress=False)
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text())
+    assert max(s["tokens"] for split in meta["shards"].values() for s in split) == 768
+    with pytest.raises(DataError, match="shard_tokens .* at least chunk_tokens"):
+        prepare_pretrain([psycho_slice], tok, tmp_path / "e", chunk_tokens=256, shard_tokens=1, progress=False)
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda m: m.pop("dtype"), "dtype"),
+    (lambda m: m.update(dtype="float64"), "dtype"),
+    (lambda m: m.update(kind="poetry"), "kind"),
+    (lambda m: m.update(shards="train_000.bin"), "shards"),
+    (lambda m: m["shards"].update(train="train_000.bin"), "shards.train"),
+    (lambda m: m["shards"]["train"][0].pop("tokens"), "shards.train[0].tokens"),
+    (lambda m: m["shards"]["train"][0].update(file=3), "shards.train[0].file"),
+    (lambda m: m.update(tokenizer="tokenizer.json"), "tokenizer"),
+    (lambda m: m["tokenizer"].pop("fingerprint"), "tokenizer.fingerprint"),
+])
+def test_a_damaged_meta_json_names_the_field(tmp_path, small_pretrain, edit, field):
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for f in small_pretrain.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    meta = json.loads((copy / "meta.json").read_text())
+    edit(meta)
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="meta.json") as err:
+        Dataset(copy)
+    assert f"'{field}'" in str(err.value)
+
+
+def test_a_meta_json_that_is_not_an_object(tmp_path):
+    (tmp_path / "meta.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="meta.json: not a JSON object"):
+        Dataset(tmp_path)
+
+
+def _command(tmp_path, shared_file, psycho_slice, *args):
+    return prepare_cmd.main(["pretrain", "--tokenizer", str(shared_file("data/tokenizer_4096.json")), "--quiet",
+                             *args, str(psycho_slice)])
+
+
+def test_a_negative_seed_is_a_usage_error(tmp_path, shared_file, psycho_slice, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _command(tmp_path, shared_file, psycho_slice, "--out_dir", str(tmp_path / "d"), "--seed", "-1")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("error:") == 1 and "--seed" in err and "-1" in err
+    with pytest.raises(DataError, match="seed"):
+        prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), tmp_path / "d", seed=-1)
+
+
+def test_an_unwritable_out_dir_is_one_error_line(tmp_path, shared_file, psycho_slice, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    rc = _command(tmp_path, shared_file, psycho_slice, "--out_dir", str(blocker / "d"))
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith("error: ") and err.count("\n") == 1 and "Not a directory" in err
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import torch
 
 from nano_train import checkpoint as ckpt_io
 from nano_train.data import Batcher
-from nano_train.metrics import read_log
+from nano_train.metrics import RunLog, read_log
 from nano_train.train import train
 
 
@@ -91,6 +91,24 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     ckpt_io.set_rng_state(load(tmp_path / "r.pt")["rng"])
     got = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(want[0], got[0]) and (want[1] == got[1]).all() and want[2] == got[2]
+
+
+def test_resume_drops_a_log_line_cut_inside_a_utf8_character(tmp_path):
+    """What a kill during a write leaves: the last line ends inside a multi-byte character."""
+    log = tmp_path / "log.jsonl"
+    good = ['{"kind": "start", "step": 0, "note": "意识"}', '{"kind": "train", "step": 1, "loss": 8.0}',
+            '{"kind": "train", "step": 3, "loss": 7.0}', "7", '[1, 2]', '{"kind": "eval", "step": "x"}']
+    cut = '{"kind": "train", "step": 4, "note": "意'.encode("utf-8")[:-1]
+    log.write_bytes("".join(line + "\n" for line in good).encode("utf-8") + cut)
+    RunLog(log, True, resume_step=2)
+    assert log.read_text(encoding="utf-8").splitlines() == [good[0], good[1], good[5]]  # step 3 is run again
+
+
+def test_read_log_skips_what_is_not_a_json_object(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_bytes(b'{"kind": "train", "step": 1}\n\xff\xfe not utf-8\n7\n[1]\n"text"\nnull\n{"kind": "end"}\n'
+                    + '{"kind": "train", "note": "意'.encode("utf-8")[:-1])
+    assert read_log(log) == [{"kind": "train", "step": 1}, {"kind": "end"}]
 
 
 def _start(args, tmp_path):

@@ -138,3 +138,39 @@ def test_sft_command(tmp_path, shared_file, capsys):
     assert meta["kind"] == "sft" and meta["counts"]["records"] == 4907
     assert meta["shards"]["val"][0]["rows"] > 0
     assert meta["shards"]["train"][0]["rows"] + meta["shards"]["val"][0]["rows"] == meta["counts"]["samples"] == 4907 - meta["counts"]["too_long_skipped"]
+
+
+def test_truncation_that_leaves_no_answer_skips_the_sample(tmp_path, shared_file):
+    tok_path = shared_file("data/tokenizer_4096.json")
+    src = write_jsonl(tmp_path / "l.jsonl", [{"question": "短", "answer": "短"},
+                                             {"question": "长" * 20, "answer": "长"}])
+    s = prepare_sft([src], tok_path, tmp_path / "d", block_size=16, too_long="truncate", progress=False)
+    assert (s.train_samples, s.too_long_skipped, s.truncated, s.answer_tokens) == (1, 1, 0, 2)
+    with pytest.raises(DataError, match="no training samples.*block_size 3"):
+        prepare_sft([shared_file("data/sft_self_id.jsonl")], tok_path, tmp_path / "e", block_size=3,
+                    too_long="truncate", progress=False)
+
+
+def test_a_byte_order_mark_starts_a_jsonl_file(tmp_path, shared_file):
+    tok_path = shared_file("data/tokenizer_4096.json")
+    src = tmp_path / "bom.jsonl"
+    src.write_text('{"question": "问", "answer": "答"}\n', encoding="utf-8-sig")
+    s = prepare_sft([src, src], tok_path, tmp_path / "d", block_size=16, progress=False)
+    assert (s.records, s.bad_lines) == (2, 0)
+    src.write_bytes(b'\n\xef\xbb\xbf{"question": "q", "answer": "a"}\n')  # only at the start of the file
+    with pytest.raises(DataError, match="bom.jsonl:2"):
+        prepare_sft([src], tok_path, tmp_path / "e", block_size=16, progress=False)
+
+
+def test_a_failed_sft_overwrite_keeps_the_old_dataset(tmp_path, shared_file):
+    tok_path = shared_file("data/tokenizer_4096.json")
+    good = write_jsonl(tmp_path / "g.jsonl", [{"question": "问", "answer": "答"}])
+    out = tmp_path / "d"
+    prepare_sft([good], tok_path, out, block_size=16, progress=False)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    bad = tmp_path / "b.jsonl"
+    bad.write_text("{not json\n", encoding="utf-8")
+    with pytest.raises(DataError, match="not valid JSON"):
+        prepare_sft([good, bad], tok_path, out, block_size=16, overwrite=True, progress=False)
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert Dataset(out).meta["counts"]["samples"] == 1

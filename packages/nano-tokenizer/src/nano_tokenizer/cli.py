@@ -183,11 +183,14 @@ def _read_ids(items: list[str]) -> np.ndarray:
     else:
         text = " ".join(items)
     words = [w for w in re.split(r"[\s,\[\]]+", text) if w]
-    try:
-        return np.array([int(w) for w in words], dtype=np.int64)
-    except ValueError:
-        bad = next(w for w in words if not re.fullmatch(r"[+-]?\d+", w))
-        raise _Fail(f"not a token id: {bad!r}") from None
+    ids = []
+    for w in words:
+        if not re.fullmatch(r"[+-]?\d+", w):
+            raise _Fail(f"not a token id: {w!r}")
+        if not -(2**63) <= int(w) < 2**63:
+            raise _Fail(f"token id out of range: {w}")
+        ids.append(int(w))
+    return np.array(ids, dtype=np.int64)
 
 
 def cmd_decode(args) -> None:

@@ -35,6 +35,9 @@ VERSION = 1
 LATEST = "latest.pt"
 BEST = "best.pt"
 _TMP_SUFFIX = ".tmp"
+# What resuming reads ("scaler", "val_loss", "train_loss", "elapsed_s", ... are optional)
+REQUIRED = ("task", "model", "config", "tokenizer", "optimizer", "step", "tokens_seen", "data_state", "rng",
+            "best_val_loss")
 
 
 class CheckpointError(ValueError):
@@ -67,6 +70,17 @@ def remove_stale_temporaries(out_dir: str | Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def load_failure(e: Exception) -> str:
+    """One line on why torch.load failed. A weights_only refusal's message is many
+    lines of advice (including to load with weights_only=False, which runs the
+    file's code); keep only its cause, e.g. "Unsupported operand 83"."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+        text = text.split(" Please use ", 1)[0]  # the allowlisting advice after "Unsupported global: ..."
+    return f"{e.__class__.__name__}: {' '.join(text.split())}"
+
+
 def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -74,12 +88,36 @@ def load(path: str | Path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling raises many types
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {e})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({load_failure(e)})") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a nano-train checkpoint")
     if ck.get("version") != VERSION:
         raise CheckpointError(f"{path}: checkpoint version {ck.get('version')} is not {VERSION}")
+    missing = [k for k in REQUIRED if k not in ck]
+    if missing:
+        raise CheckpointError(f"{path}: an incomplete checkpoint, it has no {', '.join(missing)}")
+    config = ck["config"]
+    if not (isinstance(config, dict) and isinstance(config.get("model"), dict) and isinstance(config.get("train"), dict)):
+        raise CheckpointError(f"{path}: an incomplete checkpoint, its config needs 'model' and 'train' sections")
     return ck
+
+
+def check_state_dict(path: str | Path, state, model: torch.nn.Module) -> None:
+    """Raise one CheckpointError line if `state` (a checkpoint's weights) does not fit
+    `model`: the missing and unexpected keys and the mismatched shapes, a few of each."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: its 'model' entry is not a state dict")
+    mine = model.state_dict()
+    problems = []
+    missing = [k for k in mine if k not in state]
+    unexpected = [k for k in state if k not in mine]
+    shapes = [f"{k} {tuple(getattr(state[k], 'shape', ()))} (the model's: {tuple(v.shape)})"
+              for k, v in mine.items() if k in state and getattr(state[k], "shape", None) != v.shape]
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if items:
+            problems.append(f"{what}: {', '.join(items[:3])}" + (f" and {len(items) - 3} more" if len(items) > 3 else ""))
+    if problems:
+        raise CheckpointError(f"{path}: the weights do not fit the model its config describes ({'; '.join(problems)})")
 
 
 # ---------------------------------------------------------------------------

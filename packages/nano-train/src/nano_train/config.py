@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ TASKS = ("pretrain", "sft", "lora")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "math", "flash", "efficient", "cudnn")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
+MAX_THREADS = 1024  # torch.set_num_threads(99999) crashes the process
 
 
 class ConfigError(ValueError):
@@ -53,6 +55,9 @@ class RunConfig:
     checkpoint_interval: int = 0  # steps between latest.pt writes; 0 = every eval_interval
     keep_checkpoints: bool = False  # also keep ckpt_<step>.pt at each checkpoint
     log_interval: int = 10  # steps between progress lines / log records
+    # Start a new run (scratch or a base model) in an out_dir that holds an earlier
+    # run's checkpoints or log: delete them first. Without it the commands refuse.
+    overwrite: bool = False
 
 
 @dataclass
@@ -184,7 +189,7 @@ def _check_value(tp, value):
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            return _finite(float(value))
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -192,6 +197,13 @@ def _check_value(tp, value):
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
     raise TypeError(f"expected {_describe(tp)}, got {json.dumps(value, ensure_ascii=False)}")
+
+
+def _finite(x: float) -> float:
+    """No setting means anything at inf or nan (JSON's Infinity and NaN, '--lr=inf', '1e999')."""
+    if not math.isfinite(x):
+        raise TypeError(f"expected a finite number, got {x}")
+    return x
 
 
 def _parse_text(tp, text: str):
@@ -215,7 +227,7 @@ def _parse_text(tp, text: str):
             raise TypeError(f"expected an integer, got {text!r}") from None
     if tp is float:
         try:
-            return float(text)
+            return _finite(float(text))
         except ValueError:
             raise TypeError(f"expected a number, got {text!r}") from None
     if tp is str:
@@ -384,7 +396,10 @@ def validate(cfg: Config) -> None:
     need(s.attention_backend in ATTENTION_BACKENDS,
          f"system.attention_backend must be one of {ATTENTION_BACKENDS}, got {s.attention_backend!r}")
     need(s.dist_backend in DIST_BACKENDS, f"system.dist_backend must be one of {DIST_BACKENDS}, got {s.dist_backend!r}")
+    need(0 <= s.seed < 2**63, f"system.seed must be in [0, 2^63), got {s.seed}")
     need(s.threads >= 0, "system.threads must be >= 0 (0 = PyTorch's default)")
+    need(s.threads <= MAX_THREADS, f"system.threads must be at most {MAX_THREADS} (the C engine's limit too), "
+         f"got {s.threads}")
     need(s.peak_flops >= 0, "system.peak_flops must be >= 0 (0 = estimate)")
     need(cfg.lora.lora_rank >= 1, "lora.lora_rank must be >= 1")
     need(cfg.lora.lora_alpha > 0, "lora.lora_alpha must be > 0")

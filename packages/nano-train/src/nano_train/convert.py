@@ -25,6 +25,7 @@ import nano_format
 from nano_format import spec
 from nano_format.quant import check_group_size
 
+from .checkpoint import load_failure
 from .lora import LORA_TARGETS, LoRALinear, attach_lora, has_lora, load_lora_state_dict
 from .model import ModelConfig, Transformer
 
@@ -229,6 +230,15 @@ class ExportInfo:
 _QUANTS = {"f32": spec.QuantType.F32, "q8_0": spec.QuantType.Q8_0}
 
 
+def _check_finite(named_tensors) -> None:
+    """Refuse NaN or inf weights (a run that diverged): the file would load, and
+    the engines would print garbage."""
+    for name, t in named_tensors:
+        if not bool(torch.isfinite(t).all()):
+            raise ConvertError(f"{name} holds non-finite values (NaN or inf): the training run diverged; "
+                               f"export an earlier checkpoint")
+
+
 def _group_size(config: ModelConfig, group_size: int | None) -> int:
     """The Q8_0 group size a file of this model gets (nano-format's rule): settled
     before anything is written (reference defect 5)."""
@@ -269,7 +279,10 @@ def export_bin(
     # An explicit layout that cannot hold this model is refused by the writer,
     # with the reason, before anything is written.
     if tokenizer is not None and tokenizer.vocab_size != c.vocab_size:
-        raise ConvertError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model {c.vocab_size}")
+        # the file's vocabulary section holds exactly vocab_size tokens (nano_format.spec)
+        raise ConvertError(f"the tokenizer has {tokenizer.vocab_size} tokens, the model {c.vocab_size}; "
+                           f"a .bin file stores one token per vocabulary entry")
+    _check_finite((n, p) for n, p in model.named_parameters() if ".lora_" not in n)  # the weights written
     with _format_errors():
         g = _group_size(c, group_size) if quant == "q8_0" else 0
         nano_format.write(
@@ -322,6 +335,7 @@ def export_lora(model: Transformer, path) -> ExportInfo:
     rank, alpha = layer0.rank, layer0.alpha
     if float(alpha) != int(alpha):
         raise ConvertError(f"LoRA alpha {alpha} is not a whole number; the LoRA file stores it as an integer")
+    _check_finite((n, p) for n, p in model.named_parameters() if ".lora_" in n)
     tensors = {}
     for t in LORA_TARGETS:
         mods = [getattr(layer, t) for layer in model.layers]
@@ -402,12 +416,14 @@ def load_checkpoint_model(path, device: str | torch.device = "cpu"):
       "lora": {"rank", "alpha", "dropout"} when a LoRA was attached (optional).
     """
     path = Path(path)
+    with open(path, "rb") as f:
+        if f.read(len(spec.MAGIC_BYTES)) == spec.MAGIC_BYTES:
+            raise ConvertError(f"{path}: not a training checkpoint but a nano .bin file, which is already "
+                               f"exported (sample -m and the engines read it)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
     except Exception as e:  # unpickling errors have many types
-        raise ConvertError(f"{path}: not a readable checkpoint ({e.__class__.__name__}: {e})") from None
+        raise ConvertError(f"{path}: not a readable checkpoint ({load_failure(e)})") from None
     if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
         raise ConvertError(f"{path}: not a Nano checkpoint (needs 'model' and 'config' entries)")
     if ck.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:

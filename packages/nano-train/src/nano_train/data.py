@@ -38,7 +38,9 @@ import contextlib
 import json
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +138,11 @@ def split_hash(seed: int, index: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def _check_seed(seed: int) -> None:
+    if seed < 0:  # (numpy's generators take no negative seed)
+        raise DataError(f"the seed must be a non-negative integer, got {seed}")
+
+
 def _write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -145,21 +152,58 @@ def _write_json_atomic(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Create out_dir; refuse to mix with an earlier dataset unless told to replace it."""
-    meta_path = out_dir / META
-    if meta_path.exists():
-        if not overwrite:
-            raise DataError(f"{out_dir} already holds a prepared dataset ({META}); pass --overwrite to replace it")
-        try:
-            old = json.loads(meta_path.read_text(encoding="utf-8"))
-            old_files = [s["file"] for split in old.get("shards", {}).values() for s in split]
-        except (OSError, ValueError, KeyError, TypeError):
-            old_files = []
-        meta_path.unlink()  # first, so a half-replaced directory is never taken for a dataset
-        for name in old_files:
-            (out_dir / Path(name).name).unlink(missing_ok=True)
+def _dataset_files(out_dir: Path) -> set[str]:
+    """The names of the files of the dataset in out_dir: meta.json, tokenizer.json, the listed shards."""
+    names = {META, TOKENIZER_FILE}
+    try:
+        old = json.loads((out_dir / META).read_text(encoding="utf-8"))
+        for split in old["shards"].values():
+            names.update(Path(s[key]).name for s in split for key in ("file", "target", "mask") if key in s)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return names
+
+
+@contextlib.contextmanager
+def _new_dataset_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+    """A hidden temporary directory inside out_dir to write a dataset into, meta.json last.
+
+    When the block ends without an error, its files replace the dataset in out_dir
+    (the old meta.json goes first and the new one comes last, so out_dir never
+    looks complete in between); when it raises, the directory is removed and an
+    old dataset stays as it was. Files in out_dir that are no dataset's are kept.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"{out_dir} is not a directory; choose another --out_dir")
+    if (out_dir / META).exists() and not overwrite:
+        raise DataError(f"{out_dir} already holds a prepared dataset ({META}); pass --overwrite to replace it")
+    created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
+    build = Path(tempfile.mkdtemp(prefix=".prepare.", suffix=".tmp", dir=out_dir))
+    try:
+        yield build
+        old_files = _dataset_files(out_dir)
+        new_files = {f.name for f in build.iterdir()}
+        (out_dir / META).unlink(missing_ok=True)
+        for name in new_files - {META}:
+            os.replace(build / name, out_dir / name)
+        for name in old_files - new_files:
+            (out_dir / name).unlink(missing_ok=True)
+        os.replace(build / META, out_dir / META)
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+
+
+def _save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
+    """Copy the vocabulary to out_dir/tokenizer.json with the mode of the other files
+    (Tokenizer.save writes through a temporary file, which is private: 0600)."""
+    path = out_dir / TOKENIZER_FILE
+    tok.save(path)
+    umask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 @contextlib.contextmanager
@@ -314,136 +358,139 @@ def prepare_pretrain(
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if chunk_tokens < 1 or shard_tokens < 1:
         raise DataError("chunk_tokens and shard_tokens must be positive")
+    if shard_tokens < chunk_tokens:  # a shard holds whole chunks: at most shard_tokens, at least one chunk
+        raise DataError(f"shard_tokens ({shard_tokens}) must be at least chunk_tokens ({chunk_tokens})")
+    _check_seed(seed)
     tok = _load_tokenizer(tokenizer_path)
     dtype = tok.dtype
-    _prepare_out_dir(out_dir, overwrite)
+    with _new_dataset_dir(out_dir, overwrite) as build:
+        # Pass 1: stream every document through the tokenizer into one flat temporary file.
+        # Documents are wrapped as <|bos|> doc <|eos|>, or else joined by a separator
+        # that keeps their boundary visible in the text ("\n" per line, "\n\n" otherwise).
+        stream_path = build / ".tokens.tmp"
+        sep = np.asarray(tok.encode("\n" if doc_mode == "line" else "\n\n"), dtype=dtype)
+        bos = np.asarray([tok.bos_id], dtype=dtype) if bos_eos else None
+        eos = np.asarray([tok.eos_id], dtype=dtype) if bos_eos else None
+        unk = tok.unk_id
+        n_chars = n_docs = n_tokens = n_unk = 0
+        total_bytes = sum(p.stat().st_size for p in inputs)
+        bar = Progress(total_bytes, "encode", enabled=progress)
+        done_bytes = 0
+        try:
+            with open(stream_path, "wb") as out:
 
-    # Pass 1: stream every document through the tokenizer into one flat temporary file.
-    # Documents are wrapped as <|bos|> doc <|eos|>, or else joined by a separator
-    # that keeps their boundary visible in the text ("\n" per line, "\n\n" otherwise).
-    stream_path = out_dir / ".tokens.tmp"
-    sep = np.asarray(tok.encode("\n" if doc_mode == "line" else "\n\n"), dtype=dtype)
-    bos = np.asarray([tok.bos_id], dtype=dtype) if bos_eos else None
-    eos = np.asarray([tok.eos_id], dtype=dtype) if bos_eos else None
-    unk = tok.unk_id
-    n_chars = n_docs = n_tokens = n_unk = 0
-    total_bytes = sum(p.stat().st_size for p in inputs)
-    bar = Progress(total_bytes, "encode", enabled=progress)
-    done_bytes = 0
-    try:
-        with open(stream_path, "wb") as out:
+                def emit(ids: np.ndarray) -> None:
+                    nonlocal n_tokens, n_unk
+                    out.write(ids.astype(dtype, copy=False).tobytes())
+                    n_tokens += len(ids)
+                    n_unk += int(np.count_nonzero(ids == unk))
 
-            def emit(ids: np.ndarray) -> None:
-                nonlocal n_tokens, n_unk
-                out.write(ids.astype(dtype, copy=False).tobytes())
-                n_tokens += len(ids)
-                n_unk += int(np.count_nonzero(ids == unk))
+                for path in inputs:
+                    # utf-8-sig: a byte-order mark at the start of a file is dropped, not encoded as text
+                    with open(path, encoding="utf-8-sig") as f, _utf8_errors(path):
+                        for doc in iter_documents(f, doc_mode, piece_chars):
 
-            for path in inputs:
-                with open(path, encoding="utf-8") as f, _utf8_errors(path):
-                    for doc in iter_documents(f, doc_mode, piece_chars):
+                            def counted(pieces: Iterable[str]) -> Iterator[str]:
+                                nonlocal n_chars
+                                for piece in pieces:
+                                    n_chars += len(piece)
+                                    bar.update(done_bytes + f.buffer.tell())  # bytes read so far (cheap; drawn 5x/s)
+                                    yield piece
 
-                        def counted(pieces: Iterable[str]) -> Iterator[str]:
-                            nonlocal n_chars
-                            for piece in pieces:
-                                n_chars += len(piece)
-                                bar.update(done_bytes + f.buffer.tell())  # bytes read so far (cheap; drawn 5x/s)
-                                yield piece
+                            if bos_eos:
+                                emit(bos)
+                            elif n_docs > 0:
+                                emit(sep)
+                            for ids in tok.encode_stream(counted(doc), chunk_chars=min(piece_chars, 1 << 16)):
+                                emit(ids)
+                            if bos_eos:
+                                emit(eos)
+                            n_docs += 1
+                    done_bytes += path.stat().st_size
+            bar.close()
+            if n_tokens == 0:
+                raise DataError(f"the input files hold no text: {', '.join(map(str, inputs))}")
 
-                        if bos_eos:
-                            emit(bos)
-                        elif n_docs > 0:
-                            emit(sep)
-                        for ids in tok.encode_stream(counted(doc), chunk_chars=min(piece_chars, 1 << 16)):
-                            emit(ids)
-                        if bos_eos:
-                            emit(eos)
-                        n_docs += 1
-                done_bytes += path.stat().st_size
-        bar.close()
-        if n_tokens == 0:
-            raise DataError(f"the input files hold no text: {', '.join(map(str, inputs))}")
+            # Split: every chunk_tokens-long chunk of the stream, by its seeded hash.
+            n_chunks = math.ceil(n_tokens / chunk_tokens)
+            u = split_hash(seed, np.arange(n_chunks))
+            is_val = u < val_fraction
+            if val_fraction > 0 and not is_val.any():
+                if n_chunks < 2:
+                    raise DataError(
+                        f"the corpus is {n_tokens} tokens, one chunk of {chunk_tokens}: too small to hold out "
+                        f"a validation chunk; lower --chunk_tokens or pass --val_fraction 0")
+                is_val[int(np.argmin(u))] = True  # a tiny corpus still gets one held-out chunk
+            if is_val.all():
+                raise DataError(f"every chunk went to validation; lower --val_fraction (now {val_fraction})")
+            val_chunks = np.flatnonzero(is_val)
+            train_chunks = np.flatnonzero(~is_val)
 
-        # Split: every chunk_tokens-long chunk of the stream, by its seeded hash.
-        n_chunks = math.ceil(n_tokens / chunk_tokens)
-        u = split_hash(seed, np.arange(n_chunks))
-        is_val = u < val_fraction
-        if val_fraction > 0 and not is_val.any():
-            if n_chunks < 2:
-                raise DataError(
-                    f"the corpus is {n_tokens} tokens, one chunk of {chunk_tokens}: too small to hold out "
-                    f"a validation chunk; lower --chunk_tokens or pass --val_fraction 0")
-            is_val[int(np.argmin(u))] = True  # a tiny corpus still gets one held-out chunk
-        if is_val.all():
-            raise DataError(f"every chunk went to validation; lower --val_fraction (now {val_fraction})")
-        val_chunks = np.flatnonzero(is_val)
-        train_chunks = np.flatnonzero(~is_val)
+            # Pass 2: copy chunks into shards, each split in its own seeded order.
+            shard_chunks = shard_tokens // chunk_tokens
+            item = dtype.itemsize
+            shards: dict[str, list[dict]] = {"train": [], "val": []}
+            split_tokens = {"train": 0, "val": 0}
+            bar = Progress(n_chunks, "shards", unit=" chunks", enabled=progress)
+            copied = 0
+            with open(stream_path, "rb") as src:
+                for split, chunks, salt in (("train", train_chunks, 1), ("val", val_chunks, 2)):
+                    order = chunks
+                    if shuffle:
+                        # The last chunk of the stream may be short; it stays last so that every
+                        # other chunk starts at a multiple of chunk_tokens in its shard.
+                        full = chunks[chunks != n_chunks - 1]
+                        order = np.random.default_rng([seed, salt]).permutation(full)
+                        if len(full) < len(chunks):
+                            order = np.append(order, n_chunks - 1)
+                    for first in range(0, len(order), shard_chunks):
+                        name = f"{split}_{len(shards[split]):03d}.bin"
+                        count = 0
+                        with open(build / name, "wb") as dst:
+                            for c in order[first:first + shard_chunks]:
+                                start = int(c) * chunk_tokens
+                                length = min(chunk_tokens, n_tokens - start)
+                                src.seek(start * item)
+                                dst.write(src.read(length * item))
+                                count += length
+                                copied += 1
+                                bar.update(copied)
+                            dst.flush()
+                            os.fsync(dst.fileno())
+                        shards[split].append({"file": name, "tokens": count})
+                        split_tokens[split] += count
+            bar.close()
+        finally:
+            stream_path.unlink(missing_ok=True)
 
-        # Pass 2: copy chunks into shards, each split in its own seeded order.
-        shard_chunks = max(shard_tokens // chunk_tokens, 1)
-        item = dtype.itemsize
-        shards: dict[str, list[dict]] = {"train": [], "val": []}
-        split_tokens = {"train": 0, "val": 0}
-        bar = Progress(n_chunks, "shards", unit=" chunks", enabled=progress)
-        copied = 0
-        with open(stream_path, "rb") as src:
-            for split, chunks, salt in (("train", train_chunks, 1), ("val", val_chunks, 2)):
-                order = chunks
-                if shuffle:
-                    # The last chunk of the stream may be short; it stays last so that every
-                    # other chunk starts at a multiple of chunk_tokens in its shard.
-                    full = chunks[chunks != n_chunks - 1]
-                    order = np.random.default_rng([seed, salt]).permutation(full)
-                    if len(full) < len(chunks):
-                        order = np.append(order, n_chunks - 1)
-                for first in range(0, len(order), shard_chunks):
-                    name = f"{split}_{len(shards[split]):03d}.bin"
-                    count = 0
-                    with open(out_dir / name, "wb") as dst:
-                        for c in order[first:first + shard_chunks]:
-                            start = int(c) * chunk_tokens
-                            length = min(chunk_tokens, n_tokens - start)
-                            src.seek(start * item)
-                            dst.write(src.read(length * item))
-                            count += length
-                            copied += 1
-                            bar.update(copied)
-                        dst.flush()
-                        os.fsync(dst.fileno())
-                    shards[split].append({"file": name, "tokens": count})
-                    split_tokens[split] += count
-        bar.close()
-    finally:
-        stream_path.unlink(missing_ok=True)
-
-    tok.save(out_dir / TOKENIZER_FILE)
-    summary = PretrainSummary(n_chars, n_docs, n_tokens, n_unk, split_tokens["train"], split_tokens["val"],
-                              time.monotonic() - t0)
-    meta = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "kind": "pretrain",
-        "dtype": dtype.name,
-        "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer_path), "fingerprint": tok.fingerprint(),
-                      "vocab_size": tok.vocab_size},
-        "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs],
-        "documents": {"mode": doc_mode, "bos_eos": bos_eos},
-        "counts": {"characters": n_chars, "documents": n_docs, "tokens": n_tokens,
-                   "unknown_tokens": n_unk, "tokens_per_character": n_tokens / max(n_chars, 1)},
-        "split": {
-            "unit": "chunk",
-            "rule": "chunk i (tokens [i*chunk_tokens, (i+1)*chunk_tokens) of the stream) is validation "
-                    "when split_hash(seed, i) < val_fraction",
-            "chunk_tokens": chunk_tokens,
-            "val_fraction": val_fraction,
-            "seed": seed,
-            "n_chunks": n_chunks,
-            "val_chunks": val_chunks.tolist(),
-        },
-        "shuffle": {"enabled": shuffle, "unit": "chunk", "seed": seed},
-        "shards": shards,
-    }
-    _write_json_atomic(out_dir / META, meta)
+        _save_tokenizer(tok, build)
+        summary = PretrainSummary(n_chars, n_docs, n_tokens, n_unk, split_tokens["train"], split_tokens["val"],
+                                  time.monotonic() - t0)
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "kind": "pretrain",
+            "dtype": dtype.name,
+            "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer_path), "fingerprint": tok.fingerprint(),
+                          "vocab_size": tok.vocab_size},
+            "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs],
+            "documents": {"mode": doc_mode, "bos_eos": bos_eos},
+            "counts": {"characters": n_chars, "documents": n_docs, "tokens": n_tokens,
+                       "unknown_tokens": n_unk, "tokens_per_character": n_tokens / max(n_chars, 1)},
+            "split": {
+                "unit": "chunk",
+                "rule": "chunk i (tokens [i*chunk_tokens, (i+1)*chunk_tokens) of the stream) is validation "
+                        "when split_hash(seed, i) < val_fraction",
+                "chunk_tokens": chunk_tokens,
+                "val_fraction": val_fraction,
+                "seed": seed,
+                "n_chunks": n_chunks,
+                "val_chunks": val_chunks.tolist(),
+            },
+            "shuffle": {"enabled": shuffle, "unit": "chunk", "seed": seed},
+            "shards": shards,
+        }
+        _write_json_atomic(build / META, meta)
     return summary
 
 
@@ -541,7 +588,8 @@ def prepare_sft(
 
     Training reads x = row[:-1], y = row[1:], loss_mask = mask[1:], so a sample
     may hold up to block_size tokens. too_long: "skip" (count and drop),
-    "truncate" (keep the first block_size tokens; the mask stays exact), or
+    "truncate" (keep the first block_size tokens; the mask stays exact; a sample
+    whose answer would be cut off entirely is skipped and counted), or
     "error". A line that is not a valid record is an error naming the file and
     line, or with skip_bad is skipped and counted. Sample i (in input order) is
     held out when split_hash(seed, i) < val_fraction.
@@ -555,93 +603,95 @@ def prepare_sft(
         raise DataError(f"too_long must be one of {TOO_LONG}, got {too_long!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    _check_seed(seed)
     tok = _load_tokenizer(tokenizer_path)
     dtype = tok.dtype
-    _prepare_out_dir(out_dir, overwrite)
-
-    files = {split: (f"sft_{split}.bin", f"sft_{split}_mask.bin") for split in ("train", "val")}
-    counts = {"train": 0, "val": 0}
-    bad = skipped = truncated = n_tokens = n_answer = index = records = 0
-    row = np.empty(block_size, dtype=dtype)
-    row_mask = np.empty(block_size, dtype=np.uint8)
-    total_bytes = sum(p.stat().st_size for p in inputs)
-    bar = Progress(total_bytes, "sft", enabled=progress)
-    done = 0
-    handles = {split: (open(out_dir / a, "wb"), open(out_dir / b, "wb")) for split, (a, b) in files.items()}
-    try:
-        for path in inputs:
-            with open(path, "rb") as f:
-                for lineno, raw in enumerate(f, start=1):
-                    done += len(raw)
-                    bar.update(done)
-                    where = f"{path}:{lineno}"
-                    try:
-                        text = raw.decode("utf-8").strip()
-                        if not text:
-                            continue  # blank lines are not records
+    with _new_dataset_dir(out_dir, overwrite) as build:
+        files = {split: (f"sft_{split}.bin", f"sft_{split}_mask.bin") for split in ("train", "val")}
+        counts = {"train": 0, "val": 0}
+        bad = skipped = truncated = n_tokens = n_answer = index = records = 0
+        row = np.empty(block_size, dtype=dtype)
+        row_mask = np.empty(block_size, dtype=np.uint8)
+        total_bytes = sum(p.stat().st_size for p in inputs)
+        bar = Progress(total_bytes, "sft", enabled=progress)
+        done = 0
+        handles = {split: (open(build / a, "wb"), open(build / b, "wb")) for split, (a, b) in files.items()}
+        try:
+            for path in inputs:
+                with open(path, "rb") as f:
+                    for lineno, raw in enumerate(f, start=1):
+                        done += len(raw)
+                        bar.update(done)
+                        where = f"{path}:{lineno}"
                         try:
-                            obj = json.loads(text)
-                        except json.JSONDecodeError as e:
-                            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-                        ids, mask = sft_encode(tok, sft_turns(obj, where))
-                    except (DataError, UnicodeDecodeError) as e:
-                        if not skip_bad:
-                            if isinstance(e, UnicodeDecodeError):
-                                raise DataError(f"{where}: not UTF-8 ({e.reason})") from None
-                            raise DataError(f"{e} (pass --skip_bad to skip bad lines)") from None
-                        bad += 1
-                        continue
-                    records += 1
-                    if len(ids) > block_size:
-                        if too_long == "error":
-                            raise DataError(f"{where}: the sample is {len(ids)} tokens, more than block_size "
-                                            f"{block_size} (choose --too_long skip or truncate)")
-                        if too_long == "skip":
-                            skipped += 1
+                            # (a byte-order mark may start a file: utf-8-sig drops it)
+                            text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
+                            if not text:
+                                continue  # blank lines are not records
+                            try:
+                                obj = json.loads(text)
+                            except json.JSONDecodeError as e:
+                                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+                            ids, mask = sft_encode(tok, sft_turns(obj, where))
+                        except (DataError, UnicodeDecodeError) as e:
+                            if not skip_bad:
+                                if isinstance(e, UnicodeDecodeError):
+                                    raise DataError(f"{where}: not UTF-8 ({e.reason})") from None
+                                raise DataError(f"{e} (pass --skip_bad to skip bad lines)") from None
+                            bad += 1
                             continue
-                        ids, mask = ids[:block_size], mask[:block_size]
-                        truncated += 1
-                    split = "val" if split_hash(seed, np.array([index]))[0] < val_fraction else "train"
-                    index += 1
-                    n = len(ids)
-                    row[:n] = ids
-                    row[n:] = tok.pad_id
-                    row_mask[:n] = mask
-                    row_mask[n:] = 0
-                    handles[split][0].write(row.tobytes())
-                    handles[split][1].write(row_mask.tobytes())
-                    counts[split] += 1
-                    n_tokens += n
-                    n_answer += sum(mask)
-    finally:
-        for a, b in handles.values():
-            a.close()
-            b.close()
-    bar.close()
-    if counts["train"] == 0:
-        raise DataError(f"no training samples: every line was bad, too long or held out ({', '.join(map(str, inputs))})")
-    tok.save(out_dir / TOKENIZER_FILE)
-    summary = SFTSummary(records, index, counts["train"], counts["val"], bad, skipped, truncated, n_tokens, n_answer,
-                         time.monotonic() - t0)
-    meta = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "kind": "sft",
-        "dtype": dtype.name,
-        "block_size": block_size,
-        "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer_path), "fingerprint": tok.fingerprint(),
-                      "vocab_size": tok.vocab_size},
-        "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs],
-        "template": "<|instruct_mark|>question<|response_mark|>answer<|eos|> per turn, padded with <|padding|>; "
-                    "mask 1 on answer tokens and their <|eos|>",
-        "counts": {"records": records, "samples": index, "bad_lines": bad, "too_long_skipped": skipped, "truncated": truncated,
-                   "tokens": n_tokens, "answer_tokens": n_answer},
-        "split": {"unit": "sample", "rule": "sample i is validation when split_hash(seed, i) < val_fraction",
-                  "val_fraction": val_fraction, "seed": seed},
-        "shards": {split: [{"file": files[split][0], "mask": files[split][1], "rows": counts[split]}]
-                   for split in ("train", "val")},
-    }
-    _write_json_atomic(out_dir / META, meta)
+                        records += 1
+                        if len(ids) > block_size:
+                            if too_long == "error":
+                                raise DataError(f"{where}: the sample is {len(ids)} tokens, more than block_size "
+                                                f"{block_size} (choose --too_long skip or truncate)")
+                            if too_long == "skip" or 1 not in mask[:block_size]:  # (truncated: no answer left)
+                                skipped += 1
+                                continue
+                            ids, mask = ids[:block_size], mask[:block_size]
+                            truncated += 1
+                        split = "val" if split_hash(seed, np.array([index]))[0] < val_fraction else "train"
+                        index += 1
+                        n = len(ids)
+                        row[:n] = ids
+                        row[n:] = tok.pad_id
+                        row_mask[:n] = mask
+                        row_mask[n:] = 0
+                        handles[split][0].write(row.tobytes())
+                        handles[split][1].write(row_mask.tobytes())
+                        counts[split] += 1
+                        n_tokens += n
+                        n_answer += sum(mask)
+        finally:
+            for a, b in handles.values():
+                a.close()
+                b.close()
+        bar.close()
+        if counts["train"] == 0:
+            raise DataError(f"no training samples: every line was bad, too long for block_size {block_size} "
+                            f"(or left no answer token when truncated) or held out ({', '.join(map(str, inputs))})")
+        _save_tokenizer(tok, build)
+        summary = SFTSummary(records, index, counts["train"], counts["val"], bad, skipped, truncated, n_tokens,
+                             n_answer, time.monotonic() - t0)
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "kind": "sft",
+            "dtype": dtype.name,
+            "block_size": block_size,
+            "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer_path), "fingerprint": tok.fingerprint(),
+                          "vocab_size": tok.vocab_size},
+            "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs],
+            "template": "<|instruct_mark|>question<|response_mark|>answer<|eos|> per turn, padded with <|padding|>; "
+                        "mask 1 on answer tokens and their <|eos|>",
+            "counts": {"records": records, "samples": index, "bad_lines": bad, "too_long_skipped": skipped,
+                       "truncated": truncated, "tokens": n_tokens, "answer_tokens": n_answer},
+            "split": {"unit": "sample", "rule": "sample i is validation when split_hash(seed, i) < val_fraction",
+                      "val_fraction": val_fraction, "seed": seed},
+            "shards": {split: [{"file": files[split][0], "mask": files[split][1], "rows": counts[split]}]
+                       for split in ("train", "val")},
+        }
+        _write_json_atomic(build / META, meta)
     return summary
 
 
@@ -685,39 +735,39 @@ def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dic
     if width is None or width < (2 if kind == "sft" else 1):
         raise DataError(f"no {kind} rows to write")
     out_dir = Path(out_dir)
-    _prepare_out_dir(out_dir, overwrite)
-    dtype = tokenizer.dtype
-    prefix = "sft" if kind == "sft" else "s2s"
-    parts = ("", "_mask") if kind == "sft" else ("_x", "_y", "_mask")
-    keys = ("file", "mask") if kind == "sft" else ("file", "target", "mask")
-    shards: dict[str, list] = {}
-    counts = {}
-    for name in ("train", "val"):
-        arrays = splits.get(name) or tuple(np.zeros((0, width)) for _ in parts)
-        entry = {"rows": int(np.shape(arrays[0])[0])}
-        for part, key, a in zip(parts, keys, arrays):
-            fname = f"{prefix}_{name}{part}.bin"
-            np.ascontiguousarray(a, dtype=np.uint8 if key == "mask" else dtype).tofile(out_dir / fname)
-            entry[key] = fname
-        shards[name] = [entry]
-        counts[name] = entry["rows"]
-    tokenizer.save(out_dir / TOKENIZER_FILE)
-    meta = {
-        "format": FORMAT,
-        "version": FORMAT_VERSION,
-        "kind": kind,
-        "dtype": dtype.name,
-        "block_size": int(width),
-        "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer.source), "fingerprint": tokenizer.fingerprint(),
-                      "vocab_size": tokenizer.vocab_size},
-        "inputs": [{"path": source}],
-        "template": ("rows of ids with a loss mask (x = row[:-1], y = row[1:])" if kind == "sft" else
-                     "inputs and targets aligned position by position, with a loss mask"),
-        "counts": {"rows": counts},
-        "info": info or {},
-        "shards": shards,
-    }
-    _write_json_atomic(out_dir / META, meta)
+    with _new_dataset_dir(out_dir, overwrite) as build:
+        dtype = tokenizer.dtype
+        prefix = "sft" if kind == "sft" else "s2s"
+        parts = ("", "_mask") if kind == "sft" else ("_x", "_y", "_mask")
+        keys = ("file", "mask") if kind == "sft" else ("file", "target", "mask")
+        shards: dict[str, list] = {}
+        counts = {}
+        for name in ("train", "val"):
+            arrays = splits.get(name) or tuple(np.zeros((0, width)) for _ in parts)
+            entry = {"rows": int(np.shape(arrays[0])[0])}
+            for part, key, a in zip(parts, keys, arrays):
+                fname = f"{prefix}_{name}{part}.bin"
+                np.ascontiguousarray(a, dtype=np.uint8 if key == "mask" else dtype).tofile(build / fname)
+                entry[key] = fname
+            shards[name] = [entry]
+            counts[name] = entry["rows"]
+        _save_tokenizer(tokenizer, build)
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "kind": kind,
+            "dtype": dtype.name,
+            "block_size": int(width),
+            "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer.source),
+                          "fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size},
+            "inputs": [{"path": source}],
+            "template": ("rows of ids with a loss mask (x = row[:-1], y = row[1:])" if kind == "sft" else
+                         "inputs and targets aligned position by position, with a loss mask"),
+            "counts": {"rows": counts},
+            "info": info or {},
+            "shards": shards,
+        }
+        _write_json_atomic(build / META, meta)
 
 
 # ---------------------------------------------------------------------------
@@ -869,6 +919,40 @@ class Batcher:
         self.row = int(state["row"])
 
 
+_SHARD_FIELDS = {"pretrain": {"file": str, "tokens": int}, "sft": {"file": str, "mask": str, "rows": int},
+                 "seq2seq": {"file": str, "target": str, "mask": str, "rows": int}}
+
+
+def _check_meta(meta: dict, meta_path: Path) -> None:
+    """A DataError naming meta.json and the field, for each field Dataset reads
+    that is missing or of the wrong type (a hand-edited or damaged file)."""
+
+    def need(ok: bool, field: str, what: str) -> None:
+        if not ok:
+            raise DataError(f"{meta_path}: field {field!r} is missing or not {what}; prepare the data again")
+
+    def is_count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    need(meta.get("kind") in _SHARD_FIELDS, "kind", f"one of {', '.join(_SHARD_FIELDS)}")
+    need(meta.get("dtype") in ("uint16", "uint32"), "dtype", "uint16 or uint32")
+    tokenizer = meta.get("tokenizer")
+    need(isinstance(tokenizer, dict), "tokenizer", "an object")
+    for key in ("file", "fingerprint"):
+        need(isinstance(tokenizer.get(key), str), f"tokenizer.{key}", "a string")
+    if meta["kind"] != "pretrain":
+        need(is_count(meta.get("block_size")) and meta["block_size"] > 0, "block_size", "a positive integer")
+    shards = meta.get("shards")
+    need(isinstance(shards, dict), "shards", "an object of splits")
+    for split, entries in shards.items():
+        need(isinstance(entries, list), f"shards.{split}", "a list of shards")
+        for i, entry in enumerate(entries):
+            need(isinstance(entry, dict), f"shards.{split}[{i}]", "an object")
+            for key, kind in _SHARD_FIELDS[meta["kind"]].items():
+                ok = is_count(entry.get(key)) if kind is int else isinstance(entry.get(key), str)
+                need(ok, f"shards.{split}[{i}].{key}", "a count" if kind is int else "a file name")
+
+
 class Dataset:
     """A prepared dataset directory, validated, with its splits memory-mapped."""
 
@@ -886,9 +970,12 @@ class Dataset:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except ValueError as e:
             raise DataError(f"{meta_path}: not valid JSON ({e})") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{meta_path}: not a JSON object; prepare the data again")
         if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
             raise DataError(f"{meta_path}: not a {FORMAT} v{FORMAT_VERSION} dataset "
                             f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+        _check_meta(meta, meta_path)
         self.meta = meta
         self.kind = meta["kind"]
         self.dtype = np.dtype(meta["dtype"])

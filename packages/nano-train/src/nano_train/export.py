@@ -17,6 +17,10 @@ usage: python -m nano_train.export --ckpt CKPT.pt --out MODEL.bin [--quant f32|q
                      adapters to PATH (layout 2024.10). Without it the adapters are
                      merged into the exported weights.
 
+Nothing is written unless every file succeeds: each is written to a temporary
+file next to its destination and moved into place at the end. --out and
+--lora-out must differ from each other and from --ckpt.
+
 Example:
   python -m nano_train.export --ckpt out/ckpt.pt --out model_q80.bin --quant q8_0
 """
@@ -24,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -45,6 +50,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def _check_outputs(ckpt: Path, outs: dict[str, Path]) -> None:
+    """Refuse outputs that would overwrite the checkpoint or each other, or that
+    cannot be written, before anything is read or written."""
+    for opt, path in outs.items():
+        if _same_file(path, ckpt):
+            raise ValueError(f"{opt} {path} is the checkpoint itself; write the export elsewhere")
+        if path.is_dir():
+            raise ValueError(f"{opt} {path} is a directory")
+        parent = path.parent
+        if not parent.is_dir():
+            raise ValueError(f"{opt} {path}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"{opt} {path}: directory {parent} is not writable")
+    if len(outs) == 2 and _same_file(*outs.values()):
+        raise ValueError("--out and --lora-out are the same file; give the base model and the LoRA different names")
+
+
+def _staged(path: Path) -> Path:
+    """Where path is written first: its own directory, so moving it into place is a rename."""
+    return path.with_name(f".{path.name}.{os.getpid()}.export.tmp")
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -56,19 +89,33 @@ def main(argv=None) -> int:
             raise ValueError(f"checkpoint not found: {ckpt}")
         if args.group_size is not None and args.quant != "q8_0":
             raise ValueError("--group-size applies to --quant q8_0 only")
+        outs = {"--out": Path(args.out)}
+        if args.lora_out:
+            outs["--lora-out"] = Path(args.lora_out)
+        _check_outputs(ckpt, outs)
         model, tokenizer = load_checkpoint_model(ckpt)
         if args.lora_out and not has_lora(model):
             raise ValueError(f"--lora-out: {ckpt} has no LoRA adapters")
-        if args.lora_out:
-            print(export_lora(model, args.lora_out))
-            detach_lora(model)  # the base weights, untouched by the adapters
-        elif has_lora(model):
-            merge_lora(model)
-            print("the checkpoint's LoRA adapters are merged into the exported weights "
-                  "(use --lora-out to keep them separate)")
-        info = export_bin(model, args.out, quant=args.quant, group_size=args.group_size,
-                          layout=args.layout, tokenizer=tokenizer)
-        print(info)
+        staged = {}  # final path -> (temporary path, ExportInfo)
+        try:
+            if args.lora_out:
+                tmp = _staged(outs["--lora-out"])
+                staged[outs["--lora-out"]] = tmp, export_lora(model, tmp)
+                detach_lora(model)  # the base weights, untouched by the adapters
+            elif has_lora(model):
+                merge_lora(model)
+                print("the checkpoint's LoRA adapters are merged into the exported weights "
+                      "(use --lora-out to keep them separate)")
+            tmp = _staged(outs["--out"])
+            staged[outs["--out"]] = tmp, export_bin(model, tmp, quant=args.quant, group_size=args.group_size,
+                                                    layout=args.layout, tokenizer=tokenizer)
+            for path, (tmp, info) in staged.items():  # every file succeeded: move them into place
+                os.replace(tmp, path)
+                info.path = str(path)
+                print(info)
+        finally:
+            for tmp, _ in staged.values():
+                tmp.unlink(missing_ok=True)
         if tokenizer is None:
             print("note: the checkpoint has no vocabulary, so the file has none either")
     except (ValueError, OSError) as e:  # bad input (ConvertError is a ValueError): no traceback

@@ -107,14 +107,12 @@ class RunLog:
         self.enabled = enabled
         if enabled and resume_step is not None and path.exists():
             # Drop what a killed run logged after the checkpoint we resume from:
-            # those steps are about to be run again.
+            # those steps are about to be run again. A line cut short by a kill
+            # (even inside a UTF-8 character) is dropped too.
             kept = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    continue  # a line cut short by a kill
-                if rec.get("kind") in ("train", "eval") and rec.get("step", 0) > resume_step:
+            for line, rec in _records(path):
+                step = rec.get("step")
+                if rec.get("kind") in ("train", "eval") and isinstance(step, int) and step > resume_step:
                     continue
                 kept.append(line)
             path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
@@ -129,15 +127,24 @@ class RunLog:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def _records(path: Path):
+    """(line, record) for each line of a JSONL file that is a JSON object. Lines
+    are decoded one by one, so that a line cut inside a UTF-8 character, foreign
+    bytes or a line that is not an object (`7`, `[1]`) lose that line only."""
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+                rec = json.loads(line)
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+                continue
+            if isinstance(rec, dict):
+                yield line, rec
+
+
 def read_log(path: str | Path) -> list[dict]:
-    """The records of a log.jsonl (lines that do not parse are skipped)."""
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass
-    return out
+    """The records of a log.jsonl: its JSON-object lines (other lines are skipped)."""
+    return [rec for _, rec in _records(Path(path))]
 
 
 def human(n: float, unit: str = "") -> str:

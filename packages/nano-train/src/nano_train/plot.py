@@ -26,6 +26,8 @@ def curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
     (a resumed run repeating steps) keeps its last value."""
     out: dict[str, dict[int, float]] = {"train": {}, "val": {}, "lr": {}}
     for r in records:
+        if not isinstance(r, dict) or not isinstance(r.get("step"), int):
+            continue  # not a record of ours (a hand-edited or foreign line)
         if r.get("kind") == "train" and r.get("loss") is not None:
             out["train"][r["step"]] = r["loss"]
             out["lr"][r["step"]] = r.get("lr")
@@ -42,13 +44,24 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit("error: plotting needs matplotlib: pip install 'nano-train[plot]'") from None
-    fig, ax = plt.subplots(figsize=(9, 5))
-    ax2 = ax.twinx() if show_lr else None
-    for i, name in enumerate(logs):
+    out = Path(output)
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if out.suffix.lstrip(".").lower() not in formats:
+        raise SystemExit(f"error: -o {out}: matplotlib cannot write {out.suffix or 'a file without an extension'}; "
+                         f"use one of: {', '.join('.' + f for f in sorted(formats))}")
+    runs = []
+    for name in logs:
         path = _log_path(name)
         if not path.is_file():
             raise SystemExit(f"error: {path} does not exist")
         c = curves(read_log(path))
+        if not (c["train"][0] or c["val"][0]):
+            raise SystemExit(f"error: {path} has no train or eval records to plot")
+        runs.append((path, c))
+    fig, ax = plt.subplots(figsize=(9, 5))
+    ax2 = ax.twinx() if show_lr else None
+    for i, (path, c) in enumerate(runs):
         color = f"C{i}"
         label = path.parent.name if path.name == "log.jsonl" else path.stem
         if c["train"][0]:
@@ -64,9 +77,12 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
     if ax2 is not None:
         ax2.set_ylabel("learning rate")
     fig.tight_layout()
-    out = Path(output)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(out, dpi=120)
+    except OSError as e:
+        raise SystemExit(f"error: cannot write {out}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
     return out
 
 

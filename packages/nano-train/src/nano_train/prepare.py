@@ -11,17 +11,24 @@ pretrain options:
   --val_fraction F         share of chunks held out for validation (default 0.05)
   --chunk_tokens N         the unit of the split and of the shuffle (default 1024)
   --no_shuffle             keep chunks in corpus order
-  --shard_tokens N         tokens per shard file at most (default 100,000,000)
+  --shard_tokens N         tokens per shard file at most, whole chunks: at least --chunk_tokens
+                           (default 100,000,000)
 sft options:
   --block_size N           row length; a sample holds up to N tokens (use the model's block_size)
-  --too_long skip|truncate|error   samples longer than block_size (default skip, counted)
+  --too_long skip|truncate|error   samples longer than block_size (default skip, counted; truncate
+                           also skips, and counts, a sample whose answer would be cut off entirely)
   --skip_bad               skip (and count) lines that are not valid records instead of stopping
   --val_fraction F         share of samples held out (default 0)
 common:
-  --seed N (default 1337), --overwrite (replace an existing dataset in DIR), --quiet (no progress bar)
+  --seed N (>= 0, default 1337), --overwrite (replace an existing dataset in DIR), --quiet (no progress bar)
 
 The tokenizer is copied into DIR (tokenizer.json) and its fingerprint recorded
-in DIR/meta.json, with the counts, the split and the shard list.
+in DIR/meta.json, with the counts, the split and the shard list. The dataset is
+built in a hidden temporary directory inside DIR and moved into place when it
+is complete: a failed run leaves an existing dataset as it was. A UTF-8
+byte-order mark at the start of an input file is dropped.
+
+Exit status: 0 done, 1 a file could not be read or written, 2 bad arguments or data.
 """
 
 from __future__ import annotations
@@ -32,6 +39,16 @@ import sys
 from nano_train.data import DOC_MODES, TOO_LONG, DataError, prepare_pretrain, prepare_sft
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(text)
+    return value
+
+
+non_negative_int.__name__ = "non-negative integer"  # what argparse calls the type in its error
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m nano_train.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--tokenizer", required=True, help="vocabulary: a tokenizer JSON file or a .bin model")
     common.add_argument("--out_dir", required=True, help="directory for meta.json, tokenizer.json and the shards")
-    common.add_argument("--seed", type=int, default=1337)
+    common.add_argument("--seed", type=non_negative_int, default=1337)
     common.add_argument("--overwrite", action="store_true")
     common.add_argument("--quiet", action="store_true")
     pre = sub.add_parser("pretrain", parents=[common], help="text files -> token shards")
@@ -49,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--val_fraction", type=float, default=0.05)
     pre.add_argument("--chunk_tokens", type=int, default=1024)
     pre.add_argument("--no_shuffle", action="store_true")
-    pre.add_argument("--shard_tokens", type=int, default=100_000_000)
+    pre.add_argument("--shard_tokens", type=int, default=100_000_000,
+                     help="tokens per shard file at most, whole chunks: at least --chunk_tokens")
     sft = sub.add_parser("sft", parents=[common], help="JSONL question/answer files -> padded rows + masks")
     sft.add_argument("inputs", nargs="+")
     sft.add_argument("--block_size", type=int, required=True)
@@ -76,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an unreadable input, an unwritable --out_dir, a full disk
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"{args.out_dir}: {summary.text()}")
     return 0
 

@@ -36,23 +36,36 @@ def default_prompts(task: str, tokenizer, source, n: int = 2) -> list[str]:
     return prompts
 
 
+def fit_prompt(ids: list[int], room: int, instruct: bool) -> list[int] | None:
+    """ids cut to at most `room` tokens, keeping their end; an instruct prompt
+    (<|instruct_mark|> question <|response_mark|>) loses the start of its question,
+    never a mark. None when not even one token besides the marks fits."""
+    if room < (3 if instruct else 1):
+        return None
+    if len(ids) <= room:
+        return ids
+    if instruct:
+        return ids[:1] + ids[len(ids) - room + 1:]
+    return ids[len(ids) - room:]
+
+
 def samples(model, tokenizer, task: str, prompts: list[str], max_new_tokens: int, temperature: float,
             seed: int, rows: bool = False) -> list[tuple[str, str]]:
     """(prompt, completion) pairs from nano_train.sampling.generate, or with
-    rows (a seq2seq dataset) the argmax outputs of nano_train.sampling.seq2seq."""
+    rows (a seq2seq dataset) the argmax outputs of nano_train.sampling.seq2seq.
+    None for a prompt the block size leaves no room for (block size 1, say)."""
     out = []
     sampler = SamplerConfig(temperature=temperature, max_new_tokens=max_new_tokens,
                             stop_tokens=(tokenizer.eos_id,), seed=seed)
+    room = model.config.block_size - 1  # a prompt leaves a position for at least one new token
     for prompt in prompts:
         if rows:
             ids = tokenizer.encode(prompt)[:model.config.block_size]
             out.append((prompt, tokenizer.decode(seq2seq(model, ids)) if ids else ""))
             continue
         ids = instruct_prompt(tokenizer, prompt) if task != "pretrain" else tokenizer.encode(prompt)
-        if not ids:
-            ids = [tokenizer.bos_id]
-        ids = ids[-(model.config.block_size - 1):]
-        out.append((prompt, tokenizer.decode(list(generate(model, ids, sampler)))))
+        ids = fit_prompt(ids or [tokenizer.bos_id], room, instruct=task != "pretrain")
+        out.append((prompt, None if ids is None else tokenizer.decode(list(generate(model, ids, sampler)))))
     return out
 
 
@@ -96,6 +109,10 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
         "",
     ]
     for prompt, text in pairs:
+        if text is None:
+            lines += [f"**{prompt or '(empty)'}**: no sample, the block size ({cfg.model.block_size}) leaves no "
+                      "room for this prompt and a new token.", ""]
+            continue
         lines += [f"**{prompt or '(empty)'}**", "", "```text", prompt + text if cfg.run.task == "pretrain" else text,
                   "```", ""]
     lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False), "```", ""]

@@ -10,9 +10,12 @@ usage:
   --help           this text and every config key with its default
 
   Resume: --init_from=resume (reads out_dir/latest.pt; the config file may be
-  left out, the checkpoint holds the resolved config). Ctrl-C (or SIGTERM)
-  saves latest.pt and exits with status 130. Exit status 2: a config, data or
-  checkpoint error.
+  left out, the checkpoint holds the resolved config). A new run refuses an
+  out_dir that holds another run's files unless --overwrite=true (which deletes
+  them first). Ctrl-C (or SIGTERM) saves latest.pt and exits with status 130.
+  Exit status 2: a config, data or checkpoint error; 1: training diverged (the
+  loss became inf or nan; latest.pt keeps the last good weights) or a file
+  could not be written.
 
 Outputs in run.out_dir: latest.pt (rolling), best.pt (best validation loss),
 ckpt_<step>.pt (run.keep_checkpoints), log.jsonl, report.md.
@@ -33,6 +36,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +55,12 @@ from nano_train.metrics import RunLog, duration, human, peak_flops, synchronize
 from nano_train.model import ModelConfig, Transformer
 
 PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# An earlier run's files in out_dir, which a new run there would replace or mix with its own
+RUN_FILES = (LATEST, BEST, "ckpt_*.pt", "log.jsonl", "report.md")
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became inf or nan; the message names the last good checkpoint."""
 
 
 @dataclass
@@ -95,6 +105,42 @@ def init_distributed(system) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return info
+
+
+def earlier_run_files(out_dir: Path) -> list[Path]:
+    return [p for pattern in RUN_FILES for p in sorted(out_dir.glob(pattern))]
+
+
+def check_new_run(cfg: Config) -> None:
+    """A new run (from scratch or a base model) would replace the best.pt and empty
+    the log of a run already in out_dir: refuse, unless run.overwrite."""
+    if cfg.run.init_from == "resume" or cfg.run.overwrite:
+        return
+    found = earlier_run_files(Path(cfg.run.out_dir))
+    if found:
+        raise ConfigError(f"{cfg.run.out_dir} already holds a run ({', '.join(p.name for p in found[:4])}"
+                          f"{', ...' if len(found) > 4 else ''}): continue it with --init_from=resume, write to "
+                          "another --out_dir, or pass --overwrite=true to delete its files and start again")
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool, init_from: str) -> None:
+    """Create out_dir and write to it now, so that an unwritable one fails before any
+    data or model is loaded. With overwrite, delete an earlier run's files so that
+    they do not mix with this run's (ckpt_*.pt of both, a best.pt of the other)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
+    except OSError as e:
+        raise OSError(f"run.out_dir {out_dir} is not a writable directory: {e.strerror or e}") from None
+    ckpt_io.remove_stale_temporaries(out_dir)
+    if overwrite:
+        old = earlier_run_files(out_dir)
+        if init_from not in ("scratch", "resume") and Path(init_from).resolve() in {p.resolve() for p in old}:
+            raise ConfigError(f"run.init_from {init_from} is one of the files that --overwrite would delete from "
+                              f"{out_dir}: write this run to another --out_dir")
+        for p in old:
+            p.unlink()
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
@@ -181,8 +227,8 @@ def load_base_model(path: str) -> tuple[ModelConfig, dict, object]:
             model, tok = convert.load_checkpoint_model(p)
         else:
             model, tok = convert.load_bin(p)
-    except (convert.ConvertError, ValueError, OSError) as e:
-        raise CheckpointError(f"run.init_from: cannot load {path}: {e}") from None
+    except (ValueError, OSError, KeyError, TypeError, RuntimeError) as e:  # ConvertError is a ValueError
+        raise CheckpointError(f"run.init_from: cannot load {path}: {_one_line(e)}") from None
     if has_lora(model):
         raise CheckpointError(f"run.init_from: {path} carries a LoRA adapter; export or merge it into a base first")
     if tok is None:
@@ -257,6 +303,29 @@ def gather_rng(info: DistInfo) -> dict:
     return {"world_size": info.world_size, "ranks": states}
 
 
+def _one_line(e: BaseException) -> str:
+    """An exception's message on one line (load_state_dict's lists a mismatch per line)."""
+    return " ".join(str(e).split()) or e.__class__.__name__
+
+
+@contextlib.contextmanager
+def restoring_from(path: Path):
+    """What a malformed checkpoint makes the restoring code raise, as one CheckpointError line."""
+    try:
+        yield
+    except (CheckpointError, ConfigError, DataError):
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: cannot restore the run from it ({e.__class__.__name__}: {_one_line(e)})") \
+            from None
+
+
+def weights_finite(model: torch.nn.Module) -> bool:
+    """Whether every parameter is finite: one wait for the device, so only before checkpoints."""
+    with torch.no_grad():
+        return bool(torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all())
+
+
 def unwrap_state_dict(model: torch.nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -272,6 +341,11 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     progress: None prints progress lines; a callable instead receives every log
     record as a dict ({"kind": "start" | "train" | "eval" | "end", ...}, as in
     log.jsonl) and nothing is printed (a caller drawing its own progress bar).
+
+    An earlier run's files in out_dir are deleted with run.overwrite, else replaced;
+    the commands (main) refuse such an out_dir first (check_new_run), callers that
+    manage their own directory (nano_train.problems) decide for themselves.
+    Raises TrainingDiverged when the loss or the weights become inf or nan.
     """
     t_start = time.monotonic()
     task = cfg.run.task
@@ -285,11 +359,16 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     dtype = resolve_dtype(cfg.system.dtype, device)
     scaler = make_grad_scaler(dtype, device)
     forward_context = forward_context_factory(device, dtype, cfg.system.attention_backend)
-    out_dir = Path(cfg.run.out_dir)
 
     def say(msg: str) -> None:
         if master and progress is None:
             print(msg, flush=True)
+
+    # ---- the run directory: writable (checked before anything is loaded), cleared on overwrite
+    out_dir = Path(cfg.run.out_dir)
+    resuming = cfg.run.init_from == "resume"
+    if master:
+        prepare_out_dir(out_dir, cfg.run.overwrite and not resuming, cfg.run.init_from)
 
     # ---- data and vocabulary ---------------------------------------------------------
     ds = Dataset(cfg.data.dataset)
@@ -300,23 +379,25 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     tokenizer = ds.tokenizer
 
     # ---- model: from scratch, from a base model, or from the checkpoint we resume ------
-    resuming = cfg.run.init_from == "resume"
+    latest = out_dir / LATEST
     if resuming and checkpoint is None:
-        checkpoint = ckpt_io.load(out_dir / LATEST)
+        checkpoint = ckpt_io.load(latest)
     base_config = base_sd = None
     if resuming:
         if checkpoint.get("task") != task:
-            raise ConfigError(f"resume: {out_dir / LATEST} is a {checkpoint.get('task')} checkpoint, not {task}")
+            raise ConfigError(f"resume: {latest} is a {checkpoint.get('task')} checkpoint, not {task}")
         from nano_tokenizer import Tokenizer
 
-        ds.check_tokenizer(Tokenizer.from_json_dict(checkpoint["tokenizer"]).fingerprint(), str(out_dir / LATEST))
+        with restoring_from(latest):
+            fingerprint = Tokenizer.from_json_dict(checkpoint["tokenizer"], source=str(latest)).fingerprint()
+        ds.check_tokenizer(fingerprint, str(latest))
     elif cfg.run.init_from != "scratch":
         base_config, base_sd, base_tok = load_base_model(cfg.run.init_from)
         ds.check_tokenizer(base_tok.fingerprint(), cfg.run.init_from)
     elif task == "lora":
         raise ConfigError("task lora needs run.init_from = a base model (.pt checkpoint or .bin file)")
     if resuming:
-        inherited, source = checkpoint["config"]["model"], f"the checkpoint {out_dir / LATEST}"
+        inherited, source = checkpoint["config"]["model"], f"the checkpoint {latest}"
     elif base_config is not None:
         inherited, source = base_config.to_dict(), f"the base model {cfg.run.init_from}"
     else:
@@ -330,6 +411,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
         attach_lora(raw_model, cfg.lora.lora_rank, cfg.lora.lora_alpha, cfg.lora.lora_dropout)
         mark_only_lora_trainable(raw_model)
     if resuming:
+        ckpt_io.check_state_dict(latest, checkpoint["model"], raw_model)
         raw_model.load_state_dict(checkpoint["model"])
     raw_model.to(device)
     trainable = [p for p in raw_model.parameters() if p.requires_grad]
@@ -356,22 +438,23 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     val_loss = train_loss = None
     seed_everything(cfg.system.seed + info.rank)  # dropout masks differ between ranks
     if resuming:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scaler.is_enabled() and checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        step = checkpoint["step"]
-        tokens_seen = checkpoint["tokens_seen"]
-        best_val_loss = checkpoint["best_val_loss"]
-        val_loss, train_loss = checkpoint.get("val_loss"), checkpoint.get("train_loss")
-        elapsed_before = checkpoint.get("elapsed_s", 0.0)
-        train_batches.load_state_dict(checkpoint["data_state"])
-        rng = checkpoint["rng"]
-        if rng["world_size"] == info.world_size:
-            ckpt_io.set_rng_state(rng["ranks"][info.rank])
-        else:
-            seed_everything(cfg.system.seed + info.rank + step)
-            say(f"note: the checkpoint was written by {rng['world_size']} processes, this run has "
-                f"{info.world_size}: RNG streams restart from the seed (data order is unaffected)")
+        with restoring_from(latest):
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            if scaler.is_enabled() and checkpoint.get("scaler"):
+                scaler.load_state_dict(checkpoint["scaler"])
+            step = checkpoint["step"]
+            tokens_seen = checkpoint["tokens_seen"]
+            best_val_loss = checkpoint["best_val_loss"]
+            val_loss, train_loss = checkpoint.get("val_loss"), checkpoint.get("train_loss")
+            elapsed_before = checkpoint.get("elapsed_s", 0.0)
+            train_batches.load_state_dict(checkpoint["data_state"])
+            rng = checkpoint["rng"]
+            if rng["world_size"] == info.world_size:
+                ckpt_io.set_rng_state(rng["ranks"][info.rank])
+            else:
+                seed_everything(cfg.system.seed + info.rank + step)
+                say(f"note: the checkpoint was written by {rng['world_size']} processes, this run has "
+                    f"{info.world_size}: RNG streams restart from the seed (data order is unaffected)")
     resume_step = step if resuming else None
     # the model a fine-tuning run started from (kept through resumes, for provenance)
     base_path = checkpoint.get("base") if resuming else (None if cfg.run.init_from == "scratch" else cfg.run.init_from)
@@ -384,9 +467,6 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # ---- logging -------------------------------------------------------------------------
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ckpt_io.remove_stale_temporaries(out_dir)
     log = RunLog(out_dir / "log.jsonl", master, resume_step)
 
     def record(**fields) -> None:  # one log record, to log.jsonl and to the caller's progress
@@ -424,7 +504,23 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                 return o.min_lr
         return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (o.learning_rate - o.min_lr)
 
+    # A diverged run (loss inf or nan) stops with an error naming the last checkpoint written,
+    # which is never replaced by non-finite weights.
+    last_saved = f"{latest} (step {step})" if resuming else None
+
+    def diverged(what: str) -> TrainingDiverged:
+        good = (f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written before it")
+        return TrainingDiverged(
+            f"training diverged: {what} at step {step}; {good}. Lower optim.learning_rate (now "
+            f"{cfg.optim.learning_rate:g}) or clip gradients (optim.grad_clip, now {cfg.optim.grad_clip:g}), then "
+            + ("resume (--init_from=resume) or start again" if last_saved else "start again"))
+
     def save_checkpoint(names: list[str]) -> None:
+        nonlocal last_saved
+        # every rank checks (the weights are the same on all), so that all of them stop together
+        bad_losses = [x for x in (train_loss, val_loss) if x is not None and not math.isfinite(x)]
+        if bad_losses or not weights_finite(raw_model):
+            raise diverged(f"the loss is {bad_losses[0]}" if bad_losses else "the weights are not finite")
         rng = gather_rng(info)  # a collective: every rank takes part, rank 0 writes
         if not master:
             return
@@ -450,6 +546,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
             state["base"] = base_path
         for name in names:
             ckpt_io.save_atomic(state, out_dir / name)
+        last_saved = f"{out_dir / names[0]} (step {step})"
 
     # Ctrl-C (SIGINT) or SIGTERM (what torchrun and batch schedulers send to stop a job):
     # finish the current step, save latest.pt, stop. A second signal aborts at once.
@@ -488,6 +585,8 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
             # -- evaluate on the held-out split; keep the best model
             if fresh and val_source is not None and (step % cfg.eval.eval_interval == 0 or last):
                 val_loss = evaluate(eval_model, val_source, cfg, info, device, forward_context)
+                if not math.isfinite(val_loss):
+                    raise diverged(f"the validation loss is {val_loss}")
                 improved = val_loss < best_val_loss
                 best_val_loss = min(best_val_loss, val_loss)
                 say(f"step {step:>6} | val loss {val_loss:.4f} | best {best_val_loss:.4f}")
@@ -553,6 +652,8 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                     dist.all_reduce(loss_sum)
                     loss_sum /= info.world_size
                 train_loss = loss_sum.item()
+                if not math.isfinite(train_loss):  # checked where it is on the host anyway, not every step
+                    raise diverged(f"the training loss is {train_loss}")
                 tok_s = tokens_per_step * interval_steps / interval_seconds
                 interval_seconds, interval_steps = 0.0, 0
                 mfu = flops_per_token * tok_s / (peak * info.world_size) if peak > 0 else None
@@ -638,10 +739,14 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         if print_config:
             print(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
             return 0
+        check_new_run(cfg)
         result = train(cfg, explicit, checkpoint)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (TrainingDiverged, OSError) as e:  # OSError: a file that cannot be written (disk full, read-only)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 130 if result.interrupted else 0
 
 

@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from nano_train.config import ConfigError
     from nano_train.data import DataError
     from nano_train.problems.evaluate import EngineError
+    from nano_train.train import TrainingDiverged
     from nano_train.problems.runner import Options, run
 
     opts = Options(out_dir=Path(args.out_dir or f"runs/problems/{problem.name}"), seed=args.seed,
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except EngineError as e:
+    except (EngineError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

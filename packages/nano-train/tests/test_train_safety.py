@@ -1,0 +1,205 @@
+"""What the training commands do with a run directory, a diverging loss and a bad
+checkpoint: refuse or stop with one `error:` line, and never lose or spoil the last
+good checkpoint. Also the report card of a model with no room for a prompt."""
+
+import math
+
+import pytest
+import torch
+
+from nano_train import report
+from nano_train.model import ModelConfig, Transformer
+from nano_train.train import main, train
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def args(dataset, out_dir, **extra):
+    """--key=value arguments of a seconds-long CPU run (as tests/conftest.py's tiny_config)."""
+    values = dict(n_layer=1, n_embd=32, n_head=2, n_kv_head=1, block_size=32, batch_size=4, max_iters=4,
+                  warmup_iters=2, learning_rate=3e-3, min_lr=3e-4, eval_interval=2, eval_iters=2, log_interval=1,
+                  sample_tokens=0, device="cpu", peak_flops=1e10, dataset=dataset, out_dir=out_dir)
+    values.update(extra)
+    return [f"--{k}={v}" for k, v in values.items()]
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note:")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------
+# A new run into a directory that holds another run
+
+
+def test_a_new_run_refuses_an_out_dir_holding_a_run(tmp_path, small_pretrain, capsys):
+    out = tmp_path / "run"
+    assert main("pretrain", args(small_pretrain, out, keep_checkpoints="true")) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert {"latest.pt", "best.pt", "ckpt_000002.pt", "ckpt_000004.pt", "log.jsonl", "report.md"} <= set(before)
+
+    # from scratch again (here a worse run): refused, nothing touched
+    assert main("pretrain", args(small_pretrain, out, learning_rate=1e-5, min_lr=1e-6)) == 2
+    msg = error_line(capsys)
+    for needle in (str(out), "--init_from=resume", "--out_dir", "--overwrite=true"):
+        assert needle in msg, (needle, msg)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    # so is a fine-tuning run from a base model, even the one in this directory
+    sft_args = args(small_pretrain, out, init_from=out / "best.pt")
+    assert main("pretrain", sft_args) == 2
+    assert "--overwrite=true" in error_line(capsys)
+    # ... and with --overwrite its base would be deleted: refused too, with another way out
+    assert main("pretrain", sft_args + ["--overwrite=true"]) == 2
+    assert "another --out_dir" in error_line(capsys)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    # resuming it is what the directory is for
+    assert main("pretrain", args(small_pretrain, out, init_from="resume", max_iters=6, keep_checkpoints="true")) == 0
+    assert load(out / "latest.pt")["step"] == 6
+
+    # --overwrite=true: the old run's checkpoints, log and report go first, so nothing mixes
+    assert main("pretrain", args(small_pretrain, out, max_iters=2, overwrite="true")) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "latest.pt", "log.jsonl", "report.md"]
+    assert load(out / "latest.pt")["step"] == 2 and load(out / "best.pt")["step"] == 2
+    log = (out / "log.jsonl").read_text(encoding="utf-8")
+    assert log.count('"kind": "start"') == 1
+
+
+def test_an_out_dir_without_a_run_is_fine(tmp_path, small_pretrain):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    assert main("pretrain", args(small_pretrain, out, max_iters=2)) == 0
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+# ---------------------------------------------------------------------------
+# An out_dir that cannot be written: found before any data is loaded
+
+
+def test_an_unwritable_out_dir_is_one_error_line_before_anything_is_loaded(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("", encoding="utf-8")
+    # the dataset does not exist either: the out_dir is checked first (exit 1, not the data error's 2)
+    assert main("pretrain", args(tmp_path / "no_data", a_file / "run")) == 1
+    msg = error_line(capsys)
+    assert "run.out_dir" in msg and str(a_file / "run") in msg and "not a writable directory" in msg
+
+
+# ---------------------------------------------------------------------------
+# Divergence: stop, and keep the last good checkpoint
+
+
+@pytest.mark.parametrize("where", ["checkpoint", "log"])
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_pretrain, capsys, where):
+    """lr 1e6 without clipping: the step-1 weights are still finite, the step-2 ones are not.
+    Checked before each checkpoint write (here: every step, no log records before it)
+    and at each log record (where the loss is read from the device anyway)."""
+    out = tmp_path / "run"
+    extra = (dict(checkpoint_interval=1, log_interval=1000) if where == "checkpoint"
+             else dict(checkpoint_interval=1, log_interval=1))
+    code = main("pretrain", args(small_pretrain, out, learning_rate=1e6, min_lr=0, grad_clip=0, max_iters=50,
+                                 eval_interval=1000, **extra))
+    assert code == 1
+    msg = error_line(capsys)
+    assert "training diverged" in msg and f"{out / 'latest.pt'} (step 1)" in msg, msg
+    ck = load(out / "latest.pt")
+    assert ck["step"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values())
+    assert ck["train_loss"] is None or math.isfinite(ck["train_loss"])
+
+
+def test_divergence_before_any_checkpoint_says_so(tmp_path, small_pretrain, capsys):
+    out = tmp_path / "run"
+    assert main("pretrain", args(small_pretrain, out, learning_rate=1e6, min_lr=0, grad_clip=0, max_iters=50,
+                                 eval_interval=1000, log_interval=1)) == 1
+    assert "no checkpoint was written before it" in error_line(capsys)
+    assert not (out / "latest.pt").exists()
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints that cannot be resumed: one line naming the file and what is wrong
+
+
+@pytest.fixture
+def finished_run(tmp_path, small_pretrain):
+    out = tmp_path / "run"
+    assert main("pretrain", args(small_pretrain, out, max_iters=2)) == 0
+    return out
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda ck: [ck.pop("best_val_loss"), ck.pop("rng")], "an incomplete checkpoint, it has no rng, best_val_loss"),
+    (lambda ck: ck.pop("optimizer"), "it has no optimizer"),
+    (lambda ck: ck.pop("data_state"), "it has no data_state"),
+    (lambda ck: ck.update(config={"model": ck["config"]["model"]}), "config needs 'model' and 'train'"),
+    (lambda ck: ck["model"].update({"tok_embd.weight": torch.zeros(3, 32)}),
+     "wrong shape: tok_embd.weight (3, 32) (the model's: (4096, 32))"),
+    (lambda ck: [ck["model"].pop("norm_final.weight"), ck["model"].update(extra=torch.zeros(1))],
+     "missing: norm_final.weight; unexpected: extra"),
+    (lambda ck: ck.update(optimizer={"state": {}, "param_groups": []}), "cannot restore the run from it (ValueError"),
+    (lambda ck: ck.update(rng={"world_size": 1, "ranks": [{}]}), "cannot restore the run from it (KeyError: 'torch')"),
+    (lambda ck: ck.update(tokenizer={"nothing": 1}), "cannot restore the run from it"),
+], ids=["no_rng", "no_optimizer", "no_data_state", "no_train_config", "shape", "keys", "optimizer", "rng",
+        "tokenizer"])
+def test_a_damaged_checkpoint_is_one_error_line(finished_run, small_pretrain, capsys, damage, message):
+    ck = load(finished_run / "latest.pt")
+    damage(ck)
+    torch.save(ck, finished_run / "latest.pt")
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=4)) == 2
+    msg = error_line(capsys)
+    assert msg.startswith(f"error: {finished_run / 'latest.pt'}: ") and message in msg, msg
+
+
+def test_a_base_model_whose_weights_do_not_fit_is_one_error_line(tmp_path, finished_run, small_pretrain, capsys):
+    ck = load(finished_run / "latest.pt")
+    ck["model"]["tok_embd.weight"] = torch.zeros(3, 32)
+    torch.save(ck, tmp_path / "bad_base.pt")
+    assert main("pretrain", args(small_pretrain, tmp_path / "ft", init_from=tmp_path / "bad_base.pt")) == 2
+    msg = error_line(capsys)
+    assert f"cannot load {tmp_path / 'bad_base.pt'}" in msg and "tok_embd.weight" in msg, msg
+
+
+# ---------------------------------------------------------------------------
+# The report card's samples
+
+
+def test_block_size_1_trains_and_reports_without_samples(small_pretrain, tiny_config):
+    cfg = tiny_config(small_pretrain, block_size=1, max_iters=1, sample_prompts=["意识"], sample_tokens=4)
+    train(cfg)
+    text = open(cfg.run.out_dir + "/report.md", encoding="utf-8").read()
+    assert "**意识**: no sample, the block size (1) leaves no room" in text
+
+
+def test_a_long_sft_prompt_keeps_its_marks(nano80, monkeypatch):
+    """The question is cut from its start; <|instruct_mark|> and <|response_mark|> stay."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=80, block_size=8, n_layer=1, n_embd=16, n_head=2, n_kv_head=1))
+    prompts = []
+
+    def spy_generate(model, ids, sampler):
+        prompts.append(list(ids))
+        return iter([7])
+
+    monkeypatch.setattr(report, "generate", spy_generate)
+    question = "1234567890"
+    pairs = report.samples(model, nano80, "sft", [question, "1"], 4, 0.0, seed=0)
+    q_ids = nano80.encode(question)
+    assert prompts[0] == [nano80.instruct_id, *q_ids[-5:], nano80.response_id]  # 7 = block size - 1
+    assert prompts[1] == [nano80.instruct_id, *nano80.encode("1"), nano80.response_id]
+    assert [p for p, _ in pairs] == [question, "1"]
+    # pretraining keeps the end of the text; no room at all gives no sample, not an error
+    report.samples(model, nano80, "pretrain", [question], 4, 0.0, seed=0)
+    assert prompts[2] == q_ids[-7:]
+    small = Transformer(ModelConfig(vocab_size=80, block_size=3, n_layer=1, n_embd=16, n_head=2, n_kv_head=1))
+    assert report.samples(small, nano80, "sft", [question], 4, 0.0, seed=0) == [(question, None)]
+    assert report.fit_prompt([1, 2, 3], 0, instruct=False) is None
