@@ -328,6 +328,11 @@ def test_bad_checkpoints(tmp_path):
     torch.save(ck, tmp_path / "mismatch.pt")
     with pytest.raises(ConvertError, match="do not fit"):
         load_checkpoint_model(tmp_path / "mismatch.pt")
+    # the same keys with other shapes (a wider model's config): one line, not torch's RuntimeError
+    torch.save({"model": m.state_dict(), "config": {"model": tiny(n_embd=48).config.to_dict()}}, tmp_path / "wide.pt")
+    with pytest.raises(ConvertError, match="do not fit") as e:
+        load_checkpoint_model(tmp_path / "wide.pt")
+    assert "\n" not in str(e.value) and "size mismatch" in str(e.value)
     torch.save({**ck, "format": "something-else"}, tmp_path / "foreign.pt")
     with pytest.raises(ConvertError, match="format"):
         load_checkpoint_model(tmp_path / "foreign.pt")

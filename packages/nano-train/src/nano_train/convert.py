@@ -436,7 +436,10 @@ def load_checkpoint_model(path, device: str | torch.device = "cpu"):
     lora = ck.get("lora")
     if lora:
         attach_lora(model, int(lora["rank"]), lora["alpha"], float(lora.get("dropout", 0.0)))
-    missing, unexpected = model.load_state_dict(_strip_prefixes(ck["model"]), strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(_strip_prefixes(ck["model"]), strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape: torch lists each on a line of its own
+        raise ConvertError(f"{path}: the weights do not fit the model config: {' '.join(str(e).split())}") from None
     if missing or unexpected:
         raise ConvertError(
             f"{path}: the weights do not fit the model config: missing {missing[:4]}, unexpected {unexpected[:4]}"
