@@ -74,6 +74,22 @@ def test_a_new_run_refuses_an_out_dir_holding_a_run(tmp_path, small_pretrain, ca
     assert log.count('"kind": "start"') == 1
 
 
+def test_only_rank_0_looks_for_an_earlier_run(tmp_path, monkeypatch):
+    """Under torchrun, rank 1 could see the log.jsonl that rank 0 has just started and
+    refuse a new run; only rank 0, the one that writes, decides."""
+    from nano_train.config import Config, ConfigError
+    from nano_train.train import check_new_run
+
+    (tmp_path / "log.jsonl").write_text("{}\n", encoding="utf-8")
+    cfg = Config()
+    cfg.run.out_dir = str(tmp_path)
+    monkeypatch.setenv("RANK", "1")
+    check_new_run(cfg)
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="already holds a run"):
+        check_new_run(cfg)
+
+
 def test_an_out_dir_without_a_run_is_fine(tmp_path, small_pretrain):
     out = tmp_path / "run"
     out.mkdir()

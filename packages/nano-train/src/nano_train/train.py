@@ -113,8 +113,10 @@ def earlier_run_files(out_dir: Path) -> list[Path]:
 
 def check_new_run(cfg: Config) -> None:
     """A new run (from scratch or a base model) would replace the best.pt and empty
-    the log of a run already in out_dir: refuse, unless run.overwrite."""
-    if cfg.run.init_from == "resume" or cfg.run.overwrite:
+    the log of a run already in out_dir: refuse, unless run.overwrite. Only rank 0
+    (the one that writes) looks: under torchrun another rank could otherwise see the
+    log.jsonl that rank 0 has just begun, and refuse a run that is new."""
+    if cfg.run.init_from == "resume" or cfg.run.overwrite or os.environ.get("RANK", "0") != "0":
         return
     found = earlier_run_files(Path(cfg.run.out_dir))
     if found:
