@@ -579,7 +579,11 @@ NANO_API nano_status nano_session_start(nano_session *s, const char *prompt, uin
 NANO_API nano_status nano_session_start_tokens(nano_session *s, const int32_t *ids, uint32_t n);
 /* Produce the next event: a token (done 0), or the end (done 1, with a reason).
  * After the end, further steps return the same end event. Returns
- * NANO_ERR_CANCELLED (event done, reason CANCELLED) after nano_session_cancel. */
+ * NANO_ERR_CANCELLED (event done, reason CANCELLED) after nano_session_cancel,
+ * and NANO_ERR_STATE when the context was reset (nano_context_reset, a LoRA
+ * attached or detached) or used by another session since the session's last
+ * step: start again. A model without a vocabulary gives each token's text as
+ * "" (length 0). */
 NANO_API nano_status nano_session_step(nano_session *s, nano_token_event *event);
 /* Ask a running generation to stop at the next step or prefill block. Safe to
  * call from another thread or a signal handler. */

@@ -131,6 +131,7 @@ void nano_context_reset(nano_context *ctx) {
     if (!ctx) return;
     ctx->pos = 0;
     ctx->has_logits = 0;
+    ctx->resets++;
 }
 
 uint32_t nano_context_pos(const nano_context *ctx) { return ctx ? ctx->pos : 0; }
@@ -231,11 +232,14 @@ static void attention(nano_context *ctx, uint32_t l, uint32_t n, uint32_t pos0, 
     const long pairs = (long)n * K;
     const double work = (double)n * H * visible_all * D;
     const int nt = ctx->n_threads;
+    const int parallel = nt > 1 && work >= ATTN_PARALLEL_MIN_WORK;
     long pair;
-    NANO_PARALLEL_FOR(nt > 1 && work >= ATTN_PARALLEL_MIN_WORK, pair, pairs, {
+    NANO_PARALLEL_FOR(parallel, pair, pairs, {
         const uint32_t t = (uint32_t)(pair / K), g = (uint32_t)(pair % K);
         const uint32_t visible = full ? visible_all : pos0 + t + 1;
-        float *sc = ctx->scores + (size_t)nano_thread_index() * ctx->n_ctx;
+        /* one scores row per thread of our team; run serially, the caller may itself be
+         * thread 3 of its own OpenMP team, yet this context has rows for n_threads only */
+        float *sc = ctx->scores + (size_t)(parallel ? nano_thread_index() : 0) * ctx->n_ctx;
         uint32_t h;
         for (h = g * group; h < (g + 1) * group; h++) {
             const float *qv = ctx->q + (size_t)t * HD + (size_t)h * D;

@@ -226,6 +226,7 @@ struct nano_context {
     uint32_t attention_mode; /* nano_attention_mode asked for */
     int full_attention; /* this context's default attention */
     uint32_t pos;       /* tokens in the cache */
+    uint64_t resets;    /* how many times the cache was emptied (a session notices one under it) */
     int has_logits;
 
     float *key_cache;   /* [L, K, n_ctx, D] (head-major: one head's keys are contiguous) */
@@ -268,5 +269,7 @@ NANO_API void nano_test_rope(float *x, uint32_t n_heads, uint32_t head_dim, cons
 NANO_API void nano_test_softmax(uint32_t kernels, float *x, uint32_t n);
 NANO_API void nano_test_swiglu(float *y, const float *a, const float *b, uint32_t n);
 NANO_API const char *nano_test_kernels_name(uint32_t kernels);
+NANO_API nano_status nano_test_eval_in_omp_team(const nano_model *m, int team, const int32_t *ids, uint32_t n,
+                                                float *logits);
 
 #endif /* NANO_INTERNAL_H */

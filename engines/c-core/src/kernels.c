@@ -822,7 +822,7 @@ void nano_mat_row(const nano_mat *m, uint32_t row, float *out) {
 nano_status nano_quantize_q8_0(const float *x, uint64_t rows, uint64_t cols, uint32_t group_size,
                                int8_t *q, float *scales) {
     uint64_t r, g, j, n_groups;
-    if ((!x || !q || !scales) && rows * cols != 0) return NANO_ERR_BAD_ARGUMENT;
+    if ((!x || !q || !scales) && rows != 0 && cols != 0) return NANO_ERR_BAD_ARGUMENT; /* rows * cols may wrap */
     if (group_size == 0 || cols % group_size != 0) return NANO_ERR_BAD_GROUP_SIZE;
     n_groups = cols / group_size;
     for (r = 0; r < rows; r++)

@@ -25,6 +25,7 @@ struct nano_session {
     uint32_t n_stops;
     int32_t *tokens;          /* [n_ctx + 1] prompt, then generated */
     uint32_t n_tokens, n_prompt;
+    uint64_t resets;          /* ctx->resets when this generation began */
     int32_t eos_id, instruct_id, response_id;
     int state;
     uint32_t mode;
@@ -102,6 +103,7 @@ nano_status nano_session_init(nano_context *ctx, const nano_session_params *para
 
 static void begin(nano_session *s, uint32_t mode) {
     nano_context_reset(s->ctx);
+    s->resets = s->ctx->resets;
     nano_sampler_reseed(s->sampler, s->params.sampler.seed);
     s->cancel = 0;
     s->mode = mode;
@@ -196,6 +198,15 @@ nano_status nano_session_step(nano_session *s, nano_token_event *ev) {
         return s->end.stop_reason == NANO_STOP_CANCELLED ? NANO_ERR_CANCELLED : NANO_OK;
     }
     if (s->cancel) return finish(s, NANO_STOP_CANCELLED, ev);
+    /* The context holds this session's tokens but the last (none before the prompt
+     * has run), and was not emptied since the start: a reset (nano_context_reset, a
+     * LoRA attached or detached, another session's start) or an eval by someone else
+     * in between would make the next token meaningless, and could run the history
+     * past its n_ctx + 1 slots. */
+    if (ctx->resets != s->resets || ctx->pos != (s->state == STATE_READY ? 0 : s->n_tokens - 1)) {
+        s->state = STATE_IDLE;
+        return NANO_ERR_STATE;
+    }
 
     if (s->state == STATE_READY) {
         uint32_t c0;
@@ -233,7 +244,10 @@ nano_status nano_session_step(nano_session *s, nano_token_event *ev) {
     ev->id = id;
     ev->done = 0;
     ev->stop_reason = NANO_STOP_NONE;
-    nano_tokenizer_token_text(ctx->model->tokenizer, id, &ev->text, &ev->text_len);
+    if (nano_tokenizer_token_text(ctx->model->tokenizer, id, &ev->text, &ev->text_len) != NANO_OK) {
+        ev->text = ""; /* a model without a vocabulary (started from token ids): ids only */
+        ev->text_len = 0;
+    }
     emit(s, ev);
     return NANO_OK;
 }

@@ -40,3 +40,34 @@ const char *nano_test_kernels_name(uint32_t kernels) {
     nano_kernels_select(&k, kernels);
     return k.name;
 }
+
+/* An application that parallelises over its own requests: the `team` threads of
+ * one OpenMP team each make a context (n_threads 1) on m and run ids[0..n) in it;
+ * thread i's last-position logits go to logits[i * V ..). Without OpenMP, one
+ * thread. Returns the first error any thread met. */
+nano_status nano_test_eval_in_omp_team(const nano_model *m, int team, const int32_t *ids, uint32_t n,
+                                       float *logits) {
+    const size_t V = m->info.vocab_size;
+    nano_status result = NANO_OK;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(team)
+#else
+    (void)team;
+#endif
+    {
+        nano_context_params cp = nano_context_default_params();
+        nano_context *c = NULL;
+        nano_status st;
+        cp.n_threads = 1;
+        st = nano_context_init(m, &cp, &c);
+        if (st == NANO_OK) st = nano_eval(c, ids, n, logits + (size_t)nano_thread_index() * V, 0);
+        nano_context_free(c);
+        if (st != NANO_OK) {
+#if defined(_OPENMP)
+#pragma omp critical
+#endif
+            result = st;
+        }
+    }
+    return result;
+}

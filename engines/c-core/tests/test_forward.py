@@ -178,3 +178,22 @@ def test_lora_attach_detach(nano, h):
     ctx.set_lora(nano.load_lora(_lora_bytes(rank=1)))
     ctx.set_lora(nano.load_lora(_lora_bytes(rank=6, alpha=3)))
     ctx.eval(toks)
+
+
+def test_contexts_on_the_threads_of_an_openmp_team(nano, psycho_path):
+    """"Different contexts may run on different threads": here the threads of one OpenMP
+    team, each with its own single-threaded context. Attention once took its scratch row
+    from the caller's OpenMP thread number, past the rows of a one-thread context (a heap
+    overflow that the sanitizer run reports). Every thread gets the serial logits."""
+    m = nano.load(psycho_path)
+    ids = np.array(m.tokenizer.encode("人的心理学是研究"), dtype=np.int32)
+    want = m.context().eval(ids)
+    V = len(want)
+    team = 4
+    out = np.full((team, V), np.nan, dtype=np.float32)
+    st = nano.lib.nano_test_eval_in_omp_team(m.handle, team, nano.ffi.cast("int32_t *", ids.ctypes.data), len(ids),
+                                             nano.ffi.cast("float *", out.ctypes.data))
+    assert nano.status_name(st) == "NANO_OK"
+    rows = team if "openmp" in nano.ffi.string(nano.lib.nano_build_info()).decode() else 1
+    for i in range(rows):
+        assert np.array_equal(out[i], want), i

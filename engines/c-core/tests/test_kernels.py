@@ -252,3 +252,11 @@ def test_dequantize(nano):
     q, s = np.ascontiguousarray(qt.q), np.ascontiguousarray(qt.scales)
     nano.lib.nano_dequantize_q8_0(ptr(nano, q, "int8_t *"), ptr(nano, s), 96, 8, ptr(nano, out))
     assert np.array_equal(out.reshape(3, 32), nf.dequantize_q8_0(qt))
+
+
+def test_quantize_null_with_sizes_whose_product_wraps(nano):
+    """rows * cols = 2^64 wraps to 0 in 64 bits; NULL buffers with such sizes once got
+    past the check and were dereferenced."""
+    ffi = nano.ffi
+    st = nano.lib.nano_quantize_q8_0(ffi.NULL, 1 << 32, 1 << 32, 1, ffi.NULL, ffi.NULL)
+    assert nano.status_name(st) == "NANO_ERR_BAD_ARGUMENT"

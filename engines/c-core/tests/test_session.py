@@ -210,3 +210,54 @@ def test_long_prompt_prefills_in_blocks(nano, psycho, h):
     ids, *_ = s.run()
     assert ids == psycho.context(n_ctx=256).greedy(prompt, 20)
     assert s.stats()["prompt_tokens"] == len(prompt)
+
+
+def test_a_context_reset_under_a_session_is_a_state_error(nano, psycho):
+    """A reset (nano_context_reset, or a LoRA attached or detached) or another session's
+    start between two steps used to let the step go on: its history then ran past its
+    n_ctx + 1 slots (a heap overflow under ASan). Now the step refuses; a new start works."""
+    ctx = psycho.context(n_ctx=16)
+    s = Session(nano, ctx, sampler=dict(temperature=0.0), stop_at_eos=0)
+    assert s.start("心理") == "NANO_OK"
+    for _ in range(3):
+        assert s.step()[0] == "NANO_OK"
+    ctx.reset()
+    assert s.step()[0] == "NANO_ERR_STATE"
+    assert s.step()[0] == "NANO_ERR_STATE"  # until started again
+    assert s.start("心理") == "NANO_OK"
+    ids, _, st, reason = s.run()
+    tokens, n_prompt = s.tokens()
+    assert st == "NANO_OK" and reason == STOP_FULL and len(tokens) == 16 + 1 and tokens[n_prompt:] == ids
+    # two sessions on one context: the second one's start takes the context away from the first
+    a = Session(nano, ctx, sampler=dict(temperature=0.0))
+    b = Session(nano, ctx, sampler=dict(temperature=0.0))
+    assert a.start("心理") == "NANO_OK" and a.step()[0] == "NANO_OK"
+    assert b.start("意识") == "NANO_OK" and b.step()[0] == "NANO_OK"
+    assert a.step()[0] == "NANO_ERR_STATE"
+    assert b.step()[0] == "NANO_OK"
+    # a reset between the start and the first step counts too (a LoRA attached there
+    # would not be the one the caller started with)
+    assert a.start("心理") == "NANO_OK"
+    ctx.reset()
+    assert a.step()[0] == "NANO_ERR_STATE"
+    # an eval by the caller between two steps moves the position: refused as well
+    assert a.start("心理") == "NANO_OK" and a.step()[0] == "NANO_OK"
+    ctx.eval([5])
+    assert a.step()[0] == "NANO_ERR_STATE"
+
+
+def test_tokens_of_a_model_without_a_vocabulary_have_empty_text(nano, h):
+    """Started from token ids, a model with no vocabulary still gives each event a text
+    ("", length 0), not whatever the caller's event held before."""
+    import nano_format as nf
+
+    config = nf.Config(block_size=16, vocab_size=48, n_layer=2, n_embd=16, n_head=4, n_kv_head=2, n_hidden=32)
+    m = nano.load(nf.to_bytes(config, h.random_weights(config, 1), None, layout="2026.101"))
+    s = Session(nano, m.context(), max_tokens=3, sampler=dict(temperature=0.0))
+    assert s.start_tokens([1, 2, 3]) == "NANO_OK"
+    ev = nano.ffi.new("nano_token_event *")
+    junk = nano.ffi.new("char[]", b"junk")
+    for _ in range(3):
+        ev.text, ev.text_len = junk, 12345
+        assert nano.status_name(nano.lib.nano_session_step(s.handle, ev)) == "NANO_OK" and not ev.done
+        assert ev.text_len == 0 and nano.ffi.string(ev.text) == b""
