@@ -68,6 +68,7 @@ static const char *USAGE =
     "  INPUT '-' reads one input per line of standard input and prints one answer per line\n"
     "  (an empty line gives an empty line)\n"
     "nano bench -m MODEL [-p PROMPT_TOKENS (default 128)] [-n TOKENS (default 128)]\n"
+    "           (defaults shrink to fit a context under 256 tokens)\n"
     "           [--threads N] [--ctx N] [--portable]\n"
     "\n"
     "examples:\n"
@@ -741,8 +742,8 @@ static double now_ms(void) {
 
 static int cmd_bench(int argc, char **argv) {
     const char *model = NULL;
-    int threads = 0, portable = 0, i;
-    uint32_t n_prompt = 128, n_gen = 128, n_ctx = 0, t, V, reps;
+    int threads = 0, portable = 0, set_prompt = 0, set_gen = 0, i;
+    uint32_t n_prompt = 128, n_gen = 128, n_ctx = 0, t, V, reps, room;
     nano_model *m;
     nano_context *ctx;
     nano_model_info info;
@@ -753,8 +754,13 @@ static int cmd_bench(int argc, char **argv) {
     for (i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (is_opt(a, "-m", "--model")) model = need_value(argc, argv, &i);
-        else if (is_opt(a, "-p", "--prompt-tokens")) n_prompt = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 20);
-        else if (is_opt(a, "-n", "--tokens")) n_gen = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 20);
+        else if (is_opt(a, "-p", "--prompt-tokens")) {
+            n_prompt = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 20);
+            set_prompt = 1;
+        } else if (is_opt(a, "-n", "--tokens")) {
+            n_gen = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 20);
+            set_gen = 1;
+        }
         else if (is_opt(a, NULL, "--threads")) threads = (int)parse_long(a, need_value(argc, argv, &i), 1, 1024);
         else if (is_opt(a, NULL, "--ctx")) n_ctx = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 30);
         else if (is_opt(a, NULL, "--portable")) portable = 1;
@@ -770,7 +776,17 @@ static int cmd_bench(int argc, char **argv) {
         nano_model_free(m);
         return i;
     }
-    if (n_prompt + n_gen > nano_context_n_ctx(ctx)) {
+    room = nano_context_n_ctx(ctx);
+    if (n_prompt + n_gen > room && !(set_prompt && set_gen)) {
+        /* a default (128 + 128) shrinks to fit a small model's context */
+        if (!set_prompt && !set_gen) n_prompt = room / 2;
+        else if (!set_prompt) n_prompt = room > n_gen ? room - n_gen : 0;
+        if (!set_gen) n_gen = room > n_prompt ? room - n_prompt : 0;
+        if (n_prompt && n_gen)
+            fprintf(stderr, "nano: bench: the context holds %u tokens: timing %u prompt + %u decode tokens\n", room,
+                    n_prompt, n_gen);
+    }
+    if (n_prompt == 0 || n_gen == 0 || n_prompt + n_gen > room) {
         fprintf(stderr, "nano: error: bench: %u prompt + %u decode tokens exceed the context (%u)\n", n_prompt,
                 n_gen, nano_context_n_ctx(ctx));
         nano_context_free(ctx);

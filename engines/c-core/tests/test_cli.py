@@ -216,9 +216,17 @@ def test_run_with_lora(cli, h, tmp_path):
     assert r.returncode == 1 and "NANO_ERR_LORA_MISMATCH" in r.stderr and str(bad) in r.stderr
 
 
-def test_bench(cli, psycho_path):
+def test_bench(cli, psycho_path, sort6_path):
     r = cli("bench", "-m", psycho_path, "-p", "16", "-n", "16", "--threads", "1")
     assert r.returncode == 0 and "prefill" in r.stdout and "decode" in r.stdout
+    # the defaults (128 + 128) shrink to a small model's context; explicit counts do not
+    r = cli("bench", "-m", sort6_path)
+    assert r.returncode == 0 and "prefill  3 tokens" in r.stdout and "decode   3 tokens" in r.stdout, r.stderr
+    assert "the context holds 6 tokens" in r.stderr
+    r = cli("bench", "-m", sort6_path, "-p", "2")
+    assert r.returncode == 0 and "prefill  2 tokens" in r.stdout and "decode   4 tokens" in r.stdout
+    r = cli("bench", "-m", sort6_path, "-n", "10")
+    assert r.returncode == 2 and "exceed the context (6)" in r.stderr
 
 
 def bad_files(tmp_path, h, psycho_path):

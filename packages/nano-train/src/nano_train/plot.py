@@ -4,7 +4,7 @@ usage: python -m nano_train.plot RUN_DIR_OR_LOG.jsonl [more ...] [-o loss.png] [
 
 Draws train loss (per logged step) and validation loss (per evaluation) for
 each run given, one colour per run; --lr adds the learning rate on a second
-axis. Needs matplotlib (`pip install nano-train[plot]`).
+axis. Needs matplotlib (`pip install matplotlib`; in the workspace it is installed).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise SystemExit("error: plotting needs matplotlib: pip install 'nano-train[plot]'") from None
+        raise SystemExit("error: plotting needs matplotlib: pip install matplotlib") from None
     out = Path(output)
     formats = plt.figure().canvas.get_supported_filetypes()
     plt.close("all")
