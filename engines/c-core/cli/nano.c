@@ -88,10 +88,13 @@ static void die_usage(const char *fmt, const char *a, const char *b) {
     exit(2);
 }
 
-static void die_status(nano_status st, const char *what) {
+/* Print "nano: error: WHAT: reason (NAME)"; returns 1, the exit status. */
+static int report(nano_status st, const char *what) {
     fprintf(stderr, "nano: error: %s: %s (%s)\n", what, nano_status_string(st), nano_status_name(st));
-    exit(1);
+    return 1;
 }
+
+static void die_status(nano_status st, const char *what) { exit(report(st, what)); }
 
 static long parse_long(const char *opt, const char *v, long lo, long hi) {
     char *end = NULL;
@@ -170,15 +173,7 @@ static int make_context(const nano_model *m, const char *path, uint32_t n_ctx, u
     cp.attention = attention;
     cp.kernels = portable ? NANO_KERNELS_PORTABLE : NANO_KERNELS_AUTO;
     st = nano_context_init(m, &cp, out);
-    if (st == NANO_OK) return 0;
-    fprintf(stderr, "nano: error: %s: %s (%s)\n", path, nano_status_string(st), nano_status_name(st));
-    return 1;
-}
-
-/* Print "nano: error: WHAT: reason (NAME)"; returns 1, the exit status. */
-static int report(nano_status st, const char *what) {
-    fprintf(stderr, "nano: error: %s: %s (%s)\n", what, nano_status_string(st), nano_status_name(st));
-    return 1;
+    return st == NANO_OK ? 0 : report(st, path);
 }
 
 /* All of f (standard input) in a NUL-terminated buffer; *len: its length.
@@ -254,20 +249,18 @@ typedef struct seq2seq_state {
     size_t text_cap;
 } seq2seq_state;
 
-/* The context, tokenizer and buffers for seq2seq on m; NANO_OK or the reason. */
-static nano_status seq2seq_init(seq2seq_state *q, const nano_model *m, int threads, uint32_t attention) {
-    nano_context_params cp = nano_context_default_params();
-    nano_status st;
+/* The context, tokenizer and buffers for seq2seq on m (the file `path`): 0, or
+ * the exit status after printing the error. */
+static int seq2seq_init(seq2seq_state *q, const nano_model *m, const char *path, int threads, uint32_t attention) {
+    int rc;
     memset(q, 0, sizeof *q);
     q->tok = nano_model_tokenizer(m);
-    if (!q->tok) return NANO_ERR_NO_TOKENIZER;
-    cp.n_threads = threads;
-    cp.attention = attention;
-    if ((st = nano_context_init(m, &cp, &q->ctx)) != NANO_OK) return st;
+    if (!q->tok) return report(NANO_ERR_NO_TOKENIZER, path);
+    if ((rc = make_context(m, path, 0, 0, threads, attention, 0, &q->ctx))) return rc;
     q->cap = nano_context_n_ctx(q->ctx);
     q->ids = (int32_t *)malloc((q->cap + 1) * sizeof(int32_t));
     q->out = (int32_t *)malloc((q->cap + 1) * sizeof(int32_t));
-    return q->ids && q->out ? NANO_OK : NANO_ERR_OUT_OF_MEMORY;
+    return q->ids && q->out ? 0 : report(NANO_ERR_OUT_OF_MEMORY, "seq2seq");
 }
 
 static void seq2seq_free(seq2seq_state *q) {
@@ -287,9 +280,9 @@ static int seq2seq_print(seq2seq_state *q, const char *input, const char *where,
     if (st == NANO_ERR_BUFFER_TOO_SMALL)
         fprintf(stderr, "nano: error: seq2seq: %s is %zu tokens; the model takes at most %zu\n", where, n, q->cap);
     else if (st != NANO_OK)
-        fprintf(stderr, "nano: error: %s: %s (%s)\n", where, nano_status_string(st), nano_status_name(st));
+        report(st, where);
     else if ((st = nano_seq2seq(q->ctx, q->ids, (uint32_t)n, q->out)) != NANO_OK)
-        fprintf(stderr, "nano: error: seq2seq: %s (%s)\n", nano_status_string(st), nano_status_name(st));
+        report(st, "seq2seq");
     if (st != NANO_OK) {
         if (keep_lines) fputc('\n', stdout);
         return 1;
@@ -297,14 +290,12 @@ static int seq2seq_print(seq2seq_state *q, const char *input, const char *where,
     nano_tokenizer_decode(q->tok, q->out, n, NULL, 0, &len);
     if (len + 1 > q->text_cap) {
         char *nb = (char *)realloc(q->text, len + 1);
-        if (!nb) {
-            fprintf(stderr, "nano: error: seq2seq: out of memory\n");
-            return 1;
-        }
+        if (!nb) return report(NANO_ERR_OUT_OF_MEMORY, "seq2seq");
         q->text = nb;
         q->text_cap = len + 1;
     }
-    nano_tokenizer_decode(q->tok, q->out, n, q->text, q->text_cap, &len);
+    if ((st = nano_tokenizer_decode(q->tok, q->out, n, q->text, q->text_cap, &len)) != NANO_OK)
+        return report(st, "decode");
     fwrite(q->text, 1, len, stdout);
     fputc('\n', stdout);
     return 0;
@@ -446,12 +437,10 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
 static int run_seq2seq(const nano_model *m, const run_opts *o) {
     seq2seq_state q;
     int rc;
-    nano_status st = seq2seq_init(&q, m, o->threads, NANO_ATTENTION_MODE_FILE);
     fprintf(stderr, "nano: %s has full attention: one seq2seq forward per input, as `nano seq2seq` "
                     "(sampling options do not apply)\n", o->model);
-    if (st != NANO_OK) rc = report(st, o->model);
-    else if (o->prompt) rc = seq2seq_print(&q, o->prompt, "prompt", 0);
-    else rc = seq2seq_lines(&q, stdin);
+    rc = seq2seq_init(&q, m, o->model, o->threads, NANO_ATTENTION_MODE_FILE);
+    if (rc == 0) rc = o->prompt ? seq2seq_print(&q, o->prompt, "prompt", 0) : seq2seq_lines(&q, stdin);
     seq2seq_free(&q);
     return rc;
 }
@@ -700,7 +689,6 @@ static int cmd_seq2seq(int argc, char **argv) {
     const char *model = NULL, *input = NULL;
     int threads = 0, causal = 0, i, rc;
     nano_model *m;
-    nano_status st;
     seq2seq_state q;
     for (i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -718,10 +706,9 @@ static int cmd_seq2seq(int argc, char **argv) {
     if (!input) die_usage("seq2seq: INPUT is required%s%s", "", "");
     if (input[0] == '\0') die_usage("seq2seq: INPUT is empty%s%s", "", "");
     m = load_model(model);
-    st = seq2seq_init(&q, m, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE);
-    if (st != NANO_OK) rc = report(st, model);
-    else if (strcmp(input, "-") == 0) rc = seq2seq_lines(&q, stdin); /* one independent forward per line */
-    else rc = seq2seq_print(&q, input, "INPUT", 0);
+    rc = seq2seq_init(&q, m, model, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE);
+    if (rc == 0) /* INPUT '-': one independent forward per line */
+        rc = strcmp(input, "-") == 0 ? seq2seq_lines(&q, stdin) : seq2seq_print(&q, input, "INPUT", 0);
     seq2seq_free(&q);
     nano_model_free(m);
     return rc;

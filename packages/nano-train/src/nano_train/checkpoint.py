@@ -70,6 +70,11 @@ def remove_stale_temporaries(out_dir: str | Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def one_line(text: object) -> str:
+    """A message on one line (torch's load_state_dict and unpickling errors span many)."""
+    return " ".join(str(text).split())
+
+
 def load_failure(e: Exception) -> str:
     """One line on why torch.load failed. A weights_only refusal's message is many
     lines of advice (including to load with weights_only=False, which runs the
@@ -78,7 +83,7 @@ def load_failure(e: Exception) -> str:
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
         text = text.split(" Please use ", 1)[0]  # the allowlisting advice after "Unsupported global: ..."
-    return f"{e.__class__.__name__}: {' '.join(text.split())}"
+    return f"{e.__class__.__name__}: {one_line(text)}"
 
 
 def load(path: str | Path) -> dict:

@@ -25,7 +25,7 @@ import nano_format
 from nano_format import spec
 from nano_format.quant import check_group_size
 
-from .checkpoint import load_failure
+from .checkpoint import load_failure, one_line
 from .lora import LORA_TARGETS, LoRALinear, attach_lora, has_lora, load_lora_state_dict
 from .model import ModelConfig, Transformer
 
@@ -439,7 +439,7 @@ def load_checkpoint_model(path, device: str | torch.device = "cpu"):
     try:
         missing, unexpected = model.load_state_dict(_strip_prefixes(ck["model"]), strict=False)
     except RuntimeError as e:  # a tensor of the wrong shape: torch lists each on a line of its own
-        raise ConvertError(f"{path}: the weights do not fit the model config: {' '.join(str(e).split())}") from None
+        raise ConvertError(f"{path}: the weights do not fit the model config: {one_line(e)}") from None
     if missing or unexpected:
         raise ConvertError(
             f"{path}: the weights do not fit the model config: missing {missing[:4]}, unexpected {unexpected[:4]}"

@@ -230,7 +230,8 @@ def load_base_model(path: str) -> tuple[ModelConfig, dict, object]:
         else:
             model, tok = convert.load_bin(p)
     except (ValueError, OSError, KeyError, TypeError, RuntimeError) as e:  # ConvertError is a ValueError
-        raise CheckpointError(f"run.init_from: cannot load {path}: {_one_line(e)}") from None
+        why = ckpt_io.one_line(e) or e.__class__.__name__
+        raise CheckpointError(f"run.init_from: cannot load {path}: {why}") from None
     if has_lora(model):
         raise CheckpointError(f"run.init_from: {path} carries a LoRA adapter; export or merge it into a base first")
     if tok is None:
@@ -305,11 +306,6 @@ def gather_rng(info: DistInfo) -> dict:
     return {"world_size": info.world_size, "ranks": states}
 
 
-def _one_line(e: BaseException) -> str:
-    """An exception's message on one line (load_state_dict's lists a mismatch per line)."""
-    return " ".join(str(e).split()) or e.__class__.__name__
-
-
 @contextlib.contextmanager
 def restoring_from(path: Path):
     """What a malformed checkpoint makes the restoring code raise, as one CheckpointError line."""
@@ -318,8 +314,8 @@ def restoring_from(path: Path):
     except (CheckpointError, ConfigError, DataError):
         raise
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path}: cannot restore the run from it ({e.__class__.__name__}: {_one_line(e)})") \
-            from None
+        why = f"{e.__class__.__name__}: {ckpt_io.one_line(e)}"
+        raise CheckpointError(f"{path}: cannot restore the run from it ({why})") from None
 
 
 def weights_finite(model: torch.nn.Module) -> bool:
