@@ -4,7 +4,7 @@ Usage:
   python tools/bench/train_speed.py [--shape small|56m|custom] [--device cpu|cuda]
          [--dtype auto|float32|bfloat16|float16] [--batch N] [--seq T] [--steps N]
          [--rounds N] [--warmup N] [--threads N] [--compile [both|ours|peer]] [--compile-mode MODE]
-         [--ours-loss fused|plain] [--seed S] [--json OUT]
+         [--ours-loss auto|blocked|plain] [--seed S] [--json OUT]
          [--layers L] [--embd E] [--heads H] [--kv-heads K] [--hidden F] [--vocab V]
 
   (hatch run bench:train [ARGS] runs the same in the bench environment.)
@@ -26,9 +26,11 @@ backward, clip the gradient norm to 1, AdamW step, zero_grad(set_to_none)):
          scaler. Its loss is F.cross_entropy on its float32 logits against the
          same targets (what transformers' own loss computes, minus its shift).
 
---ours-loss plain makes ours compute its loss the way the peer does (the
-[N, V] logits, then F.cross_entropy) instead of the fused, blocked loss that
-nano-train trains with. --compile-mode passes torch.compile's mode
+--ours-loss picks ours' loss as the trainer's system.loss does: blocked (the
+classifier and cross-entropy a block of rows at a time, no [N, V] logits) or
+plain (the [N, V] logits, then F.cross_entropy, the way the peer does); auto,
+the default, is the trainer's: blocked on a CPU, plain on a GPU.
+--compile-mode passes torch.compile's mode
 (reduce-overhead and max-autotune replay CUDA graphs on a GPU; each step then
 starts with torch.compiler.cudagraph_mark_step_begin()). These two exist to
 find where the GPU time goes; the defaults are what the trainer runs.
@@ -81,7 +83,7 @@ from machine import cpu_model, load_average  # noqa: E402
 from nano_train.config import OptimConfig
 from nano_train.metrics import matmul_probe, peak_flops, synchronize
 from nano_train.model import ModelConfig, Transformer
-from nano_train.train import forward_context_factory, make_adamw, make_grad_scaler, resolve_dtype
+from nano_train.train import blocked_loss, forward_context_factory, make_adamw, make_grad_scaler, resolve_dtype
 
 # Shapes: model keys of ModelConfig plus the default batch and sequence length.
 SHAPES = {
@@ -120,8 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile both models (bare --compile), only ours or only the peer")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
                    help="torch.compile's mode for the compiled models (default: default)")
-    p.add_argument("--ours-loss", choices=("fused", "plain"), default="fused",
-                   help="ours: the trainer's fused blocked loss (default) or the plain logits + cross-entropy")
+    p.add_argument("--ours-loss", choices=("auto", "blocked", "plain"), default="auto",
+                   help="ours: the blocked loss, or the plain logits + cross-entropy; "
+                        "auto (default): as the trainer, blocked on a CPU, plain on a GPU")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     for flag, key in (("--layers", "n_layer"), ("--embd", "n_embd"), ("--heads", "n_head"),
@@ -227,17 +230,17 @@ class Trainee:
 
 
 def ours_loss(model, x, y):
-    return model(x, y, return_logits=False)[1]  # the training loop's call
+    return model(x, y, return_logits=False)[1]  # the training loop's call, with the blocked loss
 
 
 def ours_plain_loss(model, x, y):
-    return model(x, y, return_logits=True)[1]  # [B, T, V] logits, then F.cross_entropy
+    return model(x, y, return_logits=False, blocked_loss=False)[1]  # ... with [B, T, V] logits and F.cross_entropy
 
 
 def ours_trainee(args: argparse.Namespace, model: Transformer, device, dtype: str) -> Trainee:
     """Our model set up as the options say: its loss, whether and how it is compiled."""
     groups = [g for g in model.param_groups(OPTIM.weight_decay) if g["params"]]
-    loss_fn = ours_loss if args.ours_loss == "fused" else ours_plain_loss
+    loss_fn = ours_loss if blocked_loss(args.ours_loss, device) else ours_plain_loss
     return Trainee("ours", model, groups, loss_fn, device, dtype, args.compile in ("both", "ours"),
                    args.compile_mode)
 
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.n_kv_head} KV heads, hidden {cfg.n_hidden}, vocab {cfg.vocab_size}, block {cfg.block_size}")
     print(f"  batch {batch} x seq {seq}, {dtype}, {device} ({device_name}), {threads} thread{'s' * (threads != 1)}"
           f"{'' if args.compile == 'none' else f', compiled: {args.compile} (mode {args.compile_mode})'}"
-          f"{', ours with the plain loss' if args.ours_loss == 'plain' else ''}; torch {torch.__version__}, transformers {transformers.__version__}")
+          f", ours with the {'blocked' if blocked_loss(args.ours_loss, device) else 'plain'} loss; torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"  parameters: ours {n_ours:,}, peer {n_peer:,} (equal); {flops_per_token / 1e6:.2f} MFLOP per token")
     print(f"  AdamW fused: ours {trainees[0].optimizer.defaults.get('fused')}, "
           f"peer {trainees[1].optimizer.defaults.get('fused')}; "
@@ -407,7 +410,8 @@ def main(argv: list[str] | None = None) -> int:
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "shape": args.shape, "model": cfg.to_dict(), "batch": batch, "seq": seq,
             "dtype": dtype, "device": str(device), "device_name": device_name, "threads": threads,
-            "compile": args.compile, "compile_mode": args.compile_mode, "ours_loss": args.ours_loss,
+            "compile": args.compile, "compile_mode": args.compile_mode,
+            "ours_loss": "blocked" if blocked_loss(args.ours_loss, device) else "plain",
             "steps": steps, "rounds": rounds, "warmup": warmup, "seed": args.seed,
             "data": f"random token ids, seed {args.seed}",
             "params": {"ours": n_ours, "peer": n_peer}, "flops_per_token": flops_per_token,

@@ -1,6 +1,7 @@
 """tools/bench/train_speed.py's own loop, without its peer (transformers lives in
-the bench environment only): ours steps the same with the fused and the plain
-loss, and the compile mode reaches torch.compile."""
+the bench environment only): ours steps the same with the blocked and the plain
+loss (auto: blocked on a CPU, as the trainer), and the compile mode reaches
+torch.compile."""
 
 from __future__ import annotations
 
@@ -34,14 +35,17 @@ def trainee(ts, argv):
     return t, ids[:, :-1], ids[:, 1:]
 
 
-def test_fused_and_plain_loss_train_alike(train_speed):
+def test_blocked_and_plain_loss_train_alike(train_speed):
     runs = {}
-    for name in ("fused", "plain"):
+    for name in ("blocked", "plain", "auto"):
         t, x, y = trainee(train_speed, ["--ours-loss", name])
-        assert t.loss_fn is {"fused": train_speed.ours_loss, "plain": train_speed.ours_plain_loss}[name]
+        expected = {"blocked": train_speed.ours_loss, "plain": train_speed.ours_plain_loss,
+                    "auto": train_speed.ours_loss}[name]  # auto on a CPU: blocked, as the trainer
+        assert t.loss_fn is expected
         runs[name] = [t.step(x, y).item() for _ in range(4)]
-    assert runs["fused"][0] > runs["fused"][-1]  # it learns the batch
-    assert runs["fused"] == pytest.approx(runs["plain"], rel=1e-5)
+    assert runs["blocked"][0] > runs["blocked"][-1]  # it learns the batch
+    assert runs["blocked"] == pytest.approx(runs["plain"], rel=1e-5)
+    assert runs["blocked"] == runs["auto"]
 
 
 def test_compile_mode_is_passed_on(train_speed, monkeypatch):
@@ -56,7 +60,7 @@ def test_compile_mode_is_passed_on(train_speed, monkeypatch):
 
 
 def test_unknown_options_are_refused(train_speed, capsys):
-    for argv in (["--compile-mode", "fastest"], ["--ours-loss", "blocked"]):
+    for argv in (["--compile-mode", "fastest"], ["--ours-loss", "fused"]):
         with pytest.raises(SystemExit):
             train_speed.parse_args(TINY + argv)
         assert "invalid choice" in capsys.readouterr().err

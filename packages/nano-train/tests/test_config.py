@@ -51,6 +51,8 @@ def test_ints_are_accepted_for_floats_but_not_the_reverse(tmp_path):
     ({"system": {"dtype": "fp8"}}, "system.dtype must be one of"),
     ({"system": {"device": "tpu"}}, "system.device must be"),
     ({"system": {"attention_backend": "fast"}}, "attention_backend must be one of"),
+    ({"system": {"compile_mode": "fast"}}, "compile_mode must be one of"),
+    ({"system": {"loss": "fused"}}, r"system.loss must be one of \('auto', 'blocked', 'plain'\)"),
     ({"run": {"task": "rlhf"}}, "run.task must be one of"),
     ({"optim": {"min_lr": 1.0, "learning_rate": 0.1}}, "min_lr must be in"),
     ({"model": {"n_embd": 30, "n_head": 4}}, "n_head"),

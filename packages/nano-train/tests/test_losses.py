@@ -75,10 +75,11 @@ def test_bad_shapes_are_errors():
     assert block_rows(4096, torch.device("cpu")) == 256
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_training_call_equals_the_logits_call(tie):
+@pytest.mark.parametrize("tie,blocked", [(True, True), (False, True), (True, False)])
+def test_training_call_equals_the_logits_call(tie, blocked):
     """model(x, y, mask, return_logits=False), the training loop's call, gives the
-    loss and every parameter gradient of model(x, y, mask), and no logits."""
+    loss and every parameter gradient of model(x, y, mask), and no logits, with the
+    blocked loss or the plain one (blocked_loss=False)."""
     torch.manual_seed(0)
     cfg = ModelConfig(block_size=16, vocab_size=41, n_layer=2, n_head=4, n_kv_head=2, n_embd=32,
                       tie_embeddings=tie)
@@ -89,7 +90,7 @@ def test_training_call_equals_the_logits_call(tie):
     targets[0, :4] = -1
     mask = (torch.rand(3, 16) > 0.3).long()
     logits, la = a(idx, targets, mask)
-    none, lb = b(idx, targets, mask, return_logits=False)
+    none, lb = b(idx, targets, mask, return_logits=False, blocked_loss=blocked)
     assert logits.shape == (3, 16, 41) and none is None
     assert torch.allclose(la, lb, rtol=1e-6)
     la.backward()

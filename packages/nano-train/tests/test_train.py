@@ -160,23 +160,60 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, small_pretrain, t
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-5)
 
 
+def test_loss_choice_auto_is_blocked_on_a_cpu_only():
+    from nano_train.train import blocked_loss
+
+    assert blocked_loss("auto", torch.device("cpu"))
+    assert not blocked_loss("auto", torch.device("cuda"))
+    assert not blocked_loss("auto", torch.device("mps"))
+    for device in ("cpu", "cuda"):
+        assert blocked_loss("blocked", torch.device(device))
+        assert not blocked_loss("plain", torch.device(device))
+
+
+def test_cuda_graphs_only_for_one_process_and_one_micro_batch(tiny_config, small_pretrain):
+    from nano_train.config import ConfigError
+    from nano_train.train import uses_cuda_graphs
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for mode in ("reduce-overhead", "max-autotune"):
+        cfg = tiny_config(small_pretrain, compile=True, compile_mode=mode)
+        assert uses_cuda_graphs(cfg, cuda, 1, 1)
+        assert not uses_cuda_graphs(cfg, cpu, 4, 2)  # no CUDA graphs on a CPU: nothing to refuse
+        for accum, world in ((2, 1), (1, 2)):
+            with pytest.raises(ConfigError, match=rf"compile_mode {mode} \(CUDA graphs\) is for one process.*"
+                                                  rf"{world} process\(es\) and {accum} micro-batch"):
+                uses_cuda_graphs(cfg, cuda, accum, world)
+    for compiled, mode in ((True, "default"), (True, "max-autotune-no-cudagraphs"), (False, "reduce-overhead")):
+        cfg = tiny_config(small_pretrain, compile=compiled, compile_mode=mode)
+        assert not uses_cuda_graphs(cfg, cuda, 2, 2)
+
+
 def test_compiled_training_matches_eager(tmp_path, small_pretrain, tiny_config):
     """compile=true runs the same training through torch.compile (inductor,
     which generates C++ with the system compiler): the same losses up to
-    float rounding, and checkpoints whose keys carry no compile wrapper."""
+    float rounding, and checkpoints whose keys carry no compile wrapper. So do
+    the plain loss (compiled inside the graph) and another compile mode (on a
+    CPU reduce-overhead has no CUDA graphs to make: the same code runs)."""
     from torch._dynamo.utils import counters
 
     runs = {}
-    for name, compiled in (("eager", False), ("compiled", True)):
-        cfg = tiny_config(small_pretrain, out_dir=tmp_path / name, compile=compiled, max_iters=3, eval_iters=0,
-                          sample_tokens=0)
+    for name, compiled, extra in (("eager", False, {}), ("compiled", True, {}),
+                                  ("plain", True, {"loss": "plain", "eval_iters": 2, "eval_interval": 2}),
+                                  ("overhead", True, {"compile_mode": "reduce-overhead"})):
+        cfg = tiny_config(small_pretrain, out_dir=tmp_path / name, compile=compiled, max_iters=3,
+                          **{"eval_iters": 0, "sample_tokens": 0, **extra})
         counters.clear()
         train(cfg)
         runs[name] = train_losses(tmp_path / name)
         assert (counters["stats"]["unique_graphs"] > 0) == compiled  # the compiler really ran, or not
-    assert runs["eager"].keys() == runs["compiled"].keys() and len(runs["eager"]) == 3
-    for step, loss in runs["eager"].items():
-        assert abs(runs["compiled"][step] - loss) < 1e-4, (step, loss, runs["compiled"][step])
+        if compiled:  # the blocked loss breaks the graph, the plain loss is inside it
+            broken = any("linear_cross_entropy" in str(reason) for reason in counters["graph_break"])
+            assert broken == (name != "plain"), (name, dict(counters["graph_break"]))
+    for name in ("compiled", "plain", "overhead"):
+        assert runs["eager"].keys() == runs[name].keys() and len(runs["eager"]) == 3
+        for step, loss in runs["eager"].items():
+            assert abs(runs[name][step] - loss) < 1e-4, (name, step, loss, runs[name][step])
     state = load(tmp_path / "compiled" / "latest.pt")["model"]
     assert not any(k.startswith("_orig_mod") for k in state)
 

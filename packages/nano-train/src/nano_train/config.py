@@ -36,6 +36,8 @@ from nano_train.model import ModelConfig
 TASKS = ("pretrain", "sft", "lora")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "math", "flash", "efficient", "cudnn")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+LOSSES = ("auto", "blocked", "plain")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
 MAX_THREADS = 1024  # torch.set_num_threads(99999) crashes the process
 
@@ -109,6 +111,8 @@ class SystemConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bfloat16 on CUDA if supported, float16 on older CUDA, else float32) | float32 | bfloat16 | float16
     compile: bool = False  # torch.compile the model
+    compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
+    loss: str = "auto"  # auto (blocked on a CPU, plain on a GPU) | blocked (classifier + loss a block of rows at a time, no [B, T, V] logits, outside a compiled graph) | plain (the logits, inside it)
     attention_backend: str = "auto"  # auto | math | flash | efficient | cudnn (torch.nn.attention.sdpa_kernel)
     seed: int = 1337
     threads: int = 0  # CPU threads for PyTorch's intra-op parallelism; 0 = PyTorch's default
@@ -395,6 +399,8 @@ def validate(cfg: Config) -> None:
     need(s.dtype in DTYPES, f"system.dtype must be one of {DTYPES}, got {s.dtype!r}")
     need(s.attention_backend in ATTENTION_BACKENDS,
          f"system.attention_backend must be one of {ATTENTION_BACKENDS}, got {s.attention_backend!r}")
+    need(s.compile_mode in COMPILE_MODES, f"system.compile_mode must be one of {COMPILE_MODES}, got {s.compile_mode!r}")
+    need(s.loss in LOSSES, f"system.loss must be one of {LOSSES}, got {s.loss!r}")
     need(s.dist_backend in DIST_BACKENDS, f"system.dist_backend must be one of {DIST_BACKENDS}, got {s.dist_backend!r}")
     need(0 <= s.seed < 2**63, f"system.seed must be in [0, 2^63), got {s.seed}")
     need(s.threads >= 0, "system.threads must be >= 0 (0 = PyTorch's default)")

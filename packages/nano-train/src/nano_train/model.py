@@ -417,6 +417,7 @@ class Transformer(nn.Module):
         loss_mask: torch.Tensor | None = None,
         *,
         return_logits: bool = True,
+        blocked_loss: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """idx [B, T] -> (logits [B, T, V] float32 at every position, loss or None).
 
@@ -425,9 +426,12 @@ class Transformer(nn.Module):
         nothing (not even gradient). The mask is applied to each token's loss
         before averaging; averaging first would make it a no-op scale.
 
-        With targets and return_logits=False (what training does) the logits
-        are never made: the classifier and the loss run a block of rows at a
-        time (`losses.linear_cross_entropy`), and the first element is None.
+        With targets and return_logits=False (what training does) the first
+        element is None and, with blocked_loss (the default), the logits are
+        never made: the classifier and the loss run a block of rows at a time
+        (`losses.linear_cross_entropy`, which torch.compile leaves out of its
+        graph). blocked_loss=False makes the [B, T, V] logits and calls
+        F.cross_entropy, which a compiled model keeps inside its graph.
         """
         if targets is None:
             return self._logits(idx, 0, None), None
@@ -439,7 +443,7 @@ class Transformer(nn.Module):
                 )
             weight = weight * loss_mask.float()
         weight = weight / weight.sum().clamp_min(1.0)  # the mean over the tokens that count
-        if not return_logits:
+        if not return_logits and blocked_loss:
             h = self._trunk(idx, 0, None)
             loss = linear_cross_entropy(h.flatten(0, 1), self.classifier_weight(), targets.flatten(),
                                         weight.flatten())
@@ -448,7 +452,7 @@ class Transformer(nn.Module):
         per_token = F.cross_entropy(
             logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none"
         )  # [B*T]; 0 where the target is -1
-        return logits, (per_token * weight.flatten()).sum()
+        return (logits if return_logits else None), (per_token * weight.flatten()).sum()
 
     # -- incremental decoding ---------------------------------------------------
 

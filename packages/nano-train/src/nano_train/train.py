@@ -202,6 +202,38 @@ def forward_context_factory(device: torch.device, dtype: str, attention_backend:
     return context
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
+
+
+def blocked_loss(loss: str, device: torch.device) -> bool:
+    """Whether training computes its loss with the blocked classifier + cross-entropy
+    (`losses.linear_cross_entropy`) rather than from plain [B, T, V] logits.
+
+    system.loss auto: blocked on a CPU, where each block's logits stay in the cache
+    (it made training faster there, and it saves the logits' memory); plain on a GPU,
+    where a compiled model keeps it inside its graph (the 56M shape compiled on an
+    H200 trained 1.23x faster with it: tools/bench/README.md)."""
+    if loss == "auto":
+        return device.type == "cpu"
+    return loss == "blocked"
+
+
+def uses_cuda_graphs(cfg: Config, device: torch.device, accum: int, world_size: int) -> bool:
+    """Whether the compiled model replays CUDA graphs (system.compile_mode reduce-overhead
+    or max-autotune, on a CUDA device); a ConfigError where the run would need them to
+    keep memory they do not keep."""
+    graphs = cfg.system.compile and device.type == "cuda" and cfg.system.compile_mode in CUDA_GRAPH_MODES
+    if graphs and (accum > 1 or world_size > 1):
+        # Each CUDA graph run reuses the memory of the one before: a micro-batch's gradients
+        # would have to outlive the next micro-batch's run, and DDP's reducer reads them
+        # after the backward. Neither has been run on a GPU here, so neither is allowed.
+        raise ConfigError(
+            f"system.compile_mode {cfg.system.compile_mode} (CUDA graphs) is for one process and one micro-batch per "
+            f"step; this run has {world_size} process(es) and {accum} micro-batch(es) per process: use "
+            "--compile_mode=default (or max-autotune-no-cudagraphs)")
+    return graphs
+
+
 def make_adamw(groups: list[dict], optim, device: torch.device) -> torch.optim.AdamW:
     kwargs = dict(lr=optim.learning_rate, betas=(optim.beta1, optim.beta2))
     try:  # the fused kernel (one launch for all parameters) where this build has it
@@ -274,7 +306,7 @@ def batch_to_device(batch, device: torch.device):
 
 
 @torch.no_grad()
-def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context) -> float:
+def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context, blocked: bool = True) -> float:
     """Mean loss over eval_iters micro-batches of the held-out split, shared out
     between the processes like a training step's micro-batches (so W processes
     read the rows one process would). The batches start from row 0 every time,
@@ -287,7 +319,7 @@ def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context
     for _ in range(iters):
         x, y, m = batch_to_device(batches.next(), device)
         with forward_context():
-            _, loss = model(x, y, m, return_logits=False)
+            _, loss = model(x, y, m, return_logits=False, blocked_loss=blocked)
         total += loss.float()
     model.train(was_training)
     if info.ddp:
@@ -421,6 +453,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
         raise ConfigError(f"optim.gradient_accumulation_steps ({cfg.optim.gradient_accumulation_steps}) must be a "
                           f"multiple of the number of processes ({info.world_size})")
     accum = cfg.optim.gradient_accumulation_steps // info.world_size  # micro-batches per rank per step
+    graphs = uses_cuda_graphs(cfg, device, accum, info.world_size)
     train_source = ds.source("train", cfg.model.block_size)
     if train_source is None:
         raise DataError(f"{ds.path} has no training data")
@@ -459,8 +492,12 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     del checkpoint  # the optimizer and model hold their own copies now
 
     # ---- wrap for speed and for several processes ---------------------------------------
-    model = torch.compile(raw_model) if cfg.system.compile else raw_model
-    eval_model = model  # evaluation needs no gradient synchronisation
+    model = torch.compile(raw_model, mode=cfg.system.compile_mode) if cfg.system.compile else raw_model
+    # CUDA graphs (compile modes reduce-overhead and max-autotune) reuse their memory from
+    # one step to the next: each optimizer step's start is marked for them, and evaluation
+    # (a few batches now and then) runs the model uncompiled rather than graphs of its own.
+    blocked = blocked_loss(cfg.system.loss, device)
+    eval_model = raw_model if graphs else model  # evaluation needs no gradient synchronisation
     if info.ddp:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
@@ -582,7 +619,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
 
             # -- evaluate on the held-out split; keep the best model
             if fresh and val_source is not None and (step % cfg.eval.eval_interval == 0 or last):
-                val_loss = evaluate(eval_model, val_source, cfg, info, device, forward_context)
+                val_loss = evaluate(eval_model, val_source, cfg, info, device, forward_context, blocked)
                 if not math.isfinite(val_loss):
                     raise diverged(f"the validation loss is {val_loss}")
                 improved = val_loss < best_val_loss
@@ -606,13 +643,15 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                 group["lr"] = lr
             t0 = time.perf_counter()
             loss_sum = torch.zeros((), device=device)
+            if graphs:  # a new step: the last one's graph outputs may be overwritten
+                torch.compiler.cudagraph_mark_step_begin()
             for micro in range(accum):
                 x, y, m = batch_to_device(train_batches.next(), device)
                 # DDP all-reduces gradients on the last micro-batch only
                 sync = contextlib.nullcontext() if not info.ddp or micro == accum - 1 else model.no_sync()
                 with sync:
-                    with forward_context():
-                        _, loss = model(x, y, m, return_logits=False)  # CE averaged over unmasked targets
+                    with forward_context():  # CE averaged over unmasked targets
+                        _, loss = model(x, y, m, return_logits=False, blocked_loss=blocked)
                     loss = loss / accum
                     scaler.scale(loss).backward()  # a no-op scale unless float16
                 loss_sum += loss.detach()
