@@ -93,3 +93,43 @@ def test_built_vocabulary_round_trips(tmp_path, corpus):
     assert Tokenizer.load(tmp_path / "v.json") == tok
     text = corpus("pretrain_psycho.txt")[:5_000]
     assert tok.decode(tok.encode(text)).count("<|unknown|>") == tok.encode(text).count(tok.unk_id)
+
+
+def test_words_file_splits_on_line_feed_only(tmp_path):
+    # str.splitlines() also broke lines at these; the README says "verbatim but for the line break".
+    odd = ["a\u2028b", "c\x0cd", "e\x0bf", "g\x1ch", "i\x1dj", "k\x1el", "m\x85n", "o\u2029p", "q\rr"]
+    words = write(tmp_path / "w.txt", "\n".join(odd) + "\n")
+    tok = build_vocab([write(tmp_path / "c.txt", "x")], 100, words_file=words)
+    assert list(tok.itos[-len(odd):]) == odd
+    # A CR right before the LF is part of the line break (CRLF files); elsewhere it is kept.
+    crlf = write(tmp_path / "crlf.txt", "one\r\ntwo\r\r\n\r\nthree\r")
+    tok = build_vocab([write(tmp_path / "c.txt", "x")], 100, words_file=crlf)
+    assert list(tok.itos[-3:]) == ["one", "two\r", "three\r"]
+
+
+def test_words_file_line_without_end_is_not_read_whole(tmp_path):
+    words = tmp_path / "w.txt"
+    words.write_bytes(b"ok\n" + b"x" * 3_000_000)
+    with pytest.raises(TokenizerError, match=r"w.txt:2: word is longer than 255 code points"):
+        build_vocab([write(tmp_path / "c.txt", "x")], 100, words_file=words)
+
+
+def test_utf8_errors_give_the_byte_offset_in_the_file(tmp_path):
+    # The error lies beyond the first read; the offset once counted from the decoder's chunk (1951425).
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("中".encode() * 1_000_000 + b"\xff")
+    with pytest.raises(TokenizerError, match=r"bad.txt: not UTF-8 text \(invalid start byte at byte 3000000\)"):
+        build_vocab([bad], 100)
+    bad_words = tmp_path / "bad_words.txt"
+    bad_words.write_bytes("中\n".encode() * 1_000_000 + b"\xff")
+    with pytest.raises(TokenizerError, match=r"bad_words.txt: not UTF-8 text \(invalid start byte at byte 4000000\)"):
+        build_vocab([write(tmp_path / "c.txt", "x")], 100, words_file=bad_words)
+    cut = tmp_path / "cut.txt"
+    cut.write_bytes(b"a" * (1 << 20) + "中".encode()[:2])  # a character cut off by the end of the file
+    with pytest.raises(TokenizerError, match=r"at byte 1048576\)"):
+        build_vocab([cut], 100)
+
+
+def test_specials_must_be_a_list_not_a_string(tmp_path):
+    with pytest.raises(TokenizerError, match="specials must be a list of tokens, not the string"):
+        build_vocab([write(tmp_path / "c.txt", "x")], 100, specials="<|x|>")

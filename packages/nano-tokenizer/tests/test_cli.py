@@ -1,6 +1,9 @@
 """The command line, run as a user would: python -m nano_tokenizer."""
 
+import io
 import json
+import os
+import stat
 import subprocess
 import sys
 
@@ -10,12 +13,14 @@ import pytest
 from nano_tokenizer import Tokenizer, cli
 
 
-def run(*args, stdin: bytes = b""):
+def run(*args, stdin: bytes | None = b""):
+    """stdin=None: the command starts with standard input closed (`<&-`)."""
     proc = subprocess.run(
         [sys.executable, "-m", "nano_tokenizer", *map(str, args)],
         input=stdin,
         capture_output=True,
         timeout=120,
+        preexec_fn=(lambda: os.close(0)) if stdin is None else None,
     )
     return proc.returncode, proc.stdout.decode("utf-8"), proc.stderr.decode("utf-8")
 
@@ -171,3 +176,133 @@ def test_errors_are_one_line_and_exit_1(shared, tmp_path, capsys):
     assert_clean_error(rc, err, "invalid choice")
     rc, _, err = run("build", bad_text)
     assert_clean_error(rc, err, "--size")
+
+
+def npy_with_header(path, shape, data: bytes, descr="<u4"):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": descr, "fortran_order": False, "shape": shape})
+    path.write_bytes(header.getvalue() + data)
+    return path
+
+
+def test_decode_hostile_input_is_a_clean_error(shared, tmp_path, capsys):
+    vocab = shared / "data" / "nano_80.json"
+    rc, _, err = run_here(capsys, "decode", vocab, "9" * 5000)  # once int()'s 4300-digit ValueError
+    assert_clean_error(rc, err, "token id out of range: 9999", "(5000 characters)")
+    assert len(err) < 200
+    rc, _, err = run_here(capsys, "decode", vocab, "١٠٠")  # Arabic-Indic digits: once id 100
+    assert_clean_error(rc, err, "not a token id: '١٠٠'")
+    rc, _, err = run_here(capsys, "decode", vocab, "x" * 5000)
+    assert_clean_error(rc, err, "not a token id: 'xxx", "characters)")
+
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")  # once an EOFError
+    rc, _, err = run_here(capsys, "decode", vocab, empty)
+    assert_clean_error(rc, err, "empty.npy: not a .npy file")
+    # The header claims 10**13 ids (40 TB) over 16 bytes: once numpy tried to allocate them.
+    huge = npy_with_header(tmp_path / "huge.npy", (10**13,), bytes(16))
+    rc, _, err = run_here(capsys, "decode", vocab, huge)
+    assert_clean_error(rc, err, "huge.npy: the header promises 10000000000000 ids", "holds 16 bytes")
+    short = npy_with_header(tmp_path / "short.npy", (3,), np.array([1, 2], "<u4").tobytes())
+    rc, _, err = run_here(capsys, "decode", vocab, short)
+    assert_clean_error(rc, err, "short.npy: the header promises 3 ids")
+    floats = npy_with_header(tmp_path / "floats.npy", (1,), bytes(4), descr="<f4")
+    rc, _, err = run_here(capsys, "decode", vocab, floats)
+    assert_clean_error(rc, err, "floats.npy: holds float32, not integer ids")
+    # A well-formed file of another layout still reads as np.load reads it.
+    ids = np.array([[8, 9, 10], [11, 12, 13]], dtype=">i8")
+    np.save(tmp_path / "matrix.npy", np.asfortranarray(ids))
+    rc, out, err = run_here(capsys, "decode", vocab, tmp_path / "matrix.npy")
+    assert rc == 0, err
+    assert out == Tokenizer.load(vocab).decode(ids.reshape(-1))
+
+
+def test_standard_input_broken_or_closed(shared):
+    vocab = shared / "data" / "nano_80.json"
+    rc, _, err = run("decode", vocab, stdin=b"8 9 \xff")  # once a UnicodeDecodeError
+    assert_clean_error(rc, err, "standard input: not UTF-8 text (invalid start byte at byte 4)")
+    rc, _, err = run("decode", vocab, stdin=None)  # once an AttributeError on None
+    assert_clean_error(rc, err, "standard input is closed")
+    rc, _, err = run("encode", vocab, "-", stdin=None)
+    assert_clean_error(rc, err, "standard input is closed")
+    rc, _, err = run("encode", vocab, "-", stdin="中".encode() * 100_000 + b"\xff")
+    assert_clean_error(rc, err, "standard input: not UTF-8 text (invalid start byte at byte 300000)")
+
+
+def test_encode_utf8_error_gives_the_byte_offset(shared, tmp_path, capsys):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes("中".encode() * 1_000_000 + b"\xff")
+    rc, _, err = run_here(capsys, "encode", shared / "data" / "nano_80.json", bad, "--out", tmp_path / "o.npy")
+    assert_clean_error(rc, err, "bad.txt: not UTF-8 text (invalid start byte at byte 3000000)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]  # no output, no temporary files
+
+
+def test_an_output_that_is_an_input_is_refused(shared, tmp_path, capsys):
+    vocab = shared / "data" / "nano_80.json"
+    corpus = tmp_path / "c2.txt"
+    corpus.write_text("hello world", encoding="utf-8")
+    words = tmp_path / "w.txt"
+    words.write_text("he\nwo\n", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    cases = [
+        ("build", corpus, "--size", 100, "-o", corpus),
+        ("build", corpus, "--size", 100, "--words", words, "-o", words),
+        ("build", corpus, "--size", 100, "-o", tmp_path / "sub" / ".." / "c2.txt"),  # another spelling
+        ("encode", vocab, corpus, "--out", corpus),
+    ]
+    for args in cases:
+        rc, _, err = run_here(capsys, *args)
+        assert_clean_error(rc, err, "is the same file as the input")
+    assert corpus.read_text(encoding="utf-8") == "hello world"
+    assert words.read_text(encoding="utf-8") == "he\nwo\n"
+    os.link(corpus, tmp_path / "hard.txt")  # a hard link is the same file too
+    rc, _, err = run_here(capsys, "encode", vocab, corpus, "--out", tmp_path / "hard.txt")
+    assert_clean_error(rc, err, "is the same file as the input")
+    with open(corpus, "rb") as f:
+        proc = subprocess.run(
+            [sys.executable, "-m", "nano_tokenizer", "encode", str(vocab), "-", "--out", str(corpus)],
+            stdin=f, capture_output=True, timeout=120,
+        )
+    assert_clean_error(proc.returncode, proc.stderr.decode(), "the same file as standard input")
+    assert corpus.read_text(encoding="utf-8") == "hello world"
+
+
+def test_output_errors_name_the_output_and_no_folder_is_created(shared, tmp_path, capsys):
+    vocab = shared / "data" / "nano_80.json"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello", encoding="utf-8")
+    missing = tmp_path / "missing" / "dir"
+    # Both commands now fail alike (encode --out once created the folders, build did not).
+    rc, _, err = run_here(capsys, "build", corpus, "--size", 100, "-o", missing / "o.json")
+    assert_clean_error(rc, err, f"{missing / 'o.json'}: No such file or directory")
+    assert ".tmp" not in err  # once named o.json.<random>.tmp
+    rc, _, err = run_here(capsys, "encode", vocab, corpus, "--out", missing / "o.npy")
+    assert_clean_error(rc, err, f"{missing / 'o.npy'}: No such file or directory")
+    assert not (tmp_path / "missing").exists()
+    rc, _, err = run_here(capsys, "encode", vocab, corpus, "--out", "/dev/full/x.npy")  # once "File exists"
+    assert_clean_error(rc, err, "/dev/full/x.npy: Not a directory")
+    rc, _, err = run_here(capsys, "encode", vocab, corpus, "--out", "/dev/null")
+    assert_clean_error(rc, err, "/dev/null: exists and is not a regular file")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    rc, _, err = run_here(capsys, "build", corpus, "--size", 100, "-o", tmp_path)
+    assert_clean_error(rc, err, "not a regular file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt"]
+
+
+def test_output_modes(shared, tmp_path, capsys):
+    vocab = shared / "data" / "nano_80.json"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello", encoding="utf-8")
+    old_umask = os.umask(0o022)
+    try:
+        for args, out in [(("build", corpus, "--size", 100, "-o"), tmp_path / "v.json"),
+                          (("encode", vocab, corpus, "--out"), tmp_path / "ids.npy")]:
+            rc, _, err = run_here(capsys, *args, out)
+            assert rc == 0, err
+            assert stat.S_IMODE(out.stat().st_mode) == 0o644  # once 0600 from mkstemp
+            out.chmod(0o640)
+            rc, _, err = run_here(capsys, *args, out)
+            assert rc == 0, err
+            assert stat.S_IMODE(out.stat().st_mode) == 0o640  # once reset to 0600
+    finally:
+        os.umask(old_umask)

@@ -215,6 +215,29 @@ def test_decode_rejects_bad_ids(vocab):
         tok.decode(["a"])
 
 
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        ([[1], [2, 3]], r"ids\[0\] is \[1\], not an integer token id"),  # once numpy's own ValueError
+        ([-1, 2**63], "token id -1 is outside the vocabulary"),  # once "got float64"
+        ([3, 2**63], "token id 9223372036854775808 is outside the vocabulary"),
+        ([2**64], "token id 18446744073709551616 is outside"),
+        ([True], r"ids\[0\] is True, not an integer"),
+        ([1, 2.0], r"ids\[1\] is 2.0, not an integer"),
+        (5, "flat sequence of integers, got int"),
+        (np.zeros((2, 2), dtype=np.int64), "flat sequence of integers, got int64 of shape"),
+    ],
+)
+def test_decode_says_what_is_wrong_with_the_ids(vocab, ids, message):
+    with pytest.raises(TokenizerError, match=message):
+        vocab(V80).decode(ids)
+
+
+def test_decode_takes_any_iterable_of_ids(vocab):
+    tok = vocab(V80)
+    assert tok.decode(iter([8, 9])) == tok.decode((8, 9)) == tok.itos[8] + tok.itos[9]
+
+
 # ---------------------------------------------------------------------------
 # arrays, size, streaming
 

@@ -1,11 +1,14 @@
 """Loading, validating and saving the reference's vocabulary JSON."""
 
 import json
+import os
+import stat
 
 import pytest
 
 import nano_tokenizer
 from nano_tokenizer import SCHEMA_VERSION, Tokenizer, TokenizerError
+from nano_tokenizer import tokenizer as tokenizer_module
 
 NAMES = ["tokenizer_4096.json", "tokenizer_16384_v2.json", "nano_80.json"]
 
@@ -152,3 +155,76 @@ def test_save_is_atomic_and_leaves_no_temporary_files(vocab, tmp_path):
     vocab("nano_80.json").save(tmp_path / "v.json")
     vocab("nano_80.json").save(tmp_path / "v.json")
     assert [p.name for p in tmp_path.iterdir()] == ["v.json"]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),  # once a RecursionError
+        ('{"vocab_size": ' + "9" * 5000 + "}", "a number with too many digits"),  # once int()'s ValueError
+        ('{"itos": [' + "[" * 900 + "]" * 900 + '], "stoi": {}, "vocab_size": 1, "special_tokens": {}}', "itos[0] is"),
+    ],
+)
+def test_hostile_json_is_a_tokenizer_error(tmp_path, content, message):
+    path = tmp_path / "hostile.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(TokenizerError) as info:
+        Tokenizer.load(path)
+    assert message in str(info.value) and str(path) in str(info.value)
+    assert len(str(info.value)) < 300
+
+
+def test_vocabulary_file_size_is_capped(tmp_path, monkeypatch):
+    # Sparse: just over the cap without writing 64 MiB. Once read whole, so /dev/zero ate memory.
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as f:
+        f.truncate(tokenizer_module.MAX_JSON_BYTES + 1)
+    with pytest.raises(TokenizerError, match="huge.json: larger than 64 MiB"):
+        Tokenizer.load(huge)
+    # The cap is on the bytes actually read, so an endless file stops there too.
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps(small()), encoding="utf-8")
+    monkeypatch.setattr(tokenizer_module, "MAX_JSON_BYTES", path.stat().st_size)
+    assert Tokenizer.load(path).vocab_size == 6
+    monkeypatch.setattr(tokenizer_module, "MAX_JSON_BYTES", path.stat().st_size - 1)
+    with pytest.raises(TokenizerError, match="larger than"):
+        Tokenizer.load(path)
+
+
+def test_save_gives_new_files_the_umask_mode_and_keeps_a_replaced_files_mode(vocab, tmp_path):
+    tok = vocab("nano_80.json")
+    old_umask = os.umask(0o027)
+    try:
+        tok.save(tmp_path / "new.json")  # mkstemp made it 0600
+        assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o640
+        kept = tmp_path / "kept.json"
+        kept.write_text("old", encoding="utf-8")
+        kept.chmod(0o604)
+        tok.save(kept)
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o604 and Tokenizer.load(kept) == tok
+    finally:
+        os.umask(old_umask)
+
+
+def test_save_errors_name_the_file_asked_for(vocab, tmp_path):
+    tok = vocab("nano_80.json")
+    target = tmp_path / "missing" / "v.json"
+    with pytest.raises(FileNotFoundError) as info:
+        tok.save(target)  # once named the temporary file, v.json.<random>.tmp
+    assert info.value.filename == str(target) and ".tmp" not in str(info.value)
+    assert not (tmp_path / "missing").exists()  # folders are not created
+    with pytest.raises(TokenizerError, match="not a regular file; not replacing it"):
+        tok.save(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_loading_a_small_file_reserves_no_memory_for_the_cap(shared):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        Tokenizer.load(shared / "data" / "nano_80.json")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 << 20  # a read of up to the 64 MiB cap once set it all aside

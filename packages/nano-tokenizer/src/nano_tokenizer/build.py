@@ -14,44 +14,56 @@ from __future__ import annotations
 from collections import Counter
 from os import PathLike
 from pathlib import Path
+from typing import Iterator
 
-from .tokenizer import DEFAULT_SPECIALS, MAX_TOKEN_CODEPOINTS, Tokenizer, TokenizerError
+from .tokenizer import DEFAULT_SPECIALS, MAX_TOKEN_CODEPOINTS, Tokenizer, TokenizerError, read_utf8
 
-_READ_CHARS = 1 << 20
+
+def _pieces(path) -> Iterator[str]:
+    """The file's text in pieces, read as strict UTF-8 (CR kept: a CR in the
+    corpus is a character like any other); errors name the file and byte."""
+    try:
+        with open(path, "rb") as f:
+            yield from read_utf8(f, path)
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
 def count_characters(paths) -> Counter:
     """Code point frequencies over the files, read in pieces so any size fits."""
     counts: Counter = Counter()
     for path in paths:
-        try:
-            # newline="": a CR in the corpus is a character like any other.
-            with open(path, encoding="utf-8", newline="") as f:
-                while piece := f.read(_READ_CHARS):
-                    counts.update(piece)
-        except UnicodeDecodeError as e:
-            raise TokenizerError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except OSError as e:
-            raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
+        for piece in _pieces(path):
+            counts.update(piece)
     return counts
 
 
 def read_words(path) -> list[str]:
-    """One token per line, verbatim except for the line break; empty lines skipped."""
-    try:
-        with open(path, encoding="utf-8", newline="") as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError as e:
-        raise TokenizerError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
+    """One token per line, verbatim except for the line break: lines end at
+    LF, and a CR right before the LF belongs to the line break (CRLF files
+    work); any other character, CR elsewhere included, is part of the word.
+    Empty lines are skipped. Read in pieces, so no line is held beyond a
+    token's length."""
     words = []
-    for number, word in enumerate(lines, 1):
-        if not word:
-            continue
+    number = 0  # of the last complete line
+
+    def take(word: str) -> None:
         if len(word) > MAX_TOKEN_CODEPOINTS:
             raise TokenizerError(f"{path}:{number}: word is {len(word)} code points long (at most {MAX_TOKEN_CODEPOINTS})")
-        words.append(word)
+        if word:
+            words.append(word)
+
+    tail = ""  # the line read so far, its LF not yet seen
+    for piece in _pieces(path):
+        lines = (tail + piece).split("\n")
+        tail = lines.pop()
+        for line in lines:
+            number += 1
+            take(line[:-1] if line.endswith("\r") else line)
+        if len(tail) > MAX_TOKEN_CODEPOINTS + 1:  # + 1 for the CR of a CRLF still to come
+            raise TokenizerError(f"{path}:{number + 1}: word is longer than {MAX_TOKEN_CODEPOINTS} code points")
+    number += 1
+    take(tail)  # the last line, if the file does not end with a line break
     return words
 
 
@@ -68,6 +80,8 @@ def build_vocab(corpora, size: int, words_file=None, specials=None) -> Tokenizer
     if type(size) is not int or size < 1:
         raise TokenizerError(f"size must be a positive integer, got {size!r}")
 
+    if isinstance(specials, str):
+        raise TokenizerError(f"specials must be a list of tokens, not the string {specials!r}")
     special_list = list(DEFAULT_SPECIALS)
     for token in specials or ():
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CODEPOINTS:

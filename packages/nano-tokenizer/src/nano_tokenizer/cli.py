@@ -14,6 +14,9 @@ file, or as whitespace/comma separated text on standard input, and writes the
 text exactly (no newline added). Special-token strings in the text (such as
 <|eos|>) stay ordinary characters unless --allow-special.
 
+Outputs are written atomically into an existing folder (none is created); an
+output that is the same file as an input is refused.
+
 Also runnable as `python -m nano_tokenizer`. Errors exit with status 1 and a
 one-line message.
 """
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
+import math
 import os
 import re
 import sys
@@ -33,7 +38,9 @@ import numpy as np
 
 from . import __version__
 from .build import build_vocab
-from .tokenizer import DEFAULT_CHUNK_CHARS, Tokenizer, TokenizerError
+from .tokenizer import DEFAULT_CHUNK_CHARS, Tokenizer, TokenizerError, read_utf8, write_atomically
+
+STDIN = "standard input"
 
 
 class _Fail(Exception):
@@ -46,14 +53,35 @@ class _Parser(argparse.ArgumentParser):
         raise _Fail(message)
 
 
-def _open_text(path: str):
-    # newline="": CR and CRLF reach the tokenizer unchanged.
+def _open_binary(path: str):
     if path == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", newline="")
+        if sys.stdin is None:  # started with standard input closed
+            raise _Fail(f"{STDIN} is closed")
+        return open(sys.stdin.fileno(), "rb", closefd=False)
     try:
-        return open(path, encoding="utf-8", newline="")
+        return open(path, "rb")
     except OSError as e:
         raise _Fail(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _refuse_same_file(output: str, inputs) -> None:
+    """Refuse to write over one of the command's own inputs (`-` is standard input)."""
+    try:
+        out_stat = os.stat(output)
+    except OSError:
+        return  # not there yet (or not reachable): it cannot be an input
+    for name in inputs:
+        try:
+            in_stat = os.fstat(sys.stdin.fileno()) if name == "-" and sys.stdin else os.stat(name)
+        except (OSError, ValueError):
+            continue  # an unreadable input fails when it is read
+        if os.path.samestat(out_stat, in_stat):
+            shown = STDIN if name == "-" else f"the input {name}"
+            raise _Fail(f"{output}: is the same file as {shown}; write the output elsewhere")
+
+
+def _clip(word: str, limit: int = 40) -> str:
+    return word if len(word) <= limit else f"{word[:limit]}... ({len(word)} characters)"
 
 
 # ---------------------------------------------------------------------------
@@ -118,28 +146,24 @@ def cmd_info(args) -> None:
 
 def _write_npy(out: Path, parts) -> int:
     """Stream uint32 ids into a .npy file. The header needs the final length,
-    so the ids go to a temporary file first and are copied in after it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    so the ids go to an unnamed temporary file beside `out` first and are
+    copied in after it."""
     count = 0
-    fd, raw_path = tempfile.mkstemp(prefix=out.name + ".", suffix=".ids", dir=out.parent)
     try:
-        with os.fdopen(fd, "wb") as raw:
-            for ids in parts:
+        raw = tempfile.TemporaryFile(dir=out.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(out)) from None  # not the temporary file's name
+    with raw:
+        for ids in parts:
+            try:
                 raw.write(ids.astype("<u4", copy=False).tobytes())
-                count += len(ids)
-        fd, npy_path = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent)
-        try:
-            with os.fdopen(fd, "wb") as npy, open(raw_path, "rb") as raw:
-                header = {"descr": "<u4", "fortran_order": False, "shape": (count,)}
-                np.lib.format.write_array_header_1_0(npy, header)
-                while block := raw.read(1 << 22):
-                    npy.write(block)
-            os.replace(npy_path, out)
-        except BaseException:
-            Path(npy_path).unlink(missing_ok=True)
-            raise
-    finally:
-        Path(raw_path).unlink(missing_ok=True)
+            except OSError as e:
+                raise OSError(e.errno, e.strerror, str(out)) from None
+            count += len(ids)
+        raw.seek(0)
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<u4", "fortran_order": False, "shape": (count,)})
+        write_atomically(out, itertools.chain([header.getvalue()], iter(lambda: raw.read(1 << 22), b"")))
     return count
 
 
@@ -147,48 +171,80 @@ def cmd_encode(args) -> None:
     tok = Tokenizer.load(args.vocab)
     if args.chunk_chars < 1:
         raise _Fail("--chunk-chars must be at least 1")
-    with _open_text(args.textfile) as f:
-        parts = tok.encode_stream(f, chunk_chars=args.chunk_chars, allow_special=args.allow_special)
-        try:
-            if args.out:
-                count = _write_npy(Path(args.out), parts)
-                print(f"{count} ids -> {args.out}", file=sys.stderr)
-            else:
-                out = sys.stdout
-                first = True
-                for ids in parts:
-                    if len(ids):
-                        out.write(("" if first else " ") + " ".join(map(str, ids.tolist())))
-                        first = False
-                out.write("\n")
-        except UnicodeDecodeError as e:
-            raise _Fail(f"{args.textfile}: not UTF-8 text ({e.reason})") from None
+    if args.out:
+        _refuse_same_file(args.out, [args.vocab, args.textfile])
+    name = STDIN if args.textfile == "-" else args.textfile
+    with _open_binary(args.textfile) as f:
+        parts = tok.encode_stream(read_utf8(f, name), chunk_chars=args.chunk_chars, allow_special=args.allow_special)
+        if args.out:
+            count = _write_npy(Path(args.out), parts)
+            print(f"{count} ids -> {args.out}", file=sys.stderr)
+        else:
+            out = sys.stdout
+            first = True
+            for ids in parts:
+                if len(ids):
+                    out.write(("" if first else " ") + " ".join(map(str, ids.tolist())))
+                    first = False
+            out.write("\n")
 
 
 # ---------------------------------------------------------------------------
 # decode
 
 
+def _read_npy(path: str) -> np.ndarray:
+    """The ids of a .npy file, checked against the file's size before anything
+    is allocated (a header can claim any shape)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, fortran_order, dtype = fmt.read_array_header_1_0(f)
+            else:
+                shape, fortran_order, dtype = fmt.read_array_header_2_0(f)
+            if dtype.kind not in "iu":
+                raise _Fail(f"{path}: holds {dtype}, not integer ids")
+            count = math.prod(shape)
+            data_start = f.tell()
+            data_size = os.fstat(f.fileno()).st_size - data_start
+            if data_size != count * dtype.itemsize:
+                raise _Fail(
+                    f"{path}: the header promises {count} ids ({count * dtype.itemsize} bytes from byte "
+                    f"{data_start}) but the file holds {data_size} bytes there"
+                )
+            data = f.read(data_size)
+    except OSError as e:
+        raise _Fail(f"{path}: cannot read ids: {e.strerror or e}") from None
+    except (ValueError, SyntaxError, TypeError) as e:  # numpy's words for a broken header
+        raise _Fail(f"{path}: not a .npy file ({e})") from None
+    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
+    return arr.reshape(-1)
+
+
 def _read_ids(items: list[str]) -> np.ndarray:
     if len(items) == 1 and items[0].endswith(".npy"):
-        try:
-            arr = np.load(items[0], allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise _Fail(f"{items[0]}: cannot read ids: {e}") from None
-        if arr.dtype.kind not in "iu":
-            raise _Fail(f"{items[0]}: holds {arr.dtype}, not integer ids")
-        return arr.reshape(-1)
+        return _read_npy(items[0])
     if not items or items == ["-"]:
-        text = sys.stdin.read()
+        if sys.stdin is None:  # started with standard input closed
+            raise _Fail(f"{STDIN} is closed")
+        data = sys.stdin.buffer.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _Fail(f"{STDIN}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     else:
         text = " ".join(items)
     words = [w for w in re.split(r"[\s,\[\]]+", text) if w]
     ids = []
     for w in words:
-        if not re.fullmatch(r"[+-]?\d+", w):
-            raise _Fail(f"not a token id: {w!r}")
-        if not -(2**63) <= int(w) < 2**63:
-            raise _Fail(f"token id out of range: {w}")
+        # ASCII digits only: int() would also take '١٠٠' (Arabic-Indic 100).
+        if not re.fullmatch(r"[+-]?[0-9]+", w):
+            raise _Fail(f"not a token id: {_clip(repr(w))}")
+        # Past 19 digits it is out of range anyway; do not make int() parse thousands.
+        if len(w.lstrip("+-").lstrip("0")) > 19 or not -(2**63) <= int(w) < 2**63:
+            raise _Fail(f"token id out of range: {_clip(w)}")
         ids.append(int(w))
     return np.array(ids, dtype=np.int64)
 
@@ -206,6 +262,7 @@ def cmd_decode(args) -> None:
 
 
 def cmd_build(args) -> None:
+    _refuse_same_file(args.output, [*args.corpus, *([args.words] if args.words else [])])
     tok = build_vocab(args.corpus, args.size, words_file=args.words, specials=args.special)
     tok.save(args.output)
     print(f"{tok.vocab_size} tokens ({len(tok.special_tokens)} special) -> {args.output}", file=sys.stderr)

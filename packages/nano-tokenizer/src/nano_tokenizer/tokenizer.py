@@ -8,14 +8,17 @@ as nano-format's tokenizer section; `from_tokens`/`to_tokens` convert.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
 import re
-import tempfile
+import reprlib
+import secrets
+import stat
 from pathlib import Path
 from types import MappingProxyType
-from typing import Iterable, Iterator, Mapping
+from typing import BinaryIO, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -25,6 +28,10 @@ SCHEMA_VERSION = 1  # the "nano_schema" we write; files without one are the refe
 SCHEMA_KEY = "nano_schema"
 MAX_TOKEN_CODEPOINTS = 255  # the tokenizer section stores a token's length in one byte
 DEFAULT_CHUNK_CHARS = 1 << 16  # code points per scan: bounds memory, barely affects speed
+# The largest tokenizer JSON we read: about 150 times the 16384 vocabulary
+# (0.4 MB), and a bound on memory for a file that is not a vocabulary at all.
+MAX_JSON_BYTES = 64 << 20
+READ_BYTES = 1 << 20  # bytes per read when decoding UTF-8 files in pieces
 
 PADDING = "<|padding|>"
 UNKNOWN = "<|unknown|>"
@@ -71,21 +78,32 @@ class Tokenizer:
         try:
             with open(path, "rb") as f:
                 head = f.read(len(_BIN_MAGIC))
+                if head != _BIN_MAGIC:
+                    # Never more than the cap (a vocabulary named /dev/zero must not eat memory).
+                    data = _read_at_most(f, MAX_JSON_BYTES + 1, head)
         except OSError as e:
             raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
         if head == _BIN_MAGIC:
             return cls._load_bin(path)
+        if len(data) > MAX_JSON_BYTES:
+            raise TokenizerError(
+                f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB, the most a tokenizer JSON file may be; "
+                "not a vocabulary"
+            )
+        not_ours = f"{path}: not a tokenizer JSON file nor a .bin model"
         try:
-            with open(path, "rb") as f:
-                d = json.loads(f.read().decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+            d = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
         except UnicodeDecodeError as e:
             raise TokenizerError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
         except json.JSONDecodeError as e:
-            raise TokenizerError(f"{path}: not a tokenizer JSON file nor a .bin model ({e})") from None
+            raise TokenizerError(f"{not_ours} ({e})") from None
         except _DuplicateKey as e:
-            raise TokenizerError(f"{path}: duplicate key {e.args[0]!r} in a JSON object") from None
-        except OSError as e:
-            raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
+            raise TokenizerError(f"{path}: duplicate key {_short(e.args[0])} in a JSON object") from None
+        except RecursionError:
+            raise TokenizerError(f"{not_ours} (arrays or objects nested too deeply)") from None
+        except ValueError:
+            # json's only other ValueError: an integer beyond Python's digit limit.
+            raise TokenizerError(f"{not_ours} (a number with too many digits)") from None
         return cls.from_json_dict(d, source=str(path))
 
     @classmethod
@@ -115,10 +133,10 @@ class Tokenizer:
             raise TokenizerError(f"{source}: expected a JSON object, found {type(d).__name__}")
         schema = d.get(SCHEMA_KEY, 0)
         if type(schema) is not int or schema < 0:
-            raise TokenizerError(f"{source}: {SCHEMA_KEY} must be a non-negative integer, found {schema!r}")
+            raise TokenizerError(f"{source}: {SCHEMA_KEY} must be a non-negative integer, found {_short(schema)}")
         if schema > SCHEMA_VERSION:
             raise TokenizerError(
-                f"{source}: {SCHEMA_KEY} {schema} is newer than this nano-tokenizer reads "
+                f"{source}: {SCHEMA_KEY} {_short(schema)} is newer than this nano-tokenizer reads "
                 f"(up to {SCHEMA_VERSION}); upgrade nano-tokenizer"
             )
         missing = [k for k in ("vocab_size", "stoi", "itos", "special_tokens") if k not in d]
@@ -132,22 +150,22 @@ class Tokenizer:
         if not isinstance(specials, dict):
             raise TokenizerError(f"{source}: special_tokens must be an object mapping token to id")
         if type(size) is not int or size != len(itos):
-            raise TokenizerError(f"{source}: vocab_size is {size!r} but itos holds {len(itos)} tokens")
+            raise TokenizerError(f"{source}: vocab_size is {_short(size)} but itos holds {len(itos)} tokens")
         # itos is the authority; stoi must say exactly the same thing.
         _validate_itos(itos, source)
         if len(stoi) != len(itos):
             raise TokenizerError(f"{source}: stoi holds {len(stoi)} tokens but itos holds {len(itos)}")
         for token, token_id in stoi.items():
             if type(token_id) is not int:
-                raise TokenizerError(f"{source}: stoi[{token!r}] is {token_id!r}, not an integer id")
+                raise TokenizerError(f"{source}: stoi[{_short(token)}] is {_short(token_id)}, not an integer id")
             if not 0 <= token_id < len(itos):
                 raise TokenizerError(
-                    f"{source}: ids are not dense: stoi[{token!r}] = {token_id} is outside 0..{len(itos) - 1}"
+                    f"{source}: ids are not dense: stoi[{_short(token)}] = {_short(token_id)} is outside 0..{len(itos) - 1}"
                 )
             if itos[token_id] != token:
                 raise TokenizerError(
-                    f"{source}: stoi and itos disagree: stoi[{token!r}] = {token_id} "
-                    f"but itos[{token_id}] = {itos[token_id]!r}"
+                    f"{source}: stoi and itos disagree: stoi[{_short(token)}] = {token_id} "
+                    f"but itos[{token_id}] = {_short(itos[token_id])}"
                 )
         return cls(itos, specials, source=source)
 
@@ -187,17 +205,10 @@ class Tokenizer:
         }
 
     def save(self, path) -> None:
-        """Write the JSON file (UTF-8, compact). Atomic: a crash leaves the old file."""
-        path = Path(path)
+        """Write the JSON file (UTF-8, compact) with `write_atomically`: a crash
+        leaves the old file, a replaced file keeps its mode."""
         data = json.dumps(self.to_json_dict(), ensure_ascii=False, separators=(", ", ": "))
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent or ".")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(path, [data.encode("utf-8")])
 
     def to_tokens(self) -> list:
         """nano-format `TokenEntry` records, `is_special` set for special tokens."""
@@ -338,23 +349,44 @@ class Tokenizer:
 
     def decode(self, ids) -> str:
         """Concatenate the tokens' texts. Raises on ids outside the vocabulary."""
-        if not isinstance(ids, np.ndarray) and hasattr(ids, "tolist"):
-            ids = ids.tolist()  # e.g. a torch tensor, wherever it lives
-        arr = np.asarray(ids)
+        arr = self._ids_array(ids)
         if arr.size == 0:
             return ""
-        if arr.ndim != 1 or arr.dtype.kind not in "iu":
-            raise TokenizerError(f"ids must be a flat sequence of integers, got {arr.dtype} of shape {arr.shape}")
         low, high = int(arr.min()), int(arr.max())
         if low < 0 or high >= self.vocab_size:
             bad = low if low < 0 else high
             raise TokenizerError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
         return "".join(map(self._itos.__getitem__, arr.tolist()))
 
+    def _ids_array(self, ids) -> np.ndarray:
+        """`ids` as a flat integer array, or a TokenizerError that says what is wrong."""
+        if not isinstance(ids, np.ndarray) and hasattr(ids, "tolist"):
+            ids = ids.tolist()  # e.g. a torch tensor, wherever it lives
+        try:
+            arr = np.asarray(ids)
+        except (ValueError, TypeError, OverflowError):
+            arr = None  # e.g. nested lists of different lengths
+        if arr is not None and (arr.size == 0 or (arr.ndim == 1 and arr.dtype.kind in "iu")):
+            return arr
+        if isinstance(ids, np.ndarray):
+            raise TokenizerError(f"ids must be a flat sequence of integers, got {arr.dtype} of shape {arr.shape}")
+        # A Python sequence numpy could not make integers of: find the element at fault.
+        # (An iterator lands here too, as a 0-d object array, and is fine if its items are.)
+        try:
+            items = list(ids)
+        except TypeError:
+            raise TokenizerError(f"ids must be a flat sequence of integers, got {type(ids).__name__}") from None
+        for i, x in enumerate(items):
+            if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer)):
+                raise TokenizerError(f"ids[{i}] is {_short(x)}, not an integer token id")
+            if not 0 <= x < self.vocab_size:
+                raise TokenizerError(f"token id {_short(x)} is outside the vocabulary (0..{self.vocab_size - 1})")
+        return np.array(items, dtype=np.int64)
+
     def decode_piece(self, token_id: int) -> str:
         """The text of one token."""
         if isinstance(token_id, (bool, np.bool_)) or not isinstance(token_id, (int, np.integer)):
-            raise TokenizerError(f"token id must be an integer, got {token_id!r}")
+            raise TokenizerError(f"token id must be an integer, got {_short(token_id)}")
         if not 0 <= token_id < self.vocab_size:
             raise TokenizerError(f"token id {token_id} is outside the vocabulary (0..{self.vocab_size - 1})")
         return self._itos[token_id]
@@ -383,6 +415,97 @@ def _text_pieces(source, size: int) -> Iterator[str]:
         yield piece
 
 
+def read_utf8(f: BinaryIO, name, size: int = READ_BYTES) -> Iterator[str]:
+    """Decode a binary file as strict UTF-8 piece by piece (no newline
+    translation). A decoding error names `name` and the byte offset in the file."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0  # bytes read before `block`
+    while True:
+        block = f.read(size)
+        held = len(decoder.getstate()[0])  # the start of a character cut by the last block
+        try:
+            text = decoder.decode(block, final=not block)
+        except UnicodeDecodeError as e:
+            # e.start counts from the held bytes, not from the file's start.
+            raise TokenizerError(f"{name}: not UTF-8 text ({e.reason} at byte {offset - held + e.start})") from None
+        if text:
+            yield text
+        if not block:
+            return
+        offset += len(block)
+
+
+def _read_at_most(f: BinaryIO, limit: int, data: bytes = b"") -> bytes:
+    """`data` followed by what `f` holds, `limit` bytes in all at most. In
+    blocks: f.read(limit) would set aside `limit` bytes even for a small file."""
+    parts, total = [data], len(data)
+    while total < limit and (block := f.read(min(READ_BYTES, limit - total))):
+        parts.append(block)
+        total += len(block)
+    return b"".join(parts)
+
+
+def write_atomically(path, chunks: Iterable[bytes]) -> None:
+    """Write `chunks` to `path` through a temporary file beside it, renamed
+    over `path` only once everything is written and synced: a failure or a
+    crash leaves the old file. The folder must exist. A new file gets the mode
+    a plain open() would give (0o666 less the umask), a replaced file keeps its
+    mode; something other than a regular file (a folder, a device) is never
+    replaced. Errors name `path`, not the temporary file."""
+    path = Path(path)
+
+    def named(op, *args):
+        try:
+            return op(*args)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(path)) from None
+
+    try:
+        mode = stat.S_IMODE(named(os.stat, path).st_mode)
+        if not path.is_file():
+            raise TokenizerError(f"{path}: exists and is not a regular file; not replacing it")
+    except FileNotFoundError:
+        mode = None
+    tmp, fd = named(_create_beside, path)
+    f = os.fdopen(fd, "wb")
+    try:
+        if mode is not None:
+            named(os.fchmod, fd, mode)
+        for chunk in chunks:
+            named(f.write, chunk)
+        named(f.flush)
+        named(os.fsync, fd)
+        named(f.close)
+        named(os.replace, tmp, path)
+    except BaseException:
+        try:
+            f.close()
+        except OSError:
+            pass  # the error that brought us here is the one to report
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _create_beside(path: Path) -> tuple[Path, int]:
+    # Not tempfile.mkstemp: it creates files 0600 whatever the umask says.
+    while True:
+        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+
+
+def _short(value) -> str:
+    """repr() cut to a readable length: error messages stay one short line
+    whatever a hostile file holds."""
+    return _REPR.repr(value)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+
+
 class _DuplicateKey(Exception):
     pass
 
@@ -404,7 +527,7 @@ def _validate_itos(itos, source: str) -> None:
     seen: dict[str, int] = {}
     for i, token in enumerate(itos):
         if not isinstance(token, str):
-            raise TokenizerError(f"{source}: itos[{i}] is {token!r}, not a string")
+            raise TokenizerError(f"{source}: itos[{i}] is {_short(token)}, not a string")
         if not token:
             raise TokenizerError(f"{source}: itos[{i}] is the empty string")
         if len(token) > MAX_TOKEN_CODEPOINTS:
@@ -412,9 +535,9 @@ def _validate_itos(itos, source: str) -> None:
                 f"{source}: itos[{i}] is {len(token)} code points long (at most {MAX_TOKEN_CODEPOINTS})"
             )
         if any(map(_is_surrogate, token)):
-            raise TokenizerError(f"{source}: itos[{i}] = {token!r} contains a surrogate code point")
+            raise TokenizerError(f"{source}: itos[{i}] = {_short(token)} contains a surrogate code point")
         if token in seen:
-            raise TokenizerError(f"{source}: duplicate token {token!r} at ids {seen[token]} and {i}")
+            raise TokenizerError(f"{source}: duplicate token {_short(token)} at ids {seen[token]} and {i}")
         seen[token] = i
 
 
@@ -423,10 +546,10 @@ def _validate(itos: tuple, specials: dict, source: str) -> None:
     index = {token: i for i, token in enumerate(itos)}
     for token, token_id in specials.items():
         if not isinstance(token, str) or token not in index:
-            raise TokenizerError(f"{source}: special token {token!r} is not in the vocabulary")
+            raise TokenizerError(f"{source}: special token {_short(token)} is not in the vocabulary")
         if type(token_id) is not int or index[token] != token_id:
             raise TokenizerError(
-                f"{source}: special token {token!r} says id {token_id!r} but the vocabulary has it at {index[token]}"
+                f"{source}: special token {_short(token)} says id {_short(token_id)} but the vocabulary has it at {index[token]}"
             )
     if UNKNOWN not in specials:
         raise TokenizerError(f"{source}: no {UNKNOWN} special token (unknown characters encode to it)")
