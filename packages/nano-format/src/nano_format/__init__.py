@@ -10,12 +10,14 @@ The byte layout lives in `nano_format.spec`; see the package README.
 """
 
 from . import spec
+from .atomic import write_atomically
 from .config import Config, LoraConfig
 from .errors import (
     BadConfig,
     BadGroupSize,
     BadHeader,
     BadMagic,
+    BadScale,
     BadTokenRecord,
     FormatError,
     SizeOverflow,
@@ -55,6 +57,7 @@ __all__ = [
     "write",
     "to_bytes",
     "write_lora",
+    "write_atomically",
     "rope_tables",
     "quantize_q8_0",
     "dequantize_q8_0",
@@ -71,6 +74,7 @@ __all__ = [
     "BadHeader",
     "BadConfig",
     "BadGroupSize",
+    "BadScale",
     "Truncated",
     "BadTokenRecord",
     "TrailingBytes",

@@ -11,8 +11,8 @@ Usage:
 
 info      header fields, layout and what it means, config, vocabulary summary,
           the tensor table (offsets, shapes, dtypes, sizes) and totals.
-validate  checks each file completely; prints one OK line per file, or the
-          reason on stderr.
+validate  checks each file completely (Q8_0 scales too); prints one OK line
+          per file, or the reason on stderr, and always goes on to the next.
 convert   rewrites a file in another layout and/or quantization. By default the
           layout and quantization stay as they are (2025.12 files become 2026.1).
           Q8_0 -> F32 dequantizes, F32 -> Q8_0 quantizes (the group size is
@@ -20,7 +20,9 @@ convert   rewrites a file in another layout and/or quantization. By default the
           --norm-eps and --rope-theta record what only layout 2026.101 can say,
           e.g. a full-attention model such as sort6 needs --attention full.
           A new --rope-theta recomputes the RoPE tables; --position must match
-          the tensors the file holds (RoPE tables or pos_embd).
+          the tensors the file holds (RoPE tables or pos_embd). OUT is written
+          atomically and keeps its mode; one that is not a regular file (a
+          folder, a device, a FIFO, a symbolic link) is never replaced.
 
 Exit status: 0 success; 1 a bad file or a failed conversion (the reason on
 stderr, never a traceback); 2 a usage error.
@@ -32,6 +34,8 @@ import argparse
 import dataclasses
 import json
 import sys
+
+import numpy as np
 
 from . import __version__, spec
 from .config import Config
@@ -48,8 +52,27 @@ _SPECIALS_SHOWN = 16
 # Describing a file (shared by the text and JSON outputs)
 
 
+def _shown(text: str, backslash: bool = False) -> str:
+    """`text` safe for a terminal: what is not printable is escaped as repr()
+    would (\\n, \\x1b, \\u202e), without quotes; bytes that were not UTF-8 (a
+    file name's, kept by Python as lone surrogates, or a BPE token's) show as
+    \\xNN. `backslash` doubles backslashes too, so that the escapes read back."""
+    out = []
+    for ch in text:
+        if 0xDC80 <= ord(ch) <= 0xDCFF:  # os.fsdecode's / surrogateescape's stand-in for a byte
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch.isprintable() and not (backslash and ch == "\\"):
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)
+
+
 def _token_text(tok) -> str:
-    return tok.text if hasattr(tok, "text") else tok.data.decode("utf-8", errors="backslashreplace")
+    """A trie token's text; a BPE token's bytes escaped by _shown()."""
+    if hasattr(tok, "text"):
+        return tok.text
+    return _shown(tok.data.decode("utf-8", errors="surrogateescape"), backslash=True)
 
 
 def _vocab_summary(nf: NanoFile) -> dict | None:
@@ -146,7 +169,7 @@ def _info_text(nf: NanoFile) -> str:
     layout = nf.layout
     who = {"reference": "written by the reference exporter; read only here",
            "nano": "Nano's extended layout", "both": "written by the reference and by Nano"}[layout.writer]
-    out = [f"file        {nf.path or '<buffer>'} ({nf.file_size:,} bytes)",
+    out = [f"file        {_shown(nf.path or '<buffer>')} ({nf.file_size:,} bytes)",
            f"layout      {layout.name} ({who})",
            f"            {layout.note}",
            f"model       {d['model_type']}"]
@@ -174,7 +197,7 @@ def _info_text(nf: NanoFile) -> str:
         out.append("vocabulary  none")
     else:
         end = v["offset"] + v["nbytes"]
-        # BPE texts are already escaped (invalid UTF-8 as \xNN): quote them without repr's doubling.
+        # BPE texts are already escaped by _shown(): quote them without repr's doubling.
         show = repr if v["kind"] == "trie" else (lambda text: f"'{text}'")
         out.append(f"vocabulary  {v['kind']}, {v['size']:,} tokens, section 0x{v['offset']:X}..0x{end:X} "
                    f"({v['nbytes']:,} bytes)")
@@ -224,21 +247,25 @@ def cmd_info(args) -> int:
 
 def cmd_validate(args) -> int:
     failed = 0
-    for path in args.files:
+    for path in args.files:  # one file's problem never stops the others
         try:
             with read(path) as nf:
                 nf.ensure_loadable()
                 nf.tokens  # decode the vocabulary too
-                print(f"OK   {path}: {_one_line(nf)}")
-        except (FormatError, OSError) as e:
+                nf.check_scales()  # Q8_0: a NaN or overflowing scale is an error, like a bad header
+                line = f"OK   {_shown(path)}: {_one_line(nf)}"
+        except (FormatError, OSError, ValueError) as e:
             failed += 1
             print(f"FAIL {_error_text(e, path)}", file=sys.stderr)
+        else:
+            print(line)
     return 1 if failed else 0
 
 
 def cmd_convert(args) -> int:
     with read(args.input) as src:
         src.ensure_loadable()
+        src.check_scales()
         if src.model_type == ModelType.LORA:
             return _convert_lora(src, args)
         return _convert_model(src, args)
@@ -251,7 +278,7 @@ def _convert_lora(src: NanoFile, args) -> int:
         raise _UsageError("a LoRA module converts only to itself (layout 2024.10, F32): drop "
                           + ", ".join("--" + o.replace("_", "-") for o in extra))
     size = write(args.output, src.config, src.weights(), layout=spec.LAYOUT_2024_10)
-    print(f"wrote {args.output}: 2024.10 lora f32, {size:,} bytes")
+    print(f"wrote {_shown(args.output)}: 2024.10 lora f32, {size:,} bytes")
     return 0
 
 
@@ -279,14 +306,21 @@ def _convert_model(src: NanoFile, args) -> int:
         group = src.group_size if quant == QuantType.Q8_0 else None
     else:
         tensors = {name: src.tensor(name) for name in src.tensor_names()}  # floats: (re)quantized on write
-    if config.position == Position.ROPE and config.rope_theta != src.config.rope_theta:
+        if quant == QuantType.Q8_0:  # the writer would refuse these too, without naming IN
+            for name, values in tensors.items():
+                if name in spec.QUANTIZED_TENSORS and not np.isfinite(values).all():
+                    raise FormatError("holds NaN or infinity, which Q8_0 cannot quantize",
+                                      path=src.path, field=f"tensor {name!r}")
+    recompute = config.position == Position.ROPE and config.rope_theta != src.config.rope_theta
+    if recompute:
         for name in spec.ROPE_TENSORS:  # the writer computes them for the new theta
             tensors.pop(name, None)
+    write(args.output, config, tensors, src.tokens, quant=quant, group_size=group, layout=layout)
+    if recompute:
         print(f"note: rope_theta {src.config.rope_theta:g} -> {config.rope_theta:g}: RoPE tables recomputed",
               file=sys.stderr)
-    write(args.output, config, tensors, src.tokens, quant=quant, group_size=group, layout=layout)
     with read(args.output) as out:
-        print(f"wrote {args.output}: {_one_line(out)}")
+        print(f"wrote {_shown(args.output)}: {_one_line(out)}")
     return 0
 
 
@@ -360,19 +394,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error_text(err: Exception, path=None) -> str:
-    if isinstance(err, FormatError):
-        return str(err)
+    """One line, safe for a terminal (file names and token texts escaped)."""
     if isinstance(err, OSError):
         name = err.filename or path
-        return f"{name}: {err.strerror or err}" if name else str(err)
-    if isinstance(err, KeyError) and err.args:
-        return str(err.args[0])
-    return str(err)
+        text = f"{name}: {err.strerror or err}" if name else str(err)
+    else:
+        text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        if path is not None and not getattr(err, "path", None):
+            text = f"{path}: {text}"
+    return _shown(text)
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a name the terminal cannot encode must not stop a command
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return args.run(args)
     except _UsageError as e:

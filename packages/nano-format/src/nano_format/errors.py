@@ -19,6 +19,7 @@ __all__ = [
     "BadHeader",
     "BadConfig",
     "BadGroupSize",
+    "BadScale",
     "Truncated",
     "BadTokenRecord",
     "TrailingBytes",
@@ -87,6 +88,11 @@ class BadGroupSize(FormatError):
     """The Q8_0 group size is zero or does not divide a quantized row length."""
 
 
+class BadScale(FormatError):
+    """A Q8_0 scale is NaN, infinite, or so large that dequantized values
+    overflow float32 (found by NanoFile.check_scales() and tensor())."""
+
+
 class Truncated(FormatError):
     """The file ends inside the header, the tokenizer section or the parameters."""
 
@@ -116,4 +122,5 @@ class UnsupportedQuant(FormatError):
 
 class WriteError(FormatError, ValueError):
     """The writer was asked for something the chosen layout cannot hold:
-    a missing or mis-shaped tensor, a feature the layout cannot record, ..."""
+    a missing or mis-shaped tensor, a feature the layout cannot record, ...;
+    or write_atomically was asked to replace something that is not a regular file."""

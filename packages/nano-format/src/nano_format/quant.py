@@ -49,9 +49,9 @@ class QuantizedTensor:
                 f"QuantizedTensor.scales must be a float32 array, not {getattr(s, 'dtype', type(s))}")
         if q.ndim < 1 or s.shape[:-1] != q.shape[:-1] or s.ndim != q.ndim:
             raise ValueError(f"QuantizedTensor: scales shape {s.shape} does not fit q shape {q.shape}")
-        if s.shape[-1] == 0 or q.shape[-1] % s.shape[-1]:
+        if s.shape[-1] == 0 or q.shape[-1] == 0 or q.shape[-1] % s.shape[-1]:
             raise ValueError(f"QuantizedTensor: {s.shape[-1]} scales per row do not divide "
-                             f"a row of {q.shape[-1]} values")
+                             f"a row of {q.shape[-1]} values into groups of at least one")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -81,13 +81,13 @@ def quantize_q8_0(x, group_size: int) -> QuantizedTensor:
     """Quantize the last axis of `x` in groups of `group_size` (the spec.py rule).
 
     `x` is first converted to float32; the rule is defined on float32 values.
-    Raises ValueError if the group size does not divide the row length or if
-    `x` holds a NaN or an infinity.
+    Raises TypeError if the group size is not an int, ValueError if it does not
+    divide the row length or if `x` holds a NaN or an infinity.
     """
+    group_size = _int("group size", group_size)
     x = np.asarray(x, dtype=np.float32)
     if x.ndim < 1:
         raise ValueError("quantize_q8_0 needs an array with at least one axis")
-    group_size = int(group_size)
     cols = x.shape[-1]
     if group_size < 1 or cols % group_size:
         raise ValueError(f"group size {group_size} does not divide the row length {cols}")
@@ -106,11 +106,17 @@ def quantize_q8_0(x, group_size: int) -> QuantizedTensor:
 
 
 def dequantize_q8_0(qt: QuantizedTensor) -> np.ndarray:
-    """q * scale in float32, in the quantized tensor's shape."""
+    """q * scale in float32, in the quantized tensor's shape.
+
+    Scales that are NaN, infinite or too large give NaN or infinity, quietly
+    (NanoFile.check_scales() finds them in a file).
+    """
     G = qt.group_size
     shape = qt.q.shape
     q = qt.q.reshape(*shape[:-1], shape[-1] // G, G).astype(np.float32)
-    return (q * qt.scales[..., None]).astype(np.float32, copy=False).reshape(shape)
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = q * qt.scales[..., None]
+    return out.astype(np.float32, copy=False).reshape(shape)
 
 
 def choose_group_size(config, preferred: int = spec.DEFAULT_GROUP_SIZE) -> int:
@@ -120,7 +126,7 @@ def choose_group_size(config, preferred: int = spec.DEFAULT_GROUP_SIZE) -> int:
     n_head*head_dim for wo; n_hidden for w2) then splits into whole groups.
     The writer settles this before it writes the header (reference defect 5).
     """
-    preferred = int(preferred)
+    preferred = _int("preferred group size", preferred)
     if preferred < 1:
         raise ValueError(f"preferred group size must be >= 1, not {preferred}")
     g = math.gcd(config.n_embd, config.n_head * config.head_dim, config.n_hidden)
@@ -128,6 +134,13 @@ def choose_group_size(config, preferred: int = spec.DEFAULT_GROUP_SIZE) -> int:
         if g % d == 0:
             return d
     return 1  # unreachable: 1 divides everything
+
+
+def _int(what: str, value) -> int:
+    """`value` as an int; a float (2.5, even 2.0) or a bool is refused, not truncated."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__} {value!r}")
+    return int(value)
 
 
 def check_group_size(config, group_size: int) -> None:

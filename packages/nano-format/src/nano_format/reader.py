@@ -22,6 +22,7 @@ overflow, larger than the file, truncated, trailing bytes).
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from . import spec
 from .config import Config, LoraConfig
 from .errors import (
     BadConfig,
+    BadScale,
     BadGroupSize,
     BadHeader,
     BadMagic,
@@ -74,20 +76,25 @@ def read(source, *, name: str | None = None) -> "NanoFile":
 
     `source` is a path (memory-mapped) or a bytes-like buffer (used in place;
     `name` then labels error messages). Raises a FormatError subclass for a
-    bad file, OSError when a path cannot be opened.
+    bad file, OSError (naming the file) when a path cannot be opened or mapped.
+
+    A mapped file must not be truncated or rewritten in place while the model,
+    or any array it returned, is in use: touching a page the file no longer
+    has kills the process (SIGBUS), which Python cannot catch. tensor() and
+    quantized() check the size first and raise FormatError if the file has
+    shrunk, but arrays handed out earlier are not protected. Replacing the file
+    by renaming a new one over it (as write() and `convert` do) is safe: the
+    mapping keeps the old file's data.
     """
+    mapping = None
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = np.frombuffer(memoryview(source).cast("B"), dtype=np.uint8)
         path = name
     else:
         path = os.fspath(source)
-        # np.memmap cannot map an empty file; an empty file is a truncated header anyway.
-        if os.path.getsize(path) == 0:
-            data = np.zeros(0, dtype=np.uint8)
-        else:
-            data = np.memmap(path, dtype=np.uint8, mode="r")
+        data, mapping = _map(path)
     try:
-        return NanoFile(data, path)
+        return NanoFile(data, path, mapping)
     except FormatError as err:
         if err.path is None:
             err.path = path
@@ -95,6 +102,25 @@ def read(source, *, name: str | None = None) -> "NanoFile":
 
 
 load = read
+
+
+def _map(path: str) -> tuple[np.ndarray, mmap.mmap | None]:
+    """The file's bytes, memory-mapped read-only, and the mapping (None when empty)."""
+    try:
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it then reads as empty).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+    try:
+        # mmap cannot map an empty file; an empty file is a truncated header anyway.
+        if os.fstat(fd).st_size == 0:
+            return np.zeros(0, dtype=np.uint8), None
+        mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+    except OSError as e:  # e.g. ENODEV for /sys files: say which file
+        raise OSError(e.errno, f"cannot memory-map it: {e.strerror}", path) from None
+    finally:
+        os.close(fd)
+    return np.frombuffer(mapping, dtype=np.uint8), mapping
 
 
 def _f32_value(x: float) -> float:
@@ -112,8 +138,9 @@ class NanoFile:
     header (the raw header fields). Lazily: tokens, tensors (the table).
     """
 
-    def __init__(self, data: np.ndarray, path: str | None):
+    def __init__(self, data: np.ndarray, path: str | None, mapping: mmap.mmap | None = None):
         self._data = data
+        self._mapping = mapping  # to notice a mapped file that shrank (see read())
         self.path = path
         self.file_size = size = int(data.size)
         self._read_header(data, size)
@@ -330,6 +357,8 @@ class NanoFile:
         """
         p, offset, layer = self._lookup(name)
         if p.stored_as_q8_0(self.quant):
+            for info in self._q8_0_table(p, layer):
+                self._check_scales(info)
             qt = self._quantized(p, offset)
             return dequantize_q8_0(qt if layer is None else qt[layer])
         arr = self._view("<f4", p.shape, offset)
@@ -353,15 +382,51 @@ class NanoFile:
             out[name] = self.quantized(name) if p.stored_as_q8_0(self.quant) else self.tensor(name)
         return out
 
+    def check_scales(self) -> None:
+        """Q8_0: raise BadScale for the first scale that is NaN, infinite, or so
+        large that q * scale overflows float32 (the writer never makes one).
+        Reads every scale (1/G of the parameters), which read() does not;
+        tensor() checks those of the tensor it dequantizes."""
+        if self.quant != QuantType.Q8_0:
+            return
+        self.ensure_loadable()
+        self._check_size()
+        for info in self.tensors:
+            if info.dtype == "q8_0":
+                self._check_scales(info)
+
+    def _q8_0_table(self, p: Param, layer: int | None) -> list[TensorInfo]:
+        """The table rows of a Q8_0 tensor (one per layer for a stacked matrix)."""
+        if not p.per_layer:
+            return [t for t in self.tensors if t.name == p.name]
+        layers = range(p.shape[0]) if layer is None else [layer]
+        by_name = {t.name: t for t in self.tensors}
+        return [by_name[f"{p.name}.{i}"] for i in layers]
+
+    def _check_scales(self, info: TensorInfo) -> None:
+        rows, cols = info.shape
+        per_row = cols // self.group_size
+        start = info.offset + rows * cols
+        scales = self._view("<f4", (rows * per_row,), start)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ok = np.isfinite(scales * np.float32(spec.Q8_MAX))
+        if not ok.all():
+            i = int(np.argmin(ok))
+            value = float(scales[i])
+            what = "is not a finite number" if not np.isfinite(value) else "overflows float32 when dequantized"
+            raise BadScale(f"scale {value:g} (row {i // per_row}, group {i % per_row}) {what}",
+                           path=self.path, field=f"tensor {info.name!r}", offset=start + 4 * i)
+
     def _lookup(self, name: str) -> tuple[Param, int, int | None]:
         if self._data is None:
             raise ValueError("the file is closed")
         self.ensure_loadable()
+        self._check_size()
         if name in self._entries:
             p, offset = self._entries[name]
             return p, offset, None
         base, _, index = name.rpartition(".")
-        if base in self._entries and index.isdigit():
+        if base in self._entries and index.isascii() and index.isdigit():
             p, offset = self._entries[base]
             if p.per_layer and int(index) < p.shape[0]:
                 return p, offset, int(index)
@@ -390,7 +455,15 @@ class NanoFile:
     def _bytes(self, offset: int, n: int) -> memoryview:
         if self._data is None:
             raise ValueError("the file is closed")
+        self._check_size()
         return memoryview(self._data[offset: offset + n])
+
+    def _check_size(self) -> None:
+        """A mapped file that shrank since read() would kill the process when
+        the missing pages are touched (SIGBUS): refuse to hand out views."""
+        if self._mapping is not None and self._mapping.size() < self.file_size:
+            raise FormatError(f"the file shrank to {self._mapping.size()} bytes after it was read "
+                              f"({self.file_size} bytes); read it again", path=self.path)
 
     # -- lifetime -----------------------------------------------------------
 
@@ -398,6 +471,7 @@ class NanoFile:
         """Drop this object's hold on the mapping. Arrays already returned keep
         their own reference and stay valid; the OS unmaps when the last goes."""
         self._data = None
+        self._mapping = None
 
     @property
     def closed(self) -> bool:

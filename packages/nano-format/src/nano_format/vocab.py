@@ -227,6 +227,19 @@ def decode_bpe_section(buf, vocab_size: int, *, base_offset: int = 0) -> tuple[l
     return tokens, max_len
 
 
+def _bpe_bytes(data, i: int) -> bytes:
+    """A BpeToken's data as bytes: bytes-like as is, str as UTF-8; nothing else
+    (bytes(5) would be five NUL bytes)."""
+    if isinstance(data, str):
+        try:
+            return data.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadTokenRecord(f"text {data!r} is not valid Unicode ({e.reason})", field=f"token {i}") from None
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise BadTokenRecord(f"data must be bytes (or str), not {type(data).__name__}", field=f"token {i}")
+
+
 def encode_bpe_section(tokens, max_token_length: int | None = None) -> bytes:
     """The BPE section for `tokens` (BpeToken list). The max token length
     defaults to the longest token; a given one must not be shorter."""
@@ -235,9 +248,13 @@ def encode_bpe_section(tokens, max_token_length: int | None = None) -> bytes:
     for i, tok in enumerate(tokens):
         if not isinstance(tok, BpeToken):
             raise BadTokenRecord(f"expected a BpeToken, got {type(tok).__name__}", field=f"token {i}")
-        data = bytes(tok.data)
+        data = _bpe_bytes(tok.data, i)
         longest = max(longest, len(data))
-        parts.append(_BPE_HEAD.pack(float(tok.score), len(data)))
+        try:
+            parts.append(_BPE_HEAD.pack(float(tok.score), len(data)))
+        except (TypeError, ValueError, OverflowError):  # 1e300 does not fit a float32
+            raise BadTokenRecord(f"score {tok.score!r} is not a number a float32 can hold",
+                                 field=f"token {i}") from None
         parts.append(data)
     if max_token_length is None:
         max_token_length = longest

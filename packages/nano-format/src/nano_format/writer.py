@@ -9,19 +9,19 @@ learned positions, norm eps, RoPE theta, tokenizer kind). 2025.12 is read only.
 
 Everything is validated before the first byte is produced: the config against
 the layout, the group size against every quantized row, every tensor's shape.
-Files are written atomically (a temporary file in the same directory, fsync,
-rename), so a failed write never leaves half a model behind.
+Files are written with `write_atomically` (a temporary file in the same
+directory, fsync, rename), so a failed write never leaves half a model behind,
+a replaced file keeps its mode, and only a regular file is ever replaced.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
 import struct
 
 import numpy as np
 
 from . import spec
+from .atomic import write_atomically
 from .config import Config, LoraConfig
 from .errors import WriteError
 from .plan import Param, lora_params, model_params
@@ -65,7 +65,7 @@ def write(path, config, tensors, tokens=None, quant=QuantType.F32, group_size=No
     choose_group_size(config). layout: spec.Layout or its name.
     """
     chunks = _encode(config, tensors, tokens, quant, group_size, layout)
-    return _write_atomic(path, chunks)
+    return write_atomically(path, (_as_bytes(c) for c in chunks))
 
 
 def write_lora(path, lora_config: LoraConfig, tensors) -> int:
@@ -81,39 +81,6 @@ def write_lora(path, lora_config: LoraConfig, tensors) -> int:
 
 def _as_bytes(chunk) -> bytes | memoryview:
     return memoryview(chunk).cast("B") if isinstance(chunk, np.ndarray) else chunk
-
-
-def _write_atomic(path, chunks) -> int:
-    path = os.fspath(path)
-    directory = os.path.dirname(path) or "."
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with mode 0o666 lets the umask decide the final permissions, as for any new file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    size = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                data = _as_bytes(chunk)
-                f.write(data)
-                size += len(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # make the rename itself durable; not possible on every platform
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return size
 
 
 def _resolve_layout(layout, config) -> spec.Layout:
@@ -208,7 +175,13 @@ def _quantized_array(name: str, value, p: Param, group_size: int) -> QuantizedTe
             raise WriteError(f"tensor {name!r} is quantized with group size {value.group_size} but the "
                              f"file uses {group_size}; pass float values to requantize it")
         return value
-    return quantize_q8_0(_float_array(name, value, p), group_size)
+    arr = _float_array(name, value, p)
+    finite = np.isfinite(arr)
+    if not finite.all():
+        where = np.unravel_index(int(np.argmin(finite)), arr.shape)
+        raise WriteError(f"tensor {name!r} holds {arr[where]} at index {[int(i) for i in where]}; "
+                         f"Q8_0 cannot quantize NaN or infinity")
+    return quantize_q8_0(arr, group_size)
 
 
 def _group_size(config: Config, tensors, quant: QuantType, group_size) -> int:
@@ -221,6 +194,8 @@ def _group_size(config: Config, tensors, quant: QuantType, group_size) -> int:
         if len(given) > 1:
             raise WriteError(f"the QuantizedTensor values use different group sizes {sorted(given)}")
         group_size = given.pop() if given else choose_group_size(config)
+    if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
+        raise WriteError(f"group_size must be an int, not {type(group_size).__name__} {group_size!r}")
     check_group_size(config, int(group_size))
     return int(group_size)
 

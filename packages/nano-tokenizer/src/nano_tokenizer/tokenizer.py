@@ -14,8 +14,6 @@ import json
 import os
 import re
 import reprlib
-import secrets
-import stat
 from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO, Iterable, Iterator, Mapping
@@ -446,54 +444,15 @@ def _read_at_most(f: BinaryIO, limit: int, data: bytes = b"") -> bytes:
 
 
 def write_atomically(path, chunks: Iterable[bytes]) -> None:
-    """Write `chunks` to `path` through a temporary file beside it, renamed
-    over `path` only once everything is written and synced: a failure or a
-    crash leaves the old file. The folder must exist. A new file gets the mode
-    a plain open() would give (0o666 less the umask), a replaced file keeps its
-    mode; something other than a regular file (a folder, a device) is never
-    replaced. Errors name `path`, not the temporary file."""
-    path = Path(path)
-
-    def named(op, *args):
-        try:
-            return op(*args)
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, str(path)) from None
+    """`nano_format.write_atomically` (temporary file beside `path`, fsync,
+    rename; a replaced file keeps its mode; only a regular file is replaced;
+    errors name `path`), its refusal raised as a TokenizerError."""
+    import nano_format
 
     try:
-        mode = stat.S_IMODE(named(os.stat, path).st_mode)
-        if not path.is_file():
-            raise TokenizerError(f"{path}: exists and is not a regular file; not replacing it")
-    except FileNotFoundError:
-        mode = None
-    tmp, fd = named(_create_beside, path)
-    f = os.fdopen(fd, "wb")
-    try:
-        if mode is not None:
-            named(os.fchmod, fd, mode)
-        for chunk in chunks:
-            named(f.write, chunk)
-        named(f.flush)
-        named(os.fsync, fd)
-        named(f.close)
-        named(os.replace, tmp, path)
-    except BaseException:
-        try:
-            f.close()
-        except OSError:
-            pass  # the error that brought us here is the one to report
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _create_beside(path: Path) -> tuple[Path, int]:
-    # Not tempfile.mkstemp: it creates files 0600 whatever the umask says.
-    while True:
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(4)}.tmp")
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            continue
+        nano_format.write_atomically(path, chunks)
+    except nano_format.FormatError as e:
+        raise TokenizerError(str(e)) from None
 
 
 def _short(value) -> str:

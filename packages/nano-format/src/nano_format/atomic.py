@@ -1,0 +1,95 @@
+"""Writing a file atomically: the one implementation the Nano packages share.
+
+    write_atomically(path, chunks) -> int
+
+The data goes to a temporary file beside `path` (same folder, so the final
+rename stays on one file system), is fsynced, and is renamed over `path` only
+once everything is written: a failure or a crash leaves the old file whole.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+
+from .errors import WriteError
+
+__all__ = ["write_atomically"]
+
+_NAME_MAX = 255  # bytes in one file name, where the file system does not say
+
+
+def write_atomically(path, chunks) -> int:
+    """Write the bytes-like `chunks` to `path` atomically; return the size.
+
+    The folder must exist (it is not created). A new file gets the mode a plain
+    open() would give (0o666 less the umask); a replaced file keeps its mode.
+    Something other than a regular file (a folder, a device, a FIFO, a symbolic
+    link) is never replaced: that raises WriteError before anything is written.
+    OSErrors name `path`, never the temporary file.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(path) or "."
+
+    def named(op, *args):
+        try:
+            return op(*args)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) from None
+
+    try:
+        st = named(os.lstat, path)
+    except FileNotFoundError:
+        mode = None
+    else:
+        if not stat.S_ISREG(st.st_mode):
+            raise WriteError("exists and is not a regular file; not replacing it", path=path)
+        mode = stat.S_IMODE(st.st_mode)
+    tmp, fd = named(_create_beside, directory, os.path.basename(path))
+    size = 0
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                named(os.chmod, tmp, mode)
+            for chunk in chunks:
+                data = memoryview(chunk)
+                named(f.write, data)
+                size += data.nbytes
+            named(f.flush)
+            named(os.fsync, f.fileno())
+        named(os.replace, tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # the error that brought us here is the one to report
+        raise
+    try:  # make the rename itself durable; not possible on every platform
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return size
+
+
+def _create_beside(directory: str, name: str) -> tuple[str, int]:
+    """A new empty file in `directory`, opened for writing: (its path, fd)."""
+    try:
+        limit = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no such folder (os.open says so), or no pathconf
+        limit = _NAME_MAX
+    while True:
+        tag = secrets.token_hex(4)
+        tmp = f".{name}.{tag}.tmp"
+        if len(os.fsencode(tmp)) > limit:  # a name near the limit: the target's name must still fit
+            tmp = f".{tag}.tmp"
+        tmp = os.path.join(directory, tmp)
+        try:
+            # Not tempfile.mkstemp: it creates files 0600 whatever the umask says.
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue

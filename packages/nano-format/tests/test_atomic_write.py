@@ -1,0 +1,96 @@
+"""write_atomically (shared with nano-tokenizer), through the API and `convert`."""
+
+import os
+import stat
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nano_format as nf
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "nano_format", *map(str, args)], capture_output=True,
+                          text=True, encoding="utf-8", timeout=120)
+
+
+def test_returns_the_size_and_takes_bytes_and_arrays(tmp_path):
+    out = tmp_path / "o.bin"
+    assert nf.write_atomically(out, [b"ab", bytearray(b"c"), np.arange(2, dtype="<u2")]) == 7
+    assert out.read_bytes() == b"abc\x00\x00\x01\x00"
+    assert os.listdir(tmp_path) == ["o.bin"]
+
+
+def test_new_files_get_the_umask_mode_replaced_files_keep_theirs(tmp_path):
+    old_umask = os.umask(0o027)
+    try:
+        new = tmp_path / "new.bin"
+        nf.write_atomically(new, [b"x"])
+        assert stat.S_IMODE(new.stat().st_mode) == 0o640
+        kept = tmp_path / "kept.bin"
+        kept.write_bytes(b"old")
+        kept.chmod(0o600)
+        nf.write_atomically(kept, [b"new"])  # was widened to 0644 (umask 022) or 0640
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600 and kept.read_bytes() == b"new"
+    finally:
+        os.umask(old_umask)
+
+
+def test_never_replaces_a_fifo_a_symlink_or_a_folder(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    target = tmp_path / "target.bin"
+    target.write_bytes(b"keep")
+    link = tmp_path / "link.bin"
+    link.symlink_to(target)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for path in (fifo, link, folder):
+        with pytest.raises(nf.WriteError, match=f"^{path}: exists and is not a regular file; not replacing it"):
+            nf.write_atomically(path, iter([b"x"]))
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and link.is_symlink() and target.read_bytes() == b"keep"
+    assert sorted(os.listdir(tmp_path)) == ["fifo", "folder", "link.bin", "target.bin"]  # no temporary file
+
+
+def test_errors_name_the_file_asked_for(tmp_path):
+    missing = tmp_path / "nodir" / "out.bin"
+    with pytest.raises(FileNotFoundError) as info:
+        nf.write_atomically(missing, [b"x"])  # once named nodir/.out.bin.<pid>.<hex>.tmp
+    assert info.value.filename == str(missing) and ".tmp" not in str(info.value)
+
+    def failing():
+        yield b"x"
+        raise OSError(28, "No space left on device")
+
+    out = tmp_path / "full.bin"
+    with pytest.raises(OSError, match="No space left"):
+        nf.write_atomically(out, failing())
+    assert os.listdir(tmp_path) == []  # the temporary file is gone, nothing replaced
+
+
+def test_a_name_at_the_length_limit_can_be_written(tmp_path):
+    name = "a" * 251 + ".bin"  # 255 bytes: the temporary name cannot add to it
+    assert nf.write_atomically(tmp_path / name, [b"x"]) == 1
+    assert os.listdir(tmp_path) == [name]
+
+
+def test_convert_refuses_special_outputs_and_keeps_modes(sort6_path, tmp_path):
+    fifo = tmp_path / "fifo.bin"
+    os.mkfifo(fifo)
+    r = run("convert", sort6_path, fifo)  # as root, `convert x.bin /dev/null` replaced /dev/null
+    assert r.returncode == 1 and "fifo.bin: exists and is not a regular file" in r.stderr
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    r = run("convert", sort6_path, tmp_path)  # wrote the whole model beside the folder, then failed
+    assert r.returncode == 1 and f"{tmp_path}: exists and is not a regular file" in r.stderr
+    assert os.listdir(tmp_path) == ["fifo.bin"]
+    r = run("convert", sort6_path, tmp_path / "nodir" / "o.bin")
+    assert r.returncode == 1 and f"{tmp_path / 'nodir' / 'o.bin'}: No such file or directory" in r.stderr
+    assert ".tmp" not in r.stderr and "Traceback" not in r.stderr
+    out = tmp_path / "private.bin"
+    out.write_bytes(b"old")
+    out.chmod(0o600)
+    r = run("convert", sort6_path, out)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and nf.read(out).file_size == 49452

@@ -1,0 +1,178 @@
+"""Broken or hostile input: one clear line naming the file and tensor, never a
+traceback, a raw numpy warning, a control character on the terminal or a dead process."""
+
+import mmap
+import os
+import struct
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+
+import nano_format as nf
+from nano_format import spec
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nano_format", *args], capture_output=True,
+                          timeout=120, env=None if env is None else {**os.environ, **env})
+
+
+def q8_file(build, path, scale=None):
+    """A small Q8_0 model; `scale` overwrites the second scale of wq.0."""
+    config = build.small_config()
+    nf.write(path, config, build.random_tensors(config), build.make_tokens(24), quant="q8_0", group_size=16)
+    if scale is not None:
+        info = next(t for t in nf.read(path).tensors if t.name == "wq.0")
+        data = bytearray(path.read_bytes())
+        struct.pack_into("<f", data, info.offset + info.shape[0] * info.shape[1] + 4, scale)
+        path.write_bytes(data)
+    return path
+
+
+# -- 7: non-finite values --------------------------------------------------
+
+
+@pytest.mark.parametrize("scale, what", [(np.nan, "nan .* is not a finite number"),
+                                         (3e38, "3e\\+38 .* overflows float32 when dequantized")])
+def test_bad_scales_are_errors_naming_file_and_tensor(build, tmp_path, scale, what):
+    path = q8_file(build, tmp_path / "bad.bin", scale)
+    m = nf.read(path)  # the structure is fine: read() does not read the scales
+    with pytest.raises(nf.BadScale, match=f"^{path}: tensor 'wq.0' at offset 0x[0-9A-F]+: scale {what}"):
+        m.check_scales()
+    with pytest.raises(nf.BadScale, match="tensor 'wq.0'"):
+        m.tensor("wq")
+    assert np.isfinite(m.tensor("wq.1")).all()  # the other layer is fine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        nf.dequantize_q8_0(m.quantized("wq.0"))  # no RuntimeWarning from numpy
+
+    good = q8_file(build, tmp_path / "good.bin")
+    r = run("validate", str(path), str(good))  # once: OK for both
+    assert r.returncode == 1 and b"OK   " + bytes(good) in r.stdout
+    assert r.stderr.startswith(b"FAIL " + bytes(path) + b": tensor 'wq.0'") and r.stderr.count(b"\n") == 1
+    out = tmp_path / "out.bin"
+    r = run("convert", str(path), str(out), "--quant", "f32")  # once wrote inf/NaN with numpy's warning
+    assert r.returncode == 1 and b"tensor 'wq.0'" in r.stderr and b"Warning" not in r.stderr
+    assert not out.exists()
+
+
+def test_quantizing_nan_names_file_and_tensor(build, tmp_path):
+    config = build.small_config()
+    tensors = build.random_tensors(config)
+    tensors["w1"][1, 2, 3] = np.inf
+    with pytest.raises(nf.WriteError, match=r"tensor 'w1' holds inf at index \[1, 2, 3\]"):
+        nf.to_bytes(config, tensors, build.make_tokens(24), quant="q8_0")
+    src = tmp_path / "nan.bin"
+    tensors["w1"][1, 2, 3] = np.nan
+    nf.write(src, config, tensors, build.make_tokens(24))  # F32 stores NaN as given
+    r = run("convert", str(src), str(tmp_path / "o.bin"), "--quant", "q8_0")
+    assert r.returncode == 1
+    assert r.stderr == f"nano-format: error: {src}: tensor 'w1': holds NaN or infinity, which Q8_0 cannot " \
+                       f"quantize\n".encode()
+
+
+# -- 8: API gaps ----------------------------------------------------------
+
+
+def test_api_arguments_are_checked(build):
+    x = np.ones((2, 8), np.float32)
+    for bad in (2.5, 2.0, True):  # 2.5 was quietly 2, True was 1
+        with pytest.raises(TypeError, match="group size must be an int"):
+            nf.quantize_q8_0(x, bad)
+    assert nf.quantize_q8_0(x, np.int64(4)).group_size == 4
+    config = build.small_config()
+    with pytest.raises(nf.WriteError, match="group_size must be an int"):
+        nf.to_bytes(config, build.random_tensors(config), build.make_tokens(24), quant="q8_0", group_size=8.0)
+    with pytest.raises(ValueError, match="groups of at least one"):  # dequantize raised ZeroDivisionError
+        nf.QuantizedTensor(np.zeros((2, 0), np.int8), np.zeros((2, 1), np.float32))
+    with pytest.raises(nf.BadTokenRecord, match="token 0: data must be bytes"):  # wrote 5 NUL bytes
+        nf.encode_bpe_section([nf.BpeToken(0.0, 5)])
+    with pytest.raises(nf.BadTokenRecord, match="token 1: score 1e\\+300"):  # OverflowError
+        nf.encode_bpe_section([nf.BpeToken(0.0, b"a"), nf.BpeToken(1e300, b"a")])
+    section = nf.encode_bpe_section([nf.BpeToken(0.5, "é")])
+    assert nf.decode_bpe_section(section, 1)[0] == [nf.BpeToken(0.5, "é".encode())]
+
+
+def test_layer_index_must_be_ascii_digits(sort6_path):
+    with nf.read(sort6_path) as m:
+        assert m.tensor("wq.1").shape == (32, 32)
+        for name in ("wq.\u00b2", "wq.\u0661"):  # "wq.²" raised ValueError; Arabic-Indic 1 was layer 1
+            with pytest.raises(KeyError, match="no tensor"):
+                m.tensor(name)
+
+
+# -- 3 and 9: the mapping -------------------------------------------------
+
+
+def test_a_file_that_shrank_after_read_raises_instead_of_sigbus(sort6_path, tmp_path):
+    path = tmp_path / "live.bin"
+    path.write_bytes(sort6_path.read_bytes())
+    code = ("import os, nano_format as nf\n"
+            f"m = nf.read({str(path)!r})\n"
+            f"os.truncate({str(path)!r}, 1000)\n"
+            "try:\n    m.tensor('wq').sum()\n"
+            "except nf.FormatError as e:\n    print(e)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r  # once killed by SIGBUS (returncode -7)
+    assert r.stdout == f"{path}: the file shrank to 1000 bytes after it was read (49452 bytes); read it again\n"
+
+
+def test_a_file_that_cannot_be_mapped_is_named(sort6_path, monkeypatch):
+    def no_device(*args, **kwargs):
+        raise OSError(19, "No such device")  # what /sys files give
+
+    monkeypatch.setattr(mmap, "mmap", no_device)
+    with pytest.raises(OSError) as info:
+        nf.read(sort6_path)
+    assert info.value.filename == str(sort6_path) and "No such device" in str(info.value)
+
+
+def test_reading_a_fifo_does_not_hang(tmp_path):
+    fifo = tmp_path / "fifo.bin"
+    os.mkfifo(fifo)
+    with pytest.raises(nf.Truncated, match="empty"):
+        nf.read(fifo)
+
+
+# -- 4 and 5: what reaches the terminal -----------------------------------
+
+
+def test_info_escapes_control_bytes_of_bpe_tokens(build, tmp_path):
+    q = build.qwen_file(spec.ModelType.QWEN2)
+    tokens = [nf.BpeToken(t.score, b"\x1b]0;PWNED\x07\x1b[2J\nFAKE\rX\xc2\x9b\\\xff") for t in q.tokens]
+    path = tmp_path / "esc.bin"
+    with nf.read(q.data) as m:
+        nf.write(path, m.config, m.weights(), tokens)
+    r = run("info", str(path))
+    assert r.returncode == 0, r.stderr
+    shown = r.stdout.decode("utf-8")
+    assert not any(ord(c) < 0x20 and c != "\n" or 0x7F <= ord(c) < 0xA0 for c in shown)
+    assert r"'\x1b]0;PWNED\x07\x1b[2J\nFAKE\rX\x9b\\\xff' (id 0, 25 bytes)" in shown
+
+
+def test_validate_checks_every_file_whatever_the_terminal_encodes(sort6_path, tmp_path):
+    odd = os.fsencode(tmp_path) + b"/bad\xffname\x1b.bin"
+    with open(odd, "wb") as f:
+        f.write(sort6_path.read_bytes())
+    strict = {"PYTHONIOENCODING": "utf-8:strict"}
+    r = run("validate", str(sort6_path), odd, str(sort6_path), env=strict)
+    assert r.returncode == 0, r.stderr  # stopped at the odd name, reporting it as an error
+    lines = r.stdout.decode().splitlines()
+    assert len(lines) == 3 and lines[1].startswith(rf"OK   {tmp_path}/bad\xffname\x1b.bin: 2025.12")
+    r = run("info", odd, env=strict)
+    assert r.returncode == 0 and r.stdout.decode().startswith(rf"file        {tmp_path}/bad\xffname\x1b.bin (")
+
+
+# -- minor ----------------------------------------------------------------
+
+
+def test_rope_note_only_after_a_successful_conversion(sort6_path, tmp_path):
+    out = str(tmp_path / "o.bin")
+    args = ["convert", str(sort6_path), out, "--layout", "2026.101", "--rope-theta", "5000"]
+    r = run(*args, "--quant", "q8_0", "--group-size", "5")
+    assert r.returncode == 1 and b"note" not in r.stderr and r.stderr.count(b"\n") == 1
+    r = run(*args)
+    assert r.returncode == 0 and b"RoPE tables recomputed" in r.stderr
