@@ -1,11 +1,12 @@
 """Where the GPU time of one training step goes, part by part (a CUDA GPU only).
 
-    python3 tools/bench/gpu_parts.py [--batch 32] [--json OUT]
+    python3 tools/bench/gpu_parts.py [--config CONFIG.json] [--batch N] [--json OUT]
     python3 tools/bench/gpu_parts.py --device cpu --batch 1   # checks the script itself, slowly
 
-The 56M shape (16 layers, 512 wide, 16 heads of 32, 8 KV heads, hidden 1408,
-vocab 16384, block 512) in bfloat16 autocast over float32 weights, as
-`configs/gpu_56m.json` trains it. Each part runs forward and backward on random
+The model, batch size and optimizer of a nano-train config, by default
+`configs/gpu_56m.json` (the 56M shape: 16 layers, 512 wide, 16 heads of 32, 8 KV
+heads, hidden 1408, vocab 16384, block 512, batch 32), in bfloat16 autocast over
+float32 weights, as the trainer runs it. Each part runs forward and backward on random
 data (never zeros) and is timed with CUDA events: the median of 5 runs of
 `reps` calls each, after warm-up. Parts:
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -45,12 +47,12 @@ ROOT = Path(__file__).resolve().parents[2]
 for pkg in ("nano-format", "nano-tokenizer", "nano-train"):
     sys.path.insert(0, str(ROOT / "packages" / pkg / "src"))
 
-from nano_train.config import ModelConfig  # noqa: E402
+from nano_train.config import load_config  # noqa: E402
 from nano_train.losses import linear_cross_entropy  # noqa: E402
 from nano_train.model import Transformer  # noqa: E402
 from nano_train.train import blocked_loss, make_adamw  # noqa: E402
 
-SHAPE = dict(block_size=512, vocab_size=16384, n_layer=16, n_head=16, n_kv_head=8, n_embd=512, n_hidden=1408)
+GPU_CONFIG = ROOT / "packages" / "nano-train" / "configs" / "gpu_56m.json"
 
 
 def time_ms(fn, reps: int = 20) -> tuple[float, float | None]:
@@ -121,7 +123,9 @@ def kernel_breakdown(step, dev: torch.device, steps: int = 3) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--config", type=Path, default=GPU_CONFIG,
+                   help="the nano-train config whose model, batch and optimizer to time (default: gpu_56m.json)")
+    p.add_argument("--batch", type=int, help="rows per step (default: the config's data.batch_size)")
     p.add_argument("--json", type=Path)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     args = p.parse_args()
@@ -132,7 +136,10 @@ def main() -> int:
     torch.manual_seed(0)
     dev = torch.device(args.device)
     device_name = torch.cuda.get_device_name() if dev.type == "cuda" else "CPU"
-    cfg = ModelConfig(**SHAPE)
+    train_cfg, _ = load_config(args.config)
+    cfg, optim = train_cfg.model, train_cfg.optim
+    if args.batch is None:
+        args.batch = train_cfg.data.batch_size
     n = args.batch * cfg.block_size  # tokens per step
     e, f, hd = cfg.n_embd, cfg.n_hidden, cfg.head_dim
     rows: list[dict] = []
@@ -220,18 +227,15 @@ def main() -> int:
     # ---- optimizer, and whole steps (eager, compiled) with the profiler's breakdown
     print("optimizer and whole steps:")
     model = Transformer(cfg).to(dev)
-    groups = [g for g in model.param_groups(0.1) if g["params"]]
+    groups = [g for g in model.param_groups(optim.weight_decay) if g["params"]]
     params = [p for g in groups for p in g["params"]]
-
-    class Optim:
-        learning_rate, beta1, beta2 = 6e-4, 0.9, 0.95
-
-    opt = make_adamw(groups, Optim, dev)
+    opt = make_adamw(groups, optim, dev)
+    clip = optim.grad_clip if optim.grad_clip > 0 else math.inf  # as the trainer clips
     for p_ in params:
         p_.grad = torch.randn_like(p_) * 1e-3
 
     def optimizer_step():
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, clip)
         opt.step()
 
     report("clip_grad_norm_ + fused AdamW", time_ms(optimizer_step, 10))
@@ -245,7 +249,7 @@ def main() -> int:
             with torch.autocast(dev.type, dtype=torch.bfloat16):
                 _, loss = m(xs, ys, return_logits=False, blocked_loss=blocked)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            torch.nn.utils.clip_grad_norm_(params, clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
 

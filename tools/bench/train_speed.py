@@ -80,10 +80,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model, load_average  # noqa: E402
 
-from nano_train.config import OptimConfig
+from nano_train.config import COMPILE_MODES, OptimConfig
 from nano_train.metrics import matmul_probe, peak_flops, synchronize
 from nano_train.model import ModelConfig, Transformer
-from nano_train.train import blocked_loss, forward_context_factory, make_adamw, make_grad_scaler, resolve_dtype
+from nano_train.train import (CUDA_GRAPH_MODES, blocked_loss, forward_context_factory, make_adamw, make_grad_scaler,
+                              resolve_dtype)
 
 # Shapes: model keys of ModelConfig plus the default batch and sequence length.
 SHAPES = {
@@ -94,8 +95,6 @@ SHAPES = {
 }
 SHAPES["custom"] = SHAPES["small"]  # the small shape with --layers/--embd/... applied
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs
 N_BATCHES = 4  # distinct random batches, reused in turn
 PROBE_N = 1024  # CPU peak probe: PROBE_N x PROBE_N float32 matmuls
 PROBE_SECONDS = 1.0
@@ -205,7 +204,7 @@ class Trainee:
         self.name = name
         self.model = torch.compile(model, mode=compile_mode) if compile_ else model
         # CUDA graphs reuse their output memory: mark where each step begins
-        self.mark_step = compile_ and compile_mode in CUDAGRAPH_MODES
+        self.mark_step = compile_ and compile_mode in CUDA_GRAPH_MODES
         self.params = [p for g in groups for p in g["params"]]
         self.optimizer = make_adamw(groups, OPTIM, device)
         self.scaler = make_grad_scaler(dtype, device)

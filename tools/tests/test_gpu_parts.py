@@ -1,0 +1,42 @@
+"""tools/bench/gpu_parts.py, the map of a GPU training step, run here on the CPU
+with a tiny config: every part is timed and reported, the whole steps are
+profiled, and the shape, batch and optimizer come from the config it is given."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {"model": {"block_size": 32, "vocab_size": 256, "n_layer": 2, "n_head": 4, "n_kv_head": 2, "n_embd": 64,
+                  "n_hidden": 128},
+        "data": {"batch_size": 2}}
+
+
+def run(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "bench" / "gpu_parts.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_every_part_is_timed_from_the_config(tmp_path):
+    config, out = tmp_path / "tiny.json", tmp_path / "parts.json"
+    config.write_text(json.dumps(TINY))
+    done = run("--config", config, "--device", "cpu", "--json", out)
+    assert done.returncode == 0, done.stderr
+    assert "batch 2 x 32 = 64 tokens" in done.stdout  # the config's batch and block size
+    parts = {row["part"]: row for row in json.loads(out.read_text())["parts"]}
+    for name in ("wq 64->64", "wk or wv 64->32", "w2 128->64", "q|k|v fused 64->128", "w1|w3 fused 64->256",
+                 "flash_attention enable_gqa", "blocked (nano-train, eager)", "plain F.cross_entropy, compiled",
+                 "clip_grad_norm_ + fused AdamW", "whole step, eager, blocked loss",
+                 "whole step, compiled, blocked loss"):
+        assert parts[name]["wall_ms"] > 0 and parts[name]["kernel_ms"] is None, name  # no GPU: wall time only
+    assert parts["wk or wv 64->32"]["per_step"] == 2 * 2  # two such products in each of 2 layers
+    assert done.stdout.count("profile of 3 steps") == 2 and "matrix products" in done.stdout
+
+
+def test_without_a_gpu_it_says_so():
+    done = run(env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # hides a GPU where there is one
+    assert done.returncode == 2 and "error: no CUDA GPU here" in done.stderr
