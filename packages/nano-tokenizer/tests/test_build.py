@@ -1,7 +1,10 @@
 """Building vocabularies from corpora."""
 
+import tracemalloc
+
 import pytest
 
+import nano_tokenizer.build as build_module
 from nano_tokenizer import DEFAULT_SPECIALS, Tokenizer, TokenizerError, build_vocab
 
 REFERENCE_SPECIALS = {
@@ -112,6 +115,33 @@ def test_words_file_line_without_end_is_not_read_whole(tmp_path):
     words.write_bytes(b"ok\n" + b"x" * 3_000_000)
     with pytest.raises(TokenizerError, match=r"w.txt:2: word is longer than 255 code points"):
         build_vocab([write(tmp_path / "c.txt", "x")], 100, words_file=words)
+
+
+def test_words_file_size_is_capped(tmp_path, monkeypatch):
+    assert build_module.MAX_WORDS_BYTES == 64 << 20  # as a tokenizer JSON file
+    corpus = write(tmp_path / "c.txt", "x")
+    words = tmp_path / "w.txt"
+    words.write_bytes(b"ab\n" * 349_525 + b"c")  # 1 MiB exactly
+    # The cap is on the bytes read, so an endless file stops there too.
+    monkeypatch.setattr(build_module, "MAX_WORDS_BYTES", 1 << 20)
+    assert build_vocab([corpus], 100, words_file=words).itos[-2:] == ("ab", "c")
+    with open(words, "ab") as f:
+        f.write(b"d")
+    with pytest.raises(TokenizerError, match=r"w.txt: larger than 1 MiB, the most a words file may be"):
+        build_vocab([corpus], 100, words_file=words)
+
+
+def test_words_held_grow_with_the_distinct_words_not_the_file(tmp_path):
+    words = write(tmp_path / "w.txt", "ab\ncd\n" * 200_000)  # 1.2 MB, two words
+    tracemalloc.start()
+    try:
+        tok = build_vocab([write(tmp_path / "c.txt", "x")], 100, words_file=words)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert tok.itos[-2:] == ("ab", "cd")
+    # Once a list of every line: 26 MiB here, 180 MiB for 9 MB. Now what one 64 KiB piece splits into: 3 MiB.
+    assert peak < 8 << 20, peak
 
 
 def test_utf8_errors_give_the_byte_offset_in_the_file(tmp_path):

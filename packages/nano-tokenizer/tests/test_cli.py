@@ -6,11 +6,13 @@ import os
 import stat
 import subprocess
 import sys
+import tracemalloc
 
 import numpy as np
 import pytest
 
-from nano_tokenizer import Tokenizer, cli
+from nano_tokenizer import Tokenizer, TokenizerError, cli
+from nano_tokenizer.tokenizer import write_atomically
 
 
 def run(*args, stdin: bytes | None = b""):
@@ -306,3 +308,143 @@ def test_output_modes(shared, tmp_path, capsys):
             assert stat.S_IMODE(out.stat().st_mode) == 0o640  # once reset to 0600
     finally:
         os.umask(old_umask)
+
+
+def test_an_output_it_cannot_write_is_refused_before_any_work(shared, tmp_path, capsys, monkeypatch):
+    vocab = shared / "data" / "nano_80.json"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello", encoding="utf-8")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    with pytest.raises(TokenizerError) as late:  # what the final write says
+        write_atomically(folder, [b""])
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work began")  # escapes main(): once, the folder was refused only after it
+
+    monkeypatch.setattr(Tokenizer, "encode_stream", no_work)
+    monkeypatch.setattr(cli, "build_vocab", no_work)
+    for command in (("encode", vocab, corpus, "--out"), ("encode", vocab, "-", "--out"), ("build", corpus, "--size", 100, "-o")):
+        rc, _, err = run_here(capsys, *command, folder)
+        assert_clean_error(rc, err)
+        assert err.strip().splitlines()[-1] == f"nano-tokenizer: error: {late.value}"
+        rc, _, err = run_here(capsys, *command, tmp_path / "missing" / "o.npy")
+        assert_clean_error(rc, err, f"{tmp_path / 'missing' / 'o.npy'}: No such file or directory")
+        rc, _, err = run_here(capsys, *command, "/dev/null")
+        assert_clean_error(rc, err, "/dev/null: exists and is not a regular file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "folder"]  # no temporary file left
+    assert not any(folder.iterdir())
+
+
+def test_the_final_write_still_checks_the_output(shared, tmp_path, capsys, monkeypatch):
+    vocab = shared / "data" / "nano_80.json"
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("hello", encoding="utf-8")
+    out = tmp_path / "ids.npy"
+    encode_stream = Tokenizer.encode_stream
+
+    def folder_appears(self, *args, **kwargs):
+        out.mkdir()  # after the check up front, while the input is encoded
+        yield from encode_stream(self, *args, **kwargs)
+
+    monkeypatch.setattr(Tokenizer, "encode_stream", folder_appears)
+    rc, _, err = run_here(capsys, "encode", vocab, corpus, "--out", out)
+    assert_clean_error(rc, err, f"{out}: exists and is not a regular file")
+    assert out.is_dir() and not any(out.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "ids.npy"]
+
+
+def decode_here(monkeypatch, tmp_path, *args, stdin: bytes | None = None, peak: list | None = None):
+    """cli.main(["decode", ...]) in this process with standard output in a
+    file: (exit status, the bytes written). `peak`, a list, gets the most
+    memory that main() had allocated at once (tracemalloc)."""
+    out_path = tmp_path / "decoded.out"
+    with open(out_path, "w", encoding="utf-8") as out, monkeypatch.context() as m:
+        m.setattr(sys, "stdout", out)
+        if stdin is not None:
+            m.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin), encoding="utf-8"))
+        if peak is not None:
+            tracemalloc.start()
+        try:
+            rc = cli.main(["decode", *map(str, args)])
+            if peak is not None:
+                peak.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    return rc, out_path.read_bytes()
+
+
+MULTIBYTE = "能力 ability 😀\r\nline two 中文 €£ ĳ\U00020000 <|eos|> end"  # 3-, 4- and 2-byte characters
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 7, 4096])
+def test_decode_in_pieces_gives_the_whole_decode(shared, tmp_path, monkeypatch, corpus, chunk):
+    vocab = shared / "data" / "tokenizer_16384_v2.json"
+    tok = Tokenizer.load(vocab)
+    ids = tok.encode(MULTIBYTE + corpus("pretrain_psycho.txt")[:2000], allow_special=True)
+    whole = tok.decode(ids).encode("utf-8")
+    assert len(whole) > 2 * len(ids)  # most ids are multi-byte characters, so pieces cut between them
+
+    npy = tmp_path / "ids.npy"
+    np.save(npy, np.array(ids, dtype=np.uint32))
+    assert decode_here(monkeypatch, tmp_path, vocab, npy, "--chunk-ids", chunk) == (0, whole)
+    # Fortran order: the pieces are gathered from all over the file.
+    matrix = tmp_path / "matrix.npy"
+    np.save(matrix, np.asfortranarray(np.array(ids[:1000], dtype=">i8").reshape(40, 25)))
+    assert decode_here(monkeypatch, tmp_path, vocab, matrix, "--chunk-ids", chunk) == (0, tok.decode(ids[:1000]).encode())
+
+    # Text on standard input is read `chunk` bytes at a time, so these multi-byte
+    # separators (U+3000, NEL, U+2028) and ids are cut at every place.
+    separators = [" ", ",\u3000", "\x85", "\n", "\u2028", ", "]
+    text = "[" + "".join(f"{i}{separators[n % len(separators)]}" for n, i in enumerate(ids)) + "]"
+    assert decode_here(monkeypatch, tmp_path, vocab, "--chunk-ids", chunk, stdin=text.encode()) == (0, whole)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 16384])
+def test_decode_in_pieces_fails_as_the_whole_decode(shared, tmp_path, monkeypatch, capsys, chunk):
+    vocab = shared / "data" / "nano_80.json"
+    cases = [
+        (b"8 9 10 11 80", "token id 80 is outside the vocabulary (0..79)"),  # found before any text is out
+        (b"8 -3 9 80", "token id -3 is outside"),  # the same id a whole decode names
+        ("8\u3000١٠ 9".encode(), "not a token id: '١٠'"),  # a 2-byte digit cut in two
+        (b"[8, true]", "not a token id: 'true'"),  # JSON true is no id either
+        (b"8 " + b"9" * 25, "token id out of range: " + "9" * 25),
+        (b"8 9 \xff", "standard input: not UTF-8 text (invalid start byte at byte 4)"),
+        (b"8 " + b"0" * 5000, f"a word over {cli.MAX_WORD_CHARS} characters long is not a token id: '0000"),
+    ]
+    for stdin, message in cases:
+        rc, out = decode_here(monkeypatch, tmp_path, vocab, "--chunk-ids", chunk, stdin=stdin)
+        assert_clean_error(rc, capsys.readouterr().err, message)
+        assert out == b""
+    npy = tmp_path / "ids.npy"
+    np.save(npy, np.array([8] * 100 + [80] + [9] * 100, dtype=np.uint16))
+    rc, out = decode_here(monkeypatch, tmp_path, vocab, npy, "--chunk-ids", chunk)
+    assert_clean_error(rc, capsys.readouterr().err, "token id 80 is outside")
+    assert out == b""
+
+
+def test_decode_memory_stays_flat(shared, tmp_path, monkeypatch, corpus):
+    vocab = shared / "data" / "tokenizer_4096.json"
+    tok = Tokenizer.load(vocab)
+    ids = np.resize(np.array(tok.encode(corpus("pretrain_psycho.txt")[:300_000]), dtype=np.uint16), 1_000_000)
+    npy = tmp_path / "ids.npy"
+    np.save(npy, ids)
+    text_ids = " ".join(map(str, ids[:100_000].tolist())).encode()
+    peaks = []
+    for args, stdin in [((npy,), None), ((), text_ids)]:
+        rc, out = decode_here(monkeypatch, tmp_path, vocab, *args, stdin=stdin, peak=peaks)
+        assert rc == 0
+        assert out == tok.decode(ids if stdin is None else ids[:100_000]).encode()
+    # Once all ids were read, listed and joined at once: peaks of 34 MiB and 10 MiB. Now about 1.4 MiB each.
+    assert max(peaks) < 4 << 20, peaks
+
+
+def test_a_mapped_ids_file_that_shrinks_is_an_error_not_a_crash(tmp_path):
+    npy = tmp_path / "ids.npy"
+    np.save(npy, np.arange(10_000, dtype=np.uint32))
+    ids, check = cli._read_npy(str(npy))
+    assert [len(p) for p in cli._pieces(ids, 4096, check)] == [4096, 4096, 1808]
+    os.truncate(npy, 1000)
+    # Touching the missing pages would kill the process (SIGBUS); the check comes before each piece.
+    with pytest.raises(cli._Fail, match="ids.npy: shrank to 1000 bytes while being read"):
+        next(cli._pieces(ids, 4096, check))

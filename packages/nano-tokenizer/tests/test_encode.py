@@ -223,6 +223,11 @@ def test_decode_rejects_bad_ids(vocab):
         ([3, 2**63], "token id 9223372036854775808 is outside the vocabulary"),
         ([2**64], "token id 18446744073709551616 is outside"),
         ([True], r"ids\[0\] is True, not an integer"),
+        # Booleans among integers: numpy made them 1 and 0, so these once decoded.
+        ([1, True], r"ids\[1\] is True, not an integer token id"),
+        ((8, 9, False), r"ids\[2\] is False, not an integer token id"),
+        ([np.int64(3), np.True_], r"ids\[1\] is True, not an integer token id"),
+        (np.array([True, False]), r"ids\[0\] is True, not an integer token id \(an array of bool\)"),
         ([1, 2.0], r"ids\[1\] is 2.0, not an integer"),
         (5, "flat sequence of integers, got int"),
         (np.zeros((2, 2), dtype=np.int64), "flat sequence of integers, got int64 of shape"),

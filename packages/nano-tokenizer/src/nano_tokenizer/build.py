@@ -16,15 +16,23 @@ from os import PathLike
 from pathlib import Path
 from typing import Iterator
 
-from .tokenizer import DEFAULT_SPECIALS, MAX_TOKEN_CODEPOINTS, Tokenizer, TokenizerError, read_utf8
+from .tokenizer import DEFAULT_SPECIALS, MAX_JSON_BYTES, MAX_TOKEN_CODEPOINTS, READ_BYTES, Tokenizer, TokenizerError, read_utf8
+
+# Every word of a words file goes into the vocabulary, and a vocabulary's JSON
+# may be 64 MiB at most (MAX_JSON_BYTES): a bigger words file is not one, and
+# the words read so far must not grow with it.
+MAX_WORDS_BYTES = MAX_JSON_BYTES
+# A piece of short lines splits into many small strings (1 MiB of "ab" lines
+# into 20 MiB of them): words files are read in smaller pieces than corpora.
+WORDS_READ_BYTES = 1 << 16
 
 
-def _pieces(path) -> Iterator[str]:
+def _pieces(path, size: int = READ_BYTES, max_bytes: int | None = None, kind: str = "file") -> Iterator[str]:
     """The file's text in pieces, read as strict UTF-8 (CR kept: a CR in the
     corpus is a character like any other); errors name the file and byte."""
     try:
         with open(path, "rb") as f:
-            yield from read_utf8(f, path)
+            yield from read_utf8(f, path, size, max_bytes=max_bytes, kind=kind)
     except OSError as e:
         raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
 
@@ -38,33 +46,33 @@ def count_characters(paths) -> Counter:
     return counts
 
 
-def read_words(path) -> list[str]:
-    """One token per line, verbatim except for the line break: lines end at
-    LF, and a CR right before the LF belongs to the line break (CRLF files
-    work); any other character, CR elsewhere included, is part of the word.
-    Empty lines are skipped. Read in pieces, so no line is held beyond a
-    token's length."""
-    words = []
+def read_words(path) -> Iterator[str]:
+    """The words of a words file, one token per line, verbatim except for the
+    line break: lines end at LF, and a CR right before the LF belongs to the
+    line break (CRLF files work); any other character, CR elsewhere included,
+    is part of the word. Empty lines are skipped. Read in pieces and yielded
+    as they come, so no line is held beyond a token's length, and a file over
+    MAX_WORDS_BYTES is refused."""
     number = 0  # of the last complete line
 
-    def take(word: str) -> None:
+    def checked(word: str) -> str:
         if len(word) > MAX_TOKEN_CODEPOINTS:
             raise TokenizerError(f"{path}:{number}: word is {len(word)} code points long (at most {MAX_TOKEN_CODEPOINTS})")
-        if word:
-            words.append(word)
+        return word
 
     tail = ""  # the line read so far, its LF not yet seen
-    for piece in _pieces(path):
+    for piece in _pieces(path, WORDS_READ_BYTES, MAX_WORDS_BYTES, "words file"):
         lines = (tail + piece).split("\n")
         tail = lines.pop()
         for line in lines:
             number += 1
-            take(line[:-1] if line.endswith("\r") else line)
+            if word := checked(line[:-1] if line.endswith("\r") else line):
+                yield word
         if len(tail) > MAX_TOKEN_CODEPOINTS + 1:  # + 1 for the CR of a CRLF still to come
             raise TokenizerError(f"{path}:{number + 1}: word is longer than {MAX_TOKEN_CODEPOINTS} code points")
     number += 1
-    take(tail)  # the last line, if the file does not end with a line break
-    return words
+    if word := checked(tail):  # the last line, if the file does not end with a line break
+        yield word
 
 
 def build_vocab(corpora, size: int, words_file=None, specials=None) -> Tokenizer:
@@ -90,7 +98,7 @@ def build_vocab(corpora, size: int, words_file=None, specials=None) -> Tokenizer
             special_list.append(token)
 
     taken = set(special_list)
-    words = []
+    words = []  # in file order, each once: memory grows with the distinct words, not the file
     if words_file is not None:
         for word in read_words(words_file):
             if word not in taken:

@@ -11,11 +11,13 @@ read). TEXTFILE is UTF-8 text, `-` for standard input; it is streamed, so any
 size works. `encode` prints the ids separated by spaces, or writes them to a
 .npy file of uint32 with --out. `decode` takes ids as arguments, from a .npy
 file, or as whitespace/comma separated text on standard input, and writes the
-text exactly (no newline added). Special-token strings in the text (such as
-<|eos|>) stay ordinary characters unless --allow-special.
+text exactly (no newline added); it works in pieces, so any number of ids
+fits, and writes nothing unless every id is valid. Special-token strings in
+the text (such as <|eos|>) stay ordinary characters unless --allow-special.
 
 Outputs are written atomically into an existing folder (none is created); an
-output that is the same file as an input is refused.
+output that is the same file as an input, or that could not be written (a
+folder there, no such folder), is refused before any work is done.
 
 Also runnable as `python -m nano_tokenizer`. Errors exit with status 1 and a
 one-line message.
@@ -27,12 +29,14 @@ import argparse
 import io
 import itertools
 import math
+import mmap
 import os
 import re
 import sys
 import tempfile
 import unicodedata
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -78,6 +82,28 @@ def _refuse_same_file(output: str, inputs) -> None:
         if os.path.samestat(out_stat, in_stat):
             shown = STDIN if name == "-" else f"the input {name}"
             raise _Fail(f"{output}: is the same file as {shown}; write the output elsewhere")
+
+
+class _Accepted(Exception):
+    """Stops `_check_output`'s trial write at its first chunk."""
+
+
+def _check_output(output: str) -> None:
+    """Refuse before any work an output that the final write would refuse after
+    it (a folder or device there, a missing or unwritable folder), with the
+    same message: write_atomically checks the target and makes its temporary
+    file before it asks for the first chunk, and that chunk stops it (the
+    temporary file is removed, nothing is replaced). The final write checks
+    again, as things may change meanwhile."""
+
+    def stop():
+        raise _Accepted
+        yield  # a generator: nothing runs until write_atomically asks
+
+    try:
+        write_atomically(output, stop())
+    except _Accepted:
+        pass
 
 
 def _clip(word: str, limit: int = 40) -> str:
@@ -173,6 +199,7 @@ def cmd_encode(args) -> None:
         raise _Fail("--chunk-chars must be at least 1")
     if args.out:
         _refuse_same_file(args.out, [args.vocab, args.textfile])
+        _check_output(args.out)
     name = STDIN if args.textfile == "-" else args.textfile
     with _open_binary(args.textfile) as f:
         parts = tok.encode_stream(read_utf8(f, name), chunk_chars=args.chunk_chars, allow_special=args.allow_special)
@@ -191,11 +218,24 @@ def cmd_encode(args) -> None:
 
 # ---------------------------------------------------------------------------
 # decode
+#
+# The ids go through in pieces, so memory stays flat whatever their number: a
+# .npy file is memory-mapped, ids on standard input are parsed as they arrive
+# and kept in an unnamed temporary file. Every id is checked before any text is
+# written, so a bad id anywhere leaves the output empty, as a whole decode does.
+
+DECODE_CHUNK_IDS = 1 << 14  # ids per piece: at most 4 Mi code points even if every token has 255
+MAX_WORD_CHARS = 1 << 12  # the longest word held while standard input is read (an id needs 20)
+_SEPARATORS = re.compile(r"[\s,\[\]]+")
+_ID = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '١٠٠' (Arabic-Indic 100)
 
 
-def _read_npy(path: str) -> np.ndarray:
-    """The ids of a .npy file, checked against the file's size before anything
-    is allocated (a header can claim any shape)."""
+def _read_npy(path: str):
+    """The ids of a .npy file as an array over a read-only memory map (pages
+    are read as they are used), and a function that raises if the file has
+    shrunk since: touching a page it no longer has would kill the process
+    (SIGBUS). The header is checked against the file's size first (a header
+    can claim any shape)."""
     fmt = np.lib.format
     try:
         with open(path, "rb") as f:
@@ -214,33 +254,29 @@ def _read_npy(path: str) -> np.ndarray:
                     f"{path}: the header promises {count} ids ({count * dtype.itemsize} bytes from byte "
                     f"{data_start}) but the file holds {data_size} bytes there"
                 )
-            data = f.read(data_size)
+            if count == 0:
+                return np.zeros(shape, dtype), lambda: None
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as e:
         raise _Fail(f"{path}: cannot read ids: {e.strerror or e}") from None
     except (ValueError, SyntaxError, TypeError) as e:  # numpy's words for a broken header
         raise _Fail(f"{path}: not a .npy file ({e})") from None
-    arr = np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran_order else "C")
-    return arr.reshape(-1)
+    arr = np.frombuffer(mapping, dtype=dtype, count=count, offset=data_start)
+    end = data_start + data_size
+
+    def check() -> None:
+        if mapping.size() < end:
+            raise _Fail(f"{path}: shrank to {mapping.size()} bytes while being read (from {end}); read it again")
+
+    return arr.reshape(shape, order="F" if fortran_order else "C"), check
 
 
-def _read_ids(items: list[str]) -> np.ndarray:
-    if len(items) == 1 and items[0].endswith(".npy"):
-        return _read_npy(items[0])
-    if not items or items == ["-"]:
-        if sys.stdin is None:  # started with standard input closed
-            raise _Fail(f"{STDIN} is closed")
-        data = sys.stdin.buffer.read()
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise _Fail(f"{STDIN}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    else:
-        text = " ".join(items)
-    words = [w for w in re.split(r"[\s,\[\]]+", text) if w]
+def _parse_ids(words) -> np.ndarray:
     ids = []
     for w in words:
-        # ASCII digits only: int() would also take '١٠٠' (Arabic-Indic 100).
-        if not re.fullmatch(r"[+-]?[0-9]+", w):
+        if not w:
+            continue  # before a leading or after a trailing separator
+        if not _ID.fullmatch(w):
             raise _Fail(f"not a token id: {_clip(repr(w))}")
         # Past 19 digits it is out of range anyway; do not make int() parse thousands.
         if len(w.lstrip("+-").lstrip("0")) > 19 or not -(2**63) <= int(w) < 2**63:
@@ -249,11 +285,73 @@ def _read_ids(items: list[str]) -> np.ndarray:
     return np.array(ids, dtype=np.int64)
 
 
+def _text_ids(pieces) -> Iterator[np.ndarray]:
+    """Ids from text that arrives in pieces; a word cut between two pieces is
+    joined up first, so any cut gives the ids of the whole text."""
+    tail = ""  # a word that the next piece may go on with
+    for piece in pieces:
+        words = _SEPARATORS.split(tail + piece)
+        tail = words.pop()
+        if len(tail) > MAX_WORD_CHARS:
+            raise _Fail(f"{STDIN}: a word over {MAX_WORD_CHARS} characters long is not a token id: {tail[:40]!r}...")
+        yield _parse_ids(words)
+    yield _parse_ids([tail])
+
+
+def _spool(parts) -> np.ndarray:
+    """The ids of `parts` in an unnamed temporary file, mapped back as one array."""
+    count = 0
+    try:
+        with tempfile.TemporaryFile() as f:
+            for ids in parts:
+                f.write(ids.tobytes())
+                count += len(ids)
+            if count == 0:
+                return np.zeros(0, np.int64)
+            f.flush()
+            return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype=np.int64)
+    except OSError as e:
+        raise _Fail(f"cannot keep the ids of {STDIN} in a temporary file: {e.strerror or e}") from None
+
+
+def _read_ids(items: list[str], chunk: int):
+    """(ids, check): an integer array, perhaps over a memory map, and a
+    function to call before each piece of it is read (see _read_npy)."""
+    if len(items) == 1 and items[0].endswith(".npy"):
+        return _read_npy(items[0])
+    if not items or items == ["-"]:
+        if sys.stdin is None:  # started with standard input closed
+            raise _Fail(f"{STDIN} is closed")
+        return _spool(_text_ids(read_utf8(sys.stdin.buffer, STDIN, size=chunk))), lambda: None
+    return _parse_ids(_SEPARATORS.split(" ".join(items))), lambda: None
+
+
+def _pieces(ids: np.ndarray, size: int, check) -> Iterator[np.ndarray]:
+    """`ids` in the order reshape(-1) gives them, `size` at a time; no more
+    than a piece is read or copied at once."""
+    flat = ids.reshape(-1) if ids.flags.c_contiguous else None  # a view
+    for start in range(0, ids.size, size):
+        check()
+        if flat is not None:
+            yield flat[start : start + size]
+        else:  # a Fortran-order file: gather the piece
+            stop = min(start + size, ids.size)
+            yield ids[np.unravel_index(np.arange(start, stop), ids.shape)]
+
+
 def cmd_decode(args) -> None:
     tok = Tokenizer.load(args.vocab)
-    text = tok.decode(_read_ids(args.ids))
+    if args.chunk_ids < 1:
+        raise _Fail("--chunk-ids must be at least 1")
+    ids, check = _read_ids(args.ids, args.chunk_ids)
+    low = high = 0  # a valid id: it changes neither the verdict nor the id named
+    for piece in _pieces(ids, args.chunk_ids, check):
+        low, high = min(low, int(piece.min())), max(high, int(piece.max()))
+    tok._check_range(low, high)
     sys.stdout.flush()
-    sys.stdout.buffer.write(text.encode("utf-8"))
+    # A token is whole code points, so the pieces' UTF-8 joins up to the whole text's.
+    for piece in _pieces(ids, args.chunk_ids, check):
+        sys.stdout.buffer.write(tok.decode(piece).encode("utf-8"))
     sys.stdout.buffer.flush()
 
 
@@ -263,6 +361,7 @@ def cmd_decode(args) -> None:
 
 def cmd_build(args) -> None:
     _refuse_same_file(args.output, [*args.corpus, *([args.words] if args.words else [])])
+    _check_output(args.output)
     tok = build_vocab(args.corpus, args.size, words_file=args.words, specials=args.special)
     tok.save(args.output)
     print(f"{tok.vocab_size} tokens ({len(tok.special_tokens)} special) -> {args.output}", file=sys.stderr)
@@ -292,6 +391,8 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("decode", help="token ids -> text")
     p.add_argument("vocab", metavar="VOCAB", help="tokenizer JSON or .bin model")
     p.add_argument("ids", nargs="*", metavar="IDS", help="ids, a .npy file, or - (default) for standard input")
+    # Ids per piece, and bytes per read of standard input: tests make it small.
+    p.add_argument("--chunk-ids", type=int, default=DECODE_CHUNK_IDS, metavar="N", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("build", help="build a vocabulary from corpora")

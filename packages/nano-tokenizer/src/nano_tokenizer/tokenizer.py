@@ -350,11 +350,15 @@ class Tokenizer:
         arr = self._ids_array(ids)
         if arr.size == 0:
             return ""
-        low, high = int(arr.min()), int(arr.max())
+        self._check_range(int(arr.min()), int(arr.max()))
+        return "".join(map(self._itos.__getitem__, arr.tolist()))
+
+    def _check_range(self, low: int, high: int) -> None:
+        """Raise unless ids from `low` to `high` are all in the vocabulary (the
+        command line checks a file's ids piece by piece with it)."""
         if low < 0 or high >= self.vocab_size:
             bad = low if low < 0 else high
             raise TokenizerError(f"token id {bad} is outside the vocabulary (0..{self.vocab_size - 1})")
-        return "".join(map(self._itos.__getitem__, arr.tolist()))
 
     def _ids_array(self, ids) -> np.ndarray:
         """`ids` as a flat integer array, or a TokenizerError that says what is wrong."""
@@ -365,8 +369,12 @@ class Tokenizer:
         except (ValueError, TypeError, OverflowError):
             arr = None  # e.g. nested lists of different lengths
         if arr is not None and (arr.size == 0 or (arr.ndim == 1 and arr.dtype.kind in "iu")):
+            if not hasattr(ids, "__array__"):  # arrays and tensors: their dtype said what they hold
+                _refuse_bools(ids)  # numpy makes [1, True] the integers [1, 1]
             return arr
         if isinstance(ids, np.ndarray):
+            if arr.ndim == 1 and arr.dtype.kind == "b":
+                raise TokenizerError(f"ids[0] is {_short(arr[0].item())}, not an integer token id (an array of bool)")
             raise TokenizerError(f"ids must be a flat sequence of integers, got {arr.dtype} of shape {arr.shape}")
         # A Python sequence numpy could not make integers of: find the element at fault.
         # (An iterator lands here too, as a 0-d object array, and is fine if its items are.)
@@ -394,6 +402,17 @@ class Tokenizer:
 # Helpers
 
 
+def _refuse_bools(ids) -> None:
+    """A bool is not a token id, though numpy and Python treat True as 1."""
+    try:
+        types = set(map(type, ids))  # at C speed; bool cannot be subclassed
+    except TypeError:
+        return  # numpy read it through the array protocol: its dtype says what it holds
+    if bool in types or np.bool_ in types:
+        i, x = next((i, x) for i, x in enumerate(ids) if isinstance(x, (bool, np.bool_)))
+        raise TokenizerError(f"ids[{i}] is {x}, not an integer token id")
+
+
 def _text_pieces(source, size: int) -> Iterator[str]:
     if isinstance(source, str):
         for i in range(0, len(source), size):
@@ -413,13 +432,18 @@ def _text_pieces(source, size: int) -> Iterator[str]:
         yield piece
 
 
-def read_utf8(f: BinaryIO, name, size: int = READ_BYTES) -> Iterator[str]:
+def read_utf8(f: BinaryIO, name, size: int = READ_BYTES, max_bytes: int | None = None, kind: str = "file") -> Iterator[str]:
     """Decode a binary file as strict UTF-8 piece by piece (no newline
-    translation). A decoding error names `name` and the byte offset in the file."""
+    translation). A decoding error names `name` and the byte offset in the file.
+    A file of more than `max_bytes` (if given) raises a TokenizerError that
+    names it, the limit and what `kind` of file may be no larger, before
+    anything past the limit is decoded."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0  # bytes read before `block`
     while True:
-        block = f.read(size)
+        block = f.read(size if max_bytes is None else min(size, max_bytes + 1 - offset))
+        if max_bytes is not None and offset + len(block) > max_bytes:
+            raise TokenizerError(f"{name}: larger than {max_bytes >> 20} MiB, the most a {kind} may be")
         held = len(decoder.getstate()[0])  # the start of a character cut by the last block
         try:
             text = decoder.decode(block, final=not block)
