@@ -1,6 +1,7 @@
 """Broken or hostile input: one clear line naming the file and tensor, never a
 traceback, a raw numpy warning, a control character on the terminal or a dead process."""
 
+import json
 import mmap
 import os
 import struct
@@ -59,19 +60,144 @@ def test_bad_scales_are_errors_naming_file_and_tensor(build, tmp_path, scale, wh
     assert not out.exists()
 
 
-def test_quantizing_nan_names_file_and_tensor(build, tmp_path):
+def f32_file(build, path, at=None, value=np.nan):
+    """A small F32 model; `at` (tensor name, flat index) overwrites one stored value by hand,
+    since the writer refuses NaN and infinity."""
+    config = build.small_config()
+    nf.write(path, config, build.random_tensors(config), build.make_tokens(24))
+    if at is not None:
+        info = next(t for t in nf.read(path).tensors if t.name == at[0])
+        data = bytearray(path.read_bytes())
+        struct.pack_into("<f", data, info.offset + 4 * at[1], value)
+        path.write_bytes(data)
+    return path
+
+
+def test_writer_refuses_non_finite_weights(build, tmp_path):
     config = build.small_config()
     tensors = build.random_tensors(config)
     tensors["w1"][1, 2, 3] = np.inf
-    with pytest.raises(nf.WriteError, match=r"tensor 'w1' holds inf at index \[1, 2, 3\]"):
+    for quant in ("f32", "q8_0"):  # F32 used to store them as given
+        with pytest.raises(nf.WriteError, match=r"^tensor 'w1' holds inf at index \[1, 2, 3\]; "
+                                                r"a model file holds finite values only$"):
+            nf.to_bytes(config, tensors, build.make_tokens(24), quant=quant)
+    tensors["w1"][1, 2, 3] = 0.5
+    tensors["norm_final"][7] = np.nan  # always F32, in a Q8_0 file too
+    with pytest.raises(nf.WriteError, match=r"tensor 'norm_final' holds nan at index \[7\]"):
         nf.to_bytes(config, tensors, build.make_tokens(24), quant="q8_0")
-    src = tmp_path / "nan.bin"
-    tensors["w1"][1, 2, 3] = np.nan
-    nf.write(src, config, tensors, build.make_tokens(24))  # F32 stores NaN as given
-    r = run("convert", str(src), str(tmp_path / "o.bin"), "--quant", "q8_0")
-    assert r.returncode == 1
-    assert r.stderr == f"nano-format: error: {src}: tensor 'w1': holds NaN or infinity, which Q8_0 cannot " \
-                       f"quantize\n".encode()
+    lora = nf.LoraConfig(rank=2, alpha=4, n_layer=1, n_embd=8, n_head=2, n_hidden=8)
+    lora_tensors = build.random_tensors(lora)
+    lora_tensors["wv_B"][0, 1, 1] = -np.inf
+    with pytest.raises(nf.WriteError, match=r"tensor 'wv_B' holds -inf at index \[0, 1, 1\]"):
+        nf.write_lora(tmp_path / "lora.bin", lora, lora_tensors)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("quant", ["f32", "q8_0"])
+def test_converting_non_finite_values_names_file_and_tensor(build, tmp_path, quant):
+    src = f32_file(build, tmp_path / "nan.bin", at=("w1", 2 * 48 * 32 - 1))
+    offset = next(t.offset for t in nf.read(src).tensors if t.name == "w1") + 4 * (2 * 48 * 32 - 1)
+    out = tmp_path / "o.bin"
+    r = run("convert", str(src), str(out), "--quant", quant)
+    assert r.returncode == 1 and not out.exists()
+    assert r.stderr == f"nano-format: error: {src}: tensor 'w1' at offset 0x{offset:X}: value nan " \
+                       f"at index [1, 47, 31] is not a finite number\n".encode()
+
+
+@pytest.mark.parametrize("quant, tensor, index", [("f32", "wq", 77), ("q8_0", "rope_sin", 5)])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_validate_reports_non_finite_f32_values(build, tmp_path, quant, tensor, index, value):
+    config = build.small_config()
+    path = tmp_path / "bad.bin"
+    nf.write(path, config, build.random_tensors(config), build.make_tokens(24), quant=quant)
+    info = next(t for t in nf.read(path).tensors if t.name == tensor)
+    assert info.dtype == "f32"  # rope_sin stays F32 in a Q8_0 file
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<f", data, info.offset + 4 * index, value)
+    path.write_bytes(data)
+    where = [int(k) for k in np.unravel_index(index, info.shape)]
+
+    m = nf.read(path)  # the structure is fine: read() does not read the values
+    m.check_scales()
+    with pytest.raises(nf.NonFiniteValue) as e:
+        m.check_finite()
+    assert str(e.value) == f"{path}: tensor {tensor!r} at offset 0x{info.offset + 4 * index:X}: " \
+                           f"value {value} at index {where} is not a finite number"
+    good = q8_file(build, tmp_path / "good.bin")
+    r = run("validate", str(path), str(good))  # once: OK for both
+    assert r.returncode == 1 and r.stdout == b"OK   " + bytes(good) + b": " + r.stdout.split(b": ", 1)[1]
+    assert r.stderr == f"FAIL {e.value}\n".encode()
+
+
+def test_fixtures_hold_finite_values(psycho_path, sort6_path):
+    for path in (psycho_path, sort6_path):
+        with nf.read(path) as m:
+            m.check_finite()
+            m.check_scales()
+
+
+def test_finite_check_reads_a_chunk_at_a_time():
+    values = np.zeros(8 << 20, np.float32)  # eight chunks
+    assert nf.quant.first_non_finite(values) is None
+    for i in (0, (1 << 20) - 1, 1 << 20, values.size - 1):
+        values[i] = np.nan
+        assert nf.quant.first_non_finite(values) == i and nf.quant.first_non_finite(values.reshape(8, -1)) == i
+        values[i] = 0
+    import tracemalloc
+    tracemalloc.start()
+    nf.quant.first_non_finite(values)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 << 20  # 1 MiB boolean chunks, not 8 MiB for the whole
+
+
+# -- q = -128: the int8 value the quantizer never writes ------------------
+
+
+def test_minus_128_with_a_large_scale_is_a_bad_scale(build, tmp_path):
+    amax = np.float32(3.39e38)
+    big = amax / np.float32(127)  # the quantizer's scale: -127 * big is finite, -128 * big is not
+    with np.errstate(over="ignore"):
+        assert np.float32(-127) * big == -amax and np.float32(-128) * big == -np.inf
+
+    config = build.small_config()
+    tensors = build.random_tensors(config)
+    tensors["wq"][0, 0, :16] = -amax  # group 0 of wq.0's row 0 gets that scale
+    path = tmp_path / "big.bin"
+    nf.write(path, config, tensors, build.make_tokens(24), quant="q8_0", group_size=16)
+    m = nf.read(path)
+    info = next(t for t in m.tensors if t.name == "wq.0")
+    assert m.quantized("wq.0").scales[0, 0] == big
+    m.check_scales()  # what the writer makes is fine (q is -127 there)
+    assert np.isfinite(m.tensor("wq.0")).all()
+
+    data = bytearray(path.read_bytes())
+    data[info.offset + 5] = 0x80  # q = -128 in the same group
+    data[info.offset + 16] = 0x80  # and in group 1, whose small scale is harmless
+    path.write_bytes(data)
+    m = nf.read(path)
+    assert m.quantized("wq.0").q[0, 16] == -128
+    with pytest.raises(nf.BadScale) as e:
+        m.check_scales()
+    assert str(e.value) == f"{path}: tensor 'wq.0' at offset 0x{info.offset + 32 * 32:X}: scale {big:g} " \
+                           f"(row 0, group 0) overflows float32 when dequantized (its group holds q = -128)"
+    with pytest.raises(nf.BadScale, match="q = -128"):
+        m.tensor("wq.0")  # once -inf
+    r = run("validate", str(path))
+    assert r.returncode == 1 and r.stderr == f"FAIL {e.value}\n".encode()
+
+
+def test_minus_128_with_an_ordinary_scale_is_fine(build, tmp_path):
+    path = q8_file(build, tmp_path / "ok.bin")
+    info = next(t for t in nf.read(path).tensors if t.name == "w2.1")
+    data = bytearray(path.read_bytes())
+    data[info.offset + 48 + 20] = 0x80  # row 1, column 20 (group 1)
+    path.write_bytes(data)
+    m = nf.read(path)
+    m.check_scales()  # the C engine computes -128 * scale like any other q
+    qt = m.quantized("w2.1")
+    assert qt.q[1, 20] == -128 and m.tensor("w2.1")[1, 20] == np.float32(-128) * qt.scales[1, 1]
+    assert run("validate", str(path)).returncode == 0
 
 
 # -- 8: API gaps ----------------------------------------------------------
@@ -151,6 +277,31 @@ def test_info_escapes_control_bytes_of_bpe_tokens(build, tmp_path):
     shown = r.stdout.decode("utf-8")
     assert not any(ord(c) < 0x20 and c != "\n" or 0x7F <= ord(c) < 0xA0 for c in shown)
     assert r"'\x1b]0;PWNED\x07\x1b[2J\nFAKE\rX\x9b\\\xff' (id 0, 25 bytes)" in shown
+
+
+# What a terminal acts on yet json.dumps(ensure_ascii=False) leaves raw: C1 controls, bidi controls,
+# line and paragraph separators; DEL and a format character beyond the BMP (U+E0001) too.
+_HIDDEN = ("\x7f\x80\x85\x9b\x9f\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+           "\u2066\u2067\u2068\u2069\u2028\u2029\U000e0001")
+
+
+def test_info_json_escapes_what_the_terminal_would_act_on(build, tmp_path):
+    config = build.small_config()
+    tokens = build.make_tokens(24)
+    tokens[0] = nf.TokenEntry(0, "<|" + _HIDDEN + "|>", True)
+    tokens[1] = nf.TokenEntry(1, "中文 \U0001F600 é", True)  # readable text stays as it is
+    path = tmp_path / "bidi\u202egnp.bin"
+    nf.write(path, config, build.random_tensors(config), tokens)
+    r = run("info", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    raw = r.stdout.decode("utf-8")
+    d = json.loads(raw)
+    assert d["path"] == str(path)
+    assert [s["text"] for s in d["tokenizer"]["specials"]] == [tokens[0].text, tokens[1].text]
+    assert not set(raw) & set(_HIDDEN + "\u202e")
+    assert all(line.isprintable() for line in raw.split("\n"))
+    assert '"text": "中文 \U0001F600 é"' in raw
+    assert r'"text": "<|\u007f\u0080\u0085\u009b\u009f\u061c\u200e' in raw and r"\udb40\udc01|>" in raw
 
 
 def test_validate_checks_every_file_whatever_the_terminal_encodes(sort6_path, tmp_path):

@@ -11,8 +11,9 @@ Usage:
 
 info      header fields, layout and what it means, config, vocabulary summary,
           the tensor table (offsets, shapes, dtypes, sizes) and totals.
-validate  checks each file completely (Q8_0 scales too); prints one OK line
-          per file, or the reason on stderr, and always goes on to the next.
+validate  checks each file completely (Q8_0 scales and F32 values too: NaN
+          or infinity is an error); prints one OK line per file, or the reason
+          on stderr, and always goes on to the next.
 convert   rewrites a file in another layout and/or quantization. By default the
           layout and quantization stay as they are (2025.12 files become 2026.1).
           Q8_0 -> F32 dequantizes, F32 -> Q8_0 quantizes (the group size is
@@ -34,8 +35,6 @@ import argparse
 import dataclasses
 import json
 import sys
-
-import numpy as np
 
 from . import __version__, spec
 from .config import Config
@@ -65,6 +64,25 @@ def _shown(text: str, backslash: bool = False) -> str:
             out.append(ch)
         else:
             out.append(repr(ch)[1:-1])
+    return "".join(out)
+
+
+def _json_text(value) -> str:
+    """JSON safe for a terminal. Readable text stays readable (no ensure_ascii:
+    Chinese stays Chinese), but what _shown() would escape and json.dumps
+    leaves raw (DEL, C1 controls, bidi controls such as U+202E, U+2028/U+2029,
+    other non-printable code points) is written as \\uXXXX. Such code points
+    only occur inside strings, where the escape parses back to the same value."""
+    out = []
+    for ch in json.dumps(value, indent=2, ensure_ascii=False):
+        n = ord(ch)
+        if n < 0x7F or ch.isprintable():
+            out.append(ch)
+        elif n > 0xFFFF:  # beyond the BMP: JSON spells it as a UTF-16 surrogate pair
+            n -= 0x10000
+            out.append(f"\\u{0xD800 + (n >> 10):04x}\\u{0xDC00 + (n & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{n:04x}")
     return "".join(out)
 
 
@@ -239,7 +257,7 @@ def _one_line(nf: NanoFile) -> str:
 def cmd_info(args) -> int:
     with read(args.file) as nf:
         if args.json:
-            print(json.dumps(describe(nf), indent=2, ensure_ascii=False))
+            print(_json_text(describe(nf)))
         else:
             print(_info_text(nf))
     return 0
@@ -253,6 +271,7 @@ def cmd_validate(args) -> int:
                 nf.ensure_loadable()
                 nf.tokens  # decode the vocabulary too
                 nf.check_scales()  # Q8_0: a NaN or overflowing scale is an error, like a bad header
+                nf.check_finite()  # and so is a NaN or infinity in an F32 tensor
                 line = f"OK   {_shown(path)}: {_one_line(nf)}"
         except (FormatError, OSError, ValueError) as e:
             failed += 1
@@ -266,6 +285,7 @@ def cmd_convert(args) -> int:
     with read(args.input) as src:
         src.ensure_loadable()
         src.check_scales()
+        src.check_finite()  # the writer would refuse NaN or infinity too, without naming IN
         if src.model_type == ModelType.LORA:
             return _convert_lora(src, args)
         return _convert_model(src, args)
@@ -306,11 +326,6 @@ def _convert_model(src: NanoFile, args) -> int:
         group = src.group_size if quant == QuantType.Q8_0 else None
     else:
         tensors = {name: src.tensor(name) for name in src.tensor_names()}  # floats: (re)quantized on write
-        if quant == QuantType.Q8_0:  # the writer would refuse these too, without naming IN
-            for name, values in tensors.items():
-                if name in spec.QUANTIZED_TENSORS and not np.isfinite(values).all():
-                    raise FormatError("holds NaN or infinity, which Q8_0 cannot quantize",
-                                      path=src.path, field=f"tensor {name!r}")
     recompute = config.position == Position.ROPE and config.rope_theta != src.config.rope_theta
     if recompute:
         for name in spec.ROPE_TENSORS:  # the writer computes them for the new theta

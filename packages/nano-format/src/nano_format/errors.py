@@ -20,6 +20,7 @@ __all__ = [
     "BadConfig",
     "BadGroupSize",
     "BadScale",
+    "NonFiniteValue",
     "Truncated",
     "BadTokenRecord",
     "TrailingBytes",
@@ -90,7 +91,13 @@ class BadGroupSize(FormatError):
 
 class BadScale(FormatError):
     """A Q8_0 scale is NaN, infinite, or so large that dequantized values
-    overflow float32 (found by NanoFile.check_scales() and tensor())."""
+    overflow float32, counting a stored q of -128 (found by
+    NanoFile.check_scales() and tensor())."""
+
+
+class NonFiniteValue(FormatError):
+    """An F32 tensor holds a NaN or an infinity (found by NanoFile.check_finite());
+    the writer never stores one."""
 
 
 class Truncated(FormatError):

@@ -25,9 +25,10 @@ from . import spec
 from .errors import BadGroupSize
 
 __all__ = ["QuantizedTensor", "quantize_q8_0", "dequantize_q8_0", "choose_group_size", "check_group_size",
-           "round_half_away"]
+           "round_half_away", "first_non_finite"]
 
 _Q8_MAX = np.float32(spec.Q8_MAX)
+_CHUNK = 1 << 20  # values looked at a time, so that temporaries stay small for huge tensors
 
 
 @dataclass(frozen=True, eq=False)
@@ -70,6 +71,19 @@ class QuantizedTensor:
         return dequantize_q8_0(self)
 
 
+def first_non_finite(values: np.ndarray) -> int | None:
+    """The flat (C-order) index of the first NaN or infinity in `values`, or None.
+
+    Scans in chunks: a huge tensor never gets a boolean copy of its own size.
+    """
+    flat = values.reshape(-1)
+    for start in range(0, flat.size, _CHUNK):
+        finite = np.isfinite(flat[start:start + _CHUNK])
+        if not finite.all():
+            return start + int(np.argmin(finite))
+    return None
+
+
 def round_half_away(v: np.ndarray) -> np.ndarray:
     """C's roundf on a float32 array: ties go away from zero."""
     t = np.trunc(v)
@@ -91,7 +105,7 @@ def quantize_q8_0(x, group_size: int) -> QuantizedTensor:
     cols = x.shape[-1]
     if group_size < 1 or cols % group_size:
         raise ValueError(f"group size {group_size} does not divide the row length {cols}")
-    if not np.isfinite(x).all():
+    if first_non_finite(x) is not None:
         raise ValueError("cannot quantize non-finite values (NaN or infinity)")
     groups = x.reshape(*x.shape[:-1], cols // group_size, group_size)
     amax = np.abs(groups).max(axis=-1, initial=np.float32(0))
@@ -109,7 +123,8 @@ def dequantize_q8_0(qt: QuantizedTensor) -> np.ndarray:
     """q * scale in float32, in the quantized tensor's shape.
 
     Scales that are NaN, infinite or too large give NaN or infinity, quietly
-    (NanoFile.check_scales() finds them in a file).
+    (NanoFile.check_scales() finds them in a file, counting a stored q of -128,
+    which the quantizer never writes).
     """
     G = qt.group_size
     shape = qt.q.shape

@@ -39,6 +39,7 @@ from .errors import (
     BadHeader,
     BadMagic,
     FormatError,
+    NonFiniteValue,
     SizeOverflow,
     TrailingBytes,
     Truncated,
@@ -48,7 +49,7 @@ from .errors import (
     UnsupportedVersion,
 )
 from .plan import Param, lora_params, model_params, q8_0_nbytes
-from .quant import QuantizedTensor, check_group_size, dequantize_q8_0
+from .quant import QuantizedTensor, check_group_size, dequantize_q8_0, first_non_finite
 from .spec import ModelType, QuantType, TokenizerKind
 from .vocab import check_bpe_section, check_trie_section, decode_bpe_section, decode_tokenizer_section
 
@@ -384,7 +385,8 @@ class NanoFile:
 
     def check_scales(self) -> None:
         """Q8_0: raise BadScale for the first scale that is NaN, infinite, or so
-        large that q * scale overflows float32 (the writer never makes one).
+        large that q * scale overflows float32 for a stored q (-128 included;
+        the writer never makes one).
         Reads every scale (1/G of the parameters), which read() does not;
         tensor() checks those of the tensor it dequantizes."""
         if self.quant != QuantType.Q8_0:
@@ -395,6 +397,23 @@ class NanoFile:
             if info.dtype == "q8_0":
                 self._check_scales(info)
 
+    def check_finite(self) -> None:
+        """Raise NonFiniteValue for the first NaN or infinity in an F32 tensor
+        (in file order; the writer never stores one). Reads every F32 value, a
+        chunk at a time, which read() does not; tensor() hands F32 values out
+        as stored."""
+        self.ensure_loadable()
+        self._check_size()
+        for info in self.tensors:
+            if info.dtype != "f32":
+                continue
+            values = self._view("<f4", info.shape, info.offset)
+            i = first_non_finite(values)
+            if i is not None:
+                index = [int(k) for k in np.unravel_index(i, info.shape)]
+                raise NonFiniteValue(f"value {float(values.flat[i])} at index {index} is not a finite number",
+                                     path=self.path, field=f"tensor {info.name!r}", offset=info.offset + 4 * i)
+
     def _q8_0_table(self, p: Param, layer: int | None) -> list[TensorInfo]:
         """The table rows of a Q8_0 tensor (one per layer for a stacked matrix)."""
         if not p.per_layer:
@@ -404,18 +423,35 @@ class NanoFile:
         return [by_name[f"{p.name}.{i}"] for i in layers]
 
     def _check_scales(self, info: TensorInfo) -> None:
+        """q * scale must be finite for every stored q. The quantizer writes q in
+        [-127, 127], but an int8 can hold -128 and the C engine computes with it
+        like any other q: a scale above FLT_MAX / 128 (the quantizer makes them up
+        to FLT_MAX / 127) is fine unless its group holds a -128, so only those
+        rare groups have their q values read."""
         rows, cols = info.shape
-        per_row = cols // self.group_size
+        G = self.group_size
+        per_row = cols // G
         start = info.offset + rows * cols
         scales = self._view("<f4", (rows * per_row,), start)
+        groups = self._view(np.int8, (rows * per_row, G), info.offset)  # the q values, a row per scale
         with np.errstate(over="ignore", invalid="ignore"):
-            ok = np.isfinite(scales * np.float32(spec.Q8_MAX))
-        if not ok.all():
-            i = int(np.argmin(ok))
-            value = float(scales[i])
-            what = "is not a finite number" if not np.isfinite(value) else "overflows float32 when dequantized"
-            raise BadScale(f"scale {value:g} (row {i // per_row}, group {i % per_row}) {what}",
-                           path=self.path, field=f"tensor {info.name!r}", offset=start + 4 * i)
+            near = np.flatnonzero(~np.isfinite(scales * np.float32(128)))
+            over = ~np.isfinite(scales[near] * np.float32(spec.Q8_MAX))  # overflows whatever q is
+        step = max(1, (1 << 20) // G)  # q bytes read at a time
+        for lo in range(0, near.size, step):
+            bad = over[lo:lo + step] | (groups[near[lo:lo + step]] == -128).any(axis=1)
+            if bad.any():
+                k = lo + int(np.argmax(bad))
+                i = int(near[k])
+                value = float(scales[i])
+                if not np.isfinite(value):
+                    what = "is not a finite number"
+                elif over[k]:
+                    what = "overflows float32 when dequantized"
+                else:
+                    what = "overflows float32 when dequantized (its group holds q = -128)"
+                raise BadScale(f"scale {value:g} (row {i // per_row}, group {i % per_row}) {what}",
+                               path=self.path, field=f"tensor {info.name!r}", offset=start + 4 * i)
 
     def _lookup(self, name: str) -> tuple[Param, int, int | None]:
         if self._data is None:

@@ -8,7 +8,8 @@
 learned positions, norm eps, RoPE theta, tokenizer kind). 2025.12 is read only.
 
 Everything is validated before the first byte is produced: the config against
-the layout, the group size against every quantized row, every tensor's shape.
+the layout, the group size against every quantized row, every tensor's shape,
+every float value (NaN and infinity are refused, naming the tensor).
 Files are written with `write_atomically` (a temporary file in the same
 directory, fsync, rename), so a failed write never leaves half a model behind,
 a replaced file keeps its mode, and only a regular file is ever replaced.
@@ -25,7 +26,14 @@ from .atomic import write_atomically
 from .config import Config, LoraConfig
 from .errors import WriteError
 from .plan import Param, lora_params, model_params
-from .quant import QuantizedTensor, check_group_size, choose_group_size, dequantize_q8_0, quantize_q8_0
+from .quant import (
+    QuantizedTensor,
+    check_group_size,
+    choose_group_size,
+    dequantize_q8_0,
+    first_non_finite,
+    quantize_q8_0,
+)
 from .spec import Attention, ModelType, Position, QuantType, TokenizerKind
 from .vocab import BpeToken, TokenEntry, encode_bpe_section, encode_tokenizer_section
 
@@ -63,6 +71,7 @@ def write(path, config, tensors, tokens=None, quant=QuantType.F32, group_size=No
     in 2026.101). quant: QuantType or "f32"/"q8_0". group_size: Q8_0 only;
     by default the one of the QuantizedTensor values given, else
     choose_group_size(config). layout: spec.Layout or its name.
+    Raises WriteError, naming the tensor, for a wrong shape or a NaN or infinity.
     """
     chunks = _encode(config, tensors, tokens, quant, group_size, layout)
     return write_atomically(path, (_as_bytes(c) for c in chunks))
@@ -164,7 +173,13 @@ def _float_array(name: str, value, p: Param) -> np.ndarray:
         raise WriteError(f"tensor {name!r} has dtype {arr.dtype}; expected floating point values")
     if arr.shape != p.shape:
         raise WriteError(f"tensor {name!r} has shape {arr.shape}, expected {p.dims} = {p.shape}")
-    return np.ascontiguousarray(arr, dtype="<f4")
+    arr = np.ascontiguousarray(arr, dtype="<f4")
+    i = first_non_finite(arr)  # F32 stores them as given and Q8_0 cannot quantize them: refuse both
+    if i is not None:
+        where = [int(k) for k in np.unravel_index(i, arr.shape)]
+        raise WriteError(f"tensor {name!r} holds {arr.flat[i]} at index {where}; "
+                         "a model file holds finite values only")
+    return arr
 
 
 def _quantized_array(name: str, value, p: Param, group_size: int) -> QuantizedTensor:
@@ -175,13 +190,7 @@ def _quantized_array(name: str, value, p: Param, group_size: int) -> QuantizedTe
             raise WriteError(f"tensor {name!r} is quantized with group size {value.group_size} but the "
                              f"file uses {group_size}; pass float values to requantize it")
         return value
-    arr = _float_array(name, value, p)
-    finite = np.isfinite(arr)
-    if not finite.all():
-        where = np.unravel_index(int(np.argmin(finite)), arr.shape)
-        raise WriteError(f"tensor {name!r} holds {arr[where]} at index {[int(i) for i in where]}; "
-                         f"Q8_0 cannot quantize NaN or infinity")
-    return quantize_q8_0(arr, group_size)
+    return quantize_q8_0(_float_array(name, value, p), group_size)
 
 
 def _group_size(config: Config, tensors, quant: QuantType, group_size) -> int:
