@@ -1,6 +1,7 @@
 """The `sample` and `export` commands: real fixtures, options, and clean errors."""
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -298,3 +299,27 @@ def test_export_refuses_non_finite_weights(nano80, tmp_path, capsys, lora_out):
     assert rc == 1 and err.startswith("error: ") and err.count("\n") == 1
     assert "layers.1.w2.weight" in err and "non-finite" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no pid probe there: nothing is removed")
+def test_export_removes_what_a_killed_export_left(nano80, tmp_path, capsys):
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    dead = dead_pid()
+    stale = tmp_path / f".f.bin.{dead}.export.tmp"
+    kept = [f".f.bin.{os.getppid()}.export.tmp",  # a live export's (the test's parent process)
+            f".g.bin.{dead}.export.tmp",  # another destination's
+            f".f.bin.{dead}.export.tmp.bak", f".f.bin.x{dead}.export.tmp", f"f.bin.{dead}.export.tmp",
+            f".f.bin.{dead}.tmp"]  # not names export makes
+    for name in [stale.name] + kept:
+        (tmp_path / name).write_bytes(b"half a model")
+    rc, out, _ = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", tmp_path / "f.bin"], capsys)
+    assert rc == 0 and f"note: removed {stale}: left by an export that was interrupted (pid {dead})" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["c.pt", "f.bin"])
+    load_bin(tmp_path / "f.bin")

@@ -1,10 +1,13 @@
 """Pretraining data preparation and batching: the held-out split (defect 4),
-bounded memory, documents, shards, and deterministic resumable batches (defect 14)."""
+bounded memory, documents, shards, one prepare at a time per directory, and
+deterministic resumable batches (defect 14)."""
 
 import gc
 import json
 import os
 import stat
+import subprocess
+import sys
 import tracemalloc
 
 import numpy as np
@@ -368,6 +371,154 @@ def test_an_unwritable_out_dir_is_one_error_line(tmp_path, shared_file, psycho_s
     rc = _command(tmp_path, shared_file, psycho_slice, "--out_dir", str(blocker / "d"))
     err = capsys.readouterr().err
     assert rc == 1 and err.startswith("error: ") and err.count("\n") == 1 and "Not a directory" in err
+
+
+# ---------------------------------------------------------------------------
+# One prepare at a time per directory; what a killed one leaves is cleared
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="no fcntl (prepare runs without the lock)")
+
+# Runs the prepare command in a child that stops for good once it has encoded the
+# text and begun writing shards into its build directory, for the test to kill it there.
+_STOP_WHILE_WRITING = """
+import sys, time
+import nano_train.data as data
+update = data.Progress.update
+def stop_here(self, done):
+    update(self, done)
+    if self.label == "shards" and done > 0:
+        print("writing", flush=True)
+        time.sleep(600)
+data.Progress.update = stop_here
+from nano_train.prepare import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@posix_only
+def test_a_killed_prepare_is_cleared_by_the_next_one(tmp_path, shared_file, psycho_slice, capsys):
+    out = tmp_path / "d"
+    argv = ["pretrain", "--tokenizer", str(shared_file("data/tokenizer_4096.json")), "--out_dir", str(out),
+            "--quiet", "--chunk_tokens", "512", str(psycho_slice)]
+    child = subprocess.Popen([sys.executable, "-c", _STOP_WHILE_WRITING, *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "writing\n", child.communicate()
+    finally:
+        child.kill()  # SIGKILL: no finally block, no cleanup in the child
+        child.communicate()
+    assert child.returncode == -9
+    left = [p for p in out.iterdir() if p.name.startswith(".prepare.") and p.name.endswith(".tmp")]
+    assert len(left) == 1 and {".tokens.tmp", "train_000.bin"} <= {p.name for p in left[0].iterdir()}
+    (out / "notes.txt").write_text("mine")
+    capsys.readouterr()
+
+    assert prepare_cmd.main(argv) == 0
+    err = capsys.readouterr().err
+    assert f"note: removed {left[0].name}" in err and "interrupted" in err and err.count("\n") == 1
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "notes.txt", "tokenizer.json", "train_000.bin",
+                                                     "val_000.bin"]  # no build folder, no lock file
+    Dataset(out)
+
+
+def _plain_files(path):
+    return {f.name: f.read_bytes() for f in path.iterdir() if f.is_file()}
+
+
+def _hold_lock(out_dir, pid=12345):
+    """Hold the prepare lock on out_dir as another process (pid) would; close the descriptor to let go."""
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir / ".prepare.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{pid}\n".encode())
+    return fd
+
+
+@posix_only
+def test_a_second_prepare_into_the_same_dir_fails_at_once(tmp_path, shared_file, psycho_slice, capsys):
+    tok = shared_file("data/tokenizer_4096.json")
+    out = tmp_path / "d"
+    prepare_pretrain([psycho_slice], tok, out, chunk_tokens=512, progress=False)
+    before = _plain_files(out)
+    fd = _hold_lock(out)
+    (out / ".prepare.abcd1234.tmp").mkdir()  # the holder's build directory: in use, not stale
+    (out / ".prepare.abcd1234.tmp" / ".tokens.tmp").write_bytes(b"12")
+    try:
+        rc = _command(tmp_path, shared_file, psycho_slice, "--out_dir", str(out), "--overwrite")
+        err = capsys.readouterr().err
+        assert rc == 2 and err == f"error: another prepare is writing {out} (pid 12345); wait for it to finish " \
+                                  "or choose another --out_dir\n"
+        assert (out / ".prepare.abcd1234.tmp" / ".tokens.tmp").read_bytes() == b"12"
+        with pytest.raises(DataError, match="another prepare is writing"):
+            prepare_pretrain([psycho_slice], tok, out, overwrite=True, progress=False)
+        assert _plain_files(out) == before | {".prepare.lock": b"12345\n"}
+    finally:
+        os.close(fd)  # the holder ends (killed or not): its build directory is now stale
+    prepare_pretrain([psycho_slice], tok, out, chunk_tokens=512, overwrite=True, progress=False)
+    assert "removed .prepare.abcd1234.tmp" in capsys.readouterr().err
+    assert _plain_files(out) == before and not (out / ".prepare.abcd1234.tmp").exists()
+
+
+@posix_only
+def test_a_lock_file_removed_before_it_was_locked_is_made_again(tmp_path, shared_file, psycho_slice, monkeypatch):
+    """A prepare that ends removes the lock file while holding its lock. One that opened
+    the file just before then locks a file no longer in the directory; it must lock
+    the file at the path instead, or a third prepare would run beside it."""
+    import fcntl
+
+    import nano_train.data as data
+
+    out = tmp_path / "d"
+    out.mkdir()
+    locked = []
+    real_flock = fcntl.flock
+
+    def flock(fd, op):
+        if not locked:  # the holder finishes between our open and our flock
+            (out / ".prepare.lock").unlink()
+        real_flock(fd, op)
+        at_path = (out / ".prepare.lock").stat().st_ino if (out / ".prepare.lock").exists() else None
+        locked.append((os.fstat(fd).st_ino, at_path))
+
+    monkeypatch.setattr(data.fcntl, "flock", flock)
+    prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, progress=False)
+    assert len(locked) == 2, locked
+    assert locked[0][1] is None and locked[1][0] == locked[1][1]  # the orphan first, then the file at the path
+    assert not (out / ".prepare.lock").exists()
+
+
+def test_without_fcntl_prepare_runs_unlocked(tmp_path, shared_file, psycho_slice, monkeypatch):
+    """Windows: no lock file, and no way to tell a stale build directory from a live one."""
+    import nano_train.data as data
+
+    monkeypatch.setattr(data, "fcntl", None)
+    out = tmp_path / "d"
+    (out / ".prepare.abcd1234.tmp").mkdir(parents=True)
+    prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, progress=False)
+    assert (out / ".prepare.abcd1234.tmp").is_dir() and not (out / ".prepare.lock").exists()
+    Dataset(out)
+
+
+@posix_only
+def test_the_lock_leaves_nothing_behind(tmp_path, shared_file, psycho_slice):
+    tok = shared_file("data/tokenizer_4096.json")
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\n\xff\xfe broken")
+    with pytest.raises(DataError, match="not UTF-8"):  # a new out_dir is removed again
+        prepare_pretrain([bad], tok, tmp_path / "new" / "d", progress=False)
+    assert list((tmp_path / "new").iterdir()) == []
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / ".prepare.lock").write_text("999999\n")  # a killed prepare's lock file: no dataset, no lock
+    with pytest.raises(DataError, match="no meta.json"):
+        Dataset(out)
+    prepare_pretrain([psycho_slice], tok, out, progress=False)
+    assert not (out / ".prepare.lock").exists()
+    with pytest.raises(DataError, match="already holds"):
+        prepare_pretrain([psycho_slice], tok, out, progress=False)
+    assert not (out / ".prepare.lock").exists()
 
 
 # ---------------------------------------------------------------------------

@@ -111,6 +111,28 @@ def test_read_log_skips_what_is_not_a_json_object(tmp_path):
     assert read_log(log) == [{"kind": "train", "step": 1}, {"kind": "end"}]
 
 
+@pytest.mark.skipif(sys.platform == "win32", reason="no pid probe there: nothing is removed")
+def test_a_run_removes_only_the_temporaries_of_dead_checkpoint_writers(tmp_path, capsys):
+    from nano_train.train import prepare_out_dir
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no process has now
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [f".latest.pt.{child.pid}.tmp", f".ckpt_000010.pt.{child.pid}.tmp"]
+    kept = [f".latest.pt.{os.getppid()}.tmp",  # a live writer's (the test's parent process)
+            f".latest.pt.x{child.pid}.tmp", f".latest.pt.{child.pid}.tmp.bak", f"latest.pt.{child.pid}.tmp",
+            f".notes.txt.{child.pid}.tmp"]  # not names save_atomic makes for a checkpoint
+    for name in stale + kept:
+        (out / name).write_bytes(b"half a checkpoint")
+    prepare_out_dir(out, overwrite=False, init_from="scratch")  # what train() does first
+    assert sorted(p.name for p in out.iterdir()) == sorted(kept)
+    err = capsys.readouterr().err
+    assert err == f"note: removed {', '.join(sorted(stale))} from {out}: left by a checkpoint write that was " \
+                  "interrupted\n"
+    assert ckpt_io.remove_stale_temporaries(out) == [] and capsys.readouterr().err == ""
+
+
 def _start(args, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "nano_train.pretrain", *map(str, args)], env=env,

@@ -15,16 +15,20 @@ reads (tensors, dicts, lists, str, int, float, bool, None only):
     "rng":          {"world_size": W, "ranks": [{"torch", "cuda", "numpy", "python"} per rank]}
     "best_val_loss", "val_loss", "train_loss", "elapsed_s", "dataset", "versions"
 
-Writes go to a temporary file in the same directory, which is flushed and
-fsynced, then renamed over the target (os.replace is atomic on POSIX and
-Windows), then the directory is fsynced so the rename itself is durable.
-Killing the process at any instant leaves either the old or the new file.
+Writes go to a temporary file in the same directory, `.{name}.{pid}.tmp`, which
+is flushed and fsynced, then renamed over the target (os.replace is atomic on
+POSIX and Windows), then the directory is fsynced so the rename itself is
+durable. Killing the process at any instant leaves either the old or the new
+file, and perhaps the temporary file, which the next run into the directory
+removes once its writer (the pid in its name) is gone.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +39,8 @@ VERSION = 1
 LATEST = "latest.pt"
 BEST = "best.pt"
 _TMP_SUFFIX = ".tmp"
+# The temporary files save_atomic writes for checkpoints: .{name}.pt.{pid}.tmp
+_TMP_NAME = re.compile(r"\.(.+\.pt)\.([0-9]+)" + re.escape(_TMP_SUFFIX))
 # What resuming reads ("scaler", "val_loss", "train_loss", "elapsed_s", ... are optional)
 REQUIRED = ("task", "model", "config", "tokenizer", "optimizer", "step", "tokens_seen", "data_state", "rng",
             "best_val_loss")
@@ -64,10 +70,38 @@ def save_atomic(obj: dict, path: str | Path) -> None:
             os.close(fd)
 
 
-def remove_stale_temporaries(out_dir: str | Path) -> None:
-    """Delete temporary files left by a process killed mid-write (they are never loaded)."""
-    for p in Path(out_dir).glob(f".*.pt.*{_TMP_SUFFIX}"):
-        p.unlink(missing_ok=True)
+def process_gone(pid: int) -> bool:
+    """Whether no process with this id runs on this machine, so that a temporary file
+    named after it has no writer left. When in doubt, no: a pid we may not signal
+    (another user's process), and any pid on Windows, where os.kill(pid, 0) would
+    terminate the process instead of probing it."""
+    if os.name == "nt" or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return False
+
+
+def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
+    """Delete the temporary files of checkpoint writes whose process was killed (they
+    are never loaded), with a note on stderr; the files removed. Only names that
+    save_atomic makes for checkpoints (.{name}.pt.{pid}.tmp) whose pid is no longer
+    running: a file still being written by a live process is left alone."""
+    out_dir = Path(out_dir)
+    removed = []
+    for p in sorted(out_dir.iterdir()):
+        m = _TMP_NAME.fullmatch(p.name)
+        if m and p.is_file() and not p.is_symlink() and process_gone(int(m.group(2))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    if removed:
+        print(f"note: removed {', '.join(p.name for p in removed)} from {out_dir}: left by a checkpoint write "
+              "that was interrupted", file=sys.stderr)
+    return removed
 
 
 def one_line(text: object) -> str:

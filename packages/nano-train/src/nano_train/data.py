@@ -35,9 +35,11 @@ computed from (seed, k), never by replaying steps 0..k-1.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -51,6 +53,11 @@ import numpy as np
 from nano_tokenizer import Tokenizer
 
 from nano_train.metrics import human
+
+try:
+    import fcntl
+except ImportError:  # Windows: prepare runs without the lock (see _claim_out_dir)
+    fcntl = None
 
 META = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -164,6 +171,112 @@ def _dataset_files(out_dir: Path) -> set[str]:
     return names
 
 
+# One prepare at a time per directory: an advisory lock (flock) on this file inside
+# it, held for the whole run and released by the kernel however the process ends.
+LOCK_FILE = ".prepare.lock"
+_BUILD_PREFIX, _BUILD_SUFFIX = ".prepare.", ".tmp"
+# What tempfile.mkdtemp(prefix=_BUILD_PREFIX, suffix=_BUILD_SUFFIX) names a build directory
+_BUILD_NAME = re.compile(re.escape(_BUILD_PREFIX) + r"[a-z0-9_]+" + re.escape(_BUILD_SUFFIX))
+# flock errors that mean "no locking on this file system", not "someone holds the lock"
+_NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
+
+
+def _try_lock(out_dir: Path) -> int | None:
+    """Lock out_dir/.prepare.lock and write our pid in it: the open descriptor, or
+    None to try again (out_dir or the lock file went away meanwhile).
+
+    A DataError when another process holds the lock. The file we locked must still
+    be the one at the path: a prepare that finishes removes it while holding its
+    lock, so a process that opened it just before may lock a file no longer there,
+    which would exclude no one.
+    """
+    path = out_dir / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except FileNotFoundError:  # out_dir was removed by a prepare that failed and left it empty
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        return fd
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise DataError(f"another prepare is writing {out_dir} (pid {holder or 'unknown'}); "
+                        "wait for it to finish or choose another --out_dir") from None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _remove_stale_builds(out_dir: Path) -> None:
+    """Remove the build directories of earlier prepares into out_dir that were killed
+    (only called with the lock held: no live prepare is using any of them)."""
+    stale = sorted(p for p in out_dir.iterdir()
+                   if _BUILD_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    removed = [p.name for p in stale if not p.exists()]
+    if removed:
+        print(f"note: removed {', '.join(removed)} from {out_dir}: left by a prepare that was interrupted",
+              file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _claim_out_dir(out_dir: Path) -> Iterator[None]:
+    """Create out_dir if needed and hold the prepare lock on it for the block.
+
+    With the lock held, the build directories of killed prepares are removed. A
+    second prepare into out_dir meanwhile fails at once (DataError). On exit the
+    lock file is removed (before the lock is released, see _try_lock), and out_dir
+    too if this call created it and it is empty. Without fcntl (Windows), or on a
+    file system that cannot lock, there is no lock and nothing is removed.
+    """
+    created = False
+    fd = None
+    try:
+        for _ in range(100):  # more than two rounds needs other prepares ending at just the wrong moments
+            try:
+                out_dir.mkdir(parents=True)
+                created = True
+            except FileExistsError:
+                pass
+            if fcntl is None:
+                break
+            try:
+                fd = _try_lock(out_dir)
+            except OSError as e:
+                if e.errno not in _NO_LOCKING:
+                    raise
+                (out_dir / LOCK_FILE).unlink(missing_ok=True)
+                print(f"note: {out_dir} cannot be locked ({e.strerror}); nothing stops another prepare "
+                      "from writing into it at the same time", file=sys.stderr)
+                break
+            if fd is not None:
+                _remove_stale_builds(out_dir)
+                break
+        else:
+            raise DataError(f"could not lock {out_dir}: other prepares keep starting and ending in it")
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                (out_dir / LOCK_FILE).unlink()
+        if created:
+            with contextlib.suppress(OSError):  # not empty: the user's files, or the next prepare's lock
+                out_dir.rmdir()
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
 @contextlib.contextmanager
 def _new_dataset_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """A hidden temporary directory inside out_dir to write a dataset into, meta.json last.
@@ -172,28 +285,30 @@ def _new_dataset_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     (the old meta.json goes first and the new one comes last, so out_dir never
     looks complete in between); when it raises, the directory is removed and an
     old dataset stays as it was. Files in out_dir that are no dataset's are kept.
+    The whole run holds the prepare lock on out_dir (_claim_out_dir).
     """
+    def refuse_a_dataset() -> None:
+        if (out_dir / META).exists() and not overwrite:
+            raise DataError(f"{out_dir} already holds a prepared dataset ({META}); pass --overwrite to replace it")
+
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir} is not a directory; choose another --out_dir")
-    if (out_dir / META).exists() and not overwrite:
-        raise DataError(f"{out_dir} already holds a prepared dataset ({META}); pass --overwrite to replace it")
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(prefix=".prepare.", suffix=".tmp", dir=out_dir))
-    try:
-        yield build
-        old_files = _dataset_files(out_dir)
-        new_files = {f.name for f in build.iterdir()}
-        (out_dir / META).unlink(missing_ok=True)
-        for name in new_files - {META}:
-            os.replace(build / name, out_dir / name)
-        for name in old_files - new_files:
-            (out_dir / name).unlink(missing_ok=True)
-        os.replace(build / META, out_dir / META)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-        if created and not any(out_dir.iterdir()):
-            out_dir.rmdir()
+    refuse_a_dataset()  # before touching anything
+    with _claim_out_dir(out_dir):
+        refuse_a_dataset()  # again: a prepare that held the lock may just have finished one
+        build = Path(tempfile.mkdtemp(prefix=_BUILD_PREFIX, suffix=_BUILD_SUFFIX, dir=out_dir))
+        try:
+            yield build
+            old_files = _dataset_files(out_dir)
+            new_files = {f.name for f in build.iterdir()}
+            (out_dir / META).unlink(missing_ok=True)
+            for name in new_files - {META}:
+                os.replace(build / name, out_dir / name)
+            for name in old_files - new_files:
+                (out_dir / name).unlink(missing_ok=True)
+            os.replace(build / META, out_dir / META)
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
 
 
 def _save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:

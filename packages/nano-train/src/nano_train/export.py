@@ -18,7 +18,9 @@ usage: python -m nano_train.export --ckpt CKPT.pt --out MODEL.bin [--quant f32|q
                      merged into the exported weights.
 
 Nothing is written unless every file succeeds: each is written to a temporary
-file next to its destination and moved into place at the end. --out and
+file next to its destination (.NAME.PID.export.tmp) and moved into place at the
+end. Such files left by an export that was killed (its PID no longer runs) are
+removed when the next export to the same destination starts. --out and
 --lora-out must differ from each other and from --ckpt.
 
 Example:
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -73,9 +76,25 @@ def _check_outputs(ckpt: Path, outs: dict[str, Path]) -> None:
         raise ValueError("--out and --lora-out are the same file; give the base model and the LoRA different names")
 
 
+_STAGED_SUFFIX = ".export.tmp"
+
+
 def _staged(path: Path) -> Path:
     """Where path is written first: its own directory, so moving it into place is a rename."""
-    return path.with_name(f".{path.name}.{os.getpid()}.export.tmp")
+    return path.with_name(f".{path.name}.{os.getpid()}{_STAGED_SUFFIX}")
+
+
+def _remove_stale_staged(path: Path) -> None:
+    """Delete what killed exports left staged for path: files named as _staged names
+    them for path whose pid no longer runs (a live export's are left alone)."""
+    from .checkpoint import process_gone
+
+    name = re.compile(re.escape(f".{path.name}.") + r"([0-9]+)" + re.escape(_STAGED_SUFFIX))
+    for p in sorted(path.parent.iterdir()):
+        m = name.fullmatch(p.name)
+        if m and p.is_file() and not p.is_symlink() and process_gone(int(m.group(1))):
+            p.unlink(missing_ok=True)
+            print(f"note: removed {p}: left by an export that was interrupted (pid {m.group(1)})")
 
 
 def main(argv=None) -> int:
@@ -93,6 +112,8 @@ def main(argv=None) -> int:
         if args.lora_out:
             outs["--lora-out"] = Path(args.lora_out)
         _check_outputs(ckpt, outs)
+        for path in outs.values():
+            _remove_stale_staged(path)
         model, tokenizer = load_checkpoint_model(ckpt)
         if args.lora_out and not has_lora(model):
             raise ValueError(f"--lora-out: {ckpt} has no LoRA adapters")

@@ -24,9 +24,14 @@ common:
 
 The tokenizer is copied into DIR (tokenizer.json) and its fingerprint recorded
 in DIR/meta.json, with the counts, the split and the shard list. The dataset is
-built in a hidden temporary directory inside DIR and moved into place when it
-is complete: a failed run leaves an existing dataset as it was. A UTF-8
-byte-order mark at the start of an input file is dropped.
+built in a hidden temporary directory inside DIR (.prepare.*.tmp) and moved into
+place when it is complete: a failed run leaves an existing dataset as it was. A
+UTF-8 byte-order mark at the start of an input file is dropped.
+
+One prepare at a time per DIR: the run holds a lock on DIR/.prepare.lock (removed
+at the end), and a second prepare into DIR meanwhile stops at once with an error
+naming the first one's pid. With the lock held, temporary directories left by a
+prepare that was killed are removed, with a note. (Not on Windows: no lock there.)
 
 Exit status: 0 done, 1 a file could not be read or written, 2 bad arguments or data.
 """
