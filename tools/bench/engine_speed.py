@@ -101,13 +101,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model, load_average  # noqa: E402
+from shapes import shape_56m  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "engines" / "c-core"
 PROBE_SRC = Path(__file__).resolve().with_name("machine_probe.c")
 
 SHAPES = {
-    "56m": dict(block_size=512, vocab_size=16384, n_layer=16, n_embd=512, n_head=16, n_kv_head=8, n_hidden=1408),
+    "56m": {k: v for k, v in shape_56m().items() if k != "batch"},  # configs/gpu_56m.json's model
     "15m": dict(block_size=512, vocab_size=8192, n_layer=8, n_embd=384, n_head=6, n_kv_head=2, n_hidden=1024),
 }
 MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")

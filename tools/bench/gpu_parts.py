@@ -46,13 +46,13 @@ from torch.profiler import ProfilerActivity, profile
 ROOT = Path(__file__).resolve().parents[2]
 for pkg in ("nano-format", "nano-tokenizer", "nano-train"):
     sys.path.insert(0, str(ROOT / "packages" / pkg / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from nano_train.config import load_config  # noqa: E402
 from nano_train.losses import linear_cross_entropy  # noqa: E402
 from nano_train.model import Transformer  # noqa: E402
 from nano_train.train import blocked_loss, make_adamw  # noqa: E402
-
-GPU_CONFIG = ROOT / "packages" / "nano-train" / "configs" / "gpu_56m.json"
+from shapes import GPU_CONFIG  # noqa: E402
 
 
 def time_ms(fn, reps: int = 20) -> tuple[float, float | None]:

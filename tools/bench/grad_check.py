@@ -19,11 +19,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
 from nano_train.model import ModelConfig, Transformer
 from nano_train.train import forward_context_factory
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shapes import shape_56m  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -50,8 +54,9 @@ def loss_and_grads(model, x, y, *, blocked: bool, dtype: str, backend: str = "au
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
-    cfg = ModelConfig(block_size=args.seq, vocab_size=16384, n_layer=args.layers, n_embd=512, n_head=16,
-                      n_kv_head=8, n_hidden=1408)
+    shape = shape_56m()  # configs/gpu_56m.json's width, heads and vocabulary
+    del shape["batch"]
+    cfg = ModelConfig(**dict(shape, block_size=args.seq, n_layer=args.layers))
     torch.manual_seed(0)
     model = Transformer(cfg).to(device)
     ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq + 1), device=device)

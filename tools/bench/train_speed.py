@@ -56,6 +56,13 @@ is measured in this run: the best of several one-second probes of 1024 x 1024
 float32 matmuls, interleaved with the rounds, so CPU MFU says how close training
 gets to this machine's own float32 matmul speed (for every --dtype).
 
+On a CPU it also reports each model's minor page faults per step (median over
+the turns; POSIX only). Both share one process and so one memory allocator:
+memory that glibc's malloc hands back to the OS between steps is faulted in
+again, page by page, on the next, and a model that makes fewer large temporary
+tensors (ours' blocked loss never makes the [N, V] logits) pays less of that.
+On this machine that is much of the CPU ratio (see tools/bench/README.md).
+
 The CPU is often shared; timings are noisy, hence the interleaving and medians.
 The load average before and after is printed. This is a benchmark, not a test:
 it asserts nothing about speed.
@@ -74,11 +81,17 @@ import sys
 import time
 from pathlib import Path
 
+try:
+    import resource  # POSIX: page-fault counts
+except ImportError:  # Windows
+    resource = None
+
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_model, load_average  # noqa: E402
+from shapes import shape_56m  # noqa: E402
 
 from nano_train.config import COMPILE_MODES, OptimConfig
 from nano_train.metrics import matmul_probe, peak_flops, synchronize
@@ -90,8 +103,7 @@ from nano_train.train import (CUDA_GRAPH_MODES, blocked_loss, forward_context_fa
 SHAPES = {
     "small": dict(block_size=256, vocab_size=4096, n_layer=4, n_embd=256, n_head=4, n_kv_head=2,
                   n_hidden=704, batch=8, seq=256),
-    "56m": dict(block_size=512, vocab_size=16384, n_layer=16, n_embd=512, n_head=16, n_kv_head=8,
-                n_hidden=1408, batch=32, seq=512),
+    "56m": dict(shape_56m(), seq=512),  # configs/gpu_56m.json's model and batch
 }
 SHAPES["custom"] = SHAPES["small"]  # the small shape with --layers/--embd/... applied
 
@@ -212,6 +224,7 @@ class Trainee:
         self.loss_fn = loss_fn
         self.rates: list[float] = []
         self.losses: list[float] = []
+        self.faults: list[float] = []  # minor page faults per step, per turn
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.mark_step:
@@ -249,17 +262,23 @@ def peer_loss(model, x, y):
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
-def run_turn(t: Trainee, batches, steps: int, start: int, device) -> tuple[float, float]:
-    """(seconds, last loss) for `steps` optimizer steps."""
+def minor_faults() -> int:
+    """Minor page faults of this process so far (0 where the OS does not say)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
+def run_turn(t: Trainee, batches, steps: int, start: int, device) -> tuple[float, float, float]:
+    """(seconds, last loss, minor page faults per step) for `steps` optimizer steps."""
     gc.collect()
     synchronize(device)
+    faults = minor_faults()
     t0 = time.perf_counter()
     for i in range(steps):
         x, y = batches[(start + i) % len(batches)]
         loss = t.step(x, y)
     last = loss.item()  # waits for the device
     synchronize(device)
-    return time.perf_counter() - t0, last
+    return time.perf_counter() - t0, last, (minor_faults() - faults) / steps
 
 
 # ---------------------------------------------------------------------------
@@ -361,9 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{'round':>5}  {'ours tok/s':>12}  {'peer tok/s':>12}  {'ratio':>6}", flush=True)
     for r in range(rounds):
         for t in trainees:
-            dt, last = run_turn(t, batches, steps, warmup + r * steps, device)
+            dt, last, faults = run_turn(t, batches, steps, warmup + r * steps, device)
             t.rates.append(tokens_per_turn / dt)
             t.losses.append(last)
+            t.faults.append(faults)
         a, b = trainees[0].rates[-1], trainees[1].rates[-1]
         print(f"{r + 1:>5}  {fmt_rate(a):>12}  {fmt_rate(b):>12}  {a / b:>5.2f}x", flush=True)
         if not on_gpu:
@@ -388,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
             "mfu": flops_per_token * med / peak if peak > 0 else None,
             "first_loss": t.losses[0],
             "last_loss": t.losses[-1],
+            "minor_faults_per_step_median": statistics.median(t.faults) if resource else None,
         }
     ratio = results["ours"]["tokens_per_s_median"] / results["peer"]["tokens_per_s_median"]
     paired = statistics.median(a / b for a, b in zip(trainees[0].rates, trainees[1].rates))
@@ -401,6 +422,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nratio ours/peer: {ratio:.2f}x of the medians (goal >= 1.2x); "
           f"{paired:.2f}x median of the per-round ratios; {best:.2f}x of the best turns")
     print(f"peak: {fmt_flops(peak)} ({peak_source})")
+    if resource and not on_gpu:
+        print(f"minor page faults per step (median): ours {results['ours']['minor_faults_per_step_median']:,.0f}, "
+              f"peer {results['peer']['minor_faults_per_step_median']:,.0f} (memory the allocator took back from "
+              f"the OS and asked for again; each costs time in the kernel)")
     print(f"load average: before {load_before}, after {load_after}")
 
     if args.json:

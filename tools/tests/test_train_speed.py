@@ -6,6 +6,7 @@ torch.compile."""
 from __future__ import annotations
 
 import importlib.util
+import mmap
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,30 @@ def test_unknown_options_are_refused(train_speed, capsys):
         with pytest.raises(SystemExit):
             train_speed.parse_args(TINY + argv)
         assert "invalid choice" in capsys.readouterr().err
+
+
+def test_run_turn_counts_page_faults(train_speed):
+    if train_speed.resource is None:
+        pytest.skip("no page-fault counts on this OS")
+
+    class Toucher:  # a step that maps 16 MiB of fresh memory and writes to every page of it
+        def step(self, x, y):
+            with mmap.mmap(-1, 16 << 20) as m:
+                if hasattr(mmap, "MADV_NOHUGEPAGE"):
+                    m.madvise(mmap.MADV_NOHUGEPAGE)  # 4 KiB pages even where huge pages are the default
+                for offset in range(0, len(m), mmap.PAGESIZE):
+                    m[offset] = 1
+            return torch.zeros(())
+
+    _, _, faults = train_speed.run_turn(Toucher(), [(None, None)], 3, 0, torch.device("cpu"))
+    assert faults >= (16 << 20) // mmap.PAGESIZE, faults  # one fault per page, each step
+
+
+def test_56m_shape_is_the_gpu_config(train_speed):
+    from nano_train.config import load_config
+
+    cfg, _ = load_config(ROOT / "packages" / "nano-train" / "configs" / "gpu_56m.json")
+    shape = dict(train_speed.SHAPES["56m"])
+    assert shape.pop("batch") == cfg.data.batch_size and shape.pop("seq") == cfg.model.block_size
+    assert shape == {key: getattr(cfg.model, key) for key in shape}
+    assert set(shape) >= {"vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", "n_hidden"}
