@@ -187,6 +187,33 @@ def test_minus_128_with_a_large_scale_is_a_bad_scale(build, tmp_path):
     assert r.returncode == 1 and r.stderr == f"FAIL {e.value}\n".encode()
 
 
+def test_writer_checks_the_scales_of_quantized_tensors_it_is_given(build, tmp_path):
+    config = build.small_config()
+    tensors = {name: np.asarray(v) for name, v in build.random_tensors(config).items()}
+    good = nf.quantize_q8_0(tensors["wq"], 16)
+    big = np.float32(3.39e38) / np.float32(127)
+    cases = [
+        (np.nan, 0, "is not a finite number"),
+        (np.float32(3.4e38), 0, "overflows float32 when dequantized"),
+        (big, -128, "overflows float32 when dequantized (its group holds q = -128)"),
+    ]
+    for scale, q0, what in cases:
+        q, scales = good.q.copy(), good.scales.copy()
+        q[1, 2, 16] = q0 or q[1, 2, 16]
+        scales[1, 2, 1] = scale  # layer 1, row 2, group 1
+        path = tmp_path / "given.bin"
+        with pytest.raises(nf.WriteError) as e:
+            nf.write(path, config, dict(tensors, wq=nf.QuantizedTensor(q, scales)), build.make_tokens(24),
+                     quant="q8_0", group_size=16)
+        assert str(e.value) == f"tensor 'wq': scale {float(np.float32(scale)):g} at index [1, 2, 1] {what}"
+        assert not path.exists()
+    q = good.q.copy()
+    q[1, 2, 16] = -128  # with an ordinary scale, -128 is fine
+    nf.write(tmp_path / "ok.bin", config, dict(tensors, wq=nf.QuantizedTensor(q, good.scales)),
+             build.make_tokens(24), quant="q8_0", group_size=16)
+    nf.read(tmp_path / "ok.bin").check_scales()
+
+
 def test_minus_128_with_an_ordinary_scale_is_fine(build, tmp_path):
     path = q8_file(build, tmp_path / "ok.bin")
     info = next(t for t in nf.read(path).tensors if t.name == "w2.1")

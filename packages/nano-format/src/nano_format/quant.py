@@ -25,7 +25,7 @@ from . import spec
 from .errors import BadGroupSize
 
 __all__ = ["QuantizedTensor", "quantize_q8_0", "dequantize_q8_0", "choose_group_size", "check_group_size",
-           "round_half_away", "first_non_finite"]
+           "round_half_away", "first_non_finite", "first_bad_scale"]
 
 _Q8_MAX = np.float32(spec.Q8_MAX)
 _CHUNK = 1 << 20  # values looked at a time, so that temporaries stay small for huge tensors
@@ -81,6 +81,35 @@ def first_non_finite(values: np.ndarray) -> int | None:
         finite = np.isfinite(flat[start:start + _CHUNK])
         if not finite.all():
             return start + int(np.argmin(finite))
+    return None
+
+
+def first_bad_scale(q: np.ndarray, scales: np.ndarray) -> tuple[int, str] | None:
+    """The flat index of the first scale for which q * scale is not a finite float32
+    for some stored q, and why; None when every scale is fine.
+
+    q: int8 [..., cols]; scales: float32 [..., cols / G]. The quantizer writes q
+    in [-127, 127], but an int8 can hold -128 and the C engine computes with it
+    like any other q: a scale above FLT_MAX / 128 (the quantizer makes them up to
+    FLT_MAX / 127) is fine unless its group holds a -128, so only those rare
+    groups have their q values read, about 1 MiB at a time.
+    """
+    flat = scales.reshape(-1)
+    group = q.shape[-1] // scales.shape[-1]
+    groups = q.reshape(-1, group)  # a row per scale
+    with np.errstate(over="ignore", invalid="ignore"):
+        near = np.flatnonzero(~np.isfinite(flat * np.float32(128)))
+        over = ~np.isfinite(flat[near] * _Q8_MAX)  # overflows whatever q is
+    step = max(1, _CHUNK // group)
+    for lo in range(0, near.size, step):
+        bad = over[lo:lo + step] | (groups[near[lo:lo + step]] == -128).any(axis=1)
+        if bad.any():
+            k = lo + int(np.argmax(bad))
+            if not np.isfinite(flat[near[k]]):
+                return int(near[k]), "is not a finite number"
+            if over[k]:
+                return int(near[k]), "overflows float32 when dequantized"
+            return int(near[k]), "overflows float32 when dequantized (its group holds q = -128)"
     return None
 
 

@@ -49,7 +49,7 @@ from .errors import (
     UnsupportedVersion,
 )
 from .plan import Param, lora_params, model_params, q8_0_nbytes
-from .quant import QuantizedTensor, check_group_size, dequantize_q8_0, first_non_finite
+from .quant import QuantizedTensor, check_group_size, dequantize_q8_0, first_bad_scale, first_non_finite
 from .spec import ModelType, QuantType, TokenizerKind
 from .vocab import check_bpe_section, check_trie_section, decode_bpe_section, decode_tokenizer_section
 
@@ -423,35 +423,15 @@ class NanoFile:
         return [by_name[f"{p.name}.{i}"] for i in layers]
 
     def _check_scales(self, info: TensorInfo) -> None:
-        """q * scale must be finite for every stored q. The quantizer writes q in
-        [-127, 127], but an int8 can hold -128 and the C engine computes with it
-        like any other q: a scale above FLT_MAX / 128 (the quantizer makes them up
-        to FLT_MAX / 127) is fine unless its group holds a -128, so only those
-        rare groups have their q values read."""
         rows, cols = info.shape
-        G = self.group_size
-        per_row = cols // G
+        per_row = cols // self.group_size
         start = info.offset + rows * cols
-        scales = self._view("<f4", (rows * per_row,), start)
-        groups = self._view(np.int8, (rows * per_row, G), info.offset)  # the q values, a row per scale
-        with np.errstate(over="ignore", invalid="ignore"):
-            near = np.flatnonzero(~np.isfinite(scales * np.float32(128)))
-            over = ~np.isfinite(scales[near] * np.float32(spec.Q8_MAX))  # overflows whatever q is
-        step = max(1, (1 << 20) // G)  # q bytes read at a time
-        for lo in range(0, near.size, step):
-            bad = over[lo:lo + step] | (groups[near[lo:lo + step]] == -128).any(axis=1)
-            if bad.any():
-                k = lo + int(np.argmax(bad))
-                i = int(near[k])
-                value = float(scales[i])
-                if not np.isfinite(value):
-                    what = "is not a finite number"
-                elif over[k]:
-                    what = "overflows float32 when dequantized"
-                else:
-                    what = "overflows float32 when dequantized (its group holds q = -128)"
-                raise BadScale(f"scale {value:g} (row {i // per_row}, group {i % per_row}) {what}",
-                               path=self.path, field=f"tensor {info.name!r}", offset=start + 4 * i)
+        scales = self._view("<f4", (rows, per_row), start)
+        found = first_bad_scale(self._view(np.int8, (rows, cols), info.offset), scales)
+        if found is not None:
+            i, what = found
+            raise BadScale(f"scale {float(scales.flat[i]):g} (row {i // per_row}, group {i % per_row}) {what}",
+                           path=self.path, field=f"tensor {info.name!r}", offset=start + 4 * i)
 
     def _lookup(self, name: str) -> tuple[Param, int, int | None]:
         if self._data is None:

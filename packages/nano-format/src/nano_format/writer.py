@@ -31,6 +31,7 @@ from .quant import (
     check_group_size,
     choose_group_size,
     dequantize_q8_0,
+    first_bad_scale,
     first_non_finite,
     quantize_q8_0,
 )
@@ -189,6 +190,11 @@ def _quantized_array(name: str, value, p: Param, group_size: int) -> QuantizedTe
         if value.group_size != group_size:
             raise WriteError(f"tensor {name!r} is quantized with group size {value.group_size} but the "
                              f"file uses {group_size}; pass float values to requantize it")
+        found = first_bad_scale(value.q, value.scales)  # the reader would refuse the file
+        if found is not None:
+            i, what = found
+            where = [int(k) for k in np.unravel_index(i, value.scales.shape)]
+            raise WriteError(f"tensor {name!r}: scale {float(value.scales.flat[i]):g} at index {where} {what}")
         return value
     return quantize_q8_0(_float_array(name, value, p), group_size)
 
