@@ -502,6 +502,34 @@ def test_without_fcntl_prepare_runs_unlocked(tmp_path, shared_file, psycho_slice
 
 
 @posix_only
+def test_a_folder_that_cannot_be_locked_is_prepared_unlocked(tmp_path, shared_file, psycho_slice, monkeypatch, capsys):
+    """A file system without flock (some network mounts): a note, no lock file, the
+    dataset all the same, and no build directory removed (it may be a live one)."""
+    import errno
+
+    import nano_train.data as data
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(data.fcntl, "flock", no_locks)
+    out = tmp_path / "d"
+    (out / ".prepare.abcd1234.tmp").mkdir(parents=True)
+    prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, progress=False)
+    assert f"note: {out} cannot be locked (No locks available)" in capsys.readouterr().err
+    assert (out / ".prepare.abcd1234.tmp").is_dir() and not (out / ".prepare.lock").exists()
+    Dataset(out)
+
+    def broken(fd, op):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(data.fcntl, "flock", broken)  # any other error stops the run
+    with pytest.raises(OSError, match="Input/output error"):
+        prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), tmp_path / "e", progress=False)
+    assert not (tmp_path / "e").exists()  # nothing left: no lock file, no folder
+
+
+@posix_only
 def test_the_lock_leaves_nothing_behind(tmp_path, shared_file, psycho_slice):
     tok = shared_file("data/tokenizer_4096.json")
     bad = tmp_path / "bad.txt"

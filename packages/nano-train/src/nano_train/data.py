@@ -212,7 +212,10 @@ def _try_lock(out_dir: Path) -> int | None:
         os.close(fd)
         raise DataError(f"another prepare is writing {out_dir} (pid {holder or 'unknown'}); "
                         "wait for it to finish or choose another --out_dir") from None
-    except BaseException:
+    except BaseException:  # flock failed for another reason (no locking here), or writing the pid did
+        with contextlib.suppress(OSError):  # our file goes: none but us can hold a lock on it now
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                os.unlink(path)
         os.close(fd)
         raise
 
@@ -256,7 +259,6 @@ def _claim_out_dir(out_dir: Path) -> Iterator[None]:
             except OSError as e:
                 if e.errno not in _NO_LOCKING:
                     raise
-                (out_dir / LOCK_FILE).unlink(missing_ok=True)
                 print(f"note: {out_dir} cannot be locked ({e.strerror}); nothing stops another prepare "
                       "from writing into it at the same time", file=sys.stderr)
                 break
