@@ -529,7 +529,14 @@ void nj_double(nj_writer *w, double v, int decimals) {
         nj_raw(w, "null");
         return;
     }
-    if (decimals >= 0) snprintf(buf, sizeof buf, "%.*f", decimals > 17 ? 17 : decimals, v);
-    else snprintf(buf, sizeof buf, "%.*g", -decimals > 17 ? 17 : -decimals, v);
+    if (decimals >= 0) {
+        snprintf(buf, sizeof buf, "%.*f", decimals > 17 ? 17 : decimals, v);
+    } else {
+        snprintf(buf, sizeof buf, "%.*g", -decimals > 17 ? 17 : -decimals, v);
+        /* rounded to few digits, a value near DBL_MAX can round past it ("%.1g"
+         * of 1.7e308 is "2e+308"), which a reader takes for infinity: all 17
+         * digits then, which read back as the value itself */
+        if (!isfinite(strtod(buf, NULL))) snprintf(buf, sizeof buf, "%.17g", v);
+    }
     nj_raw(w, buf);
 }

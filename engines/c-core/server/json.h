@@ -120,7 +120,8 @@ void nj_i64(nj_writer *w, int64_t v);
 void nj_bool(nj_writer *w, int v);
 /* A finite double: decimals >= 0 digits after the point ("%.*f"), or
  * -decimals significant digits when decimals < 0 ("%.*g", e.g. -7 for a
- * float32 value); non-finite values are written as null (JSON has no NaN). */
+ * float32 value; 17 when fewer would round past DBL_MAX, which reads back as
+ * infinity); non-finite values are written as null (JSON has no NaN). */
 void nj_double(nj_writer *w, double v, int decimals);
 
 #endif /* NANO_WSS_JSON_H */

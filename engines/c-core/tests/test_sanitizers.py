@@ -1,5 +1,6 @@
 """The whole C test suite under AddressSanitizer + UndefinedBehaviorSanitizer, LeakSanitizer
-on the programs, and libFuzzer on the loader and the tokenizer.
+on the programs, and libFuzzer on the loader, the tokenizer and nano-wss's JSON
+reader and request validator.
 
 * The suite re-runs in a subprocess against build-san/libnano.so (clang,
   -fsanitize=address,undefined -fno-sanitize-recover=all, so any UBSan report
@@ -8,7 +9,9 @@ on the programs, and libFuzzer on the loader and the tokenizer.
 * Leaks are checked on the sanitizer-built `nano` program instead (LSan on by
   default): every command, the fixtures, the chat, bad files and bad arguments.
 * Each libFuzzer target runs for NANO_FUZZ_SECONDS (default 20) seconds, seeded
-  with the fixtures and with small files of every layout made by nano_format.
+  with the fixtures and with small files of every layout made by nano_format
+  (fuzz_loader, fuzz_tokenizer), or with requests written here and the
+  dictionary fuzz/wss.dict (fuzz_json, fuzz_protocol).
 """
 
 from __future__ import annotations
@@ -152,6 +155,44 @@ def tokenizer_seeds(directory: Path, h) -> None:
     (directory / "bad_utf8").write_bytes(b"\x00a\xc0\xaf\xed\xa0\x80\xf4\x90\x80\x80b")
 
 
+# nano-wss's requests: one per seed file, for fuzz_json and fuzz_protocol alike
+# (both read one WebSocket text message). Valid requests of every type with
+# every field, escapes of every kind, edge numbers, and the malformed shapes
+# the server answers with each error code.
+WSS_SEEDS = [
+    '{"type":"generate","id":"q1","prompt":"人的心理","temperature":0,"max_tokens":4}',
+    '{"type":"generate","id":"q3","prompt":"精神","mode":"instruct","temperature":0.8,"top_k":40,"top_p":0.9,'
+    '"min_p":0.05,"repetition_penalty":1.3,"seed":18446744073709551615,"max_tokens":0}',
+    '{"type":"cancel","id":"q3"}',
+    '{"type":"cancel"}',
+    '{"type":"info","id":null}',
+    ' {"type" : "seq2seq" , "input" : "251212"}\r\n',
+    '{"type":"\\u0069nfo","id":"\\ud83d\\ude00\\n\\t\\"\\\\\\/\\b\\f\\r \\u00e9"}',
+    '{"type":"generate","prompt":"a\\u0000b"}',
+    '{"type":"generate","prompt":"x","temperature":1e39,"top_p":1E-50,"min_p":-0.0,"seed":-1}',
+    '{"type":"generate","prompt":"x","top_k":2147483648,"max_tokens":4294967296,"seed":1.0}',
+    '{"type":"dance","id":"' + "x" * 129 + '"}',
+    '{"type":"info","type":"info"}',
+    "{" + ",".join(f'"k{i}":{i}' for i in range(40)) + "}",
+    '{"a":' * 40 + "1" + "}" * 40,
+    "[" * 33 + "]" * 33,
+    '{"a":[1,-2.5e-3,true,false,null,{"b":[]},"c"],"" :{}}',
+    '{"type":"info","id":"\\ud800"}',
+    '{"type":"info"} x',
+    "",
+]
+
+
+def wss_seeds(directory: Path) -> None:
+    directory.mkdir()
+    for i, text in enumerate(WSS_SEEDS):
+        (directory / f"seed{i:02d}").write_bytes(text.encode())
+    (directory / "bad_utf8").write_bytes(b'{"type":"info","id":"\xff\xc0\xaf\xed\xa0\x80\xf4\x90\x80\x80"}')
+    # found by fuzz_json: its first 8 bytes are the double -1.79768e308, byte 8 asks nj_double
+    # for 1 significant digit, and "-2e+308" read back as -infinity (json.c now keeps 17 digits then)
+    (directory / "crash_double_rounds_to_infinity").write_bytes(b"\xff\xef\xff\xf0false\\b,")
+
+
 def test_fuzzers(h, tmp_path, psycho_path, sort6_path):
     if shutil.which("clang") is None:
         pytest.fail("clang is missing: python tools/setup/system_deps.py sanitize", pytrace=False)
@@ -159,19 +200,30 @@ def test_fuzzers(h, tmp_path, psycho_path, sort6_path):
     seconds = int(os.environ.get("NANO_FUZZ_SECONDS", "20"))
     loader_seeds(tmp_path / "loader", h, psycho_path, sort6_path)
     tokenizer_seeds(tmp_path / "tokenizer", h)
+    wss_seeds(tmp_path / "wss")
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     env.update(SAN_OPTIONS)
     runs = {}
-    for name, corpus, max_len in (("fuzz_loader", "loader", 65536), ("fuzz_tokenizer", "tokenizer", 4096)):
+    wss_dict = f"-dict={h.CORE / 'fuzz' / 'wss.dict'}"
+    for name, corpus, max_len, extra in (("fuzz_loader", "loader", 65536, []),
+                                         ("fuzz_tokenizer", "tokenizer", 4096, []),
+                                         ("fuzz_json", "wss", 4096, [wss_dict]),
+                                         ("fuzz_protocol", "wss", 4096, [wss_dict])):
         work = tmp_path / f"{name}_out"
         work.mkdir()
         cmd = [str(h.CORE / "build-fuzz" / name), f"-max_total_time={seconds}", f"-max_len={max_len}",
                "-rss_limit_mb=2048", "-timeout=10", f"-artifact_prefix={work}/", "-print_final_stats=1",
-               str(work), str(tmp_path / corpus)]
-        runs[name] = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for name, proc in runs.items():
-        out, _ = proc.communicate(timeout=seconds + 120)
+               *extra, str(work), str(tmp_path / corpus)]
+        # output to a file, not a pipe: a pipe read only after the previous target has
+        # finished fills up, and a fuzzer blocked writing its progress stops fuzzing
+        log = open(tmp_path / f"{name}.log", "w+")
+        runs[name] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+    for name, (proc, log) in runs.items():
+        proc.wait(timeout=seconds + 120)
+        log.seek(0)
+        out = log.read()
+        log.close()
         crashes = list((tmp_path / f"{name}_out").glob("crash-*")) + list((tmp_path / f"{name}_out").glob("leak-*"))
         assert proc.returncode == 0 and not crashes, out[-4000:]
         execs = [line for line in out.splitlines() if "stat::number_of_executed_units" in line]

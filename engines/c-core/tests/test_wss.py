@@ -537,6 +537,269 @@ def test_many_queued_errors_from_a_client_that_does_not_read(server):
 
 
 # ---------------------------------------------------------------------------
+# Raw handshakes and frames. libwebsockets parses the upgrade request and the
+# frames, and nano_wss.c reassembles the messages from its callbacks; neither
+# can be reached by a libFuzzer target without the sockets (fuzz/fuzz_json.c
+# and fuzz/fuzz_protocol.c take over from the assembled message on), so random
+# byte streams from a fixed seed are sent over TCP here, in random chunks,
+# against both builds (the sanitizer build must stay silent).
+
+HANDSHAKE = (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+             b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0, 1, 2, 8, 9, 10
+
+
+def ws_frame(opcode: int, payload: bytes, fin: bool = True, rsv: int = 0, mask: bool = True,
+             length_form: int | None = None, key: bytes = b"\x12\x34\x56\x78") -> bytes:
+    """One client frame (RFC 6455 section 5.2); length_form 126 or 127 forces a longer length field."""
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | (rsv & 7) << 4 | opcode])
+    form = length_form or (n if n < 126 else 126 if n < 65536 else 127)
+    m = 0x80 if mask else 0
+    if form < 126:
+        head += bytes([m | n])
+    elif form == 126:
+        head += bytes([m | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([m | 127]) + n.to_bytes(8, "big")
+    if not mask:
+        return head + payload
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+class RawClient:
+    """A WebSocket client made of a socket: sends any bytes, reads the server's frames."""
+
+    def __init__(self, port: int, timeout: float = TIMEOUT):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def send_chunked(self, data: bytes, rng) -> None:
+        """data in random pieces, so frames arrive split at every kind of boundary."""
+        i = 0
+        while i < len(data):
+            k = rng.choice((1, 2, 3, 7, 64, 500, 5000))
+            self.sock.sendall(data[i:i + k])
+            i += k
+
+    def _read(self, n: int) -> bytes | None:
+        while len(self.buf) < n:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:  # a reset or the timeout
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def response_head(self) -> bytes | None:
+        while b"\r\n\r\n" not in self.buf:
+            try:
+                chunk = self.sock.recv(65536)
+            except OSError:  # a reset or the timeout
+                return None
+            if not chunk:
+                return None
+            self.buf += chunk
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        return head
+
+    def read_frame(self) -> tuple[int, bytes] | None:
+        """(opcode, payload) of the server's next frame; None at the end of the stream."""
+        head = self._read(2)
+        if head is None:
+            return None
+        assert head[1] & 0x80 == 0, "a server frame must not be masked"
+        n = head[1] & 0x7F
+        if n >= 126:
+            ext = self._read(2 if n == 126 else 8)
+            if ext is None:
+                return None
+            n = int.from_bytes(ext, "big")
+        payload = self._read(n)
+        return None if payload is None else (head[0] & 0x0F, payload)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def open_raw(port: int, timeout: float = TIMEOUT) -> RawClient:
+    c = RawClient(port, timeout)
+    c.sock.sendall(HANDSHAKE)
+    head = c.response_head()
+    assert head is not None and head.startswith(b"HTTP/1.1 101"), head
+    return c
+
+
+def random_payload(rng) -> bytes:
+    kind = rng.randrange(7)
+    if kind == 0:
+        return bytes(rng.randrange(256) for _ in range(rng.randrange(200)))
+    if kind == 1:  # a request with one byte changed, inserted or removed
+        b = bytearray(json.dumps({"type": "info", "id": "r%d" % rng.randrange(1000)}).encode())
+        i = rng.randrange(len(b))
+        op = rng.randrange(3)
+        if op == 0:
+            b[i] = rng.randrange(256)
+        elif op == 1:
+            b.insert(i, rng.randrange(256))
+        else:
+            del b[i]
+        return bytes(b)
+    if kind == 2:  # around --max-message 4096
+        return b"x" * rng.choice((4095, 4096, 4097, 6000))
+    if kind == 3:
+        return b""
+    if kind == 4:  # nesting at the depth limit and past it
+        d = rng.choice((31, 32, 33, 200))
+        return b'{"a":' + b"[" * d + b"]" * d + b"}"
+    if kind == 5:
+        return rng.choice((b'{"type":"info","id":"\xff"}', b'{"type":"info","id":"\xed\xa0\x80"}',
+                           "{\"type\":\"info\",\"id\":\"世界\"}".encode()))
+    return json.dumps({"type": "info", "id": "v%d" % rng.randrange(1000)}).encode()
+
+
+def valid_stream(rng) -> tuple[bytes, int]:
+    """Well-formed frames carrying 1-5 messages (fragmented, with control frames
+    between the fragments); the number of messages, each of which gets one reply."""
+    out = b""
+    n_messages = rng.randrange(1, 6)
+    for _ in range(n_messages):
+        payload = random_payload(rng)
+        opcode = OP_BINARY if rng.random() < 0.15 else OP_TEXT
+        cuts = sorted(rng.randrange(len(payload) + 1) for _ in range(rng.randrange(4)))
+        pieces = [payload[a:b] for a, b in zip([0, *cuts], [*cuts, len(payload)])]
+        for i, piece in enumerate(pieces):
+            if i and rng.random() < 0.3:  # control frames may come between fragments
+                out += ws_frame(rng.choice((OP_PING, OP_PONG)), bytes(rng.randrange(256) for _ in range(
+                    rng.randrange(126))))
+            key = bytes(rng.randrange(256) for _ in range(4))
+            out += ws_frame(OP_TEXT if i == 0 and opcode == OP_TEXT else OP_BINARY if i == 0 else OP_CONT,
+                            piece, fin=i == len(pieces) - 1, key=key)
+    return out, n_messages
+
+
+def violation_stream(rng) -> tuple[bytes, bool]:
+    """Frames that break RFC 6455 (the server may close the connection) or end
+    in the middle of something; True when a probe request may follow."""
+    text = json.dumps({"type": "info"}).encode()
+    kind = rng.randrange(13)
+    if kind == 0:
+        return ws_frame(OP_TEXT, text, mask=False), True
+    if kind == 1:
+        return ws_frame(OP_TEXT, text, rsv=rng.randrange(1, 8)), True
+    if kind == 2:
+        return ws_frame(OP_PING, b"p" * 200), True  # a control frame over 125 bytes
+    if kind == 3:
+        return ws_frame(OP_PING, b"p", fin=False), True  # a fragmented control frame
+    if kind == 4:
+        return ws_frame(OP_CONT, text), True  # a continuation with nothing to continue
+    if kind == 5:
+        return ws_frame(OP_TEXT, text[:5], fin=False) + ws_frame(OP_TEXT, text[5:]), True
+    if kind == 6:
+        return ws_frame(rng.choice((3, 4, 5, 6, 7, 11, 12, 13, 14, 15)), text), True
+    if kind == 7:
+        return ws_frame(OP_CLOSE, rng.choice((b"\x03", b"\x00\x00", b"\x03\xe8\xff", b"\x0b\xb8"))), True
+    if kind == 8:  # a 64-bit length with the top bit set, or far more than will come, then the end
+        n = rng.choice((1 << 63, (1 << 62) + 5, 1 << 40))
+        return bytes([0x81, 0xFF]) + n.to_bytes(8, "big") + b"\x00\x00\x00\x00" + text, False
+    if kind == 9:  # the stream ends inside a frame header or payload
+        f = ws_frame(OP_TEXT, text * 20)
+        return f[:rng.randrange(1, len(f))], False
+    if kind == 10:  # ... or inside a fragmented message (its buffer must be freed)
+        return ws_frame(OP_TEXT, text * 100, fin=False) + ws_frame(OP_CONT, text, fin=False), False
+    if kind == 11:  # a length in a longer field than it needs
+        return ws_frame(OP_TEXT, text, length_form=rng.choice((126, 127))), True
+    return bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))), False
+
+
+def handshake_variant(rng) -> bytes:
+    lines = HANDSHAKE.decode().split("\r\n")[:-2]
+    kind = rng.randrange(8)
+    if kind == 0:
+        del lines[rng.randrange(1, len(lines))]
+    elif kind == 1:
+        lines[-1] = "Sec-WebSocket-Version: " + rng.choice(("8", "99", "", "13, 8", "x" * 300))
+    elif kind == 2:
+        lines[4] = "Sec-WebSocket-Key: " + rng.choice(("", "abc", "=" * 24, "\xe9" * 24, "A" * 5000))
+    elif kind == 3:
+        lines.insert(2, "X-Big: " + "y" * rng.choice((1000, 5000, 20000)))
+    elif kind == 4:
+        lines[0] = rng.choice(("GET /" + "p" * 3000 + " HTTP/1.1", "GET / HTTP/1.0", "POST / HTTP/1.1",
+                               "GET", "\x00\x01\x02", "GET / HTTP/9.9"))
+    elif kind == 5:
+        lines = [line.lower() for line in lines]
+    elif kind == 6:
+        lines.append("Sec-WebSocket-Protocol: " + rng.choice(("nano", "other", "nano, other", ",,,", "")))
+    else:
+        return HANDSHAKE[:rng.randrange(len(HANDSHAKE))]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def test_random_frames_and_handshakes(server):
+    import random
+
+    rng = random.Random(20260601)
+    # well-formed frames: every message is answered once, in order, and the close handshake completes
+    for _ in range(200):
+        data, n_messages = valid_stream(rng)
+        c = open_raw(server.port)
+        try:
+            c.send_chunked(data, rng)
+            replies = []
+            while len(replies) < n_messages:
+                f = c.read_frame()
+                assert f is not None, f"closed after {len(replies)} of {n_messages} replies"
+                if f[0] == OP_TEXT:
+                    replies.append(json.loads(f[1]))
+                else:
+                    assert f[0] == OP_PONG, f
+            assert all(r["type"] in ("info", "error") for r in replies), replies
+            c.sock.sendall(ws_frame(OP_CLOSE, (1000).to_bytes(2, "big")))
+            while (f := c.read_frame()) is not None and f[0] != OP_CLOSE:
+                assert f[0] == OP_PONG, f
+            assert f is not None and f[1][:2] == (1000).to_bytes(2, "big"), f
+        finally:
+            c.close()
+    # protocol violations and streams cut short: the server closes or goes on, and stays up
+    for _ in range(150):
+        data, probe = violation_stream(rng)
+        c = open_raw(server.port, timeout=5)
+        try:
+            c.send_chunked(data, rng)
+            if probe:
+                c.sock.sendall(ws_frame(OP_TEXT, b'{"type":"info","id":"probe"}'))
+                while (f := c.read_frame()) is not None and f[0] != OP_CLOSE:
+                    if f[0] == OP_TEXT and json.loads(f[1]).get("id") == "probe":
+                        break
+        except OSError:  # the server closed first (a reset, a broken pipe, not connected)
+            pass
+        finally:
+            c.close()
+    # upgrade requests with a header missing, wrong or huge, or cut short
+    for _ in range(60):
+        c = RawClient(server.port, timeout=5)
+        try:
+            c.send_chunked(handshake_variant(rng), rng)
+            c.sock.shutdown(socket.SHUT_WR)
+            c.response_head()
+        except OSError:  # the server closed first (a reset, a broken pipe, not connected)
+            pass
+        finally:
+            c.close()
+    assert server.proc.poll() is None, "the server died"
+
+    async def go():
+        async with connect(server) as ws:
+            return await request(ws, {"type": "info", "id": "after"})
+
+    assert run(go())["id"] == "after"
+
+
+# ---------------------------------------------------------------------------
 # Info and the kinds of model (defect 7)
 
 
