@@ -26,41 +26,10 @@
 #include "nano.h"
 #include "protocol.h"
 
+#define FUZZ_NAME "fuzz_protocol"
+#include "fuzz_check.h"
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                              \
-    do {                                                                                         \
-        if (!(cond)) {                                                                           \
-            fprintf(stderr, "fuzz_protocol: invariant failed at line %d: %s\n", __LINE__, #cond); \
-            abort();                                                                             \
-        }                                                                                        \
-    } while (0)
-
-/* Whether s[0..n) is well-formed UTF-8 (written here, independently of json.c). */
-static int valid_utf8(const uint8_t *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        uint8_t a = s[i], lo = 0x80, hi = 0xBF;
-        size_t len, k;
-        if (a < 0x80) {
-            i++;
-            continue;
-        }
-        if (a >= 0xC2 && a <= 0xDF) len = 2;
-        else if (a >= 0xE0 && a <= 0xEF) len = 3;
-        else if (a >= 0xF0 && a <= 0xF4) len = 4;
-        else return 0;
-        if (a == 0xE0) lo = 0xA0;
-        if (a == 0xED) hi = 0x9F;
-        if (a == 0xF0) lo = 0x90;
-        if (a == 0xF4) hi = 0x8F;
-        if (n - i < len || s[i + 1] < lo || s[i + 1] > hi) return 0;
-        for (k = 2; k < len; k++)
-            if (s[i + k] < 0x80 || s[i + k] > 0xBF) return 0;
-        i += len;
-    }
-    return 1;
-}
 
 static const char *const CODES[] = {WSS_E_BAD_JSON, WSS_E_BAD_MESSAGE, WSS_E_MESSAGE_TOO_LARGE,
                                     WSS_E_MISSING_FIELD, WSS_E_UNKNOWN_TYPE, WSS_E_UNKNOWN_FIELD,

@@ -583,27 +583,27 @@ class RawClient:
             self.sock.sendall(data[i:i + k])
             i += k
 
-    def _read(self, n: int) -> bytes | None:
-        while len(self.buf) < n:
+    def _fill(self, enough) -> bool:
+        """Receive until enough(self.buf); False on a reset, the timeout or the end."""
+        while not enough(self.buf):
             try:
                 chunk = self.sock.recv(65536)
             except OSError:  # a reset or the timeout
-                return None
+                return False
             if not chunk:
-                return None
+                return False
             self.buf += chunk
+        return True
+
+    def _read(self, n: int) -> bytes | None:
+        if not self._fill(lambda buf: len(buf) >= n):
+            return None
         out, self.buf = self.buf[:n], self.buf[n:]
         return out
 
     def response_head(self) -> bytes | None:
-        while b"\r\n\r\n" not in self.buf:
-            try:
-                chunk = self.sock.recv(65536)
-            except OSError:  # a reset or the timeout
-                return None
-            if not chunk:
-                return None
-            self.buf += chunk
+        if not self._fill(lambda buf: b"\r\n\r\n" in buf):
+            return None
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         return head
 
