@@ -94,3 +94,21 @@ def test_convert_refuses_special_outputs_and_keeps_modes(sort6_path, tmp_path):
     r = run("convert", sort6_path, out)
     assert r.returncode == 0, r.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600 and nf.read(out).file_size == 49452
+
+
+def test_check_writable_refuses_what_the_write_would_and_changes_nothing(tmp_path):
+    target = tmp_path / "out.bin"
+    nf.check_writable(target)  # a new file: fine, and nothing is left behind
+    assert list(tmp_path.iterdir()) == []
+    target.write_bytes(b"old")
+    nf.check_writable(target)
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for bad in (folder, tmp_path / "missing" / "out.bin"):
+        with pytest.raises((nf.WriteError, OSError)) as early:
+            nf.check_writable(bad)
+        with pytest.raises(type(early.value)) as late:
+            nf.write_atomically(bad, [b"x"])
+        assert str(early.value) == str(late.value) and str(bad) in str(early.value)
+    assert sorted(tmp_path.iterdir()) == [folder, target]

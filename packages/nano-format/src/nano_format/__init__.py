@@ -10,7 +10,7 @@ The byte layout lives in `nano_format.spec`; see the package README.
 """
 
 from . import spec
-from .atomic import write_atomically
+from .atomic import check_writable, write_atomically
 from .config import Config, LoraConfig
 from .errors import (
     BadConfig,
@@ -59,6 +59,7 @@ __all__ = [
     "to_bytes",
     "write_lora",
     "write_atomically",
+    "check_writable",
     "rope_tables",
     "quantize_q8_0",
     "dequantize_q8_0",

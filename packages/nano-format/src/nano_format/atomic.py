@@ -1,6 +1,7 @@
 """Writing a file atomically: the one implementation the Nano packages share.
 
     write_atomically(path, chunks) -> int
+    check_writable(path)                 refuses before any work what write_atomically would
 
 The data goes to a temporary file beside `path` (same folder, so the final
 rename stays on one file system), is fsynced, and is renamed over `path` only
@@ -15,7 +16,7 @@ import stat
 
 from .errors import WriteError
 
-__all__ = ["write_atomically"]
+__all__ = ["write_atomically", "check_writable"]
 
 _NAME_MAX = 255  # bytes in one file name, where the file system does not say
 
@@ -31,21 +32,8 @@ def write_atomically(path, chunks) -> int:
     """
     path = os.fspath(path)
     directory = os.path.dirname(path) or "."
-
-    def named(op, *args):
-        try:
-            return op(*args)
-        except OSError as e:
-            raise OSError(e.errno, e.strerror, path) from None
-
-    try:
-        st = named(os.lstat, path)
-    except FileNotFoundError:
-        mode = None
-    else:
-        if not stat.S_ISREG(st.st_mode):
-            raise WriteError("exists and is not a regular file; not replacing it", path=path)
-        mode = stat.S_IMODE(st.st_mode)
+    named = _naming(path)
+    mode = _kept_mode(path, named)
     tmp, fd = named(_create_beside, directory, os.path.basename(path))
     size = 0
     try:
@@ -74,6 +62,44 @@ def write_atomically(path, chunks) -> int:
     except OSError:
         pass
     return size
+
+
+def check_writable(path) -> None:
+    """Raise, before any work, what write_atomically(path, ...) would raise before
+    writing: WriteError when something other than a regular file is at `path`,
+    an OSError naming `path` when no file can be made beside it (no such
+    folder, no permission). Makes and removes one empty temporary file; changes
+    nothing else. write_atomically checks again, as things may change meanwhile."""
+    path = os.fspath(path)
+    named = _naming(path)
+    _kept_mode(path, named)
+    tmp, fd = named(_create_beside, os.path.dirname(path) or ".", os.path.basename(path))
+    os.close(fd)
+    os.unlink(tmp)
+
+
+def _naming(path: str):
+    """A caller of OS functions whose OSErrors name `path`, never the temporary file."""
+
+    def named(op, *args):
+        try:
+            return op(*args)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, path) from None
+
+    return named
+
+
+def _kept_mode(path: str, named) -> int | None:
+    """The mode of the regular file at `path`, which its replacement keeps; None
+    when there is none. WriteError for anything else there."""
+    try:
+        st = named(os.lstat, path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise WriteError("exists and is not a regular file; not replacing it", path=path)
+    return stat.S_IMODE(st.st_mode)
 
 
 def _create_beside(directory: str, name: str) -> tuple[str, int]:

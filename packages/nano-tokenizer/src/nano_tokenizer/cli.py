@@ -42,7 +42,7 @@ import numpy as np
 
 from . import __version__
 from .build import build_vocab
-from .tokenizer import DEFAULT_CHUNK_CHARS, Tokenizer, TokenizerError, read_utf8, write_atomically
+from .tokenizer import DEFAULT_CHUNK_CHARS, Tokenizer, TokenizerError, check_writable, read_utf8, write_atomically
 
 STDIN = "standard input"
 
@@ -82,28 +82,6 @@ def _refuse_same_file(output: str, inputs) -> None:
         if os.path.samestat(out_stat, in_stat):
             shown = STDIN if name == "-" else f"the input {name}"
             raise _Fail(f"{output}: is the same file as {shown}; write the output elsewhere")
-
-
-class _Accepted(Exception):
-    """Stops `_check_output`'s trial write at its first chunk."""
-
-
-def _check_output(output: str) -> None:
-    """Refuse before any work an output that the final write would refuse after
-    it (a folder or device there, a missing or unwritable folder), with the
-    same message: write_atomically checks the target and makes its temporary
-    file before it asks for the first chunk, and that chunk stops it (the
-    temporary file is removed, nothing is replaced). The final write checks
-    again, as things may change meanwhile."""
-
-    def stop():
-        raise _Accepted
-        yield  # a generator: nothing runs until write_atomically asks
-
-    try:
-        write_atomically(output, stop())
-    except _Accepted:
-        pass
 
 
 def _clip(word: str, limit: int = 40) -> str:
@@ -199,7 +177,7 @@ def cmd_encode(args) -> None:
         raise _Fail("--chunk-chars must be at least 1")
     if args.out:
         _refuse_same_file(args.out, [args.vocab, args.textfile])
-        _check_output(args.out)
+        check_writable(args.out)
     name = STDIN if args.textfile == "-" else args.textfile
     with _open_binary(args.textfile) as f:
         parts = tok.encode_stream(read_utf8(f, name), chunk_chars=args.chunk_chars, allow_special=args.allow_special)
@@ -361,7 +339,7 @@ def cmd_decode(args) -> None:
 
 def cmd_build(args) -> None:
     _refuse_same_file(args.output, [*args.corpus, *([args.words] if args.words else [])])
-    _check_output(args.output)
+    check_writable(args.output)
     tok = build_vocab(args.corpus, args.size, words_file=args.words, specials=args.special)
     tok.save(args.output)
     print(f"{tok.vocab_size} tokens ({len(tok.special_tokens)} special) -> {args.output}", file=sys.stderr)

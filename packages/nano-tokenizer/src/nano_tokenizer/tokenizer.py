@@ -479,6 +479,17 @@ def write_atomically(path, chunks: Iterable[bytes]) -> None:
         raise TokenizerError(str(e)) from None
 
 
+def check_writable(path) -> None:
+    """`nano_format.check_writable`: what write_atomically would refuse, refused
+    before any work, as the same TokenizerError or OSError."""
+    import nano_format
+
+    try:
+        nano_format.check_writable(path)
+    except nano_format.FormatError as e:
+        raise TokenizerError(str(e)) from None
+
+
 def _short(value) -> str:
     """repr() cut to a readable length: error messages stay one short line
     whatever a hostile file holds."""

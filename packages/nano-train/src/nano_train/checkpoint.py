@@ -40,7 +40,7 @@ LATEST = "latest.pt"
 BEST = "best.pt"
 _TMP_SUFFIX = ".tmp"
 # The temporary files save_atomic writes for checkpoints: .{name}.pt.{pid}.tmp
-_TMP_NAME = re.compile(r"\.(.+\.pt)\.([0-9]+)" + re.escape(_TMP_SUFFIX))
+_TMP_NAME = re.compile(r"\..+\.pt\.(?P<pid>[0-9]+)" + re.escape(_TMP_SUFFIX))
 # What resuming reads ("scaler", "val_loss", "train_loss", "elapsed_s", ... are optional)
 REQUIRED = ("task", "model", "config", "tokenizer", "optimizer", "step", "tokens_seen", "data_state", "rng",
             "best_val_loss")
@@ -86,18 +86,25 @@ def process_gone(pid: int) -> bool:
     return False
 
 
+def remove_dead_writers_files(directory: str | Path, name: re.Pattern) -> list[Path]:
+    """Delete the regular files in `directory` whose whole name matches `name` and
+    whose writer, the pid in the pattern's group "pid", no longer runs; the files
+    removed. A file a live process may still be writing is left alone."""
+    removed = []
+    for p in sorted(Path(directory).iterdir()):
+        m = name.fullmatch(p.name)
+        if m and p.is_file() and not p.is_symlink() and process_gone(int(m.group("pid"))):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def remove_stale_temporaries(out_dir: str | Path) -> list[Path]:
     """Delete the temporary files of checkpoint writes whose process was killed (they
     are never loaded), with a note on stderr; the files removed. Only names that
     save_atomic makes for checkpoints (.{name}.pt.{pid}.tmp) whose pid is no longer
-    running: a file still being written by a live process is left alone."""
-    out_dir = Path(out_dir)
-    removed = []
-    for p in sorted(out_dir.iterdir()):
-        m = _TMP_NAME.fullmatch(p.name)
-        if m and p.is_file() and not p.is_symlink() and process_gone(int(m.group(2))):
-            p.unlink(missing_ok=True)
-            removed.append(p)
+    running."""
+    removed = remove_dead_writers_files(out_dir, _TMP_NAME)
     if removed:
         print(f"note: removed {', '.join(p.name for p in removed)} from {out_dir}: left by a checkpoint write "
               "that was interrupted", file=sys.stderr)

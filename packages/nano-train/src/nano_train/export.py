@@ -87,14 +87,11 @@ def _staged(path: Path) -> Path:
 def _remove_stale_staged(path: Path) -> None:
     """Delete what killed exports left staged for path: files named as _staged names
     them for path whose pid no longer runs (a live export's are left alone)."""
-    from .checkpoint import process_gone
+    from .checkpoint import remove_dead_writers_files
 
-    name = re.compile(re.escape(f".{path.name}.") + r"([0-9]+)" + re.escape(_STAGED_SUFFIX))
-    for p in sorted(path.parent.iterdir()):
-        m = name.fullmatch(p.name)
-        if m and p.is_file() and not p.is_symlink() and process_gone(int(m.group(1))):
-            p.unlink(missing_ok=True)
-            print(f"note: removed {p}: left by an export that was interrupted (pid {m.group(1)})")
+    name = re.compile(re.escape(f".{path.name}.") + r"(?P<pid>[0-9]+)" + re.escape(_STAGED_SUFFIX))
+    for p in remove_dead_writers_files(path.parent, name):
+        print(f"note: removed {p}: left by an export that was interrupted (pid {name.fullmatch(p.name)['pid']})")
 
 
 def main(argv=None) -> int:
