@@ -102,13 +102,12 @@ def eos_model(tmp_path, nano80) -> Path:
     return tmp_path / "eos.pt"
 
 
-def test_sample_instruct_stops_at_eos(tmp_path, nano80, capsys):
+@pytest.mark.parametrize("extra", [[], ["--instruct"], ["--stop", "<|eos|>"], ["-t", "1", "-s", "5"]])
+def test_sample_stops_at_eos_in_every_mode(tmp_path, nano80, capsys, extra):
+    """As the C engine (stop_at_eos is on in every mode): <|eos|> ends the output,
+    in plain continuation too, and is not printed."""
     ck = eos_model(tmp_path, nano80)
-    rc, out, _ = run(sample_cmd, ["-m", ck, "-p", "hi", "-t", "0", "-n", "3"], capsys)
-    assert rc == 0 and out == "<|eos|>" * 3 + "\n"  # plain mode: eos is just a token
-    rc, out, _ = run(sample_cmd, ["-m", ck, "-p", "hi", "-t", "0", "-n", "3", "--instruct"], capsys)
-    assert rc == 0 and out == "\n"
-    rc, out, _ = run(sample_cmd, ["-m", ck, "-p", "hi", "-t", "0", "-n", "3", "--stop", "<|eos|>"], capsys)
+    rc, out, _ = run(sample_cmd, ["-m", ck, "-p", "hi", "-t", "0", "-n", "3"] + extra, capsys)
     assert rc == 0 and out == "\n"
 
 
@@ -133,8 +132,8 @@ def test_sample_with_lora(nano80, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, msg",
     [
-        (["-m", "missing.bin", "-p", "x"], "not found"),
-        (["-m", "{nano80}", "-p", "x"], "not a Nano model file"),
+        (["-m", "missing.bin", "-p", "x"], "missing.bin: not found"),
+        (["-m", "{nano80}", "-p", "x"], "neither a Nano model file nor a training checkpoint"),
         (["-m", "{sort6}", "-p", "x", "--top-p", "2"], "top_p"),
         (["-m", "{sort6}", "-p", ""], "empty"),
         (["-m", "{sort6}", "-p", "x", "-l", "missing_lora.bin"], "not found"),
@@ -158,6 +157,147 @@ def test_sample_module_runs_as_a_program(shared_file):
     )
     assert p.returncode == 0, p.stderr
     assert p.stdout == "112225\n"
+
+
+def one_error_line(rc, err, *texts) -> bool:
+    return rc == 1 and err.startswith("error: ") and err.count("\n") == 1 and all(t in err for t in texts)
+
+
+@pytest.mark.parametrize("name, change, msg", [
+    ("big_vocab.pt", lambda ck: ck["config"]["model"].update(vocab_size=70),
+     "the vocabulary has 80 tokens, the model 70"),
+    ("eps.pt", lambda ck: ck["config"]["model"].update(norm_eps=None), "config['model']['norm_eps']"),
+    ("lora.pt", lambda ck: ck.update(lora={"alpha": 2}), "lora['rank']"),
+    ("huge.pt", lambda ck: ck["config"]["model"].update(block_size=10**9), "1048576"),
+    ("nan.pt", lambda ck: ck["model"]["layers.1.w1.weight"].__setitem__((0, 0), float("nan")),
+     "layers.1.w1.weight holds non-finite values"),
+])
+def test_sample_bad_checkpoints_are_one_line_naming_the_file(tmp_path, nano80, capsys, name, change, msg):
+    save_ckpt(tmp_path / name, tiny(), nano80)
+    ck = torch.load(tmp_path / name, weights_only=True)
+    change(ck)
+    torch.save(ck, tmp_path / name)
+    rc, out, err = run(sample_cmd, ["-m", tmp_path / name, "-p", "hi", "-t", "0", "-n", "4"], capsys)
+    assert out == "" and one_error_line(rc, err, f"error: {tmp_path / name}: ", msg)
+
+
+def test_sample_seq2seq_is_refused_where_the_file_records_causal_attention(tmp_path, nano80, capsys):
+    """--seq2seq sets the attention of layouts that cannot record it (2026.1 here);
+    a 2026.101 file that records causal attention refuses it, as a causal .pt does."""
+    from nano_train.convert import export_bin
+
+    m = tiny()
+    export_bin(m, tmp_path / "old.bin", layout="2026.1", tokenizer=nano80)
+    export_bin(m, tmp_path / "ext.bin", layout="2026.101", tokenizer=nano80)
+    save_ckpt(tmp_path / "c.pt", m, nano80)
+    rc, out, _ = run(sample_cmd, ["-m", tmp_path / "old.bin", "--seq2seq", "-p", "abc"], capsys)
+    assert rc == 0 and len(out) == 4
+    for name in ("ext.bin", "c.pt"):
+        rc, out, err = run(sample_cmd, ["-m", tmp_path / name, "--seq2seq", "-p", "abc"], capsys)
+        assert out == "" and one_error_line(rc, err, f"{tmp_path / name}: the file records causal attention")
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--threads", "100000"], "--threads must be in 1..1024, got 100000"),
+    (["--threads", "0"], "--threads must be in 1..1024, got 0"),
+    (["-s", str(2**64)], "seed must be an integer in [0, 2^64)"),
+    (["-s", "-1"], "seed must be an integer in [0, 2^64)"),
+    (["--device", "meta"], "--device meta holds no data"),
+    (["--stop", "§"], "stop string '§' can never occur"),
+])
+def test_sample_bad_options_are_one_line(tmp_path, nano80, capsys, argv, msg):
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    rc, out, err = run(sample_cmd, ["-m", tmp_path / "c.pt", "-p", "hi"] + argv, capsys)
+    assert out == "" and one_error_line(rc, err, msg)
+
+
+def test_sample_checks_the_cuda_device_index(tmp_path, nano80, capsys, monkeypatch):
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    argv = ["-m", tmp_path / "c.pt", "-p", "hi", "--device"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc, _, err = run(sample_cmd, argv + ["cuda"], capsys)
+    assert one_error_line(rc, err, "--device cuda: this machine has no CUDA device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    rc, _, err = run(sample_cmd, argv + ["cuda:7"], capsys)
+    assert one_error_line(rc, err, "--device cuda:7: no such CUDA device (this machine has 2: 0..1)")
+
+
+def test_sample_max_tokens_zero_fills_the_context(tmp_path, nano80, capsys):
+    """As `nano run -n 0`: no limit but the context (here 16 positions)."""
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    args = ["-m", tmp_path / "c.pt", "-p", "hi", "-t", "1", "-s", "3"]
+    rc, everything, _ = run(sample_cmd, args + ["-n", "0"], capsys)
+    rc2, bounded, _ = run(sample_cmd, args + ["-n", "1000"], capsys)
+    rc3, four, _ = run(sample_cmd, args + ["-n", "4"], capsys)
+    assert rc == rc2 == rc3 == 0 and everything == bounded and len(everything) > len(four) > 1
+    with pytest.raises(SystemExit):
+        sample_cmd.main(["--help"])
+    assert "0 = until the context is full" in " ".join(capsys.readouterr().out.split())
+
+
+def test_sample_profile_of_one_token_gives_no_nan(tmp_path, nano80, capsys):
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    rc, _, err = run(sample_cmd, ["-m", tmp_path / "c.pt", "-p", "hi", "-n", "1", "--profile"], capsys)
+    assert rc == 0 and "1 token" in err and "nan" not in err
+
+
+def test_sample_picks_the_loader_by_the_first_bytes(tmp_path, nano80, capsys):
+    from nano_train.convert import export_bin, export_lora
+
+    m = tiny()
+    save_ckpt(tmp_path / "best.ckpt", m, nano80)
+    export_bin(m, tmp_path / "model.pt", tokenizer=nano80)  # a model file despite its name
+    export_lora(attach_lora(tiny(), rank=2, alpha=2), tmp_path / "lora.bin")
+    (tmp_path / "dir").mkdir()
+    args = ["-p", "hi", "-t", "0", "-n", "5"]
+    rc, a, _ = run(sample_cmd, ["-m", tmp_path / "best.ckpt"] + args, capsys)
+    rc2, b, _ = run(sample_cmd, ["-m", tmp_path / "model.pt"] + args, capsys)
+    assert rc == rc2 == 0 and a == b != "\n"
+    rc, _, err = run(sample_cmd, ["-m", tmp_path / "dir"] + args, capsys)
+    assert one_error_line(rc, err, f"error: {tmp_path / 'dir'}: is a directory")
+    rc, _, err = run(sample_cmd, ["-m", tmp_path / "best.ckpt", "-l", tmp_path / "dir"] + args, capsys)
+    assert one_error_line(rc, err, f"error: {tmp_path / 'dir'}: is a directory")
+    rc, _, err = run(sample_cmd, ["-m", tmp_path / "lora.bin"] + args, capsys)
+    assert one_error_line(rc, err, f"error: {tmp_path / 'lora.bin'}: ", "pass it with -l")
+
+
+class _BrokenPipe(io.TextIOWrapper):
+    """Standard output whose reader went away (`| head -c1`)."""
+
+    def write(self, text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_sample_stops_quietly_on_a_broken_pipe(tmp_path, nano80, capsys, monkeypatch):
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    with open(tmp_path / "out", "wb") as f:
+        monkeypatch.setattr(sys, "stdout", _BrokenPipe(f, encoding="utf-8"))
+        rc = sample_cmd.main(["-m", str(tmp_path / "c.pt"), "-p", "hi"])
+    assert rc == 1 and capsys.readouterr().err == ""  # as nano-format and nano-tokenizer: no message
+
+
+def test_sample_writes_to_an_ascii_stdout(shared_file, capsys, monkeypatch):
+    """A terminal that cannot encode the text gets backslash escapes, not an error."""
+    argv = ["-m", str(shared_file("fixtures/psycho_230k_1214_q80.bin")), "-p", "人的心理", "-t", "0", "-n", "4"]
+    rc, want, _ = run(sample_cmd, argv, capsys)
+    assert rc == 0 and not want.isascii()
+    buf = io.BytesIO()
+    monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(buf, encoding="ascii"))
+    rc = sample_cmd.main(argv)
+    sys.stdout.flush()
+    assert rc == 0 and buf.getvalue() == want.encode("ascii", "backslashreplace")
+
+
+def test_sample_with_closed_standard_streams(tmp_path, nano80):
+    """Started with `>&-` or `<&-` (Python then has no sys.stdout / sys.stdin): one line."""
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    cmd = [sys.executable, "-m", "nano_train.sample", "-m", str(tmp_path / "c.pt"), "--threads", "1"]
+    for fd, prompt, msg in ((1, "hi", "error: standard output is closed"),
+                            (0, "-", "error: -p -: standard input is closed")):
+        p = subprocess.run(cmd + ["-p", prompt], stderr=subprocess.PIPE, text=True, timeout=120,
+                           preexec_fn=lambda fd=fd: os.close(fd))
+        assert p.returncode == 1 and p.stderr.startswith(msg) and p.stderr.count("\n") == 1, p.stderr
 
 
 # ---------------------------------------------------------------------------

@@ -112,3 +112,76 @@ def test_shipped_configs_load():
     for name in names:
         cfg, _ = load_config(CONFIGS / name)
         assert cfg.data.dataset and cfg.run.out_dir
+
+
+# ---------------------------------------------------------------------------
+# Files and values that used to escape as tracebacks, or were silently misread
+
+
+def test_deeply_nested_config_is_one_error(tmp_path):
+    p = tmp_path / "deep.json"
+    p.write_text('{"model": ' + "[" * 50_000 + "]" * 50_000 + "}", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"deep\.json: .*nested too deeply"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"override '--sample_prompts=\[\[.*\.\.\..*expected a JSON list"):
+        load_config(None, ["--sample_prompts=" + "[" * 50_000])
+
+
+def test_config_that_is_not_utf8_is_one_error(tmp_path):
+    p = tmp_path / "utf16.json"
+    p.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ConfigError, match=r"utf16\.json: not UTF-8"):
+        load_config(p)
+
+
+def test_duplicate_keys_are_refused(tmp_path):
+    p = tmp_path / "dup.json"
+    p.write_text('{"model": {"n_layer": 2, "n_layer": 3}}', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"dup\.json: key 'n_layer' appears twice"):
+        load_config(p)
+    p.write_text('{"model": {"n_layer": 2}, "model": {"n_head": 2}}', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"key 'model' appears twice"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("where, file_value, override", [
+    ("run.out_dir", {"run": {"out_dir": "\ud800"}}, "--out_dir=runs/\udcff"),
+    ("eval.sample_prompts", {"eval": {"sample_prompts": ["ok", "\udfff"]}}, '--sample_prompts=["\udcff"]'),
+    ("data.dataset", {"data": {"dataset": "d\ud800"}}, "--dataset=\udcffx"),
+])
+def test_strings_that_are_not_utf8_are_refused(tmp_path, where, file_value, override):
+    # JSON "\ud800" decodes to a lone surrogate; a non-UTF-8 byte on the command line
+    # reaches Python as a surrogate escape (\udcff for b"\xff"). Neither can be
+    # written to log.jsonl, so the run must not start with them.
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps(file_value), encoding="utf-8")  # json.dumps writes the \ud800 escape
+    with pytest.raises(ConfigError, match=rf"{where}: .* is not valid UTF-8 text"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=rf"{where}: .* is not valid UTF-8 text"):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--n_layer=99999999999999999999999999999", r"n_layer must be at most 1024"),
+    ("--block_size=1048577", r"block_size must be at most 1048576"),
+    ("--vocab_size=4194305", r"vocab_size must be at most 4194304"),
+    ("--n_head=4097", r"n_head must be at most 4096"),
+    ("--n_embd=2097152", r"n_embd must be at most 1048576"),
+    ("--n_hidden=1048577", r"n_hidden must be at most 1048576"),
+    ("--batch_size=99999999999999999999", r"data.batch_size must be at most 2147483647"),
+    ("--batch_size=4194305", r"data.batch_size \* model.block_size .* at most 2147483647"),
+    ("--max_iters=2147483648", r"optim.max_iters must be at most 2147483647"),
+    ("--eval_interval=2147483648", r"eval.eval_interval must be at most 2147483647"),
+    ("--lora_rank=1048577", r"lora.lora_rank must be at most 1048576"),
+])
+def test_absurd_sizes_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_sizes_at_the_format_limits_are_accepted():
+    from nano_format import spec
+
+    cfg, _ = load_config(None, [f"--block_size={spec.MAX_DIM}", "--batch_size=2047", f"--n_layer={spec.MAX_LAYERS}",
+                                f"--max_iters={2**31 - 1}"])
+    assert cfg.model.block_size == spec.MAX_DIM and cfg.model.n_layer == spec.MAX_LAYERS

@@ -332,7 +332,7 @@ def test_bad_checkpoints(tmp_path):
     torch.save({"model": m.state_dict(), "config": {"model": tiny(n_embd=48).config.to_dict()}}, tmp_path / "wide.pt")
     with pytest.raises(ConvertError, match="do not fit") as e:
         load_checkpoint_model(tmp_path / "wide.pt")
-    assert "\n" not in str(e.value) and "size mismatch" in str(e.value)
+    assert "\n" not in str(e.value) and "wrong shape" in str(e.value)
     torch.save({**ck, "format": "something-else"}, tmp_path / "foreign.pt")
     with pytest.raises(ConvertError, match="format"):
         load_checkpoint_model(tmp_path / "foreign.pt")
@@ -341,3 +341,161 @@ def test_bad_checkpoints(tmp_path):
     with pytest.raises(ConvertError, match="header") as e:
         load_bin(tmp_path / "bad.bin")
     assert isinstance(e.value.__cause__, nano_format.FormatError)
+
+
+# ---------------------------------------------------------------------------
+# Loading checks everything before use (review defects of the sample command)
+
+
+def one_line_naming(e, path) -> bool:
+    return str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("model_vocab", [70, 90])
+def test_checkpoint_vocabulary_must_fit_the_model(nano80, tmp_path, model_vocab):
+    """A bigger vocabulary would index past the embedding, a smaller one fail on the
+    first token beyond its end: both are refused at load, naming the file."""
+    make_checkpoint(tmp_path / "c.pt", tiny(vocab_size=model_vocab), nano80)
+    with pytest.raises(ConvertError, match=f"the vocabulary has 80 tokens, the model {model_vocab}") as e:
+        load_checkpoint_model(tmp_path / "c.pt")
+    assert one_line_naming(e, tmp_path / "c.pt")
+
+
+def _set(key, value):
+    return lambda ck: ck["config"]["model"].__setitem__(key, value)
+
+
+MALFORMED = {
+    "norm_eps None": (_set("norm_eps", None), "config['model']['norm_eps'] must be a finite number"),
+    "rope_theta str": (_set("rope_theta", "abc"), "config['model']['rope_theta'] must be a finite number"),
+    "dropout nan": (_set("dropout", float("nan")), "config['model']['dropout'] must be a finite number"),
+    "is_causal str": (_set("is_causal", "no"), "config['model']['is_causal'] must be true or false"),
+    "block_size float": (_set("block_size", 12.0), "block_size must be a positive integer"),
+    "n_embd negative": (_set("n_embd", -3), "n_embd must be a positive integer"),
+    "unknown key": (_set("n_experts", 8), "unknown key"),
+    "norm_eps beyond float32": (_set("norm_eps", 1e39), "config['model']['norm_eps']: 1e+39 must be a positive"),
+    "lora without rank": (lambda ck: ck.__setitem__("lora", {"alpha": 2}), "lora['rank'] must be a positive integer"),
+    "lora rank float": (lambda ck: ck.__setitem__("lora", {"rank": 2.5, "alpha": 2}), "lora['rank']"),
+    "lora list": (lambda ck: ck.__setitem__("lora", [1, 2]), "'lora' must be a dict"),
+    "lora alpha str": (lambda ck: ck.__setitem__("lora", {"rank": 2, "alpha": "x"}), "lora['alpha'] must be"),
+    "lora dropout 1": (lambda ck: ck.__setitem__("lora", {"rank": 2, "alpha": 2, "dropout": 1.0}), "lora['dropout']"),
+    "model list": (lambda ck: ck.__setitem__("model", [1, 2]), "'model' must be a state dict, not list"),
+    "weight not a tensor": (lambda ck: ck["model"].__setitem__("tok_embd.weight", 5),
+                            "wrong shape: tok_embd.weight ()"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_checkpoint_fields_are_one_line_errors(nano80, tmp_path, name):
+    change, msg = MALFORMED[name]
+    make_checkpoint(tmp_path / "c.pt", tiny(), nano80)
+    ck = torch.load(tmp_path / "c.pt", weights_only=True)
+    change(ck)
+    torch.save(ck, tmp_path / "c.pt")
+    with pytest.raises(ConvertError) as e:
+        load_checkpoint_model(tmp_path / "c.pt")
+    assert msg in str(e.value) and one_line_naming(e, tmp_path / "c.pt")
+
+
+@pytest.mark.parametrize("change, msg", [
+    (dict(block_size=10**9), ("block_size", "1048576")),
+    (dict(block_size=2**40), ("block_size", "1048576")),
+    (dict(vocab_size=10**10), ("vocab_size", "4194304")),
+    (dict(n_layer=2000), ("n_layer", "1024")),
+    (dict(vocab_size=4_000_000), ("wrong shape: tok_embd.weight",)),  # within bounds: the shapes tell
+    (dict(n_embd=1 << 20, n_head=1, n_kv_head=1), ("wrong shape",)),
+    (dict(use_rope=False, block_size=1 << 20), ("wrong shape: pos_embd.weight",)),
+])
+def test_checkpoint_sizes_are_checked_before_anything_is_allocated(nano80, tmp_path, monkeypatch, change, msg):
+    """nano-format's bounds (those of the .bin reader), then the stored tensors'
+    shapes, before the model is built: no real model is allocated for a bad config."""
+    from nano_train import convert
+
+    m = tiny(use_rope=change.get("use_rope", True))
+    make_checkpoint(tmp_path / "c.pt", m, nano80)
+    ck = torch.load(tmp_path / "c.pt", weights_only=True)
+    ck["config"]["model"].update(change)
+    del ck["tokenizer"]  # the vocabulary's size is checked against the config too
+    torch.save(ck, tmp_path / "c.pt")
+    built = []
+
+    def spy(config):
+        model = Transformer(config)
+        built.append(model.tok_embd.weight.device.type)
+        return model
+
+    monkeypatch.setattr(convert, "Transformer", spy)
+    with pytest.raises(ConvertError) as e:
+        load_checkpoint_model(tmp_path / "c.pt")
+    assert all(m in str(e.value) for m in msg) and one_line_naming(e, tmp_path / "c.pt")
+    assert "cpu" not in built  # at most a "meta" model, which has no storage
+
+
+def poke_nan(path, tensor, value=float("nan")):
+    """Overwrite the first float32 of a tensor of an F32 file (nano-format's writer refuses NaN)."""
+    with nano_format.read(path) as nf:
+        offset = next(t.offset for t in nf.tensors if t.name == tensor)
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(np.array([value], dtype="<f4").tobytes())
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused_at_load(nano80, tmp_path, value):
+    # a checkpoint
+    m = tiny()
+    with torch.no_grad():
+        m.layers[1].wq.weight[2, 3] = value
+    make_checkpoint(tmp_path / "c.pt", m, nano80)
+    with pytest.raises(ConvertError, match=r"layers\.1\.wq\.weight holds non-finite values") as e:
+        load_checkpoint_model(tmp_path / "c.pt")
+    assert one_line_naming(e, tmp_path / "c.pt")
+    # a model file
+    export_bin(tiny(), tmp_path / "m.bin", tokenizer=nano80)
+    load_bin(tmp_path / "m.bin")
+    poke_nan(tmp_path / "m.bin", "w2", value)
+    with pytest.raises(ConvertError, match=r"layers\.0\.w2\.weight holds non-finite values") as e:
+        load_bin(tmp_path / "m.bin")
+    assert one_line_naming(e, tmp_path / "m.bin")
+    # a LoRA file: refused before anything is attached
+    export_lora(attach_lora(tiny(), rank=2, alpha=2), tmp_path / "l.bin")
+    poke_nan(tmp_path / "l.bin", "wv_B", value)
+    base = tiny()
+    with pytest.raises(ConvertError, match="wv_B holds non-finite values") as e:
+        load_lora_bin(base, tmp_path / "l.bin")
+    assert one_line_naming(e, tmp_path / "l.bin") and lora_config(base) is None
+
+
+def test_an_attention_kind_is_only_asked_of_files_that_cannot_record_it(nano80, tmp_path):
+    """is_causal sets the attention of 2025.12 / 2026.1 files (which imply causal);
+    a 2026.101 file or a checkpoint records it, and a different value is refused."""
+    from nano_train.convert import load_model
+
+    m = tiny()
+    export_bin(m, tmp_path / "old.bin", layout="2026.1", tokenizer=nano80)
+    export_bin(m, tmp_path / "ext.bin", layout="2026.101", tokenizer=nano80)
+    make_checkpoint(tmp_path / "c.pt", m, nano80)
+    assert load_bin(tmp_path / "old.bin", is_causal=False)[0].config.is_causal is False
+    for name in ("ext.bin", "c.pt"):
+        assert load_model(tmp_path / name, is_causal=True)[0].config.is_causal is True
+        with pytest.raises(ConvertError, match="the file records causal attention") as e:
+            load_model(tmp_path / name, is_causal=False)
+        assert one_line_naming(e, tmp_path / name)
+
+
+def test_load_model_tells_files_apart_by_their_first_bytes(nano80, tmp_path):
+    from nano_train.convert import load_model
+
+    m = tiny()
+    make_checkpoint(tmp_path / "best.ckpt", m, nano80)
+    export_bin(m, tmp_path / "model.pt", tokenizer=nano80)  # a model file, whatever its name
+    for name in ("best.ckpt", "model.pt"):
+        back, tok = load_model(tmp_path / name)
+        assert tok.itos == nano80.itos and torch.allclose(logits(back), logits(m), atol=1e-6)
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ConvertError, match="neither a Nano model file nor a training checkpoint") as e:
+        load_model(tmp_path / "notes.txt")
+    assert one_line_naming(e, tmp_path / "notes.txt")
+    export_lora(attach_lora(tiny(), rank=2, alpha=2), tmp_path / "lora.bin")
+    with pytest.raises(ConvertError, match="LoRA module, not a model: pass it with -l"):
+        load_model(tmp_path / "lora.bin")

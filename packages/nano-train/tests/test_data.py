@@ -25,7 +25,9 @@ from nano_train.data import (
     TokenWindows,
     iter_documents,
     prepare_pretrain,
+    prepare_sft,
     split_hash,
+    write_rows,
 )
 
 
@@ -112,6 +114,39 @@ def test_tiny_corpus_still_holds_out_one_chunk(tmp_path, shared_file):
                          progress=False)
 
 
+def test_the_forced_validation_chunk_is_never_the_short_last_one(tmp_path, shared_file):
+    """320 tokens in chunks of 100: the last chunk holds 20. With a seed whose smallest
+    hash is that chunk's, it used to be the whole validation split, too short for any
+    row; now a full chunk is held out, and the summary warns that val is short."""
+    text = tmp_path / "t.txt"
+    text.write_text("心理学是研究人的心理现象的科学。" * 20, encoding="utf-8")
+    tok = shared_file("data/tokenizer_4096.json")
+    assert len(Tokenizer.load(tok).encode_array(text.read_text(encoding="utf-8"))) == 320
+    seed = next(s for s in range(1000) if np.argmin(split_hash(s, np.arange(4))) == 3)
+    out = tmp_path / "d"
+    summary = prepare_pretrain([text], tok, out, chunk_tokens=100, val_fraction=1e-9, seed=seed, progress=False)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["split"]["val_chunks"] == [int(np.argmin(split_hash(seed, np.arange(3))))]
+    assert (summary.val_tokens, summary.train_tokens) == (100, 220)
+    assert Dataset(out).source("val", 64).n_rows == 1
+    assert "warning: the validation split's longest shard holds 100 tokens" in summary.text()
+    assert "--val_fraction" in summary.text()
+    # the error for a block too long for the validation split says how to get one, or do without
+    with pytest.raises(DataError, match=r"validation split is too short.*--val_fraction.*--eval_iters=0"):
+        Dataset(out).source("val", 100)
+    # a draw that takes only the short last chunk gets the full chunk with the smallest hash too
+    u = split_hash(seed, np.arange(4))
+    summary = prepare_pretrain([text], tok, tmp_path / "f", chunk_tokens=100, val_fraction=(u[3] + u[:3].min()) / 2,
+                               seed=seed, progress=False)
+    meta = json.loads((tmp_path / "f" / "meta.json").read_text())
+    assert meta["split"]["val_chunks"] == [int(np.argmin(u[:3])), 3]
+    assert (summary.val_tokens, summary.train_tokens) == (120, 200)
+    assert Dataset(tmp_path / "f").source("val", 64).n_rows == 1
+    # a validation split longer than a typical block: no warning
+    big = prepare_pretrain([text], tok, tmp_path / "e", chunk_tokens=100, val_fraction=0.0, progress=False)
+    assert "warning" not in big.text()
+
+
 # ---------------------------------------------------------------------------
 # Bounded memory
 
@@ -185,6 +220,16 @@ def test_bos_eos_wrapping_and_separators(tmp_path, shared_file):
         ids = np.fromfile(out / "train_000.bin", dtype=np.uint16)
         assert tok.decode(ids) == expected
         assert summary.documents == 2 and summary.characters == 4
+        # tokens per character: the documents' tokens over their characters; the separator
+        # (or bos/eos) tokens are counted apart, as their characters are not counted
+        text_tokens = len(tok.encode("甲乙")) + len(tok.encode("丙丁"))
+        extra = 4 if bos_eos else len(tok.encode("\n\n"))
+        assert (summary.tokens, summary.text_tokens) == (text_tokens + extra, text_tokens)
+        counts = json.loads((out / "meta.json").read_text())["counts"]
+        assert counts["text_tokens"] == text_tokens and counts["tokens"] == text_tokens + extra
+        assert counts["tokens_per_character"] == text_tokens / 4
+        assert f"{text_tokens / 4:.3f} text tokens per character" in summary.text()
+        assert f"{extra} of them separators or bos/eos" in summary.text()
 
 
 def test_large_vocabulary_uses_uint32(tmp_path):
@@ -221,6 +266,8 @@ def test_helpful_errors(tmp_path, shared_file, small_pretrain):
     with pytest.raises(DataError, match="no meta.json"):
         Dataset(tmp_path)
     with pytest.raises(DataError, match="larger than the data"):
+        Dataset(small_pretrain).source("train", 10_000_000)
+    with pytest.raises(DataError, match="validation split is too short"):
         Dataset(small_pretrain).source("val", 100_000)
     # a tokenizer that is not the one the shards were written with
     copy = tmp_path / "copy"
@@ -236,6 +283,114 @@ def test_helpful_errors(tmp_path, shared_file, small_pretrain):
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(DataError, match="truncated"):
         Dataset(copy)
+
+
+def test_a_bad_byte_is_reported_by_line_and_offset(tmp_path, shared_file):
+    """The text reader decodes a buffer at a time; the error names the file's line and
+    byte, also past the first buffer and after a character split across pieces."""
+    tok = shared_file("data/tokenizer_4096.json")
+    bad = tmp_path / "bad.txt"
+    head = b"ok line\n" * 20_000 + "é".encode("utf-8") * 40_000  # the long line is read in several pieces
+    bad.write_bytes(head + b" \xff tail\nmore\n")
+    where = rf"bad.txt:20001: not UTF-8 text \(invalid start byte at byte {len(head) + 1}\)"
+    with pytest.raises(DataError, match=where):
+        prepare_pretrain([bad], tok, tmp_path / "x", progress=False)
+    bad.write_bytes(b"ab\ncd\n\xe9")  # a character cut off by the end of the file
+    with pytest.raises(DataError, match=r"bad.txt:3: not UTF-8 text \(unexpected end of data at byte 6\)"):
+        prepare_pretrain([bad], tok, tmp_path / "x", progress=False)
+
+
+def test_inputs_must_be_distinct_regular_files(tmp_path, shared_file):
+    tok = shared_file("data/tokenizer_4096.json")
+    text = tmp_path / "t.txt"
+    text.write_text("甲乙\n", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    other_path = tmp_path / "sub" / ".." / "t.txt"  # the same file by another path
+    with pytest.raises(DataError, match=f"inputs {text} and {other_path} are the same file"):
+        prepare_pretrain([text, other_path], tok, tmp_path / "x", progress=False)
+    with pytest.raises(DataError, match="are the same file"):
+        prepare_sft([text, text], tok, tmp_path / "x", block_size=16, progress=False)
+    with pytest.raises(DataError, match="is a directory"):
+        prepare_pretrain([tmp_path / "sub"], tok, tmp_path / "x", progress=False)
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "fifo")
+        with pytest.raises(DataError, match="is a FIFO"):
+            prepare_pretrain([tmp_path / "fifo"], tok, tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_vocabulary_without_a_needed_special_token(tmp_path):
+    """Checked when the tokenizer is loaded, before anything is read or written."""
+    specials = ["<|padding|>", "<|unknown|>", "<|eos|>", "<|response_mark|>"]  # no <|bos|>, no <|instruct_mark|>
+    itos = specials + list("甲乙丙丁")
+    tok_path = tmp_path / "v.json"
+    Tokenizer(itos, {t: i for i, t in enumerate(specials)}).save(tok_path)
+    text = tmp_path / "t.txt"
+    text.write_text("甲乙\n\n丙丁\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{tok_path}: the vocabulary has no <\|bos\|> special token, which --bos_eos"):
+        prepare_pretrain([text], tok_path, tmp_path / "x", bos_eos=True, progress=False)
+    assert not (tmp_path / "x").exists()
+    jsonl = tmp_path / "s.jsonl"
+    jsonl.write_text('{"question": "甲", "answer": "乙"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{tok_path}: the vocabulary has no <\|instruct_mark\|> special token"):
+        prepare_sft([jsonl], tok_path, tmp_path / "x", block_size=16, progress=False)
+    assert not (tmp_path / "x").exists()
+    prepare_pretrain([text], tok_path, tmp_path / "y", val_fraction=0.0, progress=False)  # needs none of them
+
+
+def _copy(src, dst):
+    dst.mkdir()
+    for f in src.iterdir():
+        (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def _poke(path, dtype, index, value):
+    ids = np.fromfile(path, dtype=dtype)
+    ids.reshape(-1)[index] = value
+    ids.tofile(path)
+
+
+def test_token_ids_outside_the_vocabulary(tmp_path, small_pretrain, shared_file):
+    """Checked once when a dataset is opened (they would stop training inside F.embedding)."""
+    vocab = Tokenizer.load(small_pretrain / "tokenizer.json").vocab_size  # 4096, stored as uint16
+    bad = _copy(small_pretrain, tmp_path / "pre")
+    _poke(bad / "val_000.bin", np.uint16, 77, vocab)
+    with pytest.raises(DataError, match=rf"val_000.bin: token id {vocab} at position 77 is outside the vocabulary"):
+        Dataset(bad)
+    tok = Tokenizer.load(shared_file("data/tokenizer_4096.json"))
+    rows = np.full((2, 8), tok.pad_id)
+    mask = np.ones((2, 8), dtype=np.uint8)
+    write_rows(tmp_path / "sft", tok, "sft", {"train": (rows, mask)})
+    write_rows(tmp_path / "s2s", tok, "seq2seq", {"train": (rows, rows, mask)})
+    Dataset(tmp_path / "sft")
+    Dataset(tmp_path / "s2s")
+    _poke(tmp_path / "sft" / "sft_train.bin", np.uint16, 9, 65535)
+    with pytest.raises(DataError, match="sft_train.bin: token id 65535 at position 9"):
+        Dataset(tmp_path / "sft")
+    _poke(tmp_path / "s2s" / "s2s_train_y.bin", np.uint16, 15, 5000)
+    with pytest.raises(DataError, match="s2s_train_y.bin: token id 5000 at position 15"):
+        Dataset(tmp_path / "s2s")
+
+
+@pytest.mark.parametrize("text,why", [("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+                                      ('{"format": ' + "1" * 5000 + "}", "number too large")])
+def test_a_hostile_meta_json(tmp_path, small_pretrain, psycho_slice, shared_file, text, why):
+    """json raises RecursionError or a plain ValueError on these, not JSONDecodeError."""
+    bad = _copy(small_pretrain, tmp_path / "d")
+    (bad / "meta.json").write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match=f"meta.json: not valid JSON \\({why}\\)"):
+        Dataset(bad)
+    # --overwrite reads the old meta.json for the files to replace: a damaged one lists none
+    prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), bad, overwrite=True, progress=False)
+    assert Dataset(bad).kind == "pretrain"
+
+
+def test_a_huge_field_in_meta_json_is_not_echoed(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps({"format": "x" * 1_000_000}), encoding="utf-8")
+    with pytest.raises(DataError, match="not a nano-train-dataset") as err:
+        Dataset(tmp_path)
+    assert len(str(err.value)) < 300
 
 
 def test_prepare_command(tmp_path, shared_file, psycho_slice, capsys):

@@ -50,3 +50,44 @@ def test_unsupported_format_and_unwritable_output(tmp_path):
     msg = error_of([str(log), "-o", str(tmp_path / "p.txt")])
     assert "cannot write .txt" in msg and ".png" in msg
     assert "cannot write" in error_of([str(log), "-o", str(tmp_path / "no_such_dir" / "p.png")])
+
+
+def test_values_that_are_not_finite_numbers_are_skipped(tmp_path, capsys):
+    lines = [
+        '{"kind": "eval", "step": 3, "val_loss": {}}',
+        '{"kind": "train", "step": 1, "loss": 1e308, "lr": "x"}',
+        '{"kind": "train", "step": 2, "loss": -1e308, "lr": null}',
+        '{"kind": "train", "step": 4, "loss": "abc", "lr": true}',
+        '{"kind": "train", "step": true, "loss": 3.0}',
+        '{"kind": "train", "step": 1e400, "loss": 3.0}',
+        '{"kind": "train", "step": 5, "loss": 2.5, "lr": 0.1}',
+        '{"kind": "train", "step": 6, "loss": 2.4, "lr": 0.2}',
+        '{"kind": "eval", "step": 6, "val_loss": 2.6}',
+    ]
+    log = write_log(tmp_path / "log.jsonl", lines)
+    png = tmp_path / "out.png"
+    assert plot_cmd.main([str(log), "-o", str(png), "--lr"]) == 0 and png.stat().st_size > 0
+    assert "skipped 8 values" in capsys.readouterr().err
+    c = plot_cmd.curves([json.loads(line) for line in lines])
+    assert c == {"train": ([5, 6], [2.5, 2.4]), "val": ([6], [2.6]), "lr": ([5, 6], [0.1, 0.2])}
+
+
+def test_huge_losses_do_not_break_the_axis(tmp_path):
+    log = write_log(tmp_path / "log.jsonl", [json.dumps({"kind": "train", "step": s, "loss": v, "lr": v})
+                                             for s, v in enumerate([1e308, -1e308, 1e300, -1e300, 2.0])])
+    png = tmp_path / "out.png"
+    assert plot_cmd.main([str(log), "-o", str(png), "--lr"]) == 0 and png.stat().st_size > 0
+
+
+def test_nothing_plottable_left_is_an_error(tmp_path):
+    log = write_log(tmp_path / "log.jsonl", ['{"kind": "eval", "step": 3, "val_loss": {}}',
+                                             '{"kind": "train", "step": 1, "loss": "abc"}'])
+    msg = error_of([str(log), "-o", str(tmp_path / "p.png")])
+    assert "has no train or eval records to plot" in msg and "2 values skipped" in msg
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_deeply_nested_line_is_skipped(tmp_path):
+    log = write_log(tmp_path / "log.jsonl", [json.dumps(r) for r in RECORDS] + ["[" * 100_000 + "]" * 100_000])
+    png = tmp_path / "out.png"
+    assert plot_cmd.main([str(log), "-o", str(png)]) == 0 and png.stat().st_size > 0

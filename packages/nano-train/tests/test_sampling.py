@@ -283,3 +283,70 @@ def test_extreme_settings_give_real_tokens():
 def test_settings_outside_float32_are_refused(kw):
     with pytest.raises(ValueError):
         SamplerConfig(**kw)
+
+
+@pytest.mark.parametrize("seed", [2**64, -1, 2**70, True])
+def test_seeds_outside_uint64_are_refused(seed):
+    """As the C CLI: a seed is a uint64_t, so 2^64 or -1 is an error, not a wrap to 0 or 2^64 - 1."""
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\^64\)"):
+        SamplerConfig(seed=seed)
+    assert SamplerConfig(seed=2**64 - 1).seed == 2**64 - 1
+
+
+@pytest.mark.parametrize("t", [0.0, 1.0])
+def test_nan_logits_are_an_error(t):
+    """NaN passes the clamp and argmax reads it as id 0: refuse it. Infinities are
+    clamped to the float32 range (step 1), as in C."""
+    logits = np.array([1.0, 2.0, np.nan, 0.5], dtype=np.float32)
+    with pytest.raises(ValueError, match=r"the logits hold NaN \(at id 2\)"):
+        sample_logits(logits, [], cfg(temperature=t), Rng(0))
+    assert sample_logits(np.array([1.0, np.inf, 0.5], dtype=np.float32), [], cfg(temperature=t), Rng(0)) == 1
+
+
+def test_max_new_tokens_zero_runs_until_the_context_is_full():
+    """As the C engine's max_tokens 0: no limit but the context (the block size)."""
+    m = tiny_model()
+    c = dict(temperature=1.0, seed=4)
+    got = list(generate(m, [1, 2], SamplerConfig(max_new_tokens=0, **c)))
+    assert len(got) == 24 - 2 + 1
+    assert got == list(generate(m, [1, 2], SamplerConfig(max_new_tokens=1000, **c)))
+
+
+def eos_prone_model(nano80):
+    """Predicts <|eos|> (3) or "b" (28) with about equal probability at every step: a
+    constant residual stream read by a classifier with two equal non-zero rows."""
+    m = tiny_model(vocab_size=80, tie_embeddings=False)
+    with torch.no_grad():
+        for layer in m.layers:
+            layer.wo.weight.zero_()
+            layer.w2.weight.zero_()
+        m.tok_embd.weight.zero_()
+        m.tok_embd.weight[:, 0] = 1.0
+        m.lm_head.weight.zero_()
+        m.lm_head.weight[[nano80.eos_id, 28], 0] = 1.0
+    return m
+
+
+def test_generate_stops_at_eos_whenever_the_vocabulary_has_it(nano80):
+    """The C engine's stop_at_eos (on in every mode): given a tokenizer with <|eos|>,
+    generation ends there, in plain continuation too; without one nothing knows eos."""
+    m = eos_prone_model(nano80)
+    c = SamplerConfig(temperature=1.0, max_new_tokens=20, seed=0)  # a seed that draws "b" first
+    free = list(generate(m, [27], c))
+    eos = nano80.eos_id
+    assert eos in free and free.index(eos) > 0
+    assert list(generate(m, [27], c, tokenizer=nano80)) == free[:free.index(eos)]
+
+
+def test_stop_strings_the_vocabulary_cannot_write_are_refused(nano80):
+    """A character with no token encodes to <|unknown|>: such a stop could never be
+    in the output, and must not turn into "stop at any unknown token"."""
+    m = tiny_model(vocab_size=80)
+    for stop in ("§", "a§", "é"):
+        assert nano80.encode(stop)[-1] == nano80.unk_id
+        with pytest.raises(ValueError, match="can never occur: the vocabulary has no token for"):
+            list(generate(m, [27, 28], SamplerConfig(stop_tokens=(stop,)), tokenizer=nano80))
+    # the unknown token's own text is a stop id like any other special token's
+    c = dict(temperature=1.0, max_new_tokens=20, seed=3)
+    want = list(generate(m, [27, 28], SamplerConfig(stop_tokens=(nano80.unk_id,), **c), tokenizer=nano80))
+    assert list(generate(m, [27, 28], SamplerConfig(stop_tokens=("<|unknown|>",), **c), tokenizer=nano80)) == want

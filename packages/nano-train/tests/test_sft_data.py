@@ -2,6 +2,7 @@
 records, bad lines and too-long samples."""
 
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -94,6 +95,9 @@ def test_multi_turn_records(tmp_path, shared_file):
     ('["q", "a"]', "expected a JSON object"),
     ('{"messages": [{"role": "assistant", "content": "a"}]}', "expected 'user'"),
     ('{"messages": [{"role": "user", "content": "q"}]}', "no assistant answer"),
+    # json raises RecursionError / a plain ValueError on these, not JSONDecodeError
+    ("[" * 100_000 + "]" * 100_000, r"not valid JSON \(nested too deeply\)"),
+    ('{"question": ' + "1" * 5000 + ', "answer": "a"}', r"not valid JSON \(number too large\)"),
 ])
 def test_bad_line_names_file_and_line(tmp_path, shared_file, line, message):
     src = tmp_path / "bad.jsonl"
@@ -104,6 +108,52 @@ def test_bad_line_names_file_and_line(tmp_path, shared_file, line, message):
     summary = prepare_sft([src], shared_file("data/tokenizer_4096.json"), tmp_path / "e", block_size=32,
                           skip_bad=True, progress=False)
     assert summary.bad_lines == 1 and summary.train_samples == 1
+
+
+def test_a_line_over_the_byte_limit_is_a_bad_line(tmp_path, shared_file):
+    tok_path = shared_file("data/tokenizer_4096.json")
+    src = tmp_path / "big.jsonl"
+    long_line = json.dumps({"question": "q", "answer": "长" * 5000}, ensure_ascii=False)
+    src.write_text('{"question": "问", "answer": "答"}\n' + long_line + '\n{"question": "q", "answer": "a"}\n\n{',
+                   encoding="utf-8")
+    with pytest.raises(DataError, match=r"big.jsonl:2: the line is 15,\d{3} bytes, more than the 1,000"):
+        prepare_sft([src], tok_path, tmp_path / "d", block_size=16, max_line_bytes=1000, progress=False)
+    # skipped and counted; the lines after it keep their numbers
+    with pytest.raises(DataError, match=r"big.jsonl:5: not valid JSON"):
+        prepare_sft([src], tok_path, tmp_path / "d", block_size=16, max_line_bytes=20_000, progress=False)
+    src.write_bytes(src.read_bytes()[:-1])
+    s = prepare_sft([src], tok_path, tmp_path / "e", block_size=16, max_line_bytes=1000, skip_bad=True, progress=False)
+    assert (s.records, s.bad_lines) == (2, 1)
+
+
+def test_a_huge_sample_is_encoded_only_as_far_as_block_size(tmp_path, shared_file):
+    """A 1M-character answer used to be encoded whole (a Python int per token) before
+    the length check; now encoding stops past block_size tokens."""
+    tok_path = shared_file("data/tokenizer_4096.json")
+    tok = Tokenizer.load(tok_path)
+    turns = [("问", "长" * 300 + "短" * 300)]
+    assert sft_encode(tok, turns, 400) == tuple(part[:400] for part in sft_encode(tok, turns))
+    assert sft_encode(tok, turns, 2) == ([tok.instruct_id, tok.encode("问")[0]], [0, 0])
+    src = write_jsonl(tmp_path / "huge.jsonl", [{"question": "问", "answer": "长" * 1_000_000},
+                                               {"question": "问", "answer": "答"}])
+    tok.encode("预热")  # compile the matcher outside the measurement
+    tracemalloc.start()
+    try:
+        s = prepare_sft([src], tok_path, tmp_path / "d", block_size=16, too_long="truncate", progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (s.samples, s.truncated) == (2, 1)
+    assert peak < 20_000_000  # the line (3 MB) and its text, not 1M token ids (over 36 MB)
+    _, t, m = rows(tmp_path / "d")
+    assert t[0].tolist() == [tok.instruct_id, *tok.encode("问"), tok.response_id] + tok.encode("长") * 13
+    assert m[0].tolist() == [0] * 3 + [1] * 13
+
+
+def test_messages_do_not_echo_huge_values():
+    with pytest.raises(DataError, match="has role 'xxx") as err:
+        sft_turns({"messages": [{"role": "x" * 5_000_000, "content": "a"}]}, "f.jsonl:1")
+    assert len(str(err.value)) < 300
 
 
 def test_too_long_samples(tmp_path, shared_file):
@@ -155,7 +205,9 @@ def test_a_byte_order_mark_starts_a_jsonl_file(tmp_path, shared_file):
     tok_path = shared_file("data/tokenizer_4096.json")
     src = tmp_path / "bom.jsonl"
     src.write_text('{"question": "问", "answer": "答"}\n', encoding="utf-8-sig")
-    s = prepare_sft([src, src], tok_path, tmp_path / "d", block_size=16, progress=False)
+    other = tmp_path / "bom2.jsonl"
+    other.write_bytes(src.read_bytes())
+    s = prepare_sft([src, other], tok_path, tmp_path / "d", block_size=16, progress=False)
     assert (s.records, s.bad_lines) == (2, 0)
     src.write_bytes(b'\n\xef\xbb\xbf{"question": "q", "answer": "a"}\n')  # only at the start of the file
     with pytest.raises(DataError, match="bom.jsonl:2"):

@@ -365,3 +365,17 @@ def test_log_report_and_plot(small_pretrain, tiny_config, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     curves = plot_cmd.curves(records)
     assert curves["train"][0] == [1, 2, 3, 4] and curves["val"][0] == [0, 2, 4]
+
+
+def test_a_lora_resume_with_another_rank_is_a_conflict_not_a_damaged_checkpoint(tmp_path, base_and_sft, tiny_config,
+                                                                                   capsys):
+    base, sft = base_and_sft
+    out = tmp_path / "lora"
+    common = [f"--dataset={sft}", f"--out_dir={out}", "--device=cpu", "--sample_tokens=0", "--eval_iters=1",
+              "--batch_size=2"]
+    assert main("lora", common + [f"--init_from={base}", "--max_iters=2", "--lora_rank=4"]) == 0
+    capsys.readouterr()
+    assert main("lora", common + ["--init_from=resume", "--max_iters=4", "--lora_rank=8"]) == 2
+    err = capsys.readouterr().err
+    assert "lora.lora_rank 8 (the checkpoint's: 4) conflicts with the checkpoint" in err, err
+    assert "do not fit" not in err and "Traceback" not in err

@@ -219,3 +219,142 @@ def test_a_long_sft_prompt_keeps_its_marks(nano80, monkeypatch):
     small = Transformer(ModelConfig(vocab_size=80, block_size=3, n_layer=1, n_embd=16, n_head=2, n_kv_head=1))
     assert report.samples(small, nano80, "sft", [question], 4, 0.0, seed=0) == [(question, None)]
     assert report.fit_prompt([1, 2, 3], 0, instruct=False) is None
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("step", "x", "field step is 'x', not an integer >= 0"),
+    ("step", 2.5, "field step is 2.5, not an integer"),
+    ("step", -5, "field step is -5, not an integer >= 0"),
+    ("tokens_seen", -1, "field tokens_seen is -1"),
+    ("best_val_loss", "abc", "field best_val_loss is 'abc', not a number"),
+    ("best_val_loss", math.nan, "field best_val_loss is nan"),
+    ("elapsed_s", "abc", "field elapsed_s is 'abc'"),
+    ("data_state", None, "field data_state is None, not a dict"),
+    ("data_state.row", -1, "field data_state.row is -1, not an integer >= 0"),
+    ("data_state.row", "7", "field data_state.row is '7'"),
+], ids=["str_step", "float_step", "negative_step", "tokens", "str_best", "nan_best", "elapsed", "data_state",
+        "negative_row", "str_row"])
+def test_a_checkpoint_field_of_the_wrong_type_or_range_is_one_error_line(finished_run, small_pretrain, capsys, field,
+                                                                         value, message):
+    ck = load(finished_run / "latest.pt")
+    if field.startswith("data_state."):
+        ck["data_state"][field.split(".")[1]] = value
+    else:
+        ck[field] = value
+    torch.save(ck, finished_run / "latest.pt")
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=4)) == 2
+    msg = error_line(capsys)
+    assert msg.startswith(f"error: {finished_run / 'latest.pt'}: ") and message in msg, msg
+
+
+def test_a_bad_value_in_the_checkpoints_config_names_the_checkpoint(finished_run, small_pretrain, capsys):
+    ck = load(finished_run / "latest.pt")
+    ck["config"]["train"]["optim"]["learning_rate"] = "x"
+    torch.save(ck, finished_run / "latest.pt")
+    assert main("pretrain", [f"--out_dir={finished_run}", "--init_from=resume", "--max_iters=4"]) == 2
+    msg = error_line(capsys)
+    assert msg.startswith(f"error: {finished_run / 'latest.pt'}: its config is not valid: optim.learning_rate"), msg
+    assert "<checkpoint config>" not in msg
+
+
+# ---------------------------------------------------------------------------
+# Resuming refuses what it cannot continue exactly
+
+
+def test_resume_refuses_another_dataset_with_the_same_rows(tmp_path, psycho_slice, shared_file, capsys):
+    from nano_train.data import prepare_pretrain
+
+    data_a, data_b = tmp_path / "a", tmp_path / "b"
+    for out, seed in ((data_a, 1), (data_b, 2)):  # the same text, another validation split
+        prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, chunk_tokens=512, seed=seed,
+                         progress=False)
+    out = tmp_path / "run"
+    assert main("pretrain", args(data_a, out, max_iters=2)) == 0
+    before = (out / "latest.pt").read_bytes()
+    capsys.readouterr()
+    assert main("pretrain", args(data_b, out, init_from="resume", max_iters=4)) == 2
+    msg = error_line(capsys)
+    assert str(data_b) in msg and "'split'" in msg and "not the dataset" in msg, msg
+    assert (out / "latest.pt").read_bytes() == before
+    # the same dataset resumes; so does a checkpoint written before the identity was recorded
+    ck = load(out / "latest.pt")
+    del ck["dataset_id"]
+    torch.save(ck, out / "latest.pt")
+    assert main("pretrain", args(data_a, out, init_from="resume", max_iters=4)) == 0
+    assert load(out / "latest.pt")["step"] == 4
+
+
+@pytest.mark.parametrize("key,value", [("batch_size", 8), ("gradient_accumulation_steps", 2)])
+def test_resume_refuses_another_batch_size_or_accumulation(finished_run, small_pretrain, capsys, key, value):
+    before = (finished_run / "latest.pt").read_bytes()
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=4,
+                                 **{key: value})) == 2
+    msg = error_line(capsys)
+    assert f"{key} {value} (the checkpoint's: " in msg and "conflicts with the checkpoint" in msg, msg
+    assert (finished_run / "latest.pt").read_bytes() == before
+
+
+# ---------------------------------------------------------------------------
+# Startup checks
+
+
+@pytest.mark.parametrize("backend", ["cudnn", "efficient"])
+def test_an_attention_backend_the_device_lacks_is_a_config_error_before_out_dir(tmp_path, small_pretrain, capsys,
+                                                                                   backend):
+    out = tmp_path / "run"
+    assert main("pretrain", args(small_pretrain, out, attention_backend=backend)) == 2
+    msg = error_line(capsys)
+    assert f"attention_backend '{backend}' is not available on this device (cpu" in msg, msg
+    assert not out.exists()
+
+
+def test_a_batch_larger_than_the_data_is_refused_at_startup(tmp_path, small_pretrain, capsys):
+    import time
+
+    t0 = time.monotonic()
+    assert main("pretrain", args(small_pretrain, tmp_path / "run", batch_size=1_000_000)) == 2
+    msg = error_line(capsys)
+    assert "data.batch_size 1,000,000" in msg and "rows of 33 tokens" in msg, msg
+    assert time.monotonic() - t0 < 60
+    assert not (tmp_path / "run" / "latest.pt").exists()
+
+
+def test_a_run_of_max_iters_0_can_be_resumed(tmp_path, small_pretrain, capsys):
+    out = tmp_path / "run"
+    assert main("pretrain", args(small_pretrain, out, max_iters=0)) == 0
+    assert load(out / "latest.pt")["step"] == 0
+    assert main("pretrain", args(small_pretrain, out, init_from="resume", max_iters=2)) == 0
+    assert load(out / "latest.pt")["step"] == 2
+
+
+# ---------------------------------------------------------------------------
+# Ctrl-C outside the training loop: one line, status 130, and a report where there is a run
+
+
+def test_ctrl_c_during_startup_is_one_line_and_130(tmp_path, small_pretrain, capsys, monkeypatch):
+    from nano_train import train as train_mod
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "Dataset", interrupted)
+    assert main("pretrain", args(small_pretrain, tmp_path / "run")) == 130
+    assert "interrupted" in error_line(capsys)
+
+
+def test_ctrl_c_while_sampling_for_the_report_still_writes_it(tmp_path, small_pretrain, capsys, monkeypatch):
+    import os
+    import signal
+
+    def ctrl_c(*a, **k):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("the signal did not stop the sampling")
+
+    monkeypatch.setattr(report, "samples", ctrl_c)
+    previous = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "run"
+    assert main("pretrain", args(small_pretrain, out, max_iters=2, sample_tokens=4)) == 130
+    assert signal.getsignal(signal.SIGINT) is previous
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "writing it without samples" in err, err
+    assert (out / "report.md").is_file() and load(out / "latest.pt")["step"] == 2

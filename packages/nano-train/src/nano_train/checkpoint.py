@@ -14,6 +14,8 @@ reads (tensors, dicts, lists, str, int, float, bool, None only):
     "data_state":   the train Batcher's state (its row counter)
     "rng":          {"world_size": W, "ranks": [{"torch", "cuda", "numpy", "python"} per rank]}
     "best_val_loss", "val_loss", "train_loss", "elapsed_s", "dataset", "versions"
+    "dataset_id":   sha256 of the dataset's meta.json "shards", "split" and "shuffle"
+                    entries (resume refuses another dataset; older checkpoints lack it)
 
 Writes go to a temporary file in the same directory, `.{name}.{pid}.tmp`, which
 is flushed and fsynced, then renamed over the target (os.replace is atomic on
@@ -25,6 +27,7 @@ removes once its writer (the pid in its name) is gone.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import re
@@ -33,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from nano_train.metrics import short_repr as _short
 
 FORMAT = "nano-train-checkpoint"
 VERSION = 1
@@ -145,7 +150,48 @@ def load(path: str | Path) -> dict:
     config = ck["config"]
     if not (isinstance(config, dict) and isinstance(config.get("model"), dict) and isinstance(config.get("train"), dict)):
         raise CheckpointError(f"{path}: an incomplete checkpoint, its config needs 'model' and 'train' sections")
+    check_fields(path, ck)
     return ck
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def check_fields(path: str | Path, ck: dict) -> None:
+    """Raise one CheckpointError line, naming `path` and the field, if a scalar field
+    that resuming uses has the wrong type or range (a wrong one would stop training
+    with a traceback, or worse, train on: a negative step gives negative learning rates)."""
+    def need(ok: bool, field: str, what: str) -> None:
+        if not ok:
+            raise CheckpointError(f"{path}: field {field} is {_short(value)}, not {what}")
+
+    value = ck["step"]
+    need(_is_int(value) and value >= 0, "step", "an integer >= 0")
+    value = ck["tokens_seen"]
+    need(_is_int(value) and value >= 0, "tokens_seen", "an integer >= 0")
+    value = ck["best_val_loss"]
+    need(_is_real(value) and not math.isnan(value), "best_val_loss", "a number (inf before any evaluation)")
+    for field in ("val_loss", "train_loss"):
+        value = ck.get(field)
+        need(value is None or _is_real(value), field, "a number or None")
+    value = ck.get("elapsed_s", 0.0)
+    need(_is_real(value) and math.isfinite(value) and value >= 0, "elapsed_s", "a finite number of seconds >= 0")
+    value = ck["data_state"]
+    need(isinstance(value, dict), "data_state", "a dict (the data position)")
+    state = value
+    for field, ok, what in (("row", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+                            ("seed", _is_int, "an integer"),
+                            ("n_rows", lambda v: _is_int(v) and v > 0, "an integer > 0")):
+        value = state.get(field)
+        need(ok(value), f"data_state.{field}", what)
+    value = ck.get("dataset_id")
+    need(value is None or (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())),
+         "dataset_id", "a dict of sha256 strings")
 
 
 def check_state_dict(path: str | Path, state, model: torch.nn.Module) -> None:

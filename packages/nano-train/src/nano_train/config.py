@@ -31,6 +31,9 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nano_format import spec
+
+from nano_train.metrics import short_repr
 from nano_train.model import ModelConfig
 
 TASKS = ("pretrain", "sft", "lora")
@@ -40,6 +43,11 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 LOSSES = ("auto", "blocked", "plain")
 DIST_BACKENDS = ("auto", "nccl", "gloo")
 MAX_THREADS = 1024  # torch.set_num_threads(99999) crashes the process
+# Every other integer setting (sizes, counts, intervals) must fit a signed 32-bit
+# int: nothing sensible is larger, and larger values would otherwise reach numpy or
+# torch (a batch of 10^20 sequences) and fail there with a traceback, or run for ever.
+# The model's sizes have tighter bounds, those of the .bin format (nano_format.spec).
+MAX_INT = 2**31 - 1
 
 
 class ConfigError(ValueError):
@@ -200,7 +208,17 @@ def _check_value(tp, value):
     elif tp is list or typing.get_origin(tp) is list:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
-    raise TypeError(f"expected {_describe(tp)}, got {json.dumps(value, ensure_ascii=False)}")
+    raise TypeError(f"expected {_describe(tp)}, got {_show(value)}")
+
+
+def _show(value) -> str:
+    """A value for an error message: its JSON, cut short (a value can be megabytes or
+    nested too deeply for json.dumps)."""
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (RecursionError, ValueError):
+        text = f"a deeply nested {type(value).__name__}"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _finite(x: float) -> float:
@@ -239,8 +257,8 @@ def _parse_text(tp, text: str):
     if tp is list or typing.get_origin(tp) is list:
         try:
             value = json.loads(text)
-        except json.JSONDecodeError:
-            raise TypeError(f"expected a JSON list of strings, got {text!r}") from None
+        except (RecursionError, ValueError):  # ValueError: bad JSON, or an integer of over 4300 digits
+            raise TypeError(f"expected a JSON list of strings, got {_show(text)}") from None
         return _check_value(tp, value)
     raise TypeError(f"cannot parse {tp}")
 
@@ -288,26 +306,26 @@ def parse_overrides(overrides: list[str]) -> dict[str, dict]:
     for arg in overrides:
         m = re.fullmatch(r"--([A-Za-z_][\w.]*)=(.*)", arg, flags=re.S)
         if not m:
-            raise ConfigError(f"override {arg!r}: expected --key=value or --section.key=value")
+            raise ConfigError(f"override {short_repr(arg, 80)}: expected --key=value or --section.key=value")
         name, text = m.group(1), m.group(2)
         if "." in name:
             section, key = name.split(".", 1)
             if section not in SECTIONS:
-                raise ConfigError(f"override {arg!r}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
+                raise ConfigError(f"override {short_repr(arg, 80)}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
             if key not in _field_types(SECTIONS[section]):
-                raise ConfigError(f"override {arg!r}: unknown key {name}")
+                raise ConfigError(f"override {short_repr(arg, 80)}: unknown key {name}")
         else:
             key = name
             where = index.get(key)
             if not where:
-                raise ConfigError(f"override {arg!r}: unknown key {key!r}")
+                raise ConfigError(f"override {short_repr(arg, 80)}: unknown key {key!r}")
             if len(where) > 1:
-                raise ConfigError(f"override {arg!r}: {key!r} is in several sections ({where}); write --section.{key}=...")
+                raise ConfigError(f"override {short_repr(arg, 80)}: {key!r} is in several sections ({where}); write --section.{key}=...")
             section = where[0]
         try:
             value = _parse_text(_field_types(SECTIONS[section])[key], text)
         except TypeError as e:
-            raise ConfigError(f"override {arg!r}: {e}") from None
+            raise ConfigError(f"override {short_repr(arg, 80)}: {e}") from None
         out.setdefault(section, {})[key] = value
     return out
 
@@ -348,12 +366,20 @@ def load_config(path: str | Path | None, overrides: list[str] = (), defaults: di
     if path is not None:
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            raw = path.read_bytes()
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); a config is a UTF-8 JSON file") from None
+        try:
+            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
+        except _DuplicateKey as e:
+            raise ConfigError(f"{path}: key {e.key!r} appears twice in one JSON object; write it once") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: not a config: JSON nested too deeply") from None
+        except ValueError as e:  # JSONDecodeError, or an integer of over 4300 digits
             raise ConfigError(f"{path}: not valid JSON: {e}") from None
         from_file = _sections_from_json(data, str(path))
         values = _merge(values, from_file)
@@ -364,6 +390,35 @@ def load_config(path: str | Path | None, overrides: list[str] = (), defaults: di
     return build_config(values), explicit
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json's object_pairs_hook: {"n_layer": 2, "n_layer": 3} is a mistake, not 3."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _not_utf8(value) -> bool:
+    """A str (or a list of them) holding lone surrogates: JSON's "\\ud800", or bytes
+    that are not UTF-8 on the command line, which Python passes as surrogate escapes.
+    They cannot be written to log.jsonl, the checkpoint's config or a report."""
+    for text in value if isinstance(value, list) else [value]:
+        if isinstance(text, str):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
 def validate(cfg: Config) -> None:
     """Range and choice checks that a type check cannot express."""
 
@@ -371,12 +426,28 @@ def validate(cfg: Config) -> None:
         if not cond:
             raise ConfigError(msg)
 
+    for section in SECTIONS:
+        part = getattr(cfg, section)
+        for f in dataclasses.fields(part):
+            value = getattr(part, f.name)
+            if _not_utf8(value):
+                why = (" (a file name that is not UTF-8 is legal here, but the run's log and checkpoint "
+                       "record it as JSON text; use a UTF-8 name)") if f.name in ("out_dir", "init_from",
+                                                                                   "dataset") else ""
+                raise ConfigError(f"{section}.{f.name}: {ascii(value)[:80]} is not valid UTF-8 text{why}")
+            if (section != "model" and f.name not in ("seed", "threads") and isinstance(value, int)
+                    and not isinstance(value, bool)):
+                need(value <= MAX_INT, f"{section}.{f.name} must be at most {MAX_INT}, got {value}")
+
     need(cfg.run.task in TASKS, f"run.task must be one of {TASKS}, got {cfg.run.task!r}")
     need(bool(cfg.run.out_dir), "run.out_dir must not be empty")
     need(bool(cfg.run.init_from), "run.init_from must be 'scratch', 'resume' or a model path")
     need(cfg.run.checkpoint_interval >= 0, "run.checkpoint_interval must be >= 0")
     need(cfg.run.log_interval >= 1, "run.log_interval must be >= 1")
     need(cfg.data.batch_size >= 1, "data.batch_size must be >= 1")
+    need(cfg.data.batch_size * cfg.model.block_size <= MAX_INT,
+         f"data.batch_size * model.block_size (tokens per micro-batch) must be at most {MAX_INT}, "
+         f"got {cfg.data.batch_size} * {cfg.model.block_size}")
     o = cfg.optim
     need(o.learning_rate > 0, "optim.learning_rate must be > 0")
     need(0 <= o.min_lr <= o.learning_rate, "optim.min_lr must be in [0, learning_rate]")
@@ -408,6 +479,8 @@ def validate(cfg: Config) -> None:
          f"got {s.threads}")
     need(s.peak_flops >= 0, "system.peak_flops must be >= 0 (0 = estimate)")
     need(cfg.lora.lora_rank >= 1, "lora.lora_rank must be >= 1")
+    need(cfg.lora.lora_rank <= spec.MAX_DIM, f"lora.lora_rank must be at most {spec.MAX_DIM} (the .bin format's "
+         f"limit), got {cfg.lora.lora_rank}")
     need(cfg.lora.lora_alpha > 0, "lora.lora_alpha must be > 0")
     need(0 <= cfg.lora.lora_dropout < 1, "lora.lora_dropout must be in [0, 1)")
 

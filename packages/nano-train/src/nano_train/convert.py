@@ -6,6 +6,11 @@
     load_lora_bin(model, path)      attach a LoRA file's adapters to a model
     emulate_q8_0(model, group)      weights -> their Q8_0 round trip, to compute what a Q8_0 file holds
     load_checkpoint_model(path)     training checkpoint (.pt) -> (Transformer, Tokenizer | None)
+    load_model(path)                either of the two, told apart by the file's first bytes
+
+Everything loaded is checked before use: sizes against nano-format's bounds and the
+stored tensors' shapes before anything is allocated, the vocabulary against the
+model, and every weight for NaN or inf.
 
 The model's parameter names are the file's tensor names (see model.py), so the
 mapping is a stack over layers: file "wq" [L, H*D, E] <-> layers.{i}.wq.weight [H*D, E].
@@ -14,8 +19,9 @@ mapping is a stack over layers: file "wq" [L, H*D, E] <-> layers.{i}.wq.weight [
 from __future__ import annotations
 
 import contextlib
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +31,7 @@ import nano_format
 from nano_format import spec
 from nano_format.quant import check_group_size
 
-from .checkpoint import load_failure, one_line
+from .checkpoint import CheckpointError, check_state_dict, load_failure, one_line
 from .lora import LORA_TARGETS, LoRALinear, attach_lora, has_lora, load_lora_state_dict
 from .model import ModelConfig, Transformer
 
@@ -38,6 +44,7 @@ __all__ = [
     "load_lora_bin",
     "emulate_q8_0",
     "load_checkpoint_model",
+    "load_model",
     "model_config_from_file",
     "file_config_from_model",
 ]
@@ -191,22 +198,46 @@ def _tokenizer_from_entries(entries, source: str):
     return Tokenizer.from_tokens(entries, source=source)
 
 
-def load_bin(path, *, is_causal: bool | None = None, device: str | torch.device = "cpu"):
-    """Read a Nano model file into a Transformer (eval mode) and its Tokenizer
-    (None when the file has no vocabulary). Q8_0 weights are dequantized, so the
-    model computes what the file holds. is_causal overrides the attention kind
-    for layouts that cannot record it (2025.12 / 2026.1)."""
-    with _format_errors(), nano_format.read(path) as nf:
-        if nf.model_type == spec.ModelType.LORA:
-            raise ConvertError(f"{path}: this is a LoRA module, not a model; load it onto a model with load_lora_bin")
-        config = model_config_from_file(nf.config, is_causal=is_causal)
-        model = Transformer(config)
-        _load_tensors(model, nf.tensor)  # copies: nothing refers to the mapping afterwards
-        tokenizer = _tokenizer_from_entries(nf.tokens, str(path))
+def _attention(is_causal: bool) -> str:
+    return "causal" if is_causal else "full"
+
+
+def _check_attention(path, recorded: bool, asked: bool | None) -> None:
+    """An attention kind asked for (is_causal) is only for files that cannot record
+    one (layouts 2025.12 and 2026.1); where the file records it, it must agree."""
+    if asked is not None and bool(asked) != recorded:
+        raise ConvertError(f"{path}: the file records {_attention(recorded)} attention; {_attention(asked)} "
+                           f"attention (--seq2seq) is only for layouts that cannot record it (2025.12, 2026.1)")
+
+
+def _check_vocabulary(path, tokenizer, config: ModelConfig) -> None:
+    """A vocabulary of another size than the model's would index past the embedding
+    (bigger) or fail on the first token beyond its end (smaller)."""
     if tokenizer is not None and tokenizer.vocab_size != config.vocab_size:
         raise ConvertError(
             f"{path}: the vocabulary has {tokenizer.vocab_size} tokens, the model {config.vocab_size}"
         )
+
+
+def load_bin(path, *, is_causal: bool | None = None, device: str | torch.device = "cpu"):
+    """Read a Nano model file into a Transformer (eval mode) and its Tokenizer
+    (None when the file has no vocabulary). Q8_0 weights are dequantized, so the
+    model computes what the file holds. is_causal sets the attention kind for
+    layouts that cannot record it (2025.12 / 2026.1); for 2026.101, which records
+    it, a different value is an error. Non-finite weights are refused."""
+    with _format_errors(), nano_format.read(path) as nf:
+        if nf.model_type == spec.ModelType.LORA:
+            raise ConvertError(f"{path}: this is a LoRA module, not a model: pass it with -l "
+                               f"(load_lora_bin) on top of its base model")
+        if nf.layout.extension:
+            _check_attention(path, nf.config.attention == spec.Attention.CAUSAL, is_causal)
+            is_causal = None
+        config = model_config_from_file(nf.config, is_causal=is_causal)
+        model = Transformer(config)
+        _load_tensors(model, nf.tensor)  # copies: nothing refers to the mapping afterwards
+        tokenizer = _tokenizer_from_entries(nf.tokens, str(path))
+    _check_vocabulary(path, tokenizer, config)
+    _check_finite([*model.named_parameters(), *model.named_buffers()], path)  # buffers: the file's RoPE tables
     return model.to(device).eval(), tokenizer
 
 
@@ -230,13 +261,14 @@ class ExportInfo:
 _QUANTS = {"f32": spec.QuantType.F32, "q8_0": spec.QuantType.Q8_0}
 
 
-def _check_finite(named_tensors) -> None:
-    """Refuse NaN or inf weights (a run that diverged): the file would load, and
-    the engines would print garbage."""
+def _check_finite(named_tensors, path=None) -> None:
+    """Refuse NaN or inf weights (a run that diverged), on export and on load (path
+    given): such a model loads and runs, and prints garbage."""
     for name, t in named_tensors:
-        if not bool(torch.isfinite(t).all()):
-            raise ConvertError(f"{name} holds non-finite values (NaN or inf): the training run diverged; "
-                               f"export an earlier checkpoint")
+        if not bool(torch.isfinite(torch.as_tensor(t)).all()):
+            where = f"{path}: " if path is not None else ""
+            raise ConvertError(f"{where}{name} holds non-finite values (NaN or inf): the training run diverged; "
+                               f"use an earlier checkpoint")
 
 
 def _group_size(config: ModelConfig, group_size: int | None) -> int:
@@ -363,6 +395,7 @@ def load_lora_bin(model: Transformer, path) -> Transformer:
             raise ConvertError(f"{path}: not a LoRA module (model type {nf.model_type.name})")
         lc = nf.config
         tensors = {name: np.array(nf.tensor(name), dtype=np.float32) for name in spec.LORA_TENSORS}
+    _check_finite(tensors.items(), path)
     c = model.config
     mine = (c.n_layer, c.n_embd, c.n_head, c.n_kv_head)
     theirs = (lc.n_layer, lc.n_embd, lc.n_head, lc.n_kv_head)
@@ -372,7 +405,10 @@ def load_lora_bin(model: Transformer, path) -> Transformer:
         )
     if has_lora(model):
         raise ConvertError("the model already has LoRA attached")
-    attach_lora(model, lc.rank, lc.alpha)
+    try:
+        attach_lora(model, lc.rank, lc.alpha)
+    except ValueError as e:  # alpha 0: the file can hold it, an adapter cannot use it
+        raise ConvertError(f"{path}: {e}") from None
     sd = {}
     for t in LORA_TARGETS:
         a, b = tensors[f"{t}_A"], tensors[f"{t}_B"]  # [L, R, in], [L, out, R]
@@ -389,6 +425,7 @@ def load_lora_bin(model: Transformer, path) -> Transformer:
 
 
 CHECKPOINT_FORMAT = "nano-train-checkpoint"  # the optional "format" entry the training code writes
+ZIP_MAGIC = b"PK\x03\x04"  # a checkpoint's first bytes: torch.save writes a zip archive
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DistributedDataParallel
 
 
@@ -406,6 +443,67 @@ def _strip_prefixes(sd: dict) -> dict:
     return out
 
 
+def _first_bytes(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(len(spec.MAGIC_BYTES))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _checkpoint_config(path, d: dict) -> ModelConfig:
+    """config["model"] -> ModelConfig, its types and sizes checked: a field of the
+    wrong type must be an error naming the file (not a TypeError later), and sizes
+    get nano-format's bounds (block_size <= 2^20, vocab_size <= 2^22, ...), the
+    ones the .bin reader applies, before anything is allocated."""
+    for f in fields(ModelConfig):  # ModelConfig checks its integers itself
+        if f.name not in d:
+            continue
+        value = d[f.name]
+        if f.type == "float" and not _is_real(value):
+            raise ConvertError(f"{path}: config['model']['{f.name}'] must be a finite number, not {value!r}")
+        if f.type == "bool" and not isinstance(value, bool):
+            raise ConvertError(f"{path}: config['model']['{f.name}'] must be true or false, not {value!r}")
+    try:
+        config = ModelConfig.from_dict(d)
+        file_config_from_model(config)
+    except nano_format.FormatError as e:
+        raise ConvertError(f"{path}: config['model']['{e.field}']: {e.message}") from None
+    except ValueError as e:
+        raise ConvertError(f"{path}: config['model']: {e}") from None
+    return config
+
+
+def _lora_settings(path, lora) -> tuple[int, float, float]:
+    """The checkpoint's "lora" entry -> (rank, alpha, dropout) for attach_lora."""
+    if not isinstance(lora, dict):
+        raise ConvertError(f"{path}: 'lora' must be a dict of rank, alpha and dropout, not {type(lora).__name__}")
+    rank, alpha, dropout = lora.get("rank"), lora.get("alpha"), lora.get("dropout", 0.0)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ConvertError(f"{path}: lora['rank'] must be a positive integer, not {rank!r}")
+    if not (_is_real(alpha) and alpha > 0):
+        raise ConvertError(f"{path}: lora['alpha'] must be a number > 0, not {alpha!r}")
+    if not (_is_real(dropout) and 0 <= dropout < 1):
+        raise ConvertError(f"{path}: lora['dropout'] must be a number in [0, 1), not {dropout!r}")
+    return rank, alpha, float(dropout)
+
+
+def _check_shapes(path, sd: dict, config: ModelConfig, lora) -> None:
+    """The stored tensors against the names and shapes the config gives them, read
+    off a model built on "meta" (no storage), before the real one is allocated. Its
+    RoPE tables are computed all the same and are not stored: block size 1 there."""
+    shape_config = replace(config, block_size=1) if config.use_rope else config
+    with torch.device("meta"):
+        expected = Transformer(shape_config)
+        if lora:
+            attach_lora(expected, *lora)
+    try:
+        check_state_dict(path, sd, expected)
+    except CheckpointError as e:
+        raise ConvertError(str(e)) from None
+
+
 def load_checkpoint_model(path, device: str | torch.device = "cpu"):
     """A training checkpoint (.pt) -> (Transformer in eval mode, Tokenizer | None).
 
@@ -414,12 +512,13 @@ def load_checkpoint_model(path, device: str | torch.device = "cpu"):
       "config": {"model": ModelConfig.to_dict(), "train": {...}},
       "tokenizer": the reference vocabulary JSON dict (vocab_size, stoi, itos, special_tokens),
       "lora": {"rank", "alpha", "dropout"} when a LoRA was attached (optional).
+    Every entry is checked (types, sizes, shapes, vocabulary size, finite weights)
+    before the model is built; what does not fit is a ConvertError naming the file.
     """
     path = Path(path)
-    with open(path, "rb") as f:
-        if f.read(len(spec.MAGIC_BYTES)) == spec.MAGIC_BYTES:
-            raise ConvertError(f"{path}: not a training checkpoint but a nano .bin file, which is already "
-                               f"exported (sample -m and the engines read it)")
+    if _first_bytes(path) == spec.MAGIC_BYTES:
+        raise ConvertError(f"{path}: not a training checkpoint but a nano .bin file, which is already "
+                           f"exported (sample -m and the engines read it)")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors have many types
@@ -428,25 +527,47 @@ def load_checkpoint_model(path, device: str | torch.device = "cpu"):
         raise ConvertError(f"{path}: not a Nano checkpoint (needs 'model' and 'config' entries)")
     if ck.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
         raise ConvertError(f"{path}: checkpoint format {ck['format']!r} is not {CHECKPOINT_FORMAT!r}")
+    if not isinstance(ck["model"], dict):
+        raise ConvertError(f"{path}: 'model' must be a state dict, not {type(ck['model']).__name__}")
     cfg = ck["config"]
     model_cfg = cfg.get("model") if isinstance(cfg, dict) else None
     if not isinstance(model_cfg, dict):
         raise ConvertError(f"{path}: the checkpoint has no config['model'] dict")
-    model = Transformer(ModelConfig.from_dict(model_cfg))
-    lora = ck.get("lora")
-    if lora:
-        attach_lora(model, int(lora["rank"]), lora["alpha"], float(lora.get("dropout", 0.0)))
-    try:
-        missing, unexpected = model.load_state_dict(_strip_prefixes(ck["model"]), strict=False)
-    except RuntimeError as e:  # a tensor of the wrong shape: torch lists each on a line of its own
-        raise ConvertError(f"{path}: the weights do not fit the model config: {one_line(e)}") from None
-    if missing or unexpected:
-        raise ConvertError(
-            f"{path}: the weights do not fit the model config: missing {missing[:4]}, unexpected {unexpected[:4]}"
-        )
+    config = _checkpoint_config(path, model_cfg)
+    lora = _lora_settings(path, ck["lora"]) if ck.get("lora") else None
     tokenizer = None
     if ck.get("tokenizer"):
         from nano_tokenizer import Tokenizer
 
         tokenizer = Tokenizer.from_json_dict(ck["tokenizer"], source=str(path))
+    _check_vocabulary(path, tokenizer, config)
+    sd = _strip_prefixes(ck["model"])
+    _check_shapes(path, sd, config, lora)
+    _check_finite(sd.items(), path)
+
+    model = Transformer(config)
+    if lora:
+        attach_lora(model, *lora)
+    try:
+        model.load_state_dict(sd)  # names and shapes checked above
+    except RuntimeError as e:  # e.g. a dtype torch cannot copy: torch lists each on a line of its own
+        raise ConvertError(f"{path}: the weights do not fit the model config: {one_line(e)}") from None
     return model.to(device).eval(), tokenizer
+
+
+def load_model(path, *, is_causal: bool | None = None, device: str | torch.device = "cpu"):
+    """A model file or a training checkpoint -> (Transformer in eval mode, Tokenizer | None),
+    told apart by their first bytes (nano-format's magic, or a zip archive: what
+    torch.save writes), not by their names: a checkpoint may be called best.ckpt.
+    is_causal as for load_bin: a checkpoint records its attention kind, so there it
+    must agree."""
+    path = Path(path)
+    head = _first_bytes(path)
+    if head == spec.MAGIC_BYTES:
+        return load_bin(path, is_causal=is_causal, device=device)
+    if head.startswith(ZIP_MAGIC):
+        model, tokenizer = load_checkpoint_model(path, device)
+        _check_attention(path, model.config.is_causal, is_causal)
+        return model, tokenizer
+    what = f"it starts with {head!r}" if head else "it is empty"
+    raise ConvertError(f"{path}: neither a Nano model file nor a training checkpoint ({what})")

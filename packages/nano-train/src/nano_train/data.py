@@ -21,7 +21,8 @@ with `Tokenizer.encode_stream`, and appended to a temporary file, so memory
 does not grow with the corpus. The token stream is then cut into chunks of
 `chunk_tokens`; each chunk goes to the validation split when
 `split_hash(seed, chunk_index) < val_fraction`, a rule recorded in meta.json
-together with the chosen chunk indices. A validation chunk is never copied
+together with the chosen chunk indices (plus a full chunk when the draw gives
+none: see prepare_pretrain). A validation chunk is never copied
 into a training shard. Each split's chunks are written in a seeded random
 order (block-level shuffle), copying one chunk at a time from the temporary
 file, which is then removed.
@@ -34,6 +35,7 @@ computed from (seed, k), never by replaying steps 0..k-1.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import json
@@ -41,6 +43,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -50,9 +53,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from nano_tokenizer import Tokenizer
+from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer
 
-from nano_train.metrics import human
+from nano_train.metrics import human, short_repr as _short
 
 try:
     import fcntl
@@ -66,6 +69,10 @@ FORMAT_VERSION = 1
 DOC_MODES = ("blank", "line", "file")
 _MAX_BLANK_LINE = 1 << 20  # characters of whitespace held while deciding whether a line is blank
 TOO_LONG = ("skip", "truncate", "error")
+# The longest SFT line read: a longer one is a bad line (read in pieces, never held whole)
+MAX_LINE_BYTES = 64 << 20
+# A model's default block_size (ModelConfig): a validation split shorter than this + 1 tokens gets a warning
+TYPICAL_BLOCK = 512
 
 
 class DataError(ValueError):
@@ -145,6 +152,35 @@ def split_hash(seed: int, index: np.ndarray) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
+def _loads(text: str, where: str):
+    """json.loads, failing only with a DataError "WHERE: not valid JSON (why)", whatever the text.
+
+    json raises RecursionError for arrays or objects nested deeper than the
+    interpreter's recursion limit, and a plain ValueError for an integer past
+    Python's digit limit (sys.set_int_max_str_digits): not JSONDecodeError.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        at = f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno} column {e.colno}"
+        raise DataError(f"{where}: not valid JSON ({e.msg} at {at})") from None
+    except RecursionError:
+        raise DataError(f"{where}: not valid JSON (nested too deeply)") from None
+    except ValueError:  # json's only other ValueError
+        raise DataError(f"{where}: not valid JSON (number too large)") from None
+
+
+def _read_meta(meta_path: Path) -> dict:
+    """meta.json as a dict, or a DataError naming the file."""
+    try:
+        meta = _loads(meta_path.read_text(encoding="utf-8"), str(meta_path))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{meta_path}: not UTF-8 text ({e.reason}); prepare the data again") from None
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: not a JSON object; prepare the data again")
+    return meta
+
+
 def _check_seed(seed: int) -> None:
     if seed < 0:  # (numpy's generators take no negative seed)
         raise DataError(f"the seed must be a non-negative integer, got {seed}")
@@ -162,11 +198,11 @@ def _write_json_atomic(path: Path, obj) -> None:
 def _dataset_files(out_dir: Path) -> set[str]:
     """The names of the files of the dataset in out_dir: meta.json, tokenizer.json, the listed shards."""
     names = {META, TOKENIZER_FILE}
-    try:
-        old = json.loads((out_dir / META).read_text(encoding="utf-8"))
+    try:  # a damaged old meta.json lists nothing more: its shards are then left in place
+        old = _read_meta(out_dir / META)
         for split in old["shards"].values():
             names.update(Path(s[key]).name for s in split for key in ("file", "target", "mask") if key in s)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):  # (DataError is a ValueError)
         pass
     return names
 
@@ -323,19 +359,52 @@ def _save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+def _first_bad_utf8(path: Path) -> tuple[int, int, str] | None:
+    """(line, byte offset, reason) of the first byte of path that is not UTF-8, or None.
+
+    The text reader's error counts from the start of its buffer, not of the file,
+    so the file is scanned again, a line (at most 64 KiB) at a time.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset, line = 0, 1  # of the start of the piece
+    with open(path, "rb") as f:
+        while True:
+            piece = f.readline(1 << 16)
+            held = len(decoder.getstate()[0])  # bytes of a character begun in the previous piece
+            try:
+                decoder.decode(piece, final=not piece)
+            except UnicodeDecodeError as e:
+                bad = offset - held + e.start
+                return line + piece[:max(bad - offset, 0)].count(b"\n"), bad, e.reason
+            if not piece:
+                return None
+            offset += len(piece)
+            line += piece.count(b"\n")
+
+
 @contextlib.contextmanager
 def _utf8_errors(path: Path):
     try:
         yield
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not UTF-8 text ({e.reason}); convert it to UTF-8 first") from None
+        found = _first_bad_utf8(path)
+        where = f"{path}:{found[0]}" if found else str(path)
+        why = f"{found[2]} at byte {found[1]}" if found else e.reason
+        raise DataError(f"{where}: not UTF-8 text ({why}); convert it to UTF-8 first") from None
 
 
-def _load_tokenizer(path) -> Tokenizer:
+def _load_tokenizer(path, needs: tuple[str, ...] = (), why: str = "") -> Tokenizer:
+    """The vocabulary at path; a DataError when it cannot be loaded or lacks one of
+    the special tokens `needs` (checked before any work, as `why` needs them)."""
     try:
-        return Tokenizer.load(path)
+        tok = Tokenizer.load(path)
     except (OSError, ValueError) as e:
         raise DataError(f"cannot load the tokenizer: {e}") from None
+    missing = [t for t in needs if t not in tok.special_tokens]
+    if missing:
+        raise DataError(f"{path}: the vocabulary has no {' or '.join(missing)} special token, which {why} needs; "
+                        "use a vocabulary that has it")
+    return tok
 
 
 # ---------------------------------------------------------------------------
@@ -398,7 +467,7 @@ def iter_documents(f, mode: str, piece_chars: int = 1 << 20) -> Iterator[Iterato
     drained automatically otherwise).
     """
     if mode not in DOC_MODES:
-        raise DataError(f"document mode must be one of {DOC_MODES}, got {mode!r}")
+        raise DataError(f"document mode must be one of {DOC_MODES}, got {_short(mode)}")
     events = _doc_events(f, mode, piece_chars)
 
     def one_doc(first: str) -> Iterator[str]:
@@ -419,29 +488,50 @@ def iter_documents(f, mode: str, piece_chars: int = 1 << 20) -> Iterator[Iterato
 
 @dataclass
 class PretrainSummary:
-    characters: int
+    characters: int  # of the documents' text (not the separators between documents)
     documents: int
-    tokens: int
+    tokens: int  # all tokens written: text tokens plus separators or <|bos|>/<|eos|>
+    text_tokens: int  # tokens encoded from the documents' characters
     unknown_tokens: int
     train_tokens: int
     val_tokens: int
+    longest_val_shard: int  # tokens; a model's block_size must be below it to validate
     seconds: float
 
     def text(self) -> str:
-        per_char = self.tokens / max(self.characters, 1)
-        return (f"{self.documents:,} documents, {self.characters:,} characters -> {self.tokens:,} tokens "
-                f"({per_char:.3f} tokens per character, {self.unknown_tokens:,} unknown); "
+        per_char = self.text_tokens / max(self.characters, 1)
+        line = (f"{self.documents:,} documents, {self.characters:,} characters -> {self.tokens:,} tokens "
+                f"({self.tokens - self.text_tokens:,} of them separators or bos/eos; "
+                f"{per_char:.3f} text tokens per character, {self.unknown_tokens:,} unknown); "
                 f"train {self.train_tokens:,}, val {self.val_tokens:,} tokens; {self.seconds:.1f} s")
+        if 0 < self.longest_val_shard <= TYPICAL_BLOCK:
+            line += (f"\nwarning: the validation split's longest shard holds {self.longest_val_shard:,} tokens: "
+                     f"a model with block_size {self.longest_val_shard} or more cannot validate on it "
+                     "(pass a larger --val_fraction, or train with --eval_iters=0)")
+        return line
 
 
 def existing_files(inputs) -> list[Path]:
-    """The input paths as Paths; DataError when there are none or one is not a file."""
+    """The input paths as Paths; DataError when there are none, one is not a regular
+    file, or one file is given twice (by any path: its text would be used twice,
+    and could land in both splits)."""
     paths = [Path(p) for p in inputs]
     if not paths:
         raise DataError("no input files given")
+    seen: dict[tuple[int, int], Path] = {}
     for p in paths:
-        if not p.is_file():
-            raise DataError(f"input file {p} does not exist")
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise DataError(f"input file {p} does not exist") from None
+        if not stat.S_ISREG(st.st_mode):
+            what = ("a directory" if stat.S_ISDIR(st.st_mode) else
+                    "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "not a regular file")
+            raise DataError(f"input {p} is {what}; give text files")
+        key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise DataError(f"inputs {seen[key]} and {p} are the same file; give each file once")
+        seen[key] = p
     return paths
 
 
@@ -470,7 +560,7 @@ def prepare_pretrain(
     inputs = existing_files(inputs)
     out_dir = Path(out_dir)
     if doc_mode not in DOC_MODES:
-        raise DataError(f"document mode must be one of {DOC_MODES}, got {doc_mode!r}")
+        raise DataError(f"document mode must be one of {DOC_MODES}, got {_short(doc_mode)}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if chunk_tokens < 1 or shard_tokens < 1:
@@ -478,7 +568,7 @@ def prepare_pretrain(
     if shard_tokens < chunk_tokens:  # a shard holds whole chunks: at most shard_tokens, at least one chunk
         raise DataError(f"shard_tokens ({shard_tokens}) must be at least chunk_tokens ({chunk_tokens})")
     _check_seed(seed)
-    tok = _load_tokenizer(tokenizer_path)
+    tok = _load_tokenizer(tokenizer_path, (BOS, EOS) if bos_eos else (), "--bos_eos")
     dtype = tok.dtype
     with _new_dataset_dir(out_dir, overwrite) as build:
         # Pass 1: stream every document through the tokenizer into one flat temporary file.
@@ -489,7 +579,7 @@ def prepare_pretrain(
         bos = np.asarray([tok.bos_id], dtype=dtype) if bos_eos else None
         eos = np.asarray([tok.eos_id], dtype=dtype) if bos_eos else None
         unk = tok.unk_id
-        n_chars = n_docs = n_tokens = n_unk = 0
+        n_chars = n_docs = n_tokens = n_text_tokens = n_unk = 0
         total_bytes = sum(p.stat().st_size for p in inputs)
         bar = Progress(total_bytes, "encode", enabled=progress)
         done_bytes = 0
@@ -520,6 +610,7 @@ def prepare_pretrain(
                                 emit(sep)
                             for ids in tok.encode_stream(counted(doc), chunk_chars=min(piece_chars, 1 << 16)):
                                 emit(ids)
+                                n_text_tokens += len(ids)
                             if bos_eos:
                                 emit(eos)
                             n_docs += 1
@@ -532,12 +623,19 @@ def prepare_pretrain(
             n_chunks = math.ceil(n_tokens / chunk_tokens)
             u = split_hash(seed, np.arange(n_chunks))
             is_val = u < val_fraction
-            if val_fraction > 0 and not is_val.any():
-                if n_chunks < 2:
-                    raise DataError(
-                        f"the corpus is {n_tokens} tokens, one chunk of {chunk_tokens}: too small to hold out "
-                        f"a validation chunk; lower --chunk_tokens or pass --val_fraction 0")
-                is_val[int(np.argmin(u))] = True  # a tiny corpus still gets one held-out chunk
+            # Validation needs a full chunk: the short last one may be too short for any row. When the
+            # draw gave none (a tiny corpus, or only the last chunk), the full chunk with the smallest
+            # hash is held out too, as long as training keeps a full chunk.
+            n_full = n_tokens // chunk_tokens
+            if val_fraction > 0 and not is_val[:n_full].any():
+                if n_full >= 2:
+                    is_val[int(np.argmin(u[:n_full]))] = True
+                elif not is_val.any():
+                    if n_chunks < 2:
+                        raise DataError(
+                            f"the corpus is {n_tokens} tokens, one chunk of {chunk_tokens}: too small to hold "
+                            f"out a validation chunk; lower --chunk_tokens or pass --val_fraction 0")
+                    is_val[-1] = True  # one full chunk, kept for training, and the short last one
             if is_val.all():
                 raise DataError(f"every chunk went to validation; lower --val_fraction (now {val_fraction})")
             val_chunks = np.flatnonzero(is_val)
@@ -581,7 +679,8 @@ def prepare_pretrain(
             stream_path.unlink(missing_ok=True)
 
         _save_tokenizer(tok, build)
-        summary = PretrainSummary(n_chars, n_docs, n_tokens, n_unk, split_tokens["train"], split_tokens["val"],
+        summary = PretrainSummary(n_chars, n_docs, n_tokens, n_text_tokens, n_unk, split_tokens["train"],
+                                  split_tokens["val"], max((s["tokens"] for s in shards["val"]), default=0),
                                   time.monotonic() - t0)
         meta = {
             "format": FORMAT,
@@ -592,12 +691,16 @@ def prepare_pretrain(
                           "vocab_size": tok.vocab_size},
             "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs],
             "documents": {"mode": doc_mode, "bos_eos": bos_eos},
-            "counts": {"characters": n_chars, "documents": n_docs, "tokens": n_tokens,
-                       "unknown_tokens": n_unk, "tokens_per_character": n_tokens / max(n_chars, 1)},
+            # tokens: all, as in the shards; text_tokens: encoded from the documents' characters, without
+            # the separators or <|bos|>/<|eos|> (whose characters are not counted either)
+            "counts": {"characters": n_chars, "documents": n_docs, "tokens": n_tokens, "text_tokens": n_text_tokens,
+                       "unknown_tokens": n_unk, "tokens_per_character": n_text_tokens / max(n_chars, 1)},
             "split": {
                 "unit": "chunk",
                 "rule": "chunk i (tokens [i*chunk_tokens, (i+1)*chunk_tokens) of the stream) is validation "
-                        "when split_hash(seed, i) < val_fraction",
+                        "when split_hash(seed, i) < val_fraction; when val_fraction > 0 and no full chunk is, "
+                        "so is the full chunk with the smallest split_hash if two or more chunks are full, "
+                        "else the short last chunk",
                 "chunk_tokens": chunk_tokens,
                 "val_fraction": val_fraction,
                 "seed": seed,
@@ -634,7 +737,7 @@ def sft_turns(obj, where: str) -> list[tuple[str, str]]:
                 raise DataError(f"{where}: messages[{k}] must be an object with string 'role' and 'content'")
             want = "user" if question is None else "assistant"
             if m["role"] != want:
-                raise DataError(f"{where}: messages[{k}] has role {m['role']!r}; expected {want!r} "
+                raise DataError(f"{where}: messages[{k}] has role {_short(m['role'])}; expected {want!r} "
                                 "(turns alternate user, assistant)")
             if question is None:
                 question = m["content"]
@@ -650,22 +753,56 @@ def sft_turns(obj, where: str) -> list[tuple[str, str]]:
     return [(q, a)]
 
 
-def sft_encode(tok: Tokenizer, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+def sft_encode(tok: Tokenizer, turns: list[tuple[str, str]],
+               max_tokens: int | None = None) -> tuple[list[int], list[int]]:
     """ids and loss mask of <|instruct_mark|>Q<|response_mark|>A<|eos|> per turn.
 
     The mask is 1 on the answer's tokens and its closing <|eos|>, 0 elsewhere.
     It is built from the lengths of the encoded pieces, i.e. from token ids:
     the reference counted characters instead, which is wrong whenever one
-    token covers several characters.
+    token covers several characters. With max_tokens, encoding stops there:
+    the result is the first max_tokens ids and mask values of the sample (a
+    huge text is encoded a window at a time, only as far as needed).
     """
     ids: list[int] = []
     mask: list[int] = []
     for question, answer in turns:
-        prompt = [tok.instruct_id, *tok.encode(question), tok.response_id]
-        reply = [*tok.encode(answer), tok.eos_id]
-        ids += prompt + reply
-        mask += [0] * len(prompt) + [1] * len(reply)
+        for part, m in ((tok.instruct_id, 0), (question, 0), (tok.response_id, 0), (answer, 1), (tok.eos_id, 1)):
+            if isinstance(part, int):
+                new = [part]
+            elif max_tokens is None:
+                new = tok.encode(part)
+            else:
+                new = []
+                for window in tok.encode_stream(part, chunk_chars=1 << 16):  # (a str is read in windows)
+                    new += window.tolist()
+                    if len(ids) + len(new) >= max_tokens:
+                        break
+            ids += new
+            mask += [m] * len(new)
+            if max_tokens is not None and len(ids) >= max_tokens:
+                return ids[:max_tokens], mask[:max_tokens]
     return ids, mask
+
+
+def _jsonl_lines(f, limit: int) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, bytes, bytes read) per line of a binary file; bytes is None for a
+    line over limit bytes, which is read past in pieces, never held whole."""
+    lineno = 0
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        lineno += 1
+        size = len(raw)
+        if size > limit and not raw.endswith(b"\n"):
+            raw = None
+            while True:  # the rest of the long line
+                piece = f.readline(1 << 20)
+                size += len(piece)
+                if not piece or piece.endswith(b"\n"):
+                    break
+        yield lineno, raw, size
 
 
 @dataclass
@@ -700,6 +837,7 @@ def prepare_sft(
     skip_bad: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> SFTSummary:
     """JSONL files -> rows of block_size ids padded with <|padding|>, plus masks.
 
@@ -707,9 +845,10 @@ def prepare_sft(
     may hold up to block_size tokens. too_long: "skip" (count and drop),
     "truncate" (keep the first block_size tokens; the mask stays exact; a sample
     whose answer would be cut off entirely is skipped and counted), or
-    "error". A line that is not a valid record is an error naming the file and
-    line, or with skip_bad is skipped and counted. Sample i (in input order) is
-    held out when split_hash(seed, i) < val_fraction.
+    "error". A line that is not a valid record (or is longer than max_line_bytes)
+    is an error naming the file and line, or with skip_bad is skipped and
+    counted. Sample i (in input order) is held out when split_hash(seed, i) <
+    val_fraction.
     """
     t0 = time.monotonic()
     inputs = existing_files(inputs)
@@ -717,11 +856,11 @@ def prepare_sft(
     if block_size < 2:
         raise DataError(f"block_size must be at least 2, got {block_size}")
     if too_long not in TOO_LONG:
-        raise DataError(f"too_long must be one of {TOO_LONG}, got {too_long!r}")
+        raise DataError(f"too_long must be one of {TOO_LONG}, got {_short(too_long)}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     _check_seed(seed)
-    tok = _load_tokenizer(tokenizer_path)
+    tok = _load_tokenizer(tokenizer_path, (INSTRUCT, RESPONSE, EOS, PADDING), "the SFT template")
     dtype = tok.dtype
     with _new_dataset_dir(out_dir, overwrite) as build:
         files = {split: (f"sft_{split}.bin", f"sft_{split}_mask.bin") for split in ("train", "val")}
@@ -736,20 +875,20 @@ def prepare_sft(
         try:
             for path in inputs:
                 with open(path, "rb") as f:
-                    for lineno, raw in enumerate(f, start=1):
-                        done += len(raw)
+                    for lineno, raw, size in _jsonl_lines(f, max_line_bytes):
+                        done += size
                         bar.update(done)
                         where = f"{path}:{lineno}"
                         try:
+                            if raw is None:
+                                raise DataError(f"{where}: the line is {size:,} bytes, more than the "
+                                                f"{max_line_bytes:,} a record may be")
                             # (a byte-order mark may start a file: utf-8-sig drops it)
                             text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
                             if not text:
                                 continue  # blank lines are not records
-                            try:
-                                obj = json.loads(text)
-                            except json.JSONDecodeError as e:
-                                raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-                            ids, mask = sft_encode(tok, sft_turns(obj, where))
+                            # (block_size + 1 ids are enough to tell a sample that is too long)
+                            ids, mask = sft_encode(tok, sft_turns(_loads(text, where), where), block_size + 1)
                         except (DataError, UnicodeDecodeError) as e:
                             if not skip_bad:
                                 if isinstance(e, UnicodeDecodeError):
@@ -760,8 +899,8 @@ def prepare_sft(
                         records += 1
                         if len(ids) > block_size:
                             if too_long == "error":
-                                raise DataError(f"{where}: the sample is {len(ids)} tokens, more than block_size "
-                                                f"{block_size} (choose --too_long skip or truncate)")
+                                raise DataError(f"{where}: the sample is more than block_size {block_size} tokens "
+                                                "(choose --too_long skip or truncate)")
                             if too_long == "skip" or 1 not in mask[:block_size]:  # (truncated: no answer left)
                                 skipped += 1
                                 continue
@@ -831,7 +970,7 @@ def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dic
     `info` are recorded in meta.json.
     """
     if kind not in ROW_KINDS:
-        raise DataError(f"kind must be one of {ROW_KINDS}, got {kind!r}")
+        raise DataError(f"kind must be one of {ROW_KINDS}, got {_short(kind)}")
     unknown = set(splits) - {"train", "val"}
     if unknown:
         raise DataError(f"unknown split(s) {sorted(unknown)}; splits are train and val")
@@ -1046,7 +1185,7 @@ def _check_meta(meta: dict, meta_path: Path) -> None:
 
     def need(ok: bool, field: str, what: str) -> None:
         if not ok:
-            raise DataError(f"{meta_path}: field {field!r} is missing or not {what}; prepare the data again")
+            raise DataError(f"{meta_path}: field {_short(field)} is missing or not {what}; prepare the data again")
 
     def is_count(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 0
@@ -1083,15 +1222,10 @@ class Dataset:
         meta_path = self.path / META
         if not meta_path.is_file():
             raise DataError(f"{self.path} has no {META}: not a prepared dataset (or its preparation did not finish)")
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except ValueError as e:
-            raise DataError(f"{meta_path}: not valid JSON ({e})") from None
-        if not isinstance(meta, dict):
-            raise DataError(f"{meta_path}: not a JSON object; prepare the data again")
+        meta = _read_meta(meta_path)
         if meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
             raise DataError(f"{meta_path}: not a {FORMAT} v{FORMAT_VERSION} dataset "
-                            f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+                            f"(format {_short(meta.get('format'))}, version {_short(meta.get('version'))})")
         _check_meta(meta, meta_path)
         self.meta = meta
         self.kind = meta["kind"]
@@ -1103,16 +1237,32 @@ class Dataset:
         self.splits: dict[str, list] = {}
         for split, shards in meta["shards"].items():
             if self.kind == "pretrain":
-                self.splits[split] = [self._map(s["file"], (s["tokens"],), self.dtype) for s in shards]
+                self.splits[split] = [self._ids(s["file"], (s["tokens"],)) for s in shards]
             elif self.kind == "seq2seq":
                 T = meta["block_size"]
-                self.splits[split] = [(self._map(s["file"], (s["rows"], T), self.dtype),
-                                       self._map(s["target"], (s["rows"], T), self.dtype),
+                self.splits[split] = [(self._ids(s["file"], (s["rows"], T)), self._ids(s["target"], (s["rows"], T)),
                                        self._map(s["mask"], (s["rows"], T), np.uint8)) for s in shards]
             else:
                 L = meta["block_size"]
-                self.splits[split] = [(self._map(s["file"], (s["rows"], L), self.dtype),
+                self.splits[split] = [(self._ids(s["file"], (s["rows"], L)),
                                        self._map(s["mask"], (s["rows"], L), np.uint8)) for s in shards]
+
+    def _ids(self, name: str, shape: tuple) -> np.ndarray:
+        """A token file, mapped, after one pass that checks every id is in the vocabulary
+        (a bad id would otherwise stop training deep inside the embedding lookup).
+        The pass reads the file in pieces of 16 M ids: memory stays bounded."""
+        ids = self._map(name, shape, self.dtype)
+        flat = ids.reshape(-1)
+        vocab = self.tokenizer.vocab_size
+        step = 1 << 24
+        for start in range(0, flat.size, step):
+            piece = flat[start:start + step]
+            if int(piece.max()) >= vocab:
+                at = start + int(np.argmax(piece >= vocab))
+                raise DataError(f"{self.path / name}: token id {int(flat[at])} at position {at:,} is outside the "
+                                f"vocabulary of {TOKENIZER_FILE} (0..{vocab - 1}): the file is damaged or was "
+                                "written with another vocabulary; prepare the data again")
+        return ids
 
     def _map(self, name: str, shape: tuple, dtype) -> np.ndarray:
         path = self.path / name
@@ -1146,8 +1296,12 @@ class Dataset:
             src = TokenWindows(shards, block_size)
             if src.n_rows == 0:
                 longest = max(len(s) for s in shards)
-                raise DataError(f"block_size {block_size} is larger than the data: the {split} split's longest "
-                                f"shard has {longest} tokens and a row needs block_size + 1; "
+                why = f"the {split} split's longest shard has {longest} tokens and a row needs block_size + 1"
+                if split == "val":
+                    raise DataError(f"the validation split is too short for block_size {block_size}: {why}; "
+                                    "prepare the data with a larger --val_fraction, or train without "
+                                    "validation (--eval_iters=0)")
+                raise DataError(f"block_size {block_size} is larger than the data: {why}; "
                                 "lower model.block_size or add data")
             return src
         if self.kind == "seq2seq":

@@ -18,6 +18,8 @@ import math
 import time
 from pathlib import Path
 
+from nano_format import write_atomically
+
 # torch is imported inside the functions that need it, so that data preparation
 # (which uses the formatting helpers) starts without loading it.
 
@@ -115,7 +117,9 @@ class RunLog:
                 if rec.get("kind") in ("train", "eval") and isinstance(step, int) and step > resume_step:
                     continue
                 kept.append(line)
-            path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+            # Atomically (a temporary file beside it, fsynced, renamed over it): a kill
+            # or a full disk while rewriting leaves the old log whole, never an empty one.
+            write_atomically(path, ["".join(k + "\n" for k in kept).encode("utf-8")])
         elif enabled and resume_step is None:
             path.write_text("", encoding="utf-8")
 
@@ -130,13 +134,16 @@ class RunLog:
 def _records(path: Path):
     """(line, record) for each line of a JSONL file that is a JSON object. Lines
     are decoded one by one, so that a line cut inside a UTF-8 character, foreign
-    bytes or a line that is not an object (`7`, `[1]`) lose that line only."""
+    bytes, a line nested too deeply for the parser or a line that is not an object
+    (`7`, `[1]`) lose that line only."""
     with open(path, "rb") as f:
         for raw in f:
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
                 rec = json.loads(line)
-            except ValueError:  # UnicodeDecodeError and JSONDecodeError are both ValueErrors
+            # UnicodeDecodeError and JSONDecodeError are both ValueErrors (so is an
+            # integer of over 4300 digits); RecursionError: `[[[[...]]]]` nested too deeply.
+            except (ValueError, RecursionError):
                 continue
             if isinstance(rec, dict):
                 yield line, rec
@@ -145,6 +152,15 @@ def _records(path: Path):
 def read_log(path: str | Path) -> list[dict]:
     """The records of a log.jsonl: its JSON-object lines (other lines are skipped)."""
     return [rec for _, rec in _records(Path(path))]
+
+
+def short_repr(value, limit: int = 60) -> str:
+    """repr(value) cut to about limit characters, for error messages, which never echo a
+    whole input; a container or tensor is named by its type (its repr could be huge)."""
+    if isinstance(value, (dict, list, tuple, set)) or type(value).__name__ == "Tensor":
+        return type(value).__name__
+    text = repr(value[:limit + 1] if isinstance(value, str) else value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def human(n: float, unit: str = "") -> str:

@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from nano_format import rope_tables
+from nano_format import rope_tables, spec
 from torch.torch_version import TorchVersion
 
 from .losses import linear_cross_entropy
@@ -81,10 +81,19 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_hidden is None:
             self.n_hidden = derive_n_hidden(self.n_embd)
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "n_hidden"):
+        # Upper bounds: what a .bin header may hold (nano_format.spec), so that a model
+        # that trains can be exported, and an absurd size fails here, before anything
+        # is allocated, not after hours of building layers.
+        for name, limit in (("block_size", spec.MAX_DIM), ("vocab_size", spec.MAX_VOCAB),
+                            ("n_layer", spec.MAX_LAYERS), ("n_head", spec.MAX_HEADS),
+                            ("n_kv_head", spec.MAX_HEADS), ("n_embd", spec.MAX_DIM),
+                            ("n_hidden", spec.MAX_DIM)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+            if value > limit:
+                raise ValueError(f"ModelConfig.{name} must be at most {limit} (the .bin format's limit), "
+                                 f"got {value}")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"ModelConfig: n_head ({self.n_head}) must divide n_embd ({self.n_embd})"

@@ -10,6 +10,7 @@ axis. Needs matplotlib (`pip install matplotlib`; in the workspace it is install
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -21,19 +22,62 @@ def _log_path(p: str) -> Path:
     return path / "log.jsonl" if path.is_dir() else path
 
 
+# Values of larger magnitude are skipped: matplotlib cannot lay out an axis from
+# -1e308 to 1e308 (its length overflows to inf), and no loss or learning rate that
+# large is worth a point on a curve.
+MAX_MAGNITUDE = 1e300
+
+
+def _number(value) -> float | None:
+    """value as a float when it is a finite number of a plottable magnitude (not a bool,
+    a string, an object or null), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        x = float(value)
+    except OverflowError:  # an int beyond a float's range
+        return None
+    return x if math.isfinite(x) and abs(x) <= MAX_MAGNITUDE else None
+
+
+def _curves(records: list[dict]) -> tuple[dict[str, tuple[list[int], list[float]]], int]:
+    """curves(records) and the number of values skipped because they were not
+    plottable numbers (a hand-edited or foreign log). A null value is not counted:
+    RunLog writes a nan or inf as null, and such a point is simply not drawn."""
+    out: dict[str, dict[int, float]] = {"train": {}, "val": {}, "lr": {}}
+    bad = 0
+
+    def put(curve: str, step: int, value) -> None:
+        nonlocal bad
+        if value is None:
+            return
+        x = _number(value)
+        if x is None:
+            bad += 1
+        else:
+            out[curve][step] = x
+
+    for r in records:
+        if not isinstance(r, dict) or r.get("kind") not in ("train", "eval"):
+            continue  # not a record of ours (a hand-edited or foreign line)
+        step = r.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or _number(step) is None:
+            bad += 1
+            continue
+        if r["kind"] == "train":
+            put("train", step, r.get("loss"))
+            put("lr", step, r.get("lr"))
+        else:
+            put("val", step, r.get("val_loss"))
+    return {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in out.items()}, bad
+
+
 def curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
     """{"train": (steps, losses), "val": (...), "lr": (...)}; a step logged twice
-    (a resumed run repeating steps) keeps its last value."""
-    out: dict[str, dict[int, float]] = {"train": {}, "val": {}, "lr": {}}
-    for r in records:
-        if not isinstance(r, dict) or not isinstance(r.get("step"), int):
-            continue  # not a record of ours (a hand-edited or foreign line)
-        if r.get("kind") == "train" and r.get("loss") is not None:
-            out["train"][r["step"]] = r["loss"]
-            out["lr"][r["step"]] = r.get("lr")
-        elif r.get("kind") == "eval" and r.get("val_loss") is not None:
-            out["val"][r["step"]] = r["val_loss"]
-    return {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in out.items()}
+    (a resumed run repeating steps) keeps its last value. Only finite numbers are
+    kept: a step that is not an integer, or a value that is not a number (a string,
+    an object, a bool, null) or is too large to draw, is skipped."""
+    return _curves(records)[0]
 
 
 def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
@@ -55,9 +99,13 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
         path = _log_path(name)
         if not path.is_file():
             raise SystemExit(f"error: {path} does not exist")
-        c = curves(read_log(path))
+        c, bad = _curves(read_log(path))
         if not (c["train"][0] or c["val"][0]):
-            raise SystemExit(f"error: {path} has no train or eval records to plot")
+            why = f" ({bad} values skipped: not finite numbers of a plottable size)" if bad else ""
+            raise SystemExit(f"error: {path} has no train or eval records to plot{why}")
+        if bad:
+            print(f"note: {path}: skipped {bad} values that are not finite numbers of a plottable size "
+                  f"(|x| <= {MAX_MAGNITUDE:g})", file=sys.stderr)
         runs.append((path, c))
     fig, ax = plt.subplots(figsize=(9, 5))
     ax2 = ax.twinx() if show_lr else None

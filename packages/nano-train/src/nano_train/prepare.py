@@ -17,7 +17,8 @@ sft options:
   --block_size N           row length; a sample holds up to N tokens (use the model's block_size)
   --too_long skip|truncate|error   samples longer than block_size (default skip, counted; truncate
                            also skips, and counts, a sample whose answer would be cut off entirely)
-  --skip_bad               skip (and count) lines that are not valid records instead of stopping
+  --skip_bad               skip (and count) lines that are not valid records (or are over 64 MiB)
+                           instead of stopping
   --val_fraction F         share of samples held out (default 0)
 common:
   --seed N (>= 0, default 1337), --overwrite (replace an existing dataset in DIR), --quiet (no progress bar)
@@ -26,7 +27,11 @@ The tokenizer is copied into DIR (tokenizer.json) and its fingerprint recorded
 in DIR/meta.json, with the counts, the split and the shard list. The dataset is
 built in a hidden temporary directory inside DIR (.prepare.*.tmp) and moved into
 place when it is complete: a failed run leaves an existing dataset as it was. A
-UTF-8 byte-order mark at the start of an input file is dropped.
+UTF-8 byte-order mark at the start of an input file is dropped. Each input is a
+regular file given once (the same file by two paths is an error). The summary's
+tokens per character counts the documents' tokens only, not separators or
+<|bos|>/<|eos|>; it ends with a warning when the validation split is too short
+for a model of the default block_size (512).
 
 One prepare at a time per DIR: the run holds a lock on DIR/.prepare.lock (removed
 at the end), and a second prepare into DIR meanwhile stops at once with an error

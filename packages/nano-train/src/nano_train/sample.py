@@ -3,26 +3,32 @@
 usage: python -m nano_train.sample -m MODEL [-l LORA.bin] -p PROMPT [options]
        (hatch run train:sample ...)
 
-  -m, --model PATH            a .bin model file or a .pt training checkpoint
+  -m, --model PATH            a .bin model file or a .pt training checkpoint (told apart
+                              by their first bytes, whatever the name)
   -l, --lora PATH             a LoRA .bin to attach to the model
   -p, --prompt TEXT           the prompt; "-" reads it from stdin
   --instruct                  wrap the prompt in the SFT template
-                              (<|instruct_mark|> prompt <|response_mark|>); <|eos|> stops
+                              (<|instruct_mark|> prompt <|response_mark|>)
   -t, --temperature T         0 = greedy (default 1.0)
   -k, --top-k K               keep the K most likely tokens (0 = off)
   --top-p P                   keep the smallest set with probability >= P (1 = off)
   --min-p P                   drop tokens below P * the top probability (0 = off)
   -r, --repetition-penalty R  push seen tokens down (1 = off)
-  -n, --max-tokens N          at most N new tokens (default 256)
-  -s, --seed S                sampler seed (default 0)
-  --stop TEXT                 stop at this token or text (repeatable)
+  -n, --max-tokens N          at most N new tokens (default 256; 0 = until the context
+                              is full)
+  -s, --seed S                sampler seed in [0, 2^64) (default 0)
+  --stop TEXT                 stop at this token or text (repeatable); <|eos|> always stops
   --seq2seq                   one full-attention forward, argmax per position
                               (automatic for full-attention models)
   --tokenizer JSON            a vocabulary for models whose file carries none
   --profile                   print time to first token and tokens/s to stderr
-  --device DEV                cpu (default), cuda, mps, ...
-  --threads N                 CPU threads for torch (default: torch's choice; 1 is
-                              often fastest for tiny models)
+  --device DEV                cpu (default), cuda, cuda:1, mps, ...
+  --threads N                 CPU threads for torch, 1..1024 (default: torch's choice; 1
+                              is often fastest for tiny models)
+
+Generation stops after N tokens, when the context is full, at a --stop, or at <|eos|>
+(in every mode, as the C engine's `nano run`). Bad input gives one `error: ...` line
+on stderr and exit code 1.
 
 Examples:
   python -m nano_train.sample -m ../shared/fixtures/psycho_230k_1214_q80.bin -p "人的心理" -t 0 -n 32
@@ -33,6 +39,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -40,8 +47,18 @@ from pathlib import Path
 __all__ = ["main", "build_parser"]
 
 
+MAX_THREADS = 1024  # as the C CLI's --threads
+
+
 class UsageError(Exception):
     """Bad input from the user: reported in one line, exit code 1."""
+
+
+def _one_line(e: Exception) -> str:
+    """A message on one line (torch's errors span many); torch is imported late, for --help."""
+    from .checkpoint import one_line
+
+    return one_line(e)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,66 +76,87 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
     p.add_argument("--min-p", type=float, default=0.0, help="0 = off")
     p.add_argument("-r", "--repetition-penalty", type=float, default=1.0, help="1 = off")
-    p.add_argument("-n", "--max-tokens", type=int, default=256, help="most new tokens (default 256)")
-    p.add_argument("-s", "--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("-n", "--max-tokens", type=int, default=256,
+                   help="most new tokens (default 256; 0 = until the context is full)")
+    p.add_argument("-s", "--seed", type=int, default=0, help="sampler seed in [0, 2^64) (default 0)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
-                   help="stop at this token or text (repeatable)")
+                   help="stop at this token or text (repeatable); <|eos|> always stops")
     p.add_argument("--seq2seq", action="store_true",
                    help="full attention, one forward, argmax per position (automatic for full-attention models)")
     p.add_argument("--tokenizer", help="vocabulary JSON for a model file without one")
     p.add_argument("--profile", action="store_true", help="time to first token and tokens/s on stderr")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps, ...")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"CPU threads for torch, 1..{MAX_THREADS} (default: torch's choice)")
     return p
+
+
+def _input_file(name: str) -> Path:
+    path = Path(name)
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory, not a file")
+    if not path.exists():
+        raise UsageError(f"{path}: not found")
+    return path
+
+
+def _device(name: str):
+    """The torch device, checked before anything is loaded onto it."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise UsageError(f"--device {name}: {_one_line(e)}") from None
+    if device.type == "meta":
+        raise UsageError("--device meta holds no data, so nothing can run on it: choose cpu, cuda, mps, ...")
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {name}: this machine has no CUDA device usable by torch")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"--device {name}: no such CUDA device (this machine has {count}: 0..{count - 1})")
+    return device
 
 
 def _load(args):
     """(model, tokenizer) from the arguments; everything the user can get wrong is a UsageError."""
-    import torch
+    from .convert import load_lora_bin, load_model
 
-    from .convert import load_bin, load_checkpoint_model, load_lora_bin
-
-    path = Path(args.model)
-    if not path.is_file():
-        raise UsageError(f"model file not found: {path}")
-    try:
-        torch.device(args.device)
-    except RuntimeError as e:
-        raise UsageError(f"bad --device {args.device!r}: {e}") from None
-    if path.suffix == ".pt":
-        model, tokenizer = load_checkpoint_model(path)
-        if args.seq2seq and model.config.is_causal:
-            raise UsageError(f"{path}: --seq2seq needs a full-attention model; this checkpoint is causal")
-    else:
-        # Old layouts cannot record full attention: --seq2seq says so for them.
-        model, tokenizer = load_bin(path, is_causal=False if args.seq2seq else None)
-    if args.lora:
-        if not Path(args.lora).is_file():
-            raise UsageError(f"LoRA file not found: {args.lora}")
-        load_lora_bin(model, args.lora)
-    if args.tokenizer:
+    path = _input_file(args.model)
+    lora = _input_file(args.lora) if args.lora else None
+    vocab = _input_file(args.tokenizer) if args.tokenizer else None
+    device = _device(args.device)
+    # --seq2seq asks for full attention; a file that records causal attention refuses it
+    model, tokenizer = load_model(path, is_causal=False if args.seq2seq else None)
+    if lora:
+        load_lora_bin(model, lora)
+    if vocab:
         from nano_tokenizer import Tokenizer
 
-        tokenizer = Tokenizer.load(args.tokenizer)
+        tokenizer = Tokenizer.load(vocab)
         if tokenizer.vocab_size != model.config.vocab_size:
             raise UsageError(
-                f"--tokenizer has {tokenizer.vocab_size} tokens, the model {model.config.vocab_size}"
+                f"{vocab}: the vocabulary has {tokenizer.vocab_size} tokens, the model {model.config.vocab_size}"
             )
     if tokenizer is None:
-        raise UsageError(f"{path} carries no vocabulary; give one with --tokenizer")
+        raise UsageError(f"{path}: carries no vocabulary; give one with --tokenizer")
     try:
-        model = model.to(args.device)
+        model = model.to(device)
     except (RuntimeError, AssertionError) as e:
-        raise UsageError(f"cannot use device {args.device!r}: {e}") from None
+        raise UsageError(f"--device {args.device}: cannot use it: {_one_line(e)}") from None
     return model.eval(), tokenizer
 
 
 def _run(args, out) -> None:
     from .sampling import SamplerConfig, generate, instruct_prompt, seq2seq
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     if args.prompt == "-":
-        prompt = prompt.rstrip("\n")
+        if sys.stdin is None:  # started with standard input closed
+            raise UsageError("-p -: standard input is closed")
+        prompt = sys.stdin.read().rstrip("\n")
+    else:
+        prompt = args.prompt
     if not prompt:
         raise UsageError("the prompt is empty")
     try:
@@ -129,14 +167,14 @@ def _run(args, out) -> None:
             min_p=args.min_p,
             repetition_penalty=args.repetition_penalty,
             max_new_tokens=args.max_tokens,
-            stop_tokens=tuple(args.stop) + (("<|eos|>",) if args.instruct else ()),
+            stop_tokens=tuple(args.stop),
             seed=args.seed,
         )
     except ValueError as e:
         raise UsageError(str(e)) from None
     if args.threads is not None:
-        if args.threads < 1:
-            raise UsageError(f"--threads must be at least 1, got {args.threads}")
+        if not 1 <= args.threads <= MAX_THREADS:
+            raise UsageError(f"--threads must be in 1..{MAX_THREADS}, got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -170,23 +208,38 @@ def _run(args, out) -> None:
         if t_first is None:
             print(f"[profile] prompt {len(ids)} tokens, no token generated in {t1 - t0:.3f} s", file=sys.stderr)
         else:
-            rate = (n - 1) / (t1 - t_first) if n > 1 and t1 > t_first else float("nan")
-            print(
-                f"[profile] prompt {len(ids)} tokens; time to first token {1e3 * (t_first - t0):.1f} ms; "
-                f"{n} tokens, {rate:.1f} tokens/s after the first",
-                file=sys.stderr,
-            )
+            # a rate needs two tokens or more: the first one's time is the prompt's
+            rate = f"{n} tokens, {(n - 1) / (t1 - t_first):.1f} tokens/s after the first" if n > 1 else "1 token"
+            print(f"[profile] prompt {len(ids)} tokens; time to first token {1e3 * (t_first - t0):.1f} ms; {rate}",
+                  file=sys.stderr)
+
+
+def _error_text(e: Exception) -> str:
+    if isinstance(e, OSError) and e.filename:
+        return f"{e.filename}: {e.strerror or e}"
+    return _one_line(e)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    for stream in (sys.stdout, sys.stderr):  # a text the terminal cannot encode must not stop the output
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
+        if sys.stdout is None:  # started with standard output closed
+            raise UsageError("standard output is closed: nowhere to write the text")
         _run(args, sys.stdout)
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head -c1`): not worth a message. Point
+        # stdout at /dev/null so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
     except (UsageError, ValueError, OSError) as e:
         # Bad files (ConvertError wraps nano-format's errors), bad vocabularies and
         # settings (ValueError) and unreadable files are bad input, not bugs:
         # one line, no traceback.
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_error_text(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -4,6 +4,7 @@ The per-step sampler is written in numpy on a 1-D float32 logits vector so that
 the C engine can implement the same steps and be compared with it token for
 token on identical logits. The algorithm (also in the package README):
 
+  0. a NaN logit is an error (a broken model: nothing sensible can be drawn).
   1. repetition penalty (when != 1): for every distinct token id in the context
      so far (prompt + generated): logit > 0 -> logit / penalty, else
      logit * penalty. Both push the logit down for penalty > 1. Then every
@@ -23,6 +24,10 @@ token on identical logits. The algorithm (also in the package README):
      candidate if rounding leaves none.
   All sums are running float32 sums in candidate order.
 
+Generation (generate) stops, as the C engine's sessions do, after max_new_tokens
+new tokens (0 = no limit), when the context (the block size) is full, on a stop
+token or stop string, and on <|eos|> whenever the tokenizer has it.
+
 RNG (xorshift64* seeded through splitmix64, all arithmetic mod 2^64):
   seeding: z = seed + 0x9E3779B97F4A7C15; z = (z ^ z >> 30) * 0xBF58476D1CE4E5B9;
            z = (z ^ z >> 27) * 0x94D049BB133111EB; state = z ^ z >> 31 (1 if 0)
@@ -37,6 +42,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from nano_tokenizer import EOS
 
 __all__ = [
     "SamplerConfig",
@@ -86,9 +92,9 @@ class SamplerConfig:
     top_p: float = 1.0  # 1 = off
     min_p: float = 0.0  # 0 = off
     repetition_penalty: float = 1.0  # 1 = off
-    max_new_tokens: int = 256
+    max_new_tokens: int = 256  # 0 = until a stop or the context is full
     stop_tokens: tuple = field(default=())  # token ids; strings need a tokenizer (see generate)
-    seed: int = 0
+    seed: int = 0  # in [0, 2^64): the C engine's uint64_t
 
     def __post_init__(self) -> None:
         # float32, as the C engine stores them: a value beyond its range is refused
@@ -107,7 +113,9 @@ class SamplerConfig:
         if not np.float32(self.repetition_penalty) > 0.0:
             raise ValueError(f"repetition_penalty must be > 0 (in float32), got {self.repetition_penalty}")
         if self.max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {self.max_new_tokens}")
+            raise ValueError(f"max_new_tokens must be >= 0 (0 = until the context is full), got {self.max_new_tokens}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed <= _MASK64:
+            raise ValueError(f"seed must be an integer in [0, 2^64), got {self.seed!r}")
         self.stop_tokens = tuple(self.stop_tokens)
 
 
@@ -128,6 +136,9 @@ def sample_logits(
     v = x.shape[0]
     if v == 0:
         raise ValueError("empty logits")
+    if np.isnan(x).any():  # NaN would pass the clamp below and argmax would read it as id 0
+        raise ValueError(f"the logits hold NaN (at id {int(np.argmax(np.isnan(x)))}): the model's weights "
+                         f"or activations are not finite numbers")
 
     # 1. repetition penalty on each distinct seen id, pushing it down whatever its sign
     if config.repetition_penalty != 1.0 and len(history_ids) > 0:
@@ -178,11 +189,16 @@ def sample_logits(
 
 
 def _resolve_stops(stops: Sequence, tokenizer) -> tuple[set[int], list[str]]:
-    """Split stop entries into token ids and text strings. A string that is
-    exactly one token of the vocabulary becomes that id; other strings are
-    matched on the decoded text (which needs a tokenizer)."""
+    """Split stop entries into token ids and text strings. <|eos|> is a stop id
+    whenever the tokenizer has it (the C engine's stop_at_eos, on in every mode).
+    A string that is exactly one token of the vocabulary becomes that id; other
+    strings are matched on the decoded text (which needs a tokenizer). A string
+    the vocabulary cannot write (a character with no token: it would encode to
+    <|unknown|>) can never appear in the output and is an error."""
     ids: set[int] = set()
     texts: list[str] = []
+    if tokenizer is not None and EOS in tokenizer.special_tokens:
+        ids.add(tokenizer.special_tokens[EOS])
     for s in stops:
         if isinstance(s, (int, np.integer)):
             ids.add(int(s))
@@ -190,6 +206,9 @@ def _resolve_stops(stops: Sequence, tokenizer) -> tuple[set[int], list[str]]:
         if tokenizer is None:
             raise ValueError(f"stop string {s!r} needs a tokenizer")
         enc = tokenizer.encode(s, allow_special=True)
+        if tokenizer.decode(enc) != s:
+            missing = "".join(dict.fromkeys(c for c in s if tokenizer.decode(tokenizer.encode(c)) != c))
+            raise ValueError(f"stop string {s!r} can never occur: the vocabulary has no token for {missing!r}")
         if len(enc) == 1:
             ids.add(int(enc[0]))
         elif s:
@@ -206,9 +225,10 @@ def generate(
 ) -> Iterator[int]:
     """Stream new token ids after prompt_ids, using the KV cache.
 
-    Stops after config.max_new_tokens tokens, at the model's block size, on a
-    stop token (which is not yielded), or when the decoded output (tokenizer
-    given) contains a stop string (the token completing it is not yielded).
+    Stops after config.max_new_tokens tokens (0: no limit), at the model's block
+    size, on a stop token or, tokenizer given, on <|eos|> (neither is yielded), or
+    when the decoded output (tokenizer given) contains a stop string (the token
+    completing it is not yielded).
     """
     prompt = [int(t) for t in prompt_ids]
     if not prompt:
@@ -221,9 +241,7 @@ def generate(
         )
     stop_ids, stop_texts = _resolve_stops(config.stop_tokens, tokenizer)
     rng = Rng(config.seed)
-    if config.max_new_tokens == 0:
-        return
-    max_len = min(block, len(prompt) + config.max_new_tokens)
+    max_len = min(block, len(prompt) + config.max_new_tokens) if config.max_new_tokens else block
 
     was_training = model.training
     model.eval()
@@ -246,7 +264,7 @@ def generate(
             yield tok
             generated.append(tok)
             history.append(tok)
-            if len(generated) >= config.max_new_tokens or pos >= max_len:
+            if len(generated) == config.max_new_tokens or pos >= max_len:
                 return
             x = torch.tensor([[tok]], dtype=torch.long, device=device)
             logits = model.forward_cached(x, cache, pos)[0, -1]

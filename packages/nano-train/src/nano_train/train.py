@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -200,6 +201,80 @@ def forward_context_factory(device: torch.device, dtype: str, attention_backend:
         return stack
 
     return context
+
+
+def check_attention_backend(name: str, device: torch.device, dtype: str, model_cfg: ModelConfig, forward_context) -> None:
+    """A ConfigError now, rather than "No viable backend" at the first forward pass,
+    when system.attention_backend cannot run on this device (efficient or cudnn on a
+    CPU, flash on an older GPU or in float32): one tiny attention forward and
+    backward with the model's heads, dropout and dtype, under the run's context."""
+    if name == "auto":
+        return
+    import torch.nn.functional as F
+
+    from nano_train.model import _SDPA_GQA
+
+    n_head, n_kv = model_cfg.n_head, model_cfg.n_kv_head
+    head_dim = model_cfg.n_embd // n_head
+    rep = n_head // n_kv if n_kv else 1
+    gqa = rep > 1 and _SDPA_GQA
+    pt_dtype = PT_DTYPES[dtype]
+    q = torch.zeros(1, n_head, 4, head_dim, device=device, dtype=pt_dtype, requires_grad=True)
+    k = torch.zeros(1, n_kv if gqa else n_head, 4, head_dim, device=device, dtype=pt_dtype, requires_grad=True)
+    try:
+        with forward_context():
+            y = F.scaled_dot_product_attention(q, k, k, dropout_p=float(model_cfg.dropout), is_causal=True,
+                                               **({"enable_gqa": True} if gqa else {}))
+        y.float().sum().backward()
+    except RuntimeError as e:
+        why = ckpt_io.one_line(e).split(". ")[0][:200]
+        raise ConfigError(f"system.attention_backend {name!r} is not available on this device ({device}, {dtype}): "
+                          f"{why}; use --attention_backend=auto (or math)") from None
+
+
+# The entries of a dataset's meta.json that decide which rows are trained on and which are
+# held out, and in which order: a resumed run must read the dataset its checkpoint did.
+DATASET_ID_ENTRIES = ("shards", "split", "shuffle")
+
+
+def dataset_identity(meta: dict) -> dict[str, str]:
+    """sha256 of each of DATASET_ID_ENTRIES of a dataset's meta.json (canonical JSON)."""
+    return {key: hashlib.sha256(json.dumps(meta.get(key), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+            for key in DATASET_ID_ENTRIES}
+
+
+def check_resume_conflicts(cfg: Config, checkpoint: dict, latest: Path, ds: Dataset) -> None:
+    """What resuming cannot continue exactly: another dataset (a DataError naming the
+    meta.json entries that differ; a checkpoint older than the identity is not checked),
+    and a batch size, accumulation or LoRA adapter set to values other than the
+    checkpoint's (a ConfigError, as for model.* keys)."""
+    saved_id = checkpoint.get("dataset_id")
+    if isinstance(saved_id, dict):
+        mine = dataset_identity(ds.meta)
+        changed = [k for k in DATASET_ID_ENTRIES if k in saved_id and saved_id[k] != mine[k]]
+        if changed:
+            raise DataError(f"resume: {ds.path} is not the dataset {latest} was trained on (its meta.json "
+                            f"{', '.join(repr(k) for k in changed)} differ{'s' if len(changed) == 1 else ''}: "
+                            "prepared again, or another dataset); resume with the original dataset or start a new run")
+    saved = checkpoint["config"]["train"]
+
+    def saved_value(section: str, key: str):
+        sec = saved.get(section)
+        return sec.get(key) if isinstance(sec, dict) else None
+
+    conflicts = []
+    for section, key, why in (("data", "batch_size", "the data position and the learning-rate schedule"),
+                              ("optim", "gradient_accumulation_steps", "the data position and the learning-rate schedule"),
+                              *((("lora", "lora_rank", "the adapter's shape"), ("lora", "lora_alpha", "the adapter's scale"))
+                                if cfg.run.task == "lora" else ())):
+        old, new = saved_value(section, key), getattr(getattr(cfg, section), key)
+        if old is not None and old != new:
+            conflicts.append((f"{section}.{key} {new} (the checkpoint's: {old})", why))
+    if conflicts:
+        whys = sorted({why for _, why in conflicts})
+        raise ConfigError(f"{'; '.join(c for c, _ in conflicts)} conflict{'s' if len(conflicts) == 1 else ''} with "
+                          f"the checkpoint {latest}: {' and '.join(whys)} would no longer be the run's; resume "
+                          "without setting them, or start a new run in another --out_dir")
 
 
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
@@ -389,6 +464,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     dtype = resolve_dtype(cfg.system.dtype, device)
     scaler = make_grad_scaler(dtype, device)
     forward_context = forward_context_factory(device, dtype, cfg.system.attention_backend)
+    check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
 
     def say(msg: str) -> None:
         if master and progress is None:
@@ -421,6 +497,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
         with restoring_from(latest):
             fingerprint = Tokenizer.from_json_dict(checkpoint["tokenizer"], source=str(latest)).fingerprint()
         ds.check_tokenizer(fingerprint, str(latest))
+        check_resume_conflicts(cfg, checkpoint, latest, ds)
     elif cfg.run.init_from != "scratch":
         base_config, base_sd, base_tok = load_base_model(cfg.run.init_from)
         ds.check_tokenizer(base_tok.fingerprint(), cfg.run.init_from)
@@ -460,9 +537,15 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     val_source = ds.source("val", cfg.model.block_size) if cfg.eval.eval_iters > 0 else None
     if val_source is None and master:
         print("note: no validation split (or eval_iters = 0): no validation loss, no best.pt", file=sys.stderr)
+    if cfg.data.batch_size * info.world_size > train_source.n_rows:  # each batch would read many epochs
+        procs = f" x {info.world_size} processes" if info.ddp else ""
+        raise DataError(f"data.batch_size {cfg.data.batch_size:,}{procs} is more rows than the training split of "
+                        f"{ds.path} holds ({train_source.n_rows:,} rows of {train_source.T + 1} tokens): lower "
+                        "--batch_size")
     train_batches = Batcher(train_source, cfg.data.batch_size, cfg.system.seed, info.rank, info.world_size)
     seq_len = train_source.T
     tokens_per_step = cfg.data.batch_size * seq_len * accum * info.world_size
+    dataset_id = dataset_identity(ds.meta)
 
     # ---- state: fresh, or exactly where the checkpoint left off ------------------------
     step, tokens_seen, best_val_loss, elapsed_before = 0, 0, math.inf, 0.0
@@ -571,7 +654,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
             "rng": rng,
             "best_val_loss": best_val_loss, "val_loss": val_loss, "train_loss": train_loss,
             "elapsed_s": elapsed_before + time.monotonic() - t_start,
-            "dataset": {"path": str(ds.path), "fingerprint": tokenizer.fingerprint()},
+            "dataset": {"path": str(ds.path), "fingerprint": tokenizer.fingerprint()}, "dataset_id": dataset_id,
             "versions": {"torch": str(torch.__version__)},
         }
         if task == "lora":
@@ -585,10 +668,12 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
 
     # Ctrl-C (SIGINT) or SIGTERM (what torchrun and batch schedulers send to stop a job):
     # finish the current step, save latest.pt, stop. A second signal aborts at once.
-    stop = {"requested": False}
+    # After the loop (the report's samples) there is no step to finish: a signal stops at once,
+    # and the report is written without its samples.
+    stop = {"requested": False, "done": False}
 
     def on_signal(signum, frame):
-        if stop["requested"]:
+        if stop["requested"] or stop["done"]:
             raise KeyboardInterrupt
         stop["requested"] = True
         if master:
@@ -599,6 +684,10 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     if _main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous_handlers[sig] = signal.signal(sig, on_signal)
+
+    def restore_handlers() -> None:
+        for sig, handler in previous_handlers.items():
+            signal.signal(sig, handler)
     checkpoint_interval = cfg.run.checkpoint_interval or cfg.eval.eval_interval
     train_seconds, rate_tokens = 0.0, 0  # for the run's throughput, the first step left out
     first_seconds = 0.0  # ... unless it is the only one
@@ -629,8 +718,8 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                 if improved and step > 0:
                     save_checkpoint([BEST])
 
-            # -- checkpoint
-            if fresh and (step > 0 or stopping) and (step % checkpoint_interval == 0 or last or stopping):
+            # -- checkpoint (at step 0 too when it is the last, so that a run of max_iters 0 can resume)
+            if fresh and (step > 0 or stopping or last) and (step % checkpoint_interval == 0 or last or stopping):
                 names = [LATEST] + ([f"ckpt_{step:06d}.pt"] if cfg.run.keep_checkpoints else [])
                 save_checkpoint(names)
             if last or stopping:
@@ -700,35 +789,46 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                     + (f" | mfu {100 * mfu:.2f}%" if mfu is not None else "") + f" | {duration(elapsed)}")
                 record(kind="train", step=step, loss=train_loss, lr=lr, grad_norm=grad_norm.item(),
                        tokens_per_s=tok_s, mfu=mfu, tokens_seen=tokens_seen, elapsed_s=elapsed)
+    except BaseException:
+        restore_handlers()
+        raise
+    stop["done"] = True
+    try:
+        seconds = time.monotonic() - t_start
+        tokens_per_s = (rate_tokens / train_seconds if train_seconds > 0
+                        else tokens_per_step / first_seconds if first_seconds > 0 else 0.0)
+        result = TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, tokens_per_s, seconds,
+                             interrupted, out_dir, out_of_time)
+        if interrupted:
+            say(f"interrupted at step {step}: saved {out_dir / LATEST}; continue with --init_from=resume")
+        if out_of_time:
+            say(f"time budget of {budget:g} s reached at step {step}")
+        record(kind="end", step=step, interrupted=interrupted, out_of_time=out_of_time, train_loss=train_loss,
+               val_loss=val_loss, best_val_loss=best_val_loss, tokens_seen=tokens_seen, tokens_per_s=tokens_per_s,
+               seconds=seconds)
+        if master:
+            from nano_train.report import write_report
+
+            report = dict(result=result, model=raw_model, tokenizer=tokenizer, dataset=ds, device=device, dtype=dtype,
+                          world_size=info.world_size, n_params=n_params, n_trainable=n_trainable, peak=peak,
+                          peak_source=peak_source, flops_per_token=flops_per_token,
+                          val_source=val_source or train_source)
+            try:
+                write_report(out_dir / "report.md", cfg=cfg, **report)
+            except KeyboardInterrupt:  # while sampling: the report without its samples (a signal now aborts)
+                result.interrupted = True
+                print("\ninterrupted while sampling for the report: writing it without samples", file=sys.stderr,
+                      flush=True)
+                no_samples = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, sample_tokens=0))
+                write_report(out_dir / "report.md", cfg=no_samples, **report)
+            best = f"{best_val_loss:.4f}" if math.isfinite(best_val_loss) else "n/a"
+            say(f"done: step {step}, best val loss {best}, {human(tokens_per_s)} tok/s; report in {out_dir / 'report.md'}")
+        if info.ddp:
+            dist.barrier()
+            dist.destroy_process_group()
+        return result
     finally:
-        for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
-
-    seconds = time.monotonic() - t_start
-    tokens_per_s = (rate_tokens / train_seconds if train_seconds > 0
-                    else tokens_per_step / first_seconds if first_seconds > 0 else 0.0)
-    result = TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, tokens_per_s, seconds,
-                         interrupted, out_dir, out_of_time)
-    if interrupted:
-        say(f"interrupted at step {step}: saved {out_dir / LATEST}; continue with --init_from=resume")
-    if out_of_time:
-        say(f"time budget of {budget:g} s reached at step {step}")
-    record(kind="end", step=step, interrupted=interrupted, out_of_time=out_of_time, train_loss=train_loss,
-           val_loss=val_loss, best_val_loss=best_val_loss, tokens_seen=tokens_seen, tokens_per_s=tokens_per_s,
-           seconds=seconds)
-    if master:
-        from nano_train.report import write_report
-
-        write_report(out_dir / "report.md", cfg=cfg, result=result, model=raw_model, tokenizer=tokenizer,
-                     dataset=ds, device=device, dtype=dtype, world_size=info.world_size, n_params=n_params,
-                     n_trainable=n_trainable, peak=peak, peak_source=peak_source, flops_per_token=flops_per_token,
-                     val_source=val_source or train_source)
-        best = f"{best_val_loss:.4f}" if math.isfinite(best_val_loss) else "n/a"
-        say(f"done: step {step}, best val loss {best}, {human(tokens_per_s)} tok/s; report in {out_dir / 'report.md'}")
-    if info.ddp:
-        dist.barrier()
-        dist.destroy_process_group()
-    return result
+        restore_handlers()
 
 
 def _main_thread() -> bool:
@@ -752,7 +852,13 @@ def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> 
             raise CheckpointError(f"--init_from=resume: {latest} does not exist (is run.out_dir right?)")
         checkpoint = ckpt_io.load(latest)
         saved = checkpoint["config"]
-        cfg, explicit = load_config(path, overrides, defaults=defaults, base={"model": saved["model"], **saved["train"]})
+        base = {"model": saved["model"], **saved["train"]}
+        try:  # the checkpoint's own config first, so that its errors name the checkpoint
+            load_config(None, [], defaults=defaults, base=base)
+        except ConfigError as e:
+            why = str(e).replace("<checkpoint config>: ", "").replace("<checkpoint config>", "its config")
+            raise CheckpointError(f"{latest}: its config is not valid: {why}") from None
+        cfg, explicit = load_config(path, overrides, defaults=defaults, base=base)
         cfg.run.init_from = "resume"
     if task and cfg.run.task != task:
         raise ConfigError(f"this command trains task {task!r} but the config says run.task = {cfg.run.task!r}")
@@ -784,6 +890,10 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
     except (TrainingDiverged, OSError) as e:  # OSError: a file that cannot be written (disk full, read-only)
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
+        print("\nerror: interrupted; the run stopped at once (latest.pt, if any, holds the last checkpoint "
+              "written: continue with --init_from=resume)", file=sys.stderr, flush=True)
+        return 130
     return 130 if result.interrupted else 0
 
 
