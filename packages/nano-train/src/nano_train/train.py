@@ -325,17 +325,14 @@ def seed_everything(seed: int) -> None:
 
 def load_base_model(path: str) -> tuple[ModelConfig, dict, object]:
     """(config, state dict, tokenizer) of the model an SFT/LoRA run starts from:
-    a nano-train checkpoint (.pt) or a model file (.bin) through nano_train.convert."""
+    a nano-train checkpoint or a model file (.bin) through nano_train.convert.load_model."""
     from nano_train import convert
 
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"run.init_from: {path} is not a file (expected 'scratch', 'resume', a .pt or a .bin)")
     try:
-        if p.suffix == ".pt":
-            model, tok = convert.load_checkpoint_model(p)
-        else:
-            model, tok = convert.load_bin(p)
+        model, tok = convert.load_model(p)  # told apart by the first bytes, not the name
     except (ValueError, OSError, KeyError, TypeError, RuntimeError) as e:  # ConvertError is a ValueError
         why = ckpt_io.one_line(e) or e.__class__.__name__
         raise CheckpointError(f"run.init_from: cannot load {path}: {why}") from None
