@@ -266,10 +266,11 @@ typedef enum nano_status {
     NANO_ERR_NO_TOKENIZER = 20,         /* the model has no (usable) tokenizer */
     NANO_ERR_CONTEXT_FULL = 21,         /* no room left in the KV cache */
     NANO_ERR_CANCELLED = 22,            /* nano_session_cancel was called */
-    NANO_ERR_STATE = 23                 /* call out of order (e.g. step before start) */
+    NANO_ERR_STATE = 23,                /* call out of order (e.g. step before start) */
+    NANO_ERR_NON_FINITE = 24            /* the logits hold NaN: the model's weights are broken */
 } nano_status;
 
-#define NANO_STATUS_COUNT 24
+#define NANO_STATUS_COUNT 25
 
 /* A short English description ("bad magic", ...); never NULL. */
 NANO_API const char *nano_status_string(nano_status status);
@@ -512,7 +513,8 @@ NANO_API void nano_sampler_free(nano_sampler *s);
 NANO_API void nano_sampler_reseed(nano_sampler *s, uint64_t seed);
 NANO_API nano_rng *nano_sampler_rng(nano_sampler *s);
 /* One step on logits[vocab_size] (left unchanged); history: the ids so far
- * (prompt + generated; only the repetition penalty reads it). No allocation. */
+ * (prompt + generated; only the repetition penalty reads it). No allocation.
+ * NANO_ERR_NON_FINITE when a logit is NaN (infinities are clamped to +-FLT_MAX). */
 NANO_API nano_status nano_sampler_sample(nano_sampler *s, const float *logits, const int32_t *history,
                                          size_t n_history, int32_t *out_id);
 

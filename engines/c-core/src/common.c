@@ -36,6 +36,7 @@ static const status_text STATUS[NANO_STATUS_COUNT] = {
     {"NANO_ERR_CONTEXT_FULL", "context full"},
     {"NANO_ERR_CANCELLED", "cancelled"},
     {"NANO_ERR_STATE", "call out of order"},
+    {"NANO_ERR_NON_FINITE", "the logits hold NaN (the model's weights are broken: NaN or inf)"},
 };
 
 const char *nano_status_string(nano_status status) {

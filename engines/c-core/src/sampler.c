@@ -166,8 +166,12 @@ nano_status nano_sampler_sample(nano_sampler *s, const float *logits, const int3
         }
     }
     /* every logit into the finite float32 range: a tiny penalty (or a broken model)
-     * that overflows to an infinity must not turn the softmax into NaN */
-    for (i = 0; i < V; i++) x[i] = x[i] > FLT_MAX ? FLT_MAX : (x[i] < -FLT_MAX ? -FLT_MAX : x[i]);
+     * that overflows to an infinity must not turn the softmax into NaN. A NaN logit is
+     * an error, as in nano_train.sampling: there is nothing sensible to draw from. */
+    for (i = 0; i < V; i++) {
+        if (x[i] != x[i]) return NANO_ERR_NON_FINITE;
+        x[i] = x[i] > FLT_MAX ? FLT_MAX : (x[i] < -FLT_MAX ? -FLT_MAX : x[i]);
+    }
 
     /* 2. greedy */
     if (s->p.temperature == 0.0f) {

@@ -236,7 +236,10 @@ nano_status nano_session_step(nano_session *s, nano_token_event *ev) {
     }
 
     st = nano_sampler_sample(s->sampler, ctx->logits, s->tokens, s->n_tokens, &id);
-    if (st != NANO_OK) return st;
+    if (st != NANO_OK) {
+        s->state = STATE_IDLE; /* as for a failed eval: start again (or not) */
+        return st;
+    }
     if (is_stop(s, id)) return finish(s, NANO_STOP_TOKEN, ev);
     s->tokens[s->n_tokens++] = id;
     s->t_last = nano_platform_now_ms();

@@ -109,6 +109,19 @@ def test_bad_settings(nano):
         "NANO_ERR_BAD_ARGUMENT"
 
 
+def test_nan_logits_are_an_error(nano):
+    """A NaN logit (a model with broken weights) is NANO_ERR_NON_FINITE, greedy or not, as
+    nano_train.sampling refuses it; before, argmax read it as some id and printed garbage."""
+    logits = np.array([1.0, np.nan, 2.0, -1.0], dtype=np.float32)
+    for kw in (dict(temperature=0.0), dict(temperature=1.0, top_k=2), dict(temperature=0.7, repetition_penalty=1.3)):
+        s = nano.sampler(4, seed=1, **kw)
+        with pytest.raises(Exception, match="NANO_ERR_NON_FINITE"):
+            s.sample(logits, [1, 2])
+        finite = logits.copy()
+        finite[1] = np.inf  # an infinity is clamped, not refused: the sampler goes on
+        assert s.sample(finite) == 1, kw
+
+
 CONFIGS = [
     dict(temperature=1.0),
     dict(temperature=0.7, top_k=10),
