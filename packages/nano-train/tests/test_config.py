@@ -137,10 +137,10 @@ def test_config_that_is_not_utf8_is_one_error(tmp_path):
 def test_duplicate_keys_are_refused(tmp_path):
     p = tmp_path / "dup.json"
     p.write_text('{"model": {"n_layer": 2, "n_layer": 3}}', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"dup\.json: key 'n_layer' appears twice"):
+    with pytest.raises(ConfigError, match=r"dup\.json: not valid JSON: duplicate key 'n_layer': it appears twice"):
         load_config(p)
     p.write_text('{"model": {"n_layer": 2}, "model": {"n_head": 2}}', encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"key 'model' appears twice"):
+    with pytest.raises(ConfigError, match=r"duplicate key 'model': it appears twice"):
         load_config(p)
 
 

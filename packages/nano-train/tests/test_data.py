@@ -373,8 +373,8 @@ def test_token_ids_outside_the_vocabulary(tmp_path, small_pretrain, shared_file)
         Dataset(tmp_path / "s2s")
 
 
-@pytest.mark.parametrize("text,why", [("[" * 100_000 + "]" * 100_000, "nested too deeply"),
-                                      ('{"format": ' + "1" * 5000 + "}", "number too large")])
+@pytest.mark.parametrize("text,why", [("[" * 100_000 + "]" * 100_000, "arrays or objects nested too deeply"),
+                                      ('{"format": ' + "1" * 5000 + "}", "a number with too many digits")])
 def test_a_hostile_meta_json(tmp_path, small_pretrain, psycho_slice, shared_file, text, why):
     """json raises RecursionError or a plain ValueError on these, not JSONDecodeError."""
     bad = _copy(small_pretrain, tmp_path / "d")

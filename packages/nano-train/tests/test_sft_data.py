@@ -96,8 +96,8 @@ def test_multi_turn_records(tmp_path, shared_file):
     ('{"messages": [{"role": "assistant", "content": "a"}]}', "expected 'user'"),
     ('{"messages": [{"role": "user", "content": "q"}]}', "no assistant answer"),
     # json raises RecursionError / a plain ValueError on these, not JSONDecodeError
-    ("[" * 100_000 + "]" * 100_000, r"not valid JSON \(nested too deeply\)"),
-    ('{"question": ' + "1" * 5000 + ', "answer": "a"}', r"not valid JSON \(number too large\)"),
+    ("[" * 100_000 + "]" * 100_000, r"not valid JSON \(arrays or objects nested too deeply\)"),
+    ('{"question": ' + "1" * 5000 + ', "answer": "a"}', r"not valid JSON \(a number with too many digits\)"),
 ])
 def test_bad_line_names_file_and_line(tmp_path, shared_file, line, message):
     src = tmp_path / "bad.jsonl"

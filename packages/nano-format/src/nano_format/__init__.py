@@ -11,6 +11,7 @@ The byte layout lives in `nano_format.spec`; see the package README.
 
 from . import spec
 from .atomic import check_writable, write_atomically
+from .jsontext import JSONTextError, parse_json
 from .config import Config, LoraConfig
 from .errors import (
     BadConfig,
@@ -60,6 +61,8 @@ __all__ = [
     "write_lora",
     "write_atomically",
     "check_writable",
+    "parse_json",
+    "JSONTextError",
     "rope_tables",
     "quantize_q8_0",
     "dequantize_q8_0",

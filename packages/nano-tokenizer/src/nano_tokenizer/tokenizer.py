@@ -88,20 +88,15 @@ class Tokenizer:
                 f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB, the most a tokenizer JSON file may be; "
                 "not a vocabulary"
             )
+        from nano_format import JSONTextError, parse_json
+
         not_ours = f"{path}: not a tokenizer JSON file nor a .bin model"
         try:
-            d = json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
+            d = parse_json(data.decode("utf-8"), unique_keys=True)  # a token given twice is a broken vocabulary
         except UnicodeDecodeError as e:
             raise TokenizerError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except json.JSONDecodeError as e:
+        except JSONTextError as e:
             raise TokenizerError(f"{not_ours} ({e})") from None
-        except _DuplicateKey as e:
-            raise TokenizerError(f"{path}: duplicate key {_short(e.args[0])} in a JSON object") from None
-        except RecursionError:
-            raise TokenizerError(f"{not_ours} (arrays or objects nested too deeply)") from None
-        except ValueError:
-            # json's only other ValueError: an integer beyond Python's digit limit.
-            raise TokenizerError(f"{not_ours} (a number with too many digits)") from None
         return cls.from_json_dict(d, source=str(path))
 
     @classmethod
@@ -500,19 +495,6 @@ _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
-def _no_duplicate_keys(pairs):
-    # json keeps the last of duplicate keys silently; a vocabulary with two
-    # entries for one token is broken, so say so.
-    d = {}
-    for key, value in pairs:
-        if key in d:
-            raise _DuplicateKey(key)
-        d[key] = value
-    return d
 
 
 def _validate_itos(itos, source: str) -> None:

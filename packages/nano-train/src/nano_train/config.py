@@ -31,7 +31,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nano_format import spec
+from nano_format import JSONTextError, parse_json, spec
 
 from nano_train.metrics import short_repr
 from nano_train.model import ModelConfig
@@ -256,8 +256,8 @@ def _parse_text(tp, text: str):
         return text
     if tp is list or typing.get_origin(tp) is list:
         try:
-            value = json.loads(text)
-        except (RecursionError, ValueError):  # ValueError: bad JSON, or an integer of over 4300 digits
+            value = parse_json(text)
+        except JSONTextError:
             raise TypeError(f"expected a JSON list of strings, got {_show(text)}") from None
         return _check_value(tp, value)
     raise TypeError(f"cannot parse {tp}")
@@ -374,12 +374,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), defaults: di
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); a config is a UTF-8 JSON file") from None
         try:
-            data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
-        except _DuplicateKey as e:
-            raise ConfigError(f"{path}: key {e.key!r} appears twice in one JSON object; write it once") from None
-        except RecursionError:
-            raise ConfigError(f"{path}: not a config: JSON nested too deeply") from None
-        except ValueError as e:  # JSONDecodeError, or an integer of over 4300 digits
+            data = parse_json(text, unique_keys=True)  # {"n_layer": 2, "n_layer": 3} is a mistake, not 3
+        except JSONTextError as e:
             raise ConfigError(f"{path}: not valid JSON: {e}") from None
         from_file = _sections_from_json(data, str(path))
         values = _merge(values, from_file)
@@ -388,22 +384,6 @@ def load_config(path: str | Path | None, overrides: list[str] = (), defaults: di
     values = _merge(values, from_cli)
     explicit |= {f"{s}.{k}" for s, v in from_cli.items() for k in v}
     return build_config(values), explicit
-
-
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
-    """json's object_pairs_hook: {"n_layer": 2, "n_layer": 3} is a mistake, not 3."""
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
 
 
 def _not_utf8(value) -> bool:

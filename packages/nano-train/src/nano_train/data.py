@@ -53,6 +53,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from nano_format import JSONTextError, parse_json
 from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer
 
 from nano_train.metrics import human, short_repr as _short
@@ -153,21 +154,11 @@ def split_hash(seed: int, index: np.ndarray) -> np.ndarray:
 
 
 def _loads(text: str, where: str):
-    """json.loads, failing only with a DataError "WHERE: not valid JSON (why)", whatever the text.
-
-    json raises RecursionError for arrays or objects nested deeper than the
-    interpreter's recursion limit, and a plain ValueError for an integer past
-    Python's digit limit (sys.set_int_max_str_digits): not JSONDecodeError.
-    """
+    """The JSON value of text, or a DataError "WHERE: not valid JSON (why)", whatever the text."""
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        at = f"column {e.colno}" if e.lineno == 1 else f"line {e.lineno} column {e.colno}"
-        raise DataError(f"{where}: not valid JSON ({e.msg} at {at})") from None
-    except RecursionError:
-        raise DataError(f"{where}: not valid JSON (nested too deeply)") from None
-    except ValueError:  # json's only other ValueError
-        raise DataError(f"{where}: not valid JSON (number too large)") from None
+        return parse_json(text)
+    except JSONTextError as e:
+        raise DataError(f"{where}: not valid JSON ({e})") from None
 
 
 def _read_meta(meta_path: Path) -> dict:

@@ -18,7 +18,7 @@ import math
 import time
 from pathlib import Path
 
-from nano_format import write_atomically
+from nano_format import parse_json, write_atomically
 
 # torch is imported inside the functions that need it, so that data preparation
 # (which uses the formatting helpers) starts without loading it.
@@ -140,10 +140,8 @@ def _records(path: Path):
         for raw in f:
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
-                rec = json.loads(line)
-            # UnicodeDecodeError and JSONDecodeError are both ValueErrors (so is an
-            # integer of over 4300 digits); RecursionError: `[[[[...]]]]` nested too deeply.
-            except (ValueError, RecursionError):
+                rec = parse_json(line)
+            except ValueError:  # UnicodeDecodeError, or parse_json's JSONTextError
                 continue
             if isinstance(rec, dict):
                 yield line, rec
