@@ -247,9 +247,22 @@ def test_stop_strings_and_instruct_prompt(nano80):
     # a two-character string is two tokens here, so it is matched on the text
     text = tok.decode(a[5:7])
     assert len(tok.encode(text)) == 2
-    cut = next(j for j in range(len(a)) if text in tok.decode(a[:j + 1]))
+    full = tok.decode(a)
     got = list(generate(m, [27, 28], SamplerConfig(**c, stop_tokens=(text,)), tokenizer=tok))
-    assert got == a[:cut]
+    # nothing of the stop string is yielded, not even its first token
+    assert got == a[:len(got)] and tok.decode(got) == full[:full.index(text)]
+    # a string that could have begun at the last token but was not completed:
+    # the held-back token comes out at the end
+    last = tok.decode(a[-1:])
+    tail = next(last + ch for ch in "abcdefghijklmnopqrstuvwxyz" if last + ch not in full)
+    got = list(generate(m, [27, 28], SamplerConfig(**c, stop_tokens=(tail,)), tokenizer=tok))
+    assert got == a
+    # ... and before a stop token that ends the stream while it is held back
+    k = next(k for k in range(1, len(a) - 1) if a[k + 1] not in a[:k + 1])
+    held = tok.decode(a[k:k + 1])
+    held = next(held + ch for ch in "abcdefghijklmnopqrstuvwxyz" if held + ch not in full)
+    got = list(generate(m, [27, 28], SamplerConfig(**c, stop_tokens=(held, a[k + 1])), tokenizer=tok))
+    assert got == a[:k + 1]
     # a string that is one token (a special one too) is a stop id
     got = list(generate(m, [27, 28], SamplerConfig(**c, stop_tokens=(tok.decode([a[3]]),)), tokenizer=tok))
     assert got == a[:a.index(a[3])]

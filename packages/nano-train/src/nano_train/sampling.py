@@ -216,6 +216,18 @@ def _resolve_stops(stops: Sequence, tokenizer) -> tuple[set[int], list[str]]:
     return ids, texts
 
 
+def _held_back(tokenizer, tail: list[int], stop_texts: list[str]) -> int:
+    """How many of the last tokens of tail to hold back: those from the earliest
+    token where a stop string could still be starting (the text from there on is
+    a prefix of one), so that a stop string spanning several tokens is never
+    partly shown."""
+    for j in range(len(tail) + 1):
+        rest = tokenizer.decode(tail[j:])
+        if any(s.startswith(rest) for s in stop_texts):
+            return len(tail) - j
+    return 0  # unreachable: the empty rest is a prefix of every stop
+
+
 @torch.no_grad()
 def generate(
     model,
@@ -227,8 +239,10 @@ def generate(
 
     Stops after config.max_new_tokens tokens (0: no limit), at the model's block
     size, on a stop token or, tokenizer given, on <|eos|> (neither is yielded), or
-    when the decoded output (tokenizer given) contains a stop string (the token
-    completing it is not yielded).
+    when the decoded output (tokenizer given) contains a stop string. The tokens
+    of a stop string are not yielded: while the text of the newest tokens could
+    still begin one they are held back, then yielded once it cannot, or at the
+    end (a token whose text starts before the stop string is yielded).
     """
     prompt = [int(t) for t in prompt_ids]
     if not prompt:
@@ -252,23 +266,26 @@ def generate(
         logits = model.forward_cached(x, cache, 0)[0, -1]  # [V]
         history = list(prompt)
         generated: list[int] = []
+        shown = 0  # generated[:shown] were yielded (only stop strings hold tokens back)
         pos = len(prompt)
         while True:
             tok = sample_logits(logits.cpu().numpy(), history, config, rng)
             if tok in stop_ids:
-                return
-            if stop_texts:
-                text = tokenizer.decode(generated + [tok])
-                if any(s in text for s in stop_texts):
-                    return
-            yield tok
+                break
+            if stop_texts and any(s in tokenizer.decode(generated + [tok]) for s in stop_texts):
+                del generated[shown:]  # the held-back start of the stop string
+                break
             generated.append(tok)
             history.append(tok)
+            keep = _held_back(tokenizer, generated[shown:], stop_texts) if stop_texts else 0
+            yield from generated[shown:len(generated) - keep]
+            shown = len(generated) - keep
             if len(generated) == config.max_new_tokens or pos >= max_len:
-                return
+                break
             x = torch.tensor([[tok]], dtype=torch.long, device=device)
             logits = model.forward_cached(x, cache, pos)[0, -1]
             pos += 1
+        yield from generated[shown:]  # held back for a stop string that never came
     finally:
         model.train(was_training)
 
