@@ -112,3 +112,21 @@ def test_check_writable_refuses_what_the_write_would_and_changes_nothing(tmp_pat
             nf.write_atomically(bad, [b"x"])
         assert str(early.value) == str(late.value) and str(bad) in str(early.value)
     assert sorted(tmp_path.iterdir()) == [folder, target]
+
+
+def test_kept_mode_is_write_atomically_s_rule_for_callers_that_rename(tmp_path):
+    assert nf.kept_mode(tmp_path / "new.bin") is None
+    kept = tmp_path / "kept.bin"
+    kept.write_bytes(b"old")
+    kept.chmod(0o640)
+    assert nf.kept_mode(kept) == 0o640
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.bin"
+    link.symlink_to(kept)  # not followed: the rename would replace the link, not its target
+    for path in (fifo, link, tmp_path):
+        with pytest.raises(nf.WriteError, match=f"^{path}: exists and is not a regular file; not replacing it"):
+            nf.kept_mode(path)
+    with pytest.raises(NotADirectoryError) as e:
+        nf.kept_mode(kept / "under-a-file.bin")
+    assert e.value.filename == str(kept / "under-a-file.bin")

@@ -2,6 +2,7 @@
 
 import io
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -463,3 +464,123 @@ def test_export_removes_what_a_killed_export_left(nano80, tmp_path, capsys):
     assert rc == 0 and f"note: removed {stale}: left by an export that was interrupted (pid {dead})" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["c.pt", "f.bin"])
     load_bin(tmp_path / "f.bin")
+
+
+def make_special(path: Path, kind: str) -> None:
+    """Something other than a regular file at path: export must refuse it, never replace it."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        path.with_name("target.bin").write_bytes(b"the link's target")
+        path.symlink_to(path.with_name("target.bin"))
+    elif kind == "dangling symlink":
+        path.symlink_to(path.with_name("nowhere.bin"))
+    else:  # /dev/null's device numbers: renamed over, the node is gone (root may make one)
+        try:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        except PermissionError:
+            pytest.skip("making a device node needs root")
+
+
+def special_kind(path: Path) -> str:
+    st = path.lstat()
+    return ("fifo" if stat.S_ISFIFO(st.st_mode) else "symlink" if stat.S_ISLNK(st.st_mode)
+            else "device" if stat.S_ISCHR(st.st_mode) else "other")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no FIFOs, device nodes or (unprivileged) symlinks there")
+@pytest.mark.parametrize("opt", ["--out", "--lora-out"])
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "dangling symlink", "device"])
+def test_export_refuses_to_replace_what_is_not_a_regular_file(nano80, tmp_path, capsys, opt, kind):
+    ckpt = lora_ckpt(tmp_path, nano80)
+    special = tmp_path / "special.bin"
+    make_special(special, kind)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    outs = {"--out": tmp_path / "b.bin", "--lora-out": tmp_path / "la.bin", opt: special}
+    rc, out, err = run(export_cmd, ["--ckpt", ckpt, "--out", outs["--out"], "--lora-out", outs["--lora-out"]], capsys)
+    assert rc == 1 and out == "" and err.count("\n") == 1, err
+    assert err == f"error: {opt} {special}: exists and is not a regular file; not replacing it\n"
+    assert special_kind(special) == kind.split()[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temporary left
+    if kind == "symlink":
+        assert (tmp_path / "target.bin").read_bytes() == b"the link's target"
+
+
+@pytest.mark.parametrize("lora_out", [False, True])
+def test_export_keeps_the_mode_of_a_replaced_file(nano80, tmp_path, capsys, lora_out):
+    ckpt = lora_ckpt(tmp_path, nano80)
+    old_umask = os.umask(0o022)
+    try:
+        private = tmp_path / ("la.bin" if lora_out else "b.bin")
+        private.write_bytes(b"an older export")
+        private.chmod(0o600)
+        argv = ["--ckpt", ckpt, "--out", tmp_path / "b.bin"] + (["--lora-out", tmp_path / "la.bin"] if lora_out else [])
+        rc, _, err = run(export_cmd, argv, capsys)
+        assert rc == 0, err
+        assert stat.S_IMODE(private.stat().st_mode) == 0o600 and private.read_bytes() != b"an older export"
+        if lora_out:  # a new file gets what a plain open() would give it
+            assert stat.S_IMODE((tmp_path / "b.bin").stat().st_mode) == 0o644
+    finally:
+        os.umask(old_umask)
+
+
+KILL_MID_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from nano_format import write_atomically
+from nano_train.export import _staged
+
+def chunks():
+    yield b"half a model"
+    os.kill(os.getpid(), signal.SIGKILL)
+
+write_atomically(_staged(Path(sys.argv[1])), chunks())
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no pid probe there: nothing is removed")
+@pytest.mark.parametrize("name", ["f.bin", "m" * 240 + ".bin"])
+def test_export_removes_the_partial_file_of_an_export_killed_while_writing(nano80, tmp_path, capsys, name):
+    """An export writes its staged file through write_atomically, so a kill during the
+    write leaves write_atomically's temporary file beside the staged name, not the
+    staged file itself: that is what the next export must find and remove."""
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    out = tmp_path / name
+    child = subprocess.run([sys.executable, "-c", KILL_MID_WRITE, str(out)], timeout=120)
+    assert child.returncode == -9
+    left = [p for p in tmp_path.iterdir() if p.name != "c.pt"]
+    assert len(left) == 1 and left[0].name.startswith("..") and left[0].name.endswith(".tmp"), left
+    rc, stdout, err = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", out], capsys)
+    assert rc == 0, err
+    assert f"note: removed {left[0]}: left by an export that was interrupted (pid " in stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.pt", name])
+    load_bin(out)
+
+
+@pytest.mark.parametrize("lengths", [(240, 250), (255, 255)])
+def test_export_takes_output_names_up_to_the_length_limit(nano80, tmp_path, capsys, lengths):
+    """The staged names must fit the file-name limit (255 bytes) whatever --out's length."""
+    ckpt = lora_ckpt(tmp_path, nano80)
+    base, lora = ("b" * (lengths[0] - 4) + ".bin"), ("l" * (lengths[1] - 4) + ".bin")
+    rc, _, err = run(export_cmd, ["--ckpt", ckpt, "--out", tmp_path / base, "--lora-out", tmp_path / lora], capsys)
+    assert rc == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.pt", base, lora])
+    load_lora_bin(load_bin(tmp_path / base)[0], tmp_path / lora)
+
+
+def test_export_errors_name_the_output_not_the_temporary_file(nano80, tmp_path, capsys, monkeypatch):
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    out = tmp_path / "f.bin"
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)  # the staged write fails once the data is written
+    rc, _, err = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", out], capsys)
+    assert rc == 1 and err == f"error: [Errno 28] No space left on device: '{out}'\n", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
+    monkeypatch.undo()
+    if Path("/proc/self").is_dir():  # a folder where no file can be made (as root too)
+        rc, _, err = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", "/proc/x.bin"], capsys)
+        assert rc == 1 and err.startswith("error: --out /proc/x.bin: ") and err.count("\n") == 1, err
+        assert ".tmp" not in err and ".x.bin" not in err

@@ -185,3 +185,24 @@ def test_sizes_at_the_format_limits_are_accepted():
     cfg, _ = load_config(None, [f"--block_size={spec.MAX_DIM}", "--batch_size=2047", f"--n_layer={spec.MAX_LAYERS}",
                                 f"--max_iters={2**31 - 1}"])
     assert cfg.model.block_size == spec.MAX_DIM and cfg.model.n_layer == spec.MAX_LAYERS
+
+
+@pytest.mark.parametrize("value", [12.5, 2**32, 2**32 + 0.0, 1e30, 0, 0.5, -16])
+def test_lora_alpha_must_be_what_the_lora_file_can_store(tmp_path, value):
+    """The LoRA file stores alpha as a uint32: a fractional or huge alpha trained,
+    then `export --lora-out` could not write it."""
+    message = r"lora.lora_alpha must be a whole number in \[1, 4294967295\]"
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, {"lora": {"lora_alpha": value}}))
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"--lora_alpha={value}"])
+
+
+def test_whole_lora_alphas_are_accepted_as_integers_or_floats(tmp_path):
+    from nano_train.config import help_text
+
+    for value in (16, 16.0, 1, 2**32 - 1):
+        assert load_config(write(tmp_path, {"lora": {"lora_alpha": value}}))[0].lora.lora_alpha == value
+        assert load_config(None, [f"--lora_alpha={value}"])[0].lora.lora_alpha == value
+    line = next(x for x in help_text().splitlines() if x.split()[:1] == ["lora_alpha"])
+    assert "a whole number in [1, 4294967295]" in line

@@ -361,6 +361,43 @@ def test_checkpoint_vocabulary_must_fit_the_model(nano80, tmp_path, model_vocab)
     assert one_line_naming(e, tmp_path / "c.pt")
 
 
+def bad_vocabulary(nano80, kind):
+    """nano80's tokens (itos) and special tokens, spoilt so nano-tokenizer refuses them."""
+    itos, specials = list(nano80.itos), dict(nano80.to_json_dict()["special_tokens"])
+    if kind == "duplicate":
+        itos[40] = itos[41]
+    else:  # no <|unknown|>: unknown characters would have nowhere to go
+        itos[specials.pop("<|unknown|>")] = "§"
+    return itos, specials
+
+
+@pytest.mark.parametrize("kind, msg", [("duplicate", "duplicate token"), ("no unknown", "no <|unknown|>")])
+def test_a_bad_vocabulary_is_a_convert_error_naming_the_file(nano80, tmp_path, kind, msg):
+    """A model file or checkpoint whose vocabulary nano-tokenizer refuses is a bad
+    file like any other: ConvertError, nano-tokenizer's error as its cause."""
+    from nano_tokenizer import TokenizerError
+
+    itos, specials = bad_vocabulary(nano80, kind)
+    export_bin(tiny(), tmp_path / "ok.bin", tokenizer=nano80)
+    with nano_format.read(tmp_path / "ok.bin") as nf:
+        tensors = {name: np.array(nf.tensor(name)) for name in nf.tensor_names()}
+        config, layout = nf.config, nf.layout
+    tokens = [nano_format.TokenEntry(i, text, text in specials) for i, text in enumerate(itos)]
+    nano_format.write(tmp_path / "m.bin", config, tensors, tokens, layout=layout)
+    with pytest.raises(ConvertError, match=msg) as e:
+        load_bin(tmp_path / "m.bin")
+    assert one_line_naming(e, tmp_path / "m.bin") and isinstance(e.value.__cause__, TokenizerError)
+
+    make_checkpoint(tmp_path / "c.pt", tiny(), nano80)
+    ck = torch.load(tmp_path / "c.pt", weights_only=True)
+    ck["tokenizer"] = {"vocab_size": len(itos), "itos": itos, "special_tokens": specials,
+                       "stoi": {text: i for i, text in enumerate(itos)}}
+    torch.save(ck, tmp_path / "c.pt")
+    with pytest.raises(ConvertError, match=msg) as e:
+        load_checkpoint_model(tmp_path / "c.pt")
+    assert one_line_naming(e, tmp_path / "c.pt") and isinstance(e.value.__cause__, TokenizerError)
+
+
 def _set(key, value):
     return lambda ck: ck["config"]["model"].__setitem__(key, value)
 

@@ -34,7 +34,7 @@ def run(args, cwd, nproc=None):
 def test_two_process_ddp_matches_one_process(tmp_path, small_pretrain):
     common = [f"--dataset={small_pretrain}", "--n_layer=2", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
               "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=4",
-              "--warmup_iters=1", "--learning_rate=1e-3", "--eval_interval=2", "--eval_iters=2",
+              "--warmup_iters=1", "--learning_rate=1e-3", "--eval_interval=2", "--eval_iters=3",
               "--log_interval=1", "--device=cpu", "--dist_backend=gloo", "--peak_flops=1e10",
               "--sample_tokens=0"]
     single = run(common + [f"--out_dir={tmp_path / 'one'}"], tmp_path)

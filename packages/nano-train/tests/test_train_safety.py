@@ -2,6 +2,7 @@
 checkpoint: refuse or stop with one `error:` line, and never lose or spoil the last
 good checkpoint. Also the report card of a model with no room for a prompt."""
 
+import json
 import math
 
 import pytest
@@ -356,5 +357,75 @@ def test_ctrl_c_while_sampling_for_the_report_still_writes_it(tmp_path, small_pr
     assert main("pretrain", args(small_pretrain, out, max_iters=2, sample_tokens=4)) == 130
     assert signal.getsignal(signal.SIGINT) is previous
     err = capsys.readouterr().err
-    assert "Traceback" not in err and "writing it without samples" in err, err
-    assert (out / "report.md").is_file() and load(out / "latest.pt")["step"] == 2
+    assert "Traceback" not in err and "training is complete; writing the report without samples" in err, err
+    assert load(out / "latest.pt")["step"] == 2
+    # the training finished: the report and the log say so, and why there are no samples
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "finished at step 2" in text and "interrupted (latest.pt saved)" not in text, text
+    assert "No samples: interrupted while they were drawn." in text, text
+    end = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()][-1]
+    assert end["kind"] == "end" and end["interrupted"] is False
+
+
+# ---------------------------------------------------------------------------
+# Resuming: best.pt newer than latest.pt, a finished run, the last steps' loss
+
+
+def test_resume_never_replaces_best_pt_by_a_worse_model(tmp_path, small_pretrain, capsys):
+    """best.pt is written at every new best, latest.pt only every checkpoint_interval: a
+    run killed in between leaves a best.pt newer than latest.pt, whose loss is the one
+    to beat after resuming."""
+    out = tmp_path / "run"
+    assert main("pretrain", args(small_pretrain, out, max_iters=4)) == 0
+    best = torch.load(out / "best.pt", weights_only=True)
+    best["val_loss"] = 0.5  # better than anything this run reaches
+    torch.save(best, out / "best.pt")
+    latest = load(out / "latest.pt")
+    latest["best_val_loss"] = math.inf  # latest.pt saved before any evaluation
+    torch.save(latest, out / "latest.pt")
+    assert main("pretrain", args(small_pretrain, out, init_from="resume", max_iters=6)) == 0
+    assert "best 0.5000" in capsys.readouterr().out
+    kept = load(out / "best.pt")
+    assert kept["val_loss"] == 0.5 and kept["step"] == best["step"]
+    assert load(out / "latest.pt")["best_val_loss"] == 0.5
+
+
+def test_resuming_a_finished_run_has_nothing_to_do_and_keeps_its_report(finished_run, small_pretrain, capsys):
+    report, log = (finished_run / "report.md").read_bytes(), (finished_run / "log.jsonl").read_bytes()
+    capsys.readouterr()
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=2)) == 0
+    said = capsys.readouterr().out
+    assert "nothing to do" in said and "at step 2" in said and "--max_iters=N" in said, said
+    assert (finished_run / "report.md").read_bytes() == report
+    assert (finished_run / "log.jsonl").read_bytes() == log
+
+
+def test_the_last_steps_loss_is_logged_when_a_run_stops_between_log_lines(tmp_path, small_pretrain, capsys,
+                                                                           monkeypatch):
+    import os
+    import signal
+
+    real = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def clip(*a, **k):  # Ctrl-C inside step 5 (lines are logged at 3 and 6): the run stops after it
+        calls.append(1)
+        if len(calls) == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    out = tmp_path / "run"
+    assert main("pretrain", args(small_pretrain, out, max_iters=20, log_interval=3)) == 130
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    trains = [r for r in records if r["kind"] == "train"]
+    ck = load(out / "latest.pt")
+    assert [r["step"] for r in trains] == [3, 5] and ck["step"] == 5
+    assert ck["train_loss"] == trains[-1]["loss"] == records[-1]["train_loss"]
+    assert f"| final train loss | {trains[-1]['loss']:.4f} |" in (out / "report.md").read_text(encoding="utf-8")
+
+
+def test_a_vocab_size_other_than_the_datas_is_refused(tmp_path, small_pretrain, capsys):
+    """A padded classifier would train, but no model file, sampler or fine-tuning run could use it."""
+    assert main("pretrain", args(small_pretrain, tmp_path / "run", vocab_size=4160)) == 2
+    assert "model.vocab_size 4160 differs from the data's vocabulary (4096 tokens)" in error_line(capsys)

@@ -2,6 +2,7 @@
 
     write_atomically(path, chunks) -> int
     check_writable(path)                 refuses before any work what write_atomically would
+    kept_mode(path) -> int | None        the mode a replacement of `path` keeps; refuses non-regular files
 
 The data goes to a temporary file beside `path` (same folder, so the final
 rename stays on one file system), is fsynced, and is renamed over `path` only
@@ -16,7 +17,7 @@ import stat
 
 from .errors import WriteError
 
-__all__ = ["write_atomically", "check_writable"]
+__all__ = ["write_atomically", "check_writable", "kept_mode"]
 
 _NAME_MAX = 255  # bytes in one file name, where the file system does not say
 
@@ -76,6 +77,16 @@ def check_writable(path) -> None:
     tmp, fd = named(_create_beside, os.path.dirname(path) or ".", os.path.basename(path))
     os.close(fd)
     os.unlink(tmp)
+
+
+def kept_mode(path) -> int | None:
+    """The permission bits of the regular file at `path`, which a file moved over it
+    should keep (write_atomically's own rule, for callers that rename a file into
+    place themselves); None when nothing is there. WriteError when something other
+    than a regular file is there (a folder, a device, a FIFO, a symbolic link,
+    which is not followed); other OSErrors name `path`."""
+    path = os.fspath(path)
+    return _kept_mode(path, _naming(path))
 
 
 def _naming(path: str):

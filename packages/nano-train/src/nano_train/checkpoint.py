@@ -154,6 +154,21 @@ def load(path: str | Path) -> dict:
     return ck
 
 
+def recorded_val_loss(path: str | Path) -> float | None:
+    """The validation loss the checkpoint at path was saved with (for best.pt, the
+    best so far), or None when there is no readable checkpoint with a finite one.
+    The tensors are mapped from the file, not read."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unpickling raises many types; a damaged file is simply no record
+        return None
+    value = ck.get("val_loss") if isinstance(ck, dict) and ck.get("format") == FORMAT else None
+    return float(value) if _is_real(value) and math.isfinite(value) else None
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 

@@ -48,6 +48,9 @@ MAX_THREADS = 1024  # torch.set_num_threads(99999) crashes the process
 # torch (a batch of 10^20 sequences) and fail there with a traceback, or run for ever.
 # The model's sizes have tighter bounds, those of the .bin format (nano_format.spec).
 MAX_INT = 2**31 - 1
+# The LoRA file (layout 2024.10) stores alpha as a uint32, so `export --lora-out`
+# can write only a whole alpha in [1, MAX_LORA_ALPHA] (a float such as 16.0 is fine).
+MAX_LORA_ALPHA = 2**32 - 1
 
 
 class ConfigError(ValueError):
@@ -133,7 +136,7 @@ class LoraConfig:
     """Low-rank adapters (task lora only)."""
 
     lora_rank: int = 8
-    lora_alpha: float = 16.0
+    lora_alpha: float = field(default=16.0, metadata={"help": f"a whole number in [1, {MAX_LORA_ALPHA}]"})
     lora_dropout: float = 0.0
 
 
@@ -461,7 +464,10 @@ def validate(cfg: Config) -> None:
     need(cfg.lora.lora_rank >= 1, "lora.lora_rank must be >= 1")
     need(cfg.lora.lora_rank <= spec.MAX_DIM, f"lora.lora_rank must be at most {spec.MAX_DIM} (the .bin format's "
          f"limit), got {cfg.lora.lora_rank}")
-    need(cfg.lora.lora_alpha > 0, "lora.lora_alpha must be > 0")
+    alpha = cfg.lora.lora_alpha
+    need(float(alpha).is_integer() and 1 <= alpha <= MAX_LORA_ALPHA,
+         f"lora.lora_alpha must be a whole number in [1, {MAX_LORA_ALPHA}] (the LoRA file stores it as a "
+         f"32-bit unsigned integer), got {alpha!r}")
     need(0 <= cfg.lora.lora_dropout < 1, "lora.lora_dropout must be in [0, 1)")
 
 
@@ -473,5 +479,6 @@ def help_text() -> str:
         types = _field_types(cls)
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"    {f.name:<28} {_describe(types[f.name]):<24} default {json.dumps(default, ensure_ascii=False)}")
+            line = f"    {f.name:<28} {_describe(types[f.name]):<24} default {json.dumps(default, ensure_ascii=False)}"
+            lines.append(f"{line}  ({f.metadata['help']})" if "help" in f.metadata else line)
     return "\n".join(lines)

@@ -190,12 +190,26 @@ def _load_tensors(model: Transformer, get) -> None:
         put(model.lm_head.weight, get(spec.CLASSIFIER), spec.CLASSIFIER)
 
 
-def _tokenizer_from_entries(entries, source: str):
+@contextlib.contextmanager
+def _vocabulary_errors(path):
+    """A vocabulary nano-tokenizer refuses (a duplicate token, no <|unknown|>, ...)
+    is a bad file like any other: a ConvertError naming it, the original as its cause."""
+    from nano_tokenizer import TokenizerError
+
+    try:
+        yield
+    except TokenizerError as e:
+        text = str(e)
+        raise ConvertError(text if text.startswith(f"{path}:") else f"{path}: {text}") from e
+
+
+def _tokenizer_from_entries(entries, path):
     if not entries:
         return None
     from nano_tokenizer import Tokenizer
 
-    return Tokenizer.from_tokens(entries, source=source)
+    with _vocabulary_errors(path):
+        return Tokenizer.from_tokens(entries, source=str(path))
 
 
 def _attention(is_causal: bool) -> str:
@@ -235,7 +249,7 @@ def load_bin(path, *, is_causal: bool | None = None, device: str | torch.device 
         config = model_config_from_file(nf.config, is_causal=is_causal)
         model = Transformer(config)
         _load_tensors(model, nf.tensor)  # copies: nothing refers to the mapping afterwards
-        tokenizer = _tokenizer_from_entries(nf.tokens, str(path))
+        tokenizer = _tokenizer_from_entries(nf.tokens, path)
     _check_vocabulary(path, tokenizer, config)
     _check_finite([*model.named_parameters(), *model.named_buffers()], path)  # buffers: the file's RoPE tables
     return model.to(device).eval(), tokenizer
@@ -539,7 +553,8 @@ def load_checkpoint_model(path, device: str | torch.device = "cpu"):
     if ck.get("tokenizer"):
         from nano_tokenizer import Tokenizer
 
-        tokenizer = Tokenizer.from_json_dict(ck["tokenizer"], source=str(path))
+        with _vocabulary_errors(path):
+            tokenizer = Tokenizer.from_json_dict(ck["tokenizer"], source=str(path))
     _check_vocabulary(path, tokenizer, config)
     sd = _strip_prefixes(ck["model"])
     _check_shapes(path, sd, config, lora)

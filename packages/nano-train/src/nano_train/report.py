@@ -74,10 +74,15 @@ def _fmt(x) -> str:
 
 
 def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, dtype, world_size, n_params,
-                 n_trainable, peak, peak_source, flops_per_token, val_source) -> None:
-    prompts = list(cfg.eval.sample_prompts) or default_prompts(cfg.run.task, tokenizer, val_source)
-    pairs = samples(model, tokenizer, cfg.run.task, prompts, cfg.eval.sample_tokens, cfg.eval.sample_temperature,
-                    cfg.system.seed, rows=dataset.kind == "seq2seq") if cfg.eval.sample_tokens > 0 else []
+                 n_trainable, peak, peak_source, flops_per_token, val_source, no_samples: str | None = None) -> None:
+    """The report card at path. no_samples: the reason to leave the samples out."""
+    if no_samples is None and cfg.eval.sample_tokens <= 0:
+        no_samples = "eval.sample_tokens is 0"
+    pairs = []
+    if no_samples is None:
+        prompts = list(cfg.eval.sample_prompts) or default_prompts(cfg.run.task, tokenizer, val_source)
+        pairs = samples(model, tokenizer, cfg.run.task, prompts, cfg.eval.sample_tokens, cfg.eval.sample_temperature,
+                        cfg.system.seed, rows=dataset.kind == "seq2seq")
     mfu = flops_per_token * result.tokens_per_s / (peak * world_size) if peak > 0 and result.tokens_per_s else None
     status = ("interrupted (latest.pt saved)" if result.interrupted else
               f"stopped by the time budget ({cfg.optim.time_budget:g} s)" if result.out_of_time else "finished")
@@ -105,6 +110,7 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
         "",
         "## Samples",
         "",
+        f"No samples: {no_samples}." if no_samples else
         f"temperature {cfg.eval.sample_temperature}, up to {cfg.eval.sample_tokens} new tokens.",
         "",
     ]

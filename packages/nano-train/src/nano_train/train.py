@@ -76,6 +76,7 @@ class TrainResult:
     interrupted: bool
     out_dir: Path
     out_of_time: bool = False  # stopped by optim.time_budget before max_iters
+    samples_interrupted: bool = False  # Ctrl-C while the report's samples were drawn (exit 130)
 
 
 @dataclass
@@ -356,11 +357,11 @@ def resolve_model_config(cfg: Config, explicit: set[str], tokenizer, inherited: 
                               "keeps (only dropout may be set)")
         dropout = cfg.model.dropout if "model.dropout" in explicit else inherited["dropout"]
         return ModelConfig.from_dict({**inherited, "dropout": dropout})
-    if "model.vocab_size" in explicit:
-        if cfg.model.vocab_size < tokenizer.vocab_size:
-            raise ConfigError(f"model.vocab_size {cfg.model.vocab_size} is smaller than the data's vocabulary "
-                              f"({tokenizer.vocab_size} tokens)")
-        return cfg.model
+    if "model.vocab_size" in explicit and cfg.model.vocab_size != tokenizer.vocab_size:
+        # a padded classifier would train, but no model file, sampler or fine-tuning run could use it:
+        # the format stores one embedding row per vocabulary entry
+        raise ConfigError(f"model.vocab_size {cfg.model.vocab_size} differs from the data's vocabulary "
+                          f"({tokenizer.vocab_size} tokens); leave it out to take the data's")
     return dataclasses.replace(cfg.model, vocab_size=tokenizer.vocab_size)
 
 
@@ -379,16 +380,18 @@ def batch_to_device(batch, device: torch.device):
 
 @torch.no_grad()
 def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context, blocked: bool = True) -> float:
-    """Mean loss over eval_iters micro-batches of the held-out split, shared out
-    between the processes like a training step's micro-batches (so W processes
-    read the rows one process would). The batches start from row 0 every time,
-    so successive evaluations are comparable."""
+    """Mean loss over eval_iters micro-batches of the held-out split. With W
+    processes, rank r takes batches r, r + W, r + 2W, ... of the ones a single
+    process would read, so the mean is over the same eval_iters batches whatever
+    W is (model is never the DDP wrapper: the ranks may run different counts).
+    The batches start from row 0 every time, so successive evaluations are
+    comparable."""
     batches = Batcher(source, cfg.data.batch_size, cfg.system.seed, info.rank, info.world_size)
-    iters = math.ceil(cfg.eval.eval_iters / info.world_size)
+    mine = len(range(info.rank, cfg.eval.eval_iters, info.world_size))
     was_training = model.training
     model.eval()
     total = torch.zeros((), device=device)
-    for _ in range(iters):
+    for _ in range(mine):
         x, y, m = batch_to_device(batches.next(), device)
         with forward_context():
             _, loss = model(x, y, m, return_logits=False, blocked_loss=blocked)
@@ -396,8 +399,7 @@ def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context
     model.train(was_training)
     if info.ddp:
         dist.all_reduce(total)
-        total /= info.world_size
-    return (total / iters).item()
+    return (total / cfg.eval.eval_iters).item()
 
 
 def gather_rng(info: DistInfo) -> dict:
@@ -507,6 +509,8 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     else:
         inherited, source = None, ""
     cfg.model = resolve_model_config(cfg, set(explicit), tokenizer, inherited, source)
+    if inherited is not None:  # the heads checked at startup were the config's, not these
+        check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
     torch.manual_seed(cfg.system.seed)  # the same initial weights on every rank
     raw_model = Transformer(cfg.model)
     if base_sd is not None:
@@ -559,6 +563,13 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
             val_loss, train_loss = checkpoint.get("val_loss"), checkpoint.get("train_loss")
             elapsed_before = checkpoint.get("elapsed_s", 0.0)
             train_batches.load_state_dict(checkpoint["data_state"])
+            # best.pt can be newer than latest.pt (a run killed between checkpoints): its
+            # loss is the one to beat, or the resumed run would replace it by a worse model
+            on_disk = ckpt_io.recorded_val_loss(out_dir / BEST)
+            if on_disk is not None:
+                best_val_loss = min(best_val_loss, on_disk)
+            elif (out_dir / BEST).exists():
+                say(f"note: {out_dir / BEST} cannot be read; the next best validation loss replaces it")
             rng = checkpoint["rng"]
             if rng["world_size"] == info.world_size:
                 ckpt_io.set_rng_state(rng["ranks"][info.rank])
@@ -567,6 +578,16 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                 say(f"note: the checkpoint was written by {rng['world_size']} processes, this run has "
                     f"{info.world_size}: RNG streams restart from the seed (data order is unaffected)")
     resume_step = step if resuming else None
+    if resuming and (step >= cfg.optim.max_iters or 0 < cfg.optim.time_budget <= elapsed_before):
+        # A finished run: its report and log stay as they are
+        why = (f"reached optim.max_iters ({cfg.optim.max_iters})" if step >= cfg.optim.max_iters else
+               f"has spent its time budget ({cfg.optim.time_budget:g} s)")
+        say(f"nothing to do: the run in {out_dir} is at step {step} and {why}; raise it "
+            "(--max_iters=N or --time_budget=S) to train on")
+        if info.ddp:
+            dist.destroy_process_group()
+        return TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, 0.0, time.monotonic() - t_start,
+                           False, out_dir, out_of_time=step < cfg.optim.max_iters)
     # the model a fine-tuning run started from (kept through resumes, for provenance)
     base_path = checkpoint.get("base") if resuming else (None if cfg.run.init_from == "scratch" else cfg.run.init_from)
     del checkpoint  # the optimizer and model hold their own copies now
@@ -690,6 +711,27 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     first_seconds = 0.0  # ... unless it is the only one
     interval_seconds, interval_steps = 0.0, 0  # since the last log line
     interrupted = out_of_time = False
+
+    def log_train() -> None:
+        """The train record of the steps since the last one (a collective under DDP)."""
+        nonlocal train_loss, interval_seconds, interval_steps
+        total = loss_sum.clone()
+        if info.ddp:
+            dist.all_reduce(total)
+            total /= info.world_size
+        train_loss = total.item()
+        if not math.isfinite(train_loss):  # checked where it is on the host anyway, not every step
+            raise diverged(f"the training loss is {train_loss}")
+        tok_s = tokens_per_step * interval_steps / interval_seconds
+        interval_seconds, interval_steps = 0.0, 0
+        mfu = flops_per_token * tok_s / (peak * info.world_size) if peak > 0 else None
+        now = elapsed_before + time.monotonic() - t_start
+        say(f"step {step:>6}/{cfg.optim.max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | "
+            f"grad norm {grad_norm.item():.3f} | {human(tok_s)} tok/s"
+            + (f" | mfu {100 * mfu:.2f}%" if mfu is not None else "") + f" | {duration(now)}")
+        record(kind="train", step=step, loss=train_loss, lr=lr, grad_norm=grad_norm.item(),
+               tokens_per_s=tok_s, mfu=mfu, tokens_seen=tokens_seen, elapsed_s=now)
+
     try:
         while True:
             elapsed = elapsed_before + time.monotonic() - t_start
@@ -700,6 +742,8 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                 stopping, elapsed = bool(flags[0].item()), flags[1].item()
             out_of_time = budget > 0 and elapsed >= budget and step < cfg.optim.max_iters
             last = step >= cfg.optim.max_iters or out_of_time
+            if (last or stopping) and interval_steps:
+                log_train()  # the final steps' loss, when the step just run was not logged
             # A resumed step's evaluation and checkpoint were done before it was saved.
             fresh = step != resume_step
 
@@ -758,7 +802,9 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
             #    waits is exact in total, and the log reports throughput over its interval.
             log_now = step % cfg.run.log_interval == 0 or step == cfg.optim.max_iters
             first = step == (resume_step or 0) + 1  # pays for warm-up and compilation
-            if log_now or first or step % cfg.eval.eval_interval == 0 or step % checkpoint_interval == 0:
+            # (likely) the last step: its record comes at the top of the loop
+            ending = stop["requested"] or (budget > 0 and elapsed_before + time.monotonic() - t_start >= budget)
+            if log_now or first or ending or step % cfg.eval.eval_interval == 0 or step % checkpoint_interval == 0:
                 synchronize(device)
             dt = time.perf_counter() - t0
             interval_seconds += dt
@@ -771,21 +817,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
 
             # -- log
             if log_now:
-                if info.ddp:
-                    dist.all_reduce(loss_sum)
-                    loss_sum /= info.world_size
-                train_loss = loss_sum.item()
-                if not math.isfinite(train_loss):  # checked where it is on the host anyway, not every step
-                    raise diverged(f"the training loss is {train_loss}")
-                tok_s = tokens_per_step * interval_steps / interval_seconds
-                interval_seconds, interval_steps = 0.0, 0
-                mfu = flops_per_token * tok_s / (peak * info.world_size) if peak > 0 else None
-                elapsed = elapsed_before + time.monotonic() - t_start
-                say(f"step {step:>6}/{cfg.optim.max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | "
-                    f"grad norm {grad_norm.item():.3f} | {human(tok_s)} tok/s"
-                    + (f" | mfu {100 * mfu:.2f}%" if mfu is not None else "") + f" | {duration(elapsed)}")
-                record(kind="train", step=step, loss=train_loss, lr=lr, grad_norm=grad_norm.item(),
-                       tokens_per_s=tok_s, mfu=mfu, tokens_seen=tokens_seen, elapsed_s=elapsed)
+                log_train()
     except BaseException:
         restore_handlers()
         raise
@@ -813,11 +845,11 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
             try:
                 write_report(out_dir / "report.md", cfg=cfg, **report)
             except KeyboardInterrupt:  # while sampling: the report without its samples (a signal now aborts)
-                result.interrupted = True
-                print("\ninterrupted while sampling for the report: writing it without samples", file=sys.stderr,
-                      flush=True)
-                no_samples = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, sample_tokens=0))
-                write_report(out_dir / "report.md", cfg=no_samples, **report)
+                result.samples_interrupted = True
+                print("\ninterrupted while sampling for the report: the training is complete; writing the report "
+                      "without samples", file=sys.stderr, flush=True)
+                write_report(out_dir / "report.md", cfg=cfg, no_samples="interrupted while they were drawn",
+                             **report)
             best = f"{best_val_loss:.4f}" if math.isfinite(best_val_loss) else "n/a"
             say(f"done: step {step}, best val loss {best}, {human(tokens_per_s)} tok/s; report in {out_dir / 'report.md'}")
         if info.ddp:
@@ -891,7 +923,7 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         print("\nerror: interrupted; the run stopped at once (latest.pt, if any, holds the last checkpoint "
               "written: continue with --init_from=resume)", file=sys.stderr, flush=True)
         return 130
-    return 130 if result.interrupted else 0
+    return 130 if result.interrupted or result.samples_interrupted else 0
 
 
 if __name__ == "__main__":
