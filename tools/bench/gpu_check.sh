@@ -59,7 +59,9 @@ stage() {  # stage NAME SECONDS COMMAND...
     shift 2
     echo "== $name: $(date -u +%T), limit ${limit}s" | tee -a "$log"
     timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$log"
-    echo "== $name: exit ${PIPESTATUS[0]} at $(date -u +%T)" | tee -a "$log"
+    local rc=${PIPESTATUS[0]}
+    echo "== $name: exit $rc at $(date -u +%T)" | tee -a "$log"
+    return "$rc"
 }
 
 if ! "$py" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
@@ -145,9 +147,12 @@ for arg in sys.argv[1:]:
 EOF
 fi
 want pretrain || exit 0
-stage pretrain "${PRETRAIN_LIMIT:-220}" "$py" -m nano_train.pretrain packages/nano-train/configs/gpu_56m.json \
-    --dataset="$data" --out_dir="$run_dir" --time_budget="${PRETRAIN_SECONDS:-150}" --max_iters=100000 \
+# its own folder, emptied first: a second call on a warm machine must not find (and copy) the last run
+rm -rf "$run_dir/pretrain"
+if stage pretrain "${PRETRAIN_LIMIT:-220}" "$py" -m nano_train.pretrain packages/nano-train/configs/gpu_56m.json \
+    --dataset="$data" --out_dir="$run_dir/pretrain" --time_budget="${PRETRAIN_SECONDS:-150}" --max_iters=100000 \
     --batch_size="${PRETRAIN_BATCH:-32}" \
-    --eval_interval=100000 --checkpoint_interval=0
-cp "$run_dir/log.jsonl" "$run_dir/report.md" "$out/" 2>/dev/null
+    --eval_interval=100000 --checkpoint_interval=0; then
+    cp "$run_dir/pretrain/log.jsonl" "$run_dir/pretrain/report.md" "$out/" 2>/dev/null
+fi
 

@@ -48,10 +48,11 @@ each (batch * seq * steps / seconds per turn), the ratio ours/peer of the
 medians (the headline), the median of the per-round ratios and the ratio of the
 best turns (other processes only ever slow a turn down, so on a shared machine
 the best turns are the least disturbed), and MFU = model FLOPs per token
-(Transformer.flops_per_token(seq): 6 x matmul parameters + 12 x layers x heads x
+(Transformer.flops_per_token(seq): 6 x matmul weights + 12 x layers x heads x
 head_dim x seq, the same for both models) x tokens/s / peak. The peak is, on a
 GPU, the datasheet dense bfloat16 tensor-core figure of nano_train.metrics
-(H100 SXM / H200 989 TFLOP/s, A100 312; halved for float32 as TF32); on a CPU it
+(H100 SXM / H200 989 TFLOP/s, A100 312; halved for float32 when TF32 is on,
+else measured as on a CPU); on a CPU it
 is measured in this run: the best of several one-second probes of 1024 x 1024
 float32 matmuls, interleaved with the rounds, so CPU MFU says how close training
 gets to this machine's own float32 matmul speed (for every --dtype).

@@ -92,7 +92,8 @@ def test_shapes_and_counts():
     assert m.num_params() == c.vocab_size * e + c.n_layer * per_layer + e
     assert m.num_params(exclude_embedding=True) == m.num_params() - c.vocab_size * e
     fl = m.flops_per_token(16)
-    assert fl == 6 * m.num_params() + 12 * c.n_layer * c.n_head * c.head_dim * 16
+    norms = (2 * c.n_layer + 1) * e  # vectors: no matmul
+    assert fl == 6 * (m.num_params() - norms) + 12 * c.n_layer * c.n_head * c.head_dim * 16
     groups = m.param_groups(0.1)
     assert all(p.dim() >= 2 for p in groups[0]["params"]) and groups[0]["weight_decay"] == 0.1
     assert all(p.dim() == 1 for p in groups[1]["params"]) and groups[1]["weight_decay"] == 0.0

@@ -57,3 +57,27 @@ def test_resume_rewrite_that_fails_midway_keeps_the_old_log(tmp_path):
     assert done.returncode == 3, done.stderr
     assert log.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["log.jsonl"]
+
+
+def test_the_gpu_peak_for_float32_is_the_tf32_one_only_when_tf32_is_on(monkeypatch):
+    """torch runs float32 products in plain float32 unless told otherwise ("highest"):
+    dividing by the TF32 tensor-core peak would understate MFU about 7x."""
+    import contextlib
+
+    import torch
+
+    from nano_train import metrics
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(metrics, "matmul_probe", lambda device: 60e12)
+    monkeypatch.setattr(torch.random, "fork_rng", lambda **k: contextlib.nullcontext())
+    cuda = torch.device("cuda", 0)
+    assert metrics.peak_flops(cuda, "bfloat16") == (989e12, "table: NVIDIA H200")
+    previous = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("highest")
+        assert metrics.peak_flops(cuda, "float32") == (60e12, "measured float32 matmul on cuda")
+        torch.set_float32_matmul_precision("high")
+        assert metrics.peak_flops(cuda, "float32")[0] == 989e12 / 2
+    finally:
+        torch.set_float32_matmul_precision(previous)

@@ -2,11 +2,11 @@
 
 MFU (model FLOPs utilisation) = achieved model FLOP/s / peak FLOP/s, where
   achieved = Transformer.flops_per_token(T) * tokens per second,
-  flops_per_token = 6 * (matmul parameters) + 12 * n_layer * n_embd * T
+  flops_per_token = 6 * (matmul weights) + 12 * n_layer * n_embd * T
   (forward + backward; see model.py), and the peak per device is, in order:
   system.peak_flops if set; else the dense bfloat16/float16 tensor-core peak of
-  a known GPU from GPU_PEAK_FLOPS (halved for float32, which runs as TF32);
-  else a measured probe: the best FLOP/s of square float32 matmuls on this
+  a known GPU from GPU_PEAK_FLOPS (halved for float32 when TF32 is on: torch's
+  float32_matmul_precision "high" or "medium"); else a measured probe: the best FLOP/s of square float32 matmuls on this
   device over a few short trials, so on a CPU MFU says how close training gets to this machine's own
   matmul speed. It is an estimate: LoRA runs do less backward work than 6N.
 """
@@ -86,8 +86,11 @@ def peak_flops(device: "torch.device", dtype: str, override: float = 0.0) -> tup
         return override, "system.peak_flops"
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
+        # float32 products run on the tensor cores only as TF32, which torch leaves off by
+        # default (float32_matmul_precision "highest"); plain float32 gets the probe below
+        tf32 = torch.get_float32_matmul_precision() != "highest" or torch.backends.cuda.matmul.allow_tf32
         for key, flops in GPU_PEAK_FLOPS:
-            if key in name:
+            if key in name and (dtype != "float32" or tf32):
                 if dtype == "float32":
                     return flops / 2, f"table: {name} (TF32 = half the bf16 peak)"
                 return flops, f"table: {name}"

@@ -366,7 +366,7 @@ class Transformer(nn.Module):
         """
         c = self.config
         t = c.block_size if seq_len is None else seq_len
-        n = self.num_params()
+        n = sum(p.numel() for p in self.parameters() if p.dim() >= 2)  # not the norms' weights
         if self.pos_embd is not None:
             n -= self.pos_embd.weight.numel()
         if self.lm_head is not None:
