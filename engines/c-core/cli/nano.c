@@ -12,6 +12,9 @@
  *
  * Without -p, `nano run` is an interactive chat (instruct mode): one question
  * per line of standard input (a terminal or a pipe), one answer per line.
+ * In that chat and in `nano seq2seq -m MODEL -` every input line gets exactly
+ * one output line: an answer's line breaks, carriage returns and backslashes
+ * are written as \n, \r and \\ (README: "One answer per line").
  * This is the only file that may exit(); the library never does.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -44,7 +47,8 @@ static const char *USAGE =
     "  -m, --model PATH     model file (.bin)\n"
     "  -l, --lora PATH      LoRA module to attach\n"
     "  -p, --prompt TEXT    prompt ('-' reads it from standard input, without its final\n"
-    "                       newlines); without -p: interactive chat, one question per input line\n"
+    "                       newlines); without -p: interactive chat, one question per input line,\n"
+    "                       one answer per output line (escaped as in 'nano seq2seq ... -')\n"
     "                       (a model with full attention runs seq2seq instead, as 'nano seq2seq')\n"
     "  --instruct           wrap the prompt as <|instruct_mark|> PROMPT <|response_mark|>\n"
     "  -t, --temperature T  0 = greedy (default 1.0)\n"
@@ -66,7 +70,8 @@ static const char *USAGE =
     "nano info MODEL\n"
     "nano seq2seq -m MODEL [--threads N] [--causal] INPUT\n"
     "  INPUT '-' reads one input per line of standard input and prints one answer per line\n"
-    "  (an empty line gives an empty line)\n"
+    "  (an empty line gives an empty line; as in the chat, an answer's line breaks, carriage\n"
+    "  returns and backslashes are written \\n, \\r and \\\\)\n"
     "nano bench -m MODEL [-p PROMPT_TOKENS (default 128)] [-n TOKENS (default 128)]\n"
     "           (defaults shrink to fit a context under 256 tokens)\n"
     "           [--threads N] [--ctx N] [--portable]\n"
@@ -202,30 +207,60 @@ static char *read_stream(FILE *f, size_t *len_out) {
     return buf;
 }
 
-/* One line of f without its line break, in a buffer grown as needed (*buf, *cap).
- * Returns 0 at the end of the input, -1 when out of memory. */
-static int read_line(FILE *f, char **buf, size_t *cap) {
-    size_t len = 0;
-    for (;;) {
-        size_t n;
-        if (*cap - len < 2) {
-            size_t ncap = *cap ? *cap * 2 : 256;
-            char *nb = (char *)realloc(*buf, ncap);
-            if (!nb) return -1;
-            *buf = nb;
-            *cap = ncap;
-        }
-        if (!fgets(*buf + len, (int)(*cap - len), f)) {
-            if (len == 0) return 0;
-            break;
-        }
-        n = strlen(*buf + len);
-        len += n;
-        if (len && (*buf)[len - 1] == '\n') break;
+/* One line of f without its line break, in a buffer grown as needed (*buf,
+ * *cap, as getline keeps them); its length in *len, NUL bytes included (a
+ * NUL-terminated copy would end early and hide the rest of the line).
+ * Returns 1 for a line, 0 at the end of the input, -1 when it cannot be read
+ * (out of memory or a read error; errno says which). */
+static int read_line(FILE *f, char **buf, size_t *cap, size_t *len) {
+    ssize_t n;
+    errno = 0;
+    n = getline(buf, cap, f);
+    if (n < 0) {
+        if (feof(f) && !ferror(f)) return 0;
+        if (!errno) errno = EIO;
+        return -1;
     }
-    while (len && ((*buf)[len - 1] == '\n' || (*buf)[len - 1] == '\r')) len--;
-    (*buf)[len] = '\0';
+    *len = (size_t)n;
+    while (*len && ((*buf)[*len - 1] == '\n' || (*buf)[*len - 1] == '\r')) (*len)--;
+    (*buf)[*len] = '\0';
     return 1;
+}
+
+/* Why read_line failed, on standard error; returns 1, the exit status. */
+static int input_failed(void) {
+    if (errno == ENOMEM) fprintf(stderr, "nano: error: standard input: a line too long for memory\n");
+    else fprintf(stderr, "nano: error: reading standard input: %s\n", strerror(errno));
+    return 1;
+}
+
+/* A line holding a NUL byte is that line's error (the text after the NUL
+ * cannot be passed on as text); 0 when it has none. */
+static int line_has_nul(const char *line, size_t len, const char *where) {
+    const char *nul = (const char *)memchr(line, '\0', len);
+    if (!nul) return 0;
+    fprintf(stderr, "nano: error: %s: the line holds a NUL byte (at byte %zu)\n", where, (size_t)(nul - line));
+    return 1;
+}
+
+/* n bytes of answer text to standard output. `escape` (the line-batch modes,
+ * one answer per line): a line break is written \n, a carriage return \r
+ * and a backslash \\, so that no answer spans two lines and every answer
+ * can be read back exactly. */
+static void write_text(const char *s, size_t n, int escape) {
+    size_t i, start = 0;
+    if (!escape) {
+        fwrite(s, 1, n, stdout);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        const char *rep = s[i] == '\n' ? "\\n" : s[i] == '\r' ? "\\r" : s[i] == '\\' ? "\\\\" : NULL;
+        if (!rep) continue;
+        fwrite(s + start, 1, i - start, stdout);
+        fputs(rep, stdout);
+        start = i + 1;
+    }
+    fwrite(s + start, 1, n - start, stdout);
 }
 
 /* Standard output after a write: 0, or 1 with an error message when it could
@@ -242,6 +277,7 @@ static int stdout_failed(void) {
 
 typedef struct seq2seq_state {
     nano_context *ctx;
+    nano_lora *lora;    /* attached to ctx, or NULL */
     const nano_tokenizer *tok;
     int32_t *ids, *out; /* [n_ctx + 1] each */
     size_t cap;         /* n_ctx: the longest input */
@@ -249,14 +285,26 @@ typedef struct seq2seq_state {
     size_t text_cap;
 } seq2seq_state;
 
-/* The context, tokenizer and buffers for seq2seq on m (the file `path`): 0, or
- * the exit status after printing the error. */
-static int seq2seq_init(seq2seq_state *q, const nano_model *m, const char *path, int threads, uint32_t attention) {
+/* The context (with the LoRA module at lora_path attached, unless NULL),
+ * tokenizer and buffers for seq2seq on m (the file `path`): 0, or the exit
+ * status after printing the error. */
+static int seq2seq_init(seq2seq_state *q, const nano_model *m, const char *path, int threads, uint32_t attention,
+                        const char *lora_path) {
+    nano_model_info info;
+    nano_status st;
     int rc;
     memset(q, 0, sizeof *q);
+    nano_model_get_info(m, &info);
+    /* a LoRA module, a Qwen or a Q4K file: what it is matters more than its (lack of) tokenizer */
+    if (!info.runnable) return report(NANO_ERR_UNSUPPORTED, path);
     q->tok = nano_model_tokenizer(m);
     if (!q->tok) return report(NANO_ERR_NO_TOKENIZER, path);
     if ((rc = make_context(m, path, 0, 0, threads, attention, 0, &q->ctx))) return rc;
+    if (lora_path) {
+        st = nano_lora_load_file(lora_path, NULL, &q->lora);
+        if (st == NANO_OK) st = nano_context_set_lora(q->ctx, q->lora);
+        if (st != NANO_OK) return report(st, lora_path);
+    }
     q->cap = nano_context_n_ctx(q->ctx);
     q->ids = (int32_t *)malloc((q->cap + 1) * sizeof(int32_t));
     q->out = (int32_t *)malloc((q->cap + 1) * sizeof(int32_t));
@@ -268,23 +316,29 @@ static void seq2seq_free(seq2seq_state *q) {
     free(q->ids);
     free(q->out);
     nano_context_free(q->ctx);
+    nano_lora_free(q->lora);
 }
 
-/* Encode input, run it, print the decoded argmax answer and a newline.
- * `where` names the input in errors ("INPUT" or "line N"). Returns 0, or 1
- * after printing an error (and, in place of the answer, an empty line when
- * `keep_lines`, so that a batch's answers stay on their inputs' lines). */
-static int seq2seq_print(seq2seq_state *q, const char *input, const char *where, int keep_lines) {
+/* Encode input (input_len bytes), run it, print the decoded argmax answer and
+ * a newline. `where` names the input in errors ("INPUT" or "line N").
+ * `batch` (one answer per input line): the answer is escaped (write_text), and
+ * an input that fails gets an empty line in place of its answer, so that a
+ * batch's answers stay on their inputs' lines. Returns 0, or 1 after printing
+ * an error. */
+static int seq2seq_print(seq2seq_state *q, const char *input, size_t input_len, const char *where, int batch) {
     size_t n = 0, len;
-    nano_status st = nano_tokenizer_encode(q->tok, input, strlen(input), 0, q->ids, q->cap, &n);
+    nano_status st = nano_tokenizer_encode(q->tok, input, input_len, 0, q->ids, q->cap, &n);
     if (st == NANO_ERR_BUFFER_TOO_SMALL)
         fprintf(stderr, "nano: error: seq2seq: %s is %zu tokens; the model takes at most %zu\n", where, n, q->cap);
     else if (st != NANO_OK)
         report(st, where);
-    else if ((st = nano_seq2seq(q->ctx, q->ids, (uint32_t)n, q->out)) != NANO_OK)
-        report(st, "seq2seq");
+    else if ((st = nano_seq2seq(q->ctx, q->ids, (uint32_t)n, q->out)) != NANO_OK) {
+        char what[64];
+        snprintf(what, sizeof what, "seq2seq: %s", where); /* NaN logits, say */
+        report(st, what);
+    }
     if (st != NANO_OK) {
-        if (keep_lines) fputc('\n', stdout);
+        if (batch) fputc('\n', stdout);
         return 1;
     }
     nano_tokenizer_decode(q->tok, q->out, n, NULL, 0, &len);
@@ -296,36 +350,37 @@ static int seq2seq_print(seq2seq_state *q, const char *input, const char *where,
     }
     if ((st = nano_tokenizer_decode(q->tok, q->out, n, q->text, q->text_cap, &len)) != NANO_OK)
         return report(st, "decode");
-    fwrite(q->text, 1, len, stdout);
+    write_text(q->text, len, batch);
     fputc('\n', stdout);
     return 0;
 }
 
 /* One input per line of f, one answer per line: an empty line gives an empty
- * line, a line that fails gives an error on standard error and an empty line,
- * and the batch goes on. Returns 0 if every line was answered, else 1. */
+ * line, a line that fails (a NUL byte in it, too long, ...) gives an error on
+ * standard error and an empty line, and the batch goes on. Returns 0 if
+ * every line was answered, else 1. */
 static int seq2seq_lines(seq2seq_state *q, FILE *f) {
     char *line = NULL, where[48];
-    size_t line_cap = 0;
+    size_t line_cap = 0, len = 0;
     unsigned long lineno = 0;
     int rc = 0, got;
-    while ((got = read_line(f, &line, &line_cap)) > 0) {
+    while ((got = read_line(f, &line, &line_cap, &len)) > 0) {
         lineno++;
-        if (line[0] == '\0') {
+        snprintf(where, sizeof where, "line %lu", lineno);
+        if (len == 0) {
             fputc('\n', stdout);
+        } else if (line_has_nul(line, len, where)) {
+            fputc('\n', stdout);
+            rc = 1;
         } else {
-            snprintf(where, sizeof where, "line %lu", lineno);
-            rc |= seq2seq_print(q, line, where, 1);
+            rc |= seq2seq_print(q, line, len, where, 1);
         }
         if (stdout_failed()) {
             rc = 1;
             break;
         }
     }
-    if (got < 0) {
-        fprintf(stderr, "nano: error: standard input: a line too long for memory\n");
-        rc = 1;
-    }
+    if (got < 0) rc = input_failed();
     free(line);
     return rc;
 }
@@ -364,16 +419,17 @@ static void print_stats(const nano_session *s, const nano_context *ctx) {
             st.decode_tokens_per_s, (int)nano_context_threads(ctx), peak_rss_kib());
 }
 
-/* One generation, streamed to standard output. Returns 0; 1 after printing the
- * error (`what` names the input); -1 when standard output failed. */
+/* One generation, streamed to standard output (`escape`: the chat's one line
+ * per answer, see write_text). Returns 0; 1 after printing the error (`what`
+ * names the input); -1 when standard output failed. */
 static int generate(nano_session *s, const char *prompt, uint32_t mode, const run_opts *o,
-                    const nano_context *ctx, const char *what) {
+                    const nano_context *ctx, const char *what, int escape) {
     nano_token_event ev;
     nano_status st = nano_session_start(s, prompt, mode);
     if (st == NANO_OK) {
         while ((st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
             if (!o->ids) {
-                fwrite(ev.text, 1, ev.text_len, stdout);
+                write_text(ev.text, ev.text_len, escape);
                 if (stdout_failed()) return -1;
             }
         }
@@ -394,12 +450,13 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
 }
 
 /* The chat: one instruct-mode question per line of standard input, one answer
- * per line. A question that fails (too long for the context, say) gets its
- * error on standard error and an empty answer line, and the chat goes on.
- * Returns 0 if every question was answered, else 1. */
+ * per line (escaped: write_text), as the seq2seq batch: an empty line gets an
+ * empty line, and a question that fails (a NUL byte in it, too long for the
+ * context, ...) gets its error on standard error and an empty answer line,
+ * and the chat goes on. Returns 0 if every question was answered, else 1. */
 static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
     char *line = NULL, where[48];
-    size_t cap = 0;
+    size_t cap = 0, len = 0;
     unsigned long lineno = 0;
     int tty = 0, rc = 0, got;
 #ifdef HAVE_ISATTY
@@ -411,11 +468,19 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
             fputs("> ", stderr);
             fflush(stderr);
         }
-        if ((got = read_line(stdin, &line, &cap)) <= 0) break;
+        if ((got = read_line(stdin, &line, &cap, &len)) <= 0) break;
         lineno++;
-        if (line[0] == '\0') continue;
         snprintf(where, sizeof where, "line %lu", lineno);
-        r = generate(s, line, NANO_MODE_INSTRUCT, o, ctx, where);
+        if (len == 0 || line_has_nul(line, len, where)) {
+            if (len) rc = 1;
+            fputc('\n', stdout);
+            if (stdout_failed()) {
+                rc = 1;
+                break;
+            }
+            continue;
+        }
+        r = generate(s, line, NANO_MODE_INSTRUCT, o, ctx, where, 1);
         if (r < 0) {
             rc = 1;
             break;
@@ -426,21 +491,22 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
             if (stdout_failed()) break;
         }
     }
-    if (got < 0) rc = report(NANO_ERR_OUT_OF_MEMORY, "standard input");
+    if (got < 0) rc = input_failed();
     free(line);
     return rc;
 }
 
 /* `nano run` on a full-attention model does what nano_train.sample does with
  * one: a seq2seq forward (argmax at every position) over the prompt, or over
- * each line in a chat. */
+ * each line in a chat; with -l, the LoRA module attached as for generation. */
 static int run_seq2seq(const nano_model *m, const run_opts *o) {
     seq2seq_state q;
     int rc;
     fprintf(stderr, "nano: %s has full attention: one seq2seq forward per input, as `nano seq2seq` "
                     "(sampling options do not apply)\n", o->model);
-    rc = seq2seq_init(&q, m, o->model, o->threads, NANO_ATTENTION_MODE_FILE);
-    if (rc == 0) rc = o->prompt ? seq2seq_print(&q, o->prompt, "prompt", 0) : seq2seq_lines(&q, stdin);
+    rc = seq2seq_init(&q, m, o->model, o->threads, NANO_ATTENTION_MODE_FILE, o->lora);
+    if (rc == 0)
+        rc = o->prompt ? seq2seq_print(&q, o->prompt, strlen(o->prompt), "prompt", 0) : seq2seq_lines(&q, stdin);
     seq2seq_free(&q);
     return rc;
 }
@@ -537,7 +603,7 @@ static int cmd_run(int argc, char **argv) {
     st = nano_session_init(ctx, &o.sp, &s);
     if (st != NANO_OK) rc = report(st, "session");
     else if (o.prompt) rc = generate(s, o.prompt, o.instruct ? NANO_MODE_INSTRUCT : NANO_MODE_CONTINUE, &o, ctx,
-                                     "prompt") != 0;
+                                     "prompt", 0) != 0;
     else rc = chat(s, &o, ctx);
 done:
     free(stdin_prompt);
@@ -706,9 +772,9 @@ static int cmd_seq2seq(int argc, char **argv) {
     if (!input) die_usage("seq2seq: INPUT is required%s%s", "", "");
     if (input[0] == '\0') die_usage("seq2seq: INPUT is empty%s%s", "", "");
     m = load_model(model);
-    rc = seq2seq_init(&q, m, model, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE);
+    rc = seq2seq_init(&q, m, model, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE, NULL);
     if (rc == 0) /* INPUT '-': one independent forward per line */
-        rc = strcmp(input, "-") == 0 ? seq2seq_lines(&q, stdin) : seq2seq_print(&q, input, "INPUT", 0);
+        rc = strcmp(input, "-") == 0 ? seq2seq_lines(&q, stdin) : seq2seq_print(&q, input, strlen(input), "INPUT", 0);
     seq2seq_free(&q);
     nano_model_free(m);
     return rc;
@@ -822,11 +888,11 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "-h") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "help") == 0) {
         fputs(USAGE, stdout);
-        return 0;
+        return stdout_failed();
     }
     if (strcmp(cmd, "--version") == 0) {
         printf("nano (%s)\n", nano_build_info());
-        return 0;
+        return stdout_failed();
     }
     if (strcmp(cmd, "run") == 0) rc = cmd_run(argc, argv);
     else if (strcmp(cmd, "info") == 0) rc = cmd_info(argc, argv);

@@ -255,7 +255,7 @@ typedef enum nano_status {
     NANO_ERR_SIZE_OVERFLOW = 11,        /* SizeOverflow */
     NANO_ERR_UNSUPPORTED_QUANT = 12,    /* UnsupportedQuant: Q4K parameters */
     /* The environment */
-    NANO_ERR_IO = 13,                   /* cannot open / read / map the file */
+    NANO_ERR_IO = 13,                   /* cannot open / read / map the file, or not a regular file */
     NANO_ERR_OUT_OF_MEMORY = 14,
     /* The caller */
     NANO_ERR_BAD_ARGUMENT = 15,         /* NULL pointer, out-of-range setting, ... */
@@ -267,7 +267,7 @@ typedef enum nano_status {
     NANO_ERR_CONTEXT_FULL = 21,         /* no room left in the KV cache */
     NANO_ERR_CANCELLED = 22,            /* nano_session_cancel was called */
     NANO_ERR_STATE = 23,                /* call out of order (e.g. step before start) */
-    NANO_ERR_NON_FINITE = 24            /* the logits hold NaN: the model's weights are broken */
+    NANO_ERR_NON_FINITE = 24            /* NaN/inf weights (at load), or logits holding NaN */
 } nano_status;
 
 #define NANO_STATUS_COUNT 25
@@ -294,7 +294,10 @@ typedef struct nano_model_params {
 NANO_API nano_model_params nano_model_default_params(void);
 
 /* Load a file (model, Qwen model or LoRA module: any file nano_format reads).
- * Every header field and size is validated before any data is touched. */
+ * Every header field and size is validated before any data is touched; then
+ * one pass checks the weights as `nano-format validate` does: a NaN or an
+ * infinity in an F32 tensor, or a Q8_0 scale that is not finite or makes
+ * q * scale overflow, is NANO_ERR_NON_FINITE (Q4K parameters are not read). */
 NANO_API nano_status nano_model_load_file(const char *path, const nano_model_params *params,
                                           nano_model **out);
 /* Load from the caller's bytes: borrowed, not copied; they must outlive the
@@ -464,7 +467,9 @@ NANO_API const float *nano_context_logits(const nano_context *ctx);
  * id on ties) at every position into out[n]. Runs with full attention unless
  * the file records causal attention (layout 2026.101) or the context asks
  * for causal; reference layouts cannot record full attention, so like the
- * reference engine it runs them non-causally. Resets the context. */
+ * reference engine it runs them non-causally. Resets the context.
+ * NANO_ERR_NON_FINITE when a position's logits hold NaN (finite weights can
+ * still overflow): like the sampler, it does not read an argmax off them. */
 NANO_API nano_status nano_seq2seq(nano_context *ctx, const int32_t *in, uint32_t n, int32_t *out);
 
 /* ------------------------------------------------------------------------

@@ -28,9 +28,11 @@
  * requests without reading has its input paused until the queue drains.
  *
  * SIGINT/SIGTERM are taken by a sigwait() thread (so no global flag is
- * needed): it asks the loop to stop, connections are closed with 1001
- * "server shutting down" (waiting at most a second for slow readers), and
- * everything is freed.
+ * needed), started before the model loads: once the loop runs it asks the
+ * loop to stop, connections are closed with 1001 "server shutting down"
+ * (waiting at most a second for slow readers), and everything is freed.
+ * Before that (a big model still loading: nothing can interrupt the load, and
+ * there is nothing to close) the thread ends the process at once.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
@@ -43,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <libwebsockets.h>
 
@@ -109,8 +112,10 @@ typedef struct wss_server {
     int shutting_down;
     int shutdown_expired;
     lws_sorted_usec_list_t shutdown_timer;
-    pthread_mutex_t lock;      /* guards stop_signal, written by the signal thread */
-    int stop_signal;
+    pthread_mutex_t lock;      /* guards the three fields below, shared with the signal thread */
+    int stop_signal;           /* the signal that asked to stop, or 0 */
+    struct lws_context *serving; /* lws while the signal thread may wake it; NULL before and after */
+    int finished;              /* main is done: the signal thread's wake-up is not a stop request */
 } wss_server;
 
 /* A queued reply: LWS_PRE bytes of headroom, then the text. */
@@ -535,16 +540,52 @@ static void block_stop_signals(sigset_t *set) {
 static void *signal_main(void *arg) {
     wss_server *srv = (wss_server *)arg;
     sigset_t set;
-    int sig = 0;
+    int sig = 0, finished, serving;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
     if (sigwait(&set, &sig) != 0) sig = SIGTERM;
     pthread_mutex_lock(&srv->lock);
-    srv->stop_signal = sig;
+    finished = srv->finished;
+    serving = srv->serving != NULL;
+    if (!finished) srv->stop_signal = sig;
+    /* under the lock: main clears `serving` before it destroys the context */
+    if (serving) lws_cancel_service(srv->serving); /* documented as safe from another thread */
     pthread_mutex_unlock(&srv->lock);
-    lws_cancel_service(srv->lws); /* documented as safe from another thread */
+    if (!finished && !serving) {
+        /* still starting (loading the model, say): a load cannot be interrupted
+         * and no client is connected yet, so stop here */
+        fprintf(stderr, "nano-wss: %s while starting, stopped\n", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        _exit(0);
+    }
     return NULL;
+}
+
+/* The loop's context, now open to the signal thread's wake-up (or NULL: no more). */
+static void set_serving(wss_server *srv, struct lws_context *lws) {
+    pthread_mutex_lock(&srv->lock);
+    srv->serving = lws;
+    pthread_mutex_unlock(&srv->lock);
+}
+
+/* Started before the model loads (signals are blocked in every other thread). */
+static int start_signal_thread(wss_server *srv, pthread_t *waiter) {
+    if (pthread_create(waiter, NULL, signal_main, srv) == 0) return 0;
+    fprintf(stderr, "nano-wss: error: cannot start the signal thread\n");
+    return 1;
+}
+
+/* Join the signal thread: it has returned after a stop signal; otherwise it is
+ * woken with a SIGTERM that, `finished` being set, it does not take as one. */
+static void stop_signal_thread(wss_server *srv, pthread_t waiter) {
+    int signalled;
+    pthread_mutex_lock(&srv->lock);
+    srv->finished = 1;
+    srv->serving = NULL;
+    signalled = srv->stop_signal != 0;
+    pthread_mutex_unlock(&srv->lock);
+    if (!signalled) pthread_kill(waiter, SIGTERM);
+    pthread_join(waiter, NULL);
 }
 
 static int stop_requested(wss_server *srv) {
@@ -731,7 +772,6 @@ static int listen_and_serve(wss_server *srv) {
     struct lws_protocols protocols[2];
     struct lws_context_creation_info ci;
     struct lws_vhost *vh;
-    pthread_t waiter;
     int ipv6 = strchr(srv->opt.host, ':') != NULL;
     int port, failed = 0;
 
@@ -752,6 +792,7 @@ static int listen_and_serve(wss_server *srv) {
         fprintf(stderr, "nano-wss: error: cannot create the libwebsockets context\n");
         return 1;
     }
+    set_serving(srv, srv->lws);
     memset(&ci, 0, sizeof ci);
     ci.options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND | (ipv6 ? 0 : LWS_SERVER_OPTION_DISABLE_IPV6);
     ci.port = srv->opt.port;
@@ -765,6 +806,7 @@ static int listen_and_serve(wss_server *srv) {
     if (!vh) {
         fprintf(stderr, "nano-wss: error: cannot listen on %s%s%s:%d (in use, or not an address of this machine)\n",
                 ipv6 ? "[" : "", srv->opt.host, ipv6 ? "]" : "", srv->opt.port);
+        set_serving(srv, NULL);
         lws_context_destroy(srv->lws);
         srv->lws = NULL;
         return 1;
@@ -773,12 +815,6 @@ static int listen_and_serve(wss_server *srv) {
     printf("listening on %s%s%s:%d\n", ipv6 ? "[" : "", srv->opt.host, ipv6 ? "]" : "", port);
     fflush(stdout);
 
-    if (pthread_create(&waiter, NULL, signal_main, srv) != 0) {
-        fprintf(stderr, "nano-wss: error: cannot start the signal thread\n");
-        lws_context_destroy(srv->lws);
-        srv->lws = NULL;
-        return 1;
-    }
     while (!stop_requested(srv))
         if (lws_service(srv->lws, 0) < 0) {
             failed = 1;
@@ -794,31 +830,40 @@ static int listen_and_serve(wss_server *srv) {
             if (lws_service(srv->lws, 0) < 0) break;
         lws_sul_cancel(&srv->shutdown_timer);
     }
-    if (failed) pthread_kill(waiter, SIGTERM); /* wake the waiter so it can be joined */
-    pthread_join(waiter, NULL);
+    set_serving(srv, NULL);
     lws_context_destroy(srv->lws); /* closes what is left; CLOSED frees each connection */
     srv->lws = NULL;
     if (failed) {
         fprintf(stderr, "nano-wss: error: the event loop failed\n");
         return 1;
     }
-    fprintf(stderr, "nano-wss: %s, stopped\n", srv->stop_signal == SIGINT ? "SIGINT" : "SIGTERM");
+    fprintf(stderr, "nano-wss: %s, stopped\n", stop_requested(srv) == SIGINT ? "SIGINT" : "SIGTERM");
     return 0;
 }
 
 int main(int argc, char **argv) {
     wss_server srv;
     sigset_t stop_set;
+    pthread_t waiter;
     int rc;
     memset(&srv, 0, sizeof srv);
     rc = parse_args(argc, argv, &srv.opt);
+    if (rc == 1 && (fflush(stdout) != 0 || ferror(stdout))) { /* --help or --version not written */
+        fprintf(stderr, "nano-wss: error: writing standard output: %s\n", errno ? strerror(errno) : "write error");
+        return 1;
+    }
     if (rc) return rc == 1 ? 0 : rc;
     /* before any thread exists (OpenMP's included), so only the waiter takes them */
     block_stop_signals(&stop_set);
     signal(SIGPIPE, SIG_IGN); /* a client gone mid-write is an error return, not a kill */
     pthread_mutex_init(&srv.lock, NULL);
+    if (start_signal_thread(&srv, &waiter)) {
+        pthread_mutex_destroy(&srv.lock);
+        return 1;
+    }
     rc = load(&srv);
     if (rc == 0) rc = listen_and_serve(&srv);
+    stop_signal_thread(&srv, waiter);
     nano_lora_free(srv.lora);
     nano_model_free(srv.model);
     pthread_mutex_destroy(&srv.lock);

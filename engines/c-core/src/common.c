@@ -25,7 +25,7 @@ static const status_text STATUS[NANO_STATUS_COUNT] = {
     {"NANO_ERR_TRAILING_BYTES", "trailing bytes after the last tensor"},
     {"NANO_ERR_SIZE_OVERFLOW", "sizes in the header overflow or exceed the file"},
     {"NANO_ERR_UNSUPPORTED_QUANT", "parameters of this quant type cannot be loaded"},
-    {"NANO_ERR_IO", "cannot open or read the file"},
+    {"NANO_ERR_IO", "cannot open or read the file (or it is not a regular file)"},
     {"NANO_ERR_OUT_OF_MEMORY", "out of memory"},
     {"NANO_ERR_BAD_ARGUMENT", "bad argument"},
     {"NANO_ERR_BAD_TOKEN", "token id outside the vocabulary"},
@@ -36,7 +36,7 @@ static const status_text STATUS[NANO_STATUS_COUNT] = {
     {"NANO_ERR_CONTEXT_FULL", "context full"},
     {"NANO_ERR_CANCELLED", "cancelled"},
     {"NANO_ERR_STATE", "call out of order"},
-    {"NANO_ERR_NON_FINITE", "the logits hold NaN (the model's weights are broken: NaN or inf)"},
+    {"NANO_ERR_NON_FINITE", "non-finite weights (NaN, infinity or an overflowing Q8_0 scale) or NaN logits"},
 };
 
 const char *nano_status_string(nano_status status) {

@@ -6,8 +6,11 @@
  * the same verdict on every file (tests/test_loader.py compares them):
  *   magic -> header length -> version -> model type -> config length -> quant
  *   code -> reserved bytes -> config words -> group size -> tokenizer section
- *   -> parameter sizes (overflow, larger than the file, truncated, trailing).
+ *   -> parameter sizes (overflow, larger than the file, truncated, trailing)
+ *   -> finite weights (what `nano-format validate` adds to the reader: every
+ *      Q8_0 scale, then every F32 value; NANO_ERR_NON_FINITE for either).
  */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -412,6 +415,66 @@ static nano_status place_tensors(nano_model *m, const plan_param *plan, uint32_t
     return NANO_OK;
 }
 
+// ---------------------------------------------------------------------------
+// Finite weights (nano_format's NanoFile.check_scales and check_finite)
+
+/* 1 when none of the n little-endian floats at p is NaN or infinite. No branch
+ * in the loop, so it vectorizes (a linear pass at memory speed): adding one
+ * exponent step to the exponent bits carries into bit 31 exactly when the
+ * exponent is all ones. */
+static int floats_finite(const uint8_t *p, uint64_t n) {
+    uint32_t acc = 0, w;
+    uint64_t i;
+    for (i = 0; i < n; i++) {
+        memcpy(&w, p + 4 * i, sizeof w);
+        acc |= (w & 0x7F800000u) + 0x00800000u;
+    }
+    return (acc & 0x80000000u) == 0;
+}
+
+/* 1 when q * scale is a finite float for every stored q of a Q8_0 tensor
+ * (values q [n_scales * group], then its scales): nano_format.first_bad_scale's
+ * rule. A scale up to FLT_MAX / 128 is fine whatever q is; above it the scale
+ * must be finite with scale * 127 finite, and scale * 128 too (that is, it is
+ * refused) when its group holds a -128, which the quantizer never writes. */
+static int scales_finite(const uint8_t *q, const uint8_t *s, uint64_t n_scales, uint32_t group) {
+    const float near = FLT_MAX / 128.0f; /* exact */
+    uint64_t k;
+    uint32_t j;
+    for (k = 0; k < n_scales; k++) {
+        float v, t;
+        memcpy(&v, s + 4 * k, sizeof v);
+        if (fabsf(v) <= near) continue; /* NaN fails the comparison */
+        t = v * 127.0f;
+        if (!isfinite(t)) return 0;
+        for (j = 0; j < group; j++)
+            if (q[k * group + j] == 0x80) return 0; /* int8 -128 */
+    }
+    return 1;
+}
+
+/* NANO_ERR_NON_FINITE when a Q8_0 scale, then an F32 value, of the tensor
+ * table is not finite (nano_format checks scales before values; both map to
+ * one status). Q4K parameters are opaque and not read. */
+static nano_status check_finite_weights(const nano_model *m) {
+    uint32_t i, d;
+    for (i = 0; i < m->info.n_tensors; i++) {
+        const nano_tensor_entry *e = &m->tensors[i];
+        uint64_t n = 1;
+        if (e->quant_type != NANO_QUANT_TYPE_Q8_0) continue;
+        for (d = 0; d < e->n_dims; d++) n *= e->dims[d]; /* sizes checked by the caller */
+        if (!scales_finite(m->data + e->offset, m->data + e->offset + n, n / m->info.group_size,
+                           m->info.group_size))
+            return NANO_ERR_NON_FINITE;
+    }
+    for (i = 0; i < m->info.n_tensors; i++) {
+        const nano_tensor_entry *e = &m->tensors[i];
+        if (e->quant_type == NANO_QUANT_TYPE_F32 && !floats_finite(m->data + e->offset, e->size / 4))
+            return NANO_ERR_NON_FINITE;
+    }
+    return NANO_OK;
+}
+
 static const nano_tensor_entry *find_tensor(const nano_model *m, const char *name, int32_t layer) {
     uint32_t i;
     for (i = 0; i < m->info.n_tensors; i++)
@@ -563,6 +626,7 @@ nano_status nano_model_parse(nano_model *m) {
         if (total < remaining) return NANO_ERR_TRAILING_BYTES;
         c->params_size = total;
         if ((st = place_tensors(m, plan, n_plan)) != NANO_OK) return st;
+        if ((st = check_finite_weights(m)) != NANO_OK) return st;
     }
 
     /* Everything is valid: build what the engine uses. */

@@ -274,10 +274,20 @@ static void add_rows(float *x, const float *y, uint64_t n) {
     for (i = 0; i < n; i++) x[i] += y[i];
 }
 
+/* 1 when one of x[0..n) is NaN (an argmax would read it as some id). */
+static int any_nan(const float *x, uint32_t n) {
+    uint32_t i;
+    for (i = 0; i < n; i++)
+        if (x[i] != x[i]) return 1;
+    return 0;
+}
+
 /* Run n tokens at positions pos0.. through every layer (tokens already checked).
- * Causal runs are at most n_batch long; full runs may be up to n_ctx long. */
-static void run_tokens(nano_context *ctx, const int32_t *tokens, uint32_t n, uint32_t pos0, int full,
-                       float *logits_out, int all_logits, int32_t *argmax, int classify) {
+ * Causal runs are at most n_batch long; full runs may be up to n_ctx long.
+ * NANO_ERR_NON_FINITE when `argmax` is asked for and a position's logits hold
+ * NaN (as the sampler refuses them); otherwise NANO_OK. */
+static nano_status run_tokens(nano_context *ctx, const int32_t *tokens, uint32_t n, uint32_t pos0, int full,
+                              float *logits_out, int all_logits, int32_t *argmax, int classify) {
     const nano_model *m = ctx->model;
     const nano_model_info *c = &m->info;
     const uint32_t E = c->n_embd, D = c->head_dim, KD = c->n_kv_head * D, HD = c->n_head * D,
@@ -353,7 +363,7 @@ static void run_tokens(nano_context *ctx, const int32_t *tokens, uint32_t n, uin
     }
 
     /* classifier (a prompt block that is not the last one needs none) */
-    if (!classify) return;
+    if (!classify) return NANO_OK;
     if (all_logits && logits_out) {
         for (b0 = 0; b0 < n; b0 += nb) {
             const uint32_t bn = n - b0 < nb ? n - b0 : nb;
@@ -365,6 +375,7 @@ static void run_tokens(nano_context *ctx, const int32_t *tokens, uint32_t n, uin
         for (t = 0; t < n; t++) {
             nano_rmsnorm(ctx->xb, x + (size_t)t * E, m->norm_final, E, eps);
             nano_matmul(&ctx->kernels, ctx->logits, ctx->xb, &m->lm_head, 1, nt);
+            if (any_nan(ctx->logits, V)) return NANO_ERR_NON_FINITE;
             argmax[t] = nano_argmax(ctx->logits, V);
         }
     } else {
@@ -372,29 +383,35 @@ static void run_tokens(nano_context *ctx, const int32_t *tokens, uint32_t n, uin
         nano_matmul(&ctx->kernels, ctx->logits, ctx->xb, &m->lm_head, 1, nt);
         if (logits_out) memcpy(logits_out, ctx->logits, (size_t)V * sizeof(float));
     }
+    return NANO_OK;
 }
 
 nano_status nano_eval_ex(nano_context *ctx, const int32_t *tokens, uint32_t n, float *logits, int all_logits,
                          int full, int32_t *argmax, int classify) {
     uint32_t i, V;
+    nano_status st = NANO_OK;
     if (!ctx || !tokens || n == 0) return NANO_ERR_BAD_ARGUMENT;
     V = ctx->model->info.vocab_size;
     for (i = 0; i < n; i++)
         if (tokens[i] < 0 || (uint32_t)tokens[i] >= V) return NANO_ERR_BAD_TOKEN;
     if (n > ctx->n_ctx - ctx->pos) return NANO_ERR_CONTEXT_FULL;
     if (full) {
-        run_tokens(ctx, tokens, n, ctx->pos, 1, logits, all_logits, argmax, classify);
+        st = run_tokens(ctx, tokens, n, ctx->pos, 1, logits, all_logits, argmax, classify);
     } else {
         uint32_t c0;
-        for (c0 = 0; c0 < n; c0 += ctx->n_batch) {
+        for (c0 = 0; c0 < n && st == NANO_OK; c0 += ctx->n_batch) {
             const uint32_t cn = n - c0 < ctx->n_batch ? n - c0 : ctx->n_batch;
             const int last = c0 + cn == n;
             float *lo = NULL;
             if (logits && all_logits) lo = logits + (size_t)c0 * V;
             else if (logits && last) lo = logits;
-            run_tokens(ctx, tokens + c0, cn, ctx->pos + c0, 0, lo, all_logits, argmax ? argmax + c0 : NULL,
-                       classify && (last || (logits && all_logits) || argmax));
+            st = run_tokens(ctx, tokens + c0, cn, ctx->pos + c0, 0, lo, all_logits, argmax ? argmax + c0 : NULL,
+                            classify && (last || (logits && all_logits) || argmax));
         }
+    }
+    if (st != NANO_OK) { /* the argmax met NaN logits: nothing usable was computed */
+        ctx->has_logits = 0;
+        return st;
     }
     ctx->pos += n;
     ctx->has_logits = classify;

@@ -279,13 +279,16 @@ NANO_AVX2 static void weighted_sum_avx2(float *out, const float *p, const float 
 /* exp on 8 floats: n = round(x log2 e), r = x - n ln 2 (in two parts), a
  * degree-6 polynomial for e^r on [-ln2/2, ln2/2] (the Cephes expf
  * coefficients), times 2^n built in the exponent bits. Relative error about
- * 2 ulp; inputs below -87.3 give 0 (softmax feeds x - max <= 0). */
+ * 2 ulp; inputs below -87.3 give 0 (softmax feeds x - max <= 0). NaN stays
+ * NaN, as expf's does: maxps/minps return their SECOND operand when either is
+ * NaN, so the clamp puts x second (clamp(x, lo, hi) would turn a NaN into
+ * e^-87.3 and a broken model's softmax into plausible numbers). */
 NANO_AVX2 static inline __m256 exp8(__m256 x) {
     const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.3f);
-    const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ); /* false for NaN */
     __m256 n, r, p, r2;
     __m256i e;
-    x = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
+    x = _mm256_min_ps(hi, _mm256_max_ps(lo, x));
     n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
@@ -309,6 +312,9 @@ NANO_AVX2 static void softmax_avx2(float *x, uint32_t n) {
     double sum, lanes[4];
     __m256 vmax, e;
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    /* The max need not see a NaN (maxps may drop one, like `>` below): a NaN
+     * input stays NaN through exp8, makes the sum NaN and so every output,
+     * exactly as in nano_softmax. */
     if (n8) {
         __m256 m = _mm256_loadu_ps(x);
         float l[8];

@@ -48,12 +48,24 @@ nano_status nano_platform_map(const char *path, int use_mmap, nano_file_map *out
     out->data = NULL;
     out->size = 0;
     out->impl = NULL;
-    fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO (or a device) for reading would otherwise wait,
+     * forever, for a writer. Only regular files are models; for them the flag
+     * changes nothing, and it is cleared before any read all the same. */
+    do {
+        fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+    } while (fd < 0 && errno == EINTR);
     if (fd < 0) return NANO_ERR_IO;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size < 0 ||
         (unsigned long long)st.st_size > (unsigned long long)SIZE_MAX - 1) {
         close(fd);
         return NANO_ERR_IO;
+    }
+    {
+        int flags = fcntl(fd, F_GETFL);
+        if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+            close(fd);
+            return NANO_ERR_IO;
+        }
     }
     pm = (posix_map *)calloc(1, sizeof(*pm));
     if (!pm) {

@@ -462,6 +462,23 @@ def model_bytes(seed: int = 0, quant: str = "f32", layout: str = "2026.1", group
                        layout=layout)
 
 
+def overflowing_model_bytes(seed: int = 0, layout: str = "2026.101", **config_kw) -> bytes:
+    """A model whose weights are all finite (the loader takes it) but whose logits are NaN
+    at every position: norm_final is 3e38, so the normalised stream overflows to +-inf and
+    the classifier's dot products add +inf to -inf. Full attention unless told otherwise."""
+    import nano_format as nf
+
+    tokens = make_vocab(48)
+    kw = dict(block_size=16, vocab_size=len(tokens), n_layer=2, n_embd=16, n_head=4, n_kv_head=2, n_hidden=32)
+    if layout == "2026.101":
+        kw["attention"] = 1
+    kw.update(config_kw)
+    config = nf.Config(**kw)
+    weights = random_weights(config, seed)
+    weights["norm_final"][:] = 3e38
+    return nf.to_bytes(config, weights, tokens, layout=layout)
+
+
 @pytest.fixture(scope="session")
 def small_model_bytes() -> bytes:
     return model_bytes()
@@ -476,6 +493,7 @@ def h(shared_file):
         CORE=CORE, REPO=REPO, BUILD=BUILD, SAN=SAN, make=make, shared_file=shared_file,
         clean_env=clean_env,
         run_cli=run_cli, model_bytes=model_bytes, make_vocab=make_vocab, random_weights=random_weights,
+        overflowing_model_bytes=overflowing_model_bytes,
         NanoError=NanoError,
     )
 

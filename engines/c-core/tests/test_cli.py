@@ -157,7 +157,8 @@ def test_output_that_cannot_be_written_fails(nano_bin, psycho_path, sort6_path):
     """Every command exits 1 when standard output cannot be written (here: a full disk)."""
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full on this system")
-    for args in (("run", "-m", psycho_path, "-p", "人", "-n", "4"),
+    for args in (("--help",), ("--version",), ("run", "--help"), ("seq2seq", "--help"),
+                 ("run", "-m", psycho_path, "-p", "人", "-n", "4"),
                  ("run", "-m", psycho_path, "-p", "人", "-n", "4", "--ids"),
                  ("run", "-m", psycho_path, "-n", "4"),
                  ("info", psycho_path),
@@ -188,10 +189,56 @@ def test_chat_through_a_pipe(cli, psycho_path):
     r = cli("run", "-m", psycho_path, "-t", "0", "-n", "12", input="你是谁\n\n心理是什么\n")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.split("\n")
-    assert len(lines) == 3 and lines[2] == ""  # two answers (the empty line is skipped)
+    # one output line per input line, as `nano seq2seq -`: the empty line gets an empty line
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == "" and lines[0] and lines[2], r.stdout
     single = cli("run", "-m", psycho_path, "-p", "你是谁", "--instruct", "-t", "0", "-n", "12")
     assert lines[0] == single.stdout.rstrip("\n")
     assert cli("run", "-m", psycho_path, input="").returncode == 0  # end of input: done
+
+
+def _lora_file(path, seed=0, **kw):
+    import nano_format as nf
+    from nano_format.plan import lora_params
+
+    lc = nf.LoraConfig(**{**dict(rank=2, alpha=4, n_layer=2, n_embd=16, n_head=4, n_kv_head=2, n_hidden=32), **kw})
+    rng = np.random.default_rng(seed)
+    nf.write_lora(path, lc, {p.name: rng.standard_normal(p.shape).astype(np.float32) for p in lora_params(lc)})
+    return path
+
+
+def test_run_on_a_full_attention_model_attaches_the_lora(cli, nano, h, tmp_path):
+    """`nano run -l LORA` on a full-attention model (seq2seq) attaches the module, as a
+    causal model's generation, nano-wss and nano_train.sample do; before, -l was ignored
+    there (a missing path even exited 0)."""
+    model = tmp_path / "full.bin"
+    model.write_bytes(h.model_bytes(seed=4, layout="2026.101", attention=1))
+    lora = _lora_file(tmp_path / "l.bin", seed=1)
+    m = nano.load(model)
+    toks = m.tokenizer.encode("abcab")
+    ctx = m.context()
+    plain = m.tokenizer.decode(ctx.seq2seq(toks))
+    ctx.set_lora(nano.load_lora(lora))
+    adapted = m.tokenizer.decode(ctx.seq2seq(toks))
+    assert adapted != plain
+    r = cli("run", "-m", model, "-l", lora, "-p", "abcab")
+    assert (r.returncode, r.stdout) == (0, adapted + "\n"), r.stderr
+    r = cli("run", "-m", model, "-l", lora, input="abcab\n")  # the chat's lines too
+    assert (r.returncode, r.stdout) == (0, adapted + "\n"), r.stderr
+    assert cli("run", "-m", model, "-p", "abcab").stdout == plain + "\n"
+    r = cli("run", "-m", model, "-l", tmp_path / "missing.bin", "-p", "abcab")
+    assert r.returncode == 1 and "NANO_ERR_IO" in r.stderr and "missing.bin" in r.stderr and r.stdout == ""
+    wrong = _lora_file(tmp_path / "wrong.bin", n_layer=3)
+    r = cli("run", "-m", model, "-l", wrong, "-p", "abcab")
+    assert r.returncode == 1 and "NANO_ERR_LORA_MISMATCH" in r.stderr and str(wrong) in r.stderr
+
+
+def test_seq2seq_on_a_file_that_does_not_run_is_unsupported(cli, tmp_path):
+    """A LoRA module given as the model is NANO_ERR_UNSUPPORTED (what `nano run` and nano-wss
+    say), not NANO_ERR_NO_TOKENIZER: what the file is matters before what it lacks."""
+    lora = _lora_file(tmp_path / "l.bin")
+    for args in (("seq2seq", "-m", lora, "12"), ("seq2seq", "-m", lora, "-"), ("run", "-m", lora, "-p", "x")):
+        r = cli(*args, input="12\n")
+        assert r.returncode == 1 and "NANO_ERR_UNSUPPORTED" in r.stderr and str(lora) in r.stderr, (args, r.stderr)
 
 
 def test_run_with_lora(cli, h, tmp_path):
@@ -227,6 +274,138 @@ def test_bench(cli, psycho_path, sort6_path):
     assert r.returncode == 0 and "prefill  2 tokens" in r.stdout and "decode   4 tokens" in r.stdout
     r = cli("bench", "-m", sort6_path, "-n", "10")
     assert r.returncode == 2 and "exceed the context (6)" in r.stderr
+
+
+def _patched(data: bytes, name: str, where: str, value: float) -> bytes:
+    """A valid file with one weight made non-finite (the writer refuses them): the first
+    value of F32 tensor `name`, or the first scale of Q8_0 tensor `name`."""
+    import struct
+
+    import nano_format as nf
+
+    t = next(t for t in nf.read(data).tensors if t.name == name)
+    offset = t.offset if where == "value" else t.offset + t.shape[0] * t.shape[1]
+    out = bytearray(data)
+    struct.pack_into("<f", out, offset, value)
+    return bytes(out)
+
+
+def test_non_finite_weights_are_refused(cli, h, tmp_path, psycho_path):
+    """A NaN or an infinity in the weights fails the load (as `nano-format validate` and
+    nano_train.convert.load_bin refuse the file): every command reports NANO_ERR_NON_FINITE
+    with the file's name; before, `nano info` said nothing and seq2seq printed garbage."""
+    files = {
+        "f32_nan.bin": _patched(h.model_bytes(seed=6), "norm_final", "value", float("nan")),
+        "f32_inf.bin": _patched(h.model_bytes(seed=6, layout="2026.101", attention=1), "wq", "value", float("inf")),
+        "q8_nan_scale.bin": _patched(h.model_bytes(seed=6, quant="q8_0"), "wq.1", "scale", float("nan")),
+        "psycho_inf_scale.bin": _patched(psycho_path.read_bytes(), "w2.7", "scale", float("-inf")),
+    }
+    for name, data in files.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        for args in (("info", path), ("run", "-m", path, "-p", "x"), ("run", "-m", path),
+                     ("seq2seq", "-m", path, "ab"), ("bench", "-m", path)):
+            r = cli(*args, input="ab\n")
+            assert r.returncode == 1 and r.stdout == "", (args, r)
+            assert f"nano: error: {path}: " in r.stderr and "(NANO_ERR_NON_FINITE)" in r.stderr, (args, r.stderr)
+    nan_lora = tmp_path / "nan_lora.bin"
+    nan_lora.write_bytes(_patched(_lora_file(tmp_path / "l.bin").read_bytes(), "wk_B", "value", float("nan")))
+    model = tmp_path / "m.bin"
+    model.write_bytes(h.model_bytes(seed=6))
+    r = cli("run", "-m", model, "-l", nan_lora, "-p", "ab", "-n", "2")
+    assert r.returncode == 1 and f"{nan_lora}: " in r.stderr and "NANO_ERR_NON_FINITE" in r.stderr, r.stderr
+
+
+def test_nan_logits_are_each_lines_error(cli, h, tmp_path):
+    """Finite weights whose logits overflow to NaN: seq2seq (and `nano run` on such a
+    full-attention model) reports NANO_ERR_NON_FINITE instead of printing an argmax read
+    off NaN; in a batch each line gets its error and an empty line, like the chat."""
+    full = tmp_path / "full.bin"
+    full.write_bytes(h.overflowing_model_bytes())
+    causal = tmp_path / "causal.bin"
+    causal.write_bytes(h.overflowing_model_bytes(layout="2026.1"))
+    for args in (("seq2seq", "-m", full, "abcab"), ("run", "-m", full, "-p", "abcab"),
+                 ("seq2seq", "-m", causal, "abcab"), ("seq2seq", "-m", full, "--causal", "abcab")):
+        r = cli(*args)
+        assert r.returncode == 1 and r.stdout == "", (args, r)
+        assert "nano: error: seq2seq: " in r.stderr and "(NANO_ERR_NON_FINITE)" in r.stderr, (args, r.stderr)
+    for args in (("seq2seq", "-m", full, "-"), ("run", "-m", full), ("run", "-m", causal, "-t", "0", "-n", "3")):
+        r = cli(*args, input="abc\n\nba\n")
+        assert r.returncode == 1 and r.stdout == "\n\n\n", (args, r)
+        assert r.stderr.count("NANO_ERR_NON_FINITE") == 2 and "line 3" in r.stderr, (args, r.stderr)
+
+
+def test_a_fifo_is_refused_at_once(cli, tmp_path, psycho_path):
+    """A model path that is a FIFO (or a device) is NANO_ERR_IO at once; the blocking open
+    used to wait forever for a writer."""
+    fifo = tmp_path / "model.fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/null"):
+        for args in (("info", path), ("run", "-m", path, "-p", "x"), ("seq2seq", "-m", path, "12"),
+                     ("run", "-m", psycho_path, "-l", path, "-p", "x")):
+            r = cli(*args, timeout=20)
+            assert r.returncode == 1 and "NANO_ERR_IO" in r.stderr and str(path) in r.stderr, (args, r.stderr)
+
+
+def test_a_line_with_a_nul_byte_is_that_lines_error(cli, sort6_path, psycho_path):
+    """A NUL byte does not end the line (fgets + strlen once dropped its rest and the next
+    line with it): the line gets its error and an empty answer line, the others answers."""
+    r = cli("seq2seq", "-m", sort6_path, "-", input=b"251212\n98\x007654\n123456\n")
+    assert (r.returncode, r.stdout) == (1, "112225\n\n123456\n"), r
+    assert "nano: error: line 2: the line holds a NUL byte (at byte 2)" in r.stderr, r.stderr
+    r = cli("run", "-m", psycho_path, "-t", "0", "-n", "4", input="你是谁\n心\0理\n你是谁\n".encode())
+    lines = r.stdout.split("\n")
+    assert r.returncode == 1 and len(lines) == 4 and lines[1] == "" and lines[0] == lines[2] != "", r
+    assert "nano: error: line 2: the line holds a NUL byte (at byte 3)" in r.stderr, r.stderr
+
+
+def _mapping_model(path, layout="2026.1", **kw):
+    """A model whose next token (causal) or output (seq2seq) at each position is a fixed
+    function of that position's token: one-hot embeddings, no attention or FFN output (wo
+    and w2 are zero), the classifier a permutation. Its answers hold line breaks,
+    carriage returns and backslashes."""
+    import nano_format as nf
+
+    texts = ["<|padding|>", "<|unknown|>", "<|bos|>", "<|eos|>", "<|instruct_mark|>", "<|response_mark|>",
+             "\n", "\\", "\r", "x", "a", "b", "c", "d"]
+    vocab = [nf.TokenEntry(id=i, text=t, is_special=t.startswith("<|")) for i, t in enumerate(texts)]
+    ids = {t: i for i, t in enumerate(texts)}
+    # <|response_mark|> -> \n -> \\ -> \r -> x -> <|eos|>; a -> \n, b -> \\, c -> \r, d -> d
+    follow = {"<|response_mark|>": "\n", "\n": "\\", "\\": "\r", "\r": "x", "x": "<|eos|>",
+              "a": "\n", "b": "\\", "c": "\r", "d": "d"}
+    config = nf.Config(block_size=32, vocab_size=len(texts), n_layer=1, n_embd=16, n_head=2, n_kv_head=2,
+                       n_hidden=16, tie_embeddings=False, **kw)
+    from nano_format.plan import model_params
+
+    w = {p.name: np.zeros(p.shape, np.float32) for p in model_params(config) if p.name not in ("rope_cos", "rope_sin")}
+    for name in ("norm_attn", "norm_ffn", "norm_final"):
+        w[name][:] = 1
+    w["tok_embd"][:, :len(texts)] = np.eye(len(texts), dtype=np.float32)
+    for a, b in follow.items():
+        w["lm_head"][ids[b], ids[a]] = 1
+    nf.write(path, config, w, vocab, layout=layout)
+    return path
+
+
+def test_answers_with_line_breaks_stay_on_their_line(cli, tmp_path):
+    """In the line batches every answer is one line: a line break, a carriage return and a
+    backslash in it are written \\n, \\r and \\\\ (README "One answer per line"), so a
+    consumer reading one answer per line (nano_train.problems) gets every answer, exactly;
+    before, such an answer spilled over several lines. A single prompt prints raw text."""
+    chat_model = _mapping_model(tmp_path / "chat.bin")
+    raw = "\n\\\rx"
+    escaped = "\\n\\\\\\rx"
+    r = cli("run", "-m", chat_model, "-t", "0", "-n", "8", input="a\n\nbc\n")
+    assert (r.returncode, r.stdout) == (0, escaped + "\n\n" + escaped + "\n"), r
+    r = cli("run", "-m", chat_model, "-t", "0", "-n", "8", "--instruct", "-p", "a")
+    assert (r.returncode, r.stdout) == (0, raw + "\n"), r
+    seq_model = _mapping_model(tmp_path / "seq.bin", layout="2026.101", attention=1)
+    r = cli("seq2seq", "-m", seq_model, "abcd")
+    assert (r.returncode, r.stdout) == (0, "\n\\\rd\n"), r
+    r = cli("seq2seq", "-m", seq_model, "-", input="abcd\nd\n\nba\n")
+    assert (r.returncode, r.stdout) == (0, "\\n\\\\\\rd\nd\n\n\\\\\\n\n"), r
+    r = cli("run", "-m", seq_model, input="abcd\n")  # `nano run` on it: the chat's seq2seq batch
+    assert (r.returncode, r.stdout) == (0, "\\n\\\\\\rd\n"), r
 
 
 def bad_files(tmp_path, h, psycho_path):

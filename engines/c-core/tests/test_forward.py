@@ -146,6 +146,29 @@ def test_seq2seq_resets_and_matches_eval(nano, h):
     assert ctx.pos == len(toks)
 
 
+@pytest.mark.parametrize("layout,attention", [("2026.101", 0), ("2026.101", 2), ("2026.1", 0), ("2026.1", 1)],
+                         ids=["full-file", "full-asked", "reference-layout", "causal-asked"])
+def test_seq2seq_refuses_nan_logits(nano, h, layout, attention):
+    """Finite weights can still overflow: when a position's logits hold NaN, nano_seq2seq is
+    NANO_ERR_NON_FINITE (as the sampler, and nano_train.sampling, refuse NaN logits) in
+    every kernel family and attention, instead of an argmax read off NaN (id 0, or
+    whatever the first comparison kept). nano_eval still hands the logits out as they are."""
+    m = nano.load(h.overflowing_model_bytes(layout=layout))
+    toks = m.tokenizer.encode("abcab")
+    for kernels in (0, 1):
+        ctx = m.context(attention=attention, kernels=kernels)
+        assert np.isnan(ctx.eval(toks, all_logits=True)).any(axis=-1).all()
+        with pytest.raises(Exception, match="NANO_ERR_NON_FINITE"):
+            ctx.seq2seq(toks)
+        assert nano.lib.nano_context_logits(ctx.handle) == nano.ffi.NULL  # nothing usable is left
+        # and again on the same context (no stale state makes a second call pass)
+        with pytest.raises(Exception, match="NANO_ERR_NON_FINITE"):
+            ctx.seq2seq(toks[:1])
+    # the same shapes with a sane norm_final: answers as before
+    ok = nano.load(h.model_bytes(layout=layout, **({"attention": 1} if layout == "2026.101" else {})))
+    assert len(ok.context(attention=attention).seq2seq(toks)) == len(toks)
+
+
 def _lora_bytes(rank=2, alpha=4, seed=0, **kw):
     from nano_format.plan import lora_params
 

@@ -165,6 +165,36 @@ def test_softmax(nano, kernels, n):
     assert err <= 4 * U * ref.max() and abs(y.sum() - 1) < 1e-5
 
 
+@pytest.mark.parametrize("n", [1, 3, 8, 17, 64, 515])
+def test_softmax_nan_propagates_in_both_kernel_families(nano, n):
+    """A NaN input (or an infinity, whose x - max is NaN) makes every output NaN in both kernel
+    families, as expf does in the portable loop. The AVX2 exp clamped x with
+    min(max(x, lo), hi), and maxps returns its second operand when one is NaN: the NaN
+    became e^-87.3 and a broken model's attention looked fine, but only on AVX2."""
+    rng = np.random.default_rng(n)
+    base = (4 * rng.standard_normal(n)).astype(np.float32)
+    spots = sorted({0, n // 2, n - 1, min((n // 8) * 8, n - 1)})  # first, middle, last, first of the tail
+    for spot in spots:
+        for bad in (np.nan, np.inf):
+            x = base.copy()
+            x[spot] = bad
+            out = {}
+            for kernels in (AUTO, PORTABLE):
+                y = x.copy()
+                nano.lib.nano_test_softmax(kernels, ptr(nano, y), n)
+                out[kernels] = y
+            assert np.isnan(out[PORTABLE]).all(), (spot, bad)
+            assert np.isnan(out[AUTO]).all(), (spot, bad, out[AUTO])
+    # -inf is an ordinary input: a probability of 0 (the AVX2 tail pads with it)
+    x = base.copy()
+    x[0] = -np.inf
+    for kernels in (AUTO, PORTABLE):
+        y = x.copy()
+        nano.lib.nano_test_softmax(kernels, ptr(nano, y), n)
+        if n > 1:
+            assert y[0] == 0 and np.isfinite(y).all() and abs(y.sum() - 1) < 1e-5
+
+
 def test_swiglu(nano):
     rng = np.random.default_rng(3)
     a = (3 * rng.standard_normal(999)).astype(np.float32)

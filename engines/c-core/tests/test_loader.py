@@ -2,8 +2,10 @@
 
 Valid files are built with nano_format (to_bytes), then each field is
 corrupted; the C status must be the one the mapping table gives for the error
-class nano_format.read raises. A hypothesis test mutates valid files at random
-and checks the same agreement. The tensor tables must agree too.
+class nano_format.read raises, or for what `nano-format validate` adds to it
+(check_scales, check_finite: a NaN or an infinity in the weights). A
+hypothesis test mutates valid files at random and checks the same agreement.
+The tensor tables must agree too.
 """
 
 from __future__ import annotations
@@ -33,12 +35,24 @@ VERDICT = {
     "BadTokenRecord": "NANO_ERR_BAD_TOKEN_RECORD",
     "TrailingBytes": "NANO_ERR_TRAILING_BYTES",
     "SizeOverflow": "NANO_ERR_SIZE_OVERFLOW",
+    # `nano-format validate`'s checks after read(): the C loader makes them too
+    "BadScale": "NANO_ERR_NON_FINITE",
+    "NonFiniteValue": "NANO_ERR_NON_FINITE",
 }
 
 
 def python_verdict(data: bytes) -> str | None:
+    """The error class `nano-format validate` gives (read, then the scales and the F32
+    values; Q4K parameters cannot be read, so they are not checked)."""
     try:
-        nf.read(data)
+        f = nf.read(data)
+    except nf.FormatError as e:
+        return type(e).__name__
+    if not f.loadable:
+        return None
+    try:
+        f.check_scales()
+        f.check_finite()
     except nf.FormatError as e:
         return type(e).__name__
     return None
@@ -52,6 +66,70 @@ def patch(data: bytes, offset: int, fmt: str, *values) -> bytes:
 
 def config_word(name: str) -> int:
     return spec.config_offset(name)
+
+
+NAN_BITS, SNAN_BITS = 0x7FC00000, 0x7F800001  # a quiet and a signalling NaN
+FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def tensor_entry(data: bytes, name: str):
+    """nano_format's table row of tensor `name` ("wq.0" for a per-layer Q8_0 matrix)."""
+    return next(t for t in nf.read(data).tensors if t.name == name)
+
+
+def patch_value(data: bytes, name: str, index: int, fmt: str, value) -> bytes:
+    """Element `index` (flat) of F32 tensor `name` set to value (packed with fmt)."""
+    t = tensor_entry(data, name)
+    assert t.dtype == "f32" and 0 <= index < t.nbytes // 4
+    return patch(data, t.offset + 4 * index, fmt, value)
+
+
+def patch_scale(data: bytes, name: str, index: int, value: float, first_q: int | None = None) -> bytes:
+    """Scale `index` (flat) of Q8_0 tensor `name` set to value; first_q: also the first q
+    of that scale's group (the writer never stores -128)."""
+    t = tensor_entry(data, name)
+    rows, cols = t.shape
+    group = nf.read(data).group_size
+    assert t.dtype == "q8_0" and 0 <= index < rows * cols // group
+    out = patch(data, t.offset + rows * cols + 4 * index, "<f", value)
+    return out if first_q is None else patch(out, t.offset + index * group, "<b", first_q)
+
+
+def non_finite_files(b: dict) -> dict:
+    """Files nano_format reads but `nano-format validate` refuses (a NaN or an infinity in
+    the weights), with near misses that both accept. Built from the valid bases."""
+    f, q, ext, lora = b["f32_2026_1"], b["q8_2026_1"], b["ext_full_learned"], b["lora"]
+    last_f32 = [t for t in nf.read(f).tensors if t.dtype == "f32"][-1]
+    qwen2_first = nf.read(b["qwen2"]).tensors[0].name
+    near = np.float32(FLT_MAX / 127.5)  # above FLT_MAX / 128: q * scale overflows only for q = -128
+    return {
+        "f32_nan": patch_value(f, "norm_final", 3, "<I", NAN_BITS),
+        "f32_signalling_nan_in_rope_table": patch_value(f, "rope_cos", 5, "<I", SNAN_BITS),
+        "f32_inf_first_weight": patch_value(f, "tok_embd", 0, "<f", float("inf")),
+        "f32_minus_inf_last_value": patch_value(f, last_f32.name, last_f32.nbytes // 4 - 1, "<f", float("-inf")),
+        "f32_flt_max_is_finite": patch_value(f, "norm_final", 0, "<f", FLT_MAX),
+        "ext_nan_pos_embd": patch_value(ext, "pos_embd", 17, "<I", NAN_BITS | 0x80000000),
+        "q8_nan_norm": patch_value(q, "norm_attn", 20, "<I", NAN_BITS),
+        "q8_nan_scale": patch_scale(q, "wq.0", 0, float("nan")),
+        "q8_inf_scale_last": patch_scale(q, "w3.1", 31, float("-inf")),
+        "q8_inf_scale_tok_embd": patch_scale(q, "tok_embd", 7, float("inf")),
+        "q8_scale_times_127_overflows": patch_scale(q, "wk.1", 3, 3e38),
+        "q8_scale_near_with_q_minus_128": patch_scale(q, "w2.0", 5, float(near), first_q=-128),
+        "q8_scale_near_with_q_127_is_fine": patch_scale(q, "w2.0", 5, float(near), first_q=127),
+        "q8_scale_flt_max_over_128_is_fine": patch_scale(q, "wo.1", 2, FLT_MAX / 128, first_q=-128),
+        "q8_untied_nan_lm_head_scale": patch_scale(b["q8_untied_g4"], "lm_head", 11, float("nan")),
+        "lora_nan": patch_value(lora, "wq_A", 0, "<I", NAN_BITS),
+        "lora_inf_last": patch_value(lora, "wo_B", tensor_entry(lora, "wo_B").nbytes // 4 - 1, "<f", float("inf")),
+        "qwen2_inf": patch_value(b["qwen2"], qwen2_first, 1, "<f", float("inf")),
+        "qwen3_nan_scale": patch_scale(b["qwen3"], [t.name for t in nf.read(b["qwen3"]).tensors
+                                                    if t.dtype == "q8_0"][0], 0, float("nan")),
+        "psycho_nan_scale": patch_scale(b["psycho"], "wq.0", 0, float("nan")),
+        "psycho_nan_norm_final": patch_value(b["psycho"], "norm_final", 0, "<I", NAN_BITS),
+        "sort6_nan_norm_final": patch_value(b["sort6"], "norm_final", 31, "<I", NAN_BITS),
+        "sort6_inf_wq": patch_value(b["sort6"], "wq", 0, "<f", float("inf")),
+        # Q4K parameters are opaque: nothing in them is read, NaN bits included
+        "q4k_opaque_nan_bits": patch(b["q4k"], tensor_entry(f, "norm_final").offset, "<I", NAN_BITS),
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -301,6 +379,7 @@ def corruptions(b: dict) -> dict:
         huge = patch(huge, config_word(name), "<I", v)
     c["overflow_64"] = patch(huge, spec.OFF_QUANT, "<I", 0)
     c["overflow_64"] = patch(c["overflow_64"], spec.OFF_GROUP_SIZE, "<I", 0)
+    c.update(non_finite_files(b))
     return c
 
 
@@ -317,6 +396,34 @@ def test_corrupt_files_same_verdict(nano, bases):
     assert not failures, "\n".join(failures)
     # the table exercises every failure kind the reader has
     assert seen >= set(VERDICT.values()), set(VERDICT.values()) - seen
+
+
+def test_non_finite_weights_are_refused_at_load(nano, bases, tmp_path):
+    """As `nano-format validate` (and nano_train.convert.load_bin): a NaN or an infinity in an
+    F32 tensor, or a Q8_0 scale that is not finite or makes q * scale overflow, is
+    NANO_ERR_NON_FINITE from every loader (buffer, misaligned buffer, mmap, read, LoRA);
+    before, such a file loaded and ran, giving NaN logits or garbage."""
+    files = non_finite_files(bases)
+    want = {name: VERDICT[python_verdict(data)] for name, data in files.items()}
+    assert {k for k, v in want.items() if v == "NANO_OK"} == {
+        "f32_flt_max_is_finite", "q8_scale_near_with_q_127_is_fine", "q8_scale_flt_max_over_128_is_fine",
+        "q4k_opaque_nan_bits"}
+    for name, data in files.items():
+        assert nano.load_status(data) == want[name], name
+        shifted = bytearray(len(data) + 1)  # float tensors no longer 4-byte aligned
+        shifted[1:] = data
+        assert nano.load_status(memoryview(shifted)[1:]) == want[name], name
+        if want[name] != "NANO_OK":
+            path = tmp_path / f"{name}.bin"
+            path.write_bytes(data)
+            for use_mmap in (True, False):
+                with pytest.raises(Exception, match="NANO_ERR_NON_FINITE"):
+                    nano.load(path, use_mmap=use_mmap)
+    with pytest.raises(Exception, match="NANO_ERR_NON_FINITE"):
+        nano.load_lora(files["lora_nan"])
+    # the near misses load and run
+    m = nano.load(files["q8_scale_near_with_q_127_is_fine"])
+    assert m.context().eval([1, 2, 3]).shape == (m.info["vocab_size"],)
 
 
 def test_lora_loader_refuses_models_and_model_files_refuse_nothing_valid(nano, bases):

@@ -123,6 +123,21 @@ def test_programs_under_lsan(san_build, psycho_path, sort6_path, tmp_path, h):
     full.write_bytes(h.model_bytes(seed=3, layout="2026.101", attention=1))
     run_san(nano, "run", "-m", full, "-p", "abc")
     run_san(nano, "run", "-m", full, input="abc\nba\n")
+    # ... with a LoRA attached, or a missing one; a LoRA file as the seq2seq model
+    run_san(nano, "run", "-m", full, "-l", lora, input="abc\n\nba\n")
+    run_san(nano, "run", "-m", full, "-l", tmp_path / "missing.bin", "-p", "abc", expect=1)
+    run_san(nano, "seq2seq", "-m", lora, "12", expect=1)
+    # lines holding a NUL byte, NaN weights (refused at load), NaN logits (each line's error)
+    assert run_san(nano, "seq2seq", "-m", sort6_path, "-", input=b"251212\n9\x0087\n", expect=1) == "112225\n\n"
+    run_san(nano, "run", "-m", psycho_path, "-n", "2", input=b"\x00\n\n", expect=1)
+    nan = bytearray(sort6_path.read_bytes())
+    norm_final = next(t for t in nf.read(bytes(nan)).tensors if t.name == "norm_final")
+    nan[norm_final.offset:norm_final.offset + 4] = np.array([np.nan], np.float32).tobytes()
+    (tmp_path / "nan.bin").write_bytes(bytes(nan))
+    run_san(nano, "seq2seq", "-m", tmp_path / "nan.bin", "12", expect=1)
+    overflow = tmp_path / "overflow.bin"
+    overflow.write_bytes(h.overflowing_model_bytes())
+    run_san(nano, "seq2seq", "-m", overflow, "-", input="ab\n\nc\n", expect=1)
 
 
 # ---------------------------------------------------------------------------

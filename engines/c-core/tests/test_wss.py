@@ -997,9 +997,24 @@ def _free_port_in_use():
     return sock
 
 
+def _nan_copy(src: Path, dst: Path, tensor: str) -> Path:
+    """src with the first value of F32 tensor `tensor` made NaN (the writer refuses NaN)."""
+    import nano_format as nf
+
+    data = bytearray(src.read_bytes())
+    t = next(t for t in nf.read(bytes(data)).tensors if t.name == tensor)
+    data[t.offset:t.offset + 4] = np.array([np.nan], np.float32).tobytes()
+    dst.write_bytes(bytes(data))
+    return dst
+
+
 def test_bad_command_lines(h, binaries, build, psycho, tmp_path):
     bad_magic = tmp_path / "bad.bin"
     bad_magic.write_bytes(b"\0" * 300)
+    nan_model = _nan_copy(psycho, tmp_path / "nan.bin", "norm_final")
+    nan_lora = _nan_copy(_lora(h, tmp_path / "ok_lora.bin"), tmp_path / "nan_lora.bin", "wq_A")
+    fifo = tmp_path / "model.fifo"
+    os.mkfifo(fifo)  # opening it for reading used to wait forever for a writer
     lora_as_model = _lora(h, tmp_path / "lora.bin")
     wrong_lora = _lora(h, tmp_path / "wrong_lora.bin", n_embd=16)
     busy = _free_port_in_use()
@@ -1024,6 +1039,10 @@ def test_bad_command_lines(h, binaries, build, psycho, tmp_path):
             (["-m", lora_as_model], 1, "NANO_ERR_UNSUPPORTED"),
             (["-m", psycho, "-l", wrong_lora], 1, "NANO_ERR_LORA_MISMATCH"),
             (["-m", psycho, "-l", bad_magic], 1, "NANO_ERR_BAD_MAGIC"),
+            (["-m", nan_model], 1, "NANO_ERR_NON_FINITE"),
+            (["-m", psycho, "-l", nan_lora], 1, "NANO_ERR_NON_FINITE"),
+            (["-m", fifo], 1, "NANO_ERR_IO"),
+            (["-m", psycho, "-l", fifo], 1, "NANO_ERR_IO"),
             (["-m", psycho, "--port", str(busy.getsockname()[1])], 1, "cannot listen on 127.0.0.1:"),
         ]
         for args, want_rc, want_err in cases:
@@ -1040,3 +1059,106 @@ def test_bad_command_lines(h, binaries, build, psycho, tmp_path):
         res = subprocess.run([binaries[build], flag], capture_output=True, text=True, env=server_env(),
                              timeout=TIMEOUT)
         assert res.returncode == 0 and "nano-wss" in res.stdout and res.stderr == ""
+        if os.path.exists("/dev/full"):  # output that cannot be written is an error, as for `nano`
+            with open("/dev/full", "w") as full:
+                res = subprocess.run([binaries[build], flag], stdout=full, stderr=subprocess.PIPE, text=True,
+                                     env=server_env(), timeout=TIMEOUT)
+            assert res.returncode == 1 and "nano-wss: error: writing standard output" in res.stderr, res.stderr
+
+
+SLOW_OPEN_C = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <time.h>
+
+/* open() of the path in $NANO_TEST_SLOW_OPEN takes a minute: a model on a slow disk
+ * (or a big one being checked), so that a signal arrives while the server loads it. */
+static int slow_open(const char *name, const char *path, int flags, mode_t mode) {
+    const char *slow = getenv("NANO_TEST_SLOW_OPEN");
+    int (*real)(const char *, int, ...) = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, name);
+    if (slow && path && strcmp(path, slow) == 0) {
+        struct timespec t = {60, 0};
+        while (nanosleep(&t, &t) != 0) {}
+    }
+    return real(path, flags, mode);
+}
+
+int open(const char *path, int flags, ...) {
+    mode_t mode = 0;
+    if (flags & O_CREAT) { va_list ap; va_start(ap, flags); mode = (mode_t)va_arg(ap, int); va_end(ap); }
+    return slow_open("open", path, flags, mode);
+}
+
+int open64(const char *path, int flags, ...) {
+    mode_t mode = 0;
+    if (flags & O_CREAT) { va_list ap; va_start(ap, flags); mode = (mode_t)va_arg(ap, int); va_end(ap); }
+    return slow_open("open64", path, flags, mode);
+}
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_model_loads_stops_the_server(h, binaries, build, psycho, tmp_path, sig):
+    """SIGINT/SIGTERM work before the server listens: the model's open takes a minute here
+    (an LD_PRELOAD shim built by the test), and the signal stops the server at once with
+    status 0. Before, the signals were blocked for the sigwait thread that started only
+    after the load, so a slow (or never-ending) load could not be interrupted."""
+    import shutil
+
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    shim = tmp_path / "slow_open.so"
+    (tmp_path / "slow_open.c").write_text(SLOW_OPEN_C)
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", shim, tmp_path / "slow_open.c", "-ldl"], check=True,
+                   env=h.clean_env())
+    model = tmp_path / "m.bin"
+    model.write_bytes(psycho.read_bytes())
+    env = server_env()
+    env.update(LD_PRELOAD=str(shim), NANO_TEST_SLOW_OPEN=str(model))
+    proc = subprocess.Popen([str(binaries[build]), "-m", str(model), "--port", "0"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        time.sleep(1.0)
+        assert proc.poll() is None, proc.communicate()  # still loading: the open takes a minute
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    name = "SIGINT" if sig == signal.SIGINT else "SIGTERM"
+    assert proc.returncode == 0 and f"nano-wss: {name} while starting, stopped" in err, (proc.returncode, err)
+    assert out == "" and elapsed < 5 and sanitizer_report(err) is None, (out, elapsed, err)
+
+
+def test_nan_logits_are_an_error_reply(h, binaries, build, tmp_path):
+    """Finite weights whose logits overflow to NaN: a seq2seq request (like a generate) is
+    answered with an `internal` error naming NANO_ERR_NON_FINITE, as `nano seq2seq` reports
+    it, instead of an argmax read off NaN; the connection keeps working."""
+    full = tmp_path / "full.bin"
+    full.write_bytes(h.overflowing_model_bytes(block_size=32))
+    causal = tmp_path / "causal.bin"
+    causal.write_bytes(h.overflowing_model_bytes(layout="2026.1", block_size=32))
+
+    async def ask(server, *msgs):
+        async with connect(server) as ws:
+            return [await request(ws, m) for m in msgs]
+
+    with Server(binaries[build], full) as s:
+        seq, again, info = run(ask(s, {"type": "seq2seq", "id": "s", "input": "abcab"},
+                                   {"type": "seq2seq", "id": "t", "input": "b"}, {"type": "info", "id": "i"}))
+    for reply, rid in ((seq, "s"), (again, "t")):
+        assert reply["type"] == "error" and reply["code"] == "internal" and reply["id"] == rid, reply
+        assert reply["message"].startswith("seq2seq: ") and "(NANO_ERR_NON_FINITE)" in reply["message"], reply
+    assert info["type"] == "info" and info["id"] == "i"
+    with Server(binaries[build], causal) as s:
+        gen, seq = run(ask(s, {"type": "generate", "id": "g", "prompt": "ab", "temperature": 0, "max_tokens": 4},
+                           {"type": "seq2seq", "id": "s", "input": "ab"}))
+    assert gen["type"] == "error" and gen["id"] == "g" and "(NANO_ERR_NON_FINITE)" in gen["message"], gen
+    assert seq["type"] == "error" and seq["id"] == "s" and "(NANO_ERR_NON_FINITE)" in seq["message"], seq

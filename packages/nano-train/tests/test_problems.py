@@ -24,7 +24,7 @@ from nano_train.model import ModelConfig, Transformer
 from nano_train.problems import PROBLEMS, make
 from nano_train.problems.base import case_hash, encode_many
 from nano_train.problems.boolean import depth_of, evaluate, random_expr
-from nano_train.problems.evaluate import EngineError, find_nano, predict_c, predict_torch, repo_root
+from nano_train.problems.evaluate import EngineError, find_nano, predict_c, predict_torch, repo_root, unescape_answer
 from nano_train.problems.holes import count_holes
 from nano_train.problems.runner import Options, prepare_data, run, train_model
 
@@ -224,6 +224,51 @@ def test_short_training_scores_alike_in_pytorch_and_c(tmp_path, nano_bin, name, 
         assert again["reused"] and again["steps"] == result["train"]["steps"]
         other = Options(**{**opts.__dict__, "seed": 7, "time_budget": 1.0})
         assert not train_model(p, other, say=lambda m: None)["reused"]
+
+
+def test_unescape_answer():
+    """nano's one-answer-per-line escapes (engines/c-core/README.md): \\n, \\r, \\\\; nothing else."""
+    assert unescape_answer("112225") == "112225"
+    assert unescape_answer("a\\nb\\rc\\\\d\\\\n") == "a\nb\rc\\d\\n"
+    for bad in ("a\\", "\\t", "x\\0"):
+        with pytest.raises(EngineError, match="bad escape"):
+            unescape_answer(bad)
+
+
+def _mapping_model(path: Path, follow: dict, extra: str, **config) -> Path:
+    """A model whose output at each position (seq2seq) or next token (causal) is follow[its
+    token]: one-hot embeddings, attention and FFN outputs zero (wo, w2), the classifier a
+    mapping. Tokens without an entry give id 0, "\\n"."""
+    import nano_format as nf
+    from nano_format.plan import model_params
+
+    texts = ["\n", "<|unknown|>", "<|eos|>", "<|instruct_mark|>", "<|response_mark|>", "\\", "\r", *extra]
+    vocab = [nf.TokenEntry(id=i, text=t, is_special=t.startswith("<|")) for i, t in enumerate(texts)]
+    ids = {t: i for i, t in enumerate(texts)}
+    cfg = nf.Config(vocab_size=len(texts), block_size=32, n_layer=1, n_embd=20, n_head=2, n_kv_head=2,
+                    n_hidden=8, tie_embeddings=False, **config)
+    w = {p.name: np.zeros(p.shape, np.float32) for p in model_params(cfg) if p.name not in ("rope_cos", "rope_sin")}
+    for name in ("norm_attn", "norm_ffn", "norm_final"):
+        w[name][:] = 1
+    w["tok_embd"][:, :len(texts)] = np.eye(len(texts), dtype=np.float32)
+    for a, b in follow.items():
+        w["lm_head"][ids[b], ids[a]] = 1
+    nf.write(path, cfg, w, vocab, layout="2026.101")
+    return path
+
+
+def test_predict_c_reads_answers_holding_line_breaks(tmp_path, nano_bin):
+    """An answer holding a line break, a carriage return or a backslash is still one answer:
+    nano escapes it on its output line and predict_c gives the text back exactly. (Before,
+    such an answer took several lines and predict_c failed on the count.)"""
+    sort = _mapping_model(tmp_path / "sort.bin", {"1": "\n", "2": "\\", "5": "\r", "9": "9", "0": "0"},
+                          "0125 9", attention=1)
+    questions = ["251212", "990", "5", "0\\9"]
+    assert predict_c(make("sort"), nano_bin, sort, questions) == ["\\\r\n\\\n\\", "990", "\r", "0\n9"]
+    # instruct: <|response_mark|> -> \n -> \\ -> \r -> <|eos|>; at most max_answer_tokens + 1 = 3 tokens
+    holes = _mapping_model(tmp_path / "holes.bin", {"<|response_mark|>": "\n", "\n": "\\", "\\": "\r",
+                                                    "\r": "<|eos|>"}, "0123456789")
+    assert predict_c(make("holes"), nano_bin, holes, ["202400", "888888"]) == ["\n\\\r"] * 2
 
 
 # ---------------------------------------------------------------------------

@@ -237,6 +237,14 @@ def test_seq2seq_is_argmax_of_one_forward():
     assert seq2seq(m, ids) == logits[0].argmax(-1).tolist()
 
 
+def test_seq2seq_refuses_nan_logits_as_the_c_engine_does():
+    m = tiny_model(is_causal=False)
+    with torch.no_grad():
+        m.norm_final.weight[3] = float("nan")  # every position's logits turn NaN
+    with pytest.raises(ValueError, match=r"logits hold NaN \(first at position 0\)"):
+        seq2seq(m, [4, 8, 15])
+
+
 def test_stop_strings_and_instruct_prompt(nano80):
     from nano_train.sampling import instruct_prompt
 

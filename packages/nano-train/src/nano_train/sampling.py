@@ -312,5 +312,10 @@ def seq2seq(model, ids: Sequence[int]) -> list[int]:
         logits, _ = model(x)  # [1, T, V]
     finally:
         model.train(was_training)
+    logits = logits[0].cpu().numpy()
+    if np.isnan(logits).any():  # the C engine's NANO_ERR_NON_FINITE; numpy would pick the NaN
+        pos = int(np.isnan(logits).any(axis=-1).argmax())
+        raise ValueError(f"the logits hold NaN (first at position {pos}): the model's weights or activations "
+                         "are not finite")
     # numpy's argmax, like the sampler's greedy step, takes the first maximum
-    return [int(i) for i in np.argmax(logits[0].cpu().numpy(), axis=-1)]
+    return [int(i) for i in np.argmax(logits, axis=-1)]

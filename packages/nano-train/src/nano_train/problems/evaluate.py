@@ -120,10 +120,35 @@ def find_nano(path: str | os.PathLike | None = None, build: bool = True, say=pri
     return p
 
 
+_ESCAPES = {"n": "\n", "r": "\r", "\\": "\\"}
+
+
+def unescape_answer(line: str) -> str:
+    """An answer as `nano` writes it in its line-batch modes (engines/c-core/README.md,
+    "One answer per line"): a line break is \\n, a carriage return \\r and a
+    backslash \\\\; any other backslash sequence is an error (not nano's output)."""
+    if "\\" not in line:
+        return line
+    out, i = [], 0
+    while i < len(line):
+        c = line[i]
+        if c == "\\":
+            e = _ESCAPES.get(line[i + 1:i + 2])
+            if e is None:
+                raise EngineError(f"nano wrote an answer with a bad escape at character {i}: {line!r}")
+            out.append(e)
+            i += 2
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
 def predict_c(problem: Problem, nano: Path, model_path: Path, questions: list[str], threads: int = 1,
               timeout: float = 600) -> list[str]:
     """The C engine's answer to each question: one `nano` process for all of them,
-    one question per line of its standard input, one answer per line of its output."""
+    one question per line of its standard input, one answer per line of its output
+    (escaped so that an answer holding a line break stays on its line; unescaped here)."""
     if any("\n" in q or "\r" in q or not q for q in questions):
         raise ValueError("questions must be non-empty single lines")
     if problem.kind == "seq2seq":
@@ -144,7 +169,7 @@ def predict_c(problem: Problem, nano: Path, model_path: Path, questions: list[st
         lines.pop()
     if len(lines) != len(questions):
         raise EngineError(f"{' '.join(cmd)} gave {len(lines)} answers for {len(questions)} questions")
-    return lines
+    return [unescape_answer(line) for line in lines]
 
 
 # ---------------------------------------------------------------------------
