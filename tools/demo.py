@@ -16,15 +16,22 @@ build, and takes seconds; --fresh trains again.
   --out_dir DIR          where the files go (default runs/demo)
   --time_budget SECONDS  training time (default: the sort problem's, 120)
   --seed S               data and initial weights (default 1337)
-  --eval_cases N         held-out questions to score (default 2000)
+  --eval_cases N         held-out questions to score (default 2000; at most the 25,214
+                         the test split holds)
   --quick                a short run (20 s of training, 500 questions) that shows
                          every step; what the tests run
   --fresh                train again even if a matching model exists
+
+The options and --out_dir are checked before anything else is done; a bad one is
+one `error: ...` line and exit status 2. Exit status: 0 done, 1 the C engine
+failed or disagreed with PyTorch on F32, 2 bad options, config or data, or a file
+or folder that cannot be read or written, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -56,23 +63,61 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short run that shows every step (the tests run it)")
     parser.add_argument("--fresh", action="store_true", help="train again even if a matching model exists")
     args = parser.parse_args(argv)
+    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget >= 0):
+        print("error: --time_budget must be a number >= 0 (0 = no limit)", file=sys.stderr)
+        return 2
+    if args.eval_cases is not None and args.eval_cases < 1:
+        print("error: --eval_cases must be at least 1", file=sys.stderr)
+        return 2
 
+    try:  # Ctrl-C anywhere, the imports included
+        return checked(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+def checked(args) -> int:
+    """demo(args), its errors as one `error: ...` line and an exit status."""
+    from nano_train.checkpoint import CheckpointError
+    from nano_train.config import ConfigError
+    from nano_train.data import DataError
+    from nano_train.problems.evaluate import EngineError
+    from nano_train.problems.runner import os_error_text
+    from nano_train.train import TrainingDiverged
+
+    try:
+        return demo(args)
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (EngineError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # an out_dir that cannot be made or written in, a full disk, ...
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
+        return 2
+
+
+def demo(args) -> int:
+    """The five steps; their errors are checked()'s to print, Ctrl-C main's."""
     from nano_train.metrics import duration
     from nano_train.problems import make
-    from nano_train.problems.evaluate import (EngineError, build_nano, disagreements, predict_c, predict_torch,
-                                              score)
-    from nano_train.problems.runner import Options, export_models, load_model, q8_0_model, train_model
+    from nano_train.problems.evaluate import build_nano, disagreements, predict_c, predict_torch, score
+    from nano_train.problems.runner import (Options, check_options, export_models, load_model, q8_0_model,
+                                            pick_test_cases, train_model)
 
     t_start = time.monotonic()
     out_dir = Path(args.out_dir) / "sort"
     problem = make("sort")
     budget = args.time_budget
-    eval_cases = args.eval_cases or 2000
+    eval_cases = 2000 if args.eval_cases is None else args.eval_cases
     if args.quick:
         problem.train_rows = 40_000
         budget = 20.0 if budget is None else budget
-        eval_cases = args.eval_cases or 500
+        eval_cases = 500 if args.eval_cases is None else args.eval_cases
     opts = Options(out_dir=out_dir, seed=args.seed, time_budget=budget, eval_cases=eval_cases, fresh=args.fresh)
+    eval_cases = check_options(problem, opts)  # the config, --eval_cases and the out_dir, before any work
 
     def step(n: int, title: str) -> None:
         print(f"\n[{n}/5] {title}", flush=True)
@@ -86,11 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"      {problem.title}")
     print(f"      {m['n_layer']} layers x {m['n_embd']} wide, full attention; data generated here, "
           f"{int(100 * problem.held_out)}% of all questions held out")
-    try:
-        rec = train_model(problem, opts, say=lambda msg: print("      " + msg, flush=True))
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return 130
+    rec = train_model(problem, opts, say=lambda msg: print("      " + msg, flush=True))
     if rec["reused"]:
         print(f"      reused the model trained earlier with the same settings: {rel(out_dir / rec['checkpoint'])}")
         print(f"      ({rec['steps']:,} steps in {duration(rec['seconds'])}; --fresh trains again)")
@@ -100,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2 -------------------------------------------------------------------------------
     step(2, "Score it on held-out questions (never seen in training)")
-    cases = problem.test_cases(eval_cases)
+    cases = pick_test_cases(problem, eval_cases, say=lambda msg: print("      " + msg, flush=True))
     questions = [c.question for c in cases]
     torch_f32 = predict_torch(problem, model, tok, questions)
     s = score(cases, torch_f32)
@@ -116,11 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     # 4 -------------------------------------------------------------------------------
     step(4, "Build the C engine (make -C engines/c-core build/nano)")
     t0 = time.monotonic()
-    try:
-        nano = build_nano(ROOT, say=lambda msg: None)
-    except EngineError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    nano = build_nano(ROOT, say=lambda msg: None)
     print(f"      {rel(nano)} ready ({time.monotonic() - t0:.1f} s; make only rebuilds what changed)")
 
     # 5 -------------------------------------------------------------------------------
@@ -139,11 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"      all {len(cases):,} held-out questions through `nano seq2seq -m FILE -` (one per line):")
     status = 0
     for label, path, reference in (("F32 ", f32, torch_f32), ("Q8_0", q80, torch_q80)):
-        try:
-            got = predict_c(problem, nano, path, questions)
-        except EngineError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
+        got = predict_c(problem, nano, path, questions)
         sc = score(cases, got)
         diff = disagreements(reference, got)
         agree = "the same answer as PyTorch on every question" if not diff else \

@@ -4,6 +4,7 @@ PyTorch, and a second run reuses the trained model."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
@@ -53,3 +54,79 @@ def test_demo_quick_end_to_end_then_reuse(tmp_path):
 def test_demo_help():
     r, _ = demo("--help")
     assert r.returncode == 0 and "--quick" in r.stdout and "--fresh" in r.stdout
+
+
+def load_demo():
+    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """train_model replaced: a test of argument handling must not train."""
+    from nano_train.problems import runner
+
+    def refuse(*a, **k):
+        raise AssertionError("trained before the options were checked")
+
+    monkeypatch.setattr(runner, "train_model", refuse)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--out_dir", "{tmp}/afile"], "error: {tmp}/afile/sort: cannot make the folder: Not a directory"),
+    (["--out_dir", "/proc/no-such-nano-dir"], "error: /proc/no-such-nano-dir/sort: cannot make the folder"),
+    (["--time_budget", "-5"], "error: --time_budget must be a number >= 0"),
+    (["--time_budget", "nan"], "error: --time_budget must be a number >= 0"),
+    (["--seed", "-1"], "error: system.seed must be in [0, 2^63), got -1"),
+    (["--eval_cases", "-3"], "error: --eval_cases must be at least 1"),
+    (["--eval_cases", "0"], "error: --eval_cases must be at least 1"),
+    (["--eval_cases", "30000"], "error: --eval_cases 30,000: sort (digits 6) has 25,214 held-out test questions; "
+                                "at most 25,214"),
+])
+def test_demo_refuses_bad_options_in_one_line(tmp_path, capsys, no_training, args, message):
+    """Bad options and an out_dir that cannot be made are one `error: ...` line and exit
+    status 2, before any training (before: tracebacks from the config or mkdir; --eval_cases
+    -3 scored 0 of 0 and exited 0; 0 silently became 2000)."""
+    (tmp_path / "afile").write_text("x")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if "--out_dir" not in args:
+        args += ["--out_dir", str(tmp_path / "demo")]
+    assert load_demo().main(["--quick", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message.replace("{tmp}", str(tmp_path))) and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("where", ["score", "build", "engine"])
+def test_demo_ctrl_c_after_training_says_interrupted(tmp_path, capsys, monkeypatch, where):
+    """Ctrl-C at any step is "interrupted" and exit status 130 (before: only step 1 was
+    guarded; later a KeyboardInterrupt traceback)."""
+    from nano_train.problems import evaluate, runner
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "train_model", lambda *a, **k: {"reused": True, "checkpoint": "best.pt",
+                                                                "steps": 1, "seconds": 1.0})
+    monkeypatch.setattr(runner, "load_model", lambda *a, **k: (None, None))
+    if where == "score":
+        monkeypatch.setattr(evaluate, "predict_torch", ctrl_c)
+    else:
+        monkeypatch.setattr(evaluate, "predict_torch", lambda problem, model, tok, qs: list(qs))
+        monkeypatch.setattr(runner, "export_models", lambda model, tok, out_dir, name: {
+            q: type("E", (), {"path": tmp_path / f"{q}.bin", "group_size": 32})() for q in ("f32", "q8_0")})
+        for q in ("f32", "q8_0"):
+            (tmp_path / f"{q}.bin").write_bytes(b"x")
+        monkeypatch.setattr(runner, "q8_0_model", lambda model, group_size: None)
+        if where == "build":
+            monkeypatch.setattr(evaluate, "build_nano", ctrl_c)
+        else:
+            monkeypatch.setattr(evaluate, "build_nano", lambda root, say: Path(sys.executable))
+            monkeypatch.setattr(evaluate, "predict_c", ctrl_c)
+            monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "x\n", ""))
+    try:
+        status = load_demo().main(["--quick", "--out_dir", str(tmp_path / "demo"), "--eval_cases", "20"])
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C after step 1 escaped as a KeyboardInterrupt traceback")
+    assert status == 130 and capsys.readouterr().err.strip().endswith("interrupted")

@@ -37,6 +37,33 @@ def test_generator_check_mode(shared, tmp_path):
     assert vectors.main(["--shared", str(shared), "-o", str(out), "--check"]) == 1
 
 
+def test_generator_refuses_an_unwritable_out_before_the_work(shared, tmp_path, monkeypatch, capsys):
+    """-o naming a folder, or a path under a file: one error line and status 1, no
+    traceback, refused before the vectors are generated (before: IsADirectoryError
+    from a plain open() after all the work). A written file is written atomically."""
+    def no_work(_shared):
+        raise AssertionError("generated before the output was checked")
+
+    monkeypatch.setattr(vectors, "generate", no_work)
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    for out, reason in ((tmp_path, "exists and is not a regular file"),
+                        (tmp_path / "afile" / "v.json", "cannot make the folder")):
+        assert vectors.main(["--shared", str(shared), "-o", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("vectors: error: ") and reason in err and err.count("\n") == 1, err
+    monkeypatch.undo()
+
+    import nano_format
+
+    written = []
+    real = nano_format.write_atomically
+    monkeypatch.setattr(nano_format, "write_atomically",
+                        lambda path, chunks: written.append(path) or real(path, chunks))
+    out = tmp_path / "v.json"
+    assert vectors.main(["--shared", str(shared), "-o", str(out)]) == 0
+    assert written == [out] and out.read_text(encoding="utf-8") == vectors.dumps(vectors.generate(shared))
+
+
 def test_format(doc, committed):
     assert doc["schema"] == 1
     assert doc["generator"] == "python -m nano_tokenizer.vectors"

@@ -101,6 +101,109 @@ def test_sort_and_reverse():
         make("sorting")
 
 
+# the settings each problem takes: (smallest, largest)
+BOUNDS = {"sort": ("digits", 2, 64), "reverse": ("digits", 2, 64), "holes": ("digits", 3, 40),
+          "boolean": ("depth", 2, 6)}
+
+
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_settings_are_bounded(name, monkeypatch):
+    """Every problem refuses settings outside its bounds. Below the smallest, no question
+    is held out for the test or for validation (sort --digits 1 scored 0 of 0 and passed);
+    above the largest, sort and reverse generated rows of any length (--digits 100000
+    ground for minutes, then ran out of memory). At the smallest, both held-out splits
+    hold questions, and the listed questions are every question `draw` gives."""
+    key, low, high = BOUNDS[name]
+    for bad, words in ((low - 1, f"at least {low}"), (high + 1, f"at most {high}")):
+        with pytest.raises(ValueError, match=f"--{key} must be {words}"):
+            make(name, **{key: bad})
+    make(name, **{key: high})
+    p = make(name, **{key: low})
+    listed = list(p.all_questions())
+    assert len(listed) == len(set(listed)) == p.question_count()
+    rng = random.Random(0)
+    assert {p.draw(rng) for _ in range(3000)} <= set(listed)
+    assert p.split_questions("test") and p.split_questions("val")
+    # the bound is where a split first holds questions: one below it, one of them is empty
+    monkeypatch.setattr(PROBLEMS[name], "check", lambda self: None)
+    below = make(name, **{key: low - 1})
+    assert not below.split_questions("test") or not below.split_questions("val")
+
+
+def test_question_counts():
+    assert make("sort").question_count() == 10**6 and make("holes", digits=7).question_count() == 9 * 10**6
+    # expressions of depth <= d: 2 + 2 * (those of depth < d)^2, less the two digits
+    assert [make("boolean", depth=d).question_count() for d in (2, 3, 4)] == [200, 81_608, 13_320_384_200]
+
+
+def test_eval_cases_cannot_exceed_the_test_split():
+    """The test split is listed (exactly) for up to ENUMERATE_MAX questions, else estimated;
+    more cases than it holds are refused, naming the most (before: drawing went on for
+    up to 200 x n questions, hours for a large --eval_cases, and scored fewer silently).
+    All the split can be taken, and the cases are distinct test questions."""
+    p = make("sort", digits=4)
+    split = p.split_questions("test")
+    assert p.most_test_cases() == (len(split), True) and 200 < len(split) < 260
+    p.check_eval_cases(len(split))
+    with pytest.raises(ValueError, match=f"has {len(split)} held-out test questions; at most {len(split)}"):
+        p.check_eval_cases(len(split) + 1)
+    whole = [c.question for c in p.test_cases(len(split))]
+    assert sorted(whole) == sorted(split)
+    most = [c.question for c in p.test_cases(len(split) * 3 // 4)]  # more than half: a shuffle of the list
+    assert len(set(most)) == len(most) == len(split) * 3 // 4 and set(most) <= set(split)
+    few = [c.question for c in p.test_cases(20)]  # drawn; the first of a larger draw
+    assert few == [c.question for c in p.test_cases(40)][:20] and set(few) <= set(split)
+    assert make("sort").most_test_cases() == (25_214, True)
+    with pytest.raises(ValueError, match="at most 25,214"):
+        make("sort").check_eval_cases(10**9)
+    # too many to list: half the expected size, which random draws still find quickly
+    assert make("sort", digits=7).most_test_cases() == (125_000, False)
+    with pytest.raises(ValueError, match="about 250,000 held-out test questions.*at most half, 125,000"):
+        make("sort", digits=7).check_eval_cases(125_001)
+
+
+def test_eval_count_and_too_few_cases():
+    """runner.eval_count: the default is 2000, or the whole test split when it holds fewer;
+    an asked number beyond the split is a ConfigError. runner.pick_test_cases: none is an error
+    (before: 0 / 0 reported as a success), fewer than asked is said."""
+    from nano_train.config import ConfigError
+    from nano_train.problems.runner import eval_count, pick_test_cases
+
+    assert eval_count(make("sort"), None) == 2000 and eval_count(make("sort"), 7) == 7
+    small = make("sort", digits=3)
+    assert eval_count(small, None) == len(small.split_questions("test")) == 23
+    for bad, words in ((24, "at most 23"), (0, "at least 1")):
+        with pytest.raises(ConfigError, match=words):
+            eval_count(small, bad)
+    lines = []
+    small.test_cases = lambda n: []
+    with pytest.raises(ConfigError, match="no held-out test question"):
+        pick_test_cases(small, 5, say=lines.append)
+    small.test_cases = lambda n: [small.case("123")]
+    assert len(pick_test_cases(small, 5, say=lines.append)) == 1
+    assert lines == ["note       only 1 distinct held-out test questions found of the 5 asked; scoring those"]
+
+
+def test_run_checks_before_training(tmp_path, monkeypatch):
+    """run() refuses --eval_cases beyond the test split and an empty evaluation before
+    anything is trained (before: sort --eval_cases 10^9 drew test questions for hours
+    after training)."""
+    from nano_train.config import ConfigError
+    from nano_train.problems import runner
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before the options were checked")
+
+    monkeypatch.setattr(runner, "train_model", no_training)
+    opts = Options(out_dir=tmp_path / "out", eval_cases=10**9, use_c=False, progress=False)
+    with pytest.raises(ConfigError, match="at most 25,214"):
+        run(make("sort"), opts, say=lambda m: None)
+    p = make("sort", digits=3)
+    p.test_cases = lambda n: []
+    with pytest.raises(ConfigError, match="no held-out test question"):
+        run(p, Options(out_dir=tmp_path / "out", eval_cases=5, use_c=False, progress=False), say=lambda m: None)
+
+
 @pytest.mark.parametrize("name", list(PROBLEMS))
 def test_vocabulary_covers_every_character_and_rows_fit(name):
     p = make(name)
@@ -298,6 +401,13 @@ def test_command_help_and_list():
     (["sort", "--bogus"], 2, "unrecognized arguments: --bogus"),
     (["sort", "--n_layers=3", "--no-c"], 2, "unknown key 'n_layers'"),
     (["sort", "--nano", "{tmp}/no-such-nano"], 1, "not an executable file"),
+    (["sort", "--digits", "1", "--no-c", "--max_iters", "3", "--eval_cases", "5"], 2, "--digits must be at least 2"),
+    (["sort", "--digits", "100000", "--no-c", "--max_iters", "1"], 2, "--digits must be at most 64"),
+    (["reverse", "--digits", "65", "--no-c", "--max_iters", "1"], 2, "--digits must be at most 64"),
+    (["holes", "--digits", "2", "--no-c", "--max_iters", "1"], 2, "--digits must be at least 3"),
+    (["boolean", "--depth", "1", "--no-c", "--max_iters", "1"], 2, "--depth must be at least 2"),
+    (["sort", "--no-c", "--max_iters", "1", "--eval_cases", "1000000000"], 2,
+     "--eval_cases 1,000,000,000: sort (digits 6) has 25,214 held-out test questions; at most 25,214"),
 ])
 def test_command_errors(tmp_path, args, status, message):
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -305,6 +415,52 @@ def test_command_errors(tmp_path, args, status, message):
     assert r.returncode == status, r
     assert message in r.stderr and r.stderr.startswith("error: "), r.stderr
     assert not (tmp_path / "out" / "best.pt").exists()
+
+
+@pytest.mark.parametrize("where", ["file", "under_file", "proc", "result_is_folder"])
+def test_command_refuses_an_out_dir_it_cannot_write(tmp_path, where):
+    """--out_dir a file, under a file, where no folder can be made, or holding a folder where
+    a result file goes: one `error: PATH: reason` line, exit status 2, before any data is
+    generated (before: a NotADirectoryError or FileNotFoundError traceback, or an
+    IsADirectoryError after the whole training)."""
+    (tmp_path / "afile").write_text("x")
+    out, named, reason = {
+        "file": (tmp_path / "afile", tmp_path / "afile", "exists and is not a folder"),
+        "under_file": (tmp_path / "afile" / "out", tmp_path / "afile" / "out", "cannot make the folder"),
+        "proc": (Path("/proc/no-such-nano-dir/out"), Path("/proc/no-such-nano-dir/out"), "cannot make the folder"),
+        "result_is_folder": (tmp_path / "out", tmp_path / "out" / "result.json", "exists and is not a regular file"),
+    }[where]
+    if where == "proc" and not Path("/proc").is_dir():
+        pytest.skip("no /proc")
+    if where == "result_is_folder":
+        (out / "result.json").mkdir(parents=True)
+    r = problems_cli("sort", "--no-c", "--max_iters", "1", "--eval_cases", "5", "--out_dir", str(out))
+    assert r.returncode == 2, r
+    assert r.stderr.startswith(f"error: {named}: {reason}") and r.stderr.count("\n") == 1, r.stderr  # no traceback
+    assert "data" not in r.stdout, r
+    if where == "result_is_folder":
+        assert not (out / "data").exists()
+
+
+def test_check_out_dir(tmp_path, monkeypatch):
+    """runner.check_out_dir: makes the folder, refuses what cannot be written with an
+    OSError naming the path (the permission case, as root, only through a mock)."""
+    import nano_format
+
+    from nano_train.problems.runner import check_out_dir, os_error_text
+
+    check_out_dir(tmp_path / "a" / "b", ["result.json"])
+    assert (tmp_path / "a" / "b").is_dir() and list((tmp_path / "a" / "b").iterdir()) == []
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(nano_format, "check_writable", denied)
+    with pytest.raises(PermissionError) as e:
+        check_out_dir(tmp_path / "a", ["result.json"])
+    assert os_error_text(e.value) == f"{tmp_path / 'a'}: cannot write in this folder: Permission denied"
+    assert os_error_text(OSError("run.out_dir x is not a writable directory")) == \
+        "run.out_dir x is not a writable directory"
 
 
 def test_nano_is_found_in_the_checkout():

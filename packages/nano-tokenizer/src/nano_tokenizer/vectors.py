@@ -9,7 +9,10 @@ Usage:
   python -m nano_tokenizer.vectors [--shared DIR] [-o OUT] [--check]
 
 --shared defaults to $NANO_SHARED, else ../shared next to the repository.
--o defaults to tests/vectors/tokenizer.json in the repository.
+-o defaults to tests/vectors/tokenizer.json in the repository; the file is
+written atomically (nano_format.write_atomically: a temporary file beside it,
+renamed over it once complete), and something other than a regular file there
+(a folder, say) is refused before any work, as one error line, exit status 1.
 --check compares instead of writing and exits 1 when the file is out of date.
 """
 
@@ -22,7 +25,7 @@ import os
 import sys
 from pathlib import Path
 
-from .tokenizer import Tokenizer, TokenizerError
+from .tokenizer import Tokenizer, TokenizerError, check_writable, write_atomically
 
 SCHEMA = 1
 GENERATOR = "python -m nano_tokenizer.vectors"
@@ -206,20 +209,28 @@ def main(argv=None) -> int:
             if root is None:
                 raise TokenizerError("cannot find the repository; pass -o")
             out = root / VECTORS_RELPATH
+        if not args.check:  # refuse an unwritable -o before the work
+            try:
+                out.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise OSError(e.errno, f"cannot make the folder: {e.strerror or e}", str(out.parent)) from None
+            check_writable(out)
         text = dumps(generate(shared))
-    except (TokenizerError, OSError) as e:
+        if args.check:
+            current = out.read_text(encoding="utf-8") if out.is_file() else None
+            if current != text:
+                print(f"{out} is out of date: run {GENERATOR}", file=sys.stderr)
+                return 1
+            print(f"{out} is up to date")
+            return 0
+        write_atomically(out, [text.encode("utf-8")])
+    except TokenizerError as e:
         print(f"vectors: error: {e}", file=sys.stderr)
         return 1
-    if args.check:
-        current = out.read_text(encoding="utf-8") if out.is_file() else None
-        if current != text:
-            print(f"{out} is out of date: run {GENERATOR}", file=sys.stderr)
-            return 1
-        print(f"{out} is up to date")
-        return 0
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
+    except OSError as e:
+        name = f"{e.filename}: " if e.filename else ""
+        print(f"vectors: error: {name}{e.strerror or e}", file=sys.stderr)
+        return 1
     print(f"{len(json.loads(text)['cases'])} cases -> {out} ({len(text.encode('utf-8'))} bytes)")
     return 0
 

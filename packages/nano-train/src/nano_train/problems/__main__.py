@@ -19,18 +19,25 @@ the trained checkpoint (--fresh retrains).
   --time_budget SECONDS  stop training after this long (default: the problem's; 0 = none)
   --max_iters N          at most N optimizer steps (default: the problem's)
   --seed S               data and initial weights (default 1337)
-  --eval_cases N         held-out questions to score (default 2000)
+  --eval_cases N         held-out questions to score (default 2000, or all the test split
+                         holds if fewer); more than the test split holds is refused
   --nano PATH            the nano program (default: engines/c-core/build/nano of this
                          checkout, built with make when needed)
   --no-c                 skip the C engine
   --fresh                retrain even if a matching checkpoint exists
-  --digits N             sort, reverse, holes: digits per question (default 6)
-  --depth N              boolean: the deepest nesting (default 4)
+  --digits N             sort, reverse, holes: digits per question (default 6; sort and
+                         reverse 2 to 64, holes 3 to 40)
+  --depth N              boolean: the deepest nesting (default 4; 2 to 6)
   --key=value            any training config key (e.g. --n_layer=3 --batch_size=128
                          --device=cuda --threads=2); see python -m nano_train.sft --help
 
+Everything that can be checked is checked before any data is generated: the
+settings, the training config, --eval_cases against the test split, and that
+--out_dir is a folder that exists or can be made, and can be written in.
+
 Exit status: 0 done, 1 the C engine failed or disagreed with PyTorch on F32,
-2 bad arguments, config or data, 130 interrupted.
+2 bad arguments, config or data, or a file or folder that cannot be read or
+written (`error: PATH: reason`), 130 interrupted.
 
 Examples:
   python -m nano_train.problems sort
@@ -61,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time_budget", type=float)
     p.add_argument("--max_iters", type=int)
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--eval_cases", type=int, default=2000)
+    p.add_argument("--eval_cases", type=int)
     p.add_argument("--nano")
     p.add_argument("--no-c", dest="use_c", action="store_false")
     p.add_argument("--fresh", action="store_true")
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print("error: which problem? one of " + ", ".join(PROBLEMS) + "\n(python -m nano_train.problems --help "
               "for usage)", file=sys.stderr)
         return 2
-    if args.eval_cases < 1:
+    if args.eval_cases is not None and args.eval_cases < 1:
         print("error: --eval_cases must be at least 1", file=sys.stderr)
         return 2
     if args.time_budget is not None and args.time_budget < 0:
@@ -107,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from nano_train.data import DataError
     from nano_train.problems.evaluate import EngineError
     from nano_train.train import TrainingDiverged
-    from nano_train.problems.runner import Options, run
+    from nano_train.problems.runner import Options, os_error_text, run
 
     opts = Options(out_dir=Path(args.out_dir or f"runs/problems/{problem.name}"), seed=args.seed,
                    time_budget=args.time_budget, max_iters=args.max_iters, eval_cases=args.eval_cases,
@@ -120,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     except (EngineError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # an out_dir that cannot be made or written in, a full disk, ...
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -19,6 +19,12 @@ hash of (problem name, question) as a number h in [0, 1):
     otherwise                    train
 
 so no test or validation question is ever a training row, whatever the seed.
+
+How many test questions there are: a problem with at most ENUMERATE_MAX
+questions lists them (`all_questions`) and its split is counted exactly; a
+larger one has about question_count() x held_out / 2 of them, of which
+`test_cases` draws at most half (`most_test_cases`), as random draws of a
+larger share would mostly draw questions already taken.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import random
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +42,7 @@ from nano_tokenizer import Tokenizer, build_vocab
 
 KINDS = ("seq2seq", "instruct")
 GENERATOR_VERSION = 1  # bump when a generator or the row layout changes (invalidates cached data)
+ENUMERATE_MAX = 1_000_000  # a problem with at most this many questions lists them to count its splits (~2 s)
 
 
 def train_config(model: dict, *, batch_size: int = 256, learning_rate: float = 3e-3, warmup_iters: int = 100,
@@ -126,6 +134,15 @@ class Problem:
         """instruct: the most tokens an answer has (generation stops after one more, for <|eos|>)."""
         raise NotImplementedError
 
+    def question_count(self) -> int | None:
+        """How many distinct questions `draw` can give (None: not known)."""
+        return None
+
+    def all_questions(self) -> Iterable[str]:
+        """Every question `draw` can give, each once, in a fixed order (called only when
+        question_count() is at most ENUMERATE_MAX)."""
+        raise NotImplementedError
+
     def category(self, question: str) -> str | None:
         """A label to break the accuracy down by (e.g. the nesting depth), or None."""
         return None
@@ -173,12 +190,72 @@ class Problem:
             out.append(q)
         return out
 
+    def split_questions(self, split: str) -> list[str] | None:
+        """Every question of the split, in a fixed order, when the problem has at most
+        ENUMERATE_MAX questions (listed once, then kept); None for a larger space."""
+        count = self.question_count()
+        if count is None or count > ENUMERATE_MAX:
+            return None
+        key = (split, self.held_out)
+        listed = self.__dict__.setdefault("_listed", {})
+        if key not in listed:
+            listed[key] = [q for q in self.all_questions() if self.split_of(q) == split]
+        return list(listed[key])
+
+    def most_test_cases(self) -> tuple[int, bool] | None:
+        """The most distinct test questions `test_cases` gives, and whether that number
+        is exact: the test split's size when the questions can be listed; otherwise half
+        its expected size (question_count() x held_out / 4). None: not known."""
+        listed = self.split_questions("test")
+        if listed is not None:
+            return len(listed), True
+        count = self.question_count()
+        return None if count is None else (int(count * self.held_out / 4), False)
+
+    def _small_share(self, n: int) -> bool:
+        """n is at most a quarter of the test split's expected size: random draws find
+        n distinct test questions quickly, and the split need not be listed."""
+        count = self.question_count()
+        return count is not None and n <= count * self.held_out / 8
+
+    def check_eval_cases(self, n: int) -> None:
+        """Refuse (ValueError) n test cases where the test split cannot give that many,
+        naming the most it can; cheap unless n is a large share of the split."""
+        if self._small_share(n):
+            return
+        most = self.most_test_cases()
+        if most is None or n <= most[0]:
+            return
+        limit, exact = most
+        if limit == 0:
+            raise ValueError(f"{self.describe()}: none of its questions is held out for the test")
+        if exact:
+            raise ValueError(f"--eval_cases {n:,}: {self.describe()} has {limit:,} held-out test questions; "
+                             f"at most {limit:,}")
+        raise ValueError(f"--eval_cases {n:,}: {self.describe()} has about {2 * limit:,} held-out test questions, "
+                         f"of which at most half, {limit:,}, can be drawn at random in reasonable time")
+
     def test_cases(self, n: int) -> list[Case]:
-        """n distinct held-out test questions with their answers. They depend on the
-        problem and its settings only (not on the training seed), so runs with
-        different seeds are scored on the same cases."""
+        """n distinct held-out test questions with their answers (fewer only when the
+        test split holds fewer: see most_test_cases). They depend on the problem, its
+        settings and n only (not on the training seed), so runs with different seeds
+        are scored on the same cases. They are drawn at random (the cases for a smaller
+        n are the first of those for a larger one); when n is more than half of a
+        listed split, they are a seeded shuffle of the list instead, as random draws
+        would mostly draw questions already taken."""
         rng = random.Random(f"{self.describe()}/test")
-        return [self.case(q) for q in self.draw_split(rng, "test", n, distinct=True)]
+        listed = None if self._small_share(n) else self.split_questions("test")
+        if listed is not None and 2 * n > len(listed):
+            rng.shuffle(listed)
+            questions = listed[:n]
+        else:
+            questions = self.draw_split(rng, "test", n, distinct=True)
+            if len(questions) < n and (listed := self.split_questions("test")) is not None:
+                taken = set(questions)  # unlucky draws: the rest from the list
+                rest = [q for q in listed if q not in taken]
+                rng.shuffle(rest)
+                questions += rest[:n - len(questions)]
+        return [self.case(q) for q in questions]
 
     def encode_rows(self, tok: Tokenizer, cases: list[Case]) -> tuple[np.ndarray, ...]:
         """The rows of the cases in the layout nano_train.data.write_rows takes:

@@ -81,8 +81,27 @@ class Boolean(Problem):
     train_rows = 300_000
 
     def check(self) -> None:
+        # depth 1: 8 expressions, two of them held out for the test and none for validation
+        if self.depth < 2:
+            raise ValueError("boolean: --depth must be at least 2 (with 1, no expression is held out for "
+                             "validation)")
         if self.depth > 6:
             raise ValueError("boolean: --depth must be at most 6")
+
+    def question_count(self) -> int:
+        at_most = 2  # expressions of depth at most d: 0, 1 and (op A B) for 2 ops, A and B of depth < d
+        for _ in range(self.depth):
+            at_most = 2 + 2 * at_most * at_most
+        return at_most - 2  # a question has depth 1 or more
+
+    def all_questions(self):
+        def at_most(d: int) -> list[str]:
+            if d == 0:
+                return ["0", "1"]
+            sub = at_most(d - 1)
+            return ["0", "1"] + [f"({op} {a} {b})" for op in OPS for a in sub for b in sub]
+
+        return (e + " =" for e in at_most(self.depth)[2:])
 
     def alphabet(self) -> str:
         return "01*+() ="

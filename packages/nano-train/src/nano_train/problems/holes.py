@@ -7,6 +7,7 @@ answer is the count in decimal, generated greedily after <|response_mark|>.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from nano_train.problems.base import Problem, train_config
@@ -31,8 +32,20 @@ class Holes(Problem):
     examples = ("202400", "888888", "123457", "609860", "100000")
 
     def check(self) -> None:
+        # 2 digits: 90 numbers, one of them held out for the test and none for validation
+        if self.digits < 3:
+            raise ValueError("holes: --digits must be at least 3 (with fewer, no number is held out for the test "
+                             "or for validation)")
         if self.digits > 40:
             raise ValueError("holes: --digits must be at most 40")
+
+    def question_count(self) -> int:
+        return 9 * 10 ** (self.digits - 1)
+
+    def all_questions(self):
+        for first in DIGITS[1:]:
+            for rest in itertools.product(DIGITS, repeat=self.digits - 1):
+                yield first + "".join(rest)
 
     def alphabet(self) -> str:
         return DIGITS

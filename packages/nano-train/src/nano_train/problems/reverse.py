@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from nano_train.problems.base import Problem
-from nano_train.problems.sort import DIGITS, seq2seq_config
+from nano_train.problems.sort import DIGITS, all_digit_strings, check_digits, seq2seq_config
 
 
 class Reverse(Problem):
@@ -15,6 +15,15 @@ class Reverse(Problem):
     PARAMS = {"digits": 6}
     PARAM_HELP = {"digits": "length of the strings (default 6)"}
     examples = ("123456", "251212", "900001", "777777")
+
+    def check(self) -> None:
+        check_digits(self)
+
+    def question_count(self) -> int:
+        return 10 ** self.digits
+
+    def all_questions(self):
+        return all_digit_strings(self.digits)
 
     def alphabet(self) -> str:
         return DIGITS

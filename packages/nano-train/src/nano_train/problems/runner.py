@@ -16,6 +16,7 @@ Files in the output directory (default runs/problems/NAME):
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import os
 import random
@@ -30,6 +31,7 @@ from nano_train.problems.evaluate import disagreements, find_nano, predict_c, pr
 
 TRAIN_RECORD = "train.json"
 RESULT = "result.json"
+DEFAULT_EVAL_CASES = 2000
 
 
 @dataclass
@@ -38,13 +40,89 @@ class Options:
     seed: int = 1337
     time_budget: float | None = None  # None: the problem's default
     max_iters: int | None = None  # None: the problem's default
-    eval_cases: int = 2000
+    eval_cases: int | None = None  # None: DEFAULT_EVAL_CASES, or all the test split holds if fewer
     nano: str | None = None  # the nano program; None: the checkout's engines/c-core/build/nano
     use_c: bool = True
     fresh: bool = False  # retrain even if a matching checkpoint exists
     overrides: list[str] = field(default_factory=list)  # --key=value for the training config
     c_threads: int = 1
     progress: bool = True  # the training progress bar on stderr
+
+
+# ---------------------------------------------------------------------------
+# Checks before any work
+
+
+def check_options(problem: Problem, opts: Options) -> int:
+    """Refuse, before any data is generated or any step trained, what would fail
+    later: the training config (ConfigError), --eval_cases the test split cannot
+    give (ConfigError), an out_dir that is not a folder that exists or can be made
+    and written in (OSError naming it). Returns the number of test cases to score."""
+    resolve_config(problem, opts)
+    n = eval_count(problem, opts.eval_cases)
+    check_out_dir(Path(opts.out_dir), [TRAIN_RECORD, RESULT, *(f"{problem.name}_{s}.bin" for s in ("f32", "q80"))])
+    return n
+
+
+def eval_count(problem: Problem, requested: int | None) -> int:
+    """The number of test cases to score: `requested` (ConfigError when below 1 or more
+    than the test split holds), or for None DEFAULT_EVAL_CASES, or all the split
+    holds if fewer."""
+    from nano_train.config import ConfigError
+
+    n = DEFAULT_EVAL_CASES if requested is None else requested
+    if n < 1:
+        raise ConfigError("--eval_cases must be at least 1")
+    try:
+        problem.check_eval_cases(n)
+    except ValueError as e:
+        if requested is not None:
+            raise ConfigError(str(e)) from None
+        n = problem.most_test_cases()[0]
+    if n < 1:
+        raise ConfigError(f"{problem.describe()}: none of its questions is held out for the test")
+    return n
+
+
+def pick_test_cases(problem: Problem, n: int, say=print) -> list[Case]:
+    """problem.test_cases(n): ConfigError when there are none; a note when fewer than n."""
+    from nano_train.config import ConfigError
+
+    cases = problem.test_cases(n)
+    if not cases:
+        raise ConfigError(f"{problem.describe()}: no held-out test question found; nothing to score")
+    if len(cases) < n:
+        say(f"note       only {len(cases):,} distinct held-out test questions found of the {n:,} asked; "
+            "scoring those")
+    return cases
+
+
+def check_out_dir(out_dir: Path, names=()) -> None:
+    """Make out_dir (with its parents) if it is not there, and check that each of
+    `names` can be written in it (nano_format.check_writable: a file can be made
+    beside it, and nothing but a regular file is there). OSError naming the path."""
+    from nano_format import WriteError, check_writable
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(out_dir))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(e.errno, f"cannot make the folder: {e.strerror or e}", str(out_dir)) from None
+    for name in names:
+        try:
+            check_writable(out_dir / name)
+        except WriteError as e:
+            raise OSError(errno.EEXIST, e.message, str(out_dir / name)) from None
+        except OSError as e:
+            raise OSError(e.errno, f"cannot write in this folder: {e.strerror or e}", str(out_dir)) from None
+
+
+def os_error_text(e: OSError) -> str:
+    """An OSError as the commands print it: PATH: reason."""
+    reason = e.strerror or str(e)
+    return reason if e.filename is None else f"{e.filename}: {reason}"
 
 
 # ---------------------------------------------------------------------------
@@ -174,6 +252,7 @@ def train_model(problem: Problem, opts: Options, say=print) -> dict:
 
     cfg, explicit = resolve_config(problem, opts)
     out_dir = Path(opts.out_dir)
+    check_out_dir(out_dir, [TRAIN_RECORD])
     requested = cfg.to_dict()
     info = data_info(problem, opts.seed)
     if not opts.fresh:
@@ -248,10 +327,12 @@ def run(problem: Problem, opts: Options, say=print) -> dict:
     writes result.json. Returns the result dict."""
     out_dir = Path(opts.out_dir)
     t_start = time.monotonic()
+    n_cases = check_options(problem, opts)
     say(f"{problem.name}: {problem.title}")
     nano = None
     if opts.use_c:  # find (or build) the engine first: a missing toolchain should not cost a training run
         nano = find_nano(opts.nano, say=lambda m: say(f"engine     {m}"))
+    cases = pick_test_cases(problem, n_cases, say)  # before training too: they depend on the settings only
     rec = train_model(problem, opts, say)
     if rec["reused"]:
         say(f"training   reused {out_dir / rec['checkpoint']} ({rec['steps']:,} steps, {duration(rec['seconds'])}; "
@@ -260,7 +341,6 @@ def run(problem: Problem, opts: Options, say=print) -> dict:
         say(f"training   {rec['steps']:,} steps in {duration(rec['seconds'])}"
             + (" (time budget reached)" if rec["out_of_time"] else "") + f", best val loss {rec['best_val_loss']:.4g}")
     model, tok = load_model(out_dir, rec)
-    cases = problem.test_cases(opts.eval_cases)
     questions = [c.question for c in cases]
     result = {"problem": problem.name, "params": problem.params, "title": problem.title, "seed": opts.seed,
               "train": {k: v for k, v in rec.items() if k != "config"}, "config": rec["config"],

@@ -6,11 +6,33 @@ position (argmax at every position): one forward, no generation loop.
 
 from __future__ import annotations
 
+import itertools
 import random
 
 from nano_train.problems.base import Problem, train_config
 
 DIGITS = "0123456789"
+# --digits of sort and reverse. Fewer than 2: no question is held out for the test
+# (1 digit: 10 questions, none of them in the test split). More than 64: the block
+# size is the number of digits, and the 200,000 generated training rows grow with it
+# (64 digits: about 18 s and 0.75 GB to generate; 128: 30 s and 1.2 GB); the C
+# engine itself takes a block of up to 2^20 (nano_format's MAX_DIM).
+MIN_DIGITS, MAX_DIGITS = 2, 64
+
+
+def check_digits(problem: Problem) -> None:
+    """sort and reverse: --digits within MIN_DIGITS..MAX_DIGITS."""
+    if problem.digits < MIN_DIGITS:
+        raise ValueError(f"{problem.name}: --digits must be at least {MIN_DIGITS} (with fewer, no question is "
+                         "held out for the test)")
+    if problem.digits > MAX_DIGITS:
+        raise ValueError(f"{problem.name}: --digits must be at most {MAX_DIGITS} (the model's block size is the "
+                         "number of digits; the generated training rows grow with it)")
+
+
+def all_digit_strings(digits: int):
+    """Every string of `digits` digits, in order (what `draw` of sort and reverse can give)."""
+    return map("".join, itertools.product(DIGITS, repeat=digits))
 
 
 class Sort(Problem):
@@ -20,6 +42,15 @@ class Sort(Problem):
     PARAMS = {"digits": 6}
     PARAM_HELP = {"digits": "length of the strings (default 6)"}
     examples = ("251212", "114515", "987654", "000000", "909090")
+
+    def check(self) -> None:
+        check_digits(self)
+
+    def question_count(self) -> int:
+        return 10 ** self.digits
+
+    def all_questions(self):
+        return all_digit_strings(self.digits)
 
     def alphabet(self) -> str:
         return DIGITS
