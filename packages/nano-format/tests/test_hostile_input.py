@@ -214,6 +214,29 @@ def test_writer_checks_the_scales_of_quantized_tensors_it_is_given(build, tmp_pa
     nf.read(tmp_path / "ok.bin").check_scales()
 
 
+def test_the_quantizer_refuses_a_scale_that_would_overflow(build, tmp_path):
+    """amax = FLT_MAX: amax / 127 rounds up, and 127 x scale is inf. The writer used to
+    write that scale into a file its own validate refuses."""
+    fmax = np.finfo(np.float32).max
+    with pytest.raises(ValueError, match="would overflow float32 when dequantized"):
+        nf.quantize_q8_0(np.array([[-fmax, 1]], dtype=np.float32), 2)
+    below = np.nextafter(fmax, np.float32(0), dtype=np.float32)  # the largest magnitude that quantizes
+    t = nf.quantize_q8_0(np.array([[below, 1]], dtype=np.float32), 2)
+    assert np.isfinite(nf.dequantize_q8_0(t)).all()
+    config = build.small_config()
+    tensors = {name: np.asarray(v) for name, v in build.random_tensors(config).items()}
+    src = tmp_path / "max.bin"
+    tensors["wq"] = tensors["wq"].copy()
+    tensors["wq"][1, 2, 3] = fmax
+    nf.write(src, config, tensors, build.make_tokens(24))  # F32 holds it
+    with pytest.raises(nf.WriteError, match=r"tensor 'wq': cannot quantize a value of magnitude 3.40282e\+38"):
+        nf.write(tmp_path / "q.bin", config, tensors, build.make_tokens(24), quant="q8_0", group_size=16)
+    out = tmp_path / "out.bin"
+    r = run("convert", str(src), str(out), "--quant", "q8_0")
+    assert r.returncode == 1 and not out.exists()
+    assert b"cannot quantize a value of magnitude" in r.stderr and b"Traceback" not in r.stderr
+
+
 def test_minus_128_with_an_ordinary_scale_is_fine(build, tmp_path):
     path = q8_file(build, tmp_path / "ok.bin")
     info = next(t for t in nf.read(path).tensors if t.name == "w2.1")

@@ -125,7 +125,8 @@ def quantize_q8_0(x, group_size: int) -> QuantizedTensor:
 
     `x` is first converted to float32; the rule is defined on float32 values.
     Raises TypeError if the group size is not an int, ValueError if it does not
-    divide the row length or if `x` holds a NaN or an infinity.
+    divide the row length, if `x` holds a NaN or an infinity, or if a group's
+    scale would overflow when dequantized (an amax of FLT_MAX).
     """
     group_size = _int("group size", group_size)
     x = np.asarray(x, dtype=np.float32)
@@ -139,6 +140,11 @@ def quantize_q8_0(x, group_size: int) -> QuantizedTensor:
     groups = x.reshape(*x.shape[:-1], cols // group_size, group_size)
     amax = np.abs(groups).max(axis=-1, initial=np.float32(0))
     scales = (amax / _Q8_MAX).astype(np.float32)
+    with np.errstate(over="ignore"):
+        too_big = np.flatnonzero(~np.isfinite(scales * _Q8_MAX))
+    if too_big.size:  # amax / 127 rounded up past FLT_MAX / 127 (an amax of FLT_MAX itself)
+        raise ValueError(f"cannot quantize a value of magnitude {float(amax.flat[too_big[0]]):g}: its scale "
+                         "would overflow float32 when dequantized (127 x scale)")
     zero = scales == 0
     # Divide by 1 where the scale is 0 (amax 0, or amax/127 underflowed); those q are zeroed below.
     divisor = np.where(zero, np.float32(1), scales)[..., None]

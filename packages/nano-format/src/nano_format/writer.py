@@ -196,7 +196,11 @@ def _quantized_array(name: str, value, p: Param, group_size: int) -> QuantizedTe
             where = [int(k) for k in np.unravel_index(i, value.scales.shape)]
             raise WriteError(f"tensor {name!r}: scale {float(value.scales.flat[i]):g} at index {where} {what}")
         return value
-    return quantize_q8_0(_float_array(name, value, p), group_size)
+    values = _float_array(name, value, p)
+    try:
+        return quantize_q8_0(values, group_size)
+    except ValueError as e:  # a scale the reader would refuse
+        raise WriteError(f"tensor {name!r}: {e}") from None
 
 
 def _group_size(config: Config, tensors, quant: QuantType, group_size) -> int:
