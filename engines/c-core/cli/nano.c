@@ -50,7 +50,7 @@ static const char *USAGE =
     "                       newlines); without -p: interactive chat, one question per input line,\n"
     "                       one answer per output line (escaped as in 'nano seq2seq ... -')\n"
     "                       (a model with full attention runs seq2seq instead, as 'nano seq2seq')\n"
-    "  --instruct           wrap the prompt as <|instruct_mark|> PROMPT <|response_mark|>\n"
+    "  --instruct           wrap the prompt as " NANO_SPECIAL_INSTRUCT " PROMPT " NANO_SPECIAL_RESPONSE "\n"
     "  -t, --temperature T  0 = greedy (default 1.0)\n"
     "  -k, --top-k K        keep the K most likely tokens (0 = off)\n"
     "  --top-p P            nucleus sampling, 0 < P <= 1 (1 = off)\n"
@@ -547,7 +547,7 @@ static int cmd_run(int argc, char **argv) {
             if (!(o.sp.sampler.repetition_penalty > 0.0f)) die_usage("%s: must be > 0, got '%s'", a, argv[i]);
         } else if (is_opt(a, "-n", "--max-tokens")) o.sp.max_tokens = (uint32_t)parse_long(a, need_value(argc, argv, &i), 0, 1L << 30);
         else if (is_opt(a, "-s", "--seed")) o.sp.sampler.seed = parse_u64(a, need_value(argc, argv, &i));
-        else if (is_opt(a, NULL, "--threads")) o.threads = (int)parse_long(a, need_value(argc, argv, &i), 1, 1024);
+        else if (is_opt(a, NULL, "--threads")) o.threads = (int)parse_long(a, need_value(argc, argv, &i), 1, NANO_MAX_THREADS);
         else if (is_opt(a, NULL, "--ctx")) o.n_ctx = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 30);
         else if (is_opt(a, NULL, "--batch")) o.n_batch = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 20);
         else if (is_opt(a, NULL, "--portable")) o.portable = 1;
@@ -759,7 +759,7 @@ static int cmd_seq2seq(int argc, char **argv) {
     for (i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (is_opt(a, "-m", "--model")) model = need_value(argc, argv, &i);
-        else if (is_opt(a, NULL, "--threads")) threads = (int)parse_long(a, need_value(argc, argv, &i), 1, 1024);
+        else if (is_opt(a, NULL, "--threads")) threads = (int)parse_long(a, need_value(argc, argv, &i), 1, NANO_MAX_THREADS);
         else if (is_opt(a, NULL, "--causal")) causal = 1;
         else if (is_opt(a, "-h", "--help")) {
             fputs(USAGE, stdout);
@@ -814,7 +814,7 @@ static int cmd_bench(int argc, char **argv) {
             n_gen = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 20);
             set_gen = 1;
         }
-        else if (is_opt(a, NULL, "--threads")) threads = (int)parse_long(a, need_value(argc, argv, &i), 1, 1024);
+        else if (is_opt(a, NULL, "--threads")) threads = (int)parse_long(a, need_value(argc, argv, &i), 1, NANO_MAX_THREADS);
         else if (is_opt(a, NULL, "--ctx")) n_ctx = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 30);
         else if (is_opt(a, NULL, "--portable")) portable = 1;
         else if (is_opt(a, "-h", "--help")) {

@@ -161,6 +161,15 @@ extern "C" {
 #define NANO_DEFAULT_GROUP_SIZE 128
 #define NANO_LEGACY_Q8_0_2025 10
 
+/* The special tokens of Nano vocabularies (spec.SPECIAL_*); their lengths are
+ * sizeof(NANO_SPECIAL_...) - 1. */
+#define NANO_SPECIAL_PADDING "<|padding|>"
+#define NANO_SPECIAL_UNKNOWN "<|unknown|>"
+#define NANO_SPECIAL_BOS "<|bos|>"
+#define NANO_SPECIAL_EOS "<|eos|>"
+#define NANO_SPECIAL_INSTRUCT "<|instruct_mark|>"
+#define NANO_SPECIAL_RESPONSE "<|response_mark|>"
+
 /* Sanity limits: anything above is a corrupt file, not a model. */
 #define NANO_MAX_DIM (1u << 20)
 #define NANO_MAX_VOCAB (1u << 22)
@@ -372,7 +381,8 @@ NANO_API const nano_tokenizer *nano_model_tokenizer(const nano_model *model);
 
 NANO_API uint32_t nano_tokenizer_vocab_size(const nano_tokenizer *tok);
 NANO_API uint32_t nano_tokenizer_get_kind(const nano_tokenizer *tok);
-/* The id of an exact token text (e.g. "<|eos|>"), or -1. */
+/* The id of an exact token text (e.g. "<|eos|>"), or -1 (always for len 0,
+ * also when a BPE vocabulary holds an empty token). */
 NANO_API int32_t nano_tokenizer_find(const nano_tokenizer *tok, const char *text, size_t len);
 NANO_API int nano_tokenizer_is_special(const nano_tokenizer *tok, int32_t id);
 /* The id <|unknown|> encodes to, or -1 when the vocabulary has none (encoding an
@@ -426,10 +436,14 @@ typedef enum nano_kernels {
     NANO_KERNELS_PORTABLE = 1   /* plain C loops everywhere */
 } nano_kernels;
 
+/* The most threads a context runs (n_threads above it is NANO_ERR_BAD_ARGUMENT:
+ * the OpenMP runtime may end the process when it cannot create a team). */
+#define NANO_MAX_THREADS 1024
+
 typedef struct nano_context_params {
     uint32_t n_ctx;      /* KV cache length in tokens; 0 = the model's block size (the maximum) */
     uint32_t n_batch;    /* prefill block: tokens pushed through each matrix at once; 0 = 64 */
-    int32_t n_threads;   /* 0 = the OpenMP default; ignored without OpenMP */
+    int32_t n_threads;   /* 0 = the OpenMP default; at most NANO_MAX_THREADS; ignored without OpenMP */
     uint32_t attention;  /* nano_attention_mode */
     uint32_t kernels;    /* nano_kernels */
 } nano_context_params;
@@ -445,7 +459,8 @@ NANO_API void nano_context_reset(nano_context *ctx);
 /* Tokens in the cache. */
 NANO_API uint32_t nano_context_pos(const nano_context *ctx);
 NANO_API uint32_t nano_context_n_ctx(const nano_context *ctx);
-/* Threads for the next evaluations (results do not depend on it). May allocate. */
+/* Threads for the next evaluations (results do not depend on it; 0 = the
+ * OpenMP default; NANO_ERR_BAD_ARGUMENT above NANO_MAX_THREADS). May allocate. */
 NANO_API nano_status nano_context_set_threads(nano_context *ctx, int32_t n_threads);
 NANO_API int32_t nano_context_threads(const nano_context *ctx);
 /* Attach a LoRA module (shape-checked; allocates its scratch) or detach it
@@ -511,7 +526,8 @@ NANO_API nano_sampler_params nano_sampler_default_params(void);
 
 typedef struct nano_sampler nano_sampler;
 
-/* NANO_ERR_BAD_ARGUMENT for settings outside the ranges above. */
+/* NANO_ERR_BAD_ARGUMENT for settings outside the ranges above, and for a
+ * vocab_size of 0 or above NANO_MAX_VOCAB. */
 NANO_API nano_status nano_sampler_init(const nano_sampler_params *params, uint32_t vocab_size,
                                        nano_sampler **out);
 NANO_API void nano_sampler_free(nano_sampler *s);
@@ -575,7 +591,10 @@ typedef struct nano_session_stats {
 } nano_session_stats;
 
 NANO_API nano_session_params nano_session_default_params(void);
-/* The session uses ctx (which must outlive it) and owns its sampler and history. */
+/* The session uses ctx (which must outlive it) and owns its sampler and history.
+ * NANO_ERR_UNSUPPORTED when ctx runs full attention (the file records it, or
+ * the context asks for NANO_ATTENTION_MODE_FULL): such a model is a seq2seq
+ * model, run with nano_seq2seq, not generated from token by token. */
 NANO_API nano_status nano_session_init(nano_context *ctx, const nano_session_params *params,
                                        nano_session **out);
 NANO_API void nano_session_free(nano_session *s);
@@ -606,7 +625,8 @@ NANO_API const int32_t *nano_session_tokens(const nano_session *s, uint32_t *n,
 
 /* x[rows * cols] -> q[rows * cols], scales[rows * cols / group_size].
  * NANO_ERR_BAD_GROUP_SIZE when group_size does not divide cols;
- * NANO_ERR_BAD_ARGUMENT for non-finite input. */
+ * NANO_ERR_BAD_ARGUMENT for non-finite input, or a group whose scale would
+ * overflow when dequantized (an amax of FLT_MAX). */
 NANO_API nano_status nano_quantize_q8_0(const float *x, uint64_t rows, uint64_t cols,
                                         uint32_t group_size, int8_t *q, float *scales);
 NANO_API void nano_dequantize_q8_0(const int8_t *q, const float *scales, uint64_t n,

@@ -237,7 +237,8 @@ static int handle_generate(const wss_server *srv, wss_conn *c, const wss_request
                            "the model has full attention: send a seq2seq request, not generate");
     if (req->mode == NANO_MODE_INSTRUCT && !srv->info.has_instruct)
         return queue_error(c, &req->id, WSS_E_UNSUPPORTED,
-                           "the model's vocabulary has no <|instruct_mark|> and <|response_mark|> tokens");
+                           "the model's vocabulary has no " NANO_SPECIAL_INSTRUCT " and " NANO_SPECIAL_RESPONSE
+                           " tokens");
     if (srv->opt.max_tokens_cap && (max_tokens == 0 || max_tokens > srv->opt.max_tokens_cap)) {
         snprintf(msg, sizeof msg, "max_tokens must be in [1, %u] on this server", srv->opt.max_tokens_cap);
         return queue_error(c, &req->id, WSS_E_BAD_FIELD, msg);
@@ -667,7 +668,7 @@ static int parse_args(int argc, char **argv, wss_options *o) {
             if (parse_long(a, v, 0, 65535, &x)) return 2;
             o->port = (int)x;
         } else if (strcmp(a, "--threads") == 0) {
-            if (parse_long(a, v, 1, 1024, &x)) return 2;
+            if (parse_long(a, v, 1, NANO_MAX_THREADS, &x)) return 2;
             o->threads = (int32_t)x;
         } else if (strcmp(a, "--ctx") == 0) {
             if (parse_long(a, v, 1, 1L << 30, &x)) return 2;
@@ -740,8 +741,8 @@ static int load(wss_server *srv) {
     srv->info.lora = srv->lora ? &srv->lora_info : NULL;
     srv->info.tokenizer = tok;
     if (tok && nano_tokenizer_get_kind(tok) == NANO_TOKENIZER_KIND_TRIE) {
-        int32_t a = nano_tokenizer_find(tok, "<|instruct_mark|>", 17);
-        int32_t b = nano_tokenizer_find(tok, "<|response_mark|>", 17);
+        int32_t a = nano_tokenizer_find(tok, NANO_SPECIAL_INSTRUCT, sizeof(NANO_SPECIAL_INSTRUCT) - 1);
+        int32_t b = nano_tokenizer_find(tok, NANO_SPECIAL_RESPONSE, sizeof(NANO_SPECIAL_RESPONSE) - 1);
         srv->info.has_instruct = a >= 0 && b >= 0 && nano_tokenizer_is_special(tok, a) &&
                                  nano_tokenizer_is_special(tok, b);
     }

@@ -68,6 +68,9 @@ int nano_abi_version(void) { return NANO_ABI_VERSION; }
 #define BUILD_CC "cc"
 #endif
 
+#define NANO_STR_(x) #x
+#define NANO_STR(x) NANO_STR_(x)
+
 const char *nano_build_info(void) {
-    return "nano abi " "1" ", " BUILD_CC ", " BUILD_OPENMP;
+    return "nano abi " NANO_STR(NANO_ABI_VERSION) ", " BUILD_CC ", " BUILD_OPENMP;
 }

@@ -85,7 +85,7 @@ nano_status nano_context_init(const nano_model *model, const nano_context_params
     if (!model) return NANO_ERR_BAD_ARGUMENT;
     c = &model->info;
     if (!c->runnable) return NANO_ERR_UNSUPPORTED;
-    if (p.n_ctx > c->block_size || p.n_threads < 0 || p.attention > NANO_ATTENTION_MODE_FULL ||
+    if (p.n_ctx > c->block_size || p.n_threads < 0 || p.n_threads > NANO_MAX_THREADS || p.attention > NANO_ATTENTION_MODE_FULL ||
         p.kernels > NANO_KERNELS_PORTABLE)
         return NANO_ERR_BAD_ARGUMENT;
     ctx = (nano_context *)calloc(1, sizeof(*ctx));
@@ -139,7 +139,7 @@ uint32_t nano_context_n_ctx(const nano_context *ctx) { return ctx ? ctx->n_ctx :
 int32_t nano_context_threads(const nano_context *ctx) { return ctx ? ctx->n_threads : 0; }
 
 nano_status nano_context_set_threads(nano_context *ctx, int32_t n_threads) {
-    if (!ctx || n_threads < 0) return NANO_ERR_BAD_ARGUMENT;
+    if (!ctx || n_threads < 0 || n_threads > NANO_MAX_THREADS) return NANO_ERR_BAD_ARGUMENT;
     if (n_threads == 0) n_threads = nano_default_threads();
     if (n_threads > ctx->score_threads) {
         float *s = alloc_floats((uint64_t)n_threads, ctx->n_ctx);

@@ -844,6 +844,9 @@ nano_status nano_quantize_q8_0(const float *x, uint64_t rows, uint64_t cols, uin
                 if (a > amax) amax = a;
             }
             scale = amax / 127.0f;
+            /* amax = FLT_MAX: the scale rounds up and 127 * scale is inf, a scale the
+             * reader refuses (nano_format.quantize_q8_0 raises there too) */
+            if (!isfinite(scale * 127.0f)) return NANO_ERR_BAD_ARGUMENT;
             scales[r * n_groups + g] = scale;
             for (j = 0; j < group_size; j++) {
                 if (scale == 0.0f) {

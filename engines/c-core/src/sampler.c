@@ -87,7 +87,10 @@ nano_status nano_sampler_init(const nano_sampler_params *params, uint32_t vocab_
     size_t V = vocab_size;
     if (!out) return NANO_ERR_BAD_ARGUMENT;
     *out = NULL;
-    if (!params || vocab_size == 0 || !params_ok(params)) return NANO_ERR_BAD_ARGUMENT;
+    /* The format's vocabulary bound keeps V * sizeof(float) and the other
+     * products below far from overflow, also with a 32-bit size_t. */
+    if (!params || vocab_size == 0 || vocab_size > NANO_MAX_VOCAB || !params_ok(params))
+        return NANO_ERR_BAD_ARGUMENT;
     s = (nano_sampler *)calloc(1, sizeof(*s));
     if (!s) return NANO_ERR_OUT_OF_MEMORY;
     s->p = *params;

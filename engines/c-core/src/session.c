@@ -17,6 +17,25 @@
 
 enum { STATE_IDLE = 0, STATE_READY = 1, STATE_RUNNING = 2, STATE_DONE = 3 };
 
+/* The cancel flag is written by nano_session_cancel, from another thread or a
+ * signal handler, while the session's thread reads it: an atomic int (lock-free
+ * wherever this runs, so also async-signal-safe) in C11, GCC's and clang's
+ * atomic builtins in C99 builds with those compilers, else the C99 signal type. */
+#if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && !defined(__STDC_NO_ATOMICS__)
+#include <stdatomic.h>
+typedef atomic_int cancel_flag;
+#define CANCEL_STORE(f, v) atomic_store_explicit(&(f), (v), memory_order_relaxed)
+#define CANCEL_LOAD(f) atomic_load_explicit(&(f), memory_order_relaxed)
+#elif defined(__GNUC__) || defined(__clang__)
+typedef int cancel_flag;
+#define CANCEL_STORE(f, v) __atomic_store_n(&(f), (v), __ATOMIC_RELAXED)
+#define CANCEL_LOAD(f) __atomic_load_n(&(f), __ATOMIC_RELAXED)
+#else
+typedef volatile sig_atomic_t cancel_flag;
+#define CANCEL_STORE(f, v) ((f) = (v))
+#define CANCEL_LOAD(f) (f)
+#endif
+
 struct nano_session {
     nano_context *ctx;
     nano_sampler *sampler;
@@ -29,7 +48,7 @@ struct nano_session {
     int32_t eos_id, instruct_id, response_id;
     int state;
     uint32_t mode;
-    volatile sig_atomic_t cancel;
+    cancel_flag cancel;
     nano_token_event end;
     double t_start, t_prefill_end, t_first, t_last;
 };
@@ -56,8 +75,8 @@ void nano_session_free(nano_session *s) {
     free(s);
 }
 
-static int32_t special_id(const nano_tokenizer *tok, const char *text) {
-    int32_t id = nano_tokenizer_find(tok, text, strlen(text));
+static int32_t special_id(const nano_tokenizer *tok, const char *text, size_t len) {
+    int32_t id = nano_tokenizer_find(tok, text, len);
     return id >= 0 && nano_tokenizer_is_special(tok, id) ? id : -1;
 }
 
@@ -69,6 +88,11 @@ nano_status nano_session_init(nano_context *ctx, const nano_session_params *para
     if (!out) return NANO_ERR_BAD_ARGUMENT;
     *out = NULL;
     if (!ctx || (p.n_stop_tokens && !p.stop_tokens)) return NANO_ERR_BAD_ARGUMENT;
+    /* Generation is autoregressive: under full attention every prompt position
+     * sees the later ones, so a prompt run in n_batch blocks would depend on
+     * n_batch, and a token fed after the prompt has no meaning. A full-attention
+     * model is a seq2seq model (nano_seq2seq), as in the CLI and the server. */
+    if (ctx->full_attention) return NANO_ERR_UNSUPPORTED;
     s = (nano_session *)calloc(1, sizeof(*s));
     if (!s) return NANO_ERR_OUT_OF_MEMORY;
     s->ctx = ctx;
@@ -90,9 +114,9 @@ nano_status nano_session_init(nano_context *ctx, const nano_session_params *para
     tok = ctx->model->tokenizer;
     s->eos_id = s->instruct_id = s->response_id = -1;
     if (tok && nano_tokenizer_get_kind(tok) == NANO_TOKENIZER_KIND_TRIE) {
-        s->eos_id = special_id(tok, "<|eos|>");
-        s->instruct_id = special_id(tok, "<|instruct_mark|>");
-        s->response_id = special_id(tok, "<|response_mark|>");
+        s->eos_id = special_id(tok, NANO_SPECIAL_EOS, sizeof(NANO_SPECIAL_EOS) - 1);
+        s->instruct_id = special_id(tok, NANO_SPECIAL_INSTRUCT, sizeof(NANO_SPECIAL_INSTRUCT) - 1);
+        s->response_id = special_id(tok, NANO_SPECIAL_RESPONSE, sizeof(NANO_SPECIAL_RESPONSE) - 1);
     }
     *out = s;
     return NANO_OK;
@@ -105,7 +129,7 @@ static void begin(nano_session *s, uint32_t mode) {
     nano_context_reset(s->ctx);
     s->resets = s->ctx->resets;
     nano_sampler_reseed(s->sampler, s->params.sampler.seed);
-    s->cancel = 0;
+    CANCEL_STORE(s->cancel, 0);
     s->mode = mode;
     s->state = STATE_READY;
     s->t_start = nano_platform_now_ms();
@@ -197,7 +221,7 @@ nano_status nano_session_step(nano_session *s, nano_token_event *ev) {
         *ev = s->end;
         return s->end.stop_reason == NANO_STOP_CANCELLED ? NANO_ERR_CANCELLED : NANO_OK;
     }
-    if (s->cancel) return finish(s, NANO_STOP_CANCELLED, ev);
+    if (CANCEL_LOAD(s->cancel)) return finish(s, NANO_STOP_CANCELLED, ev);
     /* The context holds this session's tokens but the last (none before the prompt
      * has run), and was not emptied since the start: a reset (nano_context_reset, a
      * LoRA attached or detached, another session's start) or an eval by someone else
@@ -212,8 +236,8 @@ nano_status nano_session_step(nano_session *s, nano_token_event *ev) {
         uint32_t c0;
         for (c0 = 0; c0 < s->n_prompt; c0 += ctx->n_batch) {
             uint32_t cn = s->n_prompt - c0 < ctx->n_batch ? s->n_prompt - c0 : ctx->n_batch;
-            if (s->cancel) return finish(s, NANO_STOP_CANCELLED, ev);
-            st = nano_eval_ex(ctx, s->tokens + c0, cn, NULL, 0, ctx->full_attention, NULL,
+            if (CANCEL_LOAD(s->cancel)) return finish(s, NANO_STOP_CANCELLED, ev);
+            st = nano_eval_ex(ctx, s->tokens + c0, cn, NULL, 0, 0 /* causal: see init */, NULL,
                               c0 + cn == s->n_prompt);
             if (st != NANO_OK) {
                 s->state = STATE_IDLE;
@@ -259,7 +283,7 @@ nano_status nano_session_step(nano_session *s, nano_token_event *ev) {
 // Cancel, statistics
 
 void nano_session_cancel(nano_session *s) {
-    if (s) s->cancel = 1;
+    if (s) CANCEL_STORE(s->cancel, 1);
 }
 
 nano_status nano_session_get_stats(const nano_session *s, nano_session_stats *out) {

@@ -320,7 +320,8 @@ nano_status nano_tokenizer_build_trie(const uint8_t *d, uint64_t len, nano_token
         uint64_t n = t->text_off[i + 1] - t->text_off[i];
         if (!any_flag) t->special[i] = (uint8_t)special_shape(s, n);
         t->n_special += t->special[i];
-        if (t->special[i] && t->unknown_id < 0 && n == 11 && memcmp(s, "<|unknown|>", 11) == 0)
+        if (t->special[i] && t->unknown_id < 0 && n == sizeof(NANO_SPECIAL_UNKNOWN) - 1 &&
+            memcmp(s, NANO_SPECIAL_UNKNOWN, sizeof(NANO_SPECIAL_UNKNOWN) - 1) == 0)
             t->unknown_id = (int32_t)i;
     }
     *out = t;
@@ -399,12 +400,11 @@ int nano_tokenizer_is_special(const nano_tokenizer *t, int32_t id) {
 
 int32_t nano_tokenizer_find(const nano_tokenizer *t, const char *text, size_t len) {
     uint32_t i;
-    if (!t || (!text && len)) return -1;
+    if (!t || !text || len == 0) return -1; /* no token is the empty text, whatever the kind */
     if (t->kind == NANO_TOKENIZER_KIND_TRIE) {
         const unsigned char *s = (const unsigned char *)text;
         size_t pos = 0;
         uint32_t node = 0;
-        if (len == 0) return -1;
         while (pos < len) {
             uint32_t cp, n = utf8_get(s + pos, len - pos, &cp);
             if (!n || !(node = child_of(t, node, cp))) return -1;

@@ -125,3 +125,52 @@ def test_cmake_build(h):
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     r = h.run_cli(out / "nano", "seq2seq", "-m", h.shared_file("fixtures/sort6_f32.bin"), "251212")
     assert r.stdout == "112225\n", r
+
+
+WARN_FLAGS = ["-Wall", "-Wextra", "-Wshadow", "-Wstrict-prototypes", "-Wmissing-prototypes", "-Wno-unknown-pragmas",
+              "-Werror"]
+
+
+def _compilers():
+    import shutil
+
+    return [cc for cc in ("gcc", "clang") if shutil.which(cc)]
+
+
+@pytest.mark.outer_only
+@pytest.mark.parametrize("std", ["c99", "c11", "gnu11"])
+def test_session_cancel_flag_is_atomic(h, std):
+    """nano_session_cancel writes the flag from another thread: an atomic (C11
+    atomics, or the GCC/clang builtins in C99), not a volatile sig_atomic_t (a data
+    race under C11). session.c compiles warning-free in each standard."""
+    ccs = _compilers()
+    assert ccs, "no gcc or clang"
+    for cc in ccs:
+        base = [cc, f"-std={std}", *WARN_FLAGS, "-I", str(h.CORE / "include"), "-I", str(h.CORE / "src")]
+        src = str(h.CORE / "src" / "session.c")
+        res = subprocess.run([*base, "-fsyntax-only", src], capture_output=True, text=True, env=h.clean_env())
+        assert res.returncode == 0, (cc, std, res.stderr[-3000:])
+        pre = subprocess.run([*base, "-E", src], capture_output=True, text=True, env=h.clean_env(), check=True).stdout
+        body = pre[pre.index("struct nano_session {"):]
+        body = body[:body.index("};")]
+        assert "volatile" not in body and "sig_atomic_t" not in body, (cc, std, body)
+        step = pre[pre.rindex("void nano_session_cancel(nano_session *s) {"):]
+        assert "__atomic" in step[:400] or "__c11_atomic" in step[:400], (cc, std, step[:400])
+
+
+@pytest.mark.outer_only
+def test_build_info_abi_comes_from_the_header(h, tmp_path):
+    """nano_build_info spells NANO_ABI_VERSION (stringified), not a hard-coded "1":
+    common.c built against a header with another ABI version reports that one."""
+    header = (h.CORE / "include" / "nano.h").read_text()
+    abi = int(re.search(r"#define NANO_ABI_VERSION (\d+)", header).group(1))
+    inc = tmp_path / "include"
+    inc.mkdir()
+    (inc / "nano.h").write_text(header.replace(f"#define NANO_ABI_VERSION {abi}", "#define NANO_ABI_VERSION 73"))
+    obj = tmp_path / "common.o"
+    cc = _compilers()[0]
+    subprocess.run([cc, "-std=c99", "-c", "-I", str(inc), "-I", str(h.CORE / "src"),
+                    str(h.CORE / "src" / "common.c"), "-o", str(obj)], check=True, env=h.clean_env())
+    data = obj.read_bytes()
+    assert b"nano abi 73, " in data
+    assert f"nano abi {abi}, ".encode() not in data

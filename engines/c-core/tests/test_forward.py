@@ -220,3 +220,22 @@ def test_contexts_on_the_threads_of_an_openmp_team(nano, psycho_path):
     rows = team if "openmp" in nano.ffi.string(nano.lib.nano_build_info()).decode() else 1
     for i in range(rows):
         assert np.array_equal(out[i], want), i
+
+
+def test_thread_count_is_bounded(nano, h):
+    """n_threads above NANO_MAX_THREADS (1024, the CLI's and the server's cap) is
+    refused: the OpenMP runtime may exit the process when it cannot make a team."""
+    ffi, lib = nano.ffi, nano.lib
+    assert lib.NANO_MAX_THREADS == 1024
+    m = nano.load(h.model_bytes())
+    p = lib.nano_context_default_params()
+    out = ffi.new("nano_context **")
+    for n in (lib.NANO_MAX_THREADS + 1, 2**31 - 1):
+        p.n_threads = n
+        st = lib.nano_context_init(m.handle, ffi.new("nano_context_params *", p), out)
+        assert nano.status_name(st) == "NANO_ERR_BAD_ARGUMENT", n
+        assert out[0] == ffi.NULL
+    ctx = m.context(threads=1)
+    for n in (lib.NANO_MAX_THREADS + 1, 2**31 - 1):
+        assert nano.status_name(lib.nano_context_set_threads(ctx.handle, n)) == "NANO_ERR_BAD_ARGUMENT", n
+    assert lib.nano_context_threads(ctx.handle) == 1

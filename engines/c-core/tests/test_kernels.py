@@ -225,7 +225,7 @@ QUANT_CASES = {
     "tiny": lambda r: r.standard_normal((4, 32)) * 1e-39,
     "huge": lambda r: r.standard_normal((4, 32)) * 1e37,
     "mixed_scale": lambda r: r.standard_normal((4, 48)) * np.logspace(-20, 20, 48),
-    "max_float": lambda r: np.tile([3.4028235e38, -3.4028235e38, 1.0, 0.0], (2, 4)),
+    "near_max_float": lambda r: np.tile([3.4028233e38, -3.4028233e38, 1.0, 0.0], (2, 4)),
 }
 
 
@@ -270,6 +270,11 @@ def test_quantize_errors_like_python(nano):
     x[1, 3] = np.inf
     assert c_quantize(nano, x, 5)[0] == "NANO_ERR_BAD_ARGUMENT"
     with pytest.raises(ValueError):
+        nf.quantize_q8_0(x, 5)
+    # FLT_MAX itself: its scale rounds up and would dequantize to inf
+    x[1, 3] = -np.finfo(np.float32).max
+    assert c_quantize(nano, x, 5)[0] == "NANO_ERR_BAD_ARGUMENT"
+    with pytest.raises(ValueError, match="would overflow"):
         nf.quantize_q8_0(x, 5)
 
 

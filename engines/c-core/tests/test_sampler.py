@@ -172,3 +172,17 @@ def test_same_draws_as_nano_train(nano, i):
             want = sample_logits(logits, history, cfg, py_rng)
             assert got == want, (kw, V, trial, step)
             history.append(want)
+
+
+def test_init_refuses_vocab_above_the_format_bound(nano):
+    """V * sizeof(float) must not wrap on a 32-bit size_t (malloc(0), then a heap
+    overflow on the first sample): vocab_size is bounded by NANO_MAX_VOCAB."""
+    ffi, lib = nano.ffi, nano.lib
+    p = ffi.new("nano_sampler_params *", lib.nano_sampler_default_params())
+    out = ffi.new("nano_sampler **")
+    for v in (lib.NANO_MAX_VOCAB + 1, 2**31, 2**32 - 1):
+        assert nano.status_name(lib.nano_sampler_init(p, v, out)) == "NANO_ERR_BAD_ARGUMENT", v
+        assert out[0] == ffi.NULL
+    assert nano.status_name(lib.nano_sampler_init(p, 0, out)) == "NANO_ERR_BAD_ARGUMENT"
+    assert nano.status_name(lib.nano_sampler_init(p, lib.NANO_MAX_VOCAB, out)) == "NANO_OK"
+    lib.nano_sampler_free(out[0])

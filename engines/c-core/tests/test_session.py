@@ -261,3 +261,30 @@ def test_tokens_of_a_model_without_a_vocabulary_have_empty_text(nano, h):
         ev.text, ev.text_len = junk, 12345
         assert nano.status_name(nano.lib.nano_session_step(s.handle, ev)) == "NANO_OK" and not ev.done
         assert ev.text_len == 0 and nano.ffi.string(ev.text) == b""
+
+
+def _session_init_status(nano, ctx) -> str:
+    out = nano.ffi.new("nano_session **")
+    st = nano.lib.nano_session_init(ctx.handle, nano.ffi.NULL, out)
+    if st == nano.lib.NANO_OK:
+        nano.lib.nano_session_free(out[0])
+    return nano.status_name(st)
+
+
+@pytest.mark.parametrize("n_batch", [4, 64])
+def test_session_refuses_full_attention_contexts(nano, h, n_batch):
+    """A full-attention context is seq2seq, not generation: a session on it would
+    run the prompt in n_batch blocks, each its own full-attention call, so its
+    output would depend on n_batch. nano_session_init refuses it (as the server
+    refuses generate and the CLI runs seq2seq); nano_seq2seq does not depend on n_batch."""
+    full = nano.load(h.model_bytes(seed=4, layout="2026.101", attention=1, block_size=32))
+    ctx = full.context(n_ctx=32, n_batch=n_batch)
+    assert _session_init_status(nano, ctx) == "NANO_ERR_UNSUPPORTED"
+    prompt = [(7 * i + 3) % 48 for i in range(20)]
+    assert ctx.seq2seq(prompt) == full.context(n_ctx=32, n_batch=64 if n_batch == 4 else 4).seq2seq(prompt)
+    # a causal file with full attention asked for by the context: refused too
+    causal = nano.load(h.model_bytes(seed=4, layout="2026.101", attention=0, block_size=32))
+    assert _session_init_status(nano, causal.context(n_ctx=32, n_batch=n_batch, attention=2)) == \
+        "NANO_ERR_UNSUPPORTED"
+    assert _session_init_status(nano, causal.context(n_ctx=32, n_batch=n_batch)) == "NANO_OK"
+    assert _session_init_status(nano, causal.context(n_ctx=32, n_batch=n_batch, attention=1)) == "NANO_OK"

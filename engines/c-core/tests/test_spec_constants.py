@@ -108,3 +108,44 @@ def test_param_order(nano, h):
     names = [t.name for t in m.tensors]
     order = [n for n in spec.PARAM_ORDER if n in names]
     assert names == order
+
+
+SPECIALS = ["PADDING", "UNKNOWN", "BOS", "EOS", "INSTRUCT", "RESPONSE"]
+
+
+@pytest.mark.parametrize("name", SPECIALS)
+def test_special_token_strings(defines, name):
+    """The special-token texts the C code looks up (session stop/instruct ids, the
+    tokenizer's <|unknown|>, the server's instruct check) are nano.h's NANO_SPECIAL_*."""
+    assert defines.get(f"NANO_SPECIAL_{name}") == getattr(spec, f"SPECIAL_{name}")
+
+
+def test_special_token_strings_are_not_hard_coded(h):
+    """No C source spells a special token by hand: they use NANO_SPECIAL_* (and sizeof - 1)."""
+    texts = [getattr(spec, f"SPECIAL_{n}") for n in SPECIALS]
+    for folder in ("src", "server", "cli"):
+        for path in sorted((h.CORE / folder).glob("*.c")):
+            source = path.read_text()
+            for t in texts:
+                assert f'"{t}"' not in source, f"{path.name} spells {t!r} instead of its NANO_SPECIAL_ name"
+
+
+@pytest.mark.parametrize("layout", ["2025.12", "2026.1", "2026.101"])
+def test_quant_codes_per_layout(nano, h, layout):
+    """The C layout table accepts exactly the quant codes spec.QUANT_CODES lists for
+    each model layout: a model file with every other code is NANO_ERR_UNKNOWN_QUANT_TYPE."""
+    import struct
+
+    if layout == "2025.12":  # read only for the writer: the reference fixture
+        data = bytearray(h.shared_file("fixtures/sort6_f32.bin").read_bytes())
+    else:
+        data = bytearray(h.model_bytes(layout=layout, quant="f32"))
+    assert nano.load(bytes(data)).info["layout"] == layout
+    codes = spec.QUANT_CODES[layout]
+    for code in list(range(256)) + [0x100, 0x8000, 0xFFFFFFFF]:
+        struct.pack_into("<I", data, spec.OFF_QUANT, code)
+        st = nano.load_status(bytes(data))
+        if code in codes:
+            assert st != "NANO_ERR_UNKNOWN_QUANT_TYPE", (layout, hex(code))
+        else:
+            assert st == "NANO_ERR_UNKNOWN_QUANT_TYPE", (layout, hex(code), st)

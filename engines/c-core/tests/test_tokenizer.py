@@ -180,3 +180,31 @@ def test_section_verdicts_match_nano_format(nano, py_tokenizers):
         assert status(data) == mapping[py(data)]
     assert status(section, 81) == mapping[py(section, 81)] == "NANO_ERR_BAD_TOKEN_RECORD"
     assert status(section, 80) == "NANO_OK"
+
+
+def _qwen2_with_tokens(tokens) -> bytes:
+    from nano_format.plan import model_params
+    from nano_format import spec
+
+    config = nf.Config(model_type=spec.ModelType.QWEN2, block_size=8, vocab_size=len(tokens), n_layer=1,
+                       n_embd=16, n_head=2, n_kv_head=1, n_hidden=32, tie_embeddings=False)
+    rng = np.random.default_rng(0)
+    tensors = {p.name: rng.standard_normal(p.shape).astype(np.float32) for p in model_params(config)
+               if p.name not in ("rope_cos", "rope_sin")}
+    return nf.to_bytes(config, tensors, [nf.BpeToken(float(i), t) for i, t in enumerate(tokens)])
+
+
+def test_find_of_empty_text_is_minus_one_for_both_kinds(nano, h):
+    """len 0 finds nothing, trie or BPE: the BPE scan used to memcmp against NULL
+    (undefined) and return the id of an empty token the vocabulary holds."""
+    ffi, lib = nano.ffi, nano.lib
+    trie = nano.load(h.model_bytes()).tokenizer
+    bpe_model = nano.load(_qwen2_with_tokens([b"a", b"", b"bc", b"<|eos|>"]))
+    bpe = bpe_model.tokenizer
+    assert lib.nano_tokenizer_get_kind(bpe.handle) == lib.NANO_TOKENIZER_KIND_BPE
+    assert lib.nano_tokenizer_get_kind(trie.handle) == lib.NANO_TOKENIZER_KIND_TRIE
+    for tok in (trie, bpe):
+        assert lib.nano_tokenizer_find(tok.handle, ffi.NULL, 0) == -1
+        assert lib.nano_tokenizer_find(tok.handle, b"", 0) == -1
+        assert lib.nano_tokenizer_find(tok.handle, b"a", 0) == -1
+    assert bpe.find("bc") == 2 and bpe.find("<|eos|>") == 3 and trie.find("<|eos|>") == 3
