@@ -79,24 +79,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def checked(args) -> int:
     """demo(args), its errors as one `error: ...` line and an exit status."""
-    from nano_train.checkpoint import CheckpointError
-    from nano_train.config import ConfigError
-    from nano_train.data import DataError
-    from nano_train.problems.evaluate import EngineError
-    from nano_train.problems.runner import os_error_text
-    from nano_train.train import TrainingDiverged
+    from nano_train.problems.runner import command_status
 
-    try:
-        return demo(args)
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (EngineError, TrainingDiverged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # an out_dir that cannot be made or written in, a full disk, ...
-        print(f"error: {os_error_text(e)}", file=sys.stderr)
-        return 2
+    return command_status(lambda: demo(args))
 
 
 def demo(args) -> int:

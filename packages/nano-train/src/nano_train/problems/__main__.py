@@ -109,35 +109,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from nano_train.checkpoint import CheckpointError
-    from nano_train.config import ConfigError
-    from nano_train.data import DataError
-    from nano_train.problems.evaluate import EngineError
-    from nano_train.train import TrainingDiverged
-    from nano_train.problems.runner import Options, os_error_text, run
+    from nano_train.problems.runner import Options, command_status, run
 
     opts = Options(out_dir=Path(args.out_dir or f"runs/problems/{problem.name}"), seed=args.seed,
                    time_budget=args.time_budget, max_iters=args.max_iters, eval_cases=args.eval_cases,
                    nano=args.nano, use_c=args.use_c, fresh=args.fresh, overrides=overrides)
-    try:
+
+    def run_and_check() -> int:
         result = run(problem, opts)
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (EngineError, TrainingDiverged) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except OSError as e:  # an out_dir that cannot be made or written in, a full disk, ...
-        print(f"error: {os_error_text(e)}", file=sys.stderr)
-        return 2
+        if "c_f32" in result and result["c_f32"]["disagree"]:
+            print(f"error: the C engine disagrees with PyTorch on {result['c_f32']['disagree']} F32 cases",
+                  file=sys.stderr)
+            return 1
+        return 0
+
+    try:
+        return command_status(run_and_check)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    if "c_f32" in result and result["c_f32"]["disagree"]:
-        print(f"error: the C engine disagrees with PyTorch on {result['c_f32']['disagree']} F32 cases",
-              file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -125,6 +125,30 @@ def os_error_text(e: OSError) -> str:
     return reason if e.filename is None else f"{e.filename}: {reason}"
 
 
+def command_status(call) -> int:
+    """call()'s int, or the exit status of the error it raised, printed as one
+    `error: ...` line on stderr: 2 for bad input (settings, data, checkpoints, an
+    out dir that cannot be made or written in), 1 when the training diverged or
+    the C engine failed. What the problem command and the demo share."""
+    from nano_train.checkpoint import CheckpointError
+    from nano_train.config import ConfigError
+    from nano_train.data import DataError
+    from nano_train.problems.evaluate import EngineError
+    from nano_train.train import TrainingDiverged
+
+    try:
+        return call()
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (EngineError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # an out_dir that cannot be made or written in, a full disk, ...
+        print(f"error: {os_error_text(e)}", file=sys.stderr)
+        return 2
+
+
 # ---------------------------------------------------------------------------
 # Config and data
 

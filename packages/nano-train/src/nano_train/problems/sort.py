@@ -20,31 +20,26 @@ DIGITS = "0123456789"
 MIN_DIGITS, MAX_DIGITS = 2, 64
 
 
-def check_digits(problem: Problem) -> None:
-    """sort and reverse: --digits within MIN_DIGITS..MAX_DIGITS."""
-    if problem.digits < MIN_DIGITS:
-        raise ValueError(f"{problem.name}: --digits must be at least {MIN_DIGITS} (with fewer, no question is "
-                         "held out for the test)")
-    if problem.digits > MAX_DIGITS:
-        raise ValueError(f"{problem.name}: --digits must be at most {MAX_DIGITS} (the model's block size is the "
-                         "number of digits; the generated training rows grow with it)")
-
-
 def all_digit_strings(digits: int):
-    """Every string of `digits` digits, in order (what `draw` of sort and reverse can give)."""
+    """Every string of `digits` digits, in order (what DigitStrings.draw can give)."""
     return map("".join, itertools.product(DIGITS, repeat=digits))
 
 
-class Sort(Problem):
-    name = "sort"
-    title = "sort a string of digits (114515 -> 111455), full-attention seq2seq"
+class DigitStrings(Problem):
+    """A string of --digits digits in, one of the same length out (sort, reverse),
+    with a full-attention seq2seq model; subclasses give name, title, examples, solve."""
+
     kind = "seq2seq"
     PARAMS = {"digits": 6}
     PARAM_HELP = {"digits": "length of the strings (default 6)"}
-    examples = ("251212", "114515", "987654", "000000", "909090")
 
     def check(self) -> None:
-        check_digits(self)
+        if self.digits < MIN_DIGITS:
+            raise ValueError(f"{self.name}: --digits must be at least {MIN_DIGITS} (with fewer, no question is "
+                             "held out for the test)")
+        if self.digits > MAX_DIGITS:
+            raise ValueError(f"{self.name}: --digits must be at most {MAX_DIGITS} (the model's block size is the "
+                             "number of digits; the generated training rows grow with it)")
 
     def question_count(self) -> int:
         return 10 ** self.digits
@@ -58,14 +53,20 @@ class Sort(Problem):
     def draw(self, rng: random.Random) -> str:
         return "".join(rng.choice(DIGITS) for _ in range(self.digits))
 
-    def solve(self, question: str) -> str:
-        return "".join(sorted(question))
-
     def block_size(self) -> int:
         return self.digits
 
     def model_config(self) -> dict:
         return seq2seq_config(self.digits)
+
+
+class Sort(DigitStrings):
+    name = "sort"
+    title = "sort a string of digits (114515 -> 111455), full-attention seq2seq"
+    examples = ("251212", "114515", "987654", "000000", "909090")
+
+    def solve(self, question: str) -> str:
+        return "".join(sorted(question))
 
 
 def seq2seq_config(digits: int) -> dict:
