@@ -63,6 +63,27 @@ def self_id_sft(tmp_path_factory, shared_file) -> Path:
 TINY_MODEL = dict(n_layer=1, n_embd=32, n_head=2, n_kv_head=1, block_size=32)
 
 
+@pytest.fixture(scope="session")
+def predicting():
+    """predicting(model, ids) -> model, changed to give each token of ids the logit 1
+    and every other token 0, at every step whatever the input: a constant residual
+    stream (the layers write nothing) read by an untied classifier whose only
+    non-zero rows are those of ids."""
+    import torch
+
+    def make(model, ids):
+        with torch.no_grad():
+            for layer in model.layers:
+                layer.wo.weight.zero_()
+                layer.w2.weight.zero_()
+            model.tok_embd.weight.zero_()
+            model.tok_embd.weight[:, 0] = 1.0
+            model.lm_head.weight.zero_()
+            model.lm_head.weight[list(ids), 0] = 1.0
+        return model
+    return make
+
+
 @pytest.fixture
 def tiny_config(tmp_path):
     """tiny_config(dataset, **overrides) -> Config of a seconds-long run writing into tmp_path/run.

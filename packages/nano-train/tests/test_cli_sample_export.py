@@ -87,27 +87,12 @@ def test_sample_prompt_from_stdin_and_sampling_options(shared_file, capsys, monk
     assert rc == 0 and c != a
 
 
-def eos_model(tmp_path, nano80) -> Path:
-    """A model that always predicts <|eos|> (id 3): a constant residual stream
-    (layers write nothing) read by a classifier whose only non-zero row is eos's."""
-    m = tiny(tie_embeddings=False)
-    with torch.no_grad():
-        for layer in m.layers:
-            layer.wo.weight.zero_()
-            layer.w2.weight.zero_()
-        m.tok_embd.weight.zero_()
-        m.tok_embd.weight[:, 0] = 1.0
-        m.lm_head.weight.zero_()
-        m.lm_head.weight[3, 0] = 1.0
-    save_ckpt(tmp_path / "eos.pt", m, nano80)
-    return tmp_path / "eos.pt"
-
-
 @pytest.mark.parametrize("extra", [[], ["--instruct"], ["--stop", "<|eos|>"], ["-t", "1", "-s", "5"]])
-def test_sample_stops_at_eos_in_every_mode(tmp_path, nano80, capsys, extra):
+def test_sample_stops_at_eos_in_every_mode(tmp_path, nano80, capsys, predicting, extra):
     """As the C engine (stop_at_eos is on in every mode): <|eos|> ends the output,
     in plain continuation too, and is not printed."""
-    ck = eos_model(tmp_path, nano80)
+    ck = tmp_path / "eos.pt"  # a model that always predicts <|eos|>
+    save_ckpt(ck, predicting(tiny(tie_embeddings=False), [nano80.eos_id]), nano80)
     rc, out, _ = run(sample_cmd, ["-m", ck, "-p", "hi", "-t", "0", "-n", "3"] + extra, capsys)
     assert rc == 0 and out == "\n"
 

@@ -333,25 +333,11 @@ def test_max_new_tokens_zero_runs_until_the_context_is_full():
     assert got == list(generate(m, [1, 2], SamplerConfig(max_new_tokens=1000, **c)))
 
 
-def eos_prone_model(nano80):
-    """Predicts <|eos|> (3) or "b" (28) with about equal probability at every step: a
-    constant residual stream read by a classifier with two equal non-zero rows."""
-    m = tiny_model(vocab_size=80, tie_embeddings=False)
-    with torch.no_grad():
-        for layer in m.layers:
-            layer.wo.weight.zero_()
-            layer.w2.weight.zero_()
-        m.tok_embd.weight.zero_()
-        m.tok_embd.weight[:, 0] = 1.0
-        m.lm_head.weight.zero_()
-        m.lm_head.weight[[nano80.eos_id, 28], 0] = 1.0
-    return m
-
-
-def test_generate_stops_at_eos_whenever_the_vocabulary_has_it(nano80):
+def test_generate_stops_at_eos_whenever_the_vocabulary_has_it(nano80, predicting):
     """The C engine's stop_at_eos (on in every mode): given a tokenizer with <|eos|>,
     generation ends there, in plain continuation too; without one nothing knows eos."""
-    m = eos_prone_model(nano80)
+    # <|eos|> or "b" (28) with about equal probability at every step
+    m = predicting(tiny_model(vocab_size=80, tie_embeddings=False), [nano80.eos_id, 28])
     c = SamplerConfig(temperature=1.0, max_new_tokens=20, seed=0)  # a seed that draws "b" first
     free = list(generate(m, [27], c))
     eos = nano80.eos_id
