@@ -37,6 +37,7 @@ import math
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -198,7 +199,10 @@ def main() -> int:
 
             name = f"{backend.lower()} {'enable_gqa' if gqa else 'repeated kv'}"
             try:
-                report(name, time_ms(step, 10), cfg.n_layer, attn_flop)
+                with warnings.catch_warnings():  # a refused backend says why in one line below, not six warnings
+                    warnings.simplefilter("ignore", UserWarning)
+                    timed = time_ms(step, 10)
+                report(name, timed, cfg.n_layer, attn_flop)
             except Exception as err:  # a backend that refuses the shape or this GPU
                 print(f"  {name:40s} not available: {str(err).splitlines()[0][:90]}")
 

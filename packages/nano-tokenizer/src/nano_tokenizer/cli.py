@@ -2,7 +2,7 @@
 
 Usage:
   nano-tokenizer info VOCAB
-  nano-tokenizer encode VOCAB TEXTFILE [--out IDS.npy] [--allow-special] [--chunk-chars N]
+  nano-tokenizer encode VOCAB TEXTFILE [--out IDS.npy] [--allow-special]
   nano-tokenizer decode VOCAB [IDS... | IDS.npy | -]
   nano-tokenizer build CORPUS... --size N [--words FILE] [--special TOKEN]... -o OUT.json
 
