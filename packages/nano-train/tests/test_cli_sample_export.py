@@ -445,8 +445,10 @@ def test_export_removes_what_a_killed_export_left(nano80, tmp_path, capsys):
             f".f.bin.{dead}.tmp"]  # not names export makes
     for name in [stale.name] + kept:
         (tmp_path / name).write_bytes(b"half a model")
-    rc, out, _ = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", tmp_path / "f.bin"], capsys)
-    assert rc == 0 and f"note: removed {stale}: left by an export that was interrupted (pid {dead})" in out
+    rc, out, err = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", tmp_path / "f.bin"], capsys)
+    # a note, so on standard error like every other note; standard output keeps the results
+    assert rc == 0 and f"note: removed {stale}: left by an export that was interrupted (pid {dead})" in err
+    assert "note:" not in out
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["c.pt", "f.bin"])
     load_bin(tmp_path / "f.bin")
 
@@ -537,7 +539,7 @@ def test_export_removes_the_partial_file_of_an_export_killed_while_writing(nano8
     assert len(left) == 1 and left[0].name.startswith("..") and left[0].name.endswith(".tmp"), left
     rc, stdout, err = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", out], capsys)
     assert rc == 0, err
-    assert f"note: removed {left[0]}: left by an export that was interrupted (pid " in stdout
+    assert f"note: removed {left[0]}: left by an export that was interrupted (pid " in err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.pt", name])
     load_bin(out)
 

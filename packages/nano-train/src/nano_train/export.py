@@ -139,7 +139,8 @@ def _remove_stale_staged(path: Path) -> None:
 
     name = _stale_pattern(path)
     for p in remove_dead_writers_files(path.parent, name):
-        print(f"note: removed {p}: left by an export that was interrupted (pid {name.fullmatch(p.name)['pid']})")
+        print(f"note: removed {p}: left by an export that was interrupted (pid {name.fullmatch(p.name)['pid']})",
+              file=sys.stderr)
 
 
 def _naming(path: Path, tmp: Path, op, *args, **kwargs):
