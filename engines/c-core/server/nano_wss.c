@@ -18,9 +18,19 @@
  * time, reads requests (such as cancel) between tokens, and a client that
  * does not read stops getting steps (backpressure) instead of buffering its
  * whole answer in the server. The first step of a generation runs the prompt
- * (at most --ctx tokens), which is the longest the loop is ever held.
+ * (at most --ctx tokens), which is the longest the loop is ever held. A
+ * seq2seq request runs the same way: from the connection's next writeable
+ * callback, its input paused until the answer is queued, so a client that
+ * pipelines many of them gets one evaluation per loop turn like everyone else.
  * --threads is the OpenMP team of each evaluation; since one evaluation runs
  * at a time, N threads never oversubscribe the machine.
+ *
+ * Connections not yet upgraded (handshakes in progress, idle TCP connects)
+ * are counted from accept to close and capped, and so are all TCP
+ * connections together, from the file-descriptor limit (raised to what the
+ * caps need at startup) and --max-connections: one over a cap is closed as
+ * soon as it is accepted, so accept() never meets EMFILE (libwebsockets 4.1
+ * would spin on it). A handshake must complete within HANDSHAKE_TIMEOUT_S.
  *
  * Replies other than tokens (errors, info, seq2seq results) wait in a small
  * per-connection queue and are sent before the next token, one frame per
@@ -45,6 +55,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <libwebsockets.h>
@@ -59,6 +71,11 @@
 #define SHUTDOWN_GRACE_US 1000000     /* how long shutdown waits for clients to take their close */
 #define DEFAULT_MAX_TOKENS 256        /* like `nano run` */
 #define CLOSE_TRY_AGAIN_LATER 1013    /* RFC 6455 registry; libwebsockets has no name for it */
+#define HANDSHAKE_TIMEOUT_S 10        /* a TCP connection has this long to finish the upgrade */
+#define MAX_HEADER_BYTES 16384        /* upgrade request headers (a browser's cookies included) */
+#define FD_RESERVE 16                 /* descriptors kept back for stdio, the listener, lws' pipe */
+#define LOG_REPEAT_WINDOW_NS 1000000000LL /* an identical log line within this is counted, not printed */
+#define LOG_LINE_MAX 256
 
 static const char *USAGE =
     "usage: nano-wss -m MODEL [options]\n"
@@ -109,6 +126,9 @@ typedef struct wss_server {
     struct lws_context *lws;
     uint32_t n_admitted;       /* connections holding a slot (<= max_connections) */
     uint32_t n_open;           /* every open WebSocket, refused ones included */
+    uint32_t n_tcp;            /* every accepted TCP connection, upgraded or not */
+    uint32_t tcp_cap;          /* most TCP connections at once (file-descriptor budget) */
+    uint32_t pending_cap;      /* most of them not (yet) upgraded to a WebSocket */
     int shutting_down;
     int shutdown_expired;
     lws_sorted_usec_list_t shutdown_timer;
@@ -138,6 +158,7 @@ typedef struct wss_conn {
     char *rx;                  /* [rx_cap] */
     size_t rx_len, rx_cap;
     int rx_active, rx_oversized, rx_binary, rx_paused;
+    unsigned char utf8_need, utf8_lo, utf8_hi; /* a text message's UTF-8 check, across chunks */
     /* replies waiting for a writeable callback, oldest first */
     out_msg *out_head, *out_tail;
     unsigned n_out;
@@ -148,6 +169,9 @@ typedef struct wss_conn {
     int running;
     wss_id run_id;
     int32_t *ids;              /* [2 * n_ctx] seq2seq input and output */
+    int s2s_pending;           /* a seq2seq waits for the next writeable callback (input paused) */
+    uint32_t s2s_n;            /* its input: ids[0 .. s2s_n) */
+    wss_id s2s_id;
 } wss_conn;
 
 // ---------------------------------------------------------------------------
@@ -156,6 +180,20 @@ typedef struct wss_conn {
 static void arm_idle(const wss_server *srv, wss_conn *c) {
     if (srv->opt.idle_timeout_s > 0.0)
         lws_set_timer_usecs(c->wsi, (lws_usec_t)(srv->opt.idle_timeout_s * (double)LWS_USEC_PER_SEC));
+}
+
+/* Input is paused while a seq2seq waits to run (so requests are answered in
+ * order) and while too many replies are queued; resumed when neither holds. */
+static void pause_rx(wss_conn *c) {
+    if (c->rx_paused) return;
+    lws_rx_flow_control(c->wsi, 0);
+    c->rx_paused = 1;
+}
+
+static void resume_rx(wss_conn *c) {
+    if (!c->rx_paused || c->s2s_pending || c->n_out > OUT_QUEUE_PAUSE / 2) return;
+    lws_rx_flow_control(c->wsi, 1);
+    c->rx_paused = 0;
 }
 
 /* Queue the writer's text as the next reply. Returns -1 when out of memory
@@ -173,10 +211,7 @@ static int queue_reply(wss_conn *c) {
     else c->out_head = m;
     c->out_tail = m;
     c->n_out++;
-    if (c->n_out >= OUT_QUEUE_PAUSE && !c->rx_paused) {
-        lws_rx_flow_control(c->wsi, 0);
-        c->rx_paused = 1;
-    }
+    if (c->n_out >= OUT_QUEUE_PAUSE) pause_rx(c);
     lws_callback_on_writable(c->wsi);
     return 0;
 }
@@ -291,11 +326,13 @@ static int handle_info(const wss_server *srv, wss_conn *c, const wss_request *re
 }
 
 /* One forward over the input and the argmax at every position (the sort6
- * demo and other seq2seq models); answered at once, not streamed. */
+ * demo and other seq2seq models); answered in one message, not streamed.
+ * Checked and tokenized here; the forward runs from the next writeable
+ * callback (run_seq2seq), with the connection's input paused until then. */
 static int handle_seq2seq(const wss_server *srv, wss_conn *c, const wss_request *req) {
     const nano_tokenizer *tok = srv->info.tokenizer;
-    size_t n = 0, len = 0;
-    char *text, msg[160];
+    size_t n = 0;
+    char msg[160];
     nano_status st;
     if (c->running) return busy_error(c, &req->id);
     if (!tok) return queue_error(c, &req->id, WSS_E_UNSUPPORTED, "the model has no tokenizer");
@@ -312,20 +349,45 @@ static int handle_seq2seq(const wss_server *srv, wss_conn *c, const wss_request 
     }
     if (st != NANO_OK) return library_error(c, &req->id, "tokenize", st);
     if (n == 0) return queue_error(c, &req->id, WSS_E_BAD_FIELD, "input is empty");
+    c->s2s_pending = 1;
+    c->s2s_n = (uint32_t)n;
+    c->s2s_id = req->id;
+    pause_rx(c);
+    lws_callback_on_writable(c->wsi);
+    return 0;
+}
+
+/* The waiting seq2seq: one forward, its reply queued, input resumed. */
+static int run_seq2seq(const wss_server *srv, wss_conn *c) {
+    const nano_tokenizer *tok = srv->info.tokenizer;
+    const wss_id *id = &c->s2s_id;
+    size_t n = c->s2s_n, len = 0;
+    char *text;
+    int rc;
+    nano_status st;
+    c->s2s_pending = 0;
     st = nano_seq2seq(c->ctx, c->ids, (uint32_t)n, c->ids + srv->n_ctx);
-    if (st != NANO_OK) return library_error(c, &req->id, "seq2seq", st);
-    nano_tokenizer_decode(tok, c->ids + srv->n_ctx, n, NULL, 0, &len);
-    text = (char *)malloc(len + 1);
-    if (!text) return library_error(c, &req->id, "seq2seq", NANO_ERR_OUT_OF_MEMORY);
-    st = nano_tokenizer_decode(tok, c->ids + srv->n_ctx, n, text, len + 1, &len);
     if (st != NANO_OK) {
-        free(text);
-        return library_error(c, &req->id, "decode", st);
+        rc = library_error(c, id, "seq2seq", st);
+    } else {
+        nano_tokenizer_decode(tok, c->ids + srv->n_ctx, n, NULL, 0, &len);
+        text = (char *)malloc(len + 1);
+        if (!text) {
+            rc = library_error(c, id, "seq2seq", NANO_ERR_OUT_OF_MEMORY);
+        } else {
+            st = nano_tokenizer_decode(tok, c->ids + srv->n_ctx, n, text, len + 1, &len);
+            if (st != NANO_OK) {
+                rc = library_error(c, id, "decode", st);
+            } else {
+                nj_writer_reset(&c->w);
+                wss_reply_seq2seq(&c->w, id, text, len, c->ids + srv->n_ctx, n);
+                rc = queue_reply(c);
+            }
+            free(text);
+        }
     }
-    nj_writer_reset(&c->w);
-    wss_reply_seq2seq(&c->w, &req->id, text, len, c->ids + srv->n_ctx, n);
-    free(text);
-    return queue_reply(c);
+    resume_rx(c);
+    return rc;
 }
 
 static int handle_message(const wss_server *srv, wss_conn *c) {
@@ -383,6 +445,42 @@ static int conn_open(wss_server *srv, wss_conn *c, struct lws *wsi) {
     return 0;
 }
 
+/* Check the next bytes of a text message as UTF-8 (RFC 3629: no overlong
+ * forms, no surrogates, nothing over U+10FFFF); the state carries a
+ * character split across chunks or fragments. 0 while valid. */
+static int utf8_check(wss_conn *c, const unsigned char *p, size_t len) {
+    size_t i;
+    for (i = 0; i < len; i++) {
+        unsigned char b = p[i];
+        if (c->utf8_need) {
+            if (b < c->utf8_lo || b > c->utf8_hi) return -1;
+            c->utf8_need--;
+            c->utf8_lo = 0x80;
+            c->utf8_hi = 0xBF;
+            continue;
+        }
+        if (b < 0x80) continue;
+        c->utf8_lo = 0x80;
+        c->utf8_hi = 0xBF;
+        if (b >= 0xC2 && b <= 0xDF) c->utf8_need = 1;
+        else if (b >= 0xE0 && b <= 0xEF) c->utf8_need = 2;
+        else if (b >= 0xF0 && b <= 0xF4) c->utf8_need = 3;
+        else return -1;
+        if (b == 0xE0) c->utf8_lo = 0xA0;      /* overlong */
+        else if (b == 0xED) c->utf8_hi = 0x9F; /* surrogates */
+        else if (b == 0xF0) c->utf8_lo = 0x90; /* overlong */
+        else if (b == 0xF4) c->utf8_hi = 0x8F; /* over U+10FFFF */
+    }
+    return 0;
+}
+
+/* RFC 6455 section 8.1: a text message that is not UTF-8 fails the connection. */
+static int fail_utf8(wss_conn *c) {
+    static const char why[] = "invalid UTF-8";
+    lws_close_reason(c->wsi, LWS_CLOSE_STATUS_INVALID_PAYLOAD, (unsigned char *)why, sizeof why - 1);
+    return -1;
+}
+
 static int conn_receive(const wss_server *srv, wss_conn *c, const char *in, size_t len) {
     if (!c->open) return -1;
     if (c->closing) return 0; /* input after the decision to close is dropped */
@@ -392,7 +490,9 @@ static int conn_receive(const wss_server *srv, wss_conn *c, const char *in, size
         c->rx_len = 0;
         c->rx_oversized = 0;
         c->rx_binary = lws_frame_is_binary(c->wsi);
+        c->utf8_need = 0;
     }
+    if (!c->rx_binary && utf8_check(c, (const unsigned char *)in, len)) return fail_utf8(c);
     if (!c->rx_oversized) {
         if (len > srv->opt.max_message - c->rx_len) {
             c->rx_oversized = 1; /* the rest is read and dropped; the error follows at the end */
@@ -413,6 +513,10 @@ static int conn_receive(const wss_server *srv, wss_conn *c, const char *in, size
     }
     if (!lws_is_final_fragment(c->wsi) || lws_remaining_packet_payload(c->wsi) > 0) return 0;
     c->rx_active = 0;
+    if (!c->rx_binary && c->utf8_need) return fail_utf8(c); /* the message ends inside a character */
+    /* input is paused while a seq2seq waits; should libwebsockets still hand
+     * over a message, the seq2seq runs first so that replies keep their order */
+    if (c->s2s_pending && run_seq2seq(srv, c)) return -1;
     return handle_message(srv, c);
 }
 
@@ -457,6 +561,9 @@ static int close_now(wss_conn *c) {
 static int conn_writeable(const wss_server *srv, wss_conn *c) {
     if (!c->open) return 0;
     if (srv->shutting_down && !c->closing) c->closing = CLOSE_SHUTDOWN;
+    /* one evaluation per writeable callback: a waiting seq2seq (after the
+     * replies of earlier requests), whose reply then goes out in this one */
+    if (!c->out_head && !c->closing && c->s2s_pending && run_seq2seq(srv, c)) return -1;
     if (c->out_head) {
         out_msg *m = c->out_head;
         int rc;
@@ -466,10 +573,7 @@ static int conn_writeable(const wss_server *srv, wss_conn *c) {
         rc = write_frame(c, m->data + LWS_PRE, m->len);
         free(m);
         if (rc) return -1;
-        if (c->rx_paused && c->n_out <= OUT_QUEUE_PAUSE / 2) {
-            lws_rx_flow_control(c->wsi, 1);
-            c->rx_paused = 0;
-        }
+        resume_rx(c);
     } else if (c->closing) {
         return close_now(c);
     } else if (c->running) {
@@ -478,7 +582,7 @@ static int conn_writeable(const wss_server *srv, wss_conn *c) {
         return 0;
     }
     if (!c->closing) arm_idle(srv, c);
-    if (c->out_head || c->running || c->closing) lws_callback_on_writable(c->wsi);
+    if (c->out_head || c->running || c->closing || c->s2s_pending) lws_callback_on_writable(c->wsi);
     return 0;
 }
 
@@ -508,10 +612,39 @@ static void conn_close(wss_server *srv, wss_conn *c) {
     memset(c, 0, sizeof *c);
 }
 
+/* TCP connections, counted from accept to destroy: a new one over a cap is
+ * closed at once (nonzero from the filter callback), so descriptors never
+ * run out. The mark in the wsi's opaque pointer says it was counted (the
+ * listener and libwebsockets' own pipe are destroyed too, uncounted). */
+static int tcp_filter(wss_server *srv) {
+    uint32_t pending = srv->n_tcp > srv->n_open ? srv->n_tcp - srv->n_open : 0;
+    return srv->n_tcp >= srv->tcp_cap || pending >= srv->pending_cap || srv->shutting_down;
+}
+
+static void tcp_counted(wss_server *srv, struct lws *wsi) {
+    srv->n_tcp++;
+    lws_set_opaque_user_data(wsi, srv);
+}
+
+static void tcp_closed(wss_server *srv, struct lws *wsi) {
+    if (lws_get_opaque_user_data(wsi) != srv) return;
+    lws_set_opaque_user_data(wsi, NULL);
+    if (srv->n_tcp) srv->n_tcp--;
+}
+
 static int callback_nano(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len) {
     struct lws_context *lc = lws_get_context(wsi);
     wss_server *srv = lc ? (wss_server *)lws_context_user(lc) : NULL;
     wss_conn *c = (wss_conn *)user;
+    if (srv) {
+        switch (reason) {
+        /* `user` is not a connection's state in these two */
+        case LWS_CALLBACK_FILTER_NETWORK_CONNECTION: return tcp_filter(srv);
+        case LWS_CALLBACK_SERVER_NEW_CLIENT_INSTANTIATED: tcp_counted(srv, wsi); return 0;
+        case LWS_CALLBACK_WSI_DESTROY: tcp_closed(srv, wsi); break; /* and the connection's state below */
+        default: break;
+        }
+    }
     if (srv && c) {
         switch (reason) {
         case LWS_CALLBACK_ESTABLISHED: return conn_open(srv, c, wsi);
@@ -759,14 +892,66 @@ static int load(wss_server *srv) {
     return 0;
 }
 
+/* The one piece of process-wide state: libwebsockets 4.1's log callback
+ * takes no user pointer, so the repeat counter of log_lws cannot live in
+ * wss_server. Only the loop's thread logs through it. */
+static struct {
+    char last[LOG_LINE_MAX];   /* the last line printed */
+    long long since_ns;        /* when it was printed */
+    unsigned long repeats;     /* identical lines since then, not printed */
+} log_state;
+
+static long long monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static void log_flush_repeats(void) {
+    if (!log_state.repeats) return;
+    fprintf(stderr, "nano-wss: libwebsockets: (the line above repeated %lu more times)\n", log_state.repeats);
+    log_state.repeats = 0;
+}
+
 /* libwebsockets' own error lines (a failed bind says why), tagged as ours
- * and without its timestamp. */
+ * and without its timestamp. A line identical to the last one within
+ * LOG_REPEAT_WINDOW_NS is only counted (accept() failing in a loop would
+ * otherwise write megabytes a second); the count is printed with the next
+ * different line, or when the window has passed and the line comes again. */
 static void log_lws(int level, const char *line) {
     const char *text = strstr(line, "] ");
+    long long now = monotonic_ns();
     (void)level;
     text = text ? text + 2 : line;
     if (text[0] && text[1] == ':' && text[2] == ' ') text += 3; /* the level letter, "E: " */
+    if (strncmp(text, log_state.last, sizeof log_state.last - 1) == 0 && log_state.last[0] &&
+        now - log_state.since_ns < LOG_REPEAT_WINDOW_NS) {
+        log_state.repeats++;
+        return;
+    }
+    log_flush_repeats();
+    snprintf(log_state.last, sizeof log_state.last, "%s", text);
+    log_state.since_ns = now;
     fprintf(stderr, "nano-wss: libwebsockets: %s", text);
+}
+
+/* The descriptor budget: the soft RLIMIT_NOFILE is raised (up to the hard
+ * limit, quietly; a failure leaves it as it was) to what the connection caps
+ * want, and the caps then shrink to what the limit allows. */
+static void set_connection_caps(wss_server *srv) {
+    struct rlimit rl;
+    uint64_t want_tcp = 2 * (uint64_t)srv->opt.max_connections + 32, fds = 1024;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+        rlim_t want = (rlim_t)(want_tcp + FD_RESERVE);
+        if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+            struct rlimit raised = rl;
+            raised.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > want ? want : rl.rlim_max;
+            if (setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+        }
+        fds = rl.rlim_cur == RLIM_INFINITY ? want_tcp + FD_RESERVE : (uint64_t)rl.rlim_cur;
+    }
+    srv->tcp_cap = (uint32_t)(fds > want_tcp + FD_RESERVE ? want_tcp : fds > FD_RESERVE + 2 ? fds - FD_RESERVE : 2);
+    srv->pending_cap = srv->tcp_cap / 2;
 }
 
 static int listen_and_serve(wss_server *srv) {
@@ -782,9 +967,13 @@ static int listen_and_serve(wss_server *srv) {
     protocols[0].per_session_data_size = sizeof(wss_conn);
     srv->protocol = &protocols[0];
 
+    set_connection_caps(srv);
     lws_set_log_level(LLL_ERR, log_lws);
     memset(&ci, 0, sizeof ci);
     ci.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS;
+    ci.max_http_header_data = MAX_HEADER_BYTES;
+    ci.timeout_secs = HANDSHAKE_TIMEOUT_S;
+    ci.timeout_secs_ah_idle = HANDSHAKE_TIMEOUT_S;
     ci.gid = -1;
     ci.uid = -1;
     ci.user = srv;
@@ -795,7 +984,12 @@ static int listen_and_serve(wss_server *srv) {
     }
     set_serving(srv, srv->lws);
     memset(&ci, 0, sizeof ci);
+    /* not LWS_SERVER_OPTION_VALIDATE_UTF8: libwebsockets 4.1.6 then also
+     * fails a connection over a ping or pong between two fragments of a text
+     * message; conn_receive checks text messages itself */
     ci.options = LWS_SERVER_OPTION_FAIL_UPON_UNABLE_TO_BIND | (ipv6 ? 0 : LWS_SERVER_OPTION_DISABLE_IPV6);
+    ci.timeout_secs = HANDSHAKE_TIMEOUT_S;
+    ci.timeout_secs_ah_idle = HANDSHAKE_TIMEOUT_S;
     ci.port = srv->opt.port;
     ci.iface = srv->opt.host;
     ci.protocols = protocols;
@@ -834,6 +1028,7 @@ static int listen_and_serve(wss_server *srv) {
     set_serving(srv, NULL);
     lws_context_destroy(srv->lws); /* closes what is left; CLOSED frees each connection */
     srv->lws = NULL;
+    log_flush_repeats();
     if (failed) {
         fprintf(stderr, "nano-wss: error: the event loop failed\n");
         return 1;

@@ -52,6 +52,39 @@ static int allowed(const char *const *fields, const nj_member *m) {
     return 0;
 }
 
+/* How much of a raw (escaped, valid UTF-8) JSON string fits in `max` bytes
+ * without cutting a character or an escape in two. */
+static size_t hint_length(const char *raw, size_t len, size_t max) {
+    size_t n = 0, step;
+    while (n < len) {
+        unsigned char b = (unsigned char)raw[n];
+        if (b == '\\') step = n + 1 < len && raw[n + 1] == 'u' ? 6 : 2;
+        else step = b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4;
+        if (n + step > max || n + step > len) break;
+        n += step;
+    }
+    return n;
+}
+
+/* A decoded key for a message: every byte, control characters (U+0000
+ * included) written as \u00XX. `out` holds NJ_KEY_MAX * 6 + 1 bytes. */
+static void escape_key(const nj_member *m, char *out) {
+    static const char hex[] = "0123456789abcdef";
+    size_t i, o = 0;
+    for (i = 0; i < m->key_len && i < NJ_KEY_MAX; i++) {
+        unsigned char b = (unsigned char)m->key[i];
+        if (b < 0x20 || b == 0x7F) {
+            memcpy(out + o, "\\u00", 4);
+            out[o + 4] = hex[b >> 4];
+            out[o + 5] = hex[b & 15];
+            o += 6;
+        } else {
+            out[o++] = (char)b;
+        }
+    }
+    out[o] = '\0';
+}
+
 /* A float setting as the sampler stores it (float32), checked by `ok`. */
 static int read_float(const nj_object *obj, const char *name, float *out, int (*ok)(float), const char *range,
                       wss_error *err) {
@@ -63,6 +96,8 @@ static int read_float(const nj_object *obj, const char *name, float *out, int (*
     *out = (float)d;
     return 0;
 }
+
+#define FLT_MAX_TEXT "3.4028234e38" /* FLT_MAX, rounded down */
 
 static int ok_temperature(float x) { return x >= 0.0f; }
 static int ok_top_p(float x) { return x > 0.0f && x <= 1.0f; }
@@ -110,10 +145,13 @@ static int read_generate(const nj_object *obj, wss_request *req, wss_error *err)
         else
             return set_error(err, WSS_E_BAD_FIELD, "mode must be \"continue\" or \"instruct\"");
     }
-    if (read_float(obj, "temperature", &req->sampler.temperature, ok_temperature, ">= 0 (0 = greedy)", err) ||
+    /* FLT_MAX_TEXT: the settings are float32, so the largest float32 is the bound */
+    if (read_float(obj, "temperature", &req->sampler.temperature, ok_temperature,
+                   "in [0, " FLT_MAX_TEXT "] (0 = greedy)", err) ||
         read_float(obj, "top_p", &req->sampler.top_p, ok_top_p, "in (0, 1]", err) ||
         read_float(obj, "min_p", &req->sampler.min_p, ok_min_p, "in [0, 1]", err) ||
-        read_float(obj, "repetition_penalty", &req->sampler.repetition_penalty, ok_penalty, "> 0 (1 = off)", err))
+        read_float(obj, "repetition_penalty", &req->sampler.repetition_penalty, ok_penalty,
+                   "in (0, " FLT_MAX_TEXT "] (1 = off)", err))
         return -1;
     if (read_uint(obj, "top_k", INT32_MAX, &x, &present, err)) return -1;
     if (present) req->sampler.top_k = (int32_t)x;
@@ -177,16 +215,20 @@ int wss_parse_request(const char *text, size_t len, wss_request *req, wss_error 
         req->kind = WSS_SEQ2SEQ;
         fields = SEQ2SEQ_FIELDS;
     } else {
-        /* the raw (escaped) text is quoted back, cut short: it is only a hint */
-        return set_error(err, WSS_E_UNKNOWN_TYPE,
-                         "unknown type \"%.*s\" (known: generate, cancel, info, seq2seq)",
-                         (int)(type->len > 32 ? 32 : type->len), type->raw);
+        /* the raw (escaped) text is quoted back, cut short at a character
+         * boundary (the parser checked it is UTF-8): it is only a hint */
+        size_t n = hint_length(type->raw, type->len, 32);
+        return set_error(err, WSS_E_UNKNOWN_TYPE, "unknown type \"%.*s\"%s (known: generate, cancel, info, seq2seq)",
+                         (int)n, type->raw, n < type->len ? "..." : "");
     }
     for (i = 0; i < obj.n; i++)
-        if (!allowed(fields, &obj.members[i]))
-            return set_error(err, WSS_E_UNKNOWN_FIELD, "unknown field \"%s\" for type %s",
-                             obj.members[i].key_too_long ? "(a long name)" : obj.members[i].key,
+        if (!allowed(fields, &obj.members[i])) {
+            char name[NJ_KEY_MAX * 6 + 1];
+            if (obj.members[i].key_too_long) snprintf(name, sizeof name, "(a long name)");
+            else escape_key(&obj.members[i], name);
+            return set_error(err, WSS_E_UNKNOWN_FIELD, "unknown field \"%s\" for type %s", name,
                              KIND_NAMES[req->kind]);
+        }
 
     if (req->kind == WSS_GENERATE) return read_generate(&obj, req, err);
     if (req->kind == WSS_SEQ2SEQ) return read_text(&obj, "input", req, err);

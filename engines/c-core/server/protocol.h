@@ -56,7 +56,7 @@ typedef struct wss_request {
 
 typedef struct wss_error {
     const char *code;            /* WSS_E_* */
-    char message[192];
+    char message[320];           /* one line; room for a 32-byte field name, every byte escaped */
 } wss_error;
 
 /* Read and validate one request. Returns 0, or -1 with *err set (req->id is
