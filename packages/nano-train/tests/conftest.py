@@ -60,6 +60,24 @@ def self_id_sft(tmp_path_factory, shared_file) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def uneven_sft(tmp_path_factory, shared_file) -> Path:
+    """SFT data (tokenizer_4096, block 64, 20% held out) whose answers range from 2 to 31
+    characters, so that rows, micro-batches and ranks hold different numbers of loss tokens."""
+    import json
+
+    from nano_train.data import prepare_sft
+
+    answer = "我是BD4SUR训练的实验性大语言模型Nano，是一只可爱的电子鹦鹉噢"
+    records = [{"question": f"你是谁{i}", "answer": answer[:2 + (i * 7) % 30]} for i in range(48)]
+    folder = tmp_path_factory.mktemp("data")
+    jsonl = folder / "uneven.jsonl"
+    jsonl.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    prepare_sft([jsonl], shared_file("data/tokenizer_4096.json"), folder / "uneven", block_size=64,
+                val_fraction=0.2, progress=False)
+    return folder / "uneven"
+
+
 TINY_MODEL = dict(n_layer=1, n_embd=32, n_head=2, n_kv_head=1, block_size=32)
 
 

@@ -1,5 +1,6 @@
 """Real DDP: two CPU processes (torchrun, gloo on 127.0.0.1) against one process
-with the same global batch.
+with the same global batch, for pretraining and for SFT (whose ranks hold different
+numbers of loss tokens).
 
 Tolerance: losses within 1e-5 absolute and every parameter within 1e-5 absolute
 after 4 steps. The two runs see the same rows (rank r takes the r-th slice of
@@ -18,13 +19,13 @@ import torch
 from nano_train.metrics import read_log
 
 
-def run(args, cwd, nproc=None):
+def run(args, cwd, nproc=None, command="nano_train.pretrain"):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "nano_train.pretrain", *args]
+               "-m", command, *args]
     else:
-        cmd = [sys.executable, "-m", "nano_train.pretrain", *args]
+        cmd = [sys.executable, "-m", command, *args]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -61,3 +62,31 @@ def test_two_process_ddp_matches_one_process(tmp_path, small_pretrain):
     assert two["rng"]["world_size"] == 2 and len(two["rng"]["ranks"]) == 2
     assert not torch.equal(two["rng"]["ranks"][0]["torch"], two["rng"]["ranks"][1]["torch"])
     assert not list((tmp_path / "two").glob(".*.tmp"))
+
+
+@pytest.mark.slow
+def test_two_process_sft_weighs_ranks_by_their_answer_tokens(tmp_path, uneven_sft):
+    """SFT rows count their answer tokens only, so the ranks' micro-batches hold
+    different numbers of them: 2 processes x 4 rows give the losses and weights of
+    one process x 8 rows (each rank weighs by its share of the step's tokens, not
+    1/2), and the validation loss of 2 x 4 rows is that of the 8 rows as one batch."""
+    common = [f"--dataset={uneven_sft}", "--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
+              "--block_size=64", "--max_iters=4", "--warmup_iters=0", "--learning_rate=1e-3", "--eval_interval=2",
+              "--log_interval=1", "--device=cpu", "--dist_backend=gloo", "--peak_flops=1e10", "--sample_tokens=0"]
+    one = ["--batch_size=8", "--gradient_accumulation_steps=1", "--eval_iters=1", f"--out_dir={tmp_path / 'one'}"]
+    two = ["--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", f"--out_dir={tmp_path / 'two'}"]
+    single = run(common + one, tmp_path, command="nano_train.sft")
+    double = run(common + two, tmp_path, nproc=2, command="nano_train.sft")
+    assert "(8 x 63 x 1 x 1)" in single.stdout and "(4 x 63 x 1 x 2)" in double.stdout
+    logs = {n: read_log(tmp_path / n / "log.jsonl") for n in ("one", "two")}
+    loss = {n: [r["loss"] for r in logs[n] if r["kind"] == "train"] for n in logs}
+    val = {n: [r["val_loss"] for r in logs[n] if r["kind"] == "eval"] for n in logs}
+    assert len(loss["one"]) == len(loss["two"]) == 4 and len(val["one"]) == len(val["two"]) == 3
+    diffs = [abs(a - b) for a, b in zip(loss["one"] + val["one"], loss["two"] + val["two"])]
+    print(f"max |loss difference| one vs two processes: {max(diffs):.2e}")
+    assert max(diffs) < 5e-6  # float32 rounding (each rank weighed 1/2: 1e-4 and more)
+    one = torch.load(tmp_path / "one" / "latest.pt", weights_only=True)
+    two = torch.load(tmp_path / "two" / "latest.pt", weights_only=True)
+    worst = max((one["model"][k] - two["model"][k]).abs().max().item() for k in one["model"])
+    print(f"max |parameter difference|: {worst:.2e}")
+    assert worst < 5e-6

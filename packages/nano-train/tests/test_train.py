@@ -160,6 +160,57 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, small_pretrain, t
         torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-5)
 
 
+def test_sft_accumulation_weighs_micro_batches_by_their_loss_tokens(tmp_path, uneven_sft, tiny_config):
+    """SFT rows count their answer tokens only, so micro-batches of the same rows hold
+    different numbers of loss tokens: 8 rows x 1 micro-batch and 4 rows x 2 still give
+    the same losses and weights (each micro-batch weighs by its tokens, not 1/accum)."""
+    cfg = tiny_config(uneven_sft, task="sft", block_size=64)
+    first = Batcher(Dataset(uneven_sft).source("train", 64), 8, cfg.system.seed).next()[2]  # mask [8, 63]
+    assert first[:4].sum() != first[4:].sum()  # the first step's two micro-batches differ
+    runs = {}
+    for name, batch_size, accum in (("big", 8, 1), ("accum", 4, 2)):
+        cfg = tiny_config(uneven_sft, task="sft", out_dir=tmp_path / name, block_size=64, batch_size=batch_size,
+                          gradient_accumulation_steps=accum, max_iters=3, warmup_iters=0, learning_rate=1e-3,
+                          eval_iters=0, sample_tokens=0)
+        train(cfg)
+        runs[name] = (train_losses(tmp_path / name), load(tmp_path / name / "latest.pt")["model"])
+    (la, wa), (lb, wb) = runs["big"], runs["accum"]
+    assert la.keys() == lb.keys() and len(la) == 3
+    diffs = [abs(la[k] - lb[k]) for k in la]
+    worst = max((wa[k] - wb[k]).abs().max().item() for k in wa)
+    print(f"max |loss difference| {max(diffs):.2e}, max |weight difference| {worst:.2e}")
+    assert max(diffs) < 5e-6  # float32 rounding (the old 1/accum weighting: 3e-4)
+    assert worst < 5e-6
+
+
+def test_evaluate_weighs_batches_by_their_loss_tokens(uneven_sft, small_pretrain, tiny_config):
+    """evaluate() over 2 batches of 4 SFT rows is the loss per answer token of the 8
+    rows as one batch, not the mean of the 2 batch means; with every token counted
+    (pretraining) the two are the same."""
+    from nano_train.train import DistInfo, evaluate, forward_context_factory
+
+    cpu = torch.device("cpu")
+    context = forward_context_factory(cpu, "float32", "auto")
+    for data, block_size, uneven in ((uneven_sft, 64, True), (small_pretrain, 32, False)):
+        cfg = tiny_config(data, task="sft" if uneven else "pretrain", block_size=block_size, batch_size=4,
+                          eval_iters=2)
+        ds = Dataset(data)
+        source = ds.source("val", block_size)
+        torch.manual_seed(0)
+        model = Transformer(ModelConfig(vocab_size=ds.tokenizer.vocab_size, block_size=block_size, n_layer=1,
+                                        n_embd=32, n_head=2, n_kv_head=2))
+        x, y, m = batch_to_device(Batcher(source, 8, cfg.system.seed).next(), cpu)
+        with torch.no_grad():
+            _, whole = model(x, y, m)  # the 8 rows as one batch
+            means = [model(x[i:i + 4], y[i:i + 4], None if m is None else m[i:i + 4])[1] for i in (0, 4)]
+        assert (m is not None and m[:4].sum() != m[4:].sum()) == uneven
+        got = evaluate(model, source, cfg, DistInfo(), cpu, context)
+        print(f"evaluate {got:.6f}, one batch {whole.item():.6f}, mean of batch means {sum(means).item() / 2:.6f}")
+        assert abs(got - whole.item()) < 1e-6
+        if not uneven:
+            assert abs(got - sum(means).item() / 2) < 1e-6
+
+
 def test_loss_choice_auto_is_blocked_on_a_cpu_only():
     from nano_train.train import blocked_loss
 

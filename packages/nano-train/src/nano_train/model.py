@@ -419,6 +419,20 @@ class Transformer(nn.Module):
         """idx [B, T] at positions start_pos.. -> logits [B, T, V] in float32."""
         return F.linear(self._trunk(idx, start_pos, cache), self.classifier_weight()).float()
 
+    @staticmethod
+    def loss_weight(targets: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """targets [B, T] (and loss_mask [B, T]) -> each token's weight in the loss, [B, T]
+        float32: 0 where the target is -1, else the mask (1 without one). The loss is
+        the weighted mean; the trainer sums these weights to weigh micro-batches."""
+        weight = (targets != -1).float()
+        if loss_mask is not None:
+            if loss_mask.shape != targets.shape:
+                raise ValueError(
+                    f"loss_mask shape {tuple(loss_mask.shape)} differs from targets {tuple(targets.shape)}"
+                )
+            weight = weight * loss_mask.float()
+        return weight
+
     def forward(
         self,
         idx: torch.Tensor,
@@ -444,13 +458,7 @@ class Transformer(nn.Module):
         """
         if targets is None:
             return self._logits(idx, 0, None), None
-        weight = (targets != -1).float()
-        if loss_mask is not None:
-            if loss_mask.shape != targets.shape:
-                raise ValueError(
-                    f"loss_mask shape {tuple(loss_mask.shape)} differs from targets {tuple(targets.shape)}"
-                )
-            weight = weight * loss_mask.float()
+        weight = self.loss_weight(targets, loss_mask)
         weight = weight / weight.sum().clamp_min(1.0)  # the mean over the tokens that count
         if not return_logits and blocked_loss:
             h = self._trunk(idx, 0, None)

@@ -380,26 +380,28 @@ def batch_to_device(batch, device: torch.device):
 
 @torch.no_grad()
 def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context, blocked: bool = True) -> float:
-    """Mean loss over eval_iters micro-batches of the held-out split. With W
-    processes, rank r takes batches r, r + W, r + 2W, ... of the ones a single
-    process would read, so the mean is over the same eval_iters batches whatever
-    W is (model is never the DDP wrapper: the ranks may run different counts).
-    The batches start from row 0 every time, so successive evaluations are
-    comparable."""
+    """Mean loss per counted token over eval_iters micro-batches of the held-out
+    split: each batch's mean weighs by its number of counted tokens (SFT rows count
+    their answers only), as if the batches were one. With W processes, rank r takes
+    batches r, r + W, r + 2W, ... of the ones a single process would read, so the
+    mean is over the same eval_iters batches whatever W is (model is never the DDP
+    wrapper: the ranks may run different counts). The batches start from row 0
+    every time, so successive evaluations are comparable."""
     batches = Batcher(source, cfg.data.batch_size, cfg.system.seed, info.rank, info.world_size)
     mine = len(range(info.rank, cfg.eval.eval_iters, info.world_size))
     was_training = model.training
     model.eval()
-    total = torch.zeros((), device=device)
+    totals = torch.zeros(2, device=device)  # [sum of loss x tokens, tokens]
     for _ in range(mine):
         x, y, m = batch_to_device(batches.next(), device)
         with forward_context():
             _, loss = model(x, y, m, return_logits=False, blocked_loss=blocked)
-        total += loss.float()
+        tokens = Transformer.loss_weight(y, m).sum()
+        totals += torch.stack([loss.float() * tokens, tokens])
     model.train(was_training)
     if info.ddp:
-        dist.all_reduce(total)
-    return (total / cfg.eval.eval_iters).item()
+        dist.all_reduce(totals)
+    return (totals[0] / totals[1].clamp_min(1.0)).item()
 
 
 def gather_rng(info: DistInfo) -> dict:
@@ -715,7 +717,7 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     def log_train() -> None:
         """The train record of the steps since the last one (a collective under DDP)."""
         nonlocal train_loss, interval_seconds, interval_steps
-        total = loss_sum.clone()
+        total = loss_sum.clone()  # this rank's share of the step's loss, times world_size
         if info.ddp:
             dist.all_reduce(total)
             total /= info.world_size
@@ -772,17 +774,26 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
+            # The model averages its loss over one micro-batch's counted tokens, and SFT rows
+            # count their answers only: weigh each micro-batch by its share of the step's
+            # tokens (on all ranks; x world_size as DDP averages the ranks' gradients), so that
+            # accumulation and DDP give one big batch's mean. Pretraining: 1 / accum each.
+            micro_batches = [batch_to_device(train_batches.next(), device) for _ in range(accum)]
+            tokens = [Transformer.loss_weight(y, m).sum() for _, y, m in micro_batches]
+            step_tokens = torch.stack(tokens).sum()  # on the device: no wait for it
+            if info.ddp:
+                dist.all_reduce(step_tokens)
+            step_tokens = step_tokens.clamp_min(1.0)
             loss_sum = torch.zeros((), device=device)
             if graphs:  # a new step: the last one's graph outputs may be overwritten
                 torch.compiler.cudagraph_mark_step_begin()
-            for micro in range(accum):
-                x, y, m = batch_to_device(train_batches.next(), device)
+            for micro, (x, y, m) in enumerate(micro_batches):
                 # DDP all-reduces gradients on the last micro-batch only
                 sync = contextlib.nullcontext() if not info.ddp or micro == accum - 1 else model.no_sync()
                 with sync:
                     with forward_context():  # CE averaged over unmasked targets
                         _, loss = model(x, y, m, return_logits=False, blocked_loss=blocked)
-                    loss = loss / accum
+                    loss = loss * (tokens[micro] * info.world_size / step_tokens)
                     scaler.scale(loss).backward()  # a no-op scale unless float16
                 loss_sum += loss.detach()
 
