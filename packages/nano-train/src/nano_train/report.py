@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
 import numpy as np
+from nano_format import WriteError, write_atomically
 
-from nano_train.metrics import duration, human
+from nano_train.metrics import duration, human, read_log
 from nano_train.sampling import SamplerConfig, generate, instruct_prompt, seq2seq
 
 
@@ -74,8 +76,13 @@ def _fmt(x) -> str:
 
 
 def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, dtype, world_size, n_params,
-                 n_trainable, peak, peak_source, flops_per_token, val_source, no_samples: str | None = None) -> None:
-    """The report card at path. no_samples: the reason to leave the samples out."""
+                 n_trainable, peak, peak_source, flops_per_token, val_source, no_samples: str | None = None,
+                 late: bool = False) -> None:
+    """The report card at path, written atomically (a kill while it is written leaves the
+    old report whole). no_samples: the reason to leave the samples out. late: written when
+    a finished run was resumed (its process ended before its report did): result.seconds
+    is the run's training time from latest.pt, result.tokens_per_s the rate logged by its
+    last training process (None: unknown)."""
     if no_samples is None and cfg.eval.sample_tokens <= 0:
         no_samples = "eval.sample_tokens is 0"
     pairs = []
@@ -84,6 +91,9 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
         pairs = samples(model, tokenizer, cfg.run.task, prompts, cfg.eval.sample_tokens, cfg.eval.sample_temperature,
                         cfg.system.seed, rows=dataset.kind == "seq2seq")
     mfu = flops_per_token * result.tokens_per_s / (peak * world_size) if peak > 0 and result.tokens_per_s else None
+    throughput = ("unknown (log.jsonl holds no train records)" if result.tokens_per_s is None else
+                  f"{human(result.tokens_per_s)} tokens/s on {world_size} x {device} ({dtype})"
+                  + (", logged by the run's last training process" if late else ""))
     status = ("interrupted (latest.pt saved)" if result.interrupted else
               f"stopped by the time budget ({cfg.optim.time_budget:g} s)" if result.out_of_time else "finished")
     lines = [
@@ -92,6 +102,8 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
         f"{cfg.run.task}, {status} at step {result.step} of {cfg.optim.max_iters}, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}.",
         "",
+        *(["Written when the finished run was resumed: its process ended after the last checkpoint, before "
+           "this report.", ""] if late else []),
         "| | |",
         "|---|---|",
         f"| parameters | {n_params:,} ({n_trainable:,} trained) |",
@@ -103,8 +115,8 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
         f"| final train loss | {_fmt(result.train_loss)} |",
         f"| final val loss | {_fmt(result.val_loss)} |",
         f"| best val loss | {_fmt(result.best_val_loss)} |",
-        f"| time (this process) | {duration(result.seconds)} |",
-        f"| throughput | {human(result.tokens_per_s)} tokens/s on {world_size} x {device} ({dtype}) |",
+        f"| time ({'training, from latest.pt' if late else 'this process'}) | {duration(result.seconds)} |",
+        f"| throughput | {throughput} |",
         f"| MFU (estimate) | {'n/a' if mfu is None else f'{100 * mfu:.2f}%'} "
         f"(peak {human(peak, 'FLOP/s')} per device: {peak_source}) |",
         "",
@@ -122,4 +134,51 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
         lines += [f"**{prompt or '(empty)'}**", "", "```text", prompt + text if cfg.run.task == "pretrain" else text,
                   "```", ""]
     lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False), "```", ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    try:
+        write_atomically(path, ["\n".join(lines).encode("utf-8")])
+    except WriteError as e:  # report.md is a folder, a link, ...: an OSError, as a failed write is
+        raise OSError(f"cannot write the report: {e}") from None
+
+
+# The status line of a run that ended: "<task>, finished at step N of M, <date>." (or stopped
+# by its time budget). An interrupted run's says "interrupted (latest.pt saved) at step N".
+_ENDED = re.compile(r"\w+, (?:finished|stopped by the time budget \([^)\n]*\)) at step (\d+) of \d+, ")
+
+
+def ended_at(path: Path) -> int | None:
+    """The step at which the report at path says its run ended (finished, or stopped by
+    its time budget); None when there is no report, it is an interrupted run's, or it is
+    not whole (a report ends with its config block)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError):
+        return None
+    whole = len(lines) > 3 and lines[-2:] == ["```", ""]
+    m = _ENDED.match(lines[2]) if whole else None
+    return int(m.group(1)) if m else None
+
+
+def logged_throughput(log_path: Path) -> tuple[float, dict] | None:
+    """(tokens/s, its start record) of the run's last training process that logged train
+    records, from log.jsonl: each record's rate weighed by the tokens of the steps it
+    covers (the first record includes warm-up). None when there are none."""
+    try:
+        records = read_log(log_path)
+    except OSError:
+        return None
+    found, start, prev, tokens, seconds = None, None, None, 0.0, 0.0
+    for rec in records + [{"kind": "start"}]:  # the sentinel closes the last process
+        if rec.get("kind") == "start":
+            if seconds > 0:
+                found = (tokens / seconds, start)
+            start, prev, tokens, seconds = rec, rec.get("step"), 0.0, 0.0
+            continue
+        step, rate = rec.get("step"), rec.get("tokens_per_s")
+        per_step = start.get("tokens_per_step") if start else None
+        if rec.get("kind") != "train" or not all(isinstance(v, (int, float)) for v in (step, rate, per_step, prev)):
+            continue
+        if step > prev and rate > 0:
+            tokens += (step - prev) * per_step
+            seconds += (step - prev) * per_step / rate
+        prev = step
+    return found

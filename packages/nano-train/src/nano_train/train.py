@@ -52,7 +52,7 @@ from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.config import Config, ConfigError, help_text, load_config
 from nano_train.data import Batcher, DataError, Dataset
 from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
-from nano_train.metrics import RunLog, duration, human, peak_flops, synchronize
+from nano_train.metrics import RunLog, duration, human, peak_flops, read_log, synchronize
 from nano_train.model import ModelConfig, Transformer
 
 PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -581,15 +581,26 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                     f"{info.world_size}: RNG streams restart from the seed (data order is unaffected)")
     resume_step = step if resuming else None
     if resuming and (step >= cfg.optim.max_iters or 0 < cfg.optim.time_budget <= elapsed_before):
-        # A finished run: its report and log stay as they are
+        # A finished run: its report and log stay as they are, unless its process was killed
+        # after the last checkpoint, before its report said so (missing, or an earlier state's)
         why = (f"reached optim.max_iters ({cfg.optim.max_iters})" if step >= cfg.optim.max_iters else
                f"has spent its time budget ({cfg.optim.time_budget:g} s)")
-        say(f"nothing to do: the run in {out_dir} is at step {step} and {why}; raise it "
-            "(--max_iters=N or --time_budget=S) to train on")
+        done = (f"nothing to do: the run in {out_dir} is at step {step} and {why}; raise it "
+                "(--max_iters=N or --time_budget=S) to train on")
+        result = TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, 0.0, time.monotonic() - t_start,
+                             False, out_dir, out_of_time=step < cfg.optim.max_iters)
+        if master:
+            from nano_train.report import ended_at
+
+            if ended_at(out_dir / "report.md") != step:
+                result.samples_interrupted = complete_finished_run(
+                    cfg, result, elapsed_before, raw_model, ds, device, dtype, info.world_size,
+                    sum(p.numel() for p in trainable), seq_len, val_source or train_source)
+                done += "; wrote the missing report.md"
+        say(done)
         if info.ddp:
             dist.destroy_process_group()
-        return TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, 0.0, time.monotonic() - t_start,
-                           False, out_dir, out_of_time=step < cfg.optim.max_iters)
+        return result
     # the model a fine-tuning run started from (kept through resumes, for provenance)
     base_path = checkpoint.get("base") if resuming else (None if cfg.run.init_from == "scratch" else cfg.run.init_from)
     del checkpoint  # the optimizer and model hold their own copies now
@@ -847,20 +858,11 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
                val_loss=val_loss, best_val_loss=best_val_loss, tokens_seen=tokens_seen, tokens_per_s=tokens_per_s,
                seconds=seconds)
         if master:
-            from nano_train.report import write_report
-
-            report = dict(result=result, model=raw_model, tokenizer=tokenizer, dataset=ds, device=device, dtype=dtype,
-                          world_size=info.world_size, n_params=n_params, n_trainable=n_trainable, peak=peak,
-                          peak_source=peak_source, flops_per_token=flops_per_token,
-                          val_source=val_source or train_source)
-            try:
-                write_report(out_dir / "report.md", cfg=cfg, **report)
-            except KeyboardInterrupt:  # while sampling: the report without its samples (a signal now aborts)
-                result.samples_interrupted = True
-                print("\ninterrupted while sampling for the report: the training is complete; writing the report "
-                      "without samples", file=sys.stderr, flush=True)
-                write_report(out_dir / "report.md", cfg=cfg, no_samples="interrupted while they were drawn",
-                             **report)
+            result.samples_interrupted = write_report_card(
+                out_dir / "report.md", cfg=cfg, result=result, model=raw_model, tokenizer=tokenizer, dataset=ds,
+                device=device, dtype=dtype, world_size=info.world_size, n_params=n_params, n_trainable=n_trainable,
+                peak=peak, peak_source=peak_source, flops_per_token=flops_per_token,
+                val_source=val_source or train_source)
             best = f"{best_val_loss:.4f}" if math.isfinite(best_val_loss) else "n/a"
             say(f"done: step {step}, best val loss {best}, {human(tokens_per_s)} tok/s; report in {out_dir / 'report.md'}")
         if info.ddp:
@@ -869,6 +871,56 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
         return result
     finally:
         restore_handlers()
+
+
+def write_report_card(path: Path, **report) -> bool:
+    """report.md (nano_train.report.write_report); True when Ctrl-C came while its samples
+    were drawn: the report is then written without them (a second signal aborts)."""
+    from nano_train.report import write_report
+
+    try:
+        write_report(path, **report)
+        return False
+    except KeyboardInterrupt:
+        print("\ninterrupted while sampling for the report: the training is complete; writing the report "
+              "without samples", file=sys.stderr, flush=True)
+        write_report(path, no_samples="interrupted while they were drawn", **report)
+        return True
+
+
+def complete_finished_run(cfg: Config, result: TrainResult, elapsed_s: float, model: Transformer, ds: Dataset,
+                          device: torch.device, dtype: str, world_size: int, n_trainable: int, seq_len: int,
+                          sample_source) -> bool:
+    """What a finished run's process did not write because it was killed after its last
+    checkpoint: log.jsonl's end record (when there is none for the step) and report.md,
+    from latest.pt (step, tokens, losses, training time) and log.jsonl (the throughput of
+    the run's last training process, else "unknown"), with samples drawn as at the end of
+    a run. Returns write_report_card's answer."""
+    from nano_train.report import logged_throughput
+
+    out_dir = result.out_dir
+    log_path = out_dir / "log.jsonl"
+    logged = logged_throughput(log_path)
+    tokens_per_s, start = logged if logged else (None, {})
+    peak = start.get("peak_flops")
+    if isinstance(peak, (int, float)) and isinstance(start.get("world_size"), int):  # the logging process's
+        device, dtype, world_size = start.get("device", device), start.get("dtype", dtype), start["world_size"]
+        peak_source = start.get("peak_flops_source", "")
+    else:
+        peak, peak_source = peak_flops(device, dtype, cfg.system.peak_flops)
+    late = dataclasses.replace(result, tokens_per_s=tokens_per_s, seconds=elapsed_s)
+    ended = log_path.exists() and any(r.get("kind") == "end" and r.get("step") == result.step
+                                      for r in read_log(log_path))
+    if not ended:  # RunLog drops a line the kill cut short, so that the record starts a line
+        RunLog(log_path, True, result.step).write(
+            kind="end", step=result.step, interrupted=False, out_of_time=result.out_of_time,
+            train_loss=result.train_loss, val_loss=result.val_loss, best_val_loss=result.best_val_loss,
+            tokens_seen=result.tokens_seen, tokens_per_s=tokens_per_s, seconds=None, written_on_resume=True)
+    return write_report_card(out_dir / "report.md", cfg=cfg, result=late, model=model, tokenizer=ds.tokenizer,
+                             dataset=ds, device=device, dtype=dtype, world_size=world_size,
+                             n_params=model.num_params(), n_trainable=n_trainable, peak=peak,
+                             peak_source=peak_source, flops_per_token=model.flops_per_token(seq_len),
+                             val_source=sample_source, late=True)
 
 
 def _main_thread() -> bool:
