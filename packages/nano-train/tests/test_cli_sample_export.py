@@ -97,6 +97,17 @@ def test_sample_stops_at_eos_in_every_mode(tmp_path, nano80, capsys, predicting,
     assert rc == 0 and out == "\n"
 
 
+def test_an_empty_question_in_instruct_mode_is_answered(nano80, tmp_path, capsys, predicting):
+    """SFT data may hold an empty question; the instruct template still gives the model
+    tokens to answer (nano-wss allows it too)."""
+    ck = tmp_path / "eos.pt"
+    save_ckpt(ck, predicting(tiny(tie_embeddings=False), [nano80.eos_id]), nano80)
+    rc, out, err = run(sample_cmd, ["-m", ck, "-p", "", "--instruct", "-t", "0", "-n", "3"], capsys)
+    assert rc == 0 and out == "\n", err
+    rc, _, err = run(sample_cmd, ["-m", ck, "-p", "", "-t", "0", "-n", "3"], capsys)
+    assert rc == 1 and "the prompt is empty" in err
+
+
 def test_sample_with_lora(nano80, tmp_path, capsys):
     from nano_train.convert import export_bin, export_lora
 
@@ -122,6 +133,7 @@ def test_sample_with_lora(nano80, tmp_path, capsys):
         (["-m", "{nano80}", "-p", "x"], "neither a Nano model file nor a training checkpoint"),
         (["-m", "{sort6}", "-p", "x", "--top-p", "2"], "top_p"),
         (["-m", "{sort6}", "-p", ""], "empty"),
+        (["-m", "{sort6}", "-p", "", "--instruct", "--seq2seq"], "the input is empty"),  # no template there
         (["-m", "{sort6}", "-p", "x", "-l", "missing_lora.bin"], "not found"),
         (["-m", "{sort6}", "-p", "x", "-l", "{sort6}"], "not a LoRA"),
         (["-m", "{sort6}", "-p", "x", "--device", "nonsense"], "device"),

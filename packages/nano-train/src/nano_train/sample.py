@@ -157,8 +157,8 @@ def _run(args, out) -> None:
         prompt = sys.stdin.read().rstrip("\n")
     else:
         prompt = args.prompt
-    if not prompt:
-        raise UsageError("the prompt is empty")
+    if not prompt and not args.instruct:  # the instruct template gives an empty question tokens
+        raise UsageError("the prompt is empty (only --instruct takes an empty one, as SFT data may hold)")
     try:
         sc = SamplerConfig(
             temperature=args.temperature,
@@ -182,6 +182,8 @@ def _run(args, out) -> None:
 
     if args.seq2seq or not model.config.is_causal:
         ids = tok.encode(prompt)
+        if not ids:
+            raise UsageError("the input is empty")
         t0 = time.perf_counter()
         result = seq2seq(model, ids)
         out.write(tok.decode(result) + "\n")
