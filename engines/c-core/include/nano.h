@@ -443,7 +443,7 @@ typedef enum nano_kernels {
 typedef struct nano_context_params {
     uint32_t n_ctx;      /* KV cache length in tokens; 0 = the model's block size (the maximum) */
     uint32_t n_batch;    /* prefill block: tokens pushed through each matrix at once; 0 = 64 */
-    int32_t n_threads;   /* 0 = the OpenMP default; at most NANO_MAX_THREADS; ignored without OpenMP */
+    int32_t n_threads;   /* at most NANO_MAX_THREADS; 0 = the OpenMP default, capped there too; ignored without OpenMP */
     uint32_t attention;  /* nano_attention_mode */
     uint32_t kernels;    /* nano_kernels */
 } nano_context_params;

@@ -58,8 +58,8 @@ int nano_thread_index(void) {
 
 int nano_default_threads(void) {
 #ifdef _OPENMP
-    int n = omp_get_max_threads();
-    return n > 0 ? n : 1;
+    int n = omp_get_max_threads(); /* OMP_NUM_THREADS may ask for more than contexts allow */
+    return n < 1 ? 1 : n > NANO_MAX_THREADS ? NANO_MAX_THREADS : n;
 #else
     return 1;
 #endif

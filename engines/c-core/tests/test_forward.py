@@ -7,6 +7,8 @@ one at a time, any thread count gives the same bits, errors are statuses.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -239,3 +241,25 @@ def test_thread_count_is_bounded(nano, h):
     for n in (lib.NANO_MAX_THREADS + 1, 2**31 - 1):
         assert nano.status_name(lib.nano_context_set_threads(ctx.handle, n)) == "NANO_ERR_BAD_ARGUMENT", n
     assert lib.nano_context_threads(ctx.handle) == 1
+
+
+def test_the_openmp_default_is_bounded_too(nano, h):
+    """n_threads 0 takes OpenMP's default, which OMP_NUM_THREADS may set above
+    NANO_MAX_THREADS: the context runs NANO_MAX_THREADS then."""
+    import cffi
+
+    maps = Path("/proc/self/maps").read_text().split()
+    omp = sorted({p for p in maps if Path(p).name.startswith(("libgomp", "libomp", "libiomp"))})
+    assert omp, "libnano.so is built with OpenMP here, so its runtime is loaded"
+    ffi = cffi.FFI()
+    ffi.cdef("int omp_get_max_threads(void); void omp_set_num_threads(int);")
+    rt = ffi.dlopen(omp[0])
+    before = rt.omp_get_max_threads()
+    m = nano.load(h.model_bytes())
+    try:
+        rt.omp_set_num_threads(nano.lib.NANO_MAX_THREADS + 500)  # this thread's default, as OMP_NUM_THREADS sets it
+        assert nano.lib.nano_context_threads(m.context(threads=0).handle) == nano.lib.NANO_MAX_THREADS
+        rt.omp_set_num_threads(3)
+        assert nano.lib.nano_context_threads(m.context(threads=0).handle) == 3
+    finally:
+        rt.omp_set_num_threads(before)
