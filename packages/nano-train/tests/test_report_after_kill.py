@@ -162,6 +162,9 @@ def test_ended_at_reads_the_status_line_of_a_whole_report(tmp_path):
     text = f"{head}sft, finished at step 40 of 40, 2025-01-01 00:00:00.{tail}"
     path.write_text(text[:-10], encoding="utf-8")  # cut short
     assert report.ended_at(path) is None
+    path.write_text(f"{head}sft, finished at step 40 of 40, 2025-01-01 00:00:00.\n\n```text\nhi\n```\n",
+                    encoding="utf-8")  # cut short after a sample, before its config
+    assert report.ended_at(path) is None
     path.write_bytes(b"\xff\xfe")
     assert report.ended_at(path) is None
 
@@ -184,6 +187,10 @@ def test_the_report_is_written_atomically(tmp_path, small_pretrain):
                             n_params=10, n_trainable=10, peak=1e9, peak_source="test", flops_per_token=60.0,
                             val_source=None, no_samples="a test")
 
+    cfg.run.out_dir = f"{tmp_path}/a\nb"  # a folder name with a newline keeps the status line third
+    write(3)
+    assert report.ended_at(path) == 3
+    cfg.run.out_dir = str(tmp_path)
     write(1)
     old = path.read_bytes()
     assert len(old) > 1000 and b"finished at step 1 of" in old

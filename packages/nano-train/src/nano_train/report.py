@@ -96,8 +96,11 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
                   + (", logged by the run's last training process" if late else ""))
     status = ("interrupted (latest.pt saved)" if result.interrupted else
               f"stopped by the time budget ({cfg.optim.time_budget:g} s)" if result.out_of_time else "finished")
+    shown = str(cfg.run.out_dir)
+    if "\n" in shown or "\r" in shown:  # the status line must stay the third (ended_at reads it)
+        shown = repr(shown)
     lines = [
-        f"# Nano training report: {cfg.run.out_dir}",
+        f"# Nano training report: {shown}",
         "",
         f"{cfg.run.task}, {status} at step {result.step} of {cfg.optim.max_iters}, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}.",
@@ -153,7 +156,7 @@ def ended_at(path: Path) -> int | None:
         lines = Path(path).read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError):
         return None
-    whole = len(lines) > 3 and lines[-2:] == ["```", ""]
+    whole = len(lines) > 3 and "## Config" in lines and lines[-2:] == ["```", ""]
     m = _ENDED.match(lines[2]) if whole else None
     return int(m.group(1)) if m else None
 

@@ -910,7 +910,7 @@ def complete_finished_run(cfg: Config, result: TrainResult, elapsed_s: float, mo
         peak, peak_source = peak_flops(device, dtype, cfg.system.peak_flops)
     late = dataclasses.replace(result, tokens_per_s=tokens_per_s, seconds=elapsed_s)
     ended = log_path.exists() and any(r.get("kind") == "end" and r.get("step") == result.step
-                                      for r in read_log(log_path))
+                                      and not r.get("interrupted") for r in read_log(log_path))
     if not ended:  # RunLog drops a line the kill cut short, so that the record starts a line
         RunLog(log_path, True, result.step).write(
             kind="end", step=result.step, interrupted=False, out_of_time=result.out_of_time,
