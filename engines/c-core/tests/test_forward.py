@@ -245,21 +245,31 @@ def test_thread_count_is_bounded(nano, h):
 
 def test_the_openmp_default_is_bounded_too(nano, h):
     """n_threads 0 takes OpenMP's default, which OMP_NUM_THREADS may set above
-    NANO_MAX_THREADS: the context runs NANO_MAX_THREADS then."""
+    NANO_MAX_THREADS: the context runs NANO_MAX_THREADS then.
+
+    PyTorch (imported by the parity tests) brings its own libgomp, and which runtime's
+    omp_get_max_threads libnano binds to depends on load order and scope, so the
+    default is set on every OpenMP runtime in the process."""
     import cffi
 
     maps = Path("/proc/self/maps").read_text().split()
-    omp = sorted({p for p in maps if Path(p).name.startswith(("libgomp", "libomp", "libiomp"))})
-    assert omp, "libnano.so is built with OpenMP here, so its runtime is loaded"
+    paths = sorted({p for p in maps if Path(p).name.startswith(("libgomp", "libomp", "libiomp"))})
+    assert paths, "libnano.so is built with OpenMP here, so its runtime is loaded"
     ffi = cffi.FFI()
     ffi.cdef("int omp_get_max_threads(void); void omp_set_num_threads(int);")
-    rt = ffi.dlopen(omp[0])
-    before = rt.omp_get_max_threads()
+    runtimes = [ffi.dlopen(p) for p in paths]
+    before = [rt.omp_get_max_threads() for rt in runtimes]
+
+    def set_default(n):  # this thread's default, as OMP_NUM_THREADS sets it
+        for rt in runtimes:
+            rt.omp_set_num_threads(n)
+
     m = nano.load(h.model_bytes())
     try:
-        rt.omp_set_num_threads(nano.lib.NANO_MAX_THREADS + 500)  # this thread's default, as OMP_NUM_THREADS sets it
+        set_default(nano.lib.NANO_MAX_THREADS + 500)
         assert nano.lib.nano_context_threads(m.context(threads=0).handle) == nano.lib.NANO_MAX_THREADS
-        rt.omp_set_num_threads(3)
+        set_default(3)
         assert nano.lib.nano_context_threads(m.context(threads=0).handle) == 3
     finally:
-        rt.omp_set_num_threads(before)
+        for rt, n in zip(runtimes, before):
+            rt.omp_set_num_threads(n)
