@@ -270,6 +270,6 @@ NANO_API void nano_test_softmax(uint32_t kernels, float *x, uint32_t n);
 NANO_API void nano_test_swiglu(float *y, const float *a, const float *b, uint32_t n);
 NANO_API const char *nano_test_kernels_name(uint32_t kernels);
 NANO_API nano_status nano_test_eval_in_omp_team(const nano_model *m, int team, const int32_t *ids, uint32_t n,
-                                                float *logits);
+                                                float *logits, int32_t *ran);
 
 #endif /* NANO_INTERNAL_H */

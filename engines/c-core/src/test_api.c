@@ -5,6 +5,10 @@
  */
 #include "internal.h"
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 void nano_test_matmul(uint32_t kernels, float *y, const float *x, const float *w, uint32_t n, uint32_t rows,
                       uint32_t cols, int nt) {
     nano_kernels_table k;
@@ -43,13 +47,18 @@ const char *nano_test_kernels_name(uint32_t kernels) {
 
 /* An application that parallelises over its own requests: the `team` threads of
  * one OpenMP team each make a context (n_threads 1) on m and run ids[0..n) in it;
- * thread i's last-position logits go to logits[i * V ..). Without OpenMP, one
- * thread. Returns the first error any thread met. */
+ * thread i's last-position logits go to logits[i * V ..), and *ran says how many
+ * threads the team had (OMP_THREAD_LIMIT may cap it; dynamic adjustment is off
+ * here, so OMP_DYNAMIC does not). Without OpenMP, one thread. Returns the first
+ * error any thread met. */
 nano_status nano_test_eval_in_omp_team(const nano_model *m, int team, const int32_t *ids, uint32_t n,
-                                       float *logits) {
+                                       float *logits, int32_t *ran) {
     const size_t V = m->info.vocab_size;
     nano_status result = NANO_OK;
+    *ran = 1;
 #if defined(_OPENMP)
+    const int dynamic = omp_get_dynamic();
+    omp_set_dynamic(0);
 #pragma omp parallel num_threads(team)
 #else
     (void)team;
@@ -58,6 +67,9 @@ nano_status nano_test_eval_in_omp_team(const nano_model *m, int team, const int3
         nano_context_params cp = nano_context_default_params();
         nano_context *c = NULL;
         nano_status st;
+#if defined(_OPENMP)
+        if (omp_get_thread_num() == 0) *ran = omp_get_num_threads();
+#endif
         cp.n_threads = 1;
         st = nano_context_init(m, &cp, &c);
         if (st == NANO_OK) st = nano_eval(c, ids, n, logits + (size_t)nano_thread_index() * V, 0);
@@ -69,5 +81,8 @@ nano_status nano_test_eval_in_omp_team(const nano_model *m, int team, const int3
             result = st;
         }
     }
+#if defined(_OPENMP)
+    omp_set_dynamic(dynamic);
+#endif
     return result;
 }

@@ -111,7 +111,7 @@ void nano_test_rope(float *x, uint32_t n_heads, uint32_t head_dim, const float *
 void nano_test_softmax(uint32_t kernels, float *x, uint32_t n);
 void nano_test_swiglu(float *y, const float *a, const float *b, uint32_t n);
 const char *nano_test_kernels_name(uint32_t kernels);
-nano_status nano_test_eval_in_omp_team(const nano_model *m, int team, const int32_t *ids, uint32_t n, float *logits);
+nano_status nano_test_eval_in_omp_team(const nano_model *m, int team, const int32_t *ids, uint32_t n, float *logits, int32_t *ran);
 """
 
 
