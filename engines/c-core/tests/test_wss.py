@@ -1149,14 +1149,24 @@ SLOW_OPEN_C = r"""
 #include <string.h>
 #include <sys/types.h>
 #include <time.h>
+#include <unistd.h>
 
 /* open() of the path in $NANO_TEST_SLOW_OPEN takes a minute: a model on a slow disk
- * (or a big one being checked), so that a signal arrives while the server loads it. */
+ * (or a big one being checked), so that a signal arrives while the server loads it.
+ * Entering that open first creates the path + ".loading", for the test to wait on. */
 static int slow_open(const char *name, const char *path, int flags, mode_t mode) {
     const char *slow = getenv("NANO_TEST_SLOW_OPEN");
     int (*real)(const char *, int, ...) = (int (*)(const char *, int, ...))dlsym(RTLD_NEXT, name);
     if (slow && path && strcmp(path, slow) == 0) {
+        char marker[4096];
         struct timespec t = {60, 0};
+        if (strlen(slow) + sizeof ".loading" <= sizeof marker) {
+            int fd;
+            strcpy(marker, slow);
+            strcat(marker, ".loading");
+            fd = real(marker, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            if (fd >= 0) close(fd);
+        }
         while (nanosleep(&t, &t) != 0) {}
     }
     return real(path, flags, mode);
@@ -1196,8 +1206,11 @@ def test_a_signal_while_the_model_loads_stops_the_server(h, binaries, build, psy
     proc = subprocess.Popen([str(binaries[build]), "-m", str(model), "--port", "0"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
     try:
-        time.sleep(1.0)
-        assert proc.poll() is None, proc.communicate()  # still loading: the open takes a minute
+        loading = tmp_path / "m.bin.loading"  # the shim's mark: the server is inside the slow open
+        deadline = time.monotonic() + 60
+        while not loading.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert loading.exists() and proc.poll() is None, proc.communicate()  # still loading: the open takes a minute
         t0 = time.monotonic()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=10)
