@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,9 +28,32 @@ GROUPS: dict[str, tuple[str, ...]] = {
     # libc6-dev: headers and libc.a (static nano); cmake: the c-core CMakeLists.txt (tested);
     # g++: torch.compile's CPU backend (inductor) compiles the C++ it generates
     "build": ("gcc", "g++", "make", "pkg-config", "libc6-dev", "cmake"),
-    "sanitize": ("clang", "libclang-rt-14-dev", "libomp-14-dev"),
+    # the runtimes' version follows the clang that is (or would be) installed: see llvm_major()
+    "sanitize": ("clang", "libclang-rt-{llvm}-dev", "libomp-{llvm}-dev"),
     "wss": ("libwebsockets-dev",),
 }
+DEFAULT_LLVM = "14"  # Debian 12's clang, the base the project is tested on
+
+
+def llvm_major() -> str:
+    """The major version of the installed clang, else of the one apt would install (the
+    `clang` package depends on clang-N), else Debian 12's. The sanitizer and OpenMP
+    runtimes must match the compiler."""
+    if shutil.which("clang"):
+        res = subprocess.run(["clang", "--version"], capture_output=True, text=True)
+        m = re.search(r"clang version (\d+)", res.stdout)
+        if m:
+            return m.group(1)
+    if shutil.which("apt-cache"):
+        res = subprocess.run(["apt-cache", "depends", "clang"], capture_output=True, text=True)
+        m = re.search(r"Depends: clang-(\d+)\b", res.stdout)
+        if m:
+            return m.group(1)
+    return DEFAULT_LLVM
+
+
+def packages_of(group: str) -> list[str]:
+    return [pkg.format(llvm=llvm_major()) if "{llvm}" in pkg else pkg for pkg in GROUPS[group]]
 
 
 def missing_packages(packages: list[str]) -> list[str]:
@@ -56,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown group {unknown[0]!r}; known: {', '.join(GROUPS)}")
     groups = args.groups or list(GROUPS)
-    wanted = [pkg for group in groups for pkg in GROUPS[group]]
+    wanted = [pkg for group in groups for pkg in packages_of(group)]
     if shutil.which("dpkg-query") is None:
         print(
             "setup: this is not a Debian-like system; install the equivalents of:\n  "
@@ -75,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print(
             "setup: missing system packages. Run this, then try again:\n"
-            f"  sudo apt-get update && sudo {' '.join(command)}",
+            f"  sudo apt-get update && sudo {' '.join(command)}\n"
+            f"or, as root (where there is no sudo):\n"
+            f"  apt-get update && {' '.join(command)}",
             file=sys.stderr,
         )
         return 1

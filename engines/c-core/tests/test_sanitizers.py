@@ -39,7 +39,8 @@ def asan_runtime() -> str:
     res = subprocess.run(["clang", "-print-file-name=libclang_rt.asan-x86_64.so"], capture_output=True, text=True)
     path = res.stdout.strip()
     if res.returncode != 0 or not os.path.isfile(path):
-        pytest.fail("the ASan runtime (libclang-rt-14-dev) is missing: python tools/setup/system_deps.py sanitize",
+        pytest.fail("the ASan runtime (libclang-rt-N-dev, N: clang's version) is missing: "
+                    "python tools/setup/system_deps.py sanitize",
                     pytrace=False)
     return path
 
