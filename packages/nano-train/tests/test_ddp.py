@@ -9,14 +9,49 @@ the order of float32 additions may differ (all-reduce vs accumulation). On
 this CPU the two runs come out bitwise identical (the test prints the maxima).
 """
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from nano_train.metrics import read_log
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid, from /proc (torchrun starts its workers in sessions of their
+    own, so killing torchrun's process group would not reach them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def stop_tree(proc: subprocess.Popen) -> None:
+    """A run past its time: torchrun is asked to stop its workers (SIGTERM), then whatever is
+    left of the tree is killed, so no worker outlives the test."""
+    tree = descendants(proc.pid)
+    proc.terminate()
+    try:
+        proc.wait(timeout=45)
+    except subprocess.TimeoutExpired:
+        pass
+    for pid in [proc.pid, *tree]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def run(args, cwd, nproc=None, command="nano_train.pretrain"):
@@ -26,9 +61,15 @@ def run(args, cwd, nproc=None, command="nano_train.pretrain"):
                "-m", command, *args]
     else:
         cmd = [sys.executable, "-m", command, *args]
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        stop_tree(proc)
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[1:])} still running after 300 s\n{out[-3000:]}{err[-3000:]}", pytrace=False)
+    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.mark.slow

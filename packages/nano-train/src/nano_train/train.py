@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import hashlib
 import json
 import math
@@ -867,6 +868,12 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
             say(f"done: step {step}, best val loss {best}, {human(tokens_per_s)} tok/s; report in {out_dir / 'report.md'}")
         if info.ddp:
             dist.barrier()
+            # The DDP wrapper's reducer holds the gloo group. Freed after the group (as train()
+            # returns), its destructor joins gloo's threads while holding the GIL, which one of
+            # them may be waiting for: rank 1 hung there about once in ten loaded runs. So the
+            # wrapper goes first, and the group's last owner is destroy_process_group.
+            model = sync = None
+            gc.collect()
             dist.destroy_process_group()
         return result
     finally:
