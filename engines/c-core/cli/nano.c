@@ -453,14 +453,18 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
  * per line (escaped: write_text), as the seq2seq batch: an empty line gets an
  * empty line, and a question that fails (a NUL byte in it, too long for the
  * context, ...) gets its error on standard error and an empty answer line,
- * and the chat goes on. Returns 0 if every question was answered, else 1. */
+ * and the chat goes on. A person at a terminal (standard input and output
+ * both one) reads the answers as they are, line breaks and all: escaping is
+ * for programs reading one answer per line. Returns 0 if every question was
+ * answered, else 1. */
 static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
     char *line = NULL, where[48];
     size_t cap = 0, len = 0;
     unsigned long lineno = 0;
-    int tty = 0, rc = 0, got;
+    int tty = 0, escape = 1, rc = 0, got;
 #ifdef HAVE_ISATTY
     tty = isatty(0);
+    escape = !(tty && isatty(1));
 #endif
     for (;;) {
         int r;
@@ -480,7 +484,7 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
             }
             continue;
         }
-        r = generate(s, line, NANO_MODE_INSTRUCT, o, ctx, where, 1);
+        r = generate(s, line, NANO_MODE_INSTRUCT, o, ctx, where, escape);
         if (r < 0) {
             rc = 1;
             break;

@@ -408,6 +408,38 @@ def test_answers_with_line_breaks_stay_on_their_line(cli, tmp_path):
     assert (r.returncode, r.stdout) == (0, "\\n\\\\\\rd\n"), r
 
 
+
+def test_a_chat_at_a_terminal_prints_answers_as_they_are(nano_bin, h, tmp_path):
+    """Escaping is for programs reading one answer per line: with standard input and output
+    both a terminal, a person reads the answer's line breaks as line breaks (the terminal
+    writes each as CR LF), not as a backslash and an n."""
+    import pty
+    import select
+    import time
+
+    model = _mapping_model(tmp_path / "chat.bin")
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([str(nano_bin), "run", "-m", str(model), "-t", "0", "-n", "8"], stdin=slave,
+                            stdout=slave, stderr=subprocess.PIPE, close_fds=True, env=h.clean_env())
+    os.close(slave)
+    try:
+        os.write(master, b"a\n")
+        seen, deadline = b"", time.monotonic() + 60
+        while b"x\r\n" not in seen and time.monotonic() < deadline:  # the answer's end
+            if select.select([master], [], [], 1.0)[0]:
+                seen += os.read(master, 4096)
+        os.write(master, b"\x04")  # end of input (Ctrl-D)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert rc == 0, proc.stderr.read()
+    answer = seen.split(b"a\r\n", 1)[1]  # after the terminal's echo of the question
+    assert answer.startswith(b"\r\n\\\rx\r\n"), seen  # "\n\\\rx" and the end of the answer
+    assert b"\\n" not in seen, seen
+
 def bad_files(tmp_path, h, psycho_path):
     trunc = tmp_path / "trunc.bin"
     trunc.write_bytes(psycho_path.read_bytes()[:-7])
