@@ -53,7 +53,11 @@ def llvm_major() -> str:
 
 
 def packages_of(group: str) -> list[str]:
-    return [pkg.format(llvm=llvm_major()) if "{llvm}" in pkg else pkg for pkg in GROUPS[group]]
+    packages = GROUPS[group]
+    if any("{llvm}" in pkg for pkg in packages):
+        llvm = llvm_major()
+        packages = tuple(pkg.format(llvm=llvm) for pkg in packages)
+    return list(packages)
 
 
 def missing_packages(packages: list[str]) -> list[str]:

@@ -13,36 +13,42 @@
 // ---------------------------------------------------------------------------
 // UTF-8
 
+int nj_utf8_feed(nj_utf8 *u, const unsigned char *s, size_t n) {
+    size_t i;
+    for (i = 0; i < n; i++) {
+        unsigned char b = s[i];
+        if (u->need) {
+            if (b < u->lo || b > u->hi) return -1;
+            u->need--;
+            u->lo = 0x80;
+            u->hi = 0xBF;
+            continue;
+        }
+        if (b < 0x80) continue;
+        u->lo = 0x80;
+        u->hi = 0xBF;
+        if (b >= 0xC2 && b <= 0xDF) u->need = 1;
+        else if (b >= 0xE0 && b <= 0xEF) u->need = 2;
+        else if (b >= 0xF0 && b <= 0xF4) u->need = 3;
+        else return -1;
+        if (b == 0xE0) u->lo = 0xA0;      /* overlong */
+        else if (b == 0xED) u->hi = 0x9F; /* surrogates */
+        else if (b == 0xF0) u->lo = 0x90; /* overlong */
+        else if (b == 0xF4) u->hi = 0x8F; /* over U+10FFFF */
+    }
+    return 0;
+}
+
 /* The length of the well-formed UTF-8 sequence at s[i] (s[i] >= 0x80), or 0
- * when it is not one: overlong forms, surrogates and code points above
- * U+10FFFF are rejected, as RFC 3629 requires. */
+ * when it is not one (nj_utf8_feed's rule). */
 static size_t utf8_sequence(const unsigned char *s, size_t n, size_t i) {
-    unsigned c = s[i];
-    size_t need, k;
-    uint32_t cp, min;
-    if (c >= 0xC2 && c <= 0xDF) {
-        need = 1;
-        cp = c & 0x1Fu;
-        min = 0x80;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        cp = c & 0x0Fu;
-        min = 0x800;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        cp = c & 0x07u;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n - i - 1 < need) return 0;
-    for (k = 1; k <= need; k++) {
-        unsigned b = s[i + k];
-        if ((b & 0xC0u) != 0x80u) return 0;
-        cp = (cp << 6) | (b & 0x3Fu);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return 0;
-    return need + 1;
+    nj_utf8 u = {0, 0, 0};
+    size_t k = i;
+    do {
+        if (k == n || nj_utf8_feed(&u, s + k, 1)) return 0;
+        k++;
+    } while (u.need);
+    return k - i;
 }
 
 static size_t utf8_encode(uint32_t cp, char *out) {

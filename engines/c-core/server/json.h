@@ -30,6 +30,17 @@
 #define NJ_MAX_MEMBERS 32 /* members of the top-level object */
 #define NJ_KEY_MAX 32     /* decoded key bytes kept (longer keys are only flagged) */
 
+/* UTF-8 checked as it arrives (RFC 3629: no overlong forms, no surrogates,
+ * nothing above U+10FFFF), the one rule of the reader, the writer and the
+ * server's text frames. The state carries a character split across chunks;
+ * start from {0}. nj_utf8_feed returns 0 while s[0..n) goes on well-formed,
+ * -1 at a bad byte; `need` > 0 afterwards: a character is unfinished. */
+typedef struct nj_utf8 {
+    unsigned char need, lo, hi; /* continuation bytes still due, the next one's range */
+} nj_utf8;
+
+int nj_utf8_feed(nj_utf8 *u, const unsigned char *s, size_t n);
+
 typedef enum nj_type {
     NJ_NULL = 0,
     NJ_FALSE,

@@ -158,7 +158,7 @@ typedef struct wss_conn {
     char *rx;                  /* [rx_cap] */
     size_t rx_len, rx_cap;
     int rx_active, rx_oversized, rx_binary, rx_paused;
-    unsigned char utf8_need, utf8_lo, utf8_hi; /* a text message's UTF-8 check, across chunks */
+    nj_utf8 utf8;              /* a text message's UTF-8 check, across chunks */
     /* replies waiting for a writeable callback, oldest first */
     out_msg *out_head, *out_tail;
     unsigned n_out;
@@ -445,35 +445,6 @@ static int conn_open(wss_server *srv, wss_conn *c, struct lws *wsi) {
     return 0;
 }
 
-/* Check the next bytes of a text message as UTF-8 (RFC 3629: no overlong
- * forms, no surrogates, nothing over U+10FFFF); the state carries a
- * character split across chunks or fragments. 0 while valid. */
-static int utf8_check(wss_conn *c, const unsigned char *p, size_t len) {
-    size_t i;
-    for (i = 0; i < len; i++) {
-        unsigned char b = p[i];
-        if (c->utf8_need) {
-            if (b < c->utf8_lo || b > c->utf8_hi) return -1;
-            c->utf8_need--;
-            c->utf8_lo = 0x80;
-            c->utf8_hi = 0xBF;
-            continue;
-        }
-        if (b < 0x80) continue;
-        c->utf8_lo = 0x80;
-        c->utf8_hi = 0xBF;
-        if (b >= 0xC2 && b <= 0xDF) c->utf8_need = 1;
-        else if (b >= 0xE0 && b <= 0xEF) c->utf8_need = 2;
-        else if (b >= 0xF0 && b <= 0xF4) c->utf8_need = 3;
-        else return -1;
-        if (b == 0xE0) c->utf8_lo = 0xA0;      /* overlong */
-        else if (b == 0xED) c->utf8_hi = 0x9F; /* surrogates */
-        else if (b == 0xF0) c->utf8_lo = 0x90; /* overlong */
-        else if (b == 0xF4) c->utf8_hi = 0x8F; /* over U+10FFFF */
-    }
-    return 0;
-}
-
 /* RFC 6455 section 8.1: a text message that is not UTF-8 fails the connection. */
 static int fail_utf8(wss_conn *c) {
     static const char why[] = "invalid UTF-8";
@@ -490,9 +461,9 @@ static int conn_receive(const wss_server *srv, wss_conn *c, const char *in, size
         c->rx_len = 0;
         c->rx_oversized = 0;
         c->rx_binary = lws_frame_is_binary(c->wsi);
-        c->utf8_need = 0;
+        c->utf8.need = 0;
     }
-    if (!c->rx_binary && utf8_check(c, (const unsigned char *)in, len)) return fail_utf8(c);
+    if (!c->rx_binary && nj_utf8_feed(&c->utf8, (const unsigned char *)in, len)) return fail_utf8(c);
     if (!c->rx_oversized) {
         if (len > srv->opt.max_message - c->rx_len) {
             c->rx_oversized = 1; /* the rest is read and dropped; the error follows at the end */
@@ -513,7 +484,7 @@ static int conn_receive(const wss_server *srv, wss_conn *c, const char *in, size
     }
     if (!lws_is_final_fragment(c->wsi) || lws_remaining_packet_payload(c->wsi) > 0) return 0;
     c->rx_active = 0;
-    if (!c->rx_binary && c->utf8_need) return fail_utf8(c); /* the message ends inside a character */
+    if (!c->rx_binary && c->utf8.need) return fail_utf8(c); /* the message ends inside a character */
     /* input is paused while a seq2seq waits; should libwebsockets still hand
      * over a message, the seq2seq runs first so that replies keep their order */
     if (c->s2s_pending && run_seq2seq(srv, c)) return -1;

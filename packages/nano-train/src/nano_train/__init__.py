@@ -1,2 +1,16 @@
-"""Nano reference model and training toolkit (filled by its own issue)."""
+"""Nano's PyTorch reference model and training toolkit."""
+import sys
+
 __version__ = "0.1.0"
+
+
+def start(task: str) -> int:
+    """`python -m nano_train.pretrain|sft|lora_train`: nano_train.train imports torch, which
+    takes seconds, so a Ctrl-C during that import is caught here and is one error line and
+    status 130, as a Ctrl-C later in train.main is."""
+    try:
+        from nano_train.train import main
+    except KeyboardInterrupt:
+        print("\nerror: interrupted while starting; nothing was written", file=sys.stderr)
+        return 130
+    return main(task)

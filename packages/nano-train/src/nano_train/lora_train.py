@@ -6,10 +6,7 @@ It is not `nano_train.lora`: that module holds the adapters themselves.
 
 import sys
 
+from nano_train import start
+
 if __name__ == "__main__":
-    try:  # importing torch takes seconds: a Ctrl-C during it is one line too, as later in main
-        from nano_train.train import main
-    except KeyboardInterrupt:
-        print("\nerror: interrupted while starting; nothing was written", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(main("lora"))
+    sys.exit(start("lora"))

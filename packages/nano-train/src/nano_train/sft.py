@@ -5,10 +5,7 @@ A thin wrapper over nano_train.train (see its docstring, or --help, for every op
 
 import sys
 
+from nano_train import start
+
 if __name__ == "__main__":
-    try:  # importing torch takes seconds: a Ctrl-C during it is one line too, as later in main
-        from nano_train.train import main
-    except KeyboardInterrupt:
-        print("\nerror: interrupted while starting; nothing was written", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(main("sft"))
+    sys.exit(start("sft"))
