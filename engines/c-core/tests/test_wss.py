@@ -822,6 +822,7 @@ def test_invalid_utf8_fails_the_connection_with_1007(server):
     assert close_code(ws_frame(OP_TEXT, b'{"type":"info","id":"\xff"}')) == 1007
     assert close_code(ws_frame(OP_TEXT, b'{"type":"info","id":"', fin=False)
                       + ws_frame(OP_CONT, b'\xe4\xb8"}')) == 1007
+    assert close_code(ws_frame(OP_TEXT, b'{"type":"info","id":"\xe4\xb8')) == 1007  # ends inside a character
     whole = '{"type":"info","id":"人"}'.encode()
     c = open_raw(server.port)
     try:

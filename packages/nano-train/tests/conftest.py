@@ -111,14 +111,25 @@ def tiny_config(tmp_path):
     from nano_train.config import load_config
 
     def make(dataset, task="pretrain", out_dir=None, **overrides):
-        values = dict(TINY_MODEL, batch_size=4, max_iters=4, warmup_iters=2, learning_rate=3e-3, min_lr=3e-4,
-                      eval_interval=2, eval_iters=2, log_interval=1, sample_tokens=4, device="cpu",
-                      peak_flops=1e10, dataset=str(dataset), out_dir=str(out_dir or tmp_path / "run"), task=task)
-        values.update(overrides)
-        cfg, _ = load_config(None, [f"--{k}={_cli(v)}" for k, v in values.items()])
+        cfg, _ = load_config(None, _tiny_args(dataset, out_dir or tmp_path / "run", task=task, **overrides))
         return cfg
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_args():
+    """tiny_args(dataset, out_dir, **overrides) -> the --key=value arguments of tiny_config's
+    run, for train.main."""
+    return _tiny_args
+
+
+def _tiny_args(dataset, out_dir, **overrides) -> list[str]:
+    values = dict(TINY_MODEL, batch_size=4, max_iters=4, warmup_iters=2, learning_rate=3e-3, min_lr=3e-4,
+                  eval_interval=2, eval_iters=2, log_interval=1, sample_tokens=4, device="cpu",
+                  peak_flops=1e10, dataset=str(dataset), out_dir=str(out_dir))
+    values.update(overrides)
+    return [f"--{k}={_cli(v)}" for k, v in values.items()]
 
 
 def _cli(value) -> str:

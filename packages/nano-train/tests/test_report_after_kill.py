@@ -18,14 +18,10 @@ from nano_train.train import main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def args(dataset, out_dir, **extra):
-    """--key=value arguments of a seconds-long CPU run (as test_train_safety.py's), with samples."""
-    values = dict(n_layer=1, n_embd=32, n_head=2, n_kv_head=1, block_size=32, batch_size=4, max_iters=4,
-                  warmup_iters=2, learning_rate=3e-3, min_lr=3e-4, eval_interval=2, eval_iters=2, log_interval=1,
-                  sample_tokens=4, sample_prompts='["人"]', device="cpu", peak_flops=1e10, dataset=dataset,
-                  out_dir=out_dir)
-    values.update(extra)
-    return [f"--{k}={v}" for k, v in values.items()]
+@pytest.fixture
+def run_args(tiny_args, small_pretrain):
+    """run_args(out_dir, **extra) -> tiny_config's run on small_pretrain, its samples drawn from 人."""
+    return lambda out_dir, **extra: tiny_args(small_pretrain, out_dir, sample_prompts='["人"]', **extra)
 
 
 def rows(text: str) -> dict[str, str]:
@@ -50,16 +46,16 @@ def drop_end_records(out, step):
                    encoding="utf-8")
 
 
-def resume(dataset, out, capsys, **extra) -> str:
+def resume(run_args, out, capsys, **extra) -> str:
     capsys.readouterr()
-    assert main("pretrain", args(dataset, out, init_from="resume", **extra)) == 0
+    assert main("pretrain", run_args(out, init_from="resume", **extra)) == 0
     return capsys.readouterr().out
 
 
 @pytest.fixture
-def finished(tmp_path, small_pretrain):
+def finished(tmp_path, run_args):
     out = tmp_path / "run"
-    assert main("pretrain", args(small_pretrain, out)) == 0
+    assert main("pretrain", run_args(out)) == 0
     return out
 
 
@@ -81,45 +77,45 @@ def check_written(out, original: str, said: str):
     return text, ends[-1]
 
 
-def test_killed_before_its_end_record_and_report_it_gets_them_on_resume(finished, small_pretrain, capsys):
+def test_killed_before_its_end_record_and_report_it_gets_them_on_resume(finished, run_args, capsys):
     """Variant A: killed right after the final checkpoint. The report comes on the resume
     that has nothing to train; the next resume leaves it (and the log) as they are."""
     original = (finished / "report.md").read_text(encoding="utf-8")
     (finished / "report.md").unlink()
     drop_end_records(finished, 4)
-    text, end = check_written(finished, original, resume(small_pretrain, finished, capsys))
+    text, end = check_written(finished, original, resume(run_args, finished, capsys))
     # the throughput is the one the run logged, not this process's (which trained nothing)
     rate, _ = report.logged_throughput(finished / "log.jsonl")
     assert rate > 0 and end["tokens_per_s"] == pytest.approx(rate)
     assert "logged by the run's last training process" in rows(text)["throughput"]
 
     before = {p.name: p.read_bytes() for p in finished.iterdir()}
-    said = resume(small_pretrain, finished, capsys)
+    said = resume(run_args, finished, capsys)
     assert "nothing to do" in said and "wrote" not in said, said
     assert {p.name: p.read_bytes() for p in finished.iterdir()} == before
 
 
-def test_an_end_record_cut_short_by_the_kill_is_replaced(finished, small_pretrain, capsys):
+def test_an_end_record_cut_short_by_the_kill_is_replaced(finished, run_args, capsys):
     original = (finished / "report.md").read_text(encoding="utf-8")
     (finished / "report.md").unlink()
     log = finished / "log.jsonl"
     data = log.read_bytes()
     log.write_bytes(data[:data.rindex(b'{"kind": "end"') + 20])  # the end record, half written
-    check_written(finished, original, resume(small_pretrain, finished, capsys))
+    check_written(finished, original, resume(run_args, finished, capsys))
     assert all(line.startswith("{") and line.endswith("}") for line in log.read_text().splitlines())
 
 
-def test_without_a_log_the_throughput_is_unknown_never_zero(finished, small_pretrain, capsys):
+def test_without_a_log_the_throughput_is_unknown_never_zero(finished, run_args, capsys):
     original = (finished / "report.md").read_text(encoding="utf-8")
     (finished / "report.md").unlink()
     (finished / "log.jsonl").unlink()
-    text, end = check_written(finished, original, resume(small_pretrain, finished, capsys))
+    text, end = check_written(finished, original, resume(run_args, finished, capsys))
     assert rows(text)["throughput"].startswith("unknown"), rows(text)["throughput"]
     assert rows(text)["MFU (estimate)"].startswith("n/a")
     assert end["tokens_per_s"] is None
 
 
-def test_a_report_of_an_earlier_interruption_is_replaced(tmp_path, small_pretrain, capsys, monkeypatch):
+def test_a_report_of_an_earlier_interruption_is_replaced(tmp_path, run_args, capsys, monkeypatch):
     """Variant B: Ctrl-C at step 2 (report: interrupted at step 2), resumed, killed after
     the final checkpoint: the next resume replaces the interrupted run's report."""
     real = torch.nn.utils.clip_grad_norm_
@@ -134,16 +130,16 @@ def test_a_report_of_an_earlier_interruption_is_replaced(tmp_path, small_pretrai
     out = tmp_path / "run"
     with monkeypatch.context() as m:
         m.setattr(torch.nn.utils, "clip_grad_norm_", clip)
-        assert main("pretrain", args(small_pretrain, out)) == 130
+        assert main("pretrain", run_args(out)) == 130
     interrupted = (out / "report.md").read_text(encoding="utf-8")
     assert "interrupted (latest.pt saved) at step 2 of 4" in interrupted
-    assert main("pretrain", args(small_pretrain, out, init_from="resume")) == 0
+    assert main("pretrain", run_args(out, init_from="resume")) == 0
     original = (out / "report.md").read_text(encoding="utf-8")
     assert "finished at step 4 of 4" in original
 
     (out / "report.md").write_text(interrupted, encoding="utf-8")  # as the kill leaves them
     drop_end_records(out, 4)
-    text, end = check_written(out, original, resume(small_pretrain, out, capsys))
+    text, end = check_written(out, original, resume(run_args, out, capsys))
     # the throughput is that of the last training process (steps 3 and 4)
     trains = [r for r in read_log(out / "log.jsonl") if r["kind"] == "train" and r["step"] > 2]
     assert [r["step"] for r in trains] == [3, 4]
