@@ -9,7 +9,8 @@ Usage:
 
   (hatch run bench:train [ARGS] runs the same in the bench environment.)
 
-  python tools/bench/train_speed.py                          # CPU, small shape, float32
+  python tools/bench/train_speed.py                          # CPU, small shape, the trainer's dtype
+  python tools/bench/train_speed.py --dtype float32          # CPU, small shape, float32
   python tools/bench/train_speed.py --shape 56m --device cuda --dtype bfloat16 --compile
 
 Two models of one shape are trained by the same plain loop (forward, loss,
@@ -54,8 +55,9 @@ GPU, the datasheet dense bfloat16 tensor-core figure of nano_train.metrics
 (H100 SXM / H200 989 TFLOP/s, A100 312; halved for float32 when TF32 is on,
 else measured as on a CPU); on a CPU it
 is measured in this run: the best of several one-second probes of 1024 x 1024
-float32 matmuls, interleaved with the rounds, so CPU MFU says how close training
-gets to this machine's own float32 matmul speed (for every --dtype).
+matmuls in the run's dtype (bfloat16 products for a bfloat16 run), interleaved
+with the rounds, so CPU MFU says how close training gets to this machine's own
+matmul speed in the precision the products run in.
 
 On a CPU it also reports each model's minor page faults per step (median over
 the turns; POSIX only). Both share one process and so one memory allocator:
@@ -109,7 +111,7 @@ SHAPES = {
 SHAPES["custom"] = SHAPES["small"]  # the small shape with --layers/--embd/... applied
 
 N_BATCHES = 4  # distinct random batches, reused in turn
-PROBE_N = 1024  # CPU peak probe: PROBE_N x PROBE_N float32 matmuls
+PROBE_N = 1024  # CPU peak probe: PROBE_N x PROBE_N matmuls in the run's dtype
 PROBE_SECONDS = 1.0
 
 
@@ -123,7 +125,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--shape", choices=sorted(SHAPES), default="small")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
-                   help="auto: bfloat16 (or float16) on a GPU, float32 on a CPU")
+                   help="auto: the trainer's choice (nano_train.train.resolve_dtype): bfloat16 (or "
+                        "float16) on a GPU, bfloat16 on a CPU with AVX512-BF16 or AMX, else float32")
     p.add_argument("--batch", type=int, help="sequences per step (shape default)")
     p.add_argument("--seq", type=int, help="tokens per sequence (shape default; raises block_size if larger)")
     p.add_argument("--steps", type=int, help="optimizer steps per timed turn (default 2 on CPU, 20 on GPU)")
@@ -286,9 +289,9 @@ def run_turn(t: Trainee, batches, steps: int, start: int, device) -> tuple[float
 # Environment
 
 
-def measure_cpu_peak(device: torch.device) -> float:
+def measure_cpu_peak(device: torch.device, dtype: str) -> float:
     with torch.random.fork_rng(devices=[]):
-        return matmul_probe(device, seconds=PROBE_SECONDS, n=PROBE_N)
+        return matmul_probe(device, seconds=PROBE_SECONDS, n=PROBE_N, dtype=dtype)
 
 
 def fmt_rate(x: float) -> str:
@@ -372,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
 
     probes: list[float] = []
     if not on_gpu:
-        probes.append(measure_cpu_peak(device))
+        probes.append(measure_cpu_peak(device, dtype))
     for t in trainees:
         for i in range(warmup):
             t.losses.append(t.step(*batches[i % N_BATCHES]).item())
@@ -388,14 +391,14 @@ def main(argv: list[str] | None = None) -> int:
         a, b = trainees[0].rates[-1], trainees[1].rates[-1]
         print(f"{r + 1:>5}  {fmt_rate(a):>12}  {fmt_rate(b):>12}  {a / b:>5.2f}x", flush=True)
         if not on_gpu:
-            probes.append(measure_cpu_peak(device))
+            probes.append(measure_cpu_peak(device, dtype))
 
     if on_gpu:
         peak, peak_source = peak_flops(device, dtype)
     else:
         peak = max(probes)
         peak_source = (f"measured: best of {len(probes)} probes of {PROBE_SECONDS:g} s of "
-                       f"{PROBE_N}x{PROBE_N} float32 matmuls on this CPU, {threads} thread{'s' * (threads != 1)}")
+                       f"{PROBE_N}x{PROBE_N} {dtype} matmuls on this CPU, {threads} thread{'s' * (threads != 1)}")
     load_after = load_average()
 
     results = {}

@@ -107,6 +107,8 @@ def tiny_config(tmp_path):
     """tiny_config(dataset, **overrides) -> Config of a seconds-long run writing into tmp_path/run.
 
     Overrides are bare field names (as on the command line): max_iters=4, dropout=0.1, ...
+    dtype is float32 unless overridden, whatever this CPU's auto would pick: tests compare
+    such runs with each other to float32 rounding.
     """
     from nano_train.config import load_config
 
@@ -127,7 +129,7 @@ def tiny_args():
 def _tiny_args(dataset, out_dir, **overrides) -> list[str]:
     values = dict(TINY_MODEL, batch_size=4, max_iters=4, warmup_iters=2, learning_rate=3e-3, min_lr=3e-4,
                   eval_interval=2, eval_iters=2, log_interval=1, sample_tokens=4, device="cpu",
-                  peak_flops=1e10, dataset=str(dataset), out_dir=str(out_dir))
+                  dtype="float32", peak_flops=1e10, dataset=str(dataset), out_dir=str(out_dir))
     values.update(overrides)
     return [f"--{k}={_cli(v)}" for k, v in values.items()]
 

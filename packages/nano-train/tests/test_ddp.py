@@ -7,6 +7,8 @@ after 4 steps. The two runs see the same rows (rank r takes the r-th slice of
 each global micro-batch) and average the same per-micro-batch gradients; only
 the order of float32 additions may differ (all-reduce vs accumulation). On
 this CPU the two runs come out bitwise identical (the test prints the maxima).
+Both run in float32 (--dtype=float32): on a CPU with native bfloat16, dtype auto
+would pick bfloat16 products, whose rounding differs with the rows per product.
 """
 
 import contextlib
@@ -77,7 +79,7 @@ def test_two_process_ddp_matches_one_process(tmp_path, small_pretrain):
     common = [f"--dataset={small_pretrain}", "--n_layer=2", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
               "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=4",
               "--warmup_iters=1", "--learning_rate=1e-3", "--eval_interval=2", "--eval_iters=3",
-              "--log_interval=1", "--device=cpu", "--dist_backend=gloo", "--peak_flops=1e10",
+              "--log_interval=1", "--device=cpu", "--dist_backend=gloo", "--dtype=float32", "--peak_flops=1e10",
               "--sample_tokens=0"]
     single = run(common + [f"--out_dir={tmp_path / 'one'}"], tmp_path)
     double = run(common + [f"--out_dir={tmp_path / 'two'}"], tmp_path, nproc=2)
@@ -113,7 +115,7 @@ def test_two_process_sft_weighs_ranks_by_their_answer_tokens(tmp_path, uneven_sf
     1/2), and the validation loss of 2 x 4 rows is that of the 8 rows as one batch."""
     common = [f"--dataset={uneven_sft}", "--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
               "--block_size=64", "--max_iters=4", "--warmup_iters=0", "--learning_rate=1e-3", "--eval_interval=2",
-              "--log_interval=1", "--device=cpu", "--dist_backend=gloo", "--peak_flops=1e10", "--sample_tokens=0"]
+              "--log_interval=1", "--device=cpu", "--dist_backend=gloo", "--dtype=float32", "--peak_flops=1e10", "--sample_tokens=0"]
     one = ["--batch_size=8", "--gradient_accumulation_steps=1", "--eval_iters=1", f"--out_dir={tmp_path / 'one'}"]
     two = ["--batch_size=4", "--gradient_accumulation_steps=2", "--eval_iters=2", f"--out_dir={tmp_path / 'two'}"]
     single = run(common + one, tmp_path, command="nano_train.sft")

@@ -69,7 +69,7 @@ def test_the_gpu_peak_for_float32_is_the_tf32_one_only_when_tf32_is_on(monkeypat
     from nano_train import metrics
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
-    monkeypatch.setattr(metrics, "matmul_probe", lambda device: 60e12)
+    monkeypatch.setattr(metrics, "matmul_probe", lambda device, dtype="float32": 60e12)
     monkeypatch.setattr(torch.random, "fork_rng", lambda **k: contextlib.nullcontext())
     cuda = torch.device("cuda", 0)
     assert metrics.peak_flops(cuda, "bfloat16") == (989e12, "table: NVIDIA H200")
@@ -81,3 +81,34 @@ def test_the_gpu_peak_for_float32_is_the_tf32_one_only_when_tf32_is_on(monkeypat
         assert metrics.peak_flops(cuda, "float32")[0] == 989e12 / 2
     finally:
         torch.set_float32_matmul_precision(previous)
+
+
+def test_the_cpu_peak_is_probed_in_the_runs_dtype(monkeypatch):
+    """An autocast run's products run in its dtype: MFU against a float32 probe would
+    be about twice too high where bfloat16 is native (it read 171% before)."""
+    import torch
+
+    from nano_train import metrics
+
+    probed = []
+
+    def probe(device, dtype="float32", **kw):
+        probed.append(dtype)
+        a = torch.ones(4, 4, dtype=getattr(torch, dtype))
+        assert (a @ a).dtype == getattr(torch, dtype)
+        return {"float32": 1e11, "bfloat16": 2e11}[dtype]
+
+    monkeypatch.setattr(metrics, "matmul_probe", probe)
+    cpu = torch.device("cpu")
+    assert metrics.peak_flops(cpu, "bfloat16") == (2e11, "measured bfloat16 matmul on cpu")
+    assert metrics.peak_flops(cpu, "float32") == (1e11, "measured float32 matmul on cpu")
+    assert probed == ["bfloat16", "float32"]
+
+
+def test_the_matmul_probe_runs_in_every_training_dtype():
+    import torch
+
+    from nano_train import metrics
+
+    for dtype in ("float32", "bfloat16"):
+        assert metrics.matmul_probe(torch.device("cpu"), seconds=0.01, n=64, trials=2, dtype=dtype) > 0

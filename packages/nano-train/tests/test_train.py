@@ -222,6 +222,22 @@ def test_loss_choice_auto_is_blocked_on_a_cpu_only():
         assert not blocked_loss("plain", torch.device(device))
 
 
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [
+    (True, False, "bfloat16"), (False, True, "bfloat16"), (False, False, "float32")])
+def test_dtype_auto_on_a_cpu_is_bfloat16_only_where_it_is_native(monkeypatch, avx512_bf16, amx, expected):
+    """bfloat16 products run in hardware with AVX512-BF16 or AMX (about twice float32's
+    speed); without them they are emulated, slower than float32."""
+    from nano_train.train import resolve_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu) == expected
+    assert resolve_dtype("auto", torch.device("mps")) == "float32"
+    for name in ("float32", "bfloat16", "float16"):
+        assert resolve_dtype(name, cpu) == name
+
+
 def test_cuda_graphs_only_for_one_process_and_one_micro_batch(tiny_config, small_pretrain):
     from nano_train.config import ConfigError
     from nano_train.train import uses_cuda_graphs

@@ -120,7 +120,7 @@ class SystemConfig:
     """Where and how the arithmetic runs."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (bfloat16 on CUDA if supported, float16 on older CUDA, else float32) | float32 | bfloat16 | float16
+    dtype: str = "auto"  # auto (train.resolve_dtype: natively fast bf16/fp16, else float32) | float32 | bfloat16 | float16
     compile: bool = False  # torch.compile the model
     compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
     loss: str = "auto"  # auto (blocked on a CPU, plain on a GPU) | blocked (classifier + loss a block of rows at a time, no [B, T, V] logits, outside a compiled graph) | plain (the logits, inside it)

@@ -6,9 +6,11 @@ MFU (model FLOPs utilisation) = achieved model FLOP/s / peak FLOP/s, where
   (forward + backward; see model.py), and the peak per device is, in order:
   system.peak_flops if set; else the dense bfloat16/float16 tensor-core peak of
   a known GPU from GPU_PEAK_FLOPS (halved for float32 when TF32 is on: torch's
-  float32_matmul_precision "high" or "medium"); else a measured probe: the best FLOP/s of square float32 matmuls on this
-  device over a few short trials, so on a CPU MFU says how close training gets to this machine's own
-  matmul speed. It is an estimate: LoRA runs do less backward work than 6N.
+  float32_matmul_precision "high" or "medium"); else a measured probe: the best FLOP/s of square
+  matmuls in the run's dtype (float32, or bfloat16/float16 for an autocast run) on this device over a
+  few short trials, so on a CPU MFU says how close training gets to this machine's own matmul speed
+  in the precision the matrix products run in. It is an estimate: LoRA runs do less backward work
+  than 6N.
 """
 
 from __future__ import annotations
@@ -54,13 +56,16 @@ def synchronize(device: "torch.device") -> None:
         torch.mps.synchronize()
 
 
-def matmul_probe(device: "torch.device", seconds: float = 0.25, n: int = 1024, trials: int = 5) -> float:
-    """Measured FLOP/s of n x n float32 matmuls on `device`: the best of several short
-    trials, so that a moment of contention from other processes does not lower it."""
+def matmul_probe(device: "torch.device", seconds: float = 0.25, n: int = 1024, trials: int = 5,
+                 dtype: str = "float32") -> float:
+    """Measured FLOP/s of n x n matmuls of `dtype` on `device`: the best of several
+    short trials, so that a moment of contention from other processes does not lower it.
+    Under autocast the matrix products of a float32 model run in the autocast dtype,
+    so that is the dtype to probe for an autocast run."""
     import torch
 
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
+    a = torch.randn(n, n, device=device).to(getattr(torch, dtype))
+    b = torch.randn(n, n, device=device).to(getattr(torch, dtype))
     a @ b  # warm up
     synchronize(device)
     best = 0.0
@@ -96,7 +101,7 @@ def peak_flops(device: "torch.device", dtype: str, override: float = 0.0) -> tup
                 return flops, f"table: {name}"
     # The probe draws random numbers: keep it from disturbing the training RNG.
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return matmul_probe(device), f"measured float32 matmul on {device.type}"
+        return matmul_probe(device, dtype=dtype), f"measured {dtype} matmul on {device.type}"
 
 
 class RunLog:

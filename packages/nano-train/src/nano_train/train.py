@@ -167,11 +167,28 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX
+    tiles), where oneDNN's bfloat16 products run about twice as fast as float32 ones.
+    Elsewhere bfloat16 is converted back and forth in software and is slower."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        supported = getattr(torch.cpu, probe, None)  # private helpers, torch >= 2.3
+        if supported is not None and supported():
+            return True
+    return False
+
+
 def resolve_dtype(name: str, device: torch.device) -> str:
+    """system.dtype "auto": the fastest precision the device computes natively:
+    bfloat16 on CUDA devices that have it (float16 on older ones) and on CPUs with
+    bfloat16 matrix instructions, float32 elsewhere. Weights, gradients and the
+    optimizer stay float32 in every case; only autocast's products run narrower."""
     if name != "auto":
         return name
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bfloat16"
     return "float32"
 
 
