@@ -238,6 +238,16 @@ def test_dtype_auto_on_a_cpu_is_bfloat16_only_where_it_is_native(monkeypatch, av
         assert resolve_dtype(name, cpu) == name
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_a_run_says_when_auto_chose_bfloat16_on_a_cpu(monkeypatch, small_pretrain, tiny_config, capsys, native):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    train(tiny_config(small_pretrain, max_iters=1, eval_iters=0, dtype="auto"))
+    out = capsys.readouterr().out
+    assert (" x cpu bfloat16," in out) == native and (" x cpu float32," in out) != native
+    assert ("note: dtype auto is bfloat16 on this CPU" in out) == native
+
+
 def test_cuda_graphs_only_for_one_process_and_one_micro_batch(tiny_config, small_pretrain):
     from nano_train.config import ConfigError
     from nano_train.train import uses_cuda_graphs
