@@ -206,3 +206,15 @@ def test_whole_lora_alphas_are_accepted_as_integers_or_floats(tmp_path):
         assert load_config(None, [f"--lora_alpha={value}"])[0].lora.lora_alpha == value
     line = next(x for x in help_text().splitlines() if x.split()[:1] == ["lora_alpha"])
     assert "a whole number in [1, 4294967295]" in line
+
+
+def test_help_lists_the_choices_of_every_setting_that_has_them():
+    from nano_train import config
+
+    lines = {x.split()[0]: x for x in config.help_text().splitlines() if x.strip() and not x.strip().startswith("[")}
+    for key, choices in (("dtype", config.DTYPES), ("compile_mode", config.COMPILE_MODES),
+                         ("loss", config.LOSSES), ("attention_backend", config.ATTENTION_BACKENDS),
+                         ("dist_backend", config.DIST_BACKENDS), ("device", ("auto", "cpu", "cuda:N", "mps")),
+                         ("init_from", ("scratch", "resume", ".bin"))):
+        for choice in choices:
+            assert choice in lines[key].split("default", 1)[1], (key, choice, lines[key])

@@ -64,7 +64,7 @@ class RunConfig:
     task: str = "pretrain"  # pretrain | sft | lora (the command sets it)
     out_dir: str = "runs/nano"  # checkpoints, log.jsonl, report.md
     # "scratch", "resume" (out_dir/latest.pt), or a base model: a .pt checkpoint or a .bin file
-    init_from: str = "scratch"
+    init_from: str = field(default="scratch", metadata={"help": "scratch, resume, or a .pt or .bin base model"})
     checkpoint_interval: int = 0  # steps between latest.pt writes; 0 = every eval_interval
     keep_checkpoints: bool = False  # also keep ckpt_<step>.pt at each checkpoint
     log_interval: int = 10  # steps between progress lines / log records
@@ -119,16 +119,24 @@ class EvalConfig:
 class SystemConfig:
     """Where and how the arithmetic runs."""
 
-    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    dtype: str = "auto"  # auto (train.resolve_dtype: natively fast bf16/fp16, else float32) | float32 | bfloat16 | float16
+    device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"})
+    # auto: train.resolve_dtype, bfloat16 where the device computes it natively (CUDA with
+    # bf16, CPUs with AVX512-BF16 or AMX), float16 on older CUDA, else float32
+    dtype: str = field(default="auto", metadata={"help": "auto, " + ", ".join(DTYPES[1:])
+                                                  + "; auto = bfloat16 where the device computes it natively, float16 on "
+                                                  "older GPUs, else float32"})
     compile: bool = False  # torch.compile the model
-    compile_mode: str = "default"  # torch.compile's mode: default | reduce-overhead | max-autotune | max-autotune-no-cudagraphs
-    loss: str = "auto"  # auto (blocked on a CPU, plain on a GPU) | blocked (classifier + loss a block of rows at a time, no [B, T, V] logits, outside a compiled graph) | plain (the logits, inside it)
-    attention_backend: str = "auto"  # auto | math | flash | efficient | cudnn (torch.nn.attention.sdpa_kernel)
+    compile_mode: str = field(default="default", metadata={"help": "torch.compile's mode: " + ", ".join(COMPILE_MODES)})
+    # auto (blocked on a CPU, plain on a GPU) | blocked (classifier + loss a block of rows at a
+    # time, no [B, T, V] logits, outside a compiled graph) | plain (the logits, inside it)
+    loss: str = field(default="auto", metadata={"help": ", ".join(LOSSES) + "; auto = blocked on a CPU, plain on a GPU"})
+    # torch.nn.attention.sdpa_kernel's backend; auto = let SDPA choose
+    attention_backend: str = field(default="auto", metadata={"help": ", ".join(ATTENTION_BACKENDS)})
     seed: int = 1337
     threads: int = 0  # CPU threads for PyTorch's intra-op parallelism; 0 = PyTorch's default
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = built-in GPU table or a CPU matmul probe
-    dist_backend: str = "auto"  # torchrun only: auto (nccl on CUDA, gloo otherwise) | nccl | gloo
+    dist_backend: str = field(default="auto", metadata={"help": "torchrun only: auto (nccl on CUDA, else gloo), "
+                                                          "nccl, gloo"})
 
 
 @dataclass
