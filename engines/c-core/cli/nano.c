@@ -101,6 +101,21 @@ static int report(nano_status st, const char *what) {
 
 static void die_status(nano_status st, const char *what) { exit(report(st, what)); }
 
+/* A failed load: the status and, where the loader said, what is wrong and where. */
+static int report_load(nano_status st, const char *path, const char *detail) {
+    if (!detail[0]) return report(st, path);
+    fprintf(stderr, "nano: error: %s: %s (%s): %s\n", path, nano_status_string(st), nano_status_name(st), detail);
+    return 1;
+}
+
+/* Load parameters whose error_detail is detail[size]. */
+static nano_model_params load_params(char *detail, size_t size) {
+    nano_model_params mp = nano_model_default_params();
+    mp.error_detail = detail;
+    mp.error_detail_size = size;
+    return mp;
+}
+
 static long parse_long(const char *opt, const char *v, long lo, long hi) {
     char *end = NULL;
     long x;
@@ -152,9 +167,10 @@ static int is_opt(const char *a, const char *s, const char *l) {
 
 static nano_model *load_model(const char *path) {
     nano_model *m = NULL;
-    nano_model_params mp = nano_model_default_params();
+    char detail[256];
+    nano_model_params mp = load_params(detail, sizeof detail);
     nano_status st = nano_model_load_file(path, &mp, &m);
-    if (st != NANO_OK) die_status(st, path);
+    if (st != NANO_OK) exit(report_load(st, path, detail));
     return m;
 }
 
@@ -301,8 +317,11 @@ static int seq2seq_init(seq2seq_state *q, const nano_model *m, const char *path,
     if (!q->tok) return report(NANO_ERR_NO_TOKENIZER, path);
     if ((rc = make_context(m, path, 0, 0, threads, attention, 0, &q->ctx))) return rc;
     if (lora_path) {
-        st = nano_lora_load_file(lora_path, NULL, &q->lora);
-        if (st == NANO_OK) st = nano_context_set_lora(q->ctx, q->lora);
+        char detail[256];
+        nano_model_params mp = load_params(detail, sizeof detail);
+        st = nano_lora_load_file(lora_path, &mp, &q->lora);
+        if (st != NANO_OK) return report_load(st, lora_path, detail);
+        st = nano_context_set_lora(q->ctx, q->lora);
         if (st != NANO_OK) return report(st, lora_path);
     }
     q->cap = nano_context_n_ctx(q->ctx);
@@ -597,8 +616,14 @@ static int cmd_run(int argc, char **argv) {
     if ((rc = make_context(m, o.model, o.n_ctx, o.n_batch, o.threads, NANO_ATTENTION_MODE_FILE, o.portable, &ctx)))
         goto done;
     if (o.lora) {
-        st = nano_lora_load_file(o.lora, NULL, &lora);
-        if (st == NANO_OK) st = nano_context_set_lora(ctx, lora);
+        char detail[256];
+        nano_model_params mp = load_params(detail, sizeof detail);
+        st = nano_lora_load_file(o.lora, &mp, &lora);
+        if (st != NANO_OK) {
+            rc = report_load(st, o.lora, detail);
+            goto done;
+        }
+        st = nano_context_set_lora(ctx, lora);
         if (st != NANO_OK) {
             rc = report(st, o.lora);
             goto done;

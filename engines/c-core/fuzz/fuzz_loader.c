@@ -20,10 +20,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     copy = (uint8_t *)malloc(size ? size : 1);
     if (!copy) return 0;
     if (size) memcpy(copy, data, size);
-    if (nano_lora_load_buffer(copy, size, NULL, &lora) == NANO_OK) nano_lora_free(lora);
-    if (nano_model_load_buffer(copy, size, NULL, &m) != NANO_OK) {
-        free(copy);
-        return 0;
+    {
+        /* the error detail, whole and cut short: a heap buffer of exactly its size,
+         * so ASan catches a write past it; it must come back NUL-terminated */
+        size_t cap = 1 + (size ? data[0] % 200 : 0);
+        char *detail = (char *)malloc(cap);
+        nano_model_params mp = nano_model_default_params();
+        if (!detail) {
+            free(copy);
+            return 0;
+        }
+        mp.error_detail = detail;
+        mp.error_detail_size = cap;
+        if (nano_lora_load_buffer(copy, size, &mp, &lora) == NANO_OK) nano_lora_free(lora);
+        if (strlen(detail) >= cap) abort();
+        if (nano_model_load_buffer(copy, size, &mp, &m) != NANO_OK) {
+            if (strlen(detail) >= cap) abort();
+            free(detail);
+            free(copy);
+            return 0;
+        }
+        if (detail[0]) abort(); /* a load that worked leaves "" */
+        free(detail);
     }
     nano_model_get_info(m, &info);
     {

@@ -298,6 +298,12 @@ typedef struct nano_model nano_model;
 
 typedef struct nano_model_params {
     int use_mmap; /* 1: map the file (where the platform can); 0: read it into memory */
+    /* Optional: when a load fails, one line saying what is wrong and where (a
+     * field and its value, a byte offset, a tensor and an element), written
+     * NUL-terminated into error_detail[0..error_detail_size-1] and cut to fit;
+     * "" when there is nothing to add to the status. NULL / 0: not written. */
+    char *error_detail;
+    size_t error_detail_size;
 } nano_model_params;
 
 NANO_API nano_model_params nano_model_default_params(void);

@@ -808,6 +808,14 @@ static int model_error(const char *path, const char *what, nano_status st) {
     return 1;
 }
 
+/* A failed load: the status and, where the loader said, what is wrong and where. */
+static int load_error(const char *path, nano_status st, const char *detail) {
+    if (!detail[0]) return model_error(path, "", st);
+    fprintf(stderr, "nano-wss: error: %s: %s (%s): %s\n", path, nano_status_string(st), nano_status_name(st),
+            detail);
+    return 1;
+}
+
 /* Load the model (and LoRA) and check, with one trial context, that the
  * engine runs it with these settings, so that no client finds out later. */
 static int load(wss_server *srv) {
@@ -816,8 +824,12 @@ static int load(wss_server *srv) {
     nano_context_params cp = nano_context_default_params();
     nano_context *trial = NULL;
     const nano_tokenizer *tok;
-    nano_status st = nano_model_load_file(o->model_path, &mp, &srv->model);
-    if (st != NANO_OK) return model_error(o->model_path, "", st);
+    char detail[256];
+    nano_status st;
+    mp.error_detail = detail;
+    mp.error_detail_size = sizeof detail;
+    st = nano_model_load_file(o->model_path, &mp, &srv->model);
+    if (st != NANO_OK) return load_error(o->model_path, st, detail);
     nano_model_get_info(srv->model, &srv->model_info);
     if (!srv->model_info.runnable)
         return model_error(o->model_path, "this engine does not run this file: ", NANO_ERR_UNSUPPORTED);
@@ -828,7 +840,7 @@ static int load(wss_server *srv) {
     }
     if (o->lora_path) {
         st = nano_lora_load_file(o->lora_path, &mp, &srv->lora);
-        if (st != NANO_OK) return model_error(o->lora_path, "", st);
+        if (st != NANO_OK) return load_error(o->lora_path, st, detail);
         nano_lora_get_info(srv->lora, &srv->lora_info);
     }
     cp.n_ctx = o->n_ctx;

@@ -12,10 +12,27 @@
  */
 #include <float.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
+
+/* st, after writing what is wrong and where into m->detail (handed to a caller
+ * that asked for it: nano_model_params.error_detail). */
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static nano_status fail(nano_model *m, nano_status st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(m->detail, sizeof m->detail, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+static unsigned long long ull(uint64_t v) { return (unsigned long long)v; }
 
 // ---------------------------------------------------------------------------
 // Little-endian reads (the file's byte order on any host)
@@ -192,41 +209,73 @@ static int in_range(uint32_t v, uint32_t lo, uint32_t hi) { return v >= lo && v 
 /* nano_format.config._as_positive_float on a stored f32 */
 static int positive_f32(float v) { return isfinite(v) && v > 0.0f && v < 3.4e38f; }
 
-static nano_status check_lora_config(const uint32_t *w) {
+/* NANO_ERR_BAD_CONFIG, naming the field, when v is not in [lo, hi] */
+static nano_status check_range(nano_model *m, const char *field, uint32_t v, uint32_t lo, uint32_t hi) {
+    if (in_range(v, lo, hi)) return NANO_OK;
+    return fail(m, NANO_ERR_BAD_CONFIG, "config: %s is %u, must be in [%u, %u]", field, v, lo, hi);
+}
+
+#define CHECK(expr)                          \
+    do {                                     \
+        nano_status st_ = (expr);            \
+        if (st_ != NANO_OK) return st_;      \
+    } while (0)
+
+static nano_status check_lora_config(nano_model *m, const uint32_t *w) {
     uint32_t rank = w[NANO_LORA_CONFIG_RANK], n_layer = w[NANO_LORA_CONFIG_N_LAYER],
              n_embd = w[NANO_LORA_CONFIG_N_EMBD], n_head = w[NANO_LORA_CONFIG_N_HEAD],
              n_kv = w[NANO_LORA_CONFIG_N_KV_HEAD], n_hidden = w[NANO_LORA_CONFIG_N_HIDDEN];
-    if (w[NANO_LORA_CONFIG_RESERVED] != 0) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(rank, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(n_layer, 1, NANO_MAX_LAYERS)) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(n_embd, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(n_head, 1, NANO_MAX_HEADS)) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(n_kv, 1, NANO_MAX_HEADS)) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(n_hidden, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
-    if (n_embd % n_head) return NANO_ERR_BAD_CONFIG;
-    if (n_head % n_kv) return NANO_ERR_BAD_CONFIG;
+    if (w[NANO_LORA_CONFIG_RESERVED] != 0)
+        return fail(m, NANO_ERR_BAD_CONFIG, "config: the reserved LoRA word is %u, must be 0",
+                    w[NANO_LORA_CONFIG_RESERVED]);
+    CHECK(check_range(m, "lora_rank", rank, 1, NANO_MAX_DIM));
+    CHECK(check_range(m, "n_layer", n_layer, 1, NANO_MAX_LAYERS));
+    CHECK(check_range(m, "n_embd", n_embd, 1, NANO_MAX_DIM));
+    CHECK(check_range(m, "n_head", n_head, 1, NANO_MAX_HEADS));
+    CHECK(check_range(m, "n_kv_head", n_kv, 1, NANO_MAX_HEADS));
+    CHECK(check_range(m, "n_hidden", n_hidden, 1, NANO_MAX_DIM));
+    if (n_embd % n_head)
+        return fail(m, NANO_ERR_BAD_CONFIG, "config: n_embd %u is not a multiple of n_head %u", n_embd, n_head);
+    if (n_head % n_kv)
+        return fail(m, NANO_ERR_BAD_CONFIG, "config: n_head %u is not a multiple of n_kv_head %u", n_head, n_kv);
     return NANO_OK;
 }
 
 /* nano_format.Config's checks, in its order */
-static nano_status check_model_config(const nano_model_info *c) {
+static nano_status check_model_config(nano_model *m) {
+    const nano_model_info *c = &m->info;
     int derived = c->model_type != NANO_MODEL_TYPE_QWEN3;
-    if (!in_range(c->block_size, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(c->vocab_size, 1, NANO_MAX_VOCAB)) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(c->n_layer, 1, NANO_MAX_LAYERS)) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(c->n_embd, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(c->n_head, 1, NANO_MAX_HEADS)) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(c->n_kv_head, 1, NANO_MAX_HEADS)) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(c->n_hidden, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
-    if (c->n_head % c->n_kv_head) return NANO_ERR_BAD_CONFIG;
-    if (derived && c->n_embd % c->n_head) return NANO_ERR_BAD_CONFIG;
-    if (!in_range(c->head_dim, 1, NANO_MAX_DIM)) return NANO_ERR_BAD_CONFIG;
-    if (derived && c->head_dim != c->n_embd / c->n_head) return NANO_ERR_BAD_CONFIG;
-    if (c->attention > NANO_ATTENTION_FULL) return NANO_ERR_BAD_CONFIG;
-    if (c->position > NANO_POSITION_LEARNED) return NANO_ERR_BAD_CONFIG;
-    if (c->position == NANO_POSITION_ROPE && c->head_dim % 2) return NANO_ERR_BAD_CONFIG;
-    if (!positive_f32(c->norm_eps)) return NANO_ERR_BAD_CONFIG;
-    if (!positive_f32(c->rope_theta)) return NANO_ERR_BAD_CONFIG;
+    CHECK(check_range(m, "block_size", c->block_size, 1, NANO_MAX_DIM));
+    CHECK(check_range(m, "vocab_size", c->vocab_size, 1, NANO_MAX_VOCAB));
+    CHECK(check_range(m, "n_layer", c->n_layer, 1, NANO_MAX_LAYERS));
+    CHECK(check_range(m, "n_embd", c->n_embd, 1, NANO_MAX_DIM));
+    CHECK(check_range(m, "n_head", c->n_head, 1, NANO_MAX_HEADS));
+    CHECK(check_range(m, "n_kv_head", c->n_kv_head, 1, NANO_MAX_HEADS));
+    CHECK(check_range(m, "n_hidden", c->n_hidden, 1, NANO_MAX_DIM));
+    if (c->n_head % c->n_kv_head)
+        return fail(m, NANO_ERR_BAD_CONFIG, "config: n_head %u is not a multiple of n_kv_head %u", c->n_head,
+                    c->n_kv_head);
+    if (derived && c->n_embd % c->n_head)
+        return fail(m, NANO_ERR_BAD_CONFIG, "config: n_embd %u is not a multiple of n_head %u", c->n_embd,
+                    c->n_head);
+    CHECK(check_range(m, "head_dim", c->head_dim, 1, NANO_MAX_DIM));
+    if (derived && c->head_dim != c->n_embd / c->n_head)
+        return fail(m, NANO_ERR_BAD_CONFIG, "config: head_dim is %u, must be n_embd / n_head = %u", c->head_dim,
+                    c->n_embd / c->n_head);
+    if (c->attention > NANO_ATTENTION_FULL)
+        return fail(m, NANO_ERR_BAD_CONFIG, "header: attention code %u at byte %u is not 0 (causal) or 1 (full)",
+                    c->attention, (unsigned)NANO_OFF_EXT_ATTENTION);
+    if (c->position > NANO_POSITION_LEARNED)
+        return fail(m, NANO_ERR_BAD_CONFIG, "header: position code %u at byte %u is not 0 (RoPE) or 1 (learned)",
+                    c->position, (unsigned)NANO_OFF_EXT_POSITION);
+    if (c->position == NANO_POSITION_ROPE && c->head_dim % 2)
+        return fail(m, NANO_ERR_BAD_CONFIG, "config: head_dim %u is odd, RoPE needs it even", c->head_dim);
+    if (!positive_f32(c->norm_eps))
+        return fail(m, NANO_ERR_BAD_CONFIG, "header: norm_eps %g at byte %u is not a positive finite number",
+                    (double)c->norm_eps, (unsigned)NANO_OFF_EXT_NORM_EPS);
+    if (!positive_f32(c->rope_theta))
+        return fail(m, NANO_ERR_BAD_CONFIG, "header: rope_theta %g at byte %u is not a positive finite number",
+                    (double)c->rope_theta, (unsigned)NANO_OFF_EXT_ROPE_THETA);
     return NANO_OK;
 }
 
@@ -238,21 +287,34 @@ static nano_status parse_header(nano_model *m) {
     uint32_t i, words[NANO_CONFIG_WORDS], quant_code, quant = 0, found = 0;
     uint64_t k, prefix = size < 8 ? size : 8;
 
-    if (memcmp(d, NANO_MAGIC_BYTES, (size_t)prefix) != 0) return NANO_ERR_BAD_MAGIC;
-    if (size < NANO_HEADER_SIZE) return NANO_ERR_TRUNCATED;
+    if (memcmp(d, NANO_MAGIC_BYTES, (size_t)prefix) != 0) {
+        char got[3 * 8 + 1] = "";
+        for (k = 0; k < prefix; k++) snprintf(got + 3 * k, sizeof got - 3 * k, " %02x", d[k]);
+        return fail(m, NANO_ERR_BAD_MAGIC, "the file starts with%s", prefix ? got : " nothing (it is empty)");
+    }
+    if (size < NANO_HEADER_SIZE)
+        return fail(m, NANO_ERR_TRUNCATED, "the file is %llu bytes, shorter than the %u-byte header", ull(size),
+                    (unsigned)NANO_HEADER_SIZE);
 
     c->major = rd_i32(d + NANO_OFF_MAJOR);
     c->minor = rd_i32(d + NANO_OFF_MINOR);
     for (i = 0; i < N_LAYOUTS; i++)
         if (LAYOUTS[i].major == c->major && LAYOUTS[i].minor == c->minor) layout = &LAYOUTS[i];
-    if (!layout) return NANO_ERR_UNSUPPORTED_VERSION;
+    if (!layout)
+        return fail(m, NANO_ERR_UNSUPPORTED_VERSION,
+                    "header: layout version %d.%d is not one this engine reads (2024.10, 2025.12, 2026.1, "
+                    "2026.101)", (int)c->major, (int)c->minor);
     c->layout = layout->name;
     c->has_extension = (uint32_t)layout->extension;
 
     c->model_type = rd_u32(d + NANO_OFF_MODEL_TYPE);
-    if (!known_model_type(c->model_type)) return NANO_ERR_UNKNOWN_MODEL_TYPE;
-    if (!(layout->model_types & MT_BIT(c->model_type))) return NANO_ERR_UNKNOWN_MODEL_TYPE;
-    if (rd_u32(d + NANO_OFF_CONFIG_LEN) != layout->config_len) return NANO_ERR_BAD_HEADER;
+    if (!known_model_type(c->model_type) || !(layout->model_types & MT_BIT(c->model_type)))
+        return fail(m, NANO_ERR_UNKNOWN_MODEL_TYPE, "header: model type %u at byte %u is not one layout %s holds",
+                    c->model_type, (unsigned)NANO_OFF_MODEL_TYPE, layout->name);
+    if (rd_u32(d + NANO_OFF_CONFIG_LEN) != layout->config_len)
+        return fail(m, NANO_ERR_BAD_HEADER, "header: config length %u at byte %u, layout %s has %u",
+                    rd_u32(d + NANO_OFF_CONFIG_LEN), (unsigned)NANO_OFF_CONFIG_LEN, layout->name,
+                    layout->config_len);
 
     quant_code = rd_u32(d + NANO_OFF_QUANT);
     for (i = 0; i < layout->n_codes; i++)
@@ -260,22 +322,26 @@ static nano_status parse_header(nano_model *m) {
             quant = layout->quants[i];
             found = 1;
         }
-    if (!found) return NANO_ERR_UNKNOWN_QUANT_TYPE;
+    if (!found)
+        return fail(m, NANO_ERR_UNKNOWN_QUANT_TYPE, "header: quantization code %u at byte %u is not one layout %s "
+                    "stores", quant_code, (unsigned)NANO_OFF_QUANT, layout->name);
     c->quant_code = quant_code;
     c->quant_type = quant;
     c->group_size = rd_u32(d + NANO_OFF_GROUP_SIZE);
 
     /* reserved bytes */
     for (k = layout->extension ? NANO_EXT_END : NANO_OFF_EXT_ATTENTION; k < NANO_HEADER_SIZE; k++)
-        if (d[k]) return NANO_ERR_BAD_HEADER;
+        if (d[k]) return fail(m, NANO_ERR_BAD_HEADER, "header: reserved byte %llu is %u, must be 0", ull(k), d[k]);
     if (c->model_type == NANO_MODEL_TYPE_LORA)
         for (k = NANO_OFF_CONFIG + 4 * NANO_LORA_CONFIG_WORDS; k < NANO_OFF_QUANT; k++)
-            if (d[k]) return NANO_ERR_BAD_HEADER;
+            if (d[k])
+                return fail(m, NANO_ERR_BAD_HEADER, "header: unused config byte %llu is %u, must be 0", ull(k),
+                            d[k]);
 
     for (i = 0; i < NANO_CONFIG_WORDS; i++) words[i] = rd_u32(d + NANO_OFF_CONFIG + 4 * i);
 
     if (c->model_type == NANO_MODEL_TYPE_LORA) {
-        nano_status st = check_lora_config(words);
+        nano_status st = check_lora_config(m, words);
         if (st != NANO_OK) return st;
         c->lora_rank = words[NANO_LORA_CONFIG_RANK];
         c->lora_alpha = words[NANO_LORA_CONFIG_ALPHA];
@@ -291,7 +357,8 @@ static nano_status parse_header(nano_model *m) {
     } else {
         nano_status st;
         uint32_t shared = words[NANO_CONFIG_IS_SHARED_CLASSIFIER];
-        if (shared > 1) return NANO_ERR_BAD_CONFIG;
+        if (shared > 1)
+            return fail(m, NANO_ERR_BAD_CONFIG, "config: is_shared_classifier is %u, must be 0 or 1", shared);
         c->block_size = words[NANO_CONFIG_BLOCK_SIZE];
         c->vocab_size = words[NANO_CONFIG_VOCAB_SIZE];
         c->n_layer = words[NANO_CONFIG_N_LAYER];
@@ -315,18 +382,24 @@ static nano_status parse_header(nano_model *m) {
             c->norm_eps = rd_f32(d + NANO_OFF_EXT_NORM_EPS);
             c->rope_theta = rd_f32(d + NANO_OFF_EXT_ROPE_THETA);
             c->tokenizer_kind = rd_u32(d + NANO_OFF_EXT_TOKENIZER);
-            if (c->tokenizer_kind > NANO_TOKENIZER_KIND_BPE) return NANO_ERR_BAD_HEADER;
+            if (c->tokenizer_kind > NANO_TOKENIZER_KIND_BPE)
+                return fail(m, NANO_ERR_BAD_HEADER, "header: tokenizer kind %u at byte %u is not 0, 1 or 2",
+                            c->tokenizer_kind, (unsigned)NANO_OFF_EXT_TOKENIZER);
         }
-        st = check_model_config(c);
+        st = check_model_config(m);
         if (st != NANO_OK) return st;
     }
 
-    if (quant == NANO_QUANT_TYPE_F32 && c->group_size != 0) return NANO_ERR_BAD_GROUP_SIZE;
+    if (quant == NANO_QUANT_TYPE_F32 && c->group_size != 0)
+        return fail(m, NANO_ERR_BAD_GROUP_SIZE, "header: group size %u at byte %u, F32 files store 0",
+                    c->group_size, (unsigned)NANO_OFF_GROUP_SIZE);
     if (quant == NANO_QUANT_TYPE_Q8_0) {
         uint32_t g = c->group_size;
-        if (g < 1) return NANO_ERR_BAD_GROUP_SIZE;
-        if (c->n_embd % g || ((uint64_t)c->n_head * c->head_dim) % g || c->n_hidden % g)
-            return NANO_ERR_BAD_GROUP_SIZE;
+        if (g < 1 || c->n_embd % g || ((uint64_t)c->n_head * c->head_dim) % g || c->n_hidden % g)
+            return fail(m, NANO_ERR_BAD_GROUP_SIZE,
+                        "header: Q8_0 group size %u at byte %u does not divide n_embd %u, n_head x head_dim %llu "
+                        "and n_hidden %u", g, (unsigned)NANO_OFF_GROUP_SIZE, c->n_embd,
+                        ull((uint64_t)c->n_head * c->head_dim), c->n_hidden);
     }
     return NANO_OK;
 }
@@ -432,12 +505,13 @@ static int floats_finite(const uint8_t *p, uint64_t n) {
     return (acc & 0x80000000u) == 0;
 }
 
-/* 1 when q * scale is a finite float for every stored q of a Q8_0 tensor
- * (values q [n_scales * group], then its scales): nano_format.first_bad_scale's
- * rule. A scale up to FLT_MAX / 128 is fine whatever q is; above it the scale
- * must be finite with scale * 127 finite, and scale * 128 too (that is, it is
- * refused) when its group holds a -128, which the quantizer never writes. */
-static int scales_finite(const uint8_t *q, const uint8_t *s, uint64_t n_scales, uint32_t group) {
+/* The index of the first scale of a Q8_0 tensor (values q [n_scales * group],
+ * then its scales) for which some q * scale is not a finite float, n_scales
+ * when none: nano_format.first_bad_scale's rule. A scale up to FLT_MAX / 128 is
+ * fine whatever q is; above it the scale must be finite with scale * 127
+ * finite, and scale * 128 too (that is, it is refused) when its group holds a
+ * -128, which the quantizer never writes. */
+static uint64_t first_bad_scale(const uint8_t *q, const uint8_t *s, uint64_t n_scales, uint32_t group) {
     const float near = FLT_MAX / 128.0f; /* exact */
     uint64_t k;
     uint32_t j;
@@ -446,31 +520,56 @@ static int scales_finite(const uint8_t *q, const uint8_t *s, uint64_t n_scales, 
         memcpy(&v, s + 4 * k, sizeof v);
         if (fabsf(v) <= near) continue; /* NaN fails the comparison */
         t = v * 127.0f;
-        if (!isfinite(t)) return 0;
+        if (!isfinite(t)) return k;
         for (j = 0; j < group; j++)
-            if (q[k * group + j] == 0x80) return 0; /* int8 -128 */
+            if (q[k * group + j] == 0x80) return k; /* int8 -128 */
     }
-    return 1;
+    return n_scales;
+}
+
+/* "layers.2.wq[5][64]" or "wq[2][5][64]": where element i of tensor e is */
+static void element_name(const nano_tensor_entry *e, uint64_t i, char *buf, size_t n) {
+    uint64_t idx[3], rest = i;
+    uint32_t d;
+    int len;
+    for (d = e->n_dims; d-- > 0;) {
+        idx[d] = e->dims[d] ? rest % e->dims[d] : 0;
+        rest = e->dims[d] ? rest / e->dims[d] : 0;
+    }
+    len = e->layer >= 0 ? snprintf(buf, n, "layers.%d.%s", (int)e->layer, e->name) : snprintf(buf, n, "%s", e->name);
+    for (d = 0; d < e->n_dims && len >= 0 && (size_t)len < n; d++)
+        len += snprintf(buf + len, n - (size_t)len, "[%llu]", ull(idx[d]));
 }
 
 /* NANO_ERR_NON_FINITE when a Q8_0 scale, then an F32 value, of the tensor
  * table is not finite (nano_format checks scales before values; both map to
  * one status). Q4K parameters are opaque and not read. */
-static nano_status check_finite_weights(const nano_model *m) {
-    uint32_t i, d;
+static nano_status check_finite_weights(nano_model *m) {
+    uint32_t i, d, g = m->info.group_size;
+    char where[96];
     for (i = 0; i < m->info.n_tensors; i++) {
         const nano_tensor_entry *e = &m->tensors[i];
-        uint64_t n = 1;
+        uint64_t n = 1, k;
+        float v;
         if (e->quant_type != NANO_QUANT_TYPE_Q8_0) continue;
         for (d = 0; d < e->n_dims; d++) n *= e->dims[d]; /* sizes checked by the caller */
-        if (!scales_finite(m->data + e->offset, m->data + e->offset + n, n / m->info.group_size,
-                           m->info.group_size))
-            return NANO_ERR_NON_FINITE;
+        k = first_bad_scale(m->data + e->offset, m->data + e->offset + n, n / g, g);
+        if (k == n / g) continue;
+        memcpy(&v, m->data + e->offset + n + 4 * k, sizeof v);
+        element_name(e, k * g, where, sizeof where);
+        return fail(m, NANO_ERR_NON_FINITE, "%s: the Q8_0 scale of the %u values from here (byte %llu) is %g%s",
+                    where, g, ull(e->offset + n + 4 * k), (double)v,
+                    isfinite(v) ? ", so q * scale overflows a float" : "");
     }
     for (i = 0; i < m->info.n_tensors; i++) {
         const nano_tensor_entry *e = &m->tensors[i];
-        if (e->quant_type == NANO_QUANT_TYPE_F32 && !floats_finite(m->data + e->offset, e->size / 4))
-            return NANO_ERR_NON_FINITE;
+        uint64_t j;
+        if (e->quant_type != NANO_QUANT_TYPE_F32 || floats_finite(m->data + e->offset, e->size / 4)) continue;
+        for (j = 0; j + 1 < e->size / 4 && floats_finite(m->data + e->offset + 4 * j, 1); j++) {
+        }
+        element_name(e, j, where, sizeof where);
+        return fail(m, NANO_ERR_NON_FINITE, "%s (byte %llu) is %s", where, ull(e->offset + 4 * j),
+                    isnan(rd_f32(m->data + e->offset + 4 * j)) ? "NaN" : "infinite");
     }
     return NANO_OK;
 }
@@ -567,8 +666,17 @@ static nano_status bind_lora_weights(nano_model *m) {
     return NANO_OK;
 }
 
+/* st for a vocabulary (tokenizer section) that the checks refused, saying where */
+static nano_status vocab_error(nano_model *m, nano_status st, const nano_section_error *e) {
+    if (e->token >= 0)
+        return fail(m, st, "vocabulary, token %lld (byte %llu): %s", (long long)e->token,
+                    ull(NANO_HEADER_SIZE + e->at), e->what);
+    return fail(m, st, "vocabulary (from byte %u): %s", (unsigned)NANO_HEADER_SIZE, e->what);
+}
+
 nano_status nano_model_parse(nano_model *m) {
     nano_model_info *c = &m->info;
+    nano_section_error serr = {"", 0, -1};
     plan_param plan[MAX_PLAN];
     uint32_t n_plan = 0, i;
     uint64_t total = 0, remaining;
@@ -582,7 +690,8 @@ nano_status nano_model_parse(nano_model *m) {
         const uint32_t one = 1;
         uint8_t first;
         memcpy(&first, &one, 1);
-        if (first != 1) return NANO_ERR_UNSUPPORTED;
+        if (first != 1) return fail(m, NANO_ERR_UNSUPPORTED, "this engine reads weights in place and needs a "
+                                    "little-endian host");
     }
 
     /* tokenizer section */
@@ -590,13 +699,13 @@ nano_status nano_model_parse(nano_model *m) {
     c->tokenizer_size = 0;
     if (c->tokenizer_kind == NANO_TOKENIZER_KIND_TRIE) {
         st = nano_check_trie_section(m->data + NANO_HEADER_SIZE, m->size - NANO_HEADER_SIZE, c->vocab_size,
-                                     &c->tokenizer_size);
-        if (st != NANO_OK) return st;
+                                     &c->tokenizer_size, &serr);
+        if (st != NANO_OK) return vocab_error(m, st, &serr);
     } else if (c->tokenizer_kind == NANO_TOKENIZER_KIND_BPE) {
         uint32_t max_len;
         st = nano_check_bpe_section(m->data + NANO_HEADER_SIZE, m->size - NANO_HEADER_SIZE, c->vocab_size,
-                                    &c->tokenizer_size, &max_len);
-        if (st != NANO_OK) return st;
+                                    &c->tokenizer_size, &max_len, &serr);
+        if (st != NANO_OK) return vocab_error(m, st, &serr);
     }
     c->params_offset = NANO_HEADER_SIZE + c->tokenizer_size;
     remaining = m->size - c->params_offset;
@@ -616,14 +725,29 @@ nano_status nano_model_parse(nano_model *m) {
         c->params_size = remaining;
     } else {
         n_plan = c->model_type == NANO_MODEL_TYPE_LORA ? plan_lora(c, plan) : plan_model(c, plan);
+        const char *cut = NULL; /* the first tensor that runs past the end of the file */
+        uint64_t cut_at = 0;
         for (i = 0; i < n_plan; i++) {
             uint64_t nb;
             if (!param_nbytes(&plan[i], c->quant_type, c->group_size, &nb) || !nano_add_u64(total, nb, &total))
-                return NANO_ERR_SIZE_OVERFLOW;
+                return fail(m, NANO_ERR_SIZE_OVERFLOW, "the parameters' size overflows 64 bits at tensor %s",
+                            plan[i].name);
+            if (!cut && total > remaining) {
+                cut = plan[i].name;
+                cut_at = c->params_offset + total - nb;
+            }
         }
-        if (total > m->size) return NANO_ERR_SIZE_OVERFLOW;
-        if (total > remaining) return NANO_ERR_TRUNCATED;
-        if (total < remaining) return NANO_ERR_TRAILING_BYTES;
+        if (total > m->size)
+            return fail(m, NANO_ERR_SIZE_OVERFLOW, "the parameters need %llu bytes, more than the whole file (%llu)",
+                        ull(total), ull(m->size));
+        if (total > remaining)
+            return fail(m, NANO_ERR_TRUNCATED, "the file ends at byte %llu, inside tensor %s (from byte %llu); "
+                        "the parameters need %llu bytes from byte %llu", ull(m->size), cut, ull(cut_at), ull(total),
+                        ull(c->params_offset));
+        if (total < remaining)
+            return fail(m, NANO_ERR_TRAILING_BYTES, "%llu byte%s follow%s the last tensor, which ends at byte %llu",
+                        ull(remaining - total), remaining - total == 1 ? "" : "s", remaining - total == 1 ? "s" : "",
+                        ull(c->params_offset + total));
         c->params_size = total;
         if ((st = place_tensors(m, plan, n_plan)) != NANO_OK) return st;
         if ((st = check_finite_weights(m)) != NANO_OK) return st;
@@ -654,6 +778,8 @@ nano_status nano_model_parse(nano_model *m) {
 nano_model_params nano_model_default_params(void) {
     nano_model_params p;
     p.use_mmap = 1;
+    p.error_detail = NULL;
+    p.error_detail_size = 0;
     return p;
 }
 
@@ -672,8 +798,19 @@ static void model_release(nano_model *m) {
 
 void nano_model_free(nano_model *model) { model_release(model); }
 
-static nano_status finish_load(nano_model *m, nano_model **out) {
+/* The caller's error_detail, if it asked for one: detail, cut to fit. */
+static void give_detail(const nano_model_params *params, const char *detail) {
+    size_t n;
+    if (!params || !params->error_detail || params->error_detail_size == 0) return;
+    n = strlen(detail);
+    if (n >= params->error_detail_size) n = params->error_detail_size - 1;
+    memcpy(params->error_detail, detail, n);
+    params->error_detail[n] = '\0';
+}
+
+static nano_status finish_load(nano_model *m, const nano_model_params *params, nano_model **out) {
     nano_status st = nano_model_parse(m);
+    give_detail(params, st != NANO_OK ? m->detail : "");
     if (st != NANO_OK) {
         model_release(m);
         return st;
@@ -685,7 +822,7 @@ static nano_status finish_load(nano_model *m, nano_model **out) {
 nano_status nano_model_load_buffer(const void *data, size_t size, const nano_model_params *params,
                                    nano_model **out) {
     nano_model *m;
-    (void)params;
+    give_detail(params, "");
     if (!out) return NANO_ERR_BAD_ARGUMENT;
     *out = NULL;
     if (!data && size) return NANO_ERR_BAD_ARGUMENT;
@@ -693,13 +830,14 @@ nano_status nano_model_load_buffer(const void *data, size_t size, const nano_mod
     if (!m) return NANO_ERR_OUT_OF_MEMORY;
     m->data = data ? (const uint8_t *)data : (const uint8_t *)"";
     m->size = size;
-    return finish_load(m, out);
+    return finish_load(m, params, out);
 }
 
 nano_status nano_model_load_file(const char *path, const nano_model_params *params, nano_model **out) {
     nano_model *m;
     nano_status st;
     nano_model_params p = params ? *params : nano_model_default_params();
+    give_detail(params, "");
     if (!out) return NANO_ERR_BAD_ARGUMENT;
     *out = NULL;
     if (!path) return NANO_ERR_BAD_ARGUMENT;
@@ -713,7 +851,7 @@ nano_status nano_model_load_file(const char *path, const nano_model_params *para
     m->owns_map = 1;
     m->data = m->map.data ? m->map.data : (const uint8_t *)"";
     m->size = m->map.size;
-    return finish_load(m, out);
+    return finish_load(m, params, out);
 }
 
 nano_status nano_model_get_info(const nano_model *model, nano_model_info *out) {
@@ -743,11 +881,13 @@ const nano_tokenizer *nano_model_tokenizer(const nano_model *model) {
 // ---------------------------------------------------------------------------
 // LoRA modules
 
-static nano_status lora_wrap(nano_model *file, nano_status st, nano_lora **out) {
+static nano_status lora_wrap(nano_model *file, nano_status st, const nano_model_params *params,
+                             nano_lora **out) {
     nano_lora *l;
     if (st != NANO_OK) return st;
     if (file->info.model_type != NANO_MODEL_TYPE_LORA) {
         nano_model_free(file);
+        give_detail(params, "a model file, not a LoRA module");
         return NANO_ERR_UNKNOWN_MODEL_TYPE;
     }
     l = (nano_lora *)calloc(1, sizeof(*l));
@@ -764,20 +904,22 @@ static nano_status lora_wrap(nano_model *file, nano_status st, nano_lora **out) 
 nano_status nano_lora_load_file(const char *path, const nano_model_params *params, nano_lora **out) {
     nano_model *file = NULL;
     nano_status st;
+    give_detail(params, "");
     if (!out) return NANO_ERR_BAD_ARGUMENT;
     *out = NULL;
     st = nano_model_load_file(path, params, &file);
-    return lora_wrap(file, st, out);
+    return lora_wrap(file, st, params, out);
 }
 
 nano_status nano_lora_load_buffer(const void *data, size_t size, const nano_model_params *params,
                                   nano_lora **out) {
     nano_model *file = NULL;
     nano_status st;
+    give_detail(params, "");
     if (!out) return NANO_ERR_BAD_ARGUMENT;
     *out = NULL;
     st = nano_model_load_buffer(data, size, params, &file);
-    return lora_wrap(file, st, out);
+    return lora_wrap(file, st, params, out);
 }
 
 void nano_lora_free(nano_lora *lora) {

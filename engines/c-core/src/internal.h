@@ -134,13 +134,23 @@ NANO_HIDDEN int nano_default_threads(void);
  * Tokenizer (tokenizer.c)
  * ------------------------------------------------------------------------ */
 
+/* Where a tokenizer section is wrong: what, at which byte of the section, and
+ * in which token record (-1: the section's own header or length). */
+typedef struct nano_section_error {
+    const char *what;
+    uint64_t at;
+    int64_t token;
+} nano_section_error;
+
 /* Validate a trie section at data[0..avail) (it may run on past its end) and
- * return its length in *section_len. vocab_size must match when nonzero. */
+ * return its length in *section_len. vocab_size must match when nonzero. On
+ * an error, *err (when not NULL) says where. */
 NANO_HIDDEN nano_status nano_check_trie_section(const uint8_t *data, uint64_t avail,
-                                                uint32_t vocab_size, uint64_t *section_len);
+                                                uint32_t vocab_size, uint64_t *section_len,
+                                                nano_section_error *err);
 NANO_HIDDEN nano_status nano_check_bpe_section(const uint8_t *data, uint64_t avail,
                                                uint32_t vocab_size, uint64_t *section_len,
-                                               uint32_t *max_len);
+                                               uint32_t *max_len, nano_section_error *err);
 /* Build a tokenizer from a validated section (bytes are not kept). */
 NANO_HIDDEN nano_status nano_tokenizer_build_trie(const uint8_t *data, uint64_t len,
                                                   nano_tokenizer **out);
@@ -203,6 +213,8 @@ struct nano_model {
 
     /* LoRA files */
     nano_lora_layer *lora_layers; /* [L] */
+
+    char detail[192]; /* while loading: what is wrong and where (nano_model_params.error_detail) */
 };
 
 struct nano_lora {

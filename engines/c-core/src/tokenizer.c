@@ -39,74 +39,101 @@ static uint32_t rd32(const uint8_t *p) {
 // ---------------------------------------------------------------------------
 // Section validation (nano_format.vocab, check for check)
 
-static nano_status section_length(const uint8_t *d, uint64_t avail, uint64_t *length, uint32_t *second) {
-    if (avail < NANO_TOKENIZER_SECTION_HEADER) return NANO_ERR_TRUNCATED;
+/* st, after saying in *e (when not NULL) what is wrong where */
+static nano_status bad(nano_section_error *e, nano_status st, const char *what, uint64_t at, int64_t token) {
+    if (e) {
+        e->what = what;
+        e->at = at;
+        e->token = token;
+    }
+    return st;
+}
+
+static nano_status section_length(const uint8_t *d, uint64_t avail, uint64_t *length, uint32_t *second,
+                                  nano_section_error *e) {
+    if (avail < NANO_TOKENIZER_SECTION_HEADER)
+        return bad(e, NANO_ERR_TRUNCATED, "the file ends inside the section's header", avail, -1);
     *length = rd32(d);
     *second = rd32(d + 4);
-    if (*length < NANO_TOKENIZER_SECTION_HEADER) return NANO_ERR_BAD_TOKEN_RECORD;
-    if (*length > avail) return NANO_ERR_TRUNCATED;
+    if (*length < NANO_TOKENIZER_SECTION_HEADER)
+        return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "the section's length is shorter than its header", 0, -1);
+    if (*length > avail) return bad(e, NANO_ERR_TRUNCATED, "the section's length runs past the end of the file", 0, -1);
     return NANO_OK;
 }
 
-static nano_status trie_records(const uint8_t *d, uint64_t length, uint32_t n_tokens) {
+static nano_status trie_records(const uint8_t *d, uint64_t length, uint32_t n_tokens, nano_section_error *e) {
     uint64_t pos = NANO_TOKENIZER_SECTION_HEADER;
     uint32_t i, j;
     for (i = 0; i < n_tokens; i++) {
         uint32_t n;
-        if (pos + NANO_TOKEN_RECORD_HEADER > length) return NANO_ERR_BAD_TOKEN_RECORD;
+        if (pos + NANO_TOKEN_RECORD_HEADER > length)
+            return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "the section ends before this record", pos, i);
         n = d[pos];
-        if (n == 0) return NANO_ERR_BAD_TOKEN_RECORD;
-        if (d[pos + 1] > 1) return NANO_ERR_BAD_TOKEN_RECORD;
+        if (n == 0) return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "a token of 0 code points", pos, i);
+        if (d[pos + 1] > 1) return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "the special flag is not 0 or 1", pos + 1, i);
         if (d[pos + 2] != NANO_TOKEN_RESERVED_BYTE || d[pos + 3] != NANO_TOKEN_RESERVED_BYTE)
-            return NANO_ERR_BAD_TOKEN_RECORD;
-        if (rd32(d + pos + 4) != i) return NANO_ERR_BAD_TOKEN_RECORD;
+            return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "a reserved byte is not the reserved value", pos + 2, i);
+        if (rd32(d + pos + 4) != i)
+            return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "the record's token id is not its position", pos + 4, i);
         pos += NANO_TOKEN_RECORD_HEADER;
-        if (pos + 4ull * n > length) return NANO_ERR_BAD_TOKEN_RECORD;
+        if (pos + 4ull * n > length)
+            return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "the token's code points run past the section", pos, i);
         for (j = 0; j < n; j++) {
             uint32_t c = rd32(d + pos + 4ull * j);
-            if (c > MAX_CODEPOINT || (c >= 0xD800 && c <= 0xDFFF)) return NANO_ERR_BAD_TOKEN_RECORD;
+            if (c > MAX_CODEPOINT || (c >= 0xD800 && c <= 0xDFFF))
+                return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "not a Unicode scalar value (a surrogate or past U+10FFFF)",
+                           pos + 4ull * j, i);
         }
         pos += 4ull * n;
     }
-    return pos == length ? NANO_OK : NANO_ERR_BAD_TOKEN_RECORD;
+    if (pos != length)
+        return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "the records end before the section's length", pos, -1);
+    return NANO_OK;
 }
 
 nano_status nano_check_trie_section(const uint8_t *d, uint64_t avail, uint32_t vocab_size,
-                                    uint64_t *section_len) {
+                                    uint64_t *section_len, nano_section_error *err) {
     uint64_t length;
     uint32_t stored;
-    nano_status st = section_length(d, avail, &length, &stored);
+    nano_status st = section_length(d, avail, &length, &stored, err);
     if (st != NANO_OK) return st;
-    if (vocab_size && stored != vocab_size) return NANO_ERR_BAD_TOKEN_RECORD;
-    st = trie_records(d, length, stored);
+    if (vocab_size && stored != vocab_size)
+        return bad(err, NANO_ERR_BAD_TOKEN_RECORD, "its token count differs from the config's vocab_size", 4, -1);
+    st = trie_records(d, length, stored, err);
     if (st != NANO_OK) return st;
     *section_len = length;
     return NANO_OK;
 }
 
-static nano_status bpe_records(const uint8_t *d, uint64_t length, uint32_t vocab_size, uint32_t max_len) {
+static nano_status bpe_records(const uint8_t *d, uint64_t length, uint32_t vocab_size, uint32_t max_len,
+                               nano_section_error *e) {
     uint64_t pos = NANO_TOKENIZER_SECTION_HEADER;
     uint32_t i;
     for (i = 0; i < vocab_size; i++) {
         uint32_t n;
-        if (pos + NANO_BPE_RECORD_HEADER > length) return NANO_ERR_BAD_TOKEN_RECORD;
+        if (pos + NANO_BPE_RECORD_HEADER > length)
+            return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "the section ends before this record", pos, i);
         n = rd32(d + pos + 4);
+        if (n > max_len)
+            return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "a token longer than the section's maximum", pos + 4, i);
         pos += NANO_BPE_RECORD_HEADER;
-        if (n > max_len) return NANO_ERR_BAD_TOKEN_RECORD;
-        if (pos + n > length) return NANO_ERR_BAD_TOKEN_RECORD;
+        if (pos + n > length)
+            return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "the token's bytes run past the section", pos, i);
         pos += n;
     }
-    return pos == length ? NANO_OK : NANO_ERR_BAD_TOKEN_RECORD;
+    if (pos != length)
+        return bad(e, NANO_ERR_BAD_TOKEN_RECORD, "the records end before the section's length", pos, -1);
+    return NANO_OK;
 }
 
 nano_status nano_check_bpe_section(const uint8_t *d, uint64_t avail, uint32_t vocab_size,
-                                   uint64_t *section_len, uint32_t *max_len) {
+                                   uint64_t *section_len, uint32_t *max_len, nano_section_error *err) {
     uint64_t length;
     uint32_t ml;
-    nano_status st = section_length(d, avail, &length, &ml);
+    nano_status st = section_length(d, avail, &length, &ml, err);
     if (st != NANO_OK) return st;
-    if (ml > length) return NANO_ERR_BAD_TOKEN_RECORD;
-    st = bpe_records(d, length, vocab_size, ml);
+    if (ml > length) return bad(err, NANO_ERR_BAD_TOKEN_RECORD, "its maximum token length exceeds the section", 4, -1);
+    st = bpe_records(d, length, vocab_size, ml, err);
     if (st != NANO_OK) return st;
     *section_len = length;
     *max_len = ml;
@@ -378,11 +405,11 @@ nano_status nano_tokenizer_init_section(const void *data, size_t size, uint32_t 
     if (!d && size) return NANO_ERR_BAD_ARGUMENT;
     if (!d) d = (const uint8_t *)"";
     /* nano_format.decode_tokenizer_section's order: length, exactness, count, records */
-    st = section_length(d, size, &length, &stored);
+    st = section_length(d, size, &length, &stored, NULL);
     if (st != NANO_OK) return st;
     if (size > length) return NANO_ERR_TRAILING_BYTES;
     if (vocab_size && stored != vocab_size) return NANO_ERR_BAD_TOKEN_RECORD;
-    st = trie_records(d, length, stored);
+    st = trie_records(d, length, stored, NULL);
     if (st != NANO_OK) return st;
     return nano_tokenizer_build_trie(d, length, out);
 }

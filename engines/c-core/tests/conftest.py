@@ -154,6 +154,29 @@ class Nano:
             self.lib.nano_model_free(out[0])
         return self.status_name(st)
 
+    def load_detail(self, data: bytes, size: int = 256, lora: bool = False) -> tuple[str, str]:
+        """(status name, the loader's error_detail) of loading `data` from a buffer, with a
+        detail buffer of `size` bytes that starts out filled with '#'."""
+        buf = self.ffi.new("char[]", max(size, 1))
+        self.ffi.memmove(buf, b"#" * max(size, 1), max(size, 1))
+        params = self.ffi.new("nano_model_params *", self.lib.nano_model_default_params())
+        params.error_detail = buf
+        params.error_detail_size = size
+        keep = self.ffi.from_buffer(data)
+        if lora:
+            out = self.ffi.new("nano_lora **")
+            st = self.lib.nano_lora_load_buffer(keep, len(data), params, out)
+            if st == self.lib.NANO_OK:
+                self.lib.nano_lora_free(out[0])
+        else:
+            out = self.ffi.new("nano_model **")
+            st = self.lib.nano_model_load_buffer(keep, len(data), params, out)
+            if st == self.lib.NANO_OK:
+                self.lib.nano_model_free(out[0])
+        raw = bytes(self.ffi.buffer(buf, max(size, 1)))
+        detail = raw.split(b"\0", 1)[0].decode() if size else raw.decode()
+        return self.status_name(st), detail
+
     def load(self, source, use_mmap: bool = True) -> "Model":
         out = self.ffi.new("nano_model **")
         params = self.lib.nano_model_default_params()

@@ -300,6 +300,10 @@ def test_non_finite_weights_are_refused(cli, h, tmp_path, psycho_path):
         "q8_nan_scale.bin": _patched(h.model_bytes(seed=6, quant="q8_0"), "wq.1", "scale", float("nan")),
         "psycho_inf_scale.bin": _patched(psycho_path.read_bytes(), "w2.7", "scale", float("-inf")),
     }
+    # the loader names the tensor and the element (the first of a Q8_0 scale's group)
+    where = {"f32_nan.bin": "norm_final[0] (byte ", "f32_inf.bin": "wq[0][0][0] (byte ",
+             "q8_nan_scale.bin": "layers.1.wq[0][0]: the Q8_0 scale of the ",
+             "psycho_inf_scale.bin": "layers.7.w2[0][0]: the Q8_0 scale of the 16 values from here"}
     for name, data in files.items():
         path = tmp_path / name
         path.write_bytes(data)
@@ -308,12 +312,14 @@ def test_non_finite_weights_are_refused(cli, h, tmp_path, psycho_path):
             r = cli(*args, input="ab\n")
             assert r.returncode == 1 and r.stdout == "", (args, r)
             assert f"nano: error: {path}: " in r.stderr and "(NANO_ERR_NON_FINITE)" in r.stderr, (args, r.stderr)
+            assert f"(NANO_ERR_NON_FINITE): {where[name]}" in r.stderr, (args, r.stderr)
     nan_lora = tmp_path / "nan_lora.bin"
     nan_lora.write_bytes(_patched(_lora_file(tmp_path / "l.bin").read_bytes(), "wk_B", "value", float("nan")))
     model = tmp_path / "m.bin"
     model.write_bytes(h.model_bytes(seed=6))
     r = cli("run", "-m", model, "-l", nan_lora, "-p", "ab", "-n", "2")
     assert r.returncode == 1 and f"{nan_lora}: " in r.stderr and "NANO_ERR_NON_FINITE" in r.stderr, r.stderr
+    assert "(NANO_ERR_NON_FINITE): wk_B[" in r.stderr, r.stderr
 
 
 def test_nan_logits_are_each_lines_error(cli, h, tmp_path):
@@ -452,12 +458,17 @@ def bad_files(tmp_path, h, psycho_path):
 
 
 def test_bad_files(cli, tmp_path, h, psycho_path):
+    # what the loader adds to the status: what is wrong and where
+    where = {"trunc.bin": ": the file ends at byte 355261, inside tensor rope_sin (from byte 347076)",
+             "magic.bin": ": the file starts with 47 47 55 46 00 00 00 00",
+             "empty.bin": ": the file is 0 bytes, shorter than the 256-byte header"}
     for path, status in bad_files(tmp_path, h, psycho_path).items():
         for args in (("info", path), ("run", "-m", path, "-p", "x"), ("seq2seq", "-m", path, "12"),
                      ("bench", "-m", path)):
             r = cli(*args)
             assert r.returncode == 1, (args, r)
             assert status in r.stderr and str(path) in r.stderr, (args, r.stderr)
+            assert f"({status}){where.get(path.name, '')}" in r.stderr, (args, r.stderr)
             assert r.stdout == ""
 
 
@@ -489,7 +500,7 @@ BAD_ARGS = [
     (["run", "-m", "{psycho}", "-p", "心" * 600, "-n", "1"], "NANO_ERR_CONTEXT_FULL"),
     (["run", "-m", "{psycho}", "-p", "", "-n", "1"], "-p: the prompt is empty"),
     (["run", "-m", "{psycho}", "-l", "{missing}", "-p", "x"], "NANO_ERR_IO"),
-    (["run", "-m", "{psycho}", "-l", "{psycho}", "-p", "x"], "NANO_ERR_UNKNOWN_MODEL_TYPE"),
+    (["run", "-m", "{psycho}", "-l", "{psycho}", "-p", "x"], "(NANO_ERR_UNKNOWN_MODEL_TYPE): a model file, not a LoRA module"),
     (["info"], "MODEL is required"),
     (["info", "{psycho}", "{sort6}"], "one MODEL only"),
     (["info", "--bogus"], "unknown option '--bogus'"),

@@ -11,6 +11,7 @@ The tensor tables must agree too.
 from __future__ import annotations
 
 import os
+import re
 import struct
 
 import numpy as np
@@ -490,6 +491,75 @@ def test_mutations_same_verdict(nano, bases_for_hypothesis):
     @settings(max_examples=int(os.environ.get("NANO_MUTATIONS", "400")), deadline=None, suppress_health_check=list(HealthCheck), database=None)
     @given(mutated(bases_for_hypothesis))
     def check(data):
-        assert nano.load_status(data) == VERDICT[python_verdict(data)]
+        status, detail = nano.load_detail(data)
+        assert status == VERDICT[python_verdict(data)]
+        assert (detail == "") == (status == "NANO_OK"), (status, detail)  # every refusal explained
 
     check()
+
+
+# ---------------------------------------------------------------------------
+# Where: nano_model_params.error_detail
+
+
+def test_a_refused_file_is_explained_in_one_line(nano, bases):
+    """Every refusal in the corruption table and the non-finite files comes with
+    error_detail: what is wrong and where; a file that loads leaves it "". """
+    cases = {**corruptions(bases), **non_finite_files(bases)}
+    for name, data in sorted(cases.items()):
+        status, detail = nano.load_detail(data)
+        print(f"{name:40s} {status:32s} {detail}")
+        assert status == VERDICT[python_verdict(data)], name
+        if status == "NANO_OK":
+            assert detail == "", name
+        else:
+            assert detail and "#" not in detail and "\n" not in detail and len(detail) < 256, (name, detail)
+    for name in ("f32_2026_1", "q8_2026_1", "psycho", "sort6", "qwen2"):
+        assert nano.load_detail(bases[name]) == ("NANO_OK", ""), name
+
+
+def test_the_explanation_names_the_field_the_byte_and_the_tensor(nano, bases):
+    cases = {**corruptions(bases), **non_finite_files(bases)}
+    want = {
+        "version_2026_2": "header: layout version 2026.2 is not one this engine reads",
+        "reserved_0x44_in_2026_1": "header: reserved byte 68 is 1, must be 0",
+        "n_layer_huge": "config: n_layer is 1025, must be in [1, 1024]",
+        "shared_2": "config: is_shared_classifier is 2, must be 0 or 1",
+        "quant_0x10": "header: quantization code 16 at byte 60 is not one layout 2026.1 stores",
+        "params_truncated_1": "the file ends at byte 23187, inside tensor rope_sin (from byte 23060)",
+        "params_trailing": "1 byte follows the last tensor, which ends at byte 23188",
+        "tok_len_0": "vocabulary, token 0 (byte 264): a token of 0 code points",
+        "tok_surrogate": "vocabulary, token ",
+        "q8_nan_scale": "layers.0.wq[0][0]: the Q8_0 scale of the 16 values from here",
+        "q8_untied_nan_lm_head_scale": "lm_head[2][12]: the Q8_0 scale of the 4 values from here",
+        "q8_scale_times_127_overflows": "layers.1.wk[3][0]: the Q8_0 scale of the 16 values from here (byte 3328) "
+                                        "is 3e+38, so q * scale overflows a float",
+    }
+    for name, prefix in want.items():
+        assert nano.load_detail(cases[name])[1].startswith(prefix), (name, nano.load_detail(cases[name]))
+    # a NaN or an infinity in an F32 tensor: the element `nano-format validate` names
+    for name, data in cases.items():
+        if python_verdict(data) != "NonFiniteValue":
+            continue
+        with pytest.raises(nf.FormatError) as err:
+            f = nf.read(data)
+            f.check_scales()
+            f.check_finite()
+        m = re.search(r"tensor '([^']+)'.* index \[([\d, ]+)\]", str(err.value))
+        element = m.group(1) + "".join(f"[{i.strip()}]" for i in m.group(2).split(","))
+        detail = nano.load_detail(data)[1]
+        assert detail.startswith(element + " (byte "), (name, detail, str(err.value))
+    # LoRA loader given a model file
+    assert nano.load_detail(bases["f32_2026_1"], lora=True) == ("NANO_ERR_UNKNOWN_MODEL_TYPE",
+                                                                 "a model file, not a LoRA module")
+
+
+def test_the_explanation_is_cut_to_the_callers_buffer(nano, bases):
+    data = corruptions(bases)["params_truncated_1"]
+    full = nano.load_detail(data)[1]
+    assert len(full) > 20
+    for size in (1, 2, 8, len(full), len(full) + 1):
+        status, detail = nano.load_detail(data, size=size)
+        assert status == "NANO_ERR_TRUNCATED" and detail == full[:size - 1], (size, detail)
+    assert nano.load_detail(data, size=0) == ("NANO_ERR_TRUNCATED", "#")  # size 0: nothing written
+    assert nano.load_detail(bases["sort6"], size=4) == ("NANO_OK", "")
