@@ -290,7 +290,7 @@ static nano_status parse_header(nano_model *m) {
     if (memcmp(d, NANO_MAGIC_BYTES, (size_t)prefix) != 0) {
         char got[3 * 8 + 1] = "";
         for (k = 0; k < prefix; k++) snprintf(got + 3 * k, sizeof got - 3 * k, " %02x", d[k]);
-        return fail(m, NANO_ERR_BAD_MAGIC, "the file starts with%s", prefix ? got : " nothing (it is empty)");
+        return fail(m, NANO_ERR_BAD_MAGIC, "the file starts with%s", got); /* an empty file is TRUNCATED */
     }
     if (size < NANO_HEADER_SIZE)
         return fail(m, NANO_ERR_TRUNCATED, "the file is %llu bytes, shorter than the %u-byte header", ull(size),
