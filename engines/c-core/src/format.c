@@ -300,10 +300,14 @@ static nano_status parse_header(nano_model *m) {
     c->minor = rd_i32(d + NANO_OFF_MINOR);
     for (i = 0; i < N_LAYOUTS; i++)
         if (LAYOUTS[i].major == c->major && LAYOUTS[i].minor == c->minor) layout = &LAYOUTS[i];
-    if (!layout)
-        return fail(m, NANO_ERR_UNSUPPORTED_VERSION,
-                    "header: layout version %d.%d is not one this engine reads (2024.10, 2025.12, 2026.1, "
-                    "2026.101)", (int)c->major, (int)c->minor);
+    if (!layout) {
+        char known[64] = "";
+        size_t len = 0;
+        for (i = 0; i < N_LAYOUTS && len < sizeof known; i++)
+            len += (size_t)snprintf(known + len, sizeof known - len, "%s%s", i ? ", " : "", LAYOUTS[i].name);
+        return fail(m, NANO_ERR_UNSUPPORTED_VERSION, "header: layout version %d.%d is not one this engine reads (%s)",
+                    (int)c->major, (int)c->minor, known);
+    }
     c->layout = layout->name;
     c->has_extension = (uint32_t)layout->extension;
 
@@ -679,7 +683,8 @@ nano_status nano_model_parse(nano_model *m) {
     nano_section_error serr = {"", 0, -1};
     plan_param plan[MAX_PLAN];
     uint32_t n_plan = 0, i;
-    uint64_t total = 0, remaining;
+    uint64_t total = 0, remaining, cut_at = 0;
+    const char *cut = NULL; /* the first tensor that runs past the end of the file */
     nano_status st;
 
     c->file_size = m->size;
@@ -725,8 +730,6 @@ nano_status nano_model_parse(nano_model *m) {
         c->params_size = remaining;
     } else {
         n_plan = c->model_type == NANO_MODEL_TYPE_LORA ? plan_lora(c, plan) : plan_model(c, plan);
-        const char *cut = NULL; /* the first tensor that runs past the end of the file */
-        uint64_t cut_at = 0;
         for (i = 0; i < n_plan; i++) {
             uint64_t nb;
             if (!param_nbytes(&plan[i], c->quant_type, c->group_size, &nb) || !nano_add_u64(total, nb, &total))

@@ -105,10 +105,20 @@ def test_the_cpu_peak_is_probed_in_the_runs_dtype(monkeypatch):
     assert probed == ["bfloat16", "float32"]
 
 
-def test_the_matmul_probe_runs_in_every_training_dtype():
+def test_the_matmul_probe_multiplies_in_the_dtype_it_is_given(monkeypatch):
     import torch
 
     from nano_train import metrics
 
+    seen = []
+    matmul = torch.Tensor.__matmul__
+
+    def spy(a, b):
+        seen.append((a.dtype, b.dtype))
+        return matmul(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", spy)
     for dtype in ("float32", "bfloat16"):
+        seen.clear()
         assert metrics.matmul_probe(torch.device("cpu"), seconds=0.01, n=64, trials=2, dtype=dtype) > 0
+        assert seen and set(seen) == {(getattr(torch, dtype), getattr(torch, dtype))}, (dtype, set(seen))

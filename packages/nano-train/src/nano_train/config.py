@@ -122,7 +122,7 @@ class SystemConfig:
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"})
     # auto: train.resolve_dtype, bfloat16 where the device computes it natively (CUDA with
     # bf16, CPUs with AVX512-BF16 or AMX), float16 on older CUDA, else float32
-    dtype: str = field(default="auto", metadata={"help": "auto, " + ", ".join(DTYPES[1:])
+    dtype: str = field(default="auto", metadata={"help": ", ".join(DTYPES)
                                                   + "; auto = bfloat16 where the device computes it natively, float16 on "
                                                   "older GPUs, else float32"})
     compile: bool = False  # torch.compile the model
