@@ -623,7 +623,7 @@ def test_a_lock_file_removed_before_it_was_locked_is_made_again(tmp_path, shared
     the file at the path instead, or a third prepare would run beside it."""
     import fcntl
 
-    import nano_train.data as data
+    from nano_train import dirlock
 
     out = tmp_path / "d"
     out.mkdir()
@@ -637,7 +637,7 @@ def test_a_lock_file_removed_before_it_was_locked_is_made_again(tmp_path, shared
         at_path = (out / ".prepare.lock").stat().st_ino if (out / ".prepare.lock").exists() else None
         locked.append((os.fstat(fd).st_ino, at_path))
 
-    monkeypatch.setattr(data.fcntl, "flock", flock)
+    monkeypatch.setattr(dirlock.fcntl, "flock", flock)
     prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, progress=False)
     assert len(locked) == 2, locked
     assert locked[0][1] is None and locked[1][0] == locked[1][1]  # the orphan first, then the file at the path
@@ -646,9 +646,9 @@ def test_a_lock_file_removed_before_it_was_locked_is_made_again(tmp_path, shared
 
 def test_without_fcntl_prepare_runs_unlocked(tmp_path, shared_file, psycho_slice, monkeypatch):
     """Windows: no lock file, and no way to tell a stale build directory from a live one."""
-    import nano_train.data as data
+    from nano_train import dirlock
 
-    monkeypatch.setattr(data, "fcntl", None)
+    monkeypatch.setattr(dirlock, "fcntl", None)
     out = tmp_path / "d"
     (out / ".prepare.abcd1234.tmp").mkdir(parents=True)
     prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, progress=False)
@@ -662,12 +662,12 @@ def test_a_folder_that_cannot_be_locked_is_prepared_unlocked(tmp_path, shared_fi
     dataset all the same, and no build directory removed (it may be a live one)."""
     import errno
 
-    import nano_train.data as data
+    from nano_train import dirlock
 
     def no_locks(fd, op):
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(data.fcntl, "flock", no_locks)
+    monkeypatch.setattr(dirlock.fcntl, "flock", no_locks)
     out = tmp_path / "d"
     (out / ".prepare.abcd1234.tmp").mkdir(parents=True)
     prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, progress=False)
@@ -678,7 +678,7 @@ def test_a_folder_that_cannot_be_locked_is_prepared_unlocked(tmp_path, shared_fi
     def broken(fd, op):
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(data.fcntl, "flock", broken)  # any other error stops the run
+    monkeypatch.setattr(dirlock.fcntl, "flock", broken)  # any other error stops the run
     with pytest.raises(OSError, match="Input/output error"):
         prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), tmp_path / "e", progress=False)
     assert not (tmp_path / "e").exists()  # nothing left: no lock file, no folder

@@ -4,6 +4,11 @@ good checkpoint. Also the report card of a model with no room for a prompt."""
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -84,6 +89,7 @@ def test_only_rank_0_looks_for_an_earlier_run(tmp_path, monkeypatch):
     (tmp_path / "log.jsonl").write_text("{}\n", encoding="utf-8")
     cfg = Config()
     cfg.run.out_dir = str(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     check_new_run(cfg)
     monkeypatch.setenv("RANK", "0")
@@ -97,6 +103,67 @@ def test_an_out_dir_without_a_run_is_fine(tmp_path, small_pretrain):
     (out / "notes.txt").write_text("mine", encoding="utf-8")
     assert main("pretrain", args(small_pretrain, out, max_iters=2)) == 0
     assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
+
+
+# ---------------------------------------------------------------------------
+# One run at a time per out_dir
+
+
+def _train_in_a_child(dataset, out_dir):
+    """A pretraining process that runs until it is stopped, once it has logged 2 steps."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "nano_train.pretrain",
+                             *args(dataset, out_dir, max_iters=100_000, checkpoint_interval=1)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    log = out_dir / "log.jsonl"
+    while not log.exists() or log.read_text(encoding="utf-8").count('"kind": "train"') < 2:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < 120, "the child did not start training"
+        time.sleep(0.05)
+    return proc
+
+
+def files(out_dir, writer_pid):
+    """The names in out_dir, less the temporary files of the writer's checkpoint writes."""
+    return {p.name for p in out_dir.iterdir() if not p.name.endswith(f".{writer_pid}.tmp")}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl: runs are not locked there")
+def test_a_second_run_into_an_out_dir_in_use_fails_at_once_and_touches_nothing(tmp_path, small_pretrain, capsys):
+    out = tmp_path / "run"
+    first = _train_in_a_child(small_pretrain, out)
+    try:
+        assert (out / ".run.lock").read_text(encoding="ascii") == f"{first.pid}\n"
+        stale = out / ".latest.pt.1.tmp"  # pid 1 (init) is alive: a stale-looking name that must stay too
+        for extra in ({"overwrite": "true"}, {"init_from": "resume"}, {"init_from": "resume", "overwrite": "true"}):
+            stale.write_bytes(b"x")
+            names = files(out, first.pid)
+            assert main("pretrain", args(small_pretrain, out, **extra)) == 2
+            assert error_line(capsys) == (f"error: another run is writing {out} (pid {first.pid}); wait for it to "
+                                          "finish or choose another --out_dir")
+            assert names <= files(out, first.pid) and first.poll() is None
+        assert load(out / "latest.pt")["step"] >= 1
+    finally:
+        first.send_signal(signal.SIGINT)
+        stdout, stderr = first.communicate(timeout=120)
+    assert first.returncode == 130, (stdout, stderr)
+    step = load(out / "latest.pt")["step"]
+    log = (out / "log.jsonl").read_text(encoding="utf-8")
+    assert log.count('"kind": "start"') == 1 and not (out / ".run.lock").exists()
+    # the first run is over: resuming it now works
+    assert main("pretrain", args(small_pretrain, out, init_from="resume", max_iters=step + 1)) == 0
+    assert load(out / "latest.pt")["step"] == step + 1 and not (out / ".run.lock").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl: runs are not locked there")
+def test_a_killed_runs_lock_file_does_not_stop_the_next_run(tmp_path, small_pretrain, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".run.lock").write_text("999999\n", encoding="ascii")  # left by a SIGKILL: a file, but no lock
+    assert main("pretrain", args(small_pretrain, out, max_iters=2)) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "latest.pt", "log.jsonl", "report.md"]
 
 
 # ---------------------------------------------------------------------------

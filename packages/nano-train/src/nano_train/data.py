@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import errno
 import json
 import math
 import os
@@ -56,12 +55,8 @@ import numpy as np
 from nano_format import JSONTextError, parse_json
 from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer
 
+from nano_train import dirlock
 from nano_train.metrics import human, short_repr as _short
-
-try:
-    import fcntl
-except ImportError:  # Windows: prepare runs without the lock (see _claim_out_dir)
-    fcntl = None
 
 META = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -198,53 +193,12 @@ def _dataset_files(out_dir: Path) -> set[str]:
     return names
 
 
-# One prepare at a time per directory: an advisory lock (flock) on this file inside
-# it, held for the whole run and released by the kernel however the process ends.
+# One prepare at a time per directory: an advisory lock on this file inside it, held
+# for the whole run (nano_train.dirlock).
 LOCK_FILE = ".prepare.lock"
 _BUILD_PREFIX, _BUILD_SUFFIX = ".prepare.", ".tmp"
 # What tempfile.mkdtemp(prefix=_BUILD_PREFIX, suffix=_BUILD_SUFFIX) names a build directory
 _BUILD_NAME = re.compile(re.escape(_BUILD_PREFIX) + r"[a-z0-9_]+" + re.escape(_BUILD_SUFFIX))
-# flock errors that mean "no locking on this file system", not "someone holds the lock"
-_NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
-
-
-def _try_lock(out_dir: Path) -> int | None:
-    """Lock out_dir/.prepare.lock and write our pid in it: the open descriptor, or
-    None to try again (out_dir or the lock file went away meanwhile).
-
-    A DataError when another process holds the lock. The file we locked must still
-    be the one at the path: a prepare that finishes removes it while holding its
-    lock, so a process that opened it just before may lock a file no longer there,
-    which would exclude no one.
-    """
-    path = out_dir / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except FileNotFoundError:  # out_dir was removed by a prepare that failed and left it empty
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:
-            same = False
-        if not same:
-            os.close(fd)
-            return None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        return fd
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode("ascii", "replace").strip()
-        os.close(fd)
-        raise DataError(f"another prepare is writing {out_dir} (pid {holder or 'unknown'}); "
-                        "wait for it to finish or choose another --out_dir") from None
-    except BaseException:  # flock failed for another reason (no locking here), or writing the pid did
-        with contextlib.suppress(OSError):  # our file goes: none but us can hold a lock on it now
-            if os.path.samestat(os.fstat(fd), os.stat(path)):
-                os.unlink(path)
-        os.close(fd)
-        raise
 
 
 def _remove_stale_builds(out_dir: Path) -> None:
@@ -266,44 +220,13 @@ def _claim_out_dir(out_dir: Path) -> Iterator[None]:
 
     With the lock held, the build directories of killed prepares are removed. A
     second prepare into out_dir meanwhile fails at once (DataError). On exit the
-    lock file is removed (before the lock is released, see _try_lock), and out_dir
-    too if this call created it and it is empty. Without fcntl (Windows), or on a
-    file system that cannot lock, there is no lock and nothing is removed.
+    lock file is removed, and out_dir too if this call created it and it is empty.
+    Without a lock (Windows, or a file system that cannot lock) nothing is removed.
     """
-    created = False
-    fd = None
-    try:
-        for _ in range(100):  # more than two rounds needs other prepares ending at just the wrong moments
-            try:
-                out_dir.mkdir(parents=True)
-                created = True
-            except FileExistsError:
-                pass
-            if fcntl is None:
-                break
-            try:
-                fd = _try_lock(out_dir)
-            except OSError as e:
-                if e.errno not in _NO_LOCKING:
-                    raise
-                print(f"note: {out_dir} cannot be locked ({e.strerror}); nothing stops another prepare "
-                      "from writing into it at the same time", file=sys.stderr)
-                break
-            if fd is not None:
-                _remove_stale_builds(out_dir)
-                break
-        else:
-            raise DataError(f"could not lock {out_dir}: other prepares keep starting and ending in it")
+    with dirlock.exclusive(out_dir, LOCK_FILE, "prepare", DataError) as claim:
+        if claim.locked:
+            _remove_stale_builds(out_dir)
         yield
-    finally:
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                (out_dir / LOCK_FILE).unlink()
-        if created:
-            with contextlib.suppress(OSError):  # not empty: the user's files, or the next prepare's lock
-                out_dir.rmdir()
-        if fd is not None:
-            os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager

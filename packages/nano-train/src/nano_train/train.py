@@ -12,7 +12,8 @@ usage:
   Resume: --init_from=resume (reads out_dir/latest.pt; the config file may be
   left out, the checkpoint holds the resolved config). A new run refuses an
   out_dir that holds another run's files unless --overwrite=true (which deletes
-  them first). Ctrl-C (or SIGTERM) saves latest.pt and exits with status 130.
+  them first). One run at a time per out_dir: a second one into it fails at
+  once (out_dir/.run.lock). Ctrl-C (or SIGTERM) saves latest.pt and exits with status 130.
   Exit status 2: a config, data or checkpoint error; 1: training diverged (the
   loss became inf or nan; latest.pt keeps the last good weights) or a file
   could not be written.
@@ -48,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nano_train import checkpoint as ckpt_io
+from nano_train import checkpoint as ckpt_io, dirlock
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.config import Config, ConfigError, help_text, load_config
 from nano_train.data import Batcher, DataError, Dataset
@@ -59,6 +60,8 @@ from nano_train.model import ModelConfig, Transformer
 PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # An earlier run's files in out_dir, which a new run there would replace or mix with its own
 RUN_FILES = (LATEST, BEST, "ckpt_*.pt", "log.jsonl", "report.md")
+# Held by the process that writes out_dir while it trains (nano_train.dirlock)
+RUN_LOCK = ".run.lock"
 
 
 class TrainingDiverged(RuntimeError):
@@ -119,7 +122,7 @@ def check_new_run(cfg: Config) -> None:
     the log of a run already in out_dir: refuse, unless run.overwrite. Only rank 0
     (the one that writes) looks: under torchrun another rank could otherwise see the
     log.jsonl that rank 0 has just begun, and refuse a run that is new."""
-    if cfg.run.init_from == "resume" or cfg.run.overwrite or os.environ.get("RANK", "0") != "0":
+    if cfg.run.init_from == "resume" or cfg.run.overwrite or not writes_out_dir():
         return
     found = earlier_run_files(Path(cfg.run.out_dir))
     if found:
@@ -128,16 +131,26 @@ def check_new_run(cfg: Config) -> None:
                           "another --out_dir, or pass --overwrite=true to delete its files and start again")
 
 
+def writes_out_dir() -> bool:
+    """Whether this process writes run.out_dir: the only one, or rank 0 under torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
+
+
+def not_writable(out_dir: Path, e: OSError) -> OSError:
+    return OSError(f"run.out_dir {out_dir} is not a writable directory: {e.strerror or e}")
+
+
 def prepare_out_dir(out_dir: Path, overwrite: bool, init_from: str) -> None:
     """Create out_dir and write to it now, so that an unwritable one fails before any
-    data or model is loaded. With overwrite, delete an earlier run's files so that
-    they do not mix with this run's (ckpt_*.pt of both, a best.pt of the other)."""
+    data or model is loaded. Remove what killed checkpoint writes left there, and with
+    overwrite delete an earlier run's files so that they do not mix with this run's
+    (ckpt_*.pt of both, a best.pt of the other)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
     except OSError as e:
-        raise OSError(f"run.out_dir {out_dir} is not a writable directory: {e.strerror or e}") from None
+        raise not_writable(out_dir, e) from None
     ckpt_io.remove_stale_temporaries(out_dir)
     if overwrite:
         old = earlier_run_files(out_dir)
@@ -469,8 +482,25 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     An earlier run's files in out_dir are deleted with run.overwrite, else replaced;
     the commands (main) refuse such an out_dir first (check_new_run), callers that
     manage their own directory (nano_train.problems) decide for themselves.
+    One run at a time per out_dir: the process that writes it holds a lock there
+    (RUN_LOCK) for the whole run, and a second run into it fails at once
+    (ConfigError naming the first one's pid). An out_dir this call created is
+    removed again if the run ends before writing anything into it.
     Raises TrainingDiverged when the loss or the weights become inf or nan.
     """
+    if not writes_out_dir():
+        return _train(cfg, explicit, checkpoint, progress)
+    out_dir = Path(cfg.run.out_dir)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(dirlock.exclusive(out_dir, RUN_LOCK, "run", ConfigError))
+        except OSError as e:
+            raise not_writable(out_dir, e) from None
+        return _train(cfg, explicit, checkpoint, progress)
+
+
+def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None, progress) -> TrainResult:
+    """train(), in the process that holds the run lock (or one that does not write)."""
     t_start = time.monotonic()
     task = cfg.run.task
 

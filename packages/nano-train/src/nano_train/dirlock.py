@@ -1,0 +1,119 @@
+"""One writer at a time per directory: an advisory lock (flock) on a file inside it.
+
+prepare holds ".prepare.lock" in its --out_dir while it writes a dataset; a training
+run holds ".run.lock" in its run.out_dir while it trains. A second writer fails at
+once with the first one's pid. The kernel releases the lock however its holder ends
+(Ctrl-C, an exception, SIGKILL); a holder that ends normally also removes the file.
+Without fcntl (Windows), or on a file system that cannot lock (some network mounts),
+nothing is locked: a note says so, and the caller carries on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
+# flock errors that mean "no locking on this file system", not "someone holds the lock"
+NO_LOCKING = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
+# More than two rounds needs other writers ending at just the wrong moments (see _try_lock)
+TRIES = 100
+
+
+@dataclass
+class Claim:
+    created: bool  # this call made the directory
+    locked: bool   # False without fcntl or where the file system cannot lock
+
+
+def _try_lock(path: Path, who: str, error: type[Exception]) -> int | None:
+    """Lock the file at path and write our pid in it: the open descriptor, or None to
+    try again (the directory or the lock file went away meanwhile).
+
+    error, naming the holder's pid, when another process holds the lock. The file
+    we locked must still be the one at the path: a holder that ends removes it while
+    holding its lock, so a process that opened it just before may lock a file no
+    longer there, which would exclude no one.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except FileNotFoundError:  # the directory was removed by a writer that failed and left it empty
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        return fd
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise error(f"another {who} is writing {path.parent} (pid {holder or 'unknown'}); wait for it to finish "
+                    "or choose another --out_dir") from None
+    except BaseException:  # flock failed for another reason (no locking here), or writing the pid did
+        with contextlib.suppress(OSError):  # our file goes: none but us can hold a lock on it now
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                os.unlink(path)
+        os.close(fd)
+        raise
+
+
+@contextlib.contextmanager
+def exclusive(directory: Path, lock_name: str, who: str, error: type[Exception]) -> Iterator[Claim]:
+    """Create directory if needed and hold the lock directory/lock_name for the block.
+
+    who names the writers in messages ("prepare", "run"); error is the exception's
+    class when another process holds the lock. On exit the lock file is removed
+    (before the lock is released, see _try_lock), and the directory too if this call
+    created it and it is empty.
+    """
+    claim = Claim(created=False, locked=False)
+    fd = None
+    path = directory / lock_name
+    try:
+        for _ in range(TRIES):
+            try:
+                directory.mkdir(parents=True)
+                claim.created = True
+            except FileExistsError:
+                pass
+            if fcntl is None:
+                break
+            try:
+                fd = _try_lock(path, who, error)
+            except OSError as e:
+                if e.errno not in NO_LOCKING:
+                    raise
+                print(f"note: {directory} cannot be locked ({e.strerror}); nothing stops another {who} "
+                      "from writing into it at the same time", file=sys.stderr)
+                break
+            if fd is not None:
+                claim.locked = True
+                break
+        else:
+            raise error(f"could not lock {directory}: other {who}s keep starting and ending in it")
+        yield claim
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        if claim.created:
+            with contextlib.suppress(OSError):  # not empty: the user's files, or the next writer's lock
+                directory.rmdir()
+        if fd is not None:
+            os.close(fd)  # releases the lock
