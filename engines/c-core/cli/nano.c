@@ -147,8 +147,12 @@ static float parse_float(const char *opt, const char *v) {
     double x;
     errno = 0;
     x = strtod(v, &end);
+    /* strtod would also take leading spaces; a value too close to 0 for a double
+     * (1e-400: ERANGE) is refused rather than read as 0 */
+    if (errno == ERANGE && x < 1.0 && x > -1.0 && end && !*end && end != v && !isspace((unsigned char)v[0]))
+        die_usage("%s: '%s' is too close to 0 to be read as a number (below about 1e-308)", opt, v);
     /* finite and within float's range: the settings are floats (1e39 would be inf) */
-    if (errno || !end || *end || end == v || !(x >= -FLT_MAX && x <= FLT_MAX))
+    if (isspace((unsigned char)v[0]) || errno || !end || *end || end == v || !(x >= -FLT_MAX && x <= FLT_MAX))
         die_usage("%s: expected a finite number, got '%s'", opt, v);
     return (float)x;
 }
@@ -198,7 +202,7 @@ static int make_context(const nano_model *m, const char *path, uint32_t n_ctx, u
 }
 
 /* All of f (standard input) in a NUL-terminated buffer; *len: its length.
- * NULL when out of memory. */
+ * NULL when out of memory (errno ENOMEM) or when f cannot be read (errno). */
 static char *read_stream(FILE *f, size_t *len_out) {
     size_t cap = 4096, len = 0;
     char *buf = (char *)malloc(cap);
@@ -209,14 +213,21 @@ static char *read_stream(FILE *f, size_t *len_out) {
             char *nb = (char *)realloc(buf, cap * 2);
             if (!nb) {
                 free(buf);
+                errno = ENOMEM;
                 return NULL;
             }
             buf = nb;
             cap *= 2;
         }
+        errno = 0;
         got = fread(buf + len, 1, cap - len - 1, f);
         len += got;
         if (got == 0) break;
+    }
+    if (ferror(f)) {
+        if (!errno) errno = EIO;
+        free(buf);
+        return NULL;
     }
     buf[len] = '\0';
     *len_out = len;
@@ -288,6 +299,28 @@ static int stdout_failed(void) {
     return 1;
 }
 
+/* An encoding that failed with NANO_ERR_NO_TOKENIZER although the model has a
+ * tokenizer: say which token the vocabulary lacks (the instruct marks, or the
+ * <|unknown|> that a character not in it would become). Else as report. */
+static int report_encode(nano_status st, const nano_tokenizer *tok, uint32_t mode, const char *what) {
+    if (st == NANO_ERR_NO_TOKENIZER && tok) {
+        int marks = nano_tokenizer_find(tok, NANO_SPECIAL_INSTRUCT, sizeof(NANO_SPECIAL_INSTRUCT) - 1) >= 0 &&
+                    nano_tokenizer_find(tok, NANO_SPECIAL_RESPONSE, sizeof(NANO_SPECIAL_RESPONSE) - 1) >= 0;
+        if (mode == NANO_MODE_INSTRUCT && !marks) {
+            fprintf(stderr, "nano: error: %s: instruct mode needs the special tokens %s and %s, which the "
+                            "vocabulary lacks (NANO_ERR_NO_TOKENIZER)\n", what, NANO_SPECIAL_INSTRUCT,
+                    NANO_SPECIAL_RESPONSE);
+            return 1;
+        }
+        if (nano_tokenizer_unknown_id(tok) < 0) {
+            fprintf(stderr, "nano: error: %s: a character of it is not in the vocabulary, which has no %s token "
+                            "to stand for it (NANO_ERR_NO_TOKENIZER)\n", what, NANO_SPECIAL_UNKNOWN);
+            return 1;
+        }
+    }
+    return report(st, what);
+}
+
 // ---------------------------------------------------------------------------
 // seq2seq (also what `nano run` does with a full-attention model)
 
@@ -304,8 +337,8 @@ typedef struct seq2seq_state {
 /* The context (with the LoRA module at lora_path attached, unless NULL),
  * tokenizer and buffers for seq2seq on m (the file `path`): 0, or the exit
  * status after printing the error. */
-static int seq2seq_init(seq2seq_state *q, const nano_model *m, const char *path, int threads, uint32_t attention,
-                        const char *lora_path) {
+static int seq2seq_init(seq2seq_state *q, const nano_model *m, const char *path, uint32_t n_ctx, int threads,
+                        uint32_t attention, int portable, const char *lora_path) {
     nano_model_info info;
     nano_status st;
     int rc;
@@ -315,7 +348,7 @@ static int seq2seq_init(seq2seq_state *q, const nano_model *m, const char *path,
     if (!info.runnable) return report(NANO_ERR_UNSUPPORTED, path);
     q->tok = nano_model_tokenizer(m);
     if (!q->tok) return report(NANO_ERR_NO_TOKENIZER, path);
-    if ((rc = make_context(m, path, 0, 0, threads, attention, 0, &q->ctx))) return rc;
+    if ((rc = make_context(m, path, n_ctx, 0, threads, attention, portable, &q->ctx))) return rc;
     if (lora_path) {
         char detail[256];
         nano_model_params mp = load_params(detail, sizeof detail);
@@ -348,9 +381,9 @@ static int seq2seq_print(seq2seq_state *q, const char *input, size_t input_len, 
     size_t n = 0, len;
     nano_status st = nano_tokenizer_encode(q->tok, input, input_len, 0, q->ids, q->cap, &n);
     if (st == NANO_ERR_BUFFER_TOO_SMALL)
-        fprintf(stderr, "nano: error: seq2seq: %s is %zu tokens; the model takes at most %zu\n", where, n, q->cap);
+        fprintf(stderr, "nano: error: seq2seq: %s is %zu tokens; the context holds at most %zu\n", where, n, q->cap);
     else if (st != NANO_OK)
-        report(st, where);
+        report_encode(st, q->tok, NANO_MODE_CONTINUE, where);
     else if ((st = nano_seq2seq(q->ctx, q->ids, (uint32_t)n, q->out)) != NANO_OK) {
         char what[64];
         snprintf(what, sizeof what, "seq2seq: %s", where); /* NaN logits, say */
@@ -412,7 +445,43 @@ typedef struct run_opts {
     int instruct, profile, ids, portable, threads;
     uint32_t n_ctx, n_batch;
     nano_session_params sp;
+    unsigned not_seq2seq; /* bit i: NOT_SEQ2SEQ[i] was given */
 } run_opts;
+
+/* The options of `nano run` that a full-attention model's seq2seq forward has
+ * no use for; given for such a model, they are named in a note. */
+static const struct {
+    const char *s, *l;
+} NOT_SEQ2SEQ[] = {{"-t", "--temperature"}, {"-k", "--top-k"}, {NULL, "--top-p"}, {NULL, "--min-p"},
+                   {"-r", "--repetition-penalty"}, {"-n", "--max-tokens"}, {"-s", "--seed"}, {NULL, "--instruct"},
+                   {NULL, "--ids"}, {NULL, "--profile"}, {NULL, "--batch"}};
+
+static void note_option(run_opts *o, const char *a) {
+    size_t i;
+    for (i = 0; i < sizeof NOT_SEQ2SEQ / sizeof NOT_SEQ2SEQ[0]; i++)
+        if (is_opt(a, NOT_SEQ2SEQ[i].s, NOT_SEQ2SEQ[i].l)) o->not_seq2seq |= 1u << i;
+}
+
+/* A chat answer gathered before it is written (see chat). */
+typedef struct text_buf {
+    char *p;
+    size_t len, cap;
+} text_buf;
+
+static int text_append(text_buf *b, const char *s, size_t n) {
+    if (n == 0) return 0;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 256;
+        char *p;
+        while (cap < b->len + n) cap *= 2;
+        if (!(p = (char *)realloc(b->p, cap))) return -1;
+        b->p = p;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return 0;
+}
 
 /* Peak resident memory of this process in KiB (Linux: VmHWM), or -1. */
 static long peak_rss_kib(void) {
@@ -438,22 +507,27 @@ static void print_stats(const nano_session *s, const nano_context *ctx) {
             st.decode_tokens_per_s, (int)nano_context_threads(ctx), peak_rss_kib());
 }
 
-/* One generation, streamed to standard output (`escape`: the chat's one line
- * per answer, see write_text). Returns 0; 1 after printing the error (`what`
- * names the input); -1 when standard output failed. */
+/* One generation, streamed to standard output, or with `answer` gathered there
+ * and written whole once it has ended well (`escape`: the chat's one line per
+ * answer, see write_text). Returns 0; 1 after printing the error (`what` names
+ * the input); -1 when standard output failed. */
 static int generate(nano_session *s, const char *prompt, uint32_t mode, const run_opts *o,
-                    const nano_context *ctx, const char *what, int escape) {
+                    const nano_context *ctx, const char *what, int escape, text_buf *answer) {
     nano_token_event ev;
     nano_status st = nano_session_start(s, prompt, mode);
-    if (st == NANO_OK) {
-        while ((st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
-            if (!o->ids) {
-                write_text(ev.text, ev.text_len, escape);
-                if (stdout_failed()) return -1;
-            }
+    if (answer) answer->len = 0;
+    if (st != NANO_OK) return report_encode(st, nano_model_tokenizer(nano_context_model(ctx)), mode, what);
+    while ((st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
+        if (o->ids) continue;
+        if (answer) {
+            if (text_append(answer, ev.text, ev.text_len)) return report(NANO_ERR_OUT_OF_MEMORY, what);
+            continue;
         }
+        write_text(ev.text, ev.text_len, escape);
+        if (stdout_failed()) return -1;
     }
     if (st != NANO_OK && st != NANO_ERR_CANCELLED) return report(st, what);
+    if (answer && answer->len) write_text(answer->p, answer->len, escape);
     if (o->ids) {
         uint32_t n, n_prompt, i;
         const int32_t *t = nano_session_tokens(s, &n, &n_prompt);
@@ -471,13 +545,16 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
 /* The chat: one instruct-mode question per line of standard input, one answer
  * per line (escaped: write_text), as the seq2seq batch: an empty line gets an
  * empty line, and a question that fails (a NUL byte in it, too long for the
- * context, ...) gets its error on standard error and an empty answer line,
- * and the chat goes on. A person at a terminal (standard input and output
- * both one) reads the answers as they are, line breaks and all: escaping is
- * for programs reading one answer per line. Returns 0 if every question was
- * answered, else 1. */
+ * context, NaN logits halfway through the answer, ...) gets its error on
+ * standard error and an empty answer line, and the chat goes on: for that,
+ * each escaped answer is gathered and written once it has ended well. A
+ * person at a terminal (standard input and output both one) reads the answers
+ * as they are, streamed, line breaks and all: escaping is for programs
+ * reading one answer per line. Returns 0 if every question was answered,
+ * else 1. */
 static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
     char *line = NULL, where[48];
+    text_buf answer = {NULL, 0, 0};
     size_t cap = 0, len = 0;
     unsigned long lineno = 0;
     int tty = 0, escape = 1, rc = 0, got;
@@ -503,7 +580,7 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
             }
             continue;
         }
-        r = generate(s, line, NANO_MODE_INSTRUCT, o, ctx, where, escape);
+        r = generate(s, line, NANO_MODE_INSTRUCT, o, ctx, where, escape, escape ? &answer : NULL);
         if (r < 0) {
             rc = 1;
             break;
@@ -516,6 +593,7 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
     }
     if (got < 0) rc = input_failed();
     free(line);
+    free(answer.p);
     return rc;
 }
 
@@ -524,10 +602,16 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
  * each line in a chat; with -l, the LoRA module attached as for generation. */
 static int run_seq2seq(const nano_model *m, const run_opts *o) {
     seq2seq_state q;
-    int rc;
-    fprintf(stderr, "nano: %s has full attention: one seq2seq forward per input, as `nano seq2seq` "
-                    "(sampling options do not apply)\n", o->model);
-    rc = seq2seq_init(&q, m, o->model, o->threads, NANO_ATTENTION_MODE_FILE, o->lora);
+    size_t i;
+    int rc, first = 1;
+    fprintf(stderr, "nano: %s has full attention: one seq2seq forward per input, as `nano seq2seq`", o->model);
+    for (i = 0; i < sizeof NOT_SEQ2SEQ / sizeof NOT_SEQ2SEQ[0]; i++) {
+        if (!(o->not_seq2seq & (1u << i))) continue;
+        fprintf(stderr, "%s%s", first ? "; not used for it: " : ", ", NOT_SEQ2SEQ[i].l);
+        first = 0;
+    }
+    fputc('\n', stderr);
+    rc = seq2seq_init(&q, m, o->model, o->n_ctx, o->threads, NANO_ATTENTION_MODE_FILE, o->portable, o->lora);
     if (rc == 0)
         rc = o->prompt ? seq2seq_print(&q, o->prompt, strlen(o->prompt), "prompt", 0) : seq2seq_lines(&q, stdin);
     seq2seq_free(&q);
@@ -549,6 +633,7 @@ static int cmd_run(int argc, char **argv) {
     o.sp.max_tokens = 256;
     for (i = 2; i < argc; i++) {
         const char *a = argv[i];
+        note_option(&o, a);
         if (is_opt(a, "-m", "--model")) o.model = need_value(argc, argv, &i);
         else if (is_opt(a, "-l", "--lora")) o.lora = need_value(argc, argv, &i);
         else if (is_opt(a, "-p", "--prompt")) o.prompt = need_value(argc, argv, &i);
@@ -592,7 +677,7 @@ static int cmd_run(int argc, char **argv) {
         size_t len = 0;
         stdin_prompt = read_stream(stdin, &len);
         if (!stdin_prompt) {
-            rc = report(NANO_ERR_OUT_OF_MEMORY, "standard input");
+            rc = errno == ENOMEM ? report(NANO_ERR_OUT_OF_MEMORY, "standard input") : input_failed();
             goto done;
         }
         if (strlen(stdin_prompt) != len) {
@@ -632,7 +717,7 @@ static int cmd_run(int argc, char **argv) {
     st = nano_session_init(ctx, &o.sp, &s);
     if (st != NANO_OK) rc = report(st, "session");
     else if (o.prompt) rc = generate(s, o.prompt, o.instruct ? NANO_MODE_INSTRUCT : NANO_MODE_CONTINUE, &o, ctx,
-                                     "prompt", 0) != 0;
+                                     "prompt", 0, NULL) != 0;
     else rc = chat(s, &o, ctx);
 done:
     free(stdin_prompt);
@@ -801,7 +886,8 @@ static int cmd_seq2seq(int argc, char **argv) {
     if (!input) die_usage("seq2seq: INPUT is required%s%s", "", "");
     if (input[0] == '\0') die_usage("seq2seq: INPUT is empty%s%s", "", "");
     m = load_model(model);
-    rc = seq2seq_init(&q, m, model, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE, NULL);
+    rc = seq2seq_init(&q, m, model, 0, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE, 0,
+                      NULL);
     if (rc == 0) /* INPUT '-': one independent forward per line */
         rc = strcmp(input, "-") == 0 ? seq2seq_lines(&q, stdin) : seq2seq_print(&q, input, strlen(input), "INPUT", 0);
     seq2seq_free(&q);
@@ -869,8 +955,12 @@ static int cmd_bench(int argc, char **argv) {
                     n_prompt, n_gen);
     }
     if (n_prompt == 0 || n_gen == 0 || n_prompt + n_gen > room) {
-        fprintf(stderr, "nano: error: bench: %u prompt + %u decode tokens exceed the context (%u)\n", n_prompt,
-                n_gen, nano_context_n_ctx(ctx));
+        if (n_prompt + n_gen > room)
+            fprintf(stderr, "nano: error: bench: %u prompt + %u decode tokens exceed the context (%u)\n", n_prompt,
+                    n_gen, room);
+        else /* a default shrunk to nothing: the context has no room for both phases */
+            fprintf(stderr, "nano: error: bench: the context holds %u token%s, too few to time a prompt and "
+                            "decoding (at least 1 + 1)\n", room, room == 1 ? "" : "s");
         nano_context_free(ctx);
         nano_model_free(m);
         return 2;

@@ -392,7 +392,7 @@ NANO_API uint32_t nano_tokenizer_get_kind(const nano_tokenizer *tok);
 NANO_API int32_t nano_tokenizer_find(const nano_tokenizer *tok, const char *text, size_t len);
 NANO_API int nano_tokenizer_is_special(const nano_tokenizer *tok, int32_t id);
 /* The id <|unknown|> encodes to, or -1 when the vocabulary has none (encoding an
- * unknown character then fails with NANO_ERR_UNSUPPORTED). */
+ * unknown character then fails with NANO_ERR_NO_TOKENIZER). */
 NANO_API int32_t nano_tokenizer_unknown_id(const nano_tokenizer *tok);
 NANO_API uint32_t nano_tokenizer_n_special(const nano_tokenizer *tok);
 NANO_API uint32_t nano_tokenizer_max_token_length(const nano_tokenizer *tok); /* code points (trie) or bytes (BPE) */

@@ -46,6 +46,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -255,6 +256,14 @@ static int library_error(wss_conn *c, const wss_id *id, const char *what, nano_s
     return queue_error(c, id, WSS_E_INTERNAL, msg);
 }
 
+/* The request's text holds a character no token of the vocabulary stands for
+ * (NANO_ERR_NO_TOKENIZER from encoding: the vocabulary has no <|unknown|>). */
+static int unencodable_error(wss_conn *c, const wss_id *id) {
+    return queue_error(c, id, WSS_E_UNSUPPORTED,
+                       "the text holds a character that is not in the model's vocabulary, which has no "
+                       NANO_SPECIAL_UNKNOWN " token to stand for it");
+}
+
 static int busy_error(wss_conn *c, const wss_id *id) {
     return queue_error(c, id, WSS_E_BUSY,
                        "a generation is running on this connection; cancel it or wait for its done message");
@@ -298,6 +307,7 @@ static int handle_generate(const wss_server *srv, wss_conn *c, const wss_request
                  srv->n_ctx);
         return queue_error(c, &req->id, WSS_E_PROMPT_TOO_LONG, msg);
     }
+    if (st == NANO_ERR_NO_TOKENIZER) return unencodable_error(c, &req->id); /* instruct marks: checked above */
     if (st != NANO_OK) return library_error(c, &req->id, "start", st);
     c->running = 1;
     c->run_id = req->id;
@@ -347,6 +357,7 @@ static int handle_seq2seq(const wss_server *srv, wss_conn *c, const wss_request 
         snprintf(msg, sizeof msg, "the input is %zu tokens; the context holds %u", n, srv->n_ctx);
         return queue_error(c, &req->id, WSS_E_PROMPT_TOO_LONG, msg);
     }
+    if (st == NANO_ERR_NO_TOKENIZER) return unencodable_error(c, &req->id);
     if (st != NANO_OK) return library_error(c, &req->id, "tokenize", st);
     if (n == 0) return queue_error(c, &req->id, WSS_E_BAD_FIELD, "input is empty");
     c->s2s_pending = 1;
@@ -721,7 +732,9 @@ static int parse_long(const char *opt, const char *v, long lo, long hi, long *ou
     long x;
     errno = 0;
     x = strtol(v, &end, 10);
-    if (errno || !end || *end || end == v || x < lo || x > hi) {
+    /* strtol would also take leading spaces and a '+' (as nano's options, these are refused) */
+    if (!(isdigit((unsigned char)v[0]) || (v[0] == '-' && isdigit((unsigned char)v[1]))) || errno || !end ||
+        *end || end == v || x < lo || x > hi) {
         fprintf(stderr, "nano-wss: error: %s: expected an integer in [%ld, %ld], got '%s'\n"
                         "(run 'nano-wss --help' for usage)\n", opt, lo, hi, v);
         return 2;
@@ -791,7 +804,9 @@ static int parse_args(int argc, char **argv, wss_options *o) {
             double d;
             errno = 0;
             d = strtod(v, &end);
-            if (errno || !end || *end || end == v || !(d >= 0.0 && d <= 86400.0))
+            /* decimal only: strtod would also take leading spaces, a sign and hexadecimal (0x10) */
+            if (!(isdigit((unsigned char)v[0]) || v[0] == '.') || strpbrk(v, "xX") || errno || !end || *end ||
+                end == v || !(d >= 0.0 && d <= 86400.0))
                 return usage_error("--idle-timeout: expected seconds in [0, 86400], got '%s'%s", v, "");
             o->idle_timeout_s = d;
         }

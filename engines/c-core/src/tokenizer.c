@@ -475,7 +475,7 @@ nano_status nano_tokenizer_encode(const nano_tokenizer *t, const char *text, siz
             }
         }
         if (best < 0) {
-            if (t->unknown_id < 0) return NANO_ERR_UNSUPPORTED;
+            if (t->unknown_id < 0) return NANO_ERR_NO_TOKENIZER; /* a character no token stands for */
             best = t->unknown_id;
         }
         if (count < cap) ids[count] = best;

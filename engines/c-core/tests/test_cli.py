@@ -48,7 +48,7 @@ def test_seq2seq_batch_from_stdin(cli, sort6_path):
     # it gets an empty answer line and the batch goes on, then the status says something failed
     r = cli("seq2seq", "-m", sort6_path, "-", input="123456\n" + "7" * 1000 + "\n987654\n")
     assert r.returncode == 1 and r.stdout == "123456\n\n456789\n"
-    assert r.stderr.startswith("nano: error: seq2seq: line 2 is 1000 tokens; the model takes at most 6"), r.stderr
+    assert r.stderr.startswith("nano: error: seq2seq: line 2 is 1000 tokens; the context holds at most 6"), r.stderr
 
 
 def test_info(cli, psycho_path, sort6_path):
@@ -183,6 +183,16 @@ def test_run_on_a_full_attention_model_is_seq2seq(cli, h, tmp_path):
     assert (r.returncode, r.stdout) == (0, want.stdout) and "full attention" in r.stderr, r.stderr
     r = cli("run", "-m", model, input="abcab\n\nba\n")
     assert r.returncode == 0 and r.stdout == want.stdout + "\n" + cli("seq2seq", "-m", model, "ba").stdout
+    # the options it has no use for are named, whichever spelling was given; the others apply
+    r = cli("run", "-m", model, "-p", "abcab", "-t", "0.7", "--ids", "--max-tokens", "3", "--instruct", "-s", "1",
+            "--portable", "--threads", "1")
+    assert (r.returncode, r.stdout) == (0, want.stdout), r
+    assert r.stderr.endswith("not used for it: --temperature, --max-tokens, --seed, --instruct, --ids\n"), r.stderr
+    assert "not used" not in cli("run", "-m", model, "-p", "abcab", "--portable").stderr
+    r = cli("run", "-m", model, "-p", "abcab", "--ctx", "999")
+    assert r.returncode == 2 and "--ctx: 999 is larger than the model's block size 16" in r.stderr, r
+    r = cli("run", "-m", model, "-p", "0123456", "--ctx", "4")
+    assert r.returncode == 1 and "7 tokens; the context holds at most 4" in r.stderr, r
 
 
 def test_chat_through_a_pipe(cli, psycho_path):
@@ -274,6 +284,8 @@ def test_bench(cli, psycho_path, sort6_path):
     assert r.returncode == 0 and "prefill  2 tokens" in r.stdout and "decode   4 tokens" in r.stdout
     r = cli("bench", "-m", sort6_path, "-n", "10")
     assert r.returncode == 2 and "exceed the context (6)" in r.stderr
+    r = cli("bench", "-m", sort6_path, "--ctx", "1")  # the defaults cannot shrink into one token
+    assert r.returncode == 2 and "the context holds 1 token, too few to time a prompt and decoding" in r.stderr, r
 
 
 def _patched(data: bytes, name: str, where: str, value: float) -> bytes:
@@ -339,6 +351,70 @@ def test_nan_logits_are_each_lines_error(cli, h, tmp_path):
         r = cli(*args, input="abc\n\nba\n")
         assert r.returncode == 1 and r.stdout == "\n\n\n", (args, r)
         assert r.stderr.count("NANO_ERR_NON_FINITE") == 2 and "line 3" in r.stderr, (args, r.stderr)
+
+
+def test_a_chat_answer_that_fails_halfway_is_still_an_empty_line(cli, h, tmp_path):
+    """Logits that turn NaN only from position 4 on (learned positions that overflow
+    there): the first new token of an answer is fine, the second fails. Streamed, that
+    first token was already written when the error came; a program reading one answer
+    per line took it for the answer. Each answer is now written once it has ended well."""
+    import nano_format as nf
+
+    config = nf.Config(block_size=32, n_layer=2, n_embd=16, n_head=4, n_kv_head=2, n_hidden=32, vocab_size=48,
+                       position=1)
+    weights = h.random_weights(config, 0)
+    weights["tok_embd"][:] = 2e38
+    weights["pos_embd"][:4] = -2e38  # token + position = 0 before position 4, +inf after
+    weights["pos_embd"][4:] = 2e38
+    model = tmp_path / "late_nan.bin"
+    model.write_bytes(nf.to_bytes(config, weights, h.make_vocab(48), layout="2026.101"))
+    r = cli("run", "-m", model, "-p", "a", "--instruct", "-t", "0", "-n", "1")  # instruct, a, response: 3 positions
+    assert r.returncode == 0 and r.stdout not in ("", "\n"), r  # one token is fine
+    r = cli("run", "-m", model, "-t", "0", "-n", "10", input="a\n\nb\n")
+    assert r.returncode == 1 and r.stdout == "\n\n\n", r
+    assert r.stderr.count("NANO_ERR_NON_FINITE") == 2 and "line 3" in r.stderr, r.stderr
+
+
+def test_a_prompt_from_standard_input_that_cannot_be_read_is_an_error(nano_bin, h, psycho_path, tmp_path):
+    """Not an empty prompt: a read error says so (exit 1), as in the chat."""
+    fd = os.open(tmp_path, os.O_RDONLY)  # read() on it fails with EISDIR
+    try:
+        r = subprocess.run([str(nano_bin), "run", "-m", str(psycho_path), "-p", "-"], stdin=fd, capture_output=True,
+                           text=True, timeout=60, env=h.clean_env())
+    finally:
+        os.close(fd)
+    assert r.returncode == 1 and r.stderr == "nano: error: reading standard input: Is a directory\n", r
+
+
+def test_a_vocabulary_without_unknown_says_what_a_prompt_lacks(cli, h, tmp_path):
+    """A character the vocabulary lacks, with no <|unknown|> to stand for it: said as
+    such (it was "not supported by this engine"); so is instruct mode without its marks."""
+    import nano_format as nf
+
+    def without(texts, **kw):
+        kept = [e for e in h.make_vocab(48) if e.text not in texts]
+        vocab = [nf.TokenEntry(id=i, text=e.text, is_special=e.is_special) for i, e in enumerate(kept)]
+        path = tmp_path / f"without_{len(texts)}_{len(kw)}.bin"
+        path.write_bytes(h.model_bytes(seed=5, vocab=vocab, **kw))
+        return path
+
+    lacks = "a character of it is not in the vocabulary, which has no <|unknown|> token to stand for it " \
+            "(NANO_ERR_NO_TOKENIZER)\n"
+    causal = without({"<|unknown|>"})
+    r = cli("run", "-m", causal, "-p", "ab~", "-n", "2")
+    assert r.returncode == 1 and r.stderr == "nano: error: prompt: " + lacks, r
+    assert cli("run", "-m", causal, "-p", "ab", "-n", "2", "-t", "0").returncode == 0  # known characters are fine
+    r = cli("run", "-m", causal, "-t", "0", "-n", "2", input="a~\nab\n")  # the chat: that line only
+    assert r.returncode == 1 and r.stderr == "nano: error: line 1: " + lacks and r.stdout.startswith("\n"), r
+    r = cli("seq2seq", "-m", causal, "~")
+    assert r.returncode == 1 and r.stderr == "nano: error: INPUT: " + lacks, r
+    full = without({"<|unknown|>"}, layout="2026.101", attention=1)
+    r = cli("run", "-m", full, "-p", "~")
+    assert r.returncode == 1 and r.stderr.endswith("nano: error: prompt: " + lacks), r
+    r = cli("run", "-m", without({"<|instruct_mark|>", "<|response_mark|>"}), "-p", "ab", "--instruct")
+    assert r.returncode == 1 and r.stderr == ("nano: error: prompt: instruct mode needs the special tokens "
+                                              "<|instruct_mark|> and <|response_mark|>, which the vocabulary lacks "
+                                              "(NANO_ERR_NO_TOKENIZER)\n"), r
 
 
 def test_a_fifo_is_refused_at_once(cli, tmp_path, psycho_path):
@@ -507,11 +583,13 @@ BAD_ARGS = [
     (["seq2seq", "-m", "{sort6}"], "INPUT is required"),
     (["seq2seq", "{sort6}"], "-m MODEL is required"),
     (["seq2seq", "-m", "{sort6}", "12", "34"], "one INPUT only"),
-    (["seq2seq", "-m", "{sort6}", "1234567"], "INPUT is 7 tokens; the model takes at most 6"),
+    (["seq2seq", "-m", "{sort6}", "1234567"], "INPUT is 7 tokens; the context holds at most 6"),
     (["seq2seq", "-m", "{sort6}", ""], "INPUT is empty"),
     (["seq2seq", "-m", "{sort6}", "--threads", "x", "12"], "--threads: expected an integer"),
     (["bench", "-m", "{psycho}", "-p", "500", "-n", "500"], "exceed the context"),
     (["bench", "-m", "{psycho}", "-p", "0"], "-p: expected an integer"),
+    (["run", "-m", "{psycho}", "-p", "x", "-t", " 1"], "-t: expected a finite number, got ' 1'"),
+    (["run", "-m", "{psycho}", "-p", "x", "--top-p", "1e-320"], "'1e-320' is too close to 0 to be read as a number"),
     (["bench"], "-m MODEL is required"),
 ]
 

@@ -952,6 +952,18 @@ def test_models_of_every_kind(h, binaries, sort6, tmp_path):
     assert info["modes"] == ["continue"] and gen["code"] == "unsupported"
     assert ok["type"] == "stream" and len(ok["tokens"]) == 3
 
+    # no <|unknown|>: a character the vocabulary lacks is the request's problem, said as such
+    no_unknown = _write_model(h, tmp_path / "no_unknown.bin", _vocab_without(h, {"<|unknown|>"}), seed=5)
+    with Server(binaries["release"], no_unknown) as s:
+        gen, seq, ok = run(ask(s, {"type": "generate", "id": "g", "prompt": "ab~"},
+                               {"type": "seq2seq", "id": "s", "input": "~"},
+                               {"type": "generate", "id": "c", "prompt": "ab", "temperature": 0, "max_tokens": 2}))
+    for reply, id_ in ((gen, "g"), (seq, "s")):
+        assert reply["code"] == "unsupported" and reply["id"] == id_, reply
+        assert reply["message"] == ("the text holds a character that is not in the model's vocabulary, which has "
+                                    "no <|unknown|> token to stand for it"), reply
+    assert ok["type"] == "stream" and len(ok["tokens"]) == 2
+
 
 def _lora(h, path: Path, **kw) -> Path:
     import nano_format as nf
@@ -1111,6 +1123,10 @@ def test_bad_command_lines(h, binaries, build, psycho, tmp_path):
             (["-m", psycho, "--max-message", "10"], 2, "--max-message"),
             (["-m", psycho, "--idle-timeout", "-1"], 2, "--idle-timeout"),
             (["-m", psycho, "--idle-timeout", "soon"], 2, "--idle-timeout"),
+            (["-m", psycho, "--idle-timeout", "0x10"], 2, "expected seconds in [0, 86400], got '0x10'"),
+            (["-m", psycho, "--idle-timeout", " 5"], 2, "--idle-timeout"),
+            (["-m", psycho, "--port", " +0"], 2, "--port: expected an integer in [0, 65535], got ' +0'"),
+            (["-m", psycho, "--threads", "+1"], 2, "--threads"),
             (["-m", psycho, "--max-tokens-cap", "-5"], 2, "--max-tokens-cap"),
             (["-m", psycho, "--host", "example.com"], 2, "--host"),
             (["-m", tmp_path / "missing.bin"], 1, "NANO_ERR_IO"),
