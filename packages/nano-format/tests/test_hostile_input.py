@@ -93,6 +93,36 @@ def test_writer_refuses_non_finite_weights(build, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_writer_names_a_value_too_large_for_float32(build):
+    """A finite float64 beyond float32's range was cast first, with numpy's overflow
+    warning on stderr, then reported as an inf the caller never gave."""
+    config = build.small_config()
+    tensors = build.random_tensors(config)
+    tensors["w1"] = tensors["w1"].astype(np.float64)
+    tensors["w1"][0, 1, 2] = -1e40
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(nf.WriteError, match=r"^tensor 'w1' holds -1e\+40 at index \[0, 1, 2\], beyond "
+                                                r"float32's largest finite value 3\.40282e\+38$"):
+            nf.to_bytes(config, tensors, build.make_tokens(24))
+        tensors["w1"][0, 1, 2] = 3e38  # within range: written
+        assert nf.read(nf.to_bytes(config, tensors, build.make_tokens(24))).tensor("w1")[0, 1, 2] == np.float32(3e38)
+
+
+def test_writer_refuses_half_a_pair_of_rope_tables(build):
+    """Given one RoPE table without the other, the writer used to recompute both and drop
+    the one given, silently."""
+    config = build.small_config()
+    tensors = build.random_tensors(config, with_rope=False)
+    cos, sin = nf.rope_tables(config.block_size, config.head_dim, config.rope_theta)
+    for given, missing, table in (("rope_sin", "rope_cos", sin), ("rope_cos", "rope_sin", cos)):
+        with pytest.raises(nf.WriteError, match=f"'{given}' is given without '{missing}': give both RoPE tables "
+                                                "or neither"):
+            nf.to_bytes(config, {**tensors, given: table}, build.make_tokens(24))
+    both = nf.to_bytes(config, {**tensors, "rope_cos": cos, "rope_sin": sin}, build.make_tokens(24))
+    assert both == nf.to_bytes(config, tensors, build.make_tokens(24))
+
+
 @pytest.mark.parametrize("quant", ["f32", "q8_0"])
 def test_converting_non_finite_values_names_file_and_tensor(build, tmp_path, quant):
     src = f32_file(build, tmp_path / "nan.bin", at=("w1", 2 * 48 * 32 - 1))
@@ -306,11 +336,33 @@ def test_a_file_that_cannot_be_mapped_is_named(sort6_path, monkeypatch):
     assert info.value.filename == str(sort6_path) and "No such device" in str(info.value)
 
 
-def test_reading_a_fifo_does_not_hang(tmp_path):
+def test_reading_a_fifo_does_not_hang(tmp_path, sort6_path):
+    """Nor does it read a pipe as an empty file (it once said "the file is empty" for
+    `<(cat model.bin)`): what is not a regular file is refused, saying what it is."""
     fifo = tmp_path / "fifo.bin"
     os.mkfifo(fifo)
-    with pytest.raises(nf.Truncated, match="empty"):
+    with pytest.raises(OSError, match=r"not a regular file but a pipe; a model file is memory-mapped"):
         nf.read(fifo)
+    with pytest.raises(OSError, match=r"not a regular file but a folder"):
+        nf.read(tmp_path)
+    with pytest.raises(OSError, match=r"not a regular file but a device or socket"):
+        nf.read(os.devnull)
+    # what `nano-format info <(cat sort6_f32.bin)` gets
+    r = subprocess.run([sys.executable, "-m", "nano_format", "info", "/dev/stdin"], input=sort6_path.read_bytes(),
+                       capture_output=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.decode() == ("nano-format: error: /dev/stdin: not a regular file but a "
+                                                       "pipe; a model file is memory-mapped, so save it to a file "
+                                                       "first\n"), r
+
+
+def test_a_closed_file_reads_nothing(sort6_path, psycho_path):
+    """check_finite and check_scales on a closed file once viewed fresh, uninitialised
+    memory (np.ndarray over buffer None) and reported NaNs the file does not hold."""
+    for path, check in ((sort6_path, "check_finite"), (psycho_path, "check_scales")):
+        m = nf.read(path)
+        m.close()
+        with pytest.raises(ValueError, match="the file is closed"):
+            getattr(m, check)()
 
 
 # -- 4 and 5: what reaches the terminal -----------------------------------

@@ -211,6 +211,11 @@ def test_decode_hostile_input_is_a_clean_error(shared, tmp_path, capsys):
     floats = npy_with_header(tmp_path / "floats.npy", (1,), bytes(4), descr="<f4")
     rc, _, err = run_here(capsys, "decode", vocab, floats)
     assert_clean_error(rc, err, "floats.npy: holds float32, not integer ids")
+    # numpy's header parser takes any tuple as the shape: once a traceback from reshape
+    for name, shape in (("negative", (-2, -2)), ("bool", (True,))):
+        odd = npy_with_header(tmp_path / f"{name}.npy", shape, bytes(16 if name == "negative" else 4))
+        rc, _, err = run_here(capsys, "decode", vocab, odd)
+        assert_clean_error(rc, err, f"{name}.npy: not a .npy file (its shape {shape!r} is not of sizes >= 0)")
     # A well-formed file of another layout still reads as np.load reads it.
     ids = np.array([[8, 9, 10], [11, 12, 13]], dtype=">i8")
     np.save(tmp_path / "matrix.npy", np.asfortranarray(ids))
@@ -448,3 +453,41 @@ def test_a_mapped_ids_file_that_shrinks_is_an_error_not_a_crash(tmp_path):
     # Touching the missing pages would kill the process (SIGBUS); the check comes before each piece.
     with pytest.raises(cli._Fail, match="ids.npy: shrank to 1000 bytes while being read"):
         next(cli._pieces(ids, 4096, check))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_info_reads_a_pipe_once(shared, tmp_path):
+    """A JSON vocabulary through a FIFO: read once (info once opened it again to sniff
+    the kind, and waited there for a second writer forever). A .bin model through a
+    pipe is refused: it is memory-mapped."""
+    fifo = tmp_path / "vocab"
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f'cat "$1" > "$2"', "sh", shared / "data" / "nano_80.json", fifo])
+    try:
+        rc, out, err = run("info", fifo)
+    finally:
+        writer.wait(timeout=60)
+    assert rc == 0 and out.startswith(f"vocabulary   {fifo} (JSON)\ntokens       80\n"), (rc, out, err)
+    writer = subprocess.Popen(["sh", "-c", f'cat "$1" > "$2"', "sh", shared / "fixtures" / "sort6_f32.bin", fifo])
+    try:
+        rc, out, err = run("info", fifo)
+    finally:
+        writer.kill()
+        writer.wait(timeout=60)
+    assert_clean_error(rc, err, f"{fifo}: cannot read: not a regular file but a pipe")
+
+
+def test_control_characters_reach_the_terminal_escaped(tmp_path, capsys):
+    """As nano-format's commands do: a file name or a special token holding ESC or a line
+    break is shown escaped, so it can neither drive the terminal nor split a line."""
+    from nano_tokenizer.tokenizer import DEFAULT_SPECIALS
+
+    itos = list(DEFAULT_SPECIALS) + ["<|x\x1b[31mRED\n|>", "a"]
+    specials = {t: i for i, t in enumerate(itos[:len(DEFAULT_SPECIALS) + 1])}
+    Tokenizer(itos, specials).save(tmp_path / "ctl.json")
+    rc, out, err = run_here(capsys, "info", tmp_path / "ctl.json")
+    assert rc == 0 and "\x1b" not in out, err
+    assert f"{len(DEFAULT_SPECIALS)} <|x\\x1b[31mRED\\n|>\n" in out
+    rc, _, err = run_here(capsys, "info", tmp_path / "x\x1b[2Jy.json")
+    assert_clean_error(rc, err, "x\\x1b[2Jy.json: cannot read")
+    assert "\x1b" not in err

@@ -30,6 +30,7 @@ from .errors import (
     UnsupportedQuant,
     UnsupportedVersion,
     WriteError,
+    shown,
 )
 from .quant import QuantizedTensor, choose_group_size, dequantize_q8_0, quantize_q8_0
 from .reader import NanoFile, TensorInfo, load, read
@@ -88,5 +89,6 @@ __all__ = [
     "SizeOverflow",
     "UnsupportedQuant",
     "WriteError",
+    "shown",
     "__version__",
 ]

@@ -38,7 +38,7 @@ import sys
 
 from . import __version__, spec
 from .config import Config
-from .errors import FormatError
+from .errors import FormatError, shown
 from .reader import NanoFile, read
 from .spec import Attention, ModelType, Position, QuantType, TokenizerKind
 from .writer import write
@@ -51,25 +51,9 @@ _SPECIALS_SHOWN = 16
 # Describing a file (shared by the text and JSON outputs)
 
 
-def _shown(text: str, backslash: bool = False) -> str:
-    """`text` safe for a terminal: what is not printable is escaped as repr()
-    would (\\n, \\x1b, \\u202e), without quotes; bytes that were not UTF-8 (a
-    file name's, kept by Python as lone surrogates, or a BPE token's) show as
-    \\xNN. `backslash` doubles backslashes too, so that the escapes read back."""
-    out = []
-    for ch in text:
-        if 0xDC80 <= ord(ch) <= 0xDCFF:  # os.fsdecode's / surrogateescape's stand-in for a byte
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        elif ch.isprintable() and not (backslash and ch == "\\"):
-            out.append(ch)
-        else:
-            out.append(repr(ch)[1:-1])
-    return "".join(out)
-
-
 def _json_text(value) -> str:
     """JSON safe for a terminal. Readable text stays readable (no ensure_ascii:
-    Chinese stays Chinese), but what _shown() would escape and json.dumps
+    Chinese stays Chinese), but what shown() would escape and json.dumps
     leaves raw (DEL, C1 controls, bidi controls such as U+202E, U+2028/U+2029,
     other non-printable code points) is written as \\uXXXX. Such code points
     only occur inside strings, where the escape parses back to the same value."""
@@ -87,10 +71,10 @@ def _json_text(value) -> str:
 
 
 def _token_text(tok) -> str:
-    """A trie token's text; a BPE token's bytes escaped by _shown()."""
+    """A trie token's text; a BPE token's bytes escaped by shown()."""
     if hasattr(tok, "text"):
         return tok.text
-    return _shown(tok.data.decode("utf-8", errors="surrogateescape"), backslash=True)
+    return shown(tok.data.decode("utf-8", errors="surrogateescape"), backslash=True)
 
 
 def _vocab_summary(nf: NanoFile) -> dict | None:
@@ -187,7 +171,7 @@ def _info_text(nf: NanoFile) -> str:
     layout = nf.layout
     who = {"reference": "written by the reference exporter; read only here",
            "nano": "Nano's extended layout", "both": "written by the reference and by Nano"}[layout.writer]
-    out = [f"file        {_shown(nf.path or '<buffer>')} ({nf.file_size:,} bytes)",
+    out = [f"file        {shown(nf.path or '<buffer>')} ({nf.file_size:,} bytes)",
            f"layout      {layout.name} ({who})",
            f"            {layout.note}",
            f"model       {d['model_type']}"]
@@ -215,14 +199,14 @@ def _info_text(nf: NanoFile) -> str:
         out.append("vocabulary  none")
     else:
         end = v["offset"] + v["nbytes"]
-        # BPE texts are already escaped by _shown(): quote them without repr's doubling.
+        # BPE texts are already escaped by shown(): quote them without repr's doubling.
         show = repr if v["kind"] == "trie" else (lambda text: f"'{text}'")
         out.append(f"vocabulary  {v['kind']}, {v['size']:,} tokens, section 0x{v['offset']:X}..0x{end:X} "
                    f"({v['nbytes']:,} bytes)")
         if "specials" in v:
-            shown = " ".join(f"{s['text']!r}={s['id']}" for s in v["specials"][:_SPECIALS_SHOWN])
+            listed = " ".join(f"{s['text']!r}={s['id']}" for s in v["specials"][:_SPECIALS_SHOWN])
             more = f" (+{len(v['specials']) - _SPECIALS_SHOWN} more)" if len(v["specials"]) > _SPECIALS_SHOWN else ""
-            out.append(f"  specials  {len(v['specials'])}: {shown}{more}")
+            out.append(f"  specials  {len(v['specials'])}: {listed}{more}")
             out.append(f"  longest   {v['longest']['text']!r} (id {v['longest']['id']}, "
                        f"{v['longest']['code_points']} code points)")
         else:
@@ -272,7 +256,7 @@ def cmd_validate(args) -> int:
                 nf.tokens  # decode the vocabulary too
                 nf.check_scales()  # Q8_0: a NaN or overflowing scale is an error, like a bad header
                 nf.check_finite()  # and so is a NaN or infinity in an F32 tensor
-                line = f"OK   {_shown(path)}: {_one_line(nf)}"
+                line = f"OK   {shown(path)}: {_one_line(nf)}"
         except (FormatError, OSError, ValueError) as e:
             failed += 1
             print(f"FAIL {_error_text(e, path)}", file=sys.stderr)
@@ -298,7 +282,7 @@ def _convert_lora(src: NanoFile, args) -> int:
         raise _UsageError("a LoRA module converts only to itself (layout 2024.10, F32): drop "
                           + ", ".join("--" + o.replace("_", "-") for o in extra))
     size = write(args.output, src.config, src.weights(), layout=spec.LAYOUT_2024_10)
-    print(f"wrote {_shown(args.output)}: 2024.10 lora f32, {size:,} bytes")
+    print(f"wrote {shown(args.output)}: 2024.10 lora f32, {size:,} bytes")
     return 0
 
 
@@ -335,7 +319,7 @@ def _convert_model(src: NanoFile, args) -> int:
         print(f"note: rope_theta {src.config.rope_theta:g} -> {config.rope_theta:g}: RoPE tables recomputed",
               file=sys.stderr)
     with read(args.output) as out:
-        print(f"wrote {_shown(args.output)}: {_one_line(out)}")
+        print(f"wrote {shown(args.output)}: {_one_line(out)}")
     return 0
 
 
@@ -417,7 +401,7 @@ def _error_text(err: Exception, path=None) -> str:
         text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
         if path is not None and not getattr(err, "path", None):
             text = f"{path}: {text}"
-    return _shown(text)
+    return shown(text)
 
 
 def main(argv=None) -> int:

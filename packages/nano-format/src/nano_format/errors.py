@@ -131,3 +131,19 @@ class WriteError(FormatError, ValueError):
     """The writer was asked for something the chosen layout cannot hold:
     a missing or mis-shaped tensor, a feature the layout cannot record, ...;
     or write_atomically was asked to replace something that is not a regular file."""
+
+
+def shown(text: str, backslash: bool = False) -> str:
+    """`text` safe for a terminal: what is not printable is escaped as repr()
+    would (\\n, \\x1b, \\u202e), without quotes; bytes that were not UTF-8 (a
+    file name's, kept by Python as lone surrogates, or a BPE token's) show as
+    \\xNN. `backslash` doubles backslashes too, so that the escapes read back."""
+    out = []
+    for ch in text:
+        if 0xDC80 <= ord(ch) <= 0xDCFF:  # os.fsdecode's / surrogateescape's stand-in for a byte
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch.isprintable() and not (backslash and ch == "\\"):
+            out.append(ch)
+        else:
+            out.append(repr(ch)[1:-1])
+    return "".join(out)

@@ -22,8 +22,10 @@ overflow, larger than the file, truncated, trailing bytes).
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from functools import cached_property
@@ -108,17 +110,23 @@ load = read
 def _map(path: str) -> tuple[np.ndarray, mmap.mmap | None]:
     """The file's bytes, memory-mapped read-only, and the mapping (None when empty)."""
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer (it then reads as empty).
+        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused).
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as e:
         raise OSError(e.errno, e.strerror, path) from None
     try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):  # a pipe reads as empty, a folder or device cannot be mapped
+            kind = "a folder" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+            raise OSError(errno.EINVAL, f"not a regular file but {kind}; a model file is memory-mapped, so save "
+                                        "it to a file first", path)
         # mmap cannot map an empty file; an empty file is a truncated header anyway.
         if os.fstat(fd).st_size == 0:
             return np.zeros(0, dtype=np.uint8), None
-        mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-    except OSError as e:  # e.g. ENODEV for /sys files: say which file
-        raise OSError(e.errno, f"cannot memory-map it: {e.strerror}", path) from None
+        try:
+            mapping = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+        except OSError as e:  # e.g. ENODEV for /sys files: say which file
+            raise OSError(e.errno, f"cannot memory-map it: {e.strerror}", path) from None
     finally:
         os.close(fd)
     return np.frombuffer(mapping, dtype=np.uint8), mapping
@@ -464,6 +472,8 @@ class NanoFile:
         return QuantizedTensor(q, s)
 
     def _view(self, dtype, shape, offset, strides=None) -> np.ndarray:
+        if self._data is None:  # np.ndarray(buffer=None) would hand out fresh, uninitialised memory
+            raise ValueError("the file is closed")
         arr = np.ndarray(shape, dtype=dtype, buffer=self._data, offset=offset, strides=strides)
         arr.flags.writeable = False  # a caller's bytearray stays theirs; a mapped file is read-only
         return arr

@@ -67,7 +67,8 @@ def write(path, config, tensors, tokens=None, quant=QuantType.F32, group_size=No
 
     config: Config (or LoraConfig: see write_lora). tensors: spec names -> float
     arrays in their logical shapes, or QuantizedTensor (written as-is in a Q8_0
-    file). rope_cos/rope_sin are computed by rope_tables() when absent.
+    file). rope_cos/rope_sin are computed by rope_tables() when both are absent
+    (one without the other is a WriteError).
     tokens: list[TokenEntry] (Nano trie), list[BpeToken] (Qwen), or None (only
     in 2026.101). quant: QuantType or "f32"/"q8_0". group_size: Q8_0 only;
     by default the one of the QuantizedTensor values given, else
@@ -174,13 +175,18 @@ def _float_array(name: str, value, p: Param) -> np.ndarray:
         raise WriteError(f"tensor {name!r} has dtype {arr.dtype}; expected floating point values")
     if arr.shape != p.shape:
         raise WriteError(f"tensor {name!r} has shape {arr.shape}, expected {p.dims} = {p.shape}")
-    arr = np.ascontiguousarray(arr, dtype="<f4")
     i = first_non_finite(arr)  # F32 stores them as given and Q8_0 cannot quantize them: refuse both
+    if i is None and arr.dtype.kind == "f" and arr.dtype.itemsize > 4 and arr.size:
+        big = np.flatnonzero(np.abs(arr) > np.finfo(np.float32).max)  # finite, but inf as float32
+        if big.size:
+            where = [int(k) for k in np.unravel_index(big[0], arr.shape)]
+            raise WriteError(f"tensor {name!r} holds {arr.flat[big[0]]} at index {where}, beyond float32's "
+                             f"largest finite value {float(np.finfo(np.float32).max):g}")
     if i is not None:
         where = [int(k) for k in np.unravel_index(i, arr.shape)]
         raise WriteError(f"tensor {name!r} holds {arr.flat[i]} at index {where}; "
                          "a model file holds finite values only")
-    return arr
+    return np.ascontiguousarray(arr, dtype="<f4")
 
 
 def _quantized_array(name: str, value, p: Param, group_size: int) -> QuantizedTensor:
@@ -258,7 +264,12 @@ def _encode(config, tensors, tokens, quant, group_size, layout) -> list:
     optional = set(spec.ROPE_TENSORS) if config.position == Position.ROPE else set()
     _check_names(tensors, plan, optional, config)
     tensors = dict(tensors)
-    if config.position == Position.ROPE and not all(n in tensors for n in spec.ROPE_TENSORS):
+    given = [n for n in spec.ROPE_TENSORS if n in tensors]
+    if len(given) == 1:  # the pair is recomputed, or kept, whole
+        missing = next(n for n in spec.ROPE_TENSORS if n not in tensors)
+        raise WriteError(f"{given[0]!r} is given without {missing!r}: give both RoPE tables or neither "
+                         "(then they are computed)")
+    if config.position == Position.ROPE and not given:
         tensors["rope_cos"], tensors["rope_sin"] = rope_tables(config.block_size, config.head_dim,
                                                                config.rope_theta)
     params = []

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from nano_format import shown
 
 from . import __version__
 from .build import build_vocab
@@ -114,8 +115,10 @@ def _char_class(ch: str) -> str:
 def cmd_info(args) -> None:
     tok = Tokenizer.load(args.vocab)
     specials = tok.special_tokens
-    with open(args.vocab, "rb") as f:
-        kind = ".bin model" if f.read(8) == b"S4DBMLRU" else "JSON"
+    kind = "JSON"  # a pipe is read once, by load, and only as JSON (a .bin model must be a regular file)
+    if os.path.isfile(args.vocab):
+        with open(args.vocab, "rb") as f:
+            kind = ".bin model" if f.read(8) == b"S4DBMLRU" else "JSON"
     longest_id = max(range(tok.vocab_size), key=lambda i: (len(tok.itos[i]), -i))
     ordinary = [i for i, t in enumerate(tok.itos) if t not in specials]
     multi = [i for i in ordinary if len(tok.itos[i]) > 1]
@@ -125,9 +128,10 @@ def cmd_info(args) -> None:
             name = _char_class(tok.itos[i])
             classes[name] = classes.get(name, 0) + 1
     lines = [
-        f"vocabulary   {args.vocab} ({kind})",
+        f"vocabulary   {shown(str(args.vocab))} ({kind})",
         f"tokens       {tok.vocab_size}",
-        f"specials     {len(specials)}: " + ", ".join(f"{i} {t}" for t, i in sorted(specials.items(), key=lambda x: x[1])),
+        f"specials     {len(specials)}: "
+        + ", ".join(f"{i} {shown(t)}" for t, i in sorted(specials.items(), key=lambda x: x[1])),
         f"longest      {len(tok.itos[longest_id])} code points: {tok.itos[longest_id]!r} (id {longest_id})",
     ]
     if multi:
@@ -224,6 +228,9 @@ def _read_npy(path: str):
                 shape, fortran_order, dtype = fmt.read_array_header_2_0(f)
             if dtype.kind not in "iu":
                 raise _Fail(f"{path}: holds {dtype}, not integer ids")
+            # numpy's header parser takes any tuple: (-2, -2) and (True,) would reach reshape
+            if not all(type(d) is int and d >= 0 for d in shape):
+                raise _Fail(f"{path}: not a .npy file (its shape {_clip(repr(shape))} is not of sizes >= 0)")
             count = math.prod(shape)
             data_start = f.tell()
             data_size = os.fstat(f.fileno()).st_size - data_start
@@ -391,11 +398,8 @@ def main(argv=None) -> int:
     try:
         args = make_parser().parse_args(argv)
         args.func(args)
-    except _Fail as e:
-        print(f"nano-tokenizer: error: {e}", file=sys.stderr)
-        return 1
-    except TokenizerError as e:
-        print(f"nano-tokenizer: error: {e}", file=sys.stderr)
+    except (_Fail, TokenizerError) as e:  # file names and token texts escaped, as nano-format does
+        print(f"nano-tokenizer: error: {shown(str(e))}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): not worth a message. Point
@@ -405,7 +409,7 @@ def main(argv=None) -> int:
         return 1
     except OSError as e:
         name = f"{e.filename}: " if e.filename else ""
-        print(f"nano-tokenizer: error: {name}{e.strerror or e}", file=sys.stderr)
+        print(f"nano-tokenizer: error: {shown(f'{name}{e.strerror or e}')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
