@@ -231,6 +231,10 @@ def test_decode_rejects_bad_ids(vocab):
         ([1, 2.0], r"ids\[1\] is 2.0, not an integer"),
         (5, "flat sequence of integers, got int"),
         (np.zeros((2, 2), dtype=np.int64), "flat sequence of integers, got int64 of shape"),
+        # bytes iterate as integers: b"12" once decoded as the ids 49 and 50
+        (b"12", r"expected token ids, got bytes b'12'"),
+        (bytearray(b"\x08"), r"expected token ids, got bytearray"),
+        ("89", r"expected token ids, got str '89'"),
     ],
 )
 def test_decode_says_what_is_wrong_with_the_ids(vocab, ids, message):

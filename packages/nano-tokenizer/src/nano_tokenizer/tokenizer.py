@@ -357,6 +357,8 @@ class Tokenizer:
 
     def _ids_array(self, ids) -> np.ndarray:
         """`ids` as a flat integer array, or a TokenizerError that says what is wrong."""
+        if isinstance(ids, (str, bytes, bytearray, memoryview)):  # bytes iterate as ints: b"12" read as [49, 50]
+            raise TokenizerError(f"expected token ids, got {type(ids).__name__} {_short(ids)}")
         if not isinstance(ids, np.ndarray) and hasattr(ids, "tolist"):
             ids = ids.tolist()  # e.g. a torch tensor, wherever it lives
         try:
