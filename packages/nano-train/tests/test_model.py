@@ -53,6 +53,11 @@ def test_n_hidden_derivation():
         (dict(dropout=1.0), "dropout"),
         (dict(n_embd=12, n_head=4), "even head_dim"),
         (dict(norm_eps=0.0), "norm_eps"),
+        # float32 holds them in a .bin file: a run that trains with one beyond it could
+        # be neither sampled nor exported (a reviewer trained with 1e-46 and 1e300)
+        (dict(norm_eps=1e-46), "norm_eps must be a positive number that float32 can hold"),
+        (dict(rope_theta=1e300), "rope_theta must be a positive number that float32 can hold"),
+        (dict(rope_theta=float("nan")), "rope_theta"),
         (dict(bias=True), "bias"),
     ],
 )

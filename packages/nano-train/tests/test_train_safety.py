@@ -167,6 +167,66 @@ def test_a_killed_runs_lock_file_does_not_stop_the_next_run(tmp_path, small_pret
 
 
 # ---------------------------------------------------------------------------
+# Hostile or mistyped command lines and config files: one line, exit 2
+
+
+def test_odd_command_lines_and_config_files_are_one_error_line(tmp_path, small_pretrain, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    # `--max_iters 5` once read 5 as a config file ("5: cannot read config")
+    assert main("pretrain", args(small_pretrain, tmp_path / "run") + ["--max_iters", "5"]) == 2
+    assert error_line(capsys) == "error: '--max_iters 5': settings take --key=value; write '--max_iters=5'"
+    # an endless config file was read whole (MemoryError, or the machine's memory)
+    assert main("pretrain", ["/dev/zero", "--print_config"]) == 2
+    assert error_line(capsys) == "error: /dev/zero: larger than 16 MiB; not a config file"
+    # a NUL in a file name once surfaced as "ValueError: embedded null byte" (exit 1)
+    nul = tmp_path / "nul.json"
+    nul.write_text('{"run": {"out_dir": "a\\u0000b"}}', encoding="utf-8")
+    assert main("pretrain", [str(nul)]) == 2
+    assert error_line(capsys) == "error: run.out_dir: 'a\\x00b' holds a NUL character, which no file name can"
+    # an editor's byte order mark is no error (prepare takes one in its data too)
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"model": {"n_layer": 3}}).encode())
+    assert main("pretrain", [str(bom), "--print_config"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["n_layer"] == 3
+
+
+# ---------------------------------------------------------------------------
+# The attention must fit the rows: shifted rows need causal attention
+
+
+def test_full_attention_on_next_token_rows_is_refused(tmp_path, small_pretrain, self_id_sft, capsys):
+    """With full attention every position of a pretraining or SFT row sees the token it
+    is to predict: the loss fell (a reviewer's run: 2.33 against the causal 4.74) while
+    the model learned nothing it could generate with, and the run ended with status 0."""
+    for dataset, command in ((small_pretrain, "pretrain"), (self_id_sft, "sft")):
+        out = tmp_path / command
+        assert main(command, args(dataset, out, is_causal="false")) == 2
+        msg = error_line(capsys)
+        assert "the model has full attention (model.is_causal false, from the config)" in msg, msg
+        assert f"{dataset} is a {command} dataset, whose targets are the next tokens" in msg, msg
+        assert "--is_causal=true" in msg and not out.exists()
+
+
+def test_a_causal_model_on_seq2seq_rows_trains_with_a_note(tmp_path, nano80, capsys):
+    """Seq2seq rows are made for full attention; a causal model may still be fitted to
+    them (the C engine's `nano seq2seq --causal` runs one): a note, not an error."""
+    import numpy as np
+
+    from nano_train.data import write_rows
+
+    digits = np.array(nano80.encode("0123456789"))
+    x = digits[np.random.default_rng(0).integers(0, 10, size=(16, 6))]
+    write_rows(tmp_path / "s2s", nano80, "seq2seq", {"train": (x, np.sort(x, axis=1), np.ones_like(x))})
+    argv = args(tmp_path / "s2s", tmp_path / "run", block_size=6, max_iters=2, eval_iters=0)
+    assert main("sft", argv) == 0
+    err = capsys.readouterr().err
+    assert "holds seq2seq rows (made for full attention) and the model is causal" in err, err
+    assert main("sft", args(tmp_path / "s2s", tmp_path / "run2", block_size=6, max_iters=2, eval_iters=0,
+                            is_causal="false")) == 0
+    assert "made for full attention" not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
 # An out_dir that cannot be written: found before any data is loaded
 
 
@@ -290,18 +350,21 @@ def test_a_long_sft_prompt_keeps_its_marks(nano80, monkeypatch):
 
 
 @pytest.mark.parametrize("field,value,message", [
-    ("step", "x", "field step is 'x', not an integer >= 0"),
+    ("step", "x", "field step is 'x', not an integer in [0, 2^63)"),
     ("step", 2.5, "field step is 2.5, not an integer"),
-    ("step", -5, "field step is -5, not an integer >= 0"),
+    ("step", -5, "field step is -5, not an integer in [0, 2^63)"),
     ("tokens_seen", -1, "field tokens_seen is -1"),
     ("best_val_loss", "abc", "field best_val_loss is 'abc', not a number"),
     ("best_val_loss", math.nan, "field best_val_loss is nan"),
     ("elapsed_s", "abc", "field elapsed_s is 'abc'"),
     ("data_state", None, "field data_state is None, not a dict"),
-    ("data_state.row", -1, "field data_state.row is -1, not an integer >= 0"),
+    ("data_state.row", -1, "field data_state.row is -1, not an integer in [0, 2^63)"),
     ("data_state.row", "7", "field data_state.row is '7'"),
+    # once an OverflowError where the batches are drawn (int64)
+    ("data_state.row", 10**30, "field data_state.row is 1000000000000000000000000000000, not an integer in [0, "),
+    ("tokens_seen", 2**63, "field tokens_seen is 9223372036854775808"),
 ], ids=["str_step", "float_step", "negative_step", "tokens", "str_best", "nan_best", "elapsed", "data_state",
-        "negative_row", "str_row"])
+        "negative_row", "str_row", "huge_row", "huge_tokens"])
 def test_a_checkpoint_field_of_the_wrong_type_or_range_is_one_error_line(finished_run, small_pretrain, capsys, field,
                                                                          value, message):
     ck = load(finished_run / "latest.pt")
@@ -352,8 +415,8 @@ def test_resume_refuses_another_dataset_with_the_same_rows(tmp_path, psycho_slic
     assert load(out / "latest.pt")["step"] == 4
 
 
-@pytest.mark.parametrize("key,value", [("batch_size", 8), ("gradient_accumulation_steps", 2)])
-def test_resume_refuses_another_batch_size_or_accumulation(finished_run, small_pretrain, capsys, key, value):
+@pytest.mark.parametrize("key,value", [("batch_size", 8), ("gradient_accumulation_steps", 2), ("seed", 5)])
+def test_resume_refuses_another_batch_size_accumulation_or_seed(finished_run, small_pretrain, capsys, key, value):
     before = (finished_run / "latest.pt").read_bytes()
     assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=4,
                                  **{key: value})) == 2

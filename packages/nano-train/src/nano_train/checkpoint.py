@@ -43,6 +43,7 @@ FORMAT = "nano-train-checkpoint"
 VERSION = 1
 LATEST = "latest.pt"
 BEST = "best.pt"
+INT64_MAX = 2**63 - 1  # step, tokens and the data position are int64s where they are used
 _TMP_SUFFIX = ".tmp"
 # The temporary files save_atomic writes for checkpoints: .{name}.pt.{pid}.tmp
 _TMP_NAME = re.compile(r"\..+\.pt\.(?P<pid>[0-9]+)" + re.escape(_TMP_SUFFIX))
@@ -186,9 +187,9 @@ def check_fields(path: str | Path, ck: dict) -> None:
             raise CheckpointError(f"{path}: field {field} is {_short(value)}, not {what}")
 
     value = ck["step"]
-    need(_is_int(value) and value >= 0, "step", "an integer >= 0")
+    need(_is_int(value) and 0 <= value <= INT64_MAX, "step", "an integer in [0, 2^63)")
     value = ck["tokens_seen"]
-    need(_is_int(value) and value >= 0, "tokens_seen", "an integer >= 0")
+    need(_is_int(value) and 0 <= value <= INT64_MAX, "tokens_seen", "an integer in [0, 2^63)")
     value = ck["best_val_loss"]
     need(_is_real(value) and not math.isnan(value), "best_val_loss", "a number (inf before any evaluation)")
     for field in ("val_loss", "train_loss"):
@@ -199,9 +200,10 @@ def check_fields(path: str | Path, ck: dict) -> None:
     value = ck["data_state"]
     need(isinstance(value, dict), "data_state", "a dict (the data position)")
     state = value
-    for field, ok, what in (("row", lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    # the row counter is an int64 where batches are drawn: 10**30 overflowed there
+    for field, ok, what in (("row", lambda v: _is_int(v) and 0 <= v <= INT64_MAX, "an integer in [0, 2^63)"),
                             ("seed", _is_int, "an integer"),
-                            ("n_rows", lambda v: _is_int(v) and v > 0, "an integer > 0")):
+                            ("n_rows", lambda v: _is_int(v) and 0 < v <= INT64_MAX, "an integer in [1, 2^63)")):
         value = state.get(field)
         need(ok(value), f"data_state.{field}", what)
     value = ck.get("dataset_id")

@@ -377,11 +377,14 @@ def load_config(path: str | Path | None, overrides: list[str] = (), defaults: di
     if path is not None:
         path = Path(path)
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:
+                raw = f.read(MAX_CONFIG_BYTES + 1)  # /dev/zero must not eat the memory
         except OSError as e:
             raise ConfigError(f"{path}: cannot read config: {e.strerror or e}") from None
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a config file")
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode("utf-8").removeprefix("\ufeff")  # an editor's byte order mark is fine
         except UnicodeDecodeError as e:
             raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}); a config is a UTF-8 JSON file") from None
         try:
@@ -395,6 +398,12 @@ def load_config(path: str | Path | None, overrides: list[str] = (), defaults: di
     values = _merge(values, from_cli)
     explicit |= {f"{s}.{k}" for s, v in from_cli.items() for k in v}
     return build_config(values), explicit
+
+
+# The settings that name files
+PATH_FIELDS = ("out_dir", "init_from", "dataset")
+# A config file is a few KB; more than this is not one (and /dev/zero never ends)
+MAX_CONFIG_BYTES = 16 << 20
 
 
 def _not_utf8(value) -> bool:
@@ -423,9 +432,11 @@ def validate(cfg: Config) -> None:
             value = getattr(part, f.name)
             if _not_utf8(value):
                 why = (" (a file name that is not UTF-8 is legal here, but the run's log and checkpoint "
-                       "record it as JSON text; use a UTF-8 name)") if f.name in ("out_dir", "init_from",
-                                                                                   "dataset") else ""
+                       "record it as JSON text; use a UTF-8 name)") if f.name in PATH_FIELDS else ""
                 raise ConfigError(f"{section}.{f.name}: {ascii(value)[:80]} is not valid UTF-8 text{why}")
+            if f.name in PATH_FIELDS and isinstance(value, str) and "\0" in value:
+                raise ConfigError(f"{section}.{f.name}: {ascii(value)[:80]} holds a NUL character, which no file "
+                                  "name can")
             if (section != "model" and f.name not in ("seed", "threads") and isinstance(value, int)
                     and not isinstance(value, bool)):
                 need(value <= MAX_INT, f"{section}.{f.name} must be at most {MAX_INT}, got {value}")

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,6 +43,8 @@ from nano_format import rope_tables, spec
 from torch.torch_version import TorchVersion
 
 from .losses import linear_cross_entropy
+
+F32_MAX = float(np.finfo(np.float32).max)
 
 __all__ = ["ModelConfig", "Transformer", "KVCache", "derive_n_hidden", "apply_rope"]
 
@@ -108,10 +111,11 @@ class ModelConfig:
             )
         if not 0.0 <= float(self.dropout) < 1.0:
             raise ValueError(f"ModelConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if not float(self.norm_eps) > 0.0:
-            raise ValueError(f"ModelConfig.norm_eps must be > 0, got {self.norm_eps!r}")
-        if not float(self.rope_theta) > 0.0:
-            raise ValueError(f"ModelConfig.rope_theta must be > 0, got {self.rope_theta!r}")
+        for name in ("norm_eps", "rope_theta"):  # stored as float32 in a .bin file
+            value = float(getattr(self, name))
+            if not (math.isfinite(value) and 0.0 < value <= F32_MAX and np.float32(value) > 0):
+                raise ValueError(f"ModelConfig.{name} must be a positive number that float32 can hold "
+                                 f"(about 1.4e-45 to 3.4e38; the .bin format stores it so), got {value!r}")
         if self.bias:
             # The file format has no bias tensors for Nano models, so a biased model
             # could be trained but never exported; refuse it early.

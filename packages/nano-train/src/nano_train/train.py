@@ -54,7 +54,7 @@ from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.config import Config, ConfigError, help_text, load_config
 from nano_train.data import Batcher, DataError, Dataset
 from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
-from nano_train.metrics import RunLog, duration, human, peak_flops, read_log, synchronize
+from nano_train.metrics import RunLog, duration, human, peak_flops, read_log, short_repr, synchronize
 from nano_train.model import ModelConfig, Transformer
 
 PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -278,7 +278,7 @@ def dataset_identity(meta: dict) -> dict[str, str]:
 def check_resume_conflicts(cfg: Config, checkpoint: dict, latest: Path, ds: Dataset) -> None:
     """What resuming cannot continue exactly: another dataset (a DataError naming the
     meta.json entries that differ; a checkpoint older than the identity is not checked),
-    and a batch size, accumulation or LoRA adapter set to values other than the
+    and a batch size, accumulation, seed or LoRA adapter set to values other than the
     checkpoint's (a ConfigError, as for model.* keys)."""
     saved_id = checkpoint.get("dataset_id")
     if isinstance(saved_id, dict):
@@ -297,6 +297,7 @@ def check_resume_conflicts(cfg: Config, checkpoint: dict, latest: Path, ds: Data
     conflicts = []
     for section, key, why in (("data", "batch_size", "the data position and the learning-rate schedule"),
                               ("optim", "gradient_accumulation_steps", "the data position and the learning-rate schedule"),
+                              ("system", "seed", "the data order"),
                               *((("lora", "lora_rank", "the adapter's shape"), ("lora", "lora_alpha", "the adapter's scale"))
                                 if cfg.run.task == "lora" else ())):
         old, new = saved_value(section, key), getattr(getattr(cfg, section), key)
@@ -373,6 +374,23 @@ def load_base_model(path: str) -> tuple[ModelConfig, dict, object]:
     if tok is None:
         raise CheckpointError(f"run.init_from: {path} holds no vocabulary, so it cannot be checked against the data")
     return model.config, model.state_dict(), tok
+
+
+def check_attention_fits_data(model: ModelConfig, ds: Dataset, source: str) -> str | None:
+    """Pretraining and SFT rows are shifted by one token (the target at t is the input
+    at t + 1): under full attention every position sees the token it is to predict,
+    and the loss falls while the model learns nothing it could generate with. Seq2seq
+    rows (input and target aligned) are made for full attention; a causal model can
+    still be fitted to them (`nano seq2seq --causal` runs one): the note returned."""
+    if not model.is_causal and ds.kind != "seq2seq":
+        raise ConfigError(f"the model has full attention (model.is_causal false, from {source}) but {ds.path} is "
+                          f"a {ds.kind} dataset, whose targets are the next tokens: every position would see the "
+                          "token it is to predict. Train full attention on seq2seq rows (data.write_rows), or "
+                          "set --is_causal=true")
+    if model.is_causal and ds.kind == "seq2seq":
+        return (f"note: {ds.path} holds seq2seq rows (made for full attention) and the model is causal: each "
+                "position answers from the inputs up to itself only")
+    return None
 
 
 def resolve_model_config(cfg: Config, explicit: set[str], tokenizer, inherited: dict | None, source: str) -> ModelConfig:
@@ -559,6 +577,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     else:
         inherited, source = None, ""
     cfg.model = resolve_model_config(cfg, set(explicit), tokenizer, inherited, source)
+    note = check_attention_fits_data(cfg.model, ds, source or "the config")
+    if note and master:
+        print(note, file=sys.stderr)
     if inherited is not None:  # the heads checked at startup were the config's, not these
         check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
     torch.manual_seed(cfg.system.seed)  # the same initial weights on every rank
@@ -1023,6 +1044,11 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--print_config"]
     paths = [a for a in argv if not a.startswith("--")]
     overrides = [a for a in argv if a.startswith("--")]
+    for a, value in zip(argv, argv[1:]):  # `--max_iters 5`: the 5 would be read as a config file's name
+        if a.startswith("--") and "=" not in a and not value.startswith("--") and not os.path.exists(value):
+            print(f"error: {short_repr(f'{a} {value}', 60)}: settings take --key=value; write "
+                  f"{short_repr(f'{a}={value}', 60)}", file=sys.stderr)
+            return 2
     if len(paths) > 1:
         print(f"error: one config file at most, got {paths}", file=sys.stderr)
         return 2
