@@ -5,6 +5,7 @@ deterministic resumable batches (defect 14)."""
 import gc
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -381,7 +382,13 @@ def test_a_hostile_meta_json(tmp_path, small_pretrain, psycho_slice, shared_file
     (bad / "meta.json").write_text(text, encoding="utf-8")
     with pytest.raises(DataError, match=f"meta.json: not valid JSON \\({why}\\)"):
         Dataset(bad)
-    # --overwrite reads the old meta.json for the files to replace: a damaged one lists none
+    # --overwrite reads the old meta.json for the files to replace: a damaged one lists none, so
+    # its shards are in the way (they are not known to be the dataset's) and must be moved by hand
+    with pytest.raises(DataError, match=r"train_000.bin is in the way: .*its meta.json does not list it"):
+        prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), bad, overwrite=True,
+                         progress=False)
+    for shard in bad.glob("*.bin"):
+        shard.unlink()
     prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), bad, overwrite=True, progress=False)
     assert Dataset(bad).kind == "pretrain"
 
@@ -431,6 +438,93 @@ def test_a_failed_overwrite_keeps_the_old_dataset(tmp_path, shared_file, psycho_
     listed = {s["file"] for split in meta["shards"].values() for s in split}
     assert set(_files(out)) == listed | {"meta.json", "tokenizer.json", "notes.txt"}
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_users_file_of_a_datasets_name_is_never_replaced(tmp_path, shared_file, psycho_slice, monkeypatch, capsys):
+    """Without meta.json no file in out_dir is a dataset's: prepare used to replace a
+    user's tokenizer.json or train_000.bin there, --overwrite or not. Refused up front,
+    before any work (the lock is never taken)."""
+    import nano_train.data as data
+
+    tok = shared_file("data/tokenizer_4096.json")
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("my vocabulary")
+    (out / "notes.txt").write_text("mine")
+
+    def no_work(*a, **k):
+        raise AssertionError("prepare went on to work")
+
+    with monkeypatch.context() as m:
+        m.setattr(data, "_claim_out_dir", no_work)
+        for overwrite in (False, True):
+            with pytest.raises(DataError, match=rf"^{out / 'tokenizer.json'} is in the way: the new dataset has "
+                                                rf"a file of that name, and it is not a file of a dataset in {out} "
+                                                r"\(there is no meta.json\); move it away or choose another "
+                                                r"--out_dir$"):
+                prepare_pretrain([psycho_slice], tok, out, overwrite=overwrite, progress=False)
+    assert _command(tmp_path, shared_file, psycho_slice, "--out_dir", str(out), "--overwrite") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {out / 'tokenizer.json'} is in the way") and err.count("\n") == 1
+    (out / "tokenizer.json").rename(out / "train_012.bin")
+    with pytest.raises(DataError, match="train_012.bin is in the way"):
+        prepare_pretrain([psycho_slice], tok, out, overwrite=True, progress=False)
+    assert _files(out) == {"notes.txt": b"mine", "train_012.bin": b"my vocabulary"}
+
+    # With a dataset there, --overwrite replaces the files its meta.json lists, and no other
+    (out / "train_012.bin").unlink()
+    prepare_pretrain([psycho_slice], tok, out, chunk_tokens=512, progress=False)
+    (out / "val_001.bin").write_text("mine too")  # not listed: the dataset has val_000.bin only
+    before = _files(out)
+    with pytest.raises(DataError, match="val_001.bin is in the way: .*its meta.json does not list it"):
+        prepare_pretrain([psycho_slice], tok, out, chunk_tokens=512, shard_tokens=1024, overwrite=True,
+                         progress=False)
+    assert _files(out) == before
+    (out / "val_001.bin").unlink()
+    prepare_pretrain([psycho_slice], tok, out, chunk_tokens=512, shard_tokens=1024, overwrite=True,
+                     progress=False)
+    assert Dataset(out).meta["shards"]["val"][1]["file"] == "val_001.bin"
+
+
+def test_a_file_put_in_the_way_during_the_run_is_not_replaced(tmp_path, shared_file, psycho_slice, monkeypatch):
+    """The lock keeps other prepares out, not the user: the names are checked again just
+    before the files move in."""
+    import nano_train.data as data
+
+    out = tmp_path / "d"
+    save = data._save_tokenizer
+
+    def save_while_the_user_writes(tok, build):
+        (out / "train_000.bin").write_text("mine")
+        save(tok, build)
+
+    monkeypatch.setattr(data, "_save_tokenizer", save_while_the_user_writes)
+    with pytest.raises(DataError, match="train_000.bin is in the way"):
+        prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, progress=False)
+    assert _files(out) == {"train_000.bin": b"mine"}  # no dataset, no build folder, no lock
+
+
+def test_a_file_name_that_is_not_utf8(tmp_path, shared_file, psycho_slice, capsys):
+    """Such names arrive as lone surrogates, which meta.json (UTF-8) and standard output
+    cannot hold: json.dump used to fail after all the work. They are written with \\xNN."""
+    try:
+        text = tmp_path / os.fsdecode(b"in\xfe.txt")
+        text.write_bytes(psycho_slice.read_bytes())
+        vocab = tmp_path / os.fsdecode(b"tok\xff.json")
+        vocab.write_bytes(shared_file("data/tokenizer_4096.json").read_bytes())
+    except (OSError, UnicodeError):
+        pytest.skip("the file system takes only UTF-8 names")
+    out = tmp_path / os.fsdecode(b"out\xfd")
+    assert prepare_cmd.main(["pretrain", "--quiet", "--tokenizer", str(vocab), "--out_dir", str(out), str(text)]) == 0
+    assert capsys.readouterr().out.startswith(f"{tmp_path}/out\\xfd: ")
+    meta = json.loads((out / "meta.json").read_text(encoding="utf-8"))
+    assert meta["inputs"][0]["path"] == f"{tmp_path}/in\\xfe.txt"
+    assert meta["tokenizer"]["source"] == f"{tmp_path}/tok\\xff.json"
+    tok = Tokenizer.load(vocab)  # write_rows records the tokenizer's source
+    write_rows(tmp_path / "rows", tok, "sft", {"train": (np.full((1, 4), tok.pad_id), np.ones((1, 4), np.uint8))},
+               source=str(text))
+    meta = json.loads((tmp_path / "rows" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["tokenizer"]["source"].endswith("tok\\xff.json") and meta["inputs"][0]["path"].endswith("in\\xfe.txt")
 
 
 def test_an_interrupted_preparation_leaves_no_dataset(tmp_path, shared_file, psycho_slice, monkeypatch):
@@ -506,6 +600,53 @@ def test_a_meta_json_that_is_not_an_object(tmp_path):
         Dataset(tmp_path)
 
 
+def test_the_validation_split_cannot_be_the_training_shards(tmp_path, small_pretrain):
+    """A hand-edited meta.json made training validate on its own training data, silently."""
+    copy = _copy(small_pretrain, tmp_path / "copy")
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["shards"]["val"] = meta["shards"]["train"]
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"meta.json: field 'shards.val\[0\].file' names 'train_000.bin', as field "
+                                        r"'shards.train\[0\].file' does: each file holds one split's data, once"):
+        Dataset(copy)
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda m, outside: m["shards"]["train"][0].update(file="../other/train_000.bin"), "shards.train[0].file"),
+    (lambda m, outside: m["shards"]["train"][0].update(file=str(outside / "train_000.bin")), "shards.train[0].file"),
+    (lambda m, outside: m["shards"]["val"][0].update(file="."), "shards.val[0].file"),
+    (lambda m, outside: m["tokenizer"].update(file=str(outside / "tokenizer.json")), "tokenizer.file"),
+])
+def test_meta_json_names_only_files_inside_the_dataset(tmp_path, small_pretrain, edit, field):
+    """Shard and tokenizer files are plain names in the dataset directory: these outside
+    files exist (a copy of the dataset), and used to be read."""
+    outside = _copy(small_pretrain, tmp_path / "other")
+    copy = _copy(small_pretrain, tmp_path / "copy")
+    meta = json.loads((copy / "meta.json").read_text())
+    edit(meta, outside)
+    (copy / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"meta.json: field .* is missing or not a file name in the dataset "
+                                        r"directory \(no folder or drive, not \. or \.\.\)") as err:
+        Dataset(copy)
+    assert f"'{field}'" in str(err.value)
+
+
+def test_seq2seq_targets_and_masks_are_checked_too(tmp_path, shared_file):
+    tok = Tokenizer.load(shared_file("data/tokenizer_4096.json"))
+    rows = np.full((2, 8), tok.pad_id)
+    write_rows(tmp_path / "s2s", tok, "seq2seq", {"train": (rows, rows, np.ones((2, 8), dtype=np.uint8)),
+                                                  "val": (rows, rows, np.ones((2, 8), dtype=np.uint8))})
+    meta = json.loads((tmp_path / "s2s" / "meta.json").read_text())
+    meta["shards"]["val"][0]["target"] = meta["shards"]["train"][0]["target"]
+    (tmp_path / "s2s" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"'shards.val\[0\].target' names 's2s_train_y.bin'"):
+        Dataset(tmp_path / "s2s")
+    meta["shards"]["val"][0]["target"] = "sub/s2s_val_y.bin"
+    (tmp_path / "s2s" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"'shards.val\[0\].target' is missing or not a file name"):
+        Dataset(tmp_path / "s2s")
+
+
 def _command(tmp_path, shared_file, psycho_slice, *args):
     return prepare_cmd.main(["pretrain", "--tokenizer", str(shared_file("data/tokenizer_4096.json")), "--quiet",
                              *args, str(psycho_slice)])
@@ -535,8 +676,10 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="no fcntl (prepa
 
 # Runs the prepare command in a child that stops for good once it has encoded the
 # text and begun writing shards into its build directory, for the test to kill it there.
+# (Ctrl-C raises KeyboardInterrupt there, as in a terminal, even where the test runner ignores SIGINT.)
 _STOP_WHILE_WRITING = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import nano_train.data as data
 update = data.Progress.update
 def stop_here(self, done):
@@ -574,6 +717,91 @@ def test_a_killed_prepare_is_cleared_by_the_next_one(tmp_path, shared_file, psyc
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "notes.txt", "tokenizer.json", "train_000.bin",
                                                      "val_000.bin"]  # no build folder, no lock file
     Dataset(out)
+
+
+@posix_only
+def test_ctrl_c_is_one_line_and_130_and_leaves_nothing(tmp_path, shared_file, psycho_slice):
+    """A real SIGINT while the shards are written: it used to end in a KeyboardInterrupt
+    traceback (exit -2). The build directory, the lock and the directories made go."""
+    out = tmp_path / "new" / "d"
+    argv = ["pretrain", "--tokenizer", str(shared_file("data/tokenizer_4096.json")), "--out_dir", str(out),
+            "--quiet", "--chunk_tokens", "512", str(psycho_slice)]
+    child = subprocess.Popen([sys.executable, "-c", _STOP_WHILE_WRITING, *argv], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "writing\n", child.communicate()
+        assert any(p.name.startswith(".prepare.") for p in out.iterdir())  # the build folder is there
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+        child.communicate()
+    assert child.returncode == 130, err
+    assert err == f"\nerror: interrupted; nothing was written to {out}\n"
+    assert list(tmp_path.iterdir()) == []  # not even tmp_path/new
+
+
+def test_ctrl_c_while_the_files_move_in_waits_until_they_are_in(tmp_path, shared_file, psycho_slice, monkeypatch,
+                                                                capsys):
+    """The move into out_dir runs whole: a Ctrl-C in it is held until meta.json is in,
+    and the line then says the dataset is complete."""
+    out = tmp_path / "d"
+    prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, chunk_tokens=512, progress=False)
+    old_meta = (out / "meta.json").read_text()
+    replace = os.replace
+
+    def ctrl_c_while_moving(src, dst, *a, **k):
+        if os.path.dirname(dst) == str(out) and os.path.basename(dst) == "train_000.bin":
+            os.kill(os.getpid(), signal.SIGINT)
+        return replace(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", ctrl_c_while_moving)
+    try:
+        rc = _command(tmp_path, shared_file, psycho_slice, "--out_dir", str(out), "--overwrite",
+                      "--chunk_tokens", "256")
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C escaped prepare's main")
+    captured = capsys.readouterr()
+    assert rc == 130 and captured.err == f"\nerror: interrupted; the dataset in {out} is complete\n"
+    assert captured.out == ""  # (no summary: it was interrupted)
+    assert Dataset(out).meta["split"]["chunk_tokens"] == 256 and (out / "meta.json").read_text() != old_meta
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer.json", "train_000.bin", "val_000.bin"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full")
+def test_a_full_standard_output_is_one_error_line(tmp_path, shared_file, psycho_slice):
+    """The summary could not be printed: it used to be a traceback (exit 120), the dataset complete."""
+    out = tmp_path / "d"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "nano_train.prepare", "pretrain", "--quiet", "--tokenizer",
+                               str(shared_file("data/tokenizer_4096.json")), "--out_dir", str(out),
+                               str(psycho_slice)], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr == (f"error: writing standard output: No space left on device; the dataset in {out} "
+                           "is complete\n")
+    Dataset(out)
+
+
+@posix_only
+def test_the_lock_removes_the_parent_directories_it_made(tmp_path):
+    """dirlock.exclusive made the missing parents too, but removed only the leaf. Each
+    directory it made goes, leaf first, while empty; one that is not empty stays, and
+    so do its parents, and so does what was there before."""
+    from nano_train import dirlock
+
+    (tmp_path / "a").mkdir()
+    with pytest.raises(RuntimeError):
+        with dirlock.exclusive(tmp_path / "a" / "b" / "c" / "d", ".lock", "test", DataError) as claim:
+            assert claim.created and claim.locked
+            raise RuntimeError("failed")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a"]
+    with dirlock.exclusive(tmp_path / "a" / "b" / "c" / "d", ".lock", "test", DataError):
+        (tmp_path / "a" / "b" / "mine.txt").write_text("mine")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["a", "a/b", "a/b/mine.txt"]
+    with dirlock.exclusive(tmp_path / "a" / "b", ".lock", "test", DataError) as claim:
+        assert not claim.created
+    assert (tmp_path / "a" / "b" / "mine.txt").exists()
 
 
 def _plain_files(path):
@@ -689,9 +917,9 @@ def test_the_lock_leaves_nothing_behind(tmp_path, shared_file, psycho_slice):
     tok = shared_file("data/tokenizer_4096.json")
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"ok\n\xff\xfe broken")
-    with pytest.raises(DataError, match="not UTF-8"):  # a new out_dir is removed again
+    with pytest.raises(DataError, match="not UTF-8"):  # a new out_dir is removed again, with the parents it made
         prepare_pretrain([bad], tok, tmp_path / "new" / "d", progress=False)
-    assert list((tmp_path / "new").iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.txt"]
     out = tmp_path / "d"
     out.mkdir()
     (out / ".prepare.lock").write_text("999999\n")  # a killed prepare's lock file: no dataset, no lock

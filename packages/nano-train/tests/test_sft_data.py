@@ -2,6 +2,7 @@
 records, bad lines and too-long samples."""
 
 import json
+import os
 import tracemalloc
 
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 from nano_tokenizer import Tokenizer
 
 from nano_train import prepare as prepare_cmd
-from nano_train.data import Batcher, DataError, Dataset, prepare_sft, sft_encode, sft_turns
+from nano_format import spec
+
+from nano_train.data import Batcher, DataError, Dataset, prepare_sft, sft_encode, sft_turns, write_rows
 
 
 def write_jsonl(path, records):
@@ -226,3 +229,53 @@ def test_a_failed_sft_overwrite_keeps_the_old_dataset(tmp_path, shared_file):
         prepare_sft([good, bad], tok_path, out, block_size=16, overwrite=True, progress=False)
     assert {f.name: f.read_bytes() for f in out.iterdir()} == before
     assert Dataset(out).meta["counts"]["samples"] == 1
+
+
+def test_block_size_is_at_most_a_models(tmp_path, shared_file, capsys):
+    """A block_size no model may have (nano_format's MAX_DIM, 2**20) used to end in a
+    numpy MemoryError traceback when the row buffer was allocated."""
+    tok_path = shared_file("data/tokenizer_4096.json")
+    src = write_jsonl(tmp_path / "q.jsonl", [{"question": "问", "answer": "答"}])
+    with pytest.raises(DataError, match=r"block_size must be from 2 to 1,048,576 .*got 1,048,577"):
+        prepare_sft([src], tok_path, tmp_path / "d", block_size=spec.MAX_DIM + 1, progress=False)
+    rc = prepare_cmd.main(["sft", "--tokenizer", str(tok_path), "--out_dir", str(tmp_path / "d"), "--quiet",
+                           "--block_size", "99999999999", str(src)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: block_size must be") and err.count("\n") == 1
+    assert not (tmp_path / "d").exists()
+    s = prepare_sft([src], tok_path, tmp_path / "d", block_size=spec.MAX_DIM, progress=False)  # the largest
+    assert s.samples == 1 and Dataset(tmp_path / "d").meta["block_size"] == spec.MAX_DIM
+
+
+def test_a_users_file_of_an_sft_name_is_never_replaced(tmp_path, shared_file):
+    tok_path = shared_file("data/tokenizer_4096.json")
+    src = write_jsonl(tmp_path / "q.jsonl", [{"question": "问", "answer": "答"}])
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "sft_val_mask.bin").write_bytes(b"mine")
+    for overwrite in (False, True):
+        with pytest.raises(DataError, match=r"sft_val_mask.bin is in the way: .*there is no meta.json"):
+            prepare_sft([src], tok_path, out, block_size=16, overwrite=overwrite, progress=False)
+        assert [f.name for f in out.iterdir()] == ["sft_val_mask.bin"]
+    tok = Tokenizer.load(tok_path)
+    rows_ = np.full((2, 8), tok.pad_id)
+    with pytest.raises(DataError, match="sft_val_mask.bin is in the way"):  # write_rows too
+        write_rows(out, tok, "sft", {"train": (rows_, np.ones((2, 8), dtype=np.uint8))})
+    (out / "sft_val_mask.bin").rename(out / "s2s_train_y.bin")
+    with pytest.raises(DataError, match="s2s_train_y.bin is in the way"):
+        write_rows(out, tok, "seq2seq", {"train": (rows_, rows_, np.ones((2, 8), dtype=np.uint8))})
+    assert [f.name for f in out.iterdir()] == ["s2s_train_y.bin"]
+    assert (out / "s2s_train_y.bin").read_bytes() == b"mine"
+
+
+def test_a_jsonl_file_name_that_is_not_utf8(tmp_path, shared_file):
+    """Its bytes arrive as lone surrogates, which meta.json (UTF-8) cannot hold: the
+    json.dump used to fail after all the work. The name is recorded with \\xNN escapes."""
+    src = write_jsonl(tmp_path / "q.jsonl", [{"question": "问", "answer": "答"}])
+    try:
+        named = src.rename(tmp_path / os.fsdecode(b"q\xfe.jsonl"))
+    except (OSError, UnicodeError):
+        pytest.skip("the file system takes only UTF-8 names")
+    prepare_sft([named], shared_file("data/tokenizer_4096.json"), tmp_path / "d", block_size=16, progress=False)
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text(encoding="utf-8"))
+    assert meta["inputs"][0]["path"] == str(tmp_path / "q") + "\\xfe.jsonl"

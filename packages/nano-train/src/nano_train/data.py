@@ -16,6 +16,12 @@ A prepared dataset is a directory:
 SFT and seq2seq rows made in memory (nano_train.problems generates its data)
 are written with `write_rows`, in the same layout.
 
+Every file meta.json names is a plain file name in the directory, and no file is
+named twice (a validation split is never a training split's file). A dataset is
+built in a hidden directory inside out_dir and moved in when complete; it replaces
+the old dataset's own files (those its meta.json lists) and no other: a file of
+the same name as one of the new dataset's that is no dataset's is an error.
+
 Pretraining preparation streams: the text is read in bounded pieces, encoded
 with `Tokenizer.encode_stream`, and appended to a temporary file, so memory
 does not grow with the corpus. The token stream is then cut into chunks of
@@ -42,9 +48,11 @@ import math
 import os
 import re
 import shutil
+import signal
 import stat
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +60,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from nano_format import JSONTextError, parse_json
+from nano_format import JSONTextError, parse_json, spec
 from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer
 
 from nano_train import dirlock
@@ -172,6 +180,12 @@ def _check_seed(seed: int) -> None:
         raise DataError(f"the seed must be a non-negative integer, got {seed}")
 
 
+def _path_text(path) -> str:
+    """path as text for meta.json: a file name that is not UTF-8 (its bytes arrive as
+    lone surrogates, which no UTF-8 file can hold) keeps its other bytes as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _write_json_atomic(path: Path, obj) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -182,7 +196,10 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 
 def _dataset_files(out_dir: Path) -> set[str]:
-    """The names of the files of the dataset in out_dir: meta.json, tokenizer.json, the listed shards."""
+    """The names of the files of the dataset in out_dir: meta.json, tokenizer.json, the listed shards;
+    none without a meta.json (the files there are then no dataset's)."""
+    if not (out_dir / META).exists():
+        return set()
     names = {META, TOKENIZER_FILE}
     try:  # a damaged old meta.json lists nothing more: its shards are then left in place
         old = _read_meta(out_dir / META)
@@ -220,7 +237,8 @@ def _claim_out_dir(out_dir: Path) -> Iterator[None]:
 
     With the lock held, the build directories of killed prepares are removed. A
     second prepare into out_dir meanwhile fails at once (DataError). On exit the
-    lock file is removed, and out_dir too if this call created it and it is empty.
+    lock file is removed, and so are out_dir and its parents, those this call made,
+    while they are empty.
     Without a lock (Windows, or a file system that cannot lock) nothing is removed.
     """
     with dirlock.exclusive(out_dir, LOCK_FILE, "prepare", DataError) as claim:
@@ -229,36 +247,86 @@ def _claim_out_dir(out_dir: Path) -> Iterator[None]:
         yield
 
 
+# The names of the shard files each kind of dataset is written with
+_PRETRAIN_SHARDS = re.compile(r"(train|val)_[0-9]{3,}\.bin")
+_SFT_SHARDS = re.compile(r"sft_(train|val)(_mask)?\.bin")
+_SEQ2SEQ_SHARDS = re.compile(r"s2s_(train|val)_(x|y|mask)\.bin")
+
+
+def _refuse_others_files(out_dir: Path, names: Iterable[str]) -> None:
+    """A DataError naming the first of names that is a file in out_dir but not one of
+    the dataset's there (_dataset_files): prepare replaces only a dataset's own files."""
+    ours = _dataset_files(out_dir)
+    for name in sorted(names):
+        if name not in ours and os.path.lexists(out_dir / name):
+            why = f"its {META} does not list it" if ours else f"there is no {META}"
+            raise DataError(f"{out_dir / name} is in the way: the new dataset has a file of that name, and it is "
+                            f"not a file of a dataset in {out_dir} ({why}); move it away or choose another --out_dir")
+
+
 @contextlib.contextmanager
-def _new_dataset_dir(out_dir: Path, overwrite: bool) -> Iterator[Path]:
+def _no_interrupt() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) back until the block ends, so that the block runs whole.
+
+    Only in the main thread, and only where Ctrl-C raises KeyboardInterrupt (a caller
+    with its own SIGINT handler, such as the training loop, keeps it)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _new_dataset_dir(out_dir: Path, overwrite: bool, shard_names: re.Pattern) -> Iterator[Path]:
     """A hidden temporary directory inside out_dir to write a dataset into, meta.json last.
 
     When the block ends without an error, its files replace the dataset in out_dir
     (the old meta.json goes first and the new one comes last, so out_dir never
-    looks complete in between); when it raises, the directory is removed and an
-    old dataset stays as it was. Files in out_dir that are no dataset's are kept.
-    The whole run holds the prepare lock on out_dir (_claim_out_dir).
+    looks complete in between; a Ctrl-C meanwhile is held until they are all in);
+    when it raises, the directory is removed and an old dataset stays as it was.
+    Files in out_dir that are no dataset's are kept, and never replaced: one named
+    like a file the block may write (meta.json, tokenizer.json, or a name that
+    shard_names matches) that is not the old dataset's is an error, before the
+    block runs and again before the files move in. The whole run holds the
+    prepare lock on out_dir (_claim_out_dir).
     """
     def refuse_a_dataset() -> None:
         if (out_dir / META).exists() and not overwrite:
             raise DataError(f"{out_dir} already holds a prepared dataset ({META}); pass --overwrite to replace it")
 
+    def refuse_others_files() -> None:
+        if out_dir.is_dir():
+            _refuse_others_files(out_dir, [META, TOKENIZER_FILE] + [
+                p.name for p in out_dir.iterdir() if shard_names.fullmatch(p.name)])
+
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir} is not a directory; choose another --out_dir")
     refuse_a_dataset()  # before touching anything
+    refuse_others_files()
     with _claim_out_dir(out_dir):
         refuse_a_dataset()  # again: a prepare that held the lock may just have finished one
+        refuse_others_files()
         build = Path(tempfile.mkdtemp(prefix=_BUILD_PREFIX, suffix=_BUILD_SUFFIX, dir=out_dir))
         try:
             yield build
-            old_files = _dataset_files(out_dir)
-            new_files = {f.name for f in build.iterdir()}
-            (out_dir / META).unlink(missing_ok=True)
-            for name in new_files - {META}:
-                os.replace(build / name, out_dir / name)
-            for name in old_files - new_files:
-                (out_dir / name).unlink(missing_ok=True)
-            os.replace(build / META, out_dir / META)
+            with _no_interrupt():
+                old_files = _dataset_files(out_dir)
+                new_files = {f.name for f in build.iterdir()}
+                _refuse_others_files(out_dir, new_files)  # (the lock keeps other prepares out, not the user)
+                (out_dir / META).unlink(missing_ok=True)
+                for name in new_files - {META}:
+                    os.replace(build / name, out_dir / name)
+                for name in old_files - new_files:
+                    (out_dir / name).unlink(missing_ok=True)
+                os.replace(build / META, out_dir / META)
         finally:
             shutil.rmtree(build, ignore_errors=True)
 
@@ -484,7 +552,7 @@ def prepare_pretrain(
     _check_seed(seed)
     tok = _load_tokenizer(tokenizer_path, (BOS, EOS) if bos_eos else (), "--bos_eos")
     dtype = tok.dtype
-    with _new_dataset_dir(out_dir, overwrite) as build:
+    with _new_dataset_dir(out_dir, overwrite, _PRETRAIN_SHARDS) as build:
         # Pass 1: stream every document through the tokenizer into one flat temporary file.
         # Documents are wrapped as <|bos|> doc <|eos|>, or else joined by a separator
         # that keeps their boundary visible in the text ("\n" per line, "\n\n" otherwise).
@@ -601,9 +669,9 @@ def prepare_pretrain(
             "version": FORMAT_VERSION,
             "kind": "pretrain",
             "dtype": dtype.name,
-            "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer_path), "fingerprint": tok.fingerprint(),
-                          "vocab_size": tok.vocab_size},
-            "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs],
+            "tokenizer": {"file": TOKENIZER_FILE, "source": _path_text(tokenizer_path),
+                          "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size},
+            "inputs": [{"path": _path_text(p), "bytes": p.stat().st_size} for p in inputs],
             "documents": {"mode": doc_mode, "bos_eos": bos_eos},
             # tokens: all, as in the shards; text_tokens: encoded from the documents' characters, without
             # the separators or <|bos|>/<|eos|> (whose characters are not counted either)
@@ -767,8 +835,9 @@ def prepare_sft(
     t0 = time.monotonic()
     inputs = existing_files(inputs)
     out_dir = Path(out_dir)
-    if block_size < 2:
-        raise DataError(f"block_size must be at least 2, got {block_size}")
+    if not 2 <= block_size <= spec.MAX_DIM:
+        raise DataError(f"block_size must be from 2 to {spec.MAX_DIM:,} (the largest block_size a model may have), "
+                        f"got {block_size:,}")
     if too_long not in TOO_LONG:
         raise DataError(f"too_long must be one of {TOO_LONG}, got {_short(too_long)}")
     if not 0.0 <= val_fraction < 1.0:
@@ -776,7 +845,7 @@ def prepare_sft(
     _check_seed(seed)
     tok = _load_tokenizer(tokenizer_path, (INSTRUCT, RESPONSE, EOS, PADDING), "the SFT template")
     dtype = tok.dtype
-    with _new_dataset_dir(out_dir, overwrite) as build:
+    with _new_dataset_dir(out_dir, overwrite, _SFT_SHARDS) as build:
         files = {split: (f"sft_{split}.bin", f"sft_{split}_mask.bin") for split in ("train", "val")}
         counts = {"train": 0, "val": 0}
         bad = skipped = truncated = n_tokens = n_answer = index = records = 0
@@ -849,9 +918,9 @@ def prepare_sft(
             "kind": "sft",
             "dtype": dtype.name,
             "block_size": block_size,
-            "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer_path), "fingerprint": tok.fingerprint(),
-                          "vocab_size": tok.vocab_size},
-            "inputs": [{"path": str(p), "bytes": p.stat().st_size} for p in inputs],
+            "tokenizer": {"file": TOKENIZER_FILE, "source": _path_text(tokenizer_path),
+                          "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size},
+            "inputs": [{"path": _path_text(p), "bytes": p.stat().st_size} for p in inputs],
             "template": "<|instruct_mark|>question<|response_mark|>answer<|eos|> per turn, padded with <|padding|>; "
                         "mask 1 on answer tokens and their <|eos|>",
             "counts": {"records": records, "samples": index, "bad_lines": bad, "too_long_skipped": skipped,
@@ -905,7 +974,7 @@ def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dic
     if width is None or width < (2 if kind == "sft" else 1):
         raise DataError(f"no {kind} rows to write")
     out_dir = Path(out_dir)
-    with _new_dataset_dir(out_dir, overwrite) as build:
+    with _new_dataset_dir(out_dir, overwrite, _SFT_SHARDS if kind == "sft" else _SEQ2SEQ_SHARDS) as build:
         dtype = tokenizer.dtype
         prefix = "sft" if kind == "sft" else "s2s"
         parts = ("", "_mask") if kind == "sft" else ("_x", "_y", "_mask")
@@ -928,9 +997,9 @@ def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dic
             "kind": kind,
             "dtype": dtype.name,
             "block_size": int(width),
-            "tokenizer": {"file": TOKENIZER_FILE, "source": str(tokenizer.source),
+            "tokenizer": {"file": TOKENIZER_FILE, "source": _path_text(tokenizer.source),
                           "fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size},
-            "inputs": [{"path": source}],
+            "inputs": [{"path": _path_text(source)}],
             "template": ("rows of ids with a loss mask (x = row[:-1], y = row[1:])" if kind == "sft" else
                          "inputs and targets aligned position by position, with a loss mask"),
             "counts": {"rows": counts},
@@ -1093,9 +1162,17 @@ _SHARD_FIELDS = {"pretrain": {"file": str, "tokens": int}, "sft": {"file": str, 
                  "seq2seq": {"file": str, "target": str, "mask": str, "rows": int}}
 
 
+def _is_plain_name(value) -> bool:
+    """Whether value names a file inside the dataset directory: no folder, no drive, not . or .."""
+    return (isinstance(value, str) and value not in ("", ".", "..")
+            and not any(c in value for c in "/\\:\0"))
+
+
 def _check_meta(meta: dict, meta_path: Path) -> None:
     """A DataError naming meta.json and the field, for each field Dataset reads
-    that is missing or of the wrong type (a hand-edited or damaged file)."""
+    that is missing or of the wrong type (a hand-edited or damaged file). Every
+    file is a plain name in the dataset directory, and no file is listed twice
+    (the validation split must not read the training split's files)."""
 
     def need(ok: bool, field: str, what: str) -> None:
         if not ok:
@@ -1104,23 +1181,35 @@ def _check_meta(meta: dict, meta_path: Path) -> None:
     def is_count(value) -> bool:
         return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
+    plain = "a file name in the dataset directory (no folder or drive, not . or ..)"
+
     need(meta.get("kind") in _SHARD_FIELDS, "kind", f"one of {', '.join(_SHARD_FIELDS)}")
     need(meta.get("dtype") in ("uint16", "uint32"), "dtype", "uint16 or uint32")
     tokenizer = meta.get("tokenizer")
     need(isinstance(tokenizer, dict), "tokenizer", "an object")
-    for key in ("file", "fingerprint"):
-        need(isinstance(tokenizer.get(key), str), f"tokenizer.{key}", "a string")
+    need(isinstance(tokenizer.get("fingerprint"), str), "tokenizer.fingerprint", "a string")
+    need(_is_plain_name(tokenizer.get("file")), "tokenizer.file", plain)
     if meta["kind"] != "pretrain":
         need(is_count(meta.get("block_size")) and meta["block_size"] > 0, "block_size", "a positive integer")
     shards = meta.get("shards")
     need(isinstance(shards, dict), "shards", "an object of splits")
+    listed: dict[str, str] = {}  # file name -> the first field that names it
     for split, entries in shards.items():
         need(isinstance(entries, list), f"shards.{split}", "a list of shards")
         for i, entry in enumerate(entries):
             need(isinstance(entry, dict), f"shards.{split}[{i}]", "an object")
             for key, kind in _SHARD_FIELDS[meta["kind"]].items():
-                ok = is_count(entry.get(key)) if kind is int else isinstance(entry.get(key), str)
-                need(ok, f"shards.{split}[{i}].{key}", "a count" if kind is int else "a file name")
+                field = f"shards.{split}[{i}].{key}"
+                if kind is int:
+                    need(is_count(entry.get(key)), field, "a count")
+                    continue
+                name = entry.get(key)
+                need(_is_plain_name(name), field, plain)
+                if name in listed:
+                    raise DataError(f"{meta_path}: field {_short(field)} names {_short(name)}, as field "
+                                    f"{_short(listed[name])} does: each file holds one split's data, once "
+                                    "(the validation split must not be training data); prepare the data again")
+                listed[name] = field
 
 
 class Dataset:

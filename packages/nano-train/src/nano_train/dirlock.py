@@ -15,7 +15,7 @@ import errno
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:
@@ -33,6 +33,29 @@ TRIES = 100
 class Claim:
     created: bool  # this call made the directory
     locked: bool   # False without fcntl or where the file system cannot lock
+    made: list[Path] = field(default_factory=list)  # the directories this call made, the top one first
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    """Make directory and its missing parents, top down: the ones this call made.
+
+    One that exists already (made meanwhile by another writer) is not ours.
+    FileNotFoundError when a parent was removed meanwhile (by a writer that failed
+    and removed the directories it had made): the caller tries again.
+    """
+    missing = []
+    p = directory
+    while not p.exists() and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    made = []
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            continue
+        made.append(p)
+    return made
 
 
 def _try_lock(path: Path, who: str, error: type[Exception]) -> int | None:
@@ -79,8 +102,8 @@ def exclusive(directory: Path, lock_name: str, who: str, error: type[Exception])
 
     who names the writers in messages ("prepare", "run"); error is the exception's
     class when another process holds the lock. On exit the lock file is removed
-    (before the lock is released, see _try_lock), and the directory too if this call
-    created it and it is empty.
+    (before the lock is released, see _try_lock), and so is each directory this call
+    made (the directory and its missing parents), leaf first, while it is empty.
     """
     claim = Claim(created=False, locked=False)
     fd = None
@@ -88,10 +111,10 @@ def exclusive(directory: Path, lock_name: str, who: str, error: type[Exception])
     try:
         for _ in range(TRIES):
             try:
-                directory.mkdir(parents=True)
-                claim.created = True
-            except FileExistsError:
-                pass
+                claim.made += _make_dirs(directory)
+            except FileNotFoundError:  # a parent was removed meanwhile (see _make_dirs)
+                continue
+            claim.created = directory in claim.made
             if fcntl is None:
                 break
             try:
@@ -112,8 +135,12 @@ def exclusive(directory: Path, lock_name: str, who: str, error: type[Exception])
         if fd is not None:
             with contextlib.suppress(OSError):
                 path.unlink()
-        if claim.created:
-            with contextlib.suppress(OSError):  # not empty: the user's files, or the next writer's lock
-                directory.rmdir()
+        for made in reversed(claim.made):  # the leaf first: a parent is empty only once its child is gone
+            try:
+                made.rmdir()
+            except FileNotFoundError:
+                continue
+            except OSError:  # not empty: the user's files, or the next writer's lock (so no parent is either)
+                break
         if fd is not None:
             os.close(fd)  # releases the lock

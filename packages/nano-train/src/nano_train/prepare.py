@@ -14,7 +14,8 @@ pretrain options:
   --shard_tokens N         tokens per shard file at most, whole chunks: at least --chunk_tokens
                            (default 100,000,000)
 sft options:
-  --block_size N           row length; a sample holds up to N tokens (use the model's block_size)
+  --block_size N           row length; a sample holds up to N tokens (use the model's block_size;
+                           at most 1,048,576, the largest a model may have)
   --too_long skip|truncate|error   samples longer than block_size (default skip, counted; truncate
                            also skips, and counts, a sample whose answer would be cut off entirely)
   --skip_bad               skip (and count) lines that are not valid records (or are over 64 MiB)
@@ -22,6 +23,10 @@ sft options:
   --val_fraction F         share of samples held out (default 0)
 common:
   --seed N (>= 0, default 1337), --overwrite (replace an existing dataset in DIR), --quiet (no progress bar)
+
+Other files in DIR are never replaced, --overwrite or not: one named like a file of
+the new dataset (tokenizer.json, train_000.bin, ...) that the old meta.json does not
+list (or with no meta.json there) is an error naming it.
 
 The tokenizer is copied into DIR (tokenizer.json) and its fingerprint recorded
 in DIR/meta.json, with the counts, the split and the shard list. The dataset is
@@ -38,15 +43,21 @@ at the end), and a second prepare into DIR meanwhile stops at once with an error
 naming the first one's pid. With the lock held, temporary directories left by a
 prepare that was killed are removed, with a note. (Not on Windows: no lock there.)
 
-Exit status: 0 done, 1 a file could not be read or written, 2 bad arguments or data.
+Exit status: 0 done, 1 a file could not be read or written (standard output
+included: the dataset is complete then, and the error line says so), 2 bad
+arguments or data, 130 interrupted by Ctrl-C (one line says what DIR holds:
+nothing new, or the complete dataset when it came too late to stop it).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+from pathlib import Path
 
-from nano_train.data import DOC_MODES, TOO_LONG, DataError, prepare_pretrain, prepare_sft
+from nano_train.data import DOC_MODES, META, TOO_LONG, DataError, prepare_pretrain, prepare_sft
 
 
 def non_negative_int(text: str) -> int:
@@ -87,28 +98,68 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _meta_stamp(out_dir: Path) -> tuple[int, int, int] | None:
+    """What tells one meta.json in out_dir from another: a new one is a new file (written
+    aside, then moved in), so its inode differs; None when there is none."""
+    try:
+        st = os.stat(out_dir / META)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def _discard_stdout() -> None:
+    """Point standard output at the null device, so that the text still buffered for it
+    is not written again (and fails again, with a traceback) when Python exits."""
+    with contextlib.suppress(OSError, ValueError):  # (a stdout without a descriptor, in tests)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+
+
+def _prepare(args: argparse.Namespace):
+    if args.kind == "pretrain":
+        return prepare_pretrain(
+            args.inputs, args.tokenizer, args.out_dir, doc_mode=args.docs, bos_eos=args.bos_eos,
+            val_fraction=args.val_fraction, chunk_tokens=args.chunk_tokens, seed=args.seed,
+            shuffle=not args.no_shuffle, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
+            progress=not args.quiet)
+    return prepare_sft(
+        args.inputs, args.tokenizer, args.out_dir, block_size=args.block_size,
+        val_fraction=args.val_fraction, seed=args.seed, too_long=args.too_long, skip_bad=args.skip_bad,
+        overwrite=args.overwrite, progress=not args.quiet)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    out_dir = Path(args.out_dir)
+    # (a name that is not UTF-8 is shown with \xNN escapes: standard output may not take it as it is)
+    shown = os.fsencode(out_dir).decode("utf-8", "backslashreplace")
+    before = _meta_stamp(out_dir)
     try:
-        if args.kind == "pretrain":
-            summary = prepare_pretrain(
-                args.inputs, args.tokenizer, args.out_dir, doc_mode=args.docs, bos_eos=args.bos_eos,
-                val_fraction=args.val_fraction, chunk_tokens=args.chunk_tokens, seed=args.seed,
-                shuffle=not args.no_shuffle, shard_tokens=args.shard_tokens, overwrite=args.overwrite,
-                progress=not args.quiet)
-        else:
-            summary = prepare_sft(
-                args.inputs, args.tokenizer, args.out_dir, block_size=args.block_size,
-                val_fraction=args.val_fraction, seed=args.seed, too_long=args.too_long, skip_bad=args.skip_bad,
-                overwrite=args.overwrite, progress=not args.quiet)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # an unreadable input, an unwritable --out_dir, a full disk
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"{args.out_dir}: {summary.text()}")
-    return 0
+        try:
+            summary = _prepare(args)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except OSError as e:  # an unreadable input, an unwritable --out_dir, a full disk
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        try:
+            print(f"{shown}: {summary.text()}", flush=True)
+        except OSError as e:  # a closed pipe, a full disk
+            _discard_stdout()
+            print(f"error: writing standard output: {e.strerror or e}; the dataset in {shown} is complete",
+                  file=sys.stderr)
+            return 1
+        return 0
+    except KeyboardInterrupt:
+        # (prepare holds Ctrl-C back while the files move in: the dataset is then there whole, or not at all)
+        after = _meta_stamp(out_dir)
+        what = (f"the dataset in {shown} is complete" if after is not None and after != before else
+                f"nothing was written to {shown}" + (" (its dataset is as it was)" if before else ""))
+        print(f"\nerror: interrupted; {what}", file=sys.stderr, flush=True)
+        return 130
 
 
 if __name__ == "__main__":
