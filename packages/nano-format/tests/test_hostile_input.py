@@ -341,17 +341,17 @@ def test_reading_a_fifo_does_not_hang(tmp_path, sort6_path):
     `<(cat model.bin)`): what is not a regular file is refused, saying what it is."""
     fifo = tmp_path / "fifo.bin"
     os.mkfifo(fifo)
-    with pytest.raises(OSError, match=r"not a regular file but a pipe; a model file is memory-mapped"):
+    with pytest.raises(OSError, match=r"not a regular file but a FIFO \(a pipe\); a model file is memory-mapped"):
         nf.read(fifo)
-    with pytest.raises(OSError, match=r"not a regular file but a folder"):
+    with pytest.raises(OSError, match=r"not a regular file but a directory"):
         nf.read(tmp_path)
-    with pytest.raises(OSError, match=r"not a regular file but a device or socket"):
+    with pytest.raises(OSError, match=r"not a regular file but a character device"):
         nf.read(os.devnull)
     # what `nano-format info <(cat sort6_f32.bin)` gets
     r = subprocess.run([sys.executable, "-m", "nano_format", "info", "/dev/stdin"], input=sort6_path.read_bytes(),
                        capture_output=True, timeout=120)
-    assert r.returncode == 1 and r.stderr.decode() == ("nano-format: error: /dev/stdin: not a regular file but a "
-                                                       "pipe; a model file is memory-mapped, so save it to a file "
+    assert r.returncode == 1 and r.stderr.decode() == ("nano-format: error: /dev/stdin: not a regular file but a FIFO "
+                                                       "(a pipe); a model file is memory-mapped, so save it to a file "
                                                        "first\n"), r
 
 

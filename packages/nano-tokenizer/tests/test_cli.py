@@ -474,7 +474,7 @@ def test_info_reads_a_pipe_once(shared, tmp_path):
     finally:
         writer.kill()
         writer.wait(timeout=60)
-    assert_clean_error(rc, err, f"{fifo}: cannot read: not a regular file but a pipe")
+    assert_clean_error(rc, err, f"{fifo}: cannot read: not a regular file but a FIFO (a pipe)")
 
 
 def test_control_characters_reach_the_terminal_escaped(tmp_path, capsys):

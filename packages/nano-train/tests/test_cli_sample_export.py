@@ -583,3 +583,168 @@ def test_export_errors_name_the_output_not_the_temporary_file(nano80, tmp_path, 
         rc, _, err = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", "/proc/x.bin"], capsys)
         assert rc == 1 and err.startswith("error: --out /proc/x.bin: ") and err.count("\n") == 1, err
         assert ".tmp" not in err and ".x.bin" not in err
+
+
+# ---------------------------------------------------------------------------
+# export: standard output, Ctrl-C and option messages
+
+
+def test_export_says_what_is_wrong_with_its_options(nano80, tmp_path, capsys):
+    """--ckpt that exists but is not a file is not "not found"; a bad --group-size is
+    told as the option it is, not as the file's header field."""
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    (tmp_path / "d.pt").mkdir()
+    q8 = ["--ckpt", tmp_path / "c.pt", "--quant", "q8_0", "--group-size"]
+    cases = [
+        (["--ckpt", tmp_path / "d.pt"], f"error: --ckpt {tmp_path / 'd.pt'}: is a directory, not a checkpoint file"),
+        (q8 + ["0"], "error: --group-size: must be at least 1, got 0"),
+        (q8 + ["-3"], "error: --group-size: must be at least 1, got -3"),
+        (q8 + ["7"], "error: --group-size: 7 does not divide n_embd = 32, a quantized row length"),
+        (["--ckpt", tmp_path / "missing.pt"], f"error: --ckpt {tmp_path / 'missing.pt'}: checkpoint not found"),
+    ]
+    if os.path.exists("/dev/zero"):
+        cases.append((["--ckpt", "/dev/zero"], "error: --ckpt /dev/zero: is a character device, not a checkpoint file"))
+    for argv, want in cases:
+        rc, out, err = run(export_cmd, argv + ["--out", tmp_path / "o.bin"], capsys)
+        assert rc == 1 and out == "" and err == want + "\n", (argv, err)
+        assert "offset" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "d.pt"]
+
+
+class _FullDisk(io.TextIOWrapper):
+    """Standard output on a full disk (`> /dev/full`)."""
+
+    def write(self, text):
+        raise OSError(28, "No space left on device")
+
+
+@pytest.mark.parametrize("stdout, message", [(_BrokenPipe, ""), (_FullDisk, "No space left on device")])
+def test_export_writes_every_file_even_when_standard_output_fails(nano80, tmp_path, capsys, monkeypatch,
+                                                                  stdout, message):
+    """The summary is printed once every file is in place: a reader that went away is
+    quiet (as in sample), a full disk is one line saying the files were written."""
+    ckpt = lora_ckpt(tmp_path, nano80)
+    base, lora = tmp_path / "b.bin", tmp_path / "la.bin"
+    with open(tmp_path / "stdout", "wb") as f:
+        monkeypatch.setattr(sys, "stdout", stdout(f, encoding="utf-8"))
+        rc = export_cmd.main([str(a) for a in ["--ckpt", ckpt, "--out", base, "--lora-out", lora]])
+    err = capsys.readouterr().err
+    assert rc == 1
+    if message:
+        assert err == (f"error: writing standard output: {message} "
+                       f"(the export itself succeeded: {base} and {lora} written)\n")
+    else:
+        assert err == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin", "c.pt", "la.bin", "stdout"]
+    load_lora_bin(load_bin(base)[0], lora)
+
+
+def _closed_pipe() -> int:
+    """The write end of a pipe whose reader has gone."""
+    r, w = os.pipe()
+    os.close(r)
+    return w
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
+@pytest.mark.parametrize("where", ["/dev/full", "closed pipe"])
+def test_export_as_a_program_to_a_failing_standard_output(nano80, tmp_path, where):
+    """As above, in a real process: the interpreter's last flush stays quiet too."""
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    out = tmp_path / "f.bin"
+    stdout = open(where, "wb") if where == "/dev/full" else os.fdopen(_closed_pipe(), "wb")
+    with stdout:
+        p = subprocess.run([sys.executable, "-m", "nano_train.export", "--ckpt", str(tmp_path / "c.pt"),
+                            "--out", str(out)], stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=120)
+    want = (f"error: writing standard output: No space left on device (the export itself succeeded: {out} written)\n"
+            if where == "/dev/full" else "")
+    assert p.returncode == 1 and p.stderr == want, p.stderr
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["c.pt", "f.bin"]
+    load_bin(out)
+
+
+INTERRUPT_EXPORT = """
+import os, signal, sys, time
+from nano_train import convert, export
+
+where = sys.argv[1]
+
+def interrupt():
+    os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered at once
+    time.sleep(5)  # (not reached unless the signal is held back)
+
+if where == "staged":  # once the LoRA and the base are both written to their staged files
+    real_export_bin = convert.export_bin
+
+    def export_bin(*args, **kwargs):
+        info = real_export_bin(*args, **kwargs)
+        interrupt()
+        return info
+
+    convert.export_bin = export_bin
+else:  # between the renames that move the files into place
+    real_replace = os.replace
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        if not str(dst).endswith(".export.tmp"):  # not the writes to the staged files
+            os.kill(os.getpid(), signal.SIGINT)
+
+    os.replace = replace
+sys.exit(export.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no SIGINT to send to a process there")
+@pytest.mark.parametrize("where", ["staged", "renaming"])
+def test_export_interrupted_by_ctrl_c(nano80, tmp_path, where):
+    """Ctrl-C: one line, exit status 130, no traceback; every file or none (the staged
+    files removed; held back while they are renamed into place)."""
+    ckpt = lora_ckpt(tmp_path, nano80)
+    base, lora = tmp_path / "b.bin", tmp_path / "la.bin"
+    p = subprocess.run([sys.executable, "-c", INTERRUPT_EXPORT, where, "--ckpt", str(ckpt), "--out", str(base),
+                        "--lora-out", str(lora)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 130 and "Traceback" not in p.stderr, p.stderr
+    assert p.stdout == ""
+    if where == "staged":
+        assert p.stderr == "\nerror: interrupted; nothing was written\n"
+        assert sorted(q.name for q in tmp_path.iterdir()) == ["c.pt"]
+    else:
+        assert p.stderr == f"\nerror: interrupted; the export was complete: {base} and {lora} written\n"
+        assert sorted(q.name for q in tmp_path.iterdir()) == ["b.bin", "c.pt", "la.bin"]
+        load_lora_bin(load_bin(base)[0], lora)
+
+
+# ---------------------------------------------------------------------------
+# sample: a prompt that is not UTF-8, exit statuses
+
+
+def test_sample_refuses_a_prompt_that_is_not_utf8(shared_file, capsys, monkeypatch):
+    """Its bytes would be lost, not tokenized: one line naming where and the offset.
+    (Python hands bytes of an argument that are not UTF-8 over as lone surrogates, and
+    reads standard input with surrogateescape in the C or POSIX locale.)"""
+    sort6 = ["-m", str(shared_file("fixtures/sort6_f32.bin")), "--seq2seq"]
+    rc, out, err = run(sample_cmd, sort6 + ["-p", "\udcff\udcfe"], capsys)  # -p $'\xff\xfe'
+    assert out == "" and one_error_line(rc, err, "error: -p: the prompt argument is not UTF-8: byte 0xff at offset 0")
+    rc, out, err = run(sample_cmd, sort6 + ["-p", "25\udcc3"], capsys)  # a character cut short
+    assert out == "" and one_error_line(rc, err, "error: -p: the prompt argument is not UTF-8: byte 0xc3 at offset 2")
+    for errors in ("strict", "surrogateescape"):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"2512\xfe12\n"), errors=errors))
+        rc, out, err = run(sample_cmd, sort6 + ["-p", "-"], capsys)
+        assert out == "" and one_error_line(rc, err, "error: -p -: standard input is not UTF-8: byte 0xfe at offset 4")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"251212\r\n")))  # read as text mode would
+    rc, out, err = run(sample_cmd, sort6 + ["-p", "-"], capsys)
+    assert rc == 0 and out == "112225\n", err
+
+
+def test_sample_exit_statuses_are_as_documented(capsys):
+    """Bad input is exit status 1 (above); a command line argparse cannot parse is
+    argparse's usage and exit status 2, and the documentation says so."""
+    for argv in (["-p", "x"], ["-m", "m.bin", "-p", "x", "--no-such-option"], ["-m", "m.bin", "-p", "x", "-n", "N"]):
+        with pytest.raises(SystemExit) as e:
+            sample_cmd.main(argv)
+        assert e.value.code == 2 and "usage:" in capsys.readouterr().err
+    for doc in (sample_cmd.__doc__, export_cmd.__doc__):
+        assert "exit status 2" in " ".join(doc.split())
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8").split())
+    assert "gets the usage and exit status 2" in readme

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import sys
 
 import pytest
 
@@ -91,3 +94,61 @@ def test_deeply_nested_line_is_skipped(tmp_path):
     log = write_log(tmp_path / "log.jsonl", [json.dumps(r) for r in RECORDS] + ["[" * 100_000 + "]" * 100_000])
     png = tmp_path / "out.png"
     assert plot_cmd.main([str(log), "-o", str(png)]) == 0 and png.stat().st_size > 0
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no FIFOs or (unprivileged) symbolic links there")
+def test_output_that_is_not_a_regular_file_is_refused(tmp_path):
+    """A symbolic link at -o is never written through (it once turned a run's report.md
+    into a PNG); a folder or a FIFO is refused too, and nothing is replaced."""
+    log = write_log(tmp_path / "log.jsonl", [json.dumps(r) for r in RECORDS])
+    (tmp_path / "report.md").write_text("# the run's report\n", encoding="utf-8")
+    (tmp_path / "link.png").symlink_to("report.md")
+    (tmp_path / "folder.png").mkdir()
+    os.mkfifo(tmp_path / "fifo.png")
+    for name in ("link.png", "folder.png", "fifo.png"):
+        out = tmp_path / name
+        msg = error_of([str(log), "-o", str(out)])
+        assert msg == f"error: cannot write {out}: exists and is not a regular file; not replacing it", msg
+    assert (tmp_path / "report.md").read_text(encoding="utf-8") == "# the run's report\n"
+    assert (tmp_path / "link.png").is_symlink() and stat.S_ISFIFO((tmp_path / "fifo.png").lstat().st_mode)
+    names = ["fifo.png", "folder.png", "link.png", "log.jsonl", "report.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == names
+
+
+def test_output_is_written_atomically(tmp_path, monkeypatch):
+    """A failure while the picture is written (a full disk) leaves the old one whole and
+    no temporary file; a replaced picture keeps its mode."""
+    log = write_log(tmp_path / "log.jsonl", [json.dumps(r) for r in RECORDS])
+    png = tmp_path / "loss.png"
+    png.write_bytes(b"the previous plot")
+    png.chmod(0o600)
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    assert error_of([str(log), "-o", str(png)]) == f"error: cannot write {png}: No space left on device"
+    assert png.read_bytes() == b"the previous plot"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["log.jsonl", "loss.png"]  # no temporary file left
+    monkeypatch.undo()
+    assert plot_cmd.main([str(tmp_path)]) == 0  # the default output: loss.png beside the log
+    assert png.read_bytes().startswith(b"\x89PNG") and stat.S_IMODE(png.stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no FIFOs there")
+def test_a_log_that_is_not_a_file_is_named_for_what_it_is(tmp_path):
+    """Not "does not exist" for what exists: a directory named log.jsonl (given itself, or
+    as a run directory's log), a run directory with no log, a FIFO."""
+    (tmp_path / "a" / "log.jsonl").mkdir(parents=True)
+    (tmp_path / "empty_run").mkdir()
+    os.mkfifo(tmp_path / "fifo.jsonl")
+    cases = {
+        tmp_path / "a": f"{tmp_path / 'a' / 'log.jsonl'} is a directory, not a log file",
+        tmp_path / "a" / "log.jsonl": f"{tmp_path / 'a' / 'log.jsonl'} is a directory with no log.jsonl in it",
+        tmp_path / "empty_run": f"{tmp_path / 'empty_run'} is a directory with no log.jsonl in it",
+        tmp_path / "fifo.jsonl": f"{tmp_path / 'fifo.jsonl'} is a FIFO (a pipe), not a log file",
+        tmp_path / "nope.jsonl": f"{tmp_path / 'nope.jsonl'} does not exist",
+    }
+    for given, want in cases.items():
+        assert error_of([str(given), "-o", str(tmp_path / "p.png")]) == f"error: {want}"
+    assert not (tmp_path / "p.png").exists()

@@ -65,6 +65,18 @@ def write_atomically(path, chunks) -> int:
     return size
 
 
+def file_kind(mode: int) -> str:
+    """What a stat mode that is not a regular file's is, for messages: "a directory",
+    "a FIFO", "a character device", ... ("a regular file" for one)."""
+    for test, kind in ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO (a pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def check_writable(path) -> None:
     """Raise, before any work, what write_atomically(path, ...) would raise before
     writing: WriteError when something other than a regular file is at `path`,

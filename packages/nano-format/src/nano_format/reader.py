@@ -33,6 +33,7 @@ from functools import cached_property
 import numpy as np
 
 from . import spec
+from .atomic import file_kind
 from .config import Config, LoraConfig
 from .errors import (
     BadConfig,
@@ -117,9 +118,8 @@ def _map(path: str) -> tuple[np.ndarray, mmap.mmap | None]:
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):  # a pipe reads as empty, a folder or device cannot be mapped
-            kind = "a folder" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"
-            raise OSError(errno.EINVAL, f"not a regular file but {kind}; a model file is memory-mapped, so save "
-                                        "it to a file first", path)
+            raise OSError(errno.EINVAL, f"not a regular file but {file_kind(mode)}; a model file is memory-mapped, "
+                                        "so save it to a file first", path)
         # mmap cannot map an empty file; an empty file is a truncated header anyway.
         if os.fstat(fd).st_size == 0:
             return np.zeros(0, dtype=np.uint8), None

@@ -60,7 +60,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from nano_format import JSONTextError, parse_json, spec
+from nano_format import JSONTextError, file_kind, parse_json, spec
 from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer
 
 from nano_train import dirlock
@@ -507,9 +507,7 @@ def existing_files(inputs) -> list[Path]:
         except FileNotFoundError:
             raise DataError(f"input file {p} does not exist") from None
         if not stat.S_ISREG(st.st_mode):
-            what = ("a directory" if stat.S_ISDIR(st.st_mode) else
-                    "a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "not a regular file")
-            raise DataError(f"input {p} is {what}; give text files")
+            raise DataError(f"input {p} is {file_kind(st.st_mode)}; give text files")
         key = (st.st_dev, st.st_ino)
         if key in seen:
             raise DataError(f"inputs {seen[key]} and {p} are the same file; give each file once")

@@ -26,6 +26,16 @@ destination starts. --out and --lora-out must differ from each other and from
 --ckpt, and must not be anything but a regular file (a folder, a FIFO, a device,
 a symbolic link): those are refused, never replaced.
 
+The summary (what was written) is printed once every file is in place. Should
+standard output fail then, the files stay: a reader that went away (`| head`) ends
+it quietly, any other failure (a full disk) is one `error: writing standard
+output: ...` line that says the files were written; exit status 1 either way.
+Ctrl-C is one `error: interrupted; ...` line and exit status 130; it removes the
+staged files, so nothing is written, unless it came once the files were being
+moved into place: it is held back until all are, and the line then names them.
+Bad input is one `error: ...` line and exit status 1; a command line argparse
+cannot parse gets the usage and exit status 2.
+
 Example:
   python -m nano_train.export --ckpt out/ckpt.pt --out model_q80.bin --quant q8_0
 """
@@ -33,13 +43,17 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import re
+import signal
+import stat
 import sys
 from pathlib import Path
 
-from nano_format import WriteError, check_writable, kept_mode
+from nano_format import BadGroupSize, WriteError, check_writable, file_kind, kept_mode
+from nano_format.quant import check_group_size
 
 __all__ = ["main", "build_parser"]
 
@@ -154,58 +168,154 @@ def _naming(path: Path, tmp: Path, op, *args, **kwargs):
         raise OSError(e.errno, e.strerror, str(path)) from None
 
 
+def _check_checkpoint(ckpt: Path) -> None:
+    """Refuse a --ckpt that is missing or is not a regular file (a folder, a device,
+    a FIFO), saying which, before anything is loaded."""
+    try:
+        st = ckpt.stat()  # a symbolic link to a checkpoint is read as the checkpoint
+    except FileNotFoundError:
+        raise ValueError(f"--ckpt {ckpt}: checkpoint not found") from None
+    except OSError as e:
+        raise ValueError(f"--ckpt {ckpt}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"--ckpt {ckpt}: is {file_kind(st.st_mode)}, not a checkpoint file")
+
+
+def _check_group_size(model_config, group_size: int) -> None:
+    """--group-size against the model's row lengths, told as the option it is (not as
+    the header field it would become)."""
+    from .convert import file_config_from_model
+
+    try:
+        check_group_size(file_config_from_model(model_config), group_size)
+    except BadGroupSize as e:
+        raise ValueError(f"--group-size: {e.message}") from None
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C (SIGINT) and SIGTERM held back while the files are moved into place, so
+    that every file is moved or none; one that came meanwhile is delivered at the end.
+    (Windows has no signal masks: nothing is held there.)"""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _export(args, written: list[Path]) -> list[str]:
+    """Export as the arguments say; return the summary to print once every file is in
+    place. The paths written are appended to `written` when, and only when, all of
+    them are in place."""
+    from .convert import export_bin, export_lora, load_checkpoint_model
+    from .lora import detach_lora, has_lora, merge_lora
+
+    ckpt = Path(args.ckpt)
+    _check_checkpoint(ckpt)
+    if args.group_size is not None:
+        if args.quant != "q8_0":
+            raise ValueError("--group-size applies to --quant q8_0 only")
+        if args.group_size < 1:
+            raise ValueError(f"--group-size: must be at least 1, got {args.group_size}")
+    outs = {"--out": Path(args.out)}
+    if args.lora_out:
+        outs["--lora-out"] = Path(args.lora_out)
+    _check_outputs(ckpt, outs)
+    for path in outs.values():
+        _remove_stale_staged(path)
+    model, tokenizer = load_checkpoint_model(ckpt)
+    if args.lora_out and not has_lora(model):
+        raise ValueError(f"--lora-out: {ckpt} has no LoRA adapters")
+    if args.group_size is not None:
+        _check_group_size(model.config, args.group_size)
+    summary = []
+    staged = {}  # final path -> temporary path, registered before anything is written to it
+    infos = []
+    try:
+        if args.lora_out:
+            path = outs["--lora-out"]
+            staged[path] = tmp = _staged(path)
+            infos.append(_naming(path, tmp, export_lora, model, tmp))
+            detach_lora(model)  # the base weights, untouched by the adapters
+        elif has_lora(model):
+            merge_lora(model)
+            summary.append("the checkpoint's LoRA adapters are merged into the exported weights "
+                           "(use --lora-out to keep them separate)")
+        path = outs["--out"]
+        staged[path] = tmp = _staged(path)
+        infos.append(_naming(path, tmp, export_bin, model, tmp, quant=args.quant,
+                             group_size=args.group_size, layout=args.layout, tokenizer=tokenizer))
+        for path, tmp in staged.items():  # checked again: things may have changed meanwhile
+            mode = kept_mode(path)  # WriteError for what is not a regular file
+            if mode is not None:
+                _naming(path, tmp, os.chmod, tmp, mode)
+        with _signals_held():  # every file succeeded: move them all into place
+            for path, tmp in staged.items():
+                _naming(path, tmp, os.replace, tmp, path)
+            written.extend(outs.values())
+    finally:
+        for tmp in staged.values():
+            tmp.unlink(missing_ok=True)
+    for path, info in zip(staged, infos):
+        info.path = str(path)
+        summary.append(str(info))
+    if tokenizer is None:
+        summary.append("note: the checkpoint has no vocabulary, so the file has none either")
+    return summary
+
+
+def _silence_stdout() -> None:
+    """Point standard output at the null device after it failed, so that the
+    interpreter's last flush of what is left in its buffer does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # none, or not a file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _print_summary(summary: list[str], written: list[Path]) -> int:
+    """Print the summary of an export whose files are all in place. A reader that went
+    away (`| head`) ends it quietly, as in sample, nano-format and nano-tokenizer; any
+    other failure (a full disk) is one line saying the files were written. Exit 1 either way."""
+    try:
+        for line in summary:
+            print(line)
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return 1
+    except OSError as e:
+        _silence_stdout()
+        print(f"error: writing standard output: {e.strerror or e} (the export itself succeeded: "
+              f"{_and(written)} written)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _and(paths: list[Path]) -> str:
+    return " and ".join(str(p) for p in paths)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    written: list[Path] = []  # filled once every file is in place
     try:
-        from .convert import export_bin, export_lora, load_checkpoint_model
-        from .lora import detach_lora, has_lora, merge_lora
-
-        ckpt = Path(args.ckpt)
-        if not ckpt.is_file():
-            raise ValueError(f"checkpoint not found: {ckpt}")
-        if args.group_size is not None and args.quant != "q8_0":
-            raise ValueError("--group-size applies to --quant q8_0 only")
-        outs = {"--out": Path(args.out)}
-        if args.lora_out:
-            outs["--lora-out"] = Path(args.lora_out)
-        _check_outputs(ckpt, outs)
-        for path in outs.values():
-            _remove_stale_staged(path)
-        model, tokenizer = load_checkpoint_model(ckpt)
-        if args.lora_out and not has_lora(model):
-            raise ValueError(f"--lora-out: {ckpt} has no LoRA adapters")
-        staged = {}  # final path -> (temporary path, ExportInfo)
-        try:
-            if args.lora_out:
-                path = outs["--lora-out"]
-                tmp = _staged(path)
-                staged[path] = tmp, _naming(path, tmp, export_lora, model, tmp)
-                detach_lora(model)  # the base weights, untouched by the adapters
-            elif has_lora(model):
-                merge_lora(model)
-                print("the checkpoint's LoRA adapters are merged into the exported weights "
-                      "(use --lora-out to keep them separate)")
-            path = outs["--out"]
-            tmp = _staged(path)
-            staged[path] = tmp, _naming(path, tmp, export_bin, model, tmp, quant=args.quant,
-                                        group_size=args.group_size, layout=args.layout, tokenizer=tokenizer)
-            for path, (tmp, _) in staged.items():  # checked again: things may have changed meanwhile
-                mode = kept_mode(path)  # WriteError for what is not a regular file
-                if mode is not None:
-                    _naming(path, tmp, os.chmod, tmp, mode)
-            for path, (tmp, info) in staged.items():  # every file succeeded: move them into place
-                _naming(path, tmp, os.replace, tmp, path)
-                info.path = str(path)
-                print(info)
-        finally:
-            for tmp, _ in staged.values():
-                tmp.unlink(missing_ok=True)
-        if tokenizer is None:
-            print("note: the checkpoint has no vocabulary, so the file has none either")
+        return _print_summary(_export(args, written), written)
+    except KeyboardInterrupt:  # the staged files are gone already (_export's finally)
+        done = f"the export was complete: {_and(written)} written" if written else "nothing was written"
+        print(f"\nerror: interrupted; {done}", file=sys.stderr)
+        return 130
     except (ValueError, OSError) as e:  # bad input (ConvertError is a ValueError): no traceback
         print(f"error: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -5,14 +5,25 @@ usage: python -m nano_train.plot RUN_DIR_OR_LOG.jsonl [more ...] [-o loss.png] [
 Draws train loss (per logged step) and validation loss (per evaluation) for
 each run given, one colour per run; --lr adds the learning rate on a second
 axis. Needs matplotlib (`pip install matplotlib`; in the workspace it is installed).
+
+The picture (PNG, or any format matplotlib writes, chosen by the extension) is
+written atomically: to a temporary file beside the output, then renamed over it
+(a replaced file keeps its mode). A folder, FIFO, device or symbolic link at the
+output path is refused before anything is drawn, never written through or replaced.
+A log or an output that cannot be used is one `error: ...` line, exit status 1;
+a command line argparse cannot parse gets the usage and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import math
+import stat
 import sys
 from pathlib import Path
+
+from nano_format import WriteError, check_writable, file_kind, write_atomically
 
 from nano_train.metrics import read_log
 
@@ -20,6 +31,34 @@ from nano_train.metrics import read_log
 def _log_path(p: str) -> Path:
     path = Path(p)
     return path / "log.jsonl" if path.is_dir() else path
+
+
+def _log_file(name: str) -> Path:
+    """The log file an argument names (a log, or a run directory holding log.jsonl);
+    SystemExit saying what is there instead when that is not a regular file."""
+    path = _log_path(name)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        if path != Path(name):
+            raise SystemExit(f"error: {name} is a directory with no log.jsonl in it") from None
+        raise SystemExit(f"error: {path} does not exist") from None
+    except OSError as e:
+        raise SystemExit(f"error: cannot read {path}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise SystemExit(f"error: {path} is {file_kind(st.st_mode)}, not a log file")
+    return path
+
+
+def _check_output(out: Path) -> None:
+    """Refuse, before anything is read or drawn, an output that cannot be written or
+    is not a regular file (a symbolic link is never written through)."""
+    try:
+        check_writable(out)
+    except WriteError as e:
+        raise SystemExit(f"error: cannot write {out}: {e.message}") from None
+    except OSError as e:
+        raise SystemExit(f"error: cannot write {out}: {e.strerror or e}") from None
 
 
 # Values of larger magnitude are skipped: matplotlib cannot lay out an axis from
@@ -94,11 +133,10 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
     if out.suffix.lstrip(".").lower() not in formats:
         raise SystemExit(f"error: -o {out}: matplotlib cannot write {out.suffix or 'a file without an extension'}; "
                          f"use one of: {', '.join('.' + f for f in sorted(formats))}")
+    _check_output(out)
     runs = []
     for name in logs:
-        path = _log_path(name)
-        if not path.is_file():
-            raise SystemExit(f"error: {path} does not exist")
+        path = _log_file(name)
         c, bad = _curves(read_log(path))
         if not (c["train"][0] or c["val"][0]):
             why = f" ({bad} values skipped: not finite numbers of a plottable size)" if bad else ""
@@ -125,12 +163,17 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
     if ax2 is not None:
         ax2.set_ylabel("learning rate")
     fig.tight_layout()
+    picture = io.BytesIO()
     try:
-        fig.savefig(out, dpi=120)
-    except OSError as e:
-        raise SystemExit(f"error: cannot write {out}: {e.strerror or e}") from None
+        fig.savefig(picture, format=out.suffix.lstrip(".").lower(), dpi=120)
     finally:
         plt.close(fig)
+    try:  # checked again: things may have changed while the logs were read
+        write_atomically(out, [picture.getbuffer()])
+    except WriteError as e:
+        raise SystemExit(f"error: cannot write {out}: {e.message}") from None
+    except OSError as e:
+        raise SystemExit(f"error: cannot write {out}: {e.strerror or e}") from None
     return out
 
 

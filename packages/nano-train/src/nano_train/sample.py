@@ -6,7 +6,7 @@ usage: python -m nano_train.sample -m MODEL [-l LORA.bin] -p PROMPT [options]
   -m, --model PATH            a .bin model file or a .pt training checkpoint (told apart
                               by their first bytes, whatever the name)
   -l, --lora PATH             a LoRA .bin to attach to the model
-  -p, --prompt TEXT           the prompt; "-" reads it from stdin
+  -p, --prompt TEXT           the prompt (UTF-8); "-" reads it from stdin
   --instruct                  wrap the prompt in the SFT template
                               (<|instruct_mark|> prompt <|response_mark|>)
   -t, --temperature T         0 = greedy (default 1.0)
@@ -27,8 +27,11 @@ usage: python -m nano_train.sample -m MODEL [-l LORA.bin] -p PROMPT [options]
                               is often fastest for tiny models)
 
 Generation stops after N tokens, when the context is full, at a --stop, or at <|eos|>
-(in every mode, as the C engine's `nano run`). Bad input gives one `error: ...` line
-on stderr and exit code 1.
+(in every mode, as the C engine's `nano run`). Bad input (a bad file, a bad value, a
+prompt that is not UTF-8) gives one `error: ...` line on stderr and exit status 1; a
+command line argparse cannot parse (an unknown option, no -m, a value of the wrong
+type) gets the usage and exit status 2. A reader that goes away (`| head`) ends it
+quietly with exit status 1; Ctrl-C with exit status 130.
 
 Examples:
   python -m nano_train.sample -m ../shared/fixtures/psycho_230k_1214_q80.bin -p "人的心理" -t 0 -n 32
@@ -91,6 +94,36 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _utf8(raw: bytes, where: str) -> str:
+    """The prompt's bytes as text; a UsageError naming where they came from and the
+    offset of the first byte that is not UTF-8 (it would be lost, not tokenized)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{where} is not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} "
+                         f"({e.reason})") from None
+
+
+def _prompt(arg: str) -> str:
+    """The prompt -p gives: the argument itself, or standard input for "-" (a final
+    line break dropped; line breaks read as \\n, as text-mode reading does)."""
+    if arg != "-":
+        # Bytes that are not UTF-8 reach Python as lone surrogates; os.fsencode gives them back.
+        try:
+            raw = os.fsencode(arg)
+        except UnicodeEncodeError as e:  # a surrogate that stands for no byte (a caller's string)
+            raise UsageError(f"-p: the prompt argument is not text: a lone surrogate at character {e.start}") from None
+        return _utf8(raw, "-p: the prompt argument")
+    if sys.stdin is None:  # started with standard input closed
+        raise UsageError("-p -: standard input is closed")
+    if hasattr(sys.stdin, "buffer"):
+        text = _utf8(sys.stdin.buffer.read(), "-p -: standard input")
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    else:  # a text stream without bytes beneath (an io.StringIO)
+        text = sys.stdin.read()
+    return text.rstrip("\n")
+
+
 def _input_file(name: str) -> Path:
     path = Path(name)
     if path.is_dir():
@@ -151,12 +184,7 @@ def _load(args):
 def _run(args, out) -> None:
     from .sampling import SamplerConfig, generate, instruct_prompt, seq2seq
 
-    if args.prompt == "-":
-        if sys.stdin is None:  # started with standard input closed
-            raise UsageError("-p -: standard input is closed")
-        prompt = sys.stdin.read().rstrip("\n")
-    else:
-        prompt = args.prompt
+    prompt = _prompt(args.prompt)
     if not prompt and not args.instruct:  # the instruct template gives an empty question tokens
         raise UsageError("the prompt is empty (only --instruct takes an empty one, as SFT data may hold)")
     try:
