@@ -1036,3 +1036,30 @@ def _reference_documents(text: str, mode: str) -> list[str]:
        piece_chars=st.integers(1, 8))
 def test_documents_do_not_depend_on_the_piece_size(tmp_path, text, mode, piece_chars):
     assert _docs(text, mode, tmp_path, piece_chars) == _reference_documents(text, mode)
+
+
+def test_held_signals_are_acted_on_when_the_block_ends():
+    """interrupts.held (prepare's and export's last renames): a Ctrl-C meanwhile lets the
+    block finish, then raises; a handler of the caller's own is left alone."""
+    import signal
+
+    from nano_train import interrupts
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts.held():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # Python runs the handler between bytecodes: give it many
+                pass
+            finished.append(True)
+    assert finished == [True] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with interrupts.held():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+        assert seen == [signal.SIGINT]  # the caller's handler ran at once, nothing raised
+    finally:
+        signal.signal(signal.SIGINT, previous)

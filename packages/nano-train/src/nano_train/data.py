@@ -48,11 +48,9 @@ import math
 import os
 import re
 import shutil
-import signal
 import stat
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +61,7 @@ import numpy as np
 from nano_format import JSONTextError, file_kind, parse_json, spec
 from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer
 
-from nano_train import dirlock
+from nano_train import dirlock, interrupts
 from nano_train.metrics import human, short_repr as _short
 
 META = "meta.json"
@@ -265,26 +263,6 @@ def _refuse_others_files(out_dir: Path, names: Iterable[str]) -> None:
 
 
 @contextlib.contextmanager
-def _no_interrupt() -> Iterator[None]:
-    """Hold a Ctrl-C (SIGINT) back until the block ends, so that the block runs whole.
-
-    Only in the main thread, and only where Ctrl-C raises KeyboardInterrupt (a caller
-    with its own SIGINT handler, such as the training loop, keeps it)."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-    caught = []
-    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if caught:
-        raise KeyboardInterrupt
-
-
-@contextlib.contextmanager
 def _new_dataset_dir(out_dir: Path, overwrite: bool, shard_names: re.Pattern) -> Iterator[Path]:
     """A hidden temporary directory inside out_dir to write a dataset into, meta.json last.
 
@@ -317,7 +295,7 @@ def _new_dataset_dir(out_dir: Path, overwrite: bool, shard_names: re.Pattern) ->
         build = Path(tempfile.mkdtemp(prefix=_BUILD_PREFIX, suffix=_BUILD_SUFFIX, dir=out_dir))
         try:
             yield build
-            with _no_interrupt():
+            with interrupts.held():
                 old_files = _dataset_files(out_dir)
                 new_files = {f.name for f in build.iterdir()}
                 _refuse_others_files(out_dir, new_files)  # (the lock keeps other prepares out, not the user)

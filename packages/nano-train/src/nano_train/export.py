@@ -43,17 +43,17 @@ Example:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import os
 import re
-import signal
 import stat
 import sys
 from pathlib import Path
 
 from nano_format import BadGroupSize, WriteError, check_writable, file_kind, kept_mode
 from nano_format.quant import check_group_size
+
+from nano_train import interrupts
 
 __all__ = ["main", "build_parser"]
 
@@ -192,21 +192,6 @@ def _check_group_size(model_config, group_size: int) -> None:
         raise ValueError(f"--group-size: {e.message}") from None
 
 
-@contextlib.contextmanager
-def _signals_held():
-    """Ctrl-C (SIGINT) and SIGTERM held back while the files are moved into place, so
-    that every file is moved or none; one that came meanwhile is delivered at the end.
-    (Windows has no signal masks: nothing is held there.)"""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _export(args, written: list[Path]) -> list[str]:
     """Export as the arguments say; return the summary to print once every file is in
     place. The paths written are appended to `written` when, and only when, all of
@@ -253,7 +238,7 @@ def _export(args, written: list[Path]) -> list[str]:
             mode = kept_mode(path)  # WriteError for what is not a regular file
             if mode is not None:
                 _naming(path, tmp, os.chmod, tmp, mode)
-        with _signals_held():  # every file succeeded: move them all into place
+        with interrupts.held():  # every file succeeded: move them all into place
             for path, tmp in staged.items():
                 _naming(path, tmp, os.replace, tmp, path)
             written.extend(outs.values())
