@@ -101,6 +101,10 @@ def test_multi_turn_records(tmp_path, shared_file):
     # json raises RecursionError / a plain ValueError on these, not JSONDecodeError
     ("[" * 100_000 + "]" * 100_000, r"not valid JSON \(arrays or objects nested too deeply\)"),
     ('{"question": ' + "1" * 5000 + ', "answer": "a"}', r"not valid JSON \(a number with too many digits\)"),
+    # JSON escapes a lone surrogate, which is no character: once trained on as <|unknown|>
+    ('{"question": "a\\ud800b", "answer": "a"}', r"question holds a lone surrogate \(U\+D800 at character 1\)"),
+    ('{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "\\udfff"}]}',
+     r"messages\[1\]\.content holds a lone surrogate \(U\+DFFF at character 0\)"),
 ])
 def test_bad_line_names_file_and_line(tmp_path, shared_file, line, message):
     src = tmp_path / "bad.jsonl"

@@ -704,11 +704,25 @@ def sft_turns(obj, where: str) -> list[tuple[str, str]]:
                 question = None
         if question is not None:
             raise DataError(f"{where}: the last user message has no assistant answer")
-        return pairs
-    q, a = obj.get("question"), obj.get("answer")
-    if not isinstance(q, str) or not isinstance(a, str):
-        raise DataError(f"{where}: expected string fields 'question' and 'answer' (or a 'messages' list)")
-    return [(q, a)]
+        names = [f"messages[{k}].content" for k in range(len(msgs))]
+    else:
+        q, a = obj.get("question"), obj.get("answer")
+        if not isinstance(q, str) or not isinstance(a, str):
+            raise DataError(f"{where}: expected string fields 'question' and 'answer' (or a 'messages' list)")
+        pairs, names = [(q, a)], ["question", "answer"]
+    for name, text in zip(names, (t for pair in pairs for t in pair)):
+        _check_unicode(text, where, name)
+    return pairs
+
+
+def _check_unicode(text: str, where: str, name: str) -> None:
+    """JSON's "\\ud800" escapes a lone surrogate, which is no character: the tokenizer
+    would make <|unknown|> of it without a word. A DataError naming the field."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{where}: {name} holds a lone surrogate (U+{ord(text[e.start]):04X} at character "
+                        f"{e.start}), which is not text; write the character it was meant to be") from None
 
 
 def sft_encode(tok: Tokenizer, turns: list[tuple[str, str]],
