@@ -13,16 +13,7 @@ where everything is and what to try next. Nothing is downloaded; no data is
 needed. A second run reuses the trained model (same config and seed) and the
 build, and takes seconds; --fresh trains again.
 
-  --out_dir DIR          where the files go (default runs/demo)
-  --time_budget SECONDS  training time (default: the sort problem's, 120)
-  --seed S               data and initial weights (default 1337)
-  --eval_cases N         held-out questions to score (default 2000; at most the 25,214
-                         the test split holds)
-  --quick                a short run (20 s of training, 500 questions) that shows
-                         every step; what the tests run
-  --fresh                train again even if a matching model exists
-
-The options and --out_dir are checked before anything else is done; a bad one is
+The options (python tools/demo.py --help says what each does) and --out_dir are checked before anything else is done; a bad one is
 one `error: ...` line and exit status 2. Exit status: 0 done, 1 the C engine
 failed or disagreed with PyTorch on F32, 2 bad options, config or data, or a file
 or folder that cannot be read or written, 130 interrupted.
@@ -56,11 +47,15 @@ def size(path) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python tools/demo.py", description=__doc__.split("\n\n")[0],
                                      epilog="Run from the repository root: hatch run demo")
-    parser.add_argument("--out_dir", default="runs/demo")
-    parser.add_argument("--time_budget", type=float)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument("--eval_cases", type=int)
-    parser.add_argument("--quick", action="store_true", help="a short run that shows every step (the tests run it)")
+    parser.add_argument("--out_dir", default="runs/demo", metavar="DIR", help="where the files go (default runs/demo)")
+    parser.add_argument("--time_budget", type=float, metavar="SECONDS",
+                        help="training time (default: the sort problem's, 120; 0 = no limit)")
+    parser.add_argument("--seed", type=int, default=1337, metavar="S",
+                        help="data and initial weights (default 1337)")
+    parser.add_argument("--eval_cases", type=int, metavar="N",
+                        help="held-out questions to score (default 2000; at most the 25,214 the test split holds)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run (20 s of training, 500 questions) that shows every step; what the tests run")
     parser.add_argument("--fresh", action="store_true", help="train again even if a matching model exists")
     args = parser.parse_args(argv)
     if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget >= 0):

@@ -52,8 +52,16 @@ def test_demo_quick_end_to_end_then_reuse(tmp_path):
 
 
 def test_demo_help():
+    """Every option says what it does and its default (four of them once said nothing)."""
     r, _ = demo("--help")
-    assert r.returncode == 0 and "--quick" in r.stdout and "--fresh" in r.stdout
+    text = " ".join(r.stdout.split())  # argparse wraps to the terminal's width
+    assert r.returncode == 0
+    for needle in ("--out_dir DIR where the files go (default runs/demo)",
+                   "--time_budget SECONDS training time (default: the sort problem's, 120",
+                   "--seed S data and initial weights (default 1337)",
+                   "--eval_cases N held-out questions to score (default 2000",
+                   "--quick a short run (20 s of training, 500 questions)", "--fresh train again"):
+        assert needle in text, (needle, r.stdout)
 
 
 def load_demo():

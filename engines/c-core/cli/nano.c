@@ -36,6 +36,7 @@
 
 static const char *USAGE =
     "usage: nano <command> [options]\n"
+    "       nano --version     the library's ABI, compiler and threading\n"
     "\n"
     "commands:\n"
     "  run      generate text (continuation, instruct, or an interactive chat)\n"
@@ -72,7 +73,7 @@ static const char *USAGE =
     "  INPUT '-' reads one input per line of standard input and prints one answer per line\n"
     "  (an empty line gives an empty line; as in the chat, an answer's line breaks, carriage\n"
     "  returns and backslashes are written \\n, \\r and \\\\)\n"
-    "nano bench -m MODEL [-p PROMPT_TOKENS (default 128)] [-n TOKENS (default 128)]\n"
+    "nano bench -m MODEL [-p, --prompt-tokens N (default 128)] [-n, --tokens N (default 128)]\n"
     "           (defaults shrink to fit a context under 256 tokens)\n"
     "           [--threads N] [--ctx N] [--portable]\n"
     "\n"
@@ -381,7 +382,7 @@ static int seq2seq_print(seq2seq_state *q, const char *input, size_t input_len, 
     size_t n = 0, len;
     nano_status st = nano_tokenizer_encode(q->tok, input, input_len, 0, q->ids, q->cap, &n);
     if (st == NANO_ERR_BUFFER_TOO_SMALL)
-        fprintf(stderr, "nano: error: seq2seq: %s is %zu tokens; the context holds at most %zu\n", where, n, q->cap);
+        fprintf(stderr, "nano: error: %s: %zu tokens; the context holds at most %zu\n", where, n, q->cap);
     else if (st != NANO_OK)
         report_encode(st, q->tok, NANO_MODE_CONTINUE, where);
     else if ((st = nano_seq2seq(q->ctx, q->ids, (uint32_t)n, q->out)) != NANO_OK) {

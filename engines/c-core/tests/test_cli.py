@@ -16,6 +16,11 @@ import pytest
 def test_help_and_version(cli):
     r = cli("--help")
     assert r.returncode == 0 and "nano run -m MODEL" in r.stdout and "seq2seq" in r.stdout
+    # every option there is, named (--version and bench's long names once were not)
+    for option in ("--version", "--prompt-tokens", "--tokens", "--causal", "--ids", "--portable"):
+        assert option in r.stdout, option
+    r = cli("bench", "-m", "nowhere.bin", "--prompt-tokens", "2", "--tokens", "2")  # the long names work
+    assert r.returncode == 1 and "nowhere.bin" in r.stderr, r
     for sub in ("run", "info", "seq2seq", "bench"):
         r = cli(sub, "--help")
         assert r.returncode == 0 and "usage: nano" in r.stdout, sub
@@ -48,7 +53,7 @@ def test_seq2seq_batch_from_stdin(cli, sort6_path):
     # it gets an empty answer line and the batch goes on, then the status says something failed
     r = cli("seq2seq", "-m", sort6_path, "-", input="123456\n" + "7" * 1000 + "\n987654\n")
     assert r.returncode == 1 and r.stdout == "123456\n\n456789\n"
-    assert r.stderr.startswith("nano: error: seq2seq: line 2 is 1000 tokens; the context holds at most 6"), r.stderr
+    assert r.stderr.startswith("nano: error: line 2: 1000 tokens; the context holds at most 6"), r.stderr
 
 
 def test_info(cli, psycho_path, sort6_path):
@@ -583,7 +588,7 @@ BAD_ARGS = [
     (["seq2seq", "-m", "{sort6}"], "INPUT is required"),
     (["seq2seq", "{sort6}"], "-m MODEL is required"),
     (["seq2seq", "-m", "{sort6}", "12", "34"], "one INPUT only"),
-    (["seq2seq", "-m", "{sort6}", "1234567"], "INPUT is 7 tokens; the context holds at most 6"),
+    (["seq2seq", "-m", "{sort6}", "1234567"], "nano: error: INPUT: 7 tokens; the context holds at most 6"),
     (["seq2seq", "-m", "{sort6}", ""], "INPUT is empty"),
     (["seq2seq", "-m", "{sort6}", "--threads", "x", "12"], "--threads: expected an integer"),
     (["bench", "-m", "{psycho}", "-p", "500", "-n", "500"], "exceed the context"),

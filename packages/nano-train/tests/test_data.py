@@ -1063,3 +1063,12 @@ def test_held_signals_are_acted_on_when_the_block_ends():
         assert seen == [signal.SIGINT]  # the caller's handler ran at once, nothing raised
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc on this system")
+def test_an_out_dir_the_file_system_refuses_is_one_error_line_and_1(tmp_path, shared_file, psycho_slice, capsys):
+    """/proc answers ENOENT to a mkdir: once taken for another prepare's removal and
+    retried until "other prepares keep starting and ending in it" (exit 2)."""
+    rc = prepare_cmd.main(["pretrain", "--quiet", "--tokenizer", str(shared_file("data/tokenizer_4096.json")),
+                           "--out_dir", "/proc/nano-no-such-dir/d", str(psycho_slice)])
+    assert rc == 1 and capsys.readouterr().err == "error: /proc/nano-no-such-dir: No such file or directory\n"

@@ -190,6 +190,18 @@ def test_odd_command_lines_and_config_files_are_one_error_line(tmp_path, small_p
     assert json.loads(capsys.readouterr().out)["model"]["n_layer"] == 3
 
 
+@pytest.mark.parametrize("flag", ["--help", "--print_config"])
+def test_output_to_a_reader_that_went_away_is_quiet(flag):
+    """`pretrain --help | head -1` once ended in a BrokenPipeError traceback (and
+    --print_config in "error: [Errno 32] Broken pipe"), unlike the other commands."""
+    r, w = os.pipe()
+    child = subprocess.Popen([sys.executable, "-m", "nano_train.pretrain", flag], stdout=w, stderr=subprocess.PIPE)
+    os.close(w)
+    os.close(r)  # no reader at all: the child's first write fails with EPIPE
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 1 and err == b"", err
+
+
 # ---------------------------------------------------------------------------
 # The attention must fit the rows: shifted rows need causal attention
 

@@ -66,7 +66,7 @@ class RunConfig:
     # "scratch", "resume" (out_dir/latest.pt), or a base model: a .pt checkpoint or a .bin file
     init_from: str = field(default="scratch", metadata={"help": "scratch, resume, or a .pt or .bin base model"})
     checkpoint_interval: int = 0  # steps between latest.pt writes; 0 = every eval_interval
-    keep_checkpoints: bool = False  # also keep ckpt_<step>.pt at each checkpoint
+    keep_checkpoints: bool = False  # also keep ckpt_<step>.pt (ckpt_000200.pt) at each checkpoint
     log_interval: int = 10  # steps between progress lines / log records
     # Start a new run (scratch or a base model) in an out_dir that holds an earlier
     # run's checkpoints or log: delete them first. Without it the commands refuse.

@@ -36,12 +36,17 @@ class Claim:
     made: list[Path] = field(default_factory=list)  # the directories this call made, the top one first
 
 
+class _ParentGone(Exception):
+    """A parent directory was removed while we made its child: try again."""
+
+
 def _make_dirs(directory: Path) -> list[Path]:
     """Make directory and its missing parents, top down: the ones this call made.
 
     One that exists already (made meanwhile by another writer) is not ours.
-    FileNotFoundError when a parent was removed meanwhile (by a writer that failed
-    and removed the directories it had made): the caller tries again.
+    _ParentGone when a parent was removed meanwhile (by a writer that failed and
+    removed the directories it had made): the caller tries again. A parent that is
+    there but refuses a child (/proc answers ENOENT) is the OSError it is.
     """
     missing = []
     p = directory
@@ -54,6 +59,10 @@ def _make_dirs(directory: Path) -> list[Path]:
             p.mkdir()
         except FileExistsError:
             continue
+        except FileNotFoundError:
+            if p.parent.is_dir():
+                raise
+            raise _ParentGone from None
         made.append(p)
     return made
 
@@ -112,7 +121,7 @@ def exclusive(directory: Path, lock_name: str, who: str, error: type[Exception])
         for _ in range(TRIES):
             try:
                 claim.made += _make_dirs(directory)
-            except FileNotFoundError:  # a parent was removed meanwhile (see _make_dirs)
+            except _ParentGone:
                 continue
             claim.created = directory in claim.made
             if fcntl is None:

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         except OSError as e:  # an unreadable input, an unwritable --out_dir, a full disk
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {e.filename}: {e.strerror}" if e.filename and e.strerror else f"error: {e}",
+                  file=sys.stderr)
             return 1
         try:
             print(f"{shown}: {summary.text()}", flush=True)

@@ -19,7 +19,7 @@ usage:
   could not be written.
 
 Outputs in run.out_dir: latest.pt (rolling), best.pt (best validation loss),
-ckpt_<step>.pt (run.keep_checkpoints), log.jsonl, report.md.
+ckpt_<step>.pt (run.keep_checkpoints; ckpt_000200.pt), log.jsonl, report.md.
 
 Data: pretraining reads token shards; sft and lora read SFT rows (x = row[:-1],
 y = row[1:]) or seq2seq rows (x and y aligned, for full-attention models).
@@ -1035,11 +1035,28 @@ def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> 
     return cfg, explicit, checkpoint
 
 
+def stdout_to_devnull() -> None:
+    """After a broken pipe: the interpreter's last flush of stdout must not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+def print_output(text: str) -> int:
+    """Print a command's whole output (--help, --print_config): 0, or 1, quietly, when
+    the reader went away first (`| head -1`), as the other commands do."""
+    try:
+        print(text, flush=True)
+        return 0
+    except BrokenPipeError:
+        stdout_to_devnull()
+        return 1
+
+
 def main(task: str | None = None, argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
-        print(__doc__.strip() + "\n\nconfig keys (JSON sections, or --key=value):\n" + help_text())
-        return 0
+        return print_output(__doc__.strip() + "\n\nconfig keys (JSON sections, or --key=value):\n" + help_text())
     print_config = "--print_config" in argv
     argv = [a for a in argv if a != "--print_config"]
     paths = [a for a in argv if not a.startswith("--")]
@@ -1055,13 +1072,17 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
     try:
         cfg, explicit, checkpoint = resolve_config(task, paths[0] if paths else None, overrides)
         if print_config:
-            print(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
-            return 0
+            return print_output(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
         check_new_run(cfg)
         result = train(cfg, explicit, checkpoint)
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the progress lines' reader went away (`| head`)
+        stdout_to_devnull()
+        print("error: standard output was closed (its reader went away); the run stopped (latest.pt, if any, "
+              "holds the last checkpoint written: continue with --init_from=resume)", file=sys.stderr)
+        return 1
     except (TrainingDiverged, OSError) as e:  # OSError: a file that cannot be written (disk full, read-only)
         print(f"error: {e}", file=sys.stderr)
         return 1
