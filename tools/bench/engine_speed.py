@@ -84,7 +84,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
-import json
 import math
 import os
 import platform
@@ -100,7 +99,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model, load_average  # noqa: E402
+from machine import check_output, cpu_model, fail, load_average, write_json  # noqa: E402
 from shapes import shape_56m  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -238,10 +237,34 @@ def prefill_macs_per_token(model, prompt: int) -> float:
 # Our engine through cffi
 
 
-def build_nano() -> Path:
-    res = subprocess.run(["make", "-C", str(CORE), "-j2", "lib"], capture_output=True, text=True)
+SETUP = "python tools/setup/system_deps.py build"  # installs the C toolchain (Debian)
+
+
+def c_compiler() -> str:
+    """The C compiler on PATH (cc, else gcc, else clang); exit 1 saying how to get one."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if cc is None:
+        fail(f"no C compiler (cc, gcc or clang) on PATH; install one ({SETUP}), then try again", 1)
+    return cc
+
+
+def run_tool(command: list[str], what: str, **kwargs) -> subprocess.CompletedProcess:
+    """command run with its output captured; exit 1 when it cannot start (one line) or
+    fails (the end of what it said, then one `error:` line)."""
+    try:
+        res = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    except OSError as e:
+        fail(f"{what}: cannot run {command[0]}: {e.strerror or e} ({SETUP} installs the build tools)", 1)
     if res.returncode != 0:
-        sys.exit(f"make -C engines/c-core lib failed:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}")
+        said = "\n".join(x.strip() for x in (res.stdout, res.stderr) if x.strip())
+        if said:
+            print(said[-3000:], file=sys.stderr)
+        fail(f"{what} failed (exit status {res.returncode}){'; its output is above' if said else ''}", 1)
+    return res
+
+
+def build_nano() -> Path:
+    run_tool(["make", "-C", str(CORE), "-j2", "lib"], "make -C engines/c-core lib")
     return CORE / "build" / "libnano.so"
 
 
@@ -251,12 +274,13 @@ def nano_ffi(lib_path: Path):
 
     text = (CORE / "include" / "nano.h").read_text()
     text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#include"))
-    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    res = subprocess.run([cc, "-E", "-P", "-DNANO_API=", "-x", "c", "-"], input=text, capture_output=True,
-                         text=True, check=True)
+    res = run_tool([c_compiler(), "-E", "-P", "-DNANO_API=", "-x", "c", "-"], "preprocessing nano.h", input=text)
     ffi = cffi.FFI()
     ffi.cdef(res.stdout)
-    return ffi, ffi.dlopen(str(lib_path))
+    try:
+        return ffi, ffi.dlopen(str(lib_path))
+    except OSError as e:
+        fail(f"--nano-lib {lib_path}: cannot load it: {e}")
 
 
 class Ours:
@@ -469,12 +493,11 @@ class Probe:
     KINDS = ("4k", "huge")
 
     def __init__(self, workdir: Path, mib: int):
-        cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
         so = workdir / "machine_probe.so"
         flags = ["-O3", "-fopenmp", "-shared", "-fPIC"]
         if platform.machine() in ("x86_64", "AMD64", "aarch64", "arm64"):
             flags.append("-march=native")
-        subprocess.run([cc, *flags, "-o", str(so), str(PROBE_SRC)], check=True)
+        run_tool([c_compiler(), *flags, "-o", str(so), str(PROBE_SRC)], "compiling machine_probe.c")
         self.lib = ctypes.CDLL(str(so))
         self.fn = self.lib.nano_bench_probe_sum
         self.fn.restype = ctypes.c_uint64
@@ -490,7 +513,7 @@ class Probe:
         for kind in self.KINDS:
             p = self.lib.nano_bench_probe_alloc(self.nbytes, 1 if kind == "huge" else 0)
             if not p:
-                sys.exit(f"bandwidth probe: cannot allocate {self.nbytes >> 20} MiB")
+                fail(f"bandwidth probe: cannot allocate {self.nbytes >> 20} MiB (a smaller --probe-mb?)", 1)
             self.bufs[kind] = p
 
     def gbs(self, threads: int, passes: int = 3) -> dict[str, float]:
@@ -576,42 +599,90 @@ def main(argv=None) -> int:
                     help="our model: memory-mapped from its path (the engine's default), or read into a "
                          "huge-page buffer and loaded with nano_model_load_buffer")
     ap.add_argument("--nano-lib", type=Path, default=None, help="another libnano.so (default: build it)")
-    ap.add_argument("--workdir", type=Path, default=None, help="keep the model files here")
+    ap.add_argument("--workdir", type=Path, default=None, help="keep the model files here (made if need be)")
     ap.add_argument("--skip-check", action="store_true", help="skip the agreement check")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None, metavar="OUT",
+                    help="also write the results as JSON to OUT (checked before the run, written atomically; "
+                         "its folder must exist)")
     args = ap.parse_args(argv)
+    shapes, quants, threads = check_args(args)
 
-    shapes = [x.strip() for x in args.shapes.split(",") if x.strip()]
-    quants = [x.strip() for x in args.quants.split(",") if x.strip()]
-    threads = [int(t) for t in args.threads.split(",")]
-    for x in shapes:
-        if x not in SHAPES:
-            ap.error(f"unknown shape {x!r}; choose from {', '.join(SHAPES)}")
-    for x in quants:
-        if x not in ("f32", "q8_0"):
-            ap.error(f"unknown quant {x!r}")
-    if args.rounds < 1 or args.prompt < 1 or args.decode < 1 or min(threads) < 1:
-        ap.error("--rounds, --prompt, --decode and --threads must be >= 1")
-    if args.prompt + args.decode > min(SHAPES[x]["block_size"] for x in shapes):
-        ap.error("--prompt + --decode must fit the block size (512)")
-
-    import torch
-
-    torch.set_num_threads(max(threads))
-    lib_path = args.nano_lib.resolve() if args.nano_lib else build_nano()
-    ffi, lib = nano_ffi(lib_path)
     try:
         import llama_cpp  # noqa: F401 (only: is it installed?)
     except ImportError as e:
-        sys.exit(f"llama-cpp-python is not importable ({e}); run this in the bench environment "
-                 f"(hatch run bench:engine)")
+        fail(f"the peer needs llama-cpp-python ({e}): run in the bench environment (hatch env create bench; "
+             f".venv-bench/bin/python tools/bench/engine_speed.py)")
+    import torch
+
+    torch.set_num_threads(max(threads))
+    c_compiler()  # for nano.h and the machine probe: said now, not after the build
+    lib_path = args.nano_lib.resolve() if args.nano_lib else build_nano()
+    ffi, lib = nano_ffi(lib_path)
     # SIGTERM unwinds like Ctrl-C, so that the temporary model files go too
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.workdir is None:
         with tempfile.TemporaryDirectory(prefix="nano-engine-bench-") as tmp:
             return run(args, shapes, quants, threads, ffi, lib, lib_path, Path(tmp))
-    args.workdir.mkdir(parents=True, exist_ok=True)
     return run(args, shapes, quants, threads, ffi, lib, lib_path, args.workdir)
+
+
+def comma_list(option: str, value: str) -> list[str]:
+    """The comma-separated items of an option (empty ones dropped); exit 2 when it names none."""
+    items = [x.strip() for x in value.split(",") if x.strip()]
+    if not items:
+        fail(f"{option} {value!r} names nothing; give a comma-separated list")
+    return items
+
+
+def check_args(args) -> tuple[list[str], list[str], list[int]]:
+    """(shapes, quants, threads) from the options; every option checked before any work
+    (one `error:` line and exit 2 for a bad one). Makes --workdir if it is not there."""
+    shapes = comma_list("--shapes", args.shapes)
+    quants = comma_list("--quants", args.quants)
+    threads = []
+    for t in comma_list("--threads", args.threads):
+        try:
+            threads.append(int(t))
+        except ValueError:
+            fail(f"--threads {args.threads!r}: {t!r} is not a whole number")
+    for x in shapes:
+        if x not in SHAPES:
+            fail(f"--shapes: unknown shape {x!r}; choose from {', '.join(SHAPES)}")
+    for x in quants:
+        if x not in ("f32", "q8_0"):
+            fail(f"--quants: unknown quant {x!r}; choose from f32, q8_0")
+    for name, least in (("rounds", 1), ("prompt", 1), ("decode", 1), ("warmup", 0), ("probe_mb", 1),
+                        ("nano_batch", 0)):
+        if getattr(args, name) < least:
+            fail(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
+    if min(threads) < 1:
+        fail(f"--threads must be at least 1, got {min(threads)}")
+    block = min(SHAPES[x]["block_size"] for x in shapes)
+    if args.prompt + args.decode > block:
+        fail(f"--prompt + --decode ({args.prompt} + {args.decode}) must fit the block size ({block})")
+    if "q8_0" in quants:
+        from nano_format import BadGroupSize
+        from nano_format.quant import check_group_size
+        from nano_train.convert import file_config_from_model
+        from nano_train.model import ModelConfig
+
+        for x in shapes:
+            try:
+                check_group_size(file_config_from_model(ModelConfig(**SHAPES[x])), args.group)
+            except BadGroupSize as e:
+                fail(f"--group {args.group}: {e.message} in the {x} shape")
+    if args.nano_lib is not None and not args.nano_lib.is_file():
+        fail(f"--nano-lib {args.nano_lib}: {'a directory' if args.nano_lib.is_dir() else 'not found'}; "
+             f"give a built libnano.so")
+    if args.json:
+        check_output(args.json)
+    if args.workdir is not None:
+        try:
+            args.workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            fail(f"--workdir {args.workdir}: cannot make it: {e.strerror or e}")
+        check_output(args.workdir / "machine_probe.so", "--workdir")
+    return shapes, quants, threads
 
 
 def run(args, shapes, quants, threads, ffi, lib, lib_path: Path, workdir: Path) -> int:
@@ -803,8 +874,7 @@ def run(args, shapes, quants, threads, ffi, lib, lib_path: Path, workdir: Path) 
         print(f"  {tag}: prefill {o['prefill_over_decode']:.1f}x decode ({'met' if ok else 'NOT met'}, goal 5x{why})")
     print(f"\nload average before {meta['load_before']}, after {meta['load_after']}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(dict(meta=meta, agreement=checks, results=results), indent=2) + "\n")
+        write_json(args.json, dict(meta=meta, agreement=checks, results=results))
         print(f"wrote {args.json}")
     return 0
 

@@ -32,7 +32,6 @@ log give those.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -49,7 +48,8 @@ for pkg in ("nano-format", "nano-tokenizer", "nano-train"):
     sys.path.insert(0, str(ROOT / "packages" / pkg / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from nano_train.config import load_config  # noqa: E402
+from machine import check_output, fail, write_json  # noqa: E402
+from nano_train.config import ConfigError, load_config  # noqa: E402
 from nano_train.losses import linear_cross_entropy  # noqa: E402
 from nano_train.model import Transformer  # noqa: E402
 from nano_train.train import blocked_loss, make_adamw  # noqa: E402
@@ -122,22 +122,28 @@ def kernel_breakdown(step, dev: torch.device, steps: int = 3) -> None:
         print(f"      {t / steps / 1e3:8.3f} ms  {key[:100]}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", type=Path, default=GPU_CONFIG,
                    help="the nano-train config whose model, batch and optimizer to time (default: gpu_56m.json)")
     p.add_argument("--batch", type=int, help="rows per step (default: the config's data.batch_size)")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=Path, metavar="OUT",
+                   help="also write the rows as JSON to OUT (checked before the run, written atomically)")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.batch is not None and args.batch < 1:
+        fail(f"--batch must be at least 1, got {args.batch}")
+    try:
+        train_cfg, _ = load_config(args.config)
+    except ConfigError as e:
+        fail(f"--config {e}")
+    if args.json:
+        check_output(args.json)
     if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA GPU here (--device cpu checks the script, without the GPU-only kernels)",
-              file=sys.stderr)
-        return 2
+        fail("no CUDA GPU here (--device cpu checks the script, without the GPU-only kernels)")
     torch.manual_seed(0)
     dev = torch.device(args.device)
     device_name = torch.cuda.get_device_name() if dev.type == "cuda" else "CPU"
-    train_cfg, _ = load_config(args.config)
     cfg, optim = train_cfg.model, train_cfg.optim
     if args.batch is None:
         args.batch = train_cfg.data.batch_size
@@ -260,8 +266,8 @@ def main() -> int:
         report(f"whole step, {label}, {'blocked' if blocked else 'plain'} loss", time_ms(train_step, 3), 1, flop_step)
         kernel_breakdown(train_step, dev)
     if args.json:
-        args.json.write_text(json.dumps({"device": device_name, "torch": torch.__version__,
-                                         "batch": args.batch, "parts": rows}, indent=1))
+        write_json(args.json, {"device": device_name, "torch": torch.__version__, "batch": args.batch,
+                               "parts": rows}, indent=1)
     return 0
 
 

@@ -10,13 +10,18 @@ torch.compile, and each SDPA kernel forced. Each is compared with the same
 weights in float64 on the same device (the math SDPA kernel): the loss, and
 for the gradients the worst ||g - ref|| / ||ref|| over the parameters (with
 the parameter's name). float32 lands near 1e-6, bfloat16 near 1e-2; a wrong
-gradient shows up as O(1). Exit status 1 if any configuration is over 0.1 or
-fails (a forced SDPA kernel with no kernel for this input is reported, not counted).
+gradient shows up as O(1). Exit status 1 if any configuration is over 0.1 (or
+not a number) or fails (a forced SDPA kernel with no kernel for this input is
+reported, not counted); 2, before any work, for a bad option: a device that is
+not cpu or cuda[:N] or is not here, or fewer than 1 layer, 1 sequence or 2
+positions (with one position attention has nothing to weigh and wq/wk get no
+gradient: nothing to check).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -27,17 +32,41 @@ from nano_train.model import ModelConfig, Transformer
 from nano_train.train import forward_context_factory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import fail  # noqa: E402
 from shapes import shape_56m  # noqa: E402
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda where there is one)")
+    p.add_argument("--layers", type=int, default=4, help="layers of the 56m shape (at least 1; default 4)")
+    p.add_argument("--batch", type=int, default=4, help="sequences in the batch (at least 1; default 4)")
+    p.add_argument("--seq", type=int, default=512, help="positions per sequence (at least 2; default 512)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile configurations")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for name, least in (("layers", 1), ("batch", 1), ("seq", 2)):
+        if getattr(args, name) < least:
+            fail(f"--{name} must be at least {least}, got {getattr(args, name)}"
+                 + (" (one position gives wq and wk no gradient to check)" if name == "seq" else ""))
+    args.device = check_device(args.device)
+    return args
+
+
+def check_device(name: str) -> torch.device:
+    """--device as a torch.device that is here; exit 2 otherwise."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        fail(f"--device {name!r} is not a device; use cpu, cuda or cuda:N")
+    if device.type not in ("cpu", "cuda"):
+        fail(f"--device {name!r}: this check runs on cpu or cuda only")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            fail(f"--device {name}: CUDA is not available here")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            fail(f"--device {name}: there are {torch.cuda.device_count()} CUDA devices here")
+    return device
 
 
 def loss_and_grads(model, x, y, *, blocked: bool, dtype: str, backend: str = "auto", compiled=False):
@@ -53,7 +82,7 @@ def loss_and_grads(model, x, y, *, blocked: bool, dtype: str, backend: str = "au
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = args.device
     shape = shape_56m()  # configs/gpu_56m.json's width, heads and vocabulary
     del shape["batch"]
     cfg = ModelConfig(**dict(shape, block_size=args.seq, n_layer=args.layers))
@@ -99,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
             bad += kw.get("backend", "auto") == "auto"
             continue
         errs = {n: ((grads[n] - ref[n]).norm() / ref[n].norm().clamp_min(1e-30)).item() for n in ref}
-        worst = max(errs, key=errs.get)
-        bad += errs[worst] > 0.1 or not abs(loss - ref_loss) < 0.05
+        worst = max(errs, key=lambda n: (math.isnan(errs[n]), errs[n]))  # a NaN is the worst
+        bad += not errs[worst] <= 0.1 or not abs(loss - ref_loss) < 0.05
         print(f"{label:32s} {loss:10.6f} {errs[worst]:15.3g}  {worst:22s} {time.perf_counter() - t0:7.1f}",
               flush=True)
     return 1 if bad else 0

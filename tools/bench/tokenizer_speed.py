@@ -1,7 +1,8 @@
 """Tokenizer speed: nano-tokenizer against a plain-Python trie walk, in one run.
 
 Usage:
-  python tools/bench/tokenizer_speed.py [--runs N] [--peer-runs N] [--stream-mb MB] [--vocab FILE] [--text FILE]
+  python tools/bench/tokenizer_speed.py [--runs N] [--peer-runs N] [--stream-mb MB] [--chunk-chars N]
+                                      [--vocab FILE] [--text FILE]
 
 Encodes ../shared/data/pretrain_psycho.txt (the shared folder is $NANO_SHARED,
 else ../shared next to the repository) with tokenizer_16384_v2.json and prints
@@ -25,6 +26,12 @@ child processes and reports peak resident memory for a small and a large
 stream (flat memory: the two agree) and the streaming working set measured by
 tracemalloc on the small one.
 
+The options are checked before any timing: --runs and --peer-runs at least 1,
+--chunk-chars at least 1, --stream-mb a number >= 0 (0: no streaming), --vocab
+a vocabulary nano_tokenizer can load, --text a non-empty UTF-8 text file. A bad
+one is one `error: ...` line and exit status 2; a streaming child that fails,
+one line and 1. Exit status 1 also when the implementations disagree.
+
 This is a benchmark, not a test: it asserts nothing about speed.
 """
 
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import statistics
@@ -41,10 +49,12 @@ import time
 import tracemalloc
 from pathlib import Path
 
-from nano_tokenizer import Tokenizer
+from nano_tokenizer import Tokenizer, TokenizerError
 from nano_tokenizer.vectors import ENGLISH
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import fail  # noqa: E402
 
 
 def shared_data() -> Path:
@@ -164,8 +174,11 @@ def stream_child(vocab: str, text_path: str, megabytes: float, chunk_chars: int,
 def run_stream_child(vocab: Path, text: Path, megabytes: float, chunk_chars: int, trace: bool = False) -> dict:
     cmd = [sys.executable, __file__, "--child-stream", str(megabytes), "--chunk-chars", str(chunk_chars),
            "--vocab", str(vocab), "--text", str(text)] + (["--trace"] if trace else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        fail(f"the streaming child ({megabytes:g} MB, chunk_chars={chunk_chars}) failed: {last}", 1)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def compare(label: str, tok: Tokenizer, text: str, runs: int, peer_runs: int) -> bool:
@@ -190,7 +203,30 @@ def compare(label: str, tok: Tokenizer, text: str, runs: int, peer_runs: int) ->
     return same
 
 
-def main() -> int:
+def read_text(path: Path) -> str:
+    """--text's contents; exit 2 when it is not a non-empty UTF-8 text file."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        fail(f"--text {path}: not UTF-8 text ({e.reason} at byte {e.start})")
+    except OSError as e:
+        fail(f"--text {path}: cannot read: {e.strerror or e}")
+    if not text:
+        fail(f"--text {path}: empty; nothing to encode")
+    return text
+
+
+def check_file(option: str, path: Path) -> None:
+    """Exit 2 unless `path` is a file (saying what it is instead)."""
+    if path.is_file():
+        return
+    if not path.exists():
+        fail(f"{option} {path}: not found (set NANO_SHARED to the shared folder, or give {option} a file)")
+    fail(f"{option} {path}: {'a directory' if path.is_dir() else 'not a regular file'}, not a file")
+
+
+def main(argv: list[str] | None = None) -> int:
     data = shared_data()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="timed runs of ours (median)")
@@ -201,20 +237,24 @@ def main() -> int:
     parser.add_argument("--text", type=Path, default=data / "pretrain_psycho.txt")
     parser.add_argument("--child-stream", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.child_stream is not None:
         stream_child(str(args.vocab), str(args.text), args.child_stream, args.chunk_chars, args.trace)
         return 0
-    for path in (args.vocab, args.text):
-        if not path.is_file():
-            print(f"tokenizer_speed: {path} not found (set NANO_SHARED to the shared folder)", file=sys.stderr)
-            return 1
-
-    with open(args.text, encoding="utf-8", newline="") as f:
-        text = f.read()
+    for name in ("runs", "peer_runs", "chunk_chars"):
+        if getattr(args, name) < 1:
+            fail(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if not (math.isfinite(args.stream_mb) and args.stream_mb >= 0):
+        fail(f"--stream-mb must be a number >= 0 (0: no streaming), got {args.stream_mb}")
+    check_file("--vocab", args.vocab)
+    check_file("--text", args.text)
+    text = read_text(args.text)
     t0 = time.perf_counter()
-    tok = Tokenizer.load(args.vocab)
+    try:
+        tok = Tokenizer.load(args.vocab)
+    except TokenizerError as e:
+        fail(f"--vocab {e}")
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     tok.encode("warm up: compile the matcher")

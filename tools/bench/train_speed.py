@@ -93,7 +93,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model, load_average  # noqa: E402
+from machine import check_output, cpu_model, fail, load_average, write_json  # noqa: E402
 from shapes import shape_56m  # noqa: E402
 
 from nano_train.config import COMPILE_MODES, OptimConfig
@@ -141,7 +141,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="ours: the blocked loss, or the plain logits + cross-entropy; "
                         "auto (default): as the trainer, blocked on a CPU, plain on a GPU")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT (checked before the run, "
+                                                 "written atomically; its folder must exist)")
     for flag, key in (("--layers", "n_layer"), ("--embd", "n_embd"), ("--heads", "n_head"),
                       ("--kv-heads", "n_kv_head"), ("--hidden", "n_hidden"), ("--vocab", "vocab_size")):
         p.add_argument(flag, type=int, dest=key, help=f"override the shape's {key}")
@@ -149,7 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("batch", "seq", "steps", "rounds", "warmup", "threads"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
-            p.error(f"--{name} must be positive, got {value}")
+            fail(f"--{name} must be {'>= 0' if name == 'warmup' else 'positive'}, got {value}")
+    if args.json:
+        check_output(args.json)  # before the run, not after it
     return args
 
 
@@ -450,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                          "python": platform.python_version()},
         }
         record = json.loads(json.dumps(record), parse_constant=lambda c: None)  # NaN/inf -> null
-        Path(args.json).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0
 

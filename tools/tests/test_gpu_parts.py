@@ -40,3 +40,56 @@ def test_every_part_is_timed_from_the_config(tmp_path):
 def test_without_a_gpu_it_says_so():
     done = run(env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})  # hides a GPU where there is one
     assert done.returncode == 2 and "error: no CUDA GPU here" in done.stderr
+
+
+def load_gpu_parts():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_parts", ROOT / "tools" / "bench" / "gpu_parts.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bad_options_are_one_line_before_any_work(tmp_path):
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps(TINY))
+    for argv, message in (
+        (["--config", tmp_path / "missing.json"], f"error: --config {tmp_path / 'missing.json'}: cannot read config"),
+        (["--config", tmp_path], f"error: --config {tmp_path}: cannot read config"),
+        (["--config", config, "--batch", "-1"], "error: --batch must be at least 1, got -1"),
+        (["--config", config, "--batch", "0"], "error: --batch must be at least 1, got 0"),
+        (["--config", config, "--json", tmp_path / "no" / "parts.json"],
+         f"error: --json {tmp_path / 'no' / 'parts.json'}: cannot write there"),
+        (["--config", config, "--json", tmp_path], f"error: --json {tmp_path}: exists and is not a regular file"),
+    ):
+        done = run(*argv, "--device", "cpu")
+        assert done.returncode == 2 and done.stderr.startswith(message), (argv, done.stderr)
+        assert done.stderr.count("\n") == 1 and done.stdout == "", (argv, done.stderr)  # nothing timed
+
+
+def test_the_json_is_written_atomically(tmp_path, monkeypatch, capsys):
+    """A write that fails (here: a full disk at fsync) leaves the old file whole, in one line."""
+    import errno
+
+    config, out = tmp_path / "tiny.json", tmp_path / "parts.json"
+    config.write_text(json.dumps(TINY))
+    out.write_text('{"old": true}\n')
+    gpu_parts = load_gpu_parts()
+    monkeypatch.setattr(gpu_parts, "time_ms", lambda fn, reps=20: (1.0, None))  # nothing is run or timed
+    monkeypatch.setattr(gpu_parts, "kernel_breakdown", lambda step, dev: None)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    monkeypatch.setattr(sys, "argv", ["gpu_parts.py", "--config", str(config), "--device", "cpu", "--json", str(out)])
+    try:
+        code = gpu_parts.main()
+    except SystemExit as e:
+        code = e.code
+    assert code == 1
+    assert capsys.readouterr().err == (f"error: cannot write {out}: No space left on device "
+                                       f"(the results above were not saved)\n")
+    assert out.read_text() == '{"old": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts.json", "tiny.json"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,3 +40,39 @@ def test_grad_check_fails_when_the_classifier_gradient_is_lost(monkeypatch, caps
     monkeypatch.setattr(losses._LinearCrossEntropy, "backward", staticmethod(lossy))
     assert load_grad_check().main(ARGS) == 1
     assert "tok_embd.weight" in capsys.readouterr().out
+
+
+def test_grad_check_fails_on_a_nan_gradient(monkeypatch, capsys):
+    """A gradient of NaNs is the worst error there is, never a pass."""
+    from nano_train import losses
+
+    backward = losses._LinearCrossEntropy.backward
+
+    def nan(ctx, grad_out):
+        grads = backward(ctx, grad_out)
+        return (grads[0], torch.full_like(grads[1], float("nan")), *grads[2:])
+
+    monkeypatch.setattr(losses._LinearCrossEntropy, "backward", staticmethod(nan))
+    assert load_grad_check().main(ARGS) == 1
+    assert "nan  tok_embd.weight" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "foo"], "error: --device 'foo' is not a device; use cpu, cuda or cuda:N"),
+    (["--device", "cuda"], "error: --device cuda: CUDA is not available here"),
+    (["--device", "meta"], "error: --device 'meta': this check runs on cpu or cuda only"),
+    (["--layers", "0"], "error: --layers must be at least 1, got 0"),
+    (["--batch", "0"], "error: --batch must be at least 1, got 0"),  # was a pass with loss 0 and error 0
+    (["--batch", "-2"], "error: --batch must be at least 1, got -2"),
+    (["--seq", "0"], "error: --seq must be at least 2, got 0"),
+    (["--seq", "1"], "error: --seq must be at least 2, got 1 (one position gives wq and wk no gradient"),
+])
+def test_bad_options_are_one_line_before_any_work(monkeypatch, capsys, argv, message):
+    grad_check = load_grad_check()
+    monkeypatch.setattr(grad_check.torch.cuda, "is_available", lambda: False)  # as on a machine without CUDA
+    monkeypatch.setattr(grad_check, "Transformer", lambda *a: pytest.fail("a model was built"))
+    with pytest.raises(SystemExit) as exit_:
+        grad_check.main(ARGS + argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count("\n") == 1, err

@@ -62,3 +62,85 @@ def test_a_user_gets_the_exact_command_with_and_without_sudo(monkeypatch, tmp_pa
     assert f"  sudo apt-get update && sudo {want}\n" in err
     assert f"or, as root (where there is no sudo):\n  apt-get update && {want}\n" in err
     assert deps.main(["build"]) == 0  # every package of that group is there
+
+
+def only(monkeypatch, tmp_path) -> Path:
+    """A PATH holding nothing but the fakes (no /usr/bin: no real apt-get, dpkg or compiler)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return bin_dir
+
+
+def debian_missing_one(bin_dir: Path) -> None:
+    fake(bin_dir, "clang", 'echo "Debian clang version 14.0.6"\n')
+    fake(bin_dir, "dpkg-query", 'case "$3" in libwebsockets-dev) exit 1;; esac\necho "install ok installed"\n')
+
+
+def one_line(err: str) -> str:
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+WANT = "apt-get update && apt-get install -y --no-install-recommends libwebsockets-dev"
+
+
+def test_as_root_without_apt_get_says_what_to_run(monkeypatch, tmp_path, capsys):
+    bin_dir = only(monkeypatch, tmp_path)
+    debian_missing_one(bin_dir)
+    deps = load()
+    monkeypatch.setattr(deps.os, "geteuid", lambda: 0)
+    assert deps.main(["wss"]) == 1  # was FileNotFoundError: 'apt-get'
+    line = one_line(capsys.readouterr().err)
+    assert "apt-get not found on PATH" in line and WANT in line
+
+
+def test_as_root_a_failing_apt_get_is_one_line(monkeypatch, tmp_path, capfd):
+    bin_dir = only(monkeypatch, tmp_path)
+    debian_missing_one(bin_dir)
+    fake(bin_dir, "apt-get", 'case "$1" in update) exit 100;; esac\nexit 0\n')
+    deps = load()
+    monkeypatch.setattr(deps.os, "geteuid", lambda: 0)
+    assert deps.main(["wss"]) == 1  # was CalledProcessError
+    line = one_line(capfd.readouterr().err)
+    assert "`apt-get update -qq` failed (exit status 100)" in line and WANT in line
+
+    fake(bin_dir, "apt-get", 'case "$1" in install) echo "E: Unable to locate package" >&2; exit 100;; esac\n')
+    assert deps.main(["wss"]) == 1
+    err = capfd.readouterr().err
+    assert "E: Unable to locate package" in err  # apt-get's own word, then ours
+    line = err.strip().splitlines()[-1]
+    assert "`apt-get install -y --no-install-recommends libwebsockets-dev` failed (exit status 100)" in line
+    assert "Traceback" not in err and WANT in line
+
+
+def test_as_root_an_apt_get_that_installs_nothing_is_reported(monkeypatch, tmp_path, capsys):
+    bin_dir = only(monkeypatch, tmp_path)
+    debian_missing_one(bin_dir)
+    fake(bin_dir, "apt-get", "exit 0\n")
+    deps = load()
+    monkeypatch.setattr(deps.os, "geteuid", lambda: 0)
+    assert deps.main(["wss"]) == 1
+    assert "apt-get did not install: libwebsockets-dev; run: " + WANT in capsys.readouterr().err
+
+
+def test_without_dpkg_the_commands_on_path_decide(monkeypatch, tmp_path, capsys):
+    bin_dir = only(monkeypatch, tmp_path)
+    deps = load()
+    for check in ([], ["--check"]):  # nothing there: was exit status 0 even with --check
+        assert deps.main([*check, "build"]) == 1
+        line = one_line(capsys.readouterr().err)
+        assert "not a Debian-like system and cc, c++, make, pkg-config, cmake not found" in line
+        assert "gcc g++ make pkg-config libc6-dev cmake" in line
+    for name in ("cc", "c++", "make", "cmake"):
+        fake(bin_dir, name, "exit 0\n")
+    fake(bin_dir, "pkg-config", 'test "$2" = libwebsockets\n')  # knows libwebsockets only
+    assert deps.main(["--check", "build", "wss"]) == 0
+    assert "the commands the builds need are on PATH (build, wss)" in capsys.readouterr().out
+    assert deps.main(["--check"]) == 1  # sanitize wants clang
+    assert "and clang not found" in one_line(capsys.readouterr().err)
+    fake(bin_dir, "pkg-config", "exit 1\n")
+    assert deps.main(["wss"]) == 1
+    assert "and libwebsockets not found" in one_line(capsys.readouterr().err)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import mmap
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,72 @@ def test_56m_shape_is_the_gpu_config(train_speed):
     assert shape.pop("batch") == cfg.data.batch_size and shape.pop("seq") == cfg.model.block_size
     assert shape == {key: getattr(cfg.model, key) for key in shape}
     assert set(shape) >= {"vocab_size", "n_layer", "n_embd", "n_head", "n_kv_head", "n_hidden"}
+
+
+def run_main(module, argv, capsys) -> tuple[int, str, str]:
+    """(exit status, stdout, stderr) of module.main(argv), whether it returns or exits."""
+    try:
+        code = module.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def fake_transformers():
+    """A stand-in for transformers whose LlamaForCausalLM is our own model of the same
+    shape: enough for train_speed's main to run through, without the bench environment."""
+    import types
+
+    from nano_train.model import ModelConfig, Transformer
+
+    class FakeLlama(torch.nn.Module):
+        def __init__(self, hf):
+            super().__init__()
+            self.config = types.SimpleNamespace(_attn_implementation=hf.attn_implementation)
+            self.inner = Transformer(ModelConfig(
+                block_size=hf.max_position_embeddings, vocab_size=hf.vocab_size, n_layer=hf.num_hidden_layers,
+                n_embd=hf.hidden_size, n_head=hf.num_attention_heads, n_kv_head=hf.num_key_value_heads,
+                n_hidden=hf.intermediate_size))
+
+        def forward(self, input_ids):
+            return types.SimpleNamespace(logits=self.inner(input_ids)[0])
+
+    return types.SimpleNamespace(__version__="fake", LlamaConfig=types.SimpleNamespace, LlamaForCausalLM=FakeLlama)
+
+
+QUICK = TINY + ["--steps", "1", "--rounds", "1", "--warmup", "0", "--dtype", "float32", "--threads", "1"]
+
+
+def test_an_unwritable_json_is_refused_before_the_run(train_speed, monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", fake_transformers())
+    monkeypatch.setattr(train_speed, "build_ours", lambda *a: pytest.fail("the run started"))
+    for out, why in ((tmp_path / "no" / "x.json", "No such file or directory"),
+                     (tmp_path, "not a regular file")):
+        code, _, err = run_main(train_speed, QUICK + ["--json", str(out)], capsys)
+        assert code == 2 and err.count("\n") == 1 and err.startswith(f"error: --json {out}") and why in err
+
+
+def test_the_json_is_written_atomically(train_speed, monkeypatch, tmp_path, capsys):
+    import errno
+    import json
+    import os
+
+    monkeypatch.setitem(sys.modules, "transformers", fake_transformers())
+    monkeypatch.setattr(train_speed, "PROBE_SECONDS", 0.01)
+    out = tmp_path / "out.json"
+    code, stdout, _ = run_main(train_speed, QUICK + ["--json", str(out)], capsys)
+    assert code == 0 and f"wrote {out}" in stdout
+    record = json.loads(out.read_text())
+    assert record["params"]["ours"] == record["params"]["peer"] and record["results"]["ours"]["tokens_per_s_median"] > 0
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)  # the disk fills while the record is written
+    code, stdout, err = run_main(train_speed, QUICK + ["--json", str(out)], capsys)
+    assert code == 1 and "ratio ours/peer" in stdout  # the results were printed before
+    assert err == f"error: cannot write {out}: No space left on device (the results above were not saved)\n"
+    assert json.loads(out.read_text()) == record  # the old file whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temporary file left
