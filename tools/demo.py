@@ -4,18 +4,22 @@ usage: python tools/demo.py [--fresh] [--quick] [--out_dir runs/demo] [--time_bu
                             [--seed S] [--eval_cases N]
        (hatch run demo [...], which first installs the C toolchain)
 
-It trains the `sort` problem of nano_train.problems (a full-attention
-Transformer that sorts six digits: 251212 -> 112225) for about two minutes on
-the CPU, scores it on held-out questions in PyTorch, exports it as F32 and
-Q8_0 `.bin` files, builds the C engine (make), runs the files through the
-`nano` command and shows that the C engine gives the same answers, then says
-where everything is and what to try next. Nothing is downloaded; no data is
-needed. A second run reuses the trained model (same config and seed) and the
-build, and takes seconds; --fresh trains again.
+It builds the C engine (make; first, so that a missing C compiler costs no
+training run), trains the `sort` problem of nano_train.problems (a
+full-attention Transformer that sorts six digits: 251212 -> 112225) for about
+two minutes on the CPU, scores it on held-out questions in PyTorch, exports it
+as F32 and Q8_0 `.bin` files, runs the files through the `nano` command and
+shows that the C engine gives the same answers, then says where everything is
+and what to try next. Nothing is downloaded; no data is needed. A second run
+reuses the trained model (same config and seed) and the build, and takes
+seconds; --fresh trains again.
 
-The options (python tools/demo.py --help says what each does) and --out_dir are checked before anything else is done; a bad one is
-one `error: ...` line and exit status 2. Exit status: 0 done, 1 the C engine
-failed or disagreed with PyTorch on F32, 2 bad options, config or data, or a file
+The options (python tools/demo.py --help says what each does) and --out_dir are
+checked before anything else is done; a bad one is one `error: ...` line and
+exit status 2. --out_dir/sort is refused if it holds a run other than the
+demo's own (or `hatch run train:problem sort`'s). Exit status: 0 done, 1 the C
+engine could not be built, failed or disagreed with PyTorch on F32 (one
+`error: ...` line naming the cause), 2 bad options, config or data, or a file
 or folder that cannot be read or written, 130 interrupted.
 """
 
@@ -80,12 +84,11 @@ def checked(args) -> int:
 
 
 def demo(args) -> int:
-    """The five steps; their errors are checked()'s to print, Ctrl-C main's."""
-    from nano_train.metrics import duration
+    """Check the options, then the five steps holding the out_dir (runner.claim_out_dir:
+    made if needed, locked, refused if it holds another run); errors are checked()'s to
+    print, Ctrl-C main's."""
     from nano_train.problems import make
-    from nano_train.problems.evaluate import build_nano, disagreements, predict_c, predict_torch, score
-    from nano_train.problems.runner import (Options, check_options, export_models, load_model, q8_0_model,
-                                            pick_test_cases, train_model)
+    from nano_train.problems.runner import Options, check_options, claim_out_dir
 
     t_start = time.monotonic()
     out_dir = Path(args.out_dir) / "sort"
@@ -97,7 +100,18 @@ def demo(args) -> int:
         budget = 20.0 if budget is None else budget
         eval_cases = 500 if args.eval_cases is None else args.eval_cases
     opts = Options(out_dir=out_dir, seed=args.seed, time_budget=budget, eval_cases=eval_cases, fresh=args.fresh)
-    eval_cases = check_options(problem, opts)  # the config, --eval_cases and the out_dir, before any work
+    eval_cases = check_options(problem, opts)  # the config, the device, --eval_cases and --out_dir, before any work
+    with claim_out_dir(problem, out_dir):
+        return five_steps(problem, opts, eval_cases, t_start)
+
+
+def five_steps(problem, opts, eval_cases: int, t_start: float) -> int:
+    """Build, train, score, export, run in C; the exit status."""
+    from nano_train.metrics import duration
+    from nano_train.problems.evaluate import build_nano, disagreements, predict_c, predict_torch, score
+    from nano_train.problems.runner import export_models, load_model, pick_test_cases, q8_0_model, train_model
+
+    out_dir = Path(opts.out_dir)
 
     def step(n: int, title: str) -> None:
         print(f"\n[{n}/5] {title}", flush=True)
@@ -106,7 +120,13 @@ def demo(args) -> int:
     print("runs in PyTorch and in the C engine, and both give the same answers.")
 
     # 1 -------------------------------------------------------------------------------
-    step(1, "Train the model (PyTorch, the training loop of nano_train.train)")
+    step(1, "Build the C engine (make -C engines/c-core build/nano)")
+    t0 = time.monotonic()
+    nano = build_nano(ROOT, say=lambda msg: None)  # first: a missing C compiler should not cost a training run
+    print(f"      {rel(nano)} ready ({time.monotonic() - t0:.1f} s; make only rebuilds what changed)")
+
+    # 2 -------------------------------------------------------------------------------
+    step(2, "Train the model (PyTorch, the training loop of nano_train.train)")
     m = problem.model_config()["model"]
     print(f"      {problem.title}")
     print(f"      {m['n_layer']} layers x {m['n_embd']} wide, full attention; data generated here, "
@@ -119,26 +139,20 @@ def demo(args) -> int:
         print(f"      {rec['steps']:,} steps in {duration(rec['seconds'])}, validation loss {rec['best_val_loss']:.2g}")
     model, tok = load_model(out_dir, rec)
 
-    # 2 -------------------------------------------------------------------------------
-    step(2, "Score it on held-out questions (never seen in training)")
+    # 3 -------------------------------------------------------------------------------
+    step(3, "Score it on held-out questions (never seen in training)")
     cases = pick_test_cases(problem, eval_cases, say=lambda msg: print("      " + msg, flush=True))
     questions = [c.question for c in cases]
     torch_f32 = predict_torch(problem, model, tok, questions)
     s = score(cases, torch_f32)
     print(f"      PyTorch: {s['correct']:,} of {s['total']:,} sorted exactly right ({100 * s['accuracy']:.2f}%)")
 
-    # 3 -------------------------------------------------------------------------------
-    step(3, "Export the model as .bin files (nano_train.convert.export_bin)")
+    # 4 -------------------------------------------------------------------------------
+    step(4, "Export the model as .bin files (nano_train.convert.export_bin)")
     exports = export_models(model, tok, out_dir, problem.name)
     f32, q80 = Path(exports["f32"].path), Path(exports["q8_0"].path)
     print(f"      {rel(f32):<40} F32, {size(f32)}")
     print(f"      {rel(q80):<40} Q8_0 (8-bit weights), {size(q80)}")
-
-    # 4 -------------------------------------------------------------------------------
-    step(4, "Build the C engine (make -C engines/c-core build/nano)")
-    t0 = time.monotonic()
-    nano = build_nano(ROOT, say=lambda msg: None)
-    print(f"      {rel(nano)} ready ({time.monotonic() - t0:.1f} s; make only rebuilds what changed)")
 
     # 5 -------------------------------------------------------------------------------
     step(5, "Run the model file in the C engine")

@@ -1,11 +1,13 @@
-"""tools/demo.py end to end in its --quick mode: it trains, scores, exports,
-builds the C engine, runs the files through `nano` with the same answers as
-PyTorch, and a second run reuses the trained model."""
+"""tools/demo.py end to end in its --quick mode: it builds the C engine, trains,
+scores, exports, runs the files through `nano` with the same answers as
+PyTorch, and a second run reuses the trained model; without a C compiler it
+stops before training with one line."""
 
 from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +34,7 @@ def test_demo_quick_end_to_end_then_reuse(tmp_path):
     text = first.stdout
     for n in range(1, 6):
         assert f"[{n}/5]" in text
+    assert text.index("[1/5] Build the C engine") < text.index("[2/5] Train the model")
     assert "training [" in first.stderr  # the progress bar
     m = re.search(r"PyTorch: (\d+) of (\d+) sorted exactly right", text)
     assert m and int(m.group(2)) == 500 and int(m.group(1)) >= 400, text
@@ -119,6 +122,7 @@ def test_demo_ctrl_c_after_training_says_interrupted(tmp_path, capsys, monkeypat
                                                                 "steps": 1, "seconds": 1.0})
     monkeypatch.setattr(runner, "load_model", lambda *a, **k: (None, None))
     if where == "score":
+        monkeypatch.setattr(evaluate, "build_nano", lambda root, say: Path(sys.executable))
         monkeypatch.setattr(evaluate, "predict_torch", ctrl_c)
     else:
         monkeypatch.setattr(evaluate, "predict_torch", lambda problem, model, tok, qs: list(qs))
@@ -138,3 +142,29 @@ def test_demo_ctrl_c_after_training_says_interrupted(tmp_path, capsys, monkeypat
     except KeyboardInterrupt:
         pytest.fail("Ctrl-C after step 1 escaped as a KeyboardInterrupt traceback")
     assert status == 130 and capsys.readouterr().err.strip().endswith("interrupted")
+
+
+def test_demo_without_a_compiler_stops_before_training(tmp_path, capsys, monkeypatch, no_training):
+    """No C compiler: one `error:` line naming the cause and what installs a toolchain, exit
+    status 1, before any training, and no out_dir left behind (before: two minutes of
+    training, then five lines of make's output with the cause last)."""
+    checkout = tmp_path / "checkout"
+    shutil.copytree(ROOT / "engines" / "c-core", checkout / "engines" / "c-core",
+                    ignore=shutil.ignore_patterns("build*"))
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("make", "sh", "uname", "mkdir"):
+        if shutil.which(tool):
+            (tools / tool).symlink_to(shutil.which(tool))
+    if not (tools / "make").exists():
+        pytest.skip("no make here")
+    module = load_demo()
+    monkeypatch.setattr(module, "ROOT", checkout)
+    monkeypatch.setenv("PATH", str(tools))
+    assert module.main(["--quick", "--out_dir", str(tmp_path / "demo")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"error: cannot build the C engine (make -C {checkout / 'engines' / 'c-core'} build/nano): "
+                          "make: cc: No such file or directory; `python tools/setup/system_deps.py build` installs "
+                          "a C toolchain\n"), err
+    assert not (tmp_path / "demo").exists()

@@ -8,7 +8,9 @@ the README's Problems section."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +28,7 @@ from nano_train.problems.base import case_hash, encode_many
 from nano_train.problems.boolean import depth_of, evaluate, random_expr
 from nano_train.problems.evaluate import EngineError, find_nano, predict_c, predict_torch, repo_root, unescape_answer
 from nano_train.problems.holes import count_holes
-from nano_train.problems.runner import Options, prepare_data, run, train_model
+from nano_train.problems.runner import Options, claim_out_dir, prepare_data, run, train_model
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -325,10 +327,12 @@ def test_short_training_scores_alike_in_pytorch_and_c(tmp_path, nano_bin, name, 
     assert predict_c(p, nano_bin, Path(result["files"]["f32"]), shown) == predict_torch(p, model, tok, shown)
     if name == "sort":
         # a second run with the same config and seed reuses the checkpoint; another seed retrains
-        again = train_model(p, opts, say=lambda m: None)
+        with claim_out_dir(p, opts.out_dir):
+            again = train_model(p, opts, say=lambda m: None)
         assert again["reused"] and again["steps"] == result["train"]["steps"]
         other = Options(**{**opts.__dict__, "seed": 7, "time_budget": 1.0})
-        assert not train_model(p, other, say=lambda m: None)["reused"]
+        with claim_out_dir(p, other.out_dir):
+            assert not train_model(p, other, say=lambda m: None)["reused"]
 
 
 def test_unescape_answer():
@@ -402,7 +406,11 @@ def test_command_help_and_list():
     (["sort", "--seed", "x"], 2, "invalid int value"),
     (["sort", "--bogus"], 2, "unrecognized arguments: --bogus"),
     (["sort", "--n_layers=3", "--no-c"], 2, "unknown key 'n_layers'"),
-    (["sort", "--nano", "{tmp}/no-such-nano"], 1, "not an executable file"),
+    (["sort", "--nano", "{tmp}/no-such-nano"], 2, "--nano {tmp}/no-such-nano: not an executable file"),
+    (["sort", "--init_from=resume"], 2, "error: --init_from is set by the problems command"),
+    (["sort", "--data.dataset=elsewhere"], 2, "error: --data.dataset is set by the problems command"),
+    pytest.param(["sort", "--device=cuda", "--no-c"], 2, "CUDA is not available here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")),
     (["sort", "--digits", "1", "--no-c", "--max_iters", "3", "--eval_cases", "5"], 2, "--digits must be at least 2"),
     (["sort", "--digits", "100000", "--no-c", "--max_iters", "1"], 2, "--digits must be at most 64"),
     (["reverse", "--digits", "65", "--no-c", "--max_iters", "1"], 2, "--digits must be at most 64"),
@@ -412,11 +420,16 @@ def test_command_help_and_list():
      "--eval_cases 1,000,000,000: sort (digits 6) has 25,214 held-out test questions; at most 25,214"),
 ])
 def test_command_errors(tmp_path, args, status, message):
+    """Bad arguments: an `error: ...` line and exit status 2, before anything is made,
+    built or generated (before: a bad --nano exited 1; --device=cuda without CUDA was
+    refused after 200,000 rows were generated; --init_from=resume deleted the checkpoint
+    it was to resume from)."""
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     r = problems_cli(*args, "--out_dir", str(tmp_path / "out"))
     assert r.returncode == status, r
-    assert message in r.stderr and r.stderr.startswith("error: "), r.stderr
-    assert not (tmp_path / "out" / "best.pt").exists()
+    assert message.replace("{tmp}", str(tmp_path)) in r.stderr and r.stderr.startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("where", ["file", "under_file", "proc", "result_is_folder"])
@@ -466,6 +479,240 @@ def test_check_out_dir(tmp_path, monkeypatch):
 
 
 def test_nano_is_found_in_the_checkout():
+    from nano_train.config import ConfigError
+
     assert repo_root() == REPO
-    with pytest.raises(EngineError, match="not an executable file"):
+    with pytest.raises(ConfigError, match="not an executable file"):  # a bad argument: exit status 2
         find_nano(REPO / "README.md")
+
+
+def test_nano_given_as_a_relative_path(tmp_path, monkeypatch):
+    """--nano ./prog runs ./prog (before: Path("./prog") became "prog", which the
+    subprocess looked up on PATH: "No such file or directory")."""
+    fake = tmp_path / "fake-nano"
+    fake.write_text("#!/bin/sh\ncat\n")  # echoes each question as its answer
+    fake.chmod(0o755)
+    monkeypatch.chdir(tmp_path)
+    nano = find_nano("./fake-nano")
+    assert nano == tmp_path / "fake-nano"
+    assert predict_c(make("sort"), nano, tmp_path / "model.bin", ["251212", "114515"]) == ["251212", "114515"]
+
+
+# ---------------------------------------------------------------------------
+# The out_dir: whose run it holds, one writer at a time, no writing through links
+
+
+def _tiny(out_dir, seed=1337, **kw):
+    """A sort run of one step on 2,000 rows, scored on 5 questions in PyTorch only (seconds)."""
+    p = make("sort")
+    p.train_rows, p.val_rows = 2_000, 100
+    opts = Options(out_dir=out_dir, seed=seed, time_budget=0, max_iters=1, eval_cases=5, use_c=False,
+                   progress=False, **kw)
+    return p, opts
+
+
+def _files(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_out_dir_holding_another_run_is_refused(tmp_path):
+    """A folder holding a run that is not this problem's own is refused before anything
+    in it is touched (before: its best.pt was deleted and the rest replaced, with no
+    --overwrite asked for; `holes --out_dir runs/problems/sort` wiped the sort run).
+    The problem's own earlier run is replaced as before."""
+    from nano_train.config import ConfigError
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("best.pt", "latest.pt", "log.jsonl", "report.md"):
+        (mine / name).write_text(f"the user's {name}")
+    before = _files(mine)
+    with pytest.raises(ConfigError, match=r"mine holds a run that is not a problems run \(latest.pt, best.pt, "
+                                          r".*choose another --out_dir"):
+        run(*_tiny(mine), say=lambda m: None)
+    assert _files(mine) == before and sorted(p.name for p in mine.iterdir()) == sorted(before)
+
+    data_only = tmp_path / "with_data"  # a prepared dataset where the problem would generate its own
+    (data_only / "data").mkdir(parents=True)
+    (data_only / "data" / "meta.json").write_text("{}")
+    with pytest.raises(ConfigError, match="not a problems run \\(data\\)"):
+        run(*_tiny(data_only), say=lambda m: None)
+    assert (data_only / "data" / "meta.json").read_text() == "{}"
+
+    sort_run = tmp_path / "sort"
+    run(*_tiny(sort_run), say=lambda m: None)
+    before = _files(sort_run)
+    holes = make("holes")
+    holes.train_rows, holes.val_rows = 2_000, 100
+    with pytest.raises(ConfigError, match="holds a run of the problem sort"):
+        run(holes, _tiny(sort_run)[1], say=lambda m: None)
+    assert _files(sort_run) == before
+    again = run(*_tiny(sort_run, seed=7), say=lambda m: None)  # its own earlier run: replaced
+    assert not again["train"]["reused"] and again["seed"] == 7
+
+
+def test_an_interrupted_run_is_still_its_problems_own(tmp_path, monkeypatch):
+    """train.json is written as training starts: a run interrupted before it finished
+    (here while its data is generated) leaves a folder that the same problem takes
+    again, and that another problem refuses."""
+    from nano_train.config import ConfigError
+    from nano_train.problems import runner
+
+    out = tmp_path / "out"
+    real = runner.prepare_data
+
+    def interrupted(problem, data_dir, seed, say=print):
+        data_dir.mkdir(parents=True)
+        (data_dir / "train_000.bin").write_bytes(b"half written")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "prepare_data", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(*_tiny(out), say=lambda m: None)
+    monkeypatch.setattr(runner, "prepare_data", real)
+    holes = make("holes")
+    with pytest.raises(ConfigError, match="holds a run of the problem sort"):
+        run(holes, _tiny(out)[1], say=lambda m: None)
+    assert not run(*_tiny(out), say=lambda m: None)["train"]["reused"]
+
+
+def test_out_dir_links_are_not_written_through(tmp_path):
+    """log.jsonl (or another run file) or data/ as a symbolic link is refused, and what it
+    points to is untouched (before: the training log was written through the link)."""
+    from nano_train.config import ConfigError
+
+    out = tmp_path / "out"
+    run(*_tiny(out), say=lambda m: None)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not a log")
+    (out / "log.jsonl").unlink()
+    (out / "log.jsonl").symlink_to(outside)
+    with pytest.raises(OSError, match="exists and is not a regular file") as e:
+        run(*_tiny(out, seed=7), say=lambda m: None)
+    assert e.value.filename == str(out / "log.jsonl") and outside.read_text() == "not a log"
+    (out / "log.jsonl").unlink()
+    shutil.move(out / "data", tmp_path / "elsewhere")
+    (out / "data").symlink_to(tmp_path / "elsewhere")
+    stamp = (tmp_path / "elsewhere" / "meta.json").read_bytes()
+    with pytest.raises(ConfigError, match="data is a symbolic link"):
+        run(*_tiny(out, seed=7), say=lambda m: None)
+    assert (tmp_path / "elsewhere" / "meta.json").read_bytes() == stamp
+
+
+def test_second_run_stops_at_the_lock_before_deleting_anything(tmp_path):
+    """While a run holds out_dir (the training loop's run lock), a second run into it stops
+    at once: the first run's checkpoints and data stay (before: the second deleted
+    best.pt and latest.pt and regenerated data/ with its own seed, then failed on the
+    lock)."""
+    from nano_train import dirlock
+    from nano_train.config import ConfigError
+    from nano_train.train import RUN_LOCK
+
+    out = tmp_path / "out"
+    run(*_tiny(out), say=lambda m: None)
+    before = {**_files(out), **{f"data/{k}": v for k, v in _files(out / "data").items()}}
+    with dirlock.exclusive(out, RUN_LOCK, "run", ConfigError):  # the first run, still training
+        with pytest.raises(ConfigError, match=f"another run is writing {out} \\(pid {os.getpid()}\\)"):
+            run(*_tiny(out, seed=7), say=lambda m: None)
+    after = {**_files(out), **{f"data/{k}": v for k, v in _files(out / "data").items()}}
+    assert after == before
+
+
+def test_the_same_out_dir_spelled_differently_is_the_same_run(tmp_path, monkeypatch):
+    """od, $PWD/od and . (from inside it) are one folder: the run is reused (before: the
+    config's path strings differed, so it retrained and deleted the earlier model)."""
+    monkeypatch.chdir(tmp_path)
+    first = run(*_tiny(Path("od")), say=lambda m: None)
+    assert not first["train"]["reused"]
+    assert run(*_tiny(tmp_path / "od"), say=lambda m: None)["train"]["reused"]
+    monkeypatch.chdir(tmp_path / "od")
+    assert run(*_tiny(Path(".")), say=lambda m: None)["train"]["reused"]
+    assert run(*_tiny(Path("../od/")), say=lambda m: None)["train"]["reused"]
+
+
+def test_records_are_written_atomically(tmp_path, monkeypatch):
+    """train.json and result.json are replaced whole (nano_format.write_atomically), never
+    rewritten in place: a file hard-linked to the old one keeps the old text."""
+    import nano_format
+
+    written = []
+    real = nano_format.write_atomically
+
+    def spy(path, chunks):
+        written.append(Path(path).name)
+        return real(path, chunks)
+
+    monkeypatch.setattr(nano_format, "write_atomically", spy)
+    out = tmp_path / "out"
+    run(*_tiny(out), say=lambda m: None)
+    assert {"train.json", "result.json"} <= set(written)
+    os.link(out / "result.json", tmp_path / "old_result.json")
+    old = (out / "result.json").read_text()
+    assert run(*_tiny(out), say=lambda m: None)["train"]["reused"]
+    assert (tmp_path / "old_result.json").read_text() == old != (out / "result.json").read_text()
+
+
+@pytest.mark.parametrize("override,shown", [
+    ("--init_from=resume", "--init_from"), ("--run.init_from=x.pt", "--run.init_from"),
+    ("--out_dir=x", "--out_dir"), ("--run.out_dir=x", "--run.out_dir"), ("--dataset=x", "--dataset"),
+    ("--task=pretrain", "--task"), ("--overwrite=true", "--overwrite"), ("--system.seed=3", "--system.seed"),
+    ("--optim.max_iters=3", "--optim.max_iters"), ("--time_budget=3", "--time_budget"),
+    ("--block_size=3", "--block_size"), ("--model.vocab_size=99", "--model.vocab_size"),
+    ("--is_causal=true", "--is_causal"),
+])
+def test_keys_the_command_sets_are_refused(tmp_path, override, shown):
+    """An override of a key the command sets itself is refused in any spelling, before
+    anything is made (before: only the exact spellings of the command's options were
+    kept out, so --dataset trained another problem's data and reported it as sort)."""
+    from nano_train.config import ConfigError
+    from nano_train.problems.runner import check_options
+
+    p, opts = _tiny(tmp_path / "out", overrides=[override])
+    with pytest.raises(ConfigError, match=f"^{shown} is set by the problems command: "):
+        check_options(p, opts)
+    assert not (tmp_path / "out").exists()
+    check_options(p, Options(out_dir=tmp_path / "out", use_c=False, overrides=["--n_layer=3", "--batch_size=8"]))
+
+
+# ---------------------------------------------------------------------------
+# No C compiler
+
+
+@pytest.fixture
+def no_compiler(tmp_path, monkeypatch):
+    """A checkout holding a copy of engines/c-core without its builds, and a PATH with make
+    and the shell tools its Makefile runs but no C compiler. Returns the checkout."""
+    root = tmp_path / "checkout"
+    shutil.copytree(REPO / "engines" / "c-core", root / "engines" / "c-core",
+                    ignore=shutil.ignore_patterns("build*"))
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("make", "sh", "uname", "mkdir"):
+        if shutil.which(tool):
+            (tools / tool).symlink_to(shutil.which(tool))
+    if not (tools / "make").exists():
+        pytest.skip("no make here")
+    monkeypatch.setenv("PATH", str(tools))
+    return root
+
+
+def test_missing_compiler_is_one_line_before_training(tmp_path, monkeypatch, no_compiler):
+    """Without a C compiler the run stops before training with one line naming the cause
+    and what installs a toolchain (before: the last 15 lines of make's output, stdout and
+    stderr together), and the --out_dir it made is gone again."""
+    from nano_train.problems import evaluate, runner
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before the engine was built")
+
+    monkeypatch.setattr(runner, "train_model", no_training)
+    monkeypatch.setattr(evaluate, "repo_root", lambda: no_compiler)
+    with pytest.raises(EngineError) as e:
+        run(make("sort"), Options(out_dir=tmp_path / "new" / "out", eval_cases=5, progress=False),
+            say=lambda m: None)
+    message = str(e.value)
+    assert "\n" not in message, message
+    assert message.startswith(f"cannot build the C engine (make -C {no_compiler / 'engines' / 'c-core'} build/nano): "
+                              "make: cc: No such file or directory; `python tools/setup/system_deps.py build` "
+                              "installs a C toolchain, or --no-c skips the C engine"), message
+    assert not (tmp_path / "new").exists()

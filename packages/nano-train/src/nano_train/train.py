@@ -490,7 +490,7 @@ def unwrap_state_dict(model: torch.nn.Module) -> dict:
 
 
 def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint: dict | None = None,
-          progress=None) -> TrainResult:
+          progress=None, run_lock_held: bool = False) -> TrainResult:
     """Train as cfg says; returns a summary. See the module docstring for the outputs.
 
     progress: None prints progress lines; a callable instead receives every log
@@ -503,10 +503,13 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     One run at a time per out_dir: the process that writes it holds a lock there
     (RUN_LOCK) for the whole run, and a second run into it fails at once
     (ConfigError naming the first one's pid). An out_dir this call created is
-    removed again if the run ends before writing anything into it.
+    removed again if the run ends before writing anything into it. run_lock_held:
+    the caller holds that lock already (nano_train.problems, which deletes an
+    earlier run's files first); a second flock on the file, even from the same
+    process, would conflict with it.
     Raises TrainingDiverged when the loss or the weights become inf or nan.
     """
-    if not writes_out_dir():
+    if run_lock_held or not writes_out_dir():
         return _train(cfg, explicit, checkpoint, progress)
     out_dir = Path(cfg.run.out_dir)
     with contextlib.ExitStack() as held:

@@ -22,22 +22,31 @@ the trained checkpoint (--fresh retrains).
   --eval_cases N         held-out questions to score (default 2000, or all the test split
                          holds if fewer); more than the test split holds is refused
   --nano PATH            the nano program (default: engines/c-core/build/nano of this
-                         checkout, built with make when needed)
+                         checkout, built with make before training when needed)
   --no-c                 skip the C engine
   --fresh                retrain even if a matching checkpoint exists
   --digits N             sort, reverse, holes: digits per question (default 6; sort and
                          reverse 2 to 64, holes 3 to 40)
   --depth N              boolean: the deepest nesting (default 4; 2 to 6)
-  --key=value            any training config key (e.g. --n_layer=3 --batch_size=128
-                         --device=cuda --threads=2); see python -m nano_train.sft --help
+  --key=value            a training config key (e.g. --n_layer=3 --batch_size=128
+                         --device=cuda --threads=2); see python -m nano_train.sft --help.
+                         The keys the command sets itself are refused, in any spelling:
+                         task, out_dir, dataset, init_from, overwrite, seed, max_iters,
+                         time_budget (use the options above), block_size, vocab_size,
+                         is_causal (the problem's)
 
 Everything that can be checked is checked before any data is generated: the
-settings, the training config, --eval_cases against the test split, and that
---out_dir is a folder that exists or can be made, and can be written in.
+settings, the training config and that its device is there, --eval_cases
+against the test split, --nano, and that --out_dir is a folder that exists or
+can be made, can be written in, and holds no other run. A run replaces only
+its own problem's earlier run in --out_dir (its train.json says whose) and
+refuses a folder holding anything else a run writes (checkpoints, log.jsonl,
+report.md, data/, ...); one run at a time writes a folder (a second one stops
+at once, before it deletes anything).
 
-Exit status: 0 done, 1 the C engine failed or disagreed with PyTorch on F32,
-2 bad arguments, config or data, or a file or folder that cannot be read or
-written (`error: PATH: reason`), 130 interrupted.
+Exit status: 0 done, 1 the C engine could not be built, failed or disagreed
+with PyTorch on F32, 2 bad arguments, config or data, or a file or folder that
+cannot be read or written (`error: PATH: reason`), 130 interrupted.
 
 Examples:
   python -m nano_train.problems sort

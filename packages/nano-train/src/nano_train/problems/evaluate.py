@@ -10,6 +10,7 @@ of the answer). Ties go to the lowest id on both sides.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from collections import defaultdict
@@ -22,6 +23,12 @@ from nano_train.problems.base import Case, Problem
 
 class EngineError(RuntimeError):
     """The nano program is missing, cannot be built, or failed on the cases."""
+
+
+TOOLCHAIN_HINT = "`python tools/setup/system_deps.py build` installs a C toolchain"
+# make's own lines around the cause of a failed build: where it works, and the rule that failed
+_MAKE_NOISE = re.compile(r"make(\[\d+\])?: (\*\*\* \[.*\] Error \d+|\*\*\* Waiting for unfinished jobs"
+                         r"|Entering directory|Leaving directory)")
 
 
 # ---------------------------------------------------------------------------
@@ -85,35 +92,52 @@ def repo_root() -> Path | None:
     return None
 
 
+def build_failure_cause(stdout: str, stderr: str, status: int) -> str:
+    """The line of a failed make that says why: the last error line of the compiler or
+    of make (`make: cc: No such file or directory`), else the last line that is not
+    make's own bookkeeping (entering a folder, the rule that failed)."""
+    lines = [line.strip() for line in (stderr or stdout).splitlines()]
+    lines = [line for line in lines if line and not _MAKE_NOISE.match(line)]
+    errors = [line for line in lines if re.search(r"error|no such file|not found|cannot", line, re.I)]
+    return (errors or lines or [f"make exited with status {status}"])[-1]
+
+
 def build_nano(root: Path, say=print) -> Path:
     """`make -C engines/c-core build/nano` (incremental; the nano program only, which
-    needs a C compiler and nothing else). Returns the program's path."""
+    needs a C compiler and nothing else). Returns the program's path. EngineError, one
+    line naming the cause and how to install a toolchain, when it cannot be built."""
     if shutil.which("make") is None:
-        raise EngineError("make is not installed: `python tools/setup/system_deps.py build` installs a C toolchain")
+        raise EngineError(f"cannot build the C engine: make is not installed; {TOOLCHAIN_HINT}")
     core = root / "engines" / "c-core"
     res = subprocess.run(["make", "-C", str(core), "build/nano"], capture_output=True, text=True)
     if res.returncode != 0:
-        tail = "\n".join((res.stdout + res.stderr).strip().splitlines()[-15:])
-        raise EngineError(f"building the C engine failed (make -C {core} build/nano):\n{tail}")
+        cause = build_failure_cause(res.stdout, res.stderr, res.returncode)
+        raise EngineError(f"cannot build the C engine (make -C {core} build/nano): {cause}; {TOOLCHAIN_HINT}")
     if "Nothing to be done" not in res.stdout and "is up to date" not in res.stdout:
         say(f"built {core / 'build' / 'nano'}")
     return core / "build" / "nano"
 
 
 def find_nano(path: str | os.PathLike | None = None, build: bool = True, say=print) -> Path:
-    """The nano program: `path` if given; else, in a checkout, engines/c-core/build/nano
-    (brought up to date with make when `build`)."""
+    """The nano program: `path` if given (absolute, so that `./nano` is not looked up on
+    PATH; ConfigError, a bad argument, when it is not an executable file); else, in a
+    checkout, engines/c-core/build/nano (brought up to date with make when `build`)."""
     if path is not None:
-        p = Path(path)
+        from nano_train.config import ConfigError
+
+        p = Path(path).absolute()
         if not p.is_file() or not os.access(p, os.X_OK):
-            raise EngineError(f"--nano {p}: not an executable file")
+            raise ConfigError(f"--nano {path}: not an executable file")
         return p
     root = repo_root()
     if root is None:
         raise EngineError("cannot find the nano program: pass --nano PATH (build it with "
                           "`make -C engines/c-core` in a Nano checkout), or --no-c to skip the C engine")
     if build:
-        return build_nano(root, say)
+        try:
+            return build_nano(root, say)
+        except EngineError as e:
+            raise EngineError(f"{e}, or --no-c skips the C engine") from None
     p = root / "engines" / "c-core" / "build" / "nano"
     if not p.is_file():
         raise EngineError(f"{p} does not exist: build it with `make -C {root / 'engines' / 'c-core'}`")

@@ -7,19 +7,27 @@ Files in the output directory (default runs/problems/NAME):
     data/               the generated dataset (meta.json, tokenizer.json, rows)
     best.pt latest.pt   checkpoints; log.jsonl, report.md: the training loop's
     train.json          what was trained (config, data, steps, time): a rerun with
-                        the same config and seed reuses the checkpoint
+                        the same config and seed reuses the checkpoint; written
+                        first (without a checkpoint) when training starts, so that
+                        the folder says whose run it holds
     NAME_f32.bin        the exported model, F32
     NAME_q80.bin        the exported model, Q8_0
     result.json         every number of the final report
+
+A run holds the training loop's run lock in the folder from before it deletes or
+writes anything until it ends (claim_out_dir), and replaces only an earlier run
+of the same problem: a folder holding any other run is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import json
 import os
 import random
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -31,7 +39,24 @@ from nano_train.problems.evaluate import disagreements, find_nano, predict_c, pr
 
 TRAIN_RECORD = "train.json"
 RESULT = "result.json"
+DATA = "data"
 DEFAULT_EVAL_CASES = 2000
+# The training config keys the command sets itself, and what to use instead: an
+# override of one of them is refused in any spelling (--key=... or --section.key=...).
+MANAGED_KEYS = {
+    "run.task": "a problem trains task sft",
+    "run.out_dir": "use --out_dir",
+    "data.dataset": "the problem's data is generated into OUT_DIR/data",
+    "run.init_from": "a problem trains from scratch; a rerun with the same settings reuses its checkpoint "
+                     "(--fresh trains again)",
+    "run.overwrite": "a problem replaces its own earlier run in --out_dir, and refuses any other",
+    "system.seed": "use --seed",
+    "optim.max_iters": "use --max_iters",
+    "optim.time_budget": "use --time_budget",
+    "model.block_size": "it is the problem's (--digits, --depth)",
+    "model.vocab_size": "it is the problem's vocabulary",
+    "model.is_causal": "it is the problem's (seq2seq: full attention; instruct: causal)",
+}
 
 
 @dataclass
@@ -54,14 +79,33 @@ class Options:
 
 
 def check_options(problem: Problem, opts: Options) -> int:
-    """Refuse, before any data is generated or any step trained, what would fail
-    later: the training config (ConfigError), --eval_cases the test split cannot
-    give (ConfigError), an out_dir that is not a folder that exists or can be made
-    and written in (OSError naming it). Returns the number of test cases to score."""
-    resolve_config(problem, opts)
+    """Refuse, before anything is made, built, generated or trained, what would fail
+    later: the training config, a managed key overridden, a device or attention
+    backend this machine lacks (ConfigError), --eval_cases the test split cannot
+    give (ConfigError), a --nano that is not a program (ConfigError), an out_dir
+    that is a file (OSError naming it). Returns the number of test cases to score.
+    The out_dir itself is made and checked by claim_out_dir."""
+    cfg, _ = resolve_config(problem, opts)
+    check_device(cfg)
     n = eval_count(problem, opts.eval_cases)
-    check_out_dir(Path(opts.out_dir), [TRAIN_RECORD, RESULT, *(f"{problem.name}_{s}.bin" for s in ("f32", "q80"))])
+    if opts.use_c and opts.nano is not None:
+        find_nano(opts.nano)
+    out_dir = Path(opts.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(out_dir))
     return n
+
+
+def check_device(cfg) -> None:
+    """What the training loop checks first, checked before any data is generated: the
+    device is there (--device=cuda without CUDA) and the attention backend runs on it."""
+    from nano_train.train import (DistInfo, check_attention_backend, forward_context_factory, resolve_device,
+                                  resolve_dtype)
+
+    device = resolve_device(cfg.system.device, DistInfo())
+    dtype = resolve_dtype(cfg.system.dtype, device)
+    context = forward_context_factory(device, dtype, cfg.system.attention_backend)
+    check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, context)
 
 
 def eval_count(problem: Problem, requested: int | None) -> int:
@@ -119,6 +163,80 @@ def check_out_dir(out_dir: Path, names=()) -> None:
             raise OSError(e.errno, f"cannot write in this folder: {e.strerror or e}", str(out_dir)) from None
 
 
+def out_dir_files(problem: Problem) -> list[str]:
+    """The files a run writes in its out_dir (the training loop's and this module's)."""
+    return ["best.pt", "latest.pt", "log.jsonl", "report.md", TRAIN_RECORD, RESULT,
+            *(f"{problem.name}_{s}.bin" for s in ("f32", "q80"))]
+
+
+def recorded_problem(out_dir: Path) -> str | None:
+    """The problem whose run out_dir holds, as its train.json records it; None when
+    there is no train.json or it is not one this module wrote."""
+    try:
+        rec = json.loads((Path(out_dir) / TRAIN_RECORD).read_text(encoding="utf-8"))
+        name = rec["data"]["problem"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def check_own_out_dir(problem: Problem, out_dir: Path) -> None:
+    """Refuse (ConfigError) an out_dir holding a run other than this problem's own earlier
+    one, which run() would delete or overwrite: checkpoints, a log or report, a dataset,
+    a result, without a train.json of this problem. A data/ that is a symbolic link
+    would be written through: refused too (check_out_dir refuses the files)."""
+    from nano_train.config import ConfigError
+    from nano_train.train import earlier_run_files
+
+    out_dir = Path(out_dir)
+    data = out_dir / DATA
+    if data.is_symlink():
+        raise ConfigError(f"{data} is a symbolic link; the problem's data is generated there and nothing is "
+                          "written through a link: remove it or choose another --out_dir")
+    found = [p.name for p in earlier_run_files(out_dir)]
+    found += [name for name in (DATA, TRAIN_RECORD, RESULT) if (out_dir / name).exists()]
+    owner = recorded_problem(out_dir)
+    if not found or owner == problem.name:
+        return
+    listed = ", ".join(found[:4]) + (", ..." if len(found) > 4 else "")
+    whose = f"a run of the problem {owner}" if owner else "a run that is not a problems run"
+    raise ConfigError(f"{out_dir} holds {whose} ({listed}), which this run would replace: choose another "
+                      f"--out_dir (a problem replaces only its own earlier run), or remove those files first")
+
+
+@contextlib.contextmanager
+def claim_out_dir(problem: Problem, out_dir: Path):
+    """Hold out_dir for a run of this problem: make it if it is not there (and remove
+    what this made again if it is still empty at the end), hold the training loop's
+    run lock there (one writer at a time: a second run fails at once, before it
+    deletes or writes anything), check that the run's files can be written
+    (check_out_dir: no folder, link or device where one goes) and that the folder
+    holds no other run (check_own_out_dir)."""
+    from nano_train import dirlock
+    from nano_train.config import ConfigError
+    from nano_train.train import RUN_LOCK
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(out_dir))
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(dirlock.exclusive(out_dir, RUN_LOCK, "run", ConfigError))
+        except OSError as e:
+            what = "cannot write in this folder" if out_dir.is_dir() else "cannot make the folder"
+            raise OSError(e.errno, f"{what}: {e.strerror or e}", str(out_dir)) from None
+        check_out_dir(out_dir, out_dir_files(problem))
+        check_own_out_dir(problem, out_dir)
+        yield
+
+
+def write_json(path: Path, data: dict) -> None:
+    """path, replaced atomically (nano_format.write_atomically): a crash leaves the old file or the new one."""
+    from nano_format import write_atomically
+
+    write_atomically(path, [(json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8")])
+
+
 def os_error_text(e: OSError) -> str:
     """An OSError as the commands print it: PATH: reason."""
     reason = e.strerror or str(e)
@@ -153,10 +271,33 @@ def command_status(call) -> int:
 # Config and data
 
 
-def resolve_config(problem: Problem, opts: Options):
-    """The training config: the problem's sections < the command's options < --key=value overrides."""
-    from nano_train.config import load_config
+def managed_key(override: str) -> str | None:
+    """The "section.key" a --key=value or --section.key=value override sets, if the
+    command manages that key itself (MANAGED_KEYS); None otherwise (an unknown or
+    ambiguous key is load_config's to refuse)."""
+    from nano_train.config import key_index
 
+    m = re.fullmatch(r"--([A-Za-z_][\w.]*)=.*", override, flags=re.S)
+    if not m:
+        return None
+    name = m.group(1)
+    if "." not in name:
+        sections = key_index().get(name, [])
+        if len(sections) != 1:
+            return None
+        name = f"{sections[0]}.{name}"
+    return name if name in MANAGED_KEYS else None
+
+
+def resolve_config(problem: Problem, opts: Options):
+    """The training config: the problem's sections < the command's options < --key=value
+    overrides, which may not set a key the command sets itself (MANAGED_KEYS)."""
+    from nano_train.config import ConfigError, load_config
+
+    for arg in opts.overrides:
+        key = managed_key(arg)
+        if key is not None:
+            raise ConfigError(f"{arg.split('=', 1)[0]} is set by the problems command: {MANAGED_KEYS[key]}")
     out_dir = Path(opts.out_dir)
     defaults = problem.model_config()
     defaults = {**defaults, "run": {**defaults.get("run", {}), "task": "sft", "out_dir": str(out_dir)},
@@ -256,27 +397,42 @@ class TrainingBar:
         self.stream.flush()
 
 
+def _without_paths(config) -> dict | None:
+    """A config as train.json records it, less the paths that name the out_dir (run.out_dir,
+    data.dataset): the same folder is the same run however it is spelled (od, ./od, $PWD/od)."""
+    if not isinstance(config, dict):
+        return None
+    out = {section: dict(values) if isinstance(values, dict) else values for section, values in config.items()}
+    for section, key in (("run", "out_dir"), ("data", "dataset")):
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
+
+
 def _same_run(out_dir: Path, requested: dict, info: dict) -> dict | None:
     """The train.json of a finished run with this config and data, if its checkpoint is still there."""
     try:
         rec = json.loads((out_dir / TRAIN_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if rec.get("config") != requested or rec.get("data") != info:
+    if not isinstance(rec, dict) or _without_paths(rec.get("config")) != _without_paths(requested) \
+            or rec.get("data") != info:
         return None
-    if not (out_dir / rec.get("checkpoint", "")).is_file():
+    checkpoint = rec.get("checkpoint")  # none in the record of a run that did not finish
+    if not isinstance(checkpoint, str) or not (out_dir / checkpoint).is_file():
         return None
     return rec
 
 
 def train_model(problem: Problem, opts: Options, say=print) -> dict:
-    """Train (or reuse a finished run with the same config, data and seed).
+    """Train (or reuse a finished run with the same config, data and seed). Call it
+    inside claim_out_dir(problem, opts.out_dir), held from before anything of an
+    earlier run is deleted until the record is written (run() and the demo do).
     Returns the train.json record: config, data, checkpoint, steps, seconds, ..."""
-    from nano_train.train import train
+    from nano_train.train import earlier_run_files, train
 
     cfg, explicit = resolve_config(problem, opts)
     out_dir = Path(opts.out_dir)
-    check_out_dir(out_dir, [TRAIN_RECORD])
     requested = cfg.to_dict()
     info = data_info(problem, opts.seed)
     if not opts.fresh:
@@ -284,9 +440,11 @@ def train_model(problem: Problem, opts: Options, say=print) -> dict:
         if rec is not None:
             rec["reused"] = True
             return rec
-    for name in ("best.pt", "latest.pt", TRAIN_RECORD, RESULT):  # nothing of an older run may be taken for this one
-        (out_dir / name).unlink(missing_ok=True)
-    prepare_data(problem, out_dir / "data", opts.seed, say)
+    # the folder is this problem's from now on, even if this run is interrupted (check_own_out_dir)
+    write_json(out_dir / TRAIN_RECORD, {"config": requested, "data": info, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    for path in [*earlier_run_files(out_dir), out_dir / RESULT]:  # nothing of an older run may be taken for this one
+        path.unlink(missing_ok=True)
+    prepare_data(problem, out_dir / DATA, opts.seed, say)
     m = cfg.model
     say(f"model      {m.n_layer} layers x {m.n_embd} wide, {m.n_head} heads, block {m.block_size}, "
         f"{'full attention' if not m.is_causal else 'causal'}, "
@@ -294,7 +452,7 @@ def train_model(problem: Problem, opts: Options, say=print) -> dict:
         f"up to {cfg.optim.max_iters:,} steps"
         + (f" or {duration(cfg.optim.time_budget)}" if cfg.optim.time_budget > 0 else ""))
     bar = TrainingBar(opts.progress)
-    result = train(cfg, explicit, progress=bar)
+    result = train(cfg, explicit, None, bar, run_lock_held=True)  # claim_out_dir holds it
     if result.interrupted:
         raise KeyboardInterrupt
     checkpoint = "best.pt" if (out_dir / "best.pt").is_file() else "latest.pt"
@@ -303,7 +461,7 @@ def train_model(problem: Problem, opts: Options, say=print) -> dict:
            "best_val_loss": result.best_val_loss, "tokens_per_s": round(result.tokens_per_s),
            "threads": cfg.system.threads, "load_average": _loadavg(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    (out_dir / TRAIN_RECORD).write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
+    write_json(out_dir / TRAIN_RECORD, rec)
     rec["reused"] = False
     return rec
 
@@ -353,6 +511,12 @@ def run(problem: Problem, opts: Options, say=print) -> dict:
     t_start = time.monotonic()
     n_cases = check_options(problem, opts)
     say(f"{problem.name}: {problem.title}")
+    with claim_out_dir(problem, out_dir):
+        return _run(problem, opts, n_cases, t_start, say)
+
+
+def _run(problem: Problem, opts: Options, n_cases: int, t_start: float, say) -> dict:
+    out_dir = Path(opts.out_dir)
     nano = None
     if opts.use_c:  # find (or build) the engine first: a missing toolchain should not cost a training run
         nano = find_nano(opts.nano, say=lambda m: say(f"engine     {m}"))
@@ -388,7 +552,7 @@ def run(problem: Problem, opts: Options, say=print) -> dict:
     result["eval_seconds"] = round(time.monotonic() - t0, 1)
     result["examples"] = examples(cases, answers)
     result["seconds"] = round(time.monotonic() - t_start, 1)
-    (out_dir / RESULT).write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_json(out_dir / RESULT, result)
     for line in report_lines(problem, result, out_dir):
         say(line)
     return result
