@@ -43,6 +43,27 @@ def sort6_path() -> Path:
     return _shared_file("fixtures/sort6_f32.bin")
 
 
+@pytest.fixture
+def checkout_without_a_compiler(tmp_path, monkeypatch) -> Path:
+    """A checkout holding a copy of engines/c-core without its builds, and PATH set to
+    make and the shell tools its Makefile runs but no C compiler: what a machine without
+    one looks like to the commands that build the engine. Returns the checkout."""
+    import shutil
+
+    root = tmp_path / "checkout"
+    shutil.copytree(Path(__file__).parent / "engines" / "c-core", root / "engines" / "c-core",
+                    ignore=shutil.ignore_patterns("build*"))
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("make", "sh", "uname", "mkdir"):
+        found = shutil.which(tool)
+        if found is None:
+            pytest.fail(f"{tool} is needed to build the C engine and is not on PATH")
+        (tools / tool).symlink_to(found)
+    monkeypatch.setenv("PATH", str(tools))
+    return root
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_hardware: may skip in CI (e.g. needs a GPU)")
 

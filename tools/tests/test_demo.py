@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -144,23 +143,14 @@ def test_demo_ctrl_c_after_training_says_interrupted(tmp_path, capsys, monkeypat
     assert status == 130 and capsys.readouterr().err.strip().endswith("interrupted")
 
 
-def test_demo_without_a_compiler_stops_before_training(tmp_path, capsys, monkeypatch, no_training):
+def test_demo_without_a_compiler_stops_before_training(tmp_path, capsys, monkeypatch, no_training,
+                                                       checkout_without_a_compiler):
     """No C compiler: one `error:` line naming the cause and what installs a toolchain, exit
     status 1, before any training, and no out_dir left behind (before: two minutes of
     training, then five lines of make's output with the cause last)."""
-    checkout = tmp_path / "checkout"
-    shutil.copytree(ROOT / "engines" / "c-core", checkout / "engines" / "c-core",
-                    ignore=shutil.ignore_patterns("build*"))
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool in ("make", "sh", "uname", "mkdir"):
-        if shutil.which(tool):
-            (tools / tool).symlink_to(shutil.which(tool))
-    if not (tools / "make").exists():
-        pytest.skip("no make here")
+    checkout = checkout_without_a_compiler
     module = load_demo()
     monkeypatch.setattr(module, "ROOT", checkout)
-    monkeypatch.setenv("PATH", str(tools))
     assert module.main(["--quick", "--out_dir", str(tmp_path / "demo")]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err

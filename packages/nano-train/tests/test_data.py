@@ -693,18 +693,26 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@posix_only
-def test_a_killed_prepare_is_cleared_by_the_next_one(tmp_path, shared_file, psycho_slice, capsys):
-    out = tmp_path / "d"
+def _prepare_stopped_while_writing(shared_file, psycho_slice, out):
+    """The prepare command's argv and a child running it, stopped for good once it has
+    begun writing shards into its build directory (_STOP_WHILE_WRITING)."""
     argv = ["pretrain", "--tokenizer", str(shared_file("data/tokenizer_4096.json")), "--out_dir", str(out),
             "--quiet", "--chunk_tokens", "512", str(psycho_slice)]
     child = subprocess.Popen([sys.executable, "-c", _STOP_WHILE_WRITING, *argv], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout.readline() == "writing\n", child.communicate()
-    finally:
-        child.kill()  # SIGKILL: no finally block, no cleanup in the child
-        child.communicate()
+    line = child.stdout.readline()
+    if line != "writing\n":
+        child.kill()
+        pytest.fail(f"the child prepare did not start writing: {child.communicate()}")
+    return argv, child
+
+
+@posix_only
+def test_a_killed_prepare_is_cleared_by_the_next_one(tmp_path, shared_file, psycho_slice, capsys):
+    out = tmp_path / "d"
+    argv, child = _prepare_stopped_while_writing(shared_file, psycho_slice, out)
+    child.kill()  # SIGKILL: no finally block, no cleanup in the child
+    child.communicate()
     assert child.returncode == -9
     left = [p for p in out.iterdir() if p.name.startswith(".prepare.") and p.name.endswith(".tmp")]
     assert len(left) == 1 and {".tokens.tmp", "train_000.bin"} <= {p.name for p in left[0].iterdir()}
@@ -724,12 +732,8 @@ def test_ctrl_c_is_one_line_and_130_and_leaves_nothing(tmp_path, shared_file, ps
     """A real SIGINT while the shards are written: it used to end in a KeyboardInterrupt
     traceback (exit -2). The build directory, the lock and the directories made go."""
     out = tmp_path / "new" / "d"
-    argv = ["pretrain", "--tokenizer", str(shared_file("data/tokenizer_4096.json")), "--out_dir", str(out),
-            "--quiet", "--chunk_tokens", "512", str(psycho_slice)]
-    child = subprocess.Popen([sys.executable, "-c", _STOP_WHILE_WRITING, *argv], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    _, child = _prepare_stopped_while_writing(shared_file, psycho_slice, out)
     try:
-        assert child.stdout.readline() == "writing\n", child.communicate()
         assert any(p.name.startswith(".prepare.") for p in out.iterdir())  # the build folder is there
         child.send_signal(signal.SIGINT)
         _, err = child.communicate(timeout=60)

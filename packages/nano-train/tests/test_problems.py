@@ -678,25 +678,7 @@ def test_keys_the_command_sets_are_refused(tmp_path, override, shown):
 # No C compiler
 
 
-@pytest.fixture
-def no_compiler(tmp_path, monkeypatch):
-    """A checkout holding a copy of engines/c-core without its builds, and a PATH with make
-    and the shell tools its Makefile runs but no C compiler. Returns the checkout."""
-    root = tmp_path / "checkout"
-    shutil.copytree(REPO / "engines" / "c-core", root / "engines" / "c-core",
-                    ignore=shutil.ignore_patterns("build*"))
-    tools = tmp_path / "bin"
-    tools.mkdir()
-    for tool in ("make", "sh", "uname", "mkdir"):
-        if shutil.which(tool):
-            (tools / tool).symlink_to(shutil.which(tool))
-    if not (tools / "make").exists():
-        pytest.skip("no make here")
-    monkeypatch.setenv("PATH", str(tools))
-    return root
-
-
-def test_missing_compiler_is_one_line_before_training(tmp_path, monkeypatch, no_compiler):
+def test_missing_compiler_is_one_line_before_training(tmp_path, monkeypatch, checkout_without_a_compiler):
     """Without a C compiler the run stops before training with one line naming the cause
     and what installs a toolchain (before: the last 15 lines of make's output, stdout and
     stderr together), and the --out_dir it made is gone again."""
@@ -706,13 +688,13 @@ def test_missing_compiler_is_one_line_before_training(tmp_path, monkeypatch, no_
         raise AssertionError("trained before the engine was built")
 
     monkeypatch.setattr(runner, "train_model", no_training)
-    monkeypatch.setattr(evaluate, "repo_root", lambda: no_compiler)
+    monkeypatch.setattr(evaluate, "repo_root", lambda: checkout_without_a_compiler)
     with pytest.raises(EngineError) as e:
         run(make("sort"), Options(out_dir=tmp_path / "new" / "out", eval_cases=5, progress=False),
             say=lambda m: None)
     message = str(e.value)
     assert "\n" not in message, message
-    assert message.startswith(f"cannot build the C engine (make -C {no_compiler / 'engines' / 'c-core'} build/nano): "
+    assert message.startswith(f"cannot build the C engine (make -C {checkout_without_a_compiler / 'engines' / 'c-core'} build/nano): "
                               "make: cc: No such file or directory; `python tools/setup/system_deps.py build` "
                               "installs a C toolchain, or --no-c skips the C engine"), message
     assert not (tmp_path / "new").exists()
