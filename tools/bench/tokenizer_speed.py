@@ -49,6 +49,7 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from nano_format import file_kind
 from nano_tokenizer import Tokenizer, TokenizerError
 from nano_tokenizer.vectors import ENGLISH
 
@@ -223,7 +224,7 @@ def check_file(option: str, path: Path) -> None:
         return
     if not path.exists():
         fail(f"{option} {path}: not found (set NANO_SHARED to the shared folder, or give {option} a file)")
-    fail(f"{option} {path}: {'a directory' if path.is_dir() else 'not a regular file'}, not a file")
+    fail(f"{option} {path}: {file_kind(path.stat().st_mode)}, not a file")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -533,7 +533,7 @@ def test_an_interrupted_preparation_leaves_no_dataset(tmp_path, shared_file, psy
     def interrupt(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(data, "_write_json_atomic", interrupt)  # killed just before meta.json
+    monkeypatch.setattr(data, "write_json_atomic", interrupt)  # killed just before meta.json
     out = tmp_path / "d"
     with pytest.raises(KeyboardInterrupt):
         prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), out, progress=False)
@@ -797,14 +797,14 @@ def test_the_lock_removes_the_parent_directories_it_made(tmp_path):
     (tmp_path / "a").mkdir()
     with pytest.raises(RuntimeError):
         with dirlock.exclusive(tmp_path / "a" / "b" / "c" / "d", ".lock", "test", DataError) as claim:
-            assert claim.created and claim.locked
+            assert claim.made == [tmp_path / "a" / n for n in ("b", "b/c", "b/c/d")] and claim.locked
             raise RuntimeError("failed")
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a"]
     with dirlock.exclusive(tmp_path / "a" / "b" / "c" / "d", ".lock", "test", DataError):
         (tmp_path / "a" / "b" / "mine.txt").write_text("mine")
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["a", "a/b", "a/b/mine.txt"]
     with dirlock.exclusive(tmp_path / "a" / "b", ".lock", "test", DataError) as claim:
-        assert not claim.created
+        assert claim.made == []
     assert (tmp_path / "a" / "b" / "mine.txt").exists()
 
 

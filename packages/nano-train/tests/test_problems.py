@@ -633,16 +633,16 @@ def test_the_same_out_dir_spelled_differently_is_the_same_run(tmp_path, monkeypa
 def test_records_are_written_atomically(tmp_path, monkeypatch):
     """train.json and result.json are replaced whole (nano_format.write_atomically), never
     rewritten in place: a file hard-linked to the old one keeps the old text."""
-    import nano_format
+    import nano_train.data as data
 
     written = []
-    real = nano_format.write_atomically
+    real = data.write_atomically  # what data.write_json_atomic writes with
 
     def spy(path, chunks):
         written.append(Path(path).name)
         return real(path, chunks)
 
-    monkeypatch.setattr(nano_format, "write_atomically", spy)
+    monkeypatch.setattr(data, "write_atomically", spy)
     out = tmp_path / "out"
     run(*_tiny(out), say=lambda m: None)
     assert {"train.json", "result.json"} <= set(written)

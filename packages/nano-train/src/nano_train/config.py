@@ -274,7 +274,7 @@ def _parse_text(tp, text: str):
     raise TypeError(f"cannot parse {tp}")
 
 
-def key_index() -> dict[str, list[str]]:
+def _key_index() -> dict[str, list[str]]:
     """field name -> the sections that have it (to resolve bare --key overrides)."""
     index: dict[str, list[str]] = {}
     for section, cls in SECTIONS.items():
@@ -312,7 +312,7 @@ def _sections_from_json(data, source: str) -> dict[str, dict]:
 
 def parse_overrides(overrides: list[str]) -> dict[str, dict]:
     """['--optim.learning_rate=1e-3', '--seed=1'] -> {"optim": {"learning_rate": 0.001}, "system": {"seed": 1}}."""
-    index = key_index()
+    index = _key_index()
     out: dict[str, dict] = {}
     for arg in overrides:
         m = re.fullmatch(r"--([A-Za-z_][\w.]*)=(.*)", arg, flags=re.S)

@@ -58,7 +58,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from nano_format import JSONTextError, file_kind, parse_json, spec
+from nano_format import JSONTextError, file_kind, parse_json, spec, write_atomically
 from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer
 
 from nano_train import dirlock, interrupts
@@ -178,19 +178,16 @@ def _check_seed(seed: int) -> None:
         raise DataError(f"the seed must be a non-negative integer, got {seed}")
 
 
-def _path_text(path) -> str:
+def path_text(path) -> str:
     """path as text for meta.json: a file name that is not UTF-8 (its bytes arrive as
     lone surrogates, which no UTF-8 file can hold) keeps its other bytes as \\xNN."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def write_json_atomic(path: Path, obj) -> None:
+    """obj as JSON in path, replaced atomically (nano_format.write_atomically): a crash
+    leaves the old file or the new one, never half of one."""
+    write_atomically(path, [(json.dumps(obj, ensure_ascii=False, indent=1) + "\n").encode("utf-8")])
 
 
 def _dataset_files(out_dir: Path) -> set[str]:
@@ -645,9 +642,9 @@ def prepare_pretrain(
             "version": FORMAT_VERSION,
             "kind": "pretrain",
             "dtype": dtype.name,
-            "tokenizer": {"file": TOKENIZER_FILE, "source": _path_text(tokenizer_path),
+            "tokenizer": {"file": TOKENIZER_FILE, "source": path_text(tokenizer_path),
                           "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size},
-            "inputs": [{"path": _path_text(p), "bytes": p.stat().st_size} for p in inputs],
+            "inputs": [{"path": path_text(p), "bytes": p.stat().st_size} for p in inputs],
             "documents": {"mode": doc_mode, "bos_eos": bos_eos},
             # tokens: all, as in the shards; text_tokens: encoded from the documents' characters, without
             # the separators or <|bos|>/<|eos|> (whose characters are not counted either)
@@ -668,7 +665,7 @@ def prepare_pretrain(
             "shuffle": {"enabled": shuffle, "unit": "chunk", "seed": seed},
             "shards": shards,
         }
-        _write_json_atomic(build / META, meta)
+        write_json_atomic(build / META, meta)
     return summary
 
 
@@ -908,9 +905,9 @@ def prepare_sft(
             "kind": "sft",
             "dtype": dtype.name,
             "block_size": block_size,
-            "tokenizer": {"file": TOKENIZER_FILE, "source": _path_text(tokenizer_path),
+            "tokenizer": {"file": TOKENIZER_FILE, "source": path_text(tokenizer_path),
                           "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size},
-            "inputs": [{"path": _path_text(p), "bytes": p.stat().st_size} for p in inputs],
+            "inputs": [{"path": path_text(p), "bytes": p.stat().st_size} for p in inputs],
             "template": "<|instruct_mark|>question<|response_mark|>answer<|eos|> per turn, padded with <|padding|>; "
                         "mask 1 on answer tokens and their <|eos|>",
             "counts": {"records": records, "samples": index, "bad_lines": bad, "too_long_skipped": skipped,
@@ -920,7 +917,7 @@ def prepare_sft(
             "shards": {split: [{"file": files[split][0], "mask": files[split][1], "rows": counts[split]}]
                        for split in ("train", "val")},
         }
-        _write_json_atomic(build / META, meta)
+        write_json_atomic(build / META, meta)
     return summary
 
 
@@ -987,16 +984,16 @@ def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dic
             "kind": kind,
             "dtype": dtype.name,
             "block_size": int(width),
-            "tokenizer": {"file": TOKENIZER_FILE, "source": _path_text(tokenizer.source),
+            "tokenizer": {"file": TOKENIZER_FILE, "source": path_text(tokenizer.source),
                           "fingerprint": tokenizer.fingerprint(), "vocab_size": tokenizer.vocab_size},
-            "inputs": [{"path": _path_text(source)}],
+            "inputs": [{"path": path_text(source)}],
             "template": ("rows of ids with a loss mask (x = row[:-1], y = row[1:])" if kind == "sft" else
                          "inputs and targets aligned position by position, with a loss mask"),
             "counts": {"rows": counts},
             "info": info or {},
             "shards": shards,
         }
-        _write_json_atomic(build / META, meta)
+        write_json_atomic(build / META, meta)
 
 
 # ---------------------------------------------------------------------------

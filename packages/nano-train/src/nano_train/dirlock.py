@@ -31,8 +31,7 @@ TRIES = 100
 
 @dataclass
 class Claim:
-    created: bool  # this call made the directory
-    locked: bool   # False without fcntl or where the file system cannot lock
+    locked: bool = False  # False without fcntl or where the file system cannot lock
     made: list[Path] = field(default_factory=list)  # the directories this call made, the top one first
 
 
@@ -114,7 +113,7 @@ def exclusive(directory: Path, lock_name: str, who: str, error: type[Exception])
     (before the lock is released, see _try_lock), and so is each directory this call
     made (the directory and its missing parents), leaf first, while it is empty.
     """
-    claim = Claim(created=False, locked=False)
+    claim = Claim()
     fd = None
     path = directory / lock_name
     try:
@@ -123,7 +122,6 @@ def exclusive(directory: Path, lock_name: str, who: str, error: type[Exception])
                 claim.made += _make_dirs(directory)
             except _ParentGone:
                 continue
-            claim.created = directory in claim.made
             if fcntl is None:
                 break
             try:

@@ -53,7 +53,7 @@ from pathlib import Path
 from nano_format import BadGroupSize, WriteError, check_writable, file_kind, kept_mode
 from nano_format.quant import check_group_size
 
-from nano_train import interrupts
+from nano_train import discard_stdout, interrupts
 
 __all__ = ["main", "build_parser"]
 
@@ -253,18 +253,6 @@ def _export(args, written: list[Path]) -> list[str]:
     return summary
 
 
-def _silence_stdout() -> None:
-    """Point standard output at the null device after it failed, so that the
-    interpreter's last flush of what is left in its buffer does not fail again."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # none, or not a file (a test's capture)
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)
-
-
 def _print_summary(summary: list[str], written: list[Path]) -> int:
     """Print the summary of an export whose files are all in place. A reader that went
     away (`| head`) ends it quietly, as in sample, nano-format and nano-tokenizer; any
@@ -275,10 +263,10 @@ def _print_summary(summary: list[str], written: list[Path]) -> int:
         if sys.stdout is not None:
             sys.stdout.flush()
     except BrokenPipeError:
-        _silence_stdout()
+        discard_stdout()
         return 1
     except OSError as e:
-        _silence_stdout()
+        discard_stdout()
         print(f"error: writing standard output: {e.strerror or e} (the export itself succeeded: "
               f"{_and(written)} written)", file=sys.stderr)
         return 1

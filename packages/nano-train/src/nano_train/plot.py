@@ -50,15 +50,10 @@ def _log_file(name: str) -> Path:
     return path
 
 
-def _check_output(out: Path) -> None:
-    """Refuse, before anything is read or drawn, an output that cannot be written or
-    is not a regular file (a symbolic link is never written through)."""
-    try:
-        check_writable(out)
-    except WriteError as e:
-        raise SystemExit(f"error: cannot write {out}: {e.message}") from None
-    except OSError as e:
-        raise SystemExit(f"error: cannot write {out}: {e.strerror or e}") from None
+def _cannot_write(out: Path, e: Exception) -> SystemExit:
+    """The one error line for an output that check_writable or write_atomically refused."""
+    why = e.message if isinstance(e, WriteError) else (e.strerror or e)
+    return SystemExit(f"error: cannot write {out}: {why}")
 
 
 # Values of larger magnitude are skipped: matplotlib cannot lay out an axis from
@@ -133,7 +128,10 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
     if out.suffix.lstrip(".").lower() not in formats:
         raise SystemExit(f"error: -o {out}: matplotlib cannot write {out.suffix or 'a file without an extension'}; "
                          f"use one of: {', '.join('.' + f for f in sorted(formats))}")
-    _check_output(out)
+    try:  # before anything is read or drawn (a symbolic link is never written through)
+        check_writable(out)
+    except (WriteError, OSError) as e:
+        raise _cannot_write(out, e) from None
     runs = []
     for name in logs:
         path = _log_file(name)
@@ -170,10 +168,8 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
         plt.close(fig)
     try:  # checked again: things may have changed while the logs were read
         write_atomically(out, [picture.getbuffer()])
-    except WriteError as e:
-        raise SystemExit(f"error: cannot write {out}: {e.message}") from None
-    except OSError as e:
-        raise SystemExit(f"error: cannot write {out}: {e.strerror or e}") from None
+    except (WriteError, OSError) as e:
+        raise _cannot_write(out, e) from None
     return out
 
 

@@ -52,12 +52,12 @@ nothing new, or the complete dataset when it came too late to stop it).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
 
-from nano_train.data import DOC_MODES, META, TOO_LONG, DataError, prepare_pretrain, prepare_sft
+from nano_train import discard_stdout
+from nano_train.data import DOC_MODES, META, TOO_LONG, DataError, path_text, prepare_pretrain, prepare_sft
 
 
 def non_negative_int(text: str) -> int:
@@ -108,15 +108,6 @@ def _meta_stamp(out_dir: Path) -> tuple[int, int, int] | None:
     return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
-def _discard_stdout() -> None:
-    """Point standard output at the null device, so that the text still buffered for it
-    is not written again (and fails again, with a traceback) when Python exits."""
-    with contextlib.suppress(OSError, ValueError):  # (a stdout without a descriptor, in tests)
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, sys.stdout.fileno())
-        os.close(null)
-
-
 def _prepare(args: argparse.Namespace):
     if args.kind == "pretrain":
         return prepare_pretrain(
@@ -133,8 +124,7 @@ def _prepare(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out_dir = Path(args.out_dir)
-    # (a name that is not UTF-8 is shown with \xNN escapes: standard output may not take it as it is)
-    shown = os.fsencode(out_dir).decode("utf-8", "backslashreplace")
+    shown = path_text(out_dir)  # standard output may not take a name that is not UTF-8 as it is
     before = _meta_stamp(out_dir)
     try:
         try:
@@ -149,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(f"{shown}: {summary.text()}", flush=True)
         except OSError as e:  # a closed pipe, a full disk
-            _discard_stdout()
+            discard_stdout()
             print(f"error: writing standard output: {e.strerror or e}; the dataset in {shown} is complete",
                   file=sys.stderr)
             return 1

@@ -47,6 +47,8 @@ import sys
 import time
 from pathlib import Path
 
+from nano_train import discard_stdout
+
 __all__ = ["main", "build_parser"]
 
 
@@ -260,10 +262,7 @@ def main(argv=None) -> int:
             raise UsageError("standard output is closed: nowhere to write the text")
         _run(args, sys.stdout)
     except BrokenPipeError:
-        # The reader went away (e.g. `| head -c1`): not worth a message. Point
-        # stdout at /dev/null so the interpreter's final flush stays quiet.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        discard_stdout()  # the reader went away (e.g. `| head -c1`): not worth a message
         return 1
     except (UsageError, ValueError, OSError) as e:
         # Bad files (ConvertError wraps nano-format's errors), bad vocabularies and

@@ -49,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nano_train import checkpoint as ckpt_io, dirlock
+from nano_train import checkpoint as ckpt_io, dirlock, discard_stdout
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.config import Config, ConfigError, help_text, load_config
 from nano_train.data import Batcher, DataError, Dataset
@@ -376,6 +376,17 @@ def load_base_model(path: str) -> tuple[ModelConfig, dict, object]:
     return model.config, model.state_dict(), tok
 
 
+def resolve_compute(cfg: Config, info: DistInfo):
+    """(device, dtype, forward context) of a run, checked as training starts: the device
+    is there (ConfigError: --device=cuda without CUDA) and the attention backend runs on
+    it with this model and dtype (nano_train.problems checks it before generating data)."""
+    device = resolve_device(cfg.system.device, info)
+    dtype = resolve_dtype(cfg.system.dtype, device)
+    forward_context = forward_context_factory(device, dtype, cfg.system.attention_backend)
+    check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
+    return device, dtype, forward_context
+
+
 def check_attention_fits_data(model: ModelConfig, ds: Dataset, source: str) -> str | None:
     """Pretraining and SFT rows are shifted by one token (the target at t is the input
     at t + 1): under full attention every position sees the token it is to predict,
@@ -530,11 +541,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     master = info.rank == 0
     if cfg.system.threads:
         torch.set_num_threads(cfg.system.threads)
-    device = resolve_device(cfg.system.device, info)
-    dtype = resolve_dtype(cfg.system.dtype, device)
+    device, dtype, forward_context = resolve_compute(cfg, info)
     scaler = make_grad_scaler(dtype, device)
-    forward_context = forward_context_factory(device, dtype, cfg.system.attention_backend)
-    check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
 
     def say(msg: str) -> None:
         if master and progress is None:
@@ -1038,13 +1046,6 @@ def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> 
     return cfg, explicit, checkpoint
 
 
-def stdout_to_devnull() -> None:
-    """After a broken pipe: the interpreter's last flush of stdout must not fail again."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
-
-
 def print_output(text: str) -> int:
     """Print a command's whole output (--help, --print_config): 0, or 1, quietly, when
     the reader went away first (`| head -1`), as the other commands do."""
@@ -1052,7 +1053,7 @@ def print_output(text: str) -> int:
         print(text, flush=True)
         return 0
     except BrokenPipeError:
-        stdout_to_devnull()
+        discard_stdout()
         return 1
 
 
@@ -1082,7 +1083,7 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # the progress lines' reader went away (`| head`)
-        stdout_to_devnull()
+        discard_stdout()
         print("error: standard output was closed (its reader went away); the run stopped (latest.pt, if any, "
               "holds the last checkpoint written: continue with --init_from=resume)", file=sys.stderr)
         return 1

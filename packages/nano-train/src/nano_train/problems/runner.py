@@ -27,12 +27,12 @@ import errno
 import json
 import os
 import random
-import re
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nano_train.data import write_json_atomic
 from nano_train.metrics import duration
 from nano_train.problems.base import GENERATOR_VERSION, Case, Problem
 from nano_train.problems.evaluate import disagreements, find_nano, predict_c, predict_torch, score
@@ -85,8 +85,10 @@ def check_options(problem: Problem, opts: Options) -> int:
     give (ConfigError), a --nano that is not a program (ConfigError), an out_dir
     that is a file (OSError naming it). Returns the number of test cases to score.
     The out_dir itself is made and checked by claim_out_dir."""
+    from nano_train.train import DistInfo, resolve_compute
+
     cfg, _ = resolve_config(problem, opts)
-    check_device(cfg)
+    resolve_compute(cfg, DistInfo())  # the device is there and runs the attention backend
     n = eval_count(problem, opts.eval_cases)
     if opts.use_c and opts.nano is not None:
         find_nano(opts.nano)
@@ -94,18 +96,6 @@ def check_options(problem: Problem, opts: Options) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(out_dir))
     return n
-
-
-def check_device(cfg) -> None:
-    """What the training loop checks first, checked before any data is generated: the
-    device is there (--device=cuda without CUDA) and the attention backend runs on it."""
-    from nano_train.train import (DistInfo, check_attention_backend, forward_context_factory, resolve_device,
-                                  resolve_dtype)
-
-    device = resolve_device(cfg.system.device, DistInfo())
-    dtype = resolve_dtype(cfg.system.dtype, device)
-    context = forward_context_factory(device, dtype, cfg.system.attention_backend)
-    check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, context)
 
 
 def eval_count(problem: Problem, requested: int | None) -> int:
@@ -165,7 +155,9 @@ def check_out_dir(out_dir: Path, names=()) -> None:
 
 def out_dir_files(problem: Problem) -> list[str]:
     """The files a run writes in its out_dir (the training loop's and this module's)."""
-    return ["best.pt", "latest.pt", "log.jsonl", "report.md", TRAIN_RECORD, RESULT,
+    from nano_train.train import RUN_FILES
+
+    return [*(name for name in RUN_FILES if "*" not in name), TRAIN_RECORD, RESULT,
             *(f"{problem.name}_{s}.bin" for s in ("f32", "q80"))]
 
 
@@ -230,13 +222,6 @@ def claim_out_dir(problem: Problem, out_dir: Path):
         yield
 
 
-def write_json(path: Path, data: dict) -> None:
-    """path, replaced atomically (nano_format.write_atomically): a crash leaves the old file or the new one."""
-    from nano_format import write_atomically
-
-    write_atomically(path, [(json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode("utf-8")])
-
-
 def os_error_text(e: OSError) -> str:
     """An OSError as the commands print it: PATH: reason."""
     reason = e.strerror or str(e)
@@ -273,19 +258,12 @@ def command_status(call) -> int:
 
 def managed_key(override: str) -> str | None:
     """The "section.key" a --key=value or --section.key=value override sets, if the
-    command manages that key itself (MANAGED_KEYS); None otherwise (an unknown or
-    ambiguous key is load_config's to refuse)."""
-    from nano_train.config import key_index
+    command manages that key itself (MANAGED_KEYS); None otherwise. A malformed,
+    unknown or ambiguous override is a ConfigError (parse_overrides', as load_config's)."""
+    from nano_train.config import parse_overrides
 
-    m = re.fullmatch(r"--([A-Za-z_][\w.]*)=.*", override, flags=re.S)
-    if not m:
-        return None
-    name = m.group(1)
-    if "." not in name:
-        sections = key_index().get(name, [])
-        if len(sections) != 1:
-            return None
-        name = f"{sections[0]}.{name}"
+    (section, values), = parse_overrides([override]).items()
+    name = f"{section}.{next(iter(values))}"
     return name if name in MANAGED_KEYS else None
 
 
@@ -441,7 +419,7 @@ def train_model(problem: Problem, opts: Options, say=print) -> dict:
             rec["reused"] = True
             return rec
     # the folder is this problem's from now on, even if this run is interrupted (check_own_out_dir)
-    write_json(out_dir / TRAIN_RECORD, {"config": requested, "data": info, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    write_json_atomic(out_dir / TRAIN_RECORD, {"config": requested, "data": info, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
     for path in [*earlier_run_files(out_dir), out_dir / RESULT]:  # nothing of an older run may be taken for this one
         path.unlink(missing_ok=True)
     prepare_data(problem, out_dir / DATA, opts.seed, say)
@@ -461,7 +439,7 @@ def train_model(problem: Problem, opts: Options, say=print) -> dict:
            "best_val_loss": result.best_val_loss, "tokens_per_s": round(result.tokens_per_s),
            "threads": cfg.system.threads, "load_average": _loadavg(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    write_json(out_dir / TRAIN_RECORD, rec)
+    write_json_atomic(out_dir / TRAIN_RECORD, rec)
     rec["reused"] = False
     return rec
 
@@ -552,7 +530,7 @@ def _run(problem: Problem, opts: Options, n_cases: int, t_start: float, say) -> 
     result["eval_seconds"] = round(time.monotonic() - t0, 1)
     result["examples"] = examples(cases, answers)
     result["seconds"] = round(time.monotonic() - t_start, 1)
-    write_json(out_dir / RESULT, result)
+    write_json_atomic(out_dir / RESULT, result)
     for line in report_lines(problem, result, out_dir):
         say(line)
     return result
