@@ -65,6 +65,20 @@ def test_sample_sort6_seq2seq(shared_file, capsys):
     assert rc == 0 and out == "112225\n"
 
 
+def test_sample_seq2seq_names_the_options_it_does_not_use(shared_file, capsys):
+    """As `nano run` does for a full-attention model: one note naming the sampling
+    options given that a seq2seq forward ignores; a plain --seq2seq run is quiet."""
+    sort6 = ["-m", str(shared_file("fixtures/sort6_f32.bin")), "--seq2seq", "-p", "251212"]
+    rc, out, err = run(sample_cmd, sort6, capsys)
+    assert rc == 0 and out == "112225\n" and err == ""
+    rc, out, err = run(sample_cmd, sort6 + ["-t", "0.5", "-n", "3", "--instruct", "--profile"], capsys)
+    assert rc == 0 and out == "112225\n"
+    note, profile = err.splitlines()
+    assert note == ("note: seq2seq was asked for: one forward, the argmax at every position; "
+                    "not used for it: --temperature, --max-tokens, --instruct")
+    assert profile.startswith("[profile] seq2seq forward over 6 tokens")
+
+
 def test_sample_psycho_greedy_streams_the_pinned_ids(shared_file, capsys):
     _, tok = load_bin(shared_file("fixtures/psycho_230k_1214_q80.bin"))
     rc, out, err = run(sample_cmd, ["-m", shared_file("fixtures/psycho_230k_1214_q80.bin"), "-p", "人的心理",
@@ -238,6 +252,27 @@ def test_sample_profile_of_one_token_gives_no_nan(tmp_path, nano80, capsys):
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     rc, _, err = run(sample_cmd, ["-m", tmp_path / "c.pt", "-p", "hi", "-n", "1", "--profile"], capsys)
     assert rc == 0 and "1 token" in err and "nan" not in err
+
+
+def test_sample_profile_rate_counts_the_time_of_the_printed_tokens_only(tmp_path, nano80, capsys, monkeypatch):
+    """As `nano run --profile`: tokens/s after the first runs from the first token to
+    the last one printed; the forward that then draws <|eos|> (or a stop) is no token's."""
+    from nano_train import sampling
+
+    now = [0.0]  # a clock that the generation below moves: a token every second, then 100 s to the stop
+
+    def fake_generate(model, ids, config, tokenizer=None):
+        for token in (27, 28, 29):
+            now[0] += 1.0
+            yield token
+        now[0] += 100.0
+
+    monkeypatch.setattr(sampling, "generate", fake_generate)
+    monkeypatch.setattr(sample_cmd.time, "perf_counter", lambda: now[0])
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    rc, out, err = run(sample_cmd, ["-m", tmp_path / "c.pt", "-p", "hi", "--profile"], capsys)
+    assert rc == 0 and out == "abc\n"
+    assert "time to first token 1000.0 ms; 3 tokens, 1.0 tokens/s after the first" in err, err
 
 
 def test_sample_picks_the_loader_by_the_first_bytes(tmp_path, nano80, capsys):

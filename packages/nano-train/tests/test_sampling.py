@@ -146,6 +146,15 @@ def test_top_p():
     assert sample_logits(logits, [], cfg(top_k=3, top_p=0.95), FixedRng(0.99)) == 1
 
 
+def test_top_p_is_read_in_float32_as_the_c_engine_stores_it():
+    """1 - 1e-9 is 1.0 in float32: the filter is off (in C too), and the tail of tiny
+    probabilities that a float32 running sum reaches 1.0 before stays a candidate."""
+    logits = np.array([0.0] + [-12.75] * 200, dtype=np.float32)
+    u = 1 - 2**-24  # the largest draw: it lands in the tail
+    assert sample_logits(logits, [], cfg(top_p=1 - 1e-9), FixedRng(u)) == \
+        sample_logits(logits, [], cfg(top_p=1.0), FixedRng(u)) == 200
+
+
 def test_min_p():
     logits = np.log(np.array([0.1, 0.2, 0.4, 0.3], dtype=np.float32))
     # min_p 0.45: threshold 0.18 keeps 0.4, 0.3, 0.2; 0.6: threshold 0.24 keeps 0.4, 0.3
@@ -357,3 +366,50 @@ def test_stop_strings_the_vocabulary_cannot_write_are_refused(nano80):
     c = dict(temperature=1.0, max_new_tokens=20, seed=3)
     want = list(generate(m, [27, 28], SamplerConfig(stop_tokens=(nano80.unk_id,), **c), tokenizer=nano80))
     assert list(generate(m, [27, 28], SamplerConfig(stop_tokens=("<|unknown|>",), **c), tokenizer=nano80)) == want
+
+
+def words_vocabulary():
+    """A vocabulary with words: "ab" is one token, and also "a" then "b"."""
+    from nano_tokenizer import Tokenizer
+
+    itos = ["<|padding|>", "<|unknown|>", "<|bos|>", "<|eos|>", "<|instruct_mark|>", "<|response_mark|>",
+            "a", "b", "ab", "ba"]
+    return Tokenizer(itos, {t: i for i, t in enumerate(itos[:6])})
+
+
+def drawing(predicting, ids, want):
+    """A model drawing the tokens ids with equal probability, and a seed whose first
+    draws (temperature 1) are `want`."""
+    m = predicting(tiny_model(vocab_size=10, tie_embeddings=False), ids)
+    seed = next(s for s in range(1000)
+                if list(generate(m, [7], SamplerConfig(max_new_tokens=len(want), seed=s))) == want)
+    return m, seed
+
+
+def test_a_stop_string_keeps_the_text_before_it(predicting):
+    """The held-back tokens that come before the stop string are yielded, not dropped
+    with it: "a" "a" "ab" with the stop "aab" gives "a" (the stop starts in the second)."""
+    tok = words_vocabulary()
+    m, seed = drawing(predicting, [6, 8], [6, 6, 8])
+    got = list(generate(m, [7], SamplerConfig(max_new_tokens=10, seed=seed, stop_tokens=("aab",)), tokenizer=tok))
+    assert got == [6]
+    # a token whose text starts before the stop string is yielded, the text before it kept
+    got = list(generate(m, [7], SamplerConfig(max_new_tokens=10, seed=seed, stop_tokens=("b",)), tokenizer=tok))
+    assert got == [6, 6, 8]
+
+
+def test_no_token_after_the_start_of_a_stop_string_is_shown(predicting):
+    """The stop "abba" can start inside "ba", which is shown (it starts before it):
+    the "b" after it is held back, and is never shown when "ba" completes the stop."""
+    tok = words_vocabulary()
+    m, seed = drawing(predicting, [7, 9], [9, 7, 9])
+    got = list(generate(m, [7], SamplerConfig(max_new_tokens=10, seed=seed, stop_tokens=("abba",)), tokenizer=tok))
+    assert got == [9]
+
+
+def test_a_stop_string_that_is_one_token_is_matched_on_the_text(predicting):
+    """"ab" is a token, but "a" then "b" writes it too: the output stops there."""
+    tok = words_vocabulary()
+    m, seed = drawing(predicting, [6, 7], [6, 7])
+    got = list(generate(m, [7], SamplerConfig(max_new_tokens=10, seed=seed, stop_tokens=("ab",)), tokenizer=tok))
+    assert got == []

@@ -96,6 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# The options a seq2seq forward has no use for (argparse dest, as typed); given
+# for a full-attention model, they are named in a note, as `nano run` does.
+NOT_SEQ2SEQ = (("temperature", "--temperature"), ("top_k", "--top-k"), ("top_p", "--top-p"),
+               ("min_p", "--min-p"), ("repetition_penalty", "--repetition-penalty"),
+               ("max_tokens", "--max-tokens"), ("seed", "--seed"), ("stop", "--stop"), ("instruct", "--instruct"))
+
+
+def _seq2seq_note(args) -> str | None:
+    """The note for a seq2seq run: what it does, and the options given that it ignores
+    (those set to something other than their default); None for a plain `--seq2seq` run."""
+    parser = build_parser()
+    unused = [flag for dest, flag in NOT_SEQ2SEQ if getattr(args, dest) != parser.get_default(dest)]
+    if args.seq2seq and not unused:
+        return None
+    what = "seq2seq was asked for" if args.seq2seq else f"{args.model} has full attention"
+    note = f"note: {what}: one forward, the argmax at every position"
+    return note + ("; not used for it: " + ", ".join(unused) if unused else "")
+
+
 def _utf8(raw: bytes, where: str) -> str:
     """The prompt's bytes as text; a UsageError naming where they came from and the
     offset of the first byte that is not UTF-8 (it would be lost, not tokenized)."""
@@ -214,6 +233,9 @@ def _run(args, out) -> None:
         ids = tok.encode(prompt)
         if not ids:
             raise UsageError("the input is empty")
+        note = _seq2seq_note(args)
+        if note:
+            print(note, file=sys.stderr)
         t0 = time.perf_counter()
         result = seq2seq(model, ids)
         out.write(tok.decode(result) + "\n")
@@ -225,23 +247,26 @@ def _run(args, out) -> None:
 
     ids = instruct_prompt(tok, prompt) if args.instruct else tok.encode(prompt)
     t0 = time.perf_counter()
-    t_first = None
+    t_first = t_last = None
     n = 0
     for token in generate(model, ids, sc, tokenizer=tok):
+        # each token's time is taken when it arrives, before it is written out; the
+        # time after the last one (the forward that drew a stop token) is no token's
+        t_last = time.perf_counter()
         if t_first is None:
-            t_first = time.perf_counter()
+            t_first = t_last
         n += 1
         out.write(tok.decode([token]))
         out.flush()
     out.write("\n")
     out.flush()
     if args.profile:
-        t1 = time.perf_counter()
         if t_first is None:
-            print(f"[profile] prompt {len(ids)} tokens, no token generated in {t1 - t0:.3f} s", file=sys.stderr)
+            print(f"[profile] prompt {len(ids)} tokens, no token generated in {time.perf_counter() - t0:.3f} s",
+                  file=sys.stderr)
         else:
             # a rate needs two tokens or more: the first one's time is the prompt's
-            rate = f"{n} tokens, {(n - 1) / (t1 - t_first):.1f} tokens/s after the first" if n > 1 else "1 token"
+            rate = f"{n} tokens, {(n - 1) / (t_last - t_first):.1f} tokens/s after the first" if n > 1 else "1 token"
             print(f"[profile] prompt {len(ids)} tokens; time to first token {1e3 * (t_first - t0):.1f} ms; {rate}",
                   file=sys.stderr)
 

@@ -167,8 +167,9 @@ def sample_logits(
     n = v
     if config.top_k > 0:
         n = min(n, config.top_k)
-    if config.top_p < 1.0:
-        reached = np.nonzero(_running_sum(ps[:n]) >= np.float32(config.top_p))[0]
+    top_p = np.float32(config.top_p)  # as the C engine stores it: 1 - 1e-9 is 1 there, the filter off
+    if top_p < 1.0:
+        reached = np.nonzero(_running_sum(ps[:n]) >= top_p)[0]
         if reached.size:
             n = int(reached[0]) + 1
     if config.min_p > 0.0:
@@ -191,8 +192,9 @@ def sample_logits(
 def _resolve_stops(stops: Sequence, tokenizer) -> tuple[set[int], list[str]]:
     """Split stop entries into token ids and text strings. <|eos|> is a stop id
     whenever the tokenizer has it (the C engine's stop_at_eos, on in every mode).
-    A string that is exactly one token of the vocabulary becomes that id; other
-    strings are matched on the decoded text (which needs a tokenizer). A string
+    A string that is a special token becomes its id; other strings are matched on
+    the decoded text (which needs a tokenizer), also where the vocabulary has them
+    as one token: other tokens can write the same text. A string
     the vocabulary cannot write (a character with no token: it would encode to
     <|unknown|>) can never appear in the output and is an error."""
     ids: set[int] = set()
@@ -209,23 +211,33 @@ def _resolve_stops(stops: Sequence, tokenizer) -> tuple[set[int], list[str]]:
         if tokenizer.decode(enc) != s:
             missing = "".join(dict.fromkeys(c for c in s if tokenizer.decode(tokenizer.encode(c)) != c))
             raise ValueError(f"stop string {s!r} can never occur: the vocabulary has no token for {missing!r}")
-        if len(enc) == 1:
-            ids.add(int(enc[0]))
+        if s in tokenizer.special_tokens:
+            ids.add(tokenizer.special_tokens[s])
         elif s:
             texts.append(s)
     return ids, texts
 
 
+def _starting_before(tokenizer, ids: list[int], at: int) -> int:
+    """How many of the first ids have a text that starts before character `at`
+    of the text of ids."""
+    length = 0
+    for n, t in enumerate(ids):
+        if length >= at:
+            return n
+        length += len(tokenizer.decode([t]))
+    return len(ids)
+
+
 def _held_back(tokenizer, tail: list[int], stop_texts: list[str]) -> int:
-    """How many of the last tokens of tail to hold back: those from the earliest
-    token where a stop string could still be starting (the text from there on is
-    a prefix of one), so that a stop string spanning several tokens is never
-    partly shown."""
-    for j in range(len(tail) + 1):
-        rest = tokenizer.decode(tail[j:])
-        if any(s.startswith(rest) for s in stop_texts):
-            return len(tail) - j
-    return 0  # unreachable: the empty rest is a prefix of every stop
+    """How many of the last tokens of tail to hold back: those that start at or
+    after the earliest character from which the text could still be the start of
+    a stop string (the text from there on is a prefix of one), so that no token
+    of a stop string is shown. That character may lie inside a token already shown:
+    the tokens after it wait all the same."""
+    text = tokenizer.decode(tail)
+    start = next(c for c in range(len(text) + 1) if any(s.startswith(text[c:]) for s in stop_texts))
+    return len(tail) - _starting_before(tokenizer, tail, start)
 
 
 @torch.no_grad()
@@ -242,7 +254,8 @@ def generate(
     when the decoded output (tokenizer given) contains a stop string. The tokens
     of a stop string are not yielded: while the text of the newest tokens could
     still begin one they are held back, then yielded once it cannot, or at the
-    end (a token whose text starts before the stop string is yielded).
+    end. A token whose text starts before the stop string is yielded (so the
+    text before it is never lost), even where its text runs into the stop string.
     """
     prompt = [int(t) for t in prompt_ids]
     if not prompt:
@@ -254,6 +267,7 @@ def generate(
             "(a prompt must leave room for at least one new token)"
         )
     stop_ids, stop_texts = _resolve_stops(config.stop_tokens, tokenizer)
+    longest = max(map(len, stop_texts), default=0)
     rng = Rng(config.seed)
     max_len = min(block, len(prompt) + config.max_new_tokens) if config.max_new_tokens else block
 
@@ -272,12 +286,19 @@ def generate(
             tok = sample_logits(logits.cpu().numpy(), history, config, rng)
             if tok in stop_ids:
                 break
-            if stop_texts and any(s in tokenizer.decode(generated + [tok]) for s in stop_texts):
-                del generated[shown:]  # the held-back start of the stop string
-                break
             generated.append(tok)
+            keep = 0
+            if stop_texts:
+                # a stop string ending in the new token, or the start of one, lies within
+                # the last `longest` tokens (no token's text is empty)
+                start = max(0, len(generated) - longest)
+                text = tokenizer.decode(generated[start:])
+                at = min((i for i in map(text.find, stop_texts) if i >= 0), default=-1)
+                if at >= 0:  # the tokens from the stop string's start on go; those before are yielded below
+                    del generated[start + _starting_before(tokenizer, generated[start:], at):]
+                    break
+                keep = _held_back(tokenizer, generated[start:], stop_texts)
             history.append(tok)
-            keep = _held_back(tokenizer, generated[shown:], stop_texts) if stop_texts else 0
             yield from generated[shown:len(generated) - keep]
             shown = len(generated) - keep
             if len(generated) == config.max_new_tokens or pos >= max_len:
