@@ -233,19 +233,21 @@ def test_bos_eos_wrapping_and_separators(tmp_path, shared_file):
         assert f"{extra} of them separators or bos/eos" in summary.text()
 
 
-def test_large_vocabulary_uses_uint32(tmp_path):
+@pytest.mark.parametrize("vocab_size,dtype", [(65_536, "uint16"), (65_537, "uint32"), (70_000, "uint32")])
+def test_large_vocabulary_uses_uint32(tmp_path, vocab_size, dtype):
+    """uint16 holds ids up to 65535: exactly the vocabularies of at most 65,536 tokens."""
     itos = ["<|padding|>", "<|unknown|>", "<|bos|>", "<|eos|>", "<|instruct_mark|>", "<|response_mark|>"]
-    itos += [chr(0x4E00 + i) for i in range(0x5000)] + [f"t{i}" for i in range(70_000 - 6 - 0x5000)]
+    itos += [chr(0x4E00 + i) for i in range(0x5000)] + [f"t{i}" for i in range(vocab_size - 6 - 0x5000)]
     tok = Tokenizer(itos, {t: i for i, t in enumerate(itos[:6])})
     tok_path = tmp_path / "big_vocab.json"
     tok.save(tok_path)
     text = tmp_path / "t.txt"
-    text.write_text("t49000一二三t5 " * 50, encoding="utf-8")
+    text.write_text(f"{itos[-1]}一二三t5 " * 50, encoding="utf-8")  # the largest id
     prepare_pretrain([text], tok_path, tmp_path / "d", chunk_tokens=16, val_fraction=0.1, progress=False)
     ds = Dataset(tmp_path / "d")
-    assert ds.dtype == np.uint32 and ds.meta["dtype"] == "uint32"
+    assert ds.dtype == np.dtype(dtype) and ds.meta["dtype"] == dtype
     all_ids = np.concatenate([np.asarray(s) for s in ds.splits["train"] + ds.splits["val"]])
-    assert all_ids.max() == tok.stoi["t49000"]
+    assert all_ids.max() == vocab_size - 1
 
 
 # ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from nano_tokenizer import Tokenizer
 from nano_train import prepare as prepare_cmd
 from nano_format import spec
 
-from nano_train.data import Batcher, DataError, Dataset, prepare_sft, sft_encode, sft_turns, write_rows
+from nano_train.data import (Batcher, DataError, Dataset, prepare_sft, row_key, sft_encode, sft_turns, split_hash,
+                             write_rows)
 
 
 def write_jsonl(path, records):
@@ -61,6 +62,23 @@ def test_self_id_answers_are_exactly_the_masked_tokens(shared_file, self_id_sft)
                         tok.decode(t[m == 1])))
     assert sorted(got) == sorted((r["question"], r["answer"] + "<|eos|>") for r in records)
     assert ds.meta["counts"]["samples"] == 99
+
+
+def test_a_sample_given_twice_is_never_in_both_splits(tmp_path, shared_file):
+    """sft_self_id.jsonl holds 24 repeated lines: held out by position, 8 of the 19
+    validation rows were copies of training rows (seed 1337, 20%). By content, none is."""
+    out = tmp_path / "d"
+    prepare_sft([shared_file("data/sft_self_id.jsonl")], shared_file("data/tokenizer_16384_v2.json"), out,
+                block_size=64, val_fraction=0.2, progress=False)
+    ds = Dataset(out)
+    (train, _), = ds.splits["train"]
+    (val, _), = ds.splits["val"]
+    assert len(val) > 0
+    assert not {bytes(r) for r in np.asarray(train)} & {bytes(r) for r in np.asarray(val)}
+    # The rule in meta.json reproduces the split
+    for rows_, held_out in ((train, False), (val, True)):
+        keys = np.array([row_key(r) for r in np.asarray(rows_)], dtype=np.uint64)
+        assert ((split_hash(1337, keys) < 0.2) == held_out).all()
 
 
 def test_batches_shift_the_mask_with_the_targets(self_id_sft):

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -152,6 +153,12 @@ def split_hash(seed: int, index: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+
+
+def row_key(row: np.ndarray) -> int:
+    """The index split_hash takes for an SFT row: the first 8 bytes (little-endian) of
+    its BLAKE2b digest, so identical samples always land in the same split."""
+    return int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
 
 
 def _loads(text: str, where: str):
@@ -816,8 +823,8 @@ def prepare_sft(
     whose answer would be cut off entirely is skipped and counted), or
     "error". A line that is not a valid record (or is longer than max_line_bytes)
     is an error naming the file and line, or with skip_bad is skipped and
-    counted. Sample i (in input order) is held out when split_hash(seed, i) <
-    val_fraction.
+    counted. A sample is held out when split_hash(seed, row_key(row)) <
+    val_fraction: by its content, so a sample given twice is never in both splits.
     """
     t0 = time.monotonic()
     inputs = existing_files(inputs)
@@ -876,13 +883,13 @@ def prepare_sft(
                                 continue
                             ids, mask = ids[:block_size], mask[:block_size]
                             truncated += 1
-                        split = "val" if split_hash(seed, np.array([index]))[0] < val_fraction else "train"
                         index += 1
                         n = len(ids)
                         row[:n] = ids
                         row[n:] = tok.pad_id
                         row_mask[:n] = mask
                         row_mask[n:] = 0
+                        split = "val" if split_hash(seed, np.array([row_key(row)]))[0] < val_fraction else "train"
                         handles[split][0].write(row.tobytes())
                         handles[split][1].write(row_mask.tobytes())
                         counts[split] += 1
@@ -912,7 +919,9 @@ def prepare_sft(
                         "mask 1 on answer tokens and their <|eos|>",
             "counts": {"records": records, "samples": index, "bad_lines": bad, "too_long_skipped": skipped,
                        "truncated": truncated, "tokens": n_tokens, "answer_tokens": n_answer},
-            "split": {"unit": "sample", "rule": "sample i is validation when split_hash(seed, i) < val_fraction",
+            "split": {"unit": "sample", "rule": "a sample is validation when split_hash(seed, k) < val_fraction, "
+                                                "k = the first 8 bytes (little-endian) of the BLAKE2b digest of "
+                                                "its row as stored (row_key): identical samples share a split",
                       "val_fraction": val_fraction, "seed": seed},
             "shards": {split: [{"file": files[split][0], "mask": files[split][1], "rows": counts[split]}]
                        for split in ("train", "val")},
