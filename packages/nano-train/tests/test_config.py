@@ -54,7 +54,7 @@ def test_ints_are_accepted_for_floats_but_not_the_reverse(tmp_path):
     ({"system": {"compile_mode": "fast"}}, "compile_mode must be one of"),
     ({"system": {"loss": "fused"}}, r"system.loss must be one of \('auto', 'blocked', 'plain'\)"),
     ({"run": {"task": "rlhf"}}, "run.task must be one of"),
-    ({"optim": {"min_lr": 1.0, "learning_rate": 0.1}}, "min_lr must be in"),
+    ({"optim": {"min_lr": 1.0, "learning_rate": 0.1}}, r"optim.min_lr must be in \[0, learning_rate = 0.1\], got 1$"),
     ({"model": {"n_embd": 30, "n_head": 4}}, "n_head"),
     ({"optim": {"time_budget": -1}}, "optim.time_budget must be >= 0"),
     ({"system": {"threads": -2}}, "system.threads must be >= 0"),

@@ -100,6 +100,23 @@ def test_update_merge_unmerge_detach():
     assert set(m.state_dict()) == set(base_model().state_dict())
 
 
+def test_lora_dropout_only_in_training():
+    """Adapters take the model's mode: attached to a model in eval mode they add no
+    dropout (the logits are W + (alpha/rank) B A's, every time); train() turns it on."""
+    m = base_model()  # in eval mode
+    attach_lora(m, rank=4, alpha=8, dropout=0.5)
+    randomize_lora(m)
+    assert not any(mod.training for mod in m.modules())
+    want = reference_logits(m, 4, 8)
+    assert torch.allclose(logits(m), want, atol=1e-5)
+    m.train()
+    assert not torch.allclose(logits(m), want, atol=1e-3)
+    m.eval()
+    assert torch.allclose(logits(m), want, atol=1e-5)
+    detach_lora(m)
+    assert not any(mod.training for mod in m.modules())
+
+
 def test_state_dict_round_trip():
     m = base_model()
     attach_lora(m, rank=2, alpha=4)

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from nano_train import checkpoint as ckpt_io
+from nano_train import checkpoint as ckpt_io, train as train_module
 from nano_train.data import Batcher
 from nano_train.metrics import RunLog, read_log
 from nano_train.train import train
@@ -29,13 +29,24 @@ def logged(out_dir, kind, field):
     return {r["step"]: r[field] for r in read_log(out_dir / "log.jsonl") if r["kind"] == kind}
 
 
-@pytest.mark.parametrize("task", ["pretrain", "sft"])
-def test_resume_is_exact(tmp_path, small_pretrain, self_id_sft, tiny_config, monkeypatch, task):
+@pytest.mark.parametrize("mode", ["pretrain", "sft", "lora", "float16"])
+def test_resume_is_exact(tmp_path, small_pretrain, self_id_sft, uneven_sft, tiny_config, monkeypatch, mode):
+    """lora: the adapters of a pretrained base train, with LoRA dropout. float16: a loss
+    scale that grows every step overflows every other one, so that the skipped steps
+    and the scaler's state must come back too."""
     N = 4
-    data = small_pretrain if task == "pretrain" else self_id_sft
+    task = "pretrain" if mode == "float16" else mode
+    data = {"pretrain": small_pretrain, "sft": self_id_sft, "lora": uneven_sft}[task]
     common = dict(task=task, dropout=0.2, max_iters=2 * N, lr_decay_iters=2 * N, warmup_iters=2,
                   eval_interval=2, eval_iters=2, gradient_accumulation_steps=2, batch_size=3,
                   block_size=32 if task == "pretrain" else 64, sample_tokens=0)
+    if mode == "lora":
+        train(tiny_config(small_pretrain, out_dir=tmp_path / "base", max_iters=2, block_size=64))
+        common.update(init_from=str(tmp_path / "base" / "latest.pt"), lora_dropout=0.2)
+    if mode == "float16":
+        common.update(dtype="float16")
+        monkeypatch.setattr(train_module, "make_grad_scaler", lambda dtype, device: torch.amp.GradScaler(
+            device.type, init_scale=2.0**20, growth_interval=1, enabled=dtype == "float16"))
     straight = tmp_path / "straight"
     train(tiny_config(data, out_dir=straight, **common))
 
@@ -58,7 +69,7 @@ def test_resume_is_exact(tmp_path, small_pretrain, self_id_sft, tiny_config, mon
 
     monkeypatch.setattr(Batcher, "load_state_dict", spy_load)
     monkeypatch.setattr(Batcher, "next", spy_next)
-    second = train(tiny_config(data, out_dir=split, init_from="resume", **common))
+    second = train(tiny_config(data, out_dir=split, **{**common, "init_from": "resume"}))
     monkeypatch.undo()
 
     # The resumed run continued from row N * accum * batch and read only new rows.
@@ -75,6 +86,10 @@ def test_resume_is_exact(tmp_path, small_pretrain, self_id_sft, tiny_config, mon
     assert a["best_val_loss"] == b["best_val_loss"] == second.best_val_loss
     assert a["data_state"] == b["data_state"] and a["tokens_seen"] == b["tokens_seen"]
     assert torch.equal(a["rng"]["ranks"][0]["torch"], b["rng"]["ranks"][0]["torch"])
+    assert a["scaler"] == b["scaler"]
+    if mode == "float16":  # steps skipped for overflow (no grad norm logged) in both halves
+        skipped = [s for s, norm in logged(straight, "train", "grad_norm").items() if norm is None]
+        assert any(s <= N for s in skipped) and any(s > N for s in skipped), skipped
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):

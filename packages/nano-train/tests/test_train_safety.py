@@ -437,6 +437,18 @@ def test_resume_refuses_another_batch_size_accumulation_or_seed(finished_run, sm
     assert (finished_run / "latest.pt").read_bytes() == before
 
 
+def test_resume_trains_with_the_weight_decay_and_betas_it_is_given(finished_run, small_pretrain):
+    """The optimizer's saved state carries its settings too; the resumed run's config wins,
+    as it does for the learning rate, rather than being recorded but not used."""
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=3, weight_decay=0.5,
+                                 beta1=0.5, beta2=0.6)) == 0
+    ck = load(finished_run / "latest.pt")
+    assert ck["config"]["train"]["optim"]["weight_decay"] == 0.5
+    groups = ck["optimizer"]["param_groups"]  # the settings its last step ran with
+    assert [g["weight_decay"] for g in groups] == [0.5, 0.0]  # vectors never decay
+    assert all(tuple(g["betas"]) == (0.5, 0.6) for g in groups)
+
+
 # ---------------------------------------------------------------------------
 # Startup checks
 

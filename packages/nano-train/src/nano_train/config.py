@@ -452,7 +452,8 @@ def validate(cfg: Config) -> None:
          f"got {cfg.data.batch_size} * {cfg.model.block_size}")
     o = cfg.optim
     need(o.learning_rate > 0, "optim.learning_rate must be > 0")
-    need(0 <= o.min_lr <= o.learning_rate, "optim.min_lr must be in [0, learning_rate]")
+    need(0 <= o.min_lr <= o.learning_rate,
+         f"optim.min_lr must be in [0, learning_rate = {o.learning_rate:g}], got {o.min_lr:g}")
     need(o.warmup_iters >= 0, "optim.warmup_iters must be >= 0")
     need(o.lr_decay_iters >= 0, "optim.lr_decay_iters must be >= 0 (0 = max_iters)")
     need(o.max_iters >= 0, "optim.max_iters must be >= 0")

@@ -58,6 +58,7 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=dev, dtype=dt))
         self.lora_dropout = nn.Dropout(dropout)
         self.merged = False
+        self.train(base.training)  # an adapter on a model in eval mode adds no dropout
 
     def delta(self) -> torch.Tensor:
         """(alpha / rank) * B @ A: [out, in]."""
@@ -118,7 +119,7 @@ def detach_lora(model):
             if m.merged:
                 _unmerge_one(m)
             # built on "meta" (no storage, no init), then given the shared weight
-            base = nn.Linear(m.in_features, m.out_features, bias=False, device="meta")
+            base = nn.Linear(m.in_features, m.out_features, bias=False, device="meta").train(m.training)
             base.weight = m.weight
             setattr(model.layers[i], name, base)
     return model

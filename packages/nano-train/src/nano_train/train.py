@@ -636,7 +636,12 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     seed_everything(cfg.system.seed + info.rank)  # dropout masks differ between ranks
     if resuming:
         with restoring_from(latest):
+            # load_state_dict brings back the saved groups' settings too: keep this run's weight
+            # decay and betas (set on the command line, they would be recorded but not used)
+            settings = [(group["weight_decay"], group["betas"]) for group in optimizer.param_groups]
             optimizer.load_state_dict(checkpoint["optimizer"])
+            for group, (weight_decay, betas) in zip(optimizer.param_groups, settings):
+                group["weight_decay"], group["betas"] = weight_decay, betas
             if scaler.is_enabled() and checkpoint.get("scaler"):
                 scaler.load_state_dict(checkpoint["scaler"])
             step = checkpoint["step"]
@@ -947,7 +952,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 peak=peak, peak_source=peak_source, flops_per_token=flops_per_token,
                 val_source=val_source or train_source)
             best = f"{best_val_loss:.4f}" if math.isfinite(best_val_loss) else "n/a"
-            say(f"done: step {step}, best val loss {best}, {human(tokens_per_s)} tok/s; report in {out_dir / 'report.md'}")
+            rate = f"{human(tokens_per_s)} tok/s" if tokens_per_s else "no training step run"
+            say(f"done: step {step}, best val loss {best}, {rate}; report in {out_dir / 'report.md'}")
         if info.ddp:
             dist.barrier()
             # The DDP wrapper's reducer holds the gloo group. Freed after the group (as train()
