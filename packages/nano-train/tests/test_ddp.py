@@ -4,7 +4,8 @@ numbers of loss tokens).
 
 Tolerance: losses within 1e-5 absolute and every parameter within 1e-5 absolute
 after 4 steps. The two runs see the same rows (rank r takes the r-th slice of
-each global micro-batch) and average the same per-micro-batch gradients; only
+each global micro-batch; pretraining runs 2 micro-batches per rank, so DDP's
+no_sync accumulation is exercised) and average the same per-micro-batch gradients; only
 the order of float32 additions may differ (all-reduce vs accumulation). On
 this CPU the two runs come out bitwise identical (the test prints the maxima).
 Both run in float32 (--dtype=float32): on a CPU with native bfloat16, dtype auto
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nano_train.convert import load_checkpoint_model
 from nano_train.metrics import read_log
 
 
@@ -56,13 +58,16 @@ def stop_tree(proc: subprocess.Popen) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def run(args, cwd, nproc=None, command="nano_train.pretrain"):
+def run(args, cwd, nproc=None, command="nano_train.pretrain", ok=True):
+    """command (a module, or a script: a .py file) run as one process or with torchrun; its exit
+    status must be 0 (ok) or not (ok False)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    target = [command] if command.endswith(".py") else ["-m", command]
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", command, *args]
+               *target, *args]
     else:
-        cmd = [sys.executable, "-m", command, *args]
+        cmd = [sys.executable, *target, *args]
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=300)
@@ -70,22 +75,22 @@ def run(args, cwd, nproc=None, command="nano_train.pretrain"):
         stop_tree(proc)
         out, err = proc.communicate()
         pytest.fail(f"{' '.join(cmd[1:])} still running after 300 s\n{out[-3000:]}{err[-3000:]}", pytrace=False)
-    assert proc.returncode == 0, out[-3000:] + err[-3000:]
+    assert (proc.returncode == 0) == ok, out[-3000:] + err[-3000:]
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path, small_pretrain):
     common = [f"--dataset={small_pretrain}", "--n_layer=2", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
-              "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=4",
+              "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=4", "--max_iters=4",
               "--warmup_iters=1", "--learning_rate=1e-3", "--eval_interval=2", "--eval_iters=3",
               "--log_interval=1", "--device=cpu", "--dist_backend=gloo", "--dtype=float32", "--peak_flops=1e10",
               "--sample_tokens=0"]
     single = run(common + [f"--out_dir={tmp_path / 'one'}"], tmp_path)
     double = run(common + [f"--out_dir={tmp_path / 'two'}"], tmp_path, nproc=2)
     assert "1 x cpu" in single.stdout and "2 x cpu" in double.stdout
-    # 2 ranks x 1 micro-batch each = 1 rank x 2 micro-batches: the same global batch
-    assert "(4 x 32 x 1 x 2)" in double.stdout and "(4 x 32 x 2 x 1)" in single.stdout
+    # 2 ranks x 2 micro-batches each = 1 rank x 4 micro-batches: the same global batch
+    assert "(4 x 32 x 2 x 2)" in double.stdout and "(4 x 32 x 4 x 1)" in single.stdout
     # only rank 0 wrote: one start record, one set of progress lines
     assert double.stdout.count("step      4/4") == 1
     logs = {n: read_log(tmp_path / n / "log.jsonl") for n in ("one", "two")}
@@ -105,6 +110,14 @@ def test_two_process_ddp_matches_one_process(tmp_path, small_pretrain):
     assert two["rng"]["world_size"] == 2 and len(two["rng"]["ranks"]) == 2
     assert not torch.equal(two["rng"]["ranks"][0]["torch"], two["rng"]["ranks"][1]["torch"])
     assert not list((tmp_path / "two").glob(".*.tmp"))
+    # the log and the report count every rank's tokens, and MFU divides by both ranks' peak
+    flops = load_checkpoint_model(tmp_path / "two" / "latest.pt")[0].flops_per_token(32)
+    for name, world in (("one", 1), ("two", 2)):
+        trains = [r for r in logs[name] if r["kind"] == "train"]
+        assert [r["tokens_seen"] for r in trains] == [512, 1024, 1536, 2048]
+        assert all(r["mfu"] == pytest.approx(flops * r["tokens_per_s"] / (1e10 * world)) for r in trains)
+        report = (tmp_path / name / "report.md").read_text(encoding="utf-8")
+        assert "| tokens seen | 2,048 |" in report and f"on {world} x cpu (float32)" in report
 
 
 @pytest.mark.slow
@@ -133,3 +146,36 @@ def test_two_process_sft_weighs_ranks_by_their_answer_tokens(tmp_path, uneven_sf
     worst = max((one["model"][k] - two["model"][k]).abs().max().item() for k in one["model"])
     print(f"max |parameter difference|: {worst:.2e}")
     assert worst < 5e-6
+
+
+FAILING_RANK = """
+import sys
+from nano_train import data, train
+
+next_batch = data.Batcher.next
+
+
+def failing_next(self):  # rank 1's third training batch is bad data (each evaluation has a Batcher of its own)
+    self.calls = getattr(self, "calls", 0) + 1
+    if self.rank == 1 and self.calls == 3:
+        raise data.DataError("injected bad data on rank 1")
+    return next_batch(self)
+
+
+data.Batcher.next = failing_next
+sys.exit(train.main("pretrain"))
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_stops_the_run(tmp_path, small_pretrain):
+    """Rank 1 fails in the middle of training: the run ends with an error (rank 0, waiting for
+    it in a collective, is stopped), not a hang (run() fails the test after 300 s)."""
+    script = tmp_path / "failing_rank.py"
+    script.write_text(FAILING_RANK, encoding="utf-8")
+    args = [f"--dataset={small_pretrain}", "--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
+            "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=50",
+            "--eval_iters=1", "--device=cpu", "--dist_backend=gloo", "--sample_tokens=0", f"--out_dir={tmp_path / 'run'}"]
+    done = run(args, tmp_path, nproc=2, command=str(script), ok=False)
+    assert "error: injected bad data on rank 1" in done.stderr
+    assert not (tmp_path / "run" / "report.md").exists()

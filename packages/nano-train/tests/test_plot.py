@@ -152,3 +152,35 @@ def test_a_log_that_is_not_a_file_is_named_for_what_it_is(tmp_path):
     for given, want in cases.items():
         assert error_of([str(given), "-o", str(tmp_path / "p.png")]) == f"error: {want}"
     assert not (tmp_path / "p.png").exists()
+
+
+def test_a_curve_of_one_point_is_drawn(tmp_path):
+    """A log with a single train record (max_iters 1, or one log_interval) drew nothing:
+    a line needs two points. Its point is in the middle of the axes; nothing else there is blue."""
+    import matplotlib.image
+
+    log = write_log(tmp_path / "log.jsonl", ['{"kind": "train", "step": 1, "loss": 8.3, "lr": 0.001}'])
+    png = tmp_path / "out.png"
+    assert plot_cmd.main([str(log), "-o", str(png)]) == 0
+    img = matplotlib.image.imread(png)
+    h, w = img.shape[:2]
+    middle = img[h // 3: 2 * h // 3, w // 3: 2 * w // 3]
+    assert (middle[..., 2] - middle[..., 0] > 0.2).sum() > 0  # the train colour, C0 (blue)
+
+
+def test_the_legend_names_the_learning_rate_curves(tmp_path, monkeypatch):
+    """--lr's curves are labelled like the others; the legend showed only the loss axis's."""
+    from matplotlib.figure import Figure
+
+    saved = []
+    savefig = Figure.savefig
+
+    def keep(fig, *args, **kwargs):
+        saved.append(fig)
+        return savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    log = write_log(tmp_path / "run.jsonl", [json.dumps(r) for r in RECORDS])
+    assert plot_cmd.main([str(log), "-o", str(tmp_path / "out.png"), "--lr"]) == 0
+    labels = [t.get_text() for ax in saved[0].axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert labels == ["run train", "run val", "run lr"]

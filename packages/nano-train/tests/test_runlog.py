@@ -122,3 +122,23 @@ def test_the_matmul_probe_multiplies_in_the_dtype_it_is_given(monkeypatch):
         seen.clear()
         assert metrics.matmul_probe(torch.device("cpu"), seconds=0.01, n=64, trials=2, dtype=dtype) > 0
         assert seen and set(seen) == {(getattr(torch, dtype), getattr(torch, dtype))}, (dtype, set(seen))
+
+
+def test_human_rounds_before_it_picks_the_prefix():
+    """999.7 tokens/s printed as "1e+03" and 999,700 as "1e+03k": the prefix was picked before rounding."""
+    from nano_train.metrics import human
+
+    assert [human(x) for x in (0, 999.4, 999.7, 12345, 999_700, 989e12)] == ["0", "999", "1k", "12.3k", "1M", "989T"]
+    assert human(999.96e9, "FLOP/s") == "1TFLOP/s"
+
+
+def test_a_run_of_no_steps_reports_no_throughput(small_pretrain, tiny_config, tmp_path, capsys):
+    """A run that trained no step timed none: its report and its last line said "0 tokens/s"."""
+    from nano_train.train import train
+
+    train(tiny_config(small_pretrain, max_iters=0, sample_tokens=0))
+    done = [line for line in capsys.readouterr().out.splitlines() if line.startswith("done:")]
+    assert len(done) == 1 and "no training step run;" in done[0] and "tok/s" not in done[0]
+    report = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+    assert "| throughput | n/a (no training step was run) |" in report
+    assert "| MFU (estimate) | n/a " in report

@@ -170,8 +170,9 @@ def short_repr(value, limit: int = 60) -> str:
 
 
 def human(n: float, unit: str = "") -> str:
+    """n with three significant digits and an SI prefix: 38200 -> "38.2k", 999700 -> "1M"."""
     for prefix in ("", "k", "M", "G", "T", "P"):
-        if abs(n) < 1000:
+        if abs(float(f"{n:.3g}")) < 1000:  # as rounded: 999.7 is "1k", not "1e+03"
             return f"{n:.3g}{prefix}{unit}"
         n /= 1000
     return f"{n:.3g}E{unit}"

@@ -106,6 +106,11 @@ def _curves(records: list[dict]) -> tuple[dict[str, tuple[list[int], list[float]
     return {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in out.items()}, bad
 
 
+def _lone(curve: tuple[list[int], list[float]]) -> str | None:
+    """The marker of a curve: none, unless it has a single point, which a line alone does not draw."""
+    return "o" if len(curve[0]) == 1 else None
+
+
 def curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
     """{"train": (steps, losses), "val": (...), "lr": (...)}; a step logged twice
     (a resumed run repeating steps) keeps its last value. Only finite numbers are
@@ -149,17 +154,21 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
         color = f"C{i}"
         label = path.parent.name if path.name == "log.jsonl" else path.stem
         if c["train"][0]:
-            ax.plot(*c["train"], color=color, alpha=0.6, linewidth=1, label=f"{label} train")
+            ax.plot(*c["train"], color=color, alpha=0.6, linewidth=1, marker=_lone(c["train"]), markersize=3,
+                    label=f"{label} train")
         if c["val"][0]:
             ax.plot(*c["val"], color=color, marker="o", markersize=3, linewidth=2, label=f"{label} val")
         if ax2 is not None and c["lr"][0]:
-            ax2.plot(*c["lr"], color=color, linestyle=":", linewidth=1, label=f"{label} lr")
+            ax2.plot(*c["lr"], color=color, linestyle=":", linewidth=1, marker=_lone(c["lr"]), markersize=3,
+                     label=f"{label} lr")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right")
     if ax2 is not None:
         ax2.set_ylabel("learning rate")
+    # one legend for both axes, on the upper one (the learning rate's lines would cover one on the lower)
+    lines = ax.get_lines() + (ax2.get_lines() if ax2 is not None else [])
+    (ax if ax2 is None else ax2).legend(handles=lines, loc="upper right")
     fig.tight_layout()
     picture = io.BytesIO()
     try:

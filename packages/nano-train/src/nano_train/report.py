@@ -92,6 +92,7 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
                         cfg.system.seed, rows=dataset.kind == "seq2seq")
     mfu = flops_per_token * result.tokens_per_s / (peak * world_size) if peak > 0 and result.tokens_per_s else None
     throughput = ("unknown (log.jsonl holds no train records)" if result.tokens_per_s is None else
+                  "n/a (no training step was run)" if not result.tokens_per_s else
                   f"{human(result.tokens_per_s)} tokens/s on {world_size} x {device} ({dtype})"
                   + (", logged by the run's last training process" if late else ""))
     status = ("interrupted (latest.pt saved)" if result.interrupted else
