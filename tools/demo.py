@@ -108,7 +108,7 @@ def demo(args) -> int:
 def five_steps(problem, opts, eval_cases: int, t_start: float) -> int:
     """Build, train, score, export, run in C; the exit status."""
     from nano_train.metrics import duration
-    from nano_train.problems.evaluate import build_nano, disagreements, predict_c, predict_torch, score
+    from nano_train.problems.evaluate import EngineError, build_nano, disagreements, predict_c, predict_torch, score
     from nano_train.problems.runner import export_models, load_model, pick_test_cases, q8_0_model, train_model
 
     out_dir = Path(opts.out_dir)
@@ -156,19 +156,23 @@ def five_steps(problem, opts, eval_cases: int, t_start: float) -> int:
 
     # 5 -------------------------------------------------------------------------------
     step(5, "Run the model file in the C engine")
+    differ = []  # the questions on which the C engine's F32 answer is not PyTorch's
     shown = list(problem.examples[:4])
     want = predict_torch(problem, model, tok, shown)
     for q, torch_answer in zip(shown, want):
         cmd = [str(nano), "seq2seq", "-m", str(f32), q]
         res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise EngineError(f"{' '.join(cmd)} failed (exit {res.returncode}): {res.stderr.strip()}")
         answer = res.stdout.strip()
+        if answer != torch_answer:
+            differ.append(q)
         same = "same as PyTorch" if answer == torch_answer else f"PyTorch says {torch_answer}!"
         right = "correct" if answer == problem.solve(q) else "wrong"
         print(f"      $ {rel(nano)} seq2seq -m {rel(f32)} {q}")
         print(f"      {answer}        ({right}, {same})")
     torch_q80 = predict_torch(problem, q8_0_model(model, exports["q8_0"].group_size), tok, questions)
     print(f"      all {len(cases):,} held-out questions through `nano seq2seq -m FILE -` (one per line):")
-    status = 0
     for label, path, reference in (("F32 ", f32, torch_f32), ("Q8_0", q80, torch_q80)):
         got = predict_c(problem, nano, path, questions)
         sc = score(cases, got)
@@ -176,8 +180,8 @@ def five_steps(problem, opts, eval_cases: int, t_start: float) -> int:
         agree = "the same answer as PyTorch on every question" if not diff else \
             f"DIFFERENT from PyTorch on {len(diff)} questions"
         print(f"      C engine {label}: {sc['correct']:,} of {sc['total']:,} right ({100 * sc['accuracy']:.2f}%), {agree}")
-        if diff and label.strip() == "F32":
-            status = 1
+        if label.strip() == "F32":
+            differ += [questions[i] for i in diff]
 
     # what next -----------------------------------------------------------------------------
     nano_rel, f32_rel = rel(nano), rel(f32)
@@ -204,7 +208,11 @@ def five_steps(problem, opts, eval_cases: int, t_start: float) -> int:
     print(f"      {nano_rel} run -m runs/mine/model.bin -p 'Once upon a time' -n 64")
     print("  the browser, the ESP32-P4 and the Pod (engines/wasm, engines/esp32p4, engines/pod):")
     print("      not built yet; their READMEs say what is planned.")
-    return status
+    if differ:
+        print(f"error: the C engine disagrees with PyTorch on the F32 file: {len(differ)} question(s), "
+              f"the first {differ[0]}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -108,39 +108,77 @@ def test_demo_refuses_bad_options_in_one_line(tmp_path, capsys, no_training, arg
     assert err.startswith(message.replace("{tmp}", str(tmp_path))) and err.count("\n") == 1, err
 
 
-@pytest.mark.parametrize("where", ["score", "build", "engine"])
-def test_demo_ctrl_c_after_training_says_interrupted(tmp_path, capsys, monkeypatch, where):
-    """Ctrl-C at any step is "interrupted" and exit status 130 (before: only step 1 was
-    guarded; later a KeyboardInterrupt traceback)."""
+def stub_steps(monkeypatch, tmp_path, c_answers=lambda qs: list(qs), c_status=0):
+    """The demo's steps without training, PyTorch or C: PyTorch answers each question
+    with the question itself, the C engine with c_answers(questions) (the one-question
+    command exiting with c_status)."""
     from nano_train.problems import evaluate, runner
-
-    def ctrl_c(*a, **k):
-        raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "train_model", lambda *a, **k: {"reused": True, "checkpoint": "best.pt",
                                                                 "steps": 1, "seconds": 1.0})
     monkeypatch.setattr(runner, "load_model", lambda *a, **k: (None, None))
-    if where == "score":
-        monkeypatch.setattr(evaluate, "build_nano", lambda root, say: Path(sys.executable))
-        monkeypatch.setattr(evaluate, "predict_torch", ctrl_c)
-    else:
-        monkeypatch.setattr(evaluate, "predict_torch", lambda problem, model, tok, qs: list(qs))
-        monkeypatch.setattr(runner, "export_models", lambda model, tok, out_dir, name: {
-            q: type("E", (), {"path": tmp_path / f"{q}.bin", "group_size": 32})() for q in ("f32", "q8_0")})
-        for q in ("f32", "q8_0"):
-            (tmp_path / f"{q}.bin").write_bytes(b"x")
-        monkeypatch.setattr(runner, "q8_0_model", lambda model, group_size: None)
-        if where == "build":
-            monkeypatch.setattr(evaluate, "build_nano", ctrl_c)
-        else:
-            monkeypatch.setattr(evaluate, "build_nano", lambda root, say: Path(sys.executable))
-            monkeypatch.setattr(evaluate, "predict_c", ctrl_c)
-            monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, "x\n", ""))
+    monkeypatch.setattr(evaluate, "build_nano", lambda root, say: Path(sys.executable))
+    monkeypatch.setattr(evaluate, "predict_torch", lambda problem, model, tok, qs: list(qs))
+    monkeypatch.setattr(runner, "export_models", lambda model, tok, out_dir, name: {
+        q: type("E", (), {"path": tmp_path / f"{q}.bin", "group_size": 32})() for q in ("f32", "q8_0")})
+    for q in ("f32", "q8_0"):
+        (tmp_path / f"{q}.bin").write_bytes(b"x")
+    monkeypatch.setattr(runner, "q8_0_model", lambda model, group_size: None)
+    monkeypatch.setattr(evaluate, "predict_c", lambda problem, nano, path, qs, **k: c_answers(qs))
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(
+        cmd, c_status, c_answers(cmd[-1:])[0] + "\n", "nano: error: it broke\n" if c_status else ""))
+
+
+@pytest.mark.parametrize("where", ["score", "build", "engine"])
+def test_demo_ctrl_c_after_training_says_interrupted(tmp_path, capsys, monkeypatch, where):
+    """Ctrl-C at any step is "interrupted" and exit status 130 (before: only step 1 was
+    guarded; later a KeyboardInterrupt traceback)."""
+    from nano_train.problems import evaluate
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    stub_steps(monkeypatch, tmp_path)
+    monkeypatch.setattr(*{"score": (evaluate, "predict_torch"), "build": (evaluate, "build_nano"),
+                          "engine": (evaluate, "predict_c")}[where], ctrl_c)
     try:
         status = load_demo().main(["--quick", "--out_dir", str(tmp_path / "demo"), "--eval_cases", "20"])
     except KeyboardInterrupt:
         pytest.fail("Ctrl-C after step 1 escaped as a KeyboardInterrupt traceback")
     assert status == 130 and capsys.readouterr().err.strip().endswith("interrupted")
+
+
+@pytest.mark.parametrize("where,status,error", [
+    ("shown", 1, "error: the C engine disagrees with PyTorch on the F32 file: 1 question(s), the first 251212"),
+    ("held_out", 1, "error: the C engine disagrees with PyTorch on the F32 file: 20 question(s), the first "),
+    ("fails", 1, "error: "),
+    ("q8_0", 0, ""),
+    ("nowhere", 0, ""),
+])
+def test_demo_exit_status_says_whether_c_gave_pytorchs_answers(tmp_path, capsys, monkeypatch, where, status, error):
+    """The C engine giving another answer than PyTorch on the F32 file, in the commands shown
+    (nano seq2seq -m FILE 251212) or on the held-out questions, or failing, is exit status 1
+    and one `error:` line (before: a different answer to a shown command was exit status 0, a
+    failing one printed an empty answer and went on, and a held-out disagreement was exit
+    status 1 with no error line). Q8_0 is reported, not an error (as the problems command)."""
+    def c_answers(qs):
+        if where == "shown" and qs == ["251212"] or where == "held_out" and len(qs) > 1:
+            return [q[::-1] for q in qs]
+        return list(qs)
+
+    stub_steps(monkeypatch, tmp_path, c_answers, c_status=int(where == "fails"))
+    if where == "q8_0":
+        from nano_train.problems import evaluate
+
+        monkeypatch.setattr(evaluate, "predict_c", lambda problem, nano, path, qs, **k: [
+            q[::-1] if str(path).endswith("q8_0.bin") else q for q in qs])
+    assert load_demo().main(["--quick", "--out_dir", str(tmp_path / "demo"), "--eval_cases", "20"]) == status
+    out, err = capsys.readouterr()
+    assert err.startswith(error) and err.count("\n") == bool(error), err
+    if where == "fails":
+        assert "failed (exit 1): nano: error: it broke" in err and "Try next" not in out
+    if where == "q8_0":
+        assert "DIFFERENT from PyTorch on 20 questions" in next(l for l in out.splitlines() if "C engine Q8_0" in l)
 
 
 def test_demo_without_a_compiler_stops_before_training(tmp_path, capsys, monkeypatch, no_training,
