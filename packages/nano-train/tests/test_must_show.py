@@ -4,7 +4,8 @@
    pretrain_psycho.txt for a couple of minutes drives the held-out loss well
    below the unigram entropy of the training tokens (the loss of the best
    model that ignores context), and its greedy and low-temperature samples are
-   Chinese text.
+   Chinese text in the corpus' style (varied characters whose adjacent pairs the
+   corpus holds).
 2. SFT on sft_self_id.jsonl (from scratch) makes "你是谁" in instruct mode
    return the trained answer, greedily, as the exact string.
 """
@@ -30,6 +31,13 @@ def unigram_entropy(tokens: np.ndarray) -> float:
     counts = np.bincount(tokens)
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log(p)).sum())
+
+
+def known_pair_share(text: str, corpus: str) -> float:
+    """The share of the text's adjacent character pairs that occur somewhere in the corpus:
+    about 1 for text in the corpus' style, 0.6-0.7 for characters drawn by frequency alone."""
+    pairs = [text[i:i + 2] for i in range(len(text) - 1)]
+    return sum(p in corpus for p in pairs) / max(len(pairs), 1)
 
 
 def cjk_share(text: str) -> tuple[float, float]:
@@ -63,14 +71,18 @@ def test_pretrain_psycho_beats_unigram_entropy_and_writes_chinese(tmp_path, shar
     print(f"\nunigram entropy of the training tokens: {entropy:.3f} nats; held-out loss: best "
           f"{result.best_val_loss:.3f}, final {result.val_loss:.3f} nats; {result.tokens_seen:,} tokens in "
           f"{minutes:.1f} min ({result.tokens_per_s:,.0f} tokens/s)")
+    corpus = Path(shared_file("data/pretrain_psycho.txt")).read_text(encoding="utf-8")
     for name, text in samples.items():
-        print(f"{name}: 人的心理{text}")
+        print(f"{name}: 人的心理{text} (pairs known to the corpus: {known_pair_share(text, corpus):.2f})")
 
     assert result.best_val_loss < entropy - 1.0, (result.best_val_loss, entropy)
     for name, text in samples.items():
         ideographs, chinese = cjk_share(text)
         assert len(text) >= 20, (name, text)
         assert ideographs >= 0.6 and chinese >= 0.8, (name, text, ideographs, chinese)
+        # in the corpus' style, not a repeated character or a frequency-only draw
+        assert len(set(text)) >= 8, (name, text)
+        assert known_pair_share(text, corpus) >= 0.9, (name, text, known_pair_share(text, corpus))
 
 
 @pytest.mark.slow
