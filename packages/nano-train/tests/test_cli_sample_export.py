@@ -212,8 +212,11 @@ def test_sample_seq2seq_is_refused_where_the_file_records_causal_attention(tmp_p
 @pytest.mark.parametrize("argv, msg", [
     (["--threads", "100000"], "--threads must be in 1..1024, got 100000"),
     (["--threads", "0"], "--threads must be in 1..1024, got 0"),
-    (["-s", str(2**64)], "seed must be an integer in [0, 2^64)"),
-    (["-s", "-1"], "seed must be an integer in [0, 2^64)"),
+    (["-s", str(2**64)], "-s: seed must be an integer in [0, 2^64)"),
+    (["-s", "-1"], "-s: seed must be an integer in [0, 2^64)"),
+    (["-t", "-1"], "-t: temperature must be >= 0, got -1.0"),
+    (["--top-p", "0"], "--top-p: top_p must be in (0, 1], got 0.0"),
+    (["-n", "-2"], "-n: max_new_tokens must be >= 0"),
     (["--device", "meta"], "--device meta holds no data"),
     (["--stop", "§"], "stop string '§' can never occur"),
 ])

@@ -222,7 +222,8 @@ def test_ctrl_c_saves_latest_and_exits_cleanly(tmp_path, small_pretrain, sig):
     assert proc.returncode == 130, (stdout, stderr)
     assert "Traceback" not in stderr
     assert f"interrupt ({sig.name}): saving latest.pt" in stderr
-    assert "interrupted at step" in stdout and "--init_from=resume" in stdout
+    # the hint names the run's folder: --init_from=resume alone would resume the default out_dir's run
+    assert "interrupted at step" in stdout and f"continue with --init_from=resume --out_dir={out}\n" in stdout
     ck = load(out / "latest.pt")
     steps = logged(out, "train", "loss")
     assert ck["step"] == max(steps) >= 3

@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# SamplerConfig's fields as the options that set them, for its errors
+SAMPLER_OPTIONS = {"temperature": "-t", "top_k": "-k", "top_p": "--top-p", "min_p": "--min-p",
+                   "repetition_penalty": "-r", "max_new_tokens": "-n", "seed": "-s"}
+
 # The options a seq2seq forward has no use for (argparse dest, as typed); given
 # for a full-attention model, they are named in a note, as `nano run` does.
 NOT_SEQ2SEQ = (("temperature", "--temperature"), ("top_k", "--top-k"), ("top_p", "--top-p"),
@@ -219,8 +223,9 @@ def _run(args, out) -> None:
             stop_tokens=tuple(args.stop),
             seed=args.seed,
         )
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    except ValueError as e:  # "FIELD must be ...": name the option that set it
+        option = SAMPLER_OPTIONS.get(str(e).split(" ", 1)[0])
+        raise UsageError(f"{option}: {e}" if option else str(e)) from None
     if args.threads is not None:
         if not 1 <= args.threads <= MAX_THREADS:
             raise UsageError(f"--threads must be in 1..{MAX_THREADS}, got {args.threads}")

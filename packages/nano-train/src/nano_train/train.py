@@ -37,6 +37,7 @@ import json
 import math
 import os
 import random
+import shlex
 import signal
 import sys
 import tempfile
@@ -939,7 +940,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         result = TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, tokens_per_s, seconds,
                              interrupted, out_dir, out_of_time)
         if interrupted:
-            say(f"interrupted at step {step}: saved {out_dir / LATEST}; continue with --init_from=resume")
+            say(f"interrupted at step {step}: saved {out_dir / LATEST}; {resume_hint(out_dir)}")
         if out_of_time:
             say(f"time budget of {budget:g} s reached at step {step}")
         record(kind="end", step=step, interrupted=interrupted, out_of_time=out_of_time, train_loss=train_loss,
@@ -1063,6 +1064,11 @@ def print_output(text: str) -> int:
         return 1
 
 
+def resume_hint(out_dir) -> str:
+    """The command-line settings that continue the run in out_dir (its config is in the checkpoint)."""
+    return f"continue with --init_from=resume --out_dir={shlex.quote(str(out_dir))}"
+
+
 def main(task: str | None = None, argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -1079,8 +1085,10 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
     if len(paths) > 1:
         print(f"error: one config file at most, got {paths}", file=sys.stderr)
         return 2
+    hint = "continue with --init_from=resume"  # and the run's --out_dir, once it is known
     try:
         cfg, explicit, checkpoint = resolve_config(task, paths[0] if paths else None, overrides)
+        hint = resume_hint(cfg.run.out_dir)
         if print_config:
             return print_output(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
         check_new_run(cfg)
@@ -1091,14 +1099,14 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the progress lines' reader went away (`| head`)
         discard_stdout()
         print("error: standard output was closed (its reader went away); the run stopped (latest.pt, if any, "
-              "holds the last checkpoint written: continue with --init_from=resume)", file=sys.stderr)
+              f"holds the last checkpoint written: {hint})", file=sys.stderr)
         return 1
     except (TrainingDiverged, OSError) as e:  # OSError: a file that cannot be written (disk full, read-only)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
         print("\nerror: interrupted; the run stopped at once (latest.pt, if any, holds the last checkpoint "
-              "written: continue with --init_from=resume)", file=sys.stderr, flush=True)
+              f"written: {hint})", file=sys.stderr, flush=True)
         return 130
     return 130 if result.interrupted or result.samples_interrupted else 0
 
