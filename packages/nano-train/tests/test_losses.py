@@ -73,6 +73,9 @@ def test_bad_shapes_are_errors():
     with pytest.raises(ValueError, match="must both be"):
         linear_cross_entropy(x, w, targets[:-1], weight)
     assert block_rows(4096, torch.device("cpu")) == 256
+    # never thinner than 256 rows on a CPU: at 50,257 words, 20-row blocks took 2.5x the time
+    assert block_rows(50257, torch.device("cpu")) == block_rows(16384, torch.device("cpu")) == 256
+    assert block_rows(80, torch.device("cpu")) == (1 << 20) // 80
 
 
 @pytest.mark.parametrize("tie,blocked", [(True, True), (False, True), (True, False)])

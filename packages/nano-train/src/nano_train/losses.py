@@ -22,10 +22,13 @@ __all__ = ["linear_cross_entropy", "block_rows"]
 
 
 def block_rows(vocab: int, device: torch.device) -> int:
-    """Rows per block: logits of about 4 MB on a CPU (they stay in the cache),
+    """Rows per block: logits of about 4 MB on a CPU (they stay in the cache), but
+    never fewer than 256 rows there: thinner products cost more than the cache saves
+    (vocabulary 50,257: 20 rows took 2.5x the time of 256; tools/bench/README.md);
     64 MB on an accelerator (fewer, larger launches)."""
-    budget = (1 << 20) if device.type == "cpu" else (1 << 24)
-    return max(1, budget // max(1, vocab))
+    if device.type == "cpu":
+        return max(256, (1 << 20) // max(1, vocab))
+    return max(1, (1 << 24) // max(1, vocab))
 
 
 def _compute_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
