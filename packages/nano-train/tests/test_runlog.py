@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -122,6 +123,26 @@ def test_the_matmul_probe_multiplies_in_the_dtype_it_is_given(monkeypatch):
         seen.clear()
         assert metrics.matmul_probe(torch.device("cpu"), seconds=0.01, n=64, trials=2, dtype=dtype) > 0
         assert seen and set(seen) == {(getattr(torch, dtype), getattr(torch, dtype))}, (dtype, set(seen))
+
+
+def test_the_probe_of_slow_products_keeps_to_its_time(monkeypatch):
+    """Each trial ran at least four products and every trial ran: where one product takes
+    longer than the whole probe (float16 on a CPU: 2 s), a 1 s probe took 50 s."""
+    import torch
+
+    from nano_train import metrics
+
+    count = []
+    matmul = torch.Tensor.__matmul__
+
+    def slow(a, b):
+        count.append(1)
+        time.sleep(0.05)
+        return matmul(a, b)
+
+    monkeypatch.setattr(torch.Tensor, "__matmul__", slow)
+    assert metrics.matmul_probe(torch.device("cpu"), seconds=0.01, n=8, trials=5) > 0
+    assert len(count) == 2, len(count)  # the warm-up and one trial of one product
 
 
 def test_human_rounds_before_it_picks_the_prefix():
