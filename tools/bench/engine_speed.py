@@ -100,6 +100,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import check_output, cpu_model, fail, load_average, write_json  # noqa: E402
+from nano_train.config import MAX_THREADS  # noqa: E402
 from shapes import shape_56m  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -657,6 +658,8 @@ def check_args(args) -> tuple[list[str], list[str], list[int]]:
             fail(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}")
     if min(threads) < 1:
         fail(f"--threads must be at least 1, got {min(threads)}")
+    if max(threads) > MAX_THREADS:  # torch.set_num_threads crashes on more; nano.h's NANO_MAX_THREADS is the same
+        fail(f"--threads must be at most {MAX_THREADS}, got {max(threads)}")
     block = min(SHAPES[x]["block_size"] for x in shapes)
     if args.prompt + args.decode > block:
         fail(f"--prompt + --decode ({args.prompt} + {args.decode}) must fit the block size ({block})")

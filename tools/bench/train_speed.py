@@ -96,7 +96,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import check_output, cpu_model, fail, load_average, write_json  # noqa: E402
 from shapes import shape_56m  # noqa: E402
 
-from nano_train.config import COMPILE_MODES, OptimConfig
+from nano_train.config import COMPILE_MODES, MAX_INT, MAX_THREADS, OptimConfig
 from nano_train.metrics import matmul_probe, peak_flops, synchronize
 from nano_train.model import ModelConfig, Transformer
 from nano_train.train import (CUDA_GRAPH_MODES, blocked_loss, forward_context_factory, make_adamw, make_grad_scaler,
@@ -151,6 +151,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
             fail(f"--{name} must be {'>= 0' if name == 'warmup' else 'positive'}, got {value}")
+        most = MAX_THREADS if name == "threads" else MAX_INT  # the trainer's bounds (torch crashes on more threads)
+        if value is not None and value > most:
+            fail(f"--{name} must be at most {most}, got {value}")
+    if not 0 <= args.seed < 2**63:
+        fail(f"--seed must be in [0, 2^63), got {args.seed}")
     if args.json:
         check_output(args.json)  # before the run, not after it
     return args
@@ -166,6 +171,8 @@ def model_config(args: argparse.Namespace) -> tuple[ModelConfig, int, int]:
             shape[key] = getattr(args, key)
     if args.n_embd is not None and args.n_hidden is None:
         shape["n_hidden"] = None  # derive it from the new width
+    if batch * seq > MAX_INT:
+        raise ValueError(f"--batch x --seq ({batch} x {seq} tokens per step) must be at most {MAX_INT}")
     shape["block_size"] = max(shape["block_size"], seq)
     return ModelConfig(**shape), batch, seq
 

@@ -112,6 +112,7 @@ def fake_llama(monkeypatch):
     (["--threads", "1,x"], "error: --threads '1,x': 'x' is not a whole number"),  # was ValueError
     (["--threads", ","], "error: --threads ',' names nothing"),
     (["--threads", "0"], "error: --threads must be at least 1, got 0"),
+    (["--threads", "1,99999"], "error: --threads must be at most 1024, got 99999"),  # was a segfault
     (["--shapes", ","], "error: --shapes ',' names nothing"),  # was ValueError from min()
     (["--shapes", "7b"], "error: --shapes: unknown shape '7b'"),
     (["--quants", ","], "error: --quants ',' names nothing"),

@@ -131,6 +131,21 @@ def fake_transformers():
 QUICK = TINY + ["--steps", "1", "--rounds", "1", "--warmup", "0", "--dtype", "float32", "--threads", "1"]
 
 
+def test_numbers_out_of_range_are_refused(train_speed, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "transformers", fake_transformers())
+    monkeypatch.setattr(train_speed, "build_ours", lambda *a: pytest.fail("the run started"))
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: pytest.fail(f"set_num_threads({n}) before the checks"))
+    for argv, message in (
+            (["--threads", "99999"], "--threads must be at most 1024, got 99999"),  # was a segmentation fault
+            (["--batch", str(10**20)], f"--batch must be at most 2147483647, got {10**20}"),  # was a traceback
+            (["--seed", str(2**70)], f"--seed must be in [0, 2^63), got {2**70}"),  # was a traceback
+            (["--seed", "-1"], "--seed must be in [0, 2^63), got -1"),
+            (["--batch", "65536", "--seq", "65536"],
+             "--batch x --seq (65536 x 65536 tokens per step) must be at most 2147483647")):
+        code, out, err = run_main(train_speed, QUICK[:-2] + argv, capsys)  # QUICK without its --threads
+        assert (code, out, err) == (2, "", f"error: {message}\n"), argv
+
+
 def test_an_unwritable_json_is_refused_before_the_run(train_speed, monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "transformers", fake_transformers())
     monkeypatch.setattr(train_speed, "build_ours", lambda *a: pytest.fail("the run started"))
