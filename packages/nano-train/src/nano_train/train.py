@@ -42,6 +42,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -231,6 +232,10 @@ def forward_context_factory(device: torch.device, dtype: str, attention_backend:
             from torch.nn.attention import sdpa_kernel
 
             stack.enter_context(sdpa_kernel(backend))
+        if hasattr(torch.compiler.config, "cache_key_tag"):  # torch >= 2.6
+            # torch.compile's caches do not key a graph on the SDPA kernel it was traced
+            # under: without the tag, a run would reuse another backend's graph from disk
+            stack.enter_context(torch.compiler.config.patch(cache_key_tag=f"nano_train sdpa={attention_backend}"))
         return stack
 
     return context
@@ -254,15 +259,22 @@ def check_attention_backend(name: str, device: torch.device, dtype: str, model_c
     pt_dtype = PT_DTYPES[dtype]
     q = torch.zeros(1, n_head, 4, head_dim, device=device, dtype=pt_dtype, requires_grad=True)
     k = torch.zeros(1, n_kv if gqa else n_head, 4, head_dim, device=device, dtype=pt_dtype, requires_grad=True)
-    try:
-        with forward_context():
-            y = F.scaled_dot_product_attention(q, k, k, dropout_p=float(model_cfg.dropout), is_causal=True,
-                                               **({"enable_gqa": True} if gqa else {}))
-        y.float().sum().backward()
-    except RuntimeError as e:
-        why = ckpt_io.one_line(e).split(". ")[0][:200]
-        raise ConfigError(f"system.attention_backend {name!r} is not available on this device ({device}, {dtype}): "
-                          f"{why}; use --attention_backend=auto (or math)") from None
+    # torch gives each kernel's reason for refusing the input as a warning, and then an
+    # error that only says none was left: the reason goes into the one error line
+    with warnings.catch_warnings(record=True) as reasons:
+        warnings.simplefilter("always")
+        try:
+            with forward_context():
+                y = F.scaled_dot_product_attention(q, k, k, dropout_p=float(model_cfg.dropout), is_causal=True,
+                                                   **({"enable_gqa": True} if gqa else {}))
+            y.float().sum().backward()
+        except RuntimeError as e:
+            why = ckpt_io.one_line(e).split(". ")[0][:200]
+            if reasons:
+                why += f" ({ckpt_io.one_line(str(reasons[-1].message)).split(' (Triggered internally')[0][:200]})"
+            dropout = f", model.dropout {model_cfg.dropout:g}" if model_cfg.dropout else ""
+            raise ConfigError(f"system.attention_backend {name!r} is not available on this device ({device}, "
+                              f"{dtype}{dropout}): {why}; use --attention_backend=auto (or math)") from None
 
 
 # The entries of a dataset's meta.json that decide which rows are trained on and which are
@@ -692,7 +704,13 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     del checkpoint  # the optimizer and model hold their own copies now
 
     # ---- wrap for speed and for several processes ---------------------------------------
-    model = torch.compile(raw_model, mode=cfg.system.compile_mode) if cfg.system.compile else raw_model
+    if cfg.system.compile:
+        torch._dynamo.reset()  # no graph of an earlier run in this process (traced under another SDPA kernel)
+        model = torch.compile(raw_model, mode=cfg.system.compile_mode)
+    else:
+        model = raw_model
+        if cfg.system.compile_mode != "default":
+            say(f"note: system.compile_mode {cfg.system.compile_mode!r} has no effect without --compile=true")
     # CUDA graphs (compile modes reduce-overhead and max-autotune) reuse their memory from
     # one step to the next: each optimizer step's start is marked for them, and evaluation
     # (a few batches now and then) runs the model uncompiled rather than graphs of its own.
