@@ -280,7 +280,7 @@ def test_stop_strings_and_instruct_prompt(nano80):
     held = next(held + ch for ch in "abcdefghijklmnopqrstuvwxyz" if held + ch not in full)
     got = list(generate(m, [27, 28], SamplerConfig(**c, stop_tokens=(held, a[k + 1])), tokenizer=tok))
     assert got == a[:k + 1]
-    # a string that is one token (a special one too) is a stop id
+    # a one-character string is matched on the text (each character is one token here)
     got = list(generate(m, [27, 28], SamplerConfig(**c, stop_tokens=(tok.decode([a[3]]),)), tokenizer=tok))
     assert got == a[:a.index(a[3])]
     with pytest.raises(ValueError, match="tokenizer"):

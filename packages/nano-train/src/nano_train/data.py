@@ -144,7 +144,8 @@ def split_hash(seed: int, index: np.ndarray) -> np.ndarray:
 
     Used for the held-out split: a chunk (or SFT sample) is validation when its
     value is below val_fraction, so the choice depends only on the seed and the
-    position, and can be recomputed by anyone reading meta.json.
+    index (a chunk's position; an SFT sample's row_key, a digest of its content),
+    and can be recomputed by anyone reading meta.json.
     """
     z = (np.uint64((seed & 0xFFFFFFFF) << 32) ^ np.asarray(index, dtype=np.uint64)).astype(np.uint64)
     with np.errstate(over="ignore"):
