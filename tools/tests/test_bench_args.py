@@ -5,21 +5,10 @@ the checks come before the peer is imported, or the peer is stood in for."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 import types
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / "bench" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def status(call, capsys) -> tuple[int, str, str]:
@@ -42,8 +31,8 @@ def one_error_line(err: str, start: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tokenizer_speed():
-    return load("tokenizer_speed")
+def tokenizer_speed(load_tool):
+    return load_tool("bench/tokenizer_speed.py")
 
 
 @pytest.fixture
@@ -92,8 +81,8 @@ def test_a_failing_stream_child_is_one_line(tokenizer_speed, files, capsys):
 
 
 @pytest.fixture
-def engine_speed(monkeypatch):
-    module = load("engine_speed")
+def engine_speed(load_tool, monkeypatch):
+    module = load_tool("bench/engine_speed.py")
     monkeypatch.setattr(module, "build_nano", lambda: pytest.fail("the engine was built before the checks"))
     return module
 
@@ -159,7 +148,7 @@ def test_engine_speed_a_nano_lib_that_is_no_library(engine_speed, fake_llama, tm
     one_error_line(err, f"error: --nano-lib {lib}: cannot load it")
 
 
-def test_engine_speed_a_failing_build_shows_its_output_then_one_line(tmp_path, monkeypatch, capfd):
+def test_engine_speed_a_failing_build_shows_its_output_then_one_line(load_tool, tmp_path, monkeypatch, capfd):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     make = bin_dir / "make"
@@ -167,14 +156,14 @@ def test_engine_speed_a_failing_build_shows_its_output_then_one_line(tmp_path, m
     make.chmod(0o755)
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(SystemExit) as exit_:
-        load("engine_speed").build_nano()  # was: sys.exit with make's output and no `error:` line
+        load_tool("bench/engine_speed.py").build_nano()  # was: sys.exit with make's output and no `error:` line
     assert exit_.value.code == 1
     err = capfd.readouterr().err
     assert err.endswith("src/x.c:1: error: expected ;\nmake: *** [lib] Error 1\n"
                         "error: make -C engines/c-core lib failed (exit status 2); its output is above\n"), err
     make.unlink()
     with pytest.raises(SystemExit) as exit_:
-        load("engine_speed").build_nano()  # no make at all: was FileNotFoundError
+        load_tool("bench/engine_speed.py").build_nano()  # no make at all: was FileNotFoundError
     assert exit_.value.code == 1
     assert capfd.readouterr().err == ("error: make -C engines/c-core lib: cannot run make: No such file or directory "
                                       "(python tools/setup/system_deps.py build installs the build tools)\n")

@@ -5,7 +5,6 @@ stops before training with one line."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -66,13 +65,6 @@ def test_demo_help():
         assert needle in text, (needle, r.stdout)
 
 
-def load_demo():
-    spec = importlib.util.spec_from_file_location("demo", ROOT / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture
 def no_training(monkeypatch):
     """train_model replaced: a test of argument handling must not train."""
@@ -95,7 +87,7 @@ def no_training(monkeypatch):
     (["--eval_cases", "30000"], "error: --eval_cases 30,000: sort (digits 6) has 25,214 held-out test questions; "
                                 "at most 25,214"),
 ])
-def test_demo_refuses_bad_options_in_one_line(tmp_path, capsys, no_training, args, message):
+def test_demo_refuses_bad_options_in_one_line(load_tool, tmp_path, capsys, no_training, args, message):
     """Bad options and an out_dir that cannot be made are one `error: ...` line and exit
     status 2, before any training (before: tracebacks from the config or mkdir; --eval_cases
     -3 scored 0 of 0 and exited 0; 0 silently became 2000)."""
@@ -103,7 +95,7 @@ def test_demo_refuses_bad_options_in_one_line(tmp_path, capsys, no_training, arg
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if "--out_dir" not in args:
         args += ["--out_dir", str(tmp_path / "demo")]
-    assert load_demo().main(["--quick", *args]) == 2
+    assert load_tool("demo.py").main(["--quick", *args]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message.replace("{tmp}", str(tmp_path))) and err.count("\n") == 1, err
 
@@ -130,7 +122,7 @@ def stub_steps(monkeypatch, tmp_path, c_answers=lambda qs: list(qs), c_status=0)
 
 
 @pytest.mark.parametrize("where", ["score", "build", "engine"])
-def test_demo_ctrl_c_after_training_says_interrupted(tmp_path, capsys, monkeypatch, where):
+def test_demo_ctrl_c_after_training_says_interrupted(load_tool, tmp_path, capsys, monkeypatch, where):
     """Ctrl-C at any step is "interrupted" and exit status 130 (before: only step 1 was
     guarded; later a KeyboardInterrupt traceback)."""
     from nano_train.problems import evaluate
@@ -142,7 +134,7 @@ def test_demo_ctrl_c_after_training_says_interrupted(tmp_path, capsys, monkeypat
     monkeypatch.setattr(*{"score": (evaluate, "predict_torch"), "build": (evaluate, "build_nano"),
                           "engine": (evaluate, "predict_c")}[where], ctrl_c)
     try:
-        status = load_demo().main(["--quick", "--out_dir", str(tmp_path / "demo"), "--eval_cases", "20"])
+        status = load_tool("demo.py").main(["--quick", "--out_dir", str(tmp_path / "demo"), "--eval_cases", "20"])
     except KeyboardInterrupt:
         pytest.fail("Ctrl-C after step 1 escaped as a KeyboardInterrupt traceback")
     assert status == 130 and capsys.readouterr().err.strip().endswith("interrupted")
@@ -155,7 +147,7 @@ def test_demo_ctrl_c_after_training_says_interrupted(tmp_path, capsys, monkeypat
     ("q8_0", 0, ""),
     ("nowhere", 0, ""),
 ])
-def test_demo_exit_status_says_whether_c_gave_pytorchs_answers(tmp_path, capsys, monkeypatch, where, status, error):
+def test_demo_exit_status_says_whether_c_gave_pytorchs_answers(load_tool, tmp_path, capsys, monkeypatch, where, status, error):
     """The C engine giving another answer than PyTorch on the F32 file, in the commands shown
     (nano seq2seq -m FILE 251212) or on the held-out questions, or failing, is exit status 1
     and one `error:` line (before: a different answer to a shown command was exit status 0, a
@@ -172,7 +164,7 @@ def test_demo_exit_status_says_whether_c_gave_pytorchs_answers(tmp_path, capsys,
 
         monkeypatch.setattr(evaluate, "predict_c", lambda problem, nano, path, qs, **k: [
             q[::-1] if str(path).endswith("q8_0.bin") else q for q in qs])
-    assert load_demo().main(["--quick", "--out_dir", str(tmp_path / "demo"), "--eval_cases", "20"]) == status
+    assert load_tool("demo.py").main(["--quick", "--out_dir", str(tmp_path / "demo"), "--eval_cases", "20"]) == status
     out, err = capsys.readouterr()
     assert err.startswith(error) and err.count("\n") == bool(error), err
     if where == "fails":
@@ -181,13 +173,13 @@ def test_demo_exit_status_says_whether_c_gave_pytorchs_answers(tmp_path, capsys,
         assert "DIFFERENT from PyTorch on 20 questions" in next(l for l in out.splitlines() if "C engine Q8_0" in l)
 
 
-def test_demo_without_a_compiler_stops_before_training(tmp_path, capsys, monkeypatch, no_training,
+def test_demo_without_a_compiler_stops_before_training(load_tool, tmp_path, capsys, monkeypatch, no_training,
                                                        checkout_without_a_compiler):
     """No C compiler: one `error:` line naming the cause and what installs a toolchain, exit
     status 1, before any training, and no out_dir left behind (before: two minutes of
     training, then five lines of make's output with the cause last)."""
     checkout = checkout_without_a_compiler
-    module = load_demo()
+    module = load_tool("demo.py")
     monkeypatch.setattr(module, "ROOT", checkout)
     assert module.main(["--quick", "--out_dir", str(tmp_path / "demo")]) == 1
     err = capsys.readouterr().err

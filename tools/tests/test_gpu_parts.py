@@ -42,15 +42,6 @@ def test_without_a_gpu_it_says_so():
     assert done.returncode == 2 and "error: no CUDA GPU here" in done.stderr
 
 
-def load_gpu_parts():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("gpu_parts", ROOT / "tools" / "bench" / "gpu_parts.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bad_options_are_one_line_before_any_work(tmp_path):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
@@ -68,14 +59,14 @@ def test_bad_options_are_one_line_before_any_work(tmp_path):
         assert done.stderr.count("\n") == 1 and done.stdout == "", (argv, done.stderr)  # nothing timed
 
 
-def test_the_json_is_written_atomically(tmp_path, monkeypatch, capsys):
+def test_the_json_is_written_atomically(load_tool, tmp_path, monkeypatch, capsys):
     """A write that fails (here: a full disk at fsync) leaves the old file whole, in one line."""
     import errno
 
     config, out = tmp_path / "tiny.json", tmp_path / "parts.json"
     config.write_text(json.dumps(TINY))
     out.write_text('{"old": true}\n')
-    gpu_parts = load_gpu_parts()
+    gpu_parts = load_tool("bench/gpu_parts.py")
     monkeypatch.setattr(gpu_parts, "time_ms", lambda fn, reps=20: (1.0, None))  # nothing is run or timed
     monkeypatch.setattr(gpu_parts, "kernel_breakdown", lambda step, dev: None)
 

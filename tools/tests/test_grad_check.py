@@ -3,31 +3,20 @@ on the model as it is and fails when a gradient is wrong."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--device", "cpu", "--layers", "1", "--batch", "1", "--seq", "32", "--no-compile"]
 
 
-def load_grad_check():
-    spec = importlib.util.spec_from_file_location("grad_check", ROOT / "tools" / "bench" / "grad_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_grad_check_passes_on_the_model(capsys):
-    assert load_grad_check().main(ARGS) == 0
+def test_grad_check_passes_on_the_model(load_tool, capsys):
+    assert load_tool("bench/grad_check.py").main(ARGS) == 0
     out = capsys.readouterr().out
     for label in ("f32 plain", "f32 blocked", "bf16 plain", "bf16 blocked"):
         assert label in out
 
 
-def test_grad_check_fails_when_the_classifier_gradient_is_lost(monkeypatch, capsys):
+def test_grad_check_fails_when_the_classifier_gradient_is_lost(load_tool, monkeypatch, capsys):
     """What compiling the blocked loss did on CUDA: the classifier's gradient is dropped."""
     from nano_train import losses
 
@@ -38,11 +27,11 @@ def test_grad_check_fails_when_the_classifier_gradient_is_lost(monkeypatch, caps
         return (grads[0], torch.zeros_like(grads[1]), *grads[2:])
 
     monkeypatch.setattr(losses._LinearCrossEntropy, "backward", staticmethod(lossy))
-    assert load_grad_check().main(ARGS) == 1
+    assert load_tool("bench/grad_check.py").main(ARGS) == 1
     assert "tok_embd.weight" in capsys.readouterr().out
 
 
-def test_grad_check_fails_on_a_nan_gradient(monkeypatch, capsys):
+def test_grad_check_fails_on_a_nan_gradient(load_tool, monkeypatch, capsys):
     """A gradient of NaNs is the worst error there is, never a pass."""
     from nano_train import losses
 
@@ -53,7 +42,7 @@ def test_grad_check_fails_on_a_nan_gradient(monkeypatch, capsys):
         return (grads[0], torch.full_like(grads[1], float("nan")), *grads[2:])
 
     monkeypatch.setattr(losses._LinearCrossEntropy, "backward", staticmethod(nan))
-    assert load_grad_check().main(ARGS) == 1
+    assert load_tool("bench/grad_check.py").main(ARGS) == 1
     assert "nan  tok_embd.weight" in capsys.readouterr().out
 
 
@@ -67,8 +56,8 @@ def test_grad_check_fails_on_a_nan_gradient(monkeypatch, capsys):
     (["--seq", "0"], "error: --seq must be at least 2, got 0"),
     (["--seq", "1"], "error: --seq must be at least 2, got 1 (one position gives wq and wk no gradient"),
 ])
-def test_bad_options_are_one_line_before_any_work(monkeypatch, capsys, argv, message):
-    grad_check = load_grad_check()
+def test_bad_options_are_one_line_before_any_work(load_tool, monkeypatch, capsys, argv, message):
+    grad_check = load_tool("bench/grad_check.py")
     monkeypatch.setattr(grad_check.torch.cuda, "is_available", lambda: False)  # as on a machine without CUDA
     monkeypatch.setattr(grad_check, "Transformer", lambda *a: pytest.fail("a model was built"))
     with pytest.raises(SystemExit) as exit_:

@@ -5,7 +5,6 @@ torch.compile."""
 
 from __future__ import annotations
 
-import importlib.util
 import mmap
 import sys
 from pathlib import Path
@@ -19,11 +18,8 @@ TINY = ["--shape", "custom", "--layers", "1", "--embd", "32", "--heads", "2", "-
 
 
 @pytest.fixture(scope="module")
-def train_speed():
-    spec = importlib.util.spec_from_file_location("train_speed", ROOT / "tools" / "bench" / "train_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def train_speed(load_tool):
+    return load_tool("bench/train_speed.py")
 
 
 def trainee(ts, argv):

@@ -34,6 +34,8 @@ if BUILD_KIND not in ("release", "san"):
     raise RuntimeError(f"NANO_C_BUILD must be 'release' or 'san', not {BUILD_KIND!r}")
 SAN = BUILD_KIND == "san"
 BUILD = CORE / ("build-san" if SAN else "build")
+# The builds with other options, each into its own directory: directory -> make option
+OTHER_BUILDS = {"build-noomp": "OPENMP=0", "build-stdio": "PLATFORM=stdio"}
 
 
 
@@ -513,7 +515,7 @@ def h(shared_file):
     from types import SimpleNamespace
 
     return SimpleNamespace(
-        CORE=CORE, REPO=REPO, BUILD=BUILD, SAN=SAN, make=make, shared_file=shared_file,
+        CORE=CORE, REPO=REPO, BUILD=BUILD, SAN=SAN, OTHER_BUILDS=OTHER_BUILDS, make=make, shared_file=shared_file,
         clean_env=clean_env,
         run_cli=run_cli, model_bytes=model_bytes, make_vocab=make_vocab, random_weights=random_weights,
         overflowing_model_bytes=overflowing_model_bytes,

@@ -94,12 +94,11 @@ def test_no_absolute_paths_in_sources(h):
 @pytest.mark.outer_only
 def test_build_options(h, tmp_path):
     """OPENMP=0 and PLATFORM=stdio builds work (into their own build directories)."""
-    for opts in (["OPENMP=0", "BUILD=build-noomp"], ["PLATFORM=stdio", "BUILD=build-stdio"]):
-        build = h.CORE / opts[-1].split("=")[1]
-        h.make("lib", f"{build.name}/nano", extra=tuple(opts))
+    for directory, option in h.OTHER_BUILDS.items():
+        h.make("lib", f"{directory}/nano", extra=(option, f"BUILD={directory}"))
         sort6 = h.shared_file("fixtures/sort6_f32.bin")
-        r = h.run_cli(build / "nano", "seq2seq", "-m", sort6, "251212")
-        assert r.returncode == 0 and r.stdout.strip() == "112225", (opts, r)
+        r = h.run_cli(h.CORE / directory / "nano", "seq2seq", "-m", sort6, "251212")
+        assert r.returncode == 0 and r.stdout.strip() == "112225", (option, r)
 
 
 def test_loaded_library_is_the_requested_build(nano, h):

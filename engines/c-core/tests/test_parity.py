@@ -220,38 +220,37 @@ def test_whole_context(case):
         assert ctx.pos == B
 
 
-OTHER_BUILDS = {"build-noomp": "OPENMP=0", "build-stdio": "PLATFORM=stdio"}
-
-
 @pytest.fixture(scope="module")
 def other_libs(h, nano) -> dict:
     """libnano.so of the other builds, made into their own directories as test_build.py
     makes them, loaded through the same cffi harness."""
-    for directory, option in OTHER_BUILDS.items():
+    for directory, option in h.OTHER_BUILDS.items():
         h.make("lib", extra=(option, f"BUILD={directory}"))
-    return {directory: type(nano)(h.CORE / directory / "libnano.so") for directory in OTHER_BUILDS}
+    return {directory: type(nano)(h.CORE / directory / "libnano.so") for directory in h.OTHER_BUILDS}
 
 
 @pytest.mark.outer_only
-@pytest.mark.parametrize("build", sorted(OTHER_BUILDS))
-def test_other_builds(case, other_libs, build):
+def test_other_builds(case, other_libs):
     """The OPENMP=0 and PLATFORM=stdio libraries (the latter reads the file instead of
     mapping it, as on WASM and bare metal): logits and greedy tokens as in build/."""
     from nano_train.sampling import SamplerConfig, generate
 
-    ctx = c_context(case, other_libs[build], threads=2)
-    V = ctx.model.info["vocab_size"]
+    V = case["c_model"].info["vocab_size"]
     ids = np.random.default_rng(4).integers(0, V, 64)
     want = torch_logits(case["model"], ids)
-    diff = np.abs(ctx.eval(ids, all_logits=True) - want).max()
-    print(f"{case['name']} ({build}): max |C - torch| = {diff:.3g}")
-    assert diff <= TOL * max(1.0, np.abs(want).max())
-    if case["model"].config.is_causal:
-        prompt = ids[:8].tolist()
-        want = list(generate(case["model"], prompt, SamplerConfig(temperature=0.0, max_new_tokens=GREEDY)))
-        assert ctx.greedy(prompt, GREEDY) == want
-    else:
-        assert ctx.seq2seq(ids) == np.argmax(want, axis=-1).tolist()
+    causal = case["model"].config.is_causal
+    prompt = ids[:8].tolist()
+    if causal:
+        greedy = list(generate(case["model"], prompt, SamplerConfig(temperature=0.0, max_new_tokens=GREEDY)))
+    for build, lib in other_libs.items():
+        ctx = c_context(case, lib, threads=2)
+        diff = np.abs(ctx.eval(ids, all_logits=True) - want).max()
+        print(f"{case['name']} ({build}): max |C - torch| = {diff:.3g}")
+        assert diff <= TOL * max(1.0, np.abs(want).max()), build
+        if causal:
+            assert ctx.greedy(prompt, GREEDY) == greedy, build
+        else:
+            assert ctx.seq2seq(ids) == np.argmax(want, axis=-1).tolist(), build
 
 
 CLI_RUNS = {
