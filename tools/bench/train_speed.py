@@ -4,7 +4,8 @@ Usage:
   python tools/bench/train_speed.py [--shape small|56m|custom] [--device cpu|cuda]
          [--dtype auto|float32|bfloat16|float16] [--batch N] [--seq T] [--steps N]
          [--rounds N] [--warmup N] [--threads N] [--compile [both|ours|peer]] [--compile-mode MODE]
-         [--ours-loss auto|blocked|plain] [--seed S] [--json OUT]
+         [--ours-loss auto|blocked|plain] [--ours-matmul auto|torch|onednn]
+         [--peer-matmul torch|onednn] [--seed S] [--json OUT]
          [--layers L] [--embd E] [--heads H] [--kv-heads K] [--hidden F] [--vocab V]
 
   (hatch run bench:train [ARGS] runs the same in the bench environment.)
@@ -31,7 +32,13 @@ backward, clip the gradient norm to 1, AdamW step, zero_grad(set_to_none)):
 classifier and cross-entropy a block of rows at a time, no [N, V] logits) or
 plain (the [N, V] logits, then F.cross_entropy, the way the peer does); auto,
 the default, is the trainer's: blocked on a CPU, plain on a GPU.
---compile-mode passes torch.compile's mode
+--ours-matmul picks ours' float32 CPU products as the trainer's system.matmul
+does (nano_train.matmul): torch (F.linear, MKL in the x86 wheels) or oneDNN
+(torch's other matrix library, much faster in float32 on some CPUs); auto, the
+default, is the trainer's: oneDNN for float32 on an x86-64 CPU when not
+compiled. --peer-matmul onednn gives the peer's nn.Linear products the same
+oneDNN path (its users would run torch's), to show what the rest of ours is
+worth. --compile-mode passes torch.compile's mode
 (reduce-overhead and max-autotune replay CUDA graphs on a GPU; each step then
 starts with torch.compiler.cudagraph_mark_step_begin()). These two exist to
 find where the GPU time goes; the defaults are what the trainer runs.
@@ -56,7 +63,8 @@ GPU, the datasheet dense bfloat16 tensor-core figure of nano_train.metrics
 else measured as on a CPU); on a CPU it
 is measured in this run: the best of several one-second probes of 1024 x 1024
 matmuls in the run's dtype (bfloat16 products for a bfloat16 run), interleaved
-with the rounds, so CPU MFU says how close training gets to this machine's own
+with the rounds (for float32 each probe times torch's products and oneDNN's and
+keeps the better), so CPU MFU says how close training gets to this machine's own
 matmul speed in the precision the products run in.
 
 On a CPU it also reports each model's minor page faults per step (median over
@@ -97,7 +105,8 @@ from machine import check_output, cpu_model, fail, load_average, write_json  # n
 from shapes import shape_56m  # noqa: E402
 
 from nano_train.config import COMPILE_MODES, MAX_INT, MAX_THREADS, OptimConfig
-from nano_train.metrics import matmul_probe, peak_flops, synchronize
+from nano_train.matmul import MATMULS, linear, onednn_blocker, resolve_matmul
+from nano_train.metrics import cpu_aware_probe, peak_flops, synchronize
 from nano_train.model import ModelConfig, Transformer
 from nano_train.train import (CUDA_GRAPH_MODES, blocked_loss, forward_context_factory, make_adamw, make_grad_scaler,
                               resolve_dtype)
@@ -140,6 +149,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ours-loss", choices=("auto", "blocked", "plain"), default="auto",
                    help="ours: the blocked loss, or the plain logits + cross-entropy; "
                         "auto (default): as the trainer, blocked on a CPU, plain on a GPU")
+    p.add_argument("--ours-matmul", choices=MATMULS, default="auto",
+                   help="ours: the projections' float32 CPU products (the trainer's system.matmul); auto "
+                        "(default): as the trainer, oneDNN for float32 on an x86-64 CPU when not compiled")
+    p.add_argument("--peer-matmul", choices=("torch", "onednn"), default="torch",
+                   help="the peer's nn.Linear products: torch (default, as its users run it) or oneDNN "
+                        "like ours (to see what the rest of ours is worth)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT (checked before the run, "
                                                  "written atomically; its folder must exist)")
@@ -264,11 +279,26 @@ def ours_plain_loss(model, x, y):
 
 
 def ours_trainee(args: argparse.Namespace, model: Transformer, device, dtype: str) -> Trainee:
-    """Our model set up as the options say: its loss, whether and how it is compiled."""
+    """Our model set up as the options say: its loss, its products, whether and how it is
+    compiled. ValueError: --ours-matmul onednn where it cannot apply."""
+    compiled = args.compile in ("both", "ours")
+    if args.ours_matmul == "onednn" and (why := onednn_blocker(device, dtype, compiled)):
+        raise ValueError(f"--ours-matmul onednn cannot apply: {why}")
+    model.use_onednn(resolve_matmul(args.ours_matmul, device, dtype, compiled)[0])
     groups = [g for g in model.param_groups(OPTIM.weight_decay) if g["params"]]
     loss_fn = ours_loss if blocked_loss(args.ours_loss, device) else ours_plain_loss
     return Trainee("ours", model, groups, loss_fn, device, dtype, args.compile in ("both", "ours"),
                    args.compile_mode)
+
+
+def peer_onednn(model: torch.nn.Module, device, dtype: str, compiled: bool) -> None:
+    """--peer-matmul onednn: every bias-free nn.Linear of the peer computes through
+    nano_train.matmul.linear, as ours does (ValueError where that cannot apply)."""
+    if why := onednn_blocker(device, dtype, compiled):
+        raise ValueError(f"--peer-matmul onednn cannot apply: {why}")
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear) and m.bias is None:
+            m.forward = lambda x, m=m: linear(x, m.weight, True)
 
 
 def peer_loss(model, x, y):
@@ -299,9 +329,10 @@ def run_turn(t: Trainee, batches, steps: int, start: int, device) -> tuple[float
 # Environment
 
 
-def measure_cpu_peak(device: torch.device, dtype: str) -> float:
+def measure_cpu_peak(device: torch.device, dtype: str) -> tuple[float, str]:
+    """(FLOP/s, source): for float32 the better of torch's and oneDNN's products."""
     with torch.random.fork_rng(devices=[]):
-        return matmul_probe(device, seconds=PROBE_SECONDS, n=PROBE_N, dtype=dtype)
+        return cpu_aware_probe(device, dtype, seconds=PROBE_SECONDS, n=PROBE_N)
 
 
 def fmt_rate(x: float) -> str:
@@ -356,8 +387,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     flops_per_token = ours_model.flops_per_token(seq)
 
+    try:
+        ours = ours_trainee(args, ours_model, device, dtype)
+        if args.peer_matmul == "onednn":
+            peer_onednn(peer_model, device, dtype, args.compile in ("both", "peer"))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     trainees = [
-        ours_trainee(args, ours_model, device, dtype),
+        ours,
         Trainee("peer", peer_model, decay_groups(peer_model, OPTIM.weight_decay), peer_loss, device, dtype,
                 args.compile in ("both", "peer"), args.compile_mode),
     ]
@@ -375,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.n_kv_head} KV heads, hidden {cfg.n_hidden}, vocab {cfg.vocab_size}, block {cfg.block_size}")
     print(f"  batch {batch} x seq {seq}, {dtype}, {device} ({device_name}), {threads} thread{'s' * (threads != 1)}"
           f"{'' if args.compile == 'none' else f', compiled: {args.compile} (mode {args.compile_mode})'}"
-          f", ours with the {'blocked' if blocked_loss(args.ours_loss, device) else 'plain'} loss; torch {torch.__version__}, transformers {transformers.__version__}")
+          f", ours with the {'blocked' if blocked_loss(args.ours_loss, device) else 'plain'} loss"
+          f", products: ours {'oneDNN' if ours_model.onednn else 'torch'}, peer {args.peer_matmul}; torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"  parameters: ours {n_ours:,}, peer {n_peer:,} (equal); {flops_per_token / 1e6:.2f} MFLOP per token")
     print(f"  AdamW fused: ours {trainees[0].optimizer.defaults.get('fused')}, "
           f"peer {trainees[1].optimizer.defaults.get('fused')}; "
@@ -383,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  warm-up {warmup} steps each, then {rounds} rounds of {steps} steps each "
           f"({tokens_per_turn:,} tokens per turn); load average {load_before}", flush=True)
 
-    probes: list[float] = []
+    probes: list[tuple[float, str]] = []
     if not on_gpu:
         probes.append(measure_cpu_peak(device, dtype))
     for t in trainees:
@@ -406,9 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     if on_gpu:
         peak, peak_source = peak_flops(device, dtype)
     else:
-        peak = max(probes)
+        peak, source = max(probes)
+        both = source.split(", ", 1)[1] if ", " in source else ""  # float32: which kernels, which won
         peak_source = (f"measured: best of {len(probes)} probes of {PROBE_SECONDS:g} s of "
-                       f"{PROBE_N}x{PROBE_N} {dtype} matmuls on this CPU, {threads} thread{'s' * (threads != 1)}")
+                       f"{PROBE_N}x{PROBE_N} {dtype} matmuls on this CPU, {threads} thread{'s' * (threads != 1)}"
+                       + (f"; {both}" if both else ""))
     load_after = load_average()
 
     results = {}
@@ -450,10 +491,11 @@ def main(argv: list[str] | None = None) -> int:
             "dtype": dtype, "device": str(device), "device_name": device_name, "threads": threads,
             "compile": args.compile, "compile_mode": args.compile_mode,
             "ours_loss": "blocked" if blocked_loss(args.ours_loss, device) else "plain",
+            "ours_matmul": "onednn" if ours_model.onednn else "torch", "peer_matmul": args.peer_matmul,
             "steps": steps, "rounds": rounds, "warmup": warmup, "seed": args.seed,
             "data": f"random token ids, seed {args.seed}",
             "params": {"ours": n_ours, "peer": n_peer}, "flops_per_token": flops_per_token,
-            "peak_flops": peak, "peak_source": peak_source, "cpu_probes": probes,
+            "peak_flops": peak, "peak_source": peak_source, "cpu_probes": [rate for rate, _ in probes],
             "results": results, "ratio": ratio, "ratio_paired_median": paired, "ratio_best": best,
             "load_average": {"before": load_before, "after": load_after},
             "versions": {"torch": str(torch.__version__), "transformers": transformers.__version__,

@@ -173,3 +173,33 @@ def test_the_json_is_written_atomically(train_speed, monkeypatch, tmp_path, caps
     assert err == f"error: cannot write {out}: No space left on device (the results above were not saved)\n"
     assert json.loads(out.read_text()) == record  # the old file whole
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temporary file left
+
+
+def test_ours_products_follow_the_trainers_rule(train_speed):
+    """--ours-matmul: auto is the trainer's system.matmul (oneDNN for float32 on an x86-64
+    CPU, not compiled), torch keeps F.linear."""
+    import platform
+
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    for argv, expected in (([], x86), (["--ours-matmul", "torch"], False), (["--ours-matmul", "onednn"], True),
+                           (["--compile", "ours"], False)):
+        t, _, _ = trainee(train_speed, argv)
+        assert getattr(t.model, "_orig_mod", t.model).onednn == expected, argv
+
+
+def test_the_peers_products_and_the_peak_are_reported(train_speed, monkeypatch, tmp_path, capsys):
+    import json
+
+    monkeypatch.setitem(sys.modules, "transformers", fake_transformers())
+    monkeypatch.setattr(train_speed, "PROBE_SECONDS", 0.01)
+    out = tmp_path / "out.json"
+    code, stdout, _ = run_main(train_speed, QUICK + ["--peer-matmul", "onednn", "--ours-matmul", "onednn",
+                                                     "--json", str(out)], capsys)
+    assert code == 0
+    assert "products: ours oneDNN, peer onednn" in stdout
+    assert "the better of torch's and oneDNN's products" in stdout  # float32: both kernels probed
+    record = json.loads(out.read_text())
+    assert (record["ours_matmul"], record["peer_matmul"]) == ("onednn", "onednn")
+    code, stdout, err = run_main(train_speed, QUICK[:-4] + ["--dtype", "bfloat16", "--peer-matmul", "onednn"], capsys)
+    assert code == 2 and stdout == "" and err.count("\n") == 1
+    assert err.startswith("error: --peer-matmul onednn cannot apply: it is for float32 runs, and this one is bfloat16")

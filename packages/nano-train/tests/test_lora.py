@@ -14,6 +14,7 @@ from nano_train.lora import (
     merge_lora,
     unmerge_lora,
 )
+from nano_train.matmul import Linear
 from nano_train.model import ModelConfig, Transformer
 
 
@@ -94,7 +95,7 @@ def test_update_merge_unmerge_detach():
     assert torch.allclose(logits(m), adapted, atol=1e-5)
     merge_lora(m)
     detach_lora(m)  # a merged adapter is taken out of the weights first
-    assert type(m.layers[0].wq) is torch.nn.Linear
+    assert type(m.layers[0].wq) is Linear  # the model's own projection again
     assert torch.allclose(logits(m), base, atol=1e-5)
     assert lora_config(m) is None
     assert set(m.state_dict()) == set(base_model().state_dict())

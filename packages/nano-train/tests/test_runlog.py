@@ -93,17 +93,19 @@ def test_the_cpu_peak_is_probed_in_the_runs_dtype(monkeypatch):
 
     probed = []
 
-    def probe(device, dtype="float32", **kw):
-        probed.append(dtype)
+    def probe(device, dtype="float32", onednn=False, **kw):
+        probed.append((dtype, onednn))
         a = torch.ones(4, 4, dtype=getattr(torch, dtype))
         assert (a @ a).dtype == getattr(torch, dtype)
-        return {"float32": 1e11, "bfloat16": 2e11}[dtype]
+        return {"float32": 1e11, "bfloat16": 2e11}[dtype] * (3 if onednn else 1)
 
     monkeypatch.setattr(metrics, "matmul_probe", probe)
     cpu = torch.device("cpu")
     assert metrics.peak_flops(cpu, "bfloat16") == (2e11, "measured bfloat16 matmul on cpu")
-    assert metrics.peak_flops(cpu, "float32") == (1e11, "measured float32 matmul on cpu")
-    assert probed == ["bfloat16", "float32"]
+    # float32: torch's products and oneDNN's (nano_train.matmul), the better of the two
+    assert metrics.peak_flops(cpu, "float32") == (
+        3e11, "measured float32 matmul on cpu, the better of torch's and oneDNN's products (oneDNN)")
+    assert probed == [("bfloat16", False), ("float32", False), ("float32", True)]
 
 
 def test_the_matmul_probe_multiplies_in_the_dtype_it_is_given(monkeypatch):

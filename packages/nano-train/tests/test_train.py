@@ -244,7 +244,7 @@ def test_a_run_says_when_auto_chose_bfloat16_on_a_cpu(monkeypatch, small_pretrai
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     train(tiny_config(small_pretrain, max_iters=1, eval_iters=0, dtype="auto"))
     out = capsys.readouterr().out
-    assert (" x cpu bfloat16," in out) == native and (" x cpu float32," in out) != native
+    assert (" x cpu bfloat16," in out) == native and (" x cpu float32 (oneDNN products)," in out) != native
     assert ("note: dtype auto is bfloat16 on this CPU" in out) == native
 
 

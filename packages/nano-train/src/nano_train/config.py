@@ -33,6 +33,7 @@ from pathlib import Path
 
 from nano_format import JSONTextError, parse_json, spec
 
+from nano_train.matmul import MATMULS
 from nano_train.metrics import short_repr
 from nano_train.model import ModelConfig
 
@@ -130,6 +131,10 @@ class SystemConfig:
     # auto (blocked on a CPU, plain on a GPU) | blocked (classifier + loss a block of rows at a
     # time, no [B, T, V] logits, outside a compiled graph) | plain (the logits, inside it)
     loss: str = field(default="auto", metadata={"help": ", ".join(LOSSES) + "; auto = blocked on a CPU, plain on a GPU"})
+    # the projections' float32 products on a CPU (nano_train.matmul): auto = oneDNN on an
+    # x86-64 CPU when the run is float32 and not compiled, else torch's F.linear
+    matmul: str = field(default="auto", metadata={"help": ", ".join(MATMULS) + "; auto = oneDNN for float32 on an "
+                                                   "x86-64 CPU (not compiled), else torch"})
     # torch.nn.attention.sdpa_kernel's backend; auto = let SDPA choose
     attention_backend: str = field(default="auto", metadata={"help": ", ".join(ATTENTION_BACKENDS)})
     seed: int = 1337
@@ -475,6 +480,7 @@ def validate(cfg: Config) -> None:
          f"system.attention_backend must be one of {ATTENTION_BACKENDS}, got {s.attention_backend!r}")
     need(s.compile_mode in COMPILE_MODES, f"system.compile_mode must be one of {COMPILE_MODES}, got {s.compile_mode!r}")
     need(s.loss in LOSSES, f"system.loss must be one of {LOSSES}, got {s.loss!r}")
+    need(s.matmul in MATMULS, f"system.matmul must be one of {MATMULS}, got {s.matmul!r}")
     need(s.dist_backend in DIST_BACKENDS, f"system.dist_backend must be one of {DIST_BACKENDS}, got {s.dist_backend!r}")
     need(0 <= s.seed < 2**63, f"system.seed must be in [0, 2^63), got {s.seed}")
     need(s.threads >= 0, "system.threads must be >= 0 (0 = PyTorch's default)")

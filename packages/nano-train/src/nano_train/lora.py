@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .matmul import Linear, linear
+
 __all__ = [
     "LORA_TARGETS",
     "LoRALinear",
@@ -58,6 +60,7 @@ class LoRALinear(nn.Linear):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=dev, dtype=dt))
         self.lora_dropout = nn.Dropout(dropout)
         self.merged = False
+        self.onednn = getattr(base, "onednn", False)  # the base product's kernel (matmul.linear)
         self.train(base.training)  # an adapter on a model in eval mode adds no dropout
 
     def delta(self) -> torch.Tensor:
@@ -65,7 +68,7 @@ class LoRALinear(nn.Linear):
         return self.scale * (self.lora_B @ self.lora_A)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.linear(x, self.weight)
+        y = linear(x, self.weight, self.onednn)
         if self.merged:
             return y
         # x [.., in] -> A x [.., rank] -> B A x [.., out]
@@ -119,8 +122,9 @@ def detach_lora(model):
             if m.merged:
                 _unmerge_one(m)
             # built on "meta" (no storage, no init), then given the shared weight
-            base = nn.Linear(m.in_features, m.out_features, bias=False, device="meta").train(m.training)
+            base = Linear(m.in_features, m.out_features, device="meta").train(m.training)
             base.weight = m.weight
+            base.onednn = m.onednn
             setattr(model.layers[i], name, base)
     return model
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .matmul import onednn_product
+
 __all__ = ["linear_cross_entropy", "block_rows"]
 
 
@@ -48,13 +50,15 @@ def _compute_dtype(x: torch.Tensor, w: torch.Tensor) -> torch.dtype:
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, targets, weight, rows):
+    def forward(ctx, x, w, targets, weight, rows, onednn):
         cdt = _compute_dtype(x, w)
         # Under float16 the gradient products run in float32: the plain way has the
         # loss scale (GradScaler) in the gradient before casting it to float16, but
         # here the scale comes afterwards, so small gradients would underflow.
         gdt = torch.float32 if cdt == torch.float16 else cdt
         need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # oneDNN's float32 products (matmul.linear), when the caller asks and they apply
+        dnn = onednn and cdt == torch.float32 and x.device.type == "cpu"
         with torch.autocast(x.device.type, enabled=False):
             wc = w.to(cdt)
             wg = wc if gdt == cdt else w.to(gdt)
@@ -64,12 +68,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             safe = targets.clamp_min(0)  # ignored targets (-1) carry weight 0
             # float32: one logits buffer for every block, the products write straight into it
             buf = (torch.empty((min(rows, x.shape[0]), w.shape[0]), dtype=torch.float32, device=x.device)
-                   if cdt == torch.float32 else None)
+                   if cdt == torch.float32 and not dnn else None)
             for s in range(0, x.shape[0], rows):
                 xc = x[s:s + rows].to(cdt)
                 tc = safe[s:s + rows, None]
                 wt = weight[s:s + rows, None]
-                if cdt == torch.float32:
+                if dnn:
+                    logits = onednn_product(xc, wc)  # [rows, V]
+                elif cdt == torch.float32:
                     logits = torch.mm(xc, wc.t(), out=buf[:xc.shape[0]])  # [rows, V]
                 else:
                     logits = F.linear(xc, wc).float()
@@ -84,12 +90,16 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 g = e.mul_(wt / norm)
                 g.scatter_add_(1, tc, -wt)
                 gc, xg = g.to(gdt), xc.to(gdt)
-                if need_x and grad_x.dtype == gdt:
+                if need_x and dnn:
+                    grad_x[s:s + rows] = onednn_product(gc, wg.t())
+                elif need_x and grad_x.dtype == gdt:
                     torch.mm(gc, wg, out=grad_x[s:s + rows])
                 elif need_x:
                     grad_x[s:s + rows] = gc @ wg
                 if need_w:
-                    if gdt == torch.float32:
+                    if dnn:
+                        grad_w += onednn_product(gc.t(), xg.t())
+                    elif gdt == torch.float32:
                         grad_w.addmm_(gc.t(), xg)
                     else:
                         grad_w += (gc.t() @ xg).float()
@@ -102,6 +112,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (
             grad_x * grad_out.to(grad_x.dtype) if grad_x is not None else None,
             grad_w * grad_out.to(grad_w.dtype) if grad_w is not None else None,
+            None,
             None,
             None,
             None,
@@ -121,6 +132,7 @@ def linear_cross_entropy(
     targets: torch.Tensor,
     weight: torch.Tensor,
     rows: int | None = None,
+    onednn: bool = False,
 ) -> torch.Tensor:
     """sum over rows of weight[i] * cross_entropy(x[i] @ w.T, targets[i]).
 
@@ -128,7 +140,8 @@ def linear_cross_entropy(
     weight 0), weight [N] float. The same value and gradients as
     `(F.cross_entropy(F.linear(x, w).float(), targets, reduction="none") * weight).sum()`
     up to float rounding, without the [N, V] tensors. `rows` is the block
-    height (default `block_rows`).
+    height (default `block_rows`); onednn: float32 products on a CPU through
+    oneDNN (`matmul.linear`; the model's use_onednn).
     """
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"x {tuple(x.shape)} and w {tuple(w.shape)} do not multiply as x @ w.T")
@@ -138,4 +151,4 @@ def linear_cross_entropy(
         )
     if rows is None:
         rows = block_rows(w.shape[0], x.device)
-    return _LinearCrossEntropy.apply(x, w, targets, weight.float(), int(rows))
+    return _LinearCrossEntropy.apply(x, w, targets, weight.float(), int(rows), bool(onednn))

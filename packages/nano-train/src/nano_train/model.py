@@ -43,6 +43,7 @@ from nano_format import rope_tables, spec
 from torch.torch_version import TorchVersion
 
 from .losses import linear_cross_entropy
+from .matmul import Linear, linear
 
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -230,14 +231,14 @@ class Block(nn.Module):
         self.use_rope = config.use_rope
         self.dropout = config.dropout
         self.norm_attn = RMSNorm(e, config.norm_eps)
-        self.wq = nn.Linear(e, config.n_head * config.head_dim, bias=False)
-        self.wk = nn.Linear(e, config.n_kv_head * config.head_dim, bias=False)
-        self.wv = nn.Linear(e, config.n_kv_head * config.head_dim, bias=False)
-        self.wo = nn.Linear(config.n_head * config.head_dim, e, bias=False)
+        self.wq = Linear(e, config.n_head * config.head_dim)
+        self.wk = Linear(e, config.n_kv_head * config.head_dim)
+        self.wv = Linear(e, config.n_kv_head * config.head_dim)
+        self.wo = Linear(config.n_head * config.head_dim, e)
         self.norm_ffn = RMSNorm(e, config.norm_eps)
-        self.w1 = nn.Linear(e, f, bias=False)  # gate
-        self.w2 = nn.Linear(f, e, bias=False)  # down
-        self.w3 = nn.Linear(e, f, bias=False)  # up
+        self.w1 = Linear(e, f)  # gate
+        self.w2 = Linear(f, e)  # down
+        self.w3 = Linear(e, f)  # up
         self.resid_dropout = nn.Dropout(config.dropout)
 
     def attention(
@@ -311,6 +312,8 @@ def _rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Transformer(nn.Module):
+    onednn = False  # see use_onednn
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
@@ -321,7 +324,7 @@ class Transformer(nn.Module):
         self.norm_final = RMSNorm(config.n_embd, config.norm_eps)
         # Tied: the classifier is tok_embd.weight itself, so there is no lm_head
         # module (and no duplicate key in the state dict).
-        self.lm_head = None if config.tie_embeddings else nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = None if config.tie_embeddings else Linear(config.n_embd, config.vocab_size)
         if config.use_rope:
             cos, sin = _rope_tables(config)
             # Derived from the config, so not saved in checkpoints.
@@ -392,6 +395,17 @@ class Transformer(nn.Module):
 
     # -- forward ---------------------------------------------------------------
 
+    def use_onednn(self, on: bool = True) -> "Transformer":
+        """Run the float32 CPU products of every projection (and of the classifier in
+        `_logits`) through oneDNN, or not (`matmul.linear`; the trainer's
+        system.matmul). LoRA adapters attached later take the setting of the
+        projection they wrap. Returns the model."""
+        self.onednn = bool(on)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                m.onednn = self.onednn
+        return self
+
     def classifier_weight(self) -> torch.Tensor:
         """[V, E]: tok_embd.weight when tied, lm_head.weight otherwise."""
         return self.tok_embd.weight if self.lm_head is None else self.lm_head.weight
@@ -421,7 +435,7 @@ class Transformer(nn.Module):
 
     def _logits(self, idx: torch.Tensor, start_pos: int, cache: KVCache | None) -> torch.Tensor:
         """idx [B, T] at positions start_pos.. -> logits [B, T, V] in float32."""
-        return F.linear(self._trunk(idx, start_pos, cache), self.classifier_weight()).float()
+        return linear(self._trunk(idx, start_pos, cache), self.classifier_weight(), self.onednn).float()
 
     @staticmethod
     def loss_weight(targets: torch.Tensor, loss_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -467,7 +481,7 @@ class Transformer(nn.Module):
         if not return_logits and blocked_loss:
             h = self._trunk(idx, 0, None)
             loss = linear_cross_entropy(h.flatten(0, 1), self.classifier_weight(), targets.flatten(),
-                                        weight.flatten())
+                                        weight.flatten(), onednn=self.onednn)
             return None, loss
         logits = self._logits(idx, 0, None)
         per_token = F.cross_entropy(

@@ -57,6 +57,7 @@ from nano_train.config import Config, ConfigError, help_text, load_config
 from nano_train.data import Batcher, DataError, Dataset
 from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
 from nano_train.metrics import RunLog, duration, human, peak_flops, read_log, short_repr, synchronize
+from nano_train.matmul import resolve_matmul
 from nano_train.model import ModelConfig, Transformer
 
 PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -397,6 +398,10 @@ def resolve_compute(cfg: Config, info: DistInfo):
     dtype = resolve_dtype(cfg.system.dtype, device)
     forward_context = forward_context_factory(device, dtype, cfg.system.attention_backend)
     check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
+    try:
+        resolve_matmul(cfg.system.matmul, device, dtype, cfg.system.compile)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return device, dtype, forward_context
 
 
@@ -617,6 +622,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         ckpt_io.check_state_dict(latest, checkpoint["model"], raw_model)
         raw_model.load_state_dict(checkpoint["model"])
     raw_model.to(device)
+    onednn, matmul = resolve_matmul(cfg.system.matmul, device, dtype, cfg.system.compile)
+    raw_model.use_onednn(onednn)
     trainable = [p for p in raw_model.parameters() if p.requires_grad]
 
     # ---- optimizer and batches ----------------------------------------------------------
@@ -731,16 +738,20 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     peak, peak_source = peak_flops(device, dtype, cfg.system.peak_flops) if master else (0.0, "")
     n_params = raw_model.num_params()
     n_trainable = sum(p.numel() for p in trainable)
-    say(f"{task}: {n_params:,} parameters ({n_trainable:,} trained), {info.world_size} x {device} {dtype}, "
+    say(f"{task}: {n_params:,} parameters ({n_trainable:,} trained), {info.world_size} x {device} {dtype}"
+        + (" (oneDNN products)" if onednn else "") + ", "
         f"{tokens_per_step:,} tokens per step ({cfg.data.batch_size} x {seq_len} x {accum} x {info.world_size}), "
         f"train {ds.n_tokens('train'):,} / val {ds.n_tokens('val'):,} tokens"
         + (f", resuming at step {step}" if resuming else ""))
+    if onednn and peak_source.endswith("products (torch)"):  # the probe timed both kernels; torch's won
+        say("note: torch's float32 products measured faster than oneDNN's on this CPU; "
+            "--matmul=torch may train faster here")
     if cfg.system.dtype == "auto" and device.type == "cpu" and dtype == "bfloat16":
         say("note: dtype auto is bfloat16 on this CPU (it multiplies bfloat16 in hardware, much faster "
             "than float32); --dtype=float32 trains in full precision")
     record(kind="start", step=step, task=task, params=n_params, trainable_params=n_trainable,
            world_size=info.world_size, device=str(device), dtype=dtype, tokens_per_step=tokens_per_step,
-           peak_flops=peak, peak_flops_source=peak_source, config=cfg.to_dict())
+           peak_flops=peak, peak_flops_source=peak_source, matmul=matmul, config=cfg.to_dict())
 
     # ---- learning-rate schedule: linear warmup, then cosine decay to min_lr --------------
     # With a time budget the decay follows steps or elapsed time, whichever is further along.
