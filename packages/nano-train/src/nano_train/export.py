@@ -20,11 +20,14 @@ usage: python -m nano_train.export --ckpt CKPT.pt --out MODEL.bin [--quant f32|q
 Nothing is written unless every file succeeds: each is written to a temporary
 file next to its destination (.NAME.PID.export.tmp, or .HASH.PID.export.tmp where
 NAME is too long for that) and moved into place at the end; a replaced file keeps
-its mode. Such files left by an export that was killed (its PID no longer runs),
-and the partial files written beside them, are removed when the next export to the same
-destination starts. --out and --lora-out must differ from each other and from
---ckpt, and must not be anything but a regular file (a folder, a FIFO, a device,
-a symbolic link): those are refused, never replaced.
+its mode. The moves are all or none as well: a file already there is kept as a
+backup (.NAME.PID.export.bak) until every file is in place, and should a move fail
+the ones done are undone, every destination left as it was. Such files left by an
+export that was killed (its PID no longer runs), and the partial files written
+beside them, are removed when the next export to the same destination starts.
+--out and --lora-out must differ from each other and from --ckpt, and must not be
+anything but a regular file (a folder, a FIFO, a device, a symbolic link): those
+are refused, never replaced.
 
 The summary (what was written) is printed once every file is in place. Should
 standard output fail then, the files stay: a reader that went away (`| head`) ends
@@ -48,6 +51,7 @@ import os
 import re
 import stat
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from nano_format import BadGroupSize, WriteError, check_writable, file_kind, kept_mode
@@ -105,6 +109,7 @@ def _check_outputs(ckpt: Path, outs: dict[str, Path]) -> None:
 
 
 _STAGED_SUFFIX = ".export.tmp"
+_BACKUP_SUFFIX = ".export.bak"  # the same length: _staged_stem's room fits both
 # Worst cases for the staged name's length: a pid of 10 digits (32 bits), and the
 # temporary name nano-format's write_atomically makes beside it (.NAME.<8 hex>.tmp),
 # which must fit too, or it falls back to a name that says nothing of the destination.
@@ -138,11 +143,12 @@ def _staged(path: Path) -> Path:
 
 
 def _stale_pattern(path: Path) -> re.Pattern:
-    """The names _staged gives path for any pid, and the names of the temporary files
-    write_atomically makes for those (".<staged name>.<hex>.tmp"), which a kill
-    during the write leaves instead."""
-    staged = re.escape(_staged_stem(path) + ".") + r"(?P<pid>[0-9]+)" + re.escape(_STAGED_SUFFIX)
-    return re.compile(rf"(?P<inner>\.)?{staged}(?(inner){_INNER_TMP})")
+    """The names _staged and _backup give path for any pid, and the names of the
+    temporary files write_atomically makes for the staged ones (".<staged name>.<hex>.tmp"),
+    which a kill during the write leaves instead."""
+    stem = re.escape(_staged_stem(path) + ".") + r"(?P<pid>[0-9]+)"
+    staged, backup = re.escape(_STAGED_SUFFIX), re.escape(_BACKUP_SUFFIX)
+    return re.compile(rf"(?P<inner>\.)?{stem}(?(inner){staged}{_INNER_TMP}|(?:{staged}|{backup}))")
 
 
 def _remove_stale_staged(path: Path) -> None:
@@ -166,6 +172,85 @@ def _naming(path: Path, tmp: Path, op, *args, **kwargs):
         if e.filename is not None and os.fspath(e.filename) != os.fspath(tmp):
             raise
         raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def _backup(path: Path) -> Path:
+    """Where the file at path is kept while the export replaces it: beside it, named as
+    its staged file is but for the suffix."""
+    return path.with_name(f"{_staged_stem(path)}.{os.getpid()}{_BACKUP_SUFFIX}")
+
+
+def _keep(path: Path, backup: Path) -> bool:
+    """Keep the file at path as backup: a second link to it, so that path is never
+    missing, or where the file system has no hard links, the file itself renamed
+    (True: path is gone until something is moved there)."""
+    backup.unlink(missing_ok=True)  # our own name: nothing but a leftover of this pid can be there
+    try:
+        os.link(path, backup)
+        return False
+    except OSError:
+        os.replace(path, backup)
+        return True
+
+
+@dataclass
+class _Move:
+    path: Path  # the destination
+    backup: Path | None = None  # where its old file is kept, if it had one
+    old_off: bool = False  # whether the old file is off path (renamed aside, or the new one moved over it)
+    moved: bool = False  # whether the new file is at path
+
+
+def _move_into_place(staged: dict[Path, Path], opts: dict[Path, str]) -> None:
+    """Rename each staged file (destination -> temporary file) onto its destination,
+    all of them or none: a file already there is kept as a backup first, and should a
+    later move fail the moves done are undone (the old files put back, the new ones
+    removed) and the error is one line. The backups are removed once every file is in place."""
+    moves: list[_Move] = []
+    try:
+        for path, tmp in staged.items():
+            move = _Move(path)
+            moves.append(move)
+            if os.path.lexists(path):
+                move.backup = _backup(path)
+                move.old_off = _keep(path, move.backup)
+            os.replace(tmp, path)
+            move.moved = move.old_off = True
+    except OSError as e:
+        path = moves[-1].path
+        message = f"{opts[path]} {path}: cannot move the export into place ({e.strerror or e}); nothing was written"
+        raise OSError(message + _undo(moves, opts)) from None
+    for move in moves:
+        if move.backup is not None:
+            try:
+                move.backup.unlink()
+            except OSError as e:  # (the next export removes it)
+                print(f"note: could not remove {move.backup}, the file replaced: {e.strerror or e}", file=sys.stderr)
+
+
+def _undo(moves: list[_Move], opts: dict[Path, str]) -> str:
+    """Put every destination of moves back as it was; "" when that worked, else what
+    could not be put back and where its old file is now."""
+    failures = []
+    for move in reversed(moves):
+        try:
+            if move.backup is None:
+                if move.moved:
+                    move.path.unlink()  # there was nothing before
+            elif move.old_off:
+                os.replace(move.backup, move.path)  # the old file back, over the new one if it is there
+            else:
+                move.backup.unlink()  # a second link to the old file, which is still in place
+        except OSError as e:
+            why = e.strerror or e
+            if move.backup is not None and move.old_off:
+                failures.append(f"{opts[move.path]} {move.path} could not be put back ({why}), "
+                                f"its old file is {move.backup}")
+            elif move.backup is not None:
+                failures.append(f"{move.backup} (a second link to {move.path}) could not be removed ({why})")
+            else:
+                failures.append(f"{opts[move.path]} {move.path} could not be removed ({why})")
+    return "".join(f"; but {f}" for f in failures)
 
 
 def _check_checkpoint(ckpt: Path) -> None:
@@ -239,8 +324,7 @@ def _export(args, written: list[Path]) -> list[str]:
             if mode is not None:
                 _naming(path, tmp, os.chmod, tmp, mode)
         with interrupts.held():  # every file succeeded: move them all into place
-            for path, tmp in staged.items():
-                _naming(path, tmp, os.replace, tmp, path)
+            _move_into_place(staged, {path: opt for opt, path in outs.items()})
             written.extend(outs.values())
     finally:
         for tmp in staged.values():

@@ -46,7 +46,8 @@ prepare that was killed are removed, with a note. (Not on Windows: no lock there
 Exit status: 0 done, 1 a file could not be read or written (standard output
 included: the dataset is complete then, and the error line says so), 2 bad
 arguments or data, 130 interrupted by Ctrl-C (one line says what DIR holds:
-nothing new, or the complete dataset when it came too late to stop it).
+nothing new, or the complete dataset when it came too late to stop it; while
+prepare is still starting, that nothing was written).
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ import sys
 from pathlib import Path
 
 from nano_train import discard_stdout
-from nano_train.data import DOC_MODES, META, TOO_LONG, DataError, path_text, prepare_pretrain, prepare_sft
+
+# nano_train.data (numpy) is imported where it is used, inside main's handling of
+# Ctrl-C: that import takes a moment, and a Ctrl-C meanwhile is one line, not a traceback.
 
 
 def non_negative_int(text: str) -> int:
@@ -71,6 +74,8 @@ non_negative_int.__name__ = "non-negative integer"  # what argparse calls the ty
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nano_train.data import DOC_MODES, TOO_LONG
+
     parser = argparse.ArgumentParser(prog="python -m nano_train.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="kind", required=True)
@@ -101,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _meta_stamp(out_dir: Path) -> tuple[int, int, int] | None:
     """What tells one meta.json in out_dir from another: a new one is a new file (written
     aside, then moved in), so its inode differs; None when there is none."""
+    from nano_train.data import META
+
     try:
         st = os.stat(out_dir / META)
     except (OSError, ValueError):
@@ -109,6 +116,8 @@ def _meta_stamp(out_dir: Path) -> tuple[int, int, int] | None:
 
 
 def _prepare(args: argparse.Namespace):
+    from nano_train.data import prepare_pretrain, prepare_sft
+
     if args.kind == "pretrain":
         return prepare_pretrain(
             args.inputs, args.tokenizer, args.out_dir, doc_mode=args.docs, bos_eos=args.bos_eos,
@@ -122,10 +131,16 @@ def _prepare(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    out_dir = Path(args.out_dir)
-    shown = path_text(out_dir)  # standard output may not take a name that is not UTF-8 as it is
-    before = _meta_stamp(out_dir)
+    try:  # the first thing imports numpy
+        from nano_train.data import DataError, path_text
+
+        args = build_parser().parse_args(argv)
+        out_dir = Path(args.out_dir)
+        shown = path_text(out_dir)  # standard output may not take a name that is not UTF-8 as it is
+        before = _meta_stamp(out_dir)
+    except KeyboardInterrupt:
+        print("\nerror: interrupted while starting; nothing was written", file=sys.stderr, flush=True)
+        return 130
     try:
         try:
             summary = _prepare(args)

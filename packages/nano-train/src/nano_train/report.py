@@ -51,24 +51,54 @@ def fit_prompt(ids: list[int], room: int, instruct: bool) -> list[int] | None:
     return ids[len(ids) - room:]
 
 
+def prompt_ids(tokenizer, task: str, prompt: str, block_size: int, rows: bool = False) -> list[int] | None:
+    """The ids the model is given for prompt: with rows (a seq2seq dataset) its first
+    block_size tokens, else (instruct_prompt for SFT) cut by fit_prompt to leave a
+    position for at least one new token. None when the block size leaves no room."""
+    if rows:
+        return tokenizer.encode(prompt)[:block_size]
+    ids = instruct_prompt(tokenizer, prompt) if task != "pretrain" else tokenizer.encode(prompt)
+    return fit_prompt(ids or [tokenizer.bos_id], block_size - 1, instruct=task != "pretrain")
+
+
 def samples(model, tokenizer, task: str, prompts: list[str], max_new_tokens: int, temperature: float,
             seed: int, rows: bool = False) -> list[tuple[str, str]]:
     """(prompt, completion) pairs from nano_train.sampling.generate, or with
     rows (a seq2seq dataset) the argmax outputs of nano_train.sampling.seq2seq.
-    None for a prompt the block size leaves no room for (block size 1, say)."""
+    None for a prompt the block size leaves no room for (block size 1, say).
+    The model is given prompt_ids(prompt), not always the prompt as typed (see given_prompt)."""
     out = []
     sampler = SamplerConfig(temperature=temperature, max_new_tokens=max_new_tokens,
                             stop_tokens=(tokenizer.eos_id,), seed=seed)
-    room = model.config.block_size - 1  # a prompt leaves a position for at least one new token
     for prompt in prompts:
+        ids = prompt_ids(tokenizer, task, prompt, model.config.block_size, rows)
         if rows:
-            ids = tokenizer.encode(prompt)[:model.config.block_size]
             out.append((prompt, tokenizer.decode(seq2seq(model, ids)) if ids else ""))
             continue
-        ids = instruct_prompt(tokenizer, prompt) if task != "pretrain" else tokenizer.encode(prompt)
-        ids = fit_prompt(ids or [tokenizer.bos_id], room, instruct=task != "pretrain")
         out.append((prompt, None if ids is None else tokenizer.decode(list(generate(model, ids, sampler)))))
     return out
+
+
+def given_prompt(tokenizer, task: str, prompt: str, block_size: int, rows: bool = False) -> tuple[str, str] | None:
+    """(the prompt as the model was given it, decoded, and why that is not the prompt as
+    typed) where it is not: characters the vocabulary lacks became <|unknown|>, or the
+    block size cut the prompt. None where the model was given the prompt as typed (or
+    no room at all). For SFT the text is the question, without the marks around it."""
+    ids = prompt_ids(tokenizer, task, prompt, block_size, rows)
+    if ids is None:
+        return None
+    if task != "pretrain" and not rows:
+        ids = ids[1:-1]  # <|instruct_mark|> question <|response_mark|>
+    typed = tokenizer.encode(prompt)
+    unknown = typed.count(tokenizer.unk_id)
+    why = []
+    if unknown:
+        why.append(f"{unknown} of its characters {'is' if unknown == 1 else 'are'} not in the vocabulary "
+                   f"and became `<|unknown|>`")
+    if len(ids) < len(typed):
+        why.append(f"the block size ({block_size}) leaves room for the {'first' if rows else 'last'} "
+                   f"{len(ids)} of its {len(typed)} tokens")
+    return (tokenizer.decode(ids), "; ".join(why)) if why else None
 
 
 def _fmt(x) -> str:
@@ -135,8 +165,17 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
             lines += [f"**{prompt or '(empty)'}**: no sample, the block size ({cfg.model.block_size}) leaves no "
                       "room for this prompt and a new token.", ""]
             continue
-        lines += [f"**{prompt or '(empty)'}**", "", "```text", prompt + text if cfg.run.task == "pretrain" else text,
-                  "```", ""]
+        lines += [f"**{prompt or '(empty)'}**", ""]
+        given = given_prompt(tokenizer, cfg.run.task, prompt, model.config.block_size,
+                             rows=dataset.kind == "seq2seq")
+        if cfg.run.task == "pretrain":
+            if given:
+                lines += [f"Not as typed: {given[1]}. The sample starts with what the model was given.", ""]
+            text = (given[0] if given else prompt) + text
+        elif given:
+            lines += [f"Not as typed: {given[1]}. The model was given:", "", "```text", given[0], "```", "",
+                      "Its answer:", ""]
+        lines += ["```text", text, "```", ""]
     lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False), "```", ""]
     try:
         write_atomically(path, ["\n".join(lines).encode("utf-8")])

@@ -1,0 +1,81 @@
+"""The report card says what the model was given where that is not the prompt as
+typed: characters the vocabulary lacks became <|unknown|>, or the block size cut it."""
+
+import re
+
+import pytest
+import torch
+
+from nano_train import report
+from nano_train.data import Dataset
+from nano_train.model import ModelConfig, Transformer
+from nano_train.train import TrainResult
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write(path, cfg, dataset_dir, model_prompts_seen=None, monkeypatch=None):
+    """report.md for cfg's sample prompts, drawn from a tiny untrained model; the ids
+    given to generate are appended to model_prompts_seen."""
+    ds = Dataset(dataset_dir)
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=ds.tokenizer.vocab_size, block_size=cfg.model.block_size, n_layer=1,
+                                    n_embd=32, n_head=2, n_kv_head=1)).eval()
+    if model_prompts_seen is not None:
+        real_generate = report.generate
+
+        def spy(model, ids, sampler):
+            model_prompts_seen.append(list(ids))
+            return real_generate(model, ids, sampler)
+
+        monkeypatch.setattr(report, "generate", spy)
+    result = TrainResult(4, 1.0, 2.0, 2.0, 4000, 123.0, 1.0, False, path.parent)
+    report.write_report(path, cfg=cfg, result=result, model=model, tokenizer=ds.tokenizer, dataset=ds, device="cpu",
+                        dtype="float32", world_size=1, n_params=10, n_trainable=10, peak=1e9, peak_source="test",
+                        flops_per_token=60.0, val_source=None)
+    return path.read_text(encoding="utf-8"), ds.tokenizer
+
+
+def sample_of(text: str, prompt: str) -> str:
+    """The part of the report between prompt's heading and the next heading (or the config)."""
+    start = text.index(f"**{prompt}**\n")
+    end = min(i for i in (text.find("\n**", start + 1), text.index("## Config")) if i > 0)
+    return text[start:end]
+
+
+def test_a_pretrain_prompt_with_a_character_the_vocabulary_lacks(tmp_path, small_pretrain, tiny_config, monkeypatch):
+    cfg = tiny_config(small_pretrain, sample_prompts=["意识🦜是", "意识"], sample_tokens=3, sample_temperature=0.0)
+    seen = []
+    text, tok = write(tmp_path / "report.md", cfg, small_pretrain, seen, monkeypatch)
+    assert tok.unk_id in seen[0]  # 🦜 is not in tokenizer_4096: the model saw <|unknown|>
+    part = sample_of(text, "意识🦜是")
+    assert "Not as typed: 1 of its characters is not in the vocabulary and became `<|unknown|>`. " \
+           "The sample starts with what the model was given." in part
+    block = re.search(r"```text\n(.*?)\n```", part, re.S).group(1)
+    assert block.startswith("意识<|unknown|>是") and "🦜" not in block
+    assert block.startswith(tok.decode(seen[0]))  # what the model was given, then its continuation
+    # a prompt the vocabulary writes whole is shown as before: no note
+    plain = sample_of(text, "意识")
+    assert "Not as typed" not in plain and "```text\n意识" in plain
+
+
+def test_an_sft_question_with_characters_the_vocabulary_lacks(tmp_path, self_id_sft, tiny_config, monkeypatch):
+    cfg = tiny_config(self_id_sft, task="sft", sample_prompts=["你是🦜谁🦜"], sample_tokens=3, sample_temperature=0.0)
+    seen = []
+    text, tok = write(tmp_path / "report.md", cfg, self_id_sft, seen, monkeypatch)
+    assert seen[0].count(tok.unk_id) == 2
+    part = sample_of(text, "你是🦜谁🦜")
+    assert ("Not as typed: 2 of its characters are not in the vocabulary and became `<|unknown|>`. "
+            "The model was given:\n\n```text\n你是<|unknown|>谁<|unknown|>\n```\n\nIts answer:\n\n```text\n") in part
+
+
+def test_a_prompt_the_block_size_cuts_says_so(tmp_path, small_pretrain, tiny_config, monkeypatch):
+    cfg = tiny_config(small_pretrain, sample_prompts=["意识" * 20], sample_tokens=2, sample_temperature=0.0,
+                      block_size=8)
+    seen = []
+    text, tok = write(tmp_path / "report.md", cfg, small_pretrain, seen, monkeypatch)
+    assert len(seen[0]) == 7  # room for one new token
+    part = sample_of(text, "意识" * 20)
+    n = len(tok.encode("意识" * 20))
+    assert f"Not as typed: the block size (8) leaves room for the last 7 of its {n} tokens." in part
+    assert re.search(r"```text\n(.*?)\n```", part, re.S).group(1).startswith(tok.decode(seen[0]))
