@@ -6,7 +6,7 @@
  *            [--top-p P] [--min-p P] [-r PENALTY] [-n MAX_TOKENS] [-s SEED]
  *            [--threads N] [--ctx N] [--batch N] [--portable] [--profile] [--ids]
  *   nano info MODEL
- *   nano seq2seq -m MODEL [--threads N] [--causal] INPUT | -
+ *   nano seq2seq -m MODEL [-l LORA] [--threads N] [--causal] INPUT | -
  *   nano bench -m MODEL [-p PROMPT_TOKENS] [-n TOKENS] [--threads N] [--portable]
  *   nano --help | nano --version
  *
@@ -69,7 +69,8 @@ static const char *USAGE =
     "                       on one line (the prompt's count goes to standard error)\n"
     "\n"
     "nano info MODEL\n"
-    "nano seq2seq -m MODEL [--threads N] [--causal] INPUT\n"
+    "nano seq2seq -m MODEL [-l LORA] [--threads N] [--causal] INPUT\n"
+    "  -l, --lora PATH      LoRA module to attach (as for 'nano run')\n"
     "  INPUT '-' reads one input per line of standard input and prints one answer per line\n"
     "  (an empty line gives an empty line; as in the chat, an answer's line breaks, carriage\n"
     "  returns and backslashes are written \\n, \\r and \\\\)\n"
@@ -867,13 +868,14 @@ static int cmd_info(int argc, char **argv) {
 // seq2seq
 
 static int cmd_seq2seq(int argc, char **argv) {
-    const char *model = NULL, *input = NULL;
+    const char *model = NULL, *lora = NULL, *input = NULL;
     int threads = 0, causal = 0, i, rc;
     nano_model *m;
     seq2seq_state q;
     for (i = 2; i < argc; i++) {
         const char *a = argv[i];
         if (is_opt(a, "-m", "--model")) model = need_value(argc, argv, &i);
+        else if (is_opt(a, "-l", "--lora")) lora = need_value(argc, argv, &i);
         else if (is_opt(a, NULL, "--threads")) threads = (int)parse_long(a, need_value(argc, argv, &i), 1, NANO_MAX_THREADS);
         else if (is_opt(a, NULL, "--causal")) causal = 1;
         else if (is_opt(a, "-h", "--help")) {
@@ -888,7 +890,7 @@ static int cmd_seq2seq(int argc, char **argv) {
     if (input[0] == '\0') die_usage("seq2seq: INPUT is empty%s%s", "", "");
     m = load_model(model);
     rc = seq2seq_init(&q, m, model, 0, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE, 0,
-                      NULL);
+                      lora);
     if (rc == 0) /* INPUT '-': one independent forward per line */
         rc = strcmp(input, "-") == 0 ? seq2seq_lines(&q, stdin) : seq2seq_print(&q, input, strlen(input), "INPUT", 0);
     seq2seq_free(&q);

@@ -268,7 +268,7 @@ def test_cli(case, cli):
     """`nano run --ids` (continuation, greedy and sampled) and the chat (instruct-mode
     questions on standard input), with `-l` for the LoRA cases, give the ids and text
     of nano_train's generate; on full-attention models `nano run -p`, its line batch
-    and `nano seq2seq -` (which takes no LoRA) give nano_train's seq2seq."""
+    and `nano seq2seq -` (with `-l` too) give nano_train's seq2seq."""
     from nano_train.sampling import SamplerConfig, generate, instruct_prompt, seq2seq
 
     model, tok, d = case["model"], case["tok"], case["dir"]
@@ -280,7 +280,7 @@ def test_cli(case, cli):
         r = cli("run", *args, "-p", texts[0])
         assert r.returncode == 0 and r.stdout == want[0] + "\n", r.stderr
         lines = "".join(t + "\n" for t in texts)
-        batches = [("run", *args)] + ([] if case["lora"] else [("seq2seq", *args, "-")])
+        batches = [("run", *args), ("seq2seq", *args, "-")]
         for r in [cli(*batch, input=lines) for batch in batches]:
             assert r.returncode == 0 and r.stdout.splitlines() == want, r.stderr
         return
