@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nano_tokenizer import DEFAULT_SPECIALS, Tokenizer, TokenizerError
+from nano_tokenizer import DEFAULT_SPECIALS, Tokenizer, TokenizerError, matcher
 
 V4096, V16384, V80 = "tokenizer_4096.json", "tokenizer_16384_v2.json", "nano_80.json"
 
@@ -351,14 +351,17 @@ _ALPHABET = "ab<|>中\r\x00😀"
     chunk=st.integers(1, 12),
     allow=st.booleans(),
 )
-def test_property_matches_plain_trie_and_streams(naive, words, text, chunk, allow):
+@pytest.mark.parametrize("regex_limit", [matcher.REGEX_LIMIT, 0], ids=["regex", "array_trie"])
+def test_property_matches_plain_trie_and_streams(naive, words, text, chunk, allow, regex_limit):
     specials = list(DEFAULT_SPECIALS) + ["<|a|>"]
     words = sorted(w for w in words if w not in specials)
-    tok = Tokenizer(specials + words, {t: i for i, t in enumerate(specials)})
-    expected = naive(tok, text, allow)
-    assert tok.encode(text, allow_special=allow) == expected
-    parts = list(tok.encode_stream(io.StringIO(text), chunk_chars=chunk, allow_special=allow))
-    assert (np.concatenate(parts).tolist() if parts else []) == expected
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(matcher, "REGEX_LIMIT", regex_limit)  # 0: large vocabularies' matcher, forced
+        tok = Tokenizer(specials + words, {t: i for i, t in enumerate(specials)})
+        expected = naive(tok, text, allow)
+        assert tok.encode(text, allow_special=allow) == expected
+        parts = list(tok.encode_stream(io.StringIO(text), chunk_chars=chunk, allow_special=allow))
+        assert (np.concatenate(parts).tolist() if parts else []) == expected
 
 
 def test_tokenizer_pickles_for_worker_processes(vocab):

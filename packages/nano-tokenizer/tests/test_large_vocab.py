@@ -2,7 +2,8 @@
 must not compile a regex from the whole trie (once 15 s and 384 MB for a
 400,000-token vocabulary), and the array trie that takes over matches greedy
 longest match exactly. The array trie is also forced onto the shared
-vocabularies and onto small random ones, where it must agree with the regex."""
+vocabularies, where it must agree with the regex (and onto small random ones in
+test_encode.py's property test)."""
 
 import io
 import json
@@ -12,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from nano_tokenizer import DEFAULT_SPECIALS, Tokenizer, matcher
 
@@ -180,25 +179,3 @@ def test_array_trie_backs_up_to_the_last_token(array_trie):
     assert tok.encode("xyxyz") == [tok.unk_id, s["y"], s["xyz"]]
     long = Tokenizer(specials + ["a" * k for k in range(1, 256)], {t: i for i, t in enumerate(specials)})
     assert long.encode("a" * 600) == [long.stoi["a" * 255]] * 2 + [long.stoi["a" * 90]]
-
-
-_SMALL = "ab<|>中\r\x00😀"
-
-
-@settings(max_examples=150, deadline=None)
-@given(
-    words=st.sets(st.text(_SMALL, min_size=1, max_size=6), max_size=12),
-    text=st.text(_SMALL + "xé", max_size=60),
-    chunk=st.integers(1, 12),
-    allow=st.booleans(),
-)
-def test_property_array_trie_matches_plain_trie_and_streams(naive, words, text, chunk, allow):
-    specials = list(DEFAULT_SPECIALS) + ["<|a|>"]
-    words = sorted(w for w in words if w not in specials)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(matcher, "REGEX_LIMIT", 0)
-        tok = Tokenizer(specials + words, {t: i for i, t in enumerate(specials)})
-        expected = naive(tok, text, allow)
-        assert tok.encode(text, allow_special=allow) == expected
-        parts = list(tok.encode_stream(io.StringIO(text), chunk_chars=chunk, allow_special=allow))
-        assert (np.concatenate(parts).tolist() if parts else []) == expected
