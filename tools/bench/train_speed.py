@@ -35,8 +35,8 @@ the default, is the trainer's: blocked on a CPU, plain on a GPU.
 --ours-matmul picks ours' float32 CPU products as the trainer's system.matmul
 does (nano_train.matmul): torch (F.linear, MKL in the x86 wheels) or oneDNN
 (torch's other matrix library, much faster in float32 on some CPUs); auto, the
-default, is the trainer's: oneDNN for float32 on an x86-64 CPU when not
-compiled. --peer-matmul onednn gives the peer's nn.Linear products the same
+default, is the trainer's: oneDNN for float32 on an x86-64 CPU, compiled
+or not. --peer-matmul onednn gives the peer's nn.Linear products the same
 oneDNN path (its users would run torch's), to show what the rest of ours is
 worth. --compile-mode passes torch.compile's mode
 (reduce-overhead and max-autotune replay CUDA graphs on a GPU; each step then
@@ -151,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "auto (default): as the trainer, blocked on a CPU, plain on a GPU")
     p.add_argument("--ours-matmul", choices=MATMULS, default="auto",
                    help="ours: the projections' float32 CPU products (the trainer's system.matmul); auto "
-                        "(default): as the trainer, oneDNN for float32 on an x86-64 CPU when not compiled")
+                        "(default): as the trainer, oneDNN for float32 on an x86-64 CPU")
     p.add_argument("--peer-matmul", choices=("torch", "onednn"), default="torch",
                    help="the peer's nn.Linear products: torch (default, as its users run it) or oneDNN "
                         "like ours (to see what the rest of ours is worth)")
@@ -281,20 +281,19 @@ def ours_plain_loss(model, x, y):
 def ours_trainee(args: argparse.Namespace, model: Transformer, device, dtype: str) -> Trainee:
     """Our model set up as the options say: its loss, its products, whether and how it is
     compiled. ValueError: --ours-matmul onednn where it cannot apply."""
-    compiled = args.compile in ("both", "ours")
-    if args.ours_matmul == "onednn" and (why := onednn_blocker(device, dtype, compiled)):
+    if args.ours_matmul == "onednn" and (why := onednn_blocker(device, dtype)):
         raise ValueError(f"--ours-matmul onednn cannot apply: {why}")
-    model.use_onednn(resolve_matmul(args.ours_matmul, device, dtype, compiled)[0])
+    model.use_onednn(resolve_matmul(args.ours_matmul, device, dtype)[0])
     groups = [g for g in model.param_groups(OPTIM.weight_decay) if g["params"]]
     loss_fn = ours_loss if blocked_loss(args.ours_loss, device) else ours_plain_loss
     return Trainee("ours", model, groups, loss_fn, device, dtype, args.compile in ("both", "ours"),
                    args.compile_mode)
 
 
-def peer_onednn(model: torch.nn.Module, device, dtype: str, compiled: bool) -> None:
+def peer_onednn(model: torch.nn.Module, device, dtype: str) -> None:
     """--peer-matmul onednn: every bias-free nn.Linear of the peer computes through
     nano_train.matmul.linear, as ours does (ValueError where that cannot apply)."""
-    if why := onednn_blocker(device, dtype, compiled):
+    if why := onednn_blocker(device, dtype):
         raise ValueError(f"--peer-matmul onednn cannot apply: {why}")
     for m in model.modules():
         if isinstance(m, torch.nn.Linear) and m.bias is None:
@@ -390,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ours = ours_trainee(args, ours_model, device, dtype)
         if args.peer_matmul == "onednn":
-            peer_onednn(peer_model, device, dtype, args.compile in ("both", "peer"))
+            peer_onednn(peer_model, device, dtype)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

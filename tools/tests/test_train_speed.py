@@ -177,12 +177,12 @@ def test_the_json_is_written_atomically(train_speed, monkeypatch, tmp_path, caps
 
 def test_ours_products_follow_the_trainers_rule(train_speed):
     """--ours-matmul: auto is the trainer's system.matmul (oneDNN for float32 on an x86-64
-    CPU, not compiled), torch keeps F.linear."""
+    CPU, compiled or not), torch keeps F.linear."""
     import platform
 
     x86 = platform.machine().lower() in ("x86_64", "amd64")
     for argv, expected in (([], x86), (["--ours-matmul", "torch"], False), (["--ours-matmul", "onednn"], True),
-                           (["--compile", "ours"], False)):
+                           (["--compile", "ours"], x86), (["--compile", "ours", "--ours-matmul", "torch"], False)):
         t, _, _ = trainee(train_speed, argv)
         assert getattr(t.model, "_orig_mod", t.model).onednn == expected, argv
 

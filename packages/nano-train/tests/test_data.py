@@ -130,7 +130,7 @@ def test_the_forced_validation_chunk_is_never_the_short_last_one(tmp_path, share
     assert meta["split"]["val_chunks"] == [int(np.argmin(split_hash(seed, np.arange(3))))]
     assert (summary.val_tokens, summary.train_tokens) == (100, 220)
     assert Dataset(out).source("val", 64).n_rows == 1
-    assert "warning: the validation split's longest shard holds 100 tokens" in summary.text()
+    assert "warning: the validation split's longest chunk holds 100 tokens" in summary.text()
     assert "--val_fraction" in summary.text()
     # the error for a block too long for the validation split says how to get one, or do without
     with pytest.raises(DataError, match=r"validation split is too short.*--val_fraction.*--eval_iters=0"):
@@ -143,9 +143,9 @@ def test_the_forced_validation_chunk_is_never_the_short_last_one(tmp_path, share
     assert meta["split"]["val_chunks"] == [int(np.argmin(u[:3])), 3]
     assert (summary.val_tokens, summary.train_tokens) == (120, 200)
     assert Dataset(tmp_path / "f").source("val", 64).n_rows == 1
-    # a validation split longer than a typical block: no warning
+    # no validation split: no warning about it (the training split's chunks of 100 get theirs)
     big = prepare_pretrain([text], tok, tmp_path / "e", chunk_tokens=100, val_fraction=0.0, progress=False)
-    assert "warning" not in big.text()
+    assert "warning: the validation" not in big.text() and "warning: the training" in big.text()
 
 
 # ---------------------------------------------------------------------------

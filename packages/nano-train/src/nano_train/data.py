@@ -36,7 +36,10 @@ file, which is then removed.
 Batches: a `Batcher` walks a seeded permutation of rows per epoch (a row is a
 window of block_size + 1 tokens, or one SFT sample) and is resumable at any
 row in O(1): its state is a single row counter, and the rows of step k are
-computed from (seed, k), never by replaying steps 0..k-1.
+computed from (seed, k), never by replaying steps 0..k-1. A pretraining row
+never crosses a seam, where two chunks meet in a shard that were not adjacent
+in the corpus (every chunk boundary of shuffled shards; with --no_shuffle,
+where the other split's chunks were taken out): see `chunk_seams`.
 """
 
 from __future__ import annotations
@@ -76,6 +79,9 @@ TOO_LONG = ("skip", "truncate", "error")
 MAX_LINE_BYTES = 64 << 20
 # A model's default block_size (ModelConfig): a validation split shorter than this + 1 tokens gets a warning
 TYPICAL_BLOCK = 512
+# The default chunk of the split and the shuffle: a row stays inside a chunk, so a chunk of C tokens gives
+# (C - 1) // block_size rows an epoch, 94% of its tokens at block_size 512 (a held-out split needs several chunks)
+CHUNK_TOKENS = 8192
 
 
 class DataError(ValueError):
@@ -460,7 +466,13 @@ class PretrainSummary:
     unknown_tokens: int
     train_tokens: int
     val_tokens: int
-    longest_val_shard: int  # tokens; a model's block_size must be below it to validate
+    # The longest piece of adjacent text in each split (a chunk; with --no_shuffle a run of chunks):
+    # a row stays inside one, so a model's block_size must be below it
+    longest_train_piece: int
+    longest_val_piece: int
+    chunk_tokens: int
+    shuffled: bool
+    val_fraction: float
     seconds: float
 
     def text(self) -> str:
@@ -469,10 +481,19 @@ class PretrainSummary:
                 f"({self.tokens - self.text_tokens:,} of them separators or bos/eos; "
                 f"{per_char:.3f} text tokens per character, {self.unknown_tokens:,} unknown); "
                 f"train {self.train_tokens:,}, val {self.val_tokens:,} tokens; {self.seconds:.1f} s")
-        if 0 < self.longest_val_shard <= TYPICAL_BLOCK:
-            line += (f"\nwarning: the validation split's longest shard holds {self.longest_val_shard:,} tokens: "
-                     f"a model with block_size {self.longest_val_shard} or more cannot validate on it "
+        piece = "chunk" if self.shuffled else "run of adjacent chunks"
+        if self.longest_train_piece <= TYPICAL_BLOCK:
+            line += (f"\nwarning: the training split's longest {piece} holds {self.longest_train_piece:,} tokens: a "
+                     f"model with block_size {self.longest_train_piece} or more cannot train on it (a row stays inside "
+                     f"text that was adjacent in the corpus); pass a larger --chunk_tokens (default {CHUNK_TOKENS})")
+        if 0 < self.longest_val_piece <= TYPICAL_BLOCK:
+            line += (f"\nwarning: the validation split's longest {piece} holds {self.longest_val_piece:,} tokens: "
+                     f"a model with block_size {self.longest_val_piece} or more cannot validate on it "
                      "(pass a larger --val_fraction, or train with --eval_iters=0)")
+        if self.val_fraction > 0 and self.val_tokens > 2 * self.val_fraction * self.tokens:
+            line += (f"\nnote: the validation split is {self.val_tokens / self.tokens:.0%} of the tokens "
+                     f"(--val_fraction {self.val_fraction:g}): it takes whole chunks of {self.chunk_tokens:,} tokens, "
+                     "and the corpus has few; a smaller --chunk_tokens splits it more finely")
         return line
 
 
@@ -506,7 +527,7 @@ def prepare_pretrain(
     doc_mode: str = "blank",
     bos_eos: bool = False,
     val_fraction: float = 0.05,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = CHUNK_TOKENS,
     seed: int = 1337,
     shuffle: bool = True,
     shard_tokens: int = 100_000_000,
@@ -642,9 +663,14 @@ def prepare_pretrain(
             stream_path.unlink(missing_ok=True)
 
         _save_tokenizer(tok, build)
+        longest = {}
+        for split, chunks in (("train", train_chunks), ("val", val_chunks)):
+            lengths = [s["tokens"] for s in shards[split]]
+            cuts = chunk_seams(lengths, chunk_tokens, None if shuffle else chunks)
+            longest[split] = max((int(np.diff([0, *c, n]).max()) for n, c in zip(lengths, cuts)), default=0)
         summary = PretrainSummary(n_chars, n_docs, n_tokens, n_text_tokens, n_unk, split_tokens["train"],
-                                  split_tokens["val"], max((s["tokens"] for s in shards["val"]), default=0),
-                                  time.monotonic() - t0)
+                                  split_tokens["val"], longest["train"], longest["val"], chunk_tokens, shuffle,
+                                  val_fraction, time.monotonic() - t0)
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -1010,23 +1036,85 @@ def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dic
 # Reading a prepared dataset
 
 
+def chunk_seams(shard_tokens: list[int], chunk_tokens: int, chunks=None) -> list[np.ndarray]:
+    """Per shard of one split, the offsets of its seams: where two chunks meet that were
+    not adjacent in the corpus, and which a row must therefore not cross.
+
+    The shards hold whole chunks of chunk_tokens, at multiples of it (the short last
+    chunk of the stream is written last). chunks: the split's chunk numbers in the
+    order they were written, for shards in corpus order (--no_shuffle): a seam is then
+    where a number is not the one before plus 1 (the other split's chunks were taken
+    out there). None for shuffled shards: every chunk boundary is a seam.
+    """
+    seams = []
+    taken = 0
+    for n in shard_tokens:
+        bounds = np.arange(chunk_tokens, n, chunk_tokens, dtype=np.int64)
+        if chunks is not None:
+            count = -(-n // chunk_tokens)  # the chunks this shard holds
+            held = np.asarray(chunks[taken:taken + count], dtype=np.int64)
+            taken += count
+            bounds = bounds[np.diff(held) != 1]
+        seams.append(bounds)
+    return seams
+
+
+class _Pieces:
+    """The pieces of some shards between their seams, as a sequence: pieces[k] is a view
+    of its shard, made when asked for (a list of views would cost ~500 bytes a piece)."""
+
+    def __init__(self, shards: list[np.ndarray], seams: list[np.ndarray]):
+        self.shards = shards
+        empty = np.zeros(0, dtype=np.int64)
+        starts = [np.append(0, cuts) for cuts in seams]
+        ends = [np.append(cuts, len(s)) for s, cuts in zip(shards, seams)]
+        self.shard = np.repeat(np.arange(len(shards)), [len(a) for a in starts])
+        self.start = np.concatenate([empty, *starts]).astype(np.int64)
+        self.end = np.concatenate([empty, *ends]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        return self.shards[self.shard[k]][self.start[k]:self.end[k]]
+
+    def lengths(self) -> np.ndarray:
+        return self.end - self.start
+
+
 class TokenWindows:
     """Pretraining rows: windows of T+1 tokens (x = w[:-1], y = w[1:], T = block_size),
-    laid end to end with stride T inside each shard from a per-epoch random
-    start offset, so that each epoch sees every token once with shifted window
-    boundaries. Windows never cross shard ends."""
+    laid end to end with stride T inside each piece of adjacent text from a
+    per-epoch random start offset, so that an epoch sees each piece's tokens once
+    but for its slack ((length - 1) % T, fewer than T tokens, at its ends), with
+    shifted window boundaries, and a few epochs every token. The pieces are the
+    shards cut at their seams (chunk_seams): a window may end exactly at a seam,
+    never cross it. Without seams (a dataset whose meta.json does not record its
+    chunks), the pieces are the whole shards. Windows never cross shard ends.
 
-    def __init__(self, shards: list[np.ndarray], block_size: int):
-        self.shards = shards
+    `shards` holds the pieces (views of the mapped shards); an epoch's layout has
+    one offset per piece."""
+
+    def __init__(self, shards: list[np.ndarray], block_size: int, seams: list[np.ndarray] | None = None):
+        self.whole = shards
+        self.windows = "shards" if seams is None else "chunks"  # what a window stays inside
+        self.shards = shards if seams is None else _Pieces(shards, seams)
         self.T = block_size
-        self.counts = np.array([max((len(s) - 1) // block_size, 0) for s in shards], dtype=np.int64)
-        self.slack = np.array([len(s) - 1 - c * block_size for s, c in zip(shards, self.counts)], dtype=np.int64)
-        self.first_row = np.concatenate([[0], np.cumsum(self.counts)])  # [n_shards + 1]
+        lengths = (np.array([len(s) for s in shards], dtype=np.int64) if seams is None else
+                   self.shards.lengths())
+        self.counts = np.maximum((lengths - 1) // block_size, 0)
+        self.slack = lengths - 1 - self.counts * block_size
+        self.first_row = np.concatenate([[0], np.cumsum(self.counts)])  # [n_pieces + 1]
         self.n_rows = int(self.first_row[-1])
 
+    def across_seams(self) -> TokenWindows:
+        """Windows laid through the whole shards, seams or not, as nano-train laid them
+        before rows stayed inside chunks: to resume a run begun then exactly."""
+        return TokenWindows(self.whole, self.T)
+
     def epoch_layout(self, rng: np.random.Generator) -> np.ndarray:
-        """Start offset per shard for this epoch: [n_shards] in 0..slack."""
-        return np.array([rng.integers(0, max(s, 0) + 1) for s in self.slack], dtype=np.int64)
+        """Start offset per piece for this epoch: [n_pieces] in 0..slack."""
+        return rng.integers(0, np.maximum(self.slack, 0) + 1).astype(np.int64, copy=False)
 
     def fetch(self, rows: np.ndarray, layout: np.ndarray):
         T = self.T
@@ -1145,9 +1233,21 @@ class Batcher:
         return x, y, m
 
     def state_dict(self) -> dict:
-        return {"row": self.row, "seed": self.seed, "n_rows": self.source.n_rows}
+        state = {"row": self.row, "seed": self.seed, "n_rows": self.source.n_rows}
+        if isinstance(self.source, TokenWindows):
+            state["windows"] = self.source.windows
+        return state
 
     def load_state_dict(self, state: dict) -> None:
+        if (getattr(self.source, "windows", None) == "chunks" and state.get("windows", "shards") == "shards"
+                and state["seed"] == self.seed and state["n_rows"] == self.source.across_seams().n_rows):
+            # Saved by a run whose rows ran through whole shards (before rows stayed inside chunks):
+            # it goes on with those rows, so that it resumes exactly
+            self.source = self.source.across_seams()
+            if self.rank == 0:
+                print("note: this run began when training rows could cross chunk seams (joining text that was "
+                      "not adjacent in the corpus); it keeps those rows to resume exactly (validation rows stay "
+                      "inside chunks); a new run's rows all do", file=sys.stderr)
         if state["n_rows"] != self.source.n_rows or state["seed"] != self.seed:
             raise DataError(
                 f"the data position was saved for {state['n_rows']} rows (seed {state['seed']}) but the dataset "
@@ -1188,6 +1288,18 @@ def _check_meta(meta: dict, meta_path: Path) -> None:
     need(_is_plain_name(tokenizer.get("file")), "tokenizer.file", plain)
     if meta["kind"] != "pretrain":
         need(is_count(meta.get("block_size")) and meta["block_size"] > 0, "block_size", "a positive integer")
+    elif isinstance(meta.get("split"), dict) and "chunk_tokens" in meta["split"]:
+        # the chunks, for the seams rows must not cross (without chunk_tokens: none known, as in old datasets)
+        info = meta["split"]
+        need(is_count(info["chunk_tokens"]) and info["chunk_tokens"] > 0, "split.chunk_tokens", "a positive integer")
+        shuffle = meta.get("shuffle")
+        need(isinstance(shuffle, dict) and isinstance(shuffle.get("enabled"), bool), "shuffle.enabled",
+             "true or false")
+        if not shuffle["enabled"]:
+            need(is_count(info.get("n_chunks")), "split.n_chunks", "a count")
+            need(isinstance(info.get("val_chunks"), list) and all(
+                is_count(c) and c < info["n_chunks"] for c in info["val_chunks"]),
+                "split.val_chunks", "a list of chunk numbers below split.n_chunks")
     shards = meta.get("shards")
     need(isinstance(shards, dict), "shards", "an object of splits")
     listed: dict[str, str] = {}  # file name -> the first field that names it
@@ -1276,6 +1388,30 @@ class Dataset:
             return np.zeros(shape, dtype=dtype)
         return np.memmap(path, dtype=dtype, mode="r", shape=shape)
 
+    def _seams(self, split: str) -> list[np.ndarray] | None:
+        """The seams of each shard of a pretraining split (chunk_seams), or None when
+        meta.json does not record the chunks (a dataset of an early version): the
+        windows then run through whole shards."""
+        info = self.meta.get("split")
+        if not isinstance(info, dict) or "chunk_tokens" not in info:
+            return None
+        chunk = info["chunk_tokens"]
+        lengths = [s["tokens"] for s in self.meta["shards"].get(split, [])]
+        if self.meta["shuffle"]["enabled"] or split not in ("train", "val"):
+            return chunk_seams(lengths, chunk)
+        # corpus order: the split's chunks ascending, the other split's taken out
+        n_chunks, val = info["n_chunks"], np.unique(np.asarray(info["val_chunks"], dtype=np.int64))
+        total = sum(s["tokens"] for shards in self.meta["shards"].values() for s in shards)
+        if n_chunks != -(-total // chunk):
+            raise DataError(f"{self.path / META}: field 'split.n_chunks' is {n_chunks}, but the shards hold "
+                            f"{-(-total // chunk)} chunks of {chunk} tokens; prepare the data again")
+        chunks = val if split == "val" else np.setdiff1d(np.arange(n_chunks), val)
+        if sum(-(-n // chunk) for n in lengths) != len(chunks):
+            raise DataError(f"{self.path / META}: field 'split.val_chunks' does not match the {split} shards "
+                            f"({len(chunks)} chunks listed, {sum(-(-n // chunk) for n in lengths)} held); "
+                            "prepare the data again")
+        return chunk_seams(lengths, chunk, chunks)
+
     def check_tokenizer(self, fingerprint: str, what: str) -> None:
         if fingerprint != self.tokenizer.fingerprint():
             raise DataError(f"vocabulary mismatch: {what} uses a different vocabulary than the dataset {self.path} "
@@ -1290,19 +1426,38 @@ class Dataset:
     def source(self, split: str, block_size: int):
         """The row source of a split for a model of block_size, or None if the split is empty."""
         if self.kind == "pretrain":
-            shards = [s for s in self.splits.get(split, []) if len(s) > 0]
-            if not shards:
+            kept = [k for k, s in enumerate(self.splits.get(split, [])) if len(s) > 0]
+            if not kept:
                 return None
-            src = TokenWindows(shards, block_size)
-            if src.n_rows == 0:
-                longest = max(len(s) for s in shards)
-                why = f"the {split} split's longest shard has {longest} tokens and a row needs block_size + 1"
+            shards = [self.splits[split][k] for k in kept]
+
+            def too_short(why: str, runs: bool) -> DataError:
                 if split == "val":
-                    raise DataError(f"the validation split is too short for block_size {block_size}: {why}; "
-                                    "prepare the data with a larger --val_fraction, or train without "
-                                    "validation (--eval_iters=0)")
-                raise DataError(f"block_size {block_size} is larger than the data: {why}; "
-                                "lower model.block_size or add data")
+                    return DataError(f"the validation split is too short for block_size {block_size}: {why}; "
+                                     "prepare the data with a larger --val_fraction"
+                                     f"{' or --chunk_tokens' if runs else ''}, or train without validation "
+                                     "(--eval_iters=0)")
+                return DataError(f"block_size {block_size} is larger than the data: {why}; lower model.block_size"
+                                 + (", or prepare the data with a larger --chunk_tokens" if runs else " or add data"))
+
+            longest = max(len(s) for s in shards)
+            if longest < block_size + 1:
+                raise too_short(f"the {split} split's longest shard has {longest} tokens and a row needs "
+                                "block_size + 1", False)
+            chunk = self.meta["split"].get("chunk_tokens") if isinstance(self.meta.get("split"), dict) else None
+            if chunk is not None and self.meta["shuffle"]["enabled"] and chunk < block_size + 1:
+                raise DataError(
+                    f"{self.path} was prepared in chunks of {chunk} tokens (--chunk_tokens), shuffled, and a row "
+                    f"of block_size {block_size} needs {block_size + 1} tokens of text that was adjacent in the "
+                    f"corpus: every row would join two unrelated chunks; prepare the data again with --chunk_tokens "
+                    f"{max(CHUNK_TOKENS, 16 * block_size)} (or at least {block_size + 1}), or lower model.block_size")
+            seams = self._seams(split)
+            src = TokenWindows(shards, block_size, None if seams is None else [seams[k] for k in kept])
+            if src.n_rows == 0:  # (only in corpus order: every run of adjacent chunks is too short)
+                longest = int(src.shards.lengths().max())
+                raise too_short(f"the {split} split's longest run of adjacent chunks has {longest} tokens and a row "
+                                "needs block_size + 1 (a row never crosses a gap where the other split's chunks "
+                                "were taken out)", True)
             return src
         if self.kind == "seq2seq":
             parts = [s for s in self.splits.get(split, []) if s[0].shape[0] > 0]

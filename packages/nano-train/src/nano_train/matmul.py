@@ -9,9 +9,10 @@ the input gradients, and 1.1-1.8x for the weight gradients (tools/bench/README.m
 float32 accumulation, equal to `F.linear` to float rounding.
 
 `linear(x, w, onednn=True)` is `F.linear(x, w)` (no bias) computed that way when it
-can be: float32 on a CPU, autocast off, outside torch.compile (inductor cannot lower
-the oneDNN operator; a compiled model keeps its own products). Otherwise, and with
-`onednn=False`, it is `F.linear` itself. The model carries the choice per Linear
+can be: float32 on a CPU, autocast off. Otherwise, and with `onednn=False`, it is
+`F.linear` itself. The product is a custom operator (`nano_train::onednn_linear`,
+torch.library, torch >= 2.4) with its own backward, so torch.compile keeps it whole
+in its graph as a call, and fuses the work around it. The model carries the choice per Linear
 (`Transformer.use_onednn`); the trainer sets it from `system.matmul`
 (`resolve_matmul`). A fresh model, and so sampling, export and the parity tests, use
 `F.linear`.
@@ -48,6 +49,8 @@ def onednn_unavailable() -> str | None:
         return "this torch was built without oneDNN (mkldnn)"
     if _op() is None:
         return "this torch has no torch.ops.mkldnn._linear_pointwise"
+    if _onednn_linear is None:
+        return f"this torch ({torch.__version__}) has no torch.library.custom_op (torch >= 2.4)"
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(5, 7, generator=gen)
     w = torch.randn(3, 7, generator=gen)
@@ -62,7 +65,7 @@ def onednn_unavailable() -> str | None:
     return None
 
 
-def onednn_blocker(device: torch.device, dtype: str, compile: bool, auto: bool = False) -> str | None:
+def onednn_blocker(device: torch.device, dtype: str, auto: bool = False) -> str | None:
     """None when oneDNN products apply to a run on `device` in `dtype` (compiled or not),
     else why not. auto: also refuse CPUs other than x86-64, where system.matmul auto
     keeps torch's products (oneDNN's float32 speed there has not been measured)."""
@@ -70,25 +73,23 @@ def onednn_blocker(device: torch.device, dtype: str, compile: bool, auto: bool =
         return f"it is for CPUs, and this run is on {device.type}"
     if dtype != "float32":
         return f"it is for float32 runs, and this one is {dtype} (autocast already uses oneDNN)"
-    if compile:
-        return "torch.compile keeps its own products (inductor cannot lower the oneDNN operator)"
     if auto and platform.machine().lower() not in ("x86_64", "amd64"):
         return (f"auto picks it on x86-64 CPUs only (this is {platform.machine() or 'unknown'}); "
                 "ask for it with --matmul=onednn")
     return onednn_unavailable()
 
 
-def resolve_matmul(name: str, device: torch.device, dtype: str, compile: bool) -> tuple[bool, str]:
+def resolve_matmul(name: str, device: torch.device, dtype: str) -> tuple[bool, str]:
     """system.matmul -> (use oneDNN for the projections, why), or ValueError.
 
-    auto: oneDNN for a float32 run on an x86-64 CPU, not compiled, when this torch has it
+    auto: oneDNN for a float32 run on an x86-64 CPU, compiled or not, when this torch has it
     (bfloat16 and float16 products already go through oneDNN under autocast);
     torch: F.linear always; onednn: as auto on any CPU, but an error where it cannot apply."""
     if name not in MATMULS:
         raise ValueError(f"system.matmul must be one of {MATMULS}, got {name!r}")
     if name == "torch":
         return False, "torch (system.matmul)"
-    why = onednn_blocker(device, dtype, compile, auto=name == "auto")
+    why = onednn_blocker(device, dtype, auto=name == "auto")
     if why is None:
         return True, "oneDNN float32 products"
     if name == "onednn":
@@ -96,26 +97,34 @@ def resolve_matmul(name: str, device: torch.device, dtype: str, compile: bool) -
     return False, f"torch ({why})"
 
 
-class _OneDNNLinear(torch.autograd.Function):
-    """y = x @ w.T with every product (forward, input and weight gradients) in oneDNN."""
+def _define_op():
+    """The custom operator nano_train::onednn_linear(x [M, K], w [N, K]) -> x @ w.T, with
+    its backward in the same operator; None on torch < 2.4 (no torch.library.custom_op)."""
+    if not hasattr(torch.library, "custom_op"):
+        return None
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-        ctx.save_for_backward(x2, w)
-        ctx.in_shape = x.shape
-        return onednn_product(x2, w).view(*x.shape[:-1], w.shape[0])
+    @torch.library.custom_op("nano_train::onednn_linear", mutates_args=())
+    def onednn_linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return onednn_product(x, w)
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x2, w = ctx.saved_tensors
-        g2 = grad.reshape(-1, grad.shape[-1])  # [M, N]
-        gx = gw = None
-        if ctx.needs_input_grad[0]:
-            gx = onednn_product(g2, w.t()).view(ctx.in_shape)  # [M, N] @ [N, K]
-        if ctx.needs_input_grad[1]:
-            gw = onednn_product(g2.t(), x2.t())  # [N, M] @ [M, K]
+    @onednn_linear.register_fake
+    def _(x, w):  # the output's shape, for torch.compile's tracing
+        return x.new_empty((x.shape[0], w.shape[0]))
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        gx = onednn_linear(grad, w.t()) if ctx.needs_input_grad[0] else None  # [M, N] @ [N, K]
+        gw = onednn_linear(grad.t(), x.t()) if ctx.needs_input_grad[1] else None  # [N, M] @ [M, K]
         return gx, gw
+
+    onednn_linear.register_autograd(backward, setup_context=setup_context)
+    return onednn_linear
+
+
+_onednn_linear = _define_op()
 
 
 def _cpu_autocast() -> bool:
@@ -127,9 +136,9 @@ def _cpu_autocast() -> bool:
 
 def linear(x: torch.Tensor, w: torch.Tensor, onednn: bool) -> torch.Tensor:
     """F.linear(x, w) (no bias); through oneDNN when `onednn` and it applies here."""
-    if (onednn and x.dtype == torch.float32 and w.dtype == torch.float32 and x.device.type == "cpu"
-            and x.numel() > 0 and not _cpu_autocast() and not torch.compiler.is_compiling()):
-        return _OneDNNLinear.apply(x, w)
+    if (onednn and _onednn_linear is not None and x.dtype == torch.float32 and w.dtype == torch.float32
+            and x.device.type == "cpu" and x.numel() > 0 and not _cpu_autocast()):
+        return _onednn_linear(x.reshape(-1, x.shape[-1]), w).view(*x.shape[:-1], w.shape[0])
     return F.linear(x, w)
 
 

@@ -9,8 +9,11 @@ pretrain options:
   --bos_eos                wrap every document in <|bos|> ... <|eos|> (else documents are joined by
                            "\\n" in line mode, "\\n\\n" otherwise)
   --val_fraction F         share of chunks held out for validation (default 0.05)
-  --chunk_tokens N         the unit of the split and of the shuffle (default 1024)
-  --no_shuffle             keep chunks in corpus order
+  --chunk_tokens N         the unit of the split and of the shuffle (default 8192); a training row
+                           stays inside a chunk, so it must exceed the model's block_size
+                           (an epoch reads at least 1 - block_size / N of the tokens)
+  --no_shuffle             keep chunks in corpus order (rows then cross chunk boundaries, except
+                           where the other split's chunks were taken out)
   --shard_tokens N         tokens per shard file at most, whole chunks: at least --chunk_tokens
                            (default 100,000,000)
 sft options:
@@ -35,8 +38,9 @@ place when it is complete: a failed run leaves an existing dataset as it was. A
 UTF-8 byte-order mark at the start of an input file is dropped. Each input is a
 regular file given once (the same file by two paths is an error). The summary's
 tokens per character counts the documents' tokens only, not separators or
-<|bos|>/<|eos|>; it ends with a warning when the validation split is too short
-for a model of the default block_size (512).
+<|bos|>/<|eos|>; it ends with a warning when the training or the validation split
+is too short for a model of the default block_size (512), and a note when whole
+chunks make the validation split much larger than --val_fraction.
 
 One prepare at a time per DIR: the run holds a lock on DIR/.prepare.lock (removed
 at the end), and a second prepare into DIR meanwhile stops at once with an error
@@ -74,7 +78,7 @@ non_negative_int.__name__ = "non-negative integer"  # what argparse calls the ty
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nano_train.data import DOC_MODES, TOO_LONG
+    from nano_train.data import CHUNK_TOKENS, DOC_MODES, TOO_LONG
 
     parser = argparse.ArgumentParser(prog="python -m nano_train.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--docs", choices=DOC_MODES, default="blank")
     pre.add_argument("--bos_eos", action="store_true")
     pre.add_argument("--val_fraction", type=float, default=0.05)
-    pre.add_argument("--chunk_tokens", type=int, default=1024)
+    pre.add_argument("--chunk_tokens", type=int, default=CHUNK_TOKENS)
     pre.add_argument("--no_shuffle", action="store_true")
     pre.add_argument("--shard_tokens", type=int, default=100_000_000,
                      help="tokens per shard file at most, whole chunks: at least --chunk_tokens")

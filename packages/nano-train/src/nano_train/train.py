@@ -54,7 +54,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nano_train import checkpoint as ckpt_io, dirlock, discard_stdout
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.config import Config, ConfigError, help_text, load_config
-from nano_train.data import Batcher, DataError, Dataset
+from nano_train.data import CHUNK_TOKENS, Batcher, DataError, Dataset
 from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
 from nano_train.metrics import RunLog, duration, human, peak_flops, read_log, short_repr, synchronize
 from nano_train.matmul import resolve_matmul
@@ -399,7 +399,7 @@ def resolve_compute(cfg: Config, info: DistInfo):
     forward_context = forward_context_factory(device, dtype, cfg.system.attention_backend)
     check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
     try:
-        resolve_matmul(cfg.system.matmul, device, dtype, cfg.system.compile)
+        resolve_matmul(cfg.system.matmul, device, dtype)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return device, dtype, forward_context
@@ -622,7 +622,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         ckpt_io.check_state_dict(latest, checkpoint["model"], raw_model)
         raw_model.load_state_dict(checkpoint["model"])
     raw_model.to(device)
-    onednn, matmul = resolve_matmul(cfg.system.matmul, device, dtype, cfg.system.compile)
+    onednn, matmul = resolve_matmul(cfg.system.matmul, device, dtype)
     raw_model.use_onednn(onednn)
     trainable = [p for p in raw_model.parameters() if p.requires_grad]
 
@@ -637,6 +637,14 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     train_source = ds.source("train", cfg.model.block_size)
     if train_source is None:
         raise DataError(f"{ds.path} has no training data")
+    covered = (train_source.n_rows * train_source.T / max(ds.n_tokens("train"), 1)
+               if getattr(train_source, "windows", None) == "chunks" else 1.0)
+    if covered < 0.75 and master:  # rows stay inside chunks: short chunks leave much of each one unread an epoch
+        print(f"note: an epoch reads {covered:.0%} of the training tokens: rows of block_size "
+              f"{cfg.model.block_size} stay inside the dataset's chunks (prepared with --chunk_tokens "
+              f"{ds.meta['split']['chunk_tokens']}), and the rest of each chunk is read in other epochs; prepare "
+              f"the data again with --chunk_tokens {max(CHUNK_TOKENS, 16 * cfg.model.block_size)} to read more of it "
+              "each epoch", file=sys.stderr)
     val_source = ds.source("val", cfg.model.block_size) if cfg.eval.eval_iters > 0 else None
     if val_source is None and master:
         print("note: no validation split (or eval_iters = 0): no validation loss, no best.pt", file=sys.stderr)
