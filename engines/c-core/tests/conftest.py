@@ -473,6 +473,57 @@ def random_weights(config, seed: int = 0, scale: float = 0.3) -> dict:
     return out
 
 
+def build_model(kw: dict, seed: int):
+    """A random nano_train model (block 80, vocabulary 72, 2 layers unless kw says
+    otherwise) whose logits have clear margins, so that greedy decoding is stable."""
+    import math
+
+    import torch
+    from nano_train.model import ModelConfig, Transformer
+
+    c = dict(block_size=80, vocab_size=72, n_layer=2)
+    c.update(kw)
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(**c))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
+            elif name.startswith(("tok_embd", "pos_embd")):
+                p.copy_(torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * (1.5 / math.sqrt(p.shape[1])))
+    return model.eval()
+
+
+def attach_random_lora(model, rank: int, seed: int, scale: float = 0.3):
+    """Attach LoRA (alpha 2 x rank) to model and draw B at random (it starts at zero,
+    which would change nothing), so that the adapter changes the model. Returns it."""
+    import torch
+    from nano_train.lora import attach_lora
+
+    attach_lora(model, rank, alpha=2 * rank)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in model.layers:
+            for t in ("wq", "wk", "wv", "wo"):
+                b = getattr(layer, t).lora_B
+                b.copy_(torch.randn(b.shape, generator=gen) * scale)
+    return model
+
+
+def vocabulary(n: int):
+    """A nano_tokenizer Tokenizer of n tokens: the reference's specials, then CJK characters."""
+    import nano_format as nf
+    from nano_tokenizer import Tokenizer
+
+    specials = ["<|padding|>", "<|unknown|>", "<|bos|>", "<|eos|>", "<|instruct_mark|>", "<|response_mark|>"]
+    texts = specials + [chr(0x4E00 + i) for i in range(n - len(specials))]
+    return Tokenizer.from_tokens([nf.TokenEntry(id=i, text=t, is_special=t in specials)
+                                  for i, t in enumerate(texts)])
+
+
 def model_bytes(seed: int = 0, quant: str = "f32", layout: str = "2026.1", group_size=None, vocab=None,
                 **config_kw) -> bytes:
     """A valid model file as bytes: a small random model with a vocabulary."""
@@ -518,6 +569,7 @@ def h(shared_file):
         CORE=CORE, REPO=REPO, BUILD=BUILD, SAN=SAN, OTHER_BUILDS=OTHER_BUILDS, make=make, shared_file=shared_file,
         clean_env=clean_env,
         run_cli=run_cli, model_bytes=model_bytes, make_vocab=make_vocab, random_weights=random_weights,
+        build_model=build_model, attach_random_lora=attach_random_lora, vocabulary=vocabulary,
         overflowing_model_bytes=overflowing_model_bytes,
         NanoError=NanoError,
     )

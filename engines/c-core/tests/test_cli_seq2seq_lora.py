@@ -12,51 +12,29 @@ and exit status, before any input is read.
 from __future__ import annotations
 
 import copy
-import math
 import os
 
 import numpy as np
 import pytest
-import torch
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 SPECIALS = ["<|padding|>", "<|unknown|>", "<|bos|>", "<|eos|>", "<|instruct_mark|>", "<|response_mark|>"]
 CONFIG = dict(block_size=24, vocab_size=40, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, is_causal=False)
-RANK, ALPHA = 2, 4
+RANK = 2
+ALPHA = 2 * RANK  # conftest.attach_random_lora's
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
+def files(tmp_path_factory, h):
     """The exported model and LoRA, and nano_train's model without and with the adapter."""
-    import nano_format as nf
-    from nano_tokenizer import Tokenizer
     from nano_train.convert import export_bin, export_lora
-    from nano_train.lora import attach_lora
-    from nano_train.model import ModelConfig, Transformer
 
-    torch.manual_seed(11)
-    base = Transformer(ModelConfig(**CONFIG))
-    gen = torch.Generator().manual_seed(11)
-    with torch.no_grad():  # weights large enough for clear argmax margins
-        for name, p in base.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif name.startswith("tok_embd"):
-                p.copy_(torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.5 / math.sqrt(p.shape[1])))
-    base.eval()
-    texts = SPECIALS + [chr(0x4E00 + i) for i in range(CONFIG["vocab_size"] - len(SPECIALS))]
-    tok = Tokenizer.from_tokens([nf.TokenEntry(id=i, text=t, is_special=t in SPECIALS) for i, t in enumerate(texts)])
+    base = h.build_model(CONFIG, 11)
+    tok = h.vocabulary(CONFIG["vocab_size"])
     d = tmp_path_factory.mktemp("seq2seq_lora")
     export_bin(base, d / "model.bin", tokenizer=tok, layout="2026.101")
-    adapted = attach_lora(copy.deepcopy(base), RANK, alpha=ALPHA)
-    with torch.no_grad():  # B starts at zero (no change): make the adapter matter
-        for layer in adapted.layers:
-            for t in ("wq", "wk", "wv", "wo"):
-                b = getattr(layer, t).lora_B
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.5)
+    adapted = h.attach_random_lora(copy.deepcopy(base), RANK, seed=11, scale=0.5)
     export_lora(adapted, d / "lora.bin")
     return dict(dir=d, model=d / "model.bin", lora=d / "lora.bin", base=base, adapted=adapted.eval(), tok=tok)
 

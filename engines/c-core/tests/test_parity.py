@@ -31,7 +31,6 @@ The reference fixtures too, within the same tolerance.
 from __future__ import annotations
 
 import copy
-import math
 
 import numpy as np
 import pytest
@@ -70,58 +69,22 @@ CASES = {
 }
 
 
-def build_model(kw: dict, seed: int):
-    """A random model whose logits have clear margins (greedy decoding is then stable)."""
-    from nano_train.model import ModelConfig, Transformer
-
-    c = dict(block_size=80, vocab_size=72, n_layer=2)
-    c.update(kw)
-    torch.manual_seed(seed)
-    model = Transformer(ModelConfig(**c))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.copy_(1 + 0.1 * torch.randn(p.shape, generator=gen))
-            elif name.startswith(("tok_embd", "pos_embd")):
-                p.copy_(torch.randn(p.shape, generator=gen))
-            else:
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.5 / math.sqrt(p.shape[1])))
-    return model.eval()
-
-
-def vocabulary(n: int):
-    import nano_format as nf
-    from nano_tokenizer import Tokenizer
-
-    specials = ["<|padding|>", "<|unknown|>", "<|bos|>", "<|eos|>", "<|instruct_mark|>", "<|response_mark|>"]
-    texts = specials + [chr(0x4E00 + i) for i in range(n - len(specials))]
-    return Tokenizer.from_tokens([nf.TokenEntry(id=i, text=t, is_special=t in specials)
-                                  for i, t in enumerate(texts)])
-
-
 @pytest.fixture(scope="module", params=sorted(CASES))
-def case(request, tmp_path_factory, nano):
+def case(request, tmp_path_factory, nano, h):
     from nano_train.convert import emulate_q8_0, export_bin, export_lora
     from nano_train.lora import attach_lora
 
     kw, quant, group, rank, layout = CASES[request.param]
     seed = sorted(CASES).index(request.param)
-    model = build_model(kw, seed)
+    model = h.build_model(kw, seed)
     d = tmp_path_factory.mktemp(request.param)
-    tok = vocabulary(model.config.vocab_size)
+    tok = h.vocabulary(model.config.vocab_size)
     info = export_bin(model, d / "model.bin", quant=quant, group_size=group, layout=layout, tokenizer=tok)
     reference = emulate_q8_0(copy.deepcopy(model), info.group_size) if quant == "q8_0" else model
     base = copy.deepcopy(reference)
     lora = None
     if rank:
-        attach_lora(model, rank, alpha=2 * rank)
-        gen = torch.Generator().manual_seed(seed + 100)
-        with torch.no_grad():
-            for layer in model.layers:
-                for t in ("wq", "wk", "wv", "wo"):
-                    m = getattr(layer, t)
-                    m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=gen) * 0.3)
+        h.attach_random_lora(model, rank, seed + 100)
         export_lora(model, d / "lora.bin")
         if quant == "q8_0":
             attach_lora(reference, rank, alpha=2 * rank)
