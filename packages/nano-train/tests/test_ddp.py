@@ -14,6 +14,7 @@ would pick bfloat16 products, whose rounding differs with the rows per product.
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nano_train import checkpoint as ckpt_io
 from nano_train.convert import load_checkpoint_model
 from nano_train.metrics import read_log
 
@@ -58,14 +60,14 @@ def stop_tree(proc: subprocess.Popen) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def run(args, cwd, nproc=None, command="nano_train.pretrain", ok=True):
-    """command (a module, or a script: a .py file) run as one process or with torchrun; its exit
-    status must be 0 (ok) or not (ok False)."""
+def run(args, cwd, nproc=None, command="nano_train.pretrain", ok=True, launcher=()):
+    """command (a module, or a script: a .py file) run as one process or with torchrun (given the
+    options launcher); its exit status must be 0 (ok) or not (ok False)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     target = [command] if command.endswith(".py") else ["-m", command]
     if nproc:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               *target, *args]
+               *launcher, *target, *args]
     else:
         cmd = [sys.executable, *target, *args]
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -179,3 +181,56 @@ def test_a_rank_that_fails_stops_the_run(tmp_path, small_pretrain):
     done = run(args, tmp_path, nproc=2, command=str(script), ok=False)
     assert "error: injected bad data on rank 1" in done.stderr
     assert not (tmp_path / "run" / "report.md").exists()
+
+
+KILLED_RANK = """
+import os
+import signal
+import sys
+from nano_train import data, train
+
+next_batch = data.Batcher.next
+
+
+def dying_next(self):  # rank 1 is killed (as by the kernel's OOM killer) fetching its sixth training batch
+    self.calls = getattr(self, "calls", 0) + 1
+    if self.rank == 1 and self.calls == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return next_batch(self)
+
+
+data.Batcher.next = dying_next
+sys.exit(train.main("pretrain"))
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_rank_ends_the_run_with_one_line(tmp_path, small_pretrain):
+    """Rank 1 dies (SIGKILL) in the middle of training, rank 0 waiting for it in a collective: rank 0
+    ends with one error line saying so, without gloo's traceback, and exit status 1 (torchrun's
+    SIGTERM to it, which follows, does not cut that short), not a hang; the checkpoint of step 4, the
+    last before the kill, is on disk and loads. Rank 0's own stderr is told apart from torchrun's
+    (whose failure summary has a traceback of its own) by torchrun's per-rank log files."""
+    script = tmp_path / "killed_rank.py"
+    script.write_text(KILLED_RANK, encoding="utf-8")
+    args = [f"--dataset={small_pretrain}", "--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
+            "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=50",
+            "--eval_interval=4", "--eval_iters=1", "--device=cpu", "--dist_backend=gloo", "--dtype=float32",
+            "--sample_tokens=0", f"--out_dir={tmp_path / 'run'}"]
+    done = run(args, tmp_path, nproc=2, command=str(script), ok=False,
+               launcher=[f"--log-dir={tmp_path / 'logs'}", "--tee=2"])
+    logs = {p.parent.name: p.read_text(encoding="utf-8") for p in (tmp_path / "logs").rglob("stderr.log")}
+    assert sorted(logs) == ["0", "1"], done.stderr[-3000:]
+    print(logs["0"])
+    lines = logs["0"].strip().splitlines()
+    error = re.compile(r"error: rank 0: lost contact with another process of this run during [^()]+ "
+                       r"\(gloo: [^()]+\); one of the ranks stopped or crashed, see its output above")
+    assert lines and error.fullmatch(lines[-1]), logs["0"]
+    assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in logs["0"]
+    # rank 0 exits with status 1, not killed by the SIGTERM torchrun sends it after seeing rank 1 die
+    status = re.search(r"rank\s*: 0 \(local_rank: 0\)\s+exitcode\s*: (-?\d+)", done.stderr)
+    assert status and status[1] == "1", done.stderr[-3000:]
+    latest = ckpt_io.load(tmp_path / "run" / "latest.pt")
+    assert latest["step"] == 4 and ckpt_io.load(tmp_path / "run" / "best.pt")["step"] == 4
+    load_checkpoint_model(tmp_path / "run" / "latest.pt")
+    assert not list((tmp_path / "run").glob(".*.tmp")) and not (tmp_path / "run" / "report.md").exists()

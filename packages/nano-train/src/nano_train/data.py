@@ -707,15 +707,39 @@ def prepare_pretrain(
 # SFT: JSONL -> fixed-length rows with a loss mask over the answers
 
 
-def sft_turns(obj, where: str) -> list[tuple[str, str]]:
-    """The (question, answer) pairs of one JSONL record.
+# What prepare sft does with a record's system message (messages[0] with role "system"):
+# fold it into the first question, ignore it, or refuse the record
+SYSTEM_POLICIES = ("prepend", "drop", "error")
+# Between the system text and the first question when they are joined (with_system)
+SYSTEM_SEPARATOR = "\n"
+# What each policy did, as meta.json records it
+SYSTEM_RULES = {"prepend": "the question of the first turn is the system text, \"\\n\", then the first question "
+                           "(an empty system text adds nothing)",
+                "drop": "system messages are ignored",
+                "error": "a record with a system message is a bad line"}
+
+
+def with_system(system: str | None, question: str) -> str:
+    """The question the SFT template gets for a conversation with a system text: the
+    template has no slot of its own for it, so the system text comes first, then a
+    line break, then the question. No system text (None or "") leaves the question
+    as it is. prepare sft (--system prepend) and the sampler (--system) both use this,
+    so that a model is asked in the form it was trained on."""
+    return f"{system}{SYSTEM_SEPARATOR}{question}" if system else question
+
+
+def sft_messages(obj, where: str) -> tuple[str | None, list[tuple[str, str]]]:
+    """The system text (None when there is none) and the (question, answer) pairs of
+    one JSONL record.
 
     Accepts {"question": Q, "answer": A} (the reference's format) and
     {"messages": [{"role": "user"|"assistant", "content": ...}, ...]} with
-    strictly alternating user/assistant turns starting with the user.
+    strictly alternating user/assistant turns starting with the user, optionally
+    after one {"role": "system", ...} message as messages[0].
     """
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+    system = None
     if "messages" in obj:
         msgs = obj["messages"]
         if not isinstance(msgs, list) or not msgs:
@@ -724,6 +748,12 @@ def sft_turns(obj, where: str) -> list[tuple[str, str]]:
         for k, m in enumerate(msgs):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise DataError(f"{where}: messages[{k}] must be an object with string 'role' and 'content'")
+            if m["role"] == "system":
+                if k != 0:
+                    raise DataError(f"{where}: messages[{k}] is a system message; a record may have one, "
+                                    "only as messages[0]")
+                system = m["content"]
+                continue
             want = "user" if question is None else "assistant"
             if m["role"] != want:
                 raise DataError(f"{where}: messages[{k}] has role {_short(m['role'])}; expected {want!r} "
@@ -735,15 +765,39 @@ def sft_turns(obj, where: str) -> list[tuple[str, str]]:
                 question = None
         if question is not None:
             raise DataError(f"{where}: the last user message has no assistant answer")
+        if not pairs:
+            raise DataError(f"{where}: 'messages' holds a system message and no user message")
         names = [f"messages[{k}].content" for k in range(len(msgs))]
+        texts = [m["content"] for m in msgs]
     else:
         q, a = obj.get("question"), obj.get("answer")
         if not isinstance(q, str) or not isinstance(a, str):
             raise DataError(f"{where}: expected string fields 'question' and 'answer' (or a 'messages' list)")
-        pairs, names = [(q, a)], ["question", "answer"]
-    for name, text in zip(names, (t for pair in pairs for t in pair)):
+        pairs, names, texts = [(q, a)], ["question", "answer"], [q, a]
+    for name, text in zip(names, texts):
         _check_unicode(text, where, name)
-    return pairs
+    return system, pairs
+
+
+def apply_system(system: str | None, pairs: list[tuple[str, str]], policy: str,
+                 where: str) -> list[tuple[str, str]]:
+    """The pairs to train on, given the record's system text and a SYSTEM_POLICIES policy."""
+    if policy not in SYSTEM_POLICIES:
+        raise DataError(f"system must be one of {SYSTEM_POLICIES}, got {_short(policy)}")
+    if system is None or policy == "drop":
+        return pairs
+    if policy == "error":
+        raise DataError(f"{where}: messages[0] is a system message, which --system error refuses; "
+                        "--system prepend folds it into the first question, --system drop ignores it")
+    (question, answer), *rest = pairs
+    return [(with_system(system, question), answer), *rest]
+
+
+def sft_turns(obj, where: str, system: str = "prepend") -> list[tuple[str, str]]:
+    """The (question, answer) pairs of one JSONL record (see sft_messages), its
+    system message, if any, treated as the SYSTEM_POLICIES policy `system` says."""
+    text, pairs = sft_messages(obj, where)
+    return apply_system(text, pairs, system, where)
 
 
 def _check_unicode(text: str, where: str, name: str) -> None:
@@ -820,12 +874,17 @@ class SFTSummary:
     tokens: int
     answer_tokens: int
     seconds: float
+    system_messages: int = 0  # records with a system message (with policy "error": bad lines, skipped)
+    system_policy: str = "prepend"
 
     def text(self) -> str:
+        done = {"prepend": "prepended to the first question", "drop": "dropped",
+                "error": "refused, skipped as bad lines"}[self.system_policy]
+        system = f"{self.system_messages:,} ({done})" if self.system_messages else "none"
         return (f"{self.records:,} records -> {self.samples:,} samples (train {self.train_samples:,}, val {self.val_samples:,}), "
                 f"{self.tokens:,} tokens of which {self.answer_tokens:,} trained on; "
                 f"skipped: {self.bad_lines} bad lines, {self.too_long_skipped} too long; "
-                f"truncated: {self.truncated}; {self.seconds:.1f} s")
+                f"truncated: {self.truncated}; system messages: {system}; {self.seconds:.1f} s")
 
 
 def prepare_sft(
@@ -838,6 +897,7 @@ def prepare_sft(
     seed: int = 1337,
     too_long: str = "skip",
     skip_bad: bool = False,
+    system: str = "prepend",
     overwrite: bool = False,
     progress: bool = True,
     max_line_bytes: int = MAX_LINE_BYTES,
@@ -848,10 +908,13 @@ def prepare_sft(
     may hold up to block_size tokens. too_long: "skip" (count and drop),
     "truncate" (keep the first block_size tokens; the mask stays exact; a sample
     whose answer would be cut off entirely is skipped and counted), or
-    "error". A line that is not a valid record (or is longer than max_line_bytes)
-    is an error naming the file and line, or with skip_bad is skipped and
-    counted. A sample is held out when split_hash(seed, row_key(row)) <
-    val_fraction: by its content, so a sample given twice is never in both splits.
+    "error". A record's system message (messages[0] with role "system") is, by
+    system: "prepend" (with_system: folded into the first question), "drop"
+    (ignored) or "error" (a bad line). A line that is not a valid record (or is
+    longer than max_line_bytes) is an error naming the file and line, or with
+    skip_bad is skipped and counted. A sample is held out when
+    split_hash(seed, row_key(row)) < val_fraction: by its content, so a sample
+    given twice is never in both splits.
     """
     t0 = time.monotonic()
     inputs = existing_files(inputs)
@@ -861,6 +924,8 @@ def prepare_sft(
                         f"got {block_size:,}")
     if too_long not in TOO_LONG:
         raise DataError(f"too_long must be one of {TOO_LONG}, got {_short(too_long)}")
+    if system not in SYSTEM_POLICIES:
+        raise DataError(f"system must be one of {SYSTEM_POLICIES}, got {_short(system)}")
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     _check_seed(seed)
@@ -869,7 +934,7 @@ def prepare_sft(
     with _new_dataset_dir(out_dir, overwrite, _SFT_SHARDS) as build:
         files = {split: (f"sft_{split}.bin", f"sft_{split}_mask.bin") for split in ("train", "val")}
         counts = {"train": 0, "val": 0}
-        bad = skipped = truncated = n_tokens = n_answer = index = records = 0
+        bad = skipped = truncated = n_tokens = n_answer = index = records = n_system = 0
         row = np.empty(block_size, dtype=dtype)
         row_mask = np.empty(block_size, dtype=np.uint8)
         total_bytes = sum(p.stat().st_size for p in inputs)
@@ -891,8 +956,12 @@ def prepare_sft(
                             text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
                             if not text:
                                 continue  # blank lines are not records
+                            system_text, pairs = sft_messages(_loads(text, where), where)
+                            if system_text is not None:
+                                n_system += 1  # (refused by "error": counted here and as a bad line)
+                            pairs = apply_system(system_text, pairs, system, where)
                             # (block_size + 1 ids are enough to tell a sample that is too long)
-                            ids, mask = sft_encode(tok, sft_turns(_loads(text, where), where), block_size + 1)
+                            ids, mask = sft_encode(tok, pairs, block_size + 1)
                         except (DataError, UnicodeDecodeError) as e:
                             if not skip_bad:
                                 if isinstance(e, UnicodeDecodeError):
@@ -932,7 +1001,7 @@ def prepare_sft(
                             f"(or left no answer token when truncated) or held out ({', '.join(map(str, inputs))})")
         _save_tokenizer(tok, build)
         summary = SFTSummary(records, index, counts["train"], counts["val"], bad, skipped, truncated, n_tokens,
-                             n_answer, time.monotonic() - t0)
+                             n_answer, time.monotonic() - t0, n_system, system)
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -945,7 +1014,10 @@ def prepare_sft(
             "template": "<|instruct_mark|>question<|response_mark|>answer<|eos|> per turn, padded with <|padding|>; "
                         "mask 1 on answer tokens and their <|eos|>",
             "counts": {"records": records, "samples": index, "bad_lines": bad, "too_long_skipped": skipped,
-                       "truncated": truncated, "tokens": n_tokens, "answer_tokens": n_answer},
+                       "truncated": truncated, "tokens": n_tokens, "answer_tokens": n_answer,
+                       "system_messages": n_system},
+            # (a dataset prepared before system messages were read has no "system": none was taken)
+            "system": {"policy": system, "rule": SYSTEM_RULES[system]},
             "split": {"unit": "sample", "rule": "a sample is validation when split_hash(seed, k) < val_fraction, "
                                                 "k = the first 8 bytes (little-endian) of the BLAKE2b digest of "
                                                 "its row as stored (row_key): identical samples share a split",

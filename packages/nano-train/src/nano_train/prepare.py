@@ -23,6 +23,10 @@ sft options:
                            also skips, and counts, a sample whose answer would be cut off entirely)
   --skip_bad               skip (and count) lines that are not valid records (or are over 64 MiB)
                            instead of stopping
+  --system prepend|drop|error   a record's system message ({"role": "system"} as messages[0]):
+                           prepend (default) joins it and the first question into one question,
+                           system text + "\\n" + question (sample --instruct --system makes the
+                           same); drop ignores it; error makes the record a bad line
   --val_fraction F         share of samples held out (default 0)
 common:
   --seed N (>= 0, default 1337), --overwrite (replace an existing dataset in DIR), --quiet (no progress bar)
@@ -78,7 +82,7 @@ non_negative_int.__name__ = "non-negative integer"  # what argparse calls the ty
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from nano_train.data import CHUNK_TOKENS, DOC_MODES, TOO_LONG
+    from nano_train.data import CHUNK_TOKENS, DOC_MODES, SYSTEM_POLICIES, TOO_LONG
 
     parser = argparse.ArgumentParser(prog="python -m nano_train.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -103,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--block_size", type=int, required=True)
     sft.add_argument("--too_long", choices=TOO_LONG, default="skip")
     sft.add_argument("--skip_bad", action="store_true")
+    sft.add_argument("--system", choices=SYSTEM_POLICIES, default="prepend",
+                     help="a record's system message: joined to the first question (default), dropped, or an error")
     sft.add_argument("--val_fraction", type=float, default=0.0)
     return parser
 
@@ -131,7 +137,7 @@ def _prepare(args: argparse.Namespace):
     return prepare_sft(
         args.inputs, args.tokenizer, args.out_dir, block_size=args.block_size,
         val_fraction=args.val_fraction, seed=args.seed, too_long=args.too_long, skip_bad=args.skip_bad,
-        overwrite=args.overwrite, progress=not args.quiet)
+        system=args.system, overwrite=args.overwrite, progress=not args.quiet)
 
 
 def main(argv: list[str] | None = None) -> int:

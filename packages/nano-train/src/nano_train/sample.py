@@ -9,6 +9,9 @@ usage: python -m nano_train.sample -m MODEL [-l LORA.bin] -p PROMPT [options]
   -p, --prompt TEXT           the prompt (UTF-8); "-" reads it from stdin
   --instruct                  wrap the prompt in the SFT template
                               (<|instruct_mark|> prompt <|response_mark|>)
+  --system TEXT               with --instruct: a system text, put before the prompt as
+                              `prepare sft` puts a record's system message (TEXT, a line
+                              break, the prompt)
   -t, --temperature T         0 = greedy (default 1.0)
   -k, --top-k K               keep the K most likely tokens (0 = off)
   --top-p P                   keep the smallest set with probability >= P (1 = off)
@@ -76,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--lora", help="a LoRA .bin file to attach")
     p.add_argument("-p", "--prompt", required=True, help='the prompt text; "-" reads stdin')
     p.add_argument("--instruct", action="store_true", help="use the SFT template; <|eos|> stops")
+    p.add_argument("--system", metavar="TEXT",
+                   help="with --instruct: a system text before the prompt, as prepare sft puts a system message")
     p.add_argument("-t", "--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     p.add_argument("-k", "--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
@@ -104,7 +109,8 @@ SAMPLER_OPTIONS = {"temperature": "-t", "top_k": "-k", "top_p": "--top-p", "min_
 # for a full-attention model, they are named in a note, as `nano run` does.
 NOT_SEQ2SEQ = (("temperature", "--temperature"), ("top_k", "--top-k"), ("top_p", "--top-p"),
                ("min_p", "--min-p"), ("repetition_penalty", "--repetition-penalty"),
-               ("max_tokens", "--max-tokens"), ("seed", "--seed"), ("stop", "--stop"), ("instruct", "--instruct"))
+               ("max_tokens", "--max-tokens"), ("seed", "--seed"), ("stop", "--stop"), ("instruct", "--instruct"),
+               ("system", "--system"))
 
 
 def _seq2seq_note(args) -> str | None:
@@ -129,16 +135,21 @@ def _utf8(raw: bytes, where: str) -> str:
                          f"({e.reason})") from None
 
 
+def _argument(arg: str, where: str) -> str:
+    """A command-line argument as text; a UsageError naming `where` if it is not UTF-8."""
+    # Bytes that are not UTF-8 reach Python as lone surrogates; os.fsencode gives them back.
+    try:
+        raw = os.fsencode(arg)
+    except UnicodeEncodeError as e:  # a surrogate that stands for no byte (a caller's string)
+        raise UsageError(f"{where} is not text: a lone surrogate at character {e.start}") from None
+    return _utf8(raw, where)
+
+
 def _prompt(arg: str) -> str:
     """The prompt -p gives: the argument itself, or standard input for "-" (a final
     line break dropped; line breaks read as \\n, as text-mode reading does)."""
     if arg != "-":
-        # Bytes that are not UTF-8 reach Python as lone surrogates; os.fsencode gives them back.
-        try:
-            raw = os.fsencode(arg)
-        except UnicodeEncodeError as e:  # a surrogate that stands for no byte (a caller's string)
-            raise UsageError(f"-p: the prompt argument is not text: a lone surrogate at character {e.start}") from None
-        return _utf8(raw, "-p: the prompt argument")
+        return _argument(arg, "-p: the prompt argument")
     if sys.stdin is None:  # started with standard input closed
         raise UsageError("-p -: standard input is closed")
     if hasattr(sys.stdin, "buffer"):
@@ -209,6 +220,10 @@ def _load(args):
 def _run(args, out) -> None:
     from .sampling import SamplerConfig, generate, instruct_prompt, seq2seq
 
+    if args.system is not None and not args.instruct:
+        raise UsageError("--system needs --instruct: the system text goes into the instruct template, "
+                         "before the prompt")
+    system = _argument(args.system, "--system: the system argument") if args.system is not None else None
     prompt = _prompt(args.prompt)
     if not prompt and not args.instruct:  # the instruct template gives an empty question tokens
         raise UsageError("the prompt is empty (only --instruct takes an empty one, as SFT data may hold)")
@@ -250,7 +265,7 @@ def _run(args, out) -> None:
                   file=sys.stderr)
         return
 
-    ids = instruct_prompt(tok, prompt) if args.instruct else tok.encode(prompt)
+    ids = instruct_prompt(tok, prompt, system) if args.instruct else tok.encode(prompt)
     t0 = time.perf_counter()
     t_first = t_last = None
     n = 0

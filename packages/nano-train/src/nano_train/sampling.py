@@ -44,6 +44,8 @@ import numpy as np
 import torch
 from nano_tokenizer import EOS
 
+from nano_train.data import with_system
+
 __all__ = [
     "SamplerConfig",
     "Rng",
@@ -311,10 +313,11 @@ def generate(
         model.train(was_training)
 
 
-def instruct_prompt(tokenizer, question: str) -> list[int]:
+def instruct_prompt(tokenizer, question: str, system: str | None = None) -> list[int]:
     """The SFT prompt: <|instruct_mark|> question <|response_mark|>. The model's
-    answer follows and ends with <|eos|>."""
-    return [tokenizer.instruct_id, *tokenizer.encode(question), tokenizer.response_id]
+    answer follows and ends with <|eos|>. A system text goes before the question
+    as `prepare sft` puts a record's system message there (data.with_system)."""
+    return [tokenizer.instruct_id, *tokenizer.encode(with_system(system, question)), tokenizer.response_id]
 
 
 @torch.no_grad()

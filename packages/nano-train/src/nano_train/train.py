@@ -15,8 +15,9 @@ usage:
   them first). One run at a time per out_dir: a second one into it fails at
   once (out_dir/.run.lock). Ctrl-C (or SIGTERM) saves latest.pt and exits with status 130.
   Exit status 2: a config, data or checkpoint error; 1: training diverged (the
-  loss became inf or nan; latest.pt keeps the last good weights) or a file
-  could not be written.
+  loss became inf or nan; latest.pt keeps the last good weights), a file
+  could not be written, or (torchrun) another process of the run ended in the
+  middle of it (latest.pt keeps the last checkpoint written).
 
 Outputs in run.out_dir: latest.pt (rolling), best.pt (best validation loss),
 ckpt_<step>.pt (run.keep_checkpoints; ckpt_000200.pt), log.jsonl, report.md.
@@ -37,6 +38,7 @@ import json
 import math
 import os
 import random
+import re
 import shlex
 import signal
 import sys
@@ -69,6 +71,11 @@ RUN_LOCK = ".run.lock"
 
 class TrainingDiverged(RuntimeError):
     """The loss or the weights became inf or nan; the message names the last good checkpoint."""
+
+
+class LostContact(RuntimeError):
+    """Under torchrun, a collective failed because another process of the run is gone
+    (killed, crashed, or stopped by an error of its own)."""
 
 
 @dataclass
@@ -114,6 +121,39 @@ def init_distributed(system) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return info
+
+
+def communication_failure(e: BaseException) -> str | None:
+    """The short reason of a failed collective ("Read error: Connection reset by peer"), or
+    None when e is some other error. Gloo's transport raises plain RuntimeErrors that name its
+    source file ("[.../gloo/transport/tcp/pair.cc:537] Read error [127.0.0.1]:7577: ..."),
+    NCCL and the rendezvous store torch.distributed's DistError."""
+    text = str(e)
+    from_gloo = re.search(r"gloo[/\\]transport", text) is not None
+    if not isinstance(e, RuntimeError) or not (isinstance(e, dist.DistError) or from_gloo):
+        return None
+    reason = re.sub(r"^\[[^\]]*\] ", "", ckpt_io.one_line(text))  # the source file and line
+    reason = re.sub(r" ?\[[0-9a-fA-F.:]*\]:\d+", "", reason)  # the peer's address and port
+    return reason.split(". ")[0][:200]
+
+
+@contextlib.contextmanager
+def talking(info: DistInfo, what: str):
+    """Around collectives: their failure for want of another rank becomes one LostContact
+    line saying what this rank was doing (`what`: "training step 3")."""
+    try:
+        yield
+    except RuntimeError as e:
+        reason = communication_failure(e) if info.ddp else None
+        if reason is None:
+            raise
+        if _main_thread():
+            # torchrun sends SIGTERM to the ranks left as soon as it sees one end: that is no
+            # news now, and it must not end this process before main has said what happened
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise LostContact(f"rank {info.rank}: lost contact with another process of this run during {what} "
+                          f"({dist.get_backend()}: {reason}); one of the ranks stopped or crashed, see its "
+                          "output above") from None
 
 
 def earlier_run_files(out_dir: Path) -> list[Path]:
@@ -536,7 +576,9 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     the caller holds that lock already (nano_train.problems, which deletes an
     earlier run's files first); a second flock on the file, even from the same
     process, would conflict with it.
-    Raises TrainingDiverged when the loss or the weights become inf or nan.
+    Raises TrainingDiverged when the loss or the weights become inf or nan, and (under
+    torchrun) LostContact when another rank is gone; SIGTERM is then left ignored, as
+    torchrun sends it to the ranks left, and the process is to end with the error.
     """
     if run_lock_held or not writes_out_dir():
         return _train(cfg, explicit, checkpoint, progress)
@@ -732,7 +774,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     blocked = blocked_loss(cfg.system.loss, device)
     eval_model = raw_model if graphs else model  # evaluation needs no gradient synchronisation
     if info.ddp:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        with talking(info, "the start of training"):  # DDP sends rank 0's weights to every rank
+            model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # ---- logging -------------------------------------------------------------------------
     log = RunLog(out_dir / "log.jsonl", master, resume_step)
@@ -796,7 +839,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         bad_losses = [x for x in (train_loss, val_loss) if x is not None and not math.isfinite(x)]
         if bad_losses or not weights_finite(raw_model):
             raise diverged(f"the loss is {bad_losses[0]}" if bad_losses else "the weights are not finite")
-        rng = gather_rng(info)  # a collective: every rank takes part, rank 0 writes
+        with talking(info, f"the checkpoint of step {step}"):
+            rng = gather_rng(info)  # a collective: every rank takes part, rank 0 writes
         if not master:
             return
         state = {
@@ -844,7 +888,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
 
     def restore_handlers() -> None:
         for sig, handler in previous_handlers.items():
-            signal.signal(sig, handler)
+            if signal.getsignal(sig) is on_signal:  # not one set since (talking() ignores SIGTERM)
+                signal.signal(sig, handler)
     checkpoint_interval = cfg.run.checkpoint_interval or cfg.eval.eval_interval
     train_seconds, rate_tokens = 0.0, 0  # for the run's throughput, the first step left out
     first_seconds = 0.0  # ... unless it is the only one
@@ -856,7 +901,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         nonlocal train_loss, interval_seconds, interval_steps
         total = loss_sum.clone()  # this rank's share of the step's loss, times world_size
         if info.ddp:
-            dist.all_reduce(total)
+            with talking(info, f"the loss report of step {step}"):
+                dist.all_reduce(total)
             total /= info.world_size
         train_loss = total.item()
         if not math.isfinite(train_loss):  # checked where it is on the host anyway, not every step
@@ -877,7 +923,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             stopping = stop["requested"]
             if info.ddp:  # every rank must stop at the same step and follow the same clock
                 flags = torch.tensor([float(stopping), elapsed], device=device, dtype=torch.float64)
-                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+                with talking(info, f"the start of step {step + 1}"):
+                    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
                 stopping, elapsed = bool(flags[0].item()), flags[1].item()
             out_of_time = budget > 0 and elapsed >= budget and step < cfg.optim.max_iters
             last = step >= cfg.optim.max_iters or out_of_time
@@ -888,7 +935,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
 
             # -- evaluate on the held-out split; keep the best model
             if fresh and val_source is not None and (step % cfg.eval.eval_interval == 0 or last):
-                val_loss = evaluate(eval_model, val_source, cfg, info, device, forward_context, blocked)
+                with talking(info, f"the evaluation at step {step}"):
+                    val_loss = evaluate(eval_model, val_source, cfg, info, device, forward_context, blocked)
                 if not math.isfinite(val_loss):
                     raise diverged(f"the validation loss is {val_loss}")
                 improved = val_loss < best_val_loss
@@ -918,21 +966,22 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             micro_batches = [batch_to_device(train_batches.next(), device) for _ in range(accum)]
             tokens = [Transformer.loss_weight(y, m).sum() for _, y, m in micro_batches]
             step_tokens = torch.stack(tokens).sum()  # on the device: no wait for it
-            if info.ddp:
-                dist.all_reduce(step_tokens)
-            step_tokens = step_tokens.clamp_min(1.0)
             loss_sum = torch.zeros((), device=device)
-            if graphs:  # a new step: the last one's graph outputs may be overwritten
-                torch.compiler.cudagraph_mark_step_begin()
-            for micro, (x, y, m) in enumerate(micro_batches):
-                # DDP all-reduces gradients on the last micro-batch only
-                sync = contextlib.nullcontext() if not info.ddp or micro == accum - 1 else model.no_sync()
-                with sync:
-                    with forward_context():  # CE averaged over unmasked targets
-                        _, loss = model(x, y, m, return_logits=False, blocked_loss=blocked)
-                    loss = loss * (tokens[micro] * info.world_size / step_tokens)
-                    scaler.scale(loss).backward()  # a no-op scale unless float16
-                loss_sum += loss.detach()
+            with talking(info, f"training step {step + 1}"):
+                if info.ddp:
+                    dist.all_reduce(step_tokens)
+                step_tokens = step_tokens.clamp_min(1.0)
+                if graphs:  # a new step: the last one's graph outputs may be overwritten
+                    torch.compiler.cudagraph_mark_step_begin()
+                for micro, (x, y, m) in enumerate(micro_batches):
+                    # DDP all-reduces gradients on the last micro-batch only
+                    sync = contextlib.nullcontext() if not info.ddp or micro == accum - 1 else model.no_sync()
+                    with sync:
+                        with forward_context():  # CE averaged over unmasked targets
+                            _, loss = model(x, y, m, return_logits=False, blocked_loss=blocked)
+                        loss = loss * (tokens[micro] * info.world_size / step_tokens)
+                        scaler.scale(loss).backward()  # a no-op scale unless float16
+                    loss_sum += loss.detach()
 
             # -- clip, step
             scaler.unscale_(optimizer)  # true gradients for the norm (no-op when disabled)
@@ -993,7 +1042,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             rate = f"{human(tokens_per_s)} tok/s" if tokens_per_s else "no training step run"
             say(f"done: step {step}, best val loss {best}, {rate}; report in {out_dir / 'report.md'}")
         if info.ddp:
-            dist.barrier()
+            with talking(info, "the end of the run"):
+                dist.barrier()
             # The DDP wrapper's reducer holds the gloo group. Freed after the group (as train()
             # returns), its destructor joins gloo's threads while holding the GIL, which one of
             # them may be waiting for: rank 1 hung there about once in ten loaded runs. So the
@@ -1138,7 +1188,7 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         print("error: standard output was closed (its reader went away); the run stopped (latest.pt, if any, "
               f"holds the last checkpoint written: {hint})", file=sys.stderr)
         return 1
-    except (TrainingDiverged, OSError) as e:  # OSError: a file that cannot be written (disk full, read-only)
+    except (TrainingDiverged, LostContact, OSError) as e:  # OSError: a file that cannot be written (disk full...)
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
