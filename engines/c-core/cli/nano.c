@@ -2,8 +2,8 @@
  * nano - run, inspect and benchmark Nano models from the command line.
  *
  * Usage:
- *   nano run -m MODEL [-l LORA] [-p PROMPT | -p -] [--instruct] [-t TEMP] [-k TOP_K]
- *            [--top-p P] [--min-p P] [-r PENALTY] [-n MAX_TOKENS] [-s SEED]
+ *   nano run -m MODEL [-l LORA] [-p PROMPT | -p -] [--instruct] [--system TEXT] [-t TEMP]
+ *            [-k TOP_K] [--top-p P] [--min-p P] [-r PENALTY] [-n MAX_TOKENS] [-s SEED]
  *            [--threads N] [--ctx N] [--batch N] [--portable] [--profile] [--ids]
  *   nano info MODEL
  *   nano seq2seq -m MODEL [-l LORA] [--threads N] [--causal] INPUT | -
@@ -15,6 +15,8 @@
  * In that chat and in `nano seq2seq -m MODEL -` every input line gets exactly
  * one output line: an answer's line breaks, carriage returns and backslashes
  * are written as \n, \r and \\ (README: "One answer per line").
+ * --system TEXT puts a system text before every instruct-mode question, as
+ * nano_train's `prepare sft --system prepend` trained the model on it.
  * This is the only file that may exit(); the library never does.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -52,6 +54,9 @@ static const char *USAGE =
     "                       one answer per output line (escaped as in 'nano seq2seq ... -')\n"
     "                       (a model with full attention runs seq2seq instead, as 'nano seq2seq')\n"
     "  --instruct           wrap the prompt as " NANO_SPECIAL_INSTRUCT " PROMPT " NANO_SPECIAL_RESPONSE "\n"
+    "  --system TEXT        instruct mode (--instruct, or the chat): put TEXT and a line break before\n"
+    "                       the prompt or every question, as 'prepare sft' puts a system message\n"
+    "                       (an empty TEXT adds nothing)\n"
     "  -t, --temperature T  0 = greedy (default 1.0)\n"
     "  -k, --top-k K        keep the K most likely tokens (0 = off)\n"
     "  --top-p P            nucleus sampling, 0 < P <= 1 (1 = off)\n"
@@ -81,6 +86,7 @@ static const char *USAGE =
     "examples:\n"
     "  nano run -m psycho.bin -p '今天' -t 0 -n 32\n"
     "  nano run -m model.bin --instruct -p 'What is a dipole?' -t 0.7 -k 40 --profile\n"
+    "  nano run -m model.bin --instruct --system 'Answer briefly.' -p 'What is a dipole?'\n"
     "  echo 'hello' | nano run -m model.bin\n"
     "  nano seq2seq -m sort6_f32.bin 251212\n"
     "  printf '251212\\n987654\\n' | nano seq2seq -m sort6_f32.bin -\n";
@@ -444,6 +450,7 @@ static int seq2seq_lines(seq2seq_state *q, FILE *f) {
 
 typedef struct run_opts {
     const char *model, *lora, *prompt;
+    const char *system; /* --system TEXT, or NULL */
     int instruct, profile, ids, portable, threads;
     uint32_t n_ctx, n_batch;
     nano_session_params sp;
@@ -456,7 +463,7 @@ static const struct {
     const char *s, *l;
 } NOT_SEQ2SEQ[] = {{"-t", "--temperature"}, {"-k", "--top-k"}, {NULL, "--top-p"}, {NULL, "--min-p"},
                    {"-r", "--repetition-penalty"}, {"-n", "--max-tokens"}, {"-s", "--seed"}, {NULL, "--instruct"},
-                   {NULL, "--ids"}, {NULL, "--profile"}, {NULL, "--batch"}};
+                   {NULL, "--system"}, {NULL, "--ids"}, {NULL, "--profile"}, {NULL, "--batch"}};
 
 static void note_option(run_opts *o, const char *a) {
     size_t i;
@@ -483,6 +490,22 @@ static int text_append(text_buf *b, const char *s, size_t n) {
     memcpy(b->p + b->len, s, n);
     b->len += n;
     return 0;
+}
+
+/* The question as `prepare sft --system prepend` trained the model on it
+ * (nano_train's data.with_system): the system text, a line break, then the
+ * question; no system text (NULL or "") leaves the question as it is. Joined
+ * in *b (reused from question to question), NUL-terminated. Returns the text
+ * to ask, or NULL when out of memory. */
+static const char *with_system(const char *system, const char *question, size_t question_len, text_buf *b) {
+    size_t n = system ? strlen(system) : 0;
+    if (n == 0) return question;
+    if (question_len > (size_t)-1 - n - 2) return NULL;
+    b->len = 0;
+    if (text_append(b, system, n) || text_append(b, "\n", 1) || text_append(b, question, question_len) ||
+        text_append(b, "", 1))
+        return NULL;
+    return b->p;
 }
 
 /* Peak resident memory of this process in KiB (Linux: VmHWM), or -1. */
@@ -552,11 +575,13 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
  * each escaped answer is gathered and written once it has ended well. A
  * person at a terminal (standard input and output both one) reads the answers
  * as they are, streamed, line breaks and all: escaping is for programs
- * reading one answer per line. Returns 0 if every question was answered,
- * else 1. */
+ * reading one answer per line. With --system, every question gets the
+ * system text before it (with_system). Returns 0 if every question was
+ * answered, else 1. */
 static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
     char *line = NULL, where[48];
-    text_buf answer = {NULL, 0, 0};
+    text_buf answer = {NULL, 0, 0}, joined = {NULL, 0, 0};
+    const char *question;
     size_t cap = 0, len = 0;
     unsigned long lineno = 0;
     int tty = 0, escape = 1, rc = 0, got;
@@ -582,7 +607,8 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
             }
             continue;
         }
-        r = generate(s, line, NANO_MODE_INSTRUCT, o, ctx, where, escape, escape ? &answer : NULL);
+        if (!(question = with_system(o->system, line, len, &joined))) r = report(NANO_ERR_OUT_OF_MEMORY, where);
+        else r = generate(s, question, NANO_MODE_INSTRUCT, o, ctx, where, escape, escape ? &answer : NULL);
         if (r < 0) {
             rc = 1;
             break;
@@ -596,6 +622,7 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
     if (got < 0) rc = input_failed();
     free(line);
     free(answer.p);
+    free(joined.p);
     return rc;
 }
 
@@ -629,6 +656,8 @@ static int cmd_run(int argc, char **argv) {
     nano_session *s = NULL;
     nano_status st;
     char *stdin_prompt = NULL;
+    text_buf joined = {NULL, 0, 0};
+    const char *prompt;
     int i, rc = 0;
     memset(&o, 0, sizeof o);
     o.sp = nano_session_default_params();
@@ -640,6 +669,7 @@ static int cmd_run(int argc, char **argv) {
         else if (is_opt(a, "-l", "--lora")) o.lora = need_value(argc, argv, &i);
         else if (is_opt(a, "-p", "--prompt")) o.prompt = need_value(argc, argv, &i);
         else if (is_opt(a, NULL, "--instruct")) o.instruct = 1;
+        else if (is_opt(a, NULL, "--system")) o.system = need_value(argc, argv, &i);
         else if (is_opt(a, "-t", "--temperature")) {
             o.sp.sampler.temperature = parse_float(a, need_value(argc, argv, &i));
             if (!(o.sp.sampler.temperature >= 0.0f)) die_usage("%s: must be >= 0, got '%s'", a, argv[i]);
@@ -669,7 +699,13 @@ static int cmd_run(int argc, char **argv) {
         } else die_usage("run: unknown option '%s'%s", a, "");
     }
     if (!o.model) die_usage("run: -m MODEL is required%s%s", "", "");
-    if (o.prompt && o.prompt[0] == '\0') die_usage("-p: the prompt is empty%s%s", "", "");
+    /* SFT data may hold an empty question: only instruct mode takes an empty prompt (as nano_train.sample) */
+    if (o.prompt && o.prompt[0] == '\0' && !o.instruct)
+        die_usage("-p: the prompt is empty (only --instruct takes an empty one)%s%s", "", "");
+    /* the chat (no -p) is instruct mode already; a -p run is with --instruct */
+    if (o.system && o.prompt && !o.instruct)
+        die_usage("--system needs instruct mode (--instruct with -p, or the chat without -p): the system text "
+                  "goes into the instruct template%s%s", "", "");
 
     /* From here on every error frees what was made and returns its status. */
     m = load_model(o.model);
@@ -689,8 +725,9 @@ static int cmd_run(int argc, char **argv) {
             goto done;
         }
         while (len && stdin_prompt[len - 1] == '\n') stdin_prompt[--len] = '\0';
-        if (len == 0) {
-            fprintf(stderr, "nano: error: -p -: the prompt is empty (standard input had no text)\n");
+        if (len == 0 && !o.instruct) {
+            fprintf(stderr, "nano: error: -p -: the prompt is empty (standard input had no text; only --instruct "
+                            "takes an empty one)\n");
             rc = 2;
             goto done;
         }
@@ -718,11 +755,14 @@ static int cmd_run(int argc, char **argv) {
     }
     st = nano_session_init(ctx, &o.sp, &s);
     if (st != NANO_OK) rc = report(st, "session");
-    else if (o.prompt) rc = generate(s, o.prompt, o.instruct ? NANO_MODE_INSTRUCT : NANO_MODE_CONTINUE, &o, ctx,
-                                     "prompt", 0, NULL) != 0;
-    else rc = chat(s, &o, ctx);
+    else if (!o.prompt) rc = chat(s, &o, ctx);
+    else if (!(prompt = with_system(o.system, o.prompt, strlen(o.prompt), &joined)))
+        rc = report(NANO_ERR_OUT_OF_MEMORY, "prompt");
+    else rc = generate(s, prompt, o.instruct ? NANO_MODE_INSTRUCT : NANO_MODE_CONTINUE, &o, ctx, "prompt", 0,
+                       NULL) != 0;
 done:
     free(stdin_prompt);
+    free(joined.p);
     nano_session_free(s);
     nano_context_free(ctx);
     nano_lora_free(lora);

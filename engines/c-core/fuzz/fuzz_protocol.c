@@ -9,6 +9,9 @@
  *   NUL inside and a NUL after it, a mode the library knows, and sampler
  *   settings that nano_sampler_init itself accepts (the server checks them
  *   first so it can name the field; the two checks must agree);
+ * - a generate's text is its prompt, or with a "system" (instruct mode
+ *   only) that is not empty, the system text, "\n", then the prompt (read
+ *   again here from the message);
  * - a refused request has one of the protocol's error codes and a message;
  * - the replies the server would send (the error, a token and a seq2seq
  *   answer echoing the request's id and text, a done message and an info
@@ -66,6 +69,40 @@ static void check_reply(const nj_writer *w, const char *type, const wss_id *id, 
     CHECK(nj_string_decode(v, s) == n);
     CHECK(n == id->len && memcmp(s, id->bytes, n) == 0); /* ids are decoded from valid JSON: valid UTF-8 */
     free(s);
+}
+
+/* A string member of obj, decoded into a new buffer of *len bytes. */
+static char *decoded(const nj_object *obj, const char *key, size_t *len) {
+    const nj_value *v = nj_get(obj, key);
+    char *s;
+    CHECK(v && v->type == NJ_STRING);
+    s = (char *)malloc(nj_string_length(v) + 1);
+    CHECK(s != NULL);
+    *len = nj_string_decode(v, s);
+    return s;
+}
+
+/* An accepted generate's text is its prompt, after the system text and a
+ * line break when the message has a non-empty "system" (with mode instruct). */
+static void check_generate_text(const uint8_t *data, size_t size, const wss_request *req) {
+    nj_object obj;
+    char *prompt, *system = NULL;
+    size_t prompt_len, system_len = 0;
+    CHECK(nj_parse_object((const char *)data, size, &obj, NULL) == NJ_OK);
+    prompt = decoded(&obj, "prompt", &prompt_len);
+    if (nj_get(&obj, "system")) {
+        CHECK(req->mode == NANO_MODE_INSTRUCT);
+        system = decoded(&obj, "system", &system_len);
+    }
+    if (system_len == 0) {
+        CHECK(req->text_len == prompt_len && memcmp(req->text, prompt, prompt_len) == 0);
+    } else {
+        CHECK(req->text_len == system_len + 1 + prompt_len);
+        CHECK(memcmp(req->text, system, system_len) == 0 && req->text[system_len] == '\n');
+        CHECK(memcmp(req->text + system_len + 1, prompt, prompt_len) == 0);
+    }
+    free(prompt);
+    free(system);
 }
 
 /* A string member of obj decodes to exactly text[0..len). */
@@ -240,6 +277,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             CHECK(req.mode == NANO_MODE_CONTINUE || req.mode == NANO_MODE_INSTRUCT);
             CHECK(st == NANO_OK);
             nano_sampler_free(s);
+            check_generate_text(data, size, &req);
         } else {
             nano_sampler_params def = nano_sampler_default_params();
             /* field by field: the struct has padding */

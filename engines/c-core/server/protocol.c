@@ -27,8 +27,8 @@ static int set_error(wss_error *err, const char *code, const char *fmt, ...) {
     return -1;
 }
 
-static const char *const GENERATE_FIELDS[] = {"type", "id", "prompt", "mode", "temperature", "top_k", "top_p",
-                                              "min_p", "repetition_penalty", "seed", "max_tokens", NULL};
+static const char *const GENERATE_FIELDS[] = {"type", "id", "prompt", "mode", "system", "temperature", "top_k",
+                                              "top_p", "min_p", "repetition_penalty", "seed", "max_tokens", NULL};
 static const char *const SEQ2SEQ_FIELDS[] = {"type", "id", "input", NULL};
 static const char *const PLAIN_FIELDS[] = {"type", "id", NULL};
 static const char *const KIND_NAMES[] = {"generate", "cancel", "info", "seq2seq"};
@@ -117,24 +117,65 @@ static int read_uint(const nj_object *obj, const char *name, uint64_t max, uint6
     return 0;
 }
 
-/* A required string field, decoded into a new NUL-terminated buffer. */
-static int read_text(const nj_object *obj, const char *name, wss_request *req, wss_error *err) {
-    const nj_value *v = nj_get(obj, name);
-    size_t n;
-    if (!v) return set_error(err, WSS_E_MISSING_FIELD, "\"%s\" is required", name);
+/* The string field v (named `name`), decoded into a new NUL-terminated
+ * buffer *out of *len bytes. */
+static int decode_text(const nj_value *v, const char *name, char **out, size_t *len, wss_error *err) {
     if (v->type != NJ_STRING) return set_error(err, WSS_E_BAD_FIELD, "%s must be a string", name);
-    n = nj_string_length(v);
-    req->text = (char *)malloc(n + 1);
-    if (!req->text) return set_error(err, WSS_E_INTERNAL, "out of memory");
-    req->text_len = nj_string_decode(v, req->text);
+    *out = (char *)malloc(nj_string_length(v) + 1);
+    if (!*out) return set_error(err, WSS_E_INTERNAL, "out of memory");
+    *len = nj_string_decode(v, *out);
     /* the library takes NUL-terminated text: an embedded NUL would cut it short */
-    if (memchr(req->text, '\0', req->text_len))
+    if (memchr(*out, '\0', *len))
         return set_error(err, WSS_E_BAD_FIELD, "%s must not contain U+0000", name);
     return 0;
 }
 
+/* A required string field, decoded into req->text. */
+static int read_text(const nj_object *obj, const char *name, wss_request *req, wss_error *err) {
+    const nj_value *v = nj_get(obj, name);
+    if (!v) return set_error(err, WSS_E_MISSING_FIELD, "\"%s\" is required", name);
+    return decode_text(v, name, &req->text, &req->text_len, err);
+}
+
+/* An instruct request's "system" (v): req->text (the prompt) becomes the
+ * system text, a line break, then the prompt, as nano_train's `prepare sft
+ * --system prepend` trained the model on it (data.with_system; an empty
+ * system text adds nothing), and the session's instruct template takes the
+ * joined text. Both parts came in one message, so the joined text is within
+ * --max-message too, and the session refuses it when it does not fit the
+ * context (prompt_too_long), as it does a prompt. */
+static int read_system(const nj_value *v, wss_request *req, wss_error *err) {
+    char *system = NULL, *joined;
+    size_t n = 0;
+    if (v->type != NJ_STRING) return set_error(err, WSS_E_BAD_FIELD, "system must be a string");
+    if (req->mode != NANO_MODE_INSTRUCT)
+        return set_error(err, WSS_E_BAD_FIELD,
+                         "system needs mode \"instruct\": the system text goes into the instruct template");
+    if (decode_text(v, "system", &system, &n, err)) {
+        free(system);
+        return -1;
+    }
+    if (n == 0) {
+        free(system);
+        return 0;
+    }
+    joined = (char *)malloc(n + 1 + req->text_len + 1);
+    if (!joined) {
+        free(system);
+        return set_error(err, WSS_E_INTERNAL, "out of memory");
+    }
+    memcpy(joined, system, n);
+    joined[n] = '\n';
+    memcpy(joined + n + 1, req->text, req->text_len + 1);
+    free(system);
+    free(req->text);
+    req->text = joined;
+    req->text_len += n + 1;
+    return 0;
+}
+
 static int read_generate(const nj_object *obj, wss_request *req, wss_error *err) {
-    const nj_value *mode = nj_get(obj, "mode");
+    const nj_value *mode = nj_get(obj, "mode"), *system = nj_get(obj, "system");
     uint64_t x = 0;
     int present = 0;
     if (read_text(obj, "prompt", req, err)) return -1;
@@ -145,6 +186,7 @@ static int read_generate(const nj_object *obj, wss_request *req, wss_error *err)
         else
             return set_error(err, WSS_E_BAD_FIELD, "mode must be \"continue\" or \"instruct\"");
     }
+    if (system && read_system(system, req, err)) return -1;
     /* FLT_MAX_TEXT: the settings are float32, so the largest float32 is the bound */
     if (read_float(obj, "temperature", &req->sampler.temperature, ok_temperature,
                    "in [0, " FLT_MAX_TEXT "] (0 = greedy)", err) ||

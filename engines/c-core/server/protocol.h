@@ -46,7 +46,8 @@ typedef struct wss_id {
 typedef struct wss_request {
     wss_kind kind;
     wss_id id;
-    char *text;                  /* generate: prompt, seq2seq: input (owned, NUL-terminated) */
+    char *text;                  /* generate: prompt (after a "system" text and "\n", if any), seq2seq:
+                                    input (owned, NUL-terminated) */
     size_t text_len;
     uint32_t mode;               /* nano_mode */
     nano_sampler_params sampler; /* library defaults for absent fields */

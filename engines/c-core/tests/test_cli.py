@@ -123,6 +123,24 @@ def test_prompt_from_stdin_and_instruct(cli, psycho_path):
     assert r.returncode == 0 and ids[0] == 4 and 5 in ids  # <|instruct_mark|> ... <|response_mark|>
 
 
+def test_instruct_takes_an_empty_prompt_as_nano_train_sample_does(cli, h, psycho_path):
+    """SFT data may hold an empty question: with --instruct, -p '' and an empty standard
+    input are the template around nothing, and print what nano_train.sample prints."""
+    import subprocess
+    import sys
+
+    args = ["-m", psycho_path, "--instruct", "-p", "", "-t", "0", "-n", "24"]
+    want = subprocess.run([sys.executable, "-m", "nano_train.sample", *args, "--threads", "1"], capture_output=True,
+                          text=True, env=h.clean_env(), timeout=120)
+    assert want.returncode == 0 and want.stdout, want.stderr
+    got = cli("run", *args)
+    assert got.returncode == 0 and got.stdout == want.stdout, got.stderr
+    piped = cli("run", *args[:3], "-p", "-", *args[5:], input="\n")
+    assert piped.returncode == 0 and piped.stdout == want.stdout, piped.stderr
+    ids = cli("run", *args, "--ids")
+    assert ids.stdout.split(",")[:2] == ["4", "5"]  # <|instruct_mark|> <|response_mark|>, nothing between
+
+
 def test_prompt_from_stdin_is_the_text_without_its_final_newline(cli, psycho_path):
     """As nano_train.sample: `echo TEXT | nano run -p -` is TEXT, not TEXT + a newline token."""
     a = cli("run", "-m", psycho_path, "-p", "-", "-t", "0", "-n", "8", "--ids", input="人的心理\n")
@@ -209,6 +227,91 @@ def test_chat_through_a_pipe(cli, psycho_path):
     single = cli("run", "-m", psycho_path, "-p", "你是谁", "--instruct", "-t", "0", "-n", "12")
     assert lines[0] == single.stdout.rstrip("\n")
     assert cli("run", "-m", psycho_path, input="").returncode == 0  # end of input: done
+
+
+# ---------------------------------------------------------------------------
+# --system: a system text before the instruct-mode question (nano_train's data.with_system)
+
+SYSTEM = "你是心理学家"
+
+
+def _escaped(text: str) -> str:
+    """An answer as the chat writes it to a pipe (one line: README "One answer per line")."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def test_system_text_goes_before_the_question(cli, psycho_path):
+    """`--instruct --system T -p P` asks the instruct template TEXT "\n" PROMPT, as
+    `prepare sft --system prepend` trained the model; an empty TEXT adds nothing."""
+    run = ("run", "-m", psycho_path, "-t", "0", "-n", "16")
+    joined = cli(*run, "--instruct", "-p", SYSTEM + "\n你是谁", "--ids")
+    got = cli(*run, "--instruct", "--system", SYSTEM, "-p", "你是谁", "--ids")
+    assert got.returncode == 0 and joined.returncode == 0, got.stderr
+    assert got.stdout == joined.stdout and got.stderr == joined.stderr
+    plain = cli(*run, "--instruct", "-p", "你是谁", "--ids")
+    n_plain = int(plain.stderr.split()[1])
+    assert int(got.stderr.split()[1]) > n_plain  # "nano: N prompt tokens, ...": the system text's are there
+    # the prompt from standard input gets it too; printed text and ids alike
+    assert cli(*run, "--instruct", "--system", SYSTEM, "-p", "-", "--ids", input="你是谁\n").stdout == joined.stdout
+    text = cli(*run, "--instruct", "--system", SYSTEM, "-p", "你是谁")
+    assert text.returncode == 0 and text.stdout == cli(*run, "--instruct", "-p", SYSTEM + "\n你是谁").stdout
+    # an empty system text adds nothing (not even the line break)
+    assert cli(*run, "--instruct", "--system", "", "-p", "你是谁", "--ids").stdout == plain.stdout
+
+
+def test_system_text_with_an_invalid_byte_is_taken_as_the_prompt_is(cli, psycho_path):
+    """TEXT is taken as -p takes a prompt: a byte that is not UTF-8 is <|unknown|> (id 1) in
+    the joined text, not an error and not dropped (an argument cannot hold a NUL byte)."""
+    run = ("run", "-m", psycho_path, "-t", "0", "-n", "8", "--ids", "--instruct")
+    bad = "\udcff"  # the byte 0xFF as an argument (os.fsencode)
+    got = cli(*run, "--system", "心" + bad, "-p", "你是谁")
+    want = cli(*run, "-p", "心" + bad + "\n你是谁")
+    assert got.returncode == 0 and got.stdout == want.stdout, got.stderr
+    ids = [int(x) for x in got.stdout.strip().split(",")]
+    assert ids[0] == 4 and ids[2] == 1  # <|instruct_mark|>, 心, <|unknown|>
+
+
+def test_chat_with_system_answers_each_line_as_a_prompt_with_system(cli, psycho_path):
+    """The chat (instruct mode) puts the system text before every question; an empty line
+    stays an empty line, and a line with a NUL byte is still that line's error."""
+    lines = ["你是谁", "", "心理是什么", "人的心理"]
+    r = cli("run", "-m", psycho_path, "--system", SYSTEM, "-t", "0", "-n", "12", input="\n".join(lines) + "\n")
+    assert r.returncode == 0, r.stderr
+    answers = r.stdout.split("\n")
+    assert len(answers) == len(lines) + 1 and answers[-1] == ""
+    for line, answer in zip(lines, answers):
+        if not line:
+            assert answer == ""
+            continue
+        single = cli("run", "-m", psycho_path, "--instruct", "--system", SYSTEM, "-p", line, "-t", "0", "-n", "12")
+        assert single.returncode == 0 and answer == _escaped(single.stdout[:-1]), line
+    without = cli("run", "-m", psycho_path, "-t", "0", "-n", "12", input="\n".join(lines) + "\n")
+    assert without.stdout != r.stdout  # the system text changed the answers
+    r = cli("run", "-m", psycho_path, "--system", SYSTEM, "-t", "0", "-n", "4", input=b"a\x00b\n\xe4\xbd\xa0\n")
+    assert r.returncode == 1 and "nano: error: line 1: the line holds a NUL byte (at byte 1)" in r.stderr, r.stderr
+    single = cli("run", "-m", psycho_path, "--instruct", "--system", SYSTEM, "-p", "你", "-t", "0", "-n", "4")
+    assert r.stdout == "\n" + _escaped(single.stdout[:-1]) + "\n"
+
+
+def test_system_needs_instruct_mode(cli, h, psycho_path, tmp_path):
+    """--system in a -p run without --instruct is a usage error (no template to put it in),
+    on a full-attention model too; a full-attention model names it as not used."""
+    full = tmp_path / "full.bin"
+    full.write_bytes(h.model_bytes(seed=4, layout="2026.101", attention=1))
+    for model in (psycho_path, full):
+        r = cli("run", "-m", model, "--system", SYSTEM, "-p", "abc")
+        assert r.returncode == 2 and r.stdout == "", r
+        assert r.stderr == ("nano: error: --system needs instruct mode (--instruct with -p, or the chat without "
+                            "-p): the system text goes into the instruct template\n(run 'nano --help' for usage)\n")
+    r = cli("run", "-m", psycho_path, "-p", "abc", "--instruct", "--system")
+    assert r.returncode == 2 and r.stderr.startswith("nano: error: --system: missing value"), r.stderr
+    want = cli("seq2seq", "-m", full, "abcab")
+    r = cli("run", "-m", full, "--instruct", "--system", "ba", "-p", "abcab")
+    assert (r.returncode, r.stdout) == (0, want.stdout), r
+    assert r.stderr.endswith("not used for it: --instruct, --system\n"), r.stderr
+    r = cli("run", "-m", full, "--system", "ba", input="abcab\n")
+    assert (r.returncode, r.stdout) == (0, want.stdout) and r.stderr.endswith("not used for it: --system\n"), r
+    assert "--system TEXT" in cli("run", "--help").stdout
 
 
 def _lora_file(path, seed=0, **kw):

@@ -258,21 +258,32 @@ def test_cli(case, cli):
     greedy = SamplerConfig(temperature=0.0)
     want = [tok.decode(list(generate(model, instruct_prompt(tok, t), greedy, tokenizer=tok))) for t in texts]
     assert r.stdout.splitlines() == want
+    # the chat with --system: every question as nano_train's instruct_prompt(tok, question, system)
+    system = tok.decode(rng.integers(6, model.config.vocab_size, 5).tolist())
+    r = cli("run", *args, "-t", "0", "--system", system, input="".join(t + "\n" for t in texts))
+    assert r.returncode == 0, r.stderr
+    want = [tok.decode(list(generate(model, instruct_prompt(tok, t, system), greedy, tokenizer=tok)))
+            for t in texts]
+    assert r.stdout.splitlines() == want
 
 
 @pytest.mark.outer_only
 @pytest.mark.parametrize("case", ["f32_lora", "q8_learned_lora", "q8_full_attention"], indirect=True)
-@pytest.mark.parametrize("options", ["", "--instruct -t 0.7 -k 30 -r 1.1 -s 5 -n 40"])
+@pytest.mark.parametrize("options", ["", "--instruct -t 0.7 -k 30 -r 1.1 -s 5 -n 40",
+                                     "--instruct --system SYSTEM -t 0 -n 40",
+                                     "--instruct --system SYSTEM -t 0.7 -k 30 -r 1.1 -s 5 -n 40"])
 def test_nano_run_prints_what_nano_train_sample_prints(case, cli, h, options):
     """The two programs a user runs, given the same file, LoRA, prompt and options
-    (none: both defaults, sampling at temperature 1 with seed 0), print the same text."""
+    (none: both defaults, sampling at temperature 1 with seed 0), print the same text.
+    SYSTEM: a system text from the vocabulary (--system TEXT: TEXT "\\n" PROMPT)."""
     import subprocess
     import sys
 
     d = case["dir"]
     text = case["tok"].decode(list(range(10, 18)))
+    system = case["tok"].decode(list(range(20, 25)))
     args = ["-m", str(d / "model.bin"), *(["-l", str(d / "lora.bin")] if case["lora"] is not None else []),
-            "-p", text, *options.split()]
+            "-p", text, *(system if o == "SYSTEM" else o for o in options.split())]
     want = subprocess.run([sys.executable, "-m", "nano_train.sample", *args, "--threads", "1"], capture_output=True,
                           text=True, env=h.clean_env(), timeout=120)
     assert want.returncode == 0 and want.stdout, want.stderr

@@ -94,6 +94,11 @@ def test_programs_under_lsan(san_build, psycho_path, sort6_path, tmp_path, h):
             "--min-p", "0.01", "-r", "1.2", "--threads", "2", "--profile")
     run_san(nano, "run", "-m", psycho_path, "-n", "8", "--ctx", "40", input="你是谁\n心理\n")
     run_san(nano, "run", "-m", psycho_path, "-p", "-", "--ids", "-n", "4", input="abc")
+    # a system text joined to the prompt, and to each question of a chat
+    run_san(nano, "run", "-m", psycho_path, "--instruct", "--system", "你是心理学家", "-p", "你是谁",
+            "-n", "8")
+    run_san(nano, "run", "-m", psycho_path, "--system", "你是心理学家", "-n", "4", "--ctx", "16",
+            input="你是谁\n\n" + "心" * 20 + "\n心理\n", expect=1)
     run_san(nano, "bench", "-m", psycho_path, "-p", "8", "-n", "8")
     # a LoRA and an extended-layout model
     import nano_format as nf
@@ -113,7 +118,8 @@ def test_programs_under_lsan(san_build, psycho_path, sort6_path, tmp_path, h):
                  ("run", "-m", psycho_path, "-l", trunc, "-p", "x")):
         run_san(nano, *args, expect=1)
     for args in (("run", "-m", psycho_path, "-t", "x"), ("bogus",), ("seq2seq", "-m", sort6_path),
-                 ("run", "-m", psycho_path, "-p", "")):
+                 ("run", "-m", psycho_path, "-p", ""),
+                 ("run", "-m", psycho_path, "--system", "x", "-p", "y")):
         run_san(nano, *args, expect=2)
     # the prompt read from standard input, on its error paths (it once leaked there)
     run_san(nano, "run", "-m", psycho_path, "-p", "-", input="", expect=2)
@@ -179,6 +185,10 @@ WSS_SEEDS = [
     '{"type":"generate","id":"q1","prompt":"人的心理","temperature":0,"max_tokens":4}',
     '{"type":"generate","id":"q3","prompt":"精神","mode":"instruct","temperature":0.8,"top_k":40,"top_p":0.9,'
     '"min_p":0.05,"repetition_penalty":1.3,"seed":18446744073709551615,"max_tokens":0}',
+    '{"type":"generate","id":"y","prompt":"你是谁","mode":"instruct","system":"你是\\u4eba\\n","temperature":0}',
+    '{"type":"generate","prompt":"","mode":"instruct","system":""}',
+    '{"type":"generate","prompt":"x","system":"y"}',
+    '{"type":"generate","prompt":"x","mode":"instruct","system":"a\\u0000b"}',
     '{"type":"cancel","id":"q3"}',
     '{"type":"cancel"}',
     '{"type":"info","id":null}',

@@ -438,6 +438,39 @@ def test_cancel(slow_server):
     assert q_done["reason"] == "cancelled" and q_done["stats"]["generated_tokens"] == len(q_tokens) < 1024
 
 
+def test_system_streams_what_the_joined_prompt_streams(binaries, server, psycho):
+    """A generate with "system" (mode instruct) streams the tokens of the same request whose
+    prompt is the system text, "\\n", then the prompt (what `nano run --system` asks); an empty
+    system text adds nothing. "system" in continue mode or not a string is a bad_field error."""
+    settings = dict(mode="instruct", temperature=0.8, top_k=40, seed=11, max_tokens=40)
+    system, prompt = "你是心理学家", "你是谁"
+    ids, text, n_prompt = cli_answer(binaries, psycho, system + "\n" + prompt, **settings)
+
+    async def go():
+        async with connect(server) as ws:
+            with_system = await generate(ws, "s", prompt, system=system, **settings)
+            joined = await generate(ws, "j", system + "\n" + prompt, **settings)
+            empty = await generate(ws, "e", prompt, system="", **settings)
+            plain = await generate(ws, "p", prompt, **settings)
+            errors = [await request(ws, {"type": "generate", "id": "c", "prompt": prompt, "system": system}),
+                      await request(ws, {"type": "generate", "id": "n", "prompt": prompt, "mode": "instruct",
+                                         "system": 1}),
+                      await request(ws, {"type": "generate", "id": "z", "prompt": prompt, "mode": "instruct",
+                                         "system": "a\u0000"})]
+            return with_system, joined, empty, plain, errors
+
+    (tokens, done), joined, empty, plain, errors = run(go())
+    assert [t["token"] for t in tokens] == ids and "".join(t["text"] for t in tokens) == text
+    assert [t["token"] for t in joined[0]] == ids
+    assert done["stats"]["prompt_tokens"] == joined[1]["stats"]["prompt_tokens"] == n_prompt
+    assert [t["token"] for t in empty[0]] == [t["token"] for t in plain[0]]
+    assert empty[1]["stats"]["prompt_tokens"] == plain[1]["stats"]["prompt_tokens"] < n_prompt
+    assert [(e["type"], e["code"], e["id"]) for e in errors] == [("error", "bad_field", i) for i in "cnz"]
+    assert errors[0]["message"] == 'system needs mode "instruct": the system text goes into the instruct template'
+    assert errors[1]["message"] == "system must be a string"
+    assert errors[2]["message"] == "system must not contain U+0000"
+
+
 # ---------------------------------------------------------------------------
 # Malformed input: every error is a message, and the connection keeps working (defect 18)
 
@@ -471,6 +504,14 @@ BAD_REQUESTS = [
     ({"type": "generate", "id": "p5", "prompt": "a " * 1500}, "prompt_too_long", "p5"),
     ({"type": "generate", "id": "m1", "prompt": "a", "mode": "chat"}, "bad_field", "m1"),
     ({"type": "generate", "id": "m2", "prompt": "a", "mode": 1}, "bad_field", "m2"),
+    ({"type": "generate", "id": "y1", "prompt": "a", "system": "b"}, "bad_field", "y1"),  # continue mode
+    ({"type": "generate", "id": "y2", "prompt": "a", "mode": "continue", "system": ""}, "bad_field", "y2"),
+    ({"type": "generate", "id": "y3", "prompt": "a", "mode": "instruct", "system": 5}, "bad_field", "y3"),
+    ({"type": "generate", "id": "y4", "prompt": "a", "mode": "instruct", "system": None}, "bad_field", "y4"),
+    ({"type": "generate", "id": "y5", "prompt": "a", "mode": "instruct", "system": ["b"]}, "bad_field", "y5"),
+    ({"type": "generate", "id": "y6", "prompt": "a", "mode": "instruct", "system": "b\u0000"}, "bad_field", "y6"),
+    ({"type": "generate", "id": "y7", "prompt": "a", "mode": "instruct", "system": "a " * 1500}, "prompt_too_long",
+     "y7"),
     ({"type": "generate", "id": "s1", "prompt": "a", "temperature": -1}, "bad_field", "s1"),
     ({"type": "generate", "id": "s2", "prompt": "a", "temperature": "hot"}, "bad_field", "s2"),
     ({"type": "generate", "id": "s3", "prompt": "a", "temperature": 1e39}, "bad_field", "s3"),
