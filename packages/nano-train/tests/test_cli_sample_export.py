@@ -65,6 +65,21 @@ def test_sample_sort6_seq2seq(shared_file, capsys):
     assert rc == 0 and out == "112225\n"
 
 
+def test_sample_notes_characters_the_vocabulary_lacks(shared_file, capsys):
+    """The model is given <|unknown|> for each character its vocabulary lacks: a note says so
+    (the tokens drawn are the same as for the prompt with those characters already unknown)."""
+    psycho = ["-m", str(shared_file("fixtures/psycho_230k_1214_q80.bin")), "-t", "0", "-n", "4"]
+    rc, out, err = run(sample_cmd, psycho + ["-p", "人的心理\U0001F600\U0001F601"], capsys)
+    assert rc == 0 and out
+    assert err == "note: 2 characters of the prompt are not in the vocabulary and became <|unknown|>\n"
+    rc, _, err = run(sample_cmd, psycho + ["--instruct", "--system", "\U0001F600", "-p", "你是谁"], capsys)
+    assert rc == 0 and err == "note: 1 character of the prompt is not in the vocabulary and became <|unknown|>\n"
+    rc, _, err = run(sample_cmd, psycho + ["-p", "人的心理"], capsys)
+    assert rc == 0 and err == ""
+    rc, out, err = run(sample_cmd, ["-m", shared_file("fixtures/sort6_f32.bin"), "--seq2seq", "-p", "25人212"], capsys)
+    assert rc == 0 and err == "note: 1 character of the prompt is not in the vocabulary and became <|unknown|>\n"
+
+
 def test_sample_seq2seq_names_the_options_it_does_not_use(shared_file, capsys):
     """As `nano run` does for a full-attention model: one note naming the sampling
     options given that a seq2seq forward ignores; a plain --seq2seq run is quiet."""

@@ -316,6 +316,17 @@ def test_a_damaged_checkpoint_is_one_error_line(finished_run, small_pretrain, ca
     assert msg.startswith(f"error: {finished_run / 'latest.pt'}: ") and message in msg, msg
 
 
+def test_a_checkpoint_cut_short_says_so_and_names_the_others(finished_run, small_pretrain, capsys):
+    """latest.pt cut by something outside the trainer (a copy, a full disk): the line says the
+    file is damaged or cut short and names the checkpoints beside it that may be intact."""
+    latest = finished_run / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[:5000])
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=4)) == 2
+    msg = error_line(capsys)
+    assert msg.startswith(f"error: {latest}: not a readable checkpoint: damaged, cut short"), msg
+    assert "other checkpoints in its folder: best.pt" in msg, msg
+
+
 def test_a_base_model_whose_weights_do_not_fit_is_one_error_line(tmp_path, finished_run, small_pretrain, capsys):
     ck = load(finished_run / "latest.pt")
     ck["model"]["tok_embd.weight"] = torch.zeros(3, 32)

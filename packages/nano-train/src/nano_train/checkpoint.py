@@ -140,7 +140,10 @@ def load(path: str | Path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling raises many types
-        raise CheckpointError(f"{path}: not a readable checkpoint ({load_failure(e)})") from None
+        others = sorted(p.name for p in path.parent.glob("*.pt") if p.name != path.name and p.is_file())
+        hint = f"; other checkpoints in its folder: {', '.join(others[:4])}" if others else ""
+        raise CheckpointError(f"{path}: not a readable checkpoint: damaged, cut short, or not a torch checkpoint "
+                              f"({load_failure(e)}){hint}") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a nano-train checkpoint")
     if ck.get("version") != VERSION:
@@ -219,14 +222,33 @@ def check_state_dict(path: str | Path, state, model: torch.nn.Module) -> None:
     mine = model.state_dict()
     problems = []
     missing = [k for k in mine if k not in state]
-    unexpected = [k for k in state if k not in mine]
+    unexpected = [_key(k) for k in state if k not in mine]
     shapes = [f"{k} {tuple(getattr(state[k], 'shape', ()))} (the model's: {tuple(v.shape)})"
               for k, v in mine.items() if k in state and getattr(state[k], "shape", None) != v.shape]
-    for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+    # what loading would silently convert (an integer or complex tensor) or cannot read (a
+    # sparse one, or a meta one, which holds no data)
+    kinds = [f"{k} ({_tensor_kind(state[k])})" for k, v in mine.items()
+             if k in state and isinstance(state[k], torch.Tensor) and v.is_floating_point()
+             and (state[k].layout != torch.strided or state[k].is_meta or not state[k].is_floating_point())]
+    for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes),
+                        ("not a dense floating-point tensor with data", kinds)):
         if items:
             problems.append(f"{what}: {', '.join(items[:3])}" + (f" and {len(items) - 3} more" if len(items) > 3 else ""))
     if problems:
         raise CheckpointError(f"{path}: the weights do not fit the model its config describes ({'; '.join(problems)})")
+
+
+def _key(key) -> str:
+    """A state-dict key as a message shows it: as it is, or quoted where it is not a
+    printable string (a damaged file's key may hold a line break, or be a number)."""
+    return key if isinstance(key, str) and key.isprintable() else repr(key)
+
+
+def _tensor_kind(t: torch.Tensor) -> str:
+    """A tensor's dtype, and its layout where that is not the dense one, or its device where
+    that holds no data: "torch.int64", "torch.float32, torch.sparse_coo", "torch.float32, meta"."""
+    return (str(t.dtype) + ("" if t.layout == torch.strided else f", {t.layout}")
+            + (", meta" if t.is_meta else ""))
 
 
 # ---------------------------------------------------------------------------

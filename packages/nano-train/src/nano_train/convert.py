@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import stat
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -418,7 +419,7 @@ def load_lora_bin(model: Transformer, path) -> Transformer:
             f"{path}: the LoRA is for (n_layer, n_embd, n_head, n_kv_head) = {theirs}, the model is {mine}"
         )
     if has_lora(model):
-        raise ConvertError("the model already has LoRA attached")
+        raise ConvertError(f"{path}: cannot attach this LoRA: the model already has LoRA adapters attached")
     try:
         attach_lora(model, lc.rank, lc.alpha)
     except ValueError as e:  # alpha 0: the file can hold it, an adapter cannot use it
@@ -446,7 +447,7 @@ _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DistributedDataP
 def _strip_prefixes(sd: dict) -> dict:
     out = {}
     for k, v in sd.items():
-        changed = True
+        changed = isinstance(k, str)  # any other key is not one of ours: check_state_dict names it
         while changed:
             changed = False
             for p in _WRAPPER_PREFIXES:
@@ -455,6 +456,14 @@ def _strip_prefixes(sd: dict) -> dict:
                     changed = True
         out[k] = v
     return out
+
+
+def _check_regular(path: Path, what: str) -> None:
+    """Refuse what is not a regular file (a FIFO, a device, a folder), saying which, before
+    it is opened: opening a FIFO would wait for a writer, and no loader reads a stream."""
+    mode = path.stat().st_mode  # a missing file: the OSError names it
+    if not stat.S_ISREG(mode):
+        raise ConvertError(f"{path}: is {nano_format.file_kind(mode)}, not {what}")
 
 
 def _first_bytes(path: Path) -> bytes:
@@ -530,7 +539,11 @@ def load_checkpoint_model(path, device: str | torch.device = "cpu"):
     before the model is built; what does not fit is a ConvertError naming the file.
     """
     path = Path(path)
-    if _first_bytes(path) == spec.MAGIC_BYTES:
+    _check_regular(path, "a checkpoint file")
+    head = _first_bytes(path)
+    if not head:
+        raise ConvertError(f"{path}: not a checkpoint: the file is empty")
+    if head == spec.MAGIC_BYTES:
         raise ConvertError(f"{path}: not a training checkpoint but a nano .bin file, which is already "
                            f"exported (sample -m and the engines read it)")
     try:
@@ -577,6 +590,7 @@ def load_model(path, *, is_causal: bool | None = None, device: str | torch.devic
     is_causal as for load_bin: a checkpoint records its attention kind, so there it
     must agree."""
     path = Path(path)
+    _check_regular(path, "a model file or checkpoint")
     head = _first_bytes(path)
     if head == spec.MAGIC_BYTES:
         return load_bin(path, is_causal=is_causal, device=device)

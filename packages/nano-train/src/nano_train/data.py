@@ -364,9 +364,24 @@ def _utf8_errors(path: Path):
         raise DataError(f"{where}: not UTF-8 text ({why}); convert it to UTF-8 first") from None
 
 
+def _not_a_file(path) -> str | None:
+    """What path is ("a FIFO (a pipe)", "a directory", ...) when it exists and is not a
+    regular file; None for a regular file or nothing at all."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    return None if stat.S_ISREG(mode) else file_kind(mode)
+
+
 def _load_tokenizer(path, needs: tuple[str, ...] = (), why: str = "") -> Tokenizer:
     """The vocabulary at path; a DataError when it cannot be loaded or lacks one of
     the special tokens `needs` (checked before any work, as `why` needs them)."""
+    if not str(path):  # (as a Path, "" would be ".", this directory)
+        raise DataError("the tokenizer path is empty; give a tokenizer JSON file or a .bin model")
+    kind = _not_a_file(path)
+    if kind:  # (reading a FIFO would wait for a writer forever)
+        raise DataError(f"cannot load the tokenizer: {path} is {kind}, not a tokenizer JSON file nor a .bin model")
     try:
         tok = Tokenizer.load(path)
     except (OSError, ValueError) as e:
@@ -457,6 +472,10 @@ def iter_documents(f, mode: str, piece_chars: int = 1 << 20) -> Iterator[Iterato
             pass
 
 
+# The share of <|unknown|> among the text tokens above which prepare pretrain warns
+UNKNOWN_WARNING = 0.1
+
+
 @dataclass
 class PretrainSummary:
     characters: int  # of the documents' text (not the separators between documents)
@@ -490,6 +509,10 @@ class PretrainSummary:
             line += (f"\nwarning: the validation split's longest {piece} holds {self.longest_val_piece:,} tokens: "
                      f"a model with block_size {self.longest_val_piece} or more cannot validate on it "
                      "(pass a larger --val_fraction, or train with --eval_iters=0)")
+        if self.unknown_tokens > UNKNOWN_WARNING * self.text_tokens:
+            line += (f"\nwarning: {self.unknown_tokens / self.text_tokens:.0%} of the text tokens are <|unknown|>: the "
+                     "vocabulary lacks many of the text's characters (a tokenizer made for other text?); a model "
+                     "trained on this data learns little of it")
         if self.val_fraction > 0 and self.val_tokens > 2 * self.val_fraction * self.tokens:
             line += (f"\nnote: the validation split is {self.val_tokens / self.tokens:.0%} of the tokens "
                      f"(--val_fraction {self.val_fraction:g}): it takes whole chunks of {self.chunk_tokens:,} tokens, "
@@ -497,10 +520,20 @@ class PretrainSummary:
         return line
 
 
+def dataset_dir(out_dir: str | Path) -> Path:
+    """out_dir as a Path; a DataError when it is empty (as a Path it would be ".", and the
+    dataset would land in the current directory)."""
+    if not str(out_dir):
+        raise DataError("the output directory (--out_dir) is empty; name the directory for the dataset")
+    return Path(out_dir)
+
+
 def existing_files(inputs) -> list[Path]:
     """The input paths as Paths; DataError when there are none, one is not a regular
     file, or one file is given twice (by any path: its text would be used twice,
     and could land in both splits)."""
+    if any(not str(p) for p in inputs):  # (as a Path, "" would be ".", this directory)
+        raise DataError("an input file name is empty; give text files")
     paths = [Path(p) for p in inputs]
     if not paths:
         raise DataError("no input files given")
@@ -542,7 +575,7 @@ def prepare_pretrain(
     """
     t0 = time.monotonic()
     inputs = existing_files(inputs)
-    out_dir = Path(out_dir)
+    out_dir = dataset_dir(out_dir)
     if doc_mode not in DOC_MODES:
         raise DataError(f"document mode must be one of {DOC_MODES}, got {_short(doc_mode)}")
     if not 0.0 <= val_fraction < 1.0:
@@ -918,7 +951,7 @@ def prepare_sft(
     """
     t0 = time.monotonic()
     inputs = existing_files(inputs)
-    out_dir = Path(out_dir)
+    out_dir = dataset_dir(out_dir)
     if not 2 <= block_size <= spec.MAX_DIM:
         raise DataError(f"block_size must be from 2 to {spec.MAX_DIM:,} (the largest block_size a model may have), "
                         f"got {block_size:,}")
@@ -1068,7 +1101,7 @@ def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dic
             raise DataError(f"{kind} rows of split {name}: token ids outside the vocabulary (0..{tokenizer.vocab_size - 1})")
     if width is None or width < (2 if kind == "sft" else 1):
         raise DataError(f"no {kind} rows to write")
-    out_dir = Path(out_dir)
+    out_dir = dataset_dir(out_dir)
     with _new_dataset_dir(out_dir, overwrite, _SFT_SHARDS if kind == "sft" else _SEQ2SEQ_SHARDS) as build:
         dtype = tokenizer.dtype
         prefix = "sft" if kind == "sft" else "s2s"
@@ -1400,10 +1433,16 @@ class Dataset:
         self.path = Path(path)
         if not str(path):
             raise DataError("no dataset given: set data.dataset to a directory made by `python -m nano_train.prepare`")
+        if self.path.exists() and not self.path.is_dir():
+            raise DataError(f"data.dataset {self.path} is {file_kind(self.path.stat().st_mode)}, not a dataset "
+                            "directory; give the --out_dir of `python -m nano_train.prepare`")
         if not self.path.is_dir():
             raise DataError(f"dataset directory {self.path} does not exist; "
                             "make it with `python -m nano_train.prepare pretrain|sft ... --out_dir DIR`")
         meta_path = self.path / META
+        kind = _not_a_file(meta_path)
+        if kind:
+            raise DataError(f"{meta_path} is {kind}, not a file; prepare the data again")
         if not meta_path.is_file():
             raise DataError(f"{self.path} has no {META}: not a prepared dataset (or its preparation did not finish)")
         meta = _read_meta(meta_path)
@@ -1418,6 +1457,15 @@ class Dataset:
         if self.tokenizer.fingerprint() != meta["tokenizer"]["fingerprint"]:
             raise DataError(f"{self.path}: {meta['tokenizer']['file']} does not match the vocabulary the shards "
                             "were encoded with (fingerprint differs from meta.json); prepare the data again")
+        recorded = meta["tokenizer"].get("vocab_size")
+        if recorded is not None and recorded != self.tokenizer.vocab_size:
+            raise DataError(f"{meta_path}: field 'tokenizer.vocab_size' is {_short(recorded)}, but "
+                            f"{meta['tokenizer']['file']} has {self.tokenizer.vocab_size} tokens; "
+                            "prepare the data again")
+        if self.dtype != self.tokenizer.dtype:  # the shards' sizes would be read with the wrong width
+            raise DataError(f"{meta_path}: field 'dtype' is {meta['dtype']}, but the ids of a vocabulary of "
+                            f"{self.tokenizer.vocab_size} tokens are stored as {self.tokenizer.dtype.name}; "
+                            "prepare the data again")
         self.splits: dict[str, list] = {}
         for split, shards in meta["shards"].items():
             if self.kind == "pretrain":
@@ -1425,11 +1473,11 @@ class Dataset:
             elif self.kind == "seq2seq":
                 T = meta["block_size"]
                 self.splits[split] = [(self._ids(s["file"], (s["rows"], T)), self._ids(s["target"], (s["rows"], T)),
-                                       self._map(s["mask"], (s["rows"], T), np.uint8)) for s in shards]
+                                       self._mask(s["mask"], (s["rows"], T))) for s in shards]
             else:
                 L = meta["block_size"]
                 self.splits[split] = [(self._ids(s["file"], (s["rows"], L)),
-                                       self._map(s["mask"], (s["rows"], L), np.uint8)) for s in shards]
+                                       self._mask(s["mask"], (s["rows"], L))) for s in shards]
 
     def _ids(self, name: str, shape: tuple) -> np.ndarray:
         """A token file, mapped, after one pass that checks every id is in the vocabulary
@@ -1448,8 +1496,25 @@ class Dataset:
                                 "written with another vocabulary; prepare the data again")
         return ids
 
+    def _mask(self, name: str, shape: tuple) -> np.ndarray:
+        """A loss-mask file, mapped, after one pass (in pieces, as _ids) that checks every
+        value is 0 or 1: any other byte is damage, and would weigh its token in the loss."""
+        mask = self._map(name, shape, np.uint8)
+        flat = mask.reshape(-1)
+        step = 1 << 24
+        for start in range(0, flat.size, step):
+            piece = flat[start:start + step]
+            if int(piece.max()) > 1:
+                at = start + int(np.argmax(piece > 1))
+                raise DataError(f"{self.path / name}: mask value {int(flat[at])} at position {at:,} is not 0 or 1: "
+                                "the file is damaged; prepare the data again")
+        return mask
+
     def _map(self, name: str, shape: tuple, dtype) -> np.ndarray:
         path = self.path / name
+        kind = _not_a_file(path)
+        if kind:
+            raise DataError(f"{path} is {kind}, not a data file; prepare the data again")
         if not path.is_file():
             raise DataError(f"{path} is missing (listed in {META})")
         expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
@@ -1540,6 +1605,7 @@ class Dataset:
                 raise DataError(f"the seq2seq rows of {self.path} are {T} tokens long but the model's block_size "
                                 f"is {block_size}; set model.block_size to {T} or more")
             arrays = [parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts]) for k in range(3)]
+            self._check_counts(split, arrays[2])
             return Seq2SeqRows(*arrays)
         parts = [(t, m) for t, m in self.splits.get(split, []) if t.shape[0] > 0]
         if not parts:
@@ -1551,4 +1617,13 @@ class Dataset:
                             "or less")
         tokens = parts[0][0] if len(parts) == 1 else np.concatenate([t for t, _ in parts])
         mask = parts[0][1] if len(parts) == 1 else np.concatenate([m for _, m in parts])
+        self._check_counts(split, mask[:, 1:])  # (training reads loss_mask = mask[1:])
         return SFTRows(tokens, mask)
+
+    def _check_counts(self, split: str, mask: np.ndarray) -> None:
+        """A DataError when the loss counts no token of the split (its mask is all 0): a
+        damaged mask file, as prepare gives every sample an answer token."""
+        if not mask.any():
+            files = ", ".join(s["mask"] for s in self.meta["shards"][split])
+            raise DataError(f"{self.path}: the {split} split has no token the loss counts (its mask, {files}, "
+                            "is 0 everywhere training reads it): the file is damaged; prepare the data again")

@@ -284,6 +284,11 @@ def _export(args, written: list[Path]) -> list[str]:
     from .convert import export_bin, export_lora, load_checkpoint_model
     from .lora import detach_lora, has_lora, merge_lora
 
+    # An empty argument (an unset shell variable) would read as "." or, for
+    # --lora-out, as no option at all: the adapters merged instead of kept apart.
+    for opt, value in (("--ckpt", args.ckpt), ("--out", args.out), ("--lora-out", args.lora_out)):
+        if value == "":
+            raise ValueError(f"{opt}: the path is empty")
     ckpt = Path(args.ckpt)
     _check_checkpoint(ckpt)
     if args.group_size is not None:

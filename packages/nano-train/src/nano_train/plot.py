@@ -189,7 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", default=None, help="PNG to write (default: loss.png beside the first log)")
     parser.add_argument("--lr", action="store_true", help="also plot the learning rate")
     args = parser.parse_args(argv)
-    output = args.output or str(_log_path(args.logs[0]).parent / "loss.png")
+    # an empty argument (an unset shell variable) would read as "." (or -o as not given)
+    if args.output == "":
+        raise SystemExit("error: -o: the path is empty")
+    if "" in args.logs:
+        raise SystemExit("error: a log path is empty")
+    output = str(_log_path(args.logs[0]).parent / "loss.png") if args.output is None else args.output
     print(plot(args.logs, output, args.lr))
     return 0
 

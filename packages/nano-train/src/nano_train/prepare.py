@@ -43,8 +43,9 @@ UTF-8 byte-order mark at the start of an input file is dropped. Each input is a
 regular file given once (the same file by two paths is an error). The summary's
 tokens per character counts the documents' tokens only, not separators or
 <|bos|>/<|eos|>; it ends with a warning when the training or the validation split
-is too short for a model of the default block_size (512), and a note when whole
-chunks make the validation split much larger than --val_fraction.
+is too short for a model of the default block_size (512), or when over 10% of the
+text tokens are <|unknown|> (a vocabulary made for other text), and a note when
+whole chunks make the validation split much larger than --val_fraction.
 
 One prepare at a time per DIR: the run holds a lock on DIR/.prepare.lock (removed
 at the end), and a second prepare into DIR meanwhile stops at once with an error

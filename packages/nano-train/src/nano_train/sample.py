@@ -160,7 +160,9 @@ def _prompt(arg: str) -> str:
     return text.rstrip("\n")
 
 
-def _input_file(name: str) -> Path:
+def _input_file(name: str, option: str) -> Path:
+    if name == "":  # an unset shell variable: it would read as "." (or -l and --tokenizer as not given)
+        raise UsageError(f"{option}: the path is empty")
     path = Path(name)
     if path.is_dir():
         raise UsageError(f"{path}: is a directory, not a file")
@@ -192,9 +194,9 @@ def _load(args):
     """(model, tokenizer) from the arguments; everything the user can get wrong is a UsageError."""
     from .convert import load_lora_bin, load_model
 
-    path = _input_file(args.model)
-    lora = _input_file(args.lora) if args.lora else None
-    vocab = _input_file(args.tokenizer) if args.tokenizer else None
+    path = _input_file(args.model, "-m")
+    lora = _input_file(args.lora, "-l") if args.lora is not None else None
+    vocab = _input_file(args.tokenizer, "--tokenizer") if args.tokenizer is not None else None
     device = _device(args.device)
     # --seq2seq asks for full attention; a file that records causal attention refuses it
     model, tokenizer = load_model(path, is_causal=False if args.seq2seq else None)
@@ -215,6 +217,15 @@ def _load(args):
     except (RuntimeError, AssertionError) as e:
         raise UsageError(f"--device {args.device}: cannot use it: {_one_line(e)}") from None
     return model.eval(), tokenizer
+
+
+def _unknown_note(tok, ids: list[int]) -> None:
+    """A note on stderr when characters of the prompt (or --system text) are not in the
+    vocabulary: each became <|unknown|>, so the model is not given the text as typed."""
+    n = ids.count(tok.unk_id)
+    if n:
+        print(f"note: {n} character{'s' if n > 1 else ''} of the prompt {'are' if n > 1 else 'is'} not in the "
+              "vocabulary and became <|unknown|>", file=sys.stderr)
 
 
 def _run(args, out) -> None:
@@ -253,6 +264,7 @@ def _run(args, out) -> None:
         ids = tok.encode(prompt)
         if not ids:
             raise UsageError("the input is empty")
+        _unknown_note(tok, ids)
         note = _seq2seq_note(args)
         if note:
             print(note, file=sys.stderr)
@@ -266,6 +278,7 @@ def _run(args, out) -> None:
         return
 
     ids = instruct_prompt(tok, prompt, system) if args.instruct else tok.encode(prompt)
+    _unknown_note(tok, ids)
     t0 = time.perf_counter()
     t_first = t_last = None
     n = 0

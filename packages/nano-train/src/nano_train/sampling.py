@@ -198,7 +198,7 @@ def _resolve_stops(stops: Sequence, tokenizer) -> tuple[set[int], list[str]]:
     the decoded text (which needs a tokenizer), also where the vocabulary has them
     as one token: other tokens can write the same text. A string
     the vocabulary cannot write (a character with no token: it would encode to
-    <|unknown|>) can never appear in the output and is an error."""
+    <|unknown|>) can never appear in the output and is an error, as is an empty one."""
     ids: set[int] = set()
     texts: list[str] = []
     if tokenizer is not None and EOS in tokenizer.special_tokens:
@@ -207,6 +207,8 @@ def _resolve_stops(stops: Sequence, tokenizer) -> tuple[set[int], list[str]]:
         if isinstance(s, (int, np.integer)):
             ids.add(int(s))
             continue
+        if s == "":  # it would match before the first token: nothing could ever be generated
+            raise ValueError("stop string '' is empty: give the text to stop at")
         if tokenizer is None:
             raise ValueError(f"stop string {s!r} needs a tokenizer")
         enc = tokenizer.encode(s, allow_special=True)
@@ -215,7 +217,7 @@ def _resolve_stops(stops: Sequence, tokenizer) -> tuple[set[int], list[str]]:
             raise ValueError(f"stop string {s!r} can never occur: the vocabulary has no token for {missing!r}")
         if s in tokenizer.special_tokens:
             ids.add(tokenizer.special_tokens[s])
-        elif s:
+        else:
             texts.append(s)
     return ids, texts
 

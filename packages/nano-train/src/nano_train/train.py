@@ -16,8 +16,9 @@ usage:
   once (out_dir/.run.lock). Ctrl-C (or SIGTERM) saves latest.pt and exits with status 130.
   Exit status 2: a config, data or checkpoint error; 1: training diverged (the
   loss became inf or nan; latest.pt keeps the last good weights), a file
-  could not be written, or (torchrun) another process of the run ended in the
-  middle of it (latest.pt keeps the last checkpoint written).
+  could not be written, memory ran out (the model, or a batch, too large for the
+  machine: the line says which and what to lower), or (torchrun) another process
+  of the run ended in the middle of it (latest.pt keeps the last checkpoint written).
 
 Outputs in run.out_dir: latest.pt (rolling), best.pt (best validation loss),
 ckpt_<step>.pt (run.keep_checkpoints; ckpt_000200.pt), log.jsonl, report.md.
@@ -51,6 +52,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from nano_format import file_kind
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nano_train import checkpoint as ckpt_io, dirlock, discard_stdout
@@ -76,6 +78,42 @@ class TrainingDiverged(RuntimeError):
 class LostContact(RuntimeError):
     """Under torchrun, a collective failed because another process of the run is gone
     (killed, crashed, or stopped by an error of its own)."""
+
+
+class OutOfMemory(RuntimeError):
+    """An allocation failed (host or device memory); the message says what was being
+    done and what to lower."""
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether e is a failed allocation: Python's MemoryError, torch's for a device, or
+    the RuntimeError its CPU allocator raises ("DefaultCPUAllocator: can't allocate memory")."""
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(e, RuntimeError) and ("can't allocate memory" in str(e) or "out of memory" in str(e))
+
+
+def allocation_failure(e: BaseException) -> str:
+    """One short line on a failed allocation: its size where the message gives one."""
+    text = str(e)
+    found = re.search(r"tried to allocate (\d+) bytes", text)
+    if found:
+        return f"could not allocate {int(found.group(1)) / 2**30:.1f} GiB"
+    found = re.search(r"[Tt]ried to allocate ([0-9.]+ [KMGT]?i?B)", text)  # CUDA's wording
+    if found:
+        return f"could not allocate {found.group(1)}"
+    return short_repr(text.strip().splitlines()[0], 100) if text.strip() else type(e).__name__
+
+
+@contextlib.contextmanager
+def needs_memory(what: str, remedy: str):
+    """Turns a failed allocation inside the block into OutOfMemory: "out of memory WHAT: ...; REMEDY"."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, OutOfMemory) or not is_out_of_memory(e):
+            raise
+        raise OutOfMemory(f"out of memory {what}: {allocation_failure(e)}; {remedy}") from None
 
 
 @dataclass
@@ -654,16 +692,20 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     if inherited is not None:  # the heads checked at startup were the config's, not these
         check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
     torch.manual_seed(cfg.system.seed)  # the same initial weights on every rank
-    raw_model = Transformer(cfg.model)
-    if base_sd is not None:
-        raw_model.load_state_dict(base_sd)
-    if task == "lora":
-        attach_lora(raw_model, cfg.lora.lora_rank, cfg.lora.lora_alpha, cfg.lora.lora_dropout)
-        mark_only_lora_trainable(raw_model)
-    if resuming:
-        ckpt_io.check_state_dict(latest, checkpoint["model"], raw_model)
-        raw_model.load_state_dict(checkpoint["model"])
-    raw_model.to(device)
+    m = cfg.model
+    with needs_memory(f"while building the model on {device} (n_layer {m.n_layer}, n_embd {m.n_embd}, "
+                      f"vocabulary {m.vocab_size})", "this machine cannot hold a model of that size: lower "
+                      "model.n_layer or model.n_embd"):
+        raw_model = Transformer(cfg.model)
+        if base_sd is not None:
+            raw_model.load_state_dict(base_sd)
+        if task == "lora":
+            attach_lora(raw_model, cfg.lora.lora_rank, cfg.lora.lora_alpha, cfg.lora.lora_dropout)
+            mark_only_lora_trainable(raw_model)
+        if resuming:
+            ckpt_io.check_state_dict(latest, checkpoint["model"], raw_model)
+            raw_model.load_state_dict(checkpoint["model"])
+        raw_model.to(device)
     onednn, matmul = resolve_matmul(cfg.system.matmul, device, dtype)
     raw_model.use_onednn(onednn)
     trainable = [p for p in raw_model.parameters() if p.requires_grad]
@@ -1116,6 +1158,10 @@ def _main_thread() -> bool:
 # Command line
 
 
+# The command that trains each task (and so resumes its runs)
+TASK_COMMANDS = {"pretrain": "nano_train.pretrain", "sft": "nano_train.sft", "lora": "nano_train.lora_train"}
+
+
 def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> tuple[Config, set[str], dict | None]:
     """Config file + overrides; on resume the checkpoint's config is the base they override."""
     defaults = {"run": {"task": task}} if task else None
@@ -1124,15 +1170,23 @@ def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> 
     if cfg.run.init_from == "resume":
         latest = Path(cfg.run.out_dir) / LATEST
         if not latest.is_file():
+            if os.path.lexists(latest):  # a folder, a FIFO, a link to nothing: named as what it is
+                what = file_kind(latest.stat().st_mode) if latest.exists() else "a symbolic link to nothing"
+                raise CheckpointError(f"--init_from=resume: {latest} is {what}, not a checkpoint file")
             raise CheckpointError(f"--init_from=resume: {latest} does not exist (is run.out_dir right?)")
         checkpoint = ckpt_io.load(latest)
         saved = checkpoint["config"]
         base = {"model": saved["model"], **saved["train"]}
         try:  # the checkpoint's own config first, so that its errors name the checkpoint
-            load_config(None, [], defaults=defaults, base=base)
+            saved_cfg, _ = load_config(None, [], defaults=defaults, base=base)
         except ConfigError as e:
             why = str(e).replace("<checkpoint config>: ", "").replace("<checkpoint config>", "its config")
             raise CheckpointError(f"{latest}: its config is not valid: {why}") from None
+        if task and saved_cfg.run.task != task:  # (another task's run, or its latest.pt copied here)
+            raise CheckpointError(
+                f"--init_from=resume: {latest} is a checkpoint of task {saved_cfg.run.task!r}, and this command "
+                f"trains {task!r}: resume it with `python -m {TASK_COMMANDS[saved_cfg.run.task]}`, or give "
+                "this run another --out_dir")
         cfg, explicit = load_config(path, overrides, defaults=defaults, base=base)
         cfg.run.init_from = "resume"
     if task and cfg.run.task != task:
@@ -1188,8 +1242,15 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         print("error: standard output was closed (its reader went away); the run stopped (latest.pt, if any, "
               f"holds the last checkpoint written: {hint})", file=sys.stderr)
         return 1
-    except (TrainingDiverged, LostContact, OSError) as e:  # OSError: a file that cannot be written (disk full...)
+    except (TrainingDiverged, LostContact, OutOfMemory, OSError) as e:  # OSError: a file that cannot be written
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except (MemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        print(f"error: out of memory: {allocation_failure(e)}; lower data.batch_size or model.block_size "
+              "(a larger optim.gradient_accumulation_steps keeps the tokens per step); latest.pt, if any, holds "
+              f"the last checkpoint written: {hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
         print("\nerror: interrupted; the run stopped at once (latest.pt, if any, holds the last checkpoint "
