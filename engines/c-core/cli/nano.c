@@ -536,12 +536,27 @@ static void print_stats(const nano_session *s, const nano_context *ctx) {
  * and written whole once it has ended well (`escape`: the chat's one line per
  * answer, see write_text). Returns 0; 1 after printing the error (`what` names
  * the input); -1 when standard output failed. */
+/* A note on standard error when characters of the prompt are not in the
+ * vocabulary: each became <|unknown|>, so the model was not given the text as
+ * typed (nano_train.sample says the same). */
+static void note_unknown(const nano_session *s, const nano_context *ctx, const char *what) {
+    uint32_t n, n_prompt, i, unknown = 0;
+    const int32_t *t = nano_session_tokens(s, &n, &n_prompt);
+    int32_t unk = nano_tokenizer_unknown_id(nano_model_tokenizer(nano_context_model(ctx)));
+    if (unk < 0) return;
+    for (i = 0; i < n_prompt; i++) unknown += t[i] == unk;
+    if (unknown)
+        fprintf(stderr, "nano: note: %s: %u character%s not in the vocabulary and became %s\n", what, unknown,
+                unknown == 1 ? " is" : "s are", NANO_SPECIAL_UNKNOWN);
+}
+
 static int generate(nano_session *s, const char *prompt, uint32_t mode, const run_opts *o,
                     const nano_context *ctx, const char *what, int escape, text_buf *answer) {
     nano_token_event ev;
     nano_status st = nano_session_start(s, prompt, mode);
     if (answer) answer->len = 0;
     if (st != NANO_OK) return report_encode(st, nano_model_tokenizer(nano_context_model(ctx)), mode, what);
+    note_unknown(s, ctx, what);
     while ((st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
         if (o->ids) continue;
         if (answer) {

@@ -141,6 +141,19 @@ def test_instruct_takes_an_empty_prompt_as_nano_train_sample_does(cli, h, psycho
     assert ids.stdout.split(",")[:2] == ["4", "5"]  # <|instruct_mark|> <|response_mark|>, nothing between
 
 
+def test_characters_the_vocabulary_lacks_get_a_note(cli, psycho_path):
+    """Each became <|unknown|>: a note on stderr counts them (as nano_train.sample's),
+    for the prompt and for each chat line; the output is the same as without the note."""
+    r = cli("run", "-m", psycho_path, "-p", "人的心理\U0001F600\U0001F601", "-t", "0", "-n", "8")
+    assert r.returncode == 0 and r.stdout.strip(), r.stderr
+    assert "nano: note: prompt: 2 characters are not in the vocabulary and became <|unknown|>" in r.stderr
+    r = cli("run", "-m", psycho_path, "-t", "0", "-n", "4", input="人的心理\n你\U0001F600\n")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.splitlines() == ["nano: note: line 2: 1 character is not in the vocabulary and became <|unknown|>"]
+    r = cli("run", "-m", psycho_path, "-p", "人的心理", "-t", "0", "-n", "8")
+    assert r.returncode == 0 and "note" not in r.stderr
+
+
 def test_prompt_from_stdin_is_the_text_without_its_final_newline(cli, psycho_path):
     """As nano_train.sample: `echo TEXT | nano run -p -` is TEXT, not TEXT + a newline token."""
     a = cli("run", "-m", psycho_path, "-p", "-", "-t", "0", "-n", "8", "--ids", input="人的心理\n")
