@@ -31,7 +31,7 @@ def write_atomically(path, chunks) -> int:
     link) is never replaced: that raises WriteError before anything is written.
     OSErrors name `path`, never the temporary file.
     """
-    path = os.fspath(path)
+    path = _target(path)
     directory = os.path.dirname(path) or "."
     named = _naming(path)
     mode = _kept_mode(path, named)
@@ -83,7 +83,7 @@ def check_writable(path) -> None:
     an OSError naming `path` when no file can be made beside it (no such
     folder, no permission). Makes and removes one empty temporary file; changes
     nothing else. write_atomically checks again, as things may change meanwhile."""
-    path = os.fspath(path)
+    path = _target(path)
     named = _naming(path)
     _kept_mode(path, named)
     tmp, fd = named(_create_beside, os.path.dirname(path) or ".", os.path.basename(path))
@@ -97,8 +97,16 @@ def kept_mode(path) -> int | None:
     place themselves); None when nothing is there. WriteError when something other
     than a regular file is there (a folder, a device, a FIFO, a symbolic link,
     which is not followed); other OSErrors name `path`."""
-    path = os.fspath(path)
+    path = _target(path)
     return _kept_mode(path, _naming(path))
+
+
+def _target(path) -> str:
+    """`path` as a string; an empty one (an unset variable) is refused, not taken as a file in "."."""
+    path = os.fspath(path)
+    if not path:
+        raise WriteError("the file name is empty")
+    return path
 
 
 def _naming(path: str):

@@ -330,9 +330,23 @@ class _UsageError(Exception):
     """Options that do not fit the input file: reported like argparse's errors (exit 2)."""
 
 
+def _file_name(text: str) -> str:
+    """A file argument: an empty one is a mistake (an unset shell variable), never a file."""
+    if not text:
+        raise argparse.ArgumentTypeError("the file name is empty (an unset shell variable?)")
+    return text
+
+
+def _ascii_number(text: str, what: str) -> str:
+    # int() and float() also take other scripts' digits ('١٦' is 16) and underscores ('1_6')
+    if not text.isascii() or "_" in text:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}")
+    return text
+
+
 def _positive_int(text: str) -> int:
     try:
-        value = int(text)
+        value = int(_ascii_number(text, "an integer"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
@@ -342,7 +356,7 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     try:
-        value = float(text)
+        value = float(_ascii_number(text, "a number"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
     if not value > 0 or value == float("inf"):
@@ -360,22 +374,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="show header, config, vocabulary and tensor table",
                        description="Show a model file's header fields, layout, config, vocabulary "
                                    "summary and tensor table (offsets, shapes, dtypes, sizes).")
-    p.add_argument("file", metavar="FILE")
+    p.add_argument("file", type=_file_name, metavar="FILE")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(run=cmd_info)
 
     p = sub.add_parser("validate", help="check files completely",
                        description="Check each file completely. Prints one OK line per good file; "
                                    "the reason for each bad one on stderr (exit status 1).")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("files", nargs="+", type=_file_name, metavar="FILE")
     p.set_defaults(run=cmd_validate)
 
     layouts = [la.name for la in spec.LAYOUTS if la.writer != "reference" and la.model_types != (ModelType.LORA,)]
     p = sub.add_parser("convert", help="rewrite a file in another layout or quantization",
                        description="Rewrite IN as OUT. Unless given, the layout and quantization stay as "
                                    "they are (2025.12 files become 2026.1).")
-    p.add_argument("input", metavar="IN")
-    p.add_argument("output", metavar="OUT")
+    p.add_argument("input", type=_file_name, metavar="IN")
+    p.add_argument("output", type=_file_name, metavar="OUT")
     p.add_argument("--quant", choices=["f32", "q8_0"], help="F32 (dequantizes) or Q8_0 (quantizes)")
     p.add_argument("--group-size", type=_positive_int, metavar="N",
                    help="Q8_0 group size (default: the input's, or the largest divisor of the row "

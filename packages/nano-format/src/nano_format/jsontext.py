@@ -44,7 +44,10 @@ def parse_json(text: str, *, unique_keys: bool = False):
         raise JSONTextError(f"duplicate key {key if len(key) <= 60 else key[:60] + '...'}: it appears twice "
                             "in one JSON object") from None
     except json.JSONDecodeError as e:
-        raise JSONTextError(f"{e.msg} at line {e.lineno} column {e.colno}") from None
+        if e.pos == 0 and text.startswith("\ufeff"):  # json's own words suggest a Python codec
+            raise JSONTextError("starts with a byte order mark (U+FEFF); save it as UTF-8 without one") from None
+        msg = e.msg.removesuffix(" at")  # "Invalid control character at", followed by our " at line ..."
+        raise JSONTextError(f"{msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:
         raise JSONTextError("arrays or objects nested too deeply") from None
     except ValueError:  # json's only other ValueError

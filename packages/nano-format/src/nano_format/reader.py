@@ -110,6 +110,8 @@ load = read
 
 def _map(path: str) -> tuple[np.ndarray, mmap.mmap | None]:
     """The file's bytes, memory-mapped read-only, and the mapping (None when empty)."""
+    if not path:  # an unset variable; os.open would say only "No such file or directory: ''"
+        raise FileNotFoundError(errno.ENOENT, "the file name is empty", path)
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused).
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))

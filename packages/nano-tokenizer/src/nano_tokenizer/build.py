@@ -16,7 +16,19 @@ from os import PathLike
 from pathlib import Path
 from typing import Iterator
 
-from .tokenizer import DEFAULT_SPECIALS, MAX_JSON_BYTES, MAX_TOKEN_CODEPOINTS, READ_BYTES, Tokenizer, TokenizerError, read_utf8
+from .tokenizer import (
+    DEFAULT_SPECIALS,
+    MAX_JSON_BYTES,
+    MAX_TOKEN_CODEPOINTS,
+    READ_BYTES,
+    Tokenizer,
+    TokenizerError,
+    _is_surrogate,
+    _short,
+    open_input,
+    open_input_name,
+    read_utf8,
+)
 
 # Every word of a words file goes into the vocabulary, and a vocabulary's JSON
 # may be 64 MiB at most (MAX_JSON_BYTES): a bigger words file is not one, and
@@ -31,7 +43,7 @@ def _pieces(path, size: int = READ_BYTES, max_bytes: int | None = None, kind: st
     """The file's text in pieces, read as strict UTF-8 (CR kept: a CR in the
     corpus is a character like any other); errors name the file and byte."""
     try:
-        with open(path, "rb") as f:
+        with open_input(path) as f:  # not a device such as /dev/zero, nor a FIFO nothing writes to
             yield from read_utf8(f, path, size, max_bytes=max_bytes, kind=kind)
     except OSError as e:
         raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
@@ -82,7 +94,7 @@ def build_vocab(corpora, size: int, words_file=None, specials=None) -> Tokenizer
     """
     if isinstance(corpora, (str, PathLike)):
         corpora = [corpora]
-    corpora = [Path(p) for p in corpora]
+    corpora = [Path(open_input_name(p)) for p in corpora]  # Path("") would be the current folder
     if not corpora:
         raise TokenizerError("build_vocab needs at least one corpus file")
     if type(size) is not int or size < 1:
@@ -92,14 +104,23 @@ def build_vocab(corpora, size: int, words_file=None, specials=None) -> Tokenizer
         raise TokenizerError(f"specials must be a list of tokens, not the string {specials!r}")
     special_list = list(DEFAULT_SPECIALS)
     for token in specials or ():
-        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CODEPOINTS:
-            raise TokenizerError(f"invalid special token {token!r}")
+        if not isinstance(token, str):
+            raise TokenizerError(f"invalid special token {_short(token)}: not a string")
+        if not token:
+            raise TokenizerError("invalid special token '': empty")
+        if len(token) > MAX_TOKEN_CODEPOINTS:
+            raise TokenizerError(
+                f"invalid special token {_short(token)}: {len(token)} code points long (at most {MAX_TOKEN_CODEPOINTS})"
+            )
+        if any(map(_is_surrogate, token)):  # e.g. bytes of a command line that are not UTF-8
+            raise TokenizerError(f"invalid special token {_short(token)}: not UTF-8 text (a surrogate code point)")
         if token not in special_list:
             special_list.append(token)
 
     taken = set(special_list)
     words = []  # in file order, each once: memory grows with the distinct words, not the file
     if words_file is not None:
+        open_input_name(words_file)
         for word in read_words(words_file):
             if word not in taken:
                 taken.add(word)

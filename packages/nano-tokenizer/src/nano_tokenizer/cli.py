@@ -17,7 +17,9 @@ the text (such as <|eos|>) stay ordinary characters unless --allow-special.
 
 Outputs are written atomically into an existing folder (none is created); an
 output that is the same file as an input, or that could not be written (a
-folder there, no such folder), is refused before any work is done.
+folder there, no such folder), is refused before any work is done. Named
+inputs are regular files, or FIFOs that something writes to; a device, a
+folder, a FIFO with no writer and an empty name are refused.
 
 Also runnable as `python -m nano_tokenizer`. Errors exit with status 1 and a
 one-line message.
@@ -32,8 +34,10 @@ import math
 import mmap
 import os
 import re
+import struct
 import sys
 import tempfile
+import tokenize
 import unicodedata
 from pathlib import Path
 from typing import Iterator
@@ -43,7 +47,15 @@ from nano_format import shown
 
 from . import __version__
 from .build import build_vocab
-from .tokenizer import DEFAULT_CHUNK_CHARS, Tokenizer, TokenizerError, check_writable, read_utf8, write_atomically
+from .tokenizer import (
+    DEFAULT_CHUNK_CHARS,
+    Tokenizer,
+    TokenizerError,
+    check_writable,
+    open_input,
+    read_utf8,
+    write_atomically,
+)
 
 STDIN = "standard input"
 
@@ -64,7 +76,7 @@ def _open_binary(path: str):
             raise _Fail(f"{STDIN} is closed")
         return open(sys.stdin.fileno(), "rb", closefd=False)
     try:
-        return open(path, "rb")
+        return open_input(path)  # not /dev/zero (it never ends), nor a FIFO that nothing writes to
     except OSError as e:
         raise _Fail(f"{path}: cannot read: {e.strerror or e}") from None
 
@@ -177,15 +189,13 @@ def _write_npy(out: Path, parts) -> int:
 
 def cmd_encode(args) -> None:
     tok = Tokenizer.load(args.vocab)
-    if args.chunk_chars < 1:
-        raise _Fail("--chunk-chars must be at least 1")
-    if args.out:
+    if args.out is not None:
         _refuse_same_file(args.out, [args.vocab, args.textfile])
         check_writable(args.out)
     name = STDIN if args.textfile == "-" else args.textfile
     with _open_binary(args.textfile) as f:
         parts = tok.encode_stream(read_utf8(f, name), chunk_chars=args.chunk_chars, allow_special=args.allow_special)
-        if args.out:
+        if args.out is not None:
             count = _write_npy(Path(args.out), parts)
             print(f"{count} ids -> {args.out}", file=sys.stderr)
         else:
@@ -207,9 +217,28 @@ def cmd_encode(args) -> None:
 # written, so a bad id anywhere leaves the output empty, as a whole decode does.
 
 DECODE_CHUNK_IDS = 1 << 14  # ids per piece: at most 4 Mi code points even if every token has 255
+MAX_CHUNK = 1 << 24  # the most --chunk-ids and --chunk-chars take: a piece is allocated whole
 MAX_WORD_CHARS = 1 << 12  # the longest word held while standard input is read (an id needs 20)
 _SEPARATORS = re.compile(r"[\s,\[\]]+")
 _ID = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '١٠٠' (Arabic-Indic 100)
+
+
+_NPY_LENGTH = {(1, 0): "<H", (2, 0): "<I", (3, 0): "<I"}  # the header length's field, by format version
+
+
+def _check_header_length(f, path: str, version) -> None:
+    """Refuse an unknown format version, and a header length that runs past the
+    file's end, before numpy reads that many bytes (the field may say 4 GiB)."""
+    if version not in _NPY_LENGTH:
+        raise _Fail(f"{path}: not a .npy file (format version {version[0]}.{version[1]} is unknown)")
+    start = f.tell()
+    field = f.read(struct.calcsize(_NPY_LENGTH[version]))
+    if len(field) == struct.calcsize(_NPY_LENGTH[version]):  # else numpy says the file ends early
+        (length,) = struct.unpack(_NPY_LENGTH[version], field)
+        left = os.fstat(f.fileno()).st_size - f.tell()
+        if length > left:
+            raise _Fail(f"{path}: not a .npy file (its header length says {length} bytes, {left} follow)")
+    f.seek(start)
 
 
 def _read_npy(path: str):
@@ -220,8 +249,9 @@ def _read_npy(path: str):
     can claim any shape)."""
     fmt = np.lib.format
     try:
-        with open(path, "rb") as f:
+        with open_input(path, regular_only="an ids file is memory-mapped") as f:
             version = fmt.read_magic(f)
+            _check_header_length(f, path, version)
             if version == (1, 0):
                 shape, fortran_order, dtype = fmt.read_array_header_1_0(f)
             else:
@@ -244,8 +274,13 @@ def _read_npy(path: str):
             mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except OSError as e:
         raise _Fail(f"{path}: cannot read ids: {e.strerror or e}") from None
+    except TokenizerError:
+        raise  # open_input's refusal, which names the file already
+    except tokenize.TokenError:  # numpy parses the header as Python; an unclosed bracket ends up here
+        raise _Fail(f"{path}: not a .npy file (its header is cut short)") from None
     except (ValueError, SyntaxError, TypeError) as e:  # numpy's words for a broken header
-        raise _Fail(f"{path}: not a .npy file ({e})") from None
+        reason = "its header holds more than literals" if "malformed node" in str(e) else str(e)  # not ast's repr
+        raise _Fail(f"{path}: not a .npy file ({reason})") from None
     arr = np.frombuffer(mapping, dtype=dtype, count=count, offset=data_start)
     end = data_start + data_size
 
@@ -326,8 +361,6 @@ def _pieces(ids: np.ndarray, size: int, check) -> Iterator[np.ndarray]:
 
 def cmd_decode(args) -> None:
     tok = Tokenizer.load(args.vocab)
-    if args.chunk_ids < 1:
-        raise _Fail("--chunk-ids must be at least 1")
     ids, check = _read_ids(args.ids, args.chunk_ids)
     low = high = 0  # a valid id: it changes neither the verdict nor the id named
     for piece in _pieces(ids, args.chunk_ids, check):
@@ -355,6 +388,32 @@ def cmd_build(args) -> None:
 # ---------------------------------------------------------------------------
 
 
+def _file_name(text: str) -> str:
+    """A file argument: an empty one is a mistake (an unset shell variable), never the current folder."""
+    if not text:
+        raise argparse.ArgumentTypeError("the file name is empty (an unset shell variable?)")
+    return text
+
+
+def _integer(low: int, high: int | None = None):
+    """An integer option from `low` to `high`, in ASCII digits (int() would also
+    take '١٠' and '1_0'); its range is checked here, so no later code sees it."""
+
+    def parse(text: str) -> int:
+        digits = text.strip()
+        if not re.fullmatch(r"[+-]?[0-9]+", digits):
+            raise argparse.ArgumentTypeError(f"not an integer: {_clip(repr(text))}")
+        if len(digits.lstrip("+-").lstrip("0")) > 19:  # do not make int() parse thousands of digits
+            raise argparse.ArgumentTypeError(f"out of range: {_clip(digits)}")
+        value = int(digits)
+        if value < low or (high is not None and value > high):
+            span = f"at least {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be {span}, not {value}")
+        return value
+
+    return parse
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nano-tokenizer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"nano-tokenizer {__version__}")
@@ -362,30 +421,30 @@ def make_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("info", help="size, specials, longest token, character classes")
-    p.add_argument("vocab", metavar="VOCAB", help="tokenizer JSON or .bin model")
+    p.add_argument("vocab", type=_file_name, metavar="VOCAB", help="tokenizer JSON or .bin model")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("encode", help="text file -> token ids")
-    p.add_argument("vocab", metavar="VOCAB", help="tokenizer JSON or .bin model")
-    p.add_argument("textfile", metavar="TEXTFILE", help="UTF-8 text, - for standard input")
-    p.add_argument("--out", metavar="IDS.npy", help="write a .npy of uint32 instead of printing")
+    p.add_argument("vocab", type=_file_name, metavar="VOCAB", help="tokenizer JSON or .bin model")
+    p.add_argument("textfile", type=_file_name, metavar="TEXTFILE", help="UTF-8 text, - for standard input")
+    p.add_argument("--out", type=_file_name, metavar="IDS.npy", help="write a .npy of uint32 instead of printing")
     p.add_argument("--allow-special", action="store_true", help="match special-token strings as special tokens")
-    p.add_argument("--chunk-chars", type=int, default=DEFAULT_CHUNK_CHARS, metavar="N", help=argparse.SUPPRESS)
+    p.add_argument("--chunk-chars", type=_integer(1, MAX_CHUNK), default=DEFAULT_CHUNK_CHARS, metavar="N", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="token ids -> text")
-    p.add_argument("vocab", metavar="VOCAB", help="tokenizer JSON or .bin model")
+    p.add_argument("vocab", type=_file_name, metavar="VOCAB", help="tokenizer JSON or .bin model")
     p.add_argument("ids", nargs="*", metavar="IDS", help="ids, a .npy file, or - (default) for standard input")
     # Ids per piece, and bytes per read of standard input: tests make it small.
-    p.add_argument("--chunk-ids", type=int, default=DECODE_CHUNK_IDS, metavar="N", help=argparse.SUPPRESS)
+    p.add_argument("--chunk-ids", type=_integer(1, MAX_CHUNK), default=DECODE_CHUNK_IDS, metavar="N", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("build", help="build a vocabulary from corpora")
-    p.add_argument("corpus", nargs="+", metavar="CORPUS", help="UTF-8 text files")
-    p.add_argument("--size", type=int, required=True, metavar="N", help="total vocabulary size (at most)")
-    p.add_argument("--words", metavar="FILE", help="multi-character tokens, one per line")
+    p.add_argument("corpus", nargs="+", type=_file_name, metavar="CORPUS", help="UTF-8 text files")
+    p.add_argument("--size", type=_integer(1), required=True, metavar="N", help="total vocabulary size (at most)")
+    p.add_argument("--words", type=_file_name, metavar="FILE", help="multi-character tokens, one per line")
     p.add_argument("--special", action="append", default=[], metavar="TOKEN", help="an extra special token (repeatable)")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.json", help="where to write the vocabulary")
+    p.add_argument("-o", "--output", type=_file_name, required=True, metavar="OUT.json", help="where to write the vocabulary")
     p.set_defaults(func=cmd_build)
     return parser
 

@@ -14,6 +14,8 @@ import json
 import os
 import re
 import reprlib
+import stat
+import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO, Iterable, Iterator, Mapping
@@ -72,12 +74,12 @@ class Tokenizer:
     @classmethod
     def load(cls, path) -> "Tokenizer":
         """Read a tokenizer JSON file or the tokenizer section of a `.bin` model."""
-        path = Path(path)
+        path = Path(open_input_name(path))  # an empty name is refused, never read as "."
         try:
-            with open(path, "rb") as f:
+            with open_input(path) as f:
                 head = f.read(len(_BIN_MAGIC))
                 if head != _BIN_MAGIC:
-                    # Never more than the cap (a vocabulary named /dev/zero must not eat memory).
+                    # Never more than the cap, whatever the source (a pipe may never end).
                     data = _read_at_most(f, MAX_JSON_BYTES + 1, head)
         except OSError as e:
             raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
@@ -142,7 +144,9 @@ class Tokenizer:
             raise TokenizerError(f"{source}: stoi must be an object mapping token to id")
         if not isinstance(specials, dict):
             raise TokenizerError(f"{source}: special_tokens must be an object mapping token to id")
-        if type(size) is not int or size != len(itos):
+        if type(size) is not int:  # "80", 80.0 and true are not 80
+            raise TokenizerError(f"{source}: vocab_size is {_short(size)}, not an integer")
+        if size != len(itos):
             raise TokenizerError(f"{source}: vocab_size is {_short(size)} but itos holds {len(itos)} tokens")
         # itos is the authority; stoi must say exactly the same thing.
         _validate_itos(itos, source)
@@ -452,6 +456,103 @@ def read_utf8(f: BinaryIO, name, size: int = READ_BYTES, max_bytes: int | None =
         if not block:
             return
         offset += len(block)
+
+
+def open_input_name(path) -> str:
+    """`path` as a string; an empty one is refused (an unset shell variable is
+    no file, and Path("") would read the current folder)."""
+    name = os.fspath(path)
+    if not name:
+        raise TokenizerError("the file name is empty (an unset shell variable?)")
+    return name
+
+
+def open_input(path, *, regular_only: str | None = None) -> BinaryIO:
+    """Open a named input for reading in binary, refusing what would hang or
+    never end: anything but a regular file or a FIFO (a folder, a device such
+    as /dev/zero, a socket) and a FIFO that nothing writes to (a plain open
+    would wait for a writer forever). `regular_only`, when given, refuses a
+    FIFO too and says why (e.g. "an ids file is memory-mapped"). The file is
+    opened without blocking and its type taken from the open descriptor, so it
+    cannot change between the check and the open. OSErrors and refusals name
+    the file; refusals are TokenizerErrors."""
+    name = open_input_name(path)
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, name) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode) and regular_only is None:
+            head = _fifo_head(fd, name)
+        elif stat.S_ISREG(mode):
+            head = b""
+        else:
+            from nano_format import file_kind
+
+            why = f"; {regular_only}" if regular_only else ""
+            raise TokenizerError(f"{name}: cannot read: not a regular file but {file_kind(mode)}{why}")
+        os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    return _Peeked(f, head) if head else f
+
+
+# How long a FIFO may have no writer before it is refused: a writer started just after
+# the reader (`reader fifo & writer > fifo`) has this long to open it.
+FIFO_WRITER_WAIT = 3.0
+
+
+def _fifo_head(fd: int, name: str) -> bytes:
+    """The first bytes of a FIFO opened without blocking: none yet when a
+    writer is there but has written nothing. No writer reads as the end of the
+    input at once; after FIFO_WRITER_WAIT seconds of that it is refused, as the
+    writer the user meant to start has not started (or wrote nothing)."""
+    deadline = time.monotonic() + FIFO_WRITER_WAIT
+    while True:
+        try:
+            head = os.read(fd, READ_BYTES)
+        except BlockingIOError:
+            return b""  # a writer is there: wait for it as for any slow input
+        if head:
+            return head
+        if time.monotonic() >= deadline:
+            raise TokenizerError(f"{name}: cannot read: a FIFO (a pipe) that nothing wrote to in "
+                                 f"{FIFO_WRITER_WAIT:g} s; start its writer first")
+        time.sleep(0.02)
+
+
+class _Peeked:
+    """A binary file whose first bytes were read already (`head`): reads give
+    them first, then go on with the file, as if nothing had been read."""
+
+    def __init__(self, f: BinaryIO, head: bytes):
+        self._f, self._head = f, head
+
+    def read(self, size: int = -1) -> bytes:
+        if not self._head:
+            return self._f.read(size)
+        if size is None or size < 0:
+            data, self._head = self._head + self._f.read(), b""
+            return data
+        data, self._head = self._head[:size], self._head[size:]
+        if len(data) < size:  # as a plain read of a pipe: wait for the rest, or its end
+            data += self._f.read(size - len(data))
+        return data
+
+    def fileno(self) -> int:
+        return self._f.fileno()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _read_at_most(f: BinaryIO, limit: int, data: bytes = b"") -> bytes:

@@ -1,0 +1,106 @@
+"""Command lines and helpers given what a user types by mistake: an empty file name
+(an unset shell variable), digits of other scripts, JSON with a byte order mark.
+Each row is a case that once gave a misleading message or a silent wrong result."""
+
+import os
+
+import pytest
+
+import nano_format as nf
+from nano_format import cli
+
+
+def run_here(capsys, *args):
+    """cli.main in this process: (exit status, stdout, stderr). An exception escaping
+    main() (what would be a traceback) fails the test."""
+    try:
+        rc = cli.main([str(a) for a in args])
+    except SystemExit as e:  # argparse's usage errors
+        rc = e.code
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def one_error_line(err: str) -> str:
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert "error: " in line and err.count("error: ") == 1, err
+    return line
+
+
+# (argv with {model} for a valid model file, exit status, fragment of the error line)
+USAGE_CASES = [
+    # empty names: once "[Errno 2] No such file or directory: ''", after the conversion's work for OUT
+    (["info", ""], 2, "argument FILE: the file name is empty"),
+    (["info", "--json", ""], 2, "argument FILE: the file name is empty"),
+    (["validate", "{model}", ""], 2, "argument FILE: the file name is empty"),
+    (["convert", "", "out.bin"], 2, "argument IN: the file name is empty"),
+    (["convert", "{model}", ""], 2, "argument OUT: the file name is empty"),
+    # int() and float() take other scripts' digits and underscores: these were accepted as 16, 1, 10000
+    (["convert", "{model}", "out.bin", "--quant", "q8_0", "--group-size", "\u0661\u0666"], 2,
+     "argument --group-size: not an integer"),
+    (["convert", "{model}", "out.bin", "--quant", "q8_0", "--group-size", "1_6"], 2,
+     "argument --group-size: not an integer"),
+    (["convert", "{model}", "out.bin", "--layout", "2026.101", "--norm-eps", "\u0661"], 2,
+     "argument --norm-eps: not a number"),
+    (["convert", "{model}", "out.bin", "--layout", "2026.101", "--rope-theta", "1_0000"], 2,
+     "argument --rope-theta: not a number"),
+]
+
+
+@pytest.mark.parametrize("argv, status, fragment", USAGE_CASES, ids=[" ".join(c[0]) for c in USAGE_CASES])
+def test_mistyped_arguments_are_refused_plainly(capsys, tmp_path, monkeypatch, sort6_path, argv, status, fragment):
+    monkeypatch.chdir(tmp_path)
+    argv = [a.replace("{model}", str(sort6_path)) for a in argv]
+    rc, out, err = run_here(capsys, *argv)
+    assert rc == status and out == ""
+    assert fragment in one_error_line(err)
+    assert os.listdir(tmp_path) == []  # nothing written, no temporary file left
+
+
+def _check_writable_empty():
+    nf.check_writable("")
+
+
+def _write_atomically_empty():
+    nf.write_atomically("", [b"data"])
+
+
+def _kept_mode_empty():
+    nf.kept_mode("")
+
+
+def _read_empty():
+    nf.read("")
+
+
+def _json_with_bom():
+    nf.parse_json('\ufeff{"vocab_size": 80}')
+
+
+def _json_with_nul():
+    nf.parse_json('["a\x00b"]')
+
+
+# (call, exception type, message fragment, fragment that must not appear)
+API_CASES = [
+    # check_writable("") passed (a temporary file could be made in "."), and the write failed after the work
+    (_check_writable_empty, nf.WriteError, "the file name is empty", None),
+    (_write_atomically_empty, nf.WriteError, "the file name is empty", None),
+    (_kept_mode_empty, nf.WriteError, "the file name is empty", None),  # was None: "nothing there"
+    (_read_empty, FileNotFoundError, "the file name is empty", None),
+    # json's words: "Unexpected UTF-8 BOM (decode using utf-8-sig)" and "Invalid control character at at line"
+    (_json_with_bom, nf.JSONTextError, "byte order mark", "utf-8-sig"),
+    (_json_with_nul, nf.JSONTextError, "Invalid control character at line 1 column 4", "at at"),
+]
+
+
+@pytest.mark.parametrize("call, error, fragment, absent", API_CASES, ids=[c[0].__name__ for c in API_CASES])
+def test_helpers_name_the_problem(tmp_path, monkeypatch, call, error, fragment, absent):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(error) as info:
+        call()
+    assert fragment in str(info.value)
+    if absent:
+        assert absent not in str(info.value)
+    assert os.listdir(tmp_path) == []
