@@ -10,7 +10,7 @@ The byte layout lives in `nano_format.spec`; see the package README.
 """
 
 from . import spec
-from .atomic import check_writable, file_kind, kept_mode, write_atomically
+from .atomic import check_writable, file_kind, kept_mode, open_without_waiting, write_atomically
 from .jsontext import JSONTextError, parse_json
 from .config import Config, LoraConfig
 from .errors import (
@@ -63,6 +63,7 @@ __all__ = [
     "write_atomically",
     "check_writable",
     "file_kind",
+    "open_without_waiting",
     "kept_mode",
     "parse_json",
     "JSONTextError",

@@ -11,6 +11,7 @@ once everything is written: a failure or a crash leaves the old file whole.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -63,6 +64,26 @@ def write_atomically(path, chunks) -> int:
     except OSError:
         pass
     return size
+
+
+def open_without_waiting(path) -> tuple[int, int]:
+    """A read-only descriptor of `path` and its stat mode. Opened without blocking, so
+    that a FIFO does not wait for a writer, and typed from the open descriptor, so that
+    the type cannot change between the check and the read; the caller decides what it
+    takes and closes the descriptor. An empty name (an unset variable) and OSErrors name
+    the path."""
+    path = os.fspath(path)
+    if not path:
+        raise FileNotFoundError(errno.ENOENT, "the file name is empty", path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+    try:
+        return fd, os.fstat(fd).st_mode
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def file_kind(mode: int) -> str:

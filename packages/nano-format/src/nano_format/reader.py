@@ -33,7 +33,7 @@ from functools import cached_property
 import numpy as np
 
 from . import spec
-from .atomic import file_kind
+from .atomic import file_kind, open_without_waiting
 from .config import Config, LoraConfig
 from .errors import (
     BadConfig,
@@ -110,15 +110,8 @@ load = read
 
 def _map(path: str) -> tuple[np.ndarray, mmap.mmap | None]:
     """The file's bytes, memory-mapped read-only, and the mapping (None when empty)."""
-    if not path:  # an unset variable; os.open would say only "No such file or directory: ''"
-        raise FileNotFoundError(errno.ENOENT, "the file name is empty", path)
+    fd, mode = open_without_waiting(path)  # a FIFO must not wait for a writer (it is then refused)
     try:
-        # O_NONBLOCK: opening a FIFO must not wait for a writer (it is then refused).
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, path) from None
-    try:
-        mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):  # a pipe reads as empty, a folder or device cannot be mapped
             raise OSError(errno.EINVAL, f"not a regular file but {file_kind(mode)}; a model file is memory-mapped, "
                                         "so save it to a file first", path)

@@ -476,20 +476,16 @@ def open_input(path, *, regular_only: str | None = None) -> BinaryIO:
     opened without blocking and its type taken from the open descriptor, so it
     cannot change between the check and the open. OSErrors and refusals name
     the file; refusals are TokenizerErrors."""
+    from nano_format import file_kind, open_without_waiting
+
     name = open_input_name(path)
+    fd, mode = open_without_waiting(name)
     try:
-        fd = os.open(name, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError as e:
-        raise OSError(e.errno, e.strerror, name) from None
-    try:
-        mode = os.fstat(fd).st_mode
         if stat.S_ISFIFO(mode) and regular_only is None:
             head = _fifo_head(fd, name)
         elif stat.S_ISREG(mode):
             head = b""
         else:
-            from nano_format import file_kind
-
             why = f"; {regular_only}" if regular_only else ""
             raise TokenizerError(f"{name}: cannot read: not a regular file but {file_kind(mode)}{why}")
         os.set_blocking(fd, True)
