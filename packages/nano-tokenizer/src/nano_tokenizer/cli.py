@@ -401,7 +401,7 @@ def _integer(low: int, high: int | None = None):
 
     def parse(text: str) -> int:
         digits = text.strip()
-        if not re.fullmatch(r"[+-]?[0-9]+", digits):
+        if not _ID.fullmatch(digits):
             raise argparse.ArgumentTypeError(f"not an integer: {_clip(repr(text))}")
         if len(digits.lstrip("+-").lstrip("0")) > 19:  # do not make int() parse thousands of digits
             raise argparse.ArgumentTypeError(f"out of range: {_clip(digits)}")

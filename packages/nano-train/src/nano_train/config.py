@@ -26,14 +26,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import stat
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nano_format import JSONTextError, file_kind, parse_json, spec
+from nano_format import JSONTextError, file_kind, open_without_waiting, parse_json, spec
 
 from nano_train.matmul import MATMULS
 from nano_train.metrics import short_repr
@@ -384,10 +383,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), defaults: di
     if path is not None:
         path = Path(path)
         try:
-            # opened without blocking and checked before reading: a FIFO would wait for a writer forever
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+            fd, mode = open_without_waiting(path)  # checked before reading: a FIFO would wait for a writer forever
             with open(fd, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
                 if stat.S_ISFIFO(mode):
                     raise ConfigError(f"{path}: cannot read config: it is {file_kind(mode)}, not a file")
                 raw = f.read(MAX_CONFIG_BYTES + 1)  # /dev/zero must not eat the memory
