@@ -1,5 +1,6 @@
 """Fixtures for the training tests: small prepared datasets, the nano_80
-vocabulary, and a builder for tiny training configs.
+vocabulary, a builder for tiny training configs, and builders of a tiny model and
+of the minimal checkpoints that sample and export read.
 
 The shared material comes from the root conftest.py's fixtures (shared_file,
 psycho_path, sort6_path): missing shared data is a failure, never a skip.
@@ -142,3 +143,54 @@ def _cli(value) -> str:
     if isinstance(value, list):
         return json.dumps(value, ensure_ascii=False)
     return str(value)
+
+
+# The tiny model of the sample/export tests: nano_80's vocabulary, two layers, grouped heads
+TINY_CKPT_MODEL = dict(block_size=16, vocab_size=80, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """tiny(seed=0, **config) -> a seeded Transformer of TINY_CKPT_MODEL (fields overridden
+    by config) in eval mode."""
+    return _tiny
+
+
+def _tiny(seed=0, **config):
+    import torch
+
+    from nano_train.model import ModelConfig, Transformer
+
+    torch.manual_seed(seed)
+    return Transformer(ModelConfig(**{**TINY_CKPT_MODEL, **config})).eval()
+
+
+@pytest.fixture(scope="session")
+def save_ckpt():
+    """save_ckpt(path, model, tokenizer, lora=None) -> path: the least checkpoint
+    load_checkpoint_model reads (weights, model config, vocabulary, the LoRA's settings)."""
+    return _save_ckpt
+
+
+def _save_ckpt(path, model, tokenizer, lora=None) -> Path:
+    import torch
+
+    ck = {"model": model.state_dict(), "config": {"model": model.config.to_dict(), "train": {}},
+          "tokenizer": tokenizer.to_json_dict()}
+    if lora:
+        ck["lora"] = lora
+    torch.save(ck, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def lora_ckpt():
+    """lora_ckpt(folder, tokenizer) -> folder/c.pt: a checkpoint of tiny() with LoRA
+    adapters (rank 2, alpha 4) attached."""
+    def make(folder, tokenizer) -> Path:
+        from nano_train.lora import attach_lora
+
+        return _save_ckpt(folder / "c.pt", attach_lora(_tiny(), rank=2, alpha=4), tokenizer,
+                          lora={"rank": 2, "alpha": 4, "dropout": 0.0})
+
+    return make

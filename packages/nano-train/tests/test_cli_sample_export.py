@@ -14,7 +14,6 @@ from nano_train import export as export_cmd
 from nano_train import sample as sample_cmd
 from nano_train.convert import emulate_q8_0, load_bin, load_lora_bin
 from nano_train.lora import attach_lora
-from nano_train.model import ModelConfig, Transformer
 
 PSYCHO_GREEDY_16 = [272, 113, 217, 190, 398, 381, 187, 228, 360, 293, 343, 187, 228, 195, 303, 586]
 
@@ -26,22 +25,6 @@ def run(cmd, argv, capsys):
     rc = cmd.main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return rc, out, err
-
-
-def tiny(seed=0, **kw):
-    c = dict(block_size=16, vocab_size=80, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
-    c.update(kw)
-    torch.manual_seed(seed)
-    return Transformer(ModelConfig(**c)).eval()
-
-
-def save_ckpt(path, model, nano80, lora=None):
-    ck = {"model": model.state_dict(),
-          "config": {"model": model.config.to_dict(), "train": {}},
-          "tokenizer": nano80.to_json_dict()}
-    if lora:
-        ck["lora"] = lora
-    torch.save(ck, path)
 
 
 # ---------------------------------------------------------------------------
@@ -117,7 +100,7 @@ def test_sample_prompt_from_stdin_and_sampling_options(shared_file, capsys, monk
 
 
 @pytest.mark.parametrize("extra", [[], ["--instruct"], ["--stop", "<|eos|>"], ["-t", "1", "-s", "5"]])
-def test_sample_stops_at_eos_in_every_mode(tmp_path, nano80, capsys, predicting, extra):
+def test_sample_stops_at_eos_in_every_mode(tmp_path, nano80, capsys, predicting, extra, tiny, save_ckpt):
     """As the C engine (stop_at_eos is on in every mode): <|eos|> ends the output,
     in plain continuation too, and is not printed."""
     ck = tmp_path / "eos.pt"  # a model that always predicts <|eos|>
@@ -126,7 +109,7 @@ def test_sample_stops_at_eos_in_every_mode(tmp_path, nano80, capsys, predicting,
     assert rc == 0 and out == "\n"
 
 
-def test_an_empty_question_in_instruct_mode_is_answered(nano80, tmp_path, capsys, predicting):
+def test_an_empty_question_in_instruct_mode_is_answered(nano80, tmp_path, capsys, predicting, tiny, save_ckpt):
     """SFT data may hold an empty question; the instruct template still gives the model
     tokens to answer (nano-wss allows it too)."""
     ck = tmp_path / "eos.pt"
@@ -137,7 +120,7 @@ def test_an_empty_question_in_instruct_mode_is_answered(nano80, tmp_path, capsys
     assert rc == 1 and "the prompt is empty" in err
 
 
-def test_sample_with_lora(nano80, tmp_path, capsys):
+def test_sample_with_lora(nano80, tmp_path, capsys, tiny):
     from nano_train.convert import export_bin, export_lora
 
     m = tiny()
@@ -199,7 +182,8 @@ def one_error_line(rc, err, *texts) -> bool:
     ("nan.pt", lambda ck: ck["model"]["layers.1.w1.weight"].__setitem__((0, 0), float("nan")),
      "layers.1.w1.weight holds non-finite values"),
 ])
-def test_sample_bad_checkpoints_are_one_line_naming_the_file(tmp_path, nano80, capsys, name, change, msg):
+def test_sample_bad_checkpoints_are_one_line_naming_the_file(tmp_path, nano80, capsys, name, change, msg, tiny,
+                                                             save_ckpt):
     save_ckpt(tmp_path / name, tiny(), nano80)
     ck = torch.load(tmp_path / name, weights_only=True)
     change(ck)
@@ -208,7 +192,7 @@ def test_sample_bad_checkpoints_are_one_line_naming_the_file(tmp_path, nano80, c
     assert out == "" and one_error_line(rc, err, f"error: {tmp_path / name}: ", msg)
 
 
-def test_sample_seq2seq_is_refused_where_the_file_records_causal_attention(tmp_path, nano80, capsys):
+def test_sample_seq2seq_is_refused_where_the_file_records_causal_attention(tmp_path, nano80, capsys, tiny, save_ckpt):
     """--seq2seq sets the attention of layouts that cannot record it (2026.1 here);
     a 2026.101 file that records causal attention refuses it, as a causal .pt does."""
     from nano_train.convert import export_bin
@@ -235,13 +219,13 @@ def test_sample_seq2seq_is_refused_where_the_file_records_causal_attention(tmp_p
     (["--device", "meta"], "--device meta holds no data"),
     (["--stop", "§"], "stop string '§' can never occur"),
 ])
-def test_sample_bad_options_are_one_line(tmp_path, nano80, capsys, argv, msg):
+def test_sample_bad_options_are_one_line(tmp_path, nano80, capsys, argv, msg, tiny, save_ckpt):
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     rc, out, err = run(sample_cmd, ["-m", tmp_path / "c.pt", "-p", "hi"] + argv, capsys)
     assert out == "" and one_error_line(rc, err, msg)
 
 
-def test_sample_checks_the_cuda_device_index(tmp_path, nano80, capsys, monkeypatch):
+def test_sample_checks_the_cuda_device_index(tmp_path, nano80, capsys, monkeypatch, tiny, save_ckpt):
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     argv = ["-m", tmp_path / "c.pt", "-p", "hi", "--device"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
@@ -253,7 +237,7 @@ def test_sample_checks_the_cuda_device_index(tmp_path, nano80, capsys, monkeypat
     assert one_error_line(rc, err, "--device cuda:7: no such CUDA device (this machine has 2: 0..1)")
 
 
-def test_sample_max_tokens_zero_fills_the_context(tmp_path, nano80, capsys):
+def test_sample_max_tokens_zero_fills_the_context(tmp_path, nano80, capsys, tiny, save_ckpt):
     """As `nano run -n 0`: no limit but the context (here 16 positions)."""
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     args = ["-m", tmp_path / "c.pt", "-p", "hi", "-t", "1", "-s", "3"]
@@ -266,13 +250,14 @@ def test_sample_max_tokens_zero_fills_the_context(tmp_path, nano80, capsys):
     assert "0 = until the context is full" in " ".join(capsys.readouterr().out.split())
 
 
-def test_sample_profile_of_one_token_gives_no_nan(tmp_path, nano80, capsys):
+def test_sample_profile_of_one_token_gives_no_nan(tmp_path, nano80, capsys, tiny, save_ckpt):
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     rc, _, err = run(sample_cmd, ["-m", tmp_path / "c.pt", "-p", "hi", "-n", "1", "--profile"], capsys)
     assert rc == 0 and "1 token" in err and "nan" not in err
 
 
-def test_sample_profile_rate_counts_the_time_of_the_printed_tokens_only(tmp_path, nano80, capsys, monkeypatch):
+def test_sample_profile_rate_counts_the_time_of_the_printed_tokens_only(tmp_path, nano80, capsys, monkeypatch, tiny,
+                                                                       save_ckpt):
     """As `nano run --profile`: tokens/s after the first runs from the first token to
     the last one printed; the forward that then draws <|eos|> (or a stop) is no token's."""
     from nano_train import sampling
@@ -293,7 +278,7 @@ def test_sample_profile_rate_counts_the_time_of_the_printed_tokens_only(tmp_path
     assert "time to first token 1000.0 ms; 3 tokens, 1.0 tokens/s after the first" in err, err
 
 
-def test_sample_picks_the_loader_by_the_first_bytes(tmp_path, nano80, capsys):
+def test_sample_picks_the_loader_by_the_first_bytes(tmp_path, nano80, capsys, tiny, save_ckpt):
     from nano_train.convert import export_bin, export_lora
 
     m = tiny()
@@ -320,7 +305,7 @@ class _BrokenPipe(io.TextIOWrapper):
         raise BrokenPipeError(32, "Broken pipe")
 
 
-def test_sample_stops_quietly_on_a_broken_pipe(tmp_path, nano80, capsys, monkeypatch):
+def test_sample_stops_quietly_on_a_broken_pipe(tmp_path, nano80, capsys, monkeypatch, tiny, save_ckpt):
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     with open(tmp_path / "out", "wb") as f:
         monkeypatch.setattr(sys, "stdout", _BrokenPipe(f, encoding="utf-8"))
@@ -340,7 +325,7 @@ def test_sample_writes_to_an_ascii_stdout(shared_file, capsys, monkeypatch):
     assert rc == 0 and buf.getvalue() == want.encode("ascii", "backslashreplace")
 
 
-def test_sample_with_closed_standard_streams(tmp_path, nano80):
+def test_sample_with_closed_standard_streams(tmp_path, nano80, tiny, save_ckpt):
     """Started with `>&-` or `<&-` (Python then has no sys.stdout / sys.stdin): one line."""
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     cmd = [sys.executable, "-m", "nano_train.sample", "-m", str(tmp_path / "c.pt"), "--threads", "1"]
@@ -364,7 +349,7 @@ def test_export_help(capsys):
         assert opt in out
 
 
-def test_export_f32_and_q8_0(nano80, tmp_path, capsys):
+def test_export_f32_and_q8_0(nano80, tmp_path, capsys, tiny, save_ckpt):
     m = tiny()
     save_ckpt(tmp_path / "c.pt", m, nano80)
     rc, out, _ = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", tmp_path / "f.bin"], capsys)
@@ -379,7 +364,7 @@ def test_export_f32_and_q8_0(nano80, tmp_path, capsys):
     assert torch.equal(back(idx)[0], emulate_q8_0(m, 16)(idx)[0])
 
 
-def test_export_full_attention_picks_the_extension(nano80, tmp_path, capsys):
+def test_export_full_attention_picks_the_extension(nano80, tmp_path, capsys, tiny, save_ckpt):
     save_ckpt(tmp_path / "c.pt", tiny(is_causal=False), nano80)
     rc, out, _ = run(export_cmd, ["--ckpt", tmp_path / "c.pt", "--out", tmp_path / "f.bin"], capsys)
     assert rc == 0 and "layout 2026.101" in out and "full attention" in out
@@ -389,7 +374,7 @@ def test_export_full_attention_picks_the_extension(nano80, tmp_path, capsys):
     assert rc == 1 and "2026.101" in err and not (tmp_path / "g.bin").exists()
 
 
-def test_export_lora_checkpoint(nano80, tmp_path, capsys):
+def test_export_lora_checkpoint(nano80, tmp_path, capsys, tiny, save_ckpt):
     m = attach_lora(tiny(), rank=2, alpha=4)
     with torch.no_grad():
         for layer in m.layers:
@@ -423,7 +408,7 @@ def test_export_lora_checkpoint(nano80, tmp_path, capsys):
         (["--ckpt", "{sort6}"], "already exported"),  # a .bin model given as the checkpoint
     ],
 )
-def test_export_errors_are_one_line(nano80, shared_file, tmp_path, capsys, extra, msg):
+def test_export_errors_are_one_line(nano80, shared_file, tmp_path, capsys, extra, msg, tiny, save_ckpt):
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     (tmp_path / "junk.pt").write_bytes(b"\x00" * 10)
     sub = {"{ckpt}": str(tmp_path / "c.pt"), "{junk}": str(tmp_path / "junk.pt"),
@@ -433,17 +418,11 @@ def test_export_errors_are_one_line(nano80, shared_file, tmp_path, capsys, extra
     assert err.count("\n") == 1 and "weights_only" not in err  # not PyTorch's advice to load unsafely
 
 
-def lora_ckpt(tmp_path, nano80) -> Path:
-    m = attach_lora(tiny(), rank=2, alpha=4)
-    save_ckpt(tmp_path / "c.pt", m, nano80, lora={"rank": 2, "alpha": 4, "dropout": 0.0})
-    return tmp_path / "c.pt"
-
-
 @pytest.mark.parametrize("opts", [["--out", "{ckpt}"], ["--out", "b.bin", "--lora-out", "{ckpt}"],
                                   ["--out", "{ckpt_other_spelling}"], ["--out", "{link}"],
                                   ["--out", "x.bin", "--lora-out", "x.bin"],
                                   ["--out", "x.bin", "--lora-out", "sub/../x.bin"]])
-def test_export_refuses_to_overwrite_its_input_or_itself(nano80, tmp_path, capsys, monkeypatch, opts):
+def test_export_refuses_to_overwrite_its_input_or_itself(nano80, tmp_path, capsys, monkeypatch, opts, lora_ckpt):
     ckpt = lora_ckpt(tmp_path, nano80)
     (tmp_path / "sub").mkdir()
     (tmp_path / "link.pt").symlink_to(ckpt)
@@ -467,7 +446,7 @@ def test_export_refuses_to_overwrite_its_input_or_itself(nano80, tmp_path, capsy
         (["--lora-out", "{tmp}/nodir9/la.bin"], "does not exist"),
     ],
 )
-def test_export_failure_writes_nothing(nano80, tmp_path, capsys, opts, msg):
+def test_export_failure_writes_nothing(nano80, tmp_path, capsys, opts, msg, tiny, save_ckpt):
     m = attach_lora(tiny(is_causal=False), rank=2, alpha=4)
     save_ckpt(tmp_path / "c.pt", m, nano80, lora={"rank": 2, "alpha": 4, "dropout": 0.0})
     (tmp_path / "sub").mkdir()
@@ -480,7 +459,7 @@ def test_export_failure_writes_nothing(nano80, tmp_path, capsys, opts, msg):
 
 
 @pytest.mark.parametrize("lora_out", [False, True])
-def test_export_refuses_non_finite_weights(nano80, tmp_path, capsys, lora_out):
+def test_export_refuses_non_finite_weights(nano80, tmp_path, capsys, lora_out, tiny, save_ckpt):
     m = attach_lora(tiny(), rank=2, alpha=4)
     with torch.no_grad():
         m.layers[1].w2.weight[3, 5] = float("nan")  # a run that diverged
@@ -500,7 +479,7 @@ def dead_pid() -> int:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no pid probe there: nothing is removed")
-def test_export_removes_what_a_killed_export_left(nano80, tmp_path, capsys):
+def test_export_removes_what_a_killed_export_left(nano80, tmp_path, capsys, tiny, save_ckpt):
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     dead = dead_pid()
     stale = tmp_path / f".f.bin.{dead}.export.tmp"
@@ -543,7 +522,7 @@ def special_kind(path: Path) -> str:
 @pytest.mark.skipif(sys.platform == "win32", reason="no FIFOs, device nodes or (unprivileged) symlinks there")
 @pytest.mark.parametrize("opt", ["--out", "--lora-out"])
 @pytest.mark.parametrize("kind", ["fifo", "symlink", "dangling symlink", "device"])
-def test_export_refuses_to_replace_what_is_not_a_regular_file(nano80, tmp_path, capsys, opt, kind):
+def test_export_refuses_to_replace_what_is_not_a_regular_file(nano80, tmp_path, capsys, opt, kind, lora_ckpt):
     ckpt = lora_ckpt(tmp_path, nano80)
     special = tmp_path / "special.bin"
     make_special(special, kind)
@@ -559,7 +538,7 @@ def test_export_refuses_to_replace_what_is_not_a_regular_file(nano80, tmp_path, 
 
 
 @pytest.mark.parametrize("lora_out", [False, True])
-def test_export_keeps_the_mode_of_a_replaced_file(nano80, tmp_path, capsys, lora_out):
+def test_export_keeps_the_mode_of_a_replaced_file(nano80, tmp_path, capsys, lora_out, lora_ckpt):
     ckpt = lora_ckpt(tmp_path, nano80)
     old_umask = os.umask(0o022)
     try:
@@ -592,7 +571,8 @@ write_atomically(_staged(Path(sys.argv[1])), chunks())
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no pid probe there: nothing is removed")
 @pytest.mark.parametrize("name", ["f.bin", "m" * 240 + ".bin"])
-def test_export_removes_the_partial_file_of_an_export_killed_while_writing(nano80, tmp_path, capsys, name):
+def test_export_removes_the_partial_file_of_an_export_killed_while_writing(nano80, tmp_path, capsys, name, tiny,
+                                                                           save_ckpt):
     """An export writes its staged file through write_atomically, so a kill during the
     write leaves write_atomically's temporary file beside the staged name, not the
     staged file itself: that is what the next export must find and remove."""
@@ -610,7 +590,7 @@ def test_export_removes_the_partial_file_of_an_export_killed_while_writing(nano8
 
 
 @pytest.mark.parametrize("lengths", [(240, 250), (255, 255)])
-def test_export_takes_output_names_up_to_the_length_limit(nano80, tmp_path, capsys, lengths):
+def test_export_takes_output_names_up_to_the_length_limit(nano80, tmp_path, capsys, lengths, lora_ckpt):
     """The staged names must fit the file-name limit (255 bytes) whatever --out's length."""
     ckpt = lora_ckpt(tmp_path, nano80)
     base, lora = ("b" * (lengths[0] - 4) + ".bin"), ("l" * (lengths[1] - 4) + ".bin")
@@ -620,7 +600,7 @@ def test_export_takes_output_names_up_to_the_length_limit(nano80, tmp_path, caps
     load_lora_bin(load_bin(tmp_path / base)[0], tmp_path / lora)
 
 
-def test_export_errors_name_the_output_not_the_temporary_file(nano80, tmp_path, capsys, monkeypatch):
+def test_export_errors_name_the_output_not_the_temporary_file(nano80, tmp_path, capsys, monkeypatch, tiny, save_ckpt):
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     out = tmp_path / "f.bin"
 
@@ -642,7 +622,7 @@ def test_export_errors_name_the_output_not_the_temporary_file(nano80, tmp_path, 
 # export: standard output, Ctrl-C and option messages
 
 
-def test_export_says_what_is_wrong_with_its_options(nano80, tmp_path, capsys):
+def test_export_says_what_is_wrong_with_its_options(nano80, tmp_path, capsys, tiny, save_ckpt):
     """--ckpt that exists but is not a file is not "not found"; a bad --group-size is
     told as the option it is, not as the file's header field."""
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
@@ -673,7 +653,7 @@ class _FullDisk(io.TextIOWrapper):
 
 @pytest.mark.parametrize("stdout, message", [(_BrokenPipe, ""), (_FullDisk, "No space left on device")])
 def test_export_writes_every_file_even_when_standard_output_fails(nano80, tmp_path, capsys, monkeypatch,
-                                                                  stdout, message):
+                                                                  stdout, message, lora_ckpt):
     """The summary is printed once every file is in place: a reader that went away is
     quiet (as in sample), a full disk is one line saying the files were written."""
     ckpt = lora_ckpt(tmp_path, nano80)
@@ -701,7 +681,7 @@ def _closed_pipe() -> int:
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full here")
 @pytest.mark.parametrize("where", ["/dev/full", "closed pipe"])
-def test_export_as_a_program_to_a_failing_standard_output(nano80, tmp_path, where):
+def test_export_as_a_program_to_a_failing_standard_output(nano80, tmp_path, where, tiny, save_ckpt):
     """As above, in a real process: the interpreter's last flush stays quiet too."""
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     out = tmp_path / "f.bin"
@@ -750,7 +730,7 @@ sys.exit(export.main(sys.argv[2:]))
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no SIGINT to send to a process there")
 @pytest.mark.parametrize("where", ["staged", "renaming"])
-def test_export_interrupted_by_ctrl_c(nano80, tmp_path, where):
+def test_export_interrupted_by_ctrl_c(nano80, tmp_path, where, lora_ckpt):
     """Ctrl-C: one line, exit status 130, no traceback; every file or none (the staged
     files removed; held back while they are renamed into place)."""
     ckpt = lora_ckpt(tmp_path, nano80)

@@ -8,24 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from nano_train import export as export_cmd
 from nano_train.convert import load_bin, load_lora_bin
-from nano_train.lora import attach_lora
-from nano_train.model import ModelConfig, Transformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def lora_ckpt(tmp_path: Path, nano80) -> Path:
-    torch.manual_seed(0)
-    m = attach_lora(Transformer(ModelConfig(block_size=16, vocab_size=80, n_layer=2, n_head=4, n_kv_head=2,
-                                            n_embd=32)).eval(), rank=2, alpha=4)
-    torch.save({"model": m.state_dict(), "config": {"model": m.config.to_dict(), "train": {}},
-                "tokenizer": nano80.to_json_dict(), "lora": {"rank": 2, "alpha": 4, "dropout": 0.0}},
-               tmp_path / "c.pt")
-    return tmp_path / "c.pt"
 
 
 def fail_moving_onto(monkeypatch, target: Path) -> list:
@@ -47,7 +34,7 @@ def fail_moving_onto(monkeypatch, target: Path) -> list:
 @pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
 @pytest.mark.parametrize("before", ["new", "older-files"])
 def test_a_failed_second_move_leaves_every_destination_as_it_was(nano80, tmp_path, capsys, monkeypatch,
-                                                                  before, links):
+                                                                  before, links, lora_ckpt):
     ckpt = lora_ckpt(tmp_path, nano80)
     base, lora = tmp_path / "b.bin", tmp_path / "la.bin"
     if before == "older-files":
@@ -79,7 +66,7 @@ def test_a_failed_second_move_leaves_every_destination_as_it_was(nano80, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin", "c.pt", "la.bin"]
 
 
-def test_a_replaced_file_is_never_missing_where_hard_links_work(nano80, tmp_path, capsys, monkeypatch):
+def test_a_replaced_file_is_never_missing_where_hard_links_work(nano80, tmp_path, capsys, monkeypatch, lora_ckpt):
     """The old file stays at its name until the new one takes it (a backup is a second link)."""
     ckpt = lora_ckpt(tmp_path, nano80)
     base = tmp_path / "b.bin"
@@ -100,7 +87,7 @@ def test_a_replaced_file_is_never_missing_where_hard_links_work(nano80, tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.bin", "c.pt"]
 
 
-def test_undoing_that_fails_says_where_the_old_file_is(nano80, tmp_path, capsys, monkeypatch):
+def test_undoing_that_fails_says_where_the_old_file_is(nano80, tmp_path, capsys, monkeypatch, lora_ckpt):
     """Should putting an old file back fail too, the error says so and where it is kept."""
     ckpt = lora_ckpt(tmp_path, nano80)
     base, lora = tmp_path / "b.bin", tmp_path / "la.bin"
@@ -125,7 +112,7 @@ def test_undoing_that_fails_says_where_the_old_file_is(nano80, tmp_path, capsys,
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no pid probe there: nothing is removed")
-def test_a_backup_left_by_a_killed_export_is_removed_by_the_next(nano80, tmp_path, capsys):
+def test_a_backup_left_by_a_killed_export_is_removed_by_the_next(nano80, tmp_path, capsys, lora_ckpt):
     ckpt = lora_ckpt(tmp_path, nano80)
     child = subprocess.Popen([sys.executable, "-c", "pass"])  # a pid that no longer runs
     child.wait()

@@ -16,28 +16,12 @@ from nano_train import plot as plot_cmd
 from nano_train import sample as sample_cmd
 from nano_train.convert import ConvertError, export_bin, export_lora, load_bin, load_lora_bin, load_model
 from nano_train.lora import attach_lora, detach_lora
-from nano_train.model import ModelConfig, Transformer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def tiny(seed=0) -> Transformer:
-    torch.manual_seed(seed)
-    config = ModelConfig(block_size=16, vocab_size=80, n_layer=2, n_head=4, n_kv_head=2, n_embd=32)
-    return Transformer(config).eval()
-
-
-def save_ckpt(path, model, nano80, lora=None) -> Path:
-    ck = {"model": model.state_dict(), "config": {"model": model.config.to_dict(), "train": {}},
-          "tokenizer": nano80.to_json_dict()}
-    if lora:
-        ck["lora"] = lora
-    torch.save(ck, path)
-    return path
-
-
 @pytest.fixture
-def files(tmp_path, nano80) -> dict[str, Path]:
+def files(tmp_path, nano80, tiny, save_ckpt) -> dict[str, Path]:
     """A checkpoint, a LoRA checkpoint, a model file and a LoRA file of a tiny model."""
     m = tiny()
     out = {"ckpt": save_ckpt(tmp_path / "c.pt", m, nano80), "base": tmp_path / "base.bin",

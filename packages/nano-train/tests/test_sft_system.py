@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from nano_tokenizer import Tokenizer
 
@@ -14,7 +13,6 @@ from nano_train import prepare as prepare_cmd
 from nano_train import sample as sample_cmd
 from nano_train import sampling
 from nano_train.data import DataError, Dataset, prepare_sft, sft_messages, sft_turns, with_system
-from nano_train.model import ModelConfig, Transformer
 
 SYSTEM = "请简短回答"
 CHAT = {"messages": [{"role": "system", "content": SYSTEM},
@@ -223,13 +221,8 @@ def test_prepare_command_end_to_end(tmp_path, tok_path, capsys):
 
 
 @pytest.fixture
-def tiny_ckpt(tmp_path, nano80):
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(block_size=64, vocab_size=80, n_layer=1, n_head=2, n_kv_head=1, n_embd=16))
-    path = tmp_path / "m.pt"
-    torch.save({"model": model.state_dict(), "config": {"model": model.config.to_dict(), "train": {}},
-                "tokenizer": nano80.to_json_dict()}, path)
-    return path
+def tiny_ckpt(tmp_path, nano80, tiny, save_ckpt):
+    return save_ckpt(tmp_path / "m.pt", tiny(block_size=64, n_layer=1, n_head=2, n_kv_head=1, n_embd=16), nano80)
 
 
 @pytest.fixture
