@@ -104,3 +104,15 @@ def test_helpers_name_the_problem(tmp_path, monkeypatch, call, error, fragment, 
     if absent:
         assert absent not in str(info.value)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("where", ["missing folder", "a folder"])
+def test_convert_says_the_output_cannot_be_written_before_the_work(capsys, monkeypatch, tmp_path, sort6_path, where):
+    out = tmp_path / "no" / "such" / "o.bin" if where == "missing folder" else tmp_path
+    work = []
+    monkeypatch.setattr(nf.NanoFile, "check_scales", lambda self: work.append("check_scales"))
+    monkeypatch.setattr(cli, "write", lambda *a, **k: work.append("write"))
+    rc, _, err = run_here(capsys, "convert", sort6_path, out, "--quant", "q8_0")
+    line = one_error_line(err)
+    assert rc == 1 and str(out) in line and work == [], (line, work)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left

@@ -37,6 +37,7 @@ import json
 import sys
 
 from . import __version__, spec
+from .atomic import check_writable
 from .config import Config
 from .errors import FormatError, shown
 from .reader import NanoFile, read
@@ -267,6 +268,7 @@ def cmd_validate(args) -> int:
 
 def cmd_convert(args) -> int:
     with read(args.input) as src:
+        check_writable(args.output)  # a missing folder or no permission: said before the work, not after
         src.ensure_loadable()
         src.check_scales()
         src.check_finite()  # the writer would refuse NaN or infinity too, without naming IN
