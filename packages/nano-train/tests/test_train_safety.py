@@ -438,6 +438,44 @@ def test_resume_refuses_another_dataset_with_the_same_rows(tmp_path, psycho_slic
     assert load(out / "latest.pt")["step"] == 4
 
 
+def test_resume_refuses_the_dataset_prepared_again_from_other_text_with_the_same_counts(
+        tmp_path, psycho_slice, shared_file, capsys):
+    from nano_train.data import prepare_pretrain
+
+    text = psycho_slice.read_text(encoding="utf-8")
+    changed = tmp_path / "changed.txt"
+    changed.write_text(text.replace("心", "理", 1), encoding="utf-8")  # one character, both in the vocabulary
+    data, out = tmp_path / "data", tmp_path / "run"
+    vocab = shared_file("data/tokenizer_4096.json")
+    prepare_pretrain([psycho_slice], vocab, data, chunk_tokens=512, progress=False)
+    before_meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+    assert main("pretrain", args(data, out, max_iters=2)) == 0
+    prepare_pretrain([changed], vocab, data, chunk_tokens=512, progress=False, overwrite=True)
+    meta = json.loads((data / "meta.json").read_text(encoding="utf-8"))
+    assert meta["shards"] == before_meta["shards"] and meta["split"] == before_meta["split"]  # every count the same
+    capsys.readouterr()
+    assert main("pretrain", args(data, out, init_from="resume", max_iters=4)) == 2
+    msg = error_line(capsys)
+    assert "not the dataset" in msg and "'content' differs" in msg, msg
+
+
+def test_sft_datasets_prepared_with_another_system_policy_differ_only_in_content(tmp_path, shared_file):
+    from nano_train.data import Dataset, prepare_sft
+    from nano_train.train import DATASET_ID_ENTRIES, dataset_identity
+
+    src = tmp_path / "chat.jsonl"
+    src.write_text("".join(json.dumps({"messages": [{"role": "system", "content": "你是助手"},
+                                                    {"role": "user", "content": f"问题{i}"},
+                                                    {"role": "assistant", "content": f"回答{i}"}]},
+                                      ensure_ascii=False) + "\n" for i in range(20)), encoding="utf-8")
+    ids = {}
+    for policy in ("prepend", "drop"):
+        prepare_sft([src], shared_file("data/tokenizer_4096.json"), tmp_path / policy, block_size=48,
+                    system=policy, progress=False)
+        ids[policy] = dataset_identity(Dataset(tmp_path / policy).meta)
+    assert [k for k in DATASET_ID_ENTRIES if ids["prepend"][k] != ids["drop"][k]] == ["content"]
+
+
 @pytest.mark.parametrize("key,value", [("batch_size", 8), ("gradient_accumulation_steps", 2), ("seed", 5)])
 def test_resume_refuses_another_batch_size_accumulation_or_seed(finished_run, small_pretrain, capsys, key, value):
     before = (finished_run / "latest.pt").read_bytes()

@@ -14,8 +14,9 @@ reads (tensors, dicts, lists, str, int, float, bool, None only):
     "data_state":   the train Batcher's state (its row counter)
     "rng":          {"world_size": W, "ranks": [{"torch", "cuda", "numpy", "python"} per rank]}
     "best_val_loss", "val_loss", "train_loss", "elapsed_s", "dataset", "versions"
-    "dataset_id":   sha256 of the dataset's meta.json "shards", "split" and "shuffle"
-                    entries (resume refuses another dataset; older checkpoints lack it)
+    "dataset_id":   sha256 of the dataset's meta.json "shards", "split", "shuffle" and
+                    "content" entries (resume refuses another dataset; older checkpoints
+                    lack it, or its "content")
 
 Writes go to a temporary file in the same directory, `.{name}.{pid}.tmp`, which
 is flushed and fsynced, then renamed over the target (os.replace is atomic on

@@ -33,6 +33,11 @@ into a training shard. Each split's chunks are written in a seeded random
 order (block-level shuffle), copying one chunk at a time from the temporary
 file, which is then removed.
 
+meta.json's "content" holds one sha256 over the bytes of every shard file it
+lists (`shards_digest`), so that a resumed run can tell a dataset prepared again
+with other text or options from the one it was trained on, even when every
+count is the same.
+
 Batches: a `Batcher` walks a seeded permutation of rows per epoch (a row is a
 window of block_size + 1 tokens, or one SFT sample) and is resumable at any
 row in O(1): its state is a single row counter, and the rows of step k are
@@ -198,6 +203,27 @@ def path_text(path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
+# The keys of a shards entry that name files, in the order shards_digest reads them
+SHARD_FILE_KEYS = ("file", "target", "mask")
+CONTENT_RULE = ("sha256 of the bytes of every file the shards entry names: split by split as listed, each entry's "
+                "file, then target, then mask")
+
+
+def shards_digest(directory: Path, shards: dict) -> str:
+    """sha256 (hex) over the bytes of every file `shards` (meta.json's entry) names,
+    in CONTENT_RULE's order. Written into meta.json's "content" by every writer."""
+    h = hashlib.sha256()
+    buffer = memoryview(bytearray(1 << 18))  # one buffer for every read: memory stays flat
+    for entries in shards.values():
+        for entry in entries:
+            for key in SHARD_FILE_KEYS:
+                if key in entry:
+                    with open(directory / entry[key], "rb") as f:
+                        while n := f.readinto(buffer):
+                            h.update(buffer[:n])
+    return h.hexdigest()
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """obj as JSON in path, replaced atomically (nano_format.write_atomically): a crash
     leaves the old file or the new one, never half of one."""
@@ -213,7 +239,7 @@ def _dataset_files(out_dir: Path) -> set[str]:
     try:  # a damaged old meta.json lists nothing more: its shards are then left in place
         old = _read_meta(out_dir / META)
         for split in old["shards"].values():
-            names.update(Path(s[key]).name for s in split for key in ("file", "target", "mask") if key in s)
+            names.update(Path(s[key]).name for s in split for key in SHARD_FILE_KEYS if key in s)
     except (OSError, ValueError, KeyError, TypeError, AttributeError):  # (DataError is a ValueError)
         pass
     return names
@@ -728,6 +754,7 @@ def prepare_pretrain(
             },
             "shuffle": {"enabled": shuffle, "unit": "chunk", "seed": seed},
             "shards": shards,
+            "content": {"sha256": shards_digest(build, shards), "rule": CONTENT_RULE},
         }
         write_json_atomic(build / META, meta)
     return summary
@@ -1032,6 +1059,8 @@ def prepare_sft(
         _save_tokenizer(tok, build)
         summary = SFTSummary(records, index, counts["train"], counts["val"], bad, skipped, truncated, n_tokens,
                              n_answer, time.monotonic() - t0, n_system, system)
+        shards = {split: [{"file": files[split][0], "mask": files[split][1], "rows": counts[split]}]
+                  for split in ("train", "val")}
         meta = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -1052,8 +1081,8 @@ def prepare_sft(
                                                 "k = the first 8 bytes (little-endian) of the BLAKE2b digest of "
                                                 "its row as stored (row_key): identical samples share a split",
                       "val_fraction": val_fraction, "seed": seed},
-            "shards": {split: [{"file": files[split][0], "mask": files[split][1], "rows": counts[split]}]
-                       for split in ("train", "val")},
+            "shards": shards,
+            "content": {"sha256": shards_digest(build, shards), "rule": CONTENT_RULE},
         }
         write_json_atomic(build / META, meta)
     return summary
@@ -1130,6 +1159,7 @@ def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dic
             "counts": {"rows": counts},
             "info": info or {},
             "shards": shards,
+            "content": {"sha256": shards_digest(build, shards), "rule": CONTENT_RULE},
         }
         write_json_atomic(build / META, meta)
 

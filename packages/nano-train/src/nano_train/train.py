@@ -357,8 +357,10 @@ def check_attention_backend(name: str, device: torch.device, dtype: str, model_c
 
 
 # The entries of a dataset's meta.json that decide which rows are trained on and which are
-# held out, and in which order: a resumed run must read the dataset its checkpoint did.
-DATASET_ID_ENTRIES = ("shards", "split", "shuffle")
+# held out, in which order, and what they hold (content: the shards' sha256; datasets
+# prepared before it was recorded have none): a resumed run must read the dataset its
+# checkpoint did.
+DATASET_ID_ENTRIES = ("shards", "split", "shuffle", "content")
 
 
 def dataset_identity(meta: dict) -> dict[str, str]:
