@@ -196,6 +196,8 @@ def dying_next(self):  # rank 1 is killed (as by the kernel's OOM killer) fetchi
     self.calls = getattr(self, "calls", 0) + 1
     if self.rank == 1 and self.calls == 6:
         os.kill(os.getpid(), signal.SIGKILL)
+    if self.rank == 0 and self.calls == 6 and os.environ.get("SIGTERM_RANK_0"):  # asked to stop, as by a scheduler
+        os.kill(os.getpid(), signal.SIGTERM)
     return next_batch(self)
 
 
@@ -205,12 +207,17 @@ sys.exit(train.main("pretrain"))
 
 
 @pytest.mark.slow
-def test_a_killed_rank_ends_the_run_with_one_line(tmp_path, small_pretrain):
+@pytest.mark.parametrize("sigterm", [False, True], ids=["killed", "killed_while_rank_0_stops"])
+def test_a_killed_rank_ends_the_run_with_one_line(tmp_path, small_pretrain, monkeypatch, sigterm):
     """Rank 1 dies (SIGKILL) in the middle of training, rank 0 waiting for it in a collective: rank 0
-    ends with one error line saying so, without gloo's traceback, and exit status 1 (torchrun's
-    SIGTERM to it, which follows, does not cut that short), not a hang; the checkpoint of step 4, the
-    last before the kill, is on disk and loads. Rank 0's own stderr is told apart from torchrun's
-    (whose failure summary has a traceback of its own) by torchrun's per-rank log files."""
+    ends with one error line saying so and naming the checkpoint to continue from, without gloo's
+    traceback, and exit status 1 (torchrun's SIGTERM to it, which follows, does not cut that short),
+    not a hang; the checkpoint of step 4, the last before the kill, is on disk and loads. Rank 0's
+    own stderr is told apart from torchrun's (whose failure summary has a traceback of its own) by
+    torchrun's per-rank log files. sigterm: rank 0 is asked to stop (SIGTERM) in the same step, so
+    the checkpoint it promised cannot be written: its error line says so."""
+    if sigterm:
+        monkeypatch.setenv("SIGTERM_RANK_0", "1")
     script = tmp_path / "killed_rank.py"
     script.write_text(KILLED_RANK, encoding="utf-8")
     args = [f"--dataset={small_pretrain}", "--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
@@ -223,9 +230,15 @@ def test_a_killed_rank_ends_the_run_with_one_line(tmp_path, small_pretrain):
     assert sorted(logs) == ["0", "1"], done.stderr[-3000:]
     print(logs["0"])
     lines = logs["0"].strip().splitlines()
+    # (torchrun's own SIGTERM may reach rank 0 before its collective fails: then the promise too)
+    not_written = "the checkpoint the interrupt asked for was not written; " + ("" if sigterm else "|")
     error = re.compile(r"error: rank 0: lost contact with another process of this run during [^()]+ "
-                       r"\(gloo: [^()]+\); one of the ranks stopped or crashed, see its output above")
+                       r"\(gloo: [^()]+\); one of the ranks stopped or crashed, see its output above; "
+                       f"({not_written})the last checkpoint written is {re.escape(str(tmp_path / 'run' / 'latest.pt'))} "
+                       r"\(step 4\): continue with --init_from=resume --out_dir=\S+")
     assert lines and error.fullmatch(lines[-1]), logs["0"]
+    if sigterm:
+        assert any(line.startswith("interrupt (SIGTERM): saving latest.pt after this step") for line in lines)
     assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in logs["0"]
     # rank 0 exits with status 1, not killed by the SIGTERM torchrun sends it after seeing rank 1 die
     status = re.search(r"rank\s*: 0 \(local_rank: 0\)\s+exitcode\s*: (-?\d+)", done.stderr)

@@ -1059,6 +1059,14 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             # -- log
             if log_now:
                 log_train()
+    except LostContact as e:
+        restore_handlers()
+        if not master:  # only rank 0 writes checkpoints: it says where the run can continue from
+            raise
+        asked = "the checkpoint the interrupt asked for was not written; " if stop["requested"] else ""
+        where = (f"the last checkpoint written is {last_saved}: {resume_hint(out_dir)}" if last_saved
+                 else "no checkpoint was written")
+        raise LostContact(f"{e}; {asked}{where}") from None
     except BaseException:
         restore_handlers()
         raise
