@@ -654,13 +654,15 @@ def _command(tmp_path, shared_file, psycho_slice, *args):
                              *args, str(psycho_slice)])
 
 
-def test_a_negative_seed_is_a_usage_error(tmp_path, shared_file, psycho_slice, capsys):
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**32 + 1337])  # (2^32 + 1337 would draw 1337's split)
+def test_a_seed_outside_32_bits_is_a_usage_error(tmp_path, shared_file, psycho_slice, capsys, seed):
     with pytest.raises(SystemExit) as exit_:
-        _command(tmp_path, shared_file, psycho_slice, "--out_dir", str(tmp_path / "d"), "--seed", "-1")
+        _command(tmp_path, shared_file, psycho_slice, "--out_dir", str(tmp_path / "d"), "--seed", str(seed))
     err = capsys.readouterr().err
-    assert exit_.value.code == 2 and err.count("error:") == 1 and "--seed" in err and "-1" in err
+    assert exit_.value.code == 2 and err.count("error:") == 1 and "--seed" in err and str(seed) in err, err
     with pytest.raises(DataError, match="seed"):
-        prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), tmp_path / "d", seed=-1)
+        prepare_pretrain([psycho_slice], shared_file("data/tokenizer_4096.json"), tmp_path / "d", seed=seed)
+    assert not (tmp_path / "d").exists()
 
 
 def test_an_unwritable_out_dir_is_one_error_line(tmp_path, shared_file, psycho_slice, capsys):

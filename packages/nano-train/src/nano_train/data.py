@@ -192,9 +192,13 @@ def _read_meta(meta_path: Path) -> dict:
     return meta
 
 
+# split_hash takes 32 bits of the seed: a larger one would share its split with another
+MAX_SEED = 2**32 - 1
+
+
 def _check_seed(seed: int) -> None:
-    if seed < 0:  # (numpy's generators take no negative seed)
-        raise DataError(f"the seed must be a non-negative integer, got {seed}")
+    if not 0 <= seed <= MAX_SEED:  # (numpy's generators take no negative seed)
+        raise DataError(f"the seed must be an integer from 0 to {MAX_SEED} (2^32 - 1), got {seed}")
 
 
 def path_text(path) -> str:

@@ -29,7 +29,7 @@ sft options:
                            same); drop ignores it; error makes the record a bad line
   --val_fraction F         share of samples held out (default 0)
 common:
-  --seed N (>= 0, default 1337), --overwrite (replace an existing dataset in DIR), --quiet (no progress bar)
+  --seed N (0 to 2^32 - 1, default 1337), --overwrite (replace an existing dataset in DIR), --quiet (no progress bar)
 
 Other files in DIR are never replaced, --overwrite or not: one named like a file of
 the new dataset (tokenizer.json, train_000.bin, ...) that the old meta.json does not
@@ -72,14 +72,16 @@ from nano_train import discard_stdout
 # Ctrl-C: that import takes a moment, and a Ctrl-C meanwhile is one line, not a traceback.
 
 
-def non_negative_int(text: str) -> int:
+def seed_int(text: str) -> int:
+    from nano_train.data import MAX_SEED
+
     value = int(text)
-    if value < 0:
+    if not 0 <= value <= MAX_SEED:
         raise ValueError(text)
     return value
 
 
-non_negative_int.__name__ = "non-negative integer"  # what argparse calls the type in its error
+seed_int.__name__ = "seed (an integer from 0 to 2^32 - 1)"  # what argparse calls the type in its error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--tokenizer", required=True, help="vocabulary: a tokenizer JSON file or a .bin model")
     common.add_argument("--out_dir", required=True, help="directory for meta.json, tokenizer.json and the shards")
-    common.add_argument("--seed", type=non_negative_int, default=1337)
+    common.add_argument("--seed", type=seed_int, default=1337)
     common.add_argument("--overwrite", action="store_true")
     common.add_argument("--quiet", action="store_true")
     pre = sub.add_parser("pretrain", parents=[common], help="text files -> token shards")
