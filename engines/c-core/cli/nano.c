@@ -539,12 +539,9 @@ static void print_stats(const nano_session *s, const nano_context *ctx) {
 /* A note on standard error when characters of the prompt are not in the
  * vocabulary: each became <|unknown|>, so the model was not given the text as
  * typed (nano_train.sample says the same). */
-static void note_unknown(const nano_session *s, const nano_context *ctx, const char *what) {
-    uint32_t n, n_prompt, i, unknown = 0;
-    const int32_t *t = nano_session_tokens(s, &n, &n_prompt);
-    int32_t unk = nano_tokenizer_unknown_id(nano_model_tokenizer(nano_context_model(ctx)));
-    if (unk < 0) return;
-    for (i = 0; i < n_prompt; i++) unknown += t[i] == unk;
+static void note_unknown(const nano_session *s, const char *what) {
+    nano_session_stats stats;
+    uint32_t unknown = nano_session_get_stats(s, &stats) == NANO_OK ? stats.unknown_tokens : 0;
     if (unknown)
         fprintf(stderr, "nano: note: %s: %u character%s not in the vocabulary and became %s\n", what, unknown,
                 unknown == 1 ? " is" : "s are", NANO_SPECIAL_UNKNOWN);
@@ -556,7 +553,7 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
     nano_status st = nano_session_start(s, prompt, mode);
     if (answer) answer->len = 0;
     if (st != NANO_OK) return report_encode(st, nano_model_tokenizer(nano_context_model(ctx)), mode, what);
-    note_unknown(s, ctx, what);
+    note_unknown(s, what);
     while ((st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
         if (o->ids) continue;
         if (answer) {

@@ -180,6 +180,7 @@ static void check_other_replies(const uint8_t *data, size_t size, const wss_id *
     memset(&st, 0, sizeof st);
     st.prompt_tokens = (uint32_t)x;
     st.generated_tokens = (uint32_t)(x >> 32);
+    st.unknown_tokens = (uint32_t)(x >> 16);
     st.ttft_ms = take_double(data, size, &at);
     st.prefill_ms = take_double(data, size, &at);
     st.decode_ms = take_double(data, size, &at);

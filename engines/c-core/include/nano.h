@@ -588,6 +588,8 @@ typedef struct nano_session_params {
 
 typedef struct nano_session_stats {
     uint32_t prompt_tokens;
+    uint32_t unknown_tokens;      /* prompt tokens that are <|unknown|>: characters of a text
+                                     prompt the vocabulary lacks (0 without that token) */
     uint32_t generated_tokens;
     double prefill_ms;       /* running the prompt */
     double ttft_ms;          /* from start to the first token */

@@ -328,6 +328,8 @@ void wss_reply_done(nj_writer *w, const wss_id *id, uint32_t stop_reason, const 
     nj_cstr(w, reason_name(stop_reason));
     nj_raw(w, ",\"stats\":{\"prompt_tokens\":");
     nj_u64(w, s->prompt_tokens);
+    nj_raw(w, ",\"unknown_tokens\":");
+    nj_u64(w, s->unknown_tokens);
     nj_raw(w, ",\"generated_tokens\":");
     nj_u64(w, s->generated_tokens);
     nj_raw(w, ",\"ttft_ms\":");

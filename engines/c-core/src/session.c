@@ -287,11 +287,14 @@ void nano_session_cancel(nano_session *s) {
 }
 
 nano_status nano_session_get_stats(const nano_session *s, nano_session_stats *out) {
-    uint32_t gen;
+    uint32_t gen, i;
+    int32_t unknown;
     if (!s || !out) return NANO_ERR_BAD_ARGUMENT;
     memset(out, 0, sizeof *out);
     gen = s->n_tokens - s->n_prompt;
     out->prompt_tokens = s->n_prompt;
+    unknown = nano_tokenizer_unknown_id(s->ctx->model->tokenizer);
+    for (i = 0; unknown >= 0 && i < s->n_prompt; i++) out->unknown_tokens += s->tokens[i] == unknown;
     out->generated_tokens = gen;
     if (s->t_prefill_end > 0.0) {
         out->prefill_ms = s->t_prefill_end - s->t_start;

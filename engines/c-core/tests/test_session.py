@@ -212,6 +212,21 @@ def test_long_prompt_prefills_in_blocks(nano, psycho, h):
     assert s.stats()["prompt_tokens"] == len(prompt)
 
 
+def test_stats_count_the_prompts_unknown_tokens(nano, psycho):
+    """unknown_tokens: the prompt's <|unknown|> tokens, what `nano run` notes and nano-wss's done
+    reports: characters the vocabulary lacks in a text prompt, the token itself among given ids."""
+    tok = psycho.tokenizer
+    unk = tok.encode("\U0001F600")
+    assert len(unk) == 1
+    s = Session(nano, psycho.context(n_ctx=64), max_tokens=2, sampler=dict(temperature=0.0))
+    for text, unknown in (("人的心理", 0), ("人\U0001F600的\U0001F601心理\U0001F602", 3)):
+        assert s.start(text) == "NANO_OK"
+        s.run()
+        assert s.stats()["unknown_tokens"] == unknown, text
+    assert s.start_tokens(tok.encode("人的") + unk * 2) == "NANO_OK"
+    assert s.stats()["unknown_tokens"] == 2
+
+
 def test_a_context_reset_under_a_session_is_a_state_error(nano, psycho):
     """A reset (nano_context_reset, or a LoRA attached or detached) or another session's
     start between two steps used to let the step go on: its history then ran past its

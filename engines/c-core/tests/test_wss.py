@@ -275,10 +275,13 @@ CASES = [
     ("我们", dict(temperature=1.2, top_p=0.9, min_p=0.05, repetition_penalty=1.3, seed=123456789012345,
                 max_tokens=64)),
     ("你是谁", dict(mode="instruct", temperature=0, max_tokens=50)),
+    ("人的\U0001F600心理\U0001F601", dict(temperature=0, max_tokens=24)),
 ]
+NOT_IN_THE_VOCABULARY = {"\U0001F600", "\U0001F601"}  # each becomes one <|unknown|>
 
 
-@pytest.mark.parametrize("prompt,settings", CASES, ids=["greedy", "top_k", "top_p_min_p_penalty", "instruct"])
+@pytest.mark.parametrize("prompt,settings", CASES,
+                         ids=["greedy", "top_k", "top_p_min_p_penalty", "instruct", "unknown_characters"])
 def test_streaming_matches_cli(binaries, server, psycho, prompt, settings):
     ids, text, n_prompt = cli_answer(binaries, psycho, prompt, **settings)
 
@@ -293,6 +296,7 @@ def test_streaming_matches_cli(binaries, server, psycho, prompt, settings):
     assert sum(len(t["text"].encode()) for t in tokens) == len(text.encode())
     stats = done["stats"]
     assert stats["prompt_tokens"] == n_prompt and stats["generated_tokens"] == len(ids)
+    assert stats["unknown_tokens"] == sum(c in NOT_IN_THE_VOCABULARY for c in prompt)
     assert done["reason"] == ("max_tokens" if len(ids) == settings["max_tokens"] else "stop")
     assert stats["prefill_ms"] >= 0 and stats["tokens_per_s"] >= 0
     assert stats["ttft_ms"] >= stats["prefill_ms"] or not ids  # no first token, no time to it
