@@ -194,8 +194,8 @@ next_batch = data.Batcher.next
 
 def dying_next(self):  # rank 1 is killed (as by the kernel's OOM killer) fetching its sixth training batch
     self.calls = getattr(self, "calls", 0) + 1
-    if self.rank == 1 and self.calls == 6:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if self.rank == 1 and self.calls == 6:  # or stopped (SIGSTOP): it hangs, its connections open
+        os.kill(os.getpid(), signal.SIGSTOP if os.environ.get("HANG_RANK_1") else signal.SIGKILL)
     if self.rank == 0 and self.calls == 6 and os.environ.get("SIGTERM_RANK_0"):  # asked to stop, as by a scheduler
         os.kill(os.getpid(), signal.SIGTERM)
     return next_batch(self)
@@ -247,3 +247,31 @@ def test_a_killed_rank_ends_the_run_with_one_line(tmp_path, small_pretrain, monk
     assert latest["step"] == 4 and ckpt_io.load(tmp_path / "run" / "best.pt")["step"] == 4
     load_checkpoint_model(tmp_path / "run" / "latest.pt")
     assert not list((tmp_path / "run").glob(".*.tmp")) and not (tmp_path / "run" / "report.md").exists()
+
+
+@pytest.mark.slow
+def test_a_rank_that_hangs_ends_the_run_after_dist_timeout(tmp_path, small_pretrain, monkeypatch):
+    """Rank 1 stops (SIGSTOP: alive, its connections open, as a hung process or a node cut off
+    would be) in the middle of training: rank 0 waits system.dist_timeout (8 s), not torch's
+    30 minutes, then ends with one line saying that another rank did not take part in time and
+    naming the checkpoint to continue from. torchrun then kills the stopped rank (after its own
+    30 s grace)."""
+    monkeypatch.setenv("HANG_RANK_1", "1")
+    script = tmp_path / "hung_rank.py"
+    script.write_text(KILLED_RANK, encoding="utf-8")
+    args = [f"--dataset={small_pretrain}", "--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
+            "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=50",
+            "--eval_interval=4", "--eval_iters=1", "--device=cpu", "--dist_backend=gloo", "--dtype=float32",
+            "--sample_tokens=0", "--dist_timeout=8", f"--out_dir={tmp_path / 'run'}"]
+    run(args, tmp_path, nproc=2, command=str(script), ok=False,
+        launcher=[f"--log-dir={tmp_path / 'logs'}", "--tee=2"])
+    log = next((tmp_path / "logs").rglob("0/stderr.log")).read_text(encoding="utf-8")
+    print(log)
+    lines = log.strip().splitlines()
+    error = re.compile(r"error: rank 0: lost contact with another process of this run during [^()]+ "
+                       r"\(gloo: [^()]*[Tt]imed out[^()]*\); another rank did not take part within 8 s "
+                       r"\(system.dist_timeout\): it hangs or was cut off, or is slower than that; see its output; "
+                       r"the last checkpoint written is \S+latest.pt \(step 4\): continue with --init_from=resume \S+")
+    assert lines and error.fullmatch(lines[-1]), log
+    assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in log
+    assert ckpt_io.load(tmp_path / "run" / "latest.pt")["step"] == 4

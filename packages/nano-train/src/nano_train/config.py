@@ -143,6 +143,12 @@ class SystemConfig:
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = built-in GPU table or a CPU matmul probe
     dist_backend: str = field(default="auto", metadata={"help": "torchrun only: auto (nccl on CUDA, else gloo), "
                                                           "nccl, gloo"})
+    # how long a collective waits for the other ranks before this rank stops with an error (a rank
+    # that hangs, or a node cut off without its connections closing); it must exceed the longest
+    # time one rank can wait for another (rank 0 saving a checkpoint, the first step's compilation)
+    dist_timeout: float = field(default=0.0, metadata={"help": "torchrun only: seconds a rank waits for the others "
+                                                       "in a collective; 0 = torch's default (30 min with gloo, "
+                                                       "10 min with nccl)"})
 
 
 @dataclass
@@ -491,6 +497,7 @@ def validate(cfg: Config) -> None:
     need(s.threads <= MAX_THREADS, f"system.threads must be at most {MAX_THREADS} (the C engine's limit too), "
          f"got {s.threads}")
     need(s.peak_flops >= 0, "system.peak_flops must be >= 0 (0 = estimate)")
+    need(s.dist_timeout >= 0, f"system.dist_timeout must be >= 0 seconds (0 = torch's default), got {s.dist_timeout:g}")
     need(cfg.lora.lora_rank >= 1, "lora.lora_rank must be >= 1")
     need(cfg.lora.lora_rank <= spec.MAX_DIM, f"lora.lora_rank must be at most {spec.MAX_DIM} (the .bin format's "
          f"limit), got {cfg.lora.lora_rank}")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import gc
 import hashlib
 import json
@@ -136,6 +137,7 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    timeout: float = 0.0  # system.dist_timeout: seconds a collective waits (0 = torch's default)
 
     @property
     def ddp(self) -> bool:
@@ -151,13 +153,14 @@ def init_distributed(system) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world, system.dist_timeout)
     backend = system.dist_backend
     if backend == "auto":
         on_gpu = torch.cuda.is_available() and system.device in ("auto", "cuda")
         backend = "nccl" if on_gpu else "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        timeout = {"timeout": datetime.timedelta(seconds=system.dist_timeout)} if system.dist_timeout > 0 else {}
+        dist.init_process_group(backend=backend, **timeout)
     return info
 
 
@@ -189,9 +192,14 @@ def talking(info: DistInfo, what: str):
             # torchrun sends SIGTERM to the ranks left as soon as it sees one end: that is no
             # news now, and it must not end this process before main has said what happened
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if re.search(r"timed out|timeout", reason, re.IGNORECASE):  # the peer is there but silent
+            limit = f"{info.timeout:g} s" if info.timeout > 0 else "torch's default time"
+            why = (f"another rank did not take part within {limit} (system.dist_timeout): it hangs or was cut "
+                   "off, or is slower than that; see its output")
+        else:
+            why = "one of the ranks stopped or crashed, see its output above"
         raise LostContact(f"rank {info.rank}: lost contact with another process of this run during {what} "
-                          f"({dist.get_backend()}: {reason}); one of the ranks stopped or crashed, see its "
-                          "output above") from None
+                          f"({dist.get_backend()}: {reason}); {why}") from None
 
 
 def earlier_run_files(out_dir: Path) -> list[Path]:
