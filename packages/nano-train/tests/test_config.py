@@ -91,6 +91,29 @@ def test_bad_overrides(arg, message):
         parse_overrides([arg])
 
 
+def test_keys_may_be_spelled_with_hyphens():
+    cfg, explicit = load_config(None, ["--max-iters=7", "--optim.learning-rate=0.01", "--n-layer=3"])
+    assert (cfg.optim.max_iters, cfg.optim.learning_rate, cfg.model.n_layer) == (7, 0.01, 3)
+    assert {"optim.max_iters", "optim.learning_rate", "model.n_layer"} <= explicit
+
+
+@pytest.mark.parametrize("arg,message", [
+    ("--learning_rat=1", r"unknown key 'learning_rat' \(did you mean learning_rate\?\)$"),
+    ("--optim.learnin_rate=1", r"unknown key optim.learnin_rate \(did you mean learning_rate\?\)$"),
+    ("--optim.batch_size=8", r"unknown key optim.batch_size \(batch_size is a key of data, not of optim\)$"),
+    ("--zzz=1", r"unknown key 'zzz'$"),  # nothing close: no guess
+])
+def test_an_unknown_key_names_what_was_meant(arg, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_overrides([arg])
+
+
+def test_a_key_in_the_wrong_section_of_a_file_names_its_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key optim.batch_size \(batch_size is a key of data, not of optim\); "
+                                          "optim keys are learning_rate, "):
+        load_config(write(tmp_path, {"optim": {"batch_size": 8}}))
+
+
 def test_overwrite_is_a_run_key():
     cfg, explicit = load_config(None, ["--overwrite=true"])
     assert cfg.run.overwrite is True and "run.overwrite" in explicit

@@ -24,6 +24,7 @@ today). Values are parsed by the field's type: `--compile=true`,
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import re
@@ -286,6 +287,17 @@ def _parse_text(tp, text: str):
     raise TypeError(f"cannot parse {tp}")
 
 
+def _unknown_key_hint(key: str, section: str | None = None) -> str:
+    """What to write instead of an unknown key: the section a key of that name is in (when it
+    was put in another), else the closest key names (a misspelling), else nothing."""
+    index = _key_index()
+    if section is not None and key in index:
+        return f" ({key} is a key of {' and '.join(index[key])}, not of {section})"
+    names = list(_field_types(SECTIONS[section])) if section is not None else list(index)
+    close = difflib.get_close_matches(key, names, n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(close)}?)" if close else ""
+
+
 def _key_index() -> dict[str, list[str]]:
     """field name -> the sections that have it (to resolve bare --key overrides)."""
     index: dict[str, list[str]] = {}
@@ -311,9 +323,8 @@ def _sections_from_json(data, source: str) -> dict[str, dict]:
         types = _field_types(SECTIONS[section])
         for key, value in values.items():
             if key not in types:
-                raise ConfigError(
-                    f"{source}: unknown key {section}.{key}; {section} keys are {', '.join(types)}"
-                )
+                raise ConfigError(f"{source}: unknown key {section}.{key}{_unknown_key_hint(key, section)}; "
+                                  f"{section} keys are {', '.join(types)}")
             try:
                 value = _check_value(types[key], value)
             except TypeError as e:
@@ -327,21 +338,21 @@ def parse_overrides(overrides: list[str]) -> dict[str, dict]:
     index = _key_index()
     out: dict[str, dict] = {}
     for arg in overrides:
-        m = re.fullmatch(r"--([A-Za-z_][\w.]*)=(.*)", arg, flags=re.S)
+        m = re.fullmatch(r"--([A-Za-z_][\w.-]*)=(.*)", arg, flags=re.S)
         if not m:
             raise ConfigError(f"override {short_repr(arg, 80)}: expected --key=value or --section.key=value")
-        name, text = m.group(1), m.group(2)
+        name, text = m.group(1).replace("-", "_"), m.group(2)  # --max-iters is --max_iters
         if "." in name:
             section, key = name.split(".", 1)
             if section not in SECTIONS:
                 raise ConfigError(f"override {short_repr(arg, 80)}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
             if key not in _field_types(SECTIONS[section]):
-                raise ConfigError(f"override {short_repr(arg, 80)}: unknown key {name}")
+                raise ConfigError(f"override {short_repr(arg, 80)}: unknown key {name}{_unknown_key_hint(key, section)}")
         else:
             key = name
             where = index.get(key)
             if not where:
-                raise ConfigError(f"override {short_repr(arg, 80)}: unknown key {key!r}")
+                raise ConfigError(f"override {short_repr(arg, 80)}: unknown key {key!r}{_unknown_key_hint(key)}")
             if len(where) > 1:
                 raise ConfigError(f"override {short_repr(arg, 80)}: {key!r} is in several sections ({where}); write --section.{key}=...")
             section = where[0]

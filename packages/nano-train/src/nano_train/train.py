@@ -1232,8 +1232,8 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         return print_output(__doc__.strip() + "\n\nconfig keys (JSON sections, or --key=value):\n" + help_text())
-    print_config = "--print_config" in argv
-    argv = [a for a in argv if a != "--print_config"]
+    print_config = "--print_config" in argv or "--print-config" in argv
+    argv = [a for a in argv if a not in ("--print_config", "--print-config")]
     paths = [a for a in argv if not a.startswith("--")]
     overrides = [a for a in argv if a.startswith("--")]
     for a, value in zip(argv, argv[1:]):  # `--max_iters 5`: the 5 would be read as a config file's name
