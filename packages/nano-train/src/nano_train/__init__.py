@@ -1,4 +1,5 @@
 """Nano's PyTorch reference model and training toolkit."""
+import argparse
 import contextlib
 import os
 import sys
@@ -26,3 +27,34 @@ def discard_stdout() -> None:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())
         os.close(null)
+
+
+def either_spelling(parser: argparse.ArgumentParser, argv: list[str] | None) -> list[str]:
+    """argv (default: sys.argv[1:]) with each long option that parser, or one of its
+    subcommands, knows in the other spelling rewritten to its own: "-" and "_" between
+    words are the same (--out-dir is --out_dir, --top_p is --top-p), as in training keys.
+    The commands were written in both styles, and a user should not have to remember which.
+    Options argparse knows as typed, abbreviations and everything after "--" pass unchanged."""
+    known: set[str] = set()
+
+    def collect(p: argparse.ArgumentParser) -> None:
+        for action in p._actions:
+            known.update(o for o in action.option_strings if o.startswith("--"))
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    collect(sub)
+
+    collect(parser)
+    out = []
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + args[i:]
+        name, eq, value = arg.partition("=")
+        if name.startswith("--") and name not in known:
+            for other in ("--" + name[2:].replace("-", "_"), "--" + name[2:].replace("_", "-")):
+                if other in known:
+                    arg = other + eq + value
+                    break
+        out.append(arg)
+    return out

@@ -57,7 +57,7 @@ from pathlib import Path
 from nano_format import BadGroupSize, WriteError, check_writable, file_kind, kept_mode
 from nano_format.quant import check_group_size
 
-from nano_train import discard_stdout, interrupts
+from nano_train import discard_stdout, either_spelling, interrupts
 
 __all__ = ["main", "build_parser"]
 
@@ -367,7 +367,7 @@ def _and(paths: list[Path]) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(either_spelling(build_parser(), argv))
     written: list[Path] = []  # filled once every file is in place
     try:
         return _print_summary(_export(args, written), written)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from nano_format import WriteError, check_writable, file_kind, write_atomically
 
+from nano_train import either_spelling
 from nano_train.metrics import read_log
 
 
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("logs", nargs="+", help="run directories or log.jsonl files")
     parser.add_argument("-o", "--output", default=None, help="PNG to write (default: loss.png beside the first log)")
     parser.add_argument("--lr", action="store_true", help="also plot the learning rate")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(either_spelling(parser, argv))
     # an empty argument (an unset shell variable) would read as "." (or -o as not given)
     if args.output == "":
         raise SystemExit("error: -o: the path is empty")

@@ -66,7 +66,7 @@ import os
 import sys
 from pathlib import Path
 
-from nano_train import discard_stdout
+from nano_train import discard_stdout, either_spelling
 
 # nano_train.data (numpy) is imported where it is used, inside main's handling of
 # Ctrl-C: that import takes a moment, and a Ctrl-C meanwhile is one line, not a traceback.
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # the first thing imports numpy
         from nano_train.data import DataError, path_text
 
-        args = build_parser().parse_args(argv)
+        args = build_parser().parse_args(either_spelling(build_parser(), argv))
         out_dir = Path(args.out_dir)
         shown = path_text(out_dir)  # standard output may not take a name that is not UTF-8 as it is
         before = _meta_stamp(out_dir)

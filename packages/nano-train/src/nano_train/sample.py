@@ -50,7 +50,7 @@ import sys
 import time
 from pathlib import Path
 
-from nano_train import discard_stdout
+from nano_train import discard_stdout, either_spelling
 
 __all__ = ["main", "build_parser"]
 
@@ -311,7 +311,7 @@ def _error_text(e: Exception) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(either_spelling(build_parser(), argv))
     for stream in (sys.stdout, sys.stderr):  # a text the terminal cannot encode must not stop the output
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")
