@@ -247,7 +247,8 @@ def test_running_out_of_memory_in_a_step_is_one_error_line(tmp_path, small_pretr
     monkeypatch.setattr(Transformer, "forward", forward)
     assert main("pretrain", tiny_args(small_pretrain, tmp_path / "run", eval_iters=0)) == 1
     assert re.search(r"^error: out of memory: could not allocate 0.4 GiB; lower data.batch_size or "
-                     r"model.block_size .*--init_from=resume", error_line(capsys.readouterr().err))
+                     r"model.block_size .*; no checkpoint was written: start again with --overwrite=true$",
+                     error_line(capsys.readouterr().err))
 
     def broken(self, *args, **kwargs):  # any other error is no user mistake: it stays a traceback
         raise RuntimeError("shape mismatch")

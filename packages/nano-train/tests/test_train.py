@@ -358,7 +358,7 @@ def test_sft_from_a_pretrained_checkpoint(tmp_path, base_and_sft, tiny_config):
     assert not torch.equal(ck["model"]["layers.0.wq.weight"], base_w["layers.0.wq.weight"])
     report = (tmp_path / "sft_run" / "report.md").read_text(encoding="utf-8")
     assert "**你是谁**" in report
-    with pytest.raises(ConfigError, match="n_layer conflict with the base model"):
+    with pytest.raises(ConfigError, match=r"model.n_layer 3 \(its: 1\) conflicts with the base model"):
         train(tiny_config(sft, task="sft", out_dir=tmp_path / "x", init_from=str(base), n_layer=3),
               explicit={"model.n_layer"})
 

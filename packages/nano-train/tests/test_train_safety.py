@@ -93,7 +93,7 @@ def test_only_rank_0_looks_for_an_earlier_run(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     check_new_run(cfg)
     monkeypatch.setenv("RANK", "0")
-    with pytest.raises(ConfigError, match="already holds a run"):
+    with pytest.raises(ConfigError, match="holds a run that stopped before writing a checkpoint"):
         check_new_run(cfg)
 
 

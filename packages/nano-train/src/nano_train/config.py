@@ -287,6 +287,17 @@ def _parse_text(tp, text: str):
     raise TypeError(f"cannot parse {tp}")
 
 
+def key_type(name: str):
+    """The type of config key `name` ("max_iters", "optim.max_iters", hyphens allowed), or
+    None when there is no such key (or a bare name is in several sections)."""
+    name = name.replace("-", "_")
+    section, _, key = name.rpartition(".")
+    if section:
+        return _field_types(SECTIONS[section]).get(key) if section in SECTIONS else None
+    where = _key_index().get(key, [])
+    return _field_types(SECTIONS[where[0]])[key] if len(where) == 1 else None
+
+
 def _unknown_key_hint(key: str, section: str | None = None) -> str:
     """What to write instead of an unknown key: the section a key of that name is in (when it
     was put in another), else the closest key names (a misspelling), else nothing."""
@@ -317,7 +328,10 @@ def _sections_from_json(data, source: str) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for section, values in data.items():
         if section not in SECTIONS:
-            raise ConfigError(f"{source}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
+            where = _key_index().get(section)
+            hint = (f" ({section} is a key of section {' and '.join(where)}: write {{\"{where[0]}\": "
+                    f"{{\"{section}\": ...}}}})" if where else "")
+            raise ConfigError(f"{source}: unknown section {section!r}{hint}; sections are {', '.join(SECTIONS)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: section {section!r} must be a JSON object")
         types = _field_types(SECTIONS[section])

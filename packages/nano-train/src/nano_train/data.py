@@ -942,10 +942,14 @@ class SFTSummary:
         done = {"prepend": "prepended to the first question", "drop": "dropped",
                 "error": "refused, skipped as bad lines"}[self.system_policy]
         system = f"{self.system_messages:,} ({done})" if self.system_messages else "none"
-        return (f"{self.records:,} records -> {self.samples:,} samples (train {self.train_samples:,}, val {self.val_samples:,}), "
+        line = (f"{self.records:,} records -> {self.samples:,} samples (train {self.train_samples:,}, val {self.val_samples:,}), "
                 f"{self.tokens:,} tokens of which {self.answer_tokens:,} trained on; "
                 f"skipped: {self.bad_lines} bad lines, {self.too_long_skipped} too long; "
                 f"truncated: {self.truncated}; system messages: {system}; {self.seconds:.1f} s")
+        if self.val_samples == 0:
+            line += ("\nnote: no validation samples (--val_fraction 0 is the default for SFT): a run on this data "
+                     "reports no validation loss and writes no best.pt; --val_fraction 0.05 holds some out")
+        return line
 
 
 def prepare_sft(

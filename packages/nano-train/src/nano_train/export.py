@@ -90,7 +90,8 @@ def _check_outputs(ckpt: Path, outs: dict[str, Path]) -> None:
         if _same_file(path, ckpt):
             raise ValueError(f"{opt} {path} is the checkpoint itself; write the export elsewhere")
         if path.is_dir():
-            raise ValueError(f"{opt} {path} is a directory")
+            example = path / ("lora.bin" if opt == "--lora-out" else "model.bin")
+            raise ValueError(f"{opt} {path} is a directory; give a file name, e.g. {example}")
         parent = path.parent
         if not parent.is_dir():
             raise ValueError(f"{opt} {path}: directory {parent} does not exist")
@@ -318,7 +319,7 @@ def _export(args, written: list[Path]) -> list[str]:
             detach_lora(model)  # the base weights, untouched by the adapters
         elif has_lora(model):
             merge_lora(model)
-            summary.append("the checkpoint's LoRA adapters are merged into the exported weights "
+            summary.append("note: the checkpoint's LoRA adapters are merged into the exported weights "
                            "(use --lora-out to keep them separate)")
         path = outs["--out"]
         staged[path] = tmp = _staged(path)
@@ -347,8 +348,8 @@ def _print_summary(summary: list[str], written: list[Path]) -> int:
     away (`| head`) ends it quietly, as in sample, nano-format and nano-tokenizer; any
     other failure (a full disk) is one line saying the files were written. Exit 1 either way."""
     try:
-        for line in summary:
-            print(line)
+        for line in summary:  # what was written on standard output, notes on standard error
+            print(line, file=sys.stderr if line.startswith("note: ") else sys.stdout)
         if sys.stdout is not None:
             sys.stdout.flush()
     except BrokenPipeError:

@@ -214,3 +214,11 @@ def mark_only_lora_trainable(model):
     for name, p in model.named_parameters():
         p.requires_grad = name.endswith(".lora_A") or name.endswith(".lora_B")
     return model
+
+
+if __name__ == "__main__":  # `python -m nano_train.lora` trains adapters, as nano_train.lora_train does
+    import sys
+
+    from nano_train import start
+
+    sys.exit(start("lora"))

@@ -1,7 +1,7 @@
 """LoRA fine-tuning. usage: python -m nano_train.lora_train [CONFIG.json] --init_from=BASE.pt|BASE.bin [--key=value ...]
 
 A thin wrapper over nano_train.train (see its docstring, or --help, for every option).
-It is not `nano_train.lora`: that module holds the adapters themselves.
+`python -m nano_train.lora` (the module of the adapters themselves) does the same.
 """
 
 import sys

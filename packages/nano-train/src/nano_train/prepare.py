@@ -93,26 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--tokenizer", required=True, help="vocabulary: a tokenizer JSON file or a .bin model")
     common.add_argument("--out_dir", required=True, help="directory for meta.json, tokenizer.json and the shards")
-    common.add_argument("--seed", type=seed_int, default=1337)
-    common.add_argument("--overwrite", action="store_true")
-    common.add_argument("--quiet", action="store_true")
+    common.add_argument("--seed", type=seed_int, default=1337,
+                        help="the held-out split's and the shuffle's seed, 0 to 2^32 - 1 (default 1337)")
+    common.add_argument("--overwrite", action="store_true", help="replace the dataset already in --out_dir")
+    common.add_argument("--quiet", action="store_true", help="no progress bar")
     pre = sub.add_parser("pretrain", parents=[common], help="text files -> token shards")
     pre.add_argument("inputs", nargs="+")
-    pre.add_argument("--docs", choices=DOC_MODES, default="blank")
-    pre.add_argument("--bos_eos", action="store_true")
-    pre.add_argument("--val_fraction", type=float, default=0.05)
-    pre.add_argument("--chunk_tokens", type=int, default=CHUNK_TOKENS)
-    pre.add_argument("--no_shuffle", action="store_true")
+    pre.add_argument("--docs", choices=DOC_MODES, default="blank",
+                     help="what a document is: paragraphs between blank lines (default), lines, or files")
+    pre.add_argument("--bos_eos", action="store_true", help="wrap each document in <|bos|> ... <|eos|>")
+    pre.add_argument("--val_fraction", type=float, default=0.05, help="share of chunks held out (default 0.05)")
+    pre.add_argument("--chunk_tokens", type=int, default=CHUNK_TOKENS,
+                     help=f"tokens per chunk, the unit of the split and the shuffle (default {CHUNK_TOKENS})")
+    pre.add_argument("--no_shuffle", action="store_true", help="keep the chunks in corpus order")
     pre.add_argument("--shard_tokens", type=int, default=100_000_000,
                      help="tokens per shard file at most, whole chunks: at least --chunk_tokens")
     sft = sub.add_parser("sft", parents=[common], help="JSONL question/answer files -> padded rows + masks")
     sft.add_argument("inputs", nargs="+")
-    sft.add_argument("--block_size", type=int, required=True)
-    sft.add_argument("--too_long", choices=TOO_LONG, default="skip")
-    sft.add_argument("--skip_bad", action="store_true")
+    sft.add_argument("--block_size", type=int, required=True, help="tokens per row: the model's block_size")
+    sft.add_argument("--too_long", choices=TOO_LONG, default="skip",
+                     help="a sample longer than a row: skip it (default), truncate it, or stop with an error")
+    sft.add_argument("--skip_bad", action="store_true", help="skip and count bad lines instead of stopping")
     sft.add_argument("--system", choices=SYSTEM_POLICIES, default="prepend",
                      help="a record's system message: joined to the first question (default), dropped, or an error")
-    sft.add_argument("--val_fraction", type=float, default=0.0)
+    sft.add_argument("--val_fraction", type=float, default=0.0,
+                     help="share of samples held out (default 0: no validation loss, no best.pt)")
     return parser
 
 

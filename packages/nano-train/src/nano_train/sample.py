@@ -23,7 +23,8 @@ usage: python -m nano_train.sample -m MODEL [-l LORA.bin] -p PROMPT [options]
   --stop TEXT                 stop at this token or text (repeatable); <|eos|> always stops
   --seq2seq                   one full-attention forward, argmax per position
                               (automatic for full-attention models)
-  --tokenizer JSON            a vocabulary for models whose file carries none
+  --tokenizer JSON            a vocabulary for models whose file carries none (for one
+                              that carries its own, it must be that one)
   --profile                   print time to first token and tokens/s to stderr
   --device DEV                cpu (default), cuda, cuda:1, mps, ...
   --threads N                 CPU threads for torch, 1..1024 (default: torch's choice; 1
@@ -205,11 +206,16 @@ def _load(args):
     if vocab:
         from nano_tokenizer import Tokenizer
 
-        tokenizer = Tokenizer.load(vocab)
+        own, tokenizer = tokenizer, Tokenizer.load(vocab)
         if tokenizer.vocab_size != model.config.vocab_size:
             raise UsageError(
                 f"{vocab}: the vocabulary has {tokenizer.vocab_size} tokens, the model {model.config.vocab_size}"
             )
+        # a model that carries its vocabulary was trained with it: another one of the same size
+        # would silently turn its ids into other text
+        if own is not None and own.fingerprint() != tokenizer.fingerprint():
+            raise UsageError(f"{vocab}: not the vocabulary {path} carries (another of the same size: its ids "
+                             "would become other text); leave --tokenizer out, the model's own is used")
     if tokenizer is None:
         raise UsageError(f"{path}: carries no vocabulary; give one with --tokenizer")
     try:

@@ -58,7 +58,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nano_train import checkpoint as ckpt_io, dirlock, discard_stdout
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
-from nano_train.config import Config, ConfigError, help_text, load_config
+from nano_train.config import Config, ConfigError, help_text, key_type, load_config
 from nano_train.data import CHUNK_TOKENS, Batcher, DataError, Dataset
 from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
 from nano_train.metrics import RunLog, duration, human, peak_flops, read_log, short_repr, synchronize
@@ -214,6 +214,10 @@ def check_new_run(cfg: Config) -> None:
     if cfg.run.init_from == "resume" or cfg.run.overwrite or not writes_out_dir():
         return
     found = earlier_run_files(Path(cfg.run.out_dir))
+    if found and not any(p.suffix == ".pt" for p in found):  # a run stopped before its first checkpoint
+        raise ConfigError(f"{cfg.run.out_dir} holds a run that stopped before writing a checkpoint "
+                          f"({', '.join(p.name for p in found)}): pass --overwrite=true to delete its files and "
+                          "start again, or write to another --out_dir")
     if found:
         raise ConfigError(f"{cfg.run.out_dir} already holds a run ({', '.join(p.name for p in found[:4])}"
                           f"{', ...' if len(found) > 4 else ''}): continue it with --init_from=resume, write to "
@@ -519,8 +523,9 @@ def resolve_model_config(cfg: Config, explicit: set[str], tokenizer, inherited: 
         mine = cfg.model.to_dict()
         bad = [k for k in inherited if k != "dropout" and f"model.{k}" in explicit and mine[k] != inherited[k]]
         if bad:
-            raise ConfigError(f"model.{', model.'.join(bad)} conflict with {source}, whose architecture this run "
-                              "keeps (only dropout may be set)")
+            values = ", ".join(f"model.{k} {mine[k]} (its: {inherited[k]})" for k in bad)
+            raise ConfigError(f"{values} conflict{'s' if len(bad) == 1 else ''} with {source}, whose architecture "
+                              "this run keeps (only dropout may be set)")
         dropout = cfg.model.dropout if "model.dropout" in explicit else inherited["dropout"]
         return ModelConfig.from_dict({**inherited, "dropout": dropout})
     if "model.vocab_size" in explicit and cfg.model.vocab_size != tokenizer.vocab_size:
@@ -874,6 +879,11 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 return o.min_lr
         return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (o.learning_rate - o.min_lr)
 
+    if 0 < cfg.optim.max_iters <= cfg.optim.warmup_iters:
+        say(f"note: optim.warmup_iters {cfg.optim.warmup_iters} >= optim.max_iters {cfg.optim.max_iters}: the "
+            f"learning rate only warms up (to {lr_at(cfg.optim.max_iters - 1, 0.0):.2e} at the last step, not "
+            f"optim.learning_rate {cfg.optim.learning_rate:g}) and never decays; lower --warmup_iters")
+
     # A diverged run (loss inf or nan) stops with an error naming the last checkpoint written,
     # which is never replaced by non-finite weights.
     last_saved = f"{latest} (step {step})" if resuming else None
@@ -946,7 +956,18 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     train_seconds, rate_tokens = 0.0, 0  # for the run's throughput, the first step left out
     first_seconds = 0.0  # ... unless it is the only one
     interval_seconds, interval_steps = 0.0, 0  # since the last log line
+    eta_from = None  # (clock, step) after the first step, which pays for warm-up: for the time left
     interrupted = out_of_time = False
+
+    def time_left(now: float) -> str:
+        """", eta 4m10s": the wall-clock time to max_iters at the pace since the first step
+        (evaluations and checkpoints included), or to the time budget if that comes first."""
+        if eta_from is None or not eta_from[1] < step < cfg.optim.max_iters:
+            return ""
+        left = (time.monotonic() - eta_from[0]) / (step - eta_from[1]) * (cfg.optim.max_iters - step)
+        if budget > 0:
+            left = min(left, max(0.0, budget - now))
+        return f", eta {duration(left)}"
 
     def log_train() -> None:
         """The train record of the steps since the last one (a collective under DDP)."""
@@ -965,7 +986,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         now = elapsed_before + time.monotonic() - t_start
         say(f"step {step:>6}/{cfg.optim.max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | "
             f"grad norm {grad_norm.item():.3f} | {human(tok_s)} tok/s"
-            + (f" | mfu {100 * mfu:.2f}%" if mfu is not None else "") + f" | {duration(now)}")
+            + (f" | mfu {100 * mfu:.2f}%" if mfu is not None else "") + f" | {duration(now)}{time_left(now)}")
         record(kind="train", step=step, loss=train_loss, lr=lr, grad_norm=grad_norm.item(),
                tokens_per_s=tok_s, mfu=mfu, tokens_seen=tokens_seen, elapsed_s=now)
 
@@ -1060,6 +1081,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             interval_steps += 1
             if first:
                 first_seconds = dt
+                eta_from = (time.monotonic(), step)
             else:
                 train_seconds += dt
                 rate_tokens += tokens_per_step
@@ -1100,7 +1122,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 val_source=val_source or train_source)
             best = f"{best_val_loss:.4f}" if math.isfinite(best_val_loss) else "n/a"
             rate = f"{human(tokens_per_s)} tok/s" if tokens_per_s else "no training step run"
-            say(f"done: step {step}, best val loss {best}, {rate}; report in {out_dir / 'report.md'}")
+            ended = "stopped" if interrupted else "done"
+            say(f"{ended}: step {step}, best val loss {best}, {rate}; report in {out_dir / 'report.md'}")
         if info.ddp:
             with talking(info, "the end of the run"):
                 dist.barrier()
@@ -1125,8 +1148,11 @@ def write_report_card(path: Path, **report) -> bool:
         write_report(path, **report)
         return False
     except KeyboardInterrupt:
-        print("\ninterrupted while sampling for the report: the training is complete; writing the report "
-              "without samples", file=sys.stderr, flush=True)
+        result = report["result"]
+        training = (f"the training stopped at step {result.step} (latest.pt saved)" if result.interrupted
+                    else "the training is complete")
+        print(f"\ninterrupted while sampling for the report: {training}; writing the report without samples",
+              file=sys.stderr, flush=True)
         write_report(path, no_samples="interrupted while they were drawn", **report)
         return True
 
@@ -1191,6 +1217,9 @@ def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> 
             if os.path.lexists(latest):  # a folder, a FIFO, a link to nothing: named as what it is
                 what = file_kind(latest.stat().st_mode) if latest.exists() else "a symbolic link to nothing"
                 raise CheckpointError(f"--init_from=resume: {latest} is {what}, not a checkpoint file")
+            if earlier_run_files(latest.parent):  # its log.jsonl: a run that stopped before its first checkpoint
+                raise CheckpointError(f"--init_from=resume: {latest} does not exist: the run in {latest.parent} "
+                                      "stopped before writing a checkpoint; start again with --overwrite=true")
             raise CheckpointError(f"--init_from=resume: {latest} does not exist (is run.out_dir right?)")
         checkpoint = ckpt_io.load(latest)
         saved = checkpoint["config"]
@@ -1228,6 +1257,42 @@ def resume_hint(out_dir) -> str:
     return f"continue with --init_from=resume --out_dir={shlex.quote(str(out_dir))}"
 
 
+def stopped_hint(out_dir) -> str:
+    """Where a run that stopped on an error or Ctrl-C can go on from: the latest.pt in
+    out_dir and the command that resumes it, or, with none written, starting again
+    (with --overwrite=true when the stopped run left its log there, which a new run
+    would otherwise refuse to replace). out_dir None: not known yet."""
+    if out_dir is None:
+        return "latest.pt, if any, holds the last checkpoint written: continue with --init_from=resume"
+    latest = Path(out_dir) / LATEST
+    if latest.is_file():
+        return f"{latest} holds the last checkpoint written: {resume_hint(out_dir)}"
+    again = " with --overwrite=true" if earlier_run_files(Path(out_dir)) else ""
+    return f"no checkpoint was written: start again{again}"
+
+
+def setting_typo(argv: list[str]) -> str | None:
+    """What is wrong with a setting typed in another form than --key=value, and the form to
+    write, or None: `--max_iters 5` (the 5 would be read as a config file's name, even when
+    it names an existing file, such as --dataset's folder), a bare `--compile` (a true/false
+    key), `max_iters=5` or `-max_iters=5` (read as a file's name)."""
+    for i, a in enumerate(argv):
+        after = argv[i + 1] if i + 1 < len(argv) else None
+        if a.startswith("--") and "=" not in a:
+            tp = key_type(a[2:])
+            if tp is bool:
+                return f"{a}: settings take --key=value; write {a}=true (or {a}=false)"
+            if after is not None and not after.startswith("--") and (tp is not None or not os.path.exists(after)):
+                return (f"{short_repr(f'{a} {after}', 300)}: settings take --key=value; write "
+                        f"{short_repr(f'{a}={after}', 300)}")
+        elif not a.startswith("--") and "=" in a and not os.path.exists(a):
+            name, value = a.split("=", 1)
+            if key_type(name.lstrip("-")) is not None:
+                return (f"{short_repr(a, 300)}: settings take --key=value; write "
+                        f"{short_repr('--' + name.lstrip('-') + '=' + value, 300)}")
+    return None
+
+
 def main(task: str | None = None, argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
@@ -1236,18 +1301,16 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a not in ("--print_config", "--print-config")]
     paths = [a for a in argv if not a.startswith("--")]
     overrides = [a for a in argv if a.startswith("--")]
-    for a, value in zip(argv, argv[1:]):  # `--max_iters 5`: the 5 would be read as a config file's name
-        if a.startswith("--") and "=" not in a and not value.startswith("--") and not os.path.exists(value):
-            print(f"error: {short_repr(f'{a} {value}', 60)}: settings take --key=value; write "
-                  f"{short_repr(f'{a}={value}', 60)}", file=sys.stderr)
-            return 2
+    if hint := setting_typo(argv):
+        print(f"error: {hint}", file=sys.stderr)
+        return 2
     if len(paths) > 1:
         print(f"error: one config file at most, got {paths}", file=sys.stderr)
         return 2
-    hint = "continue with --init_from=resume"  # and the run's --out_dir, once it is known
+    out_dir = None  # the run's, once it is known (for what to do after an error)
     try:
         cfg, explicit, checkpoint = resolve_config(task, paths[0] if paths else None, overrides)
-        hint = resume_hint(cfg.run.out_dir)
+        out_dir = cfg.run.out_dir
         if print_config:
             return print_output(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
         check_new_run(cfg)
@@ -1257,8 +1320,8 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # the progress lines' reader went away (`| head`)
         discard_stdout()
-        print("error: standard output was closed (its reader went away); the run stopped (latest.pt, if any, "
-              f"holds the last checkpoint written: {hint})", file=sys.stderr)
+        print("error: standard output was closed (its reader went away); the run stopped "
+              f"({stopped_hint(out_dir)})", file=sys.stderr)
         return 1
     except (TrainingDiverged, LostContact, OutOfMemory, OSError) as e:  # OSError: a file that cannot be written
         print(f"error: {e}", file=sys.stderr)
@@ -1267,12 +1330,11 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         if not is_out_of_memory(e):
             raise
         print(f"error: out of memory: {allocation_failure(e)}; lower data.batch_size or model.block_size "
-              "(a larger optim.gradient_accumulation_steps keeps the tokens per step); latest.pt, if any, holds "
-              f"the last checkpoint written: {hint}", file=sys.stderr)
+              f"(a larger optim.gradient_accumulation_steps keeps the tokens per step); {stopped_hint(out_dir)}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
-        print("\nerror: interrupted; the run stopped at once (latest.pt, if any, holds the last checkpoint "
-              f"written: {hint})", file=sys.stderr, flush=True)
+        print(f"\nerror: interrupted; the run stopped at once ({stopped_hint(out_dir)})", file=sys.stderr, flush=True)
         return 130
     return 130 if result.interrupted or result.samples_interrupted else 0
 
