@@ -30,8 +30,11 @@
 #include "nano.h"
 
 #if defined(__unix__) || defined(__APPLE__)
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #define HAVE_ISATTY 1
+#define HAVE_POSIX_FILES 1 /* stat, open: say why a file could not be loaded */
 #endif
 
 #include <time.h>
@@ -109,10 +112,95 @@ static int report(nano_status st, const char *what) {
 
 static void die_status(nano_status st, const char *what) { exit(report(st, what)); }
 
-/* A failed load: the status and, where the loader said, what is wrong and where. */
-static int report_load(nano_status st, const char *path, const char *detail) {
-    if (!detail[0]) return report(st, path);
-    fprintf(stderr, "nano: error: %s: %s (%s): %s\n", path, nano_status_string(st), nano_status_name(st), detail);
+/* Up to n first bytes of the file at path into buf: the count read, 0 when none
+ * could be (only a regular file is read: a FIFO is not waited on). */
+static size_t first_bytes(const char *path, unsigned char *buf, size_t n) {
+    size_t got = 0;
+#ifdef HAVE_POSIX_FILES
+    struct stat sb;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) return 0;
+    if (fstat(fd, &sb) == 0 && S_ISREG(sb.st_mode)) {
+        ssize_t r = read(fd, buf, n);
+        got = r > 0 ? (size_t)r : 0;
+    }
+    close(fd);
+#else
+    (void)path, (void)buf, (void)n;
+#endif
+    return got;
+}
+
+/* Files people give by mistake, told by their first bytes (as nano_format's BadMagic
+ * tells them), with what to do instead. */
+static const struct {
+    const char *magic;
+    size_t len;
+    const char *what;
+    int checkpoint; /* torch.save's zip archive: nano_train.export makes a model of it */
+} OTHER_FILES[] = {
+    {"PK\003\004", 4, "a zip archive, probably a PyTorch checkpoint (.pt)", 1},
+    {"GGUF", 4, "a GGUF file (llama.cpp's format), which this engine does not read", 0},
+    {"{", 1, "a JSON file (a vocabulary?), not a model: a Nano model file holds its own vocabulary", 0},
+};
+
+/* After a BAD_MAGIC line: ": what the file is" when its first bytes say, and for a
+ * training checkpoint how to export it (`as_lora`: it was given with -l). */
+static void print_other_file(const char *path, int as_lora) {
+    unsigned char head[4];
+    size_t n = first_bytes(path, head, sizeof head), i;
+    for (i = 0; i < sizeof OTHER_FILES / sizeof OTHER_FILES[0]; i++) {
+        if (n < OTHER_FILES[i].len || memcmp(head, OTHER_FILES[i].magic, OTHER_FILES[i].len) != 0) continue;
+        fprintf(stderr, ": %s", OTHER_FILES[i].what);
+        if (OTHER_FILES[i].checkpoint)
+            fprintf(stderr, ": export it first with python -m nano_train.export --ckpt %s %s", path,
+                    as_lora ? "--out BASE.bin --lora-out LORA.bin" : "--out MODEL.bin");
+        return;
+    }
+}
+
+/* A file the loader could not open or read (NANO_ERR_IO): why, as the system says
+ * it (no such file, no permission), or what is there instead of a file (a folder,
+ * a FIFO). Returns 1, the exit status. */
+static int report_io(const char *path, int as_lora) {
+#ifdef HAVE_POSIX_FILES
+    struct stat sb;
+    const char *kind = NULL;
+    int fd;
+    if (stat(path, &sb) != 0) {
+        fprintf(stderr, "nano: error: %s: %s (NANO_ERR_IO)\n", path, strerror(errno));
+        return 1;
+    }
+    if (S_ISDIR(sb.st_mode)) kind = "a folder (a directory)";
+    else if (S_ISFIFO(sb.st_mode)) kind = "a FIFO (a pipe)";
+    else if (S_ISCHR(sb.st_mode)) kind = "a character device";
+    else if (S_ISBLK(sb.st_mode)) kind = "a block device";
+    else if (!S_ISREG(sb.st_mode)) kind = "not a regular file";
+    if (kind) {
+        fprintf(stderr, "nano: error: %s: %s, not %s (NANO_ERR_IO)\n", path, kind,
+                as_lora ? "a LoRA module" : "a model file");
+        return 1;
+    }
+    if ((fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY)) < 0) {
+        fprintf(stderr, "nano: error: %s: %s (NANO_ERR_IO)\n", path, strerror(errno));
+        return 1;
+    }
+    close(fd);
+#else
+    (void)as_lora;
+#endif
+    return report(NANO_ERR_IO, path); /* it opens now: a read or map error, or it changed meanwhile */
+}
+
+/* A failed load: the status and, where the loader said, what is wrong and where;
+ * for a file that cannot be opened, why (report_io); for one that is not a Nano
+ * file, what it seems to be. `as_lora`: the file was given with -l. */
+static int report_load(nano_status st, const char *path, const char *detail, int as_lora) {
+    if (st == NANO_ERR_IO) return report_io(path, as_lora);
+    fprintf(stderr, "nano: error: %s: %s (%s)", path, nano_status_string(st), nano_status_name(st));
+    if (detail[0]) fprintf(stderr, ": %s", detail);
+    if (st == NANO_ERR_BAD_MAGIC) print_other_file(path, as_lora);
+    fputc('\n', stderr);
     return 1;
 }
 
@@ -182,8 +270,43 @@ static nano_model *load_model(const char *path) {
     char detail[256];
     nano_model_params mp = load_params(detail, sizeof detail);
     nano_status st = nano_model_load_file(path, &mp, &m);
-    if (st != NANO_OK) exit(report_load(st, path, detail));
+    if (st != NANO_OK) exit(report_load(st, path, detail, 0));
     return m;
+}
+
+/* load_model for a command that runs the model: a LoRA module given as the model
+ * is refused at once, saying where it goes (`takes_lora`: the command has -l). */
+static nano_model *load_model_to_run(const char *path, int takes_lora) {
+    nano_model *m = load_model(path);
+    nano_model_info info;
+    nano_model_get_info(m, &info);
+    if (info.model_type != NANO_MODEL_TYPE_LORA) return m;
+    nano_model_free(m);
+    fprintf(stderr, "nano: error: %s: %s (%s): the file is a LoRA module, not a model: give the base model "
+                    "with -m%s\n", path, nano_status_string(NANO_ERR_UNSUPPORTED),
+            nano_status_name(NANO_ERR_UNSUPPORTED), takes_lora ? " and the LoRA with -l" : "");
+    exit(1);
+}
+
+/* Load the LoRA module at path into *lora and attach it to ctx, a context of m:
+ * 0, or the exit status after printing the error (a module that does not fit
+ * names both shapes, as nano_train.convert.load_lora_bin does). The caller
+ * frees *lora after ctx, also on failure. */
+static int attach_lora(nano_context *ctx, const nano_model *m, const char *path, nano_lora **lora) {
+    char detail[256];
+    nano_model_params mp = load_params(detail, sizeof detail);
+    nano_model_info mi, li;
+    nano_status st = nano_lora_load_file(path, &mp, lora);
+    if (st != NANO_OK) return report_load(st, path, detail, 1);
+    st = nano_context_set_lora(ctx, *lora);
+    if (st != NANO_ERR_LORA_MISMATCH) return st == NANO_OK ? 0 : report(st, path);
+    nano_model_get_info(m, &mi);
+    nano_lora_get_info(*lora, &li);
+    /* (head_dim, also compared, is n_embd / n_head in every file that runs) */
+    fprintf(stderr, "nano: error: %s: %s (%s): the LoRA is for (n_layer, n_embd, n_head, n_kv_head) = (%u, %u, %u, "
+                    "%u), the model is (%u, %u, %u, %u)\n", path, nano_status_string(st), nano_status_name(st),
+            li.n_layer, li.n_embd, li.n_head, li.n_kv_head, mi.n_layer, mi.n_embd, mi.n_head, mi.n_kv_head);
+    return 1;
 }
 
 /* A context for m in *out; 0, or the exit status (2: a bad --ctx, 1: the
@@ -348,23 +471,16 @@ typedef struct seq2seq_state {
 static int seq2seq_init(seq2seq_state *q, const nano_model *m, const char *path, uint32_t n_ctx, int threads,
                         uint32_t attention, int portable, const char *lora_path) {
     nano_model_info info;
-    nano_status st;
     int rc;
     memset(q, 0, sizeof *q);
     nano_model_get_info(m, &info);
-    /* a LoRA module, a Qwen or a Q4K file: what it is matters more than its (lack of) tokenizer */
+    /* a Qwen or a Q4K file (a LoRA module is refused as it is loaded, by load_model_to_run):
+     * what it is matters more than its (lack of) tokenizer */
     if (!info.runnable) return report(NANO_ERR_UNSUPPORTED, path);
     q->tok = nano_model_tokenizer(m);
     if (!q->tok) return report(NANO_ERR_NO_TOKENIZER, path);
     if ((rc = make_context(m, path, n_ctx, 0, threads, attention, portable, &q->ctx))) return rc;
-    if (lora_path) {
-        char detail[256];
-        nano_model_params mp = load_params(detail, sizeof detail);
-        st = nano_lora_load_file(lora_path, &mp, &q->lora);
-        if (st != NANO_OK) return report_load(st, lora_path, detail);
-        st = nano_context_set_lora(q->ctx, q->lora);
-        if (st != NANO_OK) return report(st, lora_path);
-    }
+    if (lora_path && (rc = attach_lora(q->ctx, m, lora_path, &q->lora))) return rc;
     q->cap = nano_context_n_ctx(q->ctx);
     q->ids = (int32_t *)malloc((q->cap + 1) * sizeof(int32_t));
     q->out = (int32_t *)malloc((q->cap + 1) * sizeof(int32_t));
@@ -720,7 +836,7 @@ static int cmd_run(int argc, char **argv) {
                   "goes into the instruct template%s%s", "", "");
 
     /* From here on every error frees what was made and returns its status. */
-    m = load_model(o.model);
+    m = load_model_to_run(o.model, 1);
     nano_model_get_info(m, &info);
     if (o.prompt && strcmp(o.prompt, "-") == 0) {
         /* the whole of standard input, without its final line breaks (as nano_train.sample) */
@@ -751,20 +867,7 @@ static int cmd_run(int argc, char **argv) {
     }
     if ((rc = make_context(m, o.model, o.n_ctx, o.n_batch, o.threads, NANO_ATTENTION_MODE_FILE, o.portable, &ctx)))
         goto done;
-    if (o.lora) {
-        char detail[256];
-        nano_model_params mp = load_params(detail, sizeof detail);
-        st = nano_lora_load_file(o.lora, &mp, &lora);
-        if (st != NANO_OK) {
-            rc = report_load(st, o.lora, detail);
-            goto done;
-        }
-        st = nano_context_set_lora(ctx, lora);
-        if (st != NANO_OK) {
-            rc = report(st, o.lora);
-            goto done;
-        }
-    }
+    if (o.lora && (rc = attach_lora(ctx, m, o.lora, &lora))) goto done;
     st = nano_session_init(ctx, &o.sp, &s);
     if (st != NANO_OK) rc = report(st, "session");
     else if (!o.prompt) rc = chat(s, &o, ctx);
@@ -940,7 +1043,7 @@ static int cmd_seq2seq(int argc, char **argv) {
     if (!model) die_usage("seq2seq: -m MODEL is required%s%s", "", "");
     if (!input) die_usage("seq2seq: INPUT is required%s%s", "", "");
     if (input[0] == '\0') die_usage("seq2seq: INPUT is empty%s%s", "", "");
-    m = load_model(model);
+    m = load_model_to_run(model, 1);
     rc = seq2seq_init(&q, m, model, 0, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE, 0,
                       lora);
     if (rc == 0) /* INPUT '-': one independent forward per line */
@@ -993,7 +1096,7 @@ static int cmd_bench(int argc, char **argv) {
         } else die_usage("bench: unknown option '%s'%s", a, "");
     }
     if (!model) die_usage("bench: -m MODEL is required%s%s", "", "");
-    m = load_model(model);
+    m = load_model_to_run(model, 0);
     nano_model_get_info(m, &info);
     if ((i = make_context(m, model, n_ctx, 0, threads, NANO_ATTENTION_MODE_CAUSAL, portable, &ctx))) {
         nano_model_free(m);
