@@ -5,6 +5,7 @@ the checks come before the peer is imported, or the peer is stood in for."""
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 
@@ -167,3 +168,55 @@ def test_engine_speed_a_failing_build_shows_its_output_then_one_line(load_tool, 
     assert exit_.value.code == 1
     assert capfd.readouterr().err == ("error: make -C engines/c-core lib: cannot run make: No such file or directory "
                                       "(python tools/setup/system_deps.py build installs the build tools)\n")
+
+
+# ---------------------------------------------------------------------------
+# prepare_memory.py: a small real run (both children, their token counts, the JSON record),
+# its option checks before any work, a failing child as one line
+
+
+@pytest.fixture
+def prepare_memory(load_tool):
+    return load_tool("bench/prepare_memory.py")
+
+
+@pytest.mark.parametrize("text, vocab", [("pretrain_psycho.txt", "tokenizer_4096.json"),  # one line
+                                         ("pretrain_amateur_radio.txt", "tokenizer_16384_v2.json")])  # paragraphs
+def test_prepare_memory_a_small_run_prepares_the_corpus_both_ways_and_agrees(prepare_memory, tmp_path, shared_file,
+                                                                           capsys, text, vocab):
+    out_json = tmp_path / "r.json"
+    source = shared_file(f"data/{text}")
+    argv = ["--size-mb", "4", "--work", str(tmp_path), "--json", str(out_json), "--text", str(source),
+            "--vocab", str(shared_file(f"data/{vocab}"))]
+    code, out, err = status(lambda: prepare_memory.main(argv), capsys)
+    assert code == 0, out + err
+    record = json.loads(out_json.read_text(encoding="utf-8"))
+    # the text (2-3 MB) twice; both prepared all of it, blank lines included: the same count
+    assert record["corpus_mb"] == pytest.approx(2 * source.stat().st_size / 1e6)
+    assert record["ours_tokens"] == record["peer_tokens"] > 1_000_000
+    assert record["ours_peak_rss_mb"] > 0 and record["peer_peak_rss_mb"] > 0
+    assert "same token count: yes" in out
+    assert list(tmp_path.iterdir()) == [out_json]  # the work folder it made is gone
+
+
+@pytest.mark.parametrize("argv, start", [
+    (["--size-mb", "0"], "error: --size-mb must be a number > 0, got 0.0"),
+    (["--size-mb", "nan"], "error: --size-mb must be a number > 0, got nan"),
+    (["--work", "{tmp}/missing"], "error: --work {tmp}/missing: not an existing folder"),
+    (["--text", "{tmp}/missing.txt"], "error: --text {tmp}/missing.txt: not found"),
+    (["--vocab", "{tmp}/text.txt"], "error: --vocab {tmp}/text.txt: not a tokenizer JSON file"),
+    (["--json", "{tmp}/no/out.json"], "error: --json {tmp}/no/out.json: cannot write there"),
+])
+def test_prepare_memory_refuses_bad_options_before_any_work(prepare_memory, tmp_path, monkeypatch, capsys, argv, start):
+    (tmp_path / "text.txt").write_text("不是词表\n", encoding="utf-8")
+    monkeypatch.setattr(prepare_memory, "write_corpus", lambda *a: pytest.fail("the work started"))
+    code, out, err = status(lambda: prepare_memory.main([a.format(tmp=tmp_path) for a in argv]), capsys)
+    assert code == 2 and out == ""
+    one_error_line(err, start.format(tmp=tmp_path))
+
+
+def test_prepare_memory_a_failing_child_is_one_line_and_status_1(prepare_memory, tmp_path, capsys):
+    code, _, err = status(lambda: prepare_memory.measured("the peer (whole text)", [
+        sys.executable, "-c", "raise MemoryError('cannot allocate 8 GB')"], tmp_path / "log"), capsys)
+    assert code == 1
+    assert err == "error: the peer (whole text) failed (exit status 1): MemoryError: cannot allocate 8 GB\n"

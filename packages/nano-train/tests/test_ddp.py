@@ -206,6 +206,19 @@ sys.exit(train.main("pretrain"))
 """
 
 
+def run_killed_rank(tmp_path, dataset, *extra) -> subprocess.CompletedProcess:
+    """KILLED_RANK under torchrun, 2 processes, a 1-layer model checkpointed every 4 steps into
+    tmp_path/run; each rank's stderr in tmp_path/logs/.../RANK/stderr.log. It must fail."""
+    script = tmp_path / "killed_rank.py"
+    script.write_text(KILLED_RANK, encoding="utf-8")
+    args = [f"--dataset={dataset}", "--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
+            "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=50",
+            "--eval_interval=4", "--eval_iters=1", "--device=cpu", "--dist_backend=gloo", "--dtype=float32",
+            "--sample_tokens=0", f"--out_dir={tmp_path / 'run'}", *extra]
+    return run(args, tmp_path, nproc=2, command=str(script), ok=False,
+               launcher=[f"--log-dir={tmp_path / 'logs'}", "--tee=2"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sigterm", [False, True], ids=["killed", "killed_while_rank_0_stops"])
 def test_a_killed_rank_ends_the_run_with_one_line(tmp_path, small_pretrain, monkeypatch, sigterm):
@@ -218,14 +231,7 @@ def test_a_killed_rank_ends_the_run_with_one_line(tmp_path, small_pretrain, monk
     the checkpoint it promised cannot be written: its error line says so."""
     if sigterm:
         monkeypatch.setenv("SIGTERM_RANK_0", "1")
-    script = tmp_path / "killed_rank.py"
-    script.write_text(KILLED_RANK, encoding="utf-8")
-    args = [f"--dataset={small_pretrain}", "--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
-            "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=50",
-            "--eval_interval=4", "--eval_iters=1", "--device=cpu", "--dist_backend=gloo", "--dtype=float32",
-            "--sample_tokens=0", f"--out_dir={tmp_path / 'run'}"]
-    done = run(args, tmp_path, nproc=2, command=str(script), ok=False,
-               launcher=[f"--log-dir={tmp_path / 'logs'}", "--tee=2"])
+    done = run_killed_rank(tmp_path, small_pretrain)
     logs = {p.parent.name: p.read_text(encoding="utf-8") for p in (tmp_path / "logs").rglob("stderr.log")}
     assert sorted(logs) == ["0", "1"], done.stderr[-3000:]
     print(logs["0"])
@@ -257,14 +263,7 @@ def test_a_rank_that_hangs_ends_the_run_after_dist_timeout(tmp_path, small_pretr
     naming the checkpoint to continue from. torchrun then kills the stopped rank (after its own
     30 s grace)."""
     monkeypatch.setenv("HANG_RANK_1", "1")
-    script = tmp_path / "hung_rank.py"
-    script.write_text(KILLED_RANK, encoding="utf-8")
-    args = [f"--dataset={small_pretrain}", "--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
-            "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=50",
-            "--eval_interval=4", "--eval_iters=1", "--device=cpu", "--dist_backend=gloo", "--dtype=float32",
-            "--sample_tokens=0", "--dist_timeout=8", f"--out_dir={tmp_path / 'run'}"]
-    run(args, tmp_path, nproc=2, command=str(script), ok=False,
-        launcher=[f"--log-dir={tmp_path / 'logs'}", "--tee=2"])
+    run_killed_rank(tmp_path, small_pretrain, "--dist_timeout=8")
     log = next((tmp_path / "logs").rglob("0/stderr.log")).read_text(encoding="utf-8")
     print(log)
     lines = log.strip().splitlines()
