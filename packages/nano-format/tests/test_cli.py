@@ -99,7 +99,7 @@ def test_convert_layouts_and_quantization(sort6_path, psycho_path, tmp_path):
         assert q8.read_bytes()[256:] == psycho_path.read_bytes()[256:]
 
     r = run("convert", f32, tmp_path / "x.bin", "--quant", "q8_0", "--group-size", "12")
-    assert r.returncode == 1 and "12 does not divide n_embd = 32" in r.stderr
+    assert r.returncode == 2 and "--group-size 12 does not divide n_embd = 32" in r.stderr
 
     theta = tmp_path / "theta.bin"
     r = run("convert", sort6_path, theta, "--layout", "2026.101", "--rope-theta", "500000", "--norm-eps", "1e-6")

@@ -116,3 +116,35 @@ def test_convert_says_the_output_cannot_be_written_before_the_work(capsys, monke
     line = one_error_line(err)
     assert rc == 1 and str(out) in line and work == [], (line, work)
     assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_a_group_size_that_does_not_fit_is_the_options_mistake(capsys, psycho_path, sort6_path, tmp_path):
+    # (was: "group size at offset 0x40: 7 does not divide ...", exit 1, as if the file were damaged)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["convert", str(psycho_path), str(tmp_path / "x.bin"), "--group-size", "7"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("usage: nano-format convert ")
+    line = one_error_line(err)
+    assert line == ("nano-format convert: error: --group-size 7 does not divide n_embd = 32, a quantized row "
+                    "length; it must divide 32, 96: one of 1, 2, 4, 8, 16, 32"), line
+    # (was: the top-level usage, and no hint)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["convert", str(sort6_path), str(tmp_path / "x.bin"), "--group-size", "16"])
+    line = one_error_line(capsys.readouterr().err)
+    assert exit_.value.code == 2 and line == (f"nano-format convert: error: --group-size applies to q8_0 output only "
+                                              f"({sort6_path} is f32: add --quant q8_0)"), line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_is_not_told_to_be_saved_to_a_file(capsys, tmp_path):
+    # (was: "not a regular file but a directory; a model file is memory-mapped, so save it to a file first")
+    rc, _, err = run_here(capsys, "info", tmp_path)
+    assert rc == 1 and one_error_line(err) == f"nano-format: error: {tmp_path}: a directory, not a model file"
+
+
+def test_a_file_cut_short_before_its_parameters_says_it_may_be(sort6_path, tmp_path):
+    cut = tmp_path / "cut.bin"
+    cut.write_bytes(sort6_path.read_bytes()[:30_000])
+    with pytest.raises(nf.SizeOverflow, match=r"more than the whole file \(30000 bytes\): a file cut short "
+                                               r"\(a download or copy that did not finish\?\), or a damaged config"):
+        nf.read(cut)

@@ -39,7 +39,8 @@ import sys
 from . import __version__, spec
 from .atomic import check_writable
 from .config import Config
-from .errors import FormatError, shown
+from .errors import BadGroupSize, FormatError, shown
+from .quant import check_group_size
 from .reader import NanoFile, read
 from .spec import Attention, ModelType, Position, QuantType, TokenizerKind
 from .writer import write
@@ -292,7 +293,16 @@ def _convert_model(src: NanoFile, args) -> int:
     layout = args.layout or (src.layout.name if src.layout.writer != "reference" else spec.DEFAULT_LAYOUT.name)
     quant = {"q8_0": QuantType.Q8_0, "f32": QuantType.F32, None: src.quant}[args.quant]
     if quant == QuantType.F32 and args.group_size is not None:
-        raise _UsageError("--group-size applies to q8_0 output only")
+        raise _UsageError(f"--group-size applies to q8_0 output only ({shown(args.input)} is f32: add --quant q8_0)"
+                          if args.quant is None else "--group-size applies to q8_0 output only")
+    if quant == QuantType.Q8_0 and args.group_size is not None:
+        try:
+            check_group_size(src.config, args.group_size)
+        except BadGroupSize as e:  # the option's mistake, not the file's: no offset in it
+            lengths = sorted({src.config.n_embd, src.config.q_dim, src.config.n_hidden})
+            divisors = [g for g in range(1, max(lengths) + 1) if all(n % g == 0 for n in lengths)]
+            raise _UsageError(f"--group-size {e.message}; it must divide {', '.join(map(str, lengths))}: "
+                              f"one of {', '.join(map(str, divisors))}") from None
     changes = {}
     if args.attention is not None:
         changes["attention"] = Attention[args.attention.upper()]
@@ -404,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm-eps", type=_positive_float, metavar="X", help="RMSNorm epsilon (2026.101)")
     p.add_argument("--rope-theta", type=_positive_float, metavar="X",
                    help="RoPE theta (2026.101); the RoPE tables are recomputed")
-    p.set_defaults(run=cmd_convert)
+    p.set_defaults(run=cmd_convert, parser=p)  # (its usage errors show convert's usage)
     return parser
 
 
@@ -429,7 +439,7 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except _UsageError as e:
-        parser.error(str(e))  # exits with status 2
+        getattr(args, "parser", parser).error(str(e))  # exits with status 2
     except BrokenPipeError:  # `nano-format info x.bin | head`: stop quietly
         sys.stdout = None
         return 1

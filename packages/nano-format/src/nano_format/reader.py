@@ -113,6 +113,8 @@ def _map(path: str) -> tuple[np.ndarray, mmap.mmap | None]:
     fd, mode = open_without_waiting(path)  # a FIFO must not wait for a writer (it is then refused)
     try:
         if not stat.S_ISREG(mode):  # a pipe reads as empty, a folder or device cannot be mapped
+            if stat.S_ISDIR(mode):
+                raise OSError(errno.EISDIR, f"{file_kind(mode)}, not a model file", path)
             raise OSError(errno.EINVAL, f"not a regular file but {file_kind(mode)}; a model file is memory-mapped, "
                                         "so save it to a file first", path)
         # mmap cannot map an empty file; an empty file is a truncated header anyway.
@@ -290,7 +292,8 @@ class NanoFile:
             p = plan[biggest]
             raise SizeOverflow(f"the config implies {total} bytes of parameters (largest: {p.name} "
                                f"{p.dims} = {p.shape}, {sizes[biggest]} bytes), more than the whole "
-                               f"file ({size} bytes)", field="config", offset=spec.OFF_CONFIG)
+                               f"file ({size} bytes): a file cut short (a download or copy that did not finish?), "
+                               "or a damaged config", field="config", offset=spec.OFF_CONFIG)
         if total > remaining:
             raise Truncated(f"need {total} bytes but the file ends {remaining} bytes after their "
                             f"start (0x{self.params_offset:X})", section="parameters", offset=size)
