@@ -47,6 +47,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <netdb.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -57,6 +58,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -952,6 +954,31 @@ static void set_connection_caps(wss_server *srv) {
     srv->pending_cap = srv->tcp_cap / 2;
 }
 
+/* Why host:port cannot be listened on, as the system says it for a socket of our own
+ * bound there ("Address already in use", "Cannot assign requested address"); NULL
+ * when that bind succeeds (the reason is then libwebsockets' own). */
+static const char *bind_failure(const char *host, int port) {
+    struct addrinfo hints, *ai = NULL;
+    char service[16];
+    const char *why = NULL;
+    int fd, one = 1, gai;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(service, sizeof service, "%d", port);
+    gai = getaddrinfo(host, service, &hints, &ai);
+    if (gai != 0) return gai_strerror(gai);
+    fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    if (fd < 0) why = strerror(errno);
+    else {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one); /* as libwebsockets does */
+        if (bind(fd, ai->ai_addr, ai->ai_addrlen) != 0) why = strerror(errno);
+        close(fd);
+    }
+    freeaddrinfo(ai);
+    return why;
+}
+
 static int listen_and_serve(wss_server *srv) {
     struct lws_protocols protocols[2];
     struct lws_context_creation_info ci;
@@ -995,10 +1022,13 @@ static int listen_and_serve(wss_server *srv) {
     ci.gid = -1;
     ci.uid = -1;
     ci.user = srv;
+    lws_set_log_level(0, log_lws); /* a failed bind is said below, once, not in libwebsockets' three lines */
     vh = lws_create_vhost(srv->lws, &ci);
+    lws_set_log_level(LLL_ERR, log_lws);
     if (!vh) {
-        fprintf(stderr, "nano-wss: error: cannot listen on %s%s%s:%d (in use, or not an address of this machine)\n",
-                ipv6 ? "[" : "", srv->opt.host, ipv6 ? "]" : "", srv->opt.port);
+        const char *why = bind_failure(srv->opt.host, srv->opt.port);
+        fprintf(stderr, "nano-wss: error: cannot listen on %s%s%s:%d (%s)\n", ipv6 ? "[" : "", srv->opt.host,
+                ipv6 ? "]" : "", srv->opt.port, why ? why : "in use, or not an address of this machine");
         set_serving(srv, NULL);
         lws_context_destroy(srv->lws);
         srv->lws = NULL;

@@ -1183,12 +1183,19 @@ def test_bad_command_lines(h, binaries, build, psycho, tmp_path):
             (["-m", psycho, "-l", nan_lora], 1, "(NANO_ERR_NON_FINITE): wq_A["),
             (["-m", fifo], 1, "NANO_ERR_IO"),
             (["-m", psycho, "-l", fifo], 1, "NANO_ERR_IO"),
-            (["-m", psycho, "--port", str(busy.getsockname()[1])], 1, "cannot listen on 127.0.0.1:"),
+            # the system's reason, in one line (was: libwebsockets' three lines, then "in use, or not an
+            # address of this machine" whichever it was)
+            (["-m", psycho, "--port", str(busy.getsockname()[1])], 1,
+             f"nano-wss: error: cannot listen on 127.0.0.1:{busy.getsockname()[1]} (Address already in use)\n"),
+            (["-m", psycho, "--host", "192.0.2.1", "--port", "0"], 1,  # (TEST-NET-1: no machine's address)
+             "nano-wss: error: cannot listen on 192.0.2.1:0 (Cannot assign requested address)\n"),
         ]
         for args, want_rc, want_err in cases:
             res = subprocess.run([binaries[build], *map(str, args)], capture_output=True, text=True,
                                  env=server_env(), timeout=TIMEOUT)
             assert res.returncode == want_rc and want_err in res.stderr, (args, res.returncode, res.stderr)
+            if want_err.startswith("nano-wss: error: cannot listen"):
+                assert res.stderr == want_err, res.stderr
             assert all(line.startswith(("nano-wss: ", "(run 'nano-wss --help'")) for line in res.stderr.splitlines())
             assert "nano-wss: error: " in res.stderr, args
             assert "listening" not in res.stdout, args
