@@ -23,6 +23,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <float.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,11 +98,21 @@ static const char *USAGE =
 // ---------------------------------------------------------------------------
 // Errors and argument parsing
 
-static void die_usage(const char *fmt, const char *a, const char *b) {
+/* A usage error (exit status 2); `model_hint`: a stray argument that names a
+ * model file, given without its -m, or NULL. */
+static void vdie_usage(const char *model_hint, const char *fmt, va_list ap) {
     fprintf(stderr, "nano: error: ");
-    fprintf(stderr, fmt, a, b);
+    vfprintf(stderr, fmt, ap);
+    if (model_hint) fprintf(stderr, " (did you mean -m %s?)", model_hint);
     fprintf(stderr, "\n(run 'nano --help' for usage)\n");
     exit(2);
+}
+
+static void die_usage(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vdie_usage(NULL, fmt, ap);
+    va_end(ap); /* (not reached) */
 }
 
 /* Print "nano: error: WHAT: reason (NAME)"; returns 1, the exit status. */
@@ -260,6 +271,30 @@ static const char *need_value(int argc, char **argv, int *i) {
 
 static int is_opt(const char *a, const char *s, const char *l) {
     return (s && strcmp(a, s) == 0) || (l && strcmp(a, l) == 0);
+}
+
+/* Whether path names an existing regular file. */
+static int is_file(const char *path) {
+#ifdef HAVE_POSIX_FILES
+    struct stat sb;
+    return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
+#else
+    FILE *f = fopen(path, "rb");
+    if (f) fclose(f);
+    return f != NULL;
+#endif
+}
+
+/* die_usage for a command line with a stray argument: when `stray` names a file
+ * and the command line has no -m, the model was most likely given without its
+ * -m, and the error says so. */
+static void die_usage_stray(int argc, char **argv, const char *stray, const char *fmt, ...) {
+    va_list ap;
+    int i, has_model = 0;
+    for (i = 2; i < argc; i++) has_model |= is_opt(argv[i], "-m", "--model");
+    va_start(ap, fmt);
+    vdie_usage(!has_model && stray && is_file(stray) ? stray : NULL, fmt, ap);
+    va_end(ap); /* (not reached) */
 }
 
 // ---------------------------------------------------------------------------
@@ -640,12 +675,13 @@ static long peak_rss_kib(void) {
 
 static void print_stats(const nano_session *s, const nano_context *ctx) {
     nano_session_stats st;
+    int threads = (int)nano_context_threads(ctx);
     nano_session_get_stats(s, &st);
     fprintf(stderr,
             "nano: prompt %u tokens in %.2f ms (%.1f tokens/s), first token after %.2f ms, "
-            "%u tokens generated, decode %.1f tokens/s, %d threads, peak memory %ld KiB\n",
+            "%u tokens generated, decode %.1f tokens/s, %d thread%s, peak memory %ld KiB\n",
             st.prompt_tokens, st.prefill_ms, st.prefill_tokens_per_s, st.ttft_ms, st.generated_tokens,
-            st.decode_tokens_per_s, (int)nano_context_threads(ctx), peak_rss_kib());
+            st.decode_tokens_per_s, threads, threads == 1 ? "" : "s", peak_rss_kib());
 }
 
 /* One generation, streamed to standard output, or with `answer` gathered there
@@ -663,11 +699,49 @@ static void note_unknown(const nano_session *s, const char *what) {
                 unknown == 1 ? " is" : "s are", NANO_SPECIAL_UNKNOWN);
 }
 
+/* A prompt that leaves the context no room for a new token (NANO_ERR_CONTEXT_FULL
+ * from nano_session_start): its length in tokens (counted again, as the session
+ * counts it: the instruct template adds two), the context's, and what to do. A
+ * reference layout cannot record full attention, so a full-attention (seq2seq)
+ * model such as sort6, whose inputs fill its block, reads as causal there: when
+ * the prompt fits a seq2seq forward but no context, `nano seq2seq` is named too.
+ * Returns 1. */
+static int report_context_full(const nano_context *ctx, const char *prompt, uint32_t mode, const run_opts *o,
+                               const char *what) {
+    const nano_model *m = nano_context_model(ctx);
+    uint32_t n_ctx = nano_context_n_ctx(ctx);
+    int instruct = mode == NANO_MODE_INSTRUCT;
+    nano_model_info info;
+    size_t n_text = 0, n;
+    /* ids NULL with cap 0: only the count */
+    nano_status st = nano_tokenizer_encode(nano_model_tokenizer(m), prompt, strlen(prompt),
+                                           !instruct && o->sp.allow_special, NULL, 0, &n_text);
+    if (st != NANO_OK && st != NANO_ERR_BUFFER_TOO_SMALL) return report(NANO_ERR_CONTEXT_FULL, what);
+    nano_model_get_info(m, &info);
+    n = n_text + (instruct ? 2 : 0);
+    fprintf(stderr, "nano: error: %s: %s (%s): the prompt is %zu token%s%s and the context holds %u: no room for "
+                    "a new token", what, nano_status_string(NANO_ERR_CONTEXT_FULL),
+            nano_status_name(NANO_ERR_CONTEXT_FULL), n, n == 1 ? "" : "s",
+            !instruct ? "" : o->system && o->system[0] ? " with the --system text and the instruct marks"
+                                                       : " with the instruct marks", n_ctx);
+    if (n < info.block_size)
+        fprintf(stderr, " (a longer --ctx, up to the block size %u, or a shorter prompt)", info.block_size);
+    else
+        fprintf(stderr, " (a shorter prompt: a context holds at most the model's block size, %u)", info.block_size);
+    /* no context holds it for generation, but a seq2seq forward would take it */
+    if (!info.has_extension && n >= info.block_size && n_text <= info.block_size)
+        fprintf(stderr, "; a full-attention model runs with nano seq2seq -m %s INPUT (layout %s cannot record "
+                        "the attention kind: it reads as causal)", o->model, info.layout);
+    fputc('\n', stderr);
+    return 1;
+}
+
 static int generate(nano_session *s, const char *prompt, uint32_t mode, const run_opts *o,
                     const nano_context *ctx, const char *what, int escape, text_buf *answer) {
     nano_token_event ev;
     nano_status st = nano_session_start(s, prompt, mode);
     if (answer) answer->len = 0;
+    if (st == NANO_ERR_CONTEXT_FULL) return report_context_full(ctx, prompt, mode, o, what);
     if (st != NANO_OK) return report_encode(st, nano_model_tokenizer(nano_context_model(ctx)), mode, what);
     note_unknown(s, what);
     while ((st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
@@ -824,7 +898,7 @@ static int cmd_run(int argc, char **argv) {
         else if (is_opt(a, "-h", "--help")) {
             fputs(USAGE, stdout);
             return 0;
-        } else die_usage("run: unknown option '%s'%s", a, "");
+        } else die_usage_stray(argc, argv, a, "run: unknown option '%s'", a);
     }
     if (!o.model) die_usage("run: -m MODEL is required%s%s", "", "");
     /* SFT data may hold an empty question: only instruct mode takes an empty prompt (as nano_train.sample) */
@@ -1037,10 +1111,12 @@ static int cmd_seq2seq(int argc, char **argv) {
             fputs(USAGE, stdout);
             return 0;
         } else if (a[0] == '-' && a[1]) die_usage("seq2seq: unknown option '%s'%s", a, "");
-        else if (input) die_usage("seq2seq: one INPUT only (got '%s' and '%s')", input, a);
+        else if (input)
+            die_usage_stray(argc, argv, is_file(input) ? input : a, "seq2seq: one INPUT only (got '%s' and '%s')",
+                            input, a);
         else input = a;
     }
-    if (!model) die_usage("seq2seq: -m MODEL is required%s%s", "", "");
+    if (!model) die_usage_stray(argc, argv, input, "seq2seq: -m MODEL is required");
     if (!input) die_usage("seq2seq: INPUT is required%s%s", "", "");
     if (input[0] == '\0') die_usage("seq2seq: INPUT is empty%s%s", "", "");
     m = load_model_to_run(model, 1);
@@ -1093,7 +1169,7 @@ static int cmd_bench(int argc, char **argv) {
         else if (is_opt(a, "-h", "--help")) {
             fputs(USAGE, stdout);
             return 0;
-        } else die_usage("bench: unknown option '%s'%s", a, "");
+        } else die_usage_stray(argc, argv, a, "bench: unknown option '%s'", a);
     }
     if (!model) die_usage("bench: -m MODEL is required%s%s", "", "");
     m = load_model_to_run(model, 0);

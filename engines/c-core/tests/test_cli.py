@@ -107,6 +107,13 @@ def test_run_text_and_profile(cli, psycho_path):
     assert other.stdout != r.stdout
 
 
+def test_profile_counts_threads_in_words(cli, psycho_path):
+    for threads, said in (("1", ", 1 thread, "), ("2", ", 2 threads, ")):
+        r = cli("run", "-m", psycho_path, "-p", "人的心理", "-t", "0", "-n", "4", "--profile", "--threads", threads)
+        assert r.returncode == 0, r.stderr
+        assert said in r.stderr, r.stderr
+
+
 def test_run_top_k_one_is_greedy(cli, psycho_path):
     """Defect 17: top_k is applied (k = 1 at any temperature is the argmax)."""
     a = cli("run", "-m", psycho_path, "-p", "意识", "-t", "5", "-k", "1", "-n", "20", "--ids", "-s", "3")

@@ -4,6 +4,11 @@ as the model, a LoRA module for another shape, a path that is missing or a folde
 
 Each error is one line on standard error, exit status 1 and nothing on standard
 output; the line says what the file is and what to do instead.
+
+Also the other places a newcomer gets stuck: a prompt that fills the context (how
+long it is, how long the context is, and for a reference-layout file such as sort6,
+which cannot record full attention, that `nano seq2seq` runs it), and a model given
+without its -m (a usage error, exit status 2, that asks "did you mean -m FILE?").
 """
 
 from __future__ import annotations
@@ -160,3 +165,115 @@ def test_a_file_that_cannot_be_opened_says_why(cli, tmp_path, psycho_path):
     for path, why in said.items():
         r = cli("run", "-m", psycho_path, "-l", path, "-p", "人", timeout=30)
         assert _only_error(r) == f"nano: error: {path}: {why} (NANO_ERR_IO)", r.stderr
+
+
+# ---------------------------------------------------------------------------
+# A prompt that leaves no room for a new token
+
+FULL = "nano: error: {what}: context full (NANO_ERR_CONTEXT_FULL): "
+
+
+def _n_tokens(path, text: str) -> int:
+    """The prompt's length as nano_tokenizer (the reference) counts it."""
+    import nano_format as nf
+    from nano_tokenizer import Tokenizer
+
+    with nf.read(path) as f:
+        return len(Tokenizer.from_tokens(f.tokens).encode(text))
+
+
+def test_a_prompt_that_fills_sort6s_block_names_the_lengths_and_seq2seq(cli, sort6_path):
+    """The README's own fixture, a seq2seq model in layout 2025.12 (which reads as causal), given
+    to `nano run`: its 6-token input fills its 6-token block."""
+    assert _n_tokens(sort6_path, "251212") == 6
+    hint = (f"(a shorter prompt: a context holds at most the model's block size, 6); a full-attention model runs "
+            f"with nano seq2seq -m {sort6_path} INPUT (layout 2025.12 cannot record the attention kind: it reads "
+            "as causal)")
+    r = cli("run", "-m", sort6_path, "-p", "251212", "-t", "0.5")
+    assert _only_error(r) == (FULL.format(what="prompt") + "the prompt is 6 tokens and the context holds 6: no "
+                              "room for a new token " + hint)
+    # the chat is instruct mode: the template's two marks count too
+    r = cli("run", "-m", sort6_path, "-t", "0", input="251212\n")
+    assert r.returncode == 1 and r.stdout == "\n", r
+    assert r.stderr == (FULL.format(what="line 1") + "the prompt is 8 tokens with the instruct marks and the "
+                        "context holds 6: no room for a new token " + hint + "\n")
+    # and what it names works
+    r = cli("seq2seq", "-m", sort6_path, "251212")
+    assert (r.returncode, r.stdout) == (0, "112225\n"), r
+
+
+def test_a_prompt_longer_than_the_context_says_by_how_much(cli, psycho_path):
+    text = "心理学家" * 5
+    n = _n_tokens(psycho_path, text)
+    assert 16 < n < 512
+    r = cli("run", "-m", psycho_path, "--ctx", "16", "-p", text, "-n", "1")
+    # a longer --ctx would do: no word of seq2seq
+    assert _only_error(r) == (FULL.format(what="prompt") + f"the prompt is {n} tokens and the context holds 16: "
+                              "no room for a new token (a longer --ctx, up to the block size 512, or a shorter "
+                              "prompt)")
+    r = cli("run", "-m", psycho_path, "--ctx", "16", "--system", "你是谁", input=text + "\n")
+    n_joined = _n_tokens(psycho_path, "你是谁\n" + text) + 2
+    assert r.stderr == (FULL.format(what="line 1") + f"the prompt is {n_joined} tokens with the --system text and "
+                        "the instruct marks and the context holds 16: no room for a new token (a longer --ctx, up "
+                        "to the block size 512, or a shorter prompt)\n"), r.stderr
+    # longer than the block: only a shorter prompt helps, and seq2seq would not take it either
+    text = "心" * 600
+    n = _n_tokens(psycho_path, text)
+    assert n > 512
+    r = cli("run", "-m", psycho_path, "-p", text, "-n", "1")
+    assert _only_error(r) == (FULL.format(what="prompt") + f"the prompt is {n} tokens and the context holds 512: "
+                              "no room for a new token (a shorter prompt: a context holds at most the model's block "
+                              "size, 512)")
+
+
+def test_only_a_file_that_cannot_record_attention_gets_the_seq2seq_hint(cli, h, tmp_path):
+    """The same weights in layout 2026.1 (attention not recorded) and in 2026.101 (causal
+    recorded): only the first may be a full-attention model that reads as causal."""
+    text = "abcdefgh"
+    probe = tmp_path / "probe.bin"
+    probe.write_bytes(h.model_bytes(seed=4))
+    n = _n_tokens(probe, text)
+    for layout, kw, hint in (("2026.1", {}, f"; a full-attention model runs with nano seq2seq -m {{path}} INPUT "
+                                               "(layout 2026.1 cannot record the attention kind: it reads as causal)"),
+                             ("2026.101", dict(attention=0), "")):
+        path = tmp_path / f"{layout}.bin"
+        path.write_bytes(h.model_bytes(seed=4, layout=layout, block_size=n, **kw))
+        r = cli("run", "-m", path, "-p", text, "-n", "1")
+        assert _only_error(r) == (FULL.format(what="prompt") + f"the prompt is {n} tokens and the context holds "
+                                  f"{n}: no room for a new token (a shorter prompt: a context holds at most the "
+                                  f"model's block size, {n})" + hint.format(path=path)), layout
+
+
+# ---------------------------------------------------------------------------
+# A model given without its -m
+
+
+def _usage_error(r) -> str:
+    assert (r.returncode, r.stdout) == (2, ""), r
+    first, rest = r.stderr.split("\n", 1)
+    assert rest == "(run 'nano --help' for usage)\n", r.stderr
+    return first
+
+
+def test_a_model_without_its_m_asks_did_you_mean(cli, psycho_path, sort6_path):
+    for args, want in (
+            (("run", psycho_path, "-p", "x"), f"run: unknown option '{psycho_path}'"),
+            (("seq2seq", sort6_path, "251212"), f"seq2seq: one INPUT only (got '{sort6_path}' and '251212')"),
+            (("seq2seq", "251212", sort6_path), f"seq2seq: one INPUT only (got '251212' and '{sort6_path}')"),
+            (("seq2seq", sort6_path), "seq2seq: -m MODEL is required"),
+            (("bench", psycho_path), f"bench: unknown option '{psycho_path}'")):
+        path = sort6_path if args[0] == "seq2seq" else psycho_path
+        assert _usage_error(cli(*args)) == f"nano: error: {want} (did you mean -m {path}?)", args
+
+
+def test_a_stray_argument_that_is_no_model_file_gets_no_hint(cli, psycho_path, sort6_path, tmp_path):
+    missing = tmp_path / "nope.bin"
+    for args, want in (
+            (("run", missing, "-p", "x"), f"run: unknown option '{missing}'"),
+            (("run", tmp_path, "-p", "x"), f"run: unknown option '{tmp_path}'"),  # a folder
+            (("run", psycho_path, "-m", psycho_path, "-p", "x"), f"run: unknown option '{psycho_path}'"),
+            (("seq2seq", "12", "34"), "seq2seq: one INPUT only (got '12' and '34')"),
+            (("seq2seq", sort6_path, "251212", "--model", sort6_path),
+             f"seq2seq: one INPUT only (got '{sort6_path}' and '251212')"),
+            (("seq2seq", "12"), "seq2seq: -m MODEL is required")):
+        assert _usage_error(cli(*args)) == f"nano: error: {want}", args
