@@ -10,10 +10,11 @@ VOCAB is a tokenizer JSON file or a .bin model file (its tokenizer section is
 read). TEXTFILE is UTF-8 text, `-` for standard input; it is streamed, so any
 size works. `encode` prints the ids separated by spaces, or writes them to a
 .npy file of uint32 with --out. `decode` takes ids as arguments, from a .npy
-file, or as whitespace/comma separated text on standard input, and writes the
-text exactly (no newline added); it works in pieces, so any number of ids
-fits, and writes nothing unless every id is valid. Special-token strings in
-the text (such as <|eos|>) stay ordinary characters unless --allow-special.
+file (known by its first bytes, whatever its name), or as whitespace/comma
+separated text on standard input, and writes the text exactly (no newline
+added); it works in pieces, so any number of ids fits, and writes nothing
+unless every id is valid. Special-token strings in the text (such as <|eos|>)
+stay ordinary characters unless --allow-special.
 
 Outputs are written atomically into an existing folder (none is created); an
 output that is the same file as an input, or that could not be written (a
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from nano_format import shown
+from nano_format import shown, spec
 
 from . import __version__
 from .build import build_vocab
@@ -97,6 +98,22 @@ def _refuse_same_file(output: str, inputs) -> None:
             raise _Fail(f"{output}: is the same file as {shown}; write the output elsewhere")
 
 
+def _load_vocab(path: str, other: str | None, usage: str) -> Tokenizer:
+    """Tokenizer.load(path). When that fails but `other`, the command's next
+    argument, is a regular file that loads as a vocabulary, the two were
+    swapped: the message says which comes first."""
+    try:
+        return Tokenizer.load(path)
+    except TokenizerError as e:
+        if other is not None and os.path.isfile(other):  # not a pipe: reading it would use it up
+            try:
+                Tokenizer.load(other)
+            except TokenizerError:
+                raise e from None
+            raise _Fail(f"{e} ({other} is a vocabulary, and the vocabulary comes first: {usage})") from None
+        raise
+
+
 def _clip(word: str, limit: int = 40) -> str:
     return word if len(word) <= limit else f"{word[:limit]}... ({len(word)} characters)"
 
@@ -130,7 +147,7 @@ def cmd_info(args) -> None:
     kind = "JSON"  # a pipe is read once, by load, and only as JSON (a .bin model must be a regular file)
     if os.path.isfile(args.vocab):
         with open(args.vocab, "rb") as f:
-            kind = ".bin model" if f.read(8) == b"S4DBMLRU" else "JSON"
+            kind = ".bin model" if f.read(len(spec.MAGIC_BYTES)) == spec.MAGIC_BYTES else "JSON"
     longest_id = max(range(tok.vocab_size), key=lambda i: (len(tok.itos[i]), -i))
     ordinary = [i for i, t in enumerate(tok.itos) if t not in specials]
     multi = [i for i in ordinary if len(tok.itos[i]) > 1]
@@ -188,7 +205,7 @@ def _write_npy(out: Path, parts) -> int:
 
 
 def cmd_encode(args) -> None:
-    tok = Tokenizer.load(args.vocab)
+    tok = _load_vocab(args.vocab, args.textfile, "encode VOCAB TEXTFILE")
     if args.out is not None:
         _refuse_same_file(args.out, [args.vocab, args.textfile])
         check_writable(args.out)
@@ -334,15 +351,43 @@ def _spool(parts) -> np.ndarray:
         raise _Fail(f"cannot keep the ids of {STDIN} in a temporary file: {e.strerror or e}") from None
 
 
+_IDS_COME_AS = "token ids come as numbers, a .npy file, or - for standard input"
+_NPY_MAGIC = np.lib.format.MAGIC_PREFIX  # b"\x93NUMPY"
+
+
+def _only_ids(item: str) -> bool:
+    return all(_ID.fullmatch(word) for word in _SEPARATORS.split(item) if word)
+
+
+def _is_npy(item: str) -> bool:
+    """Whether a non-numeric IDS argument names a .npy file: by its name, or
+    else by its magic, as `encode --out ids.txt` writes a .npy whatever the name."""
+    if item.endswith(".npy"):
+        return True  # _read_npy says what is wrong with it, if anything
+    if not os.path.isfile(item):  # a FIFO is not opened: that could wait for a writer
+        return False
+    try:
+        with open(item, "rb") as f:
+            return f.read(len(_NPY_MAGIC)) == _NPY_MAGIC
+    except OSError as e:
+        raise _Fail(f"{item}: cannot read ids: {e.strerror or e}") from None
+
+
 def _read_ids(items: list[str], chunk: int):
     """(ids, check): an integer array, perhaps over a memory map, and a
     function to call before each piece of it is read (see _read_npy)."""
-    if len(items) == 1 and items[0].endswith(".npy"):
-        return _read_npy(items[0])
     if not items or items == ["-"]:
         if sys.stdin is None:  # started with standard input closed
             raise _Fail(f"{STDIN} is closed")
         return _spool(_text_ids(read_utf8(sys.stdin.buffer, STDIN, size=chunk))), lambda: None
+    # An argument of ids only ("12", "1,2") is ids even if a file has that name.
+    files = [item for item in items if not _only_ids(item) and (item.endswith(".npy") or os.path.lexists(item))]
+    if len(items) == 1 and files and _is_npy(files[0]):
+        return _read_npy(files[0])
+    for item in files:
+        if _is_npy(item):
+            raise _Fail(f"{item}: a .npy file must be the only IDS argument ({_IDS_COME_AS})")
+        raise _Fail(f"{item}: not a .npy file ({_IDS_COME_AS})")
     return _parse_ids(_SEPARATORS.split(" ".join(items))), lambda: None
 
 
@@ -360,7 +405,7 @@ def _pieces(ids: np.ndarray, size: int, check) -> Iterator[np.ndarray]:
 
 
 def cmd_decode(args) -> None:
-    tok = Tokenizer.load(args.vocab)
+    tok = _load_vocab(args.vocab, args.ids[0] if len(args.ids) == 1 else None, "decode VOCAB IDS")
     ids, check = _read_ids(args.ids, args.chunk_ids)
     low = high = 0  # a valid id: it changes neither the verdict nor the id named
     for piece in _pieces(ids, args.chunk_ids, check):

@@ -51,6 +51,26 @@ class TokenizerError(ValueError):
     """A vocabulary that cannot be used, or a request it cannot serve."""
 
 
+# Binary files people hand over by mistake for a vocabulary or a text, by their
+# first bytes, in nano-format's words (a Nano model's magic comes from nano-format).
+_OTHER_MAGICS = {
+    b"PK\x03\x04": "a zip archive (a PyTorch checkpoint?)",
+    b"GGUF": "a GGUF file",
+    np.lib.format.MAGIC_PREFIX: "a .npy file",
+}
+_HEAD_BYTES = 8  # enough for every magic here, a Nano model's included
+
+
+def _binary_kind(head: bytes) -> str | None:
+    """What a file starting with `head` is, if it starts as a binary format
+    people mistake for text (a Nano model, a PyTorch checkpoint, ...); else None."""
+    from nano_format import spec
+
+    if head.startswith(spec.MAGIC_BYTES):
+        return "a Nano model file"
+    return next((what for magic, what in _OTHER_MAGICS.items() if head.startswith(magic)), None)
+
+
 def _is_surrogate(ch: str) -> bool:
     return 0xD800 <= ord(ch) <= 0xDFFF
 
@@ -93,6 +113,8 @@ class Tokenizer:
         from nano_format import JSONTextError, parse_json
 
         not_ours = f"{path}: not a tokenizer JSON file nor a .bin model"
+        if what := _binary_kind(data):  # no JSON text starts so: name the format, not its first bad byte
+            raise TokenizerError(f"{path}: {what}, not a tokenizer JSON file nor a .bin model")
         try:
             d = parse_json(data.decode("utf-8"), unique_keys=True)  # a token given twice is a broken vocabulary
         except UnicodeDecodeError as e:
@@ -441,14 +463,19 @@ def read_utf8(f: BinaryIO, name, size: int = READ_BYTES, max_bytes: int | None =
     anything past the limit is decoded."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = 0  # bytes read before `block`
+    head = b""  # the file's first bytes: a binary format is named rather than its first bad byte
     while True:
         block = f.read(size if max_bytes is None else min(size, max_bytes + 1 - offset))
+        if len(head) < _HEAD_BYTES:
+            head += block[: _HEAD_BYTES - len(head)]
         if max_bytes is not None and offset + len(block) > max_bytes:
             raise TokenizerError(f"{name}: larger than {max_bytes >> 20} MiB, the most a {kind} may be")
         held = len(decoder.getstate()[0])  # the start of a character cut by the last block
         try:
             text = decoder.decode(block, final=not block)
         except UnicodeDecodeError as e:
+            if what := _binary_kind(head):
+                raise TokenizerError(f"{name}: {what}, not UTF-8 text") from None
             # e.start counts from the held bytes, not from the file's start.
             raise TokenizerError(f"{name}: not UTF-8 text ({e.reason} at byte {offset - held + e.start})") from None
         if text:
