@@ -64,6 +64,7 @@
 
 #include <libwebsockets.h>
 
+#include "../cli/load_report.h" /* the same explanations as nano's for a file that cannot be used */
 #include "json.h"
 #include "nano.h"
 #include "protocol.h"
@@ -825,13 +826,6 @@ static int model_error(const char *path, const char *what, nano_status st) {
     return 1;
 }
 
-/* A failed load: the status and, where the loader said, what is wrong and where. */
-static int load_error(const char *path, nano_status st, const char *detail) {
-    if (!detail[0]) return model_error(path, "", st);
-    fprintf(stderr, "nano-wss: error: %s: %s (%s): %s\n", path, nano_status_string(st), nano_status_name(st),
-            detail);
-    return 1;
-}
 
 /* Load the model (and LoRA) and check, with one trial context, that the
  * engine runs it with these settings, so that no client finds out later. */
@@ -846,8 +840,10 @@ static int load(wss_server *srv) {
     mp.error_detail = detail;
     mp.error_detail_size = sizeof detail;
     st = nano_model_load_file(o->model_path, &mp, &srv->model);
-    if (st != NANO_OK) return load_error(o->model_path, st, detail);
+    if (st != NANO_OK) return nano_report_load("nano-wss", st, o->model_path, detail, 0);
     nano_model_get_info(srv->model, &srv->model_info);
+    if (srv->model_info.model_type == NANO_MODEL_TYPE_LORA)
+        return nano_report_lora_as_model("nano-wss", o->model_path, 1);
     if (!srv->model_info.runnable)
         return model_error(o->model_path, "this engine does not run this file: ", NANO_ERR_UNSUPPORTED);
     if (o->n_ctx > srv->model_info.block_size) {
@@ -857,7 +853,7 @@ static int load(wss_server *srv) {
     }
     if (o->lora_path) {
         st = nano_lora_load_file(o->lora_path, &mp, &srv->lora);
-        if (st != NANO_OK) return load_error(o->lora_path, st, detail);
+        if (st != NANO_OK) return nano_report_load("nano-wss", st, o->lora_path, detail, 1);
         nano_lora_get_info(srv->lora, &srv->lora_info);
     }
     cp.n_ctx = o->n_ctx;
@@ -867,6 +863,7 @@ static int load(wss_server *srv) {
     if (srv->lora) st = nano_context_set_lora(trial, srv->lora);
     srv->n_ctx = nano_context_n_ctx(trial);
     nano_context_free(trial);
+    if (st == NANO_ERR_LORA_MISMATCH) return nano_report_lora_mismatch("nano-wss", o->lora_path, srv->model, srv->lora);
     if (st != NANO_OK) return model_error(o->lora_path, "", st);
 
     tok = nano_model_tokenizer(srv->model);

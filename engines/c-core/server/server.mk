@@ -21,7 +21,7 @@ endif
 
 $(WSS_OBJ): ALL_CFLAGS += $(WSS_CFLAGS) -pthread
 
-$(BUILD)/nano-wss: $(WSS_OBJ) $(BUILD)/libnano.a
+$(BUILD)/nano-wss: $(WSS_OBJ) $(BUILD)/cli/load_report.o $(BUILD)/libnano.a
 	$(CC) -o $@ $^ $(LDFLAGS_ALL) -pthread $(WSS_LIBS) $(LDLIBS)
 
 -include $(WSS_OBJ:.o=.d)

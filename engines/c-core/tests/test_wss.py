@@ -1153,6 +1153,10 @@ def test_bad_command_lines(h, binaries, build, psycho, tmp_path):
     os.mkfifo(fifo)  # opening it for reading used to wait forever for a writer
     lora_as_model = _lora(h, tmp_path / "lora.bin")
     wrong_lora = _lora(h, tmp_path / "wrong_lora.bin", n_embd=16)
+    import torch
+
+    checkpoint = tmp_path / "best.pt"
+    torch.save({"x": torch.zeros(1)}, checkpoint)  # what a newcomer gives instead of an exported model
     busy = _free_port_in_use()
     try:
         cases = [
@@ -1174,10 +1178,16 @@ def test_bad_command_lines(h, binaries, build, psycho, tmp_path):
             (["-m", psycho, "--threads", "+1"], 2, "--threads"),
             (["-m", psycho, "--max-tokens-cap", "-5"], 2, "--max-tokens-cap"),
             (["-m", psycho, "--host", "example.com"], 2, "--host"),
-            (["-m", tmp_path / "missing.bin"], 1, "NANO_ERR_IO"),
+            # the same explanations as nano's (cli/load_report.c); was the library's status alone
+            (["-m", tmp_path / "missing.bin"], 1, "missing.bin: No such file or directory (NANO_ERR_IO)"),
+            (["-m", tmp_path], 1, ": a folder (a directory), not a model file (NANO_ERR_IO)"),
+            (["-m", checkpoint], 1, "a zip archive, probably a PyTorch checkpoint (.pt): export it first with "
+                                    f"python -m nano_train.export --ckpt {checkpoint} --out MODEL.bin"),
             (["-m", bad_magic], 1, "(NANO_ERR_BAD_MAGIC): the file starts with 00 00 00 00"),
-            (["-m", lora_as_model], 1, "NANO_ERR_UNSUPPORTED"),
-            (["-m", psycho, "-l", wrong_lora], 1, "NANO_ERR_LORA_MISMATCH"),
+            (["-m", lora_as_model], 1, "(NANO_ERR_UNSUPPORTED): the file is a LoRA module, not a model: give the "
+                                       "base model with -m and the LoRA with -l"),
+            (["-m", psycho, "-l", wrong_lora], 1, "(NANO_ERR_LORA_MISMATCH): the LoRA is for (n_layer, n_embd, "
+                                                  "n_head, n_kv_head) = (8, 16, 4, 2), the model is (8, 32, 4, 2)"),
             (["-m", psycho, "-l", bad_magic], 1, "NANO_ERR_BAD_MAGIC"),
             (["-m", nan_model], 1, "(NANO_ERR_NON_FINITE): norm_final["),
             (["-m", psycho, "-l", nan_lora], 1, "(NANO_ERR_NON_FINITE): wq_A["),
