@@ -338,7 +338,7 @@ def test_other_bad_utf8_keeps_its_byte_offset(mistaken_files, capsys):
     assert error_line(rc, err).endswith("bad.txt: not UTF-8 text (invalid start byte at byte 3)")
 
 
-# --- 4. a .npy file under another name, and other mistaken_files as ids ---------------
+# --- 4. a .npy file under another name, and other files as ids ---------------------------
 
 
 def test_encode_out_under_a_txt_name_decodes(mistaken_files, capsys):
