@@ -577,16 +577,13 @@ static void print_stats(const nano_session *s, const nano_context *ctx) {
     int threads = (int)nano_context_threads(ctx);
     nano_session_get_stats(s, &st);
     fprintf(stderr,
-            "nano: prompt %u tokens in %.2f ms (%.1f tokens/s), first token after %.2f ms, "
-            "%u tokens generated, decode %.1f tokens/s, %d thread%s, peak memory %ld KiB\n",
-            st.prompt_tokens, st.prefill_ms, st.prefill_tokens_per_s, st.ttft_ms, st.generated_tokens,
-            st.decode_tokens_per_s, threads, threads == 1 ? "" : "s", peak_rss_kib());
+            "nano: prompt %u token%s in %.2f ms (%.1f tokens/s), first token after %.2f ms, "
+            "%u token%s generated, decode %.1f tokens/s, %d thread%s, peak memory %ld KiB\n",
+            st.prompt_tokens, st.prompt_tokens == 1 ? "" : "s", st.prefill_ms, st.prefill_tokens_per_s, st.ttft_ms,
+            st.generated_tokens, st.generated_tokens == 1 ? "" : "s", st.decode_tokens_per_s, threads,
+            threads == 1 ? "" : "s", peak_rss_kib());
 }
 
-/* One generation, streamed to standard output, or with `answer` gathered there
- * and written whole once it has ended well (`escape`: the chat's one line per
- * answer, see write_text). Returns 0; 1 after printing the error (`what` names
- * the input); -1 when standard output failed. */
 /* A note on standard error when characters of the prompt are not in the
  * vocabulary: each became <|unknown|>, so the model was not given the text as
  * typed (nano_train.sample says the same). */
@@ -635,6 +632,10 @@ static int report_context_full(const nano_context *ctx, const char *prompt, uint
     return 1;
 }
 
+/* One generation, streamed to standard output, or with `answer` gathered there
+ * and written whole once it has ended well (`escape`: the chat's one line per
+ * answer, see write_text). Returns 0; 1 after printing the error (`what` names
+ * the input); -1 when standard output failed. */
 static int generate(nano_session *s, const char *prompt, uint32_t mode, const run_opts *o,
                     const nano_context *ctx, const char *what, int escape, text_buf *answer) {
     nano_token_event ev;

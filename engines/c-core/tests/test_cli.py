@@ -107,11 +107,13 @@ def test_run_text_and_profile(cli, psycho_path):
     assert other.stdout != r.stdout
 
 
-def test_profile_counts_threads_in_words(cli, psycho_path):
+def test_profile_counts_threads_and_tokens_in_words(cli, psycho_path):
     for threads, said in (("1", ", 1 thread, "), ("2", ", 2 threads, ")):
         r = cli("run", "-m", psycho_path, "-p", "人的心理", "-t", "0", "-n", "4", "--profile", "--threads", threads)
         assert r.returncode == 0, r.stderr
-        assert said in r.stderr, r.stderr
+        assert said in r.stderr and ", 4 tokens generated, " in r.stderr, r.stderr
+    r = cli("run", "-m", psycho_path, "-p", "人", "-t", "0", "-n", "1", "--profile")  # (was "1 tokens")
+    assert "nano: prompt 1 token in " in r.stderr and ", 1 token generated, " in r.stderr, r.stderr
 
 
 def test_run_top_k_one_is_greedy(cli, psycho_path):

@@ -375,3 +375,17 @@ def test_ids_stay_ids_even_when_a_file_has_their_name(mistaken_files, capsys):
     assert out == tok.decode([12])
     rc, _, err = run_here(capsys, ["decode", "vocab.json", "nothing-here"])
     assert error_line(rc, err).endswith("not a token id: 'nothing-here'")
+
+
+def test_encode_notes_characters_the_vocabulary_lacks(capsys, tmp_path, shared):
+    # (was: silent, as nano run and nano_train.sample were not: the ids just held <|unknown|>)
+    text = tmp_path / "u.txt"
+    text.write_text("人的心理\U0001F600\U0001F601\n", encoding="utf-8")
+    vocab = shared / "data" / "tokenizer_4096.json"
+    rc, out, err = run_here(capsys, ["encode", vocab, text])
+    unk = Tokenizer.load(vocab).unk_id
+    assert rc == 0 and out.split().count(str(unk)) == 2
+    assert err == ("note: 2 characters are not in the vocabulary and became <|unknown|> (as nano run and "
+                   "nano_train.sample note)\n")
+    text.write_text("人的心理\n", encoding="utf-8")
+    assert run_here(capsys, ["encode", vocab, text])[2] == ""

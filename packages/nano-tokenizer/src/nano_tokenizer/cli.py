@@ -210,8 +210,17 @@ def cmd_encode(args) -> None:
         _refuse_same_file(args.out, [args.vocab, args.textfile])
         check_writable(args.out)
     name = STDIN if args.textfile == "-" else args.textfile
+    unknown = 0
+
+    def counted(pieces):  # the <|unknown|> ids: characters the vocabulary lacks (noted at the end)
+        nonlocal unknown
+        for ids in pieces:
+            unknown += int(np.count_nonzero(ids == tok.unk_id))
+            yield ids
+
     with _open_binary(args.textfile) as f:
-        parts = tok.encode_stream(read_utf8(f, name), chunk_chars=args.chunk_chars, allow_special=args.allow_special)
+        parts = counted(tok.encode_stream(read_utf8(f, name), chunk_chars=args.chunk_chars,
+                                          allow_special=args.allow_special))
         if args.out is not None:
             count = _write_npy(Path(args.out), parts)
             print(f"{count} ids -> {args.out}", file=sys.stderr)
@@ -223,6 +232,9 @@ def cmd_encode(args) -> None:
                     out.write(("" if first else " ") + " ".join(map(str, ids.tolist())))
                     first = False
             out.write("\n")
+    if unknown:
+        print(f"note: {unknown} character{'s are' if unknown != 1 else ' is'} not in the vocabulary and became "
+              f"<|unknown|> (as nano run and nano_train.sample note)", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------
