@@ -32,11 +32,10 @@
 #include "nano.h"
 
 #if defined(__unix__) || defined(__APPLE__)
-#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #define HAVE_ISATTY 1
-#define HAVE_POSIX_FILES 1 /* stat, open: say why a file could not be loaded */
+#define HAVE_POSIX_FILES 1 /* stat: is a stray argument a file (did you mean -m)? */
 #endif
 
 #include <time.h>

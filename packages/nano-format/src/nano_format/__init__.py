@@ -33,7 +33,7 @@ from .errors import (
     shown,
 )
 from .quant import QuantizedTensor, choose_group_size, dequantize_q8_0, quantize_q8_0
-from .reader import NanoFile, TensorInfo, load, read
+from .reader import NanoFile, TensorInfo, load, other_format, read
 from .vocab import (
     BpeToken,
     TokenEntry,
@@ -49,6 +49,7 @@ __version__ = "0.1.0"
 __all__ = [
     "spec",
     "read",
+    "other_format",
     "load",
     "NanoFile",
     "Config",

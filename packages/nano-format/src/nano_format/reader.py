@@ -56,12 +56,20 @@ from .quant import QuantizedTensor, check_group_size, dequantize_q8_0, first_bad
 from .spec import ModelType, QuantType, TokenizerKind
 from .vocab import check_bpe_section, check_trie_section, decode_bpe_section, decode_tokenizer_section
 
-__all__ = ["read", "load", "NanoFile", "TensorInfo"]
+__all__ = ["read", "load", "NanoFile", "TensorInfo", "other_format"]
 
 _U64_LIMIT = 1 << 64
-# A few other formats people hand us by mistake, for a friendlier BadMagic.
+# Binary formats people hand over by mistake for a model file (or, to nano-tokenizer, for a
+# vocabulary or a text), by their first bytes
 _OTHER_MAGICS = {b"GGUF": "a GGUF file", b"PK\x03\x04": "a zip archive (a PyTorch checkpoint?)",
-                 b"\x80\x02": "a Python pickle", b"{": "a JSON file"}
+                 b"\x80\x02": "a Python pickle", np.lib.format.MAGIC_PREFIX: "a .npy file"}
+
+
+def other_format(head: bytes) -> str | None:
+    """What a file starting with `head` is, when it starts as one of the binary formats
+    people mistake for a Nano model file ("a GGUF file", "a zip archive (a PyTorch
+    checkpoint?)", ...); None otherwise (a Nano model file included)."""
+    return next((what for magic, what in _OTHER_MAGICS.items() if head.startswith(magic)), None)
 
 
 @dataclass(frozen=True)
@@ -158,7 +166,8 @@ class NanoFile:
     def _read_header(self, data: np.ndarray, size: int) -> None:
         prefix = bytes(data[: min(size, len(spec.MAGIC_BYTES))])
         if prefix != spec.MAGIC_BYTES[: len(prefix)]:
-            hint = next((f" ({what})" for magic, what in _OTHER_MAGICS.items() if prefix.startswith(magic)), "")
+            what = other_format(prefix) or ("a JSON file" if prefix.startswith(b"{") else None)
+            hint = f" ({what})" if what else ""
             raise BadMagic(f"expected {spec.MAGIC_BYTES!r}, found {prefix!r}{hint}: not a Nano model file",
                            field="magic", offset=0)
         if size < spec.HEADER_SIZE:

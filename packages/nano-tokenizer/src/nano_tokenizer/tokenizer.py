@@ -21,6 +21,8 @@ from types import MappingProxyType
 from typing import BinaryIO, Iterable, Iterator, Mapping
 
 import numpy as np
+import nano_format
+from nano_format import JSONTextError, TokenEntry, file_kind, open_without_waiting, other_format, parse_json, spec
 
 from .matcher import Matcher
 
@@ -44,31 +46,22 @@ BD4SUR = "<|BD4SUR|>"
 DEFAULT_SPECIALS = (PADDING, UNKNOWN, BOS, EOS, INSTRUCT, RESPONSE, BD4SUR)
 
 _SPECIAL_SHAPE = re.compile(r"<\|[^|]+\|>\Z")
-_BIN_MAGIC = b"S4DBMLRU"
 
 
 class TokenizerError(ValueError):
     """A vocabulary that cannot be used, or a request it cannot serve."""
 
 
-# Binary files people hand over by mistake for a vocabulary or a text, by their
-# first bytes, in nano-format's words (a Nano model's magic comes from nano-format).
-_OTHER_MAGICS = {
-    b"PK\x03\x04": "a zip archive (a PyTorch checkpoint?)",
-    b"GGUF": "a GGUF file",
-    np.lib.format.MAGIC_PREFIX: "a .npy file",
-}
-_HEAD_BYTES = 8  # enough for every magic here, a Nano model's included
+_HEAD_BYTES = len(spec.MAGIC_BYTES)  # the first bytes that tell a binary file (nano_format.other_format's too)
 
 
 def _binary_kind(head: bytes) -> str | None:
-    """What a file starting with `head` is, if it starts as a binary format
-    people mistake for text (a Nano model, a PyTorch checkpoint, ...); else None."""
-    from nano_format import spec
-
+    """What a file starting with `head` is, if it starts as a binary format people
+    mistake for a vocabulary or a text: a Nano model, or one nano_format names (a
+    PyTorch checkpoint, a GGUF, a .npy, ...); else None."""
     if head.startswith(spec.MAGIC_BYTES):
         return "a Nano model file"
-    return next((what for magic, what in _OTHER_MAGICS.items() if head.startswith(magic)), None)
+    return other_format(head)
 
 
 def _is_surrogate(ch: str) -> bool:
@@ -97,21 +90,19 @@ class Tokenizer:
         path = Path(open_input_name(path))  # an empty name is refused, never read as "."
         try:
             with open_input(path) as f:
-                head = f.read(len(_BIN_MAGIC))
-                if head != _BIN_MAGIC:
+                head = f.read(len(spec.MAGIC_BYTES))
+                if head != spec.MAGIC_BYTES:
                     # Never more than the cap, whatever the source (a pipe may never end).
                     data = _read_at_most(f, MAX_JSON_BYTES + 1, head)
         except OSError as e:
             raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
-        if head == _BIN_MAGIC:
+        if head == spec.MAGIC_BYTES:
             return cls._load_bin(path)
         if len(data) > MAX_JSON_BYTES:
             raise TokenizerError(
                 f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB, the most a tokenizer JSON file may be; "
                 "not a vocabulary"
             )
-        from nano_format import JSONTextError, parse_json
-
         not_ours = f"{path}: not a tokenizer JSON file nor a .bin model"
         if what := _binary_kind(data):  # no JSON text starts so: name the format, not its first bad byte
             raise TokenizerError(f"{path}: {what}, not a tokenizer JSON file nor a .bin model")
@@ -125,14 +116,12 @@ class Tokenizer:
 
     @classmethod
     def _load_bin(cls, path: Path) -> "Tokenizer":
-        import nano_format  # only .bin files need the format package
-
         try:
             with nano_format.read(path) as nano_file:
-                kind = nano_format.spec.TokenizerKind(nano_file.tokenizer_kind)
-                if kind == nano_format.spec.TokenizerKind.NONE:
+                kind = spec.TokenizerKind(nano_file.tokenizer_kind)
+                if kind == spec.TokenizerKind.NONE:
                     raise TokenizerError(f"{path}: has no tokenizer section")
-                if kind != nano_format.spec.TokenizerKind.TRIE:
+                if kind != spec.TokenizerKind.TRIE:
                     raise TokenizerError(f"{path}: holds a {kind.name} tokenizer, not a Nano vocabulary")
                 tokens = nano_file.tokens
         except nano_format.FormatError as e:
@@ -231,8 +220,6 @@ class Tokenizer:
 
     def to_tokens(self) -> list:
         """nano-format `TokenEntry` records, `is_special` set for special tokens."""
-        from nano_format import TokenEntry
-
         return [TokenEntry(id=i, text=text, is_special=text in self._specials) for i, text in enumerate(self._itos)]
 
     # -- the vocabulary -----------------------------------------------------
@@ -503,8 +490,6 @@ def open_input(path, *, regular_only: str | None = None) -> BinaryIO:
     opened without blocking and its type taken from the open descriptor, so it
     cannot change between the check and the open. OSErrors and refusals name
     the file; refusals are TokenizerErrors."""
-    from nano_format import file_kind, open_without_waiting
-
     name = open_input_name(path)
     fd, mode = open_without_waiting(name)
     try:
@@ -592,8 +577,6 @@ def write_atomically(path, chunks: Iterable[bytes]) -> None:
     """`nano_format.write_atomically` (temporary file beside `path`, fsync,
     rename; a replaced file keeps its mode; only a regular file is replaced;
     errors name `path`), its refusal raised as a TokenizerError."""
-    import nano_format
-
     try:
         nano_format.write_atomically(path, chunks)
     except nano_format.FormatError as e:
@@ -603,8 +586,6 @@ def write_atomically(path, chunks: Iterable[bytes]) -> None:
 def check_writable(path) -> None:
     """`nano_format.check_writable`: what write_atomically would refuse, refused
     before any work, as the same TokenizerError or OSError."""
-    import nano_format
-
     try:
         nano_format.check_writable(path)
     except nano_format.FormatError as e:

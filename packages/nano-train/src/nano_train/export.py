@@ -368,7 +368,8 @@ def _and(paths: list[Path]) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(either_spelling(build_parser(), argv))
+    parser = build_parser()
+    args = parser.parse_args(either_spelling(parser, argv))
     written: list[Path] = []  # filled once every file is in place
     try:
         return _print_summary(_export(args, written), written)

@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     try:  # the first thing imports numpy
         from nano_train.data import DataError, path_text
 
-        args = build_parser().parse_args(either_spelling(build_parser(), argv))
+        parser = build_parser()
+        args = parser.parse_args(either_spelling(parser, argv))
         out_dir = Path(args.out_dir)
         shown = path_text(out_dir)  # standard output may not take a name that is not UTF-8 as it is
         before = _meta_stamp(out_dir)

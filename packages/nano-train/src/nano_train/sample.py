@@ -317,7 +317,8 @@ def _error_text(e: Exception) -> str:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(either_spelling(build_parser(), argv))
+    parser = build_parser()
+    args = parser.parse_args(either_spelling(parser, argv))
     for stream in (sys.stdout, sys.stderr):  # a text the terminal cannot encode must not stop the output
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="backslashreplace")

@@ -1095,7 +1095,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             raise
         asked = "the checkpoint the interrupt asked for was not written; " if stop["requested"] else ""
         where = (f"the last checkpoint written is {last_saved}: {resume_hint(out_dir)}" if last_saved
-                 else "no checkpoint was written")
+                 else stopped_hint(out_dir))
         raise LostContact(f"{e}; {asked}{where}") from None
     except BaseException:
         restore_handlers()
