@@ -95,8 +95,24 @@ static int report_io(const char *prog, const char *path, int as_lora) {
     return 1;
 }
 
+/* Whether the file at path loads as a model (one given where a LoRA module goes). */
+static int loads_as_model(const char *path) {
+    nano_model *m = NULL;
+    nano_model_params mp = nano_model_default_params();
+    if (nano_model_load_file(path, &mp, &m) != NANO_OK) return 0;
+    nano_model_free(m);
+    return 1;
+}
+
 int nano_report_load(const char *prog, nano_status st, const char *path, const char *detail, int as_lora) {
     if (st == NANO_ERR_IO) return report_io(prog, path, as_lora);
+    if (as_lora && st == NANO_ERR_UNKNOWN_MODEL_TYPE && loads_as_model(path)) {
+        /* (not the status's text: the type is known, it is not a LoRA's) */
+        fprintf(stderr, "%s: error: %s: a model file, not a LoRA module (%s): give it with -m; -l takes a LoRA "
+                        "module (python -m nano_train.export ... --lora-out FILE writes one)\n", prog, path,
+                nano_status_name(st));
+        return 1;
+    }
     fprintf(stderr, "%s: error: %s: %s (%s)", prog, path, nano_status_string(st), nano_status_name(st));
     if (detail[0]) fprintf(stderr, ": %s", detail);
     if (st == NANO_ERR_BAD_MAGIC) print_other_file(path, as_lora);

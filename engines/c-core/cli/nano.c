@@ -631,6 +631,21 @@ static int report_context_full(const nano_context *ctx, const char *prompt, uint
     return 1;
 }
 
+/* A generation that ended because the context filled before -n tokens came:
+ * how far it got, and whether a longer --ctx would leave more room. */
+static void note_context_filled(nano_session *s, const run_opts *o, const nano_context *ctx, const char *what) {
+    uint32_t n, n_prompt, n_ctx = nano_context_n_ctx(ctx);
+    nano_model_info info;
+    nano_session_tokens(s, &n, &n_prompt);
+    nano_model_get_info(nano_context_model(ctx), &info);
+    fprintf(stderr, "nano: note: %s: the context (%u tokens) filled after %u generated token%s, short of -n %u; ",
+            what, n_ctx, n - n_prompt, n - n_prompt == 1 ? "" : "s", o->sp.max_tokens);
+    if (n_ctx < info.block_size)
+        fprintf(stderr, "a longer --ctx, up to the block size %u, leaves more room\n", info.block_size);
+    else
+        fprintf(stderr, "no context holds more than the model's block size, %u\n", info.block_size);
+}
+
 /* One generation, streamed to standard output, or with `answer` gathered there
  * and written whole once it has ended well (`escape`: the chat's one line per
  * answer, see write_text). Returns 0; 1 after printing the error (`what` names
@@ -664,6 +679,7 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
         printf("\n");
     }
     if (stdout_failed()) return -1;
+    if (st == NANO_OK && ev.stop_reason == NANO_STOP_CONTEXT_FULL && o->sp.max_tokens) note_context_filled(s, o, ctx, what);
     if (o->profile) print_stats(s, ctx);
     return 0;
 }

@@ -617,6 +617,24 @@ static void tcp_closed(wss_server *srv, struct lws *wsi) {
     if (srv->n_tcp) srv->n_tcp--;
 }
 
+/* A plain HTTP request (a browser or curl at the server's address): 426 Upgrade
+ * Required, with "Upgrade: websocket" as RFC 7231 asks, and a line of text saying
+ * what the server is and how to talk to it. */
+static int http_request(struct lws *wsi) {
+    static const char text[] = "nano-wss is a WebSocket server: connect a WebSocket client (ws://, subprotocol "
+                               "nano or none) and send JSON requests such as {\"type\":\"info\"}; "
+                               "engines/c-core/README.md describes them\n";
+    unsigned char buf[LWS_PRE + 512 + sizeof text], *start = buf + LWS_PRE, *p = start, *end = buf + sizeof buf;
+    if (lws_add_http_common_headers(wsi, 426, "text/plain; charset=utf-8", sizeof text - 1, &p, end) ||
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"upgrade:", (const unsigned char *)"websocket", 9,
+                                    &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        return -1;
+    memcpy(start, text, sizeof text - 1); /* the headers are written: the buffer is free again */
+    if (lws_write(wsi, start, sizeof text - 1, LWS_WRITE_HTTP_FINAL) != (int)(sizeof text - 1)) return -1;
+    return lws_http_transaction_completed(wsi) ? -1 : 0;
+}
+
 static int callback_nano(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len) {
     struct lws_context *lc = lws_get_context(wsi);
     wss_server *srv = lc ? (wss_server *)lws_context_user(lc) : NULL;
@@ -641,9 +659,8 @@ static int callback_nano(struct lws *wsi, enum lws_callback_reasons reason, void
         default: break;
         }
     }
-    /* plain HTTP requests and housekeeping: libwebsockets' defaults (a 404 for
-     * any page, as the server has none) */
-    return lws_callback_http_dummy(wsi, reason, user, in, len);
+    if (reason == LWS_CALLBACK_HTTP) return http_request(wsi);
+    return lws_callback_http_dummy(wsi, reason, user, in, len); /* housekeeping */
 }
 
 // ---------------------------------------------------------------------------

@@ -706,7 +706,7 @@ BAD_ARGS = [
     (["run", "-m", "{psycho}", "-p", "心" * 600, "-n", "1"], "NANO_ERR_CONTEXT_FULL"),
     (["run", "-m", "{psycho}", "-p", "", "-n", "1"], "-p: the prompt is empty"),
     (["run", "-m", "{psycho}", "-l", "{missing}", "-p", "x"], "NANO_ERR_IO"),
-    (["run", "-m", "{psycho}", "-l", "{psycho}", "-p", "x"], "(NANO_ERR_UNKNOWN_MODEL_TYPE): a model file, not a LoRA module"),
+    (["run", "-m", "{psycho}", "-l", "{psycho}", "-p", "x"], "a model file, not a LoRA module (NANO_ERR_UNKNOWN_MODEL_TYPE): give it with -m"),
     (["info"], "MODEL is required"),
     (["info", "{psycho}", "{sort6}"], "one MODEL only"),
     (["info", "--bogus"], "unknown option '--bogus'"),

@@ -123,6 +123,24 @@ def test_a_lora_module_as_the_model_says_where_it_goes(cli, tmp_path):
     assert _only_error(r) == unsupported + "the file is a LoRA module, not a model: give the base model with -m"
 
 
+def test_a_model_as_the_lora_says_where_it_goes(cli, psycho_path, sort6_path):
+    """The mirror of the above: a model file given with -l. The line names what the file is
+    (the status text "unknown model type" would not: its type is known, it is a model's)."""
+    for args, stdin in ((("run", "-m", psycho_path, "-l", sort6_path, "-p", "人"), None),
+                        (("run", "-m", psycho_path, "-l", psycho_path), "ab\n"),
+                        (("seq2seq", "-m", sort6_path, "-l", sort6_path, "12"), None)):
+        r = cli(*args, input=stdin)
+        lora = args[args.index("-l") + 1]
+        assert _only_error(r) + "\n" == r.stderr, (args, r.stderr)
+        assert r.stderr == (f"nano: error: {lora}: a model file, not a LoRA module (NANO_ERR_UNKNOWN_MODEL_TYPE): "
+                            "give it with -m; -l takes a LoRA module (python -m nano_train.export ... --lora-out "
+                            "FILE writes one)\n"), (args, r.stderr)
+    # and the option it names exists
+    from nano_train.export import build_parser
+
+    assert build_parser().parse_args(["--ckpt", "c.pt", "--out", "m.bin", "--lora-out", "l.bin"]).lora_out == "l.bin"
+
+
 def test_a_lora_for_another_shape_names_both_shapes(cli, h, tmp_path):
     causal = tmp_path / "causal.bin"
     causal.write_bytes(h.model_bytes(seed=3))
@@ -224,6 +242,33 @@ def test_a_prompt_longer_than_the_context_says_by_how_much(cli, psycho_path):
     assert _only_error(r) == (FULL.format(what="prompt") + f"the prompt is {n} tokens and the context holds 512: "
                               "no room for a new token (a shorter prompt: a context holds at most the model's block "
                               "size, 512)")
+
+
+def test_a_generation_cut_short_by_the_context_says_so(cli, psycho_path):
+    """-n asks for more tokens than the context has room for: the text comes as far as it
+    goes (exit status 0), then a note says where it stopped and whether --ctx helps. No
+    note when -n was reached, or when -n 0 asked to run until the context is full."""
+    prompt = "今天"
+    n_prompt = _n_tokens(psycho_path, prompt)
+    left = 16 - n_prompt + 1  # the last token sampled needs no room of its own
+    r = cli("run", "-m", psycho_path, "--ctx", "16", "-p", prompt, "-t", "0", "-n", "100")
+    assert r.returncode == 0 and r.stdout.strip(), r
+    assert r.stderr == (f"nano: note: prompt: the context (16 tokens) filled after {left} generated tokens, short "
+                        "of -n 100; a longer --ctx, up to the block size 512, leaves more room\n"), r.stderr
+    ids = cli("run", "-m", psycho_path, "--ctx", "16", "-p", prompt, "-t", "0", "-n", "100", "--ids")
+    assert len(ids.stdout.strip().split(",")) == n_prompt + left, ids
+    for n in ("0", str(left)):
+        r = cli("run", "-m", psycho_path, "--ctx", "16", "-p", prompt, "-t", "0", "-n", n)
+        assert (r.returncode, r.stderr) == (0, ""), (n, r)
+    # at the block size, no --ctx is longer
+    r = cli("run", "-m", psycho_path, "-p", prompt, "-t", "0", "-n", "600")
+    assert r.returncode == 0 and r.stderr == (
+        f"nano: note: prompt: the context (512 tokens) filled after {512 - n_prompt + 1} generated tokens, short of "
+        "-n 600; no context holds more than the model's block size, 512\n"), r.stderr
+    # the chat: one note per question cut short, after its answer line
+    r = cli("run", "-m", psycho_path, "--ctx", "16", "-t", "0", "-n", "100", input="你\n")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 1, r
+    assert r.stderr.startswith("nano: note: line 1: the context (16 tokens) filled after "), r.stderr
 
 
 def test_only_a_file_that_cannot_record_attention_gets_the_seq2seq_hint(cli, h, tmp_path):

@@ -1088,10 +1088,25 @@ def test_idle_timeout(binaries, psycho):
 
 
 def test_plain_http_is_refused_and_the_subprotocol_is_optional(server):
-    with pytest.raises(urllib.error.HTTPError) as e:
-        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        no_proxy.open(f"http://127.0.0.1:{server.port}/", timeout=TIMEOUT)
-    assert 400 <= e.value.code < 500
+    """A browser or curl at the address gets 426 Upgrade Required with a line of text that
+    says what the server is (was: libwebsockets' bare 404 page), on any path and method,
+    twice on one kept-alive connection; WebSocket clients are served as before."""
+    no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    for path, data in (("/", None), ("/index.html?x=1", None), ("/", b"{}")):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            no_proxy.open(f"http://127.0.0.1:{server.port}{path}", data=data, timeout=TIMEOUT)
+        assert e.value.code == 426, (path, e.value.code)
+        assert e.value.headers["Upgrade"] == "websocket" and e.value.headers["Content-Type"].startswith("text/plain")
+        assert e.value.read().decode() == (
+            'nano-wss is a WebSocket server: connect a WebSocket client (ws://, subprotocol nano or none) and send '
+            'JSON requests such as {"type":"info"}; engines/c-core/README.md describes them\n')
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while got.count(b"HTTP/1.1 426") < 2 or not got.endswith(b"describes them\n"):
+            chunk = sock.recv(4096)
+            assert chunk, got
+            got += chunk
 
     async def go():
         async with connect(server, subprotocols=["nano"]) as ws:
@@ -1189,6 +1204,8 @@ def test_bad_command_lines(h, binaries, build, psycho, tmp_path):
             (["-m", psycho, "-l", wrong_lora], 1, "(NANO_ERR_LORA_MISMATCH): the LoRA is for (n_layer, n_embd, "
                                                   "n_head, n_kv_head) = (8, 16, 4, 2), the model is (8, 32, 4, 2)"),
             (["-m", psycho, "-l", bad_magic], 1, "NANO_ERR_BAD_MAGIC"),
+            (["-m", psycho, "-l", psycho], 1, "a model file, not a LoRA module (NANO_ERR_UNKNOWN_MODEL_TYPE): give "
+                                              "it with -m; -l takes a LoRA module"),
             (["-m", nan_model], 1, "(NANO_ERR_NON_FINITE): norm_final["),
             (["-m", psycho, "-l", nan_lora], 1, "(NANO_ERR_NON_FINITE): wq_A["),
             (["-m", fifo], 1, "NANO_ERR_IO"),
