@@ -23,7 +23,8 @@ inputs are regular files, or FIFOs that something writes to; a device, a
 folder, a FIFO with no writer and an empty name are refused.
 
 Also runnable as `python -m nano_tokenizer`. Errors exit with status 1 and a
-one-line message.
+one-line message; a command line that is itself wrong, with status 2 after the
+usage lines.
 """
 
 from __future__ import annotations
@@ -65,10 +66,15 @@ class _Fail(Exception):
     """A user-facing error: printed as one line, exit status 1."""
 
 
+class _Usage(_Fail):
+    """A command line that is itself wrong (after the usage lines): exit status 2, as
+    argparse, nano-format and the C tools give it."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.print_usage(sys.stderr)
-        raise _Fail(message)
+        raise _Usage(message)
 
 
 def _open_binary(path: str):
@@ -516,7 +522,7 @@ def main(argv=None) -> int:
         args.func(args)
     except (_Fail, TokenizerError) as e:  # file names and token texts escaped, as nano-format does
         print(f"nano-tokenizer: error: {shown(str(e))}", file=sys.stderr)
-        return 1
+        return 2 if isinstance(e, _Usage) else 1
     except BrokenPipeError:
         # The reader went away (e.g. `| head`): not worth a message. Point
         # stdout at /dev/null so the interpreter's final flush stays quiet.
