@@ -242,3 +242,31 @@ def test_help_lists_the_choices_of_every_setting_that_has_them():
                          ("init_from", ("scratch", "resume", ".bin"))):
         for choice in choices:
             assert choice in lines[key].split("default", 1)[1], (key, choice, lines[key])
+
+
+@pytest.mark.parametrize("section, value, message", [
+    ("data", dict(batch_size=0), "data.batch_size must be >= 1"),
+    ("data", dict(batch_size=2.0), "data.batch_size: expected an integer, got 2.0"),
+    ("optim", dict(learning_rate="1e-3"), 'optim.learning_rate: expected a number, got "1e-3"'),
+    ("optim", dict(learning_rate=float("nan")), "optim.learning_rate: expected a finite number"),
+    ("system", dict(compile=1), "system.compile: expected true or false, got 1"),
+    ("system", dict(dtype="fp32"), "system.dtype must be one of"),
+    ("eval", dict(sample_prompts="你好"), "eval.sample_prompts: expected a list of strings"),
+    ("run", dict(task="foo"), "run.task must be one of"),
+    ("lora", dict(lora_alpha=2.5), "lora.lora_alpha must be a whole number"),
+    ("optim", None, "optim: expected OptimConfig, got NoneType"),
+])
+def test_a_config_built_in_code_is_checked_as_a_file_is(section, value, message):
+    """config.check: what load_config checks in text, checked on a Config made in code."""
+    import re
+
+    from nano_train import config as config_module
+
+    cfg = config_module.Config()
+    config_module.check(cfg)  # the defaults pass
+    part = None if value is None else config_module.SECTIONS[section](**value)
+    setattr(cfg, section, part)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        config_module.check(cfg)
+    with pytest.raises(ConfigError, match="expected a nano_train.config.Config, got dict"):
+        config_module.check({"run": {}})

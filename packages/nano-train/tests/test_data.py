@@ -975,6 +975,33 @@ def test_batcher_is_deterministic_and_covers_each_epoch(small_pretrain):
     assert sorted(perm.tolist()) == list(range(src.n_rows))  # every row once per epoch
 
 
+def test_batcher_and_source_arguments_are_checked(small_pretrain):
+    """Used from Python: a batch size of 0 ended in numpy's "need at least one array to
+    concatenate", a state without its seed in a bare KeyError, block_size 0 in "larger
+    than the data" and a divide-by-zero warning."""
+    ds = Dataset(small_pretrain)
+    src = ds.source("train", 32)
+    for args, message in (((0, 1), "batch_size must be an integer >= 1, got 0"),
+                          ((2.0, 1), "batch_size must be an integer >= 1, got 2.0"),
+                          ((True, 1), "batch_size must be an integer >= 1, got True"),
+                          ((2, -1), "seed must be an integer >= 0, got -1"),
+                          ((2, 1, 2, 2), r"rank must be an integer in \[0, world_size = 2\), got 2")):
+        with pytest.raises(ValueError, match=message):
+            Batcher(src, *args)
+    b = Batcher(src, 2, seed=1)
+    good = b.state_dict()
+    for state, message in (({"row": 3}, "holds no seed / n_rows"), ([], "holds no row / seed / n_rows"),
+                           ({**good, "row": -1}, "row must be an integer >= 0, got -1"),
+                           ({**good, "row": 1.5}, "row must be an integer >= 0, got 1.5")):
+        with pytest.raises(DataError, match=message):
+            b.load_state_dict(state)
+    b.load_state_dict({**good, "row": np.int64(4)})
+    assert b.row == 4
+    for block_size in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="block_size must be an integer >= 1"):
+            ds.source("train", block_size)
+
+
 def test_resume_jumps_to_the_position_without_rereading(small_pretrain):
     ds = Dataset(small_pretrain)
     shards = ds.splits["train"]
@@ -1080,3 +1107,29 @@ def test_an_out_dir_the_file_system_refuses_is_one_error_line_and_1(tmp_path, sh
     rc = prepare_cmd.main(["pretrain", "--quiet", "--tokenizer", str(shared_file("data/tokenizer_4096.json")),
                            "--out_dir", "/proc/nano-no-such-dir/d", str(psycho_slice)])
     assert rc == 1 and capsys.readouterr().err == "error: /proc/nano-no-such-dir: No such file or directory\n"
+
+
+def test_progress_in_a_log_file_is_a_few_lines(monkeypatch, capsys):
+    """Not a terminal: a line as a phase starts, at each further 10% once 10 s have passed
+    since the last line, and at the end (was: a line every 10%, 11 for a phase of a second)."""
+    from nano_train import data as data_module
+
+    clock = [100.0]
+    monkeypatch.setattr(data_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(data_module.sys.stderr, "isatty", lambda: False, raising=False)
+
+    def lines(seconds_per_percent: float) -> list[str]:
+        bar = data_module.Progress(100, "encode", unit=" chunks")
+        for done in range(1, 101):
+            clock[0] += seconds_per_percent
+            bar.update(done)
+        bar.close()
+        return capsys.readouterr().err.splitlines()
+
+    quick = lines(0.01)  # one second in all
+    assert len(quick) == 2 and "100.0%" in quick[-1], quick
+    slow = lines(2.0)  # 200 s: each 10% takes 20 s
+    assert [line.split("]")[1].split("%")[0].strip() for line in slow] == ["1.0"] + [
+        f"{p:.1f}" for p in range(10, 101, 10)], slow
+    medium = lines(0.25)  # 25 s: a line once 10 s have passed, at a 10% mark
+    assert 3 <= len(medium) <= 5 and "100.0%" in medium[-1], medium

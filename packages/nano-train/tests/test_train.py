@@ -419,6 +419,23 @@ def test_helpful_errors(tmp_path, small_pretrain, self_id_sft, base_and_sft, tin
     assert json.loads(capsys.readouterr().out)["model"]["n_layer"] == 7
 
 
+def test_a_config_built_in_code_is_checked_before_the_run_writes_anything(tmp_path, small_pretrain, tiny_config):
+    """A Config changed in code after load_config (as a notebook does) was used unchecked:
+    batch_size 0 ended in numpy's "need at least one array to concatenate", log_interval 0
+    in a ZeroDivisionError, each after the run directory and its log were made."""
+    import dataclasses
+
+    for section, change, message in (("data", dict(batch_size=0), "data.batch_size must be >= 1"),
+                                      ("run", dict(log_interval=0), "run.log_interval must be >= 1"),
+                                      ("eval", dict(eval_interval=0), "eval.eval_interval must be >= 1"),
+                                      ("system", dict(dtype="fp32"), "system.dtype must be one of")):
+        cfg = tiny_config(small_pretrain, out_dir=tmp_path / section)
+        setattr(cfg, section, dataclasses.replace(getattr(cfg, section), **change))
+        with pytest.raises(ConfigError, match=message):
+            train(cfg)
+        assert not (tmp_path / section).exists()
+
+
 # ---------------------------------------------------------------------------
 # Log, report card, plot
 

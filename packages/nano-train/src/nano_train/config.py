@@ -459,6 +459,27 @@ def _not_utf8(value) -> bool:
     return False
 
 
+def check(cfg: Config) -> None:
+    """A Config built in code, as load_config builds one from text: every section
+    present, every value of its field's type (an int where a float goes is fine), then
+    validate(). nano_train.train.train() calls it first, so that a wrong value is a
+    ConfigError naming the key, not an error deep in the run."""
+    if not isinstance(cfg, Config):
+        raise ConfigError(f"expected a nano_train.config.Config, got {type(cfg).__name__}")
+    for name, cls in SECTIONS.items():
+        part = getattr(cfg, name)
+        if not isinstance(part, cls):
+            raise ConfigError(f"{name}: expected {cls.__name__}, got {type(part).__name__}")
+        if name == "model":  # ModelConfig checks its own values when it is made
+            continue
+        for key, tp in _field_types(cls).items():
+            try:
+                _check_value(tp, getattr(part, key))
+            except TypeError as e:
+                raise ConfigError(f"{name}.{key}: {e}") from None
+    validate(cfg)
+
+
 def validate(cfg: Config) -> None:
     """Range and choice checks that a type check cannot express."""
 

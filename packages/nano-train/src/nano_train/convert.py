@@ -141,7 +141,7 @@ def _needs_extension(c: ModelConfig) -> list[str]:
 
 def _tensors_from_model(model: Transformer) -> dict[str, np.ndarray]:
     """The file's tensors (float32, logical shapes) from the model's current weights.
-    A merged LoRA is part of the weights; an unmerged one is left out (export_lora)."""
+    A merged LoRA is part of the weights (export_bin refuses an unmerged one)."""
     c = model.config
 
     def arr(t: torch.Tensor) -> np.ndarray:
@@ -240,6 +240,8 @@ def load_bin(path, *, is_causal: bool | None = None, device: str | torch.device 
     model computes what the file holds. is_causal sets the attention kind for
     layouts that cannot record it (2025.12 / 2026.1); for 2026.101, which records
     it, a different value is an error. Non-finite weights are refused."""
+    if isinstance(path, (str, os.PathLike)):  # (nano-format also reads a bytes-like buffer)
+        _check_regular(Path(path), "a model file")
     with _format_errors(), nano_format.read(path) as nf:
         if nf.model_type == spec.ModelType.LORA:
             raise ConvertError(f"{path}: this is a LoRA module, not a model: pass it with -l "
@@ -310,9 +312,15 @@ def export_bin(
     group (<= 128) that divides every row. layout None picks 2026.1, the layout
     the reference engine reads, unless the model needs what only 2026.101 can
     record (full attention, learned positions, non-default eps or theta); asking
-    for 2026.1 for such a model is an error.
+    for 2026.1 for such a model is an error. A model with LoRA adapters attached
+    must have them merged (merge_lora): the file has no place for them apart.
     """
     c = model.config
+    projections = [getattr(layer, t) for layer in model.layers for t in LORA_TARGETS]
+    if any(isinstance(m, LoRALinear) and not m.merged for m in projections):
+        raise ConvertError("the model has LoRA adapters that are not merged into its weights: merge_lora(model) "
+                           "first to export them baked in, or export_lora(model, path) to write them apart "
+                           "(and detach_lora(model) to export the base alone)")
     if quant not in _QUANTS:
         raise ConvertError(f"unknown quantization {quant!r}; choose one of {sorted(_QUANTS)}")
     note = ""

@@ -101,8 +101,13 @@ class Progress:
     """A one-line progress bar on stderr, redrawn at most 5 times a second.
 
     Written here rather than taken from a package so that nano-train needs no
-    extra dependency. On a non-terminal stderr it prints a line every 10%.
+    extra dependency. On a non-terminal stderr (a log file) it prints a line as it
+    starts, at each further 10% once LINE_EVERY_S seconds have passed since the last
+    line, and at the end: a phase of a few seconds is two lines, a long one a line
+    every 10% at most.
     """
+
+    LINE_EVERY_S = 10.0
 
     def __init__(self, total: int, label: str, unit: str = "B", enabled: bool = True):
         self.total = max(int(total), 1)
@@ -113,6 +118,7 @@ class Progress:
         self.t0 = time.monotonic()
         self.last_draw = 0.0
         self.last_decile = -1
+        self.last_line = None  # when the last line was written (not a terminal)
         self.tty = sys.stderr.isatty()
 
     def update(self, done: int) -> None:
@@ -128,8 +134,9 @@ class Progress:
             self._draw(frac, now, end="\r")
         else:
             decile = int(frac * 10)
-            if decile > self.last_decile:
-                self.last_decile = decile
+            due = self.last_line is None or now - self.last_line >= self.LINE_EVERY_S or frac >= 1.0
+            if decile > self.last_decile and due:
+                self.last_decile, self.last_line = decile, now
                 self._draw(frac, now, end="\n")
 
     def _draw(self, frac: float, now: float, end: str) -> None:
@@ -1332,6 +1339,11 @@ class Batcher:
     def __init__(self, source, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         if source.n_rows <= 0:
             raise DataError("the split holds no complete row (block_size + 1 tokens)")
+        for name, value, least in (("batch_size", batch_size, 1), ("seed", seed, 0), ("world_size", world_size, 1)):
+            if not _is_int(value) or value < least:
+                raise ValueError(f"Batcher: {name} must be an integer >= {least}, got {value!r}")
+        if not _is_int(rank) or not 0 <= rank < world_size:
+            raise ValueError(f"Batcher: rank must be an integer in [0, world_size = {world_size}), got {rank!r}")
         self.source = source
         self.batch_size = batch_size
         self.seed = seed
@@ -1379,6 +1391,15 @@ class Batcher:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """A state from state_dict(): "row" (rows read before, an integer >= 0), "seed" and
+        "n_rows" (which must be this batcher's) and, from runs since rows stay inside
+        chunks, "windows"."""
+        missing = [k for k in ("row", "seed", "n_rows") if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise DataError(f"the data position holds no {' / '.join(missing)}: it is not one Batcher.state_dict() "
+                            "wrote")
+        if not _is_int(state["row"]) or state["row"] < 0:
+            raise DataError(f"the data position's row must be an integer >= 0, got {state['row']!r}")
         if (getattr(self.source, "windows", None) == "chunks" and state.get("windows", "shards") == "shards"
                 and state["seed"] == self.seed and state["n_rows"] == self.source.across_seams().n_rows):
             # Saved by a run whose rows ran through whole shards (before rows stayed inside chunks):
@@ -1393,6 +1414,11 @@ class Batcher:
                 f"the data position was saved for {state['n_rows']} rows (seed {state['seed']}) but the dataset "
                 f"now has {self.source.n_rows} rows (seed {self.seed}): the dataset, block_size or seed changed")
         self.row = int(state["row"])
+
+
+def _is_int(value) -> bool:
+    """A Python or numpy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 _SHARD_FIELDS = {"pretrain": {"file": str, "tokens": int}, "sft": {"file": str, "mask": str, "rows": int},
@@ -1597,6 +1623,8 @@ class Dataset:
 
     def source(self, split: str, block_size: int):
         """The row source of a split for a model of block_size, or None if the split is empty."""
+        if not _is_int(block_size) or block_size < 1:
+            raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
         if self.kind == "pretrain":
             kept = [k for k, s in enumerate(self.splits.get(split, [])) if len(s) > 0]
             if not kept:

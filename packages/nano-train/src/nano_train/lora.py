@@ -8,7 +8,9 @@ wo_B [L, E, R]), so export is a stack over layers.
 The adapted module subclasses nn.Linear and keeps the base weight under the
 same name, so state-dict keys are the base keys (`layers.{i}.wq.weight`) plus
 `layers.{i}.wq.lora_A` / `lora_B`: a base checkpoint loads into an adapted
-model and the adapter can be saved on its own.
+model and the adapter can be saved on its own. A state dict always holds the
+unmerged base weight, whether the module is merged or not, so state_dict ->
+load_state_dict round-trips between merged and unmerged models.
 """
 
 from __future__ import annotations
@@ -70,9 +72,34 @@ class LoRALinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = linear(x, self.weight, self.onednn)
         if self.merged:
+            # The merged forward skips the adapters: training them would get no
+            # gradient (or, with a trainable base, train W alone without a word).
+            if self.training and torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad):
+                raise RuntimeError("LoRA adapters are merged into the weights: unmerge_lora(model) before training them")
             return y
         # x [.., in] -> A x [.., rank] -> B A x [.., out]
         return y + self.scale * F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.merged:  # the base weight, as an unmerged module holds it
+            with torch.no_grad():
+                destination[prefix + "weight"] = self.weight - self.delta()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        # A state dict holds the unmerged weight (see _save_to_state_dict): load it
+        # unmerged, then merge again with the adapters loaded.
+        was_merged = self.merged
+        if was_merged:
+            if local_metadata.get("assign_to_params_buffers", False):
+                raise RuntimeError(f"{prefix}weight: load_state_dict(assign=True) cannot load into merged LoRA "
+                                   f"adapters; unmerge_lora(model) first")
+            _unmerge_one(self)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+        if was_merged:
+            with torch.no_grad():
+                self.weight.add_(self.delta())
+            self.merged = True
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
@@ -101,7 +128,7 @@ def lora_config(model) -> dict | None:
 def attach_lora(model, rank: int, alpha: float, dropout: float = 0.0):
     """Wrap wq, wk, wv, wo of every layer. The model computes the same logits
     until B is trained (B starts at zero). Returns the model."""
-    if not (isinstance(rank, int) and rank > 0):
+    if isinstance(rank, bool) or not (isinstance(rank, int) and rank > 0):
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
     if not alpha > 0:
         raise ValueError(f"LoRA alpha must be > 0, got {alpha!r}")
@@ -116,7 +143,10 @@ def attach_lora(model, rank: int, alpha: float, dropout: float = 0.0):
 
 def detach_lora(model):
     """Remove the adapters, leaving the base weights as they were before attach
-    (a merged adapter is unmerged first). Returns the model."""
+    (a merged adapter is unmerged first); what mark_only_lora_trainable froze
+    becomes trainable again. Returns the model."""
+    for p in model.__dict__.pop("_lora_frozen", ()):
+        p.requires_grad_(True)
     for i, name, m in _targets(model):
         if isinstance(m, LoRALinear):
             if m.merged:
@@ -209,10 +239,15 @@ def load_lora_state_dict(model, sd: dict[str, torch.Tensor]) -> None:
 
 def mark_only_lora_trainable(model):
     """Freeze everything except the adapters (requires_grad True on lora_A/B only).
-    Returns the model."""
+    The parameters it freezes are remembered: detach_lora makes them trainable
+    again. Returns the model."""
     _require_lora(model)
+    frozen = model.__dict__.setdefault("_lora_frozen", [])
     for name, p in model.named_parameters():
-        p.requires_grad = name.endswith(".lora_A") or name.endswith(".lora_B")
+        adapter = name.endswith(".lora_A") or name.endswith(".lora_B")
+        if p.requires_grad and not adapter:
+            frozen.append(p)
+        p.requires_grad = adapter
     return model
 
 

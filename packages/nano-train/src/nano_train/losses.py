@@ -20,7 +20,34 @@ import torch.nn.functional as F
 
 from .matmul import onednn_product
 
-__all__ = ["linear_cross_entropy", "block_rows"]
+__all__ = ["linear_cross_entropy", "block_rows", "check_id_dtype", "check_id_range"]
+
+
+def check_id_dtype(ids, name: str) -> None:
+    """ids must be a torch tensor of int32 or int64 token ids (what the embedding
+    and the loss index with; uint8 could not hold -1, a float or bool no id)."""
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch tensor of token ids, got {type(ids).__name__}")
+    if ids.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name} must hold int32 or int64 token ids, got {ids.dtype}")
+
+
+def check_id_range(ids: torch.Tensor, name: str, what: str, low: int, high: int) -> None:
+    """Every id must lie in [low, high): low 0 for inputs, -1 for targets (-1 = ignored).
+
+    Checked only where it is free: on a CPU tensor and outside torch.compile. On an
+    accelerator reading the answer would wait for the device every step, and under
+    torch.compile it would break the graph; there a bad id is not caught here."""
+    if torch.compiler.is_compiling() or ids.device.type != "cpu" or ids.numel() == 0:
+        return
+    lo, hi = torch.aminmax(ids)  # one pass over the ids
+    if lo >= low and hi < high:
+        return
+    at = ((ids < low) | (ids >= high)).nonzero()[0].tolist()
+    value = int(ids[tuple(at)])
+    ignored = " (or -1, ignored)" if low == -1 else ""
+    raise ValueError(f"{what} {value} at {name}[{', '.join(map(str, at))}] is outside the vocabulary "
+                     f"0..{high - 1}{ignored}")
 
 
 def block_rows(vocab: int, device: torch.device) -> int:
@@ -138,8 +165,9 @@ def linear_cross_entropy(
 ) -> torch.Tensor:
     """sum over rows of weight[i] * cross_entropy(x[i] @ w.T, targets[i]).
 
-    x [N, E], w [V, E], targets [N] (int, -1 for ignored rows, which must have
-    weight 0), weight [N] float. The same value and gradients as
+    x [N, E], w [V, E], targets [N] (int32 or int64 in [-1, V), -1 for ignored
+    rows, which must have weight 0; the range is checked on a CPU only, see
+    check_id_range), weight [N] float. The same value and gradients as
     `(F.cross_entropy(F.linear(x, w).float(), targets, reduction="none") * weight).sum()`
     up to float rounding, without the [N, V] tensors. `rows` is the block
     height (default `block_rows`); onednn: float32 products on a CPU through
@@ -147,10 +175,12 @@ def linear_cross_entropy(
     """
     if x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[1]:
         raise ValueError(f"x {tuple(x.shape)} and w {tuple(w.shape)} do not multiply as x @ w.T")
+    check_id_dtype(targets, "targets")
     if targets.shape != x.shape[:1] or weight.shape != x.shape[:1]:
         raise ValueError(
             f"targets {tuple(targets.shape)} and weight {tuple(weight.shape)} must both be [{x.shape[0]}]"
         )
+    check_id_range(targets, "targets", "target", -1, w.shape[0])
     if rows is None:
         rows = block_rows(w.shape[0], x.device)
     return _LinearCrossEntropy.apply(x, w, targets, weight.float(), int(rows), bool(onednn))

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from nano_format import rope_tables, spec
 from torch.torch_version import TorchVersion
 
-from .losses import linear_cross_entropy
+from .losses import check_id_dtype, check_id_range, linear_cross_entropy
 from .matmul import Linear, linear
 
 F32_MAX = float(np.finfo(np.float32).max)
@@ -410,11 +410,17 @@ class Transformer(nn.Module):
         """[V, E]: tok_embd.weight when tied, lm_head.weight otherwise."""
         return self.tok_embd.weight if self.lm_head is None else self.lm_head.weight
 
-    def _trunk(self, idx: torch.Tensor, start_pos: int, cache: KVCache | None) -> torch.Tensor:
-        """idx [B, T] at positions start_pos.. -> final hidden states [B, T, E]
-        (after the last norm, before the classifier)."""
+    def _check_idx(self, idx: torch.Tensor) -> None:
+        """idx must be a [batch, time] int32 or int64 tensor of ids in the vocabulary
+        (the ids checked where that is free: on a CPU, outside torch.compile)."""
+        check_id_dtype(idx, "idx")
         if idx.dim() != 2:
             raise ValueError(f"idx must be [batch, time], got shape {tuple(idx.shape)}")
+        check_id_range(idx, "idx", "token id", 0, self.config.vocab_size)
+
+    def _trunk(self, idx: torch.Tensor, start_pos: int, cache: KVCache | None) -> torch.Tensor:
+        """idx [B, T] (checked by the caller: _check_idx) at positions start_pos.. ->
+        final hidden states [B, T, E] (after the last norm, before the classifier)."""
         t = idx.shape[1]
         if start_pos < 0 or start_pos + t > self.config.block_size:
             raise ValueError(
@@ -473,9 +479,20 @@ class Transformer(nn.Module):
         (`losses.linear_cross_entropy`, which torch.compile leaves out of its
         graph). blocked_loss=False makes the [B, T, V] logits and calls
         F.cross_entropy, which a compiled model keeps inside its graph.
+
+        idx: int32 or int64 ids in [0, V); targets: the same shape and dtypes,
+        ids in [-1, V). The ids' range is checked on a CPU outside torch.compile
+        only (elsewhere it would cost a device sync or a graph break).
         """
+        self._check_idx(idx)
         if targets is None:
+            if loss_mask is not None:
+                raise ValueError("loss_mask was given without targets: it weighs the loss, which needs targets")
             return self._logits(idx, 0, None), None
+        check_id_dtype(targets, "targets")
+        if targets.shape != idx.shape:
+            raise ValueError(f"targets shape {tuple(targets.shape)} differs from idx shape {tuple(idx.shape)}")
+        check_id_range(targets, "targets", "target", -1, self.config.vocab_size)
         weight = self.loss_weight(targets, loss_mask)
         weight = weight / weight.sum().clamp_min(1.0)  # the mean over the tokens that count
         if not return_logits and blocked_loss:
@@ -484,6 +501,8 @@ class Transformer(nn.Module):
                                         weight.flatten(), onednn=self.onednn)
             return None, loss
         logits = self._logits(idx, 0, None)
+        if targets.dtype != torch.int64:
+            targets = targets.long()  # F.cross_entropy indexes with int64 only
         per_token = F.cross_entropy(
             logits.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction="none"
         )  # [B*T]; 0 where the target is -1
@@ -502,6 +521,7 @@ class Transformer(nn.Module):
         """Process idx [B, T] at positions start_pos..start_pos+T-1, attending to the
         cached keys/values of positions < start_pos, and store the new ones.
         Returns logits [B, T, V] float32."""
+        self._check_idx(idx)
         t = idx.shape[1]
         if idx.shape[0] > cache.batch:
             raise ValueError(f"batch {idx.shape[0]} exceeds the cache's {cache.batch}")

@@ -38,6 +38,7 @@ RNG (xorshift64* seeded through splitmix64, all arithmetic mod 2^64):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -95,13 +96,19 @@ class SamplerConfig:
     min_p: float = 0.0  # 0 = off
     repetition_penalty: float = 1.0  # 1 = off
     max_new_tokens: int = 256  # 0 = until a stop or the context is full
-    stop_tokens: tuple = field(default=())  # token ids; strings need a tokenizer (see generate)
+    stop_tokens: tuple = field(default=())  # token ids and strings; strings need a tokenizer (see generate)
     seed: int = 0  # in [0, 2^64): the C engine's uint64_t
 
     def __post_init__(self) -> None:
+        for name in ("top_k", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Integral):
+                raise TypeError(f"{name} must be an integer, got {value!r}")
         # float32, as the C engine stores them: a value beyond its range is refused
         for name in ("temperature", "top_p", "min_p", "repetition_penalty"):
             value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise TypeError(f"{name} must be a number, got {value!r}")
             if not abs(value) <= _F32_MAX:
                 raise ValueError(f"{name} must be a finite float32 number, got {value}")
         if not self.temperature >= 0.0:
@@ -118,7 +125,16 @@ class SamplerConfig:
             raise ValueError(f"max_new_tokens must be >= 0 (0 = until the context is full), got {self.max_new_tokens}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) or not 0 <= self.seed <= _MASK64:
             raise ValueError(f"seed must be an integer in [0, 2^64), got {self.seed!r}")
-        self.stop_tokens = tuple(self.stop_tokens)
+        stops = self.stop_tokens
+        if isinstance(stops, str):  # tuple() would split it into characters
+            raise TypeError(f"stop_tokens must be a sequence of ids or strings, got the string {stops!r}: "
+                            f"write ({stops!r},) for one string")
+        if isinstance(stops, bytes) or not hasattr(stops, "__iter__"):  # bytes would become ids
+            raise TypeError(f"stop_tokens must be a sequence of ids or strings, got {stops!r}")
+        self.stop_tokens = tuple(stops)
+        for stop in self.stop_tokens:
+            if isinstance(stop, bool) or not isinstance(stop, (Integral, str)):
+                raise TypeError(f"stop_tokens must hold token ids and strings, got {stop!r}")
 
 
 def _running_sum(x: np.ndarray) -> np.ndarray:
@@ -132,9 +148,13 @@ def sample_logits(
     config: SamplerConfig,
     rng: Rng,
 ) -> int:
-    """One sampling step (see the module docstring). logits: [V]; history_ids: the
-    context so far (prompt + generated), used only by the repetition penalty."""
-    x = np.array(logits, dtype=np.float32).reshape(-1)  # [V], a copy we may change
+    """One sampling step (see the module docstring). logits: [V] (or [1, V]); history_ids:
+    the context so far (prompt + generated), used only by the repetition penalty."""
+    x = np.array(logits, dtype=np.float32)  # a copy we may change
+    if x.ndim == 2 and x.shape[0] == 1:
+        x = x[0]
+    if x.ndim != 1:
+        raise ValueError(f"logits must be one vector [V] (or [1, V]), got shape {x.shape}")
     v = x.shape[0]
     if v == 0:
         raise ValueError("empty logits")
@@ -244,7 +264,17 @@ def _held_back(tokenizer, tail: list[int], stop_texts: list[str]) -> int:
     return len(tail) - _starting_before(tokenizer, tail, start)
 
 
-@torch.no_grad()
+def _vocabulary_ids(model, ids: Sequence[int], what: str) -> list[int]:
+    """ids as ints, each checked against the model's vocabulary (on the host, so free:
+    on a GPU a bad id would be a device-side assert, on a CPU an IndexError)."""
+    ids = [int(t) for t in ids]
+    v = model.config.vocab_size
+    for i, t in enumerate(ids):
+        if not 0 <= t < v:
+            raise ValueError(f"{what} id {t} at position {i} is outside the vocabulary 0..{v - 1}")
+    return ids
+
+
 def generate(
     model,
     prompt_ids: Sequence[int],
@@ -260,8 +290,15 @@ def generate(
     still begin one they are held back, then yielded once it cannot, or at the
     end. A token whose text starts before the stop string is yielded (so the
     text before it is never lost), even where its text runs into the stop string.
+
+    The arguments are checked here, at the call, not at the first next(). A
+    full-attention model (config.is_causal False) is refused: its outputs are not
+    next-token predictions (seq2seq is its use).
     """
-    prompt = [int(t) for t in prompt_ids]
+    if not model.config.is_causal:
+        raise ValueError("generate needs a causal model, and this one has full attention (config.is_causal "
+                         "False): use seq2seq(model, ids)")
+    prompt = _vocabulary_ids(model, prompt_ids, "prompt")
     if not prompt:
         raise ValueError("the prompt is empty: give at least one token")
     block = model.config.block_size
@@ -271,6 +308,14 @@ def generate(
             "(a prompt must leave room for at least one new token)"
         )
     stop_ids, stop_texts = _resolve_stops(config.stop_tokens, tokenizer)
+    return _generate(model, prompt, config, tokenizer, stop_ids, stop_texts)
+
+
+@torch.no_grad()
+def _generate(model, prompt: list[int], config: SamplerConfig, tokenizer, stop_ids: set[int],
+              stop_texts: list[str]) -> Iterator[int]:
+    """generate's stream, its arguments checked."""
+    block = model.config.block_size
     longest = max(map(len, stop_texts), default=0)
     rng = Rng(config.seed)
     max_len = min(block, len(prompt) + config.max_new_tokens) if config.max_new_tokens else block
@@ -326,7 +371,7 @@ def instruct_prompt(tokenizer, question: str, system: str | None = None) -> list
 def seq2seq(model, ids: Sequence[int]) -> list[int]:
     """Non-autoregressive use of a full-attention model: one forward over the
     input and the argmax (lowest id on ties) at each position."""
-    ids = [int(t) for t in ids]
+    ids = _vocabulary_ids(model, ids, "input")
     if not ids:
         raise ValueError("the input is empty")
     if len(ids) > model.config.block_size:

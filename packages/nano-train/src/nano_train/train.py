@@ -59,6 +59,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nano_train import checkpoint as ckpt_io, dirlock, discard_stdout
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.config import Config, ConfigError, help_text, key_type, load_config
+from nano_train.config import check as check_config
 from nano_train.data import CHUNK_TOKENS, Batcher, DataError, Dataset
 from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
 from nano_train.metrics import RunLog, duration, human, peak_flops, read_log, short_repr, synchronize
@@ -617,7 +618,8 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
 
     progress: None prints progress lines; a callable instead receives every log
     record as a dict ({"kind": "start" | "train" | "eval" | "end", ...}, as in
-    log.jsonl) and nothing is printed (a caller drawing its own progress bar).
+    log.jsonl) and no progress is printed (a caller drawing its own progress bar);
+    notes about the data and the model still go to standard error.
 
     An earlier run's files in out_dir are deleted with run.overwrite, else replaced;
     the commands (main) refuse such an out_dir first (check_new_run), callers that
@@ -632,7 +634,14 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     Raises TrainingDiverged when the loss or the weights become inf or nan, and (under
     torchrun) LostContact when another rank is gone; SIGTERM is then left ignored, as
     torchrun sends it to the ranks left, and the process is to end with the error.
+
+    cfg may be built in code: it is checked as a config file is (config.check: a
+    ConfigError naming the key, before anything is written). The run replaces
+    cfg.model by the model it trains (the vocabulary size the data's, the
+    architecture a base model's or the resumed checkpoint's where explicit does not
+    name a model key).
     """
+    check_config(cfg)
     if run_lock_held or not writes_out_dir():
         return _train(cfg, explicit, checkpoint, progress)
     out_dir = Path(cfg.run.out_dir)
