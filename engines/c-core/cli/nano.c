@@ -2,7 +2,7 @@
  * nano - run, inspect and benchmark Nano models from the command line.
  *
  * Usage:
- *   nano run -m MODEL [-l LORA] [-p PROMPT | -p -] [--instruct] [--system TEXT] [-t TEMP]
+ *   nano run -m MODEL [-l LORA] [-p PROMPT | -p -] [--instruct] [--system TEXT] [--allow-special] [-t TEMP]
  *            [-k TOP_K] [--top-p P] [--min-p P] [-r PENALTY] [-n MAX_TOKENS] [-s SEED]
  *            [--threads N] [--ctx N] [--batch N] [--portable] [--profile] [--ids]
  *   nano info MODEL
@@ -58,6 +58,8 @@ static const char *USAGE =
     "                       one answer per output line (escaped as in 'nano seq2seq ... -')\n"
     "                       (a model with full attention runs seq2seq instead, as 'nano seq2seq')\n"
     "  --instruct           wrap the prompt as " NANO_SPECIAL_INSTRUCT " PROMPT " NANO_SPECIAL_RESPONSE "\n"
+    "  --allow-special      read special-token text in the -p prompt as those tokens (-p '" NANO_SPECIAL_BOS "'\n"
+    "                       starts a document, for a model trained with --bos_eos); not with --instruct\n"
     "  --system TEXT        instruct mode (--instruct, or the chat): put TEXT and a line break before\n"
     "                       the prompt or every question, as 'prepare sft' puts a system message\n"
     "                       (an empty TEXT adds nothing)\n"
@@ -318,6 +320,18 @@ static int read_line(FILE *f, char **buf, size_t *cap, size_t *len) {
     return 1;
 }
 
+/* CRLF and a lone CR as LF, in place, as nano_train.sample and `prepare pretrain`
+ * read text (Windows and old Mac line breaks); the new length. */
+static size_t unify_line_breaks(char *s, size_t len) {
+    size_t i, j = 0;
+    for (i = 0; i < len; i++) {
+        if (s[i] != '\r') s[j++] = s[i];
+        else if (i + 1 >= len || s[i + 1] != '\n') s[j++] = '\n'; /* a CR before LF is dropped */
+    }
+    s[j] = '\0';
+    return j;
+}
+
 /* Why read_line failed, on standard error; returns 1, the exit status. */
 static int input_failed(void) {
     if (errno == ENOMEM) fprintf(stderr, "nano: error: standard input: a line too long for memory\n");
@@ -512,7 +526,7 @@ static const struct {
     const char *s, *l;
 } NOT_SEQ2SEQ[] = {{"-t", "--temperature"}, {"-k", "--top-k"}, {NULL, "--top-p"}, {NULL, "--min-p"},
                    {"-r", "--repetition-penalty"}, {"-n", "--max-tokens"}, {"-s", "--seed"}, {NULL, "--instruct"},
-                   {NULL, "--system"}, {NULL, "--ids"}, {NULL, "--profile"}, {NULL, "--batch"}};
+                   {NULL, "--system"}, {NULL, "--allow-special"}, {NULL, "--ids"}, {NULL, "--profile"}, {NULL, "--batch"}};
 
 static void note_option(run_opts *o, const char *a) {
     size_t i;
@@ -786,6 +800,7 @@ static int cmd_run(int argc, char **argv) {
         else if (is_opt(a, "-l", "--lora")) o.lora = need_value(argc, argv, &i);
         else if (is_opt(a, "-p", "--prompt")) o.prompt = need_value(argc, argv, &i);
         else if (is_opt(a, NULL, "--instruct")) o.instruct = 1;
+        else if (is_opt(a, NULL, "--allow-special")) o.sp.allow_special = 1;
         else if (is_opt(a, NULL, "--system")) o.system = need_value(argc, argv, &i);
         else if (is_opt(a, "-t", "--temperature")) {
             o.sp.sampler.temperature = parse_float(a, need_value(argc, argv, &i));
@@ -819,6 +834,10 @@ static int cmd_run(int argc, char **argv) {
     /* SFT data may hold an empty question: only instruct mode takes an empty prompt (as nano_train.sample) */
     if (o.prompt && o.prompt[0] == '\0' && !o.instruct)
         die_usage("-p: the prompt is empty (only --instruct takes an empty one)%s%s", "", "");
+    /* an instruct prompt's text is never read as special tokens (the template's marks are the only ones) */
+    if (o.sp.allow_special && (o.instruct || !o.prompt))
+        die_usage("--allow-special is for a continuation prompt (-p without --instruct)%s: instruct mode never "
+                  "reads the text as special tokens%s", o.prompt ? "" : "; the chat (no -p) is instruct mode", "");
     /* the chat (no -p) is instruct mode already; a -p run is with --instruct */
     if (o.system && o.prompt && !o.instruct)
         die_usage("--system needs instruct mode (--instruct with -p, or the chat without -p): the system text "
@@ -828,7 +847,8 @@ static int cmd_run(int argc, char **argv) {
     m = load_model_to_run(o.model, 1);
     nano_model_get_info(m, &info);
     if (o.prompt && strcmp(o.prompt, "-") == 0) {
-        /* the whole of standard input, without its final line breaks (as nano_train.sample) */
+        /* the whole of standard input, line breaks read as \n, without the final ones
+         * (as nano_train.sample) */
         size_t len = 0;
         stdin_prompt = read_stream(stdin, &len);
         if (!stdin_prompt) {
@@ -841,6 +861,7 @@ static int cmd_run(int argc, char **argv) {
             rc = 2;
             goto done;
         }
+        len = unify_line_breaks(stdin_prompt, len);
         while (len && stdin_prompt[len - 1] == '\n') stdin_prompt[--len] = '\0';
         if (len == 0 && !o.instruct) {
             fprintf(stderr, "nano: error: -p -: the prompt is empty (standard input had no text; only --instruct "

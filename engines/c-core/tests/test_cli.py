@@ -175,6 +175,52 @@ def test_prompt_from_stdin_is_the_text_without_its_final_newline(cli, psycho_pat
     assert r.returncode == 2 and "NUL byte (at byte 2)" in r.stderr, r.stderr
 
 
+def test_prompt_from_stdin_reads_windows_and_old_mac_line_breaks_as_sample_does(cli, psycho_path):
+    """CRLF and a lone CR are line breaks, read as \\n, as nano_train.sample (and prepare)
+    read them: the same prompt ids as the LF text, and the same greedy text as sample's.
+    (A CR was kept as a character: another prompt, and a different answer, from C.)"""
+    import subprocess
+    import sys
+
+    windows, unix = "人的\r\n心理\r还是\r\n\r\n", "人的\n心理\n还是"
+    a = cli("run", "-m", psycho_path, "-p", "-", "-t", "0", "-n", "8", "--ids", input=windows)
+    b = cli("run", "-m", psycho_path, "-p", unix, "-t", "0", "-n", "8", "--ids")
+    assert a.returncode == 0 and a.stdout == b.stdout and a.stderr == b.stderr, (a, b)
+    text = cli("run", "-m", psycho_path, "-p", "-", "-t", "0", "-n", "8", input=windows)
+    ours = subprocess.run([sys.executable, "-m", "nano_train.sample", "-m", str(psycho_path), "-p", "-", "-t", "0",
+                           "-n", "8"], input=windows.encode(), capture_output=True)
+    assert ours.returncode == 0 and text.stdout == ours.stdout.decode(), (text, ours)
+
+
+def test_allow_special_reads_special_token_text_in_the_prompt_as_sample_does(cli, psycho_path):
+    """--allow-special: '<|bos|>' in a continuation prompt is the bos token (how to start a
+    document with a model trained with --bos_eos), in nano run and nano_train.sample alike;
+    without it, the text's characters. Not with --instruct, nor the chat (instruct mode)."""
+    import subprocess
+    import sys
+
+    from nano_tokenizer import Tokenizer
+
+    tok = Tokenizer.load(psycho_path)
+    prompt = "<|bos|>人的"
+    special = cli("run", "-m", psycho_path, "-p", prompt, "--allow-special", "-t", "0", "-n", "4", "--ids")
+    plain = cli("run", "-m", psycho_path, "-p", prompt, "-t", "0", "-n", "4", "--ids")
+    ids = [int(t) for t in special.stdout.split(",")]
+    assert special.returncode == 0 and ids[:3] == tok.encode(prompt, allow_special=True) == [tok.bos_id, *tok.encode(
+        "人的")], special
+    assert [int(t) for t in plain.stdout.split(",")][:-4] == tok.encode(prompt) and tok.bos_id not in tok.encode(prompt)
+    text = cli("run", "-m", psycho_path, "-p", prompt, "--allow-special", "-t", "0", "-n", "4")
+    ours = subprocess.run([sys.executable, "-m", "nano_train.sample", "-m", str(psycho_path), "-p", prompt,
+                           "--allow-special", "-t", "0", "-n", "4"], capture_output=True)
+    assert text.returncode == 0 and text.stdout == ours.stdout.decode() == tok.decode(ids[3:]) + "\n", (text, ours)
+    for args, stdin in ((("-p", "x", "--instruct"), None), ((), "x\n")):
+        r = cli("run", "-m", psycho_path, "--allow-special", *args, input=stdin)
+        assert r.returncode == 2 and "--allow-special is for a continuation prompt" in r.stderr, r
+    r = subprocess.run([sys.executable, "-m", "nano_train.sample", "-m", str(psycho_path), "-p", "x", "--instruct",
+                        "--allow-special"], capture_output=True, text=True)
+    assert r.returncode == 1 and "--allow-special is for a continuation prompt" in r.stderr, r
+
+
 def test_chat_line_longer_than_any_buffer_is_one_question(cli, h, tmp_path):
     """A line of 9,000 bytes is one question (a fixed 8 KiB buffer once made it two, and cut
     a UTF-8 character between them)."""
