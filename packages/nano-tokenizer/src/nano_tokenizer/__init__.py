@@ -3,7 +3,7 @@ and vocabulary building. See the package README for the exact semantics."""
 
 __version__ = "0.1.0"
 
-from .build import build_vocab
+from .build import build_vocab, other_unicode
 from .tokenizer import (
     BD4SUR,
     BOS,
@@ -23,6 +23,7 @@ __all__ = [
     "Tokenizer",
     "TokenizerError",
     "build_vocab",
+    "other_unicode",
     "DEFAULT_SPECIALS",
     "SCHEMA_VERSION",
     "PADDING",

@@ -6,12 +6,18 @@ Layout of the result (deterministic for the same inputs):
   2. single characters, most frequent first, ties by code point, as many as fit;
   3. the words of the optional words file, in file order.
 `size` is the total; with fewer distinct characters than room the vocabulary
-is smaller than `size`.
+is smaller than `size`. Every word goes in, so words come before characters
+when room is short: pass a BuildReport to learn which characters were left out.
+
+Corpora are read as nano-train's data preparation reads them (a leading
+byte-order mark dropped, CRLF and lone CR as LF), so that no slot goes to a
+character the model never sees.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Iterator
@@ -38,24 +44,115 @@ MAX_WORDS_BYTES = MAX_JSON_BYTES
 # into 20 MiB of them): words files are read in smaller pieces than corpora.
 WORDS_READ_BYTES = 1 << 16
 
+# Byte order marks of the Unicode encodings other than UTF-8; UTF-32's first, as
+# FF FE starts both little-endian ones. None of them is ever valid UTF-8.
+_OTHER_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+
+
+def other_unicode(head: bytes) -> tuple[bytes, str] | None:
+    """(byte order mark, "UTF-16" or "UTF-32") when a file's first bytes are the byte
+    order mark of a Unicode encoding other than UTF-8 (Notepad's "Unicode" is UTF-16);
+    None otherwise. nano-train's data preparation names such files with it too."""
+    for bom, encoding in _OTHER_BOMS:
+        if head.startswith(bom):
+            return bom, encoding
+    return None
+
+
+class _FirstBytes:
+    """A binary file that remembers the first four bytes read from it."""
+
+    def __init__(self, f):
+        self._f = f
+        self.head = b""
+
+    def read(self, size: int = -1) -> bytes:
+        block = self._f.read(size)
+        if len(self.head) < 4:
+            self.head += block[: 4 - len(self.head)]
+        return block
+
+
+def read_text(f, name, size: int = READ_BYTES, max_bytes: int | None = None, kind: str = "file") -> Iterator[str]:
+    """read_utf8 (strict UTF-8 in pieces, no newline translation), except that a
+    file starting with a UTF-16 or UTF-32 byte order mark is named as such,
+    where read_utf8 alone would only say "invalid start byte at byte 0"."""
+    watched = _FirstBytes(f)
+    try:
+        yield from read_utf8(watched, name, size, max_bytes=max_bytes, kind=kind)
+    except TokenizerError:
+        other = other_unicode(watched.head)
+        if other:
+            bom, encoding = other
+            raise TokenizerError(
+                f"{name}: starts with a {encoding} byte order mark ({bom.hex(' ').upper()}): a {encoding} "
+                f"file, not UTF-8; convert it (e.g. iconv -f {encoding} -t UTF-8)"
+            ) from None
+        raise
+
 
 def _pieces(path, size: int = READ_BYTES, max_bytes: int | None = None, kind: str = "file") -> Iterator[str]:
-    """The file's text in pieces, read as strict UTF-8 (CR kept: a CR in the
-    corpus is a character like any other); errors name the file and byte."""
+    """The file's text in pieces, read as strict UTF-8, verbatim; errors name
+    the file and byte."""
     try:
         with open_input(path) as f:  # not a device such as /dev/zero, nor a FIFO nothing writes to
-            yield from read_utf8(f, path, size, max_bytes=max_bytes, kind=kind)
+            yield from read_text(f, path, size, max_bytes=max_bytes, kind=kind)
     except OSError as e:
         raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
 
 
+def as_prepared(pieces) -> Iterator[str]:
+    """The text of one file as nano-train's data preparation reads it
+    (encoding="utf-8-sig", universal newlines): a byte-order mark at the very
+    start dropped (one elsewhere is kept), CRLF and lone CR turned into LF. A
+    CR at the end of a piece waits for the next one, which may start with its LF."""
+    first = True
+    cr_held = False
+    for piece in pieces:
+        if first and piece:
+            first = False
+            if piece[0] == "\ufeff":
+                piece = piece[1:]
+        if cr_held:
+            piece = "\r" + piece
+        cr_held = piece.endswith("\r")
+        if cr_held:
+            piece = piece[:-1]
+        yield piece.replace("\r\n", "\n").replace("\r", "\n")
+    if cr_held:
+        yield "\n"
+
+
 def count_characters(paths) -> Counter:
-    """Code point frequencies over the files, read in pieces so any size fits."""
+    """Code point frequencies over the files, read as data preparation reads
+    them (see as_prepared) and in pieces, so any size fits."""
     counts: Counter = Counter()
     for path in paths:
-        for piece in _pieces(path):
+        for piece in as_prepared(_pieces(path)):
             counts.update(piece)
     return counts
+
+
+@dataclass
+class BuildReport:
+    """What build_vocab saw and did, for a summary: pass one in and it is filled."""
+
+    counts: Counter = field(default_factory=Counter)  # code point frequencies of the corpora (count_characters)
+    words: int = 0  # distinct words of the words file that went in
+    room: int = 0  # slots left for single characters after the specials and the words
+    # Corpus characters with no ordinary token of their own, most frequent first:
+    # text outside the words encodes each of them as <|unknown|>.
+    left_out: tuple[str, ...] = ()
+
+    @property
+    def left_out_count(self) -> int:
+        """How many of the corpora's characters are left-out ones."""
+        return sum(self.counts[ch] for ch in self.left_out)
 
 
 def read_words(path) -> Iterator[str]:
@@ -87,10 +184,12 @@ def read_words(path) -> Iterator[str]:
         yield word
 
 
-def build_vocab(corpora, size: int, words_file=None, specials=None) -> Tokenizer:
+def build_vocab(corpora, size: int, words_file=None, specials=None, report: BuildReport | None = None) -> Tokenizer:
     """A vocabulary of at most `size` tokens from the corpus files.
 
     `specials` are extra special tokens placed after the reference's seven.
+    `report`, if given, is filled with the character counts and with the
+    characters that did not fit (see BuildReport).
     """
     if isinstance(corpora, (str, PathLike)):
         corpora = [corpora]
@@ -138,4 +237,12 @@ def build_vocab(corpora, size: int, words_file=None, specials=None) -> Tokenizer
     chars = ranked[:room]
     itos = special_list + chars + words
     source = "built from " + ", ".join(p.name for p in corpora)
-    return Tokenizer(itos, {token: i for i, token in enumerate(special_list)}, source=source)
+    tok = Tokenizer(itos, {token: i for i, token in enumerate(special_list)}, source=source)
+    if report is not None:
+        # ranked[room:], and any character that is itself a special token (never matched in plain text)
+        ordinary = set(chars) | set(words)
+        report.counts, report.words, report.room = counts, len(words), room
+        report.left_out = tuple(
+            sorted((ch for ch in counts if ch not in ordinary), key=lambda ch: (-counts[ch], ord(ch)))
+        )
+    return tok

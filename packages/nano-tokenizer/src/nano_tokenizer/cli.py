@@ -16,6 +16,10 @@ added); it works in pieces, so any number of ids fits, and writes nothing
 unless every id is valid. Special-token strings in the text (such as <|eos|>)
 stay ordinary characters unless --allow-special.
 
+`build` reads the corpora as data preparation does (a leading byte-order mark
+dropped, CRLF and lone CR as LF) and notes on stderr how many of their
+characters did not fit in --size.
+
 Outputs are written atomically into an existing folder (none is created); an
 output that is the same file as an input, or that could not be written (a
 folder there, no such folder), is refused before any work is done. Named
@@ -48,14 +52,13 @@ import numpy as np
 from nano_format import shown, spec
 
 from . import __version__
-from .build import build_vocab
+from .build import BuildReport, build_vocab, read_text
 from .tokenizer import (
     DEFAULT_CHUNK_CHARS,
     Tokenizer,
     TokenizerError,
     check_writable,
     open_input,
-    read_utf8,
     write_atomically,
 )
 
@@ -225,7 +228,7 @@ def cmd_encode(args) -> None:
             yield ids
 
     with _open_binary(args.textfile) as f:
-        parts = counted(tok.encode_stream(read_utf8(f, name), chunk_chars=args.chunk_chars,
+        parts = counted(tok.encode_stream(read_text(f, name), chunk_chars=args.chunk_chars,
                                           allow_special=args.allow_special))
         if args.out is not None:
             count = _write_npy(Path(args.out), parts)
@@ -397,7 +400,7 @@ def _read_ids(items: list[str], chunk: int):
     if not items or items == ["-"]:
         if sys.stdin is None:  # started with standard input closed
             raise _Fail(f"{STDIN} is closed")
-        return _spool(_text_ids(read_utf8(sys.stdin.buffer, STDIN, size=chunk))), lambda: None
+        return _spool(_text_ids(read_text(sys.stdin.buffer, STDIN, size=chunk))), lambda: None
     # An argument of ids only ("12", "1,2") is ids even if a file has that name.
     files = [item for item in items if not _only_ids(item) and (item.endswith(".npy") or os.path.lexists(item))]
     if len(items) == 1 and files and _is_npy(files[0]):
@@ -440,12 +443,43 @@ def cmd_decode(args) -> None:
 # build
 
 
+def _share(part: int, whole: int) -> str:
+    """part/whole as a percentage, never rounded to 0.0% or 100.0% when it is not."""
+    if 0 < part < whole and part / whole < 0.001:
+        return "under 0.1%"
+    if 0 < part < whole and part / whole > 0.999:
+        return "over 99.9%"
+    return f"{part / whole:.1%}"
+
+
+def _left_out_note(report: BuildReport, size: int, specials: int) -> str | None:
+    """The note for corpus characters that got no token (the vocabulary is still written)."""
+    if not report.left_out:
+        return None
+    share = _share(report.left_out_count, sum(report.counts.values()))
+    if report.words:
+        return (
+            f"note: {len(report.left_out)} of the corpus' {len(report.counts)} characters did not fit "
+            f"({share} of its characters, which encode as <|unknown|> wherever no word covers them): "
+            f"--size {size} left room for {report.room} after {specials} special tokens and {report.words} "
+            f"words; raise --size, or fewer --words"
+        )
+    return (
+        f"note: {len(report.left_out)} of the corpus' {len(report.counts)} characters did not fit "
+        f"({share} of its characters will encode as <|unknown|>): --size {size} left room for {report.room} "
+        f"after {specials} special tokens; raise --size"
+    )
+
+
 def cmd_build(args) -> None:
     _refuse_same_file(args.output, [*args.corpus, *([args.words] if args.words else [])])
     check_writable(args.output)
-    tok = build_vocab(args.corpus, args.size, words_file=args.words, specials=args.special)
+    report = BuildReport()
+    tok = build_vocab(args.corpus, args.size, words_file=args.words, specials=args.special, report=report)
     tok.save(args.output)
     print(f"{tok.vocab_size} tokens ({len(tok.special_tokens)} special) -> {args.output}", file=sys.stderr)
+    if note := _left_out_note(report, args.size, len(tok.special_tokens)):
+        print(note, file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------
