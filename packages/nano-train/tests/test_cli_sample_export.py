@@ -250,6 +250,20 @@ def test_sample_max_tokens_zero_fills_the_context(tmp_path, nano80, capsys, tiny
     assert "0 = until the context is full" in " ".join(capsys.readouterr().out.split())
 
 
+def test_sample_notes_a_generation_cut_short_by_the_context(shared_file, capsys):
+    """As `nano run`: -n asks for more than the block leaves after the prompt; the text comes
+    as far as it goes, then a note says so. No note at -n 0 (until the context is full) or
+    when -n was reached."""
+    model = shared_file("fixtures/psycho_230k_1214_q80.bin")
+    args = ["-m", model, "-p", "今天", "-t", "0"]
+    rc, out, err = run(sample_cmd, args + ["-n", "600"], capsys)
+    assert rc == 0 and out.strip() and err == ("note: the context (512 tokens, the model's block size) filled after "
+                                               "511 generated tokens, short of -n 600\n"), err
+    for n in ("0", "511", "5"):
+        rc, out, err = run(sample_cmd, args + ["-n", n], capsys)
+        assert (rc, err) == (0, ""), (n, err)
+
+
 def test_sample_profile_of_one_token_gives_no_nan(tmp_path, nano80, capsys, tiny, save_ckpt):
     save_ckpt(tmp_path / "c.pt", tiny(), nano80)
     rc, _, err = run(sample_cmd, ["-m", tmp_path / "c.pt", "-p", "hi", "-n", "1", "--profile"], capsys)

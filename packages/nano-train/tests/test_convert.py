@@ -534,6 +534,14 @@ def test_load_model_tells_files_apart_by_their_first_bytes(nano80, tmp_path):
     with pytest.raises(ConvertError, match="neither a Nano model file nor a training checkpoint") as e:
         load_model(tmp_path / "notes.txt")
     assert one_line_naming(e, tmp_path / "notes.txt")
+    # a vocabulary or a GGUF file given as the model is named for what it is
+    (tmp_path / "vocab.json").write_text(' {"vocab": []}')
+    with pytest.raises(ConvertError, match=r"vocab.json: a JSON file, a vocabulary perhaps: neither a Nano model file "
+                                           r"nor a training checkpoint \(each holds its own vocabulary\)"):
+        load_model(tmp_path / "vocab.json")
+    (tmp_path / "m.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(8))
+    with pytest.raises(ConvertError, match=r"nor a training checkpoint \(a GGUF file\)"):
+        load_model(tmp_path / "m.gguf")
     export_lora(attach_lora(tiny(), rank=2, alpha=2), tmp_path / "lora.bin")
     with pytest.raises(ConvertError, match="LoRA module, not a model: pass it with -l"):
         load_model(tmp_path / "lora.bin")

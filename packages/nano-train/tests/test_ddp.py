@@ -123,6 +123,53 @@ def test_two_process_ddp_matches_one_process(tmp_path, small_pretrain):
 
 
 @pytest.mark.slow
+def test_two_nodes_of_one_process_each_match_one_process(tmp_path, small_pretrain):
+    """The multi-node launch the README gives (`--nnodes=2 --node_rank=i --master_addr
+    --master_port`), two torchrun launchers on this machine standing for two nodes: each
+    node's worker has LOCAL_RANK 0, and only global rank 0 (node 0) prints and writes. The
+    run matches one process with the same global batch, as the one-node test does."""
+    import socket
+
+    common = [f"--dataset={small_pretrain}", "--n_layer=2", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
+              "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=3",
+              "--warmup_iters=1", "--learning_rate=1e-3", "--eval_interval=3", "--eval_iters=2",
+              "--log_interval=1", "--device=cpu", "--dist_backend=gloo", "--dtype=float32", "--sample_tokens=0",
+              "--dist_timeout=120"]
+    single = run(common + [f"--out_dir={tmp_path / 'one'}"], tmp_path)
+    with socket.socket() as probe:  # a free port for node 0's store
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={i}",
+                               "--nproc_per_node=1", "--master_addr=127.0.0.1", f"--master_port={port}",
+                               "-m", "nano_train.pretrain", *common, f"--out_dir={tmp_path / 'nodes'}"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in (0, 1)]
+    outputs = []
+    for node in nodes:
+        try:
+            outputs.append(node.communicate(timeout=300))
+        except subprocess.TimeoutExpired:
+            for other in nodes:
+                stop_tree(other)
+            pytest.fail("the two-node run was still running after 300 s", pytrace=False)
+    for node, (out, err) in zip(nodes, outputs):
+        assert node.returncode == 0, out[-3000:] + err[-3000:]
+    (out0, _), (out1, _) = outputs
+    assert "2 x cpu" in out0 and "(4 x 32 x 1 x 2)" in out0 and out0.count("step      3/3") == 1
+    assert "step" not in out1 and "pretrain:" not in out1  # node 1's rank prints nothing
+    losses = {n: [r.get("loss", r.get("val_loss")) for r in read_log(tmp_path / n / "log.jsonl")
+                  if r["kind"] in ("train", "eval")] for n in ("one", "nodes")}
+    assert len(losses["one"]) == len(losses["nodes"]) == 5, losses  # 3 train + evaluations at steps 0 and 3
+    assert max(abs(a - b) for a, b in zip(losses["one"], losses["nodes"])) < 1e-5, losses
+    one = torch.load(tmp_path / "one" / "latest.pt", weights_only=True)
+    two = torch.load(tmp_path / "nodes" / "latest.pt", weights_only=True)
+    assert max((one["model"][k] - two["model"][k]).abs().max().item() for k in one["model"]) < 1e-5
+    assert two["rng"]["world_size"] == 2 and len(two["rng"]["ranks"]) == 2
+    assert sum(r["kind"] == "start" for r in read_log(tmp_path / "nodes" / "log.jsonl")) == 1
+
+
+@pytest.mark.slow
 def test_two_process_sft_weighs_ranks_by_their_answer_tokens(tmp_path, uneven_sft):
     """SFT rows count their answer tokens only, so the ranks' micro-batches hold
     different numbers of them: 2 processes x 4 rows give the losses and weights of

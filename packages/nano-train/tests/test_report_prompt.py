@@ -79,3 +79,22 @@ def test_a_prompt_the_block_size_cuts_says_so(tmp_path, small_pretrain, tiny_con
     n = len(tok.encode("意识" * 20))
     assert f"Not as typed: the block size (8) leaves room for the last 7 of its {n} tokens." in part
     assert re.search(r"```text\n(.*?)\n```", part, re.S).group(1).startswith(tok.decode(seen[0]))
+
+
+def test_sample_headings_and_blocks_render_whatever_the_prompt_and_sample_hold(tmp_path, small_pretrain, tiny_config,
+                                                                               monkeypatch):
+    """A prompt with a line break, a space at either end or markdown's own characters was a
+    bold heading that markdown does not render as one (`** 意识**`, `**a\\nb**`); a sample
+    holding ``` ended its block early. Such prompts get "**Prompt**" and a block of their
+    own, and every fence is longer than any run of backticks inside it."""
+    prompts = ["意识", " 意识", "意识\n是", "*意识*", "意识`是"]
+    cfg = tiny_config(small_pretrain, sample_prompts=prompts, sample_tokens=2, sample_temperature=0.0)
+    monkeypatch.setattr(report, "generate", lambda model, ids, sampler: iter([]))  # no new tokens: the text is known
+    text, tok = write(tmp_path / "report.md", cfg, small_pretrain)
+    samples = text[text.index("## Samples"):text.index("## Config")]
+    assert "**意识**\n" in samples
+    for prompt in prompts[1:]:
+        assert f"**{prompt}**" not in samples, prompt
+        assert f"**Prompt**\n\n```text\n{prompt}\n```\n\n```text\n{prompt}\n```" in samples, prompt
+    assert report._fenced("a\n```\nb") == ["````text", "a\n```\nb", "````"]
+    assert report._fenced("x") == ["```text", "x", "```"]

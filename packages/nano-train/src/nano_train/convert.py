@@ -606,5 +606,8 @@ def load_model(path, *, is_causal: bool | None = None, device: str | torch.devic
         model, tokenizer = load_checkpoint_model(path, device)
         _check_attention(path, model.config.is_causal, is_causal)
         return model, tokenizer
-    what = f"it starts with {head!r}" if head else "it is empty"
+    if head.lstrip().startswith(b"{"):
+        raise ConvertError(f"{path}: a JSON file, a vocabulary perhaps: neither a Nano model file nor a training "
+                           "checkpoint (each holds its own vocabulary)")
+    what = nano_format.other_format(head) or (f"it starts with {head!r}" if head else "it is empty")
     raise ConvertError(f"{path}: neither a Nano model file nor a training checkpoint ({what})")

@@ -56,6 +56,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import stat
 import sys
@@ -68,7 +69,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from nano_format import JSONTextError, file_kind, parse_json, spec, write_atomically
-from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer
+from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer, other_unicode
 
 from nano_train import dirlock, interrupts
 from nano_train.metrics import human, short_repr as _short
@@ -178,6 +179,11 @@ def row_key(row: np.ndarray) -> int:
     """The index split_hash takes for an SFT row: the first 8 bytes (little-endian) of
     its BLAKE2b digest, so identical samples always land in the same split."""
     return int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
+
+
+def quantity(n: int, noun: str, plural: str | None = None) -> str:
+    """n and the noun, singular for 1: "1 document", "2,048 documents"."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def _loads(text: str, where: str):
@@ -411,6 +417,17 @@ def _not_a_file(path) -> str | None:
     return None if stat.S_ISREG(mode) else file_kind(mode)
 
 
+def _is_zip(path) -> bool:
+    """Whether path is a regular file that starts as a zip archive (what torch.save writes)."""
+    if _not_a_file(path) is not None:  # (never open a FIFO, which could wait forever)
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
+
+
 def _load_tokenizer(path, needs: tuple[str, ...] = (), why: str = "") -> Tokenizer:
     """The vocabulary at path; a DataError when it cannot be loaded or lacks one of
     the special tokens `needs` (checked before any work, as `why` needs them)."""
@@ -419,6 +436,11 @@ def _load_tokenizer(path, needs: tuple[str, ...] = (), why: str = "") -> Tokeniz
     try:  # (it refuses a folder or a device, and a FIFO that nothing writes to, without waiting forever)
         tok = Tokenizer.load(path)
     except (OSError, ValueError) as e:
+        if _is_zip(path):
+            raise DataError(f"cannot load the tokenizer: {path} is a zip archive, as a training checkpoint "
+                            "(best.pt, latest.pt) is, not a vocabulary; give the tokenizer.json of the dataset "
+                            f"the run trained on (beside its {META}), or a .bin model exported from the checkpoint "
+                            "(python -m nano_train.export --ckpt CKPT.pt --out MODEL.bin)") from None
         raise DataError(f"cannot load the tokenizer: {e}") from None
     missing = [t for t in needs if t not in tok.special_tokens]
     if missing:
@@ -506,7 +528,8 @@ def iter_documents(f, mode: str, piece_chars: int = 1 << 20) -> Iterator[Iterato
             pass
 
 
-# The share of <|unknown|> among the text tokens above which prepare pretrain warns
+# The share of <|unknown|> above which prepare warns: among the text tokens (pretrain), among the
+# tokens or the answer tokens trained on (sft)
 UNKNOWN_WARNING = 0.1
 
 
@@ -530,18 +553,22 @@ class PretrainSummary:
 
     def text(self) -> str:
         per_char = self.text_tokens / max(self.characters, 1)
-        line = (f"{self.documents:,} documents, {self.characters:,} characters -> {self.tokens:,} tokens "
-                f"({self.tokens - self.text_tokens:,} of them separators or bos/eos; "
-                f"{per_char:.3f} text tokens per character, {self.unknown_tokens:,} unknown); "
-                f"train {self.train_tokens:,}, val {self.val_tokens:,} tokens; {self.seconds:.1f} s")
+        extra = self.tokens - self.text_tokens
+        line = (f"{quantity(self.documents, 'document')}, {quantity(self.characters, 'character')} -> "
+                f"{quantity(self.tokens, 'token')} ({extra:,} of them {'a separator' if extra == 1 else 'separators'} "
+                f"or bos/eos; {per_char:.3f} text tokens per character, {self.unknown_tokens:,} unknown); "
+                f"train {quantity(self.train_tokens, 'token')}, val {quantity(self.val_tokens, 'token')}; "
+                f"{self.seconds:.1f} s")
         piece = "chunk" if self.shuffled else "run of adjacent chunks"
         if self.longest_train_piece <= TYPICAL_BLOCK:
-            line += (f"\nwarning: the training split's longest {piece} holds {self.longest_train_piece:,} tokens: a "
-                     f"model with block_size {self.longest_train_piece} or more cannot train on it (a row stays inside "
-                     f"text that was adjacent in the corpus); pass a larger --chunk_tokens (default {CHUNK_TOKENS})")
+            line += (f"\nwarning: the training split's longest {piece} holds "
+                     f"{quantity(self.longest_train_piece, 'token')}: a model with block_size "
+                     f"{self.longest_train_piece} or more cannot train on it (a row stays inside text that was "
+                     f"adjacent in the corpus); pass a larger --chunk_tokens (default {CHUNK_TOKENS})")
         if 0 < self.longest_val_piece <= TYPICAL_BLOCK:
-            line += (f"\nwarning: the validation split's longest {piece} holds {self.longest_val_piece:,} tokens: "
-                     f"a model with block_size {self.longest_val_piece} or more cannot validate on it "
+            line += (f"\nwarning: the validation split's longest {piece} holds "
+                     f"{quantity(self.longest_val_piece, 'token')}: a model with block_size "
+                     f"{self.longest_val_piece} or more cannot validate on it "
                      "(pass a larger --val_fraction, or train with --eval_iters=0)")
         if self.unknown_tokens > UNKNOWN_WARNING * self.text_tokens:
             line += (f"\nwarning: {self.unknown_tokens / self.text_tokens:.0%} of the text tokens are <|unknown|>: the "
@@ -549,7 +576,8 @@ class PretrainSummary:
                      "trained on this data learns little of it")
         if self.val_fraction > 0 and self.val_tokens > 2 * self.val_fraction * self.tokens:
             line += (f"\nnote: the validation split is {self.val_tokens / self.tokens:.0%} of the tokens "
-                     f"(--val_fraction {self.val_fraction:g}): it takes whole chunks of {self.chunk_tokens:,} tokens, "
+                     f"(--val_fraction {self.val_fraction:g}): it takes whole chunks of "
+                     f"{quantity(self.chunk_tokens, 'token')}, "
                      "and the corpus has few; a smaller --chunk_tokens splits it more finely")
         return line
 
@@ -565,25 +593,43 @@ def dataset_dir(out_dir: str | Path) -> Path:
 def existing_files(inputs) -> list[Path]:
     """The input paths as Paths; DataError when there are none, one is not a regular
     file, or one file is given twice (by any path: its text would be used twice,
-    and could land in both splits)."""
-    if any(not str(p) for p in inputs):  # (as a Path, "" would be ".", this directory)
+    and could land in both splits). Errors show the paths as given (a Path would
+    make "./a.txt" "a.txt")."""
+    typed = [os.fspath(p) for p in inputs]
+    if any(not t for t in typed):  # (as a Path, "" would be ".", this directory)
         raise DataError("an input file name is empty; give text files")
-    paths = [Path(p) for p in inputs]
-    if not paths:
+    if not typed:
         raise DataError("no input files given")
-    seen: dict[tuple[int, int], Path] = {}
-    for p in paths:
+    seen: dict[tuple[int, int], str] = {}
+    for t in typed:
         try:
-            st = p.stat()
+            st = os.stat(t)
         except FileNotFoundError:
-            raise DataError(f"input file {p} does not exist") from None
+            raise DataError(f"input file {t} does not exist") from None
         if not stat.S_ISREG(st.st_mode):
-            raise DataError(f"input {p} is {file_kind(st.st_mode)}; give text files")
+            raise DataError(f"input {t} is {file_kind(st.st_mode)}; give text files")
         key = (st.st_dev, st.st_ino)
         if key in seen:
-            raise DataError(f"inputs {seen[key]} and {p} are the same file; give each file once")
-        seen[key] = p
-    return paths
+            raise DataError(f"inputs {seen[key]} and {t} are the same file; give each file once")
+        seen[key] = t
+        _refuse_utf16_or_utf32(t)
+    return [Path(t) for t in typed]
+
+
+def _refuse_utf16_or_utf32(path: str) -> None:
+    """A DataError when the file starts with a UTF-16 or UTF-32 byte-order mark (as
+    Notepad's "Unicode" does): such a file is never UTF-8, and saying what it is
+    beats pointing at its first byte."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    other = other_unicode(head)
+    if other:
+        bom, encoding = other
+        name = Path(path)
+        converted = name.with_name(f"{name.stem}.utf8{name.suffix}")
+        raise DataError(f"{path}: not UTF-8 text: it starts with a {encoding} byte order mark "
+                        f"({bom.hex(' ').upper()}): a {encoding} file; convert it to UTF-8 (e.g. iconv -f "
+                        f"{encoding} -t UTF-8 {shlex.quote(path)} > {shlex.quote(str(converted))})")
 
 
 def prepare_pretrain(
@@ -684,8 +730,8 @@ def prepare_pretrain(
                 elif not is_val.any():
                     if n_chunks < 2:
                         raise DataError(
-                            f"the corpus is {n_tokens} tokens, one chunk of {chunk_tokens}: too small to hold "
-                            f"out a validation chunk; lower --chunk_tokens or pass --val_fraction 0")
+                            f"the corpus is {quantity(n_tokens, 'token')}, one chunk of {chunk_tokens}: too small "
+                            "to hold out a validation chunk; lower --chunk_tokens or pass --val_fraction 0")
                     is_val[-1] = True  # one full chunk, kept for training, and the short last one
             if is_val.all():
                 raise DataError(f"every chunk went to validation; lower --val_fraction (now {val_fraction})")
@@ -944,15 +990,27 @@ class SFTSummary:
     seconds: float
     system_messages: int = 0  # records with a system message (with policy "error": bad lines, skipped)
     system_policy: str = "prepend"
+    unknown_tokens: int = 0  # <|unknown|> among the tokens written (padding not counted)
+    unknown_answer_tokens: int = 0  # ... among the answer tokens trained on (mask 1)
 
     def text(self) -> str:
         done = {"prepend": "prepended to the first question", "drop": "dropped",
                 "error": "refused, skipped as bad lines"}[self.system_policy]
         system = f"{self.system_messages:,} ({done})" if self.system_messages else "none"
-        line = (f"{self.records:,} records -> {self.samples:,} samples (train {self.train_samples:,}, val {self.val_samples:,}), "
-                f"{self.tokens:,} tokens of which {self.answer_tokens:,} trained on; "
-                f"skipped: {self.bad_lines} bad lines, {self.too_long_skipped} too long; "
-                f"truncated: {self.truncated}; system messages: {system}; {self.seconds:.1f} s")
+        line = (f"{quantity(self.records, 'record')} -> {quantity(self.samples, 'sample')} "
+                f"(train {self.train_samples:,}, val {self.val_samples:,}), "
+                f"{quantity(self.tokens, 'token')} of which {self.answer_tokens:,} trained on "
+                f"({self.unknown_tokens:,} unknown, {self.unknown_answer_tokens:,} of them trained on); "
+                f"skipped: {quantity(self.bad_lines, 'bad line')}, {self.too_long_skipped:,} too long; "
+                f"truncated: {self.truncated:,}; system messages: {system}; {self.seconds:.1f} s")
+        over = [f"{n / total:.0%} of the {what} ({n:,} of {total:,})"
+                for n, total, what in ((self.unknown_answer_tokens, self.answer_tokens, "answer tokens trained on"),
+                                       (self.unknown_tokens, self.tokens, "tokens"))
+                if n > UNKNOWN_WARNING * total]
+        if over:
+            line += (f"\nwarning: {' and '.join(over)} {'is' if len(over) == 1 else 'are'} <|unknown|>: the "
+                     "vocabulary lacks many of the text's characters (a tokenizer made for other text?); a model "
+                     "trained on this data cannot read or write those characters")
         if self.val_samples == 0:
             line += ("\nnote: no validation samples (--val_fraction 0 is the default for SFT): a run on this data "
                      "reports no validation loss and writes no best.pt; --val_fraction 0.05 holds some out")
@@ -977,7 +1035,8 @@ def prepare_sft(
     """JSONL files -> rows of block_size ids padded with <|padding|>, plus masks.
 
     Training reads x = row[:-1], y = row[1:], loss_mask = mask[1:], so a sample
-    may hold up to block_size tokens. too_long: "skip" (count and drop),
+    may hold up to block_size tokens and a model reads block_size - 1 of them: a
+    model's block_size + 1 trains its whole context. too_long: "skip" (count and drop),
     "truncate" (keep the first block_size tokens; the mask stays exact; a sample
     whose answer would be cut off entirely is skipped and counted), or
     "error". A record's system message (messages[0] with role "system") is, by
@@ -1006,7 +1065,7 @@ def prepare_sft(
     with _new_dataset_dir(out_dir, overwrite, _SFT_SHARDS) as build:
         files = {split: (f"sft_{split}.bin", f"sft_{split}_mask.bin") for split in ("train", "val")}
         counts = {"train": 0, "val": 0}
-        bad = skipped = truncated = n_tokens = n_answer = index = records = n_system = 0
+        bad = skipped = truncated = n_tokens = n_answer = index = records = n_system = n_unk = n_unk_answer = 0
         row = np.empty(block_size, dtype=dtype)
         row_mask = np.empty(block_size, dtype=np.uint8)
         total_bytes = sum(p.stat().st_size for p in inputs)
@@ -1063,6 +1122,9 @@ def prepare_sft(
                         counts[split] += 1
                         n_tokens += n
                         n_answer += sum(mask)
+                        unknown = row[:n] == tok.unk_id
+                        n_unk += int(np.count_nonzero(unknown))
+                        n_unk_answer += int(np.count_nonzero(unknown & (row_mask[:n] == 1)))
         finally:
             for a, b in handles.values():
                 a.close()
@@ -1073,7 +1135,7 @@ def prepare_sft(
                             f"(or left no answer token when truncated) or held out ({', '.join(map(str, inputs))})")
         _save_tokenizer(tok, build)
         summary = SFTSummary(records, index, counts["train"], counts["val"], bad, skipped, truncated, n_tokens,
-                             n_answer, time.monotonic() - t0, n_system, system)
+                             n_answer, time.monotonic() - t0, n_system, system, n_unk, n_unk_answer)
         shards = {split: [{"file": files[split][0], "mask": files[split][1], "rows": counts[split]}]
                   for split in ("train", "val")}
         meta = {
@@ -1089,7 +1151,10 @@ def prepare_sft(
                         "mask 1 on answer tokens and their <|eos|>",
             "counts": {"records": records, "samples": index, "bad_lines": bad, "too_long_skipped": skipped,
                        "truncated": truncated, "tokens": n_tokens, "answer_tokens": n_answer,
-                       "system_messages": n_system},
+                       "system_messages": n_system,
+                       # <|unknown|> among the tokens (padding not counted), and among the answer tokens
+                       # trained on; a dataset prepared before these were counted has neither
+                       "unknown_tokens": n_unk, "unknown_answer_tokens": n_unk_answer},
             # (a dataset prepared before system messages were read has no "system": none was taken)
             "system": {"policy": system, "rule": SYSTEM_RULES[system]},
             "split": {"unit": "sample", "rule": "a sample is validation when split_hash(seed, k) < val_fraction, "

@@ -17,8 +17,10 @@ pretrain options:
   --shard_tokens N         tokens per shard file at most, whole chunks: at least --chunk_tokens
                            (default 100,000,000)
 sft options:
-  --block_size N           row length; a sample holds up to N tokens (use the model's block_size;
-                           at most 1,048,576, the largest a model may have)
+  --block_size N           row length; a sample holds up to N tokens, and training reads the first
+                           N - 1 of a row as inputs (x = row[:-1], y = row[1:]): pass the model's
+                           block_size + 1 to train every position of its context (the model's
+                           block_size also works, and trains one position less; at most 1,048,576)
   --too_long skip|truncate|error   samples longer than block_size (default skip, counted; truncate
                            also skips, and counts, a sample whose answer would be cut off entirely)
   --skip_bad               skip (and count) lines that are not valid records (or are over 64 MiB)
@@ -39,13 +41,18 @@ The tokenizer is copied into DIR (tokenizer.json) and its fingerprint recorded
 in DIR/meta.json, with the counts, the split and the shard list. The dataset is
 built in a hidden temporary directory inside DIR (.prepare.*.tmp) and moved into
 place when it is complete: a failed run leaves an existing dataset as it was. A
-UTF-8 byte-order mark at the start of an input file is dropped. Each input is a
-regular file given once (the same file by two paths is an error). The summary's
-tokens per character counts the documents' tokens only, not separators or
+UTF-8 byte-order mark at the start of an input file is dropped; a file that starts
+with a UTF-16 or UTF-32 one is an error saying so (convert it with iconv). Each
+input is a regular file given once (the same file by two paths is an error). The
+summary's tokens per character counts the documents' tokens only, not separators or
 <|bos|>/<|eos|>; it ends with a warning when the training or the validation split
 is too short for a model of the default block_size (512), or when over 10% of the
-text tokens are <|unknown|> (a vocabulary made for other text), and a note when
-whole chunks make the validation split much larger than --val_fraction.
+text tokens are <|unknown|> (a vocabulary made for other text; for sft, over 10% of
+the tokens or of the answer tokens trained on), and a note when whole chunks make
+the validation split much larger than --val_fraction.
+
+--tokenizer takes a vocabulary: a tokenizer JSON file (a dataset's tokenizer.json
+is one) or a .bin model that carries one; a training checkpoint (.pt) is not one.
 
 One prepare at a time per DIR: the run holds a lock on DIR/.prepare.lock (removed
 at the end), and a second prepare into DIR meanwhile stops at once with an error
@@ -91,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="kind", required=True)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--tokenizer", required=True, help="vocabulary: a tokenizer JSON file or a .bin model")
+    common.add_argument("--tokenizer", required=True,
+                        help="vocabulary: a tokenizer JSON file (a dataset's tokenizer.json) or a .bin model "
+                             "(a checkpoint .pt is not one)")
     common.add_argument("--out_dir", required=True, help="directory for meta.json, tokenizer.json and the shards")
     common.add_argument("--seed", type=seed_int, default=1337,
                         help="the held-out split's and the shuffle's seed, 0 to 2^32 - 1 (default 1337)")
@@ -110,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tokens per shard file at most, whole chunks: at least --chunk_tokens")
     sft = sub.add_parser("sft", parents=[common], help="JSONL question/answer files -> padded rows + masks")
     sft.add_argument("inputs", nargs="+")
-    sft.add_argument("--block_size", type=int, required=True, help="tokens per row: the model's block_size")
+    sft.add_argument("--block_size", type=int, required=True, metavar="N",
+                     help="tokens per row; training reads N - 1 of them as inputs: the model's block_size + 1 "
+                          "trains its whole context (its block_size also works, one position less)")
     sft.add_argument("--too_long", choices=TOO_LONG, default="skip",
                      help="a sample longer than a row: skip it (default), truncate it, or stop with an error")
     sft.add_argument("--skip_bad", action="store_true", help="skip and count bad lines instead of stopping")

@@ -162,10 +162,10 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
     ]
     for prompt, text in pairs:
         if text is None:
-            lines += [f"**{prompt or '(empty)'}**: no sample, the block size ({cfg.model.block_size}) leaves no "
-                      "room for this prompt and a new token.", ""]
+            lines += [*_heading(prompt, f": no sample, the block size ({cfg.model.block_size}) leaves no room for "
+                                        "this prompt and a new token."), ""]
             continue
-        lines += [f"**{prompt or '(empty)'}**", ""]
+        lines += [*_heading(prompt), ""]
         given = given_prompt(tokenizer, cfg.run.task, prompt, model.config.block_size,
                              rows=dataset.kind == "seq2seq")
         if cfg.run.task == "pretrain":
@@ -173,14 +173,33 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
                 lines += [f"Not as typed: {given[1]}. The sample starts with what the model was given.", ""]
             text = (given[0] if given else prompt) + text
         elif given:
-            lines += [f"Not as typed: {given[1]}. The model was given:", "", "```text", given[0], "```", "",
+            lines += [f"Not as typed: {given[1]}. The model was given:", "", *_fenced(given[0]), "",
                       "Its answer:", ""]
-        lines += ["```text", text, "```", ""]
+        lines += [*_fenced(text), ""]
     lines += ["## Config", "", "```json", json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False), "```", ""]
     try:
         write_atomically(path, ["\n".join(lines).encode("utf-8")])
     except WriteError as e:  # report.md is a folder, a link, ...: an OSError, as a failed write is
         raise OSError(f"cannot write the report: {e}") from None
+
+
+def _fenced(text: str) -> list[str]:
+    """text as a fenced block that shows it as it is: the fence is longer than any run of
+    backticks in it (a sample that writes ``` would otherwise end the block early)."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [fence + "text", text, fence]
+
+
+def _heading(prompt: str, after: str = "") -> list[str]:
+    """A sample's heading: the prompt in bold where markdown shows it so (one line, no
+    space at either end, none of * _ ` \\ [ < # that markdown would read), else
+    "Prompt" and the prompt as a block of its own."""
+    if prompt and prompt == prompt.strip() and not re.search(r"[\n\r*_`\\\[<#]", prompt):
+        return [f"**{prompt}**{after}"]
+    if not prompt:
+        return [f"**(empty prompt)**{after}"]
+    return [f"**Prompt**{after}", "", *_fenced(prompt)]
 
 
 # The status line of a run that ended: "<task>, finished at step N of M, <date>." (or stopped

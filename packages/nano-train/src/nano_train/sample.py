@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-l", "--lora", help="a LoRA .bin file to attach")
     p.add_argument("-p", "--prompt", required=True, help='the prompt text; "-" reads stdin')
     p.add_argument("--instruct", action="store_true", help="use the SFT template; <|eos|> stops")
+    p.add_argument("--allow-special", action="store_true",
+                   help="read special-token text in the prompt as those tokens (-p '<|bos|>' starts a document, "
+                        "for a model trained with --bos_eos); not with --instruct")
     p.add_argument("--system", metavar="TEXT",
                    help="with --instruct: a system text before the prompt, as prepare sft puts a system message")
     p.add_argument("-t", "--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
@@ -111,7 +114,7 @@ SAMPLER_OPTIONS = {"temperature": "-t", "top_k": "-k", "top_p": "--top-p", "min_
 NOT_SEQ2SEQ = (("temperature", "--temperature"), ("top_k", "--top-k"), ("top_p", "--top-p"),
                ("min_p", "--min-p"), ("repetition_penalty", "--repetition-penalty"),
                ("max_tokens", "--max-tokens"), ("seed", "--seed"), ("stop", "--stop"), ("instruct", "--instruct"),
-               ("system", "--system"))
+               ("system", "--system"), ("allow_special", "--allow-special"))
 
 
 def _seq2seq_note(args) -> str | None:
@@ -240,6 +243,9 @@ def _run(args, out) -> None:
     if args.system is not None and not args.instruct:
         raise UsageError("--system needs --instruct: the system text goes into the instruct template, "
                          "before the prompt")
+    if args.allow_special and args.instruct:
+        raise UsageError("--allow-special is for a continuation prompt (without --instruct): instruct mode never "
+                         "reads the text as special tokens")
     system = _argument(args.system, "--system: the system argument") if args.system is not None else None
     prompt = _prompt(args.prompt)
     if not prompt and not args.instruct:  # the instruct template gives an empty question tokens
@@ -283,7 +289,7 @@ def _run(args, out) -> None:
                   file=sys.stderr)
         return
 
-    ids = instruct_prompt(tok, prompt, system) if args.instruct else tok.encode(prompt)
+    ids = instruct_prompt(tok, prompt, system) if args.instruct else tok.encode(prompt, allow_special=args.allow_special)
     _unknown_note(tok, ids)
     t0 = time.perf_counter()
     t_first = t_last = None
@@ -299,6 +305,10 @@ def _run(args, out) -> None:
         out.flush()
     out.write("\n")
     out.flush()
+    block = model.config.block_size
+    if args.max_tokens and n < args.max_tokens and len(ids) + n == block + 1:  # (the last token needs no room)
+        print(f"note: the context ({block} tokens, the model's block size) filled after {n} generated "
+              f"token{'s' if n != 1 else ''}, short of -n {args.max_tokens}", file=sys.stderr)
     if args.profile:
         if t_first is None:
             print(f"[profile] prompt {len(ids)} tokens, no token generated in {time.perf_counter() - t0:.3f} s",
