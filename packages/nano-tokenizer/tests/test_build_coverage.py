@@ -146,3 +146,14 @@ def test_other_bad_first_bytes_keep_their_message(tmp_path):
     bad = write(tmp_path / "bad.txt", b"ok\xff\xfe")
     with pytest.raises(TokenizerError, match=r"bad.txt: not UTF-8 text \(invalid start byte at byte 2\)"):
         build_vocab([bad], 100)
+
+
+def test_a_words_file_with_a_byte_order_mark_keeps_its_first_word(tmp_path):
+    """Notepad writes UTF-8 with a byte order mark; it made the first word '\\ufeffword', which
+    no text ever matches."""
+    from nano_tokenizer.build import read_words
+
+    (tmp_path / "w.txt").write_bytes("\ufeff心理学\r\n意识\n".encode("utf-8"))
+    assert list(read_words(tmp_path / "w.txt")) == ["心理学", "意识"]
+    (tmp_path / "inner.txt").write_bytes("a\n\ufeffb\n".encode("utf-8"))  # only the file's first character
+    assert list(read_words(tmp_path / "inner.txt")) == ["a", "\ufeffb"]

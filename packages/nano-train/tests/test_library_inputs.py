@@ -135,6 +135,17 @@ def test_prompt_ids_outside_the_vocabulary_are_refused():
         seq2seq(tiny(is_causal=False), [1, 2, V + 5])
 
 
+def test_prompt_ids_must_be_integers_not_numbers_int_would_round():
+    """int() made 2.7 the id 2 and "5" the id 5; numpy integers and 0-d integer tensors stay fine."""
+    for bad in ([1, 2.7], ["5"], [torch.tensor(1.0)]):
+        with pytest.raises(TypeError, match="^prompt ids must be integers: "):
+            generate(tiny(), bad, SamplerConfig())
+    with pytest.raises(TypeError, match="^input ids must be integers: "):
+        seq2seq(tiny(is_causal=False), [1, 2.0])
+    ok = list(generate(tiny(), [1, np.int64(2), torch.tensor(3)], SamplerConfig(temperature=0, max_new_tokens=2)))
+    assert ok == list(generate(tiny(), [1, 2, 3], SamplerConfig(temperature=0, max_new_tokens=2)))
+
+
 def test_generate_refuses_a_full_attention_model():
     with pytest.raises(ValueError, match=r"full attention \(config.is_causal False\): use seq2seq\(model, ids\)"):
         generate(tiny(is_causal=False), [1, 2], SamplerConfig())

@@ -5,6 +5,7 @@ detach after freezing, argument checks, and load_bin on what is not a file."""
 import os
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +13,7 @@ from nano_train.convert import ConvertError, export_bin, export_lora, load_bin, 
 from nano_train.lora import (
     attach_lora,
     detach_lora,
+    lora_config,
     mark_only_lora_trainable,
     merge_lora,
     unmerge_lora,
@@ -132,29 +134,23 @@ def test_assign_loading_into_merged_adapters_is_refused():
 # Training and merging
 
 
-def test_merged_adapters_refuse_training_with_a_clear_error():
-    m = mark_only_lora_trainable(merge_lora(adapted())).train()
-    with pytest.raises(RuntimeError, match=r"^LoRA adapters are merged into the weights: unmerge_lora\(model\) "
-                                           r"before training them$"):
-        m(IDX, IDX)
-    # the base trainable too: still refused (W alone would train, without a word)
-    for p in m.parameters():
-        p.requires_grad_(True)
-    with pytest.raises(RuntimeError, match="unmerge_lora"):
-        m(IDX, IDX)
-    # what is not training the adapters runs: no grad, eval mode, frozen adapters
-    with torch.no_grad():
-        m(IDX, IDX)
-    m.eval()
-    m(IDX, IDX)
-    m.train()
-    for name, p in m.named_parameters():
+def test_a_merged_model_runs_in_any_mode_and_its_adapters_are_frozen_until_unmerged():
+    """A model is in training mode when made: merged, it must still run with gradients on (an
+    earlier check refused that as "training"). Merging freezes the adapters, which the merged
+    forward skips, and unmerging gives them back their requires_grad."""
+    m = mark_only_lora_trainable(adapted()).train()
+    merge_lora(m)
+    assert not any(p.requires_grad for n, p in m.named_parameters() if ".lora_" in n)
+    _, loss = m(IDX, IDX)  # train mode, grad enabled: runs
+    assert loss is not None and not loss.requires_grad  # nothing of it trains: the base is frozen too
+    for name, p in m.named_parameters():  # a trainable base trains, the adapters stay out
         p.requires_grad_(".lora_" not in name)
-    m(IDX, IDX)[1].backward()  # the merged weights train, the adapters are frozen
-    # unmerged, the adapters train
-    m = mark_only_lora_trainable(unmerge_lora(m))
-    _, loss = m(IDX, IDX)
-    loss.backward()
+    m(IDX, IDX)[1].backward()
+    assert m.layers[0].wq.weight.grad is not None and m.layers[0].wq.lora_A.grad is None
+    m.zero_grad(set_to_none=True)
+    unmerge_lora(m)
+    assert m.layers[0].wq.lora_A.requires_grad  # back as they were before the merge
+    m(IDX, IDX)[1].backward()
     assert m.layers[0].wq.lora_A.grad is not None
 
 
@@ -191,6 +187,21 @@ def test_detach_makes_trainable_again_what_mark_only_lora_trainable_froze():
 def test_rank_must_be_a_positive_integer_not_a_bool(rank):
     with pytest.raises(ValueError, match=rf"^LoRA rank must be a positive integer, got {rank!r}$"):
         attach_lora(tiny(), rank, 8)
+
+
+@pytest.mark.parametrize("alpha", [True, 0, -1.0, "4"])
+def test_alpha_must_be_a_positive_number_not_a_bool(alpha):
+    with pytest.raises(ValueError, match=rf"^LoRA alpha must be a number > 0, got {re.escape(repr(alpha))}$"):
+        attach_lora(tiny(), 2, alpha)
+
+
+def test_numpy_numbers_are_lora_settings_too():
+    """Kept as Python numbers: a checkpoint's "lora" entry must load with weights_only=True."""
+    m = attach_lora(tiny(), np.int64(2), np.float32(4.0), np.float64(0.0))
+    cfg = lora_config(m)
+    assert cfg == {"rank": 2, "alpha": 4.0, "dropout": 0.0} and type(cfg["rank"]) is int
+    with pytest.raises(ValueError, match=r"^LoRA dropout must be a number in \[0, 1\), got '0.1'$"):
+        attach_lora(tiny(), 2, 4, "0.1")
 
 
 def test_load_bin_refuses_what_is_not_a_regular_file(tmp_path):

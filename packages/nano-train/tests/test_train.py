@@ -436,6 +436,14 @@ def test_a_config_built_in_code_is_checked_before_the_run_writes_anything(tmp_pa
         assert not (tmp_path / section).exists()
 
 
+def test_a_run_from_python_gives_back_the_callers_thread_count(small_pretrain, tiny_config):
+    """system.threads is the run's: a notebook that trains with --threads=1 keeps its own count."""
+    before = torch.get_num_threads()
+    target = 2 if before == 1 else 1
+    train(tiny_config(small_pretrain, max_iters=1, threads=target, sample_tokens=0))
+    assert torch.get_num_threads() == before
+
+
 # ---------------------------------------------------------------------------
 # Log, report card, plot
 

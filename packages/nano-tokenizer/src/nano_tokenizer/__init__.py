@@ -3,7 +3,7 @@ and vocabulary building. See the package README for the exact semantics."""
 
 __version__ = "0.1.0"
 
-from .build import build_vocab, other_unicode
+from .build import build_vocab
 from .tokenizer import (
     BD4SUR,
     BOS,
@@ -16,6 +16,7 @@ from .tokenizer import (
     UNKNOWN,
     Tokenizer,
     TokenizerError,
+    other_unicode,
 )
 
 __all__ = [

@@ -44,64 +44,12 @@ MAX_WORDS_BYTES = MAX_JSON_BYTES
 # into 20 MiB of them): words files are read in smaller pieces than corpora.
 WORDS_READ_BYTES = 1 << 16
 
-# Byte order marks of the Unicode encodings other than UTF-8; UTF-32's first, as
-# FF FE starts both little-endian ones. None of them is ever valid UTF-8.
-_OTHER_BOMS = (
-    (b"\xff\xfe\x00\x00", "UTF-32"),
-    (b"\x00\x00\xfe\xff", "UTF-32"),
-    (b"\xff\xfe", "UTF-16"),
-    (b"\xfe\xff", "UTF-16"),
-)
-
-
-def other_unicode(head: bytes) -> tuple[bytes, str] | None:
-    """(byte order mark, "UTF-16" or "UTF-32") when a file's first bytes are the byte
-    order mark of a Unicode encoding other than UTF-8 (Notepad's "Unicode" is UTF-16);
-    None otherwise. nano-train's data preparation names such files with it too."""
-    for bom, encoding in _OTHER_BOMS:
-        if head.startswith(bom):
-            return bom, encoding
-    return None
-
-
-class _FirstBytes:
-    """A binary file that remembers the first four bytes read from it."""
-
-    def __init__(self, f):
-        self._f = f
-        self.head = b""
-
-    def read(self, size: int = -1) -> bytes:
-        block = self._f.read(size)
-        if len(self.head) < 4:
-            self.head += block[: 4 - len(self.head)]
-        return block
-
-
-def read_text(f, name, size: int = READ_BYTES, max_bytes: int | None = None, kind: str = "file") -> Iterator[str]:
-    """read_utf8 (strict UTF-8 in pieces, no newline translation), except that a
-    file starting with a UTF-16 or UTF-32 byte order mark is named as such,
-    where read_utf8 alone would only say "invalid start byte at byte 0"."""
-    watched = _FirstBytes(f)
-    try:
-        yield from read_utf8(watched, name, size, max_bytes=max_bytes, kind=kind)
-    except TokenizerError:
-        other = other_unicode(watched.head)
-        if other:
-            bom, encoding = other
-            raise TokenizerError(
-                f"{name}: starts with a {encoding} byte order mark ({bom.hex(' ').upper()}): a {encoding} "
-                f"file, not UTF-8; convert it (e.g. iconv -f {encoding} -t UTF-8)"
-            ) from None
-        raise
-
-
 def _pieces(path, size: int = READ_BYTES, max_bytes: int | None = None, kind: str = "file") -> Iterator[str]:
     """The file's text in pieces, read as strict UTF-8, verbatim; errors name
     the file and byte."""
     try:
         with open_input(path) as f:  # not a device such as /dev/zero, nor a FIFO nothing writes to
-            yield from read_text(f, path, size, max_bytes=max_bytes, kind=kind)
+            yield from read_utf8(f, path, size, max_bytes=max_bytes, kind=kind)
     except OSError as e:
         raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
 
@@ -157,8 +105,9 @@ class BuildReport:
 
 def read_words(path) -> Iterator[str]:
     """The words of a words file, one token per line, verbatim except for the
-    line break: lines end at LF, and a CR right before the LF belongs to the
-    line break (CRLF files work); any other character, CR elsewhere included,
+    line break and a byte order mark at the start of the file (dropped): lines
+    end at LF, and a CR right before the LF belongs to the line break (CRLF
+    files work); any other character, CR elsewhere included,
     is part of the word. Empty lines are skipped. Read in pieces and yielded
     as they come, so no line is held beyond a token's length, and a file over
     MAX_WORDS_BYTES is refused."""
@@ -170,7 +119,11 @@ def read_words(path) -> Iterator[str]:
         return word
 
     tail = ""  # the line read so far, its LF not yet seen
+    first = True
     for piece in _pieces(path, WORDS_READ_BYTES, MAX_WORDS_BYTES, "words file"):
+        if first and piece:  # a byte order mark (Notepad's UTF-8) is not part of the first word
+            first = False
+            piece = piece.removeprefix("\ufeff")
         lines = (tail + piece).split("\n")
         tail = lines.pop()
         for line in lines:

@@ -52,13 +52,14 @@ import numpy as np
 from nano_format import shown, spec
 
 from . import __version__
-from .build import BuildReport, build_vocab, read_text
+from .build import BuildReport, build_vocab
 from .tokenizer import (
     DEFAULT_CHUNK_CHARS,
     Tokenizer,
     TokenizerError,
     check_writable,
     open_input,
+    read_utf8,
     write_atomically,
 )
 
@@ -228,7 +229,7 @@ def cmd_encode(args) -> None:
             yield ids
 
     with _open_binary(args.textfile) as f:
-        parts = counted(tok.encode_stream(read_text(f, name), chunk_chars=args.chunk_chars,
+        parts = counted(tok.encode_stream(read_utf8(f, name), chunk_chars=args.chunk_chars,
                                           allow_special=args.allow_special))
         if args.out is not None:
             count = _write_npy(Path(args.out), parts)
@@ -400,7 +401,7 @@ def _read_ids(items: list[str], chunk: int):
     if not items or items == ["-"]:
         if sys.stdin is None:  # started with standard input closed
             raise _Fail(f"{STDIN} is closed")
-        return _spool(_text_ids(read_text(sys.stdin.buffer, STDIN, size=chunk))), lambda: None
+        return _spool(_text_ids(read_utf8(sys.stdin.buffer, STDIN, size=chunk))), lambda: None
     # An argument of ids only ("12", "1,2") is ids even if a file has that name.
     files = [item for item in items if not _only_ids(item) and (item.endswith(".npy") or os.path.lexists(item))]
     if len(items) == 1 and files and _is_npy(files[0]):

@@ -442,9 +442,26 @@ def _text_pieces(source, size: int) -> Iterator[str]:
         yield piece
 
 
+# Byte order marks of the Unicode encodings other than UTF-8; UTF-32's first, as
+# FF FE starts both little-endian ones. None of them is ever valid UTF-8.
+_OTHER_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32"), (b"\x00\x00\xfe\xff", "UTF-32"),
+               (b"\xff\xfe", "UTF-16"), (b"\xfe\xff", "UTF-16"))
+
+
+def other_unicode(head: bytes) -> tuple[bytes, str] | None:
+    """(byte order mark, "UTF-16" or "UTF-32") when a file's first bytes are the byte
+    order mark of a Unicode encoding other than UTF-8 (Notepad's "Unicode" is UTF-16);
+    None otherwise. nano-train's data preparation names such files with it too."""
+    for bom, encoding in _OTHER_BOMS:
+        if head.startswith(bom):
+            return bom, encoding
+    return None
+
+
 def read_utf8(f: BinaryIO, name, size: int = READ_BYTES, max_bytes: int | None = None, kind: str = "file") -> Iterator[str]:
     """Decode a binary file as strict UTF-8 piece by piece (no newline
-    translation). A decoding error names `name` and the byte offset in the file.
+    translation). A decoding error names `name` and the byte offset in the file
+    (or what the file is: a binary format, UTF-16 or UTF-32 by its byte order mark).
     A file of more than `max_bytes` (if given) raises a TokenizerError that
     names it, the limit and what `kind` of file may be no larger, before
     anything past the limit is decoded."""
@@ -463,6 +480,11 @@ def read_utf8(f: BinaryIO, name, size: int = READ_BYTES, max_bytes: int | None =
         except UnicodeDecodeError as e:
             if what := _binary_kind(head):
                 raise TokenizerError(f"{name}: {what}, not UTF-8 text") from None
+            if other := other_unicode(head):
+                bom, encoding = other
+                raise TokenizerError(f"{name}: starts with a {encoding} byte order mark ({bom.hex(' ').upper()}): a "
+                                     f"{encoding} file, not UTF-8; convert it (e.g. iconv -f {encoding} -t UTF-8)"
+                                     ) from None
             # e.start counts from the held bytes, not from the file's start.
             raise TokenizerError(f"{name}: not UTF-8 text ({e.reason} at byte {offset - held + e.start})") from None
         if text:

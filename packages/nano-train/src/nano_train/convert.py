@@ -33,7 +33,7 @@ from nano_format import spec
 from nano_format.quant import check_group_size
 
 from .checkpoint import CheckpointError, check_state_dict, load_failure, one_line
-from .lora import LORA_TARGETS, LoRALinear, attach_lora, has_lora, load_lora_state_dict
+from .lora import LORA_TARGETS, LoRALinear, attach_lora, has_lora, has_unmerged_lora, load_lora_state_dict
 from .model import ModelConfig, Transformer
 
 __all__ = [
@@ -316,8 +316,7 @@ def export_bin(
     must have them merged (merge_lora): the file has no place for them apart.
     """
     c = model.config
-    projections = [getattr(layer, t) for layer in model.layers for t in LORA_TARGETS]
-    if any(isinstance(m, LoRALinear) and not m.merged for m in projections):
+    if has_unmerged_lora(model):
         raise ConvertError("the model has LoRA adapters that are not merged into its weights: merge_lora(model) "
                            "first to export them baked in, or export_lora(model, path) to write them apart "
                            "(and detach_lora(model) to export the base alone)")

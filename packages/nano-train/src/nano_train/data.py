@@ -102,10 +102,10 @@ class Progress:
     """A one-line progress bar on stderr, redrawn at most 5 times a second.
 
     Written here rather than taken from a package so that nano-train needs no
-    extra dependency. On a non-terminal stderr (a log file) it prints a line as it
-    starts, at each further 10% once LINE_EVERY_S seconds have passed since the last
-    line, and at the end: a phase of a few seconds is two lines, a long one a line
-    every 10% at most.
+    extra dependency. On a non-terminal stderr (a log file) it prints a line at the
+    first update, then at the first update past a further 10% mark once LINE_EVERY_S
+    seconds have passed since the last line, and at the end: a phase of a few seconds
+    is two lines, a long one a line every 10% at most.
     """
 
     LINE_EVERY_S = 10.0
@@ -181,9 +181,9 @@ def row_key(row: np.ndarray) -> int:
     return int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=8).digest(), "little")
 
 
-def quantity(n: int, noun: str, plural: str | None = None) -> str:
+def quantity(n: int, noun: str) -> str:
     """n and the noun, singular for 1: "1 document", "2,048 documents"."""
-    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+    return f"{n:,} {noun if n == 1 else noun + 's'}"
 
 
 def _loads(text: str, where: str):

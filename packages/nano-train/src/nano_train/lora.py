@@ -16,6 +16,7 @@ load_state_dict round-trips between merged and unmerged models.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn as nn
@@ -71,11 +72,7 @@ class LoRALinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = linear(x, self.weight, self.onednn)
-        if self.merged:
-            # The merged forward skips the adapters: training them would get no
-            # gradient (or, with a trainable base, train W alone without a word).
-            if self.training and torch.is_grad_enabled() and (self.lora_A.requires_grad or self.lora_B.requires_grad):
-                raise RuntimeError("LoRA adapters are merged into the weights: unmerge_lora(model) before training them")
+        if self.merged:  # (merging froze the adapters: this path gives them no gradient)
             return y
         # x [.., in] -> A x [.., rank] -> B A x [.., out]
         return y + self.scale * F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
@@ -97,9 +94,7 @@ class LoRALinear(nn.Linear):
             _unmerge_one(self)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
         if was_merged:
-            with torch.no_grad():
-                self.weight.add_(self.delta())
-            self.merged = True
+            _merge_one(self)
 
     def extra_repr(self) -> str:
         return f"{self.in_features}, {self.out_features}, rank={self.rank}, alpha={self.alpha}, merged={self.merged}"
@@ -116,6 +111,10 @@ def has_lora(model) -> bool:
     return any(isinstance(m, LoRALinear) for _, _, m in _targets(model))
 
 
+def has_unmerged_lora(model) -> bool:
+    return any(isinstance(m, LoRALinear) and not m.merged for _, _, m in _targets(model))
+
+
 def lora_config(model) -> dict | None:
     """{"rank", "alpha", "dropout"} of the attached LoRA (the checkpoint's "lora"
     entry), or None when none is attached."""
@@ -128,12 +127,13 @@ def lora_config(model) -> dict | None:
 def attach_lora(model, rank: int, alpha: float, dropout: float = 0.0):
     """Wrap wq, wk, wv, wo of every layer. The model computes the same logits
     until B is trained (B starts at zero). Returns the model."""
-    if isinstance(rank, bool) or not (isinstance(rank, int) and rank > 0):
+    if isinstance(rank, bool) or not (isinstance(rank, numbers.Integral) and rank > 0):
         raise ValueError(f"LoRA rank must be a positive integer, got {rank!r}")
-    if not alpha > 0:
-        raise ValueError(f"LoRA alpha must be > 0, got {alpha!r}")
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}")
+    if isinstance(alpha, bool) or not (isinstance(alpha, numbers.Real) and alpha > 0):
+        raise ValueError(f"LoRA alpha must be a number > 0, got {alpha!r}")
+    if isinstance(dropout, bool) or not (isinstance(dropout, numbers.Real) and 0.0 <= dropout < 1.0):
+        raise ValueError(f"LoRA dropout must be a number in [0, 1), got {dropout!r}")
+    rank, alpha, dropout = int(rank), float(alpha), float(dropout)  # (numpy numbers included)
     if has_lora(model):
         raise ValueError("the model already has LoRA attached; detach_lora first")
     for i, name, m in _targets(model):
@@ -145,8 +145,9 @@ def detach_lora(model):
     """Remove the adapters, leaving the base weights as they were before attach
     (a merged adapter is unmerged first); what mark_only_lora_trainable froze
     becomes trainable again. Returns the model."""
-    for p in model.__dict__.pop("_lora_frozen", ()):
+    for p in getattr(model, "_lora_frozen", ()):
         p.requires_grad_(True)
+    model._lora_frozen = []
     for i, name, m in _targets(model):
         if isinstance(m, LoRALinear):
             if m.merged:
@@ -166,21 +167,32 @@ def _require_lora(model):
     return mods
 
 
-@torch.no_grad()
 def merge_lora(model):
     """Fold the update into the base weights (W += scale * B @ A); the forward then
-    skips the low-rank path. Idempotent. Returns the model."""
+    skips the low-rank path, so the adapters are frozen until unmerge_lora (a merged
+    model runs in any mode; training it trains the base weights alone, if they
+    require grad). Idempotent. Returns the model."""
     for m in _require_lora(model):
         if not m.merged:
-            m.weight.add_(m.delta())
-            m.merged = True
+            _merge_one(m)
     return model
+
+
+@torch.no_grad()
+def _merge_one(m: LoRALinear) -> None:
+    m.weight.add_(m.delta())
+    m.merged = True
+    m.adapters_required_grad = (m.lora_A.requires_grad, m.lora_B.requires_grad)  # for unmerge
+    m.lora_A.requires_grad_(False)
+    m.lora_B.requires_grad_(False)
 
 
 @torch.no_grad()
 def _unmerge_one(m: LoRALinear) -> None:
     m.weight.sub_(m.delta())
     m.merged = False
+    m.lora_A.requires_grad_(m.adapters_required_grad[0])
+    m.lora_B.requires_grad_(m.adapters_required_grad[1])
 
 
 def unmerge_lora(model):
@@ -233,8 +245,7 @@ def load_lora_state_dict(model, sd: dict[str, torch.Tensor]) -> None:
         m.lora_A.copy_(a)
         m.lora_B.copy_(b)
         if was_merged:
-            m.weight.add_(m.delta())
-            m.merged = True
+            _merge_one(m)
 
 
 def mark_only_lora_trainable(model):
@@ -242,7 +253,8 @@ def mark_only_lora_trainable(model):
     The parameters it freezes are remembered: detach_lora makes them trainable
     again. Returns the model."""
     _require_lora(model)
-    frozen = model.__dict__.setdefault("_lora_frozen", [])
+    frozen = getattr(model, "_lora_frozen", [])
+    model._lora_frozen = frozen
     for name, p in model.named_parameters():
         adapter = name.endswith(".lora_A") or name.endswith(".lora_B")
         if p.requires_grad and not adapter:

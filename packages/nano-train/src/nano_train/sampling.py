@@ -37,6 +37,7 @@ RNG (xorshift64* seeded through splitmix64, all arithmetic mod 2^64):
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from numbers import Integral, Real
 from typing import Iterator, Sequence
@@ -267,7 +268,10 @@ def _held_back(tokenizer, tail: list[int], stop_texts: list[str]) -> int:
 def _vocabulary_ids(model, ids: Sequence[int], what: str) -> list[int]:
     """ids as ints, each checked against the model's vocabulary (on the host, so free:
     on a GPU a bad id would be a device-side assert, on a CPU an IndexError)."""
-    ids = [int(t) for t in ids]
+    try:  # ints, numpy integers, integer 0-d tensors; not 2.7, which int() would make 2
+        ids = [operator.index(t) for t in ids]
+    except TypeError as e:
+        raise TypeError(f"{what} ids must be integers: {e}") from None
     v = model.config.vocab_size
     for i, t in enumerate(ids):
         if not 0 <= t < v:

@@ -636,21 +636,26 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     torchrun sends it to the ranks left, and the process is to end with the error.
 
     cfg may be built in code: it is checked as a config file is (config.check: a
-    ConfigError naming the key, before anything is written). The run replaces
+    ConfigError naming the key, before anything is written). The caller's torch
+    thread count is restored at the end (system.threads is the run's). The run replaces
     cfg.model by the model it trains (the vocabulary size the data's, the
     architecture a base model's or the resumed checkpoint's where explicit does not
     name a model key).
     """
     check_config(cfg)
-    if run_lock_held or not writes_out_dir():
-        return _train(cfg, explicit, checkpoint, progress)
-    out_dir = Path(cfg.run.out_dir)
-    with contextlib.ExitStack() as held:
-        try:
-            held.enter_context(dirlock.exclusive(out_dir, RUN_LOCK, "run", ConfigError))
-        except OSError as e:
-            raise not_writable(out_dir, e) from None
-        return _train(cfg, explicit, checkpoint, progress)
+    threads = torch.get_num_threads()  # system.threads sets them for the run only
+    try:
+        if run_lock_held or not writes_out_dir():
+            return _train(cfg, explicit, checkpoint, progress)
+        out_dir = Path(cfg.run.out_dir)
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(dirlock.exclusive(out_dir, RUN_LOCK, "run", ConfigError))
+            except OSError as e:
+                raise not_writable(out_dir, e) from None
+            return _train(cfg, explicit, checkpoint, progress)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None, progress) -> TrainResult:
