@@ -81,13 +81,18 @@ def run(args, cwd, nproc=None, command="nano_train.pretrain", ok=True, launcher=
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
+def pretrain_args(dataset, accum: int, max_iters: int, eval_interval: int, eval_iters: int) -> list[str]:
+    """A 2-layer float32 pretraining run on the CPU with gloo, for one process or several."""
+    return [f"--dataset={dataset}", "--n_layer=2", "--n_embd=32", "--n_head=2", "--n_kv_head=2", "--block_size=32",
+            "--batch_size=4", f"--gradient_accumulation_steps={accum}", f"--max_iters={max_iters}",
+            "--warmup_iters=1", "--learning_rate=1e-3", f"--eval_interval={eval_interval}",
+            f"--eval_iters={eval_iters}", "--log_interval=1", "--device=cpu", "--dist_backend=gloo",
+            "--dtype=float32", "--sample_tokens=0"]
+
+
 @pytest.mark.slow
 def test_two_process_ddp_matches_one_process(tmp_path, small_pretrain):
-    common = [f"--dataset={small_pretrain}", "--n_layer=2", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
-              "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=4", "--max_iters=4",
-              "--warmup_iters=1", "--learning_rate=1e-3", "--eval_interval=2", "--eval_iters=3",
-              "--log_interval=1", "--device=cpu", "--dist_backend=gloo", "--dtype=float32", "--peak_flops=1e10",
-              "--sample_tokens=0"]
+    common = pretrain_args(small_pretrain, accum=4, max_iters=4, eval_interval=2, eval_iters=3) + ["--peak_flops=1e10"]
     single = run(common + [f"--out_dir={tmp_path / 'one'}"], tmp_path)
     double = run(common + [f"--out_dir={tmp_path / 'two'}"], tmp_path, nproc=2)
     assert "1 x cpu" in single.stdout and "2 x cpu" in double.stdout
@@ -130,11 +135,7 @@ def test_two_nodes_of_one_process_each_match_one_process(tmp_path, small_pretrai
     run matches one process with the same global batch, as the one-node test does."""
     import socket
 
-    common = [f"--dataset={small_pretrain}", "--n_layer=2", "--n_embd=32", "--n_head=2", "--n_kv_head=2",
-              "--block_size=32", "--batch_size=4", "--gradient_accumulation_steps=2", "--max_iters=3",
-              "--warmup_iters=1", "--learning_rate=1e-3", "--eval_interval=3", "--eval_iters=2",
-              "--log_interval=1", "--device=cpu", "--dist_backend=gloo", "--dtype=float32", "--sample_tokens=0",
-              "--dist_timeout=120"]
+    common = pretrain_args(small_pretrain, accum=2, max_iters=3, eval_interval=3, eval_iters=2) + ["--dist_timeout=120"]
     single = run(common + [f"--out_dir={tmp_path / 'one'}"], tmp_path)
     with socket.socket() as probe:  # a free port for node 0's store
         probe.bind(("127.0.0.1", 0))
