@@ -4,7 +4,7 @@
  * Usage:
  *   nano run -m MODEL [-l LORA] [-p PROMPT | -p -] [--instruct] [--system TEXT] [--allow-special] [-t TEMP]
  *            [-k TOP_K] [--top-p P] [--min-p P] [-r PENALTY] [-n MAX_TOKENS] [-s SEED]
- *            [--threads N] [--ctx N] [--batch N] [--portable] [--profile] [--ids]
+ *            [--stop TEXT]... [--threads N] [--ctx N] [--batch N] [--portable] [--profile] [--ids]
  *   nano info MODEL
  *   nano seq2seq -m MODEL [-l LORA] [--threads N] [--causal] INPUT | -
  *   nano bench -m MODEL [-p PROMPT_TOKENS] [-n TOKENS] [--threads N] [--portable]
@@ -71,6 +71,8 @@ static const char *USAGE =
     "  -n, --max-tokens N   stop after N tokens (0 = until a stop token or the context is full;\n"
     "                       default 256)\n"
     "  -s, --seed S         sampler seed (default 0)\n"
+    "  --stop TEXT          end the text where TEXT appears, as nano_train.sample --stop (repeatable;\n"
+    "                       a special token's text stops at that token; " NANO_SPECIAL_EOS " always stops)\n"
     "  --threads N          threads (default: OpenMP's)\n"
     "  --ctx N              context length (default: the model's block size)\n"
     "  --batch N            prefill block size (default 64)\n"
@@ -518,6 +520,14 @@ typedef struct run_opts {
     uint32_t n_ctx, n_batch;
     nano_session_params sp;
     unsigned not_seq2seq; /* bit i: NOT_SEQ2SEQ[i] was given */
+    const char **stops;   /* the --stop TEXTs, as given */
+    size_t n_stops;
+    /* the --stop TEXTs matched on the generated text (resolve_stops): the others are
+     * special tokens, stop ids in sp.stop_tokens */
+    const char **stop_texts;
+    size_t n_stop_texts;
+    uint32_t stop_longest; /* the longest stop text's length in characters */
+    int32_t *stop_ids;     /* the special tokens among them (sp.stop_tokens) */
 } run_opts;
 
 /* The options of `nano run` that a full-attention model's seq2seq forward has
@@ -525,8 +535,9 @@ typedef struct run_opts {
 static const struct {
     const char *s, *l;
 } NOT_SEQ2SEQ[] = {{"-t", "--temperature"}, {"-k", "--top-k"}, {NULL, "--top-p"}, {NULL, "--min-p"},
-                   {"-r", "--repetition-penalty"}, {"-n", "--max-tokens"}, {"-s", "--seed"}, {NULL, "--instruct"},
-                   {NULL, "--system"}, {NULL, "--allow-special"}, {NULL, "--ids"}, {NULL, "--profile"}, {NULL, "--batch"}};
+                   {"-r", "--repetition-penalty"}, {"-n", "--max-tokens"}, {"-s", "--seed"}, {NULL, "--stop"},
+                   {NULL, "--instruct"}, {NULL, "--system"}, {NULL, "--allow-special"}, {NULL, "--ids"},
+                   {NULL, "--profile"}, {NULL, "--batch"}};
 
 static void note_option(run_opts *o, const char *a) {
     size_t i;
@@ -660,42 +671,271 @@ static void note_context_filled(nano_session *s, const run_opts *o, const nano_c
         fprintf(stderr, "no context holds more than the model's block size, %u\n", info.block_size);
 }
 
+// ---------------------------------------------------------------------------
+// --stop TEXT, as nano_train.sample's (nano_train.sampling: _resolve_stops, _held_back
+// and the loop of _generate). Texts are compared as UTF-8 bytes: every token's text is
+// whole characters, so a byte match is a character match.
+
+/* The text of token id ("" for a model without a vocabulary, as the session gives it). */
+static const char *token_text(const nano_tokenizer *tok, int32_t id, size_t *len) {
+    const char *text;
+    if (nano_tokenizer_token_text(tok, id, &text, len) == NANO_OK) return text;
+    *len = 0;
+    return "";
+}
+
+/* The offset of the first needle[nn] (nn > 0) in hay[hn], or SIZE_MAX. */
+static size_t find_text(const char *hay, size_t hn, const char *needle, size_t nn) {
+    size_t i;
+    for (i = 0; i + nn <= hn; i++)
+        if (memcmp(hay + i, needle, nn) == 0) return i;
+    return SIZE_MAX;
+}
+
+/* The bytes of the character at s[0] (s[n], n > 0): 1 for a byte that starts no
+ * well-formed sequence, which the tokenizer reads as a character of its own. */
+static size_t char_bytes(const char *s, size_t n) {
+    unsigned char c = (unsigned char)s[0];
+    size_t k = c >= 0xF0 && c < 0xF8 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1, i;
+    if (c >= 0xF8 || k > n) return 1;
+    for (i = 1; i < k; i++)
+        if (((unsigned char)s[i] & 0xC0) != 0x80) return 1;
+    return k;
+}
+
+/* Whether the vocabulary gives text[n] back as it is, encoded (special-token text read
+ * as those tokens when `special`) and decoded: not when a character has no token (it
+ * becomes <|unknown|>, or fails without one). -1 when out of memory. */
+static int round_trips(const nano_tokenizer *tok, const char *text, size_t n, int special) {
+    size_t n_ids = 0, len = 0;
+    int32_t *ids;
+    char *back;
+    int same;
+    nano_status st = nano_tokenizer_encode(tok, text, n, special, NULL, 0, &n_ids);
+    if (st != NANO_OK && st != NANO_ERR_BUFFER_TOO_SMALL) return 0;
+    if (!(ids = (int32_t *)malloc((n_ids + 1) * sizeof *ids))) return -1;
+    nano_tokenizer_encode(tok, text, n, special, ids, n_ids, &n_ids);
+    nano_tokenizer_decode(tok, ids, n_ids, NULL, 0, &len);
+    if (!(back = (char *)malloc(len + 1))) {
+        free(ids);
+        return -1;
+    }
+    nano_tokenizer_decode(tok, ids, n_ids, back, len + 1, &len);
+    same = len == n && memcmp(back, text, n) == 0;
+    free(back);
+    free(ids);
+    return same;
+}
+
+/* s[n] on standard error, each byte that starts no character written \xNN. */
+static void put_text_stderr(const char *s, size_t n) {
+    size_t i, k;
+    for (i = 0; i < n; i += k) {
+        k = char_bytes(s + i, n - i);
+        if (k == 1 && (unsigned char)s[i] >= 0x80) fprintf(stderr, "\\x%02x", (unsigned char)s[i]);
+        else fwrite(s + i, 1, k, stderr);
+    }
+}
+
+/* The error for a --stop TEXT the vocabulary cannot write, naming the characters it
+ * has no token for (each once, in order); returns 2, the exit status. */
+static int report_stop_never_occurs(const nano_tokenizer *tok, const char *text) {
+    text_buf missing = {NULL, 0, 0};
+    size_t n = strlen(text), i, k;
+    for (i = 0; i < n; i += k) {
+        int ok;
+        k = char_bytes(text + i, n - i);
+        if ((ok = round_trips(tok, text + i, k, 0)) < 0) break;
+        if (!ok && find_text(missing.p, missing.len, text + i, k) == SIZE_MAX && text_append(&missing, text + i, k))
+            break;
+    }
+    if (i < n) {
+        free(missing.p);
+        return report(NANO_ERR_OUT_OF_MEMORY, "--stop");
+    }
+    fputs("nano: error: --stop '", stderr);
+    put_text_stderr(text, n);
+    fputs("': can never occur: ", stderr);
+    if (missing.len) {
+        fputs("the vocabulary has no token for '", stderr);
+        put_text_stderr(missing.p, missing.len);
+        fputs("'\n", stderr);
+    } else {
+        fputs("the vocabulary cannot write it\n", stderr);
+    }
+    free(missing.p);
+    return 2;
+}
+
+/* Sort the --stop TEXTs: the text of a special token becomes a stop id (sp.stop_tokens:
+ * that token ends the generation unprinted, as <|eos|> always does), any other is
+ * matched on the generated text (stop_texts). An empty text, or one the vocabulary
+ * cannot write (it could never be generated), is an error. Returns 0, or the exit
+ * status after printing the error (2: a bad TEXT). */
+static int resolve_stops(run_opts *o, const nano_tokenizer *tok) {
+    uint32_t n_ids = 0, V = tok ? nano_tokenizer_vocab_size(tok) : 0, id;
+    size_t i;
+    if (!o->n_stops) return 0;
+    o->stop_ids = (int32_t *)malloc(o->n_stops * sizeof *o->stop_ids);
+    o->stop_texts = (const char **)malloc(o->n_stops * sizeof *o->stop_texts);
+    if (!o->stop_ids || !o->stop_texts) return report(NANO_ERR_OUT_OF_MEMORY, "--stop");
+    for (i = 0; i < o->n_stops; i++) {
+        const char *text = o->stops[i];
+        size_t n = strlen(text), len;
+        int32_t special = -1;
+        int ok;
+        if (n == 0) {
+            fprintf(stderr, "nano: error: --stop '': the text is empty: give the text to stop at\n");
+            return 2;
+        }
+        if (!tok) {
+            fprintf(stderr, "nano: error: --stop '%s': %s has no vocabulary to read it with\n", text, o->model);
+            return 2;
+        }
+        if ((ok = round_trips(tok, text, n, 1)) < 0) return report(NANO_ERR_OUT_OF_MEMORY, "--stop");
+        if (!ok) return report_stop_never_occurs(tok, text);
+        for (id = 0; id < V && special < 0; id++) {
+            const char *t = token_text(tok, (int32_t)id, &len);
+            if (len == n && memcmp(t, text, n) == 0 && nano_tokenizer_is_special(tok, (int32_t)id))
+                special = (int32_t)id;
+        }
+        if (special >= 0) {
+            o->stop_ids[n_ids++] = special;
+        } else {
+            uint32_t chars = 0;
+            size_t b;
+            for (b = 0; b < n; b++) chars += ((unsigned char)text[b] & 0xC0) != 0x80;
+            o->stop_texts[o->n_stop_texts++] = text;
+            if (chars > o->stop_longest) o->stop_longest = chars;
+        }
+    }
+    o->sp.stop_tokens = o->stop_ids;
+    o->sp.n_stop_tokens = n_ids;
+    return 0;
+}
+
+/* How many of ids[n] have a text that starts before byte `at` of their joined text. */
+static uint32_t starting_before(const nano_tokenizer *tok, const int32_t *ids, uint32_t n, size_t at) {
+    size_t length = 0, len;
+    uint32_t k;
+    for (k = 0; k < n; k++) {
+        if (length >= at) return k;
+        token_text(tok, ids[k], &len);
+        length += len;
+    }
+    return n;
+}
+
+/* The generated tokens gen[n] against the stop texts, after each new token. A stop
+ * text in their text ends the generation (returns 1): *upto counts the tokens whose
+ * text starts before it, printed whole even where it runs into the stop text; those
+ * from its start on are dropped. Else (0) *upto counts the tokens that may be printed
+ * now: the others start at or after the first character from which the text could
+ * still become a stop text, and wait (that character may lie inside a token already
+ * printed). A stop text ends in the newest token and no token's text is empty, so the
+ * last stop_longest tokens (their text in `window`) hold all there is to see. -1 when
+ * out of memory. */
+static int stop_check(const run_opts *o, const nano_tokenizer *tok, const int32_t *gen, uint32_t n,
+                      text_buf *window, uint32_t *upto) {
+    uint32_t first = n > o->stop_longest ? n - o->stop_longest : 0, k;
+    size_t at = SIZE_MAX, c, i, len;
+    window->len = 0;
+    for (k = first; k < n; k++) {
+        const char *text = token_text(tok, gen[k], &len);
+        if (text_append(window, text, len)) return -1;
+    }
+    for (i = 0; i < o->n_stop_texts; i++) {
+        size_t where = find_text(window->p, window->len, o->stop_texts[i], strlen(o->stop_texts[i]));
+        if (where < at) at = where;
+    }
+    if (at != SIZE_MAX) {
+        *upto = first + starting_before(tok, gen + first, n - first, at);
+        return 1;
+    }
+    for (c = 0; c < window->len; c++) {
+        int could = 0;
+        if (((unsigned char)window->p[c] & 0xC0) == 0x80) continue; /* inside a character */
+        for (i = 0; i < o->n_stop_texts && !could; i++)
+            could = window->len - c <= strlen(o->stop_texts[i]) &&
+                    memcmp(window->p + c, o->stop_texts[i], window->len - c) == 0;
+        if (could) break;
+    }
+    *upto = first + starting_before(tok, gen + first, n - first, c);
+    return 0;
+}
+
+/* The generated tokens gen[from..to) to standard output (`escape`: see write_text),
+ * or gathered in `answer`; nothing with --ids (generate prints them at the end).
+ * Returns 0; 1 after printing the error; -1 when standard output failed. */
+static int put_tokens(const nano_tokenizer *tok, const int32_t *gen, uint32_t from, uint32_t to,
+                      const run_opts *o, int escape, text_buf *answer, const char *what) {
+    uint32_t k;
+    size_t len;
+    if (o->ids || from >= to) return 0;
+    for (k = from; k < to; k++) {
+        const char *text = token_text(tok, gen[k], &len);
+        if (!answer) write_text(text, len, escape);
+        else if (text_append(answer, text, len)) return report(NANO_ERR_OUT_OF_MEMORY, what);
+    }
+    return !answer && stdout_failed() ? -1 : 0;
+}
+
 /* One generation, streamed to standard output, or with `answer` gathered there
  * and written whole once it has ended well (`escape`: the chat's one line per
- * answer, see write_text). Returns 0; 1 after printing the error (`what` names
- * the input); -1 when standard output failed. */
+ * answer, see write_text). With --stop texts, tokens that could begin one wait
+ * (stop_check) and a stop text ends it. Returns 0; 1 after printing the error
+ * (`what` names the input); -1 when standard output failed. */
 static int generate(nano_session *s, const char *prompt, uint32_t mode, const run_opts *o,
                     const nano_context *ctx, const char *what, int escape, text_buf *answer) {
+    const nano_tokenizer *tok = nano_model_tokenizer(nano_context_model(ctx));
     nano_token_event ev;
+    text_buf window = {NULL, 0, 0};
+    const int32_t *t;
+    uint32_t n, n_prompt, i, shown = 0; /* shown: the generated tokens put out so far */
+    int stopped = 0, rc = 0;
     nano_status st = nano_session_start(s, prompt, mode);
     if (answer) answer->len = 0;
     if (st == NANO_ERR_CONTEXT_FULL) return report_context_full(ctx, prompt, mode, o, what);
-    if (st != NANO_OK) return report_encode(st, nano_model_tokenizer(nano_context_model(ctx)), mode, what);
+    if (st != NANO_OK) return report_encode(st, tok, mode, what);
     note_unknown(s, what);
-    while ((st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
-        if (o->ids) continue;
-        if (answer) {
-            if (text_append(answer, ev.text, ev.text_len)) return report(NANO_ERR_OUT_OF_MEMORY, what);
-            continue;
+    while (!stopped && (st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
+        uint32_t upto;
+        t = nano_session_tokens(s, &n, &n_prompt);
+        upto = n - n_prompt;
+        if (o->n_stop_texts && (stopped = stop_check(o, tok, t + n_prompt, n - n_prompt, &window, &upto)) < 0) {
+            rc = report(NANO_ERR_OUT_OF_MEMORY, what);
+            goto out;
         }
-        write_text(ev.text, ev.text_len, escape);
-        if (stdout_failed()) return -1;
+        if ((rc = put_tokens(tok, t + n_prompt, shown, upto, o, escape, answer, what))) goto out;
+        shown = upto;
     }
-    if (st != NANO_OK && st != NANO_ERR_CANCELLED) return report(st, what);
+    if (st != NANO_OK && st != NANO_ERR_CANCELLED) {
+        rc = report(st, what);
+        goto out;
+    }
+    t = nano_session_tokens(s, &n, &n_prompt);
+    if (!stopped) { /* the tokens held back for a stop text that never came */
+        if ((rc = put_tokens(tok, t + n_prompt, shown, n - n_prompt, o, escape, answer, what))) goto out;
+        shown = n - n_prompt;
+    }
     if (answer && answer->len) write_text(answer->p, answer->len, escape);
-    if (o->ids) {
-        uint32_t n, n_prompt, i;
-        const int32_t *t = nano_session_tokens(s, &n, &n_prompt);
-        for (i = 0; i < n; i++) printf(i ? ",%d" : "%d", (int)t[i]);
+    if (o->ids) { /* the prompt, then the generated tokens put out */
+        for (i = 0; i < n_prompt + shown; i++) printf(i ? ",%d" : "%d", (int)t[i]);
         printf("\n");
-        fprintf(stderr, "nano: %u prompt tokens, %u generated\n", n_prompt, n - n_prompt);
+        fprintf(stderr, "nano: %u prompt tokens, %u generated\n", n_prompt, shown);
     } else {
         printf("\n");
     }
-    if (stdout_failed()) return -1;
-    if (st == NANO_OK && ev.stop_reason == NANO_STOP_CONTEXT_FULL && o->sp.max_tokens) note_context_filled(s, o, ctx, what);
+    if (stdout_failed()) {
+        rc = -1;
+        goto out;
+    }
+    if (st == NANO_OK && !stopped && ev.stop_reason == NANO_STOP_CONTEXT_FULL && o->sp.max_tokens)
+        note_context_filled(s, o, ctx, what);
     if (o->profile) print_stats(s, ctx);
-    return 0;
+out:
+    free(window.p);
+    return rc;
 }
 
 /* The chat: one instruct-mode question per line of standard input, one answer
@@ -793,6 +1033,7 @@ static int cmd_run(int argc, char **argv) {
     memset(&o, 0, sizeof o);
     o.sp = nano_session_default_params();
     o.sp.max_tokens = 256;
+    if (!(o.stops = (const char **)malloc((size_t)argc * sizeof *o.stops))) die_status(NANO_ERR_OUT_OF_MEMORY, "run");
     for (i = 2; i < argc; i++) {
         const char *a = argv[i];
         note_option(&o, a);
@@ -819,6 +1060,7 @@ static int cmd_run(int argc, char **argv) {
             if (!(o.sp.sampler.repetition_penalty > 0.0f)) die_usage("%s: must be > 0, got '%s'", a, argv[i]);
         } else if (is_opt(a, "-n", "--max-tokens")) o.sp.max_tokens = (uint32_t)parse_long(a, need_value(argc, argv, &i), 0, 1L << 30);
         else if (is_opt(a, "-s", "--seed")) o.sp.sampler.seed = parse_u64(a, need_value(argc, argv, &i));
+        else if (is_opt(a, NULL, "--stop")) o.stops[o.n_stops++] = need_value(argc, argv, &i);
         else if (is_opt(a, NULL, "--threads")) o.threads = (int)parse_long(a, need_value(argc, argv, &i), 1, NANO_MAX_THREADS);
         else if (is_opt(a, NULL, "--ctx")) o.n_ctx = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 30);
         else if (is_opt(a, NULL, "--batch")) o.n_batch = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 20);
@@ -827,6 +1069,7 @@ static int cmd_run(int argc, char **argv) {
         else if (is_opt(a, NULL, "--ids")) o.ids = 1;
         else if (is_opt(a, "-h", "--help")) {
             fputs(USAGE, stdout);
+            free(o.stops);
             return 0;
         } else die_usage_stray(argc, argv, a, "run: unknown option '%s'", a);
     }
@@ -875,6 +1118,7 @@ static int cmd_run(int argc, char **argv) {
         rc = run_seq2seq(m, &o);
         goto done;
     }
+    if ((rc = resolve_stops(&o, nano_model_tokenizer(m)))) goto done;
     if ((rc = make_context(m, o.model, o.n_ctx, o.n_batch, o.threads, NANO_ATTENTION_MODE_FILE, o.portable, &ctx)))
         goto done;
     if (o.lora && (rc = attach_lora(ctx, m, o.lora, &lora))) goto done;
@@ -888,6 +1132,9 @@ static int cmd_run(int argc, char **argv) {
 done:
     free(stdin_prompt);
     free(joined.p);
+    free(o.stops);
+    free(o.stop_texts);
+    free(o.stop_ids);
     nano_session_free(s);
     nano_context_free(ctx);
     nano_lora_free(lora);
