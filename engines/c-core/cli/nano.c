@@ -773,7 +773,7 @@ static int report_stop_never_occurs(const nano_tokenizer *tok, const char *text)
  * cannot write (it could never be generated), is an error. Returns 0, or the exit
  * status after printing the error (2: a bad TEXT). */
 static int resolve_stops(run_opts *o, const nano_tokenizer *tok) {
-    uint32_t n_ids = 0, V = tok ? nano_tokenizer_vocab_size(tok) : 0, id;
+    uint32_t n_ids = 0;
     size_t i;
     if (!o->n_stops) return 0;
     o->stop_ids = (int32_t *)malloc(o->n_stops * sizeof *o->stop_ids);
@@ -781,8 +781,8 @@ static int resolve_stops(run_opts *o, const nano_tokenizer *tok) {
     if (!o->stop_ids || !o->stop_texts) return report(NANO_ERR_OUT_OF_MEMORY, "--stop");
     for (i = 0; i < o->n_stops; i++) {
         const char *text = o->stops[i];
-        size_t n = strlen(text), len;
-        int32_t special = -1;
+        size_t n = strlen(text);
+        int32_t special;
         int ok;
         if (n == 0) {
             fprintf(stderr, "nano: error: --stop '': the text is empty: give the text to stop at\n");
@@ -794,12 +794,8 @@ static int resolve_stops(run_opts *o, const nano_tokenizer *tok) {
         }
         if ((ok = round_trips(tok, text, n, 1)) < 0) return report(NANO_ERR_OUT_OF_MEMORY, "--stop");
         if (!ok) return report_stop_never_occurs(tok, text);
-        for (id = 0; id < V && special < 0; id++) {
-            const char *t = token_text(tok, (int32_t)id, &len);
-            if (len == n && memcmp(t, text, n) == 0 && nano_tokenizer_is_special(tok, (int32_t)id))
-                special = (int32_t)id;
-        }
-        if (special >= 0) {
+        special = nano_tokenizer_find(tok, text, n);
+        if (special >= 0 && nano_tokenizer_is_special(tok, special)) {
             o->stop_ids[n_ids++] = special;
         } else {
             uint32_t chars = 0;

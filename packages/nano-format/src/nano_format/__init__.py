@@ -33,7 +33,7 @@ from .errors import (
     shown,
 )
 from .quant import QuantizedTensor, choose_group_size, dequantize_q8_0, quantize_q8_0
-from .reader import NanoFile, TensorInfo, load, other_format, read
+from .reader import ZIP_MAGIC, NanoFile, TensorInfo, load, other_format, read
 from .vocab import (
     BpeToken,
     TokenEntry,
@@ -50,6 +50,7 @@ __all__ = [
     "spec",
     "read",
     "other_format",
+    "ZIP_MAGIC",
     "load",
     "NanoFile",
     "Config",

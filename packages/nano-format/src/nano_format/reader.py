@@ -56,12 +56,13 @@ from .quant import QuantizedTensor, check_group_size, dequantize_q8_0, first_bad
 from .spec import ModelType, QuantType, TokenizerKind
 from .vocab import check_bpe_section, check_trie_section, decode_bpe_section, decode_tokenizer_section
 
-__all__ = ["read", "load", "NanoFile", "TensorInfo", "other_format"]
+__all__ = ["read", "load", "NanoFile", "TensorInfo", "other_format", "ZIP_MAGIC"]
 
 _U64_LIMIT = 1 << 64
 # Binary formats people hand over by mistake for a model file (or, to nano-tokenizer, for a
 # vocabulary or a text), by their first bytes
-_OTHER_MAGICS = {b"GGUF": "a GGUF file", b"PK\x03\x04": "a zip archive (a PyTorch checkpoint?)",
+ZIP_MAGIC = b"PK\x03\x04"  # a zip archive's first bytes: what torch.save writes (a training checkpoint)
+_OTHER_MAGICS = {b"GGUF": "a GGUF file", ZIP_MAGIC: "a zip archive (a PyTorch checkpoint?)",
                  b"\x80\x02": "a Python pickle", np.lib.format.MAGIC_PREFIX: "a .npy file"}
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 import nano_format
-from nano_format import spec
+from nano_format import ZIP_MAGIC, spec
 from nano_format.quant import check_group_size
 
 from .checkpoint import CheckpointError, check_state_dict, load_failure, one_line
@@ -447,7 +447,6 @@ def load_lora_bin(model: Transformer, path) -> Transformer:
 
 
 CHECKPOINT_FORMAT = "nano-train-checkpoint"  # the optional "format" entry the training code writes
-ZIP_MAGIC = b"PK\x03\x04"  # a checkpoint's first bytes: torch.save writes a zip archive
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DistributedDataParallel
 
 

@@ -68,7 +68,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from nano_format import JSONTextError, file_kind, parse_json, spec, write_atomically
+from nano_format import ZIP_MAGIC, JSONTextError, file_kind, parse_json, spec, write_atomically
 from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer, other_unicode
 
 from nano_train import dirlock, interrupts
@@ -423,7 +423,7 @@ def _is_zip(path) -> bool:
         return False
     try:
         with open(path, "rb") as f:
-            return f.read(4) == b"PK\x03\x04"
+            return f.read(len(ZIP_MAGIC)) == ZIP_MAGIC
     except OSError:
         return False
 

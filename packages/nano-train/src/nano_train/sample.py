@@ -238,6 +238,7 @@ def _unknown_note(tok, ids: list[int]) -> None:
 
 
 def _run(args, out) -> None:
+    from .data import quantity
     from .sampling import SamplerConfig, generate, instruct_prompt, seq2seq
 
     if args.system is not None and not args.instruct:
@@ -307,8 +308,8 @@ def _run(args, out) -> None:
     out.flush()
     block = model.config.block_size
     if args.max_tokens and n < args.max_tokens and len(ids) + n == block + 1:  # (the last token needs no room)
-        print(f"note: the context ({block} tokens, the model's block size) filled after {n} generated "
-              f"token{'s' if n != 1 else ''}, short of -n {args.max_tokens}", file=sys.stderr)
+        print(f"note: the context ({block} tokens, the model's block size) filled after "
+              f"{quantity(n, 'generated token')}, short of -n {args.max_tokens}", file=sys.stderr)
     if args.profile:
         if t_first is None:
             print(f"[profile] prompt {len(ids)} tokens, no token generated in {time.perf_counter() - t0:.3f} s",
