@@ -313,13 +313,40 @@ def test_inputs_must_be_distinct_regular_files(tmp_path, shared_file):
         prepare_pretrain([text, other_path], tok, tmp_path / "x", progress=False)
     with pytest.raises(DataError, match="are the same file"):
         prepare_sft([text, text], tok, tmp_path / "x", block_size=16, progress=False)
-    with pytest.raises(DataError, match="is a directory"):
+    with pytest.raises(DataError, match=f"the input folder {tmp_path / 'sub'} holds no files"):
         prepare_pretrain([tmp_path / "sub"], tok, tmp_path / "x", progress=False)
     if hasattr(os, "mkfifo"):
         os.mkfifo(tmp_path / "fifo")
         with pytest.raises(DataError, match="is a FIFO"):
             prepare_pretrain([tmp_path / "fifo"], tok, tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_folder_stands_for_its_files_in_path_order(tmp_path, shared_file):
+    tok = shared_file("data/tokenizer_4096.json")
+    corpus = tmp_path / "corpus"
+    texts = {"b/c.txt": "乙\n", "a.txt": "甲\n", "d": "丙\n", "b/.hidden": "丁\n", ".git/x": "戊\n"}
+    for name, text in texts.items():
+        (corpus / name).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / name).write_text(text, encoding="utf-8")
+    kw = dict(val_fraction=0.0, progress=False, shuffle=False)
+    # the dataset lives inside the corpus folder: a second prepare must not read it as text
+    prepare_pretrain([corpus], tok, corpus / "data", **kw)
+    prepare_pretrain([corpus], tok, corpus / "data", overwrite=True, **kw)
+    prepare_pretrain([corpus / n for n in ("a.txt", "b/c.txt", "d")], tok, tmp_path / "by_name", **kw)
+    meta, shards = read_split(corpus / "data", "train")
+    by_name_meta, by_name_shards = read_split(tmp_path / "by_name", "train")
+    assert [i["path"] for i in meta["inputs"]] == [str(corpus / n) for n in ("a.txt", "b/c.txt", "d")]
+    assert np.array_equal(np.concatenate(shards), np.concatenate(by_name_shards))
+    assert Tokenizer.load(tok).decode(np.concatenate(shards).tolist()) == "甲\n\n乙\n\n丙"
+    # a folder and one of its files: the same file twice
+    with pytest.raises(DataError, match=f"inputs {corpus / 'a.txt'} and {corpus / 'a.txt'} are the same file"):
+        prepare_pretrain([corpus, corpus / "a.txt"], tok, tmp_path / "x", **kw)
+    # SFT takes folders too
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "one.jsonl").write_text('{"question": "甲", "answer": "乙"}\n', encoding="utf-8")
+    assert prepare_sft([sft], tok, tmp_path / "s", block_size=16, progress=False).train_samples == 1
 
 
 def test_a_vocabulary_without_a_needed_special_token(tmp_path):

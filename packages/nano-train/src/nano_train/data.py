@@ -590,18 +590,21 @@ def dataset_dir(out_dir: str | Path) -> Path:
     return Path(out_dir)
 
 
-def existing_files(inputs) -> list[Path]:
-    """The input paths as Paths; DataError when there are none, one is not a regular
-    file, or one file is given twice (by any path: its text would be used twice,
-    and could land in both splits). Errors show the paths as given (a Path would
-    make "./a.txt" "a.txt")."""
+def existing_files(inputs, out_dir: str | Path | None = None) -> list[Path]:
+    """The input paths as Paths, a folder replaced by the files in it (folder_files);
+    DataError when there are none, one is not a regular file, or one file is given
+    twice (by any path: its text would be used twice, and could land in both splits).
+    Errors show the paths as given (a Path would make "./a.txt" "a.txt")."""
     typed = [os.fspath(p) for p in inputs]
     if any(not t for t in typed):  # (as a Path, "" would be ".", this directory)
         raise DataError("an input file name is empty; give text files")
     if not typed:
         raise DataError("no input files given")
-    seen: dict[tuple[int, int], str] = {}
+    files: list[str] = []
     for t in typed:
+        files.extend(folder_files(t, out_dir) if os.path.isdir(t) else [t])
+    seen: dict[tuple[int, int], str] = {}
+    for t in files:
         try:
             st = os.stat(t)
         except FileNotFoundError:
@@ -613,7 +616,43 @@ def existing_files(inputs) -> list[Path]:
             raise DataError(f"inputs {seen[key]} and {t} are the same file; give each file once")
         seen[key] = t
         _refuse_utf16_or_utf32(t)
-    return [Path(t) for t in typed]
+    return [Path(t) for t in files]
+
+
+def folder_files(folder: str, out_dir: str | Path | None = None) -> list[str]:
+    """The files in folder and its subfolders, in path order, as paths that start with
+    folder as typed. Names that start with "." (.git, .DS_Store) are skipped, and so is
+    out_dir when it lies inside (a dataset written into the corpus folder is not read as
+    text the next time); links to folders are not followed. A folder that cannot be
+    listed, or that holds no file, is a DataError: part of a corpus is never left out
+    without a word."""
+    def refuse(e: OSError) -> None:
+        raise DataError(f"cannot list the input folder {e.filename}: {e.strerror}")
+
+    skip = None
+    if out_dir is not None and str(out_dir):
+        with contextlib.suppress(OSError):
+            st = os.stat(out_dir)
+            skip = (st.st_dev, st.st_ino)
+    found: list[tuple[list[str], str]] = []
+    for where, folders, names in os.walk(folder, onerror=refuse):
+        kept = []
+        for name in folders:
+            if name.startswith("."):
+                continue
+            with contextlib.suppress(OSError):
+                st = os.stat(os.path.join(where, name))
+                if (st.st_dev, st.st_ino) == skip:
+                    continue
+            kept.append(name)
+        folders[:] = kept
+        for name in names:
+            if not name.startswith("."):
+                path = os.path.join(where, name)
+                found.append((os.path.relpath(path, folder).split(os.sep), path))
+    if not found:
+        raise DataError(f"the input folder {folder} holds no files (names that start with '.' are skipped)")
+    return [path for _, path in sorted(found)]
 
 
 def _refuse_utf16_or_utf32(path: str) -> None:
@@ -654,8 +693,8 @@ def prepare_pretrain(
     window, and 8 bytes per chunk for the split/shuffle indices.
     """
     t0 = time.monotonic()
-    inputs = existing_files(inputs)
     out_dir = dataset_dir(out_dir)
+    inputs = existing_files(inputs, out_dir)
     if doc_mode not in DOC_MODES:
         raise DataError(f"document mode must be one of {DOC_MODES}, got {_short(doc_mode)}")
     if not 0.0 <= val_fraction < 1.0:
@@ -1048,8 +1087,8 @@ def prepare_sft(
     given twice is never in both splits.
     """
     t0 = time.monotonic()
-    inputs = existing_files(inputs)
     out_dir = dataset_dir(out_dir)
+    inputs = existing_files(inputs, out_dir)
     if not 2 <= block_size <= spec.MAX_DIM:
         raise DataError(f"block_size must be from 2 to {spec.MAX_DIM:,} (the largest block_size a model may have), "
                         f"got {block_size:,}")

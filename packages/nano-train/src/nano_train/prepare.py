@@ -1,8 +1,8 @@
 """Prepare training data: text -> token shards, or SFT JSONL -> padded rows with loss masks.
 
 usage:
-  python -m nano_train.prepare pretrain --tokenizer VOCAB.json --out_dir DIR [options] TEXT_FILE...
-  python -m nano_train.prepare sft --tokenizer VOCAB.json --out_dir DIR --block_size N [options] JSONL_FILE...
+  python -m nano_train.prepare pretrain --tokenizer VOCAB.json --out_dir DIR [options] TEXT_FILE|FOLDER...
+  python -m nano_train.prepare sft --tokenizer VOCAB.json --out_dir DIR --block_size N [options] JSONL_FILE|FOLDER...
 
 pretrain options:
   --docs blank|line|file   what a document is: separated by blank lines (default), one per line, whole files
@@ -43,7 +43,10 @@ built in a hidden temporary directory inside DIR (.prepare.*.tmp) and moved into
 place when it is complete: a failed run leaves an existing dataset as it was. A
 UTF-8 byte-order mark at the start of an input file is dropped; a file that starts
 with a UTF-16 or UTF-32 one is an error saying so (convert it with iconv). Each
-input is a regular file given once (the same file by two paths is an error). The
+input is a regular file given once (the same file by two paths is an error),
+or a folder: its files and its subfolders' files, in path order (names that start
+with "." are skipped, and so is --out_dir when it lies inside; links to folders are
+not followed). The
 summary's tokens per character counts the documents' tokens only, not separators or
 <|bos|>/<|eos|>; it ends with a warning when the training or the validation split
 is too short for a model of the default block_size (512), or when over 10% of the
@@ -107,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--overwrite", action="store_true", help="replace the dataset already in --out_dir")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     pre = sub.add_parser("pretrain", parents=[common], help="text files -> token shards")
-    pre.add_argument("inputs", nargs="+")
+    pre.add_argument("inputs", nargs="+", metavar="TEXT",
+                     help="text files, or folders of them (every file inside, in path order)")
     pre.add_argument("--docs", choices=DOC_MODES, default="blank",
                      help="what a document is: paragraphs between blank lines (default), lines, or files")
     pre.add_argument("--bos_eos", action="store_true", help="wrap each document in <|bos|> ... <|eos|>")
@@ -118,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--shard_tokens", type=int, default=100_000_000,
                      help="tokens per shard file at most, whole chunks: at least --chunk_tokens")
     sft = sub.add_parser("sft", parents=[common], help="JSONL question/answer files -> padded rows + masks")
-    sft.add_argument("inputs", nargs="+")
+    sft.add_argument("inputs", nargs="+", metavar="JSONL",
+                     help="JSONL files, or folders of them (every file inside, in path order)")
     sft.add_argument("--block_size", type=int, required=True, metavar="N",
                      help="tokens per row; training reads N - 1 of them as inputs: the model's block_size + 1 "
                           "trains its whole context (its block_size also works, one position less)")
