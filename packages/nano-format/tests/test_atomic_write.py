@@ -1,4 +1,4 @@
-"""write_atomically (shared with nano-tokenizer), through the API and `convert`."""
+"""write_atomically (shared with nano-tokenizer), through the API and `convert`; folder_files."""
 
 import os
 import stat
@@ -130,3 +130,14 @@ def test_kept_mode_is_write_atomically_s_rule_for_callers_that_rename(tmp_path):
     with pytest.raises(NotADirectoryError) as e:
         nf.kept_mode(kept / "under-a-file.bin")
     assert e.value.filename == str(kept / "under-a-file.bin")
+
+
+def test_folder_files_in_path_order_without_hidden_skipped_or_linked_folders(tmp_path):
+    for name in ("b/c.txt", "a.txt", "d", "b/.x", ".git/y", "out/z", "b1/e"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("t")
+    (tmp_path / "link").symlink_to(tmp_path / "b1")
+    (tmp_path / "f.txt").symlink_to(tmp_path / "a.txt")  # a link to a file is a file
+    found = nf.folder_files(str(tmp_path) + "/", skip=[tmp_path / "out", tmp_path / "missing"])
+    assert found == [f"{tmp_path}/{name}" for name in ("a.txt", "b/c.txt", "b1/e", "d", "f.txt")]
+    assert nf.folder_files(tmp_path / ".git") == [os.path.join(tmp_path, ".git", "y")]  # only names inside are hidden

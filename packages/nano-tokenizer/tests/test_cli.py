@@ -135,6 +135,22 @@ def test_build(tmp_path):
     assert json.loads(out.read_text(encoding="utf-8"))["nano_schema"] == 1
 
 
+def test_build_takes_a_corpus_folder_as_prepare_does(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    (corpus / "a.txt").write_text("甲甲甲", encoding="utf-8")
+    (corpus / "sub" / "b.txt").write_text("乙乙", encoding="utf-8")
+    (corpus / ".hidden").write_text("丙", encoding="utf-8")  # skipped, as prepare skips it
+    out = corpus / "v.json"  # written into the folder: not read as corpus text the next time
+    for _ in range(2):
+        rc, _, err = run_here(capsys, "build", corpus, "--size", 9, "-o", out)
+        assert rc == 0, err
+        assert Tokenizer.load(out).itos[7:] == ("甲", "乙")
+    (tmp_path / "empty" / ".git").mkdir(parents=True)
+    rc, _, err = run_here(capsys, "build", tmp_path / "empty", "--size", 9, "-o", tmp_path / "v.json")
+    assert_clean_error(rc, err, f"the corpus folder {tmp_path / 'empty'} holds no files")
+
+
 def test_errors_through_the_real_command(tmp_path):
     rc, _, err = run("info", tmp_path / "missing.json")
     assert_clean_error(rc, err, "missing.json: cannot read")

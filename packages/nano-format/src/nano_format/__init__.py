@@ -10,7 +10,7 @@ The byte layout lives in `nano_format.spec`; see the package README.
 """
 
 from . import spec
-from .atomic import check_writable, file_kind, kept_mode, open_without_waiting, write_atomically
+from .atomic import check_writable, file_kind, folder_files, kept_mode, open_without_waiting, write_atomically
 from .jsontext import JSONTextError, parse_json
 from .config import Config, LoraConfig
 from .errors import (
@@ -65,6 +65,7 @@ __all__ = [
     "write_atomically",
     "check_writable",
     "file_kind",
+    "folder_files",
     "open_without_waiting",
     "kept_mode",
     "parse_json",

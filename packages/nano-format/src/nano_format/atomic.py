@@ -3,6 +3,7 @@
     write_atomically(path, chunks) -> int
     check_writable(path)                 refuses before any work what write_atomically would
     kept_mode(path) -> int | None        the mode a replacement of `path` keeps; refuses non-regular files
+    folder_files(folder, skip) -> list   the files an input folder stands for (corpora, SFT data)
 
 The data goes to a temporary file beside `path` (same folder, so the final
 rename stays on one file system), is fsynced, and is renamed over `path` only
@@ -18,7 +19,7 @@ import stat
 
 from .errors import WriteError
 
-__all__ = ["write_atomically", "check_writable", "kept_mode"]
+__all__ = ["write_atomically", "check_writable", "kept_mode", "folder_files"]
 
 _NAME_MAX = 255  # bytes in one file name, where the file system does not say
 
@@ -84,6 +85,42 @@ def open_without_waiting(path) -> tuple[int, int]:
     except BaseException:
         os.close(fd)
         raise
+
+
+def folder_files(folder, skip=()) -> list[str]:
+    """The files in `folder` and its subfolders, in path order (the order a seeded split
+    sees must not depend on the file system), as paths that start with `folder` as
+    typed. Names that start with "." (.git, .DS_Store) are left out, and so is any
+    entry that is one of the paths in `skip` (an output inside the folder is not read
+    as input the next time); links to folders are not followed. Nothing is opened:
+    the caller checks each file. An OSError names a folder that cannot be listed, so
+    that no part of a corpus is left out without a word."""
+    def refuse(e: OSError) -> None:
+        raise OSError(e.errno, e.strerror, e.filename)
+
+    skipped = set()
+    for path in skip:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            continue
+        skipped.add((st.st_dev, st.st_ino))
+
+    def kept(path: str) -> bool:
+        try:
+            st = os.stat(path)
+        except OSError:  # (a broken link: the caller names it)
+            return True
+        return (st.st_dev, st.st_ino) not in skipped
+
+    found = []
+    for where, folders, names in os.walk(os.fspath(folder), onerror=refuse):
+        folders[:] = [name for name in folders if not name.startswith(".") and kept(os.path.join(where, name))]
+        for name in names:
+            path = os.path.join(where, name)
+            if not name.startswith(".") and kept(path):
+                found.append((os.path.relpath(path, folder).split(os.sep), path))
+    return [path for _, path in sorted(found)]
 
 
 def file_kind(mode: int) -> str:

@@ -10,17 +10,21 @@ is smaller than `size`. Every word goes in, so words come before characters
 when room is short: pass a BuildReport to learn which characters were left out.
 
 Corpora are read as nano-train's data preparation reads them (a leading
-byte-order mark dropped, CRLF and lone CR as LF), so that no slot goes to a
-character the model never sees.
+byte-order mark dropped, CRLF and lone CR as LF; a folder stands for the files
+in it and its subfolders), so that no slot goes to a character the model never
+sees.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
 from typing import Iterator
+
+from nano_format import folder_files
 
 from .tokenizer import (
     DEFAULT_SPECIALS,
@@ -52,6 +56,26 @@ def _pieces(path, size: int = READ_BYTES, max_bytes: int | None = None, kind: st
             yield from read_utf8(f, path, size, max_bytes=max_bytes, kind=kind)
     except OSError as e:
         raise TokenizerError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def corpus_files(corpora, skip=()) -> list[str]:
+    """The corpus names with each folder replaced by its files, as data preparation
+    takes them (nano_format.folder_files: path order, hidden names and the paths in
+    `skip` left out); an empty name, or a folder that cannot be listed or holds no
+    file, is a TokenizerError."""
+    files = []
+    for name in map(open_input_name, corpora):  # Path("") would be the current folder
+        if not os.path.isdir(name):
+            files.append(name)
+            continue
+        try:
+            found = folder_files(name, skip)
+        except OSError as e:
+            raise TokenizerError(f"cannot list the corpus folder {e.filename}: {e.strerror}") from None
+        if not found:
+            raise TokenizerError(f"the corpus folder {name} holds no files (names that start with '.' are skipped)")
+        files.extend(found)
+    return files
 
 
 def as_prepared(pieces) -> Iterator[str]:
@@ -146,7 +170,7 @@ def build_vocab(corpora, size: int, words_file=None, specials=None, report: Buil
     """
     if isinstance(corpora, (str, PathLike)):
         corpora = [corpora]
-    corpora = [Path(open_input_name(p)) for p in corpora]  # Path("") would be the current folder
+    corpora = [Path(p) for p in corpus_files(corpora)]
     if not corpora:
         raise TokenizerError("build_vocab needs at least one corpus file")
     if type(size) is not int or size < 1:

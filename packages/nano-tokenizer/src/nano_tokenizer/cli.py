@@ -17,14 +17,16 @@ unless every id is valid. Special-token strings in the text (such as <|eos|>)
 stay ordinary characters unless --allow-special.
 
 `build` reads the corpora as data preparation does (a leading byte-order mark
-dropped, CRLF and lone CR as LF) and notes on stderr how many of their
-characters did not fit in --size.
+dropped, CRLF and lone CR as LF; a folder stands for every file in it and its
+subfolders, in path order, names starting with "." and OUT.json left out) and
+notes on stderr how many of their characters did not fit in --size.
 
 Outputs are written atomically into an existing folder (none is created); an
 output that is the same file as an input, or that could not be written (a
 folder there, no such folder), is refused before any work is done. Named
 inputs are regular files, or FIFOs that something writes to; a device, a
-folder, a FIFO with no writer and an empty name are refused.
+folder (except as build's CORPUS), a FIFO with no writer and an empty name are
+refused.
 
 Also runnable as `python -m nano_tokenizer`. Errors exit with status 1 and a
 one-line message; a command line that is itself wrong, with status 2 after the
@@ -52,7 +54,7 @@ import numpy as np
 from nano_format import shown, spec
 
 from . import __version__
-from .build import BuildReport, build_vocab
+from .build import BuildReport, build_vocab, corpus_files
 from .tokenizer import (
     DEFAULT_CHUNK_CHARS,
     Tokenizer,
@@ -473,10 +475,11 @@ def _left_out_note(report: BuildReport, size: int, specials: int) -> str | None:
 
 
 def cmd_build(args) -> None:
-    _refuse_same_file(args.output, [*args.corpus, *([args.words] if args.words else [])])
+    corpora = corpus_files(args.corpus, skip=[args.output])  # a vocabulary built into the corpus folder is no text
+    _refuse_same_file(args.output, [*corpora, *([args.words] if args.words else [])])
     check_writable(args.output)
     report = BuildReport()
-    tok = build_vocab(args.corpus, args.size, words_file=args.words, specials=args.special, report=report)
+    tok = build_vocab(corpora, args.size, words_file=args.words, specials=args.special, report=report)
     tok.save(args.output)
     print(f"{tok.vocab_size} tokens ({len(tok.special_tokens)} special) -> {args.output}", file=sys.stderr)
     if note := _left_out_note(report, args.size, len(tok.special_tokens)):
@@ -538,7 +541,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_decode)
 
     p = sub.add_parser("build", help="build a vocabulary from corpora")
-    p.add_argument("corpus", nargs="+", type=_file_name, metavar="CORPUS", help="UTF-8 text files")
+    p.add_argument("corpus", nargs="+", type=_file_name, metavar="CORPUS", help="UTF-8 text files, or folders of them (every file inside)")
     p.add_argument("--size", type=_integer(1), required=True, metavar="N", help="total vocabulary size (at most)")
     p.add_argument("--words", type=_file_name, metavar="FILE", help="multi-character tokens, one per line")
     p.add_argument("--special", action="append", default=[], metavar="TOKEN", help="an extra special token (repeatable)")

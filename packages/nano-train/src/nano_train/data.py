@@ -68,7 +68,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from nano_format import ZIP_MAGIC, JSONTextError, file_kind, parse_json, spec, write_atomically
+from nano_format import ZIP_MAGIC, JSONTextError, file_kind, folder_files, parse_json, spec, write_atomically
 from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer, other_unicode
 
 from nano_train import dirlock, interrupts
@@ -591,7 +591,8 @@ def dataset_dir(out_dir: str | Path) -> Path:
 
 
 def existing_files(inputs, out_dir: str | Path | None = None) -> list[Path]:
-    """The input paths as Paths, a folder replaced by the files in it (folder_files);
+    """The input paths as Paths, a folder replaced by the files in it (nano_format's
+    folder_files, out_dir left out);
     DataError when there are none, one is not a regular file, or one file is given
     twice (by any path: its text would be used twice, and could land in both splits).
     Errors show the paths as given (a Path would make "./a.txt" "a.txt")."""
@@ -602,7 +603,7 @@ def existing_files(inputs, out_dir: str | Path | None = None) -> list[Path]:
         raise DataError("no input files given")
     files: list[str] = []
     for t in typed:
-        files.extend(folder_files(t, out_dir) if os.path.isdir(t) else [t])
+        files.extend(_input_folder_files(t, out_dir) if os.path.isdir(t) else [t])
     seen: dict[tuple[int, int], str] = {}
     for t in files:
         try:
@@ -619,40 +620,17 @@ def existing_files(inputs, out_dir: str | Path | None = None) -> list[Path]:
     return [Path(t) for t in files]
 
 
-def folder_files(folder: str, out_dir: str | Path | None = None) -> list[str]:
-    """The files in folder and its subfolders, in path order, as paths that start with
-    folder as typed. Names that start with "." (.git, .DS_Store) are skipped, and so is
-    out_dir when it lies inside (a dataset written into the corpus folder is not read as
-    text the next time); links to folders are not followed. A folder that cannot be
-    listed, or that holds no file, is a DataError: part of a corpus is never left out
-    without a word."""
-    def refuse(e: OSError) -> None:
-        raise DataError(f"cannot list the input folder {e.filename}: {e.strerror}")
-
-    skip = None
-    if out_dir is not None and str(out_dir):
-        with contextlib.suppress(OSError):
-            st = os.stat(out_dir)
-            skip = (st.st_dev, st.st_ino)
-    found: list[tuple[list[str], str]] = []
-    for where, folders, names in os.walk(folder, onerror=refuse):
-        kept = []
-        for name in folders:
-            if name.startswith("."):
-                continue
-            with contextlib.suppress(OSError):
-                st = os.stat(os.path.join(where, name))
-                if (st.st_dev, st.st_ino) == skip:
-                    continue
-            kept.append(name)
-        folders[:] = kept
-        for name in names:
-            if not name.startswith("."):
-                path = os.path.join(where, name)
-                found.append((os.path.relpath(path, folder).split(os.sep), path))
-    if not found:
+def _input_folder_files(folder: str, out_dir: str | Path | None) -> list[str]:
+    """folder_files(folder), out_dir left out when it lies inside (a dataset written into
+    the corpus folder is not read as text the next time); DataError when the folder
+    cannot be listed or holds no file."""
+    try:
+        files = folder_files(folder, [out_dir] if out_dir is not None and str(out_dir) else [])
+    except OSError as e:
+        raise DataError(f"cannot list the input folder {e.filename}: {e.strerror}") from None
+    if not files:
         raise DataError(f"the input folder {folder} holds no files (names that start with '.' are skipped)")
-    return [path for _, path in sorted(found)]
+    return files
 
 
 def _refuse_utf16_or_utf32(path: str) -> None:
