@@ -88,8 +88,9 @@ def test_pretrain_psycho_beats_unigram_entropy_and_writes_chinese(tmp_path, shar
 @pytest.mark.slow
 def test_sft_self_id_answers_who_are_you(tmp_path, shared_file):
     data = tmp_path / "self_id_16384"
-    # tokenizer_16384_v2 covers every character of the answer (tokenizer_4096 lacks 鹦鹉)
-    prepare_sft([shared_file("data/sft_self_id.jsonl")], shared_file("data/tokenizer_16384_v2.json"), data, block_size=64,
+    # tokenizer_16384_v2 covers every character of the answer (tokenizer_4096 lacks 鹦鹉); rows of the
+    # model's block_size 64 + 1, as the README prepares them: every position of its context trains
+    prepare_sft([shared_file("data/sft_self_id.jsonl")], shared_file("data/tokenizer_16384_v2.json"), data, block_size=65,
                 val_fraction=0.0, progress=False)
     cfg, explicit = load_config(CONFIGS / "sft_self_id.json",
                                 [f"--dataset={data}", f"--out_dir={tmp_path / 'run'}", "--device=cpu"])
