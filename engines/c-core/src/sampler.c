@@ -7,6 +7,12 @@
  * bits (probabilities are >= 0, so their IEEE bits order like the values):
  * descending probability, ties by ascending id, in O(V) with buffers sized at
  * init, so sampling never allocates.
+ *
+ * The softmax's exponential is exp32 (below), not the C library's expf:
+ * libraries round some results differently in the last bit, which is enough to
+ * swap two near-equal candidates. exp32 is nano_train.sampling.exp32 operation
+ * for operation (the build's -ffp-contract=off keeps every product rounded by
+ * itself), so both give the same bits.
  */
 #include <float.h>
 #include <math.h>
@@ -27,6 +33,28 @@ struct nano_sampler {
     uint32_t *seen;   /* [V] stamp of the last step that penalised the id */
     uint32_t stamp;
 };
+
+// ---------------------------------------------------------------------------
+// exp32: e^z for z <= 0 (the sampler's only use), as nano_train.sampling.exp32
+
+static float exp32(float z) {
+    const float log2e = 0x1.715476p+0f, ln2_hi = 0x1.63p-1f, ln2_lo = -0x1.bd0106p-13f;
+    float k, r, p, scale;
+    int32_t bits;
+    if (!(z >= -87.0f)) return 0.0f; /* -inf too; below -87 the result would be subnormal */
+    k = floorf(z * log2e + 0.5f);
+    r = (z - k * ln2_hi) - k * ln2_lo;
+    p = 1.0f / 5040.0f;
+    p = 1.0f / 720.0f + r * p;
+    p = 1.0f / 120.0f + r * p;
+    p = 1.0f / 24.0f + r * p;
+    p = 1.0f / 6.0f + r * p;
+    p = 1.0f / 2.0f + r * p;
+    p = 1.0f + r * (1.0f + r * p);
+    bits = ((int32_t)k + 127) << 23; /* 2^k, exact: k >= -126 */
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
 
 // ---------------------------------------------------------------------------
 // RNG: xorshift64* seeded through splitmix64
@@ -190,7 +218,7 @@ nano_status nano_sampler_sample(nano_sampler *s, const float *logits, const int3
         for (i = 1; i < V; i++)
             if (x[i] > mx) mx = x[i];
         for (i = 0; i < V; i++) {
-            x[i] = expf((x[i] - mx) / t);
+            x[i] = exp32((x[i] - mx) / t);
             sum += x[i];
         }
         for (i = 0; i < V; i++) x[i] = x[i] / sum;

@@ -413,3 +413,15 @@ def test_a_stop_string_that_is_one_token_is_matched_on_the_text(predicting):
     m, seed = drawing(predicting, [6, 7], [6, 7])
     got = list(generate(m, [7], SamplerConfig(max_new_tokens=10, seed=seed, stop_tokens=("ab",)), tokenizer=tok))
     assert got == []
+
+
+def test_exp32_is_close_to_exp_and_exact_where_it_must_be():
+    """The sampler's own float32 exponential (the C engine computes the same bits)."""
+    from nano_train.sampling import exp32
+
+    z = np.linspace(-87.0, 0.0, 200_001).astype(np.float32)
+    got = exp32(z)
+    assert got.dtype == np.float32
+    true = np.exp(z.astype(np.float64))
+    assert (np.abs(got - true) / np.spacing(true.astype(np.float32))).max() <= 2.0
+    assert exp32(np.float32([0.0, -0.0, -np.inf, -87.5, -1e30])).tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
