@@ -545,3 +545,21 @@ def test_load_model_tells_files_apart_by_their_first_bytes(nano80, tmp_path):
     export_lora(attach_lora(tiny(), rank=2, alpha=2), tmp_path / "lora.bin")
     with pytest.raises(ConvertError, match="LoRA module, not a model: pass it with -l"):
         load_model(tmp_path / "lora.bin")
+
+
+def test_a_small_automatic_q8_0_group_is_explained(tmp_path):
+    """n_hidden 37 leaves group size 1: the Q8_0 file came out 1.24x the F32 one, silently."""
+    model = Transformer(ModelConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=24, n_hidden=37))
+    info = export_bin(model, tmp_path / "q.bin", quant="q8_0")
+    assert info.group_size == 1
+    assert "group size 1, the largest that divides every quantized row (n_embd 24, n_head * head_dim 24, " \
+           "n_hidden 37)" in info.note and "5 bytes each, larger than F32's 4" in info.note
+    wide = Transformer(ModelConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=64, n_hidden=128))
+    assert "group size" not in export_bin(wide, tmp_path / "w.bin", quant="q8_0").note  # group 64: nothing to say
+
+
+def test_group_size_with_f32_is_refused(tmp_path):
+    model = Transformer(ModelConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=8))
+    with pytest.raises(ConvertError, match="group_size applies to quant 'q8_0' only, not 'f32'"):
+        export_bin(model, tmp_path / "f.bin", group_size=7)
+    assert not (tmp_path / "f.bin").exists()

@@ -243,3 +243,37 @@ def test_dropout_only_in_training():
     assert torch.equal(m(idx)[0], m(idx)[0])  # eval: deterministic
     m.train()
     assert not torch.equal(m(idx)[0], m(idx)[0])
+
+
+def test_a_config_cannot_change_under_its_model():
+    """A model copies eps, causality and the RoPE tables into its modules when built:
+    a config changed afterwards made export write a file that computes something else
+    (logits off by 7.3 for norm_eps 1e-5 -> 0.5)."""
+    import dataclasses
+
+    cfg = ModelConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=8)
+    model = Transformer(cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.norm_eps = 0.5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.config.is_causal = False
+    changed = dataclasses.replace(cfg, norm_eps=0.5)  # the way to a changed copy
+    assert (changed.norm_eps, Transformer(changed).norm_final.eps) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("tie_embeddings", "false"), ("use_rope", "false"), ("is_causal", 0), ("bias", None),
+    ("rope_theta", "500"), ("norm_eps", "1e-5"), ("dropout", True),
+])
+def test_config_fields_of_the_wrong_type_are_refused(field, value):
+    """'false' is a true string: it built a tied RoPE model, the opposite of what was asked."""
+    with pytest.raises(TypeError, match=f"ModelConfig.{field} must be"):
+        ModelConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=8, **{field: value})
+
+
+def test_numpy_values_become_python_ones():
+    import numpy as np
+
+    cfg = ModelConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=8, use_rope=np.bool_(False),
+                      rope_theta=np.float32(500.0), dropout=np.float64(0.1))
+    assert [type(v) for v in (cfg.use_rope, cfg.rope_theta, cfg.dropout)] == [bool, float, float]

@@ -322,14 +322,16 @@ def export_bin(
                            "(and detach_lora(model) to export the base alone)")
     if quant not in _QUANTS:
         raise ConvertError(f"unknown quantization {quant!r}; choose one of {sorted(_QUANTS)}")
-    note = ""
+    if group_size is not None and quant != "q8_0":
+        raise ConvertError(f"group_size applies to quant 'q8_0' only, not {quant!r}")
+    notes = []
     if layout is None:
         why = _needs_extension(c)
         if tokenizer is None:
             why.append("a model without a vocabulary")
         layout = spec.LAYOUT_NANO_EXT_1.name if why else spec.DEFAULT_LAYOUT.name
         if why:
-            note = f"layout {layout} chosen automatically: 2026.1 cannot record {', '.join(why)}"
+            notes.append(f"layout {layout} chosen automatically: 2026.1 cannot record {', '.join(why)}")
     # An explicit layout that cannot hold this model is refused by the writer,
     # with the reason, before anything is written.
     if tokenizer is not None and tokenizer.vocab_size != c.vocab_size:
@@ -348,8 +350,23 @@ def export_bin(
             group_size=g if quant == "q8_0" else None,
             layout=layout,
         )
+    if quant == "q8_0" and group_size is None and g < SMALL_GROUP:
+        notes.append(_small_group_note(c, g))
     name = layout.name if isinstance(layout, spec.Layout) else str(layout)
-    return ExportInfo(str(path), os.path.getsize(path), name, quant, g, note)
+    return ExportInfo(str(path), os.path.getsize(path), name, quant, g, "; ".join(notes))
+
+
+SMALL_GROUP = 8  # below this, a Q8_0 file's scales take half a byte per weight or more
+
+
+def _small_group_note(c: ModelConfig, g: int) -> str:
+    """Why an automatic Q8_0 group is small, and what it costs: each group of g weights
+    carries a 4-byte scale."""
+    size = "larger than" if 1 + 4 / g > 4 else f"{(1 + 4 / g) / 4:.0%} of"
+    return (f"group size {g}, the largest that divides every quantized row (n_embd {c.n_embd}, "
+            f"n_head * head_dim {c.n_head * c.head_dim}, n_hidden {c.n_hidden}): with a 4-byte scale per "
+            f"group the weights take {1 + 4 / g:g} bytes each, {size} F32's 4; rows that are multiples "
+            f"of 32 allow groups of 32")
 
 
 @torch.no_grad()

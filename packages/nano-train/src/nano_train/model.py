@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from numbers import Real
 
 import numpy as np
 import torch
@@ -63,9 +64,14 @@ def derive_n_hidden(n_embd: int, multiple_of: int = 32) -> int:
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
-    """Architecture hyperparameters; everything a `.bin` header (2026.101) can record."""
+    """Architecture hyperparameters; everything a `.bin` header (2026.101) can record.
+
+    Frozen: a model copies some of these into its modules when it is built (the norms'
+    eps, the attention's causality, the RoPE tables), so a config changed afterwards
+    would describe another model than the one export writes. Make a changed copy with
+    dataclasses.replace(config, norm_eps=...) and build a new model from it."""
 
     block_size: int = 512
     vocab_size: int = 8192
@@ -83,8 +89,20 @@ class ModelConfig:
     tie_embeddings: bool = True
 
     def __post_init__(self) -> None:
+        # true/false settings are bools ("false" would be true) and numbers are numbers;
+        # numpy's are kept as Python's, so that a checkpoint loads with weights_only=True
+        for name in ("bias", "use_rope", "is_causal", "tie_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"ModelConfig.{name} must be True or False, got {value!r}")
+            object.__setattr__(self, name, bool(value))
+        for name in ("dropout", "norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
+                raise TypeError(f"ModelConfig.{name} must be a number, got {value!r}")
+            object.__setattr__(self, name, float(value))
         if self.n_hidden is None:
-            self.n_hidden = derive_n_hidden(self.n_embd)
+            object.__setattr__(self, "n_hidden", derive_n_hidden(self.n_embd))
         # Upper bounds: what a .bin header may hold (nano_format.spec), so that a model
         # that trains can be exported, and an absurd size fails here, before anything
         # is allocated, not after hours of building layers.
