@@ -102,6 +102,8 @@ static const char *USAGE =
 // ---------------------------------------------------------------------------
 // Errors and argument parsing
 
+#define MAX_COUNT (1L << 30) /* the largest -k and -n of `nano run`, nano_train.sample and nano-wss */
+
 /* A usage error (exit status 2); `model_hint`: a stray argument that names a
  * model file, given without its -m, or NULL. */
 static void vdie_usage(const char *model_hint, const char *fmt, va_list ap) {
@@ -161,18 +163,33 @@ static unsigned long long parse_u64(const char *opt, const char *v) {
     return x;
 }
 
+/* Whether v is a decimal number, as nano_train.sample reads one: [+-], digits with a
+ * '.' among or after them (one digit at least), then an optional exponent e[+-]digits.
+ * strtod would also take spaces before it, hex floats (0x1p-3), inf and nan. */
+static int is_decimal(const char *v) {
+    int digits = 0;
+    if (*v == '+' || *v == '-') v++;
+    for (; isdigit((unsigned char)*v); v++) digits++;
+    if (*v == '.')
+        for (v++; isdigit((unsigned char)*v); v++) digits++;
+    if (!digits) return 0;
+    if (*v == 'e' || *v == 'E') {
+        v++;
+        if (*v == '+' || *v == '-') v++;
+        if (!isdigit((unsigned char)*v)) return 0;
+        while (isdigit((unsigned char)*v)) v++;
+    }
+    return *v == '\0';
+}
+
+/* A float setting: a decimal number within float's range (1e39 would be inf). One
+ * too close to 0 for a float is 0, also below a double's range (1e-400: strtod's
+ * ERANGE), as nano_train.sample and nano-wss read it. */
 static float parse_float(const char *opt, const char *v) {
-    char *end = NULL;
     double x;
-    errno = 0;
-    x = strtod(v, &end);
-    /* strtod would also take leading spaces; a value too close to 0 for a double
-     * (1e-400: ERANGE) is refused rather than read as 0 */
-    if (errno == ERANGE && x < 1.0 && x > -1.0 && end && !*end && end != v && !isspace((unsigned char)v[0]))
-        die_usage("%s: '%s' is too close to 0 to be read as a number (below about 1e-308)", opt, v);
-    /* finite and within float's range: the settings are floats (1e39 would be inf) */
-    if (isspace((unsigned char)v[0]) || errno || !end || *end || end == v || !(x >= -FLT_MAX && x <= FLT_MAX))
-        die_usage("%s: expected a finite number, got '%s'", opt, v);
+    if (!is_decimal(v)) die_usage("%s: expected a finite number, got '%s'", opt, v);
+    x = strtod(v, NULL);
+    if (!(x >= -FLT_MAX && x <= FLT_MAX)) die_usage("%s: expected a finite number, got '%s'", opt, v);
     return (float)x;
 }
 
@@ -183,6 +200,34 @@ static const char *need_value(int argc, char **argv, int *i) {
 
 static int is_opt(const char *a, const char *s, const char *l) {
     return (s && strcmp(a, s) == 0) || (l && strcmp(a, l) == 0);
+}
+
+/* An argument read as an option: "--name=value" is the long option --name with its
+ * value (as argparse reads it, and so nano_train.sample); any other is all name. */
+typedef struct option_arg {
+    const char *name;
+    const char *value; /* after the '=', or NULL */
+    int used;          /* value was taken by the option */
+    char buf[32];      /* the name of --name=value */
+} option_arg;
+
+static void split_option(const char *a, option_arg *o) {
+    const char *eq = strncmp(a, "--", 2) == 0 ? strchr(a, '=') : NULL;
+    o->name = a;
+    o->value = NULL;
+    o->used = 0;
+    if (!eq || (size_t)(eq - a) >= sizeof o->buf) return; /* (no option has a name that long) */
+    memcpy(o->buf, a, (size_t)(eq - a));
+    o->buf[eq - a] = '\0';
+    o->name = o->buf;
+    o->value = eq + 1;
+}
+
+/* The value of option o (at argv[*i]): the one after its '=', else the next argument. */
+static const char *option_value(option_arg *o, int argc, char **argv, int *i) {
+    if (!o->value) return need_value(argc, argv, i);
+    o->used = 1;
+    return o->value;
 }
 
 /* Whether path names an existing regular file. */
@@ -596,16 +641,33 @@ static long peak_rss_kib(void) {
     return kib;
 }
 
-static void print_stats(const nano_session *s, const nano_context *ctx) {
+/* The time of s's newest token, sampled: ms from the start of the prompt's forward. */
+static double sampled_ms(const nano_session *s) {
+    nano_session_stats st;
+    nano_session_get_stats(s, &st);
+    return st.ttft_ms + st.decode_ms;
+}
+
+/* --profile, as nano_train.sample --profile says it: the tokens counted are the
+ * `printed` ones (not a stop token, nor the tokens of a stop text), the first
+ * `printed` of those sampled (at sampled[k]: sampled_ms); the time to the first
+ * token runs to when it was sampled, held back or not, and the decode rate from
+ * the first printed token to the last (none for fewer than 2). */
+static void print_stats(const nano_session *s, const nano_context *ctx, uint32_t printed, const double *sampled) {
     nano_session_stats st;
     int threads = (int)nano_context_threads(ctx);
     nano_session_get_stats(s, &st);
-    fprintf(stderr,
-            "nano: prompt %u token%s in %.2f ms (%.1f tokens/s), first token after %.2f ms, "
-            "%u token%s generated, decode %.1f tokens/s, %d thread%s, peak memory %ld KiB\n",
-            st.prompt_tokens, st.prompt_tokens == 1 ? "" : "s", st.prefill_ms, st.prefill_tokens_per_s, st.ttft_ms,
-            st.generated_tokens, st.generated_tokens == 1 ? "" : "s", st.decode_tokens_per_s, threads,
-            threads == 1 ? "" : "s", peak_rss_kib());
+    fprintf(stderr, "nano: prompt %u token%s in %.2f ms (%.1f tokens/s), ", st.prompt_tokens,
+            st.prompt_tokens == 1 ? "" : "s", st.prefill_ms, st.prefill_tokens_per_s);
+    if (printed == 0)
+        fprintf(stderr, "no token generated");
+    else if (printed == 1)
+        fprintf(stderr, "time to first token %.2f ms, 1 token generated, no decode rate (it needs 2 tokens)",
+                sampled[0]);
+    else
+        fprintf(stderr, "time to first token %.2f ms, %u tokens generated, decode %.1f tokens/s", sampled[0], printed,
+                (printed - 1) * 1e3 / (sampled[printed - 1] - sampled[0]));
+    fprintf(stderr, ", %d thread%s, peak memory %ld KiB\n", threads, threads == 1 ? "" : "s", peak_rss_kib());
 }
 
 /* A note on standard error when characters of the prompt are not in the
@@ -889,15 +951,19 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
     const int32_t *t;
     uint32_t n, n_prompt, i, shown = 0; /* shown: the generated tokens put out so far */
     int stopped = 0, rc = 0;
+    double *sampled = NULL; /* --profile: when each generated token was sampled (sampled_ms) */
     nano_status st = nano_session_start(s, prompt, mode);
     if (answer) answer->len = 0;
     if (st == NANO_ERR_CONTEXT_FULL) return report_context_full(ctx, prompt, mode, o, what);
     if (st != NANO_OK) return report_encode(st, tok, mode, what);
+    if (o->profile && !(sampled = (double *)malloc(nano_context_n_ctx(ctx) * sizeof *sampled)))
+        return report(NANO_ERR_OUT_OF_MEMORY, what);
     note_unknown(s, what);
     while (!stopped && (st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
         uint32_t upto;
         t = nano_session_tokens(s, &n, &n_prompt);
         upto = n - n_prompt;
+        if (sampled) sampled[upto - 1] = sampled_ms(s);
         if (o->n_stop_texts && (stopped = stop_check(o, tok, t + n_prompt, n - n_prompt, &window, &upto)) < 0) {
             rc = report(NANO_ERR_OUT_OF_MEMORY, what);
             goto out;
@@ -928,8 +994,9 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
     }
     if (st == NANO_OK && !stopped && ev.stop_reason == NANO_STOP_CONTEXT_FULL && o->sp.max_tokens)
         note_context_filled(s, o, ctx, what);
-    if (o->profile) print_stats(s, ctx);
+    if (o->profile) print_stats(s, ctx, shown, sampled);
 out:
+    free(sampled);
     free(window.p);
     return rc;
 }
@@ -1031,35 +1098,43 @@ static int cmd_run(int argc, char **argv) {
     o.sp.max_tokens = 256;
     if (!(o.stops = (const char **)malloc((size_t)argc * sizeof *o.stops))) die_status(NANO_ERR_OUT_OF_MEMORY, "run");
     for (i = 2; i < argc; i++) {
-        const char *a = argv[i];
+        option_arg arg;
+        const char *a, *v;
+        split_option(argv[i], &arg);
+        a = arg.name;
         note_option(&o, a);
-        if (is_opt(a, "-m", "--model")) o.model = need_value(argc, argv, &i);
-        else if (is_opt(a, "-l", "--lora")) o.lora = need_value(argc, argv, &i);
-        else if (is_opt(a, "-p", "--prompt")) o.prompt = need_value(argc, argv, &i);
+        if (is_opt(a, "-m", "--model")) o.model = option_value(&arg, argc, argv, &i);
+        else if (is_opt(a, "-l", "--lora")) o.lora = option_value(&arg, argc, argv, &i);
+        else if (is_opt(a, "-p", "--prompt")) o.prompt = option_value(&arg, argc, argv, &i);
         else if (is_opt(a, NULL, "--instruct")) o.instruct = 1;
         else if (is_opt(a, NULL, "--allow-special")) o.sp.allow_special = 1;
-        else if (is_opt(a, NULL, "--system")) o.system = need_value(argc, argv, &i);
+        else if (is_opt(a, NULL, "--system")) o.system = option_value(&arg, argc, argv, &i);
         else if (is_opt(a, "-t", "--temperature")) {
-            o.sp.sampler.temperature = parse_float(a, need_value(argc, argv, &i));
-            if (!(o.sp.sampler.temperature >= 0.0f)) die_usage("%s: must be >= 0, got '%s'", a, argv[i]);
-        } else if (is_opt(a, "-k", "--top-k")) o.sp.sampler.top_k = (int32_t)parse_long(a, need_value(argc, argv, &i), 0, 1L << 30);
+            o.sp.sampler.temperature = parse_float(a, v = option_value(&arg, argc, argv, &i));
+            if (!(o.sp.sampler.temperature >= 0.0f)) die_usage("%s: must be >= 0, got '%s'", a, v);
+        } else if (is_opt(a, "-k", "--top-k"))
+            o.sp.sampler.top_k = (int32_t)parse_long(a, option_value(&arg, argc, argv, &i), 0, MAX_COUNT);
         else if (is_opt(a, NULL, "--top-p")) {
-            o.sp.sampler.top_p = parse_float(a, need_value(argc, argv, &i));
+            o.sp.sampler.top_p = parse_float(a, v = option_value(&arg, argc, argv, &i));
             if (!(o.sp.sampler.top_p > 0.0f && o.sp.sampler.top_p <= 1.0f))
-                die_usage("%s: must be in (0, 1], got '%s'", a, argv[i]);
+                die_usage("%s: must be in (0, 1], got '%s'", a, v);
         } else if (is_opt(a, NULL, "--min-p")) {
-            o.sp.sampler.min_p = parse_float(a, need_value(argc, argv, &i));
+            o.sp.sampler.min_p = parse_float(a, v = option_value(&arg, argc, argv, &i));
             if (!(o.sp.sampler.min_p >= 0.0f && o.sp.sampler.min_p <= 1.0f))
-                die_usage("%s: must be in [0, 1], got '%s'", a, argv[i]);
+                die_usage("%s: must be in [0, 1], got '%s'", a, v);
         } else if (is_opt(a, "-r", "--repetition-penalty")) {
-            o.sp.sampler.repetition_penalty = parse_float(a, need_value(argc, argv, &i));
-            if (!(o.sp.sampler.repetition_penalty > 0.0f)) die_usage("%s: must be > 0, got '%s'", a, argv[i]);
-        } else if (is_opt(a, "-n", "--max-tokens")) o.sp.max_tokens = (uint32_t)parse_long(a, need_value(argc, argv, &i), 0, 1L << 30);
-        else if (is_opt(a, "-s", "--seed")) o.sp.sampler.seed = parse_u64(a, need_value(argc, argv, &i));
-        else if (is_opt(a, NULL, "--stop")) o.stops[o.n_stops++] = need_value(argc, argv, &i);
-        else if (is_opt(a, NULL, "--threads")) o.threads = (int)parse_long(a, need_value(argc, argv, &i), 1, NANO_MAX_THREADS);
-        else if (is_opt(a, NULL, "--ctx")) o.n_ctx = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 30);
-        else if (is_opt(a, NULL, "--batch")) o.n_batch = (uint32_t)parse_long(a, need_value(argc, argv, &i), 1, 1L << 20);
+            o.sp.sampler.repetition_penalty = parse_float(a, v = option_value(&arg, argc, argv, &i));
+            if (!(o.sp.sampler.repetition_penalty > 0.0f)) die_usage("%s: must be > 0, got '%s'", a, v);
+        } else if (is_opt(a, "-n", "--max-tokens"))
+            o.sp.max_tokens = (uint32_t)parse_long(a, option_value(&arg, argc, argv, &i), 0, MAX_COUNT);
+        else if (is_opt(a, "-s", "--seed")) o.sp.sampler.seed = parse_u64(a, option_value(&arg, argc, argv, &i));
+        else if (is_opt(a, NULL, "--stop")) o.stops[o.n_stops++] = option_value(&arg, argc, argv, &i);
+        else if (is_opt(a, NULL, "--threads"))
+            o.threads = (int)parse_long(a, option_value(&arg, argc, argv, &i), 1, NANO_MAX_THREADS);
+        else if (is_opt(a, NULL, "--ctx"))
+            o.n_ctx = (uint32_t)parse_long(a, option_value(&arg, argc, argv, &i), 1, 1L << 30);
+        else if (is_opt(a, NULL, "--batch"))
+            o.n_batch = (uint32_t)parse_long(a, option_value(&arg, argc, argv, &i), 1, 1L << 20);
         else if (is_opt(a, NULL, "--portable")) o.portable = 1;
         else if (is_opt(a, NULL, "--profile")) o.profile = 1;
         else if (is_opt(a, NULL, "--ids")) o.ids = 1;
@@ -1067,7 +1142,8 @@ static int cmd_run(int argc, char **argv) {
             fputs(USAGE, stdout);
             free(o.stops);
             return 0;
-        } else die_usage_stray(argc, argv, a, "run: unknown option '%s'", a);
+        } else die_usage_stray(argc, argv, argv[i], "run: unknown option '%s'", argv[i]);
+        if (arg.value && !arg.used) die_usage("%s takes no value, got '%s'", a, argv[i]);
     }
     if (!o.model) die_usage("run: -m MODEL is required%s%s", "", "");
     /* SFT data may hold an empty question: only instruct mode takes an empty prompt (as nano_train.sample) */

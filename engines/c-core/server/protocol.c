@@ -174,6 +174,8 @@ static int read_system(const nj_value *v, wss_request *req, wss_error *err) {
     return 0;
 }
 
+#define MAX_COUNT (UINT64_C(1) << 30)
+
 static int read_generate(const nj_object *obj, wss_request *req, wss_error *err) {
     const nj_value *mode = nj_get(obj, "mode"), *system = nj_get(obj, "system");
     uint64_t x = 0;
@@ -195,11 +197,12 @@ static int read_generate(const nj_object *obj, wss_request *req, wss_error *err)
         read_float(obj, "repetition_penalty", &req->sampler.repetition_penalty, ok_penalty,
                    "in (0, " FLT_MAX_TEXT "] (1 = off)", err))
         return -1;
-    if (read_uint(obj, "top_k", INT32_MAX, &x, &present, err)) return -1;
+    /* top_k and max_tokens: at most 2^30, as `nano run -k/-n` and nano_train.sample take them */
+    if (read_uint(obj, "top_k", MAX_COUNT, &x, &present, err)) return -1;
     if (present) req->sampler.top_k = (int32_t)x;
     if (read_uint(obj, "seed", UINT64_MAX, &x, &present, err)) return -1;
     if (present) req->sampler.seed = x;
-    if (read_uint(obj, "max_tokens", UINT32_MAX, &x, &req->has_max_tokens, err)) return -1;
+    if (read_uint(obj, "max_tokens", MAX_COUNT, &x, &req->has_max_tokens, err)) return -1;
     if (req->has_max_tokens) req->max_tokens = (uint32_t)x;
     return 0;
 }

@@ -567,6 +567,19 @@ def test_malformed_requests_are_answered_and_the_connection_keeps_working(server
     assert len(tokens) == 8 and done["reason"] == "max_tokens"
 
 
+def test_top_k_and_max_tokens_are_at_most_2_to_the_30_as_in_the_clis(slow_server):
+    """As `nano run -k/-n` and nano_train.sample: top_k and max_tokens above 2^30 are
+    refused, the bound named (they were allowed up to 2^31 - 1 and 2^32 - 1)."""
+    async def go():
+        async with connect(slow_server) as ws:
+            return [await request(ws, {"type": "generate", "id": field, "prompt": "a", field: 2**30 + 1})
+                    for field in ("top_k", "max_tokens")]
+
+    for answer, field in zip(run(go()), ("top_k", "max_tokens")):
+        assert (answer["type"], answer["code"], answer["id"]) == ("error", "bad_field", field), answer
+        assert answer["message"] == f"{field} must be an integer in [0, 1073741824]"
+
+
 def test_many_queued_errors_from_a_client_that_does_not_read(server):
     """Replies queue up to a bound, then the server stops reading that client until it reads."""
     async def go():

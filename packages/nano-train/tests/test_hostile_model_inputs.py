@@ -41,8 +41,8 @@ def run(cmd, argv, files, capsys):
     return rc, out, err
 
 
-def one_error_line(rc, err, text) -> bool:
-    return rc == 1 and err.startswith("error: ") and err.count("\n") == 1 and text in err
+def one_error_line(rc, err, text, status=1) -> bool:
+    return rc == status and err.startswith("error: ") and err.count("\n") == 1 and text in err
 
 
 # ---------------------------------------------------------------------------
@@ -55,7 +55,7 @@ SAMPLE = {
     "empty -l": (["-m", "{base}", "-l", ""], "error: -l: the path is empty"),
     "empty --tokenizer": (["-m", "{base}", "--tokenizer", ""], "error: --tokenizer: the path is empty"),
     # an empty stop string was dropped without a word
-    "empty --stop": (["-m", "{base}", "--stop", ""], "error: stop string '' is empty"),
+    "empty --stop": (["-m", "{base}", "--stop", ""], "error: --stop: stop string '' is empty", 2),  # a usage error
     # the error named no file
     "LoRA on a LoRA checkpoint": (["-m", "{lora_ckpt}", "-l", "{lora_bin}"],
                                   "error: {lora_bin}: cannot attach this LoRA: the model already has LoRA"),
@@ -64,9 +64,9 @@ SAMPLE = {
 
 @pytest.mark.parametrize("name", sorted(SAMPLE))
 def test_sample_refuses(files, capsys, name):
-    argv, msg = SAMPLE[name]
+    argv, msg, *status = SAMPLE[name]
     rc, out, err = run(sample_cmd, argv + ["-p", "ab", "-n", "2"], files, capsys)
-    assert out == "" and one_error_line(rc, err, msg.format(**files)), err
+    assert out == "" and one_error_line(rc, err, msg.format(**files), *status), err
 
 
 EXPORT = {

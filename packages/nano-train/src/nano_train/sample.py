@@ -13,29 +13,40 @@ usage: python -m nano_train.sample -m MODEL [-l LORA.bin] -p PROMPT [options]
                               `prepare sft` puts a record's system message (TEXT, a line
                               break, the prompt)
   -t, --temperature T         0 = greedy (default 1.0)
-  -k, --top-k K               keep the K most likely tokens (0 = off)
+  -k, --top-k K               keep the K most likely tokens (0 = off; at most 2^30)
   --top-p P                   keep the smallest set with probability >= P (1 = off)
   --min-p P                   drop tokens below P * the top probability (0 = off)
   -r, --repetition-penalty R  push seen tokens down (1 = off)
   -n, --max-tokens N          at most N new tokens (default 256; 0 = until the context
-                              is full)
+                              is full; at most 2^30)
   -s, --seed S                sampler seed in [0, 2^64) (default 0)
   --stop TEXT                 stop at this token or text (repeatable); <|eos|> always stops
   --seq2seq                   one full-attention forward, argmax per position
                               (automatic for full-attention models)
   --tokenizer JSON            a vocabulary for models whose file carries none (for one
                               that carries its own, it must be that one)
-  --profile                   print time to first token and tokens/s to stderr
+  --profile                   print time to first token and tokens/s to stderr, counted
+                              as `nano run --profile` counts them (see the README)
   --device DEV                cpu (default), cuda, cuda:1, mps, ...
   --threads N                 CPU threads for torch, 1..1024 (default: torch's choice; 1
                               is often fastest for tiny models)
 
 Generation stops after N tokens, when the context is full, at a --stop, or at <|eos|>
-(in every mode, as the C engine's `nano run`). Bad input (a bad file, a bad value, a
-prompt that is not UTF-8) gives one `error: ...` line on stderr and exit status 1; a
-command line argparse cannot parse (an unknown option, no -m, a value of the wrong
-type) gets the usage and exit status 2. A reader that goes away (`| head`) ends it
-quietly with exit status 1; Ctrl-C with exit status 130.
+(in every mode, as the C engine's `nano run`). Numbers are read as `nano run` reads
+them: integers (-k, -n, -s, --threads) as ASCII digits ('+5', ' 5' and '1_000' are
+not integers; -k -1 is one out of range); the float settings
+as decimal numbers (not hex floats, inf or nan), each checked as the float32 the
+engine stores (--min-p 1.00000001 is 1, -t 1e-320 is 0: greedy). Options take their
+value as the next argument or after '=' (--top-p=0.9).
+
+A usage error gets exit status 2, as in `nano run`, and one `error: ...` line on
+stderr (or argparse's usage for a command line it cannot parse: an unknown option, no
+-m): a bad option value (out of range, not a number), an empty prompt, a --stop text
+that is empty or that the vocabulary cannot write, options that do not go together.
+The rest gets exit status 1: a bad or missing file, a vocabulary that does not fit, a
+prompt that is not UTF-8 or longer than the context, a device that cannot be used. A
+reader that goes away (`| head`) ends it quietly with exit status 1; Ctrl-C with exit
+status 130.
 
 Examples:
   python -m nano_train.sample -m ../shared/fixtures/psycho_230k_1214_q80.bin -p "人的心理" -t 0 -n 32
@@ -47,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -57,10 +69,40 @@ __all__ = ["main", "build_parser"]
 
 
 MAX_THREADS = 1024  # as the C CLI's --threads
+MAX_COUNT = 1 << 30  # the largest -k and -n, as the C CLI's
 
 
 class UsageError(Exception):
-    """Bad input from the user: reported in one line, exit code 1."""
+    """A usage error (a bad option value, options that do not go together): one line,
+    exit status 2, as `nano run` gives it."""
+
+
+class BadInput(Exception):
+    """Bad input that is not a usage error (a bad file, a prompt that is not UTF-8):
+    one line, exit status 1."""
+
+
+# decimal numbers only, as `nano run` reads them: no hex float, inf, nan, spaces or '_'
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _number(text: str) -> float:
+    if not _DECIMAL.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return float(text)
+
+
+def _integer(text: str) -> int:
+    """ASCII digits, a '-' allowed before them (int() would also take '+5', ' 5', '1_000')."""
+    if not re.fullmatch(r"-?[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(text)
+
+
+def _seed(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return int(text)
 
 
 def _one_line(e: Exception) -> str:
@@ -74,8 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m nano_train.sample",
         description="Generate text with a Nano model (.bin file or .pt checkpoint), streamed to stdout.",
-        epilog="Example: python -m nano_train.sample -m model.bin -p \"hello\" -t 0.8 -k 40",
+        epilog="Exit status: 2 for a usage error (a bad option value, an empty prompt, a --stop text the "
+               "vocabulary cannot write), 1 for bad input (a bad file, a prompt too long for the context), "
+               "as nano run. Example: python -m nano_train.sample -m model.bin -p \"hello\" -t 0.8 -k 40",
     )
+    # a value that starts with '-' is still the option's value when it is a decimal number
+    # (-t -1e-46; argparse's own pattern takes no exponent): no option looks like one
+    p._negative_number_matcher = re.compile(r"^-([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
     p.add_argument("-m", "--model", required=True, help="a .bin model file or a .pt training checkpoint")
     p.add_argument("-l", "--lora", help="a LoRA .bin file to attach")
     p.add_argument("-p", "--prompt", required=True, help='the prompt text; "-" reads stdin')
@@ -85,14 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "for a model trained with --bos_eos); not with --instruct")
     p.add_argument("--system", metavar="TEXT",
                    help="with --instruct: a system text before the prompt, as prepare sft puts a system message")
-    p.add_argument("-t", "--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    p.add_argument("-k", "--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0, help="1 = off")
-    p.add_argument("--min-p", type=float, default=0.0, help="0 = off")
-    p.add_argument("-r", "--repetition-penalty", type=float, default=1.0, help="1 = off")
-    p.add_argument("-n", "--max-tokens", type=int, default=256,
-                   help="most new tokens (default 256; 0 = until the context is full)")
-    p.add_argument("-s", "--seed", type=int, default=0, help="sampler seed in [0, 2^64) (default 0)")
+    p.add_argument("-t", "--temperature", type=_number, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("-k", "--top-k", type=_integer, default=0, help="0 = off; at most 2^30")
+    p.add_argument("--top-p", type=_number, default=1.0, help="1 = off")
+    p.add_argument("--min-p", type=_number, default=0.0, help="0 = off")
+    p.add_argument("-r", "--repetition-penalty", type=_number, default=1.0, help="1 = off")
+    p.add_argument("-n", "--max-tokens", type=_integer, default=256,
+                   help="most new tokens (default 256; 0 = until the context is full; at most 2^30)")
+    p.add_argument("-s", "--seed", type=_seed, default=0, help="sampler seed in [0, 2^64) (default 0)")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="stop at this token or text (repeatable); <|eos|> always stops")
     p.add_argument("--seq2seq", action="store_true",
@@ -100,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", help="vocabulary JSON for a model file without one")
     p.add_argument("--profile", action="store_true", help="time to first token and tokens/s on stderr")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps, ...")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=_integer, default=None,
                    help=f"CPU threads for torch, 1..{MAX_THREADS} (default: torch's choice)")
     return p
 
@@ -130,22 +177,22 @@ def _seq2seq_note(args) -> str | None:
 
 
 def _utf8(raw: bytes, where: str) -> str:
-    """The prompt's bytes as text; a UsageError naming where they came from and the
+    """The prompt's bytes as text; a BadInput naming where they came from and the
     offset of the first byte that is not UTF-8 (it would be lost, not tokenized)."""
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UsageError(f"{where} is not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} "
+        raise BadInput(f"{where} is not UTF-8: byte 0x{raw[e.start]:02x} at offset {e.start} "
                          f"({e.reason})") from None
 
 
 def _argument(arg: str, where: str) -> str:
-    """A command-line argument as text; a UsageError naming `where` if it is not UTF-8."""
+    """A command-line argument as text; a BadInput naming `where` if it is not UTF-8."""
     # Bytes that are not UTF-8 reach Python as lone surrogates; os.fsencode gives them back.
     try:
         raw = os.fsencode(arg)
     except UnicodeEncodeError as e:  # a surrogate that stands for no byte (a caller's string)
-        raise UsageError(f"{where} is not text: a lone surrogate at character {e.start}") from None
+        raise BadInput(f"{where} is not text: a lone surrogate at character {e.start}") from None
     return _utf8(raw, where)
 
 
@@ -155,7 +202,7 @@ def _prompt(arg: str) -> str:
     if arg != "-":
         return _argument(arg, "-p: the prompt argument")
     if sys.stdin is None:  # started with standard input closed
-        raise UsageError("-p -: standard input is closed")
+        raise BadInput("-p -: standard input is closed")
     if hasattr(sys.stdin, "buffer"):
         text = _utf8(sys.stdin.buffer.read(), "-p -: standard input")
         text = text.replace("\r\n", "\n").replace("\r", "\n")
@@ -166,12 +213,12 @@ def _prompt(arg: str) -> str:
 
 def _input_file(name: str, option: str) -> Path:
     if name == "":  # an unset shell variable: it would read as "." (or -l and --tokenizer as not given)
-        raise UsageError(f"{option}: the path is empty")
+        raise BadInput(f"{option}: the path is empty")
     path = Path(name)
     if path.is_dir():
-        raise UsageError(f"{path}: is a directory, not a file")
+        raise BadInput(f"{path}: is a directory, not a file")
     if not path.exists():
-        raise UsageError(f"{path}: not found")
+        raise BadInput(f"{path}: not found")
     return path
 
 
@@ -182,20 +229,20 @@ def _device(name: str):
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as e:
-        raise UsageError(f"--device {name}: {_one_line(e)}") from None
+        raise BadInput(f"--device {name}: {_one_line(e)}") from None
     if device.type == "meta":
-        raise UsageError("--device meta holds no data, so nothing can run on it: choose cpu, cuda, mps, ...")
+        raise BadInput("--device meta holds no data, so nothing can run on it: choose cpu, cuda, mps, ...")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
-            raise UsageError(f"--device {name}: this machine has no CUDA device usable by torch")
+            raise BadInput(f"--device {name}: this machine has no CUDA device usable by torch")
         if device.index is not None and device.index >= count:
-            raise UsageError(f"--device {name}: no such CUDA device (this machine has {count}: 0..{count - 1})")
+            raise BadInput(f"--device {name}: no such CUDA device (this machine has {count}: 0..{count - 1})")
     return device
 
 
 def _load(args):
-    """(model, tokenizer) from the arguments; everything the user can get wrong is a UsageError."""
+    """(model, tokenizer) from the arguments; everything the user can get wrong is a BadInput."""
     from .convert import load_lora_bin, load_model
 
     path = _input_file(args.model, "-m")
@@ -211,20 +258,20 @@ def _load(args):
 
         own, tokenizer = tokenizer, Tokenizer.load(vocab)
         if tokenizer.vocab_size != model.config.vocab_size:
-            raise UsageError(
+            raise BadInput(
                 f"{vocab}: the vocabulary has {tokenizer.vocab_size} tokens, the model {model.config.vocab_size}"
             )
         # a model that carries its vocabulary was trained with it: another one of the same size
         # would silently turn its ids into other text
         if own is not None and own.fingerprint() != tokenizer.fingerprint():
-            raise UsageError(f"{vocab}: not the vocabulary {path} carries (another of the same size: its ids "
+            raise BadInput(f"{vocab}: not the vocabulary {path} carries (another of the same size: its ids "
                              "would become other text); leave --tokenizer out, the model's own is used")
     if tokenizer is None:
-        raise UsageError(f"{path}: carries no vocabulary; give one with --tokenizer")
+        raise BadInput(f"{path}: carries no vocabulary; give one with --tokenizer")
     try:
         model = model.to(device)
     except (RuntimeError, AssertionError) as e:
-        raise UsageError(f"--device {args.device}: cannot use it: {_one_line(e)}") from None
+        raise BadInput(f"--device {args.device}: cannot use it: {_one_line(e)}") from None
     return model.eval(), tokenizer
 
 
@@ -239,7 +286,7 @@ def _unknown_note(tok, ids: list[int]) -> None:
 
 def _run(args, out) -> None:
     from .data import quantity
-    from .sampling import SamplerConfig, generate, instruct_prompt, seq2seq
+    from .sampling import SamplerConfig, StopError, generate, instruct_prompt, seq2seq
 
     if args.system is not None and not args.instruct:
         raise UsageError("--system needs --instruct: the system text goes into the instruct template, "
@@ -251,6 +298,9 @@ def _run(args, out) -> None:
     prompt = _prompt(args.prompt)
     if not prompt and not args.instruct:  # the instruct template gives an empty question tokens
         raise UsageError("the prompt is empty (only --instruct takes an empty one, as SFT data may hold)")
+    for value, option in ((args.top_k, "-k"), (args.max_tokens, "-n")):
+        if value > MAX_COUNT:
+            raise UsageError(f"{option}: expected an integer in [0, {MAX_COUNT}] (2^30), got {value}")
     try:
         sc = SamplerConfig(
             temperature=args.temperature,
@@ -276,7 +326,7 @@ def _run(args, out) -> None:
     if args.seq2seq or not model.config.is_causal:
         ids = tok.encode(prompt)
         if not ids:
-            raise UsageError("the input is empty")
+            raise BadInput("the input is empty")
         _unknown_note(tok, ids)
         note = _seq2seq_note(args)
         if note:
@@ -292,15 +342,14 @@ def _run(args, out) -> None:
 
     ids = instruct_prompt(tok, prompt, system) if args.instruct else tok.encode(prompt, allow_special=args.allow_special)
     _unknown_note(tok, ids)
+    sampled: list[float] = []  # when each token was sampled, stop tokens included
     t0 = time.perf_counter()
-    t_first = t_last = None
     n = 0
-    for token in generate(model, ids, sc, tokenizer=tok):
-        # each token's time is taken when it arrives, before it is written out; the
-        # time after the last one (the forward that drew a stop token) is no token's
-        t_last = time.perf_counter()
-        if t_first is None:
-            t_first = t_last
+    try:
+        stream = generate(model, ids, sc, tokenizer=tok, on_sample=lambda _: sampled.append(time.perf_counter()))
+    except StopError as e:  # a --stop text that is empty or that the vocabulary cannot write
+        raise UsageError(f"--stop: {e}") from None
+    for token in stream:
         n += 1
         out.write(tok.decode([token]))
         out.flush()
@@ -311,14 +360,21 @@ def _run(args, out) -> None:
         print(f"note: the context ({block} tokens, the model's block size) filled after "
               f"{quantity(n, 'generated token')}, short of -n {args.max_tokens}", file=sys.stderr)
     if args.profile:
-        if t_first is None:
-            print(f"[profile] prompt {len(ids)} tokens, no token generated in {time.perf_counter() - t0:.3f} s",
-                  file=sys.stderr)
-        else:
-            # a rate needs two tokens or more: the first one's time is the prompt's
-            rate = f"{n} tokens, {(n - 1) / (t_last - t_first):.1f} tokens/s after the first" if n > 1 else "1 token"
-            print(f"[profile] prompt {len(ids)} tokens; time to first token {1e3 * (t_first - t0):.1f} ms; {rate}",
-                  file=sys.stderr)
+        print(f"[profile] prompt {quantity(len(ids), 'token')}; {_profile(n, t0, sampled)}",
+              file=sys.stderr)
+
+
+def _profile(n: int, t0: float, sampled: list[float]) -> str:
+    """What --profile says of a generation that printed n tokens, as `nano run --profile`
+    does: the time from the start of the prompt's forward (t0) until the first token was
+    sampled, and the rate from the first printed token to the last (the tokens printed
+    are the first n sampled: a stop token, or the tokens of a stop text, come after)."""
+    if n == 0:
+        return "no token generated"
+    first = f"time to first token {1e3 * (sampled[0] - t0):.2f} ms; "
+    if n == 1:
+        return first + "1 token generated, no decode rate (it needs 2 tokens)"
+    return first + f"{n} tokens generated, decode {(n - 1) / (sampled[n - 1] - sampled[0]):.1f} tokens/s"
 
 
 def _error_text(e: Exception) -> str:
@@ -335,15 +391,17 @@ def main(argv=None) -> int:
             stream.reconfigure(errors="backslashreplace")
     try:
         if sys.stdout is None:  # started with standard output closed
-            raise UsageError("standard output is closed: nowhere to write the text")
+            raise BadInput("standard output is closed: nowhere to write the text")
         _run(args, sys.stdout)
     except BrokenPipeError:
         discard_stdout()  # the reader went away (e.g. `| head -c1`): not worth a message
         return 1
-    except (UsageError, ValueError, OSError) as e:
-        # Bad files (ConvertError wraps nano-format's errors), bad vocabularies and
-        # settings (ValueError) and unreadable files are bad input, not bugs:
-        # one line, no traceback.
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (BadInput, ValueError, OSError) as e:
+        # Bad files (ConvertError wraps nano-format's errors), bad vocabularies (ValueError)
+        # and unreadable files are bad input, not bugs: one line, no traceback.
         print(f"error: {_error_text(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

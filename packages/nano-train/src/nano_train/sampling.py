@@ -54,7 +54,7 @@ import math
 import operator
 from dataclasses import dataclass, field
 from numbers import Integral, Real
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -69,6 +69,7 @@ __all__ = [
     "sample_logits",
     "exp32",
     "generate",
+    "StopError",
     "instruct_prompt",
     "seq2seq",
 ]
@@ -127,13 +128,15 @@ class SamplerConfig:
                 raise TypeError(f"{name} must be a number, got {value!r}")
             if not abs(value) <= _F32_MAX:
                 raise ValueError(f"{name} must be a finite float32 number, got {value}")
-        if not self.temperature >= 0.0:
+        # each is checked as the float32 it becomes, as the C engine checks it: --min-p
+        # 1.00000001 is 1, and a value that rounds to -0.0 (-1e-46) is 0
+        if not np.float32(self.temperature) >= 0.0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
         if not 0.0 < np.float32(self.top_p) <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if not 0.0 <= self.min_p <= 1.0:
+        if not 0.0 <= np.float32(self.min_p) <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if not np.float32(self.repetition_penalty) > 0.0:
             raise ValueError(f"repetition_penalty must be > 0 (in float32), got {self.repetition_penalty}")
@@ -251,6 +254,11 @@ def sample_logits(
 # Generation
 
 
+class StopError(ValueError):
+    """A stop entry that can never work: an empty string, one the vocabulary cannot
+    write, a string without a tokenizer."""
+
+
 def _resolve_stops(stops: Sequence, tokenizer) -> tuple[set[int], list[str]]:
     """Split stop entries into token ids and text strings. <|eos|> is a stop id
     whenever the tokenizer has it (the C engine's stop_at_eos, on in every mode).
@@ -268,13 +276,13 @@ def _resolve_stops(stops: Sequence, tokenizer) -> tuple[set[int], list[str]]:
             ids.add(int(s))
             continue
         if s == "":  # it would match before the first token: nothing could ever be generated
-            raise ValueError("stop string '' is empty: give the text to stop at")
+            raise StopError("stop string '' is empty: give the text to stop at")
         if tokenizer is None:
-            raise ValueError(f"stop string {s!r} needs a tokenizer")
+            raise StopError(f"stop string {s!r} needs a tokenizer")
         enc = tokenizer.encode(s, allow_special=True)
         if tokenizer.decode(enc) != s:
             missing = "".join(dict.fromkeys(c for c in s if tokenizer.decode(tokenizer.encode(c)) != c))
-            raise ValueError(f"stop string {s!r} can never occur: the vocabulary has no token for {missing!r}")
+            raise StopError(f"stop string {s!r} can never occur: the vocabulary has no token for {missing!r}")
         if s in tokenizer.special_tokens:
             ids.add(tokenizer.special_tokens[s])
         else:
@@ -323,6 +331,7 @@ def generate(
     prompt_ids: Sequence[int],
     config: SamplerConfig,
     tokenizer=None,
+    on_sample: Callable[[int], None] | None = None,
 ) -> Iterator[int]:
     """Stream new token ids after prompt_ids, using the KV cache.
 
@@ -334,9 +343,14 @@ def generate(
     end. A token whose text starts before the stop string is yielded (so the
     text before it is never lost), even where its text runs into the stop string.
 
+    on_sample, if given, is called with each token id as it is sampled (stop tokens
+    included), before a stop string may hold it back: `sample --profile` times the
+    tokens with it.
+
     The arguments are checked here, at the call, not at the first next(). A
     full-attention model (config.is_causal False) is refused: its outputs are not
-    next-token predictions (seq2seq is its use).
+    next-token predictions (seq2seq is its use). A stop entry that can never work is
+    a StopError.
     """
     if not model.config.is_causal:
         raise ValueError("generate needs a causal model, and this one has full attention (config.is_causal "
@@ -351,12 +365,12 @@ def generate(
             "(a prompt must leave room for at least one new token)"
         )
     stop_ids, stop_texts = _resolve_stops(config.stop_tokens, tokenizer)
-    return _generate(model, prompt, config, tokenizer, stop_ids, stop_texts)
+    return _generate(model, prompt, config, tokenizer, stop_ids, stop_texts, on_sample)
 
 
 @torch.no_grad()
 def _generate(model, prompt: list[int], config: SamplerConfig, tokenizer, stop_ids: set[int],
-              stop_texts: list[str]) -> Iterator[int]:
+              stop_texts: list[str], on_sample: Callable[[int], None] | None) -> Iterator[int]:
     """generate's stream, its arguments checked."""
     block = model.config.block_size
     longest = max(map(len, stop_texts), default=0)
@@ -376,6 +390,8 @@ def _generate(model, prompt: list[int], config: SamplerConfig, tokenizer, stop_i
         pos = len(prompt)
         while True:
             tok = sample_logits(logits.cpu().numpy(), history, config, rng)
+            if on_sample is not None:
+                on_sample(tok)
             if tok in stop_ids:
                 break
             generated.append(tok)
