@@ -36,6 +36,25 @@ def test_resume_drops_later_steps_and_keeps_the_rest(tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if p.name != "log.jsonl"]  # no temporary file left behind
 
 
+def test_resume_from_an_older_checkpoint_drops_later_start_and_end_records(tmp_path):
+    # (was: only train and eval records went: a resume from a checkpoint copied over latest.pt
+    # kept the start and end records of the processes that had run past it)
+    later = [{"kind": "end", "step": 20, "interrupted": True}, {"kind": "start", "step": 20},
+             {"kind": "train", "step": 21, "loss": 1.0}, {"kind": "end", "step": 21, "interrupted": False}]
+    log = write_log(tmp_path / "log.jsonl", [json.dumps(r) for r in RECORDS[:21] + later])
+    RunLog(log, True, resume_step=10)
+    assert read_log(log) == RECORDS[:11]
+
+
+def test_a_resume_that_evaluates_its_step_again_drops_that_steps_eval_record(tmp_path):
+    records = [{"kind": "start", "step": 0}, {"kind": "eval", "step": 2, "val_loss": 5.0},
+               {"kind": "train", "step": 4, "loss": 4.0}, {"kind": "eval", "step": 4, "val_loss": 4.5},
+               {"kind": "end", "step": 4, "interrupted": True}]
+    log = write_log(tmp_path / "log.jsonl", [json.dumps(r) for r in records])
+    RunLog(log, True, resume_step=4, evaluates_resume_step=True)
+    assert read_log(log) == records[:3] + records[4:]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE and SIGXFSZ as on Linux")
 def test_resume_rewrite_that_fails_midway_keeps_the_old_log(tmp_path):
     # A write that fails partway (here: a file-size limit, as a full disk would) must

@@ -628,6 +628,188 @@ def test_the_last_steps_loss_is_logged_when_a_run_stops_between_log_lines(tmp_pa
     assert f"| final train loss | {trains[-1]['loss']:.4f} |" in (out / "report.md").read_text(encoding="utf-8")
 
 
+def interrupt_in_step(monkeypatch, n):
+    """Ctrl-C inside step n (from its gradient clipping): the run stops after that step."""
+    real = torch.nn.utils.clip_grad_norm_
+    calls = []
+
+    def clip(*a, **k):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+
+
+@pytest.mark.parametrize("at", [3, 4])  # 3: the checkpoint's val loss is step 2's; 4: step 4 was evaluated
+def test_an_interrupted_run_resumed_with_max_iters_at_its_step_ends_there(tmp_path, small_pretrain, capsys,
+                                                                          monkeypatch, at):
+    # (was: "nothing to do ...; wrote the missing report.md", a report "finished at step 3 of 3" with
+    # step 2's val loss as the final one, and no evaluation at step 3)
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt_in_step(m, at)
+        assert main("pretrain", args(small_pretrain, out, max_iters=20, sample_tokens=4)) == 130
+    assert load(out / "latest.pt")["step"] == at
+    capsys.readouterr()
+    assert main("pretrain", args(small_pretrain, out, init_from="resume", max_iters=at)) == 0
+    said = capsys.readouterr().out
+    assert "nothing to do" not in said and f"done: step {at}," in said.splitlines()[-1], said
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "eval" and r["step"] == at]
+    assert len(evals) == 1, records  # evaluated as the last step; an earlier record of the step goes
+    end = records[-1]
+    assert end["kind"] == "end" and end["interrupted"] is False and end["step"] == at
+    assert end["val_loss"] == evals[0]["val_loss"]
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert f"pretrain, finished at step {at} of {at}, " in text, text
+    assert f"| final val loss | {evals[0]['val_loss']:.4f} |" in text, text
+    ck = load(out / "latest.pt")
+    assert ck["step"] == at and ck["val_loss"] == evals[0]["val_loss"] and ck["final"] is True
+    assert load(out / "best.pt")["val_loss"] == ck["best_val_loss"] == evals[0]["best_val_loss"]
+    # now it is a finished run: nothing to do, nothing rewritten
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main("pretrain", args(small_pretrain, out, init_from="resume", max_iters=at)) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_an_interrupted_run_resumed_with_max_iters_below_its_step_is_refused(tmp_path, small_pretrain, capsys,
+                                                                             monkeypatch):
+    # (was: "nothing to do", and a report "finished at step 3 of 2")
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt_in_step(m, 3)
+        assert main("pretrain", args(small_pretrain, out, max_iters=20)) == 130
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main("pretrain", args(small_pretrain, out, init_from="resume", max_iters=2)) == 2
+    assert error_line(capsys) == (f"error: --init_from=resume: {out / 'latest.pt'} is at step 3, past "
+                                  "optim.max_iters (2): pass --max_iters=3 to end the run there (final evaluation "
+                                  "and report), or a larger value to train on")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("when", ["the final checkpoint", "the end record"])
+def test_ctrl_c_once_the_training_is_done_writes_the_report_without_samples(tmp_path, small_pretrain, capsys,
+                                                                            monkeypatch, when):
+    # (was, at the end record: "error: interrupted; the run stopped at once (...)" and no report.md;
+    # during the final checkpoint: the signal was lost, the samples drawn and the exit status 0)
+    from nano_train import checkpoint as ckpt_io
+    from nano_train.metrics import RunLog
+
+    save, write = ckpt_io.save_atomic, RunLog.write
+
+    def save_then_ctrl_c(state, path):
+        save(state, path)
+        if path.name == "latest.pt" and state["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def write_then_ctrl_c(self, **record):
+        write(self, **record)
+        if record["kind"] == "end":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    if when == "the final checkpoint":
+        monkeypatch.setattr(ckpt_io, "save_atomic", save_then_ctrl_c)
+    else:
+        monkeypatch.setattr(RunLog, "write", write_then_ctrl_c)
+    previous = signal.getsignal(signal.SIGINT)
+    out = tmp_path / "run"
+    assert main("pretrain", args(small_pretrain, out, max_iters=2, sample_tokens=4)) == 130
+    assert signal.getsignal(signal.SIGINT) is previous
+    said, err = capsys.readouterr()
+    assert "Traceback" not in err and "stopped at once" not in err, err
+    assert "interrupted before sampling for the report: the training is complete; writing the report without " \
+           "samples" in err, err
+    assert said.splitlines()[-1].startswith("done: step 2,"), said
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "pretrain, finished at step 2 of 2, " in text and "No samples: interrupted before they were drawn." in text
+    ends = [r for r in (json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())
+            if r["kind"] == "end"]
+    assert len(ends) == 1 and ends[0]["interrupted"] is False
+    assert load(out / "latest.pt")["step"] == 2
+
+
+def test_a_resume_that_moves_the_end_of_the_cosine_says_so(finished_run, small_pretrain, capsys):
+    # (was: silent, while the learning rate climbed back up the stretched curve)
+    capsys.readouterr()
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=6)) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "cosine" in line]
+    assert len(notes) == 1 and notes[0].startswith("note: the learning rate's cosine decay now ends at step 6 "
+                                                   "(optim.max_iters, as optim.lr_decay_iters is 0), in the "
+                                                   "checkpoint's run at step 2: the learning rate at step 2 is "), notes
+    assert notes[0].endswith("instead of 3.00e-04; --lr_decay_iters=2 keeps the checkpoint's schedule"), notes
+    lr = float(notes[0].split("at step 2 is ")[1].split(" ")[0])
+    logged = [json.loads(line) for line in (finished_run / "log.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in logged if r["kind"] == "train" and r["step"] == 3] == [pytest.approx(lr, rel=1e-2)]
+    assert lr > 3e-4
+
+
+def test_a_resume_that_keeps_the_end_of_the_cosine_has_no_note(finished_run, small_pretrain, capsys):
+    capsys.readouterr()
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=6,
+                                 lr_decay_iters=2)) == 0
+    assert "cosine" not in capsys.readouterr().err
+
+
+def test_a_kill_inside_a_kept_checkpoint_never_loses_its_ckpt_file(tmp_path, small_pretrain, monkeypatch):
+    # (was: latest.pt was written first: killed before ckpt_000004.pt, the resume started at
+    # step 4 and never wrote it)
+    from nano_train import checkpoint as ckpt_io
+
+    class Killed(BaseException):
+        pass
+
+    save = ckpt_io.save_atomic
+
+    def killed_after_the_first_file_of_step_4(state, path):
+        save(state, path)
+        if state["step"] == 4 and path.name != "best.pt":
+            raise Killed  # as a SIGKILL right after that file: nothing more is written
+
+    out = tmp_path / "run"
+    run = args(small_pretrain, out, max_iters=6, checkpoint_interval=2, eval_interval=3, keep_checkpoints="true")
+    with monkeypatch.context() as m:
+        m.setattr(ckpt_io, "save_atomic", killed_after_the_first_file_of_step_4)
+        with pytest.raises(Killed):
+            main("pretrain", run)
+    assert main("pretrain", [f"--out_dir={out}", "--init_from=resume"]) == 0
+    assert sorted(p.name for p in out.glob("ckpt_*.pt")) == ["ckpt_000002.pt", "ckpt_000004.pt", "ckpt_000006.pt"]
+    assert [load(out / f"ckpt_{s:06d}.pt")["step"] for s in (2, 4, 6)] == [2, 4, 6]
+
+
+def test_a_kill_inside_the_first_kept_checkpoint_says_how_to_continue(tmp_path, small_pretrain, monkeypatch, capsys):
+    """ckpt_<step>.pt comes before latest.pt: killed between the two at the first checkpoint,
+    the run has a ckpt file and no latest.pt."""
+    out = tmp_path / "run"
+    (out).mkdir()
+    assert main("pretrain", args(small_pretrain, out, max_iters=2, keep_checkpoints="true")) == 0
+    (out / "latest.pt").unlink()
+    capsys.readouterr()
+    assert main("pretrain", [f"--out_dir={out}", "--init_from=resume"]) == 2
+    assert error_line(capsys) == (f"error: --init_from=resume: {out / 'latest.pt'} does not exist: the run in {out} "
+                                  "stopped while writing its first one, after ckpt_000002.pt: copy that file to "
+                                  "latest.pt to continue from it, or start again with --overwrite=true")
+    (out / "ckpt_000002.pt").rename(out / "latest.pt")
+    assert main("pretrain", [f"--out_dir={out}", "--init_from=resume", "--max_iters=4"]) == 0
+
+
+def test_a_checkpoint_cut_short_names_the_newest_others_first(finished_run, small_pretrain, capsys):
+    # (was: the first four alphabetically, best.pt and ckpt_000004/6/8.pt, leaving out the newest ckpt_000012.pt)
+    latest = finished_run / "latest.pt"
+    for i, step in enumerate((4, 6, 8, 12)):
+        path = finished_run / f"ckpt_{step:06d}.pt"
+        path.write_bytes(latest.read_bytes())
+        os.utime(path, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
+    os.utime(finished_run / "best.pt", ns=(10**17, 10**17))
+    latest.write_bytes(latest.read_bytes()[:5000])
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=4)) == 2
+    assert error_line(capsys).endswith("other checkpoints in its folder: ckpt_000012.pt, ckpt_000008.pt, "
+                                       "ckpt_000006.pt, ckpt_000004.pt, ... (newest first)")
+
+
 def test_a_vocab_size_other_than_the_datas_is_refused(tmp_path, small_pretrain, capsys):
     """A padded classifier would train, but no model file, sampler or fine-tuning run could use it."""
     assert main("pretrain", args(small_pretrain, tmp_path / "run", vocab_size=4160)) == 2

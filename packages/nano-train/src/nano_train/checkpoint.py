@@ -17,6 +17,8 @@ reads (tensors, dicts, lists, str, int, float, bool, None only):
     "dataset_id":   sha256 of the dataset's meta.json "shards", "split", "shuffle" and
                     "content" entries (resume refuses another dataset; older checkpoints
                     lack it, or its "content")
+    "final":        True when written at the run's last step (max_iters or the time budget),
+                    False on Ctrl-C and at periodic checkpoints (older checkpoints lack it)
 
 Writes go to a temporary file in the same directory, `.{name}.{pid}.tmp`, which
 is flushed and fsynced, then renamed over the target (os.replace is atomic on
@@ -141,8 +143,9 @@ def load(path: str | Path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling raises many types
-        others = sorted(p.name for p in path.parent.glob("*.pt") if p.name != path.name and p.is_file())
-        hint = f"; other checkpoints in its folder: {', '.join(others[:4])}" if others else ""
+        others = newest_first(p for p in path.parent.glob("*.pt") if p.name != path.name and p.is_file())
+        hint = (f"; other checkpoints in its folder: {', '.join(p.name for p in others[:4])}"
+                f"{', ...' if len(others) > 4 else ''} (newest first)" if others else "")
         raise CheckpointError(f"{path}: not a readable checkpoint: damaged, cut short, or not a torch checkpoint "
                               f"({load_failure(e)}){hint}") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
@@ -157,6 +160,17 @@ def load(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: an incomplete checkpoint, its config needs 'model' and 'train' sections")
     check_fields(path, ck)
     return ck
+
+
+def newest_first(paths) -> list[Path]:
+    """paths by modification time, the newest first (ties by name); a file gone meanwhile is left out."""
+    dated = []
+    for p in paths:
+        try:
+            dated.append((-p.stat().st_mtime_ns, p.name, p))
+        except OSError:
+            continue
+    return [p for _, _, p in sorted(dated)]
 
 
 def recorded_val_loss(path: str | Path) -> float | None:

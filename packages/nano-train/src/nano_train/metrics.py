@@ -139,17 +139,21 @@ class RunLog:
     {"kind": "eval", "step", "val_loss", "best_val_loss"}, {"kind": "end", ...}.
     """
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int | None):
+    def __init__(self, path: Path, enabled: bool, resume_step: int | None, evaluates_resume_step: bool = False):
         self.path = path
         self.enabled = enabled
         if enabled and resume_step is not None and path.exists():
-            # Drop what a killed run logged after the checkpoint we resume from:
-            # those steps are about to be run again. A line cut short by a kill
-            # (even inside a UTF-8 character) is dropped too.
+            # Drop what was logged after the checkpoint we resume from (by a killed run, or
+            # by the later processes of a run resumed from an older checkpoint): those steps
+            # are about to be run again. evaluates_resume_step: the resumed step is evaluated
+            # again, and its eval record goes too. A line cut short by a kill (even inside a
+            # UTF-8 character) is dropped too.
             kept = []
             for line, rec in _records(path):
                 step = rec.get("step")
-                if rec.get("kind") in ("train", "eval") and isinstance(step, int) and step > resume_step:
+                if isinstance(step, int) and not isinstance(step, bool) and (
+                        step > resume_step or (evaluates_resume_step and step == resume_step
+                                               and rec.get("kind") == "eval")):
                     continue
                 kept.append(line)
             # Atomically (a temporary file beside it, fsynced, renamed over it): a kill

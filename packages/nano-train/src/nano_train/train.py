@@ -806,7 +806,15 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 say(f"note: the checkpoint was written by {rng['world_size']} processes, this run has "
                     f"{info.world_size}: RNG streams restart from the seed (data order is unaffected)")
     resume_step = step if resuming else None
-    if resuming and (step >= cfg.optim.max_iters or 0 < cfg.optim.time_budget <= elapsed_before):
+    # Whether latest.pt was written at the run's last step (max_iters or the time budget),
+    # rather than on Ctrl-C or at a periodic checkpoint. Checkpoints older than the field
+    # count as final, as before it existed.
+    ended = resuming and checkpoint.get("final", True) is not False
+    if resuming and not ended and step > cfg.optim.max_iters:
+        raise ConfigError(f"--init_from=resume: {latest} is at step {step}, past optim.max_iters "
+                          f"({cfg.optim.max_iters}): pass --max_iters={step} to end the run there (final evaluation "
+                          "and report), or a larger value to train on")
+    if ended and (step >= cfg.optim.max_iters or 0 < cfg.optim.time_budget <= elapsed_before):
         # A finished run: its report and log stay as they are, unless its process was killed
         # after the last checkpoint, before its report said so (missing, or an earlier state's)
         why = (f"reached optim.max_iters ({cfg.optim.max_iters})" if step >= cfg.optim.max_iters else
@@ -827,6 +835,11 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         if info.ddp:
             dist.destroy_process_group()
         return result
+    # where the checkpoint's run ended its cosine decay (for the note when this run moves it)
+    saved_optim = checkpoint["config"]["train"].get("optim") if resuming else None
+    saved_decay_end = None
+    if isinstance(saved_optim, dict):
+        saved_decay_end = saved_optim.get("lr_decay_iters") or saved_optim.get("max_iters")
     # the model a fine-tuning run started from (kept through resumes, for provenance)
     base_path = checkpoint.get("base") if resuming else (None if cfg.run.init_from == "scratch" else cfg.run.init_from)
     del checkpoint  # the optimizer and model hold their own copies now
@@ -849,7 +862,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     # ---- logging -------------------------------------------------------------------------
-    log = RunLog(out_dir / "log.jsonl", master, resume_step)
+    # a run resumed at its last step from a checkpoint that was not final evaluates that step
+    # (again, when the checkpoint was periodic): its earlier eval record there goes
+    finishing = resuming and not ended and (step >= cfg.optim.max_iters or 0 < cfg.optim.time_budget <= elapsed_before)
+    log = RunLog(out_dir / "log.jsonl", master, resume_step, evaluates_resume_step=finishing)
 
     def record(**fields) -> None:  # one log record, to log.jsonl and to the caller's progress
         log.write(**fields)
@@ -880,19 +896,28 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     decay_iters = cfg.optim.lr_decay_iters or cfg.optim.max_iters
     budget = cfg.optim.time_budget
 
-    def lr_at(it: int, elapsed: float) -> float:
+    def lr_at(it: int, elapsed: float, decay_end: int | None = None) -> float:
         o = cfg.optim
+        decay_end = decay_iters if decay_end is None else decay_end
         if it < o.warmup_iters:
             return o.learning_rate * (it + 1) / (o.warmup_iters + 1)
-        if it >= decay_iters:
+        if it >= decay_end:
             return o.min_lr
-        done = (it - o.warmup_iters) / max(decay_iters - o.warmup_iters, 1)
+        done = (it - o.warmup_iters) / max(decay_end - o.warmup_iters, 1)
         if budget > 0:
             done = max(done, elapsed / budget)
             if done >= 1.0:
                 return o.min_lr
         return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (o.learning_rate - o.min_lr)
 
+    moved = (isinstance(saved_decay_end, int) and not isinstance(saved_decay_end, bool)
+             and saved_decay_end != decay_iters and step < max(saved_decay_end, decay_iters))
+    if master and cfg.optim.lr_decay_iters == 0 and moved:  # the cosine follows max_iters, which changed
+        now, before = lr_at(step, elapsed_before), lr_at(step, elapsed_before, saved_decay_end)
+        change = f": the learning rate at step {step} is {now:.2e} instead of {before:.2e}" if now != before else ""
+        print(f"note: the learning rate's cosine decay now ends at step {decay_iters} (optim.max_iters, as "
+              f"optim.lr_decay_iters is 0), in the checkpoint's run at step {saved_decay_end}{change}; "
+              f"--lr_decay_iters={saved_decay_end} keeps the checkpoint's schedule", file=sys.stderr)
     if 0 < cfg.optim.max_iters <= cfg.optim.warmup_iters:
         say(f"note: optim.warmup_iters {cfg.optim.warmup_iters} >= optim.max_iters {cfg.optim.max_iters}: the "
             f"learning rate only warms up (to {lr_at(cfg.optim.max_iters - 1, 0.0):.2e} at the last step, not "
@@ -909,7 +934,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             f"{cfg.optim.learning_rate:g}) or clip gradients (optim.grad_clip, now {cfg.optim.grad_clip:g}), then "
             + ("resume (--init_from=resume) or start again" if last_saved else "start again"))
 
-    def save_checkpoint(names: list[str]) -> None:
+    def save_checkpoint(names: list[str], final: bool = False) -> None:
+        """Write the state to each of names in order (latest.pt last: its step implies the
+        others were written). final: written at the run's last step."""
         nonlocal last_saved
         # every rank checks (the weights are the same on all), so that all of them stop together
         bad_losses = [x for x in (train_loss, val_loss) if x is not None and not math.isfinite(x)]
@@ -932,7 +959,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             "best_val_loss": best_val_loss, "val_loss": val_loss, "train_loss": train_loss,
             "elapsed_s": elapsed_before + time.monotonic() - t_start,
             "dataset": {"path": str(ds.path), "fingerprint": tokenizer.fingerprint()}, "dataset_id": dataset_id,
-            "versions": {"torch": str(torch.__version__)},
+            "versions": {"torch": str(torch.__version__)}, "final": final,
         }
         if task == "lora":
             state["lora"] = {"rank": cfg.lora.lora_rank, "alpha": cfg.lora.lora_alpha,
@@ -941,16 +968,23 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             state["base"] = base_path
         for name in names:
             ckpt_io.save_atomic(state, out_dir / name)
-        last_saved = f"{out_dir / names[0]} (step {step})"
+        last_saved = f"{out_dir / names[-1]} (step {step})"
 
     # Ctrl-C (SIGINT) or SIGTERM (what torchrun and batch schedulers send to stop a job):
     # finish the current step, save latest.pt, stop. A second signal aborts at once.
-    # After the loop (the report's samples) there is no step to finish: a signal stops at once,
-    # and the report is written without its samples.
-    stop = {"requested": False, "done": False}
+    # Once training is done ("done"), a signal drops the report's samples: it stops them
+    # while they are drawn ("sampling"), and before they start it is noted ("late") for
+    # write_report_card; the report is written without them. A second one aborts.
+    stop = {"requested": False, "done": False, "late": False, "sampling": False}
 
     def on_signal(signum, frame):
-        if stop["requested"] or stop["done"]:
+        if stop["done"]:
+            if stop["late"] or stop["sampling"]:
+                stop["late"] = True
+                raise KeyboardInterrupt
+            stop["late"] = True
+            return
+        if stop["requested"]:
             raise KeyboardInterrupt
         stop["requested"] = True
         if master:
@@ -1017,8 +1051,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             last = step >= cfg.optim.max_iters or out_of_time
             if (last or stopping) and interval_steps:
                 log_train()  # the final steps' loss, when the step just run was not logged
-            # A resumed step's evaluation and checkpoint were done before it was saved.
-            fresh = step != resume_step
+            # A resumed step's evaluation and checkpoint were done before it was saved, unless it
+            # was saved on Ctrl-C (or periodically) and is now the last: the run ends there as
+            # its last step would have ended it.
+            fresh = step != resume_step or (last and not ended)
 
             # -- evaluate on the held-out split; keep the best model
             if fresh and val_source is not None and (step % cfg.eval.eval_interval == 0 or last):
@@ -1031,12 +1067,14 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 say(f"step {step:>6} | val loss {val_loss:.4f} | best {best_val_loss:.4f}")
                 record(kind="eval", step=step, val_loss=val_loss, best_val_loss=best_val_loss)
                 if improved and step > 0:
-                    save_checkpoint([BEST])
+                    save_checkpoint([BEST], final=last)
 
             # -- checkpoint (at step 0 too when it is the last, so that a run of max_iters 0 can resume)
             if fresh and (step > 0 or stopping or last) and (step % checkpoint_interval == 0 or last or stopping):
-                names = [LATEST] + ([f"ckpt_{step:06d}.pt"] if cfg.run.keep_checkpoints else [])
-                save_checkpoint(names)
+                # ckpt_<step>.pt first: a kill between the two writes must not leave a latest.pt
+                # at this step without it (a resume from that step would never write it)
+                names = ([f"ckpt_{step:06d}.pt"] if cfg.run.keep_checkpoints else []) + [LATEST]
+                save_checkpoint(names, final=last)
             if last or stopping:
                 interrupted = stopping and not last
                 break
@@ -1114,6 +1152,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     except BaseException:
         restore_handlers()
         raise
+    # a signal that came during the last step's evaluation or checkpoint (too late to stop
+    # the training) is one for the report
+    stop["late"] = stop["requested"] and not interrupted
     stop["done"] = True
     try:
         seconds = time.monotonic() - t_start
@@ -1130,9 +1171,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                seconds=seconds)
         if master:
             result.samples_interrupted = write_report_card(
-                out_dir / "report.md", cfg=cfg, result=result, model=raw_model, tokenizer=tokenizer, dataset=ds,
-                device=device, dtype=dtype, world_size=info.world_size, n_params=n_params, n_trainable=n_trainable,
-                peak=peak, peak_source=peak_source, flops_per_token=flops_per_token,
+                out_dir / "report.md", stop=stop, cfg=cfg, result=result, model=raw_model, tokenizer=tokenizer,
+                dataset=ds, device=device, dtype=dtype, world_size=info.world_size, n_params=n_params,
+                n_trainable=n_trainable, peak=peak, peak_source=peak_source, flops_per_token=flops_per_token,
                 val_source=val_source or train_source)
             best = f"{best_val_loss:.4f}" if math.isfinite(best_val_loss) else "n/a"
             rate = f"{human(tokens_per_s)} tok/s" if tokens_per_s else "no training step run"
@@ -1153,22 +1194,33 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         restore_handlers()
 
 
-def write_report_card(path: Path, **report) -> bool:
+def write_report_card(path: Path, stop: dict | None = None, **report) -> bool:
     """report.md (nano_train.report.write_report); True when Ctrl-C came while its samples
-    were drawn: the report is then written without them (a second signal aborts)."""
-    from nano_train.report import write_report
+    were drawn, or (stop: the training loop's signal state) after the training ended and
+    before they started: the report is then written without them (a second signal aborts)."""
+    from nano_train.report import write_report  # before any signal can stop it halfway
 
+    started = False
     try:
+        if stop is not None:
+            stop["sampling"] = True  # from here on_signal raises KeyboardInterrupt at once
+            if stop["late"]:
+                raise KeyboardInterrupt
+        started = True
         write_report(path, **report)
         return False
     except KeyboardInterrupt:
         result = report["result"]
         training = (f"the training stopped at step {result.step} (latest.pt saved)" if result.interrupted
                     else "the training is complete")
-        print(f"\ninterrupted while sampling for the report: {training}; writing the report without samples",
+        when = "while sampling" if started else "before sampling"
+        print(f"\ninterrupted {when} for the report: {training}; writing the report without samples",
               file=sys.stderr, flush=True)
-        write_report(path, no_samples="interrupted while they were drawn", **report)
+        write_report(path, no_samples=f"interrupted {'while' if started else 'before'} they were drawn", **report)
         return True
+    finally:
+        if stop is not None:
+            stop["sampling"] = False
 
 
 def complete_finished_run(cfg: Config, result: TrainResult, elapsed_s: float, model: Transformer, ds: Dataset,
@@ -1231,6 +1283,11 @@ def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> 
             if os.path.lexists(latest):  # a folder, a FIFO, a link to nothing: named as what it is
                 what = file_kind(latest.stat().st_mode) if latest.exists() else "a symbolic link to nothing"
                 raise CheckpointError(f"--init_from=resume: {latest} is {what}, not a checkpoint file")
+            kept = sorted(latest.parent.glob("ckpt_*.pt"))
+            if kept:  # ckpt_<step>.pt is written before latest.pt: a kill between the two, at the first checkpoint
+                raise CheckpointError(f"--init_from=resume: {latest} does not exist: the run in {latest.parent} "
+                                      f"stopped while writing its first one, after {kept[-1].name}: copy that file "
+                                      f"to {LATEST} to continue from it, or start again with --overwrite=true")
             if earlier_run_files(latest.parent):  # its log.jsonl: a run that stopped before its first checkpoint
                 raise CheckpointError(f"--init_from=resume: {latest} does not exist: the run in {latest.parent} "
                                       "stopped before writing a checkpoint; start again with --overwrite=true")
