@@ -478,7 +478,10 @@ NANO_API nano_status nano_context_set_lora(nano_context *ctx, const nano_lora *l
  * logits: NULL, or [V] (the last position's logits) when !all_logits, or
  * [n * V] (every position, row-major) when all_logits. The last position's
  * logits are also kept in the context (nano_context_logits).
- * NANO_ERR_CONTEXT_FULL when pos + n > n_ctx (nothing is run then). */
+ * NANO_ERR_CONTEXT_FULL when pos + n > n_ctx (nothing is run then).
+ * A full-attention model (not causal) gives the one-pass answer only when the
+ * whole input comes in one call from position 0: positions run earlier never
+ * see the tokens appended later (nano_train's forward_cached is the same). */
 NANO_API nano_status nano_eval(nano_context *ctx, const int32_t *tokens, uint32_t n, float *logits,
                                int all_logits);
 /* [V] logits of the last evaluated position (valid after nano_eval). */
