@@ -230,7 +230,7 @@ def prompts(monkeypatch):
     """The prompt ids the sample command hands to generate (which then makes no token)."""
     seen = []
 
-    def fake_generate(model, ids, config, tokenizer=None):
+    def fake_generate(model, ids, config, tokenizer=None, on_sample=None):
         seen.append(list(ids))
         return iter(())
 
@@ -254,14 +254,14 @@ def test_sample_system_builds_the_prepared_question(tiny_ckpt, nano80, capsys, p
     assert prompts[-1] == [nano80.instruct_id, *nano80.encode(text + "\n"), nano80.response_id]
 
 
-@pytest.mark.parametrize("argv, msg", [
-    (["--system", "Answer briefly.", "-p", "hi"],
+@pytest.mark.parametrize("argv, status, msg", [  # a usage error (2) and bad input (1), as in nano run
+    (["--system", "Answer briefly.", "-p", "hi"], 2,
      "error: --system needs --instruct: the system text goes into the instruct template, before the prompt\n"),
-    (["--instruct", "--system", "\udcff", "-p", "hi"],
+    (["--instruct", "--system", "\udcff", "-p", "hi"], 1,
      "error: --system: the system argument is not UTF-8: byte 0xff at offset 0 (invalid start byte)\n"),
 ])
-def test_sample_system_usage_errors(tiny_ckpt, capsys, prompts, argv, msg):
+def test_sample_system_usage_errors(tiny_ckpt, capsys, prompts, argv, status, msg):
     rc = sample_cmd.main(["-m", str(tiny_ckpt), *argv])
     out, err = capsys.readouterr()
-    assert (rc, out, err) == (1, "", msg)
+    assert (rc, out, err) == (status, "", msg)
     assert prompts == []  # nothing was generated
