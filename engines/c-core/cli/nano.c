@@ -2,7 +2,8 @@
  * nano - run, inspect and benchmark Nano models from the command line.
  *
  * Usage:
- *   nano run -m MODEL [-l LORA] [-p PROMPT | -p -] [--instruct] [--system TEXT] [--allow-special] [-t TEMP]
+ *   nano run -m MODEL [-l LORA] [-p PROMPT | -p - | --multi-turn] [--instruct] [--system TEXT] [--allow-special]
+ *            [-t TEMP]
  *            [-k TOP_K] [--top-p P] [--min-p P] [-r PENALTY] [-n MAX_TOKENS] [-s SEED]
  *            [--stop TEXT]... [--threads N] [--ctx N] [--batch N] [--portable] [--profile] [--ids]
  *   nano info MODEL
@@ -17,6 +18,8 @@
  * are written as \n, \r and \\ (README: "One answer per line").
  * --system TEXT puts a system text before every instruct-mode question, as
  * nano_train's `prepare sft --system prepend` trained the model on it.
+ * --multi-turn makes the chat a conversation: each question is asked after the
+ * earlier turns (nano_train.sampling.chat_prompt builds the same prompt).
  * This is the only file that may exit(); the library never does.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -61,8 +64,12 @@ static const char *USAGE =
     "  --allow-special      read special-token text in the -p prompt as those tokens (-p '" NANO_SPECIAL_BOS "'\n"
     "                       starts a document, for a model trained with --bos_eos); not with --instruct\n"
     "  --system TEXT        instruct mode (--instruct, or the chat): put TEXT and a line break before\n"
-    "                       the prompt or every question, as 'prepare sft' puts a system message\n"
-    "                       (an empty TEXT adds nothing)\n"
+    "                       the prompt or every question (with --multi-turn: the earliest one kept), as\n"
+    "                       'prepare sft' puts a system message (an empty TEXT adds nothing)\n"
+    "  --multi-turn         the chat (no -p) keeps the conversation: each question is asked after the\n"
+    "                       earlier questions and answers, laid out as 'prepare sft' lays out a\n"
+    "                       multi-turn record; the oldest turns are dropped (with a note) while the\n"
+    "                       prompt is over half the context\n"
     "  -t, --temperature T  0 = greedy (default 1.0)\n"
     "  -k, --top-k K        keep the K most likely tokens (0 = off)\n"
     "  --top-p P            nucleus sampling, 0 < P <= 1 (1 = off)\n"
@@ -96,6 +103,7 @@ static const char *USAGE =
     "  nano run -m model.bin --instruct -p 'What is a dipole?' -t 0.7 -k 40 --profile\n"
     "  nano run -m model.bin --instruct --system 'Answer briefly.' -p 'What is a dipole?'\n"
     "  echo 'hello' | nano run -m model.bin\n"
+    "  printf 'Who are you?\\nWhy?\\n' | nano run -m model.bin --multi-turn -t 0\n"
     "  nano seq2seq -m sort6_f32.bin 251212\n"
     "  printf '251212\\n987654\\n' | nano seq2seq -m sort6_f32.bin -\n";
 
@@ -562,6 +570,7 @@ typedef struct run_opts {
     const char *model, *lora, *prompt;
     const char *system; /* --system TEXT, or NULL */
     int instruct, profile, ids, portable, threads;
+    int multi_turn; /* --multi-turn: the chat keeps the conversation */
     uint32_t n_ctx, n_batch;
     nano_session_params sp;
     unsigned not_seq2seq; /* bit i: NOT_SEQ2SEQ[i] was given */
@@ -582,7 +591,7 @@ static const struct {
 } NOT_SEQ2SEQ[] = {{"-t", "--temperature"}, {"-k", "--top-k"}, {NULL, "--top-p"}, {NULL, "--min-p"},
                    {"-r", "--repetition-penalty"}, {"-n", "--max-tokens"}, {"-s", "--seed"}, {NULL, "--stop"},
                    {NULL, "--instruct"}, {NULL, "--system"}, {NULL, "--allow-special"}, {NULL, "--ids"},
-                   {NULL, "--profile"}, {NULL, "--batch"}};
+                   {NULL, "--profile"}, {NULL, "--batch"}, {NULL, "--multi-turn"}};
 
 static void note_option(run_opts *o, const char *a) {
     size_t i;
@@ -673,12 +682,15 @@ static void print_stats(const nano_session *s, const nano_context *ctx, uint32_t
 /* A note on standard error when characters of the prompt are not in the
  * vocabulary: each became <|unknown|>, so the model was not given the text as
  * typed (nano_train.sample says the same). */
-static void note_unknown(const nano_session *s, const char *what) {
-    nano_session_stats stats;
-    uint32_t unknown = nano_session_get_stats(s, &stats) == NANO_OK ? stats.unknown_tokens : 0;
+static void note_unknown_count(uint32_t unknown, const char *what) {
     if (unknown)
         fprintf(stderr, "nano: note: %s: %u character%s not in the vocabulary and became %s\n", what, unknown,
                 unknown == 1 ? " is" : "s are", NANO_SPECIAL_UNKNOWN);
+}
+
+static void note_unknown(const nano_session *s, const char *what) {
+    nano_session_stats stats;
+    note_unknown_count(nano_session_get_stats(s, &stats) == NANO_OK ? stats.unknown_tokens : 0, what);
 }
 
 /* A prompt that leaves the context no room for a new token (NANO_ERR_CONTEXT_FULL
@@ -922,29 +934,33 @@ static int stop_check(const run_opts *o, const nano_tokenizer *tok, const int32_
     return 0;
 }
 
-/* The generated tokens gen[from..to) to standard output (`escape`: see write_text),
- * or gathered in `answer`; nothing with --ids (generate prints them at the end).
- * Returns 0; 1 after printing the error; -1 when standard output failed. */
+/* The generated tokens gen[from..to): to standard output when `stream` (`escape`: see
+ * write_text; nothing with --ids: generate prints them at the end), and gathered in
+ * `answer` unless it is NULL. Returns 0; 1 after printing the error; -1 when standard
+ * output failed. */
 static int put_tokens(const nano_tokenizer *tok, const int32_t *gen, uint32_t from, uint32_t to,
-                      const run_opts *o, int escape, text_buf *answer, const char *what) {
+                      const run_opts *o, int escape, int stream, text_buf *answer, const char *what) {
     uint32_t k;
     size_t len;
-    if (o->ids || from >= to) return 0;
+    int show = stream && !o->ids;
+    if (from >= to) return 0;
     for (k = from; k < to; k++) {
         const char *text = token_text(tok, gen[k], &len);
-        if (!answer) write_text(text, len, escape);
-        else if (text_append(answer, text, len)) return report(NANO_ERR_OUT_OF_MEMORY, what);
+        if (show) write_text(text, len, escape);
+        if (answer && text_append(answer, text, len)) return report(NANO_ERR_OUT_OF_MEMORY, what);
     }
-    return !answer && stdout_failed() ? -1 : 0;
+    return show && stdout_failed() ? -1 : 0;
 }
 
-/* One generation, streamed to standard output, or with `answer` gathered there
- * and written whole once it has ended well (`escape`: the chat's one line per
- * answer, see write_text). With --stop texts, tokens that could begin one wait
- * (stop_check) and a stop text ends it. Returns 0; 1 after printing the error
- * (`what` names the input); -1 when standard output failed. */
-static int generate(nano_session *s, const char *prompt, uint32_t mode, const run_opts *o,
-                    const nano_context *ctx, const char *what, int escape, text_buf *answer) {
+/* The generation that s was started on: its tokens streamed to standard output
+ * (`stream`), or, without it, gathered in `answer` and written whole once it has
+ * ended well (`escape`: the chat's one line per answer, see write_text). With
+ * `answer` (and `stream`), the text put out is gathered there too: what was
+ * printed. With --stop texts, tokens that could begin one wait (stop_check) and a
+ * stop text ends it. Returns 0; 1 after printing the error (`what` names the
+ * input); -1 when standard output failed. */
+static int run_started(nano_session *s, const run_opts *o, const nano_context *ctx, const char *what, int escape,
+                       int stream, text_buf *answer) {
     const nano_tokenizer *tok = nano_model_tokenizer(nano_context_model(ctx));
     nano_token_event ev;
     text_buf window = {NULL, 0, 0};
@@ -952,13 +968,10 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
     uint32_t n, n_prompt, i, shown = 0; /* shown: the generated tokens put out so far */
     int stopped = 0, rc = 0;
     double *sampled = NULL; /* --profile: when each generated token was sampled (sampled_ms) */
-    nano_status st = nano_session_start(s, prompt, mode);
+    nano_status st = NANO_OK;
     if (answer) answer->len = 0;
-    if (st == NANO_ERR_CONTEXT_FULL) return report_context_full(ctx, prompt, mode, o, what);
-    if (st != NANO_OK) return report_encode(st, tok, mode, what);
     if (o->profile && !(sampled = (double *)malloc(nano_context_n_ctx(ctx) * sizeof *sampled)))
         return report(NANO_ERR_OUT_OF_MEMORY, what);
-    note_unknown(s, what);
     while (!stopped && (st = nano_session_step(s, &ev)) == NANO_OK && !ev.done) {
         uint32_t upto;
         t = nano_session_tokens(s, &n, &n_prompt);
@@ -968,7 +981,7 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
             rc = report(NANO_ERR_OUT_OF_MEMORY, what);
             goto out;
         }
-        if ((rc = put_tokens(tok, t + n_prompt, shown, upto, o, escape, answer, what))) goto out;
+        if ((rc = put_tokens(tok, t + n_prompt, shown, upto, o, escape, stream, answer, what))) goto out;
         shown = upto;
     }
     if (st != NANO_OK && st != NANO_ERR_CANCELLED) {
@@ -977,10 +990,10 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
     }
     t = nano_session_tokens(s, &n, &n_prompt);
     if (!stopped) { /* the tokens held back for a stop text that never came */
-        if ((rc = put_tokens(tok, t + n_prompt, shown, n - n_prompt, o, escape, answer, what))) goto out;
+        if ((rc = put_tokens(tok, t + n_prompt, shown, n - n_prompt, o, escape, stream, answer, what))) goto out;
         shown = n - n_prompt;
     }
-    if (answer && answer->len) write_text(answer->p, answer->len, escape);
+    if (!stream && !o->ids && answer && answer->len) write_text(answer->p, answer->len, escape);
     if (o->ids) { /* the prompt, then the generated tokens put out */
         for (i = 0; i < n_prompt + shown; i++) printf(i ? ",%d" : "%d", (int)t[i]);
         printf("\n");
@@ -1001,6 +1014,192 @@ out:
     return rc;
 }
 
+/* One generation from a text prompt, streamed to standard output, or with `answer`
+ * gathered there and written whole once it has ended well (run_started). Returns 0;
+ * 1 after printing the error (`what` names the input); -1 when standard output failed. */
+static int generate(nano_session *s, const char *prompt, uint32_t mode, const run_opts *o,
+                    const nano_context *ctx, const char *what, int escape, text_buf *answer) {
+    nano_status st = nano_session_start(s, prompt, mode);
+    if (st == NANO_ERR_CONTEXT_FULL) return report_context_full(ctx, prompt, mode, o, what);
+    if (st != NANO_OK) return report_encode(st, nano_model_tokenizer(nano_context_model(ctx)), mode, what);
+    note_unknown(s, what);
+    return run_started(s, o, ctx, what, escape, answer == NULL, answer);
+}
+
+// ---------------------------------------------------------------------------
+// --multi-turn: the chat keeps the conversation, laid out as `prepare sft` lays out a
+// multi-turn record (nano_train.sampling.chat_prompt builds the same ids)
+
+/* One turn kept: the question's ids, alone and (with --system) after the system
+ * text (the form it takes when it is the earliest question kept), and the ids of
+ * the answer's printed text, encoded again (as the training data has it). */
+typedef struct chat_turn {
+    int32_t *q, *qs, *a; /* qs: NULL without a system text */
+    size_t nq, nqs, na;
+} chat_turn;
+
+typedef struct conversation {
+    chat_turn *turns; /* oldest first */
+    size_t n, cap;
+    int32_t instruct, response, eos;
+    int32_t *ids; /* the prompt being asked */
+    size_t ids_cap;
+} conversation;
+
+static void turn_free(chat_turn *t) {
+    free(t->q);
+    free(t->qs);
+    free(t->a);
+}
+
+static void conversation_free(conversation *c) {
+    size_t i;
+    for (i = 0; i < c->n; i++) turn_free(&c->turns[i]);
+    free(c->turns);
+    free(c->ids);
+}
+
+/* text[len] encoded (no special tokens) into a new array *ids of *n ids. */
+static nano_status encode_new(const nano_tokenizer *tok, const char *text, size_t len, int32_t **ids, size_t *n) {
+    nano_status st = nano_tokenizer_encode(tok, text, len, 0, NULL, 0, n);
+    *ids = NULL;
+    if (st != NANO_OK && st != NANO_ERR_BUFFER_TOO_SMALL) return st;
+    if (!(*ids = (int32_t *)malloc((*n + 1) * sizeof **ids))) return NANO_ERR_OUT_OF_MEMORY;
+    return nano_tokenizer_encode(tok, text, len, 0, *ids, *n, n);
+}
+
+/* The special tokens a conversation is laid out with; 0, or 1 after printing
+ * which the model's vocabulary lacks. */
+static int conversation_init(conversation *c, const nano_tokenizer *tok, const char *model) {
+    static const char *const marks[] = {NANO_SPECIAL_INSTRUCT, NANO_SPECIAL_RESPONSE, NANO_SPECIAL_EOS};
+    int32_t *ids[3];
+    int i;
+    memset(c, 0, sizeof *c);
+    ids[0] = &c->instruct;
+    ids[1] = &c->response;
+    ids[2] = &c->eos;
+    if (!tok) {
+        fprintf(stderr, "nano: error: --multi-turn: %s has no vocabulary (NANO_ERR_NO_TOKENIZER)\n", model);
+        return 1;
+    }
+    for (i = 0; i < 3; i++) {
+        *ids[i] = nano_tokenizer_find(tok, marks[i], strlen(marks[i]));
+        if (*ids[i] < 0 || !nano_tokenizer_is_special(tok, *ids[i])) {
+            fprintf(stderr, "nano: error: --multi-turn: a conversation is laid out with the special tokens %s, "
+                            "%s and %s, and the vocabulary of %s has no %s (NANO_ERR_NO_TOKENIZER)\n",
+                    NANO_SPECIAL_INSTRUCT, NANO_SPECIAL_RESPONSE, NANO_SPECIAL_EOS, model, marks[i]);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Append n ids to c->ids at *at (room was made). */
+static void put_ids(conversation *c, size_t *at, const int32_t *ids, size_t n) {
+    if (n) memcpy(c->ids + *at, ids, n * sizeof *ids);
+    *at += n;
+}
+
+/* Ask `question` (line[len], NUL-terminated) in the conversation: the earlier turns,
+ * each <|instruct_mark|> Q <|response_mark|> A <|eos|>, then <|instruct_mark|>
+ * question <|response_mark|>, the system text before the earliest question. While
+ * that prompt would leave less than half of the context for the answer, the oldest
+ * turns are dropped (a note says so), down to the question alone. An answer that
+ * ends well becomes the newest turn. Returns as generate does, or 2 when the
+ * answer, already written, cannot be kept (1 after the error). */
+static int ask_in_conversation(conversation *c, nano_session *s, const char *line, size_t len, const run_opts *o,
+                               const nano_context *ctx, const char *where, int escape, text_buf *answer,
+                               text_buf *joined) {
+    const nano_tokenizer *tok = nano_model_tokenizer(nano_context_model(ctx));
+    size_t n_ctx = nano_context_n_ctx(ctx), rest = 0, n = 0, n_all = 0, d, i, at = 0;
+    int32_t unknown = nano_tokenizer_unknown_id(tok);
+    uint32_t n_unknown = 0;
+    chat_turn t = {NULL, NULL, NULL, 0, 0, 0};
+    const char *question = with_system(o->system, line, len, joined); /* the question alone, if no turn is kept */
+    const int32_t *own;
+    size_t n_own;
+    nano_status st;
+    int r;
+    if (!question) return report(NANO_ERR_OUT_OF_MEMORY, where);
+    st = encode_new(tok, line, len, &t.q, &t.nq);
+    if (st == NANO_OK && question != line) st = encode_new(tok, question, strlen(question), &t.qs, &t.nqs);
+    if (st != NANO_OK) {
+        turn_free(&t);
+        return report_encode(st, tok, NANO_MODE_INSTRUCT, where);
+    }
+    /* the turns after the first kept: each 3 marks, its question and its answer */
+    for (i = 0; i < c->n; i++) rest += 3 + c->turns[i].nq + c->turns[i].na;
+    for (d = 0; d < c->n; d++) {
+        const chat_turn *first = &c->turns[d];
+        rest -= 3 + first->nq + first->na;
+        n = 3 + (first->qs ? first->nqs : first->nq) + first->na + rest + 2 + t.nq;
+        if (d == 0) n_all = n;
+        if (2 * n <= n_ctx) break;
+    }
+    if (d == c->n) n = 2 + (t.qs ? t.nqs : t.nq); /* the question alone, with the system text */
+    if (n >= n_ctx) { /* it alone leaves no room for a new token: the chat's error for the line */
+        turn_free(&t);
+        return report_context_full(ctx, question, NANO_MODE_INSTRUCT, o, where);
+    }
+    if (n > c->ids_cap) {
+        int32_t *p = (int32_t *)realloc(c->ids, n * sizeof *p);
+        if (!p) {
+            turn_free(&t);
+            return report(NANO_ERR_OUT_OF_MEMORY, where);
+        }
+        c->ids = p;
+        c->ids_cap = n;
+    }
+    for (i = d; i < c->n; i++) {
+        const chat_turn *k = &c->turns[i];
+        put_ids(c, &at, &c->instruct, 1);
+        if (i == d && k->qs) put_ids(c, &at, k->qs, k->nqs);
+        else put_ids(c, &at, k->q, k->nq);
+        put_ids(c, &at, &c->response, 1);
+        put_ids(c, &at, k->a, k->na);
+        put_ids(c, &at, &c->eos, 1);
+    }
+    own = d == c->n && t.qs ? t.qs : t.q; /* the new question's ids, the system text's with them if there */
+    n_own = d == c->n && t.qs ? t.nqs : t.nq;
+    put_ids(c, &at, &c->instruct, 1);
+    put_ids(c, &at, own, n_own);
+    put_ids(c, &at, &c->response, 1);
+    if ((st = nano_session_start_tokens(s, c->ids, (uint32_t)n)) != NANO_OK) {
+        turn_free(&t);
+        return report(st, where);
+    }
+    if (d) {
+        char count[32] = "";
+        if (d > 1) snprintf(count, sizeof count, "%zu ", d);
+        fprintf(stderr, "nano: note: %s: dropped the %soldest turn%s of the conversation: with %s the prompt "
+                        "would be %zu tokens, more than half of the context (%zu tokens), which the answer "
+                        "needs\n", where, count, d == 1 ? "" : "s", d == 1 ? "it" : "them", n_all, n_ctx);
+        for (i = 0; i < d; i++) turn_free(&c->turns[i]);
+        memmove(c->turns, c->turns + d, (c->n - d) * sizeof *c->turns);
+        c->n -= d;
+    }
+    for (i = 0; unknown >= 0 && i < n_own; i++) n_unknown += own[i] == unknown;
+    note_unknown_count(n_unknown, where);
+    if (c->n == c->cap) { /* room for the new turn, made before its answer is written */
+        size_t cap = c->cap ? 2 * c->cap : 8;
+        chat_turn *p = (chat_turn *)realloc(c->turns, cap * sizeof *p);
+        if (!p) {
+            turn_free(&t);
+            return report(NANO_ERR_OUT_OF_MEMORY, where);
+        }
+        c->turns = p;
+        c->cap = cap;
+    }
+    r = run_started(s, o, ctx, where, escape, !escape, answer);
+    if (r == 0 && (st = encode_new(tok, answer->p ? answer->p : "", answer->len, &t.a, &t.na)) != NANO_OK) {
+        report_encode(st, tok, NANO_MODE_INSTRUCT, where); /* (out of memory: the answer text was made of tokens) */
+        r = 2;
+    }
+    if (r == 0) c->turns[c->n++] = t;
+    else turn_free(&t);
+    return r;
+}
+
 /* The chat: one instruct-mode question per line of standard input, one answer
  * per line (escaped: write_text), as the seq2seq batch: an empty line gets an
  * empty line, and a question that fails (a NUL byte in it, too long for the
@@ -1010,8 +1209,10 @@ out:
  * person at a terminal (standard input and output both one) reads the answers
  * as they are, streamed, line breaks and all: escaping is for programs
  * reading one answer per line. With --system, every question gets the
- * system text before it (with_system). Returns 0 if every question was
- * answered, else 1. */
+ * system text before it (with_system). With --multi-turn, each question is
+ * asked after the earlier turns of the conversation (ask_in_conversation),
+ * the system text before the earliest one kept. Returns 0 if every question
+ * was answered, else 1. */
 static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
     char *line = NULL, where[48];
     text_buf answer = {NULL, 0, 0}, joined = {NULL, 0, 0};
@@ -1019,10 +1220,12 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
     size_t cap = 0, len = 0;
     unsigned long lineno = 0;
     int tty = 0, escape = 1, rc = 0, got;
+    conversation conv;
 #ifdef HAVE_ISATTY
     tty = isatty(0);
     escape = !(tty && isatty(1));
 #endif
+    if (o->multi_turn && conversation_init(&conv, nano_model_tokenizer(nano_context_model(ctx)), o->model)) return 1;
     for (;;) {
         int r;
         if (tty) {
@@ -1041,7 +1244,8 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
             }
             continue;
         }
-        if (!(question = with_system(o->system, line, len, &joined))) r = report(NANO_ERR_OUT_OF_MEMORY, where);
+        if (o->multi_turn) r = ask_in_conversation(&conv, s, line, len, o, ctx, where, escape, &answer, &joined);
+        else if (!(question = with_system(o->system, line, len, &joined))) r = report(NANO_ERR_OUT_OF_MEMORY, where);
         else r = generate(s, question, NANO_MODE_INSTRUCT, o, ctx, where, escape, escape ? &answer : NULL);
         if (r < 0) {
             rc = 1;
@@ -1049,11 +1253,12 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
         }
         if (r > 0) {
             rc = 1;
-            fputc('\n', stdout);
+            if (r == 1) fputc('\n', stdout); /* (2: its answer line was written) */
             if (stdout_failed()) break;
         }
     }
     if (got < 0) rc = input_failed();
+    if (o->multi_turn) conversation_free(&conv);
     free(line);
     free(answer.p);
     free(joined.p);
@@ -1107,6 +1312,7 @@ static int cmd_run(int argc, char **argv) {
         else if (is_opt(a, "-l", "--lora")) o.lora = option_value(&arg, argc, argv, &i);
         else if (is_opt(a, "-p", "--prompt")) o.prompt = option_value(&arg, argc, argv, &i);
         else if (is_opt(a, NULL, "--instruct")) o.instruct = 1;
+        else if (is_opt(a, NULL, "--multi-turn")) o.multi_turn = 1;
         else if (is_opt(a, NULL, "--allow-special")) o.sp.allow_special = 1;
         else if (is_opt(a, NULL, "--system")) o.system = option_value(&arg, argc, argv, &i);
         else if (is_opt(a, "-t", "--temperature")) {
@@ -1153,6 +1359,9 @@ static int cmd_run(int argc, char **argv) {
     if (o.sp.allow_special && (o.instruct || !o.prompt))
         die_usage("--allow-special is for a continuation prompt (-p without --instruct)%s: instruct mode never "
                   "reads the text as special tokens%s", o.prompt ? "" : "; the chat (no -p) is instruct mode", "");
+    if (o.multi_turn && o.prompt)
+        die_usage("--multi-turn is for the chat (no -p): it keeps the conversation from line to line, and -p "
+                  "asks one prompt%s%s", "", "");
     /* the chat (no -p) is instruct mode already; a -p run is with --instruct */
     if (o.system && o.prompt && !o.instruct)
         die_usage("--system needs instruct mode (--instruct with -p, or the chat without -p): the system text "

@@ -1,17 +1,22 @@
 """Generate text with a Nano model, streamed to stdout.
 
 usage: python -m nano_train.sample -m MODEL [-l LORA.bin] -p PROMPT [options]
+       python -m nano_train.sample -m MODEL [-l LORA.bin] [--multi-turn] [options] < QUESTIONS
        (hatch run train:sample ...)
 
   -m, --model PATH            a .bin model file or a .pt training checkpoint (told apart
                               by their first bytes, whatever the name)
   -l, --lora PATH             a LoRA .bin to attach to the model
-  -p, --prompt TEXT           the prompt (UTF-8); "-" reads it from stdin
+  -p, --prompt TEXT           the prompt (UTF-8); "-" reads it from stdin; without -p: a chat,
+                              one instruct-mode question per line of stdin, one answer per
+                              line of stdout (as `nano run` without -p)
+  --multi-turn                the chat keeps the conversation: each question is asked after
+                              the earlier turns (sampling.chat_prompt), as `nano run --multi-turn`
   --instruct                  wrap the prompt in the SFT template
                               (<|instruct_mark|> prompt <|response_mark|>)
-  --system TEXT               with --instruct: a system text, put before the prompt as
-                              `prepare sft` puts a record's system message (TEXT, a line
-                              break, the prompt)
+  --system TEXT               with --instruct (or the chat): a system text, put before the
+                              prompt as `prepare sft` puts a record's system message (TEXT, a
+                              line break, the prompt)
   -t, --temperature T         0 = greedy (default 1.0)
   -k, --top-k K               keep the K most likely tokens (0 = off; at most 2^30)
   --top-p P                   keep the smallest set with probability >= P (1 = off)
@@ -30,6 +35,12 @@ usage: python -m nano_train.sample -m MODEL [-l LORA.bin] -p PROMPT [options]
   --device DEV                cpu (default), cuda, cuda:1, mps, ...
   --threads N                 CPU threads for torch, 1..1024 (default: torch's choice; 1
                               is often fastest for tiny models)
+
+The chat answers as `nano run`'s does: an empty line gets an empty line, a line that
+fails (not UTF-8, a NUL byte, too long for the context) gets its error on stderr
+("error: line N: ...") and an empty line, and the lines after it are still answered
+(exit status 1); an answer's line breaks, carriage returns and backslashes are written
+\n, \r and \\ (at a terminal, answers are streamed as they are).
 
 Generation stops after N tokens, when the context is full, at a --stop, or at <|eos|>
 (in every mode, as the C engine's `nano run`). Numbers are read as `nano run` reads
@@ -125,13 +136,17 @@ def build_parser() -> argparse.ArgumentParser:
     p._negative_number_matcher = re.compile(r"^-([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
     p.add_argument("-m", "--model", required=True, help="a .bin model file or a .pt training checkpoint")
     p.add_argument("-l", "--lora", help="a LoRA .bin file to attach")
-    p.add_argument("-p", "--prompt", required=True, help='the prompt text; "-" reads stdin')
+    p.add_argument("-p", "--prompt", help='the prompt text; "-" reads stdin; without -p: a chat, one question '
+                                          'per line of stdin, one answer per line')
+    p.add_argument("--multi-turn", action="store_true",
+                   help="the chat (no -p) keeps the conversation, as nano run --multi-turn")
     p.add_argument("--instruct", action="store_true", help="use the SFT template; <|eos|> stops")
     p.add_argument("--allow-special", action="store_true",
                    help="read special-token text in the prompt as those tokens (-p '<|bos|>' starts a document, "
                         "for a model trained with --bos_eos); not with --instruct")
     p.add_argument("--system", metavar="TEXT",
-                   help="with --instruct: a system text before the prompt, as prepare sft puts a system message")
+                   help="with --instruct (or the chat): a system text before the prompt, as prepare sft puts a "
+                        "system message")
     p.add_argument("-t", "--temperature", type=_number, default=1.0, help="0 = greedy (default 1.0)")
     p.add_argument("-k", "--top-k", type=_integer, default=0, help="0 = off; at most 2^30")
     p.add_argument("--top-p", type=_number, default=1.0, help="1 = off")
@@ -161,7 +176,7 @@ SAMPLER_OPTIONS = {"temperature": "-t", "top_k": "-k", "top_p": "--top-p", "min_
 NOT_SEQ2SEQ = (("temperature", "--temperature"), ("top_k", "--top-k"), ("top_p", "--top-p"),
                ("min_p", "--min-p"), ("repetition_penalty", "--repetition-penalty"),
                ("max_tokens", "--max-tokens"), ("seed", "--seed"), ("stop", "--stop"), ("instruct", "--instruct"),
-               ("system", "--system"), ("allow_special", "--allow-special"))
+               ("system", "--system"), ("allow_special", "--allow-special"), ("multi_turn", "--multi-turn"))
 
 
 def _seq2seq_note(args) -> str | None:
@@ -275,28 +290,131 @@ def _load(args):
     return model.eval(), tokenizer
 
 
-def _unknown_note(tok, ids: list[int]) -> None:
-    """A note on stderr when characters of the prompt (or --system text) are not in the
-    vocabulary: each became <|unknown|>, so the model is not given the text as typed."""
+def _unknown_note(tok, ids: list[int], where: str | None = None) -> None:
+    """A note on stderr when characters of the prompt (or --system text), or of a chat's
+    line (`where`), are not in the vocabulary: each became <|unknown|>, so the model is
+    not given the text as typed."""
     n = ids.count(tok.unk_id)
-    if n:
-        print(f"note: {n} character{'s' if n > 1 else ''} of the prompt {'are' if n > 1 else 'is'} not in the "
-              "vocabulary and became <|unknown|>", file=sys.stderr)
+    if not n:
+        return
+    chars = f"{n} character{'s' if n > 1 else ''}"
+    said = f"{where}: {chars}" if where else f"{chars} of the prompt"  # the line's, as `nano run` words it
+    print(f"note: {said} {'are' if n > 1 else 'is'} not in the vocabulary and became <|unknown|>", file=sys.stderr)
 
 
-def _run(args, out) -> None:
+def _context_note(args, block: int, n_prompt: int, n: int, where: str = "") -> None:
+    """The note for a generation that filled the context before -n tokens came."""
     from .data import quantity
-    from .sampling import SamplerConfig, StopError, generate, instruct_prompt, seq2seq
 
-    if args.system is not None and not args.instruct:
+    if args.max_tokens and n < args.max_tokens and n_prompt + n == block + 1:  # (the last token needs no room)
+        print(f"note: {where}the context ({block} tokens, the model's block size) filled after "
+              f"{quantity(n, 'generated token')}, short of -n {args.max_tokens}", file=sys.stderr)
+
+
+def _escaped(text: str) -> str:
+    """An answer on one line, as `nano run`'s chat writes it: \\n, \\r and \\\\ for a line
+    break, a carriage return and a backslash."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _chat(args, model, tok, sc: "SamplerConfig", system: str | None, out) -> int:
+    """The chat (no -p), as `nano run`'s: one instruct-mode question per line of standard
+    input, one answer per line (see the module docstring); with --multi-turn each question
+    after the earlier turns (chat_prompt over the block size, the dropped ones left for
+    good). A full-attention model gets a seq2seq forward per line. Returns the exit status."""
+    from .data import quantity
+    from .sampling import chat_prompt, generate, instruct_prompt, seq2seq
+
+    if sys.stdin is None:
+        raise BadInput("the chat reads its questions from standard input, which is closed")
+    tty = sys.stdin.isatty() and out.isatty()
+    block = model.config.block_size
+    causal = model.config.is_causal and not args.seq2seq
+    if not causal:
+        note = _seq2seq_note(args)
+        if note:
+            print(note, file=sys.stderr)
+    turns: list[tuple[str, str]] = []
+    status = lineno = 0
+    while True:
+        if tty:
+            print("> ", end="", file=sys.stderr, flush=True)
+        raw = sys.stdin.buffer.readline()
+        if not raw:
+            return status
+        lineno += 1
+        where = f"line {lineno}"
+        raw = raw.rstrip(b"\r\n")
+        nul = raw.find(b"\0")
+        try:
+            if nul >= 0:
+                raise BadInput(f"the line holds a NUL byte (at byte {nul})")
+            question = _utf8(raw, "the line")
+            if not question:
+                answer = ""
+            elif not causal:
+                ids = tok.encode(question)
+                _unknown_note(tok, ids, where)
+                answer = tok.decode(seq2seq(model, ids))
+            else:
+                dropped = 0
+                if args.multi_turn:
+                    ids, dropped = chat_prompt(tok, turns, question, system, n_ctx=block)
+                    kept = turns[dropped:]
+                    own = instruct_prompt(tok, question, None if kept else system)
+                else:
+                    ids = own = instruct_prompt(tok, question, system)
+                sampled: list[float] = []  # --profile, as for -p
+                t0 = time.perf_counter()
+                stream = generate(model, ids, sc, tokenizer=tok,  # a prompt too long: its ValueError
+                                  on_sample=lambda _: sampled.append(time.perf_counter()))
+                if dropped:
+                    n_all = len(chat_prompt(tok, turns, question, system)[0])
+                    count = f"{dropped} " if dropped > 1 else ""
+                    print(f"note: {where}: dropped the {count}oldest turn{'s' if dropped > 1 else ''} of the "
+                          f"conversation: with {'them' if dropped > 1 else 'it'} the prompt would be {n_all} "
+                          f"tokens, more than half of the context ({block} tokens), which the answer needs",
+                          file=sys.stderr)
+                    turns = kept
+                _unknown_note(tok, own, where)
+                pieces = []
+                for token in stream:
+                    pieces.append(tok.decode([token]))
+                    if tty:
+                        out.write(pieces[-1])
+                        out.flush()
+                answer = "".join(pieces)
+                _context_note(args, block, len(ids), len(pieces), f"{where}: ")
+                if args.profile:
+                    print(f"[profile] {where}: prompt {quantity(len(ids), 'token')}; "
+                          f"{_profile(len(pieces), t0, sampled)}", file=sys.stderr)
+                if args.multi_turn:
+                    turns.append((question, answer))
+        except (BadInput, ValueError) as e:
+            print(f"error: {where}: {e}", file=sys.stderr)
+            status, answer = 1, ""
+        out.write(("" if tty and causal else _escaped(answer)) + "\n")  # (at a terminal it was streamed)
+        out.flush()
+
+
+def _run(args, out) -> int:
+    """The command, its arguments parsed; the exit status (0; 1 for a chat line that failed)."""
+    from .data import quantity
+    from .sampling import SamplerConfig, StopError, _resolve_stops, generate, instruct_prompt, seq2seq
+
+    chat = args.prompt is None
+    if args.multi_turn and not chat:
+        raise UsageError("--multi-turn is for the chat (no -p): it keeps the conversation from line to line, and "
+                         "-p asks one prompt")
+    if args.system is not None and not args.instruct and not chat:
         raise UsageError("--system needs --instruct: the system text goes into the instruct template, "
                          "before the prompt")
-    if args.allow_special and args.instruct:
-        raise UsageError("--allow-special is for a continuation prompt (without --instruct): instruct mode never "
-                         "reads the text as special tokens")
+    if args.allow_special and (args.instruct or chat):
+        raise UsageError("--allow-special is for a continuation prompt (-p without --instruct): instruct mode never "
+                         "reads the text as special tokens" + ("; the chat (no -p) is instruct mode" if chat else ""))
     system = _argument(args.system, "--system: the system argument") if args.system is not None else None
-    prompt = _prompt(args.prompt)
-    if not prompt and not args.instruct:  # the instruct template gives an empty question tokens
+    prompt = "" if chat else _prompt(args.prompt)
+    if not prompt and not args.instruct and not chat:  # the instruct template gives an empty question tokens
         raise UsageError("the prompt is empty (only --instruct takes an empty one, as SFT data may hold)")
     for value, option in ((args.top_k, "-k"), (args.max_tokens, "-n")):
         if value > MAX_COUNT:
@@ -322,6 +440,12 @@ def _run(args, out) -> None:
 
         torch.set_num_threads(args.threads)
     model, tok = _load(args)
+    if chat:
+        try:  # a --stop text that can never work is refused before a question is read
+            _resolve_stops(sc.stop_tokens, tok)
+        except StopError as e:
+            raise UsageError(f"--stop: {e}") from None
+        return _chat(args, model, tok, sc, system, out)
 
     if args.seq2seq or not model.config.is_causal:
         ids = tok.encode(prompt)
@@ -338,7 +462,7 @@ def _run(args, out) -> None:
         if args.profile:
             print(f"[profile] seq2seq forward over {len(ids)} tokens: {1e3 * (time.perf_counter() - t0):.1f} ms",
                   file=sys.stderr)
-        return
+        return 0
 
     ids = instruct_prompt(tok, prompt, system) if args.instruct else tok.encode(prompt, allow_special=args.allow_special)
     _unknown_note(tok, ids)
@@ -355,13 +479,11 @@ def _run(args, out) -> None:
         out.flush()
     out.write("\n")
     out.flush()
-    block = model.config.block_size
-    if args.max_tokens and n < args.max_tokens and len(ids) + n == block + 1:  # (the last token needs no room)
-        print(f"note: the context ({block} tokens, the model's block size) filled after "
-              f"{quantity(n, 'generated token')}, short of -n {args.max_tokens}", file=sys.stderr)
+    _context_note(args, model.config.block_size, len(ids), n)
     if args.profile:
         print(f"[profile] prompt {quantity(len(ids), 'token')}; {_profile(n, t0, sampled)}",
               file=sys.stderr)
+    return 0
 
 
 def _profile(n: int, t0: float, sampled: list[float]) -> str:
@@ -392,7 +514,7 @@ def main(argv=None) -> int:
     try:
         if sys.stdout is None:  # started with standard output closed
             raise BadInput("standard output is closed: nowhere to write the text")
-        _run(args, sys.stdout)
+        status = _run(args, sys.stdout)
     except BrokenPipeError:
         discard_stdout()  # the reader went away (e.g. `| head -c1`): not worth a message
         return 1
@@ -406,7 +528,7 @@ def main(argv=None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
-    return 0
+    return status
 
 
 if __name__ == "__main__":

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from nano_tokenizer import EOS
 
-from nano_train.data import with_system
+from nano_train.data import sft_encode, with_system
 
 __all__ = [
     "SamplerConfig",
@@ -71,6 +71,7 @@ __all__ = [
     "generate",
     "StopError",
     "instruct_prompt",
+    "chat_prompt",
     "seq2seq",
 ]
 
@@ -424,6 +425,41 @@ def instruct_prompt(tokenizer, question: str, system: str | None = None) -> list
     answer follows and ends with <|eos|>. A system text goes before the question
     as `prepare sft` puts a record's system message there (data.with_system)."""
     return [tokenizer.instruct_id, *tokenizer.encode(with_system(system, question)), tokenizer.response_id]
+
+
+def chat_prompt(tokenizer, turns: Sequence[tuple[str, str]], question: str, system: str | None = None,
+                n_ctx: int | None = None) -> tuple[list[int], int]:
+    """The prompt for `question` in a conversation, laid out as `prepare sft` lays out a
+    multi-turn record: each earlier turn <|instruct_mark|> Q <|response_mark|> A <|eos|>
+    (data.sft_encode), then <|instruct_mark|> question <|response_mark|> (instruct_prompt).
+    turns: the earlier (question, answer) pairs, oldest first, each answer the text that
+    was printed (encoded again here, as the training data has it). A system text goes
+    before the earliest question kept, never before later ones (data.with_system, as
+    `prepare sft --system prepend` folds a record's system message into its first question).
+
+    n_ctx: the context the prompt runs in (None: no limit). While the prompt is longer
+    than n_ctx / 2 (it would leave less than half of the context for the answer), its
+    oldest whole turn is dropped, down to the question alone (which may still be too long:
+    generate says so). `nano run --multi-turn` builds the same ids.
+
+    Returns (ids, dropped): dropped counts the oldest turns left out.
+    """
+    turns = list(turns)
+    for k, turn in enumerate(turns):
+        if not (isinstance(turn, (tuple, list)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
+            raise TypeError(f"turns[{k}] must be a (question, answer) pair of strings, got {turn!r}")
+    if not isinstance(question, str):
+        raise TypeError(f"question must be a string, got {question!r}")
+    if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, Integral) or n_ctx < 1):
+        raise ValueError(f"n_ctx must be a positive integer (or None: no limit), got {n_ctx!r}")
+    encoded = [sft_encode(tokenizer, [turn])[0] for turn in turns]  # the turns without the system text
+    ask = instruct_prompt(tokenizer, question)
+    for dropped, (first_q, first_a) in enumerate(turns):
+        first = sft_encode(tokenizer, [(with_system(system, first_q), first_a)])[0] if system else encoded[dropped]
+        n = len(first) + sum(map(len, encoded[dropped + 1:])) + len(ask)
+        if n_ctx is None or 2 * n <= n_ctx:
+            return [*first, *(t for ids in encoded[dropped + 1:] for t in ids), *ask], dropped
+    return instruct_prompt(tokenizer, question, system), len(turns)
 
 
 @torch.no_grad()
