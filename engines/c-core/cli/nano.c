@@ -211,12 +211,13 @@ static int is_opt(const char *a, const char *s, const char *l) {
 }
 
 /* An argument read as an option: "--name=value" is the long option --name with its
- * value (as argparse reads it, and so nano_train.sample); any other is all name. */
+ * value, and "-xVALUE" or "-x=VALUE" the short option -x with its (as argparse reads
+ * them, and so nano_train.sample); any other is all name. */
 typedef struct option_arg {
     const char *name;
     const char *value; /* after the '=', or NULL */
     int used;          /* value was taken by the option */
-    char buf[32];      /* the name of --name=value */
+    char buf[32];      /* the name of --name=value or -xVALUE */
 } option_arg;
 
 static void split_option(const char *a, option_arg *o) {
@@ -224,6 +225,14 @@ static void split_option(const char *a, option_arg *o) {
     o->name = a;
     o->value = NULL;
     o->used = 0;
+    if (a[0] == '-' && a[1] && a[1] != '-' && a[2]) { /* -t0.5 and -t=0.5: a short option with its value */
+        o->buf[0] = '-';
+        o->buf[1] = a[1];
+        o->buf[2] = '\0';
+        o->name = o->buf;
+        o->value = a + 2 + (a[2] == '=');
+        return;
+    }
     if (!eq || (size_t)(eq - a) >= sizeof o->buf) return; /* (no option has a name that long) */
     memcpy(o->buf, a, (size_t)(eq - a));
     o->buf[eq - a] = '\0';

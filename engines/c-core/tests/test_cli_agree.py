@@ -25,6 +25,8 @@ EXIT_STATUS = [
     (["-t", "1e-400"], 0), (["-k", str(2**30)], 0),
     # --long-option=value
     (["--top-p=0.9"], 0), (["--temperature=0", "--max-tokens=1"], 0), (["--stop=\u4e00"], 0),
+    # a short option's value attached; no abbreviation of a long option (a typo must not pass)
+    (["-t0"], 0), (["-t=0.5"], 0), (["-k5"], 0), (["--temp", "0"], 2), (["--max-tok", "1"], 2),
     (["-m", "no-such-model.bin"], 1),
 ]
 

@@ -146,6 +146,10 @@ def test_build_takes_a_corpus_folder_as_prepare_does(tmp_path, capsys):
         rc, _, err = run_here(capsys, "build", corpus, "--size", 9, "-o", out)
         assert rc == 0, err
         assert Tokenizer.load(out).itos[7:] == ("甲", "乙")
+    (corpus / "words.txt").write_text("丁戊\n", encoding="utf-8")  # a words file kept there is no corpus text
+    rc, _, err = run_here(capsys, "build", corpus, "--size", 12, "--words", corpus / "words.txt", "-o", out)
+    assert rc == 0, err
+    assert Tokenizer.load(out).itos[7:] == ("甲", "乙", "丁戊")  # (read as text, it added 丁 and 戊)
     (tmp_path / "empty" / ".git").mkdir(parents=True)
     rc, _, err = run_here(capsys, "build", tmp_path / "empty", "--size", 9, "-o", tmp_path / "v.json")
     assert_clean_error(rc, err, f"the corpus folder {tmp_path / 'empty'} holds no files")

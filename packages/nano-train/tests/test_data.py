@@ -339,6 +339,12 @@ def test_a_folder_stands_for_its_files_in_path_order(tmp_path, shared_file):
     assert [i["path"] for i in meta["inputs"]] == [str(corpus / n) for n in ("a.txt", "b/c.txt", "d")]
     assert np.array_equal(np.concatenate(shards), np.concatenate(by_name_shards))
     assert Tokenizer.load(tok).decode(np.concatenate(shards).tolist()) == "甲\n\n乙\n\n丙"
+    # a vocabulary kept in the corpus folder is not text either (its JSON was read as 397 unknown tokens)
+    vocab = corpus / "b" / "vocab.json"
+    vocab.write_bytes(tok.read_bytes())
+    prepare_pretrain([corpus], vocab, corpus / "data", overwrite=True, **kw)
+    assert np.array_equal(np.concatenate(read_split(corpus / "data", "train")[1]), np.concatenate(shards))
+    vocab.unlink()
     # a folder and one of its files: the same file twice
     with pytest.raises(DataError, match=f"inputs {corpus / 'a.txt'} and {corpus / 'a.txt'} are the same file"):
         prepare_pretrain([corpus, corpus / "a.txt"], tok, tmp_path / "x", **kw)

@@ -659,6 +659,8 @@ def test_an_interrupted_run_resumed_with_max_iters_at_its_step_ends_there(tmp_pa
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval" and r["step"] == at]
     assert len(evals) == 1, records  # evaluated as the last step; an earlier record of the step goes
+    ends = [r for r in records if r["kind"] == "end"]
+    assert len(ends) == 1, records  # the interrupted run's end record at the step goes: one end, this one
     end = records[-1]
     assert end["kind"] == "end" and end["interrupted"] is False and end["step"] == at
     assert end["val_loss"] == evals[0]["val_loss"]
@@ -792,6 +794,12 @@ def test_a_kill_inside_the_first_kept_checkpoint_says_how_to_continue(tmp_path, 
     assert error_line(capsys) == (f"error: --init_from=resume: {out / 'latest.pt'} does not exist: the run in {out} "
                                   "stopped while writing its first one, after ckpt_000002.pt: copy that file to "
                                   "latest.pt to continue from it, or start again with --overwrite=true")
+    (out / "ckpt_1000000.pt").write_bytes(b"")  # by step, not by name: 7 digits come after 6
+    (out / "ckpt_999999.pt").write_bytes(b"")
+    assert main("pretrain", [f"--out_dir={out}", "--init_from=resume"]) == 2
+    assert ", after ckpt_1000000.pt: copy" in error_line(capsys)
+    for name in ("ckpt_1000000.pt", "ckpt_999999.pt"):
+        (out / name).unlink()
     (out / "ckpt_000002.pt").rename(out / "latest.pt")
     assert main("pretrain", [f"--out_dir={out}", "--init_from=resume", "--max_iters=4"]) == 0
 

@@ -18,8 +18,9 @@ stay ordinary characters unless --allow-special.
 
 `build` reads the corpora as data preparation does (a leading byte-order mark
 dropped, CRLF and lone CR as LF; a folder stands for every file in it and its
-subfolders, in path order, names starting with "." and OUT.json left out) and
-notes on stderr how many of their characters did not fit in --size.
+subfolders, in path order, names starting with ".", OUT.json and the --words
+file left out) and notes on stderr how many of their characters did not fit in
+--size.
 
 Outputs are written atomically into an existing folder (none is created); an
 output that is the same file as an input, or that could not be written (a
@@ -475,7 +476,8 @@ def _left_out_note(report: BuildReport, size: int, specials: int) -> str | None:
 
 
 def cmd_build(args) -> None:
-    corpora = corpus_files(args.corpus, skip=[args.output])  # a vocabulary built into the corpus folder is no text
+    # a vocabulary built into the corpus folder, or a words file kept there, is no corpus text
+    corpora = corpus_files(args.corpus, skip=[args.output, *([args.words] if args.words else [])])
     _refuse_same_file(args.output, [*corpora, *([args.words] if args.words else [])])
     check_writable(args.output)
     report = BuildReport()

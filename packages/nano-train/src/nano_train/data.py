@@ -590,9 +590,9 @@ def dataset_dir(out_dir: str | Path) -> Path:
     return Path(out_dir)
 
 
-def existing_files(inputs, out_dir: str | Path | None = None) -> list[Path]:
+def existing_files(inputs, out_dir: str | Path | None = None, tokenizer: str | Path | None = None) -> list[Path]:
     """The input paths as Paths, a folder replaced by the files in it (nano_format's
-    folder_files, out_dir left out);
+    folder_files, out_dir and the tokenizer file left out);
     DataError when there are none, one is not a regular file, or one file is given
     twice (by any path: its text would be used twice, and could land in both splits).
     Errors show the paths as given (a Path would make "./a.txt" "a.txt")."""
@@ -603,7 +603,7 @@ def existing_files(inputs, out_dir: str | Path | None = None) -> list[Path]:
         raise DataError("no input files given")
     files: list[str] = []
     for t in typed:
-        files.extend(_input_folder_files(t, out_dir) if os.path.isdir(t) else [t])
+        files.extend(_input_folder_files(t, [out_dir, tokenizer]) if os.path.isdir(t) else [t])
     seen: dict[tuple[int, int], str] = {}
     for t in files:
         try:
@@ -620,12 +620,13 @@ def existing_files(inputs, out_dir: str | Path | None = None) -> list[Path]:
     return [Path(t) for t in files]
 
 
-def _input_folder_files(folder: str, out_dir: str | Path | None) -> list[str]:
-    """folder_files(folder), out_dir left out when it lies inside (a dataset written into
-    the corpus folder is not read as text the next time); DataError when the folder
-    cannot be listed or holds no file."""
+def _input_folder_files(folder: str, skip: list) -> list[str]:
+    """folder_files(folder), the paths in skip left out when they lie inside: the output
+    directory (a dataset written into the corpus folder is not read as text the next
+    time) and the vocabulary (kept beside the corpus it was built from); DataError when
+    the folder cannot be listed or holds no file."""
     try:
-        files = folder_files(folder, [out_dir] if out_dir is not None and str(out_dir) else [])
+        files = folder_files(folder, [p for p in skip if p is not None and str(p)])
     except OSError as e:
         raise DataError(f"cannot list the input folder {e.filename}: {e.strerror}") from None
     if not files:
@@ -672,7 +673,7 @@ def prepare_pretrain(
     """
     t0 = time.monotonic()
     out_dir = dataset_dir(out_dir)
-    inputs = existing_files(inputs, out_dir)
+    inputs = existing_files(inputs, out_dir, tokenizer_path)
     if doc_mode not in DOC_MODES:
         raise DataError(f"document mode must be one of {DOC_MODES}, got {_short(doc_mode)}")
     if not 0.0 <= val_fraction < 1.0:
@@ -1066,7 +1067,7 @@ def prepare_sft(
     """
     t0 = time.monotonic()
     out_dir = dataset_dir(out_dir)
-    inputs = existing_files(inputs, out_dir)
+    inputs = existing_files(inputs, out_dir, tokenizer_path)
     if not 2 <= block_size <= spec.MAX_DIM:
         raise DataError(f"block_size must be from 2 to {spec.MAX_DIM:,} (the largest block_size a model may have), "
                         f"got {block_size:,}")

@@ -146,14 +146,14 @@ class RunLog:
             # Drop what was logged after the checkpoint we resume from (by a killed run, or
             # by the later processes of a run resumed from an older checkpoint): those steps
             # are about to be run again. evaluates_resume_step: the resumed step is evaluated
-            # again, and its eval record goes too. A line cut short by a kill (even inside a
-            # UTF-8 character) is dropped too.
+            # again and the run ends there, so its eval and end records (an interrupted end)
+            # go too. A line cut short by a kill (even inside a UTF-8 character) is dropped too.
             kept = []
             for line, rec in _records(path):
                 step = rec.get("step")
                 if isinstance(step, int) and not isinstance(step, bool) and (
                         step > resume_step or (evaluates_resume_step and step == resume_step
-                                               and rec.get("kind") == "eval")):
+                                               and rec.get("kind") in ("eval", "end"))):
                     continue
                 kept.append(line)
             # Atomically (a temporary file beside it, fsynced, renamed over it): a kill

@@ -45,14 +45,14 @@ UTF-8 byte-order mark at the start of an input file is dropped; a file that star
 with a UTF-16 or UTF-32 one is an error saying so (convert it with iconv). Each
 input is a regular file given once (the same file by two paths is an error),
 or a folder: its files and its subfolders' files, in path order (names that start
-with "." are skipped, and so is --out_dir when it lies inside; links to folders are
-not followed). The
-summary's tokens per character counts the documents' tokens only, not separators or
-<|bos|>/<|eos|>; it ends with a warning when the training or the validation split
-is too short for a model of the default block_size (512), or when over 10% of the
-text tokens are <|unknown|> (a vocabulary made for other text; for sft, over 10% of
-the tokens or of the answer tokens trained on), and a note when whole chunks make
-the validation split much larger than --val_fraction.
+with "." are skipped, and so are --out_dir and the --tokenizer file when they lie
+inside; links to folders are not followed). The summary's tokens per character
+counts the documents' tokens only, not separators or <|bos|>/<|eos|>; it ends
+with a warning when the training or the validation split is too short for a model
+of the default block_size (512), or when over 10% of the text tokens are
+<|unknown|> (a vocabulary made for other text; for sft, over 10% of the tokens or
+of the answer tokens trained on), and a note when whole chunks make the validation
+split much larger than --val_fraction.
 
 --tokenizer takes a vocabulary: a tokenizer JSON file (a dataset's tokenizer.json
 is one) or a .bin model that carries one; a training checkpoint (.pt) is not one.

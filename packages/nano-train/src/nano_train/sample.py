@@ -48,7 +48,8 @@ them: integers (-k, -n, -s, --threads) as ASCII digits ('+5', ' 5' and '1_000' a
 not integers; -k -1 is one out of range); the float settings
 as decimal numbers (not hex floats, inf or nan), each checked as the float32 the
 engine stores (--min-p 1.00000001 is 1, -t 1e-320 is 0: greedy). Options take their
-value as the next argument or after '=' (--top-p=0.9).
+value as the next argument or after '=' (--top-p=0.9), a short one attached (-t0.5);
+no abbreviation is taken (--temp is not --temperature), as in nano run.
 
 A usage error gets exit status 2, as in `nano run`, and one `error: ...` line on
 stderr (or argparse's usage for a command line it cannot parse: an unknown option, no
@@ -126,6 +127,7 @@ def _one_line(e: Exception) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m nano_train.sample",
+        allow_abbrev=False,  # --temp is not --temperature, as in nano run (a typo must not pass)
         description="Generate text with a Nano model (.bin file or .pt checkpoint), streamed to stdout.",
         epilog="Exit status: 2 for a usage error (a bad option value, an empty prompt, a --stop text the "
                "vocabulary cannot write), 1 for bad input (a bad file, a prompt too long for the context), "
@@ -365,7 +367,6 @@ def _chat(args, model, tok, sc: "SamplerConfig", system: str | None, out) -> int
                 else:
                     ids = own = instruct_prompt(tok, question, system)
                 sampled: list[float] = []  # --profile, as for -p
-                t0 = time.perf_counter()
                 stream = generate(model, ids, sc, tokenizer=tok,  # a prompt too long: its ValueError
                                   on_sample=lambda _: sampled.append(time.perf_counter()))
                 if dropped:
@@ -378,6 +379,7 @@ def _chat(args, model, tok, sc: "SamplerConfig", system: str | None, out) -> int
                     turns = kept
                 _unknown_note(tok, own, where)
                 pieces = []
+                t0 = time.perf_counter()  # (generate runs the prompt at the first next(): the notes are not timed)
                 for token in stream:
                     pieces.append(tok.decode([token]))
                     if tty:

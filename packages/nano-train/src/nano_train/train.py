@@ -1283,7 +1283,8 @@ def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> 
             if os.path.lexists(latest):  # a folder, a FIFO, a link to nothing: named as what it is
                 what = file_kind(latest.stat().st_mode) if latest.exists() else "a symbolic link to nothing"
                 raise CheckpointError(f"--init_from=resume: {latest} is {what}, not a checkpoint file")
-            kept = sorted(latest.parent.glob("ckpt_*.pt"))
+            # by step: past 999,999 the names have 7 digits, and would sort before ckpt_999999.pt
+            kept = sorted(latest.parent.glob("ckpt_*.pt"), key=lambda p: (len(p.name), p.name))
             if kept:  # ckpt_<step>.pt is written before latest.pt: a kill between the two, at the first checkpoint
                 raise CheckpointError(f"--init_from=resume: {latest} does not exist: the run in {latest.parent} "
                                       f"stopped while writing its first one, after {kept[-1].name}: copy that file "
