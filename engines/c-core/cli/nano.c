@@ -1051,8 +1051,7 @@ typedef struct conversation {
     chat_turn *turns; /* oldest first */
     size_t n, cap;
     int32_t instruct, response, eos;
-    int32_t *ids; /* the prompt being asked */
-    size_t ids_cap;
+    int32_t *ids; /* [n_ctx]: the prompt being asked (it is shorter than the context) */
 } conversation;
 
 static void turn_free(chat_turn *t) {
@@ -1077,9 +1076,10 @@ static nano_status encode_new(const nano_tokenizer *tok, const char *text, size_
     return nano_tokenizer_encode(tok, text, len, 0, *ids, *n, n);
 }
 
-/* The special tokens a conversation is laid out with; 0, or 1 after printing
- * which the model's vocabulary lacks. */
-static int conversation_init(conversation *c, const nano_tokenizer *tok, const char *model) {
+/* The special tokens a conversation is laid out with, and room for a prompt of the
+ * context's n_ctx tokens; 0, or 1 after printing which the model's vocabulary lacks
+ * (or that there is no memory). */
+static int conversation_init(conversation *c, const nano_tokenizer *tok, const char *model, uint32_t n_ctx) {
     static const char *const marks[] = {NANO_SPECIAL_INSTRUCT, NANO_SPECIAL_RESPONSE, NANO_SPECIAL_EOS};
     int32_t *ids[3];
     int i;
@@ -1100,10 +1100,11 @@ static int conversation_init(conversation *c, const nano_tokenizer *tok, const c
             return 1;
         }
     }
-    return 0;
+    c->ids = (int32_t *)malloc((size_t)n_ctx * sizeof *c->ids);
+    return c->ids ? 0 : report(NANO_ERR_OUT_OF_MEMORY, "--multi-turn");
 }
 
-/* Append n ids to c->ids at *at (room was made). */
+/* Append n ids to c->ids at *at (within the context: ask_in_conversation checked). */
 static void put_ids(conversation *c, size_t *at, const int32_t *ids, size_t n) {
     if (n) memcpy(c->ids + *at, ids, n * sizeof *ids);
     *at += n;
@@ -1149,15 +1150,6 @@ static int ask_in_conversation(conversation *c, nano_session *s, const char *lin
     if (n >= n_ctx) { /* it alone leaves no room for a new token: the chat's error for the line */
         turn_free(&t);
         return report_context_full(ctx, question, NANO_MODE_INSTRUCT, o, where);
-    }
-    if (n > c->ids_cap) {
-        int32_t *p = (int32_t *)realloc(c->ids, n * sizeof *p);
-        if (!p) {
-            turn_free(&t);
-            return report(NANO_ERR_OUT_OF_MEMORY, where);
-        }
-        c->ids = p;
-        c->ids_cap = n;
     }
     for (i = d; i < c->n; i++) {
         const chat_turn *k = &c->turns[i];
@@ -1234,7 +1226,9 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
     tty = isatty(0);
     escape = !(tty && isatty(1));
 #endif
-    if (o->multi_turn && conversation_init(&conv, nano_model_tokenizer(nano_context_model(ctx)), o->model)) return 1;
+    if (o->multi_turn &&
+        conversation_init(&conv, nano_model_tokenizer(nano_context_model(ctx)), o->model, nano_context_n_ctx(ctx)))
+        return 1;
     for (;;) {
         int r;
         if (tty) {

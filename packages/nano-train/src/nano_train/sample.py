@@ -95,7 +95,8 @@ class BadInput(Exception):
 
 
 # decimal numbers only, as `nano run` reads them: no hex float, inf, nan, spaces or '_'
-_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_UNSIGNED = r"([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?"
+_DECIMAL = re.compile(r"[+-]?" + _UNSIGNED)
 
 
 def _number(text: str) -> float:
@@ -135,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # a value that starts with '-' is still the option's value when it is a decimal number
     # (-t -1e-46; argparse's own pattern takes no exponent): no option looks like one
-    p._negative_number_matcher = re.compile(r"^-([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+    p._negative_number_matcher = re.compile("^-" + _UNSIGNED + "$")
     p.add_argument("-m", "--model", required=True, help="a .bin model file or a .pt training checkpoint")
     p.add_argument("-l", "--lora", help="a LoRA .bin file to attach")
     p.add_argument("-p", "--prompt", help='the prompt text; "-" reads stdin; without -p: a chat, one question '
@@ -362,10 +363,11 @@ def _chat(args, model, tok, sc: "SamplerConfig", system: str | None, out) -> int
                 dropped = 0
                 if args.multi_turn:
                     ids, dropped = chat_prompt(tok, turns, question, system, n_ctx=block)
-                    kept = turns[dropped:]
-                    own = instruct_prompt(tok, question, None if kept else system)
                 else:
-                    ids = own = instruct_prompt(tok, question, system)
+                    ids = instruct_prompt(tok, question, system)
+                # the new question's ids (with the system text when it went there): from the last
+                # <|instruct_mark|>, which no encoded text holds
+                own = ids[len(ids) - 1 - ids[::-1].index(tok.instruct_id):]
                 sampled: list[float] = []  # --profile, as for -p
                 stream = generate(model, ids, sc, tokenizer=tok,  # a prompt too long: its ValueError
                                   on_sample=lambda _: sampled.append(time.perf_counter()))
@@ -376,7 +378,7 @@ def _chat(args, model, tok, sc: "SamplerConfig", system: str | None, out) -> int
                           f"conversation: with {'them' if dropped > 1 else 'it'} the prompt would be {n_all} "
                           f"tokens, more than half of the context ({block} tokens), which the answer needs",
                           file=sys.stderr)
-                    turns = kept
+                    turns = turns[dropped:]
                 _unknown_note(tok, own, where)
                 pieces = []
                 t0 = time.perf_counter()  # (generate runs the prompt at the first next(): the notes are not timed)
