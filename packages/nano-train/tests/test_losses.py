@@ -56,6 +56,29 @@ def test_without_gradients_and_with_a_frozen_classifier():
     assert torch.allclose(xg.grad, xr.grad, rtol=1e-5, atol=1e-6) and w.grad is None
 
 
+def test_an_evaluation_computes_no_gradient_terms(monkeypatch):
+    """Under no_grad (evaluate) a Function still sees the classifier's requires_grad:
+    it computed the [V, E] weight gradient of every validation batch and dropped it."""
+    from nano_train import losses
+
+    asked = []
+    forward = losses._LinearCrossEntropy.forward
+
+    def spy(ctx, *args):
+        asked.append(tuple(ctx.needs_input_grad[:2]))
+        return forward(ctx, *args)
+
+    monkeypatch.setattr(losses._LinearCrossEntropy, "forward", staticmethod(spy))
+    x, w, targets, weight = case(seed=4)
+    w = torch.nn.Parameter(w)
+    with torch.no_grad():
+        value = linear_cross_entropy(x, w, targets, weight, rows=8)
+    assert asked == [(False, False)] and not value.requires_grad
+    assert torch.allclose(value, plain(x, w.detach(), targets, weight))
+    linear_cross_entropy(x, w, targets, weight, rows=8).backward()  # training still gets its gradient
+    assert asked[1] == (False, True) and w.grad is not None
+
+
 def test_bfloat16_autocast_matches_autocast_linear():
     x, w, targets, weight = case(seed=2)
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -6,6 +6,7 @@ import json
 import os
 import stat
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -184,3 +185,18 @@ def test_the_legend_names_the_learning_rate_curves(tmp_path, monkeypatch):
     assert plot_cmd.main([str(log), "-o", str(tmp_path / "out.png"), "--lr"]) == 0
     labels = [t.get_text() for ax in saved[0].axes if ax.get_legend() for t in ax.get_legend().get_texts()]
     assert labels == ["run train", "run val", "run lr"]
+
+
+def test_the_legend_tells_runs_apart(tmp_path, monkeypatch):
+    # (was "run train" for both a/run and b/run, and " train" for a run given as `.`)
+    from nano_train.plot import run_labels
+
+    for name in ("a/run", "b/run", "c/d/run", "e/d/run", "solo"):
+        (tmp_path / name).mkdir(parents=True)
+    assert run_labels([tmp_path / "solo" / "log.jsonl"]) == ["solo"]
+    assert run_labels([tmp_path / "a/run/log.jsonl", tmp_path / "b/run/log.jsonl", tmp_path / "solo/log.jsonl"]) == \
+        ["a/run", "b/run", f"{tmp_path.name}/solo"]
+    assert run_labels([tmp_path / "c/d/run/log.jsonl", tmp_path / "e/d/run/log.jsonl"]) == ["c/d/run", "e/d/run"]
+    monkeypatch.chdir(tmp_path / "solo")
+    assert run_labels([Path("log.jsonl"), Path("../a/run/log.jsonl")]) == ["solo", "run"]
+    assert run_labels([Path("old.jsonl")]) == ["old"]

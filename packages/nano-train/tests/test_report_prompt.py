@@ -98,3 +98,35 @@ def test_sample_headings_and_blocks_render_whatever_the_prompt_and_sample_hold(t
         assert f"**Prompt**\n\n```text\n{prompt}\n```\n\n```text\n{prompt}\n```" in samples, prompt
     assert report._fenced("a\n```\nb") == ["````text", "a\n```\nb", "````"]
     assert report._fenced("x") == ["```text", "x", "```"]
+
+
+def test_the_default_sft_prompt_is_the_datas_question_as_its_ids_hold_it(tmp_path, shared_file, monkeypatch):
+    """A question from the data with characters the vocabulary lacks holds <|unknown|>
+    ids: the report asks the model exactly those ids. Decoded and encoded again, each
+    became the 11 characters of the text "<|unknown|>", a question no row holds."""
+    import json
+
+    from nano_train.data import prepare_sft
+
+    records = [{"question": "鹦鹉是谁", "answer": "我是" + "一二三四五六七八"[:k]} for k in range(1, 9)]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                                      encoding="utf-8")
+    prepare_sft([tmp_path / "q.jsonl"], shared_file("data/tokenizer_4096.json"), tmp_path / "data", block_size=16,
+                val_fraction=0.5, progress=False)
+    ds = Dataset(tmp_path / "data")
+    tok = ds.tokenizer
+    question = tok.encode("鹦鹉是谁")
+    assert question.count(tok.unk_id) == 2  # 鹦鹉 are not in tokenizer_4096
+    prompts = report.default_prompts("sft", tok, ds.source("val", 16))
+    assert prompts == ["<|unknown|><|unknown|>是谁"] * 2 and prompts[0].ids == question
+    seen = []
+    real_generate = report.generate
+    monkeypatch.setattr(report, "generate", lambda m, ids, s: seen.append(list(ids)) or real_generate(m, ids, s))
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_embd=32, n_head=2,
+                                    n_kv_head=1)).eval()
+    report.samples(model, tok, "sft", prompts, 2, 0.0, seed=0)
+    assert seen == [[tok.instruct_id, *question, tok.response_id]] * 2
+    given = report.given_prompt(tok, "sft", prompts[0], 16)
+    assert given == ("<|unknown|><|unknown|>是谁", "2 of its characters are not in the vocabulary and became "
+                                                    "`<|unknown|>`")

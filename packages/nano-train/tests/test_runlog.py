@@ -113,19 +113,42 @@ def test_the_cpu_peak_is_probed_in_the_runs_dtype(monkeypatch):
 
     probed = []
 
-    def probe(device, dtype="float32", onednn=False, **kw):
-        probed.append((dtype, onednn))
+    def probe(device, dtype="float32", onednn=False, linear=False, **kw):
+        probed.append((dtype, "onednn" if onednn else "linear" if linear else "@"))
         a = torch.ones(4, 4, dtype=getattr(torch, dtype))
         assert (a @ a).dtype == getattr(torch, dtype)
-        return {"float32": 1e11, "bfloat16": 2e11}[dtype] * (3 if onednn else 1)
+        return {"float32": 1e11, "bfloat16": 2e11, "float16": 1e9}[dtype] * (3 if onednn else 20 if linear else 1)
 
     monkeypatch.setattr(metrics, "matmul_probe", probe)
     cpu = torch.device("cpu")
-    assert metrics.peak_flops(cpu, "bfloat16") == (2e11, "measured bfloat16 matmul on cpu")
+    # float16 and bfloat16: F.linear, the layers' product (float16's `@` is a far slower
+    # CPU kernel: MFU read 760-1400% against it)
+    assert metrics.peak_flops(cpu, "bfloat16") == (4e12, "measured bfloat16 F.linear on cpu")
+    assert metrics.peak_flops(cpu, "float16") == (2e10, "measured float16 F.linear on cpu")
     # float32: torch's products and oneDNN's (nano_train.matmul), the better of the two
     assert metrics.peak_flops(cpu, "float32") == (
         3e11, "measured float32 matmul on cpu, the better of torch's and oneDNN's products (oneDNN)")
-    assert probed == [("bfloat16", False), ("float32", False), ("float32", True)]
+    assert probed == [("bfloat16", "linear"), ("float16", "linear"), ("float32", "@"), ("float32", "onednn")]
+
+
+def test_the_linear_probe_runs_f_linear_in_the_dtype_it_is_given(monkeypatch):
+    import torch
+    import torch.nn.functional as F
+
+    from nano_train import metrics
+
+    seen = []
+    linear = F.linear
+
+    def spy(a, b, *rest):
+        seen.append((a.dtype, b.dtype))
+        return linear(a, b, *rest)
+
+    monkeypatch.setattr(F, "linear", spy)
+    for dtype in ("float16", "bfloat16"):
+        seen.clear()
+        assert metrics.matmul_probe(torch.device("cpu"), seconds=0.01, n=32, trials=2, dtype=dtype, linear=True) > 0
+        assert seen and set(seen) == {(getattr(torch, dtype), getattr(torch, dtype))}, (dtype, set(seen))
 
 
 def test_the_matmul_probe_multiplies_in_the_dtype_it_is_given(monkeypatch):

@@ -143,9 +143,61 @@ def test_time_budget_stops_training_and_the_decay_follows_the_clock(small_pretra
     assert [r["step"] for r in records if r["kind"] == "eval"] == [0, result.step]  # a final evaluation
     lrs = [r["lr"] for r in records if r["kind"] == "train" and r["step"] > 3]  # after the warmup
     assert all(a >= b for a, b in zip(lrs, lrs[1:])) and lrs[0] > 5e-4 and lrs[-1] < 2e-4
-    assert load(cfg.run.out_dir + "/latest.pt")["step"] == result.step
+    # the decay's clock starts when warmup ends, not at start-up: the first update after
+    # warmup (the record of step 3) still uses the peak learning rate
+    assert [r["lr"] for r in records if r["kind"] == "train" and r["step"] == 3] == [pytest.approx(1e-3, rel=1e-12)]
+    ck = load(cfg.run.out_dir + "/latest.pt")
+    assert ck["step"] == result.step and 0 < ck["warmup_end_s"] < ck["elapsed_s"]
     report = open(cfg.run.out_dir + "/report.md", encoding="utf-8").read()
     assert "stopped by the time budget (2 s)" in report
+
+
+def test_time_budget_spent_in_warmup_is_named(small_pretrain, tiny_config, capsys):
+    cfg = tiny_config(small_pretrain, max_iters=10**6, time_budget=0.5, warmup_iters=10**5, eval_interval=10**6,
+                      eval_iters=1, sample_tokens=0, threads=1)
+    result = train(cfg)
+    assert result.out_of_time and result.step < 10**5
+    assert (f"note: the time budget ran out during warmup (step {result.step} of optim.warmup_iters 100000)"
+            in capsys.readouterr().out)
+
+
+def test_a_decay_that_ends_within_warmup_is_named(small_pretrain, tiny_config, capsys):
+    cfg = tiny_config(small_pretrain, max_iters=6, warmup_iters=3, lr_decay_iters=2, learning_rate=1e-3,
+                      min_lr=1e-4, eval_interval=100, sample_tokens=0)
+    train(cfg)
+    assert "note: optim.lr_decay_iters 2 <= optim.warmup_iters 3: the learning rate warms up, then drops at " \
+           "once to optim.min_lr 0.0001" in capsys.readouterr().out
+    lrs = {r["step"]: r["lr"] for r in read_log(cfg.run.out_dir + "/log.jsonl") if r["kind"] == "train"}
+    assert lrs[3] == pytest.approx(7.5e-4) and lrs[4] == lrs[6] == pytest.approx(1e-4)
+
+
+def test_an_evaluation_that_rereads_the_validation_split_is_named(small_pretrain, tiny_config, capsys):
+    from nano_train.data import Dataset
+
+    rows = Dataset(small_pretrain).source("val", 32).n_rows
+    cfg = tiny_config(small_pretrain, max_iters=1, eval_iters=rows, sample_tokens=0)  # batch 4: 4 reads a row
+    train(cfg)
+    err = capsys.readouterr().err
+    assert (f"note: an evaluation reads {4 * rows:,} rows (eval_iters {rows} x batch_size 4) from a validation split "
+            f"of {rows:,}: each is read about 4 times" in err and f"--eval_iters={-(-rows // 4)} reads each" in err)
+    train(tiny_config(small_pretrain, max_iters=1, eval_iters=rows // 4, sample_tokens=0, overwrite=True))
+    assert "note: an evaluation reads" not in capsys.readouterr().err
+
+
+def test_sft_sizes_are_named_as_rows_with_their_padding(uneven_sft, tiny_config, capsys):
+    """An SFT dataset's rows are padded to one width: its "tokens" were rows x width, and
+    tokens seen counts those positions (4,245 real tokens read as 6,435 before)."""
+    from nano_train.data import Dataset
+
+    ds = Dataset(uneven_sft)
+    rows = {k: ds.source(k, 64).n_rows for k in ("train", "val")}
+    cfg = tiny_config(uneven_sft, task="sft", block_size=64, max_iters=2, sample_tokens=0)
+    train(cfg)
+    sizes = f"train {rows['train']:,} / val {rows['val']:,} rows of 64 tokens (padding included)"  # block_size 64
+    assert sizes in capsys.readouterr().out
+    report = open(cfg.run.out_dir + "/report.md", encoding="utf-8").read()
+    assert f"(sft; {sizes}) |" in report
+    assert f"| tokens seen | {2 * 4 * 63:,} (every input position of the rows: prompts and padding included) |" in report  # 63 inputs
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, small_pretrain, tiny_config):

@@ -386,8 +386,13 @@ def test_a_long_sft_prompt_keeps_its_marks(nano80, monkeypatch):
     # once an OverflowError where the batches are drawn (int64)
     ("data_state.row", 10**30, "field data_state.row is 1000000000000000000000000000000, not an integer in [0, "),
     ("tokens_seen", 2**63, "field tokens_seen is 9223372036854775808"),
+    ("warmup_end_s", "1.5", "field warmup_end_s is '1.5', not None or a finite number of seconds >= 0"),
+    ("warmup_end_s", math.inf, "field warmup_end_s is inf"),
+    ("final", "no", "field final is 'no', not true or false"),
+    ("val_step", 99, "field val_step is 99, not None or an integer in [0, step]"),
 ], ids=["str_step", "float_step", "negative_step", "tokens", "str_best", "nan_best", "elapsed", "data_state",
-        "negative_row", "str_row", "huge_row", "huge_tokens"])
+        "negative_row", "str_row", "huge_row", "huge_tokens", "str_warmup_end", "inf_warmup_end", "str_final",
+        "val_step_past_step"])
 def test_a_checkpoint_field_of_the_wrong_type_or_range_is_one_error_line(finished_run, small_pretrain, capsys, field,
                                                                          value, message):
     ck = load(finished_run / "latest.pt")
@@ -654,8 +659,9 @@ def test_an_interrupted_run_resumed_with_max_iters_at_its_step_ends_there(tmp_pa
     assert load(out / "latest.pt")["step"] == at
     capsys.readouterr()
     assert main("pretrain", args(small_pretrain, out, init_from="resume", max_iters=at)) == 0
-    said = capsys.readouterr().out
+    said, err = capsys.readouterr()
     assert "nothing to do" not in said and f"done: step {at}," in said.splitlines()[-1], said
+    assert "cosine decay now ends" not in err, err  # no step is trained: no learning rate changes
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["kind"] == "eval" and r["step"] == at]
     assert len(evals) == 1, records  # evaluated as the last step; an earlier record of the step goes
@@ -675,6 +681,25 @@ def test_an_interrupted_run_resumed_with_max_iters_at_its_step_ends_there(tmp_pa
     assert main("pretrain", args(small_pretrain, out, init_from="resume", max_iters=at)) == 0
     assert "nothing to do" in capsys.readouterr().out
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_an_interrupted_runs_report_names_the_step_of_its_val_loss(tmp_path, small_pretrain, capsys, monkeypatch):
+    # (was "| final val loss | 8.3452 |": after a Ctrl-C, the untrained model's loss of step 0, unnamed)
+    out = tmp_path / "run"
+    with monkeypatch.context() as m:
+        interrupt_in_step(m, 3)
+        assert main("pretrain", args(small_pretrain, out, max_iters=20, eval_interval=2)) == 130
+    ck = load(out / "latest.pt")
+    assert ck["step"] == 3 and ck["val_step"] == 2
+    evals = [r for r in (json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())
+             if r["kind"] == "eval"]
+    assert evals[-1]["step"] == 2
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert f"| final val loss | {evals[-1]['val_loss']:.4f} (evaluated at step 2) |" in text, text
+    capsys.readouterr()
+    assert main("pretrain", args(small_pretrain, out, init_from="resume", max_iters=4, eval_interval=2)) == 0
+    assert load(out / "latest.pt")["val_step"] == 4
+    assert "(evaluated at step" not in (out / "report.md").read_text(encoding="utf-8")
 
 
 def test_an_interrupted_run_resumed_with_max_iters_below_its_step_is_refused(tmp_path, small_pretrain, capsys,

@@ -14,6 +14,8 @@ reads (tensors, dicts, lists, str, int, float, bool, None only):
     "data_state":   the train Batcher's state (its row counter)
     "rng":          {"world_size": W, "ranks": [{"torch", "cuda", "numpy", "python"} per rank]}
     "best_val_loss", "val_loss", "train_loss", "elapsed_s", "dataset", "versions"
+    "warmup_end_s": the elapsed_s at which warmup ended (None before; older checkpoints lack it)
+    "val_step":     the step whose evaluation gave val_loss (None: none yet; older checkpoints lack it)
     "dataset_id":   sha256 of the dataset's meta.json "shards", "split", "shuffle" and
                     "content" entries (resume refuses another dataset; older checkpoints
                     lack it, or its "content")
@@ -215,6 +217,14 @@ def check_fields(path: str | Path, ck: dict) -> None:
         need(value is None or _is_real(value), field, "a number or None")
     value = ck.get("elapsed_s", 0.0)
     need(_is_real(value) and math.isfinite(value) and value >= 0, "elapsed_s", "a finite number of seconds >= 0")
+    value = ck.get("val_step")
+    need(value is None or (_is_int(value) and 0 <= value <= ck["step"]), "val_step",
+         "None or an integer in [0, step]")
+    value = ck.get("warmup_end_s")
+    need(value is None or (_is_real(value) and math.isfinite(value) and value >= 0), "warmup_end_s",
+         "None or a finite number of seconds >= 0")
+    value = ck.get("final", False)
+    need(isinstance(value, bool), "final", "true or false")
     value = ck["data_state"]
     need(isinstance(value, dict), "data_state", "a dict (the data position)")
     state = value

@@ -1700,9 +1700,20 @@ class Dataset:
                             "prepare the data with the model's tokenizer")
 
     def n_tokens(self, split: str) -> int:
+        """The split's tokens; for row datasets (SFT, seq2seq) its positions, rows x width,
+        padding included."""
         if self.kind == "pretrain":
             return sum(len(s) for s in self.splits.get(split, []))
         return sum(int(s[0].shape[0]) * int(s[0].shape[1]) for s in self.splits.get(split, []))
+
+    def size_text(self) -> str:
+        """The splits' sizes for the start line and the report: "train 1,234 / val 56 tokens",
+        or for row datasets "train 99 / val 11 rows of 65 tokens (padding included)"."""
+        if self.kind == "pretrain":
+            return f"train {self.n_tokens('train'):,} / val {self.n_tokens('val'):,} tokens"
+        rows = {k: sum(int(s[0].shape[0]) for s in self.splits.get(k, [])) for k in ("train", "val")}
+        width = next((int(s[0].shape[1]) for k in ("train", "val") for s in self.splits.get(k, [])), 0)
+        return f"train {rows['train']:,} / val {rows['val']:,} rows of {width} tokens (padding included)"
 
     def source(self, split: str, block_size: int):
         """The row source of a split for a model of block_size, or None if the split is empty."""

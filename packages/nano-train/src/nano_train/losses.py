@@ -183,4 +183,6 @@ def linear_cross_entropy(
     check_id_range(targets, "targets", "target", -1, w.shape[0])
     if rows is None:
         rows = block_rows(w.shape[0], x.device)
+    if not torch.is_grad_enabled():  # evaluation: a Function sees w's requires_grad even under no_grad,
+        x, w = x.detach(), w.detach()  # and would compute the weight gradient it then drops
     return _LinearCrossEntropy.apply(x, w, targets, weight.float(), int(rows), bool(onednn))

@@ -57,13 +57,16 @@ def synchronize(device: "torch.device") -> None:
 
 
 def matmul_probe(device: "torch.device", seconds: float = 0.25, n: int = 1024, trials: int = 5,
-                 dtype: str = "float32", onednn: bool = False) -> float:
+                 dtype: str = "float32", onednn: bool = False, linear: bool = False) -> float:
     """Measured FLOP/s of n x n matmuls of `dtype` on `device`: the best of several
     short trials, so that a moment of contention from other processes does not lower it.
     Under autocast the matrix products of a float32 model run in the autocast dtype,
     so that is the dtype to probe for an autocast run. onednn: the products go through
-    torch's oneDNN linear (`matmul.onednn_product`, CPU) instead of `@`."""
+    torch's oneDNN linear (`matmul.onednn_product`, CPU) instead of `@`; linear: through
+    `F.linear`, as the model's layers run them (on a CPU, float16's `@` is a far slower
+    kernel than its `F.linear`)."""
     import torch
+    import torch.nn.functional as F
 
     from nano_train.matmul import onednn_product
 
@@ -71,7 +74,7 @@ def matmul_probe(device: "torch.device", seconds: float = 0.25, n: int = 1024, t
     b = torch.randn(n, n, device=device).to(getattr(torch, dtype))
 
     def product():
-        return onednn_product(a, b) if onednn else a @ b
+        return onednn_product(a, b) if onednn else F.linear(a, b) if linear else a @ b
 
     product()  # warm up
     synchronize(device)
@@ -116,11 +119,16 @@ def peak_flops(device: "torch.device", dtype: str, override: float = 0.0) -> tup
 
 
 def cpu_aware_probe(device: "torch.device", dtype: str, **probe) -> tuple[float, str]:
-    """(peak, source) from matmul_probe; for float32 on a CPU, the better of torch's
-    products and oneDNN's where this torch has them (nano_train.matmul): the peak is what
-    this machine's kernels reach, whichever the run uses."""
+    """(peak, source) from matmul_probe, of the products a run uses: on a CPU, float16
+    and bfloat16 through `F.linear`, as the layers run under autocast (float16's `@` is
+    a CPU kernel some 15x slower: MFU read 1400% against it, and its 1024^3 products took
+    3 s each), and float32 the better of torch's `@` and oneDNN's where this torch has
+    them (nano_train.matmul): the peak is what this machine's kernels reach, whichever
+    the run uses."""
     from nano_train.matmul import onednn_unavailable
 
+    if device.type == "cpu" and dtype in ("float16", "bfloat16"):
+        return matmul_probe(device, dtype=dtype, linear=True, **probe), f"measured {dtype} F.linear on cpu"
     rate = matmul_probe(device, dtype=dtype, **probe)
     source = f"measured {dtype} matmul on {device.type}"
     if device.type == "cpu" and dtype == "float32" and onednn_unavailable() is None:

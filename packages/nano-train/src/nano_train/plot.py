@@ -120,6 +120,20 @@ def curves(records: list[dict]) -> dict[str, tuple[list[int], list[float]]]:
     return _curves(records)[0]
 
 
+def run_labels(paths: list[Path]) -> list[str]:
+    """The legend's name of each run: its folder's name (a log file's stem where the file is
+    not named log.jsonl), with as many parent folders as it takes to tell runs apart
+    (a/run and b/run), and a real name for `.`."""
+    parts = [list((p.resolve().parent if p.name == "log.jsonl" else p.resolve().with_suffix("")).parts)
+             for p in paths]
+    depth = 1
+    while True:
+        labels = ["/".join(x[-depth:]) or "/" for x in parts]
+        if len(set(labels)) == len(labels) or depth >= max(map(len, parts)):
+            return labels
+        depth += 1
+
+
 def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
     try:
         import matplotlib
@@ -151,9 +165,8 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
         runs.append((path, c))
     fig, ax = plt.subplots(figsize=(9, 5))
     ax2 = ax.twinx() if show_lr else None
-    for i, (path, c) in enumerate(runs):
+    for i, ((path, c), label) in enumerate(zip(runs, run_labels([path for path, _ in runs]))):
         color = f"C{i}"
-        label = path.parent.name if path.name == "log.jsonl" else path.stem
         if c["train"][0]:
             ax.plot(*c["train"], color=color, alpha=0.6, linewidth=1, marker=_lone(c["train"]), markersize=3,
                     label=f"{label} train")

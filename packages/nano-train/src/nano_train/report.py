@@ -12,21 +12,35 @@ import numpy as np
 from nano_format import WriteError, write_atomically
 
 from nano_train.metrics import duration, human, read_log
-from nano_train.sampling import SamplerConfig, generate, instruct_prompt, seq2seq
+from nano_train.sampling import SamplerConfig, generate, seq2seq
+
+
+class DataPrompt(str):
+    """A prompt taken from the data: its text, and in .ids the token ids the data holds,
+    which are what the model is given. Its text encoded again would be another prompt
+    where the data holds <|unknown|> (a character the vocabulary lacks): the text
+    "<|unknown|>" is 11 ordinary characters."""
+
+    ids: list[int]
+
+    def __new__(cls, tokenizer, ids):
+        prompt = super().__new__(cls, tokenizer.decode(ids))
+        prompt.ids = [int(i) for i in ids]
+        return prompt
 
 
 def default_prompts(task: str, tokenizer, source, n: int = 2) -> list[str]:
-    """Prompts taken from the data when the config gives none: the opening of a
-    held-out window (pretraining), the question of an SFT sample or the input
-    of a seq2seq row."""
+    """Prompts taken from the data when the config gives none (DataPrompt): the opening
+    of a held-out window (pretraining), the question of an SFT sample or the input of a
+    seq2seq row."""
     prompts = []
     for row in range(min(n, source.n_rows)):
         if task == "pretrain":
             x, _, _ = source.fetch(np.array([row * max(source.n_rows // n, 1)]), np.zeros(len(source.shards), np.int64))
-            prompts.append(tokenizer.decode(x[0, :16]))
+            prompts.append(DataPrompt(tokenizer, x[0, :16]))
         elif hasattr(source, "targets"):  # seq2seq rows
             x, _, m = source.fetch(np.array([row]), None)
-            prompts.append(tokenizer.decode(x[0][m[0] > 0]))
+            prompts.append(DataPrompt(tokenizer, x[0][m[0] > 0]))
         else:
             ids = source.tokens[row].tolist()
             try:
@@ -34,8 +48,13 @@ def default_prompts(task: str, tokenizer, source, n: int = 2) -> list[str]:
                 end = ids.index(tokenizer.response_id, start)
             except ValueError:
                 continue
-            prompts.append(tokenizer.decode(ids[start:end]))
+            prompts.append(DataPrompt(tokenizer, ids[start:end]))
     return prompts
+
+
+def _typed_ids(tokenizer, prompt: str) -> list[int]:
+    """The prompt's ids: a DataPrompt's own, else its text encoded."""
+    return list(prompt.ids) if isinstance(prompt, DataPrompt) else tokenizer.encode(prompt)
 
 
 def fit_prompt(ids: list[int], room: int, instruct: bool) -> list[int] | None:
@@ -53,11 +72,12 @@ def fit_prompt(ids: list[int], room: int, instruct: bool) -> list[int] | None:
 
 def prompt_ids(tokenizer, task: str, prompt: str, block_size: int, rows: bool = False) -> list[int] | None:
     """The ids the model is given for prompt: with rows (a seq2seq dataset) its first
-    block_size tokens, else (instruct_prompt for SFT) cut by fit_prompt to leave a
+    block_size tokens, else (as instruct_prompt lays them out for SFT) cut by fit_prompt to leave a
     position for at least one new token. None when the block size leaves no room."""
+    typed = _typed_ids(tokenizer, prompt)
     if rows:
-        return tokenizer.encode(prompt)[:block_size]
-    ids = instruct_prompt(tokenizer, prompt) if task != "pretrain" else tokenizer.encode(prompt)
+        return typed[:block_size]
+    ids = [tokenizer.instruct_id, *typed, tokenizer.response_id] if task != "pretrain" else typed
     return fit_prompt(ids or [tokenizer.bos_id], block_size - 1, instruct=task != "pretrain")
 
 
@@ -89,7 +109,7 @@ def given_prompt(tokenizer, task: str, prompt: str, block_size: int, rows: bool 
         return None
     if task != "pretrain" and not rows:
         ids = ids[1:-1]  # <|instruct_mark|> question <|response_mark|>
-    typed = tokenizer.encode(prompt)
+    typed = _typed_ids(tokenizer, prompt)
     unknown = typed.count(tokenizer.unk_id)
     why = []
     if unknown:
@@ -143,11 +163,13 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
         f"| parameters | {n_params:,} ({n_trainable:,} trained) |",
         f"| model | {cfg.model.n_layer} layers, {cfg.model.n_embd} wide, {cfg.model.n_head} heads "
         f"({cfg.model.n_kv_head} KV), block {cfg.model.block_size}, vocabulary {cfg.model.vocab_size} |",
-        f"| dataset | {dataset.path} ({dataset.kind}; train {dataset.n_tokens('train'):,}, "
-        f"val {dataset.n_tokens('val'):,} tokens) |",
-        f"| tokens seen | {result.tokens_seen:,} |",
+        f"| dataset | {dataset.path} ({dataset.kind}; {dataset.size_text()}) |",
+        f"| tokens seen | {result.tokens_seen:,}"
+        + ("" if dataset.kind == "pretrain" else " (every input position of the rows: prompts and padding included)") + " |",
         f"| final train loss | {_fmt(result.train_loss)} |",
-        f"| final val loss | {_fmt(result.val_loss)} |",
+        f"| final val loss | {_fmt(result.val_loss)}"
+        + (f" (evaluated at step {result.val_step})" if result.val_loss is not None and result.val_step is not None
+           and result.val_step != result.step else "") + " |",
         f"| best val loss | {_fmt(result.best_val_loss)} |",
         f"| time ({'training, from latest.pt' if late else 'this process'}) | {duration(result.seconds)} |",
         f"| throughput | {throughput} |",

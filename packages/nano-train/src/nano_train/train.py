@@ -131,6 +131,7 @@ class TrainResult:
     out_dir: Path
     out_of_time: bool = False  # stopped by optim.time_budget before max_iters
     samples_interrupted: bool = False  # Ctrl-C while the report's samples were drawn (exit 130)
+    val_step: int | None = None  # the step whose evaluation gave val_loss
 
 
 @dataclass
@@ -761,6 +762,12 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     val_source = ds.source("val", cfg.model.block_size) if cfg.eval.eval_iters > 0 else None
     if val_source is None and master:
         print("note: no validation split (or eval_iters = 0): no validation loss, no best.pt", file=sys.stderr)
+    elif master and cfg.eval.eval_iters * cfg.data.batch_size >= 2 * val_source.n_rows:
+        reads = cfg.eval.eval_iters * cfg.data.batch_size
+        print(f"note: an evaluation reads {reads:,} rows (eval_iters {cfg.eval.eval_iters} x batch_size "
+              f"{cfg.data.batch_size}) from a validation split of {val_source.n_rows:,}: each is read about "
+              f"{reads / val_source.n_rows:.0f} times (more time, no better estimate); "
+              f"--eval_iters={-(-val_source.n_rows // cfg.data.batch_size)} reads each about once", file=sys.stderr)
     if cfg.data.batch_size * info.world_size > train_source.n_rows:  # each batch would read many epochs
         procs = f" x {info.world_size} processes" if info.ddp else ""
         raise DataError(f"data.batch_size {cfg.data.batch_size:,}{procs} is more rows than the training split of "
@@ -773,7 +780,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
 
     # ---- state: fresh, or exactly where the checkpoint left off ------------------------
     step, tokens_seen, best_val_loss, elapsed_before = 0, 0, math.inf, 0.0
-    val_loss = train_loss = None
+    warm_s: float | None = None  # the elapsed seconds when warmup ended (the time budget's decay starts there)
+    val_loss = train_loss = val_step = None
     seed_everything(cfg.system.seed + info.rank)  # dropout masks differ between ranks
     if resuming:
         with restoring_from(latest):
@@ -789,7 +797,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             tokens_seen = checkpoint["tokens_seen"]
             best_val_loss = checkpoint["best_val_loss"]
             val_loss, train_loss = checkpoint.get("val_loss"), checkpoint.get("train_loss")
+            val_step = checkpoint.get("val_step")
             elapsed_before = checkpoint.get("elapsed_s", 0.0)
+            # a checkpoint from before this field was kept: the time fraction counts from 0
+            warm_s = checkpoint.get("warmup_end_s", 0.0 if step > cfg.optim.warmup_iters else None)
             train_batches.load_state_dict(checkpoint["data_state"])
             # best.pt can be newer than latest.pt (a run killed between checkpoints): its
             # loss is the one to beat, or the resumed run would replace it by a worse model
@@ -822,7 +833,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         done = (f"nothing to do: the run in {out_dir} is at step {step} and {why}; raise it "
                 "(--max_iters=N or --time_budget=S) to train on")
         result = TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, 0.0, time.monotonic() - t_start,
-                             False, out_dir, out_of_time=step < cfg.optim.max_iters)
+                             False, out_dir, out_of_time=step < cfg.optim.max_iters, val_step=val_step)
         if master:
             from nano_train.report import ended_at
 
@@ -879,7 +890,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     say(f"{task}: {n_params:,} parameters ({n_trainable:,} trained), {info.world_size} x {device} {dtype}"
         + (" (oneDNN products)" if onednn else "") + ", "
         f"{tokens_per_step:,} tokens per step ({cfg.data.batch_size} x {seq_len} x {accum} x {info.world_size}), "
-        f"train {ds.n_tokens('train'):,} / val {ds.n_tokens('val'):,} tokens"
+        f"{ds.size_text()}"
         + (f", resuming at step {step}" if resuming else ""))
     if onednn and peak_source.endswith("products (torch)"):  # the probe timed both kernels; torch's won
         say("note: torch's float32 products measured faster than oneDNN's on this CPU; "
@@ -892,7 +903,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
            peak_flops=peak, peak_flops_source=peak_source, matmul=matmul, config=cfg.to_dict())
 
     # ---- learning-rate schedule: linear warmup, then cosine decay to min_lr --------------
-    # With a time budget the decay follows steps or elapsed time, whichever is further along.
+    # With a time budget the decay follows steps or elapsed time, whichever is further along;
+    # its time runs from the end of warmup (warm_s) to the end of the budget.
     decay_iters = cfg.optim.lr_decay_iters or cfg.optim.max_iters
     budget = cfg.optim.time_budget
 
@@ -905,13 +917,14 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             return o.min_lr
         done = (it - o.warmup_iters) / max(decay_end - o.warmup_iters, 1)
         if budget > 0:
-            done = max(done, elapsed / budget)
+            start = warm_s if warm_s is not None else elapsed
+            done = max(done, (elapsed - start) / (budget - start) if budget > start else 1.0)
             if done >= 1.0:
                 return o.min_lr
         return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (o.learning_rate - o.min_lr)
 
     moved = (isinstance(saved_decay_end, int) and not isinstance(saved_decay_end, bool)
-             and saved_decay_end != decay_iters and step < max(saved_decay_end, decay_iters))
+             and saved_decay_end != decay_iters and step < min(max(saved_decay_end, decay_iters), cfg.optim.max_iters))
     if master and cfg.optim.lr_decay_iters == 0 and moved:  # the cosine follows max_iters, which changed
         now, before = lr_at(step, elapsed_before), lr_at(step, elapsed_before, saved_decay_end)
         change = f": the learning rate at step {step} is {now:.2e} instead of {before:.2e}" if now != before else ""
@@ -922,6 +935,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         say(f"note: optim.warmup_iters {cfg.optim.warmup_iters} >= optim.max_iters {cfg.optim.max_iters}: the "
             f"learning rate only warms up (to {lr_at(cfg.optim.max_iters - 1, 0.0):.2e} at the last step, not "
             f"optim.learning_rate {cfg.optim.learning_rate:g}) and never decays; lower --warmup_iters")
+    elif 0 < cfg.optim.lr_decay_iters <= cfg.optim.warmup_iters:
+        say(f"note: optim.lr_decay_iters {cfg.optim.lr_decay_iters} <= optim.warmup_iters "
+            f"{cfg.optim.warmup_iters}: the learning rate warms up, then drops at once to optim.min_lr "
+            f"{cfg.optim.min_lr:g} (no cosine decay); raise --lr_decay_iters, or 0 to decay until max_iters")
 
     # A diverged run (loss inf or nan) stops with an error naming the last checkpoint written,
     # which is never replaced by non-finite weights.
@@ -956,8 +973,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             "step": step, "tokens_seen": tokens_seen,
             "data_state": train_batches.state_dict(),
             "rng": rng,
-            "best_val_loss": best_val_loss, "val_loss": val_loss, "train_loss": train_loss,
-            "elapsed_s": elapsed_before + time.monotonic() - t_start,
+            "best_val_loss": best_val_loss, "val_loss": val_loss, "val_step": val_step, "train_loss": train_loss,
+            "elapsed_s": elapsed_before + time.monotonic() - t_start, "warmup_end_s": warm_s,
             "dataset": {"path": str(ds.path), "fingerprint": tokenizer.fingerprint()}, "dataset_id": dataset_id,
             "versions": {"torch": str(torch.__version__)}, "final": final,
         }
@@ -1060,6 +1077,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             if fresh and val_source is not None and (step % cfg.eval.eval_interval == 0 or last):
                 with talking(info, f"the evaluation at step {step}"):
                     val_loss = evaluate(eval_model, val_source, cfg, info, device, forward_context, blocked)
+                val_step = step
                 if not math.isfinite(val_loss):
                     raise diverged(f"the validation loss is {val_loss}")
                 improved = val_loss < best_val_loss
@@ -1080,6 +1098,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 break
 
             # -- one optimizer step: accumulate gradients over micro-batches
+            if warm_s is None and step >= cfg.optim.warmup_iters:
+                warm_s = elapsed
             lr = lr_at(step, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -1161,11 +1181,15 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         tokens_per_s = (rate_tokens / train_seconds if train_seconds > 0
                         else tokens_per_step / first_seconds if first_seconds > 0 else 0.0)
         result = TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, tokens_per_s, seconds,
-                             interrupted, out_dir, out_of_time)
+                             interrupted, out_dir, out_of_time, val_step=val_step)
         if interrupted:
             say(f"interrupted at step {step}: saved {out_dir / LATEST}; {resume_hint(out_dir)}")
         if out_of_time:
             say(f"time budget of {budget:g} s reached at step {step}")
+            if step < cfg.optim.warmup_iters:
+                say(f"note: the time budget ran out during warmup (step {step} of optim.warmup_iters "
+                    f"{cfg.optim.warmup_iters}): the learning rate never reached optim.learning_rate "
+                    f"{cfg.optim.learning_rate:g} nor decayed; lower --warmup_iters or raise --time_budget")
         record(kind="end", step=step, interrupted=interrupted, out_of_time=out_of_time, train_loss=train_loss,
                val_loss=val_loss, best_val_loss=best_val_loss, tokens_seen=tokens_seen, tokens_per_s=tokens_per_s,
                seconds=seconds)
