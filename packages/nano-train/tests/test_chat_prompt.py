@@ -66,9 +66,30 @@ def test_a_dropped_turn_takes_the_system_text_to_the_next_earliest(tok):
     assert (ids, dropped) == (instruct_prompt(tok, QUESTION, SYSTEM), 3)
 
 
+def test_an_answer_given_as_the_models_ids_keeps_its_special_tokens(tok):
+    """A generated <|unknown|> stays the one token prepare sft writes for a character the
+    vocabulary lacks (its text would be 11 characters); runs of ordinary tokens are
+    encoded again from their text, as the training data has them."""
+    text = "我是🦜，你好"  # 🦜 is not in tokenizer_4096
+    written = tok.encode(text)
+    assert written.count(tok.unk_id) == 1
+    assert sampling.answer_ids(tok, written) == written
+    assert chat_prompt(tok, [("你是谁", written)], QUESTION) == chat_prompt(tok, [("你是谁", text)], QUESTION)
+    # special tokens anywhere, several in a row, at both ends
+    odd = [tok.unk_id, *tok.encode("我是"), tok.pad_id, tok.unk_id, *tok.encode("你")]
+    assert sampling.answer_ids(tok, odd) == odd and sampling.answer_ids(tok, []) == []
+    ids, _ = chat_prompt(tok, [("你是谁", odd)], QUESTION)
+    assert ids == sft_encode(tok, [("你是谁", odd)])[0] + instruct_prompt(tok, QUESTION)
+    assert ids.count(tok.unk_id) == 2
+    # the ordinary runs: the text's tokenization, whatever ids wrote it
+    assert sampling.answer_ids(tok, tok.encode("我") + tok.encode("是")) == tok.encode("我是")
+
+
 @pytest.mark.parametrize("turns,question,n_ctx,error", [
     ([("q",)], "x", None, TypeError), ([("q", 1)], "x", None, TypeError), (["qa"], "x", None, TypeError),
     ([], 5, None, TypeError), ([], "x", 0, ValueError), ([], "x", 2.5, ValueError), ([], "x", True, ValueError),
+    ([("q", [1, True])], "x", None, TypeError), ([("q", [1, 2.0])], "x", None, TypeError),
+    ([("q", [4096])], "x", None, ValueError), ([("q", [-1])], "x", None, ValueError),
 ])
 def test_bad_arguments_are_named(tok, turns, question, n_ctx, error):
     with pytest.raises(error, match="turns|question|n_ctx"):

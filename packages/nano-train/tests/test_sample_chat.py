@@ -39,8 +39,12 @@ def escaped(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
+def answer_tokens(model, tok, ids) -> list[int]:
+    return list(generate(model, ids, SamplerConfig(temperature=0.0, max_new_tokens=N), tok))
+
+
 def answer(model, tok, ids) -> str:
-    return tok.decode(list(generate(model, ids, SamplerConfig(temperature=0.0, max_new_tokens=N), tok)))
+    return tok.decode(answer_tokens(model, tok, ids))
 
 
 def conversation(model, tok, lines, system=None, fail=()):
@@ -51,10 +55,49 @@ def conversation(model, tok, lines, system=None, fail=()):
             out.append(None)
             continue
         ids, dropped = chat_prompt(tok, turns, q, system=system, n_ctx=BLOCK)
-        a = answer(model, tok, ids)
+        a = answer_tokens(model, tok, ids)
         turns = turns[dropped:] + [(q, a)]
-        out.append((a, dropped))
+        out.append((tok.decode(a), dropped))
     return out
+
+
+def unknown_writer(tok):
+    """A 1-layer model whose greedy answer to any question is A <|unknown|> B <|eos|>."""
+    import torch
+
+    from nano_train.model import ModelConfig, Transformer
+
+    a, b = tok.encode("1")[0], tok.encode("2")[0]
+    chain = [tok.response_id, a, tok.unk_id, b]
+    model = Transformer(ModelConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2,
+                                    n_embd=16, tie_embeddings=False)).eval()
+    sd = model.state_dict()
+    for k in sd:
+        if k.endswith(("wo.weight", "w2.weight")) or k in ("tok_embd.weight", "lm_head.weight"):
+            sd[k].zero_()
+    for d, (now, after) in enumerate(zip(chain, [*chain[1:], tok.eos_id])):
+        sd["tok_embd.weight"][now, d] = 1.0
+        sd["lm_head.weight"][after, d] = 10.0
+    model.load_state_dict(sd)
+    return model, [a, tok.unk_id, b]
+
+
+def test_a_generated_special_token_stays_one_token_in_the_next_prompt(monkeypatch, capsys, tmp_path, nano80,
+                                                                      save_ckpt):
+    # (was: the answer's text encoded again, "<|unknown|>" as 11 tokens, a layout training never made)
+    from nano_train import sampling
+    from nano_train.data import sft_encode
+
+    model, written = unknown_writer(nano80)
+    ckpt = save_ckpt(tmp_path / "unk.pt", model, nano80)
+    prompts = []
+    real = sampling.generate
+    monkeypatch.setattr(sampling, "generate", lambda m, ids, *a, **k: prompts.append(list(ids)) or real(m, ids, *a, **k))
+    rc, out, err = chat(monkeypatch, capsys, ckpt, b"12\n34\n", "--multi-turn")
+    assert rc == 0 and out == "1<|unknown|>2\n" * 2, (out, err)
+    assert prompts[1] == sft_encode(nano80, [("12", written)])[0] + instruct_prompt(nano80, "34")
+    assert prompts[1].count(nano80.unk_id) == 1
+    assert chat_prompt(nano80, [("12", written)], "34")[0] == prompts[1]
 
 
 def test_the_chat_asks_each_line_alone(monkeypatch, capsys, ckpt, model, nano80):

@@ -942,9 +942,11 @@ def _check_unicode(text: str, where: str, name: str) -> None:
                         f"{e.start}), which is not text; write the character it was meant to be") from None
 
 
-def sft_encode(tok: Tokenizer, turns: list[tuple[str, str]],
+def sft_encode(tok: Tokenizer, turns: list[tuple[str, str | list[int]]],
                max_tokens: int | None = None) -> tuple[list[int], list[int]]:
-    """ids and loss mask of <|instruct_mark|>Q<|response_mark|>A<|eos|> per turn.
+    """ids and loss mask of <|instruct_mark|>Q<|response_mark|>A<|eos|> per turn (an
+    answer given as a list of ids, as sampling.chat_prompt passes a generated one, is
+    taken as it is).
 
     The mask is 1 on the answer's tokens and its closing <|eos|>, 0 elsewhere.
     It is built from the lengths of the encoded pieces, i.e. from token ids:
@@ -959,6 +961,8 @@ def sft_encode(tok: Tokenizer, turns: list[tuple[str, str]],
         for part, m in ((tok.instruct_id, 0), (question, 0), (tok.response_id, 0), (answer, 1), (tok.eos_id, 1)):
             if isinstance(part, int):
                 new = [part]
+            elif isinstance(part, list):
+                new = list(part)
             elif max_tokens is None:
                 new = tok.encode(part)
             else:

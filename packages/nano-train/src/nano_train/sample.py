@@ -337,7 +337,7 @@ def _chat(args, model, tok, sc: "SamplerConfig", system: str | None, out) -> int
         note = _seq2seq_note(args)
         if note:
             print(note, file=sys.stderr)
-    turns: list[tuple[str, str]] = []
+    turns: list[tuple[str, list[int]]] = []
     status = lineno = 0
     while True:
         if tty:
@@ -380,9 +380,10 @@ def _chat(args, model, tok, sc: "SamplerConfig", system: str | None, out) -> int
                           file=sys.stderr)
                     turns = turns[dropped:]
                 _unknown_note(tok, own, where)
-                pieces = []
+                pieces, printed = [], []
                 t0 = time.perf_counter()  # (generate runs the prompt at the first next(): the notes are not timed)
                 for token in stream:
+                    printed.append(token)
                     pieces.append(tok.decode([token]))
                     if tty:
                         out.write(pieces[-1])
@@ -392,8 +393,8 @@ def _chat(args, model, tok, sc: "SamplerConfig", system: str | None, out) -> int
                 if args.profile:
                     print(f"[profile] {where}: prompt {quantity(len(ids), 'token')}; "
                           f"{_profile(len(pieces), t0, sampled)}", file=sys.stderr)
-                if args.multi_turn:
-                    turns.append((question, answer))
+                if args.multi_turn:  # the answer as the model wrote it (a special token stays one)
+                    turns.append((question, printed))
         except (BadInput, ValueError) as e:
             print(f"error: {where}: {e}", file=sys.stderr)
             status, answer = 1, ""

@@ -72,6 +72,7 @@ __all__ = [
     "StopError",
     "instruct_prompt",
     "chat_prompt",
+    "answer_ids",
     "seq2seq",
 ]
 
@@ -427,13 +428,40 @@ def instruct_prompt(tokenizer, question: str, system: str | None = None) -> list
     return [tokenizer.instruct_id, *tokenizer.encode(with_system(system, question)), tokenizer.response_id]
 
 
-def chat_prompt(tokenizer, turns: Sequence[tuple[str, str]], question: str, system: str | None = None,
-                n_ctx: int | None = None) -> tuple[list[int], int]:
+def _is_id_list(x) -> bool:
+    return (isinstance(x, (list, tuple)) and
+            all(isinstance(t, Integral) and not isinstance(t, bool) for t in x))
+
+
+def answer_ids(tokenizer, generated: Sequence[int]) -> list[int]:
+    """An answer the model wrote (its printed token ids) as the training data holds an
+    answer: each run of ordinary tokens decoded and encoded again (prepare sft's
+    tokenization of that text), each special token kept as itself. A generated
+    <|unknown|> (prepare sft's token for a character the vocabulary lacks) stays one
+    token: its text, encoded again, would be the 11 characters "<|unknown|>"."""
+    specials = set(tokenizer.special_tokens.values())
+    out: list[int] = []
+    run: list[int] = []
+    for t in [*generated, None]:
+        if t is None or t in specials:
+            if run:
+                out += tokenizer.encode(tokenizer.decode(run))
+                run = []
+            if t is not None:
+                out.append(int(t))
+        else:
+            run.append(int(t))
+    return out
+
+
+def chat_prompt(tokenizer, turns: Sequence[tuple[str, str | Sequence[int]]], question: str,
+                system: str | None = None, n_ctx: int | None = None) -> tuple[list[int], int]:
     """The prompt for `question` in a conversation, laid out as `prepare sft` lays out a
     multi-turn record: each earlier turn <|instruct_mark|> Q <|response_mark|> A <|eos|>
     (data.sft_encode), then <|instruct_mark|> question <|response_mark|> (instruct_prompt).
-    turns: the earlier (question, answer) pairs, oldest first, each answer the text that
-    was printed (encoded again here, as the training data has it). A system text goes
+    turns: the earlier (question, answer) pairs, oldest first. An answer is the token ids
+    the model wrote and were printed (taken by answer_ids: its text encoded again, as the
+    training data has it, its special tokens kept), or a text (encoded). A system text goes
     before the earliest question kept, never before later ones (data.with_system, as
     `prepare sft --system prepend` folds a record's system message into its first question).
 
@@ -446,8 +474,15 @@ def chat_prompt(tokenizer, turns: Sequence[tuple[str, str]], question: str, syst
     """
     turns = list(turns)
     for k, turn in enumerate(turns):
-        if not (isinstance(turn, (tuple, list)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
-            raise TypeError(f"turns[{k}] must be a (question, answer) pair of strings, got {turn!r}")
+        if not (isinstance(turn, (tuple, list)) and len(turn) == 2 and isinstance(turn[0], str)
+                and (isinstance(turn[1], str) or _is_id_list(turn[1]))):
+            raise TypeError(f"turns[{k}] must be a (question, answer) pair: a string and a string or a list of "
+                            f"token ids, got {turn!r}")
+        if not isinstance(turn[1], str):
+            bad = [t for t in turn[1] if not 0 <= t < tokenizer.vocab_size]
+            if bad:
+                raise ValueError(f"turns[{k}]: token id {bad[0]} is outside the vocabulary (0..{tokenizer.vocab_size - 1})")
+            turns[k] = (turn[0], answer_ids(tokenizer, turn[1]))
     if not isinstance(question, str):
         raise TypeError(f"question must be a string, got {question!r}")
     if n_ctx is not None and (isinstance(n_ctx, bool) or not isinstance(n_ctx, Integral) or n_ctx < 1):
