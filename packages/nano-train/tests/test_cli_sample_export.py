@@ -48,6 +48,22 @@ def test_sample_sort6_seq2seq(shared_file, capsys):
     assert rc == 0 and out == "112225\n"
 
 
+def test_sort6_without_seq2seq_is_told_how_it_runs(shared_file, capsys, monkeypatch):
+    """sort6 (layout 2025.12, trained with full attention) reads as causal: a prompt that
+    fills its block gets the way to run it, as nano run says (was: the block size alone)."""
+    hint = ("a full-attention model runs with --seq2seq (layout 2025.12 cannot record the attention kind: it reads "
+            "as causal)")
+    sort6 = ["-m", str(shared_file("fixtures/sort6_f32.bin"))]
+    rc, out, err = run(sample_cmd, [*sort6, "-p", "251212"], capsys)
+    assert rc == 1 and err == ("error: the prompt has 6 tokens; the model's block size is 6 (a prompt must leave room "
+                               f"for at least one new token); {hint}\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"2512\n")))  # the chat: 6 with the marks
+    rc, out, err = run(sample_cmd, sort6, capsys)
+    assert rc == 1 and err.startswith("error: line 1: the prompt has 6 tokens") and err.endswith(f"; {hint}\n")
+    rc, out, err = run(sample_cmd, [*sort6, "-p", "2512121"], capsys)  # over the block: no seq2seq takes it
+    assert rc == 1 and "--seq2seq" not in err
+
+
 def test_sample_notes_characters_the_vocabulary_lacks(shared_file, capsys):
     """The model is given <|unknown|> for each character its vocabulary lacks: a note says so
     (the tokens drawn are the same as for the prompt with those characters already unknown)."""

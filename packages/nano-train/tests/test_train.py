@@ -182,6 +182,12 @@ def test_an_evaluation_that_rereads_the_validation_split_is_named(small_pretrain
             f"of {rows:,}: each is read about 4 times" in err and f"--eval_iters={-(-rows // 4)} reads each" in err)
     train(tiny_config(small_pretrain, max_iters=1, eval_iters=rows // 4, sample_tokens=0, overwrite=True))
     assert "note: an evaluation reads" not in capsys.readouterr().err
+    # a batch larger than the split: eval_iters 1 is the least there is (and gets no note)
+    train(tiny_config(small_pretrain, max_iters=1, eval_iters=2, batch_size=rows + 1, sample_tokens=0, overwrite=True))
+    assert (f"each is read about 2 times (more time, no better estimate); --eval_iters=1 reads the fewest (one batch "
+            f"of {rows + 1} rows is more than the split holds)") in capsys.readouterr().err
+    train(tiny_config(small_pretrain, max_iters=1, eval_iters=1, batch_size=rows + 1, sample_tokens=0, overwrite=True))
+    assert "note: an evaluation reads" not in capsys.readouterr().err
 
 
 def test_sft_sizes_are_named_as_rows_with_their_padding(uneven_sft, tiny_config, capsys):

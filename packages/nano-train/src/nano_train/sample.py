@@ -293,6 +293,29 @@ def _load(args):
     return model.eval(), tokenizer
 
 
+def _reads_as_causal(path) -> str | None:
+    """The layout of a model file that cannot record the attention kind (it reads as
+    causal, as the sort6 fixture, trained with full attention, does); None otherwise."""
+    import nano_format
+
+    try:
+        with nano_format.read(path) as nf:
+            return None if nf.layout.extension else nf.layout.name
+    except Exception:  # (a checkpoint, which records it; the file was read once already)
+        return None
+
+
+def _too_long(e: ValueError, args, n_prompt: int, block: int) -> ValueError:
+    """generate's error for a prompt that leaves no room, with the way to run a
+    full-attention model where the prompt fills the block of a file that reads as
+    causal, as nano run says it."""
+    layout = _reads_as_causal(args.model) if n_prompt == block and not args.seq2seq else None
+    if layout is None:
+        return e
+    return ValueError(f"{e}; a full-attention model runs with --seq2seq (layout {layout} cannot record the "
+                      "attention kind: it reads as causal)")
+
+
 def _unknown_note(tok, ids: list[int], where: str | None = None) -> None:
     """A note on stderr when characters of the prompt (or --system text), or of a chat's
     line (`where`), are not in the vocabulary: each became <|unknown|>, so the model is
@@ -369,8 +392,11 @@ def _chat(args, model, tok, sc: "SamplerConfig", system: str | None, out) -> int
                 # <|instruct_mark|>, which no encoded text holds
                 own = ids[len(ids) - 1 - ids[::-1].index(tok.instruct_id):]
                 sampled: list[float] = []  # --profile, as for -p
-                stream = generate(model, ids, sc, tokenizer=tok,  # a prompt too long: its ValueError
-                                  on_sample=lambda _: sampled.append(time.perf_counter()))
+                try:
+                    stream = generate(model, ids, sc, tokenizer=tok,  # a prompt too long: its ValueError
+                                      on_sample=lambda _: sampled.append(time.perf_counter()))
+                except ValueError as e:
+                    raise _too_long(e, args, len(ids), block) from None
                 if dropped:
                     n_all = len(chat_prompt(tok, turns, question, system)[0])
                     count = f"{dropped} " if dropped > 1 else ""
@@ -478,6 +504,8 @@ def _run(args, out) -> int:
         stream = generate(model, ids, sc, tokenizer=tok, on_sample=lambda _: sampled.append(time.perf_counter()))
     except StopError as e:  # a --stop text that is empty or that the vocabulary cannot write
         raise UsageError(f"--stop: {e}") from None
+    except ValueError as e:
+        raise _too_long(e, args, len(ids), model.config.block_size) from None
     for token in stream:
         n += 1
         out.write(tok.decode([token]))

@@ -762,12 +762,13 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     val_source = ds.source("val", cfg.model.block_size) if cfg.eval.eval_iters > 0 else None
     if val_source is None and master:
         print("note: no validation split (or eval_iters = 0): no validation loss, no best.pt", file=sys.stderr)
-    elif master and cfg.eval.eval_iters * cfg.data.batch_size >= 2 * val_source.n_rows:
-        reads = cfg.eval.eval_iters * cfg.data.batch_size
-        print(f"note: an evaluation reads {reads:,} rows (eval_iters {cfg.eval.eval_iters} x batch_size "
-              f"{cfg.data.batch_size}) from a validation split of {val_source.n_rows:,}: each is read about "
-              f"{reads / val_source.n_rows:.0f} times (more time, no better estimate); "
-              f"--eval_iters={-(-val_source.n_rows // cfg.data.batch_size)} reads each about once", file=sys.stderr)
+    elif master and cfg.eval.eval_iters > 1 and cfg.eval.eval_iters * cfg.data.batch_size >= 2 * val_source.n_rows:
+        reads, rows, batch = cfg.eval.eval_iters * cfg.data.batch_size, val_source.n_rows, cfg.data.batch_size
+        fix = (f"--eval_iters={-(-rows // batch)} reads each about once" if batch <= rows else
+               f"--eval_iters=1 reads the fewest (one batch of {batch} rows is more than the split holds)")
+        print(f"note: an evaluation reads {reads:,} rows (eval_iters {cfg.eval.eval_iters} x batch_size {batch}) "
+              f"from a validation split of {rows:,}: each is read about {reads / rows:.0f} times (more time, no "
+              f"better estimate); {fix}", file=sys.stderr)
     if cfg.data.batch_size * info.world_size > train_source.n_rows:  # each batch would read many epochs
         procs = f" x {info.world_size} processes" if info.ddp else ""
         raise DataError(f"data.batch_size {cfg.data.batch_size:,}{procs} is more rows than the training split of "
@@ -927,7 +928,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
              and saved_decay_end != decay_iters and step < min(max(saved_decay_end, decay_iters), cfg.optim.max_iters))
     if master and cfg.optim.lr_decay_iters == 0 and moved:  # the cosine follows max_iters, which changed
         now, before = lr_at(step, elapsed_before), lr_at(step, elapsed_before, saved_decay_end)
-        change = f": the learning rate at step {step} is {now:.2e} instead of {before:.2e}" if now != before else ""
+        change = (f": the learning rate at step {step} is {now:.2e} instead of {before:.2e}"
+                  if f"{now:.2e}" != f"{before:.2e}" else "")
         print(f"note: the learning rate's cosine decay now ends at step {decay_iters} (optim.max_iters, as "
               f"optim.lr_decay_iters is 0), in the checkpoint's run at step {saved_decay_end}{change}; "
               f"--lr_decay_iters={saved_decay_end} keeps the checkpoint's schedule", file=sys.stderr)
