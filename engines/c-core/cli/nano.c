@@ -91,6 +91,8 @@ static const char *USAGE =
     "nano info MODEL\n"
     "nano seq2seq -m MODEL [-l LORA] [--threads N] [--causal] INPUT\n"
     "  -l, --lora PATH      LoRA module to attach (as for 'nano run')\n"
+    "  --causal             causal attention, whatever the file says (default: full attention,\n"
+    "                       unless a 2026.101 file records causal)\n"
     "  INPUT '-' reads one input per line of standard input and prints one answer per line\n"
     "  (an empty line gives an empty line; as in the chat, an answer's line breaks, carriage\n"
     "  returns and backslashes are written \\n, \\r and \\\\)\n"
@@ -585,12 +587,9 @@ typedef struct run_opts {
     unsigned not_seq2seq; /* bit i: NOT_SEQ2SEQ[i] was given */
     const char **stops;   /* the --stop TEXTs, as given */
     size_t n_stops;
-    /* the --stop TEXTs matched on the generated text (resolve_stops): the others are
-     * special tokens, stop ids in sp.stop_tokens */
-    const char **stop_texts;
-    size_t n_stop_texts;
-    uint32_t stop_longest; /* the longest stop text's length in characters */
-    int32_t *stop_ids;     /* the special tokens among them (sp.stop_tokens) */
+    /* the --stop TEXTs resolved (resolve_stops): the special tokens among them are
+     * stop ids in sp.stop_tokens, the others are matched on the generated text */
+    nano_stop_texts *stop;
 } run_opts;
 
 /* The options of `nano run` that a full-attention model's seq2seq forward has
@@ -755,9 +754,7 @@ static void note_context_filled(nano_session *s, const run_opts *o, const nano_c
 }
 
 // ---------------------------------------------------------------------------
-// --stop TEXT, as nano_train.sample's (nano_train.sampling: _resolve_stops, _held_back
-// and the loop of _generate). Texts are compared as UTF-8 bytes: every token's text is
-// whole characters, so a byte match is a character match.
+// --stop TEXT, as nano_train.sample's: the library's stop texts (nano_stop_texts_*)
 
 /* The text of token id ("" for a model without a vocabulary, as the session gives it). */
 static const char *token_text(const nano_tokenizer *tok, int32_t id, size_t *len) {
@@ -767,179 +764,65 @@ static const char *token_text(const nano_tokenizer *tok, int32_t id, size_t *len
     return "";
 }
 
-/* The offset of the first needle[nn] (nn > 0) in hay[hn], or SIZE_MAX. */
-static size_t find_text(const char *hay, size_t hn, const char *needle, size_t nn) {
-    size_t i;
-    for (i = 0; i + nn <= hn; i++)
-        if (memcmp(hay + i, needle, nn) == 0) return i;
-    return SIZE_MAX;
-}
-
-/* The bytes of the character at s[0] (s[n], n > 0): 1 for a byte that starts no
- * well-formed sequence, which the tokenizer reads as a character of its own. */
-static size_t char_bytes(const char *s, size_t n) {
-    unsigned char c = (unsigned char)s[0];
-    size_t k = c >= 0xF0 && c < 0xF8 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1, i;
-    if (c >= 0xF8 || k > n) return 1;
-    for (i = 1; i < k; i++)
-        if (((unsigned char)s[i] & 0xC0) != 0x80) return 1;
-    return k;
-}
-
-/* Whether the vocabulary gives text[n] back as it is, encoded (special-token text read
- * as those tokens when `special`) and decoded: not when a character has no token (it
- * becomes <|unknown|>, or fails without one). -1 when out of memory. */
-static int round_trips(const nano_tokenizer *tok, const char *text, size_t n, int special) {
-    size_t n_ids = 0, len = 0;
-    int32_t *ids;
-    char *back;
-    int same;
-    nano_status st = nano_tokenizer_encode(tok, text, n, special, NULL, 0, &n_ids);
-    if (st != NANO_OK && st != NANO_ERR_BUFFER_TOO_SMALL) return 0;
-    if (!(ids = (int32_t *)malloc((n_ids + 1) * sizeof *ids))) return -1;
-    nano_tokenizer_encode(tok, text, n, special, ids, n_ids, &n_ids);
-    nano_tokenizer_decode(tok, ids, n_ids, NULL, 0, &len);
-    if (!(back = (char *)malloc(len + 1))) {
-        free(ids);
-        return -1;
-    }
-    nano_tokenizer_decode(tok, ids, n_ids, back, len + 1, &len);
-    same = len == n && memcmp(back, text, n) == 0;
-    free(back);
-    free(ids);
-    return same;
-}
-
-/* s[n] on standard error, each byte that starts no character written \xNN. */
+/* s[n] on standard error, each byte that starts no well-formed character (as the
+ * tokenizer reads them: nano_utf8_char_bytes) written \xNN. */
 static void put_text_stderr(const char *s, size_t n) {
     size_t i, k;
     for (i = 0; i < n; i += k) {
-        k = char_bytes(s + i, n - i);
-        if (k == 1 && (unsigned char)s[i] >= 0x80) fprintf(stderr, "\\x%02x", (unsigned char)s[i]);
+        k = nano_utf8_char_bytes(s + i, n - i);
+        if (k == 0) fprintf(stderr, "\\x%02x", (unsigned char)s[i]);
         else fwrite(s + i, 1, k, stderr);
+        if (k == 0) k = 1;
     }
 }
 
 /* The error for a --stop TEXT the vocabulary cannot write, naming the characters it
  * has no token for (each once, in order); returns 2, the exit status. */
 static int report_stop_never_occurs(const nano_tokenizer *tok, const char *text) {
-    text_buf missing = {NULL, 0, 0};
-    size_t n = strlen(text), i, k;
-    for (i = 0; i < n; i += k) {
-        int ok;
-        k = char_bytes(text + i, n - i);
-        if ((ok = round_trips(tok, text + i, k, 0)) < 0) break;
-        if (!ok && find_text(missing.p, missing.len, text + i, k) == SIZE_MAX && text_append(&missing, text + i, k))
-            break;
-    }
-    if (i < n) {
-        free(missing.p);
+    size_t n = strlen(text), len = 0;
+    char *missing = (char *)malloc(n + 1);
+    if (!missing || nano_stop_texts_missing(tok, text, n, missing, n + 1, &len) != NANO_OK) {
+        free(missing);
         return report(NANO_ERR_OUT_OF_MEMORY, "--stop");
     }
     fputs("nano: error: --stop '", stderr);
     put_text_stderr(text, n);
     fputs("': can never occur: ", stderr);
-    if (missing.len) {
+    if (len) {
         fputs("the vocabulary has no token for '", stderr);
-        put_text_stderr(missing.p, missing.len);
+        put_text_stderr(missing, len);
         fputs("'\n", stderr);
     } else {
         fputs("the vocabulary cannot write it\n", stderr);
     }
-    free(missing.p);
+    free(missing);
     return 2;
 }
 
-/* Sort the --stop TEXTs: the text of a special token becomes a stop id (sp.stop_tokens:
- * that token ends the generation unprinted, as <|eos|> always does), any other is
- * matched on the generated text (stop_texts). An empty text, or one the vocabulary
- * cannot write (it could never be generated), is an error. Returns 0, or the exit
- * status after printing the error (2: a bad TEXT). */
+/* Resolve the --stop TEXTs (nano_stop_texts_init): the text of a special token becomes
+ * a stop id (sp.stop_tokens: that token ends the generation unprinted, as <|eos|> always
+ * does), any other is matched on the generated text. An empty text, or one the
+ * vocabulary cannot write (it could never be generated), is an error. Returns 0, or
+ * the exit status after printing the error (2: a bad TEXT). */
 static int resolve_stops(run_opts *o, const nano_tokenizer *tok) {
-    uint32_t n_ids = 0;
-    size_t i;
+    uint32_t bad = 0, n_ids = 0;
+    const char *text;
+    nano_status st;
     if (!o->n_stops) return 0;
-    o->stop_ids = (int32_t *)malloc(o->n_stops * sizeof *o->stop_ids);
-    o->stop_texts = (const char **)malloc(o->n_stops * sizeof *o->stop_texts);
-    if (!o->stop_ids || !o->stop_texts) return report(NANO_ERR_OUT_OF_MEMORY, "--stop");
-    for (i = 0; i < o->n_stops; i++) {
-        const char *text = o->stops[i];
-        size_t n = strlen(text);
-        int32_t special;
-        int ok;
-        if (n == 0) {
-            fprintf(stderr, "nano: error: --stop '': the text is empty: give the text to stop at\n");
-            return 2;
-        }
-        if (!tok) {
-            fprintf(stderr, "nano: error: --stop '%s': %s has no vocabulary to read it with\n", text, o->model);
-            return 2;
-        }
-        if ((ok = round_trips(tok, text, n, 1)) < 0) return report(NANO_ERR_OUT_OF_MEMORY, "--stop");
-        if (!ok) return report_stop_never_occurs(tok, text);
-        special = nano_tokenizer_find(tok, text, n);
-        if (special >= 0 && nano_tokenizer_is_special(tok, special)) {
-            o->stop_ids[n_ids++] = special;
-        } else {
-            uint32_t chars = 0;
-            size_t b;
-            for (b = 0; b < n; b++) chars += ((unsigned char)text[b] & 0xC0) != 0x80;
-            o->stop_texts[o->n_stop_texts++] = text;
-            if (chars > o->stop_longest) o->stop_longest = chars;
-        }
+    st = nano_stop_texts_init(tok, o->stops, (uint32_t)o->n_stops, &o->stop, &bad); /* n_stops < argc */
+    text = o->stops[bad];
+    if (st == NANO_ERR_BAD_ARGUMENT) {
+        fprintf(stderr, "nano: error: --stop '': the text is empty: give the text to stop at\n");
+        return 2;
     }
-    o->sp.stop_tokens = o->stop_ids;
+    if (st == NANO_ERR_NO_TOKENIZER && !tok) {
+        fprintf(stderr, "nano: error: --stop '%s': %s has no vocabulary to read it with\n", text, o->model);
+        return 2;
+    }
+    if (st == NANO_ERR_NO_TOKENIZER) return report_stop_never_occurs(tok, text);
+    if (st != NANO_OK) return report(st, "--stop");
+    o->sp.stop_tokens = nano_stop_texts_ids(o->stop, &n_ids);
     o->sp.n_stop_tokens = n_ids;
-    return 0;
-}
-
-/* How many of ids[n] have a text that starts before byte `at` of their joined text. */
-static uint32_t starting_before(const nano_tokenizer *tok, const int32_t *ids, uint32_t n, size_t at) {
-    size_t length = 0, len;
-    uint32_t k;
-    for (k = 0; k < n; k++) {
-        if (length >= at) return k;
-        token_text(tok, ids[k], &len);
-        length += len;
-    }
-    return n;
-}
-
-/* The generated tokens gen[n] against the stop texts, after each new token. A stop
- * text in their text ends the generation (returns 1): *upto counts the tokens whose
- * text starts before it, printed whole even where it runs into the stop text; those
- * from its start on are dropped. Else (0) *upto counts the tokens that may be printed
- * now: the others start at or after the first character from which the text could
- * still become a stop text, and wait (that character may lie inside a token already
- * printed). A stop text ends in the newest token and no token's text is empty, so the
- * last stop_longest tokens (their text in `window`) hold all there is to see. -1 when
- * out of memory. */
-static int stop_check(const run_opts *o, const nano_tokenizer *tok, const int32_t *gen, uint32_t n,
-                      text_buf *window, uint32_t *upto) {
-    uint32_t first = n > o->stop_longest ? n - o->stop_longest : 0, k;
-    size_t at = SIZE_MAX, c, i, len;
-    window->len = 0;
-    for (k = first; k < n; k++) {
-        const char *text = token_text(tok, gen[k], &len);
-        if (text_append(window, text, len)) return -1;
-    }
-    for (i = 0; i < o->n_stop_texts; i++) {
-        size_t where = find_text(window->p, window->len, o->stop_texts[i], strlen(o->stop_texts[i]));
-        if (where < at) at = where;
-    }
-    if (at != SIZE_MAX) {
-        *upto = first + starting_before(tok, gen + first, n - first, at);
-        return 1;
-    }
-    for (c = 0; c < window->len; c++) {
-        int could = 0;
-        if (((unsigned char)window->p[c] & 0xC0) == 0x80) continue; /* inside a character */
-        for (i = 0; i < o->n_stop_texts && !could; i++)
-            could = window->len - c <= strlen(o->stop_texts[i]) &&
-                    memcmp(window->p + c, o->stop_texts[i], window->len - c) == 0;
-        if (could) break;
-    }
-    *upto = first + starting_before(tok, gen + first, n - first, c);
     return 0;
 }
 
@@ -965,14 +848,14 @@ static int put_tokens(const nano_tokenizer *tok, const int32_t *gen, uint32_t fr
  * (`stream`), or, without it, gathered in `answer` and written whole once it has
  * ended well (`escape`: the chat's one line per answer, see write_text). With
  * `answer` (and `stream`), the text put out is gathered there too: what was
- * printed. With --stop texts, tokens that could begin one wait (stop_check) and a
- * stop text ends it. Returns 0; 1 after printing the error (`what` names the
- * input); -1 when standard output failed. */
+ * printed. With --stop texts, tokens that could begin one wait (nano_stop_texts_check) and a
+ * stop text ends it. *n_shown (unless NULL): how many of the generated tokens were put
+ * out. Returns 0; 1 after printing the error (`what` names the input); -1 when
+ * standard output failed. */
 static int run_started(nano_session *s, const run_opts *o, const nano_context *ctx, const char *what, int escape,
-                       int stream, text_buf *answer) {
+                       int stream, text_buf *answer, uint32_t *n_shown) {
     const nano_tokenizer *tok = nano_model_tokenizer(nano_context_model(ctx));
     nano_token_event ev;
-    text_buf window = {NULL, 0, 0};
     const int32_t *t;
     uint32_t n, n_prompt, i, shown = 0; /* shown: the generated tokens put out so far */
     int stopped = 0, rc = 0;
@@ -986,10 +869,9 @@ static int run_started(nano_session *s, const run_opts *o, const nano_context *c
         t = nano_session_tokens(s, &n, &n_prompt);
         upto = n - n_prompt;
         if (sampled) sampled[upto - 1] = sampled_ms(s);
-        if (o->n_stop_texts && (stopped = stop_check(o, tok, t + n_prompt, n - n_prompt, &window, &upto)) < 0) {
-            rc = report(NANO_ERR_OUT_OF_MEMORY, what);
-            goto out;
-        }
+        if (nano_stop_texts_count(o->stop) &&
+            (st = nano_stop_texts_check(o->stop, t + n_prompt, n - n_prompt, &upto, &stopped)) != NANO_OK)
+            break;
         if ((rc = put_tokens(tok, t + n_prompt, shown, upto, o, escape, stream, answer, what))) goto out;
         shown = upto;
     }
@@ -1018,8 +900,8 @@ static int run_started(nano_session *s, const run_opts *o, const nano_context *c
         note_context_filled(s, o, ctx, what);
     if (o->profile) print_stats(s, ctx, shown, sampled);
 out:
+    if (n_shown) *n_shown = shown;
     free(sampled);
-    free(window.p);
     return rc;
 }
 
@@ -1032,7 +914,7 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
     if (st == NANO_ERR_CONTEXT_FULL) return report_context_full(ctx, prompt, mode, o, what);
     if (st != NANO_OK) return report_encode(st, nano_model_tokenizer(nano_context_model(ctx)), mode, what);
     note_unknown(s, what);
-    return run_started(s, o, ctx, what, escape, answer == NULL, answer);
+    return run_started(s, o, ctx, what, escape, answer == NULL, answer, NULL);
 }
 
 // ---------------------------------------------------------------------------
@@ -1040,8 +922,8 @@ static int generate(nano_session *s, const char *prompt, uint32_t mode, const ru
 // multi-turn record (nano_train.sampling.chat_prompt builds the same ids)
 
 /* One turn kept: the question's ids, alone and (with --system) after the system
- * text (the form it takes when it is the earliest question kept), and the ids of
- * the answer's printed text, encoded again (as the training data has it). */
+ * text (the form it takes when it is the earliest question kept), and the answer's
+ * ids as the training data has them (answer_ids). */
 typedef struct chat_turn {
     int32_t *q, *qs, *a; /* qs: NULL without a system text */
     size_t nq, nqs, na;
@@ -1074,6 +956,53 @@ static nano_status encode_new(const nano_tokenizer *tok, const char *text, size_
     if (st != NANO_OK && st != NANO_ERR_BUFFER_TOO_SMALL) return st;
     if (!(*ids = (int32_t *)malloc((*n + 1) * sizeof **ids))) return NANO_ERR_OUT_OF_MEMORY;
     return nano_tokenizer_encode(tok, text, len, 0, *ids, *n, n);
+}
+
+/* The printed tokens gen[n] of an answer as the training data holds an answer
+ * (nano_train.sampling.answer_ids): each run of ordinary tokens, its text encoded
+ * again (prepare sft's tokenization), each special token kept as itself: a generated
+ * <|unknown|> stays one token, where its text would be 11 characters. A new array
+ * *ids of *n_ids ids; `run` is scratch space for a run's text. */
+static nano_status answer_ids(const nano_tokenizer *tok, const int32_t *gen, uint32_t n, text_buf *run,
+                              int32_t **ids, size_t *n_ids) {
+    int32_t *out = NULL, *piece = NULL, *p;
+    size_t len = 0, n_piece;
+    uint32_t k = 0;
+    nano_status st = NANO_OK;
+    while (k < n) {
+        if (nano_tokenizer_is_special(tok, gen[k])) {
+            piece = NULL;
+            n_piece = 1;
+        } else {
+            run->len = 0;
+            for (; k < n && !nano_tokenizer_is_special(tok, gen[k]); k++) {
+                size_t tl;
+                const char *text = token_text(tok, gen[k], &tl);
+                if (text_append(run, text, tl)) {
+                    st = NANO_ERR_OUT_OF_MEMORY;
+                    goto fail;
+                }
+            }
+            if ((st = encode_new(tok, run->p ? run->p : "", run->len, &piece, &n_piece)) != NANO_OK) goto fail;
+        }
+        if (!(p = (int32_t *)realloc(out, (len + n_piece + 1) * sizeof *out))) {
+            st = NANO_ERR_OUT_OF_MEMORY;
+            goto fail;
+        }
+        out = p;
+        if (piece) memcpy(out + len, piece, n_piece * sizeof *out);
+        else out[len] = gen[k++];
+        len += n_piece;
+        free(piece);
+        piece = NULL;
+    }
+    *ids = out;
+    *n_ids = len;
+    return NANO_OK;
+fail:
+    free(piece);
+    free(out);
+    return st;
 }
 
 /* The special tokens a conversation is laid out with, and room for a prompt of the
@@ -1123,7 +1052,7 @@ static int ask_in_conversation(conversation *c, nano_session *s, const char *lin
     const nano_tokenizer *tok = nano_model_tokenizer(nano_context_model(ctx));
     size_t n_ctx = nano_context_n_ctx(ctx), rest = 0, n = 0, n_all = 0, d, i, at = 0;
     int32_t unknown = nano_tokenizer_unknown_id(tok);
-    uint32_t n_unknown = 0;
+    uint32_t n_unknown = 0, shown = 0, n_tokens, n_prompt;
     chat_turn t = {NULL, NULL, NULL, 0, 0, 0};
     const char *question = with_system(o->system, line, len, joined); /* the question alone, if no turn is kept */
     const int32_t *own;
@@ -1191,10 +1120,13 @@ static int ask_in_conversation(conversation *c, nano_session *s, const char *lin
         c->turns = p;
         c->cap = cap;
     }
-    r = run_started(s, o, ctx, where, escape, !escape, answer);
-    if (r == 0 && (st = encode_new(tok, answer->p ? answer->p : "", answer->len, &t.a, &t.na)) != NANO_OK) {
-        report_encode(st, tok, NANO_MODE_INSTRUCT, where); /* (out of memory: the answer text was made of tokens) */
-        r = 2;
+    r = run_started(s, o, ctx, where, escape, !escape, answer, &shown);
+    if (r == 0) {
+        const int32_t *gen = nano_session_tokens(s, &n_tokens, &n_prompt) + n_prompt;
+        if ((st = answer_ids(tok, gen, shown, joined, &t.a, &t.na)) != NANO_OK) {
+            report_encode(st, tok, NANO_MODE_INSTRUCT, where); /* (out of memory: the texts were made of tokens) */
+            r = 2;
+        }
     }
     if (r == 0) c->turns[c->n++] = t;
     else turn_free(&t);
@@ -1417,8 +1349,7 @@ done:
     free(stdin_prompt);
     free(joined.p);
     free(o.stops);
-    free(o.stop_texts);
-    free(o.stop_ids);
+    nano_stop_texts_free(o.stop);
     nano_session_free(s);
     nano_context_free(ctx);
     nano_lora_free(lora);

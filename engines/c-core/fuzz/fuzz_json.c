@@ -6,7 +6,8 @@
  *   bytes, so ASan sees any read past the end). For a document that parses,
  *   the recorded members are checked: every view lies inside the input, every
  *   string decodes (nj_string_length / nj_string_decode agree) to valid UTF-8,
- *   integer conversions print back to their literal, each value alone in
+ *   integer conversions print back to their literal, an array's elements
+ *   (nj_array_next) come in order inside it and pass the same checks, each value alone in
  *   {"a":VALUE} is a valid document again, the object written back with
  *   nj_writer parses to the same members, and the document less its last
  *   byte (trailing white space removed) does not parse;
@@ -99,7 +100,19 @@ static void check_value(const char *text, size_t size, const nj_value *v) {
     case NJ_NULL: CHECK(v->len == 4 && memcmp(v->raw, "null", 4) == 0); break;
     case NJ_TRUE: CHECK(v->len == 4 && memcmp(v->raw, "true", 4) == 0); break;
     case NJ_FALSE: CHECK(v->len == 5 && memcmp(v->raw, "false", 5) == 0); break;
-    case NJ_ARRAY: CHECK(v->len >= 2 && v->raw[0] == '[' && v->raw[v->len - 1] == ']'); break;
+    case NJ_ARRAY: {
+        /* nj_array_next: the elements in order, each a value inside the array */
+        nj_value e;
+        size_t pos = 0;
+        const char *after = v->raw + 1;
+        CHECK(v->len >= 2 && v->raw[0] == '[' && v->raw[v->len - 1] == ']');
+        while (nj_array_next(v, &pos, &e)) {
+            CHECK(e.raw >= after && e.raw + e.len < v->raw + v->len);
+            after = e.raw + e.len;
+            check_value(text, size, &e);
+        }
+        break;
+    }
     case NJ_OBJECT: CHECK(v->len >= 2 && v->raw[0] == '{' && v->raw[v->len - 1] == '}'); break;
     default: CHECK(0);
     }

@@ -12,6 +12,13 @@
  * - a generate's text is its prompt, or with a "system" (instruct mode
  *   only) that is not empty, the system text, "\n", then the prompt (read
  *   again here from the message);
+ * - a generate's "stop" texts are the message's, each non-empty, at most
+ *   WSS_STOP_BYTES bytes of UTF-8 without NUL, at most WSS_STOP_MAX of them
+ *   (none for other requests); resolved against a small vocabulary
+ *   (nano_stop_texts_init), they are refused only for a character it lacks,
+ *   and nano_stop_texts_check over a token stream taken from the input says
+ *   what a plain search of the whole generated text says: where the first stop
+ *   text starts, or else from which character the text could still become one;
  * - a refused request has one of the protocol's error codes and a message;
  * - the replies the server would send (the error, a token and a seq2seq
  *   answer echoing the request's id and text, a done message and an info
@@ -160,6 +167,130 @@ static size_t tiny_section(uint8_t *out) {
     return pos;
 }
 
+/* A trie section of the tokens below (code points; STOP_SPECIAL marked special);
+ * out has room for 256 bytes. */
+#define STOP_VOCAB 8
+#define STOP_SPECIAL 7
+static size_t stop_section(uint8_t *out) {
+    static const uint32_t cps[STOP_VOCAB][8] = {
+        {1, 'a'}, {1, 'b'}, {2, 'a', 'b'}, {2, 'b', 'a'}, {1, 0x4E16}, {2, 0x4E16, 0x754C}, {1, 0x1F600},
+        {7, '<', '|', 'e', 'o', 's', '|', '>'}};
+    size_t pos = 8, i, j;
+    for (i = 0; i < STOP_VOCAB; i++) {
+        out[pos] = (uint8_t)cps[i][0];
+        out[pos + 1] = (uint8_t)(i == STOP_SPECIAL);
+        out[pos + 2] = 0xFF;
+        out[pos + 3] = 0xFF;
+        put_u32(out + pos + 4, (uint32_t)i);
+        pos += 8;
+        for (j = 1; j <= cps[i][0]; j++, pos += 4) put_u32(out + pos, cps[i][j]);
+    }
+    put_u32(out, (uint32_t)pos);
+    put_u32(out + 4, STOP_VOCAB);
+    return pos;
+}
+
+/* The offset of the first needle[nn] in hay[hn], or hn + 1. */
+static size_t search(const char *hay, size_t hn, const char *needle, size_t nn) {
+    size_t i;
+    for (i = 0; i + nn <= hn; i++)
+        if (memcmp(hay + i, needle, nn) == 0) return i;
+    return hn + 1;
+}
+
+/* The generate's stop texts: read again from the message, resolved against the
+ * small vocabulary, and checked token by token against a search of the whole text. */
+static void check_stops(const uint8_t *data, size_t size, const wss_request *req) {
+    nj_object obj;
+    const nj_value *v;
+    nj_value e;
+    size_t pos = 0, i;
+    uint32_t k, bad = 0, upto_before = 0;
+    uint8_t section[256];
+    nano_tokenizer *tok = NULL;
+    nano_stop_texts *stops = NULL;
+    nano_status st;
+    int32_t gen[64];
+    char text[64 * 28];
+    size_t starts[65];
+    CHECK(req->n_stop <= WSS_STOP_MAX);
+    for (k = 0; k < req->n_stop; k++) {
+        size_t n = strlen(req->stop[k]);
+        CHECK(n > 0 && n <= WSS_STOP_BYTES && valid_utf8((const uint8_t *)req->stop[k], n));
+    }
+    CHECK(nj_parse_object((const char *)data, size, &obj, NULL) == NJ_OK);
+    v = nj_get(&obj, "stop");
+    for (k = 0; v && nj_array_next(v, &pos, &e); k++) {
+        char *d;
+        CHECK(k < req->n_stop && e.type == NJ_STRING);
+        d = (char *)malloc(nj_string_length(&e) + 1);
+        CHECK(d != NULL);
+        CHECK(nj_string_decode(&e, d) == strlen(req->stop[k]) && strcmp(d, req->stop[k]) == 0);
+        free(d);
+    }
+    CHECK(k == req->n_stop);
+
+    CHECK(nano_tokenizer_init_section(section, stop_section(section), 0, &tok) == NANO_OK);
+    st = nano_stop_texts_init(tok, (const char *const *)req->stop, req->n_stop, &stops, &bad);
+    if (st != NANO_OK) {
+        char missing[WSS_STOP_BYTES + 1];
+        size_t n_missing = 0;
+        CHECK(st == NANO_ERR_NO_TOKENIZER && bad < req->n_stop && stops == NULL);
+        CHECK(nano_stop_texts_missing(tok, req->stop[bad], strlen(req->stop[bad]), missing, sizeof missing,
+                                      &n_missing) == NANO_OK);
+        CHECK(n_missing <= strlen(req->stop[bad]) && missing[n_missing] == '\0');
+        nano_tokenizer_free(tok);
+        return;
+    }
+    /* a token stream from the input's bytes, checked after each token */
+    starts[0] = 0;
+    for (k = 0; k < 64; k++) {
+        uint32_t upto = 0, want;
+        int stopped = -1, want_stopped = 0;
+        size_t first = SIZE_MAX, c, len;
+        const char *t;
+        gen[k] = (int32_t)(data[(k * 7u + 3u) % (size ? size : 1)] % STOP_VOCAB);
+        if (!size) gen[k] = 0;
+        CHECK(nano_tokenizer_token_text(tok, gen[k], &t, &len) == NANO_OK);
+        memcpy(text + starts[k], t, len);
+        starts[k + 1] = starts[k] + len;
+        CHECK(nano_stop_texts_check(stops, gen, k + 1, &upto, &stopped) == NANO_OK);
+        /* the reference: the first stop text anywhere in the text (a special token's text is a
+         * stop id, which the session handles: not searched) */
+        for (i = 0; i < req->n_stop; i++) {
+            int32_t id = nano_tokenizer_find(tok, req->stop[i], strlen(req->stop[i]));
+            size_t where;
+            if (id >= 0 && nano_tokenizer_is_special(tok, id)) continue;
+            where = search(text, starts[k + 1], req->stop[i], strlen(req->stop[i]));
+            if (where < first) first = where;
+        }
+        if (first <= starts[k + 1]) {
+            want_stopped = 1;
+            c = first;
+        } else {
+            for (c = 0; c < starts[k + 1]; c++) {
+                int could = 0;
+                if (((unsigned char)text[c] & 0xC0) == 0x80) continue;
+                for (i = 0; i < req->n_stop && !could; i++) {
+                    int32_t id = nano_tokenizer_find(tok, req->stop[i], strlen(req->stop[i]));
+                    if (id >= 0 && nano_tokenizer_is_special(tok, id)) continue;
+                    could = starts[k + 1] - c <= strlen(req->stop[i]) &&
+                            memcmp(text + c, req->stop[i], starts[k + 1] - c) == 0;
+                }
+                if (could) break;
+            }
+        }
+        want = 0; /* the tokens that start before c */
+        while (want <= k && starts[want] < c) want++;
+        CHECK(stopped == want_stopped && upto == want);
+        CHECK(upto >= upto_before || stopped);
+        upto_before = upto;
+        if (stopped) break;
+    }
+    nano_stop_texts_free(stops);
+    nano_tokenizer_free(tok);
+}
+
 /* Replies that carry no request text, with numbers from the input. */
 static void check_other_replies(const uint8_t *data, size_t size, const wss_id *id) {
     nj_writer w;
@@ -279,18 +410,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             CHECK(st == NANO_OK);
             nano_sampler_free(s);
             check_generate_text(data, size, &req);
+            check_stops(data, size, &req);
         } else {
             nano_sampler_params def = nano_sampler_default_params();
             /* field by field: the struct has padding */
             CHECK(req.sampler.temperature == def.temperature && req.sampler.top_k == def.top_k &&
                   req.sampler.top_p == def.top_p && req.sampler.min_p == def.min_p &&
                   req.sampler.repetition_penalty == def.repetition_penalty && req.sampler.seed == def.seed);
-            CHECK(!req.has_max_tokens);
+            CHECK(!req.has_max_tokens && req.n_stop == 0);
         }
     }
     nj_writer_free(&w);
     check_other_replies(data, size, &req.id);
     wss_request_clear(&req);
-    CHECK(req.text == NULL);
+    CHECK(req.text == NULL && req.n_stop == 0);
     return 0;
 }

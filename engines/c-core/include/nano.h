@@ -403,6 +403,10 @@ NANO_API uint32_t nano_tokenizer_max_token_length(const nano_tokenizer *tok); /*
 NANO_API nano_status nano_tokenizer_encode(const nano_tokenizer *tok, const char *text, size_t len,
                                            int allow_special, int32_t *ids, size_t cap,
                                            size_t *n_ids);
+/* The bytes (1-4) of the well-formed, shortest-form UTF-8 character of a scalar value
+ * (no surrogates, <= U+10FFFF) at s[0] of s[n]; 0 where s starts none (such a byte is a
+ * character of its own to the tokenizer, as above). */
+NANO_API size_t nano_utf8_char_bytes(const char *s, size_t n);
 /* The UTF-8 text of one token (owned by the tokenizer, not NUL-terminated; *len bytes). */
 NANO_API nano_status nano_tokenizer_token_text(const nano_tokenizer *tok, int32_t id,
                                                const char **text, size_t *len);
@@ -629,6 +633,64 @@ NANO_API nano_status nano_session_get_stats(const nano_session *s, nano_session_
 /* The prompt and generated ids so far; *n receives the count. */
 NANO_API const int32_t *nano_session_tokens(const nano_session *s, uint32_t *n,
                                             uint32_t *n_prompt);
+
+/* ------------------------------------------------------------------------
+ * Stop texts: end a generation where a text appears in its output, as
+ * nano_train.sampling.generate does with stop strings (`nano run --stop`,
+ * nano-wss's "stop"). Texts are compared as UTF-8 bytes; token texts are
+ * whole characters, so a byte match is a character match.
+ *
+ *     nano_stop_texts *stops = NULL;
+ *     uint32_t bad, n_ids, upto, shown = 0;
+ *     int stopped = 0;
+ *     if (nano_stop_texts_init(tok, texts, n_texts, &stops, &bad) != NANO_OK) ... texts[bad] is wrong
+ *     sp.stop_tokens = nano_stop_texts_ids(stops, &n_ids);   // before nano_session_init
+ *     sp.n_stop_tokens = n_ids;
+ *     ...
+ *     while (!stopped && nano_session_step(s, &ev) == NANO_OK && !ev.done) {
+ *         gen = nano_session_tokens(s, &n, &n_prompt) + n_prompt;
+ *         nano_stop_texts_check(stops, gen, n - n_prompt, &upto, &stopped);
+ *         put out gen[shown .. upto); shown = upto;
+ *     }
+ *     if (!stopped) put out gen[shown .. n - n_prompt);   // held back, never became a stop text
+ * ------------------------------------------------------------------------ */
+typedef struct nano_stop_texts nano_stop_texts;
+/* Resolve n NUL-terminated texts against tok (copied; tok must outlive the
+ * handle). A special token's text becomes a stop id (nano_stop_texts_ids: that
+ * token ends the generation unemitted, as <|eos|> does); any other text is
+ * matched on the generated text. The texts are checked in order and the first
+ * bad one is named in *bad (may be NULL): NANO_ERR_BAD_ARGUMENT for a NULL or
+ * empty text (it would match before any token), NANO_ERR_NO_TOKENIZER when tok
+ * is NULL or the vocabulary cannot write the text (a character with no token:
+ * it could never be generated; nano_stop_texts_missing says which). n may be 0.
+ * All memory the check needs is allocated here. */
+NANO_API nano_status nano_stop_texts_init(const nano_tokenizer *tok, const char *const *texts, uint32_t n,
+                                          nano_stop_texts **out, uint32_t *bad);
+NANO_API void nano_stop_texts_free(nano_stop_texts *stops);
+/* The stop ids of the special tokens among the texts (*n of them; owned by the
+ * handle): give them to nano_session_params.stop_tokens. */
+NANO_API const int32_t *nano_stop_texts_ids(const nano_stop_texts *stops, uint32_t *n);
+/* How many texts are matched on the generated text (0: check always lets every token out). */
+NANO_API uint32_t nano_stop_texts_count(const nano_stop_texts *stops);
+/* After each new token, gen[n]: the tokens generated so far (not the prompt).
+ * *stopped 1: a stop text appeared; the tokens whose text starts before it
+ * (*upto of them) are the output, whole even where a token's text runs into
+ * the stop text, and gen[*upto .. n) are dropped: end the generation. Else
+ * (*stopped 0) gen[0 .. *upto) may be put out now, and gen[*upto .. n) wait:
+ * they start at or after the earliest character from which the text could
+ * still become a stop text (it may lie inside a token already out). *upto
+ * never decreases from one token to the next of a generation. No allocation.
+ * NANO_ERR_BAD_TOKEN for an id outside the vocabulary among the tokens it reads:
+ * the newest, as many as the longest stop text has characters (none when no text
+ * is matched on the generated text). */
+NANO_API nano_status nano_stop_texts_check(nano_stop_texts *stops, const int32_t *gen, uint32_t n, uint32_t *upto,
+                                           int *stopped);
+/* The characters of text[len] that tok has no token for, each once, in order
+ * (each byte that starts no well-formed character is one), into buf
+ * (NUL-terminated when it fits); *len_out receives the byte count. Empty when
+ * every character has a token but the whole text still cannot be written. */
+NANO_API nano_status nano_stop_texts_missing(const nano_tokenizer *tok, const char *text, size_t len, char *buf,
+                                             size_t cap, size_t *len_out);
 
 /* ------------------------------------------------------------------------
  * Q8_0 quantization (bit-identical to nano_format.quantize_q8_0)

@@ -366,6 +366,24 @@ const nj_value *nj_get(const nj_object *obj, const char *key) {
     return NULL;
 }
 
+int nj_array_next(const nj_value *array, size_t *pos, nj_value *out) {
+    parser p;
+    if (array->type != NJ_ARRAY) return 0;
+    p.s = array->raw;
+    p.n = array->len;
+    p.i = *pos ? *pos : 1; /* past the '[' */
+    p.err_at = 0;
+    p.deferred = NJ_OK;
+    skip_ws(&p);
+    if (p.i < p.n && p.s[p.i] == ',') p.i++;
+    skip_ws(&p);
+    if (p.i >= p.n || p.s[p.i] == ']') return 0;
+    /* the document was validated with its depth limit: depth 1 here cannot exceed it */
+    if (parse_value(&p, 1, out, NULL) != NJ_OK) return 0;
+    *pos = p.i;
+    return 1;
+}
+
 size_t nj_string_length(const nj_value *v) {
     return v->type == NJ_STRING ? decode_string(v->raw, v->len, NULL) : 0;
 }

@@ -92,6 +92,11 @@ nj_status nj_parse_object(const char *text, size_t len, nj_object *out, size_t *
 /* The member named key, or NULL. */
 const nj_value *nj_get(const nj_object *obj, const char *key);
 
+/* The elements of an array value of a parsed document, one per call: start
+ * with *pos 0; returns 1 with the next element in *out (a view, as nj_get's),
+ * 0 after the last one (or for a value that is not an array). */
+int nj_array_next(const nj_value *array, size_t *pos, nj_value *out);
+
 /* Decoded length in bytes of a string value (NJ_STRING only). */
 size_t nj_string_length(const nj_value *v);
 /* Decode a string value into out, which has room for nj_string_length(v) + 1

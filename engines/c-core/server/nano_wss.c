@@ -172,6 +172,8 @@ typedef struct wss_conn {
     nano_session *session;     /* re-created for every generate (sampler settings live in it) */
     int running;
     wss_id run_id;
+    nano_stop_texts *stops;    /* the generation's "stop" texts (re-created for every generate), or NULL */
+    uint32_t shown;            /* its generated tokens sent so far (the others wait for a stop text) */
     int32_t *ids;              /* [2 * n_ctx] seq2seq input and output */
     int s2s_pending;           /* a seq2seq waits for the next writeable callback (input paused) */
     uint32_t s2s_n;            /* its input: ids[0 .. s2s_n) */
@@ -272,10 +274,36 @@ static int busy_error(wss_conn *c, const wss_id *id) {
                        "a generation is running on this connection; cancel it or wait for its done message");
 }
 
+/* The request's "stop" texts against the vocabulary (nano_stop_texts_init, as
+ * `nano run --stop`): a special token's text becomes a stop id, the others are
+ * matched on the generated text. Returns 0 with c->stops set; else 1 after
+ * queueing the error (a text the vocabulary cannot write could never occur),
+ * or -1 when that failed. */
+static int resolve_stops(const wss_server *srv, wss_conn *c, const wss_request *req) {
+    uint32_t bad = 0;
+    size_t len = 0;
+    char missing[WSS_STOP_BYTES + 1], msg[3 * WSS_STOP_BYTES];
+    nano_status st = nano_stop_texts_init(srv->info.tokenizer, (const char *const *)req->stop, req->n_stop,
+                                          &c->stops, &bad);
+    if (st == NANO_OK) return 0;
+    if (st == NANO_ERR_NO_TOKENIZER) {
+        const char *text = req->stop[bad];
+        st = nano_stop_texts_missing(srv->info.tokenizer, text, strlen(text), missing, sizeof missing, &len);
+        if (st == NANO_OK && len)
+            snprintf(msg, sizeof msg, "stop[%u] '%s': can never occur: the vocabulary has no token for '%s'", bad,
+                     text, missing);
+        else if (st == NANO_OK)
+            snprintf(msg, sizeof msg, "stop[%u] '%s': can never occur: the vocabulary cannot write it", bad, text);
+        if (st == NANO_OK) return queue_error(c, &req->id, WSS_E_BAD_FIELD, msg) ? -1 : 1;
+    }
+    return library_error(c, &req->id, "stop", st) ? -1 : 1;
+}
+
 static int handle_generate(const wss_server *srv, wss_conn *c, const wss_request *req) {
     nano_session_params sp;
     nano_status st;
     char msg[160];
+    int rc;
     uint32_t max_tokens = req->has_max_tokens ? req->max_tokens : srv->default_max_tokens;
     if (c->running) return busy_error(c, &req->id);
     if (!srv->info.tokenizer) return queue_error(c, &req->id, WSS_E_UNSUPPORTED, "the model has no tokenizer");
@@ -292,12 +320,16 @@ static int handle_generate(const wss_server *srv, wss_conn *c, const wss_request
     }
     if (req->mode == NANO_MODE_CONTINUE && req->text_len == 0)
         return queue_error(c, &req->id, WSS_E_BAD_FIELD, "prompt is empty (continue mode needs text)");
+    nano_stop_texts_free(c->stops);
+    c->stops = NULL;
+    if (req->n_stop && (rc = resolve_stops(srv, c, req))) return rc < 0 ? -1 : 0;
     st = ensure_context(srv, c);
     if (st != NANO_OK) return library_error(c, &req->id, "context", st);
 
     sp = nano_session_default_params();
     sp.sampler = req->sampler;
     sp.max_tokens = max_tokens;
+    sp.stop_tokens = nano_stop_texts_ids(c->stops, &sp.n_stop_tokens);
     nano_session_free(c->session);
     c->session = NULL;
     st = nano_session_init(c->ctx, &sp, &c->session);
@@ -314,6 +346,7 @@ static int handle_generate(const wss_server *srv, wss_conn *c, const wss_request
     if (st != NANO_OK) return library_error(c, &req->id, "start", st);
     c->running = 1;
     c->run_id = req->id;
+    c->shown = 0;
     lws_callback_on_writable(c->wsi);
     return 0;
 }
@@ -505,29 +538,69 @@ static int conn_receive(const wss_server *srv, wss_conn *c, const char *in, size
     return handle_message(srv, c);
 }
 
-/* One generation step, sent as one frame. */
-static int send_step(wss_conn *c) {
+/* A reply built in c->w: the callback's one frame when it has not written yet
+ * (*wrote), else queued behind it (sent from the next callbacks, before the next step). */
+static int send_or_queue(wss_conn *c, int *wrote) {
+    if (c->w.failed) return -1;
+    if (*wrote) return queue_reply(c);
+    *wrote = 1;
+    return write_frame(c, (unsigned char *)nj_writer_text(&c->w), nj_writer_length(&c->w));
+}
+
+/* The generation's tokens gen[c->shown .. upto), one token message each. */
+static int send_tokens(const wss_server *srv, wss_conn *c, const int32_t *gen, uint32_t upto, int *wrote) {
+    const char *text;
+    size_t len;
+    for (; c->shown < upto; c->shown++) {
+        if (nano_tokenizer_token_text(srv->info.tokenizer, gen[c->shown], &text, &len) != NANO_OK) {
+            text = "";
+            len = 0;
+        }
+        nj_writer_reset(&c->w);
+        wss_reply_token(&c->w, &c->run_id, gen[c->shown], text, len);
+        if (send_or_queue(c, wrote)) return -1;
+    }
+    return 0;
+}
+
+/* One generation step. The new token is sent as this callback's frame, unless
+ * it could begin a stop text: then it waits (nano_stop_texts_check), and goes
+ * out with the tokens after it once that is decided (the first as this
+ * callback's frame, the others queued). A stop text ends the generation there
+ * (reason "stop"); the tokens still waiting at any other end are sent before
+ * the done message. generated_tokens counts the tokens sent. */
+static int send_step(const wss_server *srv, wss_conn *c) {
     nano_token_event ev;
+    nano_session_stats stats;
     nano_status st;
+    const int32_t *gen;
+    uint32_t n, n_prompt, upto;
+    int stopped = 0, wrote = 0;
     memset(&ev, 0, sizeof ev);
-    ev.text = "";
     st = nano_session_step(c->session, &ev);
-    nj_writer_reset(&c->w);
-    if (st == NANO_OK && !ev.done) {
-        wss_reply_token(&c->w, &c->run_id, ev.id, ev.text, ev.text_len);
-    } else if (ev.done && (st == NANO_OK || st == NANO_ERR_CANCELLED)) {
-        nano_session_stats stats;
-        nano_session_get_stats(c->session, &stats);
-        wss_reply_done(&c->w, &c->run_id, ev.stop_reason, &stats);
+    gen = nano_session_tokens(c->session, &n, &n_prompt) + n_prompt;
+    n -= n_prompt;
+    upto = n;
+    if (st == NANO_OK && !ev.done && c->stops)
+        st = nano_stop_texts_check(c->stops, gen, n, &upto, &stopped);
+    if (st == NANO_OK && !ev.done && !stopped) return send_tokens(srv, c, gen, upto, &wrote);
+    if (st == NANO_OK || (ev.done && st == NANO_ERR_CANCELLED)) {
+        /* the end: a stop text, or the session's (the tokens held back never became one) */
         c->running = 0;
+        if (send_tokens(srv, c, gen, upto, &wrote)) return -1;
+        nano_session_get_stats(c->session, &stats);
+        stats.generated_tokens = c->shown;
+        nj_writer_reset(&c->w);
+        wss_reply_done(&c->w, &c->run_id, stopped ? NANO_STOP_TOKEN : ev.stop_reason, &stats);
+        return send_or_queue(c, &wrote);
     } else {
         char msg[160];
-        snprintf(msg, sizeof msg, "generation failed: %s (%s)", nano_status_string(st), nano_status_name(st));
-        wss_reply_error(&c->w, &c->run_id, WSS_E_INTERNAL, msg);
         c->running = 0;
+        snprintf(msg, sizeof msg, "generation failed: %s (%s)", nano_status_string(st), nano_status_name(st));
+        nj_writer_reset(&c->w);
+        wss_reply_error(&c->w, &c->run_id, WSS_E_INTERNAL, msg);
+        return send_or_queue(c, &wrote);
     }
-    if (c->w.failed) return -1;
-    return write_frame(c, (unsigned char *)nj_writer_text(&c->w), nj_writer_length(&c->w));
 }
 
 static int close_now(wss_conn *c) {
@@ -562,7 +635,7 @@ static int conn_writeable(const wss_server *srv, wss_conn *c) {
     } else if (c->closing) {
         return close_now(c);
     } else if (c->running) {
-        if (send_step(c)) return -1;
+        if (send_step(srv, c)) return -1;
     } else {
         return 0;
     }
@@ -591,6 +664,7 @@ static void conn_close(wss_server *srv, wss_conn *c) {
     free(c->ids);
     nj_writer_free(&c->w);
     nano_session_free(c->session);
+    nano_stop_texts_free(c->stops);
     nano_context_free(c->ctx);
     if (c->admitted) srv->n_admitted--;
     srv->n_open--;

@@ -28,7 +28,8 @@ static int set_error(wss_error *err, const char *code, const char *fmt, ...) {
 }
 
 static const char *const GENERATE_FIELDS[] = {"type", "id", "prompt", "mode", "system", "temperature", "top_k",
-                                              "top_p", "min_p", "repetition_penalty", "seed", "max_tokens", NULL};
+                                              "top_p", "min_p", "repetition_penalty", "seed", "max_tokens", "stop",
+                                              NULL};
 static const char *const SEQ2SEQ_FIELDS[] = {"type", "id", "input", NULL};
 static const char *const PLAIN_FIELDS[] = {"type", "id", NULL};
 static const char *const KIND_NAMES[] = {"generate", "cancel", "info", "seq2seq"};
@@ -174,10 +175,33 @@ static int read_system(const nj_value *v, wss_request *req, wss_error *err) {
     return 0;
 }
 
+/* "stop": an array of at most WSS_STOP_MAX texts, each a non-empty string of at
+ * most WSS_STOP_BYTES bytes without U+0000 (the library takes NUL-terminated
+ * texts), copied into req->stop. Whether the vocabulary can write them is the
+ * server's check, which has the model. */
+static int read_stops(const nj_value *v, wss_request *req, wss_error *err) {
+    nj_value e;
+    size_t pos = 0, len;
+    char name[32];
+    if (v->type != NJ_ARRAY)
+        return set_error(err, WSS_E_BAD_FIELD, "stop must be an array of at most %d strings", WSS_STOP_MAX);
+    while (nj_array_next(v, &pos, &e)) {
+        if (req->n_stop == WSS_STOP_MAX)
+            return set_error(err, WSS_E_BAD_FIELD, "stop must be an array of at most %d strings", WSS_STOP_MAX);
+        snprintf(name, sizeof name, "stop[%u]", req->n_stop);
+        if (e.type != NJ_STRING) return set_error(err, WSS_E_BAD_FIELD, "%s must be a string", name);
+        if (nj_string_length(&e) > WSS_STOP_BYTES)
+            return set_error(err, WSS_E_BAD_FIELD, "%s must be at most %d bytes", name, WSS_STOP_BYTES);
+        if (decode_text(&e, name, &req->stop[req->n_stop++], &len, err)) return -1;
+        if (len == 0) return set_error(err, WSS_E_BAD_FIELD, "%s is empty: give the text to stop at", name);
+    }
+    return 0;
+}
+
 #define MAX_COUNT (UINT64_C(1) << 30)
 
 static int read_generate(const nj_object *obj, wss_request *req, wss_error *err) {
-    const nj_value *mode = nj_get(obj, "mode"), *system = nj_get(obj, "system");
+    const nj_value *mode = nj_get(obj, "mode"), *system = nj_get(obj, "system"), *stop = nj_get(obj, "stop");
     uint64_t x = 0;
     int present = 0;
     if (read_text(obj, "prompt", req, err)) return -1;
@@ -204,6 +228,7 @@ static int read_generate(const nj_object *obj, wss_request *req, wss_error *err)
     if (present) req->sampler.seed = x;
     if (read_uint(obj, "max_tokens", MAX_COUNT, &x, &req->has_max_tokens, err)) return -1;
     if (req->has_max_tokens) req->max_tokens = (uint32_t)x;
+    if (stop && read_stops(stop, req, err)) return -1;
     return 0;
 }
 
@@ -281,9 +306,15 @@ int wss_parse_request(const char *text, size_t len, wss_request *req, wss_error 
 }
 
 void wss_request_clear(wss_request *req) {
+    uint32_t i;
     free(req->text);
     req->text = NULL;
     req->text_len = 0;
+    for (i = 0; i < req->n_stop; i++) {
+        free(req->stop[i]);
+        req->stop[i] = NULL;
+    }
+    req->n_stop = 0;
 }
 
 // ---------------------------------------------------------------------------

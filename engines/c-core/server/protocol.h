@@ -13,6 +13,8 @@
 #include "nano.h"
 
 #define WSS_ID_MAX 128 /* bytes of a client's request id */
+#define WSS_STOP_MAX 16    /* texts in a generate's "stop" */
+#define WSS_STOP_BYTES 256 /* bytes of one of them */
 
 /* Error codes sent in {"type":"error","code":...}. */
 #define WSS_E_BAD_JSON "bad_json"                 /* not JSON, or strings that are not UTF-8 */
@@ -53,6 +55,9 @@ typedef struct wss_request {
     nano_sampler_params sampler; /* library defaults for absent fields */
     int has_max_tokens;
     uint32_t max_tokens;
+    char *stop[WSS_STOP_MAX];    /* generate: the "stop" texts, each non-empty, without NUL (owned,
+                                    NUL-terminated); the vocabulary checks them (nano_stop_texts_init) */
+    uint32_t n_stop;
 } wss_request;
 
 typedef struct wss_error {

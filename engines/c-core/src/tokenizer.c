@@ -204,6 +204,11 @@ static uint32_t utf8_get(const unsigned char *s, size_t n, uint32_t *cp) {
     return len;
 }
 
+size_t nano_utf8_char_bytes(const char *s, size_t n) {
+    uint32_t cp;
+    return s && n ? utf8_get((const unsigned char *)s, n, &cp) : 0;
+}
+
 // ---------------------------------------------------------------------------
 // The trie
 

@@ -42,7 +42,7 @@ def reference(psycho, lines, n_ctx, system=None, fail=()):
             continue
         ids, dropped = chat_prompt(tok, turns, q, system=system, n_ctx=n_ctx)
         gen = list(generate(model, ids, SamplerConfig(temperature=0.0, max_new_tokens=N), tok))
-        turns = turns[dropped:] + [(q, tok.decode(gen))]
+        turns = turns[dropped:] + [(q, gen)]  # the answer as written: its special tokens stay (answer_ids)
         out.append((ids, gen, dropped))
     return out
 
@@ -205,3 +205,40 @@ def test_sample_chats_as_nano_run_does(cli, h, psycho_path, tmp_path, which):
         assert got.stderr.decode().splitlines() == notes, args
         if which != "psycho" and "--multi-turn" in args:
             assert "oldest turn" in want.stderr, want.stderr
+
+
+def test_a_generated_special_token_stays_one_token_in_the_next_prompt(cli, h, tmp_path):
+    """An earlier answer comes back as the training data holds an answer: a generated
+    <|unknown|> is one token (was: its text encoded again, 11 tokens, a layout training
+    never made). The same ids as nano_train's chat_prompt on the ids written."""
+    import torch
+    from nano_tokenizer import Tokenizer
+
+    from nano_train.convert import export_bin
+    from nano_train.data import sft_encode
+    from nano_train.model import ModelConfig, Transformer
+    from nano_train.sampling import chat_prompt, instruct_prompt
+
+    tok = Tokenizer.load(h.shared_file("data/tokenizer_4096.json"))
+    a, b = tok.encode("A")[0], tok.encode("B")[0]
+    chain = [tok.response_id, a, tok.unk_id, b]  # the greedy answer to any question: A <|unknown|> B <|eos|>
+    model = Transformer(ModelConfig(block_size=64, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_kv_head=2,
+                                    n_embd=16, tie_embeddings=False)).eval()
+    sd = model.state_dict()
+    for k in sd:
+        if k.endswith(("wo.weight", "w2.weight")) or k in ("tok_embd.weight", "lm_head.weight"):
+            sd[k].zero_()
+    for d, (now, after) in enumerate(zip(chain, [*chain[1:], tok.eos_id])):
+        sd["tok_embd.weight"][now, d] = 1.0
+        sd["lm_head.weight"][after, d] = 10.0
+    with torch.no_grad():
+        model.load_state_dict(sd)
+    path = tmp_path / "unk.bin"
+    export_bin(model, path, tokenizer=tok)
+    r = cli("run", "-m", path, "--multi-turn", "-t", "0", "--ids", input="x\ny\n")
+    assert r.returncode == 0, r.stderr
+    first, second = [list(map(int, line.split(","))) for line in r.stdout.split("\n")[:-1]]
+    written = [a, tok.unk_id, b]
+    assert first == instruct_prompt(tok, "x") + written
+    assert second == sft_encode(tok, [("x", written)])[0] + instruct_prompt(tok, "y") + written
+    assert second[:-3] == chat_prompt(tok, [("x", written)], "y")[0] and second.count(tok.unk_id) == 2

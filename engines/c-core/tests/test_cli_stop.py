@@ -197,6 +197,12 @@ def test_bad_stop_texts_are_one_line_usage_errors(cli, psycho_path, chat):
          "'\U0001F600Ж'"),
         ([os.fsdecode(b"a\xffb")], "nano: error: --stop 'a\\xffb': can never occur: the vocabulary has no token "
                                    "for '\\xff'"),
+        # a lone byte is a character of its own, found or not by whole characters (0x80 is not
+        # inside the emoji's bytes), and a surrogate or an overlong form is no character: \xNN
+        ([os.fsdecode("\U0001F600".encode() + b"\x80")], "nano: error: --stop '\U0001F600\\x80': can never occur: "
+                                                        "the vocabulary has no token for '\U0001F600\\x80'"),
+        ([os.fsdecode(b"\xed\xa0\x80x\xc0\x80")], "nano: error: --stop '\\xed\\xa0\\x80x\\xc0\\x80': can never occur: "
+                                              "the vocabulary has no token for '\\xed\\xa0\\x80\\xc0'"),
     ]
     for stops, line in cases:
         r = cli("run", "-m", psycho_path, *prompt, *[a for s in stops for a in ("--stop", s)], input="你是谁\n")

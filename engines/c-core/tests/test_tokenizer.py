@@ -208,3 +208,28 @@ def test_find_of_empty_text_is_minus_one_for_both_kinds(nano, h):
         assert lib.nano_tokenizer_find(tok.handle, b"", 0) == -1
         assert lib.nano_tokenizer_find(tok.handle, b"a", 0) == -1
     assert bpe.find("bc") == 2 and bpe.find("<|eos|>") == 3 and trie.find("<|eos|>") == 3
+
+
+def test_utf8_char_bytes_is_pythons_strict_utf8(nano):
+    """nano_utf8_char_bytes: the well-formed character's bytes at the start, 0 where none
+    (surrogates, overlong forms, past U+10FFFF, cut short, a lone continuation byte), as
+    Python's strict decoder reads them: the stop-text errors name characters by it."""
+    import random
+
+    def want(b: bytes) -> int:
+        for k in range(1, min(4, len(b)) + 1):
+            try:
+                return k if len(b[:k].decode("utf-8")) == 1 else 0
+            except UnicodeDecodeError as e:
+                if e.reason != "unexpected end of data":
+                    return 0
+        return 0
+
+    rng = random.Random(5)
+    cases = [bytes([a, b]) + bytes(rng.randrange(256) for _ in range(2)) for a in range(256) for b in range(0x70, 0xd0)]
+    cases += [bytes(rng.randrange(0xc0, 0x100) for _ in range(1)) + bytes(rng.randrange(0x70, 0xd0) for _ in range(3))
+              for _ in range(20000)]
+    cases += [b"\xe4\xb8", b"\xf0\x9f\x98", b"a", "😀".encode(), b"\xed\xa0\x80", b"\xc0\x80", b"\xf4\x90\x80\x80"]
+    got = [nano.lib.nano_utf8_char_bytes(c, len(c)) for c in cases]
+    assert got == [want(c) for c in cases]
+    assert nano.lib.nano_utf8_char_bytes(b"a", 0) == 0 and nano.lib.nano_utf8_char_bytes(nano.ffi.NULL, 3) == 0
