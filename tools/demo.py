@@ -14,7 +14,8 @@ and what to try next. Nothing is downloaded; no data is needed. A second run
 reuses the trained model (same config and seed) and the build, and takes
 seconds; --fresh trains again.
 
-The options (python tools/demo.py --help says what each does) and --out_dir are
+The options (python tools/demo.py --help says what each does; "-" and "_" in
+their names are the same: --out-dir is --out_dir) and --out_dir are
 checked before anything else is done; a bad one is one `error: ...` line and
 exit status 2. --out_dir/sort is refused if it holds a run other than the
 demo's own (or `hatch run train:problem sort`'s). Exit status: 0 done, 1 the C
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="a short run (20 s of training, 500 questions) that shows every step; what the tests run")
     parser.add_argument("--fresh", action="store_true", help="train again even if a matching model exists")
-    args = parser.parse_args(argv)
+    from nano_train import either_spelling  # (no torch: the options are checked before the heavy imports)
+
+    args = parser.parse_args(either_spelling(parser, argv))  # --out-dir is --out_dir
     if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget >= 0):
         print("error: --time_budget must be a number >= 0 (0 = no limit)", file=sys.stderr)
         return 2

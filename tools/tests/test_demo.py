@@ -188,3 +188,18 @@ def test_demo_without_a_compiler_stops_before_training(load_tool, tmp_path, caps
                           "make: cc: No such file or directory; `python tools/setup/system_deps.py build` installs "
                           "a C toolchain\n"), err
     assert not (tmp_path / "demo").exists()
+
+
+def test_demo_options_in_either_spelling(load_tool, tmp_path, capsys, monkeypatch):
+    """--out-dir, --eval-cases and --time-budget are --out_dir, --eval_cases and --time_budget
+    (before: "unrecognized arguments"), as in the nano_train commands."""
+    from nano_train.problems import runner
+
+    stub_steps(monkeypatch, tmp_path)
+    seen = []
+    real = runner.check_options
+    monkeypatch.setattr(runner, "check_options", lambda problem, opts: seen.append(opts) or real(problem, opts))
+    out = tmp_path / "demo"
+    assert load_tool("demo.py").main(["--quick", "--out-dir", str(out), "--eval-cases", "20", "--time-budget", "7"]) == 0
+    assert re.search(r"PyTorch: \d+ of 20 sorted exactly right", capsys.readouterr().out)
+    assert seen[0].out_dir == out / "sort" and seen[0].time_budget == 7 and seen[0].eval_cases == 20

@@ -151,7 +151,7 @@ def test_eval_cases_cannot_exceed_the_test_split():
         p.check_eval_cases(len(split) + 1)
     whole = [c.question for c in p.test_cases(len(split))]
     assert sorted(whole) == sorted(split)
-    most = [c.question for c in p.test_cases(len(split) * 3 // 4)]  # more than half: a shuffle of the list
+    most = [c.question for c in p.test_cases(len(split) * 3 // 4)]  # more than half: the rest from the list
     assert len(set(most)) == len(most) == len(split) * 3 // 4 and set(most) <= set(split)
     few = [c.question for c in p.test_cases(20)]  # drawn; the first of a larger draw
     assert few == [c.question for c in p.test_cases(40)][:20] and set(few) <= set(split)
@@ -183,7 +183,7 @@ def test_eval_count_and_too_few_cases():
         pick_test_cases(small, 5, say=lines.append)
     small.test_cases = lambda n: [small.case("123")]
     assert len(pick_test_cases(small, 5, say=lines.append)) == 1
-    assert lines == ["note       only 1 distinct held-out test questions found of the 5 asked; scoring those"]
+    assert lines == ["note       only 1 distinct held-out test question found of the 5 asked; scoring those"]
 
 
 def test_run_checks_before_training(tmp_path, monkeypatch):
@@ -698,3 +698,91 @@ def test_missing_compiler_is_one_line_before_training(tmp_path, monkeypatch, che
                               "make: cc: No such file or directory; `python tools/setup/system_deps.py build` "
                               "installs a C toolchain, or --no-c skips the C engine"), message
     assert not (tmp_path / "new").exists()
+
+
+# ---------------------------------------------------------------------------
+# What the audit found: recorded config, the order of test cases, counts, option spellings
+
+
+def test_train_json_and_result_json_record_the_trained_vocabulary(tmp_path):
+    """train.json and result.json record the config that was trained: the problem's
+    vocabulary size (before: the config default 8192, where the model had 17 tokens)."""
+    from nano_train.checkpoint import load
+    from nano_train.problems.runner import resolve_config
+
+    out = tmp_path / "out"
+    result = run(*_tiny(out), say=lambda m: None)
+    recorded = json.loads((out / "train.json").read_text())["config"]
+    trained = load(out / result["train"]["checkpoint"])["config"]["model"]
+    assert trained["vocab_size"] == 17
+    assert recorded["model"] == trained and result["config"]["model"] == trained
+    assert run(*_tiny(out), say=lambda m: None)["train"]["reused"]  # the recorded config is the one asked for
+    cfg, _ = resolve_config(make("boolean"), Options(out_dir=tmp_path / "b", use_c=False))
+    assert cfg.model.vocab_size == 22 == make("boolean").vocab_size()
+
+
+@pytest.mark.parametrize("name,params,sizes", [
+    ("sort", {"digits": 4}, [1, 50, 100, 125, 126, 200, 228]),  # past half of the 228 listed ones too
+    ("sort", {"digits": 2}, [1]),
+    ("holes", {"digits": 3}, [5, 10, 11, 20]),
+    ("sort", {}, [10, 500, 2000]),
+])
+def test_the_cases_for_fewer_are_the_first_of_those_for_more(name, params, sizes):
+    """test_cases(n) is test_cases(m)[:n] for n < m, as its docstring says (before: not
+    past half of a listed split: sort --digits 4 gave other cases for 100 than the first
+    100 of 200); every case is a distinct test question, and asking for more than the
+    split holds gives all of it."""
+    p = make(name, **params)
+    cases = {n: p.test_cases(n) for n in [*sizes, 10**6 if p.question_count() <= 10**4 else sizes[-1]]}
+    largest = cases[max(cases)]
+    questions = [c.question for c in largest]
+    assert len(set(questions)) == len(questions) and all(p.split_of(q) == "test" for q in questions)
+    for n, got in cases.items():
+        assert got == largest[:n], n
+    if p.question_count() <= 10**4:
+        assert sorted(questions) == sorted(p.split_questions("test"))
+
+
+def test_one_held_out_question_is_singular(tmp_path):
+    """sort --digits 2 holds one test question: "1 held-out test question", "1 held-out
+    question" (before: "questions")."""
+    from nano_train.problems.runner import report_lines
+
+    p = make("sort", digits=2)
+    with pytest.raises(ValueError, match=r"has 1 held-out test question; at most 1$"):
+        p.check_eval_cases(5)
+    p.train_rows, p.val_rows = 2_000, 100
+    lines = []
+    opts = Options(out_dir=tmp_path / "out", time_budget=0, max_iters=1, eval_cases=1, use_c=False, progress=False)
+    result = run(p, opts, say=lines.append)
+    assert result["cases"] == 1
+    assert "cases      1 held-out question, not a training or validation question" in lines, lines
+    result["cases"] = 2
+    assert "cases      2 held-out questions, none of them a training or validation question" in \
+        report_lines(p, result, tmp_path / "out")
+
+
+def test_options_and_keys_in_either_spelling(tmp_path, monkeypatch):
+    """- and _ between words are the same for the command's own options and for --key=value
+    overrides (before: --out-dir, --eval-cases, --time-budget, --no_c and --n-layer=3 were
+    "unrecognized arguments"); a managed key stays refused in either spelling."""
+    from nano_train.problems import __main__ as command
+    from nano_train.problems import runner
+
+    seen = []
+    monkeypatch.setattr(runner, "run", lambda problem, opts: seen.append((problem, opts)) or {})
+    argv = ["sort", "--out-dir", str(tmp_path / "o"), "--eval-cases", "7", "--time-budget", "30", "--max-iters=9",
+            "--no_c", "--n-layer=3", "--batch-size=64", "--digits", "5"]
+    assert command.main(argv) == 0
+    (problem, opts), = seen
+    assert problem.digits == 5 and opts.out_dir == tmp_path / "o" and opts.eval_cases == 7
+    assert opts.time_budget == 30 and opts.max_iters == 9 and opts.use_c is False
+    assert opts.overrides == ["--n-layer=3", "--batch-size=64"]
+    cfg, _ = runner.resolve_config(problem, opts)
+    assert cfg.model.n_layer == 3 and cfg.data.batch_size == 64
+    monkeypatch.undo()
+    for key in ("--init-from=resume", "--run.out-dir=x", "--vocab-size=99"):
+        r = problems_cli("sort", key, "--no-c", "--out-dir", str(tmp_path / "refused"))
+        assert r.returncode == 2 and r.stderr.startswith(f"error: {key.split('=')[0]} is set by the problems "
+                                                         "command: "), r.stderr
+    assert not (tmp_path / "refused").exists()

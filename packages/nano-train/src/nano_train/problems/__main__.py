@@ -13,7 +13,9 @@ problem's config, then scored by exact match on held-out questions in PyTorch
 (F32, and Q8_0 emulated), exported as NAME_f32.bin and NAME_q80.bin, and
 scored again in the C engine through the `nano` program, which must agree
 with PyTorch case by case. A second run with the same config and seed reuses
-the trained checkpoint (--fresh retrains).
+the trained checkpoint, or, when the first was interrupted (Ctrl-C), continues
+its training from latest.pt, within what is left of the time budget (--fresh
+retrains).
 
   --out_dir DIR          where everything goes (default runs/problems/NAME)
   --time_budget SECONDS  stop training after this long (default: the problem's; 0 = none)
@@ -24,7 +26,7 @@ the trained checkpoint (--fresh retrains).
   --nano PATH            the nano program (default: engines/c-core/build/nano of this
                          checkout, built with make before training when needed)
   --no-c                 skip the C engine
-  --fresh                retrain even if a matching checkpoint exists
+  --fresh                retrain even if a matching checkpoint (or interrupted run) exists
   --digits N             sort, reverse, holes: digits per question (default 6; sort and
                          reverse 2 to 64, holes 3 to 40)
   --depth N              boolean: the deepest nesting (default 4; 2 to 6)
@@ -34,6 +36,9 @@ the trained checkpoint (--fresh retrains).
                          task, out_dir, dataset, init_from, overwrite, seed, max_iters,
                          time_budget (use the options above), block_size, vocab_size,
                          is_causal (the problem's)
+
+"-" and "_" between the words of an option or a key are the same (--out-dir is
+--out_dir, --no_c is --no-c, --n-layer=3 is --n_layer=3).
 
 Everything that can be checked is checked before any data is generated: the
 settings, the training config and that its device is there, --eval_cases
@@ -60,6 +65,8 @@ import argparse
 import re
 import sys
 from pathlib import Path
+
+from nano_train import either_spelling
 
 
 class _Parser(argparse.ArgumentParser):
@@ -89,11 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from nano_train.problems import PROBLEMS, make
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # --key=value for a training config key; the command's own options take --key VALUE or --key=VALUE
-    own = {a.option_strings[0] for a in build_parser()._actions if a.option_strings}
-    overrides = [a for a in argv if re.fullmatch(r"--[A-Za-z_][\w.]*=.*", a, flags=re.S) and a.split("=", 1)[0] not in own]
-    args = build_parser().parse_args([a for a in argv if a not in overrides])
+    parser = build_parser()
+    argv = either_spelling(parser, argv)  # --out-dir is --out_dir, --no_c is --no-c
+    # --key=value for a training config key (--n-layer=3 is --n_layer=3); the command's own
+    # options take --key VALUE or --key=VALUE
+    own = {o for a in parser._actions for o in a.option_strings}
+    overrides = [a for a in argv if re.fullmatch(r"--[A-Za-z_][\w.-]*=.*", a, flags=re.S) and a.split("=", 1)[0] not in own]
+    args = parser.parse_args([a for a in argv if a not in overrides])
     if args.help:
         print(__doc__.strip())
         return 0
@@ -118,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from nano_train.problems.runner import Options, command_status, run
+    from nano_train.problems.runner import Interrupted, Options, command_status, interrupted_hint, run
 
     opts = Options(out_dir=Path(args.out_dir or f"runs/problems/{problem.name}"), seed=args.seed,
                    time_budget=args.time_budget, max_iters=args.max_iters, eval_cases=args.eval_cases,
@@ -134,8 +143,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return command_status(run_and_check)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except Interrupted as e:  # Ctrl-C in training: latest.pt saved
+        print(e, file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # elsewhere, or a second one in training
+        hint = interrupted_hint(opts.out_dir)
+        print("interrupted" + (f": {hint}" if hint else ""), file=sys.stderr)
         return 130
 
 

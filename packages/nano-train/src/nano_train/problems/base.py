@@ -24,15 +24,18 @@ How many test questions there are: a problem with at most ENUMERATE_MAX
 questions lists them (`all_questions`) and its split is counted exactly; a
 larger one has about question_count() x held_out / 2 of them, of which
 `test_cases` draws at most half (`most_test_cases`), as random draws of a
-larger share would mostly draw questions already taken.
+larger share would mostly draw questions already taken. The test questions
+come in one fixed order (`test_questions`), so that the cases for a smaller n
+are the first of those for a larger one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,9 +43,15 @@ import numpy as np
 
 from nano_tokenizer import Tokenizer, build_vocab
 
+from nano_train.data import quantity
+
 KINDS = ("seq2seq", "instruct")
 GENERATOR_VERSION = 1  # bump when a generator or the row layout changes (invalidates cached data)
 ENUMERATE_MAX = 1_000_000  # a problem with at most this many questions lists them to count its splits (~2 s)
+# test_questions stops drawing at random after this many draws in a row found no new test
+# question (with half of a split taken, one draw in 80 finds one: a run of 10,000 misses
+# does not happen by chance; it means the split holds no more)
+MAX_MISSES = 10_000
 
 
 def train_config(model: dict, *, batch_size: int = 256, learning_rate: float = 3e-3, warmup_iters: int = 100,
@@ -176,6 +185,12 @@ class Problem:
                 words_file.write_text("".join(w + "\n" for w in words), encoding="utf-8")
             return build_vocab([alphabet], size=7 + len(chars) + len(words), words_file=words_file)
 
+    def vocab_size(self) -> int:
+        """The number of tokens in tokenizer()'s vocabulary (built once, then kept)."""
+        if "_vocab_size" not in self.__dict__:
+            self._vocab_size = self.tokenizer().vocab_size
+        return self._vocab_size
+
     def draw_split(self, rng: random.Random, split: str, n: int, distinct: bool) -> list[str]:
         """n questions of one split (fewer if the split is too small to hold n distinct ones)."""
         out: list[str] = []
@@ -230,32 +245,45 @@ class Problem:
         if limit == 0:
             raise ValueError(f"{self.describe()}: none of its questions is held out for the test")
         if exact:
-            raise ValueError(f"--eval_cases {n:,}: {self.describe()} has {limit:,} held-out test questions; "
+            raise ValueError(f"--eval_cases {n:,}: {self.describe()} has {quantity(limit, 'held-out test question')}; "
                              f"at most {limit:,}")
-        raise ValueError(f"--eval_cases {n:,}: {self.describe()} has about {2 * limit:,} held-out test questions, "
+        raise ValueError(f"--eval_cases {n:,}: {self.describe()} has about {quantity(2 * limit, 'held-out test question')}, "
                          f"of which at most half, {limit:,}, can be drawn at random in reasonable time")
 
     def test_cases(self, n: int) -> list[Case]:
-        """n distinct held-out test questions with their answers (fewer only when the
-        test split holds fewer: see most_test_cases). They depend on the problem, its
-        settings and n only (not on the training seed), so runs with different seeds
-        are scored on the same cases. They are drawn at random (the cases for a smaller
-        n are the first of those for a larger one); when n is more than half of a
-        listed split, they are a seeded shuffle of the list instead, as random draws
-        would mostly draw questions already taken."""
+        """The first n of the test questions (test_questions) with their answers: n distinct
+        held-out questions, fewer only when the test split holds fewer (see most_test_cases).
+        They depend on the problem, its settings and n only (not on the training seed), so
+        runs with different seeds are scored on the same cases, and the cases for a smaller
+        n are the first of those for a larger one."""
+        return [self.case(q) for q in itertools.islice(self.test_questions(), n)]
+
+    def test_questions(self) -> Iterator[str]:
+        """The test split's questions, each once, in an order fixed by the problem and its
+        settings: drawn at random (seeded) until half the split's expected size
+        (question_count() x held_out / 4) is reached or MAX_MISSES draws in a row find no
+        new one; then, for a split that can be listed (split_questions), the rest of it in
+        a seeded shuffle, as random draws would mostly draw questions already taken. A
+        small share of a large split is drawn without listing it (lazily: only what is
+        taken is made)."""
         rng = random.Random(f"{self.describe()}/test")
-        listed = None if self._small_share(n) else self.split_questions("test")
-        if listed is not None and 2 * n > len(listed):
-            rng.shuffle(listed)
-            questions = listed[:n]
-        else:
-            questions = self.draw_split(rng, "test", n, distinct=True)
-            if len(questions) < n and (listed := self.split_questions("test")) is not None:
-                taken = set(questions)  # unlucky draws: the rest from the list
-                rest = [q for q in listed if q not in taken]
-                rng.shuffle(rest)
-                questions += rest[:n - len(questions)]
-        return [self.case(q) for q in questions]
+        count = self.question_count()
+        drawn_at_most = None if count is None else int(count * self.held_out / 4)
+        seen: set[str] = set()
+        misses = 0
+        while (drawn_at_most is None or len(seen) < drawn_at_most) and misses < MAX_MISSES:
+            q = self.draw(rng)
+            if q in seen or self.split_of(q) != "test":
+                misses += 1
+                continue
+            misses = 0
+            seen.add(q)
+            yield q
+        listed = self.split_questions("test")
+        if listed is not None:
+            rest = [q for q in listed if q not in seen]
+            random.Random(f"{self.describe()}/test/rest").shuffle(rest)
+            yield from rest
 
     def encode_rows(self, tok: Tokenizer, cases: list[Case]) -> tuple[np.ndarray, ...]:
         """The rows of the cases in the layout nano_train.data.write_rows takes:

@@ -9,7 +9,8 @@ Files in the output directory (default runs/problems/NAME):
     train.json          what was trained (config, data, steps, time): a rerun with
                         the same config and seed reuses the checkpoint; written
                         first (without a checkpoint) when training starts, so that
-                        the folder says whose run it holds
+                        the folder says whose run it holds, and a rerun of a run
+                        that did not finish (Ctrl-C) continues it from latest.pt
     NAME_f32.bin        the exported model, F32
     NAME_q80.bin        the exported model, Q8_0
     result.json         every number of the final report
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nano_train.data import write_json_atomic
+from nano_train.data import quantity, write_json_atomic
 from nano_train.metrics import duration
 from nano_train.problems.base import GENERATOR_VERSION, Case, Problem
 from nano_train.problems.evaluate import disagreements, find_nano, predict_c, predict_torch, score
@@ -47,8 +48,8 @@ MANAGED_KEYS = {
     "run.task": "a problem trains task sft",
     "run.out_dir": "use --out_dir",
     "data.dataset": "the problem's data is generated into OUT_DIR/data",
-    "run.init_from": "a problem trains from scratch; a rerun with the same settings reuses its checkpoint "
-                     "(--fresh trains again)",
+    "run.init_from": "a problem trains from scratch; a rerun with the same settings reuses its checkpoint, "
+                     "or continues an interrupted run from its latest.pt (--fresh trains again)",
     "run.overwrite": "a problem replaces its own earlier run in --out_dir, and refuses any other",
     "system.seed": "use --seed",
     "optim.max_iters": "use --max_iters",
@@ -57,6 +58,19 @@ MANAGED_KEYS = {
     "model.vocab_size": "it is the problem's vocabulary",
     "model.is_causal": "it is the problem's (seq2seq: full attention; instruct: causal)",
 }
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C (or SIGTERM) after saving latest.pt at `step`: the same
+    command again continues from there."""
+
+    def __init__(self, latest: Path, step: int):
+        super().__init__(f"interrupted: {continue_hint(latest, step)}")
+        self.latest, self.step = latest, step
+
+
+def continue_hint(latest: Path, step: int) -> str:
+    return f"run the same command again to continue from {latest} (step {step:,}); --fresh starts over"
 
 
 @dataclass
@@ -68,7 +82,7 @@ class Options:
     eval_cases: int | None = None  # None: DEFAULT_EVAL_CASES, or all the test split holds if fewer
     nano: str | None = None  # the nano program; None: the checkout's engines/c-core/build/nano
     use_c: bool = True
-    fresh: bool = False  # retrain even if a matching checkpoint exists
+    fresh: bool = False  # retrain even if a matching checkpoint (or an interrupted run to continue) exists
     overrides: list[str] = field(default_factory=list)  # --key=value for the training config
     c_threads: int = 1
     progress: bool = True  # the training progress bar on stderr
@@ -126,7 +140,7 @@ def pick_test_cases(problem: Problem, n: int, say=print) -> list[Case]:
     if not cases:
         raise ConfigError(f"{problem.describe()}: no held-out test question found; nothing to score")
     if len(cases) < n:
-        say(f"note       only {len(cases):,} distinct held-out test questions found of the {n:,} asked; "
+        say(f"note       only {quantity(len(cases), 'distinct held-out test question')} found of the {n:,} asked; "
             "scoring those")
     return cases
 
@@ -269,7 +283,9 @@ def managed_key(override: str) -> str | None:
 
 def resolve_config(problem: Problem, opts: Options):
     """The training config: the problem's sections < the command's options < --key=value
-    overrides, which may not set a key the command sets itself (MANAGED_KEYS)."""
+    overrides, which may not set a key the command sets itself (MANAGED_KEYS). Its
+    model.vocab_size is the problem's vocabulary, as the training loop would take it from
+    the data: the config train.json records is the one trained."""
     from nano_train.config import ConfigError, load_config
 
     for arg in opts.overrides:
@@ -279,7 +295,8 @@ def resolve_config(problem: Problem, opts: Options):
     out_dir = Path(opts.out_dir)
     defaults = problem.model_config()
     defaults = {**defaults, "run": {**defaults.get("run", {}), "task": "sft", "out_dir": str(out_dir)},
-                "data": {**defaults.get("data", {}), "dataset": str(out_dir / "data")}}
+                "data": {**defaults.get("data", {}), "dataset": str(out_dir / "data")},
+                "model": {**defaults.get("model", {}), "vocab_size": problem.vocab_size()}}
     options = [f"--seed={opts.seed}"]
     if opts.time_budget is not None:
         options.append(f"--time_budget={opts.time_budget}")
@@ -389,6 +406,15 @@ def _without_paths(config) -> dict | None:
 
 def _same_run(out_dir: Path, requested: dict, info: dict) -> dict | None:
     """The train.json of a finished run with this config and data, if its checkpoint is still there."""
+    rec = _record(out_dir, requested, info)
+    checkpoint = None if rec is None else rec.get("checkpoint")  # none in the record of a run that did not finish
+    if not isinstance(checkpoint, str) or not (out_dir / checkpoint).is_file():
+        return None
+    return rec
+
+
+def _record(out_dir: Path, requested: dict, info: dict) -> dict | None:
+    """out_dir's train.json, if it records this config and data."""
     try:
         rec = json.loads((out_dir / TRAIN_RECORD).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -396,32 +422,74 @@ def _same_run(out_dir: Path, requested: dict, info: dict) -> dict | None:
     if not isinstance(rec, dict) or _without_paths(rec.get("config")) != _without_paths(requested) \
             or rec.get("data") != info:
         return None
-    checkpoint = rec.get("checkpoint")  # none in the record of a run that did not finish
-    if not isinstance(checkpoint, str) or not (out_dir / checkpoint).is_file():
-        return None
     return rec
 
 
+def _interrupted_run(out_dir: Path, requested: dict, info: dict) -> dict | None:
+    """The latest.pt of a run with this config and data that did not finish (its train.json
+    has no checkpoint entry), to continue from; None when there is none, or when its
+    latest.pt is of another config. A latest.pt that cannot be read is a CheckpointError."""
+    from nano_train import checkpoint as ckpt_io
+    from nano_train.checkpoint import CheckpointError
+    from nano_train.train import LATEST
+
+    rec = _record(out_dir, requested, info)
+    latest = out_dir / LATEST
+    if rec is None or "checkpoint" in rec or not latest.is_file():
+        return None
+    try:
+        checkpoint = ckpt_io.load(latest)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e}; it holds the interrupted run this command would continue: --fresh "
+                              "starts over") from None
+    saved = checkpoint["config"]
+
+    def settings(config: dict) -> dict | None:  # a resumed run's checkpoint says init_from "resume"
+        out = _without_paths(config)
+        if isinstance(out, dict) and isinstance(out.get("run"), dict):
+            out["run"].pop("init_from", None)
+        return out
+
+    if settings({"model": saved["model"], **saved["train"]}) != settings(requested):
+        return None
+    return checkpoint
+
+
 def train_model(problem: Problem, opts: Options, say=print) -> dict:
-    """Train (or reuse a finished run with the same config, data and seed). Call it
-    inside claim_out_dir(problem, opts.out_dir), held from before anything of an
-    earlier run is deleted until the record is written (run() and the demo do).
-    Returns the train.json record: config, data, checkpoint, steps, seconds, ..."""
-    from nano_train.train import earlier_run_files, train
+    """Train (or reuse a finished run with the same config, data and seed, or continue
+    one that was interrupted from its latest.pt). Call it inside claim_out_dir(problem,
+    opts.out_dir), held from before anything of an earlier run is deleted until the
+    record is written (run() and the demo do). Returns the train.json record: config,
+    data, checkpoint, steps, seconds, ...; raises Interrupted when Ctrl-C stopped the
+    training (latest.pt saved)."""
+    from nano_train.train import LATEST, earlier_run_files, train
 
     cfg, explicit = resolve_config(problem, opts)
     out_dir = Path(opts.out_dir)
     requested = cfg.to_dict()
     info = data_info(problem, opts.seed)
+    resumed = None
     if not opts.fresh:
         rec = _same_run(out_dir, requested, info)
         if rec is not None:
             rec["reused"] = True
             return rec
-    # the folder is this problem's from now on, even if this run is interrupted (check_own_out_dir)
-    write_json_atomic(out_dir / TRAIN_RECORD, {"config": requested, "data": info, "date": time.strftime("%Y-%m-%d %H:%M:%S")})
-    for path in [*earlier_run_files(out_dir), out_dir / RESULT]:  # nothing of an older run may be taken for this one
-        path.unlink(missing_ok=True)
+        resumed = _interrupted_run(out_dir, requested, info)
+    if resumed is None:
+        for path in [*earlier_run_files(out_dir), out_dir / RESULT]:  # nothing of an older run may be taken for this one
+            path.unlink(missing_ok=True)
+        # the folder is this problem's from now on, even if this run is interrupted (check_own_out_dir)
+        write_json_atomic(out_dir / TRAIN_RECORD, {"config": requested, "data": info,
+                                                   "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    before = 0.0  # seconds of training before this run: the interrupted run's
+    if resumed is not None:
+        before = resumed.get("elapsed_s", 0.0)
+        budget = cfg.optim.time_budget
+        say(f"training   continuing the interrupted run from {out_dir / LATEST} at step {resumed['step']:,} of "
+            f"{cfg.optim.max_iters:,} ({duration(before)} trained"
+            + (f" of its {duration(budget)} time budget, which counts across resumes" if budget > 0 else "")
+            + "); --fresh starts over")
+        cfg.run.init_from = "resume"
     prepare_data(problem, out_dir / DATA, opts.seed, say)
     m = cfg.model
     say(f"model      {m.n_layer} layers x {m.n_embd} wide, {m.n_head} heads, block {m.block_size}, "
@@ -430,18 +498,37 @@ def train_model(problem: Problem, opts: Options, say=print) -> dict:
         f"up to {cfg.optim.max_iters:,} steps"
         + (f" or {duration(cfg.optim.time_budget)}" if cfg.optim.time_budget > 0 else ""))
     bar = TrainingBar(opts.progress)
-    result = train(cfg, explicit, None, bar, run_lock_held=True)  # claim_out_dir holds it
+    result = train(cfg, explicit, resumed, bar, run_lock_held=True)  # claim_out_dir holds it
     if result.interrupted:
-        raise KeyboardInterrupt
+        raise Interrupted(out_dir / LATEST, result.step)
     checkpoint = "best.pt" if (out_dir / "best.pt").is_file() else "latest.pt"
     rec = {"config": requested, "data": info, "checkpoint": checkpoint, "steps": result.step,
-           "seconds": round(result.seconds, 1), "out_of_time": result.out_of_time,
+           "seconds": round(before + result.seconds, 1), "out_of_time": result.out_of_time,
            "best_val_loss": result.best_val_loss, "tokens_per_s": round(result.tokens_per_s),
            "threads": cfg.system.threads, "load_average": _loadavg(),
            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if resumed is not None:
+        rec["resumed_from"] = resumed["step"]
     write_json_atomic(out_dir / TRAIN_RECORD, rec)
     rec["reused"] = False
     return rec
+
+
+def interrupted_hint(out_dir: Path) -> str | None:
+    """What continues a run in out_dir that was stopped (Ctrl-C) before it finished: the
+    same command again, from its latest.pt at step N; None when there is no such run."""
+    from nano_train import checkpoint as ckpt_io
+    from nano_train.checkpoint import CheckpointError
+    from nano_train.train import LATEST
+
+    latest = Path(out_dir) / LATEST
+    try:
+        rec = json.loads((Path(out_dir) / TRAIN_RECORD).read_text(encoding="utf-8"))
+        if not isinstance(rec, dict) or "checkpoint" in rec or not latest.is_file():
+            return None
+        return continue_hint(latest, ckpt_io.load(latest)["step"])
+    except (OSError, ValueError, CheckpointError):
+        return None
 
 
 def _loadavg() -> list[float] | None:
@@ -556,7 +643,8 @@ def report_lines(problem: Problem, result: dict, out_dir: Path) -> list[str]:
         f"{'full-attention seq2seq' if not m['is_causal'] else 'autoregressive (causal)'}; "
         f"trained {t['steps']:,} steps in {duration(t['seconds'])} on {t.get('threads') or 'default'} thread(s)"
         + (f", load average {t['load_average'][0]:.2f}" if t.get("load_average") else ""),
-        f"cases      {result['cases']:,} held-out questions, none of them a training or validation question",
+        f"cases      {quantity(result['cases'], 'held-out question')}, "
+        f"{'not' if result['cases'] == 1 else 'none of them'} a training or validation question",
         "",
         f"  {'':<24} {'exact match':<28} agrees with PyTorch",
     ]
