@@ -203,3 +203,41 @@ def test_the_peers_products_and_the_peak_are_reported(train_speed, monkeypatch, 
     code, stdout, err = run_main(train_speed, QUICK[:-4] + ["--dtype", "bfloat16", "--peer-matmul", "onednn"], capsys)
     assert code == 2 and stdout == "" and err.count("\n") == 1
     assert err.startswith("error: --peer-matmul onednn cannot apply: it is for float32 runs, and this one is bfloat16")
+
+
+def test_compiled_the_peers_loss_is_inside_its_graph(train_speed, monkeypatch, capsys):
+    """--compile compiles the peer with its loss, as ours' loss is inside its forward (and as
+    a user compiling a model called with labels= gets it): compiling the model alone, for
+    .logits, left the peer's cross-entropy eager and read 1.25x where it was 1.08x."""
+    monkeypatch.setitem(sys.modules, "transformers", fake_transformers())
+    monkeypatch.setattr(train_speed, "PROBE_SECONDS", 0.01)
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: compiled.append(model) or model)
+    code, _, _ = run_main(train_speed, QUICK + ["--compile"], capsys)
+    assert code == 0 and len(compiled) == 2
+    peer = next(m for m in compiled if not isinstance(m, train_speed.Transformer))
+    assert isinstance(peer, train_speed.PeerWithLoss)
+    x, y = torch.randint(0, 96, (2, 16)), torch.randint(0, 96, (2, 16))  # TINY's vocabulary and seq
+    logits = peer.model(input_ids=x).logits
+    assert peer(x, y).item() == pytest.approx(torch.nn.functional.cross_entropy(logits.reshape(-1, 96),
+                                                                                y.reshape(-1)).item())
+
+
+def test_the_headline_is_the_per_round_ratio_and_a_busy_run_says_so(train_speed, monkeypatch, capsys, tmp_path):
+    """Turns slowed by other processes: the medians of all turns gave 0.15x where the rounds
+    said 1.05x. The headline is the median of the per-round ratios; a spread of turns says so."""
+    import json
+
+    monkeypatch.setitem(sys.modules, "transformers", fake_transformers())
+    monkeypatch.setattr(train_speed, "PROBE_SECONDS", 0.01)
+    seconds = iter([1, 10, 1, 2, 10, 20])  # ours, peer per round: ratios 10, 2, 2
+    real = train_speed.run_turn
+    monkeypatch.setattr(train_speed, "run_turn", lambda *a: (next(seconds), *real(*a)[1:]))
+    out = tmp_path / "r.json"
+    code, stdout, err = run_main(train_speed, QUICK[:-6] + ["--rounds", "3", "--json", str(out), "--warmup", "0",
+                                                             "--dtype", "float32", "--threads", "1"], capsys)
+    assert code == 0, err
+    assert "ratio ours/peer: 2.00x, the median of the per-round ratios (goal >= 1.2x); 10.00x of the medians" in stdout
+    assert "warning: a model's turns ranged over 10.0x in tokens/s: the machine was busy" in err
+    record = json.loads(out.read_text())
+    assert (record["ratio"], record["ratio_of_medians"], record["spread"]) == (2.0, 10.0, 10.0)

@@ -208,8 +208,17 @@ static const char *need_value(int argc, char **argv, int *i) {
     return argv[++*i];
 }
 
+/* Whether argument a is long option l, '_' standing for '-' between its words
+ * (--top_p is --top-p, as nano_train's commands take both spellings). */
+static int is_long(const char *a, const char *l) {
+    if (strncmp(a, "--", 2) != 0) return 0;
+    for (; *a && *l; a++, l++)
+        if (*a != *l && !(*a == '_' && *l == '-')) return 0;
+    return *a == *l;
+}
+
 static int is_opt(const char *a, const char *s, const char *l) {
-    return (s && strcmp(a, s) == 0) || (l && strcmp(a, l) == 0);
+    return (s && strcmp(a, s) == 0) || (l && is_long(a, l));
 }
 
 /* An argument read as an option: "--name=value" is the long option --name with its
@@ -405,13 +414,30 @@ static int input_failed(void) {
     return 1;
 }
 
-/* A line holding a NUL byte is that line's error (the text after the NUL
- * cannot be passed on as text); 0 when it has none. */
-static int line_has_nul(const char *line, size_t len, const char *where) {
+/* 1 after the error "WHAT is not UTF-8: byte 0xNN at offset K" where text[n] is not
+ * (as nano_train.sample refuses it): a byte that starts no character would reach the
+ * model as <|unknown|>, not as typed; 0 when it is UTF-8. */
+static int not_utf8(const char *what, const char *text, size_t n) {
+    size_t i, k;
+    for (i = 0; i < n; i += k) {
+        if ((k = nano_utf8_char_bytes(text + i, n - i))) continue;
+        fprintf(stderr, "nano: error: %s is not UTF-8: byte 0x%02x at offset %zu\n", what, (unsigned char)text[i], i);
+        return 1;
+    }
+    return 0;
+}
+
+/* A line holding a NUL byte (the text after the NUL cannot be passed on as text) or
+ * not UTF-8 is that line's error; 0 when it is neither. */
+static int line_refused(const char *line, size_t len, const char *where) {
+    char what[64];
     const char *nul = (const char *)memchr(line, '\0', len);
-    if (!nul) return 0;
-    fprintf(stderr, "nano: error: %s: the line holds a NUL byte (at byte %zu)\n", where, (size_t)(nul - line));
-    return 1;
+    if (nul) {
+        fprintf(stderr, "nano: error: %s: the line holds a NUL byte (at byte %zu)\n", where, (size_t)(nul - line));
+        return 1;
+    }
+    snprintf(what, sizeof what, "%s: the line", where);
+    return not_utf8(what, line, len);
 }
 
 /* n bytes of answer text to standard output. `escape` (the line-batch modes,
@@ -558,7 +584,7 @@ static int seq2seq_lines(seq2seq_state *q, FILE *f) {
         snprintf(where, sizeof where, "line %lu", lineno);
         if (len == 0) {
             fputc('\n', stdout);
-        } else if (line_has_nul(line, len, where)) {
+        } else if (line_refused(line, len, where)) {
             fputc('\n', stdout);
             rc = 1;
         } else {
@@ -1170,7 +1196,7 @@ static int chat(nano_session *s, const run_opts *o, const nano_context *ctx) {
         if ((got = read_line(stdin, &line, &cap, &len)) <= 0) break;
         lineno++;
         snprintf(where, sizeof where, "line %lu", lineno);
-        if (len == 0 || line_has_nul(line, len, where)) {
+        if (len == 0 || line_refused(line, len, where)) {
             if (len) rc = 1;
             fputc('\n', stdout);
             if (stdout_failed()) {
@@ -1329,6 +1355,11 @@ static int cmd_run(int argc, char **argv) {
             goto done;
         }
         o.prompt = stdin_prompt;
+    }
+    if ((o.prompt && not_utf8(stdin_prompt ? "-p -: standard input" : "-p: the prompt", o.prompt, strlen(o.prompt))) ||
+        (o.system && not_utf8("--system: the text", o.system, strlen(o.system)))) {
+        rc = 1;
+        goto done;
     }
     if (info.attention == NANO_ATTENTION_FULL) {
         rc = run_seq2seq(m, &o);
@@ -1521,7 +1552,9 @@ static int cmd_seq2seq(int argc, char **argv) {
     rc = seq2seq_init(&q, m, model, 0, threads, causal ? NANO_ATTENTION_MODE_CAUSAL : NANO_ATTENTION_MODE_FILE, 0,
                       lora);
     if (rc == 0) /* INPUT '-': one independent forward per line */
-        rc = strcmp(input, "-") == 0 ? seq2seq_lines(&q, stdin) : seq2seq_print(&q, input, strlen(input), "INPUT", 0);
+        rc = strcmp(input, "-") == 0                           ? seq2seq_lines(&q, stdin)
+             : not_utf8("INPUT", input, strlen(input)) ? 1
+                                                       : seq2seq_print(&q, input, strlen(input), "INPUT", 0);
     seq2seq_free(&q);
     nano_model_free(m);
     return rc;

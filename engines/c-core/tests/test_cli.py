@@ -327,16 +327,29 @@ def test_system_text_goes_before_the_question(cli, psycho_path):
     assert cli(*run, "--instruct", "--system", "", "-p", "你是谁", "--ids").stdout == plain.stdout
 
 
-def test_system_text_with_an_invalid_byte_is_taken_as_the_prompt_is(cli, psycho_path):
-    """TEXT is taken as -p takes a prompt: a byte that is not UTF-8 is <|unknown|> (id 1) in
-    the joined text, not an error and not dropped (an argument cannot hold a NUL byte)."""
-    run = ("run", "-m", psycho_path, "-t", "0", "-n", "8", "--ids", "--instruct")
+def test_text_that_is_not_utf8_is_refused(cli, psycho_path, sort6_path):
+    """A prompt, --system text, chat line or seq2seq input that is not UTF-8 is bad input, as
+    nano_train.sample has it (was: each such byte given to the model as <|unknown|>, with a
+    note): the error names the byte and its offset; the chat and the batch go on."""
     bad = "\udcff"  # the byte 0xFF as an argument (os.fsencode)
-    got = cli(*run, "--system", "心" + bad, "-p", "你是谁")
-    want = cli(*run, "-p", "心" + bad + "\n你是谁")
-    assert got.returncode == 0 and got.stdout == want.stdout, got.stderr
-    ids = [int(x) for x in got.stdout.strip().split(",")]
-    assert ids[0] == 4 and ids[2] == 1  # <|instruct_mark|>, 心, <|unknown|>
+    run = ("run", "-m", psycho_path, "-t", "0", "-n", "4")
+    for args, line in [(("-p", "心" + bad), "-p: the prompt is not UTF-8: byte 0xff at offset 3"),
+                       (("--instruct", "--system", "心" + bad, "-p", "你"), "--system: the text is not UTF-8: byte 0xff "
+                                                                          "at offset 3")]:
+        r = cli(*run, *args)
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", f"nano: error: {line}\n"), args
+    r = cli(*run, "-p", "-", input=b"\xe4\xbd\xa0\xc0\x80")
+    assert (r.returncode, r.stdout) == (1, "") and r.stderr == ("nano: error: -p -: standard input is not UTF-8: "
+                                                               "byte 0xc0 at offset 3\n")
+    r = cli(*run, input=b"\xe4\xbd\xa0\xed\xa0\x80\n\xe4\xbd\xa0\n")  # a surrogate's bytes, then a good line
+    lines = r.stdout.split("\n")
+    assert r.returncode == 1 and lines[0] == "" and lines[1] and len(lines) == 3
+    assert r.stderr == "nano: error: line 1: the line is not UTF-8: byte 0xed at offset 3\n"
+    r = cli("seq2seq", "-m", sort6_path, "25" + bad)
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", "nano: error: INPUT is not UTF-8: byte 0xff at offset 2\n")
+    r = cli("seq2seq", "-m", sort6_path, "-", input=b"25\xff\n251212\n")
+    assert (r.returncode, r.stdout) == (1, "\n112225\n")
+    assert r.stderr == "nano: error: line 1: the line is not UTF-8: byte 0xff at offset 2\n"
 
 
 def test_chat_with_system_answers_each_line_as_a_prompt_with_system(cli, psycho_path):

@@ -5,6 +5,7 @@ a bad file), and --profile counts the same tokens (the tokens printed).
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -28,6 +29,11 @@ EXIT_STATUS = [
     # a short option's value attached; no abbreviation of a long option (a typo must not pass)
     (["-t0"], 0), (["-t=0.5"], 0), (["-k5"], 0), (["--temp", "0"], 2), (["--max-tok", "1"], 2),
     (["-m", "no-such-model.bin"], 1),
+    # '_' for '-' between a long option's words, as nano_train's commands take it (nano run refused it)
+    (["--top_p", "0.9"], 0), (["--max_tokens=1", "--repetition_penalty", "1.1"], 0), (["--min_p", "2"], 2),
+    (["--top__p", "0.9"], 2), (["--_top-p", "0.9"], 2),
+    # text that is not UTF-8 is refused as bad input (nano run gave its bytes to the model as <|unknown|>)
+    (["-p", os.fsdecode(b"\xe4\xb8\x80\xff")], 1), (["--instruct", "--system", os.fsdecode(b"\xc0\x80")], 1),
 ]
 
 
