@@ -124,6 +124,9 @@ static void vdie_usage(const char *model_hint, const char *fmt, va_list ap) {
     exit(2);
 }
 
+#ifdef __GNUC__
+static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+#endif
 static void die_usage(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
@@ -203,8 +206,19 @@ static float parse_float(const char *opt, const char *v) {
     return (float)x;
 }
 
+static int is_decimal(const char *v);
+
+/* The next argument as the value of option argv[*i]. One that looks like an option (a
+ * '-' and more, not a negative number, no space) is not taken, as nano_train.sample's
+ * argparse does not take it: `-p --instruct` read "--instruct" as the prompt. Such a
+ * value goes after '=' (-p=-x). */
 static const char *need_value(int argc, char **argv, int *i) {
+    const char *v;
     if (*i + 1 >= argc) die_usage("%s: missing value%s", argv[*i], "");
+    v = argv[*i + 1];
+    if (v[0] == '-' && v[1] && !is_decimal(v) && !strchr(v, ' '))
+        die_usage("%s: missing value (the next argument, '%s', is an option; a value that starts with '-' goes "
+                  "after '=': %s=VALUE)", argv[*i], v, argv[*i]);
     return argv[++*i];
 }
 

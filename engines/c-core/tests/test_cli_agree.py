@@ -34,6 +34,12 @@ EXIT_STATUS = [
     (["--top__p", "0.9"], 2), (["--_top-p", "0.9"], 2),
     # text that is not UTF-8 is refused as bad input (nano run gave its bytes to the model as <|unknown|>)
     (["-p", os.fsdecode(b"\xe4\xb8\x80\xff")], 1), (["--instruct", "--system", os.fsdecode(b"\xc0\x80")], 1),
+    # a value that looks like an option is not taken (nano run took "--instruct" as the prompt);
+    # after '=', a negative number or a text with a space it is
+    (["-p", "--instruct"], 2), (["-p", "-x"], 2), (["--stop", "-a"], 2), (["-p=-x"], 0),
+    (["-p", "-x y"], 0), (["-t", "-0"], 0), (["-t", "-.5e-46"], 0),
+    # a stop text that can never occur is the usage error, before a prompt too long (bad input)
+    (["--stop", "\U0001F600", "-p", "\u4e00" * 80], 2), (["-p", "\u4e00" * 80], 1),
 ]
 
 

@@ -360,13 +360,13 @@ def generate(
     prompt = _vocabulary_ids(model, prompt_ids, "prompt")
     if not prompt:
         raise ValueError("the prompt is empty: give at least one token")
+    stop_ids, stop_texts = _resolve_stops(config.stop_tokens, tokenizer)  # (a bad stop first, as nano run)
     block = model.config.block_size
     if len(prompt) >= block:
         raise ValueError(
             f"the prompt has {len(prompt)} tokens; the model's block size is {block} "
             "(a prompt must leave room for at least one new token)"
         )
-    stop_ids, stop_texts = _resolve_stops(config.stop_tokens, tokenizer)
     return _generate(model, prompt, config, tokenizer, stop_ids, stop_texts, on_sample)
 
 
