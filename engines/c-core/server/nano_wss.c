@@ -891,7 +891,7 @@ static int parse_args(int argc, char **argv, wss_options *o) {
             if (parse_long(a, v, 64, 1L << 26, &x)) return 2;
             o->max_message = (size_t)x;
         } else if (strcmp(a, "--max-tokens-cap") == 0) {
-            if (parse_long(a, v, 0, INT32_MAX, &x)) return 2;
+            if (parse_long(a, v, 0, 1L << 30, &x)) return 2; /* a request's max_tokens is at most 2^30 */
             o->max_tokens_cap = (uint32_t)x;
         } else { /* --idle-timeout: seconds, fractions allowed */
             char *end = NULL;

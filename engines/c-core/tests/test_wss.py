@@ -1205,6 +1205,9 @@ def test_bad_command_lines(h, binaries, build, psycho, tmp_path):
             (["-m", psycho, "--port", " +0"], 2, "--port: expected an integer in [0, 65535], got ' +0'"),
             (["-m", psycho, "--threads", "+1"], 2, "--threads"),
             (["-m", psycho, "--max-tokens-cap", "-5"], 2, "--max-tokens-cap"),
+            # a request's max_tokens is at most 2^30 (as -n of the CLIs): a larger cap could never bind
+            (["-m", psycho, "--max-tokens-cap", str(2**30 + 1)], 2,
+             f"--max-tokens-cap: expected an integer in [0, {2**30}], got '{2**30 + 1}'"),
             (["-m", psycho, "--host", "example.com"], 2, "--host"),
             # the same explanations as nano's (cli/load_report.c); was the library's status alone
             (["-m", tmp_path / "missing.bin"], 1, "missing.bin: No such file or directory (NANO_ERR_IO)"),
