@@ -74,8 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:  # Ctrl-C anywhere, the imports included
         return checked(args)
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        # in training (runner.Interrupted, latest.pt saved) its message says how to continue:
+        # the same command again continues the training
+        said = str(e) if str(e).startswith("interrupted: ") else "interrupted"
+        print("\n" + said, file=sys.stderr)
         return 130
 
 

@@ -140,6 +140,25 @@ def test_demo_ctrl_c_after_training_says_interrupted(load_tool, tmp_path, capsys
     assert status == 130 and capsys.readouterr().err.strip().endswith("interrupted")
 
 
+def test_demo_ctrl_c_in_training_says_how_to_continue(load_tool, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in training saves latest.pt, and the same command continues from it
+    (runner.train_model): the demo says so, as `python -m nano_train.problems` does
+    (was a bare "interrupted")."""
+    from nano_train.problems import runner
+
+    stub_steps(monkeypatch, tmp_path)
+    latest = tmp_path / "demo" / "sort" / "latest.pt"
+
+    def ctrl_c(*a, **k):
+        raise runner.Interrupted(latest, 42)
+
+    monkeypatch.setattr(runner, "train_model", ctrl_c)
+    status = load_tool("demo.py").main(["--quick", "--out_dir", str(tmp_path / "demo"), "--eval_cases", "20"])
+    assert status == 130
+    assert capsys.readouterr().err.strip().endswith(
+        f"interrupted: run the same command again to continue from {latest} (step 42); --fresh starts over")
+
+
 @pytest.mark.parametrize("where,status,error", [
     ("shown", 1, "error: the C engine disagrees with PyTorch on the F32 file: 1 question(s), the first 251212"),
     ("held_out", 1, "error: the C engine disagrees with PyTorch on the F32 file: 20 question(s), the first "),
