@@ -1,5 +1,7 @@
 """write_atomically (shared with nano-tokenizer), through the API and `convert`; folder_files."""
 
+import errno
+import io
 import os
 import stat
 import subprocess
@@ -141,3 +143,42 @@ def test_folder_files_in_path_order_without_hidden_skipped_or_linked_folders(tmp
     found = nf.folder_files(str(tmp_path) + "/", skip=[tmp_path / "out", tmp_path / "missing"])
     assert found == [f"{tmp_path}/{name}" for name in ("a.txt", "b/c.txt", "b1/e", "d", "f.txt")]
     assert nf.folder_files(tmp_path / ".git") == [os.path.join(tmp_path, ".git", "y")]  # only names inside are hidden
+
+
+class _DiskWithRoom(io.RawIOBase):
+    """A file descriptor on a disk with `room` bytes left: writes beyond it fail as a full
+    disk's do (the bytes that fit, then ENOSPC, an OSError that names no file)."""
+
+    def __init__(self, fd, room):
+        self.fd, self.room = fd, room
+
+    def writable(self):
+        return True
+
+    def fileno(self):
+        return self.fd
+
+    def write(self, data):
+        if self.room == 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = os.write(self.fd, bytes(data[:self.room]))
+        self.room -= n
+        return n
+
+    def close(self):
+        if not self.closed:
+            os.close(self.fd)
+        super().close()
+
+
+@pytest.mark.parametrize("chunks", [[b"x" * 200], [b"x" * 100] * 200],
+                         ids=["in the buffer until the flush", "more than the buffer holds"])
+def test_a_full_disk_names_the_file_and_leaves_the_old_one_whole(tmp_path, monkeypatch, chunks):
+    out = tmp_path / "report.md"
+    out.write_bytes(b"old")
+    monkeypatch.setattr(os, "fdopen", lambda fd, mode: io.BufferedWriter(_DiskWithRoom(fd, 150)))
+    with pytest.raises(OSError) as info:
+        nf.write_atomically(out, iter(chunks))
+    # closing flushes the buffer again and fails again: that unnamed error must not replace the first
+    assert (info.value.errno, info.value.filename) == (errno.ENOSPC, str(out))
+    assert out.read_bytes() == b"old" and os.listdir(tmp_path) == ["report.md"]  # no temporary file left

@@ -245,7 +245,7 @@ def test_evaluate_weighs_batches_by_their_loss_tokens(uneven_sft, small_pretrain
     """evaluate() over 2 batches of 4 SFT rows is the loss per answer token of the 8
     rows as one batch, not the mean of the 2 batch means; with every token counted
     (pretraining) the two are the same."""
-    from nano_train.train import DistInfo, evaluate, forward_context_factory
+    from nano_train.train import EVAL_SEED, DistInfo, evaluate, forward_context_factory
 
     cpu = torch.device("cpu")
     context = forward_context_factory(cpu, "float32", "auto")
@@ -257,7 +257,7 @@ def test_evaluate_weighs_batches_by_their_loss_tokens(uneven_sft, small_pretrain
         torch.manual_seed(0)
         model = Transformer(ModelConfig(vocab_size=ds.tokenizer.vocab_size, block_size=block_size, n_layer=1,
                                         n_embd=32, n_head=2, n_kv_head=2))
-        x, y, m = batch_to_device(Batcher(source, 8, cfg.system.seed).next(), cpu)
+        x, y, m = batch_to_device(Batcher(source, 8, EVAL_SEED).next(), cpu)  # the rows evaluate reads
         with torch.no_grad():
             _, whole = model(x, y, m)  # the 8 rows as one batch
             means = [model(x[i:i + 4], y[i:i + 4], None if m is None else m[i:i + 4])[1] for i in (0, 4)]

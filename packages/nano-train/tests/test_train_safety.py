@@ -488,6 +488,9 @@ def test_resume_refuses_another_batch_size_accumulation_or_seed(finished_run, sm
                                  **{key: value})) == 2
     msg = error_line(capsys)
     assert f"{key} {value} (the checkpoint's: " in msg and "conflicts with the checkpoint" in msg, msg
+    # what changes is said as it is: the schedule follows the step alone, and one key is "it"
+    why = "the data order" if key == "seed" else "the data position and the tokens per step"
+    assert f": {why} would no longer be the run's; resume without setting it," in msg, msg
     assert (finished_run / "latest.pt").read_bytes() == before
 
 
@@ -847,3 +850,20 @@ def test_a_vocab_size_other_than_the_datas_is_refused(tmp_path, small_pretrain, 
     """A padded classifier would train, but no model file, sampler or fine-tuning run could use it."""
     assert main("pretrain", args(small_pretrain, tmp_path / "run", vocab_size=4160)) == 2
     assert "model.vocab_size 4160 differs from the data's vocabulary (4096 tokens)" in error_line(capsys)
+
+
+def test_the_validation_rows_are_the_same_whatever_the_seed_and_split_of_batches(finished_run, small_pretrain, tmp_path):
+    """Evaluation reads one fixed order of the validation split (not the run's seed), so
+    the same weights score the same for any seed, and for any batch_size x eval_iters of
+    the same product; a different product reads other rows."""
+    def step0_val(name, **extra):
+        out = tmp_path / name
+        assert main("pretrain", args(small_pretrain, out, init_from=finished_run / "latest.pt", max_iters=1,
+                                     warmup_iters=0, **extra)) == 0
+        records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        return next(r["val_loss"] for r in records if r.get("kind") == "eval" and r["step"] == 0)
+
+    by_seed = {seed: step0_val(f"seed{seed}", seed=seed, batch_size=4, eval_iters=4) for seed in (1, 2, 1337)}
+    assert len(set(by_seed.values())) == 1, by_seed
+    assert step0_val("b8", batch_size=8, eval_iters=2) == pytest.approx(by_seed[1], rel=1e-5)
+    assert step0_val("b8x3", batch_size=8, eval_iters=3) != pytest.approx(by_seed[1], rel=1e-5)

@@ -12,6 +12,7 @@ once everything is written: a failure or a crash leaves the old file whole.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -39,22 +40,29 @@ def write_atomically(path, chunks) -> int:
     mode = _kept_mode(path, named)
     tmp, fd = named(_create_beside, directory, os.path.basename(path))
     size = 0
+    f = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            if mode is not None:
-                named(os.chmod, tmp, mode)
-            for chunk in chunks:
-                data = memoryview(chunk)
-                named(f.write, data)
-                size += data.nbytes
-            named(f.flush)
-            named(os.fsync, f.fileno())
+        f = os.fdopen(fd, "wb")
+        if mode is not None:
+            named(os.chmod, tmp, mode)
+        for chunk in chunks:
+            data = memoryview(chunk)
+            named(f.write, data)
+            size += data.nbytes
+        named(f.flush)
+        named(os.fsync, f.fileno())
+        named(f.close)
         named(os.replace, tmp, path)
     except BaseException:
-        try:
+        # Closed here, not by a `with`: after a failed write (a full disk) closing flushes
+        # the rest of the buffer again, and that second, unnamed error would replace the first
+        with contextlib.suppress(OSError):  # the error that brought us here is the one to report
+            if f is not None:
+                f.close()
+            else:
+                os.close(fd)
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass  # the error that brought us here is the one to report
         raise
     try:  # make the rename itself durable; not possible on every platform
         dir_fd = os.open(directory, os.O_RDONLY)

@@ -27,11 +27,15 @@ is flushed and fsynced, then renamed over the target (os.replace is atomic on
 POSIX and Windows), then the directory is fsynced so the rename itself is
 durable. Killing the process at any instant leaves either the old or the new
 file, and perhaps the temporary file, which the next run into the directory
-removes once its writer (the pid in its name) is gone.
+removes once its writer (the pid in its name) is gone. A write that fails (a full
+disk) leaves the old file whole and no temporary file, and is an OSError naming the
+target, never torch's RuntimeError about its zip writer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import math
 import os
 import random
@@ -52,6 +56,10 @@ INT64_MAX = 2**63 - 1  # step, tokens and the data position are int64s where the
 _TMP_SUFFIX = ".tmp"
 # The temporary files save_atomic writes for checkpoints: .{name}.pt.{pid}.tmp
 _TMP_NAME = re.compile(r"\..+\.pt\.(?P<pid>[0-9]+)" + re.escape(_TMP_SUFFIX))
+# What torch's zip writer raises when a write of its file fails
+_TORCH_WRITER_FAILED = re.compile(r"inline_container|PytorchStreamWriter|unexpected pos")
+# Failed writes that mean "no room": a full disk, a full quota, a file-size limit
+NO_ROOM = {errno.ENOSPC, errno.EFBIG, *((errno.EDQUOT,) if hasattr(errno, "EDQUOT") else ())}
 # What resuming reads ("scaler", "val_loss", "train_loss", "elapsed_s", ... are optional)
 REQUIRED = ("task", "model", "config", "tokenizer", "optimizer", "step", "tokens_seen", "data_state", "rng",
             "best_val_loss")
@@ -62,6 +70,8 @@ class CheckpointError(ValueError):
 
 
 def save_atomic(obj: dict, path: str | Path) -> None:
+    """torch.save obj to path atomically (see above). A write that fails (a full disk) is
+    an OSError naming path, not the temporary file, which is removed; path stays as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}{_TMP_SUFFIX}")
     try:
@@ -70,15 +80,49 @@ def save_atomic(obj: dict, path: str | Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    except BaseException as e:
+        failure = write_failure(e, path) if isinstance(e, (OSError, RuntimeError)) else None
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if failure is None:
+            raise
+        raise failure from None
     if hasattr(os, "O_DIRECTORY"):  # POSIX: make the rename durable
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_failure(e: BaseException, path: Path) -> OSError | None:
+    """The OSError for a failed checkpoint write: errno and reason, naming path; None when
+    e is no write failure. torch's zip writer replaces the OSError of a failed write (a
+    full disk) by a RuntimeError ("[enforce fail at inline_container.cc:...] . unexpected
+    pos ..."): the OSError is found in its context. Where there is none, a writer's error
+    on a file system left with almost no room is taken for a full disk."""
+    cause = e
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        code, why = cause.errno, cause.strerror or one_line(cause)
+    elif _TORCH_WRITER_FAILED.search(str(e)):
+        if _little_room(path.parent):
+            code, why = errno.ENOSPC, os.strerror(errno.ENOSPC)
+        else:
+            code, why = errno.EIO, f"torch's writer failed ({one_line(e)[:200]})"
+    else:
+        return None
+    return OSError(code, f"the checkpoint could not be written: {why}", str(path))
+
+
+def _little_room(directory: Path) -> bool:
+    """Whether the file system of directory has less than 1 MiB left (where it says)."""
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):  # (no statvfs on Windows)
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def process_gone(pid: int) -> bool:
@@ -175,9 +219,8 @@ def newest_first(paths) -> list[Path]:
     return [p for _, _, p in sorted(dated)]
 
 
-def recorded_val_loss(path: str | Path) -> float | None:
-    """The validation loss the checkpoint at path was saved with (for best.pt, the
-    best so far), or None when there is no readable checkpoint with a finite one.
+def _recorded(path: str | Path, field: str):
+    """A field of the checkpoint at path, or None when there is no readable checkpoint.
     The tensors are mapped from the file, not read."""
     path = Path(path)
     if not path.is_file():
@@ -186,8 +229,20 @@ def recorded_val_loss(path: str | Path) -> float | None:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # unpickling raises many types; a damaged file is simply no record
         return None
-    value = ck.get("val_loss") if isinstance(ck, dict) and ck.get("format") == FORMAT else None
+    return ck.get(field) if isinstance(ck, dict) and ck.get("format") == FORMAT else None
+
+
+def recorded_val_loss(path: str | Path) -> float | None:
+    """The validation loss the checkpoint at path was saved with (for best.pt, the
+    best so far), or None when there is no readable checkpoint with a finite one."""
+    value = _recorded(path, "val_loss")
     return float(value) if _is_real(value) and math.isfinite(value) else None
+
+
+def recorded_step(path: str | Path) -> int | None:
+    """The step of the checkpoint at path, or None when there is no readable checkpoint."""
+    value = _recorded(path, "step")
+    return value if _is_int(value) and value >= 0 else None
 
 
 def _is_int(x) -> bool:

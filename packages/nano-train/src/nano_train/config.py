@@ -70,6 +70,7 @@ class RunConfig:
     init_from: str = field(default="scratch", metadata={"help": "scratch, resume, or a .pt or .bin base model"})
     checkpoint_interval: int = 0  # steps between latest.pt writes; 0 = every eval_interval
     keep_checkpoints: bool = False  # also keep ckpt_<step>.pt (ckpt_000200.pt) at each checkpoint
+    keep_last: int = 0  # with keep_checkpoints: keep only the newest N ckpt_<step>.pt (0 = all)
     log_interval: int = 10  # steps between progress lines / log records
     # Start a new run (scratch or a base model) in an out_dir that holds an earlier
     # run's checkpoints or log: delete them first. Without it the commands refuse.
@@ -507,6 +508,7 @@ def validate(cfg: Config) -> None:
     need(bool(cfg.run.init_from), "run.init_from must be 'scratch', 'resume' or a model path")
     need(cfg.run.checkpoint_interval >= 0, "run.checkpoint_interval must be >= 0")
     need(cfg.run.log_interval >= 1, "run.log_interval must be >= 1")
+    need(cfg.run.keep_last >= 0, f"run.keep_last must be >= 0 (0 = keep every ckpt_<step>.pt), got {cfg.run.keep_last}")
     need(cfg.data.batch_size >= 1, "data.batch_size must be >= 1")
     need(cfg.data.batch_size * cfg.model.block_size <= MAX_INT,
          f"data.batch_size * model.block_size (tokens per micro-batch) must be at most {MAX_INT}, "

@@ -570,9 +570,14 @@ def load_checkpoint_model(path, device: str | torch.device = "cpu"):
         raise ConvertError(f"{path}: not a training checkpoint but a nano .bin file, which is already "
                            f"exported (sample -m and the engines read it)")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors have many types
-        raise ConvertError(f"{path}: not a readable checkpoint ({load_failure(e)})") from None
+        # mapped, not read: the optimizer's two moments (twice the weights) are never
+        # touched, and the weights are copied into the model from the page cache
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # a file of torch's legacy (non-zip) format cannot be mapped: read it
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling errors have many types
+            raise ConvertError(f"{path}: not a readable checkpoint ({load_failure(e)})") from None
     if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
         raise ConvertError(f"{path}: not a Nano checkpoint (needs 'model' and 'config' entries)")
     if ck.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:

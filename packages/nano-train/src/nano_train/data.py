@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -247,11 +248,43 @@ def write_json_atomic(path: Path, obj) -> None:
     write_atomically(path, [(json.dumps(obj, ensure_ascii=False, indent=1) + "\n").encode("utf-8")])
 
 
+# Failed writes that mean "no room": a full disk, a full quota, a file-size limit
+_NO_ROOM = {errno.ENOSPC, errno.EFBIG, *((errno.EDQUOT,) if hasattr(errno, "EDQUOT") else ())}
+
+
+@contextlib.contextmanager
+def _writing(out_dir: Path, what: str) -> Iterator[None]:
+    """A write in the block that fails for want of room (an OSError that names no file)
+    names out_dir and what was being written: "OUT: cannot write train_000.bin: No space ..."."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno not in _NO_ROOM:
+            raise
+        raise OSError(e.errno, f"cannot write {what}: {e.strerror}", str(out_dir)) from None
+
+
+# While a finished dataset's files move into out_dir, this file there lists every name the
+# moves touch (the old dataset's and the new one's). A prepare killed meanwhile leaves it
+# behind with no meta.json; the next prepare then takes those files for a dataset's own.
+MOVING_FILE = ".prepare.moving.json"
+
+
+def _moved_files(out_dir: Path) -> set[str]:
+    """The names out_dir's MOVING_FILE lists (plain file names only), or none."""
+    try:
+        listed = json.loads((out_dir / MOVING_FILE).read_text(encoding="utf-8"))["files"]
+        return {name for name in listed if _is_plain_name(name)}
+    except (OSError, ValueError, KeyError, TypeError):  # none there, or damaged: it lists nothing
+        return set()
+
+
 def _dataset_files(out_dir: Path) -> set[str]:
     """The names of the files of the dataset in out_dir: meta.json, tokenizer.json, the listed shards;
-    none without a meta.json (the files there are then no dataset's)."""
+    without a meta.json, those of a prepare killed while moving its files in (MOVING_FILE), if any:
+    else none (the files there are then no dataset's)."""
     if not (out_dir / META).exists():
-        return set()
+        return _moved_files(out_dir)
     names = {META, TOKENIZER_FILE}
     try:  # a damaged old meta.json lists nothing more: its shards are then left in place
         old = _read_meta(out_dir / META)
@@ -329,6 +362,11 @@ def _new_dataset_dir(out_dir: Path, overwrite: bool, shard_names: re.Pattern) ->
     shard_names matches) that is not the old dataset's is an error, before the
     block runs and again before the files move in. The whole run holds the
     prepare lock on out_dir (_claim_out_dir).
+
+    A kill (SIGKILL, a power cut) while the files move in leaves out_dir with no
+    meta.json, some old files and some new: MOVING_FILE, written before the first
+    move and removed after the last, lists them all, so the next prepare replaces
+    them (with --overwrite or without) instead of refusing them as someone else's.
     """
     def refuse_a_dataset() -> None:
         if (out_dir / META).exists() and not overwrite:
@@ -346,6 +384,8 @@ def _new_dataset_dir(out_dir: Path, overwrite: bool, shard_names: re.Pattern) ->
     with _claim_out_dir(out_dir):
         refuse_a_dataset()  # again: a prepare that held the lock may just have finished one
         refuse_others_files()
+        if (out_dir / META).exists():  # (left by a kill just before the moves began, or just after they ended)
+            (out_dir / MOVING_FILE).unlink(missing_ok=True)
         build = Path(tempfile.mkdtemp(prefix=_BUILD_PREFIX, suffix=_BUILD_SUFFIX, dir=out_dir))
         try:
             yield build
@@ -353,12 +393,16 @@ def _new_dataset_dir(out_dir: Path, overwrite: bool, shard_names: re.Pattern) ->
                 old_files = _dataset_files(out_dir)
                 new_files = {f.name for f in build.iterdir()}
                 _refuse_others_files(out_dir, new_files)  # (the lock keeps other prepares out, not the user)
+                # (written in the build directory, then renamed: a kill leaves no temporary file in out_dir)
+                write_json_atomic(build / MOVING_FILE, {"files": sorted(old_files | new_files)})
+                os.replace(build / MOVING_FILE, out_dir / MOVING_FILE)
                 (out_dir / META).unlink(missing_ok=True)
                 for name in new_files - {META}:
                     os.replace(build / name, out_dir / name)
                 for name in old_files - new_files:
                     (out_dir / name).unlink(missing_ok=True)
                 os.replace(build / META, out_dir / META)
+                (out_dir / MOVING_FILE).unlink()
         finally:
             shutil.rmtree(build, ignore_errors=True)
 
@@ -373,14 +417,22 @@ def _save_tokenizer(tok: Tokenizer, out_dir: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+def _line_ends(data: bytes, after_cr: bool) -> int:
+    """The line ends in data as the text reader counts them: \\n, \\r\\n and a lone \\r;
+    after_cr when the bytes before data end with \\r (a \\n first completes that \\r\\n)."""
+    n = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+    return n - 1 if after_cr and data.startswith(b"\n") else n
+
+
 def _first_bad_utf8(path: Path) -> tuple[int, int, str] | None:
     """(line, byte offset, reason) of the first byte of path that is not UTF-8, or None.
 
     The text reader's error counts from the start of its buffer, not of the file,
-    so the file is scanned again, a line (at most 64 KiB) at a time.
+    so the file is scanned again, a line (at most 64 KiB) at a time; lines are
+    counted as prepare reads them (a lone \\r ends one too).
     """
     decoder = codecs.getincrementaldecoder("utf-8")()
-    offset, line = 0, 1  # of the start of the piece
+    offset, line, after_cr = 0, 1, False  # of the start of the piece
     with open(path, "rb") as f:
         while True:
             piece = f.readline(1 << 16)
@@ -389,11 +441,12 @@ def _first_bad_utf8(path: Path) -> tuple[int, int, str] | None:
                 decoder.decode(piece, final=not piece)
             except UnicodeDecodeError as e:
                 bad = offset - held + e.start
-                return line + piece[:max(bad - offset, 0)].count(b"\n"), bad, e.reason
+                return line + _line_ends(piece[:max(bad - offset, 0)], after_cr), bad, e.reason
             if not piece:
                 return None
             offset += len(piece)
-            line += piece.count(b"\n")
+            line += _line_ends(piece, after_cr)
+            after_cr = piece.endswith(b"\r")
 
 
 @contextlib.contextmanager
@@ -566,10 +619,12 @@ class PretrainSummary:
                      f"{self.longest_train_piece} or more cannot train on it (a row stays inside text that was "
                      f"adjacent in the corpus); pass a larger --chunk_tokens (default {CHUNK_TOKENS})")
         if 0 < self.longest_val_piece <= TYPICAL_BLOCK:
+            # (shuffled, a piece is one chunk whatever the share held out: only larger chunks make it longer)
+            larger = f"--chunk_tokens (default {CHUNK_TOKENS})" if self.shuffled else "--chunk_tokens or --val_fraction"
             line += (f"\nwarning: the validation split's longest {piece} holds "
                      f"{quantity(self.longest_val_piece, 'token')}: a model with block_size "
                      f"{self.longest_val_piece} or more cannot validate on it "
-                     "(pass a larger --val_fraction, or train with --eval_iters=0)")
+                     f"(pass a larger {larger}, or train with --eval_iters=0)")
         if self.unknown_tokens > UNKNOWN_WARNING * self.text_tokens:
             line += (f"\nwarning: {self.unknown_tokens / self.text_tokens:.0%} of the text tokens are <|unknown|>: the "
                      "vocabulary lacks many of the text's characters (a tokenizer made for other text?); a model "
@@ -595,17 +650,21 @@ def existing_files(inputs, out_dir: str | Path | None = None, tokenizer: str | P
     folder_files, out_dir and the tokenizer file left out);
     DataError when there are none, one is not a regular file, or one file is given
     twice (by any path: its text would be used twice, and could land in both splits).
-    Errors show the paths as given (a Path would make "./a.txt" "a.txt")."""
+    Errors show the paths as given (a Path would make "./a.txt" "a.txt"), and a file
+    found in a folder with the folder's argument: "corpus/b.txt (in folder corpus)"."""
     typed = [os.fspath(p) for p in inputs]
     if any(not t for t in typed):  # (as a Path, "" would be ".", this directory)
         raise DataError("an input file name is empty; give text files")
     if not typed:
         raise DataError("no input files given")
-    files: list[str] = []
+    files: list[tuple[str, str]] = []  # (path, how the arguments name it)
     for t in typed:
-        files.extend(_input_folder_files(t, [out_dir, tokenizer]) if os.path.isdir(t) else [t])
+        if os.path.isdir(t):
+            files.extend((f, f"{f} (in folder {t})") for f in _input_folder_files(t, [out_dir, tokenizer]))
+        else:
+            files.append((t, t))
     seen: dict[tuple[int, int], str] = {}
-    for t in files:
+    for t, shown in files:
         try:
             st = os.stat(t)
         except FileNotFoundError:
@@ -614,10 +673,10 @@ def existing_files(inputs, out_dir: str | Path | None = None, tokenizer: str | P
             raise DataError(f"input {t} is {file_kind(st.st_mode)}; give text files")
         key = (st.st_dev, st.st_ino)
         if key in seen:
-            raise DataError(f"inputs {seen[key]} and {t} are the same file; give each file once")
-        seen[key] = t
+            raise DataError(f"inputs {seen[key]} and {shown} are the same file; give each file once")
+        seen[key] = shown
         _refuse_utf16_or_utf32(t)
-    return [Path(t) for t in files]
+    return [Path(t) for t, _ in files]
 
 
 def _input_folder_files(folder: str, skip: list) -> list[str]:
@@ -634,20 +693,51 @@ def _input_folder_files(folder: str, skip: list) -> list[str]:
     return files
 
 
+# The first bytes of an input that are looked at for the NUL bytes of UTF-16 or UTF-32 text
+_NUL_HEAD_BYTES = 1 << 16
+
+
+def _nul_pattern(head: bytes) -> str | None:
+    """The encoding ("UTF-16LE", "UTF-16BE", "UTF-32LE", "UTF-32BE") whose pattern of
+    NUL bytes head shows, or None. Such text without a byte-order mark (what iconv -t
+    UTF-16LE writes) is often valid UTF-8, one NUL per character; real text has a few
+    NULs at most, and a run of them (a damaged file) falls on every position alike."""
+    if head.count(0) < 8:
+        return None
+    share = [head[r::4].count(0) / max(len(head[r::4]), 1) for r in range(4)]
+    if min(share[2], share[3]) >= 0.5 and share[0] < 0.125:  # a character's low byte first, then 00 00
+        return "UTF-32LE"
+    if min(share[0], share[1]) >= 0.5 and share[3] < 0.125:
+        return "UTF-32BE"
+    even, odd = (share[0] + share[2]) / 2, (share[1] + share[3]) / 2
+    if odd >= 1 / 32 and even <= odd / 8:  # the high byte of each ASCII character: 00 at odd offsets
+        return "UTF-16LE"
+    if even >= 1 / 32 and odd <= even / 8:
+        return "UTF-16BE"
+    return None
+
+
 def _refuse_utf16_or_utf32(path: str) -> None:
     """A DataError when the file starts with a UTF-16 or UTF-32 byte-order mark (as
-    Notepad's "Unicode" does): such a file is never UTF-8, and saying what it is
-    beats pointing at its first byte."""
+    Notepad's "Unicode" does), or without one has their pattern of NUL bytes in its
+    first 64 KiB: such a file is not UTF-8 text, and saying what it is beats pointing
+    at its first byte (or, where it decodes, training on NULs)."""
     with open(path, "rb") as f:
-        head = f.read(4)
-    other = other_unicode(head)
+        head = f.read(_NUL_HEAD_BYTES)
+    name = Path(path)
+    converted = name.with_name(f"{name.stem}.utf8{name.suffix}")
+    other = other_unicode(head[:4])
     if other:
         bom, encoding = other
-        name = Path(path)
-        converted = name.with_name(f"{name.stem}.utf8{name.suffix}")
         raise DataError(f"{path}: not UTF-8 text: it starts with a {encoding} byte order mark "
                         f"({bom.hex(' ').upper()}): a {encoding} file; convert it to UTF-8 (e.g. iconv -f "
                         f"{encoding} -t UTF-8 {shlex.quote(path)} > {shlex.quote(str(converted))})")
+    encoding = _nul_pattern(head)
+    if encoding:
+        raise DataError(f"{path}: not UTF-8 text: {head.count(0):,} of its first {len(head):,} bytes are NUL, "
+                        f"as in a {encoding} file without a byte order mark (or a binary file); if it is "
+                        f"{encoding} text, convert it to UTF-8 (e.g. iconv -f {encoding} -t UTF-8 "
+                        f"{shlex.quote(path)} > {shlex.quote(str(converted))})")
 
 
 def prepare_pretrain(
@@ -699,7 +789,7 @@ def prepare_pretrain(
         bar = Progress(total_bytes, "encode", enabled=progress)
         done_bytes = 0
         try:
-            with open(stream_path, "wb") as out:
+            with _writing(out_dir, "the token stream"), open(stream_path, "wb") as out:
 
                 def emit(ids: np.ndarray) -> None:
                     nonlocal n_tokens, n_unk
@@ -776,7 +866,7 @@ def prepare_pretrain(
                     for first in range(0, len(order), shard_chunks):
                         name = f"{split}_{len(shards[split]):03d}.bin"
                         count = 0
-                        with open(build / name, "wb") as dst:
+                        with _writing(out_dir, name), open(build / name, "wb") as dst:
                             for c in order[first:first + shard_chunks]:
                                 start = int(c) * chunk_tokens
                                 length = min(chunk_tokens, n_tokens - start)
@@ -1094,7 +1184,10 @@ def prepare_sft(
         bar = Progress(total_bytes, "sft", enabled=progress)
         done = 0
         handles = {split: (open(build / a, "wb"), open(build / b, "wb")) for split, (a, b) in files.items()}
-        try:
+        with _writing(out_dir, "the rows"), contextlib.ExitStack() as closing:
+            for a, b in handles.values():
+                closing.callback(b.close)
+                closing.callback(a.close)
             for path in inputs:
                 with open(path, "rb") as f:
                     for lineno, raw, size in _jsonl_lines(f, max_line_bytes):
@@ -1147,10 +1240,6 @@ def prepare_sft(
                         unknown = row[:n] == tok.unk_id
                         n_unk += int(np.count_nonzero(unknown))
                         n_unk_answer += int(np.count_nonzero(unknown & (row_mask[:n] == 1)))
-        finally:
-            for a, b in handles.values():
-                a.close()
-                b.close()
         bar.close()
         if counts["train"] == 0:
             raise DataError(f"no training samples: every line was bad, too long for block_size {block_size} "
@@ -1242,7 +1331,8 @@ def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dic
             entry = {"rows": int(np.shape(arrays[0])[0])}
             for part, key, a in zip(parts, keys, arrays):
                 fname = f"{prefix}_{name}{part}.bin"
-                np.ascontiguousarray(a, dtype=np.uint8 if key == "mask" else dtype).tofile(build / fname)
+                with _writing(out_dir, fname):
+                    np.ascontiguousarray(a, dtype=np.uint8 if key == "mask" else dtype).tofile(build / fname)
                 entry[key] = fname
             shards[name] = [entry]
             counts[name] = entry["rows"]
@@ -1632,31 +1722,39 @@ class Dataset:
         (a bad id would otherwise stop training deep inside the embedding lookup).
         The pass reads the file in pieces of 16 M ids: memory stays bounded."""
         ids = self._map(name, shape, self.dtype)
-        flat = ids.reshape(-1)
         vocab = self.tokenizer.vocab_size
-        step = 1 << 24
-        for start in range(0, flat.size, step):
-            piece = flat[start:start + step]
-            if int(piece.max()) >= vocab:
-                at = start + int(np.argmax(piece >= vocab))
-                raise DataError(f"{self.path / name}: token id {int(flat[at])} at position {at:,} is outside the "
-                                f"vocabulary of {TOKENIZER_FILE} (0..{vocab - 1}): the file is damaged or was "
-                                "written with another vocabulary; prepare the data again")
+        bad = self._first_above(name, self.dtype, vocab - 1)
+        if bad is not None:
+            at, value = bad
+            raise DataError(f"{self.path / name}: token id {value} at position {at:,} is outside the "
+                            f"vocabulary of {TOKENIZER_FILE} (0..{vocab - 1}): the file is damaged or was "
+                            "written with another vocabulary; prepare the data again")
         return ids
 
     def _mask(self, name: str, shape: tuple) -> np.ndarray:
         """A loss-mask file, mapped, after one pass (in pieces, as _ids) that checks every
         value is 0 or 1: any other byte is damage, and would weigh its token in the loss."""
         mask = self._map(name, shape, np.uint8)
-        flat = mask.reshape(-1)
-        step = 1 << 24
-        for start in range(0, flat.size, step):
-            piece = flat[start:start + step]
-            if int(piece.max()) > 1:
-                at = start + int(np.argmax(piece > 1))
-                raise DataError(f"{self.path / name}: mask value {int(flat[at])} at position {at:,} is not 0 or 1: "
-                                "the file is damaged; prepare the data again")
+        bad = self._first_above(name, np.uint8, 1)
+        if bad is not None:
+            at, value = bad
+            raise DataError(f"{self.path / name}: mask value {value} at position {at:,} is not 0 or 1: "
+                            "the file is damaged; prepare the data again")
         return mask
+
+    def _first_above(self, name: str, dtype, highest: int) -> tuple[int, int] | None:
+        """(position, value) of the file's first value above highest, or None. Read in
+        pieces of 16 M values, not through the training map: pages of a map, once read,
+        count in the process's resident memory for as long as the map is kept, so the
+        whole dataset would look resident for the whole run."""
+        with open(self.path / name, "rb") as f:
+            start = 0
+            while (piece := np.fromfile(f, dtype=dtype, count=1 << 24)).size:
+                if int(piece.max()) > highest:
+                    at = int(np.argmax(piece > highest))
+                    return start + at, int(piece[at])
+                start += piece.size
+        return None
 
     def _map(self, name: str, shape: tuple, dtype) -> np.ndarray:
         path = self.path / name

@@ -174,8 +174,11 @@ class RunLog:
         if not self.enabled:
             return
         record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as e:  # a failed write (a full disk) names no file
+            raise OSError(e.errno, e.strerror or str(e), str(self.path)) from None
 
 
 def _records(path: Path):

@@ -40,9 +40,11 @@ list (or with no meta.json there) is an error naming it.
 The tokenizer is copied into DIR (tokenizer.json) and its fingerprint recorded
 in DIR/meta.json, with the counts, the split and the shard list. The dataset is
 built in a hidden temporary directory inside DIR (.prepare.*.tmp) and moved into
-place when it is complete: a failed run leaves an existing dataset as it was. A
-UTF-8 byte-order mark at the start of an input file is dropped; a file that starts
-with a UTF-16 or UTF-32 one is an error saying so (convert it with iconv). Each
+place when it is complete: a failed run leaves an existing dataset as it was (a
+kill -9 while the files move in leaves neither: the next prepare into DIR replaces
+what is left, --overwrite or not). A UTF-8 byte-order mark at the start of an input
+file is dropped; a file that starts with a UTF-16 or UTF-32 one, or shows their NUL
+bytes without one, is an error saying so (convert it with iconv). Each
 input is a regular file given once (the same file by two paths is an error),
 or a folder: its files and its subfolders' files, in path order (names that start
 with "." are skipped, and so are --out_dir and the --tokenizer file when they lie

@@ -34,7 +34,8 @@ usage: python -m nano_train.sample -m MODEL [-l LORA.bin] -p PROMPT [options]
                               as `nano run --profile` counts them (see the README)
   --device DEV                cpu (default), cuda, cuda:1, mps, ...
   --threads N                 CPU threads for torch, 1..1024 (default: torch's choice; 1
-                              is often fastest for tiny models)
+                              is often fastest for tiny models). The logits' rounding,
+                              so at -t > 0 now and then the text, can depend on it
 
 The chat answers as `nano run`'s does: an empty line gets an empty line, a line that
 fails (not UTF-8, a NUL byte, too long for the context) gets its error on stderr

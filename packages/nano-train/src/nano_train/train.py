@@ -21,7 +21,8 @@ usage:
   of the run ended in the middle of it (latest.pt keeps the last checkpoint written).
 
 Outputs in run.out_dir: latest.pt (rolling), best.pt (best validation loss),
-ckpt_<step>.pt (run.keep_checkpoints; ckpt_000200.pt), log.jsonl, report.md.
+ckpt_<step>.pt (run.keep_checkpoints; ckpt_000200.pt; run.keep_last=N keeps the newest
+N of them), log.jsonl, report.md.
 
 Data: pretraining reads token shards; sft and lora read SFT rows (x = row[:-1],
 y = row[1:]) or seq2seq rows (x and y aligned, for full-attention models).
@@ -71,6 +72,11 @@ PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": to
 RUN_FILES = (LATEST, BEST, "ckpt_*.pt", "log.jsonl", "report.md")
 # Held by the process that writes out_dir while it trains (nano_train.dirlock)
 RUN_LOCK = ".run.lock"
+# The temporary files of the run's rewrites of its log (on resume) and report, as
+# nano_format.write_atomically names them (.NAME.<8 hex digits>.tmp)
+REWRITE_TMP = re.compile(r"\.(?:log\.jsonl|report\.md)\.[0-9a-f]{8}\.tmp")
+# The checkpoints run.keep_checkpoints keeps (the step in six digits or more)
+KEPT_CKPT = re.compile(r"ckpt_(?P<step>[0-9]{6,})\.pt")
 
 
 class TrainingDiverged(RuntimeError):
@@ -247,6 +253,7 @@ def prepare_out_dir(out_dir: Path, overwrite: bool, init_from: str) -> None:
     except OSError as e:
         raise not_writable(out_dir, e) from None
     ckpt_io.remove_stale_temporaries(out_dir)
+    remove_stale_rewrites(out_dir)
     if overwrite:
         old = earlier_run_files(out_dir)
         if init_from not in ("scratch", "resume") and Path(init_from).resolve() in {p.resolve() for p in old}:
@@ -254,6 +261,52 @@ def prepare_out_dir(out_dir: Path, overwrite: bool, init_from: str) -> None:
                               f"{out_dir}: write this run to another --out_dir")
         for p in old:
             p.unlink()
+
+
+def holds_run_lock(out_dir: Path) -> bool:
+    """Whether this process holds out_dir's run lock: the lock file holds our pid
+    (dirlock writes it once the lock is taken; without locking there is no such file)."""
+    try:
+        return (out_dir / RUN_LOCK).read_text(encoding="ascii").strip() == str(os.getpid())
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def remove_stale_rewrites(out_dir: Path) -> list[Path]:
+    """Delete the temporary files that a killed run left of its rewrites of log.jsonl and
+    report.md (REWRITE_TMP: regular files of exactly those names), with a note on stderr;
+    the files removed. Only while this process holds the run lock: then no other run is
+    writing them. Where nothing can be locked they stay."""
+    if not holds_run_lock(out_dir):
+        return []
+    removed = []
+    for p in sorted(out_dir.iterdir()):
+        if REWRITE_TMP.fullmatch(p.name) and p.is_file() and not p.is_symlink():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    if removed:
+        print(f"note: removed {', '.join(p.name for p in removed)} from {out_dir}: left by a rewrite of "
+              "log.jsonl or report.md that was interrupted", file=sys.stderr)
+    return removed
+
+
+def prune_checkpoints(out_dir: Path, step: int, keep: int) -> list[Path]:
+    """run.keep_last: delete the ckpt_<step>.pt files of steps up to `step` (the one just
+    written) but the newest `keep`; the files removed. Only regular files named as the
+    run names them (ckpt_000200.pt, not ckpt_200.pt nor a link); those of later steps (left
+    by the run that went on from the checkpoint resumed from) stay: this run replaces them
+    when it gets there."""
+    found = []
+    for p in out_dir.iterdir():
+        m = KEPT_CKPT.fullmatch(p.name)
+        if m is None or p.name != f"ckpt_{int(m['step']):06d}.pt":  # (ckpt_0000200.pt is no name of ours)
+            continue
+        if int(m["step"]) <= step and p.is_file() and not p.is_symlink():
+            found.append((int(m["step"]), p))
+    removed = [p for _, p in sorted(found)[:max(len(found) - keep, 0)]]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
@@ -325,13 +378,19 @@ def forward_context_factory(device: torch.device, dtype: str, attention_backend:
             from torch.nn.attention import sdpa_kernel
 
             stack.enter_context(sdpa_kernel(backend))
-        if hasattr(torch.compiler.config, "cache_key_tag"):  # torch >= 2.6
-            # torch.compile's caches do not key a graph on the SDPA kernel it was traced
-            # under: without the tag, a run would reuse another backend's graph from disk
-            stack.enter_context(torch.compiler.config.patch(cache_key_tag=f"nano_train sdpa={attention_backend}"))
         return stack
 
     return context
+
+
+def compile_cache_tag(attention_backend: str):
+    """A context for a whole run (not each forward: every config patch leaves a
+    ContextVar behind in torch, about 200 bytes a pass, never freed): torch.compile's
+    caches do not key a graph on the SDPA kernel it was traced under, so without the
+    tag a run would reuse another backend's graph from disk."""
+    if not hasattr(torch.compiler.config, "cache_key_tag"):  # torch < 2.6
+        return contextlib.nullcontext()
+    return torch.compiler.config.patch(cache_key_tag=f"nano_train sdpa={attention_backend}")
 
 
 def check_attention_backend(name: str, device: torch.device, dtype: str, model_cfg: ModelConfig, forward_context) -> None:
@@ -403,8 +462,8 @@ def check_resume_conflicts(cfg: Config, checkpoint: dict, latest: Path, ds: Data
         return sec.get(key) if isinstance(sec, dict) else None
 
     conflicts = []
-    for section, key, why in (("data", "batch_size", "the data position and the learning-rate schedule"),
-                              ("optim", "gradient_accumulation_steps", "the data position and the learning-rate schedule"),
+    for section, key, why in (("data", "batch_size", "the data position and the tokens per step"),
+                              ("optim", "gradient_accumulation_steps", "the data position and the tokens per step"),
                               ("system", "seed", "the data order"),
                               *((("lora", "lora_rank", "the adapter's shape"), ("lora", "lora_alpha", "the adapter's scale"))
                                 if cfg.run.task == "lora" else ())):
@@ -415,7 +474,7 @@ def check_resume_conflicts(cfg: Config, checkpoint: dict, latest: Path, ds: Data
         whys = sorted({why for _, why in conflicts})
         raise ConfigError(f"{'; '.join(c for c, _ in conflicts)} conflict{'s' if len(conflicts) == 1 else ''} with "
                           f"the checkpoint {latest}: {' and '.join(whys)} would no longer be the run's; resume "
-                          "without setting them, or start a new run in another --out_dir")
+                          f"without setting {'it' if len(conflicts) == 1 else 'them'}, or start a new run in another --out_dir")
 
 
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that replay CUDA graphs
@@ -551,6 +610,9 @@ def batch_to_device(batch, device: torch.device):
     return tuple(move(a) for a in batch)
 
 
+EVAL_SEED = 0  # the validation rows' order, one for every run (see evaluate)
+
+
 @torch.no_grad()
 def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context, blocked: bool = True) -> float:
     """Mean loss per counted token over eval_iters micro-batches of the held-out
@@ -559,8 +621,11 @@ def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context
     batches r, r + W, r + 2W, ... of the ones a single process would read, so the
     mean is over the same eval_iters batches whatever W is (model is never the DDP
     wrapper: the ranks may run different counts). The batches start from row 0
-    every time, so successive evaluations are comparable."""
-    batches = Batcher(source, cfg.data.batch_size, cfg.system.seed, info.rank, info.world_size)
+    every time, so successive evaluations are comparable, and their order is
+    EVAL_SEED's, not the run's seed: the rows are the first batch_size x eval_iters
+    of one fixed order of the split, the same in every run (a seed sweep, or another
+    batch size with the same product, compares losses on the same rows)."""
+    batches = Batcher(source, cfg.data.batch_size, EVAL_SEED, info.rank, info.world_size)
     mine = len(range(info.rank, cfg.eval.eval_iters, info.world_size))
     was_training = model.training
     model.eval()
@@ -636,6 +701,10 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     torchrun) LostContact when another rank is gone; SIGTERM is then left ignored, as
     torchrun sends it to the ranks left, and the process is to end with the error.
 
+    checkpoint: the loaded latest.pt of a resume (main loads it to resolve the config),
+    or None to load it here. The run takes it over: its "model" and "optimizer" entries
+    are dropped once the model and optimizer hold them (the weights are not kept twice).
+
     cfg may be built in code: it is checked as a config file is (config.check: a
     ConfigError naming the key, before anything is written). The caller's torch
     thread count is restored at the end (system.threads is the run's). The run replaces
@@ -646,10 +715,11 @@ def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint:
     check_config(cfg)
     threads = torch.get_num_threads()  # system.threads sets them for the run only
     try:
-        if run_lock_held or not writes_out_dir():
-            return _train(cfg, explicit, checkpoint, progress)
-        out_dir = Path(cfg.run.out_dir)
         with contextlib.ExitStack() as held:
+            held.enter_context(compile_cache_tag(cfg.system.attention_backend))
+            if run_lock_held or not writes_out_dir():
+                return _train(cfg, explicit, checkpoint, progress)
+            out_dir = Path(cfg.run.out_dir)
             try:
                 held.enter_context(dirlock.exclusive(out_dir, RUN_LOCK, "run", ConfigError))
             except OSError as e:
@@ -729,6 +799,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         raw_model = Transformer(cfg.model)
         if base_sd is not None:
             raw_model.load_state_dict(base_sd)
+            base_sd = None  # the base model's own tensors: a second copy of the weights for the whole run
         if task == "lora":
             attach_lora(raw_model, cfg.lora.lora_rank, cfg.lora.lora_alpha, cfg.lora.lora_dropout)
             mark_only_lora_trainable(raw_model)
@@ -854,7 +925,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         saved_decay_end = saved_optim.get("lr_decay_iters") or saved_optim.get("max_iters")
     # the model a fine-tuning run started from (kept through resumes, for provenance)
     base_path = checkpoint.get("base") if resuming else (None if cfg.run.init_from == "scratch" else cfg.run.init_from)
-    del checkpoint  # the optimizer and model hold their own copies now
+    if resuming:  # the model and optimizer hold theirs now; the caller's names keep the dict alive
+        checkpoint.pop("model", None)
+        checkpoint.pop("optimizer", None)
+    del checkpoint
 
     # ---- wrap for speed and for several processes ---------------------------------------
     if cfg.system.compile:
@@ -864,6 +938,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         model = raw_model
         if cfg.system.compile_mode != "default":
             say(f"note: system.compile_mode {cfg.system.compile_mode!r} has no effect without --compile=true")
+    if cfg.run.keep_last and not cfg.run.keep_checkpoints:
+        say(f"note: run.keep_last {cfg.run.keep_last} has no effect without --keep_checkpoints=true")
     # CUDA graphs (compile modes reduce-overhead and max-autotune) reuse their memory from
     # one step to the next: each optimizer step's start is marked for them, and evaluation
     # (a few batches now and then) runs the model uncompiled rather than graphs of its own.
@@ -988,6 +1064,12 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         for name in names:
             ckpt_io.save_atomic(state, out_dir / name)
         last_saved = f"{out_dir / names[-1]} (step {step})"
+        if cfg.run.keep_checkpoints and cfg.run.keep_last and LATEST in names:  # (only once all are written)
+            try:
+                prune_checkpoints(out_dir, step, cfg.run.keep_last)
+            except OSError as e:  # the run goes on; the files are there to delete by hand
+                print(f"note: could not delete the older checkpoints run.keep_last {cfg.run.keep_last} would: "
+                      f"{e.filename or out_dir}: {e.strerror or e}", file=sys.stderr)
 
     # Ctrl-C (SIGINT) or SIGTERM (what torchrun and batch schedulers send to stop a job):
     # finish the current step, save latest.pt, stop. A second signal aborts at once.
@@ -1355,18 +1437,21 @@ def resume_hint(out_dir) -> str:
     return f"continue with --init_from=resume --out_dir={shlex.quote(str(out_dir))}"
 
 
-def stopped_hint(out_dir) -> str:
+def stopped_hint(out_dir, first: str = "") -> str:
     """Where a run that stopped on an error or Ctrl-C can go on from: the latest.pt in
-    out_dir and the command that resumes it, or, with none written, starting again
-    (with --overwrite=true when the stopped run left its log there, which a new run
-    would otherwise refuse to replace). out_dir None: not known yet."""
+    out_dir (and its step) and the command that resumes it, or, with none written, starting
+    again (with --overwrite=true when the stopped run left its log there, which a new run
+    would otherwise refuse to replace). out_dir None: not known yet. first: what to do
+    before that ("once space is freed, ")."""
     if out_dir is None:
-        return "latest.pt, if any, holds the last checkpoint written: continue with --init_from=resume"
+        return f"latest.pt, if any, holds the last checkpoint written: {first}continue with --init_from=resume"
     latest = Path(out_dir) / LATEST
     if latest.is_file():
-        return f"{latest} holds the last checkpoint written: {resume_hint(out_dir)}"
+        step = ckpt_io.recorded_step(latest)
+        at = f" (step {step})" if step is not None else ""
+        return f"{latest}{at} holds the last checkpoint written: {first}{resume_hint(out_dir)}"
     again = " with --overwrite=true" if earlier_run_files(Path(out_dir)) else ""
-    return f"no checkpoint was written: start again{again}"
+    return f"no checkpoint was written: {first}start again{again}"
 
 
 def setting_typo(argv: list[str]) -> str | None:
@@ -1421,8 +1506,15 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         print("error: standard output was closed (its reader went away); the run stopped "
               f"({stopped_hint(out_dir)})", file=sys.stderr)
         return 1
-    except (TrainingDiverged, LostContact, OutOfMemory, OSError) as e:  # OSError: a file that cannot be written
+    except (TrainingDiverged, LostContact, OutOfMemory) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a file that cannot be written (a full disk), or an out_dir that cannot be used
+        if e.filename is None or not e.strerror:  # (not_writable: before the run began)
+            print(f"error: {e}", file=sys.stderr)
+        else:
+            first = "once space is freed, " if e.errno in ckpt_io.NO_ROOM else ""
+            print(f"error: {e.filename}: {e.strerror}; {stopped_hint(out_dir, first)}", file=sys.stderr)
         return 1
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
