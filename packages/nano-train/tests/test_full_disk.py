@@ -150,9 +150,23 @@ def test_a_full_disk_before_the_first_checkpoint_says_to_start_again(tmp_path, s
                                                                       args):
     out = tmp_path / "run"
     fill_the_disk_at(monkeypatch, 2)
-    assert main("pretrain", args(small_pretrain, out)) == 1
+    assert main("pretrain", args(small_pretrain, out, eval_interval=100, checkpoint_interval=2)) == 1  # no best.pt
     assert error_line(capsys) == (f"error: {out / 'latest.pt'}: the checkpoint could not be written: {NO_SPACE}; no "
                                   "checkpoint was written: once space is freed, start again with --overwrite=true")
+
+
+def test_a_full_disk_between_best_and_latest_names_the_best_and_what_overwrite_deletes(tmp_path, small_pretrain,
+                                                                                      monkeypatch, capsys, args):
+    """best.pt is written just before latest.pt: a disk that fills between the two leaves
+    the best evaluation's weights, which the advice must not delete unsaid."""
+    out = tmp_path / "run"
+    fill_the_disk_at(monkeypatch, 2)
+    assert main("pretrain", args(small_pretrain, out)) == 1  # an evaluation at step 2 writes best.pt first
+    assert error_line(capsys) == (f"error: {out / 'latest.pt'}: the checkpoint could not be written: {NO_SPACE}; no "
+                                  f"latest.pt was written, only {out / 'best.pt'} (step 2), the best evaluation's "
+                                  "weights, which a new run with --overwrite=true deletes (move it away first to "
+                                  "keep it): once space is freed, start again with --overwrite=true")
+    assert load(out / "best.pt")["step"] == 2
 
 
 # ---------------------------------------------------------------------------

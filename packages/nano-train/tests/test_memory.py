@@ -163,3 +163,32 @@ def test_loading_a_checkpoint_does_not_read_its_optimizer_state(tmp_path, small_
     grown_kb = int(subprocess.run([sys.executable, "-c", MEASURE, str(big)], capture_output=True, text=True,
                                   check=True).stdout)
     assert grown_kb < 48_000, f"loading the model took {grown_kb:,} kB more peak memory"
+
+
+def test_a_checkpoint_replaced_while_it_is_loaded_gives_one_files_weights(tmp_path, small_pretrain, tiny_config,
+                                                                         monkeypatch):
+    """torch.load(mmap=True) opens the path twice (directory, then map); a training run that
+    renames a new latest.pt over it between the two paired one file's offsets with the
+    other's bytes: garbage weights, finite, no error. Now the load is of one file."""
+    import os
+    import shutil
+
+    from nano_train import convert
+
+    for name, layers in (("a", 1), ("b", 2)):  # two layouts: b's bytes at a's offsets are no weights at all
+        train(tiny_config(small_pretrain, out_dir=tmp_path / name, max_iters=2, n_layer=layers))
+    path = tmp_path / "latest.pt"
+    shutil.copy(tmp_path / "a" / "latest.pt", path)
+    shutil.copy(tmp_path / "b" / "latest.pt", tmp_path / "new.pt")
+    real_getsize = os.path.getsize
+
+    def getsize(p):  # torch's map step asks the size of the path: the rename lands just then
+        if str(p).endswith("latest.pt") and (tmp_path / "new.pt").exists():
+            os.replace(tmp_path / "new.pt", path)
+        return real_getsize(p)
+
+    monkeypatch.setattr(os.path, "getsize", getsize)
+    got = convert.load_checkpoint_model(path)[0].state_dict()
+    wants = [torch.load(tmp_path / name / "latest.pt", weights_only=True)["model"] for name in ("a", "b")]
+    matches = [got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want) for want in wants]
+    assert any(matches), "the weights are neither file's"

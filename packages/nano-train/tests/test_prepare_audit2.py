@@ -329,3 +329,93 @@ def test_the_list_of_moved_files_counts_only_without_meta_json_and_only_plain_na
     (out / MOVING_FILE).write_text("{not json")
     (out / "meta.json").unlink()
     assert _dataset_files(out) == set()
+
+
+# ---------------------------------------------------------------------------
+# After the review of the audit's fixes: the list of moved files names only a dataset's
+# files, and the NUL patterns are those the encodings really write
+
+
+def test_a_name_in_the_list_of_moved_files_that_no_dataset_has_is_not_removed(tmp_path, shared_file, capsys):
+    """(was: prepare deleted notes.txt, any plain name .prepare.moving.json listed)"""
+    out = tmp_path / "u"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes\n")
+    (out / MOVING_FILE).write_text(json.dumps({"files": ["notes.txt"]}))
+    text = tmp_path / "a.txt"
+    text.write_text(words_text(300), encoding="utf-8")
+    rc, _, err = run(capsys, "pretrain", "--quiet", "--tokenizer", shared_file("data/nano_80.json"),
+                     "--chunk_tokens", 512, "--out_dir", out, text)
+    assert rc == 0, err
+    assert (out / "notes.txt").read_text() == "my notes\n"
+    assert not (out / MOVING_FILE).exists()
+
+
+def test_the_list_of_moved_files_counts_only_names_a_datasets_file_can_have(tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    dataset_names = ["meta.json", "tokenizer.json", "train_000.bin", "val_1234.bin", "sft_train.bin",
+                     "sft_val_mask.bin", "s2s_train_x.bin", "s2s_val_mask.bin"]
+    others = ["notes.txt", "train.bin", "train_00.bin", "sft_test.bin", "s2s_train_z.bin", ".bashrc", "meta.json~"]
+    (out / MOVING_FILE).write_text(json.dumps({"files": dataset_names + others}))
+    assert _dataset_files(out) == set(dataset_names)
+
+
+def test_a_file_in_the_way_with_a_list_of_moved_files_but_no_meta_json_says_so(tmp_path, shared_file, capsys):
+    """(was: "its meta.json does not list it", with no meta.json there)"""
+    out = tmp_path / "u"
+    out.mkdir()
+    (out / "tokenizer.json").write_text("{}")
+    (out / "train_000.bin").write_bytes(b"mine")
+    (out / MOVING_FILE).write_text(json.dumps({"files": ["tokenizer.json"]}))
+    text = tmp_path / "a.txt"
+    text.write_text(words_text(300), encoding="utf-8")
+    rc, out_text, err = run(capsys, "pretrain", "--quiet", "--tokenizer", shared_file("data/nano_80.json"),
+                            "--chunk_tokens", 512, "--out_dir", out, text)
+    assert (rc, out_text) == (2, "")
+    assert err == (f"error: {out / 'train_000.bin'} is in the way: the new dataset has a file of that name, and it "
+                   f"is not a file of a dataset in {out} (there is no meta.json, and .prepare.moving.json, left by "
+                   f"an interrupted prepare, does not list it); move it away or choose another --out_dir\n")
+    assert (out / "train_000.bin").read_bytes() == b"mine"
+
+
+ZH = "中文的信号天线，" * 5 + "ok\n"
+EMOJI = "🎉👍🔥💯" * 300
+
+
+@pytest.mark.parametrize("text, encoding, name", [
+    (EMOJI, "utf-32-le", "UTF-32LE"),  # (was: called UTF-16LE, as was every UTF-32 text beyond U+FFFF)
+    (EMOJI, "utf-32-be", "UTF-32BE"),
+    (ZH * 500, "utf-16-le", "UTF-16LE"),  # (guards: Chinese with a little ASCII, in every encoding)
+    (ZH * 500, "utf-16-be", "UTF-16BE"),
+    (ZH * 500, "utf-32-le", "UTF-32LE"),
+    (ZH * 500, "utf-32-be", "UTF-32BE"),
+])
+def test_utf16_or_utf32_text_beyond_ascii_is_named_for_its_encoding(tmp_path, shared_file, text, encoding, name):
+    src = tmp_path / "e.txt"
+    src.write_bytes(text.encode(encoding))
+    with pytest.raises(DataError, match=rf"as in a {name} file without a byte order mark .*iconv -f {name} -t"):
+        prepare_pretrain([src], shared_file("data/tokenizer_16384_v2.json"), tmp_path / "d", progress=False)
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("data", [
+    # records ending (or starting) with a NUL: one NUL at one offset of every 4 (was: refused as UTF-16LE/BE)
+    b"".join(f"{i % 1000:03d}\0".encode() for i in range(4000)),
+    b"".join(f"\0{i % 1000:03d}".encode() for i in range(4000)),
+    b"".join(f"{i % 100:02d}\0\1".encode() for i in range(4000)),
+    # (guards: real UTF-8 text with a run of NULs)
+    (ZH * 300 + "\0" * 4096 + ZH * 300 + "end").encode(),  # (no line end last: not part of the document)
+    ("日本語のテキストです。絵文字🎉も少し。\n" * 300 + "\0" * 4095 + "カタカナ\n" * 300 + "end").encode(),
+    (EMOJI + "\0" * 333 + "🎉x" * 300).encode(),
+], ids=["records-nul-last", "records-nul-first", "records-nul-third", "chinese", "japanese", "emoji"])
+def test_utf8_text_with_nuls_not_where_utf16_or_utf32_has_them_stays_text(tmp_path, shared_file, data):
+    src = tmp_path / "t.txt"
+    src.write_bytes(data)
+    tok = shared_file("data/tokenizer_16384_v2.json")  # (NUL is its token 7)
+    prepare_pretrain([src], tok, tmp_path / "d", val_fraction=0.0, shuffle=False, doc_mode="file", progress=False)
+    meta = json.loads((tmp_path / "d" / "meta.json").read_text(encoding="utf-8"))
+    ids = np.concatenate([np.fromfile(tmp_path / "d" / s["file"], dtype=meta["dtype"])
+                          for s in meta["shards"]["train"]])
+    assert ids.tolist() == Tokenizer.load(tok).encode(data.decode("utf-8"))  # every NUL kept (the vocabulary
+    assert (ids == 7).sum() == data.count(0)                                 # has no emoji: <|unknown|>)

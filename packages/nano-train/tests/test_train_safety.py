@@ -867,3 +867,30 @@ def test_the_validation_rows_are_the_same_whatever_the_seed_and_split_of_batches
     assert len(set(by_seed.values())) == 1, by_seed
     assert step0_val("b8", batch_size=8, eval_iters=2) == pytest.approx(by_seed[1], rel=1e-5)
     assert step0_val("b8x3", batch_size=8, eval_iters=3) != pytest.approx(by_seed[1], rel=1e-5)
+
+
+def test_resuming_a_checkpoint_from_before_the_fixed_validation_rows_restarts_the_best(finished_run, small_pretrain,
+                                                                                      capsys):
+    """A checkpoint without eval_seed took its losses on the rows of the run's seed: its
+    best is no number to beat on today's rows; a note says so and the next evaluation
+    writes best.pt. One with it keeps its best."""
+    def edit(name, **fields):
+        ck = torch.load(finished_run / name, weights_only=True)
+        ck.pop("eval_seed", None)
+        ck.update(fields)
+        torch.save(ck, finished_run / name)
+
+    assert torch.load(finished_run / "latest.pt", weights_only=True)["eval_seed"] == 0
+    edit("latest.pt", best_val_loss=0.001)  # a best that no evaluation beats
+    edit("best.pt", val_loss=0.001, best_val_loss=0.001)
+    capsys.readouterr()
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=4)) == 0
+    err = capsys.readouterr().err
+    assert "was written before validation read a fixed order of rows" in err and "best validation loss 0.0010" in err
+    best = torch.load(finished_run / "best.pt", weights_only=True)
+    assert best["step"] == 4 and best["eval_seed"] == 0 and best["best_val_loss"] > 0.001
+    # a checkpoint of today keeps its best: nothing beats 0.001, best.pt stays at step 4
+    edit("latest.pt", best_val_loss=0.001, eval_seed=0)
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=6)) == 0
+    assert "fixed order of rows" not in capsys.readouterr().err
+    assert torch.load(finished_run / "best.pt", weights_only=True)["step"] == 4

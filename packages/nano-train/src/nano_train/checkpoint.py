@@ -16,6 +16,8 @@ reads (tensors, dicts, lists, str, int, float, bool, None only):
     "best_val_loss", "val_loss", "train_loss", "elapsed_s", "dataset", "versions"
     "warmup_end_s": the elapsed_s at which warmup ended (None before; older checkpoints lack it)
     "val_step":     the step whose evaluation gave val_loss (None: none yet; older checkpoints lack it)
+    "eval_seed":    the seed of the validation rows' order (train.EVAL_SEED; checkpoints from before
+                    2026-11-27 lack it: their losses were taken on rows in the run's seed's order)
     "dataset_id":   sha256 of the dataset's meta.json "shards", "split", "shuffle" and
                     "content" entries (resume refuses another dataset; older checkpoints
                     lack it, or its "content")
@@ -275,6 +277,8 @@ def check_fields(path: str | Path, ck: dict) -> None:
     value = ck.get("val_step")
     need(value is None or (_is_int(value) and 0 <= value <= ck["step"]), "val_step",
          "None or an integer in [0, step]")
+    value = ck.get("eval_seed")
+    need(value is None or (_is_int(value) and value >= 0), "eval_seed", "None or an integer >= 0")
     value = ck.get("warmup_end_s")
     need(value is None or (_is_real(value) and math.isfinite(value) and value >= 0), "warmup_end_s",
          "None or a finite number of seconds >= 0")

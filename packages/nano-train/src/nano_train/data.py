@@ -264,17 +264,31 @@ def _writing(out_dir: Path, what: str) -> Iterator[None]:
         raise OSError(e.errno, f"cannot write {what}: {e.strerror}", str(out_dir)) from None
 
 
+# The names of the shard files each kind of dataset is written with
+_PRETRAIN_SHARDS = re.compile(r"(train|val)_[0-9]{3,}\.bin")
+_SFT_SHARDS = re.compile(r"sft_(train|val)(_mask)?\.bin")
+_SEQ2SEQ_SHARDS = re.compile(r"s2s_(train|val)_(x|y|mask)\.bin")
+
+
 # While a finished dataset's files move into out_dir, this file there lists every name the
 # moves touch (the old dataset's and the new one's). A prepare killed meanwhile leaves it
 # behind with no meta.json; the next prepare then takes those files for a dataset's own.
 MOVING_FILE = ".prepare.moving.json"
 
 
+def _is_dataset_name(name) -> bool:
+    """Whether name is one a dataset's file can have: meta.json, tokenizer.json, or a shard name of any kind."""
+    return isinstance(name, str) and (name in (META, TOKENIZER_FILE) or any(
+        pattern.fullmatch(name) for pattern in (_PRETRAIN_SHARDS, _SFT_SHARDS, _SEQ2SEQ_SHARDS)))
+
+
 def _moved_files(out_dir: Path) -> set[str]:
-    """The names out_dir's MOVING_FILE lists (plain file names only), or none."""
+    """The names out_dir's MOVING_FILE lists, or none. Only names a dataset's file can have
+    count (_is_dataset_name): prepare removes what the list names, and any other name
+    there (notes.txt) is not one it wrote."""
     try:
         listed = json.loads((out_dir / MOVING_FILE).read_text(encoding="utf-8"))["files"]
-        return {name for name in listed if _is_plain_name(name)}
+        return {name for name in listed if _is_dataset_name(name)}
     except (OSError, ValueError, KeyError, TypeError):  # none there, or damaged: it lists nothing
         return set()
 
@@ -332,19 +346,18 @@ def _claim_out_dir(out_dir: Path) -> Iterator[None]:
         yield
 
 
-# The names of the shard files each kind of dataset is written with
-_PRETRAIN_SHARDS = re.compile(r"(train|val)_[0-9]{3,}\.bin")
-_SFT_SHARDS = re.compile(r"sft_(train|val)(_mask)?\.bin")
-_SEQ2SEQ_SHARDS = re.compile(r"s2s_(train|val)_(x|y|mask)\.bin")
-
-
 def _refuse_others_files(out_dir: Path, names: Iterable[str]) -> None:
     """A DataError naming the first of names that is a file in out_dir but not one of
     the dataset's there (_dataset_files): prepare replaces only a dataset's own files."""
     ours = _dataset_files(out_dir)
     for name in sorted(names):
         if name not in ours and os.path.lexists(out_dir / name):
-            why = f"its {META} does not list it" if ours else f"there is no {META}"
+            if (out_dir / META).exists():
+                why = f"its {META} does not list it"
+            elif ours:
+                why = f"there is no {META}, and {MOVING_FILE}, left by an interrupted prepare, does not list it"
+            else:
+                why = f"there is no {META}"
             raise DataError(f"{out_dir / name} is in the way: the new dataset has a file of that name, and it is "
                             f"not a file of a dataset in {out_dir} ({why}); move it away or choose another --out_dir")
 
@@ -701,18 +714,28 @@ def _nul_pattern(head: bytes) -> str | None:
     """The encoding ("UTF-16LE", "UTF-16BE", "UTF-32LE", "UTF-32BE") whose pattern of
     NUL bytes head shows, or None. Such text without a byte-order mark (what iconv -t
     UTF-16LE writes) is often valid UTF-8, one NUL per character; real text has a few
-    NULs at most, and a run of them (a damaged file) falls on every position alike."""
+    NULs at most, and a run of them (a damaged file) falls on every position alike.
+
+    What the encodings put in the bytes: every UTF-32LE code unit is b0 b1 b2 00 with
+    b2 at most 0x10 (code points end at U+10FFFF), UTF-32BE mirrored; UTF-16 text of
+    ASCII has the 00 high byte of each character at every other offset, so at both
+    1 and 3 of every 4 (LE) or both 0 and 2 (BE), where records of "123\\0" in UTF-8
+    have it at one of them only.
+    """
     if head.count(0) < 8:
         return None
-    share = [head[r::4].count(0) / max(len(head[r::4]), 1) for r in range(4)]
-    if min(share[2], share[3]) >= 0.5 and share[0] < 0.125:  # a character's low byte first, then 00 00
+    units = head[:len(head) // 4 * 4]  # whole 4-byte code units from the start
+    byte = [units[r::4] for r in range(4)]
+    share = [b.count(0) / max(len(b), 1) for b in byte]
+    # (a character's low byte is 00 in few of them: a head all NULs is no encoding's)
+    if share[3] == 1 and max(byte[2]) <= 0x10 and share[0] < 0.125:
         return "UTF-32LE"
-    if min(share[0], share[1]) >= 0.5 and share[3] < 0.125:
+    if share[0] == 1 and max(byte[1]) <= 0x10 and share[3] < 0.125:
         return "UTF-32BE"
-    even, odd = (share[0] + share[2]) / 2, (share[1] + share[3]) / 2
-    if odd >= 1 / 32 and even <= odd / 8:  # the high byte of each ASCII character: 00 at odd offsets
+    odd, even = min(share[1], share[3]), min(share[0], share[2])
+    if odd >= 1 / 32 and (share[0] + share[2]) / 2 <= odd / 8:
         return "UTF-16LE"
-    if even >= 1 / 32 and odd <= even / 8:
+    if even >= 1 / 32 and (share[1] + share[3]) / 2 <= even / 8:
         return "UTF-16BE"
     return None
 

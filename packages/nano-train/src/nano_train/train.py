@@ -881,6 +881,14 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 best_val_loss = min(best_val_loss, on_disk)
             elif (out_dir / BEST).exists():
                 say(f"note: {out_dir / BEST} cannot be read; the next best validation loss replaces it")
+            if checkpoint.get("eval_seed") != EVAL_SEED and math.isfinite(best_val_loss):
+                # written before evaluation read one fixed order of rows: its losses are not this run's
+                if master:
+                    print(f"note: {latest} was written before validation read a fixed order of rows (2026-11-27): "
+                          f"its best validation loss {best_val_loss:.4f} was taken on other rows, so the losses "
+                          "after this resume are not comparable with those before it; the next evaluation is the "
+                          "new best to beat and replaces best.pt", file=sys.stderr)
+                best_val_loss = math.inf
             rng = checkpoint["rng"]
             if rng["world_size"] == info.world_size:
                 ckpt_io.set_rng_state(rng["ranks"][info.rank])
@@ -1052,6 +1060,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             "data_state": train_batches.state_dict(),
             "rng": rng,
             "best_val_loss": best_val_loss, "val_loss": val_loss, "val_step": val_step, "train_loss": train_loss,
+            "eval_seed": EVAL_SEED,
             "elapsed_s": elapsed_before + time.monotonic() - t_start, "warmup_end_s": warm_s,
             "dataset": {"path": str(ds.path), "fingerprint": tokenizer.fingerprint()}, "dataset_id": dataset_id,
             "versions": {"torch": str(torch.__version__)}, "final": final,
@@ -1451,6 +1460,12 @@ def stopped_hint(out_dir, first: str = "") -> str:
         at = f" (step {step})" if step is not None else ""
         return f"{latest}{at} holds the last checkpoint written: {first}{resume_hint(out_dir)}"
     again = " with --overwrite=true" if earlier_run_files(Path(out_dir)) else ""
+    best = Path(out_dir) / BEST
+    if best.is_file():  # (written just before latest.pt: a full disk can stop the run between the two)
+        step = ckpt_io.recorded_step(best)
+        at = f" (step {step})" if step is not None else ""
+        return (f"no latest.pt was written, only {best}{at}, the best evaluation's weights, which a new run with "
+                f"--overwrite=true deletes (move it away first to keep it): {first}start again{again}")
     return f"no checkpoint was written: {first}start again{again}"
 
 
