@@ -84,6 +84,8 @@ _MAX_BLANK_LINE = 1 << 20  # characters of whitespace held while deciding whethe
 TOO_LONG = ("skip", "truncate", "error")
 # The longest SFT line read: a longer one is a bad line (read in pieces, never held whole)
 MAX_LINE_BYTES = 64 << 20
+# prepare sft --skip_bad names this many of the lines it skips, then says how many more it did
+SKIPPED_SHOWN = 10
 # A model's default block_size (ModelConfig): a validation split shorter than this + 1 tokens gets a warning
 TYPICAL_BLOCK = 512
 # The default chunk of the split and the shuffle: a row stays inside a chunk, so a chunk of C tokens gives
@@ -122,6 +124,7 @@ class Progress:
         self.last_decile = -1
         self.last_line = None  # when the last line was written (not a terminal)
         self.tty = sys.stderr.isatty()
+        self.drawn = 0  # characters of the bar on the terminal's line (0: the line is free)
 
     def update(self, done: int) -> None:
         self.done = done
@@ -147,9 +150,27 @@ class Progress:
         rate = self.done / max(now - self.t0, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
         bar = "#" * fill + "." * (width - fill)
-        sys.stderr.write(f"{self.label} [{bar}] {frac * 100:5.1f}% {human(self.done, self.unit)} "
-                         f"{human(rate, self.unit)}/s eta {eta:4.0f}s{end}")
+        text = (f"{self.label} [{bar}] {frac * 100:5.1f}% {human(self.done, self.unit)} "
+                f"{human(rate, self.unit)}/s eta {eta:4.0f}s")
+        sys.stderr.write(text + end)
         sys.stderr.flush()
+        self.drawn = len(text) if end == "\r" else 0
+
+    def note(self, text: str) -> None:
+        """Print text as a line of its own on stderr: on a terminal, over the bar, which is
+        drawn again at the next update."""
+        if self.drawn:
+            sys.stderr.write("\r" + " " * self.drawn + "\r")
+            self.drawn, self.last_draw = 0, 0.0
+        print(text, file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        """Leave the bar as it stands (a run that stops early): what stderr gets next
+        starts on a line of its own, not over the bar. Nothing to do after close."""
+        if self.drawn:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+            self.drawn = 0
 
     def close(self) -> None:
         if self.enabled:
@@ -157,6 +178,18 @@ class Progress:
             if self.tty:
                 sys.stderr.write("\n")
                 sys.stderr.flush()
+                self.drawn = 0
+
+
+@contextlib.contextmanager
+def _ending(bar: Progress):
+    """On an error inside, end the bar's line first, so that the error is not printed over it
+    (an interrupt is left alone: its message starts with a line break of its own)."""
+    try:
+        yield
+    except Exception:
+        bar.end()
+        raise
 
 
 def split_hash(seed: int, index: np.ndarray) -> np.ndarray:
@@ -187,10 +220,11 @@ def quantity(n: int, noun: str) -> str:
     return f"{n:,} {noun if n == 1 else noun + 's'}"
 
 
-def _loads(text: str, where: str):
-    """The JSON value of text, or a DataError "WHERE: not valid JSON (why)", whatever the text."""
+def _loads(text: str, where: str, unique_keys: bool = False):
+    """The JSON value of text, or a DataError "WHERE: not valid JSON (why)", whatever the text
+    (with unique_keys, a key given twice in one object is such an error: see parse_json)."""
     try:
-        return parse_json(text)
+        return parse_json(text, unique_keys=unique_keys)
     except JSONTextError as e:
         raise DataError(f"{where}: not valid JSON ({e})") from None
 
@@ -812,7 +846,7 @@ def prepare_pretrain(
         bar = Progress(total_bytes, "encode", enabled=progress)
         done_bytes = 0
         try:
-            with _writing(out_dir, "the token stream"), open(stream_path, "wb") as out:
+            with _writing(out_dir, "the token stream"), open(stream_path, "wb") as out, _ending(bar):
 
                 def emit(ids: np.ndarray) -> None:
                     nonlocal n_tokens, n_unk
@@ -876,7 +910,7 @@ def prepare_pretrain(
             split_tokens = {"train": 0, "val": 0}
             bar = Progress(n_chunks, "shards", unit=" chunks", enabled=progress)
             copied = 0
-            with open(stream_path, "rb") as src:
+            with open(stream_path, "rb") as src, _ending(bar):
                 for split, chunks, salt in (("train", train_chunks, 1), ("val", val_chunks, 2)):
                     order = chunks
                     if shuffle:
@@ -980,12 +1014,17 @@ def sft_messages(obj, where: str) -> tuple[str | None, list[tuple[str, str]]]:
     Accepts {"question": Q, "answer": A} (the reference's format) and
     {"messages": [{"role": "user"|"assistant", "content": ...}, ...]} with
     strictly alternating user/assistant turns starting with the user, optionally
-    after one {"role": "system", ...} message as messages[0].
+    after one {"role": "system", ...} message as messages[0]. A record with a
+    'messages' list and a 'question' or 'answer' is an error: one would be lost.
     """
     if not isinstance(obj, dict):
         raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
     system = None
     if "messages" in obj:
+        both = [name for name in ("question", "answer") if name in obj]
+        if both:
+            raise DataError(f"{where}: the record gives 'messages' and also {', '.join(map(repr, both))}; "
+                            "give one form, not both (one of them would be dropped)")
         msgs = obj["messages"]
         if not isinstance(msgs, list) or not msgs:
             raise DataError(f"{where}: 'messages' must be a non-empty list")
@@ -1091,24 +1130,46 @@ def sft_encode(tok: Tokenizer, turns: list[tuple[str, str | list[int]]],
     return ids, mask
 
 
-def _jsonl_lines(f, limit: int) -> Iterator[tuple[int, bytes | None, int]]:
-    """(line number, bytes, bytes read) per line of a binary file; bytes is None for a
-    line over limit bytes, which is read past in pieces, never held whole."""
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def _jsonl_lines(f, limit: int, piece_bytes: int = 1 << 20) -> Iterator[tuple[int, bytes | None, int]]:
+    """(line number, bytes, bytes read) per line of a binary file, read piece_bytes at a time.
+
+    Lines end as the text reader ends them (and prepare pretrain counts them): \\n,
+    \\r\\n or a lone \\r. bytes is the line without its end, or None for a line over
+    limit bytes, which is read past, never held whole; bytes read counts the line end too.
+    """
     lineno = 0
+    line = bytearray()  # the current line so far, while it is within limit
+    size = 0  # bytes of the current line read so far (held or not)
+    over = False
     while True:
-        raw = f.readline(limit + 1)
-        if not raw:
+        piece = f.read(piece_bytes)
+        if not piece:
+            if line or over:  # the last line, without a line end
+                lineno += 1
+                yield lineno, None if over else bytes(line), size
             return
-        lineno += 1
-        size = len(raw)
-        if size > limit and not raw.endswith(b"\n"):
-            raw = None
-            while True:  # the rest of the long line
-                piece = f.readline(1 << 20)
-                size += len(piece)
-                if not piece or piece.endswith(b"\n"):
-                    break
-        yield lineno, raw, size
+        if piece.endswith(b"\r"):
+            piece += f.read(1)  # (a \r\n is one line end: never split between two pieces)
+        start = 0
+        while start < len(piece):
+            end = _LINE_END.search(piece, start)
+            stop = end.start() if end else len(piece)
+            if not over and len(line) + stop - start > limit:
+                over, line = True, bytearray()
+            elif not over:
+                line += piece[start:stop]
+            if end is None:
+                size += stop - start
+                break
+            size += end.end() - start
+            lineno += 1
+            raw = None if over else bytes(line)
+            line, over = bytearray(), False  # (freed before the caller reads the line)
+            yield lineno, raw, size
+            size, start = 0, end.end()
 
 
 @dataclass
@@ -1127,6 +1188,7 @@ class SFTSummary:
     system_policy: str = "prepend"
     unknown_tokens: int = 0  # <|unknown|> among the tokens written (padding not counted)
     unknown_answer_tokens: int = 0  # ... among the answer tokens trained on (mask 1)
+    val_fraction: float = 0.0
 
     def text(self) -> str:
         done = {"prepend": "prepended to the first question", "drop": "dropped",
@@ -1146,9 +1208,14 @@ class SFTSummary:
             line += (f"\nwarning: {' and '.join(over)} {'is' if len(over) == 1 else 'are'} <|unknown|>: the "
                      "vocabulary lacks many of the text's characters (a tokenizer made for other text?); a model "
                      "trained on this data cannot read or write those characters")
-        if self.val_samples == 0:
+        if self.val_samples == 0 and self.val_fraction == 0:
             line += ("\nnote: no validation samples (--val_fraction 0 is the default for SFT): a run on this data "
                      "reports no validation loss and writes no best.pt; --val_fraction 0.05 holds some out")
+        elif self.val_samples == 0:
+            line += (f"\nnote: no validation samples: --val_fraction {self.val_fraction:g} drew no sample out of "
+                     f"{self.samples:,} (each is held out by a hash of its content, so few samples "
+                     "may give none): a run on this data reports no validation loss and writes no best.pt; a larger "
+                     "--val_fraction or more samples hold some out")
         return line
 
 
@@ -1178,7 +1245,8 @@ def prepare_sft(
     system: "prepend" (with_system: folded into the first question), "drop"
     (ignored) or "error" (a bad line). A line that is not a valid record (or is
     longer than max_line_bytes) is an error naming the file and line, or with
-    skip_bad is skipped and counted. A sample is held out when
+    skip_bad is skipped and counted (the first SKIPPED_SHOWN named in notes on stderr).
+    Lines end at \\n, \\r\\n or a lone \\r. A sample is held out when
     split_hash(seed, row_key(row)) < val_fraction: by its content, so a sample
     given twice is never in both splits.
     """
@@ -1207,7 +1275,7 @@ def prepare_sft(
         bar = Progress(total_bytes, "sft", enabled=progress)
         done = 0
         handles = {split: (open(build / a, "wb"), open(build / b, "wb")) for split, (a, b) in files.items()}
-        with _writing(out_dir, "the rows"), contextlib.ExitStack() as closing:
+        with _writing(out_dir, "the rows"), contextlib.ExitStack() as closing, _ending(bar):
             for a, b in handles.values():
                 closing.callback(b.close)
                 closing.callback(a.close)
@@ -1225,18 +1293,21 @@ def prepare_sft(
                             text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
                             if not text:
                                 continue  # blank lines are not records
-                            system_text, pairs = sft_messages(_loads(text, where), where)
+                            # ({"answer": "a", "answer": "b"} is a mistake: JSON would keep "b" without a word)
+                            system_text, pairs = sft_messages(_loads(text, where, unique_keys=True), where)
                             if system_text is not None:
                                 n_system += 1  # (refused by "error": counted here and as a bad line)
                             pairs = apply_system(system_text, pairs, system, where)
                             # (block_size + 1 ids are enough to tell a sample that is too long)
                             ids, mask = sft_encode(tok, pairs, block_size + 1)
                         except (DataError, UnicodeDecodeError) as e:
+                            why = f"{where}: not UTF-8 ({e.reason})" if isinstance(e, UnicodeDecodeError) else str(e)
                             if not skip_bad:
-                                if isinstance(e, UnicodeDecodeError):
-                                    raise DataError(f"{where}: not UTF-8 ({e.reason})") from None
-                                raise DataError(f"{e} (pass --skip_bad to skip bad lines)") from None
+                                raise DataError(why if isinstance(e, UnicodeDecodeError) else
+                                                f"{why} (pass --skip_bad to skip bad lines)") from None
                             bad += 1
+                            if bad <= SKIPPED_SHOWN:
+                                bar.note(f"note: {why} (skipped)")
                             continue
                         records += 1
                         if len(ids) > block_size:
@@ -1264,12 +1335,21 @@ def prepare_sft(
                         n_unk += int(np.count_nonzero(unknown))
                         n_unk_answer += int(np.count_nonzero(unknown & (row_mask[:n] == 1)))
         bar.close()
+        if bad > SKIPPED_SHOWN:
+            print(f"note: {quantity(bad - SKIPPED_SHOWN, 'more bad line')} skipped", file=sys.stderr)
         if counts["train"] == 0:
-            raise DataError(f"no training samples: every line was bad, too long for block_size {block_size} "
-                            f"(or left no answer token when truncated) or held out ({', '.join(map(str, inputs))})")
+            names = ", ".join(map(str, inputs))
+            if records + bad == 0:
+                raise DataError(f"no training samples: {names} {'holds' if len(inputs) == 1 else 'hold'} no records "
+                                "(empty, or blank lines only)")
+            cut = " or left no answer token when truncated" if too_long == "truncate" else ""
+            why = (f" ({skipped:,} too long for block_size {block_size}{cut}, {counts['val']:,} held out by "
+                   f"--val_fraction {val_fraction:g})") if records else ""
+            raise DataError(f"no training samples from {names}: {quantity(records, 'record')}{why} and "
+                            f"{quantity(bad, 'bad line')}")
         _save_tokenizer(tok, build)
         summary = SFTSummary(records, index, counts["train"], counts["val"], bad, skipped, truncated, n_tokens,
-                             n_answer, time.monotonic() - t0, n_system, system, n_unk, n_unk_answer)
+                             n_answer, time.monotonic() - t0, n_system, system, n_unk, n_unk_answer, val_fraction)
         shards = {split: [{"file": files[split][0], "mask": files[split][1], "rows": counts[split]}]
                   for split in ("train", "val")}
         meta = {

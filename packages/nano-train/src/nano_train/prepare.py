@@ -23,7 +23,8 @@ sft options:
                            block_size also works, and trains one position less; at most 1,048,576)
   --too_long skip|truncate|error   samples longer than block_size (default skip, counted; truncate
                            also skips, and counts, a sample whose answer would be cut off entirely)
-  --skip_bad               skip (and count) lines that are not valid records (or are over 64 MiB)
+  --skip_bad               skip (and count) lines that are not valid records (or are over 64 MiB);
+                           the first 10 are named on stderr (note: FILE:LINE: why)
                            instead of stopping
   --system prepend|drop|error   a record's system message ({"role": "system"} as messages[0]):
                            prepend (default) joins it and the first question into one question,
@@ -131,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "trains its whole context (its block_size also works, one position less)")
     sft.add_argument("--too_long", choices=TOO_LONG, default="skip",
                      help="a sample longer than a row: skip it (default), truncate it, or stop with an error")
-    sft.add_argument("--skip_bad", action="store_true", help="skip and count bad lines instead of stopping")
+    sft.add_argument("--skip_bad", action="store_true", help="skip and count bad lines instead of stopping (the first 10 named on stderr)")
     sft.add_argument("--system", choices=SYSTEM_POLICIES, default="prepend",
                      help="a record's system message: joined to the first question (default), dropped, or an error")
     sft.add_argument("--val_fraction", type=float, default=0.0,
