@@ -121,18 +121,22 @@ def test_opening_a_dataset_does_not_make_its_shards_resident(tmp_path, psycho_sl
     assert ds.splits["train"]  # and it is open, checked and mapped
 
 
-def test_a_damaged_shard_is_still_found_past_the_first_piece(tmp_path, small_pretrain):
-    """The check reads the shards in pieces; an id out of the vocabulary in a later piece
-    is found and placed (position counted across pieces)."""
+def test_a_damaged_shard_is_still_found_past_the_first_piece(tmp_path, small_pretrain, monkeypatch):
+    """The check reads the shards in pieces (CHECK_PIECE values, made small here); an id
+    out of the vocabulary in a later piece is found and placed (position counted across
+    pieces)."""
     import shutil
 
+    from nano_train import data
     from nano_train.data import DataError
 
     copy = tmp_path / "data"
     shutil.copytree(small_pretrain, copy)
     shard = sorted(copy.glob("train_*.bin"))[0]
     ids = np.fromfile(shard, dtype=np.uint16)
+    monkeypatch.setattr(data, "CHECK_PIECE", 1000)
     at = ids.size - 3
+    assert at > 3 * data.CHECK_PIECE  # several pieces before it
     ids[at] = 5000
     ids.tofile(shard)
     with pytest.raises(DataError, match=rf"token id 5000 at position {at:,} is outside the vocabulary"):

@@ -60,8 +60,6 @@ _TMP_SUFFIX = ".tmp"
 _TMP_NAME = re.compile(r"\..+\.pt\.(?P<pid>[0-9]+)" + re.escape(_TMP_SUFFIX))
 # What torch's zip writer raises when a write of its file fails
 _TORCH_WRITER_FAILED = re.compile(r"inline_container|PytorchStreamWriter|unexpected pos")
-# Failed writes that mean "no room": a full disk, a full quota, a file-size limit
-NO_ROOM = {errno.ENOSPC, errno.EFBIG, *((errno.EDQUOT,) if hasattr(errno, "EDQUOT") else ())}
 # What resuming reads ("scaler", "val_loss", "train_loss", "elapsed_s", ... are optional)
 REQUIRED = ("task", "model", "config", "tokenizer", "optimizer", "step", "tokens_seen", "data_state", "rng",
             "best_val_loss")
@@ -219,6 +217,28 @@ def newest_first(paths) -> list[Path]:
         except OSError:
             continue
     return [p for _, _, p in sorted(dated)]
+
+
+def load_mapped(path: Path, tries: int = 5):
+    """torch.load of a checkpoint, mapped rather than read: the optimizer's two moments
+    (twice the weights) are never touched, and the weights are copied into a model
+    from the page cache. torch opens the path twice (the archive's directory, then the
+    map), so a training run that replaces the file meanwhile (latest.pt, by rename)
+    would pair one file's offsets with the other's bytes: the file is the same before
+    and after, or it is loaded again. A file of torch's legacy (non-zip) format cannot
+    be mapped, and is read; what torch raises for a file it cannot read is raised."""
+    for _ in range(tries):
+        before = path.stat()
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:
+            break  # not mappable (or not a checkpoint): read it, below, for its own error
+        after = path.stat()
+        if (before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns) == \
+                (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns):
+            return ck
+    with open(path, "rb") as f:  # read whole through one open file: consistent whatever happens to the path
+        return torch.load(f, map_location="cpu", weights_only=True)
 
 
 def _recorded(path: str | Path, field: str):

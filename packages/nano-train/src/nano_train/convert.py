@@ -32,7 +32,7 @@ import nano_format
 from nano_format import ZIP_MAGIC, spec
 from nano_format.quant import check_group_size
 
-from .checkpoint import CheckpointError, check_state_dict, load_failure, one_line
+from .checkpoint import CheckpointError, check_state_dict, load_failure, load_mapped, one_line
 from .lora import LORA_TARGETS, LoRALinear, attach_lora, has_lora, has_unmerged_lora, load_lora_state_dict
 from .model import ModelConfig, Transformer
 
@@ -550,33 +550,6 @@ def _check_shapes(path, sd: dict, config: ModelConfig, lora) -> None:
         raise ConvertError(str(e)) from None
 
 
-def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (b.st_dev, b.st_ino, b.st_size, b.st_mtime_ns)
-
-
-def _load_mapped(path: Path, tries: int = 5):
-    """torch.load of a checkpoint, mapped rather than read: the optimizer's two moments
-    (twice the weights) are never touched, and the weights are copied into the model
-    from the page cache. torch opens the path twice (the archive's directory, then the
-    map), so a training run that replaces the file meanwhile (latest.pt, by rename)
-    would pair one file's offsets with the other's bytes: the file is the same before
-    and after, or it is loaded again. A file of torch's legacy (non-zip) format cannot
-    be mapped, and is read."""
-    for _ in range(tries):
-        before = path.stat()
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:
-            break  # not mappable (or not a checkpoint): read it, below, for its own error
-        if _same_file(before, path.stat()):
-            return ck
-    try:  # read whole through one open file: consistent whatever happens to the path
-        with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors have many types
-        raise ConvertError(f"{path}: not a readable checkpoint ({load_failure(e)})") from None
-
-
 def load_checkpoint_model(path, device: str | torch.device = "cpu"):
     """A training checkpoint (.pt) -> (Transformer in eval mode, Tokenizer | None).
 
@@ -596,7 +569,10 @@ def load_checkpoint_model(path, device: str | torch.device = "cpu"):
     if head == spec.MAGIC_BYTES:
         raise ConvertError(f"{path}: not a training checkpoint but a nano .bin file, which is already "
                            f"exported (sample -m and the engines read it)")
-    ck = _load_mapped(path)
+    try:
+        ck = load_mapped(path)
+    except Exception as e:  # unpickling errors have many types
+        raise ConvertError(f"{path}: not a readable checkpoint ({load_failure(e)})") from None
     if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
         raise ConvertError(f"{path}: not a Nano checkpoint (needs 'model' and 'config' entries)")
     if ck.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:

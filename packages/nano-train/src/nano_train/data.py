@@ -84,6 +84,8 @@ _MAX_BLANK_LINE = 1 << 20  # characters of whitespace held while deciding whethe
 TOO_LONG = ("skip", "truncate", "error")
 # The longest SFT line read: a longer one is a bad line (read in pieces, never held whole)
 MAX_LINE_BYTES = 64 << 20
+# Values a dataset's check of its shards reads at a time (16 M: 32-64 MB of ids)
+CHECK_PIECE = 1 << 24
 # prepare sft --skip_bad names this many of the lines it skips, then says how many more it did
 SKIPPED_SHOWN = 10
 # A model's default block_size (ModelConfig): a validation split shorter than this + 1 tokens gets a warning
@@ -283,7 +285,7 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 # Failed writes that mean "no room": a full disk, a full quota, a file-size limit
-_NO_ROOM = {errno.ENOSPC, errno.EFBIG, *((errno.EDQUOT,) if hasattr(errno, "EDQUOT") else ())}
+NO_ROOM = {errno.ENOSPC, errno.EFBIG, *((errno.EDQUOT,) if hasattr(errno, "EDQUOT") else ())}
 
 
 @contextlib.contextmanager
@@ -293,7 +295,7 @@ def _writing(out_dir: Path, what: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.filename is not None or e.errno not in _NO_ROOM:
+        if e.filename is not None or e.errno not in NO_ROOM:
             raise
         raise OSError(e.errno, f"cannot write {what}: {e.strerror}", str(out_dir)) from None
 
@@ -1847,12 +1849,12 @@ class Dataset:
 
     def _first_above(self, name: str, dtype, highest: int) -> tuple[int, int] | None:
         """(position, value) of the file's first value above highest, or None. Read in
-        pieces of 16 M values, not through the training map: pages of a map, once read,
+        pieces of CHECK_PIECE values, not through the training map: pages of a map, once read,
         count in the process's resident memory for as long as the map is kept, so the
         whole dataset would look resident for the whole run."""
         with open(self.path / name, "rb") as f:
             start = 0
-            while (piece := np.fromfile(f, dtype=dtype, count=1 << 24)).size:
+            while (piece := np.fromfile(f, dtype=dtype, count=CHECK_PIECE)).size:
                 if int(piece.max()) > highest:
                     at = int(np.argmax(piece > highest))
                     return start + at, int(piece[at])

@@ -104,6 +104,15 @@ def _try_lock(path: Path, who: str, error: type[Exception]) -> int | None:
         raise
 
 
+def held_here(path: Path) -> bool:
+    """Whether this process holds the lock at path (the file holds the pid _try_lock
+    wrote; where nothing can be locked there is no such file)."""
+    try:
+        return path.read_text(encoding="ascii").strip() == str(os.getpid())
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 @contextlib.contextmanager
 def exclusive(directory: Path, lock_name: str, who: str, error: type[Exception]) -> Iterator[Claim]:
     """Create directory if needed and hold the lock directory/lock_name for the block.

@@ -61,7 +61,7 @@ from nano_train import checkpoint as ckpt_io, dirlock, discard_stdout
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.config import Config, ConfigError, help_text, key_type, load_config
 from nano_train.config import check as check_config
-from nano_train.data import CHUNK_TOKENS, Batcher, DataError, Dataset
+from nano_train.data import CHUNK_TOKENS, NO_ROOM, Batcher, DataError, Dataset
 from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
 from nano_train.metrics import RunLog, duration, human, peak_flops, read_log, short_repr, synchronize
 from nano_train.matmul import resolve_matmul
@@ -263,21 +263,12 @@ def prepare_out_dir(out_dir: Path, overwrite: bool, init_from: str) -> None:
             p.unlink()
 
 
-def holds_run_lock(out_dir: Path) -> bool:
-    """Whether this process holds out_dir's run lock: the lock file holds our pid
-    (dirlock writes it once the lock is taken; without locking there is no such file)."""
-    try:
-        return (out_dir / RUN_LOCK).read_text(encoding="ascii").strip() == str(os.getpid())
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
 def remove_stale_rewrites(out_dir: Path) -> list[Path]:
     """Delete the temporary files that a killed run left of its rewrites of log.jsonl and
     report.md (REWRITE_TMP: regular files of exactly those names), with a note on stderr;
     the files removed. Only while this process holds the run lock: then no other run is
     writing them. Where nothing can be locked they stay."""
-    if not holds_run_lock(out_dir):
+    if not dirlock.held_here(out_dir / RUN_LOCK):
         return []
     removed = []
     for p in sorted(out_dir.iterdir()):
@@ -1454,17 +1445,17 @@ def stopped_hint(out_dir, first: str = "") -> str:
     before that ("once space is freed, ")."""
     if out_dir is None:
         return f"latest.pt, if any, holds the last checkpoint written: {first}continue with --init_from=resume"
+    def at_step(path: Path) -> str:
+        step = ckpt_io.recorded_step(path)
+        return f" (step {step})" if step is not None else ""
+
     latest = Path(out_dir) / LATEST
     if latest.is_file():
-        step = ckpt_io.recorded_step(latest)
-        at = f" (step {step})" if step is not None else ""
-        return f"{latest}{at} holds the last checkpoint written: {first}{resume_hint(out_dir)}"
+        return f"{latest}{at_step(latest)} holds the last checkpoint written: {first}{resume_hint(out_dir)}"
     again = " with --overwrite=true" if earlier_run_files(Path(out_dir)) else ""
     best = Path(out_dir) / BEST
     if best.is_file():  # (written just before latest.pt: a full disk can stop the run between the two)
-        step = ckpt_io.recorded_step(best)
-        at = f" (step {step})" if step is not None else ""
-        return (f"no latest.pt was written, only {best}{at}, the best evaluation's weights, which a new run with "
+        return (f"no latest.pt was written, only {best}{at_step(best)}, the best evaluation's weights, which a new run with "
                 f"--overwrite=true deletes (move it away first to keep it): {first}start again{again}")
     return f"no checkpoint was written: {first}start again{again}"
 
@@ -1528,7 +1519,7 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         if e.filename is None or not e.strerror:  # (not_writable: before the run began)
             print(f"error: {e}", file=sys.stderr)
         else:
-            first = "once space is freed, " if e.errno in ckpt_io.NO_ROOM else ""
+            first = "once space is freed, " if e.errno in NO_ROOM else ""
             print(f"error: {e.filename}: {e.strerror}; {stopped_hint(out_dir, first)}", file=sys.stderr)
         return 1
     except (MemoryError, RuntimeError) as e:
