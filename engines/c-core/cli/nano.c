@@ -486,7 +486,15 @@ static int stdout_failed(void) {
 /* An encoding that failed with NANO_ERR_NO_TOKENIZER although the model has a
  * tokenizer: say which token the vocabulary lacks (the instruct marks, or the
  * <|unknown|> that a character not in it would become). Else as report. */
+static int report_no_vocabulary(const char *what) {
+    fprintf(stderr, "nano: error: %s: the model file carries no vocabulary, so no text can be encoded: export it "
+                    "with one (python -m nano_train.export writes its checkpoint's), or run it with "
+                    "python -m nano_train.sample --tokenizer VOCAB.json (NANO_ERR_NO_TOKENIZER)\n", what);
+    return 1;
+}
+
 static int report_encode(nano_status st, const nano_tokenizer *tok, uint32_t mode, const char *what) {
+    if (st == NANO_ERR_NO_TOKENIZER && !tok) return report_no_vocabulary(what);
     if (st == NANO_ERR_NO_TOKENIZER && tok) {
         int marks = nano_tokenizer_find(tok, NANO_SPECIAL_INSTRUCT, sizeof(NANO_SPECIAL_INSTRUCT) - 1) >= 0 &&
                     nano_tokenizer_find(tok, NANO_SPECIAL_RESPONSE, sizeof(NANO_SPECIAL_RESPONSE) - 1) >= 0;
@@ -503,6 +511,15 @@ static int report_encode(nano_status st, const nano_tokenizer *tok, uint32_t mod
         }
     }
     return report(st, what);
+}
+
+/* A note on standard error when characters of the prompt are not in the
+ * vocabulary: each became <|unknown|>, so the model was not given the text as
+ * typed (nano_train.sample says the same). */
+static void note_unknown_count(uint32_t unknown, const char *what) {
+    if (unknown)
+        fprintf(stderr, "nano: note: %s: %u character%s not in the vocabulary and became %s\n", what, unknown,
+                unknown == 1 ? " is" : "s are", NANO_SPECIAL_UNKNOWN);
 }
 
 // ---------------------------------------------------------------------------
@@ -531,7 +548,7 @@ static int seq2seq_init(seq2seq_state *q, const nano_model *m, const char *path,
      * what it is matters more than its (lack of) tokenizer */
     if (!info.runnable) return report(NANO_ERR_UNSUPPORTED, path);
     q->tok = nano_model_tokenizer(m);
-    if (!q->tok) return report(NANO_ERR_NO_TOKENIZER, path);
+    if (!q->tok) return report_no_vocabulary(path);
     if ((rc = make_context(m, path, n_ctx, 0, threads, attention, portable, &q->ctx))) return rc;
     if (lora_path && (rc = attach_lora(q->ctx, m, lora_path, &q->lora))) return rc;
     q->cap = nano_context_n_ctx(q->ctx);
@@ -569,6 +586,12 @@ static int seq2seq_print(seq2seq_state *q, const char *input, size_t input_len, 
     if (st != NANO_OK) {
         if (batch) fputc('\n', stdout);
         return 1;
+    }
+    if (nano_tokenizer_unknown_id(q->tok) >= 0) { /* (special tokens are not read from input: each is a character) */
+        uint32_t unknown = 0;
+        size_t i;
+        for (i = 0; i < n; i++) unknown += q->ids[i] == nano_tokenizer_unknown_id(q->tok);
+        note_unknown_count(unknown, where);
     }
     nano_tokenizer_decode(q->tok, q->out, n, NULL, 0, &len);
     if (len + 1 > q->text_cap) {
@@ -725,15 +748,6 @@ static void print_stats(const nano_session *s, const nano_context *ctx, uint32_t
         fprintf(stderr, "time to first token %.2f ms, %u tokens generated, decode %.1f tokens/s", sampled[0], printed,
                 (printed - 1) * 1e3 / (sampled[printed - 1] - sampled[0]));
     fprintf(stderr, ", %d thread%s, peak memory %ld KiB\n", threads, threads == 1 ? "" : "s", peak_rss_kib());
-}
-
-/* A note on standard error when characters of the prompt are not in the
- * vocabulary: each became <|unknown|>, so the model was not given the text as
- * typed (nano_train.sample says the same). */
-static void note_unknown_count(uint32_t unknown, const char *what) {
-    if (unknown)
-        fprintf(stderr, "nano: note: %s: %u character%s not in the vocabulary and became %s\n", what, unknown,
-                unknown == 1 ? " is" : "s are", NANO_SPECIAL_UNKNOWN);
 }
 
 static void note_unknown(const nano_session *s, const char *what) {

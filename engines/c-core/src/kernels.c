@@ -25,6 +25,7 @@
  * Q8_0 in 2 x 3 tiles over rows converted to floats once per batch. Matmuls
  * that share an input run in one parallel region (nano_matmul_jobs).
  */
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -769,7 +770,10 @@ void nano_rmsnorm(float *y, const float *x, const float *w, uint32_t n, float ep
     uint32_t i;
     for (i = 0; i < n; i++) ss += (double)x[i] * (double)x[i];
     float mean = (float)(ss / (double)n);
-    float inv = 1.0f / sqrtf(mean + eps);
+    /* PyTorch's float sum of squares overflows past FLT_MAX: its mean square is
+     * inf and its output 0 (a diverged model's activations). The same here, so
+     * that both engines give such a model the same (constant) logits. */
+    float inv = ss > (double)FLT_MAX ? 0.0f : 1.0f / sqrtf(mean + eps);
     for (i = 0; i < n; i++) y[i] = (x[i] * inv) * w[i];
 }
 

@@ -606,6 +606,45 @@ def test_a_vocabulary_without_unknown_says_what_a_prompt_lacks(cli, h, tmp_path)
                                               "(NANO_ERR_NO_TOKENIZER)\n"), r
 
 
+def test_a_file_without_a_vocabulary_says_so_and_what_to_do(cli, h, tmp_path):
+    """(was: "the model has no usable tokenizer (or lacks a needed special token)", which
+    does not say that the file holds no vocabulary at all, nor what to run instead)"""
+    import nano_format as nf
+
+    config = nf.Config(block_size=16, vocab_size=48, n_layer=1, n_embd=16, n_head=4, n_kv_head=2, n_hidden=32)
+    causal = tmp_path / "novocab.bin"
+    causal.write_bytes(nf.to_bytes(config, h.random_weights(config, 3), layout="2026.101"))
+    full = tmp_path / "novocab_full.bin"
+    config = nf.Config(block_size=16, vocab_size=48, n_layer=1, n_embd=16, n_head=4, n_kv_head=2, n_hidden=32,
+                       attention=1)
+    full.write_bytes(nf.to_bytes(config, h.random_weights(config, 3), layout="2026.101"))
+    lacks = ("the model file carries no vocabulary, so no text can be encoded: export it with one (python -m "
+             "nano_train.export writes its checkpoint's), or run it with python -m nano_train.sample --tokenizer "
+             "VOCAB.json (NANO_ERR_NO_TOKENIZER)\n")
+    r = cli("run", "-m", causal, "-p", "ab", "-n", "2")
+    assert r.returncode == 1 and r.stderr == "nano: error: prompt: " + lacks, r
+    r = cli("seq2seq", "-m", full, "ab")
+    assert r.returncode == 1 and r.stderr == f"nano: error: {full}: " + lacks, r
+
+
+def test_a_seq2seq_input_notes_the_characters_the_vocabulary_lacks(cli, h, tmp_path):
+    """As nano run notes them for a causal model and nano_train.sample for both. (was:
+    a full-attention model answered a mistyped input without a word)"""
+    full = tmp_path / "full.bin"
+    full.write_bytes(h.model_bytes(seed=5, layout="2026.101", attention=1))
+    r = cli("seq2seq", "-m", full, "ab~")
+    assert r.returncode == 0 and r.stderr == ("nano: note: INPUT: 1 character is not in the vocabulary and became "
+                                              "<|unknown|>\n"), r
+    r = cli("seq2seq", "-m", full, "-", input="ab\n~a~\n")
+    assert r.returncode == 0 and r.stderr == ("nano: note: line 2: 2 characters are not in the vocabulary and "
+                                              "became <|unknown|>\n"), r
+    assert len(r.stdout.splitlines()) == 2
+    r = cli("run", "-m", full, "-p", "~b")
+    assert r.returncode == 0 and r.stderr.endswith("nano: note: prompt: 1 character is not in the vocabulary and "
+                                                   "became <|unknown|>\n"), r
+    assert cli("seq2seq", "-m", full, "ab").stderr == ""
+
+
 def test_a_fifo_is_refused_at_once(cli, tmp_path, psycho_path):
     """A model path that is a FIFO (or a device) is NANO_ERR_IO at once; the blocking open
     used to wait forever for a writer."""

@@ -131,6 +131,27 @@ def test_rmsnorm(nano, n, eps):
     assert err <= 4 * U * np.abs(ref).max()
 
 
+@pytest.mark.parametrize("n,big,count", [(4, 1e19, 4), (32, 2.8e19, 1), (512, 1.5e19, 512), (4, 9e18, 4)])
+def test_rmsnorm_past_float32_is_pytorchs(nano, n, big, count):
+    """A diverged model's activations: where the sum of squares passes FLT_MAX, PyTorch's
+    float32 sum is inf and its output 0. (was: C summed in double and normalised, so the
+    two engines picked different tokens from one file.) The last case stays below it."""
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(n).astype(np.float32)
+    x[:count] = big
+    w = rng.standard_normal(n).astype(np.float32)
+    y = np.zeros(n, dtype=np.float32)
+    nano.lib.nano_test_rmsnorm(ptr(nano, y), ptr(nano, x), ptr(nano, w), n, 1e-5)
+    ref = F.rms_norm(torch.from_numpy(x), (n,), torch.from_numpy(w), 1e-5).numpy()
+    if count * np.float64(big) ** 2 > np.finfo(np.float32).max:
+        assert not ref.any() and not y.any(), (ref[:3], y[:3])
+    else:
+        assert ref.any() and np.allclose(y, ref, rtol=1e-5, atol=0), (ref[:3], y[:3])
+
+
 @pytest.mark.parametrize("n_heads,head_dim,pos", [(1, 2, 0), (4, 8, 5), (2, 64, 511), (3, 16, 100000)])
 def test_rope_interleaved_pairs(nano, n_heads, head_dim, pos):
     import nano_format as nf

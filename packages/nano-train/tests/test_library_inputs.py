@@ -210,3 +210,9 @@ def test_sample_logits_takes_one_vector():
     with pytest.raises(ValueError, match=r"^logits must be one vector \[V\] \(or \[1, V\]\), got shape \(2, 3\)$"):
         sample_logits(logits, [], greedy, Rng(0))
     assert sample_logits(logits[:1], [], greedy, Rng(0)) == sample_logits(logits[0], [], greedy, Rng(0)) == 2
+
+
+def test_a_prompt_of_one_token_that_fills_the_block_is_one_token():
+    # (was: "the prompt has 1 tokens")
+    with pytest.raises(ValueError, match=r"^the prompt has 1 token; the model's block size is 1 "):
+        list(generate(tiny(block_size=1), [3], SamplerConfig(temperature=0)))

@@ -257,13 +257,14 @@ def test_an_unwritable_out_dir_is_one_error_line_before_anything_is_loaded(tmp_p
 
 @pytest.mark.parametrize("where", ["checkpoint", "log"])
 def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_pretrain, capsys, where):
-    """lr 1e6 without clipping: the step-1 weights are still finite, the step-2 ones are not.
-    Checked before each checkpoint write (here: every step, no log records before it)
-    and at each log record (where the loss is read from the device anyway)."""
+    """lr 1e3 without clipping: the step-1 model is sound, the step-2 one is not (its
+    activations overflow float32, or its weights are not finite). Checked before each
+    checkpoint write (here: every step, no log records before it) and at each log record
+    (where the loss is read from the device anyway)."""
     out = tmp_path / "run"
     extra = (dict(checkpoint_interval=1, log_interval=1000) if where == "checkpoint"
              else dict(checkpoint_interval=1, log_interval=1))
-    code = main("pretrain", args(small_pretrain, out, learning_rate=1e6, min_lr=0, grad_clip=0, max_iters=50,
+    code = main("pretrain", args(small_pretrain, out, learning_rate=1e3, min_lr=0, grad_clip=0, max_iters=50,
                                  eval_interval=1000, **extra))
     assert code == 1
     msg = error_line(capsys)

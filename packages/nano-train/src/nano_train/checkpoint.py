@@ -342,6 +342,17 @@ def check_state_dict(path: str | Path, state, model: torch.nn.Module) -> None:
         raise CheckpointError(f"{path}: the weights do not fit the model its config describes ({'; '.join(problems)})")
 
 
+def check_finite(path: str | Path, state: dict) -> None:
+    """Raise one CheckpointError line if a checkpoint's weights (checked by
+    check_state_dict) hold NaN or inf: a resumed run would train on them."""
+    bad = [_key(k) for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise CheckpointError(f"{path}: {bad[0]}{more} holds non-finite values (NaN or inf): the run had diverged "
+                              "when it was written; resume from an earlier checkpoint of the run (a ckpt_<step>.pt, "
+                              "copied over latest.pt) or start again")
+
+
 def _key(key) -> str:
     """A state-dict key as a message shows it: as it is, or quoted where it is not a
     printable string (a damaged file's key may hold a line break, or be a number)."""

@@ -27,11 +27,14 @@ import dataclasses
 import difflib
 import json
 import math
+import os
 import re
 import stat
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from nano_format import JSONTextError, file_kind, open_without_waiting, parse_json, spec
 
@@ -40,6 +43,7 @@ from nano_train.metrics import short_repr
 from nano_train.model import ModelConfig
 
 TASKS = ("pretrain", "sft", "lora")
+MAX_DIST_TIMEOUT = 1e9  # seconds, about 31 years: datetime.timedelta holds no more than 1e14
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "math", "flash", "efficient", "cudnn")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -218,18 +222,26 @@ def _check_value(tp, value):
         if value is None:
             return None
         return _check_value([a for a in args if a is not type(None)][0], value)
+    # numpy's numbers and os.PathLike paths (a notebook's np.int64(8), Path("runs/x")) are
+    # kept as Python's, so that the config prints as JSON and a checkpoint loads with
+    # weights_only=True
     if tp is bool:
-        if isinstance(value, bool):
-            return value
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+            return int(value)
     elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return _finite(float(value))
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)):
+            try:
+                return _finite(float(value))
+            except OverflowError:  # a JSON integer of hundreds of digits
+                raise TypeError("expected a finite number, got an integer too large for a float") from None
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike) and isinstance(os.fspath(value), str):
+            return os.fspath(value)
     elif tp is list or typing.get_origin(tp) is list:
         if isinstance(value, list) and all(isinstance(v, str) for v in value):
             return list(value)
@@ -243,6 +255,8 @@ def _show(value) -> str:
         text = json.dumps(value, ensure_ascii=False)
     except (RecursionError, ValueError):
         text = f"a deeply nested {type(value).__name__}"
+    except TypeError:  # not a JSON value at all: a Path, a numpy array, an object
+        text = f"{type(value).__name__} {value!r}"
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -299,13 +313,23 @@ def key_type(name: str):
     return _field_types(SECTIONS[where[0]])[key] if len(where) == 1 else None
 
 
-def _unknown_key_hint(key: str, section: str | None = None) -> str:
+# short names other trainers use, too far from ours for a spelling match
+ALIASES = {"lr": "learning_rate", "bs": "batch_size", "iters": "max_iters", "steps": "max_iters",
+           "wd": "weight_decay", "clip": "grad_clip", "accum": "gradient_accumulation_steps",
+           "grad_accum": "gradient_accumulation_steps", "warmup": "warmup_iters", "ctx": "block_size",
+           "context_length": "block_size", "seq_len": "block_size", "layers": "n_layer", "n_layers": "n_layer",
+           "heads": "n_head", "n_heads": "n_head", "dim": "n_embd", "d_model": "n_embd", "data": "dataset"}
+
+
+def unknown_key_hint(key: str, section: str | None = None) -> str:
     """What to write instead of an unknown key: the section a key of that name is in (when it
     was put in another), else the closest key names (a misspelling), else nothing."""
     index = _key_index()
     if section is not None and key in index:
         return f" ({key} is a key of {' and '.join(index[key])}, not of {section})"
     names = list(_field_types(SECTIONS[section])) if section is not None else list(index)
+    if ALIASES.get(key) in names:
+        return f" (did you mean {ALIASES[key]}?)"
     close = difflib.get_close_matches(key, names, n=2, cutoff=0.75)
     return f" (did you mean {' or '.join(close)}?)" if close else ""
 
@@ -338,7 +362,7 @@ def _sections_from_json(data, source: str) -> dict[str, dict]:
         types = _field_types(SECTIONS[section])
         for key, value in values.items():
             if key not in types:
-                raise ConfigError(f"{source}: unknown key {section}.{key}{_unknown_key_hint(key, section)}; "
+                raise ConfigError(f"{source}: unknown key {section}.{key}{unknown_key_hint(key, section)}; "
                                   f"{section} keys are {', '.join(types)}")
             try:
                 value = _check_value(types[key], value)
@@ -362,12 +386,12 @@ def parse_overrides(overrides: list[str]) -> dict[str, dict]:
             if section not in SECTIONS:
                 raise ConfigError(f"override {short_repr(arg, 80)}: unknown section {section!r}; sections are {', '.join(SECTIONS)}")
             if key not in _field_types(SECTIONS[section]):
-                raise ConfigError(f"override {short_repr(arg, 80)}: unknown key {name}{_unknown_key_hint(key, section)}")
+                raise ConfigError(f"override {short_repr(arg, 80)}: unknown key {name}{unknown_key_hint(key, section)}")
         else:
             key = name
             where = index.get(key)
             if not where:
-                raise ConfigError(f"override {short_repr(arg, 80)}: unknown key {key!r}{_unknown_key_hint(key)}")
+                raise ConfigError(f"override {short_repr(arg, 80)}: unknown key {key!r}{unknown_key_hint(key)}")
             if len(where) > 1:
                 raise ConfigError(f"override {short_repr(arg, 80)}: {key!r} is in several sections ({where}); write --section.{key}=...")
             section = where[0]
@@ -464,7 +488,9 @@ def check(cfg: Config) -> None:
     """A Config built in code, as load_config builds one from text: every section
     present, every value of its field's type (an int where a float goes is fine), then
     validate(). nano_train.train.train() calls it first, so that a wrong value is a
-    ConfigError naming the key, not an error deep in the run."""
+    ConfigError naming the key, not an error deep in the run. Values are converted in
+    place where a notebook's are of another type that means the same: a numpy number
+    becomes Python's, a pathlib.Path its string."""
     if not isinstance(cfg, Config):
         raise ConfigError(f"expected a nano_train.config.Config, got {type(cfg).__name__}")
     for name, cls in SECTIONS.items():
@@ -475,7 +501,7 @@ def check(cfg: Config) -> None:
             continue
         for key, tp in _field_types(cls).items():
             try:
-                _check_value(tp, getattr(part, key))
+                setattr(part, key, _check_value(tp, getattr(part, key)))
             except TypeError as e:
                 raise ConfigError(f"{name}.{key}: {e}") from None
     validate(cfg)
@@ -545,7 +571,9 @@ def validate(cfg: Config) -> None:
     need(s.threads <= MAX_THREADS, f"system.threads must be at most {MAX_THREADS} (the C engine's limit too), "
          f"got {s.threads}")
     need(s.peak_flops >= 0, "system.peak_flops must be >= 0 (0 = estimate)")
-    need(s.dist_timeout >= 0, f"system.dist_timeout must be >= 0 seconds (0 = torch's default), got {s.dist_timeout:g}")
+    need(s.dist_timeout == 0 or 1 <= s.dist_timeout <= MAX_DIST_TIMEOUT,
+         f"system.dist_timeout must be 0 (torch's default) or in [1, {MAX_DIST_TIMEOUT:g}] seconds, "
+         f"got {s.dist_timeout:g}")
     need(cfg.lora.lora_rank >= 1, "lora.lora_rank must be >= 1")
     need(cfg.lora.lora_rank <= spec.MAX_DIM, f"lora.lora_rank must be at most {spec.MAX_DIM} (the .bin format's "
          f"limit), got {cfg.lora.lora_rank}")

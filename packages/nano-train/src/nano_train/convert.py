@@ -626,3 +626,11 @@ def load_model(path, *, is_causal: bool | None = None, device: str | torch.devic
                            "checkpoint (each holds its own vocabulary)")
     what = nano_format.other_format(head) or (f"it starts with {head!r}" if head else "it is empty")
     raise ConvertError(f"{path}: neither a Nano model file nor a training checkpoint ({what})")
+
+
+if __name__ == "__main__":  # a library module: say which commands convert, rather than do nothing
+    import sys
+
+    print("error: nano_train.convert is a library: `python -m nano_train.export --ckpt CKPT.pt --out MODEL.bin` "
+          "writes a model file, `nano-format convert` converts one", file=sys.stderr)
+    sys.exit(2)

@@ -108,6 +108,7 @@ def _targets(model):
 
 
 def has_lora(model) -> bool:
+    """Whether attach_lora gave model adapters (merged or not)."""
     return any(isinstance(m, LoRALinear) for _, _, m in _targets(model))
 
 

@@ -77,7 +77,7 @@ class ModelConfig:
     vocab_size: int = 8192
     n_layer: int = 4
     n_head: int = 4
-    n_kv_head: int = 4
+    n_kv_head: int | None = None  # None -> n_head (no grouped-query attention); an int after init
     n_embd: int = 256
     n_hidden: int | None = None  # None -> derive_n_hidden(n_embd); always an int after init
     dropout: float = 0.0
@@ -100,8 +100,18 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, Real):
                 raise TypeError(f"ModelConfig.{name} must be a number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if self.n_hidden is None:
+            try:
+                object.__setattr__(self, name, float(value))
+            except OverflowError:  # an integer of hundreds of digits
+                raise ValueError(f"ModelConfig.{name} must be a finite number, got an integer too large "
+                                 "for a float") from None
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "n_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, np.integer) and not isinstance(value, np.bool_):
+                object.__setattr__(self, name, int(value))
+        if self.n_kv_head is None and isinstance(self.n_head, int):
+            object.__setattr__(self, "n_kv_head", self.n_head)
+        if self.n_hidden is None and isinstance(self.n_embd, int):
             object.__setattr__(self, "n_hidden", derive_n_hidden(self.n_embd))
         # Upper bounds: what a .bin header may hold (nano_format.spec), so that a model
         # that trains can be exported, and an absurd size fails here, before anything
@@ -330,6 +340,15 @@ def _rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Transformer(nn.Module):
+    """The reference decoder (or, with is_causal=False, encoder) of a ModelConfig:
+    token embedding, n_layer blocks of RMSNorm, attention with RoPE and grouped KV
+    heads (learned positions with use_rope=False), RMSNorm and a SwiGLU feed-forward,
+    then a final RMSNorm and the classifier.
+
+    forward(idx, targets=None, loss_mask=None) gives (logits, loss); forward_cached
+    decodes with a KVCache; every engine computes the same numbers (ARCHITECTURE.md's
+    parity contract). Weights start as reset_parameters(seed) makes them."""
+
     onednn = False  # see use_onednn
 
     def __init__(self, config: ModelConfig):

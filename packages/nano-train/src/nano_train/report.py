@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 from nano_format import WriteError, write_atomically
+from nano_tokenizer import BOS, EOS
 
+from nano_train.checkpoint import BEST
 from nano_train.metrics import duration, human, read_log
 from nano_train.sampling import SamplerConfig, generate, seq2seq
 
@@ -73,23 +75,27 @@ def fit_prompt(ids: list[int], room: int, instruct: bool) -> list[int] | None:
 def prompt_ids(tokenizer, task: str, prompt: str, block_size: int, rows: bool = False) -> list[int] | None:
     """The ids the model is given for prompt: with rows (a seq2seq dataset) its first
     block_size tokens, else (as instruct_prompt lays them out for SFT) cut by fit_prompt to leave a
-    position for at least one new token. None when the block size leaves no room."""
+    position for at least one new token. None when the block size leaves no room (or
+    the prompt is empty and the vocabulary has no <|bos|>)."""
     typed = _typed_ids(tokenizer, prompt)
     if rows:
         return typed[:block_size]
     ids = [tokenizer.instruct_id, *typed, tokenizer.response_id] if task != "pretrain" else typed
-    return fit_prompt(ids or [tokenizer.bos_id], block_size - 1, instruct=task != "pretrain")
+    if not ids:  # an empty prompt starts a document, where the vocabulary has a mark for that
+        ids = [tokenizer.special_tokens[BOS]] if BOS in tokenizer.special_tokens else []
+    return fit_prompt(ids, block_size - 1, instruct=task != "pretrain") if ids else None
 
 
 def samples(model, tokenizer, task: str, prompts: list[str], max_new_tokens: int, temperature: float,
             seed: int, rows: bool = False) -> list[tuple[str, str]]:
     """(prompt, completion) pairs from nano_train.sampling.generate, or with
     rows (a seq2seq dataset) the argmax outputs of nano_train.sampling.seq2seq.
-    None for a prompt the block size leaves no room for (block size 1, say).
+    None for a prompt the block size leaves no room for (block size 1, say), or an
+    empty pretraining prompt where the vocabulary has no <|bos|> to start from.
     The model is given prompt_ids(prompt), not always the prompt as typed (see given_prompt)."""
     out = []
-    sampler = SamplerConfig(temperature=temperature, max_new_tokens=max_new_tokens,
-                            stop_tokens=(tokenizer.eos_id,), seed=seed)
+    stops = (tokenizer.special_tokens[EOS],) if EOS in tokenizer.special_tokens else ()  # a vocabulary may lack it
+    sampler = SamplerConfig(temperature=temperature, max_new_tokens=max_new_tokens, stop_tokens=stops, seed=seed)
     for prompt in prompts:
         ids = prompt_ids(tokenizer, task, prompt, model.config.block_size, rows)
         if rows:
@@ -123,6 +129,15 @@ def given_prompt(tokenizer, task: str, prompt: str, block_size: int, rows: bool 
 
 def _fmt(x) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.4f}"
+
+
+def no_best(out_dir: Path, best_val_loss: float | None) -> str:
+    """Why a best validation loss has no best.pt, or "": step 0's evaluation, of the model
+    before training, is never saved, and no later one did better (a diverging run, or a
+    fine-tuning run that never improved on its base)."""
+    if best_val_loss is None or not math.isfinite(best_val_loss) or (out_dir / BEST).exists():
+        return ""
+    return " (step 0's, before training: no later evaluation did better, so no best.pt was written)"
 
 
 def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, dtype, world_size, n_params,
@@ -170,7 +185,7 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
         f"| final val loss | {_fmt(result.val_loss)}"
         + (f" (evaluated at step {result.val_step})" if result.val_loss is not None and result.val_step is not None
            and result.val_step != result.step else "") + " |",
-        f"| best val loss | {_fmt(result.best_val_loss)} |",
+        f"| best val loss | {_fmt(result.best_val_loss)}{no_best(path.parent, result.best_val_loss)} |",
         f"| time ({'training, from latest.pt' if late else 'this process'}) | {duration(result.seconds)} |",
         f"| throughput | {throughput} |",
         f"| MFU (estimate) | {'n/a' if mfu is None else f'{100 * mfu:.2f}%'} "
@@ -184,8 +199,10 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
     ]
     for prompt, text in pairs:
         if text is None:
-            lines += [*_heading(prompt, f": no sample, the block size ({cfg.model.block_size}) leaves no room for "
-                                        "this prompt and a new token."), ""]
+            why = (f"the block size ({cfg.model.block_size}) leaves no room for this prompt and a new token"
+                   if prompt or cfg.run.task != "pretrain" or BOS in tokenizer.special_tokens else
+                   "an empty prompt starts a document with `<|bos|>`, which the vocabulary lacks")
+            lines += [*_heading(prompt, f": no sample, {why}."), ""]
             continue
         lines += [*_heading(prompt), ""]
         given = given_prompt(tokenizer, cfg.run.task, prompt, model.config.block_size,

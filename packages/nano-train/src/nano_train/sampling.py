@@ -109,6 +109,10 @@ class Rng:
 
 @dataclass
 class SamplerConfig:
+    """How the next token is picked, as the C engine picks it: each setting's "off"
+    value leaves its filter out (temperature 0 is greedy). Numbers are checked when
+    the config is made; see the README's sampler section for the order of the steps."""
+
     temperature: float = 1.0
     top_k: int = 0  # 0 = off
     top_p: float = 1.0  # 1 = off
@@ -364,7 +368,7 @@ def generate(
     block = model.config.block_size
     if len(prompt) >= block:
         raise ValueError(
-            f"the prompt has {len(prompt)} tokens; the model's block size is {block} "
+            f"the prompt has {len(prompt)} token{'s' if len(prompt) != 1 else ''}; the model's block size is {block} "
             "(a prompt must leave room for at least one new token)"
         )
     return _generate(model, prompt, config, tokenizer, stop_ids, stop_texts, on_sample)

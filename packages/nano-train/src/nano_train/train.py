@@ -59,13 +59,13 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nano_train import checkpoint as ckpt_io, dirlock, discard_stdout
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
-from nano_train.config import Config, ConfigError, help_text, key_type, load_config
+from nano_train.config import Config, ConfigError, help_text, key_type, load_config, unknown_key_hint
 from nano_train.config import check as check_config
 from nano_train.data import CHUNK_TOKENS, NO_ROOM, Batcher, DataError, Dataset
 from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
 from nano_train.metrics import RunLog, duration, human, peak_flops, read_log, short_repr, synchronize
 from nano_train.matmul import resolve_matmul
-from nano_train.model import ModelConfig, Transformer
+from nano_train.model import ModelConfig, RMSNorm, Transformer
 
 PT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # An earlier run's files in out_dir, which a new run there would replace or mix with its own
@@ -166,6 +166,9 @@ def init_distributed(system) -> DistInfo:
     if backend == "auto":
         on_gpu = torch.cuda.is_available() and system.device in ("auto", "cuda")
         backend = "nccl" if on_gpu else "gloo"
+    if backend == "nccl" and not (dist.is_nccl_available() and torch.cuda.is_available()):
+        why = "this torch has no NCCL" if not dist.is_nccl_available() else "this machine has no CUDA GPU"
+        raise ConfigError(f"system.dist_backend nccl: {why}; --dist_backend=gloo runs on CPUs")
     if not dist.is_initialized():
         timeout = {"timeout": datetime.timedelta(seconds=system.dist_timeout)} if system.dist_timeout > 0 else {}
         dist.init_process_group(backend=backend, **timeout)
@@ -655,6 +658,39 @@ def restoring_from(path: Path):
         raise CheckpointError(f"{path}: cannot restore the run from it ({why})") from None
 
 
+OVERFLOW = ("the activations overflow float32 (an RMSNorm's mean square is inf, so the model puts out the "
+            "same logits whatever its input)")
+STALLED = "every gradient is zero, as " + OVERFLOW
+
+
+def activations_overflow(model: Transformer, x: torch.Tensor, forward_context) -> bool:
+    """Whether a forward of x (one row, at a checkpoint) squares an RMSNorm's input past
+    float32: its mean square is inf, so its output is 0 and the model puts out the same
+    logits whatever it is given, with finite weights. Eval mode: no dropout, no random
+    numbers drawn (a resumed run must draw what an unbroken one draws)."""
+    found = []
+    hooks = [m.register_forward_pre_hook(lambda _, args: found.append(torch.isinf(args[0].float().pow(2).mean(-1)).any()))
+             for m in model.modules() if isinstance(m, RMSNorm)]
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), forward_context():
+            model(x)
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return bool(torch.stack(found).any())
+
+
+def total_norm(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """The 2-norm of all the gradients together, as clip_grad_norm_ computes it, without clipping."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.detach()) for g in grads]))
+
+
 def weights_finite(model: torch.nn.Module) -> bool:
     """Whether every parameter is finite: one wait for the device, so only before checkpoints."""
     with torch.no_grad():
@@ -796,6 +832,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             mark_only_lora_trainable(raw_model)
         if resuming:
             ckpt_io.check_state_dict(latest, checkpoint["model"], raw_model)
+            ckpt_io.check_finite(latest, checkpoint["model"])
             raw_model.load_state_dict(checkpoint["model"])
         raw_model.to(device)
     onednn, matmul = resolve_matmul(cfg.system.matmul, device, dtype)
@@ -939,6 +976,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             say(f"note: system.compile_mode {cfg.system.compile_mode!r} has no effect without --compile=true")
     if cfg.run.keep_last and not cfg.run.keep_checkpoints:
         say(f"note: run.keep_last {cfg.run.keep_last} has no effect without --keep_checkpoints=true")
+    lora_keys = sorted(k for k in explicit if k.startswith("lora."))
+    if lora_keys and task != "lora":
+        say(f"note: {', '.join(lora_keys)} set, but the lora section applies to LoRA runs only (lora_train); "
+            f"this {task} run trains every weight")
     # CUDA graphs (compile modes reduce-overhead and max-autotune) reuse their memory from
     # one step to the next: each optimizer step's start is marked for them, and evaluation
     # (a few batches now and then) runs the model uncompiled rather than graphs of its own.
@@ -1021,12 +1062,31 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     # which is never replaced by non-finite weights.
     last_saved = f"{latest} (step {step})" if resuming else None
 
+    decay = cfg.optim.learning_rate * cfg.optim.weight_decay  # AdamW scales each weight by 1 - decay per step
+    if decay >= 1:
+        say(f"note: optim.learning_rate * optim.weight_decay is {decay:g}: AdamW multiplies every decayed weight "
+            f"by 1 - {decay:g} = {1 - decay:g} at each step, so the weights flip sign and grow whatever the "
+            "gradients say; keep the product well below 1")
+
+    grad_norm = counted = probe = None  # the last step's, on the device (probe: one row of its input)
+
+    def stalled() -> bool:
+        """Every gradient of the last step was exactly zero, although it had tokens to learn
+        from: the activations overflowed float32 (RMSNorm's mean square is inf, so its
+        output and every logit are 0). No weight is inf or nan, so nothing else catches it."""
+        return grad_norm is not None and float(grad_norm) == 0.0 and float(counted) > 0
+
     def diverged(what: str) -> TrainingDiverged:
         good = (f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written before it")
-        return TrainingDiverged(
-            f"training diverged: {what} at step {step}; {good}. Lower optim.learning_rate (now "
-            f"{cfg.optim.learning_rate:g}) or clip gradients (optim.grad_clip, now {cfg.optim.grad_clip:g}), then "
-            + ("resume (--init_from=resume) or start again" if last_saved else "start again"))
+        fixes = [f"optim.learning_rate (now {cfg.optim.learning_rate:g})"]
+        if decay >= 1:
+            fixes.append(f"optim.weight_decay (now {cfg.optim.weight_decay:g}: with the learning rate, it scales "
+                         f"the weights by {1 - decay:g} at each step)")
+        fix = "Lower " + " or ".join(fixes)
+        if cfg.optim.grad_clip == 0:
+            fix += " or clip gradients (optim.grad_clip, now 0: off)"
+        return TrainingDiverged(f"training diverged: {what} at step {step}; {good}. {fix}, then "
+                                + ("resume (--init_from=resume) or start again" if last_saved else "start again"))
 
     def save_checkpoint(names: list[str], final: bool = False) -> None:
         """Write the state to each of names in order (latest.pt last: its step implies the
@@ -1036,6 +1096,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         bad_losses = [x for x in (train_loss, val_loss) if x is not None and not math.isfinite(x)]
         if bad_losses or not weights_finite(raw_model):
             raise diverged(f"the loss is {bad_losses[0]}" if bad_losses else "the weights are not finite")
+        if stalled():  # finite weights, but a model that no longer reads its input
+            raise diverged(STALLED)
+        if probe is not None and activations_overflow(raw_model, probe, forward_context):
+            raise diverged(OVERFLOW)
         with talking(info, f"the checkpoint of step {step}"):
             rng = gather_rng(info)  # a collective: every rank takes part, rank 0 writes
         if not master:
@@ -1129,6 +1193,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         train_loss = total.item()
         if not math.isfinite(train_loss):  # checked where it is on the host anyway, not every step
             raise diverged(f"the training loss is {train_loss}")
+        if stalled():
+            raise diverged(STALLED)
         tok_s = tokens_per_step * interval_steps / interval_seconds
         interval_seconds, interval_steps = 0.0, 0
         mfu = flops_per_token * tok_s / (peak * info.world_size) if peak > 0 else None
@@ -1193,12 +1259,14 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             # tokens (on all ranks; x world_size as DDP averages the ranks' gradients), so that
             # accumulation and DDP give one big batch's mean. Pretraining: 1 / accum each.
             micro_batches = [batch_to_device(train_batches.next(), device) for _ in range(accum)]
+            probe = micro_batches[-1][0][:1]
             tokens = [Transformer.loss_weight(y, m).sum() for _, y, m in micro_batches]
             step_tokens = torch.stack(tokens).sum()  # on the device: no wait for it
             loss_sum = torch.zeros((), device=device)
             with talking(info, f"training step {step + 1}"):
                 if info.ddp:
                     dist.all_reduce(step_tokens)
+                counted = step_tokens  # 0 only where every row of the step is masked out
                 step_tokens = step_tokens.clamp_min(1.0)
                 if graphs:  # a new step: the last one's graph outputs may be overwritten
                     torch.compiler.cudagraph_mark_step_begin()
@@ -1214,8 +1282,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
 
             # -- clip, step
             scaler.unscale_(optimizer)  # true gradients for the norm (no-op when disabled)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                trainable, cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else math.inf)
+            if cfg.optim.grad_clip > 0:
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+            else:  # the norm for the log only (clipping at inf would multiply an inf norm's gradients by nan)
+                grad_norm = total_norm(trainable)
             scaler.step(optimizer)  # skips the step if float16 gradients overflowed
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
@@ -1283,7 +1353,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 dataset=ds, device=device, dtype=dtype, world_size=info.world_size, n_params=n_params,
                 n_trainable=n_trainable, peak=peak, peak_source=peak_source, flops_per_token=flops_per_token,
                 val_source=val_source or train_source)
-            best = f"{best_val_loss:.4f}" if math.isfinite(best_val_loss) else "n/a"
+            from nano_train.report import no_best
+
+            best = f"{best_val_loss:.4f}{no_best(out_dir, best_val_loss)}" if math.isfinite(best_val_loss) else "n/a"
             rate = f"{human(tokens_per_s)} tok/s" if tokens_per_s else "no training step run"
             ended = "stopped" if interrupted else "done"
             say(f"{ended}: step {step}, best val loss {best}, {rate}; report in {out_dir / 'report.md'}")
@@ -1467,8 +1539,12 @@ def setting_typo(argv: list[str]) -> str | None:
     key), `max_iters=5` or `-max_iters=5` (read as a file's name)."""
     for i, a in enumerate(argv):
         after = argv[i + 1] if i + 1 < len(argv) else None
+        if a.split("=", 1)[0] in ("--print_config", "--print-config") and "=" in a:
+            return f"{short_repr(a, 80)}: --print_config takes no value; write --print_config"
         if a.startswith("--") and "=" not in a:
             tp = key_type(a[2:])
+            if tp is None and after is not None and os.path.isdir(after):  # a config is a file: a misspelled key
+                return f"{a}: unknown key {a[2:]!r}{unknown_key_hint(a[2:].replace('-', '_'))}"
             if tp is bool:
                 return f"{a}: settings take --key=value; write {a}=true (or {a}=false)"
             if after is not None and not after.startswith("--") and (tp is not None or not os.path.exists(after)):

@@ -131,8 +131,9 @@ def find_nano(path: str | os.PathLike | None = None, build: bool = True, say=pri
         return p
     root = repo_root()
     if root is None:
-        raise EngineError("cannot find the nano program: pass --nano PATH (build it with "
-                          "`make -C engines/c-core` in a Nano checkout), or --no-c to skip the C engine")
+        raise EngineError("cannot find the nano program: pass --nano PATH (from Python: "
+                          "runner.Options(nano=PATH); build it with `make -C engines/c-core` in a Nano "
+                          "checkout), or --no-c (Options(use_c=False)) to skip the C engine")
     if build:
         try:
             return build_nano(root, say)

@@ -75,6 +75,9 @@ def continue_hint(latest: Path, step: int) -> str:
 
 @dataclass
 class Options:
+    """run()'s settings, the command line's options by name (--nano is nano, --no-c is
+    use_c=False, --key=value training overrides go in overrides)."""
+
     out_dir: Path
     seed: int = 1337
     time_budget: float | None = None  # None: the problem's default
