@@ -59,6 +59,36 @@ def test_a_step_whose_gradients_are_all_zero_stops_the_run(tmp_path, small_pretr
     assert "training diverged: every gradient is zero, as the activations overflow float32" in line, line
 
 
+def test_float16_gradients_that_underflow_to_zero_are_no_overflow(tmp_path, shared_file, tiny_args, capsys):
+    # (review: a float16 run fitting one repeated character stopped as "diverged" at step 20:
+    # its gradients were exactly 0, the activations fine)
+    from nano_train.data import prepare_pretrain
+
+    text = tmp_path / "one.txt"
+    text.write_text("的" * 20000, encoding="utf-8")
+    prepare_pretrain([text], shared_file("data/tokenizer_4096.json"), tmp_path / "data", chunk_tokens=256,
+                     progress=False)
+    out = tmp_path / "run"
+    code = main("pretrain", tiny_args(tmp_path / "data", out, dtype="float16", loss="plain", block_size=16,
+                                      learning_rate=3e-2, min_lr=3e-2, warmup_iters=0, weight_decay=0, max_iters=40,
+                                      log_interval=20, eval_interval=40, eval_iters=1, sample_tokens=0))
+    out_err = capsys.readouterr()
+    assert code == 0, out_err.err
+    assert "grad norm 0.000" in out_err.out  # the case: a zero norm at a log record
+    assert (out / "best.pt").exists()
+
+
+@pytest.mark.parametrize("lr, wd, what", [("1", "1", "by 1 - 1 = 0 at each step, which sets them to 0"),
+                                          ("1.5", "1", "by 1 - 1.5 = -0.5 at each step, which flips their sign "
+                                                       "whatever"),
+                                          ("10", "0.5", "by 1 - 5 = -4 at each step, which flips their sign and "
+                                                        "grows them")])
+def test_the_weight_decay_note_says_what_the_factor_does(tmp_path, small_pretrain, tiny_args, capsys, lr, wd, what):
+    assert main("pretrain", tiny_args(small_pretrain, tmp_path / "r", learning_rate=lr, min_lr=0, weight_decay=wd,
+                                      max_iters=0, sample_tokens=0)) == 0
+    assert f"AdamW multiplies every decayed weight {what}" in "".join(capsys.readouterr())
+
+
 def test_the_overflow_probe_sees_it_and_draws_no_random_numbers():
     torch.manual_seed(0)
     model = Transformer(ModelConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=16, dropout=0.5))
@@ -173,6 +203,23 @@ def test_lora_settings_outside_a_lora_run_get_a_note(tmp_path, small_pretrain, t
     assert main("pretrain", tiny_args(small_pretrain, tmp_path / "r", max_iters=1, lora_rank=4, sample_tokens=0)) == 0
     assert ("note: lora.lora_rank set, but the lora section applies to LoRA runs only (lora_train); this pretrain "
             "run trains every weight") in "".join(capsys.readouterr())
+
+
+def test_lora_settings_at_their_defaults_get_no_note(tmp_path, small_pretrain, tiny_args, capsys):
+    # (review: a --print_config dump fed back as a config named all three)
+    assert main("pretrain", tiny_args(small_pretrain, tmp_path / "r", max_iters=1, lora_rank=8, lora_alpha=16.0,
+                                      sample_tokens=0)) == 0
+    assert "lora section" not in "".join(capsys.readouterr())
+
+
+def test_a_problem_s_kv_heads_follow_its_heads(tmp_path):
+    # (review: problems hard-coded n_kv_head 4, so --n_head=8 was grouped-query attention)
+    from nano_train.problems import make
+    from nano_train.problems.runner import Options, resolve_config
+
+    cfg, _ = resolve_config(make("sort"), Options(out_dir=tmp_path, overrides=["--n_head=8"]))
+    assert (cfg.model.n_head, cfg.model.n_kv_head) == (8, 8)
+    assert resolve_config(make("sort"), Options(out_dir=tmp_path))[0].model.n_kv_head == 4
 
 
 def test_python_m_nano_train_convert_says_what_to_run(tmp_path):

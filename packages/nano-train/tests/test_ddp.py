@@ -322,3 +322,27 @@ def test_a_rank_that_hangs_ends_the_run_after_dist_timeout(tmp_path, small_pretr
     assert lines and error.fullmatch(lines[-1]), log
     assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in log
     assert ckpt_io.load(tmp_path / "run" / "latest.pt")["step"] == 4
+
+
+ONE_RANK_OVERFLOWS = """
+import os
+import sys
+from nano_train import train
+
+train.activations_overflow = lambda model, x, context: os.environ["RANK"] == "1"  # only rank 1's row overflows
+sys.exit(train.main("pretrain"))
+"""
+
+
+@pytest.mark.slow
+def test_an_overflow_one_rank_sees_stops_every_rank_alike(tmp_path, small_pretrain):
+    """Each rank probes its own row before a checkpoint: the verdict is all-reduced. (was: rank 1
+    stopped with the overflow, rank 0 went on into the checkpoint's collective and lost contact)"""
+    script = tmp_path / "one_rank_overflows.py"
+    script.write_text(ONE_RANK_OVERFLOWS, encoding="utf-8")
+    args = pretrain_args(small_pretrain, accum=2, max_iters=4, eval_interval=100, eval_iters=1)
+    done = run(args + ["--checkpoint_interval=2", f"--out_dir={tmp_path / 'run'}"], tmp_path, nproc=2,
+               command=str(script), ok=False)
+    assert done.stderr.count("error: training diverged: the activations overflow float32") == 2, done.stderr[-3000:]
+    assert "lost contact" not in done.stderr
+    assert not (tmp_path / "run" / "latest.pt").exists()

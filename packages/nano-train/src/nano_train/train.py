@@ -976,7 +976,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             say(f"note: system.compile_mode {cfg.system.compile_mode!r} has no effect without --compile=true")
     if cfg.run.keep_last and not cfg.run.keep_checkpoints:
         say(f"note: run.keep_last {cfg.run.keep_last} has no effect without --keep_checkpoints=true")
-    lora_keys = sorted(k for k in explicit if k.startswith("lora."))
+    lora_keys = sorted(k for k in explicit if k.startswith("lora.")  # set to other than the default
+                       and getattr(cfg.lora, k[5:]) != getattr(type(cfg.lora)(), k[5:]))
     if lora_keys and task != "lora":
         say(f"note: {', '.join(lora_keys)} set, but the lora section applies to LoRA runs only (lora_train); "
             f"this {task} run trains every weight")
@@ -1064,17 +1065,30 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
 
     decay = cfg.optim.learning_rate * cfg.optim.weight_decay  # AdamW scales each weight by 1 - decay per step
     if decay >= 1:
+        what = "sets them to 0" if decay == 1 else "flips their sign" + (" and grows them" if decay > 2 else "")
         say(f"note: optim.learning_rate * optim.weight_decay is {decay:g}: AdamW multiplies every decayed weight "
-            f"by 1 - {decay:g} = {1 - decay:g} at each step, so the weights flip sign and grow whatever the "
-            "gradients say; keep the product well below 1")
+            f"by 1 - {decay:g} = {1 - decay:g} at each step, which {what} whatever the gradients say; keep the "
+            "product well below 1")
 
     grad_norm = counted = probe = None  # the last step's, on the device (probe: one row of its input)
 
     def stalled() -> bool:
         """Every gradient of the last step was exactly zero, although it had tokens to learn
-        from: the activations overflowed float32 (RMSNorm's mean square is inf, so its
-        output and every logit are 0). No weight is inf or nan, so nothing else catches it."""
+        from: what overflowing activations do (see overflowed), and also float16 gradients
+        of a loss near 0 (they underflow), so only a hint to probe. The same on every rank."""
         return grad_norm is not None and float(grad_norm) == 0.0 and float(counted) > 0
+
+    def overflowed() -> bool:
+        """Whether the last step's first input row makes an RMSNorm's mean square inf: its
+        output and every logit are then 0, and no weight is inf or nan, so nothing else
+        catches it. A collective under DDP (each rank probes its own row; all decide alike)."""
+        if probe is None:
+            return False
+        found = torch.tensor(float(activations_overflow(raw_model, probe, forward_context)), device=device)
+        if info.ddp:
+            with talking(info, f"the overflow check of step {step}"):
+                dist.all_reduce(found, op=dist.ReduceOp.MAX)
+        return bool(found.item())
 
     def diverged(what: str) -> TrainingDiverged:
         good = (f"the last good checkpoint is {last_saved}" if last_saved else "no checkpoint was written before it")
@@ -1096,13 +1110,12 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         bad_losses = [x for x in (train_loss, val_loss) if x is not None and not math.isfinite(x)]
         if bad_losses or not weights_finite(raw_model):
             raise diverged(f"the loss is {bad_losses[0]}" if bad_losses else "the weights are not finite")
-        if stalled():  # finite weights, but a model that no longer reads its input
-            raise diverged(STALLED)
-        if probe is not None and activations_overflow(raw_model, probe, forward_context):
-            raise diverged(OVERFLOW)
+        if overflowed():  # finite weights, but a model that no longer reads its input
+            raise diverged(STALLED if stalled() else OVERFLOW)
         with talking(info, f"the checkpoint of step {step}"):
             rng = gather_rng(info)  # a collective: every rank takes part, rank 0 writes
         if not master:
+            last_saved = f"{out_dir / names[-1]} (step {step})"  # rank 0's, for this rank's messages
             return
         state = {
             "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "task": task,
@@ -1193,7 +1206,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         train_loss = total.item()
         if not math.isfinite(train_loss):  # checked where it is on the host anyway, not every step
             raise diverged(f"the training loss is {train_loss}")
-        if stalled():
+        if stalled() and overflowed():
             raise diverged(STALLED)
         tok_s = tokens_per_step * interval_steps / interval_seconds
         interval_seconds, interval_steps = 0.0, 0

@@ -60,7 +60,7 @@ def train_config(model: dict, *, batch_size: int = 256, learning_rate: float = 3
     training settings every problem starts from (the keyword arguments are the
     ones a problem may change)."""
     return {
-        "model": {"n_head": 4, "n_kv_head": 4, **model},
+        "model": {"n_head": 4, **model},  # n_kv_head: n_head
         "data": {"batch_size": batch_size},
         "optim": {"learning_rate": learning_rate, "min_lr": 1e-4, "warmup_iters": warmup_iters,
                   "max_iters": max_iters, "weight_decay": 0.0, "time_budget": time_budget},
