@@ -198,6 +198,26 @@ def test_mistyped_settings_name_the_setting_meant(small_pretrain, argv, message,
     assert message in error_of(capsys)
 
 
+@pytest.mark.parametrize("arg", ["--max_iters=1_0", "--max_iters= 5", "--max_iters=\u0663", "--learning_rate=1_0",
+                                 "--learning_rate=\u0663.5", "--max_iters=" + "9" * 5000])
+def test_numbers_on_the_command_line_are_ascii_numbers(arg, capsys):
+    # (was: Python's int() and float() read 1_0 as 10, ' 5' as 5 and Arabic-Indic digits,
+    # and 5,000 digits were echoed twice in one line)
+    assert main("pretrain", [arg, "--print_config"]) == 2
+    line = error_of(capsys)
+    assert "expected an integer, got " in line or "expected a number, got " in line
+    assert len(line) < 300
+
+
+@pytest.mark.parametrize("arg, key, value", [("--max_iters=+5", "max_iters", 5), ("--max_iters=-0", "max_iters", 0),
+                                             ("--learning_rate=.5", "learning_rate", 0.5),
+                                             ("--learning_rate=5.", "learning_rate", 5.0),
+                                             ("--learning_rate=1E-3", "learning_rate", 1e-3)])
+def test_ascii_numbers_still_read(arg, key, value, capsys):  # guard
+    assert main("pretrain", [arg, "--print_config"]) == 0
+    assert f'"{key}": {value}' in capsys.readouterr().out
+
+
 def test_lora_settings_outside_a_lora_run_get_a_note(tmp_path, small_pretrain, tiny_args, capsys):
     # (was: silently ignored, and recorded in the report's config)
     assert main("pretrain", tiny_args(small_pretrain, tmp_path / "r", max_iters=1, lora_rank=4, sample_tokens=0)) == 0

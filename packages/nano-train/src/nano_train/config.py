@@ -267,6 +267,10 @@ def _finite(x: float) -> float:
     return x
 
 
+INT_TEXT = re.compile(r"[+-]?[0-9]+")
+FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|infinity|nan)", re.IGNORECASE)
+
+
 def _parse_text(tp, text: str):
     """A command-line string as a value of type tp."""
     args = typing.get_args(tp)
@@ -281,16 +285,19 @@ def _parse_text(tp, text: str):
         if low in ("false", "0", "no", "off"):
             return False
         raise TypeError(f"expected true or false, got {text!r}")
+    # Python's int() and float() also read "1_0", " 5" and other scripts' digits: a
+    # setting is written in ASCII digits, as a config file's JSON numbers are
     if tp is int:
+        if not INT_TEXT.fullmatch(text):
+            raise TypeError(f"expected an integer, got {short_repr(text, 60)}")
         try:
             return int(text)
-        except ValueError:
-            raise TypeError(f"expected an integer, got {text!r}") from None
+        except ValueError:  # more digits than Python converts
+            raise TypeError(f"expected an integer, got {short_repr(text, 60)}") from None
     if tp is float:
-        try:
-            return _finite(float(text))
-        except ValueError:
-            raise TypeError(f"expected a number, got {text!r}") from None
+        if not FLOAT_TEXT.fullmatch(text):
+            raise TypeError(f"expected a number, got {short_repr(text, 60)}")
+        return _finite(float(text))
     if tp is str:
         return text
     if tp is list or typing.get_origin(tp) is list:
