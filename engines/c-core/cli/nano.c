@@ -587,10 +587,11 @@ static int seq2seq_print(seq2seq_state *q, const char *input, size_t input_len, 
         if (batch) fputc('\n', stdout);
         return 1;
     }
-    if (nano_tokenizer_unknown_id(q->tok) >= 0) { /* (special tokens are not read from input: each is a character) */
+    { /* (special tokens are not read from input: each <|unknown|> stood for a character) */
+        int32_t unk = nano_tokenizer_unknown_id(q->tok);
         uint32_t unknown = 0;
         size_t i;
-        for (i = 0; i < n; i++) unknown += q->ids[i] == nano_tokenizer_unknown_id(q->tok);
+        for (i = 0; unk >= 0 && i < n; i++) unknown += q->ids[i] == unk;
         note_unknown_count(unknown, where);
     }
     nano_tokenizer_decode(q->tok, q->out, n, NULL, 0, &len);

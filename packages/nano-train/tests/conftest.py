@@ -24,6 +24,21 @@ def one_thread():
 
 
 @pytest.fixture(scope="session")
+def error_line():
+    """error_line(capsys) -> the one line a command wrote to standard error besides its
+    `note:` lines: an `error: ` line, with no traceback."""
+
+    def read(capsys) -> str:
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note:")]
+        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        assert "Traceback" not in err
+        return lines[0]
+
+    return read
+
+
+@pytest.fixture(scope="session")
 def nano80(shared_file):
     """The reference's 80-token vocabulary (sort6's)."""
     from nano_tokenizer import Tokenizer

@@ -17,13 +17,6 @@ from nano_train.train import activations_overflow, init_distributed, main, total
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def error_of(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
-
-
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -49,13 +42,13 @@ def test_overflowing_activations_stop_the_run_before_a_best_checkpoint(tmp_path,
     assert not (out / "best.pt").exists()
 
 
-def test_a_step_whose_gradients_are_all_zero_stops_the_run(tmp_path, small_pretrain, tiny_args, capsys):
+def test_a_step_whose_gradients_are_all_zero_stops_the_run(tmp_path, small_pretrain, tiny_args, capsys, error_line):
     # no evaluation or checkpoint before the log line that sees the dead step
     out = tmp_path / "run"
     code = main("pretrain", tiny_args(small_pretrain, out, learning_rate=100, min_lr=0, max_iters=30,
                                       warmup_iters=2, eval_interval=1000, checkpoint_interval=1000, log_interval=1))
     assert code == 1
-    line = error_of(capsys)
+    line = error_line(capsys)
     assert "training diverged: every gradient is zero, as the activations overflow float32" in line, line
 
 
@@ -111,7 +104,7 @@ def test_without_clipping_an_infinite_norm_leaves_the_gradients_alone():
     assert total_norm([p, q]).item() == pytest.approx(math.sqrt(4 * 9 + 3 * 4))
 
 
-def test_resuming_from_non_finite_weights_is_refused(tmp_path, small_pretrain, tiny_args, capsys):
+def test_resuming_from_non_finite_weights_is_refused(tmp_path, small_pretrain, tiny_args, capsys, error_line):
     # (was: a step of training, then "the last good checkpoint is .../latest.pt")
     out = tmp_path / "run"
     assert main("pretrain", tiny_args(small_pretrain, out, max_iters=2, sample_tokens=0)) == 0
@@ -120,7 +113,7 @@ def test_resuming_from_non_finite_weights_is_refused(tmp_path, small_pretrain, t
     torch.save(ck, out / "latest.pt")
     capsys.readouterr()
     assert main("pretrain", ["--init_from=resume", f"--out_dir={out}", "--max_iters=4"]) == 2
-    line = error_of(capsys)
+    line = error_line(capsys)
     assert str(out / "latest.pt") in line and "layers.0.wq.weight holds non-finite values" in line, line
 
 
@@ -158,13 +151,13 @@ def test_a_best_loss_without_best_pt_says_why(tmp_path):
 
 @pytest.mark.parametrize("value, ok", [("1e300", False), ("0.0001", False), ("-1", False), ("0", True),
                                        ("1", True), ("1e9", True)])
-def test_dist_timeout_range(tmp_path, small_pretrain, value, ok, capsys):
+def test_dist_timeout_range(tmp_path, small_pretrain, value, ok, capsys, error_line):
     # (was: OverflowError or a 0 ms timeout in every rank under torchrun)
     code = main("pretrain", [f"--dataset={small_pretrain}", f"--out_dir={tmp_path / 'r'}", f"--dist_timeout={value}",
                              "--print_config"])
     assert code == (0 if ok else 2)
     if not ok:
-        assert "system.dist_timeout must be 0 (torch's default) or in [1, 1e+09] seconds" in error_of(capsys)
+        assert "system.dist_timeout must be 0 (torch's default) or in [1, 1e+09] seconds" in error_line(capsys)
 
 
 def test_nccl_without_nccl_or_gpu_is_a_config_error(monkeypatch):
@@ -178,12 +171,12 @@ def test_nccl_without_nccl_or_gpu_is_a_config_error(monkeypatch):
 
 
 @pytest.mark.parametrize("section, key", [("optim", "learning_rate"), ("model", "norm_eps")])
-def test_a_float_setting_of_hundreds_of_digits(tmp_path, section, key, capsys):
+def test_a_float_setting_of_hundreds_of_digits(tmp_path, section, key, capsys, error_line):
     # (was: OverflowError: int too large to convert to float, with a traceback)
     path = tmp_path / "c.json"
     path.write_text('{"%s": {"%s": 1%s}}' % (section, key, "0" * 400), encoding="utf-8")
     assert main("pretrain", [str(path), "--print_config"]) == 2
-    assert f"{section}.{key}: expected a finite number, got an integer too large for a float" in error_of(capsys)
+    assert f"{section}.{key}: expected a finite number, got an integer too large for a float" in error_line(capsys)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -192,19 +185,19 @@ def test_a_float_setting_of_hundreds_of_digits(tmp_path, section, key, capsys):
     (["--print_config=true"], "--print_config takes no value; write --print_config"),
     (["--datset", "{data}"], "--datset: unknown key 'datset' (did you mean dataset?)"),
 ])
-def test_mistyped_settings_name_the_setting_meant(small_pretrain, argv, message, capsys):
+def test_mistyped_settings_name_the_setting_meant(small_pretrain, argv, message, capsys, error_line):
     argv = [a.replace("{data}", str(small_pretrain)) for a in argv]
     assert main("pretrain", argv) == 2
-    assert message in error_of(capsys)
+    assert message in error_line(capsys)
 
 
 @pytest.mark.parametrize("arg", ["--max_iters=1_0", "--max_iters= 5", "--max_iters=\u0663", "--learning_rate=1_0",
                                  "--learning_rate=\u0663.5", "--max_iters=" + "9" * 5000])
-def test_numbers_on_the_command_line_are_ascii_numbers(arg, capsys):
+def test_numbers_on_the_command_line_are_ascii_numbers(arg, capsys, error_line):
     # (was: Python's int() and float() read 1_0 as 10, ' 5' as 5 and Arabic-Indic digits,
     # and 5,000 digits were echoed twice in one line)
     assert main("pretrain", [arg, "--print_config"]) == 2
-    line = error_of(capsys)
+    line = error_line(capsys)
     assert "expected an integer, got " in line or "expected a number, got " in line
     assert len(line) < 300
 

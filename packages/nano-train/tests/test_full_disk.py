@@ -29,14 +29,6 @@ def args(tiny_args):
     return lambda dataset, out_dir, **extra: tiny_args(dataset, out_dir, **{"sample_tokens": 0, **extra})
 
 
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note:")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 def temporaries(folder):
     return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
 
@@ -115,7 +107,8 @@ def test_a_torch_writer_failure_without_its_cause_is_a_full_disk_only_when_the_d
 
 @pytest.mark.parametrize("name", ["latest.pt", "ckpt_000004.pt"])
 def test_a_full_disk_at_a_checkpoint_ends_the_run_with_one_line_and_how_to_continue(tmp_path, small_pretrain,
-                                                                                    monkeypatch, capsys, name, args):
+                                                                                    monkeypatch, capsys, name, args,
+                                                                                    error_line):
     out = tmp_path / "run"
     latest = out / "latest.pt"
     with monkeypatch.context() as m:
@@ -129,7 +122,7 @@ def test_a_full_disk_at_a_checkpoint_ends_the_run_with_one_line_and_how_to_conti
     assert load(latest)["step"] == 4
 
 
-def test_a_full_disk_while_logging_names_the_log(tmp_path, small_pretrain, monkeypatch, capsys, args):
+def test_a_full_disk_while_logging_names_the_log(tmp_path, small_pretrain, monkeypatch, capsys, args, error_line):
     # (was: "error: [Errno 28] No space left on device", naming no file, and no next step)
     out = tmp_path / "run"
 
@@ -147,7 +140,7 @@ def test_a_full_disk_while_logging_names_the_log(tmp_path, small_pretrain, monke
 
 
 def test_a_full_disk_before_the_first_checkpoint_says_to_start_again(tmp_path, small_pretrain, monkeypatch, capsys,
-                                                                      args):
+                                                                      args, error_line):
     out = tmp_path / "run"
     fill_the_disk_at(monkeypatch, 2)
     assert main("pretrain", args(small_pretrain, out, eval_interval=100, checkpoint_interval=2)) == 1  # no best.pt
@@ -156,7 +149,8 @@ def test_a_full_disk_before_the_first_checkpoint_says_to_start_again(tmp_path, s
 
 
 def test_a_full_disk_between_best_and_latest_names_the_best_and_what_overwrite_deletes(tmp_path, small_pretrain,
-                                                                                      monkeypatch, capsys, args):
+                                                                                      monkeypatch, capsys, args,
+                                                                                      error_line):
     """best.pt is written just before latest.pt: a disk that fills between the two leaves
     the best evaluation's weights, which the advice must not delete unsaid."""
     out = tmp_path / "run"
@@ -177,7 +171,7 @@ def test_a_full_disk_between_best_and_latest_names_the_best_and_what_overwrite_d
                                                ("pretrain", ".tokens.tmp", "the token stream"),
                                                ("sft", "sft_train.bin", "the rows")])
 def test_prepare_on_a_full_disk_names_what_it_was_writing(tmp_path, psycho_slice, shared_file, monkeypatch, capsys,
-                                                          kind, full, named):
+                                                          kind, full, named, error_line):
     # (was: "error: [Errno 28] No space left on device")
     from nano_train import data
     from nano_train.prepare import main as prepare
@@ -274,7 +268,7 @@ def test_prune_checkpoints_deletes_only_the_run_s_older_files(tmp_path):
 
 @pytest.mark.parametrize("value, message", [("-1", "run.keep_last must be >= 0 (0 = keep every ckpt_<step>.pt), got -1"),
                                             ("two", "override '--keep_last=two': expected an integer, got 'two'")])
-def test_keep_last_is_checked(tmp_path, small_pretrain, capsys, value, message, args):
+def test_keep_last_is_checked(tmp_path, small_pretrain, capsys, value, message, args, error_line):
     assert main("pretrain", args(small_pretrain, tmp_path / "run", keep_last=value)) == 2
     assert error_line(capsys) == f"error: {message}" and not (tmp_path / "run").exists()
 

@@ -34,19 +34,11 @@ def args(dataset, out_dir, **extra):
     return [f"--{k}={v}" for k, v in values.items()]
 
 
-def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("note:")]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
 # ---------------------------------------------------------------------------
 # A new run into a directory that holds another run
 
 
-def test_a_new_run_refuses_an_out_dir_holding_a_run(tmp_path, small_pretrain, capsys):
+def test_a_new_run_refuses_an_out_dir_holding_a_run(tmp_path, small_pretrain, capsys, error_line):
     out = tmp_path / "run"
     assert main("pretrain", args(small_pretrain, out, keep_checkpoints="true")) == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -131,7 +123,8 @@ def files(out_dir, writer_pid):
 
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "win32", reason="no fcntl: runs are not locked there")
-def test_a_second_run_into_an_out_dir_in_use_fails_at_once_and_touches_nothing(tmp_path, small_pretrain, capsys):
+def test_a_second_run_into_an_out_dir_in_use_fails_at_once_and_touches_nothing(tmp_path, small_pretrain, capsys,
+                                                                               error_line):
     out = tmp_path / "run"
     first = _train_in_a_child(small_pretrain, out)
     try:
@@ -170,7 +163,8 @@ def test_a_killed_runs_lock_file_does_not_stop_the_next_run(tmp_path, small_pret
 # Hostile or mistyped command lines and config files: one line, exit 2
 
 
-def test_odd_command_lines_and_config_files_are_one_error_line(tmp_path, small_pretrain, capsys, monkeypatch):
+def test_odd_command_lines_and_config_files_are_one_error_line(tmp_path, small_pretrain, capsys, monkeypatch,
+                                                               error_line):
     monkeypatch.chdir(tmp_path)
     # `--max_iters 5` once read 5 as a config file ("5: cannot read config")
     assert main("pretrain", args(small_pretrain, tmp_path / "run") + ["--max_iters", "5"]) == 2
@@ -206,7 +200,7 @@ def test_output_to_a_reader_that_went_away_is_quiet(flag):
 # The attention must fit the rows: shifted rows need causal attention
 
 
-def test_full_attention_on_next_token_rows_is_refused(tmp_path, small_pretrain, self_id_sft, capsys):
+def test_full_attention_on_next_token_rows_is_refused(tmp_path, small_pretrain, self_id_sft, capsys, error_line):
     """With full attention every position of a pretraining or SFT row sees the token it
     is to predict: the loss fell (a reviewer's run: 2.33 against the causal 4.74) while
     the model learned nothing it could generate with, and the run ended with status 0."""
@@ -242,7 +236,7 @@ def test_a_causal_model_on_seq2seq_rows_trains_with_a_note(tmp_path, nano80, cap
 # An out_dir that cannot be written: found before any data is loaded
 
 
-def test_an_unwritable_out_dir_is_one_error_line_before_anything_is_loaded(tmp_path, capsys):
+def test_an_unwritable_out_dir_is_one_error_line_before_anything_is_loaded(tmp_path, capsys, error_line):
     a_file = tmp_path / "a_file"
     a_file.write_text("", encoding="utf-8")
     # the dataset does not exist either: the out_dir is checked first (exit 1, not the data error's 2)
@@ -256,7 +250,7 @@ def test_an_unwritable_out_dir_is_one_error_line_before_anything_is_loaded(tmp_p
 
 
 @pytest.mark.parametrize("where", ["checkpoint", "log"])
-def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_pretrain, capsys, where):
+def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, small_pretrain, capsys, where, error_line):
     """lr 1e3 without clipping: the step-1 model is sound, the step-2 one is not (its
     activations overflow float32, or its weights are not finite). Checked before each
     checkpoint write (here: every step, no log records before it) and at each log record
@@ -275,7 +269,7 @@ def test_a_diverging_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, smal
     assert ck["train_loss"] is None or math.isfinite(ck["train_loss"])
 
 
-def test_divergence_before_any_checkpoint_says_so(tmp_path, small_pretrain, capsys):
+def test_divergence_before_any_checkpoint_says_so(tmp_path, small_pretrain, capsys, error_line):
     out = tmp_path / "run"
     assert main("pretrain", args(small_pretrain, out, learning_rate=1e6, min_lr=0, grad_clip=0, max_iters=50,
                                  eval_interval=1000, log_interval=1)) == 1
@@ -308,7 +302,7 @@ def finished_run(tmp_path, small_pretrain):
     (lambda ck: ck.update(tokenizer={"nothing": 1}), "cannot restore the run from it"),
 ], ids=["no_rng", "no_optimizer", "no_data_state", "no_train_config", "shape", "keys", "optimizer", "rng",
         "tokenizer"])
-def test_a_damaged_checkpoint_is_one_error_line(finished_run, small_pretrain, capsys, damage, message):
+def test_a_damaged_checkpoint_is_one_error_line(finished_run, small_pretrain, capsys, damage, message, error_line):
     ck = load(finished_run / "latest.pt")
     damage(ck)
     torch.save(ck, finished_run / "latest.pt")
@@ -317,7 +311,7 @@ def test_a_damaged_checkpoint_is_one_error_line(finished_run, small_pretrain, ca
     assert msg.startswith(f"error: {finished_run / 'latest.pt'}: ") and message in msg, msg
 
 
-def test_a_checkpoint_cut_short_says_so_and_names_the_others(finished_run, small_pretrain, capsys):
+def test_a_checkpoint_cut_short_says_so_and_names_the_others(finished_run, small_pretrain, capsys, error_line):
     """latest.pt cut by something outside the trainer (a copy, a full disk): the line says the
     file is damaged or cut short and names the checkpoints beside it that may be intact."""
     latest = finished_run / "latest.pt"
@@ -328,7 +322,8 @@ def test_a_checkpoint_cut_short_says_so_and_names_the_others(finished_run, small
     assert "other checkpoints in its folder: best.pt" in msg, msg
 
 
-def test_a_base_model_whose_weights_do_not_fit_is_one_error_line(tmp_path, finished_run, small_pretrain, capsys):
+def test_a_base_model_whose_weights_do_not_fit_is_one_error_line(tmp_path, finished_run, small_pretrain, capsys,
+                                                                 error_line):
     ck = load(finished_run / "latest.pt")
     ck["model"]["tok_embd.weight"] = torch.zeros(3, 32)
     torch.save(ck, tmp_path / "bad_base.pt")
@@ -395,7 +390,7 @@ def test_a_long_sft_prompt_keeps_its_marks(nano80, monkeypatch):
         "negative_row", "str_row", "huge_row", "huge_tokens", "str_warmup_end", "inf_warmup_end", "str_final",
         "val_step_past_step"])
 def test_a_checkpoint_field_of_the_wrong_type_or_range_is_one_error_line(finished_run, small_pretrain, capsys, field,
-                                                                         value, message):
+                                                                         value, message, error_line):
     ck = load(finished_run / "latest.pt")
     if field.startswith("data_state."):
         ck["data_state"][field.split(".")[1]] = value
@@ -407,7 +402,7 @@ def test_a_checkpoint_field_of_the_wrong_type_or_range_is_one_error_line(finishe
     assert msg.startswith(f"error: {finished_run / 'latest.pt'}: ") and message in msg, msg
 
 
-def test_a_bad_value_in_the_checkpoints_config_names_the_checkpoint(finished_run, small_pretrain, capsys):
+def test_a_bad_value_in_the_checkpoints_config_names_the_checkpoint(finished_run, small_pretrain, capsys, error_line):
     ck = load(finished_run / "latest.pt")
     ck["config"]["train"]["optim"]["learning_rate"] = "x"
     torch.save(ck, finished_run / "latest.pt")
@@ -421,7 +416,7 @@ def test_a_bad_value_in_the_checkpoints_config_names_the_checkpoint(finished_run
 # Resuming refuses what it cannot continue exactly
 
 
-def test_resume_refuses_another_dataset_with_the_same_rows(tmp_path, psycho_slice, shared_file, capsys):
+def test_resume_refuses_another_dataset_with_the_same_rows(tmp_path, psycho_slice, shared_file, capsys, error_line):
     from nano_train.data import prepare_pretrain
 
     data_a, data_b = tmp_path / "a", tmp_path / "b"
@@ -445,7 +440,7 @@ def test_resume_refuses_another_dataset_with_the_same_rows(tmp_path, psycho_slic
 
 
 def test_resume_refuses_the_dataset_prepared_again_from_other_text_with_the_same_counts(
-        tmp_path, psycho_slice, shared_file, capsys):
+        tmp_path, psycho_slice, shared_file, capsys, error_line):
     from nano_train.data import prepare_pretrain
 
     text = psycho_slice.read_text(encoding="utf-8")
@@ -483,7 +478,8 @@ def test_sft_datasets_prepared_with_another_system_policy_differ_only_in_content
 
 
 @pytest.mark.parametrize("key,value", [("batch_size", 8), ("gradient_accumulation_steps", 2), ("seed", 5)])
-def test_resume_refuses_another_batch_size_accumulation_or_seed(finished_run, small_pretrain, capsys, key, value):
+def test_resume_refuses_another_batch_size_accumulation_or_seed(finished_run, small_pretrain, capsys, key, value,
+                                                                error_line):
     before = (finished_run / "latest.pt").read_bytes()
     assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=4,
                                  **{key: value})) == 2
@@ -513,7 +509,7 @@ def test_resume_trains_with_the_weight_decay_and_betas_it_is_given(finished_run,
 
 @pytest.mark.parametrize("backend", ["cudnn", "efficient"])
 def test_an_attention_backend_the_device_lacks_is_a_config_error_before_out_dir(tmp_path, small_pretrain, capsys,
-                                                                                   backend):
+                                                                                   backend, error_line):
     out = tmp_path / "run"
     assert main("pretrain", args(small_pretrain, out, attention_backend=backend)) == 2
     msg = error_line(capsys)
@@ -521,7 +517,7 @@ def test_an_attention_backend_the_device_lacks_is_a_config_error_before_out_dir(
     assert not out.exists()
 
 
-def test_a_batch_larger_than_the_data_is_refused_at_startup(tmp_path, small_pretrain, capsys):
+def test_a_batch_larger_than_the_data_is_refused_at_startup(tmp_path, small_pretrain, capsys, error_line):
     import time
 
     t0 = time.monotonic()
@@ -544,7 +540,7 @@ def test_a_run_of_max_iters_0_can_be_resumed(tmp_path, small_pretrain, capsys):
 # Ctrl-C outside the training loop: one line, status 130, and a report where there is a run
 
 
-def test_ctrl_c_during_startup_is_one_line_and_130(tmp_path, small_pretrain, capsys, monkeypatch):
+def test_ctrl_c_during_startup_is_one_line_and_130(tmp_path, small_pretrain, capsys, monkeypatch, error_line):
     from nano_train import train as train_mod
 
     def interrupted(*a, **k):
@@ -707,7 +703,7 @@ def test_an_interrupted_runs_report_names_the_step_of_its_val_loss(tmp_path, sma
 
 
 def test_an_interrupted_run_resumed_with_max_iters_below_its_step_is_refused(tmp_path, small_pretrain, capsys,
-                                                                             monkeypatch):
+                                                                             monkeypatch, error_line):
     # (was: "nothing to do", and a report "finished at step 3 of 2")
     out = tmp_path / "run"
     with monkeypatch.context() as m:
@@ -811,7 +807,8 @@ def test_a_kill_inside_a_kept_checkpoint_never_loses_its_ckpt_file(tmp_path, sma
     assert [load(out / f"ckpt_{s:06d}.pt")["step"] for s in (2, 4, 6)] == [2, 4, 6]
 
 
-def test_a_kill_inside_the_first_kept_checkpoint_says_how_to_continue(tmp_path, small_pretrain, monkeypatch, capsys):
+def test_a_kill_inside_the_first_kept_checkpoint_says_how_to_continue(tmp_path, small_pretrain, monkeypatch, capsys,
+                                                                      error_line):
     """ckpt_<step>.pt comes before latest.pt: killed between the two at the first checkpoint,
     the run has a ckpt file and no latest.pt."""
     out = tmp_path / "run"
@@ -833,7 +830,7 @@ def test_a_kill_inside_the_first_kept_checkpoint_says_how_to_continue(tmp_path, 
     assert main("pretrain", [f"--out_dir={out}", "--init_from=resume", "--max_iters=4"]) == 0
 
 
-def test_a_checkpoint_cut_short_names_the_newest_others_first(finished_run, small_pretrain, capsys):
+def test_a_checkpoint_cut_short_names_the_newest_others_first(finished_run, small_pretrain, capsys, error_line):
     # (was: the first four alphabetically, best.pt and ckpt_000004/6/8.pt, leaving out the newest ckpt_000012.pt)
     latest = finished_run / "latest.pt"
     for i, step in enumerate((4, 6, 8, 12)):
@@ -847,7 +844,7 @@ def test_a_checkpoint_cut_short_names_the_newest_others_first(finished_run, smal
                                        "ckpt_000006.pt, ckpt_000004.pt, ... (newest first)")
 
 
-def test_a_vocab_size_other_than_the_datas_is_refused(tmp_path, small_pretrain, capsys):
+def test_a_vocab_size_other_than_the_datas_is_refused(tmp_path, small_pretrain, capsys, error_line):
     """A padded classifier would train, but no model file, sampler or fine-tuning run could use it."""
     assert main("pretrain", args(small_pretrain, tmp_path / "run", vocab_size=4160)) == 2
     assert "model.vocab_size 4160 differs from the data's vocabulary (4096 tokens)" in error_line(capsys)

@@ -342,10 +342,15 @@ def check_state_dict(path: str | Path, state, model: torch.nn.Module) -> None:
         raise CheckpointError(f"{path}: the weights do not fit the model its config describes ({'; '.join(problems)})")
 
 
+def non_finite(named_tensors) -> list[str]:
+    """The names of the tensors that hold NaN or inf (a diverged run's), as messages show them."""
+    return [_key(name) for name, t in named_tensors if not bool(torch.isfinite(torch.as_tensor(t)).all())]
+
+
 def check_finite(path: str | Path, state: dict) -> None:
     """Raise one CheckpointError line if a checkpoint's weights (checked by
     check_state_dict) hold NaN or inf: a resumed run would train on them."""
-    bad = [_key(k) for k, v in state.items() if not bool(torch.isfinite(v).all())]
+    bad = non_finite(state.items())
     if bad:
         more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise CheckpointError(f"{path}: {bad[0]}{more} holds non-finite values (NaN or inf): the run had diverged "

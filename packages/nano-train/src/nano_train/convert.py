@@ -32,7 +32,7 @@ import nano_format
 from nano_format import ZIP_MAGIC, spec
 from nano_format.quant import check_group_size
 
-from .checkpoint import CheckpointError, check_state_dict, load_failure, load_mapped, one_line
+from .checkpoint import CheckpointError, check_state_dict, load_failure, load_mapped, non_finite, one_line
 from .lora import LORA_TARGETS, LoRALinear, attach_lora, has_lora, has_unmerged_lora, load_lora_state_dict
 from .model import ModelConfig, Transformer
 
@@ -281,11 +281,11 @@ _QUANTS = {"f32": spec.QuantType.F32, "q8_0": spec.QuantType.Q8_0}
 def _check_finite(named_tensors, path=None) -> None:
     """Refuse NaN or inf weights (a run that diverged), on export and on load (path
     given): such a model loads and runs, and prints garbage."""
-    for name, t in named_tensors:
-        if not bool(torch.isfinite(torch.as_tensor(t)).all()):
-            where = f"{path}: " if path is not None else ""
-            raise ConvertError(f"{where}{name} holds non-finite values (NaN or inf): the training run diverged; "
-                               f"use an earlier checkpoint")
+    bad = non_finite(named_tensors)
+    if bad:
+        where = f"{path}: " if path is not None else ""
+        raise ConvertError(f"{where}{bad[0]} holds non-finite values (NaN or inf): the training run diverged; "
+                           f"use an earlier checkpoint")
 
 
 def _group_size(config: ModelConfig, group_size: int | None) -> int:

@@ -64,6 +64,12 @@ def derive_n_hidden(n_embd: int, multiple_of: int = 32) -> int:
     return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
 
 
+# ModelConfig's integer sizes and the most a .bin header may hold of each
+_SIZE_LIMITS = (("block_size", spec.MAX_DIM), ("vocab_size", spec.MAX_VOCAB), ("n_layer", spec.MAX_LAYERS),
+                ("n_head", spec.MAX_HEADS), ("n_kv_head", spec.MAX_HEADS), ("n_embd", spec.MAX_DIM),
+                ("n_hidden", spec.MAX_DIM))
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture hyperparameters; everything a `.bin` header (2026.101) can record.
@@ -105,7 +111,7 @@ class ModelConfig:
             except OverflowError:  # an integer of hundreds of digits
                 raise ValueError(f"ModelConfig.{name} must be a finite number, got an integer too large "
                                  "for a float") from None
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_kv_head", "n_embd", "n_hidden"):
+        for name, _ in _SIZE_LIMITS:
             value = getattr(self, name)
             if isinstance(value, np.integer) and not isinstance(value, np.bool_):
                 object.__setattr__(self, name, int(value))
@@ -116,10 +122,7 @@ class ModelConfig:
         # Upper bounds: what a .bin header may hold (nano_format.spec), so that a model
         # that trains can be exported, and an absurd size fails here, before anything
         # is allocated, not after hours of building layers.
-        for name, limit in (("block_size", spec.MAX_DIM), ("vocab_size", spec.MAX_VOCAB),
-                            ("n_layer", spec.MAX_LAYERS), ("n_head", spec.MAX_HEADS),
-                            ("n_kv_head", spec.MAX_HEADS), ("n_embd", spec.MAX_DIM),
-                            ("n_hidden", spec.MAX_DIM)):
+        for name, limit in _SIZE_LIMITS:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
