@@ -27,7 +27,6 @@ or folder that cannot be read or written, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import subprocess
 import sys
@@ -50,22 +49,22 @@ def size(path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from nano_train import either_spelling, integer, number  # (no torch: the options are checked before the heavy imports)
+
     parser = argparse.ArgumentParser(prog="python tools/demo.py", description=__doc__.split("\n\n")[0],
                                      epilog="Run from the repository root: hatch run demo")
     parser.add_argument("--out_dir", default="runs/demo", metavar="DIR", help="where the files go (default runs/demo)")
-    parser.add_argument("--time_budget", type=float, metavar="SECONDS",
+    parser.add_argument("--time_budget", type=number, metavar="SECONDS",
                         help="training time (default: the sort problem's, 120; 0 = no limit)")
-    parser.add_argument("--seed", type=int, default=1337, metavar="S",
+    parser.add_argument("--seed", type=integer, default=1337, metavar="S",
                         help="data and initial weights (default 1337)")
-    parser.add_argument("--eval_cases", type=int, metavar="N",
+    parser.add_argument("--eval_cases", type=integer, metavar="N",
                         help="held-out questions to score (default 2000; at most the 25,214 the test split holds)")
     parser.add_argument("--quick", action="store_true",
                         help="a short run (20 s of training, 500 questions) that shows every step; what the tests run")
     parser.add_argument("--fresh", action="store_true", help="train again even if a matching model exists")
-    from nano_train import either_spelling  # (no torch: the options are checked before the heavy imports)
-
     args = parser.parse_args(either_spelling(parser, argv))  # --out-dir is --out_dir
-    if args.time_budget is not None and not (math.isfinite(args.time_budget) and args.time_budget >= 0):
+    if args.time_budget is not None and args.time_budget < 0:  # (inf and nan: argparse's error, number)
         print("error: --time_budget must be a number >= 0 (0 = no limit)", file=sys.stderr)
         return 2
     if args.eval_cases is not None and args.eval_cases < 1:

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     model = Transformer(cfg).to(dev)
     groups = [g for g in model.param_groups(optim.weight_decay) if g["params"]]
     params = [p for g in groups for p in g["params"]]
-    opt = make_adamw(groups, optim, dev)
+    opt = make_adamw(groups, optim)
     clip = optim.grad_clip if optim.grad_clip > 0 else math.inf  # as the trainer clips
     for p_ in params:
         p_.grad = torch.randn_like(p_) * 1e-3

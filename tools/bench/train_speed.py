@@ -250,7 +250,7 @@ class Trainee:
         # CUDA graphs reuse their output memory: mark where each step begins
         self.mark_step = compile_ and compile_mode in CUDA_GRAPH_MODES
         self.params = [p for g in groups for p in g["params"]]
-        self.optimizer = make_adamw(groups, OPTIM, device)
+        self.optimizer = make_adamw(groups, OPTIM)
         self.scaler = make_grad_scaler(dtype, device)
         self.context = forward_context_factory(device, dtype, "auto")
         self.loss_fn = loss_fn

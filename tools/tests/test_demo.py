@@ -80,7 +80,7 @@ def no_training(monkeypatch):
     (["--out_dir", "{tmp}/afile"], "error: {tmp}/afile/sort: cannot make the folder: Not a directory"),
     (["--out_dir", "/proc/no-such-nano-dir"], "error: /proc/no-such-nano-dir/sort: cannot make the folder"),
     (["--time_budget", "-5"], "error: --time_budget must be a number >= 0"),
-    (["--time_budget", "nan"], "error: --time_budget must be a number >= 0"),
+    (["--time_budget", "-0.5"], "error: --time_budget must be a number >= 0"),
     (["--seed", "-1"], "error: system.seed must be in [0, 2^63), got -1"),
     (["--eval_cases", "-3"], "error: --eval_cases must be at least 1"),
     (["--eval_cases", "0"], "error: --eval_cases must be at least 1"),

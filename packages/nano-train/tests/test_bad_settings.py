@@ -4,8 +4,10 @@ best, and every mistyped or out-of-range setting is one error line."""
 
 import json
 import math
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,6 +204,38 @@ def test_numbers_on_the_command_line_are_ascii_numbers(arg, capsys, error_line):
     assert len(line) < 300
 
 
+@pytest.mark.parametrize("command, args", [
+    ("prepare", ["pretrain", "--chunk_tokens", "1_024"]),
+    ("prepare", ["pretrain", "--val_fraction", " 0.1"]),
+    ("prepare", ["pretrain", "--shard_tokens", "\u0661\u0660\u0660\u0660"]),
+    ("prepare", ["pretrain", "--seed", "1_3"]),
+    ("prepare", ["sft", "--block_size", "6_4"]),
+    ("export", ["--group-size", " 16"]),
+    ("problems", ["sort", "--digits", "1_0"]),
+    ("problems", ["sort", "--time_budget", "\u0663"]),
+    ("demo", ["--eval_cases", "5_00"]),
+])
+def test_every_command_reads_ascii_numbers(tmp_path, command, args):
+    # (was: prepare, export, problems and the demo read them with int() and float():
+    # --chunk_tokens 1_024 made chunks of 1024 and --group-size ' 16' exported)
+    if command == "prepare":
+        args = [*args, "--tokenizer", "t.json", "--out_dir", "out", "in.txt"]
+    elif command == "export":
+        args = [*args, "--ckpt", "x.pt", "--out", "x.bin"]
+    elif command == "problems":
+        args = [*args, "--out_dir", "out", "--no-c"]
+    else:
+        args = [*args, "--out_dir", "out"]
+    run = ([sys.executable, str(Path(__file__).parents[3] / "tools" / "demo.py")] if command == "demo"
+           else [sys.executable, "-m", f"nano_train.{command}"])
+    r = subprocess.run([*run, *args], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.returncode == 2, r
+    assert "Traceback" not in r.stderr
+    assert re.search(r"error: argument --[a-z_-]+: (expected an integer|expected a finite number|invalid seed)",
+                     r.stderr), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("arg, key, value", [("--max_iters=+5", "max_iters", 5), ("--max_iters=-0", "max_iters", 0),
                                              ("--learning_rate=.5", "learning_rate", 0.5),
                                              ("--learning_rate=5.", "learning_rate", 5.0),
@@ -215,7 +249,7 @@ def test_lora_settings_outside_a_lora_run_get_a_note(tmp_path, small_pretrain, t
     # (was: silently ignored, and recorded in the report's config)
     assert main("pretrain", tiny_args(small_pretrain, tmp_path / "r", max_iters=1, lora_rank=4, sample_tokens=0)) == 0
     assert ("note: lora.lora_rank set, but the lora section applies to LoRA runs only (lora_train); this pretrain "
-            "run trains every weight") in "".join(capsys.readouterr())
+            "run trains every weight") in capsys.readouterr().err
 
 
 def test_lora_settings_at_their_defaults_get_no_note(tmp_path, small_pretrain, tiny_args, capsys):

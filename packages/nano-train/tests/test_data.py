@@ -250,6 +250,26 @@ def test_large_vocabulary_uses_uint32(tmp_path, vocab_size, dtype):
     assert all_ids.max() == vocab_size - 1
 
 
+@pytest.mark.parametrize("vocab_size,dtype", [(65_536, "uint16"), (70_000, "uint32")])
+def test_large_vocabulary_uses_uint32_for_sft_and_seq2seq_rows(tmp_path, vocab_size, dtype):
+    """As prepare_pretrain's shards: prepare_sft's rows and write_rows' (a mutation audit
+    found nothing checking them)."""
+    itos = ["<|padding|>", "<|unknown|>", "<|bos|>", "<|eos|>", "<|instruct_mark|>", "<|response_mark|>"]
+    itos += [chr(0x4E00 + i) for i in range(0x5000)] + [f"t{i}" for i in range(vocab_size - 6 - 0x5000)]
+    tok = Tokenizer(itos, {t: i for i, t in enumerate(itos[:6])})
+    tok.save(tmp_path / "v.json")
+    (tmp_path / "s.jsonl").write_text("\n".join(json.dumps({"question": "一二", "answer": itos[-1] + "三"})
+                                                for _ in range(4)), encoding="utf-8")
+    prepare_sft([tmp_path / "s.jsonl"], tmp_path / "v.json", tmp_path / "sft", block_size=16, progress=False)
+    top = np.array([[vocab_size - 1, 7]], dtype=np.int64)
+    write_rows(tmp_path / "s2s", tok, "seq2seq", {"train": (top, top, np.ones_like(top, np.uint8))})
+    for name in ("sft", "s2s"):
+        ds = Dataset(tmp_path / name)
+        assert ds.dtype == np.dtype(dtype) and ds.meta["dtype"] == dtype
+        _, y, _ = ds.source("train", 2 if name == "s2s" else 16).fetch(np.array([0]), None)
+        assert int(y.max()) == vocab_size - 1
+
+
 # ---------------------------------------------------------------------------
 # Errors that say what to do
 
@@ -767,14 +787,18 @@ def test_a_killed_prepare_is_cleared_by_the_next_one(tmp_path, shared_file, psyc
 
 
 @posix_only
-def test_ctrl_c_is_one_line_and_130_and_leaves_nothing(tmp_path, shared_file, psycho_slice):
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM", "SIGHUP"])
+def test_ctrl_c_is_one_line_and_130_and_leaves_nothing(tmp_path, shared_file, psycho_slice, sig):
     """A real SIGINT while the shards are written: it used to end in a KeyboardInterrupt
-    traceback (exit -2). The build directory, the lock and the directories made go."""
+    traceback (exit -2). The build directory, the lock and the directories made go.
+    SIGTERM (`timeout`, a scheduler) and SIGHUP (a closed terminal) alike (were: the
+    process ended at once, leaving the build folder, as large as the dataset, and the
+    folders it made)."""
     out = tmp_path / "new" / "d"
     _, child = _prepare_stopped_while_writing(shared_file, psycho_slice, out)
     try:
         assert any(p.name.startswith(".prepare.") for p in out.iterdir())  # the build folder is there
-        child.send_signal(signal.SIGINT)
+        child.send_signal(getattr(signal, sig))
         _, err = child.communicate(timeout=60)
     finally:
         child.kill()
@@ -1135,6 +1159,35 @@ def test_held_signals_are_acted_on_when_the_block_ends():
         signal.signal(signal.SIGINT, previous)
 
 
+@posix_only
+def test_stop_signals_made_ctrl_c_are_held_and_nohup_s_ignore_is_kept():
+    import signal
+
+    from nano_train import interrupts
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        interrupts.as_ctrl_c()
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        finished = []
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.held():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(1000):
+                    pass
+                finished.append(True)
+        assert finished == [True]
+        with pytest.raises(KeyboardInterrupt):  # outside held(): at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):
+                pass
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no /proc on this system")
 def test_an_out_dir_the_file_system_refuses_is_one_error_line_and_1(tmp_path, shared_file, psycho_slice, capsys):
     """/proc answers ENOENT to a mkdir: once taken for another prepare's removal and
@@ -1142,6 +1195,43 @@ def test_an_out_dir_the_file_system_refuses_is_one_error_line_and_1(tmp_path, sh
     rc = prepare_cmd.main(["pretrain", "--quiet", "--tokenizer", str(shared_file("data/tokenizer_4096.json")),
                            "--out_dir", "/proc/nano-no-such-dir/d", str(psycho_slice)])
     assert rc == 1 and capsys.readouterr().err == "error: /proc/nano-no-such-dir: No such file or directory\n"
+
+
+@pytest.mark.parametrize("columns", [80, 40, 12])
+def test_progress_on_a_terminal_fits_its_width_and_covers_the_last_draw(monkeypatch, capsys, columns):
+    """A bar wider than the terminal wraps, and leaves a line behind at every redraw (was:
+    84 characters at 80 columns); a shorter redraw left the end of the last one ("0ss")."""
+    from nano_train import data as data_module
+
+    clock = [100.0]
+    monkeypatch.setattr(data_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(data_module, "terminal_columns", lambda stream: columns)
+    bar = data_module.Progress(10**6, "shards", unit=" chunks")
+    bar.tty = True
+    for done, seconds in ((1, 0.3), (500_000, 0.3), (999_999, 1000.0), (10**6, 0.3)):
+        clock[0] += seconds
+        bar.update(done)
+    draws = capsys.readouterr().err.split("\r")[:-1]
+    assert len(draws) == 4 and all(len(d) <= columns - 1 for d in draws), draws
+    for last, this in zip(draws, draws[1:]):
+        assert len(this) >= len(last.rstrip()), (last, this)
+    if columns == 80:
+        assert draws[-1].rstrip().endswith("eta    0s")  # the bar narrowed; the text is whole
+
+
+def test_the_problems_bar_fits_the_terminal(monkeypatch):
+    import io
+
+    from nano_train.problems import runner
+
+    stream = io.StringIO()
+    monkeypatch.setattr(runner, "terminal_columns", lambda s: 60)
+    bar = runner.TrainingBar(stream=stream)
+    bar.tty = True
+    bar({"kind": "start", "config": {"optim": {"max_iters": 5000, "time_budget": 120.0}}})
+    bar({"kind": "train", "step": 2500, "loss": 1.2345, "elapsed_s": 61.0})
+    drawn = stream.getvalue().split("\r")[-1].replace("\033[K", "")
+    assert len(drawn) <= 59 and "step 2,500" in drawn, drawn
 
 
 def test_progress_in_a_log_file_is_a_few_lines(monkeypatch, capsys):

@@ -90,15 +90,35 @@ def pretrain_args(dataset, accum: int, max_iters: int, eval_interval: int, eval_
             "--dtype=float32", "--sample_tokens=0"]
 
 
+# pretrain, with each checkpoint write's RANK appended to the file $NANO_WRITERS
+RECORD_WRITERS = """
+import os, sys
+from nano_train import checkpoint
+save = checkpoint.save_atomic
+def recorded(obj, path):
+    with open(os.environ["NANO_WRITERS"], "a") as f:
+        f.write(os.environ.get("RANK", "-") + "\\n")
+    save(obj, path)
+checkpoint.save_atomic = recorded
+from nano_train.train import main
+sys.exit(main("pretrain"))
+"""
+
+
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(tmp_path, small_pretrain):
+def test_two_process_ddp_matches_one_process(tmp_path, small_pretrain, monkeypatch):
     common = pretrain_args(small_pretrain, accum=4, max_iters=4, eval_interval=2, eval_iters=3) + ["--peak_flops=1e10"]
     single = run(common + [f"--out_dir={tmp_path / 'one'}"], tmp_path)
-    double = run(common + [f"--out_dir={tmp_path / 'two'}"], tmp_path, nproc=2)
+    script = tmp_path / "record_writers.py"
+    script.write_text(RECORD_WRITERS, encoding="utf-8")
+    monkeypatch.setenv("NANO_WRITERS", str(tmp_path / "writers.txt"))
+    double = run(common + [f"--out_dir={tmp_path / 'two'}"], tmp_path, nproc=2, command=str(script))
     assert "1 x cpu" in single.stdout and "2 x cpu" in double.stdout
     # 2 ranks x 2 micro-batches each = 1 rank x 4 micro-batches: the same global batch
     assert "(4 x 32 x 2 x 2)" in double.stdout and "(4 x 32 x 4 x 1)" in single.stdout
-    # only rank 0 wrote: one start record, one set of progress lines
+    # only rank 0 wrote: its checkpoints alone, one start record, one set of progress lines
+    writers = (tmp_path / "writers.txt").read_text().split()
+    assert writers and set(writers) == {"0"}, writers
     assert double.stdout.count("step      4/4") == 1
     logs = {n: read_log(tmp_path / n / "log.jsonl") for n in ("one", "two")}
     assert sum(r["kind"] == "start" for r in logs["two"]) == 1

@@ -275,4 +275,4 @@ def test_keep_last_is_checked(tmp_path, small_pretrain, capsys, value, message, 
 
 def test_keep_last_without_keep_checkpoints_gets_a_note(tmp_path, small_pretrain, capsys, args):
     assert main("pretrain", args(small_pretrain, tmp_path / "run", max_iters=2, keep_last=2)) == 0
-    assert "note: run.keep_last 2 has no effect without --keep_checkpoints=true" in capsys.readouterr().out
+    assert "note: run.keep_last 2 has no effect without --keep_checkpoints=true" in capsys.readouterr().err

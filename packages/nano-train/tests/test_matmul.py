@@ -263,6 +263,6 @@ def test_a_run_says_when_torchs_products_measured_faster(small_pretrain, tiny_co
     monkeypatch.setattr(metrics, "matmul_probe", lambda device, dtype="float32", onednn=False, **kw: rates[onednn])
     train(tiny_config(small_pretrain, out_dir=tmp_path / "run", max_iters=1, eval_iters=0, sample_tokens=0,
                       peak_flops=0))
-    out = capsys.readouterr().out
-    assert ("note: torch's float32 products measured faster than oneDNN's on this CPU" in out) == torch_faster
+    err = capsys.readouterr().err
+    assert ("note: torch's float32 products measured faster than oneDNN's on this CPU" in err) == torch_faster
     assert read_log(tmp_path / "run" / "log.jsonl")[0]["peak_flops"] == (2e11 if torch_faster else 4e11)

@@ -277,3 +277,37 @@ def test_numpy_values_become_python_ones():
     cfg = ModelConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_kv_head=2, n_embd=8, use_rope=np.bool_(False),
                       rope_theta=np.float32(500.0), dropout=np.float64(0.1))
     assert [type(v) for v in (cfg.use_rope, cfg.rope_theta, cfg.dropout)] == [bool, float, float]
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["F.rms_norm", "torch<2.4"])
+def test_rmsnorm_uses_its_eps(monkeypatch, fused):
+    """x * rsqrt(mean(x^2) + eps) * w with the model's eps, on both of forward's paths (a
+    mutation audit: a forward that ignored eps passed every test)."""
+    from nano_train import model
+
+    monkeypatch.setattr(model, "_HAS_RMS_NORM", fused and hasattr(torch.nn.functional, "rms_norm"))
+    torch.manual_seed(0)
+    norm = model.RMSNorm(8, 0.5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
+    x = torch.randn(3, 8) * 0.3  # a mean square near eps: eps decides much of the scale
+    want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 0.5) * norm.weight
+    torch.testing.assert_close(norm(x), want)
+
+
+def test_the_grouped_query_fallback_matches_sdpa_s_own(monkeypatch):
+    """torch < 2.5 has no enable_gqa: the model repeats each KV head for its group of query
+    heads (repeat_interleave: q heads 0, 1 read kv head 0). Same logits either way (a
+    mutation audit: this path ran in no test on torch 2.13)."""
+    from nano_train import model
+
+    if not model._SDPA_GQA:
+        pytest.skip("this torch has the fallback only; the comparison needs both paths")  # (torch < 2.5)
+    torch.manual_seed(0)
+    m = Transformer(tiny(n_head=4, n_kv_head=2)).eval()
+    idx = torch.randint(0, m.config.vocab_size, (2, 12))
+    with torch.no_grad():
+        native, _ = m(idx)
+        monkeypatch.setattr(model, "_SDPA_GQA", False)
+        fallback, _ = m(idx)
+    torch.testing.assert_close(fallback, native)

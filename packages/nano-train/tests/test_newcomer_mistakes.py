@@ -120,9 +120,9 @@ def test_a_warmup_longer_than_the_run_is_noted_and_the_progress_line_has_an_eta(
         tmp_path, small_pretrain, tiny_args, capsys):
     # (was: silent; the learning rate never reached its peak in a run of 60 steps with warmup 100)
     assert main("pretrain", tiny_args(small_pretrain, tmp_path / "run", warmup_iters=100, max_iters=4)) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "note: optim.warmup_iters 100 >= optim.max_iters 4: the learning rate only warms up (to 1.19e-04 at " \
-           "the last step, not optim.learning_rate 0.003) and never decays; lower --warmup_iters" in out, out
+           "the last step, not optim.learning_rate 0.003) and never decays; lower --warmup_iters" in err, err
     lines = [line for line in out.splitlines() if line.startswith("step ") and "/4 |" in line]
     assert [", eta " in line for line in lines] == [False, True, True, False], lines  # not before a pace is known
 

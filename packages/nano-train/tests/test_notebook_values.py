@@ -2,8 +2,12 @@
 say, and the packages install only from this repository (install audit)."""
 
 import json
-import tomllib
 from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pytest's own dependency, tomli, reads TOML the same way
+    import tomli as tomllib
 
 import numpy as np
 import pytest
@@ -49,6 +53,22 @@ def test_a_config_built_in_code_takes_paths_and_numpy_numbers(tmp_path, small_pr
     assert type(cfg.data.batch_size) is int and type(cfg.optim.learning_rate) is float
     start = json.loads((tmp_path / "run" / "log.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert start["config"]["run"]["out_dir"] == str(tmp_path / "run")
+
+
+@pytest.mark.parametrize("kind", ["directory", "dangling link"])
+def test_resuming_from_python_names_what_latest_pt_is(tmp_path, small_pretrain, tiny_config, kind):
+    # (was: "checkpoint .../latest.pt does not exist" for a folder; the command said what it was)
+    from nano_train.checkpoint import CheckpointError
+
+    cfg = tiny_config(small_pretrain, out_dir=tmp_path / "run", init_from="resume")
+    (tmp_path / "run").mkdir()
+    if kind == "directory":
+        (tmp_path / "run" / "latest.pt").mkdir()
+    else:
+        (tmp_path / "run" / "latest.pt").symlink_to(tmp_path / "gone.pt")
+    what = "a directory" if kind == "directory" else "a symbolic link to nothing"
+    with pytest.raises(CheckpointError, match=f"latest.pt is {what}, not a checkpoint file"):
+        train(cfg, progress=lambda record: None)
 
 
 @pytest.mark.parametrize("section, key, value, shown", [

@@ -403,7 +403,7 @@ def test_command_help_and_list():
     (["sort", "--digits", "0"], 2, "--digits must be a positive integer"),
     (["sort", "--eval_cases", "0"], 2, "--eval_cases must be at least 1"),
     (["sort", "--time_budget", "-1"], 2, "--time_budget must be >= 0"),
-    (["sort", "--seed", "x"], 2, "invalid int value"),
+    (["sort", "--seed", "x"], 2, "argument --seed: expected an integer, got 'x'"),
     (["sort", "--bogus"], 2, "unrecognized arguments: --bogus"),
     (["sort", "--n_layers=3", "--no-c"], 2, "unknown key 'n_layers'"),
     (["sort", "--nano", "{tmp}/no-such-nano"], 2, "--nano {tmp}/no-such-nano: not an executable file"),
@@ -430,6 +430,57 @@ def test_command_errors(tmp_path, args, status, message):
     assert message.replace("{tmp}", str(tmp_path)) in r.stderr and r.stderr.startswith("error: "), r.stderr
     assert "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "out").exists()
+
+
+_LIMITED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+from nano_train.problems.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_AS limits every allocation on Linux only")
+def test_command_a_model_too_large_for_memory_is_one_error_line(tmp_path):
+    """As the pretrain command says it (was: a traceback ending in OutOfMemory), exit status 1."""
+    r = subprocess.run([sys.executable, "-c", _LIMITED, "reverse", "--out_dir", str(tmp_path / "out"), "--no-c",
+                        "--max_iters=2", "--threads=1", "--n_embd=65536", "--n_head=2", "--n_kv_head=2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("error: out of memory while building the model on cpu (n_layer 2, n_embd 65536"), r.stderr
+
+
+@pytest.mark.parametrize("raised,message", [
+    ("OutOfMemory", "out of memory while building"),
+    ("LostContact", "process 1 of the run ended"),
+    ("allocator", "out of memory: could not allocate 0.4 GiB; lower data.batch_size"),
+])
+def test_command_status_of_training_errors(raised, message, capsys, error_line):
+    """What the training raises past the problems command and the demo: one line, exit status 1."""
+    from nano_train import train
+    from nano_train.problems.runner import command_status
+
+    errors = {"OutOfMemory": train.OutOfMemory("out of memory while building the model"),
+              "LostContact": train.LostContact("process 1 of the run ended"),
+              "allocator": RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                                        "allocate memory: you tried to allocate 429496729 bytes. Error code 12")}
+
+    def call():
+        raise errors[raised]
+
+    assert command_status(call) == 1
+    assert message in error_line(capsys)
+
+
+def test_command_status_leaves_other_runtime_errors_alone():
+    from nano_train.problems.runner import command_status
+
+    def call():
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        command_status(call)
 
 
 @pytest.mark.parametrize("where", ["file", "under_file", "proc", "result_is_folder"])

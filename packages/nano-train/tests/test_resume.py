@@ -229,3 +229,92 @@ def test_ctrl_c_saves_latest_and_exits_cleanly(tmp_path, small_pretrain, sig):
     assert ck["step"] == max(steps) >= 3
     end = [r for r in read_log(out / "log.jsonl") if r["kind"] == "end"]
     assert end and end[-1]["interrupted"] is True
+
+
+def _wait_for_steps(out, proc, n=3):
+    t0 = time.monotonic()
+    while not (out / "log.jsonl").exists() or sum(1 for r in read_log(out / "log.jsonl") if r["kind"] == "train") < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() - t0 < 120
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
+def test_a_terminal_that_closes_saves_latest_as_ctrl_c_does(tmp_path, small_pretrain):
+    """SIGHUP (the terminal or ssh session closed) with the progress lines on that terminal:
+    latest.pt saved at the step, exit 130 (was: killed at once, the steps since the last
+    checkpoint lost; and with SIGHUP handled alone, the next line to the hung-up terminal
+    failed with EIO before the save)."""
+    import pty
+
+    out = tmp_path / "run"
+    main_fd, terminal = pty.openpty()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "nano_train.pretrain",
+                             *_run_args(small_pretrain, out, checkpoint_interval=1000)],
+                            env=env, stdout=terminal, stderr=terminal, cwd=tmp_path)
+    os.close(terminal)
+    try:
+        _wait_for_steps(out, proc)
+        proc.send_signal(signal.SIGHUP)
+    finally:
+        os.close(main_fd)  # the terminal hangs up: a write to it is an error from now on
+    assert proc.wait(timeout=120) == 130
+    ck = load(out / "latest.pt")
+    assert ck["step"] == max(logged(out, "train", "loss")) >= 3
+    end = [r for r in read_log(out / "log.jsonl") if r["kind"] == "end"]
+    assert end and end[-1]["interrupted"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
+def test_a_run_under_nohup_goes_on_after_sighup(tmp_path, small_pretrain):  # guard
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "nano_train.pretrain",
+                             *_run_args(small_pretrain, out, max_iters=40, checkpoint_interval=1000)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))  # what nohup does
+    _wait_for_steps(out, proc)
+    proc.send_signal(signal.SIGHUP)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert load(out / "latest.pt")["step"] == 40 and "interrupt" not in stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/dev/full is Linux's")
+def test_standard_output_that_cannot_be_written_stops_the_run_with_what_failed(tmp_path, small_pretrain):
+    """`> /dev/full` (as a full disk under `> file`): one line naming standard output and
+    what to do next (was: `error: [Errno 28] No space left on device`, as if the run's
+    own folder were full)."""
+    out = tmp_path / "run"
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "nano_train.pretrain", *_run_args(small_pretrain, out, max_iters=4)],
+                           stdout=full, stderr=subprocess.PIPE, text=True, cwd=tmp_path, timeout=300,
+                           env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 1, r.stderr
+    lines = [line for line in r.stderr.splitlines() if not line.startswith("note:")]
+    assert lines == [f"error: standard output could not be written: No space left on device; the run stopped "
+                     f"(no checkpoint was written: start again with --overwrite=true)"], r.stderr
+
+
+def test_ctrl_c_inside_torchs_writer_stays_a_ctrl_c(tmp_path, monkeypatch):
+    """torch's zip writer turns a KeyboardInterrupt inside it into a RuntimeError about an
+    "unexpected pos": a second Ctrl-C during a checkpoint write was reported as a failed
+    disk, exit status 1 (was, half the time)."""
+    path = tmp_path / "latest.pt"
+    ckpt_io.save_atomic({"step": 1}, path)
+    before = path.read_bytes()
+
+    def save(obj, f):
+        f.write(b"PK half")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 123670592 vs 123670480")
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt_io.save_atomic({"step": 2}, path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["latest.pt"]

@@ -146,6 +146,14 @@ def test_top_p():
     assert sample_logits(logits, [], cfg(top_k=3, top_p=0.95), FixedRng(0.99)) == 1
 
 
+def test_top_p_stops_at_the_candidate_whose_running_sum_reaches_it():
+    """Reaching top_p exactly is enough (>=, as in the C engine): no candidate past it.
+    (A mutation audit found no test with a running sum landing on top_p.)"""
+    assert sample_logits(np.zeros(2, np.float32), [], cfg(top_p=0.5), FixedRng(0.9)) == 0
+    logits = np.log(np.array([0.5, 0.25, 0.25], dtype=np.float32))
+    assert sample_logits(logits, [], cfg(top_p=0.75), FixedRng(0.99)) == 1
+
+
 def test_top_p_is_read_in_float32_as_the_c_engine_stores_it():
     """1 - 1e-9 is 1.0 in float32: the filter is off (in C too), and the tail of tiny
     probabilities that a float32 running sum reaches 1.0 before stays a candidate."""
@@ -161,6 +169,14 @@ def test_min_p():
     assert sample_logits(logits, [], cfg(min_p=0.45), FixedRng(0.99)) == 1
     assert sample_logits(logits, [], cfg(min_p=0.6), FixedRng(0.99)) == 3
     assert sample_logits(logits, [], cfg(min_p=1.0), FixedRng(0.99)) == 2
+
+
+def test_min_p_counts_only_what_top_k_and_top_p_kept():
+    """min_p after top-k: threshold 0.1 x 0.4 keeps both of top-k's 0.4 and 0.3, not the
+    ids top-k dropped (a mutation audit: only the C engine's tests caught that)."""
+    logits = np.log(np.array([0.1, 0.2, 0.4, 0.3], dtype=np.float32))
+    assert sample_logits(logits, [], cfg(top_k=2, min_p=0.1), FixedRng(0.99)) == 3
+    assert sample_logits(logits, [], cfg(top_p=0.65, min_p=0.1), FixedRng(0.99)) == 3
 
 
 def test_sampling_follows_the_distribution():

@@ -158,7 +158,7 @@ def test_time_budget_spent_in_warmup_is_named(small_pretrain, tiny_config, capsy
     result = train(cfg)
     assert result.out_of_time and result.step < 10**5
     assert (f"note: the time budget ran out during warmup (step {result.step} of optim.warmup_iters 100000)"
-            in capsys.readouterr().out)
+            in capsys.readouterr().err)
 
 
 def test_a_decay_that_ends_within_warmup_is_named(small_pretrain, tiny_config, capsys):
@@ -166,7 +166,7 @@ def test_a_decay_that_ends_within_warmup_is_named(small_pretrain, tiny_config, c
                       min_lr=1e-4, eval_interval=100, sample_tokens=0)
     train(cfg)
     assert "note: optim.lr_decay_iters 2 <= optim.warmup_iters 3: the learning rate warms up, then drops at " \
-           "once to optim.min_lr 0.0001" in capsys.readouterr().out
+           "once to optim.min_lr 0.0001" in capsys.readouterr().err
     lrs = {r["step"]: r["lr"] for r in read_log(cfg.run.out_dir + "/log.jsonl") if r["kind"] == "train"}
     assert lrs[3] == pytest.approx(7.5e-4) and lrs[4] == lrs[6] == pytest.approx(1e-4)
 
@@ -301,9 +301,9 @@ def test_a_run_says_when_auto_chose_bfloat16_on_a_cpu(monkeypatch, small_pretrai
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     train(tiny_config(small_pretrain, max_iters=1, eval_iters=0, dtype="auto"))
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert (" x cpu bfloat16," in out) == native and (" x cpu float32 (oneDNN products)," in out) != native
-    assert ("note: dtype auto is bfloat16 on this CPU" in out) == native
+    assert ("note: dtype auto is bfloat16 on this CPU" in err) == native
 
 
 def test_cuda_graphs_only_for_one_process_and_one_micro_batch(tiny_config, small_pretrain):

@@ -130,7 +130,7 @@ def test_the_logged_validation_loss_is_eval_iters_batches_of_the_held_out_split(
 def test_adamw_is_fused_where_this_build_has_the_kernel():
     """The pinned torch (2.13) has the fused AdamW on CPUs (since 2.4): the trainer uses it."""
     params = [torch.nn.Parameter(torch.randn(4, 4))]
-    optimizer = make_adamw([{"params": params, "weight_decay": 0.1}], OptimConfig(), torch.device("cpu"))
+    optimizer = make_adamw([{"params": params, "weight_decay": 0.1}], OptimConfig())
     assert optimizer.defaults.get("fused") is True
 
 
@@ -186,5 +186,17 @@ def test_flash_with_dropout_is_one_error_line_naming_the_dropout(tmp_path, small
 def test_compile_mode_without_compile_is_named(small_pretrain, tiny_config, capsys):
     """compile_mode without compile trained uncompiled and said nothing."""
     train(tiny_config(small_pretrain, max_iters=1, sample_tokens=0, compile_mode="reduce-overhead"))
-    out = capsys.readouterr().out
-    assert "note: system.compile_mode 'reduce-overhead' has no effect without --compile=true" in out
+    assert "note: system.compile_mode 'reduce-overhead' has no effect without --compile=true" in capsys.readouterr().err
+
+
+def test_notes_go_to_standard_error_whoever_reads_the_progress(small_pretrain, tiny_config, capsys):
+    """A caller drawing its own progress (nano_train.problems) still gets the notes (was: the
+    ones printed through the progress lines were dropped there, and went to standard output
+    from the commands, while the others went to standard error)."""
+    records = []
+    train(tiny_config(small_pretrain, max_iters=1, sample_tokens=0, keep_last=2, compile_mode="reduce-overhead"),
+          progress=records.append)
+    out, err = capsys.readouterr()
+    assert "note: run.keep_last 2 has no effect without --keep_checkpoints=true" in err
+    assert "note: system.compile_mode 'reduce-overhead' has no effect" in err
+    assert "note:" not in out and records

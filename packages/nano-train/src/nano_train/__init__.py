@@ -1,10 +1,39 @@
 """Nano's PyTorch reference model and training toolkit."""
 import argparse
 import contextlib
+import math
 import os
+import re
 import sys
 
 __version__ = "0.1.0"
+
+# Numbers on a command line, and in --key=value settings, are written in ASCII digits,
+# as a config file's JSON numbers are: Python's int() and float() also read "1_0",
+# " 5" and other scripts' digits.
+INT_TEXT = re.compile(r"[+-]?[0-9]+")
+FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|infinity|nan)", re.IGNORECASE)
+
+
+def _cut(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:57] + "...")
+
+
+def integer(text: str) -> int:
+    """An argparse type: an integer in ASCII digits."""
+    try:
+        if INT_TEXT.fullmatch(text):
+            return int(text)
+    except ValueError:  # more digits than Python converts
+        pass
+    raise argparse.ArgumentTypeError(f"expected an integer, got {_cut(text)}")
+
+
+def number(text: str) -> float:
+    """An argparse type: a finite number in ASCII digits (1, 0.5, 1e-3)."""
+    if FLOAT_TEXT.fullmatch(text) and math.isfinite(value := float(text)):
+        return value
+    raise argparse.ArgumentTypeError(f"expected a finite number, got {_cut(text)}")
 
 
 def start(task: str) -> int:
@@ -27,6 +56,17 @@ def discard_stdout() -> None:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, sys.stdout.fileno())
         os.close(null)
+
+
+def print_output(text: str) -> int:
+    """Print a command's whole output (--help, --print_config, a list): 0, or 1, quietly,
+    when the reader went away first (`| head -1`), as the other commands do."""
+    try:
+        print(text, flush=True)
+        return 0
+    except BrokenPipeError:
+        discard_stdout()
+        return 1
 
 
 def either_spelling(parser: argparse.ArgumentParser, argv: list[str] | None) -> list[str]:

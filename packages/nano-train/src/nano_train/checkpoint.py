@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nano_format import file_kind
 from nano_train.metrics import short_repr as _short
 
 FORMAT = "nano-train-checkpoint"
@@ -84,6 +85,8 @@ def save_atomic(obj: dict, path: str | Path) -> None:
         failure = write_failure(e, path) if isinstance(e, (OSError, RuntimeError)) else None
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+        if _interrupted(e):  # torch's writer makes a Ctrl-C inside it a RuntimeError: a Ctrl-C it stays
+            raise KeyboardInterrupt from None
         if failure is None:
             raise
         raise failure from None
@@ -93,6 +96,17 @@ def save_atomic(obj: dict, path: str | Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _interrupted(e: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is e or in its chain of causes."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def write_failure(e: BaseException, path: Path) -> OSError | None:
@@ -182,9 +196,19 @@ def load_failure(e: Exception) -> str:
     return f"{e.__class__.__name__}: {one_line(text)}"
 
 
+def not_a_file(path: Path) -> str | None:
+    """What is at path when something other than a regular file is ("a directory", "a
+    symbolic link to nothing", ...); None for a regular file or nothing at all."""
+    if path.is_file() or not os.path.lexists(path):
+        return None
+    return file_kind(path.stat().st_mode) if path.exists() else "a symbolic link to nothing"
+
+
 def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
+        if what := not_a_file(path):
+            raise CheckpointError(f"{path} is {what}, not a checkpoint file")
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)

@@ -38,6 +38,7 @@ import numpy as np
 
 from nano_format import JSONTextError, file_kind, open_without_waiting, parse_json, spec
 
+from nano_train import FLOAT_TEXT, INT_TEXT
 from nano_train.matmul import MATMULS
 from nano_train.metrics import short_repr
 from nano_train.model import ModelConfig
@@ -267,10 +268,6 @@ def _finite(x: float) -> float:
     return x
 
 
-INT_TEXT = re.compile(r"[+-]?[0-9]+")
-FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|infinity|nan)", re.IGNORECASE)
-
-
 def _parse_text(tp, text: str):
     """A command-line string as a value of type tp."""
     args = typing.get_args(tp)
@@ -285,9 +282,7 @@ def _parse_text(tp, text: str):
         if low in ("false", "0", "no", "off"):
             return False
         raise TypeError(f"expected true or false, got {text!r}")
-    # Python's int() and float() also read "1_0", " 5" and other scripts' digits: a
-    # setting is written in ASCII digits, as a config file's JSON numbers are
-    if tp is int:
+    if tp is int:  # ASCII digits only (INT_TEXT, FLOAT_TEXT)
         if not INT_TEXT.fullmatch(text):
             raise TypeError(f"expected an integer, got {short_repr(text, 60)}")
         try:

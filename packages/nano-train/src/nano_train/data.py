@@ -73,7 +73,7 @@ from nano_format import ZIP_MAGIC, JSONTextError, file_kind, folder_files, parse
 from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer, other_unicode
 
 from nano_train import dirlock, interrupts
-from nano_train.metrics import human, short_repr as _short
+from nano_train.metrics import bar_line, human, short_repr as _short, terminal_columns
 
 META = "meta.json"
 TOKENIZER_FILE = "tokenizer.json"
@@ -147,14 +147,15 @@ class Progress:
                 self._draw(frac, now, end="\n")
 
     def _draw(self, frac: float, now: float, end: str) -> None:
-        width = 30
-        fill = int(frac * width)
         rate = self.done / max(now - self.t0, 1e-9)
         eta = (self.total - self.done) / rate if rate > 0 else 0.0
-        bar = "#" * fill + "." * (width - fill)
-        text = (f"{self.label} [{bar}] {frac * 100:5.1f}% {human(self.done, self.unit)} "
-                f"{human(rate, self.unit)}/s eta {eta:4.0f}s")
-        sys.stderr.write(text + end)
+        after = f"{frac * 100:5.1f}% {human(self.done, self.unit)} {human(rate, self.unit)}/s eta {eta:4.0f}s"
+        if end == "\r":  # on the terminal's width, over all of the last one drawn
+            text = bar_line(self.label, frac, after, terminal_columns(sys.stderr))
+            sys.stderr.write(text.ljust(self.drawn) + end)
+        else:
+            text = bar_line(self.label, frac, after, 10**6)
+            sys.stderr.write(text + end)
         sys.stderr.flush()
         self.drawn = len(text) if end == "\r" else 0
 

@@ -33,7 +33,7 @@ The summary (what was written) is printed once every file is in place. Should
 standard output fail then, the files stay: a reader that went away (`| head`) ends
 it quietly, any other failure (a full disk) is one `error: writing standard
 output: ...` line that says the files were written; exit status 1 either way.
-Ctrl-C is one `error: interrupted; ...` line and exit status 130; it removes the
+Ctrl-C (or SIGTERM, or SIGHUP) is one `error: interrupted; ...` line and exit status 130; it removes the
 staged files, so nothing is written, unless it came once the files were being
 moved into place: it is held back until all are, and the line then names them.
 Bad input is one `error: ...` line and exit status 1; a command line argparse
@@ -57,7 +57,7 @@ from pathlib import Path
 from nano_format import BadGroupSize, WriteError, check_writable, file_kind, kept_mode
 from nano_format.quant import check_group_size
 
-from nano_train import discard_stdout, either_spelling, interrupts
+from nano_train import discard_stdout, either_spelling, integer, interrupts
 
 __all__ = ["main", "build_parser"]
 
@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help="checkpoint .pt written by nano-train")
     p.add_argument("--out", required=True, help="model .bin to write")
     p.add_argument("--quant", choices=("f32", "q8_0"), default="f32", help="weight format (default f32)")
-    p.add_argument("--group-size", type=int, default=None, help="Q8_0 group size (default: automatic)")
+    p.add_argument("--group-size", type=integer, default=None, help="Q8_0 group size (default: automatic)")
     p.add_argument("--layout", choices=("2026.1", "2026.101"), default=None,
                    help="file layout (default 2026.1, or 2026.101 when the model needs it)")
     p.add_argument("--lora-out", help="for a LoRA checkpoint: write the adapters here, the base to --out")
@@ -371,6 +371,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(either_spelling(parser, argv))
     written: list[Path] = []  # filled once every file is in place
+    interrupts.as_ctrl_c()  # SIGTERM and SIGHUP clean up as Ctrl-C does
     try:
         return _print_summary(_export(args, written), written)
     except KeyboardInterrupt:  # the staged files are gone already (_export's finally)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -209,6 +211,24 @@ def short_repr(value, limit: int = 60) -> str:
         return type(value).__name__
     text = repr(value[:limit + 1] if isinstance(value, str) else value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def terminal_columns(stream) -> int:
+    """The width of the terminal stream draws on (80 where it cannot be asked)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return shutil.get_terminal_size().columns
+
+
+def bar_line(before: str, frac: float, after: str, columns: int, width: int = 30) -> str:
+    """`before [#####.....] after` in at most columns - 1 characters, for a line redrawn in
+    place (one that wraps leaves a line behind at each redraw): the bar narrows first
+    (to 5), then the end of the text is cut."""
+    width = max(5, min(width, columns - 1 - len(before) - len(after) - 4))  # (" [", "] ")
+    fill = int(frac * width)
+    text = f"{before} [{'#' * fill}{'.' * (width - fill)}] {after}"
+    return text[:max(columns - 1, 1)]
 
 
 def human(n: float, unit: str = "") -> str:

@@ -67,7 +67,7 @@ prepare that was killed are removed, with a note. (Not on Windows: no lock there
 
 Exit status: 0 done, 1 a file could not be read or written (standard output
 included: the dataset is complete then, and the error line says so), 2 bad
-arguments or data, 130 interrupted by Ctrl-C (one line says what DIR holds:
+arguments or data, 130 interrupted by Ctrl-C, SIGTERM or SIGHUP (one line says what DIR holds:
 nothing new, or the complete dataset when it came too late to stop it; while
 prepare is still starting, that nothing was written).
 """
@@ -79,7 +79,7 @@ import os
 import sys
 from pathlib import Path
 
-from nano_train import discard_stdout, either_spelling
+from nano_train import INT_TEXT, discard_stdout, either_spelling, integer, interrupts, number
 
 # nano_train.data (numpy) is imported where it is used, inside main's handling of
 # Ctrl-C: that import takes a moment, and a Ctrl-C meanwhile is one line, not a traceback.
@@ -88,6 +88,8 @@ from nano_train import discard_stdout, either_spelling
 def seed_int(text: str) -> int:
     from nano_train.data import MAX_SEED
 
+    if not INT_TEXT.fullmatch(text):
+        raise ValueError(text)
     value = int(text)
     if not 0 <= value <= MAX_SEED:
         raise ValueError(text)
@@ -118,16 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--docs", choices=DOC_MODES, default="blank",
                      help="what a document is: paragraphs between blank lines (default), lines, or files")
     pre.add_argument("--bos_eos", action="store_true", help="wrap each document in <|bos|> ... <|eos|>")
-    pre.add_argument("--val_fraction", type=float, default=0.05, help="share of chunks held out (default 0.05)")
-    pre.add_argument("--chunk_tokens", type=int, default=CHUNK_TOKENS,
+    pre.add_argument("--val_fraction", type=number, default=0.05, help="share of chunks held out (default 0.05)")
+    pre.add_argument("--chunk_tokens", type=integer, default=CHUNK_TOKENS,
                      help=f"tokens per chunk, the unit of the split and the shuffle (default {CHUNK_TOKENS})")
     pre.add_argument("--no_shuffle", action="store_true", help="keep the chunks in corpus order")
-    pre.add_argument("--shard_tokens", type=int, default=100_000_000,
+    pre.add_argument("--shard_tokens", type=integer, default=100_000_000,
                      help="tokens per shard file at most, whole chunks: at least --chunk_tokens")
     sft = sub.add_parser("sft", parents=[common], help="JSONL question/answer files -> padded rows + masks")
     sft.add_argument("inputs", nargs="+", metavar="JSONL",
                      help="JSONL files, or folders of them (every file inside, in path order)")
-    sft.add_argument("--block_size", type=int, required=True, metavar="N",
+    sft.add_argument("--block_size", type=integer, required=True, metavar="N",
                      help="tokens per row; training reads N - 1 of them as inputs: the model's block_size + 1 "
                           "trains its whole context (its block_size also works, one position less)")
     sft.add_argument("--too_long", choices=TOO_LONG, default="skip",
@@ -135,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     sft.add_argument("--skip_bad", action="store_true", help="skip and count bad lines instead of stopping (the first 10 named on stderr)")
     sft.add_argument("--system", choices=SYSTEM_POLICIES, default="prepend",
                      help="a record's system message: joined to the first question (default), dropped, or an error")
-    sft.add_argument("--val_fraction", type=float, default=0.0,
+    sft.add_argument("--val_fraction", type=number, default=0.0,
                      help="share of samples held out (default 0: no validation loss, no best.pt)")
     return parser
 
@@ -168,6 +170,7 @@ def _prepare(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    interrupts.as_ctrl_c()  # SIGTERM and SIGHUP remove what was staged, as Ctrl-C does
     try:  # the first thing imports numpy
         from nano_train.data import DataError, path_text
 

@@ -14,7 +14,7 @@ from nano_tokenizer import BOS, EOS
 
 from nano_train.checkpoint import BEST
 from nano_train.metrics import duration, human, read_log
-from nano_train.sampling import SamplerConfig, generate, seq2seq
+from nano_train.sampling import SamplerConfig, generate, instruct_prompt, seq2seq
 
 
 class DataPrompt(str):
@@ -80,7 +80,7 @@ def prompt_ids(tokenizer, task: str, prompt: str, block_size: int, rows: bool = 
     typed = _typed_ids(tokenizer, prompt)
     if rows:
         return typed[:block_size]
-    ids = [tokenizer.instruct_id, *typed, tokenizer.response_id] if task != "pretrain" else typed
+    ids = instruct_prompt(tokenizer, typed) if task != "pretrain" else typed
     if not ids:  # an empty prompt starts a document, where the vocabulary has a mark for that
         ids = [tokenizer.special_tokens[BOS]] if BOS in tokenizer.special_tokens else []
     return fit_prompt(ids, block_size - 1, instruct=task != "pretrain") if ids else None

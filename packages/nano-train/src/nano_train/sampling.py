@@ -425,11 +425,16 @@ def _generate(model, prompt: list[int], config: SamplerConfig, tokenizer, stop_i
         model.train(was_training)
 
 
-def instruct_prompt(tokenizer, question: str, system: str | None = None) -> list[int]:
+def instruct_prompt(tokenizer, question: str | Sequence[int], system: str | None = None) -> list[int]:
     """The SFT prompt: <|instruct_mark|> question <|response_mark|>. The model's
     answer follows and ends with <|eos|>. A system text goes before the question
-    as `prepare sft` puts a record's system message there (data.with_system)."""
-    return [tokenizer.instruct_id, *tokenizer.encode(with_system(system, question)), tokenizer.response_id]
+    as `prepare sft` puts a record's system message there (data.with_system). A
+    question given as token ids (a text question, encoded) is taken as it is."""
+    if isinstance(question, str):
+        question = tokenizer.encode(with_system(system, question))
+    elif system:
+        raise ValueError("a system text goes with a question given as text, not as token ids")
+    return [tokenizer.instruct_id, *question, tokenizer.response_id]
 
 
 def _is_id_list(x) -> bool:

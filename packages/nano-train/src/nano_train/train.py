@@ -13,7 +13,8 @@ usage:
   left out, the checkpoint holds the resolved config). A new run refuses an
   out_dir that holds another run's files unless --overwrite=true (which deletes
   them first). One run at a time per out_dir: a second one into it fails at
-  once (out_dir/.run.lock). Ctrl-C (or SIGTERM) saves latest.pt and exits with status 130.
+  once (out_dir/.run.lock). Ctrl-C (or SIGTERM, or SIGHUP: a closed terminal or ssh session,
+  unless nohup ignores it) saves latest.pt and exits with status 130.
   Exit status 2: a config, data or checkpoint error; 1: training diverged (the
   loss became inf or nan; latest.pt keeps the last good weights), a file
   could not be written, memory ran out (the model, or a batch, too large for the
@@ -54,10 +55,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from nano_format import file_kind
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nano_train import checkpoint as ckpt_io, dirlock, discard_stdout
+from nano_train import checkpoint as ckpt_io, dirlock, discard_stdout, print_output
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.config import Config, ConfigError, help_text, key_type, load_config, unknown_key_hint
 from nano_train.config import check as check_config
@@ -88,6 +88,11 @@ class LostContact(RuntimeError):
     (killed, crashed, or stopped by an error of its own)."""
 
 
+class OutputFailed(OSError):
+    """Standard output could not be written, for another reason than a reader that went
+    away (a terminal that hung up, a full disk under `> file`)."""
+
+
 class OutOfMemory(RuntimeError):
     """An allocation failed (host or device memory); the message says what was being
     done and what to lower."""
@@ -111,6 +116,12 @@ def allocation_failure(e: BaseException) -> str:
     if found:
         return f"could not allocate {found.group(1)}"
     return short_repr(text.strip().splitlines()[0], 100) if text.strip() else type(e).__name__
+
+
+def out_of_memory_text(e: BaseException) -> str:
+    """What a command says of an allocation that failed inside the training (is_out_of_memory)."""
+    return (f"out of memory: {allocation_failure(e)}; lower data.batch_size or model.block_size "
+            "(a larger optim.gradient_accumulation_steps keeps the tokens per step)")
 
 
 @contextlib.contextmanager
@@ -398,9 +409,8 @@ def check_attention_backend(name: str, device: torch.device, dtype: str, model_c
 
     from nano_train.model import _SDPA_GQA
 
-    n_head, n_kv = model_cfg.n_head, model_cfg.n_kv_head
-    head_dim = model_cfg.n_embd // n_head
-    rep = n_head // n_kv if n_kv else 1
+    n_head, n_kv, head_dim = model_cfg.n_head, model_cfg.n_kv_head, model_cfg.head_dim
+    rep = n_head // n_kv
     gqa = rep > 1 and _SDPA_GQA
     pt_dtype = PT_DTYPES[dtype]
     q = torch.zeros(1, n_head, 4, head_dim, device=device, dtype=pt_dtype, requires_grad=True)
@@ -503,7 +513,7 @@ def uses_cuda_graphs(cfg: Config, device: torch.device, accum: int, world_size: 
     return graphs
 
 
-def make_adamw(groups: list[dict], optim, device: torch.device) -> torch.optim.AdamW:
+def make_adamw(groups: list[dict], optim) -> torch.optim.AdamW:
     kwargs = dict(lr=optim.learning_rate, betas=(optim.beta1, optim.beta2))
     try:  # the fused kernel (one launch for all parameters) where this build has it
         return torch.optim.AdamW(groups, fused=True, **kwargs)
@@ -564,7 +574,7 @@ def check_attention_fits_data(model: ModelConfig, ds: Dataset, source: str) -> s
                           "token it is to predict. Train full attention on seq2seq rows (data.write_rows), or "
                           "set --is_causal=true")
     if model.is_causal and ds.kind == "seq2seq":
-        return (f"note: {ds.path} holds seq2seq rows (made for full attention) and the model is causal: each "
+        return (f"{ds.path} holds seq2seq rows (made for full attention) and the model is causal: each "
                 "position answers from the inputs up to itself only")
     return None
 
@@ -770,8 +780,19 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     scaler = make_grad_scaler(dtype, device)
 
     def say(msg: str) -> None:
+        """Progress: on standard output, unless a caller takes the records (progress)."""
         if master and progress is None:
-            print(msg, flush=True)
+            try:
+                print(msg, flush=True)
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                raise OutputFailed(e.errno, e.strerror or str(e)) from None
+
+    def note(msg: str) -> None:
+        """A `note: ` about the config, the data or the run: on standard error, always."""
+        if master:
+            print(f"note: {msg}", file=sys.stderr, flush=True)
 
     # ---- the run directory: writable (checked before anything is loaded), cleared on overwrite
     out_dir = Path(cfg.run.out_dir)
@@ -813,9 +834,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     else:
         inherited, source = None, ""
     cfg.model = resolve_model_config(cfg, set(explicit), tokenizer, inherited, source)
-    note = check_attention_fits_data(cfg.model, ds, source or "the config")
-    if note and master:
-        print(note, file=sys.stderr)
+    if causal_note := check_attention_fits_data(cfg.model, ds, source or "the config"):
+        note(causal_note)
     if inherited is not None:  # the heads checked at startup were the config's, not these
         check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
     torch.manual_seed(cfg.system.seed)  # the same initial weights on every rank
@@ -841,7 +861,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
 
     # ---- optimizer and batches ----------------------------------------------------------
     groups = [g for g in raw_model.param_groups(cfg.optim.weight_decay) if g["params"]]
-    optimizer = make_adamw(groups, cfg.optim, device)
+    optimizer = make_adamw(groups, cfg.optim)
     if cfg.optim.gradient_accumulation_steps % info.world_size:
         raise ConfigError(f"optim.gradient_accumulation_steps ({cfg.optim.gradient_accumulation_steps}) must be a "
                           f"multiple of the number of processes ({info.world_size})")
@@ -853,21 +873,21 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     covered = (train_source.n_rows * train_source.T / max(ds.n_tokens("train"), 1)
                if getattr(train_source, "windows", None) == "chunks" else 1.0)
     if covered < 0.75 and master:  # rows stay inside chunks: short chunks leave much of each one unread an epoch
-        print(f"note: an epoch reads {covered:.0%} of the training tokens: rows of block_size "
-              f"{cfg.model.block_size} stay inside the dataset's chunks (prepared with --chunk_tokens "
-              f"{ds.meta['split']['chunk_tokens']}), and the rest of each chunk is read in other epochs; prepare "
-              f"the data again with --chunk_tokens {max(CHUNK_TOKENS, 16 * cfg.model.block_size)} to read more of it "
-              "each epoch", file=sys.stderr)
+        note(f"an epoch reads {covered:.0%} of the training tokens: rows of block_size "
+             f"{cfg.model.block_size} stay inside the dataset's chunks (prepared with --chunk_tokens "
+             f"{ds.meta['split']['chunk_tokens']}), and the rest of each chunk is read in other epochs; prepare "
+             f"the data again with --chunk_tokens {max(CHUNK_TOKENS, 16 * cfg.model.block_size)} to read more of it "
+             "each epoch")
     val_source = ds.source("val", cfg.model.block_size) if cfg.eval.eval_iters > 0 else None
     if val_source is None and master:
-        print("note: no validation split (or eval_iters = 0): no validation loss, no best.pt", file=sys.stderr)
+        note("no validation split (or eval_iters = 0): no validation loss, no best.pt")
     elif master and cfg.eval.eval_iters > 1 and cfg.eval.eval_iters * cfg.data.batch_size >= 2 * val_source.n_rows:
         reads, rows, batch = cfg.eval.eval_iters * cfg.data.batch_size, val_source.n_rows, cfg.data.batch_size
         fix = (f"--eval_iters={-(-rows // batch)} reads each about once" if batch <= rows else
                f"--eval_iters=1 reads the fewest (one batch of {batch} rows is more than the split holds)")
-        print(f"note: an evaluation reads {reads:,} rows (eval_iters {cfg.eval.eval_iters} x batch_size {batch}) "
-              f"from a validation split of {rows:,}: each is read about {reads / rows:.0f} times (more time, no "
-              f"better estimate); {fix}", file=sys.stderr)
+        note(f"an evaluation reads {reads:,} rows (eval_iters {cfg.eval.eval_iters} x batch_size {batch}) "
+             f"from a validation split of {rows:,}: each is read about {reads / rows:.0f} times (more time, no "
+             f"better estimate); {fix}")
     if cfg.data.batch_size * info.world_size > train_source.n_rows:  # each batch would read many epochs
         procs = f" x {info.world_size} processes" if info.ddp else ""
         raise DataError(f"data.batch_size {cfg.data.batch_size:,}{procs} is more rows than the training split of "
@@ -908,22 +928,22 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             if on_disk is not None:
                 best_val_loss = min(best_val_loss, on_disk)
             elif (out_dir / BEST).exists():
-                say(f"note: {out_dir / BEST} cannot be read; the next best validation loss replaces it")
+                note(f"{out_dir / BEST} cannot be read; the next best validation loss replaces it")
             if checkpoint.get("eval_seed") != EVAL_SEED and math.isfinite(best_val_loss):
                 # written before evaluation read one fixed order of rows: its losses are not this run's
                 if master:
-                    print(f"note: {latest} was written before validation read a fixed order of rows (2026-11-27): "
-                          f"its best validation loss {best_val_loss:.4f} was taken on other rows, so the losses "
-                          "after this resume are not comparable with those before it; the next evaluation is the "
-                          "new best to beat and replaces best.pt", file=sys.stderr)
+                    note(f"{latest} was written before validation read a fixed order of rows (2026-11-27): "
+                         f"its best validation loss {best_val_loss:.4f} was taken on other rows, so the losses "
+                         "after this resume are not comparable with those before it; the next evaluation is the "
+                         "new best to beat and replaces best.pt")
                 best_val_loss = math.inf
             rng = checkpoint["rng"]
             if rng["world_size"] == info.world_size:
                 ckpt_io.set_rng_state(rng["ranks"][info.rank])
             else:
                 seed_everything(cfg.system.seed + info.rank + step)
-                say(f"note: the checkpoint was written by {rng['world_size']} processes, this run has "
-                    f"{info.world_size}: RNG streams restart from the seed (data order is unaffected)")
+                note(f"the checkpoint was written by {rng['world_size']} processes, this run has "
+                     f"{info.world_size}: RNG streams restart from the seed (data order is unaffected)")
     resume_step = step if resuming else None
     # Whether latest.pt was written at the run's last step (max_iters or the time budget),
     # rather than on Ctrl-C or at a periodic checkpoint. Checkpoints older than the field
@@ -973,14 +993,14 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     else:
         model = raw_model
         if cfg.system.compile_mode != "default":
-            say(f"note: system.compile_mode {cfg.system.compile_mode!r} has no effect without --compile=true")
+            note(f"system.compile_mode {cfg.system.compile_mode!r} has no effect without --compile=true")
     if cfg.run.keep_last and not cfg.run.keep_checkpoints:
-        say(f"note: run.keep_last {cfg.run.keep_last} has no effect without --keep_checkpoints=true")
+        note(f"run.keep_last {cfg.run.keep_last} has no effect without --keep_checkpoints=true")
     lora_keys = sorted(k for k in explicit if k.startswith("lora.")  # set to other than the default
                        and getattr(cfg.lora, k[5:]) != getattr(type(cfg.lora)(), k[5:]))
     if lora_keys and task != "lora":
-        say(f"note: {', '.join(lora_keys)} set, but the lora section applies to LoRA runs only (lora_train); "
-            f"this {task} run trains every weight")
+        note(f"{', '.join(lora_keys)} set, but the lora section applies to LoRA runs only (lora_train); "
+             f"this {task} run trains every weight")
     # CUDA graphs (compile modes reduce-overhead and max-autotune) reuse their memory from
     # one step to the next: each optimizer step's start is marked for them, and evaluation
     # (a few batches now and then) runs the model uncompiled rather than graphs of its own.
@@ -1011,11 +1031,11 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         f"{ds.size_text()}"
         + (f", resuming at step {step}" if resuming else ""))
     if onednn and peak_source.endswith("products (torch)"):  # the probe timed both kernels; torch's won
-        say("note: torch's float32 products measured faster than oneDNN's on this CPU; "
-            "--matmul=torch may train faster here")
+        note("torch's float32 products measured faster than oneDNN's on this CPU; "
+             "--matmul=torch may train faster here")
     if cfg.system.dtype == "auto" and device.type == "cpu" and dtype == "bfloat16":
-        say("note: dtype auto is bfloat16 on this CPU (it multiplies bfloat16 in hardware, much faster "
-            "than float32); --dtype=float32 trains in full precision")
+        note("dtype auto is bfloat16 on this CPU (it multiplies bfloat16 in hardware, much faster "
+             "than float32); --dtype=float32 trains in full precision")
     record(kind="start", step=step, task=task, params=n_params, trainable_params=n_trainable,
            world_size=info.world_size, device=str(device), dtype=dtype, tokens_per_step=tokens_per_step,
            peak_flops=peak, peak_flops_source=peak_source, matmul=matmul, config=cfg.to_dict())
@@ -1047,17 +1067,17 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         now, before = lr_at(step, elapsed_before), lr_at(step, elapsed_before, saved_decay_end)
         change = (f": the learning rate at step {step} is {now:.2e} instead of {before:.2e}"
                   if f"{now:.2e}" != f"{before:.2e}" else "")
-        print(f"note: the learning rate's cosine decay now ends at step {decay_iters} (optim.max_iters, as "
-              f"optim.lr_decay_iters is 0), in the checkpoint's run at step {saved_decay_end}{change}; "
-              f"--lr_decay_iters={saved_decay_end} keeps the checkpoint's schedule", file=sys.stderr)
+        note(f"the learning rate's cosine decay now ends at step {decay_iters} (optim.max_iters, as "
+             f"optim.lr_decay_iters is 0), in the checkpoint's run at step {saved_decay_end}{change}; "
+             f"--lr_decay_iters={saved_decay_end} keeps the checkpoint's schedule")
     if 0 < cfg.optim.max_iters <= cfg.optim.warmup_iters:
-        say(f"note: optim.warmup_iters {cfg.optim.warmup_iters} >= optim.max_iters {cfg.optim.max_iters}: the "
-            f"learning rate only warms up (to {lr_at(cfg.optim.max_iters - 1, 0.0):.2e} at the last step, not "
-            f"optim.learning_rate {cfg.optim.learning_rate:g}) and never decays; lower --warmup_iters")
+        note(f"optim.warmup_iters {cfg.optim.warmup_iters} >= optim.max_iters {cfg.optim.max_iters}: the "
+             f"learning rate only warms up (to {lr_at(cfg.optim.max_iters - 1, 0.0):.2e} at the last step, not "
+             f"optim.learning_rate {cfg.optim.learning_rate:g}) and never decays; lower --warmup_iters")
     elif 0 < cfg.optim.lr_decay_iters <= cfg.optim.warmup_iters:
-        say(f"note: optim.lr_decay_iters {cfg.optim.lr_decay_iters} <= optim.warmup_iters "
-            f"{cfg.optim.warmup_iters}: the learning rate warms up, then drops at once to optim.min_lr "
-            f"{cfg.optim.min_lr:g} (no cosine decay); raise --lr_decay_iters, or 0 to decay until max_iters")
+        note(f"optim.lr_decay_iters {cfg.optim.lr_decay_iters} <= optim.warmup_iters "
+             f"{cfg.optim.warmup_iters}: the learning rate warms up, then drops at once to optim.min_lr "
+             f"{cfg.optim.min_lr:g} (no cosine decay); raise --lr_decay_iters, or 0 to decay until max_iters")
 
     # A diverged run (loss inf or nan) stops with an error naming the last checkpoint written,
     # which is never replaced by non-finite weights.
@@ -1066,9 +1086,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     decay = cfg.optim.learning_rate * cfg.optim.weight_decay  # AdamW scales each weight by 1 - decay per step
     if decay >= 1:
         what = "sets them to 0" if decay == 1 else "flips their sign" + (" and grows them" if decay > 2 else "")
-        say(f"note: optim.learning_rate * optim.weight_decay is {decay:g}: AdamW multiplies every decayed weight "
-            f"by 1 - {decay:g} = {1 - decay:g} at each step, which {what} whatever the gradients say; keep the "
-            "product well below 1")
+        note(f"optim.learning_rate * optim.weight_decay is {decay:g}: AdamW multiplies every decayed weight "
+             f"by 1 - {decay:g} = {1 - decay:g} at each step, which {what} whatever the gradients say; keep the "
+             "product well below 1")
 
     grad_norm = counted = probe = None  # the last step's, on the device (probe: one row of its input)
 
@@ -1145,8 +1165,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             try:
                 prune_checkpoints(out_dir, step, cfg.run.keep_last)
             except OSError as e:  # the run goes on; the files are there to delete by hand
-                print(f"note: could not delete the older checkpoints run.keep_last {cfg.run.keep_last} would: "
-                      f"{e.filename or out_dir}: {e.strerror or e}", file=sys.stderr)
+                note(f"could not delete the older checkpoints run.keep_last {cfg.run.keep_last} would: "
+                     f"{e.filename or out_dir}: {e.strerror or e}")
 
     # Ctrl-C (SIGINT) or SIGTERM (what torchrun and batch schedulers send to stop a job):
     # finish the current step, save latest.pt, stop. A second signal aborts at once.
@@ -1156,6 +1176,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     stop = {"requested": False, "done": False, "late": False, "sampling": False}
 
     def on_signal(signum, frame):
+        if signum == getattr(signal, "SIGHUP", None):  # the terminal is gone: what it showed goes nowhere
+            detach_from_terminal(terminals)
         if stop["done"]:
             if stop["late"] or stop["sampling"]:
                 stop["late"] = True
@@ -1170,8 +1192,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                   "(interrupt again to abort)", file=sys.stderr, flush=True)
 
     previous_handlers = {}
+    terminals = [fd for fd in (1, 2) if _isatty(fd)]  # (asked now: a terminal that hung up is no tty)
     if _main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals():
             previous_handlers[sig] = signal.signal(sig, on_signal)
 
     def restore_handlers() -> None:
@@ -1354,9 +1377,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         if out_of_time:
             say(f"time budget of {budget:g} s reached at step {step}")
             if step < cfg.optim.warmup_iters:
-                say(f"note: the time budget ran out during warmup (step {step} of optim.warmup_iters "
-                    f"{cfg.optim.warmup_iters}): the learning rate never reached optim.learning_rate "
-                    f"{cfg.optim.learning_rate:g} nor decayed; lower --warmup_iters or raise --time_budget")
+                note(f"the time budget ran out during warmup (step {step} of optim.warmup_iters "
+                     f"{cfg.optim.warmup_iters}): the learning rate never reached optim.learning_rate "
+                     f"{cfg.optim.learning_rate:g} nor decayed; lower --warmup_iters or raise --time_budget")
         record(kind="end", step=step, interrupted=interrupted, out_of_time=out_of_time, train_loss=train_loss,
                val_loss=val_loss, best_val_loss=best_val_loss, tokens_seen=tokens_seen, tokens_per_s=tokens_per_s,
                seconds=seconds)
@@ -1473,8 +1496,7 @@ def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> 
     if cfg.run.init_from == "resume":
         latest = Path(cfg.run.out_dir) / LATEST
         if not latest.is_file():
-            if os.path.lexists(latest):  # a folder, a FIFO, a link to nothing: named as what it is
-                what = file_kind(latest.stat().st_mode) if latest.exists() else "a symbolic link to nothing"
+            if what := ckpt_io.not_a_file(latest):  # a folder, a FIFO, a link to nothing: named as what it is
                 raise CheckpointError(f"--init_from=resume: {latest} is {what}, not a checkpoint file")
             # by step: past 999,999 the names have 7 digits, and would sort before ckpt_999999.pt
             kept = sorted(latest.parent.glob("ckpt_*.pt"), key=lambda p: (len(p.name), p.name))
@@ -1506,15 +1528,29 @@ def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> 
     return cfg, explicit, checkpoint
 
 
-def print_output(text: str) -> int:
-    """Print a command's whole output (--help, --print_config): 0, or 1, quietly, when
-    the reader went away first (`| head -1`), as the other commands do."""
+def stop_signals() -> list[int]:
+    """The signals that stop a run after its step, with latest.pt saved: Ctrl-C (SIGINT),
+    SIGTERM (what torchrun, `timeout` and batch schedulers send) and SIGHUP (a closed
+    terminal or ssh session), unless it is ignored (nohup: the run is to go on)."""
+    hup = getattr(signal, "SIGHUP", None)  # (none on Windows)
+    return [signal.SIGINT, signal.SIGTERM] + ([hup] if hup and signal.getsignal(hup) is not signal.SIG_IGN else [])
+
+
+def _isatty(fd: int) -> bool:
     try:
-        print(text, flush=True)
-        return 0
-    except BrokenPipeError:
-        discard_stdout()
-        return 1
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def detach_from_terminal(fds: list[int]) -> None:
+    """Point the descriptors that were a terminal at the null device, after it hung up:
+    writes to it would fail, and stop the saving of latest.pt the hang-up asked for."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        for fd in fds:
+            os.dup2(null, fd)
+        os.close(null)
 
 
 def resume_hint(out_dir) -> str:
@@ -1601,6 +1637,11 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         print("error: standard output was closed (its reader went away); the run stopped "
               f"({stopped_hint(out_dir)})", file=sys.stderr)
         return 1
+    except OutputFailed as e:  # a terminal that hung up, a full disk under `> file`
+        discard_stdout()
+        print(f"error: standard output could not be written: {e.strerror}; the run stopped "
+              f"({stopped_hint(out_dir)})", file=sys.stderr)
+        return 1
     except (TrainingDiverged, LostContact, OutOfMemory) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -1614,9 +1655,7 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        print(f"error: out of memory: {allocation_failure(e)}; lower data.batch_size or model.block_size "
-              f"(a larger optim.gradient_accumulation_steps keeps the tokens per step); {stopped_hint(out_dir)}",
-              file=sys.stderr)
+        print(f"error: {out_of_memory_text(e)}; {stopped_hint(out_dir)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
         print(f"\nerror: interrupted; the run stopped at once ({stopped_hint(out_dir)})", file=sys.stderr, flush=True)

@@ -50,7 +50,7 @@ report.md, data/, ...); one run at a time writes a folder (a second one stops
 at once, before it deletes anything).
 
 Exit status: 0 done, 1 the C engine could not be built, failed or disagreed
-with PyTorch on F32, 2 bad arguments, config or data, or a file or folder that
+with PyTorch on F32, or the training diverged or ran out of memory, 2 bad arguments, config or data, or a file or folder that
 cannot be read or written (`error: PATH: reason`), 130 interrupted.
 
 Examples:
@@ -66,7 +66,7 @@ import re
 import sys
 from pathlib import Path
 
-from nano_train import either_spelling
+from nano_train import either_spelling, integer, number, print_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,15 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-h", "--help", action="store_true")
     p.add_argument("--list", action="store_true")
     p.add_argument("--out_dir")
-    p.add_argument("--time_budget", type=float)
-    p.add_argument("--max_iters", type=int)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--eval_cases", type=int)
+    p.add_argument("--time_budget", type=number)
+    p.add_argument("--max_iters", type=integer)
+    p.add_argument("--seed", type=integer, default=1337)
+    p.add_argument("--eval_cases", type=integer)
     p.add_argument("--nano")
     p.add_argument("--no-c", dest="use_c", action="store_false")
     p.add_argument("--fresh", action="store_true")
-    p.add_argument("--digits", type=int)
-    p.add_argument("--depth", type=int)
+    p.add_argument("--digits", type=integer)
+    p.add_argument("--depth", type=integer)
     return p
 
 
@@ -104,12 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [a for a in argv if re.fullmatch(r"--[A-Za-z_][\w.-]*=.*", a, flags=re.S) and a.split("=", 1)[0] not in own]
     args = parser.parse_args([a for a in argv if a not in overrides])
     if args.help:
-        print(__doc__.strip())
-        return 0
+        return print_output(__doc__.strip())
     if args.list:
-        for name, cls in PROBLEMS.items():
-            print(f"{name:<8} {cls.title}")
-        return 0
+        return print_output("\n".join(f"{name:<8} {cls.title}" for name, cls in PROBLEMS.items()))
     if not args.name:
         print("error: which problem? one of " + ", ".join(PROBLEMS) + "\n(python -m nano_train.problems --help "
               "for usage)", file=sys.stderr)

@@ -43,9 +43,8 @@ import numpy as np
 
 from nano_tokenizer import Tokenizer, build_vocab
 
-from nano_train.data import quantity
+from nano_train.data import quantity, sft_encode
 
-KINDS = ("seq2seq", "instruct")
 GENERATOR_VERSION = 1  # bump when a generator or the row layout changes (invalidates cached data)
 ENUMERATE_MAX = 1_000_000  # a problem with at most this many questions lists them to count its splits (~2 s)
 # test_questions stops drawing at random after this many draws in a row found no new test
@@ -91,7 +90,6 @@ class Problem:
     title = ""  # one line: what the task is
     kind = "seq2seq"  # or "instruct"
     PARAMS: dict[str, int] = {}  # settings and their defaults, e.g. {"digits": 6}
-    PARAM_HELP: dict[str, str] = {}
     examples: tuple[str, ...] = ()  # questions shown in reports (for the default settings)
     train_rows = 200_000  # generated training rows (drawn with replacement)
     val_rows = 2_000  # distinct validation questions
@@ -308,19 +306,21 @@ class Problem:
         rows = np.full((n, T + 1), tok.pad_id, dtype=np.int64)
         mask = np.zeros((n, T + 1), dtype=np.uint8)
         for i, (qi, ai) in enumerate(zip(questions, answers)):
-            ids = [tok.instruct_id, *qi, tok.response_id, *ai, tok.eos_id]
+            ids, answer = sft_encode(tok, [(qi, ai)])  # (the mask: the answer and its <|eos|>)
             if len(ids) > T + 1:
                 raise ValueError(f"{self.name}: {cases[i].question!r} is {len(ids)} tokens as a row; block size {T} "
                                  f"holds {T + 1}")
             rows[i, :len(ids)] = ids
-            mask[i, len(qi) + 2:len(ids)] = 1  # the answer and its <|eos|>
+            mask[i, :len(ids)] = answer
         return rows, mask
 
     def prompt_ids(self, tok: Tokenizer, question: str) -> list[int]:
         """What the model reads: seq2seq, the question's tokens; instruct, the instruct prompt."""
         if self.kind == "seq2seq":
             return tok.encode(question)
-        return [tok.instruct_id, *tok.encode(question), tok.response_id]
+        from nano_train.sampling import instruct_prompt  # (torch: imported when a model is scored)
+
+        return instruct_prompt(tok, question)
 
 
 def encode_many(tok: Tokenizer, texts: list[str]) -> list[list[int]]:

@@ -75,7 +75,6 @@ class Boolean(Problem):
     title = "evaluate prefix boolean expressions, (+ (* 0 1) (* 1 1)) = -> 1, autoregressive"
     kind = "instruct"
     PARAMS = {"depth": 4}
-    PARAM_HELP = {"depth": "the deepest nesting (default 4)"}
     examples = ("(+ (* 0 1) (* 1 1)) =", "(* (+ 1 0) (* 1 (+ 0 0))) =",
                 "(+ (* (+ 0 (* 1 1)) 0) (* (+ (* 0 1) 0) 1)) =")
     train_rows = 300_000

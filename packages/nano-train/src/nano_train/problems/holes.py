@@ -28,7 +28,6 @@ class Holes(Problem):
     title = "count the closed loops in the digits of a number (2024 -> 1, 888 -> 6), autoregressive"
     kind = "instruct"
     PARAMS = {"digits": 6}
-    PARAM_HELP = {"digits": "digits of the numbers (default 6)"}
     examples = ("202400", "888888", "123457", "609860", "100000")
 
     def check(self) -> None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nano_train.data import quantity, write_json_atomic
-from nano_train.metrics import duration
+from nano_train.metrics import bar_line, duration, terminal_columns
 from nano_train.problems.base import GENERATOR_VERSION, Case, Problem
 from nano_train.problems.evaluate import disagreements, find_nano, predict_c, predict_torch, score
 
@@ -249,24 +249,29 @@ def command_status(call) -> int:
     """call()'s int, or the exit status of the error it raised, printed as one
     `error: ...` line on stderr: 2 for bad input (settings, data, checkpoints, an
     out dir that cannot be made or written in), 1 when the training diverged or
-    the C engine failed. What the problem command and the demo share."""
+    the C engine failed, or memory ran out. What the problem command and the demo share."""
     from nano_train.checkpoint import CheckpointError
     from nano_train.config import ConfigError
     from nano_train.data import DataError
     from nano_train.problems.evaluate import EngineError
-    from nano_train.train import TrainingDiverged
+    from nano_train.train import LostContact, OutOfMemory, TrainingDiverged, is_out_of_memory, out_of_memory_text
 
     try:
         return call()
     except (ConfigError, DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (EngineError, TrainingDiverged) as e:
+    except (EngineError, TrainingDiverged, LostContact, OutOfMemory) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:  # an out_dir that cannot be made or written in, a full disk, ...
         print(f"error: {os_error_text(e)}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:  # a batch too large for the machine
+        if not is_out_of_memory(e):
+            raise
+        print(f"error: {out_of_memory_text(e)}", file=sys.stderr)
+        return 1
 
 
 # ---------------------------------------------------------------------------
@@ -381,11 +386,10 @@ class TrainingBar:
         if self.budget > 0:
             frac = max(frac, elapsed / self.budget)
         frac = min(frac, 1.0)
-        width = 28
-        bar = "#" * int(frac * width) + "." * (width - int(frac * width))
         limit = f" of {duration(self.budget)}" if self.budget > 0 else ""
-        text = (f"training [{bar}] {100 * frac:3.0f}%  step {step:,}  loss {loss:.4f}"
-                + (f"  val {self.val:.4f}" if self.val is not None else "") + f"  {duration(elapsed)}{limit}")
+        after = (f"{100 * frac:3.0f}%  step {step:,}  loss {loss:.4f}"
+                 + (f"  val {self.val:.4f}" if self.val is not None else "") + f"  {duration(elapsed)}{limit}")
+        text = bar_line("training", frac, after, terminal_columns(self.stream) if self.tty else 10**6, width=28)
         if self.tty:
             self.stream.write("\r" + text + "\033[K")
             self.drawn = True

@@ -31,7 +31,6 @@ class DigitStrings(Problem):
 
     kind = "seq2seq"
     PARAMS = {"digits": 6}
-    PARAM_HELP = {"digits": "length of the strings (default 6)"}
 
     def check(self) -> None:
         if self.digits < MIN_DIGITS:
