@@ -5,11 +5,13 @@ deterministic resumable batches (defect 14)."""
 import gc
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -739,6 +741,7 @@ posix_only = pytest.mark.skipif(sys.platform == "win32", reason="no fcntl (prepa
 _STOP_WHILE_WRITING = """
 import signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.signal(signal.SIGHUP, signal.SIG_DFL)  # (under `nohup pytest` it would be ignored)
 import nano_train.data as data
 update = data.Progress.update
 def stop_here(self, done):
@@ -784,6 +787,30 @@ def test_a_killed_prepare_is_cleared_by_the_next_one(tmp_path, shared_file, psyc
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "notes.txt", "tokenizer.json", "train_000.bin",
                                                      "val_000.bin"]  # no build folder, no lock file
     Dataset(out)
+
+
+def test_a_stale_build_folder_that_cannot_be_removed_is_named(tmp_path, shared_file, psycho_slice, monkeypatch,
+                                                               capsys):
+    """Another user's killed prepare left it (was: left in place without a word, its space taken)."""
+    from nano_train import data as data_module
+
+    out = tmp_path / "d"
+    stale = out / ".prepare.k1ll3d.tmp"
+    stale.mkdir(parents=True)
+    (stale / "train_000.bin").write_bytes(b"x" * 100)
+    real = shutil.rmtree
+
+    def rmtree(path, ignore_errors=False, **kw):
+        if Path(path) == stale:  # as for a folder of another user's in a sticky directory
+            if not ignore_errors:
+                raise PermissionError(13, "Permission denied", str(stale / "train_000.bin"))
+            return None
+        return real(path, ignore_errors=ignore_errors, **kw)
+
+    monkeypatch.setattr(data_module.shutil, "rmtree", rmtree)
+    assert _command(tmp_path, shared_file, psycho_slice, "--out_dir", str(out), "--chunk_tokens", "512") == 0
+    assert (f"note: could not remove .prepare.k1ll3d.tmp from {out}, left by a prepare that was interrupted "
+            f"({stale / 'train_000.bin'}: Permission denied); remove it by hand") in capsys.readouterr().err
 
 
 @posix_only
@@ -1217,6 +1244,35 @@ def test_progress_on_a_terminal_fits_its_width_and_covers_the_last_draw(monkeypa
         assert len(this) >= len(last.rstrip()), (last, this)
     if columns == 80:
         assert draws[-1].rstrip().endswith("eta    0s")  # the bar narrowed; the text is whole
+
+
+def test_a_bar_line_fills_the_width_it_narrows_to():
+    from nano_train.metrics import bar_line
+
+    after = "x" * 40
+    assert bar_line("shards", 0.5, after, 1000) == "shards [" + "#" * 15 + "." * 15 + "] " + after  # 30 wide
+    line = bar_line("shards", 0.5, after, 80)  # narrowed: to the last column but one, the text whole
+    assert len(line) == 79 and line.endswith("] " + after) and line.count("#") + line.count(".") == 79 - 6 - 4 - 40
+    for columns in range(0, 12):  # too narrow for the text: cut, never wider
+        assert 1 <= len(bar_line("shards", 0.5, after, columns)) <= max(columns - 1, 1)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no pty there")
+def test_a_terminal_that_says_it_has_no_columns_is_taken_as_unknown(monkeypatch):
+    """A pty whose size was never set reports 0 columns (was: bars of one character)."""
+    import pty
+
+    from nano_train.metrics import terminal_columns
+
+    main_fd, terminal = pty.openpty()
+    try:
+        with open(terminal, "w", closefd=False) as stream:
+            assert os.get_terminal_size(terminal).columns == 0
+            monkeypatch.setenv("COLUMNS", "77")
+            assert terminal_columns(stream) == 77
+    finally:
+        os.close(terminal)
+        os.close(main_fd)
 
 
 def test_the_problems_bar_fits_the_terminal(monkeypatch):

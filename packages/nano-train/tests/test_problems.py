@@ -821,7 +821,7 @@ def test_options_and_keys_in_either_spelling(tmp_path, monkeypatch):
     from nano_train.problems import runner
 
     seen = []
-    monkeypatch.setattr(runner, "run", lambda problem, opts: seen.append((problem, opts)) or {})
+    monkeypatch.setattr(runner, "run", lambda problem, opts, say=print: seen.append((problem, opts)) or {})
     argv = ["sort", "--out-dir", str(tmp_path / "o"), "--eval-cases", "7", "--time-budget", "30", "--max-iters=9",
             "--no_c", "--n-layer=3", "--batch-size=64", "--digits", "5"]
     assert command.main(argv) == 0
@@ -837,3 +837,30 @@ def test_options_and_keys_in_either_spelling(tmp_path, monkeypatch):
         assert r.returncode == 2 and r.stderr.startswith(f"error: {key.split('=')[0]} is set by the problems "
                                                          "command: "), r.stderr
     assert not (tmp_path / "refused").exists()
+
+
+def test_a_checkpoint_another_command_put_in_the_folder_is_not_reused(tmp_path, small_pretrain):
+    """train.json still says "sort", but best.pt is now another run's (`pretrain
+    --overwrite=true` into the folder deletes checkpoints, not train.json): train again
+    (was: "reused", and the text model was scored and exported as sort_f32.bin)."""
+    from nano_train.train import main as train_main
+
+    out = tmp_path / "out"
+    assert not run(*_tiny(out), say=lambda m: None)["train"]["reused"]
+    assert train_main("pretrain", [f"--dataset={small_pretrain}", f"--out_dir={out}", "--overwrite=true",
+                                   "--n_layer=1", "--n_embd=32", "--n_head=2", "--n_kv_head=2", "--block_size=16",
+                                   "--batch_size=2", "--max_iters=1", "--eval_iters=1", "--sample_tokens=0"]) == 0
+    again = run(*_tiny(out), say=lambda m: None)
+    assert not again["train"]["reused"]
+    assert torch.load(out / "best.pt", weights_only=True)["config"]["model"]["is_causal"] is False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/dev/full is Linux's")
+@pytest.mark.parametrize("args", [["--list"], ["--help"], ["sort", "--no-c", "--max_iters", "1", "--eval_cases", "5"]])
+def test_command_output_that_cannot_be_written_is_one_line(tmp_path, args):
+    """`> /dev/full`, as a full disk under `> file` (was: a traceback for --list and --help,
+    and `error: No space left on device`, exit 2, as if the out_dir's disk were full)."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "nano_train.problems", *args, "--out_dir", str(tmp_path / "out")],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr == "error: writing standard output: No space left on device\n", r.stderr

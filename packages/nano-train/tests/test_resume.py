@@ -239,13 +239,20 @@ def _wait_for_steps(out, proc, n=3):
         time.sleep(0.05)
 
 
+def _default_sighup():  # (a child of `nohup pytest` would inherit its ignored SIGHUP)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGHUP"), reason="no SIGHUP on Windows")
-def test_a_terminal_that_closes_saves_latest_as_ctrl_c_does(tmp_path, small_pretrain):
-    """SIGHUP (the terminal or ssh session closed) with the progress lines on that terminal:
-    latest.pt saved at the step, exit 130 (was: killed at once, the steps since the last
-    checkpoint lost; and with SIGHUP handled alone, the next line to the hung-up terminal
-    failed with EIO before the save)."""
+@pytest.mark.parametrize("sighups", [2, 0], ids=["sighup_twice", "write_fails_first"])
+def test_a_terminal_that_closes_saves_latest_as_ctrl_c_does(tmp_path, small_pretrain, sighups):
+    """The terminal the run prints to closes: it hangs up first, then the shell and the
+    kernel each send SIGHUP (sighup_twice), or a progress line fails with EIO before any
+    SIGHUP came (write_fails_first). Either way latest.pt is saved at the step, exit 130
+    (was: killed at once, the steps since the last checkpoint lost; with SIGHUP handled
+    alone, the second SIGHUP aborted as a second Ctrl-C, and a line to the hung-up
+    terminal ended the run with EIO, before the save)."""
     import pty
 
     out = tmp_path / "run"
@@ -253,18 +260,36 @@ def test_a_terminal_that_closes_saves_latest_as_ctrl_c_does(tmp_path, small_pret
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "nano_train.pretrain",
                              *_run_args(small_pretrain, out, checkpoint_interval=1000)],
-                            env=env, stdout=terminal, stderr=terminal, cwd=tmp_path)
+                            env=env, stdout=terminal, stderr=terminal, cwd=tmp_path, preexec_fn=_default_sighup)
     os.close(terminal)
     try:
         _wait_for_steps(out, proc)
-        proc.send_signal(signal.SIGHUP)
     finally:
         os.close(main_fd)  # the terminal hangs up: a write to it is an error from now on
+    for _ in range(sighups):
+        time.sleep(0.05)
+        proc.send_signal(signal.SIGHUP)
     assert proc.wait(timeout=120) == 130
     ck = load(out / "latest.pt")
     assert ck["step"] == max(logged(out, "train", "loss")) >= 3
     end = [r for r in read_log(out / "log.jsonl") if r["kind"] == "end"]
     assert end and end[-1]["interrupted"] is True
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_latest_when_the_output_pipe_goes_with_it(tmp_path, small_pretrain):
+    """`pretrain ... | tee log`: Ctrl-C stops tee too, and the next progress line meets a
+    closed pipe; the save the Ctrl-C asked for comes first (was: exit 1, "standard output
+    was closed", no checkpoint)."""
+    out = tmp_path / "run"
+    proc = _start(_run_args(small_pretrain, out, checkpoint_interval=1000), tmp_path)
+    _wait_for_steps(out, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.stdout.close()  # as tee ends
+    assert proc.wait(timeout=120) == 130, proc.stderr.read()
+    proc.stderr.close()
+    ck = load(out / "latest.pt")
+    assert ck["step"] == max(logged(out, "train", "loss")) >= 3
 
 
 @pytest.mark.slow

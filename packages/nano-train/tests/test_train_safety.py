@@ -2,6 +2,7 @@
 checkpoint: refuse or stop with one `error:` line, and never lose or spoil the last
 good checkpoint. Also the report card of a model with no room for a prompt."""
 
+import errno
 import json
 import math
 import os
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -148,6 +150,93 @@ def test_a_second_run_into_an_out_dir_in_use_fails_at_once_and_touches_nothing(t
     # the first run is over: resuming it now works
     assert main("pretrain", args(small_pretrain, out, init_from="resume", max_iters=step + 1)) == 0
     assert load(out / "latest.pt")["step"] == step + 1 and not (out / ".run.lock").exists()
+
+
+def _hold_lock(path: Path, pid: str) -> int:
+    """Hold the lock at path as a run of pid would (a descriptor of its own: flock locks of two
+    descriptors exclude each other, in one process too)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{pid}\n".encode("ascii"))
+    return fd
+
+
+def _lock_file_of_another_user(monkeypatch, lock: Path, removable: bool = True) -> None:
+    """Opening the lock file at lock (as it is now) for writing is refused, as another user's
+    0644 file is; so is removing it where not removable (a sticky folder)."""
+    from nano_train import dirlock
+
+    foreign = lock.stat().st_ino
+    real_open, real_unlink = os.open, os.unlink
+
+    def is_foreign(path) -> bool:
+        return Path(path) == lock and lock.exists() and lock.stat().st_ino == foreign
+
+    def open_(path, flags, *rest):
+        if flags & (os.O_WRONLY | os.O_RDWR) and is_foreign(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *rest)
+
+    def unlink(path, *rest, **kw):
+        if not removable and is_foreign(path):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        return real_unlink(path, *rest, **kw)
+
+    monkeypatch.setattr(dirlock.os, "open", open_)
+    monkeypatch.setattr(dirlock.os, "unlink", unlink)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl: runs are not locked there")
+def test_another_users_lock_file_is_read_not_taken_for_an_unwritable_folder(tmp_path, small_pretrain, monkeypatch,
+                                                                             capsys, error_line):
+    """A run of another user at work, or killed, leaves a lock file this user cannot open to
+    write (was: `error: run.out_dir DIR is not a writable directory: Permission denied`, for a
+    writable folder; and a killed one's stale lock blocked every later run)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = out / ".run.lock"
+    held = _hold_lock(lock, "4242")
+    try:
+        _lock_file_of_another_user(monkeypatch, lock)
+        assert main("pretrain", args(small_pretrain, out, max_iters=2)) == 2
+        assert error_line(capsys) == (f"error: another run is writing {out} (pid 4242); wait for it to finish or "
+                                      "choose another --out_dir")
+    finally:
+        os.close(held)
+    assert main("pretrain", args(small_pretrain, out, max_iters=2)) == 0  # stale now: removed, and run
+    assert not lock.exists() and load(out / "latest.pt")["step"] == 2
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl: runs are not locked there")
+def test_a_stale_lock_only_its_owner_may_remove_is_named(tmp_path, small_pretrain, monkeypatch, capsys, error_line):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".run.lock").write_text("4242\n", encoding="ascii")
+    _lock_file_of_another_user(monkeypatch, out / ".run.lock", removable=False)
+    assert main("pretrain", args(small_pretrain, out, max_iters=2)) == 2
+    assert error_line(capsys) == (f"error: {out / '.run.lock'} was left by another user's run that was killed; it "
+                                  "holds no lock, but only its owner may remove it: remove it as that user, or "
+                                  "choose another --out_dir")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fcntl: runs are not locked there")
+@pytest.mark.parametrize("extra", [{"init_from": "resume"}, {}], ids=["resume", "new run"])
+def test_a_run_at_work_before_its_first_checkpoint_is_not_called_stopped(tmp_path, small_pretrain, capsys, error_line,
+                                                                         extra):
+    """Its folder holds log.jsonl and no checkpoint yet (was: "the run in DIR stopped before
+    writing a checkpoint; start again with --overwrite=true")."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"kind": "start"}\n', encoding="utf-8")
+    held = _hold_lock(out / ".run.lock", "4242")
+    try:
+        assert main("pretrain", args(small_pretrain, out, max_iters=2, **extra)) == 2
+        assert error_line(capsys) == (f"error: another run is writing {out} (pid 4242); wait for it to finish or "
+                                      "choose another --out_dir")
+    finally:
+        os.close(held)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="no fcntl: runs are not locked there")

@@ -67,6 +67,10 @@ def print_output(text: str) -> int:
     except BrokenPipeError:
         discard_stdout()
         return 1
+    except OSError as e:  # a full disk under `> file`
+        discard_stdout()
+        print(f"error: writing standard output: {e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 def either_spelling(parser: argparse.ArgumentParser, argv: list[str] | None) -> list[str]:

@@ -360,11 +360,20 @@ def _remove_stale_builds(out_dir: Path) -> None:
     stale = sorted(p for p in out_dir.iterdir()
                    if _BUILD_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink())
     for p in stale:
-        shutil.rmtree(p, ignore_errors=True)
+        shutil.rmtree(p, ignore_errors=True)  # as much of it as can go
     removed = [p.name for p in stale if not p.exists()]
     if removed:
         print(f"note: removed {', '.join(removed)} from {out_dir}: left by a prepare that was interrupted",
               file=sys.stderr)
+    for p in stale:
+        if p.exists():  # another user's, say: its space stays taken until it is removed
+            try:
+                shutil.rmtree(p)
+                continue
+            except OSError as e:
+                why = f"{e.filename or p}: {e.strerror or e}"
+            print(f"note: could not remove {p.name} from {out_dir}, left by a prepare that was interrupted "
+                  f"({why}); remove it by hand", file=sys.stderr)
 
 
 @contextlib.contextmanager

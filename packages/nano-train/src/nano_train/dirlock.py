@@ -79,6 +79,18 @@ def _try_lock(path: Path, who: str, error: type[Exception]) -> int | None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except FileNotFoundError:  # the directory was removed by a writer that failed and left it empty
         return None
+    except PermissionError:  # another user's lock file: of a writer at work, or one that was killed
+        if pid := holder(path):
+            raise error(_busy(path, who, pid)) from None
+        try:  # no one holds it: stale (the directory is writable, or the open above would have said so)
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        except PermissionError:  # (a sticky directory: only the file's owner may remove it)
+            raise error(f"{path} was left by another user's {who} that was killed; it holds no lock, but "
+                        "only its owner may remove it: remove it as that user, or choose another "
+                        "--out_dir") from None
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
@@ -92,16 +104,48 @@ def _try_lock(path: Path, who: str, error: type[Exception]) -> int | None:
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
         return fd
     except BlockingIOError:
-        holder = os.read(fd, 32).decode("ascii", "replace").strip()
+        pid = os.read(fd, 32).decode("ascii", "replace").strip()
         os.close(fd)
-        raise error(f"another {who} is writing {path.parent} (pid {holder or 'unknown'}); wait for it to finish "
-                    "or choose another --out_dir") from None
+        raise error(_busy(path, who, pid or "unknown")) from None
     except BaseException:  # flock failed for another reason (no locking here), or writing the pid did
         with contextlib.suppress(OSError):  # our file goes: none but us can hold a lock on it now
             if os.path.samestat(os.fstat(fd), os.stat(path)):
                 os.unlink(path)
         os.close(fd)
         raise
+
+
+def _busy(path: Path, who: str, pid: str) -> str:
+    return f"another {who} is writing {path.parent} (pid {pid}); wait for it to finish or choose another --out_dir"
+
+
+def holder(path: Path) -> str | None:
+    """The pid written in the lock file at path while some process holds its lock
+    ("unknown" where it wrote none yet); None when no process does, when there is no such
+    file, or where nothing can be locked. (It reads the file, and takes a shared lock
+    for an instant: no write access is needed.)"""
+    if fcntl is None:
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return None
+
+
+def refuse_if_held(path: Path, who: str, error: type[Exception]) -> None:
+    """error, as a second writer gets it, when a process holds the lock at path: what a
+    command says before it calls a run in that directory stopped."""
+    if pid := holder(path):
+        raise error(_busy(path, who, pid))
 
 
 def held_here(path: Path) -> bool:

@@ -216,9 +216,10 @@ def short_repr(value, limit: int = 60) -> str:
 def terminal_columns(stream) -> int:
     """The width of the terminal stream draws on (80 where it cannot be asked)."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        columns = os.get_terminal_size(stream.fileno()).columns
     except (AttributeError, OSError, ValueError):
-        return shutil.get_terminal_size().columns
+        columns = 0
+    return columns if columns > 0 else shutil.get_terminal_size().columns  # (0: a pty never sized; $COLUMNS)
 
 
 def bar_line(before: str, frac: float, after: str, columns: int, width: int = 30) -> str:

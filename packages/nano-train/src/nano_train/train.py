@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import gc
 import hashlib
 import json
@@ -236,6 +237,8 @@ def check_new_run(cfg: Config) -> None:
     if cfg.run.init_from == "resume" or cfg.run.overwrite or not writes_out_dir():
         return
     found = earlier_run_files(Path(cfg.run.out_dir))
+    if found:  # a run at work is not one that stopped
+        dirlock.refuse_if_held(Path(cfg.run.out_dir) / RUN_LOCK, "run", ConfigError)
     if found and not any(p.suffix == ".pt" for p in found):  # a run stopped before its first checkpoint
         raise ConfigError(f"{cfg.run.out_dir} holds a run that stopped before writing a checkpoint "
                           f"({', '.join(p.name for p in found)}): pass --overwrite=true to delete its files and "
@@ -779,20 +782,53 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     device, dtype, forward_context = resolve_compute(cfg, info)
     scaler = make_grad_scaler(dtype, device)
 
+    # Ctrl-C (SIGINT) or SIGTERM (what torchrun and batch schedulers send to stop a job):
+    # finish the current step, save latest.pt, stop (the handlers are set before the
+    # loop). A second signal aborts at once. Once training is done ("done"), a signal
+    # drops the report's samples: it stops them while they are drawn ("sampling"), and
+    # before they start it is noted ("late") for write_report_card; the report is written
+    # without them. A second one aborts. SIGHUP (the terminal closed): see hung_up.
+    stop = {"requested": False, "done": False, "late": False, "sampling": False}
+    terminals = [fd for fd in (1, 2) if _isatty(fd)]  # (asked now: a terminal that hung up is no tty)
+
+    def hung_up() -> None:
+        """The terminal closed (its SIGHUP, or a write to it failed first): what it showed
+        goes nowhere, and the run stops after its step, with latest.pt saved, as on Ctrl-C.
+        Never an abort: a hang-up sends SIGHUP twice (the shell's, then the kernel's), so
+        the later ones are ignored. Unless SIGHUP was ignored already (nohup, `trap '' HUP`):
+        the user asked the run to outlive its terminal, and it goes on."""
+        to_null(terminals)
+        hup = getattr(signal, "SIGHUP", None)
+        if hup is None or signal.getsignal(hup) is signal.SIG_IGN:
+            return
+        if _main_thread():
+            signal.signal(hup, signal.SIG_IGN)  # (so restore_handlers leaves it ignored too)
+        if not stop["done"]:
+            stop["requested"] = True
+
+    def emit(msg: str, stream) -> None:
+        try:
+            print(msg, file=stream, flush=True)
+        except OSError as e:
+            if e.errno == errno.EIO and terminals:  # a terminal that hung up, before its SIGHUP came
+                hung_up()
+            elif stop["requested"]:  # (`| tee log`: tee went with the Ctrl-C): the checkpoint comes first
+                with contextlib.suppress(OSError, ValueError):  # (no descriptor: a caller's stream)
+                    to_null([stream.fileno()])
+            elif isinstance(e, BrokenPipeError):
+                raise
+            else:
+                raise OutputFailed(e.errno, e.strerror or str(e)) from None
+
     def say(msg: str) -> None:
         """Progress: on standard output, unless a caller takes the records (progress)."""
         if master and progress is None:
-            try:
-                print(msg, flush=True)
-            except BrokenPipeError:
-                raise
-            except OSError as e:
-                raise OutputFailed(e.errno, e.strerror or str(e)) from None
+            emit(msg, sys.stdout)
 
     def note(msg: str) -> None:
         """A `note: ` about the config, the data or the run: on standard error, always."""
         if master:
-            print(f"note: {msg}", file=sys.stderr, flush=True)
+            emit(f"note: {msg}", sys.stderr)
 
     # ---- the run directory: writable (checked before anything is loaded), cleared on overwrite
     out_dir = Path(cfg.run.out_dir)
@@ -1168,31 +1204,25 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 note(f"could not delete the older checkpoints run.keep_last {cfg.run.keep_last} would: "
                      f"{e.filename or out_dir}: {e.strerror or e}")
 
-    # Ctrl-C (SIGINT) or SIGTERM (what torchrun and batch schedulers send to stop a job):
-    # finish the current step, save latest.pt, stop. A second signal aborts at once.
-    # Once training is done ("done"), a signal drops the report's samples: it stops them
-    # while they are drawn ("sampling"), and before they start it is noted ("late") for
-    # write_report_card; the report is written without them. A second one aborts.
-    stop = {"requested": False, "done": False, "late": False, "sampling": False}
-
-    def on_signal(signum, frame):
-        if signum == getattr(signal, "SIGHUP", None):  # the terminal is gone: what it showed goes nowhere
-            detach_from_terminal(terminals)
-        if stop["done"]:
-            if stop["late"] or stop["sampling"]:
+    def on_signal(signum, frame):  # (see `stop` above)
+        hangup = signum == getattr(signal, "SIGHUP", None)
+        if stop["done"]:  # (a hang-up then leaves the report as it is: it goes to report.md)
+            if not hangup and (stop["late"] or stop["sampling"]):
                 stop["late"] = True
                 raise KeyboardInterrupt
-            stop["late"] = True
-            return
-        if stop["requested"]:
+            stop["late"] = stop["late"] or not hangup
+        elif stop["requested"] and not hangup:
             raise KeyboardInterrupt
-        stop["requested"] = True
-        if master:
-            print(f"\ninterrupt ({signal.Signals(signum).name}): saving latest.pt after this step "
-                  "(interrupt again to abort)", file=sys.stderr, flush=True)
+        elif master and not stop["requested"]:
+            with contextlib.suppress(OSError):  # (a hung-up terminal, a closed pipe: the save comes first)
+                print(f"\ninterrupt ({signal.Signals(signum).name}): saving latest.pt after this step"
+                      + ("" if hangup else " (interrupt again to abort)"), file=sys.stderr, flush=True)
+        if hangup:
+            hung_up()
+        elif not stop["done"]:
+            stop["requested"] = True
 
     previous_handlers = {}
-    terminals = [fd for fd in (1, 2) if _isatty(fd)]  # (asked now: a terminal that hung up is no tty)
     if _main_thread():
         for sig in stop_signals():
             previous_handlers[sig] = signal.signal(sig, on_signal)
@@ -1498,6 +1528,7 @@ def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> 
         if not latest.is_file():
             if what := ckpt_io.not_a_file(latest):  # a folder, a FIFO, a link to nothing: named as what it is
                 raise CheckpointError(f"--init_from=resume: {latest} is {what}, not a checkpoint file")
+            dirlock.refuse_if_held(latest.parent / RUN_LOCK, "run", ConfigError)  # at work, not stopped
             # by step: past 999,999 the names have 7 digits, and would sort before ckpt_999999.pt
             kept = sorted(latest.parent.glob("ckpt_*.pt"), key=lambda p: (len(p.name), p.name))
             if kept:  # ckpt_<step>.pt is written before latest.pt: a kill between the two, at the first checkpoint
@@ -1543,9 +1574,9 @@ def _isatty(fd: int) -> bool:
         return False
 
 
-def detach_from_terminal(fds: list[int]) -> None:
-    """Point the descriptors that were a terminal at the null device, after it hung up:
-    writes to it would fail, and stop the saving of latest.pt the hang-up asked for."""
+def to_null(fds: list[int]) -> None:
+    """Point the descriptors at the null device: a terminal that hung up, a pipe whose reader
+    went away, where writes would fail and stop the saving of latest.pt a stop asked for."""
     with contextlib.suppress(OSError):
         null = os.open(os.devnull, os.O_WRONLY)
         for fd in fds:

@@ -124,14 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from nano_train.problems.runner import Interrupted, Options, command_status, interrupted_hint, run
+    from nano_train.problems.runner import Interrupted, Options, command_status, interrupted_hint, print_line, run
 
     opts = Options(out_dir=Path(args.out_dir or f"runs/problems/{problem.name}"), seed=args.seed,
                    time_budget=args.time_budget, max_iters=args.max_iters, eval_cases=args.eval_cases,
                    nano=args.nano, use_c=args.use_c, fresh=args.fresh, overrides=overrides)
 
     def run_and_check() -> int:
-        result = run(problem, opts)
+        result = run(problem, opts, say=print_line)
         if "c_f32" in result and result["c_f32"]["disagree"]:
             print(f"error: the C engine disagrees with PyTorch on {result['c_f32']['disagree']} F32 cases",
                   file=sys.stderr)

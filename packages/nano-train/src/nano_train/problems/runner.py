@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nano_train import discard_stdout
 from nano_train.data import quantity, write_json_atomic
 from nano_train.metrics import bar_line, duration, terminal_columns
 from nano_train.problems.base import GENERATOR_VERSION, Case, Problem
@@ -245,6 +246,18 @@ def os_error_text(e: OSError) -> str:
     return reason if e.filename is None else f"{e.filename}: {reason}"
 
 
+class OutputError(OSError):
+    """Standard output could not be written (a full disk under `> file`, a closed pipe)."""
+
+
+def print_line(text: str) -> None:
+    """print, for the problem command's lines: a failure is an OutputError."""
+    try:
+        print(text, flush=True)
+    except OSError as e:
+        raise OutputError(e.errno, e.strerror or str(e)) from None
+
+
 def command_status(call) -> int:
     """call()'s int, or the exit status of the error it raised, printed as one
     `error: ...` line on stderr: 2 for bad input (settings, data, checkpoints, an
@@ -263,6 +276,10 @@ def command_status(call) -> int:
         return 2
     except (EngineError, TrainingDiverged, LostContact, OutOfMemory) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 1
+    except OutputError as e:
+        discard_stdout()
+        print(f"error: writing standard output: {e.strerror}", file=sys.stderr)
         return 1
     except OSError as e:  # an out_dir that cannot be made or written in, a full disk, ...
         print(f"error: {os_error_text(e)}", file=sys.stderr)
@@ -412,12 +429,35 @@ def _without_paths(config) -> dict | None:
 
 
 def _same_run(out_dir: Path, requested: dict, info: dict) -> dict | None:
-    """The train.json of a finished run with this config and data, if its checkpoint is still there."""
+    """The train.json of a finished run with this config and data, if its checkpoint is
+    still there and is that run's (another command's run into the folder may have
+    replaced it and left train.json)."""
+    from nano_train import checkpoint as ckpt_io
+    from nano_train.checkpoint import CheckpointError
+
     rec = _record(out_dir, requested, info)
     checkpoint = None if rec is None else rec.get("checkpoint")  # none in the record of a run that did not finish
     if not isinstance(checkpoint, str) or not (out_dir / checkpoint).is_file():
         return None
+    try:
+        if not _trained_as(ckpt_io.load(out_dir / checkpoint), requested):
+            return None
+    except (CheckpointError, KeyError, TypeError):  # not a checkpoint of this command's: train again
+        return None
     return rec
+
+
+def _trained_as(checkpoint: dict, requested: dict) -> bool:
+    """Whether a checkpoint was trained with the requested config (paths and init_from aside:
+    a resumed run's checkpoint says init_from "resume")."""
+    def settings(config: dict) -> dict | None:
+        out = _without_paths(config)
+        if isinstance(out, dict) and isinstance(out.get("run"), dict):
+            out["run"].pop("init_from", None)
+        return out
+
+    saved = checkpoint["config"]
+    return settings({"model": saved["model"], **saved["train"]}) == settings(requested)
 
 
 def _record(out_dir: Path, requested: dict, info: dict) -> dict | None:
@@ -449,17 +489,7 @@ def _interrupted_run(out_dir: Path, requested: dict, info: dict) -> dict | None:
     except CheckpointError as e:
         raise CheckpointError(f"{e}; it holds the interrupted run this command would continue: --fresh "
                               "starts over") from None
-    saved = checkpoint["config"]
-
-    def settings(config: dict) -> dict | None:  # a resumed run's checkpoint says init_from "resume"
-        out = _without_paths(config)
-        if isinstance(out, dict) and isinstance(out.get("run"), dict):
-            out["run"].pop("init_from", None)
-        return out
-
-    if settings({"model": saved["model"], **saved["train"]}) != settings(requested):
-        return None
-    return checkpoint
+    return checkpoint if _trained_as(checkpoint, requested) else None
 
 
 def train_model(problem: Problem, opts: Options, say=print) -> dict:
