@@ -803,8 +803,12 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             return
         if _main_thread():
             signal.signal(hup, signal.SIG_IGN)  # (so restore_handlers leaves it ignored too)
-        if not stop["done"]:
+        if not stop["done"] and not stop["requested"]:  # (once done, the report goes on: it is a file)
             stop["requested"] = True
+            if master:
+                with contextlib.suppress(OSError):  # (on standard error, when that is not the terminal)
+                    print("\ninterrupt (SIGHUP: the terminal closed): saving latest.pt after this step",
+                          file=sys.stderr, flush=True)
 
     def emit(msg: str, stream) -> None:
         try:
@@ -1205,22 +1209,22 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                      f"{e.filename or out_dir}: {e.strerror or e}")
 
     def on_signal(signum, frame):  # (see `stop` above)
-        hangup = signum == getattr(signal, "SIGHUP", None)
-        if stop["done"]:  # (a hang-up then leaves the report as it is: it goes to report.md)
-            if not hangup and (stop["late"] or stop["sampling"]):
+        if signum == getattr(signal, "SIGHUP", None):
+            hung_up()
+            return
+        if stop["done"]:
+            if stop["late"] or stop["sampling"]:
                 stop["late"] = True
                 raise KeyboardInterrupt
-            stop["late"] = stop["late"] or not hangup
-        elif stop["requested"] and not hangup:
+            stop["late"] = True
+            return
+        if stop["requested"]:
             raise KeyboardInterrupt
-        elif master and not stop["requested"]:
-            with contextlib.suppress(OSError):  # (a hung-up terminal, a closed pipe: the save comes first)
-                print(f"\ninterrupt ({signal.Signals(signum).name}): saving latest.pt after this step"
-                      + ("" if hangup else " (interrupt again to abort)"), file=sys.stderr, flush=True)
-        if hangup:
-            hung_up()
-        elif not stop["done"]:
-            stop["requested"] = True
+        stop["requested"] = True
+        if master:
+            with contextlib.suppress(OSError):  # (a closed pipe: the save comes first)
+                print(f"\ninterrupt ({signal.Signals(signum).name}): saving latest.pt after this step "
+                      "(interrupt again to abort)", file=sys.stderr, flush=True)
 
     previous_handlers = {}
     if _main_thread():
