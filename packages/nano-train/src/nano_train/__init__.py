@@ -39,7 +39,12 @@ def number(text: str) -> float:
 def start(task: str) -> int:
     """`python -m nano_train.pretrain|sft|lora_train`: nano_train.train imports torch, which
     takes seconds, so a Ctrl-C during that import is caught here and is one error line and
-    status 130, as a Ctrl-C later in train.main is."""
+    status 130, as a Ctrl-C later in train.main is. SIGTERM and SIGHUP are Ctrl-C too until
+    the training loop takes them over (nano_train.interrupts.as_ctrl_c): what the run made
+    is removed, as after a Ctrl-C."""
+    from nano_train import interrupts
+
+    interrupts.as_ctrl_c()
     try:
         from nano_train.train import main
     except KeyboardInterrupt:
