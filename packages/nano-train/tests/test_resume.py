@@ -211,12 +211,7 @@ def load_step(path):
 def test_ctrl_c_saves_latest_and_exits_cleanly(tmp_path, small_pretrain, sig):
     out = tmp_path / "run"
     proc = _start(_run_args(small_pretrain, out, checkpoint_interval=1000), tmp_path)
-    # wait until training is under way (a few steps logged)
-    t0 = time.monotonic()
-    while not (out / "log.jsonl").exists() or sum(1 for r in read_log(out / "log.jsonl") if r["kind"] == "train") < 3:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() - t0 < 120
-        time.sleep(0.05)
+    _wait_for_steps(out, proc)  # training under way (a few steps logged)
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, (stdout, stderr)
@@ -232,6 +227,7 @@ def test_ctrl_c_saves_latest_and_exits_cleanly(tmp_path, small_pretrain, sig):
 
 
 def _wait_for_steps(out, proc, n=3):
+    """Until the run into out has logged n training steps (its process must live meanwhile)."""
     t0 = time.monotonic()
     while not (out / "log.jsonl").exists() or sum(1 for r in read_log(out / "log.jsonl") if r["kind"] == "train") < n:
         assert proc.poll() is None, proc.communicate()

@@ -63,9 +63,16 @@ def discard_stdout() -> None:
         os.close(null)
 
 
-def print_output(text: str) -> int:
-    """Print a command's whole output (--help, --print_config, a list): 0, or 1, quietly,
-    when the reader went away first (`| head -1`), as the other commands do."""
+class OutputFailed(OSError):
+    """Standard output could not be written, for another reason than a reader that went
+    away (a terminal that hung up, a full disk under `> file`)."""
+
+
+def print_output(text: str, done: str = "") -> int:
+    """Print a command's whole output (--help, --print_config, a list, what was written): 0,
+    or 1, quietly, when the reader went away first (`| head -1`), as the other commands do,
+    or with an error line when standard output cannot be written (done: what the command
+    did all the same, for that line)."""
     try:
         print(text, flush=True)
         return 0
@@ -74,8 +81,18 @@ def print_output(text: str) -> int:
         return 1
     except OSError as e:  # a full disk under `> file`
         discard_stdout()
-        print(f"error: writing standard output: {e.strerror or e}", file=sys.stderr)
+        print(f"error: writing standard output: {e.strerror or e}" + (f" ({done})" if done else ""), file=sys.stderr)
         return 1
+
+
+def file_stamp(path) -> tuple[int, int, int] | None:
+    """What tells one file at path from another, or from itself rewritten: a file written
+    aside and moved in has a new inode; None when there is none."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
 
 
 def either_spelling(parser: argparse.ArgumentParser, argv: list[str] | None) -> list[str]:

@@ -35,14 +35,15 @@ def _as_ctrl_c(signum, frame):
 _HOLDABLE = (signal.default_int_handler, signal.SIG_DFL, _as_ctrl_c)
 
 
-def _main_thread() -> bool:
+def main_thread() -> bool:
+    """Whether this is the main thread, the only one that may set signal handlers."""
     return threading.current_thread() is threading.main_thread()
 
 
 def as_ctrl_c() -> None:
     """SIGTERM and SIGHUP raise KeyboardInterrupt from now on, where they still have
     their default handling (in the main thread only, the one that may set handlers)."""
-    if not _main_thread():
+    if not main_thread():
         return
     for sig in STOP_SIGNALS:
         if sig != signal.SIGINT and signal.getsignal(sig) is signal.SIG_DFL:
@@ -57,7 +58,7 @@ def held() -> Iterator[None]:
     signal at Python's default handling or as_ctrl_c's: a caller with its own
     handler (the training loop saves a checkpoint on Ctrl-C) keeps it.
     """
-    if not _main_thread():
+    if not main_thread():
         yield
         return
     caught: list[int] = []

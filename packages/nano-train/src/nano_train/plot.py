@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nano_format import WriteError, check_writable, file_kind, write_atomically
 
-from nano_train import discard_stdout, either_spelling
+from nano_train import either_spelling, file_stamp, print_output
 from nano_train.metrics import read_log
 
 
@@ -197,14 +197,6 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
     return out
 
 
-def _stamp(path: str) -> tuple[int, int] | None:
-    try:
-        st = Path(path).stat()
-    except (OSError, ValueError):
-        return None
-    return st.st_ino, st.st_mtime_ns
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nano_train.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -218,24 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     if "" in args.logs:
         raise SystemExit("error: a log path is empty")
     output = str(_log_path(args.logs[0]).parent / "loss.png") if args.output is None else args.output
-    before = _stamp(output)
+    before = file_stamp(output)
     try:
         written = plot(args.logs, output, args.lr)
     except KeyboardInterrupt:  # (write_atomically leaves the old file, or none, whole)
-        done = "the plot was complete: " if _stamp(output) != before else "nothing was written to "
+        done = "the plot was complete: " if file_stamp(output) != before else "nothing was written to "
         print(f"\nerror: interrupted; {done}{output}", file=sys.stderr)
         return 130
-    try:
-        print(written, flush=True)
-    except BrokenPipeError:  # the reader went away (`| true`): the file is written all the same
-        discard_stdout()
-        return 1
-    except OSError as e:
-        discard_stdout()
-        print(f"error: writing standard output: {e.strerror or e} (the plot itself succeeded: {written} written)",
-              file=sys.stderr)
-        return 1
-    return 0
+    return print_output(str(written), done=f"the plot itself succeeded: {written} written")
 
 
 if __name__ == "__main__":

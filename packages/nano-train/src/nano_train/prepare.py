@@ -75,11 +75,10 @@ prepare is still starting, that nothing was written).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-from nano_train import INT_TEXT, discard_stdout, either_spelling, integer, interrupts, number
+from nano_train import INT_TEXT, discard_stdout, either_spelling, file_stamp, integer, interrupts, number
 
 # nano_train.data (numpy) is imported where it is used, inside main's handling of
 # Ctrl-C: that import takes a moment, and a Ctrl-C meanwhile is one line, not a traceback.
@@ -147,11 +146,7 @@ def _meta_stamp(out_dir: Path) -> tuple[int, int, int] | None:
     aside, then moved in), so its inode differs; None when there is none."""
     from nano_train.data import META
 
-    try:
-        st = os.stat(out_dir / META)
-    except (OSError, ValueError):
-        return None
-    return st.st_dev, st.st_ino, st.st_mtime_ns
+    return file_stamp(out_dir / META)
 
 
 def _prepare(args: argparse.Namespace):

@@ -58,7 +58,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nano_train import checkpoint as ckpt_io, dirlock, discard_stdout, print_output
+from nano_train import OutputFailed, checkpoint as ckpt_io, dirlock, discard_stdout, interrupts, print_output
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.config import Config, ConfigError, help_text, key_type, load_config, unknown_key_hint
 from nano_train.config import check as check_config
@@ -87,11 +87,6 @@ class TrainingDiverged(RuntimeError):
 class LostContact(RuntimeError):
     """Under torchrun, a collective failed because another process of the run is gone
     (killed, crashed, or stopped by an error of its own)."""
-
-
-class OutputFailed(OSError):
-    """Standard output could not be written, for another reason than a reader that went
-    away (a terminal that hung up, a full disk under `> file`)."""
 
 
 class OutOfMemory(RuntimeError):
@@ -1508,10 +1503,7 @@ def complete_finished_run(cfg: Config, result: TrainResult, elapsed_s: float, mo
                              val_source=sample_source, late=True)
 
 
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+_main_thread = interrupts.main_thread
 
 
 # ---------------------------------------------------------------------------
@@ -1567,8 +1559,8 @@ def stop_signals() -> list[int]:
     """The signals that stop a run after its step, with latest.pt saved: Ctrl-C (SIGINT),
     SIGTERM (what torchrun, `timeout` and batch schedulers send) and SIGHUP (a closed
     terminal or ssh session), unless it is ignored (nohup: the run is to go on)."""
-    hup = getattr(signal, "SIGHUP", None)  # (none on Windows)
-    return [signal.SIGINT, signal.SIGTERM] + ([hup] if hup and signal.getsignal(hup) is not signal.SIG_IGN else [])
+    return [sig for sig in interrupts.STOP_SIGNALS
+            if sig in (signal.SIGINT, signal.SIGTERM) or signal.getsignal(sig) is not signal.SIG_IGN]
 
 
 def _isatty(fd: int) -> bool:

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nano_train import discard_stdout
+from nano_train import OutputFailed, discard_stdout
 from nano_train.data import quantity, write_json_atomic
 from nano_train.metrics import bar_line, duration, terminal_columns
 from nano_train.problems.base import GENERATOR_VERSION, Case, Problem
@@ -246,16 +246,12 @@ def os_error_text(e: OSError) -> str:
     return reason if e.filename is None else f"{e.filename}: {reason}"
 
 
-class OutputError(OSError):
-    """Standard output could not be written (a full disk under `> file`, a closed pipe)."""
-
-
 def print_line(text: str) -> None:
-    """print, for the problem command's lines: a failure is an OutputError."""
+    """print, for the problem command's lines: a failure is an OutputFailed."""
     try:
         print(text, flush=True)
     except OSError as e:
-        raise OutputError(e.errno, e.strerror or str(e)) from None
+        raise OutputFailed(e.errno, e.strerror or str(e)) from None
 
 
 def command_status(call) -> int:
@@ -277,7 +273,7 @@ def command_status(call) -> int:
     except (EngineError, TrainingDiverged, LostContact, OutOfMemory) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except OutputError as e:
+    except OutputFailed as e:
         discard_stdout()
         print(f"error: writing standard output: {e.strerror}", file=sys.stderr)
         return 1
