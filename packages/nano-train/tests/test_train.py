@@ -14,12 +14,12 @@ from nano_tokenizer import Tokenizer
 
 from nano_train import checkpoint as ckpt_io
 from nano_train import plot as plot_cmd
-from nano_train.config import ConfigError
+from nano_train.config import ConfigError, OptimConfig
 from nano_train.convert import export_bin, load_checkpoint_model
 from nano_train.data import Batcher, DataError, Dataset, prepare_sft
 from nano_train.metrics import read_log
 from nano_train.model import ModelConfig, Transformer
-from nano_train.train import batch_to_device, main, make_grad_scaler, train
+from nano_train.train import batch_to_device, cosine_lr, main, make_grad_scaler, train
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,6 +128,23 @@ def test_lr_schedule_warmup_then_cosine(small_pretrain, tiny_config):
             want = 1e-4 + 0.5 * (1 + math.cos(math.pi * (it - 3) / 7)) * 9e-4
         assert lrs[it + 1] == pytest.approx(want, rel=1e-12)
     assert max(lrs.values()) == pytest.approx(1e-3)  # reached when warmup ends
+
+
+def test_cosine_lr_with_a_time_budget_follows_steps_or_the_clock_whichever_is_further():
+    o = OptimConfig(learning_rate=1e-3, min_lr=1e-4, warmup_iters=2, max_iters=1002, time_budget=12.0)
+    cosine = lambda done: 1e-4 + 0.5 * (1 + math.cos(math.pi * done)) * 9e-4  # noqa: E731
+    assert cosine_lr(o, 0, 5.0, None) == pytest.approx(1e-3 / 3)  # warmup ignores the clock
+    assert cosine_lr(o, 1, 5.0, None) == pytest.approx(2e-3 / 3)
+    # warmup ended at 2 s: the clock's share runs from there to the budget's 12 s
+    assert cosine_lr(o, 2, 2.0, 2.0) == pytest.approx(1e-3)
+    assert cosine_lr(o, 102, 4.5, 2.0) == pytest.approx(cosine(0.25))  # 2.5 of 10 s: the clock is ahead
+    assert cosine_lr(o, 752, 4.5, 2.0) == pytest.approx(cosine(0.75))  # 750 of 1000 steps: the steps are
+    assert cosine_lr(o, 102, 12.0, 2.0) == 1e-4  # the budget spent: min_lr
+    assert cosine_lr(o, 3, 1.0, None) == pytest.approx(cosine(0.001))  # (no warm_s yet: the clock starts now)
+    # a checkpoint's decay end (the resume note compares with it)
+    o.time_budget = 0.0
+    assert cosine_lr(o, 502, 0.0, None) == pytest.approx(cosine(0.5))
+    assert cosine_lr(o, 502, 0.0, None, decay_end=1002 // 2 + 1) == 1e-4
 
 
 def test_time_budget_stops_training_and_the_decay_follows_the_clock(small_pretrain, tiny_config, capsys):

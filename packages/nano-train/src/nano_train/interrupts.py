@@ -1,4 +1,5 @@
-"""Stop signals for the commands that stage files: prepare and export.
+"""Stop signals: for the commands that stage files (prepare and export), and for a
+training run (RunSignals).
 
 `as_ctrl_c()` makes SIGTERM (`timeout`, `kill`, batch schedulers) and SIGHUP (a
 closed terminal or ssh session) a KeyboardInterrupt, as Ctrl-C is, so that what a
@@ -18,10 +19,14 @@ do not mask anything, so a mask on the main thread alone would not hold a signal
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
+
+from nano_train import OutputFailed
 
 # The signals a user or a system sends to stop a command (no SIGHUP on Windows)
 STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
@@ -76,3 +81,114 @@ def held() -> Iterator[None]:
                 os.kill(os.getpid(), sig)  # its default handling: the process ends
     if caught:
         raise KeyboardInterrupt
+
+
+def stop_signals() -> list[int]:
+    """The signals that stop a run after its step, with latest.pt saved: Ctrl-C (SIGINT),
+    SIGTERM (what torchrun, `timeout` and batch schedulers send) and SIGHUP (a closed
+    terminal or ssh session), unless it is ignored (nohup: the run is to go on)."""
+    return [sig for sig in STOP_SIGNALS
+            if sig in (signal.SIGINT, signal.SIGTERM) or signal.getsignal(sig) is not signal.SIG_IGN]
+
+
+def isatty(fd: int) -> bool:
+    try:
+        return os.isatty(fd)
+    except OSError:
+        return False
+
+
+def to_null(fds: list[int]) -> None:
+    """Point the descriptors at the null device: a terminal that hung up, a pipe whose reader
+    went away, where writes would fail and stop the saving of latest.pt a stop asked for."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        for fd in fds:
+            os.dup2(null, fd)
+        os.close(null)
+
+
+class RunSignals:
+    """A training run's stop signals, and its output, which a stop must not break.
+
+    Ctrl-C (SIGINT) or SIGTERM (what torchrun and batch schedulers send): the loop
+    finishes its step, saves latest.pt and stops (`requested`). A second signal aborts
+    (KeyboardInterrupt). Once training is over (`done`), a signal drops the report's
+    samples: while they are drawn (`sampling`) it stops them at once, and before they
+    start it is noted (`late`) so that they are not started; a second one aborts.
+    SIGHUP (the terminal closed): see hung_up.
+
+    master: this process prints (rank 0). install() sets the handlers (in the main
+    thread only, the one that may), restore() puts the earlier ones back.
+    """
+
+    def __init__(self, master: bool):
+        self.master = master
+        self.requested = self.done = self.late = self.sampling = False
+        self.terminals = [fd for fd in (1, 2) if isatty(fd)]  # (asked now: a terminal that hung up is no tty)
+        self._previous: dict[int, object] = {}
+
+    def install(self) -> None:
+        if main_thread():
+            for sig in stop_signals():
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            if signal.getsignal(sig) == self._on_signal:  # not one set since (talking() ignores SIGTERM)
+                signal.signal(sig, handler)
+
+    def _on_signal(self, signum, frame) -> None:
+        if signum == getattr(signal, "SIGHUP", None):
+            self.hung_up()
+            return
+        if self.done:
+            if self.late or self.sampling:
+                self.late = True
+                raise KeyboardInterrupt
+            self.late = True
+            return
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.master:
+            with contextlib.suppress(OSError):  # (a closed pipe: the save comes first)
+                print(f"\ninterrupt ({signal.Signals(signum).name}): saving latest.pt after this step "
+                      "(interrupt again to abort)", file=sys.stderr, flush=True)
+
+    def hung_up(self) -> None:
+        """The terminal closed (its SIGHUP, or a write to it failed first): what it showed
+        goes nowhere, and the run stops after its step, with latest.pt saved, as on Ctrl-C.
+        Never an abort: a hang-up sends SIGHUP twice (the shell's, then the kernel's), so
+        the later ones are ignored. Unless SIGHUP was ignored already (nohup, `trap '' HUP`):
+        the user asked the run to outlive its terminal, and it goes on."""
+        to_null(self.terminals)
+        hup = getattr(signal, "SIGHUP", None)
+        if hup is None or signal.getsignal(hup) is signal.SIG_IGN:
+            return
+        if main_thread():
+            signal.signal(hup, signal.SIG_IGN)  # (so restore() leaves it ignored too)
+        if not self.done and not self.requested:  # (once done, the report goes on: it is a file)
+            self.requested = True
+            if self.master:
+                with contextlib.suppress(OSError):  # (on standard error, when that is not the terminal)
+                    print("\ninterrupt (SIGHUP: the terminal closed): saving latest.pt after this step",
+                          file=sys.stderr, flush=True)
+
+    def emit(self, msg: str, stream) -> None:
+        """Print msg to stream. A terminal that hung up stops the run (hung_up); once a stop
+        is asked for, a stream that fails (`| tee log`: tee went with the Ctrl-C) is dropped,
+        as the checkpoint comes first; else a closed pipe raises BrokenPipeError and another
+        failure OutputFailed."""
+        try:
+            print(msg, file=stream, flush=True)
+        except OSError as e:
+            if e.errno == errno.EIO and self.terminals:  # a terminal that hung up, before its SIGHUP came
+                self.hung_up()
+            elif self.requested:
+                with contextlib.suppress(OSError, ValueError):  # (no descriptor: a caller's stream)
+                    to_null([stream.fileno()])
+            elif isinstance(e, BrokenPipeError):
+                raise
+            else:
+                raise OutputFailed(e.errno, e.strerror or str(e)) from None

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import errno
 import gc
 import hashlib
 import json
@@ -206,7 +205,7 @@ def talking(info: DistInfo, what: str):
         reason = communication_failure(e) if info.ddp else None
         if reason is None:
             raise
-        if _main_thread():
+        if interrupts.main_thread():
             # torchrun sends SIGTERM to the ranks left as soon as it sees one end: that is no
             # news now, and it must not end this process before main has said what happened
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -546,18 +545,19 @@ def load_base_model(path: str) -> tuple[ModelConfig, dict, object]:
 
 
 def resolve_compute(cfg: Config, info: DistInfo):
-    """(device, dtype, forward context) of a run, checked as training starts: the device
-    is there (ConfigError: --device=cuda without CUDA) and the attention backend runs on
-    it with this model and dtype (nano_train.problems checks it before generating data)."""
+    """(device, dtype, forward context, (oneDNN products, why)) of a run, checked as training
+    starts: the device is there (ConfigError: --device=cuda without CUDA), the attention
+    backend runs on it with this model and dtype, and system.matmul applies (nano_train.problems
+    checks them before generating data)."""
     device = resolve_device(cfg.system.device, info)
     dtype = resolve_dtype(cfg.system.dtype, device)
     forward_context = forward_context_factory(device, dtype, cfg.system.attention_backend)
     check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
     try:
-        resolve_matmul(cfg.system.matmul, device, dtype)
+        matmul = resolve_matmul(cfg.system.matmul, device, dtype)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return device, dtype, forward_context
+    return device, dtype, forward_context, matmul
 
 
 def check_attention_fits_data(model: ModelConfig, ds: Dataset, source: str) -> str | None:
@@ -713,6 +713,159 @@ def unwrap_state_dict(model: torch.nn.Module) -> dict:
 # The loop
 
 
+@dataclass
+class RunState:
+    """Where a run stands: the counters and losses a checkpoint keeps (a fresh run's here)."""
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0  # training time of the run's earlier processes
+    best_val_loss: float = math.inf
+    val_loss: float | None = None
+    val_step: int | None = None  # the step of val_loss
+    train_loss: float | None = None
+    warmup_end_s: float | None = None  # elapsed_s when warmup ended (None: not yet)
+
+
+def restore_state(checkpoint: dict, latest: Path, cfg: Config, info: DistInfo, optimizer, scaler,
+                  batches: Batcher, note) -> RunState:
+    """Put the optimizer, the float16 loss scaler, the data position and this rank's random
+    streams back where latest.pt (the loaded `checkpoint`) left them; returns the run's state
+    there. note: prints a note (rank 0)."""
+    with restoring_from(latest):
+        # load_state_dict brings back the saved groups' settings too: keep this run's weight
+        # decay and betas (set on the command line, they would be recorded but not used)
+        settings = [(group["weight_decay"], group["betas"]) for group in optimizer.param_groups]
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        for group, (weight_decay, betas) in zip(optimizer.param_groups, settings):
+            group["weight_decay"], group["betas"] = weight_decay, betas
+        if scaler.is_enabled() and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        step = checkpoint["step"]
+        state = RunState(step, checkpoint["tokens_seen"], checkpoint.get("elapsed_s", 0.0),
+                         checkpoint["best_val_loss"], checkpoint.get("val_loss"), checkpoint.get("val_step"),
+                         checkpoint.get("train_loss"),
+                         # a checkpoint from before this field was kept: the time fraction counts from 0
+                         checkpoint.get("warmup_end_s", 0.0 if step > cfg.optim.warmup_iters else None))
+        batches.load_state_dict(checkpoint["data_state"])
+        # best.pt can be newer than latest.pt (a run killed between checkpoints): its
+        # loss is the one to beat, or the resumed run would replace it by a worse model
+        best = latest.parent / BEST
+        on_disk = ckpt_io.recorded_val_loss(best)
+        if on_disk is not None:
+            state.best_val_loss = min(state.best_val_loss, on_disk)
+        elif best.exists():
+            note(f"{best} cannot be read; the next best validation loss replaces it")
+        if checkpoint.get("eval_seed") != EVAL_SEED and math.isfinite(state.best_val_loss):
+            # written before evaluation read one fixed order of rows: its losses are not this run's
+            note(f"{latest} was written before validation read a fixed order of rows (2026-11-27): "
+                 f"its best validation loss {state.best_val_loss:.4f} was taken on other rows, so the losses "
+                 "after this resume are not comparable with those before it; the next evaluation is the "
+                 "new best to beat and replaces best.pt")
+            state.best_val_loss = math.inf
+        rng = checkpoint["rng"]
+        if rng["world_size"] == info.world_size:
+            ckpt_io.set_rng_state(rng["ranks"][info.rank])
+        else:
+            seed_everything(cfg.system.seed + info.rank + step)
+            note(f"the checkpoint was written by {rng['world_size']} processes, this run has "
+                 f"{info.world_size}: RNG streams restart from the seed (data order is unaffected)")
+    return state
+
+
+def data_notes(cfg: Config, ds: Dataset, train_source, val_source) -> list[str]:
+    """Notes on how the run reads its data: an epoch that leaves much of the training
+    tokens unread (short chunks), no validation, an evaluation that reads its rows many times."""
+    notes = []
+    covered = (train_source.n_rows * train_source.T / max(ds.n_tokens("train"), 1)
+               if getattr(train_source, "windows", None) == "chunks" else 1.0)
+    if covered < 0.75:  # rows stay inside chunks: short chunks leave much of each one unread an epoch
+        notes.append(f"an epoch reads {covered:.0%} of the training tokens: rows of block_size "
+                     f"{cfg.model.block_size} stay inside the dataset's chunks (prepared with --chunk_tokens "
+                     f"{ds.meta['split']['chunk_tokens']}), and the rest of each chunk is read in other epochs; "
+                     f"prepare the data again with --chunk_tokens {max(CHUNK_TOKENS, 16 * cfg.model.block_size)} "
+                     "to read more of it each epoch")
+    if val_source is None:
+        notes.append("no validation split (or eval_iters = 0): no validation loss, no best.pt")
+    elif cfg.eval.eval_iters > 1 and cfg.eval.eval_iters * cfg.data.batch_size >= 2 * val_source.n_rows:
+        reads, rows, batch = cfg.eval.eval_iters * cfg.data.batch_size, val_source.n_rows, cfg.data.batch_size
+        fix = (f"--eval_iters={-(-rows // batch)} reads each about once" if batch <= rows else
+               f"--eval_iters=1 reads the fewest (one batch of {batch} rows is more than the split holds)")
+        notes.append(f"an evaluation reads {reads:,} rows (eval_iters {cfg.eval.eval_iters} x batch_size {batch}) "
+                     f"from a validation split of {rows:,}: each is read about {reads / rows:.0f} times (more "
+                     f"time, no better estimate); {fix}")
+    return notes
+
+
+def unused_settings(cfg: Config, explicit: set[str] | frozenset) -> list[str]:
+    """Notes on settings that have no effect in this run (explicit: the keys the user set)."""
+    notes = []
+    if not cfg.system.compile and cfg.system.compile_mode != "default":
+        notes.append(f"system.compile_mode {cfg.system.compile_mode!r} has no effect without --compile=true")
+    if cfg.run.keep_last and not cfg.run.keep_checkpoints:
+        notes.append(f"run.keep_last {cfg.run.keep_last} has no effect without --keep_checkpoints=true")
+    lora_keys = sorted(k for k in explicit if k.startswith("lora.")  # set to other than the default
+                       and getattr(cfg.lora, k[5:]) != getattr(type(cfg.lora)(), k[5:]))
+    if lora_keys and cfg.run.task != "lora":
+        notes.append(f"{', '.join(lora_keys)} set, but the lora section applies to LoRA runs only (lora_train); "
+                     f"this {cfg.run.task} run trains every weight")
+    return notes
+
+
+def cosine_lr(o, it: int, elapsed: float, warm_s: float | None, decay_end: int | None = None) -> float:
+    """The learning rate of step `it` (o: the optim settings): linear warmup, then cosine
+    decay to min_lr, which ends at decay_end (default: optim.lr_decay_iters, else max_iters).
+    With a time budget the decay follows steps or elapsed seconds, whichever is further
+    along; its time runs from the end of warmup (warm_s, None while warming up) to the
+    end of the budget."""
+    if decay_end is None:
+        decay_end = o.lr_decay_iters or o.max_iters
+    if it < o.warmup_iters:
+        return o.learning_rate * (it + 1) / (o.warmup_iters + 1)
+    if it >= decay_end:
+        return o.min_lr
+    done = (it - o.warmup_iters) / max(decay_end - o.warmup_iters, 1)
+    if o.time_budget > 0:
+        start = warm_s if warm_s is not None else elapsed
+        done = max(done, (elapsed - start) / (o.time_budget - start) if o.time_budget > start else 1.0)
+        if done >= 1.0:
+            return o.min_lr
+    return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (o.learning_rate - o.min_lr)
+
+
+def schedule_notes(o, step: int, elapsed: float, warm_s: float | None, saved_decay_end) -> list[str]:
+    """Notes on a schedule (o: the optim settings) that may not do what was meant: warmup
+    that never ends, a decay that ends before it starts, a weight decay that overwhelms the
+    gradients, and (on resume at `step`, after `elapsed` seconds) a cosine that now ends
+    elsewhere than in the checkpoint's run (saved_decay_end, its lr_decay_iters or max_iters)."""
+    notes = []
+    decay_iters = o.lr_decay_iters or o.max_iters
+    moved = (isinstance(saved_decay_end, int) and not isinstance(saved_decay_end, bool)
+             and saved_decay_end != decay_iters and step < min(max(saved_decay_end, decay_iters), o.max_iters))
+    if o.lr_decay_iters == 0 and moved:  # the cosine follows max_iters, which changed
+        now = cosine_lr(o, step, elapsed, warm_s)
+        before = cosine_lr(o, step, elapsed, warm_s, saved_decay_end)
+        change = (f": the learning rate at step {step} is {now:.2e} instead of {before:.2e}"
+                  if f"{now:.2e}" != f"{before:.2e}" else "")
+        notes.append(f"the learning rate's cosine decay now ends at step {decay_iters} (optim.max_iters, as "
+                     f"optim.lr_decay_iters is 0), in the checkpoint's run at step {saved_decay_end}{change}; "
+                     f"--lr_decay_iters={saved_decay_end} keeps the checkpoint's schedule")
+    if 0 < o.max_iters <= o.warmup_iters:
+        notes.append(f"optim.warmup_iters {o.warmup_iters} >= optim.max_iters {o.max_iters}: the learning rate "
+                     f"only warms up (to {cosine_lr(o, o.max_iters - 1, 0.0, None):.2e} at the last step, not "
+                     f"optim.learning_rate {o.learning_rate:g}) and never decays; lower --warmup_iters")
+    elif 0 < o.lr_decay_iters <= o.warmup_iters:
+        notes.append(f"optim.lr_decay_iters {o.lr_decay_iters} <= optim.warmup_iters {o.warmup_iters}: the "
+                     f"learning rate warms up, then drops at once to optim.min_lr {o.min_lr:g} (no cosine decay); "
+                     "raise --lr_decay_iters, or 0 to decay until max_iters")
+    decay = o.learning_rate * o.weight_decay  # AdamW scales each weight by 1 - decay per step
+    if decay >= 1:
+        what = "sets them to 0" if decay == 1 else "flips their sign" + (" and grows them" if decay > 2 else "")
+        notes.append(f"optim.learning_rate * optim.weight_decay is {decay:g}: AdamW multiplies every decayed "
+                     f"weight by 1 - {decay:g} = {1 - decay:g} at each step, which {what} whatever the gradients "
+                     "say; keep the product well below 1")
+    return notes
+
+
 def train(cfg: Config, explicit: set[str] | frozenset = frozenset(), checkpoint: dict | None = None,
           progress=None, run_lock_held: bool = False) -> TrainResult:
     """Train as cfg says; returns a summary. See the module docstring for the outputs.
@@ -774,60 +927,22 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     master = info.rank == 0
     if cfg.system.threads:
         torch.set_num_threads(cfg.system.threads)
-    device, dtype, forward_context = resolve_compute(cfg, info)
+    device, dtype, forward_context, (onednn, matmul) = resolve_compute(cfg, info)
     scaler = make_grad_scaler(dtype, device)
 
-    # Ctrl-C (SIGINT) or SIGTERM (what torchrun and batch schedulers send to stop a job):
-    # finish the current step, save latest.pt, stop (the handlers are set before the
-    # loop). A second signal aborts at once. Once training is done ("done"), a signal
-    # drops the report's samples: it stops them while they are drawn ("sampling"), and
-    # before they start it is noted ("late") for write_report_card; the report is written
-    # without them. A second one aborts. SIGHUP (the terminal closed): see hung_up.
-    stop = {"requested": False, "done": False, "late": False, "sampling": False}
-    terminals = [fd for fd in (1, 2) if _isatty(fd)]  # (asked now: a terminal that hung up is no tty)
-
-    def hung_up() -> None:
-        """The terminal closed (its SIGHUP, or a write to it failed first): what it showed
-        goes nowhere, and the run stops after its step, with latest.pt saved, as on Ctrl-C.
-        Never an abort: a hang-up sends SIGHUP twice (the shell's, then the kernel's), so
-        the later ones are ignored. Unless SIGHUP was ignored already (nohup, `trap '' HUP`):
-        the user asked the run to outlive its terminal, and it goes on."""
-        to_null(terminals)
-        hup = getattr(signal, "SIGHUP", None)
-        if hup is None or signal.getsignal(hup) is signal.SIG_IGN:
-            return
-        if _main_thread():
-            signal.signal(hup, signal.SIG_IGN)  # (so restore_handlers leaves it ignored too)
-        if not stop["done"] and not stop["requested"]:  # (once done, the report goes on: it is a file)
-            stop["requested"] = True
-            if master:
-                with contextlib.suppress(OSError):  # (on standard error, when that is not the terminal)
-                    print("\ninterrupt (SIGHUP: the terminal closed): saving latest.pt after this step",
-                          file=sys.stderr, flush=True)
-
-    def emit(msg: str, stream) -> None:
-        try:
-            print(msg, file=stream, flush=True)
-        except OSError as e:
-            if e.errno == errno.EIO and terminals:  # a terminal that hung up, before its SIGHUP came
-                hung_up()
-            elif stop["requested"]:  # (`| tee log`: tee went with the Ctrl-C): the checkpoint comes first
-                with contextlib.suppress(OSError, ValueError):  # (no descriptor: a caller's stream)
-                    to_null([stream.fileno()])
-            elif isinstance(e, BrokenPipeError):
-                raise
-            else:
-                raise OutputFailed(e.errno, e.strerror or str(e)) from None
+    # Ctrl-C, SIGTERM or SIGHUP: the run stops after its step, with latest.pt saved (the
+    # handlers are set before the loop); and the output that a stop must not break
+    stop = interrupts.RunSignals(master)
 
     def say(msg: str) -> None:
         """Progress: on standard output, unless a caller takes the records (progress)."""
         if master and progress is None:
-            emit(msg, sys.stdout)
+            stop.emit(msg, sys.stdout)
 
     def note(msg: str) -> None:
         """A `note: ` about the config, the data or the run: on standard error, always."""
         if master:
-            emit(f"note: {msg}", sys.stderr)
+            stop.emit(f"note: {msg}", sys.stderr)
 
     # ---- the run directory: writable (checked before anything is loaded), cleared on overwrite
     out_dir = Path(cfg.run.out_dir)
@@ -890,7 +1005,6 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             ckpt_io.check_finite(latest, checkpoint["model"])
             raw_model.load_state_dict(checkpoint["model"])
         raw_model.to(device)
-    onednn, matmul = resolve_matmul(cfg.system.matmul, device, dtype)
     raw_model.use_onednn(onednn)
     trainable = [p for p in raw_model.parameters() if p.requires_grad]
 
@@ -905,24 +1019,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     train_source = ds.source("train", cfg.model.block_size)
     if train_source is None:
         raise DataError(f"{ds.path} has no training data")
-    covered = (train_source.n_rows * train_source.T / max(ds.n_tokens("train"), 1)
-               if getattr(train_source, "windows", None) == "chunks" else 1.0)
-    if covered < 0.75 and master:  # rows stay inside chunks: short chunks leave much of each one unread an epoch
-        note(f"an epoch reads {covered:.0%} of the training tokens: rows of block_size "
-             f"{cfg.model.block_size} stay inside the dataset's chunks (prepared with --chunk_tokens "
-             f"{ds.meta['split']['chunk_tokens']}), and the rest of each chunk is read in other epochs; prepare "
-             f"the data again with --chunk_tokens {max(CHUNK_TOKENS, 16 * cfg.model.block_size)} to read more of it "
-             "each epoch")
     val_source = ds.source("val", cfg.model.block_size) if cfg.eval.eval_iters > 0 else None
-    if val_source is None and master:
-        note("no validation split (or eval_iters = 0): no validation loss, no best.pt")
-    elif master and cfg.eval.eval_iters > 1 and cfg.eval.eval_iters * cfg.data.batch_size >= 2 * val_source.n_rows:
-        reads, rows, batch = cfg.eval.eval_iters * cfg.data.batch_size, val_source.n_rows, cfg.data.batch_size
-        fix = (f"--eval_iters={-(-rows // batch)} reads each about once" if batch <= rows else
-               f"--eval_iters=1 reads the fewest (one batch of {batch} rows is more than the split holds)")
-        note(f"an evaluation reads {reads:,} rows (eval_iters {cfg.eval.eval_iters} x batch_size {batch}) "
-             f"from a validation split of {rows:,}: each is read about {reads / rows:.0f} times (more time, no "
-             f"better estimate); {fix}")
+    for text in data_notes(cfg, ds, train_source, val_source):
+        note(text)
     if cfg.data.batch_size * info.world_size > train_source.n_rows:  # each batch would read many epochs
         procs = f" x {info.world_size} processes" if info.ddp else ""
         raise DataError(f"data.batch_size {cfg.data.batch_size:,}{procs} is more rows than the training split of "
@@ -934,51 +1033,13 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     dataset_id = dataset_identity(ds.meta)
 
     # ---- state: fresh, or exactly where the checkpoint left off ------------------------
-    step, tokens_seen, best_val_loss, elapsed_before = 0, 0, math.inf, 0.0
-    warm_s: float | None = None  # the elapsed seconds when warmup ended (the time budget's decay starts there)
-    val_loss = train_loss = val_step = None
     seed_everything(cfg.system.seed + info.rank)  # dropout masks differ between ranks
-    if resuming:
-        with restoring_from(latest):
-            # load_state_dict brings back the saved groups' settings too: keep this run's weight
-            # decay and betas (set on the command line, they would be recorded but not used)
-            settings = [(group["weight_decay"], group["betas"]) for group in optimizer.param_groups]
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            for group, (weight_decay, betas) in zip(optimizer.param_groups, settings):
-                group["weight_decay"], group["betas"] = weight_decay, betas
-            if scaler.is_enabled() and checkpoint.get("scaler"):
-                scaler.load_state_dict(checkpoint["scaler"])
-            step = checkpoint["step"]
-            tokens_seen = checkpoint["tokens_seen"]
-            best_val_loss = checkpoint["best_val_loss"]
-            val_loss, train_loss = checkpoint.get("val_loss"), checkpoint.get("train_loss")
-            val_step = checkpoint.get("val_step")
-            elapsed_before = checkpoint.get("elapsed_s", 0.0)
-            # a checkpoint from before this field was kept: the time fraction counts from 0
-            warm_s = checkpoint.get("warmup_end_s", 0.0 if step > cfg.optim.warmup_iters else None)
-            train_batches.load_state_dict(checkpoint["data_state"])
-            # best.pt can be newer than latest.pt (a run killed between checkpoints): its
-            # loss is the one to beat, or the resumed run would replace it by a worse model
-            on_disk = ckpt_io.recorded_val_loss(out_dir / BEST)
-            if on_disk is not None:
-                best_val_loss = min(best_val_loss, on_disk)
-            elif (out_dir / BEST).exists():
-                note(f"{out_dir / BEST} cannot be read; the next best validation loss replaces it")
-            if checkpoint.get("eval_seed") != EVAL_SEED and math.isfinite(best_val_loss):
-                # written before evaluation read one fixed order of rows: its losses are not this run's
-                if master:
-                    note(f"{latest} was written before validation read a fixed order of rows (2026-11-27): "
-                         f"its best validation loss {best_val_loss:.4f} was taken on other rows, so the losses "
-                         "after this resume are not comparable with those before it; the next evaluation is the "
-                         "new best to beat and replaces best.pt")
-                best_val_loss = math.inf
-            rng = checkpoint["rng"]
-            if rng["world_size"] == info.world_size:
-                ckpt_io.set_rng_state(rng["ranks"][info.rank])
-            else:
-                seed_everything(cfg.system.seed + info.rank + step)
-                note(f"the checkpoint was written by {rng['world_size']} processes, this run has "
-                     f"{info.world_size}: RNG streams restart from the seed (data order is unaffected)")
+    state = (restore_state(checkpoint, latest, cfg, info, optimizer, scaler, train_batches, note) if resuming
+             else RunState())
+    step, tokens_seen, elapsed_before = state.step, state.tokens_seen, state.elapsed_s
+    best_val_loss, val_loss, val_step = state.best_val_loss, state.val_loss, state.val_step
+    train_loss = state.train_loss
+    warm_s = state.warmup_end_s  # the elapsed seconds when warmup ended (the time budget's decay starts there)
     resume_step = step if resuming else None
     # Whether latest.pt was written at the run's last step (max_iters or the time budget),
     # rather than on Ctrl-C or at a periodic checkpoint. Checkpoints older than the field
@@ -1022,20 +1083,13 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     del checkpoint
 
     # ---- wrap for speed and for several processes ---------------------------------------
+    for text in unused_settings(cfg, explicit):
+        note(text)
     if cfg.system.compile:
         torch._dynamo.reset()  # no graph of an earlier run in this process (traced under another SDPA kernel)
         model = torch.compile(raw_model, mode=cfg.system.compile_mode)
     else:
         model = raw_model
-        if cfg.system.compile_mode != "default":
-            note(f"system.compile_mode {cfg.system.compile_mode!r} has no effect without --compile=true")
-    if cfg.run.keep_last and not cfg.run.keep_checkpoints:
-        note(f"run.keep_last {cfg.run.keep_last} has no effect without --keep_checkpoints=true")
-    lora_keys = sorted(k for k in explicit if k.startswith("lora.")  # set to other than the default
-                       and getattr(cfg.lora, k[5:]) != getattr(type(cfg.lora)(), k[5:]))
-    if lora_keys and task != "lora":
-        note(f"{', '.join(lora_keys)} set, but the lora section applies to LoRA runs only (lora_train); "
-             f"this {task} run trains every weight")
     # CUDA graphs (compile modes reduce-overhead and max-autotune) reuse their memory from
     # one step to the next: each optimizer step's start is marked for them, and evaluation
     # (a few batches now and then) runs the model uncompiled rather than graphs of its own.
@@ -1075,55 +1129,16 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
            world_size=info.world_size, device=str(device), dtype=dtype, tokens_per_step=tokens_per_step,
            peak_flops=peak, peak_flops_source=peak_source, matmul=matmul, config=cfg.to_dict())
 
-    # ---- learning-rate schedule: linear warmup, then cosine decay to min_lr --------------
-    # With a time budget the decay follows steps or elapsed time, whichever is further along;
-    # its time runs from the end of warmup (warm_s) to the end of the budget.
-    decay_iters = cfg.optim.lr_decay_iters or cfg.optim.max_iters
+    # ---- learning-rate schedule: linear warmup, then cosine decay to min_lr (cosine_lr) ----
     budget = cfg.optim.time_budget
-
-    def lr_at(it: int, elapsed: float, decay_end: int | None = None) -> float:
-        o = cfg.optim
-        decay_end = decay_iters if decay_end is None else decay_end
-        if it < o.warmup_iters:
-            return o.learning_rate * (it + 1) / (o.warmup_iters + 1)
-        if it >= decay_end:
-            return o.min_lr
-        done = (it - o.warmup_iters) / max(decay_end - o.warmup_iters, 1)
-        if budget > 0:
-            start = warm_s if warm_s is not None else elapsed
-            done = max(done, (elapsed - start) / (budget - start) if budget > start else 1.0)
-            if done >= 1.0:
-                return o.min_lr
-        return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (o.learning_rate - o.min_lr)
-
-    moved = (isinstance(saved_decay_end, int) and not isinstance(saved_decay_end, bool)
-             and saved_decay_end != decay_iters and step < min(max(saved_decay_end, decay_iters), cfg.optim.max_iters))
-    if master and cfg.optim.lr_decay_iters == 0 and moved:  # the cosine follows max_iters, which changed
-        now, before = lr_at(step, elapsed_before), lr_at(step, elapsed_before, saved_decay_end)
-        change = (f": the learning rate at step {step} is {now:.2e} instead of {before:.2e}"
-                  if f"{now:.2e}" != f"{before:.2e}" else "")
-        note(f"the learning rate's cosine decay now ends at step {decay_iters} (optim.max_iters, as "
-             f"optim.lr_decay_iters is 0), in the checkpoint's run at step {saved_decay_end}{change}; "
-             f"--lr_decay_iters={saved_decay_end} keeps the checkpoint's schedule")
-    if 0 < cfg.optim.max_iters <= cfg.optim.warmup_iters:
-        note(f"optim.warmup_iters {cfg.optim.warmup_iters} >= optim.max_iters {cfg.optim.max_iters}: the "
-             f"learning rate only warms up (to {lr_at(cfg.optim.max_iters - 1, 0.0):.2e} at the last step, not "
-             f"optim.learning_rate {cfg.optim.learning_rate:g}) and never decays; lower --warmup_iters")
-    elif 0 < cfg.optim.lr_decay_iters <= cfg.optim.warmup_iters:
-        note(f"optim.lr_decay_iters {cfg.optim.lr_decay_iters} <= optim.warmup_iters "
-             f"{cfg.optim.warmup_iters}: the learning rate warms up, then drops at once to optim.min_lr "
-             f"{cfg.optim.min_lr:g} (no cosine decay); raise --lr_decay_iters, or 0 to decay until max_iters")
+    for text in schedule_notes(cfg.optim, step, elapsed_before, warm_s, saved_decay_end):
+        note(text)
 
     # A diverged run (loss inf or nan) stops with an error naming the last checkpoint written,
     # which is never replaced by non-finite weights.
     last_saved = f"{latest} (step {step})" if resuming else None
 
     decay = cfg.optim.learning_rate * cfg.optim.weight_decay  # AdamW scales each weight by 1 - decay per step
-    if decay >= 1:
-        what = "sets them to 0" if decay == 1 else "flips their sign" + (" and grows them" if decay > 2 else "")
-        note(f"optim.learning_rate * optim.weight_decay is {decay:g}: AdamW multiplies every decayed weight "
-             f"by 1 - {decay:g} = {1 - decay:g} at each step, which {what} whatever the gradients say; keep the "
-             "product well below 1")
 
     grad_norm = counted = probe = None  # the last step's, on the device (probe: one row of its input)
 
@@ -1203,33 +1218,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 note(f"could not delete the older checkpoints run.keep_last {cfg.run.keep_last} would: "
                      f"{e.filename or out_dir}: {e.strerror or e}")
 
-    def on_signal(signum, frame):  # (see `stop` above)
-        if signum == getattr(signal, "SIGHUP", None):
-            hung_up()
-            return
-        if stop["done"]:
-            if stop["late"] or stop["sampling"]:
-                stop["late"] = True
-                raise KeyboardInterrupt
-            stop["late"] = True
-            return
-        if stop["requested"]:
-            raise KeyboardInterrupt
-        stop["requested"] = True
-        if master:
-            with contextlib.suppress(OSError):  # (a closed pipe: the save comes first)
-                print(f"\ninterrupt ({signal.Signals(signum).name}): saving latest.pt after this step "
-                      "(interrupt again to abort)", file=sys.stderr, flush=True)
-
-    previous_handlers = {}
-    if _main_thread():
-        for sig in stop_signals():
-            previous_handlers[sig] = signal.signal(sig, on_signal)
-
-    def restore_handlers() -> None:
-        for sig, handler in previous_handlers.items():
-            if signal.getsignal(sig) is on_signal:  # not one set since (talking() ignores SIGTERM)
-                signal.signal(sig, handler)
+    stop.install()
     checkpoint_interval = cfg.run.checkpoint_interval or cfg.eval.eval_interval
     train_seconds, rate_tokens = 0.0, 0  # for the run's throughput, the first step left out
     first_seconds = 0.0  # ... unless it is the only one
@@ -1273,7 +1262,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     try:
         while True:
             elapsed = elapsed_before + time.monotonic() - t_start
-            stopping = stop["requested"]
+            stopping = stop.requested
             if info.ddp:  # every rank must stop at the same step and follow the same clock
                 flags = torch.tensor([float(stopping), elapsed], device=device, dtype=torch.float64)
                 with talking(info, f"the start of step {step + 1}"):
@@ -1315,7 +1304,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             # -- one optimizer step: accumulate gradients over micro-batches
             if warm_s is None and step >= cfg.optim.warmup_iters:
                 warm_s = elapsed
-            lr = lr_at(step, elapsed)
+            lr = cosine_lr(cfg.optim, step, elapsed, warm_s)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             t0 = time.perf_counter()
@@ -1364,7 +1353,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             log_now = step % cfg.run.log_interval == 0 or step == cfg.optim.max_iters
             first = step == (resume_step or 0) + 1  # pays for warm-up and compilation
             # (likely) the last step: its record comes at the top of the loop
-            ending = stop["requested"] or (budget > 0 and elapsed_before + time.monotonic() - t_start >= budget)
+            ending = stop.requested or (budget > 0 and elapsed_before + time.monotonic() - t_start >= budget)
             if log_now or first or ending or step % cfg.eval.eval_interval == 0 or step % checkpoint_interval == 0:
                 synchronize(device)
             dt = time.perf_counter() - t0
@@ -1381,20 +1370,20 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             if log_now:
                 log_train()
     except LostContact as e:
-        restore_handlers()
+        stop.restore()
         if not master:  # only rank 0 writes checkpoints: it says where the run can continue from
             raise
-        asked = "the checkpoint the interrupt asked for was not written; " if stop["requested"] else ""
+        asked = "the checkpoint the interrupt asked for was not written; " if stop.requested else ""
         where = (f"the last checkpoint written is {last_saved}: {resume_hint(out_dir)}" if last_saved
                  else stopped_hint(out_dir))
         raise LostContact(f"{e}; {asked}{where}") from None
     except BaseException:
-        restore_handlers()
+        stop.restore()
         raise
     # a signal that came during the last step's evaluation or checkpoint (too late to stop
     # the training) is one for the report
-    stop["late"] = stop["requested"] and not interrupted
-    stop["done"] = True
+    stop.late = stop.requested and not interrupted
+    stop.done = True
     try:
         seconds = time.monotonic() - t_start
         tokens_per_s = (rate_tokens / train_seconds if train_seconds > 0
@@ -1436,10 +1425,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             dist.destroy_process_group()
         return result
     finally:
-        restore_handlers()
+        stop.restore()
 
 
-def write_report_card(path: Path, stop: dict | None = None, **report) -> bool:
+def write_report_card(path: Path, stop: interrupts.RunSignals | None = None, **report) -> bool:
     """report.md (nano_train.report.write_report); True when Ctrl-C came while its samples
     were drawn, or (stop: the training loop's signal state) after the training ended and
     before they started: the report is then written without them (a second signal aborts)."""
@@ -1448,8 +1437,8 @@ def write_report_card(path: Path, stop: dict | None = None, **report) -> bool:
     started = False
     try:
         if stop is not None:
-            stop["sampling"] = True  # from here on_signal raises KeyboardInterrupt at once
-            if stop["late"]:
+            stop.sampling = True  # from here a signal raises KeyboardInterrupt at once
+            if stop.late:
                 raise KeyboardInterrupt
         started = True
         write_report(path, **report)
@@ -1465,7 +1454,7 @@ def write_report_card(path: Path, stop: dict | None = None, **report) -> bool:
         return True
     finally:
         if stop is not None:
-            stop["sampling"] = False
+            stop.sampling = False
 
 
 def complete_finished_run(cfg: Config, result: TrainResult, elapsed_s: float, model: Transformer, ds: Dataset,
@@ -1501,9 +1490,6 @@ def complete_finished_run(cfg: Config, result: TrainResult, elapsed_s: float, mo
                              n_params=model.num_params(), n_trainable=n_trainable, peak=peak,
                              peak_source=peak_source, flops_per_token=model.flops_per_token(seq_len),
                              val_source=sample_source, late=True)
-
-
-_main_thread = interrupts.main_thread
 
 
 # ---------------------------------------------------------------------------
@@ -1553,31 +1539,6 @@ def resolve_config(task: str | None, path: str | None, overrides: list[str]) -> 
     if task and cfg.run.task != task:
         raise ConfigError(f"this command trains task {task!r} but the config says run.task = {cfg.run.task!r}")
     return cfg, explicit, checkpoint
-
-
-def stop_signals() -> list[int]:
-    """The signals that stop a run after its step, with latest.pt saved: Ctrl-C (SIGINT),
-    SIGTERM (what torchrun, `timeout` and batch schedulers send) and SIGHUP (a closed
-    terminal or ssh session), unless it is ignored (nohup: the run is to go on)."""
-    return [sig for sig in interrupts.STOP_SIGNALS
-            if sig in (signal.SIGINT, signal.SIGTERM) or signal.getsignal(sig) is not signal.SIG_IGN]
-
-
-def _isatty(fd: int) -> bool:
-    try:
-        return os.isatty(fd)
-    except OSError:
-        return False
-
-
-def to_null(fds: list[int]) -> None:
-    """Point the descriptors at the null device: a terminal that hung up, a pipe whose reader
-    went away, where writes would fail and stop the saving of latest.pt a stop asked for."""
-    with contextlib.suppress(OSError):
-        null = os.open(os.devnull, os.O_WRONLY)
-        for fd in fds:
-            os.dup2(null, fd)
-        os.close(null)
 
 
 def resume_hint(out_dir) -> str:
