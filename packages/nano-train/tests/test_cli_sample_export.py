@@ -62,6 +62,14 @@ def test_sort6_without_seq2seq_is_told_how_it_runs(shared_file, capsys, monkeypa
     assert rc == 1 and err.startswith("error: line 1: the prompt has 6 tokens") and err.endswith(f"; {hint}\n")
     rc, out, err = run(sample_cmd, [*sort6, "-p", "2512121"], capsys)  # over the block: no seq2seq takes it
     assert rc == 1 and "--seq2seq" not in err
+    # a question that fits the block, with the instruct marks over it (as nano run counts)
+    rc, out, err = run(sample_cmd, [*sort6, "--instruct", "-p", "251212"], capsys)
+    assert rc == 1 and err.startswith("error: the prompt has 8 tokens") and err.endswith(f"; {hint}\n")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"251212\n")))
+    rc, out, err = run(sample_cmd, sort6, capsys)
+    assert rc == 1 and err.startswith("error: line 1: the prompt has 8 tokens") and err.endswith(f"; {hint}\n")
+    rc, out, err = run(sample_cmd, [*sort6, "--instruct", "-p", "2512121"], capsys)
+    assert rc == 1 and "--seq2seq" not in err
 
 
 def test_sample_notes_characters_the_vocabulary_lacks(shared_file, capsys):
@@ -219,9 +227,9 @@ def test_sample_seq2seq_is_refused_where_the_file_records_causal_attention(tmp_p
     save_ckpt(tmp_path / "c.pt", m, nano80)
     rc, out, _ = run(sample_cmd, ["-m", tmp_path / "old.bin", "--seq2seq", "-p", "abc"], capsys)
     assert rc == 0 and len(out) == 4
-    for name in ("ext.bin", "c.pt"):
+    for name, what in (("ext.bin", "file"), ("c.pt", "checkpoint")):
         rc, out, err = run(sample_cmd, ["-m", tmp_path / name, "--seq2seq", "-p", "abc"], capsys)
-        assert out == "" and one_error_line(rc, err, f"{tmp_path / name}: the file records causal attention")
+        assert out == "" and one_error_line(rc, err, f"{tmp_path / name}: the {what} records causal attention, not full")
 
 
 @pytest.mark.parametrize("argv, msg, status", [  # 2: a usage error, as nano run's

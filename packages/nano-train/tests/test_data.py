@@ -2,9 +2,11 @@
 bounded memory, documents, shards, one prepare at a time per directory, and
 deterministic resumable batches (defect 14)."""
 
+import codecs
 import gc
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 
 from nano_tokenizer import Tokenizer
 
-from nano_train import prepare as prepare_cmd
+from nano_train import data, prepare as prepare_cmd
 from nano_train.data import (
     Batcher,
     DataError,
@@ -323,6 +325,38 @@ def test_a_bad_byte_is_reported_by_line_and_offset(tmp_path, shared_file):
     bad.write_bytes(b"ab\ncd\n\xe9")  # a character cut off by the end of the file
     with pytest.raises(DataError, match=r"bad.txt:3: not UTF-8 text \(unexpected end of data at byte 6\)"):
         prepare_pretrain([bad], tok, tmp_path / "x", progress=False)
+
+
+def test_chinese_text_in_gbk_is_named_with_the_command_that_converts_it(tmp_path, shared_file):
+    """Windows in Chinese saves text as GBK (GB18030): the error says so and how to convert it,
+    for a corpus and for SFT lines (skipped or not); a UTF-8 file with a damaged byte is not
+    called GBK, although GB18030 reads almost any bytes."""
+    tok = shared_file("data/tokenizer_4096.json")
+    text = "人的心理是一个复杂的系统，包括认知、情感和意志。\n" * 40
+    gbk = tmp_path / "gbk.txt"
+    gbk.write_bytes(text.encode("gbk"))
+    hint = (r"it reads as Chinese text in GB18030 \(GBK\), which Windows saves text in: convert it to UTF-8 \(e\.g\. "
+            r"iconv -f GB18030 -t UTF-8 \S*gbk\.txt > \S*gbk\.utf8\.txt\)")
+    with pytest.raises(DataError, match=r"gbk\.txt:1: not UTF-8 text \(invalid continuation byte at byte 0\); " + hint):
+        prepare_pretrain([gbk], tok, tmp_path / "x", progress=False)
+    damaged = tmp_path / "damaged.txt"
+    cut = 2 * len(text.encode("utf-8")) // 40  # the start of line 3
+    damaged.write_bytes(text.encode("utf-8")[:cut] + b"\xff" + text.encode("utf-8")[cut:])
+    with pytest.raises(DataError, match=rf"damaged\.txt:3: not UTF-8 text \(invalid start byte at byte {cut}\); "
+                                        r"convert it to UTF-8 first$"):
+        prepare_pretrain([damaged], tok, tmp_path / "x", progress=False)
+    # Japanese and Korean bytes read as GB18030 too (as rare characters): not called Chinese
+    for encoding, other in (("shift_jis", "吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n"),
+                            ("euc_kr", "나는 고양이로소이다. 이름은 아직 없다. 어디서 태어났는지 모른다.\n")):
+        (tmp_path / f"{encoding}.txt").write_bytes((other * 40).encode(encoding))
+        with pytest.raises(DataError, match=r"not UTF-8 text \(.*\); convert it to UTF-8 first$"):
+            prepare_pretrain([tmp_path / f"{encoding}.txt"], tok, tmp_path / "x", progress=False)
+    line = json.dumps({"question": "你是谁？", "answer": "我是一个小小的语言模型。"}, ensure_ascii=False).encode("gbk")
+    for name, start in (("sft.jsonl", b""), ("bom.jsonl", codecs.BOM_UTF8)):  # (the offset counts the mark)
+        (tmp_path / name).write_bytes(start + line)
+        with pytest.raises(DataError, match=rf"{name}:1: not UTF-8 \(invalid continuation byte at byte {14 + len(start)} "
+                                            r"of the line\); it reads as Chinese text in GB18030 \(GBK\)"):
+            prepare_sft([tmp_path / name], tok, tmp_path / "y", block_size=64, progress=False)
 
 
 def test_inputs_must_be_distinct_regular_files(tmp_path, shared_file):
@@ -704,6 +738,38 @@ def test_seq2seq_targets_and_masks_are_checked_too(tmp_path, shared_file):
     (tmp_path / "s2s" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"'shards.val\[0\].target' is missing or not a file name"):
         Dataset(tmp_path / "s2s")
+
+
+def test_write_rows_refuses_masks_other_than_0_or_1_and_ids_that_are_not_whole(tmp_path, shared_file):
+    """The rows are stored as integers and the mask as bytes: a fraction would be cut to an
+    integer, a mask of 2 or -1 stored as 2 or 255, without a word, and training would then
+    call the dataset damaged. Whole numbers in a float array, and a bool mask, are fine."""
+    tok = Tokenizer.load(shared_file("data/tokenizer_4096.json"))
+    x = np.arange(24).reshape(3, 8) + 100
+    ones = np.ones((3, 8), np.uint8)
+    whole = "must be whole numbers, got"
+    bad = {"mask 2": (x, x, ones * 2), "mask -1": (x, x, -ones.astype(np.int64)),
+           "mask 0.5": (x, x, ones / 2), "ids 7.5": (x + 0.5, x, ones), "nan": (x, np.where(x > 110, np.nan, x), ones),
+           "text": (x.astype(str), x, ones), "objects": (x.astype(object), np.full((3, 8), None), ones)}
+    want = {"mask 2": "the mask must be 0 (not scored) or 1 (scored), got 2 at row 0, position 0",
+            "mask -1": "the mask must be 0 (not scored) or 1 (scored), got -1 at row 0, position 0",
+            "mask 0.5": f"the mask {whole} fractions or values that are not finite",
+            "ids 7.5": f"the inputs {whole} fractions or values that are not finite",
+            "nan": f"the targets {whole} fractions or values that are not finite",
+            "text": f"the inputs {whole} text", "objects": f"the targets {whole} fractions or values that are not finite"}
+    for case, arrays in bad.items():
+        with pytest.raises(DataError) as e:
+            write_rows(tmp_path / "bad", tok, "seq2seq", {"train": arrays})
+        assert str(e.value) == f"seq2seq rows of split train: {want[case]}", case
+        assert not (tmp_path / "bad").exists(), case
+    with pytest.raises(DataError, match="^no seq2seq rows to write$"):  # (was: numpy's error on an empty minimum)
+        write_rows(tmp_path / "bad", tok, "seq2seq", {"train": (np.zeros((3, 0), int),) * 3})
+    with pytest.raises(DataError, match=r"sft rows of split val: the mask must be 0 .* got 3 at row 2, position 5"):
+        write_rows(tmp_path / "bad", tok, "sft", {"val": (x, np.where(x == 121, 3, 1))})
+    write_rows(tmp_path / "ok", tok, "seq2seq", {"train": (x.astype(np.float64), x.astype(object), ones.astype(bool))})
+    ds = Dataset(tmp_path / "ok")
+    xs, ys, ms = ds.source("train", 8).fetch(np.arange(3), None)
+    assert (xs == x).all() and (ys == x).all() and (ms == 1).all()
 
 
 def _command(tmp_path, shared_file, psycho_slice, *args):
@@ -1314,3 +1380,72 @@ def test_progress_in_a_log_file_is_a_few_lines(monkeypatch, capsys):
         f"{p:.1f}" for p in range(10, 101, 10)], slow
     medium = lines(0.25)  # 25 s: the first update past a 10% mark once 10 s have passed
     assert [line.split("]")[1].split("%")[0].strip() for line in medium] == ["1.0", "41.0", "81.0", "100.0"], medium
+
+
+def test_an_input_that_changes_while_it_is_read_is_an_error_and_nothing_is_written(tmp_path, shared_file, monkeypatch):
+    """A file still being written (or replaced, or cut short) while prepare reads it: the
+    dataset would hold other text than the file's, and meta.json another size (was: exit 0,
+    the size at the end recorded). A file changed after it was read keeps the size read."""
+    tok = shared_file("data/tokenizer_4096.json")
+    text = tmp_path / "t.txt"
+    original = "第一段的文字。\n\n第二段的文字。\n\n" * 300
+
+    def during(action, reader="iter_documents"):
+        """Run action once the reader has handed out its third item."""
+        real = getattr(data, reader)
+
+        def reading(f, *args):
+            for i, item in enumerate(real(f, *args)):
+                if i == 2:
+                    action()
+                yield item
+
+        monkeypatch.setattr(data, reader, reading)
+
+    def append():
+        with open(text, "a", encoding="utf-8") as f:
+            f.write("追加的一行。\n")
+
+    def replace():
+        (tmp_path / "new.txt").write_text("新的文字。\n", encoding="utf-8")
+        os.replace(tmp_path / "new.txt", text)
+
+    cases = [(append, r"its size went from 13,800 to 13,819 bytes"), (replace, "it was replaced by another file"),
+             (lambda: os.truncate(text, 3000), "its size went from 13,800 to 3,000 bytes")]
+    for action, how in cases:
+        text.write_text(original, encoding="utf-8")
+        during(action)
+        with pytest.raises(DataError, match=rf"t\.txt changed while it was read \({how}\): nothing was written; "
+                                            r"prepare again once it no longer changes"):
+            prepare_pretrain([text], tok, tmp_path / "x", progress=False)
+        assert not (tmp_path / "x").exists()
+        monkeypatch.undo()
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"question": "你是谁", "answer": "我是Nano"}, ensure_ascii=False) + "\n" * 2 * 5,
+                    encoding="utf-8")
+    during(lambda: os.truncate(rows, 10), "_jsonl_lines")
+    with pytest.raises(DataError, match=r"rows\.jsonl changed while it was read \(its size went from"):
+        prepare_sft([rows], tok, tmp_path / "y", block_size=32, progress=False)
+    monkeypatch.undo()
+    text.write_text(original, encoding="utf-8")
+    real_hash = data.split_hash
+    monkeypatch.setattr(data, "split_hash", lambda *a: (append(), real_hash(*a))[1])  # read whole, then changed
+    prepare_pretrain([text], tok, tmp_path / "x", val_fraction=0, progress=False)
+    assert json.loads((tmp_path / "x" / "meta.json").read_text())["inputs"][0]["bytes"] == len(original.encode())
+
+
+def test_the_output_folder_is_no_input(tmp_path, shared_file, psycho_slice):
+    """A corpus folder given as --out_dir too, or a glob that takes in the dataset folder: its
+    shards were read as text the second time (and called UTF-16, with an iconv command)."""
+    tok = shared_file("data/tokenizer_4096.json")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    shutil.copy(psycho_slice, corpus / "a.txt")
+    with pytest.raises(DataError, match=rf"^input {re.escape(str(corpus))} is the output folder --out_dir "
+                                        rf"{re.escape(str(corpus))}: what prepare writes there is no input"):
+        prepare_pretrain([corpus], tok, corpus, progress=False)
+    prepare_pretrain([corpus], tok, corpus / "ds", progress=False)  # a dataset inside the corpus folder: left out
+    with pytest.raises(DataError, match=r"ds is the output folder --out_dir"):
+        prepare_pretrain([corpus / "a.txt", corpus / "ds"], tok, corpus / "ds", overwrite=True, progress=False)
+    with pytest.raises(DataError, match=r"meta\.json is inside the output folder --out_dir"):
+        prepare_sft([corpus / "ds" / "meta.json"], tok, corpus / "ds", block_size=32, overwrite=True, progress=False)

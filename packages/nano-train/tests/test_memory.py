@@ -59,8 +59,8 @@ def test_a_fine_tuning_run_does_not_keep_the_base_models_weights(small_pretrain,
     load = train_mod.load_base_model
     alive = []
 
-    def watched(path):
-        config, sd, tok = load(path)
+    def watched(path, *args):
+        config, sd, tok = load(path, *args)
         alive.append(_watch_tensors(sd.values()))
         return config, sd, tok
 

@@ -200,3 +200,41 @@ def test_the_legend_tells_runs_apart(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path / "solo")
     assert run_labels([Path("log.jsonl"), Path("../a/run/log.jsonl")]) == ["solo", "run"]
     assert run_labels([Path("old.jsonl")]) == ["old"]
+
+
+def test_a_run_name_the_default_font_cannot_draw_is_drawn_with_a_font_that_can(tmp_path, capsys):
+    """Run folders may be named in Chinese, which matplotlib's DejaVu Sans lacks: the legend
+    takes the characters from an installed font that has them (here a script g, which
+    DejaVu Sans lacks and STIX, shipped with matplotlib, has), without a warning per glyph."""
+    import warnings
+
+    run = tmp_path / "run\u210a"
+    run.mkdir()
+    write_log(run / "log.jsonl", [json.dumps(r) for r in RECORDS])
+    families, lacking = plot_cmd.legend_fonts(["run\u210a"])
+    assert families and not lacking
+    assert plot_cmd.legend_fonts(["run 1"]) == ([], set())  # the default font draws it: nothing added
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Gg]lyph.*missing")
+        assert plot_cmd.main([str(run), "-o", str(tmp_path / "p.png")]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_a_run_name_no_font_can_draw_is_replaced_in_the_legend_with_a_note(tmp_path, capsys):
+    """A legend of empty boxes tells no run from another: a name no installed font draws
+    (here an unassigned code point) becomes "run N", and a note says which run that is."""
+    import warnings
+
+    runs = []
+    names = ("a\u0378", "b\u210a", "c\u0378\u210a")  # (U+210A, a script g: a font has it, see above)
+    for name in names:
+        (tmp_path / name).mkdir()
+        runs.append(str(write_log(tmp_path / name / "log.jsonl", [json.dumps(r) for r in RECORDS])))
+    families, lacking = plot_cmd.legend_fonts(list(names))
+    assert families and lacking == {"\u0378"}  # one name's undrawable character leaves the others' fonts
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Gg]lyph.*missing")
+        assert plot_cmd.main([*runs, "-o", str(tmp_path / "p.png")]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"note: the legend calls {runs[i]} 'run {i + 1}': no installed font draws {chr(0x378)!r} of its name "
+                   f"{names[i]!r} (install a font with those characters, e.g. fonts-noto-cjk for Chinese)" for i in (0, 2)]

@@ -16,7 +16,7 @@ from nano_train import checkpoint as ckpt_io
 from nano_train import plot as plot_cmd
 from nano_train.config import ConfigError, OptimConfig
 from nano_train.convert import export_bin, load_checkpoint_model
-from nano_train.data import Batcher, DataError, Dataset, prepare_sft
+from nano_train.data import Batcher, DataError, Dataset, prepare_sft, write_rows
 from nano_train.metrics import read_log
 from nano_train.model import ModelConfig, Transformer
 from nano_train.train import batch_to_device, cosine_lr, main, make_grad_scaler, train
@@ -556,3 +556,35 @@ def test_a_lora_resume_with_another_rank_is_a_conflict_not_a_damaged_checkpoint(
     err = capsys.readouterr().err
     assert "lora.lora_rank 8 (the checkpoint's: 4) conflicts with the checkpoint" in err, err
     assert "do not fit" not in err and "Traceback" not in err
+
+
+def test_the_sort6_fixture_fine_tunes_with_the_full_attention_it_was_trained_with(tmp_path, shared_file, capsys):
+    """sort6 (layout 2025.12) cannot record its full attention and reads as causal: a run from
+    it on seq2seq rows says how to train it as it was trained (--is_causal=false, which was
+    refused as a conflict with the base model), and with that it starts out sorting. The report
+    shows each row's whole input (not only its scored positions) and says how the samples were
+    made (one forward pass, not the temperature and new tokens of generation)."""
+    from nano_train.convert import load_model
+
+    sort6 = shared_file("fixtures/sort6_f32.bin")
+    _, tok = load_model(sort6)
+    questions = ["".join(map(str, d)) for d in np.random.default_rng(0).integers(0, 10, (64, 6))]
+    x = np.array([tok.encode(q) for q in questions])
+    y = np.array([tok.encode("".join(sorted(q))) for q in questions])
+    mask = np.ones_like(x)
+    mask[:, :2] = 0  # the loss on the last four positions only
+    write_rows(tmp_path / "rows", tok, "seq2seq", {"train": (x, y, mask), "val": (x, y, mask)})
+    args = [f"--dataset={tmp_path / 'rows'}", f"--init_from={sort6}", "--max_iters=0", "--eval_iters=1",
+            "--batch_size=16", "--dtype=float32", "--threads=1"]
+    assert main("sft", [*args, f"--out_dir={tmp_path / 'causal'}"]) == 0
+    assert ("its model file (layout 2025.12) cannot record the attention kind and reads as causal: "
+            "--is_causal=false trains it with full attention") in capsys.readouterr().err
+    assert main("sft", [*args, f"--out_dir={tmp_path / 'full'}", "--is_causal=false"]) == 0
+    losses = {run: [r["val_loss"] for r in read_log(tmp_path / run / "log.jsonl") if r["kind"] == "eval"][0]
+              for run in ("causal", "full")}
+    assert losses["full"] < 0.2 < 2.0 < losses["causal"]
+    assert torch.load(tmp_path / "full" / "latest.pt", weights_only=True)["config"]["model"]["is_causal"] is False
+    report = (tmp_path / "full" / "report.md").read_text()
+    assert ("One forward pass over each input, the most likely token at every position (seq2seq rows: no "
+            "sampling, no new tokens).") in report
+    assert f"**{questions[0]}**\n\n```text\n{''.join(sorted(questions[0]))}\n```" in report

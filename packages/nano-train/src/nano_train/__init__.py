@@ -44,6 +44,7 @@ def start(task: str) -> int:
     is removed, as after a Ctrl-C."""
     from nano_train import interrupts
 
+    escape_unencodable()
     interrupts.as_ctrl_c()
     try:
         from nano_train.train import main
@@ -51,6 +52,17 @@ def start(task: str) -> int:
         print("\nerror: interrupted while starting; nothing was written", file=sys.stderr)
         return 130
     return main(task)
+
+
+def escape_unencodable() -> None:
+    """Standard output and error write a character their encoding lacks as an escape
+    (\\u5fc3), rather than the command ending with a UnicodeEncodeError: Chinese text
+    under PYTHONIOENCODING=ascii, a Latin-1 locale or a Windows code page, or a file
+    name that is not UTF-8. Each command's main calls it first."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            with contextlib.suppress(ValueError, OSError):  # (a closed stream)
+                stream.reconfigure(errors="backslashreplace")
 
 
 def discard_stdout() -> None:

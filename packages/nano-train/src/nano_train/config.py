@@ -30,6 +30,7 @@ import math
 import os
 import re
 import stat
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -486,6 +487,17 @@ def _not_utf8(value) -> bool:
     return False
 
 
+def _unnameable(path: str) -> str | None:
+    """Why path cannot name a file here, where its characters are not in the file system's
+    encoding (a Chinese name from a config file under a Latin-1 locale), else None."""
+    try:
+        os.fsencode(path)
+    except UnicodeEncodeError as e:
+        return (f"{path[e.start:e.end]!r} is not in its file names' encoding ({sys.getfilesystemencoding()}; "
+                "a UTF-8 locale, e.g. LANG=C.UTF-8, has every character)")
+    return None
+
+
 def check(cfg: Config) -> None:
     """A Config built in code, as load_config builds one from text: every section
     present, every value of its field's type (an int where a float goes is fine), then
@@ -524,6 +536,9 @@ def validate(cfg: Config) -> None:
                 why = (" (a file name that is not UTF-8 is legal here, but the run's log and checkpoint "
                        "record it as JSON text; use a UTF-8 name)") if f.name in PATH_FIELDS else ""
                 raise ConfigError(f"{section}.{f.name}: {ascii(value)[:80]} is not valid UTF-8 text{why}")
+            if f.name in PATH_FIELDS and isinstance(value, str) and (lacks := _unnameable(value)):
+                raise ConfigError(f"{section}.{f.name}: {value!r} cannot be a file name on this system: "
+                                  f"{lacks}")
             if f.name in PATH_FIELDS and isinstance(value, str) and "\0" in value:
                 raise ConfigError(f"{section}.{f.name}: {ascii(value)[:80]} holds a NUL character, which no file "
                                   "name can")

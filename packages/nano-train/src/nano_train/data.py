@@ -508,15 +508,104 @@ def _first_bad_utf8(path: Path) -> tuple[int, int, str] | None:
             after_cr = piece.endswith(b"\r")
 
 
+# The most frequent characters of written Chinese: a quarter or more of the characters of
+# ordinary text; few of those that Japanese or Korean bytes make when read as GB18030
+COMMON_HANZI = frozenset("的一是不了在人有我他这个们中来上大为和国地到以说时要就出会可也你对生能而子那得于着下自"
+                         "之年过发后作里用道行所然家种事成方多经么去法学如都同现当没动面起看定天分还进好小部其些"
+                         "主样理心她本前开但因只从想实")
+
+
+def _reads_as_gb18030(data: bytes) -> bool:
+    """Whether data, which is not UTF-8, is Chinese text in GB18030 (or GBK, its subset: what
+    Windows in Chinese saves text as): many bytes that are not UTF-8 (a UTF-8 file with a
+    damaged byte or two is not that), which read as GB18030 are Chinese characters and
+    punctuation, common ones among them. Shift-JIS (Japanese) and EUC-KR (Korean) bytes read
+    as GB18030 too, as rare characters: converted from GB18030 they would be nonsense."""
+    if data.decode("utf-8", "replace").count("\ufffd") < 4:
+        return False
+    try:
+        text = codecs.getincrementaldecoder("gb18030")().decode(data)  # (a character cut at the end waits)
+    except UnicodeDecodeError:
+        return False
+    wide = [c for c in text if ord(c) > 0x7F]
+    chinese = sum("\u4e00" <= c <= "\u9fff" or "\u3000" <= c <= "\u303f" or "\uff00" <= c <= "\uffef" for c in wide)
+    common = sum(c in COMMON_HANZI for c in wide)
+    return chinese >= 0.9 * len(wide) and common >= max(2, 0.15 * len(wide))
+
+
+def _convert_hint(path, data: bytes) -> str:
+    """What to do about a file that is not UTF-8, seen from data (some of its bytes)."""
+    if not _reads_as_gb18030(data):
+        return "convert it to UTF-8 first"
+    name = Path(path)
+    converted = name.with_name(f"{name.stem}.utf8{name.suffix}")
+    return (f"it reads as Chinese text in GB18030 (GBK), which Windows saves text in: convert it to UTF-8 (e.g. "
+            f"iconv -f GB18030 -t UTF-8 {shlex.quote(str(path))} > {shlex.quote(str(converted))})")
+
+
+def _changed_since(path: Path, f, before: os.stat_result) -> str | None:
+    """How the input at path, open as f and as it was when opened (before), changed since:
+    grown or shrunk, written to, or replaced by another file; None where it did not."""
+    after = os.fstat(f.fileno())
+    try:
+        now = os.stat(path)
+    except OSError:
+        return "it was removed"
+    if (now.st_dev, now.st_ino) != (before.st_dev, before.st_ino):
+        return "it was replaced by another file"
+    if after.st_size != before.st_size:
+        return f"its size went from {before.st_size:,} to {after.st_size:,} bytes"
+    if after.st_mtime_ns != before.st_mtime_ns:
+        return "it was written to"
+    return None
+
+
+@contextlib.contextmanager
+def _read_unchanged(path: Path, f) -> Iterator[int]:
+    """Around the reading of one input (f, open at path): its size when opened, and a DataError
+    when it changes before the reading ends (a file still being written, or replaced): the
+    dataset would hold some other text than the file's, and meta.json another size."""
+    before = os.fstat(f.fileno())
+
+    def changed() -> DataError | None:
+        how = _changed_since(path, f, before)
+        return how and DataError(f"{path} changed while it was read ({how}): nothing was written; prepare again "
+                                 "once it no longer changes (or copy it first, and prepare the copy)")
+
+    try:
+        yield before.st_size
+    except (UnicodeDecodeError, DataError):  # (a file cut short in the middle of a character)
+        if error := changed():
+            raise error from None
+        raise
+    if error := changed():
+        raise error
+
+
+def _line_not_utf8(where: str, e: UnicodeDecodeError, raw: bytes, first: bool, path) -> str:
+    """The message for a JSONL line that is not UTF-8 (the byte's offset in the line counts
+    the byte-order mark that the first line's decoder drops)."""
+    at = e.start + (len(codecs.BOM_UTF8) if first and raw.startswith(codecs.BOM_UTF8) else 0)
+    return f"{where}: not UTF-8 ({e.reason} at byte {at} of the line); {_convert_hint(path, raw)}"
+
+
 @contextlib.contextmanager
 def _utf8_errors(path: Path):
     try:
         yield
     except UnicodeDecodeError as e:
         found = _first_bad_utf8(path)
+        if found is None:  # (read again, it is UTF-8 throughout)
+            raise DataError(f"{path} changed while it was read (it reads as UTF-8 now): nothing was written; "
+                            "prepare again once it no longer changes") from None
         where = f"{path}:{found[0]}" if found else str(path)
         why = f"{found[2]} at byte {found[1]}" if found else e.reason
-        raise DataError(f"{where}: not UTF-8 text ({why}); convert it to UTF-8 first") from None
+        data = b""
+        with contextlib.suppress(OSError):
+            with open(path, "rb") as f:
+                f.seek(found[1] if found else 0)
+                data = f.read(1 << 16)
+        raise DataError(f"{where}: not UTF-8 text ({why}); {_convert_hint(path, data)}") from None
 
 
 def _not_a_file(path) -> str | None:
@@ -716,8 +805,14 @@ def existing_files(inputs, out_dir: str | Path | None = None, tokenizer: str | P
         raise DataError("an input file name is empty; give text files")
     if not typed:
         raise DataError("no input files given")
+    home = Path(out_dir).resolve() if out_dir is not None and str(out_dir) else None
     files: list[tuple[str, str]] = []  # (path, how the arguments name it)
     for t in typed:
+        where = Path(t).resolve()
+        if home is not None and (where == home or home in where.parents):  # (a folder inside is left out)
+            raise DataError(f"input {t} is {'the output folder' if where == home else 'inside the output folder'} "
+                            f"--out_dir {out_dir}: what prepare writes there is no input; give the text files, or "
+                            "another --out_dir")
         if os.path.isdir(t):
             files.extend((f, f"{f} (in folder {t})") for f in _input_folder_files(t, [out_dir, tokenizer]))
         else:
@@ -857,6 +952,7 @@ def prepare_pretrain(
         total_bytes = sum(p.stat().st_size for p in inputs)
         bar = Progress(total_bytes, "encode", enabled=progress)
         done_bytes = 0
+        sizes: list[int] = []  # of the inputs, as read
         try:
             with _writing(out_dir, "the token stream"), open(stream_path, "wb") as out, _ending(bar):
 
@@ -868,7 +964,8 @@ def prepare_pretrain(
 
                 for path in inputs:
                     # utf-8-sig: a byte-order mark at the start of a file is dropped, not encoded as text
-                    with open(path, encoding="utf-8-sig") as f, _utf8_errors(path):
+                    with (open(path, encoding="utf-8-sig") as f, _utf8_errors(path),
+                          _read_unchanged(path, f) as size):
                         for doc in iter_documents(f, doc_mode, piece_chars):
 
                             def counted(pieces: Iterable[str]) -> Iterator[str]:
@@ -888,7 +985,8 @@ def prepare_pretrain(
                             if bos_eos:
                                 emit(eos)
                             n_docs += 1
-                    done_bytes += path.stat().st_size
+                    sizes.append(size)
+                    done_bytes += size
             bar.close()
             if n_tokens == 0:
                 raise DataError(f"the input files hold no text: {', '.join(map(str, inputs))}")
@@ -968,7 +1066,7 @@ def prepare_pretrain(
             "dtype": dtype.name,
             "tokenizer": {"file": TOKENIZER_FILE, "source": path_text(tokenizer_path),
                           "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size},
-            "inputs": [{"path": path_text(p), "bytes": p.stat().st_size} for p in inputs],
+            "inputs": [{"path": path_text(p), "bytes": size} for p, size in zip(inputs, sizes)],
             "documents": {"mode": doc_mode, "bos_eos": bos_eos},
             # tokens: all, as in the shards; text_tokens: encoded from the documents' characters, without
             # the separators or <|bos|>/<|eos|> (whose characters are not counted either)
@@ -1286,13 +1384,15 @@ def prepare_sft(
         total_bytes = sum(p.stat().st_size for p in inputs)
         bar = Progress(total_bytes, "sft", enabled=progress)
         done = 0
+        sizes: list[int] = []  # of the inputs, as read
         handles = {split: (open(build / a, "wb"), open(build / b, "wb")) for split, (a, b) in files.items()}
         with _writing(out_dir, "the rows"), contextlib.ExitStack() as closing, _ending(bar):
             for a, b in handles.values():
                 closing.callback(b.close)
                 closing.callback(a.close)
             for path in inputs:
-                with open(path, "rb") as f:
+                with open(path, "rb") as f, _read_unchanged(path, f) as file_size:
+                    sizes.append(file_size)
                     for lineno, raw, size in _jsonl_lines(f, max_line_bytes):
                         done += size
                         bar.update(done)
@@ -1313,7 +1413,7 @@ def prepare_sft(
                             # (block_size + 1 ids are enough to tell a sample that is too long)
                             ids, mask = sft_encode(tok, pairs, block_size + 1)
                         except (DataError, UnicodeDecodeError) as e:
-                            why = f"{where}: not UTF-8 ({e.reason})" if isinstance(e, UnicodeDecodeError) else str(e)
+                            why = str(e) if isinstance(e, DataError) else _line_not_utf8(where, e, raw, lineno == 1, path)
                             if not skip_bad:
                                 raise DataError(why if isinstance(e, UnicodeDecodeError) else
                                                 f"{why} (pass --skip_bad to skip bad lines)") from None
@@ -1372,7 +1472,7 @@ def prepare_sft(
             "block_size": block_size,
             "tokenizer": {"file": TOKENIZER_FILE, "source": path_text(tokenizer_path),
                           "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size},
-            "inputs": [{"path": path_text(p), "bytes": p.stat().st_size} for p in inputs],
+            "inputs": [{"path": path_text(p), "bytes": size} for p, size in zip(inputs, sizes)],
             "template": "<|instruct_mark|>question<|response_mark|>answer<|eos|> per turn, padded with <|padding|>; "
                         "mask 1 on answer tokens and their <|eos|>",
             "counts": {"records": records, "samples": index, "bad_lines": bad, "too_long_skipped": skipped,
@@ -1399,6 +1499,23 @@ def prepare_sft(
 
 
 ROW_KINDS = ("sft", "seq2seq")
+
+
+def _whole_numbers(a, what: str) -> np.ndarray:
+    """a as an array of whole numbers (integers, bools, or floats or Python objects with whole
+    values), else a DataError naming `what`: rows are stored as integers, and 7.5 would be
+    stored as 7 without a word."""
+    a = np.asarray(a)
+    if a.dtype.kind == "O":  # (np.array(lists, dtype=object), a pandas column)
+        try:
+            a = a.astype(np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{what} must be whole numbers, got values that are not numbers") from None
+    if a.dtype.kind in "biu" or (a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.round(a)).all()):
+        return a
+    got = ("fractions or values that are not finite" if a.dtype.kind in "fO" else
+           "text" if a.dtype.kind in "US" else f"values of type {a.dtype}")
+    raise DataError(f"{what} must be whole numbers, got {got}")
 
 
 def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dict[str, tuple[np.ndarray, ...]],
@@ -1428,9 +1545,16 @@ def write_rows(out_dir: str | Path, tokenizer: Tokenizer, kind: str, splits: dic
         if width not in (None, w):
             raise DataError(f"the splits have rows of different lengths ({width} and {w})")
         width = w
-        ids = [np.asarray(a) for a in arrays[:-1]]
-        if any(n and (a.min() < 0 or a.max() >= tokenizer.vocab_size) for a in ids):
+        if not n * w:
+            continue  # (no values: nothing to check, nor to write)
+        arrays = [_whole_numbers(a, f"{kind} rows of split {name}: the {what}")
+                  for a, what in zip(arrays, ("tokens", "mask") if kind == "sft" else ("inputs", "targets", "mask"))]
+        if any(a.min() < 0 or a.max() >= tokenizer.vocab_size for a in arrays[:-1]):
             raise DataError(f"{kind} rows of split {name}: token ids outside the vocabulary (0..{tokenizer.vocab_size - 1})")
+        if not np.isin(arrays[-1], (0, 1)).all():
+            row, col = (int(i[0]) for i in np.nonzero(~np.isin(arrays[-1], (0, 1))))
+            raise DataError(f"{kind} rows of split {name}: the mask must be 0 (not scored) or 1 (scored), got "
+                            f"{arrays[-1][row, col]} at row {row}, position {col}")
     if width is None or width < (2 if kind == "sft" else 1):
         raise DataError(f"no {kind} rows to write")
     out_dir = dataset_dir(out_dir)

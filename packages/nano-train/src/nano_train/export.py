@@ -57,7 +57,7 @@ from pathlib import Path
 from nano_format import BadGroupSize, WriteError, check_writable, file_kind, kept_mode
 from nano_format.quant import check_group_size
 
-from nano_train import discard_stdout, either_spelling, integer, interrupts
+from nano_train import discard_stdout, either_spelling, escape_unencodable, integer, interrupts
 
 __all__ = ["main", "build_parser"]
 
@@ -368,6 +368,7 @@ def _and(paths: list[Path]) -> str:
 
 
 def main(argv=None) -> int:
+    escape_unencodable()
     parser = build_parser()
     args = parser.parse_args(either_spelling(parser, argv))
     written: list[Path] = []  # filled once every file is in place

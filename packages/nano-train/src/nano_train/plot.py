@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nano_format import WriteError, check_writable, file_kind, write_atomically
 
-from nano_train import either_spelling, file_stamp, print_output
+from nano_train import either_spelling, escape_unencodable, file_stamp, print_output
 from nano_train.metrics import read_log
 
 
@@ -135,6 +135,50 @@ def run_labels(paths: list[Path]) -> list[str]:
         depth += 1
 
 
+def _undrawable(text: str, font_file: str) -> set[str]:
+    """The characters of text that the font in font_file has no glyph for."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        charmap = FT2Font(font_file).get_charmap()
+    except (OSError, RuntimeError, ValueError):  # a font file that cannot be read draws nothing
+        return {c for c in text if not c.isspace()}
+    return {c for c in text if not c.isspace() and ord(c) not in charmap}
+
+
+def legend_fonts(labels: list[str]) -> tuple[list[str], set[str]]:
+    """(installed font families that draw the characters of labels which matplotlib's default
+    font lacks, in the order found; the characters that none of them draws). Run folders may
+    be named in Chinese, which DejaVu Sans cannot draw; matplotlib takes each glyph from the
+    first family on its list that has it, so one name may need several fonts."""
+    from matplotlib import font_manager
+
+    lacking = _undrawable("".join(labels), font_manager.findfont(font_manager.FontProperties()))
+    families: list[str] = []
+    tried, known = set(), set()
+    for entry in font_manager.fontManager.ttflist:  # (each family once, in its upright style)
+        known.add(entry.fname)
+        if not lacking or entry.name in tried or entry.style != "normal" or entry.name.startswith("Last Resort"):
+            continue  # (Last Resort, which matplotlib ships, has a box with the code point for every character)
+        tried.add(entry.name)
+        drawn = lacking - _undrawable("".join(lacking), entry.fname)
+        if drawn:
+            families.append(entry.name)
+            lacking -= drawn
+    # matplotlib lists the fonts installed when it made its cache: one installed since is not on it
+    for font_file in font_manager.findSystemFonts() if lacking else ():
+        if font_file in known:
+            continue
+        drawn = lacking - _undrawable("".join(lacking), font_file)
+        if drawn:
+            font_manager.fontManager.addfont(font_file)
+            families.append(font_manager.fontManager.ttflist[-1].name)
+            lacking -= drawn
+            if not lacking:
+                break
+    return families, lacking
+
+
 def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
     try:
         import matplotlib
@@ -164,9 +208,18 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
             print(f"note: {path}: skipped {bad} values that are not finite numbers of a plottable size "
                   f"(|x| <= {MAX_MAGNITUDE:g})", file=sys.stderr)
         runs.append((path, c))
+    labels = run_labels([path for path, _ in runs])
+    families, lacking = legend_fonts(labels)
+    for i, (path, _) in enumerate(runs):
+        if missing := "".join(sorted(lacking & set(labels[i]))):  # boxes would not tell the runs apart
+            shown = f"run {i + 1}"
+            print(f"note: the legend calls {path} {shown!r}: no installed font draws {missing!r} of its name "
+                  f"{labels[i]!r} (install a font with those characters, e.g. fonts-noto-cjk for Chinese)",
+                  file=sys.stderr)
+            labels[i] = shown
     fig, ax = plt.subplots(figsize=(9, 5))
     ax2 = ax.twinx() if show_lr else None
-    for i, ((path, c), label) in enumerate(zip(runs, run_labels([path for path, _ in runs]))):
+    for i, ((path, c), label) in enumerate(zip(runs, labels)):
         color = f"C{i}"
         if c["train"][0]:
             ax.plot(*c["train"], color=color, alpha=0.6, linewidth=1, marker=_lone(c["train"]), markersize=3,
@@ -183,7 +236,10 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
         ax2.set_ylabel("learning rate")
     # one legend for both axes, on the upper one (the learning rate's lines would cover one on the lower)
     lines = ax.get_lines() + (ax2.get_lines() if ax2 is not None else [])
-    (ax if ax2 is None else ax2).legend(handles=lines, loc="upper right")
+    # (a font for the characters of run names the default lacks: matplotlib takes a glyph from
+    # the first family on the list that has it)
+    font = {"family": [*matplotlib.rcParams["font.family"], *families]} if families else None
+    (ax if ax2 is None else ax2).legend(handles=lines, loc="upper right", prop=font)
     fig.tight_layout()
     picture = io.BytesIO()
     try:
@@ -198,6 +254,7 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    escape_unencodable()
     parser = argparse.ArgumentParser(prog="python -m nano_train.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logs", nargs="+", help="run directories or log.jsonl files")

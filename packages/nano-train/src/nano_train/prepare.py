@@ -78,7 +78,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from nano_train import INT_TEXT, discard_stdout, either_spelling, file_stamp, integer, interrupts, number
+from nano_train import (INT_TEXT, discard_stdout, either_spelling, escape_unencodable, file_stamp, integer,
+                        interrupts, number)
 
 # nano_train.data (numpy) is imported where it is used, inside main's handling of
 # Ctrl-C: that import takes a moment, and a Ctrl-C meanwhile is one line, not a traceback.
@@ -165,6 +166,7 @@ def _prepare(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    escape_unencodable()
     interrupts.as_ctrl_c()  # SIGTERM and SIGHUP remove what was staged, as Ctrl-C does
     try:  # the first thing imports numpy
         from nano_train.data import DataError, path_text

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 from nano_format import WriteError, write_atomically
-from nano_tokenizer import BOS, EOS
+from nano_tokenizer import BOS, EOS, PADDING
 
 from nano_train.checkpoint import BEST
 from nano_train.metrics import duration, human, read_log
@@ -40,9 +40,13 @@ def default_prompts(task: str, tokenizer, source, n: int = 2) -> list[str]:
         if task == "pretrain":
             x, _, _ = source.fetch(np.array([row * max(source.n_rows // n, 1)]), np.zeros(len(source.shards), np.int64))
             prompts.append(DataPrompt(tokenizer, x[0, :16]))
-        elif hasattr(source, "targets"):  # seq2seq rows
-            x, _, m = source.fetch(np.array([row]), None)
-            prompts.append(DataPrompt(tokenizer, x[0][m[0] > 0]))
+        elif hasattr(source, "targets"):  # seq2seq rows: the input, without the padding after it
+            x, _, _ = source.fetch(np.array([row]), None)
+            ids = x[0].tolist()
+            pad = tokenizer.special_tokens.get(PADDING)
+            while ids and ids[-1] == pad:
+                ids.pop()
+            prompts.append(DataPrompt(tokenizer, ids))
         else:
             ids = source.tokens[row].tolist()
             try:
@@ -194,6 +198,8 @@ def write_report(path: Path, *, cfg, result, model, tokenizer, dataset, device, 
         "## Samples",
         "",
         f"No samples: {no_samples}." if no_samples else
+        "One forward pass over each input, the most likely token at every position (seq2seq rows: no sampling, "
+        "no new tokens)." if dataset.kind == "seq2seq" else
         f"temperature {cfg.eval.sample_temperature}, up to {cfg.eval.sample_tokens} new tokens.",
         "",
     ]

@@ -76,7 +76,7 @@ import sys
 import time
 from pathlib import Path
 
-from nano_train import discard_stdout, either_spelling
+from nano_train import discard_stdout, either_spelling, escape_unencodable
 
 __all__ = ["main", "build_parser"]
 
@@ -294,23 +294,14 @@ def _load(args):
     return model.eval(), tokenizer
 
 
-def _reads_as_causal(path) -> str | None:
-    """The layout of a model file that cannot record the attention kind (it reads as
-    causal, as the sort6 fixture, trained with full attention, does); None otherwise."""
-    import nano_format
+def _too_long(e: ValueError, args, n_prompt: int, n_text: int, block: int) -> ValueError:
+    """generate's error for a prompt (n_prompt tokens) that leaves no room, with the way to
+    run a full-attention model where its text (n_text tokens, without the instruct marks)
+    fits the block of a file that reads as causal, as nano run says it."""
+    from .convert import unrecorded_attention
 
-    try:
-        with nano_format.read(path) as nf:
-            return None if nf.layout.extension else nf.layout.name
-    except Exception:  # (a checkpoint, which records it; the file was read once already)
-        return None
-
-
-def _too_long(e: ValueError, args, n_prompt: int, block: int) -> ValueError:
-    """generate's error for a prompt that leaves no room, with the way to run a
-    full-attention model where the prompt fills the block of a file that reads as
-    causal, as nano run says it."""
-    layout = _reads_as_causal(args.model) if n_prompt == block and not args.seq2seq else None
+    fits = n_prompt >= block and n_text <= block and not args.seq2seq
+    layout = unrecorded_attention(args.model) if fits else None
     if layout is None:
         return e
     return ValueError(f"{e}; a full-attention model runs with --seq2seq (layout {layout} cannot record the "
@@ -397,7 +388,7 @@ def _chat(args, model, tok, sc: "SamplerConfig", system: str | None, out) -> int
                     stream = generate(model, ids, sc, tokenizer=tok,  # a prompt too long: its ValueError
                                       on_sample=lambda _: sampled.append(time.perf_counter()))
                 except ValueError as e:
-                    raise _too_long(e, args, len(ids), block) from None
+                    raise _too_long(e, args, len(ids), len(tok.encode(question)), block) from None
                 if dropped:
                     n_all = len(chat_prompt(tok, turns, question, system)[0])
                     count = f"{dropped} " if dropped > 1 else ""
@@ -506,7 +497,8 @@ def _run(args, out) -> int:
     except StopError as e:  # a --stop text that is empty or that the vocabulary cannot write
         raise UsageError(f"--stop: {e}") from None
     except ValueError as e:
-        raise _too_long(e, args, len(ids), model.config.block_size) from None
+        n_text = len(tok.encode(prompt)) if args.instruct else len(ids)  # (the question, without the marks)
+        raise _too_long(e, args, len(ids), n_text, model.config.block_size) from None
     for token in stream:
         n += 1
         out.write(tok.decode([token]))
@@ -542,9 +534,7 @@ def _error_text(e: Exception) -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(either_spelling(parser, argv))
-    for stream in (sys.stdout, sys.stderr):  # a text the terminal cannot encode must not stop the output
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="backslashreplace")
+    escape_unencodable()  # a text the terminal cannot encode must not stop the output
     try:
         if sys.stdout is None:  # started with standard output closed
             raise BadInput("standard output is closed: nowhere to write the text")

@@ -57,8 +57,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nano_train import OutputFailed, checkpoint as ckpt_io, dirlock, discard_stdout, interrupts, print_output
+from nano_train import (OutputFailed, checkpoint as ckpt_io, dirlock, discard_stdout, escape_unencodable, interrupts,
+                        print_output)
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
+from nano_train.convert import unrecorded_attention
 from nano_train.config import Config, ConfigError, help_text, key_type, load_config, unknown_key_hint
 from nano_train.config import check as check_config
 from nano_train.data import CHUNK_TOKENS, NO_ROOM, Batcher, DataError, Dataset
@@ -524,16 +526,18 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
-def load_base_model(path: str) -> tuple[ModelConfig, dict, object]:
+def load_base_model(path: str, is_causal: bool | None = None) -> tuple[ModelConfig, dict, object]:
     """(config, state dict, tokenizer) of the model an SFT/LoRA run starts from:
-    a nano-train checkpoint or a model file (.bin) through nano_train.convert.load_model."""
+    a nano-train checkpoint or a model file (.bin) through nano_train.convert.load_model.
+    is_causal: the attention kind set for the run (model.is_causal), which a model file
+    of a layout that cannot record it takes (the sort6 fixture has full attention)."""
     from nano_train import convert
 
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"run.init_from: {path} is not a file (expected 'scratch', 'resume', a .pt or a .bin)")
     try:
-        model, tok = convert.load_model(p)  # told apart by the first bytes, not the name
+        model, tok = convert.load_model(p, is_causal=is_causal)  # told apart by the first bytes, not the name
     except (ValueError, OSError, KeyError, TypeError, RuntimeError) as e:  # ConvertError is a ValueError
         why = ckpt_io.one_line(e) or e.__class__.__name__
         raise CheckpointError(f"run.init_from: cannot load {path}: {why}") from None
@@ -560,20 +564,29 @@ def resolve_compute(cfg: Config, info: DistInfo):
     return device, dtype, forward_context, matmul
 
 
-def check_attention_fits_data(model: ModelConfig, ds: Dataset, source: str) -> str | None:
+def check_attention_fits_data(model: ModelConfig, ds: Dataset, source: str, resuming: bool = False,
+                              init_from: str = "scratch") -> str | None:
     """Pretraining and SFT rows are shifted by one token (the target at t is the input
     at t + 1): under full attention every position sees the token it is to predict,
     and the loss falls while the model learns nothing it could generate with. Seq2seq
     rows (input and target aligned) are made for full attention; a causal model can
-    still be fitted to them (`nano seq2seq --causal` runs one): the note returned."""
+    still be fitted to them (`nano seq2seq --causal` runs one): the note returned, with
+    --is_causal=false where the run may choose (from scratch, or from a model file that
+    cannot record its attention kind, which reads as causal)."""
     if not model.is_causal and ds.kind != "seq2seq":
         raise ConfigError(f"the model has full attention (model.is_causal false, from {source}) but {ds.path} is "
                           f"a {ds.kind} dataset, whose targets are the next tokens: every position would see the "
                           "token it is to predict. Train full attention on seq2seq rows (data.write_rows), or "
                           "set --is_causal=true")
     if model.is_causal and ds.kind == "seq2seq":
-        return (f"{ds.path} holds seq2seq rows (made for full attention) and the model is causal: each "
+        note = (f"{ds.path} holds seq2seq rows (made for full attention) and the model is causal: each "
                 "position answers from the inputs up to itself only")
+        if init_from == "scratch" and not resuming:
+            return note + "; --is_causal=false trains full attention"
+        if not resuming and (layout := unrecorded_attention(init_from)):
+            return (note + f"; its model file (layout {layout}) cannot record the attention kind and reads as "
+                    "causal: --is_causal=false trains it with full attention")
+        return note
     return None
 
 
@@ -973,7 +986,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         ds.check_tokenizer(fingerprint, str(latest))
         check_resume_conflicts(cfg, checkpoint, latest, ds)
     elif cfg.run.init_from != "scratch":
-        base_config, base_sd, base_tok = load_base_model(cfg.run.init_from)
+        asked = cfg.model.is_causal if "model.is_causal" in explicit else None
+        base_config, base_sd, base_tok = load_base_model(cfg.run.init_from, asked)
         ds.check_tokenizer(base_tok.fingerprint(), cfg.run.init_from)
     elif task == "lora":
         raise ConfigError("task lora needs run.init_from = a base model (.pt checkpoint or .bin file)")
@@ -984,7 +998,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     else:
         inherited, source = None, ""
     cfg.model = resolve_model_config(cfg, set(explicit), tokenizer, inherited, source)
-    if causal_note := check_attention_fits_data(cfg.model, ds, source or "the config"):
+    if causal_note := check_attention_fits_data(cfg.model, ds, source or "the config", resuming, cfg.run.init_from):
         note(causal_note)
     if inherited is not None:  # the heads checked at startup were the config's, not these
         check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
@@ -1596,6 +1610,7 @@ def setting_typo(argv: list[str]) -> str | None:
 
 
 def main(task: str | None = None, argv: list[str] | None = None) -> int:
+    escape_unencodable()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         return print_output(__doc__.strip() + "\n\nconfig keys (JSON sections, or --key=value):\n" + help_text())
