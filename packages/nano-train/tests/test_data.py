@@ -137,8 +137,16 @@ def test_the_forced_validation_chunk_is_never_the_short_last_one(tmp_path, share
     assert "warning: the validation split's longest chunk holds 100 tokens" in summary.text()
     assert "--val_fraction" in summary.text()
     # the error for a block too long for the validation split says how to get one, or do without
-    with pytest.raises(DataError, match=r"validation split is too short.*--val_fraction.*--eval_iters=0"):
+    # (shuffled, each chunk is a piece of its own: a larger --val_fraction would join none of them)
+    with pytest.raises(DataError, match=r"validation split is too short for block_size 100: .*; prepare the data with "
+                                        r"a larger --chunk_tokens, lower model.block_size, or train without "
+                                        r"validation \(--eval_iters=0\)$"):
         Dataset(out).source("val", 100)
+    prepare_pretrain([text], tok, tmp_path / "o", chunk_tokens=100, val_fraction=1e-9, seed=seed, shuffle=False,
+                     progress=False)
+    with pytest.raises(DataError, match=r"validation split is too short for block_size 100: .*; prepare the data with "
+                                        r"a larger --val_fraction or --chunk_tokens, lower model.block_size, or"):
+        Dataset(tmp_path / "o").source("val", 100)
     # a draw that takes only the short last chunk gets the full chunk with the smallest hash too
     u = split_hash(seed, np.arange(4))
     summary = prepare_pretrain([text], tok, tmp_path / "f", chunk_tokens=100, val_fraction=(u[3] + u[:3].min()) / 2,

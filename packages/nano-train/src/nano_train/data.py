@@ -2067,11 +2067,11 @@ class Dataset:
             shards = [self.splits[split][k] for k in kept]
 
             def too_short(why: str, runs: bool) -> DataError:
-                if split == "val":
+                if split == "val":  # shuffled, each chunk is a piece of its own: more of them join none
+                    more = "--chunk_tokens" if self.meta["shuffle"]["enabled"] else "--val_fraction or --chunk_tokens"
                     return DataError(f"the validation split is too short for block_size {block_size}: {why}; "
-                                     "prepare the data with a larger --val_fraction"
-                                     f"{' or --chunk_tokens' if runs else ''}, or train without validation "
-                                     "(--eval_iters=0)")
+                                     f"prepare the data with a larger {more}, lower model.block_size, or train "
+                                     "without validation (--eval_iters=0)")
                 return DataError(f"block_size {block_size} is larger than the data: {why}; lower model.block_size"
                                  + (", or prepare the data with a larger --chunk_tokens" if runs else " or add data"))
 
