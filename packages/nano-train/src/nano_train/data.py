@@ -593,19 +593,18 @@ def _line_not_utf8(where: str, e: UnicodeDecodeError, raw: bytes, first: bool, p
 def _utf8_errors(path: Path):
     try:
         yield
-    except UnicodeDecodeError as e:
+    except UnicodeDecodeError:
         found = _first_bad_utf8(path)
         if found is None:  # (read again, it is UTF-8 throughout)
             raise DataError(f"{path} changed while it was read (it reads as UTF-8 now): nothing was written; "
                             "prepare again once it no longer changes") from None
-        where = f"{path}:{found[0]}" if found else str(path)
-        why = f"{found[2]} at byte {found[1]}" if found else e.reason
-        data = b""
+        line, offset, reason = found
+        data = b""  # (from the first bad byte on: what the text there is)
         with contextlib.suppress(OSError):
             with open(path, "rb") as f:
-                f.seek(found[1] if found else 0)
+                f.seek(offset)
                 data = f.read(1 << 16)
-        raise DataError(f"{where}: not UTF-8 text ({why}); {_convert_hint(path, data)}") from None
+        raise DataError(f"{path}:{line}: not UTF-8 text ({reason} at byte {offset}); {_convert_hint(path, data)}") from None
 
 
 def _not_a_file(path) -> str | None:
