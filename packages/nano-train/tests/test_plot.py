@@ -12,7 +12,6 @@ import pytest
 
 from nano_train import plot as plot_cmd
 
-pytest.importorskip("matplotlib")
 
 RECORDS = [
     {"kind": "train", "step": 1, "loss": 8.3, "lr": 1e-4},

@@ -44,7 +44,6 @@ def start(task: str) -> int:
     is removed, as after a Ctrl-C."""
     from nano_train import interrupts
 
-    escape_unencodable()
     interrupts.as_ctrl_c()
     try:
         from nano_train.train import main
