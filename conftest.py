@@ -10,6 +10,7 @@ every package's tests; a missing file fails the test, never skips it.
 """
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,11 @@ def checkout_without_a_compiler(tmp_path, monkeypatch) -> Path:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "needs_hardware: may skip in CI (e.g. needs a GPU)")
+    # A shell script's background job (`pytest ... &`, without job control) starts with
+    # Ctrl-C ignored, and the programs it starts inherit that: the tests of what Ctrl-C does
+    # would see nothing happen. They send it on purpose, so it is Python's default again.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(hookwrapper=True)

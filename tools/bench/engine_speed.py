@@ -98,10 +98,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import check_output, cpu_model, fail, load_average, write_json  # noqa: E402
-from nano_train.config import MAX_THREADS  # noqa: E402
-from shapes import shape_56m  # noqa: E402
+from nano_train.config import MAX_THREADS
+
+from machine import check_output, cpu_model, fail, load_average, write_json
+from shapes import shape_56m
 
 REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "engines" / "c-core"

@@ -139,8 +139,9 @@ for arg in sys.argv[1:]:
     if len(train) < 2:
         print(f"{variant:44s} too few records ({len(train)})")
         continue
-    rates = [r["tokens_per_s"] for r in train[1:]]
-    mfus = [r["mfu"] for r in train[1:]]
+    # (null where the process was stopped, Ctrl-Z or SIGSTOP, through a record's steps)
+    rates = [r["tokens_per_s"] for r in train[1:] if r["tokens_per_s"] is not None] or [0.0]
+    mfus = [r["mfu"] for r in train[1:] if r["mfu"] is not None] or [0.0]
     at500 = next((f"{r['loss']:8.3f}" for r in train if r["step"] == 500), "       -")
     print(f"{variant:44s} {len(rates):7d} {train[-1]['step']:6d} {statistics.median(rates):12,.0f} "
           f"{100 * statistics.median(mfus):9.1f}% {100 * max(mfus):5.1f}% {train[0]['elapsed_s']:12.0f}s {at500}")

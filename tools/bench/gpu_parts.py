@@ -3,6 +3,10 @@
     python3 tools/bench/gpu_parts.py [--config CONFIG.json] [--batch N] [--json OUT]
     python3 tools/bench/gpu_parts.py --device cpu --batch 1   # checks the script itself, slowly
 
+with the Nano packages installed (`hatch run setup`), or from the repository's root with
+PYTHONPATH=packages/nano-format/src:packages/nano-tokenizer/src:packages/nano-train/src,
+as gpu_check.sh runs it on a machine where only torch is installed.
+
 The model, batch size and optimizer of a nano-train config, by default
 `configs/gpu_56m.json` (the 56M shape: 16 layers, 512 wide, 16 heads of 32, 8 KV
 heads, hidden 1408, vocab 16384, block 512, batch 32), in bfloat16 autocast over
@@ -43,17 +47,13 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-ROOT = Path(__file__).resolve().parents[2]
-for pkg in ("nano-format", "nano-tokenizer", "nano-train"):
-    sys.path.insert(0, str(ROOT / "packages" / pkg / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from nano_train.config import ConfigError, load_config
+from nano_train.losses import linear_cross_entropy
+from nano_train.model import Transformer
+from nano_train.train import blocked_loss, make_adamw
 
-from machine import check_output, fail, write_json  # noqa: E402
-from nano_train.config import ConfigError, load_config  # noqa: E402
-from nano_train.losses import linear_cross_entropy  # noqa: E402
-from nano_train.model import Transformer  # noqa: E402
-from nano_train.train import blocked_loss, make_adamw  # noqa: E402
-from shapes import GPU_CONFIG  # noqa: E402
+from machine import check_output, fail, write_json
+from shapes import GPU_CONFIG
 
 
 def time_ms(fn, reps: int = 20) -> tuple[float, float | None]:

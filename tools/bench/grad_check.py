@@ -24,16 +24,14 @@ import argparse
 import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from nano_train.model import ModelConfig, Transformer
 from nano_train.train import forward_context_factory
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import fail  # noqa: E402
-from shapes import shape_56m  # noqa: E402
+from machine import fail
+from shapes import shape_56m
 
 
 def parse_args(argv=None):

@@ -39,10 +39,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import check_output, cpu_model, fail, load_average, write_json
+from tokenizer_speed import check_file, read_text, shared_data
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import check_output, cpu_model, fail, load_average, write_json  # noqa: E402
-from tokenizer_speed import check_file, read_text, shared_data  # noqa: E402
 
 # The peer, run as `python -c PEER CORPUS VOCAB OUT_DIR`: whole text, one encode, a 95/5 cut.
 PEER = """

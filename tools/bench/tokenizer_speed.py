@@ -53,9 +53,9 @@ from nano_format import file_kind
 from nano_tokenizer import Tokenizer, TokenizerError
 from nano_tokenizer.vectors import ENGLISH
 
+from machine import fail
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import fail  # noqa: E402
 
 
 def shared_data() -> Path:

@@ -87,12 +87,10 @@ import argparse
 import datetime
 import gc
 import json
-import math
 import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
 try:
     import resource  # POSIX: page-fault counts
@@ -102,16 +100,16 @@ except ImportError:  # Windows
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import check_output, cpu_model, fail, load_average, write_json  # noqa: E402
-from shapes import shape_56m  # noqa: E402
 
-from nano_train.config import COMPILE_MODES, MAX_INT, MAX_THREADS, OptimConfig
+from nano_train.config import COMPILE_MODES, DTYPES, LOSSES, MAX_INT, MAX_THREADS, OptimConfig
 from nano_train.matmul import MATMULS, linear, onednn_blocker, resolve_matmul
 from nano_train.metrics import cpu_aware_probe, peak_flops, synchronize
-from nano_train.model import ModelConfig, Transformer
+from nano_train.model import ModelConfig, Transformer, decay_groups
 from nano_train.train import (CUDA_GRAPH_MODES, blocked_loss, forward_context_factory, make_adamw, make_grad_scaler,
                               resolve_dtype)
+
+from machine import check_output, cpu_model, fail, load_average, write_json
+from shapes import shape_56m
 
 # Shapes: model keys of ModelConfig plus the default batch and sequence length.
 SHAPES = {
@@ -135,7 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", choices=sorted(SHAPES), default="small")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"], default="auto",
+    p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="auto: the trainer's choice (nano_train.train.resolve_dtype): bfloat16 (or "
                         "float16) on a GPU, bfloat16 on a CPU with AVX512-BF16 or AMX, else float32")
     p.add_argument("--batch", type=int, help="sequences per step (shape default)")
@@ -148,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile both models (bare --compile), only ours or only the peer")
     p.add_argument("--compile-mode", choices=COMPILE_MODES, default="default",
                    help="torch.compile's mode for the compiled models (default: default)")
-    p.add_argument("--ours-loss", choices=("auto", "blocked", "plain"), default="auto",
+    p.add_argument("--ours-loss", choices=LOSSES, default="auto",
                    help="ours: the blocked loss, or the plain logits + cross-entropy; "
                         "auto (default): as the trainer, blocked on a CPU, plain on a GPU")
     p.add_argument("--ours-matmul", choices=MATMULS, default="auto",
@@ -226,13 +224,6 @@ def build_peer(cfg: ModelConfig, device: torch.device) -> torch.nn.Module:
     return model
 
 
-def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """nano-train's rule (Transformer.param_groups): matrices decay, vectors do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return [g for g in ({"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-                        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}) if g["params"]]
-
-
 # ---------------------------------------------------------------------------
 # The plain loop
 
@@ -270,7 +261,6 @@ class Trainee:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
-
 
 
 def ours_loss(model, x, y):

@@ -175,12 +175,18 @@ def test_the_json_is_written_atomically(train_speed, monkeypatch, tmp_path, caps
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temporary file left
 
 
-def test_ours_products_follow_the_trainers_rule(train_speed):
-    """--ours-matmul: auto is the trainer's system.matmul (oneDNN for float32 on an x86-64
-    CPU, compiled or not), torch keeps F.linear."""
+@pytest.mark.parametrize("machine, vendor", [("x86_64", "AuthenticAMD"), ("x86_64", "GenuineIntel"),
+                                             ("aarch64", "")])
+def test_ours_products_follow_the_trainers_rule(train_speed, monkeypatch, machine, vendor):
+    """--ours-matmul: auto is the trainer's system.matmul (oneDNN for float32 on an AMD
+    x86-64 CPU, compiled or not), torch keeps F.linear."""
     import platform
 
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    from nano_train import matmul
+
+    monkeypatch.setattr(platform, "machine", lambda: machine)
+    monkeypatch.setattr(matmul, "cpu_vendor", lambda: vendor)
+    x86 = vendor == "AuthenticAMD"
     for argv, expected in (([], x86), (["--ours-matmul", "torch"], False), (["--ours-matmul", "onednn"], True),
                            (["--compile", "ours"], x86), (["--compile", "ours", "--ours-matmul", "torch"], False)):
         t, _, _ = trainee(train_speed, argv)

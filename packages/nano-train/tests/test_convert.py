@@ -336,6 +336,19 @@ def test_bad_checkpoints(tmp_path):
     torch.save({**ck, "format": "something-else"}, tmp_path / "foreign.pt")
     with pytest.raises(ConvertError, match="format"):
         load_checkpoint_model(tmp_path / "foreign.pt")
+    # sample, export and --init_from read checkpoints here: one a later nano-train wrote (its
+    # version raised, as a field's meaning changed) is refused as resume refuses it (was: read)
+    m_ck = {"model": m.state_dict(), "config": {"model": m.config.to_dict()}, "format": "nano-train-checkpoint"}
+    for version, msg in ((2, "checkpoint version 2 is newer than this nano-train reads (1): a later nano-train "
+                             "wrote it; upgrade nano-train to read it"),
+                         ("1", "checkpoint version '1' is not 1"), (True, "checkpoint version True is not 1")):
+        torch.save({**m_ck, "version": version}, tmp_path / "later.pt")
+        with pytest.raises(ConvertError) as e:
+            load_checkpoint_model(tmp_path / "later.pt")
+        assert str(e.value) == f"{tmp_path / 'later.pt'}: {msg}"
+    torch.save({**m_ck, "version": 1}, tmp_path / "v1.pt")
+    torch.save(m_ck, tmp_path / "unversioned.pt")  # (another trainer's, with our names)
+    assert all(load_checkpoint_model(tmp_path / n)[0].config == m.config for n in ("v1.pt", "unversioned.pt"))
     # a bad model file arrives as a ConvertError too, with nano-format's message
     (tmp_path / "bad.bin").write_bytes(b"S4DBMLRU" + bytes(100))
     with pytest.raises(ConvertError, match="header") as e:

@@ -337,7 +337,8 @@ def test_a_rank_that_hangs_ends_the_run_after_dist_timeout(tmp_path, small_pretr
     lines = log.strip().splitlines()
     error = re.compile(r"error: rank 0: lost contact with another process of this run during [^()]+ "
                        r"\(gloo: [^()]*[Tt]imed out[^()]*\); another rank did not take part within 8 s "
-                       r"\(system.dist_timeout\): it hangs or was cut off, or is slower than that; see its output; "
+                       r"\(system.dist_timeout\): it hangs or was cut off, is slower than that, or the job was stopped "
+                       r"for longer \(Ctrl-Z, SIGSTOP\); see its output; "
                        r"the last checkpoint written is \S+latest.pt \(step 4\): continue with --init_from=resume \S+")
     assert lines and error.fullmatch(lines[-1]), log
     assert sum(line.startswith("error:") for line in lines) == 1 and "Traceback" not in log

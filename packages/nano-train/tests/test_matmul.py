@@ -102,8 +102,18 @@ def test_linear_falls_back_where_onednn_does_not_apply():
 
 def test_resolve_matmul_rules(monkeypatch):
     assert resolve_matmul("torch", CPU, "float32")[0] is False
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        assert resolve_matmul("auto", CPU, "float32") == (True, "oneDNN float32 products")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(matmul, "cpu_vendor", lambda: "AuthenticAMD")
+    assert resolve_matmul("auto", CPU, "float32") == (True, "oneDNN float32 products")
+    # on Intel's x86-64 CPUs torch's (MKL's) products are as fast: auto keeps them (was: oneDNN,
+    # float32 training at 0.8x); on a CPU whose vendor is unknown too
+    for vendor, named in (("GenuineIntel", "this one is GenuineIntel"), ("", "this one is of an unknown vendor")):
+        monkeypatch.setattr(matmul, "cpu_vendor", lambda: vendor)
+        used, why = resolve_matmul("auto", CPU, "float32")
+        assert not used and why == (f"torch (auto picks it on AMD x86-64 CPUs only, where it was measured faster "
+                                    f"({named}; on Intel's, torch's MKL products are as fast); ask for it with "
+                                    "--matmul=onednn)")
+        assert resolve_matmul("onednn", CPU, "float32")[0] is True
     used, why = resolve_matmul("auto", CPU, "bfloat16")
     assert not used and "float32" in why
     with pytest.raises(ValueError, match="system.matmul=onednn cannot apply: it is for float32 runs"):
@@ -235,12 +245,13 @@ def test_the_float32_cpu_peak_is_the_better_of_both_kernels():
 
 
 def test_the_trainer_logs_its_products_and_refuses_impossible_ones(small_pretrain, tiny_config, tiny_args, tmp_path,
-                                                                  capsys):
-    if platform.machine().lower() in ("x86_64", "amd64"):
-        train(tiny_config(small_pretrain, out_dir=tmp_path / "auto", max_iters=1, eval_iters=0, sample_tokens=0))
-        start = read_log(tmp_path / "auto" / "log.jsonl")[0]
-        assert start["matmul"] == "oneDNN float32 products"
-        assert "1 x cpu float32 (oneDNN products), " in capsys.readouterr().out
+                                                                  capsys, monkeypatch):
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(matmul, "cpu_vendor", lambda: "AuthenticAMD")  # where auto picks oneDNN
+    train(tiny_config(small_pretrain, out_dir=tmp_path / "auto", max_iters=1, eval_iters=0, sample_tokens=0))
+    start = read_log(tmp_path / "auto" / "log.jsonl")[0]
+    assert start["matmul"] == "oneDNN float32 products"
+    assert "1 x cpu float32 (oneDNN products), " in capsys.readouterr().out
     train(tiny_config(small_pretrain, out_dir=tmp_path / "torch", max_iters=1, eval_iters=0, sample_tokens=0,
                       matmul="torch"))
     assert read_log(tmp_path / "torch" / "log.jsonl")[0]["matmul"] == "torch (system.matmul)"
@@ -258,6 +269,7 @@ def test_a_run_says_when_torchs_products_measured_faster(small_pretrain, tiny_co
     from nano_train import metrics
 
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")  # where auto picks oneDNN
+    monkeypatch.setattr(matmul, "cpu_vendor", lambda: "AuthenticAMD")
 
     rates = {False: 2e11, True: 1e11 if torch_faster else 4e11}  # onednn -> FLOP/s
     monkeypatch.setattr(metrics, "matmul_probe", lambda device, dtype="float32", onednn=False, **kw: rates[onednn])

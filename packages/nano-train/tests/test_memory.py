@@ -193,6 +193,7 @@ def test_a_checkpoint_replaced_while_it_is_loaded_gives_one_files_weights(tmp_pa
 
     monkeypatch.setattr(os.path, "getsize", getsize)
     got = convert.load_checkpoint_model(path)[0].state_dict()
+    assert not (tmp_path / "new.pt").exists()  # the rename came during the load (else this tests nothing)
     wants = [torch.load(tmp_path / name / "latest.pt", weights_only=True)["model"] for name in ("a", "b")]
     matches = [got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want) for want in wants]
     assert any(matches), "the weights are neither file's"

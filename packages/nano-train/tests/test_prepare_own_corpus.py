@@ -107,6 +107,36 @@ def test_sft_help_says_to_pass_the_models_block_size_plus_one(capsys):
         prepare_cmd.__doc__.split())
 
 
+def test_prepare_options_default_to_the_librarys_defaults_and_say_so(capsys):
+    """One place for each default: the options take prepare_pretrain's and prepare_sft's (was:
+    written out again in the parser), and the usage text (the module docstring, --help's
+    description) and the options' help state those."""
+    pre, sft = prepare_cmd.keyword_defaults(prepare_pretrain), prepare_cmd.keyword_defaults(prepare_sft)
+    parser = prepare_cmd.build_parser()
+    a = parser.parse_args(["pretrain", "--tokenizer", "v.json", "--out_dir", "d", "x.txt"])
+    assert (a.docs, a.bos_eos, a.val_fraction, a.chunk_tokens, not a.no_shuffle, a.shard_tokens, a.seed) == (
+        pre["doc_mode"], pre["bos_eos"], pre["val_fraction"], pre["chunk_tokens"], pre["shuffle"],
+        pre["shard_tokens"], pre["seed"])
+    a = parser.parse_args(["sft", "--tokenizer", "v.json", "--out_dir", "d", "--block_size", "9", "x.jsonl"])
+    assert (a.too_long, a.skip_bad, a.system, a.val_fraction, a.seed) == (
+        sft["too_long"], sft["skip_bad"], sft["system"], sft["val_fraction"], sft["seed"])
+    doc = " ".join(prepare_cmd.__doc__.split())
+    pre_doc, sft_doc = doc.split(" sft options: ")
+    assert pre["doc_mode"] == "blank" and "separated by blank lines (default)" in pre_doc
+    assert f"share of chunks held out for validation (default {pre['val_fraction']:g})" in pre_doc
+    assert f"the unit of the split and of the shuffle (default {pre['chunk_tokens']})" in pre_doc
+    assert f"at least --chunk_tokens (default {pre['shard_tokens']:,})" in pre_doc
+    assert f"(default {sft['too_long']}, counted;" in sft_doc and f"{sft['system']} (default) joins" in sft_doc
+    assert f"share of samples held out (default {sft['val_fraction']:g})" in sft_doc
+    assert f"--seed N (0 to 2^32 - 1, default {sft['seed']})" in sft_doc
+    for kind, numbers in (("pretrain", (pre["val_fraction"], pre["chunk_tokens"], f"{pre['shard_tokens']:,}",
+                                        pre["seed"])), ("sft", (f"{sft['val_fraction']:g}", sft["seed"]))):
+        with pytest.raises(SystemExit):
+            prepare_cmd.main([kind, "--help"])
+        help_text = " ".join(capsys.readouterr().out.split())
+        assert all(f"(default {n}" in help_text for n in numbers), help_text
+
+
 def test_what_the_block_size_help_says_is_what_training_reads(tmp_path, shared_file):
     src = write_jsonl(tmp_path / "a.jsonl", [{"question": "q", "answer": "a"}])
     for n, model_block, inputs in ((65, 64, 64), (64, 64, 63)):

@@ -392,6 +392,12 @@ def problems_cli(*args, cwd=None):
 def test_command_help_and_list():
     r = problems_cli("--help")
     assert r.returncode == 0 and "--time_budget" in r.stdout and "--no-c" in r.stdout
+    from nano_train import DEFAULT_SEED
+    from nano_train.problems.runner import Options
+
+    # the usage text states the seed the command and the library default to
+    assert f"--seed S data and initial weights (default {DEFAULT_SEED})" in " ".join(r.stdout.split())
+    assert Options(out_dir=Path("x")).seed == DEFAULT_SEED
     r = problems_cli("--list")
     assert r.returncode == 0 and all(name in r.stdout for name in PROBLEMS)
 

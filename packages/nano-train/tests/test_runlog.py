@@ -4,9 +4,12 @@ log.jsonl never loses the log (it is written atomically)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -208,3 +211,81 @@ def test_a_run_of_no_steps_reports_no_throughput(small_pretrain, tiny_config, tm
     report = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
     assert "| throughput | n/a (no training step was run) |" in report
     assert "| MFU (estimate) | n/a " in report
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGCONT"), reason="SIGCONT is POSIX's")
+def test_a_step_the_process_was_stopped_in_is_left_out_of_the_rates(small_pretrain, tiny_config, capsys, monkeypatch):
+    """Ctrl-Z then fg (SIGSTOP, then SIGCONT) during a step: its time says nothing of the pace.
+    Was: the record's tokens/s, the run's throughput and the eta counted the stop as training
+    time (a pause of 12 s: 209 tok/s between records of 11k and 16k). A step slow without a
+    SIGCONT still counts: the rate is measured, not guessed."""
+    from nano_train import train as train_mod
+
+    real, plan = train_mod.batch_to_device, []
+
+    def batch_to_device(batch, device):  # the input of a training step (after a record, below)
+        if plan:
+            seconds, signalled = plan.pop()
+            time.sleep(seconds)
+            if signalled:
+                os.kill(os.getpid(), signal.SIGCONT)  # what the process gets when it goes on after a stop
+        return real(batch, device)
+
+    def progress(record):  # the record of step 2 (4) is written before step 3 (5) reads its input
+        if record["kind"] == "train" and record["step"] in (2, 4):
+            plan.append((3.0, True) if record["step"] == 2 else (1.0, False))
+        lines.append(record)
+
+    lines = []
+    monkeypatch.setattr(train_mod, "batch_to_device", batch_to_device)
+    cfg = tiny_config(small_pretrain, max_iters=6, eval_interval=100, sample_tokens=0)
+    result = train_mod.train(cfg, progress=progress)
+    rates = {r["step"]: (r["tokens_per_s"], r["mfu"]) for r in lines if r["kind"] == "train"}
+    per_step = next(r["tokens_per_step"] for r in lines if r["kind"] == "start")
+    assert rates[3] == (None, None)  # its only step was stopped in
+    assert rates[5][0] < per_step  # a second-long step without a stop: counted
+    assert all(rates[s][0] > per_step for s in (2, 4, 6))  # the others' steps took well under a second
+    # the run's throughput leaves out the first step and step 3: 4 steps in 1 s + 3 short ones
+    # (was 5 steps in 4 s + 4 short ones: under 1.25 steps a second)
+    assert result.tokens_per_s > 1.6 * per_step
+    assert not plan
+    log = read_log(Path(cfg.run.out_dir) / "log.jsonl")
+    assert [r["tokens_per_s"] is None for r in log if r["kind"] == "train"] == [s == 3 for s in range(1, 7)]
+
+    # printed: the stopped step's line says so, without an eta reckoned from the stop
+    plan.clear()
+    cfg = tiny_config(small_pretrain, max_iters=4, eval_interval=100, sample_tokens=0, overwrite=True)
+    real_record, lines = train_mod.RunLog.write, []
+
+    def write(self, **record):
+        progress(record)
+        real_record(self, **record)
+
+    monkeypatch.setattr(train_mod.RunLog, "write", write)
+    capsys.readouterr()
+    train_mod.train(cfg)
+    out = capsys.readouterr().out.splitlines()
+    step3 = next(line for line in out if line.startswith("step      3/4 |"))
+    assert "| stopped (Ctrl-Z or SIGSTOP) |" in step3 and "tok/s" not in step3 and "eta" not in step3, out
+    assert "tok/s" in next(line for line in out if line.startswith("step      4/4 |"))
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGCONT"), reason="SIGCONT is POSIX's")
+def test_a_stop_between_steps_restarts_the_pace_of_the_time_left(small_pretrain, tiny_config, capsys, monkeypatch):
+    """Ctrl-Z then fg during an evaluation (or a checkpoint): no step's time holds the stop,
+    but the pace since the first step does; the eta is reckoned afresh from the next step."""
+    from nano_train import train as train_mod
+
+    real = train_mod.evaluate
+
+    def evaluate(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGCONT)  # as if stopped and continued while it ran
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "evaluate", evaluate)
+    train_mod.train(tiny_config(small_pretrain, max_iters=5, eval_interval=2, sample_tokens=0))
+    lines = {int(line.split("/")[0].split()[1]): line for line in capsys.readouterr().out.splitlines()
+             if line.startswith("step ") and "/5 |" in line}
+    # the evaluations at steps 0, 2 and 4: steps 1 (the first), 3 and 5 (the last) have no eta
+    assert [step for step, line in sorted(lines.items()) if ", eta " in line] == [2, 4], lines
+    assert all("tok/s" in line for line in lines.values())  # the steps themselves were not stopped in

@@ -135,6 +135,33 @@ def test_top_k():
     assert sample_logits(logits, [], cfg(top_k=10), FixedRng(0.99)) == 0  # k > V keeps all
 
 
+def test_top_k_on_ties_keeps_the_lowest_ids_as_a_whole_sort_would():
+    """Top-k sorts only the k most probable (not the vocabulary, each token): its candidates
+    and their order are a stable sort's first k, ties at the k-th probability going to the
+    lowest ids. Checked against the whole sort, draw by draw, on logits full of ties."""
+    def whole_sort(logits, k, top_p, u):  # step 4 as it was: the whole vocabulary sorted
+        x = logits.astype(np.float32)
+        e = np.exp((x - x.max()).astype(np.float32)).astype(np.float32)
+        p = e / np.cumsum(e, dtype=np.float32)[-1]
+        order = np.argsort(-p, kind="stable")[:k]
+        ps = p[order]
+        reached = np.nonzero(np.cumsum(ps, dtype=np.float32) >= np.float32(top_p))[0]
+        n = int(reached[0]) + 1 if top_p < 1 and reached.size else len(order)
+        kept = ps[:n]
+        cdf = np.cumsum(kept / np.cumsum(kept, dtype=np.float32)[-1], dtype=np.float32)
+        above = np.nonzero(cdf > np.float32(u))[0]
+        return int(order[above[0]]) if above.size else int(order[n - 1])
+
+    rng = np.random.default_rng(7)
+    for _ in range(600):
+        v = int(rng.integers(2, 300))
+        logits = rng.integers(-3, 3, v).astype(np.float32)  # a handful of values: many ties
+        k = int(rng.integers(1, v + 3))
+        top_p = float(rng.choice([1.0, 0.5, 0.9]))
+        u = float(rng.random())
+        assert sample_logits(logits, [], cfg(top_k=k, top_p=top_p), FixedRng(u)) == whole_sort(logits, k, top_p, u)
+
+
 def test_top_p():
     logits = np.log(np.array([0.1, 0.2, 0.4, 0.3], dtype=np.float32))
     # cumulative 0.4, 0.7, 0.9: top_p 0.65 keeps ids 2, 3; 0.75 keeps 2, 3, 1

@@ -315,12 +315,71 @@ def test_dtype_auto_on_a_cpu_is_bfloat16_only_where_it_is_native(monkeypatch, av
 
 @pytest.mark.parametrize("native", [True, False])
 def test_a_run_says_when_auto_chose_bfloat16_on_a_cpu(monkeypatch, small_pretrain, tiny_config, capsys, native):
+    import platform
+
+    from nano_train import matmul
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(matmul, "cpu_vendor", lambda: "AuthenticAMD")  # (where float32 gets oneDNN's products)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
     train(tiny_config(small_pretrain, max_iters=1, eval_iters=0, dtype="auto"))
     out, err = capsys.readouterr()
     assert (" x cpu bfloat16," in out) == native and (" x cpu float32 (oneDNN products)," in out) != native
     assert ("note: dtype auto is bfloat16 on this CPU" in err) == native
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_resume_says_when_dtype_auto_picks_another_precision(monkeypatch, small_pretrain, tiny_config, capsys,
+                                                                recorded):
+    """A run that trained in float32 resumes where dtype auto now picks bfloat16 (a run from
+    before auto meant bfloat16 on such a CPU, or moved to one): the note names the switch and
+    how to keep the precision. Was: the generic note only. recorded: the checkpoint has its
+    dtype; else (older checkpoints) the log's start record says it."""
+    train(tiny_config(small_pretrain, max_iters=2, eval_iters=0, sample_tokens=0))  # (float32)
+    latest = tiny_config(small_pretrain).run.out_dir + "/latest.pt"
+    ck = ckpt_io.load(latest)
+    assert ck["dtype"] == "float32" and set(ck["versions"]) == {"torch", "nano_train"}
+    if not recorded:
+        del ck["dtype"]
+        ckpt_io.save_atomic(ck, latest)
+        # a resume in bfloat16 that died before its first checkpoint: its start record, at the
+        # checkpoint's step, is of a process that trained none of the checkpoint's steps
+        with open(tiny_config(small_pretrain).run.out_dir + "/log.jsonl", "a", encoding="utf-8") as log:
+            log.write(json.dumps({"kind": "start", "step": 2, "dtype": "bfloat16"}) + "\n")
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    capsys.readouterr()
+    train(tiny_config(small_pretrain, max_iters=3, eval_iters=0, sample_tokens=0, dtype="auto", init_from="resume"))
+    err = capsys.readouterr().err
+    assert ("note: this run trained in float32 up to step 2; dtype auto picks bfloat16 here: --dtype=float32 keeps "
+            "it") in err and "dtype auto is bfloat16 on this CPU" not in err
+    # the same precision again: no such note
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    train(tiny_config(small_pretrain, max_iters=4, eval_iters=0, sample_tokens=0, dtype="float32",
+                      init_from="resume"))
+    train(tiny_config(small_pretrain, max_iters=5, eval_iters=0, sample_tokens=0, dtype="auto", init_from="resume"))
+    assert "this run trained in" not in capsys.readouterr().err
+
+
+def test_a_resume_that_trains_no_step_keeps_the_checkpoints_precision(monkeypatch, small_pretrain, tiny_config):
+    """A run stopped (Ctrl-C) at its last step resumes only to end it (evaluation, final
+    checkpoint): that process trained nothing, so the checkpoint it writes keeps the precision
+    the steps were trained in, not the one dtype auto picks for it."""
+    import os
+    import signal
+
+    def stop_at_2(record):
+        if record["kind"] == "train" and record["step"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)  # (the loop saves latest.pt after the step and stops)
+
+    result = train(tiny_config(small_pretrain, max_iters=4, eval_iters=0, sample_tokens=0), progress=stop_at_2)
+    latest = tiny_config(small_pretrain).run.out_dir + "/latest.pt"
+    assert result.interrupted and ckpt_io.load(latest)["step"] == 2 and ckpt_io.load(latest)["final"] is False
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    train(tiny_config(small_pretrain, max_iters=2, eval_iters=0, sample_tokens=0, dtype="auto", init_from="resume"))
+    ck = ckpt_io.load(latest)
+    assert ck["final"] is True and ck["step"] == 2 and ck["dtype"] == "float32"
 
 
 def test_cuda_graphs_only_for_one_process_and_one_micro_batch(tiny_config, small_pretrain):

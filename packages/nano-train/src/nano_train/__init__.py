@@ -8,6 +8,10 @@ import sys
 
 __version__ = "0.1.0"
 
+# The seed of everything random (initial weights, batches, the held-out split, the shuffle,
+# generated problems) unless one is given
+DEFAULT_SEED = 1337
+
 # Numbers on a command line, and in --key=value settings, are written in ASCII digits,
 # as a config file's JSON numbers are: Python's int() and float() also read "1_0",
 # " 5" and other scripts' digits.

@@ -52,7 +52,7 @@ from nano_format import file_kind
 from nano_train.metrics import short_repr as _short
 
 FORMAT = "nano-train-checkpoint"
-VERSION = 1
+VERSION = 1  # raised when a field's meaning changes: an older nano-train then refuses the file
 LATEST = "latest.pt"
 BEST = "best.pt"
 INT64_MAX = 2**63 - 1  # step, tokens and the data position are int64s where they are used
@@ -204,6 +204,18 @@ def not_a_file(path: Path) -> str | None:
     return file_kind(path.stat().st_mode) if path.exists() else "a symbolic link to nothing"
 
 
+def version_error(ck: dict) -> str | None:
+    """What keeps this nano-train from reading a checkpoint of its format, by its version
+    (None: nothing)."""
+    version = ck.get("version")
+    if version == VERSION and type(version) is int:
+        return None
+    if type(version) is int and version > VERSION:
+        return (f"checkpoint version {version} is newer than this nano-train reads ({VERSION}): a later "
+                "nano-train wrote it; upgrade nano-train to read it")
+    return f"checkpoint version {_short(version)} is not {VERSION}"
+
+
 def load(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -220,8 +232,8 @@ def load(path: str | Path) -> dict:
                               f"({load_failure(e)}){hint}") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a nano-train checkpoint")
-    if ck.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {ck.get('version')} is not {VERSION}")
+    if version_error(ck):
+        raise CheckpointError(f"{path}: {version_error(ck)}")
     missing = [k for k in REQUIRED if k not in ck]
     if missing:
         raise CheckpointError(f"{path}: an incomplete checkpoint, it has no {', '.join(missing)}")

@@ -39,7 +39,7 @@ import numpy as np
 
 from nano_format import JSONTextError, file_kind, open_without_waiting, parse_json, spec
 
-from nano_train import FLOAT_TEXT, INT_TEXT
+from nano_train import DEFAULT_SEED, FLOAT_TEXT, INT_TEXT
 from nano_train.matmul import MATMULS
 from nano_train.metrics import short_repr
 from nano_train.model import ModelConfig
@@ -146,7 +146,7 @@ class SystemConfig:
                                                    "x86-64 CPU, else torch"})
     # torch.nn.attention.sdpa_kernel's backend; auto = let SDPA choose
     attention_backend: str = field(default="auto", metadata={"help": ", ".join(ATTENTION_BACKENDS)})
-    seed: int = 1337
+    seed: int = DEFAULT_SEED
     threads: int = 0  # CPU threads for PyTorch's intra-op parallelism; 0 = PyTorch's default
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = built-in GPU table or a CPU matmul probe
     dist_backend: str = field(default="auto", metadata={"help": "torchrun only: auto (nccl on CUDA, else gloo), "

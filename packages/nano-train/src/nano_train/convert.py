@@ -32,6 +32,7 @@ import nano_format
 from nano_format import ZIP_MAGIC, spec
 from nano_format.quant import check_group_size
 
+from . import checkpoint as ckpt_io
 from .checkpoint import CheckpointError, check_state_dict, load_failure, load_mapped, non_finite, one_line
 from .lora import LORA_TARGETS, LoRALinear, attach_lora, has_lora, has_unmerged_lora, load_lora_state_dict
 from .model import ModelConfig, Transformer
@@ -476,7 +477,6 @@ def load_lora_bin(model: Transformer, path) -> Transformer:
 # Checkpoints
 
 
-CHECKPOINT_FORMAT = "nano-train-checkpoint"  # the optional "format" entry the training code writes
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")  # torch.compile, DistributedDataParallel
 
 
@@ -588,8 +588,11 @@ def load_checkpoint_model(path, device: str | torch.device = "cpu"):
         raise ConvertError(f"{path}: not a readable checkpoint ({load_failure(e)})") from None
     if not isinstance(ck, dict) or "model" not in ck or "config" not in ck:
         raise ConvertError(f"{path}: not a Nano checkpoint (needs 'model' and 'config' entries)")
-    if ck.get("format", CHECKPOINT_FORMAT) != CHECKPOINT_FORMAT:
-        raise ConvertError(f"{path}: checkpoint format {ck['format']!r} is not {CHECKPOINT_FORMAT!r}")
+    # (both entries are optional: a checkpoint of another trainer with our names loads)
+    if ck.get("format", ckpt_io.FORMAT) != ckpt_io.FORMAT:
+        raise ConvertError(f"{path}: checkpoint format {ck['format']!r} is not {ckpt_io.FORMAT!r}")
+    if "version" in ck and ckpt_io.version_error(ck):
+        raise ConvertError(f"{path}: {ckpt_io.version_error(ck)}")
     if not isinstance(ck["model"], dict):
         raise ConvertError(f"{path}: 'model' must be a state dict, not {type(ck['model']).__name__}")
     cfg = ck["config"]

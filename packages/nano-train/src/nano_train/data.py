@@ -72,7 +72,7 @@ import numpy as np
 from nano_format import ZIP_MAGIC, JSONTextError, file_kind, folder_files, parse_json, spec, write_atomically
 from nano_tokenizer import BOS, EOS, INSTRUCT, PADDING, RESPONSE, Tokenizer, other_unicode
 
-from nano_train import dirlock, interrupts
+from nano_train import DEFAULT_SEED, dirlock, interrupts
 from nano_train.metrics import bar_line, human, short_repr as _short, terminal_columns
 
 META = "meta.json"
@@ -912,7 +912,7 @@ def prepare_pretrain(
     bos_eos: bool = False,
     val_fraction: float = 0.05,
     chunk_tokens: int = CHUNK_TOKENS,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
     shuffle: bool = True,
     shard_tokens: int = 100_000_000,
     piece_chars: int = 1 << 20,
@@ -1335,7 +1335,7 @@ def prepare_sft(
     *,
     block_size: int,
     val_fraction: float = 0.0,
-    seed: int = 1337,
+    seed: int = DEFAULT_SEED,
     too_long: str = "skip",
     skip_bad: bool = False,
     system: str = "prepend",

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m nano_train.export",
         description="Export a nano-train checkpoint (.pt) as a .bin model file (and a LoRA .bin).",
+        epilog="Nothing is written unless every file is: each goes to a temporary file and is moved into "
+               "place at the end. Exit status: 0 once every file is in place and the summary printed; 1 for "
+               "bad input or a failed write (nothing written), or for a summary that could not be printed "
+               "(the files are in place, as the error line says); 2 for a usage error; 130 for Ctrl-C (the "
+               "line says whether files were written). "
+               "Example: python -m nano_train.export --ckpt out/ckpt.pt --out model_q80.bin --quant q8_0",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint .pt written by nano-train")
     p.add_argument("--out", required=True, help="model .bin to write")

@@ -118,6 +118,10 @@ class RunSignals:
     start it is noted (`late`) so that they are not started; a second one aborts.
     SIGHUP (the terminal closed): see hung_up.
 
+    SIGCONT (the process goes on after Ctrl-Z, `kill -STOP` or a scheduler's suspend) is
+    counted in `continued`: a step it came in was partly spent stopped, and its time is no
+    measure of the training's pace.
+
     master: this process prints (rank 0). install() sets the handlers (in the main
     thread only, the one that may), restore() puts the earlier ones back.
     """
@@ -125,6 +129,7 @@ class RunSignals:
     def __init__(self, master: bool):
         self.master = master
         self.requested = self.done = self.late = self.sampling = False
+        self.continued = 0
         self.terminals = [fd for fd in (1, 2) if isatty(fd)]  # (asked now: a terminal that hung up is no tty)
         self._previous: dict[int, object] = {}
 
@@ -132,11 +137,16 @@ class RunSignals:
         if main_thread():
             for sig in stop_signals():
                 self._previous[sig] = signal.signal(sig, self._on_signal)
+            if hasattr(signal, "SIGCONT"):  # (not on Windows)
+                self._previous[signal.SIGCONT] = signal.signal(signal.SIGCONT, self._on_continue)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
-            if signal.getsignal(sig) == self._on_signal:  # not one set since (talking() ignores SIGTERM)
+            if signal.getsignal(sig) in (self._on_signal, self._on_continue):  # not one set since (talking() ignores SIGTERM)
                 signal.signal(sig, handler)
+
+    def _on_continue(self, signum, frame) -> None:
+        self.continued += 1
 
     def _on_signal(self, signum, frame) -> None:
         if signum == getattr(signal, "SIGHUP", None):

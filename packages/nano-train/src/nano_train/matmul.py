@@ -5,8 +5,10 @@ The same wheels carry oneDNN, which torch already uses for bfloat16 products. On
 some CPUs oneDNN's float32 kernels are much faster than the BLAS': on the AMD EPYC
 with AVX-512 these benchmarks ran on, 2.3x for the products of a forward pass and of
 the input gradients, and 1.1-1.8x for the weight gradients (tools/bench/README.md,
-"oneDNN products in float32"). The arithmetic is the same: float32 products with
-float32 accumulation, equal to `F.linear` to float rounding.
+"oneDNN products in float32"). On an Intel Xeon (AVX-512, AMX) MKL is as fast, and
+float32 training with oneDNN's products 0.8x as fast: `auto` picks oneDNN on AMD CPUs
+only. The arithmetic is the same: float32 products with float32 accumulation, equal to
+`F.linear` to float rounding.
 
 `linear(x, w, onednn=True)` is `F.linear(x, w)` (no bias) computed that way when it
 can be: float32 on a CPU, autocast off. Otherwise, and with `onednn=False`, it is
@@ -26,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["MATMULS", "Linear", "linear", "onednn_blocker", "onednn_product", "onednn_unavailable", "resolve_matmul"]
+__all__ = ["MATMULS", "Linear", "cpu_vendor", "linear", "onednn_blocker", "onednn_product", "onednn_unavailable",
+           "resolve_matmul"]
 
 MATMULS = ("auto", "torch", "onednn")
 
@@ -65,16 +68,34 @@ def onednn_unavailable() -> str | None:
     return None
 
 
+def cpu_vendor() -> str:
+    """The x86 CPU's vendor ("AuthenticAMD", "GenuineIntel", ...): from /proc/cpuinfo on
+    Linux, else from platform.processor() (Windows names it there); "" where neither says."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return next((v for v in ("AuthenticAMD", "GenuineIntel") if v in platform.processor()), "")
+
+
 def onednn_blocker(device: torch.device, dtype: str, auto: bool = False) -> str | None:
     """None when oneDNN products apply to a run on `device` in `dtype` (compiled or not),
-    else why not. auto: also refuse CPUs other than x86-64, where system.matmul auto
-    keeps torch's products (oneDNN's float32 speed there has not been measured)."""
+    else why not. auto: also refuse CPUs other than AMD's x86-64 ones, where system.matmul
+    auto keeps torch's products: as fast on Intel's (MKL), not measured on others."""
     if device.type != "cpu":
         return f"it is for CPUs, and this run is on {device.type}"
     if dtype != "float32":
         return f"it is for float32 runs, and this one is {dtype} (autocast already uses oneDNN)"
     if auto and platform.machine().lower() not in ("x86_64", "amd64"):
-        return (f"auto picks it on x86-64 CPUs only (this is {platform.machine() or 'unknown'}); "
+        return (f"auto picks it on AMD x86-64 CPUs only (this is {platform.machine() or 'unknown'}); "
+                "ask for it with --matmul=onednn")
+    vendor = cpu_vendor() if auto else "AuthenticAMD"
+    if vendor != "AuthenticAMD":
+        return (f"auto picks it on AMD x86-64 CPUs only, where it was measured faster (this one is "
+                f"{vendor or 'of an unknown vendor'}; on Intel's, torch's MKL products are as fast); "
                 "ask for it with --matmul=onednn")
     return onednn_unavailable()
 
@@ -82,7 +103,7 @@ def onednn_blocker(device: torch.device, dtype: str, auto: bool = False) -> str 
 def resolve_matmul(name: str, device: torch.device, dtype: str) -> tuple[bool, str]:
     """system.matmul -> (use oneDNN for the projections, why), or ValueError.
 
-    auto: oneDNN for a float32 run on an x86-64 CPU, compiled or not, when this torch has it
+    auto: oneDNN for a float32 run on an AMD x86-64 CPU, compiled or not, when this torch has it
     (bfloat16 and float16 products already go through oneDNN under autocast);
     torch: F.linear always; onednn: as auto on any CPU, but an error where it cannot apply."""
     if name not in MATMULS:

@@ -48,7 +48,7 @@ from .matmul import Linear, linear
 
 F32_MAX = float(np.finfo(np.float32).max)
 
-__all__ = ["ModelConfig", "Transformer", "KVCache", "derive_n_hidden", "apply_rope"]
+__all__ = ["ModelConfig", "Transformer", "KVCache", "decay_groups", "derive_n_hidden", "apply_rope"]
 
 # Newer torch has these; older torch (>= 2.3) takes the equivalent longer way.
 _HAS_RMS_NORM = hasattr(F, "rms_norm")  # torch 2.4
@@ -342,6 +342,21 @@ def _rope_tables(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(cos.copy()).float(), torch.from_numpy(sin.copy()).float()
 
 
+def decay_groups(module: nn.Module, weight_decay: float) -> list[dict]:
+    """Optimizer groups: matrices (dim >= 2) decay, vectors (norm weights) do not.
+    Frozen parameters (requires_grad False, e.g. a base under LoRA) are left out; both
+    groups are there even where one is empty, as a checkpoint's optimizer state has two."""
+    decay, no_decay = [], []
+    for p in module.parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
 class Transformer(nn.Module):
     """The reference decoder (or, with is_causal=False, encoder) of a ModelConfig:
     token embedding, n_layer blocks of RMSNorm, attention with RoPE and grouped KV
@@ -421,17 +436,8 @@ class Transformer(nn.Module):
         return 6.0 * n + 12.0 * c.n_layer * c.n_head * c.head_dim * t
 
     def param_groups(self, weight_decay: float) -> list[dict]:
-        """Optimizer groups: matrices (dim >= 2) decay, vectors (norm weights) do not.
-        Frozen parameters (requires_grad False, e.g. a base under LoRA) are left out."""
-        decay, no_decay = [], []
-        for p in self.parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.dim() >= 2 else no_decay).append(p)
-        return [
-            {"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        """The optimizer's groups (decay_groups)."""
+        return decay_groups(self, weight_decay)
 
     # -- forward ---------------------------------------------------------------
 

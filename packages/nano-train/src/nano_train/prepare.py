@@ -75,6 +75,7 @@ prepare is still starting, that nothing was written).
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -99,8 +100,16 @@ def seed_int(text: str) -> int:
 seed_int.__name__ = "seed (an integer from 0 to 2^32 - 1)"  # what argparse calls the type in its error
 
 
+def keyword_defaults(function) -> dict:
+    """A function's keyword arguments' defaults: the options' defaults are the library's."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from nano_train.data import CHUNK_TOKENS, DOC_MODES, SYSTEM_POLICIES, TOO_LONG
+    from nano_train.data import DOC_MODES, SYSTEM_POLICIES, TOO_LONG, prepare_pretrain, prepare_sft
+
+    pre_default, sft_default = keyword_defaults(prepare_pretrain), keyword_defaults(prepare_sft)
+    assert pre_default["seed"] == sft_default["seed"]  # (one --seed option for both)
 
     parser = argparse.ArgumentParser(prog="python -m nano_train.prepare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,35 +119,38 @@ def build_parser() -> argparse.ArgumentParser:
                         help="vocabulary: a tokenizer JSON file (a dataset's tokenizer.json) or a .bin model "
                              "(a checkpoint .pt is not one)")
     common.add_argument("--out_dir", required=True, help="directory for meta.json, tokenizer.json and the shards")
-    common.add_argument("--seed", type=seed_int, default=1337,
-                        help="the held-out split's and the shuffle's seed, 0 to 2^32 - 1 (default 1337)")
+    common.add_argument("--seed", type=seed_int, default=pre_default["seed"],
+                        help=f"the held-out split's and the shuffle's seed, 0 to 2^32 - 1 (default {pre_default['seed']})")
     common.add_argument("--overwrite", action="store_true", help="replace the dataset already in --out_dir")
     common.add_argument("--quiet", action="store_true", help="no progress bar")
     pre = sub.add_parser("pretrain", parents=[common], help="text files -> token shards")
     pre.add_argument("inputs", nargs="+", metavar="TEXT",
                      help="text files, or folders of them (every file inside, in path order)")
-    pre.add_argument("--docs", choices=DOC_MODES, default="blank",
+    pre.add_argument("--docs", choices=DOC_MODES, default=pre_default["doc_mode"],
                      help="what a document is: paragraphs between blank lines (default), lines, or files")
     pre.add_argument("--bos_eos", action="store_true", help="wrap each document in <|bos|> ... <|eos|>")
-    pre.add_argument("--val_fraction", type=number, default=0.05, help="share of chunks held out (default 0.05)")
-    pre.add_argument("--chunk_tokens", type=integer, default=CHUNK_TOKENS,
-                     help=f"tokens per chunk, the unit of the split and the shuffle (default {CHUNK_TOKENS})")
+    pre.add_argument("--val_fraction", type=number, default=pre_default["val_fraction"],
+                     help=f"share of chunks held out (default {pre_default['val_fraction']})")
+    pre.add_argument("--chunk_tokens", type=integer, default=pre_default["chunk_tokens"],
+                     help=f"tokens per chunk, the unit of the split and the shuffle (default {pre_default['chunk_tokens']})")
     pre.add_argument("--no_shuffle", action="store_true", help="keep the chunks in corpus order")
-    pre.add_argument("--shard_tokens", type=integer, default=100_000_000,
-                     help="tokens per shard file at most, whole chunks: at least --chunk_tokens")
+    pre.add_argument("--shard_tokens", type=integer, default=pre_default["shard_tokens"],
+                     help=f"tokens per shard file at most, whole chunks: at least --chunk_tokens "
+                          f"(default {pre_default['shard_tokens']:,})")
     sft = sub.add_parser("sft", parents=[common], help="JSONL question/answer files -> padded rows + masks")
     sft.add_argument("inputs", nargs="+", metavar="JSONL",
                      help="JSONL files, or folders of them (every file inside, in path order)")
     sft.add_argument("--block_size", type=integer, required=True, metavar="N",
                      help="tokens per row; training reads N - 1 of them as inputs: the model's block_size + 1 "
                           "trains its whole context (its block_size also works, one position less)")
-    sft.add_argument("--too_long", choices=TOO_LONG, default="skip",
+    sft.add_argument("--too_long", choices=TOO_LONG, default=sft_default["too_long"],
                      help="a sample longer than a row: skip it (default), truncate it, or stop with an error")
     sft.add_argument("--skip_bad", action="store_true", help="skip and count bad lines instead of stopping (the first 10 named on stderr)")
-    sft.add_argument("--system", choices=SYSTEM_POLICIES, default="prepend",
+    sft.add_argument("--system", choices=SYSTEM_POLICIES, default=sft_default["system"],
                      help="a record's system message: joined to the first question (default), dropped, or an error")
-    sft.add_argument("--val_fraction", type=number, default=0.0,
-                     help="share of samples held out (default 0: no validation loss, no best.pt)")
+    sft.add_argument("--val_fraction", type=number, default=sft_default["val_fraction"],
+                     help=f"share of samples held out (default {sft_default['val_fraction']:g}"
+                          + (": " if sft_default["val_fraction"] == 0 else "; 0: ") + "no validation loss, no best.pt)")
     return parser
 
 

@@ -232,12 +232,17 @@ def sample_logits(
         e = exp32((x - x.max()) / t)
     p = e / _running_sum(e)[-1]  # [V] float32
 
-    # 4. candidates: probability descending; the stable sort keeps lower ids first on ties
-    order = np.argsort(-p, kind="stable")  # [V]
+    # 4. candidates: probability descending; the stable sort keeps lower ids first on ties.
+    #    With top-k only the k first are wanted: those above the k-th largest probability and,
+    #    of those equal to it, the lowest ids; only they are sorted (not the whole vocabulary)
+    if 0 < config.top_k < v:
+        kth = np.partition(p, v - config.top_k)[v - config.top_k]
+        pool = np.flatnonzero(p >= kth)  # ids ascending
+        order = pool[np.argsort(-p[pool], kind="stable")][:config.top_k]
+    else:
+        order = np.argsort(-p, kind="stable")  # [V]
     ps = p[order]
-    n = v
-    if config.top_k > 0:
-        n = min(n, config.top_k)
+    n = len(order)
     top_p = np.float32(config.top_p)  # as the C engine stores it: 1 - 1e-9 is 1 there, the filter off
     if top_p < 1.0:
         reached = np.nonzero(_running_sum(ps[:n]) >= top_p)[0]

@@ -57,6 +57,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import nano_train
 from nano_train import (OutputFailed, checkpoint as ckpt_io, dirlock, discard_stdout, escape_unencodable, interrupts,
                         print_output)
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
@@ -214,7 +215,7 @@ def talking(info: DistInfo, what: str):
         if re.search(r"timed out|timeout", reason, re.IGNORECASE):  # the peer is there but silent
             limit = f"{info.timeout:g} s" if info.timeout > 0 else "torch's default time"
             why = (f"another rank did not take part within {limit} (system.dist_timeout): it hangs or was cut "
-                   "off, or is slower than that; see its output")
+                   "off, is slower than that, or the job was stopped for longer (Ctrl-Z, SIGSTOP); see its output")
         else:
             why = "one of the ranks stopped or crashed, see its output above"
         raise LostContact(f"rank {info.rank}: lost contact with another process of this run during {what} "
@@ -739,6 +740,44 @@ class RunState:
     warmup_end_s: float | None = None  # elapsed_s when warmup ended (None: not yet)
 
 
+@dataclass
+class Pace:
+    """Training steps (since the last log record) and the seconds they took, for the
+    record's tokens/s. A step timed as None (the process was stopped in it) counts as
+    a step but not in the rate."""
+    steps: int = 0
+    timed: int = 0
+    seconds: float = 0.0
+
+    def add(self, seconds: float | None) -> None:
+        self.steps += 1
+        if seconds is not None:
+            self.timed += 1
+            self.seconds += seconds
+
+    def tokens_per_s(self, tokens_per_step: int) -> float | None:
+        """None where no step was timed (or none took measurable time)."""
+        return tokens_per_step * self.timed / self.seconds if self.timed and self.seconds > 0 else None
+
+
+def trained_dtype(checkpoint: dict, log_path: Path, step: int) -> str | None:
+    """The precision a checkpoint's run trained in: its "dtype", or for a checkpoint from
+    before that field, the dtype of the last start record before its step in the run's
+    log (one at its step is a process that resumed from it: it trained none of its steps).
+    None where neither says."""
+    def known(dtype) -> str | None:
+        return dtype if isinstance(dtype, str) and dtype in PT_DTYPES else None
+
+    if known(checkpoint.get("dtype")):
+        return checkpoint["dtype"]
+    try:
+        starts = [r for r in read_log(log_path) if r.get("kind") == "start"]
+    except OSError:
+        return None
+    dtypes = [r.get("dtype") for r in starts if type(r.get("step")) is int and r["step"] < step]
+    return known(dtypes[-1]) if dtypes else None
+
+
 def restore_state(checkpoint: dict, latest: Path, cfg: Config, info: DistInfo, optimizer, scaler,
                   batches: Batcher, note) -> RunState:
     """Put the optimizer, the float16 loss scaler, the data position and this rank's random
@@ -1059,11 +1098,13 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     # rather than on Ctrl-C or at a periodic checkpoint. Checkpoints older than the field
     # count as final, as before it existed.
     ended = resuming and checkpoint.get("final", True) is not False
+    # the checkpoint's step is the run's last (max_iters reached or the time budget spent)
+    at_end = step >= cfg.optim.max_iters or 0 < cfg.optim.time_budget <= elapsed_before
     if resuming and not ended and step > cfg.optim.max_iters:
         raise ConfigError(f"--init_from=resume: {latest} is at step {step}, past optim.max_iters "
                           f"({cfg.optim.max_iters}): pass --max_iters={step} to end the run there (final evaluation "
                           "and report), or a larger value to train on")
-    if ended and (step >= cfg.optim.max_iters or 0 < cfg.optim.time_budget <= elapsed_before):
+    if ended and at_end:
         # A finished run: its report and log stay as they are, unless its process was killed
         # after the last checkpoint, before its report said so (missing, or an earlier state's)
         why = (f"reached optim.max_iters ({cfg.optim.max_iters})" if step >= cfg.optim.max_iters else
@@ -1087,6 +1128,8 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     # where the checkpoint's run ended its cosine decay (for the note when this run moves it)
     saved_optim = checkpoint["config"]["train"].get("optim") if resuming else None
     saved_decay_end = None
+    # the precision the checkpoint's run trained in, for the note when dtype auto picks another now
+    saved_dtype = trained_dtype(checkpoint, out_dir / "log.jsonl", step) if resuming else None
     if isinstance(saved_optim, dict):
         saved_decay_end = saved_optim.get("lr_decay_iters") or saved_optim.get("max_iters")
     # the model a fine-tuning run started from (kept through resumes, for provenance)
@@ -1116,7 +1159,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     # ---- logging -------------------------------------------------------------------------
     # a run resumed at its last step from a checkpoint that was not final evaluates that step
     # (again, when the checkpoint was periodic): its earlier eval record there goes
-    finishing = resuming and not ended and (step >= cfg.optim.max_iters or 0 < cfg.optim.time_budget <= elapsed_before)
+    finishing = resuming and not ended and at_end
     log = RunLog(out_dir / "log.jsonl", master, resume_step, evaluates_resume_step=finishing)
 
     def record(**fields) -> None:  # one log record, to log.jsonl and to the caller's progress
@@ -1136,14 +1179,17 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     if onednn and peak_source.endswith("products (torch)"):  # the probe timed both kernels; torch's won
         note("torch's float32 products measured faster than oneDNN's on this CPU; "
              "--matmul=torch may train faster here")
-    if cfg.system.dtype == "auto" and device.type == "cpu" and dtype == "bfloat16":
+    if cfg.system.dtype == "auto" and saved_dtype not in (None, dtype):
+        note(f"this run trained in {saved_dtype} up to step {step}; dtype auto picks {dtype} here: "
+             f"--dtype={saved_dtype} keeps it")
+    elif cfg.system.dtype == "auto" and device.type == "cpu" and dtype == "bfloat16":
         note("dtype auto is bfloat16 on this CPU (it multiplies bfloat16 in hardware, much faster "
              "than float32); --dtype=float32 trains in full precision")
     record(kind="start", step=step, task=task, params=n_params, trainable_params=n_trainable,
            world_size=info.world_size, device=str(device), dtype=dtype, tokens_per_step=tokens_per_step,
            peak_flops=peak, peak_flops_source=peak_source, matmul=matmul, config=cfg.to_dict())
 
-    # ---- learning-rate schedule: linear warmup, then cosine decay to min_lr (cosine_lr) ----
+    # ---- notes on the learning-rate schedule (cosine_lr sets each step's rate in the loop) --
     budget = cfg.optim.time_budget
     for text in schedule_notes(cfg.optim, step, elapsed_before, warm_s, saved_decay_end):
         note(text)
@@ -1186,10 +1232,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         return TrainingDiverged(f"training diverged: {what} at step {step}; {good}. {fix}, then "
                                 + ("resume (--init_from=resume) or start again" if last_saved else "start again"))
 
-    def save_checkpoint(names: list[str], final: bool = False) -> None:
+    def save_checkpoint(names: list[str], final: bool = False) -> str:
         """Write the state to each of names in order (latest.pt last: its step implies the
-        others were written). final: written at the run's last step."""
-        nonlocal last_saved
+        others were written). final: written at the run's last step. Returns the last one
+        written, with its step, for messages (rank 0's name on every rank)."""
         # every rank checks (the weights are the same on all), so that all of them stop together
         bad_losses = [x for x in (train_loss, val_loss) if x is not None and not math.isfinite(x)]
         if bad_losses or not weights_finite(raw_model):
@@ -1198,9 +1244,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             raise diverged(STALLED if stalled() else OVERFLOW)
         with talking(info, f"the checkpoint of step {step}"):
             rng = gather_rng(info)  # a collective: every rank takes part, rank 0 writes
+        saved = f"{out_dir / names[-1]} (step {step})"
         if not master:
-            last_saved = f"{out_dir / names[-1]} (step {step})"  # rank 0's, for this rank's messages
-            return
+            return saved
         state = {
             "format": ckpt_io.FORMAT, "version": ckpt_io.VERSION, "task": task,
             "model": unwrap_state_dict(raw_model),
@@ -1215,7 +1261,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             "eval_seed": EVAL_SEED,
             "elapsed_s": elapsed_before + time.monotonic() - t_start, "warmup_end_s": warm_s,
             "dataset": {"path": str(ds.path), "fingerprint": tokenizer.fingerprint()}, "dataset_id": dataset_id,
-            "versions": {"torch": str(torch.__version__)}, "final": final,
+            "versions": {"torch": str(torch.__version__), "nano_train": nano_train.__version__},
+            # the precision the steps were trained in: this process's, once it trained one
+            "dtype": dtype if step != resume_step else saved_dtype or dtype,
+            "final": final,
         }
         if task == "lora":
             state["lora"] = {"rank": cfg.lora.lora_rank, "alpha": cfg.lora.lora_alpha,
@@ -1224,20 +1273,21 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             state["base"] = base_path
         for name in names:
             ckpt_io.save_atomic(state, out_dir / name)
-        last_saved = f"{out_dir / names[-1]} (step {step})"
         if cfg.run.keep_checkpoints and cfg.run.keep_last and LATEST in names:  # (only once all are written)
             try:
                 prune_checkpoints(out_dir, step, cfg.run.keep_last)
             except OSError as e:  # the run goes on; the files are there to delete by hand
                 note(f"could not delete the older checkpoints run.keep_last {cfg.run.keep_last} would: "
                      f"{e.filename or out_dir}: {e.strerror or e}")
+        return saved
 
     stop.install()
     checkpoint_interval = cfg.run.checkpoint_interval or cfg.eval.eval_interval
     train_seconds, rate_tokens = 0.0, 0  # for the run's throughput, the first step left out
     first_seconds = 0.0  # ... unless it is the only one
-    interval_seconds, interval_steps = 0.0, 0  # since the last log line
+    interval = Pace()  # the steps since the last log record
     eta_from = None  # (clock, step) after the first step, which pays for warm-up: for the time left
+    eta_continued = stop.continued  # SIGCONTs when eta_from was set
     interrupted = out_of_time = False
 
     def time_left(now: float) -> str:
@@ -1250,28 +1300,29 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             left = min(left, max(0.0, budget - now))
         return f", eta {duration(left)}"
 
-    def log_train() -> None:
-        """The train record of the steps since the last one (a collective under DDP)."""
-        nonlocal train_loss, interval_seconds, interval_steps
+    def log_train(pace: Pace) -> float:
+        """The train record of the last step's loss and of the pace of the steps since the
+        last record; a collective under DDP. Returns the loss."""
         total = loss_sum.clone()  # this rank's share of the step's loss, times world_size
         if info.ddp:
             with talking(info, f"the loss report of step {step}"):
                 dist.all_reduce(total)
             total /= info.world_size
-        train_loss = total.item()
-        if not math.isfinite(train_loss):  # checked where it is on the host anyway, not every step
-            raise diverged(f"the training loss is {train_loss}")
+        loss = total.item()
+        if not math.isfinite(loss):  # checked where it is on the host anyway, not every step
+            raise diverged(f"the training loss is {loss}")
         if stalled() and overflowed():
             raise diverged(STALLED)
-        tok_s = tokens_per_step * interval_steps / interval_seconds
-        interval_seconds, interval_steps = 0.0, 0
-        mfu = flops_per_token * tok_s / (peak * info.world_size) if peak > 0 else None
+        tok_s = pace.tokens_per_s(tokens_per_step)
+        mfu = flops_per_token * tok_s / (peak * info.world_size) if peak > 0 and tok_s is not None else None
         now = elapsed_before + time.monotonic() - t_start
-        say(f"step {step:>6}/{cfg.optim.max_iters} | loss {train_loss:.4f} | lr {lr:.2e} | "
-            f"grad norm {grad_norm.item():.3f} | {human(tok_s)} tok/s"
+        rate = "stopped (Ctrl-Z or SIGSTOP)" if tok_s is None else f"{human(tok_s)} tok/s"
+        say(f"step {step:>6}/{cfg.optim.max_iters} | loss {loss:.4f} | lr {lr:.2e} | "
+            f"grad norm {grad_norm.item():.3f} | {rate}"
             + (f" | mfu {100 * mfu:.2f}%" if mfu is not None else "") + f" | {duration(now)}{time_left(now)}")
-        record(kind="train", step=step, loss=train_loss, lr=lr, grad_norm=grad_norm.item(),
+        record(kind="train", step=step, loss=loss, lr=lr, grad_norm=grad_norm.item(),
                tokens_per_s=tok_s, mfu=mfu, tokens_seen=tokens_seen, elapsed_s=now)
+        return loss
 
     try:
         while True:
@@ -1284,8 +1335,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 stopping, elapsed = bool(flags[0].item()), flags[1].item()
             out_of_time = budget > 0 and elapsed >= budget and step < cfg.optim.max_iters
             last = step >= cfg.optim.max_iters or out_of_time
-            if (last or stopping) and interval_steps:
-                log_train()  # the final steps' loss, when the step just run was not logged
+            if (last or stopping) and interval.steps:
+                train_loss = log_train(interval)  # the final steps' loss, when the step just run was not logged
+                interval = Pace()
             # A resumed step's evaluation and checkpoint were done before it was saved, unless it
             # was saved on Ctrl-C (or periodically) and is now the last: the run ends there as
             # its last step would have ended it.
@@ -1303,14 +1355,14 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                 say(f"step {step:>6} | val loss {val_loss:.4f} | best {best_val_loss:.4f}")
                 record(kind="eval", step=step, val_loss=val_loss, best_val_loss=best_val_loss)
                 if improved and step > 0:
-                    save_checkpoint([BEST], final=last)
+                    last_saved = save_checkpoint([BEST], final=last)
 
             # -- checkpoint (at step 0 too when it is the last, so that a run of max_iters 0 can resume)
             if fresh and (step > 0 or stopping or last) and (step % checkpoint_interval == 0 or last or stopping):
                 # ckpt_<step>.pt first: a kill between the two writes must not leave a latest.pt
                 # at this step without it (a resume from that step would never write it)
                 names = ([f"ckpt_{step:06d}.pt"] if cfg.run.keep_checkpoints else []) + [LATEST]
-                save_checkpoint(names, final=last)
+                last_saved = save_checkpoint(names, final=last)
             if last or stopping:
                 interrupted = stopping and not last
                 break
@@ -1321,7 +1373,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             lr = cosine_lr(cfg.optim, step, elapsed, warm_s)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            t0 = time.perf_counter()
+            t0, continued = time.perf_counter(), stop.continued
             # The model averages its loss over one micro-batch's counted tokens, and SFT rows
             # count their answers only: weigh each micro-batch by its share of the step's
             # tokens (on all ranks; x world_size as DDP averages the ranks' gradients), so that
@@ -1371,18 +1423,22 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             if log_now or first or ending or step % cfg.eval.eval_interval == 0 or step % checkpoint_interval == 0:
                 synchronize(device)
             dt = time.perf_counter() - t0
-            interval_seconds += dt
-            interval_steps += 1
+            # a step the process was stopped in (Ctrl-Z, SIGSTOP) took time that says nothing of
+            # the pace: left out of the rates, and the pace for the time left starts again
+            paused = stop.continued != continued
+            interval.add(None if paused else dt)
+            if first or stop.continued != eta_continued:  # (also a stop in an evaluation or checkpoint)
+                eta_from, eta_continued = (time.monotonic(), step), stop.continued
             if first:
                 first_seconds = dt
-                eta_from = (time.monotonic(), step)
-            else:
+            elif not paused:
                 train_seconds += dt
                 rate_tokens += tokens_per_step
 
             # -- log
             if log_now:
-                log_train()
+                train_loss = log_train(interval)
+                interval = Pace()
     except LostContact as e:
         stop.restore()
         if not master:  # only rank 0 writes checkpoints: it says where the run can continue from

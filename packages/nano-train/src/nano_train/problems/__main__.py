@@ -66,7 +66,7 @@ import re
 import sys
 from pathlib import Path
 
-from nano_train import either_spelling, escape_unencodable, integer, number, print_output
+from nano_train import DEFAULT_SEED, either_spelling, escape_unencodable, integer, number, print_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out_dir")
     p.add_argument("--time_budget", type=number)
     p.add_argument("--max_iters", type=integer)
-    p.add_argument("--seed", type=integer, default=1337)
+    p.add_argument("--seed", type=integer, default=DEFAULT_SEED)
     p.add_argument("--eval_cases", type=integer)
     p.add_argument("--nano")
     p.add_argument("--no-c", dest="use_c", action="store_false")

@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nano_train import OutputFailed, discard_stdout
+from nano_train import DEFAULT_SEED, OutputFailed, discard_stdout
 from nano_train.data import quantity, write_json_atomic
 from nano_train.metrics import bar_line, duration, terminal_columns
 from nano_train.problems.base import GENERATOR_VERSION, Case, Problem
@@ -80,7 +80,7 @@ class Options:
     use_c=False, --key=value training overrides go in overrides)."""
 
     out_dir: Path
-    seed: int = 1337
+    seed: int = DEFAULT_SEED
     time_budget: float | None = None  # None: the problem's default
     max_iters: int | None = None  # None: the problem's default
     eval_cases: int | None = None  # None: DEFAULT_EVAL_CASES, or all the test split holds if fewer
