@@ -35,7 +35,7 @@ the default, is the trainer's: blocked on a CPU, plain on a GPU.
 --ours-matmul picks ours' float32 CPU products as the trainer's system.matmul
 does (nano_train.matmul): torch (F.linear, MKL in the x86 wheels) or oneDNN
 (torch's other matrix library, much faster in float32 on some CPUs); auto, the
-default, is the trainer's: oneDNN for float32 on an x86-64 CPU, compiled
+default, is the trainer's: oneDNN for float32 on an AMD x86-64 CPU, compiled
 or not. --peer-matmul onednn gives the peer's nn.Linear products the same
 oneDNN path (its users would run torch's), to show what the rest of ours is
 worth. --compile-mode passes torch.compile's mode
@@ -151,7 +151,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "auto (default): as the trainer, blocked on a CPU, plain on a GPU")
     p.add_argument("--ours-matmul", choices=MATMULS, default="auto",
                    help="ours: the projections' float32 CPU products (the trainer's system.matmul); auto "
-                        "(default): as the trainer, oneDNN for float32 on an x86-64 CPU")
+                        "(default): as the trainer, oneDNN for float32 on an AMD x86-64 CPU")
     p.add_argument("--peer-matmul", choices=("torch", "onednn"), default="torch",
                    help="the peer's nn.Linear products: torch (default, as its users run it) or oneDNN "
                         "like ours (to see what the rest of ours is worth)")

@@ -367,6 +367,26 @@ def test_chinese_text_in_gbk_is_named_with_the_command_that_converts_it(tmp_path
             prepare_sft([tmp_path / name], tok, tmp_path / "y", block_size=64, progress=False)
 
 
+def test_chinese_text_in_utf16_without_a_mark_is_named_with_the_command_that_converts_it(tmp_path, shared_file):
+    """What `iconv -t UTF-16LE` writes (no byte-order mark) has few NULs when the text is
+    Chinese (its ASCII characters only): the NUL check did not see it, and the error said
+    "convert it to UTF-8 first" without naming the encoding. Now it is named, whichever
+    byte of a character the first bad UTF-8 byte is."""
+    tok = shared_file("data/tokenizer_4096.json")
+    text = "人的心理是一个复杂的系统，包括认知、情感和意志。\n" * 40
+    for encoding, lead in (("UTF-16LE", ""), ("UTF-16BE", ""), ("UTF-16LE", "ab")):
+        path = tmp_path / f"{encoding}{lead}.txt"
+        path.write_bytes((lead + text).encode(encoding.lower()))
+        with pytest.raises(DataError, match=rf"{path.name}:1: not UTF-8 text \(.*\); it reads as Chinese text in "
+                                            rf"{encoding} without a byte order mark: convert it to UTF-8 \(e\.g\. "
+                                            rf"iconv -f {encoding} -t UTF-8 \S*{path.name} > \S*\.utf8\.txt\)$"):
+            prepare_pretrain([path], tok, tmp_path / "x", progress=False)
+    # Japanese in UTF-16 is no Chinese text: the plain message (as for Shift-JIS)
+    (tmp_path / "ja.txt").write_bytes(("吾輩は猫である。名前はまだ無い。どこで生れたかとんと見当がつかぬ。\n" * 40).encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"not UTF-8 text \(.*\); convert it to UTF-8 first$"):
+        prepare_pretrain([tmp_path / "ja.txt"], tok, tmp_path / "x", progress=False)
+
+
 def test_inputs_must_be_distinct_regular_files(tmp_path, shared_file):
     tok = shared_file("data/tokenizer_4096.json")
     text = tmp_path / "t.txt"
@@ -856,8 +876,9 @@ def test_a_killed_prepare_is_cleared_by_the_next_one(tmp_path, shared_file, psyc
     capsys.readouterr()
 
     assert prepare_cmd.main(argv) == 0
-    err = capsys.readouterr().err
-    assert f"note: removed {left[0].name}" in err and "interrupted" in err and err.count("\n") == 1
+    first, *rest = capsys.readouterr().err.splitlines()
+    assert first.startswith(f"note: removed {left[0].name} from ") and first.endswith("interrupted")
+    assert all(line.startswith(("warning: ", "note: ")) and "removed" not in line for line in rest)  # the summary's
     assert sorted(p.name for p in out.iterdir()) == ["meta.json", "notes.txt", "tokenizer.json", "train_000.bin",
                                                      "val_000.bin"]  # no build folder, no lock file
     Dataset(out)

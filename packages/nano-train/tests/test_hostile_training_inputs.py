@@ -80,11 +80,13 @@ def test_prepare_warns_when_most_tokens_are_unknown(tmp_path, shared_file, capsy
     text = _text(tmp_path, shared_file)
     assert prepare.main(["pretrain", "--quiet", "--tokenizer", str(shared_file("data/nano_80.json")),
                          "--out_dir", str(tmp_path / "d"), "--chunk_tokens", "1024", str(text)]) == 0
-    out = capsys.readouterr().out
-    assert "warning: 100% of the text tokens are <|unknown|>" in out
+    out, err = capsys.readouterr()
+    # on standard error, as every warning (was: standard output, with the summary)
+    assert "warning: 100% of the text tokens are <|unknown|>" in err and "warning" not in out
+    assert out.count("\n") == 1 and "-> " in out  # the summary alone
     assert prepare.main(["pretrain", "--quiet", "--tokenizer", str(shared_file("data/tokenizer_4096.json")),
                          "--out_dir", str(tmp_path / "e"), "--chunk_tokens", "1024", str(text)]) == 0
-    assert "<|unknown|>" not in capsys.readouterr().out  # a handful of unknown characters is no warning
+    assert "<|unknown|>" not in capsys.readouterr().err  # a handful of unknown characters is no warning
 
 
 # ---------------------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_prepare_sft_notes_that_it_holds_nothing_out_and_its_help_gives_the_defa
                          str(tmp_path / "d"), "--block_size", "64", "--quiet",
                          str(shared_file("data/sft_self_id.jsonl"))]) == 0
     assert "note: no validation samples (--val_fraction 0 is the default for SFT): a run on this data reports no " \
-           "validation loss and writes no best.pt; --val_fraction 0.05 holds some out" in capsys.readouterr().out
+           "validation loss and writes no best.pt; --val_fraction 0.05 holds some out" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         prepare.main(["sft", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())

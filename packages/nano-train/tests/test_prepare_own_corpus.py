@@ -61,9 +61,10 @@ def test_prepare_sft_counts_unknown_tokens_and_warns(tmp_path, shared_file, caps
     share = want_answer / counts["answer_tokens"]
     assert share > 0.1
     assert f"({want_all:,} unknown, {want_answer:,} of them trained on)" in text
-    assert (f"\nwarning: {share:.0%} of the answer tokens trained on ({want_answer:,} of "
-            f"{counts['answer_tokens']:,})") in text
-    assert "are <|unknown|>: the vocabulary lacks many of the text's characters" in text
+    # the warning on standard error (the summary on standard output)
+    assert (f"warning: {share:.0%} of the answer tokens trained on ({want_answer:,} of "
+            f"{counts['answer_tokens']:,})") in err.splitlines()[0] and "warning" not in text
+    assert "are <|unknown|>: the vocabulary lacks many of the text's characters" in err
 
 
 def test_prepare_sft_warns_when_only_the_questions_are_unknown(tmp_path, shared_file):
@@ -246,7 +247,7 @@ def test_pretrain_summary_counts_one_in_the_singular(tmp_path, shared_file, caps
     assert rc == 0, err
     assert ": 1 document, 1 character -> 1 token (0 of them separators or bos/eos; " in out
     assert "; train 1 token, val 0 tokens; " in out
-    assert "warning: the training split's longest chunk holds 1 token: a model with block_size 1 or more" in out
+    assert "warning: the training split's longest chunk holds 1 token: a model with block_size 1 or more" in err
     src.write_text("ab\ncd\n", encoding="utf-8")  # two documents, one "\n" between them
     rc, out, err = run(capsys, "pretrain", "--tokenizer", shared_file("data/nano_80.json"), "--out_dir",
                        tmp_path / "e", "--docs", "line", "--val_fraction", 0, "--quiet", src)

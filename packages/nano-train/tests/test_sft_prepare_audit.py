@@ -138,10 +138,10 @@ def test_a_val_fraction_that_drew_no_sample_is_named_as_given(tmp_path, shared_f
     rc, out, err = sft(capsys, shared_file, tmp_path / "d", "--val_fraction", 0.05, src)
     assert rc == 0 and "(train 1, val 0)" in out, out
     assert "is the default" not in out
-    assert ("\nnote: no validation samples: --val_fraction 0.05 drew no sample out of 1 (each is held out by a "
-            "hash of its content, so few samples may give none)") in out, out
+    assert ("note: no validation samples: --val_fraction 0.05 drew no sample out of 1 (each is held out by a "
+            "hash of its content, so few samples may give none)") in err, err
     rc, out, err = sft(capsys, shared_file, tmp_path / "e", src)
-    assert "note: no validation samples (--val_fraction 0 is the default for SFT)" in out, out
+    assert "note: no validation samples (--val_fraction 0 is the default for SFT)" in err, err
 
 
 def test_no_training_sample_gives_the_counts(tmp_path, shared_file, capsys):
@@ -183,12 +183,14 @@ def test_skip_bad_names_the_first_ten_lines_it_skips(tmp_path, shared_file, caps
     rc, out, err = sft(capsys, shared_file, tmp_path / "d", "--skip_bad", src)  # (--quiet: the notes stay)
     assert rc == 0 and "skipped: 13 bad lines" in out, out
     why = "expected string fields 'question' and 'answer' (or a 'messages' list)"
+    no_val = ("note: no validation samples (--val_fraction 0 is the default for SFT): a run on this data reports "
+              "no validation loss and writes no best.pt; --val_fraction 0.05 holds some out")  # (the summary's)
     assert err.splitlines() == [f"note: {src}:{n}: {why} (skipped)" for n in range(2, 12)] + \
-        ["note: 3 more bad lines skipped"]
+        ["note: 3 more bad lines skipped", no_val]
     # no more than ten: no second note
     src.write_text("\n".join(lines[:5]) + "\n", encoding="utf-8")
     rc, out, err = sft(capsys, shared_file, tmp_path / "e", "--skip_bad", src)
-    assert rc == 0 and err.splitlines() == [f"note: {src}:{n}: {why} (skipped)" for n in range(2, 6)]
+    assert rc == 0 and err.splitlines() == [f"note: {src}:{n}: {why} (skipped)" for n in range(2, 6)] + [no_val]
 
 
 # ---------------------------------------------------------------------------

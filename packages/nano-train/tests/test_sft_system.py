@@ -187,7 +187,8 @@ def test_prepare_command_end_to_end(tmp_path, tok_path, capsys):
         return (rc, *capsys.readouterr())
 
     rc, out, err = prepare("default")
-    assert rc == 0 and err == ""
+    # standard error: the one note (no validation samples), on standard error as every note
+    assert rc == 0 and err.startswith("note: no validation samples (--val_fraction 0") and err.count("\n") == 1
     assert "4 records -> 4 samples" in out and "system messages: 2 (prepended to the first question)" in out
     meta = json.loads((tmp_path / "default" / "meta.json").read_text(encoding="utf-8"))
     assert meta["system"]["policy"] == "prepend" and meta["counts"]["system_messages"] == 2

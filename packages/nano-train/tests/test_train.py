@@ -313,6 +313,23 @@ def test_dtype_auto_on_a_cpu_is_bfloat16_only_where_it_is_native(monkeypatch, av
         assert resolve_dtype(name, cpu) == name
 
 
+@pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
+def test_dtype_auto_keeps_float32_where_onednn_is_held_below_its_bfloat16_kernels(monkeypatch, variable):
+    """ONEDNN_MAX_CPU_ISA=AVX2 on a CPU with AMX: oneDNN emulates bfloat16 products (the
+    auditor's runs: 3-14x slower than float32), whatever the CPU's flags say. Was: auto
+    picked bfloat16 from the flags, with a note that it multiplies bfloat16 in hardware."""
+    from nano_train.train import resolve_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    for other in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(other, raising=False)
+    for limit, expected in (("AVX2", "float32"), ("avx512_core", "float32"), ("SSE41", "float32"),
+                            ("AVX512_CORE_BF16", "bfloat16"), ("AVX512_CORE_AMX", "bfloat16"), ("ALL", "bfloat16"),
+                            ("", "bfloat16")):
+        monkeypatch.setenv(variable, limit)
+        assert resolve_dtype("auto", torch.device("cpu")) == expected, limit
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_a_run_says_when_auto_chose_bfloat16_on_a_cpu(monkeypatch, small_pretrain, tiny_config, capsys, native):
     import platform

@@ -141,9 +141,9 @@ class SystemConfig:
     # time, no [B, T, V] logits, outside a compiled graph) | plain (the logits, inside it)
     loss: str = field(default="auto", metadata={"help": ", ".join(LOSSES) + "; auto = blocked on a CPU, plain on a GPU"})
     # the projections' float32 products on a CPU (nano_train.matmul): auto = oneDNN on an
-    # x86-64 CPU when the run is float32, else torch's F.linear
+    # AMD x86-64 CPU when the run is float32, else torch's F.linear
     matmul: str = field(default="auto", metadata={"help": ", ".join(MATMULS) + "; auto = oneDNN for float32 on an "
-                                                   "x86-64 CPU, else torch"})
+                                                   "AMD x86-64 CPU, else torch"})
     # torch.nn.attention.sdpa_kernel's backend; auto = let SDPA choose
     attention_backend: str = field(default="auto", metadata={"help": ", ".join(ATTENTION_BACKENDS)})
     seed: int = DEFAULT_SEED

@@ -515,6 +515,15 @@ COMMON_HANZI = frozenset("的一是不了在人有我他这个们中来上大为
                          "主样理心她本前开但因只从想实")
 
 
+def _chinese(text: str) -> bool:
+    """Whether text's characters beyond ASCII are Chinese characters and punctuation, common
+    ones among them (bytes read in the wrong encoding make rare ones, or none)."""
+    wide = [c for c in text if ord(c) > 0x7F]
+    chinese = sum("\u4e00" <= c <= "\u9fff" or "\u3000" <= c <= "\u303f" or "\uff00" <= c <= "\uffef" for c in wide)
+    common = sum(c in COMMON_HANZI for c in wide)
+    return bool(wide) and chinese >= 0.9 * len(wide) and common >= max(2, 0.15 * len(wide))
+
+
 def _reads_as_gb18030(data: bytes) -> bool:
     """Whether data, which is not UTF-8, is Chinese text in GB18030 (or GBK, its subset: what
     Windows in Chinese saves text as): many bytes that are not UTF-8 (a UTF-8 file with a
@@ -527,20 +536,36 @@ def _reads_as_gb18030(data: bytes) -> bool:
         text = codecs.getincrementaldecoder("gb18030")().decode(data)  # (a character cut at the end waits)
     except UnicodeDecodeError:
         return False
-    wide = [c for c in text if ord(c) > 0x7F]
-    chinese = sum("\u4e00" <= c <= "\u9fff" or "\u3000" <= c <= "\u303f" or "\uff00" <= c <= "\uffef" for c in wide)
-    common = sum(c in COMMON_HANZI for c in wide)
-    return chinese >= 0.9 * len(wide) and common >= max(2, 0.15 * len(wide))
+    return _chinese(text)
+
+
+def _reads_as_utf16(data: bytes) -> str | None:
+    """"UTF-16LE" or "UTF-16BE" where data, which is not UTF-8, is Chinese text in it without
+    a byte-order mark (few NULs then: only its ASCII characters have them), else None. data
+    may start at either byte of a character."""
+    for encoding in ("UTF-16LE", "UTF-16BE"):
+        for start in (0, 1):
+            try:
+                text = codecs.getincrementaldecoder(encoding)().decode(data[start:])
+            except UnicodeDecodeError:
+                continue
+            if _chinese(text):
+                return encoding
+    return None
 
 
 def _convert_hint(path, data: bytes) -> str:
     """What to do about a file that is not UTF-8, seen from data (some of its bytes)."""
-    if not _reads_as_gb18030(data):
+    if _reads_as_gb18030(data):
+        encoding, what = "GB18030", "Chinese text in GB18030 (GBK), which Windows saves text in"
+    elif encoding := _reads_as_utf16(data):
+        what = f"Chinese text in {encoding} without a byte order mark"
+    else:
         return "convert it to UTF-8 first"
     name = Path(path)
     converted = name.with_name(f"{name.stem}.utf8{name.suffix}")
-    return (f"it reads as Chinese text in GB18030 (GBK), which Windows saves text in: convert it to UTF-8 (e.g. "
-            f"iconv -f GB18030 -t UTF-8 {shlex.quote(str(path))} > {shlex.quote(str(converted))})")
+    return (f"it reads as {what}: convert it to UTF-8 (e.g. "
+            f"iconv -f {encoding} -t UTF-8 {shlex.quote(str(path))} > {shlex.quote(str(converted))})")
 
 
 def _changed_since(path: Path, f, before: os.stat_result) -> str | None:

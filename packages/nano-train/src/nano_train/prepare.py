@@ -75,6 +75,7 @@ prepare is still starting, that nothing was written).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import sys
 from pathlib import Path
@@ -201,14 +202,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.filename}: {e.strerror}" if e.filename and e.strerror else f"error: {e}",
                   file=sys.stderr)
             return 1
+        head, *notes = summary.text().split("\n")
+        status = 0
         try:
-            print(f"{shown}: {summary.text()}", flush=True)
+            print(f"{shown}: {head}", flush=True)
         except OSError as e:  # a closed pipe, a full disk
             discard_stdout()
             print(f"error: writing standard output: {e.strerror or e}; the dataset in {shown} is complete",
                   file=sys.stderr)
-            return 1
-        return 0
+            status = 1
+        with contextlib.suppress(OSError):  # its warnings and notes: on standard error, as every command's
+            for line in notes:
+                print(line, file=sys.stderr, flush=True)
+        return status
     except KeyboardInterrupt:
         # (prepare holds Ctrl-C back while the files move in: the dataset is then there whole, or not at all)
         after = _meta_stamp(out_dir)

@@ -333,10 +333,19 @@ def resolve_device(name: str, info: DistInfo) -> torch.device:
     return torch.device(name)
 
 
+# oneDNN's instruction-set limits (ONEDNN_MAX_CPU_ISA, or DNNL_ before it) below its bfloat16 kernels
+_NO_BF16_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX512_CORE", "AVX512_CORE_VNNI")
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16 or AMX
-    tiles), where oneDNN's bfloat16 products run several times as fast as float32 ones.
-    Elsewhere bfloat16 is converted back and forth in software and is slower."""
+    tiles), where oneDNN's bfloat16 products run several times as fast as float32 ones,
+    and oneDNN may use them (ONEDNN_MAX_CPU_ISA can hold it below them: 3-14x slower
+    than float32 then). Elsewhere bfloat16 is converted back and forth in software and
+    is slower."""
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or ""
+    if limit.strip().upper() in _NO_BF16_ISAS:
+        return False
     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         supported = getattr(torch.cpu, probe, None)  # private helpers, torch >= 2.3
         if supported is not None and supported():
