@@ -100,7 +100,6 @@ except ImportError:  # Windows
 import torch
 import torch.nn.functional as F
 
-
 from nano_train.config import COMPILE_MODES, DTYPES, LOSSES, MAX_INT, MAX_THREADS, OptimConfig
 from nano_train.matmul import MATMULS, linear, onednn_blocker, resolve_matmul
 from nano_train.metrics import cpu_aware_probe, peak_flops, synchronize

@@ -232,8 +232,8 @@ def load(path: str | Path) -> dict:
                               f"({load_failure(e)}){hint}") from None
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a nano-train checkpoint")
-    if version_error(ck):
-        raise CheckpointError(f"{path}: {version_error(ck)}")
+    if why := version_error(ck):
+        raise CheckpointError(f"{path}: {why}")
     missing = [k for k in REQUIRED if k not in ck]
     if missing:
         raise CheckpointError(f"{path}: an incomplete checkpoint, it has no {', '.join(missing)}")

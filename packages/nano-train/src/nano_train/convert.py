@@ -591,8 +591,8 @@ def load_checkpoint_model(path, device: str | torch.device = "cpu"):
     # (both entries are optional: a checkpoint of another trainer with our names loads)
     if ck.get("format", ckpt_io.FORMAT) != ckpt_io.FORMAT:
         raise ConvertError(f"{path}: checkpoint format {ck['format']!r} is not {ckpt_io.FORMAT!r}")
-    if "version" in ck and ckpt_io.version_error(ck):
-        raise ConvertError(f"{path}: {ckpt_io.version_error(ck)}")
+    if "version" in ck and (why := ckpt_io.version_error(ck)):
+        raise ConvertError(f"{path}: {why}")
     if not isinstance(ck["model"], dict):
         raise ConvertError(f"{path}: 'model' must be a state dict, not {type(ck['model']).__name__}")
     cfg = ck["config"]

@@ -554,6 +554,13 @@ def _reads_as_utf16(data: bytes) -> str | None:
     return None
 
 
+def _iconv(path, encoding: str) -> str:
+    """The command that converts the file at path from encoding into a UTF-8 copy beside it."""
+    name = Path(path)
+    converted = name.with_name(f"{name.stem}.utf8{name.suffix}")
+    return f"iconv -f {encoding} -t UTF-8 {shlex.quote(str(path))} > {shlex.quote(str(converted))}"
+
+
 def _convert_hint(path, data: bytes) -> str:
     """What to do about a file that is not UTF-8, seen from data (some of its bytes)."""
     if _reads_as_gb18030(data):
@@ -562,10 +569,7 @@ def _convert_hint(path, data: bytes) -> str:
         what = f"Chinese text in {encoding} without a byte order mark"
     else:
         return "convert it to UTF-8 first"
-    name = Path(path)
-    converted = name.with_name(f"{name.stem}.utf8{name.suffix}")
-    return (f"it reads as {what}: convert it to UTF-8 (e.g. "
-            f"iconv -f {encoding} -t UTF-8 {shlex.quote(str(path))} > {shlex.quote(str(converted))})")
+    return f"it reads as {what}: convert it to UTF-8 (e.g. {_iconv(path, encoding)})"
 
 
 def _changed_since(path: Path, f, before: os.stat_result) -> str | None:
@@ -912,20 +916,17 @@ def _refuse_utf16_or_utf32(path: str) -> None:
     at its first byte (or, where it decodes, training on NULs)."""
     with open(path, "rb") as f:
         head = f.read(_NUL_HEAD_BYTES)
-    name = Path(path)
-    converted = name.with_name(f"{name.stem}.utf8{name.suffix}")
     other = other_unicode(head[:4])
     if other:
         bom, encoding = other
         raise DataError(f"{path}: not UTF-8 text: it starts with a {encoding} byte order mark "
-                        f"({bom.hex(' ').upper()}): a {encoding} file; convert it to UTF-8 (e.g. iconv -f "
-                        f"{encoding} -t UTF-8 {shlex.quote(path)} > {shlex.quote(str(converted))})")
+                        f"({bom.hex(' ').upper()}): a {encoding} file; convert it to UTF-8 (e.g. "
+                        f"{_iconv(path, encoding)})")
     encoding = _nul_pattern(head)
     if encoding:
         raise DataError(f"{path}: not UTF-8 text: {head.count(0):,} of its first {len(head):,} bytes are NUL, "
                         f"as in a {encoding} file without a byte order mark (or a binary file); if it is "
-                        f"{encoding} text, convert it to UTF-8 (e.g. iconv -f {encoding} -t UTF-8 "
-                        f"{shlex.quote(path)} > {shlex.quote(str(converted))})")
+                        f"{encoding} text, convert it to UTF-8 (e.g. {_iconv(path, encoding)})")
 
 
 def prepare_pretrain(

@@ -92,8 +92,7 @@ def onednn_blocker(device: torch.device, dtype: str, auto: bool = False) -> str 
     if auto and platform.machine().lower() not in ("x86_64", "amd64"):
         return (f"auto picks it on AMD x86-64 CPUs only (this is {platform.machine() or 'unknown'}); "
                 "ask for it with --matmul=onednn")
-    vendor = cpu_vendor() if auto else "AuthenticAMD"
-    if vendor != "AuthenticAMD":
+    if auto and (vendor := cpu_vendor()) != "AuthenticAMD":
         return (f"auto picks it on AMD x86-64 CPUs only, where it was measured faster (this one is "
                 f"{vendor or 'of an unknown vendor'}; on Intel's, torch's MKL products are as fast); "
                 "ask for it with --matmul=onednn")

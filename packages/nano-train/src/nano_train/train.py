@@ -777,8 +777,8 @@ def trained_dtype(checkpoint: dict, log_path: Path, step: int) -> str | None:
     def known(dtype) -> str | None:
         return dtype if isinstance(dtype, str) and dtype in PT_DTYPES else None
 
-    if known(checkpoint.get("dtype")):
-        return checkpoint["dtype"]
+    if recorded := known(checkpoint.get("dtype")):
+        return recorded
     try:
         starts = [r for r in read_log(log_path) if r.get("kind") == "start"]
     except OSError:
