@@ -295,6 +295,73 @@ def test_rmsnorm_uses_its_eps(monkeypatch, fused):
     torch.testing.assert_close(norm(x), want)
 
 
+def _composite_rms_norm(x, w, eps):
+    """RMSNorm as kernels autograd differentiates itself."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def test_rmsnorm_s_written_out_backward_is_the_derivative():
+    """_RMSNormFunction's backward against finite differences, in float64, for x and w."""
+    from nano_train.model import _RMSNormFunction
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    w = (torch.rand(5, dtype=torch.float64, generator=gen) + 0.5).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: _RMSNormFunction.apply(a, b, 0.1), (x, w))
+
+
+@pytest.mark.parametrize("shape", [(7,), (4, 16), (2, 3, 16)], ids=["1d", "2d", "3d"])
+@pytest.mark.parametrize("grads", ["x and w", "x only", "w only"])
+def test_training_s_rmsnorm_gives_autograd_s_gradients(shape, grads):
+    """In training (gradients wanted, eager) RMSNorm runs _RMSNormFunction; its output
+    equals the composite's and its gradients equal autograd's through the composite, for
+    whichever of x and w want them (LoRA freezes w; a first layer's x may want none)."""
+    from nano_train import model
+
+    torch.manual_seed(0)
+    norm = model.RMSNorm(shape[-1], 1e-5)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(shape[-1]) + 0.5)
+    norm.weight.requires_grad_(grads != "x only")
+    x = (torch.randn(shape) * 3).requires_grad_(grads != "w only")
+    dy = torch.randn(shape)
+
+    out = norm(x)
+    assert type(out.grad_fn).__name__ == "_RMSNormFunctionBackward"
+    wanted = [t for t in (x, norm.weight) if t.requires_grad]
+    got = torch.autograd.grad(out, wanted, dy)
+    want = torch.autograd.grad(_composite_rms_norm(x, norm.weight, 1e-5), wanted, dy)
+    torch.testing.assert_close(out, _composite_rms_norm(x, norm.weight, 1e-5))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_rmsnorm_without_gradients_keeps_the_fused_kernel():
+    """Sampling, evaluation and export (no gradients) do not build the Function."""
+    from nano_train import model
+
+    norm = model.RMSNorm(8, 1e-5)
+    with torch.no_grad():
+        assert norm(torch.randn(2, 8)).grad_fn is None
+    norm.weight.requires_grad_(False)
+    assert norm(torch.randn(2, 8)).grad_fn is None
+
+
+def test_an_overflowing_rmsnorm_gives_zero_gradients_as_the_composite_does():
+    """A mean square of inf, finite x (the trainer's "activations overflow" check relies on
+    it): output 0 and every gradient 0, not NaN, as through the composite kernels."""
+    from nano_train import model
+
+    norm = model.RMSNorm(4, 1e-5)
+    x = torch.tensor([[1e20, -1e20, 1.0, 2.0]], requires_grad=True)  # x^2 is inf
+    out = norm(x)
+    gx, gw = torch.autograd.grad(out, (x, norm.weight), torch.ones_like(out))
+    want = torch.autograd.grad(_composite_rms_norm(x, norm.weight, 1e-5), (x, norm.weight), torch.ones_like(out))
+    assert not out.any()
+    assert not gx.any() and not gw.any()
+    torch.testing.assert_close((gx, gw), want)
+
+
 def test_the_grouped_query_fallback_matches_sdpa_s_own(monkeypatch):
     """torch < 2.5 has no enable_gqa: the model repeats each KV head for its group of query
     heads (repeat_interleave: q heads 0, 1 read kv head 0). Same logits either way (a
