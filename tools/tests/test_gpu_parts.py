@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +46,7 @@ def test_without_a_gpu_it_says_so():
 def test_bad_options_are_one_line_before_any_work(tmp_path):
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
-    for argv, message in (
+    cases = (
         (["--config", tmp_path / "missing.json"], f"error: --config {tmp_path / 'missing.json'}: cannot read config"),
         (["--config", tmp_path], f"error: --config {tmp_path}: cannot read config"),
         (["--config", config, "--batch", "-1"], "error: --batch must be at least 1, got -1"),
@@ -53,8 +54,10 @@ def test_bad_options_are_one_line_before_any_work(tmp_path):
         (["--config", config, "--json", tmp_path / "no" / "parts.json"],
          f"error: --json {tmp_path / 'no' / 'parts.json'}: cannot write there"),
         (["--config", config, "--json", tmp_path], f"error: --json {tmp_path}: exists and is not a regular file"),
-    ):
-        done = run(*argv, "--device", "cpu")
+    )
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:  # each run imports torch: seconds
+        dones = list(pool.map(lambda case: run(*case[0], "--device", "cpu"), cases))
+    for (argv, message), done in zip(cases, dones):
         assert done.returncode == 2 and done.stderr.startswith(message), (argv, done.stderr)
         assert done.stderr.count("\n") == 1 and done.stdout == "", (argv, done.stderr)  # nothing timed
 

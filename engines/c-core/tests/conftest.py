@@ -21,6 +21,8 @@ import os
 import re
 import shutil
 import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +55,18 @@ def clean_env() -> dict:
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     return env
+
+
+def run_samples(arg_lists: list[list]) -> list[subprocess.CompletedProcess]:
+    """`python -m nano_train.sample ARGS` for each ARGS, each in a process of its own as a
+    user runs it, several at a time (each spends seconds importing torch: one after another,
+    they made the stop-text tests 25 s each)."""
+    def one(args):
+        return subprocess.run([sys.executable, "-m", "nano_train.sample", *map(str, args)], capture_output=True,
+                              text=True, env=clean_env(), timeout=300)
+
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 1)) as pool:
+        return list(pool.map(one, arg_lists))
 
 
 def make(*targets: str, san: bool = False, extra: tuple[str, ...] = ()) -> None:
@@ -567,7 +581,7 @@ def h(shared_file):
 
     return SimpleNamespace(
         CORE=CORE, REPO=REPO, BUILD=BUILD, SAN=SAN, OTHER_BUILDS=OTHER_BUILDS, make=make, shared_file=shared_file,
-        clean_env=clean_env,
+        clean_env=clean_env, run_samples=run_samples,
         run_cli=run_cli, model_bytes=model_bytes, make_vocab=make_vocab, random_weights=random_weights,
         build_model=build_model, attach_random_lora=attach_random_lora, vocabulary=vocabulary,
         overflowing_model_bytes=overflowing_model_bytes,

@@ -15,8 +15,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -28,12 +26,17 @@ MULTI_TEXTS = SPECIALS + list("abcdefgh") + ["".join(p) for p in itertools.produ
 SETTINGS = {"greedy": ["-t", "0"], "sampled": ["-t", "0.8", "-k", "40", "-s", "3"]}
 
 
+def samples(h, arg_lists: list[list]) -> list[str]:
+    """What `python -m nano_train.sample ARGS --threads 1` prints for each ARGS (each must
+    succeed; the runs side by side: h.run_samples)."""
+    runs = h.run_samples([[*args, "--threads", "1"] for args in arg_lists])
+    for args, r in zip(arg_lists, runs):
+        assert r.returncode == 0, (args, r.stderr)
+    return [r.stdout for r in runs]
+
+
 def sample(h, *args) -> str:
-    """What `python -m nano_train.sample ARGS` prints (it must succeed)."""
-    r = subprocess.run([sys.executable, "-m", "nano_train.sample", *map(str, args), "--threads", "1"],
-                       capture_output=True, text=True, env=h.clean_env(), timeout=300)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
+    return samples(h, [list(args)])[0]
 
 
 def run_ids(cli, *args) -> list[int]:
@@ -89,11 +92,11 @@ def test_stop_texts_print_what_sample_prints(cli, h, psycho_path, settings):
         ["<|eos|>"],                    # a special token (it always stops)
         ["自我意识与心理学家"],           # never occurs (all of it in the vocabulary)
     ]
-    for stops in cases:
-        stop_args = [a for s in stops for a in ("--stop", s)]
-        got = cli("run", *args, *stop_args)
+    stop_args = [[a for s in stops for a in ("--stop", s)] for stops in cases]
+    for stops, stop_arg, printed in zip(cases, stop_args, samples(h, [args + a for a in stop_args])):
+        got = cli("run", *args, *stop_arg)
         assert got.returncode == 0, got.stderr
-        assert got.stdout == sample(h, *args, *stop_args), stops
+        assert got.stdout == printed, stops
         at = min((text.find(s) for s in stops if s in text), default=len(text))
         assert got.stdout == text[:at] + "\n", stops
         assert "nano: note" not in got.stderr
@@ -135,14 +138,15 @@ def test_multi_character_tokens_print_whole(cli, h, multi_path, settings):
                   if len(texts[j]) > 1 and texts[j] not in SPECIALS and texts[j + 1] not in SPECIALS
                   and first_end(full[:starts[j + 1] + 1], texts[j][-1] + texts[j + 1][0]))
     special = next(t for t in texts if t in SPECIALS)
-    for stop in (inside, across):
+    printed = samples(h, [[*args, "--stop", stop] for stop in (inside, across, special)])
+    for stop, want in zip((inside, across), printed):
         got = cli("run", *args, "--stop", stop)
         assert got.returncode == 0, got.stderr
-        assert got.stdout == sample(h, *args, "--stop", stop), stop
+        assert got.stdout == want, stop
         assert got.stdout == kept(texts, full.find(stop)) + "\n", stop
     assert kept(texts, full.find(inside)).endswith(inside)  # printed whole: the stop text shows
     got = cli("run", *args, "--stop", special)
-    assert got.stdout == sample(h, *args, "--stop", special) == "".join(texts[:texts.index(special)]) + "\n"
+    assert got.stdout == printed[2] == "".join(texts[:texts.index(special)]) + "\n"
 
 
 def test_instruct_mode(cli, h, multi_path, psycho_path):
@@ -170,7 +174,7 @@ def test_the_chat_stops_every_answer(cli, h, psycho_path):
     stop_args = [a for s in stops for a in ("--stop", s)]
     r = cli("run", *args, *stop_args, input=lines)
     assert r.returncode == 0, r.stderr
-    want = [sample(h, *args, "--instruct", "-p", q, *stop_args)[:-1] for q in questions]
+    want = [text[:-1] for text in samples(h, [[*args, "--instruct", "-p", q, *stop_args] for q in questions])]
     assert r.stdout.split("\n") == [*want, "", ""]
     assert all(len(w) < len(a) for w, a in zip(want, answers))
 

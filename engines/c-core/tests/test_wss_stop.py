@@ -20,7 +20,6 @@ import re
 import selectors
 import signal
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -144,13 +143,19 @@ def nano_run(nano: Path, *args) -> tuple[str, list[int]]:
     return out[:-1], [int(x) for x in ids.stdout.strip().split(",")][n_prompt:]
 
 
+def samples(h, arg_lists: list[list[str]]) -> list[str]:
+    """What `python -m nano_train.sample ARGS` prints for each ARGS, without the final line
+    break (the runs side by side: h.run_samples)."""
+    printed = []
+    for args, r in zip(arg_lists, h.run_samples(arg_lists)):
+        assert r.returncode == 0, (args, r.stderr)
+        assert r.stdout.endswith("\n"), args
+        printed.append(r.stdout[:-1])
+    return printed
+
+
 def sample(h, *args) -> str:
-    """What `python -m nano_train.sample ARGS` prints, without the final line break."""
-    r = subprocess.run([sys.executable, "-m", "nano_train.sample", *args], capture_output=True, text=True,
-                       env=h.clean_env(), timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.endswith("\n")
-    return r.stdout[:-1]
+    return samples(h, [list(args)])[0]
 
 
 def first_end(text: str, stop: str) -> bool:
@@ -200,12 +205,12 @@ def compare(h, binaries, server, model: Path, prompt: str, settings: dict, cases
     """Each list of stop texts in cases, streamed by the server, against `nano run --stop` and
     nano_train.sample --stop: the same text and the same token ids. Returns the done messages."""
     results = stream(server, [dict(prompt=prompt, stop=stops, **settings) for stops in cases])
+    arg_lists = [cli_args(model, prompt, settings, stops) for stops in cases]
     dones = []
-    for stops, (tokens, done) in zip(cases, results):
-        args = cli_args(model, prompt, settings, stops)
+    for stops, args, printed, (tokens, done) in zip(cases, arg_lists, samples(h, arg_lists), results):
         text, ids = nano_run(binaries["nano"], *args)
         got = "".join(t["text"] for t in tokens)
-        assert got == text == sample(h, *args), stops
+        assert got == text == printed, stops
         assert [t["token"] for t in tokens] == ids, stops
         assert done["stats"]["generated_tokens"] == len(ids), stops
         dones.append(done)

@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,7 @@ def test_two_process_sft_weighs_ranks_by_their_answer_tokens(tmp_path, uneven_sf
 
 FAILING_RANK = """
 import sys
+import threading
 from nano_train import data, train
 
 next_batch = data.Batcher.next
@@ -255,6 +257,7 @@ KILLED_RANK = """
 import os
 import signal
 import sys
+import threading
 from nano_train import data, train
 
 next_batch = data.Batcher.next
@@ -262,8 +265,13 @@ next_batch = data.Batcher.next
 
 def dying_next(self):  # rank 1 is killed (as by the kernel's OOM killer) fetching its sixth training batch
     self.calls = getattr(self, "calls", 0) + 1
-    if self.rank == 1 and self.calls == 6:  # or stopped (SIGSTOP): it hangs, its connections open
-        os.kill(os.getpid(), signal.SIGSTOP if os.environ.get("HANG_RANK_1") else signal.SIGKILL)
+    if self.rank == 1 and self.calls == 6 and os.environ.get("HANG_RANK_1"):
+        with open(os.environ["HANG_RANK_1"] + ".tmp", "w") as f:  # its pid, for the test to end it
+            f.write(str(os.getpid()))
+        os.replace(os.environ["HANG_RANK_1"] + ".tmp", os.environ["HANG_RANK_1"])
+        os.kill(os.getpid(), signal.SIGSTOP)  # stopped: it hangs, its connections open
+    elif self.rank == 1 and self.calls == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
     if self.rank == 0 and self.calls == 6 and os.environ.get("SIGTERM_RANK_0"):  # asked to stop, as by a scheduler
         os.kill(os.getpid(), signal.SIGTERM)
     return next_batch(self)
@@ -328,10 +336,28 @@ def test_a_rank_that_hangs_ends_the_run_after_dist_timeout(tmp_path, small_pretr
     """Rank 1 stops (SIGSTOP: alive, its connections open, as a hung process or a node cut off
     would be) in the middle of training: rank 0 waits system.dist_timeout (8 s), not torch's
     30 minutes, then ends with one line saying that another rank did not take part in time and
-    naming the checkpoint to continue from. torchrun then kills the stopped rank (after its own
-    30 s grace)."""
-    monkeypatch.setenv("HANG_RANK_1", "1")
-    run_killed_rank(tmp_path, small_pretrain, "--dist_timeout=8")
+    naming the checkpoint to continue from. The stopped rank is then killed here (SIGKILL), as
+    torchrun kills it itself after a grace of 30 s, which no option shortens (the test took 44 s)."""
+    pid_file = tmp_path / "hung_rank.pid"
+    monkeypatch.setenv("HANG_RANK_1", str(pid_file))
+    finished = threading.Event()
+
+    def kill_the_hung_rank_once_rank_0_has_given_up():
+        while not finished.wait(0.2):
+            rank_0 = list((tmp_path / "logs").rglob("0/stderr.log"))
+            if (pid_file.exists() and rank_0
+                    and "error: rank 0" in rank_0[0].read_text(encoding="utf-8", errors="replace")):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid_file.read_text()), signal.SIGKILL)
+                return
+
+    killer = threading.Thread(target=kill_the_hung_rank_once_rank_0_has_given_up, daemon=True)
+    killer.start()
+    try:
+        run_killed_rank(tmp_path, small_pretrain, "--dist_timeout=8")
+    finally:
+        finished.set()
+        killer.join()
     log = next((tmp_path / "logs").rglob("0/stderr.log")).read_text(encoding="utf-8")
     print(log)
     lines = log.strip().splitlines()
@@ -348,6 +374,7 @@ def test_a_rank_that_hangs_ends_the_run_after_dist_timeout(tmp_path, small_pretr
 ONE_RANK_OVERFLOWS = """
 import os
 import sys
+import threading
 from nano_train import train
 
 train.activations_overflow = lambda model, x, context: os.environ["RANK"] == "1"  # only rank 1's row overflows
