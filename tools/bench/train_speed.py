@@ -134,7 +134,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="auto: the trainer's choice (nano_train.train.resolve_dtype): bfloat16 (or "
-                        "float16) on a GPU, bfloat16 on a CPU with AVX512-BF16 or AMX, else float32")
+                        "float16) on a GPU, bfloat16 on a CPU with AVX512-BF16 or AMX for a model at "
+                        "least 160 wide, else float32")
     p.add_argument("--batch", type=int, help="sequences per step (shape default)")
     p.add_argument("--seq", type=int, help="tokens per sequence (shape default; raises block_size if larger)")
     p.add_argument("--steps", type=int, help="optimizer steps per timed turn (default 2 on CPU, 20 on GPU)")
@@ -364,7 +365,6 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = resolve_dtype(args.dtype, device)
     on_gpu = device.type == "cuda"
     steps = args.steps or (20 if on_gpu else 2)
     rounds = args.rounds or (5 if on_gpu else 10)
@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    dtype = resolve_dtype(args.dtype, device, cfg.n_embd)
     try:
         import transformers
     except ImportError:

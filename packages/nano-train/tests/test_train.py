@@ -14,6 +14,7 @@ from nano_tokenizer import Tokenizer
 
 from nano_train import checkpoint as ckpt_io
 from nano_train import plot as plot_cmd
+from nano_train import train as train_module
 from nano_train.config import ConfigError, OptimConfig
 from nano_train.convert import export_bin, load_checkpoint_model
 from nano_train.data import Batcher, DataError, Dataset, prepare_sft, write_rows
@@ -307,10 +308,25 @@ def test_dtype_auto_on_a_cpu_is_bfloat16_only_where_it_is_native(monkeypatch, av
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu) == expected
-    assert resolve_dtype("auto", torch.device("mps")) == "float32"
+    assert resolve_dtype("auto", cpu, 256) == expected
+    assert resolve_dtype("auto", torch.device("mps"), 256) == "float32"
     for name in ("float32", "bfloat16", "float16"):
-        assert resolve_dtype(name, cpu) == name
+        assert resolve_dtype(name, cpu, 256) == name
+        assert resolve_dtype(name, cpu, 32) == name  # asked for: whatever the width
+
+
+def test_dtype_auto_on_a_cpu_keeps_float32_for_a_narrow_model(monkeypatch):
+    """Under CPU_BF16_MIN_EMBD (160) wide, float32 trains faster than bfloat16 even with
+    the instructions (Intel Xeon, AMX: width 128 0.9x, 64 0.6x). Was: bfloat16 for every
+    width, and the shipped psycho_small config (128 wide) trained at 0.9x its float32 speed."""
+    from nano_train.train import CPU_BF16_MIN_EMBD, resolve_dtype
+
+    assert CPU_BF16_MIN_EMBD == 160
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    cpu = torch.device("cpu")
+    for width, expected in ((32, "float32"), (128, "float32"), (159, "float32"), (160, "bfloat16"),
+                            (256, "bfloat16"), (1024, "bfloat16")):
+        assert resolve_dtype("auto", cpu, width) == expected, width
 
 
 @pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
@@ -327,11 +343,14 @@ def test_dtype_auto_keeps_float32_where_onednn_is_held_below_its_bfloat16_kernel
                             ("AVX512_CORE_BF16", "bfloat16"), ("AVX512_CORE_AMX", "bfloat16"), ("ALL", "bfloat16"),
                             ("", "bfloat16")):
         monkeypatch.setenv(variable, limit)
-        assert resolve_dtype("auto", torch.device("cpu")) == expected, limit
+        assert resolve_dtype("auto", torch.device("cpu"), 256) == expected, limit
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_a_run_says_when_auto_chose_bfloat16_on_a_cpu(monkeypatch, small_pretrain, tiny_config, capsys, native):
+@pytest.mark.parametrize("native, wide", [(True, True), (True, False), (False, True)],
+                         ids=["bf16 CPU, wide model", "bf16 CPU, narrow model", "no bf16"])
+def test_a_run_says_what_dtype_auto_chose_on_a_cpu(monkeypatch, small_pretrain, tiny_config, capsys, native, wide):
+    """bfloat16 (a note says so), or float32 with a note where the CPU has bfloat16
+    instructions but the model is too narrow for them to pay; no note without them."""
     import platform
 
     from nano_train import matmul
@@ -340,10 +359,16 @@ def test_a_run_says_when_auto_chose_bfloat16_on_a_cpu(monkeypatch, small_pretrai
     monkeypatch.setattr(matmul, "cpu_vendor", lambda: "AuthenticAMD")  # (where float32 gets oneDNN's products)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    if wide:  # (the tiny model, 32 wide, counts as wide enough)
+        monkeypatch.setattr(train_module, "CPU_BF16_MIN_EMBD", 32)
     train(tiny_config(small_pretrain, max_iters=1, eval_iters=0, dtype="auto"))
     out, err = capsys.readouterr()
-    assert (" x cpu bfloat16," in out) == native and (" x cpu float32 (oneDNN products)," in out) != native
-    assert ("note: dtype auto is bfloat16 on this CPU" in err) == native
+    bf16 = native and wide
+    assert (" x cpu bfloat16," in out) == bf16 and (" x cpu float32 (oneDNN products)," in out) != bf16
+    assert ("note: dtype auto is bfloat16 on this CPU" in err) == bf16
+    narrow = ("note: dtype auto is float32: this CPU multiplies bfloat16 in hardware, but a model 32 wide "
+              "(under 160) trains faster in float32 here; --dtype=bfloat16 uses it anyway")
+    assert (narrow in err) == (native and not wide), err
 
 
 @pytest.mark.parametrize("recorded", [True, False])
@@ -365,6 +390,7 @@ def test_a_resume_says_when_dtype_auto_picks_another_precision(monkeypatch, smal
         with open(tiny_config(small_pretrain).run.out_dir + "/log.jsonl", "a", encoding="utf-8") as log:
             log.write(json.dumps({"kind": "start", "step": 2, "dtype": "bfloat16"}) + "\n")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(train_module, "CPU_BF16_MIN_EMBD", 32)  # (the tiny model counts as wide enough)
     capsys.readouterr()
     train(tiny_config(small_pretrain, max_iters=3, eval_iters=0, sample_tokens=0, dtype="auto", init_from="resume"))
     err = capsys.readouterr().err
@@ -394,6 +420,7 @@ def test_a_resume_that_trains_no_step_keeps_the_checkpoints_precision(monkeypatc
     latest = tiny_config(small_pretrain).run.out_dir + "/latest.pt"
     assert result.interrupted and ckpt_io.load(latest)["step"] == 2 and ckpt_io.load(latest)["final"] is False
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(train_module, "CPU_BF16_MIN_EMBD", 32)  # (the tiny model counts as wide enough)
     train(tiny_config(small_pretrain, max_iters=2, eval_iters=0, sample_tokens=0, dtype="auto", init_from="resume"))
     ck = ckpt_io.load(latest)
     assert ck["final"] is True and ck["step"] == 2 and ck["dtype"] == "float32"

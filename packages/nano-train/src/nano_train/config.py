@@ -131,10 +131,12 @@ class SystemConfig:
 
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"})
     # auto: train.resolve_dtype, bfloat16 where the device computes it natively (CUDA with
-    # bf16, CPUs with AVX512-BF16 or AMX), float16 on older CUDA, else float32
+    # bf16, CPUs with AVX512-BF16 or AMX for a model at least 160 wide), float16 on older
+    # CUDA, else float32
     dtype: str = field(default="auto", metadata={"help": ", ".join(DTYPES)
-                                                  + "; auto = bfloat16 where the device computes it natively, float16 on "
-                                                  "older GPUs, else float32"})
+                                                  + "; auto = bfloat16 where the device computes it natively (on a "
+                                                  "CPU, for a model at least 160 wide), float16 on older GPUs, else "
+                                                  "float32"})
     compile: bool = False  # torch.compile the model
     compile_mode: str = field(default="default", metadata={"help": "torch.compile's mode: " + ", ".join(COMPILE_MODES)})
     # auto (blocked on a CPU, plain on a GPU) | blocked (classifier + loss a block of rows at a

@@ -353,16 +353,24 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
-def resolve_dtype(name: str, device: torch.device) -> str:
-    """system.dtype "auto": the fastest precision the device computes natively:
-    bfloat16 on CUDA devices that have it (float16 on older ones) and on CPUs with
-    bfloat16 matrix instructions, float32 elsewhere. Weights, gradients and the
-    optimizer stay float32 in every case; only autocast's products run narrower."""
+# On a CPU with bfloat16 instructions, models narrower than this train faster in float32:
+# their products are too small for bfloat16's speed to pay for the casts around them
+# (tokens/s bfloat16 / float32, Intel Xeon with AMX: width 64 0.6x, 128 0.9x, 144 1.0x,
+# 160 1.04x, 256 1.5x; tools/bench/README.md, "bfloat16 on a CPU, by width").
+CPU_BF16_MIN_EMBD = 160
+
+
+def resolve_dtype(name: str, device: torch.device, n_embd: int) -> str:
+    """system.dtype "auto": the fastest precision the device computes natively, for a
+    model n_embd wide: bfloat16 on CUDA devices that have it (float16 on older ones) and
+    on CPUs with bfloat16 matrix instructions for a model at least CPU_BF16_MIN_EMBD
+    wide, float32 elsewhere. Weights, gradients and the optimizer stay float32 in every
+    case; only autocast's products run narrower."""
     if name != "auto":
         return name
     if device.type == "cuda":
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device.type == "cpu" and cpu_has_native_bf16():
+    if device.type == "cpu" and n_embd >= CPU_BF16_MIN_EMBD and cpu_has_native_bf16():
         return "bfloat16"
     return "float32"
 
@@ -564,7 +572,7 @@ def resolve_compute(cfg: Config, info: DistInfo):
     backend runs on it with this model and dtype, and system.matmul applies (nano_train.problems
     checks them before generating data)."""
     device = resolve_device(cfg.system.device, info)
-    dtype = resolve_dtype(cfg.system.dtype, device)
+    dtype = resolve_dtype(cfg.system.dtype, device, cfg.model.n_embd)
     forward_context = forward_context_factory(device, dtype, cfg.system.attention_backend)
     check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
     try:
@@ -1194,6 +1202,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     elif cfg.system.dtype == "auto" and device.type == "cpu" and dtype == "bfloat16":
         note("dtype auto is bfloat16 on this CPU (it multiplies bfloat16 in hardware, much faster "
              "than float32); --dtype=float32 trains in full precision")
+    elif cfg.system.dtype == "auto" and device.type == "cpu" and cpu_has_native_bf16():
+        note(f"dtype auto is float32: this CPU multiplies bfloat16 in hardware, but a model "
+             f"{cfg.model.n_embd} wide (under {CPU_BF16_MIN_EMBD}) trains faster in float32 here; "
+             "--dtype=bfloat16 uses it anyway")
     record(kind="start", step=step, task=task, params=n_params, trainable_params=n_trainable,
            world_size=info.world_size, device=str(device), dtype=dtype, tokens_per_step=tokens_per_step,
            peak_flops=peak, peak_flops_source=peak_source, matmul=matmul, config=cfg.to_dict())
