@@ -221,7 +221,6 @@ def test_two_process_sft_weighs_ranks_by_their_answer_tokens(tmp_path, uneven_sf
 
 FAILING_RANK = """
 import sys
-import threading
 from nano_train import data, train
 
 next_batch = data.Batcher.next
@@ -257,7 +256,6 @@ KILLED_RANK = """
 import os
 import signal
 import sys
-import threading
 from nano_train import data, train
 
 next_batch = data.Batcher.next
@@ -374,7 +372,6 @@ def test_a_rank_that_hangs_ends_the_run_after_dist_timeout(tmp_path, small_pretr
 ONE_RANK_OVERFLOWS = """
 import os
 import sys
-import threading
 from nano_train import train
 
 train.activations_overflow = lambda model, x, context: os.environ["RANK"] == "1"  # only rank 1's row overflows

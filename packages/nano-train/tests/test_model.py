@@ -313,7 +313,7 @@ def test_rmsnorm_s_written_out_backward_is_the_derivative():
 @pytest.mark.parametrize("shape", [(7,), (4, 16), (2, 3, 16)], ids=["1d", "2d", "3d"])
 @pytest.mark.parametrize("grads", ["x and w", "x only", "w only"])
 def test_training_s_rmsnorm_gives_autograd_s_gradients(shape, grads):
-    """In training (gradients wanted, eager) RMSNorm runs _RMSNormFunction; its output
+    """In training on a CPU (gradients wanted, eager) RMSNorm runs _RMSNormFunction; its output
     equals the composite's and its gradients equal autograd's through the composite, for
     whichever of x and w want them (LoRA freezes w; a first layer's x may want none)."""
     from nano_train import model
@@ -336,8 +336,9 @@ def test_training_s_rmsnorm_gives_autograd_s_gradients(shape, grads):
         torch.testing.assert_close(g, w)
 
 
-def test_rmsnorm_without_gradients_keeps_the_fused_kernel():
-    """Sampling, evaluation and export (no gradients) do not build the Function."""
+def test_rmsnorm_without_gradients_or_off_the_cpu_keeps_f_rms_norm():
+    """Sampling, evaluation and export (no gradients) do not build the Function, and
+    neither does training on another device (measured on CPUs only)."""
     from nano_train import model
 
     norm = model.RMSNorm(8, 1e-5)
@@ -345,6 +346,8 @@ def test_rmsnorm_without_gradients_keeps_the_fused_kernel():
         assert norm(torch.randn(2, 8)).grad_fn is None
     norm.weight.requires_grad_(False)
     assert norm(torch.randn(2, 8)).grad_fn is None
+    on_meta = model.RMSNorm(8, 1e-5).to("meta")(torch.randn(2, 8, device="meta", requires_grad=True))
+    assert on_meta.grad_fn is not None and type(on_meta.grad_fn).__name__ != "_RMSNormFunctionBackward"
 
 
 def test_an_overflowing_rmsnorm_gives_zero_gradients_as_the_composite_does():
