@@ -100,7 +100,8 @@ except ImportError:  # Windows
 import torch
 import torch.nn.functional as F
 
-from nano_train.config import COMPILE_MODES, DTYPES, LOSSES, MAX_INT, MAX_THREADS, OptimConfig
+from nano_train.config import (COMPILE_MODES, CPU_BF16_MIN_EMBD, DTYPES, LOSSES, MAX_INT, MAX_THREADS,
+                               OptimConfig)
 from nano_train.matmul import MATMULS, linear, onednn_blocker, resolve_matmul
 from nano_train.metrics import cpu_aware_probe, peak_flops, synchronize
 from nano_train.model import ModelConfig, Transformer, decay_groups
@@ -135,7 +136,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="auto: the trainer's choice (nano_train.train.resolve_dtype): bfloat16 (or "
                         "float16) on a GPU, bfloat16 on a CPU with AVX512-BF16 or AMX for a model at "
-                        "least 160 wide, else float32")
+                        f"least {CPU_BF16_MIN_EMBD} wide, else float32")
     p.add_argument("--batch", type=int, help="sequences per step (shape default)")
     p.add_argument("--seq", type=int, help="tokens per sequence (shape default; raises block_size if larger)")
     p.add_argument("--steps", type=int, help="optimizer steps per timed turn (default 2 on CPU, 20 on GPU)")

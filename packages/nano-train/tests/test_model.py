@@ -279,9 +279,10 @@ def test_numpy_values_become_python_ones():
     assert [type(v) for v in (cfg.use_rope, cfg.rope_theta, cfg.dropout)] == [bool, float, float]
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["F.rms_norm", "torch<2.4"])
-def test_rmsnorm_uses_its_eps(monkeypatch, fused):
-    """x * rsqrt(mean(x^2) + eps) * w with the model's eps, on both of forward's paths (a
+@pytest.mark.parametrize("fused, training", [(True, False), (True, True), (False, False)],
+                         ids=["F.rms_norm", "written out (training)", "torch<2.4"])
+def test_rmsnorm_uses_its_eps(monkeypatch, fused, training):
+    """x * rsqrt(mean(x^2) + eps) * w with the model's eps, on each of forward's paths (a
     mutation audit: a forward that ignored eps passed every test)."""
     from nano_train import model
 
@@ -292,7 +293,10 @@ def test_rmsnorm_uses_its_eps(monkeypatch, fused):
         norm.weight.copy_(torch.linspace(0.5, 2.0, 8))
     x = torch.randn(3, 8) * 0.3  # a mean square near eps: eps decides much of the scale
     want = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 0.5) * norm.weight
-    torch.testing.assert_close(norm(x), want)
+    with torch.set_grad_enabled(training):
+        got = norm(x)
+    assert (type(got.grad_fn).__name__ == "_RMSNormFunctionBackward") == training
+    torch.testing.assert_close(got, want)
 
 
 def _composite_rms_norm(x, w, eps):

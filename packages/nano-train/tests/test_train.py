@@ -319,7 +319,8 @@ def test_dtype_auto_on_a_cpu_keeps_float32_for_a_narrow_model(monkeypatch):
     """Under CPU_BF16_MIN_EMBD (160) wide, float32 trains faster than bfloat16 even with
     the instructions (Intel Xeon, AMX: width 128 0.9x, 64 0.6x). Was: bfloat16 for every
     width, and the shipped psycho_small config (128 wide) trained at 0.9x its float32 speed."""
-    from nano_train.train import CPU_BF16_MIN_EMBD, resolve_dtype
+    from nano_train.config import CPU_BF16_MIN_EMBD
+    from nano_train.train import resolve_dtype
 
     assert CPU_BF16_MIN_EMBD == 160
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
@@ -390,7 +391,7 @@ def test_a_resume_says_when_dtype_auto_picks_another_precision(monkeypatch, smal
         with open(tiny_config(small_pretrain).run.out_dir + "/log.jsonl", "a", encoding="utf-8") as log:
             log.write(json.dumps({"kind": "start", "step": 2, "dtype": "bfloat16"}) + "\n")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    monkeypatch.setattr(train_module, "CPU_BF16_MIN_EMBD", 32)  # (the tiny model counts as wide enough)
+    monkeypatch.setattr(train_module, "CPU_BF16_MIN_EMBD", 32)  # (the tiny model counts as wide enough: resolve_dtype reads it here)
     capsys.readouterr()
     train(tiny_config(small_pretrain, max_iters=3, eval_iters=0, sample_tokens=0, dtype="auto", init_from="resume"))
     err = capsys.readouterr().err
@@ -420,7 +421,7 @@ def test_a_resume_that_trains_no_step_keeps_the_checkpoints_precision(monkeypatc
     latest = tiny_config(small_pretrain).run.out_dir + "/latest.pt"
     assert result.interrupted and ckpt_io.load(latest)["step"] == 2 and ckpt_io.load(latest)["final"] is False
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
-    monkeypatch.setattr(train_module, "CPU_BF16_MIN_EMBD", 32)  # (the tiny model counts as wide enough)
+    monkeypatch.setattr(train_module, "CPU_BF16_MIN_EMBD", 32)  # (the tiny model counts as wide enough: resolve_dtype reads it here)
     train(tiny_config(small_pretrain, max_iters=2, eval_iters=0, sample_tokens=0, dtype="auto", init_from="resume"))
     ck = ckpt_io.load(latest)
     assert ck["final"] is True and ck["step"] == 2 and ck["dtype"] == "float32"

@@ -47,6 +47,11 @@ from nano_train.model import ModelConfig
 TASKS = ("pretrain", "sft", "lora")
 MAX_DIST_TIMEOUT = 1e9  # seconds, about 31 years: datetime.timedelta holds no more than 1e14
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# dtype auto on a CPU with bfloat16 instructions: bfloat16 from this width (n_embd) up,
+# float32 below it, where the products are too small for bfloat16's speed to pay for the
+# casts around them (tokens/s bfloat16 / float32, Intel Xeon with AMX: width 64 0.6x,
+# 128 0.9x, 144 1.0x, 160 1.04x, 256 1.5x; tools/bench/README.md, "bfloat16 on a CPU, by width")
+CPU_BF16_MIN_EMBD = 160
 ATTENTION_BACKENDS = ("auto", "math", "flash", "efficient", "cudnn")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 LOSSES = ("auto", "blocked", "plain")
@@ -131,12 +136,12 @@ class SystemConfig:
 
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"})
     # auto: train.resolve_dtype, bfloat16 where the device computes it natively (CUDA with
-    # bf16, CPUs with AVX512-BF16 or AMX for a model at least 160 wide), float16 on older
-    # CUDA, else float32
+    # bf16, CPUs with AVX512-BF16 or AMX for a model at least CPU_BF16_MIN_EMBD wide),
+    # float16 on older CUDA, else float32
     dtype: str = field(default="auto", metadata={"help": ", ".join(DTYPES)
                                                   + "; auto = bfloat16 where the device computes it natively (on a "
-                                                  "CPU, for a model at least 160 wide), float16 on older GPUs, else "
-                                                  "float32"})
+                                                  f"CPU, for a model at least {CPU_BF16_MIN_EMBD} wide), float16 on "
+                                                  "older GPUs, else float32"})
     compile: bool = False  # torch.compile the model
     compile_mode: str = field(default="default", metadata={"help": "torch.compile's mode: " + ", ".join(COMPILE_MODES)})
     # auto (blocked on a CPU, plain on a GPU) | blocked (classifier + loss a block of rows at a

@@ -175,7 +175,7 @@ class ModelConfig:
 
 class _RMSNormFunction(torch.autograd.Function):
     """x * rsqrt(mean(x^2) + eps) * w, the same arithmetic as F.rms_norm's forward, with
-    its backward written out (training on a CPU): dw = sum(dy * y), dx = rstd * (g - y * mean(g * y)) for
+    its backward written out: dw = sum(dy * y), dx = rstd * (g - y * mean(g * y)) for
     g = dy * w and y = x * rstd. Autograd through the composite kernels makes more passes
     over [N, E] and keeps x as well as y: training on a CPU made 4-6% fewer tokens/s
     (tools/bench/README.md, "RMSNorm's backward written out")."""
@@ -209,16 +209,14 @@ class RMSNorm(nn.Module):
         # Always float32, whatever the activation dtype, so that every engine
         # (which normalises in float32) sees the same numbers.
         xf = x.float()
-        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-                and x.device.type == "cpu" and not torch.compiler.is_compiling()):
-            # training on a CPU, eager: the written-out backward (compiled, the compiler fuses
-            # the kernels below; on other devices it was not measured, and F.rms_norm stays)
-            return _RMSNormFunction.apply(xf, self.weight.float(), self.eps).type_as(x)
-        if _HAS_RMS_NORM:
-            # the same x * rsqrt(mean(x^2) + eps) * w, in fewer kernels
+        training_on_cpu = (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+                           and x.device.type == "cpu" and not torch.compiler.is_compiling())
+        if _HAS_RMS_NORM and not training_on_cpu:
+            # the same x * rsqrt(mean(x^2) + eps) * w, in fewer kernels (compiled, the compiler
+            # fuses them; on other devices the written-out backward was not measured)
             return F.rms_norm(xf, (xf.shape[-1],), self.weight.float(), self.eps).type_as(x)
-        y = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).type_as(x)
+        # training on a CPU, eager, and torch < 2.4 (no F.rms_norm): the written-out backward
+        return _RMSNormFunction.apply(xf, self.weight.float(), self.eps).type_as(x)
 
 
 def rope_pair_tables(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

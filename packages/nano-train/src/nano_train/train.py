@@ -62,7 +62,8 @@ from nano_train import (OutputFailed, checkpoint as ckpt_io, dirlock, discard_st
                         print_output)
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.convert import unrecorded_attention
-from nano_train.config import Config, ConfigError, help_text, key_type, load_config, unknown_key_hint
+from nano_train.config import (CPU_BF16_MIN_EMBD, Config, ConfigError, help_text, key_type, load_config,
+                               unknown_key_hint)
 from nano_train.config import check as check_config
 from nano_train.data import CHUNK_TOKENS, NO_ROOM, Batcher, DataError, Dataset
 from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
@@ -351,13 +352,6 @@ def cpu_has_native_bf16() -> bool:
         if supported is not None and supported():
             return True
     return False
-
-
-# On a CPU with bfloat16 instructions, models narrower than this train faster in float32:
-# their products are too small for bfloat16's speed to pay for the casts around them
-# (tokens/s bfloat16 / float32, Intel Xeon with AMX: width 64 0.6x, 128 0.9x, 144 1.0x,
-# 160 1.04x, 256 1.5x; tools/bench/README.md, "bfloat16 on a CPU, by width").
-CPU_BF16_MIN_EMBD = 160
 
 
 def resolve_dtype(name: str, device: torch.device, n_embd: int) -> str:
