@@ -372,6 +372,30 @@ def test_a_run_says_what_dtype_auto_chose_on_a_cpu(monkeypatch, small_pretrain, 
     assert (narrow in err) == (native and not wide), err
 
 
+@pytest.mark.parametrize("config_embd, limit, expected", [(256, 64, "float32"), (16, 32, "bfloat16")],
+                         ids=["narrow base, wide config", "wide enough base, narrow config"])
+def test_dtype_auto_reads_the_width_of_the_base_model(monkeypatch, small_pretrain, tiny_config, tmp_path, capsys,
+                                                      config_embd, limit, expected):
+    """A run from a base model (SFT, LoRA, further pretraining) trains the base's model, so
+    dtype auto goes by the base's width. Was: by the config's, the default 256 where the config
+    names no model (configs/lora_example.json): a 128-wide base trained in bfloat16, with a
+    note that bfloat16 was much faster, where float32 is here."""
+    base = tmp_path / "base"
+    train(tiny_config(small_pretrain, out_dir=base, max_iters=1, eval_iters=0, sample_tokens=0))  # 32 wide
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(train_module, "CPU_BF16_MIN_EMBD", limit)
+    capsys.readouterr()
+    cfg = tiny_config(small_pretrain, max_iters=1, eval_iters=0, sample_tokens=0, dtype="auto",
+                      init_from=str(base / "latest.pt"), n_embd=config_embd)
+    train(cfg)  # (no key named explicitly: the model is the base's)
+    out, err = capsys.readouterr()
+    assert cfg.model.n_embd == 32 and f" x cpu {expected}" in out, out
+    if expected == "float32":
+        assert f"a model 32 wide (under {limit}) trains faster in float32 here" in err, err
+    else:
+        assert "note: dtype auto is bfloat16 on this CPU" in err, err
+
+
 @pytest.mark.parametrize("recorded", [True, False])
 def test_a_resume_says_when_dtype_auto_picks_another_precision(monkeypatch, small_pretrain, tiny_config, capsys,
                                                                 recorded):

@@ -1050,8 +1050,12 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     cfg.model = resolve_model_config(cfg, set(explicit), tokenizer, inherited, source)
     if causal_note := check_attention_fits_data(cfg.model, ds, source or "the config", resuming, cfg.run.init_from):
         note(causal_note)
-    if inherited is not None:  # the heads checked at startup were the config's, not these
-        check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
+    if inherited is not None:
+        # resolved at startup for the config's model, not this one: its width picks dtype auto on
+        # a CPU, its heads the attention kernels (was: a 128-wide base trained in bfloat16 because
+        # the config's default model is 256 wide)
+        device, dtype, forward_context, (onednn, matmul) = resolve_compute(cfg, info)
+        scaler = make_grad_scaler(dtype, device)
     torch.manual_seed(cfg.system.seed)  # the same initial weights on every rank
     m = cfg.model
     with needs_memory(f"while building the model on {device} (n_layer {m.n_layer}, n_embd {m.n_embd}, "
