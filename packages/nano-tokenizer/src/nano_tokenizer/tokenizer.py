@@ -35,13 +35,14 @@ DEFAULT_CHUNK_CHARS = 1 << 16  # code points per scan: bounds memory, barely aff
 MAX_JSON_BYTES = 64 << 20
 READ_BYTES = 1 << 20  # bytes per read when decoding UTF-8 files in pieces
 
-PADDING = "<|padding|>"
-UNKNOWN = "<|unknown|>"
-BOS = "<|bos|>"
-EOS = "<|eos|>"
-INSTRUCT = "<|instruct_mark|>"
-RESPONSE = "<|response_mark|>"
-BD4SUR = "<|BD4SUR|>"
+# The texts the file format names (nano_format.spec) and the C engines read from nano.h
+PADDING = spec.SPECIAL_PADDING
+UNKNOWN = spec.SPECIAL_UNKNOWN
+BOS = spec.SPECIAL_BOS
+EOS = spec.SPECIAL_EOS
+INSTRUCT = spec.SPECIAL_INSTRUCT
+RESPONSE = spec.SPECIAL_RESPONSE
+BD4SUR = "<|BD4SUR|>"  # the reference's own mark, which no engine treats specially
 # The reference's special tokens, in id order; every vocabulary it builds starts with them.
 DEFAULT_SPECIALS = (PADDING, UNKNOWN, BOS, EOS, INSTRUCT, RESPONSE, BD4SUR)
 
