@@ -107,3 +107,17 @@ def test_our_packages_pin_each_other_exactly():
                 pins += 1
     assert pins == 3
     assert (PACKAGES.parent / "LICENSE").is_file() and all(p["license"] == "MIT" for p in meta.values())
+
+
+def test_each_package_ships_the_license_text():
+    """The MIT terms travel with every copy: hatchling puts a package's own LICENSE file into
+    its wheel (dist-info/licenses) and its sdist, and a package can only name files inside
+    its folder (a link to the root's would reach an sdist's users dangling). Was: no LICENSE
+    in any wheel. The copies are the root's, byte for byte."""
+    root = (PACKAGES.parent / "LICENSE").read_bytes()
+    packages = [p for p in PACKAGES.iterdir() if (p / "pyproject.toml").is_file()]
+    assert len(packages) >= 3
+    for p in packages:
+        copy = p / "LICENSE"
+        assert copy.is_file() and not copy.is_symlink(), f"{p.name} has no LICENSE file of its own"
+        assert copy.read_bytes() == root, f"{p.name}/LICENSE differs from the repository's LICENSE"
