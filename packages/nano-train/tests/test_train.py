@@ -396,6 +396,21 @@ def test_dtype_auto_reads_the_width_of_the_base_model(monkeypatch, small_pretrai
         assert "note: dtype auto is bfloat16 on this CPU" in err, err
 
 
+def test_onednn_products_from_a_narrow_base_are_judged_by_its_precision(monkeypatch, small_pretrain, tiny_config,
+                                                                         tmp_path, capsys):
+    """--matmul=onednn (float32 products) from a base too narrow for bfloat16: dtype auto is
+    float32 for it, so the products apply. Was: refused at startup ("it is for float32 runs,
+    and this one is bfloat16"), judged by the config's default model, before the base was read."""
+    base = tmp_path / "base"
+    train(tiny_config(small_pretrain, out_dir=base, max_iters=1, eval_iters=0, sample_tokens=0))  # 32 wide
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(train_module, "CPU_BF16_MIN_EMBD", 64)
+    capsys.readouterr()
+    train(tiny_config(small_pretrain, max_iters=1, eval_iters=0, sample_tokens=0, dtype="auto", matmul="onednn",
+                      init_from=str(base / "latest.pt"), n_embd=256))
+    assert " x cpu float32 (oneDNN products)," in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("recorded", [True, False])
 def test_a_resume_says_when_dtype_auto_picks_another_precision(monkeypatch, small_pretrain, tiny_config, capsys,
                                                                 recorded):

@@ -321,6 +321,63 @@ def test_a_causal_model_on_seq2seq_rows_trains_with_a_note(tmp_path, nano80, cap
     assert "made for full attention" not in capsys.readouterr().err
 
 
+def test_a_base_models_limits_get_remedies_the_run_can_take(tmp_path, nano80, capsys, error_line):
+    """A run from a base model keeps its architecture (block_size, attention kind): an error
+    about them offers what can change (the data, another base), not the model keys that would
+    only conflict with the base. Was: "set model.block_size to 12 or more", then, done so,
+    "model.block_size 12 (its: 6) conflicts with the base model"; and "set --is_causal=true"
+    for a base that records full attention."""
+    import numpy as np
+
+    from nano_train.data import write_rows
+
+    digits = np.array(nano80.encode("0123456789"))
+    rng = np.random.default_rng(0)
+    for name, width in (("s6", 6), ("s12", 12)):
+        x = digits[rng.integers(0, 10, size=(16, width))]
+        write_rows(tmp_path / name, nano80, "seq2seq", {"train": (x, np.sort(x, axis=1), np.ones_like(x))})
+    x = digits[rng.integers(0, 10, size=(16, 7))]
+    write_rows(tmp_path / "next", nano80, "sft", {"train": (x, np.ones_like(x))})  # next-token rows
+    base = tmp_path / "base"
+    assert main("sft", args(tmp_path / "s6", base, block_size=6, max_iters=1, eval_iters=0, is_causal="false")) == 0
+    capsys.readouterr()
+    from_base = [f"--dataset={tmp_path / 's12'}", f"--out_dir={tmp_path / 'run'}", f"--init_from={base / 'latest.pt'}",
+                 "--max_iters=1", "--eval_iters=0", "--sample_tokens=0", "--device=cpu"]
+    assert main("sft", from_base) == 2
+    msg = error_line(capsys)
+    assert f"are 12 tokens long but the model's block_size is 6 (set by the base model {base / 'latest.pt'}); " \
+           "write rows of 6 tokens or fewer (data.write_rows)" in msg, msg
+    assert "model.block_size" not in msg, msg
+    # a base with full attention on next-token rows: no --is_causal=true to offer
+    from_base[0] = f"--dataset={tmp_path / 'next'}"
+    assert main("sft", from_base) == 2
+    msg = error_line(capsys)
+    assert f"or start from a causal model (the base model {base / 'latest.pt'} records full attention, which this " \
+           "run keeps)" in msg and "--is_causal=true" not in msg, msg
+    # from scratch the model keys are the remedy, as before
+    assert main("sft", args(tmp_path / "s12", tmp_path / "run3", block_size=6, max_iters=1, eval_iters=0)) == 2
+    assert "set model.block_size to 12 or more" in error_line(capsys)
+
+
+def test_print_config_and_checks_see_the_base_models_architecture(tmp_path, small_pretrain, capsys, error_line):
+    """--print_config prints the config the run resolves: from a base model, the base's
+    architecture (only dropout may be set). Was: the config's default model (4 x 256, block
+    512); and a batch too large was refused as "got 100000000 * 512", the default block_size."""
+    base = tmp_path / "base"
+    assert main("pretrain", args(small_pretrain, base, max_iters=1, eval_iters=0, tie_embeddings="false")) == 0
+    capsys.readouterr()
+    assert main("pretrain", [f"--dataset={small_pretrain}", f"--out_dir={tmp_path / 'run'}", "--dropout=0.1",
+                             f"--init_from={base / 'latest.pt'}", "--print_config"]) == 0
+    model = json.loads(capsys.readouterr().out)["model"]
+    assert (model["n_layer"], model["n_embd"], model["n_head"], model["n_kv_head"], model["block_size"],
+            model["tie_embeddings"], model["dropout"]) == (1, 32, 2, 1, 32, False, 0.1), model
+    assert not (tmp_path / "run").exists()
+    assert main("pretrain", [f"--dataset={small_pretrain}", f"--out_dir={tmp_path / 'run'}", "--batch_size=100000000",
+                             f"--init_from={base / 'latest.pt'}"]) == 2
+    msg = error_line(capsys)
+    assert "data.batch_size 100,000,000 is more rows than the training split" in msg, msg
+
+
 # ---------------------------------------------------------------------------
 # An out_dir that cannot be written: found before any data is loaded
 

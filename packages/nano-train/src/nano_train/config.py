@@ -560,7 +560,8 @@ def validate(cfg: Config) -> None:
     need(cfg.run.log_interval >= 1, "run.log_interval must be >= 1")
     need(cfg.run.keep_last >= 0, f"run.keep_last must be >= 0 (0 = keep every ckpt_<step>.pt), got {cfg.run.keep_last}")
     need(cfg.data.batch_size >= 1, "data.batch_size must be >= 1")
-    need(cfg.data.batch_size * cfg.model.block_size <= MAX_INT,
+    # (a base model's block_size is known once it is loaded: a batch too large for its data is refused then)
+    need(cfg.run.init_from not in ("scratch", "resume") or cfg.data.batch_size * cfg.model.block_size <= MAX_INT,
          f"data.batch_size * model.block_size (tokens per micro-batch) must be at most {MAX_INT}, "
          f"got {cfg.data.batch_size} * {cfg.model.block_size}")
     o = cfg.optim

@@ -2081,10 +2081,13 @@ class Dataset:
         width = next((int(s[0].shape[1]) for k in ("train", "val") for s in self.splits.get(k, [])), 0)
         return f"train {rows['train']:,} / val {rows['val']:,} rows of {width} tokens (padding included)"
 
-    def source(self, split: str, block_size: int):
-        """The row source of a split for a model of block_size, or None if the split is empty."""
+    def source(self, split: str, block_size: int, fixed_by: str | None = None):
+        """The row source of a split for a model of block_size, or None if the split is empty.
+        fixed_by: what sets the model's block_size where the run cannot change it (a base model,
+        the checkpoint a run resumes), for errors to offer what can be changed instead."""
         if not _is_int(block_size) or block_size < 1:
             raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
+        fixed = f" (set by {fixed_by})" if fixed_by else ""
         if self.kind == "pretrain":
             kept = [k for k, s in enumerate(self.splits.get(split, [])) if len(s) > 0]
             if not kept:
@@ -2094,11 +2097,13 @@ class Dataset:
             def too_short(why: str, runs: bool) -> DataError:
                 if split == "val":  # shuffled, each chunk is a piece of its own: more of them join none
                     more = "--chunk_tokens" if self.meta["shuffle"]["enabled"] else "--val_fraction or --chunk_tokens"
-                    return DataError(f"the validation split is too short for block_size {block_size}: {why}; "
-                                     f"prepare the data with a larger {more}, lower model.block_size, or train "
-                                     "without validation (--eval_iters=0)")
-                return DataError(f"block_size {block_size} is larger than the data: {why}; lower model.block_size"
-                                 + (", or prepare the data with a larger --chunk_tokens" if runs else " or add data"))
+                    return DataError(f"the validation split is too short for block_size {block_size}{fixed}: "
+                                     f"{why}; prepare the data with a larger {more}, "
+                                     + ("" if fixed_by else "lower model.block_size, ")
+                                     + "or train without validation (--eval_iters=0)")
+                return DataError(f"block_size {block_size}{fixed} is larger than the data: {why}; "
+                                 + ("" if fixed_by else "lower model.block_size, or ")
+                                 + ("prepare the data with a larger --chunk_tokens" if runs else "add data"))
 
             longest = max(len(s) for s in shards)
             if longest < block_size + 1:
@@ -2108,9 +2113,10 @@ class Dataset:
             if chunk is not None and self.meta["shuffle"]["enabled"] and chunk < block_size + 1:
                 raise DataError(
                     f"{self.path} was prepared in chunks of {chunk} tokens (--chunk_tokens), shuffled, and a row "
-                    f"of block_size {block_size} needs {block_size + 1} tokens of text that was adjacent in the "
-                    f"corpus: every row would join two unrelated chunks; prepare the data again with --chunk_tokens "
-                    f"{max(CHUNK_TOKENS, 16 * block_size)} (or at least {block_size + 1}), or lower model.block_size")
+                    f"of block_size {block_size}{fixed} needs {block_size + 1} tokens of text that was adjacent in "
+                    f"the corpus: every row would join two unrelated chunks; prepare the data again with "
+                    f"--chunk_tokens {max(CHUNK_TOKENS, 16 * block_size)} (or at least {block_size + 1})"
+                    + ("" if fixed_by else ", or lower model.block_size"))
             seams = self._seams(split)
             src = TokenWindows(shards, block_size, None if seams is None else [seams[k] for k in kept])
             if src.n_rows == 0:  # (only in corpus order: every run of adjacent chunks is too short)
@@ -2126,7 +2132,9 @@ class Dataset:
             T = self.meta["block_size"]
             if T > block_size:
                 raise DataError(f"the seq2seq rows of {self.path} are {T} tokens long but the model's block_size "
-                                f"is {block_size}; set model.block_size to {T} or more")
+                                f"is {block_size}{fixed}; "
+                                + (f"write rows of {block_size} tokens or fewer (data.write_rows)" if fixed_by else
+                                   f"set model.block_size to {T} or more"))
             arrays = [parts[0][k] if len(parts) == 1 else np.concatenate([p[k] for p in parts]) for k in range(3)]
             self._check_counts(split, arrays[2])
             return Seq2SeqRows(*arrays)

@@ -560,12 +560,25 @@ def load_base_model(path: str, is_causal: bool | None = None) -> tuple[ModelConf
     return model.config, model.state_dict(), tok
 
 
+def base_model(cfg: Config, explicit: set[str] | frozenset) -> tuple[ModelConfig, dict, object, str]:
+    """(config, state dict, tokenizer, what to call it) of the base model a run starts from
+    (run.init_from a file), read with the attention kind the run names, where it names one."""
+    asked = cfg.model.is_causal if "model.is_causal" in explicit else None
+    return (*load_base_model(cfg.run.init_from, asked), f"the base model {cfg.run.init_from}")
+
+
 def resolve_compute(cfg: Config, info: DistInfo):
-    """(device, dtype, forward context, (oneDNN products, why)) of a run, checked as training
-    starts: the device is there (ConfigError: --device=cuda without CUDA), the attention
-    backend runs on it with this model and dtype, and system.matmul applies (nano_train.problems
-    checks them before generating data)."""
+    """(device, dtype, forward context, (oneDNN products, why)) of a run of cfg.model, checked
+    before it starts: the device is there (ConfigError: --device=cuda without CUDA), and as
+    resolve_precision says (nano_train.problems checks them before generating data)."""
     device = resolve_device(cfg.system.device, info)
+    return (device, *resolve_precision(cfg, device))
+
+
+def resolve_precision(cfg: Config, device: torch.device):
+    """(dtype, forward context, (oneDNN products, why)) of training cfg.model on device: dtype
+    auto for this model's width, checked: the attention backend runs there with this model and
+    dtype, and system.matmul applies (ConfigError where not)."""
     dtype = resolve_dtype(cfg.system.dtype, device, cfg.model.n_embd)
     forward_context = forward_context_factory(device, dtype, cfg.system.attention_backend)
     check_attention_backend(cfg.system.attention_backend, device, dtype, cfg.model, forward_context)
@@ -573,7 +586,7 @@ def resolve_compute(cfg: Config, info: DistInfo):
         matmul = resolve_matmul(cfg.system.matmul, device, dtype)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    return device, dtype, forward_context, matmul
+    return dtype, forward_context, matmul
 
 
 def check_attention_fits_data(model: ModelConfig, ds: Dataset, source: str, resuming: bool = False,
@@ -586,10 +599,13 @@ def check_attention_fits_data(model: ModelConfig, ds: Dataset, source: str, resu
     --is_causal=false where the run may choose (from scratch, or from a model file that
     cannot record its attention kind, which reads as causal)."""
     if not model.is_causal and ds.kind != "seq2seq":
+        # --is_causal=true where the run may choose; a checkpoint records the kind, which the run keeps
+        may_choose = not resuming and (init_from == "scratch" or unrecorded_attention(init_from))
         raise ConfigError(f"the model has full attention (model.is_causal false, from {source}) but {ds.path} is "
                           f"a {ds.kind} dataset, whose targets are the next tokens: every position would see the "
                           "token it is to predict. Train full attention on seq2seq rows (data.write_rows), or "
-                          "set --is_causal=true")
+                          + ("set --is_causal=true" if may_choose else
+                             f"start from a causal model ({source} records full attention, which this run keeps)"))
     if model.is_causal and ds.kind == "seq2seq":
         note = (f"{ds.path} holds seq2seq rows (made for full attention) and the model is causal: each "
                 "position answers from the inputs up to itself only")
@@ -990,8 +1006,12 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     master = info.rank == 0
     if cfg.system.threads:
         torch.set_num_threads(cfg.system.threads)
-    device, dtype, forward_context, (onednn, matmul) = resolve_compute(cfg, info)
-    scaler = make_grad_scaler(dtype, device)
+    device = resolve_device(cfg.system.device, info)
+    # The precision and the kernels fit the model trained: from scratch the config's, checked
+    # before anything is written; a base model's or the resumed checkpoint's once known, below
+    scratch = cfg.run.init_from == "scratch"
+    if scratch:
+        dtype, forward_context, (onednn, matmul) = resolve_precision(cfg, device)
 
     # Ctrl-C, SIGTERM or SIGHUP: the run stops after its step, with latest.pt saved (the
     # handlers are set before the loop); and the output that a stop must not break
@@ -1036,26 +1056,25 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         ds.check_tokenizer(fingerprint, str(latest))
         check_resume_conflicts(cfg, checkpoint, latest, ds)
     elif cfg.run.init_from != "scratch":
-        asked = cfg.model.is_causal if "model.is_causal" in explicit else None
-        base_config, base_sd, base_tok = load_base_model(cfg.run.init_from, asked)
+        base_config, base_sd, base_tok, base_source = base_model(cfg, explicit)
         ds.check_tokenizer(base_tok.fingerprint(), cfg.run.init_from)
     elif task == "lora":
         raise ConfigError("task lora needs run.init_from = a base model (.pt checkpoint or .bin file)")
     if resuming:
         inherited, source = checkpoint["config"]["model"], f"the checkpoint {latest}"
     elif base_config is not None:
-        inherited, source = base_config.to_dict(), f"the base model {cfg.run.init_from}"
+        inherited, source = base_config.to_dict(), base_source
     else:
         inherited, source = None, ""
     cfg.model = resolve_model_config(cfg, set(explicit), tokenizer, inherited, source)
     if causal_note := check_attention_fits_data(cfg.model, ds, source or "the config", resuming, cfg.run.init_from):
         note(causal_note)
-    if inherited is not None:
-        # resolved at startup for the config's model, not this one: its width picks dtype auto on
-        # a CPU, its heads the attention kernels (was: a 128-wide base trained in bfloat16 because
-        # the config's default model is 256 wide)
-        device, dtype, forward_context, (onednn, matmul) = resolve_compute(cfg, info)
-        scaler = make_grad_scaler(dtype, device)
+    if not scratch:
+        # its width picks dtype auto on a CPU, its heads the attention kernels, and the dtype
+        # whether system.matmul applies (was: judged by the config's default model, 256 wide, so
+        # a 128-wide base trained in bfloat16, and --matmul=onednn was refused as bfloat16)
+        dtype, forward_context, (onednn, matmul) = resolve_precision(cfg, device)
+    scaler = make_grad_scaler(dtype, device)
     torch.manual_seed(cfg.system.seed)  # the same initial weights on every rank
     m = cfg.model
     with needs_memory(f"while building the model on {device} (n_layer {m.n_layer}, n_embd {m.n_embd}, "
@@ -1084,10 +1103,11 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
                           f"multiple of the number of processes ({info.world_size})")
     accum = cfg.optim.gradient_accumulation_steps // info.world_size  # micro-batches per rank per step
     graphs = uses_cuda_graphs(cfg, device, accum, info.world_size)
-    train_source = ds.source("train", cfg.model.block_size)
+    fixed_by = source or None  # where the architecture is inherited, the data must fit its block_size
+    train_source = ds.source("train", cfg.model.block_size, fixed_by)
     if train_source is None:
         raise DataError(f"{ds.path} has no training data")
-    val_source = ds.source("val", cfg.model.block_size) if cfg.eval.eval_iters > 0 else None
+    val_source = ds.source("val", cfg.model.block_size, fixed_by) if cfg.eval.eval_iters > 0 else None
     for text in data_notes(cfg, ds, train_source, val_source):
         note(text)
     if cfg.data.batch_size * info.world_size > train_source.n_rows:  # each batch would read many epochs
@@ -1704,6 +1724,9 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         cfg, explicit, checkpoint = resolve_config(task, paths[0] if paths else None, overrides)
         out_dir = cfg.run.out_dir
         if print_config:
+            if cfg.run.init_from not in ("scratch", "resume"):  # the run trains the base's architecture
+                base_config, _, _, base_source = base_model(cfg, explicit)
+                cfg.model = resolve_model_config(cfg, set(explicit), None, base_config.to_dict(), base_source)
             return print_output(json.dumps(cfg.to_dict(), indent=2, ensure_ascii=False))
         check_new_run(cfg)
         result = train(cfg, explicit, checkpoint)
