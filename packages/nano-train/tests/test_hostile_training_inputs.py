@@ -239,8 +239,13 @@ def test_a_model_too_large_for_memory_is_one_error_line(tmp_path, small_pretrain
 
 def test_running_out_of_memory_in_a_step_is_one_error_line(tmp_path, small_pretrain, tiny_args, capsys,
                                                            monkeypatch):
-    """As torch's CPU allocator says it, mid-training (a batch too large for the machine)."""
+    """As torch's CPU allocator says it, mid-training (a batch too large for the machine). A
+    run from a base model keeps its block_size: only the batch is offered (was: model.block_size
+    too, which would conflict with the base)."""
     from nano_train.model import Transformer
+
+    base = tmp_path / "base"
+    assert main("pretrain", tiny_args(small_pretrain, base, eval_iters=0, max_iters=1, sample_tokens=0)) == 0
 
     def forward(self, *args, **kwargs):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
@@ -251,6 +256,20 @@ def test_running_out_of_memory_in_a_step_is_one_error_line(tmp_path, small_pretr
     assert re.search(r"^error: out of memory: could not allocate 0.4 GiB; lower data.batch_size or "
                      r"model.block_size .*; no checkpoint was written: start again with --overwrite=true$",
                      error_line(capsys.readouterr().err))
+    assert main("pretrain", [f"--dataset={small_pretrain}", f"--out_dir={tmp_path / 'from_base'}", "--eval_iters=0",
+                             f"--init_from={base / 'latest.pt'}", "--device=cpu"]) == 1
+    assert re.search(r"^error: out of memory: could not allocate 0.4 GiB; lower data.batch_size \(a larger "
+                     r"optim.gradient_accumulation_steps keeps the tokens per step\); no checkpoint was written",
+                     error_line(capsys.readouterr().err))
+    # the base's model itself too large: no model keys to lower either
+    from nano_train import train as train_module
+
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "Transformer", forward)  # (the trainer's model; the base still loads)
+        assert main("pretrain", [f"--dataset={small_pretrain}", f"--out_dir={tmp_path / 'from_base2'}",
+                                 "--eval_iters=0", f"--init_from={base / 'latest.pt'}", "--device=cpu"]) == 1
+    assert (f"could not allocate 0.4 GiB; this machine cannot hold a model of that size (the base model "
+            f"{base / 'latest.pt'}'s architecture, which this run keeps)") in error_line(capsys.readouterr().err)
 
     def broken(self, *args, **kwargs):  # any other error is no user mistake: it stays a traceback
         raise RuntimeError("shape mismatch")

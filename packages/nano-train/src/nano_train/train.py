@@ -117,9 +117,12 @@ def allocation_failure(e: BaseException) -> str:
     return short_repr(text.strip().splitlines()[0], 100) if text.strip() else type(e).__name__
 
 
-def out_of_memory_text(e: BaseException) -> str:
-    """What a command says of an allocation that failed inside the training (is_out_of_memory)."""
-    return (f"out of memory: {allocation_failure(e)}; lower data.batch_size or model.block_size "
+def out_of_memory_text(e: BaseException, block_size_fixed: bool = False) -> str:
+    """What a command says of an allocation that failed inside the training (is_out_of_memory).
+    block_size_fixed: the model is a base model's or a resumed checkpoint's, whose block_size
+    the run keeps."""
+    lower = "data.batch_size" if block_size_fixed else "data.batch_size or model.block_size"
+    return (f"out of memory: {allocation_failure(e)}; lower {lower} "
             "(a larger optim.gradient_accumulation_steps keeps the tokens per step)")
 
 
@@ -1078,8 +1081,9 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     torch.manual_seed(cfg.system.seed)  # the same initial weights on every rank
     m = cfg.model
     with needs_memory(f"while building the model on {device} (n_layer {m.n_layer}, n_embd {m.n_embd}, "
-                      f"vocabulary {m.vocab_size})", "this machine cannot hold a model of that size: lower "
-                      "model.n_layer or model.n_embd"):
+                      f"vocabulary {m.vocab_size})", "this machine cannot hold a model of that size"
+                      + (": lower model.n_layer or model.n_embd" if scratch else
+                         f" ({source}'s architecture, which this run keeps)")):
         raw_model = Transformer(cfg.model)
         if base_sd is not None:
             raw_model.load_state_dict(base_sd)
@@ -1719,7 +1723,7 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
     if len(paths) > 1:
         print(f"error: one config file at most, got {paths}", file=sys.stderr)
         return 2
-    out_dir = None  # the run's, once it is known (for what to do after an error)
+    cfg = out_dir = None  # the run's config and out_dir, once known (for what to do after an error)
     try:
         cfg, explicit, checkpoint = resolve_config(task, paths[0] if paths else None, overrides)
         out_dir = cfg.run.out_dir
@@ -1756,7 +1760,8 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
     except (MemoryError, RuntimeError) as e:
         if not is_out_of_memory(e):
             raise
-        print(f"error: {out_of_memory_text(e)}; {stopped_hint(out_dir)}", file=sys.stderr)
+        inherited = cfg is not None and cfg.run.init_from != "scratch"
+        print(f"error: {out_of_memory_text(e, inherited)}; {stopped_hint(out_dir)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
         print(f"\nerror: interrupted; the run stopped at once ({stopped_hint(out_dir)})", file=sys.stderr, flush=True)
