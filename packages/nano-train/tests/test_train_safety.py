@@ -754,6 +754,89 @@ def test_resuming_a_finished_run_has_nothing_to_do_and_keeps_its_report(finished
     assert (finished_run / "log.jsonl").read_bytes() == log
 
 
+def test_nothing_to_do_names_the_limit_that_stopped_the_run(finished_run, small_pretrain, capsys):
+    """Only raising what stopped the run trains on. Was: "raise it (--max_iters=N or
+    --time_budget=S)" whichever it was, so a run at max_iters resumed with a time budget (or
+    one out of time resumed with more steps) was told the same again."""
+    capsys.readouterr()
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=2,
+                                 time_budget=100)) == 0
+    said = capsys.readouterr().out
+    assert "is at step 2 and reached optim.max_iters (2); raise it (--max_iters=N) to train on" in said, said
+    latest = finished_run / "latest.pt"
+    ck = load(latest)
+    ck["elapsed_s"] = 10.0  # (as if its 2 steps had spent a budget of 5 s)
+    torch.save(ck, latest)
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=9, time_budget=5)) == 0
+    said = capsys.readouterr().out
+    assert "and has spent its time budget (5 s); raise it (--time_budget=S, 0 for none) to train on" in said, said
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=2, time_budget=5)) == 0
+    said = capsys.readouterr().out
+    assert ("reached optim.max_iters (2) and has spent its time budget (5 s); raise both (--max_iters=N; "
+            "--time_budget=S, 0 for none)") in said, said
+
+
+def test_a_resume_that_changes_the_time_budget_says_how_the_learning_rate_moves():
+    """The checkpoint's run decayed by its time budget (2 s, spent: min_lr); the resume drops
+    the budget and sets max_iters 220. Was: "6.14e-05 instead of 6.00e-04" (the checkpoint's rate
+    computed without its budget) and "--lr_decay_iters=100000 keeps the checkpoint's schedule",
+    which lifted the rate tenfold; a changed budget alone said nothing."""
+    from nano_train.config import OptimConfig
+    from nano_train.train import schedule_notes
+
+    then = OptimConfig(learning_rate=6e-4, min_lr=6e-5, warmup_iters=2, max_iters=100000, time_budget=2.0)
+    saved = {k: getattr(then, k) for k in ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters",
+                                           "max_iters", "time_budget")}
+    now = OptimConfig(learning_rate=6e-4, min_lr=6e-5, warmup_iters=2, max_iters=220, time_budget=0.0)
+    notes = schedule_notes(now, 213, 2.5, 0.01, saved)
+    assert notes == ["optim.time_budget is now none, 2 s in the checkpoint's run, and the cosine decay follows "
+                     "the time budget where it is further along than the steps: the learning rate at step 213 is "
+                     "6.14e-05 instead of 6.00e-05; --lr_decay_iters=213 keeps it at optim.min_lr"], notes
+    notes = schedule_notes(OptimConfig(learning_rate=6e-4, min_lr=6e-5, warmup_iters=2, max_iters=100000,
+                                       time_budget=3.0), 213, 2.5, 0.01, saved)
+    assert len(notes) == 1 and "optim.time_budget is now 3 s, 2 s in the checkpoint's run" in notes[0] \
+        and notes[0].endswith("is 9.64e-05 instead of 6.00e-05; --lr_decay_iters=213 keeps it at optim.min_lr"), notes
+    # a checkpoint's run still decaying (1 s into a 5 s budget): no remedy to keep min_lr
+    notes = schedule_notes(now, 213, 1.0, 0.01, dict(saved, time_budget=5.0))
+    assert len(notes) == 1 and "now none, 5 s in the checkpoint's run" in notes[0] and "keeps" not in notes[0], notes
+    # the same budget and steps: nothing to say
+    assert schedule_notes(then, 213, 2.5, 0.01, saved) == []
+
+
+def test_a_resume_with_other_eval_iters_starts_a_new_best(finished_run, small_pretrain, capsys):
+    """The validation rows are the first batch_size x eval_iters of one order: with another
+    eval_iters the checkpoint's best was taken on other rows. Was: kept as the loss to beat, so
+    a better model did not replace best.pt (or a worse one did)."""
+    capsys.readouterr()
+    assert main("pretrain", args(small_pretrain, finished_run, init_from="resume", max_iters=4, eval_iters=1)) == 0
+    err = capsys.readouterr().err
+    assert ("note: the checkpoint's validation losses were taken on 2 batches (eval.eval_iters), this run's on 1: "
+            "other rows, so its best ") in err, err
+    evals = [r for r in map(json.loads, (finished_run / "log.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert evals[-1]["step"] == 4 and evals[-1]["best_val_loss"] == min(e["val_loss"] for e in evals if e["step"] > 2)
+    assert load(finished_run / "best.pt")["step"] in (3, 4)
+
+
+def test_a_resumed_step_is_evaluated_where_its_run_had_not(tmp_path, small_pretrain, tiny_config):
+    """Stopped (Ctrl-C) at step 3 with eval_interval 2, resumed with eval_interval 3: step 3 is
+    evaluated. Was: skipped, as "a resumed step's evaluation was done before it was saved"."""
+    def stop_at_3(record):
+        if record["kind"] == "train" and record["step"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # (the loop saves latest.pt after the step and stops)
+
+    out = tmp_path / "run"
+    result = train(tiny_config(small_pretrain, out_dir=out, max_iters=6, eval_interval=2), progress=stop_at_3)
+    ck = load(out / "latest.pt")
+    assert result.interrupted and ck["step"] == 3 and ck["val_step"] == 2
+    train(tiny_config(small_pretrain, out_dir=out, max_iters=6, eval_interval=3, init_from="resume"))
+    evals = [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert evals == [0, 2, 3, 6], evals
+    # a resumed step its run did evaluate is not evaluated again
+    train(tiny_config(small_pretrain, out_dir=out, max_iters=9, eval_interval=3, init_from="resume"))
+    evals = [r["step"] for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert evals == [0, 2, 3, 6, 9], evals
+
+
 def test_the_last_steps_loss_is_logged_when_a_run_stops_between_log_lines(tmp_path, small_pretrain, capsys,
                                                                            monkeypatch):
     import os

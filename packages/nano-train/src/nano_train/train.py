@@ -844,6 +844,15 @@ def restore_state(checkpoint: dict, latest: Path, cfg: Config, info: DistInfo, o
                  "after this resume are not comparable with those before it; the next evaluation is the "
                  "new best to beat and replaces best.pt")
             state.best_val_loss = math.inf
+        saved_eval = checkpoint["config"]["train"].get("eval")
+        saved_batches = saved_eval.get("eval_iters") if isinstance(saved_eval, dict) else None
+        if (isinstance(saved_batches, int) and saved_batches != cfg.eval.eval_iters and cfg.eval.eval_iters > 0
+                and math.isfinite(state.best_val_loss)):
+            # the validation rows are the first batch_size x eval_iters of one order: others now
+            note(f"the checkpoint's validation losses were taken on {saved_batches} batches (eval.eval_iters), "
+                 f"this run's on {cfg.eval.eval_iters}: other rows, so its best {state.best_val_loss:.4f} is not "
+                 "comparable with them; the next evaluation is the new best to beat and replaces best.pt")
+            state.best_val_loss = math.inf
         rng = checkpoint["rng"]
         if rng["world_size"] == info.world_size:
             ckpt_io.set_rng_state(rng["ranks"][info.rank])
@@ -893,6 +902,19 @@ def unused_settings(cfg: Config, explicit: set[str] | frozenset) -> list[str]:
     return notes
 
 
+_SCHEDULE_KEYS = ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "max_iters", "time_budget")
+
+
+def _saved_schedule(o, saved: dict | None):
+    """The checkpoint's run's schedule: o with the saved optim settings that set the learning
+    rate (those of the right type; None without a saved section)."""
+    if not isinstance(saved, dict):
+        return None
+    kept = {k: type(getattr(o, k))(saved[k]) for k in _SCHEDULE_KEYS
+            if isinstance(saved.get(k), (int, float)) and not isinstance(saved[k], bool) and math.isfinite(saved[k])}
+    return dataclasses.replace(o, **kept)
+
+
 def cosine_lr(o, it: int, elapsed: float, warm_s: float | None, decay_end: int | None = None) -> float:
     """The learning rate of step `it` (o: the optim settings): linear warmup, then cosine
     decay to min_lr, which ends at decay_end (default: optim.lr_decay_iters, else max_iters).
@@ -914,23 +936,33 @@ def cosine_lr(o, it: int, elapsed: float, warm_s: float | None, decay_end: int |
     return o.min_lr + 0.5 * (1.0 + math.cos(math.pi * done)) * (o.learning_rate - o.min_lr)
 
 
-def schedule_notes(o, step: int, elapsed: float, warm_s: float | None, saved_decay_end) -> list[str]:
+def schedule_notes(o, step: int, elapsed: float, warm_s: float | None, saved: dict | None) -> list[str]:
     """Notes on a schedule (o: the optim settings) that may not do what was meant: warmup
     that never ends, a decay that ends before it starts, a weight decay that overwhelms the
-    gradients, and (on resume at `step`, after `elapsed` seconds) a cosine that now ends
-    elsewhere than in the checkpoint's run (saved_decay_end, its lr_decay_iters or max_iters)."""
+    gradients, and (on resume at `step`, after `elapsed` seconds; saved: the checkpoint's
+    optim settings) a cosine that now ends elsewhere than in the checkpoint's run, or a
+    changed time budget that moves the learning rate."""
     notes = []
-    decay_iters = o.lr_decay_iters or o.max_iters
-    moved = (isinstance(saved_decay_end, int) and not isinstance(saved_decay_end, bool)
-             and saved_decay_end != decay_iters and step < min(max(saved_decay_end, decay_iters), o.max_iters))
-    if o.lr_decay_iters == 0 and moved:  # the cosine follows max_iters, which changed
-        now = cosine_lr(o, step, elapsed, warm_s)
-        before = cosine_lr(o, step, elapsed, warm_s, saved_decay_end)
+    then = _saved_schedule(o, saved)
+    if then is not None:
+        now, before = cosine_lr(o, step, elapsed, warm_s), cosine_lr(then, step, elapsed, warm_s)
         change = (f": the learning rate at step {step} is {now:.2e} instead of {before:.2e}"
                   if f"{now:.2e}" != f"{before:.2e}" else "")
-        notes.append(f"the learning rate's cosine decay now ends at step {decay_iters} (optim.max_iters, as "
-                     f"optim.lr_decay_iters is 0), in the checkpoint's run at step {saved_decay_end}{change}; "
-                     f"--lr_decay_iters={saved_decay_end} keeps the checkpoint's schedule")
+        decay_iters, saved_decay_end = o.lr_decay_iters or o.max_iters, then.lr_decay_iters or then.max_iters
+        moved = saved_decay_end != decay_iters and step < min(max(saved_decay_end, decay_iters), o.max_iters)
+        if then.time_budget != o.time_budget:  # the decay follows steps or seconds, whichever is further
+            if change:
+                def budget(seconds):
+                    return f"{seconds:g} s" if seconds else "none"
+
+                keep = f"; --lr_decay_iters={step} keeps it at optim.min_lr" if before == then.min_lr else ""
+                notes.append(f"optim.time_budget is now {budget(o.time_budget)}, {budget(then.time_budget)} in the "
+                             f"checkpoint's run, and the cosine decay follows the time budget where it is further "
+                             f"along than the steps{change}{keep}")
+        elif o.lr_decay_iters == 0 and moved:  # the cosine follows max_iters, which changed
+            notes.append(f"the learning rate's cosine decay now ends at step {decay_iters} (optim.max_iters, as "
+                         f"optim.lr_decay_iters is 0), in the checkpoint's run at step {saved_decay_end}{change}; "
+                         f"--lr_decay_iters={saved_decay_end} keeps the checkpoint's schedule")
     if 0 < o.max_iters <= o.warmup_iters:
         notes.append(f"optim.warmup_iters {o.warmup_iters} >= optim.max_iters {o.max_iters}: the learning rate "
                      f"only warms up (to {cosine_lr(o, o.max_iters - 1, 0.0, None):.2e} at the last step, not "
@@ -1146,10 +1178,12 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
     if ended and at_end:
         # A finished run: its report and log stay as they are, unless its process was killed
         # after the last checkpoint, before its report said so (missing, or an earlier state's)
-        why = (f"reached optim.max_iters ({cfg.optim.max_iters})" if step >= cfg.optim.max_iters else
-               f"has spent its time budget ({cfg.optim.time_budget:g} s)")
-        done = (f"nothing to do: the run in {out_dir} is at step {step} and {why}; raise it "
-                "(--max_iters=N or --time_budget=S) to train on")
+        limits = ([(f"reached optim.max_iters ({cfg.optim.max_iters})", "--max_iters=N")]
+                  if step >= cfg.optim.max_iters else [])
+        if 0 < cfg.optim.time_budget <= elapsed_before:
+            limits.append((f"has spent its time budget ({cfg.optim.time_budget:g} s)", "--time_budget=S, 0 for none"))
+        done = (f"nothing to do: the run in {out_dir} is at step {step} and {' and '.join(w for w, _ in limits)}; "
+                f"raise {'it' if len(limits) == 1 else 'both'} ({'; '.join(f for _, f in limits)}) to train on")
         result = TrainResult(step, train_loss, val_loss, best_val_loss, tokens_seen, 0.0, time.monotonic() - t_start,
                              False, out_dir, out_of_time=step < cfg.optim.max_iters, val_step=val_step)
         if master:
@@ -1164,13 +1198,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
         if info.ddp:
             dist.destroy_process_group()
         return result
-    # where the checkpoint's run ended its cosine decay (for the note when this run moves it)
+    # the checkpoint's schedule (for the note when this run moves it)
     saved_optim = checkpoint["config"]["train"].get("optim") if resuming else None
-    saved_decay_end = None
     # the precision the checkpoint's run trained in, for the note when dtype auto picks another now
     saved_dtype = trained_dtype(checkpoint, out_dir / "log.jsonl", step) if resuming else None
-    if isinstance(saved_optim, dict):
-        saved_decay_end = saved_optim.get("lr_decay_iters") or saved_optim.get("max_iters")
     # the model a fine-tuning run started from (kept through resumes, for provenance)
     base_path = checkpoint.get("base") if resuming else (None if cfg.run.init_from == "scratch" else cfg.run.init_from)
     if resuming:  # the model and optimizer hold theirs now; the caller's names keep the dict alive
@@ -1234,7 +1265,7 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
 
     # ---- notes on the learning-rate schedule (cosine_lr sets each step's rate in the loop) --
     budget = cfg.optim.time_budget
-    for text in schedule_notes(cfg.optim, step, elapsed_before, warm_s, saved_decay_end):
+    for text in schedule_notes(cfg.optim, step, elapsed_before, warm_s, saved_optim):
         note(text)
 
     # A diverged run (loss inf or nan) stops with an error naming the last checkpoint written,
@@ -1386,8 +1417,10 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             # its last step would have ended it.
             fresh = step != resume_step or (last and not ended)
 
-            # -- evaluate on the held-out split; keep the best model
-            if fresh and val_source is not None and (step % cfg.eval.eval_interval == 0 or last):
+            # -- evaluate on the held-out split; keep the best model (at a resumed step too where
+            # its run did not: a Ctrl-C between evaluations, and this run's eval_interval hits it)
+            if ((fresh or val_step != step) and val_source is not None
+                    and (step % cfg.eval.eval_interval == 0 or last)):
                 with talking(info, f"the evaluation at step {step}"):
                     val_loss = evaluate(eval_model, val_source, cfg, info, device, forward_context, blocked)
                 val_step = step
