@@ -893,6 +893,13 @@ static nano_status lora_wrap(nano_model *file, nano_status st, const nano_model_
         give_detail(params, "a model file, not a LoRA module");
         return NANO_ERR_UNKNOWN_MODEL_TYPE;
     }
+    if (file->info.lora_alpha == 0) {
+        /* the format holds it, but its updates are all zero (alpha / rank scales them):
+         * refused, as nano_train.convert.load_lora_bin refuses it */
+        nano_model_free(file);
+        give_detail(params, "LoRA alpha must be > 0, got 0 (alpha / rank scales every update to zero)");
+        return NANO_ERR_BAD_CONFIG;
+    }
     l = (nano_lora *)calloc(1, sizeof(*l));
     if (!l) {
         nano_model_free(file);

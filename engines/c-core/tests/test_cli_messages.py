@@ -166,6 +166,19 @@ def test_a_lora_for_another_shape_names_both_shapes(cli, h, tmp_path):
                 assert _only_error(cli(*args)) == want, (args, kw)
 
 
+def test_a_lora_with_alpha_0_is_refused_as_nano_train_refuses_it(cli, h, tmp_path):
+    """alpha / rank scales every update: with alpha 0 the adapters change nothing. The format
+    can hold it; nano_train.sample refuses it ("LoRA alpha must be a number > 0, got 0"). Was:
+    the engine ran it as if no LoRA were given, exit 0."""
+    model = tmp_path / "model.bin"
+    model.write_bytes(h.model_bytes(seed=3))
+    assert cli("run", "-m", model, "-l", _lora_file(tmp_path / "ok.bin"), "-p", "ab", "-n", "2").returncode == 0
+    lora = _lora_file(tmp_path / "alpha0.bin", alpha=0)
+    assert _only_error(cli("run", "-m", model, "-l", lora, "-p", "ab")) == (
+        f"nano: error: {lora}: bad model config (zero, absurd or inconsistent dimensions) (NANO_ERR_BAD_CONFIG): "
+        "LoRA alpha must be > 0, got 0 (alpha / rank scales every update to zero)")
+
+
 def test_a_file_that_cannot_be_opened_says_why(cli, tmp_path, psycho_path):
     missing = tmp_path / "out" / "nope.bin"
     not_dir = psycho_path / "model.bin"  # below a file, not a folder
