@@ -108,6 +108,20 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
     assert torch.equal(want[0], got[0]) and (want[1] == got[1]).all() and want[2] == got[2]
 
 
+def test_rng_state_of_more_gpus_than_this_machine_has_restores_those_it_has(monkeypatch):
+    """A checkpoint holds one CUDA RNG state per GPU of the machine that wrote it; a resume on
+    a machine with fewer restores the ones it has (a process trains on one of them). Was:
+    torch.cuda.set_rng_state_all went past the last GPU (an IndexError, reported as a checkpoint
+    that cannot be restored). No GPU here: torch.cuda's calls are stood in for."""
+    state = {**ckpt_io.rng_state(), "cuda": [torch.ones(8, dtype=torch.uint8), torch.zeros(8, dtype=torch.uint8)]}
+    given = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: given.append(list(states)))
+    ckpt_io.set_rng_state(state)
+    assert len(given) == 1 and len(given[0]) == 1 and torch.equal(given[0][0], state["cuda"][0])
+
+
 def test_resume_drops_a_log_line_cut_inside_a_utf8_character(tmp_path):
     """What a kill during a write leaves: the last line ends inside a multi-byte character."""
     log = tmp_path / "log.jsonl"

@@ -427,7 +427,9 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # one state per GPU of the machine that saved it; this one may have fewer (a process
+        # trains on its first, cuda:local_rank): those it has (was: an IndexError past them)
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
     n = state["numpy"]
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
