@@ -372,21 +372,28 @@ def test_a_run_says_what_dtype_auto_chose_on_a_cpu(monkeypatch, small_pretrain, 
     assert (narrow in err) == (native and not wide), err
 
 
+@pytest.fixture
+def base_32_wide(small_pretrain, tiny_config, tmp_path, monkeypatch) -> str:
+    """The latest.pt of a one-step run of the tiny model (32 wide), on a CPU said to multiply
+    bfloat16 in hardware from here on: a base for runs whose dtype auto it decides."""
+    base = tmp_path / "base"
+    train(tiny_config(small_pretrain, out_dir=base, max_iters=1, eval_iters=0, sample_tokens=0))
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    return str(base / "latest.pt")
+
+
 @pytest.mark.parametrize("config_embd, limit, expected", [(256, 64, "float32"), (16, 32, "bfloat16")],
                          ids=["narrow base, wide config", "wide enough base, narrow config"])
-def test_dtype_auto_reads_the_width_of_the_base_model(monkeypatch, small_pretrain, tiny_config, tmp_path, capsys,
+def test_dtype_auto_reads_the_width_of_the_base_model(monkeypatch, small_pretrain, tiny_config, base_32_wide, capsys,
                                                       config_embd, limit, expected):
     """A run from a base model (SFT, LoRA, further pretraining) trains the base's model, so
     dtype auto goes by the base's width. Was: by the config's, the default 256 where the config
     names no model (configs/lora_example.json): a 128-wide base trained in bfloat16, with a
     note that bfloat16 was much faster, where float32 is here."""
-    base = tmp_path / "base"
-    train(tiny_config(small_pretrain, out_dir=base, max_iters=1, eval_iters=0, sample_tokens=0))  # 32 wide
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.setattr(train_module, "CPU_BF16_MIN_EMBD", limit)
     capsys.readouterr()
     cfg = tiny_config(small_pretrain, max_iters=1, eval_iters=0, sample_tokens=0, dtype="auto",
-                      init_from=str(base / "latest.pt"), n_embd=config_embd)
+                      init_from=base_32_wide, n_embd=config_embd)
     train(cfg)  # (no key named explicitly: the model is the base's)
     out, err = capsys.readouterr()
     assert cfg.model.n_embd == 32 and f" x cpu {expected}" in out, out
@@ -397,17 +404,14 @@ def test_dtype_auto_reads_the_width_of_the_base_model(monkeypatch, small_pretrai
 
 
 def test_onednn_products_from_a_narrow_base_are_judged_by_its_precision(monkeypatch, small_pretrain, tiny_config,
-                                                                         tmp_path, capsys):
+                                                                         base_32_wide, capsys):
     """--matmul=onednn (float32 products) from a base too narrow for bfloat16: dtype auto is
     float32 for it, so the products apply. Was: refused at startup ("it is for float32 runs,
     and this one is bfloat16"), judged by the config's default model, before the base was read."""
-    base = tmp_path / "base"
-    train(tiny_config(small_pretrain, out_dir=base, max_iters=1, eval_iters=0, sample_tokens=0))  # 32 wide
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
     monkeypatch.setattr(train_module, "CPU_BF16_MIN_EMBD", 64)
     capsys.readouterr()
     train(tiny_config(small_pretrain, max_iters=1, eval_iters=0, sample_tokens=0, dtype="auto", matmul="onednn",
-                      init_from=str(base / "latest.pt"), n_embd=256))
+                      init_from=base_32_wide, n_embd=256))
     assert " x cpu float32 (oneDNN products)," in capsys.readouterr().out
 
 
