@@ -2081,10 +2081,12 @@ class Dataset:
         width = next((int(s[0].shape[1]) for k in ("train", "val") for s in self.splits.get(k, [])), 0)
         return f"train {rows['train']:,} / val {rows['val']:,} rows of {width} tokens (padding included)"
 
-    def source(self, split: str, block_size: int, fixed_by: str | None = None):
+    def source(self, split: str, block_size: int, fixed_by: str | None = None, scoring: bool = False):
         """The row source of a split for a model of block_size, or None if the split is empty.
         fixed_by: what sets the model's block_size where the run cannot change it (a base model,
-        the checkpoint a run resumes), for errors to offer what can be changed instead."""
+        the checkpoint a run resumes), for errors to offer what can be changed instead;
+        scoring: for `evaluate`, whose remedy for a short split is another split, not a run
+        without validation."""
         if not _is_int(block_size) or block_size < 1:
             raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
         fixed = f" (set by {fixed_by})" if fixed_by else ""
@@ -2100,7 +2102,8 @@ class Dataset:
                     return DataError(f"the validation split is too short for block_size {block_size}{fixed}: "
                                      f"{why}; prepare the data with a larger {more}, "
                                      + ("" if fixed_by else "lower model.block_size, ")
-                                     + "or train without validation (--eval_iters=0)")
+                                     + ("or score the train split (--split train)" if scoring else
+                                        "or train without validation (--eval_iters=0)"))
                 return DataError(f"block_size {block_size}{fixed} is larger than the data: {why}; "
                                  + ("" if fixed_by else "lower model.block_size, or ")
                                  + ("prepare the data with a larger --chunk_tokens" if runs else "add data"))

@@ -260,8 +260,10 @@ def _device(name: str):
     return device
 
 
-def _load(args):
-    """(model, tokenizer) from the arguments; everything the user can get wrong is a BadInput."""
+def _load(args, need_tokenizer: bool = True):
+    """(model, tokenizer) from the arguments; everything the user can get wrong is a BadInput.
+    The tokenizer is None for a model file that carries none (and no --tokenizer) where
+    need_tokenizer is False (evaluate's dataset brings its own)."""
     from .convert import load_lora_bin, load_model
 
     path = _input_file(args.model, "-m")
@@ -285,7 +287,7 @@ def _load(args):
         if own is not None and own.fingerprint() != tokenizer.fingerprint():
             raise BadInput(f"{vocab}: not the vocabulary {path} carries (another of the same size: its ids "
                              "would become other text); leave --tokenizer out, the model's own is used")
-    if tokenizer is None:
+    if tokenizer is None and need_tokenizer:
         raise BadInput(f"{path}: carries no vocabulary; give one with --tokenizer")
     try:
         model = model.to(device)

@@ -1,0 +1,277 @@
+"""`python -m nano_train.evaluate`: a model scored on a dataset's split or on a text file.
+
+Each figure is checked against the same cross-entropy computed here another way: from
+the model's logits (not the blocked loss the command runs), over windows and rows laid
+out here, not by the command's batching.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nano_train.convert import export_bin
+from nano_train.data import Dataset
+from nano_train.evaluate import main, score_dataset
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def vocab(shared_file):
+    from nano_tokenizer import Tokenizer
+
+    return Tokenizer.load(shared_file("data/tokenizer_4096.json"))
+
+
+@pytest.fixture(scope="module")
+def model32(vocab):
+    """A seeded causal model of the 4096-token vocabulary, block 32."""
+    from nano_train.model import ModelConfig, Transformer
+
+    torch.manual_seed(3)
+    return Transformer(ModelConfig(vocab_size=vocab.vocab_size, block_size=32, n_layer=2, n_head=2,
+                                   n_kv_head=1, n_embd=32)).eval()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, model32, vocab, save_ckpt):
+    return save_ckpt(tmp_path_factory.mktemp("eval") / "m.pt", model32, vocab)
+
+
+def summed_ce(model, x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, int]:
+    """(summed cross-entropy in nats, tokens counted) of one row, from the full logits."""
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(x[None].astype(np.int64)))
+    ce = F.cross_entropy(logits[0].double(), torch.from_numpy(y.astype(np.int64)), reduction="none")
+    w = torch.ones_like(ce) if mask is None else torch.from_numpy(mask.astype(np.float64))
+    return float((ce * w).sum()), int(w.sum())
+
+
+def run_json(capsys, *args) -> dict:
+    assert main([*args, "--json", "--quiet"]) == 0, capsys.readouterr().err
+    return json.loads(capsys.readouterr().out)
+
+
+def test_a_text_scores_every_token_but_the_first_once(tmp_path, capsys, ckpt, model32, vocab, psycho_slice):
+    text = psycho_slice.read_text(encoding="utf-8")[:700] + "\u2603"  # a character the vocabulary lacks
+    path = tmp_path / "t.txt"
+    path.write_text(text, encoding="utf-8")
+    ids = np.array(vocab.encode(text))
+    T = model32.config.block_size
+    nats = tokens = 0
+    for k in range(0, len(ids) - 1, T):  # window k: ids[k : k + T] predicts ids[k + 1 : k + T + 1]
+        w = ids[k:k + T + 1]
+        n, t = summed_ce(model32, w[:-1], w[1:])
+        nats, tokens = nats + n, tokens + t
+    assert tokens == len(ids) - 1 and len(ids) % T not in (0, 1)  # (a short last window too)
+    for batch in ("1", "3", "64"):
+        got = run_json(capsys, "-m", str(ckpt), "--text", str(path), "--batch-size", batch)
+        assert got["tokens"] == tokens and got["characters"] == len(text) and got["unknown"] == 1
+        assert got["loss"] == pytest.approx(nats / tokens, rel=1e-5)
+        assert got["bits_per_character"] == pytest.approx(nats / math.log(2) / len(text), rel=1e-5)
+        assert got["perplexity"] == pytest.approx(math.exp(nats / tokens), rel=1e-5)
+    # the first 5 windows only: their tokens; the text's characters are not all scored, so no per-character figure
+    got = run_json(capsys, "-m", str(ckpt), "--text", str(path), "--max-rows", "5", "--batch-size", "2")
+    first = sum(summed_ce(model32, ids[k:k + T], ids[k + 1:k + T + 1])[0] for k in range(0, 5 * T, T))
+    assert got["tokens"] == 5 * T and got["loss"] == pytest.approx(first / (5 * T), rel=1e-5)
+    assert "bits_per_character" not in got and "characters" not in got
+
+
+def test_a_text_is_read_as_prepare_reads_a_corpus(tmp_path, capsys, ckpt):
+    """A byte-order mark is dropped and CRLF line ends are read as LF, as prepare pretrain
+    reads them, so the scored tokens are those a model trained on the text saw."""
+    plain, crlf = tmp_path / "lf.txt", tmp_path / "crlf.txt"
+    lines = ["人的心理活动", "是一个过程", "心理学研究它"] * 12
+    plain.write_bytes("\n".join(lines).encode())
+    crlf.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode())
+    a = run_json(capsys, "-m", str(ckpt), "--text", str(plain))
+    b = run_json(capsys, "-m", str(ckpt), "--text", str(crlf))
+    assert a["tokens"] == b["tokens"] and a["characters"] == b["characters"]
+    assert a["loss"] == b["loss"]
+
+
+def test_a_pretraining_split_scores_each_row_of_each_run_in_order(capsys, ckpt, model32, small_pretrain):
+    ds = Dataset(small_pretrain)
+    T = model32.config.block_size
+    source = ds.source("val", T)
+    nats = tokens = rows = 0
+    for k in range(len(source.shards)):  # each run of adjacent text, its windows from its start
+        piece = np.asarray(source.shards[k])
+        for j in range((len(piece) - 1) // T):
+            w = piece[j * T:j * T + T + 1]
+            n, t = summed_ce(model32, w[:-1], w[1:])
+            nats, tokens, rows = nats + n, tokens + t, rows + 1
+    assert rows == source.n_rows > 8
+    got = run_json(capsys, "-m", str(ckpt), "--data", str(small_pretrain), "--batch-size", "5")
+    assert (got["rows"], got["tokens"]) == (rows, tokens)
+    assert got["loss"] == pytest.approx(nats / tokens, rel=1e-5)
+    assert "bits_per_character" not in got
+    # the Python API gives the same; --max-rows takes the first rows
+    assert score_dataset(model32, ds, "val").loss == pytest.approx(got["loss"], rel=1e-6)
+    assert run_json(capsys, "-m", str(ckpt), "--data", str(small_pretrain), "--max-rows", "3")["tokens"] == 3 * T
+    train = run_json(capsys, "-m", str(ckpt), "--data", str(small_pretrain), "--split", "train", "--max-rows", "4")
+    assert train["rows"] == 4 and train["loss"] != got["loss"]
+
+
+def test_an_sft_split_scores_the_answers_only(tmp_path, capsys, uneven_sft, vocab, save_ckpt):
+    from nano_train.model import ModelConfig, Transformer
+
+    torch.manual_seed(5)
+    model = Transformer(ModelConfig(vocab_size=vocab.vocab_size, block_size=64, n_layer=1, n_head=2,
+                                    n_kv_head=2, n_embd=32)).eval()
+    ckpt = save_ckpt(tmp_path / "sft.pt", model, vocab)
+    ds = Dataset(uneven_sft)
+    nats = tokens = 0
+    for t, m in ds.splits["val"]:
+        for row, mask in zip(np.asarray(t), np.asarray(m)):
+            n, c = summed_ce(model, row[:-1], row[1:], mask[1:])
+            nats, tokens = nats + n, tokens + c
+    got = run_json(capsys, "-m", str(ckpt), "--data", str(uneven_sft))
+    assert got["tokens"] == tokens < got["rows"] * 63  # the answers, not the rows' every position
+    assert got["loss"] == pytest.approx(nats / tokens, rel=1e-5)
+
+
+def test_a_checkpoint_and_its_export_score_alike_and_q8_0_shows_its_cost(tmp_path, capsys, ckpt, model32, vocab,
+                                                                        small_pretrain):
+    f32, q8 = tmp_path / "m.bin", tmp_path / "m_q8.bin"
+    export_bin(model32, f32, tokenizer=vocab)
+    export_bin(model32, q8, quant="q8_0", tokenizer=vocab)
+    scores = [run_json(capsys, "-m", str(m), "--data", str(small_pretrain))["loss"] for m in (ckpt, f32, q8)]
+    assert scores[1] == pytest.approx(scores[0], rel=1e-6)
+    assert scores[2] != scores[0] and scores[2] == pytest.approx(scores[0], rel=1e-2)
+
+
+def test_bfloat16_scores_close_to_float32(capsys, ckpt, small_pretrain):
+    a = run_json(capsys, "-m", str(ckpt), "--data", str(small_pretrain), "--max-rows", "8")
+    b = run_json(capsys, "-m", str(ckpt), "--data", str(small_pretrain), "--max-rows", "8", "--dtype", "bfloat16")
+    assert b["loss"] != a["loss"] and b["loss"] == pytest.approx(a["loss"], rel=2e-2)
+
+
+def test_the_text_summary(tmp_path, capsys, ckpt):
+    path = tmp_path / "t.txt"
+    path.write_text("人的心理活动是一个过程。" * 10, encoding="utf-8")
+    assert main(["-m", str(ckpt), "--text", str(path), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    lines = out.splitlines()
+    assert lines[0] == f"model: {ckpt}: 2 layers x 32, block 32, vocabulary 4096, causal"
+    assert lines[1] == f"data: {path}: 4 windows, 119 tokens scored"
+    assert lines[2] == "text: 120 characters, 1.000 tokens per character"
+    assert lines[3].startswith("loss ") and lines[3].endswith(" bits/character") and len(lines) == 4
+
+
+def test_bad_input_is_one_error_line(tmp_path, capsys, error_line, ckpt, vocab, self_id_sft, small_pretrain,
+                                     save_ckpt):
+    from nano_train.model import ModelConfig, Transformer
+
+    def fails(status, *args) -> str:
+        assert main([*args, "--quiet"]) == status
+        return error_line(capsys)
+
+    text = tmp_path / "t.txt"
+    text.write_text("人的心理", encoding="utf-8")
+    assert "another vocabulary" in fails(1, "-m", str(ckpt), "--data", str(self_id_sft))
+    assert "has no split 'test' (it has: train, val)" in fails(1, "-m", str(ckpt), "--data", str(small_pretrain),
+                                                                "--split", "test")
+    assert "does not exist" in fails(1, "-m", str(ckpt), "--data", str(tmp_path / "none"))
+    assert fails(1, "-m", str(tmp_path / "no.pt"), "--text", str(text)) == f"error: {tmp_path / 'no.pt'}: not found"
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("人的\n心理 caf\u00e9".encode("utf-8")[:-2] + b"\xe9")
+    assert f"error: {bad}:2: not UTF-8 text" in fails(1, "-m", str(ckpt), "--text", str(bad))
+    utf16 = tmp_path / "u16.txt"
+    utf16.write_bytes("人的心理".encode("utf-16"))
+    assert "UTF-16" in fails(1, "-m", str(ckpt), "--text", str(utf16))
+    one = tmp_path / "one.txt"
+    one.write_text("人", encoding="utf-8")
+    assert "fewer than 2 tokens" in fails(1, "-m", str(ckpt), "--text", str(one))
+    # a full-attention model sees what it predicts: no text or pretraining split scores it
+    torch.manual_seed(0)
+    full = save_ckpt(tmp_path / "full.pt", Transformer(ModelConfig(vocab_size=4096, block_size=32, n_layer=1,
+                      n_head=2, n_embd=32, is_causal=False)).eval(), vocab)
+    assert "full attention" in fails(1, "-m", str(full), "--text", str(text))
+    assert "score it on seq2seq data" in fails(1, "-m", str(full), "--data", str(small_pretrain))
+    # a model file without a vocabulary needs one for a text, not for a dataset
+    plain = tmp_path / "plain.bin"
+    torch.manual_seed(3)
+    export_bin(Transformer(ModelConfig(vocab_size=4096, block_size=32, n_layer=1, n_head=2, n_embd=32)), plain)
+    assert "give one with --tokenizer" in fails(1, "-m", str(plain), "--text", str(text))
+    assert main(["-m", str(plain), "--data", str(small_pretrain), "--max-rows", "2", "--quiet"]) == 0
+    capsys.readouterr()
+    # a held-out split too short for the model's rows: the remedy is another split, not a training setting
+    from nano_train.data import prepare_pretrain
+
+    short = tmp_path / "short.txt"
+    short.write_text(text.read_text(encoding="utf-8") * 500, encoding="utf-8")
+    prepare_pretrain([short], vocab.source, tmp_path / "short", chunk_tokens=512, val_fraction=0.2, shuffle=False,
+                     progress=False)
+    torch.manual_seed(0)
+    wide = save_ckpt(tmp_path / "wide.pt", Transformer(ModelConfig(vocab_size=4096, block_size=600, n_layer=1,
+                     n_head=2, n_embd=32)).eval(), vocab)
+    err = fails(1, "-m", str(wide), "--data", str(tmp_path / "short"))
+    assert f"too short for block_size 600 (set by the model {wide})" in err
+    assert err.endswith("or score the train split (--split train)")
+    assert main(["-m", str(wide), "--data", str(tmp_path / "short"), "--split", "train", "--quiet"]) == 0
+    capsys.readouterr()
+    # usage errors: status 2
+    assert "--batch-size must be at least 1" in fails(2, "-m", str(ckpt), "--text", str(text), "--batch-size", "0")
+    assert "--split goes with --data" in fails(2, "-m", str(ckpt), "--text", str(text), "--split", "train")
+
+
+def test_a_seq2seq_split_scores_its_targets_with_a_full_attention_model(tmp_path, capsys, nano80, save_ckpt):
+    from nano_train.data import write_rows
+    from nano_train.model import ModelConfig, Transformer
+
+    rng = np.random.default_rng(1)
+    inputs, targets = (rng.integers(6, 80, size=(7, 16)) for _ in range(2))
+    mask = (rng.random((7, 16)) < 0.5).astype(np.uint8)
+    write_rows(tmp_path / "s2s", nano80, "seq2seq", {"train": (inputs, targets, mask), "val": (inputs, targets, mask)})
+    torch.manual_seed(2)
+    model = Transformer(ModelConfig(vocab_size=80, block_size=16, n_layer=1, n_head=2, n_embd=32,
+                                    is_causal=False)).eval()
+    nats = tokens = 0
+    for x, y, m in zip(inputs, targets, mask):
+        n, t = summed_ce(model, x, y, m)
+        nats, tokens = nats + n, tokens + t
+    ckpt = save_ckpt(tmp_path / "s2s.pt", model, nano80)
+    got = run_json(capsys, "-m", str(ckpt), "--data", str(tmp_path / "s2s"), "--batch-size", "3")
+    assert (got["rows"], got["tokens"]) == (7, tokens) and got["loss"] == pytest.approx(nats / tokens, rel=1e-5)
+    # its export (layout 2026.101 records full attention) scores alike; a causal model is refused
+    export_bin(model, tmp_path / "s2s.bin", tokenizer=nano80)
+    assert run_json(capsys, "-m", str(tmp_path / "s2s.bin"), "--data", str(tmp_path / "s2s"))["loss"] == \
+        pytest.approx(got["loss"], rel=1e-6)
+    causal = save_ckpt(tmp_path / "c.pt", Transformer(ModelConfig(vocab_size=80, block_size=16, n_layer=1,
+                                                                  n_head=2, n_embd=32)).eval(), nano80)
+    assert main(["-m", str(causal), "--data", str(tmp_path / "s2s"), "--quiet"]) == 1
+    assert "a seq2seq dataset is scored with a full-attention model" in capsys.readouterr().err
+
+
+def test_the_sort6_fixture_scores_low_on_sorting_with_seq2seq(tmp_path, capsys, nano80, sort6_path):
+    """sort6_f32.bin, a full-attention model in a layout that records no attention kind,
+    reads as causal unless --seq2seq; read as full attention, it sorts (a loss near 0)."""
+    from nano_train.data import write_rows
+
+    rng = np.random.default_rng(0)
+    digits = ["".join(rng.choice(list("123456789"), 6)) for _ in range(32)]
+    inputs = np.array([nano80.encode(d) for d in digits])
+    targets = np.array([nano80.encode("".join(sorted(d))) for d in digits])
+    write_rows(tmp_path / "sort", nano80, "seq2seq", {"val": (inputs, targets, np.ones_like(inputs, np.uint8))})
+    assert main(["-m", str(sort6_path), "--data", str(tmp_path / "sort"), "--quiet"]) == 1
+    assert "--seq2seq reads a .bin" in capsys.readouterr().err
+    got = run_json(capsys, "-m", str(sort6_path), "--data", str(tmp_path / "sort"), "--seq2seq")
+    assert got["tokens"] == 32 * 6 and got["loss"] < 0.05
+
+
+def test_standard_output_that_cannot_be_written(tmp_path, ckpt):
+    import subprocess
+    import sys
+
+    text = tmp_path / "t.txt"
+    text.write_text("人的心理活动是一个过程。" * 4, encoding="utf-8")
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "nano_train.evaluate", "-m", str(ckpt), "--text", str(text), "--quiet"],
+                           stdout=full, stderr=subprocess.PIPE, text=True)
+    assert (r.returncode, r.stderr) == (1, "error: writing standard output: No space left on device\n")
