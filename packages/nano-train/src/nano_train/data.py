@@ -63,7 +63,7 @@ import stat
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -929,6 +929,17 @@ def _refuse_utf16_or_utf32(path: str) -> None:
                         f"{encoding} text, convert it to UTF-8 (e.g. {_iconv(path, encoding)})")
 
 
+@dataclass
+class _TokenStream:
+    """What pass 1 of prepare_pretrain wrote to its temporary token file, counted."""
+    characters: int = 0  # of the documents' text
+    documents: int = 0
+    tokens: int = 0  # all tokens written: text tokens plus separators or <|bos|>/<|eos|>
+    text_tokens: int = 0
+    unknown_tokens: int = 0
+    sizes: list[int] = field(default_factory=list)  # of the inputs, as read
+
+
 def prepare_pretrain(
     inputs: list[str | Path],
     tokenizer_path: str | Path,
@@ -953,6 +964,38 @@ def prepare_pretrain(
     t0 = time.monotonic()
     out_dir = dataset_dir(out_dir)
     inputs = existing_files(inputs, out_dir, tokenizer_path)
+    _check_pretrain_options(doc_mode, val_fraction, chunk_tokens, shard_tokens, seed)
+    tok = _load_tokenizer(tokenizer_path, (BOS, EOS) if bos_eos else (), "--bos_eos")
+    with _new_dataset_dir(out_dir, overwrite, _PRETRAIN_SHARDS) as build:
+        stream_path = build / ".tokens.tmp"
+        try:
+            stream = _encode_documents(inputs, tok, stream_path, out_dir, doc_mode, bos_eos, piece_chars, progress)
+            if stream.tokens == 0:
+                raise DataError(f"the input files hold no text: {', '.join(map(str, inputs))}")
+            n_chunks = math.ceil(stream.tokens / chunk_tokens)
+            is_val = _held_out_chunks(n_chunks, stream.tokens, chunk_tokens, val_fraction, seed)
+            chunks = {"train": np.flatnonzero(~is_val), "val": np.flatnonzero(is_val)}
+            shards = _write_pretrain_shards(stream_path, build, out_dir, tok.dtype, stream.tokens, chunks,
+                                            chunk_tokens, shard_tokens, seed, shuffle, progress)
+        finally:
+            stream_path.unlink(missing_ok=True)
+
+        _save_tokenizer(tok, build)
+        split_tokens = {split: sum(s["tokens"] for s in shards[split]) for split in shards}
+        longest = _longest_pieces(shards, chunks, chunk_tokens, shuffle)
+        summary = PretrainSummary(stream.characters, stream.documents, stream.tokens, stream.text_tokens,
+                                  stream.unknown_tokens, split_tokens["train"], split_tokens["val"], longest["train"],
+                                  longest["val"], chunk_tokens, shuffle, val_fraction, time.monotonic() - t0)
+        meta = _pretrain_meta(build, tok, tokenizer_path, inputs, stream, doc_mode=doc_mode, bos_eos=bos_eos,
+                              chunk_tokens=chunk_tokens, val_fraction=val_fraction, seed=seed, n_chunks=n_chunks,
+                              val_chunks=chunks["val"], shuffle=shuffle, shards=shards)
+        write_json_atomic(build / META, meta)
+    return summary
+
+
+def _check_pretrain_options(doc_mode: str, val_fraction: float, chunk_tokens: int, shard_tokens: int,
+                            seed: int) -> None:
+    """A DataError for an option of prepare_pretrain out of its range."""
     if doc_mode not in DOC_MODES:
         raise DataError(f"document mode must be one of {DOC_MODES}, got {_short(doc_mode)}")
     if not 0.0 <= val_fraction < 1.0:
@@ -962,159 +1005,169 @@ def prepare_pretrain(
     if shard_tokens < chunk_tokens:  # a shard holds whole chunks: at most shard_tokens, at least one chunk
         raise DataError(f"shard_tokens ({shard_tokens}) must be at least chunk_tokens ({chunk_tokens})")
     _check_seed(seed)
-    tok = _load_tokenizer(tokenizer_path, (BOS, EOS) if bos_eos else (), "--bos_eos")
+
+
+def _encode_documents(inputs: list[Path], tok: Tokenizer, stream_path: Path, out_dir: Path, doc_mode: str,
+                      bos_eos: bool, piece_chars: int, progress: bool) -> _TokenStream:
+    """Pass 1: stream every document through the tokenizer into one flat temporary file.
+
+    Documents are wrapped as <|bos|> doc <|eos|>, or else joined by a separator
+    that keeps their boundary visible in the text ("\\n" per line, "\\n\\n" otherwise).
+    """
     dtype = tok.dtype
-    with _new_dataset_dir(out_dir, overwrite, _PRETRAIN_SHARDS) as build:
-        # Pass 1: stream every document through the tokenizer into one flat temporary file.
-        # Documents are wrapped as <|bos|> doc <|eos|>, or else joined by a separator
-        # that keeps their boundary visible in the text ("\n" per line, "\n\n" otherwise).
-        stream_path = build / ".tokens.tmp"
-        sep = np.asarray(tok.encode("\n" if doc_mode == "line" else "\n\n"), dtype=dtype)
-        bos = np.asarray([tok.bos_id], dtype=dtype) if bos_eos else None
-        eos = np.asarray([tok.eos_id], dtype=dtype) if bos_eos else None
-        unk = tok.unk_id
-        n_chars = n_docs = n_tokens = n_text_tokens = n_unk = 0
-        total_bytes = sum(p.stat().st_size for p in inputs)
-        bar = Progress(total_bytes, "encode", enabled=progress)
-        done_bytes = 0
-        sizes: list[int] = []  # of the inputs, as read
-        try:
-            with _writing(out_dir, "the token stream"), open(stream_path, "wb") as out, _ending(bar):
+    sep = np.asarray(tok.encode("\n" if doc_mode == "line" else "\n\n"), dtype=dtype)
+    bos = np.asarray([tok.bos_id], dtype=dtype) if bos_eos else None
+    eos = np.asarray([tok.eos_id], dtype=dtype) if bos_eos else None
+    unk = tok.unk_id
+    stream = _TokenStream()
+    bar = Progress(sum(p.stat().st_size for p in inputs), "encode", enabled=progress)
+    done_bytes = 0
+    with _writing(out_dir, "the token stream"), open(stream_path, "wb") as out, _ending(bar):
 
-                def emit(ids: np.ndarray) -> None:
-                    nonlocal n_tokens, n_unk
-                    out.write(ids.astype(dtype, copy=False).tobytes())
-                    n_tokens += len(ids)
-                    n_unk += int(np.count_nonzero(ids == unk))
+        def emit(ids: np.ndarray) -> None:
+            out.write(ids.astype(dtype, copy=False).tobytes())
+            stream.tokens += len(ids)
+            stream.unknown_tokens += int(np.count_nonzero(ids == unk))
 
-                for path in inputs:
-                    # utf-8-sig: a byte-order mark at the start of a file is dropped, not encoded as text
-                    with (open(path, encoding="utf-8-sig") as f, _utf8_errors(path),
-                          _read_unchanged(path, f) as size):
-                        for doc in iter_documents(f, doc_mode, piece_chars):
+        for path in inputs:
+            # utf-8-sig: a byte-order mark at the start of a file is dropped, not encoded as text
+            with open(path, encoding="utf-8-sig") as f, _utf8_errors(path), _read_unchanged(path, f) as size:
+                for doc in iter_documents(f, doc_mode, piece_chars):
 
-                            def counted(pieces: Iterable[str]) -> Iterator[str]:
-                                nonlocal n_chars
-                                for piece in pieces:
-                                    n_chars += len(piece)
-                                    bar.update(done_bytes + f.buffer.tell())  # bytes read so far (cheap; drawn 5x/s)
-                                    yield piece
+                    def counted(pieces: Iterable[str]) -> Iterator[str]:
+                        for piece in pieces:
+                            stream.characters += len(piece)
+                            bar.update(done_bytes + f.buffer.tell())  # bytes read so far (cheap; drawn 5x/s)
+                            yield piece
 
-                            if bos_eos:
-                                emit(bos)
-                            elif n_docs > 0:
-                                emit(sep)
-                            for ids in tok.encode_stream(counted(doc), chunk_chars=min(piece_chars, 1 << 16)):
-                                emit(ids)
-                                n_text_tokens += len(ids)
-                            if bos_eos:
-                                emit(eos)
-                            n_docs += 1
-                    sizes.append(size)
-                    done_bytes += size
-            bar.close()
-            if n_tokens == 0:
-                raise DataError(f"the input files hold no text: {', '.join(map(str, inputs))}")
+                    if bos_eos:
+                        emit(bos)
+                    elif stream.documents > 0:
+                        emit(sep)
+                    for ids in tok.encode_stream(counted(doc), chunk_chars=min(piece_chars, 1 << 16)):
+                        emit(ids)
+                        stream.text_tokens += len(ids)
+                    if bos_eos:
+                        emit(eos)
+                    stream.documents += 1
+            stream.sizes.append(size)
+            done_bytes += size
+    bar.close()
+    return stream
 
-            # Split: every chunk_tokens-long chunk of the stream, by its seeded hash.
-            n_chunks = math.ceil(n_tokens / chunk_tokens)
-            u = split_hash(seed, np.arange(n_chunks))
-            is_val = u < val_fraction
-            # Validation needs a full chunk: the short last one may be too short for any row. When the
-            # draw gave none (a tiny corpus, or only the last chunk), the full chunk with the smallest
-            # hash is held out too, as long as training keeps a full chunk.
-            n_full = n_tokens // chunk_tokens
-            if val_fraction > 0 and not is_val[:n_full].any():
-                if n_full >= 2:
-                    is_val[int(np.argmin(u[:n_full]))] = True
-                elif not is_val.any():
-                    if n_chunks < 2:
-                        raise DataError(
-                            f"the corpus is {quantity(n_tokens, 'token')}, one chunk of {chunk_tokens}: too small "
-                            "to hold out a validation chunk; lower --chunk_tokens or pass --val_fraction 0")
-                    is_val[-1] = True  # one full chunk, kept for training, and the short last one
-            if is_val.all():
-                raise DataError(f"every chunk went to validation; lower --val_fraction (now {val_fraction})")
-            val_chunks = np.flatnonzero(is_val)
-            train_chunks = np.flatnonzero(~is_val)
 
-            # Pass 2: copy chunks into shards, each split in its own seeded order.
-            shard_chunks = shard_tokens // chunk_tokens
-            item = dtype.itemsize
-            shards: dict[str, list[dict]] = {"train": [], "val": []}
-            split_tokens = {"train": 0, "val": 0}
-            bar = Progress(n_chunks, "shards", unit=" chunks", enabled=progress)
-            copied = 0
-            with open(stream_path, "rb") as src, _ending(bar):
-                for split, chunks, salt in (("train", train_chunks, 1), ("val", val_chunks, 2)):
-                    order = chunks
-                    if shuffle:
-                        # The last chunk of the stream may be short; it stays last so that every
-                        # other chunk starts at a multiple of chunk_tokens in its shard.
-                        full = chunks[chunks != n_chunks - 1]
-                        order = np.random.default_rng([seed, salt]).permutation(full)
-                        if len(full) < len(chunks):
-                            order = np.append(order, n_chunks - 1)
-                    for first in range(0, len(order), shard_chunks):
-                        name = f"{split}_{len(shards[split]):03d}.bin"
-                        count = 0
-                        with _writing(out_dir, name), open(build / name, "wb") as dst:
-                            for c in order[first:first + shard_chunks]:
-                                start = int(c) * chunk_tokens
-                                length = min(chunk_tokens, n_tokens - start)
-                                src.seek(start * item)
-                                dst.write(src.read(length * item))
-                                count += length
-                                copied += 1
-                                bar.update(copied)
-                            dst.flush()
-                            os.fsync(dst.fileno())
-                        shards[split].append({"file": name, "tokens": count})
-                        split_tokens[split] += count
-            bar.close()
-        finally:
-            stream_path.unlink(missing_ok=True)
+def _held_out_chunks(n_chunks: int, n_tokens: int, chunk_tokens: int, val_fraction: float, seed: int) -> np.ndarray:
+    """Which chunk_tokens-long chunks of the stream go to validation (a bool per chunk), by their seeded hash."""
+    u = split_hash(seed, np.arange(n_chunks))
+    is_val = u < val_fraction
+    # Validation needs a full chunk: the short last one may be too short for any row. When the
+    # draw gave none (a tiny corpus, or only the last chunk), the full chunk with the smallest
+    # hash is held out too, as long as training keeps a full chunk.
+    n_full = n_tokens // chunk_tokens
+    if val_fraction > 0 and not is_val[:n_full].any():
+        if n_full >= 2:
+            is_val[int(np.argmin(u[:n_full]))] = True
+        elif not is_val.any():
+            if n_chunks < 2:
+                raise DataError(
+                    f"the corpus is {quantity(n_tokens, 'token')}, one chunk of {chunk_tokens}: too small "
+                    "to hold out a validation chunk; lower --chunk_tokens or pass --val_fraction 0")
+            is_val[-1] = True  # one full chunk, kept for training, and the short last one
+    if is_val.all():
+        raise DataError(f"every chunk went to validation; lower --val_fraction (now {val_fraction})")
+    return is_val
 
-        _save_tokenizer(tok, build)
-        longest = {}
-        for split, chunks in (("train", train_chunks), ("val", val_chunks)):
-            lengths = [s["tokens"] for s in shards[split]]
-            cuts = chunk_seams(lengths, chunk_tokens, None if shuffle else chunks)
-            longest[split] = max((int(np.diff([0, *c, n]).max()) for n, c in zip(lengths, cuts)), default=0)
-        summary = PretrainSummary(n_chars, n_docs, n_tokens, n_text_tokens, n_unk, split_tokens["train"],
-                                  split_tokens["val"], longest["train"], longest["val"], chunk_tokens, shuffle,
-                                  val_fraction, time.monotonic() - t0)
-        meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "kind": "pretrain",
-            "dtype": dtype.name,
-            "tokenizer": {"file": TOKENIZER_FILE, "source": path_text(tokenizer_path),
-                          "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size},
-            "inputs": [{"path": path_text(p), "bytes": size} for p, size in zip(inputs, sizes)],
-            "documents": {"mode": doc_mode, "bos_eos": bos_eos},
-            # tokens: all, as in the shards; text_tokens: encoded from the documents' characters, without
-            # the separators or <|bos|>/<|eos|> (whose characters are not counted either)
-            "counts": {"characters": n_chars, "documents": n_docs, "tokens": n_tokens, "text_tokens": n_text_tokens,
-                       "unknown_tokens": n_unk, "tokens_per_character": n_text_tokens / max(n_chars, 1)},
-            "split": {
-                "unit": "chunk",
-                "rule": "chunk i (tokens [i*chunk_tokens, (i+1)*chunk_tokens) of the stream) is validation "
-                        "when split_hash(seed, i) < val_fraction; when val_fraction > 0 and no full chunk is, "
-                        "so is the full chunk with the smallest split_hash if two or more chunks are full, "
-                        "else the short last chunk",
-                "chunk_tokens": chunk_tokens,
-                "val_fraction": val_fraction,
-                "seed": seed,
-                "n_chunks": n_chunks,
-                "val_chunks": val_chunks.tolist(),
-            },
-            "shuffle": {"enabled": shuffle, "unit": "chunk", "seed": seed},
-            "shards": shards,
-            "content": {"sha256": shards_digest(build, shards), "rule": CONTENT_RULE},
-        }
-        write_json_atomic(build / META, meta)
-    return summary
+
+def _chunk_order(chunks: np.ndarray, n_chunks: int, seed: int, salt: int, shuffle: bool) -> np.ndarray:
+    """The order a split's chunks are written in: the stream's, or with shuffle their own seeded one."""
+    if not shuffle:
+        return chunks
+    # The last chunk of the stream may be short; it stays last so that every
+    # other chunk starts at a multiple of chunk_tokens in its shard.
+    full = chunks[chunks != n_chunks - 1]
+    order = np.random.default_rng([seed, salt]).permutation(full)
+    if len(full) < len(chunks):
+        order = np.append(order, n_chunks - 1)
+    return order
+
+
+def _write_pretrain_shards(stream_path: Path, build: Path, out_dir: Path, dtype: np.dtype, n_tokens: int,
+                           chunks: dict[str, np.ndarray], chunk_tokens: int, shard_tokens: int, seed: int,
+                           shuffle: bool, progress: bool) -> dict[str, list[dict]]:
+    """Pass 2: copy chunks into shards, each split in its own seeded order; the shard list of each split."""
+    n_chunks = math.ceil(n_tokens / chunk_tokens)
+    shard_chunks = shard_tokens // chunk_tokens
+    item = dtype.itemsize
+    shards: dict[str, list[dict]] = {"train": [], "val": []}
+    bar = Progress(n_chunks, "shards", unit=" chunks", enabled=progress)
+    copied = 0
+    with open(stream_path, "rb") as src, _ending(bar):
+        for split, salt in (("train", 1), ("val", 2)):
+            order = _chunk_order(chunks[split], n_chunks, seed, salt, shuffle)
+            for first in range(0, len(order), shard_chunks):
+                name = f"{split}_{len(shards[split]):03d}.bin"
+                count = 0
+                with _writing(out_dir, name), open(build / name, "wb") as dst:
+                    for c in order[first:first + shard_chunks]:
+                        start = int(c) * chunk_tokens
+                        length = min(chunk_tokens, n_tokens - start)
+                        src.seek(start * item)
+                        dst.write(src.read(length * item))
+                        count += length
+                        copied += 1
+                        bar.update(copied)
+                    dst.flush()
+                    os.fsync(dst.fileno())
+                shards[split].append({"file": name, "tokens": count})
+    bar.close()
+    return shards
+
+
+def _longest_pieces(shards: dict[str, list[dict]], chunks: dict[str, np.ndarray], chunk_tokens: int,
+                    shuffle: bool) -> dict[str, int]:
+    """The longest piece of adjacent text in each split's shards (see PretrainSummary)."""
+    longest = {}
+    for split in ("train", "val"):
+        lengths = [s["tokens"] for s in shards[split]]
+        cuts = chunk_seams(lengths, chunk_tokens, None if shuffle else chunks[split])
+        longest[split] = max((int(np.diff([0, *c, n]).max()) for n, c in zip(lengths, cuts)), default=0)
+    return longest
+
+
+def _pretrain_meta(build: Path, tok: Tokenizer, tokenizer_path: str | Path, inputs: list[Path], stream: _TokenStream,
+                   *, doc_mode: str, bos_eos: bool, chunk_tokens: int, val_fraction: float, seed: int, n_chunks: int,
+                   val_chunks: np.ndarray, shuffle: bool, shards: dict[str, list[dict]]) -> dict:
+    """meta.json of a pretrain dataset."""
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": "pretrain",
+        "dtype": tok.dtype.name,
+        "tokenizer": {"file": TOKENIZER_FILE, "source": path_text(tokenizer_path),
+                      "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size},
+        "inputs": [{"path": path_text(p), "bytes": size} for p, size in zip(inputs, stream.sizes)],
+        "documents": {"mode": doc_mode, "bos_eos": bos_eos},
+        # tokens: all, as in the shards; text_tokens: encoded from the documents' characters, without
+        # the separators or <|bos|>/<|eos|> (whose characters are not counted either)
+        "counts": {"characters": stream.characters, "documents": stream.documents, "tokens": stream.tokens,
+                   "text_tokens": stream.text_tokens, "unknown_tokens": stream.unknown_tokens,
+                   "tokens_per_character": stream.text_tokens / max(stream.characters, 1)},
+        "split": {
+            "unit": "chunk",
+            "rule": "chunk i (tokens [i*chunk_tokens, (i+1)*chunk_tokens) of the stream) is validation "
+                    "when split_hash(seed, i) < val_fraction; when val_fraction > 0 and no full chunk is, "
+                    "so is the full chunk with the smallest split_hash if two or more chunks are full, "
+                    "else the short last chunk",
+            "chunk_tokens": chunk_tokens,
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "n_chunks": n_chunks,
+            "val_chunks": val_chunks.tolist(),
+        },
+        "shuffle": {"enabled": shuffle, "unit": "chunk", "seed": seed},
+        "shards": shards,
+        "content": {"sha256": shards_digest(build, shards), "rule": CONTENT_RULE},
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -1354,6 +1407,23 @@ class SFTSummary:
         return line
 
 
+@dataclass
+class _SFTCounts:
+    """What prepare_sft has read and written so far."""
+    records: int = 0  # valid records read (bad lines not counted)
+    samples: int = 0  # rows written
+    bad_lines: int = 0
+    too_long_skipped: int = 0
+    truncated: int = 0
+    tokens: int = 0
+    answer_tokens: int = 0
+    system_messages: int = 0
+    unknown_tokens: int = 0
+    unknown_answer_tokens: int = 0
+    rows: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})  # rows written per split
+    sizes: list[int] = field(default_factory=list)  # of the inputs, as read
+
+
 def prepare_sft(
     inputs: list[str | Path],
     tokenizer_path: str | Path,
@@ -1388,6 +1458,31 @@ def prepare_sft(
     t0 = time.monotonic()
     out_dir = dataset_dir(out_dir)
     inputs = existing_files(inputs, out_dir, tokenizer_path)
+    _check_sft_options(block_size, too_long, system, val_fraction, seed)
+    tok = _load_tokenizer(tokenizer_path, (INSTRUCT, RESPONSE, EOS, PADDING), "the SFT template")
+    with _new_dataset_dir(out_dir, overwrite, _SFT_SHARDS) as build:
+        files = {split: (f"sft_{split}.bin", f"sft_{split}_mask.bin") for split in ("train", "val")}
+        n = _write_sft_rows(inputs, tok, build, out_dir, files, block_size=block_size, val_fraction=val_fraction,
+                            seed=seed, too_long=too_long, skip_bad=skip_bad, system=system, progress=progress,
+                            max_line_bytes=max_line_bytes)
+        if n.bad_lines > SKIPPED_SHOWN:
+            print(f"note: {quantity(n.bad_lines - SKIPPED_SHOWN, 'more bad line')} skipped", file=sys.stderr)
+        if n.rows["train"] == 0:
+            raise _no_training_samples(n, inputs, block_size, too_long, val_fraction)
+        _save_tokenizer(tok, build)
+        summary = SFTSummary(n.records, n.samples, n.rows["train"], n.rows["val"], n.bad_lines, n.too_long_skipped,
+                             n.truncated, n.tokens, n.answer_tokens, time.monotonic() - t0, n.system_messages, system,
+                             n.unknown_tokens, n.unknown_answer_tokens, val_fraction)
+        shards = {split: [{"file": files[split][0], "mask": files[split][1], "rows": n.rows[split]}]
+                  for split in ("train", "val")}
+        meta = _sft_meta(build, tok, tokenizer_path, inputs, n, block_size=block_size, system=system,
+                         val_fraction=val_fraction, seed=seed, shards=shards)
+        write_json_atomic(build / META, meta)
+    return summary
+
+
+def _check_sft_options(block_size: int, too_long: str, system: str, val_fraction: float, seed: int) -> None:
+    """A DataError for an option of prepare_sft out of its range."""
     if not 2 <= block_size <= spec.MAX_DIM:
         raise DataError(f"block_size must be from 2 to {spec.MAX_DIM:,} (the largest block_size a model may have), "
                         f"got {block_size:,}")
@@ -1398,125 +1493,155 @@ def prepare_sft(
     if not 0.0 <= val_fraction < 1.0:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     _check_seed(seed)
-    tok = _load_tokenizer(tokenizer_path, (INSTRUCT, RESPONSE, EOS, PADDING), "the SFT template")
-    dtype = tok.dtype
-    with _new_dataset_dir(out_dir, overwrite, _SFT_SHARDS) as build:
-        files = {split: (f"sft_{split}.bin", f"sft_{split}_mask.bin") for split in ("train", "val")}
-        counts = {"train": 0, "val": 0}
-        bad = skipped = truncated = n_tokens = n_answer = index = records = n_system = n_unk = n_unk_answer = 0
-        row = np.empty(block_size, dtype=dtype)
-        row_mask = np.empty(block_size, dtype=np.uint8)
-        total_bytes = sum(p.stat().st_size for p in inputs)
-        bar = Progress(total_bytes, "sft", enabled=progress)
-        done = 0
-        sizes: list[int] = []  # of the inputs, as read
-        handles = {split: (open(build / a, "wb"), open(build / b, "wb")) for split, (a, b) in files.items()}
-        with _writing(out_dir, "the rows"), contextlib.ExitStack() as closing, _ending(bar):
-            for a, b in handles.values():
-                closing.callback(b.close)
-                closing.callback(a.close)
-            for path in inputs:
-                with open(path, "rb") as f, _read_unchanged(path, f) as file_size:
-                    sizes.append(file_size)
-                    for lineno, raw, size in _jsonl_lines(f, max_line_bytes):
-                        done += size
-                        bar.update(done)
-                        where = f"{path}:{lineno}"
-                        try:
-                            if raw is None:
-                                raise DataError(f"{where}: the line is {size:,} bytes, more than the "
-                                                f"{max_line_bytes:,} a record may be")
-                            # (a byte-order mark may start a file: utf-8-sig drops it)
-                            text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
-                            if not text:
-                                continue  # blank lines are not records
-                            # ({"answer": "a", "answer": "b"} is a mistake: JSON would keep "b" without a word)
-                            system_text, pairs = sft_messages(_loads(text, where, unique_keys=True), where)
-                            if system_text is not None:
-                                n_system += 1  # (refused by "error": counted here and as a bad line)
-                            pairs = apply_system(system_text, pairs, system, where)
-                            # (block_size + 1 ids are enough to tell a sample that is too long)
-                            ids, mask = sft_encode(tok, pairs, block_size + 1)
-                        except (DataError, UnicodeDecodeError) as e:
-                            why = str(e) if isinstance(e, DataError) else _line_not_utf8(where, e, raw, lineno == 1, path)
-                            if not skip_bad:
-                                raise DataError(why if isinstance(e, UnicodeDecodeError) else
-                                                f"{why} (pass --skip_bad to skip bad lines)") from None
-                            bad += 1
-                            if bad <= SKIPPED_SHOWN:
-                                bar.note(f"note: {why} (skipped)")
-                            continue
-                        records += 1
-                        if len(ids) > block_size:
-                            if too_long == "error":
-                                raise DataError(f"{where}: the sample is more than block_size {block_size} tokens "
-                                                "(choose --too_long skip or truncate)")
-                            if too_long == "skip" or 1 not in mask[:block_size]:  # (truncated: no answer left)
-                                skipped += 1
-                                continue
-                            ids, mask = ids[:block_size], mask[:block_size]
-                            truncated += 1
-                        index += 1
-                        n = len(ids)
-                        row[:n] = ids
-                        row[n:] = tok.pad_id
-                        row_mask[:n] = mask
-                        row_mask[n:] = 0
-                        split = "val" if split_hash(seed, np.array([row_key(row)]))[0] < val_fraction else "train"
+
+
+def _write_sft_rows(inputs: list[Path], tok: Tokenizer, build: Path, out_dir: Path, files: dict[str, tuple[str, str]],
+                    *, block_size: int, val_fraction: float, seed: int, too_long: str, skip_bad: bool, system: str,
+                    progress: bool, max_line_bytes: int) -> _SFTCounts:
+    """Every record of the inputs as a row and a mask in its split's two files (see prepare_sft); the counts."""
+    n = _SFTCounts()
+    row = np.empty(block_size, dtype=tok.dtype)
+    row_mask = np.empty(block_size, dtype=np.uint8)
+    bar = Progress(sum(p.stat().st_size for p in inputs), "sft", enabled=progress)
+    done = 0
+    handles = {split: (open(build / a, "wb"), open(build / b, "wb")) for split, (a, b) in files.items()}
+    with _writing(out_dir, "the rows"), contextlib.ExitStack() as closing, _ending(bar):
+        for a, b in handles.values():
+            closing.callback(b.close)
+            closing.callback(a.close)
+        for path in inputs:
+            with open(path, "rb") as f, _read_unchanged(path, f) as file_size:
+                n.sizes.append(file_size)
+                for lineno, raw, size in _jsonl_lines(f, max_line_bytes):
+                    done += size
+                    bar.update(done)
+                    where = f"{path}:{lineno}"
+                    try:
+                        sample = _sft_sample(tok, raw, size, lineno, where, block_size, system, max_line_bytes, n)
+                    except (DataError, UnicodeDecodeError) as e:
+                        _skip_bad_line(e, where, raw, lineno, path, skip_bad, bar, n)
+                        continue
+                    if sample is None:
+                        continue  # blank lines are not records
+                    n.records += 1
+                    sample = _fit_block(*sample, block_size, too_long, where, n)
+                    if sample is not None:
+                        split = _fill_row(*sample, row, row_mask, tok, seed, val_fraction, n)
                         handles[split][0].write(row.tobytes())
                         handles[split][1].write(row_mask.tobytes())
-                        counts[split] += 1
-                        n_tokens += n
-                        n_answer += sum(mask)
-                        unknown = row[:n] == tok.unk_id
-                        n_unk += int(np.count_nonzero(unknown))
-                        n_unk_answer += int(np.count_nonzero(unknown & (row_mask[:n] == 1)))
-        bar.close()
-        if bad > SKIPPED_SHOWN:
-            print(f"note: {quantity(bad - SKIPPED_SHOWN, 'more bad line')} skipped", file=sys.stderr)
-        if counts["train"] == 0:
-            names = ", ".join(map(str, inputs))
-            if records + bad == 0:
-                raise DataError(f"no training samples: {names} {'holds' if len(inputs) == 1 else 'hold'} no records "
-                                "(empty, or blank lines only)")
-            cut = " or left no answer token when truncated" if too_long == "truncate" else ""
-            why = (f" ({skipped:,} too long for block_size {block_size}{cut}, {counts['val']:,} held out by "
-                   f"--val_fraction {val_fraction:g})") if records else ""
-            raise DataError(f"no training samples from {names}: {quantity(records, 'record')}{why} and "
-                            f"{quantity(bad, 'bad line')}")
-        _save_tokenizer(tok, build)
-        summary = SFTSummary(records, index, counts["train"], counts["val"], bad, skipped, truncated, n_tokens,
-                             n_answer, time.monotonic() - t0, n_system, system, n_unk, n_unk_answer, val_fraction)
-        shards = {split: [{"file": files[split][0], "mask": files[split][1], "rows": counts[split]}]
-                  for split in ("train", "val")}
-        meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "kind": "sft",
-            "dtype": dtype.name,
-            "block_size": block_size,
-            "tokenizer": {"file": TOKENIZER_FILE, "source": path_text(tokenizer_path),
-                          "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size},
-            "inputs": [{"path": path_text(p), "bytes": size} for p, size in zip(inputs, sizes)],
-            "template": "<|instruct_mark|>question<|response_mark|>answer<|eos|> per turn, padded with <|padding|>; "
-                        "mask 1 on answer tokens and their <|eos|>",
-            "counts": {"records": records, "samples": index, "bad_lines": bad, "too_long_skipped": skipped,
-                       "truncated": truncated, "tokens": n_tokens, "answer_tokens": n_answer,
-                       "system_messages": n_system,
-                       # <|unknown|> among the tokens (padding not counted), and among the answer tokens
-                       # trained on; a dataset prepared before these were counted has neither
-                       "unknown_tokens": n_unk, "unknown_answer_tokens": n_unk_answer},
-            # (a dataset prepared before system messages were read has no "system": none was taken)
-            "system": {"policy": system, "rule": SYSTEM_RULES[system]},
-            "split": {"unit": "sample", "rule": "a sample is validation when split_hash(seed, k) < val_fraction, "
-                                                "k = the first 8 bytes (little-endian) of the BLAKE2b digest of "
-                                                "its row as stored (row_key): identical samples share a split",
-                      "val_fraction": val_fraction, "seed": seed},
-            "shards": shards,
-            "content": {"sha256": shards_digest(build, shards), "rule": CONTENT_RULE},
-        }
-        write_json_atomic(build / META, meta)
-    return summary
+    bar.close()
+    return n
+
+
+def _sft_sample(tok: Tokenizer, raw: bytes | None, size: int, lineno: int, where: str, block_size: int, system: str,
+                max_line_bytes: int, n: _SFTCounts) -> tuple[list[int], list[int]] | None:
+    """The ids and mask of one JSONL line's record, up to block_size + 1 of them; None for a
+    blank line. A DataError or UnicodeDecodeError for a bad line."""
+    if raw is None:
+        raise DataError(f"{where}: the line is {size:,} bytes, more than the {max_line_bytes:,} a record may be")
+    # (a byte-order mark may start a file: utf-8-sig drops it)
+    text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8").strip()
+    if not text:
+        return None
+    # ({"answer": "a", "answer": "b"} is a mistake: JSON would keep "b" without a word)
+    system_text, pairs = sft_messages(_loads(text, where, unique_keys=True), where)
+    if system_text is not None:
+        n.system_messages += 1  # (refused by "error": counted here and as a bad line)
+    pairs = apply_system(system_text, pairs, system, where)
+    # (block_size + 1 ids are enough to tell a sample that is too long)
+    return sft_encode(tok, pairs, block_size + 1)
+
+
+def _skip_bad_line(e: DataError | UnicodeDecodeError, where: str, raw: bytes | None, lineno: int, path: Path,
+                   skip_bad: bool, bar: Progress, n: _SFTCounts) -> None:
+    """A bad line: counted (the first SKIPPED_SHOWN named in a note) with skip_bad, else the DataError that says why."""
+    why = str(e) if isinstance(e, DataError) else _line_not_utf8(where, e, raw, lineno == 1, path)
+    if not skip_bad:
+        raise DataError(why if isinstance(e, UnicodeDecodeError) else
+                        f"{why} (pass --skip_bad to skip bad lines)") from None
+    n.bad_lines += 1
+    if n.bad_lines <= SKIPPED_SHOWN:
+        bar.note(f"note: {why} (skipped)")
+
+
+def _fit_block(ids: list[int], mask: list[int], block_size: int, too_long: str, where: str,
+               n: _SFTCounts) -> tuple[list[int], list[int]] | None:
+    """The sample as a row takes it: whole when it fits in block_size, else as too_long says
+    (None when skipped; truncated; a DataError), counted."""
+    if len(ids) <= block_size:
+        return ids, mask
+    if too_long == "error":
+        raise DataError(f"{where}: the sample is more than block_size {block_size} tokens "
+                        "(choose --too_long skip or truncate)")
+    if too_long == "skip" or 1 not in mask[:block_size]:  # (truncated: no answer left)
+        n.too_long_skipped += 1
+        return None
+    n.truncated += 1
+    return ids[:block_size], mask[:block_size]
+
+
+def _fill_row(ids: list[int], mask: list[int], row: np.ndarray, row_mask: np.ndarray, tok: Tokenizer, seed: int,
+             val_fraction: float, n: _SFTCounts) -> str:
+    """Pad the sample into row and row_mask, and count it; the split it goes to, by its content."""
+    n.samples += 1
+    k = len(ids)
+    row[:k] = ids
+    row[k:] = tok.pad_id
+    row_mask[:k] = mask
+    row_mask[k:] = 0
+    split = "val" if split_hash(seed, np.array([row_key(row)]))[0] < val_fraction else "train"
+    n.rows[split] += 1
+    n.tokens += k
+    n.answer_tokens += sum(mask)
+    unknown = row[:k] == tok.unk_id
+    n.unknown_tokens += int(np.count_nonzero(unknown))
+    n.unknown_answer_tokens += int(np.count_nonzero(unknown & (row_mask[:k] == 1)))
+    return split
+
+
+def _no_training_samples(n: _SFTCounts, inputs: list[Path], block_size: int, too_long: str,
+                         val_fraction: float) -> DataError:
+    """The error for inputs that gave no training sample, saying where the records went."""
+    names = ", ".join(map(str, inputs))
+    if n.records + n.bad_lines == 0:
+        return DataError(f"no training samples: {names} {'holds' if len(inputs) == 1 else 'hold'} no records "
+                         "(empty, or blank lines only)")
+    cut = " or left no answer token when truncated" if too_long == "truncate" else ""
+    why = (f" ({n.too_long_skipped:,} too long for block_size {block_size}{cut}, {n.rows['val']:,} held out by "
+           f"--val_fraction {val_fraction:g})") if n.records else ""
+    return DataError(f"no training samples from {names}: {quantity(n.records, 'record')}{why} and "
+                     f"{quantity(n.bad_lines, 'bad line')}")
+
+
+def _sft_meta(build: Path, tok: Tokenizer, tokenizer_path: str | Path, inputs: list[Path], n: _SFTCounts, *,
+              block_size: int, system: str, val_fraction: float, seed: int, shards: dict[str, list[dict]]) -> dict:
+    """meta.json of an SFT dataset."""
+    return {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "kind": "sft",
+        "dtype": tok.dtype.name,
+        "block_size": block_size,
+        "tokenizer": {"file": TOKENIZER_FILE, "source": path_text(tokenizer_path),
+                      "fingerprint": tok.fingerprint(), "vocab_size": tok.vocab_size},
+        "inputs": [{"path": path_text(p), "bytes": size} for p, size in zip(inputs, n.sizes)],
+        "template": "<|instruct_mark|>question<|response_mark|>answer<|eos|> per turn, padded with <|padding|>; "
+                    "mask 1 on answer tokens and their <|eos|>",
+        "counts": {"records": n.records, "samples": n.samples, "bad_lines": n.bad_lines,
+                   "too_long_skipped": n.too_long_skipped, "truncated": n.truncated, "tokens": n.tokens,
+                   "answer_tokens": n.answer_tokens, "system_messages": n.system_messages,
+                   # <|unknown|> among the tokens (padding not counted), and among the answer tokens
+                   # trained on; a dataset prepared before these were counted has neither
+                   "unknown_tokens": n.unknown_tokens, "unknown_answer_tokens": n.unknown_answer_tokens},
+        # (a dataset prepared before system messages were read has no "system": none was taken)
+        "system": {"policy": system, "rule": SYSTEM_RULES[system]},
+        "split": {"unit": "sample", "rule": "a sample is validation when split_hash(seed, k) < val_fraction, "
+                                            "k = the first 8 bytes (little-endian) of the BLAKE2b digest of "
+                                            "its row as stored (row_key): identical samples share a split",
+                  "val_fraction": val_fraction, "seed": seed},
+        "shards": shards,
+        "content": {"sha256": shards_digest(build, shards), "rule": CONTENT_RULE},
+    }
 
 
 # ---------------------------------------------------------------------------
