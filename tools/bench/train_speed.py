@@ -91,6 +91,7 @@ import platform
 import statistics
 import sys
 import time
+from typing import NamedTuple
 
 try:
     import resource  # POSIX: page-fault counts
@@ -358,108 +359,131 @@ def fmt_flops(x: float) -> str:
 # Main
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but CUDA is not available here", file=sys.stderr)
-        return 2
+class Settings(NamedTuple):
+    """One run's settings: the options, with the shape's and the device's defaults filled in."""
+    args: argparse.Namespace
+    device: torch.device
+    dtype: str
+    cfg: ModelConfig
+    batch: int
+    seq: int
+    steps: int  # optimizer steps per timed turn
+    rounds: int
+    warmup: int
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the run is on a GPU."""
+        return self.device.type == "cuda"
+
+    @property
+    def tokens_per_turn(self) -> int:
+        """Tokens one model trains on in a timed turn."""
+        return self.batch * self.seq * self.steps
+
+    @property
+    def ours_loss(self) -> str:
+        """Ours' loss as --ours-loss resolves here: blocked or plain."""
+        return "blocked" if blocked_loss(self.args.ours_loss, self.device) else "plain"
+
+
+def settings(args: argparse.Namespace, cfg: ModelConfig, batch: int, seq: int) -> Settings:
+    """The run's settings: the turns' defaults are the device's (and compiling's), the dtype the trainer's."""
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     on_gpu = device.type == "cuda"
     steps = args.steps or (20 if on_gpu else 2)
     rounds = args.rounds or (5 if on_gpu else 10)
     warmup = args.warmup if args.warmup is not None else (5 if on_gpu or args.compile != "none" else 2)
-    try:
-        cfg, batch, seq = model_config(args)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     dtype = resolve_dtype(args.dtype, device, cfg.n_embd)
-    try:
-        import transformers
-    except ImportError:
-        print("error: the peer needs transformers: run in the bench environment "
-              "(hatch env create bench; .venv-bench/bin/python tools/bench/train_speed.py)", file=sys.stderr)
-        return 2
-    load_before = load_average()
+    return Settings(args, device, dtype, cfg, batch, seq, steps, rounds, warmup)
 
-    torch.manual_seed(args.seed)
-    ours_model = build_ours(cfg, device)
-    torch.manual_seed(args.seed)
-    peer_model = build_peer(cfg, device)
-    n_ours = ours_model.num_params()
-    n_peer = sum(p.numel() for p in peer_model.parameters())  # a tied weight is counted once
-    if n_ours != n_peer:
-        print(f"error: parameter counts differ: ours {n_ours:,}, peer {n_peer:,}", file=sys.stderr)
-        return 1
-    flops_per_token = ours_model.flops_per_token(seq)
 
-    try:
-        ours = ours_trainee(args, ours_model, device, dtype)
-        if args.peer_matmul == "onednn":
-            peer_onednn(peer_model, device, dtype)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    trainees = [
-        ours,
-        Trainee("peer", PeerWithLoss(peer_model), decay_groups(peer_model, OPTIM.weight_decay), peer_loss, device,
-                dtype, args.compile in ("both", "peer"), args.compile_mode),
-    ]
+def build_models(run: Settings) -> tuple[Transformer, torch.nn.Module]:
+    """Ours and the peer, each built from the run's seed."""
+    torch.manual_seed(run.args.seed)
+    ours_model = build_ours(run.cfg, run.device)
+    torch.manual_seed(run.args.seed)
+    peer_model = build_peer(run.cfg, run.device)
+    return ours_model, peer_model
 
-    gen = torch.Generator().manual_seed(args.seed)
+
+def peer_trainee(args: argparse.Namespace, model: torch.nn.Module, device, dtype: str) -> Trainee:
+    """The peer set up as its users train it (its loss inside the module), compiled as the options say."""
+    return Trainee("peer", PeerWithLoss(model), decay_groups(model, OPTIM.weight_decay), peer_loss, device, dtype,
+                   args.compile in ("both", "peer"), args.compile_mode)
+
+
+def random_batches(run: Settings) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """N_BATCHES (inputs, targets) pairs of random token ids from the run's seed, on its device."""
+    gen = torch.Generator().manual_seed(run.args.seed)
     batches = []
     for _ in range(N_BATCHES):
-        ids = torch.randint(0, cfg.vocab_size, (batch, seq + 1), generator=gen).to(device)
+        ids = torch.randint(0, run.cfg.vocab_size, (run.batch, run.seq + 1), generator=gen).to(run.device)
         batches.append((ids[:, :-1], ids[:, 1:]))
-    tokens_per_turn = batch * seq * steps
+    return batches
 
-    device_name = torch.cuda.get_device_name(device) if on_gpu else cpu_model()
-    threads = torch.get_num_threads()
+
+def print_setup(run: Settings, trainees: list[Trainee], ours_model: Transformer, peer_model: torch.nn.Module,
+                params: dict[str, int], flops_per_token: float, device_name: str, threads: int, load_before,
+                transformers_version: str) -> None:
+    """The lines that open the report: the shape, the machine, the models and the turns."""
+    args, cfg = run.args, run.cfg
     print(f"train_speed: {args.shape} shape: {cfg.n_layer} layers, {cfg.n_embd} wide, {cfg.n_head} heads, "
           f"{cfg.n_kv_head} KV heads, hidden {cfg.n_hidden}, vocab {cfg.vocab_size}, block {cfg.block_size}")
-    print(f"  batch {batch} x seq {seq}, {dtype}, {device} ({device_name}), {threads} thread{'s' * (threads != 1)}"
+    print(f"  batch {run.batch} x seq {run.seq}, {run.dtype}, {run.device} ({device_name}), {threads} "
+          f"thread{'s' * (threads != 1)}"
           f"{'' if args.compile == 'none' else f', compiled: {args.compile} (mode {args.compile_mode})'}"
-          f", ours with the {'blocked' if blocked_loss(args.ours_loss, device) else 'plain'} loss"
-          f", products: ours {'oneDNN' if ours_model.onednn else 'torch'}, peer {args.peer_matmul}; torch {torch.__version__}, transformers {transformers.__version__}")
-    print(f"  parameters: ours {n_ours:,}, peer {n_peer:,} (equal); {flops_per_token / 1e6:.2f} MFLOP per token")
+          f", ours with the {run.ours_loss} loss"
+          f", products: ours {'oneDNN' if ours_model.onednn else 'torch'}, peer {args.peer_matmul}; "
+          f"torch {torch.__version__}, transformers {transformers_version}")
+    print(f"  parameters: ours {params['ours']:,}, peer {params['peer']:,} (equal); "
+          f"{flops_per_token / 1e6:.2f} MFLOP per token")
     print(f"  AdamW fused: ours {trainees[0].optimizer.defaults.get('fused')}, "
           f"peer {trainees[1].optimizer.defaults.get('fused')}; "
           f"peer attention: {peer_model.config._attn_implementation}")
-    print(f"  warm-up {warmup} steps each, then {rounds} rounds of {steps} steps each "
-          f"({tokens_per_turn:,} tokens per turn); load average {load_before}", flush=True)
+    print(f"  warm-up {run.warmup} steps each, then {run.rounds} rounds of {run.steps} steps each "
+          f"({run.tokens_per_turn:,} tokens per turn); load average {load_before}", flush=True)
 
-    probes: list[tuple[float, str]] = []
-    if not on_gpu:
-        probes.append(measure_cpu_peak(device, dtype))
+
+def warm_up(run: Settings, trainees: list[Trainee], batches) -> None:
+    """--warmup untimed steps of each model (their losses kept)."""
     for t in trainees:
-        for i in range(warmup):
+        for i in range(run.warmup):
             t.losses.append(t.step(*batches[i % N_BATCHES]).item())
-    synchronize(device)
+    synchronize(run.device)
 
+
+def time_rounds(run: Settings, trainees: list[Trainee], batches) -> list[tuple[float, str]]:
+    """The timed rounds, a line each: every model takes a turn of --steps steps; on a CPU a
+    peak probe follows each round (the probes, returned)."""
+    probes = []
     print(f"\n{'round':>5}  {'ours tok/s':>12}  {'peer tok/s':>12}  {'ratio':>6}", flush=True)
-    for r in range(rounds):
+    for r in range(run.rounds):
         for t in trainees:
-            dt, last, faults = run_turn(t, batches, steps, warmup + r * steps, device)
-            t.rates.append(tokens_per_turn / dt)
+            dt, last, faults = run_turn(t, batches, run.steps, run.warmup + r * run.steps, run.device)
+            t.rates.append(run.tokens_per_turn / dt)
             t.losses.append(last)
             t.faults.append(faults)
         a, b = trainees[0].rates[-1], trainees[1].rates[-1]
         print(f"{r + 1:>5}  {fmt_rate(a):>12}  {fmt_rate(b):>12}  {a / b:>5.2f}x", flush=True)
-        if not on_gpu:
-            probes.append(measure_cpu_peak(device, dtype))
+        if not run.on_gpu:
+            probes.append(measure_cpu_peak(run.device, run.dtype))
+    return probes
 
-    if on_gpu:
-        peak, peak_source = peak_flops(device, dtype)
-    else:
-        peak, source = max(probes)
-        both = source.split(", ", 1)[1] if ", " in source else ""  # float32: which kernels, which won
-        peak_source = (f"measured: best of {len(probes)} probes of {PROBE_SECONDS:g} s of "
-                       f"{PROBE_N}x{PROBE_N} {dtype} matmuls on this CPU, {threads} thread{'s' * (threads != 1)}"
-                       + (f"; {both}" if both else ""))
-    load_after = load_average()
 
+def peak_of(run: Settings, probes: list[tuple[float, str]], threads: int) -> tuple[float, str]:
+    """(FLOP/s, source) that MFU is measured against: the datasheet's on a GPU, the best probe on a CPU."""
+    if run.on_gpu:
+        return peak_flops(run.device, run.dtype)
+    peak, source = max(probes)
+    both = source.split(", ", 1)[1] if ", " in source else ""  # float32: which kernels, which won
+    return peak, (f"measured: best of {len(probes)} probes of {PROBE_SECONDS:g} s of "
+                  f"{PROBE_N}x{PROBE_N} {run.dtype} matmuls on this CPU, {threads} thread{'s' * (threads != 1)}"
+                  + (f"; {both}" if both else ""))
+
+
+def model_results(trainees: list[Trainee], flops_per_token: float, peak: float) -> dict[str, dict]:
+    """Each model's tokens/s (median, min, max, per round), MFU, first and last loss and page faults."""
     results = {}
     for t in trainees:
         med = statistics.median(t.rates)
@@ -473,51 +497,127 @@ def main(argv: list[str] | None = None) -> int:
             "last_loss": t.losses[-1],
             "minor_faults_per_step_median": statistics.median(t.faults) if resource else None,
         }
-    medians = results["ours"]["tokens_per_s_median"] / results["peer"]["tokens_per_s_median"]
+    return results
+
+
+def comparison(trainees: list[Trainee], results: dict[str, dict]) -> dict[str, float]:
+    """ours/peer: the median of the per-round ratios, the ratio of the medians and of the best
+    turns; and the widest spread of a model's turns."""
     # the headline: each round runs the two back to back, so a busy moment slows both of its
     # turns; the medians of all turns are comparable only while the machine stays steady
-    ratio = statistics.median(a / b for a, b in zip(trainees[0].rates, trainees[1].rates))
-    best = results["ours"]["tokens_per_s_max"] / results["peer"]["tokens_per_s_max"]
-    spread = max(max(t.rates) / min(t.rates) for t in trainees)
+    return {
+        "ratio": statistics.median(a / b for a, b in zip(trainees[0].rates, trainees[1].rates)),
+        "ratio_of_medians": results["ours"]["tokens_per_s_median"] / results["peer"]["tokens_per_s_median"],
+        "ratio_best": results["ours"]["tokens_per_s_max"] / results["peer"]["tokens_per_s_max"],
+        "spread": max(max(t.rates) / min(t.rates) for t in trainees),
+    }
 
+
+def print_report(run: Settings, results: dict[str, dict], compared: dict[str, float], peak: float,
+                 peak_source: str, load: dict) -> None:
+    """The results: a line per model, the ratios (a warning where the machine was busy), the peak, the page faults."""
     print(f"\n{'':6}{'tok/s median':>14}{'min':>10}{'max':>10}{'MFU':>8}   loss first -> last")
     for name, r in results.items():
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"
         print(f"{name:6}{fmt_rate(r['tokens_per_s_median']):>14}{fmt_rate(r['tokens_per_s_min']):>10}"
               f"{fmt_rate(r['tokens_per_s_max']):>10}{mfu:>8}   {r['first_loss']:.3f} -> {r['last_loss']:.3f}")
-    print(f"\nratio ours/peer: {ratio:.2f}x, the median of the per-round ratios (goal >= 1.2x); "
-          f"{medians:.2f}x of the medians; {best:.2f}x of the best turns")
-    if spread > SPREAD_WARN:
-        print(f"warning: a model's turns ranged over {spread:.1f}x in tokens/s: the machine was busy while it ran "
-              f"(load average before {load_before}, after {load_after}); only the per-round ratio means anything, "
-              f"and a quieter moment or --threads 1 gives steadier figures", file=sys.stderr)
+    print(f"\nratio ours/peer: {compared['ratio']:.2f}x, the median of the per-round ratios (goal >= 1.2x); "
+          f"{compared['ratio_of_medians']:.2f}x of the medians; {compared['ratio_best']:.2f}x of the best turns")
+    if compared["spread"] > SPREAD_WARN:
+        print(f"warning: a model's turns ranged over {compared['spread']:.1f}x in tokens/s: the machine was busy "
+              f"while it ran (load average before {load['before']}, after {load['after']}); only the per-round "
+              f"ratio means anything, and a quieter moment or --threads 1 gives steadier figures", file=sys.stderr)
     print(f"peak: {fmt_flops(peak)} ({peak_source})")
-    if resource and not on_gpu:
+    if resource and not run.on_gpu:
         print(f"minor page faults per step (median): ours {results['ours']['minor_faults_per_step_median']:,.0f}, "
               f"peer {results['peer']['minor_faults_per_step_median']:,.0f} (memory the allocator took back from "
               f"the OS and asked for again; each costs time in the kernel)")
-    print(f"load average: before {load_before}, after {load_after}")
+    print(f"load average: before {load['before']}, after {load['after']}")
+
+
+def json_record(run: Settings, *, device_name: str, threads: int, ours_onednn: bool, params: dict[str, int],
+                flops_per_token: float, peak: float, peak_source: str, probes: list[tuple[float, str]],
+                results: dict[str, dict], compared: dict[str, float], load: dict,
+                transformers_version: str) -> dict:
+    """The run as --json writes it (NaN and infinities as null)."""
+    args = run.args
+    record = {
+        "benchmark": "train_speed",
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "shape": args.shape, "model": run.cfg.to_dict(), "batch": run.batch, "seq": run.seq,
+        "dtype": run.dtype, "device": str(run.device), "device_name": device_name, "threads": threads,
+        "compile": args.compile, "compile_mode": args.compile_mode,
+        "ours_loss": run.ours_loss,
+        "ours_matmul": "onednn" if ours_onednn else "torch", "peer_matmul": args.peer_matmul,
+        "steps": run.steps, "rounds": run.rounds, "warmup": run.warmup, "seed": args.seed,
+        "data": f"random token ids, seed {args.seed}",
+        "params": params, "flops_per_token": flops_per_token,
+        "peak_flops": peak, "peak_source": peak_source, "cpu_probes": [rate for rate, _ in probes],
+        "results": results, **compared,
+        "load_average": load,
+        "versions": {"torch": str(torch.__version__), "transformers": transformers_version,
+                     "python": platform.python_version()},
+    }
+    return json.loads(json.dumps(record), parse_constant=lambda c: None)  # NaN/inf -> null
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark, run and reported; the exit status: 0, or 2 for options refused, 1 for a failure."""
+    args = parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but CUDA is not available here", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg, batch, seq = model_config(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run = settings(args, cfg, batch, seq)
+    try:
+        import transformers
+    except ImportError:
+        print("error: the peer needs transformers: run in the bench environment "
+              "(hatch env create bench; .venv-bench/bin/python tools/bench/train_speed.py)", file=sys.stderr)
+        return 2
+    load_before = load_average()
+
+    ours_model, peer_model = build_models(run)
+    # (a tied weight is counted once)
+    params = {"ours": ours_model.num_params(), "peer": sum(p.numel() for p in peer_model.parameters())}
+    if params["ours"] != params["peer"]:
+        print(f"error: parameter counts differ: ours {params['ours']:,}, peer {params['peer']:,}", file=sys.stderr)
+        return 1
+    flops_per_token = ours_model.flops_per_token(seq)
+    try:
+        ours = ours_trainee(args, ours_model, run.device, run.dtype)
+        if args.peer_matmul == "onednn":
+            peer_onednn(peer_model, run.device, run.dtype)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    trainees = [ours, peer_trainee(args, peer_model, run.device, run.dtype)]
+    batches = random_batches(run)
+    device_name = torch.cuda.get_device_name(run.device) if run.on_gpu else cpu_model()
+    threads = torch.get_num_threads()
+    print_setup(run, trainees, ours_model, peer_model, params, flops_per_token, device_name, threads, load_before,
+                transformers.__version__)
+
+    probes = [] if run.on_gpu else [measure_cpu_peak(run.device, run.dtype)]
+    warm_up(run, trainees, batches)
+    probes += time_rounds(run, trainees, batches)
+    peak, peak_source = peak_of(run, probes, threads)
+    load = {"before": load_before, "after": load_average()}
+    results = model_results(trainees, flops_per_token, peak)
+    compared = comparison(trainees, results)
+    print_report(run, results, compared, peak, peak_source, load)
 
     if args.json:
-        record = {
-            "benchmark": "train_speed",
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "shape": args.shape, "model": cfg.to_dict(), "batch": batch, "seq": seq,
-            "dtype": dtype, "device": str(device), "device_name": device_name, "threads": threads,
-            "compile": args.compile, "compile_mode": args.compile_mode,
-            "ours_loss": "blocked" if blocked_loss(args.ours_loss, device) else "plain",
-            "ours_matmul": "onednn" if ours_model.onednn else "torch", "peer_matmul": args.peer_matmul,
-            "steps": steps, "rounds": rounds, "warmup": warmup, "seed": args.seed,
-            "data": f"random token ids, seed {args.seed}",
-            "params": {"ours": n_ours, "peer": n_peer}, "flops_per_token": flops_per_token,
-            "peak_flops": peak, "peak_source": peak_source, "cpu_probes": [rate for rate, _ in probes],
-            "results": results, "ratio": ratio, "ratio_of_medians": medians, "ratio_best": best,
-            "spread": spread,
-            "load_average": {"before": load_before, "after": load_after},
-            "versions": {"torch": str(torch.__version__), "transformers": transformers.__version__,
-                         "python": platform.python_version()},
-        }
-        record = json.loads(json.dumps(record), parse_constant=lambda c: None)  # NaN/inf -> null
+        record = json_record(run, device_name=device_name, threads=threads, ours_onednn=ours_model.onednn,
+                             params=params, flops_per_token=flops_per_token, peak=peak, peak_source=peak_source,
+                             probes=probes, results=results, compared=compared, load=load,
+                             transformers_version=transformers.__version__)
         write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0
