@@ -13,8 +13,8 @@ from nano_tokenizer import Tokenizer
 from nano_train import prepare as prepare_cmd
 from nano_format import spec
 
-from nano_train.data import (Batcher, DataError, Dataset, prepare_sft, row_key, sft_encode, sft_turns, split_hash,
-                             write_rows)
+from nano_train.data import (Batcher, DataError, Dataset, prepare_sft, row_key, sft_encode, sft_turn, sft_turns,
+                             split_hash, write_rows)
 
 
 def write_jsonl(path, records):
@@ -107,6 +107,24 @@ def test_multi_turn_records(tmp_path, shared_file):
     assert sft_turns(rec, "x") == [("你好", "你好呀"), ("你是谁", "我是Nano")]
     ids, mask = sft_encode(tok, [("问", "答")])
     assert tok.decode(t[1][: len(ids)]) == tok.decode(ids) and m[1][: len(mask)].tolist() == mask
+
+
+def test_the_template_is_one_layout_for_rows_and_prompts(shared_file):
+    """data.sft_turn spells the template once: a training row (sft_encode) is the
+    sampler's prompt (instruct_prompt) followed by the learned answer and <|eos|>,
+    for a question given as text or as ids, an answer as text or as ids."""
+    from nano_train.sampling import instruct_prompt
+
+    tok = Tokenizer.load(shared_file("data/tokenizer_4096.json"))
+    q, a = "问题", "答案"
+    for question, answer in ((q, a), (tok.encode(q), a), (q, tok.encode(a))):
+        ids, mask = sft_encode(tok, [(question, answer)])
+        prompt = instruct_prompt(tok, question)
+        assert ids == [*prompt, *tok.encode(a), tok.eos_id]
+        assert mask == [0] * len(prompt) + [1] * (len(ids) - len(prompt))
+        assert [m for _, m in sft_turn(tok, question, answer)] == [0, 0, 0, 1, 1]
+        assert [t for part, _ in sft_turn(tok, question)[::2] for t in part] == [tok.instruct_id, tok.response_id]
+    assert tok.decode(ids) == "<|instruct_mark|>问题<|response_mark|>答案<|eos|>"
 
 
 @pytest.mark.parametrize("line,message", [

@@ -65,7 +65,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -1282,11 +1282,23 @@ def _check_unicode(text: str, where: str, name: str) -> None:
                         f"{e.start}), which is not text; write the character it was meant to be") from None
 
 
-def sft_encode(tok: Tokenizer, turns: list[tuple[str, str | list[int]]],
+def sft_turn(tok: Tokenizer, question: str | Sequence[int],
+             answer: str | Sequence[int] | None = None) -> list[tuple[str | list[int], int]]:
+    """The SFT template, the one place it is spelled: the pieces of one turn,
+    <|instruct_mark|> question <|response_mark|> answer <|eos|>, in order, each with
+    its loss-mask value (1: the answer and its closing <|eos|>, what the model learns
+    to write). A piece is a text to encode or a list of ids (a special token, or a
+    question or answer given as ids). Without an answer: the prompt the model answers,
+    the pieces before the answer (sampling.instruct_prompt)."""
+    prompt = [([tok.instruct_id], 0), (question, 0), ([tok.response_id], 0)]
+    return prompt if answer is None else [*prompt, (answer, 1), ([tok.eos_id], 1)]
+
+
+def sft_encode(tok: Tokenizer, turns: list[tuple[str | list[int], str | list[int]]],
                max_tokens: int | None = None) -> tuple[list[int], list[int]]:
-    """ids and loss mask of <|instruct_mark|>Q<|response_mark|>A<|eos|> per turn (an
-    answer given as a list of ids, as sampling.chat_prompt passes a generated one, is
-    taken as it is).
+    """ids and loss mask of the SFT template (sft_turn) per turn (a question or an
+    answer given as a list of ids, as sampling.chat_prompt passes a generated answer,
+    is taken as it is).
 
     The mask is 1 on the answer's tokens and its closing <|eos|>, 0 elsewhere.
     It is built from the lengths of the encoded pieces, i.e. from token ids:
@@ -1298,10 +1310,8 @@ def sft_encode(tok: Tokenizer, turns: list[tuple[str, str | list[int]]],
     ids: list[int] = []
     mask: list[int] = []
     for question, answer in turns:
-        for part, m in ((tok.instruct_id, 0), (question, 0), (tok.response_id, 0), (answer, 1), (tok.eos_id, 1)):
-            if isinstance(part, int):
-                new = [part]
-            elif isinstance(part, list):
+        for part, m in sft_turn(tok, question, answer):
+            if not isinstance(part, str):
                 new = list(part)
             elif max_tokens is None:
                 new = tok.encode(part)

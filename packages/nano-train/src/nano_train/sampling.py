@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from nano_tokenizer import EOS
 
-from nano_train.data import sft_encode, with_system
+from nano_train.data import sft_encode, sft_turn, with_system
 
 __all__ = [
     "SamplerConfig",
@@ -431,15 +431,16 @@ def _generate(model, prompt: list[int], config: SamplerConfig, tokenizer, stop_i
 
 
 def instruct_prompt(tokenizer, question: str | Sequence[int], system: str | None = None) -> list[int]:
-    """The SFT prompt: <|instruct_mark|> question <|response_mark|>. The model's
-    answer follows and ends with <|eos|>. A system text goes before the question
-    as `prepare sft` puts a record's system message there (data.with_system). A
-    question given as token ids (a text question, encoded) is taken as it is."""
+    """The SFT prompt: <|instruct_mark|> question <|response_mark|>, the template's
+    turn (data.sft_turn) up to its answer. The model's answer follows and ends with
+    <|eos|>. A system text goes before the question as `prepare sft` puts a record's
+    system message there (data.with_system). A question given as token ids (a text
+    question, encoded) is taken as it is."""
     if isinstance(question, str):
         question = tokenizer.encode(with_system(system, question))
     elif system:
         raise ValueError("a system text goes with a question given as text, not as token ids")
-    return [tokenizer.instruct_id, *question, tokenizer.response_id]
+    return [t for part, _ in sft_turn(tokenizer, question) for t in part]
 
 
 def _is_id_list(x) -> bool:
