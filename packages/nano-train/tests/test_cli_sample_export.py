@@ -172,14 +172,14 @@ def test_sample_with_lora(nano80, tmp_path, capsys, tiny):
         (["-m", "{sort6}", "-p", "", "--instruct", "--seq2seq"], "the input is empty"),  # no template there
         (["-m", "{sort6}", "-p", "x", "-l", "missing_lora.bin"], "not found"),
         (["-m", "{sort6}", "-p", "x", "-l", "{sort6}"], "not a LoRA"),
-        (["-m", "{sort6}", "-p", "x", "--device", "nonsense"], "device"),
+        (["-m", "{sort6}", "-p", "x", "--device", "nonsense"], "--device must be"),
         (["-m", "{sort6}", "-p", "1234567"], "block size"),
     ],
 )
 def test_sample_errors_are_one_line(shared_file, argv, msg, capsys):
     sub = {"{nano80}": str(shared_file("data/nano_80.json")), "{sort6}": str(shared_file("fixtures/sort6_f32.bin"))}
     rc, out, err = run(sample_cmd, [sub.get(a, a) for a in argv], capsys)
-    assert rc == (2 if msg in ("top_p", "empty") else 1)  # usage errors, as nano run's
+    assert rc == (2 if msg in ("top_p", "empty", "--device must be") else 1)  # usage errors, as nano run's
     assert err.startswith("error: ") and msg in err and "Traceback" not in err
 
 
@@ -239,7 +239,11 @@ def test_sample_seq2seq_is_refused_where_the_file_records_causal_attention(tmp_p
     (["-t", "-1"], "-t: temperature must be >= 0, got -1.0", 2),
     (["--top-p", "0"], "--top-p: top_p must be in (0, 1], got 0.0", 2),
     (["-n", "-2"], "-n: max_new_tokens must be >= 0", 2),
-    (["--device", "meta"], "--device meta holds no data", 1),
+    # the devices a training run takes (system.device), no others: torch reads cpu:1 as the CPU
+    (["--device", "meta"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'meta'", 2),
+    (["--device", "cpu:1"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'cpu:1'", 2),
+    (["--device", "cpu:0"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'cpu:0'", 2),
+    (["--device", "mps:0"], "--device must be auto, cpu, cuda, cuda:N or mps, got 'mps:0'", 2),
     (["--stop", "§"], "stop string '§' can never occur", 2),
 ])
 def test_sample_bad_options_are_one_line(tmp_path, nano80, capsys, argv, msg, status, tiny, save_ckpt):
@@ -258,6 +262,19 @@ def test_sample_checks_the_cuda_device_index(tmp_path, nano80, capsys, monkeypat
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     rc, _, err = run(sample_cmd, argv + ["cuda:7"], capsys)
     assert one_error_line(rc, err, "--device cuda:7: no such CUDA device (this machine has 2: 0..1)")
+
+
+def test_sample_device_auto_is_the_one_training_picks(tmp_path, nano80, capsys, monkeypatch, tiny, save_ckpt):
+    """--device auto, as system.device auto: cuda, then mps, then cpu (here, the CPU)."""
+    save_ckpt(tmp_path / "c.pt", tiny(), nano80)
+    argv = ["-m", tmp_path / "c.pt", "-p", "hi", "-t", "0", "-n", "4", "--device"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert run(sample_cmd, argv + ["auto"], capsys) == run(sample_cmd, argv + ["cpu"], capsys)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # auto went to cuda, which has no device here
+    rc, _, err = run(sample_cmd, argv + ["auto"], capsys)
+    assert one_error_line(rc, err, "--device auto: this machine has no CUDA device")
 
 
 def test_sample_max_tokens_zero_fills_the_context(tmp_path, nano80, capsys, tiny, save_ckpt):

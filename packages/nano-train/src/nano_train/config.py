@@ -47,6 +47,10 @@ from nano_train.model import ModelConfig
 TASKS = ("pretrain", "sft", "lora")
 MAX_DIST_TIMEOUT = 1e9  # seconds, about 31 years: datetime.timedelta holds no more than 1e14
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+# The devices a run names (system.device, and sample --device): torch also takes "cpu:1"
+# or "mps:0", which are the one CPU or GPU again, and other backends the runs are not made for
+DEVICE_NAMES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICES_TEXT = "auto, cpu, cuda, cuda:N or mps"
 # dtype auto on a CPU with bfloat16 instructions: bfloat16 from this width (n_embd) up,
 # float32 below it, where the products are too small for bfloat16's speed to pay for the
 # casts around them (tokens/s bfloat16 / float32, Intel Xeon with AMX: width 64 0.6x,
@@ -128,6 +132,17 @@ class EvalConfig:
     sample_prompts: list = field(default_factory=list)  # report card: texts (pretrain) or questions (sft/lora)
     sample_tokens: int = 64  # new tokens per report-card sample
     sample_temperature: float = 0.0  # 0 = greedy
+
+
+def auto_device() -> str:
+    """The device "auto" names: cuda, then mps, then cpu, the first this machine has."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 @dataclass
@@ -582,8 +597,7 @@ def validate(cfg: Config) -> None:
     need(e.sample_tokens >= 0, "eval.sample_tokens must be >= 0")
     need(e.sample_temperature >= 0, "eval.sample_temperature must be >= 0")
     s = cfg.system
-    need(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", s.device) is not None,
-         f"system.device must be auto, cpu, cuda, cuda:N or mps, got {s.device!r}")
+    need(DEVICE_NAMES.fullmatch(s.device) is not None, f"system.device must be {DEVICES_TEXT}, got {s.device!r}")
     need(s.dtype in DTYPES, f"system.dtype must be one of {DTYPES}, got {s.dtype!r}")
     need(s.attention_backend in ATTENTION_BACKENDS,
          f"system.attention_backend must be one of {ATTENTION_BACKENDS}, got {s.attention_backend!r}")

@@ -32,7 +32,8 @@ usage: python -m nano_train.sample -m MODEL [-l LORA.bin] -p PROMPT [options]
                               that carries its own, it must be that one)
   --profile                   print time to first token and tokens/s to stderr, counted
                               as `nano run --profile` counts them (see the README)
-  --device DEV                cpu (default), cuda, cuda:1, mps, ...
+  --device DEV                cpu (default), cuda, cuda:N, mps, or auto (cuda, then mps,
+                              then cpu): the devices a training run takes
   --threads N                 CPU threads for torch, 1..1024 (default: torch's choice; 1
                               is often fastest for tiny models). The logits' rounding,
                               so at -t > 0 now and then the text, can depend on it
@@ -54,10 +55,11 @@ no abbreviation is taken (--temp is not --temperature), as in nano run.
 
 A usage error gets exit status 2, as in `nano run`, and one `error: ...` line on
 stderr (or argparse's usage for a command line it cannot parse: an unknown option, no
--m): a bad option value (out of range, not a number), an empty prompt, a --stop text
-that is empty or that the vocabulary cannot write, options that do not go together.
-The rest gets exit status 1: a bad or missing file, a vocabulary that does not fit, a
-prompt that is not UTF-8 or longer than the context, a device that cannot be used. A
+-m): a bad option value (out of range, not a number, a --device a training run would
+refuse, such as cpu:1), an empty prompt, a --stop text that is empty or that the
+vocabulary cannot write, options that do not go together. The rest gets exit status 1:
+a bad or missing file, a vocabulary that does not fit, a prompt that is not UTF-8 or
+longer than the context, a device this machine cannot use (cuda without CUDA). A
 reader that goes away (`| head`) ends it quietly with exit status 1; Ctrl-C with exit
 status 130.
 
@@ -165,7 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="full attention, one forward, argmax per position (automatic for full-attention models)")
     p.add_argument("--tokenizer", help="vocabulary JSON for a model file without one")
     p.add_argument("--profile", action="store_true", help="time to first token and tokens/s on stderr")
-    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps, ...")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda, cuda:N, mps, or auto (cuda, then mps, then cpu), as in training")
     p.add_argument("--threads", type=_integer, default=None,
                    help=f"CPU threads for torch, 1..{MAX_THREADS} (default: torch's choice)")
     return p
@@ -242,15 +245,18 @@ def _input_file(name: str, option: str) -> Path:
 
 
 def _device(name: str):
-    """The torch device, checked before anything is loaded onto it."""
+    """The torch device, checked before anything is loaded onto it. The names a training
+    run takes (system.device), no others: auto, cpu, cuda, cuda:N, mps."""
     import torch
 
+    from .config import DEVICE_NAMES, DEVICES_TEXT, auto_device
+
+    if DEVICE_NAMES.fullmatch(name) is None:
+        raise UsageError(f"--device must be {DEVICES_TEXT}, got {name!r}")
     try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError) as e:
+        device = torch.device(auto_device() if name == "auto" else name)
+    except (RuntimeError, ValueError) as e:  # an index past torch's range (cuda:99999999999999999999)
         raise BadInput(f"--device {name}: {_one_line(e)}") from None
-    if device.type == "meta":
-        raise BadInput("--device meta holds no data, so nothing can run on it: choose cpu, cuda, mps, ...")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

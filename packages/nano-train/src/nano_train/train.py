@@ -62,8 +62,8 @@ from nano_train import (OutputFailed, checkpoint as ckpt_io, dirlock, discard_st
                         print_output)
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.convert import unrecorded_attention
-from nano_train.config import (CPU_BF16_MIN_EMBD, Config, ConfigError, help_text, key_type, load_config,
-                               unknown_key_hint)
+from nano_train.config import (CPU_BF16_MIN_EMBD, Config, ConfigError, auto_device, help_text, key_type,
+                               load_config, unknown_key_hint)
 from nano_train.config import check as check_config
 from nano_train.data import CHUNK_TOKENS, NO_ROOM, Batcher, DataError, Dataset
 from nano_train.lora import attach_lora, has_lora, mark_only_lora_trainable
@@ -320,12 +320,7 @@ def prune_checkpoints(out_dir: Path, step: int, keep: int) -> list[Path]:
 
 def resolve_device(name: str, info: DistInfo) -> torch.device:
     if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
+        name = auto_device()
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"system.device is {name!r} but CUDA is not available here; use --device=cpu")
