@@ -148,6 +148,59 @@ def test_two_process_ddp_matches_one_process(tmp_path, small_pretrain, monkeypat
         assert "| tokens seen | 2,048 |" in report and f"on {world} x cpu (float32)" in report
 
 
+def rank_logs(tmp_path) -> dict[str, str]:
+    """Each rank's stderr, by rank, from torchrun's --log-dir (tmp_path/logs)."""
+    return {p.parent.name: p.read_text(encoding="utf-8") for p in (tmp_path / "logs").rglob("stderr.log")}
+
+
+def exit_statuses(torchrun_stderr: str) -> dict[str, str]:
+    """Each rank's exit status, by rank, from torchrun's failure summary."""
+    return dict(re.findall(r"rank\s*: (\d+) \(local_rank: \d+\)\s+exitcode\s*: (-?\d+)", torchrun_stderr))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting, message", [
+    ("--bogus_key=1", "error: override '--bogus_key=1': unknown key 'bogus_key'"),
+    ("--n_layer=0", "error: model: ModelConfig.n_layer must be a positive integer, got 0"),
+])
+def test_a_config_error_under_torchrun_is_said_once(tmp_path, setting, message):
+    """Every rank meets a configuration error before the process group exists: rank 0 says
+    it, the other ranks end with the same exit status and say nothing (was: one line per rank)."""
+    done = run([setting, "--device=cpu", f"--out_dir={tmp_path / 'run'}"], tmp_path, nproc=2, ok=False,
+               launcher=[f"--log-dir={tmp_path / 'logs'}", "--tee=2"])
+    logs = rank_logs(tmp_path)
+    assert sorted(logs) == ["0", "1"], done.stderr[-3000:]
+    assert logs["0"].startswith(message) and logs["0"].count("\n") == 1, logs
+    assert logs["1"] == "", logs
+    assert done.stderr.count(message) == 1, done.stderr[-3000:]
+    assert exit_statuses(done.stderr) == {"0": "2", "1": "2"}, done.stderr[-3000:]
+
+
+# pretrain on rank 1 only, which waits 1 s for rank 0 to end; rank 0 meets no error and waits
+ERROR_ON_RANK_1_ONLY = """
+import os, sys, time
+from nano_train import train
+train.RANK_ERROR_WAIT = 1.0
+if os.environ["RANK"] == "0":
+    time.sleep(120)
+    sys.exit(0)
+sys.exit(train.main("pretrain"))
+"""
+
+
+@pytest.mark.slow
+def test_a_config_error_of_another_rank_alone_is_said_by_it(tmp_path):
+    """A rank other than 0 whose error rank 0 does not share (torchrun does not stop it within
+    RANK_ERROR_WAIT) says it itself, naming its rank."""
+    script = tmp_path / "error_on_rank_1.py"
+    script.write_text(ERROR_ON_RANK_1_ONLY, encoding="utf-8")
+    done = run(["--bogus_key=1", "--device=cpu"], tmp_path, nproc=2, command=str(script), ok=False,
+               launcher=[f"--log-dir={tmp_path / 'logs'}", "--tee=2"])
+    logs = rank_logs(tmp_path)
+    assert logs["0"] == "" and logs["1"] == "error: rank 1: override '--bogus_key=1': unknown key 'bogus_key'\n", logs
+    assert exit_statuses(done.stderr)["1"] == "2", done.stderr[-3000:]
+
+
 @pytest.mark.slow
 def test_two_nodes_of_one_process_each_match_one_process(tmp_path, small_pretrain):
     """The multi-node launch the README gives (`--nnodes=2 --node_rank=i --master_addr

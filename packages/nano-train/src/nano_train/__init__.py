@@ -40,6 +40,14 @@ def number(text: str) -> float:
     raise argparse.ArgumentTypeError(f"expected a finite number, got {_cut(text)}")
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun's environment gives it (RANK, where WORLD_SIZE is
+    over 1), known before the process group is joined; 0 for a process on its own."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    return int(os.environ.get("RANK", "0"))
+
+
 def start(task: str) -> int:
     """`python -m nano_train.pretrain|sft|lora_train`: nano_train.train imports torch, which
     takes seconds, so a Ctrl-C during that import is caught here and is one error line and
@@ -51,8 +59,9 @@ def start(task: str) -> int:
     interrupts.as_ctrl_c()
     try:
         from nano_train.train import main
-    except KeyboardInterrupt:
-        print("\nerror: interrupted while starting; nothing was written", file=sys.stderr)
+    except KeyboardInterrupt:  # under torchrun, the other ranks leave it to rank 0 (torchrun stops them all)
+        if launch_rank() == 0:
+            print("\nerror: interrupted while starting; nothing was written", file=sys.stderr)
         return 130
     return main(task)
 

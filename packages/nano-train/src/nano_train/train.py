@@ -15,7 +15,8 @@ usage:
   them first). One run at a time per out_dir: a second one into it fails at
   once (out_dir/.run.lock). Ctrl-C (or SIGTERM, or SIGHUP: a closed terminal or ssh session,
   unless nohup ignores it) saves latest.pt and exits with status 130.
-  Exit status 2: a config, data or checkpoint error; 1: training diverged (the
+  Exit status 2: a config, data or checkpoint error (under torchrun, one met before
+  the processes join, as a bad --key=value is, is printed by rank 0 alone); 1: training diverged (the
   loss became inf or nan; latest.pt keeps the last good weights), a file
   could not be written, memory ran out (the model, or a batch, too large for the
   machine: the line says which and what to lower), or (torchrun) another process
@@ -59,7 +60,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import nano_train
 from nano_train import (OutputFailed, checkpoint as ckpt_io, dirlock, discard_stdout, escape_unencodable, interrupts,
-                        print_output)
+                        launch_rank, print_output)
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.convert import unrecorded_attention
 from nano_train.config import (CPU_BF16_MIN_EMBD, Config, ConfigError, auto_device, help_text, key_type,
@@ -252,7 +253,38 @@ def check_new_run(cfg: Config) -> None:
 
 def writes_out_dir() -> bool:
     """Whether this process writes run.out_dir: the only one, or rank 0 under torchrun."""
-    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
+    return launch_rank() == 0
+
+
+# How long a rank other than 0 waits, after an error met before the process group exists,
+# for torchrun to stop it once rank 0 has reported the same error and ended (the ranks
+# start together and reach it a moment apart; torchrun looks every 0.1 s)
+RANK_ERROR_WAIT = 10.0
+
+
+def grouped() -> bool:
+    """Whether this process has joined a process group (under torchrun, init_distributed)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def startup_error(message: str, status: int) -> int:
+    """`error: message` on standard error, and the exit status. Under torchrun, before
+    the process group exists, every rank meets a configuration error alike (the same
+    command line, the same config file): rank 0 alone says it, and another rank waits
+    for torchrun to stop it once rank 0 has ended, then ends with the same status,
+    saying nothing. An error of its own (a file only its node lacks) it says itself,
+    naming its rank, when RANK_ERROR_WAIT seconds pass without that."""
+    rank = launch_rank()
+    if rank == 0 or grouped():  # once in the group, each rank's error is its own (rank 0 may not share it)
+        print(f"error: {message}", file=sys.stderr)
+        return status
+    interrupts.as_ctrl_c()  # torchrun's SIGTERM (where nothing took it over yet): KeyboardInterrupt
+    try:
+        time.sleep(RANK_ERROR_WAIT)
+    except KeyboardInterrupt:
+        return status
+    print(f"error: rank {rank}: {message}", file=sys.stderr)
+    return status
 
 
 def not_writable(out_dir: Path, e: OSError) -> OSError:
@@ -1746,11 +1778,9 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
     paths = [a for a in argv if not a.startswith("--")]
     overrides = [a for a in argv if a.startswith("--")]
     if hint := setting_typo(argv):
-        print(f"error: {hint}", file=sys.stderr)
-        return 2
+        return startup_error(hint, 2)
     if len(paths) > 1:
-        print(f"error: one config file at most, got {paths}", file=sys.stderr)
-        return 2
+        return startup_error(f"one config file at most, got {paths}", 2)
     cfg = out_dir = None  # the run's config and out_dir, once known (for what to do after an error)
     try:
         cfg, explicit, checkpoint = resolve_config(task, paths[0] if paths else None, overrides)
@@ -1763,8 +1793,7 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         check_new_run(cfg)
         result = train(cfg, explicit, checkpoint)
     except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return startup_error(str(e), 2)
     except BrokenPipeError:  # the progress lines' reader went away (`| head`)
         discard_stdout()
         print("error: standard output was closed (its reader went away); the run stopped "
@@ -1792,7 +1821,9 @@ def main(task: str | None = None, argv: list[str] | None = None) -> int:
         print(f"error: {out_of_memory_text(e, inherited)}; {stopped_hint(out_dir)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside the training loop, or a second one inside it
-        print(f"\nerror: interrupted; the run stopped at once ({stopped_hint(out_dir)})", file=sys.stderr, flush=True)
+        if launch_rank() == 0 or grouped():  # (before the group, torchrun stopping every rank: rank 0 says it)
+            print(f"\nerror: interrupted; the run stopped at once ({stopped_hint(out_dir)})", file=sys.stderr,
+                  flush=True)
         return 130
     return 130 if result.interrupted or result.samples_interrupted else 0
 
