@@ -870,3 +870,19 @@ def test_command_output_that_cannot_be_written_is_one_line(tmp_path, args):
         r = subprocess.run([sys.executable, "-m", "nano_train.problems", *args, "--out_dir", str(tmp_path / "out")],
                            stdout=full, stderr=subprocess.PIPE, text=True, timeout=300)
     assert r.returncode == 1 and r.stderr == "error: writing standard output: No space left on device\n", r.stderr
+
+
+def test_the_training_bar_draws_a_step_without_a_loss():
+    """A train record whose loss is null (a step without a token to learn from) is drawn as
+    n/a (was: a TypeError formatting None)."""
+    import io
+
+    from nano_train.problems.runner import TrainingBar
+
+    stream = io.StringIO()
+    bar = TrainingBar(stream=stream)
+    bar({"kind": "start", "config": {"optim": {"max_iters": 2, "time_budget": 0}}})
+    bar({"kind": "train", "step": 1, "loss": None, "elapsed_s": 0.5})
+    bar({"kind": "train", "step": 2, "loss": 1.25, "elapsed_s": 1.0})
+    lines = stream.getvalue().splitlines()
+    assert "step 1  loss n/a " in lines[0] and "step 2  loss 1.2500 " in lines[1], lines

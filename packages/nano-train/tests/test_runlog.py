@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nano_train.metrics import RunLog, read_log
@@ -289,3 +290,36 @@ def test_a_stop_between_steps_restarts_the_pace_of_the_time_left(small_pretrain,
     # the evaluations at steps 0, 2 and 4: steps 1 (the first), 3 and 5 (the last) have no eta
     assert [step for step, line in sorted(lines.items()) if ", eta " in line] == [2, 4], lines
     assert all("tok/s" in line for line in lines.values())  # the steps themselves were not stopped in
+
+
+def test_a_step_without_tokens_to_learn_from_logs_no_loss(nano80, tiny_config, tmp_path, capsys):
+    """An SFT step whose rows have every target masked out (answers block_size cut off) has
+    no loss: its record's loss is null and its progress line says why (was: loss 0.0000, a
+    perfect loss); plot and the report still take the log."""
+    from nano_train import plot as plot_cmd
+    from nano_train.data import write_rows
+    from nano_train.train import train
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(10, 80, size=(8, 17)).astype(np.int64)
+    mask = np.zeros_like(tokens, dtype=np.uint8)
+    mask[:4, 8:] = 1  # half the rows have an answer, the others none (cut off)
+    write_rows(tmp_path / "data", nano80, "sft", {"train": (tokens, mask)})
+    result = train(tiny_config(tmp_path / "data", task="sft", block_size=16, batch_size=1, max_iters=6,
+                               eval_iters=0, sample_tokens=0))
+    out = capsys.readouterr().out
+    trains = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r["kind"] == "train"]
+    assert len(trains) == 6
+    losses = [r["loss"] for r in trains]
+    assert None in losses and any(isinstance(x, float) and x > 0 for x in losses), losses
+    lines = [line for line in out.splitlines() if line.startswith("step ") and "/6 |" in line]
+    assert len(lines) == 6
+    for line, loss in zip(lines, losses):
+        assert ("| loss n/a (no tokens to learn from: every target masked out) |" in line) == (loss is None), line
+        assert "loss 0.0000" not in line
+    assert result.train_loss == losses[-1]
+    png = tmp_path / "loss.png"
+    assert plot_cmd.main([str(tmp_path / "run"), "-o", str(png)]) == 0 and png.stat().st_size > 0
+    report = (tmp_path / "run" / "report.md").read_text(encoding="utf-8")
+    final = "n/a" if losses[-1] is None else f"{losses[-1]:.4f}"
+    assert f"| final train loss | {final} |" in report

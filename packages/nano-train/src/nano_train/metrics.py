@@ -147,6 +147,8 @@ class RunLog:
     Records: {"kind": "start", ...}, {"kind": "train", "step", "loss", "lr",
     "grad_norm", "tokens_per_s", "mfu", "tokens_seen", "elapsed_s"},
     {"kind": "eval", "step", "val_loss", "best_val_loss"}, {"kind": "end", ...}.
+    A value that is not a finite number is null: a train record's loss is null for a
+    step without a token to learn from (every target masked out).
     """
 
     def __init__(self, path: Path, enabled: bool, resume_step: int | None, evaluates_resume_step: bool = False):

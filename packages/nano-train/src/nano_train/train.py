@@ -256,6 +256,10 @@ def writes_out_dir() -> bool:
     return launch_rank() == 0
 
 
+# The progress line's word for a step without a token to learn from (its loss is null in log.jsonl)
+NO_TOKENS = "no tokens to learn from: every target masked out"
+
+
 # How long a rank other than 0 waits, after an error met before the process group exists,
 # for torchrun to stop it once rank 0 has reported the same error and ended (the ranks
 # start together and reach it a moment apart; torchrun looks every 0.1 s)
@@ -1401,9 +1405,11 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             left = min(left, max(0.0, budget - now))
         return f", eta {duration(left)}"
 
-    def log_train(pace: Pace) -> float:
+    def log_train(pace: Pace) -> float | None:
         """The train record of the last step's loss and of the pace of the steps since the
-        last record; a collective under DDP. Returns the loss."""
+        last record; a collective under DDP. Returns the loss: None for a step without a
+        token to learn from (every target masked out, on every rank: SFT rows whose answers
+        block_size cut off), whose 0 would read as a perfect loss."""
         total = loss_sum.clone()  # this rank's share of the step's loss, times world_size
         if info.ddp:
             with talking(info, f"the loss report of step {step}"):
@@ -1414,11 +1420,14 @@ def _train(cfg: Config, explicit: set[str] | frozenset, checkpoint: dict | None,
             raise diverged(f"the training loss is {loss}")
         if stalled() and overflowed():
             raise diverged(STALLED)
+        if float(counted) == 0:  # (counted: the step's tokens summed over the ranks)
+            loss = None
         tok_s = pace.tokens_per_s(tokens_per_step)
         mfu = flops_per_token * tok_s / (peak * info.world_size) if peak > 0 and tok_s is not None else None
         now = elapsed_before + time.monotonic() - t_start
         rate = "stopped (Ctrl-Z or SIGSTOP)" if tok_s is None else f"{human(tok_s)} tok/s"
-        say(f"step {step:>6}/{cfg.optim.max_iters} | loss {loss:.4f} | lr {lr:.2e} | "
+        shown = f"loss {loss:.4f}" if loss is not None else f"loss n/a ({NO_TOKENS})"
+        say(f"step {step:>6}/{cfg.optim.max_iters} | {shown} | lr {lr:.2e} | "
             f"grad norm {grad_norm.item():.3f} | {rate}"
             + (f" | mfu {100 * mfu:.2f}%" if mfu is not None else "") + f" | {duration(now)}{time_left(now)}")
         record(kind="train", step=step, loss=loss, lr=lr, grad_norm=grad_norm.item(),

@@ -400,7 +400,8 @@ class TrainingBar:
             frac = max(frac, elapsed / self.budget)
         frac = min(frac, 1.0)
         limit = f" of {duration(self.budget)}" if self.budget > 0 else ""
-        after = (f"{100 * frac:3.0f}%  step {step:,}  loss {loss:.4f}"
+        shown = f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss n/a"  # (null: no tokens to learn from)
+        after = (f"{100 * frac:3.0f}%  step {step:,}  {shown}"
                  + (f"  val {self.val:.4f}" if self.val is not None else "") + f"  {duration(elapsed)}{limit}")
         text = bar_line("training", frac, after, terminal_columns(self.stream) if self.tty else 10**6, width=28)
         if self.tty:
