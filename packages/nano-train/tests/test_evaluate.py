@@ -275,3 +275,19 @@ def test_standard_output_that_cannot_be_written(tmp_path, ckpt):
         r = subprocess.run([sys.executable, "-m", "nano_train.evaluate", "-m", str(ckpt), "--text", str(text), "--quiet"],
                            stdout=full, stderr=subprocess.PIPE, text=True)
     assert (r.returncode, r.stderr) == (1, "error: writing standard output: No space left on device\n")
+
+
+def test_a_text_that_is_not_a_regular_file_is_refused(tmp_path, ckpt):
+    """A FIFO (a shell's <(...) or /dev/stdin) is read twice, its encoding sniffed first: it
+    waited forever for a writer, or lost its first 64 KiB (an error that blamed the text,
+    or a wrong loss). It is refused as prepare refuses it."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / "t.fifo"
+    os.mkfifo(fifo)
+    r = subprocess.run([sys.executable, "-m", "nano_train.evaluate", "-m", str(ckpt), "--text", str(fifo), "--quiet"],
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stderr) == (1, f"error: {fifo}: is a FIFO (a pipe), not a regular file; "
+                                           "save the text to a file first\n")

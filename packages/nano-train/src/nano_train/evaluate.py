@@ -10,7 +10,7 @@ usage: python -m nano_train.evaluate -m MODEL --data DIR [--split val|train] [op
   --data DIR           a dataset made by `prepare` (pretrain, sft or seq2seq): every row of
                        one split is scored once, in order
   --split NAME         the split of --data to score (default val, the held-out one)
-  --text FILE          a UTF-8 text file, read as `prepare pretrain` reads a corpus and
+  --text FILE          a UTF-8 text file (not a pipe), read as `prepare pretrain` reads a corpus and
                        encoded with the model's vocabulary: every token but the first is
                        scored once, after up to block_size - 1 tokens of context
   --tokenizer JSON     a vocabulary for a model file that carries none
@@ -335,7 +335,7 @@ def _run(args, out) -> int:
         raise UsageError("--split goes with --data, not --text")
     import torch
 
-    from nano_train.data import Dataset
+    from nano_train.data import Dataset, _not_a_file
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -346,6 +346,8 @@ def _run(args, out) -> int:
         dataset = Dataset(args.data)
     else:
         text = sample._input_file(args.text, "--text")
+        if kind := _not_a_file(text):  # a pipe is read twice (its encoding sniffed first), and may wait forever
+            raise BadInput(f"{text}: is {kind}, not a regular file; save the text to a file first")
     model, tok = sample._load(args, need_tokenizer=dataset is None)
     progress = not args.quiet
     if dataset is not None:
