@@ -291,3 +291,13 @@ def test_a_text_that_is_not_a_regular_file_is_refused(tmp_path, ckpt):
                        capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stderr) == (1, f"error: {fifo}: is a FIFO (a pipe), not a regular file; "
                                            "save the text to a file first\n")
+
+
+def test_max_rows_stops_reading_a_text_at_the_windows_it_scores(tmp_path, capsys, ckpt):
+    """--max-rows 1 reads no further than its window needs, whatever --batch-size: it read
+    (and held the ids of) the whole text while waiting for a batch it would never fill. The
+    bad byte 6 MB in is never reached."""
+    path = tmp_path / "long.txt"
+    path.write_bytes(("人的心理活动是一个过程。" * 200_000).encode() + b"\xff")
+    got = run_json(capsys, "-m", str(ckpt), "--text", str(path), "--max-rows", "1", "--batch-size", "100000")
+    assert (got["rows"], got["tokens"]) == (1, 32) and "characters" not in got

@@ -247,7 +247,7 @@ def _text_windows(path: Path, tokenizer, block_size: int, batch_size: int, max_r
                 total.unknown += int(np.count_nonzero(ids == unk))
             pending = np.concatenate([pending, ids.astype(np.int64)])
             read[1] += len(ids)
-            while len(pending) > batch_size * T and room() > 0:  # a full batch, and its last target
+            while room() > 0 and len(pending) > room() * T:  # a full batch, and its last target
                 rows = room()
                 yield _windows(pending, rows, T)
                 scored(rows)
