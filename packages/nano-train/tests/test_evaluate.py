@@ -301,3 +301,18 @@ def test_max_rows_stops_reading_a_text_at_the_windows_it_scores(tmp_path, capsys
     path.write_bytes(("人的心理活动是一个过程。" * 200_000).encode() + b"\xff")
     got = run_json(capsys, "-m", str(ckpt), "--text", str(path), "--max-rows", "1", "--batch-size", "100000")
     assert (got["rows"], got["tokens"]) == (1, 32) and "characters" not in got
+
+
+def test_a_batch_too_large_for_memory_is_one_error_line(tmp_path, capsys, error_line, ckpt, monkeypatch):
+    from nano_train import evaluate
+
+    def fails(*args):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 1280000000 bytes. Error code 12 (Cannot allocate memory)")
+
+    monkeypatch.setattr(evaluate, "_score", fails)
+    text = tmp_path / "t.txt"
+    text.write_text("人的心理活动是一个过程。" * 4, encoding="utf-8")
+    assert main(["-m", str(ckpt), "--text", str(text), "--batch-size", "100000", "--quiet"]) == 1
+    assert error_line(capsys) == ("error: out of memory scoring 100000 rows at a time: could not allocate 1.2 GiB; "
+                                  "lower --batch-size")

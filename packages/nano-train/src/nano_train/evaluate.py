@@ -336,6 +336,7 @@ def _run(args, out) -> int:
     import torch
 
     from nano_train.data import Dataset, _not_a_file
+    from nano_train.train import OutOfMemory, needs_memory
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -352,14 +353,18 @@ def _run(args, out) -> int:
     progress = not args.quiet
     if dataset is not None:
         _check_vocabulary(model, tok, dataset.tokenizer, args)
-        total = score_dataset(model, dataset, args.split, max_rows=args.max_rows, batch_size=args.batch_size,
-                              device=model.tok_embd.weight.device, dtype=args.dtype, progress=progress,
-                              fixed_by=f"the model {args.model}")
-        what = f"{args.data} ({dataset.kind}, {args.split} split)"
-    else:
-        total = score_text(model, tok, text, max_rows=args.max_rows, batch_size=args.batch_size,
-                           device=model.tok_embd.weight.device, dtype=args.dtype, progress=progress)
-        what = str(args.text)
+    try:
+        with needs_memory(f"scoring {args.batch_size} rows at a time", "lower --batch-size"):
+            if dataset is not None:
+                total = score_dataset(model, dataset, args.split, max_rows=args.max_rows, batch_size=args.batch_size,
+                                      device=model.tok_embd.weight.device, dtype=args.dtype, progress=progress,
+                                      fixed_by=f"the model {args.model}")
+            else:
+                total = score_text(model, tok, text, max_rows=args.max_rows, batch_size=args.batch_size,
+                                   device=model.tok_embd.weight.device, dtype=args.dtype, progress=progress)
+    except OutOfMemory as e:
+        raise BadInput(str(e)) from None
+    what = str(args.text) if dataset is None else f"{args.data} ({dataset.kind}, {args.split} split)"
     try:
         _report(total, model, args, what, out)
         out.flush()
