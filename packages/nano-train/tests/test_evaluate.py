@@ -316,3 +316,26 @@ def test_a_batch_too_large_for_memory_is_one_error_line(tmp_path, capsys, error_
     assert main(["-m", str(ckpt), "--text", str(text), "--batch-size", "100000", "--quiet"]) == 1
     assert error_line(capsys) == ("error: out of memory scoring 100000 rows at a time: could not allocate 1.2 GiB; "
                                   "lower --batch-size")
+
+
+def test_figures_past_floats_range(tmp_path, capsys, error_line, model32, vocab, save_ckpt):
+    """A perplexity that overflows is null in the JSON (Infinity is not JSON: jq and
+    JavaScript refuse it); a loss that is NaN (activations that overflow) is an error,
+    not figures with status 0."""
+    import copy
+
+    text = tmp_path / "t.txt"
+    text.write_text("人的心理活动是一个过程。" * 4, encoding="utf-8")
+    hot = copy.deepcopy(model32)
+    with torch.no_grad():
+        hot.tok_embd.weight.mul_(3000)
+    got = run_json(capsys, "-m", str(save_ckpt(tmp_path / "hot.pt", hot, vocab)), "--text", str(text))
+    assert got["loss"] > 700 and got["perplexity"] is None and math.isfinite(got["bits_per_character"])
+    with torch.no_grad():
+        for name, w in hot.named_parameters():
+            if name.startswith("layers.0.") and "norm" not in name:
+                w.mul_(1e30)
+    nan = save_ckpt(tmp_path / "nan.pt", hot, vocab)
+    assert main(["-m", str(nan), "--text", str(text), "--quiet"]) == 1
+    assert error_line(capsys) == f"error: {nan}: the loss is not finite (nan): the model's activations overflow " \
+                                 "float32 on this data"

@@ -305,8 +305,9 @@ def _describe(model, path) -> str:
 
 def _report(total: Score, model, args, what: str, out) -> None:
     fig = total.figures()
-    if args.json:
-        print(json.dumps({"model": args.model, "data": what, **fig}, ensure_ascii=False), file=out)
+    if args.json:  # (a perplexity past float's range is null: JSON has no Infinity)
+        fig = {k: None if v == math.inf else v for k, v in fig.items()}
+        print(json.dumps({"model": args.model, "data": what, **fig}, ensure_ascii=False, allow_nan=False), file=out)
         return
     rows = "rows" if args.text is None else "windows"
     print(f"model: {_describe(model, args.model)}", file=out)
@@ -364,6 +365,9 @@ def _run(args, out) -> int:
                                    device=model.tok_embd.weight.device, dtype=args.dtype, progress=progress)
     except OutOfMemory as e:
         raise BadInput(str(e)) from None
+    if not math.isfinite(total.nats):  # (activations past float's range: no figure means anything)
+        raise BadInput(f"{args.model}: the loss is not finite ({total.nats}): the model's activations overflow "
+                       f"{args.dtype} on this data")
     what = str(args.text) if dataset is None else f"{args.data} ({dataset.kind}, {args.split} split)"
     try:
         _report(total, model, args, what, out)
