@@ -339,3 +339,16 @@ def test_figures_past_floats_range(tmp_path, capsys, error_line, model32, vocab,
     assert main(["-m", str(nan), "--text", str(text), "--quiet"]) == 1
     assert error_line(capsys) == f"error: {nan}: the loss is not finite (nan): the model's activations overflow " \
                                  "float32 on this data"
+
+
+@pytest.mark.parametrize("quiet", [[], ["--quiet"]])
+def test_standard_error_closed(tmp_path, capsys, ckpt, monkeypatch, quiet):
+    """Started with stderr closed (2>&-), the figures are still printed: the progress bar
+    is not drawn (was: an AttributeError, status 1 and nothing on stdout, --quiet or not)."""
+    import sys
+
+    text = tmp_path / "t.txt"
+    text.write_text("人的心理活动是一个过程。" * 4, encoding="utf-8")
+    monkeypatch.setattr(sys, "stderr", None)
+    assert main(["-m", str(ckpt), "--text", str(text), *quiet]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"data: {text}: 2 windows, 47 tokens scored"

@@ -119,13 +119,13 @@ class Progress:
         self.total = max(int(total), 1)
         self.label = label
         self.unit = unit
-        self.enabled = enabled
+        self.enabled = enabled and sys.stderr is not None  # (started with stderr closed: no bar)
         self.done = 0
         self.t0 = time.monotonic()
         self.last_draw = 0.0
         self.last_decile = -1
         self.last_line = None  # when the last line was written (not a terminal)
-        self.tty = sys.stderr.isatty()
+        self.tty = sys.stderr is not None and sys.stderr.isatty()
         self.drawn = 0  # characters of the bar on the terminal's line (0: the line is free)
 
     def update(self, done: int) -> None:
