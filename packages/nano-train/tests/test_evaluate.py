@@ -352,3 +352,19 @@ def test_standard_error_closed(tmp_path, capsys, ckpt, monkeypatch, quiet):
     monkeypatch.setattr(sys, "stderr", None)
     assert main(["-m", str(ckpt), "--text", str(text), *quiet]) == 0
     assert capsys.readouterr().out.splitlines()[1] == f"data: {text}: 2 windows, 47 tokens scored"
+
+
+def test_a_vocabulary_given_with_tokenizer_is_named_when_the_data_has_another(tmp_path, capsys, error_line,
+                                                                             self_id_sft):
+    """A model file without a vocabulary takes --tokenizer's: an error names that file, not the model."""
+    from nano_train.model import ModelConfig, Transformer
+
+    plain = tmp_path / "plain.bin"
+    export_bin(Transformer(ModelConfig(vocab_size=16384, block_size=32, n_layer=1, n_head=2, n_embd=32)), plain)
+    other = json.loads((self_id_sft / "tokenizer.json").read_text(encoding="utf-8"))  # two tokens swapped
+    other["itos"][100], other["itos"][101] = other["itos"][101], other["itos"][100]
+    other["stoi"] = {s: i for i, s in enumerate(other["itos"])}
+    vocab_file = tmp_path / "other.json"
+    vocab_file.write_text(json.dumps(other, ensure_ascii=False), encoding="utf-8")
+    assert main(["-m", str(plain), "--tokenizer", str(vocab_file), "--data", str(self_id_sft), "--quiet"]) == 1
+    assert error_line(capsys).startswith(f"error: {self_id_sft} was prepared with another vocabulary than {vocab_file} ")

@@ -12,7 +12,8 @@ usage: python -m nano_train.evaluate -m MODEL --data DIR [--split val|train] [op
   --split NAME         the split of --data to score (default val, the held-out one)
   --text FILE          a UTF-8 text file (not a pipe), read as `prepare pretrain` reads a corpus and
                        encoded with the model's vocabulary: every token but the first is
-                       scored once, after up to block_size - 1 tokens of context
+                       scored once, in windows that do not overlap: after 1 to block_size
+                       tokens of context
   --tokenizer JSON     a vocabulary for a model file that carries none
   --seq2seq            read a model file that does not record its attention kind (layout
                        2026.1) as full attention, for a seq2seq dataset
@@ -27,9 +28,9 @@ usage: python -m nano_train.evaluate -m MODEL --data DIR [--split val|train] [op
 
 What is scored. A pretraining split is cut into rows of the model's block_size + 1 tokens,
 laid end to end from the start of each run of adjacent text (as training lays them, with
-no random offset; the few tokens at a run's end that fill no row are left out). An SFT
-split scores its answers' tokens only, as training does (the loss mask); a seq2seq split
-its targets. The result is the mean cross-entropy per scored token in nats (the number
+no random offset; the up to block_size - 1 tokens at a run's end that fill no row are left
+out). An SFT split scores its answers' tokens only, as training does (the loss mask); a
+seq2seq split its targets. The result is the mean cross-entropy per scored token in nats (the number
 training logs as its loss), its exponential (perplexity) and the same in bits. For
 --text, bits per character divides the bits of every scored token by the characters of
 the text: a figure that does not depend on the vocabulary, so models with different
@@ -289,7 +290,8 @@ def _check_vocabulary(model, model_tok, data_tok, args) -> None:
     from nano_train.sample import BadInput
 
     if model_tok is not None and model_tok.fingerprint() != data_tok.fingerprint():
-        raise BadInput(f"{args.data} was prepared with another vocabulary than {args.model}'s "
+        theirs = args.tokenizer or f"{args.model}'s"  # (--tokenizer gives the vocabulary of a file without one)
+        raise BadInput(f"{args.data} was prepared with another vocabulary than {theirs} "
                        f"(fingerprints {data_tok.fingerprint()[:12]} and {model_tok.fingerprint()[:12]}): "
                        "its ids would be other text to the model; prepare the data with the model's vocabulary")
     if data_tok.vocab_size != model.config.vocab_size:
