@@ -178,6 +178,9 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, error_line, ckpt, vocab, 
     assert "has no split 'test' (it has: train, val)" in fails(1, "-m", str(ckpt), "--data", str(small_pretrain),
                                                                 "--split", "test")
     assert "does not exist" in fails(1, "-m", str(ckpt), "--data", str(tmp_path / "none"))
+    assert fails(1, "-m", str(ckpt), "--data", str(text)) == (
+        f"error: --data {text}: is a regular file, not a dataset folder; give the --out_dir of `prepare`, "
+        "or score a text with --text")
     assert fails(1, "-m", str(tmp_path / "no.pt"), "--text", str(text)) == f"error: {tmp_path / 'no.pt'}: not found"
     bad = tmp_path / "latin1.txt"
     bad.write_bytes("人的\n心理 caf\u00e9".encode("utf-8")[:-2] + b"\xe9")
@@ -368,3 +371,29 @@ def test_a_vocabulary_given_with_tokenizer_is_named_when_the_data_has_another(tm
     vocab_file.write_text(json.dumps(other, ensure_ascii=False), encoding="utf-8")
     assert main(["-m", str(plain), "--tokenizer", str(vocab_file), "--data", str(self_id_sft), "--quiet"]) == 1
     assert error_line(capsys).startswith(f"error: {self_id_sft} was prepared with another vocabulary than {vocab_file} ")
+
+
+def test_a_lora_file_is_applied_and_named(tmp_path, capsys, nano80, tiny):
+    """-l LORA.bin on the base scores as the model with its adapters does; the summary names it."""
+    from nano_train.convert import export_lora
+    from nano_train.lora import attach_lora, detach_lora
+
+    model = attach_lora(tiny(), rank=2, alpha=4)
+    with torch.no_grad():  # adapters that change the model (B starts at 0)
+        for name, p in model.named_parameters():
+            if "lora" in name:
+                p.normal_(0, 0.5)
+    export_lora(model, tmp_path / "l.bin")
+    ids = np.array(nano80.encode("123456789012"))  # one window
+    with_lora = summed_ce(model, ids[:-1], ids[1:])[0]
+    base = detach_lora(model)
+    export_bin(base, tmp_path / "base.bin", tokenizer=nano80)
+    text = tmp_path / "t.txt"
+    text.write_text("123456789012", encoding="utf-8")
+    plain = run_json(capsys, "-m", str(tmp_path / "base.bin"), "--text", str(text))
+    got = run_json(capsys, "-m", str(tmp_path / "base.bin"), "-l", str(tmp_path / "l.bin"), "--text", str(text))
+    assert plain["lora"] is None and got["lora"] == str(tmp_path / "l.bin")
+    assert got["loss"] == pytest.approx(with_lora / got["tokens"], rel=1e-5) and got["loss"] != plain["loss"]
+    assert main(["-m", str(tmp_path / "base.bin"), "-l", str(tmp_path / "l.bin"), "--text", str(text), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith(f"model: {tmp_path / 'base.bin'}: 2 layers x 32, block 16, "
+                                              f"vocabulary 80, causal + LoRA {tmp_path / 'l.bin'}\n")

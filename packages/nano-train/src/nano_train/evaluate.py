@@ -309,10 +309,11 @@ def _report(total: Score, model, args, what: str, out) -> None:
     fig = total.figures()
     if args.json:  # (a perplexity past float's range is null: JSON has no Infinity)
         fig = {k: None if v == math.inf else v for k, v in fig.items()}
-        print(json.dumps({"model": args.model, "data": what, **fig}, ensure_ascii=False, allow_nan=False), file=out)
+        print(json.dumps({"model": args.model, "lora": args.lora, "data": what, **fig}, ensure_ascii=False,
+                         allow_nan=False), file=out)
         return
-    rows = "rows" if args.text is None else "windows"
-    print(f"model: {_describe(model, args.model)}", file=out)
+    rows = ("row" if args.text is None else "window") + ("" if total.rows == 1 else "s")
+    print(f"model: {_describe(model, args.model)}" + (f" + LoRA {args.lora}" if args.lora else ""), file=out)
     print(f"data: {what}: {total.rows:,} {rows}, {total.tokens:,} tokens scored", file=out)
     if total.characters is not None:
         print(f"text: {total.characters:,} characters, {fig['tokens_per_character']:.3f} tokens per character"
@@ -347,6 +348,9 @@ def _run(args, out) -> int:
     if args.data is not None:
         if args.data == "":
             raise BadInput("--data: the path is empty")
+        if Path(args.data).exists() and not Path(args.data).is_dir():
+            raise BadInput(f"--data {args.data}: is {_not_a_file(args.data) or 'a regular file'}, not a dataset folder; "
+                           "give the --out_dir of `prepare`, or score a text with --text")
         dataset = Dataset(args.data)
     else:
         text = sample._input_file(args.text, "--text")
