@@ -65,6 +65,16 @@ def test_utf16_text_of_mostly_other_characters_is_refused_too(tmp_path, shared_f
         prepare_pretrain([src], shared_file("data/tokenizer_16384_v2.json"), tmp_path / "d", progress=False)
 
 
+@pytest.mark.parametrize("encoding, name", [("utf-16-le", "UTF-16LE"), ("utf-16-be", "UTF-16BE")])
+def test_utf16_chinese_full_of_characters_whose_low_byte_is_0_is_named_right(tmp_path, shared_file, encoding, name):
+    """一 (U+4E00), 开 (U+5F00): each puts a NUL where the other byte order has it, so the
+    pattern of NULs alone named UTF-16LE text UTF-16BE (and an iconv that makes nonsense)."""
+    src = tmp_path / "zh.txt"
+    src.write_bytes(("一个人的一生一定要有一次说走就走的旅行。一开始，一切都很好。" * 600).encode(encoding))
+    with pytest.raises(DataError, match=rf"as in a {name} file without a byte order mark .*iconv -f {name} -t"):
+        prepare_pretrain([src], shared_file("data/tokenizer_16384_v2.json"), tmp_path / "d", progress=False)
+
+
 @pytest.mark.parametrize("skip_bad", [False, True])
 def test_a_utf16_jsonl_file_without_a_byte_order_mark_is_refused(tmp_path, shared_file, capsys, skip_bad):
     """(was: every line a bad one, or with --skip_bad "no training samples")"""

@@ -923,6 +923,10 @@ def _refuse_utf16_or_utf32(path: str) -> None:
                         f"({bom.hex(' ').upper()}): a {encoding} file; convert it to UTF-8 (e.g. "
                         f"{_iconv(path, encoding)})")
     encoding = _nul_pattern(head)
+    if encoding in ("UTF-16LE", "UTF-16BE"):
+        # Chinese characters of the form U+XX00 (一 is U+4E00) put their NUL at the other
+        # byte: such text reads as Chinese in one order only, which names it
+        encoding = _reads_as_utf16(head) or encoding
     if encoding:
         raise DataError(f"{path}: not UTF-8 text: {head.count(0):,} of its first {len(head):,} bytes are NUL, "
                         f"as in a {encoding} file without a byte order mark (or a binary file); if it is "
