@@ -220,3 +220,13 @@ def test_prepare_memory_a_failing_child_is_one_line_and_status_1(prepare_memory,
         sys.executable, "-c", "raise MemoryError('cannot allocate 8 GB')"], tmp_path / "log"), capsys)
     assert code == 1
     assert err == "error: the peer (whole text) failed (exit status 1): MemoryError: cannot allocate 8 GB\n"
+
+
+def test_a_tool_script_may_define_a_dataclass(tmp_path, load_tool):
+    """The loader runs a script as `python SCRIPT` would, registered under its name while it
+    runs: a dataclass with postponed annotations looks its module up there (was: an error on
+    import, so tool scripts had to avoid dataclasses)."""
+    script = tmp_path / "with_dataclass.py"
+    script.write_text("from __future__ import annotations\nfrom dataclasses import dataclass\n\n\n"
+                      "@dataclass\nclass Point:\n    x: int = 1\n", encoding="utf-8")
+    assert load_tool(str(script)).Point().x == 1
