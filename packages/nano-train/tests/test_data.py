@@ -1411,6 +1411,17 @@ def test_progress_in_a_log_file_is_a_few_lines(monkeypatch, capsys):
     assert [line.split("]")[1].split("%")[0].strip() for line in medium] == ["1.0", "41.0", "81.0", "100.0"], medium
 
 
+def test_a_progress_bar_that_cannot_be_drawn_does_not_stop_the_work(tmp_path, psycho_slice, shared_file):
+    """stderr a file on a full disk: the bar stops being drawn, prepare finishes (was: the
+    first draw's ENOSPC ended it, exit 1, with no dataset and no word, stderr being full)."""
+    with open("/dev/full", "w") as full:
+        r = subprocess.run([sys.executable, "-m", "nano_train.prepare", "pretrain", "--tokenizer",
+                            str(shared_file("data/tokenizer_4096.json")), "--out_dir", str(tmp_path / "d"),
+                            str(psycho_slice)], stdout=subprocess.PIPE, stderr=full, text=True)
+    assert r.returncode == 0 and (tmp_path / "d" / "meta.json").is_file()
+    assert r.stdout.startswith(f"{tmp_path / 'd'}: 1 document, 200,000 characters")
+
+
 def test_an_input_that_changes_while_it_is_read_is_an_error_and_nothing_is_written(tmp_path, shared_file, monkeypatch):
     """A file still being written (or replaced, or cut short) while prepare reads it: the
     dataset would hold other text than the file's, and meta.json another size (was: exit 0,

@@ -152,12 +152,23 @@ class Progress:
         after = f"{frac * 100:5.1f}% {human(self.done, self.unit)} {human(rate, self.unit)}/s eta {eta:4.0f}s"
         if end == "\r":  # on the terminal's width, over all of the last one drawn
             text = bar_line(self.label, frac, after, terminal_columns(sys.stderr))
-            sys.stderr.write(text.ljust(self.drawn) + end)
+            drawn = self._put(text.ljust(self.drawn) + end)
         else:
             text = bar_line(self.label, frac, after, 10**6)
-            sys.stderr.write(text + end)
-        sys.stderr.flush()
-        self.drawn = len(text) if end == "\r" else 0
+            drawn = self._put(text + end)
+        self.drawn = len(text) if end == "\r" and drawn else 0
+
+    def _put(self, text: str) -> bool:
+        """Write text to stderr; where that fails (stderr a file on a full disk), the bar is
+        no longer drawn and the work goes on: a progress bar is not worth stopping it for."""
+        try:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+            return True
+        except OSError:
+            self.enabled = self.tty = False
+            self.drawn = 0
+            return False
 
     def note(self, text: str) -> None:
         """Print text as a line of its own on stderr: on a terminal, over the bar, which is
@@ -171,16 +182,14 @@ class Progress:
         """Leave the bar as it stands (a run that stops early): what stderr gets next
         starts on a line of its own, not over the bar. Nothing to do after close."""
         if self.drawn:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+            self._put("\n")
             self.drawn = 0
 
     def close(self) -> None:
         if self.enabled:
             self.update(self.total)
             if self.tty:
-                sys.stderr.write("\n")
-                sys.stderr.flush()
+                self._put("\n")
                 self.drawn = 0
 
 
