@@ -19,8 +19,8 @@ def _load_tool(relative: str):
     _load_siblings(path)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    # registered while it runs, as `python SCRIPT` registers __main__: a dataclass in it looks
-    # its module up there (the next load of the script replaces it)
+    # registered under its name, as `python SCRIPT` registers __main__: a dataclass in it
+    # looks its module up there as it runs (the next load of the script replaces the entry)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module

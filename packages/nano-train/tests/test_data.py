@@ -1422,6 +1422,23 @@ def test_a_progress_bar_that_cannot_be_drawn_does_not_stop_the_work(tmp_path, ps
     assert r.stdout.startswith(f"{tmp_path / 'd'}: 1 document, 200,000 characters")
 
 
+@pytest.mark.parametrize("stderr", ["full", "closed"])
+def test_notes_that_cannot_be_written_do_not_stop_prepare(tmp_path, shared_file, stderr):
+    """A bad line skipped by --skip_bad gets a note on stderr: on a full disk the note is
+    lost and the dataset still made (was: exit 1, nothing written); with stderr closed it
+    does not go to stdout, among the summary (was: print(file=None) writes to stdout)."""
+    src = tmp_path / "s.jsonl"
+    src.write_text('{"question": "12", "answer": "34"}\nnot json\n' * 3, encoding="utf-8")
+    command = [sys.executable, "-m", "nano_train.prepare", "sft", "--tokenizer", str(shared_file("data/nano_80.json")),
+               "--out_dir", str(tmp_path / "d"), "--block_size", "16", "--skip_bad", str(src)]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(command, stdout=subprocess.PIPE, text=True,
+                           **({"stderr": full} if stderr == "full" else {"stderr": subprocess.DEVNULL,
+                                                                          "preexec_fn": lambda: os.close(2)}))
+    assert r.returncode == 0 and (tmp_path / "d" / "meta.json").is_file()
+    assert "note:" not in r.stdout and "skipped" in r.stdout
+
+
 def test_an_input_that_changes_while_it_is_read_is_an_error_and_nothing_is_written(tmp_path, shared_file, monkeypatch):
     """A file still being written (or replaced, or cut short) while prepare reads it: the
     dataset would hold other text than the file's, and meta.json another size (was: exit 0,

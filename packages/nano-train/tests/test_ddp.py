@@ -173,7 +173,9 @@ def test_a_config_error_under_torchrun_is_said_once(tmp_path, setting, message):
     assert logs["0"].startswith(message) and logs["0"].count("\n") == 1, logs
     assert logs["1"] == "", logs
     assert done.stderr.count(message) == 1, done.stderr[-3000:]
-    assert exit_statuses(done.stderr) == {"0": "2", "1": "2"}, done.stderr[-3000:]
+    # (rank 1 ends 130 where torchrun stops it before it reaches the error: on a loaded machine)
+    statuses = exit_statuses(done.stderr)
+    assert statuses["0"] == "2" and statuses["1"] in ("2", "130"), done.stderr[-3000:]
 
 
 # pretrain on rank 1 only, which waits 1 s for rank 0 to end; rank 0 meets no error and waits

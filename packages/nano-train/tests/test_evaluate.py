@@ -397,3 +397,17 @@ def test_a_lora_file_is_applied_and_named(tmp_path, capsys, nano80, tiny):
     assert main(["-m", str(tmp_path / "base.bin"), "-l", str(tmp_path / "l.bin"), "--text", str(text), "--quiet"]) == 0
     assert capsys.readouterr().out.startswith(f"model: {tmp_path / 'base.bin'}: 2 layers x 32, block 16, "
                                               f"vocabulary 80, causal + LoRA {tmp_path / 'l.bin'}\n")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample"])
+def test_a_bad_device_name_is_a_usage_error_before_any_file_is_read(tmp_path, capsys, error_line, command):
+    """(was: the files first, so a missing model made the same mistake exit 1 instead of 2)"""
+    from nano_train import sample
+
+    missing = str(tmp_path / "none.bin")
+    if command == "evaluate":
+        status = main(["-m", missing, "--text", missing, "--device", "cpu:1"])
+    else:
+        status = sample.main(["-m", missing, "-p", "hi", "--device", "cpu:1"])
+    assert status == 2
+    assert error_line(capsys) == "error: --device must be auto, cpu, cuda, cuda:N or mps, got 'cpu:1'"

@@ -66,11 +66,15 @@ def start(task: str) -> int:
     return main(task)
 
 
-def escape_unencodable() -> None:
-    """Standard output and error write a character their encoding lacks as an escape
-    (\\u5fc3), rather than the command ending with a UnicodeEncodeError: Chinese text
-    under PYTHONIOENCODING=ascii, a Latin-1 locale or a Windows code page, or a file
-    name that is not UTF-8. Each command's main calls it first."""
+def standard_streams() -> None:
+    """Each command's main calls it first. Standard output and error write a character
+    their encoding lacks as an escape (\\u5fc3), rather than the command ending with a
+    UnicodeEncodeError: Chinese text under PYTHONIOENCODING=ascii, a Latin-1 locale or a
+    Windows code page, or a file name that is not UTF-8. A command started with standard
+    error closed (2>&-) writes its notes and errors to the null device: print(file=None)
+    would put them on standard output, among the text or figures there."""
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             with contextlib.suppress(ValueError, OSError):  # (a closed stream)

@@ -173,10 +173,13 @@ class Progress:
     def note(self, text: str) -> None:
         """Print text as a line of its own on stderr: on a terminal, over the bar, which is
         drawn again at the next update."""
+        if sys.stderr is None:  # (started with stderr closed: print would write to stdout)
+            return
         if self.drawn:
-            sys.stderr.write("\r" + " " * self.drawn + "\r")
+            self._put("\r" + " " * self.drawn + "\r")
             self.drawn, self.last_draw = 0, 0.0
-        print(text, file=sys.stderr, flush=True)
+        with contextlib.suppress(OSError):  # (stderr on a full disk: the note is lost, the work goes on)
+            print(text, file=sys.stderr, flush=True)
 
     def end(self) -> None:
         """Leave the bar as it stands (a run that stops early): what stderr gets next

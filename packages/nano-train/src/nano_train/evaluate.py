@@ -21,7 +21,7 @@ usage: python -m nano_train.evaluate -m MODEL --data DIR [--split val|train] [op
                        windows of block_size tokens (--text); 0 = all (default)
   --batch-size N       rows per forward (default 8)
   --dtype D            float32 (default) or bfloat16 (autocast, as training runs it)
-  --device DEV         cpu (default), cuda, cuda:1, mps, ...
+  --device DEV         cpu (default), cuda, cuda:N, mps, or auto (cuda, then mps, then cpu)
   --threads N          CPU threads for torch (default: torch's choice)
   --json               print the figures as one JSON object instead of text
   --quiet              no progress bar
@@ -63,11 +63,10 @@ from typing import Iterator
 
 import numpy as np
 
-from nano_train import discard_stdout, either_spelling, escape_unencodable, integer
+from nano_train import discard_stdout, either_spelling, standard_streams, integer
+from nano_train.sample import MAX_THREADS
 
 __all__ = ["main", "build_parser", "Score", "score_dataset", "score_text"]
-
-MAX_THREADS = 1024
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=integer, default=8, help="rows per forward (default 8)")
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                    help="float32 (default), or bfloat16 under autocast as training runs it")
-    p.add_argument("--device", default="cpu", help="torch device: cpu (default), cuda, cuda:1, mps, ...")
+    p.add_argument("--device", default="cpu",
+                   help="cpu (default), cuda, cuda:N, mps, or auto (cuda, then mps, then cpu), as in training")
     p.add_argument("--threads", type=integer, default=None,
                    help=f"CPU threads for torch, 1..{MAX_THREADS} (default: torch's choice)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
@@ -337,6 +337,7 @@ def _run(args, out) -> int:
         raise UsageError(f"--threads must be in 1..{MAX_THREADS}, got {args.threads}")
     if args.text is not None and args.split != "val":
         raise UsageError("--split goes with --data, not --text")
+    sample.check_device_name(args.device)
     import torch
 
     from nano_train.data import Dataset, _not_a_file
@@ -391,7 +392,7 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(either_spelling(parser, argv))
-    escape_unencodable()
+    standard_streams()
     try:
         if sys.stdout is None:
             raise BadInput("standard output is closed: nowhere to write the figures")

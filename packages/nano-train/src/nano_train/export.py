@@ -57,7 +57,7 @@ from pathlib import Path
 from nano_format import BadGroupSize, WriteError, check_writable, file_kind, kept_mode
 from nano_format.quant import check_group_size
 
-from nano_train import discard_stdout, either_spelling, escape_unencodable, integer, interrupts
+from nano_train import discard_stdout, either_spelling, standard_streams, integer, interrupts
 
 __all__ = ["main", "build_parser"]
 
@@ -374,7 +374,7 @@ def _and(paths: list[Path]) -> str:
 
 
 def main(argv=None) -> int:
-    escape_unencodable()
+    standard_streams()
     parser = build_parser()
     args = parser.parse_args(either_spelling(parser, argv))
     written: list[Path] = []  # filled once every file is in place

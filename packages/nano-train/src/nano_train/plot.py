@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nano_format import WriteError, check_writable, file_kind, write_atomically
 
-from nano_train import either_spelling, escape_unencodable, file_stamp, print_output
+from nano_train import either_spelling, standard_streams, file_stamp, print_output
 from nano_train.metrics import read_log
 
 
@@ -254,7 +254,7 @@ def plot(logs: list[str], output: str, show_lr: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    escape_unencodable()
+    standard_streams()
     parser = argparse.ArgumentParser(prog="python -m nano_train.plot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("logs", nargs="+", help="run directories or log.jsonl files")

@@ -80,7 +80,7 @@ import inspect
 import sys
 from pathlib import Path
 
-from nano_train import (INT_TEXT, discard_stdout, either_spelling, escape_unencodable, file_stamp, integer,
+from nano_train import (INT_TEXT, discard_stdout, either_spelling, standard_streams, file_stamp, integer,
                         interrupts, number)
 
 # nano_train.data (numpy) is imported where it is used, inside main's handling of
@@ -179,7 +179,7 @@ def _prepare(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
-    escape_unencodable()
+    standard_streams()
     interrupts.as_ctrl_c()  # SIGTERM and SIGHUP remove what was staged, as Ctrl-C does
     try:  # the first thing imports numpy
         from nano_train.data import DataError, path_text

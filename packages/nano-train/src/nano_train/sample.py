@@ -78,7 +78,7 @@ import sys
 import time
 from pathlib import Path
 
-from nano_train import discard_stdout, either_spelling, escape_unencodable
+from nano_train import discard_stdout, either_spelling, standard_streams
 
 __all__ = ["main", "build_parser"]
 
@@ -244,15 +244,22 @@ def _input_file(name: str, option: str) -> Path:
     return path
 
 
-def _device(name: str):
-    """The torch device, checked before anything is loaded onto it. The names a training
-    run takes (system.device), no others: auto, cpu, cuda, cuda:N, mps."""
-    import torch
-
-    from .config import DEVICE_NAMES, DEVICES_TEXT, auto_device
+def check_device_name(name: str) -> None:
+    """A UsageError unless name is one a training run takes (system.device): auto, cpu,
+    cuda, cuda:N, mps. Checked with the other options, before any file is read."""
+    from .config import DEVICE_NAMES, DEVICES_TEXT
 
     if DEVICE_NAMES.fullmatch(name) is None:
         raise UsageError(f"--device must be {DEVICES_TEXT}, got {name!r}")
+
+
+def _device(name: str):
+    """The torch device (its name checked by check_device_name), checked before anything
+    is loaded onto it: one this machine has."""
+    import torch
+
+    from .config import auto_device
+
     try:
         device = torch.device(auto_device() if name == "auto" else name)
     except (RuntimeError, ValueError) as e:  # an index past torch's range (cuda:99999999999999999999)
@@ -267,7 +274,8 @@ def _device(name: str):
 
 
 def _load(args, need_tokenizer: bool = True):
-    """(model, tokenizer) from the arguments; everything the user can get wrong is a BadInput.
+    """(model, tokenizer) from the arguments (checked: check_device_name); everything the user
+    can get wrong here is a BadInput.
     The tokenizer is None for a model file that carries none (and no --tokenizer) where
     need_tokenizer is False (evaluate's dataset brings its own)."""
     from .convert import load_lora_bin, load_model
@@ -434,6 +442,7 @@ def _run(args, out) -> int:
     from .sampling import SamplerConfig, StopError, _resolve_stops, generate, instruct_prompt, seq2seq
 
     chat = args.prompt is None
+    check_device_name(args.device)
     if args.multi_turn and not chat:
         raise UsageError("--multi-turn is for the chat (no -p): it keeps the conversation from line to line, and "
                          "-p asks one prompt")
@@ -542,7 +551,7 @@ def _error_text(e: Exception) -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(either_spelling(parser, argv))
-    escape_unencodable()  # a text the terminal cannot encode must not stop the output
+    standard_streams()  # a text the terminal cannot encode must not stop the output
     try:
         if sys.stdout is None:  # started with standard output closed
             raise BadInput("standard output is closed: nowhere to write the text")

@@ -59,7 +59,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import nano_train
-from nano_train import (OutputFailed, checkpoint as ckpt_io, dirlock, discard_stdout, escape_unencodable, interrupts,
+from nano_train import (OutputFailed, checkpoint as ckpt_io, dirlock, discard_stdout, standard_streams, interrupts,
                         launch_rank, print_output)
 from nano_train.checkpoint import BEST, LATEST, CheckpointError
 from nano_train.convert import unrecorded_attention
@@ -1778,7 +1778,7 @@ def setting_typo(argv: list[str]) -> str | None:
 
 
 def main(task: str | None = None, argv: list[str] | None = None) -> int:
-    escape_unencodable()
+    standard_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" in argv or "--help" in argv:
         return print_output(__doc__.strip() + "\n\nconfig keys (JSON sections, or --key=value):\n" + help_text())

@@ -66,7 +66,7 @@ import re
 import sys
 from pathlib import Path
 
-from nano_train import DEFAULT_SEED, either_spelling, escape_unencodable, integer, number, print_output
+from nano_train import DEFAULT_SEED, either_spelling, standard_streams, integer, number, print_output
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from nano_train.problems import PROBLEMS, make
 
-    escape_unencodable()
+    standard_streams()
     parser = build_parser()
     argv = either_spelling(parser, argv)  # --out-dir is --out_dir, --no_c is --no-c
     # --key=value for a training config key (--n-layer=3 is --n_layer=3); the command's own
