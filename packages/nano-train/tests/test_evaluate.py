@@ -28,13 +28,9 @@ def vocab(shared_file):
 
 
 @pytest.fixture(scope="module")
-def model32(vocab):
+def model32(vocab, tiny):
     """A seeded causal model of the 4096-token vocabulary, block 32."""
-    from nano_train.model import ModelConfig, Transformer
-
-    torch.manual_seed(3)
-    return Transformer(ModelConfig(vocab_size=vocab.vocab_size, block_size=32, n_layer=2, n_head=2,
-                                   n_kv_head=1, n_embd=32)).eval()
+    return tiny(3, vocab_size=vocab.vocab_size, block_size=32, n_head=2, n_kv_head=1)
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +113,8 @@ def test_a_pretraining_split_scores_each_row_of_each_run_in_order(capsys, ckpt, 
     assert train["rows"] == 4 and train["loss"] != got["loss"]
 
 
-def test_an_sft_split_scores_the_answers_only(tmp_path, capsys, uneven_sft, vocab, save_ckpt):
-    from nano_train.model import ModelConfig, Transformer
-
-    torch.manual_seed(5)
-    model = Transformer(ModelConfig(vocab_size=vocab.vocab_size, block_size=64, n_layer=1, n_head=2,
-                                    n_kv_head=2, n_embd=32)).eval()
+def test_an_sft_split_scores_the_answers_only(tmp_path, capsys, uneven_sft, vocab, save_ckpt, tiny):
+    model = tiny(5, vocab_size=vocab.vocab_size, block_size=64, n_layer=1, n_head=2, n_kv_head=2)
     ckpt = save_ckpt(tmp_path / "sft.pt", model, vocab)
     ds = Dataset(uneven_sft)
     nats = tokens = 0
@@ -165,16 +157,15 @@ def test_the_text_summary(tmp_path, capsys, ckpt):
 
 
 def test_bad_input_is_one_error_line(tmp_path, capsys, error_line, ckpt, vocab, self_id_sft, small_pretrain,
-                                     save_ckpt):
-    from nano_train.model import ModelConfig, Transformer
-
+                                     save_ckpt, tiny):
     def fails(status, *args) -> str:
         assert main([*args, "--quiet"]) == status
         return error_line(capsys)
 
     text = tmp_path / "t.txt"
     text.write_text("人的心理", encoding="utf-8")
-    assert "another vocabulary" in fails(1, "-m", str(ckpt), "--data", str(self_id_sft))
+    assert f"vocabulary mismatch: the model {ckpt} uses a different vocabulary than the dataset {self_id_sft}" in fails(
+        1, "-m", str(ckpt), "--data", str(self_id_sft))
     assert "has no split 'test' (it has: train, val)" in fails(1, "-m", str(ckpt), "--data", str(small_pretrain),
                                                                 "--split", "test")
     assert "does not exist" in fails(1, "-m", str(ckpt), "--data", str(tmp_path / "none"))
@@ -192,15 +183,13 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, error_line, ckpt, vocab, 
     one.write_text("人", encoding="utf-8")
     assert "fewer than 2 tokens" in fails(1, "-m", str(ckpt), "--text", str(one))
     # a full-attention model sees what it predicts: no text or pretraining split scores it
-    torch.manual_seed(0)
-    full = save_ckpt(tmp_path / "full.pt", Transformer(ModelConfig(vocab_size=4096, block_size=32, n_layer=1,
-                      n_head=2, n_embd=32, is_causal=False)).eval(), vocab)
+    full = save_ckpt(tmp_path / "full.pt", tiny(0, vocab_size=4096, block_size=32, n_layer=1, n_head=2, n_kv_head=2,
+                                                is_causal=False), vocab)
     assert "full attention" in fails(1, "-m", str(full), "--text", str(text))
     assert "score it on seq2seq data" in fails(1, "-m", str(full), "--data", str(small_pretrain))
     # a model file without a vocabulary needs one for a text, not for a dataset
     plain = tmp_path / "plain.bin"
-    torch.manual_seed(3)
-    export_bin(Transformer(ModelConfig(vocab_size=4096, block_size=32, n_layer=1, n_head=2, n_embd=32)), plain)
+    export_bin(tiny(3, vocab_size=4096, block_size=32, n_layer=1, n_head=2, n_kv_head=2), plain)
     assert "give one with --tokenizer" in fails(1, "-m", str(plain), "--text", str(text))
     assert main(["-m", str(plain), "--data", str(small_pretrain), "--max-rows", "2", "--quiet"]) == 0
     capsys.readouterr()
@@ -211,9 +200,8 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, error_line, ckpt, vocab, 
     short.write_text(text.read_text(encoding="utf-8") * 500, encoding="utf-8")
     prepare_pretrain([short], vocab.source, tmp_path / "short", chunk_tokens=512, val_fraction=0.2, shuffle=False,
                      progress=False)
-    torch.manual_seed(0)
-    wide = save_ckpt(tmp_path / "wide.pt", Transformer(ModelConfig(vocab_size=4096, block_size=600, n_layer=1,
-                     n_head=2, n_embd=32)).eval(), vocab)
+    wide = save_ckpt(tmp_path / "wide.pt", tiny(0, vocab_size=4096, block_size=600, n_layer=1, n_head=2,
+                                                n_kv_head=2), vocab)
     err = fails(1, "-m", str(wide), "--data", str(tmp_path / "short"))
     assert f"too short for block_size 600 (set by the model {wide})" in err
     assert err.endswith("or score the train split (--split train)")
@@ -224,17 +212,14 @@ def test_bad_input_is_one_error_line(tmp_path, capsys, error_line, ckpt, vocab, 
     assert "--split goes with --data" in fails(2, "-m", str(ckpt), "--text", str(text), "--split", "train")
 
 
-def test_a_seq2seq_split_scores_its_targets_with_a_full_attention_model(tmp_path, capsys, nano80, save_ckpt):
+def test_a_seq2seq_split_scores_its_targets_with_a_full_attention_model(tmp_path, capsys, nano80, save_ckpt, tiny):
     from nano_train.data import write_rows
-    from nano_train.model import ModelConfig, Transformer
 
     rng = np.random.default_rng(1)
     inputs, targets = (rng.integers(6, 80, size=(7, 16)) for _ in range(2))
     mask = (rng.random((7, 16)) < 0.5).astype(np.uint8)
     write_rows(tmp_path / "s2s", nano80, "seq2seq", {"train": (inputs, targets, mask), "val": (inputs, targets, mask)})
-    torch.manual_seed(2)
-    model = Transformer(ModelConfig(vocab_size=80, block_size=16, n_layer=1, n_head=2, n_embd=32,
-                                    is_causal=False)).eval()
+    model = tiny(2, n_layer=1, n_head=2, n_kv_head=2, is_causal=False)
     nats = tokens = 0
     for x, y, m in zip(inputs, targets, mask):
         n, t = summed_ce(model, x, y, m)
@@ -246,8 +231,7 @@ def test_a_seq2seq_split_scores_its_targets_with_a_full_attention_model(tmp_path
     export_bin(model, tmp_path / "s2s.bin", tokenizer=nano80)
     assert run_json(capsys, "-m", str(tmp_path / "s2s.bin"), "--data", str(tmp_path / "s2s"))["loss"] == \
         pytest.approx(got["loss"], rel=1e-6)
-    causal = save_ckpt(tmp_path / "c.pt", Transformer(ModelConfig(vocab_size=80, block_size=16, n_layer=1,
-                                                                  n_head=2, n_embd=32)).eval(), nano80)
+    causal = save_ckpt(tmp_path / "c.pt", tiny(0, n_layer=1, n_head=2, n_kv_head=2), nano80)
     assert main(["-m", str(causal), "--data", str(tmp_path / "s2s"), "--quiet"]) == 1
     assert "a seq2seq dataset is scored with a full-attention model" in capsys.readouterr().err
 
@@ -358,19 +342,18 @@ def test_standard_error_closed(tmp_path, capsys, ckpt, monkeypatch, quiet):
 
 
 def test_a_vocabulary_given_with_tokenizer_is_named_when_the_data_has_another(tmp_path, capsys, error_line,
-                                                                             self_id_sft):
+                                                                             self_id_sft, tiny):
     """A model file without a vocabulary takes --tokenizer's: an error names that file, not the model."""
-    from nano_train.model import ModelConfig, Transformer
-
     plain = tmp_path / "plain.bin"
-    export_bin(Transformer(ModelConfig(vocab_size=16384, block_size=32, n_layer=1, n_head=2, n_embd=32)), plain)
+    export_bin(tiny(0, vocab_size=16384, block_size=32, n_layer=1, n_head=2, n_kv_head=2), plain)
     other = json.loads((self_id_sft / "tokenizer.json").read_text(encoding="utf-8"))  # two tokens swapped
     other["itos"][100], other["itos"][101] = other["itos"][101], other["itos"][100]
     other["stoi"] = {s: i for i, s in enumerate(other["itos"])}
     vocab_file = tmp_path / "other.json"
     vocab_file.write_text(json.dumps(other, ensure_ascii=False), encoding="utf-8")
     assert main(["-m", str(plain), "--tokenizer", str(vocab_file), "--data", str(self_id_sft), "--quiet"]) == 1
-    assert error_line(capsys).startswith(f"error: {self_id_sft} was prepared with another vocabulary than {vocab_file} ")
+    assert error_line(capsys).startswith(f"error: vocabulary mismatch: the vocabulary {vocab_file} uses a different "
+                                         f"vocabulary than the dataset {self_id_sft} ")
 
 
 def test_a_lora_file_is_applied_and_named(tmp_path, capsys, nano80, tiny):

@@ -53,7 +53,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
@@ -142,24 +141,16 @@ def _batches_of_rows(source, n_rows: int, batch_size: int, bar) -> Iterator[tupl
 
 
 def _score(model, batches, device, dtype: str, total: Score) -> Score:
-    """Adds each batch's summed loss and counted tokens to total."""
-    import torch
+    """Adds each batch's summed loss and counted tokens to total (in float64, on the host:
+    a text may run to millions of tokens)."""
+    from nano_train.train import forward_context_factory, loss_totals
 
-    from nano_train.model import Transformer
-
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bfloat16"
-                else contextlib.nullcontext())
-    with torch.no_grad():
-        for x, y, m in batches:
-            x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-            m = None if m is None else torch.from_numpy(m).to(device)
-            tokens = float(Transformer.loss_weight(y, m).sum())
-            if tokens > 0:
-                with autocast:
-                    _, loss = model(x, y, m, return_logits=False)
-                total.nats += float(loss) * tokens
-            total.tokens += int(tokens)
-            total.rows += len(x)
+    context = forward_context_factory(device, dtype, "auto")
+    for batch in batches:
+        nats, tokens = loss_totals(model, [batch], device, context).tolist()
+        total.nats += nats
+        total.tokens += int(tokens)
+        total.rows += len(batch[0])
     return total
 
 
@@ -285,15 +276,14 @@ def score_text(model, tokenizer, path, *, max_rows: int = 0, batch_size: int = 8
     return total
 
 
-def _check_vocabulary(model, model_tok, data_tok, args) -> None:
+def _check_vocabulary(model, model_tok, dataset, args) -> None:
     """A dataset's vocabulary must be the model's (the same ids for the same text)."""
     from nano_train.sample import BadInput
 
-    if model_tok is not None and model_tok.fingerprint() != data_tok.fingerprint():
-        theirs = args.tokenizer or f"{args.model}'s"  # (--tokenizer gives the vocabulary of a file without one)
-        raise BadInput(f"{args.data} was prepared with another vocabulary than {theirs} "
-                       f"(fingerprints {data_tok.fingerprint()[:12]} and {model_tok.fingerprint()[:12]}): "
-                       "its ids would be other text to the model; prepare the data with the model's vocabulary")
+    if model_tok is not None:  # (--tokenizer gives the vocabulary of a file without one)
+        dataset.check_tokenizer(model_tok.fingerprint(), f"the vocabulary {args.tokenizer}" if args.tokenizer
+                                else f"the model {args.model}")
+    data_tok = dataset.tokenizer
     if data_tok.vocab_size != model.config.vocab_size:
         raise BadInput(f"{args.data}: its vocabulary has {data_tok.vocab_size} tokens, the model "
                        f"{model.config.vocab_size}")
@@ -360,7 +350,7 @@ def _run(args, out) -> int:
     model, tok = sample._load(args, need_tokenizer=dataset is None)
     progress = not args.quiet
     if dataset is not None:
-        _check_vocabulary(model, tok, dataset.tokenizer, args)
+        _check_vocabulary(model, tok, dataset, args)
     try:
         with needs_memory(f"scoring {args.batch_size} rows at a time", "lower --batch-size"):
             if dataset is not None:

@@ -691,6 +691,22 @@ EVAL_SEED = 0  # the validation rows' order, one for every run (see evaluate)
 
 
 @torch.no_grad()
+def loss_totals(model, batches, device, forward_context, blocked: bool = True) -> torch.Tensor:
+    """[sum of each batch's mean loss x its counted tokens, counted tokens], on the device,
+    over batches of numpy (x, y, loss_mask or None): the first over the second is the mean
+    loss per counted token of them all (SFT rows count their answers only). Held-out
+    evaluation here, and `nano_train.evaluate`, score through it."""
+    totals = torch.zeros(2, device=device)
+    for batch in batches:
+        x, y, m = batch_to_device(batch, device)
+        with forward_context():
+            _, loss = model(x, y, m, return_logits=False, blocked_loss=blocked)
+        tokens = Transformer.loss_weight(y, m).sum()
+        totals += torch.stack([loss.float() * tokens, tokens])
+    return totals
+
+
+@torch.no_grad()
 def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context, blocked: bool = True) -> float:
     """Mean loss per counted token over eval_iters micro-batches of the held-out
     split: each batch's mean weighs by its number of counted tokens (SFT rows count
@@ -706,13 +722,7 @@ def evaluate(model, source, cfg: Config, info: DistInfo, device, forward_context
     mine = len(range(info.rank, cfg.eval.eval_iters, info.world_size))
     was_training = model.training
     model.eval()
-    totals = torch.zeros(2, device=device)  # [sum of loss x tokens, tokens]
-    for _ in range(mine):
-        x, y, m = batch_to_device(batches.next(), device)
-        with forward_context():
-            _, loss = model(x, y, m, return_logits=False, blocked_loss=blocked)
-        tokens = Transformer.loss_weight(y, m).sum()
-        totals += torch.stack([loss.float() * tokens, tokens])
+    totals = loss_totals(model, (batches.next() for _ in range(mine)), device, forward_context, blocked)
     model.train(was_training)
     if info.ddp:
         dist.all_reduce(totals)
